@@ -1,0 +1,396 @@
+//! Kafka RecordBatch v2: the header layout, validation, and the two fields the broker stamps.
+//!
+//! Layout (all integers big-endian; see the Kafka protocol guide, "Record Batch"):
+//!
+//! ```text
+//!  0  baseOffset            i64   stamped by the log
+//!  8  batchLength           i32   bytes after this field
+//! 12  partitionLeaderEpoch  i32   stamped by the log
+//! 16  magic                 i8    must be 2
+//! 17  crc                   u32   CRC-32C of bytes 21..end
+//! 21  attributes            i16   bits 0-2 compression, 3 timestamp type, 4 transactional, 5 control
+//! 23  lastOffsetDelta       i32
+//! 27  baseTimestamp         i64
+//! 35  maxTimestamp          i64
+//! 43  producerId            i64
+//! 51  producerEpoch         i16
+//! 53  baseSequence          i32
+//! 57  recordCount           i32
+//! 61  records...
+//! ```
+//!
+//! Invariant: the CRC starts at `attributes`, so stamping `baseOffset` and `partitionLeaderEpoch`
+//! never invalidates it. A batch that passes [`validate_batch`] is whole, has magic 2, a matching
+//! CRC, a known compression codec and `recordCount == lastOffsetDelta + 1`.
+
+use crate::types::{LeaderEpoch, Offset, TimestampMs};
+
+/// Bytes of the fixed RecordBatch v2 header, up to the first record.
+pub const BATCH_HEADER_BYTES: usize = 61;
+/// `baseOffset` + `batchLength`: the part of the header not counted in `batchLength`.
+pub const LOG_OVERHEAD_BYTES: usize = 12;
+/// Where the CRC-covered range begins (the `attributes` field).
+pub const CRC_START: usize = 21;
+pub const MAGIC_V2: u8 = 2;
+
+const OFF_BATCH_LENGTH: usize = 8;
+const OFF_LEADER_EPOCH: usize = 12;
+const OFF_MAGIC: usize = 16;
+const OFF_CRC: usize = 17;
+const OFF_ATTRIBUTES: usize = 21;
+const OFF_LAST_OFFSET_DELTA: usize = 23;
+const OFF_BASE_TIMESTAMP: usize = 27;
+const OFF_MAX_TIMESTAMP: usize = 35;
+const OFF_PRODUCER_ID: usize = 43;
+const OFF_RECORD_COUNT: usize = 57;
+
+const COMPRESSION_MASK: i16 = 0x07;
+const COMPRESSION_CODEC_MAX: i16 = 4; // none, gzip, snappy, lz4, zstd
+
+/// Why a batch was refused. Every variant says which rule of the format was broken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BatchError {
+    #[error("batch truncated: {available} bytes available, header needs {BATCH_HEADER_BYTES}")]
+    ShortHeader { available: usize },
+    #[error("batchLength {batch_length} is below the v2 minimum of {}", BATCH_HEADER_BYTES - LOG_OVERHEAD_BYTES)]
+    LengthTooSmall { batch_length: i32 },
+    #[error("batch of {size} bytes exceeds the maximum of {max}")]
+    TooLarge { size: usize, max: usize },
+    #[error("batch truncated: batchLength says {needed} bytes, {available} available")]
+    Truncated { needed: usize, available: usize },
+    #[error("unsupported magic {magic} (only RecordBatch v2 is accepted)")]
+    BadMagic { magic: i8 },
+    #[error("CRC-32C mismatch: header says {expected:#010x}, data gives {actual:#010x}")]
+    CrcMismatch { expected: u32, actual: u32 },
+    #[error("unknown compression codec {codec}")]
+    BadCompression { codec: i16 },
+    #[error("recordCount {record_count} does not match lastOffsetDelta {last_offset_delta} + 1")]
+    RecordCountMismatch { record_count: i32, last_offset_delta: i32 },
+}
+
+/// The header fields of a validated batch that the log needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchInfo {
+    pub base_offset: Offset,
+    /// Whole batch size in bytes, `batchLength + 12`.
+    pub size_bytes: usize,
+    pub leader_epoch: LeaderEpoch,
+    pub attributes: i16,
+    pub last_offset_delta: i32,
+    pub base_timestamp: TimestampMs,
+    pub max_timestamp: TimestampMs,
+    pub producer_id: i64,
+    pub record_count: i32,
+}
+
+impl BatchInfo {
+    /// Offset of the last record in the batch.
+    pub fn last_offset(&self) -> Offset {
+        self.base_offset.plus(i64::from(self.last_offset_delta))
+    }
+
+    /// The offset after this batch.
+    pub fn next_offset(&self) -> Offset {
+        self.last_offset().plus(1)
+    }
+
+    pub fn compression_codec(&self) -> i16 {
+        self.attributes & COMPRESSION_MASK
+    }
+}
+
+fn be_i16(b: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes([b[at], b[at + 1]])
+}
+fn be_i32(b: &[u8], at: usize) -> i32 {
+    i32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+fn be_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+fn be_i64(b: &[u8], at: usize) -> i64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    i64::from_be_bytes(x)
+}
+
+/// Reads the total size of the batch starting at `buf[0]` from its header, checking only that the
+/// header is there and the length is plausible. Used to step over batches before validating them.
+pub fn peek_batch_size(buf: &[u8], batch_bytes_max: usize) -> Result<usize, BatchError> {
+    if buf.len() < BATCH_HEADER_BYTES {
+        return Err(BatchError::ShortHeader {
+            available: buf.len(),
+        });
+    }
+    let batch_length = be_i32(buf, OFF_BATCH_LENGTH);
+    if batch_length < (BATCH_HEADER_BYTES - LOG_OVERHEAD_BYTES) as i32 {
+        return Err(BatchError::LengthTooSmall { batch_length });
+    }
+    let size = batch_length as usize + LOG_OVERHEAD_BYTES;
+    if size > batch_bytes_max {
+        return Err(BatchError::TooLarge {
+            size,
+            max: batch_bytes_max,
+        });
+    }
+    Ok(size)
+}
+
+/// Validates the batch at the start of `buf` (which may hold more bytes after it) and returns its
+/// header. Checks length, magic, CRC-32C, codec and record count; never reads past `buf`.
+pub fn validate_batch(buf: &[u8], batch_bytes_max: usize) -> Result<BatchInfo, BatchError> {
+    let size = peek_batch_size(buf, batch_bytes_max)?;
+    if buf.len() < size {
+        return Err(BatchError::Truncated {
+            needed: size,
+            available: buf.len(),
+        });
+    }
+    let magic = buf[OFF_MAGIC] as i8;
+    if magic != MAGIC_V2 as i8 {
+        return Err(BatchError::BadMagic { magic });
+    }
+    let expected = be_u32(buf, OFF_CRC);
+    let actual = crc32c::crc32c(&buf[CRC_START..size]);
+    if expected != actual {
+        return Err(BatchError::CrcMismatch { expected, actual });
+    }
+    let attributes = be_i16(buf, OFF_ATTRIBUTES);
+    let codec = attributes & COMPRESSION_MASK;
+    if codec > COMPRESSION_CODEC_MAX {
+        return Err(BatchError::BadCompression { codec });
+    }
+    let last_offset_delta = be_i32(buf, OFF_LAST_OFFSET_DELTA);
+    let record_count = be_i32(buf, OFF_RECORD_COUNT);
+    if record_count < 1 || last_offset_delta != record_count - 1 {
+        return Err(BatchError::RecordCountMismatch {
+            record_count,
+            last_offset_delta,
+        });
+    }
+    Ok(BatchInfo {
+        base_offset: Offset(be_i64(buf, 0)),
+        size_bytes: size,
+        leader_epoch: LeaderEpoch(be_i32(buf, OFF_LEADER_EPOCH)),
+        attributes,
+        last_offset_delta,
+        base_timestamp: be_i64(buf, OFF_BASE_TIMESTAMP),
+        max_timestamp: be_i64(buf, OFF_MAX_TIMESTAMP),
+        producer_id: be_i64(buf, OFF_PRODUCER_ID),
+        record_count,
+    })
+}
+
+/// Validates every batch in `buf`, which must consist of whole batches and nothing else.
+/// Returns their headers in order; the first error refuses the whole buffer.
+pub fn validate_batches(buf: &[u8], batch_bytes_max: usize) -> Result<Vec<BatchInfo>, BatchError> {
+    let mut infos = Vec::new();
+    let mut pos = 0;
+    while pos < buf.len() {
+        let info = validate_batch(&buf[pos..], batch_bytes_max)?;
+        pos += info.size_bytes;
+        infos.push(info);
+    }
+    Ok(infos)
+}
+
+/// The first 16 bytes of a batch with `baseOffset` and `partitionLeaderEpoch` replaced; the rest of
+/// the batch is unchanged, and so is its CRC.
+pub fn stamped_prefix(batch: &[u8], base_offset: Offset, epoch: LeaderEpoch) -> [u8; 16] {
+    let mut prefix = [0u8; 16];
+    prefix.copy_from_slice(&batch[..16]);
+    prefix[..8].copy_from_slice(&base_offset.0.to_be_bytes());
+    prefix[OFF_LEADER_EPOCH..16].copy_from_slice(&epoch.0.to_be_bytes());
+    prefix
+}
+
+/// Reads a zig-zag varint (Kafka's `varint`/`varlong`) at `*pos`, advancing it.
+fn read_varlong(buf: &[u8], pos: &mut usize) -> Option<i64> {
+    let mut value: u64 = 0;
+    for shift in (0..70).step_by(7) {
+        let byte = *buf.get(*pos)?;
+        *pos += 1;
+        if shift == 63 && byte > 1 {
+            return None; // overflows 64 bits
+        }
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(((value >> 1) as i64) ^ -((value & 1) as i64));
+        }
+    }
+    None
+}
+
+/// For an uncompressed, validated batch: the offset of its first record whose timestamp is at
+/// least `target`. Returns `None` when no record qualifies, or when the batch is compressed (the
+/// records are then opaque here, and the caller falls back to the batch's base offset).
+pub fn first_record_at_or_after(batch: &[u8], info: &BatchInfo, target: TimestampMs) -> Option<Offset> {
+    if info.compression_codec() != 0 {
+        return None;
+    }
+    let mut pos = BATCH_HEADER_BYTES;
+    let end = info.size_bytes.min(batch.len());
+    for _ in 0..info.record_count {
+        let length = read_varlong(batch, &mut pos)?;
+        let record_start = pos;
+        let _attributes = *batch.get(pos)?;
+        pos += 1;
+        let timestamp_delta = read_varlong(batch, &mut pos)?;
+        let offset_delta = read_varlong(batch, &mut pos)?;
+        if info.base_timestamp.saturating_add(timestamp_delta) >= target {
+            return Some(info.base_offset.plus(offset_delta));
+        }
+        pos = record_start.checked_add(usize::try_from(length).ok()?)?;
+        if pos > end {
+            return None;
+        }
+    }
+    None
+}
+
+/// Builds a valid uncompressed RecordBatch v2 from `(timestamp, key, value)` records, for tests,
+/// benchmarks and tools. Production batches come from clients; this exists so the storage crate
+/// can be exercised without a Kafka client.
+pub fn build_batch(base_timestamp: TimestampMs, records: &[(TimestampMs, &[u8], &[u8])]) -> Vec<u8> {
+    fn put_varlong(out: &mut Vec<u8>, v: i64) {
+        let mut z = ((v << 1) ^ (v >> 63)) as u64;
+        loop {
+            if z < 0x80 {
+                out.push(z as u8);
+                return;
+            }
+            out.push((z as u8 & 0x7f) | 0x80);
+            z >>= 7;
+        }
+    }
+    assert!(!records.is_empty(), "a batch holds at least one record");
+    let mut body = Vec::new();
+    let mut max_timestamp = base_timestamp;
+    for (delta, (ts, key, value)) in records.iter().enumerate() {
+        max_timestamp = max_timestamp.max(*ts);
+        let mut rec = Vec::with_capacity(key.len() + value.len() + 16);
+        rec.push(0); // attributes
+        put_varlong(&mut rec, ts - base_timestamp);
+        put_varlong(&mut rec, delta as i64);
+        put_varlong(&mut rec, key.len() as i64);
+        rec.extend_from_slice(key);
+        put_varlong(&mut rec, value.len() as i64);
+        rec.extend_from_slice(value);
+        put_varlong(&mut rec, 0); // no headers
+        put_varlong(&mut body, rec.len() as i64);
+        body.extend_from_slice(&rec);
+    }
+    let mut b = Vec::with_capacity(BATCH_HEADER_BYTES + body.len());
+    b.extend_from_slice(&0i64.to_be_bytes());
+    b.extend_from_slice(&((BATCH_HEADER_BYTES - LOG_OVERHEAD_BYTES + body.len()) as i32).to_be_bytes());
+    b.extend_from_slice(&0i32.to_be_bytes()); // partitionLeaderEpoch
+    b.push(MAGIC_V2);
+    b.extend_from_slice(&0u32.to_be_bytes()); // crc, filled below
+    b.extend_from_slice(&0i16.to_be_bytes()); // attributes
+    b.extend_from_slice(&((records.len() - 1) as i32).to_be_bytes());
+    b.extend_from_slice(&base_timestamp.to_be_bytes());
+    b.extend_from_slice(&max_timestamp.to_be_bytes());
+    b.extend_from_slice(&(-1i64).to_be_bytes()); // producerId
+    b.extend_from_slice(&(-1i16).to_be_bytes()); // producerEpoch
+    b.extend_from_slice(&(-1i32).to_be_bytes()); // baseSequence
+    b.extend_from_slice(&(records.len() as i32).to_be_bytes());
+    b.extend_from_slice(&body);
+    let crc = crc32c::crc32c(&b[CRC_START..]);
+    b[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = 1 << 20;
+
+    fn sample() -> Vec<u8> {
+        build_batch(1000, &[(1000, b"k1", b"v1"), (1005, b"k2", b"value-2"), (1003, b"", b"x")])
+    }
+
+    #[test]
+    fn built_batch_validates() {
+        let b = sample();
+        let info = validate_batch(&b, MAX).unwrap();
+        assert_eq!(info.size_bytes, b.len());
+        assert_eq!(info.record_count, 3);
+        assert_eq!(info.last_offset_delta, 2);
+        assert_eq!(info.max_timestamp, 1005);
+    }
+
+    #[test]
+    fn stamping_keeps_crc_valid() {
+        let mut b = sample();
+        let prefix = stamped_prefix(&b, Offset(42), LeaderEpoch(7));
+        b[..16].copy_from_slice(&prefix);
+        let info = validate_batch(&b, MAX).unwrap();
+        assert_eq!(info.base_offset, Offset(42));
+        assert_eq!(info.leader_epoch, LeaderEpoch(7));
+        assert_eq!(info.last_offset(), Offset(44));
+    }
+
+    #[test]
+    fn every_broken_rule_has_its_error() {
+        let good = sample();
+        assert!(matches!(validate_batch(&good[..30], MAX), Err(BatchError::ShortHeader { available: 30 })));
+        assert!(matches!(validate_batch(&good[..good.len() - 1], MAX), Err(BatchError::Truncated { .. })));
+        assert!(matches!(validate_batch(&good, 10), Err(BatchError::TooLarge { .. })));
+
+        let mut bad = good.clone();
+        bad[8..12].copy_from_slice(&10i32.to_be_bytes());
+        assert!(matches!(validate_batch(&bad, MAX), Err(BatchError::LengthTooSmall { batch_length: 10 })));
+        bad[8..12].copy_from_slice(&(-5i32).to_be_bytes());
+        assert!(matches!(validate_batch(&bad, MAX), Err(BatchError::LengthTooSmall { .. })));
+
+        let mut bad = good.clone();
+        bad[16] = 1;
+        assert!(matches!(validate_batch(&bad, MAX), Err(BatchError::BadMagic { magic: 1 })));
+
+        let mut bad = good.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 0x40;
+        assert!(matches!(validate_batch(&bad, MAX), Err(BatchError::CrcMismatch { .. })));
+
+        // Fields inside the CRC range: fix the CRC up so only the rule under test is broken.
+        let recrc = |b: &mut Vec<u8>| {
+            let crc = crc32c::crc32c(&b[CRC_START..]);
+            b[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        };
+        let mut bad = good.clone();
+        bad[22] = 0x06; // codec 6
+        recrc(&mut bad);
+        assert!(matches!(validate_batch(&bad, MAX), Err(BatchError::BadCompression { codec: 6 })));
+
+        let mut bad = good.clone();
+        bad[OFF_RECORD_COUNT..OFF_RECORD_COUNT + 4].copy_from_slice(&5i32.to_be_bytes());
+        recrc(&mut bad);
+        assert!(matches!(
+            validate_batch(&bad, MAX),
+            Err(BatchError::RecordCountMismatch { record_count: 5, last_offset_delta: 2 })
+        ));
+    }
+
+    #[test]
+    fn validate_batches_refuses_trailing_garbage() {
+        let mut two = sample();
+        two.extend_from_slice(&sample());
+        assert_eq!(validate_batches(&two, MAX).unwrap().len(), 2);
+        two.extend_from_slice(&[0u8; 5]);
+        assert!(validate_batches(&two, MAX).is_err());
+    }
+
+    #[test]
+    fn timestamp_search_inside_a_batch() {
+        let mut b = sample();
+        let prefix = stamped_prefix(&b, Offset(100), LeaderEpoch(0));
+        b[..16].copy_from_slice(&prefix);
+        let info = validate_batch(&b, MAX).unwrap();
+        assert_eq!(first_record_at_or_after(&b, &info, 0), Some(Offset(100)));
+        assert_eq!(first_record_at_or_after(&b, &info, 1001), Some(Offset(101)));
+        assert_eq!(first_record_at_or_after(&b, &info, 1005), Some(Offset(101)));
+        assert_eq!(first_record_at_or_after(&b, &info, 1006), None);
+    }
+}

@@ -1,0 +1,989 @@
+//! The partition log: segments in one directory, appended to, read from, made durable with group
+//! commit, truncated at either end, rolled and retained.
+//!
+//! Concurrency model: a `Log` lives on one glommio executor (it is `!Send`); clones are handles
+//! to the same log for the tasks of that executor. Two locks order the work:
+//! - `append_lock` serializes appends (offset assignment, segment roll) and suffix truncation;
+//! - `io_lock` serializes everything that writes the segment files: flush, fdatasync, roll,
+//!   truncation, retention. Lock order: `append_lock` before `io_lock`.
+//!
+//! Appends copy into the active segment's write tail and return; data reaches the file when the
+//! tail passes `write_behind_bytes` or when someone waits for durability. `wait_durable` is
+//! group commit: one waiter at a time runs a sync round (write + fdatasync), everybody whose data
+//! that round covered is released together, and appends arriving meanwhile share the next round.
+//!
+//! Invariants:
+//! - `log_start <= durable_end <= next_offset`… except that `durable_end` is only meaningful
+//!   at or above `log_start`; it never passes `next_offset`;
+//! - every segment but the last is sealed: synced, trimmed to its data, with an index file;
+//! - no state borrow is held across an `.await`.
+
+use std::cell::{Cell, RefCell};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use futures::channel::oneshot;
+use glommio::sync::Semaphore;
+use tracing::{debug, info, warn};
+
+use crate::batch::{first_record_at_or_after, stamped_prefix, validate_batch, validate_batches, BatchInfo};
+use crate::config::LogConfig;
+use crate::error::{Result, StorageError};
+use crate::format::{self, IndexFile};
+use crate::io::{self, align_down, align_up};
+use crate::segment::{scan_segment, ScanStop, Segment, SegmentIndex};
+use crate::tail::WriteTail;
+use crate::types::{now_ms, LeaderEpoch, Offset, TimestampMs};
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: Offset,
+    pub last_offset: Offset,
+    pub batch_count: usize,
+}
+
+/// Whole batches read from the log, back to back, exactly as stored.
+#[derive(Debug, Clone, Default)]
+pub struct ReadBatches {
+    pub bytes: Bytes,
+    /// Base offset of the first batch (which may be below the offset asked for: Kafka serves the
+    /// whole batch containing it, and clients skip the records before).
+    pub first_offset: Option<Offset>,
+    /// The offset after the last batch returned: where the next read continues.
+    pub next_offset: Offset,
+}
+
+/// What `enforce_retention` removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetentionOutcome {
+    pub segments_deleted: usize,
+    pub bytes_deleted: u64,
+    pub log_start: Offset,
+}
+
+struct State {
+    /// Ascending by base offset; the last is the active segment.
+    segments: Vec<Segment>,
+    log_start: Offset,
+    next_offset: Offset,
+}
+
+impl State {
+    fn active(&self) -> &Segment {
+        self.segments.last().expect("a log always has an active segment")
+    }
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments.last_mut().expect("a log always has an active segment")
+    }
+    /// Index of the segment holding `offset`.
+    fn segment_for(&self, offset: Offset) -> usize {
+        self.segments
+            .partition_point(|s| s.base_offset() <= offset)
+            .saturating_sub(1)
+    }
+}
+
+struct Inner {
+    dir: PathBuf,
+    config: LogConfig,
+    state: RefCell<State>,
+    append_lock: Semaphore,
+    io_lock: Semaphore,
+    durable_end: Cell<Offset>,
+    sync_in_flight: Cell<bool>,
+    durable_waiters: RefCell<Vec<oneshot::Sender<()>>>,
+    failure: RefCell<Option<String>>,
+    closed: Cell<bool>,
+    /// Bumped by every suffix truncation, so a read that raced one retries.
+    generation: Cell<u64>,
+    /// fdatasync rounds run by group commit since open (a metric, and how tests see batching).
+    sync_rounds: Cell<u64>,
+}
+
+/// A partition log. See the module docs for the concurrency model.
+#[derive(Clone)]
+pub struct Log {
+    inner: Rc<Inner>,
+}
+
+/// Resets `sync_in_flight` and wakes the durability waiters when a sync round ends, however it ends.
+struct SyncRoundGuard<'a>(&'a Inner);
+
+impl Drop for SyncRoundGuard<'_> {
+    fn drop(&mut self) {
+        self.0.sync_in_flight.set(false);
+        for waiter in self.0.durable_waiters.borrow_mut().drain(..) {
+            let _ = waiter.send(());
+        }
+    }
+}
+
+impl Log {
+    /// Opens the log in `dir`, creating it if needed, and recovers it: stray temp files are
+    /// removed, sealed segments' indexes loaded (or rebuilt), and the active segment scanned and
+    /// truncated at the first batch that is torn, corrupt or out of sequence.
+    pub async fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Log> {
+        config.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|e| StorageError::io(dir.display(), e))?;
+        io::prime_iopoll_probe(&dir).await?;
+
+        let mut bases = Vec::new();
+        let mut indexes = Vec::new();
+        let entries = std::fs::read_dir(&dir).map_err(|e| StorageError::io(dir.display(), e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| StorageError::io(dir.display(), e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(format::TEMP_SUFFIX) {
+                info!(file = %name, "removing stray temp file");
+                io::remove_file_if_exists(&entry.path())?;
+            } else if let Some(base) = format::parse_segment_file_name(&name) {
+                bases.push(base);
+            } else if name.ends_with(format::INDEX_SUFFIX) {
+                indexes.push(name);
+            }
+        }
+        bases.sort();
+        for name in indexes {
+            let has_segment = bases.iter().any(|b| format::index_file_name(*b) == name);
+            if !has_segment {
+                info!(file = %name, "removing index without a segment");
+                io::remove_file_if_exists(&dir.join(name))?;
+            }
+        }
+
+        let checkpoint = read_log_start(&dir);
+        if bases.is_empty() {
+            bases.push(checkpoint.unwrap_or(Offset::ZERO));
+        }
+
+        let mut segments: Vec<Segment> = Vec::with_capacity(bases.len());
+        let batch_max = config.batch_bytes_max as usize;
+        let mut dropped_from: Option<usize> = None;
+        for (i, base) in bases.iter().copied().enumerate() {
+            let is_last = i + 1 == bases.len();
+            let path = dir.join(format::segment_file_name(base));
+            let file = io::open_segment(&path, true).await?;
+            let file_len = file.file_size().await.map_err(|e| StorageError::io(path.display(), e))?;
+            if let Some(prev) = segments.last() {
+                if prev.index.next_offset != base {
+                    warn!(segment = %base, expected = %prev.index.next_offset,
+                        "segment does not continue the log; dropping it and all after it");
+                    file.close().await.map_err(|e| StorageError::io(path.display(), e))?;
+                    dropped_from = Some(i);
+                    break;
+                }
+            }
+            let index_path = dir.join(format::index_file_name(base));
+            let loaded = if is_last {
+                None
+            } else {
+                load_index(&index_path, base, file_len, config.index_interval_bytes)
+            };
+            let index_loaded = loaded.is_some();
+            let (index, stop) = match loaded {
+                Some(index) => (index, ScanStop::CleanEnd),
+                None => {
+                    let mut index = SegmentIndex::empty(base, config.index_interval_bytes);
+                    let stop = scan_segment(&file, &path, file_len, &mut index, batch_max, None).await?;
+                    (index, stop)
+                }
+            };
+            let damaged = matches!(stop, ScanStop::Damaged { .. });
+            if let ScanStop::Damaged { position, reason } = &stop {
+                warn!(segment = %base, position, %reason, kept_bytes = index.size_bytes,
+                    "log truncated at the last valid batch");
+            }
+            let sealed = !is_last && !damaged;
+            if sealed && !index_loaded {
+                // The index was missing or invalid: write the rebuilt one.
+                io::write_file_atomically(&dir, &format::index_file_name(base), &index.to_file().encode()).await?;
+                info!(segment = %base, "rebuilt segment index");
+            }
+            if !sealed {
+                io::remove_file_if_exists(&index_path)?;
+                if file_len > index.size_bytes {
+                    // Drop whatever follows the data, so stale batches can never reappear behind
+                    // new appends.
+                    file.truncate(index.size_bytes).await.map_err(|e| StorageError::io(path.display(), e))?;
+                }
+                file.fdatasync().await.map_err(|e| StorageError::io(path.display(), e))?;
+            }
+            let tail = if sealed {
+                None
+            } else {
+                let page_start = align_down(index.size_bytes);
+                let page = io::read_at(&file, &path, page_start, (index.size_bytes - page_start) as usize).await?;
+                Some(WriteTail::resume(&file, config.write_chunk_bytes, index.size_bytes, &page))
+            };
+            let preallocated_to = if sealed { file_len } else { index.size_bytes };
+            segments.push(Segment {
+                path,
+                file: Rc::new(file),
+                index,
+                tail,
+                first_append_ms: None,
+                preallocated_to,
+            });
+            if damaged && !is_last {
+                dropped_from = Some(i + 1);
+                break;
+            }
+        }
+        if let Some(from) = dropped_from {
+            for base in &bases[from..] {
+                io::remove_file_if_exists(&dir.join(format::segment_file_name(*base)))?;
+                io::remove_file_if_exists(&dir.join(format::index_file_name(*base)))?;
+            }
+            if segments.last().is_some_and(|s| s.tail.is_none()) {
+                // The kept last segment was sealed: it becomes the active one again.
+                let seg = segments.last_mut().expect("checked");
+                io::remove_file_if_exists(&dir.join(format::index_file_name(seg.base_offset())))?;
+                let page_start = align_down(seg.index.size_bytes);
+                let page =
+                    io::read_at(&seg.file, &seg.path, page_start, (seg.index.size_bytes - page_start) as usize).await?;
+                seg.tail = Some(WriteTail::resume(&seg.file, config.write_chunk_bytes, seg.index.size_bytes, &page));
+            }
+        }
+        io::sync_dir(&dir).await?;
+
+        let first_base = segments[0].base_offset();
+        let next_offset = segments.last().expect("at least one segment").index.next_offset;
+        let log_start = checkpoint.unwrap_or(first_base).max(first_base).min(next_offset);
+        info!(dir = %dir.display(), segments = segments.len(), %log_start, %next_offset, "log opened");
+        Ok(Log {
+            inner: Rc::new(Inner {
+                dir,
+                config,
+                state: RefCell::new(State {
+                    segments,
+                    log_start,
+                    next_offset,
+                }),
+                append_lock: Semaphore::new(1),
+                io_lock: Semaphore::new(1),
+                durable_end: Cell::new(next_offset),
+                sync_in_flight: Cell::new(false),
+                durable_waiters: RefCell::new(Vec::new()),
+                failure: RefCell::new(None),
+                closed: Cell::new(false),
+                generation: Cell::new(0),
+                sync_rounds: Cell::new(0),
+            }),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.inner.config
+    }
+
+    /// The first offset that can be read.
+    pub fn log_start_offset(&self) -> Offset {
+        self.inner.state.borrow().log_start
+    }
+
+    /// The offset the next appended record gets (Kafka's log end offset).
+    pub fn log_end_offset(&self) -> Offset {
+        self.inner.state.borrow().next_offset
+    }
+
+    /// The durable watermark: every offset below it has been fdatasync'ed.
+    pub fn durable_end_offset(&self) -> Offset {
+        self.inner.durable_end.get()
+    }
+
+    /// Group-commit fdatasync rounds run since the log was opened.
+    pub fn sync_rounds(&self) -> u64 {
+        self.inner.sync_rounds.get()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.inner.state.borrow().segments.len()
+    }
+
+    /// Base offsets of the segments, oldest first.
+    pub fn segment_base_offsets(&self) -> Vec<Offset> {
+        self.inner.state.borrow().segments.iter().map(Segment::base_offset).collect()
+    }
+
+    /// Total bytes of batch data in all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.inner.state.borrow().segments.iter().map(|s| s.index.size_bytes).sum()
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        if let Some(why) = self.inner.failure.borrow().as_ref() {
+            return Err(StorageError::Poisoned(why.clone()));
+        }
+        if self.inner.closed.get() {
+            return Err(StorageError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Records an I/O failure that leaves the files in an unknown state, and returns its error.
+    fn fail(&self, err: StorageError) -> StorageError {
+        let mut failure = self.inner.failure.borrow_mut();
+        if failure.is_none() {
+            tracing::error!(dir = %self.inner.dir.display(), error = %err, "log failed");
+            *failure = Some(err.to_string());
+        }
+        err
+    }
+
+    /// Appends whole RecordBatch v2 batches, assigning offsets from the log end and stamping
+    /// `epoch` as their partitionLeaderEpoch. Every batch is validated first; if any is bad,
+    /// nothing is appended. Returns once the data is buffered (see [`Log::wait_durable`]).
+    pub async fn append(&self, batches: &[u8], epoch: LeaderEpoch) -> Result<AppendInfo> {
+        self.check_usable()?;
+        if batches.is_empty() {
+            return Err(StorageError::EmptyAppend);
+        }
+        let batch_max = self.inner.config.batch_bytes_max as usize;
+        let infos = validate_batches(batches, batch_max).map_err(|source| {
+            // Find where the bad batch starts, for the error message.
+            let mut position = 0;
+            while let Ok(info) = validate_batch(&batches[position..], batch_max) {
+                position += info.size_bytes;
+            }
+            StorageError::InvalidBatch { position, source }
+        })?;
+        let _append = self.inner.append_lock.acquire_permit(1).await.map_err(|_| StorageError::Closed)?;
+        self.check_usable()?;
+        self.roll_if_aged().await?;
+
+        let mut pos = 0usize;
+        let mut first = None;
+        let mut last = Offset::ZERO;
+        for info in &infos {
+            let needs_roll = {
+                let state = self.inner.state.borrow();
+                let active = state.active();
+                !active.index.is_empty()
+                    && active.index.size_bytes + info.size_bytes as u64 > self.inner.config.segment_bytes_max
+            };
+            if needs_roll {
+                self.roll_locked().await?;
+            }
+            let bytes = &batches[pos..pos + info.size_bytes];
+            pos += info.size_bytes;
+            let mut state = self.inner.state.borrow_mut();
+            let base = state.next_offset;
+            let stamped = BatchInfo {
+                base_offset: base,
+                leader_epoch: epoch,
+                ..*info
+            };
+            let active = state.active_mut();
+            let tail = active.tail.as_mut().expect("the active segment has a tail");
+            let position = tail.end_pos();
+            tail.push(&active.file, &stamped_prefix(bytes, base, epoch));
+            tail.push(&active.file, &bytes[16..]);
+            active.index.record(position, &stamped);
+            active.first_append_ms.get_or_insert_with(now_ms);
+            state.next_offset = stamped.next_offset();
+            first.get_or_insert(base);
+            last = stamped.last_offset();
+        }
+        let unwritten = self.inner.state.borrow().active().tail.as_ref().map_or(0, WriteTail::unwritten_bytes);
+        if unwritten >= self.inner.config.write_behind_bytes as u64 {
+            let _io = self.inner.io_lock.acquire_permit(1).await.map_err(|_| StorageError::Closed)?;
+            self.write_out().await?;
+        }
+        Ok(AppendInfo {
+            base_offset: first.expect("at least one batch"),
+            last_offset: last,
+            batch_count: infos.len(),
+        })
+    }
+
+    /// [`Log::append`], then waits until the appended batches are durable.
+    pub async fn append_durable(&self, batches: &[u8], epoch: LeaderEpoch) -> Result<AppendInfo> {
+        let appended = self.append(batches, epoch).await?;
+        self.wait_durable(appended.last_offset).await?;
+        Ok(appended)
+    }
+
+    /// Waits until `offset` is durable (below the durable watermark), running or joining a group
+    /// commit round as needed.
+    pub async fn wait_durable(&self, offset: Offset) -> Result<()> {
+        loop {
+            self.check_usable()?;
+            if self.inner.durable_end.get() > offset {
+                return Ok(());
+            }
+            let log_end = self.log_end_offset();
+            if offset >= log_end {
+                return Err(StorageError::OffsetOutOfRange {
+                    requested: offset,
+                    log_start: self.log_start_offset(),
+                    log_end,
+                });
+            }
+            if self.inner.sync_in_flight.get() {
+                let (tx, rx) = oneshot::channel();
+                self.inner.durable_waiters.borrow_mut().push(tx);
+                let _ = rx.await;
+            } else {
+                self.sync_round().await?;
+            }
+        }
+    }
+
+    /// Writes and fdatasyncs everything appended so far; returns the new durable watermark.
+    pub async fn sync(&self) -> Result<Offset> {
+        let end = self.log_end_offset();
+        if end > Offset::ZERO && self.durable_end_offset() < end {
+            self.wait_durable(end.plus(-1)).await?;
+        }
+        Ok(self.durable_end_offset())
+    }
+
+    async fn sync_round(&self) -> Result<()> {
+        self.inner.sync_in_flight.set(true);
+        let _round = SyncRoundGuard(&self.inner);
+        let _io = self.inner.io_lock.acquire_permit(1).await.map_err(|_| StorageError::Closed)?;
+        self.check_usable()?;
+        let target = self.log_end_offset();
+        let file = self.write_out().await?;
+        file.fdatasync()
+            .await
+            .map_err(|e| self.fail(StorageError::io(self.inner.dir.display(), e)))?;
+        let durable = self.inner.durable_end.get().max(target);
+        self.inner.durable_end.set(durable);
+        self.inner.sync_rounds.set(self.inner.sync_rounds.get() + 1);
+        Ok(())
+    }
+
+    /// Writes the active segment's buffered bytes to its file (no fdatasync). Caller holds
+    /// `io_lock`. Returns the active segment's file.
+    async fn write_out(&self) -> Result<Rc<glommio::io::DmaFile>> {
+        let (file, path, plan, preallocate_to) = {
+            let mut state = self.inner.state.borrow_mut();
+            let active = state.active_mut();
+            let file = active.file.clone();
+            let tail = active.tail.as_mut().expect("the active segment has a tail");
+            let plan = tail.plan_flush(&file);
+            let needed = align_up(plan.end_pos);
+            let step = self.inner.config.preallocate_bytes;
+            let preallocate_to = (step > 0 && needed > active.preallocated_to).then(|| {
+                let to = (needed + step).min(align_up(self.inner.config.segment_bytes_max));
+                active.preallocated_to = to.max(needed);
+                active.preallocated_to
+            });
+            (file, active.path.clone(), plan, preallocate_to)
+        };
+        if plan.writes.is_empty() {
+            return Ok(file);
+        }
+        if let Some(to) = preallocate_to {
+            file.pre_allocate(to, false)
+                .await
+                .map_err(|e| self.fail(StorageError::io(path.display(), e)))?;
+        }
+        let expected: Vec<(u64, usize)> = plan.writes.iter().map(|w| (w.pos(), w.len())).collect();
+        let results = futures::future::join_all(plan.writes.into_iter().map(|w| w.submit(&file))).await;
+        for ((pos, len), result) in expected.into_iter().zip(results) {
+            match result {
+                Ok(n) if n == len => {}
+                Ok(n) => {
+                    let e = std::io::Error::new(
+                        std::io::ErrorKind::WriteZero,
+                        format!("short write at {pos}: {n} of {len} bytes"),
+                    );
+                    return Err(self.fail(StorageError::io(path.display(), e)));
+                }
+                Err(e) => return Err(self.fail(StorageError::io(path.display(), e))),
+            }
+        }
+        let mut state = self.inner.state.borrow_mut();
+        let active = state.active_mut();
+        debug_assert!(Rc::ptr_eq(&active.file, &file), "io_lock keeps the active segment in place");
+        active.tail.as_mut().expect("the active segment has a tail").complete_flush(plan.end_pos);
+        Ok(file)
+    }
+
+    /// Writes buffered data to the files without waiting for fdatasync.
+    pub async fn flush(&self) -> Result<()> {
+        self.check_usable()?;
+        let _io = self.inner.io_lock.acquire_permit(1).await.map_err(|_| StorageError::Closed)?;
+        self.write_out().await.map(|_| ())
+    }
+
+    /// Seals the active segment (if it holds data) and starts a new one at the log end.
+    pub async fn roll(&self) -> Result<()> {
+        self.check_usable()?;
+        let _append = self.inner.append_lock.acquire_permit(1).await.map_err(|_| StorageError::Closed)?;
+        self.roll_locked().await
+    }
+
+    async fn roll_if_aged(&self) -> Result<()> {
+        let Some(max_ms) = self.inner.config.segment_ms_max else {
+            return Ok(());
+        };
+        let aged = {
+            let state = self.inner.state.borrow();
+            state
+                .active()
+                .first_append_ms
+                .is_some_and(|t| now_ms().saturating_sub(t) >= max_ms as i64)
+        };
+        if aged {
+            self.roll_locked().await?;
+        }
+        Ok(())
+    }
+
+    /// Caller holds `append_lock`.
+    async fn roll_locked(&self) -> Result<()> {
+        let _io = self.inner.io_lock.acquire_permit(1).await.map_err(|_| StorageError::Closed)?;
+        if self.inner.state.borrow().active().index.is_empty() {
+            return Ok(());
+        }
+        let file = self.write_out().await?;
+        let (path, index_file, next) = {
+            let state = self.inner.state.borrow();
+            let active = state.active();
+            (active.path.clone(), active.index.to_file(), state.next_offset)
+        };
+        let io_err = |e| self.fail(StorageError::io(path.display(), e));
+        file.fdatasync().await.map_err(io_err)?;
+        file.truncate(index_file.segment_bytes).await.map_err(io_err)?;
+        file.fdatasync().await.map_err(io_err)?;
+        let base = index_file.base_offset;
+        io::write_file_atomically(&self.inner.dir, &format::index_file_name(base), &index_file.encode())
+            .await
+            .map_err(|e| self.fail(e))?;
+
+        let new_path = self.inner.dir.join(format::segment_file_name(next));
+        let new_file = io::open_segment(&new_path, true).await.map_err(|e| self.fail(e))?;
+        io::sync_dir(&self.inner.dir).await.map_err(|e| self.fail(e))?;
+        let tail = WriteTail::resume(&new_file, self.inner.config.write_chunk_bytes, 0, &[]);
+        {
+            let mut state = self.inner.state.borrow_mut();
+            let sealed = state.active_mut();
+            sealed.tail = None;
+            sealed.preallocated_to = sealed.index.size_bytes;
+            state.segments.push(Segment {
+                path: new_path,
+                file: Rc::new(new_file),
+                index: SegmentIndex::empty(next, self.inner.config.index_interval_bytes),
+                tail: Some(tail),
+                first_append_ms: None,
+                preallocated_to: 0,
+            });
+        }
+        // Everything before the new segment is now synced.
+        self.inner.durable_end.set(self.inner.durable_end.get().max(next));
+        debug!(sealed = %base, active = %next, "segment rolled");
+        Ok(())
+    }
+
+    /// Reads whole batches starting with the one that holds `from`, up to `max_bytes` (always at
+    /// least one batch, even a larger one, as Kafka does since KIP-74). Every batch returned has
+    /// been re-validated. Reading at the log end returns nothing.
+    pub async fn read(&self, from: Offset, max_bytes: usize) -> Result<ReadBatches> {
+        loop {
+            let generation = self.inner.generation.get();
+            let result = self.read_once(from, max_bytes).await;
+            if self.inner.generation.get() == generation {
+                return result;
+            }
+        }
+    }
+
+    async fn read_once(&self, from: Offset, max_bytes: usize) -> Result<ReadBatches> {
+        self.check_usable()?;
+        let batch_max = self.inner.config.batch_bytes_max as usize;
+        let (seg_base, file, path, start_pos, seg_end) = {
+            let state = self.inner.state.borrow();
+            if from < state.log_start || from > state.next_offset {
+                return Err(StorageError::OffsetOutOfRange {
+                    requested: from,
+                    log_start: state.log_start,
+                    log_end: state.next_offset,
+                });
+            }
+            if from == state.next_offset {
+                return Ok(ReadBatches {
+                    bytes: Bytes::new(),
+                    first_offset: None,
+                    next_offset: from,
+                });
+            }
+            let seg = &state.segments[state.segment_for(from)];
+            let entry = seg.index.entry_for_offset(from);
+            (
+                seg.base_offset(),
+                seg.file.clone(),
+                seg.path.clone(),
+                u64::from(entry.position),
+                seg.index.size_bytes,
+            )
+        };
+        // Read a window from the indexed position: enough to skip to `from` and fill max_bytes.
+        let window = (max_bytes.max(crate::batch::BATCH_HEADER_BYTES) as u64)
+            .saturating_add(u64::from(self.inner.config.index_interval_bytes))
+            .saturating_add(batch_max as u64);
+        let mut buf_pos = start_pos;
+        let mut buf = self
+            .read_range(&file, &path, start_pos, window.min(seg_end - start_pos))
+            .await?;
+        let mut out_start = None;
+        let mut out_end = 0usize;
+        let mut first_offset = None;
+        let mut next_offset = from;
+        let mut used = 0usize;
+        loop {
+            if buf_pos + used as u64 >= seg_end {
+                break;
+            }
+            let rest = &buf[used..];
+            let corrupt = |source| StorageError::Corrupt {
+                segment: seg_base,
+                position: buf_pos + used as u64,
+                source,
+            };
+            let size = match crate::batch::peek_batch_size(rest, batch_max) {
+                Ok(size) if size <= rest.len() => size,
+                Ok(_) | Err(crate::batch::BatchError::ShortHeader { .. }) => {
+                    // The window ended inside a batch.
+                    if out_start.is_some() {
+                        break;
+                    }
+                    // Nothing selected yet: re-read from this batch, at least the largest batch.
+                    let at = buf_pos + used as u64;
+                    buf = self
+                        .read_range(&file, &path, at, (batch_max as u64).min(seg_end - at))
+                        .await?;
+                    buf_pos = at;
+                    used = 0;
+                    continue;
+                }
+                Err(e) => return Err(corrupt(e)),
+            };
+            let info = validate_batch(&rest[..size], batch_max).map_err(corrupt)?;
+            if info.last_offset() < from {
+                used += size;
+                continue;
+            }
+            if let Some(start) = out_start {
+                if used + size - start > max_bytes {
+                    break;
+                }
+            } else {
+                out_start = Some(used);
+                first_offset = Some(info.base_offset);
+            }
+            used += size;
+            out_end = used;
+            next_offset = info.next_offset();
+        }
+        let bytes = match out_start {
+            Some(start) => buf.slice(start..out_end),
+            None => Bytes::new(),
+        };
+        Ok(ReadBatches {
+            bytes,
+            first_offset,
+            next_offset,
+        })
+    }
+
+    /// Reads segment bytes `[pos, pos + len)`, from memory where the active segment's write tail
+    /// still holds them and from the file below that.
+    async fn read_range(&self, file: &glommio::io::DmaFile, path: &Path, pos: u64, len: u64) -> Result<Bytes> {
+        let end = pos + len;
+        // Copy the in-memory part first, synchronously: everything below the tail's memory start
+        // at this moment has been completely written, whatever the tail does during the await.
+        let (memory, disk_end) = {
+            let state = self.inner.state.borrow();
+            let active = state.active();
+            match active.tail.as_ref() {
+                Some(tail) if std::ptr::eq(&*active.file, file) && end > tail.memory_start() => {
+                    let from = pos.max(tail.memory_start());
+                    let to = end.min(tail.end_pos());
+                    let mem = (to > from).then(|| tail.copy_range(from, (to - from) as usize));
+                    (mem, from)
+                }
+                _ => (None, end),
+            }
+        };
+        let disk = io::read_at(file, path, pos, (disk_end - pos) as usize).await?;
+        Ok(match memory {
+            None => disk,
+            Some(mem) if disk.is_empty() => mem,
+            Some(mem) => {
+                let mut joined = BytesMut::with_capacity(disk.len() + mem.len());
+                joined.extend_from_slice(&disk);
+                joined.extend_from_slice(&mem);
+                joined.freeze()
+            }
+        })
+    }
+
+    /// Drops the suffix of the log from the batch holding `offset` on (Raft truncation). If
+    /// `offset` falls inside a batch, that whole batch goes too, as in Kafka. Returns the new log
+    /// end offset. The truncation is durable when this returns.
+    pub async fn truncate(&self, offset: Offset) -> Result<Offset> {
+        self.check_usable()?;
+        let _append = self.inner.append_lock.acquire_permit(1).await.map_err(|_| StorageError::Closed)?;
+        let _io = self.inner.io_lock.acquire_permit(1).await.map_err(|_| StorageError::Closed)?;
+        let (log_start, next) = {
+            let state = self.inner.state.borrow();
+            (state.log_start, state.next_offset)
+        };
+        if offset >= next {
+            return Ok(next);
+        }
+        if offset < log_start {
+            return Err(StorageError::OffsetOutOfRange {
+                requested: offset,
+                log_start,
+                log_end: next,
+            });
+        }
+        // Put everything buffered into the file first, so the file is the one truth to cut.
+        self.write_out().await?;
+        self.inner.generation.set(self.inner.generation.get() + 1);
+
+        // Drop whole segments above the target one.
+        let removed: Vec<Segment> = {
+            let mut state = self.inner.state.borrow_mut();
+            let keep = state.segment_for(offset) + 1;
+            state.segments.split_off(keep)
+        };
+        for seg in &removed {
+            io::remove_file_if_exists(&seg.path)?;
+            io::remove_file_if_exists(&self.inner.dir.join(format::index_file_name(seg.base_offset())))?;
+        }
+        drop(removed);
+
+        // Find the batch holding `offset` in the target segment and cut the file there.
+        let (file, path, base) = {
+            let state = self.inner.state.borrow();
+            let seg = state.active();
+            (seg.file.clone(), seg.path.clone(), seg.base_offset())
+        };
+        let mut rebuilt = SegmentIndex::empty(base, self.inner.config.index_interval_bytes);
+        // Re-derive the index up to the cut by scanning from the start of the segment: simple,
+        // and truncation is rare (leader change, recovery).
+        let file_len = file.file_size().await.map_err(|e| StorageError::io(path.display(), e))?;
+        let batch_max = self.inner.config.batch_bytes_max as usize;
+        scan_segment(&file, &path, file_len, &mut rebuilt, batch_max, Some(offset)).await?;
+        let io_err = |e| self.fail(StorageError::io(path.display(), e));
+        file.truncate(rebuilt.size_bytes).await.map_err(io_err)?;
+        file.fdatasync().await.map_err(io_err)?;
+        io::remove_file_if_exists(&self.inner.dir.join(format::index_file_name(base)))?;
+        io::sync_dir(&self.inner.dir).await.map_err(|e| self.fail(e))?;
+        let page_start = align_down(rebuilt.size_bytes);
+        let page = io::read_at(&file, &path, page_start, (rebuilt.size_bytes - page_start) as usize).await?;
+        let new_end = rebuilt.next_offset;
+        {
+            let mut state = self.inner.state.borrow_mut();
+            let seg = state.active_mut();
+            seg.tail = Some(WriteTail::resume(&file, self.inner.config.write_chunk_bytes, rebuilt.size_bytes, &page));
+            seg.preallocated_to = rebuilt.size_bytes;
+            seg.index = rebuilt;
+            state.next_offset = new_end;
+        }
+        self.inner.durable_end.set(self.inner.durable_end.get().min(new_end));
+        self.inner.generation.set(self.inner.generation.get() + 1);
+        info!(dir = %self.inner.dir.display(), requested = %offset, log_end = %new_end, "log truncated");
+        Ok(new_end)
+    }
+
+    /// Moves the log start offset up to `offset` (retention, DeleteRecords): offsets below it can
+    /// no longer be read, and segments entirely below it are deleted. The new start is durable
+    /// when this returns. `offset` may be at most the log end offset.
+    pub async fn truncate_prefix(&self, offset: Offset) -> Result<Offset> {
+        self.check_usable()?;
+        let _io = self.inner.io_lock.acquire_permit(1).await.map_err(|_| StorageError::Closed)?;
+        let (log_start, next) = {
+            let state = self.inner.state.borrow();
+            (state.log_start, state.next_offset)
+        };
+        if offset > next {
+            return Err(StorageError::OffsetOutOfRange {
+                requested: offset,
+                log_start,
+                log_end: next,
+            });
+        }
+        if offset <= log_start {
+            return Ok(log_start);
+        }
+        io::write_file_atomically(&self.inner.dir, format::LOG_START_FILE, &format::encode_log_start(offset))
+            .await
+            .map_err(|e| self.fail(e))?;
+        let removed = {
+            let mut state = self.inner.state.borrow_mut();
+            state.log_start = offset;
+            let sealed = state.segments.len() - 1;
+            let drop_count = state.segments[..sealed]
+                .iter()
+                .take_while(|s| s.index.next_offset <= offset)
+                .count();
+            state.segments.drain(..drop_count).collect::<Vec<_>>()
+        };
+        self.delete_segments(removed).await?;
+        Ok(offset)
+    }
+
+    /// Deletes sealed segments beyond `retention.ms` (their newest record is older) or beyond
+    /// `retention.bytes` (oldest first, while the rest still exceeds it). The active segment is
+    /// never deleted. `now` is passed in so callers and tests control time.
+    pub async fn enforce_retention(&self, now: TimestampMs) -> Result<RetentionOutcome> {
+        self.check_usable()?;
+        let _io = self.inner.io_lock.acquire_permit(1).await.map_err(|_| StorageError::Closed)?;
+        let removed = {
+            let mut state = self.inner.state.borrow_mut();
+            let mut total: u64 = state.segments.iter().map(|s| s.index.size_bytes).sum();
+            let sealed = state.segments.len() - 1;
+            let mut drop_count = 0;
+            for seg in &state.segments[..sealed] {
+                let too_old = self
+                    .inner
+                    .config
+                    .retention_ms
+                    .is_some_and(|ms| seg.index.max_timestamp < now.saturating_sub(ms as i64));
+                let too_big = self
+                    .inner
+                    .config
+                    .retention_bytes
+                    .is_some_and(|max| total > max);
+                if !(too_old || too_big) {
+                    break;
+                }
+                total -= seg.index.size_bytes;
+                drop_count += 1;
+            }
+            let removed: Vec<Segment> = state.segments.drain(..drop_count).collect();
+            if let Some(first) = state.segments.first() {
+                state.log_start = state.log_start.max(first.base_offset());
+            }
+            removed
+        };
+        let outcome = RetentionOutcome {
+            segments_deleted: removed.len(),
+            bytes_deleted: removed.iter().map(|s| s.index.size_bytes).sum(),
+            log_start: self.log_start_offset(),
+        };
+        self.delete_segments(removed).await?;
+        Ok(outcome)
+    }
+
+    async fn delete_segments(&self, removed: Vec<Segment>) -> Result<()> {
+        if removed.is_empty() {
+            return Ok(());
+        }
+        for seg in &removed {
+            io::remove_file_if_exists(&self.inner.dir.join(format::index_file_name(seg.base_offset())))?;
+            io::remove_file_if_exists(&seg.path)?;
+            info!(segment = %seg.base_offset(), bytes = seg.index.size_bytes, "segment deleted");
+        }
+        io::sync_dir(&self.inner.dir).await
+    }
+
+    /// The offset of the first record whose timestamp is at or after `ts` (ListOffsets by
+    /// timestamp), or `None` if every record is older. For compressed batches the answer is the
+    /// base offset of the first batch whose max timestamp qualifies.
+    pub async fn offset_for_timestamp(&self, ts: TimestampMs) -> Result<Option<Offset>> {
+        self.check_usable()?;
+        let start = {
+            let state = self.inner.state.borrow();
+            let Some(seg) = state
+                .segments
+                .iter()
+                .find(|s| !s.index.is_empty() && s.index.max_timestamp >= ts && s.index.next_offset > state.log_start)
+            else {
+                return Ok(None);
+            };
+            let entry = seg.index.entry_for_timestamp(ts);
+            seg.base_offset().plus(i64::from(entry.relative_offset)).max(state.log_start)
+        };
+        let mut from = start;
+        let window = 256 * 1024;
+        while from < self.log_end_offset() {
+            let read = self.read(from, window).await?;
+            let mut rest = &read.bytes[..];
+            while !rest.is_empty() {
+                let info = validate_batch(rest, self.inner.config.batch_bytes_max as usize)
+                    .expect("read() returns validated batches");
+                if info.max_timestamp >= ts {
+                    let found = first_record_at_or_after(rest, &info, ts).unwrap_or(info.base_offset);
+                    return Ok(Some(found.max(self.log_start_offset())));
+                }
+                rest = &rest[info.size_bytes..];
+            }
+            if read.next_offset <= from {
+                break;
+            }
+            from = read.next_offset;
+        }
+        Ok(None)
+    }
+
+    /// Writes and syncs everything, then closes the log; later calls fail with `Closed`.
+    pub async fn close(&self) -> Result<()> {
+        if self.inner.closed.get() {
+            return Ok(());
+        }
+        self.sync().await?;
+        let _append = self.inner.append_lock.acquire_permit(1).await.map_err(|_| StorageError::Closed)?;
+        let _io = self.inner.io_lock.acquire_permit(1).await.map_err(|_| StorageError::Closed)?;
+        self.inner.closed.set(true);
+        let segments = std::mem::take(&mut self.inner.state.borrow_mut().segments);
+        for seg in segments {
+            if let Ok(file) = Rc::try_unwrap(seg.file) {
+                drop(seg.tail);
+                file.close().await.map_err(|e| StorageError::io(seg.path.display(), e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads the log-start checkpoint; a missing or damaged one is ignored (the first segment's base
+/// offset is then the start).
+fn read_log_start(dir: &Path) -> Option<Offset> {
+    let path = dir.join(format::LOG_START_FILE);
+    let bytes = std::fs::read(&path).ok()?;
+    match format::decode_log_start(&bytes) {
+        Ok(offset) => Some(offset),
+        Err(e) => {
+            warn!(file = %path.display(), error = %e, "ignoring damaged log-start checkpoint");
+            None
+        }
+    }
+}
+
+/// Loads a sealed segment's index file if it is valid and matches the segment file.
+fn load_index(path: &Path, base: Offset, file_len: u64, index_interval_bytes: u32) -> Option<SegmentIndex> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => {
+            warn!(file = %path.display(), error = %e, "segment index missing; rebuilding");
+            return None;
+        }
+    };
+    match IndexFile::decode(&bytes) {
+        Ok(f) if f.base_offset == base && f.segment_bytes == file_len => {
+            Some(SegmentIndex::from_file(f, index_interval_bytes))
+        }
+        Ok(_) => {
+            warn!(file = %path.display(), "segment index does not match its segment; rebuilding");
+            None
+        }
+        Err(e) => {
+            warn!(file = %path.display(), error = %e, "segment index invalid; rebuilding");
+            None
+        }
+    }
+}

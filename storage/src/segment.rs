@@ -1,0 +1,214 @@
+//! One segment of a log: its file, its in-memory sparse index, and (for the active segment) its
+//! write tail. Also the scanner that validates a segment's batches on recovery or index rebuild.
+//!
+//! Invariants:
+//! - batches in a segment are contiguous in offsets: each batch's base offset is the previous
+//!   batch's last offset + 1; the first is the segment's base offset (a segment may be empty);
+//! - `size_bytes` is the logical end of the data; file bytes past it are zero or not yet valid;
+//! - index entries are in ascending offset and position order; the first batch always has one.
+
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use glommio::io::DmaFile;
+
+use crate::batch::{peek_batch_size, validate_batch, BatchInfo, BATCH_HEADER_BYTES};
+use crate::error::Result;
+use crate::format::{IndexEntry, IndexFile};
+use crate::io;
+use crate::tail::WriteTail;
+use crate::types::{Offset, TimestampMs};
+
+/// How much of a segment the scanner reads per I/O.
+const SCAN_WINDOW_BYTES: usize = 1 << 20;
+
+/// The sparse index and summary of one segment's data, kept in memory.
+#[derive(Debug, Clone)]
+pub(crate) struct SegmentIndex {
+    pub base_offset: Offset,
+    pub next_offset: Offset,
+    pub size_bytes: u64,
+    pub max_timestamp: TimestampMs,
+    pub entries: Vec<IndexEntry>,
+    bytes_since_entry: u64,
+    index_interval_bytes: u64,
+}
+
+impl SegmentIndex {
+    pub fn empty(base_offset: Offset, index_interval_bytes: u32) -> Self {
+        SegmentIndex {
+            base_offset,
+            next_offset: base_offset,
+            size_bytes: 0,
+            max_timestamp: TimestampMs::MIN,
+            entries: Vec::new(),
+            bytes_since_entry: 0,
+            index_interval_bytes: u64::from(index_interval_bytes),
+        }
+    }
+
+    pub fn from_file(f: IndexFile, index_interval_bytes: u32) -> Self {
+        SegmentIndex {
+            base_offset: f.base_offset,
+            next_offset: f.next_offset,
+            size_bytes: f.segment_bytes,
+            max_timestamp: f.max_timestamp,
+            entries: f.entries,
+            bytes_since_entry: 0,
+            index_interval_bytes: u64::from(index_interval_bytes),
+        }
+    }
+
+    pub fn to_file(&self) -> IndexFile {
+        IndexFile {
+            base_offset: self.base_offset,
+            next_offset: self.next_offset,
+            segment_bytes: self.size_bytes,
+            max_timestamp: self.max_timestamp,
+            entries: self.entries.clone(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.size_bytes == 0
+    }
+
+    /// Records a batch appended at the end of the segment.
+    pub fn record(&mut self, position: u64, info: &BatchInfo) {
+        assert_eq!(position, self.size_bytes, "batches are recorded in file order");
+        assert_eq!(info.base_offset, self.next_offset, "batches are contiguous in offsets");
+        if self.entries.is_empty() || self.bytes_since_entry >= self.index_interval_bytes {
+            self.entries.push(IndexEntry {
+                relative_offset: u32::try_from(info.base_offset.0 - self.base_offset.0)
+                    .expect("segment spans fewer than 2^32 offsets"),
+                position: u32::try_from(position).expect("segment positions fit u32"),
+                max_timestamp_before: self.max_timestamp,
+            });
+            self.bytes_since_entry = 0;
+        }
+        self.bytes_since_entry += info.size_bytes as u64;
+        self.size_bytes += info.size_bytes as u64;
+        self.next_offset = info.next_offset();
+        self.max_timestamp = self.max_timestamp.max(info.max_timestamp);
+    }
+
+    /// The index entry to start a search for `offset` from: the last one at or before it.
+    pub fn entry_for_offset(&self, offset: Offset) -> IndexEntry {
+        let rel = offset.0 - self.base_offset.0;
+        let i = self.entries.partition_point(|e| i64::from(e.relative_offset) <= rel);
+        self.entries.get(i.saturating_sub(1)).copied().unwrap_or(IndexEntry {
+            relative_offset: 0,
+            position: 0,
+            max_timestamp_before: TimestampMs::MIN,
+        })
+    }
+
+    /// The entry to start a search for the first batch with a timestamp at or after `ts` from:
+    /// the last one before which every batch is older than `ts`.
+    pub fn entry_for_timestamp(&self, ts: TimestampMs) -> IndexEntry {
+        let i = self.entries.partition_point(|e| e.max_timestamp_before < ts);
+        self.entries.get(i.saturating_sub(1)).copied().unwrap_or(IndexEntry {
+            relative_offset: 0,
+            position: 0,
+            max_timestamp_before: TimestampMs::MIN,
+        })
+    }
+}
+
+/// A segment of the log.
+pub(crate) struct Segment {
+    pub path: PathBuf,
+    pub file: Rc<DmaFile>,
+    pub index: SegmentIndex,
+    /// Present for the active (last) segment only.
+    pub tail: Option<WriteTail>,
+    /// Wall-clock time of the first append this process made to the segment (for `segment.ms`).
+    pub first_append_ms: Option<TimestampMs>,
+    /// File bytes reserved with fallocate so far.
+    pub preallocated_to: u64,
+}
+
+impl Segment {
+    pub fn base_offset(&self) -> Offset {
+        self.index.base_offset
+    }
+}
+
+/// Why a scan stopped before the end of the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ScanStop {
+    /// Reached the end of the file, or zero bytes where the next batch would start.
+    CleanEnd,
+    /// Found bytes that are not the next valid batch: the data ends before them.
+    Damaged { position: u64, reason: String },
+}
+
+/// Scans a segment from `index.size_bytes` (the end of what `index` already covers), validating
+/// each batch and recording it in `index`, until the file ends or a batch is invalid, torn, or
+/// does not continue the offsets; or, with `stop_at`, until the batch that holds that offset.
+pub(crate) async fn scan_segment(
+    file: &DmaFile,
+    path: &std::path::Path,
+    file_len: u64,
+    index: &mut SegmentIndex,
+    batch_bytes_max: usize,
+    stop_at: Option<Offset>,
+) -> Result<ScanStop> {
+    let window = SCAN_WINDOW_BYTES.max(batch_bytes_max);
+    loop {
+        let pos = index.size_bytes;
+        if pos >= file_len {
+            return Ok(ScanStop::CleanEnd);
+        }
+        let want = window.min((file_len - pos) as usize);
+        let buf = io::read_at(file, path, pos, want).await?;
+        let at_file_end = pos + buf.len() as u64 >= file_len;
+        let mut used = 0usize;
+        loop {
+            let rest = &buf[used..];
+            let here = pos + used as u64;
+            if rest.is_empty() {
+                break;
+            }
+            let damaged = |reason: String| ScanStop::Damaged { position: here, reason };
+            if rest.len() < BATCH_HEADER_BYTES && !at_file_end {
+                break; // refill from here
+            }
+            let size = match peek_batch_size(rest, batch_bytes_max) {
+                Ok(size) => size,
+                Err(e) => {
+                    let zeros = rest.iter().take(BATCH_HEADER_BYTES).all(|&b| b == 0);
+                    return Ok(if zeros { ScanStop::CleanEnd } else { damaged(e.to_string()) });
+                }
+            };
+            if size > rest.len() {
+                if at_file_end {
+                    return Ok(damaged(format!("torn batch: {size} bytes declared, {} in file", rest.len())));
+                }
+                break; // refill: the window always holds a whole batch
+            }
+            let info = match validate_batch(rest, batch_bytes_max) {
+                Ok(info) => info,
+                Err(e) => return Ok(damaged(e.to_string())),
+            };
+            if info.base_offset != index.next_offset {
+                return Ok(damaged(format!(
+                    "batch base offset {} does not continue the log at {}",
+                    info.base_offset, index.next_offset
+                )));
+            }
+            if stop_at.is_some_and(|stop| info.last_offset() >= stop) {
+                return Ok(ScanStop::CleanEnd);
+            }
+            index.record(here, &info);
+            used += size;
+        }
+        if used == 0 {
+            // Not even one batch fitted although the window holds the largest allowed batch.
+            return Ok(ScanStop::Damaged {
+                position: pos,
+                reason: "batch larger than the scan window".into(),
+            });
+        }
+    }
+}
