@@ -591,14 +591,47 @@ impl Log {
     pub async fn read(&self, from: Offset, max_bytes: usize) -> Result<ReadBatches> {
         loop {
             let generation = self.inner.generation.get();
-            let result = self.read_once(from, max_bytes).await;
+            let result = self.read_across_segments(from, max_bytes).await;
             if self.inner.generation.get() == generation {
                 return result;
             }
         }
     }
 
-    async fn read_once(&self, from: Offset, max_bytes: usize) -> Result<ReadBatches> {
+    /// Reads from the segment holding `from`, then on into the following segments while the
+    /// byte limit allows.
+    async fn read_across_segments(&self, from: Offset, max_bytes: usize) -> Result<ReadBatches> {
+        let first = self.read_once(from, max_bytes, true).await?;
+        let mut total = first.bytes.len();
+        let mut next_offset = first.next_offset;
+        let mut more = Vec::new();
+        while total < max_bytes && next_offset < self.log_end_offset() {
+            let part = self.read_once(next_offset, max_bytes - total, false).await?;
+            if part.bytes.is_empty() {
+                break;
+            }
+            total += part.bytes.len();
+            next_offset = part.next_offset;
+            more.push(part.bytes);
+        }
+        if more.is_empty() {
+            return Ok(first);
+        }
+        let mut joined = BytesMut::with_capacity(total);
+        joined.extend_from_slice(&first.bytes);
+        for part in more {
+            joined.extend_from_slice(&part);
+        }
+        Ok(ReadBatches {
+            bytes: joined.freeze(),
+            first_offset: first.first_offset,
+            next_offset,
+        })
+    }
+
+    /// Reads within the one segment holding `from`. With `at_least_one`, the first batch is
+    /// returned even when it alone exceeds `max_bytes`.
+    async fn read_once(&self, from: Offset, max_bytes: usize, at_least_one: bool) -> Result<ReadBatches> {
         self.check_usable()?;
         let batch_max = self.inner.config.batch_bytes_max as usize;
         let (seg_base, file, path, start_pos, seg_end) = {
@@ -677,6 +710,8 @@ impl Log {
                 if used + size - start > max_bytes {
                     break;
                 }
+            } else if !at_least_one && size > max_bytes {
+                break;
             } else {
                 out_start = Some(used);
                 first_offset = Some(info.base_offset);
@@ -785,6 +820,13 @@ impl Log {
         let page_start = align_down(rebuilt.size_bytes);
         let page = io::read_at(&file, &path, page_start, (rebuilt.size_bytes - page_start) as usize).await?;
         let new_end = rebuilt.next_offset;
+        if new_end < log_start {
+            // The cut fell inside the batch holding the log start: the log is now empty at
+            // `new_end`, and the start moves down with it (nothing below it exists any more).
+            io::write_file_atomically(&self.inner.dir, format::LOG_START_FILE, &format::encode_log_start(new_end))
+                .await
+                .map_err(|e| self.fail(e))?;
+        }
         {
             let mut state = self.inner.state.borrow_mut();
             let seg = state.active_mut();
@@ -792,6 +834,7 @@ impl Log {
             seg.preallocated_to = rebuilt.size_bytes;
             seg.index = rebuilt;
             state.next_offset = new_end;
+            state.log_start = state.log_start.min(new_end);
         }
         self.inner.durable_end.set(self.inner.durable_end.get().min(new_end));
         self.inner.generation.set(self.inner.generation.get() + 1);
