@@ -66,7 +66,10 @@ pub enum BatchError {
     #[error("unknown compression codec {codec}")]
     BadCompression { codec: i16 },
     #[error("recordCount {record_count} does not match lastOffsetDelta {last_offset_delta} + 1")]
-    RecordCountMismatch { record_count: i32, last_offset_delta: i32 },
+    RecordCountMismatch {
+        record_count: i32,
+        last_offset_delta: i32,
+    },
 }
 
 /// The header fields of a validated batch that the log needs.
@@ -225,7 +228,11 @@ fn read_varlong(buf: &[u8], pos: &mut usize) -> Option<i64> {
 /// For an uncompressed, validated batch: the offset of its first record whose timestamp is at
 /// least `target`. Returns `None` when no record qualifies, or when the batch is compressed (the
 /// records are then opaque here, and the caller falls back to the batch's base offset).
-pub fn first_record_at_or_after(batch: &[u8], info: &BatchInfo, target: TimestampMs) -> Option<Offset> {
+pub fn first_record_at_or_after(
+    batch: &[u8],
+    info: &BatchInfo,
+    target: TimestampMs,
+) -> Option<Offset> {
     if info.compression_codec() != 0 {
         return None;
     }
@@ -252,7 +259,10 @@ pub fn first_record_at_or_after(batch: &[u8], info: &BatchInfo, target: Timestam
 /// Builds a valid uncompressed RecordBatch v2 from `(timestamp, key, value)` records, for tests,
 /// benchmarks and tools. Production batches come from clients; this exists so the storage crate
 /// can be exercised without a Kafka client.
-pub fn build_batch(base_timestamp: TimestampMs, records: &[(TimestampMs, &[u8], &[u8])]) -> Vec<u8> {
+pub fn build_batch(
+    base_timestamp: TimestampMs,
+    records: &[(TimestampMs, &[u8], &[u8])],
+) -> Vec<u8> {
     fn put_varlong(out: &mut Vec<u8>, v: i64) {
         let mut z = ((v << 1) ^ (v >> 63)) as u64;
         loop {
@@ -283,7 +293,9 @@ pub fn build_batch(base_timestamp: TimestampMs, records: &[(TimestampMs, &[u8], 
     }
     let mut b = Vec::with_capacity(BATCH_HEADER_BYTES + body.len());
     b.extend_from_slice(&0i64.to_be_bytes());
-    b.extend_from_slice(&((BATCH_HEADER_BYTES - LOG_OVERHEAD_BYTES + body.len()) as i32).to_be_bytes());
+    b.extend_from_slice(
+        &((BATCH_HEADER_BYTES - LOG_OVERHEAD_BYTES + body.len()) as i32).to_be_bytes(),
+    );
     b.extend_from_slice(&0i32.to_be_bytes()); // partitionLeaderEpoch
     b.push(MAGIC_V2);
     b.extend_from_slice(&0u32.to_be_bytes()); // crc, filled below
@@ -308,7 +320,14 @@ mod tests {
     const MAX: usize = 1 << 20;
 
     fn sample() -> Vec<u8> {
-        build_batch(1000, &[(1000, b"k1", b"v1"), (1005, b"k2", b"value-2"), (1003, b"", b"x")])
+        build_batch(
+            1000,
+            &[
+                (1000, b"k1", b"v1"),
+                (1005, b"k2", b"value-2"),
+                (1003, b"", b"x"),
+            ],
+        )
     }
 
     #[test]
@@ -335,24 +354,45 @@ mod tests {
     #[test]
     fn every_broken_rule_has_its_error() {
         let good = sample();
-        assert!(matches!(validate_batch(&good[..30], MAX), Err(BatchError::ShortHeader { available: 30 })));
-        assert!(matches!(validate_batch(&good[..good.len() - 1], MAX), Err(BatchError::Truncated { .. })));
-        assert!(matches!(validate_batch(&good, 10), Err(BatchError::TooLarge { .. })));
+        assert!(matches!(
+            validate_batch(&good[..30], MAX),
+            Err(BatchError::ShortHeader { available: 30 })
+        ));
+        assert!(matches!(
+            validate_batch(&good[..good.len() - 1], MAX),
+            Err(BatchError::Truncated { .. })
+        ));
+        assert!(matches!(
+            validate_batch(&good, 10),
+            Err(BatchError::TooLarge { .. })
+        ));
 
         let mut bad = good.clone();
         bad[8..12].copy_from_slice(&10i32.to_be_bytes());
-        assert!(matches!(validate_batch(&bad, MAX), Err(BatchError::LengthTooSmall { batch_length: 10 })));
+        assert!(matches!(
+            validate_batch(&bad, MAX),
+            Err(BatchError::LengthTooSmall { batch_length: 10 })
+        ));
         bad[8..12].copy_from_slice(&(-5i32).to_be_bytes());
-        assert!(matches!(validate_batch(&bad, MAX), Err(BatchError::LengthTooSmall { .. })));
+        assert!(matches!(
+            validate_batch(&bad, MAX),
+            Err(BatchError::LengthTooSmall { .. })
+        ));
 
         let mut bad = good.clone();
         bad[16] = 1;
-        assert!(matches!(validate_batch(&bad, MAX), Err(BatchError::BadMagic { magic: 1 })));
+        assert!(matches!(
+            validate_batch(&bad, MAX),
+            Err(BatchError::BadMagic { magic: 1 })
+        ));
 
         let mut bad = good.clone();
         let last = bad.len() - 1;
         bad[last] ^= 0x40;
-        assert!(matches!(validate_batch(&bad, MAX), Err(BatchError::CrcMismatch { .. })));
+        assert!(matches!(
+            validate_batch(&bad, MAX),
+            Err(BatchError::CrcMismatch { .. })
+        ));
 
         // Fields inside the CRC range: fix the CRC up so only the rule under test is broken.
         let recrc = |b: &mut Vec<u8>| {
@@ -362,14 +402,20 @@ mod tests {
         let mut bad = good.clone();
         bad[22] = 0x06; // codec 6
         recrc(&mut bad);
-        assert!(matches!(validate_batch(&bad, MAX), Err(BatchError::BadCompression { codec: 6 })));
+        assert!(matches!(
+            validate_batch(&bad, MAX),
+            Err(BatchError::BadCompression { codec: 6 })
+        ));
 
         let mut bad = good.clone();
         bad[OFF_RECORD_COUNT..OFF_RECORD_COUNT + 4].copy_from_slice(&5i32.to_be_bytes());
         recrc(&mut bad);
         assert!(matches!(
             validate_batch(&bad, MAX),
-            Err(BatchError::RecordCountMismatch { record_count: 5, last_offset_delta: 2 })
+            Err(BatchError::RecordCountMismatch {
+                record_count: 5,
+                last_offset_delta: 2
+            })
         ));
     }
 

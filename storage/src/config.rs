@@ -60,7 +60,10 @@ impl LogConfig {
         if self.segment_bytes_max < 4096 || self.segment_bytes_max > SEGMENT_BYTES_LIMIT {
             return Err(invalid(
                 "segment_bytes_max",
-                format!("{} is outside [4096, {SEGMENT_BYTES_LIMIT}]", self.segment_bytes_max),
+                format!(
+                    "{} is outside [4096, {SEGMENT_BYTES_LIMIT}]",
+                    self.segment_bytes_max
+                ),
             ));
         }
         if self.segment_ms_max == Some(0) {
@@ -69,16 +72,24 @@ impl LogConfig {
         if self.index_interval_bytes == 0 {
             return Err(invalid("index_interval_bytes", "must be positive"));
         }
-        if (self.batch_bytes_max as u64) < 61 || u64::from(self.batch_bytes_max) > self.segment_bytes_max {
+        if (self.batch_bytes_max as u64) < 61
+            || u64::from(self.batch_bytes_max) > self.segment_bytes_max
+        {
             return Err(invalid(
                 "batch_bytes_max",
-                format!("{} must be at least 61 and at most segment_bytes_max", self.batch_bytes_max),
+                format!(
+                    "{} must be at least 61 and at most segment_bytes_max",
+                    self.batch_bytes_max
+                ),
             ));
         }
         if self.write_chunk_bytes == 0 || self.write_chunk_bytes % DIRECT_IO_ALIGNMENT != 0 {
             return Err(invalid(
                 "write_chunk_bytes",
-                format!("{} is not a positive multiple of {DIRECT_IO_ALIGNMENT}", self.write_chunk_bytes),
+                format!(
+                    "{} is not a positive multiple of {DIRECT_IO_ALIGNMENT}",
+                    self.write_chunk_bytes
+                ),
             ));
         }
         if self.write_behind_bytes == 0 {
@@ -87,7 +98,10 @@ impl LogConfig {
         if self.preallocate_bytes % DIRECT_IO_ALIGNMENT as u64 != 0 {
             return Err(invalid(
                 "preallocate_bytes",
-                format!("{} is not a multiple of {DIRECT_IO_ALIGNMENT}", self.preallocate_bytes),
+                format!(
+                    "{} is not a multiple of {DIRECT_IO_ALIGNMENT}",
+                    self.preallocate_bytes
+                ),
             ));
         }
         Ok(())

@@ -94,7 +94,8 @@ fn get_i64(b: &[u8], at: usize) -> i64 {
 
 impl IndexFile {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(INDEX_HEADER_BYTES + self.entries.len() * INDEX_ENTRY_BYTES + 4);
+        let mut out =
+            Vec::with_capacity(INDEX_HEADER_BYTES + self.entries.len() * INDEX_ENTRY_BYTES + 4);
         out.extend_from_slice(&INDEX_MAGIC);
         out.extend_from_slice(&INDEX_VERSION.to_be_bytes());
         out.extend_from_slice(&0u16.to_be_bytes());
@@ -127,7 +128,11 @@ impl IndexFile {
         }
         let count = get_u32(b, 40);
         let body = INDEX_HEADER_BYTES
-            .checked_add((count as usize).checked_mul(INDEX_ENTRY_BYTES).ok_or(FormatError::BadCount(count))?)
+            .checked_add(
+                (count as usize)
+                    .checked_mul(INDEX_ENTRY_BYTES)
+                    .ok_or(FormatError::BadCount(count))?,
+            )
             .ok_or(FormatError::BadCount(count))?;
         if b.len() < body + CHECKSUM_BYTES {
             return Err(FormatError::BadCount(count));
@@ -190,7 +195,10 @@ mod tests {
     #[test]
     fn names_round_trip() {
         assert_eq!(segment_file_name(Offset(42)), "00000000000000000042.log");
-        assert_eq!(parse_segment_file_name("00000000000000000042.log"), Some(Offset(42)));
+        assert_eq!(
+            parse_segment_file_name("00000000000000000042.log"),
+            Some(Offset(42))
+        );
         assert_eq!(parse_segment_file_name("42.log"), None);
         assert_eq!(parse_segment_file_name("00000000000000000042.index"), None);
         assert_eq!(parse_segment_file_name("0000000000000000004x.log"), None);
@@ -204,8 +212,16 @@ mod tests {
             segment_bytes: 123_456,
             max_timestamp: 99,
             entries: vec![
-                IndexEntry { relative_offset: 0, position: 0, max_timestamp_before: i64::MIN },
-                IndexEntry { relative_offset: 70, position: 40_000, max_timestamp_before: 50 },
+                IndexEntry {
+                    relative_offset: 0,
+                    position: 0,
+                    max_timestamp_before: i64::MIN,
+                },
+                IndexEntry {
+                    relative_offset: 70,
+                    position: 40_000,
+                    max_timestamp_before: 50,
+                },
             ],
         };
         let bytes = f.encode();

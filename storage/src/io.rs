@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use glommio::io::{BufferedFile, DmaFile, Directory, OpenOptions};
+use glommio::io::{BufferedFile, Directory, DmaFile, OpenOptions};
 
 use crate::error::{Result, StorageError};
 use crate::format::TEMP_SUFFIX;
@@ -40,9 +40,14 @@ pub fn align_up(v: u64) -> u64 {
 /// Call on each executor thread before it creates files in `dir`; cheap and idempotent.
 pub async fn prime_iopoll_probe(dir: &Path) -> Result<()> {
     let path = dir.join(PROBE_FILE_NAME);
-    std::fs::write(&path, [0x5a_u8; DIRECT_IO_ALIGNMENT]).map_err(|e| StorageError::io(path.display(), e))?;
-    let file = DmaFile::open(&path).await.map_err(|e| StorageError::io(path.display(), e))?;
-    file.close().await.map_err(|e| StorageError::io(path.display(), e))?;
+    std::fs::write(&path, [0x5a_u8; DIRECT_IO_ALIGNMENT])
+        .map_err(|e| StorageError::io(path.display(), e))?;
+    let file = DmaFile::open(&path)
+        .await
+        .map_err(|e| StorageError::io(path.display(), e))?;
+    file.close()
+        .await
+        .map_err(|e| StorageError::io(path.display(), e))?;
     std::fs::remove_file(&path).map_err(|e| StorageError::io(path.display(), e))
 }
 
@@ -62,7 +67,10 @@ pub async fn read_at(file: &DmaFile, path: &Path, pos: u64, len: usize) -> Resul
     if len == 0 {
         return Ok(Bytes::new());
     }
-    let got = file.read_at(pos, len).await.map_err(|e| StorageError::io(path.display(), e))?;
+    let got = file
+        .read_at(pos, len)
+        .await
+        .map_err(|e| StorageError::io(path.display(), e))?;
     // glommio's ReadResult is not Send, so it cannot back a `Bytes`: copy once here.
     Ok(Bytes::copy_from_slice(&got))
 }
@@ -75,8 +83,13 @@ pub async fn write_file_atomically(dir: &Path, name: &str, contents: &[u8]) -> R
         let p = p.display().to_string();
         move |e: glommio::GlommioError<()>| StorageError::io(p, e)
     };
-    let file = BufferedFile::create(&temp_path).await.map_err(io_err(&temp_path))?;
-    let written = file.write_at(contents.to_vec(), 0).await.map_err(io_err(&temp_path))?;
+    let file = BufferedFile::create(&temp_path)
+        .await
+        .map_err(io_err(&temp_path))?;
+    let written = file
+        .write_at(contents.to_vec(), 0)
+        .await
+        .map_err(io_err(&temp_path))?;
     if written != contents.len() {
         return Err(StorageError::io(
             temp_path.display(),
@@ -85,15 +98,23 @@ pub async fn write_file_atomically(dir: &Path, name: &str, contents: &[u8]) -> R
     }
     file.fdatasync().await.map_err(io_err(&temp_path))?;
     file.close().await.map_err(io_err(&temp_path))?;
-    glommio::io::rename(&temp_path, &final_path).await.map_err(io_err(&final_path))?;
+    glommio::io::rename(&temp_path, &final_path)
+        .await
+        .map_err(io_err(&final_path))?;
     sync_dir(dir).await
 }
 
 /// Makes the directory's entries (creations, renames, removals) durable.
 pub async fn sync_dir(dir: &Path) -> Result<()> {
-    let d = Directory::open(dir).await.map_err(|e| StorageError::io(dir.display(), e))?;
-    d.sync().await.map_err(|e| StorageError::io(dir.display(), e))?;
-    d.close().await.map_err(|e| StorageError::io(dir.display(), e))
+    let d = Directory::open(dir)
+        .await
+        .map_err(|e| StorageError::io(dir.display(), e))?;
+    d.sync()
+        .await
+        .map_err(|e| StorageError::io(dir.display(), e))?;
+    d.close()
+        .await
+        .map_err(|e| StorageError::io(dir.display(), e))
 }
 
 pub fn remove_file_if_exists(path: &Path) -> Result<()> {

@@ -27,7 +27,9 @@ use futures::channel::oneshot;
 use glommio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
-use crate::batch::{first_record_at_or_after, stamped_prefix, validate_batch, validate_batches, BatchInfo};
+use crate::batch::{
+    first_record_at_or_after, stamped_prefix, validate_batch, validate_batches, BatchInfo,
+};
 use crate::config::LogConfig;
 use crate::error::{Result, StorageError};
 use crate::format::{self, IndexFile};
@@ -72,10 +74,14 @@ struct State {
 
 impl State {
     fn active(&self) -> &Segment {
-        self.segments.last().expect("a log always has an active segment")
+        self.segments
+            .last()
+            .expect("a log always has an active segment")
     }
     fn active_mut(&mut self) -> &mut Segment {
-        self.segments.last_mut().expect("a log always has an active segment")
+        self.segments
+            .last_mut()
+            .expect("a log always has an active segment")
     }
     /// Index of the segment holding `offset`.
     fn segment_for(&self, offset: Offset) -> usize {
@@ -166,12 +172,17 @@ impl Log {
             let is_last = i + 1 == bases.len();
             let path = dir.join(format::segment_file_name(base));
             let file = io::open_segment(&path, true).await?;
-            let file_len = file.file_size().await.map_err(|e| StorageError::io(path.display(), e))?;
+            let file_len = file
+                .file_size()
+                .await
+                .map_err(|e| StorageError::io(path.display(), e))?;
             if let Some(prev) = segments.last() {
                 if prev.index.next_offset != base {
                     warn!(segment = %base, expected = %prev.index.next_offset,
                         "segment does not continue the log; dropping it and all after it");
-                    file.close().await.map_err(|e| StorageError::io(path.display(), e))?;
+                    file.close()
+                        .await
+                        .map_err(|e| StorageError::io(path.display(), e))?;
                     dropped_from = Some(i);
                     break;
                 }
@@ -187,7 +198,8 @@ impl Log {
                 Some(index) => (index, ScanStop::CleanEnd),
                 None => {
                     let mut index = SegmentIndex::empty(base, config.index_interval_bytes);
-                    let stop = scan_segment(&file, &path, file_len, &mut index, batch_max, None).await?;
+                    let stop =
+                        scan_segment(&file, &path, file_len, &mut index, batch_max, None).await?;
                     (index, stop)
                 }
             };
@@ -199,7 +211,12 @@ impl Log {
             let sealed = !is_last && !damaged;
             if sealed && !index_loaded {
                 // The index was missing or invalid: write the rebuilt one.
-                io::write_file_atomically(&dir, &format::index_file_name(base), &index.to_file().encode()).await?;
+                io::write_file_atomically(
+                    &dir,
+                    &format::index_file_name(base),
+                    &index.to_file().encode(),
+                )
+                .await?;
                 info!(segment = %base, "rebuilt segment index");
             }
             if !sealed {
@@ -207,16 +224,31 @@ impl Log {
                 if file_len > index.size_bytes {
                     // Drop whatever follows the data, so stale batches can never reappear behind
                     // new appends.
-                    file.truncate(index.size_bytes).await.map_err(|e| StorageError::io(path.display(), e))?;
+                    file.truncate(index.size_bytes)
+                        .await
+                        .map_err(|e| StorageError::io(path.display(), e))?;
                 }
-                file.fdatasync().await.map_err(|e| StorageError::io(path.display(), e))?;
+                file.fdatasync()
+                    .await
+                    .map_err(|e| StorageError::io(path.display(), e))?;
             }
             let tail = if sealed {
                 None
             } else {
                 let page_start = align_down(index.size_bytes);
-                let page = io::read_at(&file, &path, page_start, (index.size_bytes - page_start) as usize).await?;
-                Some(WriteTail::resume(&file, config.write_chunk_bytes, index.size_bytes, &page))
+                let page = io::read_at(
+                    &file,
+                    &path,
+                    page_start,
+                    (index.size_bytes - page_start) as usize,
+                )
+                .await?;
+                Some(WriteTail::resume(
+                    &file,
+                    config.write_chunk_bytes,
+                    index.size_bytes,
+                    &page,
+                ))
             };
             let preallocated_to = if sealed { file_len } else { index.size_bytes };
             segments.push(Segment {
@@ -242,16 +274,33 @@ impl Log {
                 let seg = segments.last_mut().expect("checked");
                 io::remove_file_if_exists(&dir.join(format::index_file_name(seg.base_offset())))?;
                 let page_start = align_down(seg.index.size_bytes);
-                let page =
-                    io::read_at(&seg.file, &seg.path, page_start, (seg.index.size_bytes - page_start) as usize).await?;
-                seg.tail = Some(WriteTail::resume(&seg.file, config.write_chunk_bytes, seg.index.size_bytes, &page));
+                let page = io::read_at(
+                    &seg.file,
+                    &seg.path,
+                    page_start,
+                    (seg.index.size_bytes - page_start) as usize,
+                )
+                .await?;
+                seg.tail = Some(WriteTail::resume(
+                    &seg.file,
+                    config.write_chunk_bytes,
+                    seg.index.size_bytes,
+                    &page,
+                ));
             }
         }
         io::sync_dir(&dir).await?;
 
         let first_base = segments[0].base_offset();
-        let next_offset = segments.last().expect("at least one segment").index.next_offset;
-        let log_start = checkpoint.unwrap_or(first_base).max(first_base).min(next_offset);
+        let next_offset = segments
+            .last()
+            .expect("at least one segment")
+            .index
+            .next_offset;
+        let log_start = checkpoint
+            .unwrap_or(first_base)
+            .max(first_base)
+            .min(next_offset);
         info!(dir = %dir.display(), segments = segments.len(), %log_start, %next_offset, "log opened");
         Ok(Log {
             inner: Rc::new(Inner {
@@ -309,12 +358,24 @@ impl Log {
 
     /// Base offsets of the segments, oldest first.
     pub fn segment_base_offsets(&self) -> Vec<Offset> {
-        self.inner.state.borrow().segments.iter().map(Segment::base_offset).collect()
+        self.inner
+            .state
+            .borrow()
+            .segments
+            .iter()
+            .map(Segment::base_offset)
+            .collect()
     }
 
     /// Total bytes of batch data in all segments.
     pub fn size_bytes(&self) -> u64 {
-        self.inner.state.borrow().segments.iter().map(|s| s.index.size_bytes).sum()
+        self.inner
+            .state
+            .borrow()
+            .segments
+            .iter()
+            .map(|s| s.index.size_bytes)
+            .sum()
     }
 
     fn check_usable(&self) -> Result<()> {
@@ -354,7 +415,12 @@ impl Log {
             }
             StorageError::InvalidBatch { position, source }
         })?;
-        let _append = self.inner.append_lock.acquire_permit(1).await.map_err(|_| StorageError::Closed)?;
+        let _append = self
+            .inner
+            .append_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
         self.check_usable()?;
         self.roll_if_aged().await?;
 
@@ -366,7 +432,8 @@ impl Log {
                 let state = self.inner.state.borrow();
                 let active = state.active();
                 !active.index.is_empty()
-                    && active.index.size_bytes + info.size_bytes as u64 > self.inner.config.segment_bytes_max
+                    && active.index.size_bytes + info.size_bytes as u64
+                        > self.inner.config.segment_bytes_max
             };
             if needs_roll {
                 self.roll_locked().await?;
@@ -391,9 +458,21 @@ impl Log {
             first.get_or_insert(base);
             last = stamped.last_offset();
         }
-        let unwritten = self.inner.state.borrow().active().tail.as_ref().map_or(0, WriteTail::unwritten_bytes);
+        let unwritten = self
+            .inner
+            .state
+            .borrow()
+            .active()
+            .tail
+            .as_ref()
+            .map_or(0, WriteTail::unwritten_bytes);
         if unwritten >= self.inner.config.write_behind_bytes as u64 {
-            let _io = self.inner.io_lock.acquire_permit(1).await.map_err(|_| StorageError::Closed)?;
+            let _io = self
+                .inner
+                .io_lock
+                .acquire_permit(1)
+                .await
+                .map_err(|_| StorageError::Closed)?;
             self.write_out().await?;
         }
         Ok(AppendInfo {
@@ -448,7 +527,12 @@ impl Log {
     async fn sync_round(&self) -> Result<()> {
         self.inner.sync_in_flight.set(true);
         let _round = SyncRoundGuard(&self.inner);
-        let _io = self.inner.io_lock.acquire_permit(1).await.map_err(|_| StorageError::Closed)?;
+        let _io = self
+            .inner
+            .io_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
         self.check_usable()?;
         let target = self.log_end_offset();
         let file = self.write_out().await?;
@@ -488,7 +572,8 @@ impl Log {
                 .map_err(|e| self.fail(StorageError::io(path.display(), e)))?;
         }
         let expected: Vec<(u64, usize)> = plan.writes.iter().map(|w| (w.pos(), w.len())).collect();
-        let results = futures::future::join_all(plan.writes.into_iter().map(|w| w.submit(&file))).await;
+        let results =
+            futures::future::join_all(plan.writes.into_iter().map(|w| w.submit(&file))).await;
         for ((pos, len), result) in expected.into_iter().zip(results) {
             match result {
                 Ok(n) if n == len => {}
@@ -504,22 +589,39 @@ impl Log {
         }
         let mut state = self.inner.state.borrow_mut();
         let active = state.active_mut();
-        debug_assert!(Rc::ptr_eq(&active.file, &file), "io_lock keeps the active segment in place");
-        active.tail.as_mut().expect("the active segment has a tail").complete_flush(plan.end_pos);
+        debug_assert!(
+            Rc::ptr_eq(&active.file, &file),
+            "io_lock keeps the active segment in place"
+        );
+        active
+            .tail
+            .as_mut()
+            .expect("the active segment has a tail")
+            .complete_flush(plan.end_pos);
         Ok(file)
     }
 
     /// Writes buffered data to the files without waiting for fdatasync.
     pub async fn flush(&self) -> Result<()> {
         self.check_usable()?;
-        let _io = self.inner.io_lock.acquire_permit(1).await.map_err(|_| StorageError::Closed)?;
+        let _io = self
+            .inner
+            .io_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
         self.write_out().await.map(|_| ())
     }
 
     /// Seals the active segment (if it holds data) and starts a new one at the log end.
     pub async fn roll(&self) -> Result<()> {
         self.check_usable()?;
-        let _append = self.inner.append_lock.acquire_permit(1).await.map_err(|_| StorageError::Closed)?;
+        let _append = self
+            .inner
+            .append_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
         self.roll_locked().await
     }
 
@@ -542,7 +644,12 @@ impl Log {
 
     /// Caller holds `append_lock`.
     async fn roll_locked(&self) -> Result<()> {
-        let _io = self.inner.io_lock.acquire_permit(1).await.map_err(|_| StorageError::Closed)?;
+        let _io = self
+            .inner
+            .io_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
         if self.inner.state.borrow().active().index.is_empty() {
             return Ok(());
         }
@@ -550,20 +657,34 @@ impl Log {
         let (path, index_file, next) = {
             let state = self.inner.state.borrow();
             let active = state.active();
-            (active.path.clone(), active.index.to_file(), state.next_offset)
+            (
+                active.path.clone(),
+                active.index.to_file(),
+                state.next_offset,
+            )
         };
         let io_err = |e| self.fail(StorageError::io(path.display(), e));
         file.fdatasync().await.map_err(io_err)?;
-        file.truncate(index_file.segment_bytes).await.map_err(io_err)?;
+        file.truncate(index_file.segment_bytes)
+            .await
+            .map_err(io_err)?;
         file.fdatasync().await.map_err(io_err)?;
         let base = index_file.base_offset;
-        io::write_file_atomically(&self.inner.dir, &format::index_file_name(base), &index_file.encode())
-            .await
-            .map_err(|e| self.fail(e))?;
+        io::write_file_atomically(
+            &self.inner.dir,
+            &format::index_file_name(base),
+            &index_file.encode(),
+        )
+        .await
+        .map_err(|e| self.fail(e))?;
 
         let new_path = self.inner.dir.join(format::segment_file_name(next));
-        let new_file = io::open_segment(&new_path, true).await.map_err(|e| self.fail(e))?;
-        io::sync_dir(&self.inner.dir).await.map_err(|e| self.fail(e))?;
+        let new_file = io::open_segment(&new_path, true)
+            .await
+            .map_err(|e| self.fail(e))?;
+        io::sync_dir(&self.inner.dir)
+            .await
+            .map_err(|e| self.fail(e))?;
         let tail = WriteTail::resume(&new_file, self.inner.config.write_chunk_bytes, 0, &[]);
         {
             let mut state = self.inner.state.borrow_mut();
@@ -580,7 +701,9 @@ impl Log {
             });
         }
         // Everything before the new segment is now synced.
-        self.inner.durable_end.set(self.inner.durable_end.get().max(next));
+        self.inner
+            .durable_end
+            .set(self.inner.durable_end.get().max(next));
         debug!(sealed = %base, active = %next, "segment rolled");
         Ok(())
     }
@@ -606,7 +729,9 @@ impl Log {
         let mut next_offset = first.next_offset;
         let mut more = Vec::new();
         while total < max_bytes && next_offset < self.log_end_offset() {
-            let part = self.read_once(next_offset, max_bytes - total, false).await?;
+            let part = self
+                .read_once(next_offset, max_bytes - total, false)
+                .await?;
             if part.bytes.is_empty() {
                 break;
             }
@@ -631,7 +756,12 @@ impl Log {
 
     /// Reads within the one segment holding `from`. With `at_least_one`, the first batch is
     /// returned even when it alone exceeds `max_bytes`.
-    async fn read_once(&self, from: Offset, max_bytes: usize, at_least_one: bool) -> Result<ReadBatches> {
+    async fn read_once(
+        &self,
+        from: Offset,
+        max_bytes: usize,
+        at_least_one: bool,
+    ) -> Result<ReadBatches> {
         self.check_usable()?;
         let batch_max = self.inner.config.batch_bytes_max as usize;
         let (seg_base, file, path, start_pos, seg_end) = {
@@ -733,7 +863,13 @@ impl Log {
 
     /// Reads segment bytes `[pos, pos + len)`, from memory where the active segment's write tail
     /// still holds them and from the file below that.
-    async fn read_range(&self, file: &glommio::io::DmaFile, path: &Path, pos: u64, len: u64) -> Result<Bytes> {
+    async fn read_range(
+        &self,
+        file: &glommio::io::DmaFile,
+        path: &Path,
+        pos: u64,
+        len: u64,
+    ) -> Result<Bytes> {
         let end = pos + len;
         // Copy the in-memory part first, synchronously: everything below the tail's memory start
         // at this moment has been completely written, whatever the tail does during the await.
@@ -768,8 +904,18 @@ impl Log {
     /// end offset. The truncation is durable when this returns.
     pub async fn truncate(&self, offset: Offset) -> Result<Offset> {
         self.check_usable()?;
-        let _append = self.inner.append_lock.acquire_permit(1).await.map_err(|_| StorageError::Closed)?;
-        let _io = self.inner.io_lock.acquire_permit(1).await.map_err(|_| StorageError::Closed)?;
+        let _append = self
+            .inner
+            .append_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        let _io = self
+            .inner
+            .io_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
         let (log_start, next) = {
             let state = self.inner.state.borrow();
             (state.log_start, state.next_offset)
@@ -796,7 +942,12 @@ impl Log {
         };
         for seg in &removed {
             io::remove_file_if_exists(&seg.path)?;
-            io::remove_file_if_exists(&self.inner.dir.join(format::index_file_name(seg.base_offset())))?;
+            io::remove_file_if_exists(
+                &self
+                    .inner
+                    .dir
+                    .join(format::index_file_name(seg.base_offset())),
+            )?;
         }
         drop(removed);
 
@@ -809,34 +960,64 @@ impl Log {
         let mut rebuilt = SegmentIndex::empty(base, self.inner.config.index_interval_bytes);
         // Re-derive the index up to the cut by scanning from the start of the segment: simple,
         // and truncation is rare (leader change, recovery).
-        let file_len = file.file_size().await.map_err(|e| StorageError::io(path.display(), e))?;
+        let file_len = file
+            .file_size()
+            .await
+            .map_err(|e| StorageError::io(path.display(), e))?;
         let batch_max = self.inner.config.batch_bytes_max as usize;
-        scan_segment(&file, &path, file_len, &mut rebuilt, batch_max, Some(offset)).await?;
+        scan_segment(
+            &file,
+            &path,
+            file_len,
+            &mut rebuilt,
+            batch_max,
+            Some(offset),
+        )
+        .await?;
         let io_err = |e| self.fail(StorageError::io(path.display(), e));
         file.truncate(rebuilt.size_bytes).await.map_err(io_err)?;
         file.fdatasync().await.map_err(io_err)?;
         io::remove_file_if_exists(&self.inner.dir.join(format::index_file_name(base)))?;
-        io::sync_dir(&self.inner.dir).await.map_err(|e| self.fail(e))?;
+        io::sync_dir(&self.inner.dir)
+            .await
+            .map_err(|e| self.fail(e))?;
         let page_start = align_down(rebuilt.size_bytes);
-        let page = io::read_at(&file, &path, page_start, (rebuilt.size_bytes - page_start) as usize).await?;
+        let page = io::read_at(
+            &file,
+            &path,
+            page_start,
+            (rebuilt.size_bytes - page_start) as usize,
+        )
+        .await?;
         let new_end = rebuilt.next_offset;
         if new_end < log_start {
             // The cut fell inside the batch holding the log start: the log is now empty at
             // `new_end`, and the start moves down with it (nothing below it exists any more).
-            io::write_file_atomically(&self.inner.dir, format::LOG_START_FILE, &format::encode_log_start(new_end))
-                .await
-                .map_err(|e| self.fail(e))?;
+            io::write_file_atomically(
+                &self.inner.dir,
+                format::LOG_START_FILE,
+                &format::encode_log_start(new_end),
+            )
+            .await
+            .map_err(|e| self.fail(e))?;
         }
         {
             let mut state = self.inner.state.borrow_mut();
             let seg = state.active_mut();
-            seg.tail = Some(WriteTail::resume(&file, self.inner.config.write_chunk_bytes, rebuilt.size_bytes, &page));
+            seg.tail = Some(WriteTail::resume(
+                &file,
+                self.inner.config.write_chunk_bytes,
+                rebuilt.size_bytes,
+                &page,
+            ));
             seg.preallocated_to = rebuilt.size_bytes;
             seg.index = rebuilt;
             state.next_offset = new_end;
             state.log_start = state.log_start.min(new_end);
         }
-        self.inner.durable_end.set(self.inner.durable_end.get().min(new_end));
+        self.inner
+            .durable_end
+            .set(self.inner.durable_end.get().min(new_end));
         self.inner.generation.set(self.inner.generation.get() + 1);
         info!(dir = %self.inner.dir.display(), requested = %offset, log_end = %new_end, "log truncated");
         Ok(new_end)
@@ -847,7 +1028,12 @@ impl Log {
     /// when this returns. `offset` may be at most the log end offset.
     pub async fn truncate_prefix(&self, offset: Offset) -> Result<Offset> {
         self.check_usable()?;
-        let _io = self.inner.io_lock.acquire_permit(1).await.map_err(|_| StorageError::Closed)?;
+        let _io = self
+            .inner
+            .io_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
         let (log_start, next) = {
             let state = self.inner.state.borrow();
             (state.log_start, state.next_offset)
@@ -862,9 +1048,13 @@ impl Log {
         if offset <= log_start {
             return Ok(log_start);
         }
-        io::write_file_atomically(&self.inner.dir, format::LOG_START_FILE, &format::encode_log_start(offset))
-            .await
-            .map_err(|e| self.fail(e))?;
+        io::write_file_atomically(
+            &self.inner.dir,
+            format::LOG_START_FILE,
+            &format::encode_log_start(offset),
+        )
+        .await
+        .map_err(|e| self.fail(e))?;
         let removed = {
             let mut state = self.inner.state.borrow_mut();
             state.log_start = offset;
@@ -884,7 +1074,12 @@ impl Log {
     /// never deleted. `now` is passed in so callers and tests control time.
     pub async fn enforce_retention(&self, now: TimestampMs) -> Result<RetentionOutcome> {
         self.check_usable()?;
-        let _io = self.inner.io_lock.acquire_permit(1).await.map_err(|_| StorageError::Closed)?;
+        let _io = self
+            .inner
+            .io_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
         let removed = {
             let mut state = self.inner.state.borrow_mut();
             let mut total: u64 = state.segments.iter().map(|s| s.index.size_bytes).sum();
@@ -927,7 +1122,12 @@ impl Log {
             return Ok(());
         }
         for seg in &removed {
-            io::remove_file_if_exists(&self.inner.dir.join(format::index_file_name(seg.base_offset())))?;
+            io::remove_file_if_exists(
+                &self
+                    .inner
+                    .dir
+                    .join(format::index_file_name(seg.base_offset())),
+            )?;
             io::remove_file_if_exists(&seg.path)?;
             info!(segment = %seg.base_offset(), bytes = seg.index.size_bytes, "segment deleted");
         }
@@ -941,15 +1141,17 @@ impl Log {
         self.check_usable()?;
         let start = {
             let state = self.inner.state.borrow();
-            let Some(seg) = state
-                .segments
-                .iter()
-                .find(|s| !s.index.is_empty() && s.index.max_timestamp >= ts && s.index.next_offset > state.log_start)
-            else {
+            let Some(seg) = state.segments.iter().find(|s| {
+                !s.index.is_empty()
+                    && s.index.max_timestamp >= ts
+                    && s.index.next_offset > state.log_start
+            }) else {
                 return Ok(None);
             };
             let entry = seg.index.entry_for_timestamp(ts);
-            seg.base_offset().plus(i64::from(entry.relative_offset)).max(state.log_start)
+            seg.base_offset()
+                .plus(i64::from(entry.relative_offset))
+                .max(state.log_start)
         };
         let mut from = start;
         let window = 256 * 1024;
@@ -960,7 +1162,8 @@ impl Log {
                 let info = validate_batch(rest, self.inner.config.batch_bytes_max as usize)
                     .expect("read() returns validated batches");
                 if info.max_timestamp >= ts {
-                    let found = first_record_at_or_after(rest, &info, ts).unwrap_or(info.base_offset);
+                    let found =
+                        first_record_at_or_after(rest, &info, ts).unwrap_or(info.base_offset);
                     return Ok(Some(found.max(self.log_start_offset())));
                 }
                 rest = &rest[info.size_bytes..];
@@ -979,14 +1182,26 @@ impl Log {
             return Ok(());
         }
         self.sync().await?;
-        let _append = self.inner.append_lock.acquire_permit(1).await.map_err(|_| StorageError::Closed)?;
-        let _io = self.inner.io_lock.acquire_permit(1).await.map_err(|_| StorageError::Closed)?;
+        let _append = self
+            .inner
+            .append_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        let _io = self
+            .inner
+            .io_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
         self.inner.closed.set(true);
         let segments = std::mem::take(&mut self.inner.state.borrow_mut().segments);
         for seg in segments {
             if let Ok(file) = Rc::try_unwrap(seg.file) {
                 drop(seg.tail);
-                file.close().await.map_err(|e| StorageError::io(seg.path.display(), e))?;
+                file.close()
+                    .await
+                    .map_err(|e| StorageError::io(seg.path.display(), e))?;
             }
         }
         Ok(())
@@ -1008,7 +1223,12 @@ fn read_log_start(dir: &Path) -> Option<Offset> {
 }
 
 /// Loads a sealed segment's index file if it is valid and matches the segment file.
-fn load_index(path: &Path, base: Offset, file_len: u64, index_interval_bytes: u32) -> Option<SegmentIndex> {
+fn load_index(
+    path: &Path,
+    base: Offset,
+    file_len: u64,
+    index_interval_bytes: u32,
+) -> Option<SegmentIndex> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) => {

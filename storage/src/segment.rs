@@ -75,8 +75,14 @@ impl SegmentIndex {
 
     /// Records a batch appended at the end of the segment.
     pub fn record(&mut self, position: u64, info: &BatchInfo) {
-        assert_eq!(position, self.size_bytes, "batches are recorded in file order");
-        assert_eq!(info.base_offset, self.next_offset, "batches are contiguous in offsets");
+        assert_eq!(
+            position, self.size_bytes,
+            "batches are recorded in file order"
+        );
+        assert_eq!(
+            info.base_offset, self.next_offset,
+            "batches are contiguous in offsets"
+        );
         if self.entries.is_empty() || self.bytes_since_entry >= self.index_interval_bytes {
             self.entries.push(IndexEntry {
                 relative_offset: u32::try_from(info.base_offset.0 - self.base_offset.0)
@@ -95,23 +101,33 @@ impl SegmentIndex {
     /// The index entry to start a search for `offset` from: the last one at or before it.
     pub fn entry_for_offset(&self, offset: Offset) -> IndexEntry {
         let rel = offset.0 - self.base_offset.0;
-        let i = self.entries.partition_point(|e| i64::from(e.relative_offset) <= rel);
-        self.entries.get(i.saturating_sub(1)).copied().unwrap_or(IndexEntry {
-            relative_offset: 0,
-            position: 0,
-            max_timestamp_before: TimestampMs::MIN,
-        })
+        let i = self
+            .entries
+            .partition_point(|e| i64::from(e.relative_offset) <= rel);
+        self.entries
+            .get(i.saturating_sub(1))
+            .copied()
+            .unwrap_or(IndexEntry {
+                relative_offset: 0,
+                position: 0,
+                max_timestamp_before: TimestampMs::MIN,
+            })
     }
 
     /// The entry to start a search for the first batch with a timestamp at or after `ts` from:
     /// the last one before which every batch is older than `ts`.
     pub fn entry_for_timestamp(&self, ts: TimestampMs) -> IndexEntry {
-        let i = self.entries.partition_point(|e| e.max_timestamp_before < ts);
-        self.entries.get(i.saturating_sub(1)).copied().unwrap_or(IndexEntry {
-            relative_offset: 0,
-            position: 0,
-            max_timestamp_before: TimestampMs::MIN,
-        })
+        let i = self
+            .entries
+            .partition_point(|e| e.max_timestamp_before < ts);
+        self.entries
+            .get(i.saturating_sub(1))
+            .copied()
+            .unwrap_or(IndexEntry {
+                relative_offset: 0,
+                position: 0,
+                max_timestamp_before: TimestampMs::MIN,
+            })
     }
 }
 
@@ -170,7 +186,10 @@ pub(crate) async fn scan_segment(
             if rest.is_empty() {
                 break;
             }
-            let damaged = |reason: String| ScanStop::Damaged { position: here, reason };
+            let damaged = |reason: String| ScanStop::Damaged {
+                position: here,
+                reason,
+            };
             if rest.len() < BATCH_HEADER_BYTES && !at_file_end {
                 break; // refill from here
             }
@@ -178,12 +197,19 @@ pub(crate) async fn scan_segment(
                 Ok(size) => size,
                 Err(e) => {
                     let zeros = rest.iter().take(BATCH_HEADER_BYTES).all(|&b| b == 0);
-                    return Ok(if zeros { ScanStop::CleanEnd } else { damaged(e.to_string()) });
+                    return Ok(if zeros {
+                        ScanStop::CleanEnd
+                    } else {
+                        damaged(e.to_string())
+                    });
                 }
             };
             if size > rest.len() {
                 if at_file_end {
-                    return Ok(damaged(format!("torn batch: {size} bytes declared, {} in file", rest.len())));
+                    return Ok(damaged(format!(
+                        "torn batch: {size} bytes declared, {} in file",
+                        rest.len()
+                    )));
                 }
                 break; // refill: the window always holds a whole batch
             }

@@ -91,9 +91,18 @@ fn zeroed_buffer(file: &DmaFile, len: usize) -> DmaBuffer {
 impl WriteTail {
     /// A tail for a segment whose data ends at `end_pos`, all of it already in the file.
     /// `tail_page` holds the file bytes `[align_down(end_pos), end_pos)`.
-    pub(crate) fn resume(file: &DmaFile, chunk_bytes: usize, end_pos: u64, tail_page: &[u8]) -> WriteTail {
+    pub(crate) fn resume(
+        file: &DmaFile,
+        chunk_bytes: usize,
+        end_pos: u64,
+        tail_page: &[u8],
+    ) -> WriteTail {
         let file_pos = align_down(end_pos);
-        assert_eq!(tail_page.len() as u64, end_pos - file_pos, "tail page must reach end_pos");
+        assert_eq!(
+            tail_page.len() as u64,
+            end_pos - file_pos,
+            "tail page must reach end_pos"
+        );
         let mut buf = zeroed_buffer(file, chunk_bytes);
         buf.as_bytes_mut()[..tail_page.len()].copy_from_slice(tail_page);
         let mut chunks = VecDeque::new();
@@ -126,12 +135,14 @@ impl WriteTail {
     /// Appends bytes at the logical end.
     pub(crate) fn push(&mut self, file: &DmaFile, mut data: &[u8]) {
         while !data.is_empty() {
-            let needs_chunk = self.chunks.back().is_none_or(|c| c.filled == self.chunk_bytes);
+            let needs_chunk = self
+                .chunks
+                .back()
+                .is_none_or(|c| c.filled == self.chunk_bytes);
             if needs_chunk {
-                let file_pos = self
-                    .chunks
-                    .back()
-                    .map_or(align_down(self.end_pos), |c| c.file_pos + self.chunk_bytes as u64);
+                let file_pos = self.chunks.back().map_or(align_down(self.end_pos), |c| {
+                    c.file_pos + self.chunk_bytes as u64
+                });
                 self.chunks.push_back(Chunk {
                     file_pos,
                     filled: 0,
@@ -175,16 +186,21 @@ impl WriteTail {
             let start = chunk.file_pos.max(rewrite_from);
             let end = align_up(chunk_end);
             match &chunk.buf {
-                ChunkBuf::Sealed(rc) if start == chunk.file_pos => writes.push(PlannedWrite::Shared {
-                    pos: start,
-                    buf: rc.clone(),
-                }),
+                ChunkBuf::Sealed(rc) if start == chunk.file_pos => {
+                    writes.push(PlannedWrite::Shared {
+                        pos: start,
+                        buf: rc.clone(),
+                    })
+                }
                 buf => {
                     let from = (start - chunk.file_pos) as usize;
                     let to = (end - chunk.file_pos) as usize;
                     let mut owned = file.alloc_dma_buffer(to - from);
                     owned.as_bytes_mut().copy_from_slice(&buf.bytes()[from..to]);
-                    writes.push(PlannedWrite::Owned { pos: start, buf: owned });
+                    writes.push(PlannedWrite::Owned {
+                        pos: start,
+                        buf: owned,
+                    });
                 }
             }
         }
@@ -211,7 +227,10 @@ impl WriteTail {
     /// Copies `[pos, pos + len)` out of memory. `pos` must be at or after [`Self::memory_start`]
     /// and the range inside the data.
     pub(crate) fn copy_range(&self, pos: u64, len: usize) -> Bytes {
-        assert!(pos >= self.memory_start() && pos + len as u64 <= self.end_pos, "range not in memory");
+        assert!(
+            pos >= self.memory_start() && pos + len as u64 <= self.end_pos,
+            "range not in memory"
+        );
         let mut out = BytesMut::with_capacity(len);
         let end = pos + len as u64;
         for chunk in &self.chunks {

@@ -44,7 +44,12 @@ fn batch_for(seed: u64) -> Vec<u8> {
     if seed % 10 == 9 {
         batch(seed, 4, 5_000, seed as i64) // the large, non-durable kind
     } else {
-        batch(seed, 1 + (seed % 4) as usize, 100 + (seed % 700) as usize, seed as i64)
+        batch(
+            seed,
+            1 + (seed % 4) as usize,
+            100 + (seed % 700) as usize,
+            seed as i64,
+        )
     }
 }
 
@@ -53,7 +58,9 @@ fn seed_of(stored: &[u8]) -> u64 {
     let text = String::from_utf8_lossy(stored);
     let at = text.find("key-").expect("stored batch carries a key");
     let rest = &text[at + 4..];
-    rest[..rest.find('-').expect("key format")].parse().expect("seed digits")
+    rest[..rest.find('-').expect("key format")]
+        .parse()
+        .expect("seed digits")
 }
 
 #[test]
@@ -64,7 +71,9 @@ fn crash_child_appender() {
     };
     let seed_base: u64 = std::env::var(ENV_SEED_BASE).unwrap().parse().unwrap();
     run(move || async move {
-        let log = Log::open(&dir, config()).await.expect("child opens the log");
+        let log = Log::open(&dir, config())
+            .await
+            .expect("child opens the log");
         let mut tasks = Vec::new();
         for appender in 0..DURABLE_APPENDERS {
             let log = log.clone();
@@ -74,7 +83,10 @@ fn crash_child_appender() {
                     if seed % 10 == 9 {
                         seed += 1;
                     }
-                    let a = log.append_durable(&batch_for(seed), LeaderEpoch(EPOCH)).await.unwrap();
+                    let a = log
+                        .append_durable(&batch_for(seed), LeaderEpoch(EPOCH))
+                        .await
+                        .unwrap();
                     let mut out = std::io::stdout().lock();
                     writeln!(out, "ACK {} {}", a.base_offset.0, seed).unwrap();
                     out.flush().unwrap();
@@ -85,7 +97,9 @@ fn crash_child_appender() {
         tasks.push(glommio::spawn_local(async move {
             for n in 0.. {
                 let seed = seed_base + 900_000 + n * 10 + 9;
-                log2.append(&batch_for(seed), LeaderEpoch(EPOCH)).await.unwrap();
+                log2.append(&batch_for(seed), LeaderEpoch(EPOCH))
+                    .await
+                    .unwrap();
                 glommio::timer::sleep(Duration::from_millis(2)).await;
             }
         }));
@@ -107,7 +121,13 @@ impl Rng {
 
 fn run_child_and_kill(dir: &Path, seed_base: u64, kill_after: Duration) -> Vec<(Offset, u64)> {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "crash_child_appender", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "crash_child_appender",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(ENV_DIR, dir)
         .env(ENV_SEED_BASE, seed_base.to_string())
         .stdout(Stdio::piped())
@@ -140,7 +160,10 @@ fn crash_kill_recovers_every_acknowledged_batch() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| {
-            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
             nanos as u64 ^ u64::from(std::process::id())
         });
     println!("crash test seed: SLUICE_CRASH_SEED={seed}");
@@ -154,7 +177,10 @@ fn crash_kill_recovers_every_acknowledged_batch() {
         let acks = run_child_and_kill(&path, (round + 1) * 10_000_000, kill_after);
         total_acks_seen += acks.len();
         for (offset, seed) in acks {
-            assert!(acked.insert(offset, seed).is_none(), "offset {offset} acknowledged twice");
+            assert!(
+                acked.insert(offset, seed).is_none(),
+                "offset {offset} acknowledged twice"
+            );
         }
         let acked_now = acked.clone();
         let p = path.clone();
@@ -167,21 +193,33 @@ fn crash_kill_recovers_every_acknowledged_batch() {
             for (offset, bytes) in &held {
                 assert_eq!(*offset, next, "round {round}: offsets are contiguous");
                 let expected = stamped(batch_for(seed_of(bytes)), *offset, EPOCH);
-                assert!(bytes == &expected, "round {round}: batch at {offset} is not one an appender wrote, intact");
+                assert!(
+                    bytes == &expected,
+                    "round {round}: batch at {offset} is not one an appender wrote, intact"
+                );
                 next = next.plus(i64::from(
-                    sluice_storage::batch::validate_batch(bytes, usize::MAX).unwrap().last_offset_delta + 1,
+                    sluice_storage::batch::validate_batch(bytes, usize::MAX)
+                        .unwrap()
+                        .last_offset_delta
+                        + 1,
                 ));
             }
             assert_eq!(next, log.log_end_offset());
             for (offset, seed) in &acked_now {
-                let stored = by_offset
-                    .get(offset)
-                    .unwrap_or_else(|| panic!("round {round}: acknowledged batch at {offset} lost"));
+                let stored = by_offset.get(offset).unwrap_or_else(|| {
+                    panic!("round {round}: acknowledged batch at {offset} lost")
+                });
                 let expected = stamped(batch_for(*seed), *offset, EPOCH);
-                assert!(**stored == expected, "round {round}: acknowledged batch at {offset} changed");
+                assert!(
+                    **stored == expected,
+                    "round {round}: acknowledged batch at {offset} changed"
+                );
             }
             // The recovered log takes appends again.
-            let a = log.append_durable(&batch_for(probe_seed), LeaderEpoch(EPOCH)).await.unwrap();
+            let a = log
+                .append_durable(&batch_for(probe_seed), LeaderEpoch(EPOCH))
+                .await
+                .unwrap();
             assert_eq!(a.base_offset, next);
             log.close().await.unwrap();
             a.base_offset

@@ -19,7 +19,8 @@ fn device_supports_iopoll(dir: &Path) -> Option<bool> {
     use std::os::unix::fs::MetadataExt;
     let dev = std::fs::metadata(dir).ok()?.dev();
     let (major, minor) = (libc_major(dev), libc_minor(dev));
-    let text = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/queue/io_poll")).ok()?;
+    let text =
+        std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/queue/io_poll")).ok()?;
     Some(text.trim() == "1")
 }
 
@@ -43,7 +44,10 @@ async fn create_write_read(dir: &Path) -> Result<Vec<u8>, String> {
     let mut buf = file.alloc_dma_buffer(4096);
     buf.as_bytes_mut().fill(0xab);
     file.write_at(buf, 0).await.map_err(|e| e.to_string())?;
-    let read = file.read_at_aligned(0, 4096).await.map_err(|e| e.to_string())?;
+    let read = file
+        .read_at_aligned(0, 4096)
+        .await
+        .map_err(|e| e.to_string())?;
     let out = read.to_vec();
     file.close().await.map_err(|e| e.to_string())?;
     Ok(out)
@@ -59,7 +63,10 @@ fn primed_executor_reads_fresh_files() {
     })
     .expect("after priming, a fresh file can be written and read");
     assert_eq!(data, vec![0xab; 4096]);
-    assert!(!dir.path().join(".iopoll-probe.tmp").exists(), "the probe file is removed");
+    assert!(
+        !dir.path().join(".iopoll-probe.tmp").exists(),
+        "the probe file is removed"
+    );
 }
 
 #[test]
@@ -72,7 +79,10 @@ fn unprimed_executor_hits_the_quirk_on_devices_without_poll_queues() {
             // This is the machine the work-around exists for: prove the quirk is real here, so
             // the primed test above is what makes the difference.
             let err = result.expect_err("glommio's probe misfires on a fresh file");
-            assert!(err.contains("os error 95"), "EOPNOTSUPP expected, got {err}");
+            assert!(
+                err.contains("os error 95"),
+                "EOPNOTSUPP expected, got {err}"
+            );
         }
         _ => {
             // Poll queues present (or unknown): nothing to prove, but the sequence must work.

@@ -22,7 +22,10 @@ fn append_assigns_offsets_and_reads_back_bit_identical() {
         let mut two = b2.clone();
         two.extend_from_slice(&b1);
         let a2 = log.append(&two, LeaderEpoch(5)).await.unwrap();
-        assert_eq!((a2.base_offset, a2.last_offset, a2.batch_count), (Offset(3), Offset(10), 2));
+        assert_eq!(
+            (a2.base_offset, a2.last_offset, a2.batch_count),
+            (Offset(3), Offset(10), 2)
+        );
         assert_eq!(log.log_end_offset(), Offset(11));
 
         let all = read_all(&log).await;
@@ -40,9 +43,15 @@ fn append_assigns_offsets_and_reads_back_bit_identical() {
         assert_eq!(r.next_offset, Offset(11));
         // At the end: nothing. Past it or below the start: out of range.
         assert!(log.read(Offset(11), 1000).await.unwrap().bytes.is_empty());
-        assert!(matches!(log.read(Offset(12), 1000).await, Err(StorageError::OffsetOutOfRange { .. })));
+        assert!(matches!(
+            log.read(Offset(12), 1000).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
         log.close().await.unwrap();
-        assert!(matches!(log.append(&b1, LeaderEpoch(0)).await, Err(StorageError::Closed)));
+        assert!(matches!(
+            log.append(&b1, LeaderEpoch(0)).await,
+            Err(StorageError::Closed)
+        ));
     });
 }
 
@@ -57,7 +66,11 @@ fn read_respects_byte_limit_but_returns_at_least_one_batch() {
             log.append(&b, LeaderEpoch(0)).await.unwrap();
         }
         let one = log.read(Offset(0), 10).await.unwrap();
-        assert_eq!(split_batches(&one.bytes).len(), 1, "a too-small limit still yields one batch");
+        assert_eq!(
+            split_batches(&one.bytes).len(),
+            1,
+            "a too-small limit still yields one batch"
+        );
         let three = log.read(Offset(0), b.len() * 3 + 10).await.unwrap();
         assert_eq!(split_batches(&three.bytes).len(), 3);
         assert_eq!(three.next_offset, Offset(12));
@@ -78,30 +91,49 @@ fn a_bad_batch_refuses_the_whole_append() {
         append.extend_from_slice(&corrupt);
         let err = log.append(&append, LeaderEpoch(0)).await.unwrap_err();
         match err {
-            StorageError::InvalidBatch { position, source: BatchError::CrcMismatch { .. } } => {
+            StorageError::InvalidBatch {
+                position,
+                source: BatchError::CrcMismatch { .. },
+            } => {
                 assert_eq!(position, good.len(), "the error points at the bad batch")
             }
             other => panic!("unexpected {other:?}"),
         }
-        assert_eq!(log.log_end_offset(), Offset(0), "nothing of the append was written");
+        assert_eq!(
+            log.log_end_offset(),
+            Offset(0),
+            "nothing of the append was written"
+        );
 
         let mut truncated = good.clone();
         truncated.truncate(good.len() - 3);
         assert!(matches!(
             log.append(&truncated, LeaderEpoch(0)).await,
-            Err(StorageError::InvalidBatch { source: BatchError::Truncated { .. }, .. })
+            Err(StorageError::InvalidBatch {
+                source: BatchError::Truncated { .. },
+                ..
+            })
         ));
         let mut magic1 = good.clone();
         magic1[16] = 1;
         assert!(matches!(
             log.append(&magic1, LeaderEpoch(0)).await,
-            Err(StorageError::InvalidBatch { source: BatchError::BadMagic { magic: 1 }, .. })
+            Err(StorageError::InvalidBatch {
+                source: BatchError::BadMagic { magic: 1 },
+                ..
+            })
         ));
-        assert!(matches!(log.append(&[], LeaderEpoch(0)).await, Err(StorageError::EmptyAppend)));
+        assert!(matches!(
+            log.append(&[], LeaderEpoch(0)).await,
+            Err(StorageError::EmptyAppend)
+        ));
         let huge = batch(3, 1, 40 * 1024, 0);
         assert!(matches!(
             log.append(&huge, LeaderEpoch(0)).await,
-            Err(StorageError::InvalidBatch { source: BatchError::TooLarge { .. }, .. })
+            Err(StorageError::InvalidBatch {
+                source: BatchError::TooLarge { .. },
+                ..
+            })
         ));
         assert_eq!(log.log_end_offset(), Offset(0));
         // The log still works.
@@ -118,11 +150,18 @@ fn durable_watermark_and_group_commit() {
         let log = Log::open(&path, small_config()).await.unwrap();
         let b = batch(1, 1, 100, 0);
         let a = log.append(&b, LeaderEpoch(0)).await.unwrap();
-        assert_eq!(log.durable_end_offset(), Offset(0), "buffered, not yet durable");
+        assert_eq!(
+            log.durable_end_offset(),
+            Offset(0),
+            "buffered, not yet durable"
+        );
         log.wait_durable(a.last_offset).await.unwrap();
         assert_eq!(log.durable_end_offset(), Offset(1));
         assert_eq!(log.sync_rounds(), 1);
-        assert!(matches!(log.wait_durable(Offset(5)).await, Err(StorageError::OffsetOutOfRange { .. })));
+        assert!(matches!(
+            log.wait_durable(Offset(5)).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
 
         // 32 concurrent durable appenders share far fewer fdatasync rounds than 32.
         let rounds_before = log.sync_rounds();
@@ -130,7 +169,9 @@ fn durable_watermark_and_group_commit() {
             .map(|i| {
                 let log = log.clone();
                 let b = batch(i, 1, 100, 0);
-                glommio::spawn_local(async move { log.append_durable(&b, LeaderEpoch(0)).await.unwrap() })
+                glommio::spawn_local(async move {
+                    log.append_durable(&b, LeaderEpoch(0)).await.unwrap()
+                })
             })
             .collect();
         let mut acked = Vec::new();
@@ -138,7 +179,10 @@ fn durable_watermark_and_group_commit() {
             acked.push(t.await);
         }
         let rounds = log.sync_rounds() - rounds_before;
-        assert!(rounds < 32, "group commit: 32 appenders used {rounds} rounds");
+        assert!(
+            rounds < 32,
+            "group commit: 32 appenders used {rounds} rounds"
+        );
         assert!(rounds >= 1);
         for a in &acked {
             assert!(log.durable_end_offset() > a.last_offset);
@@ -159,7 +203,11 @@ fn rolls_by_size_and_by_age_and_survives_reopen() {
             let a = log.append(&b, LeaderEpoch(1)).await.unwrap();
             expected.push((a.base_offset, stamped(b, a.base_offset, 1)));
         }
-        assert!(log.segment_count() >= 3, "64 KiB segments roll: {}", log.segment_count());
+        assert!(
+            log.segment_count() >= 3,
+            "64 KiB segments roll: {}",
+            log.segment_count()
+        );
         for pair in log.segment_base_offsets().windows(2) {
             assert!(pair[0] < pair[1]);
         }
@@ -181,10 +229,18 @@ fn rolls_by_size_and_by_age_and_survives_reopen() {
         };
         let log = Log::open(&path, aged).await.unwrap();
         let segments = log.segment_count();
-        log.append(&batch(100, 1, 10, 0), LeaderEpoch(1)).await.unwrap();
+        log.append(&batch(100, 1, 10, 0), LeaderEpoch(1))
+            .await
+            .unwrap();
         glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
-        log.append(&batch(101, 1, 10, 0), LeaderEpoch(1)).await.unwrap();
-        assert_eq!(log.segment_count(), segments + 1, "an aged segment rolls on the next append");
+        log.append(&batch(101, 1, 10, 0), LeaderEpoch(1))
+            .await
+            .unwrap();
+        assert_eq!(
+            log.segment_count(),
+            segments + 1,
+            "an aged segment rolls on the next append"
+        );
     });
 }
 
@@ -201,19 +257,33 @@ fn retention_by_bytes_and_by_time() {
         let log = Log::open(&path, config).await.unwrap();
         // 300 KiB with timestamps 0..; segments of 64 KiB.
         for i in 0..300u64 {
-            log.append(&batch(i, 1, 900, i as i64), LeaderEpoch(0)).await.unwrap();
+            log.append(&batch(i, 1, 900, i as i64), LeaderEpoch(0))
+                .await
+                .unwrap();
         }
         let before = log.size_bytes();
         // "now" close to the data: only the size limit applies.
         let outcome = log.enforce_retention(500).await.unwrap();
         assert!(outcome.segments_deleted > 0);
-        assert!(log.size_bytes() <= 100 * 1024 + 64 * 1024, "size after: {}", log.size_bytes());
+        assert!(
+            log.size_bytes() <= 100 * 1024 + 64 * 1024,
+            "size after: {}",
+            log.size_bytes()
+        );
         assert_eq!(log.size_bytes(), before - outcome.bytes_deleted);
         assert_eq!(log.log_start_offset(), log.segment_base_offsets()[0]);
         assert_eq!(outcome.log_start, log.log_start_offset());
         // Reads below the new start fail; at the start they work.
-        assert!(matches!(log.read(Offset(0), 100).await, Err(StorageError::OffsetOutOfRange { .. })));
-        assert!(!log.read(log.log_start_offset(), 100).await.unwrap().bytes.is_empty());
+        assert!(matches!(
+            log.read(Offset(0), 100).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+        assert!(!log
+            .read(log.log_start_offset(), 100)
+            .await
+            .unwrap()
+            .bytes
+            .is_empty());
         // Far in the future: every sealed segment is too old; the active one stays.
         let outcome = log.enforce_retention(1_000_000).await.unwrap();
         assert!(outcome.segments_deleted > 0);
@@ -256,9 +326,21 @@ fn truncate_drops_the_suffix_durably() {
         expected.push((Offset(100), stamped(b, Offset(100), 2)));
         log.close().await.unwrap();
         let log = Log::open(&path, small_config()).await.unwrap();
-        assert_eq!(read_all(&log).await, expected, "truncation and the new append survive reopen");
-        assert_eq!(log.truncate(Offset(500)).await.unwrap(), Offset(101), "beyond the end: no-op");
-        assert_eq!(log.truncate(Offset(0)).await.unwrap(), Offset(0), "truncate everything");
+        assert_eq!(
+            read_all(&log).await,
+            expected,
+            "truncation and the new append survive reopen"
+        );
+        assert_eq!(
+            log.truncate(Offset(500)).await.unwrap(),
+            Offset(101),
+            "beyond the end: no-op"
+        );
+        assert_eq!(
+            log.truncate(Offset(0)).await.unwrap(),
+            Offset(0),
+            "truncate everything"
+        );
         assert!(read_all(&log).await.is_empty());
     });
 }
@@ -270,24 +352,42 @@ fn truncate_prefix_moves_the_start_and_persists() {
     run(move || async move {
         let log = Log::open(&path, small_config()).await.unwrap();
         for i in 0..100u64 {
-            log.append(&batch(i, 2, 700, 0), LeaderEpoch(0)).await.unwrap();
+            log.append(&batch(i, 2, 700, 0), LeaderEpoch(0))
+                .await
+                .unwrap();
         }
         let segments = log.segment_count();
         assert_eq!(log.truncate_prefix(Offset(120)).await.unwrap(), Offset(120));
         assert_eq!(log.log_start_offset(), Offset(120));
-        assert!(log.segment_count() < segments, "whole segments below the start are deleted");
-        assert!(matches!(log.read(Offset(119), 100).await, Err(StorageError::OffsetOutOfRange { .. })));
+        assert!(
+            log.segment_count() < segments,
+            "whole segments below the start are deleted"
+        );
+        assert!(matches!(
+            log.read(Offset(119), 100).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
         let r = log.read(Offset(120), 100).await.unwrap();
         assert_eq!(r.first_offset, Some(Offset(120)));
-        assert!(matches!(log.truncate_prefix(Offset(201)).await, Err(StorageError::OffsetOutOfRange { .. })));
-        assert_eq!(log.truncate_prefix(Offset(10)).await.unwrap(), Offset(120), "never moves back");
+        assert!(matches!(
+            log.truncate_prefix(Offset(201)).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+        assert_eq!(
+            log.truncate_prefix(Offset(10)).await.unwrap(),
+            Offset(120),
+            "never moves back"
+        );
         log.close().await.unwrap();
         let log = Log::open(&path, small_config()).await.unwrap();
         assert_eq!(log.log_start_offset(), Offset(120));
         // Up to the end: the log is empty but keeps its offsets.
         log.truncate_prefix(Offset(200)).await.unwrap();
         assert!(read_all(&log).await.is_empty());
-        let a = log.append(&batch(1, 1, 1, 0), LeaderEpoch(0)).await.unwrap();
+        let a = log
+            .append(&batch(1, 1, 1, 0), LeaderEpoch(0))
+            .await
+            .unwrap();
         assert_eq!(a.base_offset, Offset(200));
     });
 }
@@ -300,19 +400,33 @@ fn offset_for_timestamp_finds_the_first_record_at_or_after() {
         let log = Log::open(&path, small_config()).await.unwrap();
         // Batch i holds 4 records with timestamps 1000*i .. 1000*i+3, at offsets 4i..4i+3.
         for i in 0..100i64 {
-            log.append(&batch(i as u64, 4, 500, 1000 * i), LeaderEpoch(0)).await.unwrap();
+            log.append(&batch(i as u64, 4, 500, 1000 * i), LeaderEpoch(0))
+                .await
+                .unwrap();
         }
         assert!(log.segment_count() > 2);
         assert_eq!(log.offset_for_timestamp(-5).await.unwrap(), Some(Offset(0)));
         assert_eq!(log.offset_for_timestamp(0).await.unwrap(), Some(Offset(0)));
         assert_eq!(log.offset_for_timestamp(1).await.unwrap(), Some(Offset(1)));
         assert_eq!(log.offset_for_timestamp(4).await.unwrap(), Some(Offset(4)));
-        assert_eq!(log.offset_for_timestamp(57_002).await.unwrap(), Some(Offset(230)));
-        assert_eq!(log.offset_for_timestamp(57_010).await.unwrap(), Some(Offset(232)));
-        assert_eq!(log.offset_for_timestamp(99_003).await.unwrap(), Some(Offset(399)));
+        assert_eq!(
+            log.offset_for_timestamp(57_002).await.unwrap(),
+            Some(Offset(230))
+        );
+        assert_eq!(
+            log.offset_for_timestamp(57_010).await.unwrap(),
+            Some(Offset(232))
+        );
+        assert_eq!(
+            log.offset_for_timestamp(99_003).await.unwrap(),
+            Some(Offset(399))
+        );
         assert_eq!(log.offset_for_timestamp(99_004).await.unwrap(), None);
         log.truncate_prefix(Offset(200)).await.unwrap();
-        assert_eq!(log.offset_for_timestamp(0).await.unwrap(), Some(Offset(200)));
+        assert_eq!(
+            log.offset_for_timestamp(0).await.unwrap(),
+            Some(Offset(200))
+        );
     });
 }
 

@@ -73,9 +73,13 @@ impl Model {
         if offset >= self.end {
             return;
         }
-        self.batches.retain(|(base, _, count)| base.0 + count - 1 < offset.0);
+        self.batches
+            .retain(|(base, _, count)| base.0 + count - 1 < offset.0);
         // The log starts at offset 0, so an emptied model ends at 0 as well.
-        self.end = self.batches.last().map_or(Offset(0), |(b, _, c)| b.plus(*c));
+        self.end = self
+            .batches
+            .last()
+            .map_or(Offset(0), |(b, _, c)| b.plus(*c));
         self.start = self.start.min(self.end);
     }
 }
@@ -93,7 +97,9 @@ fn config() -> LogConfig {
 }
 
 async fn check_ops(path: std::path::PathBuf, ops: Vec<Op>) -> Result<(), String> {
-    let mut log = Log::open(&path, config()).await.map_err(|e| e.to_string())?;
+    let mut log = Log::open(&path, config())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut model = Model::default();
     let mut seed = 0u64;
     for (step, op) in ops.into_iter().enumerate() {
@@ -108,9 +114,15 @@ async fn check_ops(path: std::path::PathBuf, ops: Vec<Op>) -> Result<(), String>
                     buf.extend_from_slice(&b);
                     pieces.push((b, *records as i64));
                 }
-                let a = log.append(&buf, LeaderEpoch(2)).await.map_err(|e| ctx(&e.to_string()))?;
+                let a = log
+                    .append(&buf, LeaderEpoch(2))
+                    .await
+                    .map_err(|e| ctx(&e.to_string()))?;
                 if a.base_offset != model.end {
-                    return Err(ctx(&format!("appended at {} but model end is {}", a.base_offset, model.end)));
+                    return Err(ctx(&format!(
+                        "appended at {} but model end is {}",
+                        a.base_offset, model.end
+                    )));
                 }
                 for (b, count) in pieces {
                     let base = model.end;
@@ -133,7 +145,13 @@ async fn check_ops(path: std::path::PathBuf, ops: Vec<Op>) -> Result<(), String>
                         }
                     }
                     (Err(()), Err(StorageError::OffsetOutOfRange { .. })) => {}
-                    (m, g) => return Err(ctx(&format!("read {from}: model {:?} vs log {:?}", m.is_ok(), g.map(|_| ())))),
+                    (m, g) => {
+                        return Err(ctx(&format!(
+                            "read {from}: model {:?} vs log {:?}",
+                            m.is_ok(),
+                            g.map(|_| ())
+                        )))
+                    }
                 }
             }
             Op::Truncate(p) => {
@@ -167,12 +185,17 @@ async fn check_ops(path: std::path::PathBuf, ops: Vec<Op>) -> Result<(), String>
             Op::Sync => {
                 let durable = log.sync().await.map_err(|e| ctx(&e.to_string()))?;
                 if durable != model.end && model.end > Offset(0) {
-                    return Err(ctx(&format!("durable {durable} after sync, end {}", model.end)));
+                    return Err(ctx(&format!(
+                        "durable {durable} after sync, end {}",
+                        model.end
+                    )));
                 }
             }
             Op::Reopen => {
                 log.close().await.map_err(|e| ctx(&e.to_string()))?;
-                log = Log::open(&path, config()).await.map_err(|e| ctx(&e.to_string()))?;
+                log = Log::open(&path, config())
+                    .await
+                    .map_err(|e| ctx(&e.to_string()))?;
             }
         }
         if log.log_end_offset() != model.end || log.log_start_offset() != model.start {
@@ -187,7 +210,9 @@ async fn check_ops(path: std::path::PathBuf, ops: Vec<Op>) -> Result<(), String>
     }
     // A final full read after a reopen agrees too.
     log.close().await.map_err(|e| e.to_string())?;
-    let log = Log::open(&path, config()).await.map_err(|e| e.to_string())?;
+    let log = Log::open(&path, config())
+        .await
+        .map_err(|e| e.to_string())?;
     let got = common::read_all(&log).await;
     let expected = model.read(model.start, usize::MAX).unwrap_or_default();
     if got != expected {

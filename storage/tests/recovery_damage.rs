@@ -56,12 +56,19 @@ fn reopen_and_read(path: &Path, config: LogConfig) -> Vec<(Offset, Vec<u8>)> {
         let end = log.log_end_offset();
         let extra = batch(4242, 1, 10, 0);
         let a = log.append_durable(&extra, LeaderEpoch(9)).await.unwrap();
-        assert_eq!(a.base_offset, end, "appends continue right after the recovered data");
+        assert_eq!(
+            a.base_offset, end,
+            "appends continue right after the recovered data"
+        );
         log.close().await.unwrap();
         let log = Log::open(&path, config).await.unwrap();
         let mut expected = held.clone();
         expected.push((end, stamped(extra, end, 9)));
-        assert_eq!(read_all(&log).await, expected, "recovered data plus the new append survive reopen");
+        assert_eq!(
+            read_all(&log).await,
+            expected,
+            "recovered data plus the new append survive reopen"
+        );
         held
     })
 }
@@ -71,39 +78,65 @@ fn truncated_mid_batch_keeps_the_batches_before() {
     let dir = tempfile::tempdir().unwrap();
     let (stored, positions) = write_log(dir.path(), 20, one_segment_config());
     let cut = positions[15] + 40; // inside batch 15's header
-    let f = OpenOptions::new().write(true).open(segment_path(dir.path(), 0)).unwrap();
+    let f = OpenOptions::new()
+        .write(true)
+        .open(segment_path(dir.path(), 0))
+        .unwrap();
     f.set_len(cut).unwrap();
-    assert_eq!(reopen_and_read(dir.path(), one_segment_config()), stored[..15]);
+    assert_eq!(
+        reopen_and_read(dir.path(), one_segment_config()),
+        stored[..15]
+    );
 
     // Cut inside the records of the last batch instead.
     let dir = tempfile::tempdir().unwrap();
     let (stored, positions) = write_log(dir.path(), 20, one_segment_config());
-    let f = OpenOptions::new().write(true).open(segment_path(dir.path(), 0)).unwrap();
+    let f = OpenOptions::new()
+        .write(true)
+        .open(segment_path(dir.path(), 0))
+        .unwrap();
     f.set_len(positions[19] + 200).unwrap();
-    assert_eq!(reopen_and_read(dir.path(), one_segment_config()), stored[..19]);
+    assert_eq!(
+        reopen_and_read(dir.path(), one_segment_config()),
+        stored[..19]
+    );
 }
 
 #[test]
 fn zeroed_tail_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let (stored, positions) = write_log(dir.path(), 20, one_segment_config());
-    let file_len = std::fs::metadata(segment_path(dir.path(), 0)).unwrap().len();
+    let file_len = std::fs::metadata(segment_path(dir.path(), 0))
+        .unwrap()
+        .len();
     // Zero from the middle of batch 12 to the end of the file (a lost page cache, say).
     let from = positions[12] + 100;
-    let mut f = OpenOptions::new().write(true).open(segment_path(dir.path(), 0)).unwrap();
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(segment_path(dir.path(), 0))
+        .unwrap();
     f.seek(SeekFrom::Start(from)).unwrap();
     f.write_all(&vec![0u8; (file_len - from) as usize]).unwrap();
     drop(f);
-    assert_eq!(reopen_and_read(dir.path(), one_segment_config()), stored[..12]);
+    assert_eq!(
+        reopen_and_read(dir.path(), one_segment_config()),
+        stored[..12]
+    );
 
     // Zero from a batch boundary: a clean end.
     let dir = tempfile::tempdir().unwrap();
     let (stored, positions) = write_log(dir.path(), 20, one_segment_config());
-    let mut f = OpenOptions::new().write(true).open(segment_path(dir.path(), 0)).unwrap();
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(segment_path(dir.path(), 0))
+        .unwrap();
     f.seek(SeekFrom::Start(positions[17])).unwrap();
     f.write_all(&vec![0u8; 4096]).unwrap();
     drop(f);
-    assert_eq!(reopen_and_read(dir.path(), one_segment_config()), stored[..17]);
+    assert_eq!(
+        reopen_and_read(dir.path(), one_segment_config()),
+        stored[..17]
+    );
 }
 
 #[test]
@@ -114,14 +147,19 @@ fn flipped_byte_in_the_active_segment_truncates_at_the_last_valid_batch() {
     // though they are intact, because the log must stay contiguous.
     let at = positions[9] + 90;
     let byte = std::fs::read(segment_path(dir.path(), 0)).unwrap()[at as usize];
-    let mut f = OpenOptions::new().write(true).open(segment_path(dir.path(), 0)).unwrap();
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(segment_path(dir.path(), 0))
+        .unwrap();
     f.seek(SeekFrom::Start(at)).unwrap();
     f.write_all(&[byte ^ 0x10]).unwrap();
     drop(f);
     let kept = reopen_and_read(dir.path(), one_segment_config());
     assert_eq!(kept, stored[..9]);
     // The damaged bytes are gone from the file, not merely skipped.
-    let len = std::fs::metadata(segment_path(dir.path(), 0)).unwrap().len();
+    let len = std::fs::metadata(segment_path(dir.path(), 0))
+        .unwrap()
+        .len();
     assert!(len >= positions[9], "file holds the kept batches");
 }
 
@@ -130,11 +168,17 @@ fn flipped_header_byte_breaks_offset_continuity_and_truncates() {
     let dir = tempfile::tempdir().unwrap();
     let (stored, positions) = write_log(dir.path(), 10, one_segment_config());
     // baseOffset is outside the CRC: a flip there is caught by the offset-continuity check.
-    let mut f = OpenOptions::new().write(true).open(segment_path(dir.path(), 0)).unwrap();
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(segment_path(dir.path(), 0))
+        .unwrap();
     f.seek(SeekFrom::Start(positions[6] + 7)).unwrap();
     f.write_all(&[0x7f]).unwrap();
     drop(f);
-    assert_eq!(reopen_and_read(dir.path(), one_segment_config()), stored[..6]);
+    assert_eq!(
+        reopen_and_read(dir.path(), one_segment_config()),
+        stored[..6]
+    );
 }
 
 /// Writes enough for several sealed segments; returns the stored batches and segment bases.
@@ -159,7 +203,11 @@ fn missing_index_is_rebuilt() {
     let original = std::fs::read(&idx).unwrap();
     std::fs::remove_file(&idx).unwrap();
     assert_eq!(reopen_and_read(dir.path(), small_config()), stored);
-    assert_eq!(std::fs::read(&idx).unwrap(), original, "the rebuilt index equals the original");
+    assert_eq!(
+        std::fs::read(&idx).unwrap(),
+        original,
+        "the rebuilt index equals the original"
+    );
 }
 
 #[test]
@@ -206,10 +254,23 @@ fn corrupt_sealed_segment_with_missing_index_truncates_the_log_there() {
     std::fs::remove_file(index_path(dir.path(), bases[1].0)).unwrap();
     let kept = reopen_and_read(dir.path(), small_config());
     assert!(!kept.is_empty());
-    assert_eq!(kept[..], stored[..kept.len()], "what is kept is an exact prefix");
-    assert!(kept.last().unwrap().0 < bases[2], "nothing after the damage is kept");
-    assert!(kept.last().unwrap().0 >= bases[1], "everything before the damage is kept");
-    assert!(!segment_path(dir.path(), bases[2].0).exists(), "later segments are deleted");
+    assert_eq!(
+        kept[..],
+        stored[..kept.len()],
+        "what is kept is an exact prefix"
+    );
+    assert!(
+        kept.last().unwrap().0 < bases[2],
+        "nothing after the damage is kept"
+    );
+    assert!(
+        kept.last().unwrap().0 >= bases[1],
+        "everything before the damage is kept"
+    );
+    assert!(
+        !segment_path(dir.path(), bases[2].0).exists(),
+        "later segments are deleted"
+    );
 }
 
 #[test]
@@ -225,11 +286,17 @@ fn corruption_in_a_trusted_sealed_segment_is_never_served() {
     let path = dir.path().to_path_buf();
     run(move || async move {
         let log = Log::open(&path, small_config()).await.unwrap();
-        assert!(matches!(log.read(Offset(0), 1 << 20).await, Err(StorageError::Corrupt { .. })));
+        assert!(matches!(
+            log.read(Offset(0), 1 << 20).await,
+            Err(StorageError::Corrupt { .. })
+        ));
         // Data in later segments is still served.
         let r = log.read(bases[1], 1 << 20).await.unwrap();
         assert_eq!(r.first_offset, Some(bases[1]));
-        assert_eq!(common::split_batches(&r.bytes)[0], stored.iter().find(|(o, _)| *o == bases[1]).unwrap().clone());
+        assert_eq!(
+            common::split_batches(&r.bytes)[0],
+            stored.iter().find(|(o, _)| *o == bases[1]).unwrap().clone()
+        );
     });
 }
 
@@ -251,6 +318,10 @@ fn damaged_log_start_checkpoint_falls_back_to_the_first_segment() {
     let p = dir.path().to_path_buf();
     run(move || async move {
         let log = Log::open(&p, small_config()).await.unwrap();
-        assert_eq!(log.log_start_offset(), bases[1], "the first remaining segment bounds the start");
+        assert_eq!(
+            log.log_start_offset(),
+            bases[1],
+            "the first remaining segment bounds the start"
+        );
     });
 }

@@ -37,10 +37,14 @@ pub fn small_config() -> LogConfig {
 
 /// A deterministic batch of `records` records whose contents depend on `seed`.
 pub fn batch(seed: u64, records: usize, value_bytes: usize, timestamp: i64) -> Vec<u8> {
-    let keys: Vec<Vec<u8>> = (0..records).map(|i| format!("key-{seed}-{i}").into_bytes()).collect();
+    let keys: Vec<Vec<u8>> = (0..records)
+        .map(|i| format!("key-{seed}-{i}").into_bytes())
+        .collect();
     let values: Vec<Vec<u8>> = (0..records)
         .map(|i| {
-            let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(i as u64 + 1);
+            let mut x = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(i as u64 + 1);
             (0..value_bytes)
                 .map(|_| {
                     x ^= x << 13;
@@ -52,7 +56,13 @@ pub fn batch(seed: u64, records: usize, value_bytes: usize, timestamp: i64) -> V
         })
         .collect();
     let recs: Vec<(i64, &[u8], &[u8])> = (0..records)
-        .map(|i| (timestamp + i as i64, keys[i].as_slice(), values[i].as_slice()))
+        .map(|i| {
+            (
+                timestamp + i as i64,
+                keys[i].as_slice(),
+                values[i].as_slice(),
+            )
+        })
         .collect();
     build_batch(timestamp, &recs)
 }
