@@ -106,6 +106,8 @@ struct Inner {
     generation: Cell<u64>,
     /// fdatasync rounds run by group commit since open (a metric, and how tests see batching).
     sync_rounds: Cell<u64>,
+    /// A background write-behind task is queued or running.
+    write_behind_running: Cell<bool>,
 }
 
 /// A partition log. See the module docs for the concurrency model.
@@ -320,6 +322,7 @@ impl Log {
                 closed: Cell::new(false),
                 generation: Cell::new(0),
                 sync_rounds: Cell::new(0),
+                write_behind_running: Cell::new(false),
             }),
         })
     }
@@ -415,12 +418,7 @@ impl Log {
             }
             StorageError::InvalidBatch { position, source }
         })?;
-        let _append = self
-            .inner
-            .append_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Closed)?;
+        let _append = self.lock_appends().await?;
         self.check_usable()?;
         self.roll_if_aged().await?;
 
@@ -458,6 +456,35 @@ impl Log {
             first.get_or_insert(base);
             last = stamped.last_offset();
         }
+        self.write_behind().await?;
+        Ok(AppendInfo {
+            base_offset: first.expect("at least one batch"),
+            last_offset: last,
+            batch_count: infos.len(),
+        })
+    }
+
+    async fn lock_io(&self) -> Result<glommio::sync::Permit<'_>> {
+        self.inner
+            .io_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)
+    }
+
+    async fn lock_appends(&self) -> Result<glommio::sync::Permit<'_>> {
+        self.inner
+            .append_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)
+    }
+
+    /// Write-behind: past `write_behind_bytes` of unwritten data, start writing it out in the
+    /// background, so appends keep copying while the device writes; past twice that, wait for
+    /// the write (back-pressure: buffered memory stays bounded).
+    async fn write_behind(&self) -> Result<()> {
+        let threshold = self.inner.config.write_behind_bytes as u64;
         let unwritten = self
             .inner
             .state
@@ -466,20 +493,25 @@ impl Log {
             .tail
             .as_ref()
             .map_or(0, WriteTail::unwritten_bytes);
-        if unwritten >= self.inner.config.write_behind_bytes as u64 {
-            let _io = self
-                .inner
-                .io_lock
-                .acquire_permit(1)
-                .await
-                .map_err(|_| StorageError::Closed)?;
+        if unwritten >= 2 * threshold {
+            let _io = self.lock_io().await?;
+            self.check_usable()?;
             self.write_out().await?;
+        } else if unwritten >= threshold && !self.inner.write_behind_running.get() {
+            self.inner.write_behind_running.set(true);
+            let log = self.clone();
+            glommio::spawn_local(async move {
+                if let Ok(_io) = log.lock_io().await {
+                    if log.check_usable().is_ok() {
+                        // An error poisons the log; the next caller sees it.
+                        let _ = log.write_out().await;
+                    }
+                }
+                log.inner.write_behind_running.set(false);
+            })
+            .detach();
         }
-        Ok(AppendInfo {
-            base_offset: first.expect("at least one batch"),
-            last_offset: last,
-            batch_count: infos.len(),
-        })
+        Ok(())
     }
 
     /// [`Log::append`], then waits until the appended batches are durable.
@@ -527,12 +559,7 @@ impl Log {
     async fn sync_round(&self) -> Result<()> {
         self.inner.sync_in_flight.set(true);
         let _round = SyncRoundGuard(&self.inner);
-        let _io = self
-            .inner
-            .io_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Closed)?;
+        let _io = self.lock_io().await?;
         self.check_usable()?;
         let target = self.log_end_offset();
         let file = self.write_out().await?;
@@ -604,24 +631,14 @@ impl Log {
     /// Writes buffered data to the files without waiting for fdatasync.
     pub async fn flush(&self) -> Result<()> {
         self.check_usable()?;
-        let _io = self
-            .inner
-            .io_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Closed)?;
+        let _io = self.lock_io().await?;
         self.write_out().await.map(|_| ())
     }
 
     /// Seals the active segment (if it holds data) and starts a new one at the log end.
     pub async fn roll(&self) -> Result<()> {
         self.check_usable()?;
-        let _append = self
-            .inner
-            .append_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Closed)?;
+        let _append = self.lock_appends().await?;
         self.roll_locked().await
     }
 
@@ -644,12 +661,7 @@ impl Log {
 
     /// Caller holds `append_lock`.
     async fn roll_locked(&self) -> Result<()> {
-        let _io = self
-            .inner
-            .io_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Closed)?;
+        let _io = self.lock_io().await?;
         if self.inner.state.borrow().active().index.is_empty() {
             return Ok(());
         }
@@ -790,10 +802,10 @@ impl Log {
                 seg.index.size_bytes,
             )
         };
-        // Read a window from the indexed position: enough to skip to `from` and fill max_bytes.
+        // Read a window from the indexed position: enough to skip to `from` (at most about one
+        // index interval) and fill max_bytes. A first batch larger than that is re-read whole.
         let window = (max_bytes.max(crate::batch::BATCH_HEADER_BYTES) as u64)
-            .saturating_add(u64::from(self.inner.config.index_interval_bytes))
-            .saturating_add(batch_max as u64);
+            .saturating_add(u64::from(self.inner.config.index_interval_bytes));
         let mut buf_pos = start_pos;
         let mut buf = self
             .read_range(&file, &path, start_pos, window.min(seg_end - start_pos))
@@ -904,18 +916,8 @@ impl Log {
     /// end offset. The truncation is durable when this returns.
     pub async fn truncate(&self, offset: Offset) -> Result<Offset> {
         self.check_usable()?;
-        let _append = self
-            .inner
-            .append_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Closed)?;
-        let _io = self
-            .inner
-            .io_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Closed)?;
+        let _append = self.lock_appends().await?;
+        let _io = self.lock_io().await?;
         let (log_start, next) = {
             let state = self.inner.state.borrow();
             (state.log_start, state.next_offset)
@@ -1028,12 +1030,7 @@ impl Log {
     /// when this returns. `offset` may be at most the log end offset.
     pub async fn truncate_prefix(&self, offset: Offset) -> Result<Offset> {
         self.check_usable()?;
-        let _io = self
-            .inner
-            .io_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Closed)?;
+        let _io = self.lock_io().await?;
         let (log_start, next) = {
             let state = self.inner.state.borrow();
             (state.log_start, state.next_offset)
@@ -1074,12 +1071,7 @@ impl Log {
     /// never deleted. `now` is passed in so callers and tests control time.
     pub async fn enforce_retention(&self, now: TimestampMs) -> Result<RetentionOutcome> {
         self.check_usable()?;
-        let _io = self
-            .inner
-            .io_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Closed)?;
+        let _io = self.lock_io().await?;
         let removed = {
             let mut state = self.inner.state.borrow_mut();
             let mut total: u64 = state.segments.iter().map(|s| s.index.size_bytes).sum();
@@ -1182,18 +1174,8 @@ impl Log {
             return Ok(());
         }
         self.sync().await?;
-        let _append = self
-            .inner
-            .append_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Closed)?;
-        let _io = self
-            .inner
-            .io_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Closed)?;
+        let _append = self.lock_appends().await?;
+        let _io = self.lock_io().await?;
         self.inner.closed.set(true);
         let segments = std::mem::take(&mut self.inner.state.borrow_mut().segments);
         for seg in segments {

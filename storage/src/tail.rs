@@ -4,7 +4,8 @@
 //! Invariants:
 //! - chunks are contiguous in the file: chunk `k + 1` starts where chunk `k` ends, and the first
 //!   starts at a 4 KiB-aligned position; every chunk is `chunk_bytes` long in memory;
-//! - bytes of a chunk past `filled` are zero, so a partial last page is written zero-padded;
+//! - bytes of a chunk past `filled` are undefined (chunks are not zeroed: a full chunk never
+//!   needs it); a partial region is copied out and zero-padded to the 4 KiB boundary;
 //! - a chunk is `Sealed` (shared, immutable) exactly when it is full; only the last chunk fills;
 //! - `written_pos <= end_pos`; file bytes `[0, written_pos)` hold the data (written, not
 //!   necessarily synced); the partial page at `written_pos` is rewritten by the next flush;
@@ -82,12 +83,6 @@ pub(crate) struct WriteTail {
     written_pos: u64,
 }
 
-fn zeroed_buffer(file: &DmaFile, len: usize) -> DmaBuffer {
-    let mut buf = file.alloc_dma_buffer(len);
-    buf.as_bytes_mut().fill(0);
-    buf
-}
-
 impl WriteTail {
     /// A tail for a segment whose data ends at `end_pos`, all of it already in the file.
     /// `tail_page` holds the file bytes `[align_down(end_pos), end_pos)`.
@@ -103,7 +98,7 @@ impl WriteTail {
             end_pos - file_pos,
             "tail page must reach end_pos"
         );
-        let mut buf = zeroed_buffer(file, chunk_bytes);
+        let mut buf = file.alloc_dma_buffer(chunk_bytes);
         buf.as_bytes_mut()[..tail_page.len()].copy_from_slice(tail_page);
         let mut chunks = VecDeque::new();
         chunks.push_back(Chunk {
@@ -146,7 +141,7 @@ impl WriteTail {
                 self.chunks.push_back(Chunk {
                     file_pos,
                     filled: 0,
-                    buf: ChunkBuf::Filling(zeroed_buffer(file, self.chunk_bytes)),
+                    buf: ChunkBuf::Filling(file.alloc_dma_buffer(self.chunk_bytes)),
                 });
             }
             let chunk_bytes = self.chunk_bytes;
@@ -194,9 +189,11 @@ impl WriteTail {
                 }
                 buf => {
                     let from = (start - chunk.file_pos) as usize;
-                    let to = (end - chunk.file_pos) as usize;
-                    let mut owned = file.alloc_dma_buffer(to - from);
-                    owned.as_bytes_mut().copy_from_slice(&buf.bytes()[from..to]);
+                    let data_len = chunk.filled - from;
+                    let mut owned = file.alloc_dma_buffer((end - start) as usize);
+                    let out = owned.as_bytes_mut();
+                    out[..data_len].copy_from_slice(&buf.bytes()[from..chunk.filled]);
+                    out[data_len..].fill(0);
                     writes.push(PlannedWrite::Owned {
                         pos: start,
                         buf: owned,
