@@ -42,7 +42,7 @@ for kind in ("write", "read"):
 PY
 }
 
-for bs in 16k 64k 1m; do
+for bs in 16k 64k 256k 1m; do
   rm -f "$DIR/seqwrite-$bs-qd1.dat" "$DIR/seqwrite-$bs-qd4.dat"
   run "seqwrite-$bs-qd1" --rw=write --bs="$bs" --iodepth=1 --size="$SIZE" --fallocate=native
   run "seqwrite-$bs-qd4" --rw=write --bs="$bs" --iodepth=4 --size="$SIZE" --fallocate=native

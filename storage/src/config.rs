@@ -24,9 +24,11 @@ pub struct LogConfig {
     pub batch_bytes_max: u32,
     /// Size of the DMA buffers appends are copied into. A multiple of 4 KiB.
     pub write_chunk_bytes: usize,
-    /// Buffered but unwritten bytes after which an append writes them out before returning
-    /// (write-behind; bounds memory when nobody asks for durability).
-    pub write_behind_bytes: usize,
+    /// Buffered but unwritten bytes beyond which appends wait for writes to complete
+    /// (back-pressure; bounds the memory of a log's write tail). At least two chunks.
+    pub unwritten_bytes_max: usize,
+    /// Full chunks written concurrently (the I/O queue depth of streamed writes).
+    pub writes_in_flight_max: usize,
     /// Space reserved ahead of the write position with fallocate, so writes do not wait on block
     /// allocation. A multiple of 4 KiB; 0 disables.
     pub preallocate_bytes: u64,
@@ -42,7 +44,8 @@ impl Default for LogConfig {
             index_interval_bytes: 32 * 1024,
             batch_bytes_max: 1024 * 1024 + 12,
             write_chunk_bytes: 256 * 1024,
-            write_behind_bytes: 1024 * 1024,
+            unwritten_bytes_max: 8 * 1024 * 1024,
+            writes_in_flight_max: 4,
             preallocate_bytes: 64 * 1024 * 1024,
         }
     }
@@ -92,8 +95,18 @@ impl LogConfig {
                 ),
             ));
         }
-        if self.write_behind_bytes == 0 {
-            return Err(invalid("write_behind_bytes", "must be positive"));
+        if self.unwritten_bytes_max < 2 * self.write_chunk_bytes {
+            return Err(invalid(
+                "unwritten_bytes_max",
+                format!(
+                    "{} is less than two write chunks ({})",
+                    self.unwritten_bytes_max,
+                    2 * self.write_chunk_bytes
+                ),
+            ));
+        }
+        if self.writes_in_flight_max == 0 {
+            return Err(invalid("writes_in_flight_max", "must be positive"));
         }
         if self.preallocate_bytes % DIRECT_IO_ALIGNMENT as u64 != 0 {
             return Err(invalid(

@@ -7,8 +7,9 @@
 //! - `io_lock` serializes everything that writes the segment files: flush, fdatasync, roll,
 //!   truncation, retention. Lock order: `append_lock` before `io_lock`.
 //!
-//! Appends copy into the active segment's write tail and return; data reaches the file when the
-//! tail passes `write_behind_bytes` or when someone waits for durability. `wait_durable` is
+//! Appends copy into the active segment's write tail and return. Each chunk that fills is
+//! written at once (up to `writes_in_flight_max` writes in flight, outside `io_lock`); the
+//! partly filled last chunk is written when someone needs it in the file. `wait_durable` is
 //! group commit: one waiter at a time runs a sync round (write + fdatasync), everybody whose data
 //! that round covered is released together, and appends arriving meanwhile share the next round.
 //!
@@ -35,7 +36,7 @@ use crate::error::{Result, StorageError};
 use crate::format::{self, IndexFile};
 use crate::io::{self, align_down, align_up};
 use crate::segment::{scan_segment, ScanStop, Segment, SegmentIndex};
-use crate::tail::WriteTail;
+use crate::tail::{PlannedWrite, WriteTail};
 use crate::types::{now_ms, LeaderEpoch, Offset, TimestampMs};
 
 /// Where an append landed.
@@ -106,8 +107,10 @@ struct Inner {
     generation: Cell<u64>,
     /// fdatasync rounds run by group commit since open (a metric, and how tests see batching).
     sync_rounds: Cell<u64>,
-    /// A background write-behind task is queued or running.
-    write_behind_running: Cell<bool>,
+    /// Writes to the active segment in flight.
+    writes_in_flight: Cell<usize>,
+    /// Tasks waiting for a write to complete (back-pressure, write-out).
+    write_waiters: RefCell<Vec<oneshot::Sender<()>>>,
 }
 
 /// A partition log. See the module docs for the concurrency model.
@@ -322,7 +325,8 @@ impl Log {
                 closed: Cell::new(false),
                 generation: Cell::new(0),
                 sync_rounds: Cell::new(0),
-                write_behind_running: Cell::new(false),
+                writes_in_flight: Cell::new(0),
+                write_waiters: RefCell::new(Vec::new()),
             }),
         })
     }
@@ -480,36 +484,36 @@ impl Log {
             .map_err(|_| StorageError::Closed)
     }
 
-    /// Write-behind: past `write_behind_bytes` of unwritten data, start writing it out in the
-    /// background, so appends keep copying while the device writes; past twice that, wait for
-    /// the write (back-pressure: buffered memory stays bounded).
-    async fn write_behind(&self) -> Result<()> {
-        let threshold = self.inner.config.write_behind_bytes as u64;
-        let unwritten = self
-            .inner
-            .state
-            .borrow()
+    /// Unwritten bytes in the active segment's write tail.
+    fn unwritten_bytes(&self) -> u64 {
+        let state = self.inner.state.borrow();
+        state
             .active()
             .tail
             .as_ref()
-            .map_or(0, WriteTail::unwritten_bytes);
-        if unwritten >= 2 * threshold {
-            let _io = self.lock_io().await?;
+            .map_or(0, WriteTail::unwritten_bytes)
+    }
+
+    /// After an append: start writing the chunks it filled, and if more than
+    /// `unwritten_bytes_max` is waiting, wait for the writes to catch up (back-pressure keeps
+    /// buffered memory bounded).
+    async fn write_behind(&self) -> Result<()> {
+        let started = self.start_sealed_writes(self.inner.config.writes_in_flight_max);
+        if started > 0 {
+            // Let the reactor submit the new writes now: a producer that never awaits real I/O
+            // would otherwise keep the device idle until back-pressure stops it.
+            glommio::executor().yield_task_queue_now().await;
+        }
+        while self.unwritten_bytes() >= self.inner.config.unwritten_bytes_max as u64 {
             self.check_usable()?;
-            self.write_out().await?;
-        } else if unwritten >= threshold && !self.inner.write_behind_running.get() {
-            self.inner.write_behind_running.set(true);
-            let log = self.clone();
-            glommio::spawn_local(async move {
-                if let Ok(_io) = log.lock_io().await {
-                    if log.check_usable().is_ok() {
-                        // An error poisons the log; the next caller sees it.
-                        let _ = log.write_out().await;
-                    }
-                }
-                log.inner.write_behind_running.set(false);
-            })
-            .detach();
+            self.start_sealed_writes(self.inner.config.writes_in_flight_max);
+            if self.inner.writes_in_flight.get() == 0 {
+                // Only the filling chunk is unwritten; it is smaller than the limit allows.
+                break;
+            }
+            let (tx, rx) = oneshot::channel();
+            self.inner.write_waiters.borrow_mut().push(tx);
+            let _ = rx.await;
         }
         Ok(())
     }
@@ -572,60 +576,154 @@ impl Log {
         Ok(())
     }
 
-    /// Writes the active segment's buffered bytes to its file (no fdatasync). Caller holds
-    /// `io_lock`. Returns the active segment's file.
+    /// Writes every byte buffered in the active segment's tail so far to its file (no
+    /// fdatasync): starts all pending streamed writes, writes the filling chunk's partial
+    /// bytes, and waits until the file holds everything up to where the tail ended on entry.
+    /// Caller holds `io_lock`. Returns the active segment's file.
     async fn write_out(&self) -> Result<Rc<glommio::io::DmaFile>> {
-        let (file, path, plan, preallocate_to) = {
+        let (file, path, target, partial) = {
             let mut state = self.inner.state.borrow_mut();
             let active = state.active_mut();
             let file = active.file.clone();
             let tail = active.tail.as_mut().expect("the active segment has a tail");
-            let plan = tail.plan_flush(&file);
-            let needed = align_up(plan.end_pos);
-            let step = self.inner.config.preallocate_bytes;
-            let preallocate_to = (step > 0 && needed > active.preallocated_to).then(|| {
-                let to = (needed + step).min(align_up(self.inner.config.segment_bytes_max));
-                active.preallocated_to = to.max(needed);
-                active.preallocated_to
-            });
-            (file, active.path.clone(), plan, preallocate_to)
+            let target = tail.end_pos();
+            let partial = tail.partial_write(&file);
+            let reserve = partial
+                .as_ref()
+                .and_then(|w| reserve_space(active, w.pos + w.len() as u64, &self.inner.config));
+            (
+                file,
+                active.path.clone(),
+                target,
+                partial.map(|w| (w, reserve)),
+            )
         };
-        if plan.writes.is_empty() {
-            return Ok(file);
+        self.start_sealed_writes(usize::MAX);
+        if let Some((write, reserve)) = partial {
+            self.inner
+                .writes_in_flight
+                .set(self.inner.writes_in_flight.get() + 1);
+            let result = self.perform_write(&file, &path, write, reserve).await;
+            self.inner
+                .writes_in_flight
+                .set(self.inner.writes_in_flight.get() - 1);
+            self.wake_write_waiters();
+            result?;
         }
-        if let Some(to) = preallocate_to {
-            file.pre_allocate(to, false)
-                .await
-                .map_err(|e| self.fail(StorageError::io(path.display(), e)))?;
+        loop {
+            self.check_usable()?;
+            let written = {
+                let state = self.inner.state.borrow();
+                state
+                    .active()
+                    .tail
+                    .as_ref()
+                    .map_or(u64::MAX, WriteTail::written_pos)
+            };
+            if written >= target {
+                return Ok(file);
+            }
+            // A chunk sealed while its partial write was in flight is writable now.
+            self.start_sealed_writes(usize::MAX);
+            let (tx, rx) = oneshot::channel();
+            self.inner.write_waiters.borrow_mut().push(tx);
+            let _ = rx.await;
         }
-        let expected: Vec<(u64, usize)> = plan.writes.iter().map(|w| (w.pos(), w.len())).collect();
-        let results =
-            futures::future::join_all(plan.writes.into_iter().map(|w| w.submit(&file))).await;
-        for ((pos, len), result) in expected.into_iter().zip(results) {
-            match result {
-                Ok(n) if n == len => {}
-                Ok(n) => {
-                    let e = std::io::Error::new(
-                        std::io::ErrorKind::WriteZero,
-                        format!("short write at {pos}: {n} of {len} bytes"),
-                    );
-                    return Err(self.fail(StorageError::io(path.display(), e)));
+    }
+
+    /// Starts streamed writes of sealed chunks while fewer than `limit` writes are in flight.
+    /// Returns how many it started.
+    fn start_sealed_writes(&self, limit: usize) -> usize {
+        let mut started = 0;
+        while self.inner.writes_in_flight.get() < limit {
+            let next = {
+                let mut state = self.inner.state.borrow_mut();
+                let active = state.active_mut();
+                let file = active.file.clone();
+                let Some(tail) = active.tail.as_mut() else {
+                    break;
+                };
+                let Some(write) = tail.next_sealed_write(&file) else {
+                    break;
+                };
+                let reserve =
+                    reserve_space(active, write.pos + write.len() as u64, &self.inner.config);
+                (file, active.path.clone(), write, reserve)
+            };
+            let (file, path, write, reserve) = next;
+            self.inner
+                .writes_in_flight
+                .set(self.inner.writes_in_flight.get() + 1);
+            started += 1;
+            let log = self.clone();
+            glommio::spawn_local(async move {
+                let result = log.perform_write(&file, &path, write, reserve).await;
+                log.inner
+                    .writes_in_flight
+                    .set(log.inner.writes_in_flight.get() - 1);
+                log.wake_write_waiters();
+                if result.is_ok() {
+                    log.start_sealed_writes(log.inner.config.writes_in_flight_max);
                 }
-                Err(e) => return Err(self.fail(StorageError::io(path.display(), e))),
+            })
+            .detach();
+        }
+        started
+    }
+
+    /// Performs one write taken from the tail and records its outcome there. Any failure
+    /// poisons the log.
+    async fn perform_write(
+        &self,
+        file: &glommio::io::DmaFile,
+        path: &Path,
+        write: PlannedWrite,
+        reserve_to: Option<u64>,
+    ) -> Result<()> {
+        let (chunk_pos, data_end, pos, len) =
+            (write.chunk_pos, write.data_end, write.pos, write.len());
+        let abandon = |err: StorageError| {
+            let mut state = self.inner.state.borrow_mut();
+            if let Some(tail) = state.active_mut().tail.as_mut() {
+                tail.abandon(chunk_pos);
+            }
+            self.fail(err)
+        };
+        if let Some(to) = reserve_to {
+            if let Err(e) = file.pre_allocate(to, false).await {
+                return Err(abandon(StorageError::io(path.display(), e)));
             }
         }
-        let mut state = self.inner.state.borrow_mut();
-        let active = state.active_mut();
-        debug_assert!(
-            Rc::ptr_eq(&active.file, &file),
-            "io_lock keeps the active segment in place"
-        );
-        active
-            .tail
-            .as_mut()
-            .expect("the active segment has a tail")
-            .complete_flush(plan.end_pos);
-        Ok(file)
+        match write.submit(file).await {
+            Ok(n) if n == len => {
+                let mut state = self.inner.state.borrow_mut();
+                let active = state.active_mut();
+                assert!(
+                    std::ptr::eq(&*active.file, file),
+                    "roll and truncation wait for every write, so the segment is still active"
+                );
+                active
+                    .tail
+                    .as_mut()
+                    .expect("the active segment has a tail")
+                    .complete(chunk_pos, data_end);
+                Ok(())
+            }
+            Ok(n) => Err(abandon(StorageError::io(
+                path.display(),
+                std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    format!("short write at {pos}: {n} of {len} bytes"),
+                ),
+            ))),
+            Err(e) => Err(abandon(StorageError::io(path.display(), e))),
+        }
+    }
+
+    fn wake_write_waiters(&self) {
+        for waiter in self.inner.write_waiters.borrow_mut().drain(..) {
+            let _ = waiter.send(());
+        }
     }
 
     /// Writes buffered data to the files without waiting for fdatasync.
@@ -1231,4 +1329,18 @@ fn load_index(
             None
         }
     }
+}
+
+/// Extends the active segment's reserved space when a write would pass it: returns the new end
+/// to fallocate to, in `preallocate_bytes` steps (never past the segment size limit).
+fn reserve_space(active: &mut Segment, write_end: u64, config: &LogConfig) -> Option<u64> {
+    let step = config.preallocate_bytes;
+    if step == 0 || write_end <= active.preallocated_to {
+        return None;
+    }
+    let to = (write_end + step)
+        .min(align_up(config.segment_bytes_max))
+        .max(write_end);
+    active.preallocated_to = to;
+    Some(to)
 }

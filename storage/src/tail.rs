@@ -1,15 +1,22 @@
 //! The write tail of the active segment: appended bytes wait here, in 4 KiB-aligned DMA chunks,
-//! until a flush writes them to the file; they stay here, readable, until the write completes.
+//! until they are written to the file; they stay here, readable, until the write completes.
+//!
+//! Two kinds of write leave the tail:
+//! - *streamed* writes of full (sealed) chunks, started as soon as a chunk fills, several in
+//!   flight at once, so the device stays busy while appends keep copying;
+//! - the *partial* write of the last, filling chunk, done only when someone needs the data in
+//!   the file (durability, roll, truncation): it is copied from the last written 4 KiB boundary
+//!   and zero-padded, so the partial tail page is rewritten by the next partial write.
 //!
 //! Invariants:
 //! - chunks are contiguous in the file: chunk `k + 1` starts where chunk `k` ends, and the first
 //!   starts at a 4 KiB-aligned position; every chunk is `chunk_bytes` long in memory;
-//! - bytes of a chunk past `filled` are undefined (chunks are not zeroed: a full chunk never
-//!   needs it); a partial region is copied out and zero-padded to the 4 KiB boundary;
-//! - a chunk is `Sealed` (shared, immutable) exactly when it is full; only the last chunk fills;
-//! - `written_pos <= end_pos`; file bytes `[0, written_pos)` hold the data (written, not
-//!   necessarily synced); the partial page at `written_pos` is rewritten by the next flush;
-//! - a chunk leaves memory only when it is sealed and all of it has been written.
+//! - a chunk is `Sealed` (shared, immutable) exactly when it is full; only the last one fills;
+//! - at most one write per chunk is in flight, so two writes never overlap in the file (a
+//!   zero-padded partial write racing a full one could otherwise land last);
+//! - file bytes `[chunk.file_pos, chunk.written_to)` hold the chunk's data; the file holds all
+//!   data below [`WriteTail::written_pos`];
+//! - a chunk leaves memory only when it is sealed and completely written.
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -37,50 +44,67 @@ struct Chunk {
     file_pos: u64,
     filled: usize,
     buf: ChunkBuf,
+    /// The file holds this chunk's data up to here (absolute file position).
+    written_to: u64,
+    /// A write of this chunk is in flight.
+    in_flight: bool,
 }
 
-/// One aligned write a flush must perform.
-pub(crate) enum PlannedWrite {
+impl Chunk {
+    fn data_end(&self) -> u64 {
+        self.file_pos + self.filled as u64
+    }
+    fn is_sealed(&self) -> bool {
+        matches!(self.buf, ChunkBuf::Sealed(_))
+    }
+}
+
+/// One aligned write taken from the tail. Report its outcome with [`WriteTail::complete`] or
+/// [`WriteTail::abandon`], passing `chunk_pos` and `data_end`.
+pub(crate) struct PlannedWrite {
+    /// The chunk it belongs to (its file position).
+    pub chunk_pos: u64,
+    /// The file holds the chunk's data up to here once the write completes.
+    pub data_end: u64,
+    pub pos: u64,
+    buf: WriteBuf,
+}
+
+enum WriteBuf {
     /// A whole sealed chunk, written without a copy.
-    Shared { pos: u64, buf: Rc<DmaBuffer> },
-    /// Part of a chunk, copied into a buffer of its own.
-    Owned { pos: u64, buf: DmaBuffer },
+    Shared(Rc<DmaBuffer>),
+    /// Part of a chunk, copied into a buffer of its own and zero-padded.
+    Owned(DmaBuffer),
 }
 
 impl PlannedWrite {
     pub(crate) fn len(&self) -> usize {
-        match self {
-            PlannedWrite::Shared { buf, .. } => buf.len(),
-            PlannedWrite::Owned { buf, .. } => buf.len(),
+        match &self.buf {
+            WriteBuf::Shared(b) => b.len(),
+            WriteBuf::Owned(b) => b.len(),
         }
     }
 
-    /// Submits the write; returns bytes written.
+    /// Submits the write; returns the bytes written.
     pub(crate) async fn submit(self, file: &DmaFile) -> glommio::Result<usize, ()> {
-        match self {
-            PlannedWrite::Shared { pos, buf } => file.write_rc_at(buf, pos).await,
-            PlannedWrite::Owned { pos, buf } => file.write_at(buf, pos).await,
-        }
-    }
-
-    pub(crate) fn pos(&self) -> u64 {
-        match self {
-            PlannedWrite::Shared { pos, .. } | PlannedWrite::Owned { pos, .. } => *pos,
+        match self.buf {
+            WriteBuf::Shared(buf) => file.write_rc_at(buf, self.pos).await,
+            WriteBuf::Owned(buf) => file.write_at(buf, self.pos).await,
         }
     }
 }
 
-/// What one flush writes, and the logical end it makes written once all writes complete.
-pub(crate) struct FlushPlan {
-    pub writes: Vec<PlannedWrite>,
-    pub end_pos: u64,
-}
+/// Spare chunks kept per tail: allocating (and page-faulting) a fresh DMA buffer per chunk
+/// costs more than the copy into it.
+const SPARE_CHUNKS_MAX: usize = 4;
 
 pub(crate) struct WriteTail {
     chunk_bytes: usize,
     chunks: VecDeque<Chunk>,
     end_pos: u64,
-    written_pos: u64,
+    /// File position below which everything was written before the first chunk began.
+    base_written: u64,
+    spare: Vec<DmaBuffer>,
 }
 
 impl WriteTail {
@@ -105,12 +129,15 @@ impl WriteTail {
             file_pos,
             filled: tail_page.len(),
             buf: ChunkBuf::Filling(buf),
+            written_to: end_pos,
+            in_flight: false,
         });
         WriteTail {
             chunk_bytes,
             chunks,
             end_pos,
-            written_pos: end_pos,
+            base_written: end_pos,
+            spare: Vec::new(),
         }
     }
 
@@ -118,8 +145,20 @@ impl WriteTail {
         self.end_pos
     }
 
+    /// The file holds every byte below this position.
+    pub(crate) fn written_pos(&self) -> u64 {
+        for chunk in &self.chunks {
+            if chunk.written_to < chunk.data_end() {
+                return chunk.written_to;
+            }
+        }
+        self.chunks
+            .back()
+            .map_or(self.base_written, Chunk::data_end)
+    }
+
     pub(crate) fn unwritten_bytes(&self) -> u64 {
-        self.end_pos - self.written_pos
+        self.end_pos - self.written_pos()
     }
 
     /// File position from which the data is (also) in memory; reads below it go to the file.
@@ -138,10 +177,16 @@ impl WriteTail {
                 let file_pos = self.chunks.back().map_or(align_down(self.end_pos), |c| {
                     c.file_pos + self.chunk_bytes as u64
                 });
+                let buf = self
+                    .spare
+                    .pop()
+                    .unwrap_or_else(|| file.alloc_dma_buffer(self.chunk_bytes));
                 self.chunks.push_back(Chunk {
                     file_pos,
                     filled: 0,
-                    buf: ChunkBuf::Filling(file.alloc_dma_buffer(self.chunk_bytes)),
+                    buf: ChunkBuf::Filling(buf),
+                    written_to: file_pos,
+                    in_flight: false,
                 });
             }
             let chunk_bytes = self.chunk_bytes;
@@ -160,64 +205,66 @@ impl WriteTail {
                     unreachable!("only full chunks are sealed");
                 };
                 self.chunks.push_back(Chunk {
-                    file_pos: full.file_pos,
-                    filled: full.filled,
                     buf: ChunkBuf::Sealed(Rc::new(buf)),
+                    ..full
                 });
             }
         }
     }
 
-    /// Plans the writes that put every buffered byte into the file. Copies only partial regions
-    /// (at most the unwritten part of a chunk); whole sealed chunks go out as they are.
-    pub(crate) fn plan_flush(&mut self, file: &DmaFile) -> FlushPlan {
-        let mut writes = Vec::new();
-        let rewrite_from = align_down(self.written_pos);
-        for chunk in &self.chunks {
-            let chunk_end = chunk.file_pos + chunk.filled as u64;
-            if chunk_end <= self.written_pos {
-                continue;
-            }
-            let start = chunk.file_pos.max(rewrite_from);
-            let end = align_up(chunk_end);
-            match &chunk.buf {
-                ChunkBuf::Sealed(rc) if start == chunk.file_pos => {
-                    writes.push(PlannedWrite::Shared {
-                        pos: start,
-                        buf: rc.clone(),
-                    })
-                }
-                buf => {
-                    let from = (start - chunk.file_pos) as usize;
-                    let data_len = chunk.filled - from;
-                    let mut owned = file.alloc_dma_buffer((end - start) as usize);
-                    let out = owned.as_bytes_mut();
-                    out[..data_len].copy_from_slice(&buf.bytes()[from..chunk.filled]);
-                    out[data_len..].fill(0);
-                    writes.push(PlannedWrite::Owned {
-                        pos: start,
-                        buf: owned,
-                    });
-                }
-            }
+    /// Takes the next sealed chunk that can be written now (none of it in flight, some of it
+    /// unwritten), or `None`.
+    pub(crate) fn next_sealed_write(&mut self, file: &DmaFile) -> Option<PlannedWrite> {
+        let chunk = self
+            .chunks
+            .iter_mut()
+            .find(|c| c.is_sealed() && !c.in_flight && c.written_to < c.data_end())?;
+        chunk.in_flight = true;
+        Some(plan_chunk_write(file, chunk))
+    }
+
+    /// Takes the write of the filling chunk's unwritten bytes, zero-padded to 4 KiB, if there
+    /// are any and no write of that chunk is in flight.
+    pub(crate) fn partial_write(&mut self, file: &DmaFile) -> Option<PlannedWrite> {
+        let chunk = self.chunks.back_mut()?;
+        if chunk.is_sealed() || chunk.in_flight || chunk.written_to >= chunk.data_end() {
+            return None;
         }
-        FlushPlan {
-            writes,
-            end_pos: self.end_pos,
+        chunk.in_flight = true;
+        Some(plan_chunk_write(file, chunk))
+    }
+
+    /// Records that a write completed: the file holds its chunk's data up to `data_end`.
+    pub(crate) fn complete(&mut self, chunk_pos: u64, data_end: u64) {
+        let chunk = self
+            .chunks
+            .iter_mut()
+            .find(|c| c.file_pos == chunk_pos)
+            .expect("a chunk with a write in flight stays in the tail");
+        assert!(chunk.in_flight, "completed a write that was not in flight");
+        chunk.in_flight = false;
+        chunk.written_to = chunk.written_to.max(data_end);
+        while let Some(front) = self.chunks.front() {
+            if !(front.is_sealed() && front.written_to == front.data_end()) {
+                break;
+            }
+            let done = self.chunks.pop_front().expect("front exists");
+            self.base_written = done.data_end();
+            if let ChunkBuf::Sealed(rc) = done.buf {
+                // Unshared once its write completed; keep it for a later chunk.
+                if let Ok(buf) = Rc::try_unwrap(rc) {
+                    if self.spare.len() < SPARE_CHUNKS_MAX {
+                        self.spare.push(buf);
+                    }
+                }
+            }
         }
     }
 
-    /// Records that every write of a plan ending at `end_pos` completed.
-    pub(crate) fn complete_flush(&mut self, end_pos: u64) {
-        assert!(end_pos >= self.written_pos && end_pos <= self.end_pos);
-        self.written_pos = end_pos;
-        while let Some(front) = self.chunks.front() {
-            let sealed = matches!(front.buf, ChunkBuf::Sealed(_));
-            if sealed && front.file_pos + self.chunk_bytes as u64 <= self.written_pos {
-                self.chunks.pop_front();
-            } else {
-                break;
-            }
+    /// Records that a write failed; the chunk may be written again.
+    pub(crate) fn abandon(&mut self, chunk_pos: u64) {
+        if let Some(chunk) = self.chunks.iter_mut().find(|c| c.file_pos == chunk_pos) {
+            chunk.in_flight = false;
         }
     }
 
@@ -231,15 +278,44 @@ impl WriteTail {
         let mut out = BytesMut::with_capacity(len);
         let end = pos + len as u64;
         for chunk in &self.chunks {
-            let chunk_end = chunk.file_pos + chunk.filled as u64;
-            if chunk_end <= pos || chunk.file_pos >= end {
+            if chunk.data_end() <= pos || chunk.file_pos >= end {
                 continue;
             }
             let from = pos.max(chunk.file_pos) - chunk.file_pos;
-            let to = end.min(chunk_end) - chunk.file_pos;
+            let to = end.min(chunk.data_end()) - chunk.file_pos;
             out.extend_from_slice(&chunk.buf.bytes()[from as usize..to as usize]);
         }
         debug_assert_eq!(out.len(), len);
         out.freeze()
+    }
+}
+
+/// The write of a chunk's unwritten bytes: the whole chunk without a copy when none of it was
+/// written before, else a zero-padded copy from the last written 4 KiB boundary.
+fn plan_chunk_write(file: &DmaFile, chunk: &Chunk) -> PlannedWrite {
+    let data_end = chunk.data_end();
+    if let ChunkBuf::Sealed(rc) = &chunk.buf {
+        if chunk.written_to == chunk.file_pos {
+            return PlannedWrite {
+                chunk_pos: chunk.file_pos,
+                data_end,
+                pos: chunk.file_pos,
+                buf: WriteBuf::Shared(rc.clone()),
+            };
+        }
+    }
+    let start = align_down(chunk.written_to).max(chunk.file_pos);
+    let end = align_up(data_end);
+    let from = (start - chunk.file_pos) as usize;
+    let data_len = chunk.filled - from;
+    let mut owned = file.alloc_dma_buffer((end - start) as usize);
+    let out = owned.as_bytes_mut();
+    out[..data_len].copy_from_slice(&chunk.buf.bytes()[from..chunk.filled]);
+    out[data_len..].fill(0);
+    PlannedWrite {
+        chunk_pos: chunk.file_pos,
+        data_end,
+        pos: start,
+        buf: WriteBuf::Owned(owned),
     }
 }

@@ -32,7 +32,8 @@ fn config() -> LogConfig {
         segment_bytes_max: 512 * 1024,
         index_interval_bytes: 4096,
         write_chunk_bytes: 64 * 1024,
-        write_behind_bytes: 128 * 1024,
+        unwritten_bytes_max: 256 * 1024,
+        writes_in_flight_max: 2,
         preallocate_bytes: 256 * 1024,
         batch_bytes_max: 64 * 1024,
         ..LogConfig::default()

@@ -462,7 +462,7 @@ fn large_batches_span_chunks_and_read_back_from_disk() {
     run(move || async move {
         let config = LogConfig {
             write_chunk_bytes: 8192,
-            write_behind_bytes: 8192,
+            unwritten_bytes_max: 16384,
             segment_bytes_max: 1 << 20,
             batch_bytes_max: 512 * 1024,
             ..LogConfig::default()

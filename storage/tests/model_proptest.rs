@@ -89,7 +89,8 @@ fn config() -> LogConfig {
         segment_bytes_max: 8 * 1024,
         index_interval_bytes: 512,
         write_chunk_bytes: 8 * 1024,
-        write_behind_bytes: 4 * 1024,
+        unwritten_bytes_max: 16 * 1024,
+        writes_in_flight_max: 3,
         preallocate_bytes: 16 * 1024,
         batch_bytes_max: 8 * 1024,
         ..LogConfig::default()

@@ -28,7 +28,7 @@ pub fn small_config() -> LogConfig {
         segment_bytes_max: 64 * 1024,
         index_interval_bytes: 1024,
         write_chunk_bytes: 16 * 1024,
-        write_behind_bytes: 32 * 1024,
+        unwritten_bytes_max: 64 * 1024,
         preallocate_bytes: 128 * 1024,
         batch_bytes_max: 32 * 1024,
         ..LogConfig::default()
