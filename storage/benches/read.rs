@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use glommio::LocalExecutorBuilder;
@@ -37,14 +37,17 @@ fn sequential_read(c: &mut Criterion) {
         .throughput(Throughput::Bytes(per_read as u64));
     let mut from = Offset(0);
     group.bench_function("1MiB_reads_of_64KiB_batches", |b| {
-        b.iter(|| {
+        b.iter_custom(|iters| {
             ex.run(async {
-                if from >= log.log_end_offset() {
-                    from = Offset(0);
+                let start = Instant::now();
+                for _ in 0..iters {
+                    if from >= log.log_end_offset() {
+                        from = Offset(0);
+                    }
+                    let r = log.read(from, READ_BYTES).await.expect("read");
+                    from = r.next_offset;
                 }
-                let r = log.read(from, READ_BYTES).await.expect("read");
-                from = r.next_offset;
-                r.bytes.len()
+                start.elapsed()
             })
         })
     });

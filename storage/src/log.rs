@@ -139,6 +139,8 @@ impl Log {
         config.validate()?;
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| StorageError::io(dir.display(), e))?;
+        // glommio's Directory::open fails with EBADF on relative paths: work with absolute ones.
+        let dir = std::fs::canonicalize(&dir).map_err(|e| StorageError::io(dir.display(), e))?;
         io::prime_iopoll_probe(&dir).await?;
 
         let mut bases = Vec::new();

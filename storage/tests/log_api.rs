@@ -487,3 +487,20 @@ fn large_batches_span_chunks_and_read_back_from_disk() {
         assert_eq!(read_all(&log).await.len(), 20);
     });
 }
+
+#[test]
+fn opens_a_relative_directory() {
+    // glommio's Directory::open fails on relative paths; the log must not.
+    // Integration tests run in the package directory: a temp dir made in "." has a relative path.
+    let base = tempfile::tempdir_in(".").unwrap();
+    let relative = std::path::Path::new(base.path().file_name().unwrap()).join("relative-log");
+    assert!(relative.is_relative(), "{relative:?}");
+    run(move || async move {
+        let log = Log::open(&relative, small_config()).await.unwrap();
+        log.append_durable(&batch(1, 1, 10, 0), LeaderEpoch(0)).await.unwrap();
+        log.roll().await.unwrap();
+        log.close().await.unwrap();
+        let log = Log::open(&relative, small_config()).await.unwrap();
+        assert_eq!(log.log_end_offset(), Offset(1));
+    });
+}
