@@ -140,6 +140,16 @@ pub fn peek_batch_size(buf: &[u8], batch_bytes_max: usize) -> Result<usize, Batc
     Ok(size)
 }
 
+/// The base and last offsets in the header at the start of `buf` (at least
+/// [`BATCH_HEADER_BYTES`] long), without validating the batch: for stepping over batches.
+pub fn batch_offsets(buf: &[u8]) -> (Offset, Offset) {
+    let base = be_i64(buf, 0);
+    (
+        Offset(base),
+        Offset(base + i64::from(be_i32(buf, OFF_LAST_OFFSET_DELTA))),
+    )
+}
+
 /// Validates the batch at the start of `buf` (which may hold more bytes after it) and returns its
 /// header. Checks length, magic, CRC-32C, codec and record count; never reads past `buf`.
 pub fn validate_batch(buf: &[u8], batch_bytes_max: usize) -> Result<BatchInfo, BatchError> {

@@ -29,7 +29,8 @@ use glommio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::batch::{
-    first_record_at_or_after, stamped_prefix, validate_batch, validate_batches, BatchInfo,
+    batch_offsets, first_record_at_or_after, peek_batch_size, stamped_prefix, validate_batch,
+    validate_batches, BatchInfo, BATCH_HEADER_BYTES,
 };
 use crate::config::LogConfig;
 use crate::error::{Result, StorageError};
@@ -836,17 +837,18 @@ impl Log {
     /// Reads from the segment holding `from`, then on into the following segments while the
     /// byte limit allows.
     async fn read_across_segments(&self, from: Offset, max_bytes: usize) -> Result<ReadBatches> {
-        let first = self.read_once(from, max_bytes, true).await?;
+        let (first, mut reached_end) = self.read_once(from, max_bytes, true).await?;
         let mut total = first.bytes.len();
         let mut next_offset = first.next_offset;
         let mut more = Vec::new();
-        while total < max_bytes && next_offset < self.log_end_offset() {
-            let part = self
+        while reached_end && total < max_bytes && next_offset < self.log_end_offset() {
+            let (part, end) = self
                 .read_once(next_offset, max_bytes - total, false)
                 .await?;
             if part.bytes.is_empty() {
                 break;
             }
+            reached_end = end;
             total += part.bytes.len();
             next_offset = part.next_offset;
             more.push(part.bytes);
@@ -867,13 +869,14 @@ impl Log {
     }
 
     /// Reads within the one segment holding `from`. With `at_least_one`, the first batch is
-    /// returned even when it alone exceeds `max_bytes`.
+    /// returned even when it alone exceeds `max_bytes`. Also says whether the read stopped at
+    /// the end of the segment (rather than at the byte limit).
     async fn read_once(
         &self,
         from: Offset,
         max_bytes: usize,
         at_least_one: bool,
-    ) -> Result<ReadBatches> {
+    ) -> Result<(ReadBatches, bool)> {
         self.check_usable()?;
         let batch_max = self.inner.config.batch_bytes_max as usize;
         let (seg_base, file, path, start_pos, seg_end) = {
@@ -886,11 +889,12 @@ impl Log {
                 });
             }
             if from == state.next_offset {
-                return Ok(ReadBatches {
+                let nothing = ReadBatches {
                     bytes: Bytes::new(),
                     first_offset: None,
                     next_offset: from,
-                });
+                };
+                return Ok((nothing, true));
             }
             let seg = &state.segments[state.segment_for(from)];
             let entry = seg.index.entry_for_offset(from);
@@ -902,75 +906,70 @@ impl Log {
                 seg.index.size_bytes,
             )
         };
-        // Read a window from the indexed position: enough to skip to `from` (at most about one
-        // index interval) and fill max_bytes. A first batch larger than that is re-read whole.
-        let window = (max_bytes.max(crate::batch::BATCH_HEADER_BYTES) as u64)
-            .saturating_add(u64::from(self.inner.config.index_interval_bytes));
-        let mut buf_pos = start_pos;
-        let mut buf = self
-            .read_range(&file, &path, start_pos, window.min(seg_end - start_pos))
-            .await?;
-        let mut out_start = None;
-        let mut out_end = 0usize;
+        // One read from the indexed position usually covers the skip to `from` (about one index
+        // interval at most) and max_bytes of batches; `SegmentReader` reads more when not.
+        let window = (max_bytes.max(BATCH_HEADER_BYTES) as u64)
+            .saturating_add(u64::from(self.inner.config.index_interval_bytes))
+            .min(seg_end - start_pos);
+        let mut reader = SegmentReader {
+            log: self,
+            file: &file,
+            path: &path,
+            buf: self.read_range(&file, &path, start_pos, window).await?,
+            buf_pos: start_pos,
+            used: 0,
+            out_start: None,
+        };
         let mut first_offset = None;
         let mut next_offset = from;
-        let mut used = 0usize;
-        loop {
-            if buf_pos + used as u64 >= seg_end {
-                break;
+        let reached_end = loop {
+            let at = reader.buf_pos + reader.used as u64;
+            if at >= seg_end {
+                break true;
             }
-            let rest = &buf[used..];
             let corrupt = |source| StorageError::Corrupt {
                 segment: seg_base,
-                position: buf_pos + used as u64,
+                position: at,
                 source,
             };
-            let size = match crate::batch::peek_batch_size(rest, batch_max) {
-                Ok(size) if size <= rest.len() => size,
-                Ok(_) | Err(crate::batch::BatchError::ShortHeader { .. }) => {
-                    // The window ended inside a batch.
-                    if out_start.is_some() {
-                        break;
-                    }
-                    // Nothing selected yet: re-read from this batch, at least the largest batch.
-                    let at = buf_pos + used as u64;
-                    buf = self
-                        .read_range(&file, &path, at, (batch_max as u64).min(seg_end - at))
-                        .await?;
-                    buf_pos = at;
-                    used = 0;
-                    continue;
-                }
-                Err(e) => return Err(corrupt(e)),
-            };
-            let info = validate_batch(&rest[..size], batch_max).map_err(corrupt)?;
-            if info.last_offset() < from {
-                used += size;
+            let taken = reader.out_start.map_or(0, |s| reader.used - s);
+            let budget = max_bytes.saturating_sub(taken) as u64;
+            reader.ensure(BATCH_HEADER_BYTES, budget, seg_end).await?;
+            let rest = &reader.buf[reader.used..];
+            let size = peek_batch_size(rest, batch_max).map_err(corrupt)?;
+            let (_, last) = batch_offsets(rest);
+            let wanted = last >= from;
+            if wanted && taken + size > max_bytes && (reader.out_start.is_some() || !at_least_one) {
+                break false;
+            }
+            if wanted {
+                reader.ensure(size, budget, seg_end).await?;
+            } else if reader.buf.len() - reader.used < size {
+                // Skipped batches need not be read: jump over it.
+                reader.skip(size);
                 continue;
             }
-            if let Some(start) = out_start {
-                if used + size - start > max_bytes {
-                    break;
-                }
-            } else if !at_least_one && size > max_bytes {
-                break;
-            } else {
-                out_start = Some(used);
-                first_offset = Some(info.base_offset);
+            let rest = &reader.buf[reader.used..];
+            if !wanted {
+                reader.used += size;
+                continue;
             }
-            used += size;
-            out_end = used;
+            let info = validate_batch(&rest[..size], batch_max).map_err(corrupt)?;
+            reader.out_start.get_or_insert(reader.used);
+            first_offset.get_or_insert(info.base_offset);
+            reader.used += size;
             next_offset = info.next_offset();
-        }
-        let bytes = match out_start {
-            Some(start) => buf.slice(start..out_end),
+        };
+        let bytes = match reader.out_start {
+            Some(start) => reader.buf.slice(start..reader.used),
             None => Bytes::new(),
         };
-        Ok(ReadBatches {
+        let read = ReadBatches {
             bytes,
             first_offset,
             next_offset,
-        })
+        };
+        Ok((read, reached_end))
     }
 
     /// Reads segment bytes `[pos, pos + len)`, from memory where the active segment's write tail
@@ -1345,4 +1344,54 @@ fn reserve_space(active: &mut Segment, write_end: u64, config: &LogConfig) -> Op
         .max(write_end);
     active.preallocated_to = to;
     Some(to)
+}
+
+/// A window over a segment's bytes for [`Log::read_once`]: holds the batches selected so far
+/// (from `out_start`) and reads on when the next batch is not whole in the window.
+struct SegmentReader<'a> {
+    log: &'a Log,
+    file: &'a glommio::io::DmaFile,
+    path: &'a Path,
+    buf: Bytes,
+    /// File position of `buf[0]`.
+    buf_pos: u64,
+    /// The next batch starts at `buf[used]`.
+    used: usize,
+    /// Where the selected batches start in `buf`.
+    out_start: Option<usize>,
+}
+
+impl SegmentReader<'_> {
+    /// Makes sure `buf[used..]` holds at least `need` bytes (or reaches `seg_end`), reading at
+    /// least `budget` more bytes when it must read, and keeping the selected batches.
+    async fn ensure(&mut self, need: usize, budget: u64, seg_end: u64) -> Result<()> {
+        let have = self.buf.len() - self.used;
+        let buf_end = self.buf_pos + self.buf.len() as u64;
+        if have >= need || buf_end >= seg_end {
+            return Ok(());
+        }
+        let len = ((need - have) as u64).max(budget).min(seg_end - buf_end);
+        let more = self
+            .log
+            .read_range(self.file, self.path, buf_end, len)
+            .await?;
+        let keep = self.out_start.unwrap_or(self.used);
+        let mut joined = BytesMut::with_capacity(self.buf.len() - keep + more.len());
+        joined.extend_from_slice(&self.buf[keep..]);
+        joined.extend_from_slice(&more);
+        self.buf = joined.freeze();
+        self.buf_pos += keep as u64;
+        self.used -= keep;
+        self.out_start = self.out_start.map(|s| s - keep);
+        Ok(())
+    }
+
+    /// Moves past `size` bytes that start at `used`, beyond the window: the window restarts
+    /// empty there. Only used before any batch is selected.
+    fn skip(&mut self, size: usize) {
+        debug_assert!(self.out_start.is_none());
+        self.buf_pos += (self.used + size) as u64;
+        self.buf = Bytes::new();
+        self.used = 0;
+    }
 }

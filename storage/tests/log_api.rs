@@ -497,7 +497,9 @@ fn opens_a_relative_directory() {
     assert!(relative.is_relative(), "{relative:?}");
     run(move || async move {
         let log = Log::open(&relative, small_config()).await.unwrap();
-        log.append_durable(&batch(1, 1, 10, 0), LeaderEpoch(0)).await.unwrap();
+        log.append_durable(&batch(1, 1, 10, 0), LeaderEpoch(0))
+            .await
+            .unwrap();
         log.roll().await.unwrap();
         log.close().await.unwrap();
         let log = Log::open(&relative, small_config()).await.unwrap();

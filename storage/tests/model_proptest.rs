@@ -84,10 +84,12 @@ impl Model {
     }
 }
 
-fn config() -> LogConfig {
+/// Small segments; the index interval varies, so reads both land on index entries and skip
+/// over many batches from a distant one.
+fn config(index_interval_bytes: u32) -> LogConfig {
     LogConfig {
         segment_bytes_max: 8 * 1024,
-        index_interval_bytes: 512,
+        index_interval_bytes,
         write_chunk_bytes: 8 * 1024,
         unwritten_bytes_max: 16 * 1024,
         writes_in_flight_max: 3,
@@ -97,7 +99,12 @@ fn config() -> LogConfig {
     }
 }
 
-async fn check_ops(path: std::path::PathBuf, ops: Vec<Op>) -> Result<(), String> {
+async fn check_ops(
+    path: std::path::PathBuf,
+    ops: Vec<Op>,
+    index_interval: u32,
+) -> Result<(), String> {
+    let config = || config(index_interval);
     let mut log = Log::open(&path, config())
         .await
         .map_err(|e| e.to_string())?;
@@ -226,10 +233,13 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
-    fn log_agrees_with_the_model(ops in prop::collection::vec(op(), 1..60)) {
+    fn log_agrees_with_the_model(
+        ops in prop::collection::vec(op(), 1..60),
+        index_interval in prop_oneof![Just(512u32), Just(4096), Just(1 << 20)],
+    ) {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let path = dir.path().to_path_buf();
-        let outcome = run(move || check_ops(path, ops));
+        let outcome = run(move || check_ops(path, ops, index_interval));
         prop_assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
     }
 }
