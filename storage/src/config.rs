@@ -45,7 +45,7 @@ impl Default for LogConfig {
             batch_bytes_max: 1024 * 1024 + 12,
             write_chunk_bytes: 256 * 1024,
             unwritten_bytes_max: 8 * 1024 * 1024,
-            writes_in_flight_max: 4,
+            writes_in_flight_max: 8,
             preallocate_bytes: 64 * 1024 * 1024,
         }
     }

@@ -110,6 +110,8 @@ struct Inner {
     sync_rounds: Cell<u64>,
     /// Writes to the active segment in flight.
     writes_in_flight: Cell<usize>,
+    /// Bytes appended since an append last yielded to the reactor.
+    appended_since_yield: Cell<usize>,
     /// Tasks waiting for a write to complete (back-pressure, write-out).
     write_waiters: RefCell<Vec<oneshot::Sender<()>>>,
 }
@@ -329,6 +331,7 @@ impl Log {
                 generation: Cell::new(0),
                 sync_rounds: Cell::new(0),
                 writes_in_flight: Cell::new(0),
+                appended_since_yield: Cell::new(0),
                 write_waiters: RefCell::new(Vec::new()),
             }),
         })
@@ -463,7 +466,7 @@ impl Log {
             first.get_or_insert(base);
             last = stamped.last_offset();
         }
-        self.write_behind().await?;
+        self.write_behind(batches.len()).await?;
         Ok(AppendInfo {
             base_offset: first.expect("at least one batch"),
             last_offset: last,
@@ -500,12 +503,18 @@ impl Log {
     /// After an append: start writing the chunks it filled, and if more than
     /// `unwritten_bytes_max` is waiting, wait for the writes to catch up (back-pressure keeps
     /// buffered memory bounded).
-    async fn write_behind(&self) -> Result<()> {
+    async fn write_behind(&self, appended: usize) -> Result<()> {
         let started = self.start_sealed_writes(self.inner.config.writes_in_flight_max);
-        if started > 0 {
-            // Let the reactor submit the new writes now: a producer that never awaits real I/O
-            // would otherwise keep the device idle until back-pressure stops it.
+        let since_yield = self.inner.appended_since_yield.get() + appended;
+        let writing = self.inner.writes_in_flight.get() > 0;
+        if started > 0 || (writing && since_yield >= self.inner.config.write_chunk_bytes) {
+            // Let the reactor submit new writes and reap finished ones, about once per chunk
+            // appended: a producer that never awaits real I/O would otherwise leave the device
+            // idle once its writes complete, until back-pressure stops the producer.
+            self.inner.appended_since_yield.set(0);
             glommio::executor().yield_task_queue_now().await;
+        } else {
+            self.inner.appended_since_yield.set(since_yield);
         }
         while self.unwritten_bytes() >= self.inner.config.unwritten_bytes_max as u64 {
             self.check_usable()?;
