@@ -4,9 +4,11 @@
 //! command line today, through the Kafka protocol with real clients once the broker exists.
 //! This library holds what those tests share.
 
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 /// Path of the `sluice` binary, built first (once per test process) with the same profile as
 /// the tests, so `cargo test -p sluice-tests` works on its own.
@@ -33,4 +35,53 @@ pub fn sluice_binary() -> PathBuf {
                 .join("sluice")
         })
         .clone()
+}
+
+/// A `sluice serve` process on a free loopback port, stopped (by PID) when dropped.
+pub struct Broker {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Broker {
+    /// Starts `sluice serve --listen 127.0.0.1:<free port>` plus `extra_args`, and waits until
+    /// it accepts connections (at most 20 s).
+    pub fn start(extra_args: &[&str]) -> Broker {
+        let port = {
+            let probe = TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
+            probe.local_addr().unwrap().port()
+        };
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let child = Command::new(sluice_binary())
+            .args(["serve", "--listen", &addr.to_string()])
+            .args(extra_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sluice serve");
+        let mut broker = Broker { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(addr).is_err() {
+            if let Ok(Some(status)) = broker.child.try_wait() {
+                panic!("sluice serve exited early: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sluice serve did not start listening on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        broker
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

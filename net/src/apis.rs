@@ -1,0 +1,40 @@
+//! The Kafka APIs this broker implements, with their version ranges. ApiVersions advertises
+//! exactly this table; a request outside it gets UNSUPPORTED_VERSION (or, for an unknown API
+//! key, a closed connection: there is no response format to answer in).
+
+use kafka_protocol::messages::ApiKey;
+
+use crate::handlers;
+
+/// One implemented API: its key and the versions its handler accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiRange {
+    pub key: ApiKey,
+    pub min_version: i16,
+    pub max_version: i16,
+}
+
+/// Every API with a handler, in key order.
+pub const IMPLEMENTED: &[ApiRange] = &[handlers::metadata::RANGE, handlers::api_versions::RANGE];
+
+/// The range implemented for `key`, if any.
+pub fn implemented(key: ApiKey) -> Option<ApiRange> {
+    IMPLEMENTED.iter().copied().find(|r| r.key == key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_range_is_one_the_codec_supports() {
+        for r in IMPLEMENTED {
+            let codec = r.key.valid_versions();
+            assert!(
+                r.min_version >= codec.min && r.max_version <= codec.max,
+                "{r:?} vs codec {codec:?}"
+            );
+            assert!(r.min_version <= r.max_version);
+        }
+    }
+}
