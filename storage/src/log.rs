@@ -245,20 +245,7 @@ impl Log {
             let tail = if sealed {
                 None
             } else {
-                let page_start = align_down(index.size_bytes);
-                let page = io::read_at(
-                    &file,
-                    &path,
-                    page_start,
-                    (index.size_bytes - page_start) as usize,
-                )
-                .await?;
-                Some(WriteTail::resume(
-                    &file,
-                    config.write_chunk_bytes,
-                    index.size_bytes,
-                    &page,
-                ))
+                Some(resume_tail(&file, &path, index.size_bytes, &config).await?)
             };
             let preallocated_to = if sealed { file_len } else { index.size_bytes };
             segments.push(Segment {
@@ -283,20 +270,8 @@ impl Log {
                 // The kept last segment was sealed: it becomes the active one again.
                 let seg = segments.last_mut().expect("checked");
                 io::remove_file_if_exists(&dir.join(format::index_file_name(seg.base_offset())))?;
-                let page_start = align_down(seg.index.size_bytes);
-                let page = io::read_at(
-                    &seg.file,
-                    &seg.path,
-                    page_start,
-                    (seg.index.size_bytes - page_start) as usize,
-                )
-                .await?;
-                seg.tail = Some(WriteTail::resume(
-                    &seg.file,
-                    config.write_chunk_bytes,
-                    seg.index.size_bytes,
-                    &page,
-                ));
+                seg.tail =
+                    Some(resume_tail(&seg.file, &seg.path, seg.index.size_bytes, &config).await?);
             }
         }
         io::sync_dir(&dir).await?;
@@ -1091,14 +1066,7 @@ impl Log {
         io::sync_dir(&self.inner.dir)
             .await
             .map_err(|e| self.fail(e))?;
-        let page_start = align_down(rebuilt.size_bytes);
-        let page = io::read_at(
-            &file,
-            &path,
-            page_start,
-            (rebuilt.size_bytes - page_start) as usize,
-        )
-        .await?;
+        let tail = resume_tail(&file, &path, rebuilt.size_bytes, &self.inner.config).await?;
         let new_end = rebuilt.next_offset;
         if new_end < log_start {
             // The cut fell inside the batch holding the log start: the log is now empty at
@@ -1114,12 +1082,7 @@ impl Log {
         {
             let mut state = self.inner.state.borrow_mut();
             let seg = state.active_mut();
-            seg.tail = Some(WriteTail::resume(
-                &file,
-                self.inner.config.write_chunk_bytes,
-                rebuilt.size_bytes,
-                &page,
-            ));
+            seg.tail = Some(tail);
             seg.preallocated_to = rebuilt.size_bytes;
             seg.index = rebuilt;
             state.next_offset = new_end;
@@ -1403,4 +1366,22 @@ impl SegmentReader<'_> {
         self.buf = Bytes::new();
         self.used = 0;
     }
+}
+
+/// A write tail for a segment whose data (all in the file) ends at `size_bytes`: the partial
+/// last page is read back so the next write can rewrite it whole.
+async fn resume_tail(
+    file: &glommio::io::DmaFile,
+    path: &Path,
+    size_bytes: u64,
+    config: &LogConfig,
+) -> Result<WriteTail> {
+    let page_start = align_down(size_bytes);
+    let page = io::read_at(file, path, page_start, (size_bytes - page_start) as usize).await?;
+    Ok(WriteTail::resume(
+        file,
+        config.write_chunk_bytes,
+        size_bytes,
+        &page,
+    ))
 }

@@ -104,14 +104,7 @@ impl SegmentIndex {
         let i = self
             .entries
             .partition_point(|e| i64::from(e.relative_offset) <= rel);
-        self.entries
-            .get(i.saturating_sub(1))
-            .copied()
-            .unwrap_or(IndexEntry {
-                relative_offset: 0,
-                position: 0,
-                max_timestamp_before: TimestampMs::MIN,
-            })
+        self.entry_before(i)
     }
 
     /// The entry to start a search for the first batch with a timestamp at or after `ts` from:
@@ -120,6 +113,11 @@ impl SegmentIndex {
         let i = self
             .entries
             .partition_point(|e| e.max_timestamp_before < ts);
+        self.entry_before(i)
+    }
+
+    /// The entry just before position `i` of the entry list; the segment start if there is none.
+    fn entry_before(&self, i: usize) -> IndexEntry {
         self.entries
             .get(i.saturating_sub(1))
             .copied()
