@@ -37,8 +37,19 @@ pub fn align_up(v: u64) -> u64 {
 /// wrongly answers "yes"; every later read on that device then fails with EOPNOTSUPP. Opening a
 /// file that really holds a block of data first makes the probe see the true answer.
 ///
-/// Call on each executor thread before it creates files in `dir`; cheap and idempotent.
+/// Call on each executor thread before it creates files in `dir`. Runs once per device per
+/// thread (glommio's cache has the same scope); later calls return at once.
 pub async fn prime_iopoll_probe(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    thread_local! {
+        static PRIMED_DEVICES: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let device = std::fs::metadata(dir)
+        .map_err(|e| StorageError::io(dir.display(), e))?
+        .dev();
+    if PRIMED_DEVICES.with(|d| d.borrow().contains(&device)) {
+        return Ok(());
+    }
     let path = dir.join(PROBE_FILE_NAME);
     std::fs::write(&path, [0x5a_u8; DIRECT_IO_ALIGNMENT])
         .map_err(|e| StorageError::io(path.display(), e))?;
@@ -48,7 +59,9 @@ pub async fn prime_iopoll_probe(dir: &Path) -> Result<()> {
     file.close()
         .await
         .map_err(|e| StorageError::io(path.display(), e))?;
-    std::fs::remove_file(&path).map_err(|e| StorageError::io(path.display(), e))
+    std::fs::remove_file(&path).map_err(|e| StorageError::io(path.display(), e))?;
+    PRIMED_DEVICES.with(|d| d.borrow_mut().push(device));
+    Ok(())
 }
 
 /// Opens (or creates) a segment file for direct-I/O reads and writes.
