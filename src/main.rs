@@ -8,11 +8,19 @@
 
 use std::process::ExitCode;
 
+mod config;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use config::BrokerConfig;
 use sluice_storage::{Log, LogConfig};
 
 const USAGE: &str = "usage:
-  sluice serve [--listen ADDR] [--cores N]
-                               start the broker's listeners (default 127.0.0.1:9092, all cores);
+  sluice serve [--config FILE.toml] [--listen ADDR] [--advertised-host HOST] [--data-dir DIR]
+               [--cores N] [--node-id N] [--frame-bytes-max BYTES] [--shutdown-drain-ms MS]
+                               start the broker (defaults: 127.0.0.1:9092, ./data, all cores);
+                               each flag also reads from SLUICE_<FIELD> and the TOML file;
                                answers ApiVersions and Metadata so far
   sluice log verify <dir>      recover a partition log directory and print what it holds";
 
@@ -84,7 +92,7 @@ fn verify_log(dir: String) -> ExitCode {
     }
 }
 
-/// Parses `serve`'s flags and runs the listeners until the process is stopped.
+/// Loads the config, takes the data directory, and runs the listeners until SIGINT/SIGTERM.
 fn serve(args: &[&str]) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -93,49 +101,65 @@ fn serve(args: &[&str]) -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let mut listen: std::net::SocketAddr = ([127, 0, 0, 1], 9092).into();
-    let mut cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let mut rest = args.iter();
-    while let Some(flag) = rest.next() {
-        let value = rest.next();
-        let parsed = match (*flag, value) {
-            ("--listen", Some(v)) => v
-                .parse()
-                .map(|a| listen = a)
-                .map_err(|e| format!("--listen {v}: {e}")),
-            ("--cores", Some(v)) => match v.parse::<usize>() {
-                Ok(n) if n > 0 => {
-                    cores = n;
-                    Ok(())
-                }
-                _ => Err(format!("--cores {v}: expected a positive number")),
-            },
-            (flag, None) if flag == "--listen" || flag == "--cores" => {
-                Err(format!("{flag}: missing value"))
-            }
-            (flag, _) => Err(format!("unknown flag {flag}")),
-        };
-        if let Err(e) = parsed {
+    let config = match BrokerConfig::load(args, |var| std::env::var(var).ok()) {
+        Ok(c) => c,
+        Err(e) => {
             eprintln!("sluice serve: {e}\n{USAGE}");
             return ExitCode::from(2);
         }
+    };
+    let _data_lock = match lock_data_dir(&config.data_dir) {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!("sluice serve: data_dir {}: {e}", config.data_dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(signal, shutdown.clone()) {
+            eprintln!("sluice serve: cannot install a handler for signal {signal}: {e}");
+            return ExitCode::FAILURE;
+        }
     }
-    let config = sluice_net::ServerConfig {
-        listen,
-        frame_bytes_max: 100 * 1024 * 1024,
-        shards: cores,
+    let server = sluice_net::ServerConfig {
+        listen: config.listen,
+        frame_bytes_max: config.frame_bytes_max,
+        shards: config.cores,
+        drain_timeout: config.shutdown_drain,
     };
     let broker = sluice_net::BrokerIdentity {
-        node_id: 0,
-        advertised_host: listen.ip().to_string(),
-        advertised_port: listen.port(),
+        node_id: config.node_id,
+        advertised_host: config.advertised_host.clone(),
+        advertised_port: config.listen.port(),
         cluster_id: "sluice-single-node-000".into(),
     };
-    match sluice_net::server::run(config, broker) {
-        Ok(()) => ExitCode::SUCCESS,
+    match sluice_net::server::run(server, broker, shutdown) {
+        Ok(()) => {
+            eprintln!("sluice serve: stopped");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("sluice serve: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Creates the data directory and takes an exclusive lock on `<data_dir>/.lock`, so two brokers
+/// never share one directory. The lock is held until the returned file is dropped.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let path = dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err("in use by another sluice process".into()),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("{}: {e}", path.display())),
     }
 }

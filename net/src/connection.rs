@@ -45,21 +45,32 @@ pub enum RequestError {
     Io(#[from] std::io::Error),
 }
 
+/// Requests being answered on this shard (read, not yet fully written back): shutdown waits
+/// for them.
+pub type InFlight = Rc<std::cell::Cell<usize>>;
+
 /// Serves one connection until the peer closes it or sends something unanswerable.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     peer: String,
     broker: Rc<BrokerIdentity>,
     frame_bytes_max: usize,
+    in_flight: InFlight,
 ) {
     loop {
         let outcome = async {
             let Some(frame) = read_frame(&mut stream, frame_bytes_max).await? else {
                 return Ok(false);
             };
-            let response = respond(frame, &broker)?;
-            stream.write_all(&response).await?;
-            Ok::<_, RequestError>(true)
+            in_flight.set(in_flight.get() + 1);
+            let answered = async {
+                let response = respond(frame, &broker)?;
+                stream.write_all(&response).await?;
+                Ok::<_, RequestError>(())
+            }
+            .await;
+            in_flight.set(in_flight.get() - 1);
+            answered.map(|()| true)
         }
         .await;
         match outcome {

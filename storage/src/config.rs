@@ -86,7 +86,9 @@ impl LogConfig {
                 ),
             ));
         }
-        if self.write_chunk_bytes == 0 || self.write_chunk_bytes % DIRECT_IO_ALIGNMENT != 0 {
+        if self.write_chunk_bytes == 0
+            || !self.write_chunk_bytes.is_multiple_of(DIRECT_IO_ALIGNMENT)
+        {
             return Err(invalid(
                 "write_chunk_bytes",
                 format!(
@@ -108,7 +110,10 @@ impl LogConfig {
         if self.writes_in_flight_max == 0 {
             return Err(invalid("writes_in_flight_max", "must be positive"));
         }
-        if self.preallocate_bytes % DIRECT_IO_ALIGNMENT as u64 != 0 {
+        if !self
+            .preallocate_bytes
+            .is_multiple_of(DIRECT_IO_ALIGNMENT as u64)
+        {
             return Err(invalid(
                 "preallocate_bytes",
                 format!(

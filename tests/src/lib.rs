@@ -37,10 +37,12 @@ pub fn sluice_binary() -> PathBuf {
         .clone()
 }
 
-/// A `sluice serve` process on a free loopback port, stopped (by PID) when dropped.
+/// A `sluice serve` process on a free loopback port with its own data directory, stopped (by
+/// PID) when dropped.
 pub struct Broker {
     child: Child,
     pub addr: SocketAddr,
+    pub data_dir: tempfile::TempDir,
 }
 
 impl Broker {
@@ -52,14 +54,23 @@ impl Broker {
             probe.local_addr().unwrap().port()
         };
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let data_dir = tempfile::tempdir().expect("a data directory");
+        // The log goes to a file (a pipe nobody reads could fill and block the broker).
+        let log = std::fs::File::create(data_dir.path().join("sluice.log")).expect("log file");
         let child = Command::new(sluice_binary())
             .args(["serve", "--listen", &addr.to_string()])
+            .arg("--data-dir")
+            .arg(data_dir.path())
             .args(extra_args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start sluice serve");
-        let mut broker = Broker { child, addr };
+        let mut broker = Broker {
+            child,
+            addr,
+            data_dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(addr).is_err() {
             if let Ok(Some(status)) = broker.child.try_wait() {
@@ -76,6 +87,33 @@ impl Broker {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends `signal` (e.g. "TERM", "INT") and waits up to `within` for the process to exit;
+    /// returns its exit code and what it wrote to standard error.
+    pub fn stop_with(mut self, signal: &str, within: Duration) -> (Option<i32>, String) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+        let deadline = Instant::now() + within;
+        let code = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sluice serve did not stop within {within:?} of SIG{signal}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (code, self.log())
+    }
+
+    /// What the broker has written to its standard error so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.path().join("sluice.log")).unwrap_or_default()
     }
 }
 

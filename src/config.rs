@@ -1,0 +1,322 @@
+//! `sluice serve`'s configuration: defaults, then a TOML file (`--config`), then environment
+//! variables (`SLUICE_<FIELD>`), then flags (`--<field>`), each overriding the one before.
+//! Every value is checked at start-up; an invalid one stops the broker with a message naming the
+//! field and where the value came from.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The file layout of a TOML config; every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    advertised_host: Option<String>,
+    data_dir: Option<PathBuf>,
+    cores: Option<usize>,
+    node_id: Option<i32>,
+    frame_bytes_max: Option<usize>,
+    shutdown_drain_ms: Option<u64>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub listen: SocketAddr,
+    /// Host put in Metadata responses; the listen address's IP by default.
+    pub advertised_host: String,
+    pub data_dir: PathBuf,
+    pub cores: usize,
+    pub node_id: i32,
+    pub frame_bytes_max: usize,
+    pub shutdown_drain: Duration,
+}
+
+/// A value that could not be used: which field, where it came from, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid config: {field} (from {origin}): {reason}")]
+pub struct ConfigError {
+    pub field: &'static str,
+    pub origin: String,
+    pub reason: String,
+}
+
+/// The settable fields: (field name, flag, environment variable).
+const FIELDS: &[(&str, &str, &str)] = &[
+    ("listen", "--listen", "SLUICE_LISTEN"),
+    (
+        "advertised_host",
+        "--advertised-host",
+        "SLUICE_ADVERTISED_HOST",
+    ),
+    ("data_dir", "--data-dir", "SLUICE_DATA_DIR"),
+    ("cores", "--cores", "SLUICE_CORES"),
+    ("node_id", "--node-id", "SLUICE_NODE_ID"),
+    (
+        "frame_bytes_max",
+        "--frame-bytes-max",
+        "SLUICE_FRAME_BYTES_MAX",
+    ),
+    (
+        "shutdown_drain_ms",
+        "--shutdown-drain-ms",
+        "SLUICE_SHUTDOWN_DRAIN_MS",
+    ),
+];
+
+const FRAME_BYTES_MIN: usize = 1024;
+const FRAME_BYTES_LIMIT: usize = 1 << 30;
+const CORES_LIMIT: usize = 1024;
+
+/// A raw value and where it came from.
+struct Raw {
+    value: String,
+    origin: String,
+}
+
+impl BrokerConfig {
+    /// Builds the config from `args` (the flags after `serve`) and the process environment.
+    pub fn load(
+        args: &[&str],
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<BrokerConfig, ConfigError> {
+        // Flags first, so `--config` is known before the file is read.
+        let mut flags: Vec<(&'static str, Raw)> = Vec::new();
+        let mut config_file: Option<PathBuf> = None;
+        let mut rest = args.iter();
+        while let Some(flag) = rest.next() {
+            let unknown = || ConfigError {
+                field: "flags",
+                origin: "command line".into(),
+                reason: format!("unknown flag {flag}"),
+            };
+            let (field, flag_name) = if *flag == "--config" {
+                ("config", "--config")
+            } else {
+                let (field, flag_name, _) = FIELDS
+                    .iter()
+                    .find(|(_, f, _)| f == flag)
+                    .ok_or_else(unknown)?;
+                (*field, *flag_name)
+            };
+            let value = rest.next().ok_or_else(|| ConfigError {
+                field,
+                origin: format!("flag {flag_name}"),
+                reason: "missing value".into(),
+            })?;
+            if field == "config" {
+                config_file = Some(PathBuf::from(value));
+            } else {
+                flags.push((
+                    field,
+                    Raw {
+                        value: value.to_string(),
+                        origin: format!("flag {flag_name}"),
+                    },
+                ));
+            }
+        }
+
+        let file = match &config_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+                    field: "config",
+                    origin: format!("flag --config {}", path.display()),
+                    reason: e.to_string(),
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError {
+                    field: "config",
+                    origin: format!("config file {}", path.display()),
+                    reason: e.to_string().trim().replace('\n', " "),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let file_origin = config_file
+            .as_ref()
+            .map_or_else(String::new, |p| format!("config file {}", p.display()));
+
+        // The winning raw value of a field: flag, then environment, then file.
+        let pick = |field: &'static str, from_file: Option<String>| -> Option<Raw> {
+            if let Some((_, raw)) = flags.iter().rev().find(|(f, _)| *f == field) {
+                return Some(Raw {
+                    value: raw.value.clone(),
+                    origin: raw.origin.clone(),
+                });
+            }
+            let (_, _, var) = FIELDS
+                .iter()
+                .find(|(f, _, _)| *f == field)
+                .expect("known field");
+            if let Some(value) = env(var) {
+                return Some(Raw {
+                    value,
+                    origin: format!("environment {var}"),
+                });
+            }
+            from_file.map(|value| Raw {
+                value,
+                origin: file_origin.clone(),
+            })
+        };
+        fn parse<T: std::str::FromStr>(field: &'static str, raw: &Raw) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            raw.value.trim().parse::<T>().map_err(|e| ConfigError {
+                field,
+                origin: raw.origin.clone(),
+                reason: format!("{e}: {:?}", raw.value),
+            })
+        }
+        let invalid = |field: &'static str, raw: &Raw, reason: String| ConfigError {
+            field,
+            origin: raw.origin.clone(),
+            reason,
+        };
+        let default = |v: &str| Raw {
+            value: v.to_string(),
+            origin: "default".into(),
+        };
+
+        let raw = pick("listen", file.listen).unwrap_or_else(|| default("127.0.0.1:9092"));
+        let listen: SocketAddr = parse("listen", &raw)?;
+
+        let advertised_host = pick("advertised_host", file.advertised_host)
+            .map(|r| r.value)
+            .unwrap_or_else(|| listen.ip().to_string());
+
+        let raw = pick("data_dir", file.data_dir.map(|p| p.display().to_string()))
+            .unwrap_or_else(|| default("./data"));
+        if raw.value.trim().is_empty() {
+            return Err(invalid("data_dir", &raw, "must not be empty".into()));
+        }
+        let data_dir = PathBuf::from(raw.value.trim());
+
+        let all_cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let raw = pick("cores", file.cores.map(|c| c.to_string()))
+            .unwrap_or_else(|| default(&all_cores.to_string()));
+        let cores: usize = parse("cores", &raw)?;
+        if cores == 0 || cores > CORES_LIMIT {
+            return Err(invalid(
+                "cores",
+                &raw,
+                format!("must be in 1..={CORES_LIMIT}"),
+            ));
+        }
+
+        let raw =
+            pick("node_id", file.node_id.map(|n| n.to_string())).unwrap_or_else(|| default("0"));
+        let node_id: i32 = parse("node_id", &raw)?;
+        if node_id < 0 {
+            return Err(invalid("node_id", &raw, "must not be negative".into()));
+        }
+
+        let raw = pick(
+            "frame_bytes_max",
+            file.frame_bytes_max.map(|n| n.to_string()),
+        )
+        .unwrap_or_else(|| default(&(100 << 20).to_string()));
+        let frame_bytes_max: usize = parse("frame_bytes_max", &raw)?;
+        if !(FRAME_BYTES_MIN..=FRAME_BYTES_LIMIT).contains(&frame_bytes_max) {
+            return Err(invalid(
+                "frame_bytes_max",
+                &raw,
+                format!("must be in {FRAME_BYTES_MIN}..={FRAME_BYTES_LIMIT}"),
+            ));
+        }
+
+        let raw = pick(
+            "shutdown_drain_ms",
+            file.shutdown_drain_ms.map(|n| n.to_string()),
+        )
+        .unwrap_or_else(|| default("5000"));
+        let shutdown_drain = Duration::from_millis(parse("shutdown_drain_ms", &raw)?);
+
+        Ok(BrokerConfig {
+            listen,
+            advertised_host,
+            data_dir,
+            cores,
+            node_id,
+            frame_bytes_max,
+            shutdown_drain,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults() {
+        let c = BrokerConfig::load(&[], no_env).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9092".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.advertised_host, "127.0.0.1");
+        assert!(c.cores >= 1);
+    }
+
+    #[test]
+    fn flags_beat_environment_beat_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sluice.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:1111\"\ncores = 1\nnode_id = 3\n",
+        )
+        .unwrap();
+        let env = |var: &str| match var {
+            "SLUICE_LISTEN" => Some("127.0.0.1:2222".to_string()),
+            "SLUICE_NODE_ID" => Some("4".to_string()),
+            _ => None,
+        };
+        let path = file.display().to_string();
+        let c =
+            BrokerConfig::load(&["--config", &path, "--listen", "127.0.0.1:3333"], env).unwrap();
+        assert_eq!(c.listen.port(), 3333, "flag wins");
+        assert_eq!(c.node_id, 4, "environment beats the file");
+        assert_eq!(c.cores, 1, "the file beats the default");
+    }
+
+    #[test]
+    fn invalid_values_name_the_field_and_origin() {
+        let e = BrokerConfig::load(&["--cores", "0"], no_env).unwrap_err();
+        assert_eq!((e.field, e.origin.as_str()), ("cores", "flag --cores"));
+        let e = BrokerConfig::load(&[], |v: &str| {
+            (v == "SLUICE_LISTEN").then(|| "nonsense".to_string())
+        })
+        .unwrap_err();
+        assert_eq!(e.field, "listen");
+        assert!(e.to_string().contains("environment SLUICE_LISTEN"), "{e}");
+        let e = BrokerConfig::load(&["--frame-bytes-max", "10"], no_env).unwrap_err();
+        assert_eq!(e.field, "frame_bytes_max");
+        let e = BrokerConfig::load(&["--bogus", "1"], no_env).unwrap_err();
+        assert!(e.to_string().contains("unknown flag --bogus"), "{e}");
+        let e = BrokerConfig::load(&["--cores"], no_env).unwrap_err();
+        assert!(e.to_string().contains("missing value"), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "cores = \"many\"\n").unwrap();
+        let e = BrokerConfig::load(&["--config", &file.display().to_string()], no_env).unwrap_err();
+        assert!(
+            e.to_string().contains("cores"),
+            "the TOML error names the key: {e}"
+        );
+        std::fs::write(&file, "colors = 3\n").unwrap();
+        let e = BrokerConfig::load(&["--config", &file.display().to_string()], no_env).unwrap_err();
+        assert!(
+            e.to_string().contains("colors"),
+            "unknown keys are refused by name: {e}"
+        );
+    }
+}

@@ -1,0 +1,114 @@
+//! `sluice serve` start-up and shutdown as an operator sees them: configuration from flags,
+//! environment and a TOML file with invalid values refused by field name; the data directory
+//! created and locked; SIGTERM and SIGINT stop it cleanly.
+
+use std::process::Command;
+use std::time::Duration;
+
+use sluice_tests::{sluice_binary, Broker};
+
+/// Runs `sluice serve` expecting it to refuse to start; returns (exit code, stderr).
+fn refused(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(sluice_binary())
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn invalid_values_stop_start_up_naming_the_field() {
+    let (code, err) = refused(&["--cores", "0"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("invalid config: cores (from flag --cores)"),
+        "{err}"
+    );
+
+    let (code, err) = refused(&[], &[("SLUICE_LISTEN", "not-an-address")]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("listen (from environment SLUICE_LISTEN)"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sluice.toml");
+    std::fs::write(&file, "frame_bytes_max = 12\n").unwrap();
+    let (code, err) = refused(&["--config", &file.display().to_string()], &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("frame_bytes_max (from config file"), "{err}");
+
+    std::fs::write(&file, "listen = 9092\n").unwrap();
+    let (code, err) = refused(&["--config", &file.display().to_string()], &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("listen"),
+        "a wrongly typed TOML value is named: {err}"
+    );
+
+    let (code, err) = refused(&["--no-such-flag", "1"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("unknown flag --no-such-flag"), "{err}");
+}
+
+#[test]
+fn sigterm_and_sigint_stop_the_broker_cleanly() {
+    for signal in ["TERM", "INT"] {
+        let broker = Broker::start(&["--cores", "2"]);
+        // A connection is open and idle; shutdown must not wait for it.
+        let _idle = std::net::TcpStream::connect(broker.addr).unwrap();
+        let (code, stderr) = broker.stop_with(signal, Duration::from_secs(10));
+        assert_eq!(code, Some(0), "SIG{signal}: {stderr}");
+        assert!(stderr.contains("shard stopped"), "SIG{signal}: {stderr}");
+    }
+}
+
+#[test]
+fn the_data_directory_is_created_and_locked() {
+    let broker = Broker::start(&[]);
+    assert!(broker.data_dir.path().join(".lock").exists());
+    // A second broker on the same data directory refuses to start.
+    let out = Command::new(sluice_binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(broker.data_dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another sluice process"));
+}
+
+#[test]
+fn defaults_put_data_under_dot_data() {
+    // README's first command: no flags. Run it from an empty directory (on another port, since
+    // 9092 may be taken on a test machine) and check ./data appears there.
+    let cwd = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(sluice_binary())
+        .arg("serve")
+        .current_dir(cwd.path())
+        .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(cwd.path().join("data/.lock").exists());
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
