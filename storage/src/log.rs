@@ -1071,13 +1071,7 @@ impl Log {
         if new_end < log_start {
             // The cut fell inside the batch holding the log start: the log is now empty at
             // `new_end`, and the start moves down with it (nothing below it exists any more).
-            io::write_file_atomically(
-                &self.inner.dir,
-                format::LOG_START_FILE,
-                &format::encode_log_start(new_end),
-            )
-            .await
-            .map_err(|e| self.fail(e))?;
+            self.checkpoint_log_start(new_end).await?;
         }
         {
             let mut state = self.inner.state.borrow_mut();
@@ -1094,6 +1088,17 @@ impl Log {
         self.inner.generation.set(self.inner.generation.get() + 1);
         info!(dir = %self.inner.dir.display(), requested = %offset, log_end = %new_end, "log truncated");
         Ok(new_end)
+    }
+
+    /// Makes `offset` the durable log start checkpoint (atomic replace).
+    async fn checkpoint_log_start(&self, offset: Offset) -> Result<()> {
+        io::write_file_atomically(
+            &self.inner.dir,
+            format::LOG_START_FILE,
+            &format::encode_log_start(offset),
+        )
+        .await
+        .map_err(|e| self.fail(e))
     }
 
     /// Moves the log start offset up to `offset` (retention, DeleteRecords): offsets below it can
@@ -1116,13 +1121,7 @@ impl Log {
         if offset <= log_start {
             return Ok(log_start);
         }
-        io::write_file_atomically(
-            &self.inner.dir,
-            format::LOG_START_FILE,
-            &format::encode_log_start(offset),
-        )
-        .await
-        .map_err(|e| self.fail(e))?;
+        self.checkpoint_log_start(offset).await?;
         let removed = {
             let mut state = self.inner.state.borrow_mut();
             state.log_start = offset;
