@@ -1037,14 +1037,18 @@ impl Log {
         drop(removed);
 
         // Find the batch holding `offset` in the target segment and cut the file there.
-        let (file, path, base) = {
+        // The index places the cut within one index interval: keep what lies before the entry
+        // at or below `offset`, and scan (validating) from there to the batch holding it.
+        let (file, path, base, mut rebuilt) = {
             let state = self.inner.state.borrow();
             let seg = state.active();
-            (seg.file.clone(), seg.path.clone(), seg.base_offset())
+            (
+                seg.file.clone(),
+                seg.path.clone(),
+                seg.base_offset(),
+                seg.index.prefix_before_entry_for(offset),
+            )
         };
-        let mut rebuilt = SegmentIndex::empty(base, self.inner.config.index_interval_bytes);
-        // Re-derive the index up to the cut by scanning from the start of the segment: simple,
-        // and truncation is rare (leader change, recovery).
         let file_len = file
             .file_size()
             .await

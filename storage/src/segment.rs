@@ -107,6 +107,30 @@ impl SegmentIndex {
         self.entry_before(i)
     }
 
+    /// This index cut back to just before the batch of the entry at or below `offset`: what a
+    /// scan from that batch rebuilds exactly as it was (the next recorded batch gets an entry
+    /// again, with the same `max_timestamp_before`).
+    pub fn prefix_before_entry_for(&self, offset: Offset) -> SegmentIndex {
+        let rel = offset.0 - self.base_offset.0;
+        let keep = self
+            .entries
+            .partition_point(|e| i64::from(e.relative_offset) <= rel)
+            .saturating_sub(1);
+        let Some(entry) = self.entries.get(keep) else {
+            return SegmentIndex::empty(self.base_offset, self.index_interval_bytes as u32);
+        };
+        SegmentIndex {
+            base_offset: self.base_offset,
+            next_offset: self.base_offset.plus(i64::from(entry.relative_offset)),
+            size_bytes: u64::from(entry.position),
+            max_timestamp: entry.max_timestamp_before,
+            entries: self.entries[..keep].to_vec(),
+            // Forces an entry for the next batch recorded, as the original had.
+            bytes_since_entry: self.index_interval_bytes,
+            index_interval_bytes: self.index_interval_bytes,
+        }
+    }
+
     /// The entry to start a search for the first batch with a timestamp at or after `ts` from:
     /// the last one before which every batch is older than `ts`.
     pub fn entry_for_timestamp(&self, ts: TimestampMs) -> IndexEntry {
@@ -233,6 +257,71 @@ pub(crate) async fn scan_segment(
                 position: pos,
                 reason: "batch larger than the scan window".into(),
             });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::LeaderEpoch;
+
+    fn info(base: i64, size: usize, records: i32, max_ts: i64) -> BatchInfo {
+        BatchInfo {
+            base_offset: Offset(base),
+            size_bytes: size,
+            leader_epoch: LeaderEpoch(0),
+            attributes: 0,
+            last_offset_delta: records - 1,
+            base_timestamp: max_ts,
+            max_timestamp: max_ts,
+            producer_id: -1,
+            record_count: records,
+        }
+    }
+
+    /// Records 40 batches of varying size and timestamp; returns the index and the batches.
+    fn sample() -> (SegmentIndex, Vec<(u64, BatchInfo)>) {
+        let mut index = SegmentIndex::empty(Offset(100), 1000);
+        let mut batches = Vec::new();
+        let mut offset = 100;
+        for i in 0..40i64 {
+            let b = info(
+                offset,
+                300 + (i as usize * 37) % 500,
+                1 + (i as i32 % 3),
+                (i * 7) % 50,
+            );
+            batches.push((index.size_bytes, b));
+            index.record(index.size_bytes, &b);
+            offset = b.next_offset().0;
+        }
+        (index, batches)
+    }
+
+    #[test]
+    fn a_prefix_rescanned_from_its_entry_rebuilds_the_same_index() {
+        let (full, batches) = sample();
+        for cut in [100, 101, 130, 150, 175, full.next_offset.0 - 1] {
+            let mut rebuilt = full.prefix_before_entry_for(Offset(cut));
+            let from = rebuilt.size_bytes;
+            assert!(
+                rebuilt.next_offset <= Offset(cut),
+                "the prefix ends at or before the cut"
+            );
+            for (pos, b) in batches.iter().filter(|(pos, _)| *pos >= from) {
+                rebuilt.record(*pos, b);
+            }
+            assert_eq!(rebuilt.entries, full.entries, "cut at {cut}");
+            assert_eq!(
+                (
+                    rebuilt.size_bytes,
+                    rebuilt.next_offset,
+                    rebuilt.max_timestamp
+                ),
+                (full.size_bytes, full.next_offset, full.max_timestamp),
+                "cut at {cut}"
+            );
         }
     }
 }
