@@ -1,10 +1,13 @@
 //! Kafka framing: every request is `[length: i32][body: length bytes]`.
 //!
-//! Invariant: no buffer is sized from a length before the length has been checked to lie in
-//! `1..=frame_bytes_max`.
+//! Invariants: no buffer is sized from a length before the length has been checked to lie in
+//! `1..=frame_bytes_max`; even then the buffer grows only with the bytes that actually arrive.
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncReadExt};
+
+/// How much more buffer a frame read allocates at a time.
+const READ_STEP_BYTES: usize = 64 * 1024;
 
 /// Why a frame could not be read. Any of these ends the connection.
 #[derive(Debug, thiserror::Error)]
@@ -49,17 +52,20 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         });
     }
     let expected = length as usize;
-    let mut body = BytesMut::zeroed(expected);
-    let mut filled = 0;
-    while filled < expected {
+    // The buffer grows with the bytes that arrive, a step at a time: a peer that announces a
+    // large frame and then stalls holds at most one step of memory, not the announced size.
+    let mut body = BytesMut::with_capacity(expected.min(READ_STEP_BYTES));
+    while body.len() < expected {
+        let filled = body.len();
+        body.resize(filled + (expected - filled).min(READ_STEP_BYTES), 0);
         let n = reader.read(&mut body[filled..]).await?;
+        body.truncate(filled + n);
         if n == 0 {
             return Err(FrameError::Truncated {
                 got: filled,
                 expected,
             });
         }
-        filled += n;
     }
     Ok(Some(body.freeze()))
 }
@@ -107,6 +113,23 @@ mod tests {
             Err(FrameError::TooLarge {
                 length: 101,
                 max: 100
+            })
+        ));
+    }
+
+    #[test]
+    fn frames_larger_than_one_read_step_arrive_whole() {
+        let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let mut framed = (body.len() as i32).to_be_bytes().to_vec();
+        framed.extend_from_slice(&body);
+        assert_eq!(read(&framed, 1 << 20).unwrap().as_deref(), Some(&body[..]));
+        // Announced big, delivered short: reported with the count that did arrive.
+        framed.truncate(4 + 150_000);
+        assert!(matches!(
+            read(&framed, 1 << 20),
+            Err(FrameError::Truncated {
+                got: 150_000,
+                expected: 200_000
             })
         ));
     }
