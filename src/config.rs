@@ -20,6 +20,10 @@ struct FileConfig {
     node_id: Option<i32>,
     frame_bytes_max: Option<usize>,
     shutdown_drain_ms: Option<u64>,
+    auto_create_topics: Option<bool>,
+    default_partitions: Option<i32>,
+    clamp_replication_factor: Option<bool>,
+    retention_check_ms: Option<u64>,
 }
 
 /// The validated configuration.
@@ -33,6 +37,14 @@ pub struct BrokerConfig {
     pub node_id: i32,
     pub frame_bytes_max: usize,
     pub shutdown_drain: Duration,
+    /// Create unknown topics named in Metadata requests (Kafka's `auto.create.topics.enable`).
+    pub auto_create_topics: bool,
+    /// Partitions of a topic created without a count (Kafka's `num.partitions`).
+    pub default_partitions: i32,
+    /// Accept replication factors above 1 as 1 instead of refusing them.
+    pub clamp_replication_factor: bool,
+    /// How often retention runs (Kafka's `log.retention.check.interval.ms`).
+    pub retention_check_ms: u64,
 }
 
 /// A value that could not be used: which field, where it came from, and why.
@@ -65,11 +77,32 @@ const FIELDS: &[(&str, &str, &str)] = &[
         "--shutdown-drain-ms",
         "SLUICE_SHUTDOWN_DRAIN_MS",
     ),
+    (
+        "auto_create_topics",
+        "--auto-create-topics",
+        "SLUICE_AUTO_CREATE_TOPICS",
+    ),
+    (
+        "default_partitions",
+        "--default-partitions",
+        "SLUICE_DEFAULT_PARTITIONS",
+    ),
+    (
+        "clamp_replication_factor",
+        "--clamp-replication-factor",
+        "SLUICE_CLAMP_REPLICATION_FACTOR",
+    ),
+    (
+        "retention_check_ms",
+        "--retention-check-ms",
+        "SLUICE_RETENTION_CHECK_MS",
+    ),
 ];
 
 const FRAME_BYTES_MIN: usize = 1024;
 const FRAME_BYTES_LIMIT: usize = 1 << 30;
 const CORES_LIMIT: usize = 1024;
+const PARTITIONS_MAX: i32 = sluice_core::topics::PARTITIONS_MAX;
 
 /// A raw value and where it came from.
 struct Raw {
@@ -236,6 +269,48 @@ impl BrokerConfig {
         .unwrap_or_else(|| default("5000"));
         let shutdown_drain = Duration::from_millis(parse("shutdown_drain_ms", &raw)?);
 
+        let raw = pick(
+            "auto_create_topics",
+            file.auto_create_topics.map(|b| b.to_string()),
+        )
+        .unwrap_or_else(|| default("true"));
+        let auto_create_topics: bool = parse("auto_create_topics", &raw)?;
+
+        let raw = pick(
+            "default_partitions",
+            file.default_partitions.map(|n| n.to_string()),
+        )
+        .unwrap_or_else(|| default("1"));
+        let default_partitions: i32 = parse("default_partitions", &raw)?;
+        if !(1..=PARTITIONS_MAX).contains(&default_partitions) {
+            return Err(invalid(
+                "default_partitions",
+                &raw,
+                format!("must be in 1..={PARTITIONS_MAX}"),
+            ));
+        }
+
+        let raw = pick(
+            "clamp_replication_factor",
+            file.clamp_replication_factor.map(|b| b.to_string()),
+        )
+        .unwrap_or_else(|| default("false"));
+        let clamp_replication_factor: bool = parse("clamp_replication_factor", &raw)?;
+
+        let raw = pick(
+            "retention_check_ms",
+            file.retention_check_ms.map(|n| n.to_string()),
+        )
+        .unwrap_or_else(|| default("300000"));
+        let retention_check_ms: u64 = parse("retention_check_ms", &raw)?;
+        if retention_check_ms == 0 {
+            return Err(invalid(
+                "retention_check_ms",
+                &raw,
+                "must be at least 1".into(),
+            ));
+        }
+
         Ok(BrokerConfig {
             listen,
             advertised_host,
@@ -244,6 +319,10 @@ impl BrokerConfig {
             node_id,
             frame_bytes_max,
             shutdown_drain,
+            auto_create_topics,
+            default_partitions,
+            clamp_replication_factor,
+            retention_check_ms,
         })
     }
 }
@@ -299,6 +378,10 @@ mod tests {
         assert!(e.to_string().contains("environment SLUICE_LISTEN"), "{e}");
         let e = BrokerConfig::load(&["--frame-bytes-max", "10"], no_env).unwrap_err();
         assert_eq!(e.field, "frame_bytes_max");
+        let e = BrokerConfig::load(&["--default-partitions", "0"], no_env).unwrap_err();
+        assert_eq!(e.field, "default_partitions");
+        let e = BrokerConfig::load(&["--auto-create-topics", "maybe"], no_env).unwrap_err();
+        assert_eq!(e.field, "auto_create_topics");
         let e = BrokerConfig::load(&["--bogus", "1"], no_env).unwrap_err();
         assert!(e.to_string().contains("unknown flag --bogus"), "{e}");
         let e = BrokerConfig::load(&["--cores"], no_env).unwrap_err();

@@ -8,7 +8,11 @@
 
 use std::process::ExitCode;
 
+mod alloc;
 mod config;
+
+#[global_allocator]
+static ALLOCATOR: alloc::ReserveOnlyForHuge = alloc::ReserveOnlyForHuge;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -122,11 +126,33 @@ fn serve(args: &[&str]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    let catalog = match sluice_core::catalog::Catalog::load(&config.data_dir) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            eprintln!("sluice serve: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for orphan in catalog.orphan_topic_dirs() {
+        // Left by a topic deletion that a crash interrupted after the catalog changed.
+        tracing::info!(dir = %orphan.display(), "removing the files of a deleted topic");
+        if let Err(e) = std::fs::remove_dir_all(&orphan) {
+            eprintln!("sluice serve: cannot remove {}: {e}", orphan.display());
+            return ExitCode::FAILURE;
+        }
+    }
     let server = sluice_net::ServerConfig {
         listen: config.listen,
         frame_bytes_max: config.frame_bytes_max,
         shards: config.cores,
         drain_timeout: config.shutdown_drain,
+        shard_settings: sluice_core::shard::ShardSettings {
+            log_defaults: LogConfig::default(),
+            auto_create_topics: config.auto_create_topics,
+            default_partitions: config.default_partitions,
+            clamp_replication_factor: config.clamp_replication_factor,
+            retention_check_ms: config.retention_check_ms,
+        },
     };
     let broker = sluice_net::BrokerIdentity {
         node_id: config.node_id,
@@ -134,7 +160,7 @@ fn serve(args: &[&str]) -> ExitCode {
         advertised_port: config.listen.port(),
         cluster_id: "sluice-single-node-000".into(),
     };
-    match sluice_net::server::run(server, broker, shutdown) {
+    match sluice_net::server::run(server, broker, catalog, shutdown) {
         Ok(()) => {
             eprintln!("sluice serve: stopped");
             ExitCode::SUCCESS

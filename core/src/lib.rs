@@ -1,9 +1,58 @@
 //! # sluice-core: everything above the log
 //!
-//! Will hold the partition manager, shard routing, topic metadata, produce/fetch semantics
-//! (acks 0/1/all, long-poll fetch), the consumer-group coordinator, idempotent producers,
-//! transactions and share groups (see `../shared/design.md`, "Above the log", and issue
-//! "A single-node Kafka-compatible broker").
+//! Topics, partitions on shards, and the semantics of produce, fetch and offsets. Protocol
+//! codecs stay in `sluice-net`; this crate speaks in topics, partitions, offsets and Kafka
+//! error codes.
 //!
-//! Nothing is built here yet. Dependency direction: `net → core → replication → storage`;
-//! this crate may use `sluice-storage` and `sluice-replication`, never the reverse.
+//! ## Layout
+//! - [`topics`] — topic names, ids, partition counts and per-topic configs (Kafka's names),
+//!   validated; the partition directory layout.
+//! - [`catalog`] — the persisted topic table (`metadata.json`): one writer (the controller
+//!   shard), immutable images read lock-free by every shard.
+//! - [`shard`] — one executor's state: its partitions, its mesh links to the other shards
+//!   (`invoke_on`), partition → shard ownership, retention.
+//! - [`partition`] — a partition on its owner: the log and the fetches waiting on it.
+//! - [`controller`] — create/delete topics, add partitions, auto-create.
+//! - [`produce`], [`fetch`], [`offsets`] — the data path: split a request by owning shard,
+//!   run each part there, gather the answers in request order.
+//!
+//! Dependency direction: `net → core → replication → storage`.
+
+pub mod catalog;
+pub mod controller;
+pub mod fetch;
+pub mod offsets;
+pub mod partition;
+pub mod produce;
+pub mod shard;
+pub mod topics;
+
+use std::sync::Arc;
+
+pub use kafka_protocol::ResponseError;
+use uuid::Uuid;
+
+use crate::catalog::Image;
+use crate::topics::Topic;
+
+/// An error for one item of a request: the Kafka error code and a message for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub code: ResponseError,
+    pub message: String,
+}
+
+/// How a request names a topic: by name, or by id (newer API versions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicRef {
+    Name(String),
+    Id(Uuid),
+}
+
+/// The topic a request names, if it exists.
+pub fn resolve_topic<'a>(image: &'a Image, topic: &TopicRef) -> Option<&'a Arc<Topic>> {
+    match topic {
+        TopicRef::Name(name) => image.topic(name),
+        TopicRef::Id(id) => image.topic_by_id(*id),
+    }
+}

@@ -15,7 +15,17 @@ pub struct ApiRange {
 }
 
 /// Every API with a handler, in key order.
-pub const IMPLEMENTED: &[ApiRange] = &[handlers::metadata::RANGE, handlers::api_versions::RANGE];
+pub const IMPLEMENTED: &[ApiRange] = &[
+    handlers::produce::RANGE,
+    handlers::fetch::RANGE,
+    handlers::list_offsets::RANGE,
+    handlers::metadata::RANGE,
+    handlers::api_versions::RANGE,
+    handlers::create_topics::RANGE,
+    handlers::delete_topics::RANGE,
+    handlers::describe_configs::RANGE,
+    handlers::create_partitions::RANGE,
+];
 
 /// The range implemented for `key`, if any.
 pub fn implemented(key: ApiKey) -> Option<ApiRange> {
@@ -25,6 +35,13 @@ pub fn implemented(key: ApiKey) -> Option<ApiRange> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_is_in_key_order_without_duplicates() {
+        for pair in IMPLEMENTED.windows(2) {
+            assert!((pair[0].key as i16) < (pair[1].key as i16), "{pair:?}");
+        }
+    }
 
     #[test]
     fn every_range_is_one_the_codec_supports() {

@@ -1,25 +1,40 @@
-//! One client connection: read a frame, decode its header, dispatch to the API's handler, write
-//! the response; in order, one request at a time (Kafka clients rely on responses arriving in
-//! request order per connection).
+//! One client connection: read frames, decode their headers, dispatch to the API handlers,
+//! write the responses back in request order (Kafka clients rely on that).
+//!
+//! Requests are pipelined: the reader keeps reading while earlier requests are being served,
+//! each request runs as its own task, and the writer sends their responses in the order the
+//! requests came. At most [`PIPELINE_DEPTH`] requests of one connection are in progress; the
+//! reader waits beyond that (back-pressure). A request task always runs to the end, even if
+//! the connection goes away, so an append is never abandoned half-way.
 //!
 //! A frame that cannot be answered (bad length, truncated, unknown API key, unsupported version
-//! of an API other than ApiVersions, undecodable body) closes this connection with a log line and
-//! touches nothing else.
+//! of an API other than ApiVersions, undecodable body) closes this connection, after the
+//! responses to the requests before it, with a log line; it touches nothing else.
 
+use std::cell::Cell;
 use std::rc::Rc;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use futures::channel::oneshot;
+use futures::future::Either;
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, MetadataRequest, RequestHeader, ResponseHeader,
+    ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest,
+    DescribeConfigsRequest, FetchRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest,
+    RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 use tracing::{debug, warn};
 
 use crate::apis;
 use crate::frame::{read_frame, FrameError};
-use crate::handlers::{api_versions, metadata};
-use crate::server::BrokerIdentity;
+use crate::handlers::{
+    api_versions, create_partitions, create_topics, delete_topics, describe_configs, fetch,
+    list_offsets, metadata, produce, Context,
+};
+
+/// Requests of one connection in progress at once.
+pub const PIPELINE_DEPTH: usize = 32;
 
 /// Why a request ended its connection.
 #[derive(Debug, thiserror::Error)]
@@ -41,55 +56,98 @@ pub enum RequestError {
     },
     #[error("cannot encode the response: {0}")]
     Encode(String),
+    #[error("the request's task ended without an answer")]
+    Lost,
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 }
 
-/// Requests being answered on this shard (read, not yet fully written back): shutdown waits
-/// for them.
-pub type InFlight = Rc<std::cell::Cell<usize>>;
+/// Requests being answered on this shard (read, not yet written back): shutdown waits for
+/// them.
+pub type InFlight = Rc<Cell<usize>>;
 
-/// Serves one connection until the peer closes it or sends something unanswerable.
-pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-    peer: String,
-    broker: Rc<BrokerIdentity>,
-    frame_bytes_max: usize,
-    in_flight: InFlight,
-) {
-    loop {
-        let outcome = async {
-            let Some(frame) = read_frame(&mut stream, frame_bytes_max).await? else {
-                return Ok(false);
-            };
-            in_flight.set(in_flight.get() + 1);
-            let answered = async {
-                let response = respond(frame, &broker)?;
-                stream.write_all(&response).await?;
-                Ok::<_, RequestError>(())
-            }
-            .await;
-            in_flight.set(in_flight.get() - 1);
-            answered.map(|()| true)
-        }
-        .await;
-        match outcome {
-            Ok(true) => {}
-            Ok(false) => {
-                debug!(%peer, "connection closed by peer");
-                return;
-            }
-            Err(e) => {
-                warn!(%peer, error = %e, "closing connection");
-                let _ = stream.close().await;
-                return;
-            }
-        }
+/// Counts one request as in flight until dropped.
+struct InFlightGuard(InFlight);
+
+impl InFlightGuard {
+    fn new(counter: &InFlight) -> InFlightGuard {
+        counter.set(counter.get() + 1);
+        InFlightGuard(counter.clone())
     }
 }
 
-/// Builds the complete response frame (length prefix included) for one request frame.
-pub fn respond(mut frame: Bytes, broker: &BrokerIdentity) -> Result<Bytes, RequestError> {
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+type Answer = Result<Option<Bytes>, RequestError>;
+
+/// Serves one connection until the peer closes it or sends something unanswerable.
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + 'static>(
+    stream: S,
+    peer: String,
+    ctx: Context,
+    frame_bytes_max: usize,
+    in_flight: InFlight,
+) {
+    let (mut reader, mut writer) = futures_lite::io::split(stream);
+    let (queue, answers) = glommio::channels::local_channel::new_bounded::<(
+        InFlightGuard,
+        oneshot::Receiver<Answer>,
+    )>(PIPELINE_DEPTH);
+    let read_loop = std::pin::pin!(async {
+        // Owned here: the queue closes when the reader stops, which ends the writer's loop.
+        let queue = queue;
+        loop {
+            match read_frame(&mut reader, frame_bytes_max).await {
+                Ok(Some(frame)) => {
+                    let guard = InFlightGuard::new(&in_flight);
+                    let (reply, answer) = oneshot::channel();
+                    let ctx = ctx.clone();
+                    glommio::spawn_local(async move {
+                        let _ = reply.send(respond(frame, &ctx).await);
+                    })
+                    .detach();
+                    if queue.send((guard, answer)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => {
+                    debug!(%peer, "connection closed by peer");
+                    return;
+                }
+                Err(e) => {
+                    warn!(%peer, error = %e, "closing connection");
+                    return;
+                }
+            }
+        }
+    });
+    let write_loop = std::pin::pin!(async {
+        while let Some((_guard, answer)) = answers.recv().await {
+            let written = match answer.await.unwrap_or(Err(RequestError::Lost)) {
+                Ok(Some(response)) => writer.write_all(&response).await.map_err(RequestError::Io),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
+                warn!(%peer, error = %e, "closing connection");
+                break;
+            }
+        }
+        let _ = writer.close().await;
+    });
+    if let Either::Left(((), write_loop)) = futures::future::select(read_loop, write_loop).await {
+        // The reader stopped (peer closed, or a bad frame): answer what was read, then close.
+        write_loop.await;
+    }
+}
+
+/// Builds the complete response frame (length prefix included) for one request frame, or
+/// `None` when the request takes no response (Produce with acks=0).
+pub async fn respond(mut frame: Bytes, ctx: &Context) -> Answer {
     if frame.len() < 8 {
         return Err(RequestError::ShortHeader(frame.len()));
     }
@@ -107,37 +165,113 @@ pub fn respond(mut frame: Bytes, broker: &BrokerIdentity) -> Result<Bytes, Reque
                 0,
                 correlation_id,
                 &api_versions::response(api_versions::UNSUPPORTED_VERSION),
-            );
+            )
+            .map(Some);
         }
         return Err(RequestError::UnsupportedVersion { api, version });
     }
-    let malformed = |reason: String| RequestError::Malformed {
-        api,
-        version,
-        reason,
-    };
-    let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
-        .map_err(|e| malformed(e.to_string()))?;
+    let header =
+        RequestHeader::decode(&mut frame, api.request_header_version(version)).map_err(|e| {
+            RequestError::Malformed {
+                api,
+                version,
+                reason: e.to_string(),
+            }
+        })?;
     debug!(?api, version, correlation_id, client_id = ?header.client_id, "request");
     match api {
         ApiKey::ApiVersions => {
-            ApiVersionsRequest::decode(&mut frame, version)
-                .map_err(|e| malformed(e.to_string()))?;
-            encode(api, version, correlation_id, &api_versions::response(0))
+            decode::<ApiVersionsRequest>(&mut frame, api, version)?;
+            encode(api, version, correlation_id, &api_versions::response(0)).map(Some)
         }
         ApiKey::Metadata => {
-            metadata::check_counts(&frame, version).map_err(malformed)?;
-            let request = MetadataRequest::decode(&mut frame, version)
-                .map_err(|e| malformed(e.to_string()))?;
+            let request = decode::<MetadataRequest>(&mut frame, api, version)?;
             encode(
                 api,
                 version,
                 correlation_id,
-                &metadata::handle(&request, broker),
+                &metadata::handle(request, version, ctx).await,
             )
+            .map(Some)
+        }
+        ApiKey::CreateTopics => {
+            let request = decode::<CreateTopicsRequest>(&mut frame, api, version)?;
+            encode(
+                api,
+                version,
+                correlation_id,
+                &create_topics::handle(request, ctx).await,
+            )
+            .map(Some)
+        }
+        ApiKey::DeleteTopics => {
+            let request = decode::<DeleteTopicsRequest>(&mut frame, api, version)?;
+            encode(
+                api,
+                version,
+                correlation_id,
+                &delete_topics::handle(request, version, ctx).await,
+            )
+            .map(Some)
+        }
+        ApiKey::CreatePartitions => {
+            let request = decode::<CreatePartitionsRequest>(&mut frame, api, version)?;
+            encode(
+                api,
+                version,
+                correlation_id,
+                &create_partitions::handle(request, ctx).await,
+            )
+            .map(Some)
+        }
+        ApiKey::DescribeConfigs => {
+            let request = decode::<DescribeConfigsRequest>(&mut frame, api, version)?;
+            encode(
+                api,
+                version,
+                correlation_id,
+                &describe_configs::handle(request, ctx),
+            )
+            .map(Some)
+        }
+        ApiKey::Produce => {
+            let request = decode::<ProduceRequest>(&mut frame, api, version)?;
+            match produce::handle(request, version, ctx).await {
+                Some(response) => encode(api, version, correlation_id, &response).map(Some),
+                None => Ok(None),
+            }
+        }
+        ApiKey::Fetch => {
+            let request = decode::<FetchRequest>(&mut frame, api, version)?;
+            encode(
+                api,
+                version,
+                correlation_id,
+                &fetch::handle(request, version, ctx).await,
+            )
+            .map(Some)
+        }
+        ApiKey::ListOffsets => {
+            let request = decode::<ListOffsetsRequest>(&mut frame, api, version)?;
+            encode(
+                api,
+                version,
+                correlation_id,
+                &list_offsets::handle(request, ctx).await,
+            )
+            .map(Some)
         }
         _ => Err(RequestError::UnsupportedVersion { api, version }),
     }
+}
+
+/// Decodes a request body. Bytes after it are ignored, as Kafka does.
+fn decode<R: Decodable>(frame: &mut Bytes, api: ApiKey, version: i16) -> Result<R, RequestError> {
+    R::decode(frame, version).map_err(|e| RequestError::Malformed {
+        api,
+        version,
+        reason: e.to_string(),
+    })
 }
 
 /// Encodes `[length][response header][body]`.

@@ -5,22 +5,20 @@
 //!   maximum before anything is allocated.
 //! - [`apis`] — the table of implemented APIs and version ranges; ApiVersions advertises
 //!   exactly this table.
-//! - `handlers` — one module per Kafka API, each declaring the versions it implements.
-//! - `guard` — array-count checks run before the codec sees a body (the codec pre-allocates
-//!   from unchecked counts).
+//! - `handlers` — one module per Kafka API, each declaring the versions it implements and
+//!   translating between the codec's messages and `sluice-core`'s calls.
 //! - [`connection`] — one client connection: read a frame, decode the header, dispatch, write
 //!   the response. A malformed frame closes that connection and touches nothing else.
 //! - [`server`] — listeners: one per shard on the same port (SO_REUSEPORT).
 //!
 //! Codecs come from the `kafka-protocol` crate (generated from Kafka's JSON schemas).
 //!
-//! Built so far: the connection handshake clients perform first (ApiVersions, Metadata). Topics,
-//! Produce and Fetch come next (issue "A single-node Kafka-compatible broker").
+//! Request path: `connection` (this crate) decodes → a handler → `sluice_core` splits the work
+//! by owning shard and runs it there → `sluice_storage::Log` → back in request order.
 
 pub mod apis;
 pub mod connection;
 pub mod frame;
-mod guard;
 mod handlers;
 pub mod server;
 

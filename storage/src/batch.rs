@@ -70,6 +70,8 @@ pub enum BatchError {
         record_count: i32,
         last_offset_delta: i32,
     },
+    #[error("record {index} is malformed: {reason}")]
+    BadRecord { index: i32, reason: &'static str },
 }
 
 /// The header fields of a validated batch that the log needs.
@@ -235,6 +237,84 @@ fn read_varlong(buf: &[u8], pos: &mut usize) -> Option<i64> {
     None
 }
 
+/// Walks the records of an uncompressed batch that passed [`validate_batch`] and checks each
+/// one's structure: every varint within 5 bytes (varlong within 10), lengths inside the record,
+/// the record's fields filling exactly its declared length, offset deltas 0, 1, 2, ..., and the
+/// records filling exactly the batch. Compressed batches pass unchecked (their records are
+/// opaque until decompressed). Kafka's broker parses records the same way before accepting them;
+/// a malformed record would otherwise be stored and break every consumer that reads it.
+pub fn validate_records(batch: &[u8], info: &BatchInfo) -> Result<(), BatchError> {
+    if info.compression_codec() != 0 {
+        return Ok(());
+    }
+    let end = info.size_bytes.min(batch.len());
+    let mut pos = BATCH_HEADER_BYTES;
+    for index in 0..info.record_count {
+        let bad = |reason| BatchError::BadRecord { index, reason };
+        let length = read_varint(batch, &mut pos, 5).ok_or(bad("length varint"))?;
+        let length = usize::try_from(length).map_err(|_| bad("negative length"))?;
+        let record_end = pos
+            .checked_add(length)
+            .filter(|e| *e <= end)
+            .ok_or(bad("length runs past the batch"))?;
+        let record = &batch[..record_end];
+        pos += 1; // attributes
+        read_varint(record, &mut pos, 10).ok_or(bad("timestampDelta varlong"))?;
+        let offset_delta = read_varint(record, &mut pos, 5).ok_or(bad("offsetDelta varint"))?;
+        if offset_delta != i64::from(index) {
+            return Err(bad("offsetDelta out of sequence"));
+        }
+        skip_bytes_field(record, &mut pos, true).ok_or(bad("key"))?;
+        skip_bytes_field(record, &mut pos, true).ok_or(bad("value"))?;
+        let headers = read_varint(record, &mut pos, 5).ok_or(bad("header count varint"))?;
+        if headers < 0 {
+            return Err(bad("negative header count"));
+        }
+        for _ in 0..headers {
+            skip_bytes_field(record, &mut pos, false).ok_or(bad("header key"))?;
+            skip_bytes_field(record, &mut pos, true).ok_or(bad("header value"))?;
+        }
+        if pos != record_end {
+            return Err(bad("fields do not fill the record's length"));
+        }
+    }
+    if pos != end {
+        return Err(BatchError::BadRecord {
+            index: info.record_count,
+            reason: "bytes follow the last record",
+        });
+    }
+    Ok(())
+}
+
+/// A zigzag varint of at most `max_bytes` bytes.
+fn read_varint(buf: &[u8], pos: &mut usize, max_bytes: usize) -> Option<i64> {
+    let mut value: u64 = 0;
+    for i in 0..max_bytes {
+        let byte = *buf.get(*pos)?;
+        *pos += 1;
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            if max_bytes == 5 && value > u64::from(u32::MAX) {
+                return None;
+            }
+            return Some(((value >> 1) as i64) ^ -((value & 1) as i64));
+        }
+    }
+    None
+}
+
+/// Skips a varint length and that many bytes (-1: null, when `nullable`).
+fn skip_bytes_field(buf: &[u8], pos: &mut usize, nullable: bool) -> Option<()> {
+    let length = read_varint(buf, pos, 5)?;
+    if length == -1 && nullable {
+        return Some(());
+    }
+    let length = usize::try_from(length).ok()?;
+    *pos = pos.checked_add(length).filter(|e| *e <= buf.len())?;
+    Some(())
+}
+
 /// For an uncompressed, validated batch: the offset of its first record whose timestamp is at
 /// least `target`. Returns `None` when no record qualifies, or when the batch is compressed (the
 /// records are then opaque here, and the caller falls back to the batch's base offset).
@@ -338,6 +418,47 @@ mod tests {
                 (1003, b"", b"x"),
             ],
         )
+    }
+
+    /// `batch` with its CRC recomputed, so only the record-level damage remains.
+    fn with_fixed_crc(mut batch: Vec<u8>) -> Vec<u8> {
+        let crc = crc32c::crc32c(&batch[CRC_START..]);
+        batch[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        batch
+    }
+
+    #[test]
+    fn records_are_walked_and_malformed_ones_refused() {
+        let good = sample();
+        let info = validate_batch(&good, MAX).unwrap();
+        validate_records(&good, &info).unwrap();
+
+        // The first record's length varint (at the first record byte) made endless: an
+        // overflowing varint.
+        let mut overflow = good.clone();
+        overflow.splice(
+            BATCH_HEADER_BYTES..BATCH_HEADER_BYTES + 1,
+            [0xff, 0xff, 0xff, 0xff, 0xff, 0x7f],
+        );
+        let len = (overflow.len() - LOG_OVERHEAD_BYTES) as i32;
+        overflow[OFF_BATCH_LENGTH..OFF_BATCH_LENGTH + 4].copy_from_slice(&len.to_be_bytes());
+        let overflow = with_fixed_crc(overflow);
+        let info = validate_batch(&overflow, MAX).expect("header and CRC are fine");
+        assert!(matches!(
+            validate_records(&overflow, &info),
+            Err(BatchError::BadRecord { index: 0, .. })
+        ));
+
+        // The key length of the first record pointing past the record.
+        let mut long_key = good.clone();
+        // record: length(1) attributes(1) tsDelta(1) offsetDelta(1) keyLength(1)
+        long_key[BATCH_HEADER_BYTES + 4] = 0x7e; // zigzag 63
+        let long_key = with_fixed_crc(long_key);
+        let info = validate_batch(&long_key, MAX).unwrap();
+        assert!(matches!(
+            validate_records(&long_key, &info),
+            Err(BatchError::BadRecord { index: 0, .. })
+        ));
     }
 
     #[test]

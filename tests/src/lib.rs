@@ -2,7 +2,10 @@
 //!
 //! Tests here start the `sluice` binary as a user would and talk to it from outside: through its
 //! command line today, through the Kafka protocol with real clients once the broker exists.
-//! This library holds what those tests share.
+//! This library holds what those tests share: starting and stopping brokers, and [`wire`],
+//! raw Kafka requests for wire-level tests.
+
+pub mod wire;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -46,17 +49,26 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Starts `sluice serve --listen 127.0.0.1:<free port>` plus `extra_args`, and waits until
-    /// it accepts connections (at most 20 s).
+    /// Starts `sluice serve --listen 127.0.0.1:<free port>` plus `extra_args` on a new data
+    /// directory, and waits until it accepts connections (at most 20 s).
     pub fn start(extra_args: &[&str]) -> Broker {
+        Broker::start_on(tempfile::tempdir().expect("a data directory"), extra_args)
+    }
+
+    /// Like [`Broker::start`], on an existing data directory (a restart).
+    pub fn start_on(data_dir: tempfile::TempDir, extra_args: &[&str]) -> Broker {
         let port = {
             let probe = TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
             probe.local_addr().unwrap().port()
         };
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let data_dir = tempfile::tempdir().expect("a data directory");
-        // The log goes to a file (a pipe nobody reads could fill and block the broker).
-        let log = std::fs::File::create(data_dir.path().join("sluice.log")).expect("log file");
+        // The log goes to a file (a pipe nobody reads could fill and block the broker); a
+        // restart appends to the same file.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.path().join("sluice.log"))
+            .expect("log file");
         let child = Command::new(sluice_binary())
             .args(["serve", "--listen", &addr.to_string()])
             .arg("--data-dir")
@@ -87,6 +99,41 @@ impl Broker {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// `host:port`, for client configs.
+    pub fn bootstrap(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Kills the broker with SIGKILL (no chance to flush anything) and hands back its data
+    /// directory, for a restart.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = tempfile::tempdir().expect("a placeholder directory");
+        std::mem::replace(&mut self.data_dir, dir)
+    }
+
+    /// Stops the broker with SIGTERM (a clean shutdown) and hands back its data directory.
+    pub fn stop(self) -> tempfile::TempDir {
+        let pid = self.child.id().to_string();
+        let mut this = self;
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while this.child.try_wait().expect("wait").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "sluice serve did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let dir = tempfile::tempdir().expect("a placeholder directory");
+        std::mem::replace(&mut this.data_dir, dir)
     }
 
     /// Sends `signal` (e.g. "TERM", "INT") and waits up to `within` for the process to exit;

@@ -1,48 +1,118 @@
-//! Metadata (key 3): the brokers of the cluster (this one), the controller, and topics.
+//! Metadata (key 3): the brokers of the cluster (this one), the controller, and topics with
+//! their partitions (this broker leads every one, at epoch 0).
 //!
-//! No topics exist yet (topic creation comes with the broker issue), so a request for all topics
-//! gets an empty list and a request naming topics gets UNKNOWN_TOPIC_OR_PARTITION for each.
+//! A request naming topics that do not exist auto-creates them when the broker allows it
+//! (`auto_create_topics`) and the request does too (`allow_auto_topic_creation`, v4+; always
+//! allowed before v4, as in Kafka).
 
-use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponseTopic};
-use kafka_protocol::messages::{ApiKey, BrokerId, MetadataRequest, MetadataResponse};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{ApiKey, BrokerId, MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
+use sluice_core::topics::Topic;
+use sluice_core::{controller, resolve_topic, ResponseError, TopicRef};
+use uuid::Uuid;
 
 use crate::apis::ApiRange;
-use crate::server::BrokerIdentity;
+use crate::handlers::Context;
 
 pub const RANGE: ApiRange = ApiRange {
     key: ApiKey::Metadata,
     min_version: 0,
-    max_version: 12,
+    max_version: 13,
 };
 
-const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+/// "Authorized operations not requested" in Metadata responses.
+const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
 
-/// The request's `topics` array count, checked before decoding (see `guard`). It is the first
-/// field of the body at every version.
-pub fn check_counts(body: &[u8], version: i16) -> Result<(), String> {
-    crate::guard::array_count_fits(body, version >= 9)
-}
-
-pub fn handle(request: &MetadataRequest, broker: &BrokerIdentity) -> MetadataResponse {
+pub async fn handle(request: MetadataRequest, version: i16, ctx: &Context) -> MetadataResponse {
+    let broker = &ctx.broker;
     let brokers = vec![MetadataResponseBroker::default()
         .with_node_id(BrokerId(broker.node_id))
         .with_host(StrBytes::from_string(broker.advertised_host.clone()))
         .with_port(i32::from(broker.advertised_port))];
-    let topics = request
-        .topics
-        .iter()
-        .flatten()
-        .map(|t| {
-            MetadataResponseTopic::default()
-                .with_error_code(UNKNOWN_TOPIC_OR_PARTITION)
-                .with_name(t.name.clone())
-                .with_topic_id(t.topic_id)
-        })
-        .collect();
+    // v0: an empty list means every topic; v1+: null means every topic.
+    let wanted: Option<Vec<TopicRef>> = match request.topics {
+        None => None,
+        Some(list) if list.is_empty() && version == 0 => None,
+        Some(list) => Some(
+            list.into_iter()
+                .map(|t| match t.name {
+                    Some(name) => TopicRef::Name(name.0.to_string()),
+                    None => TopicRef::Id(t.topic_id),
+                })
+                .collect(),
+        ),
+    };
+    let allow_auto_create = version < 4 || request.allow_auto_topic_creation;
+    if let (Some(refs), true, true) = (
+        &wanted,
+        allow_auto_create,
+        ctx.shard.settings.auto_create_topics,
+    ) {
+        let image = ctx.shard.image();
+        let missing: Vec<String> = refs
+            .iter()
+            .filter_map(|r| match r {
+                TopicRef::Name(n) if image.topic(n).is_none() => Some(n.clone()),
+                _ => None,
+            })
+            .collect();
+        if !missing.is_empty() {
+            controller::auto_create(&ctx.shard, missing).await;
+        }
+    }
+    let image = ctx.shard.image();
+    let topics = match wanted {
+        None => image
+            .topics()
+            .map(|t| describe(t, broker.node_id))
+            .collect(),
+        Some(refs) => refs
+            .iter()
+            .map(|r| match resolve_topic(&image, r) {
+                Some(t) => describe(t, broker.node_id),
+                None => {
+                    let (name, id, code) = match r {
+                        TopicRef::Name(n) => (
+                            Some(TopicName(StrBytes::from_string(n.clone()))),
+                            Uuid::nil(),
+                            ResponseError::UnknownTopicOrPartition,
+                        ),
+                        TopicRef::Id(id) => (None, *id, ResponseError::UnknownTopicId),
+                    };
+                    MetadataResponseTopic::default()
+                        .with_error_code(code.code())
+                        .with_name(name)
+                        .with_topic_id(id)
+                        .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
+                }
+            })
+            .collect(),
+    };
     MetadataResponse::default()
         .with_brokers(brokers)
         .with_cluster_id(Some(StrBytes::from_string(broker.cluster_id.clone())))
         .with_controller_id(BrokerId(broker.node_id))
         .with_topics(topics)
+        .with_cluster_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
+}
+
+fn describe(topic: &Topic, node_id: i32) -> MetadataResponseTopic {
+    let partitions = (0..topic.partitions)
+        .map(|p| {
+            MetadataResponsePartition::default()
+                .with_partition_index(p)
+                .with_leader_id(BrokerId(node_id))
+                .with_leader_epoch(sluice_core::partition::LEADER_EPOCH.0)
+                .with_replica_nodes(vec![BrokerId(node_id)])
+                .with_isr_nodes(vec![BrokerId(node_id)])
+        })
+        .collect();
+    MetadataResponseTopic::default()
+        .with_name(Some(TopicName(StrBytes::from_string(topic.name.clone()))))
+        .with_topic_id(topic.id)
+        .with_partitions(partitions)
+        .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
 }

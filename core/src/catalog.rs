@@ -1,0 +1,239 @@
+//! The catalog: every topic of the broker, persisted in `<data_dir>/metadata.json`.
+//!
+//! One shard (the controller, shard 0) changes the catalog; every shard reads it. A change is
+//! made durable first (written to a temporary file, fdatasync'ed, renamed, directory synced),
+//! then published as a new immutable [`Image`] with a higher version. Readers keep their own
+//! `Arc<Image>` and check one atomic version number per request to pick up a newer one: the
+//! produce and fetch paths take no lock. A topic whose creation was acknowledged survives any
+//! crash; one whose change did not reach the rename never appears.
+//!
+//! This single-writer shape is where the controller Raft group will sit in cluster mode.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::topics::{validate_config, validate_topic_name, Topic, PARTITIONS_MAX};
+
+/// File name of the persisted catalog, in the data directory.
+pub const METADATA_FILE: &str = "metadata.json";
+
+/// Version of the file's layout; a file of another version is refused.
+const METADATA_FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CatalogError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid catalog: {reason}")]
+    Invalid { path: String, reason: String },
+    #[error("cannot write the catalog: {0}")]
+    Write(#[from] sluice_storage::StorageError),
+}
+
+/// The persisted form.
+#[derive(Debug, Serialize, Deserialize)]
+struct MetadataFile {
+    format: u32,
+    topics: Vec<Topic>,
+}
+
+/// One immutable version of the topic table.
+#[derive(Debug, Default)]
+pub struct Image {
+    pub version: u64,
+    by_name: BTreeMap<String, Arc<Topic>>,
+    by_id: HashMap<Uuid, Arc<Topic>>,
+}
+
+impl Image {
+    fn new(version: u64, topics: impl IntoIterator<Item = Topic>) -> Image {
+        let mut image = Image {
+            version,
+            ..Image::default()
+        };
+        for topic in topics {
+            let topic = Arc::new(topic);
+            image.by_id.insert(topic.id, topic.clone());
+            image.by_name.insert(topic.name.clone(), topic);
+        }
+        image
+    }
+
+    pub fn topic(&self, name: &str) -> Option<&Arc<Topic>> {
+        self.by_name.get(name)
+    }
+
+    pub fn topic_by_id(&self, id: Uuid) -> Option<&Arc<Topic>> {
+        self.by_id.get(&id)
+    }
+
+    /// Every topic, by name.
+    pub fn topics(&self) -> impl Iterator<Item = &Arc<Topic>> {
+        self.by_name.values()
+    }
+
+    /// A copy of the topics, to build the next version from.
+    pub fn to_topics(&self) -> BTreeMap<String, Topic> {
+        self.by_name
+            .iter()
+            .map(|(n, t)| (n.clone(), Topic::clone(t)))
+            .collect()
+    }
+}
+
+/// The shared catalog.
+#[derive(Debug)]
+pub struct Catalog {
+    data_dir: PathBuf,
+    current: RwLock<Arc<Image>>,
+    version: AtomicU64,
+}
+
+impl Catalog {
+    /// Loads `<data_dir>/metadata.json` (an absent file is an empty catalog). Blocking: called
+    /// once at start-up, before the shards run.
+    pub fn load(data_dir: &Path) -> Result<Catalog, CatalogError> {
+        let path = data_dir.join(METADATA_FILE);
+        let display = path.display().to_string();
+        let topics = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let file: MetadataFile =
+                    serde_json::from_slice(&bytes).map_err(|e| CatalogError::Invalid {
+                        path: display.clone(),
+                        reason: e.to_string(),
+                    })?;
+                if file.format != METADATA_FORMAT {
+                    return Err(CatalogError::Invalid {
+                        path: display,
+                        reason: format!(
+                            "format {} (this build reads {METADATA_FORMAT})",
+                            file.format
+                        ),
+                    });
+                }
+                for topic in &file.topics {
+                    check_topic(topic).map_err(|reason| CatalogError::Invalid {
+                        path: display.clone(),
+                        reason,
+                    })?;
+                }
+                file.topics
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => {
+                return Err(CatalogError::Read {
+                    path: display,
+                    source,
+                })
+            }
+        };
+        Ok(Catalog {
+            data_dir: data_dir.to_path_buf(),
+            current: RwLock::new(Arc::new(Image::new(1, topics))),
+            version: AtomicU64::new(1),
+        })
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The current version number (one atomic load).
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// The current image.
+    pub fn image(&self) -> Arc<Image> {
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Makes `topics` durable, then publishes them as the next image. Only the controller
+    /// shard calls this, one change at a time (see `controller`).
+    pub(crate) async fn publish(
+        &self,
+        topics: BTreeMap<String, Topic>,
+    ) -> Result<Arc<Image>, CatalogError> {
+        let file = MetadataFile {
+            format: METADATA_FORMAT,
+            topics: topics.values().cloned().collect(),
+        };
+        let json = serde_json::to_vec_pretty(&file).expect("the catalog always serializes");
+        sluice_storage::io::write_file_atomically(&self.data_dir, METADATA_FILE, &json).await?;
+        let image = Arc::new(Image::new(self.version() + 1, topics.into_values()));
+        *self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = image.clone();
+        self.version.store(image.version, Ordering::Release);
+        Ok(image)
+    }
+
+    /// Topic directories under `<data_dir>/topics` that belong to no topic of the catalog:
+    /// left by a deletion that a crash interrupted. The caller removes them at start-up.
+    pub fn orphan_topic_dirs(&self) -> Vec<PathBuf> {
+        let image = self.image();
+        let live: std::collections::HashSet<PathBuf> = image
+            .topics()
+            .map(|t| crate::topics::topic_dir(&self.data_dir, &t.name, t.id))
+            .collect();
+        let Ok(entries) = std::fs::read_dir(self.data_dir.join(crate::topics::TOPICS_DIR)) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir() && !live.contains(p))
+            .collect()
+    }
+}
+
+/// The invariants of a stored topic.
+fn check_topic(topic: &Topic) -> Result<(), String> {
+    validate_topic_name(&topic.name)?;
+    if !(1..=PARTITIONS_MAX).contains(&topic.partitions) {
+        return Err(format!(
+            "topic {} has {} partitions",
+            topic.name, topic.partitions
+        ));
+    }
+    for (name, value) in &topic.configs {
+        validate_config(name, value).map_err(|e| format!("topic {}: {e}", topic.name))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_file_is_an_empty_catalog_and_a_bad_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::load(dir.path()).unwrap();
+        assert_eq!(catalog.image().topics().count(), 0);
+
+        std::fs::write(dir.path().join(METADATA_FILE), b"{not json").unwrap();
+        let err = Catalog::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("metadata.json"), "{err}");
+
+        std::fs::write(
+            dir.path().join(METADATA_FILE),
+            br#"{"format":1,"topics":[{"name":"a b","id":"00000000-0000-0000-0000-000000000000","partitions":1,"configs":{}}]}"#,
+        )
+        .unwrap();
+        let err = Catalog::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("contains ' '"), "{err}");
+    }
+}

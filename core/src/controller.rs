@@ -1,0 +1,420 @@
+//! Topic administration: create, delete, add partitions, auto-create.
+//!
+//! Every change runs on the controller shard (0), one at a time under its lock, as
+//! validate → persist the new catalog → publish → act on the owning shards (open new
+//! partition logs, close and delete removed ones). The order means an acknowledged change is
+//! durable, and a crash between persisting and acting leaves only work that start-up redoes
+//! (partitions are opened on first use; orphan directories are removed at start).
+
+use std::collections::{BTreeMap, HashSet};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use kafka_protocol::ResponseError;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::shard::{remove_dir_all, Shard};
+use crate::topics::{validate_config, validate_topic_name, Topic, PARTITIONS_MAX};
+use crate::{ApiError, TopicRef};
+
+/// Shard that owns the catalog.
+pub const CONTROLLER_SHARD: usize = 0;
+
+/// A topic to create, as CreateTopics describes it.
+#[derive(Debug, Clone)]
+pub struct NewTopic {
+    pub name: String,
+    /// -1: the broker's default.
+    pub partitions: i32,
+    /// -1: the broker's default (1).
+    pub replication_factor: i16,
+    /// Manual assignment: one replica list per partition (empty: none given).
+    pub assignments: Vec<Vec<i32>>,
+    pub configs: Vec<(String, Option<String>)>,
+}
+
+impl NewTopic {
+    /// A topic with every setting at the broker's default.
+    pub fn with_defaults(name: impl Into<String>) -> NewTopic {
+        NewTopic {
+            name: name.into(),
+            partitions: -1,
+            replication_factor: -1,
+            assignments: Vec::new(),
+            configs: Vec::new(),
+        }
+    }
+}
+
+fn error(code: ResponseError, message: impl Into<String>) -> ApiError {
+    ApiError {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Creates topics (or, with `validate_only`, only checks them). One result per request entry,
+/// in order.
+pub async fn create_topics(
+    shard: &Rc<Shard>,
+    topics: Vec<NewTopic>,
+    validate_only: bool,
+) -> Vec<Result<Arc<Topic>, ApiError>> {
+    let count = topics.len();
+    let outcome = shard
+        .invoke_on(CONTROLLER_SHARD, move |controller| async move {
+            create_on_controller(&controller, topics, validate_only).await
+        })
+        .await;
+    outcome.unwrap_or_else(|gone| {
+        (0..count)
+            .map(|_| Err(error(ResponseError::UnknownServerError, gone.to_string())))
+            .collect()
+    })
+}
+
+async fn create_on_controller(
+    controller: &Rc<Shard>,
+    requested: Vec<NewTopic>,
+    validate_only: bool,
+) -> Vec<Result<Arc<Topic>, ApiError>> {
+    let _turn = controller
+        .controller_lock
+        .acquire_permit(1)
+        .await
+        .expect("the controller lock is never closed");
+    let mut topics = controller.catalog.image().to_topics();
+    let mut seen = HashSet::new();
+    let duplicated: HashSet<String> = requested
+        .iter()
+        .filter(|t| !seen.insert(t.name.clone()))
+        .map(|t| t.name.clone())
+        .collect();
+    let mut results: Vec<Result<Topic, ApiError>> = Vec::with_capacity(requested.len());
+    for new in requested {
+        let checked = if duplicated.contains(&new.name) {
+            Err(error(
+                ResponseError::InvalidRequest,
+                format!("topic {} appears more than once in the request", new.name),
+            ))
+        } else {
+            check_new_topic(controller, &new, &topics)
+        };
+        if let (Ok(topic), false) = (&checked, validate_only) {
+            topics.insert(topic.name.clone(), topic.clone());
+        }
+        results.push(checked);
+    }
+    let created: Vec<&Topic> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    if validate_only || created.is_empty() {
+        return results.into_iter().map(|r| r.map(Arc::new)).collect();
+    }
+    if let Err(e) = controller.catalog.publish(topics).await {
+        warn!(error = %e, "cannot persist the catalog; topics not created");
+        return results
+            .into_iter()
+            .map(|r| {
+                r.and_then(|_| {
+                    Err(error(
+                        ResponseError::KafkaStorageError,
+                        format!("cannot persist the catalog: {e}"),
+                    ))
+                })
+            })
+            .collect();
+    }
+    let mut out = Vec::with_capacity(results.len());
+    for result in results {
+        match result {
+            Ok(topic) => {
+                info!(topic = %topic.name, id = %topic.id, partitions = topic.partitions, "topic created");
+                let topic = Arc::new(topic);
+                open_partitions(controller, &topic, 0).await;
+                out.push(Ok(topic));
+            }
+            Err(e) => out.push(Err(e)),
+        }
+    }
+    out
+}
+
+/// Opens partitions `from..` of `topic` on their owners, so their directories exist and a
+/// failure shows in the log now rather than at the first produce.
+async fn open_partitions(controller: &Rc<Shard>, topic: &Arc<Topic>, from: i32) {
+    let opens = (from..topic.partitions).map(|p| {
+        let topic = topic.clone();
+        let owner = controller.owner_of(&topic.name, p);
+        controller.invoke_on(owner, move |shard| async move {
+            shard
+                .partition(&topic, p)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    });
+    for (p, opened) in futures::future::join_all(opens)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        if let Err(e) = opened.map_err(|e| e.to_string()).and_then(|r| r) {
+            warn!(topic = %topic.name, partition = from + p as i32, error = %e, "cannot open a new partition");
+        }
+    }
+}
+
+/// Validates one topic to create and builds it.
+fn check_new_topic(
+    controller: &Shard,
+    new: &NewTopic,
+    existing: &BTreeMap<String, Topic>,
+) -> Result<Topic, ApiError> {
+    validate_topic_name(&new.name).map_err(|m| error(ResponseError::InvalidTopicException, m))?;
+    if existing.contains_key(&new.name) {
+        return Err(error(
+            ResponseError::TopicAlreadyExists,
+            format!("topic {} already exists", new.name),
+        ));
+    }
+    let settings = &controller.settings;
+    let (partitions, replicas) = if new.assignments.is_empty() {
+        let partitions = match new.partitions {
+            -1 => settings.default_partitions,
+            n => n,
+        };
+        (partitions, new.replication_factor)
+    } else {
+        if new.partitions != -1 || new.replication_factor != -1 {
+            return Err(error(
+                ResponseError::InvalidRequest,
+                "give either a replica assignment or num_partitions and replication_factor",
+            ));
+        }
+        let replicas = new.assignments[0].len();
+        if new.assignments.iter().any(|a| a.len() != replicas) {
+            return Err(error(
+                ResponseError::InvalidReplicaAssignment,
+                "every partition needs the same number of replicas",
+            ));
+        }
+        (
+            i32::try_from(new.assignments.len()).unwrap_or(i32::MAX),
+            i16::try_from(replicas).unwrap_or(i16::MAX),
+        )
+    };
+    if !(1..=PARTITIONS_MAX).contains(&partitions) {
+        return Err(error(
+            ResponseError::InvalidPartitions,
+            format!("{partitions} partitions: a topic has 1 to {PARTITIONS_MAX}"),
+        ));
+    }
+    check_replication_factor(settings.clamp_replication_factor, replicas)?;
+    let mut configs = BTreeMap::new();
+    for (name, value) in &new.configs {
+        let Some(value) = value else {
+            return Err(error(
+                ResponseError::InvalidConfig,
+                format!("config {name} has a null value"),
+            ));
+        };
+        validate_config(name, value).map_err(|m| error(ResponseError::InvalidConfig, m))?;
+        configs.insert(name.clone(), value.trim().to_string());
+    }
+    let topic = Topic {
+        name: new.name.clone(),
+        id: Uuid::new_v4(),
+        partitions,
+        configs,
+    };
+    topic
+        .log_config(&settings.log_defaults)
+        .validate()
+        .map_err(|e| error(ResponseError::InvalidConfig, e.to_string()))?;
+    Ok(topic)
+}
+
+/// A single node holds one replica of each partition. Asking for more is refused (the default)
+/// or, with `clamp`, accepted as one: test suites and tools often ask for 3.
+fn check_replication_factor(clamp: bool, replicas: i16) -> Result<(), ApiError> {
+    match replicas {
+        -1 | 1 => Ok(()),
+        n if n > 1 && clamp => Ok(()),
+        n if n > 1 => Err(error(
+            ResponseError::InvalidReplicationFactor,
+            format!(
+                "replication factor {n} is larger than the 1 broker of this single-node cluster \
+                 (start sluice with clamp_replication_factor = true to accept it as 1)"
+            ),
+        )),
+        n => Err(error(
+            ResponseError::InvalidReplicationFactor,
+            format!("replication factor {n} is below 1"),
+        )),
+    }
+}
+
+/// Deletes topics: removed from the catalog (durably), then their logs are closed and their
+/// directories removed. One result per entry: the deleted topic's name and id.
+pub async fn delete_topics(
+    shard: &Rc<Shard>,
+    topics: Vec<TopicRef>,
+) -> Vec<Result<(String, Uuid), ApiError>> {
+    let count = topics.len();
+    shard
+        .invoke_on(CONTROLLER_SHARD, move |controller| async move {
+            delete_on_controller(&controller, topics).await
+        })
+        .await
+        .unwrap_or_else(|gone| {
+            (0..count)
+                .map(|_| Err(error(ResponseError::UnknownServerError, gone.to_string())))
+                .collect()
+        })
+}
+
+async fn delete_on_controller(
+    controller: &Rc<Shard>,
+    requested: Vec<TopicRef>,
+) -> Vec<Result<(String, Uuid), ApiError>> {
+    let _turn = controller
+        .controller_lock
+        .acquire_permit(1)
+        .await
+        .expect("the controller lock is never closed");
+    let image = controller.catalog.image();
+    let mut topics = image.to_topics();
+    let mut results = Vec::with_capacity(requested.len());
+    for wanted in requested {
+        let found = match &wanted {
+            TopicRef::Name(name) => image.topic(name),
+            TopicRef::Id(id) => image.topic_by_id(*id),
+        };
+        results.push(match (found, &wanted) {
+            (Some(topic), _) if topics.remove(&topic.name).is_some() => {
+                Ok((topic.name.clone(), topic.id))
+            }
+            (_, TopicRef::Name(name)) => Err(error(
+                ResponseError::UnknownTopicOrPartition,
+                format!("no topic named {name}"),
+            )),
+            (_, TopicRef::Id(id)) => Err(error(
+                ResponseError::UnknownTopicId,
+                format!("no topic with id {id}"),
+            )),
+        });
+    }
+    let deleted: Vec<(String, Uuid)> = results.iter().filter_map(|r| r.clone().ok()).collect();
+    if deleted.is_empty() {
+        return results;
+    }
+    if let Err(e) = controller.catalog.publish(topics).await {
+        warn!(error = %e, "cannot persist the catalog; topics not deleted");
+        return results
+            .into_iter()
+            .map(|r| {
+                r.and_then(|_| {
+                    Err(error(
+                        ResponseError::KafkaStorageError,
+                        format!("cannot persist the catalog: {e}"),
+                    ))
+                })
+            })
+            .collect();
+    }
+    for (name, id) in &deleted {
+        let id = *id;
+        for closed in controller
+            .invoke_on_all(move |shard| async move { shard.drop_topic_partitions(id).await })
+            .await
+        {
+            if let Err(e) = closed {
+                warn!(topic = %name, error = %e, "closing partitions of a deleted topic");
+            }
+        }
+        let dir = crate::topics::topic_dir(controller.catalog.data_dir(), name, id);
+        if let Err(e) = remove_dir_all(dir.clone()).await {
+            warn!(dir = %dir.display(), error = %e, "cannot remove a deleted topic's files; start-up will retry");
+        }
+        info!(topic = %name, %id, "topic deleted");
+    }
+    results
+}
+
+/// Raises the partition count of `name` to `count`. `validate_only` checks without changing.
+pub async fn create_partitions(
+    shard: &Rc<Shard>,
+    name: String,
+    count: i32,
+    validate_only: bool,
+) -> Result<(), ApiError> {
+    shard
+        .invoke_on(CONTROLLER_SHARD, move |controller| async move {
+            let _turn = controller
+                .controller_lock
+                .acquire_permit(1)
+                .await
+                .expect("the controller lock is never closed");
+            let mut topics = controller.catalog.image().to_topics();
+            let Some(topic) = topics.get_mut(&name) else {
+                return Err(error(
+                    ResponseError::UnknownTopicOrPartition,
+                    format!("no topic named {name}"),
+                ));
+            };
+            let before = topic.partitions;
+            if count <= before {
+                return Err(error(
+                    ResponseError::InvalidPartitions,
+                    format!("topic {name} has {before} partitions; the new count must be larger, not {count}"),
+                ));
+            }
+            if count > PARTITIONS_MAX {
+                return Err(error(
+                    ResponseError::InvalidPartitions,
+                    format!("{count} partitions: a topic has at most {PARTITIONS_MAX}"),
+                ));
+            }
+            if validate_only {
+                return Ok(());
+            }
+            topic.partitions = count;
+            let grown = Arc::new(topic.clone());
+            controller.catalog.publish(topics).await.map_err(|e| {
+                error(
+                    ResponseError::KafkaStorageError,
+                    format!("cannot persist the catalog: {e}"),
+                )
+            })?;
+            info!(topic = %name, from = before, to = count, "partitions added");
+            open_partitions(&controller, &grown, before).await;
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|gone| Err(error(ResponseError::UnknownServerError, gone.to_string())))
+}
+
+/// Creates each named topic that does not exist yet, with the broker's defaults (topic
+/// auto-creation, when enabled). Names that are invalid are left alone.
+pub async fn auto_create(shard: &Rc<Shard>, names: Vec<String>) {
+    let image = shard.image();
+    let missing: Vec<NewTopic> = names
+        .into_iter()
+        .filter(|n| image.topic(n).is_none() && validate_topic_name(n).is_ok())
+        .map(NewTopic::with_defaults)
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    for (result, name) in create_topics(shard, missing.clone(), false)
+        .await
+        .into_iter()
+        .zip(missing)
+    {
+        match result {
+            Ok(_) => info!(topic = %name.name, "topic auto-created"),
+            Err(e) if e.code == ResponseError::TopicAlreadyExists => {}
+            Err(e) => warn!(topic = %name.name, error = %e.message, "cannot auto-create topic"),
+        }
+    }
+}

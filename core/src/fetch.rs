@@ -1,0 +1,305 @@
+//! Fetch: read stored batches from the owning shards, long-polling until `min_bytes` are there
+//! or `max_wait` has passed.
+//!
+//! One round reads every partition (one job per owning shard, in parallel) and gathers the
+//! stored bytes, unchanged, in request order, within the request's `max_bytes` (whole batches;
+//! the first batch of the response is always whole, KIP-74). If fewer than `min_bytes` came
+//! back, the fetch asks each owning shard to report when any of its partitions grows past what
+//! this round saw, and reads again when one does, or answers what it has at the deadline. A
+//! waiting fetch costs one registered oneshot per partition on the owner; a wait whose fetch
+//! is gone is dropped there.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::Either;
+use kafka_protocol::ResponseError;
+use sluice_storage::{Offset, StorageError};
+
+use crate::shard::Shard;
+use crate::topics::Topic;
+use crate::{resolve_topic, TopicRef};
+
+/// One partition of a fetch request.
+#[derive(Debug, Clone)]
+pub struct FetchInput {
+    pub topic: TopicRef,
+    pub partition: i32,
+    pub fetch_offset: i64,
+    pub partition_max_bytes: i32,
+}
+
+/// The request's limits.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchLimits {
+    pub max_wait: Duration,
+    pub min_bytes: usize,
+    pub max_bytes: usize,
+}
+
+/// The answer for one partition.
+#[derive(Debug, Clone, Default)]
+pub struct FetchOutput {
+    pub error: Option<ResponseError>,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    /// Whole batches, exactly as stored.
+    pub records: Bytes,
+}
+
+impl FetchOutput {
+    fn failed(code: ResponseError) -> FetchOutput {
+        FetchOutput {
+            error: Some(code),
+            high_watermark: -1,
+            log_start_offset: -1,
+            records: Bytes::new(),
+        }
+    }
+}
+
+/// A partition resolved against the catalog: where to read and how much.
+#[derive(Debug, Clone)]
+struct Target {
+    index: usize,
+    topic: Arc<Topic>,
+    partition: i32,
+    offset: i64,
+    max_bytes: usize,
+}
+
+/// Serves a fetch: one output per input, in order.
+pub async fn fetch(
+    shard: &Rc<Shard>,
+    inputs: Vec<FetchInput>,
+    limits: FetchLimits,
+) -> Vec<FetchOutput> {
+    let deadline = Instant::now() + limits.max_wait;
+    let image = shard.image();
+    let mut outputs: Vec<FetchOutput> = vec![FetchOutput::default(); inputs.len()];
+    let mut per_shard: Vec<Vec<Target>> = vec![Vec::new(); shard.count];
+    for (index, input) in inputs.into_iter().enumerate() {
+        match resolve_topic(&image, &input.topic) {
+            Some(topic) if (0..topic.partitions).contains(&input.partition) => {
+                let owner = shard.owner_of(&topic.name, input.partition);
+                per_shard[owner].push(Target {
+                    index,
+                    topic: topic.clone(),
+                    partition: input.partition,
+                    offset: input.fetch_offset,
+                    max_bytes: usize::try_from(input.partition_max_bytes)
+                        .unwrap_or(0)
+                        .min(limits.max_bytes),
+                });
+            }
+            Some(_) => outputs[index] = FetchOutput::failed(ResponseError::UnknownTopicOrPartition),
+            None => {
+                outputs[index] = FetchOutput::failed(match input.topic {
+                    TopicRef::Id(_) => ResponseError::UnknownTopicId,
+                    TopicRef::Name(_) => ResponseError::UnknownTopicOrPartition,
+                })
+            }
+        }
+    }
+    loop {
+        let reads = per_shard
+            .iter()
+            .enumerate()
+            .filter(|(_, targets)| !targets.is_empty())
+            .map(|(owner, targets)| {
+                let targets = targets.clone();
+                let fallback: Vec<usize> = targets.iter().map(|t| t.index).collect();
+                let read = shard.invoke_on(owner, move |owner_shard| async move {
+                    let mut answers = Vec::with_capacity(targets.len());
+                    for target in targets {
+                        let answer = read_one(&owner_shard, &target).await;
+                        answers.push((target.index, answer));
+                    }
+                    answers
+                });
+                async move {
+                    read.await.unwrap_or_else(|_| {
+                        fallback
+                            .into_iter()
+                            .map(|i| (i, FetchOutput::failed(ResponseError::NotLeaderOrFollower)))
+                            .collect()
+                    })
+                }
+            });
+        for answers in futures::future::join_all(reads).await {
+            for (index, answer) in answers {
+                outputs[index] = answer;
+            }
+        }
+        let total = fit_to_max_bytes(&mut outputs, limits.max_bytes);
+        let now = Instant::now();
+        let any_error = outputs.iter().any(|o| o.error.is_some());
+        if total >= limits.min_bytes || any_error || now >= deadline {
+            return outputs;
+        }
+        if !wait_for_growth(shard, &per_shard, &outputs, deadline - now).await {
+            return outputs;
+        }
+    }
+}
+
+/// Runs on the owning shard: one partition's read.
+async fn read_one(shard: &Shard, target: &Target) -> FetchOutput {
+    let partition = match shard.partition(&target.topic, target.partition).await {
+        Ok(p) => p,
+        Err(e) => return FetchOutput::failed(read_error(&e)),
+    };
+    let log = partition.log();
+    let high_watermark = partition.high_watermark().0;
+    let log_start = log.log_start_offset().0;
+    let mut out = FetchOutput {
+        error: None,
+        high_watermark,
+        log_start_offset: log_start,
+        records: Bytes::new(),
+    };
+    if target.offset < log_start || target.offset > high_watermark {
+        out.error = Some(ResponseError::OffsetOutOfRange);
+        return out;
+    }
+    if target.offset == high_watermark || target.max_bytes == 0 {
+        return out;
+    }
+    match log.read(Offset(target.offset), target.max_bytes).await {
+        Ok(read) => out.records = read.bytes,
+        Err(StorageError::OffsetOutOfRange { .. }) => {
+            out.error = Some(ResponseError::OffsetOutOfRange)
+        }
+        Err(e) => out.error = Some(read_error(&e)),
+    }
+    out
+}
+
+fn read_error(e: &StorageError) -> ResponseError {
+    match e {
+        StorageError::Closed => ResponseError::UnknownTopicOrPartition,
+        _ => ResponseError::KafkaStorageError,
+    }
+}
+
+/// Drops whole batches (then whole partitions) past the request's `max_bytes`, keeping the
+/// first batch of the response whole whatever its size. Returns the bytes kept.
+fn fit_to_max_bytes(outputs: &mut [FetchOutput], max_bytes: usize) -> usize {
+    let mut total = 0usize;
+    for output in outputs.iter_mut() {
+        if output.records.is_empty() {
+            continue;
+        }
+        let mut keep = 0usize;
+        let records = &output.records;
+        while keep < records.len() {
+            let Ok(size) = sluice_storage::batch::peek_batch_size(&records[keep..], usize::MAX)
+            else {
+                break;
+            };
+            let first_of_response = total == 0 && keep == 0;
+            if !first_of_response && total + keep + size > max_bytes {
+                break;
+            }
+            keep += size;
+        }
+        output.records = output.records.slice(..keep.min(records.len()));
+        total += output.records.len();
+    }
+    total
+}
+
+/// Waits until a partition of this fetch grows past the high watermark the last round saw, or
+/// `remaining` passes. Returns false on timeout.
+async fn wait_for_growth(
+    shard: &Rc<Shard>,
+    per_shard: &[Vec<Target>],
+    outputs: &[FetchOutput],
+    remaining: Duration,
+) -> bool {
+    let waits: Vec<_> = per_shard
+        .iter()
+        .enumerate()
+        .filter(|(_, targets)| !targets.is_empty())
+        .map(|(owner, targets)| {
+            let watched: Vec<(Arc<Topic>, i32, i64)> = targets
+                .iter()
+                .map(|t| {
+                    (
+                        t.topic.clone(),
+                        t.partition,
+                        outputs[t.index].high_watermark,
+                    )
+                })
+                .collect();
+            Box::pin(
+                shard.invoke_on_cancellable(owner, move |owner_shard| async move {
+                    let mut signals = Vec::with_capacity(watched.len());
+                    for (topic, partition, seen) in watched {
+                        if let Some(p) = owner_shard.open_partition((topic.id, partition)) {
+                            signals.push(p.wait_beyond(Offset(seen)));
+                        }
+                    }
+                    if signals.is_empty() {
+                        return futures::future::pending::<()>().await;
+                    }
+                    let _ = futures::future::select_all(signals).await;
+                }),
+            )
+        })
+        .collect();
+    if waits.is_empty() {
+        return false;
+    }
+    let timer = Box::pin(glommio::timer::sleep(remaining));
+    match futures::future::select(futures::future::select_all(waits), timer).await {
+        Either::Left(_) => true,
+        Either::Right(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_storage::batch::build_batch;
+
+    fn batches(sizes: &[usize]) -> Bytes {
+        let mut out = Vec::new();
+        for (i, size) in sizes.iter().enumerate() {
+            let value = vec![b'x'; *size];
+            out.extend(build_batch(i as i64, &[(i as i64, b"k", &value)]));
+        }
+        Bytes::from(out)
+    }
+
+    #[test]
+    fn max_bytes_keeps_whole_batches_and_always_the_first() {
+        let one = batches(&[1000, 1000, 1000]);
+        let batch = one.len() / 3;
+        let mut outputs = vec![
+            FetchOutput {
+                records: one.clone(),
+                ..FetchOutput::default()
+            },
+            FetchOutput {
+                records: one.clone(),
+                ..FetchOutput::default()
+            },
+        ];
+        assert_eq!(fit_to_max_bytes(&mut outputs, 2 * batch + 10), 2 * batch);
+        assert_eq!(outputs[0].records.len(), 2 * batch);
+        assert!(outputs[1].records.is_empty());
+
+        let mut outputs = vec![FetchOutput {
+            records: one,
+            ..FetchOutput::default()
+        }];
+        assert_eq!(
+            fit_to_max_bytes(&mut outputs, 10),
+            batch,
+            "first batch whole"
+        );
+    }
+}

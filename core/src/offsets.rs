@@ -1,0 +1,96 @@
+//! ListOffsets: a partition's earliest and latest offsets, or the first offset at or after a
+//! timestamp, answered by the owning shard.
+
+use std::rc::Rc;
+
+use kafka_protocol::ResponseError;
+
+use crate::shard::Shard;
+use crate::{resolve_topic, TopicRef};
+
+/// Kafka's special timestamps in ListOffsets.
+pub const LATEST: i64 = -1;
+pub const EARLIEST: i64 = -2;
+/// KIP-734 (v7): the record with the largest timestamp. Not served (see `docs/compatibility.md`).
+pub const MAX_TIMESTAMP: i64 = -3;
+/// KIP-405 (v8): the earliest offset on local storage; without tiered storage, the earliest.
+pub const EARLIEST_LOCAL: i64 = -4;
+/// KIP-1005 (v9): the latest tiered offset; without tiered storage there is none.
+pub const LATEST_TIERED: i64 = -5;
+
+#[derive(Debug, Clone)]
+pub struct OffsetQuery {
+    pub topic: TopicRef,
+    pub partition: i32,
+    pub timestamp: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetAnswer {
+    pub error: Option<ResponseError>,
+    /// -1 when no record matches.
+    pub offset: i64,
+    /// -1 unless a record was found by timestamp.
+    pub timestamp: i64,
+}
+
+impl OffsetAnswer {
+    fn failed(code: ResponseError) -> OffsetAnswer {
+        OffsetAnswer {
+            error: Some(code),
+            offset: -1,
+            timestamp: -1,
+        }
+    }
+    fn at(offset: i64) -> OffsetAnswer {
+        OffsetAnswer {
+            error: None,
+            offset,
+            timestamp: -1,
+        }
+    }
+}
+
+/// Answers each query on its partition's owning shard; one answer per query, in order.
+pub async fn list_offsets(shard: &Rc<Shard>, queries: Vec<OffsetQuery>) -> Vec<OffsetAnswer> {
+    let image = shard.image();
+    let answers = queries.into_iter().map(|query| {
+        let found = resolve_topic(&image, &query.topic)
+            .filter(|t| (0..t.partitions).contains(&query.partition))
+            .cloned();
+        async move {
+            let Some(topic) = found else {
+                return OffsetAnswer::failed(ResponseError::UnknownTopicOrPartition);
+            };
+            let owner = shard.owner_of(&topic.name, query.partition);
+            let partition = query.partition;
+            let timestamp = query.timestamp;
+            shard
+                .invoke_on(owner, move |owner_shard| async move {
+                    let p = match owner_shard.partition(&topic, partition).await {
+                        Ok(p) => p,
+                        Err(_) => return OffsetAnswer::failed(ResponseError::KafkaStorageError),
+                    };
+                    let log = p.log();
+                    match timestamp {
+                        LATEST => OffsetAnswer::at(p.high_watermark().0),
+                        EARLIEST | EARLIEST_LOCAL => OffsetAnswer::at(log.log_start_offset().0),
+                        LATEST_TIERED => OffsetAnswer::at(-1),
+                        ts if ts < 0 => OffsetAnswer::failed(ResponseError::UnsupportedVersion),
+                        ts => match log.offset_for_timestamp(ts).await {
+                            Ok(Some(offset)) => OffsetAnswer {
+                                error: None,
+                                offset: offset.0,
+                                timestamp: ts,
+                            },
+                            Ok(None) => OffsetAnswer::at(-1),
+                            Err(_) => OffsetAnswer::failed(ResponseError::KafkaStorageError),
+                        },
+                    }
+                })
+                .await
+                .unwrap_or_else(|_| OffsetAnswer::failed(ResponseError::NotLeaderOrFollower))
+        }
+    });
+    futures::future::join_all(answers).await
+}

@@ -1,0 +1,237 @@
+//! Produce: append each partition's batches on the shard that owns it.
+//!
+//! The connection's shard splits the request by owning shard, sends each shard its part in one
+//! job (the records travel as the `Bytes` slices of the received frame), and gathers the
+//! answers back into request order. On the owner, the partitions of one job append
+//! concurrently, so their fdatasyncs overlap. acks=all answers only once the batches are
+//! durable; acks=1 once they are in the log's write buffer.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use sluice_storage::{batch, BatchError, StorageError};
+
+use crate::shard::Shard;
+use crate::topics::Topic;
+use crate::{resolve_topic, TopicRef};
+
+/// How many replicas must have a batch before the produce is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// acks=0: no answer at all.
+    None,
+    /// acks=1: the leader has it (buffered).
+    Leader,
+    /// acks=-1/all: every in-sync replica has it durably.
+    All,
+}
+
+impl Acks {
+    pub fn from_wire(acks: i16) -> Option<Acks> {
+        match acks {
+            0 => Some(Acks::None),
+            1 => Some(Acks::Leader),
+            -1 => Some(Acks::All),
+            _ => None,
+        }
+    }
+}
+
+/// One partition's part of a produce request.
+#[derive(Debug, Clone)]
+pub struct ProduceInput {
+    pub topic: TopicRef,
+    pub partition: i32,
+    pub records: Option<Bytes>,
+}
+
+/// The answer for one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProduceOutput {
+    pub error: Option<ResponseError>,
+    pub message: Option<String>,
+    pub base_offset: i64,
+    pub log_start_offset: i64,
+}
+
+impl ProduceOutput {
+    fn failed(code: ResponseError, message: impl Into<String>) -> ProduceOutput {
+        ProduceOutput {
+            error: Some(code),
+            message: Some(message.into()),
+            base_offset: -1,
+            log_start_offset: -1,
+        }
+    }
+}
+
+/// One partition's append, sent to its owning shard.
+#[derive(Debug, Clone)]
+struct Append {
+    /// Position in the request, where the answer goes.
+    index: usize,
+    topic: Arc<Topic>,
+    partition: i32,
+    records: Bytes,
+}
+
+/// Appends every input on its owning shard; one output per input, in order.
+pub async fn produce(
+    shard: &Rc<Shard>,
+    acks: Acks,
+    inputs: Vec<ProduceInput>,
+) -> Vec<ProduceOutput> {
+    let image = shard.image();
+    let mut outputs: Vec<Option<ProduceOutput>> = vec![None; inputs.len()];
+    let mut per_shard: Vec<Vec<Append>> = vec![Vec::new(); shard.count];
+    for (index, input) in inputs.into_iter().enumerate() {
+        let Some(topic) = resolve_topic(&image, &input.topic) else {
+            outputs[index] = Some(ProduceOutput::failed(
+                ResponseError::UnknownTopicOrPartition,
+                "this server does not host this topic",
+            ));
+            continue;
+        };
+        if !(0..topic.partitions).contains(&input.partition) {
+            outputs[index] = Some(ProduceOutput::failed(
+                ResponseError::UnknownTopicOrPartition,
+                format!("topic {} has no partition {}", topic.name, input.partition),
+            ));
+            continue;
+        }
+        if acks == Acks::All && topic.min_insync_replicas() > 1 {
+            outputs[index] = Some(ProduceOutput::failed(
+                ResponseError::NotEnoughReplicas,
+                format!(
+                    "min.insync.replicas is {} but this single node holds 1 replica",
+                    topic.min_insync_replicas()
+                ),
+            ));
+            continue;
+        }
+        let Some(records) = input.records.filter(|r| !r.is_empty()) else {
+            outputs[index] = Some(ProduceOutput::failed(
+                ResponseError::InvalidRecord,
+                "the partition's records are empty",
+            ));
+            continue;
+        };
+        if let Err(failure) = check_batches(&records, topic.max_message_bytes()) {
+            outputs[index] = Some(failure);
+            continue;
+        }
+        let owner = shard.owner_of(&topic.name, input.partition);
+        per_shard[owner].push(Append {
+            index,
+            topic: topic.clone(),
+            partition: input.partition,
+            records,
+        });
+    }
+    let durable = acks == Acks::All;
+    let jobs = per_shard
+        .into_iter()
+        .enumerate()
+        .filter(|(_, parts)| !parts.is_empty())
+        .map(|(owner, parts)| {
+            let indexes: Vec<usize> = parts.iter().map(|p| p.index).collect();
+            let answered = shard.invoke_on(owner, move |owner_shard| async move {
+                futures::future::join_all(parts.into_iter().map(|part| {
+                    let owner_shard = owner_shard.clone();
+                    async move {
+                        append_one(
+                            &owner_shard,
+                            &part.topic,
+                            part.partition,
+                            &part.records,
+                            durable,
+                        )
+                        .await
+                    }
+                }))
+                .await
+            });
+            async move { (indexes, answered.await) }
+        });
+    for (indexes, answered) in futures::future::join_all(jobs).await {
+        match answered {
+            Ok(answers) => {
+                for (index, answer) in indexes.into_iter().zip(answers) {
+                    outputs[index] = Some(answer);
+                }
+            }
+            Err(gone) => {
+                for index in indexes {
+                    outputs[index] = Some(ProduceOutput::failed(
+                        ResponseError::NotLeaderOrFollower,
+                        gone.to_string(),
+                    ));
+                }
+            }
+        }
+    }
+    outputs
+        .into_iter()
+        .map(|o| o.expect("every input gets an answer"))
+        .collect()
+}
+
+/// Validates batches on the connection's shard, before they travel: header, CRC, and for
+/// uncompressed batches every record's structure. (The owning log checks header and CRC again
+/// as it appends; that pass is cheap.)
+fn check_batches(records: &[u8], batch_bytes_max: usize) -> Result<(), ProduceOutput> {
+    let infos = batch::validate_batches(records, batch_bytes_max)
+        .map_err(|e| ProduceOutput::failed(batch_error_code(&e), e.to_string()))?;
+    let mut at = 0;
+    for info in infos {
+        let one = &records[at..at + info.size_bytes];
+        batch::validate_records(one, &info)
+            .map_err(|e| ProduceOutput::failed(batch_error_code(&e), e.to_string()))?;
+        at += info.size_bytes;
+    }
+    Ok(())
+}
+
+fn batch_error_code(e: &BatchError) -> ResponseError {
+    match e {
+        BatchError::TooLarge { .. } => ResponseError::MessageTooLarge,
+        BatchError::BadRecord { .. } => ResponseError::InvalidRecord,
+        _ => ResponseError::CorruptMessage,
+    }
+}
+
+/// Runs on the owning shard.
+async fn append_one(
+    shard: &Shard,
+    topic: &Topic,
+    partition: i32,
+    records: &[u8],
+    durable: bool,
+) -> ProduceOutput {
+    let opened = match shard.partition(topic, partition).await {
+        Ok(p) => p,
+        Err(e) => return storage_failure(e),
+    };
+    match opened.append(records, durable).await {
+        Ok(info) => ProduceOutput {
+            error: None,
+            message: None,
+            base_offset: info.base_offset.0,
+            log_start_offset: opened.log().log_start_offset().0,
+        },
+        Err(e) => storage_failure(e),
+    }
+}
+
+/// The Kafka error for a storage failure.
+pub(crate) fn storage_failure(e: StorageError) -> ProduceOutput {
+    let code = match &e {
+        StorageError::InvalidBatch { source, .. } => batch_error_code(source),
+        StorageError::EmptyAppend => ResponseError::InvalidRecord,
+        StorageError::Closed => ResponseError::UnknownTopicOrPartition,
+        _ => ResponseError::KafkaStorageError,
+    };
+    ProduceOutput::failed(code, e.to_string())
+}

@@ -1,0 +1,332 @@
+//! A shard: one glommio executor thread, the partitions it owns, and its links to every other
+//! shard.
+//!
+//! Shards share nothing mutable on the data path. Work for another shard travels as a [`Job`]
+//! over glommio's channel mesh (the Seastar `invoke_on` pattern): a closure that is `Send`
+//! (it carries only `Bytes`, names and numbers), run on the target shard where it builds a local
+//! future, whose result comes back over a oneshot channel. Record data crosses shards as
+//! `Bytes`, never copied or re-encoded.
+//!
+//! Partition ownership: partition `p` of topic `t` lives on shard `(crc32c(t) + p) % shards`,
+//! so one topic's partitions spread over every shard. Only the owner opens the partition's log.
+//!
+//! Shard ids are the mesh's peer ids (0..count), not CPU numbers. Shard 0 is the controller:
+//! it alone changes the catalog (see `controller`).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use futures::future::{Either, LocalBoxFuture};
+use futures::StreamExt;
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
+use glommio::sync::Semaphore;
+use sluice_storage::LogConfig;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::catalog::{Catalog, Image};
+use crate::partition::Partition;
+use crate::topics::Topic;
+
+/// Work sent to another shard: run there with that shard's state.
+pub type Job = Box<dyn FnOnce(Rc<Shard>) -> LocalBoxFuture<'static, ()> + Send>;
+
+/// How many jobs may wait in one shard-to-shard channel before senders wait (back-pressure).
+pub const MESH_CHANNEL_JOBS: usize = 1024;
+
+/// Another shard could not run the work: it has stopped (the broker is shutting down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("shard {0} is not running")]
+pub struct ShardGone(pub usize);
+
+/// A partition's identity on the data path: topic id and partition index.
+pub type PartitionKey = (Uuid, i32);
+
+/// What every shard is started with.
+#[derive(Debug, Clone)]
+pub struct ShardSettings {
+    /// Storage settings topics do not override (I/O sizes, queue depths).
+    pub log_defaults: LogConfig,
+    /// Create a topic on first Metadata/Produce for it, with `default_partitions`.
+    pub auto_create_topics: bool,
+    pub default_partitions: i32,
+    /// Accept replication factors above 1 on this single node, creating one replica.
+    /// When false, such requests fail with INVALID_REPLICATION_FACTOR.
+    pub clamp_replication_factor: bool,
+    /// How often each shard applies retention to its partitions.
+    pub retention_check_ms: u64,
+}
+
+/// One shard's state.
+pub struct Shard {
+    pub id: usize,
+    pub count: usize,
+    senders: Senders<Job>,
+    pub catalog: Arc<Catalog>,
+    pub settings: ShardSettings,
+    /// This shard's copy of the catalog image, refreshed when the catalog's version moves.
+    image: RefCell<Arc<Image>>,
+    partitions: RefCell<HashMap<PartitionKey, Rc<Partition>>>,
+    /// Serializes log opening on this shard, so one partition is never opened twice.
+    opening: Semaphore,
+    /// The controller's lock: catalog changes run one at a time (used on shard 0 only).
+    pub(crate) controller_lock: Semaphore,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("id", &self.id)
+            .field("count", &self.count)
+            .field("partitions", &self.partitions.borrow().len())
+            .finish()
+    }
+}
+
+impl Shard {
+    /// Joins the mesh (every shard must call this with a clone of the same builder), starts
+    /// the loops that run jobs sent here, and opens (recovers) the partitions this shard owns.
+    pub async fn start(
+        mesh: MeshBuilder<Job, Full>,
+        catalog: Arc<Catalog>,
+        settings: ShardSettings,
+    ) -> Result<Rc<Shard>, String> {
+        let (senders, mut receivers) = mesh
+            .join()
+            .await
+            .map_err(|e| format!("cannot join the shard mesh: {e}"))?;
+        let shard = Rc::new(Shard {
+            id: senders.peer_id(),
+            count: senders.nr_consumers(),
+            senders,
+            image: RefCell::new(catalog.image()),
+            catalog,
+            settings,
+            partitions: RefCell::default(),
+            opening: Semaphore::new(1),
+            controller_lock: Semaphore::new(1),
+        });
+        for (_, mut stream) in receivers.streams() {
+            let weak = Rc::downgrade(&shard);
+            glommio::spawn_local(async move {
+                while let Some(job) = stream.next().await {
+                    let Some(shard) = weak.upgrade() else { break };
+                    glommio::spawn_local(job(shard)).detach();
+                }
+            })
+            .detach();
+        }
+        let image = shard.image();
+        let mut opened = 0;
+        for topic in image.topics() {
+            for p in 0..topic.partitions {
+                if shard.owner_of(&topic.name, p) == shard.id {
+                    shard
+                        .partition(topic, p)
+                        .await
+                        .map_err(|e| format!("topic {} partition {p}: {e}", topic.name))?;
+                    opened += 1;
+                }
+            }
+        }
+        info!(shard = shard.id, partitions = opened, "shard ready");
+        Ok(shard)
+    }
+
+    /// The shard that owns partition `partition` of `topic`.
+    pub fn owner_of(&self, topic: &str, partition: i32) -> usize {
+        let hash = crc32c::crc32c(topic.as_bytes()) as usize;
+        hash.wrapping_add(partition.max(0) as usize) % self.count
+    }
+
+    /// The current catalog image (refreshed with one atomic load when unchanged).
+    pub fn image(&self) -> Arc<Image> {
+        let version = self.catalog.version();
+        let mut image = self.image.borrow_mut();
+        if image.version != version {
+            *image = self.catalog.image();
+        }
+        image.clone()
+    }
+
+    /// Runs `work` on shard `target` and returns its result. Local work runs in place; remote
+    /// work is sent over the mesh.
+    pub async fn invoke_on<R, F, Fut>(
+        self: &Rc<Self>,
+        target: usize,
+        work: F,
+    ) -> Result<R, ShardGone>
+    where
+        R: Send + 'static,
+        F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+        Fut: Future<Output = R> + 'static,
+    {
+        if target == self.id {
+            return Ok(work(self.clone()).await);
+        }
+        let (reply, result) = futures::channel::oneshot::channel();
+        let job: Job = Box::new(move |shard| {
+            Box::pin(async move {
+                let _ = reply.send(work(shard).await);
+            })
+        });
+        self.senders
+            .send_to(target, job)
+            .await
+            .map_err(|_| ShardGone(target))?;
+        result.await.map_err(|_| ShardGone(target))
+    }
+
+    /// Like [`Shard::invoke_on`], for work that may be abandoned: when the caller stops waiting
+    /// (drops the returned future), the remote shard drops the work at its next poll instead of
+    /// running it to the end. Only for work that changes nothing (waits, reads); appends and
+    /// catalog changes always run to completion.
+    pub async fn invoke_on_cancellable<R, F, Fut>(
+        self: &Rc<Self>,
+        target: usize,
+        work: F,
+    ) -> Result<R, ShardGone>
+    where
+        R: Send + 'static,
+        F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+        Fut: Future<Output = R> + 'static,
+    {
+        if target == self.id {
+            return Ok(work(self.clone()).await);
+        }
+        let (mut reply, result) = futures::channel::oneshot::channel();
+        let job: Job = Box::new(move |shard| {
+            Box::pin(async move {
+                let work = std::pin::pin!(work(shard));
+                let value = match futures::future::select(work, reply.cancellation()).await {
+                    Either::Left((value, cancellation)) => {
+                        drop(cancellation);
+                        value
+                    }
+                    Either::Right(_) => return,
+                };
+                let _ = reply.send(value);
+            })
+        });
+        self.senders
+            .send_to(target, job)
+            .await
+            .map_err(|_| ShardGone(target))?;
+        result.await.map_err(|_| ShardGone(target))
+    }
+
+    /// Runs `work` on every shard (concurrently) and gathers the results in shard order.
+    pub async fn invoke_on_all<R, F, Fut>(self: &Rc<Self>, work: F) -> Vec<Result<R, ShardGone>>
+    where
+        R: Send + 'static,
+        F: FnOnce(Rc<Shard>) -> Fut + Send + Clone + 'static,
+        Fut: Future<Output = R> + 'static,
+    {
+        futures::future::join_all((0..self.count).map(|s| self.invoke_on(s, work.clone()))).await
+    }
+
+    /// The open partition `partition` of `topic`, opening (recovering) its log on first use.
+    /// Must run on the owning shard.
+    pub async fn partition(
+        &self,
+        topic: &Topic,
+        partition: i32,
+    ) -> Result<Rc<Partition>, sluice_storage::StorageError> {
+        debug_assert_eq!(self.owner_of(&topic.name, partition), self.id);
+        let key = (topic.id, partition);
+        if let Some(p) = self.partitions.borrow().get(&key) {
+            return Ok(p.clone());
+        }
+        let _permit = self
+            .opening
+            .acquire_permit(1)
+            .await
+            .expect("the opening semaphore is never closed");
+        if let Some(p) = self.partitions.borrow().get(&key) {
+            return Ok(p.clone());
+        }
+        let dir = topic.partition_dir(self.catalog.data_dir(), partition);
+        let config = topic.log_config(&self.settings.log_defaults);
+        let opened = Rc::new(Partition::open(&dir, config).await?);
+        self.partitions.borrow_mut().insert(key, opened.clone());
+        Ok(opened)
+    }
+
+    /// The partition if this shard has it open.
+    pub fn open_partition(&self, key: PartitionKey) -> Option<Rc<Partition>> {
+        self.partitions.borrow().get(&key).cloned()
+    }
+
+    /// Closes and forgets every partition of topic `id` on this shard, then removes `dir`
+    /// entries it owned. Used by topic deletion.
+    pub(crate) async fn drop_topic_partitions(&self, id: Uuid) {
+        let dropped: Vec<(PartitionKey, Rc<Partition>)> = {
+            let mut map = self.partitions.borrow_mut();
+            let keys: Vec<PartitionKey> = map.keys().filter(|k| k.0 == id).copied().collect();
+            keys.into_iter()
+                .filter_map(|k| map.remove(&k).map(|p| (k, p)))
+                .collect()
+        };
+        for ((_, index), partition) in dropped {
+            if let Err(e) = partition.close().await {
+                warn!(topic_id = %id, partition = index, error = %e, "closing a deleted partition");
+            }
+        }
+    }
+
+    /// Closes every partition this shard owns (flushing what is buffered). Shutdown.
+    pub async fn close_all(&self) {
+        let all: Vec<Rc<Partition>> = self
+            .partitions
+            .borrow_mut()
+            .drain()
+            .map(|(_, p)| p)
+            .collect();
+        for partition in all {
+            if let Err(e) = partition.close().await {
+                warn!(dir = %partition.dir().display(), error = %e, "closing a partition");
+            }
+        }
+    }
+
+    /// Applies retention to every partition of this shard, forever, every
+    /// `retention_check_ms`. Spawned once per shard.
+    pub async fn retention_loop(self: Rc<Self>) {
+        let period = std::time::Duration::from_millis(self.settings.retention_check_ms.max(1));
+        loop {
+            glommio::timer::sleep(period).await;
+            let all: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
+            for partition in all {
+                match partition
+                    .log()
+                    .enforce_retention(sluice_storage::types::now_ms())
+                    .await
+                {
+                    Ok(outcome) if outcome.segments_deleted > 0 => info!(
+                        dir = %partition.dir().display(),
+                        segments = outcome.segments_deleted,
+                        bytes = outcome.bytes_deleted,
+                        log_start = %outcome.log_start,
+                        "retention deleted segments"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => warn!(dir = %partition.dir().display(), error = %e, "retention"),
+                }
+            }
+        }
+    }
+}
+
+/// Removes a directory tree without blocking the shard's reactor (on glommio's blocking pool).
+pub(crate) async fn remove_dir_all(dir: PathBuf) -> std::io::Result<()> {
+    glommio::executor()
+        .spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        })
+        .await
+}

@@ -1,0 +1,351 @@
+//! Topics: names, ids, partition counts and per-topic configs, under Kafka's config names.
+//!
+//! Invariants: a [`Topic`] in the catalog has a valid name, at least one partition, and only
+//! configs listed in [`TOPIC_CONFIGS`] whose values passed [`validate_config`]. Configs left
+//! unset take the default shown by DescribeConfigs.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sluice_storage::LogConfig;
+use uuid::Uuid;
+
+/// Kafka's limit on topic name length.
+pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+
+/// Most partitions one topic may have (a bound on the work a single CreateTopics can ask for).
+pub const PARTITIONS_MAX: i32 = 10_000;
+
+/// Checks a topic name the way Kafka does: 1..=249 characters from `[a-zA-Z0-9._-]`, and
+/// neither `.` nor `..`.
+pub fn validate_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("topic name is empty".into());
+    }
+    if name == "." || name == ".." {
+        return Err(format!("topic name cannot be \"{name}\""));
+    }
+    if name.len() > TOPIC_NAME_BYTES_MAX {
+        return Err(format!(
+            "topic name is {} characters long; the limit is {TOPIC_NAME_BYTES_MAX}",
+            name.len()
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "topic name {name:?} contains {bad:?}; allowed are ASCII letters, digits, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// The type of a config value, as DescribeConfigs v3+ reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigType {
+    Boolean,
+    String,
+    Short,
+    Int,
+    Long,
+    List,
+}
+
+impl ConfigType {
+    /// The code DescribeConfigs uses (`ConfigType` in Kafka's DescribeConfigsResponse).
+    pub fn code(self) -> i8 {
+        match self {
+            ConfigType::Boolean => 1,
+            ConfigType::String => 2,
+            ConfigType::Short => 4,
+            ConfigType::Int => 3,
+            ConfigType::Long => 5,
+            ConfigType::List => 7,
+        }
+    }
+}
+
+/// A topic config this broker knows: its name, default and the values it accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct ConfigDef {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub kind: ConfigType,
+    /// For numbers: the smallest value accepted. For strings and lists: the accepted values
+    /// (empty = any).
+    min: i64,
+    choices: &'static [&'static str],
+    pub doc: &'static str,
+}
+
+const fn long(name: &'static str, default: &'static str, min: i64, doc: &'static str) -> ConfigDef {
+    ConfigDef {
+        name,
+        default,
+        kind: ConfigType::Long,
+        min,
+        choices: &[],
+        doc,
+    }
+}
+
+const fn int(name: &'static str, default: &'static str, min: i64, doc: &'static str) -> ConfigDef {
+    ConfigDef {
+        kind: ConfigType::Int,
+        ..long(name, default, min, doc)
+    }
+}
+
+const fn choice(
+    name: &'static str,
+    default: &'static str,
+    kind: ConfigType,
+    choices: &'static [&'static str],
+    doc: &'static str,
+) -> ConfigDef {
+    ConfigDef {
+        name,
+        default,
+        kind,
+        min: 0,
+        choices,
+        doc,
+    }
+}
+
+/// Every topic config accepted by CreateTopics and shown by DescribeConfigs, by name.
+/// Values outside what is implemented are refused rather than stored and ignored.
+pub const TOPIC_CONFIGS: &[ConfigDef] = &[
+    choice(
+        "cleanup.policy",
+        "delete",
+        ConfigType::List,
+        &["delete", "compact", "compact,delete", "delete,compact"],
+        "stored; retention deletes old segments; compaction does not run yet",
+    ),
+    choice(
+        "compression.type",
+        "producer",
+        ConfigType::String,
+        &["producer"],
+        "batches are stored as the producer compressed them",
+    ),
+    int(
+        "index.interval.bytes",
+        "32768",
+        512,
+        "bytes of batches between two sparse-index entries",
+    ),
+    int(
+        "max.message.bytes",
+        "1048588",
+        64,
+        "largest record batch accepted",
+    ),
+    choice(
+        "message.timestamp.type",
+        "CreateTime",
+        ConfigType::String,
+        &["CreateTime"],
+        "timestamps are the producer's",
+    ),
+    int(
+        "min.insync.replicas",
+        "1",
+        1,
+        "acks=all produce fails with NOT_ENOUGH_REPLICAS when above the replicas in sync",
+    ),
+    long(
+        "retention.bytes",
+        "-1",
+        -1,
+        "delete the oldest segments while the partition is larger (-1: no limit)",
+    ),
+    long(
+        "retention.ms",
+        "604800000",
+        -1,
+        "delete segments whose newest record is older (-1: keep forever)",
+    ),
+    long(
+        "segment.bytes",
+        "1073741824",
+        65536,
+        "roll a new segment before one grows past this",
+    ),
+    long(
+        "segment.ms",
+        "604800000",
+        1,
+        "roll a segment this long after its first append",
+    ),
+    choice(
+        "unclean.leader.election.enable",
+        "false",
+        ConfigType::Boolean,
+        &["false"],
+        "never: acknowledged data is not given up",
+    ),
+];
+
+/// The definition of topic config `name`, if this broker knows it.
+pub fn config_def(name: &str) -> Option<&'static ConfigDef> {
+    TOPIC_CONFIGS.iter().find(|d| d.name == name)
+}
+
+/// Checks one `name=value` topic config; the error says what is wrong.
+pub fn validate_config(name: &str, value: &str) -> Result<(), String> {
+    let def = config_def(name).ok_or_else(|| format!("unknown topic config {name:?}"))?;
+    match def.kind {
+        ConfigType::Long | ConfigType::Int | ConfigType::Short => {
+            let n: i64 = value
+                .trim()
+                .parse()
+                .map_err(|_| format!("{name}: {value:?} is not an integer"))?;
+            if n < def.min {
+                return Err(format!("{name}: {n} is below the minimum {}", def.min));
+            }
+            if def.kind == ConfigType::Int && n > i64::from(i32::MAX) {
+                return Err(format!("{name}: {n} does not fit a 32-bit int"));
+            }
+            Ok(())
+        }
+        _ => {
+            let normalized = value.trim().to_ascii_lowercase().replace(' ', "");
+            if def.choices.is_empty()
+                || def
+                    .choices
+                    .iter()
+                    .any(|c| c.to_ascii_lowercase() == normalized)
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{name}: {value:?} is not supported (accepted: {})",
+                    def.choices.join(" | ")
+                ))
+            }
+        }
+    }
+}
+
+/// One topic as the catalog holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Topic {
+    pub name: String,
+    pub id: Uuid,
+    pub partitions: i32,
+    /// Configs set explicitly; every other known config has its default.
+    pub configs: BTreeMap<String, String>,
+}
+
+impl Topic {
+    /// The value of config `def`, and whether it is the default.
+    pub fn config_value(&self, def: &ConfigDef) -> (String, bool) {
+        match self.configs.get(def.name) {
+            Some(v) => (v.clone(), false),
+            None => (def.default.to_string(), true),
+        }
+    }
+
+    fn number(&self, name: &str) -> Option<i64> {
+        let def = config_def(name)?;
+        self.config_value(def).0.trim().parse().ok()
+    }
+
+    /// `max.message.bytes`: the largest batch a producer may send.
+    pub fn max_message_bytes(&self) -> usize {
+        self.number("max.message.bytes")
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(1_048_588)
+    }
+
+    /// `min.insync.replicas`.
+    pub fn min_insync_replicas(&self) -> i64 {
+        self.number("min.insync.replicas").unwrap_or(1)
+    }
+
+    /// The storage settings of this topic's partition logs: `base` (the broker's defaults for
+    /// what topics do not set, such as I/O sizes) with this topic's configs applied.
+    pub fn log_config(&self, base: &LogConfig) -> LogConfig {
+        let mut config = base.clone();
+        let positive = |v: Option<i64>| v.filter(|n| *n >= 0).map(|n| n as u64);
+        if let Some(n) = positive(self.number("segment.bytes")) {
+            config.segment_bytes_max = n;
+        }
+        config.segment_ms_max = positive(self.number("segment.ms"));
+        config.retention_bytes = positive(self.number("retention.bytes"));
+        config.retention_ms = positive(self.number("retention.ms"));
+        if let Some(n) = positive(self.number("max.message.bytes")) {
+            config.batch_bytes_max = u32::try_from(n).unwrap_or(u32::MAX);
+        }
+        if let Some(n) = positive(self.number("index.interval.bytes")) {
+            config.index_interval_bytes = u32::try_from(n).unwrap_or(u32::MAX);
+        }
+        config
+    }
+
+    /// The directory of partition `partition`'s log under the data directory. The topic id is
+    /// part of the name, so a topic deleted and created again never meets the old files.
+    pub fn partition_dir(&self, data_dir: &std::path::Path, partition: i32) -> std::path::PathBuf {
+        topic_dir(data_dir, &self.name, self.id).join(partition.to_string())
+    }
+}
+
+/// `<data_dir>/topics/<name>-<id>`: where a topic's partition logs live.
+pub fn topic_dir(data_dir: &std::path::Path, name: &str, id: Uuid) -> std::path::PathBuf {
+    data_dir
+        .join(TOPICS_DIR)
+        .join(format!("{name}-{}", id.simple()))
+}
+
+/// The directory (under the data directory) holding every topic's directory.
+pub const TOPICS_DIR: &str = "topics";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_follow_kafkas_rules() {
+        for ok in ["a", "orders.v1", "A_b-c", &"x".repeat(249)] {
+            assert!(validate_topic_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".", "..", "a b", "a/b", "é", &"x".repeat(250)] {
+            assert!(validate_topic_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn configs_are_checked_by_type_and_range() {
+        assert!(validate_config("retention.ms", "-1").is_ok());
+        assert!(validate_config("retention.ms", "-2").is_err());
+        assert!(validate_config("retention.ms", "soon").is_err());
+        assert!(validate_config("cleanup.policy", "compact").is_ok());
+        assert!(validate_config("cleanup.policy", "archive").is_err());
+        assert!(validate_config("max.message.bytes", "99999999999").is_err());
+        assert!(validate_config("no.such.config", "1").is_err());
+    }
+
+    #[test]
+    fn configs_reach_the_log_config() {
+        let topic = Topic {
+            name: "t".into(),
+            id: Uuid::nil(),
+            partitions: 1,
+            configs: [
+                ("segment.bytes".to_string(), "1048576".to_string()),
+                ("retention.ms".to_string(), "-1".to_string()),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        let config = topic.log_config(&LogConfig::default());
+        assert_eq!(config.segment_bytes_max, 1 << 20);
+        assert_eq!(config.retention_ms, None);
+        assert_eq!(config.retention_bytes, None);
+        assert_eq!(config.batch_bytes_max, 1_048_588);
+    }
+}

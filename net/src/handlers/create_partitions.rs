@@ -1,0 +1,37 @@
+//! CreatePartitions (key 37): raise a topic's partition count. Manual assignments are accepted
+//! and ignored (every partition lives on this one broker).
+
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::{ApiKey, CreatePartitionsRequest, CreatePartitionsResponse};
+use kafka_protocol::protocol::StrBytes;
+use sluice_core::controller;
+
+use crate::apis::ApiRange;
+use crate::handlers::Context;
+
+pub const RANGE: ApiRange = ApiRange {
+    key: ApiKey::CreatePartitions,
+    min_version: 0,
+    max_version: 3,
+};
+
+pub async fn handle(request: CreatePartitionsRequest, ctx: &Context) -> CreatePartitionsResponse {
+    let mut results = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let outcome = controller::create_partitions(
+            &ctx.shard,
+            topic.name.0.to_string(),
+            topic.count,
+            request.validate_only,
+        )
+        .await;
+        let result = CreatePartitionsTopicResult::default().with_name(topic.name);
+        results.push(match outcome {
+            Ok(()) => result,
+            Err(e) => result
+                .with_error_code(e.code.code())
+                .with_error_message(Some(StrBytes::from_string(e.message))),
+        });
+    }
+    CreatePartitionsResponse::default().with_results(results)
+}

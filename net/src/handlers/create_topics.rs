@@ -1,0 +1,76 @@
+//! CreateTopics (key 19): new topics with partition counts and configs; `validate_only` checks
+//! without creating. Replication factors above 1 are refused on this single node unless the
+//! broker clamps them (`clamp_replication_factor`). v5+ answers with the topic's partition
+//! count, replication factor and configs.
+
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
+use kafka_protocol::messages::{ApiKey, CreateTopicsRequest, CreateTopicsResponse};
+use kafka_protocol::protocol::StrBytes;
+use sluice_core::controller::{self, NewTopic};
+use sluice_core::topics::TOPIC_CONFIGS;
+
+use crate::apis::ApiRange;
+use crate::handlers::{config_source, Context};
+
+pub const RANGE: ApiRange = ApiRange {
+    key: ApiKey::CreateTopics,
+    min_version: 2,
+    max_version: 7,
+};
+
+pub async fn handle(request: CreateTopicsRequest, ctx: &Context) -> CreateTopicsResponse {
+    let names: Vec<_> = request.topics.iter().map(|t| t.name.clone()).collect();
+    let new_topics = request
+        .topics
+        .into_iter()
+        .map(|t| NewTopic {
+            name: t.name.0.to_string(),
+            partitions: t.num_partitions,
+            replication_factor: t.replication_factor,
+            assignments: t
+                .assignments
+                .iter()
+                .map(|a| a.broker_ids.iter().map(|b| b.0).collect())
+                .collect(),
+            configs: t
+                .configs
+                .into_iter()
+                .map(|c| (c.name.to_string(), c.value.map(|v| v.to_string())))
+                .collect(),
+        })
+        .collect();
+    let results = controller::create_topics(&ctx.shard, new_topics, request.validate_only).await;
+    let topics = names
+        .into_iter()
+        .zip(results)
+        .map(|(name, result)| match result {
+            Ok(topic) => {
+                let configs = TOPIC_CONFIGS
+                    .iter()
+                    .map(|def| {
+                        let (value, is_default) = topic.config_value(def);
+                        CreatableTopicConfigs::default()
+                            .with_name(StrBytes::from_static_str(def.name))
+                            .with_value(Some(StrBytes::from_string(value)))
+                            .with_config_source(config_source(is_default))
+                    })
+                    .collect();
+                CreatableTopicResult::default()
+                    .with_name(name)
+                    .with_topic_id(topic.id)
+                    .with_num_partitions(topic.partitions)
+                    .with_replication_factor(1)
+                    .with_configs(Some(configs))
+            }
+            Err(e) => CreatableTopicResult::default()
+                .with_name(name)
+                .with_error_code(e.code.code())
+                .with_error_message(Some(StrBytes::from_string(e.message)))
+                .with_num_partitions(-1)
+                .with_replication_factor(-1),
+        })
+        .collect();
+    CreateTopicsResponse::default().with_topics(topics)
+}

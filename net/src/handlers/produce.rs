@@ -1,0 +1,89 @@
+//! Produce (key 0): append each partition's record batches on its owning shard.
+//!
+//! Records stay slices of the request frame all the way to the log's write buffer. acks=0 gets
+//! no response (the connection writes nothing for it); acks=1 is answered once the batches are
+//! in the log; acks=-1 once they are fdatasync'ed. Any other acks value fails every partition
+//! with INVALID_REQUIRED_ACKS. v13 names topics by id.
+
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
+use kafka_protocol::protocol::StrBytes;
+use sluice_core::produce::{self, Acks, ProduceInput, ProduceOutput};
+use sluice_core::{ResponseError, TopicRef};
+
+use crate::apis::ApiRange;
+use crate::handlers::Context;
+
+pub const RANGE: ApiRange = ApiRange {
+    key: ApiKey::Produce,
+    min_version: 3,
+    max_version: 13,
+};
+
+/// Produce v13 names topics by id (KIP-516).
+const TOPIC_IDS_FROM: i16 = 13;
+
+/// The response, or `None` for acks=0.
+pub async fn handle(
+    request: ProduceRequest,
+    version: i16,
+    ctx: &Context,
+) -> Option<ProduceResponse> {
+    let acks = Acks::from_wire(request.acks);
+    let mut inputs = Vec::new();
+    for topic in &request.topic_data {
+        let topic_ref = if version >= TOPIC_IDS_FROM {
+            TopicRef::Id(topic.topic_id)
+        } else {
+            TopicRef::Name(topic.name.0.to_string())
+        };
+        for partition in &topic.partition_data {
+            inputs.push(ProduceInput {
+                topic: topic_ref.clone(),
+                partition: partition.index,
+                records: partition.records.clone(),
+            });
+        }
+    }
+    let outputs = match acks {
+        Some(acks) => produce::produce(&ctx.shard, acks, inputs).await,
+        None => inputs
+            .iter()
+            .map(|_| ProduceOutput {
+                error: Some(ResponseError::InvalidRequiredAcks),
+                message: Some(format!("acks must be 0, 1 or -1, not {}", request.acks)),
+                base_offset: -1,
+                log_start_offset: -1,
+            })
+            .collect(),
+    };
+    if acks == Some(Acks::None) {
+        return None;
+    }
+    let mut outputs = outputs.into_iter();
+    let responses = request
+        .topic_data
+        .into_iter()
+        .map(|topic| {
+            let partition_responses = topic
+                .partition_data
+                .iter()
+                .map(|p| {
+                    let out = outputs.next().expect("one output per partition");
+                    PartitionProduceResponse::default()
+                        .with_index(p.index)
+                        .with_error_code(out.error.map_or(0, |e| e.code()))
+                        .with_error_message(out.message.map(StrBytes::from_string))
+                        .with_base_offset(out.base_offset)
+                        .with_log_append_time_ms(-1)
+                        .with_log_start_offset(out.log_start_offset)
+                })
+                .collect();
+            TopicProduceResponse::default()
+                .with_name(topic.name)
+                .with_topic_id(topic.topic_id)
+                .with_partition_responses(partition_responses)
+        })
+        .collect();
+    Some(ProduceResponse::default().with_responses(responses))
+}
