@@ -3,7 +3,9 @@
 
 use std::rc::Rc;
 
+use kafka_protocol::records::RecordBatchDecoder;
 use kafka_protocol::ResponseError;
+use sluice_storage::{Log, Offset};
 
 use crate::shard::Shard;
 use crate::{resolve_topic, TopicRef};
@@ -51,6 +53,34 @@ impl OffsetAnswer {
     }
 }
 
+/// The log's answer is exact for uncompressed batches and the base of the batch for compressed
+/// ones: read that batch, decompress it, and return the first record at or after `ts` with its
+/// own timestamp, as Kafka does.
+async fn exact_record_at_or_after(log: &Log, near: Offset, ts: i64) -> OffsetAnswer {
+    let Ok(read) = log.read(near, 1).await else {
+        return OffsetAnswer::failed(ResponseError::KafkaStorageError);
+    };
+    let mut bytes = read.bytes;
+    let found = RecordBatchDecoder::decode(&mut bytes).ok().and_then(|set| {
+        // Records before the log's answer are all older than `ts` (it is the first that is
+        // not, or the batch holding it), so the first match in the batch is the answer.
+        set.records.into_iter().find(|r| r.timestamp >= ts)
+    });
+    match found {
+        Some(record) => OffsetAnswer {
+            error: None,
+            offset: record.offset,
+            timestamp: record.timestamp,
+        },
+        // Undecodable here (say, a codec this build lacks): the batch-granular answer.
+        None => OffsetAnswer {
+            error: None,
+            offset: near.0,
+            timestamp: ts,
+        },
+    }
+}
+
 /// Answers each query on its partition's owning shard; one answer per query, in order.
 pub async fn list_offsets(shard: &Rc<Shard>, queries: Vec<OffsetQuery>) -> Vec<OffsetAnswer> {
     let image = shard.image();
@@ -78,11 +108,7 @@ pub async fn list_offsets(shard: &Rc<Shard>, queries: Vec<OffsetQuery>) -> Vec<O
                         LATEST_TIERED => OffsetAnswer::at(-1),
                         ts if ts < 0 => OffsetAnswer::failed(ResponseError::UnsupportedVersion),
                         ts => match log.offset_for_timestamp(ts).await {
-                            Ok(Some(offset)) => OffsetAnswer {
-                                error: None,
-                                offset: offset.0,
-                                timestamp: ts,
-                            },
+                            Ok(Some(near)) => exact_record_at_or_after(log, near, ts).await,
                             Ok(None) => OffsetAnswer::at(-1),
                             Err(_) => OffsetAnswer::failed(ResponseError::KafkaStorageError),
                         },

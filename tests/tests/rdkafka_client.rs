@@ -1,0 +1,291 @@
+//! librdkafka (the C client most non-Java Kafka clients wrap), unchanged, against `sluice
+//! serve` with two shards: topic creation through its admin API, 100,000 records with keys,
+//! headers and timestamps over 6 partitions with acks=all, all consumed back in order; and
+//! the durability promise: every record acknowledged with acks=all survives a SIGKILL of the
+//! broker in the middle of a produce load.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{DeliveryResult, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::{ClientContext, Offset, Timestamp, TopicPartitionList};
+use sluice_tests::Broker;
+
+const PARTITIONS: i32 = 6;
+
+fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let results = futures::executor::block_on(admin.create_topics(
+        [&topic],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+    ))
+    .expect("CreateTopics answered");
+    for result in results {
+        result.unwrap_or_else(|(name, code)| panic!("creating {name}: {code:?}"));
+    }
+}
+
+/// Where each acknowledged record landed, keyed by its sequence number; and failures.
+#[derive(Default)]
+struct Acks {
+    landed: HashMap<u64, (i32, i64)>,
+    failed: usize,
+}
+
+struct Recorder(Arc<Mutex<Acks>>);
+
+impl ClientContext for Recorder {}
+
+impl ProducerContext for Recorder {
+    type DeliveryOpaque = Box<u64>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: Box<u64>) {
+        let mut acks = self.0.lock().unwrap();
+        match result {
+            Ok(m) => {
+                acks.landed.insert(*seq, (m.partition(), m.offset()));
+            }
+            Err(_) => acks.failed += 1,
+        }
+    }
+}
+
+/// A producer with acks=all; records not acknowledged within `message_timeout` fail.
+fn producer(
+    bootstrap: &str,
+    acks: Arc<Mutex<Acks>>,
+    message_timeout: Duration,
+) -> BaseProducer<Recorder> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("enable.idempotence", "false")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "200000")
+        .set(
+            "message.timeout.ms",
+            message_timeout.as_millis().to_string(),
+        )
+        .create_with_context(Recorder(acks))
+        .expect("producer")
+}
+
+fn key(seq: u64) -> String {
+    format!("key-{seq}")
+}
+
+fn value(seq: u64) -> String {
+    format!("value-{seq}-{}", "x".repeat((seq % 97) as usize))
+}
+
+const BASE_TIMESTAMP_MS: i64 = 1_700_000_000_000;
+
+/// Sends record `seq` to partition `seq % PARTITIONS`, retrying while the local queue is full.
+fn send(producer: &BaseProducer<Recorder>, topic: &str, seq: u64) -> bool {
+    let (k, v) = (key(seq), value(seq));
+    let seq_text = seq.to_string();
+    let mut record = BaseRecord::with_opaque_to(topic, Box::new(seq))
+        .key(&k)
+        .payload(&v)
+        .partition((seq % PARTITIONS as u64) as i32)
+        .timestamp(BASE_TIMESTAMP_MS + seq as i64)
+        .headers(OwnedHeaders::new().insert(Header {
+            key: "seq",
+            value: Some(&seq_text),
+        }));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return true,
+            Err((_, back)) if Instant::now() < deadline => {
+                record = back;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
+fn consumer(bootstrap: &str, topic: &str) -> BaseConsumer {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        // librdkafka needs a group id to assign partitions; offsets are given explicitly and
+        // never committed, so no group coordinator is involved (that is issue 4's work).
+        .set("group.id", "sluice-tests")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "100")
+        .create()
+        .expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).expect("assign");
+    consumer
+}
+
+/// Consumes until `want` records arrived (or 90 s passed); checks each record against what
+/// was sent and returns them as (partition, offset) -> seq.
+fn consume_checked(bootstrap: &str, topic: &str, want: usize) -> HashMap<(i32, i64), u64> {
+    let consumer = consumer(bootstrap, topic);
+    let mut seen = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while seen.len() < want && Instant::now() < deadline {
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = message.expect("no consume error");
+        let header = m.headers().expect("headers").get(0);
+        assert_eq!(header.key, "seq");
+        let seq: u64 = std::str::from_utf8(header.value.unwrap())
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(m.key(), Some(key(seq).as_bytes()), "key of {seq}");
+        assert_eq!(m.payload(), Some(value(seq).as_bytes()), "value of {seq}");
+        assert_eq!(
+            m.timestamp(),
+            Timestamp::CreateTime(BASE_TIMESTAMP_MS + seq as i64)
+        );
+        assert_eq!(m.partition(), (seq % PARTITIONS as u64) as i32);
+        seen.insert((m.partition(), m.offset()), seq);
+    }
+    seen
+}
+
+#[test]
+fn librdkafka_round_trips_100k_records_over_6_partitions_on_2_shards() {
+    const RECORDS: u64 = 100_000;
+    let broker = Broker::start(&["--cores", "2"]);
+    let bootstrap = broker.bootstrap();
+    let topic = "rdkafka-100k";
+    create_topic(&bootstrap, topic, PARTITIONS);
+
+    let acks = Arc::new(Mutex::new(Acks::default()));
+    let producer = producer(&bootstrap, acks.clone(), Duration::from_secs(30));
+    for seq in 0..RECORDS {
+        assert!(send(&producer, topic, seq), "queueing record {seq}");
+        if seq % 1000 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+    }
+    producer.flush(Duration::from_secs(60)).expect("flush");
+    let acks = acks.lock().unwrap();
+    assert_eq!(acks.failed, 0);
+    assert_eq!(
+        acks.landed.len(),
+        RECORDS as usize,
+        "every record acknowledged"
+    );
+    // Per partition, records were appended in the order they were sent: offsets 0, 1, 2, ...
+    for p in 0..PARTITIONS {
+        let mut offsets: Vec<(u64, i64)> = acks
+            .landed
+            .iter()
+            .filter(|(_, (part, _))| *part == p)
+            .map(|(seq, (_, offset))| (*seq, *offset))
+            .collect();
+        offsets.sort_unstable();
+        for (i, (_, offset)) in offsets.iter().enumerate() {
+            assert_eq!(
+                *offset, i as i64,
+                "partition {p}: offsets follow send order"
+            );
+        }
+    }
+
+    let seen = consume_checked(&bootstrap, topic, RECORDS as usize);
+    assert_eq!(seen.len(), RECORDS as usize, "every record consumed");
+    for (seq, at) in &acks.landed {
+        assert_eq!(seen.get(at), Some(seq), "record {seq} at {at:?}");
+    }
+}
+
+#[test]
+fn acks_all_records_survive_a_sigkill_during_a_produce_load() {
+    let broker = Broker::start(&["--cores", "2"]);
+    let bootstrap = broker.bootstrap();
+    let topic = "durable";
+    create_topic(&bootstrap, topic, PARTITIONS);
+
+    let acks = Arc::new(Mutex::new(Acks::default()));
+    let load = {
+        let acks = acks.clone();
+        let bootstrap = bootstrap.clone();
+        std::thread::spawn(move || {
+            let producer = producer(&bootstrap, acks.clone(), Duration::from_secs(5));
+            // Bounded: at most 2 million records or 60 s, whichever first; the broker dies
+            // long before.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut seq = 0;
+            while seq < 2_000_000 && Instant::now() < deadline {
+                if !send(&producer, topic, seq) {
+                    break;
+                }
+                seq += 1;
+                if seq % 500 == 0 {
+                    producer.poll(Duration::ZERO);
+                }
+                if acks.lock().unwrap().failed > 0 {
+                    break;
+                }
+            }
+            // Let outstanding deliveries resolve (they fail once the broker is gone).
+            let _ = producer.flush(Duration::from_secs(10));
+        })
+    };
+    let started = Instant::now();
+    while acks.lock().unwrap().landed.len() < 30_000 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the load never got going"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let data_dir = broker.kill();
+    let acknowledged_at_kill = acks.lock().unwrap().landed.len();
+    load.join().unwrap();
+    let acked: HashMap<u64, (i32, i64)> = acks.lock().unwrap().landed.clone();
+    assert!(acked.len() >= acknowledged_at_kill);
+
+    let broker = Broker::start_on(data_dir, &["--cores", "2"]);
+    let seen = consume_checked(&broker.bootstrap(), topic, acked.len());
+    let missing: Vec<_> = acked
+        .iter()
+        .filter(|(seq, at)| seen.get(at) != Some(seq))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged records lost or moved after SIGKILL, e.g. {missing:?}",
+        acked
+            .iter()
+            .filter(|(s, at)| seen.get(at) != Some(s))
+            .count(),
+        acked.len()
+    );
+    // The partitions really live on both shards: each recovered some at start-up.
+    let log = broker.log();
+    for shard in 0..2 {
+        let line = log
+            .lines()
+            .rfind(|l| l.contains("shard ready") && l.contains(&format!("shard={shard} ")))
+            .unwrap_or_else(|| panic!("no start-up line for shard {shard}:\n{log}"));
+        assert!(
+            !line.contains("partitions=0"),
+            "shard {shard} owns partitions: {line}"
+        );
+    }
+}
