@@ -1,14 +1,15 @@
 //! The `sluice` command: one binary for the broker and its tools.
 //!
-//! - `sluice serve`: the broker's listeners, one shard per core. So far they answer the
-//!   handshake clients perform first (ApiVersions, Metadata with this broker and no topics);
-//!   topics, Produce and Fetch come with the broker issue.
+//! - `sluice serve`: the single-node broker, one shard per core (`sluice-net` over
+//!   `sluice-core` over `sluice-storage`; see `docs/ARCHITECTURE.md`).
+//! - `sluice topic|produce|consume`: Kafka tools that talk the protocol to any broker (`cli`).
 //! - `sluice log verify <dir>`: opens a partition log directory the way the broker will
 //!   (recovering it: see `docs/on-disk-format.md`) and prints what it holds.
 
 use std::process::ExitCode;
 
 mod alloc;
+mod cli;
 mod config;
 
 #[global_allocator]
@@ -23,10 +24,16 @@ use sluice_storage::{Log, LogConfig};
 const USAGE: &str = "usage:
   sluice serve [--config FILE.toml] [--listen ADDR] [--advertised-host HOST] [--data-dir DIR]
                [--cores N] [--node-id N] [--frame-bytes-max BYTES] [--shutdown-drain-ms MS]
+               [--auto-create-topics BOOL] [--default-partitions N]
+               [--clamp-replication-factor BOOL] [--retention-check-ms MS]
                                start the broker (defaults: 127.0.0.1:9092, ./data, all cores);
-                               each flag also reads from SLUICE_<FIELD> and the TOML file;
-                               answers ApiVersions and Metadata so far
-  sluice log verify <dir>      recover a partition log directory and print what it holds";
+                               each flag also reads from SLUICE_<FIELD> and the TOML file
+  sluice log verify <dir>      recover a partition log directory and print what it holds
+Kafka tools, against any broker (--bootstrap HOST:PORT, or SLUICE_BOOTSTRAP, or 127.0.0.1:9092):";
+
+fn usage() -> String {
+    format!("{USAGE}\n{}", cli::USAGE)
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -38,13 +45,27 @@ fn main() -> ExitCode {
     {
         ["serve", rest @ ..] => serve(rest),
         ["log", "verify", dir] => verify_log(dir.to_string()),
+        ["topic", rest @ ..] => tool("topic", cli::topic(rest)),
+        ["produce", rest @ ..] => tool("produce", cli::produce(rest)),
+        ["consume", rest @ ..] => tool("consume", cli::consume(rest)),
         ["--help"] | ["-h"] | ["help"] => {
-            println!("{USAGE}");
+            println!("{}", usage());
             ExitCode::SUCCESS
         }
         _ => {
-            eprintln!("{USAGE}");
+            eprintln!("{}", usage());
             ExitCode::from(2)
+        }
+    }
+}
+
+/// The exit of a command-line tool: its error on stderr, exit code 1.
+fn tool(name: &str, outcome: Result<(), String>) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice {name}: {e}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -110,7 +131,7 @@ fn serve(args: &[&str]) -> ExitCode {
     let config = match BrokerConfig::load(args, |var| std::env::var(var).ok()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("sluice serve: {e}\n{USAGE}");
+            eprintln!("sluice serve: {e}\n{}", usage());
             return ExitCode::from(2);
         }
     };

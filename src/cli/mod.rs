@@ -1,0 +1,662 @@
+//! The command-line tools that talk the Kafka protocol to any broker: `sluice topic`,
+//! `sluice produce`, `sluice consume`. Each takes `--bootstrap HOST:PORT` (default
+//! `SLUICE_BOOTSTRAP`, then 127.0.0.1:9092).
+//!
+//! - `client` — the blocking Kafka client underneath.
+//! - this module — argument parsing and the commands.
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    DescribeConfigsRequest, DescribeConfigsResponse, FetchRequest, FetchResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataResponse, ProduceRequest, ProduceResponse,
+    TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+
+mod client;
+
+use client::{partition_for_key, ApiUse, Client, Result};
+
+pub const USAGE: &str = "\
+  sluice topic list [--bootstrap ADDR]
+  sluice topic create NAME [--partitions N] [--replication-factor N] [--config KEY=VALUE]...
+  sluice topic describe NAME           partitions, leaders and configs
+  sluice topic delete NAME
+  sluice produce TOPIC [--key-separator SEP] [--partition N] [--acks 0|1|all]
+                               one record per line of stdin; with a separator, the text
+                               before its first occurrence is the key
+  sluice consume TOPIC [--from beginning|latest|OFFSET] [--partition N] [--count N]
+               [--idle-exit-ms MS] [--format FMT]
+                               FMT: %t topic, %p partition, %o offset, %k key, %v value,
+                               %T timestamp, %h headers, \\n, \\t (default \"%v\\n\")";
+
+const CREATE_TOPICS: ApiUse = ApiUse {
+    key: ApiKey::CreateTopics,
+    min: 2,
+    max: 7,
+};
+const DELETE_TOPICS: ApiUse = ApiUse {
+    key: ApiKey::DeleteTopics,
+    min: 1,
+    max: 5,
+};
+const DESCRIBE_CONFIGS: ApiUse = ApiUse {
+    key: ApiKey::DescribeConfigs,
+    min: 1,
+    max: 4,
+};
+const PRODUCE: ApiUse = ApiUse {
+    key: ApiKey::Produce,
+    min: 3,
+    max: 12,
+};
+const FETCH: ApiUse = ApiUse {
+    key: ApiKey::Fetch,
+    min: 4,
+    max: 12,
+};
+const LIST_OFFSETS: ApiUse = ApiUse {
+    key: ApiKey::ListOffsets,
+    min: 1,
+    max: 7,
+};
+
+/// Records per Produce request.
+const PRODUCE_BATCH_RECORDS: usize = 1000;
+/// Bytes per partition per Fetch.
+const FETCH_PARTITION_BYTES: i32 = 1 << 20;
+
+/// Parsed `--name value` options and positional arguments.
+struct Args {
+    positional: Vec<String>,
+    options: HashMap<String, Vec<String>>,
+}
+
+impl Args {
+    fn parse(args: &[&str], known: &[&str]) -> Result<Args> {
+        let mut parsed = Args {
+            positional: Vec::new(),
+            options: HashMap::new(),
+        };
+        let mut rest = args.iter();
+        while let Some(arg) = rest.next() {
+            if let Some(name) = arg.strip_prefix("--") {
+                if !known.contains(&name) && name != "bootstrap" {
+                    return Err(format!("unknown option --{name}"));
+                }
+                let value = rest
+                    .next()
+                    .ok_or_else(|| format!("--{name} needs a value"))?;
+                parsed
+                    .options
+                    .entry(name.to_string())
+                    .or_default()
+                    .push(value.to_string());
+            } else {
+                parsed.positional.push(arg.to_string());
+            }
+        }
+        Ok(parsed)
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.options
+            .get(name)
+            .and_then(|v| v.last())
+            .map(String::as_str)
+    }
+
+    fn number<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|_| format!("--{name}: {v:?} is not a valid number")),
+        }
+    }
+
+    fn one_positional(&self, what: &str) -> Result<&str> {
+        match self.positional.as_slice() {
+            [one] => Ok(one),
+            _ => Err(format!("expected one {what}")),
+        }
+    }
+
+    fn client(&self) -> Result<Client> {
+        let bootstrap = self
+            .get("bootstrap")
+            .map(str::to_string)
+            .or_else(|| std::env::var("SLUICE_BOOTSTRAP").ok())
+            .unwrap_or_else(|| "127.0.0.1:9092".to_string());
+        Client::new(&bootstrap)
+    }
+}
+
+fn name(topic: &str) -> TopicName {
+    TopicName(StrBytes::from_string(topic.to_string()))
+}
+
+/// Kafka's name for an error code, for messages.
+fn error_text(code: i16, message: Option<&StrBytes>) -> String {
+    let name = kafka_protocol::ResponseError::try_from_code(code)
+        .map_or_else(|| "NONE".to_string(), |e| format!("{e:?}"));
+    match message {
+        Some(m) if !m.is_empty() => format!("{name} ({code}): {}", m.as_str()),
+        _ => format!("{name} ({code})"),
+    }
+}
+
+pub fn topic(args: &[&str]) -> Result<()> {
+    match args {
+        ["list", rest @ ..] => {
+            let args = Args::parse(rest, &[])?;
+            let metadata = args.client()?.metadata(None)?;
+            let mut names: Vec<String> = metadata
+                .topics
+                .iter()
+                .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string()))
+                .collect();
+            names.sort();
+            for n in names {
+                println!("{n}");
+            }
+            Ok(())
+        }
+        ["create", rest @ ..] => {
+            let args = Args::parse(rest, &["partitions", "replication-factor", "config"])?;
+            let topic = args.one_positional("topic name")?.to_string();
+            let partitions: i32 = args.number("partitions", -1)?;
+            let replication: i16 = args.number("replication-factor", -1)?;
+            let mut configs = Vec::new();
+            for pair in args.options.get("config").into_iter().flatten() {
+                let (k, v) = pair
+                    .split_once('=')
+                    .ok_or_else(|| format!("--config {pair:?}: expected KEY=VALUE"))?;
+                configs.push(
+                    CreatableTopicConfig::default()
+                        .with_name(StrBytes::from_string(k.to_string()))
+                        .with_value(Some(StrBytes::from_string(v.to_string()))),
+                );
+            }
+            let response: CreateTopicsResponse =
+                args.client()?.call(None, CREATE_TOPICS, |_| {
+                    CreateTopicsRequest::default()
+                        .with_timeout_ms(30_000)
+                        .with_topics(vec![CreatableTopic::default()
+                            .with_name(name(&topic))
+                            .with_num_partitions(partitions)
+                            .with_replication_factor(replication)
+                            .with_configs(configs)])
+                })?;
+            let result = &response.topics[0];
+            if result.error_code != 0 {
+                return Err(format!(
+                    "cannot create {topic}: {}",
+                    error_text(result.error_code, result.error_message.as_ref())
+                ));
+            }
+            println!("created topic {topic}");
+            Ok(())
+        }
+        ["describe", rest @ ..] => {
+            let args = Args::parse(rest, &[])?;
+            let topic = args.one_positional("topic name")?.to_string();
+            let mut client = args.client()?;
+            let metadata = client.metadata(Some(&[&topic]))?;
+            let t = &metadata.topics[0];
+            if t.error_code != 0 {
+                return Err(format!("{topic}: {}", error_text(t.error_code, None)));
+            }
+            println!(
+                "topic {topic} id {} partitions {}",
+                t.topic_id,
+                t.partitions.len()
+            );
+            let mut partitions: Vec<_> = t.partitions.iter().collect();
+            partitions.sort_by_key(|p| p.partition_index);
+            for p in partitions {
+                let ids = |v: &[kafka_protocol::messages::BrokerId]| {
+                    v.iter()
+                        .map(|b| b.0.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                println!(
+                    "  partition {} leader {} replicas [{}] isr [{}]",
+                    p.partition_index,
+                    p.leader_id.0,
+                    ids(&p.replica_nodes),
+                    ids(&p.isr_nodes)
+                );
+            }
+            let configs: DescribeConfigsResponse = client.call(None, DESCRIBE_CONFIGS, |_| {
+                DescribeConfigsRequest::default().with_resources(vec![
+                    DescribeConfigsResource::default()
+                        .with_resource_type(2)
+                        .with_resource_name(StrBytes::from_string(topic.clone()))
+                        .with_configuration_keys(None),
+                ])
+            })?;
+            let result = &configs.results[0];
+            if result.error_code != 0 {
+                return Err(format!(
+                    "configs of {topic}: {}",
+                    error_text(result.error_code, result.error_message.as_ref())
+                ));
+            }
+            println!("configs:");
+            for c in &result.configs {
+                let value = c.value.as_ref().map_or("(null)", |v| v.as_str());
+                let source = if c.config_source == 5 {
+                    " (default)"
+                } else {
+                    ""
+                };
+                println!("  {}={value}{source}", c.name.as_str());
+            }
+            Ok(())
+        }
+        ["delete", rest @ ..] => {
+            let args = Args::parse(rest, &[])?;
+            let topic = args.one_positional("topic name")?.to_string();
+            let response: DeleteTopicsResponse =
+                args.client()?.call(None, DELETE_TOPICS, |_| {
+                    DeleteTopicsRequest::default()
+                        .with_timeout_ms(30_000)
+                        .with_topic_names(vec![name(&topic)])
+                })?;
+            let result = &response.responses[0];
+            if result.error_code != 0 {
+                return Err(format!(
+                    "cannot delete {topic}: {}",
+                    error_text(result.error_code, result.error_message.as_ref())
+                ));
+            }
+            println!("deleted topic {topic}");
+            Ok(())
+        }
+        _ => Err("expected topic list|create|describe|delete".into()),
+    }
+}
+
+/// A topic's partitions and their leaders' addresses.
+fn partition_leaders(client: &mut Client, topic: &str) -> Result<Vec<(i32, String)>> {
+    let metadata: MetadataResponse = client.metadata(Some(&[topic]))?;
+    let t = &metadata.topics[0];
+    if t.error_code != 0 {
+        return Err(format!("{topic}: {}", error_text(t.error_code, None)));
+    }
+    let mut leaders = Vec::new();
+    for p in &t.partitions {
+        leaders.push((p.partition_index, client.broker_address(p.leader_id.0)?));
+    }
+    leaders.sort();
+    Ok(leaders)
+}
+
+pub fn produce(args: &[&str]) -> Result<()> {
+    let args = Args::parse(args, &["key-separator", "partition", "acks"])?;
+    let topic = args.one_positional("topic")?.to_string();
+    let acks: i16 = match args.get("acks").unwrap_or("all") {
+        "all" | "-1" => -1,
+        "1" => 1,
+        "0" => 0,
+        other => return Err(format!("--acks {other:?}: expected 0, 1 or all")),
+    };
+    let fixed_partition: Option<i32> = args
+        .get("partition")
+        .map(str::parse)
+        .transpose()
+        .map_err(|_| "--partition: not a number".to_string())?;
+    let separator = args.get("key-separator").map(str::to_string);
+    let mut client = args.client()?;
+    let leaders = partition_leaders(&mut client, &topic)?;
+    let partitions = leaders.len() as i32;
+    if let Some(p) = fixed_partition {
+        if !(0..partitions).contains(&p) {
+            return Err(format!("{topic} has no partition {p}"));
+        }
+    }
+    let mut pending: HashMap<i32, Vec<(Option<Bytes>, Bytes)>> = HashMap::new();
+    let mut buffered = 0usize;
+    let mut produced = 0usize;
+    let mut round_robin = 0i32;
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        let line = lines
+            .next()
+            .transpose()
+            .map_err(|e| format!("stdin: {e}"))?;
+        if let Some(line) = &line {
+            let (key, value) = match &separator {
+                Some(sep) => match line.split_once(sep.as_str()) {
+                    Some((k, v)) => (Some(Bytes::from(k.to_string())), v.to_string()),
+                    None => (None, line.clone()),
+                },
+                None => (None, line.clone()),
+            };
+            let partition = match (fixed_partition, &key) {
+                (Some(p), _) => p,
+                (None, Some(k)) => partition_for_key(k, partitions),
+                (None, None) => {
+                    round_robin = (round_robin + 1) % partitions;
+                    round_robin
+                }
+            };
+            pending
+                .entry(partition)
+                .or_default()
+                .push((key, Bytes::from(value)));
+            buffered += 1;
+        }
+        if buffered >= PRODUCE_BATCH_RECORDS || (line.is_none() && buffered > 0) {
+            produced += send_batches(&mut client, &topic, &leaders, acks, &mut pending)?;
+            buffered = 0;
+        }
+        if line.is_none() {
+            break;
+        }
+    }
+    eprintln!("produced {produced} records to {topic}");
+    Ok(())
+}
+
+/// Sends the pending records, one batch per partition, one request per leader.
+fn send_batches(
+    client: &mut Client,
+    topic: &str,
+    leaders: &[(i32, String)],
+    acks: i16,
+    pending: &mut HashMap<i32, Vec<(Option<Bytes>, Bytes)>>,
+) -> Result<usize> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let mut by_leader: HashMap<&str, Vec<PartitionProduceData>> = HashMap::new();
+    let mut count = 0;
+    for (partition, records) in pending.drain() {
+        count += records.len();
+        let records: Vec<Record> = records
+            .into_iter()
+            .enumerate()
+            .map(|(i, (key, value))| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                // offset - sequence equal for all records: the encoder keeps them in one batch.
+                offset: i as i64,
+                sequence: i as i32,
+                timestamp: now,
+                key,
+                value: Some(value),
+                headers: Default::default(),
+            })
+            .collect();
+        let mut batch = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut batch,
+            &records,
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .map_err(|e| format!("encoding records: {e}"))?;
+        let leader = leaders
+            .iter()
+            .find(|(p, _)| *p == partition)
+            .map(|(_, addr)| addr.as_str())
+            .ok_or_else(|| format!("no leader for partition {partition}"))?;
+        by_leader.entry(leader).or_default().push(
+            PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(batch.freeze())),
+        );
+    }
+    for (leader, partitions) in by_leader {
+        let request = |_| {
+            ProduceRequest::default()
+                .with_acks(acks)
+                .with_timeout_ms(30_000)
+                .with_topic_data(vec![TopicProduceData::default()
+                    .with_name(name(topic))
+                    .with_partition_data(partitions.clone())])
+        };
+        if acks == 0 {
+            client.send_only(Some(leader), PRODUCE, request)?;
+            continue;
+        }
+        let response: ProduceResponse = client.call(Some(leader), PRODUCE, request)?;
+        for t in &response.responses {
+            for p in &t.partition_responses {
+                if p.error_code != 0 {
+                    return Err(format!(
+                        "partition {}: {}",
+                        p.index,
+                        error_text(p.error_code, p.error_message.as_ref())
+                    ));
+                }
+            }
+        }
+    }
+    Ok(count)
+}
+
+pub fn consume(args: &[&str]) -> Result<()> {
+    let args = Args::parse(
+        args,
+        &["from", "partition", "count", "idle-exit-ms", "format"],
+    )?;
+    let topic = args.one_positional("topic")?.to_string();
+    let count: Option<u64> = args
+        .get("count")
+        .map(str::parse)
+        .transpose()
+        .map_err(|_| "--count: not a number".to_string())?;
+    let idle_exit: Option<Duration> = args
+        .get("idle-exit-ms")
+        .map(|v| v.parse().map(Duration::from_millis))
+        .transpose()
+        .map_err(|_| "--idle-exit-ms: not a number".to_string())?;
+    let format = args
+        .get("format")
+        .unwrap_or("%v\\n")
+        .replace("\\n", "\n")
+        .replace("\\t", "\t");
+    let only: Option<i32> = args
+        .get("partition")
+        .map(str::parse)
+        .transpose()
+        .map_err(|_| "--partition: not a number".to_string())?;
+    let mut client = args.client()?;
+    let leaders: Vec<(i32, String)> = partition_leaders(&mut client, &topic)?
+        .into_iter()
+        .filter(|(p, _)| only.is_none_or(|o| o == *p))
+        .collect();
+    if leaders.is_empty() {
+        return Err(format!("{topic} has no partition {}", only.unwrap_or(-1)));
+    }
+    let mut positions: HashMap<i32, i64> = HashMap::new();
+    let from = args.get("from").unwrap_or("beginning");
+    for (partition, leader) in &leaders {
+        let start = match from {
+            "beginning" => list_offset(&mut client, leader, &topic, *partition, -2)?,
+            "latest" | "end" => list_offset(&mut client, leader, &topic, *partition, -1)?,
+            n => n
+                .parse()
+                .map_err(|_| format!("--from {n:?}: expected beginning, latest or an offset"))?,
+        };
+        positions.insert(*partition, start);
+    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut printed = 0u64;
+    let mut last_data = Instant::now();
+    loop {
+        let mut got_any = false;
+        let mut groups: HashMap<&str, Vec<i32>> = HashMap::new();
+        for (p, leader) in &leaders {
+            groups.entry(leader.as_str()).or_default().push(*p);
+        }
+        for (leader, partitions) in groups {
+            let response: FetchResponse = client.call(Some(leader), FETCH, |_| {
+                FetchRequest::default()
+                    .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+                    .with_max_wait_ms(500)
+                    .with_min_bytes(1)
+                    .with_max_bytes(16 << 20)
+                    .with_isolation_level(0)
+                    .with_session_epoch(-1)
+                    .with_topics(vec![FetchTopic::default()
+                        .with_topic(name(&topic))
+                        .with_partitions(
+                            partitions
+                                .iter()
+                                .map(|p| {
+                                    FetchPartition::default()
+                                        .with_partition(*p)
+                                        .with_fetch_offset(positions[p])
+                                        .with_partition_max_bytes(FETCH_PARTITION_BYTES)
+                                })
+                                .collect(),
+                        )])
+            })?;
+            if response.error_code != 0 {
+                return Err(format!("fetch: {}", error_text(response.error_code, None)));
+            }
+            for t in &response.responses {
+                for p in &t.partitions {
+                    if p.error_code != 0 {
+                        return Err(format!(
+                            "partition {}: {}",
+                            p.partition_index,
+                            error_text(p.error_code, None)
+                        ));
+                    }
+                    let mut bytes = p.records.clone().unwrap_or_default();
+                    let position = positions.get_mut(&p.partition_index).expect("asked for");
+                    for record in decode_whole_batches(&mut bytes)? {
+                        if record.offset < *position || record.control {
+                            continue;
+                        }
+                        *position = record.offset + 1;
+                        got_any = true;
+                        write_record(&mut out, &format, &topic, p.partition_index, &record)
+                            .map_err(|e| format!("stdout: {e}"))?;
+                        printed += 1;
+                        if count.is_some_and(|c| printed >= c) {
+                            return out.flush().map_err(|e| format!("stdout: {e}"));
+                        }
+                    }
+                }
+            }
+        }
+        out.flush().map_err(|e| format!("stdout: {e}"))?;
+        if got_any {
+            last_data = Instant::now();
+        } else if idle_exit.is_some_and(|idle| last_data.elapsed() >= idle) {
+            return Ok(());
+        }
+    }
+}
+
+fn list_offset(
+    client: &mut Client,
+    leader: &str,
+    topic: &str,
+    partition: i32,
+    at: i64,
+) -> Result<i64> {
+    let response: ListOffsetsResponse = client.call(Some(leader), LIST_OFFSETS, |_| {
+        ListOffsetsRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_topics(vec![ListOffsetsTopic::default()
+                .with_name(name(topic))
+                .with_partitions(vec![ListOffsetsPartition::default()
+                    .with_partition_index(partition)
+                    .with_timestamp(at)])])
+    })?;
+    let p = &response.topics[0].partitions[0];
+    if p.error_code != 0 {
+        return Err(format!(
+            "offsets of partition {partition}: {}",
+            error_text(p.error_code, None)
+        ));
+    }
+    Ok(p.offset)
+}
+
+/// Decodes the whole batches of a fetched partition; a partial batch at the end (brokers may
+/// cut the last one at the size limit) is left for the next fetch.
+fn decode_whole_batches(bytes: &mut Bytes) -> Result<Vec<Record>> {
+    let mut records = Vec::new();
+    while bytes.len() >= 12 {
+        let length = i32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+        let Some(size) = usize::try_from(length).ok().map(|l| l + 12) else {
+            return Err("a fetched batch has a negative length".into());
+        };
+        if size > bytes.len() {
+            break;
+        }
+        let mut one = bytes.split_to(size);
+        let set = RecordBatchDecoder::decode(&mut one)
+            .map_err(|e| format!("cannot decode a fetched batch: {e}"))?;
+        records.extend(set.records);
+    }
+    Ok(records)
+}
+
+fn write_record(
+    out: &mut impl Write,
+    format: &str,
+    topic: &str,
+    partition: i32,
+    record: &Record,
+) -> std::io::Result<()> {
+    let text = |b: &Option<Bytes>| b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            write!(out, "{c}")?;
+            continue;
+        }
+        match chars.next() {
+            Some('t') => write!(out, "{topic}")?,
+            Some('p') => write!(out, "{partition}")?,
+            Some('o') => write!(out, "{}", record.offset)?,
+            Some('k') => write!(out, "{}", text(&record.key).unwrap_or_default())?,
+            Some('v') => write!(out, "{}", text(&record.value).unwrap_or_default())?,
+            Some('T') => write!(out, "{}", record.timestamp)?,
+            Some('h') => {
+                let headers: Vec<String> = record
+                    .headers
+                    .iter()
+                    .map(|(k, v)| format!("{}={}", k.as_str(), text(v).unwrap_or_default()))
+                    .collect();
+                write!(out, "{}", headers.join(","))?
+            }
+            Some('%') => write!(out, "%")?,
+            Some(other) => write!(out, "%{other}")?,
+            None => write!(out, "%")?,
+        }
+    }
+    Ok(())
+}
