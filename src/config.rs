@@ -15,6 +15,7 @@ use serde::Deserialize;
 struct FileConfig {
     listen: Option<String>,
     advertised_host: Option<String>,
+    advertised_port: Option<u16>,
     data_dir: Option<PathBuf>,
     cores: Option<usize>,
     node_id: Option<i32>,
@@ -32,6 +33,9 @@ pub struct BrokerConfig {
     pub listen: SocketAddr,
     /// Host put in Metadata responses; the listen address's IP by default.
     pub advertised_host: String,
+    /// Port put in Metadata responses; the listen port by default (differs behind a proxy or
+    /// NAT).
+    pub advertised_port: u16,
     pub data_dir: PathBuf,
     pub cores: usize,
     pub node_id: i32,
@@ -63,6 +67,11 @@ const FIELDS: &[(&str, &str, &str)] = &[
         "advertised_host",
         "--advertised-host",
         "SLUICE_ADVERTISED_HOST",
+    ),
+    (
+        "advertised_port",
+        "--advertised-port",
+        "SLUICE_ADVERTISED_PORT",
     ),
     ("data_dir", "--data-dir", "SLUICE_DATA_DIR"),
     ("cores", "--cores", "SLUICE_CORES"),
@@ -222,6 +231,20 @@ impl BrokerConfig {
             .map(|r| r.value)
             .unwrap_or_else(|| listen.ip().to_string());
 
+        let advertised_port = match pick(
+            "advertised_port",
+            file.advertised_port.map(|p| p.to_string()),
+        ) {
+            Some(raw) => {
+                let port: u16 = parse("advertised_port", &raw)?;
+                if port == 0 {
+                    return Err(invalid("advertised_port", &raw, "must not be 0".into()));
+                }
+                port
+            }
+            None => listen.port(),
+        };
+
         let raw = pick("data_dir", file.data_dir.map(|p| p.display().to_string()))
             .unwrap_or_else(|| default("./data"));
         if raw.value.trim().is_empty() {
@@ -314,6 +337,7 @@ impl BrokerConfig {
         Ok(BrokerConfig {
             listen,
             advertised_host,
+            advertised_port,
             data_dir,
             cores,
             node_id,

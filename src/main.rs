@@ -22,7 +22,8 @@ use config::BrokerConfig;
 use sluice_storage::{Log, LogConfig};
 
 const USAGE: &str = "usage:
-  sluice serve [--config FILE.toml] [--listen ADDR] [--advertised-host HOST] [--data-dir DIR]
+  sluice serve [--config FILE.toml] [--listen ADDR] [--advertised-host HOST]
+               [--advertised-port PORT] [--data-dir DIR]
                [--cores N] [--node-id N] [--frame-bytes-max BYTES] [--shutdown-drain-ms MS]
                [--auto-create-topics BOOL] [--default-partitions N]
                [--clamp-replication-factor BOOL] [--retention-check-ms MS]
@@ -180,7 +181,7 @@ fn serve(args: &[&str]) -> ExitCode {
     let broker = sluice_net::BrokerIdentity {
         node_id: config.node_id,
         advertised_host: config.advertised_host.clone(),
-        advertised_port: config.listen.port(),
+        advertised_port: config.advertised_port,
         cluster_id: "sluice-single-node-000".into(),
     };
     match sluice_net::server::run(server, broker, catalog, shutdown) {

@@ -44,20 +44,30 @@ pub enum CatalogError {
 struct MetadataFile {
     format: u32,
     topics: Vec<Topic>,
+    /// Producer ids below this may have been handed out (see `controller::init_producer_id`).
+    #[serde(default)]
+    producer_ids_reserved: i64,
 }
 
 /// One immutable version of the topic table.
 #[derive(Debug, Default)]
 pub struct Image {
     pub version: u64,
+    /// Producer ids below this may have been handed out already.
+    pub producer_ids_reserved: i64,
     by_name: BTreeMap<String, Arc<Topic>>,
     by_id: HashMap<Uuid, Arc<Topic>>,
 }
 
 impl Image {
-    fn new(version: u64, topics: impl IntoIterator<Item = Topic>) -> Image {
+    fn new(
+        version: u64,
+        topics: impl IntoIterator<Item = Topic>,
+        producer_ids_reserved: i64,
+    ) -> Image {
         let mut image = Image {
             version,
+            producer_ids_reserved,
             ..Image::default()
         };
         for topic in topics {
@@ -104,6 +114,7 @@ impl Catalog {
     pub fn load(data_dir: &Path) -> Result<Catalog, CatalogError> {
         let path = data_dir.join(METADATA_FILE);
         let display = path.display().to_string();
+        let mut producer_ids_reserved = 0;
         let topics = match std::fs::read(&path) {
             Ok(bytes) => {
                 let file: MetadataFile =
@@ -126,6 +137,7 @@ impl Catalog {
                         reason,
                     })?;
                 }
+                producer_ids_reserved = file.producer_ids_reserved;
                 file.topics
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -138,7 +150,7 @@ impl Catalog {
         };
         Ok(Catalog {
             data_dir: data_dir.to_path_buf(),
-            current: RwLock::new(Arc::new(Image::new(1, topics))),
+            current: RwLock::new(Arc::new(Image::new(1, topics, producer_ids_reserved))),
             version: AtomicU64::new(1),
         })
     }
@@ -165,14 +177,20 @@ impl Catalog {
     pub(crate) async fn publish(
         &self,
         topics: BTreeMap<String, Topic>,
+        producer_ids_reserved: i64,
     ) -> Result<Arc<Image>, CatalogError> {
         let file = MetadataFile {
             format: METADATA_FORMAT,
             topics: topics.values().cloned().collect(),
+            producer_ids_reserved,
         };
         let json = serde_json::to_vec_pretty(&file).expect("the catalog always serializes");
         sluice_storage::io::write_file_atomically(&self.data_dir, METADATA_FILE, &json).await?;
-        let image = Arc::new(Image::new(self.version() + 1, topics.into_values()));
+        let image = Arc::new(Image::new(
+            self.version() + 1,
+            topics.into_values(),
+            producer_ids_reserved,
+        ));
         *self
             .current
             .write()

@@ -84,7 +84,8 @@ async fn create_on_controller(
         .acquire_permit(1)
         .await
         .expect("the controller lock is never closed");
-    let mut topics = controller.catalog.image().to_topics();
+    let image = controller.catalog.image();
+    let mut topics = image.to_topics();
     let mut seen = HashSet::new();
     let duplicated: HashSet<String> = requested
         .iter()
@@ -110,7 +111,11 @@ async fn create_on_controller(
     if validate_only || created.is_empty() {
         return results.into_iter().map(|r| r.map(Arc::new)).collect();
     }
-    if let Err(e) = controller.catalog.publish(topics).await {
+    if let Err(e) = controller
+        .catalog
+        .publish(topics, image.producer_ids_reserved)
+        .await
+    {
         warn!(error = %e, "cannot persist the catalog; topics not created");
         return results
             .into_iter()
@@ -308,7 +313,11 @@ async fn delete_on_controller(
     if deleted.is_empty() {
         return results;
     }
-    if let Err(e) = controller.catalog.publish(topics).await {
+    if let Err(e) = controller
+        .catalog
+        .publish(topics, image.producer_ids_reserved)
+        .await
+    {
         warn!(error = %e, "cannot persist the catalog; topics not deleted");
         return results
             .into_iter()
@@ -355,7 +364,8 @@ pub async fn create_partitions(
                 .acquire_permit(1)
                 .await
                 .expect("the controller lock is never closed");
-            let mut topics = controller.catalog.image().to_topics();
+            let image = controller.catalog.image();
+            let mut topics = image.to_topics();
             let Some(topic) = topics.get_mut(&name) else {
                 return Err(error(
                     ResponseError::UnknownTopicOrPartition,
@@ -380,7 +390,11 @@ pub async fn create_partitions(
             }
             topic.partitions = count;
             let grown = Arc::new(topic.clone());
-            controller.catalog.publish(topics).await.map_err(|e| {
+            controller
+                .catalog
+                .publish(topics, image.producer_ids_reserved)
+                .await
+                .map_err(|e| {
                 error(
                     ResponseError::KafkaStorageError,
                     format!("cannot persist the catalog: {e}"),
@@ -417,4 +431,55 @@ pub async fn auto_create(shard: &Rc<Shard>, names: Vec<String>) {
             Err(e) => warn!(topic = %name.name, error = %e.message, "cannot auto-create topic"),
         }
     }
+}
+
+/// Producer ids reserved (persisted) at a time; a restart skips the rest of a block, so an id is
+/// never handed out twice.
+pub const PRODUCER_ID_BLOCK: i64 = 1000;
+
+/// InitProducerId for an idempotent (non-transactional) producer: a new producer id at epoch 0;
+/// or, when the producer names its current id and epoch (KIP-360, after a sequence error), the
+/// same id at the next epoch, which fences the old one.
+pub async fn init_producer_id(
+    shard: &Rc<Shard>,
+    current: Option<(i64, i16)>,
+) -> Result<(i64, i16), ApiError> {
+    if let Some((id, epoch)) = current {
+        if id >= 0 && (0..i16::MAX - 1).contains(&epoch) {
+            return Ok((id, epoch + 1));
+        }
+    }
+    shard
+        .invoke_on(CONTROLLER_SHARD, |controller| async move {
+            let _turn = controller
+                .controller_lock
+                .acquire_permit(1)
+                .await
+                .expect("the controller lock is never closed");
+            let image = controller.catalog.image();
+            let (next, end) = controller
+                .producer_ids
+                .get()
+                .unwrap_or((image.producer_ids_reserved, image.producer_ids_reserved));
+            let end = if next < end {
+                end
+            } else {
+                let end = next + PRODUCER_ID_BLOCK;
+                controller
+                    .catalog
+                    .publish(image.to_topics(), end)
+                    .await
+                    .map_err(|e| {
+                        error(
+                            ResponseError::KafkaStorageError,
+                            format!("cannot reserve producer ids: {e}"),
+                        )
+                    })?;
+                end
+            };
+            controller.producer_ids.set(Some((next + 1, end)));
+            Ok((next, 0))
+        })
+        .await
+        .unwrap_or_else(|gone| Err(error(ResponseError::UnknownServerError, gone.to_string())))
 }

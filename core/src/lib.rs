@@ -11,7 +11,10 @@
 //!   shard), immutable images read lock-free by every shard.
 //! - [`shard`] — one executor's state: its partitions, its mesh links to the other shards
 //!   (`invoke_on`), partition → shard ownership, retention.
-//! - [`partition`] — a partition on its owner: the log and the fetches waiting on it.
+//! - [`partition`] — a partition on its owner: the log, its producer state, and the fetches
+//!   waiting on it.
+//! - [`producers`] — idempotent-producer state: sequence and epoch checks, duplicates,
+//!   snapshots.
 //! - [`controller`] — create/delete topics, add partitions, auto-create.
 //! - [`produce`], [`fetch`], [`offsets`] — the data path: split a request by owning shard,
 //!   run each part there, gather the answers in request order.
@@ -24,6 +27,7 @@ pub mod fetch;
 pub mod offsets;
 pub mod partition;
 pub mod produce;
+pub mod producers;
 pub mod shard;
 pub mod topics;
 

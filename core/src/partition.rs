@@ -1,29 +1,86 @@
-//! One partition replica on its owning shard: its log, and the fetches waiting for new data.
+//! One partition replica on its owning shard: its log, its idempotent-producer state, and the
+//! fetches waiting for new data.
 //!
 //! Single node: this broker is the leader of every partition at epoch 0, and the high
 //! watermark is the log end (every replica there is, is in sync). Records appended with acks=1
 //! are visible to consumers before they are fdatasync'ed, as in Kafka.
+//!
+//! Appends take the partition's turn (a FIFO semaphore) for the producer-state check and the
+//! buffered append together, so the check always sees the batches before it; the wait for
+//! durability (acks=all) happens after the turn is released, so appends still share
+//! fdatasyncs (group commit).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::path::Path;
 
 use futures::channel::oneshot;
-use sluice_storage::{AppendInfo, LeaderEpoch, Log, LogConfig, Offset, Result};
+use glommio::sync::Semaphore;
+use kafka_protocol::ResponseError;
+use sluice_storage::batch::validate_batch;
+use sluice_storage::{AppendInfo, LeaderEpoch, Log, LogConfig, Offset, Result, StorageError};
+use tracing::{info, warn};
+
+use crate::producers::{ProducerState, Verdict, SNAPSHOT_EVERY_BYTES};
 
 /// The leader epoch stamped on every batch (single node: leadership never changes).
 pub const LEADER_EPOCH: LeaderEpoch = LeaderEpoch(0);
 
+/// Bytes read at a time when rebuilding producer state from the log.
+const REBUILD_READ_BYTES: usize = 1 << 20;
+
+/// Why an append did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Refused by the producer-state rules (sequence, epoch) or the request's shape.
+    #[error("{1}")]
+    Refused(ResponseError, String),
+}
+
 pub struct Partition {
     log: Log,
+    producers: RefCell<ProducerState>,
+    /// Held from the producer check through the buffered append.
+    turn: Semaphore,
+    appended_since_snapshot: Cell<u64>,
     /// Fetches waiting for the log end to move. Senders whose receiver is gone are pruned on
     /// every registration, so the list holds at most the waiting fetches.
     waiters: RefCell<Vec<oneshot::Sender<()>>>,
 }
 
 impl Partition {
+    /// Opens (recovers) the log, then rebuilds the producer state from the last snapshot and
+    /// the batches after it.
     pub async fn open(dir: &Path, config: LogConfig) -> Result<Partition> {
+        let log = Log::open(dir, config).await?;
+        let end = log.log_end_offset();
+        // A snapshot beyond the recovered log end describes batches that are gone: rebuild
+        // from the start instead.
+        let mut state = ProducerState::load(dir)
+            .filter(|s| s.covered_to() <= end)
+            .unwrap_or_default();
+        let mut from = state.covered_to().max(log.log_start_offset());
+        let rescan_from = from;
+        while from < end {
+            let read = log.read(from, REBUILD_READ_BYTES).await?;
+            let mut rest = &read.bytes[..];
+            while !rest.is_empty() {
+                let info = validate_batch(rest, usize::MAX).expect("the log returns valid batches");
+                state.record(&info);
+                rest = &rest[info.size_bytes..];
+            }
+            from = read.next_offset;
+        }
+        state.cover_to(end);
+        if rescan_from < end {
+            info!(dir = %dir.display(), from = %rescan_from, to = %end, "producer state rebuilt from the log");
+        }
         Ok(Partition {
-            log: Log::open(dir, config).await?,
+            log,
+            producers: RefCell::new(state),
+            turn: Semaphore::new(1),
+            appended_since_snapshot: Cell::new(0),
             waiters: RefCell::default(),
         })
     }
@@ -41,20 +98,90 @@ impl Partition {
         self.log.log_end_offset()
     }
 
-    /// Appends validated batches; with `durable`, returns only once they are fdatasync'ed.
-    /// Wakes the fetches waiting for data either way.
-    pub async fn append(&self, batches: &[u8], durable: bool) -> Result<AppendInfo> {
-        let appended = if durable {
-            self.log.append_durable(batches, LEADER_EPOCH).await
-        } else {
-            self.log.append(batches, LEADER_EPOCH).await
+    /// Appends one validated batch (Produce v3+ carries exactly one per partition); with
+    /// `durable`, returns only once it is fdatasync'ed. A retry of a batch an idempotent
+    /// producer already wrote is not appended again: its original offsets are returned.
+    pub async fn append(
+        &self,
+        batch: &[u8],
+        durable: bool,
+    ) -> std::result::Result<AppendInfo, AppendError> {
+        let header =
+            validate_batch(batch, usize::MAX).map_err(|source| StorageError::InvalidBatch {
+                position: 0,
+                source,
+            })?;
+        if header.size_bytes != batch.len() {
+            return Err(AppendError::Refused(
+                ResponseError::InvalidRecord,
+                "a partition's records must be exactly one record batch".into(),
+            ));
+        }
+        if header.is_transactional() || header.is_control() {
+            return Err(AppendError::Refused(
+                ResponseError::InvalidRecord,
+                "transactional and control batches are not supported yet".into(),
+            ));
+        }
+        let turn = self
+            .turn
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        let verdict = self.producers.borrow().check(&header);
+        let appended = match verdict {
+            Verdict::Reject(code, message) => return Err(AppendError::Refused(code, message)),
+            Verdict::Duplicate(kept) => {
+                drop(turn);
+                if durable {
+                    self.log.wait_durable(Offset(kept.last_offset)).await?;
+                }
+                return Ok(AppendInfo {
+                    base_offset: Offset(kept.base_offset),
+                    last_offset: Offset(kept.last_offset),
+                    batch_count: 1,
+                });
+            }
+            Verdict::Append => self.log.append(batch, LEADER_EPOCH).await?,
         };
-        if appended.is_ok() {
-            for waiter in self.waiters.borrow_mut().drain(..) {
-                let _ = waiter.send(());
+        self.producers
+            .borrow_mut()
+            .record(&sluice_storage::BatchInfo {
+                base_offset: appended.base_offset,
+                ..header
+            });
+        drop(turn);
+        for waiter in self.waiters.borrow_mut().drain(..) {
+            let _ = waiter.send(());
+        }
+        if durable {
+            self.log.wait_durable(appended.last_offset).await?;
+        }
+        let since = self.appended_since_snapshot.get() + batch.len() as u64;
+        self.appended_since_snapshot.set(since);
+        if since >= SNAPSHOT_EVERY_BYTES {
+            self.appended_since_snapshot.set(0);
+            if let Err(e) = self.snapshot_producers().await {
+                warn!(dir = %self.dir().display(), error = %e, "cannot snapshot producer state");
             }
         }
-        appended
+        Ok(appended)
+    }
+
+    /// Writes the producer-state snapshot, once the log is durable up to what it covers (so a
+    /// crash never leaves a snapshot ahead of the recovered log).
+    async fn snapshot_producers(&self) -> Result<()> {
+        let json = self.producers.borrow().to_snapshot();
+        let covered = self.producers.borrow().covered_to();
+        if covered > Offset::ZERO {
+            self.log.wait_durable(covered.plus(-1)).await?;
+        }
+        sluice_storage::io::write_file_atomically(
+            self.dir(),
+            crate::producers::SNAPSHOT_FILE,
+            &json,
+        )
+        .await
     }
 
     /// Resolves once the high watermark is above `seen` (at once if it already is), or when
@@ -71,9 +198,17 @@ impl Partition {
         rx
     }
 
-    /// Flushes and closes the log; waiting fetches are released.
+    /// Flushes and closes the log, then snapshots the producer state; waiting fetches are
+    /// released.
     pub async fn close(&self) -> Result<()> {
         self.waiters.borrow_mut().clear();
-        self.log.close().await
+        let json = self.producers.borrow().to_snapshot();
+        self.log.close().await?;
+        sluice_storage::io::write_file_atomically(
+            self.dir(),
+            crate::producers::SNAPSHOT_FILE,
+            &json,
+        )
+        .await
     }
 }

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use sluice_storage::{batch, BatchError, StorageError};
 
+use crate::partition::AppendError;
 use crate::shard::Shard;
 use crate::topics::Topic;
 use crate::{resolve_topic, TopicRef};
@@ -178,12 +179,22 @@ pub async fn produce(
         .collect()
 }
 
-/// Validates batches on the connection's shard, before they travel: header, CRC, and for
-/// uncompressed batches every record's structure. (The owning log checks header and CRC again
+/// Validates the partition's batch on the connection's shard, before it travels: exactly one
+/// batch, its header and CRC, and for an uncompressed batch every record's structure. (The owning log checks header and CRC again
 /// as it appends; that pass is cheap.)
 fn check_batches(records: &[u8], batch_bytes_max: usize) -> Result<(), ProduceOutput> {
     let infos = batch::validate_batches(records, batch_bytes_max)
         .map_err(|e| ProduceOutput::failed(batch_error_code(&e), e.to_string()))?;
+    if infos.len() != 1 {
+        // Kafka's rule since Produce v3, which idempotence relies on.
+        return Err(ProduceOutput::failed(
+            ResponseError::InvalidRecord,
+            format!(
+                "a partition's records must be exactly one record batch, not {}",
+                infos.len()
+            ),
+        ));
+    }
     let mut at = 0;
     for info in infos {
         let one = &records[at..at + info.size_bytes];
@@ -221,7 +232,8 @@ async fn append_one(
             base_offset: info.base_offset.0,
             log_start_offset: opened.log().log_start_offset().0,
         },
-        Err(e) => storage_failure(e),
+        Err(AppendError::Refused(code, message)) => ProduceOutput::failed(code, message),
+        Err(AppendError::Storage(e)) => storage_failure(e),
     }
 }
 

@@ -75,6 +75,8 @@ pub struct Shard {
     opening: Semaphore,
     /// The controller's lock: catalog changes run one at a time (used on shard 0 only).
     pub(crate) controller_lock: Semaphore,
+    /// The controller's producer-id block: (next to hand out, end of the reserved block).
+    pub(crate) producer_ids: std::cell::Cell<Option<(i64, i64)>>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -109,6 +111,7 @@ impl Shard {
             partitions: RefCell::default(),
             opening: Semaphore::new(1),
             controller_lock: Semaphore::new(1),
+            producer_ids: std::cell::Cell::new(None),
         });
         for (_, mut stream) in receivers.streams() {
             let weak = Rc::downgrade(&shard);

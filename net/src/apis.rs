@@ -23,6 +23,7 @@ pub const IMPLEMENTED: &[ApiRange] = &[
     handlers::api_versions::RANGE,
     handlers::create_topics::RANGE,
     handlers::delete_topics::RANGE,
+    handlers::init_producer_id::RANGE,
     handlers::describe_configs::RANGE,
     handlers::create_partitions::RANGE,
 ];

@@ -20,8 +20,8 @@ use futures::future::Either;
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest,
-    DescribeConfigsRequest, FetchRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest,
-    RequestHeader, ResponseHeader,
+    DescribeConfigsRequest, FetchRequest, InitProducerIdRequest, ListOffsetsRequest,
+    MetadataRequest, ProduceRequest, RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 use tracing::{debug, warn};
@@ -30,7 +30,7 @@ use crate::apis;
 use crate::frame::{read_frame, FrameError};
 use crate::handlers::{
     api_versions, create_partitions, create_topics, delete_topics, describe_configs, fetch,
-    list_offsets, metadata, produce, Context,
+    init_producer_id, list_offsets, metadata, produce, Context,
 };
 
 /// Requests of one connection in progress at once.
@@ -248,6 +248,16 @@ pub async fn respond(mut frame: Bytes, ctx: &Context) -> Answer {
                 version,
                 correlation_id,
                 &fetch::handle(request, version, ctx).await,
+            )
+            .map(Some)
+        }
+        ApiKey::InitProducerId => {
+            let request = decode::<InitProducerIdRequest>(&mut frame, api, version)?;
+            encode(
+                api,
+                version,
+                correlation_id,
+                &init_producer_id::handle(request, ctx).await,
             )
             .map(Some)
         }

@@ -42,6 +42,8 @@ const OFF_LAST_OFFSET_DELTA: usize = 23;
 const OFF_BASE_TIMESTAMP: usize = 27;
 const OFF_MAX_TIMESTAMP: usize = 35;
 const OFF_PRODUCER_ID: usize = 43;
+const OFF_PRODUCER_EPOCH: usize = 51;
+const OFF_BASE_SEQUENCE: usize = 53;
 const OFF_RECORD_COUNT: usize = 57;
 
 const COMPRESSION_MASK: i16 = 0x07;
@@ -86,6 +88,9 @@ pub struct BatchInfo {
     pub base_timestamp: TimestampMs,
     pub max_timestamp: TimestampMs,
     pub producer_id: i64,
+    pub producer_epoch: i16,
+    /// Sequence number of the first record (idempotent producers), -1 otherwise.
+    pub base_sequence: i32,
     pub record_count: i32,
 }
 
@@ -102,6 +107,21 @@ impl BatchInfo {
 
     pub fn compression_codec(&self) -> i16 {
         self.attributes & COMPRESSION_MASK
+    }
+
+    /// Part of a transaction (attributes bit 4).
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & 0x10 != 0
+    }
+
+    /// A control batch (transaction markers; attributes bit 5).
+    pub fn is_control(&self) -> bool {
+        self.attributes & 0x20 != 0
+    }
+
+    /// Sequence number of the last record: Kafka's sequences wrap from i32::MAX to 0.
+    pub fn last_sequence(&self) -> i32 {
+        next_sequence(self.base_sequence, self.last_offset_delta)
     }
 }
 
@@ -193,8 +213,19 @@ pub fn validate_batch(buf: &[u8], batch_bytes_max: usize) -> Result<BatchInfo, B
         base_timestamp: be_i64(buf, OFF_BASE_TIMESTAMP),
         max_timestamp: be_i64(buf, OFF_MAX_TIMESTAMP),
         producer_id: be_i64(buf, OFF_PRODUCER_ID),
+        producer_epoch: be_i16(buf, OFF_PRODUCER_EPOCH),
+        base_sequence: be_i32(buf, OFF_BASE_SEQUENCE),
         record_count,
     })
+}
+
+/// `sequence + increment`, wrapping past i32::MAX to 0 as Kafka's producer sequences do.
+pub fn next_sequence(sequence: i32, increment: i32) -> i32 {
+    if sequence > i32::MAX - increment {
+        increment - (i32::MAX - sequence) - 1
+    } else {
+        sequence + increment
+    }
 }
 
 /// Validates every batch in `buf`, which must consist of whole batches and nothing else.
@@ -459,6 +490,14 @@ mod tests {
             validate_records(&long_key, &info),
             Err(BatchError::BadRecord { index: 0, .. })
         ));
+    }
+
+    #[test]
+    fn sequences_wrap_like_kafkas() {
+        assert_eq!(next_sequence(0, 4), 4);
+        assert_eq!(next_sequence(i32::MAX - 1, 1), i32::MAX);
+        assert_eq!(next_sequence(i32::MAX, 1), 0);
+        assert_eq!(next_sequence(i32::MAX - 1, 3), 1);
     }
 
     #[test]

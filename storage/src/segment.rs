@@ -276,6 +276,8 @@ mod tests {
             base_timestamp: max_ts,
             max_timestamp: max_ts,
             producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
             record_count: records,
         }
     }

@@ -3,8 +3,9 @@
 //! Tests here start the `sluice` binary as a user would and talk to it from outside: through its
 //! command line today, through the Kafka protocol with real clients once the broker exists.
 //! This library holds what those tests share: starting and stopping brokers, and [`wire`],
-//! raw Kafka requests for wire-level tests.
+//! raw Kafka requests for wire-level tests, and [`proxy`], a TCP proxy that cuts connections.
 
+pub mod proxy;
 pub mod wire;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

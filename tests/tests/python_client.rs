@@ -1,6 +1,7 @@
 //! A client we did not write: kafka-python (pure Python; `.ci/run` installs it) against
 //! `sluice serve` with two shards: it creates a topic with its admin client, produces with
-//! acks=all (gzip-compressed, so compressed batches pass through untouched), consumes
+//! its default idempotent producer and acks=all (gzip-compressed, so compressed batches pass
+//! through untouched), consumes
 //! everything back from the beginning, reads end offsets and offsets by timestamp, reads the
 //! topic's configs, and deletes the topic.
 
@@ -18,9 +19,8 @@ admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
 admin.create_topics([NewTopic("py-topic", 3, 1, topic_configs={"retention.ms": "3600000"})])
 print("TOPICS", sorted(admin.list_topics()))
 
-# Idempotent production needs InitProducerId (issue "Consumer groups, ... idempotent
-# producers"): off for now.
-producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False,
+# kafka-python 3 producers are idempotent by default (InitProducerId, sequence numbers).
+producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all",
                          compression_type="gzip", linger_ms=5)
 futures = [producer.send("py-topic", key=b"k%d" % i, value=b"v%d" % i, partition=i % 3,
                          timestamp_ms=1_700_000_000_000 + i) for i in range(300)]

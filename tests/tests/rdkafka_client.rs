@@ -136,10 +136,20 @@ fn consumer(bootstrap: &str, topic: &str) -> BaseConsumer {
     consumer
 }
 
-/// Consumes until `want` records arrived (or 90 s passed); checks each record against what
-/// was sent and returns them as (partition, offset) -> seq.
-fn consume_checked(bootstrap: &str, topic: &str, want: usize) -> HashMap<(i32, i64), u64> {
+/// Consumes every record the partitions hold (up to their high watermarks, read first; or
+/// until 90 s passed); checks each record against what was sent and returns them as
+/// (partition, offset) -> seq.
+fn consume_checked(bootstrap: &str, topic: &str) -> HashMap<(i32, i64), u64> {
     let consumer = consumer(bootstrap, topic);
+    let want: usize = (0..PARTITIONS)
+        .map(|p| {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks");
+            assert_eq!(low, 0);
+            high as usize
+        })
+        .sum();
     let mut seen = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(90);
     while seen.len() < want && Instant::now() < deadline {
@@ -206,7 +216,7 @@ fn librdkafka_round_trips_100k_records_over_6_partitions_on_2_shards() {
         }
     }
 
-    let seen = consume_checked(&bootstrap, topic, RECORDS as usize);
+    let seen = consume_checked(&bootstrap, topic);
     assert_eq!(seen.len(), RECORDS as usize, "every record consumed");
     for (seq, at) in &acks.landed {
         assert_eq!(seen.get(at), Some(seq), "record {seq} at {at:?}");
@@ -261,7 +271,7 @@ fn acks_all_records_survive_a_sigkill_during_a_produce_load() {
     assert!(acked.len() >= acknowledged_at_kill);
 
     let broker = Broker::start_on(data_dir, &["--cores", "2"]);
-    let seen = consume_checked(&broker.bootstrap(), topic, acked.len());
+    let seen = consume_checked(&broker.bootstrap(), topic);
     let missing: Vec<_> = acked
         .iter()
         .filter(|(seq, at)| seen.get(at) != Some(seq))

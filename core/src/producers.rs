@@ -1,0 +1,296 @@
+//! Idempotent producers: per-partition producer state, the sequence checks that make a retried
+//! batch land exactly once, and its persistence.
+//!
+//! For each producer id seen on a partition the state keeps the producer epoch and the last
+//! [`BATCHES_KEPT`] batches (first and last sequence, offsets), as Kafka does. An incoming
+//! batch is, in this order (Kafka's `ProducerStateManager` rules):
+//! - from an older epoch: INVALID_PRODUCER_EPOCH;
+//! - from a newer epoch: accepted only at sequence 0 (a new epoch starts over);
+//! - a repeat of a kept batch (same first and last sequence): not appended again, answered
+//!   with the original offsets;
+//! - the next sequence after the last batch: appended;
+//! - anything else (a gap, or an unknown producer not starting at 0):
+//!   OUT_OF_ORDER_SEQUENCE_NUMBER.
+//!
+//! Persistence: the state is a function of the log, so it is rebuilt by reading the batch
+//! headers from where the last snapshot (`producer-state` in the partition directory) ends.
+//! A snapshot is written when the partition closes and after every [`SNAPSHOT_EVERY_BYTES`]
+//! appended, so a restart after a crash rescans at most that much.
+//!
+//! Invariant: `covered_to` is the offset up to which the log's batches are reflected.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+
+use kafka_protocol::ResponseError;
+use serde::{Deserialize, Serialize};
+use sluice_storage::{BatchInfo, Offset};
+
+/// Batches remembered per producer for duplicate detection (Kafka's value; producers keep at
+/// most 5 requests in flight when idempotent).
+pub const BATCHES_KEPT: usize = 5;
+
+/// Producers remembered per partition; past this the least recently written is forgotten
+/// (a bound on memory; Kafka expires producers after `producer.id.expiration.ms`).
+pub const PRODUCERS_MAX: usize = 10_000;
+
+/// Bytes appended between two snapshots.
+pub const SNAPSHOT_EVERY_BYTES: u64 = 64 << 20;
+
+/// File name of the snapshot in the partition directory.
+pub const SNAPSHOT_FILE: &str = "producer-state";
+
+const SNAPSHOT_FORMAT: u32 = 1;
+
+/// One batch of a producer, as remembered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptBatch {
+    pub first_sequence: i32,
+    pub last_sequence: i32,
+    pub base_offset: i64,
+    pub last_offset: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Producer {
+    epoch: i16,
+    batches: VecDeque<KeptBatch>,
+}
+
+/// What to do with an incoming batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Append,
+    /// Already in the log: answer with these offsets.
+    Duplicate(KeptBatch),
+    Reject(ResponseError, String),
+}
+
+/// The producer state of one partition.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ProducerState {
+    producers: HashMap<i64, Producer>,
+    covered_to: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    format: u32,
+    #[serde(flatten)]
+    state: ProducerState,
+}
+
+impl ProducerState {
+    /// The offset up to which the log is reflected here.
+    pub fn covered_to(&self) -> Offset {
+        Offset(self.covered_to)
+    }
+
+    /// Judges a batch (its header) before it is appended.
+    pub fn check(&self, batch: &BatchInfo) -> Verdict {
+        if batch.producer_id < 0 {
+            return Verdict::Append;
+        }
+        let out_of_order = |detail: String| {
+            Verdict::Reject(
+                ResponseError::OutOfOrderSequenceNumber,
+                format!(
+                    "producer {} epoch {}: {detail}",
+                    batch.producer_id, batch.producer_epoch
+                ),
+            )
+        };
+        let Some(producer) = self.producers.get(&batch.producer_id) else {
+            return if batch.base_sequence == 0 {
+                Verdict::Append
+            } else {
+                out_of_order(format!(
+                    "unknown producer must start at sequence 0, not {}",
+                    batch.base_sequence
+                ))
+            };
+        };
+        if batch.producer_epoch < producer.epoch {
+            return Verdict::Reject(
+                ResponseError::InvalidProducerEpoch,
+                format!(
+                    "producer {} epoch {} is older than the current epoch {}",
+                    batch.producer_id, batch.producer_epoch, producer.epoch
+                ),
+            );
+        }
+        if batch.producer_epoch > producer.epoch {
+            return if batch.base_sequence == 0 {
+                Verdict::Append
+            } else {
+                out_of_order(format!(
+                    "a new epoch starts at sequence 0, not {}",
+                    batch.base_sequence
+                ))
+            };
+        }
+        if let Some(kept) = producer.batches.iter().find(|k| {
+            k.first_sequence == batch.base_sequence && k.last_sequence == batch.last_sequence()
+        }) {
+            return Verdict::Duplicate(*kept);
+        }
+        let expected = producer.batches.back().map_or(0, |last| {
+            sluice_storage::batch::next_sequence(last.last_sequence, 1)
+        });
+        if batch.base_sequence == expected {
+            Verdict::Append
+        } else {
+            out_of_order(format!(
+                "expected sequence {expected}, got {}",
+                batch.base_sequence
+            ))
+        }
+    }
+
+    /// Records a batch the log now holds (its base offset stamped).
+    pub fn record(&mut self, batch: &BatchInfo) {
+        self.covered_to = self.covered_to.max(batch.next_offset().0);
+        if batch.producer_id < 0 || batch.is_control() {
+            return;
+        }
+        if !self.producers.contains_key(&batch.producer_id) && self.producers.len() >= PRODUCERS_MAX
+        {
+            self.forget_least_recent();
+        }
+        let producer = self.producers.entry(batch.producer_id).or_default();
+        if batch.producer_epoch != producer.epoch {
+            producer.epoch = batch.producer_epoch;
+            producer.batches.clear();
+        }
+        producer.batches.push_back(KeptBatch {
+            first_sequence: batch.base_sequence,
+            last_sequence: batch.last_sequence(),
+            base_offset: batch.base_offset.0,
+            last_offset: batch.last_offset().0,
+        });
+        while producer.batches.len() > BATCHES_KEPT {
+            producer.batches.pop_front();
+        }
+    }
+
+    /// Marks offsets up to `offset` as reflected (batches without producers in between).
+    pub fn cover_to(&mut self, offset: Offset) {
+        self.covered_to = self.covered_to.max(offset.0);
+    }
+
+    fn forget_least_recent(&mut self) {
+        let oldest = self
+            .producers
+            .iter()
+            .min_by_key(|(_, p)| p.batches.back().map_or(i64::MIN, |b| b.last_offset))
+            .map(|(id, _)| *id);
+        if let Some(id) = oldest {
+            self.producers.remove(&id);
+        }
+    }
+
+    /// The snapshot in `dir`, if there is a readable one of this format.
+    pub fn load(dir: &Path) -> Option<ProducerState> {
+        let bytes = std::fs::read(dir.join(SNAPSHOT_FILE)).ok()?;
+        let snapshot: Snapshot = serde_json::from_slice(&bytes).ok()?;
+        (snapshot.format == SNAPSHOT_FORMAT).then_some(snapshot.state)
+    }
+
+    /// The snapshot file's contents for the state as it is now.
+    pub fn to_snapshot(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct SnapshotRef<'a> {
+            format: u32,
+            #[serde(flatten)]
+            state: &'a ProducerState,
+        }
+        serde_json::to_vec(&SnapshotRef {
+            format: SNAPSHOT_FORMAT,
+            state: self,
+        })
+        .expect("producer state always serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_storage::batch::{build_batch, validate_batch};
+
+    /// A one-record batch header from producer `pid`, `epoch`, at `sequence`, placed at
+    /// `offset`.
+    fn batch(pid: i64, epoch: i16, sequence: i32, records: i32, offset: i64) -> BatchInfo {
+        let mut info = validate_batch(&build_batch(0, &[(0, b"k", b"v")]), 1 << 20).unwrap();
+        info.producer_id = pid;
+        info.producer_epoch = epoch;
+        info.base_sequence = sequence;
+        info.record_count = records;
+        info.last_offset_delta = records - 1;
+        info.base_offset = Offset(offset);
+        info
+    }
+
+    #[test]
+    fn sequences_epochs_and_duplicates_follow_kafkas_rules() {
+        let mut state = ProducerState::default();
+        assert_eq!(
+            state.check(&batch(-1, -1, -1, 1, 0)),
+            Verdict::Append,
+            "not idempotent"
+        );
+        assert!(matches!(
+            state.check(&batch(7, 0, 3, 1, 0)),
+            Verdict::Reject(ResponseError::OutOfOrderSequenceNumber, _)
+        ));
+        let first = batch(7, 0, 0, 2, 0);
+        assert_eq!(state.check(&first), Verdict::Append);
+        state.record(&first);
+        let kept = KeptBatch {
+            first_sequence: 0,
+            last_sequence: 1,
+            base_offset: 0,
+            last_offset: 1,
+        };
+        assert_eq!(
+            state.check(&batch(7, 0, 0, 2, 99)),
+            Verdict::Duplicate(kept)
+        );
+        assert!(matches!(
+            state.check(&batch(7, 0, 3, 1, 2)),
+            Verdict::Reject(ResponseError::OutOfOrderSequenceNumber, _)
+        ));
+        let second = batch(7, 0, 2, 1, 2);
+        assert_eq!(state.check(&second), Verdict::Append);
+        state.record(&second);
+        // A new epoch starts at 0; then the old epoch is fenced.
+        assert!(matches!(
+            state.check(&batch(7, 1, 3, 1, 3)),
+            Verdict::Reject(ResponseError::OutOfOrderSequenceNumber, _)
+        ));
+        let bumped = batch(7, 1, 0, 1, 3);
+        assert_eq!(state.check(&bumped), Verdict::Append);
+        state.record(&bumped);
+        assert!(matches!(
+            state.check(&batch(7, 0, 3, 1, 4)),
+            Verdict::Reject(ResponseError::InvalidProducerEpoch, _)
+        ));
+        assert_eq!(state.covered_to(), Offset(4));
+    }
+
+    #[test]
+    fn only_the_last_five_batches_are_kept() {
+        let mut state = ProducerState::default();
+        for seq in 0..8 {
+            state.record(&batch(1, 0, seq, 1, i64::from(seq)));
+        }
+        assert!(matches!(
+            state.check(&batch(1, 0, 2, 1, 0)),
+            Verdict::Reject(ResponseError::OutOfOrderSequenceNumber, _)
+        ));
+        assert!(matches!(
+            state.check(&batch(1, 0, 3, 1, 0)),
+            Verdict::Duplicate(_)
+        ));
+        assert_eq!(state.check(&batch(1, 0, 8, 1, 8)), Verdict::Append);
+    }
+}

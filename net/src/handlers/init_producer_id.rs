@@ -1,0 +1,35 @@
+//! InitProducerId (key 22): a producer id and epoch for an idempotent producer. With its
+//! current id and epoch (v3+, KIP-360) the producer gets the same id at the next epoch. A
+//! transactional id is refused with INVALID_REQUEST: transactions are not implemented.
+
+use kafka_protocol::messages::{ApiKey, InitProducerIdRequest, InitProducerIdResponse, ProducerId};
+use sluice_core::{controller, ResponseError};
+
+use crate::apis::ApiRange;
+use crate::handlers::Context;
+
+pub const RANGE: ApiRange = ApiRange {
+    key: ApiKey::InitProducerId,
+    min_version: 0,
+    max_version: 5,
+};
+
+pub async fn handle(request: InitProducerIdRequest, ctx: &Context) -> InitProducerIdResponse {
+    let failed = |code: ResponseError| {
+        InitProducerIdResponse::default()
+            .with_error_code(code.code())
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1)
+    };
+    if request.transactional_id.is_some() {
+        return failed(ResponseError::InvalidRequest);
+    }
+    let current =
+        (request.producer_id.0 >= 0).then_some((request.producer_id.0, request.producer_epoch));
+    match controller::init_producer_id(&ctx.shard, current).await {
+        Ok((id, epoch)) => InitProducerIdResponse::default()
+            .with_producer_id(ProducerId(id))
+            .with_producer_epoch(epoch),
+        Err(e) => failed(e.code),
+    }
+}
