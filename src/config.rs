@@ -25,6 +25,8 @@ struct FileConfig {
     default_partitions: Option<i32>,
     clamp_replication_factor: Option<bool>,
     retention_check_ms: Option<u64>,
+    offsets_partitions: Option<i32>,
+    group_initial_rebalance_delay_ms: Option<u64>,
 }
 
 /// The validated configuration.
@@ -49,6 +51,11 @@ pub struct BrokerConfig {
     pub clamp_replication_factor: bool,
     /// How often retention runs (Kafka's `log.retention.check.interval.ms`).
     pub retention_check_ms: u64,
+    /// Partitions of `__consumer_offsets` when it is first created
+    /// (Kafka's `offsets.topic.num.partitions`).
+    pub offsets_partitions: i32,
+    /// Kafka's `group.initial.rebalance.delay.ms`.
+    pub group_initial_rebalance_delay_ms: u64,
 }
 
 /// A value that could not be used: which field, where it came from, and why.
@@ -105,6 +112,16 @@ const FIELDS: &[(&str, &str, &str)] = &[
         "retention_check_ms",
         "--retention-check-ms",
         "SLUICE_RETENTION_CHECK_MS",
+    ),
+    (
+        "offsets_partitions",
+        "--offsets-partitions",
+        "SLUICE_OFFSETS_PARTITIONS",
+    ),
+    (
+        "group_initial_rebalance_delay_ms",
+        "--group-initial-rebalance-delay-ms",
+        "SLUICE_GROUP_INITIAL_REBALANCE_DELAY_MS",
     ),
 ];
 
@@ -334,6 +351,28 @@ impl BrokerConfig {
             ));
         }
 
+        let raw = pick(
+            "offsets_partitions",
+            file.offsets_partitions.map(|n| n.to_string()),
+        )
+        .unwrap_or_else(|| default("8"));
+        let offsets_partitions: i32 = parse("offsets_partitions", &raw)?;
+        if !(1..=1000).contains(&offsets_partitions) {
+            return Err(invalid(
+                "offsets_partitions",
+                &raw,
+                "must be in 1..=1000".into(),
+            ));
+        }
+
+        let raw = pick(
+            "group_initial_rebalance_delay_ms",
+            file.group_initial_rebalance_delay_ms.map(|n| n.to_string()),
+        )
+        .unwrap_or_else(|| default("3000"));
+        let group_initial_rebalance_delay_ms: u64 =
+            parse("group_initial_rebalance_delay_ms", &raw)?;
+
         Ok(BrokerConfig {
             listen,
             advertised_host,
@@ -347,6 +386,8 @@ impl BrokerConfig {
             default_partitions,
             clamp_replication_factor,
             retention_check_ms,
+            offsets_partitions,
+            group_initial_rebalance_delay_ms,
         })
     }
 }

@@ -27,6 +27,7 @@ const USAGE: &str = "usage:
                [--cores N] [--node-id N] [--frame-bytes-max BYTES] [--shutdown-drain-ms MS]
                [--auto-create-topics BOOL] [--default-partitions N]
                [--clamp-replication-factor BOOL] [--retention-check-ms MS]
+               [--offsets-partitions N] [--group-initial-rebalance-delay-ms MS]
                                start the broker (defaults: 127.0.0.1:9092, ./data, all cores);
                                each flag also reads from SLUICE_<FIELD> and the TOML file
   sluice log verify <dir>      recover a partition log directory and print what it holds
@@ -157,6 +158,16 @@ fn serve(args: &[&str]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = catalog.ensure_topic_blocking(
+        sluice_core::groups::OFFSETS_TOPIC,
+        config.offsets_partitions,
+    ) {
+        eprintln!(
+            "sluice serve: cannot create {}: {e}",
+            sluice_core::groups::OFFSETS_TOPIC
+        );
+        return ExitCode::FAILURE;
+    }
     for orphan in catalog.orphan_topic_dirs() {
         // Left by a topic deletion that a crash interrupted after the catalog changed.
         tracing::info!(dir = %orphan.display(), "removing the files of a deleted topic");
@@ -176,6 +187,9 @@ fn serve(args: &[&str]) -> ExitCode {
             default_partitions: config.default_partitions,
             clamp_replication_factor: config.clamp_replication_factor,
             retention_check_ms: config.retention_check_ms,
+            group_initial_rebalance_delay: std::time::Duration::from_millis(
+                config.group_initial_rebalance_delay_ms,
+            ),
         },
     };
     let broker = sluice_net::BrokerIdentity {

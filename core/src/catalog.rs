@@ -155,6 +155,61 @@ impl Catalog {
         })
     }
 
+    /// Adds topic `name` with `partitions` if the catalog lacks it, writing the file durably.
+    /// Blocking: for start-up (internal topics such as `__consumer_offsets`).
+    pub fn ensure_topic_blocking(&self, name: &str, partitions: i32) -> Result<(), CatalogError> {
+        let image = self.image();
+        if image.topic(name).is_some() {
+            return Ok(());
+        }
+        let mut topics = image.to_topics();
+        topics.insert(
+            name.to_string(),
+            Topic {
+                name: name.to_string(),
+                id: Uuid::new_v4(),
+                partitions,
+                configs: [("cleanup.policy".to_string(), "compact".to_string())]
+                    .into_iter()
+                    .collect(),
+            },
+        );
+        let file = MetadataFile {
+            format: METADATA_FORMAT,
+            topics: topics.values().cloned().collect(),
+            producer_ids_reserved: image.producer_ids_reserved,
+        };
+        let json = serde_json::to_vec_pretty(&file).expect("the catalog always serializes");
+        let write_err = |e: std::io::Error| {
+            CatalogError::Write(sluice_storage::StorageError::Io {
+                path: self.data_dir.join(METADATA_FILE).display().to_string(),
+                source: e,
+            })
+        };
+        let temp = self.data_dir.join(format!("{METADATA_FILE}.tmp"));
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&temp).map_err(write_err)?;
+            f.write_all(&json).map_err(write_err)?;
+            f.sync_data().map_err(write_err)?;
+        }
+        std::fs::rename(&temp, self.data_dir.join(METADATA_FILE)).map_err(write_err)?;
+        std::fs::File::open(&self.data_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(write_err)?;
+        let next = Image::new(
+            self.version() + 1,
+            topics.into_values(),
+            image.producer_ids_reserved,
+        );
+        *self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(next);
+        self.version.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }

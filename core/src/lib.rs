@@ -16,6 +16,8 @@
 //! - [`producers`] — idempotent-producer state: sequence and epoch checks, duplicates,
 //!   snapshots.
 //! - [`controller`] — create/delete topics, add partitions, auto-create.
+//! - [`groups`] — the classic consumer-group coordinator and committed offsets, on the shard
+//!   owning each group's `__consumer_offsets` partition.
 //! - [`produce`], [`fetch`], [`offsets`] — the data path: split a request by owning shard,
 //!   run each part there, gather the answers in request order.
 //!
@@ -24,6 +26,7 @@
 pub mod catalog;
 pub mod controller;
 pub mod fetch;
+pub mod groups;
 pub mod offsets;
 pub mod partition;
 pub mod produce;

@@ -59,6 +59,9 @@ pub struct ShardSettings {
     pub clamp_replication_factor: bool,
     /// How often each shard applies retention to its partitions.
     pub retention_check_ms: u64,
+    /// How long a new consumer group waits for more members before its first rebalance
+    /// completes (Kafka's `group.initial.rebalance.delay.ms`).
+    pub group_initial_rebalance_delay: std::time::Duration,
 }
 
 /// One shard's state.
@@ -75,6 +78,8 @@ pub struct Shard {
     opening: Semaphore,
     /// The controller's lock: catalog changes run one at a time (used on shard 0 only).
     pub(crate) controller_lock: Semaphore,
+    /// The consumer groups whose offsets partitions this shard owns.
+    pub(crate) groups: crate::groups::Coordinator,
     /// The controller's producer-id block: (next to hand out, end of the reserved block).
     pub(crate) producer_ids: std::cell::Cell<Option<(i64, i64)>>,
 }
@@ -112,6 +117,7 @@ impl Shard {
             opening: Semaphore::new(1),
             controller_lock: Semaphore::new(1),
             producer_ids: std::cell::Cell::new(None),
+            groups: crate::groups::Coordinator::default(),
         });
         for (_, mut stream) in receivers.streams() {
             let weak = Rc::downgrade(&shard);
@@ -136,6 +142,23 @@ impl Shard {
                 }
             }
         }
+        if let Some(offsets) = image.topic(crate::groups::OFFSETS_TOPIC) {
+            let mut records = 0;
+            for p in 0..offsets.partitions {
+                if shard.owner_of(&offsets.name, p) == shard.id {
+                    records += crate::groups::replay(&shard, offsets, p)
+                        .await
+                        .map_err(|e| format!("replaying {} partition {p}: {e}", offsets.name))?;
+                }
+            }
+            if records > 0 {
+                info!(
+                    shard = shard.id,
+                    records, "consumer groups and offsets restored"
+                );
+            }
+        }
+        glommio::spawn_local(crate::groups::reaper(shard.clone())).detach();
         info!(shard = shard.id, partitions = opened, "shard ready");
         Ok(shard)
     }

@@ -20,8 +20,10 @@ use futures::future::Either;
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest,
-    DescribeConfigsRequest, FetchRequest, InitProducerIdRequest, ListOffsetsRequest,
-    MetadataRequest, ProduceRequest, RequestHeader, ResponseHeader,
+    DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest,
+    HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
+    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
+    OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader, SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 use tracing::{debug, warn};
@@ -29,8 +31,9 @@ use tracing::{debug, warn};
 use crate::apis;
 use crate::frame::{read_frame, FrameError};
 use crate::handlers::{
-    api_versions, create_partitions, create_topics, delete_topics, describe_configs, fetch,
-    init_producer_id, list_offsets, metadata, produce, Context,
+    api_versions, create_partitions, create_topics, delete_topics, describe_configs,
+    describe_groups, fetch, find_coordinator, heartbeat, init_producer_id, join_group, leave_group,
+    list_groups, list_offsets, metadata, offset_commit, offset_fetch, produce, sync_group, Context,
 };
 
 /// Requests of one connection in progress at once.
@@ -270,6 +273,52 @@ pub async fn respond(mut frame: Bytes, ctx: &Context) -> Answer {
                 &list_offsets::handle(request, ctx).await,
             )
             .map(Some)
+        }
+        ApiKey::FindCoordinator => {
+            let request = decode::<FindCoordinatorRequest>(&mut frame, api, version)?;
+            let response = find_coordinator::handle(request, version, ctx);
+            encode(api, version, correlation_id, &response).map(Some)
+        }
+        ApiKey::JoinGroup => {
+            let request = decode::<JoinGroupRequest>(&mut frame, api, version)?;
+            let client_id = header.client_id.as_ref().map_or("", |c| c.as_str());
+            let response = join_group::handle(request, version, client_id, ctx).await;
+            encode(api, version, correlation_id, &response).map(Some)
+        }
+        ApiKey::SyncGroup => {
+            let request = decode::<SyncGroupRequest>(&mut frame, api, version)?;
+            let response = sync_group::handle(request, ctx).await;
+            encode(api, version, correlation_id, &response).map(Some)
+        }
+        ApiKey::Heartbeat => {
+            let request = decode::<HeartbeatRequest>(&mut frame, api, version)?;
+            let response = heartbeat::handle(request, ctx).await;
+            encode(api, version, correlation_id, &response).map(Some)
+        }
+        ApiKey::LeaveGroup => {
+            let request = decode::<LeaveGroupRequest>(&mut frame, api, version)?;
+            let response = leave_group::handle(request, version, ctx).await;
+            encode(api, version, correlation_id, &response).map(Some)
+        }
+        ApiKey::OffsetCommit => {
+            let request = decode::<OffsetCommitRequest>(&mut frame, api, version)?;
+            let response = offset_commit::handle(request, ctx).await;
+            encode(api, version, correlation_id, &response).map(Some)
+        }
+        ApiKey::OffsetFetch => {
+            let request = decode::<OffsetFetchRequest>(&mut frame, api, version)?;
+            let response = offset_fetch::handle(request, version, ctx).await;
+            encode(api, version, correlation_id, &response).map(Some)
+        }
+        ApiKey::ListGroups => {
+            let request = decode::<ListGroupsRequest>(&mut frame, api, version)?;
+            let response = list_groups::handle(request, ctx).await;
+            encode(api, version, correlation_id, &response).map(Some)
+        }
+        ApiKey::DescribeGroups => {
+            let request = decode::<DescribeGroupsRequest>(&mut frame, api, version)?;
+            let response = describe_groups::handle(request, version, ctx).await;
+            encode(api, version, correlation_id, &response).map(Some)
         }
         _ => Err(RequestError::UnsupportedVersion { api, version }),
     }

@@ -87,6 +87,7 @@ pub fn run(
             let ctx = Context {
                 shard: shard.clone(),
                 broker: Rc::new(broker),
+                client_host: Rc::from(""),
             };
             let in_flight: crate::connection::InFlight = Rc::default();
             let accept = async {
@@ -99,13 +100,16 @@ pub fn run(
                         }
                     };
                     let _ = stream.set_nodelay(true);
-                    let peer = stream
-                        .peer_addr()
-                        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+                    let peer_addr = stream.peer_addr().ok();
+                    let peer = peer_addr.map_or_else(|| "?".to_string(), |a| a.to_string());
+                    let mut connection_ctx = ctx.clone();
+                    connection_ctx.client_host = Rc::from(
+                        peer_addr.map_or_else(|| "?".to_string(), |a| format!("/{}", a.ip())),
+                    );
                     glommio::spawn_local(crate::connection::serve(
                         stream,
                         peer,
-                        ctx.clone(),
+                        connection_ctx,
                         config.frame_bytes_max,
                         in_flight.clone(),
                     ))

@@ -31,7 +31,7 @@ mod client;
 use client::{partition_for_key, ApiUse, Client, Result};
 
 pub const USAGE: &str = "\
-  sluice topic list [--bootstrap ADDR]
+  sluice topic list [--bootstrap ADDR]   (internal topics left out)
   sluice topic create NAME [--partitions N] [--replication-factor N] [--config KEY=VALUE]...
   sluice topic describe NAME           partitions, leaders and configs
   sluice topic delete NAME
@@ -164,9 +164,12 @@ pub fn topic(args: &[&str]) -> Result<()> {
         ["list", rest @ ..] => {
             let args = Args::parse(rest, &[])?;
             let metadata = args.client()?.metadata(None)?;
+            // Internal topics (`__consumer_offsets`) are left out, as kafka-topics.sh
+            // --exclude-internal does.
             let mut names: Vec<String> = metadata
                 .topics
                 .iter()
+                .filter(|t| !t.is_internal)
                 .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string()))
                 .collect();
             names.sort();

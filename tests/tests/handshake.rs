@@ -25,6 +25,15 @@ const EXPECTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::InitProducerId, 0, 5),
+    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetFetch, 1, 9),
+    (ApiKey::FindCoordinator, 0, 6),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::DescribeGroups, 0, 6),
+    (ApiKey::ListGroups, 0, 5),
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::CreatePartitions, 0, 3),
 ];
@@ -142,12 +151,26 @@ fn metadata_auto_creates_topics_when_both_sides_allow_it() {
         0,
         &MetadataRequest::default().with_topics(Some(vec![])),
     );
-    assert_eq!(all.topics.len(), 1);
+    // Besides `__consumer_offsets` (v0 has no is_internal flag: tell it by name).
+    let user_topics = |r: &MetadataResponse| {
+        r.topics
+            .iter()
+            .filter(|t| !t.name.as_ref().is_some_and(|n| n.starts_with("__")))
+            .count()
+    };
+    assert_eq!(user_topics(&all), 1);
     let all: MetadataResponse = call(
         &mut s,
         ApiKey::Metadata,
         9,
         &MetadataRequest::default().with_topics(None),
     );
-    assert_eq!(all.topics.len(), 1);
+    assert_eq!(user_topics(&all), 1);
+    assert!(
+        all.topics.iter().any(|t| t.is_internal
+            && t.name
+                .as_ref()
+                .is_some_and(|n| n.as_str() == "__consumer_offsets")),
+        "__consumer_offsets is listed as internal"
+    );
 }

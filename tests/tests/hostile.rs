@@ -208,7 +208,10 @@ fn hostile_input_gets_an_error_or_a_closed_connection_and_loses_nothing() {
     let header = ResponseHeader::decode(&mut response, 1).unwrap();
     assert_eq!(header.correlation_id, 5);
     let metadata = MetadataResponse::decode(&mut response, 12).unwrap();
-    assert_eq!(metadata.topics.len(), 1);
+    assert!(metadata
+        .topics
+        .iter()
+        .any(|t| t.name.as_deref() == Some(&StrBytes::from_static_str(TOPIC))));
 
     // Half-open connections that never send a full frame do not stop service.
     let idle: Vec<TcpStream> = (0..50)

@@ -169,6 +169,7 @@ fn retries_land_once_and_sequence_rules_hold_across_restarts() {
     let snapshot_dirs = std::fs::read_dir(broker.data_dir.path().join("topics"))
         .unwrap()
         .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("idem-"))
         .filter(|e| e.path().join("0").join("producer-state").exists())
         .count();
     assert_eq!(snapshot_dirs, 1, "the snapshot file exists");

@@ -3,7 +3,8 @@
 //! its default idempotent producer and acks=all (gzip-compressed, so compressed batches pass
 //! through untouched), consumes
 //! everything back from the beginning, reads end offsets and offsets by timestamp, reads the
-//! topic's configs, and deletes the topic.
+//! topic's configs, consumes in a consumer group (commit, leave, resume from the committed
+//! offsets, list groups and their offsets), and deletes the topic.
 
 use std::process::Command;
 
@@ -17,7 +18,7 @@ from kafka.admin import NewTopic, ConfigResource
 bootstrap = sys.argv[1]
 admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
 admin.create_topics([NewTopic("py-topic", 3, 1, topic_configs={"retention.ms": "3600000"})])
-print("TOPICS", sorted(admin.list_topics()))
+print("TOPICS", sorted(t for t in admin.list_topics() if not t.startswith("__")))
 
 # kafka-python 3 producers are idempotent by default (InitProducerId, sequence numbers).
 producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all",
@@ -43,10 +44,27 @@ print("END", [consumer.end_offsets(partitions)[tp] for tp in partitions])
 by_time = consumer.offsets_for_times({partitions[0]: 1_700_000_000_000 + 150})
 print("BY_TIME", by_time[partitions[0]].offset)
 
+# A consumer group: consume everything, commit, leave; the next member resumes after it.
+member = KafkaConsumer("py-topic", bootstrap_servers=bootstrap, group_id="py-group",
+                       auto_offset_reset="earliest", enable_auto_commit=False,
+                       consumer_timeout_ms=5000)
+in_group = sum(1 for _ in member)
+member.commit()
+print("GROUP_CONSUMED", in_group, sorted(tp.partition for tp in member.assignment()))
+member.close()
+producer.send("py-topic", key=b"k300", value=b"v300", partition=0).get(timeout=10)
+member = KafkaConsumer("py-topic", bootstrap_servers=bootstrap, group_id="py-group",
+                       auto_offset_reset="earliest", consumer_timeout_ms=5000)
+print("RESUMED", [m.value for m in member])
+member.close()
+print("GROUPS", [g["group_id"] for g in admin.list_groups()])
+committed = admin.list_group_offsets("py-group")["py-group"]
+print("COMMITTED", sorted((tp.partition, o.offset) for tp, o in committed.items()))
+
 configs = admin.describe_configs([ConfigResource("TOPIC", "py-topic")])
 print("CONFIGS", configs)
 admin.delete_topics(["py-topic"])
-print("AFTER_DELETE", sorted(admin.list_topics()))
+print("AFTER_DELETE", sorted(t for t in admin.list_topics() if not t.startswith("__")))
 "#;
 
 #[test]
@@ -70,6 +88,10 @@ fn kafka_python_round_trip() {
         // Record 150 is in partition 0 at offset 50 (records 0, 3, 6, ... live there).
         "BY_TIME 50",
         "'retention.ms'",
+        "GROUP_CONSUMED 300 [0, 1, 2]",
+        "RESUMED [b'v300']",
+        "GROUPS ['py-group']",
+        "COMMITTED [(0, 101), (1, 100), (2, 100)]",
         "AFTER_DELETE []",
     ] {
         assert!(

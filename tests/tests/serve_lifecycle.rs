@@ -160,10 +160,14 @@ fn clean_shutdown_flushes_buffered_data_and_a_corrupt_catalog_is_refused() {
     let topics = data_dir.path().join("topics");
     let topic_dir = std::fs::read_dir(&topics)
         .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("buffered-")
+        })
+        .expect("the topic's directory");
     let out = Command::new(sluice_binary())
         .args(["log", "verify"])
         .arg(topic_dir.join("0"))

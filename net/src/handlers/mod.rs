@@ -12,17 +12,28 @@ pub mod create_partitions;
 pub mod create_topics;
 pub mod delete_topics;
 pub mod describe_configs;
+pub mod describe_groups;
 pub mod fetch;
+pub mod find_coordinator;
+pub mod heartbeat;
 pub mod init_producer_id;
+pub mod join_group;
+pub mod leave_group;
+pub mod list_groups;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_commit;
+pub mod offset_fetch;
 pub mod produce;
+pub mod sync_group;
 
 /// What a handler can reach: this shard (and through it, every other) and who the broker is.
 #[derive(Debug, Clone)]
 pub struct Context {
     pub shard: Rc<Shard>,
     pub broker: Rc<BrokerIdentity>,
+    /// The peer's address (host part), as DescribeGroups shows it.
+    pub client_host: Rc<str>,
 }
 
 /// Kafka's `ConfigSource`: 1 = set on the topic, 5 = the default.

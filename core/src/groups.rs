@@ -1,0 +1,1054 @@
+//! The classic consumer-group coordinator: membership, rebalances, and committed offsets.
+//!
+//! A group lives on the shard that owns its partition of the internal topic
+//! `__consumer_offsets` (partition `crc32c(group) % partitions`); every group request is
+//! forwarded there. That shard keeps the group's state in memory and its committed offsets both
+//! in memory and, durably, as records appended to that partition; at start-up it replays the
+//! partition to rebuild them. Membership is not persisted: after a restart a group is Empty
+//! (with its generation) until its consumers rejoin.
+//!
+//! The state machine is Kafka's (`GroupMetadata`): Empty → PreparingRebalance (members
+//! (re)join; the round ends when every member has rejoined or the rebalance timeout passes,
+//! and for a new group not before the initial delay) → CompletingRebalance (the leader
+//! computes the assignment and sends it with SyncGroup) → Stable. A join with new metadata, a
+//! leave, or a member whose session expires (no heartbeat within its session timeout) starts a
+//! new round. Assignment strategies (eager, cooperative-sticky) run in the clients; the
+//! coordinator relays their metadata and assignments untouched.
+//!
+//! Records in `__consumer_offsets` (our layout; Kafka's own binary schemas are not used):
+//! key `["offset", group, topic, partition]` → value `{"offset", "leader_epoch", "metadata",
+//! "commit_ms"}`; key `["group", group]` → value `{"protocol_type", "generation"}` at every
+//! new generation. A JSON `null` value deletes.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+use kafka_protocol::ResponseError;
+use serde::{Deserialize, Serialize};
+use sluice_storage::batch::{build_batch, validate_batch};
+use tracing::{debug, info, warn};
+
+use crate::shard::Shard;
+use crate::topics::Topic;
+
+/// The internal topic holding committed offsets and group records.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// Shortest and longest session timeouts accepted (Kafka's `group.min/max.session.timeout.ms`
+/// are 6 s and 30 min; the minimum is lower here so tests can detect dead members quickly).
+pub const SESSION_TIMEOUT_MS_MIN: i32 = 1_000;
+pub const SESSION_TIMEOUT_MS_MAX: i32 = 1_800_000;
+
+/// How often each shard checks its groups for expired sessions and ended rebalance rounds.
+const REAPER_PERIOD: Duration = Duration::from_millis(100);
+
+/// Bytes read at a time when replaying an offsets partition.
+const REPLAY_READ_BYTES: usize = 1 << 20;
+
+/// The offsets partition of a group.
+pub fn offsets_partition(group: &str, partitions: i32) -> i32 {
+    (crc32c::crc32c(group.as_bytes()) % partitions.max(1) as u32) as i32
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupState {
+    Empty,
+    PreparingRebalance,
+    CompletingRebalance,
+    Stable,
+}
+
+impl GroupState {
+    /// The name Kafka's tools show.
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupState::Empty => "Empty",
+            GroupState::PreparingRebalance => "PreparingRebalance",
+            GroupState::CompletingRebalance => "CompletingRebalance",
+            GroupState::Stable => "Stable",
+        }
+    }
+}
+
+/// A JoinGroup as the coordinator sees it.
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    pub group: String,
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout_ms: i32,
+    pub rebalance_timeout_ms: i32,
+    pub protocol_type: String,
+    pub protocols: Vec<(String, Bytes)>,
+    /// v4+ clients are asked to rejoin with an assigned member id first (KIP-394).
+    pub require_known_member_id: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct JoinResponse {
+    pub error: Option<ResponseError>,
+    pub generation: i32,
+    pub protocol_type: Option<String>,
+    pub protocol: Option<String>,
+    pub leader: String,
+    pub member_id: String,
+    /// For the leader only: every member's id, instance id and metadata for the protocol.
+    pub members: Vec<(String, Option<String>, Bytes)>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SyncResponse {
+    pub error: Option<ResponseError>,
+    pub protocol_type: Option<String>,
+    pub protocol: Option<String>,
+    pub assignment: Bytes,
+}
+
+/// One member of a group.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    session_timeout: Duration,
+    rebalance_timeout: Duration,
+    protocols: Vec<(String, Bytes)>,
+    pub assignment: Bytes,
+    last_heartbeat: Instant,
+    joined_this_round: bool,
+}
+
+impl Member {
+    /// This member's metadata for `protocol`.
+    pub fn metadata(&self, protocol: &str) -> Bytes {
+        self.protocols
+            .iter()
+            .find(|(name, _)| name == protocol)
+            .map(|(_, m)| m.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// A committed offset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Committed {
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: String,
+    pub commit_ms: i64,
+}
+
+/// One group's state.
+#[derive(Debug)]
+pub struct Group {
+    pub id: String,
+    pub state: GroupState,
+    pub protocol_type: Option<String>,
+    pub protocol: Option<String>,
+    pub generation: i32,
+    pub leader: Option<String>,
+    /// In join order (the first member of a round leads when the old leader is gone).
+    pub members: BTreeMap<u64, Member>,
+    next_join_order: u64,
+    /// Member ids handed out with MEMBER_ID_REQUIRED, awaiting their rejoin.
+    pending_member_ids: HashSet<String>,
+    joins: HashMap<String, oneshot::Sender<JoinResponse>>,
+    syncs: HashMap<String, oneshot::Sender<SyncResponse>>,
+    round_deadline: Option<Instant>,
+    /// A new group waits this long for more members before its first round completes.
+    initial_delay_until: Option<Instant>,
+    pub offsets: HashMap<(String, i32), Committed>,
+}
+
+impl Group {
+    fn new(id: &str) -> Group {
+        Group {
+            id: id.to_string(),
+            state: GroupState::Empty,
+            protocol_type: None,
+            protocol: None,
+            generation: 0,
+            leader: None,
+            members: BTreeMap::new(),
+            next_join_order: 0,
+            pending_member_ids: HashSet::new(),
+            joins: HashMap::new(),
+            syncs: HashMap::new(),
+            round_deadline: None,
+            initial_delay_until: None,
+            offsets: HashMap::new(),
+        }
+    }
+
+    fn member_key(&self, member_id: &str) -> Option<u64> {
+        self.members
+            .iter()
+            .find(|(_, m)| m.id == member_id)
+            .map(|(k, _)| *k)
+    }
+
+    pub fn member(&self, member_id: &str) -> Option<&Member> {
+        self.member_key(member_id)
+            .and_then(|k| self.members.get(&k))
+    }
+
+    fn member_mut(&mut self, member_id: &str) -> Option<&mut Member> {
+        let key = self.member_key(member_id)?;
+        self.members.get_mut(&key)
+    }
+
+    fn remove_member(&mut self, member_id: &str) -> bool {
+        let Some(key) = self.member_key(member_id) else {
+            return false;
+        };
+        self.members.remove(&key);
+        if let Some(join) = self.joins.remove(member_id) {
+            let _ = join.send(JoinResponse {
+                error: Some(ResponseError::UnknownMemberId),
+                ..JoinResponse::default()
+            });
+        }
+        self.syncs.remove(member_id);
+        if self.leader.as_deref() == Some(member_id) {
+            self.leader = None;
+        }
+        true
+    }
+
+    /// Starts a new round: members must rejoin; pending syncs learn of the rebalance.
+    fn prepare_rebalance(&mut self, initial_delay: Duration) {
+        if self.state == GroupState::PreparingRebalance {
+            return;
+        }
+        let fresh = self.state == GroupState::Empty && self.generation == 0;
+        for (_, sync) in self.syncs.drain() {
+            let _ = sync.send(SyncResponse {
+                error: Some(ResponseError::RebalanceInProgress),
+                ..SyncResponse::default()
+            });
+        }
+        for m in self.members.values_mut() {
+            m.joined_this_round = self.joins.contains_key(&m.id);
+        }
+        let timeout = self
+            .members
+            .values()
+            .map(|m| m.rebalance_timeout)
+            .max()
+            .unwrap_or_default();
+        let now = Instant::now();
+        self.round_deadline = Some(now + timeout);
+        self.initial_delay_until = fresh.then(|| now + initial_delay);
+        self.state = GroupState::PreparingRebalance;
+        debug!(group = %self.id, "rebalance started");
+    }
+
+    /// Ends the join round if every member has rejoined (or `force`, at the deadline, which
+    /// first drops the members that did not). Returns the group record to persist when a new
+    /// generation starts.
+    fn maybe_complete_join(&mut self, force: bool) -> Option<GroupRecord> {
+        if self.state != GroupState::PreparingRebalance {
+            return None;
+        }
+        let delayed = self
+            .initial_delay_until
+            .is_some_and(|until| Instant::now() < until);
+        let all_joined = self.members.values().all(|m| m.joined_this_round);
+        if !(force || all_joined && !delayed) {
+            return None;
+        }
+        if force {
+            let late: Vec<String> = self
+                .members
+                .values()
+                .filter(|m| !m.joined_this_round)
+                .map(|m| m.id.clone())
+                .collect();
+            for id in late {
+                info!(group = %self.id, member = %id, "member did not rejoin in time; removed");
+                self.remove_member(&id);
+            }
+        }
+        self.generation += 1;
+        self.round_deadline = None;
+        self.initial_delay_until = None;
+        if self.members.is_empty() {
+            self.state = GroupState::Empty;
+            self.protocol = None;
+            self.leader = None;
+            return Some(self.record());
+        }
+        self.protocol = self.choose_protocol();
+        let leader = match &self.leader {
+            Some(l) if self.member(l).is_some() => l.clone(),
+            _ => self.members.values().next().expect("not empty").id.clone(),
+        };
+        self.leader = Some(leader.clone());
+        self.state = GroupState::CompletingRebalance;
+        let protocol = self.protocol.clone().unwrap_or_default();
+        let everyone: Vec<(String, Option<String>, Bytes)> = self
+            .members
+            .values()
+            .map(|m| (m.id.clone(), m.instance_id.clone(), m.metadata(&protocol)))
+            .collect();
+        let now = Instant::now();
+        for m in self.members.values_mut() {
+            m.joined_this_round = false;
+            m.last_heartbeat = now;
+            m.assignment = Bytes::new();
+        }
+        for (member_id, join) in self.joins.drain() {
+            let _ = join.send(JoinResponse {
+                error: None,
+                generation: self.generation,
+                protocol_type: self.protocol_type.clone(),
+                protocol: self.protocol.clone(),
+                leader: leader.clone(),
+                members: if member_id == leader {
+                    everyone.clone()
+                } else {
+                    Vec::new()
+                },
+                member_id,
+            });
+        }
+        info!(group = %self.id, generation = self.generation, members = self.members.len(), protocol = ?self.protocol, "rebalance round completed");
+        Some(self.record())
+    }
+
+    /// The protocol every member supports that most members list first (Kafka's vote).
+    fn choose_protocol(&self) -> Option<String> {
+        let first = self.members.values().next()?;
+        let candidates: Vec<&String> = first
+            .protocols
+            .iter()
+            .map(|(name, _)| name)
+            .filter(|name| {
+                self.members
+                    .values()
+                    .all(|m| m.protocols.iter().any(|(n, _)| n == *name))
+            })
+            .collect();
+        let mut votes: Vec<(usize, &String)> = candidates
+            .iter()
+            .map(|c| {
+                let n = self
+                    .members
+                    .values()
+                    .filter(|m| {
+                        m.protocols
+                            .iter()
+                            .map(|(n, _)| n)
+                            .find(|n| candidates.contains(n))
+                            == Some(*c)
+                    })
+                    .count();
+                (n, *c)
+            })
+            .collect();
+        // Most votes; ties go to the first member's preference order (stable sort).
+        votes.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
+        votes.first().map(|(_, c)| (*c).clone())
+    }
+
+    fn record(&self) -> GroupRecord {
+        GroupRecord {
+            protocol_type: self.protocol_type.clone(),
+            generation: self.generation,
+        }
+    }
+}
+
+/// The persisted part of a group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct GroupRecord {
+    protocol_type: Option<String>,
+    generation: i32,
+}
+
+/// The groups whose offsets partitions this shard owns.
+#[derive(Default)]
+pub struct Coordinator {
+    groups: RefCell<HashMap<String, Rc<RefCell<Group>>>>,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("groups", &self.groups.borrow().len())
+            .finish()
+    }
+}
+
+impl Coordinator {
+    pub fn group(&self, id: &str) -> Option<Rc<RefCell<Group>>> {
+        self.groups.borrow().get(id).cloned()
+    }
+
+    fn group_or_new(&self, id: &str) -> Rc<RefCell<Group>> {
+        self.groups
+            .borrow_mut()
+            .entry(id.to_string())
+            .or_insert_with(|| Rc::new(RefCell::new(Group::new(id))))
+            .clone()
+    }
+
+    /// Every group on this shard: (id, protocol type, state).
+    pub fn list(&self) -> Vec<(String, String, GroupState)> {
+        self.groups
+            .borrow()
+            .values()
+            .map(|g| {
+                let g = g.borrow();
+                (
+                    g.id.clone(),
+                    g.protocol_type.clone().unwrap_or_default(),
+                    g.state,
+                )
+            })
+            .collect()
+    }
+}
+
+fn now_ms() -> i64 {
+    sluice_storage::types::now_ms()
+}
+
+/// Runs `work` on the shard that coordinates `group`.
+async fn on_coordinator<R, F, Fut>(
+    shard: &Rc<Shard>,
+    group: &str,
+    work: F,
+) -> Result<R, ResponseError>
+where
+    R: Send + 'static,
+    F: FnOnce(Rc<Shard>, Arc<Topic>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = R> + 'static,
+{
+    let image = shard.image();
+    let Some(topic) = image.topic(OFFSETS_TOPIC).cloned() else {
+        return Err(ResponseError::CoordinatorNotAvailable);
+    };
+    let partition = offsets_partition(group, topic.partitions);
+    let owner = shard.owner_of(OFFSETS_TOPIC, partition);
+    shard
+        .invoke_on(owner, move |s| work(s, topic))
+        .await
+        .map_err(|_| ResponseError::CoordinatorNotAvailable)
+}
+
+/// JoinGroup: waits for the round to complete (or answers at once, for a member of a stable
+/// group rejoining unchanged).
+pub async fn join(shard: &Rc<Shard>, request: JoinRequest) -> JoinResponse {
+    let group_id = request.group.clone();
+    let answer = on_coordinator(shard, &group_id, move |s, topic| async move {
+        match join_on_coordinator(&s, &topic, request) {
+            JoinStep::Wait(rx) => rx.await.unwrap_or_else(|_| JoinResponse {
+                error: Some(ResponseError::UnknownMemberId),
+                ..JoinResponse::default()
+            }),
+            JoinStep::Answered(done) => *done,
+        }
+    })
+    .await;
+    answer.unwrap_or_else(|code| JoinResponse {
+        error: Some(code),
+        ..JoinResponse::default()
+    })
+}
+
+fn join_on_coordinator(shard: &Rc<Shard>, topic: &Topic, request: JoinRequest) -> JoinStep {
+    let fail = |code: ResponseError, member_id: &str| {
+        JoinStep::Answered(Box::new(JoinResponse {
+            error: Some(code),
+            member_id: member_id.to_string(),
+            ..JoinResponse::default()
+        }))
+    };
+    if request.group.is_empty() {
+        return fail(ResponseError::InvalidGroupId, &request.member_id);
+    }
+    if !(SESSION_TIMEOUT_MS_MIN..=SESSION_TIMEOUT_MS_MAX).contains(&request.session_timeout_ms) {
+        return fail(ResponseError::InvalidSessionTimeout, &request.member_id);
+    }
+    if request.protocols.is_empty() || request.protocol_type.is_empty() {
+        return fail(ResponseError::InconsistentGroupProtocol, &request.member_id);
+    }
+    let cell = shard.groups.group_or_new(&request.group);
+    let mut group = cell.borrow_mut();
+    if !group.members.is_empty()
+        && group.protocol_type.as_deref() != Some(request.protocol_type.as_str())
+    {
+        return fail(ResponseError::InconsistentGroupProtocol, &request.member_id);
+    }
+    if !group.members.is_empty()
+        && !request.protocols.iter().any(|(name, _)| {
+            group
+                .members
+                .values()
+                .all(|m| m.protocols.iter().any(|(n, _)| n == name))
+        })
+    {
+        return fail(ResponseError::InconsistentGroupProtocol, &request.member_id);
+    }
+    // Static members (KIP-345) keep their member id across restarts of the client.
+    let static_id = request.group_instance_id.as_ref().and_then(|instance| {
+        group
+            .members
+            .values()
+            .find(|m| m.instance_id.as_ref() == Some(instance))
+            .map(|m| m.id.clone())
+    });
+    let mut member_id = request.member_id.clone();
+    if member_id.is_empty() {
+        if let Some(existing) = static_id {
+            member_id = existing;
+        } else {
+            member_id = format!("{}-{}", request.client_id, uuid::Uuid::new_v4());
+            if request.require_known_member_id && request.group_instance_id.is_none() {
+                group.pending_member_ids.insert(member_id.clone());
+                return fail(ResponseError::MemberIdRequired, &member_id);
+            }
+        }
+    } else if group.member(&member_id).is_none() && !group.pending_member_ids.remove(&member_id) {
+        return fail(ResponseError::UnknownMemberId, &member_id);
+    }
+    let now = Instant::now();
+    let rejoining = group.member(&member_id).is_some();
+    let unchanged = group
+        .member(&member_id)
+        .is_some_and(|m| m.protocols == request.protocols);
+    if let Some(m) = group.member_mut(&member_id) {
+        m.protocols = request.protocols.clone();
+        m.session_timeout = Duration::from_millis(request.session_timeout_ms as u64);
+        m.rebalance_timeout = Duration::from_millis(request.rebalance_timeout_ms.max(0) as u64);
+        m.last_heartbeat = now;
+        m.joined_this_round = true;
+    } else {
+        let order = group.next_join_order;
+        group.next_join_order += 1;
+        group.members.insert(
+            order,
+            Member {
+                id: member_id.clone(),
+                instance_id: request.group_instance_id.clone(),
+                client_id: request.client_id.clone(),
+                client_host: request.client_host.clone(),
+                session_timeout: Duration::from_millis(request.session_timeout_ms as u64),
+                rebalance_timeout: Duration::from_millis(request.rebalance_timeout_ms.max(0) as u64),
+                protocols: request.protocols.clone(),
+                assignment: Bytes::new(),
+                last_heartbeat: now,
+                joined_this_round: true,
+            },
+        );
+    }
+    group.protocol_type = Some(request.protocol_type.clone());
+    let is_leader = group.leader.as_deref() == Some(member_id.as_str());
+    if group.state == GroupState::Stable && rejoining && unchanged && !is_leader {
+        // Nothing changed: the member gets the current generation back, no rebalance.
+        return JoinStep::Answered(Box::new(JoinResponse {
+            error: None,
+            generation: group.generation,
+            protocol_type: group.protocol_type.clone(),
+            protocol: group.protocol.clone(),
+            leader: group.leader.clone().unwrap_or_default(),
+            member_id,
+            members: Vec::new(),
+        }));
+    }
+    let (tx, rx) = oneshot::channel();
+    if let Some(old) = group.joins.insert(member_id.clone(), tx) {
+        let _ = old.send(JoinResponse {
+            error: Some(ResponseError::UnknownMemberId),
+            ..JoinResponse::default()
+        });
+    }
+    group.prepare_rebalance(shard.settings.group_initial_rebalance_delay);
+    if let Some(m) = group.member_mut(&member_id) {
+        m.joined_this_round = true;
+    }
+    if let Some(record) = group.maybe_complete_join(false) {
+        let group_id = group.id.clone();
+        drop(group);
+        persist_group_record(shard, topic, group_id, record);
+    }
+    JoinStep::Wait(rx)
+}
+
+/// A join either answered at once or waiting for the round to end.
+enum JoinStep {
+    Wait(oneshot::Receiver<JoinResponse>),
+    Answered(Box<JoinResponse>),
+}
+
+/// SyncGroup: the leader's assignments are handed out; followers wait for them.
+pub async fn sync(
+    shard: &Rc<Shard>,
+    group_id: String,
+    generation: i32,
+    member_id: String,
+    assignments: Vec<(String, Bytes)>,
+) -> SyncResponse {
+    let answer = on_coordinator(shard, &group_id.clone(), move |s, _topic| async move {
+        let waiting = {
+            let Some(cell) = s.groups.group(&group_id) else {
+                return fail_sync(ResponseError::UnknownMemberId);
+            };
+            let mut group = cell.borrow_mut();
+            if group.member(&member_id).is_none() {
+                return fail_sync(ResponseError::UnknownMemberId);
+            }
+            if generation != group.generation {
+                return fail_sync(ResponseError::IllegalGeneration);
+            }
+            match group.state {
+                GroupState::Empty | GroupState::PreparingRebalance => {
+                    return fail_sync(ResponseError::RebalanceInProgress)
+                }
+                GroupState::Stable => {
+                    let m = group.member(&member_id).expect("checked");
+                    return SyncResponse {
+                        error: None,
+                        protocol_type: group.protocol_type.clone(),
+                        protocol: group.protocol.clone(),
+                        assignment: m.assignment.clone(),
+                    };
+                }
+                GroupState::CompletingRebalance => {}
+            }
+            if group.leader.as_deref() == Some(member_id.as_str()) {
+                let given: HashMap<String, Bytes> = assignments.into_iter().collect();
+                for m in group.members.values_mut() {
+                    m.assignment = given.get(&m.id).cloned().unwrap_or_default();
+                }
+                group.state = GroupState::Stable;
+                let (protocol_type, protocol) =
+                    (group.protocol_type.clone(), group.protocol.clone());
+                let waiting: Vec<(String, oneshot::Sender<SyncResponse>)> =
+                    group.syncs.drain().collect();
+                for (id, tx) in waiting {
+                    let assignment = group
+                        .member(&id)
+                        .map(|m| m.assignment.clone())
+                        .unwrap_or_default();
+                    let _ = tx.send(SyncResponse {
+                        error: None,
+                        protocol_type: protocol_type.clone(),
+                        protocol: protocol.clone(),
+                        assignment,
+                    });
+                }
+                info!(group = %group.id, generation = group.generation, "group stable");
+                let m = group.member(&member_id).expect("checked");
+                return SyncResponse {
+                    error: None,
+                    protocol_type,
+                    protocol,
+                    assignment: m.assignment.clone(),
+                };
+            }
+            let (tx, rx) = oneshot::channel();
+            group.syncs.insert(member_id.clone(), tx);
+            rx
+        };
+        waiting
+            .await
+            .unwrap_or_else(|_| fail_sync(ResponseError::RebalanceInProgress))
+    })
+    .await;
+    answer.unwrap_or_else(fail_sync)
+}
+
+fn fail_sync(code: ResponseError) -> SyncResponse {
+    SyncResponse {
+        error: Some(code),
+        ..SyncResponse::default()
+    }
+}
+
+/// Heartbeat: keeps the member's session; tells it when a rebalance is under way.
+pub async fn heartbeat(
+    shard: &Rc<Shard>,
+    group_id: String,
+    generation: i32,
+    member_id: String,
+) -> Option<ResponseError> {
+    on_coordinator(shard, &group_id.clone(), move |s, _| async move {
+        let Some(cell) = s.groups.group(&group_id) else {
+            return Some(ResponseError::UnknownMemberId);
+        };
+        let mut group = cell.borrow_mut();
+        let state = group.state;
+        let current = group.generation;
+        let Some(member) = group.member_mut(&member_id) else {
+            return Some(ResponseError::UnknownMemberId);
+        };
+        member.last_heartbeat = Instant::now();
+        if state == GroupState::PreparingRebalance {
+            return Some(ResponseError::RebalanceInProgress);
+        }
+        if generation != current {
+            return Some(ResponseError::IllegalGeneration);
+        }
+        None
+    })
+    .await
+    .unwrap_or_else(Some)
+}
+
+/// LeaveGroup: each member (by id, or by instance id) leaves; one error per member.
+pub async fn leave(
+    shard: &Rc<Shard>,
+    group_id: String,
+    members: Vec<(String, Option<String>)>,
+) -> Result<Vec<Option<ResponseError>>, ResponseError> {
+    on_coordinator(shard, &group_id.clone(), move |s, topic| async move {
+        let Some(cell) = s.groups.group(&group_id) else {
+            return members
+                .iter()
+                .map(|_| Some(ResponseError::UnknownMemberId))
+                .collect();
+        };
+        let mut group = cell.borrow_mut();
+        let mut results = Vec::new();
+        let mut left = false;
+        for (member_id, instance) in members {
+            let id = if member_id.is_empty() {
+                instance.as_ref().and_then(|i| {
+                    group
+                        .members
+                        .values()
+                        .find(|m| m.instance_id.as_ref() == Some(i))
+                        .map(|m| m.id.clone())
+                })
+            } else {
+                Some(member_id)
+            };
+            match id {
+                Some(id) if group.remove_member(&id) => {
+                    info!(group = %group.id, member = %id, "member left");
+                    left = true;
+                    results.push(None);
+                }
+                _ => results.push(Some(ResponseError::UnknownMemberId)),
+            }
+        }
+        if left {
+            let delay = s.settings.group_initial_rebalance_delay;
+            group.prepare_rebalance(delay);
+            if let Some(record) = group.maybe_complete_join(false) {
+                let id = group.id.clone();
+                drop(group);
+                persist_group_record(&s, &topic, id, record);
+            }
+        }
+        results
+    })
+    .await
+}
+
+/// Where a commit comes from: a member of the current generation, or a "simple" commit
+/// (generation -1, no member) for a group without members.
+pub async fn commit_offsets(
+    shard: &Rc<Shard>,
+    group_id: String,
+    generation: i32,
+    member_id: String,
+    offsets: Vec<(String, i32, Committed)>,
+) -> Vec<Option<ResponseError>> {
+    let count = offsets.len();
+    let answer = on_coordinator(shard, &group_id.clone(), move |s, topic| async move {
+        let cell = s.groups.group_or_new(&group_id);
+        {
+            let group = cell.borrow();
+            let check = if generation < 0 && member_id.is_empty() {
+                if group.members.is_empty() {
+                    None
+                } else {
+                    Some(ResponseError::UnknownMemberId)
+                }
+            } else if group.member(&member_id).is_none() {
+                Some(ResponseError::UnknownMemberId)
+            } else if generation != group.generation {
+                Some(ResponseError::IllegalGeneration)
+            } else if group.state != GroupState::Stable {
+                Some(ResponseError::RebalanceInProgress)
+            } else {
+                None
+            };
+            if let Some(code) = check {
+                return offsets.iter().map(|_| Some(code)).collect();
+            }
+        }
+        let records: Vec<(Vec<u8>, Vec<u8>)> = offsets
+            .iter()
+            .map(|(t, p, c)| {
+                (
+                    serde_json::to_vec(&("offset", &group_id, t, p)).expect("serializes"),
+                    serde_json::to_vec(c).expect("serializes"),
+                )
+            })
+            .collect();
+        if let Err(code) = append_records(&s, &topic, &group_id, &records).await {
+            return offsets.iter().map(|_| Some(code)).collect();
+        }
+        let mut group = cell.borrow_mut();
+        for (t, p, c) in offsets {
+            group.offsets.insert((t, p), c);
+        }
+        (0..count).map(|_| None).collect()
+    })
+    .await;
+    answer.unwrap_or_else(|code| (0..count).map(|_| Some(code)).collect())
+}
+
+/// The committed offsets of a group: the asked partitions, or all when `None`.
+pub async fn fetch_offsets(
+    shard: &Rc<Shard>,
+    group_id: String,
+    wanted: Option<Vec<(String, i32)>>,
+) -> Result<Vec<(String, i32, Option<Committed>)>, ResponseError> {
+    on_coordinator(shard, &group_id.clone(), move |s, _| async move {
+        let group = s.groups.group(&group_id);
+        let offsets = group
+            .as_ref()
+            .map(|g| g.borrow().offsets.clone())
+            .unwrap_or_default();
+        match wanted {
+            Some(list) => list
+                .into_iter()
+                .map(|(t, p)| {
+                    let c = offsets.get(&(t.clone(), p)).cloned();
+                    (t, p, c)
+                })
+                .collect(),
+            None => {
+                let mut all: Vec<(String, i32, Option<Committed>)> = offsets
+                    .into_iter()
+                    .map(|((t, p), c)| (t, p, Some(c)))
+                    .collect();
+                all.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+                all
+            }
+        }
+    })
+    .await
+}
+
+/// A group as DescribeGroups shows it; `None` if the coordinator has never seen it.
+#[derive(Debug, Clone)]
+pub struct GroupDescription {
+    pub state: GroupState,
+    pub protocol_type: String,
+    pub protocol: String,
+    /// (member id, instance id, client id, client host, metadata, assignment)
+    pub members: Vec<(String, Option<String>, String, String, Bytes, Bytes)>,
+}
+
+pub async fn describe(
+    shard: &Rc<Shard>,
+    group_id: String,
+) -> Result<Option<GroupDescription>, ResponseError> {
+    on_coordinator(shard, &group_id.clone(), move |s, _| async move {
+        let cell = s.groups.group(&group_id)?;
+        let g = cell.borrow();
+        let protocol = g.protocol.clone().unwrap_or_default();
+        Some(GroupDescription {
+            state: g.state,
+            protocol_type: g.protocol_type.clone().unwrap_or_default(),
+            protocol: protocol.clone(),
+            members: g
+                .members
+                .values()
+                .map(|m| {
+                    (
+                        m.id.clone(),
+                        m.instance_id.clone(),
+                        m.client_id.clone(),
+                        m.client_host.clone(),
+                        m.metadata(&protocol),
+                        m.assignment.clone(),
+                    )
+                })
+                .collect(),
+        })
+    })
+    .await
+}
+
+/// Every group of every shard: (id, protocol type, state).
+pub async fn list(shard: &Rc<Shard>) -> Vec<(String, String, GroupState)> {
+    let mut all: Vec<(String, String, GroupState)> = shard
+        .invoke_on_all(|s| async move { s.groups.list() })
+        .await
+        .into_iter()
+        .flat_map(|r| r.unwrap_or_default())
+        .collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all
+}
+
+/// Appends `records` (key, value) for `group` to its offsets partition, durably.
+async fn append_records(
+    shard: &Shard,
+    topic: &Topic,
+    group: &str,
+    records: &[(Vec<u8>, Vec<u8>)],
+) -> Result<(), ResponseError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let partition = offsets_partition(group, topic.partitions);
+    let p = shard
+        .partition(topic, partition)
+        .await
+        .map_err(|_| ResponseError::CoordinatorNotAvailable)?;
+    let now = now_ms();
+    let recs: Vec<(i64, &[u8], &[u8])> = records
+        .iter()
+        .map(|(k, v)| (now, k.as_slice(), v.as_slice()))
+        .collect();
+    let batch = build_batch(now, &recs);
+    p.append(&batch, true).await.map(|_| ()).map_err(|e| {
+        warn!(group, error = %e, "cannot persist to the offsets topic");
+        ResponseError::CoordinatorNotAvailable
+    })
+}
+
+/// Persists a new generation's group record in the background (membership itself is not
+/// persisted; the record keeps the group and its generation across restarts).
+fn persist_group_record(shard: &Rc<Shard>, topic: &Topic, group: String, record: GroupRecord) {
+    let shard = shard.clone();
+    let topic = topic.clone();
+    glommio::spawn_local(async move {
+        let key = serde_json::to_vec(&("group", &group)).expect("serializes");
+        let value = serde_json::to_vec(&record).expect("serializes");
+        let _ = append_records(&shard, &topic, &group, &[(key, value)]).await;
+    })
+    .detach();
+}
+
+/// Rebuilds the groups of `partition` (an offsets partition this shard owns) from its log.
+pub async fn replay(shard: &Shard, topic: &Topic, partition: i32) -> sluice_storage::Result<usize> {
+    let p = shard.partition(topic, partition).await?;
+    let log = p.log();
+    let mut from = log.log_start_offset();
+    let end = log.log_end_offset();
+    let mut applied = 0;
+    while from < end {
+        let read = log.read(from, REPLAY_READ_BYTES).await?;
+        let mut bytes = read.bytes.clone();
+        while !bytes.is_empty() {
+            let info = validate_batch(&bytes, usize::MAX).expect("the log returns valid batches");
+            let mut one = bytes.split_to(info.size_bytes);
+            let Ok(set) = kafka_protocol::records::RecordBatchDecoder::decode(&mut one) else {
+                warn!(partition, "undecodable batch in the offsets topic; skipped");
+                continue;
+            };
+            for record in set.records {
+                if apply_record(shard, record.key.as_deref(), record.value.as_deref()) {
+                    applied += 1;
+                }
+            }
+        }
+        from = read.next_offset;
+    }
+    Ok(applied)
+}
+
+/// Applies one stored record to the in-memory groups; false if it is not one of ours.
+fn apply_record(shard: &Shard, key: Option<&[u8]>, value: Option<&[u8]>) -> bool {
+    let (Some(key), Some(value)) = (key, value) else {
+        return false;
+    };
+    if let Ok((kind, group, topic, partition)) =
+        serde_json::from_slice::<(String, String, String, i32)>(key)
+    {
+        if kind != "offset" {
+            return false;
+        }
+        let cell = shard.groups.group_or_new(&group);
+        let mut g = cell.borrow_mut();
+        match serde_json::from_slice::<Option<Committed>>(value) {
+            Ok(Some(c)) => {
+                g.offsets.insert((topic, partition), c);
+            }
+            Ok(None) => {
+                g.offsets.remove(&(topic, partition));
+            }
+            Err(_) => return false,
+        }
+        return true;
+    }
+    if let Ok((kind, group)) = serde_json::from_slice::<(String, String)>(key) {
+        if kind != "group" {
+            return false;
+        }
+        let Ok(record) = serde_json::from_slice::<Option<GroupRecord>>(value) else {
+            return false;
+        };
+        match record {
+            Some(r) => {
+                let cell = shard.groups.group_or_new(&group);
+                let mut g = cell.borrow_mut();
+                g.generation = r.generation;
+                g.protocol_type = r.protocol_type;
+            }
+            None => {
+                shard.groups.groups.borrow_mut().remove(&group);
+            }
+        }
+        return true;
+    }
+    false
+}
+
+/// Expires sessions and ends overdue rebalance rounds on this shard's groups, forever.
+pub async fn reaper(shard: Rc<Shard>) {
+    loop {
+        glommio::timer::sleep(REAPER_PERIOD).await;
+        let groups: Vec<Rc<RefCell<Group>>> =
+            shard.groups.groups.borrow().values().cloned().collect();
+        let Some(topic) = shard.image().topic(OFFSETS_TOPIC).cloned() else {
+            continue;
+        };
+        let now = Instant::now();
+        for cell in groups {
+            let mut group = cell.borrow_mut();
+            let expired: Vec<String> = group
+                .members
+                .values()
+                .filter(|m| {
+                    // A member waiting in JoinGroup is alive; any other member must heartbeat
+                    // within its session timeout, in every state (so a dead member does not
+                    // hold a rebalance round until its rebalance timeout).
+                    !group.joins.contains_key(&m.id)
+                        && now.duration_since(m.last_heartbeat) > m.session_timeout
+                })
+                .map(|m| m.id.clone())
+                .collect();
+            for id in &expired {
+                info!(group = %group.id, member = %id, "session expired; member removed");
+                group.remove_member(id);
+            }
+            if !expired.is_empty() && group.state != GroupState::PreparingRebalance {
+                group.prepare_rebalance(shard.settings.group_initial_rebalance_delay);
+            }
+            let overdue = group.round_deadline.is_some_and(|d| now >= d);
+            if let Some(record) = group.maybe_complete_join(overdue) {
+                let id = group.id.clone();
+                drop(group);
+                persist_group_record(&shard, &topic, id, record);
+            }
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! Heartbeat (key 12): keeps a member's session alive; REBALANCE_IN_PROGRESS tells it to rejoin.
+
+use kafka_protocol::messages::{ApiKey, HeartbeatRequest, HeartbeatResponse};
+use sluice_core::groups;
+
+use crate::apis::ApiRange;
+use crate::handlers::Context;
+
+pub const RANGE: ApiRange = ApiRange {
+    key: ApiKey::Heartbeat,
+    min_version: 0,
+    max_version: 4,
+};
+
+pub async fn handle(request: HeartbeatRequest, ctx: &Context) -> HeartbeatResponse {
+    let error = groups::heartbeat(
+        &ctx.shard,
+        request.group_id.0.to_string(),
+        request.generation_id,
+        request.member_id.to_string(),
+    )
+    .await;
+    HeartbeatResponse::default().with_error_code(error.map_or(0, |e| e.code()))
+}

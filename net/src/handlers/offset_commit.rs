@@ -1,0 +1,73 @@
+//! OffsetCommit (key 8): a group member's (or, with generation -1, a group without members')
+//! committed offsets, made durable in `__consumer_offsets` before the answer.
+
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::{ApiKey, OffsetCommitRequest, OffsetCommitResponse};
+use sluice_core::groups::{self, Committed};
+
+use crate::apis::ApiRange;
+use crate::handlers::Context;
+
+pub const RANGE: ApiRange = ApiRange {
+    key: ApiKey::OffsetCommit,
+    min_version: 2,
+    max_version: 9,
+};
+
+pub async fn handle(request: OffsetCommitRequest, ctx: &Context) -> OffsetCommitResponse {
+    let now = sluice_storage::types::now_ms();
+    let offsets = request
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(|p| {
+                (
+                    t.name.0.to_string(),
+                    p.partition_index,
+                    Committed {
+                        offset: p.committed_offset,
+                        leader_epoch: p.committed_leader_epoch,
+                        metadata: p
+                            .committed_metadata
+                            .as_ref()
+                            .map(|m| m.to_string())
+                            .unwrap_or_default(),
+                        commit_ms: now,
+                    },
+                )
+            })
+        })
+        .collect();
+    let mut results = groups::commit_offsets(
+        &ctx.shard,
+        request.group_id.0.to_string(),
+        request.generation_id_or_member_epoch,
+        request.member_id.to_string(),
+        offsets,
+    )
+    .await
+    .into_iter();
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let error = results.next().flatten();
+                    OffsetCommitResponsePartition::default()
+                        .with_partition_index(p.partition_index)
+                        .with_error_code(error.map_or(0, |e| e.code()))
+                })
+                .collect();
+            OffsetCommitResponseTopic::default()
+                .with_name(t.name)
+                .with_topic_id(t.topic_id)
+                .with_partitions(partitions)
+        })
+        .collect();
+    OffsetCommitResponse::default().with_topics(topics)
+}

@@ -1,0 +1,141 @@
+//! OffsetFetch (key 9): a group's committed offsets (-1 where none), for the asked partitions or
+//! all of them; v8+ asks for several groups at once.
+
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::{
+    ApiKey, GroupId, OffsetFetchRequest, OffsetFetchResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use sluice_core::groups::{self, Committed};
+use sluice_core::ResponseError;
+
+use crate::apis::ApiRange;
+use crate::handlers::Context;
+
+pub const RANGE: ApiRange = ApiRange {
+    key: ApiKey::OffsetFetch,
+    min_version: 1,
+    max_version: 9,
+};
+
+const GROUPS_FROM: i16 = 8;
+
+type Fetched = Result<Vec<(String, i32, Option<Committed>)>, ResponseError>;
+
+/// One topic's partitions and their committed offsets.
+type TopicOffsets = (String, Vec<(i32, Option<Committed>)>);
+
+/// Groups the flat answer by topic, in first-seen order.
+fn by_topic(rows: Vec<(String, i32, Option<Committed>)>) -> Vec<TopicOffsets> {
+    let mut out: Vec<TopicOffsets> = Vec::new();
+    for (t, p, c) in rows {
+        match out.iter_mut().find(|(name, _)| *name == t) {
+            Some((_, parts)) => parts.push((p, c)),
+            None => out.push((t, vec![(p, c)])),
+        }
+    }
+    out
+}
+
+async fn fetch_group(
+    ctx: &Context,
+    group: String,
+    topics: Option<Vec<(String, Vec<i32>)>>,
+) -> Fetched {
+    let wanted = topics.map(|ts| {
+        ts.into_iter()
+            .flat_map(|(t, ps)| ps.into_iter().map(move |p| (t.clone(), p)))
+            .collect()
+    });
+    groups::fetch_offsets(&ctx.shard, group, wanted).await
+}
+
+pub async fn handle(
+    request: OffsetFetchRequest,
+    version: i16,
+    ctx: &Context,
+) -> OffsetFetchResponse {
+    if version < GROUPS_FROM {
+        let topics = request.topics.map(|ts| {
+            ts.into_iter()
+                .map(|t| (t.name.0.to_string(), t.partition_indexes))
+                .collect()
+        });
+        return match fetch_group(ctx, request.group_id.0.to_string(), topics).await {
+            Err(code) => OffsetFetchResponse::default().with_error_code(code.code()),
+            Ok(rows) => OffsetFetchResponse::default().with_topics(
+                by_topic(rows)
+                    .into_iter()
+                    .map(|(t, parts)| {
+                        OffsetFetchResponseTopic::default()
+                            .with_name(TopicName(StrBytes::from_string(t)))
+                            .with_partitions(
+                                parts
+                                    .into_iter()
+                                    .map(|(p, c)| {
+                                        let (offset, epoch, metadata) = committed(c);
+                                        OffsetFetchResponsePartition::default()
+                                            .with_partition_index(p)
+                                            .with_committed_offset(offset)
+                                            .with_committed_leader_epoch(epoch)
+                                            .with_metadata(Some(StrBytes::from_string(metadata)))
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect(),
+            ),
+        };
+    }
+    let mut groups_out = Vec::with_capacity(request.groups.len());
+    for g in request.groups {
+        let topics = g.topics.map(|ts| {
+            ts.into_iter()
+                .map(|t| (t.name.0.to_string(), t.partition_indexes))
+                .collect()
+        });
+        let group =
+            OffsetFetchResponseGroup::default().with_group_id(GroupId(g.group_id.0.clone()));
+        groups_out.push(
+            match fetch_group(ctx, g.group_id.0.to_string(), topics).await {
+                Err(code) => group.with_error_code(code.code()),
+                Ok(rows) => group.with_topics(
+                    by_topic(rows)
+                        .into_iter()
+                        .map(|(t, parts)| {
+                            OffsetFetchResponseTopics::default()
+                                .with_name(TopicName(StrBytes::from_string(t)))
+                                .with_partitions(
+                                    parts
+                                        .into_iter()
+                                        .map(|(p, c)| {
+                                            let (offset, epoch, metadata) = committed(c);
+                                            OffsetFetchResponsePartitions::default()
+                                                .with_partition_index(p)
+                                                .with_committed_offset(offset)
+                                                .with_committed_leader_epoch(epoch)
+                                                .with_metadata(Some(StrBytes::from_string(
+                                                    metadata,
+                                                )))
+                                        })
+                                        .collect(),
+                                )
+                        })
+                        .collect(),
+                ),
+            },
+        );
+    }
+    OffsetFetchResponse::default().with_groups(groups_out)
+}
+
+/// (offset, leader epoch, metadata); -1 and empty when nothing is committed.
+fn committed(c: Option<Committed>) -> (i64, i32, String) {
+    match c {
+        Some(c) => (c.offset, c.leader_epoch, c.metadata),
+        None => (-1, -1, String::new()),
+    }
+}
