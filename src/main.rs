@@ -2,7 +2,7 @@
 //!
 //! - `sluice serve`: the single-node broker, one shard per core (`sluice-net` over
 //!   `sluice-core` over `sluice-storage`; see `docs/ARCHITECTURE.md`).
-//! - `sluice topic|produce|consume`: Kafka tools that talk the protocol to any broker (`cli`).
+//! - `sluice topic|produce|consume|group`: Kafka tools that talk the protocol to any broker (`cli`).
 //! - `sluice log verify <dir>`: opens a partition log directory the way the broker will
 //!   (recovering it: see `docs/on-disk-format.md`) and prints what it holds.
 
@@ -50,6 +50,7 @@ fn main() -> ExitCode {
         ["topic", rest @ ..] => tool("topic", cli::topic(rest)),
         ["produce", rest @ ..] => tool("produce", cli::produce(rest)),
         ["consume", rest @ ..] => tool("consume", cli::consume(rest)),
+        ["group", rest @ ..] => tool("group", cli::group(rest)),
         ["--help"] | ["-h"] | ["help"] => {
             println!("{}", usage());
             ExitCode::SUCCESS

@@ -117,16 +117,9 @@ async fn create_on_controller(
         .await
     {
         warn!(error = %e, "cannot persist the catalog; topics not created");
-        return results
+        return not_persisted(results, &e)
             .into_iter()
-            .map(|r| {
-                r.and_then(|_| {
-                    Err(error(
-                        ResponseError::KafkaStorageError,
-                        format!("cannot persist the catalog: {e}"),
-                    ))
-                })
-            })
+            .map(|r| r.map(Arc::new))
             .collect();
     }
     let mut out = Vec::with_capacity(results.len());
@@ -142,6 +135,24 @@ async fn create_on_controller(
         }
     }
     out
+}
+
+/// Turns every success of a change that could not be persisted into KAFKA_STORAGE_ERROR.
+fn not_persisted<T>(
+    results: Vec<Result<T, ApiError>>,
+    e: &crate::catalog::CatalogError,
+) -> Vec<Result<T, ApiError>> {
+    results
+        .into_iter()
+        .map(|r| {
+            r.and_then(|_| {
+                Err(error(
+                    ResponseError::KafkaStorageError,
+                    format!("cannot persist the catalog: {e}"),
+                ))
+            })
+        })
+        .collect()
 }
 
 /// Opens partitions `from..` of `topic` on their owners, so their directories exist and a
@@ -319,17 +330,7 @@ async fn delete_on_controller(
         .await
     {
         warn!(error = %e, "cannot persist the catalog; topics not deleted");
-        return results
-            .into_iter()
-            .map(|r| {
-                r.and_then(|_| {
-                    Err(error(
-                        ResponseError::KafkaStorageError,
-                        format!("cannot persist the catalog: {e}"),
-                    ))
-                })
-            })
-            .collect();
+        return not_persisted(results, &e);
     }
     for (name, id) in &deleted {
         let id = *id;

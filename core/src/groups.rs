@@ -793,7 +793,7 @@ pub async fn commit_offsets(
             .iter()
             .map(|(t, p, c)| {
                 (
-                    serde_json::to_vec(&("offset", &group_id, t, p)).expect("serializes"),
+                    offset_key(&group_id, t, *p),
                     serde_json::to_vec(c).expect("serializes"),
                 )
             })
@@ -842,6 +842,74 @@ pub async fn fetch_offsets(
         }
     })
     .await
+}
+
+/// DeleteGroups: removes a group without members, with its committed offsets (deletion
+/// records are appended to its offsets partition first).
+pub async fn delete_group(shard: &Rc<Shard>, group_id: String) -> Option<ResponseError> {
+    on_coordinator(shard, &group_id.clone(), move |s, topic| async move {
+        let Some(cell) = s.groups.group(&group_id) else {
+            return Some(ResponseError::GroupIdNotFound);
+        };
+        let records: Vec<(Vec<u8>, Vec<u8>)> = {
+            let group = cell.borrow();
+            if !group.members.is_empty() {
+                return Some(ResponseError::NonEmptyGroup);
+            }
+            group
+                .offsets
+                .keys()
+                .map(|(t, p)| offset_key(&group_id, t, *p))
+                .chain(std::iter::once(
+                    serde_json::to_vec(&("group", &group_id)).expect("serializes"),
+                ))
+                .map(|key| (key, b"null".to_vec()))
+                .collect()
+        };
+        if let Err(code) = append_records(&s, &topic, &group_id, &records).await {
+            return Some(code);
+        }
+        s.groups.groups.borrow_mut().remove(&group_id);
+        info!(group = %group_id, "group deleted");
+        None
+    })
+    .await
+    .unwrap_or_else(Some)
+}
+
+/// OffsetDelete: removes committed offsets of a group without members (a group with members
+/// gets GROUP_SUBSCRIBED_TO_TOPIC for each partition: its members may be consuming them).
+pub async fn delete_offsets(
+    shard: &Rc<Shard>,
+    group_id: String,
+    partitions: Vec<(String, i32)>,
+) -> Result<Vec<Option<ResponseError>>, ResponseError> {
+    on_coordinator(shard, &group_id.clone(), move |s, topic| async move {
+        let Some(cell) = s.groups.group(&group_id) else {
+            return Err(ResponseError::GroupIdNotFound);
+        };
+        if !cell.borrow().members.is_empty() {
+            return Ok(partitions
+                .iter()
+                .map(|_| Some(ResponseError::GroupSubscribedToTopic))
+                .collect());
+        }
+        let records: Vec<(Vec<u8>, Vec<u8>)> = partitions
+            .iter()
+            .map(|(t, p)| (offset_key(&group_id, t, *p), b"null".to_vec()))
+            .collect();
+        append_records(&s, &topic, &group_id, &records).await?;
+        let mut group = cell.borrow_mut();
+        for key in &partitions {
+            group.offsets.remove(key);
+        }
+        Ok(partitions.iter().map(|_| None).collect())
+    })
+    .await?
+}
+
+fn offset_key(group: &str, topic: &str, partition: i32) -> Vec<u8> {
+    serde_json::to_vec(&("offset", group, topic, partition)).expect("serializes")
 }
 
 /// A group as DescribeGroups shows it; `None` if the coordinator has never seen it.

@@ -200,11 +200,7 @@ impl Shard {
                 let _ = reply.send(work(shard).await);
             })
         });
-        self.senders
-            .send_to(target, job)
-            .await
-            .map_err(|_| ShardGone(target))?;
-        result.await.map_err(|_| ShardGone(target))
+        self.send_job(target, job, result).await
     }
 
     /// Like [`Shard::invoke_on`], for work that may be abandoned: when the caller stops waiting
@@ -238,6 +234,16 @@ impl Shard {
                 let _ = reply.send(value);
             })
         });
+        self.send_job(target, job, result).await
+    }
+
+    /// Sends `job` to shard `target` and waits for the answer it sends back on `result`.
+    async fn send_job<R>(
+        &self,
+        target: usize,
+        job: Job,
+        result: futures::channel::oneshot::Receiver<R>,
+    ) -> Result<R, ShardGone> {
         self.senders
             .send_to(target, job)
             .await

@@ -35,6 +35,8 @@ pub const IMPLEMENTED: &[ApiRange] = &[
     handlers::init_producer_id::RANGE,
     handlers::describe_configs::RANGE,
     handlers::create_partitions::RANGE,
+    handlers::delete_groups::RANGE,
+    handlers::offset_delete::RANGE,
 ];
 
 /// The range implemented for `key`, if any.

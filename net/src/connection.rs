@@ -19,11 +19,12 @@ use futures::channel::oneshot;
 use futures::future::Either;
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest,
-    DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest,
-    HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
-    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
-    OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader, SyncGroupRequest,
+    ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest,
+    DeleteTopicsRequest, DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest,
+    FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest,
+    LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
+    OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader,
+    SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 use tracing::{debug, warn};
@@ -31,9 +32,10 @@ use tracing::{debug, warn};
 use crate::apis;
 use crate::frame::{read_frame, FrameError};
 use crate::handlers::{
-    api_versions, create_partitions, create_topics, delete_topics, describe_configs,
+    api_versions, create_partitions, create_topics, delete_groups, delete_topics, describe_configs,
     describe_groups, fetch, find_coordinator, heartbeat, init_producer_id, join_group, leave_group,
-    list_groups, list_offsets, metadata, offset_commit, offset_fetch, produce, sync_group, Context,
+    list_groups, list_offsets, metadata, offset_commit, offset_delete, offset_fetch, produce,
+    sync_group, Context,
 };
 
 /// Requests of one connection in progress at once.
@@ -318,6 +320,16 @@ pub async fn respond(mut frame: Bytes, ctx: &Context) -> Answer {
         ApiKey::DescribeGroups => {
             let request = decode::<DescribeGroupsRequest>(&mut frame, api, version)?;
             let response = describe_groups::handle(request, version, ctx).await;
+            encode(api, version, correlation_id, &response).map(Some)
+        }
+        ApiKey::DeleteGroups => {
+            let request = decode::<DeleteGroupsRequest>(&mut frame, api, version)?;
+            let response = delete_groups::handle(request, ctx).await;
+            encode(api, version, correlation_id, &response).map(Some)
+        }
+        ApiKey::OffsetDelete => {
+            let request = decode::<OffsetDeleteRequest>(&mut frame, api, version)?;
+            let response = offset_delete::handle(request, ctx).await;
             encode(api, version, correlation_id, &response).map(Some)
         }
         _ => Err(RequestError::UnsupportedVersion { api, version }),

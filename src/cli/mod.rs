@@ -1,5 +1,5 @@
 //! The command-line tools that talk the Kafka protocol to any broker: `sluice topic`,
-//! `sluice produce`, `sluice consume`. Each takes `--bootstrap HOST:PORT` (default
+//! `sluice produce`, `sluice consume`, `sluice group`. Each takes `--bootstrap HOST:PORT` (default
 //! `SLUICE_BOOTSTRAP`, then 127.0.0.1:9092).
 //!
 //! - `client` — the blocking Kafka client underneath.
@@ -14,13 +14,20 @@ use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableT
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
-    DescribeConfigsRequest, DescribeConfigsResponse, FetchRequest, FetchResponse,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataResponse, ProduceRequest, ProduceResponse,
-    TopicName,
+    ApiKey, ConsumerProtocolAssignment, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteGroupsRequest, DeleteGroupsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    DescribeConfigsRequest, DescribeConfigsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
+    FetchRequest, FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
+    ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse,
+    MetadataResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
+    OffsetFetchResponse, ProduceRequest, ProduceResponse, TopicName,
 };
+use kafka_protocol::protocol::Decodable;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
@@ -38,6 +45,11 @@ pub const USAGE: &str = "\
   sluice produce TOPIC [--key-separator SEP] [--partition N] [--acks 0|1|all]
                                one record per line of stdin; with a separator, the text
                                before its first occurrence is the key
+  sluice group list
+  sluice group describe GROUP          per partition: committed offset, end offset, lag, member
+  sluice group delete GROUP            a group without members, with its offsets
+  sluice group reset-offsets GROUP --topic TOPIC --to earliest|latest|OFFSET [--partition N]
+                               for a group without members
   sluice consume TOPIC [--from beginning|latest|OFFSET] [--partition N] [--count N]
                [--idle-exit-ms MS] [--format FMT]
                                FMT: %t topic, %p partition, %o offset, %k key, %v value,
@@ -72,6 +84,37 @@ const LIST_OFFSETS: ApiUse = ApiUse {
     key: ApiKey::ListOffsets,
     min: 1,
     max: 7,
+};
+
+const FIND_COORDINATOR: ApiUse = ApiUse {
+    key: ApiKey::FindCoordinator,
+    min: 0,
+    max: 3,
+};
+const LIST_GROUPS: ApiUse = ApiUse {
+    key: ApiKey::ListGroups,
+    min: 0,
+    max: 4,
+};
+const DESCRIBE_GROUPS: ApiUse = ApiUse {
+    key: ApiKey::DescribeGroups,
+    min: 0,
+    max: 5,
+};
+const OFFSET_FETCH: ApiUse = ApiUse {
+    key: ApiKey::OffsetFetch,
+    min: 1,
+    max: 7,
+};
+const OFFSET_COMMIT: ApiUse = ApiUse {
+    key: ApiKey::OffsetCommit,
+    min: 2,
+    max: 8,
+};
+const DELETE_GROUPS: ApiUse = ApiUse {
+    key: ApiKey::DeleteGroups,
+    min: 0,
+    max: 2,
 };
 
 /// Records per Produce request.
@@ -662,4 +705,261 @@ fn write_record(
         }
     }
     Ok(())
+}
+
+/// The address of the broker coordinating `group`.
+fn coordinator(client: &mut Client, group: &str) -> Result<String> {
+    let response: FindCoordinatorResponse = client.call(None, FIND_COORDINATOR, |_| {
+        FindCoordinatorRequest::default()
+            .with_key(StrBytes::from_string(group.to_string()))
+            .with_key_type(0)
+    })?;
+    if response.error_code != 0 {
+        return Err(format!(
+            "no coordinator for group {group}: {}",
+            error_text(response.error_code, response.error_message.as_ref())
+        ));
+    }
+    Ok(format!("{}:{}", response.host.as_str(), response.port))
+}
+
+/// A group's committed offsets: (topic, partition) -> offset.
+fn committed_offsets(
+    client: &mut Client,
+    at: &str,
+    group: &str,
+) -> Result<Vec<(String, i32, i64)>> {
+    let response: OffsetFetchResponse = client.call(Some(at), OFFSET_FETCH, |_| {
+        OffsetFetchRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
+            .with_topics(None)
+    })?;
+    if response.error_code != 0 {
+        return Err(format!(
+            "offsets of {group}: {}",
+            error_text(response.error_code, None)
+        ));
+    }
+    let mut out = Vec::new();
+    for t in &response.topics {
+        for p in &t.partitions {
+            if p.committed_offset >= 0 {
+                out.push((t.name.0.to_string(), p.partition_index, p.committed_offset));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The end offset (or, with `at = -2`, the start) of each partition of `topic`.
+fn topic_offsets(client: &mut Client, topic: &str, at: i64) -> Result<Vec<(i32, i64)>> {
+    let leaders = partition_leaders(client, topic)?;
+    let mut out = Vec::new();
+    for (partition, leader) in leaders {
+        out.push((
+            partition,
+            list_offset(client, &leader, topic, partition, at)?,
+        ));
+    }
+    Ok(out)
+}
+
+pub fn group(args: &[&str]) -> Result<()> {
+    match args {
+        ["list", rest @ ..] => {
+            let args = Args::parse(rest, &[])?;
+            let response: ListGroupsResponse = args
+                .client()?
+                .call(None, LIST_GROUPS, |_| ListGroupsRequest::default())?;
+            if response.error_code != 0 {
+                return Err(error_text(response.error_code, None));
+            }
+            let mut groups: Vec<(String, String)> = response
+                .groups
+                .iter()
+                .map(|g| (g.group_id.0.to_string(), g.group_state.to_string()))
+                .collect();
+            groups.sort();
+            for (id, state) in groups {
+                if state.is_empty() {
+                    println!("{id}");
+                } else {
+                    println!("{id} {state}");
+                }
+            }
+            Ok(())
+        }
+        ["describe", rest @ ..] => {
+            let args = Args::parse(rest, &[])?;
+            let group = args.one_positional("group")?.to_string();
+            let mut client = args.client()?;
+            let at = coordinator(&mut client, &group)?;
+            let described: DescribeGroupsResponse =
+                client.call(Some(&at), DESCRIBE_GROUPS, |_| {
+                    DescribeGroupsRequest::default()
+                        .with_groups(vec![GroupId(StrBytes::from_string(group.clone()))])
+                })?;
+            let g = &described.groups[0];
+            if g.error_code != 0 {
+                return Err(format!(
+                    "{group}: {}",
+                    error_text(g.error_code, g.error_message.as_ref())
+                ));
+            }
+            // Which member holds each partition (consumer protocol assignments).
+            let mut owner: HashMap<(String, i32), (String, String, String)> = HashMap::new();
+            for m in &g.members {
+                let mut bytes = m.member_assignment.clone();
+                if bytes.len() < 2 {
+                    continue;
+                }
+                let version = i16::from_be_bytes([bytes[0], bytes[1]]);
+                let _ = bytes.split_to(2);
+                let Ok(assignment) =
+                    ConsumerProtocolAssignment::decode(&mut bytes, version.clamp(0, 3))
+                else {
+                    continue;
+                };
+                for tp in assignment.assigned_partitions {
+                    for p in tp.partitions {
+                        owner.insert(
+                            (tp.topic.0.to_string(), p),
+                            (
+                                m.member_id.to_string(),
+                                m.client_host.to_string(),
+                                m.client_id.to_string(),
+                            ),
+                        );
+                    }
+                }
+            }
+            let committed = committed_offsets(&mut client, &at, &group)?;
+            let mut rows: Vec<(String, i32, Option<i64>)> = committed
+                .iter()
+                .map(|(t, p, o)| (t.clone(), *p, Some(*o)))
+                .collect();
+            for (t, p) in owner.keys() {
+                if !rows.iter().any(|(rt, rp, _)| rt == t && rp == p) {
+                    rows.push((t.clone(), *p, None));
+                }
+            }
+            rows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+            let mut ends: HashMap<String, Vec<(i32, i64)>> = HashMap::new();
+            println!(
+                "group {group} state {} protocol {} members {}",
+                g.group_state.as_str(),
+                g.protocol_data.as_str(),
+                g.members.len()
+            );
+            println!(
+                "TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG CONSUMER-ID HOST CLIENT-ID"
+            );
+            for (topic, partition, current) in rows {
+                if !ends.contains_key(&topic) {
+                    let offsets = topic_offsets(&mut client, &topic, -1)?;
+                    ends.insert(topic.clone(), offsets);
+                }
+                let end = ends[&topic]
+                    .iter()
+                    .find(|(p, _)| *p == partition)
+                    .map(|(_, e)| *e);
+                let show = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
+                let lag = current.zip(end).map(|(c, e)| e - c);
+                let (member, host, client_id) = owner
+                    .get(&(topic.clone(), partition))
+                    .cloned()
+                    .unwrap_or_else(|| ("-".into(), "-".into(), "-".into()));
+                println!(
+                    "{topic} {partition} {} {} {} {member} {host} {client_id}",
+                    show(current),
+                    show(end),
+                    show(lag)
+                );
+            }
+            Ok(())
+        }
+        ["delete", rest @ ..] => {
+            let args = Args::parse(rest, &[])?;
+            let group = args.one_positional("group")?.to_string();
+            let mut client = args.client()?;
+            let at = coordinator(&mut client, &group)?;
+            let response: DeleteGroupsResponse = client.call(Some(&at), DELETE_GROUPS, |_| {
+                DeleteGroupsRequest::default()
+                    .with_groups_names(vec![GroupId(StrBytes::from_string(group.clone()))])
+            })?;
+            let code = response.results[0].error_code;
+            if code != 0 {
+                return Err(format!("cannot delete {group}: {}", error_text(code, None)));
+            }
+            println!("deleted group {group}");
+            Ok(())
+        }
+        ["reset-offsets", rest @ ..] => {
+            let args = Args::parse(rest, &["topic", "to", "partition"])?;
+            let group = args.one_positional("group")?.to_string();
+            let topic = args.get("topic").ok_or("--topic is required")?.to_string();
+            let to = args
+                .get("to")
+                .ok_or("--to earliest|latest|OFFSET is required")?;
+            let only: Option<i32> = args
+                .get("partition")
+                .map(str::parse)
+                .transpose()
+                .map_err(|_| "--partition: not a number".to_string())?;
+            let mut client = args.client()?;
+            let targets: Vec<(i32, i64)> = match to {
+                "earliest" => topic_offsets(&mut client, &topic, -2)?,
+                "latest" => topic_offsets(&mut client, &topic, -1)?,
+                n => {
+                    let offset: i64 = n.parse().map_err(|_| {
+                        format!("--to {n:?}: expected earliest, latest or an offset")
+                    })?;
+                    partition_leaders(&mut client, &topic)?
+                        .into_iter()
+                        .map(|(p, _)| (p, offset))
+                        .collect()
+                }
+            };
+            let targets: Vec<(i32, i64)> = targets
+                .into_iter()
+                .filter(|(p, _)| only.is_none_or(|o| o == *p))
+                .collect();
+            let at = coordinator(&mut client, &group)?;
+            let response: OffsetCommitResponse = client.call(Some(&at), OFFSET_COMMIT, |_| {
+                OffsetCommitRequest::default()
+                    .with_group_id(GroupId(StrBytes::from_string(group.clone())))
+                    .with_generation_id_or_member_epoch(-1)
+                    .with_member_id(StrBytes::default())
+                    .with_topics(vec![OffsetCommitRequestTopic::default()
+                        .with_name(name(&topic))
+                        .with_partitions(
+                            targets
+                                .iter()
+                                .map(|(p, o)| {
+                                    OffsetCommitRequestPartition::default()
+                                        .with_partition_index(*p)
+                                        .with_committed_offset(*o)
+                                })
+                                .collect(),
+                        )])
+            })?;
+            for t in &response.topics {
+                for p in &t.partitions {
+                    if p.error_code != 0 {
+                        return Err(format!(
+                            "partition {}: {} (is the group empty?)",
+                            p.partition_index,
+                            error_text(p.error_code, None)
+                        ));
+                    }
+                }
+            }
+            for (p, o) in targets {
+                println!("{topic} {p} {o}");
+            }
+            Ok(())
+        }
+        _ => Err("expected group list|describe|delete|reset-offsets".into()),
+    }
 }

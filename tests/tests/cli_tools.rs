@@ -1,6 +1,7 @@
-//! `sluice topic|produce|consume`, run as a user would against a running broker: create,
+//! `sluice topic|produce|consume|group`, run as a user would against a running broker: create,
 //! list, describe, produce lines from stdin with keys, consume with a print format from the
-//! beginning / an offset / the latest, delete; errors exit non-zero with Kafka's error named.
+//! beginning / an offset / the latest, reset a group's offsets, describe its lag, delete it,
+//! delete the topic; errors exit non-zero with Kafka's error named.
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -148,6 +149,61 @@ fn topic_produce_and_consume_tools_round_trip() {
         "",
     );
     assert_eq!(latest, "");
+
+    // Groups: offsets set for a group without members create it; describe shows the lag per
+    // partition like kafka-consumer-groups.sh; delete removes it.
+    let reset = ok(
+        &broker,
+        &[
+            "group",
+            "reset-offsets",
+            "ops",
+            "--topic",
+            "tools",
+            "--to",
+            "earliest",
+        ],
+        "",
+    );
+    assert_eq!(reset.lines().count(), 3, "{reset}");
+    assert_eq!(ok(&broker, &["group", "list"], "").trim(), "ops Empty");
+    let described = ok(&broker, &["group", "describe", "ops"], "");
+    let rows: Vec<&str> = described
+        .lines()
+        .filter(|l| l.starts_with("tools "))
+        .collect();
+    assert_eq!(rows.len(), 3, "{described}");
+    let total_lag: i64 = rows
+        .iter()
+        .map(|r| r.split(' ').nth(4).unwrap().parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(total_lag, 5, "every record not yet consumed: {described}");
+    ok(
+        &broker,
+        &[
+            "group",
+            "reset-offsets",
+            "ops",
+            "--topic",
+            "tools",
+            "--to",
+            "latest",
+        ],
+        "",
+    );
+    let described = ok(&broker, &["group", "describe", "ops"], "");
+    assert!(
+        described
+            .lines()
+            .filter(|l| l.starts_with("tools "))
+            .all(|l| l.split(' ').nth(4) == Some("0")),
+        "no lag at the latest offsets: {described}"
+    );
+    assert_eq!(
+        ok(&broker, &["group", "delete", "ops"], "").trim(),
+        "deleted group ops"
+    );
+    assert_eq!(ok(&broker, &["group", "list"], "").trim(), "");
 
     assert_eq!(
         ok(&broker, &["topic", "delete", "tools"], "").trim(),

@@ -209,6 +209,21 @@ fn three_librdkafka_members_share_partitions_and_survive_a_killed_member() {
         );
     }
 
+    // `sluice group describe` shows the stable group: every partition, its member, no lag.
+    let out = Command::new(sluice_tests::sluice_binary())
+        .args(["group", "describe", GROUP, "--bootstrap", &bootstrap])
+        .output()
+        .unwrap();
+    let described = String::from_utf8_lossy(&out.stdout);
+    assert!(described.contains("state Stable"), "{described}");
+    let rows: Vec<&str> = described.lines().filter(|l| l.starts_with(TOPIC)).collect();
+    assert_eq!(rows.len(), PARTITIONS as usize, "{described}");
+    assert!(
+        rows.iter()
+            .all(|r| r.split(' ').nth(4) == Some("0") && !r.ends_with(" - - -")),
+        "no lag, every partition owned: {described}"
+    );
+
     // Kill member 0: no LeaveGroup, its heartbeats stop.
     let orphaned = seen.assigned[&0].clone();
     let killed_at = Instant::now();
