@@ -10,6 +10,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use kafka_protocol::records::RecordBatchDecoder;
 use kafka_protocol::ResponseError;
 use sluice_storage::{batch, BatchError, StorageError};
 
@@ -180,12 +181,14 @@ pub async fn produce(
 }
 
 /// Validates the partition's batch on the connection's shard, before it travels: exactly one
-/// batch, its header and CRC, and for an uncompressed batch every record's structure. (The owning log checks header and CRC again
-/// as it appends; that pass is cheap.)
-fn check_batches(records: &[u8], batch_bytes_max: usize) -> Result<(), ProduceOutput> {
+/// batch, its header and CRC, and every record's structure. A compressed batch is decompressed
+/// to check its records, as Kafka's broker does, so corrupt compressed data is refused here
+/// rather than handed to every consumer; the stored bytes are still the producer's. (The owning
+/// log checks header and CRC again as it appends; that pass is cheap.)
+fn check_batches(records: &Bytes, batch_bytes_max: usize) -> Result<(), ProduceOutput> {
     let infos = batch::validate_batches(records, batch_bytes_max)
         .map_err(|e| ProduceOutput::failed(batch_error_code(&e), e.to_string()))?;
-    if infos.len() != 1 {
+    let [info] = infos.as_slice() else {
         // Kafka's rule since Produce v3, which idempotence relies on.
         return Err(ProduceOutput::failed(
             ResponseError::InvalidRecord,
@@ -194,15 +197,27 @@ fn check_batches(records: &[u8], batch_bytes_max: usize) -> Result<(), ProduceOu
                 infos.len()
             ),
         ));
+    };
+    if info.compression_codec() == 0 {
+        return batch::validate_records(records, info)
+            .map_err(|e| ProduceOutput::failed(batch_error_code(&e), e.to_string()));
     }
-    let mut at = 0;
-    for info in infos {
-        let one = &records[at..at + info.size_bytes];
-        batch::validate_records(one, &info)
-            .map_err(|e| ProduceOutput::failed(batch_error_code(&e), e.to_string()))?;
-        at += info.size_bytes;
+    let mut compressed = records.clone();
+    match RecordBatchDecoder::decode(&mut compressed) {
+        Ok(set) if set.records.len() == info.record_count as usize => Ok(()),
+        Ok(set) => Err(ProduceOutput::failed(
+            ResponseError::CorruptMessage,
+            format!(
+                "the batch says {} records but its compressed data holds {}",
+                info.record_count,
+                set.records.len()
+            ),
+        )),
+        Err(e) => Err(ProduceOutput::failed(
+            ResponseError::CorruptMessage,
+            format!("cannot decompress the batch's records: {e}"),
+        )),
     }
-    Ok(())
 }
 
 fn batch_error_code(e: &BatchError) -> ResponseError {

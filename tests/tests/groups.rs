@@ -3,7 +3,8 @@
 //! Three librdkafka consumers, each its own process, share 6 partitions in one group and
 //! commit what they process. One is killed with SIGKILL (no LeaveGroup, no more heartbeats):
 //! within its session timeout its partitions move to the other two, which resume from the
-//! committed offsets; no record is lost. The group and its offsets survive a broker restart.
+//! committed offsets; no record is lost. The group's offsets survive a SIGKILL of the broker.
+//! Run with librdkafka's eager (range) and cooperative-sticky assignors.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
@@ -62,13 +63,19 @@ fn produce(bootstrap: &str, seqs: std::ops::Range<u64>) {
 struct Printer;
 impl ClientContext for Printer {}
 impl ConsumerContext for Printer {
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(list) = rebalance {
-            let parts: Vec<String> = list
-                .elements()
-                .iter()
-                .map(|e| e.partition().to_string())
-                .collect();
+    /// Prints the member's whole assignment after every change (with the cooperative assignor
+    /// a rebalance hands out or takes back only some partitions).
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if matches!(rebalance, Rebalance::Assign(_) | Rebalance::Revoke(_)) {
+            let parts: Vec<String> = consumer
+                .assignment()
+                .map(|list| {
+                    list.elements()
+                        .iter()
+                        .map(|e| e.partition().to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
             println!("ASSIGNED {}", parts.join(","));
         }
     }
@@ -90,6 +97,10 @@ fn group_member_child() {
         .set("session.timeout.ms", SESSION_TIMEOUT_MS.to_string())
         .set("heartbeat.interval.ms", "500")
         .set("fetch.wait.max.ms", "100")
+        .set(
+            "partition.assignment.strategy",
+            std::env::var("SLUICE_TEST_ASSIGNOR").unwrap_or_else(|_| "range".into()),
+        )
         .create_with_context(Printer)
         .expect("consumer");
     consumer.subscribe(&[TOPIC]).expect("subscribe");
@@ -117,7 +128,12 @@ impl Drop for Member {
 }
 
 /// What the members reported: (member index, line).
-fn start_member(index: usize, bootstrap: &str, tx: mpsc::Sender<(usize, String)>) -> Member {
+fn start_member(
+    index: usize,
+    bootstrap: &str,
+    assignor: &str,
+    tx: mpsc::Sender<(usize, String)>,
+) -> Member {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--ignored",
@@ -128,6 +144,7 @@ fn start_member(index: usize, bootstrap: &str, tx: mpsc::Sender<(usize, String)>
             "1",
         ])
         .env("SLUICE_TEST_BOOTSTRAP", bootstrap)
+        .env("SLUICE_TEST_ASSIGNOR", assignor)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -181,7 +198,17 @@ impl Seen {
 }
 
 #[test]
-fn three_librdkafka_members_share_partitions_and_survive_a_killed_member() {
+fn eager_members_share_partitions_and_survive_a_killed_member() {
+    group_survives_a_killed_member("range");
+}
+
+#[test]
+fn cooperative_sticky_members_share_partitions_and_survive_a_killed_member() {
+    group_survives_a_killed_member("cooperative-sticky");
+}
+
+/// Three members with `assignor` (librdkafka's `partition.assignment.strategy`).
+fn group_survives_a_killed_member(assignor: &str) {
     let broker = Broker::start(&["--cores", "2", "--group-initial-rebalance-delay-ms", "500"]);
     let bootstrap = broker.bootstrap();
     create_topic(&broker);
@@ -189,7 +216,7 @@ fn three_librdkafka_members_share_partitions_and_survive_a_killed_member() {
 
     let (tx, rx) = mpsc::channel();
     let mut members: Vec<Option<Member>> = (0..3)
-        .map(|i| Some(start_member(i, &bootstrap, tx.clone())))
+        .map(|i| Some(start_member(i, &bootstrap, assignor, tx.clone())))
         .collect();
     let mut seen = Seen::default();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -267,13 +294,13 @@ fn three_librdkafka_members_share_partitions_and_survive_a_killed_member() {
     assert!(replayed < 100, "{replayed} old records were consumed again");
     drop(members);
 
-    // The group's offsets survive a restart: a new member of the group starts at the end.
+    // The group's offsets survive a SIGKILL of the broker: a new member starts at the end.
     let broker = Broker::start_on(
-        broker.stop(),
+        broker.kill(),
         &["--cores", "2", "--group-initial-rebalance-delay-ms", "200"],
     );
     let (tx, rx) = mpsc::channel();
-    let _member = start_member(9, &broker.bootstrap(), tx);
+    let _member = start_member(9, &broker.bootstrap(), assignor, tx);
     produce(&broker.bootstrap(), 4500..4510);
     let mut after = Seen::default();
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -1,7 +1,7 @@
 //! Hostile input at the wire level, against a running `sluice serve` with two shards: bad
 //! lengths, truncated frames, unknown keys and versions, garbage bodies, impossible array
 //! counts (top-level and nested), overlong strings, varint overflows, and record batches with
-//! a bad CRC or malformed records. Each gets a Kafka error code or a closed connection; every
+//! a bad CRC, malformed records or damaged compressed data. Each gets a Kafka error code or a closed connection; every
 //! other connection keeps being served, and nothing already written is lost.
 
 use std::io::Write;
@@ -179,6 +179,42 @@ fn hostile_input_gets_an_error_or_a_closed_connection_and_loses_nothing() {
         produce(&mut s, record_varint).0,
         87,
         "INVALID_RECORD for a varint overflow inside a record"
+    );
+    // A gzip batch whose compressed bytes are damaged (CRC recomputed to match): refused
+    // when the broker decompresses it to check its records.
+    let mut gzip = bytes::BytesMut::new();
+    let record = kafka_protocol::records::Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: kafka_protocol::records::TimestampType::Creation,
+        offset: 0,
+        sequence: 0,
+        timestamp: 4000,
+        key: None,
+        value: Some(Bytes::from(vec![b'z'; 500])),
+        headers: Default::default(),
+    };
+    kafka_protocol::records::RecordBatchEncoder::encode(
+        &mut gzip,
+        [&record],
+        &kafka_protocol::records::RecordEncodeOptions {
+            version: 2,
+            compression: kafka_protocol::records::Compression::Gzip,
+        },
+    )
+    .unwrap();
+    let mut gzip = gzip.to_vec();
+    for byte in &mut gzip[70..80] {
+        *byte ^= 0xa5;
+    }
+    assert_eq!(
+        produce(&mut s, with_fixed_crc(gzip)).0,
+        2,
+        "CORRUPT_MESSAGE for damaged compressed data"
     );
     let mut torn = good.clone();
     torn.truncate(good.len() - 3);

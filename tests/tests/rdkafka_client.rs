@@ -299,3 +299,68 @@ fn acks_all_records_survive_a_sigkill_during_a_produce_load() {
         );
     }
 }
+
+#[test]
+fn compressed_batches_pass_through_untouched_in_every_codec() {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    use kafka_protocol::records::RecordBatchDecoder;
+
+    let broker = Broker::start(&["--cores", "2"]);
+    let bootstrap = broker.bootstrap();
+    // librdkafka's codec names, with the RecordBatch attribute value of each.
+    for (codec, attribute) in [("gzip", 1), ("snappy", 2), ("lz4", 3), ("zstd", 4)] {
+        let topic = format!("codec-{codec}");
+        create_topic(&bootstrap, &topic, 1);
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("compression.codec", codec)
+            .set("linger.ms", "20")
+            .create()
+            .expect("producer");
+        for i in 0..200 {
+            let value = format!("{codec} record {i} {}", "abc".repeat(20));
+            let record = BaseRecord::<(), str>::to(&topic)
+                .payload(&value)
+                .partition(0);
+            producer.send(record).map_err(|(e, _)| e).expect("queued");
+        }
+        producer.flush(Duration::from_secs(30)).expect("flush");
+
+        let request = FetchRequest::default()
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_string(topic.clone())))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(0)
+                    .with_partition_max_bytes(1 << 20)])]);
+        let r: FetchResponse = sluice_tests::wire::call(
+            &mut sluice_tests::wire::connect(broker.addr),
+            ApiKey::Fetch,
+            12,
+            &request,
+        );
+        let mut records = r.responses[0].partitions[0].records.clone().unwrap();
+        let attributes = i16::from_be_bytes([records[21], records[22]]);
+        assert_eq!(
+            attributes & 7,
+            attribute,
+            "{codec}: stored as the producer compressed it"
+        );
+        let sets = RecordBatchDecoder::decode_all(&mut records).expect("decodes");
+        let values: Vec<String> = sets
+            .iter()
+            .flat_map(|s| s.records.iter())
+            .map(|r| String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap())
+            .collect();
+        assert_eq!(values.len(), 200, "{codec}");
+        for (i, v) in values.iter().enumerate() {
+            assert!(
+                v.starts_with(&format!("{codec} record {i} ")),
+                "{codec}: {v}"
+            );
+        }
+    }
+}
