@@ -307,6 +307,10 @@ async fn delete_on_controller(
             TopicRef::Id(id) => image.topic_by_id(*id),
         };
         results.push(match (found, &wanted) {
+            (Some(topic), _) if topic.name == crate::groups::OFFSETS_TOPIC => Err(error(
+                ResponseError::InvalidTopicException,
+                "the internal topic __consumer_offsets cannot be deleted",
+            )),
             (Some(topic), _) if topics.remove(&topic.name).is_some() => {
                 Ok((topic.name.clone(), topic.id))
             }

@@ -1,5 +1,5 @@
 //! ListOffsets: a partition's earliest and latest offsets, or the first offset at or after a
-//! timestamp, answered by the owning shard.
+//! timestamp; and DeleteRecords, which moves a partition's start. Both run on the owning shard.
 
 use std::rc::Rc;
 
@@ -116,6 +116,52 @@ pub async fn list_offsets(shard: &Rc<Shard>, queries: Vec<OffsetQuery>) -> Vec<O
                 })
                 .await
                 .unwrap_or_else(|_| OffsetAnswer::failed(ResponseError::NotLeaderOrFollower))
+        }
+    });
+    futures::future::join_all(answers).await
+}
+
+/// DeleteRecords: moves each partition's log start up to the asked offset (-1: the high
+/// watermark), durably, on its owning shard. Returns (error, new low watermark) per input.
+pub async fn delete_records(
+    shard: &Rc<Shard>,
+    requests: Vec<(String, i32, i64)>,
+) -> Vec<(Option<ResponseError>, i64)> {
+    let image = shard.image();
+    let answers = requests.into_iter().map(|(name, partition, offset)| {
+        let found = image
+            .topic(&name)
+            .filter(|t| (0..t.partitions).contains(&partition))
+            .cloned();
+        async move {
+            let Some(topic) = found else {
+                return (Some(ResponseError::UnknownTopicOrPartition), -1);
+            };
+            if topic.name == crate::groups::OFFSETS_TOPIC {
+                return (Some(ResponseError::InvalidTopicException), -1);
+            }
+            let owner = shard.owner_of(&topic.name, partition);
+            shard
+                .invoke_on(owner, move |owner_shard| async move {
+                    let p = match owner_shard.partition(&topic, partition).await {
+                        Ok(p) => p,
+                        Err(_) => return (Some(ResponseError::KafkaStorageError), -1),
+                    };
+                    let target = if offset == -1 {
+                        p.high_watermark()
+                    } else {
+                        Offset(offset)
+                    };
+                    if target.0 < 0 || target > p.high_watermark() {
+                        return (Some(ResponseError::OffsetOutOfRange), -1);
+                    }
+                    match p.log().truncate_prefix(target).await {
+                        Ok(start) => (None, start.0),
+                        Err(_) => (Some(ResponseError::KafkaStorageError), -1),
+                    }
+                })
+                .await
+                .unwrap_or((Some(ResponseError::NotLeaderOrFollower), -1))
         }
     });
     futures::future::join_all(answers).await

@@ -103,6 +103,13 @@ pub async fn produce(
             ));
             continue;
         }
+        if topic.name == crate::groups::OFFSETS_TOPIC {
+            outputs[index] = Some(ProduceOutput::failed(
+                ResponseError::InvalidTopicException,
+                "the internal topic __consumer_offsets is written by the group coordinator only",
+            ));
+            continue;
+        }
         if acks == Acks::All && topic.min_insync_replicas() > 1 {
             outputs[index] = Some(ProduceOutput::failed(
                 ResponseError::NotEnoughReplicas,

@@ -30,6 +30,7 @@ pub const IMPLEMENTED: &[ApiRange] = &[
     handlers::describe_groups::RANGE,
     handlers::list_groups::RANGE,
     handlers::api_versions::RANGE,
+    handlers::delete_records::RANGE,
     handlers::create_topics::RANGE,
     handlers::delete_topics::RANGE,
     handlers::init_producer_id::RANGE,

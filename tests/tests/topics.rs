@@ -340,3 +340,84 @@ fn replication_factor_is_clamped_when_configured() {
     assert_eq!(create(&mut s, "rf3", 2, 3, &[], false).0, 0);
     assert_eq!(partition_count(&mut s, "rf3"), Some(2));
 }
+
+#[test]
+fn retention_and_delete_records_move_the_log_start() {
+    use kafka_protocol::messages::delete_records_request::{
+        DeleteRecordsPartition, DeleteRecordsTopic,
+    };
+    use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
+
+    let broker = Broker::start(&["--retention-check-ms", "100"]);
+    let mut s = connect(broker.addr);
+    // Every append after the first rolls a segment (segment.ms=1); the records' timestamps
+    // (1970) are far beyond retention.ms, so every sealed segment is due for deletion.
+    let configs = [("retention.ms", "60000"), ("segment.ms", "1")];
+    assert_eq!(create(&mut s, "aged", 1, 1, &configs, false).0, 0);
+    for n in 0..4 {
+        produce_all(&mut s, "aged", 1, n);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while list_offsets(&mut s, "aged", -2) < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "retention never deleted the old segments"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        list_offsets(&mut s, "aged", -2),
+        3,
+        "the active segment stays"
+    );
+    assert_eq!(list_offsets(&mut s, "aged", -1), 4);
+
+    let delete = |s: &mut TcpStream, topic: &str, offset: i64| -> (i16, i64) {
+        let r: DeleteRecordsResponse = call(
+            s,
+            ApiKey::DeleteRecords,
+            2,
+            &DeleteRecordsRequest::default()
+                .with_timeout_ms(5000)
+                .with_topics(vec![DeleteRecordsTopic::default()
+                    .with_name(name(topic))
+                    .with_partitions(vec![DeleteRecordsPartition::default()
+                        .with_partition_index(0)
+                        .with_offset(offset)])]),
+        );
+        let p = &r.topics[0].partitions[0];
+        (p.error_code, p.low_watermark)
+    };
+    assert_eq!(create(&mut s, "trim", 1, 1, &[], false).0, 0);
+    for n in 0..5 {
+        produce_all(&mut s, "trim", 1, n);
+    }
+    assert_eq!(delete(&mut s, "trim", 3), (0, 3));
+    assert_eq!(list_offsets(&mut s, "trim", -2), 3);
+    let r: FetchResponse = call(&mut s, ApiKey::Fetch, 12, &fetch_request("trim", 1, 0, 0));
+    assert_eq!(
+        r.responses[0].partitions[0].error_code, 1,
+        "OFFSET_OUT_OF_RANGE below the start"
+    );
+    assert_eq!(
+        delete(&mut s, "trim", 99).0,
+        1,
+        "OFFSET_OUT_OF_RANGE past the end"
+    );
+    assert_eq!(
+        delete(&mut s, "trim", -1),
+        (0, 5),
+        "-1: up to the high watermark"
+    );
+    assert_eq!(
+        delete(&mut s, "__consumer_offsets", 0).0,
+        17,
+        "the internal topic is not trimmed by clients"
+    );
+    // The new start is durable.
+    drop(s);
+    let broker = Broker::start_on(broker.kill(), &[]);
+    let mut s = connect(broker.addr);
+    assert_eq!(list_offsets(&mut s, "trim", -2), 5);
+}
