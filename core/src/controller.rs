@@ -488,3 +488,132 @@ pub async fn init_producer_id(
         .await
         .unwrap_or_else(|gone| Err(error(ResponseError::UnknownServerError, gone.to_string())))
 }
+
+/// One change to a topic config (IncrementalAlterConfigs' operations; AlterConfigs is a set of
+/// `Set`s replacing every config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigOp {
+    Set(String),
+    Delete,
+    /// Add an element to a list config (`cleanup.policy`).
+    Append(String),
+    /// Remove an element from a list config.
+    Subtract(String),
+}
+
+/// Changes topic `name`'s configs: the listed changes (or, with `replace_all`, exactly the
+/// listed values, every other config back to its default). Validated as CreateTopics
+/// validates; applied to the open partition logs of every shard once persisted.
+pub async fn alter_topic_configs(
+    shard: &Rc<Shard>,
+    name: String,
+    changes: Vec<(String, ConfigOp)>,
+    replace_all: bool,
+    validate_only: bool,
+) -> Result<(), ApiError> {
+    shard
+        .invoke_on(CONTROLLER_SHARD, move |controller| async move {
+            let _turn = controller
+                .controller_lock
+                .acquire_permit(1)
+                .await
+                .expect("the controller lock is never closed");
+            let image = controller.catalog.image();
+            let mut topics = image.to_topics();
+            let Some(topic) = topics.get_mut(&name) else {
+                return Err(error(
+                    ResponseError::UnknownTopicOrPartition,
+                    format!("no topic named {name}"),
+                ));
+            };
+            let mut configs = if replace_all {
+                BTreeMap::new()
+            } else {
+                topic.configs.clone()
+            };
+            for (key, op) in changes {
+                let def = crate::topics::config_def(&key).ok_or_else(|| {
+                    error(
+                        ResponseError::InvalidConfig,
+                        format!("unknown topic config {key:?}"),
+                    )
+                })?;
+                let current = configs
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_else(|| def.default.to_string());
+                let list = |v: &str| -> Vec<String> {
+                    v.split(',')
+                        .map(|e| e.trim().to_string())
+                        .filter(|e| !e.is_empty())
+                        .collect()
+                };
+                let value = match op {
+                    ConfigOp::Delete => {
+                        configs.remove(&key);
+                        continue;
+                    }
+                    ConfigOp::Set(v) => v,
+                    ConfigOp::Append(_) | ConfigOp::Subtract(_)
+                        if def.kind != crate::topics::ConfigType::List =>
+                    {
+                        return Err(error(
+                            ResponseError::InvalidConfig,
+                            format!("{key} is not a list: APPEND and SUBTRACT do not apply"),
+                        ))
+                    }
+                    ConfigOp::Append(v) => {
+                        let mut items = list(&current);
+                        for item in list(&v) {
+                            if !items.contains(&item) {
+                                items.push(item);
+                            }
+                        }
+                        items.join(",")
+                    }
+                    ConfigOp::Subtract(v) => {
+                        let gone = list(&v);
+                        list(&current)
+                            .into_iter()
+                            .filter(|i| !gone.contains(i))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    }
+                };
+                validate_config(&key, &value)
+                    .map_err(|m| error(ResponseError::InvalidConfig, m))?;
+                configs.insert(key, value.trim().to_string());
+            }
+            topic.configs = configs;
+            topic
+                .log_config(&controller.settings.log_defaults)
+                .validate()
+                .map_err(|e| error(ResponseError::InvalidConfig, e.to_string()))?;
+            if validate_only {
+                return Ok(());
+            }
+            let changed = Arc::new(topic.clone());
+            controller
+                .catalog
+                .publish(topics, image.producer_ids_reserved)
+                .await
+                .map_err(|e| {
+                    error(
+                        ResponseError::KafkaStorageError,
+                        format!("cannot persist the catalog: {e}"),
+                    )
+                })?;
+            info!(topic = %name, configs = ?changed.configs, "topic configs changed");
+            for applied in controller
+                .invoke_on_all(move |s| async move { s.reconfigure_topic(&changed) })
+                .await
+            {
+                if let Err(e) = applied {
+                    warn!(topic = %name, error = %e, "applying new topic configs");
+                }
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|gone| Err(error(ResponseError::UnknownServerError, gone.to_string())))
+}

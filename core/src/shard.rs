@@ -310,6 +310,18 @@ impl Shard {
         }
     }
 
+    /// Applies `topic`'s (changed) configs to its partitions open on this shard.
+    pub(crate) fn reconfigure_topic(&self, topic: &Topic) {
+        let config = topic.log_config(&self.settings.log_defaults);
+        for (key, partition) in self.partitions.borrow().iter() {
+            if key.0 == topic.id {
+                if let Err(e) = partition.log().update_config(config.clone()) {
+                    warn!(dir = %partition.dir().display(), error = %e, "new topic configs refused");
+                }
+            }
+        }
+    }
+
     /// Closes every partition this shard owns (flushing what is buffered). Shutdown.
     pub async fn close_all(&self) {
         let all: Vec<Rc<Partition>> = self

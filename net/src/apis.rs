@@ -30,13 +30,15 @@ pub const IMPLEMENTED: &[ApiRange] = &[
     handlers::describe_groups::RANGE,
     handlers::list_groups::RANGE,
     handlers::api_versions::RANGE,
-    handlers::delete_records::RANGE,
     handlers::create_topics::RANGE,
     handlers::delete_topics::RANGE,
+    handlers::delete_records::RANGE,
     handlers::init_producer_id::RANGE,
     handlers::describe_configs::RANGE,
+    handlers::alter_configs::RANGE,
     handlers::create_partitions::RANGE,
     handlers::delete_groups::RANGE,
+    handlers::alter_configs::INCREMENTAL_RANGE,
     handlers::offset_delete::RANGE,
 ];
 

@@ -19,12 +19,13 @@ use futures::channel::oneshot;
 use futures::future::Either;
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest,
-    DeleteRecordsRequest, DeleteTopicsRequest, DescribeConfigsRequest, DescribeGroupsRequest,
-    FetchRequest, FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest,
-    JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest,
-    OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, RequestHeader,
-    ResponseHeader, SyncGroupRequest,
+    AlterConfigsRequest, ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest,
+    DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
+    DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest,
+    IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
+    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
+    OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader,
+    SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 use tracing::{debug, warn};
@@ -32,10 +33,10 @@ use tracing::{debug, warn};
 use crate::apis;
 use crate::frame::{read_frame, FrameError};
 use crate::handlers::{
-    api_versions, create_partitions, create_topics, delete_groups, delete_records, delete_topics,
-    describe_configs, describe_groups, fetch, find_coordinator, heartbeat, init_producer_id,
-    join_group, leave_group, list_groups, list_offsets, metadata, offset_commit, offset_delete,
-    offset_fetch, produce, sync_group, Context,
+    alter_configs, api_versions, create_partitions, create_topics, delete_groups, delete_records,
+    delete_topics, describe_configs, describe_groups, fetch, find_coordinator, heartbeat,
+    init_producer_id, join_group, leave_group, list_groups, list_offsets, metadata, offset_commit,
+    offset_delete, offset_fetch, produce, sync_group, Context,
 };
 
 /// Requests of one connection in progress at once.
@@ -320,6 +321,16 @@ pub async fn respond(mut frame: Bytes, ctx: &Context) -> Answer {
         ApiKey::DescribeGroups => {
             let request = decode::<DescribeGroupsRequest>(&mut frame, api, version)?;
             let response = describe_groups::handle(request, version, ctx).await;
+            encode(api, version, correlation_id, &response).map(Some)
+        }
+        ApiKey::AlterConfigs => {
+            let request = decode::<AlterConfigsRequest>(&mut frame, api, version)?;
+            let response = alter_configs::handle(request, ctx).await;
+            encode(api, version, correlation_id, &response).map(Some)
+        }
+        ApiKey::IncrementalAlterConfigs => {
+            let request = decode::<IncrementalAlterConfigsRequest>(&mut frame, api, version)?;
+            let response = alter_configs::handle_incremental(request, ctx).await;
             encode(api, version, correlation_id, &response).map(Some)
         }
         ApiKey::DeleteRecords => {

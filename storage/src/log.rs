@@ -95,7 +95,9 @@ impl State {
 
 struct Inner {
     dir: PathBuf,
-    config: LogConfig,
+    /// Replaced whole by `update_config` (topic config changes); never borrowed across an
+    /// await.
+    config: RefCell<LogConfig>,
     state: RefCell<State>,
     append_lock: Semaphore,
     io_lock: Semaphore,
@@ -290,7 +292,7 @@ impl Log {
         Ok(Log {
             inner: Rc::new(Inner {
                 dir,
-                config,
+                config: RefCell::new(config),
                 state: RefCell::new(State {
                     segments,
                     log_start,
@@ -316,8 +318,26 @@ impl Log {
         &self.inner.dir
     }
 
-    pub fn config(&self) -> &LogConfig {
-        &self.inner.config
+    /// The settings in force.
+    pub fn config(&self) -> LogConfig {
+        self.inner.config.borrow().clone()
+    }
+
+    /// Applies new settings (a topic's configs changed). They must be valid; the I/O sizes
+    /// (`write_chunk_bytes`, `unwritten_bytes_max`, `writes_in_flight_max`,
+    /// `preallocate_bytes`) are kept as they are, since buffers in use were sized by them.
+    /// Limits apply from the next append, roll or retention pass.
+    pub fn update_config(&self, new: LogConfig) -> Result<()> {
+        new.validate()?;
+        let mut config = self.inner.config.borrow_mut();
+        *config = LogConfig {
+            write_chunk_bytes: config.write_chunk_bytes,
+            unwritten_bytes_max: config.unwritten_bytes_max,
+            writes_in_flight_max: config.writes_in_flight_max,
+            preallocate_bytes: config.preallocate_bytes,
+            ..new
+        };
+        Ok(())
     }
 
     /// The first offset that can be read.
@@ -394,7 +414,7 @@ impl Log {
         if batches.is_empty() {
             return Err(StorageError::EmptyAppend);
         }
-        let batch_max = self.inner.config.batch_bytes_max as usize;
+        let batch_max = self.inner.config.borrow().batch_bytes_max as usize;
         let infos = validate_batches(batches, batch_max).map_err(|source| {
             // Find where the bad batch starts, for the error message.
             let mut position = 0;
@@ -416,7 +436,7 @@ impl Log {
                 let active = state.active();
                 !active.index.is_empty()
                     && active.index.size_bytes + info.size_bytes as u64
-                        > self.inner.config.segment_bytes_max
+                        > self.inner.config.borrow().segment_bytes_max
             };
             if needs_roll {
                 self.roll_locked().await?;
@@ -479,10 +499,10 @@ impl Log {
     /// `unwritten_bytes_max` is waiting, wait for the writes to catch up (back-pressure keeps
     /// buffered memory bounded).
     async fn write_behind(&self, appended: usize) -> Result<()> {
-        let started = self.start_sealed_writes(self.inner.config.writes_in_flight_max);
+        let started = self.start_sealed_writes(self.inner.config.borrow().writes_in_flight_max);
         let since_yield = self.inner.appended_since_yield.get() + appended;
         let writing = self.inner.writes_in_flight.get() > 0;
-        if started > 0 || (writing && since_yield >= self.inner.config.write_chunk_bytes) {
+        if started > 0 || (writing && since_yield >= self.inner.config.borrow().write_chunk_bytes) {
             // Let the reactor submit new writes and reap finished ones, about once per chunk
             // appended: a producer that never awaits real I/O would otherwise leave the device
             // idle once its writes complete, until back-pressure stops the producer.
@@ -491,9 +511,9 @@ impl Log {
         } else {
             self.inner.appended_since_yield.set(since_yield);
         }
-        while self.unwritten_bytes() >= self.inner.config.unwritten_bytes_max as u64 {
+        while self.unwritten_bytes() >= self.inner.config.borrow().unwritten_bytes_max as u64 {
             self.check_usable()?;
-            self.start_sealed_writes(self.inner.config.writes_in_flight_max);
+            self.start_sealed_writes(self.inner.config.borrow().writes_in_flight_max);
             if self.inner.writes_in_flight.get() == 0 {
                 // Only the filling chunk is unwritten; it is smaller than the limit allows.
                 break;
@@ -575,9 +595,9 @@ impl Log {
             let tail = active.tail.as_mut().expect("the active segment has a tail");
             let target = tail.end_pos();
             let partial = tail.partial_write(&file);
-            let reserve = partial
-                .as_ref()
-                .and_then(|w| reserve_space(active, w.pos + w.len() as u64, &self.inner.config));
+            let reserve = partial.as_ref().and_then(|w| {
+                reserve_space(active, w.pos + w.len() as u64, &self.inner.config.borrow())
+            });
             (
                 file,
                 active.path.clone(),
@@ -633,8 +653,11 @@ impl Log {
                 let Some(write) = tail.next_sealed_write(&file) else {
                     break;
                 };
-                let reserve =
-                    reserve_space(active, write.pos + write.len() as u64, &self.inner.config);
+                let reserve = reserve_space(
+                    active,
+                    write.pos + write.len() as u64,
+                    &self.inner.config.borrow(),
+                );
                 (file, active.path.clone(), write, reserve)
             };
             let (file, path, write, reserve) = next;
@@ -650,7 +673,7 @@ impl Log {
                     .set(log.inner.writes_in_flight.get() - 1);
                 log.wake_write_waiters();
                 if result.is_ok() {
-                    log.start_sealed_writes(log.inner.config.writes_in_flight_max);
+                    log.start_sealed_writes(log.inner.config.borrow().writes_in_flight_max);
                 }
             })
             .detach();
@@ -728,7 +751,7 @@ impl Log {
     }
 
     async fn roll_if_aged(&self) -> Result<()> {
-        let Some(max_ms) = self.inner.config.segment_ms_max else {
+        let Some(max_ms) = self.inner.config.borrow().segment_ms_max else {
             return Ok(());
         };
         let aged = {
@@ -782,7 +805,12 @@ impl Log {
         io::sync_dir(&self.inner.dir)
             .await
             .map_err(|e| self.fail(e))?;
-        let tail = WriteTail::resume(&new_file, self.inner.config.write_chunk_bytes, 0, &[]);
+        let tail = WriteTail::resume(
+            &new_file,
+            self.inner.config.borrow().write_chunk_bytes,
+            0,
+            &[],
+        );
         {
             let mut state = self.inner.state.borrow_mut();
             let sealed = state.active_mut();
@@ -791,7 +819,7 @@ impl Log {
             state.segments.push(Segment {
                 path: new_path,
                 file: Rc::new(new_file),
-                index: SegmentIndex::empty(next, self.inner.config.index_interval_bytes),
+                index: SegmentIndex::empty(next, self.inner.config.borrow().index_interval_bytes),
                 tail: Some(tail),
                 first_append_ms: None,
                 preallocated_to: 0,
@@ -862,7 +890,7 @@ impl Log {
         at_least_one: bool,
     ) -> Result<(ReadBatches, bool)> {
         self.check_usable()?;
-        let batch_max = self.inner.config.batch_bytes_max as usize;
+        let batch_max = self.inner.config.borrow().batch_bytes_max as usize;
         let (seg_base, file, path, start_pos, seg_end) = {
             let state = self.inner.state.borrow();
             if from < state.log_start || from > state.next_offset {
@@ -893,7 +921,7 @@ impl Log {
         // One read from the indexed position usually covers the skip to `from` (about one index
         // interval at most) and max_bytes of batches; `SegmentReader` reads more when not.
         let window = (max_bytes.max(BATCH_HEADER_BYTES) as u64)
-            .saturating_add(u64::from(self.inner.config.index_interval_bytes))
+            .saturating_add(u64::from(self.inner.config.borrow().index_interval_bytes))
             .min(seg_end - start_pos);
         let mut reader = SegmentReader {
             log: self,
@@ -1053,7 +1081,7 @@ impl Log {
             .file_size()
             .await
             .map_err(|e| StorageError::io(path.display(), e))?;
-        let batch_max = self.inner.config.batch_bytes_max as usize;
+        let batch_max = self.inner.config.borrow().batch_bytes_max as usize;
         scan_segment(
             &file,
             &path,
@@ -1070,7 +1098,8 @@ impl Log {
         io::sync_dir(&self.inner.dir)
             .await
             .map_err(|e| self.fail(e))?;
-        let tail = resume_tail(&file, &path, rebuilt.size_bytes, &self.inner.config).await?;
+        let config = self.config();
+        let tail = resume_tail(&file, &path, rebuilt.size_bytes, &config).await?;
         let new_end = rebuilt.next_offset;
         if new_end < log_start {
             // The cut fell inside the batch holding the log start: the log is now empty at
@@ -1151,17 +1180,14 @@ impl Log {
             let mut total: u64 = state.segments.iter().map(|s| s.index.size_bytes).sum();
             let sealed = state.segments.len() - 1;
             let mut drop_count = 0;
+            let (retention_ms, retention_bytes) = {
+                let config = self.inner.config.borrow();
+                (config.retention_ms, config.retention_bytes)
+            };
             for seg in &state.segments[..sealed] {
-                let too_old = self
-                    .inner
-                    .config
-                    .retention_ms
+                let too_old = retention_ms
                     .is_some_and(|ms| seg.index.max_timestamp < now.saturating_sub(ms as i64));
-                let too_big = self
-                    .inner
-                    .config
-                    .retention_bytes
-                    .is_some_and(|max| total > max);
+                let too_big = retention_bytes.is_some_and(|max| total > max);
                 if !(too_old || too_big) {
                     break;
                 }
@@ -1225,8 +1251,9 @@ impl Log {
             let read = self.read(from, window).await?;
             let mut rest = &read.bytes[..];
             while !rest.is_empty() {
-                let info = validate_batch(rest, self.inner.config.batch_bytes_max as usize)
-                    .expect("read() returns validated batches");
+                let info =
+                    validate_batch(rest, self.inner.config.borrow().batch_bytes_max as usize)
+                        .expect("read() returns validated batches");
                 if info.max_timestamp >= ts {
                     let found =
                         first_record_at_or_after(rest, &info, ts).unwrap_or(info.base_offset);

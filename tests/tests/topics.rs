@@ -421,3 +421,136 @@ fn retention_and_delete_records_move_the_log_start() {
     let mut s = connect(broker.addr);
     assert_eq!(list_offsets(&mut s, "trim", -2), 5);
 }
+
+#[test]
+fn topic_configs_are_altered_validated_persisted_and_applied() {
+    use kafka_protocol::messages::alter_configs_request::{AlterConfigsResource, AlterableConfig};
+    use kafka_protocol::messages::incremental_alter_configs_request as incremental;
+    use kafka_protocol::messages::{
+        AlterConfigsRequest, AlterConfigsResponse, IncrementalAlterConfigsRequest,
+        IncrementalAlterConfigsResponse,
+    };
+
+    let broker = Broker::start(&["--retention-check-ms", "100"]);
+    let mut s = connect(broker.addr);
+    assert_eq!(create(&mut s, "tuned", 1, 1, &[], false).0, 0);
+    let change = |s: &mut TcpStream, ops: &[(&str, i8, Option<&str>)]| -> i16 {
+        let r: IncrementalAlterConfigsResponse = call(
+            s,
+            ApiKey::IncrementalAlterConfigs,
+            1,
+            &IncrementalAlterConfigsRequest::default().with_resources(vec![
+                incremental::AlterConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(StrBytes::from_static_str("tuned"))
+                    .with_configs(
+                        ops.iter()
+                            .map(|(k, op, v)| {
+                                incremental::AlterableConfig::default()
+                                    .with_name(StrBytes::from_string(k.to_string()))
+                                    .with_config_operation(*op)
+                                    .with_value(v.map(|v| StrBytes::from_string(v.to_string())))
+                            })
+                            .collect(),
+                    ),
+            ]),
+        );
+        r.responses[0].error_code
+    };
+    let value = |s: &mut TcpStream, key: &str| config_value(s, "tuned", key).1.unwrap();
+
+    // SET and APPEND (to a list config).
+    assert_eq!(
+        change(
+            &mut s,
+            &[
+                ("retention.ms", 0, Some("3600000")),
+                ("cleanup.policy", 2, Some("compact"))
+            ]
+        ),
+        0
+    );
+    assert_eq!(value(&mut s, "retention.ms"), ("3600000".to_string(), 1));
+    assert_eq!(
+        value(&mut s, "cleanup.policy"),
+        ("delete,compact".to_string(), 1)
+    );
+    // An invalid value changes nothing.
+    assert_eq!(
+        change(&mut s, &[("retention.ms", 0, Some("soon"))]),
+        40,
+        "INVALID_CONFIG"
+    );
+    assert_eq!(change(&mut s, &[("no.such.config", 0, Some("1"))]), 40);
+    assert_eq!(value(&mut s, "retention.ms"), ("3600000".to_string(), 1));
+    // SUBTRACT and DELETE.
+    assert_eq!(
+        change(
+            &mut s,
+            &[
+                ("cleanup.policy", 3, Some("compact")),
+                ("retention.ms", 1, None)
+            ]
+        ),
+        0
+    );
+    assert_eq!(value(&mut s, "cleanup.policy"), ("delete".to_string(), 1));
+    assert_eq!(
+        value(&mut s, "retention.ms"),
+        ("604800000".to_string(), 5),
+        "back to default"
+    );
+
+    // AlterConfigs replaces the whole set.
+    let r: AlterConfigsResponse = call(
+        &mut s,
+        ApiKey::AlterConfigs,
+        1,
+        &AlterConfigsRequest::default().with_resources(vec![AlterConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(StrBytes::from_static_str("tuned"))
+            .with_configs(vec![AlterableConfig::default()
+                .with_name(StrBytes::from_static_str("max.message.bytes"))
+                .with_value(Some(StrBytes::from_static_str("2000000")))])]),
+    );
+    assert_eq!(r.responses[0].error_code, 0);
+    assert_eq!(
+        value(&mut s, "max.message.bytes"),
+        ("2000000".to_string(), 1)
+    );
+    assert_eq!(value(&mut s, "cleanup.policy"), ("delete".to_string(), 5));
+
+    // New limits apply to the open log at once: with segment.ms=1 and retention.ms=60000,
+    // the old records (1970 timestamps) in sealed segments are deleted.
+    for n in 0..3 {
+        produce_all(&mut s, "tuned", 1, n);
+    }
+    assert_eq!(list_offsets(&mut s, "tuned", -2), 0);
+    assert_eq!(
+        change(
+            &mut s,
+            &[
+                ("segment.ms", 0, Some("1")),
+                ("retention.ms", 0, Some("60000"))
+            ]
+        ),
+        0
+    );
+    std::thread::sleep(Duration::from_millis(5));
+    produce_all(&mut s, "tuned", 1, 3);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while list_offsets(&mut s, "tuned", -2) == 0 {
+        assert!(Instant::now() < deadline, "the new retention never applied");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Persisted.
+    drop(s);
+    let broker = Broker::start_on(broker.kill(), &[]);
+    let mut s = connect(broker.addr);
+    assert_eq!(value(&mut s, "retention.ms"), ("60000".to_string(), 1));
+    assert_eq!(
+        value(&mut s, "max.message.bytes"),
+        ("2000000".to_string(), 1)
+    );
+}

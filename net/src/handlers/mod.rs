@@ -7,6 +7,7 @@ use sluice_core::shard::Shard;
 
 use crate::server::BrokerIdentity;
 
+pub mod alter_configs;
 pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;

@@ -1,0 +1,142 @@
+//! AlterConfigs (key 33) and IncrementalAlterConfigs (key 44) for topics. AlterConfigs
+//! replaces a topic's whole config set; IncrementalAlterConfigs applies SET (0), DELETE (1),
+//! APPEND (2) and SUBTRACT (3). Values are validated as CreateTopics validates them; the new
+//! configs apply to the partitions' logs at once. Broker configs cannot be changed at runtime
+//! (INVALID_REQUEST).
+
+use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse as LegacyResult;
+use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
+use kafka_protocol::messages::{
+    AlterConfigsRequest, AlterConfigsResponse, ApiKey, IncrementalAlterConfigsRequest,
+    IncrementalAlterConfigsResponse,
+};
+use kafka_protocol::protocol::StrBytes;
+use sluice_core::controller::{self, ConfigOp};
+use sluice_core::{ApiError, ResponseError};
+
+use crate::apis::ApiRange;
+use crate::handlers::Context;
+
+pub const RANGE: ApiRange = ApiRange {
+    key: ApiKey::AlterConfigs,
+    min_version: 0,
+    max_version: 2,
+};
+
+pub const INCREMENTAL_RANGE: ApiRange = ApiRange {
+    key: ApiKey::IncrementalAlterConfigs,
+    min_version: 0,
+    max_version: 1,
+};
+
+const RESOURCE_TOPIC: i8 = 2;
+
+/// Applies one resource's changes; the error to answer with, if any.
+async fn alter(
+    ctx: &Context,
+    resource_type: i8,
+    name: &StrBytes,
+    changes: Result<Vec<(String, ConfigOp)>, ApiError>,
+    replace_all: bool,
+    validate_only: bool,
+) -> Option<ApiError> {
+    if resource_type != RESOURCE_TOPIC {
+        return Some(ApiError {
+            code: ResponseError::InvalidRequest,
+            message: format!(
+                "resource type {resource_type}: only topic configs (2) can be changed"
+            ),
+        });
+    }
+    let changes = match changes {
+        Ok(c) => c,
+        Err(e) => return Some(e),
+    };
+    controller::alter_topic_configs(
+        &ctx.shard,
+        name.to_string(),
+        changes,
+        replace_all,
+        validate_only,
+    )
+    .await
+    .err()
+}
+
+pub async fn handle(request: AlterConfigsRequest, ctx: &Context) -> AlterConfigsResponse {
+    let mut responses = Vec::with_capacity(request.resources.len());
+    for r in request.resources {
+        let changes = r
+            .configs
+            .iter()
+            .map(|c| match &c.value {
+                Some(v) => Ok((c.name.to_string(), ConfigOp::Set(v.to_string()))),
+                None => Ok((c.name.to_string(), ConfigOp::Delete)),
+            })
+            .collect();
+        let error = alter(
+            ctx,
+            r.resource_type,
+            &r.resource_name,
+            changes,
+            true,
+            request.validate_only,
+        )
+        .await;
+        responses.push(
+            LegacyResult::default()
+                .with_resource_type(r.resource_type)
+                .with_resource_name(r.resource_name)
+                .with_error_code(error.as_ref().map_or(0, |e| e.code.code()))
+                .with_error_message(error.map(|e| StrBytes::from_string(e.message))),
+        );
+    }
+    AlterConfigsResponse::default().with_responses(responses)
+}
+
+pub async fn handle_incremental(
+    request: IncrementalAlterConfigsRequest,
+    ctx: &Context,
+) -> IncrementalAlterConfigsResponse {
+    let mut responses = Vec::with_capacity(request.resources.len());
+    for r in request.resources {
+        let changes = r
+            .configs
+            .iter()
+            .map(|c| {
+                let name = c.name.to_string();
+                let value = c.value.as_ref().map(|v| v.to_string());
+                let op = match (c.config_operation, value) {
+                    (0, Some(v)) => ConfigOp::Set(v),
+                    (1, _) => ConfigOp::Delete,
+                    (2, Some(v)) => ConfigOp::Append(v),
+                    (3, Some(v)) => ConfigOp::Subtract(v),
+                    (op, _) => {
+                        return Err(ApiError {
+                            code: ResponseError::InvalidRequest,
+                            message: format!("{name}: operation {op} without a valid value"),
+                        })
+                    }
+                };
+                Ok((name, op))
+            })
+            .collect();
+        let error = alter(
+            ctx,
+            r.resource_type,
+            &r.resource_name,
+            changes,
+            false,
+            request.validate_only,
+        )
+        .await;
+        responses.push(
+            AlterConfigsResourceResponse::default()
+                .with_resource_type(r.resource_type)
+                .with_resource_name(r.resource_name)
+                .with_error_code(error.as_ref().map_or(0, |e| e.code.code()))
+                .with_error_message(error.map(|e| StrBytes::from_string(e.message))),
+        );
+    }
+    IncrementalAlterConfigsResponse::default().with_responses(responses)
+}
