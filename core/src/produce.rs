@@ -10,7 +10,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use kafka_protocol::records::RecordBatchDecoder;
+use kafka_protocol::records::{
+    Compression, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
+};
 use kafka_protocol::ResponseError;
 use sluice_storage::{batch, BatchError, StorageError};
 
@@ -131,6 +133,16 @@ pub async fn produce(
             outputs[index] = Some(failure);
             continue;
         }
+        let records = match topic.required_codec() {
+            Some(codec) => match recompress(&records, codec) {
+                Ok(recompressed) => recompressed,
+                Err(failure) => {
+                    outputs[index] = Some(failure);
+                    continue;
+                }
+            },
+            None => records,
+        };
         let owner = shard.owner_of(&topic.name, input.partition);
         per_shard[owner].push(Append {
             index,
@@ -225,6 +237,53 @@ fn check_batches(records: &Bytes, batch_bytes_max: usize) -> Result<(), ProduceO
             format!("cannot decompress the batch's records: {e}"),
         )),
     }
+}
+
+/// The batch in codec `codec` (a RecordBatch attribute value), for topics whose
+/// `compression.type` names one: unchanged if it already is, else decoded and encoded again with
+/// every record field (offsets deltas, timestamps, keys, values, headers, producer id, epoch and
+/// sequences) kept. Runs on the connection's shard, like validation.
+fn recompress(records: &Bytes, codec: i16) -> Result<Bytes, ProduceOutput> {
+    let current = batch::validate_batch(records, usize::MAX)
+        .map_err(|e| ProduceOutput::failed(batch_error_code(&e), e.to_string()))?;
+    if current.compression_codec() == codec {
+        return Ok(records.clone());
+    }
+    let mut input = records.clone();
+    let set = RecordBatchDecoder::decode(&mut input).map_err(|e| {
+        ProduceOutput::failed(ResponseError::CorruptMessage, format!("cannot decode: {e}"))
+    })?;
+    let mut decoded = set.records;
+    if current.producer_id < 0 {
+        // The encoder keeps records in one batch only when offset - sequence is the same for
+        // all; without a producer the sequences carry no meaning, so make them line up.
+        for r in &mut decoded {
+            r.sequence = r.offset as i32;
+        }
+    }
+    let compression = match codec {
+        1 => Compression::Gzip,
+        2 => Compression::Snappy,
+        3 => Compression::Lz4,
+        4 => Compression::Zstd,
+        _ => Compression::None,
+    };
+    let mut out = bytes::BytesMut::with_capacity(records.len());
+    RecordBatchEncoder::encode(
+        &mut out,
+        &decoded,
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )
+    .map_err(|e| {
+        ProduceOutput::failed(
+            ResponseError::CorruptMessage,
+            format!("cannot recompress the batch: {e}"),
+        )
+    })?;
+    Ok(out.freeze())
 }
 
 fn batch_error_code(e: &BatchError) -> ResponseError {

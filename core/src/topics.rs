@@ -129,8 +129,8 @@ pub const TOPIC_CONFIGS: &[ConfigDef] = &[
         "compression.type",
         "producer",
         ConfigType::String,
-        &["producer"],
-        "batches are stored as the producer compressed them",
+        &["producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"],
+        "producer: batches stored as the producer compressed them; a codec: batches in another codec are recompressed",
     ),
     int(
         "index.interval.bytes",
@@ -260,6 +260,27 @@ impl Topic {
         self.number("max.message.bytes")
             .and_then(|n| usize::try_from(n).ok())
             .unwrap_or(1_048_588)
+    }
+
+    /// The codec batches must be stored in (`compression.type`), or `None` for `producer`
+    /// (stored as sent). Codes are RecordBatch attribute values: 0 none, 1 gzip, 2 snappy,
+    /// 3 lz4, 4 zstd.
+    pub fn required_codec(&self) -> Option<i16> {
+        let def = config_def("compression.type")?;
+        match self
+            .config_value(def)
+            .0
+            .trim()
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "uncompressed" => Some(0),
+            "gzip" => Some(1),
+            "snappy" => Some(2),
+            "lz4" => Some(3),
+            "zstd" => Some(4),
+            _ => None,
+        }
     }
 
     /// `min.insync.replicas`.

@@ -554,3 +554,61 @@ fn topic_configs_are_altered_validated_persisted_and_applied() {
         ("2000000".to_string(), 1)
     );
 }
+
+#[test]
+fn topic_compression_type_recompresses_batches() {
+    use kafka_protocol::records::RecordBatchDecoder;
+
+    let broker = Broker::start(&[]);
+    let mut s = connect(broker.addr);
+    for (topic, codec, attribute) in [("packed", "zstd", 4), ("plain", "uncompressed", 0)] {
+        assert_eq!(
+            create(&mut s, topic, 1, 1, &[("compression.type", codec)], false).0,
+            0
+        );
+        // batch_for builds an uncompressed batch; for "plain", send it gzip-compressed.
+        let batch = if attribute == 0 {
+            let mut gzip = bytes::BytesMut::new();
+            let records = RecordBatchDecoder::decode(&mut Bytes::from(batch_for(0, 0)))
+                .unwrap()
+                .records;
+            kafka_protocol::records::RecordBatchEncoder::encode(
+                &mut gzip,
+                &records,
+                &kafka_protocol::records::RecordEncodeOptions {
+                    version: 2,
+                    compression: kafka_protocol::records::Compression::Gzip,
+                },
+            )
+            .unwrap();
+            gzip.to_vec()
+        } else {
+            batch_for(0, 0)
+        };
+        let r: ProduceResponse = call(
+            &mut s,
+            ApiKey::Produce,
+            9,
+            &ProduceRequest::default()
+                .with_acks(-1)
+                .with_timeout_ms(5000)
+                .with_topic_data(vec![TopicProduceData::default()
+                    .with_name(name(topic))
+                    .with_partition_data(vec![PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(Bytes::from(batch)))])]),
+        );
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+        let f: FetchResponse = call(&mut s, ApiKey::Fetch, 12, &fetch_request(topic, 1, 0, 0));
+        let mut stored = f.responses[0].partitions[0].records.clone().unwrap();
+        let attributes = i16::from_be_bytes([stored[21], stored[22]]);
+        assert_eq!(attributes & 7, attribute, "{topic}: stored in {codec}");
+        let set = RecordBatchDecoder::decode(&mut stored).unwrap();
+        assert_eq!(set.records.len(), 1);
+        assert_eq!(
+            set.records[0].value.as_deref(),
+            Some(&b"partition-0-batch-0"[..]),
+            "{topic}: the record survives recompression"
+        );
+    }
+}
