@@ -101,6 +101,8 @@ pub struct JoinResponse {
     pub member_id: String,
     /// For the leader only: every member's id, instance id and metadata for the protocol.
     pub members: Vec<(String, Option<String>, Bytes)>,
+    /// A static leader rejoining a stable group keeps the assignment it made (KIP-814).
+    pub skip_assignment: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -318,6 +320,7 @@ impl Group {
                     Vec::new()
                 },
                 member_id,
+                skip_assignment: false,
             });
         }
         info!(group = %self.id, generation = self.generation, members = self.members.len(), protocol = ?self.protocol, "rebalance round completed");
@@ -507,6 +510,7 @@ fn join_on_coordinator(shard: &Rc<Shard>, topic: &Topic, request: JoinRequest) -
             .find(|m| m.instance_id.as_ref() == Some(instance))
             .map(|m| m.id.clone())
     });
+    let static_rejoin = request.member_id.is_empty() && static_id.is_some();
     let mut member_id = request.member_id.clone();
     if member_id.is_empty() {
         if let Some(existing) = static_id {
@@ -553,8 +557,11 @@ fn join_on_coordinator(shard: &Rc<Shard>, topic: &Topic, request: JoinRequest) -
     }
     group.protocol_type = Some(request.protocol_type.clone());
     let is_leader = group.leader.as_deref() == Some(member_id.as_str());
-    if group.state == GroupState::Stable && rejoining && unchanged && !is_leader {
-        // Nothing changed: the member gets the current generation back, no rebalance.
+    if group.state == GroupState::Stable && rejoining && unchanged && (!is_leader || static_rejoin)
+    {
+        // Nothing changed (a follower rejoining, or a static member restarted within its
+        // session, KIP-345): the current generation, no rebalance. A static leader keeps the
+        // assignment it made (KIP-814's skip_assignment).
         return JoinStep::Answered(Box::new(JoinResponse {
             error: None,
             generation: group.generation,
@@ -563,6 +570,7 @@ fn join_on_coordinator(shard: &Rc<Shard>, topic: &Topic, request: JoinRequest) -
             leader: group.leader.clone().unwrap_or_default(),
             member_id,
             members: Vec::new(),
+            skip_assignment: is_leader,
         }));
     }
     let (tx, rx) = oneshot::channel();

@@ -101,6 +101,10 @@ fn group_member_child() {
             "partition.assignment.strategy",
             std::env::var("SLUICE_TEST_ASSIGNOR").unwrap_or_else(|_| "range".into()),
         )
+        .set(
+            "group.instance.id",
+            std::env::var("SLUICE_TEST_INSTANCE").unwrap_or_default(),
+        )
         .create_with_context(Printer)
         .expect("consumer");
     consumer.subscribe(&[TOPIC]).expect("subscribe");
@@ -134,6 +138,17 @@ fn start_member(
     assignor: &str,
     tx: mpsc::Sender<(usize, String)>,
 ) -> Member {
+    start_member_as(index, bootstrap, assignor, "", tx)
+}
+
+/// A member with `group.instance.id` = `instance` (static membership, KIP-345) when not empty.
+fn start_member_as(
+    index: usize,
+    bootstrap: &str,
+    assignor: &str,
+    instance: &str,
+    tx: mpsc::Sender<(usize, String)>,
+) -> Member {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--ignored",
@@ -145,6 +160,7 @@ fn start_member(
         ])
         .env("SLUICE_TEST_BOOTSTRAP", bootstrap)
         .env("SLUICE_TEST_ASSIGNOR", assignor)
+        .env("SLUICE_TEST_INSTANCE", instance)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -164,6 +180,8 @@ fn start_member(
 struct Seen {
     /// The latest assignment of each member.
     assigned: HashMap<usize, Vec<i32>>,
+    /// How many assignment changes each member has reported.
+    rebalances: HashMap<usize, usize>,
     /// Every record seen, by which member, at what time.
     records: Vec<(usize, i32, u64, Instant)>,
 }
@@ -180,6 +198,7 @@ impl Seen {
                     .filter(|s| !s.is_empty())
                     .map(|p| p.parse().unwrap());
                 self.assigned.insert(who, parts.collect());
+                *self.rebalances.entry(who).or_default() += 1;
             } else if let Some(rest) = after("GOT ") {
                 let f: Vec<&str> = rest.split(' ').collect();
                 self.records.push((
@@ -317,5 +336,67 @@ fn group_survives_a_killed_member(assignor: &str) {
         old.len() < 100,
         "resumed from the committed offsets, not the start: {} old",
         old.len()
+    );
+}
+
+#[test]
+fn a_static_member_restarted_within_its_session_gets_its_partitions_back_without_a_rebalance() {
+    let broker = Broker::start(&["--cores", "2", "--group-initial-rebalance-delay-ms", "500"]);
+    let bootstrap = broker.bootstrap();
+    create_topic(&broker);
+    produce(&bootstrap, 0..600);
+    let (tx, rx) = mpsc::channel();
+    let mut a = Some(start_member_as(
+        0,
+        &bootstrap,
+        "range",
+        "static-a",
+        tx.clone(),
+    ));
+    let _b = start_member_as(1, &bootstrap, "range", "static-b", tx.clone());
+    let mut seen = Seen::default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(seen.assigned.len() == 2
+        && seen.assigned.values().all(|p| p.len() == 3)
+        && seen.seqs().len() == 600)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no balanced static group: {:?}",
+            seen.assigned
+        );
+        seen.take(&rx, Duration::from_millis(200));
+    }
+    let a_partitions = seen.assigned[&0].clone();
+    let b_partitions = seen.assigned[&1].clone();
+    let b_rebalances = seen.rebalances[&1];
+
+    // SIGKILL member a and start it again at once, with the same group.instance.id.
+    a.take();
+    seen.assigned.remove(&0);
+    let _a = start_member_as(0, &bootstrap, "range", "static-a", tx);
+    produce(&bootstrap, 600..900);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(0..900).all(|s| seen.seqs().contains(&s)) {
+        assert!(
+            Instant::now() < deadline,
+            "records lost: {} of 900",
+            seen.seqs().len()
+        );
+        seen.take(&rx, Duration::from_millis(200));
+    }
+    assert_eq!(
+        seen.assigned.get(&0),
+        Some(&a_partitions),
+        "a got its own partitions back"
+    );
+    assert_eq!(
+        seen.assigned.get(&1),
+        Some(&b_partitions),
+        "b kept its partitions"
+    );
+    assert_eq!(
+        seen.rebalances[&1], b_rebalances,
+        "b saw no rebalance while a restarted"
     );
 }

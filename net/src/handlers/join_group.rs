@@ -58,6 +58,9 @@ pub async fn handle(
         .with_protocol_name(answer.protocol.map(StrBytes::from_string))
         .with_leader(StrBytes::from_string(answer.leader))
         .with_member_id(StrBytes::from_string(answer.member_id))
+        // The field exists from v9 (KIP-814); older static leaders send an empty assignment,
+        // which SyncGroup ignores for a stable group (every member keeps its own).
+        .with_skip_assignment(version >= 9 && answer.skip_assignment)
         .with_members(
             answer
                 .members
