@@ -1,0 +1,245 @@
+//! The group coordinator at the wire level, where real clients do not easily reach: a member
+//! that does not rejoin within its rebalance timeout (`max.poll.interval.ms`) is removed so the
+//! round completes without it; OffsetFetch for several groups at once (v8+); OffsetDelete and
+//! DeleteGroups, and what each refuses.
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::offset_delete_request::{
+    OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
+};
+use kafka_protocol::messages::offset_fetch_request::{
+    OffsetFetchRequestGroup, OffsetFetchRequestTopics,
+};
+use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+use kafka_protocol::messages::{
+    ApiKey, DeleteGroupsRequest, DeleteGroupsResponse, GroupId, JoinGroupRequest,
+    JoinGroupResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest,
+    OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
+    SyncGroupResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use sluice_tests::wire::{call, connect};
+use sluice_tests::Broker;
+
+fn join(s: &mut TcpStream, group: &str, member: &str, rebalance_ms: i32) -> JoinGroupResponse {
+    call(
+        s,
+        ApiKey::JoinGroup,
+        5,
+        &JoinGroupRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
+            .with_session_timeout_ms(30_000)
+            .with_rebalance_timeout_ms(rebalance_ms)
+            .with_member_id(StrBytes::from_string(member.to_string()))
+            .with_protocol_type(StrBytes::from_static_str("consumer"))
+            .with_protocols(vec![JoinGroupRequestProtocol::default()
+                .with_name(StrBytes::from_static_str("range"))
+                .with_metadata(Bytes::from_static(b"m"))]),
+    )
+}
+
+fn sync(s: &mut TcpStream, group: &str, generation: i32, member: &str) -> SyncGroupResponse {
+    call(
+        s,
+        ApiKey::SyncGroup,
+        3,
+        &SyncGroupRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
+            .with_generation_id(generation)
+            .with_member_id(StrBytes::from_string(member.to_string()))
+            .with_assignments(vec![SyncGroupRequestAssignment::default()
+                .with_member_id(StrBytes::from_string(member.to_string()))
+                .with_assignment(Bytes::from_static(b"a"))]),
+    )
+}
+
+#[test]
+fn a_member_that_does_not_rejoin_in_time_is_removed_from_the_round() {
+    let broker = Broker::start(&["--group-initial-rebalance-delay-ms", "0"]);
+    let mut a = connect(broker.addr);
+    // v5: the first join gets MEMBER_ID_REQUIRED and the id to use (KIP-394).
+    let first = join(&mut a, "slow", "", 1000);
+    assert_eq!(first.error_code, 79, "MEMBER_ID_REQUIRED");
+    let a_id = first.member_id.to_string();
+    let joined = join(&mut a, "slow", &a_id, 1000);
+    assert_eq!((joined.error_code, joined.generation_id), (0, 1));
+    assert_eq!(joined.leader.as_str(), a_id, "the only member leads");
+    assert_eq!(sync(&mut a, "slow", 1, &a_id).assignment.as_ref(), b"a");
+
+    // b joins; a (stuck in its poll loop) never rejoins: after a's rebalance timeout (1 s) it
+    // is dropped and b's round completes with b alone.
+    let addr = broker.addr;
+    let started = Instant::now();
+    let b = std::thread::spawn(move || {
+        let mut b = connect(addr);
+        let id = join(&mut b, "slow", "", 1000).member_id.to_string();
+        (id.clone(), join(&mut b, "slow", &id, 1000))
+    });
+    let (b_id, round) = b.join().unwrap();
+    let took = started.elapsed();
+    assert_eq!(round.error_code, 0);
+    assert_eq!(round.generation_id, 2);
+    assert_eq!(round.leader.as_str(), b_id, "a is gone; b leads");
+    assert_eq!(round.members.len(), 1);
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(10),
+        "the round waited for a's rebalance timeout: {took:?}"
+    );
+    // a learns it was removed.
+    assert_eq!(
+        sync(&mut a, "slow", 1, &a_id).error_code,
+        25,
+        "UNKNOWN_MEMBER_ID"
+    );
+}
+
+fn commit(s: &mut TcpStream, group: &str, offsets: &[(i32, i64)]) -> Vec<i16> {
+    let r: OffsetCommitResponse = call(
+        s,
+        ApiKey::OffsetCommit,
+        8,
+        &OffsetCommitRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
+            .with_generation_id_or_member_epoch(-1)
+            .with_topics(vec![OffsetCommitRequestTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_partitions(
+                    offsets
+                        .iter()
+                        .map(|(p, o)| {
+                            OffsetCommitRequestPartition::default()
+                                .with_partition_index(*p)
+                                .with_committed_offset(*o)
+                        })
+                        .collect(),
+                )]),
+    );
+    r.topics[0]
+        .partitions
+        .iter()
+        .map(|p| p.error_code)
+        .collect()
+}
+
+/// OffsetFetch v8 for several groups: per group, the committed offsets of t's partitions 0, 1.
+fn fetch(s: &mut TcpStream, groups: &[&str]) -> Vec<(String, Vec<i64>)> {
+    let r: OffsetFetchResponse = call(
+        s,
+        ApiKey::OffsetFetch,
+        8,
+        &OffsetFetchRequest::default().with_groups(
+            groups
+                .iter()
+                .map(|g| {
+                    OffsetFetchRequestGroup::default()
+                        .with_group_id(GroupId(StrBytes::from_string(g.to_string())))
+                        .with_topics(Some(vec![OffsetFetchRequestTopics::default()
+                            .with_name(TopicName(StrBytes::from_static_str("t")))
+                            .with_partition_indexes(vec![0, 1])]))
+                })
+                .collect(),
+        ),
+    );
+    r.groups
+        .iter()
+        .map(|g| {
+            (
+                g.group_id.0.to_string(),
+                g.topics[0]
+                    .partitions
+                    .iter()
+                    .map(|p| p.committed_offset)
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn offsets_of_several_groups_are_fetched_and_deleted() {
+    let broker = Broker::start(&["--cores", "2"]);
+    let mut s = connect(broker.addr);
+    assert_eq!(commit(&mut s, "g1", &[(0, 5), (1, 7)]), [0, 0]);
+    assert_eq!(commit(&mut s, "g2", &[(0, 9)]), [0]);
+    assert_eq!(
+        fetch(&mut s, &["g1", "g2"]),
+        [
+            ("g1".to_string(), vec![5, 7]),
+            ("g2".to_string(), vec![9, -1])
+        ]
+    );
+
+    let r: OffsetDeleteResponse = call(
+        &mut s,
+        ApiKey::OffsetDelete,
+        0,
+        &OffsetDeleteRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("g1")))
+            .with_topics(vec![OffsetDeleteRequestTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_partitions(vec![
+                    OffsetDeleteRequestPartition::default().with_partition_index(0)
+                ])]),
+    );
+    assert_eq!((r.error_code, r.topics[0].partitions[0].error_code), (0, 0));
+    let delete_groups = |s: &mut TcpStream, names: &[&str]| -> Vec<i16> {
+        let r: DeleteGroupsResponse = call(
+            s,
+            ApiKey::DeleteGroups,
+            2,
+            &DeleteGroupsRequest::default().with_groups_names(
+                names
+                    .iter()
+                    .map(|n| GroupId(StrBytes::from_string(n.to_string())))
+                    .collect(),
+            ),
+        );
+        r.results.iter().map(|g| g.error_code).collect()
+    };
+    assert_eq!(
+        delete_groups(&mut s, &["g2", "never"]),
+        [0, 69],
+        "GROUP_ID_NOT_FOUND"
+    );
+
+    // Both changes are durable.
+    drop(s);
+    let broker = Broker::start_on(broker.kill(), &["--cores", "2"]);
+    let mut s = connect(broker.addr);
+    assert_eq!(
+        fetch(&mut s, &["g1", "g2"]),
+        [
+            ("g1".to_string(), vec![-1, 7]),
+            ("g2".to_string(), vec![-1, -1])
+        ]
+    );
+
+    // A group with members cannot be deleted, nor its offsets.
+    let mut m = connect(broker.addr);
+    let id = join(&mut m, "busy", "", 5000).member_id.to_string();
+    assert_eq!(join(&mut m, "busy", &id, 5000).error_code, 0);
+    assert_eq!(delete_groups(&mut s, &["busy"]), [68], "NON_EMPTY_GROUP");
+    let r: OffsetDeleteResponse = call(
+        &mut s,
+        ApiKey::OffsetDelete,
+        0,
+        &OffsetDeleteRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("busy")))
+            .with_topics(vec![OffsetDeleteRequestTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_partitions(vec![
+                    OffsetDeleteRequestPartition::default().with_partition_index(0)
+                ])]),
+    );
+    assert_eq!(
+        r.topics[0].partitions[0].error_code, 86,
+        "GROUP_SUBSCRIBED_TO_TOPIC"
+    );
+}
