@@ -47,6 +47,9 @@ struct MetadataFile {
     /// Producer ids below this may have been handed out (see `controller::init_producer_id`).
     #[serde(default)]
     producer_ids_reserved: i64,
+    /// Broker configs changed at runtime (AlterConfigs on the broker); see `broker_configs`.
+    #[serde(default)]
+    broker_configs: BTreeMap<String, String>,
 }
 
 /// One immutable version of the topic table.
@@ -55,6 +58,8 @@ pub struct Image {
     pub version: u64,
     /// Producer ids below this may have been handed out already.
     pub producer_ids_reserved: i64,
+    /// Broker configs set at runtime, overriding the start-up settings.
+    pub broker_configs: BTreeMap<String, String>,
     by_name: BTreeMap<String, Arc<Topic>>,
     by_id: HashMap<Uuid, Arc<Topic>>,
 }
@@ -115,6 +120,7 @@ impl Catalog {
         let path = data_dir.join(METADATA_FILE);
         let display = path.display().to_string();
         let mut producer_ids_reserved = 0;
+        let mut broker_configs = BTreeMap::new();
         let topics = match std::fs::read(&path) {
             Ok(bytes) => {
                 let file: MetadataFile =
@@ -138,6 +144,15 @@ impl Catalog {
                     })?;
                 }
                 producer_ids_reserved = file.producer_ids_reserved;
+                for (name, value) in &file.broker_configs {
+                    crate::broker_configs::validate(name, value).map_err(|reason| {
+                        CatalogError::Invalid {
+                            path: display.clone(),
+                            reason,
+                        }
+                    })?;
+                }
+                broker_configs = file.broker_configs;
                 file.topics
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -150,7 +165,10 @@ impl Catalog {
         };
         Ok(Catalog {
             data_dir: data_dir.to_path_buf(),
-            current: RwLock::new(Arc::new(Image::new(1, topics, producer_ids_reserved))),
+            current: RwLock::new(Arc::new(Image {
+                broker_configs,
+                ..Image::new(1, topics, producer_ids_reserved)
+            })),
             version: AtomicU64::new(1),
         })
     }
@@ -178,6 +196,7 @@ impl Catalog {
             format: METADATA_FORMAT,
             topics: topics.values().cloned().collect(),
             producer_ids_reserved: image.producer_ids_reserved,
+            broker_configs: image.broker_configs.clone(),
         };
         let json = serde_json::to_vec_pretty(&file).expect("the catalog always serializes");
         let write_err = |e: std::io::Error| {
@@ -197,11 +216,14 @@ impl Catalog {
         std::fs::File::open(&self.data_dir)
             .and_then(|d| d.sync_all())
             .map_err(write_err)?;
-        let next = Image::new(
-            self.version() + 1,
-            topics.into_values(),
-            image.producer_ids_reserved,
-        );
+        let next = Image {
+            broker_configs: image.broker_configs.clone(),
+            ..Image::new(
+                self.version() + 1,
+                topics.into_values(),
+                image.producer_ids_reserved,
+            )
+        };
         *self
             .current
             .write()
@@ -234,18 +256,34 @@ impl Catalog {
         topics: BTreeMap<String, Topic>,
         producer_ids_reserved: i64,
     ) -> Result<Arc<Image>, CatalogError> {
+        let broker_configs = self.image().broker_configs.clone();
+        self.publish_all(topics, producer_ids_reserved, broker_configs)
+            .await
+    }
+
+    /// [`Catalog::publish`], with new broker configs.
+    pub(crate) async fn publish_all(
+        &self,
+        topics: BTreeMap<String, Topic>,
+        producer_ids_reserved: i64,
+        broker_configs: BTreeMap<String, String>,
+    ) -> Result<Arc<Image>, CatalogError> {
         let file = MetadataFile {
             format: METADATA_FORMAT,
             topics: topics.values().cloned().collect(),
             producer_ids_reserved,
+            broker_configs: broker_configs.clone(),
         };
         let json = serde_json::to_vec_pretty(&file).expect("the catalog always serializes");
         sluice_storage::io::write_file_atomically(&self.data_dir, METADATA_FILE, &json).await?;
-        let image = Arc::new(Image::new(
-            self.version() + 1,
-            topics.into_values(),
-            producer_ids_reserved,
-        ));
+        let image = Arc::new(Image {
+            broker_configs,
+            ..Image::new(
+                self.version() + 1,
+                topics.into_values(),
+                producer_ids_reserved,
+            )
+        });
         *self
             .current
             .write()

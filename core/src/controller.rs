@@ -196,7 +196,7 @@ fn check_new_topic(
     let settings = &controller.settings;
     let (partitions, replicas) = if new.assignments.is_empty() {
         let partitions = match new.partitions {
-            -1 => settings.default_partitions,
+            -1 => controller.effective().default_partitions,
             n => n,
         };
         (partitions, new.replication_factor)
@@ -612,6 +612,72 @@ pub async fn alter_topic_configs(
                     warn!(topic = %name, error = %e, "applying new topic configs");
                 }
             }
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|gone| Err(error(ResponseError::UnknownServerError, gone.to_string())))
+}
+
+/// Changes dynamic broker configs (`Some` sets, `None` deletes back to the start-up value);
+/// with `replace_all`, every dynamic config not listed goes back to its start-up value.
+pub async fn alter_broker_configs(
+    shard: &Rc<Shard>,
+    changes: Vec<(String, Option<String>)>,
+    replace_all: bool,
+    validate_only: bool,
+) -> Result<(), ApiError> {
+    shard
+        .invoke_on(CONTROLLER_SHARD, move |controller| async move {
+            let _turn = controller
+                .controller_lock
+                .acquire_permit(1)
+                .await
+                .expect("the controller lock is never closed");
+            let image = controller.catalog.image();
+            let mut configs = if replace_all {
+                BTreeMap::new()
+            } else {
+                image.broker_configs.clone()
+            };
+            for (name, value) in changes {
+                match value {
+                    Some(v) => {
+                        crate::broker_configs::validate(&name, &v)
+                            .map_err(|m| error(ResponseError::InvalidConfig, m))?;
+                        configs.insert(name, v.trim().to_string());
+                    }
+                    None => {
+                        if !crate::broker_configs::DYNAMIC
+                            .iter()
+                            .any(|(n, _)| *n == name)
+                        {
+                            return Err(error(
+                                ResponseError::InvalidConfig,
+                                format!("{name} is not a dynamic broker config"),
+                            ));
+                        }
+                        configs.remove(&name);
+                    }
+                }
+            }
+            if validate_only {
+                return Ok(());
+            }
+            controller
+                .catalog
+                .publish_all(
+                    image.to_topics(),
+                    image.producer_ids_reserved,
+                    configs.clone(),
+                )
+                .await
+                .map_err(|e| {
+                    error(
+                        ResponseError::KafkaStorageError,
+                        format!("cannot persist the catalog: {e}"),
+                    )
+                })?;
+            info!(configs = ?configs, "broker configs changed");
             Ok(())
         })
         .await

@@ -580,7 +580,7 @@ fn join_on_coordinator(shard: &Rc<Shard>, topic: &Topic, request: JoinRequest) -
             ..JoinResponse::default()
         });
     }
-    group.prepare_rebalance(shard.settings.group_initial_rebalance_delay);
+    group.prepare_rebalance(shard.effective().group_initial_rebalance_delay);
     if let Some(m) = group.member_mut(&member_id) {
         m.joined_this_round = true;
     }
@@ -751,7 +751,7 @@ pub async fn leave(
             }
         }
         if left {
-            let delay = s.settings.group_initial_rebalance_delay;
+            let delay = s.effective().group_initial_rebalance_delay;
             group.prepare_rebalance(delay);
             if let Some(record) = group.maybe_complete_join(false) {
                 let id = group.id.clone();
@@ -1117,7 +1117,7 @@ pub async fn reaper(shard: Rc<Shard>) {
                 group.remove_member(id);
             }
             if !expired.is_empty() && group.state != GroupState::PreparingRebalance {
-                group.prepare_rebalance(shard.settings.group_initial_rebalance_delay);
+                group.prepare_rebalance(shard.effective().group_initial_rebalance_delay);
             }
             let overdue = group.round_deadline.is_some_and(|d| now >= d);
             if let Some(record) = group.maybe_complete_join(overdue) {

@@ -15,7 +15,8 @@
 //!   waiting on it.
 //! - [`producers`] — idempotent-producer state: sequence and epoch checks, duplicates,
 //!   snapshots.
-//! - [`controller`] — create/delete topics, add partitions, auto-create.
+//! - [`controller`] — create/delete topics, add partitions, auto-create, config changes.
+//! - [`broker_configs`] — broker configs changeable at runtime, and the settings in force.
 //! - [`groups`] — the classic consumer-group coordinator and committed offsets, on the shard
 //!   owning each group's `__consumer_offsets` partition.
 //! - [`produce`], [`fetch`], [`offsets`] — the data path: split a request by owning shard,
@@ -23,6 +24,7 @@
 //!
 //! Dependency direction: `net → core → replication → storage`.
 
+pub mod broker_configs;
 pub mod catalog;
 pub mod controller;
 pub mod fetch;

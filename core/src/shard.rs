@@ -179,6 +179,11 @@ impl Shard {
         image.clone()
     }
 
+    /// The broker settings in force (start-up settings with runtime overrides).
+    pub fn effective(&self) -> crate::broker_configs::Effective {
+        crate::broker_configs::Effective::of(&self.settings, &self.image())
+    }
+
     /// Runs `work` on shard `target` and returns its result. Local work runs in place; remote
     /// work is sent over the mesh.
     pub async fn invoke_on<R, F, Fut>(

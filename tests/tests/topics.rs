@@ -612,3 +612,127 @@ fn topic_compression_type_recompresses_batches() {
         );
     }
 }
+
+#[test]
+fn dynamic_broker_configs_change_at_once_and_persist() {
+    use kafka_protocol::messages::incremental_alter_configs_request as incremental;
+    use kafka_protocol::messages::{
+        IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
+    };
+
+    let broker = Broker::start(&[]);
+    let mut s = connect(broker.addr);
+    let broker_config = |s: &mut TcpStream, key: &str| -> (String, i8) {
+        let r: DescribeConfigsResponse = call(
+            s,
+            ApiKey::DescribeConfigs,
+            4,
+            &DescribeConfigsRequest::default().with_resources(vec![
+                DescribeConfigsResource::default()
+                    .with_resource_type(4)
+                    .with_resource_name(StrBytes::from_static_str("0"))
+                    .with_configuration_keys(None),
+            ]),
+        );
+        let c = r.results[0]
+            .configs
+            .iter()
+            .find(|c| c.name.as_str() == key)
+            .unwrap_or_else(|| panic!("{key} not described"));
+        (c.value.clone().unwrap().to_string(), c.config_source)
+    };
+    let change = |s: &mut TcpStream, ops: &[(&str, i8, Option<&str>)]| -> i16 {
+        let r: IncrementalAlterConfigsResponse = call(
+            s,
+            ApiKey::IncrementalAlterConfigs,
+            1,
+            &IncrementalAlterConfigsRequest::default().with_resources(vec![
+                incremental::AlterConfigsResource::default()
+                    .with_resource_type(4)
+                    .with_resource_name(StrBytes::from_static_str("0"))
+                    .with_configs(
+                        ops.iter()
+                            .map(|(k, op, v)| {
+                                incremental::AlterableConfig::default()
+                                    .with_name(StrBytes::from_string(k.to_string()))
+                                    .with_config_operation(*op)
+                                    .with_value(v.map(|v| StrBytes::from_string(v.to_string())))
+                            })
+                            .collect(),
+                    ),
+            ]),
+        );
+        r.responses[0].error_code
+    };
+    let auto_created = |s: &mut TcpStream, topic: &str| -> bool {
+        let r: MetadataResponse = call(
+            s,
+            ApiKey::Metadata,
+            12,
+            &MetadataRequest::default()
+                .with_allow_auto_topic_creation(true)
+                .with_topics(Some(vec![
+                    MetadataRequestTopic::default().with_name(Some(name(topic)))
+                ])),
+        );
+        r.topics[0].error_code == 0
+    };
+
+    assert_eq!(
+        broker_config(&mut s, "auto.create.topics.enable"),
+        ("true".into(), 4)
+    );
+    assert_eq!(
+        change(
+            &mut s,
+            &[
+                ("auto.create.topics.enable", 0, Some("false")),
+                ("num.partitions", 0, Some("3"))
+            ]
+        ),
+        0
+    );
+    assert_eq!(
+        broker_config(&mut s, "auto.create.topics.enable"),
+        ("false".into(), 2)
+    );
+    assert!(
+        !auto_created(&mut s, "not-created"),
+        "auto-creation is off at once"
+    );
+    assert_eq!(create(&mut s, "three", -1, -1, &[], false).0, 0);
+    assert_eq!(
+        partition_count(&mut s, "three"),
+        Some(3),
+        "num.partitions applies"
+    );
+    assert_eq!(
+        change(&mut s, &[("num.partitions", 0, Some("0"))]),
+        40,
+        "INVALID_CONFIG"
+    );
+    assert_eq!(
+        change(&mut s, &[("log.dirs", 0, Some("/x"))]),
+        40,
+        "not dynamic"
+    );
+
+    drop(s);
+    let broker = Broker::start_on(broker.kill(), &[]);
+    let mut s = connect(broker.addr);
+    assert_eq!(
+        broker_config(&mut s, "num.partitions"),
+        ("3".into(), 2),
+        "persisted"
+    );
+    assert!(!auto_created(&mut s, "still-not"));
+    assert_eq!(change(&mut s, &[("auto.create.topics.enable", 1, None)]), 0);
+    assert_eq!(
+        broker_config(&mut s, "auto.create.topics.enable"),
+        ("true".into(), 4)
+    );
+    assert!(
+        auto_created(&mut s, "created-now"),
+        "back to the start-up value"
+    );
+}

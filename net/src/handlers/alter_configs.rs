@@ -1,8 +1,8 @@
 //! AlterConfigs (key 33) and IncrementalAlterConfigs (key 44) for topics. AlterConfigs
 //! replaces a topic's whole config set; IncrementalAlterConfigs applies SET (0), DELETE (1),
 //! APPEND (2) and SUBTRACT (3). Values are validated as CreateTopics validates them; the new
-//! configs apply to the partitions' logs at once. Broker configs cannot be changed at runtime
-//! (INVALID_REQUEST).
+//! configs apply to the partitions' logs at once. On the broker resource, the dynamic broker
+//! configs (`sluice_core::broker_configs`) change at once and persist; others get INVALID_CONFIG.
 
 use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse as LegacyResult;
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
@@ -30,6 +30,7 @@ pub const INCREMENTAL_RANGE: ApiRange = ApiRange {
 };
 
 const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
 
 /// Applies one resource's changes; the error to answer with, if any.
 async fn alter(
@@ -40,18 +41,43 @@ async fn alter(
     replace_all: bool,
     validate_only: bool,
 ) -> Option<ApiError> {
-    if resource_type != RESOURCE_TOPIC {
-        return Some(ApiError {
-            code: ResponseError::InvalidRequest,
-            message: format!(
-                "resource type {resource_type}: only topic configs (2) can be changed"
-            ),
-        });
-    }
     let changes = match changes {
         Ok(c) => c,
         Err(e) => return Some(e),
     };
+    if resource_type == RESOURCE_BROKER {
+        // This broker by id, or "" for the cluster-wide default: on one node, the same.
+        if !name.is_empty() && name.as_str() != ctx.broker.node_id.to_string() {
+            return Some(ApiError {
+                code: ResponseError::InvalidRequest,
+                message: format!("this broker is node {}", ctx.broker.node_id),
+            });
+        }
+        let mut plain = Vec::with_capacity(changes.len());
+        for (key, op) in changes {
+            plain.push(match op {
+                ConfigOp::Set(v) => (key, Some(v)),
+                ConfigOp::Delete => (key, None),
+                _ => {
+                    return Some(ApiError {
+                        code: ResponseError::InvalidConfig,
+                        message: format!("{key}: APPEND and SUBTRACT apply to list configs"),
+                    })
+                }
+            });
+        }
+        return controller::alter_broker_configs(&ctx.shard, plain, replace_all, validate_only)
+            .await
+            .err();
+    }
+    if resource_type != RESOURCE_TOPIC {
+        return Some(ApiError {
+            code: ResponseError::InvalidRequest,
+            message: format!(
+                "resource type {resource_type}: topics (2) and brokers (4) have configs"
+            ),
+        });
+    }
     controller::alter_topic_configs(
         &ctx.shard,
         name.to_string(),

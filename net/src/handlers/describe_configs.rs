@@ -1,5 +1,6 @@
 //! DescribeConfigs (key 32): a topic's configs (every known one, with its value and whether it
-//! is the default), and the broker's topic-creation settings.
+//! is the default), and the broker's: its dynamic configs (set at runtime, or as started) and
+//! read-only facts.
 
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
@@ -22,7 +23,8 @@ pub const RANGE: ApiRange = ApiRange {
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
 
-/// `ConfigSource` codes: a config set on the broker at start-up.
+/// `ConfigSource` codes: set at runtime for this broker; set on the broker at start-up.
+const DYNAMIC_BROKER_CONFIG: i8 = 2;
 const STATIC_BROKER_CONFIG: i8 = 4;
 
 pub fn handle(request: DescribeConfigsRequest, ctx: &Context) -> DescribeConfigsResponse {
@@ -70,35 +72,36 @@ pub fn handle(request: DescribeConfigsRequest, ctx: &Context) -> DescribeConfigs
                     if resource.resource_name.is_empty()
                         || resource.resource_name.as_str() == ctx.broker.node_id.to_string() =>
                 {
-                    let settings = &ctx.shard.settings;
-                    let broker_configs = [
-                        (
-                            "auto.create.topics.enable",
-                            settings.auto_create_topics.to_string(),
-                            ConfigType::Boolean,
-                        ),
-                        (
-                            "num.partitions",
-                            settings.default_partitions.to_string(),
-                            ConfigType::Int,
-                        ),
+                    let effective = ctx.shard.effective();
+                    let mut entries: Vec<DescribeConfigsResourceResult> = effective
+                        .describe(&image)
+                        .into_iter()
+                        .filter(|(name, _, _, _)| wanted(name))
+                        .map(|(name, value, kind, dynamic)| {
+                            let source = if dynamic {
+                                DYNAMIC_BROKER_CONFIG
+                            } else {
+                                STATIC_BROKER_CONFIG
+                            };
+                            entry(name, value, source, kind, None)
+                        })
+                        .collect();
+                    for (name, value, kind) in [
                         (
                             "default.replication.factor",
                             "1".to_string(),
                             ConfigType::Short,
                         ),
                         ("broker.id", ctx.broker.node_id.to_string(), ConfigType::Int),
-                    ];
-                    result.with_configs(
-                        broker_configs
-                            .into_iter()
-                            .filter(|(name, _, _)| wanted(name))
-                            .map(|(name, value, kind)| {
+                    ] {
+                        if wanted(name) {
+                            entries.push(
                                 entry(name, value, STATIC_BROKER_CONFIG, kind, None)
-                                    .with_read_only(true)
-                            })
-                            .collect(),
-                    )
+                                    .with_read_only(true),
+                            );
+                        }
+                    }
+                    result.with_configs(entries)
                 }
                 RESOURCE_BROKER => result
                     .with_error_code(ResponseError::InvalidRequest.code())

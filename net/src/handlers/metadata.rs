@@ -49,7 +49,7 @@ pub async fn handle(request: MetadataRequest, version: i16, ctx: &Context) -> Me
     if let (Some(refs), true, true) = (
         &wanted,
         allow_auto_create,
-        ctx.shard.settings.auto_create_topics,
+        ctx.shard.effective().auto_create_topics,
     ) {
         let image = ctx.shard.image();
         let missing: Vec<String> = refs

@@ -1,0 +1,92 @@
+//! Broker configs that can be changed at runtime (AlterConfigs / IncrementalAlterConfigs on the
+//! broker resource), under Kafka's names. A value set at runtime is kept in the catalog and
+//! overrides the start-up setting of the same meaning; deleting it restores the start-up value.
+//!
+//! Only configs whose new value every shard can apply at once are dynamic here.
+
+use std::time::Duration;
+
+use crate::catalog::Image;
+use crate::shard::ShardSettings;
+use crate::topics::{ConfigType, PARTITIONS_MAX};
+
+/// Dynamic broker configs: name, type, and the start-up field each overrides.
+pub const DYNAMIC: &[(&str, ConfigType)] = &[
+    ("auto.create.topics.enable", ConfigType::Boolean),
+    ("num.partitions", ConfigType::Int),
+    ("group.initial.rebalance.delay.ms", ConfigType::Int),
+];
+
+/// Checks one dynamic broker config; the error names what is wrong.
+pub fn validate(name: &str, value: &str) -> Result<(), String> {
+    let value = value.trim();
+    match name {
+        "auto.create.topics.enable" => value
+            .parse::<bool>()
+            .map(|_| ())
+            .map_err(|_| format!("{name}: {value:?} is not true or false")),
+        "num.partitions" => match value.parse::<i32>() {
+            Ok(n) if (1..=PARTITIONS_MAX).contains(&n) => Ok(()),
+            _ => Err(format!("{name}: {value:?} is not in 1..={PARTITIONS_MAX}")),
+        },
+        "group.initial.rebalance.delay.ms" => match value.parse::<i32>() {
+            Ok(n) if n >= 0 => Ok(()),
+            _ => Err(format!("{name}: {value:?} is not a non-negative int")),
+        },
+        _ => Err(format!(
+            "{name} cannot be changed at runtime (dynamic broker configs: {})",
+            DYNAMIC
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+/// The settings in force: the start-up ones with the runtime overrides of `image` applied.
+#[derive(Debug, Clone, Copy)]
+pub struct Effective {
+    pub auto_create_topics: bool,
+    pub default_partitions: i32,
+    pub group_initial_rebalance_delay: Duration,
+}
+
+impl Effective {
+    pub fn of(settings: &ShardSettings, image: &Image) -> Effective {
+        let get = |name: &str| image.broker_configs.get(name).map(|v| v.trim().to_string());
+        Effective {
+            auto_create_topics: get("auto.create.topics.enable")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(settings.auto_create_topics),
+            default_partitions: get("num.partitions")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(settings.default_partitions),
+            group_initial_rebalance_delay: get("group.initial.rebalance.delay.ms")
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(Duration::from_millis)
+                .unwrap_or(settings.group_initial_rebalance_delay),
+        }
+    }
+
+    /// Each dynamic config's value, and whether it was set at runtime.
+    pub fn describe(&self, image: &Image) -> Vec<(&'static str, String, ConfigType, bool)> {
+        let values = [
+            self.auto_create_topics.to_string(),
+            self.default_partitions.to_string(),
+            self.group_initial_rebalance_delay.as_millis().to_string(),
+        ];
+        DYNAMIC
+            .iter()
+            .zip(values)
+            .map(|((name, kind), value)| {
+                (
+                    *name,
+                    value,
+                    *kind,
+                    image.broker_configs.contains_key(*name),
+                )
+            })
+            .collect()
+    }
+}
