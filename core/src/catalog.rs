@@ -187,9 +187,14 @@ impl Catalog {
                 name: name.to_string(),
                 id: Uuid::new_v4(),
                 partitions,
-                configs: [("cleanup.policy".to_string(), "compact".to_string())]
-                    .into_iter()
-                    .collect(),
+                // Compacted (groups::compact) once larger than two segments; Kafka's
+                // offsets.topic.segment.bytes is 100 MiB too.
+                configs: [
+                    ("cleanup.policy".to_string(), "compact".to_string()),
+                    ("segment.bytes".to_string(), "104857600".to_string()),
+                ]
+                .into_iter()
+                .collect(),
             },
         );
         let file = MetadataFile {

@@ -31,6 +31,7 @@ use futures::channel::oneshot;
 use kafka_protocol::ResponseError;
 use serde::{Deserialize, Serialize};
 use sluice_storage::batch::{build_batch, validate_batch};
+use sluice_storage::Offset;
 use tracing::{debug, info, warn};
 
 use crate::shard::Shard;
@@ -381,6 +382,8 @@ struct GroupRecord {
 #[derive(Default)]
 pub struct Coordinator {
     groups: RefCell<HashMap<String, Rc<RefCell<Group>>>>,
+    /// Offsets partitions being compacted (one compaction per partition at a time).
+    compacting: RefCell<HashSet<i32>>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -806,13 +809,25 @@ pub async fn commit_offsets(
                 )
             })
             .collect();
+        // Memory first, then the log (see `compact`): restored if the append fails.
+        let previous: Vec<Option<Committed>> = {
+            let mut group = cell.borrow_mut();
+            offsets
+                .iter()
+                .map(|(t, p, c)| group.offsets.insert((t.clone(), *p), c.clone()))
+                .collect()
+        };
         if let Err(code) = append_records(&s, &topic, &group_id, &records).await {
+            let mut group = cell.borrow_mut();
+            for ((t, p, _), before) in offsets.iter().zip(previous) {
+                match before {
+                    Some(c) => group.offsets.insert((t.clone(), *p), c),
+                    None => group.offsets.remove(&(t.clone(), *p)),
+                };
+            }
             return offsets.iter().map(|_| Some(code)).collect();
         }
-        let mut group = cell.borrow_mut();
-        for (t, p, c) in offsets {
-            group.offsets.insert((t, p), c);
-        }
+        maybe_compact(&s, &topic, offsets_partition(&group_id, topic.partitions));
         (0..count).map(|_| None).collect()
     })
     .await;
@@ -874,10 +889,12 @@ pub async fn delete_group(shard: &Rc<Shard>, group_id: String) -> Option<Respons
                 .map(|key| (key, b"null".to_vec()))
                 .collect()
         };
+        // Memory first, then the log (see `compact`).
+        s.groups.groups.borrow_mut().remove(&group_id);
         if let Err(code) = append_records(&s, &topic, &group_id, &records).await {
+            s.groups.groups.borrow_mut().insert(group_id.clone(), cell);
             return Some(code);
         }
-        s.groups.groups.borrow_mut().remove(&group_id);
         info!(group = %group_id, "group deleted");
         None
     })
@@ -906,10 +923,22 @@ pub async fn delete_offsets(
             .iter()
             .map(|(t, p)| (offset_key(&group_id, t, *p), b"null".to_vec()))
             .collect();
-        append_records(&s, &topic, &group_id, &records).await?;
-        let mut group = cell.borrow_mut();
-        for key in &partitions {
-            group.offsets.remove(key);
+        // Memory first, then the log (see `compact`): restored if the append fails.
+        let removed: Vec<Option<Committed>> = {
+            let mut group = cell.borrow_mut();
+            partitions
+                .iter()
+                .map(|key| group.offsets.remove(key))
+                .collect()
+        };
+        if let Err(code) = append_records(&s, &topic, &group_id, &records).await {
+            let mut group = cell.borrow_mut();
+            for (key, before) in partitions.iter().zip(removed) {
+                if let Some(c) = before {
+                    group.offsets.insert(key.clone(), c);
+                }
+            }
+            return Err(code);
         }
         Ok(partitions.iter().map(|_| None).collect())
     })
@@ -1000,14 +1029,127 @@ async fn append_records(
     })
 }
 
-/// Persists a new generation's group record in the background (membership itself is not
-/// persisted; the record keeps the group and its generation across restarts).
-fn persist_group_record(shard: &Rc<Shard>, topic: &Topic, group: String, record: GroupRecord) {
+/// Records per batch when compaction copies live keys forward.
+const COMPACTION_BATCH_RECORDS: usize = 1000;
+
+/// Starts compacting offsets partition `partition` in the background when it holds more than
+/// twice its `segment.bytes`.
+fn maybe_compact(shard: &Rc<Shard>, topic: &Topic, partition: i32) {
+    let Some(p) = shard.open_partition((topic.id, partition)) else {
+        return;
+    };
+    let limit = p.log().config().segment_bytes_max.saturating_mul(2);
+    if p.log().size_bytes() <= limit || !shard.groups.compacting.borrow_mut().insert(partition) {
+        return;
+    }
     let shard = shard.clone();
     let topic = topic.clone();
     glommio::spawn_local(async move {
+        match compact(&shard, &topic, partition).await {
+            Ok(start) => info!(partition, log_start = start, "offsets partition compacted"),
+            Err(e) => warn!(partition, error = %e, "offsets compaction failed"),
+        }
+        shard.groups.compacting.borrow_mut().remove(&partition);
+    })
+    .detach();
+}
+
+/// Compacts an offsets partition: appends the current value of every live key (each group's
+/// record and committed offsets) at the end of the log, then moves the log start to where that
+/// copy begins, so every older record (superseded values, deleted keys) goes with the segments
+/// below it. Replay from the new start rebuilds the same state.
+///
+/// Why this is safe with commits running concurrently: commits, deletions and this copy all
+/// change memory first and then append in the same synchronous step, and appends take the
+/// partition's turn in FIFO order. So a record that lands before a copied batch holds a value
+/// no newer than the copy's, and one that lands after it is newer: replay ends at the latest.
+async fn compact(shard: &Shard, topic: &Topic, partition: i32) -> sluice_storage::Result<i64> {
+    let p = shard.partition(topic, partition).await?;
+    let groups: Vec<Rc<RefCell<Group>>> = shard
+        .groups
+        .groups
+        .borrow()
+        .values()
+        .filter(|g| offsets_partition(&g.borrow().id, topic.partitions) == partition)
+        .cloned()
+        .collect();
+    let mut keys: Vec<(String, Option<(String, i32)>)> = Vec::new();
+    for g in &groups {
+        let g = g.borrow();
+        keys.push((g.id.clone(), None));
+        keys.extend(g.offsets.keys().map(|k| (g.id.clone(), Some(k.clone()))));
+    }
+    // Each batch stays within the partition's max.message.bytes (half of it, for headers).
+    let budget = (p.log().config().batch_bytes_max as usize / 2).max(1024);
+    let mut start: Option<Offset> = None;
+    let mut next = 0;
+    while next < keys.len() {
+        // Built from memory and appended in one synchronous step (see above).
+        let mut records: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut bytes = 0;
+        while next < keys.len() && records.len() < COMPACTION_BATCH_RECORDS && bytes < budget {
+            let (group, key) = &keys[next];
+            next += 1;
+            let Some(cell) = shard.groups.group(group) else {
+                continue;
+            };
+            let g = cell.borrow();
+            let record = match key {
+                None => Some((
+                    serde_json::to_vec(&("group", group)).expect("serializes"),
+                    serde_json::to_vec(&g.record()).expect("serializes"),
+                )),
+                Some((t, part)) => g.offsets.get(&(t.clone(), *part)).map(|c| {
+                    (
+                        offset_key(group, t, *part),
+                        serde_json::to_vec(c).expect("serializes"),
+                    )
+                }),
+            };
+            if let Some((k, v)) = record {
+                bytes += k.len() + v.len() + 32;
+                records.push((k, v));
+            }
+        }
+        if records.is_empty() {
+            continue;
+        }
+        start.get_or_insert(p.high_watermark());
+        let now = now_ms();
+        let recs: Vec<(i64, &[u8], &[u8])> = records
+            .iter()
+            .map(|(k, v)| (now, k.as_slice(), v.as_slice()))
+            .collect();
+        p.append(&build_batch(now, &recs), true)
+            .await
+            .map_err(|e| match e {
+                crate::partition::AppendError::Storage(e) => e,
+                crate::partition::AppendError::Refused(_, m) => sluice_storage::StorageError::Io {
+                    path: p.dir().display().to_string(),
+                    source: std::io::Error::other(m),
+                },
+            })?;
+    }
+    // With no live key left, everything before the current end is garbage.
+    let start = start.unwrap_or_else(|| p.high_watermark());
+    Ok(p.log().truncate_prefix(start).await?.0)
+}
+
+/// Persists a new generation's group record in the background (membership itself is not
+/// persisted; the record keeps the group and its generation across restarts).
+///
+/// The record is taken from memory when the task runs, in the same synchronous step as its
+/// append (the ordering `compact` relies on), so a late task never writes an older generation
+/// after a newer one; `_record` only marks that a generation ended.
+fn persist_group_record(shard: &Rc<Shard>, topic: &Topic, group: String, _record: GroupRecord) {
+    let shard = shard.clone();
+    let topic = topic.clone();
+    glommio::spawn_local(async move {
+        let Some(cell) = shard.groups.group(&group) else {
+            return;
+        };
+        let value = serde_json::to_vec(&cell.borrow().record()).expect("serializes");
         let key = serde_json::to_vec(&("group", &group)).expect("serializes");
-        let value = serde_json::to_vec(&record).expect("serializes");
         let _ = append_records(&shard, &topic, &group, &[(key, value)]).await;
     })
     .detach();

@@ -243,3 +243,122 @@ fn offsets_of_several_groups_are_fetched_and_deleted() {
         "GROUP_SUBSCRIBED_TO_TOPIC"
     );
 }
+
+/// A group name whose `__consumer_offsets` partition (crc32c % 8, the default count) is `p`.
+fn group_on(prefix: &str, p: u32) -> String {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|g| crc32c::crc32c(g.as_bytes()) % 8 == p)
+        .unwrap()
+}
+
+#[test]
+fn the_offsets_topic_is_compacted_and_keeps_every_live_offset() {
+    use kafka_protocol::messages::incremental_alter_configs_request as incremental;
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::{
+        IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, ListOffsetsRequest,
+        ListOffsetsResponse,
+    };
+
+    let broker = Broker::start(&["--cores", "2"]);
+    let mut s = connect(broker.addr);
+    // Small segments (and batches that fit them), so compaction (at twice the segment size)
+    // comes quickly.
+    let r: IncrementalAlterConfigsResponse = call(
+        &mut s,
+        ApiKey::IncrementalAlterConfigs,
+        1,
+        &IncrementalAlterConfigsRequest::default().with_resources(vec![
+            incremental::AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_static_str("__consumer_offsets"))
+                .with_configs(vec![
+                    incremental::AlterableConfig::default()
+                        .with_name(StrBytes::from_static_str("segment.bytes"))
+                        .with_config_operation(0)
+                        .with_value(Some(StrBytes::from_static_str("65536"))),
+                    incremental::AlterableConfig::default()
+                        .with_name(StrBytes::from_static_str("max.message.bytes"))
+                        .with_config_operation(0)
+                        .with_value(Some(StrBytes::from_static_str("32768"))),
+                ]),
+        ]),
+    );
+    assert_eq!(r.responses[0].error_code, 0);
+    let partition = crc32c::crc32c(b"busy") % 8;
+    let keep = group_on("keep", partition);
+    let gone = group_on("gone", partition);
+    assert_eq!(commit(&mut s, &keep, &[(0, 11), (1, 12)]), [0, 0]);
+    assert_eq!(commit(&mut s, &gone, &[(0, 13)]), [0]);
+    let r: DeleteGroupsResponse = call(
+        &mut s,
+        ApiKey::DeleteGroups,
+        2,
+        &DeleteGroupsRequest::default()
+            .with_groups_names(vec![GroupId(StrBytes::from_string(gone.clone()))]),
+    );
+    assert_eq!(r.results[0].error_code, 0);
+
+    let log_start = |s: &mut TcpStream| -> i64 {
+        let r: ListOffsetsResponse = call(
+            s,
+            ApiKey::ListOffsets,
+            7,
+            &ListOffsetsRequest::default().with_topics(vec![ListOffsetsTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("__consumer_offsets")))
+                .with_partitions(vec![ListOffsetsPartition::default()
+                    .with_partition_index(partition as i32)
+                    .with_timestamp(-2)])]),
+        );
+        r.topics[0].partitions[0].offset
+    };
+    // Many commits of the same two keys, with bulky metadata: far more than two segments.
+    let metadata = "m".repeat(400);
+    let mut n = 0i64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while log_start(&mut s) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the offsets partition was never compacted"
+        );
+        for _ in 0..100 {
+            n += 1;
+            let r: OffsetCommitResponse = call(
+                &mut s,
+                ApiKey::OffsetCommit,
+                8,
+                &OffsetCommitRequest::default()
+                    .with_group_id(GroupId(StrBytes::from_static_str("busy")))
+                    .with_generation_id_or_member_epoch(-1)
+                    .with_topics(vec![OffsetCommitRequestTopic::default()
+                        .with_name(TopicName(StrBytes::from_static_str("t")))
+                        .with_partitions(vec![
+                            OffsetCommitRequestPartition::default()
+                                .with_partition_index(0)
+                                .with_committed_offset(n)
+                                .with_committed_metadata(Some(StrBytes::from_string(
+                                    metadata.clone(),
+                                ))),
+                            OffsetCommitRequestPartition::default()
+                                .with_partition_index(1)
+                                .with_committed_offset(n * 2),
+                        ])]),
+            );
+            assert_eq!(r.topics[0].partitions[0].error_code, 0);
+        }
+    }
+    let expected = [
+        ("busy".to_string(), vec![n, n * 2]),
+        (keep.clone(), vec![11, 12]),
+        (gone.clone(), vec![-1, -1]),
+    ];
+    assert_eq!(fetch(&mut s, &["busy", &keep, &gone]), expected);
+
+    // Replayed from the compacted log after a SIGKILL: the same state.
+    drop(s);
+    let broker = Broker::start_on(broker.kill(), &["--cores", "2"]);
+    let mut s = connect(broker.addr);
+    assert!(log_start(&mut s) > 0);
+    assert_eq!(fetch(&mut s, &["busy", &keep, &gone]), expected);
+}
