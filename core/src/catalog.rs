@@ -114,9 +114,15 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// Loads `<data_dir>/metadata.json` (an absent file is an empty catalog). Blocking: called
-    /// once at start-up, before the shards run.
+    /// Loads `<data_dir>/metadata.json` (an absent file is an empty catalog); `data_dir` must
+    /// exist. Blocking: called once at start-up, before the shards run.
     pub fn load(data_dir: &Path) -> Result<Catalog, CatalogError> {
+        // Absolute, because glommio's directory operations (fsync of the directory after a
+        // rename) fail with EBADF on relative paths, and `./data` is the default.
+        let data_dir = &std::fs::canonicalize(data_dir).map_err(|source| CatalogError::Read {
+            path: data_dir.display().to_string(),
+            source,
+        })?;
         let path = data_dir.join(METADATA_FILE);
         let display = path.display().to_string();
         let mut producer_ids_reserved = 0;

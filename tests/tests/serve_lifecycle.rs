@@ -109,6 +109,44 @@ fn defaults_put_data_under_dot_data() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(cwd.path().join("data/.lock").exists());
+    // With the relative ./data, everything that writes the data directory works: a topic is
+    // created (catalog rewrite), and a producer id reserved.
+    {
+        use kafka_protocol::messages::create_topics_request::CreatableTopic;
+        use kafka_protocol::messages::{
+            ApiKey, CreateTopicsRequest, CreateTopicsResponse, InitProducerIdRequest,
+            InitProducerIdResponse, TopicName,
+        };
+        use kafka_protocol::protocol::StrBytes;
+        use sluice_tests::wire::{call, connect};
+        let mut s = connect(([127, 0, 0, 1], port).into());
+        let created: CreateTopicsResponse = call(
+            &mut s,
+            ApiKey::CreateTopics,
+            7,
+            &CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("relative")))
+                .with_num_partitions(2)
+                .with_replication_factor(1)]),
+        );
+        assert_eq!(
+            created.topics[0].error_code, 0,
+            "{:?}",
+            created.topics[0].error_message
+        );
+        let id: InitProducerIdResponse = call(
+            &mut s,
+            ApiKey::InitProducerId,
+            4,
+            &InitProducerIdRequest::default().with_transactional_id(None),
+        );
+        assert_eq!(id.error_code, 0);
+    }
+    assert!(
+        std::fs::read_to_string(cwd.path().join("data/metadata.json"))
+            .unwrap()
+            .contains("\"relative\"")
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 }
