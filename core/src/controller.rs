@@ -79,11 +79,7 @@ async fn create_on_controller(
     requested: Vec<NewTopic>,
     validate_only: bool,
 ) -> Vec<Result<Arc<Topic>, ApiError>> {
-    let _turn = controller
-        .controller_lock
-        .acquire_permit(1)
-        .await
-        .expect("the controller lock is never closed");
+    let _turn = controller.controller_turn().await;
     let image = controller.catalog.image();
     let mut topics = image.to_topics();
     let mut seen = HashSet::new();
@@ -293,11 +289,7 @@ async fn delete_on_controller(
     controller: &Rc<Shard>,
     requested: Vec<TopicRef>,
 ) -> Vec<Result<(String, Uuid), ApiError>> {
-    let _turn = controller
-        .controller_lock
-        .acquire_permit(1)
-        .await
-        .expect("the controller lock is never closed");
+    let _turn = controller.controller_turn().await;
     let image = controller.catalog.image();
     let mut topics = image.to_topics();
     let mut results = Vec::with_capacity(requested.len());
@@ -364,11 +356,7 @@ pub async fn create_partitions(
 ) -> Result<(), ApiError> {
     shard
         .invoke_on(CONTROLLER_SHARD, move |controller| async move {
-            let _turn = controller
-                .controller_lock
-                .acquire_permit(1)
-                .await
-                .expect("the controller lock is never closed");
+            let _turn = controller.controller_turn().await;
             let image = controller.catalog.image();
             let mut topics = image.to_topics();
             let Some(topic) = topics.get_mut(&name) else {
@@ -456,11 +444,7 @@ pub async fn init_producer_id(
     }
     shard
         .invoke_on(CONTROLLER_SHARD, |controller| async move {
-            let _turn = controller
-                .controller_lock
-                .acquire_permit(1)
-                .await
-                .expect("the controller lock is never closed");
+            let _turn = controller.controller_turn().await;
             let image = controller.catalog.image();
             let (next, end) = controller
                 .producer_ids
@@ -513,11 +497,7 @@ pub async fn alter_topic_configs(
 ) -> Result<(), ApiError> {
     shard
         .invoke_on(CONTROLLER_SHARD, move |controller| async move {
-            let _turn = controller
-                .controller_lock
-                .acquire_permit(1)
-                .await
-                .expect("the controller lock is never closed");
+            let _turn = controller.controller_turn().await;
             let image = controller.catalog.image();
             let mut topics = image.to_topics();
             let Some(topic) = topics.get_mut(&name) else {
@@ -628,11 +608,7 @@ pub async fn alter_broker_configs(
 ) -> Result<(), ApiError> {
     shard
         .invoke_on(CONTROLLER_SHARD, move |controller| async move {
-            let _turn = controller
-                .controller_lock
-                .acquire_permit(1)
-                .await
-                .expect("the controller lock is never closed");
+            let _turn = controller.controller_turn().await;
             let image = controller.catalog.image();
             let mut configs = if replace_all {
                 BTreeMap::new()

@@ -77,7 +77,7 @@ pub struct Shard {
     /// Serializes log opening on this shard, so one partition is never opened twice.
     opening: Semaphore,
     /// The controller's lock: catalog changes run one at a time (used on shard 0 only).
-    pub(crate) controller_lock: Semaphore,
+    controller_lock: Semaphore,
     /// The consumer groups whose offsets partitions this shard owns.
     pub(crate) groups: crate::groups::Coordinator,
     /// The controller's producer-id block: (next to hand out, end of the reserved block).
@@ -177,6 +177,14 @@ impl Shard {
             *image = self.catalog.image();
         }
         image.clone()
+    }
+
+    /// The controller's turn: catalog changes run one at a time while it is held (shard 0).
+    pub(crate) async fn controller_turn(&self) -> glommio::sync::Permit<'_> {
+        self.controller_lock
+            .acquire_permit(1)
+            .await
+            .expect("the controller lock is never closed")
     }
 
     /// The broker settings in force (start-up settings with runtime overrides).
