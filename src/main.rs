@@ -34,6 +34,9 @@ const USAGE: &str = "usage:
 Kafka tools, against any broker (--bootstrap HOST:PORT, or SLUICE_BOOTSTRAP, or 127.0.0.1:9092):";
 
 fn usage() -> String {
+    #[cfg(feature = "bench")]
+    return format!("{USAGE}\n{}\n{}", cli::USAGE, sluice_bench_harness::USAGE);
+    #[cfg(not(feature = "bench"))]
     format!("{USAGE}\n{}", cli::USAGE)
 }
 
@@ -51,6 +54,13 @@ fn main() -> ExitCode {
         ["produce", rest @ ..] => tool("produce", cli::produce(rest)),
         ["consume", rest @ ..] => tool("consume", cli::consume(rest)),
         ["group", rest @ ..] => tool("group", cli::group(rest)),
+        #[cfg(feature = "bench")]
+        ["bench", rest @ ..] => tool("bench", sluice_bench_harness::main(rest)),
+        #[cfg(not(feature = "bench"))]
+        ["bench", ..] => {
+            eprintln!("sluice bench: this binary was built without the `bench` feature");
+            ExitCode::from(2)
+        }
         ["--help"] | ["-h"] | ["help"] => {
             println!("{}", usage());
             ExitCode::SUCCESS

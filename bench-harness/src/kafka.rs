@@ -1,0 +1,213 @@
+//! The Kafka side of a run, through librdkafka (the `rdkafka` crate): topic setup, a producer
+//! per producer thread (`BaseProducer`, delivery reports served on the same thread) and a
+//! consumer per consumer thread (`BaseConsumer` with an explicit assignment from the beginning of
+//! fresh topics, so no group rebalance sits inside the measurement and brokers without consumer
+//! groups can be measured too).
+//!
+//! The producer settings of the workload map one to one onto librdkafka properties; `extra`
+//! passes anything else through.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::run::{new_histogram, Receiver, Sender, Shared};
+use crate::workload::Workload;
+
+fn admin(bootstrap: &str) -> Result<AdminClient<DefaultClientContext>, String> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .map_err(|e| format!("admin client for {bootstrap}: {e}"))
+}
+
+pub fn create_topics(bootstrap: &str, names: &[String], partitions: u32) -> Result<(), String> {
+    let admin = admin(bootstrap)?;
+    let topics: Vec<NewTopic> = names
+        .iter()
+        .map(|n| NewTopic::new(n, partitions as i32, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = futures::executor::block_on(admin.create_topics(&topics, &options))
+        .map_err(|e| format!("CreateTopics on {bootstrap}: {e}"))?;
+    for result in results {
+        if let Err((name, code)) = result {
+            if code != RDKafkaErrorCode::TopicAlreadyExists {
+                return Err(format!("CreateTopics {name} on {bootstrap}: {code}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn delete_topics(bootstrap: &str, names: &[String]) -> Result<(), String> {
+    let admin = admin(bootstrap)?;
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    futures::executor::block_on(admin.delete_topics(&names, &options))
+        .map(|_| ())
+        .map_err(|e| format!("DeleteTopics on {bootstrap}: {e}"))
+}
+
+/// Delivery reports land here (on the producer's own thread, inside `poll`).
+pub struct Deliveries {
+    shared: Arc<Shared>,
+    publish: Mutex<Histogram<u64>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    /// The record's intended send time, ns since the run's epoch.
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, intended_ns: usize) {
+        match result {
+            Ok(_) => self
+                .shared
+                .record_ack(&mut self.publish.lock().unwrap(), intended_ns as u64),
+            Err(_) => self.shared.record_error(),
+        }
+    }
+}
+
+pub struct Producer {
+    client: BaseProducer<Deliveries>,
+    topic: String,
+}
+
+impl Producer {
+    pub fn new(
+        bootstrap: &str,
+        workload: &Workload,
+        topic: &str,
+        shared: Arc<Shared>,
+    ) -> Result<Producer, String> {
+        let settings = &workload.producer;
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", bootstrap)
+            .set("acks", &settings.acks)
+            .set("linger.ms", settings.linger_ms.to_string())
+            .set("batch.size", settings.batch_size.to_string())
+            .set("compression.codec", &settings.compression)
+            .set("enable.idempotence", settings.idempotence.to_string())
+            .set("queue.buffering.max.messages", "1000000");
+        for (key, value) in &settings.extra {
+            config.set(key, value);
+        }
+        let client = config
+            .create_with_context(Deliveries {
+                shared,
+                publish: Mutex::new(new_histogram()),
+            })
+            .map_err(|e| format!("producer for {bootstrap}: {e}"))?;
+        Ok(Producer {
+            client,
+            topic: topic.to_string(),
+        })
+    }
+
+    /// Adds this producer's publish latencies to the run's histogram.
+    pub fn merge_into(&self, shared: &Shared) {
+        shared.merge_publish(&self.client.context().publish.lock().unwrap());
+    }
+}
+
+impl Sender for Producer {
+    fn send(
+        &mut self,
+        partition_hint: Option<i32>,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        intended_ns: u64,
+    ) -> Result<bool, String> {
+        let mut record =
+            BaseRecord::with_opaque_to(&self.topic, intended_ns as usize).payload(payload);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(partition) = partition_hint {
+            record = record.partition(partition);
+        }
+        match self.client.send(record) {
+            Ok(()) => Ok(true),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Ok(false),
+            Err((e, _)) => Err(format!("produce: {e}")),
+        }
+    }
+
+    fn service(&mut self, wait: Duration) -> Result<(), String> {
+        self.client.poll(wait);
+        Ok(())
+    }
+
+    fn finish(&mut self, timeout: Duration) -> Result<(), String> {
+        self.client
+            .flush(timeout)
+            .map_err(|e| format!("flush: {e}"))
+    }
+}
+
+pub struct Consumer {
+    client: BaseConsumer,
+}
+
+impl Consumer {
+    pub fn new(
+        bootstrap: &str,
+        workload: &Workload,
+        group: &str,
+        topic: &str,
+        partitions: &[i32],
+    ) -> Result<Consumer, String> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest");
+        for (key, value) in &workload.consumer.extra {
+            config.set(key, value);
+        }
+        let client: BaseConsumer = config
+            .create()
+            .map_err(|e| format!("consumer for {bootstrap}: {e}"))?;
+        let mut assignment = TopicPartitionList::new();
+        for &p in partitions {
+            assignment
+                .add_partition_offset(topic, p, Offset::Beginning)
+                .map_err(|e| format!("assignment: {e}"))?;
+        }
+        client
+            .assign(&assignment)
+            .map_err(|e| format!("assign {topic}: {e}"))?;
+        Ok(Consumer { client })
+    }
+}
+
+impl Receiver for Consumer {
+    fn poll(&mut self, wait: Duration, on_record: &mut dyn FnMut(&[u8])) -> Result<(), String> {
+        let mut wait = wait;
+        // Drain what is ready, then return so the caller can check for the end of the run.
+        for _ in 0..10_000 {
+            match self.client.poll(wait) {
+                None => break,
+                Some(Ok(message)) => on_record(message.payload().unwrap_or_default()),
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) => return Err(format!("consume: {e}")),
+            }
+            wait = Duration::ZERO;
+        }
+        Ok(())
+    }
+}
