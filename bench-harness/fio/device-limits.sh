@@ -6,7 +6,9 @@
 #   - 4 KiB write + fdatasync latency, (a) into a fresh, growing file (what a new segment sees),
 #     (b) overwriting blocks already written (what a pre-zeroed or recycled segment sees);
 #   - sequential direct reads at 1 MiB.
-# Prints one summary line per job and leaves fio's JSON in $DIR/*.json.
+#   - the loopback network: one TCP stream's bandwidth and 100-byte ping-pong latency
+#     (`sluice bench loopback`, when target/release/sluice exists; LOOPBACK=0 skips it).
+# Prints one summary line per job and leaves fio's JSON in $DIR/*.json (loopback.json).
 # Usage: bench-harness/fio/device-limits.sh [DIR] [RUNTIME_SECONDS]
 set -euo pipefail
 DIR=${1:-./target/fio}
@@ -59,3 +61,15 @@ run fdatasync-4k-overwrite --rw=write --bs=4k --iodepth=1 --fdatasync=1 --size=2
 
 run seqread-1m --rw=read --bs=1m --iodepth=1 --size="$SIZE"
 rm -f "$DIR"/*.dat
+
+# The network half of the device limits.
+SLUICE=$(cd "$(dirname "$0")/../.." && pwd)/target/release/sluice
+if [[ ${LOOPBACK:-1} != 0 && -x $SLUICE ]]; then
+  "$SLUICE" bench loopback --seconds "$RUNTIME" >"$DIR/loopback.json"
+  python3 - "$DIR/loopback.json" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+l = j["ping_pong_100b_us"]
+print(f"{'loopback-tcp':28s} stream {j['stream_mb_per_s']:9.1f} MB/s  100-byte ping-pong p50 {l['p50']} us  p99 {l['p99']} us  p99.9 {l['p99_9']} us  ({j['ping_pong_per_s']:.0f} round trips/s)")
+PY
+fi

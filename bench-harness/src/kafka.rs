@@ -36,7 +36,9 @@ pub fn create_topics(bootstrap: &str, names: &[String], partitions: u32) -> Resu
         .iter()
         .map(|n| NewTopic::new(n, partitions as i32, TopicReplication::Fixed(1)))
         .collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(30)))
+        .request_timeout(Some(Duration::from_secs(10)));
     let results = futures::executor::block_on(admin.create_topics(&topics, &options))
         .map_err(|e| format!("CreateTopics on {bootstrap}: {e}"))?;
     for result in results {
@@ -52,7 +54,9 @@ pub fn create_topics(bootstrap: &str, names: &[String], partitions: u32) -> Resu
 pub fn delete_topics(bootstrap: &str, names: &[String]) -> Result<(), String> {
     let admin = admin(bootstrap)?;
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
     futures::executor::block_on(admin.delete_topics(&names, &options))
         .map(|_| ())
         .map_err(|e| format!("DeleteTopics on {bootstrap}: {e}"))

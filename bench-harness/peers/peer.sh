@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Installs, starts and stops the brokers `sluice bench compare --peers` measures side by side,
+# each on loopback, each from a fresh data directory, each stopped by the PID this script wrote.
+#
+#   peer.sh install NAME      install the peer (idempotent)
+#   peer.sh start NAME        start it fresh, wait until its port answers (installs first if needed)
+#   peer.sh stop NAME         stop it by PID (SIGTERM, then SIGKILL after 10 s)
+#   peer.sh stop-all
+#
+# Peers, their addresses and their durability (what an acknowledgement means):
+#   sluice  127.0.0.1:9092  this repository's release build; acks=all = fdatasync'd before the
+#                           answer (group commit). Data dir $PEER_DIR/sluice.
+#   tansu   127.0.0.1:9094  `cargo install tansu --features libsql` (0.6; with default features
+#                           it has no storage engine and exits at start), SQLite engine
+#                           (sqlite://tansu.db in its data dir): WAL journal, synchronous=NORMAL,
+#                           so a commit reaches the WAL file but is fsynced only at checkpoints:
+#                           it survives a process crash, not a power or kernel failure.
+#   rivine  127.0.0.1:9092  `cargo install --locked rivine`; it never fsyncs (page cache only).
+#                           It must listen on 9092, so it cannot run beside sluice: compare
+#                           starts and stops each in turn.
+#   redis   redis://127.0.0.1:6390  Debian's redis-server (7.0), Redis Streams, a different
+#                           protocol: appendonly yes, appendfsync always (fsync per event-loop
+#                           write, i.e. per pipeline), no RDB snapshots.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+PEER_DIR=${PEER_DIR:-/tmp/sluice-peers}
+CARGO_BIN=${CARGO_HOME:-$HOME/.cargo}/bin
+mkdir -p "$PEER_DIR"
+
+port_of() {
+  case $1 in
+    sluice|rivine) echo 9092 ;;
+    tansu) echo 9094 ;;
+    redis) echo 6390 ;;
+    *) echo "unknown peer $1 (sluice, tansu, rivine, redis)" >&2; exit 2 ;;
+  esac
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+install() {
+  case $1 in
+    sluice) [[ -x $ROOT/target/release/sluice ]] || (cd "$ROOT" && cargo build --release --locked) ;;
+    # Plain `cargo install tansu` builds no storage engine at all (the broker exits with
+    # "FeatureNotEnabled dynostore"); libsql gives the local, disk-backed SQLite engine.
+    tansu) [[ -x $CARGO_BIN/tansu ]] && "$CARGO_BIN/tansu" --version >/dev/null 2>&1 && [[ -f $PEER_DIR/.tansu-libsql ]] \
+             || { cargo install tansu --version 0.6.0 --features libsql && touch "$PEER_DIR/.tansu-libsql"; } ;;
+    rivine) [[ -x $CARGO_BIN/rivine ]] || cargo install --locked rivine ;;
+    redis) command -v redis-server >/dev/null || {
+             apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; } ;;
+  esac
+}
+
+start() {
+  local name=$1 port dir
+  port=$(port_of "$name")
+  install "$name"
+  stop "$name" quiet
+  if port_open "$port"; then echo "port $port is busy: stop whatever listens there first" >&2; exit 1; fi
+  dir=$PEER_DIR/$name
+  rm -rf "$dir" && mkdir -p "$dir"
+  case $name in
+    sluice)
+      ulimit -l "$(ulimit -H -l)" 2>/dev/null || true
+      "$ROOT/target/release/sluice" serve --data-dir "$dir" --listen "127.0.0.1:$port" \
+        >"$dir.log" 2>&1 & ;;
+    tansu)
+      (cd "$dir" && exec "$CARGO_BIN/tansu" broker --storage-engine sqlite://tansu.db \
+        --kafka-listener-url "tcp://127.0.0.1:$port" \
+        --kafka-advertised-listener-url "tcp://127.0.0.1:$port") >"$dir.log" 2>&1 & ;;
+    rivine)
+      (cd "$dir" && exec "$CARGO_BIN/rivine") >"$dir.log" 2>&1 & ;;
+    redis)
+      redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --appendonly yes \
+        --appendfsync always --save '' --daemonize no >"$dir.log" 2>&1 & ;;
+  esac
+  echo $! >"$PEER_DIR/$name.pid"
+  for _ in $(seq 1 300); do
+    if port_open "$port"; then echo "$name up on $port (pid $(cat "$PEER_DIR/$name.pid"))"; return 0; fi
+    if ! kill -0 "$(cat "$PEER_DIR/$name.pid")" 2>/dev/null; then
+      echo "$name exited at start; log: $dir.log" >&2; tail -n 20 "$dir.log" >&2; exit 1
+    fi
+    sleep 0.1
+  done
+  echo "$name did not open port $port within 30 s; log: $dir.log" >&2
+  stop "$name"; exit 1
+}
+
+stop() {
+  local name=$1 pidfile=$PEER_DIR/$1.pid pid
+  [[ -f $pidfile ]] || return 0
+  pid=$(cat "$pidfile")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; sleep 0.2; fi
+    [[ ${2:-} == quiet ]] || echo "$name stopped (pid $pid)"
+  fi
+  rm -f "$pidfile"
+}
+
+case ${1:-} in
+  install) install "${2:?peer name}" ;;
+  start) start "${2:?peer name}" ;;
+  stop) stop "${2:?peer name}" ;;
+  stop-all) for p in sluice tansu rivine redis; do stop "$p"; done ;;
+  *) sed -n '2,22p' "$0" >&2; exit 2 ;;
+esac

@@ -1,0 +1,311 @@
+//! `sluice bench` driven as a user would: real workloads through librdkafka against a running
+//! broker, results read back from the JSON it writes; `compare` over two brokers; `plot`;
+//! the max-rate search; Redis Streams against a real redis-server; bad workloads refused.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use sluice_tests::{sluice_binary, Broker};
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn bench(args: &[&str]) -> Output {
+    let out = Command::new(sluice_binary())
+        .arg("bench")
+        .args(args)
+        .output()
+        .expect("run sluice bench");
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn results_in(dir: &Path) -> Vec<(PathBuf, Value)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let v = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+            (p, v)
+        })
+        .collect()
+}
+
+fn u(v: &Value, path: &[&str]) -> u64 {
+    path.iter()
+        .fold(v, |v, k| &v[*k])
+        .as_u64()
+        .unwrap_or_else(|| panic!("{path:?} missing in {v}"))
+}
+
+/// Checks one run's result: every record published in the window was consumed, latencies are
+/// ordered and non-zero, the per-second series covers the run.
+fn assert_sane(result: &Value, expected_records: u64) {
+    let published = u(result, &["publish", "messages"]);
+    assert!(
+        published >= expected_records * 95 / 100 && published <= expected_records + 10,
+        "published {published} of {expected_records} scheduled"
+    );
+    assert_eq!(
+        u(result, &["consume", "messages"]),
+        published,
+        "every record consumed"
+    );
+    assert_eq!(u(result, &["publish_errors"]), 0);
+    for kind in ["publish_latency_us", "end_to_end_latency_us"] {
+        let l = &result[kind];
+        assert_eq!(u(l, &["count"]), published, "{kind} counts every record");
+        let (p50, p99, p999, max) = (
+            u(l, &["p50"]),
+            u(l, &["p99"]),
+            u(l, &["p99_9"]),
+            u(l, &["max"]),
+        );
+        assert!(
+            p50 > 0 && p50 <= p99 && p99 <= p999 && p999 <= max,
+            "{kind}: {l}"
+        );
+        assert!(l["curve"].as_array().unwrap().len() > 10);
+    }
+    let series = result["series"].as_array().unwrap();
+    let acked: u64 = series.iter().map(|s| u(s, &["published"])).sum();
+    assert!(acked >= published, "series holds warm-up and window");
+}
+
+#[test]
+fn run_writes_json_and_summary_with_every_record_accounted_for() {
+    let broker = Broker::start(&["--cores", "2"]);
+    let out_dir = tempfile::tempdir().unwrap();
+    let workload = workspace().join("bench-harness/workloads/smoke.yaml");
+    let target = format!("sluice={}", broker.bootstrap());
+    let out = bench(&[
+        workload.to_str().unwrap(),
+        "--target",
+        &target,
+        "--out",
+        out_dir.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    assert!(text.contains("smoke on sluice"), "{text}");
+    assert!(text.contains("end-to-end"), "{text}");
+    // Progress was shown while it ran.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("msg/s"));
+    let results = results_in(out_dir.path());
+    assert_eq!(results.len(), 1);
+    let (json, result) = &results[0];
+    // smoke.yaml: 2000 records/s for 3 s measured.
+    assert_sane(result, 6000);
+    assert_eq!(result["target_rate"].as_f64(), Some(2000.0));
+    assert!(json.with_extension("txt").exists());
+
+    // The charts from that result.
+    let plots = out_dir.path().join("plots");
+    let out = bench(&[
+        "plot",
+        json.to_str().unwrap(),
+        "--out",
+        plots.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    for chart in [
+        "publish-latency.svg",
+        "end-to-end-latency.svg",
+        "throughput.svg",
+    ] {
+        let svg = std::fs::read_to_string(plots.join(chart)).unwrap();
+        assert!(svg.contains("<svg") && svg.contains("<polyline"), "{chart}");
+        assert!(svg.contains("sluice"), "{chart} has the legend");
+    }
+    broker.stop();
+}
+
+#[test]
+fn max_rate_search_probes_then_settles_on_a_sustained_rate() {
+    let broker = Broker::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let workload = dir.path().join("max.yaml");
+    std::fs::write(
+        &workload,
+        "name: max-smoke\npartitions_per_topic: 2\nmessage_size: 512\nproducer_rate: max\n\
+         duration_s: 2\nwarmup_s: 1\nproducer: {acks: '1', linger_ms: 5}\n\
+         max_rate: {trial_s: 1, max_trials: 3, pass_fraction: 0.5, pass_p99_ms: 5000}\n",
+    )
+    .unwrap();
+    let out = bench(&[
+        workload.to_str().unwrap(),
+        "--target",
+        &broker.bootstrap(),
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let (_, result) = results_in(dir.path()).pop().unwrap();
+    let trials = result["max_rate_trials"].as_array().unwrap();
+    assert!(
+        trials.len() >= 2,
+        "probe and at least one paced trial: {trials:?}"
+    );
+    assert!(
+        trials[0]["rate"].is_null(),
+        "the first trial is the unpaced probe"
+    );
+    let probe = trials[0]["published_per_s"].as_f64().unwrap();
+    assert!(probe > 1000.0, "probe measured {probe}/s");
+    let rate = result["target_rate"].as_f64().unwrap();
+    assert!(
+        rate > 0.0 && rate < probe,
+        "settled on {rate} under the probe's {probe}"
+    );
+    assert!(stdout(&out).contains("max-rate trial"));
+    broker.stop();
+}
+
+#[test]
+fn compare_interleaves_targets_and_prints_medians_and_ratios() {
+    let a = Broker::start(&[]);
+    let b = Broker::start(&[]);
+    let out_dir = tempfile::tempdir().unwrap();
+    let workload = workspace().join("bench-harness/workloads/smoke.yaml");
+    let (ta, tb) = (
+        format!("a={}", a.bootstrap()),
+        format!("b={}", b.bootstrap()),
+    );
+    let out = bench(&[
+        "compare",
+        workload.to_str().unwrap(),
+        "--target",
+        &ta,
+        "--target",
+        &tb,
+        "--runs",
+        "2",
+        "--duration",
+        "2",
+        "--warmup",
+        "0",
+        "--out",
+        out_dir.path().to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(out.status.success());
+    let table = stdout(&out);
+    assert!(table.contains("medians of 2 interleaved runs"), "{table}");
+    let publish_line = table
+        .lines()
+        .find(|l| l.starts_with("publish msg/s"))
+        .unwrap();
+    assert!(publish_line.contains("1.00x"), "{publish_line}");
+    // Rounds interleave: a1 b1 a2 b2, seen in the order the results were written.
+    let mut runs: Vec<(u64, String)> = results_in(out_dir.path())
+        .into_iter()
+        .map(|(_, v)| {
+            (
+                u(&v, &["started_at_unix_s"]),
+                v["target"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(runs.len(), 4);
+    runs.sort();
+    let order: Vec<&str> = runs.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(order, ["a", "b", "a", "b"]);
+    for (_, result) in results_in(out_dir.path()) {
+        assert_sane(&result, 4000);
+    }
+    assert!(out_dir.path().join("smoke-compare.txt").exists());
+    a.stop();
+    b.stop();
+}
+
+/// redis-server from the system (CI installs it), on a free port, append-only with fsync always.
+fn start_redis(dir: &Path) -> (Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (apt-get install redis-server)");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return (child, port);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("redis-server did not start");
+}
+
+#[test]
+fn redis_streams_target_runs_the_same_workload() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut redis, port) = start_redis(dir.path());
+    let workload = workspace().join("bench-harness/workloads/smoke.yaml");
+    let target = format!("redis=redis://127.0.0.1:{port}");
+    let out = bench(&[
+        workload.to_str().unwrap(),
+        "--target",
+        &target,
+        "--out",
+        dir.path().to_str().unwrap(),
+        "--quiet",
+    ]);
+    redis.kill().unwrap();
+    redis.wait().unwrap();
+    assert!(out.status.success());
+    let (_, result) = results_in(dir.path()).pop().unwrap();
+    assert_eq!(result["protocol"], "redis-streams");
+    assert_sane(&result, 6000);
+}
+
+#[test]
+fn bad_workloads_and_unreachable_targets_fail_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "name: x\nmessage_size: 100\nproducer_rate: 10\nduration_s: 1\nconsumers: 3\n",
+    )
+    .unwrap();
+    let out = bench(&[bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `consumers`"));
+
+    let out = bench(&["compare", bad.to_str().unwrap(), "--target", "a=x:1"]);
+    assert_eq!(out.status.code(), Some(1));
+
+    // Nothing listens: the admin request times out and the run fails instead of reporting zeros.
+    let workload = workspace().join("bench-harness/workloads/smoke.yaml");
+    let out = bench(&[
+        workload.to_str().unwrap(),
+        "--target",
+        "127.0.0.1:1",
+        "--quiet",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CreateTopics"));
+}
