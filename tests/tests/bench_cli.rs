@@ -237,7 +237,7 @@ fn start_redis(dir: &Path) -> (Child, u16) {
         .local_addr()
         .unwrap()
         .port();
-    let child = Command::new("redis-server")
+    let mut child = Command::new("redis-server")
         .args([
             "--port",
             &port.to_string(),
@@ -257,6 +257,8 @@ fn start_redis(dir: &Path) -> (Child, u16) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("redis-server did not start");
 }
 
