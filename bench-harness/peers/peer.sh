@@ -6,6 +6,7 @@
 #   peer.sh start NAME        start it fresh, wait until its port answers (installs first if needed)
 #   peer.sh stop NAME         stop it by PID (SIGTERM, then SIGKILL after 10 s)
 #   peer.sh stop-all
+# `sluice bench compare` sets BENCH_PARTITIONS to the workload's partitions per topic.
 #
 # Peers, their addresses and their durability (what an acknowledgement means):
 #   sluice  127.0.0.1:9092  this repository's release build; acks=all = fdatasync'd before the
@@ -15,7 +16,8 @@
 #                           (sqlite://tansu.db in its data dir): WAL journal, synchronous=NORMAL,
 #                           so a commit reaches the WAL file but is fsynced only at checkpoints:
 #                           it survives a process crash, not a power or kernel failure.
-#   rivine  127.0.0.1:9092  `cargo install --locked rivine`; it never fsyncs (page cache only).
+#   rivine  127.0.0.1:9092  `cargo install --locked rivine` (0.2.0, binary rivine-broker); it never
+#                           fsyncs (its segment flush_log is never called): page cache only.
 #                           It must listen on 9092, so it cannot run beside sluice: compare
 #                           starts and stops each in turn.
 #   redis   redis://127.0.0.1:6390  Debian's redis-server (7.0), Redis Streams, a different
@@ -45,7 +47,7 @@ install() {
     # "FeatureNotEnabled dynostore"); libsql gives the local, disk-backed SQLite engine.
     tansu) [[ -x $CARGO_BIN/tansu ]] && "$CARGO_BIN/tansu" --version >/dev/null 2>&1 && [[ -f $PEER_DIR/.tansu-libsql ]] \
              || { cargo install tansu --version 0.6.0 --features libsql && touch "$PEER_DIR/.tansu-libsql"; } ;;
-    rivine) [[ -x $CARGO_BIN/rivine ]] || cargo install --locked rivine ;;
+    rivine) [[ -x $CARGO_BIN/rivine-broker ]] || cargo install --locked rivine --version 0.2.0 ;;
     redis) command -v redis-server >/dev/null || {
              apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; } ;;
   esac
@@ -69,7 +71,11 @@ start() {
         --kafka-listener-url "tcp://127.0.0.1:$port" \
         --kafka-advertised-listener-url "tcp://127.0.0.1:$port") >"$dir.log" 2>&1 & ;;
     rivine)
-      (cd "$dir" && exec "$CARGO_BIN/rivine") >"$dir.log" 2>&1 & ;;
+      # Its CreateTopics answers do not parse in librdkafka (BadMessage; the topic is created
+      # anyway); the default partition count covers topics it auto-creates on Metadata.
+      printf 'host = "127.0.0.1"\nport = %s\nlog_dirs = ["%s"]\nnum_partitions = %s\n' \
+        "$port" "$dir" "${BENCH_PARTITIONS:-1}" >"$dir.toml"
+      (cd "$dir" && exec "$CARGO_BIN/rivine-broker" --config "$dir.toml") >"$dir.log" 2>&1 & ;;
     redis)
       redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --appendonly yes \
         --appendfsync always --save '' --daemonize no >"$dir.log" 2>&1 & ;;

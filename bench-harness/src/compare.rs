@@ -22,10 +22,13 @@ pub struct CompareOptions {
     pub progress: bool,
 }
 
-fn peer(script: &Path, action: &str, name: &str) -> Result<(), String> {
+/// Runs the peers script; it learns the workload's partition count from `BENCH_PARTITIONS`
+/// (for brokers that can only auto-create topics with a configured default).
+fn peer(script: &Path, action: &str, name: &str, workload: &Workload) -> Result<(), String> {
     let status = Command::new(script)
         .arg(action)
         .arg(name)
+        .env("BENCH_PARTITIONS", workload.partitions_per_topic.to_string())
         .status()
         .map_err(|e| format!("{} {action} {name}: {e}", script.display()))?;
     if status.success() {
@@ -52,11 +55,11 @@ pub fn compare(workload: &Workload, options: &CompareOptions) -> Result<String, 
                 target.name
             );
             if let Some(script) = &options.peers_script {
-                peer(script, "start", &target.name)?;
+                peer(script, "start", &target.name, workload)?;
             }
             let outcome = run_workload(target, workload, options.progress);
             if let Some(script) = &options.peers_script {
-                peer(script, "stop", &target.name)?;
+                peer(script, "stop", &target.name, workload)?;
             }
             let result =
                 outcome.map_err(|e| format!("{} round {}: {e}", target.name, round + 1))?;

@@ -1,5 +1,7 @@
 //! The Kafka side of a run, through librdkafka (the `rdkafka` crate): topic setup, a producer
-//! per producer thread (`BaseProducer`, delivery reports served on the same thread) and a
+//! per producer thread (`ThreadedProducer`: its own thread waits on librdkafka's event queue, so
+//! a delivery report is timed the moment it arrives, not when the pacing thread next wakes up)
+//! and a
 //! consumer per consumer thread (`BaseConsumer` with an explicit assignment from the beginning of
 //! fresh topics, so no group rebalance sits inside the measurement and brokers without consumer
 //! groups can be measured too).
@@ -17,7 +19,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
+};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::run::{new_histogram, Receiver, Sender, Shared};
@@ -30,6 +34,10 @@ fn admin(bootstrap: &str) -> Result<AdminClient<DefaultClientContext>, String> {
         .map_err(|e| format!("admin client for {bootstrap}: {e}"))
 }
 
+/// Creates the run's topics with CreateTopics. When the answer cannot be parsed (rivine 0.2
+/// creates the topic but sends a CreateTopics response librdkafka rejects as BadMessage), the
+/// topics are looked up with Metadata instead (which auto-creates them where the broker does),
+/// and accepted only with the workload's partition count.
 pub fn create_topics(bootstrap: &str, names: &[String], partitions: u32) -> Result<(), String> {
     let admin = admin(bootstrap)?;
     let topics: Vec<NewTopic> = names
@@ -39,16 +47,56 @@ pub fn create_topics(bootstrap: &str, names: &[String], partitions: u32) -> Resu
     let options = AdminOptions::new()
         .operation_timeout(Some(Duration::from_secs(30)))
         .request_timeout(Some(Duration::from_secs(10)));
-    let results = futures::executor::block_on(admin.create_topics(&topics, &options))
-        .map_err(|e| format!("CreateTopics on {bootstrap}: {e}"))?;
-    for result in results {
-        if let Err((name, code)) = result {
-            if code != RDKafkaErrorCode::TopicAlreadyExists {
-                return Err(format!("CreateTopics {name} on {bootstrap}: {code}"));
+    let outcome = futures::executor::block_on(admin.create_topics(&topics, &options))
+        .map_err(|e| format!("CreateTopics on {bootstrap}: {e}"))
+        .and_then(|results| {
+            for result in results {
+                if let Err((name, code)) = result {
+                    if code != RDKafkaErrorCode::TopicAlreadyExists {
+                        return Err(format!("CreateTopics {name} on {bootstrap}: {code}"));
+                    }
+                }
             }
+            Ok(())
+        });
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(e) if e.contains("BadMessage") || e.contains("UnsupportedVersion") => names
+            .iter()
+            .try_for_each(|name| auto_create(bootstrap, name, partitions))
+            .map_err(|fallback| format!("{e}; auto-creation instead: {fallback}")),
+        Err(e) => Err(e),
+    }
+}
+
+fn auto_create(bootstrap: &str, topic: &str, partitions: u32) -> Result<(), String> {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "sluice-bench-metadata")
+        .set("allow.auto.create.topics", "true")
+        .create()
+        .map_err(|e| format!("client for {bootstrap}: {e}"))?;
+    for _ in 0..20 {
+        let metadata = client
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .map_err(|e| format!("Metadata {topic}: {e}"))?;
+        let found = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().len() as u32);
+        match found {
+            Some(n) if n == partitions => return Ok(()),
+            Some(n) if n > 0 => {
+                return Err(format!(
+                    "{topic} was auto-created with {n} partitions, the workload wants {partitions} \
+                     (set the broker's default partition count)"
+                ))
+            }
+            _ => std::thread::sleep(Duration::from_millis(250)),
         }
     }
-    Ok(())
+    Err(format!("{topic} did not appear in Metadata"))
 }
 
 pub fn delete_topics(bootstrap: &str, names: &[String]) -> Result<(), String> {
@@ -62,7 +110,7 @@ pub fn delete_topics(bootstrap: &str, names: &[String]) -> Result<(), String> {
         .map_err(|e| format!("DeleteTopics on {bootstrap}: {e}"))
 }
 
-/// Delivery reports land here (on the producer's own thread, inside `poll`).
+/// Delivery reports land here (on the producer's polling thread).
 pub struct Deliveries {
     shared: Arc<Shared>,
     publish: Mutex<Histogram<u64>>,
@@ -85,7 +133,7 @@ impl ProducerContext for Deliveries {
 }
 
 pub struct Producer {
-    client: BaseProducer<Deliveries>,
+    client: ThreadedProducer<Deliveries>,
     topic: String,
 }
 
@@ -104,8 +152,7 @@ impl Producer {
             .set("linger.ms", settings.linger_ms.to_string())
             .set("batch.size", settings.batch_size.to_string())
             .set("compression.codec", &settings.compression)
-            .set("enable.idempotence", settings.idempotence.to_string())
-            .set("queue.buffering.max.messages", "1000000");
+            .set("enable.idempotence", settings.idempotence.to_string());
         for (key, value) in &settings.extra {
             config.set(key, value);
         }
@@ -151,7 +198,8 @@ impl Sender for Producer {
     }
 
     fn service(&mut self, wait: Duration) -> Result<(), String> {
-        self.client.poll(wait);
+        // The polling thread serves delivery reports; nothing to do but wait.
+        std::thread::sleep(wait);
         Ok(())
     }
 

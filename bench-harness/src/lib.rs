@@ -24,14 +24,13 @@ use report::RunResult;
 use run::Target;
 use workload::{NamedRate, Rate, Workload};
 
-pub const USAGE: &str = "\
-  sluice bench [run] WORKLOAD.yaml [--target [NAME=]ADDRESS] [--out DIR] [--rate N|max]
+pub const USAGE: &str = "  sluice bench [run] WORKLOAD.yaml [--target [NAME=]ADDRESS] [--out DIR] [--rate N|max|unpaced]
                                    [--duration S] [--warmup S] [--quiet]
       Runs the workload against a Kafka bootstrap address (default 127.0.0.1:9092) or a
       redis://host:port Redis Streams target; writes DIR/<workload>-<name>-<time>.{json,txt}
       (DIR defaults to bench-results) and prints the summary.
   sluice bench compare WORKLOAD.yaml --target NAME=ADDRESS --target NAME=ADDRESS ... [--runs N]
-                                   [--peers SCRIPT] [--out DIR] [--rate N|max] [--duration S]
+                                   [--peers SCRIPT] [--out DIR] [--rate N|max|unpaced] [--duration S]
                                    [--warmup S] [--quiet]
       Runs the workload on every target, interleaved, N rounds (default 3); prints medians and
       ratios to the first target. --peers: `SCRIPT start NAME` / `SCRIPT stop NAME` around runs.
@@ -95,11 +94,12 @@ fn parse_common(args: &[&str], default_out: &str) -> Result<Common, String> {
     if let Some(rate) = rate {
         workload.producer_rate = match rate {
             "max" => Rate::Named(NamedRate::Max),
+            "unpaced" => Rate::Named(NamedRate::Unpaced),
             n => Rate::PerSecond(
                 n.parse()
                     .ok()
                     .filter(|r: &f64| *r > 0.0)
-                    .ok_or_else(|| format!("--rate: `{n}` is not a positive number or max"))?,
+                    .ok_or_else(|| format!("--rate: `{n}` is not a positive number, max or unpaced"))?,
             ),
         };
     }

@@ -106,8 +106,9 @@ impl Sender for Producer {
         Ok(true)
     }
 
-    fn service(&mut self, _wait: Duration) -> Result<(), String> {
+    fn service(&mut self, wait: Duration) -> Result<(), String> {
         if self.pending.is_empty() {
+            std::thread::sleep(wait);
             return Ok(());
         }
         let outcome = self.pipeline.exec(&mut self.connection);

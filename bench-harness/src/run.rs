@@ -20,7 +20,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::report::{Latency, RunResult, SecondSample, Throughput, Trial};
-use crate::workload::{KeyDistribution, Rate, Workload, TIMESTAMP_BYTES};
+use crate::workload::{KeyDistribution, NamedRate, Rate, Workload, TIMESTAMP_BYTES};
 use crate::{kafka, redis_streams};
 
 /// Where a run sends its load.
@@ -171,7 +171,8 @@ pub trait Sender {
         payload: &[u8],
         intended_ns: u64,
     ) -> Result<bool, String>;
-    /// Lets the client make progress and report acknowledgements, waiting up to `wait`.
+    /// Lets the client make progress (send what was handed over, report acknowledgements), then
+    /// waits up to `wait`; acknowledgements must not wait for the next call to be timed.
     fn service(&mut self, wait: Duration) -> Result<(), String>;
     /// Waits for every record handed over to be acknowledged or failed.
     fn finish(&mut self, timeout: Duration) -> Result<(), String>;
@@ -303,13 +304,17 @@ fn producer_loop(
             sender.service(Duration::from_millis(1))?;
             continue;
         }
-        sender.service(Duration::ZERO)?;
-        if let Some(p) = pacer {
-            let next = p.intended(i);
-            let now = shared.now_ns();
-            if next > now + 200_000 {
-                std::thread::sleep(Duration::from_nanos(next - now - 100_000));
-            } else if next > now {
+        // Hand over what was queued, then wait for the next record's intended time: sleep when
+        // it is far (the kernel wakes us ~50-100 us late), yield when it is near.
+        let wait = match pacer {
+            Some(p) => p.intended(i).saturating_sub(shared.now_ns()),
+            None => 0,
+        };
+        if wait > 200_000 {
+            sender.service(Duration::from_nanos(wait - 100_000))?;
+        } else {
+            sender.service(Duration::ZERO)?;
+            if wait > 0 {
                 std::thread::yield_now();
             }
         }
@@ -648,13 +653,17 @@ pub fn run_workload(
     progress: bool,
 ) -> Result<RunResult, String> {
     let (rate, trials) = match workload.producer_rate {
-        Rate::PerSecond(rate) => (rate, Vec::new()),
-        Rate::Named(_) => find_max_rate(target, workload, progress)?,
+        Rate::PerSecond(rate) => (Some(rate), Vec::new()),
+        Rate::Named(NamedRate::Unpaced) => (None, Vec::new()),
+        Rate::Named(NamedRate::Max) => {
+            let (rate, trials) = find_max_rate(target, workload, progress)?;
+            (Some(rate), trials)
+        }
     };
     let mut result = run_once(
         target,
         workload,
-        Some(rate),
+        rate,
         workload.warmup_s,
         workload.duration_s,
         progress,

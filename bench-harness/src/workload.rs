@@ -42,7 +42,8 @@ pub struct Workload {
     /// Consumers sharing one subscription's partitions; 0 runs no consumers (publish only).
     #[serde(default = "one")]
     pub consumers_per_subscription: u32,
-    /// Records per second over all producers, or `max` to find the highest sustainable rate.
+    /// Records per second over all producers, `max` to find the highest sustainable rate, or
+    /// `unpaced`.
     pub producer_rate: Rate,
     pub duration_s: u64,
     #[serde(default)]
@@ -65,7 +66,11 @@ pub enum Rate {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NamedRate {
+    /// Find the highest sustainable rate, then measure at it.
     Max,
+    /// No pacing: every producer sends as fast as its client accepts records (closed loop;
+    /// latencies then are not corrected for coordinated omission).
+    Unpaced,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,7 +231,7 @@ impl Workload {
         }
         if let Rate::PerSecond(rate) = self.producer_rate {
             if !(rate.is_finite() && rate > 0.0) {
-                return Err("producer_rate must be a positive number or `max`".into());
+                return Err("producer_rate must be a positive number, `max` or `unpaced`".into());
             }
         }
         if !["0", "1", "all", "-1"].contains(&self.producer.acks.as_str()) {

@@ -37,8 +37,7 @@ mod client;
 
 use client::{partition_for_key, ApiUse, Client, Result};
 
-pub const USAGE: &str = "\
-  sluice topic list [--bootstrap ADDR]   (internal topics left out)
+pub const USAGE: &str = "  sluice topic list [--bootstrap ADDR]   (internal topics left out)
   sluice topic create NAME [--partitions N] [--replication-factor N] [--config KEY=VALUE]...
   sluice topic describe NAME           partitions, leaders and configs
   sluice topic delete NAME
