@@ -28,7 +28,10 @@ fn peer(script: &Path, action: &str, name: &str, workload: &Workload) -> Result<
     let status = Command::new(script)
         .arg(action)
         .arg(name)
-        .env("BENCH_PARTITIONS", workload.partitions_per_topic.to_string())
+        .env(
+            "BENCH_PARTITIONS",
+            workload.partitions_per_topic.to_string(),
+        )
         .status()
         .map_err(|e| format!("{} {action} {name}: {e}", script.display()))?;
     if status.success() {

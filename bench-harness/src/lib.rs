@@ -95,12 +95,9 @@ fn parse_common(args: &[&str], default_out: &str) -> Result<Common, String> {
         workload.producer_rate = match rate {
             "max" => Rate::Named(NamedRate::Max),
             "unpaced" => Rate::Named(NamedRate::Unpaced),
-            n => Rate::PerSecond(
-                n.parse()
-                    .ok()
-                    .filter(|r: &f64| *r > 0.0)
-                    .ok_or_else(|| format!("--rate: `{n}` is not a positive number, max or unpaced"))?,
-            ),
+            n => Rate::PerSecond(n.parse().ok().filter(|r: &f64| *r > 0.0).ok_or_else(|| {
+                format!("--rate: `{n}` is not a positive number, max or unpaced")
+            })?),
         };
     }
     if let Some(d) = duration {

@@ -118,6 +118,10 @@ struct Inner {
     write_waiters: RefCell<Vec<oneshot::Sender<()>>>,
 }
 
+/// Group-commit rounds at least this long are logged (warn), with their write and fdatasync
+/// parts: the disk, not the broker, is then what acks=all producers wait for.
+const SLOW_SYNC_ROUND: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// A partition log. See the module docs for the concurrency model.
 #[derive(Clone)]
 pub struct Log {
@@ -573,10 +577,22 @@ impl Log {
         let _io = self.lock_io().await?;
         self.check_usable()?;
         let target = self.log_end_offset();
+        let started = std::time::Instant::now();
         let file = self.write_out().await?;
+        let written = started.elapsed();
         file.fdatasync()
             .await
             .map_err(|e| self.fail(StorageError::io(self.inner.dir.display(), e)))?;
+        let round = started.elapsed();
+        if round >= SLOW_SYNC_ROUND {
+            // Every acks=all answer waiting on this round waited this long: worth a line.
+            tracing::warn!(
+                dir = %self.inner.dir.display(),
+                write_ms = written.as_millis() as u64,
+                fdatasync_ms = (round - written).as_millis() as u64,
+                "slow group commit"
+            );
+        }
         let durable = self.inner.durable_end.get().max(target);
         self.inner.durable_end.set(durable);
         self.inner.sync_rounds.set(self.inner.sync_rounds.get() + 1);
