@@ -23,6 +23,9 @@ use crate::report::{Latency, RunResult, SecondSample, Throughput, Trial};
 use crate::workload::{KeyDistribution, NamedRate, Rate, Workload, TIMESTAMP_BYTES};
 use crate::{kafka, redis_streams};
 
+/// The first record is due this long after the run's epoch: consumers get a moment to connect.
+const START_DELAY_NS: u64 = 500_000_000;
+
 /// Where a run sends its load.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -101,8 +104,10 @@ impl Shared {
         self.epoch.elapsed().as_nanos() as u64
     }
 
+    /// Second of the run `ns` falls in, counted from the first scheduled send.
     fn second_of(&self, ns: u64) -> usize {
-        ((ns / 1_000_000_000) as usize).min(self.acked_per_second.len() - 1)
+        ((ns.saturating_sub(START_DELAY_NS) / 1_000_000_000) as usize)
+            .min(self.acked_per_second.len() - 1)
     }
 
     fn measured(&self, intended_ns: u64) -> bool {
@@ -377,9 +382,8 @@ pub fn run_once(
     let epoch = Instant::now();
     let shared = Arc::new(Shared {
         epoch,
-        // Consumers get a moment to connect before the first record is due.
-        measure_from_ns: (warmup_s * 1_000_000_000) + 500_000_000,
-        produce_until_ns: ((warmup_s + duration_s) * 1_000_000_000) + 500_000_000,
+        measure_from_ns: (warmup_s * 1_000_000_000) + START_DELAY_NS,
+        produce_until_ns: ((warmup_s + duration_s) * 1_000_000_000) + START_DELAY_NS,
         stop_consumers: AtomicBool::new(false),
         failed: Mutex::new(None),
         message_size: workload.message_size as u64,
@@ -438,7 +442,7 @@ pub fn run_once(
                     let interval_ns = 1e9 * producers_total as f64 / rate;
                     Pacer {
                         // Producers interleave their schedules instead of firing together.
-                        start_ns: 500_000_000
+                        start_ns: START_DELAY_NS
                             + (interval_ns * index as f64 / producers_total as f64) as u64,
                         interval_ns,
                     }
