@@ -2,6 +2,8 @@
 //! round by round (A B C, A B C, ...) so that the machine's slow drifts hit every target alike,
 //! then medians per target and ratios to the first target.
 //!
+//! A run that fails is reported under the table and left out of the medians; the rounds go on.
+//!
 //! With `--peers SCRIPT`, each run is bracketed by `SCRIPT start NAME` and `SCRIPT stop NAME`:
 //! every run gets a freshly started broker (and brokers that must share a port, such as rivine
 //! and Sluice on 9092, can take turns).
@@ -48,6 +50,7 @@ pub fn compare(workload: &Workload, options: &CompareOptions) -> Result<String, 
     std::fs::create_dir_all(&options.out_dir)
         .map_err(|e| format!("create {}: {e}", options.out_dir.display()))?;
     let mut results: Vec<Vec<RunResult>> = options.targets.iter().map(|_| Vec::new()).collect();
+    let mut failures: Vec<Vec<String>> = options.targets.iter().map(|_| Vec::new()).collect();
     for round in 0..options.runs {
         for (index, target) in options.targets.iter().enumerate() {
             eprintln!(
@@ -64,8 +67,15 @@ pub fn compare(workload: &Workload, options: &CompareOptions) -> Result<String, 
             if let Some(script) = &options.peers_script {
                 peer(script, "stop", &target.name, workload)?;
             }
-            let result =
-                outcome.map_err(|e| format!("{} round {}: {e}", target.name, round + 1))?;
+            // A failed run is reported and counted; the other targets' rounds go on.
+            let result = match outcome {
+                Ok(result) => result,
+                Err(e) => {
+                    eprintln!("{} round {} failed: {e}", target.name, round + 1);
+                    failures[index].push(e);
+                    continue;
+                }
+            };
             eprint!("{}", result.summary());
             let file = options.out_dir.join(format!(
                 "{}-{}-run{}.json",
@@ -77,7 +87,12 @@ pub fn compare(workload: &Workload, options: &CompareOptions) -> Result<String, 
             results[index].push(result);
         }
     }
-    let table = comparison_table(workload, &options.targets, &results);
+    let mut table = comparison_table(workload, &options.targets, &results);
+    for (target, failed) in options.targets.iter().zip(&failures) {
+        for e in failed {
+            table.push_str(&format!("failed run on {}: {e}\n", target.name));
+        }
+    }
     let file = options
         .out_dir
         .join(format!("{}-compare.txt", workload.name));
@@ -129,7 +144,7 @@ pub fn comparison_table(
     results: &[Vec<RunResult>],
 ) -> String {
     let mut s = String::new();
-    let runs = results.first().map_or(0, Vec::len);
+    let runs = results.iter().map(Vec::len).max().unwrap_or(0);
     let _ = writeln!(
         s,
         "{}: medians of {runs} interleaved runs (min-max in brackets); ratio = target / {}",
@@ -147,8 +162,14 @@ pub fn comparison_table(
     let _ = writeln!(s);
     for (label, metric) in METRICS {
         let _ = write!(s, "{label:<18}");
-        let first = median(results[0].iter().map(metric).collect());
+        let first = results
+            .first()
+            .map_or(f64::NAN, |r| median(r.iter().map(metric).collect()));
         for per_target in results {
+            if per_target.is_empty() {
+                let _ = write!(s, " | {:>30}", "no successful run");
+                continue;
+            }
             let values: Vec<f64> = per_target.iter().map(metric).collect();
             let lo = values.iter().cloned().fold(f64::INFINITY, f64::min);
             let hi = values.iter().cloned().fold(f64::NEG_INFINITY, f64::max);

@@ -129,8 +129,7 @@ impl RunResult {
             self.workload.name, self.target, self.protocol, self.address, self.measured_s
         );
         for trial in &self.max_rate_trials {
-            let _ =
-                writeln!(
+            let _ = writeln!(
                 s,
                 "  max-rate trial {:>10}: published {:>10.0}/s consumed {:>10.0}/s p99 {} ms -> {}",
                 trial
@@ -140,7 +139,11 @@ impl RunResult {
                 trial.published_per_s,
                 trial.consumed_per_s,
                 ms(trial.publish_p99_us),
-                if trial.passed { "sustained" } else { "not sustained" }
+                match (trial.rate, trial.passed) {
+                    (None, _) => "ceiling probe",
+                    (Some(_), true) => "sustained",
+                    (Some(_), false) => "not sustained",
+                }
             );
         }
         let _ = writeln!(

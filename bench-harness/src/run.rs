@@ -179,7 +179,8 @@ pub trait Sender {
     /// Lets the client make progress (send what was handed over, report acknowledgements), then
     /// waits up to `wait`; acknowledgements must not wait for the next call to be timed.
     fn service(&mut self, wait: Duration) -> Result<(), String>;
-    /// Waits for every record handed over to be acknowledged or failed.
+    /// Waits up to `timeout` for every record handed over to be acknowledged; what is left is
+    /// dropped (and counted as an error), not waited for.
     fn finish(&mut self, timeout: Duration) -> Result<(), String>;
 }
 
@@ -628,7 +629,11 @@ pub fn find_max_rate(
                 record.published_per_s,
                 record.consumed_per_s,
                 record.publish_p99_us as f64 / 1000.0,
-                if passed { "sustained" } else { "not sustained" }
+                match (rate, passed) {
+                    (None, _) => "ceiling probe",
+                    (Some(_), true) => "sustained",
+                    (Some(_), false) => "not sustained",
+                }
             );
         }
         Ok((result, record))
