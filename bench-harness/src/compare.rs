@@ -34,6 +34,8 @@ fn peer(script: &Path, action: &str, name: &str, workload: &Workload) -> Result<
             "BENCH_PARTITIONS",
             workload.partitions_per_topic.to_string(),
         )
+        // Its chatter would land in the table on stdout; errors still reach stderr.
+        .stdout(std::process::Stdio::null())
         .status()
         .map_err(|e| format!("{} {action} {name}: {e}", script.display()))?;
     if status.success() {
@@ -112,11 +114,12 @@ fn median(mut values: Vec<f64>) -> f64 {
 /// Metrics compared, with whether higher is better (the ratio is always target / first).
 type Metric = (&'static str, fn(&RunResult) -> f64);
 
-const METRICS: [Metric; 10] = [
+const METRICS: [Metric; 11] = [
     ("rate msg/s", |r| r.target_rate.unwrap_or(0.0)),
     ("publish msg/s", |r| r.publish.msg_per_s),
     ("publish MB/s", |r| r.publish.mb_per_s),
     ("consume msg/s", |r| r.consume.msg_per_s),
+    ("unsent in window", |r| r.unsent_in_window as f64),
     ("publish p50 ms", |r| {
         r.publish_latency_us.p50 as f64 / 1000.0
     }),

@@ -26,9 +26,15 @@ pub struct RunResult {
     /// The search that chose `target_rate`, when the workload asked for `max`.
     pub max_rate_trials: Vec<Trial>,
     pub measured_s: f64,
+    /// Acknowledgements / receipts that arrived inside the measured window.
     pub publish: Throughput,
     pub consume: Throughput,
     pub publish_errors: u64,
+    /// Open loop: records the schedule put in the window ...
+    pub scheduled_in_window: Option<u64>,
+    /// ... of which the producers never got to send this many (the target was too slow):
+    /// they have no latency sample, so a non-zero value means the percentiles flatter it.
+    pub unsent_in_window: u64,
     pub publish_latency_us: Latency,
     pub end_to_end_latency_us: Latency,
     /// One entry per second of the run, warm-up included (`t` < 0 during warm-up).
@@ -159,6 +165,16 @@ impl RunResult {
             "  consume  {:>11.0} msg/s {:>9.2} MB/s  ({} records)",
             self.consume.msg_per_s, self.consume.mb_per_s, self.consume.messages
         );
+        if self.unsent_in_window > 0 {
+            let _ = writeln!(
+                s,
+                "  BEHIND SCHEDULE: {} of the {} records scheduled in the window were never sent; \
+                 latency covers the {} that were",
+                self.unsent_in_window,
+                self.scheduled_in_window.unwrap_or(0),
+                self.publish_latency_us.count
+            );
+        }
         let _ = writeln!(
             s,
             "  latency ms        p50      p90      p99    p99.9   p99.99      max"

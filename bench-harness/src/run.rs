@@ -82,9 +82,13 @@ pub struct Shared {
     pub failed: Mutex<Option<String>>,
     message_size: u64,
     acked: AtomicU64,
-    acked_measured: AtomicU64,
+    /// Acknowledgements and receipts that arrived inside the window (throughput)...
+    acked_in_window: AtomicU64,
+    consumed_in_window: AtomicU64,
+    /// ... and records intended inside the window that were sent (the rest fell behind).
+    sent_measured: AtomicU64,
+    scheduled_measured: AtomicU64,
     consumed: AtomicU64,
-    consumed_measured: AtomicU64,
     errors: AtomicU64,
     sent: AtomicU64,
     /// Per second since the epoch: acknowledged records, consumed records.
@@ -110,8 +114,13 @@ impl Shared {
             .min(self.acked_per_second.len() - 1)
     }
 
+    /// Whether a record intended at this time is in the latency sample.
     fn measured(&self, intended_ns: u64) -> bool {
-        intended_ns >= self.measure_from_ns && intended_ns < self.produce_until_ns
+        self.in_window(intended_ns)
+    }
+
+    fn in_window(&self, ns: u64) -> bool {
+        ns >= self.measure_from_ns && ns < self.produce_until_ns
     }
 
     /// A record's acknowledgement arrived.
@@ -119,8 +128,10 @@ impl Shared {
         let now = self.now_ns();
         self.acked.fetch_add(1, Ordering::Relaxed);
         self.acked_per_second[self.second_of(now)].fetch_add(1, Ordering::Relaxed);
+        if self.in_window(now) {
+            self.acked_in_window.fetch_add(1, Ordering::Relaxed);
+        }
         if self.measured(intended_ns) {
-            self.acked_measured.fetch_add(1, Ordering::Relaxed);
             hist.saturating_record(now.saturating_sub(intended_ns) / 1000);
         }
     }
@@ -134,12 +145,14 @@ impl Shared {
         let now = self.now_ns();
         self.consumed.fetch_add(1, Ordering::Relaxed);
         self.consumed_per_second[self.second_of(now)].fetch_add(1, Ordering::Relaxed);
+        if self.in_window(now) {
+            self.consumed_in_window.fetch_add(1, Ordering::Relaxed);
+        }
         let Some(stamp) = payload.get(..TIMESTAMP_BYTES) else {
             return;
         };
         let intended_ns = u64::from_le_bytes(stamp.try_into().expect("8 bytes"));
         if self.measured(intended_ns) {
-            self.consumed_measured.fetch_add(1, Ordering::Relaxed);
             hist.saturating_record(now.saturating_sub(intended_ns) / 1000);
         }
     }
@@ -279,10 +292,24 @@ fn producer_loop(
         next: 0,
         buf: String::new(),
     };
+    if let Some(p) = pacer {
+        // Records of this schedule intended inside the window: what "unsent" is counted against.
+        let in_window =
+            p.due_by(shared.produce_until_ns - 1) - p.due_by(shared.measure_from_ns - 1);
+        shared
+            .scheduled_measured
+            .fetch_add(in_window, Ordering::Relaxed);
+    }
     let mut i = 0u64;
     loop {
         let now = shared.now_ns();
-        if now >= shared.produce_until_ns || shared.stop_consumers.load(Ordering::Relaxed) {
+        if shared.stop_consumers.load(Ordering::Relaxed) {
+            break;
+        }
+        // Past the end, the records intended before it still go out (a late wake-up must not
+        // drop the last ones); then the loop ends.
+        let ended = now >= shared.produce_until_ns;
+        if ended && pacer.is_none() {
             break;
         }
         let due = match pacer {
@@ -304,7 +331,15 @@ fn producer_loop(
                 break;
             }
             shared.sent.fetch_add(1, Ordering::Relaxed);
+            if shared.measured(intended) {
+                shared.sent_measured.fetch_add(1, Ordering::Relaxed);
+            }
             i += 1;
+        }
+        // One pass after the end only: a producer far behind schedule stops here, and what it
+        // never sent counts as unsent.
+        if ended {
+            break;
         }
         if full {
             sender.service(Duration::from_millis(1))?;
@@ -384,9 +419,11 @@ pub fn run_once(
         failed: Mutex::new(None),
         message_size: workload.message_size as u64,
         acked: AtomicU64::new(0),
-        acked_measured: AtomicU64::new(0),
+        acked_in_window: AtomicU64::new(0),
+        consumed_in_window: AtomicU64::new(0),
+        sent_measured: AtomicU64::new(0),
+        scheduled_measured: AtomicU64::new(0),
         consumed: AtomicU64::new(0),
-        consumed_measured: AtomicU64::new(0),
         errors: AtomicU64::new(0),
         sent: AtomicU64::new(0),
         acked_per_second: (0..seconds).map(|_| AtomicU64::new(0)).collect(),
@@ -541,8 +578,14 @@ pub fn run_once(
     }
 
     let measured_s = duration_s as f64;
-    let acked = shared.acked_measured.load(Ordering::Relaxed);
-    let consumed = shared.consumed_measured.load(Ordering::Relaxed);
+    let acked = shared.acked_in_window.load(Ordering::Relaxed);
+    let consumed = shared.consumed_in_window.load(Ordering::Relaxed);
+    // Open loop: records the schedules put in the window that were never handed to the client
+    // fell behind (the target could not take them) and have no latency sample.
+    let scheduled_in_window = rate.map(|_| shared.scheduled_measured.load(Ordering::Relaxed));
+    let unsent_in_window = scheduled_in_window.map_or(0, |n| {
+        n.saturating_sub(shared.sent_measured.load(Ordering::Relaxed))
+    });
     let size = workload.message_size as u64;
     let warmup = warmup_s as i64;
     let last_second = shared
@@ -582,6 +625,8 @@ pub fn run_once(
         publish: Throughput::over(acked, acked * size, measured_s),
         consume: Throughput::over(consumed, consumed * size, measured_s),
         publish_errors: shared.errors.load(Ordering::Relaxed),
+        scheduled_in_window,
+        unsent_in_window,
         publish_latency_us: Latency::from_histogram(&publish_hist),
         end_to_end_latency_us: Latency::from_histogram(&e2e_hist),
         series,
@@ -602,13 +647,14 @@ pub fn find_max_rate(
         let wanted = rate.unwrap_or(result.publish.msg_per_s) * settings.trial_s as f64;
         let consumers = workload.consumers_per_subscription > 0;
         let bound_us = settings.pass_p99_ms * 1000;
-        let passed = result.publish.messages as f64 >= settings.pass_fraction * wanted
+        // Counted by intended time: records scheduled in the window, acknowledged and consumed.
+        let acked = result.publish_latency_us.count;
+        let passed = acked as f64 >= settings.pass_fraction * wanted
             && result.publish_latency_us.p99 <= bound_us
             && (!consumers
-                || (result.consume.messages as f64
+                || (result.end_to_end_latency_us.count as f64
                     >= settings.pass_fraction
-                        * (result.publish.messages * workload.subscriptions_per_topic as u64)
-                            as f64
+                        * (acked * workload.subscriptions_per_topic as u64) as f64
                     && result.end_to_end_latency_us.p99 <= bound_us));
         let record = Trial {
             rate,

@@ -338,10 +338,17 @@ async fn delete_on_controller(
                 warn!(topic = %name, error = %e, "closing partitions of a deleted topic");
             }
         }
+        // The files go in the background, outside the controller's turn: removing gigabytes
+        // takes seconds (ext4 mounted with discard), and creates must not wait for it. The
+        // directory name carries the topic id, so a re-created topic never meets them, and
+        // start-up removes what a crash left.
         let dir = crate::topics::topic_dir(controller.catalog.data_dir(), name, id);
-        if let Err(e) = remove_dir_all(dir.clone()).await {
-            warn!(dir = %dir.display(), error = %e, "cannot remove a deleted topic's files; start-up will retry");
-        }
+        glommio::spawn_local(async move {
+            if let Err(e) = remove_dir_all(dir.clone()).await {
+                warn!(dir = %dir.display(), error = %e, "cannot remove a deleted topic's files; start-up will retry");
+            }
+        })
+        .detach();
         info!(topic = %name, %id, "topic deleted");
     }
     results

@@ -55,18 +55,29 @@ fn u(v: &Value, path: &[&str]) -> u64 {
 fn assert_sane(result: &Value, expected_records: u64) {
     let published = u(result, &["publish", "messages"]);
     assert!(
-        published >= expected_records * 95 / 100 && published <= expected_records + 10,
+        published >= expected_records * 95 / 100 && published <= expected_records * 105 / 100,
         "published {published} of {expected_records} scheduled"
     );
-    assert_eq!(
-        u(result, &["consume", "messages"]),
-        published,
-        "every record consumed"
+    // Throughput counts arrivals inside the window: the two ends differ by a few records.
+    let consumed = u(result, &["consume", "messages"]);
+    assert!(
+        consumed.abs_diff(published) <= published / 50,
+        "consumed {consumed} of {published}"
     );
     assert_eq!(u(result, &["publish_errors"]), 0);
+    assert_eq!(u(result, &["unsent_in_window"]), 0, "the broker kept up");
+    let sampled = u(result, &["publish_latency_us", "count"]);
+    assert!(
+        sampled >= expected_records * 95 / 100,
+        "{sampled} latency samples"
+    );
+    assert_eq!(
+        u(result, &["end_to_end_latency_us", "count"]),
+        sampled,
+        "every acknowledged record of the window was consumed"
+    );
     for kind in ["publish_latency_us", "end_to_end_latency_us"] {
         let l = &result[kind];
-        assert_eq!(u(l, &["count"]), published, "{kind} counts every record");
         let (p50, p99, p999, max) = (
             u(l, &["p50"]),
             u(l, &["p99"]),
