@@ -30,10 +30,13 @@ pub struct RunResult {
     pub publish: Throughput,
     pub consume: Throughput,
     pub publish_errors: u64,
-    /// Open loop: records the schedule put in the window ...
+    /// Open loop: records the schedule put in the window ... (absent in results written
+    /// before these fields existed, hence the defaults)
+    #[serde(default)]
     pub scheduled_in_window: Option<u64>,
     /// ... of which the producers never got to send this many (the target was too slow):
     /// they have no latency sample, so a non-zero value means the percentiles flatter it.
+    #[serde(default)]
     pub unsent_in_window: u64,
     pub publish_latency_us: Latency,
     pub end_to_end_latency_us: Latency,
