@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use kafka_protocol::records::{
-    Compression, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
 };
 use kafka_protocol::ResponseError;
-use sluice_storage::{batch, BatchError, StorageError};
+use sluice_storage::{batch, BatchError, BatchInfo, StorageError};
 
 use crate::partition::AppendError;
 use crate::shard::Shard;
@@ -129,12 +129,15 @@ pub async fn produce(
             ));
             continue;
         };
-        if let Err(failure) = check_batches(&records, topic.max_message_bytes()) {
-            outputs[index] = Some(failure);
-            continue;
-        }
+        let checked = match check_batches(&records, topic.max_message_bytes()) {
+            Ok(checked) => checked,
+            Err(failure) => {
+                outputs[index] = Some(failure);
+                continue;
+            }
+        };
         let records = match topic.required_codec() {
-            Some(codec) => match recompress(&records, codec) {
+            Some(codec) => match recompress(&records, checked, codec) {
                 Ok(recompressed) => recompressed,
                 Err(failure) => {
                     outputs[index] = Some(failure);
@@ -199,12 +202,19 @@ pub async fn produce(
         .collect()
 }
 
+/// A produced batch once [`check_batches`] has accepted it.
+struct CheckedBatch {
+    info: BatchInfo,
+    /// The records, when checking had to decompress them (kept for [`recompress`]).
+    decompressed: Option<Vec<Record>>,
+}
+
 /// Validates the partition's batch on the connection's shard, before it travels: exactly one
 /// batch, its header and CRC, and every record's structure. A compressed batch is decompressed
 /// to check its records, as Kafka's broker does, so corrupt compressed data is refused here
 /// rather than handed to every consumer; the stored bytes are still the producer's. (The owning
 /// log checks header and CRC again as it appends; that pass is cheap.)
-fn check_batches(records: &Bytes, batch_bytes_max: usize) -> Result<(), ProduceOutput> {
+fn check_batches(records: &Bytes, batch_bytes_max: usize) -> Result<CheckedBatch, ProduceOutput> {
     let infos = batch::validate_batches(records, batch_bytes_max)
         .map_err(|e| ProduceOutput::failed(batch_error_code(&e), e.to_string()))?;
     let [info] = infos.as_slice() else {
@@ -217,13 +227,21 @@ fn check_batches(records: &Bytes, batch_bytes_max: usize) -> Result<(), ProduceO
             ),
         ));
     };
+    let info = *info;
     if info.compression_codec() == 0 {
-        return batch::validate_records(records, info)
-            .map_err(|e| ProduceOutput::failed(batch_error_code(&e), e.to_string()));
+        batch::validate_records(records, &info)
+            .map_err(|e| ProduceOutput::failed(batch_error_code(&e), e.to_string()))?;
+        return Ok(CheckedBatch {
+            info,
+            decompressed: None,
+        });
     }
     let mut compressed = records.clone();
     match RecordBatchDecoder::decode(&mut compressed) {
-        Ok(set) if set.records.len() == info.record_count as usize => Ok(()),
+        Ok(set) if set.records.len() == info.record_count as usize => Ok(CheckedBatch {
+            info,
+            decompressed: Some(set.records),
+        }),
         Ok(set) => Err(ProduceOutput::failed(
             ResponseError::CorruptMessage,
             format!(
@@ -240,20 +258,29 @@ fn check_batches(records: &Bytes, batch_bytes_max: usize) -> Result<(), ProduceO
 }
 
 /// The batch in codec `codec` (a RecordBatch attribute value), for topics whose
-/// `compression.type` names one: unchanged if it already is, else decoded and encoded again with
-/// every record field (offsets deltas, timestamps, keys, values, headers, producer id, epoch and
-/// sequences) kept. Runs on the connection's shard, like validation.
-fn recompress(records: &Bytes, codec: i16) -> Result<Bytes, ProduceOutput> {
-    let current = batch::validate_batch(records, usize::MAX)
-        .map_err(|e| ProduceOutput::failed(batch_error_code(&e), e.to_string()))?;
+/// `compression.type` names one: unchanged if it already is, else encoded again with every
+/// record field (offsets deltas, timestamps, keys, values, headers, producer id, epoch and
+/// sequences) kept, from the records [`check_batches`] decompressed (or decoded here when the
+/// batch came uncompressed). Runs on the connection's shard, like validation.
+fn recompress(records: &Bytes, checked: CheckedBatch, codec: i16) -> Result<Bytes, ProduceOutput> {
+    let current = checked.info;
     if current.compression_codec() == codec {
         return Ok(records.clone());
     }
-    let mut input = records.clone();
-    let set = RecordBatchDecoder::decode(&mut input).map_err(|e| {
-        ProduceOutput::failed(ResponseError::CorruptMessage, format!("cannot decode: {e}"))
-    })?;
-    let mut decoded = set.records;
+    let mut decoded = match checked.decompressed {
+        Some(decoded) => decoded,
+        None => {
+            let mut input = records.clone();
+            RecordBatchDecoder::decode(&mut input)
+                .map_err(|e| {
+                    ProduceOutput::failed(
+                        ResponseError::CorruptMessage,
+                        format!("cannot decode: {e}"),
+                    )
+                })?
+                .records
+        }
+    };
     if current.producer_id < 0 {
         // The encoder keeps records in one batch only when offset - sequence is the same for
         // all; without a producer the sequences carry no meaning, so make them line up.

@@ -175,6 +175,26 @@ pub fn batch_offsets(buf: &[u8]) -> (Offset, Offset) {
 /// Validates the batch at the start of `buf` (which may hold more bytes after it) and returns its
 /// header. Checks length, magic, CRC-32C, codec and record count; never reads past `buf`.
 pub fn validate_batch(buf: &[u8], batch_bytes_max: usize) -> Result<BatchInfo, BatchError> {
+    let size = whole_v2_batch(buf, batch_bytes_max)?;
+    let expected = be_u32(buf, OFF_CRC);
+    let actual = crc32c::crc32c(&buf[CRC_START..size]);
+    if expected != actual {
+        return Err(BatchError::CrcMismatch { expected, actual });
+    }
+    header_fields(buf, size)
+}
+
+/// [`validate_batch`] without the CRC: the header's structure only (size, magic, codec, record
+/// count). For a batch whose CRC was already checked on its way in, where only its fields are
+/// needed (a produced batch is checked on the connection's shard and again by the log as it
+/// appends; the layers between read it with this).
+pub fn read_header(buf: &[u8], batch_bytes_max: usize) -> Result<BatchInfo, BatchError> {
+    let size = whole_v2_batch(buf, batch_bytes_max)?;
+    header_fields(buf, size)
+}
+
+/// The size of the v2 batch at the start of `buf`, once it is known to be all there.
+fn whole_v2_batch(buf: &[u8], batch_bytes_max: usize) -> Result<usize, BatchError> {
     let size = peek_batch_size(buf, batch_bytes_max)?;
     if buf.len() < size {
         return Err(BatchError::Truncated {
@@ -186,11 +206,11 @@ pub fn validate_batch(buf: &[u8], batch_bytes_max: usize) -> Result<BatchInfo, B
     if magic != MAGIC_V2 as i8 {
         return Err(BatchError::BadMagic { magic });
     }
-    let expected = be_u32(buf, OFF_CRC);
-    let actual = crc32c::crc32c(&buf[CRC_START..size]);
-    if expected != actual {
-        return Err(BatchError::CrcMismatch { expected, actual });
-    }
+    Ok(size)
+}
+
+/// Codec and record-count checks, then the header's fields.
+fn header_fields(buf: &[u8], size: usize) -> Result<BatchInfo, BatchError> {
     let attributes = be_i16(buf, OFF_ATTRIBUTES);
     let codec = attributes & COMPRESSION_MASK;
     if codec > COMPRESSION_CODEC_MAX {
@@ -456,6 +476,40 @@ mod tests {
         let crc = crc32c::crc32c(&batch[CRC_START..]);
         batch[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_be_bytes());
         batch
+    }
+
+    #[test]
+    fn read_header_skips_only_the_crc() {
+        let good = sample();
+        assert_eq!(
+            read_header(&good, MAX).unwrap(),
+            validate_batch(&good, MAX).unwrap()
+        );
+        let mut damaged = good.clone();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 0x40;
+        assert!(matches!(
+            validate_batch(&damaged, MAX),
+            Err(BatchError::CrcMismatch { .. })
+        ));
+        assert_eq!(read_header(&damaged, MAX).unwrap().record_count, 3);
+        // Everything else is still checked.
+        let mut bad_magic = good.clone();
+        bad_magic[OFF_MAGIC] = 1;
+        assert!(matches!(
+            read_header(&bad_magic, MAX),
+            Err(BatchError::BadMagic { .. })
+        ));
+        assert!(matches!(
+            read_header(&good[..good.len() - 1], MAX),
+            Err(BatchError::Truncated { .. })
+        ));
+        let mut bad_codec = good.clone();
+        bad_codec[OFF_ATTRIBUTES + 1] |= 0x07;
+        assert!(matches!(
+            read_header(&bad_codec, MAX),
+            Err(BatchError::BadCompression { .. })
+        ));
     }
 
     #[test]
