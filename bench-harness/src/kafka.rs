@@ -167,11 +167,6 @@ impl Producer {
             topic: topic.to_string(),
         })
     }
-
-    /// Adds this producer's publish latencies to the run's histogram.
-    pub fn merge_into(&self, shared: &Shared) {
-        shared.merge_publish(&self.client.context().publish.lock().unwrap());
-    }
 }
 
 impl Sender for Producer {
@@ -201,6 +196,10 @@ impl Sender for Producer {
         // The polling thread serves delivery reports; nothing to do but wait.
         std::thread::sleep(wait);
         Ok(())
+    }
+
+    fn with_publish_latencies(&self, use_it: &mut dyn FnMut(&Histogram<u64>)) {
+        use_it(&self.client.context().publish.lock().unwrap());
     }
 
     fn finish(&mut self, timeout: Duration) -> Result<(), String> {

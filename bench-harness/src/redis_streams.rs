@@ -65,10 +65,6 @@ impl Producer {
             publish: new_histogram(),
         })
     }
-
-    pub fn merge_into(&self, shared: &Shared) {
-        shared.merge_publish(&self.publish);
-    }
 }
 
 /// FNV-1a: a keyed record always lands in the same stream.
@@ -127,6 +123,10 @@ impl Sender for Producer {
                 Err(format!("XADD: {e}"))
             }
         }
+    }
+
+    fn with_publish_latencies(&self, use_it: &mut dyn FnMut(&Histogram<u64>)) {
+        use_it(&self.publish);
     }
 
     fn finish(&mut self, _timeout: Duration) -> Result<(), String> {

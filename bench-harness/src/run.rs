@@ -157,7 +157,7 @@ impl Shared {
         }
     }
 
-    pub fn merge_publish(&self, hist: &Histogram<u64>) {
+    fn merge_publish(&self, hist: &Histogram<u64>) {
         self.publish_hist
             .lock()
             .unwrap()
@@ -195,6 +195,8 @@ pub trait Sender {
     /// Waits up to `timeout` for every record handed over to be acknowledged; what is left is
     /// dropped (and counted as an error), not waited for.
     fn finish(&mut self, timeout: Duration) -> Result<(), String>;
+    /// Hands this sender's publish-latency histogram to `use_it` (to merge into the run's).
+    fn with_publish_latencies(&self, use_it: &mut dyn FnMut(&Histogram<u64>));
 }
 
 /// What a consumer thread reads through.
@@ -355,7 +357,9 @@ fn producer_loop(
         };
         sender.service(Duration::from_nanos(wait))?;
     }
-    sender.finish(Duration::from_secs(30))
+    let finished = sender.finish(Duration::from_secs(30));
+    sender.with_publish_latencies(&mut |hist| shared.merge_publish(hist));
+    finished
 }
 
 fn consumer_loop(receiver: &mut dyn Receiver, shared: &Shared) -> Result<(), String> {
@@ -482,14 +486,10 @@ pub fn run_once(
                 });
                 let shared = &shared;
                 producers.push(scope.spawn(move || {
-                    let result = match target.protocol {
+                    let sender: Result<Box<dyn Sender>, String> = match target.protocol {
                         Protocol::Kafka => {
                             kafka::Producer::new(&target.address, workload, topic, shared.clone())
-                                .and_then(|mut s| {
-                                    let r = producer_loop(&mut s, shared, workload, pacer, index);
-                                    s.merge_into(shared);
-                                    r
-                                })
+                                .map(|p| Box::new(p) as Box<dyn Sender>)
                         }
                         Protocol::RedisStreams => redis_streams::Producer::new(
                             &target.address,
@@ -497,12 +497,11 @@ pub fn run_once(
                             workload.partitions_per_topic,
                             shared.clone(),
                         )
-                        .and_then(|mut s| {
-                            let r = producer_loop(&mut s, shared, workload, pacer, index);
-                            s.merge_into(shared);
-                            r
-                        }),
+                        .map(|p| Box::new(p) as Box<dyn Sender>),
                     };
+                    let result = sender.and_then(|mut sender| {
+                        producer_loop(sender.as_mut(), shared, workload, pacer, index)
+                    });
                     if let Err(e) = result {
                         shared.fail(format!("producer of {topic}: {e}"));
                     }
