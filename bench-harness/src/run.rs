@@ -114,11 +114,8 @@ impl Shared {
             .min(self.acked_per_second.len() - 1)
     }
 
-    /// Whether a record intended at this time is in the latency sample.
-    fn measured(&self, intended_ns: u64) -> bool {
-        self.in_window(intended_ns)
-    }
-
+    /// Inside the measured window: an arrival counted for throughput, or an intended send time
+    /// that puts the record in the latency sample.
     fn in_window(&self, ns: u64) -> bool {
         ns >= self.measure_from_ns && ns < self.produce_until_ns
     }
@@ -131,7 +128,7 @@ impl Shared {
         if self.in_window(now) {
             self.acked_in_window.fetch_add(1, Ordering::Relaxed);
         }
-        if self.measured(intended_ns) {
+        if self.in_window(intended_ns) {
             hist.saturating_record(now.saturating_sub(intended_ns) / 1000);
         }
     }
@@ -152,7 +149,7 @@ impl Shared {
             return;
         };
         let intended_ns = u64::from_le_bytes(stamp.try_into().expect("8 bytes"));
-        if self.measured(intended_ns) {
+        if self.in_window(intended_ns) {
             hist.saturating_record(now.saturating_sub(intended_ns) / 1000);
         }
     }
@@ -333,7 +330,7 @@ fn producer_loop(
                 break;
             }
             shared.sent.fetch_add(1, Ordering::Relaxed);
-            if shared.measured(intended) {
+            if shared.in_window(intended) {
                 shared.sent_measured.fetch_add(1, Ordering::Relaxed);
             }
             i += 1;

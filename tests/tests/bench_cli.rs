@@ -311,8 +311,30 @@ fn bad_workloads_and_unreachable_targets_fail_with_the_reason() {
     let out = bench(&["compare", bad.to_str().unwrap(), "--target", "a=x:1"]);
     assert_eq!(out.status.code(), Some(1));
 
-    // Nothing listens: the admin request times out and the run fails instead of reporting zeros.
+    // Options are checked before anything runs, each error naming what was wrong.
     let workload = workspace().join("bench-harness/workloads/smoke.yaml");
+    let w = workload.to_str().unwrap();
+    for (args, expected) in [
+        (
+            vec![w, "--rate", "fast"],
+            "--rate: `fast` is not a positive number, max or unpaced",
+        ),
+        (vec![w, "--runs", "0"], "--runs must be at least 1"),
+        (vec![w, "--duration"], "--duration needs a value"),
+        (vec![w, "--bogus", "1"], "unknown option --bogus"),
+        (
+            vec!["compare", w, "--target", "a=127.0.0.1:1"],
+            "compare needs at least two --target",
+        ),
+        (vec!["plot", w], "is not a bench result"),
+    ] {
+        let out = bench(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+
+    // Nothing listens: the admin request times out and the run fails instead of reporting zeros.
     let out = bench(&[
         workload.to_str().unwrap(),
         "--target",
