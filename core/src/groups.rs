@@ -1023,7 +1023,7 @@ async fn append_records(
         .map(|(k, v)| (now, k.as_slice(), v.as_slice()))
         .collect();
     let batch = build_batch(now, &recs);
-    p.append(&batch, true).await.map(|_| ()).map_err(|e| {
+    p.append(batch.into(), true).await.map(|_| ()).map_err(|e| {
         warn!(group, error = %e, "cannot persist to the offsets topic");
         ResponseError::CoordinatorNotAvailable
     })
@@ -1120,7 +1120,7 @@ async fn compact(shard: &Shard, topic: &Topic, partition: i32) -> sluice_storage
             .iter()
             .map(|(k, v)| (now, k.as_slice(), v.as_slice()))
             .collect();
-        p.append(&build_batch(now, &recs), true)
+        p.append(build_batch(now, &recs).into(), true)
             .await
             .map_err(|e| match e {
                 crate::partition::AppendError::Storage(e) => e,

@@ -19,6 +19,7 @@
 //! - [`broker_configs`] — broker configs changeable at runtime, and the settings in force.
 //! - [`groups`] — the classic consumer-group coordinator and committed offsets, on the shard
 //!   owning each group's `__consumer_offsets` partition.
+//! - [`turn`] — a first-come-first-served ticket lock (the partition append order).
 //! - [`produce`], [`fetch`], [`offsets`] — the data path: split a request by owning shard,
 //!   run each part there, gather the answers in request order.
 //!
@@ -35,6 +36,7 @@ pub mod produce;
 pub mod producers;
 pub mod shard;
 pub mod topics;
+pub mod turn;
 
 use std::sync::Arc;
 

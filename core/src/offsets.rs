@@ -1,5 +1,5 @@
-//! ListOffsets: a partition's earliest and latest offsets, or the first offset at or after a
-//! timestamp; and DeleteRecords, which moves a partition's start. Both run on the owning shard.
+//! ListOffsets: a partition's earliest and latest offsets, the first offset at or after a
+//! timestamp, or the first record with the largest timestamp (KIP-734); and DeleteRecords, which moves a partition's start. Both run on the owning shard.
 
 use std::rc::Rc;
 
@@ -13,7 +13,7 @@ use crate::{resolve_topic, TopicRef};
 /// Kafka's special timestamps in ListOffsets.
 pub const LATEST: i64 = -1;
 pub const EARLIEST: i64 = -2;
-/// KIP-734 (v7): the record with the largest timestamp. Not served (see `docs/compatibility.md`).
+/// KIP-734 (v7): the first record carrying the largest timestamp.
 pub const MAX_TIMESTAMP: i64 = -3;
 /// KIP-405 (v8): the earliest offset on local storage; without tiered storage, the earliest.
 pub const EARLIEST_LOCAL: i64 = -4;
@@ -106,6 +106,14 @@ pub async fn list_offsets(shard: &Rc<Shard>, queries: Vec<OffsetQuery>) -> Vec<O
                         LATEST => OffsetAnswer::at(p.high_watermark().0),
                         EARLIEST | EARLIEST_LOCAL => OffsetAnswer::at(log.log_start_offset().0),
                         LATEST_TIERED => OffsetAnswer::at(-1),
+                        MAX_TIMESTAMP => match log.max_timestamp() {
+                            Some(max) => match log.offset_for_timestamp(max).await {
+                                Ok(Some(near)) => exact_record_at_or_after(log, near, max).await,
+                                Ok(None) => OffsetAnswer::at(-1),
+                                Err(_) => OffsetAnswer::failed(ResponseError::KafkaStorageError),
+                            },
+                            None => OffsetAnswer::at(-1),
+                        },
                         ts if ts < 0 => OffsetAnswer::failed(ResponseError::UnsupportedVersion),
                         ts => match log.offset_for_timestamp(ts).await {
                             Ok(Some(near)) => exact_record_at_or_after(log, near, ts).await,

@@ -5,22 +5,26 @@
 //! watermark is the log end (every replica there is, is in sync). Records appended with acks=1
 //! are visible to consumers before they are fdatasync'ed, as in Kafka.
 //!
-//! Appends take the partition's turn (a FIFO semaphore) for the producer-state check and the
-//! buffered append together, so the check always sees the batches before it; the wait for
-//! durability (acks=all) happens after the turn is released, so appends still share
-//! fdatasyncs (group commit).
+//! Appends take the partition's turn (a ticket lock, [`crate::turn`]) for the producer-state
+//! check and the buffered append together, so the check always sees the batches before it; the
+//! wait for durability (acks=all) happens after the turn is released, so appends still share
+//! fdatasyncs (group commit). The ticket is taken when [`Partition::append`] is called, so
+//! batches land in the order of those calls, whatever happens while they wait.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::path::Path;
+use std::rc::Rc;
 
+use bytes::Bytes;
 use futures::channel::oneshot;
-use glommio::sync::Semaphore;
 use kafka_protocol::ResponseError;
 use sluice_storage::batch::{read_header, validate_batch};
 use sluice_storage::{AppendInfo, LeaderEpoch, Log, LogConfig, Offset, Result, StorageError};
 use tracing::{info, warn};
 
 use crate::producers::{ProducerState, Verdict, SNAPSHOT_EVERY_BYTES};
+use crate::turn::{Ticket, Turn};
 
 /// The leader epoch stamped on every batch (single node: leadership never changes).
 pub const LEADER_EPOCH: LeaderEpoch = LeaderEpoch(0);
@@ -41,8 +45,8 @@ pub enum AppendError {
 pub struct Partition {
     log: Log,
     producers: RefCell<ProducerState>,
-    /// Held from the producer check through the buffered append.
-    turn: Semaphore,
+    /// Held from the producer check through the buffered append; served in call order.
+    turn: Rc<Turn>,
     appended_since_snapshot: Cell<u64>,
     /// Fetches waiting for the log end to move. Senders whose receiver is gone are pruned on
     /// every registration, so the list holds at most the waiting fetches.
@@ -79,7 +83,7 @@ impl Partition {
         Ok(Partition {
             log,
             producers: RefCell::new(state),
-            turn: Semaphore::new(1),
+            turn: Rc::new(Turn::new()),
             appended_since_snapshot: Cell::new(0),
             waiters: RefCell::default(),
         })
@@ -99,10 +103,25 @@ impl Partition {
     }
 
     /// Appends one validated batch (Produce v3+ carries exactly one per partition); with
-    /// `durable`, returns only once it is fdatasync'ed. A retry of a batch an idempotent
+    /// `durable`, resolves only once it is fdatasync'ed. A retry of a batch an idempotent
     /// producer already wrote is not appended again: its original offsets are returned.
-    pub async fn append(
+    ///
+    /// The batch's place in the partition's append order is taken by this call, before the
+    /// returned future is first polled: batches of calls made one after another land in that
+    /// order (a connection's produce requests rely on it).
+    pub fn append(
+        self: &Rc<Self>,
+        batch: Bytes,
+        durable: bool,
+    ) -> impl Future<Output = std::result::Result<AppendInfo, AppendError>> + 'static {
+        let ticket = self.turn.ticket();
+        let this = self.clone();
+        async move { this.append_in_turn(ticket, &batch, durable).await }
+    }
+
+    async fn append_in_turn(
         &self,
+        ticket: Ticket,
         batch: &[u8],
         durable: bool,
     ) -> std::result::Result<AppendInfo, AppendError> {
@@ -125,11 +144,7 @@ impl Partition {
                 "transactional and control batches are not supported yet".into(),
             ));
         }
-        let turn = self
-            .turn
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Closed)?;
+        let turn = ticket.await;
         let verdict = self.producers.borrow().check(&header);
         let appended = match verdict {
             Verdict::Reject(code, message) => return Err(AppendError::Refused(code, message)),

@@ -5,18 +5,27 @@
 //! answers back into request order. On the owner, the partitions of one job append
 //! concurrently, so their fdatasyncs overlap. acks=all answers only once the batches are
 //! durable; acks=1 once they are in the log's write buffer.
+//!
+//! Order: a connection's produce requests take effect in the order they arrived (Kafka's rule;
+//! clients without idempotence rely on it for their send order). Each request is one link of
+//! its connection's [`ProduceChain`]: it validates at once, then waits until the request before
+//! it holds its place in every partition's append order (a ticket of the partition's turn), then
+//! takes its own places and lets the next request go on. Only placing is serialized: decoding,
+//! validation and the wait for durability of successive requests still overlap.
 
 use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::channel::oneshot;
+use futures::future::Either;
 use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
 };
 use kafka_protocol::ResponseError;
 use sluice_storage::{batch, BatchError, BatchInfo, StorageError};
 
-use crate::partition::AppendError;
+use crate::partition::{AppendError, Partition};
 use crate::shard::Shard;
 use crate::topics::Topic;
 use crate::{resolve_topic, TopicRef};
@@ -71,6 +80,55 @@ impl ProduceOutput {
     }
 }
 
+/// A connection's produce requests, in arrival order: hands each request its [`OrderLink`].
+#[derive(Debug, Default)]
+pub struct ProduceChain {
+    /// Resolves once the last linked request holds its places (or has ended).
+    last_placed: Option<oneshot::Receiver<()>>,
+}
+
+impl ProduceChain {
+    /// The link for the next produce request of the connection, in arrival order.
+    pub fn link(&mut self) -> OrderLink {
+        let (placed, next) = oneshot::channel();
+        OrderLink {
+            previous: self.last_placed.replace(next),
+            placed: Some(placed),
+        }
+    }
+}
+
+/// One request's place in its connection's [`ProduceChain`].
+#[derive(Debug, Default)]
+pub struct OrderLink {
+    /// Resolves once the previous request holds its places; `None` for the first.
+    previous: Option<oneshot::Receiver<()>>,
+    /// Dropped (or fired) once this request holds its places: the next request may go on.
+    placed: Option<oneshot::Sender<()>>,
+}
+
+impl OrderLink {
+    /// A link that waits for nothing and nobody waits for (a request outside any connection).
+    pub fn unordered() -> OrderLink {
+        OrderLink::default()
+    }
+
+    async fn wait_for_previous(&mut self) {
+        if let Some(previous) = self.previous.take() {
+            // Sent or dropped, either way the previous request is placed or ended.
+            let _ = previous.await;
+        }
+    }
+
+    /// This request holds its places: the next one may go on. (Dropping the link does the
+    /// same, so a request that ends early never holds up the ones behind it.)
+    fn mark_placed(mut self) {
+        if let Some(placed) = self.placed.take() {
+            let _ = placed.send(());
+        }
+    }
+}
+
 /// One partition's append, sent to its owning shard.
 #[derive(Debug, Clone)]
 struct Append {
@@ -81,11 +139,13 @@ struct Append {
     records: Bytes,
 }
 
-/// Appends every input on its owning shard; one output per input, in order.
+/// Appends every input on its owning shard; one output per input, in order. The appends take
+/// their places in the partitions' order only after `link`'s previous request has taken its.
 pub async fn produce(
     shard: &Rc<Shard>,
     acks: Acks,
     inputs: Vec<ProduceInput>,
+    mut link: OrderLink,
 ) -> Vec<ProduceOutput> {
     let image = shard.image();
     let mut outputs: Vec<Option<ProduceOutput>> = vec![None; inputs.len()];
@@ -155,31 +215,43 @@ pub async fn produce(
         });
     }
     let durable = acks == Acks::All;
-    let jobs = per_shard
+    link.wait_for_previous().await;
+    let mut placed_signals = Vec::new();
+    let jobs: Vec<_> = per_shard
         .into_iter()
         .enumerate()
         .filter(|(_, parts)| !parts.is_empty())
         .map(|(owner, parts)| {
             let indexes: Vec<usize> = parts.iter().map(|p| p.index).collect();
+            let (placed, placed_signal) = oneshot::channel::<()>();
+            placed_signals.push(placed_signal);
             let answered = shard.invoke_on(owner, move |owner_shard| async move {
-                futures::future::join_all(parts.into_iter().map(|part| {
-                    let owner_shard = owner_shard.clone();
-                    async move {
-                        append_one(
-                            &owner_shard,
-                            &part.topic,
-                            part.partition,
-                            &part.records,
-                            durable,
-                        )
-                        .await
-                    }
-                }))
-                .await
+                let mut appends = Vec::with_capacity(parts.len());
+                for part in parts {
+                    appends.push(
+                        match owner_shard.partition(&part.topic, part.partition).await {
+                            Ok(partition) => {
+                                Either::Left(append_one(&partition, part.records, durable))
+                            }
+                            Err(e) => Either::Right(futures::future::ready(storage_failure(e))),
+                        },
+                    );
+                }
+                // Every append of this job holds its place: the connection's next request
+                // may take its own.
+                drop(placed);
+                futures::future::join_all(appends).await
             });
             async move { (indexes, answered.await) }
-        });
-    for (indexes, answered) in futures::future::join_all(jobs).await {
+        })
+        .collect();
+    let placed_everywhere = async move {
+        futures::future::join_all(placed_signals).await;
+        link.mark_placed();
+    };
+    let (answers, ()) =
+        futures::future::join(futures::future::join_all(jobs), placed_everywhere).await;
+    for (indexes, answered) in answers {
         match answered {
             Ok(answers) => {
                 for (index, answer) in indexes.into_iter().zip(answers) {
@@ -321,27 +393,25 @@ fn batch_error_code(e: &BatchError) -> ResponseError {
     }
 }
 
-/// Runs on the owning shard.
-async fn append_one(
-    shard: &Shard,
-    topic: &Topic,
-    partition: i32,
-    records: &[u8],
+/// Runs on the owning shard. The batch's place in the partition's order is taken by this call.
+fn append_one(
+    partition: &Rc<Partition>,
+    records: Bytes,
     durable: bool,
-) -> ProduceOutput {
-    let opened = match shard.partition(topic, partition).await {
-        Ok(p) => p,
-        Err(e) => return storage_failure(e),
-    };
-    match opened.append(records, durable).await {
-        Ok(info) => ProduceOutput {
-            error: None,
-            message: None,
-            base_offset: info.base_offset.0,
-            log_start_offset: opened.log().log_start_offset().0,
-        },
-        Err(AppendError::Refused(code, message)) => ProduceOutput::failed(code, message),
-        Err(AppendError::Storage(e)) => storage_failure(e),
+) -> impl std::future::Future<Output = ProduceOutput> + 'static {
+    let appended = partition.append(records, durable);
+    let partition = partition.clone();
+    async move {
+        match appended.await {
+            Ok(info) => ProduceOutput {
+                error: None,
+                message: None,
+                base_offset: info.base_offset.0,
+                log_start_offset: partition.log().log_start_offset().0,
+            },
+            Err(AppendError::Refused(code, message)) => ProduceOutput::failed(code, message),
+            Err(AppendError::Storage(e)) => storage_failure(e),
+        }
     }
 }
 

@@ -3,7 +3,9 @@
 //!
 //! Requests are pipelined: the reader keeps reading while earlier requests are being served,
 //! each request runs as its own task, and the writer sends their responses in the order the
-//! requests came. At most [`PIPELINE_DEPTH`] requests of one connection are in progress; the
+//! requests came. Produce requests also take effect in that order: each gets the next link of
+//! the connection's [`ProduceChain`], so its appends are placed only after the previous
+//! request's (decoding, validation and durability waits still overlap). At most [`PIPELINE_DEPTH`] requests of one connection are in progress; the
 //! reader waits beyond that (back-pressure). A request task always runs to the end, even if
 //! the connection goes away, so an append is never abandoned half-way.
 //!
@@ -29,6 +31,8 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 use tracing::{debug, warn};
+
+use sluice_core::produce::{OrderLink, ProduceChain};
 
 use crate::apis;
 use crate::frame::{read_frame, FrameError};
@@ -106,14 +110,22 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + 'static>(
     let read_loop = std::pin::pin!(async {
         // Owned here: the queue closes when the reader stops, which ends the writer's loop.
         let queue = queue;
+        let mut produce_chain = ProduceChain::default();
         loop {
             match read_frame(&mut reader, frame_bytes_max).await {
                 Ok(Some(frame)) => {
                     let guard = InFlightGuard::new(&in_flight);
                     let (reply, answer) = oneshot::channel();
                     let ctx = ctx.clone();
+                    let is_produce =
+                        frame.get(..2) == Some(&(ApiKey::Produce as i16).to_be_bytes());
+                    let link = if is_produce {
+                        produce_chain.link()
+                    } else {
+                        OrderLink::unordered()
+                    };
                     glommio::spawn_local(async move {
-                        let _ = reply.send(respond(frame, &ctx).await);
+                        let _ = reply.send(respond(frame, &ctx, link).await);
                     })
                     .detach();
                     if queue.send((guard, answer)).await.is_err() {
@@ -152,8 +164,9 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + 'static>(
 }
 
 /// Builds the complete response frame (length prefix included) for one request frame, or
-/// `None` when the request takes no response (Produce with acks=0).
-pub async fn respond(mut frame: Bytes, ctx: &Context) -> Answer {
+/// `None` when the request takes no response (Produce with acks=0). A Produce request places
+/// its appends after `link`'s previous request.
+pub async fn respond(mut frame: Bytes, ctx: &Context, link: OrderLink) -> Answer {
     if frame.len() < 8 {
         return Err(RequestError::ShortHeader(frame.len()));
     }
@@ -242,7 +255,7 @@ pub async fn respond(mut frame: Bytes, ctx: &Context) -> Answer {
         }
         ApiKey::Produce => {
             let request = decode::<ProduceRequest>(&mut frame, api, version)?;
-            match produce::handle(request, version, ctx).await {
+            match produce::handle(request, version, ctx, link).await {
                 Some(response) => encode(api, version, correlation_id, &response).map(Some),
                 None => Ok(None),
             }
@@ -273,7 +286,7 @@ pub async fn respond(mut frame: Bytes, ctx: &Context) -> Answer {
                 api,
                 version,
                 correlation_id,
-                &list_offsets::handle(request, ctx).await,
+                &list_offsets::handle(request, version, ctx).await,
             )
             .map(Some)
         }

@@ -3,6 +3,10 @@
 //! spreads connections over the shards). A connection lives on the shard that accepted it;
 //! partitions live on their owning shard (`sluice_core::shard`), reached over the mesh.
 //!
+//! The address is this broker's alone: before the shards bind, [`claim_listen_address`] refuses
+//! to start when any process already listens there (SO_REUSEPORT would otherwise let a second
+//! broker join the port and the kernel split clients between two brokers with different data).
+//!
 //! Start-up: every shard joins the mesh and opens (recovers) the partitions it owns before it
 //! accepts connections; a partition that cannot be opened stops the broker.
 //!
@@ -62,6 +66,94 @@ pub enum ServerError {
     Shard(String),
 }
 
+/// Makes sure no other process listens on `addr`, and keeps it so while the returned claim is
+/// held: (1) the kernel's table of listening TCP sockets (`/proc/net/tcp`, `tcp6`) must hold
+/// none on a conflicting address (a bind probe would not do: it also trips over the TIME_WAIT
+/// connections a restarted broker leaves behind, which the shards' SO_REUSEPORT binds accept);
+/// (2) an abstract Unix socket named after the address, which only one process can hold,
+/// closes the window between that check and the shards' own binds against another Sluice
+/// starting at the same moment.
+fn claim_listen_address(addr: SocketAddr) -> Result<std::os::unix::net::UnixListener, ServerError> {
+    use std::os::linux::net::SocketAddrExt;
+    let in_use = |what: &str| ServerError::Listen {
+        addr,
+        reason: format!("address already in use ({what}); is another broker running there?"),
+    };
+    let name = format!("sluice/listen/{addr}");
+    let lock_addr =
+        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).map_err(|e| {
+            ServerError::Listen {
+                addr,
+                reason: e.to_string(),
+            }
+        })?;
+    let claim = std::os::unix::net::UnixListener::bind_addr(&lock_addr).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            in_use("another sluice process holds it")
+        } else {
+            ServerError::Listen {
+                addr,
+                reason: format!("cannot claim the address: {e}"),
+            }
+        }
+    })?;
+    if let Some(other) = tcp_listeners()
+        .into_iter()
+        .find(|other| other.port() == addr.port() && addresses_overlap(other.ip(), addr.ip()))
+    {
+        return Err(in_use(&format!("another process listens on {other}")));
+    }
+    Ok(claim)
+}
+
+/// Two binds on one port conflict when their addresses are equal or either is a wildcard.
+fn addresses_overlap(a: std::net::IpAddr, b: std::net::IpAddr) -> bool {
+    a == b || a.is_unspecified() || b.is_unspecified()
+}
+
+/// The local addresses of every listening TCP socket in this network namespace, from
+/// `/proc/net/tcp` and `/proc/net/tcp6` (lines `sl local rem st ...`, addresses in hex as the
+/// kernel stores them: 32-bit words in host byte order, port big-endian; state 0A is LISTEN).
+fn tcp_listeners() -> Vec<SocketAddr> {
+    const LISTEN: &str = "0A";
+    let mut found = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state)) = (fields.get(1), fields.get(3)) else {
+                continue;
+            };
+            if *state != LISTEN {
+                continue;
+            }
+            if let Some(parsed) = parse_proc_address(local) {
+                found.push(parsed);
+            }
+        }
+    }
+    found
+}
+
+/// `0100007F:2384` (IPv4) or 32 hex digits and a port (IPv6), as `/proc/net/tcp*` prints them.
+fn parse_proc_address(field: &str) -> Option<SocketAddr> {
+    let (ip_hex, port_hex) = field.split_once(':')?;
+    let port = u16::from_str_radix(port_hex, 16).ok()?;
+    let words: Vec<u32> = (0..ip_hex.len() / 8)
+        .map(|i| u32::from_str_radix(&ip_hex[i * 8..i * 8 + 8], 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let ip = match bytes.len() {
+        4 => std::net::IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
+        16 => std::net::IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
 /// Runs the broker until `shutdown` is raised and every shard has drained and closed its
 /// partitions.
 pub fn run(
@@ -70,6 +162,7 @@ pub fn run(
     catalog: Arc<Catalog>,
     shutdown: Arc<AtomicBool>,
 ) -> Result<(), ServerError> {
+    let _address_claim = claim_listen_address(config.listen)?;
     let shards = config.shards.max(1);
     let mesh = MeshBuilder::full(shards, MESH_CHANNEL_JOBS);
     let drained = Arc::new(AtomicUsize::new(0));
@@ -151,4 +244,35 @@ pub fn run(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_tcp_addresses_parse() {
+        // 127.0.0.1:9092 and [::]:9644 as a little-endian x86 kernel prints them.
+        if cfg!(target_endian = "little") {
+            assert_eq!(
+                parse_proc_address("0100007F:2384"),
+                Some("127.0.0.1:9092".parse().unwrap())
+            );
+        }
+        assert_eq!(
+            parse_proc_address("00000000000000000000000000000000:25AC"),
+            Some("[::]:9644".parse().unwrap())
+        );
+        assert_eq!(parse_proc_address("zz:1"), None);
+    }
+
+    #[test]
+    fn a_listening_socket_of_this_process_is_seen() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        assert!(tcp_listeners().contains(&addr));
+        assert!(claim_listen_address(addr).is_err());
+        drop(listener);
+        assert!(claim_listen_address(addr).is_ok());
+    }
 }

@@ -1242,6 +1242,19 @@ impl Log {
         io::sync_dir(&self.inner.dir).await
     }
 
+    /// The largest record timestamp in the log (ListOffsets' MAX_TIMESTAMP, KIP-734), or `None`
+    /// when the log holds no records. Read from the segment indexes; pair it with
+    /// [`Log::offset_for_timestamp`] for the first record carrying it.
+    pub fn max_timestamp(&self) -> Option<TimestampMs> {
+        let state = self.inner.state.borrow();
+        state
+            .segments
+            .iter()
+            .filter(|s| !s.index.is_empty() && s.index.next_offset > state.log_start)
+            .map(|s| s.index.max_timestamp)
+            .max()
+    }
+
     /// The offset of the first record whose timestamp is at or after `ts` (ListOffsets by
     /// timestamp), or `None` if every record is older. For compressed batches the answer is the
     /// base offset of the first batch whose max timestamp qualifies.

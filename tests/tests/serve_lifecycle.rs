@@ -86,6 +86,46 @@ fn the_data_directory_is_created_and_locked() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another sluice process"));
 }
 
+/// Kafka refuses to start on an address in use; so must we. Shards bind with SO_REUSEPORT, which
+/// would otherwise let a second broker join the port and split clients between two data sets.
+#[test]
+fn a_second_broker_on_the_same_address_refuses_to_start() {
+    let broker = Broker::start(&["--cores", "2"]);
+    let (code, err) = refused(&["--listen", &broker.bootstrap(), "--cores", "2"], &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on {}", broker.addr))
+            && err.contains("address already in use"),
+        "{err}"
+    );
+    // Not a Sluice: any other process listening there (a plain socket, as Kafka's is).
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other_addr = other.local_addr().unwrap().to_string();
+    let (code, err) = refused(&["--listen", &other_addr], &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("another process listens on {other_addr}")),
+        "{err}"
+    );
+    // The first broker is untouched: it still answers, and every new connection reaches it.
+    let out = Command::new(sluice_binary())
+        .args([
+            "topic",
+            "create",
+            "still-here",
+            "--bootstrap",
+            &broker.bootstrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!broker.log().contains("shard failed"));
+}
+
 #[test]
 fn defaults_put_data_under_dot_data() {
     // README's first command: no flags. Run it from an empty directory (on another port, since

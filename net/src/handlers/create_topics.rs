@@ -60,6 +60,8 @@ pub async fn handle(request: CreateTopicsRequest, ctx: &Context) -> CreateTopics
                 CreatableTopicResult::default()
                     .with_name(name)
                     .with_topic_id(topic.id)
+                    // Kafka answers null on success; aiokafka reads "" as an error text.
+                    .with_error_message(None)
                     .with_num_partitions(topic.partitions)
                     .with_replication_factor(1)
                     .with_configs(Some(configs))

@@ -41,6 +41,7 @@ pub fn handle(request: DescribeConfigsRequest, ctx: &Context) -> DescribeConfigs
                 .map(|ks| ks.iter().map(|k| k.to_string()).collect());
             let wanted = |name: &str| keys.as_ref().is_none_or(|ks| ks.iter().any(|k| k == name));
             let result = DescribeConfigsResult::default()
+                .with_error_message(None)
                 .with_resource_type(resource.resource_type)
                 .with_resource_name(resource.resource_name.clone());
             match resource.resource_type {

@@ -19,6 +19,8 @@ pub const RANGE: ApiRange = ApiRange {
 /// FindCoordinator v4 moved from one key to a batch.
 const BATCHED_FROM: i16 = 4;
 const KEY_TYPE_GROUP: i8 = 0;
+/// Why a key type other than a group gets no coordinator.
+const KEY_TYPE_MESSAGE: &str = "this broker coordinates consumer groups only (no transactions yet)";
 
 pub fn handle(
     request: FindCoordinatorRequest,
@@ -33,6 +35,8 @@ pub fn handle(
     if version < BATCHED_FROM {
         return FindCoordinatorResponse::default()
             .with_error_code(error.map_or(0, |e| e.code()))
+            // Kafka answers a null message on success ("" reads as an error text to some clients).
+            .with_error_message(error.map(|_| StrBytes::from_static_str(KEY_TYPE_MESSAGE)))
             .with_node_id(BrokerId(if error.is_some() { -1 } else { broker.node_id }))
             .with_host(host)
             .with_port(port);
@@ -44,6 +48,7 @@ pub fn handle(
             Coordinator::default()
                 .with_key(key)
                 .with_error_code(error.map_or(0, |e| e.code()))
+                .with_error_message(error.map(|_| StrBytes::from_static_str(KEY_TYPE_MESSAGE)))
                 .with_node_id(BrokerId(if error.is_some() { -1 } else { broker.node_id }))
                 .with_host(host.clone())
                 .with_port(port)

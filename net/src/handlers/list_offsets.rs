@@ -1,6 +1,7 @@
-//! ListOffsets (key 2): earliest (-2), latest (-1), or the first offset at or after a
-//! timestamp; -4 (earliest local) is the earliest, -5 (latest tiered) has none (no tiered
-//! storage); -3 (max timestamp, KIP-734) is not served yet.
+//! ListOffsets (key 2): earliest (-2), latest (-1), the first offset at or after a timestamp,
+//! or the first record with the largest timestamp (-3, KIP-734, v7+); -4 (earliest local) is
+//! the earliest, -5 (latest tiered) has none (no tiered storage). The leader epoch is
+//! answered from v4 only (the field does not exist before).
 
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
@@ -18,7 +19,19 @@ pub const RANGE: ApiRange = ApiRange {
     max_version: 10,
 };
 
-pub async fn handle(request: ListOffsetsRequest, ctx: &Context) -> ListOffsetsResponse {
+/// ListOffsets carries the leader epoch from v4 (KIP-320).
+const LEADER_EPOCH_FROM: i16 = 4;
+
+pub async fn handle(
+    request: ListOffsetsRequest,
+    version: i16,
+    ctx: &Context,
+) -> ListOffsetsResponse {
+    let leader_epoch = if version >= LEADER_EPOCH_FROM {
+        sluice_core::partition::LEADER_EPOCH.0
+    } else {
+        -1
+    };
     let queries = request
         .topics
         .iter()
@@ -45,7 +58,7 @@ pub async fn handle(request: ListOffsetsRequest, ctx: &Context) -> ListOffsetsRe
                         .with_error_code(a.error.map_or(0, |e| e.code()))
                         .with_offset(a.offset)
                         .with_timestamp(a.timestamp)
-                        .with_leader_epoch(sluice_core::partition::LEADER_EPOCH.0)
+                        .with_leader_epoch(leader_epoch)
                 })
                 .collect();
             ListOffsetsTopicResponse::default()

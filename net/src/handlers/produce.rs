@@ -8,7 +8,7 @@
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
-use sluice_core::produce::{self, Acks, ProduceInput, ProduceOutput};
+use sluice_core::produce::{self, Acks, OrderLink, ProduceInput, ProduceOutput};
 use sluice_core::{ResponseError, TopicRef};
 
 use crate::apis::ApiRange;
@@ -23,11 +23,12 @@ pub const RANGE: ApiRange = ApiRange {
 /// Produce v13 names topics by id (KIP-516).
 const TOPIC_IDS_FROM: i16 = 13;
 
-/// The response, or `None` for acks=0.
+/// The response, or `None` for acks=0. The appends are placed after `link`'s previous request.
 pub async fn handle(
     request: ProduceRequest,
     version: i16,
     ctx: &Context,
+    link: OrderLink,
 ) -> Option<ProduceResponse> {
     let acks = Acks::from_wire(request.acks);
     let mut inputs = Vec::new();
@@ -46,7 +47,7 @@ pub async fn handle(
         }
     }
     let outputs = match acks {
-        Some(acks) => produce::produce(&ctx.shard, acks, inputs).await,
+        Some(acks) => produce::produce(&ctx.shard, acks, inputs, link).await,
         None => inputs
             .iter()
             .map(|_| ProduceOutput {
