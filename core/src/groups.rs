@@ -768,7 +768,12 @@ pub async fn leave(
 }
 
 /// Where a commit comes from: a member of the current generation, or a "simple" commit
-/// (generation -1, no member) for a group without members.
+/// (generation -1, no member) for a group without members. Kafka's rules for the classic
+/// protocol (`ClassicGroup.validateOffsetCommit`): a member's commit needs its current
+/// generation and is accepted while the group is Stable or PreparingRebalance (members of a
+/// cooperative rebalance commit what they give up); only CompletingRebalance (between the
+/// JoinGroup answers and SyncGroup) gets REBALANCE_IN_PROGRESS. Partitions of topics that do
+/// not exist get UNKNOWN_TOPIC_OR_PARTITION and the rest are committed.
 pub async fn commit_offsets(
     shard: &Rc<Shard>,
     group_id: String,
@@ -777,7 +782,24 @@ pub async fn commit_offsets(
     offsets: Vec<(String, i32, Committed)>,
 ) -> Vec<Option<ResponseError>> {
     let count = offsets.len();
+    let image = shard.image();
+    let exists = |t: &str, p: i32| {
+        image
+            .topic(t)
+            .is_some_and(|topic| (0..topic.partitions).contains(&p))
+    };
+    let unknown: Vec<bool> = offsets.iter().map(|(t, p, _)| !exists(t, *p)).collect();
+    let offsets: Vec<(String, i32, Committed)> = offsets
+        .into_iter()
+        .zip(&unknown)
+        .filter(|(_, unknown)| !**unknown)
+        .map(|(o, _)| o)
+        .collect();
+    let known_count = offsets.len();
     let answer = on_coordinator(shard, &group_id.clone(), move |s, topic| async move {
+        if offsets.is_empty() {
+            return Vec::new();
+        }
         let cell = s.groups.group_or_new(&group_id);
         {
             let group = cell.borrow();
@@ -791,7 +813,7 @@ pub async fn commit_offsets(
                 Some(ResponseError::UnknownMemberId)
             } else if generation != group.generation {
                 Some(ResponseError::IllegalGeneration)
-            } else if group.state != GroupState::Stable {
+            } else if group.state == GroupState::CompletingRebalance {
                 Some(ResponseError::RebalanceInProgress)
             } else {
                 None
@@ -828,10 +850,24 @@ pub async fn commit_offsets(
             return offsets.iter().map(|_| Some(code)).collect();
         }
         maybe_compact(&s, &topic, offsets_partition(&group_id, topic.partitions));
-        (0..count).map(|_| None).collect()
+        (0..offsets.len()).map(|_| None).collect()
     })
     .await;
-    answer.unwrap_or_else(|code| (0..count).map(|_| Some(code)).collect())
+    let mut known = answer
+        .unwrap_or_else(|code| (0..known_count).map(|_| Some(code)).collect())
+        .into_iter();
+    let results: Vec<Option<ResponseError>> = unknown
+        .into_iter()
+        .map(|unknown| {
+            if unknown {
+                Some(ResponseError::UnknownTopicOrPartition)
+            } else {
+                known.next().expect("one answer per known partition")
+            }
+        })
+        .collect();
+    debug_assert_eq!(results.len(), count);
+    results
 }
 
 /// The committed offsets of a group: the asked partitions, or all when `None`.

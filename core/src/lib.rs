@@ -17,6 +17,7 @@
 //!   snapshots.
 //! - [`controller`] — create/delete topics, add partitions, auto-create, config changes.
 //! - [`broker_configs`] — broker configs changeable at runtime, and the settings in force.
+//! - [`log_dirs`] — the partitions stored here and their sizes (DescribeLogDirs).
 //! - [`groups`] — the classic consumer-group coordinator and committed offsets, on the shard
 //!   owning each group's `__consumer_offsets` partition.
 //! - [`turn`] — a first-come-first-served ticket lock (the partition append order).
@@ -30,6 +31,7 @@ pub mod catalog;
 pub mod controller;
 pub mod fetch;
 pub mod groups;
+pub mod log_dirs;
 pub mod offsets;
 pub mod partition;
 pub mod produce;

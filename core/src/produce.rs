@@ -152,10 +152,20 @@ pub async fn produce(
     let mut per_shard: Vec<Vec<Append>> = vec![Vec::new(); shard.count];
     for (index, input) in inputs.into_iter().enumerate() {
         let Some(topic) = resolve_topic(&image, &input.topic) else {
-            outputs[index] = Some(ProduceOutput::failed(
-                ResponseError::UnknownTopicOrPartition,
-                "this server does not host this topic",
-            ));
+            outputs[index] = Some(match &input.topic {
+                TopicRef::Name(name) => match crate::topics::validate_topic_name(name) {
+                    // No topic can have this name: the client fails at once, as with Kafka.
+                    Err(why) => ProduceOutput::failed(ResponseError::InvalidTopicException, why),
+                    Ok(()) => ProduceOutput::failed(
+                        ResponseError::UnknownTopicOrPartition,
+                        "this server does not host this topic",
+                    ),
+                },
+                TopicRef::Id(_) => ProduceOutput::failed(
+                    ResponseError::UnknownTopicId,
+                    "this server does not host a topic with this id",
+                ),
+            });
             continue;
         };
         if !(0..topic.partitions).contains(&input.partition) {

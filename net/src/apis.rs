@@ -36,10 +36,14 @@ pub const IMPLEMENTED: &[ApiRange] = &[
     handlers::init_producer_id::RANGE,
     handlers::describe_configs::RANGE,
     handlers::alter_configs::RANGE,
+    handlers::describe_log_dirs::RANGE,
     handlers::create_partitions::RANGE,
     handlers::delete_groups::RANGE,
     handlers::alter_configs::INCREMENTAL_RANGE,
     handlers::offset_delete::RANGE,
+    handlers::describe_cluster::RANGE,
+    handlers::list_config_resources::RANGE,
+    handlers::describe_topic_partitions::RANGE,
 ];
 
 /// The range implemented for `key`, if any.

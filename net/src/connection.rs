@@ -22,12 +22,13 @@ use futures::future::Either;
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use kafka_protocol::messages::{
     AlterConfigsRequest, ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest,
-    DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
-    DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest,
+    DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest, DescribeClusterRequest,
+    DescribeConfigsRequest, DescribeGroupsRequest, DescribeLogDirsRequest,
+    DescribeTopicPartitionsRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest,
     IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
-    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
-    OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader,
-    SyncGroupRequest,
+    ListConfigResourcesRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest,
+    OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, RequestHeader,
+    ResponseHeader, SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 use tracing::{debug, warn};
@@ -38,8 +39,9 @@ use crate::apis;
 use crate::frame::{read_frame, FrameError};
 use crate::handlers::{
     alter_configs, api_versions, create_partitions, create_topics, delete_groups, delete_records,
-    delete_topics, describe_configs, describe_groups, fetch, find_coordinator, heartbeat,
-    init_producer_id, join_group, leave_group, list_groups, list_offsets, metadata, offset_commit,
+    delete_topics, describe_cluster, describe_configs, describe_groups, describe_log_dirs,
+    describe_topic_partitions, fetch, find_coordinator, heartbeat, init_producer_id, join_group,
+    leave_group, list_config_resources, list_groups, list_offsets, metadata, offset_commit,
     offset_delete, offset_fetch, produce, sync_group, Context,
 };
 
@@ -359,6 +361,26 @@ pub async fn respond(mut frame: Bytes, ctx: &Context, link: OrderLink) -> Answer
         ApiKey::OffsetDelete => {
             let request = decode::<OffsetDeleteRequest>(&mut frame, api, version)?;
             let response = offset_delete::handle(request, ctx).await;
+            encode(api, version, correlation_id, &response).map(Some)
+        }
+        ApiKey::DescribeLogDirs => {
+            let request = decode::<DescribeLogDirsRequest>(&mut frame, api, version)?;
+            let response = describe_log_dirs::handle(request, version, ctx).await;
+            encode(api, version, correlation_id, &response).map(Some)
+        }
+        ApiKey::DescribeCluster => {
+            let request = decode::<DescribeClusterRequest>(&mut frame, api, version)?;
+            let response = describe_cluster::handle(request, ctx);
+            encode(api, version, correlation_id, &response).map(Some)
+        }
+        ApiKey::ListConfigResources => {
+            let request = decode::<ListConfigResourcesRequest>(&mut frame, api, version)?;
+            let response = list_config_resources::handle(request, version, ctx);
+            encode(api, version, correlation_id, &response).map(Some)
+        }
+        ApiKey::DescribeTopicPartitions => {
+            let request = decode::<DescribeTopicPartitionsRequest>(&mut frame, api, version)?;
+            let response = describe_topic_partitions::handle(request, ctx);
             encode(api, version, correlation_id, &response).map(Some)
         }
         _ => Err(RequestError::UnsupportedVersion { api, version }),

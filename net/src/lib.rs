@@ -17,6 +17,7 @@
 //! by owning shard and runs it there → `sluice_storage::Log` → back in request order.
 
 pub mod apis;
+pub mod authorized;
 pub mod connection;
 pub mod frame;
 mod handlers;

@@ -130,6 +130,16 @@ pub async fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| StorageError::io(dir.display(), e))
 }
 
+/// The size of the filesystem holding `path` and the bytes an unprivileged writer may still use
+/// there (`statvfs`: blocks × fragment size, available blocks × fragment size).
+pub fn disk_space(path: &Path) -> Result<(u64, u64)> {
+    let stats = rustix::fs::statvfs(path).map_err(|e| StorageError::io(path.display(), e))?;
+    Ok((
+        stats.f_blocks * stats.f_frsize,
+        stats.f_bavail * stats.f_frsize,
+    ))
+}
+
 pub fn remove_file_if_exists(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
@@ -150,5 +160,14 @@ mod tests {
         assert_eq!(align_up(1), 4096);
         assert_eq!(align_up(4096), 4096);
         assert_eq!(align_up(4097), 8192);
+    }
+
+    #[test]
+    fn disk_space_of_a_real_directory_and_a_missing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (total, usable) = disk_space(dir.path()).unwrap();
+        assert!(total > 0 && usable <= total, "{total} {usable}");
+        let missing = dir.path().join("missing");
+        assert!(matches!(disk_space(&missing), Err(StorageError::Io { .. })));
     }
 }

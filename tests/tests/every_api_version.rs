@@ -285,6 +285,7 @@ fn every_api_answers_at_every_advertised_version() {
     config_cases(&mut m);
     group_cases(&mut m);
     producer_id_cases(&mut m);
+    cluster_cases(&mut m);
 
     let untried: Vec<_> = advertised
         .iter()
@@ -323,12 +324,31 @@ fn produce_cases(m: &mut Matrix, topic_id: uuid::Uuid) {
                 format!("Produce v{v}: success carries message {message:?}")
             });
         }
-        let _: Option<ProduceResponse> = m.call(
+        if let Some(r) = m.call::<_, ProduceResponse>(
             ApiKey::Produce,
             v,
             "unknown topic",
             &produce_request(MISSING, uuid::Uuid::from_u128(7), v, &[0]),
-        );
+        ) {
+            let code = r.responses[0].partition_responses[0].error_code;
+            let expected = if v >= 13 { 100 } else { 3 }; // UNKNOWN_TOPIC_ID by id
+            m.check(code == expected, || {
+                format!("Produce v{v}: unknown topic code {code}")
+            });
+        }
+        if v < 13 {
+            if let Some(r) = m.call::<_, ProduceResponse>(
+                ApiKey::Produce,
+                v,
+                "invalid topic name",
+                &produce_request("bad$#!", uuid::Uuid::nil(), v, &[0]),
+            ) {
+                let code = r.responses[0].partition_responses[0].error_code;
+                m.check(code == 17, || {
+                    format!("Produce v{v}: invalid name code {code}")
+                });
+            }
+        }
     }
 }
 
@@ -938,5 +958,157 @@ fn producer_id_cases(m: &mut Matrix) {
             "transactional (not served)",
             &txn,
         );
+    }
+}
+
+fn cluster_cases(m: &mut Matrix) {
+    for v in m.range(ApiKey::DescribeCluster) {
+        let request =
+            DescribeClusterRequest::default().with_include_cluster_authorized_operations(true);
+        if let Some(r) =
+            m.call::<_, DescribeClusterResponse>(ApiKey::DescribeCluster, v, "brokers", &request)
+        {
+            m.check(
+                r.error_code == 0
+                    && r.error_message.is_none()
+                    && r.brokers.len() == 1
+                    && r.cluster_authorized_operations == 8096,
+                || format!("DescribeCluster v{v}: {r:?}"),
+            );
+        }
+        if v >= 1 {
+            let controllers = request.with_endpoint_type(2);
+            if let Some(r) = m.call::<_, DescribeClusterResponse>(
+                ApiKey::DescribeCluster,
+                v,
+                "controllers endpoint",
+                &controllers,
+            ) {
+                m.check(r.error_code == 115, || {
+                    format!("DescribeCluster v{v}: controllers code {}", r.error_code)
+                });
+            }
+        }
+    }
+    for v in m.range(ApiKey::DescribeLogDirs) {
+        let asked = DescribeLogDirsRequest::default().with_topics(Some(vec![
+            describe_log_dirs_request::DescribableLogDirTopic::default()
+                .with_topic(name(TOPIC))
+                .with_partitions(vec![0, 1, 9]),
+            describe_log_dirs_request::DescribableLogDirTopic::default()
+                .with_topic(name(MISSING))
+                .with_partitions(vec![0]),
+        ]));
+        if let Some(r) =
+            m.call::<_, DescribeLogDirsResponse>(ApiKey::DescribeLogDirs, v, "some", &asked)
+        {
+            let dir = &r.results[0];
+            let listed: Vec<(String, i32, i64)> = dir
+                .topics
+                .iter()
+                .flat_map(|t| {
+                    t.partitions
+                        .iter()
+                        .map(|p| (t.name.0.to_string(), p.partition_index, p.partition_size))
+                })
+                .collect();
+            m.check(
+                listed.len() == 2
+                    && listed[0].0 == TOPIC
+                    && listed[0].1 == 0
+                    && listed[0].2 > 0
+                    && listed[1].1 == 1,
+                || format!("DescribeLogDirs v{v}: {listed:?}"),
+            );
+            m.check(
+                v < 4 || (dir.total_bytes > 0 && dir.usable_bytes > 0),
+                || {
+                    format!(
+                        "DescribeLogDirs v{v}: space {} {}",
+                        dir.total_bytes, dir.usable_bytes
+                    )
+                },
+            );
+        }
+        let all = DescribeLogDirsRequest::default().with_topics(None);
+        let _: Option<DescribeLogDirsResponse> = m.call(ApiKey::DescribeLogDirs, v, "all", &all);
+    }
+    for v in m.range(ApiKey::ListConfigResources) {
+        let every = ListConfigResourcesRequest::default();
+        if let Some(r) = m.call::<_, ListConfigResourcesResponse>(
+            ApiKey::ListConfigResources,
+            v,
+            "every type",
+            &every,
+        ) {
+            let has_topic = r
+                .config_resources
+                .iter()
+                .any(|c| c.resource_name.as_str() == TOPIC);
+            m.check(r.error_code == 0 && has_topic == (v >= 1), || {
+                format!("ListConfigResources v{v}: {r:?}")
+            });
+        }
+        if v >= 1 {
+            let bad = ListConfigResourcesRequest::default().with_resource_types(vec![99]);
+            if let Some(r) = m.call::<_, ListConfigResourcesResponse>(
+                ApiKey::ListConfigResources,
+                v,
+                "unknown type",
+                &bad,
+            ) {
+                m.check(r.error_code == 42, || {
+                    format!("ListConfigResources v{v}: code {}", r.error_code)
+                });
+            }
+        }
+    }
+    for v in m.range(ApiKey::DescribeTopicPartitions) {
+        let request = DescribeTopicPartitionsRequest::default()
+            .with_topics(vec![
+                describe_topic_partitions_request::TopicRequest::default().with_name(name(TOPIC)),
+                describe_topic_partitions_request::TopicRequest::default().with_name(name(MISSING)),
+            ])
+            .with_response_partition_limit(1);
+        if let Some(r) = m.call::<_, DescribeTopicPartitionsResponse>(
+            ApiKey::DescribeTopicPartitions,
+            v,
+            "first page",
+            &request,
+        ) {
+            let cursor = r
+                .next_cursor
+                .as_ref()
+                .map(|c| (c.topic_name.0.to_string(), c.partition_index));
+            m.check(
+                r.topics.len() == 1
+                    && r.topics[0].partitions.len() == 1
+                    && cursor == Some((TOPIC.to_string(), 1)),
+                || format!("DescribeTopicPartitions v{v}: first page {r:?}"),
+            );
+            let next = request
+                .clone()
+                .with_response_partition_limit(10)
+                .with_cursor(Some(
+                    describe_topic_partitions_request::Cursor::default()
+                        .with_topic_name(name(TOPIC))
+                        .with_partition_index(1),
+                ));
+            if let Some(r) = m.call::<_, DescribeTopicPartitionsResponse>(
+                ApiKey::DescribeTopicPartitions,
+                v,
+                "second page",
+                &next,
+            ) {
+                // Name order: "matrix" then "matrix-missing" (unknown).
+                let codes: Vec<i16> = r.topics.iter().map(|t| t.error_code).collect();
+                m.check(
+                    codes == [0, 3]
+                        && r.topics[0].partitions[0].partition_index == 1
+                        && r.next_cursor.is_none(),
+                    || format!("DescribeTopicPartitions v{v}: second page {r:?}"),
+                );
+            }
+        }
     }
 }

@@ -1,12 +1,15 @@
 //! The group coordinator at the wire level, where real clients do not easily reach: a member
 //! that does not rejoin within its rebalance timeout (`max.poll.interval.ms`) is removed so the
 //! round completes without it; OffsetFetch for several groups at once (v8+); OffsetDelete and
-//! DeleteGroups, and what each refuses.
+//! DeleteGroups, and what each refuses; which group states, generations and members
+//! OffsetCommit accepts (Kafka's `ClassicGroup.validateOffsetCommit`), and partitions of unknown
+//! topics refused one by one.
 
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
@@ -19,14 +22,30 @@ use kafka_protocol::messages::offset_fetch_request::{
 };
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    ApiKey, DeleteGroupsRequest, DeleteGroupsResponse, GroupId, JoinGroupRequest,
-    JoinGroupResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest,
-    OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
-    SyncGroupResponse, TopicName,
+    ApiKey, CreateTopicsRequest, CreateTopicsResponse, DeleteGroupsRequest, DeleteGroupsResponse,
+    GroupId, JoinGroupRequest, JoinGroupResponse, OffsetCommitRequest, OffsetCommitResponse,
+    OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse,
+    SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use sluice_tests::wire::{call, connect};
 use sluice_tests::Broker;
+
+/// Creates topic `t` (2 partitions), which the commits below name.
+fn create_topic_t(s: &mut TcpStream) {
+    let r: CreateTopicsResponse = call(
+        s,
+        ApiKey::CreateTopics,
+        7,
+        &CreateTopicsRequest::default()
+            .with_timeout_ms(5000)
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_num_partitions(2)
+                .with_replication_factor(1)]),
+    );
+    assert_eq!(r.topics[0].error_code, 0);
+}
 
 fn join(s: &mut TcpStream, group: &str, member: &str, rebalance_ms: i32) -> JoinGroupResponse {
     call(
@@ -166,6 +185,7 @@ fn fetch(s: &mut TcpStream, groups: &[&str]) -> Vec<(String, Vec<i64>)> {
 fn offsets_of_several_groups_are_fetched_and_deleted() {
     let broker = Broker::start(&["--cores", "2"]);
     let mut s = connect(broker.addr);
+    create_topic_t(&mut s);
     assert_eq!(commit(&mut s, "g1", &[(0, 5), (1, 7)]), [0, 0]);
     assert_eq!(commit(&mut s, "g2", &[(0, 9)]), [0]);
     assert_eq!(
@@ -263,6 +283,7 @@ fn the_offsets_topic_is_compacted_and_keeps_every_live_offset() {
 
     let broker = Broker::start(&["--cores", "2"]);
     let mut s = connect(broker.addr);
+    create_topic_t(&mut s);
     // Small segments (and batches that fit them), so compaction (at twice the segment size)
     // comes quickly.
     let r: IncrementalAlterConfigsResponse = call(
@@ -361,4 +382,134 @@ fn the_offsets_topic_is_compacted_and_keeps_every_live_offset() {
     let mut s = connect(broker.addr);
     assert!(log_start(&mut s) > 0);
     assert_eq!(fetch(&mut s, &["busy", &keep, &gone]), expected);
+}
+
+/// An OffsetCommit of `group` by `member` at `generation`: one code per partition, for t's
+/// partitions 0 and 1 and partition 0 of a topic that does not exist.
+fn member_commit(s: &mut TcpStream, group: &str, generation: i32, member: &str) -> Vec<i16> {
+    let partition = |p: i32| {
+        OffsetCommitRequestPartition::default()
+            .with_partition_index(p)
+            .with_committed_offset(3)
+    };
+    let r: OffsetCommitResponse = call(
+        s,
+        ApiKey::OffsetCommit,
+        8,
+        &OffsetCommitRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
+            .with_generation_id_or_member_epoch(generation)
+            .with_member_id(StrBytes::from_string(member.to_string()))
+            .with_topics(vec![
+                OffsetCommitRequestTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("t")))
+                    .with_partitions(vec![partition(0), partition(1)]),
+                OffsetCommitRequestTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("no-such-topic")))
+                    .with_partitions(vec![partition(0)]),
+            ]),
+    );
+    r.topics
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
+        .collect()
+}
+
+const NONE: i16 = 0;
+const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+const ILLEGAL_GENERATION: i16 = 22;
+const UNKNOWN_MEMBER_ID: i16 = 25;
+const REBALANCE_IN_PROGRESS: i16 = 27;
+
+/// Kafka's rules (`ClassicGroup.validateOffsetCommit`), state by state: a member of the current
+/// generation commits while the group is Stable and also while it prepares a rebalance (the
+/// cooperative protocol commits revoked partitions then); between the JoinGroup answers and
+/// SyncGroup (CompletingRebalance) it gets REBALANCE_IN_PROGRESS; a stale generation
+/// ILLEGAL_GENERATION; an unknown member or a member-less commit to a group with members
+/// UNKNOWN_MEMBER_ID. A topic that does not exist gets UNKNOWN_TOPIC_OR_PARTITION on its own.
+#[test]
+fn offset_commit_follows_kafkas_rules_in_every_group_state() {
+    let broker = Broker::start(&["--cores", "2", "--group-initial-rebalance-delay-ms", "0"]);
+    let mut a = connect(broker.addr);
+    create_topic_t(&mut a);
+    let g = "rules";
+    let a_id = join(&mut a, g, "", 30_000).member_id.to_string();
+    let joined = join(&mut a, g, &a_id, 30_000);
+    assert_eq!((joined.error_code, joined.generation_id), (0, 1));
+    // CompletingRebalance: a has its JoinGroup answer but has not synced.
+    assert_eq!(
+        member_commit(&mut a, g, 1, &a_id),
+        [
+            REBALANCE_IN_PROGRESS,
+            REBALANCE_IN_PROGRESS,
+            UNKNOWN_TOPIC_OR_PARTITION
+        ]
+    );
+    assert_eq!(sync(&mut a, g, 1, &a_id).error_code, 0);
+    // Stable.
+    assert_eq!(
+        member_commit(&mut a, g, 1, &a_id),
+        [NONE, NONE, UNKNOWN_TOPIC_OR_PARTITION]
+    );
+    assert_eq!(
+        member_commit(&mut a, g, 0, &a_id),
+        [
+            ILLEGAL_GENERATION,
+            ILLEGAL_GENERATION,
+            UNKNOWN_TOPIC_OR_PARTITION
+        ]
+    );
+    assert_eq!(
+        member_commit(&mut a, g, 1, "stranger"),
+        [
+            UNKNOWN_MEMBER_ID,
+            UNKNOWN_MEMBER_ID,
+            UNKNOWN_TOPIC_OR_PARTITION
+        ]
+    );
+    assert_eq!(
+        member_commit(&mut a, g, -1, ""),
+        [
+            UNKNOWN_MEMBER_ID,
+            UNKNOWN_MEMBER_ID,
+            UNKNOWN_TOPIC_OR_PARTITION
+        ],
+        "a member-less commit to a group with members"
+    );
+
+    // b joins: the group prepares a rebalance and waits for a to rejoin.
+    let addr = broker.addr;
+    let b = std::thread::spawn(move || {
+        let mut b = connect(addr);
+        let b_id = join(&mut b, g, "", 30_000).member_id.to_string();
+        let joined = join(&mut b, g, &b_id, 30_000);
+        (b, b_id, joined)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        member_commit(&mut a, g, 1, &a_id),
+        [NONE, NONE, UNKNOWN_TOPIC_OR_PARTITION],
+        "PreparingRebalance: the current generation still commits"
+    );
+    let rejoined = join(&mut a, g, &a_id, 30_000);
+    let (mut b, b_id, b_joined) = b.join().unwrap();
+    assert_eq!((rejoined.error_code, rejoined.generation_id), (0, 2));
+    assert_eq!(b_joined.generation_id, 2);
+    assert_eq!(
+        member_commit(&mut b, g, 2, &b_id),
+        [
+            REBALANCE_IN_PROGRESS,
+            REBALANCE_IN_PROGRESS,
+            UNKNOWN_TOPIC_OR_PARTITION
+        ],
+        "CompletingRebalance"
+    );
+    assert_eq!(
+        member_commit(&mut a, g, 1, &a_id),
+        [
+            ILLEGAL_GENERATION,
+            ILLEGAL_GENERATION,
+            UNKNOWN_TOPIC_OR_PARTITION
+        ]
+    );
 }

@@ -4,7 +4,10 @@
 //! through untouched), consumes
 //! everything back from the beginning, reads end offsets and offsets by timestamp, reads the
 //! topic's configs, consumes in a consumer group (commit, leave, resume from the committed
-//! offsets, list groups and their offsets), and deletes the topic.
+//! offsets, list groups and their offsets), and deletes the topic. Its admin client also
+//! describes the cluster (DescribeCluster), the log directories (DescribeLogDirs), topics page
+//! by page (DescribeTopicPartitions) and finds the record with the largest timestamp
+//! (ListOffsets -3, KIP-734).
 
 use std::process::Command;
 
@@ -96,6 +99,77 @@ fn kafka_python_round_trip() {
     ] {
         assert!(
             stdout.contains(expected),
+            "missing {expected:?} in stdout: {stdout}\nstderr: {stderr}"
+        );
+    }
+}
+
+const ADMIN_SCRIPT: &str = r#"
+import sys, time
+from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.protocol.consumer.offsets import OffsetSpec
+
+bootstrap = sys.argv[1]
+admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+admin.create_topics([NewTopic("py-admin", 3, 1)])
+producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+# Partition 0's largest timestamp is at offset 1 (KIP-734 answers that record).
+for ts in [1_700_000_001_000, 1_700_000_003_000, 1_700_000_002_000]:
+    producer.send("py-admin", value=b"x" * 100, partition=0, timestamp_ms=ts)
+producer.flush()
+
+cluster = admin.describe_cluster()
+print("CLUSTER", cluster["cluster_id"], cluster["controller_id"],
+      [(b["broker_id"], b["port"]) for b in cluster["brokers"]],
+      sorted(cluster.get("authorized_operations") or []))
+
+dirs = admin.describe_log_dirs()
+sizes = {}
+for d in dirs[0]["log_dirs"]:
+    for t in d["topics"]:
+        for p in t["partitions"]:
+            sizes[(t["name"], p["partition_index"])] = p["partition_size"]
+print("LOGDIRS", [(k, v > 0) for k, v in sorted(sizes.items()) if k[0] == "py-admin"])
+
+page = admin.describe_topic_partitions(["py-admin"], response_partition_limit=2)
+first = [p["partition_index"] for t in page["topics"] for p in t["partitions"]]
+print("PAGE1", first, page["next_cursor"])
+page = admin.describe_topic_partitions(["py-admin"], cursor=page["next_cursor"])
+print("PAGE2", [p["partition_index"] for t in page["topics"] for p in t["partitions"]], page["next_cursor"])
+
+tp = TopicPartition("py-admin", 0)
+found = admin.list_partition_offsets({tp: OffsetSpec.MAX_TIMESTAMP})[tp]
+print("MAX_TIMESTAMP", found.offset, found.timestamp)
+"#;
+
+#[test]
+fn kafka_python_admin_describes_cluster_log_dirs_partitions_and_max_timestamp() {
+    let broker = Broker::start(&["--cores", "2"]);
+    let out = Command::new("python3")
+        .args(["-c", ADMIN_SCRIPT, &broker.addr.to_string()])
+        .output()
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "kafka-python failed:\n{stdout}\n{stderr}"
+    );
+    let port = broker.addr.port();
+    for expected in [
+        format!(
+            "CLUSTER sluice-single-node-000 0 [(0, {port})] ['ALTER', 'ALTER_CONFIGS', \
+             'CLUSTER_ACTION', 'CREATE', 'DESCRIBE', 'DESCRIBE_CONFIGS', 'IDEMPOTENT_WRITE']"
+        ),
+        "LOGDIRS [(('py-admin', 0), True), (('py-admin', 1), False), (('py-admin', 2), False)]"
+            .to_string(),
+        "PAGE1 [0, 1] {'topic_name': 'py-admin', 'partition_index': 2}".to_string(),
+        "PAGE2 [2] None".to_string(),
+        "MAX_TIMESTAMP 1 1700000003000".to_string(),
+    ] {
+        assert!(
+            stdout.contains(&expected),
             "missing {expected:?} in stdout: {stdout}\nstderr: {stderr}"
         );
     }

@@ -364,3 +364,48 @@ fn compressed_batches_pass_through_untouched_in_every_codec() {
         }
     }
 }
+
+/// A topic name no topic may have: Metadata answers INVALID_TOPIC_EXCEPTION, which librdkafka
+/// treats as permanent, so the record fails at once instead of waiting out its 60 s delivery
+/// timeout while the broker keeps answering "unknown topic".
+#[test]
+fn producing_to_an_invalid_topic_name_fails_fast() {
+    let broker = Broker::start(&[]);
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    struct Failures(Arc<Mutex<Vec<String>>>);
+    impl ClientContext for Failures {}
+    impl ProducerContext for Failures {
+        type DeliveryOpaque = ();
+        fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+            let outcome = match result {
+                Ok(_) => "delivered".to_string(),
+                Err((e, _)) => e.to_string(),
+            };
+            self.0.lock().unwrap().push(outcome);
+        }
+    }
+    let producer: BaseProducer<Failures> = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("message.timeout.ms", "60000")
+        .create_with_context(Failures(failures.clone()))
+        .expect("producer");
+    let started = Instant::now();
+    producer
+        .send(BaseRecord::<(), _, ()>::to("bad$#!").payload("x"))
+        .map_err(|(e, _)| e)
+        .expect("queued");
+    while failures.lock().unwrap().is_empty() && started.elapsed() < Duration::from_secs(70) {
+        producer.poll(Duration::from_millis(100));
+    }
+    let outcome = failures.lock().unwrap().clone();
+    assert_eq!(outcome.len(), 1, "{outcome:?}");
+    assert!(
+        outcome[0].contains("Topic") || outcome[0].contains("topic"),
+        "{outcome:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "failed only after {:?} ({outcome:?}): the client kept retrying",
+        started.elapsed()
+    );
+}

@@ -26,7 +26,10 @@ pub async fn handle(
     for group_id in request.groups {
         let base = DescribedGroup::default()
             .with_group_id(group_id.clone())
-            .with_authorized_operations(i32::MIN);
+            .with_authorized_operations(crate::authorized::answer(
+                request.include_authorized_operations,
+                crate::authorized::GROUP,
+            ));
         described.push(
             match groups::describe(&ctx.shard, group_id.0.to_string()).await {
                 Err(code) => base.with_error_code(code.code()),

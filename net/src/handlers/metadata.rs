@@ -3,18 +3,21 @@
 //!
 //! A request naming topics that do not exist auto-creates them when the broker allows it
 //! (`auto_create_topics`) and the request does too (`allow_auto_topic_creation`, v4+; always
-//! allowed before v4, as in Kafka).
+//! allowed before v4, as in Kafka). A name no topic may have gets INVALID_TOPIC_EXCEPTION, so
+//! clients fail at once instead of retrying. Authorized operations (KIP-430) are the full sets
+//! when asked for (no ACLs yet: see [`crate::authorized`]).
 
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::{ApiKey, BrokerId, MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
-use sluice_core::topics::Topic;
+use sluice_core::topics::{validate_topic_name, Topic};
 use sluice_core::{controller, resolve_topic, ResponseError, TopicRef};
 use uuid::Uuid;
 
 use crate::apis::ApiRange;
+use crate::authorized;
 use crate::handlers::Context;
 
 pub const RANGE: ApiRange = ApiRange {
@@ -22,9 +25,6 @@ pub const RANGE: ApiRange = ApiRange {
     min_version: 0,
     max_version: 13,
 };
-
-/// "Authorized operations not requested" in Metadata responses.
-const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
 
 pub async fn handle(request: MetadataRequest, version: i16, ctx: &Context) -> MetadataResponse {
     let broker = &ctx.broker;
@@ -45,6 +45,14 @@ pub async fn handle(request: MetadataRequest, version: i16, ctx: &Context) -> Me
                 .collect(),
         ),
     };
+    let topic_operations = authorized::answer(
+        request.include_topic_authorized_operations,
+        authorized::TOPIC,
+    );
+    let cluster_operations = authorized::answer(
+        request.include_cluster_authorized_operations,
+        authorized::CLUSTER,
+    );
     let allow_auto_create = version < 4 || request.allow_auto_topic_creation;
     if let (Some(refs), true, true) = (
         &wanted,
@@ -55,7 +63,9 @@ pub async fn handle(request: MetadataRequest, version: i16, ctx: &Context) -> Me
         let missing: Vec<String> = refs
             .iter()
             .filter_map(|r| match r {
-                TopicRef::Name(n) if image.topic(n).is_none() => Some(n.clone()),
+                TopicRef::Name(n) if image.topic(n).is_none() && validate_topic_name(n).is_ok() => {
+                    Some(n.clone())
+                }
                 _ => None,
             })
             .collect();
@@ -67,18 +77,23 @@ pub async fn handle(request: MetadataRequest, version: i16, ctx: &Context) -> Me
     let topics = match wanted {
         None => image
             .topics()
-            .map(|t| describe(t, broker.node_id))
+            .map(|t| describe(t, broker.node_id, topic_operations))
             .collect(),
         Some(refs) => refs
             .iter()
             .map(|r| match resolve_topic(&image, r) {
-                Some(t) => describe(t, broker.node_id),
+                Some(t) => describe(t, broker.node_id, topic_operations),
                 None => {
                     let (name, id, code) = match r {
                         TopicRef::Name(n) => (
                             Some(TopicName(StrBytes::from_string(n.clone()))),
                             Uuid::nil(),
-                            ResponseError::UnknownTopicOrPartition,
+                            // A name no topic can have: clients fail fast instead of retrying.
+                            if validate_topic_name(n).is_err() {
+                                ResponseError::InvalidTopicException
+                            } else {
+                                ResponseError::UnknownTopicOrPartition
+                            },
                         ),
                         TopicRef::Id(id) => (None, *id, ResponseError::UnknownTopicId),
                     };
@@ -86,7 +101,7 @@ pub async fn handle(request: MetadataRequest, version: i16, ctx: &Context) -> Me
                         .with_error_code(code.code())
                         .with_name(name)
                         .with_topic_id(id)
-                        .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
+                        .with_topic_authorized_operations(topic_operations)
                 }
             })
             .collect(),
@@ -96,10 +111,10 @@ pub async fn handle(request: MetadataRequest, version: i16, ctx: &Context) -> Me
         .with_cluster_id(Some(StrBytes::from_string(broker.cluster_id.clone())))
         .with_controller_id(BrokerId(broker.node_id))
         .with_topics(topics)
-        .with_cluster_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
+        .with_cluster_authorized_operations(cluster_operations)
 }
 
-fn describe(topic: &Topic, node_id: i32) -> MetadataResponseTopic {
+fn describe(topic: &Topic, node_id: i32, operations: i32) -> MetadataResponseTopic {
     let partitions = (0..topic.partitions)
         .map(|p| {
             MetadataResponsePartition::default()
@@ -115,5 +130,5 @@ fn describe(topic: &Topic, node_id: i32) -> MetadataResponseTopic {
         .with_topic_id(topic.id)
         .with_is_internal(topic.name == sluice_core::groups::OFFSETS_TOPIC)
         .with_partitions(partitions)
-        .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
+        .with_topic_authorized_operations(operations)
 }

@@ -1,0 +1,49 @@
+//! DescribeCluster (key 60, KIP-700): the cluster id, the controller and the brokers (this one,
+//! never fenced). Kafka's admin clients prefer it to Metadata when the broker offers it. Only the
+//! brokers endpoint type (1) exists here; asking for controllers (2, KIP-919) gets
+//! UNSUPPORTED_ENDPOINT_TYPE, as from a Kafka broker.
+
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::{ApiKey, BrokerId, DescribeClusterRequest, DescribeClusterResponse};
+use kafka_protocol::protocol::StrBytes;
+use sluice_core::ResponseError;
+
+use crate::apis::ApiRange;
+use crate::authorized;
+use crate::handlers::Context;
+
+pub const RANGE: ApiRange = ApiRange {
+    key: ApiKey::DescribeCluster,
+    min_version: 0,
+    max_version: 2,
+};
+
+/// `endpoint_type` 1: brokers.
+const BROKERS_ENDPOINT: i8 = 1;
+
+pub fn handle(request: DescribeClusterRequest, ctx: &Context) -> DescribeClusterResponse {
+    let broker = &ctx.broker;
+    let response = DescribeClusterResponse::default()
+        .with_endpoint_type(request.endpoint_type)
+        .with_error_message(None)
+        .with_cluster_id(StrBytes::from_string(broker.cluster_id.clone()));
+    if request.endpoint_type != BROKERS_ENDPOINT {
+        return response
+            .with_error_code(ResponseError::UnsupportedEndpointType.code())
+            .with_error_message(Some(StrBytes::from_static_str(
+                "this broker serves the brokers endpoint type (1) only",
+            )))
+            .with_controller_id(BrokerId(-1));
+    }
+    response
+        .with_controller_id(BrokerId(broker.node_id))
+        .with_brokers(vec![DescribeClusterBroker::default()
+            .with_broker_id(BrokerId(broker.node_id))
+            .with_host(StrBytes::from_string(broker.advertised_host.clone()))
+            .with_port(i32::from(broker.advertised_port))
+            .with_rack(None)])
+        .with_cluster_authorized_operations(authorized::answer(
+            request.include_cluster_authorized_operations,
+            authorized::CLUSTER,
+        ))
+}
