@@ -50,6 +50,7 @@ pub enum ConfigType {
     Short,
     Int,
     Long,
+    Double,
     List,
 }
 
@@ -62,6 +63,7 @@ impl ConfigType {
             ConfigType::Short => 4,
             ConfigType::Int => 3,
             ConfigType::Long => 5,
+            ConfigType::Double => 6,
             ConfigType::List => 7,
         }
     }
@@ -73,9 +75,10 @@ pub struct ConfigDef {
     pub name: &'static str,
     pub default: &'static str,
     pub kind: ConfigType,
-    /// For numbers: the smallest value accepted. For strings and lists: the accepted values
-    /// (empty = any).
+    /// For numbers: the smallest and largest values accepted. For strings and lists: the
+    /// accepted values (empty = any).
     min: i64,
+    max: i64,
     choices: &'static [&'static str],
     pub doc: &'static str,
 }
@@ -86,6 +89,26 @@ const fn long(name: &'static str, default: &'static str, min: i64, doc: &'static
         default,
         kind: ConfigType::Long,
         min,
+        max: i64::MAX,
+        choices: &[],
+        doc,
+    }
+}
+
+const fn ranged(
+    name: &'static str,
+    default: &'static str,
+    kind: ConfigType,
+    min: i64,
+    max: i64,
+    doc: &'static str,
+) -> ConfigDef {
+    ConfigDef {
+        name,
+        default,
+        kind,
+        min,
+        max,
         choices: &[],
         doc,
     }
@@ -110,21 +133,33 @@ const fn choice(
         default,
         kind,
         min: 0,
+        max: 0,
         choices,
         doc,
     }
 }
 
-/// Every topic config accepted by CreateTopics and shown by DescribeConfigs, by name.
-/// Values outside what is implemented are refused rather than stored and ignored.
+/// "Accepted and inert": stored, shown by DescribeConfigs, validated, with no effect here.
+const INERT: &str = "accepted and validated for compatibility; no effect in Sluice";
+
+/// `Long.MAX_VALUE`, Kafka's "never" for several time and count limits.
+const LONG_MAX: &str = "9223372036854775807";
+
+/// Every topic config of Kafka 4.x, accepted by CreateTopics and the config APIs and shown by
+/// DescribeConfigs, in name order. Each is validated by type and range; those Sluice honours
+/// say what they do, the others say they are inert (`docs/compatibility.md`). Values this
+/// broker cannot honour are refused rather than stored and ignored (`message.timestamp.type`
+/// LogAppendTime, `remote.storage.enable` true, `unclean.leader.election.enable` true).
 pub const TOPIC_CONFIGS: &[ConfigDef] = &[
     choice(
         "cleanup.policy",
         "delete",
         ConfigType::List,
         &["delete", "compact", "compact,delete", "delete,compact"],
-        "stored; retention deletes old segments; compaction does not run yet",
+        "delete: retention deletes old segments; compact is stored but compaction does not run yet",
     ),
+    ranged("compression.gzip.level", "-1", ConfigType::Int, -1, 9, INERT),
+    ranged("compression.lz4.level", "9", ConfigType::Int, 1, 17, INERT),
     choice(
         "compression.type",
         "producer",
@@ -132,11 +167,53 @@ pub const TOPIC_CONFIGS: &[ConfigDef] = &[
         &["producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"],
         "producer: batches stored as the producer compressed them; a codec: batches in another codec are recompressed",
     ),
+    ranged("compression.zstd.level", "3", ConfigType::Int, -131072, 22, INERT),
+    long(
+        "delete.retention.ms",
+        "86400000",
+        0,
+        "how long tombstones stay readable on a compacted topic (inert until compaction runs)",
+    ),
+    long("file.delete.delay.ms", "60000", 0, INERT),
+    long(
+        "flush.messages",
+        LONG_MAX,
+        1,
+        "inert: acks=all is always fdatasync'ed before the answer, acks=1 is flushed behind",
+    ),
+    long(
+        "flush.ms",
+        LONG_MAX,
+        0,
+        "inert: acks=all is always fdatasync'ed before the answer, acks=1 is flushed behind",
+    ),
+    choice(
+        "follower.replication.throttled.replicas",
+        "",
+        ConfigType::List,
+        &[],
+        INERT,
+    ),
     int(
         "index.interval.bytes",
         "32768",
         512,
         "bytes of batches between two sparse-index entries",
+    ),
+    choice(
+        "leader.replication.throttled.replicas",
+        "",
+        ConfigType::List,
+        &[],
+        INERT,
+    ),
+    long("local.retention.bytes", "-2", -2, INERT),
+    long("local.retention.ms", "-2", -2, INERT),
+    long(
+        "max.compaction.lag.ms",
+        LONG_MAX,
+        1,
+        "longest a record stays uncompacted (inert until compaction runs)",
     ),
     int(
         "max.message.bytes",
@@ -144,18 +221,62 @@ pub const TOPIC_CONFIGS: &[ConfigDef] = &[
         64,
         "largest record batch accepted",
     ),
+    long("message.timestamp.after.max.ms", "3600000", 0, INERT),
+    long("message.timestamp.before.max.ms", LONG_MAX, 0, INERT),
     choice(
         "message.timestamp.type",
         "CreateTime",
         ConfigType::String,
         &["CreateTime"],
-        "timestamps are the producer's",
+        "timestamps are the producer's (LogAppendTime is not supported)",
+    ),
+    ranged(
+        "min.cleanable.dirty.ratio",
+        "0.5",
+        ConfigType::Double,
+        0,
+        1,
+        "share of a log uncompacted before compaction starts (inert until compaction runs)",
+    ),
+    long(
+        "min.compaction.lag.ms",
+        "0",
+        0,
+        "shortest a record stays uncompacted (inert until compaction runs)",
     ),
     int(
         "min.insync.replicas",
         "1",
         1,
         "acks=all produce fails with NOT_ENOUGH_REPLICAS when above the replicas in sync",
+    ),
+    choice(
+        "preallocate",
+        "false",
+        ConfigType::Boolean,
+        &["true", "false"],
+        INERT,
+    ),
+    choice(
+        "remote.log.copy.disable",
+        "false",
+        ConfigType::Boolean,
+        &["true", "false"],
+        INERT,
+    ),
+    choice(
+        "remote.log.delete.on.disable",
+        "false",
+        ConfigType::Boolean,
+        &["true", "false"],
+        INERT,
+    ),
+    choice(
+        "remote.storage.enable",
+        "false",
+        ConfigType::Boolean,
+        &["false"],
+        "no tiered storage yet: only false",
     ),
     long(
         "retention.bytes",
@@ -175,6 +296,15 @@ pub const TOPIC_CONFIGS: &[ConfigDef] = &[
         65536,
         "roll a new segment before one grows past this",
     ),
+    ranged(
+        "segment.index.bytes",
+        "10485760",
+        ConfigType::Int,
+        4,
+        i32::MAX as i64,
+        INERT,
+    ),
+    long("segment.jitter.ms", "0", 0, INERT),
     long(
         "segment.ms",
         "604800000",
@@ -207,11 +337,25 @@ pub fn validate_config(name: &str, value: &str) -> Result<(), String> {
             if n < def.min {
                 return Err(format!("{name}: {n} is below the minimum {}", def.min));
             }
+            if n > def.max {
+                return Err(format!("{name}: {n} is above the maximum {}", def.max));
+            }
             if def.kind == ConfigType::Int && n > i64::from(i32::MAX) {
                 return Err(format!("{name}: {n} does not fit a 32-bit int"));
             }
             Ok(())
         }
+        ConfigType::Double => {
+            let x: f64 = value
+                .trim()
+                .parse()
+                .map_err(|_| format!("{name}: {value:?} is not a number"))?;
+            if !(def.min as f64..=def.max as f64).contains(&x) {
+                return Err(format!("{name}: {x} is outside [{}, {}]", def.min, def.max));
+            }
+            Ok(())
+        }
+        ConfigType::List if def.choices.is_empty() => Ok(()),
         _ => {
             let normalized = value.trim().to_ascii_lowercase().replace(' ', "");
             if def.choices.is_empty()
@@ -348,6 +492,39 @@ mod tests {
         assert!(validate_config("cleanup.policy", "archive").is_err());
         assert!(validate_config("max.message.bytes", "99999999999").is_err());
         assert!(validate_config("no.such.config", "1").is_err());
+        // Kafka 4.x configs accepted by name and range, inert ones included.
+        assert!(validate_config("delete.retention.ms", "1000").is_ok());
+        assert!(validate_config("delete.retention.ms", "-1").is_err());
+        assert!(validate_config("min.cleanable.dirty.ratio", "0.2").is_ok());
+        assert!(validate_config("min.cleanable.dirty.ratio", "1.5").is_err());
+        assert!(validate_config("min.cleanable.dirty.ratio", "half").is_err());
+        assert!(validate_config("compression.zstd.level", "22").is_ok());
+        assert!(validate_config("compression.zstd.level", "23").is_err());
+        assert!(validate_config("preallocate", "true").is_ok());
+        assert!(validate_config("preallocate", "maybe").is_err());
+        assert!(validate_config("remote.storage.enable", "true").is_err());
+        assert!(validate_config("leader.replication.throttled.replicas", "0:1,1:1").is_ok());
+        assert!(validate_config("flush.ms", LONG_MAX).is_ok());
+    }
+
+    #[test]
+    fn the_table_is_in_name_order_and_every_default_is_valid() {
+        for pair in TOPIC_CONFIGS.windows(2) {
+            assert!(
+                pair[0].name < pair[1].name,
+                "{} {}",
+                pair[0].name,
+                pair[1].name
+            );
+        }
+        for def in TOPIC_CONFIGS {
+            assert!(
+                validate_config(def.name, def.default).is_ok(),
+                "{} default {:?}",
+                def.name,
+                def.default
+            );
+        }
     }
 
     #[test]

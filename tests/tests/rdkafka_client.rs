@@ -409,3 +409,79 @@ fn producing_to_an_invalid_topic_name_fails_fast() {
         started.elapsed()
     );
 }
+
+/// Kafka 4.x topic configs are accepted by name and validated by type and range, the inert ones
+/// included (tools and Terraform set them): librdkafka's AdminClient creates a topic with them
+/// and reads them back; an out-of-range value is refused with INVALID_CONFIG naming the config.
+#[test]
+fn kafka_4_topic_configs_are_accepted_validated_and_described() {
+    use rdkafka::admin::{AlterConfig, ResourceSpecifier};
+    use rdkafka::types::RDKafkaErrorCode;
+    let broker = Broker::start(&[]);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .expect("admin client");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let configs = [
+        ("delete.retention.ms", "1000"),
+        ("min.cleanable.dirty.ratio", "0.2"),
+        ("min.compaction.lag.ms", "0"),
+        ("segment.jitter.ms", "10"),
+        ("preallocate", "true"),
+        ("message.timestamp.after.max.ms", "60000"),
+        ("compression.zstd.level", "7"),
+    ];
+    let mut topic = NewTopic::new("kafka4-configs", 1, TopicReplication::Fixed(1));
+    for (name, value) in configs {
+        topic = topic.set(name, value);
+    }
+    let created = futures::executor::block_on(admin.create_topics([&topic], &options)).unwrap();
+    assert!(created[0].is_ok(), "{created:?}");
+
+    let described = futures::executor::block_on(
+        admin.describe_configs([&ResourceSpecifier::Topic("kafka4-configs")], &options),
+    )
+    .unwrap();
+    let resource = described[0].as_ref().expect("described");
+    for (name, value) in configs {
+        let entry = resource
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} listed"));
+        assert_eq!(entry.value.as_deref(), Some(value), "{name}");
+        assert!(!entry.is_default, "{name}");
+    }
+    assert_eq!(
+        resource
+            .get("file.delete.delay.ms")
+            .and_then(|e| e.value.clone()),
+        Some("60000".to_string()),
+        "unset configs show Kafka's default"
+    );
+
+    let bad = NewTopic::new("kafka4-bad", 1, TopicReplication::Fixed(1))
+        .set("min.cleanable.dirty.ratio", "2");
+    let refused = futures::executor::block_on(admin.create_topics([&bad], &options)).unwrap();
+    match &refused[0] {
+        Err((name, code)) => {
+            assert_eq!(name, "kafka4-bad");
+            assert_eq!(*code, RDKafkaErrorCode::InvalidConfig);
+        }
+        Ok(_) => panic!("an out-of-range ratio was accepted"),
+    }
+    let alter = AlterConfig::new(ResourceSpecifier::Topic("kafka4-configs"))
+        .set("delete.retention.ms", "-5");
+    // (The rdkafka crate reports every AlterConfigs resource as Ok, whatever the broker
+    // answered: the refusal shows as the value left unchanged.)
+    futures::executor::block_on(admin.alter_configs([&alter], &options)).unwrap();
+    let described = futures::executor::block_on(
+        admin.describe_configs([&ResourceSpecifier::Topic("kafka4-configs")], &options),
+    )
+    .unwrap();
+    let kept = described[0]
+        .as_ref()
+        .unwrap()
+        .get("delete.retention.ms")
+        .and_then(|e| e.value.clone());
+    assert_eq!(kept.as_deref(), Some("1000"), "a negative value was stored");
+}
