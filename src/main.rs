@@ -208,6 +208,7 @@ fn serve(args: &[&str]) -> ExitCode {
         advertised_host: config.advertised_host.clone(),
         advertised_port: config.advertised_port,
         cluster_id: "sluice-single-node-000".into(),
+        static_configs: static_broker_configs(&config),
     };
     match sluice_net::server::run(server, broker, catalog, shutdown) {
         Ok(()) => {
@@ -219,6 +220,64 @@ fn serve(args: &[&str]) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The start-up settings under Kafka's broker config names, as DescribeConfigs shows them
+/// (read-only): tools read `advertised.listeners` and `log.dirs` from there.
+fn static_broker_configs(
+    config: &BrokerConfig,
+) -> Vec<(&'static str, String, sluice_core::topics::ConfigType)> {
+    use sluice_core::topics::ConfigType;
+    let data_dir = std::fs::canonicalize(&config.data_dir).unwrap_or(config.data_dir.clone());
+    vec![
+        ("broker.id", config.node_id.to_string(), ConfigType::Int),
+        ("node.id", config.node_id.to_string(), ConfigType::Int),
+        (
+            "process.roles",
+            "broker,controller".into(),
+            ConfigType::List,
+        ),
+        (
+            "listeners",
+            format!("PLAINTEXT://{}", config.listen),
+            ConfigType::List,
+        ),
+        (
+            "advertised.listeners",
+            format!(
+                "PLAINTEXT://{}:{}",
+                config.advertised_host, config.advertised_port
+            ),
+            ConfigType::List,
+        ),
+        (
+            "listener.security.protocol.map",
+            "PLAINTEXT:PLAINTEXT".into(),
+            ConfigType::List,
+        ),
+        (
+            "inter.broker.listener.name",
+            "PLAINTEXT".into(),
+            ConfigType::String,
+        ),
+        ("log.dirs", data_dir.display().to_string(), ConfigType::List),
+        (
+            "socket.request.max.bytes",
+            config.frame_bytes_max.to_string(),
+            ConfigType::Int,
+        ),
+        (
+            "offsets.topic.num.partitions",
+            config.offsets_partitions.to_string(),
+            ConfigType::Int,
+        ),
+        ("default.replication.factor", "1".into(), ConfigType::Int),
+        (
+            "log.retention.check.interval.ms",
+            config.retention_check_ms.to_string(),
+            ConfigType::Long,
+        ),
+    ]
 }
 
 /// Creates the data directory and takes an exclusive lock on `<data_dir>/.lock`, so two brokers

@@ -17,6 +17,56 @@ pub const DYNAMIC: &[(&str, ConfigType)] = &[
     ("group.initial.rebalance.delay.ms", ConfigType::Int),
 ];
 
+/// The broker configs that give topic configs their defaults, under Kafka's names (the
+/// synonyms DescribeConfigs lists): topic config, broker config.
+pub const TOPIC_DEFAULTS: &[(&str, &str)] = &[
+    ("cleanup.policy", "log.cleanup.policy"),
+    ("compression.type", "compression.type"),
+    ("delete.retention.ms", "log.cleaner.delete.retention.ms"),
+    ("file.delete.delay.ms", "log.segment.delete.delay.ms"),
+    ("flush.messages", "log.flush.interval.messages"),
+    ("flush.ms", "log.flush.interval.ms"),
+    ("index.interval.bytes", "log.index.interval.bytes"),
+    ("local.retention.bytes", "log.local.retention.bytes"),
+    ("local.retention.ms", "log.local.retention.ms"),
+    ("max.compaction.lag.ms", "log.cleaner.max.compaction.lag.ms"),
+    ("max.message.bytes", "message.max.bytes"),
+    (
+        "message.timestamp.after.max.ms",
+        "log.message.timestamp.after.max.ms",
+    ),
+    (
+        "message.timestamp.before.max.ms",
+        "log.message.timestamp.before.max.ms",
+    ),
+    ("message.timestamp.type", "log.message.timestamp.type"),
+    (
+        "min.cleanable.dirty.ratio",
+        "log.cleaner.min.cleanable.ratio",
+    ),
+    ("min.compaction.lag.ms", "log.cleaner.min.compaction.lag.ms"),
+    ("min.insync.replicas", "min.insync.replicas"),
+    ("preallocate", "log.preallocate"),
+    ("retention.bytes", "log.retention.bytes"),
+    ("retention.ms", "log.retention.ms"),
+    ("segment.bytes", "log.segment.bytes"),
+    ("segment.index.bytes", "log.index.size.max.bytes"),
+    ("segment.jitter.ms", "log.roll.jitter.ms"),
+    ("segment.ms", "log.roll.ms"),
+    (
+        "unclean.leader.election.enable",
+        "unclean.leader.election.enable",
+    ),
+];
+
+/// The broker config that gives topic config `name` its default, if any.
+pub fn broker_default_of(topic_config: &str) -> Option<&'static str> {
+    TOPIC_DEFAULTS
+        .iter()
+        .find(|(t, _)| *t == topic_config)
+        .map(|(_, b)| *b)
+}
+
 /// Checks one dynamic broker config; the error names what is wrong.
 pub fn validate(name: &str, value: &str) -> Result<(), String> {
     let value = value.trim();
@@ -69,6 +119,18 @@ impl Effective {
         }
     }
 
+    /// Each dynamic config's start-up value (before runtime overrides).
+    pub fn startup_values(settings: &ShardSettings) -> [String; 3] {
+        [
+            settings.auto_create_topics.to_string(),
+            settings.default_partitions.to_string(),
+            settings
+                .group_initial_rebalance_delay
+                .as_millis()
+                .to_string(),
+        ]
+    }
+
     /// Each dynamic config's value, and whether it was set at runtime.
     pub fn describe(&self, image: &Image) -> Vec<(&'static str, String, ConfigType, bool)> {
         let values = [
@@ -88,5 +150,20 @@ impl Effective {
                 )
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_topic_default_names_a_known_topic_config() {
+        for (topic, broker) in TOPIC_DEFAULTS {
+            assert!(
+                crate::topics::config_def(topic).is_some(),
+                "{topic} ({broker})"
+            );
+        }
     }
 }

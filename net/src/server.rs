@@ -37,6 +37,9 @@ pub struct BrokerIdentity {
     pub advertised_host: String,
     pub advertised_port: u16,
     pub cluster_id: String,
+    /// Start-up settings DescribeConfigs shows read-only under Kafka's broker config names
+    /// (`listeners`, `advertised.listeners`, `log.dirs`, ...): name, value, type.
+    pub static_configs: Vec<(&'static str, String, sluice_core::topics::ConfigType)>,
 }
 
 #[derive(Debug, Clone)]

@@ -7,7 +7,8 @@
 //! offsets, list groups and their offsets), and deletes the topic. Its admin client also
 //! describes the cluster (DescribeCluster), the log directories (DescribeLogDirs), topics page
 //! by page (DescribeTopicPartitions) and finds the record with the largest timestamp
-//! (ListOffsets -3, KIP-734).
+//! (ListOffsets -3, KIP-734); and reads the broker's configs under Kafka's names with their
+//! sources and synonyms, and the config resources (ListConfigResources).
 
 use std::process::Command;
 
@@ -167,6 +168,66 @@ fn kafka_python_admin_describes_cluster_log_dirs_partitions_and_max_timestamp() 
         "PAGE1 [0, 1] {'topic_name': 'py-admin', 'partition_index': 2}".to_string(),
         "PAGE2 [2] None".to_string(),
         "MAX_TIMESTAMP 1 1700000003000".to_string(),
+    ] {
+        assert!(
+            stdout.contains(&expected),
+            "missing {expected:?} in stdout: {stdout}\nstderr: {stderr}"
+        );
+    }
+}
+
+const CONFIG_SCRIPT: &str = r#"
+import sys
+from kafka import KafkaAdminClient
+from kafka.admin import ConfigResource, NewTopic
+admin = KafkaAdminClient(bootstrap_servers=sys.argv[1])
+admin.create_topics([NewTopic("cfg-topic", 1, 1, topic_configs={"retention.ms": "1000"})])
+r = admin.describe_configs([ConfigResource("BROKER", "0")], include_synonyms=True, config_filter="all")
+broker = r["broker"]["0"]
+for key in ["advertised.listeners", "listeners", "log.dirs", "message.max.bytes", "num.partitions",
+            "default.replication.factor", "log.retention.ms"]:
+    e = broker[key]
+    print("BROKER", key, e["value"], e["config_source"], e["read_only"],
+          [(s["name"], s["source"]) for s in e["synonyms"]])
+r = admin.describe_configs([ConfigResource("TOPIC", "cfg-topic")], include_synonyms=True)
+e = r["topic"]["cfg-topic"]["retention.ms"]
+print("TOPIC retention.ms", e["value"], [(s["name"], s["value"], s["source"]) for s in e["synonyms"]])
+print("RESOURCES", admin.list_config_resources())
+"#;
+
+#[test]
+fn kafka_python_reads_broker_configs_by_kafka_name_with_synonyms() {
+    let broker = Broker::start(&[]);
+    let out = Command::new("python3")
+        .args(["-c", CONFIG_SCRIPT, &broker.addr.to_string()])
+        .output()
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "kafka-python failed:\n{stdout}\n{stderr}"
+    );
+    let addr = broker.addr;
+    let data_dir = std::fs::canonicalize(broker.data_dir.path()).unwrap();
+    for expected in [
+        format!(
+            "BROKER advertised.listeners PLAINTEXT://{addr} STATIC_BROKER_CONFIG True \
+             [('advertised.listeners', 'STATIC_BROKER_CONFIG')]"
+        ),
+        format!("BROKER listeners PLAINTEXT://{addr} STATIC_BROKER_CONFIG True"),
+        format!(
+            "BROKER log.dirs {} STATIC_BROKER_CONFIG True",
+            data_dir.display()
+        ),
+        "BROKER message.max.bytes 1048588 DEFAULT_CONFIG True".to_string(),
+        "BROKER num.partitions 1 STATIC_BROKER_CONFIG False".to_string(),
+        "BROKER default.replication.factor 1 STATIC_BROKER_CONFIG True".to_string(),
+        "BROKER log.retention.ms 604800000 DEFAULT_CONFIG True".to_string(),
+        "TOPIC retention.ms 1000 [('retention.ms', '1000', 'DYNAMIC_TOPIC_CONFIG'), \
+         ('log.retention.ms', '604800000', 'DEFAULT_CONFIG')]"
+            .to_string(),
+        "RESOURCES {'topic': ['__consumer_offsets', 'cfg-topic'], 'broker': ['0']}".to_string(),
     ] {
         assert!(
             stdout.contains(&expected),

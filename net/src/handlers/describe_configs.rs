@@ -1,12 +1,17 @@
 //! DescribeConfigs (key 32): a topic's configs (every known one, with its value and whether it
-//! is the default), and the broker's: its dynamic configs (set at runtime, or as started) and
-//! read-only facts.
+//! is the default), and the broker's under Kafka's names: its dynamic configs (set at runtime,
+//! or as started), its start-up settings read-only (`listeners`, `advertised.listeners`,
+//! `log.dirs`, ...), and the broker defaults of topic configs (`log.retention.ms`, ...).
+//! With `include_synonyms`, each entry lists where its value could come from, most specific
+//! first, as Kafka does: a topic override, then the broker default it overrides; a runtime
+//! broker value, then the start-up one.
 
 use kafka_protocol::messages::describe_configs_response::{
-    DescribeConfigsResourceResult, DescribeConfigsResult,
+    DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
 };
 use kafka_protocol::messages::{ApiKey, DescribeConfigsRequest, DescribeConfigsResponse};
 use kafka_protocol::protocol::StrBytes;
+use sluice_core::broker_configs::{broker_default_of, Effective, TOPIC_DEFAULTS};
 use sluice_core::topics::{ConfigType, TOPIC_CONFIGS};
 use sluice_core::ResponseError;
 
@@ -23,9 +28,20 @@ pub const RANGE: ApiRange = ApiRange {
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
 
-/// `ConfigSource` codes: set at runtime for this broker; set on the broker at start-up.
+/// `ConfigSource` codes: set on the topic; set at runtime for this broker; set on the broker
+/// at start-up; Kafka's default.
+const TOPIC_CONFIG: i8 = 1;
 const DYNAMIC_BROKER_CONFIG: i8 = 2;
 const STATIC_BROKER_CONFIG: i8 = 4;
+const DEFAULT_CONFIG: i8 = 5;
+
+/// One synonym of a config entry.
+fn synonym(name: &str, value: &str, source: i8) -> DescribeConfigsSynonym {
+    DescribeConfigsSynonym::default()
+        .with_name(StrBytes::from_string(name.to_string()))
+        .with_value(Some(StrBytes::from_string(value.to_string())))
+        .with_source(source)
+}
 
 pub fn handle(request: DescribeConfigsRequest, ctx: &Context) -> DescribeConfigsResponse {
     let image = ctx.shard.image();
@@ -52,6 +68,19 @@ pub fn handle(request: DescribeConfigsRequest, ctx: &Context) -> DescribeConfigs
                             .filter(|def| wanted(def.name))
                             .map(|def| {
                                 let (value, is_default) = topic.config_value(def);
+                                let mut synonyms = Vec::new();
+                                if request.include_synonyms {
+                                    if !is_default {
+                                        synonyms.push(synonym(def.name, &value, TOPIC_CONFIG));
+                                    }
+                                    if let Some(broker_name) = broker_default_of(def.name) {
+                                        synonyms.push(synonym(
+                                            broker_name,
+                                            def.default,
+                                            DEFAULT_CONFIG,
+                                        ));
+                                    }
+                                }
                                 entry(
                                     def.name,
                                     value,
@@ -59,6 +88,7 @@ pub fn handle(request: DescribeConfigsRequest, ctx: &Context) -> DescribeConfigs
                                     def.kind,
                                     request.include_documentation.then_some(def.doc),
                                 )
+                                .with_synonyms(synonyms)
                             })
                             .collect(),
                     ),
@@ -74,33 +104,60 @@ pub fn handle(request: DescribeConfigsRequest, ctx: &Context) -> DescribeConfigs
                         || resource.resource_name.as_str() == ctx.broker.node_id.to_string() =>
                 {
                     let effective = ctx.shard.effective();
+                    let startup = Effective::startup_values(&ctx.shard.settings);
                     let mut entries: Vec<DescribeConfigsResourceResult> = effective
                         .describe(&image)
                         .into_iter()
-                        .filter(|(name, _, _, _)| wanted(name))
-                        .map(|(name, value, kind, dynamic)| {
+                        .zip(startup)
+                        .filter(|((name, _, _, _), _)| wanted(name))
+                        .map(|((name, value, kind, dynamic), startup)| {
                             let source = if dynamic {
                                 DYNAMIC_BROKER_CONFIG
                             } else {
                                 STATIC_BROKER_CONFIG
                             };
-                            entry(name, value, source, kind, None)
+                            let mut synonyms = Vec::new();
+                            if request.include_synonyms {
+                                if dynamic {
+                                    synonyms.push(synonym(name, &value, DYNAMIC_BROKER_CONFIG));
+                                }
+                                synonyms.push(synonym(name, &startup, STATIC_BROKER_CONFIG));
+                            }
+                            entry(name, value, source, kind, None).with_synonyms(synonyms)
                         })
                         .collect();
-                    for (name, value, kind) in [
-                        (
-                            "default.replication.factor",
-                            "1".to_string(),
-                            ConfigType::Short,
-                        ),
-                        ("broker.id", ctx.broker.node_id.to_string(), ConfigType::Int),
-                    ] {
-                        if wanted(name) {
-                            entries.push(
-                                entry(name, value, STATIC_BROKER_CONFIG, kind, None)
-                                    .with_read_only(true),
-                            );
+                    let read_only =
+                        ctx.broker
+                            .static_configs
+                            .iter()
+                            .map(|(name, value, kind)| {
+                                (*name, value.clone(), STATIC_BROKER_CONFIG, *kind)
+                            })
+                            .chain(TOPIC_DEFAULTS.iter().filter_map(
+                                |(topic_name, broker_name)| {
+                                    let def = sluice_core::topics::config_def(topic_name)?;
+                                    Some((
+                                        *broker_name,
+                                        def.default.to_string(),
+                                        DEFAULT_CONFIG,
+                                        def.kind,
+                                    ))
+                                },
+                            ));
+                    for (name, value, source, kind) in read_only {
+                        if !wanted(name) || entries.iter().any(|e| e.name.as_str() == name) {
+                            continue;
                         }
+                        let synonyms = if request.include_synonyms {
+                            vec![synonym(name, &value, source)]
+                        } else {
+                            Vec::new()
+                        };
+                        entries.push(
+                            entry(name, value, source, kind, None)
+                                .with_read_only(true)
+                                .with_synonyms(synonyms),
+                        );
                     }
                     result.with_configs(entries)
                 }
