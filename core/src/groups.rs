@@ -172,6 +172,46 @@ pub struct Group {
 }
 
 impl Group {
+    /// KIP-345's check for requests naming a `group.instance.id`: the instance must be a member
+    /// of the group, under this member id. A request from an instance's previous incarnation
+    /// (another member id) is FENCED_INSTANCE_ID; an instance the group does not know,
+    /// UNKNOWN_MEMBER_ID.
+    fn check_static(&self, member_id: &str, instance_id: Option<&str>) -> Option<ResponseError> {
+        let instance = instance_id?;
+        match self
+            .members
+            .values()
+            .find(|m| m.instance_id.as_deref() == Some(instance))
+        {
+            None => Some(ResponseError::UnknownMemberId),
+            Some(m) if m.id != member_id => Some(ResponseError::FencedInstanceId),
+            Some(_) => None,
+        }
+    }
+
+    /// A static member restarted (KIP-345): the new incarnation takes the member over under
+    /// `new_id`, keeping its place, assignment and leadership; the old incarnation's waiting
+    /// JoinGroup or SyncGroup is answered FENCED_INSTANCE_ID, and so is anything it sends later.
+    fn replace_static_member(&mut self, old_id: &str, new_id: &str) {
+        if let Some(m) = self.member_mut(old_id) {
+            m.id = new_id.to_string();
+        }
+        if self.leader.as_deref() == Some(old_id) {
+            self.leader = Some(new_id.to_string());
+        }
+        if let Some(waiting) = self.joins.remove(old_id) {
+            let _ = waiting.send(JoinResponse {
+                error: Some(ResponseError::FencedInstanceId),
+                member_id: old_id.to_string(),
+                ..JoinResponse::default()
+            });
+        }
+        if let Some(waiting) = self.syncs.remove(old_id) {
+            let _ = waiting.send(fail_sync(ResponseError::FencedInstanceId));
+        }
+        info!(group = %self.id, old = %old_id, new = %new_id, "static member replaced; the old one is fenced");
+    }
+
     fn new(id: &str) -> Group {
         Group {
             id: id.to_string(),
@@ -517,7 +557,8 @@ fn join_on_coordinator(shard: &Rc<Shard>, topic: &Topic, request: JoinRequest) -
     let mut member_id = request.member_id.clone();
     if member_id.is_empty() {
         if let Some(existing) = static_id {
-            member_id = existing;
+            member_id = format!("{}-{}", request.client_id, uuid::Uuid::new_v4());
+            group.replace_static_member(&existing, &member_id);
         } else {
             member_id = format!("{}-{}", request.client_id, uuid::Uuid::new_v4());
             if request.require_known_member_id && request.group_instance_id.is_none() {
@@ -525,6 +566,9 @@ fn join_on_coordinator(shard: &Rc<Shard>, topic: &Topic, request: JoinRequest) -
                 return fail(ResponseError::MemberIdRequired, &member_id);
             }
         }
+    } else if let Some(code) = group.check_static(&member_id, request.group_instance_id.as_deref())
+    {
+        return fail(code, &member_id);
     } else if group.member(&member_id).is_none() && !group.pending_member_ids.remove(&member_id) {
         return fail(ResponseError::UnknownMemberId, &member_id);
     }
@@ -607,6 +651,7 @@ pub async fn sync(
     group_id: String,
     generation: i32,
     member_id: String,
+    instance_id: Option<String>,
     assignments: Vec<(String, Bytes)>,
 ) -> SyncResponse {
     let answer = on_coordinator(shard, &group_id.clone(), move |s, _topic| async move {
@@ -615,6 +660,9 @@ pub async fn sync(
                 return fail_sync(ResponseError::UnknownMemberId);
             };
             let mut group = cell.borrow_mut();
+            if let Some(code) = group.check_static(&member_id, instance_id.as_deref()) {
+                return fail_sync(code);
+            }
             if group.member(&member_id).is_none() {
                 return fail_sync(ResponseError::UnknownMemberId);
             }
@@ -692,12 +740,16 @@ pub async fn heartbeat(
     group_id: String,
     generation: i32,
     member_id: String,
+    instance_id: Option<String>,
 ) -> Option<ResponseError> {
     on_coordinator(shard, &group_id.clone(), move |s, _| async move {
         let Some(cell) = s.groups.group(&group_id) else {
             return Some(ResponseError::UnknownMemberId);
         };
         let mut group = cell.borrow_mut();
+        if let Some(code) = group.check_static(&member_id, instance_id.as_deref()) {
+            return Some(code);
+        }
         let state = group.state;
         let current = group.generation;
         let Some(member) = group.member_mut(&member_id) else {
@@ -741,6 +793,10 @@ pub async fn leave(
                         .find(|m| m.instance_id.as_ref() == Some(i))
                         .map(|m| m.id.clone())
                 })
+            } else if let Some(code) = group.check_static(&member_id, instance.as_deref()) {
+                // A fenced incarnation cannot take the current one out of the group.
+                results.push(Some(code));
+                continue;
             } else {
                 Some(member_id)
             };
@@ -779,6 +835,7 @@ pub async fn commit_offsets(
     group_id: String,
     generation: i32,
     member_id: String,
+    instance_id: Option<String>,
     offsets: Vec<(String, i32, Committed)>,
 ) -> Vec<Option<ResponseError>> {
     let count = offsets.len();
@@ -803,7 +860,9 @@ pub async fn commit_offsets(
         let cell = s.groups.group_or_new(&group_id);
         {
             let group = cell.borrow();
-            let check = if generation < 0 && member_id.is_empty() {
+            let check = if let Some(code) = group.check_static(&member_id, instance_id.as_deref()) {
+                Some(code)
+            } else if generation < 0 && member_id.is_empty() {
                 if group.members.is_empty() {
                     None
                 } else {

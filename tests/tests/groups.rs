@@ -400,3 +400,68 @@ fn a_static_member_restarted_within_its_session_gets_its_partitions_back_without
         "b saw no rebalance while a restarted"
     );
 }
+
+/// KIP-345: a second consumer joining with a `group.instance.id` already in use takes the
+/// instance over, and the first one is fenced: librdkafka reports FENCED_INSTANCE_ID to it as a
+/// fatal error (it must not keep consuming partitions now assigned to its successor).
+#[test]
+fn a_second_consumer_with_the_same_instance_id_fences_the_first() {
+    let broker = Broker::start(&["--group-initial-rebalance-delay-ms", "0"]);
+    create_topic(&broker);
+    let static_consumer = || -> BaseConsumer {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", broker.bootstrap())
+            .set("group.id", "fencing")
+            .set("group.instance.id", "the-one")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "200")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .expect("consumer");
+        consumer.subscribe(&[TOPIC]).expect("subscribe");
+        consumer
+    };
+    let assigned = |c: &BaseConsumer, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while c.assignment().map_or(0, |a| a.count()) == 0 {
+            assert!(Instant::now() < deadline, "{what} never got partitions");
+            if let Some(Err(e)) = c.poll(Duration::from_millis(100)) {
+                panic!("{what}: {e}");
+            }
+        }
+    };
+    let first = static_consumer();
+    assigned(&first, "the first incarnation");
+    let second = static_consumer();
+    assigned(&second, "the second incarnation");
+
+    // The first keeps heartbeating with its old member id: the broker fences it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let fenced = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the first incarnation was never fenced"
+        );
+        second.poll(Duration::from_millis(50));
+        if let Some(Err(e)) = first.poll(Duration::from_millis(100)) {
+            break e;
+        }
+    };
+    assert_eq!(
+        fenced.rdkafka_error_code(),
+        Some(rdkafka::types::RDKafkaErrorCode::FencedInstanceId),
+        "{fenced}"
+    );
+    // The new incarnation goes on undisturbed.
+    produce(&broker.bootstrap(), 0..6);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut got = 0;
+    while got < 6 && Instant::now() < deadline {
+        match second.poll(Duration::from_millis(100)) {
+            Some(Ok(_)) => got += 1,
+            Some(Err(e)) => panic!("the second incarnation: {e}"),
+            None => {}
+        }
+    }
+    assert_eq!(got, 6, "the second incarnation consumes every partition");
+}

@@ -18,6 +18,7 @@ pub async fn handle(request: HeartbeatRequest, ctx: &Context) -> HeartbeatRespon
         request.group_id.0.to_string(),
         request.generation_id,
         request.member_id.to_string(),
+        request.group_instance_id.map(|i| i.to_string()),
     )
     .await;
     HeartbeatResponse::default().with_error_code(error.map_or(0, |e| e.code()))

@@ -45,6 +45,7 @@ pub async fn handle(request: OffsetCommitRequest, ctx: &Context) -> OffsetCommit
         request.group_id.0.to_string(),
         request.generation_id_or_member_epoch,
         request.member_id.to_string(),
+        request.group_instance_id.map(|i| i.to_string()),
         offsets,
     )
     .await

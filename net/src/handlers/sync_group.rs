@@ -19,6 +19,7 @@ pub async fn handle(request: SyncGroupRequest, ctx: &Context) -> SyncGroupRespon
         request.group_id.0.to_string(),
         request.generation_id,
         request.member_id.to_string(),
+        request.group_instance_id.map(|i| i.to_string()),
         request
             .assignments
             .into_iter()
