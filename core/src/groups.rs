@@ -15,10 +15,9 @@
 //! new round. Assignment strategies (eager, cooperative-sticky) run in the clients; the
 //! coordinator relays their metadata and assignments untouched.
 //!
-//! Records in `__consumer_offsets` (our layout; Kafka's own binary schemas are not used):
-//! key `["offset", group, topic, partition]` → value `{"offset", "leader_epoch", "metadata",
-//! "commit_ms"}`; key `["group", group]` → value `{"protocol_type", "generation"}` at every
-//! new generation. A JSON `null` value deletes.
+//! Records in `__consumer_offsets` are Kafka's own (`offsets_topic`): an offset commit per
+//! committed partition, a group metadata record (protocol type, generation) at every new
+//! generation, and a null value (tombstone) for a deletion.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -30,10 +29,13 @@ use bytes::Bytes;
 use futures::channel::oneshot;
 use kafka_protocol::ResponseError;
 use serde::{Deserialize, Serialize};
-use sluice_storage::batch::{build_batch, validate_batch};
+use sluice_storage::batch::validate_batch;
 use sluice_storage::Offset;
 use tracing::{debug, info, warn};
 
+use crate::offsets_topic::{
+    self, build_batch, group_key, group_value, offset_key, offset_value, Decoded, OffsetsRecord,
+};
 use crate::shard::Shard;
 use crate::topics::Topic;
 
@@ -412,10 +414,10 @@ impl Group {
 }
 
 /// The persisted part of a group.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct GroupRecord {
-    protocol_type: Option<String>,
-    generation: i32,
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    pub protocol_type: Option<String>,
+    pub generation: i32,
 }
 
 /// The groups whose offsets partitions this shard owns.
@@ -881,14 +883,9 @@ pub async fn commit_offsets(
                 return offsets.iter().map(|_| Some(code)).collect();
             }
         }
-        let records: Vec<(Vec<u8>, Vec<u8>)> = offsets
+        let records: Vec<(Bytes, Option<Bytes>)> = offsets
             .iter()
-            .map(|(t, p, c)| {
-                (
-                    offset_key(&group_id, t, *p),
-                    serde_json::to_vec(c).expect("serializes"),
-                )
-            })
+            .map(|(t, p, c)| (offset_key(&group_id, t, *p), Some(offset_value(c))))
             .collect();
         // Memory first, then the log (see `compact`): restored if the append fails.
         let previous: Vec<Option<Committed>> = {
@@ -969,7 +966,7 @@ pub async fn delete_group(shard: &Rc<Shard>, group_id: String) -> Option<Respons
         let Some(cell) = s.groups.group(&group_id) else {
             return Some(ResponseError::GroupIdNotFound);
         };
-        let records: Vec<(Vec<u8>, Vec<u8>)> = {
+        let records: Vec<(Bytes, Option<Bytes>)> = {
             let group = cell.borrow();
             if !group.members.is_empty() {
                 return Some(ResponseError::NonEmptyGroup);
@@ -978,10 +975,8 @@ pub async fn delete_group(shard: &Rc<Shard>, group_id: String) -> Option<Respons
                 .offsets
                 .keys()
                 .map(|(t, p)| offset_key(&group_id, t, *p))
-                .chain(std::iter::once(
-                    serde_json::to_vec(&("group", &group_id)).expect("serializes"),
-                ))
-                .map(|key| (key, b"null".to_vec()))
+                .chain(std::iter::once(group_key(&group_id)))
+                .map(|key| (key, None))
                 .collect()
         };
         // Memory first, then the log (see `compact`).
@@ -1014,9 +1009,9 @@ pub async fn delete_offsets(
                 .map(|_| Some(ResponseError::GroupSubscribedToTopic))
                 .collect());
         }
-        let records: Vec<(Vec<u8>, Vec<u8>)> = partitions
+        let records: Vec<(Bytes, Option<Bytes>)> = partitions
             .iter()
-            .map(|(t, p)| (offset_key(&group_id, t, *p), b"null".to_vec()))
+            .map(|(t, p)| (offset_key(&group_id, t, *p), None))
             .collect();
         // Memory first, then the log (see `compact`): restored if the append fails.
         let removed: Vec<Option<Committed>> = {
@@ -1038,10 +1033,6 @@ pub async fn delete_offsets(
         Ok(partitions.iter().map(|_| None).collect())
     })
     .await?
-}
-
-fn offset_key(group: &str, topic: &str, partition: i32) -> Vec<u8> {
-    serde_json::to_vec(&("offset", group, topic, partition)).expect("serializes")
 }
 
 /// A group as DescribeGroups shows it; `None` if the coordinator has never seen it.
@@ -1102,7 +1093,7 @@ async fn append_records(
     shard: &Shard,
     topic: &Topic,
     group: &str,
-    records: &[(Vec<u8>, Vec<u8>)],
+    records: &[(Bytes, Option<Bytes>)],
 ) -> Result<(), ResponseError> {
     if records.is_empty() {
         return Ok(());
@@ -1112,13 +1103,8 @@ async fn append_records(
         .partition(topic, partition)
         .await
         .map_err(|_| ResponseError::CoordinatorNotAvailable)?;
-    let now = now_ms();
-    let recs: Vec<(i64, &[u8], &[u8])> = records
-        .iter()
-        .map(|(k, v)| (now, k.as_slice(), v.as_slice()))
-        .collect();
-    let batch = build_batch(now, &recs);
-    p.append(batch.into(), true).await.map(|_| ()).map_err(|e| {
+    let batch = build_batch(now_ms(), records);
+    p.append(batch, true).await.map(|_| ()).map_err(|e| {
         warn!(group, error = %e, "cannot persist to the offsets topic");
         ResponseError::CoordinatorNotAvailable
     })
@@ -1180,7 +1166,7 @@ async fn compact(shard: &Shard, topic: &Topic, partition: i32) -> sluice_storage
     let mut next = 0;
     while next < keys.len() {
         // Built from memory and appended in one synchronous step (see above).
-        let mut records: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut records: Vec<(Bytes, Option<Bytes>)> = Vec::new();
         let mut bytes = 0;
         while next < keys.len() && records.len() < COMPACTION_BATCH_RECORDS && bytes < budget {
             let (group, key) = &keys[next];
@@ -1190,32 +1176,22 @@ async fn compact(shard: &Shard, topic: &Topic, partition: i32) -> sluice_storage
             };
             let g = cell.borrow();
             let record = match key {
-                None => Some((
-                    serde_json::to_vec(&("group", group)).expect("serializes"),
-                    serde_json::to_vec(&g.record()).expect("serializes"),
-                )),
-                Some((t, part)) => g.offsets.get(&(t.clone(), *part)).map(|c| {
-                    (
-                        offset_key(group, t, *part),
-                        serde_json::to_vec(c).expect("serializes"),
-                    )
-                }),
+                None => Some((group_key(group), group_value(&g.record(), now_ms()))),
+                Some((t, part)) => g
+                    .offsets
+                    .get(&(t.clone(), *part))
+                    .map(|c| (offset_key(group, t, *part), offset_value(c))),
             };
             if let Some((k, v)) = record {
                 bytes += k.len() + v.len() + 32;
-                records.push((k, v));
+                records.push((k, Some(v)));
             }
         }
         if records.is_empty() {
             continue;
         }
         start.get_or_insert(p.high_watermark());
-        let now = now_ms();
-        let recs: Vec<(i64, &[u8], &[u8])> = records
-            .iter()
-            .map(|(k, v)| (now, k.as_slice(), v.as_slice()))
-            .collect();
-        p.append(build_batch(now, &recs).into(), true)
+        p.append(build_batch(now_ms(), &records), true)
             .await
             .map_err(|e| match e {
                 crate::partition::AppendError::Storage(e) => e,
@@ -1243,20 +1219,24 @@ fn persist_group_record(shard: &Rc<Shard>, topic: &Topic, group: String, _record
         let Some(cell) = shard.groups.group(&group) else {
             return;
         };
-        let value = serde_json::to_vec(&cell.borrow().record()).expect("serializes");
-        let key = serde_json::to_vec(&("group", &group)).expect("serializes");
-        let _ = append_records(&shard, &topic, &group, &[(key, value)]).await;
+        let value = group_value(&cell.borrow().record(), now_ms());
+        let _ = append_records(&shard, &topic, &group, &[(group_key(&group), Some(value))]).await;
     })
     .detach();
 }
 
 /// Rebuilds the groups of `partition` (an offsets partition this shard owns) from its log.
+/// A partition holding records in Sluice's earlier JSON format is then rewritten in Kafka's
+/// (the live state appended, the old prefix dropped: the compaction below), so a data
+/// directory migrates on its first start; a crash half-way replays both and rewrites again.
 pub async fn replay(shard: &Shard, topic: &Topic, partition: i32) -> sluice_storage::Result<usize> {
     let p = shard.partition(topic, partition).await?;
     let log = p.log();
     let mut from = log.log_start_offset();
     let end = log.log_end_offset();
     let mut applied = 0;
+    let mut legacy = 0;
+    let mut unknown = 0;
     while from < end {
         let read = log.read(from, REPLAY_READ_BYTES).await?;
         let mut bytes = read.bytes.clone();
@@ -1268,61 +1248,78 @@ pub async fn replay(shard: &Shard, topic: &Topic, partition: i32) -> sluice_stor
                 continue;
             };
             for record in set.records {
-                if apply_record(shard, record.key.as_deref(), record.value.as_deref()) {
-                    applied += 1;
+                let Some(key) = record.key.as_deref() else {
+                    unknown += 1;
+                    continue;
+                };
+                match offsets_topic::decode(key, record.value.as_deref()) {
+                    Decoded::Current(r) => apply_record(shard, r),
+                    Decoded::Legacy(r) => {
+                        legacy += 1;
+                        apply_record(shard, r);
+                    }
+                    Decoded::Unknown => {
+                        unknown += 1;
+                        continue;
+                    }
                 }
+                applied += 1;
             }
         }
         from = read.next_offset;
     }
+    if unknown > 0 {
+        warn!(
+            partition,
+            records = unknown,
+            "records of the offsets topic not understood; skipped"
+        );
+    }
+    if legacy > 0 {
+        let start = compact(shard, topic, partition).await?;
+        info!(
+            partition,
+            records = legacy,
+            log_start = start,
+            "offsets topic partition migrated from Sluice's JSON records to Kafka's format"
+        );
+    }
     Ok(applied)
 }
 
-/// Applies one stored record to the in-memory groups; false if it is not one of ours.
-fn apply_record(shard: &Shard, key: Option<&[u8]>, value: Option<&[u8]>) -> bool {
-    let (Some(key), Some(value)) = (key, value) else {
-        return false;
-    };
-    if let Ok((kind, group, topic, partition)) =
-        serde_json::from_slice::<(String, String, String, i32)>(key)
-    {
-        if kind != "offset" {
-            return false;
-        }
-        let cell = shard.groups.group_or_new(&group);
-        let mut g = cell.borrow_mut();
-        match serde_json::from_slice::<Option<Committed>>(value) {
-            Ok(Some(c)) => {
-                g.offsets.insert((topic, partition), c);
+/// Applies one stored record to the in-memory groups.
+fn apply_record(shard: &Shard, record: OffsetsRecord) {
+    match record {
+        OffsetsRecord::Offset {
+            group,
+            topic,
+            partition,
+            committed,
+        } => {
+            let cell = shard.groups.group_or_new(&group);
+            let mut g = cell.borrow_mut();
+            match committed {
+                Some(c) => {
+                    g.offsets.insert((topic, partition), c);
+                }
+                None => {
+                    g.offsets.remove(&(topic, partition));
+                }
             }
-            Ok(None) => {
-                g.offsets.remove(&(topic, partition));
-            }
-            Err(_) => return false,
         }
-        return true;
+        OffsetsRecord::Group {
+            group,
+            state: Some(r),
+        } => {
+            let cell = shard.groups.group_or_new(&group);
+            let mut g = cell.borrow_mut();
+            g.generation = r.generation;
+            g.protocol_type = r.protocol_type;
+        }
+        OffsetsRecord::Group { group, state: None } => {
+            shard.groups.groups.borrow_mut().remove(&group);
+        }
     }
-    if let Ok((kind, group)) = serde_json::from_slice::<(String, String)>(key) {
-        if kind != "group" {
-            return false;
-        }
-        let Ok(record) = serde_json::from_slice::<Option<GroupRecord>>(value) else {
-            return false;
-        };
-        match record {
-            Some(r) => {
-                let cell = shard.groups.group_or_new(&group);
-                let mut g = cell.borrow_mut();
-                g.generation = r.generation;
-                g.protocol_type = r.protocol_type;
-            }
-            None => {
-                shard.groups.groups.borrow_mut().remove(&group);
-            }
-        }
-        return true;
-    }
-    false
 }
 
 /// Expires sessions and ends overdue rebalance rounds on this shard's groups, forever.

@@ -16,6 +16,7 @@
 //! - [`producers`] — idempotent-producer state: sequence and epoch checks, duplicates,
 //!   snapshots.
 //! - [`controller`] — create/delete topics, add partitions, auto-create, config changes.
+//! - [`offsets_topic`] — the records of `__consumer_offsets` in Kafka's binary schemas.
 //! - [`broker_configs`] — broker configs changeable at runtime, and the settings in force.
 //! - [`log_dirs`] — the partitions stored here and their sizes (DescribeLogDirs).
 //! - [`groups`] — the classic consumer-group coordinator and committed offsets, on the shard
@@ -33,6 +34,7 @@ pub mod fetch;
 pub mod groups;
 pub mod log_dirs;
 pub mod offsets;
+pub mod offsets_topic;
 pub mod partition;
 pub mod produce;
 pub mod producers;

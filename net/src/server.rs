@@ -7,8 +7,10 @@
 //! to start when any process already listens there (SO_REUSEPORT would otherwise let a second
 //! broker join the port and the kernel split clients between two brokers with different data).
 //!
-//! Start-up: every shard joins the mesh and opens (recovers) the partitions it owns before it
-//! accepts connections; a partition that cannot be opened stops the broker.
+//! Start-up: every shard joins the mesh and opens (recovers) the partitions it owns, and no
+//! shard accepts connections before every shard has (a request forwarded to a shard still
+//! replaying its consumer groups would see them without offsets); a partition that cannot be
+//! opened stops the broker.
 //!
 //! Shutdown: when the `shutdown` flag is raised (SIGINT/SIGTERM in `sluice serve`), every shard
 //! stops accepting and waits (up to `drain_timeout`) for the requests it is answering to be
@@ -169,11 +171,27 @@ pub fn run(
     let shards = config.shards.max(1);
     let mesh = MeshBuilder::full(shards, MESH_CHANNEL_JOBS);
     let drained = Arc::new(AtomicUsize::new(0));
+    let started = Arc::new(AtomicUsize::new(0));
+    let start_failed = Arc::new(AtomicBool::new(false));
     let handles = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(shards, None))
         .on_all_shards(move || async move {
-            let shard = Shard::start(mesh, catalog, config.shard_settings.clone())
-                .await
-                .map_err(ServerError::Start)?;
+            let shard = match Shard::start(mesh, catalog, config.shard_settings.clone()).await {
+                Ok(shard) => shard,
+                Err(e) => {
+                    start_failed.store(true, Ordering::Release);
+                    return Err(ServerError::Start(e));
+                }
+            };
+            // No shard serves before every shard has recovered its partitions and replayed
+            // its consumer groups: a request forwarded to a shard still replaying would see
+            // groups without their offsets.
+            started.fetch_add(1, Ordering::AcqRel);
+            while started.load(Ordering::Acquire) < shards {
+                if start_failed.load(Ordering::Acquire) {
+                    return Err(ServerError::Start("another shard failed to start".into()));
+                }
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
             let listener = TcpListener::bind(config.listen).map_err(|e| ServerError::Listen {
                 addr: config.listen,
                 reason: e.to_string(),

@@ -233,6 +233,7 @@ fn offsets_of_several_groups_are_fetched_and_deleted() {
     drop(s);
     let broker = Broker::start_on(broker.kill(), &["--cores", "2"]);
     let mut s = connect(broker.addr);
+
     assert_eq!(
         fetch(&mut s, &["g1", "g2"]),
         [
@@ -512,4 +513,199 @@ fn offset_commit_follows_kafkas_rules_in_every_group_state() {
             UNKNOWN_TOPIC_OR_PARTITION
         ]
     );
+}
+
+/// Every record of `__consumer_offsets` partition `partition`, read with Fetch: (key, value).
+fn offsets_topic_records(s: &mut TcpStream, partition: i32) -> Vec<(Bytes, Option<Bytes>)> {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::{FetchRequest, FetchResponse};
+    use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+    use kafka_protocol::records::RecordBatchDecoder;
+    let start: ListOffsetsResponse = call(
+        s,
+        ApiKey::ListOffsets,
+        7,
+        &ListOffsetsRequest::default().with_topics(vec![ListOffsetsTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str("__consumer_offsets")))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(partition)
+                .with_timestamp(-2)])]),
+    );
+    let start = start.topics[0].partitions[0].offset;
+    let r: FetchResponse = call(
+        s,
+        ApiKey::Fetch,
+        12,
+        &FetchRequest::default()
+            .with_max_wait_ms(0)
+            .with_max_bytes(16 << 20)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str("__consumer_offsets")))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(partition)
+                    .with_fetch_offset(start)
+                    .with_partition_max_bytes(16 << 20)])]),
+    );
+    let p = &r.responses[0].partitions[0];
+    assert_eq!(p.error_code, 0);
+    let mut records = p.records.clone().unwrap_or_default();
+    RecordBatchDecoder::decode_all(&mut records)
+        .expect("decodes")
+        .into_iter()
+        .flat_map(|set| set.records)
+        .map(|r| (r.key.expect("a key"), r.value))
+        .collect()
+}
+
+/// Kafka's `OffsetCommitKey` (v0/v1), decoded here from the published schema, independently
+/// of the broker's code: (group, topic, partition).
+fn kafka_offset_key(key: &[u8]) -> Option<(String, String, i32)> {
+    let version = i16::from_be_bytes([key[0], key[1]]);
+    if !(0..=1).contains(&version) {
+        return None;
+    }
+    let mut at = 2;
+    let string = |at: &mut usize| {
+        let len = i16::from_be_bytes([key[*at], key[*at + 1]]) as usize;
+        let s = String::from_utf8(key[*at + 2..*at + 2 + len].to_vec()).unwrap();
+        *at += 2 + len;
+        s
+    };
+    let group = string(&mut at);
+    let topic = string(&mut at);
+    let partition = i32::from_be_bytes(key[at..at + 4].try_into().unwrap());
+    Some((group, topic, partition))
+}
+
+/// Kafka's `OffsetCommitValue` v3: (offset, leader epoch, metadata).
+fn kafka_offset_value_v3(value: &[u8]) -> (i64, i32, String) {
+    assert_eq!(i16::from_be_bytes([value[0], value[1]]), 3, "value version");
+    let offset = i64::from_be_bytes(value[2..10].try_into().unwrap());
+    let epoch = i32::from_be_bytes(value[10..14].try_into().unwrap());
+    let len = i16::from_be_bytes([value[14], value[15]]) as usize;
+    let metadata = String::from_utf8(value[16..16 + len].to_vec()).unwrap();
+    (offset, epoch, metadata)
+}
+
+/// `__consumer_offsets` holds Kafka's own binary records, so tools that read the topic
+/// directly understand them; a deletion is a tombstone (null value).
+#[test]
+fn the_offsets_topic_holds_kafkas_binary_records() {
+    let broker = Broker::start(&[]);
+    let mut s = connect(broker.addr);
+    create_topic_t(&mut s);
+    assert_eq!(commit(&mut s, "layout", &[(0, 5), (1, 7)]), [0, 0]);
+    let partition = (crc32c::crc32c(b"layout") % 8) as i32;
+    let records = offsets_topic_records(&mut s, partition);
+    let mut committed: Vec<(String, String, i32, i64)> = records
+        .iter()
+        .filter_map(|(k, v)| {
+            let (group, topic, p) = kafka_offset_key(k)?;
+            let (offset, _, _) = kafka_offset_value_v3(v.as_ref()?);
+            Some((group, topic, p, offset))
+        })
+        .collect();
+    committed.sort();
+    assert_eq!(
+        committed,
+        [
+            ("layout".to_string(), "t".to_string(), 0, 5),
+            ("layout".to_string(), "t".to_string(), 1, 7)
+        ]
+    );
+
+    // OffsetDelete appends a tombstone for the key.
+    let r: OffsetDeleteResponse = call(
+        &mut s,
+        ApiKey::OffsetDelete,
+        0,
+        &OffsetDeleteRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("layout")))
+            .with_topics(vec![OffsetDeleteRequestTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_partitions(vec![
+                    OffsetDeleteRequestPartition::default().with_partition_index(0)
+                ])]),
+    );
+    assert_eq!(r.error_code, 0);
+    let records = offsets_topic_records(&mut s, partition);
+    let (key, value) = records.last().unwrap();
+    assert_eq!(
+        kafka_offset_key(key),
+        Some(("layout".to_string(), "t".to_string(), 0))
+    );
+    assert_eq!(value, &None, "a tombstone");
+}
+
+/// A data directory written before the binary format (JSON records) is migrated on its first
+/// start: the offsets are restored, and the partition then holds only Kafka's records.
+#[test]
+fn json_offsets_records_of_an_older_data_directory_are_migrated() {
+    let broker = Broker::start(&[]);
+    let mut s = connect(broker.addr);
+    create_topic_t(&mut s);
+    drop(s);
+    let data = broker.stop();
+    // Write what the older broker wrote for group "old": two offsets and a group record.
+    let partition = (crc32c::crc32c(b"old") % 8) as i32;
+    let topic_dir = std::fs::read_dir(data.path().join("topics"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("__consumer_offsets-")
+        })
+        .expect("the offsets topic directory");
+    let dir = topic_dir.join(partition.to_string());
+    glommio::LocalExecutorBuilder::default()
+        .spawn(move || async move {
+            let log = sluice_storage::Log::open(&dir, sluice_storage::LogConfig::default())
+                .await
+                .unwrap();
+            let value = |offset: i64| {
+                format!(r#"{{"offset":{offset},"leader_epoch":-1,"metadata":"","commit_ms":1}}"#)
+            };
+            let (v0, v1) = (value(11), value(12));
+            let batch = sluice_storage::batch::build_batch(
+                1,
+                &[
+                    (1, br#"["offset","old","t",0]"#, v0.as_bytes()),
+                    (1, br#"["offset","old","t",1]"#, v1.as_bytes()),
+                    (
+                        1,
+                        br#"["group","old"]"#,
+                        br#"{"protocol_type":"consumer","generation":4}"#,
+                    ),
+                ],
+            );
+            log.append_durable(&batch, sluice_storage::LeaderEpoch(0))
+                .await
+                .unwrap();
+            log.close().await.unwrap();
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+
+    let broker = Broker::start_on(data, &[]);
+    let mut s = connect(broker.addr);
+    assert_eq!(
+        fetch(&mut s, &["old"]),
+        [("old".to_string(), vec![11, 12])],
+        "offsets restored from the JSON records"
+    );
+    assert!(broker.log().contains("migrated"), "{}", broker.log());
+    let records = offsets_topic_records(&mut s, partition);
+    assert!(!records.is_empty());
+    for (key, _) in &records {
+        assert_ne!(key.first(), Some(&b'['), "a JSON record is left: {key:?}");
+    }
+    // And the migrated partition replays on the next start too.
+    drop(s);
+    let broker = Broker::start_on(broker.stop(), &[]);
+    let mut s = connect(broker.addr);
+    assert_eq!(fetch(&mut s, &["old"]), [("old".to_string(), vec![11, 12])]);
 }
