@@ -67,6 +67,8 @@ pub struct ProduceOutput {
     pub message: Option<String>,
     pub base_offset: i64,
     pub log_start_offset: i64,
+    /// KIP-467: the records (index in the batch) that made the batch fail, with why.
+    pub record_errors: Vec<(i32, String)>,
 }
 
 impl ProduceOutput {
@@ -76,6 +78,7 @@ impl ProduceOutput {
             message: Some(message.into()),
             base_offset: -1,
             log_start_offset: -1,
+            record_errors: Vec::new(),
         }
     }
 }
@@ -206,6 +209,29 @@ pub async fn produce(
                 continue;
             }
         };
+        if topic.is_compacted() {
+            let keyless: Vec<i32> = match &checked.decompressed {
+                Some(records) => records
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.key.is_none())
+                    .map(|(i, _)| i as i32)
+                    .collect(),
+                None => batch::keyless_records(&records, &checked.info),
+            };
+            if !keyless.is_empty() {
+                // Kafka's words (KIP-467), so clients and their users see the same text.
+                let why = format!(
+                    "Compacted topic cannot accept message without key in topic partition {}-{}.",
+                    topic.name, input.partition
+                );
+                outputs[index] = Some(ProduceOutput {
+                    record_errors: keyless.into_iter().map(|i| (i, why.clone())).collect(),
+                    ..ProduceOutput::failed(ResponseError::InvalidRecord, why)
+                });
+                continue;
+            }
+        }
         let records = match topic.required_codec() {
             Some(codec) => match recompress(&records, checked, codec) {
                 Ok(recompressed) => recompressed,
@@ -418,6 +444,7 @@ fn append_one(
                 message: None,
                 base_offset: info.base_offset.0,
                 log_start_offset: partition.log().log_start_offset().0,
+                record_errors: Vec::new(),
             },
             Err(AppendError::Refused(code, message)) => ProduceOutput::failed(code, message),
             Err(AppendError::Storage(e)) => storage_failure(e),

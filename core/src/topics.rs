@@ -427,6 +427,16 @@ impl Topic {
         }
     }
 
+    /// `cleanup.policy` includes `compact`: every record needs a key.
+    pub fn is_compacted(&self) -> bool {
+        config_def("cleanup.policy").is_some_and(|def| {
+            self.config_value(def)
+                .0
+                .split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("compact"))
+        })
+    }
+
     /// `min.insync.replicas`.
     pub fn min_insync_replicas(&self) -> i64 {
         self.number("min.insync.replicas").unwrap_or(1)

@@ -338,6 +338,31 @@ pub fn validate_records(batch: &[u8], info: &BatchInfo) -> Result<(), BatchError
     Ok(())
 }
 
+/// For an uncompressed batch that passed [`validate_records`]: the indexes of its records
+/// without a key (a compacted topic refuses them). Empty for compressed batches (the caller
+/// checks their decompressed records).
+pub fn keyless_records(batch: &[u8], info: &BatchInfo) -> Vec<i32> {
+    let mut keyless = Vec::new();
+    if info.compression_codec() != 0 {
+        return keyless;
+    }
+    let mut pos = BATCH_HEADER_BYTES;
+    for index in 0..info.record_count {
+        let (Some(length), start) = (read_varint(batch, &mut pos, 5), pos) else {
+            break;
+        };
+        let mut at = start + 1; // attributes
+        let fields = read_varint(batch, &mut at, 10) // timestamp delta
+            .and_then(|_| read_varint(batch, &mut at, 5)) // offset delta
+            .and_then(|_| read_varint(batch, &mut at, 5)); // key length
+        if fields == Some(-1) {
+            keyless.push(index);
+        }
+        pos = start + usize::try_from(length).unwrap_or(0);
+    }
+    keyless
+}
+
 /// A zigzag varint of at most `max_bytes` bytes.
 fn read_varint(buf: &[u8], pos: &mut usize, max_bytes: usize) -> Option<i64> {
     let mut value: u64 = 0;
@@ -456,6 +481,50 @@ pub fn build_batch(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn keyless_records_are_found_by_index() {
+        use kafka_protocol::records::{
+            Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+        };
+        let record = |i: i64, key: Option<&'static [u8]>| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i,
+            sequence: i as i32,
+            timestamp: 0,
+            key: key.map(bytes::Bytes::from_static),
+            value: Some(bytes::Bytes::from_static(b"v")),
+            headers: Default::default(),
+        };
+        let records = [
+            record(0, Some(b"k")),
+            record(1, None),
+            record(2, Some(b"")),
+            record(3, None),
+        ];
+        let mut out = bytes::BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut out,
+            &records,
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .unwrap();
+        let info = validate_batch(&out, usize::MAX).unwrap();
+        validate_records(&out, &info).unwrap();
+        assert_eq!(keyless_records(&out, &info), [1, 3]);
+        let keyed = build_batch(0, &[(0, b"a", b"1"), (0, b"b", b"2")]);
+        let info = validate_batch(&keyed, usize::MAX).unwrap();
+        assert!(keyless_records(&keyed, &info).is_empty());
+    }
+
     use super::*;
 
     const MAX: usize = 1 << 20;

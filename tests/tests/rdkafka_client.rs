@@ -485,3 +485,129 @@ fn kafka_4_topic_configs_are_accepted_validated_and_described() {
         .and_then(|e| e.value.clone());
     assert_eq!(kept.as_deref(), Some("1000"), "a negative value was stored");
 }
+
+/// A compacted topic refuses records without a key, as Kafka does: INVALID_RECORD, with the
+/// culprit records and Kafka's message in the response (KIP-467); keyed records go through.
+#[test]
+fn a_compacted_topic_refuses_records_without_a_key() {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    use rdkafka::types::RDKafkaErrorCode;
+    let broker = Broker::start(&[]);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .expect("admin client");
+    let topic =
+        NewTopic::new("compacted", 1, TopicReplication::Fixed(1)).set("cleanup.policy", "compact");
+    let created = futures::executor::block_on(admin.create_topics(
+        [&topic],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+    ))
+    .unwrap();
+    assert!(created[0].is_ok(), "{created:?}");
+
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    /// What happened to each record: its label, and its offset or the broker's error.
+    type Delivered = Vec<(String, Result<i64, RDKafkaErrorCode>)>;
+    struct Outcomes(Arc<Mutex<Delivered>>);
+    impl ClientContext for Outcomes {}
+    impl ProducerContext for Outcomes {
+        type DeliveryOpaque = Box<String>;
+        fn delivery(&self, result: &DeliveryResult<'_>, what: Box<String>) {
+            let outcome = match result {
+                Ok(m) => Ok(m.offset()),
+                Err((e, _)) => Err(e.rdkafka_error_code().expect("a broker error")),
+            };
+            self.0.lock().unwrap().push((*what, outcome));
+        }
+    }
+    let producer: BaseProducer<Outcomes> = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("linger.ms", "0")
+        .set("enable.idempotence", "false")
+        .set("retries", "0")
+        .create_with_context(Outcomes(outcomes.clone()))
+        .expect("producer");
+    for (what, key) in [
+        ("keyed", Some("k")),
+        ("keyless", None),
+        ("keyed again", Some("k")),
+    ] {
+        let mut record =
+            BaseRecord::<str, str, Box<String>>::with_opaque_to("compacted", Box::new(what.into()))
+                .payload("v");
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        producer.send(record).map_err(|(e, _)| e).expect("queued");
+        producer.flush(Duration::from_secs(10)).expect("flush");
+    }
+    let outcomes = outcomes.lock().unwrap().clone();
+    assert_eq!(
+        outcomes,
+        [
+            ("keyed".to_string(), Ok(0)),
+            ("keyless".to_string(), Err(RDKafkaErrorCode::InvalidRecord)),
+            ("keyed again".to_string(), Ok(1)),
+        ]
+    );
+
+    // On the wire: the culprit's index in the batch and Kafka's message (Produce v8+).
+    let batch = {
+        use kafka_protocol::records::{
+            Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+        };
+        let record = |i: i64, key: Option<&'static [u8]>| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i,
+            sequence: i as i32,
+            timestamp: 0,
+            key: key.map(bytes::Bytes::from_static),
+            value: Some(bytes::Bytes::from_static(b"v")),
+            headers: Default::default(),
+        };
+        let mut out = bytes::BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut out,
+            &[record(0, Some(b"a")), record(1, None)],
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .unwrap();
+        out.freeze()
+    };
+    let r: ProduceResponse = sluice_tests::wire::call(
+        &mut sluice_tests::wire::connect(broker.addr),
+        ApiKey::Produce,
+        9,
+        &ProduceRequest::default()
+            .with_acks(1)
+            .with_timeout_ms(5000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("compacted")))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(batch))])]),
+    );
+    let p = &r.responses[0].partition_responses[0];
+    assert_eq!(p.error_code, 87, "INVALID_RECORD");
+    let message =
+        "Compacted topic cannot accept message without key in topic partition compacted-0.";
+    assert_eq!(p.error_message.as_deref(), Some(message));
+    assert_eq!(p.record_errors.len(), 1);
+    assert_eq!(p.record_errors[0].batch_index, 1);
+    assert_eq!(
+        p.record_errors[0].batch_index_error_message.as_deref(),
+        Some(message)
+    );
+}

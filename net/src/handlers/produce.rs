@@ -5,7 +5,9 @@
 //! in the log; acks=-1 once they are fdatasync'ed. Any other acks value fails every partition
 //! with INVALID_REQUIRED_ACKS. v13 names topics by id.
 
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
 use sluice_core::produce::{self, Acks, OrderLink, ProduceInput, ProduceOutput};
@@ -55,6 +57,7 @@ pub async fn handle(
                 message: Some(format!("acks must be 0, 1 or -1, not {}", request.acks)),
                 base_offset: -1,
                 log_start_offset: -1,
+                record_errors: Vec::new(),
             })
             .collect(),
     };
@@ -78,6 +81,18 @@ pub async fn handle(
                         .with_base_offset(out.base_offset)
                         .with_log_append_time_ms(-1)
                         .with_log_start_offset(out.log_start_offset)
+                        .with_record_errors(
+                            out.record_errors
+                                .into_iter()
+                                .map(|(i, why)| {
+                                    BatchIndexAndErrorMessage::default()
+                                        .with_batch_index(i)
+                                        .with_batch_index_error_message(Some(
+                                            StrBytes::from_string(why),
+                                        ))
+                                })
+                                .collect(),
+                        )
                 })
                 .collect();
             TopicProduceResponse::default()
