@@ -19,9 +19,7 @@
 //! (`groups::replay`), so every directory migrates on its first start.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use sluice_storage::batch::{build_batch_nullable, NullableRecord};
 
 use crate::groups::{Committed, GroupRecord};
 
@@ -222,37 +220,11 @@ fn decode_legacy(key: &[u8], value: Option<&[u8]>) -> Option<OffsetsRecord> {
 /// One uncompressed batch of `(key, value)` records (a `None` value is a deletion), every
 /// record stamped `now_ms`.
 pub fn build_batch(now_ms: i64, records: &[(Bytes, Option<Bytes>)]) -> Bytes {
-    let records: Vec<Record> = records
+    let records: Vec<NullableRecord> = records
         .iter()
-        .enumerate()
-        .map(|(i, (key, value))| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            // The encoder keeps records in one batch while offset - sequence is constant.
-            sequence: i as i32,
-            timestamp: now_ms,
-            key: Some(key.clone()),
-            value: value.clone(),
-            headers: Default::default(),
-        })
+        .map(|(key, value)| (now_ms, Some(&key[..]), value.as_deref()))
         .collect();
-    let mut out = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut out,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .expect("an uncompressed batch always encodes");
-    out.freeze()
+    Bytes::from(build_batch_nullable(now_ms, &records))
 }
 
 #[cfg(test)]

@@ -429,6 +429,19 @@ pub fn build_batch(
     base_timestamp: TimestampMs,
     records: &[(TimestampMs, &[u8], &[u8])],
 ) -> Vec<u8> {
+    let nullable: Vec<NullableRecord> = records
+        .iter()
+        .map(|(ts, key, value)| (*ts, Some(*key), Some(*value)))
+        .collect();
+    build_batch_nullable(base_timestamp, &nullable)
+}
+
+/// A record for [`build_batch_nullable`]: timestamp, key, value (`None`: null).
+pub type NullableRecord<'a> = (TimestampMs, Option<&'a [u8]>, Option<&'a [u8]>);
+
+/// [`build_batch`] with null keys and values allowed: a null value is a tombstone (the group
+/// coordinator writes them), a null key what a compacted topic refuses.
+pub fn build_batch_nullable(base_timestamp: TimestampMs, records: &[NullableRecord]) -> Vec<u8> {
     fn put_varlong(out: &mut Vec<u8>, v: i64) {
         let mut z = ((v << 1) ^ (v >> 63)) as u64;
         loop {
@@ -443,16 +456,24 @@ pub fn build_batch(
     assert!(!records.is_empty(), "a batch holds at least one record");
     let mut body = Vec::new();
     let mut max_timestamp = base_timestamp;
+    fn put_nullable(out: &mut Vec<u8>, field: Option<&[u8]>) {
+        match field {
+            Some(bytes) => {
+                put_varlong(out, bytes.len() as i64);
+                out.extend_from_slice(bytes);
+            }
+            None => put_varlong(out, -1),
+        }
+    }
     for (delta, (ts, key, value)) in records.iter().enumerate() {
         max_timestamp = max_timestamp.max(*ts);
-        let mut rec = Vec::with_capacity(key.len() + value.len() + 16);
+        let mut rec =
+            Vec::with_capacity(key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len) + 16);
         rec.push(0); // attributes
         put_varlong(&mut rec, ts - base_timestamp);
         put_varlong(&mut rec, delta as i64);
-        put_varlong(&mut rec, key.len() as i64);
-        rec.extend_from_slice(key);
-        put_varlong(&mut rec, value.len() as i64);
-        rec.extend_from_slice(value);
+        put_nullable(&mut rec, *key);
+        put_nullable(&mut rec, *value);
         put_varlong(&mut rec, 0); // no headers
         put_varlong(&mut body, rec.len() as i64);
         body.extend_from_slice(&rec);
@@ -483,40 +504,15 @@ pub fn build_batch(
 mod tests {
     #[test]
     fn keyless_records_are_found_by_index() {
-        use kafka_protocol::records::{
-            Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-        };
-        let record = |i: i64, key: Option<&'static [u8]>| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i,
-            sequence: i as i32,
-            timestamp: 0,
-            key: key.map(bytes::Bytes::from_static),
-            value: Some(bytes::Bytes::from_static(b"v")),
-            headers: Default::default(),
-        };
-        let records = [
-            record(0, Some(b"k")),
-            record(1, None),
-            record(2, Some(b"")),
-            record(3, None),
-        ];
-        let mut out = bytes::BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut out,
-            &records,
-            &RecordEncodeOptions {
-                version: 2,
-                compression: Compression::None,
-            },
-        )
-        .unwrap();
+        let out = build_batch_nullable(
+            0,
+            &[
+                (0, Some(b"k"), Some(b"v")),
+                (0, None, Some(b"v")),
+                (0, Some(b""), Some(b"v")),
+                (0, None, None),
+            ],
+        );
         let info = validate_batch(&out, usize::MAX).unwrap();
         validate_records(&out, &info).unwrap();
         assert_eq!(keyless_records(&out, &info), [1, 3]);

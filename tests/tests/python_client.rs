@@ -71,21 +71,32 @@ admin.delete_topics(["py-topic"])
 print("AFTER_DELETE", sorted(t for t in admin.list_topics() if not t.startswith("__")))
 "#;
 
-#[test]
-fn kafka_python_round_trip() {
-    let broker = Broker::start(&["--cores", "2"]);
+/// Runs a kafka-python `script` against `broker` (its address as the script's argument) and
+/// checks that it succeeded and printed every `expected` line fragment.
+fn run_script(broker: &Broker, script: &str, expected: &[String]) {
     let out = Command::new("python3")
-        .args(["-c", SCRIPT, &broker.addr.to_string()])
+        .args(["-c", script, &broker.addr.to_string()])
         .output()
         .expect("run python3");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "kafka-python failed (is it installed? `pip install kafka-python`):\n{stdout}\n{stderr}\n{}",
+        "kafka-python failed (scripts/test installs it):\n{stdout}\n{stderr}\n{}",
         broker.log()
     );
-    for expected in [
+    for expected in expected {
+        assert!(
+            stdout.contains(expected.as_str()),
+            "missing {expected:?} in stdout: {stdout}\nstderr: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn kafka_python_round_trip() {
+    let broker = Broker::start(&["--cores", "2"]);
+    let expected = [
         "TOPICS ['py-topic']",
         "CONSUMED 300",
         "END [100, 100, 100]",
@@ -97,12 +108,8 @@ fn kafka_python_round_trip() {
         "GROUPS ['py-group']",
         "COMMITTED [(0, 101), (1, 100), (2, 100)]",
         "AFTER_DELETE []",
-    ] {
-        assert!(
-            stdout.contains(expected),
-            "missing {expected:?} in stdout: {stdout}\nstderr: {stderr}"
-        );
-    }
+    ];
+    run_script(&broker, SCRIPT, &expected.map(String::from));
 }
 
 const ADMIN_SCRIPT: &str = r#"
@@ -147,18 +154,8 @@ print("MAX_TIMESTAMP", found.offset, found.timestamp)
 #[test]
 fn kafka_python_admin_describes_cluster_log_dirs_partitions_and_max_timestamp() {
     let broker = Broker::start(&["--cores", "2"]);
-    let out = Command::new("python3")
-        .args(["-c", ADMIN_SCRIPT, &broker.addr.to_string()])
-        .output()
-        .expect("run python3");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "kafka-python failed:\n{stdout}\n{stderr}"
-    );
     let port = broker.addr.port();
-    for expected in [
+    let expected = [
         format!(
             "CLUSTER sluice-single-node-000 0 [(0, {port})] ['ALTER', 'ALTER_CONFIGS', \
              'CLUSTER_ACTION', 'CREATE', 'DESCRIBE', 'DESCRIBE_CONFIGS', 'IDEMPOTENT_WRITE']"
@@ -168,12 +165,8 @@ fn kafka_python_admin_describes_cluster_log_dirs_partitions_and_max_timestamp() 
         "PAGE1 [0, 1] {'topic_name': 'py-admin', 'partition_index': 2}".to_string(),
         "PAGE2 [2] None".to_string(),
         "MAX_TIMESTAMP 1 1700000003000".to_string(),
-    ] {
-        assert!(
-            stdout.contains(&expected),
-            "missing {expected:?} in stdout: {stdout}\nstderr: {stderr}"
-        );
-    }
+    ];
+    run_script(&broker, ADMIN_SCRIPT, &expected);
 }
 
 const CONFIG_SCRIPT: &str = r#"
@@ -198,19 +191,9 @@ print("RESOURCES", admin.list_config_resources())
 #[test]
 fn kafka_python_reads_broker_configs_by_kafka_name_with_synonyms() {
     let broker = Broker::start(&[]);
-    let out = Command::new("python3")
-        .args(["-c", CONFIG_SCRIPT, &broker.addr.to_string()])
-        .output()
-        .expect("run python3");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "kafka-python failed:\n{stdout}\n{stderr}"
-    );
     let addr = broker.addr;
     let data_dir = std::fs::canonicalize(broker.data_dir.path()).unwrap();
-    for expected in [
+    let expected = [
         format!(
             "BROKER advertised.listeners PLAINTEXT://{addr} STATIC_BROKER_CONFIG True \
              [('advertised.listeners', 'STATIC_BROKER_CONFIG')]"
@@ -228,10 +211,6 @@ fn kafka_python_reads_broker_configs_by_kafka_name_with_synonyms() {
          ('log.retention.ms', '604800000', 'DEFAULT_CONFIG')]"
             .to_string(),
         "RESOURCES {'topic': ['__consumer_offsets', 'cfg-topic'], 'broker': ['0']}".to_string(),
-    ] {
-        assert!(
-            stdout.contains(&expected),
-            "missing {expected:?} in stdout: {stdout}\nstderr: {stderr}"
-        );
-    }
+    ];
+    run_script(&broker, CONFIG_SCRIPT, &expected);
 }

@@ -555,37 +555,10 @@ fn a_compacted_topic_refuses_records_without_a_key() {
     );
 
     // On the wire: the culprit's index in the batch and Kafka's message (Produce v8+).
-    let batch = {
-        use kafka_protocol::records::{
-            Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-        };
-        let record = |i: i64, key: Option<&'static [u8]>| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i,
-            sequence: i as i32,
-            timestamp: 0,
-            key: key.map(bytes::Bytes::from_static),
-            value: Some(bytes::Bytes::from_static(b"v")),
-            headers: Default::default(),
-        };
-        let mut out = bytes::BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut out,
-            &[record(0, Some(b"a")), record(1, None)],
-            &RecordEncodeOptions {
-                version: 2,
-                compression: Compression::None,
-            },
-        )
-        .unwrap();
-        out.freeze()
-    };
+    let batch = bytes::Bytes::from(sluice_storage::batch::build_batch_nullable(
+        0,
+        &[(0, Some(b"a"), Some(b"v")), (0, None, Some(b"v"))],
+    ));
     let r: ProduceResponse = sluice_tests::wire::call(
         &mut sluice_tests::wire::connect(broker.addr),
         ApiKey::Produce,
