@@ -11,6 +11,8 @@
 # Peers, their addresses and their durability (what an acknowledgement means):
 #   sluice  127.0.0.1:9092  this repository's release build; acks=all = fdatasync'd before the
 #                           answer (group commit). Data dir $PEER_DIR/sluice.
+#   sluice-base 127.0.0.1:9096  another Sluice build, $SLUICE_BASE_BIN (e.g. an earlier commit's
+#                           release binary), for A/B runs of a change against its base.
 #   tansu   127.0.0.1:9094  `cargo install tansu --features libsql` (0.6; with default features
 #                           it has no storage engine and exits at start), SQLite engine
 #                           (sqlite://tansu.db in its data dir): WAL journal, synchronous=NORMAL,
@@ -33,8 +35,9 @@ port_of() {
   case $1 in
     sluice|rivine) echo 9092 ;;
     tansu) echo 9094 ;;
+    sluice-base) echo 9096 ;;
     redis) echo 6390 ;;
-    *) echo "unknown peer $1 (sluice, tansu, rivine, redis)" >&2; exit 2 ;;
+    *) echo "unknown peer $1 (sluice, sluice-base, tansu, rivine, redis)" >&2; exit 2 ;;
   esac
 }
 
@@ -43,6 +46,8 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 install() {
   case $1 in
     sluice) [[ -x $ROOT/target/release/sluice ]] || (cd "$ROOT" && cargo build --release --locked) ;;
+    sluice-base) [[ -x ${SLUICE_BASE_BIN:-} ]] || {
+                   echo "sluice-base: set SLUICE_BASE_BIN to a sluice binary" >&2; exit 2; } ;;
     # Plain `cargo install tansu` builds no storage engine at all (the broker exits with
     # "FeatureNotEnabled dynostore"); libsql gives the local, disk-backed SQLite engine.
     tansu) [[ -x $CARGO_BIN/tansu ]] && "$CARGO_BIN/tansu" --version >/dev/null 2>&1 && [[ -f $PEER_DIR/.tansu-libsql ]] \
@@ -62,10 +67,11 @@ start() {
   dir=$PEER_DIR/$name
   rm -rf "$dir" && mkdir -p "$dir"
   case $name in
-    sluice)
+    sluice|sluice-base)
       ulimit -l "$(ulimit -H -l)" 2>/dev/null || true
-      "$ROOT/target/release/sluice" serve --data-dir "$dir" --listen "127.0.0.1:$port" \
-        >"$dir.log" 2>&1 & ;;
+      local bin=$ROOT/target/release/sluice
+      [[ $name == sluice-base ]] && bin=$SLUICE_BASE_BIN
+      "$bin" serve --data-dir "$dir" --listen "127.0.0.1:$port" >"$dir.log" 2>&1 & ;;
     tansu)
       (cd "$dir" && exec "$CARGO_BIN/tansu" broker --storage-engine sqlite://tansu.db \
         --kafka-listener-url "tcp://127.0.0.1:$port" \
@@ -109,6 +115,6 @@ case ${1:-} in
   install) install "${2:?peer name}" ;;
   start) start "${2:?peer name}" ;;
   stop) stop "${2:?peer name}" ;;
-  stop-all) for p in sluice tansu rivine redis; do stop "$p"; done ;;
+  stop-all) for p in sluice sluice-base tansu rivine redis; do stop "$p"; done ;;
   *) sed -n '2,22p' "$0" >&2; exit 2 ;;
 esac
