@@ -9,9 +9,12 @@
 //! Order: a connection's produce requests take effect in the order they arrived (Kafka's rule;
 //! clients without idempotence rely on it for their send order). Each request is one link of
 //! its connection's [`ProduceChain`]: it validates at once, then waits until the request before
-//! it holds its place in every partition's append order (a ticket of the partition's turn), then
-//! takes its own places and lets the next request go on. Only placing is serialized: decoding,
-//! validation and the wait for durability of successive requests still overlap.
+//! it has dispatched its jobs, dispatches its own and lets the next request go on. A job takes
+//! a ticket of the owner's placement turn for its source shard synchronously as the owner
+//! receives it ([`Shard::dispatch`]; one FIFO channel per shard pair), so jobs are placed in
+//! dispatch order, and placing takes each partition's append ticket. No step waits for a round
+//! trip between shards: decoding, validation, the hop and the wait for durability of successive
+//! requests all overlap.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -251,42 +254,48 @@ pub async fn produce(
         });
     }
     let durable = acks == Acks::All;
+    let source = shard.id;
     link.wait_for_previous().await;
-    let mut placed_signals = Vec::new();
-    let jobs: Vec<_> = per_shard
-        .into_iter()
-        .enumerate()
-        .filter(|(_, parts)| !parts.is_empty())
-        .map(|(owner, parts)| {
-            let indexes: Vec<usize> = parts.iter().map(|p| p.index).collect();
-            let (placed, placed_signal) = oneshot::channel::<()>();
-            placed_signals.push(placed_signal);
-            let answered = shard.invoke_on(owner, move |owner_shard| async move {
-                let mut appends = Vec::with_capacity(parts.len());
-                for part in parts {
-                    appends.push(
-                        match owner_shard.partition(&part.topic, part.partition).await {
-                            Ok(partition) => {
-                                Either::Left(append_one(&partition, part.records, durable))
-                            }
-                            Err(e) => Either::Right(futures::future::ready(storage_failure(e))),
-                        },
-                    );
+    let mut running = Vec::new();
+    for (owner, parts) in per_shard.into_iter().enumerate() {
+        if parts.is_empty() {
+            continue;
+        }
+        let indexes: Vec<usize> = parts.iter().map(|p| p.index).collect();
+        let dispatched = shard
+            .dispatch(owner, move |owner_shard: Rc<Shard>| {
+                // Taken as the owner receives the job: jobs from one shard are placed in the
+                // order they were dispatched (the connection's order, by its chain).
+                let placement = owner_shard.placement_turn(source).ticket();
+                async move {
+                    let turn = placement.await;
+                    let mut appends = Vec::with_capacity(parts.len());
+                    for part in parts {
+                        appends.push(
+                            match owner_shard.partition(&part.topic, part.partition).await {
+                                Ok(partition) => {
+                                    Either::Left(append_one(&partition, part.records, durable))
+                                }
+                                Err(e) => Either::Right(futures::future::ready(storage_failure(e))),
+                            },
+                        );
+                    }
+                    // Every append of this job holds its partition ticket.
+                    drop(turn);
+                    futures::future::join_all(appends).await
                 }
-                // Every append of this job holds its place: the connection's next request
-                // may take its own.
-                drop(placed);
-                futures::future::join_all(appends).await
-            });
-            async move { (indexes, answered.await) }
-        })
-        .collect();
-    let placed_everywhere = async move {
-        futures::future::join_all(placed_signals).await;
-        link.mark_placed();
-    };
-    let (answers, ()) =
-        futures::future::join(futures::future::join_all(jobs), placed_everywhere).await;
+            })
+            .await;
+        running.push(async move {
+            match dispatched {
+                Ok(answer) => (indexes, answer.await),
+                Err(gone) => (indexes, Err(gone)),
+            }
+        });
+    }
+    // Every job is placed or on its way in order: the connection's next request may go on.
+    link.mark_placed();
+    let answers = futures::future::join_all(running).await;
     for (indexes, answered) in answers {
         match answered {
             Ok(answers) => {

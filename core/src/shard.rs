@@ -82,6 +82,9 @@ pub struct Shard {
     pub(crate) groups: crate::groups::Coordinator,
     /// The controller's producer-id block: (next to hand out, end of the reserved block).
     pub(crate) producer_ids: std::cell::Cell<Option<(i64, i64)>>,
+    /// Per source shard, the order in which its produce jobs take their places in this shard's
+    /// partitions (see [`Shard::dispatch`] and `produce`).
+    placements: RefCell<HashMap<usize, Rc<crate::turn::Turn>>>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -117,6 +120,7 @@ impl Shard {
             opening: Semaphore::new(1),
             controller_lock: Semaphore::new(1),
             producer_ids: std::cell::Cell::new(None),
+            placements: RefCell::default(),
             groups: crate::groups::Coordinator::default(),
         });
         for (_, mut stream) in receivers.streams() {
@@ -248,6 +252,51 @@ impl Shard {
             })
         });
         self.send_job(target, job, result).await
+    }
+
+    /// Hands `work` to shard `target` and returns once it is on its way, with the future of its
+    /// result. `work` itself (not the future it returns) runs synchronously: here at once for a
+    /// local target, or on the target as it takes the job off this shard's channel. Jobs from one
+    /// shard to another travel in one FIFO channel, so the target calls the `work` of successive
+    /// `dispatch` calls in the order they were made, without a round trip: what `work` does
+    /// synchronously (take a ticket) keeps the caller's order.
+    pub async fn dispatch<R, F, Fut>(
+        self: &Rc<Self>,
+        target: usize,
+        work: F,
+    ) -> Result<LocalBoxFuture<'static, Result<R, ShardGone>>, ShardGone>
+    where
+        R: Send + 'static,
+        F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+        Fut: Future<Output = R> + 'static,
+    {
+        if target == self.id {
+            let running = work(self.clone());
+            return Ok(Box::pin(async move { Ok(running.await) }));
+        }
+        let (reply, result) = futures::channel::oneshot::channel();
+        let job: Job = Box::new(move |shard| {
+            let running = work(shard);
+            Box::pin(async move {
+                let _ = reply.send(running.await);
+            })
+        });
+        self.senders
+            .send_to(target, job)
+            .await
+            .map_err(|_| ShardGone(target))?;
+        Ok(Box::pin(async move {
+            result.await.map_err(|_| ShardGone(target))
+        }))
+    }
+
+    /// The turn in which produce jobs from shard `source` take their places on this shard.
+    pub(crate) fn placement_turn(&self, source: usize) -> Rc<crate::turn::Turn> {
+        self.placements
+            .borrow_mut()
+            .entry(source)
+            .or_insert_with(|| Rc::new(crate::turn::Turn::new()))
+            .clone()
     }
 
     /// Sends `job` to shard `target` and waits for the answer it sends back on `result`.
