@@ -89,7 +89,7 @@ impl ProduceOutput {
 /// A connection's produce requests, in arrival order: hands each request its [`OrderLink`].
 #[derive(Debug, Default)]
 pub struct ProduceChain {
-    /// Resolves once the last linked request holds its places (or has ended).
+    /// Resolves once the last linked request has dispatched its jobs (or has ended).
     last_placed: Option<oneshot::Receiver<()>>,
 }
 
@@ -107,9 +107,9 @@ impl ProduceChain {
 /// One request's place in its connection's [`ProduceChain`].
 #[derive(Debug, Default)]
 pub struct OrderLink {
-    /// Resolves once the previous request holds its places; `None` for the first.
+    /// Resolves once the previous request has dispatched its jobs; `None` for the first.
     previous: Option<oneshot::Receiver<()>>,
-    /// Dropped (or fired) once this request holds its places: the next request may go on.
+    /// Dropped (or fired) once this request has dispatched its jobs: the next may go on.
     placed: Option<oneshot::Sender<()>>,
 }
 
@@ -121,13 +121,13 @@ impl OrderLink {
 
     async fn wait_for_previous(&mut self) {
         if let Some(previous) = self.previous.take() {
-            // Sent or dropped, either way the previous request is placed or ended.
+            // Sent or dropped: either way the previous request has dispatched or ended.
             let _ = previous.await;
         }
     }
 
-    /// This request holds its places: the next one may go on. (Dropping the link does the
-    /// same, so a request that ends early never holds up the ones behind it.)
+    /// This request has dispatched its jobs, in order: the next one may go on. (Dropping the
+    /// link does the same, so a request that ends early never holds up the ones behind it.)
     fn mark_placed(mut self) {
         if let Some(placed) = self.placed.take() {
             let _ = placed.send(());
@@ -145,8 +145,9 @@ struct Append {
     records: Bytes,
 }
 
-/// Appends every input on its owning shard; one output per input, in order. The appends take
-/// their places in the partitions' order only after `link`'s previous request has taken its.
+/// Appends every input on its owning shard; one output per input, in order. The appends are
+/// dispatched only after `link`'s previous request has dispatched its own, so they land after
+/// them in every partition.
 pub async fn produce(
     shard: &Rc<Shard>,
     acks: Acks,

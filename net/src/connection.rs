@@ -4,10 +4,11 @@
 //! Requests are pipelined: the reader keeps reading while earlier requests are being served,
 //! each request runs as its own task, and the writer sends their responses in the order the
 //! requests came. Produce requests also take effect in that order: each gets the next link of
-//! the connection's [`ProduceChain`], so its appends are placed only after the previous
-//! request's (decoding, validation and durability waits still overlap). At most [`PIPELINE_DEPTH`] requests of one connection are in progress; the
-//! reader waits beyond that (back-pressure). A request task always runs to the end, even if
-//! the connection goes away, so an append is never abandoned half-way.
+//! the connection's [`ProduceChain`], so its appends land after the previous request's
+//! (decoding, validation and durability waits still overlap). At most [`PIPELINE_DEPTH`]
+//! requests of one connection are in progress; the reader waits beyond that (back-pressure).
+//! A request task always runs to the end, even if the connection goes away, so an append is
+//! never abandoned half-way.
 //!
 //! A frame that cannot be answered (bad length, truncated, unknown API key, unsupported version
 //! of an API other than ApiVersions, undecodable body) closes this connection, after the
@@ -166,8 +167,8 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + 'static>(
 }
 
 /// Builds the complete response frame (length prefix included) for one request frame, or
-/// `None` when the request takes no response (Produce with acks=0). A Produce request places
-/// its appends after `link`'s previous request.
+/// `None` when the request takes no response (Produce with acks=0). A Produce request's
+/// appends land after those of `link`'s previous request.
 pub async fn respond(mut frame: Bytes, ctx: &Context, link: OrderLink) -> Answer {
     if frame.len() < 8 {
         return Err(RequestError::ShortHeader(frame.len()));

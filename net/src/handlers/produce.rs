@@ -25,7 +25,8 @@ pub const RANGE: ApiRange = ApiRange {
 /// Produce v13 names topics by id (KIP-516).
 const TOPIC_IDS_FROM: i16 = 13;
 
-/// The response, or `None` for acks=0. The appends are placed after `link`'s previous request.
+/// The response, or `None` for acks=0. The appends land after those of `link`'s previous
+/// request.
 pub async fn handle(
     request: ProduceRequest,
     version: i16,
