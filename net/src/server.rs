@@ -78,8 +78,14 @@ pub enum ServerError {
 /// (2) an abstract Unix socket named after the address, which only one process can hold,
 /// closes the window between that check and the shards' own binds against another Sluice
 /// starting at the same moment.
-fn claim_listen_address(addr: SocketAddr) -> Result<std::os::unix::net::UnixListener, ServerError> {
+fn claim_listen_address(
+    addr: SocketAddr,
+) -> Result<Option<std::os::unix::net::UnixListener>, ServerError> {
     use std::os::linux::net::SocketAddrExt;
+    if addr.port() == 0 {
+        // Any free port: nothing to share, nothing to claim.
+        return Ok(None);
+    }
     let in_use = |what: &str| ServerError::Listen {
         addr,
         reason: format!("address already in use ({what}); is another broker running there?"),
@@ -108,7 +114,7 @@ fn claim_listen_address(addr: SocketAddr) -> Result<std::os::unix::net::UnixList
     {
         return Err(in_use(&format!("another process listens on {other}")));
     }
-    Ok(claim)
+    Ok(Some(claim))
 }
 
 /// Two binds on one port conflict when their addresses are equal or either is a wildcard.
@@ -294,6 +300,17 @@ mod tests {
         assert!(tcp_listeners().contains(&addr));
         assert!(claim_listen_address(addr).is_err());
         drop(listener);
-        assert!(claim_listen_address(addr).is_ok());
+        let claim = claim_listen_address(addr).unwrap();
+        assert!(claim.is_some());
+        assert!(
+            claim_listen_address(addr).is_err(),
+            "held by the first claim"
+        );
+        drop(claim);
+        assert!(claim_listen_address(addr).unwrap().is_some());
+        // Port 0 (any free port) is never in use.
+        let any = "127.0.0.1:0".parse().unwrap();
+        assert!(claim_listen_address(any).unwrap().is_none());
+        assert!(claim_listen_address(any).unwrap().is_none());
     }
 }
