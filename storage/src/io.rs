@@ -51,17 +51,71 @@ pub async fn prime_iopoll_probe(dir: &Path) -> Result<()> {
         return Ok(());
     }
     let path = dir.join(PROBE_FILE_NAME);
-    std::fs::write(&path, [0x5a_u8; DIRECT_IO_ALIGNMENT])
-        .map_err(|e| StorageError::io(path.display(), e))?;
-    let file = DmaFile::open(&path)
+    if let Err(e) = std::fs::write(&path, [0x5a_u8; DIRECT_IO_ALIGNMENT]) {
+        // A full disk (or a read-only one) must not keep the broker from starting: any file on
+        // the same device that already holds a block of data serves the probe as well.
+        let _ = std::fs::remove_file(&path);
+        let Some(existing) = file_with_data_near(dir, device) else {
+            tracing::warn!(dir = %dir.display(), error = %e,
+                "cannot write the polled-I/O probe file and no file with data to probe instead");
+            return Ok(());
+        };
+        tracing::warn!(dir = %dir.display(), error = %e, probe = %existing.display(),
+            "cannot write the polled-I/O probe file; probing with an existing file");
+        probe_with(&existing).await?;
+        PRIMED_DEVICES.with(|d| d.borrow_mut().push(device));
+        return Ok(());
+    }
+    probe_with(&path).await?;
+    std::fs::remove_file(&path).map_err(|e| StorageError::io(path.display(), e))?;
+    PRIMED_DEVICES.with(|d| d.borrow_mut().push(device));
+    Ok(())
+}
+
+/// Opens `path` with glommio (which runs its polled-I/O probe on it) and closes it.
+async fn probe_with(path: &Path) -> Result<()> {
+    let file = DmaFile::open(path)
         .await
         .map_err(|e| StorageError::io(path.display(), e))?;
     file.close()
         .await
-        .map_err(|e| StorageError::io(path.display(), e))?;
-    std::fs::remove_file(&path).map_err(|e| StorageError::io(path.display(), e))?;
-    PRIMED_DEVICES.with(|d| d.borrow_mut().push(device));
-    Ok(())
+        .map_err(|e| StorageError::io(path.display(), e))
+}
+
+/// Files looked at when searching for one to probe with, at most.
+const PROBE_SEARCH_ENTRIES_MAX: usize = 10_000;
+
+/// A regular file on `device` holding at least one direct-I/O block, in `dir` or (breadth
+/// first) below its parent and grandparent: the other partitions and topics of a data
+/// directory.
+fn file_with_data_near(dir: &Path, device: u64) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let roots = [Some(dir), dir.parent(), dir.parent().and_then(Path::parent)];
+    let mut seen = 0;
+    for root in roots.into_iter().flatten() {
+        let mut pending = std::collections::VecDeque::from([root.to_path_buf()]);
+        while let Some(next) = pending.pop_front() {
+            let Ok(entries) = std::fs::read_dir(&next) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                seen += 1;
+                if seen > PROBE_SEARCH_ENTRIES_MAX {
+                    return None;
+                }
+                let Ok(meta) = entry.metadata() else { continue };
+                if meta.is_dir() {
+                    pending.push_back(entry.path());
+                } else if meta.is_file()
+                    && meta.dev() == device
+                    && meta.len() >= DIRECT_IO_ALIGNMENT as u64
+                {
+                    return Some(entry.path());
+                }
+            }
+        }
+    }
+    None
 }
 
 /// Opens (or creates) a segment file for direct-I/O reads and writes.
