@@ -236,6 +236,10 @@ pub async fn produce(
                 continue;
             }
         }
+        if let Err(failure) = check_timestamps(topic, &records, &checked) {
+            outputs[index] = Some(failure);
+            continue;
+        }
         let records = match topic.required_codec() {
             Some(codec) => match recompress(&records, checked, codec) {
                 Ok(recompressed) => recompressed,
@@ -429,6 +433,47 @@ fn recompress(records: &Bytes, checked: CheckedBatch, codec: i16) -> Result<Byte
         )
     })?;
     Ok(out.freeze())
+}
+
+/// Every record's timestamp must lie within the topic's `message.timestamp.before.max.ms` /
+/// `message.timestamp.after.max.ms` of the broker's clock, as Kafka checks CreateTime records:
+/// otherwise INVALID_TIMESTAMP, with the culprits in `record_errors` (KIP-467). The header's
+/// max timestamp settles the common case; records are walked only when it (or a lower bound)
+/// calls for it.
+fn check_timestamps(
+    topic: &Topic,
+    records: &Bytes,
+    checked: &CheckedBatch,
+) -> Result<(), ProduceOutput> {
+    let (oldest, newest) = topic.timestamp_window(sluice_storage::types::now_ms());
+    if checked.info.max_timestamp <= newest && oldest.is_none() {
+        return Ok(());
+    }
+    let oldest = oldest.unwrap_or(i64::MIN);
+    let timestamps: Vec<i64> = match &checked.decompressed {
+        Some(decoded) => decoded.iter().map(|r| r.timestamp).collect(),
+        None => batch::record_timestamps(records, &checked.info),
+    };
+    let out_of_range: Vec<(i32, String)> = timestamps
+        .iter()
+        .enumerate()
+        .filter(|(_, ts)| !(oldest..=newest).contains(*ts))
+        .map(|(i, ts)| {
+            // Kafka's words, so clients and their users see the same text.
+            let why = format!(
+                "Timestamp {ts} of message with offset {i} is out of range. \
+                 The timestamp should be within [{oldest}, {newest}]"
+            );
+            (i as i32, why)
+        })
+        .collect();
+    match out_of_range.first() {
+        None => Ok(()),
+        Some((_, first)) => Err(ProduceOutput {
+            record_errors: out_of_range.clone(),
+            ..ProduceOutput::failed(ResponseError::InvalidTimestamp, first.clone())
+        }),
+    }
 }
 
 fn batch_error_code(e: &BatchError) -> ResponseError {

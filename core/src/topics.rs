@@ -221,8 +221,18 @@ pub const TOPIC_CONFIGS: &[ConfigDef] = &[
         64,
         "largest record batch accepted",
     ),
-    long("message.timestamp.after.max.ms", "3600000", 0, INERT),
-    long("message.timestamp.before.max.ms", LONG_MAX, 0, INERT),
+    long(
+        "message.timestamp.after.max.ms",
+        "3600000",
+        0,
+        "records timestamped further ahead of the broker's clock get INVALID_TIMESTAMP",
+    ),
+    long(
+        "message.timestamp.before.max.ms",
+        LONG_MAX,
+        0,
+        "records timestamped further behind the broker's clock get INVALID_TIMESTAMP",
+    ),
     choice(
         "message.timestamp.type",
         "CreateTime",
@@ -425,6 +435,20 @@ impl Topic {
             "zstd" => Some(4),
             _ => None,
         }
+    }
+
+    /// The oldest and newest record timestamps accepted now, from
+    /// `message.timestamp.before.max.ms` (`None`: no lower bound, Kafka's default) and
+    /// `message.timestamp.after.max.ms`.
+    pub fn timestamp_window(&self, now_ms: i64) -> (Option<i64>, i64) {
+        let before = self
+            .number("message.timestamp.before.max.ms")
+            .unwrap_or(i64::MAX);
+        let after = self
+            .number("message.timestamp.after.max.ms")
+            .unwrap_or(i64::MAX);
+        let oldest = (before < i64::MAX).then(|| now_ms.saturating_sub(before));
+        (oldest, now_ms.saturating_add(after))
     }
 
     /// `cleanup.policy` includes `compact`: every record needs a key.

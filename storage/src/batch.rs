@@ -391,6 +391,28 @@ fn skip_bytes_field(buf: &[u8], pos: &mut usize, nullable: bool) -> Option<()> {
     Some(())
 }
 
+/// For an uncompressed batch that passed [`validate_records`]: every record's timestamp, in
+/// order. Empty for compressed batches (the caller checks their decompressed records).
+pub fn record_timestamps(batch: &[u8], info: &BatchInfo) -> Vec<TimestampMs> {
+    let mut timestamps = Vec::new();
+    if info.compression_codec() != 0 {
+        return timestamps;
+    }
+    let mut pos = BATCH_HEADER_BYTES;
+    for _ in 0..info.record_count {
+        let (Some(length), start) = (read_varint(batch, &mut pos, 5), pos) else {
+            break;
+        };
+        let mut at = start + 1; // attributes
+        let Some(delta) = read_varint(batch, &mut at, 10) else {
+            break;
+        };
+        timestamps.push(info.base_timestamp.saturating_add(delta));
+        pos = start + usize::try_from(length).unwrap_or(0);
+    }
+    timestamps
+}
+
 /// For an uncompressed, validated batch: the offset of its first record whose timestamp is at
 /// least `target`. Returns `None` when no record qualifies, or when the batch is compressed (the
 /// records are then opaque here, and the caller falls back to the batch's base offset).
@@ -502,6 +524,16 @@ pub fn build_batch_nullable(base_timestamp: TimestampMs, records: &[NullableReco
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn record_timestamps_are_read_in_order() {
+        let b = build_batch(
+            1000,
+            &[(1000, b"a", b"1"), (1005, b"b", b"2"), (990, b"c", b"3")],
+        );
+        let info = validate_batch(&b, usize::MAX).unwrap();
+        assert_eq!(record_timestamps(&b, &info), [1000, 1005, 990]);
+    }
+
     #[test]
     fn keyless_records_are_found_by_index() {
         let out = build_batch_nullable(

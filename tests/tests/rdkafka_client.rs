@@ -509,20 +509,6 @@ fn a_compacted_topic_refuses_records_without_a_key() {
     assert!(created[0].is_ok(), "{created:?}");
 
     let outcomes = Arc::new(Mutex::new(Vec::new()));
-    /// What happened to each record: its label, and its offset or the broker's error.
-    type Delivered = Vec<(String, Result<i64, RDKafkaErrorCode>)>;
-    struct Outcomes(Arc<Mutex<Delivered>>);
-    impl ClientContext for Outcomes {}
-    impl ProducerContext for Outcomes {
-        type DeliveryOpaque = Box<String>;
-        fn delivery(&self, result: &DeliveryResult<'_>, what: Box<String>) {
-            let outcome = match result {
-                Ok(m) => Ok(m.offset()),
-                Err((e, _)) => Err(e.rdkafka_error_code().expect("a broker error")),
-            };
-            self.0.lock().unwrap().push((*what, outcome));
-        }
-    }
     let producer: BaseProducer<Outcomes> = ClientConfig::new()
         .set("bootstrap.servers", broker.bootstrap())
         .set("linger.ms", "0")
@@ -583,4 +569,100 @@ fn a_compacted_topic_refuses_records_without_a_key() {
         p.record_errors[0].batch_index_error_message.as_deref(),
         Some(message)
     );
+}
+
+/// `message.timestamp.after.max.ms` (Kafka 4.0's default: one hour) and
+/// `message.timestamp.before.max.ms` bound record timestamps against the broker's clock: a
+/// record outside gets INVALID_TIMESTAMP, the others go through.
+#[test]
+fn record_timestamps_are_checked_against_the_broker_clock() {
+    use rdkafka::types::RDKafkaErrorCode;
+    let broker = Broker::start(&[]);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .expect("admin client");
+    let topics = [
+        NewTopic::new("clock-default", 1, TopicReplication::Fixed(1)),
+        NewTopic::new("clock-recent", 1, TopicReplication::Fixed(1))
+            .set("message.timestamp.before.max.ms", "60000"),
+    ];
+    let created = futures::executor::block_on(admin.create_topics(
+        &topics,
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+    ))
+    .unwrap();
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    let producer: BaseProducer<Outcomes> = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("linger.ms", "0")
+        .set("enable.idempotence", "false")
+        .set("retries", "0")
+        .create_with_context(Outcomes(outcomes.clone()))
+        .expect("producer");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let hour = 3_600_000;
+    for (what, topic, ts) in [
+        ("now", "clock-default", now),
+        ("two hours ahead", "clock-default", now + 2 * hour),
+        ("a day ago", "clock-default", now - 24 * hour),
+        (
+            "a day ago, recent-only topic",
+            "clock-recent",
+            now - 24 * hour,
+        ),
+        ("now, recent-only topic", "clock-recent", now),
+    ] {
+        producer
+            .send(
+                BaseRecord::<str, str, Box<String>>::with_opaque_to(topic, Box::new(what.into()))
+                    .payload("v")
+                    .timestamp(ts),
+            )
+            .map_err(|(e, _)| e)
+            .expect("queued");
+        producer.flush(Duration::from_secs(10)).expect("flush");
+    }
+    let outcomes = outcomes.lock().unwrap().clone();
+    assert_eq!(
+        outcomes,
+        [
+            ("now".to_string(), Ok(0)),
+            (
+                "two hours ahead".to_string(),
+                Err(RDKafkaErrorCode::InvalidTimestamp)
+            ),
+            ("a day ago".to_string(), Ok(1)),
+            (
+                "a day ago, recent-only topic".to_string(),
+                Err(RDKafkaErrorCode::InvalidTimestamp)
+            ),
+            ("now, recent-only topic".to_string(), Ok(0)),
+        ]
+    );
+}
+
+/// What happened to each labelled record: its offset, or the broker's error.
+type Delivered = Vec<(String, Result<i64, rdkafka::types::RDKafkaErrorCode>)>;
+
+/// Records each delivery report under the record's label.
+struct Outcomes(Arc<Mutex<Delivered>>);
+
+impl ClientContext for Outcomes {}
+
+impl ProducerContext for Outcomes {
+    type DeliveryOpaque = Box<String>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, what: Box<String>) {
+        let outcome = match result {
+            Ok(m) => Ok(m.offset()),
+            Err((e, _)) => Err(e.rdkafka_error_code().expect("a broker error")),
+        };
+        self.0.lock().unwrap().push((*what, outcome));
+    }
 }
