@@ -119,28 +119,29 @@ impl Effective {
         }
     }
 
-    /// Each dynamic config's start-up value (before runtime overrides).
-    pub fn startup_values(settings: &ShardSettings) -> [String; 3] {
+    /// The start-up settings, before any runtime override.
+    pub fn startup(settings: &ShardSettings) -> Effective {
+        Effective {
+            auto_create_topics: settings.auto_create_topics,
+            default_partitions: settings.default_partitions,
+            group_initial_rebalance_delay: settings.group_initial_rebalance_delay,
+        }
+    }
+
+    /// Each dynamic config's value, in [`DYNAMIC`]'s order.
+    pub fn values(&self) -> [String; 3] {
         [
-            settings.auto_create_topics.to_string(),
-            settings.default_partitions.to_string(),
-            settings
-                .group_initial_rebalance_delay
-                .as_millis()
-                .to_string(),
+            self.auto_create_topics.to_string(),
+            self.default_partitions.to_string(),
+            self.group_initial_rebalance_delay.as_millis().to_string(),
         ]
     }
 
     /// Each dynamic config's value, and whether it was set at runtime.
     pub fn describe(&self, image: &Image) -> Vec<(&'static str, String, ConfigType, bool)> {
-        let values = [
-            self.auto_create_topics.to_string(),
-            self.default_partitions.to_string(),
-            self.group_initial_rebalance_delay.as_millis().to_string(),
-        ];
         DYNAMIC
             .iter()
-            .zip(values)
+            .zip(self.values())
             .map(|((name, kind), value)| {
                 (
                     *name,

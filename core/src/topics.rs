@@ -84,15 +84,7 @@ pub struct ConfigDef {
 }
 
 const fn long(name: &'static str, default: &'static str, min: i64, doc: &'static str) -> ConfigDef {
-    ConfigDef {
-        name,
-        default,
-        kind: ConfigType::Long,
-        min,
-        max: i64::MAX,
-        choices: &[],
-        doc,
-    }
+    ranged(name, default, ConfigType::Long, min, i64::MAX, doc)
 }
 
 const fn ranged(
@@ -115,10 +107,7 @@ const fn ranged(
 }
 
 const fn int(name: &'static str, default: &'static str, min: i64, doc: &'static str) -> ConfigDef {
-    ConfigDef {
-        kind: ConfigType::Int,
-        ..long(name, default, min, doc)
-    }
+    ranged(name, default, ConfigType::Int, min, i32::MAX as i64, doc)
 }
 
 const fn choice(

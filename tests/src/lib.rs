@@ -41,6 +41,20 @@ pub fn sluice_binary() -> PathBuf {
         .clone()
 }
 
+/// The directory of topic `name` in a data directory (`topics/<name>-<id>`), as the catalog
+/// lays it out.
+pub fn topic_dir(data_dir: &std::path::Path, name: &str) -> PathBuf {
+    let prefix = format!("{name}-");
+    std::fs::read_dir(data_dir.join("topics"))
+        .expect("the data directory's topics")
+        .map(|e| e.expect("a directory entry").path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|f| f.to_string_lossy().starts_with(&prefix))
+        })
+        .unwrap_or_else(|| panic!("no directory for topic {name}"))
+}
+
 /// A `sluice serve` process on a free loopback port with its own data directory, stopped (by
 /// PID) when dropped.
 pub struct Broker {

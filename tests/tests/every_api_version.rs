@@ -1064,6 +1064,23 @@ fn cluster_cases(m: &mut Matrix) {
         }
     }
     for v in m.range(ApiKey::DescribeTopicPartitions) {
+        let invalid = DescribeTopicPartitionsRequest::default()
+            .with_topics(vec![
+                describe_topic_partitions_request::TopicRequest::default()
+                    .with_name(name("bad$#!")),
+            ])
+            .with_response_partition_limit(10);
+        if let Some(r) = m.call::<_, DescribeTopicPartitionsResponse>(
+            ApiKey::DescribeTopicPartitions,
+            v,
+            "invalid name",
+            &invalid,
+        ) {
+            let code = r.topics[0].error_code;
+            m.check(code == 17, || {
+                format!("DescribeTopicPartitions v{v}: invalid name code {code}")
+            });
+        }
         let request = DescribeTopicPartitionsRequest::default()
             .with_topics(vec![
                 describe_topic_partitions_request::TopicRequest::default().with_name(name(TOPIC)),

@@ -649,16 +649,7 @@ fn json_offsets_records_of_an_older_data_directory_are_migrated() {
     let data = broker.stop();
     // Write what the older broker wrote for group "old": two offsets and a group record.
     let partition = (crc32c::crc32c(b"old") % 8) as i32;
-    let topic_dir = std::fs::read_dir(data.path().join("topics"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("__consumer_offsets-")
-        })
-        .expect("the offsets topic directory");
+    let topic_dir = sluice_tests::topic_dir(data.path(), "__consumer_offsets");
     let dir = topic_dir.join(partition.to_string());
     glommio::LocalExecutorBuilder::default()
         .spawn(move || async move {

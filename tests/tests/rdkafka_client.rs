@@ -19,20 +19,32 @@ use sluice_tests::Broker;
 
 const PARTITIONS: i32 = 6;
 
-fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
-        .expect("admin client");
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-    let results = futures::executor::block_on(admin.create_topics(
-        [&topic],
-        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-    ))
-    .expect("CreateTopics answered");
+        .expect("admin client")
+}
+
+fn admin_options() -> AdminOptions {
+    AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)))
+}
+
+/// Creates `topics` with librdkafka's AdminClient; each must succeed.
+fn create_topics(bootstrap: &str, topics: &[NewTopic]) {
+    let results =
+        futures::executor::block_on(admin(bootstrap).create_topics(topics, &admin_options()))
+            .expect("CreateTopics answered");
     for result in results {
         result.unwrap_or_else(|(name, code)| panic!("creating {name}: {code:?}"));
     }
+}
+
+fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
+    create_topics(
+        bootstrap,
+        &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+    );
 }
 
 /// Where each acknowledged record landed, keyed by its sequence number; and failures.
@@ -418,11 +430,8 @@ fn kafka_4_topic_configs_are_accepted_validated_and_described() {
     use rdkafka::admin::{AlterConfig, ResourceSpecifier};
     use rdkafka::types::RDKafkaErrorCode;
     let broker = Broker::start(&[]);
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .create()
-        .expect("admin client");
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let admin = admin(&broker.bootstrap());
+    let options = admin_options();
     let configs = [
         ("delete.retention.ms", "1000"),
         ("min.cleanable.dirty.ratio", "0.2"),
@@ -436,8 +445,7 @@ fn kafka_4_topic_configs_are_accepted_validated_and_described() {
     for (name, value) in configs {
         topic = topic.set(name, value);
     }
-    let created = futures::executor::block_on(admin.create_topics([&topic], &options)).unwrap();
-    assert!(created[0].is_ok(), "{created:?}");
+    create_topics(&broker.bootstrap(), &[topic]);
 
     let described = futures::executor::block_on(
         admin.describe_configs([&ResourceSpecifier::Topic("kafka4-configs")], &options),
@@ -495,18 +503,11 @@ fn a_compacted_topic_refuses_records_without_a_key() {
     use kafka_protocol::protocol::StrBytes;
     use rdkafka::types::RDKafkaErrorCode;
     let broker = Broker::start(&[]);
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .create()
-        .expect("admin client");
-    let topic =
-        NewTopic::new("compacted", 1, TopicReplication::Fixed(1)).set("cleanup.policy", "compact");
-    let created = futures::executor::block_on(admin.create_topics(
-        [&topic],
-        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-    ))
-    .unwrap();
-    assert!(created[0].is_ok(), "{created:?}");
+    create_topics(
+        &broker.bootstrap(),
+        &[NewTopic::new("compacted", 1, TopicReplication::Fixed(1))
+            .set("cleanup.policy", "compact")],
+    );
 
     let outcomes = Arc::new(Mutex::new(Vec::new()));
     let producer: BaseProducer<Outcomes> = ClientConfig::new()
@@ -578,21 +579,12 @@ fn a_compacted_topic_refuses_records_without_a_key() {
 fn record_timestamps_are_checked_against_the_broker_clock() {
     use rdkafka::types::RDKafkaErrorCode;
     let broker = Broker::start(&[]);
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .create()
-        .expect("admin client");
     let topics = [
         NewTopic::new("clock-default", 1, TopicReplication::Fixed(1)),
         NewTopic::new("clock-recent", 1, TopicReplication::Fixed(1))
             .set("message.timestamp.before.max.ms", "60000"),
     ];
-    let created = futures::executor::block_on(admin.create_topics(
-        &topics,
-        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-    ))
-    .unwrap();
-    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    create_topics(&broker.bootstrap(), &topics);
 
     let outcomes = Arc::new(Mutex::new(Vec::new()));
     let producer: BaseProducer<Outcomes> = ClientConfig::new()

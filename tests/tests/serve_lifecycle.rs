@@ -235,17 +235,7 @@ fn clean_shutdown_flushes_buffered_data_and_a_corrupt_catalog_is_refused() {
     }
     drop(s);
     let data_dir = broker.stop();
-    let topics = data_dir.path().join("topics");
-    let topic_dir = std::fs::read_dir(&topics)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("buffered-")
-        })
-        .expect("the topic's directory");
+    let topic_dir = sluice_tests::topic_dir(data_dir.path(), "buffered");
     let out = Command::new(sluice_binary())
         .args(["log", "verify"])
         .arg(topic_dir.join("0"))

@@ -104,7 +104,7 @@ pub fn handle(request: DescribeConfigsRequest, ctx: &Context) -> DescribeConfigs
                         || resource.resource_name.as_str() == ctx.broker.node_id.to_string() =>
                 {
                     let effective = ctx.shard.effective();
-                    let startup = Effective::startup_values(&ctx.shard.settings);
+                    let startup = Effective::startup(&ctx.shard.settings).values();
                     let mut entries: Vec<DescribeConfigsResourceResult> = effective
                         .describe(&image)
                         .into_iter()
