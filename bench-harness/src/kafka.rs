@@ -39,14 +39,17 @@ fn admin(bootstrap: &str) -> Result<AdminClient<DefaultClientContext>, String> {
 /// topics are looked up with Metadata instead (which auto-creates them where the broker does),
 /// and accepted only with the workload's partition count.
 pub fn create_topics(bootstrap: &str, names: &[String], partitions: u32) -> Result<(), String> {
+    reachable(bootstrap).map_err(|e| format!("CreateTopics on {bootstrap}: {e}"))?;
     let admin = admin(bootstrap)?;
     let topics: Vec<NewTopic> = names
         .iter()
         .map(|n| NewTopic::new(n, partitions as i32, TopicReplication::Fixed(1)))
         .collect();
+    // Kafka's own admin timeout (default.api.timeout.ms) is 60 s: a loaded machine (a CI
+    // build's writeback in flight) can take seconds to fsync a new topic into existence.
     let options = AdminOptions::new()
-        .operation_timeout(Some(Duration::from_secs(30)))
-        .request_timeout(Some(Duration::from_secs(10)));
+        .operation_timeout(Some(Duration::from_secs(60)))
+        .request_timeout(Some(Duration::from_secs(60)));
     let outcome = futures::executor::block_on(admin.create_topics(&topics, &options))
         .map_err(|e| format!("CreateTopics on {bootstrap}: {e}"))
         .and_then(|results| {
@@ -67,6 +70,29 @@ pub fn create_topics(bootstrap: &str, names: &[String], partitions: u32) -> Resu
             .map_err(|fallback| format!("{e}; auto-creation instead: {fallback}")),
         Err(e) => Err(e),
     }
+}
+
+/// Fails at once when no bootstrap address accepts a TCP connection, instead of after the
+/// admin request's long timeout.
+fn reachable(bootstrap: &str) -> Result<(), String> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let mut last = String::from("no address given");
+    for address in bootstrap.split(',').map(str::trim) {
+        let resolved = match address.to_socket_addrs() {
+            Ok(resolved) => resolved,
+            Err(e) => {
+                last = format!("{address}: {e}");
+                continue;
+            }
+        };
+        for socket in resolved {
+            match TcpStream::connect_timeout(&socket, Duration::from_secs(5)) {
+                Ok(_) => return Ok(()),
+                Err(e) => last = format!("cannot connect to {socket}: {e}"),
+            }
+        }
+    }
+    Err(last)
 }
 
 fn auto_create(bootstrap: &str, topic: &str, partitions: u32) -> Result<(), String> {

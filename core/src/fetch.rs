@@ -149,7 +149,7 @@ pub async fn fetch(
 async fn read_one(shard: &Shard, target: &Target) -> FetchOutput {
     let partition = match shard.partition(&target.topic, target.partition).await {
         Ok(p) => p,
-        Err(e) => return FetchOutput::failed(read_error(&e)),
+        Err(e) => return FetchOutput::failed(crate::partition::unavailable_code(&e)),
     };
     let log = partition.log();
     let high_watermark = partition.high_watermark().0;
@@ -172,16 +172,9 @@ async fn read_one(shard: &Shard, target: &Target) -> FetchOutput {
         Err(StorageError::OffsetOutOfRange { .. }) => {
             out.error = Some(ResponseError::OffsetOutOfRange)
         }
-        Err(e) => out.error = Some(read_error(&e)),
+        Err(e) => out.error = Some(crate::partition::unavailable_code(&e)),
     }
     out
-}
-
-fn read_error(e: &StorageError) -> ResponseError {
-    match e {
-        StorageError::Closed => ResponseError::UnknownTopicOrPartition,
-        _ => ResponseError::KafkaStorageError,
-    }
 }
 
 /// Drops whole batches (then whole partitions) past the request's `max_bytes`, keeping the

@@ -99,7 +99,9 @@ pub async fn list_offsets(shard: &Rc<Shard>, queries: Vec<OffsetQuery>) -> Vec<O
                 .invoke_on(owner, move |owner_shard| async move {
                     let p = match owner_shard.partition(&topic, partition).await {
                         Ok(p) => p,
-                        Err(_) => return OffsetAnswer::failed(ResponseError::KafkaStorageError),
+                        Err(e) => {
+                            return OffsetAnswer::failed(crate::partition::unavailable_code(&e))
+                        }
                     };
                     let log = p.log();
                     match timestamp {
@@ -153,7 +155,7 @@ pub async fn delete_records(
                 .invoke_on(owner, move |owner_shard| async move {
                     let p = match owner_shard.partition(&topic, partition).await {
                         Ok(p) => p,
-                        Err(_) => return (Some(ResponseError::KafkaStorageError), -1),
+                        Err(e) => return (Some(crate::partition::unavailable_code(&e)), -1),
                     };
                     let target = if offset == -1 {
                         p.high_watermark()

@@ -229,3 +229,13 @@ impl Partition {
         .await
     }
 }
+
+/// The Kafka error for a partition that could not be opened or read: a closed log belongs to a
+/// deleted topic (UNKNOWN_TOPIC_OR_PARTITION, which clients answer by refreshing metadata);
+/// anything else is the disk's fault.
+pub fn unavailable_code(e: &StorageError) -> kafka_protocol::ResponseError {
+    match e {
+        StorageError::Closed => kafka_protocol::ResponseError::UnknownTopicOrPartition,
+        _ => kafka_protocol::ResponseError::KafkaStorageError,
+    }
+}

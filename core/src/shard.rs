@@ -343,6 +343,20 @@ impl Shard {
         if let Some(p) = self.partitions.borrow().get(&key) {
             return Ok(p.clone());
         }
+        // Only a partition of the current catalog is opened. A request that resolved its topic
+        // before a DeleteTopics (a long-poll fetch woken by the close, a late produce) would
+        // otherwise reopen the deleted partition, recreating its directory after the controller
+        // removed it and holding its files open for good. The catalog is published before the
+        // partitions are dropped, and the drop takes the `opening` permit, so the check and the
+        // insert below cannot straddle a drop.
+        let current = self
+            .catalog
+            .image()
+            .topic_by_id(topic.id)
+            .is_some_and(|t| partition < t.partitions);
+        if !current {
+            return Err(sluice_storage::StorageError::Closed);
+        }
         let dir = topic.partition_dir(self.catalog.data_dir(), partition);
         let config = topic.log_config(&self.settings.log_defaults);
         let opened = Rc::new(Partition::open(&dir, config).await?);
@@ -358,6 +372,13 @@ impl Shard {
     /// Closes and forgets every partition of topic `id` on this shard, then removes `dir`
     /// entries it owned. Used by topic deletion.
     pub(crate) async fn drop_topic_partitions(&self, id: Uuid) {
+        // An open in progress finishes (and lands in the map) before the drop looks; opens that
+        // start later see the topic gone from the catalog (see `partition`).
+        let opening = self
+            .opening
+            .acquire_permit(1)
+            .await
+            .expect("the opening semaphore is never closed");
         let dropped: Vec<(PartitionKey, Rc<Partition>)> = {
             let mut map = self.partitions.borrow_mut();
             let keys: Vec<PartitionKey> = map.keys().filter(|k| k.0 == id).copied().collect();
@@ -365,6 +386,7 @@ impl Shard {
                 .filter_map(|k| map.remove(&k).map(|p| (k, p)))
                 .collect()
         };
+        drop(opening);
         for ((_, index), partition) in dropped {
             if let Err(e) = partition.close().await {
                 warn!(topic_id = %id, partition = index, error = %e, "closing a deleted partition");

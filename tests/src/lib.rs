@@ -112,6 +112,11 @@ impl Broker {
         broker
     }
 
+    /// The broker's data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.data_dir.path()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -183,5 +188,17 @@ impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            // A failing test shows what the broker said: the only trace of a clean-clone CI run.
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(80)..];
+            eprintln!(
+                "--- last {} lines of the broker's log ({}) ---\n{}",
+                tail.len(),
+                self.addr,
+                tail.join("\n")
+            );
+        }
     }
 }

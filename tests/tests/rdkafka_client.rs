@@ -658,3 +658,80 @@ impl ProducerContext for Outcomes {
         self.0.lock().unwrap().push((*what, outcome));
     }
 }
+
+/// Files of the broker process that lie under `dir_prefix` (by `/proc/<pid>/fd`).
+fn open_files_under(pid: u32, dir_prefix: &str) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the broker's fd table")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|target| target.to_string_lossy().into_owned())
+        .filter(|target| target.contains(dir_prefix))
+        .collect()
+}
+
+#[test]
+fn deleting_a_topic_under_polling_consumers_frees_its_files_for_good() {
+    // Consumers long-polling the topic while it is deleted: their fetches (woken by the close,
+    // or arriving with metadata from before the delete) must not reopen the deleted partitions,
+    // which recreated their directories after the removal and kept their files open.
+    let broker = Broker::start(&[]);
+    let bootstrap = broker.bootstrap();
+    let topic = "doomed";
+    create_topic(&bootstrap, topic, PARTITIONS);
+    let dir = sluice_tests::topic_dir(broker.data_dir(), topic);
+    let acks = Arc::new(Mutex::new(Acks::default()));
+    let producer = producer(&bootstrap, acks.clone(), Duration::from_secs(10));
+    for seq in 0..600 {
+        assert!(send(&producer, topic, seq));
+    }
+    producer.flush(Duration::from_secs(10)).expect("flush");
+    assert_eq!(acks.lock().unwrap().landed.len(), 600);
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pollers: Vec<_> = (0..3)
+        .map(|_| {
+            let (bootstrap, stop) = (bootstrap.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let consumer = consumer(&bootstrap, topic);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = consumer.poll(Duration::from_millis(50));
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let deleted =
+        futures::executor::block_on(admin(&bootstrap).delete_topics(&[topic], &admin_options()))
+            .expect("DeleteTopics answered");
+    assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
+    // The consumers go on fetching with what they knew for a while.
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for poller in pollers {
+        poller.join().unwrap();
+    }
+    let prefix = dir.to_string_lossy().into_owned();
+    assert!(
+        !dir.exists(),
+        "{} came back after the delete",
+        dir.display()
+    );
+    let held = open_files_under(broker.pid(), &prefix);
+    assert!(held.is_empty(), "the broker still holds {held:?}");
+
+    // A topic of the same name is a new, empty topic.
+    create_topic(&bootstrap, topic, PARTITIONS);
+    let consumer = consumer(&bootstrap, topic);
+    for p in 0..PARTITIONS {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .expect("watermarks");
+        assert_eq!((low, high), (0, 0), "partition {p} of the new topic");
+    }
+    assert!(
+        !broker.log().contains("closing a deleted partition"),
+        "{}",
+        broker.log()
+    );
+    broker.stop();
+}
