@@ -21,7 +21,9 @@
 //!
 //! Invariant: the CRC starts at `attributes`, so stamping `baseOffset` and `partitionLeaderEpoch`
 //! never invalidates it. A batch that passes [`validate_batch`] is whole, has magic 2, a matching
-//! CRC, a known compression codec and `recordCount == lastOffsetDelta + 1`.
+//! CRC, a known compression codec and `recordCount <= lastOffsetDelta + 1`; one that passes
+//! [`validate_batches`] (what appends take) also has `recordCount == lastOffsetDelta + 1`. Fewer
+//! records than offsets is the shape log compaction leaves (see [`rebuild_batch`]).
 
 use crate::types::{LeaderEpoch, Offset, TimestampMs};
 
@@ -117,6 +119,12 @@ impl BatchInfo {
     /// A control batch (transaction markers; attributes bit 5).
     pub fn is_control(&self) -> bool {
         self.attributes & 0x20 != 0
+    }
+
+    /// Every offset of the batch's range holds a record: true of every batch as produced; a
+    /// batch the compactor rewrote may hold fewer.
+    pub fn is_full(&self) -> bool {
+        i64::from(self.record_count) == i64::from(self.last_offset_delta) + 1
     }
 
     /// Sequence number of the last record: Kafka's sequences wrap from i32::MAX to 0.
@@ -218,7 +226,10 @@ fn header_fields(buf: &[u8], size: usize) -> Result<BatchInfo, BatchError> {
     }
     let last_offset_delta = be_i32(buf, OFF_LAST_OFFSET_DELTA);
     let record_count = be_i32(buf, OFF_RECORD_COUNT);
-    if record_count < 1 || last_offset_delta != record_count - 1 {
+    // A batch as produced holds every offset of its range (`record_count == last_offset_delta
+    // + 1`, which appends insist on); one the compactor rewrote keeps its range and fewer
+    // records, down to none (kept for its producer's sequence, as Kafka's cleaner does).
+    if record_count < 0 || last_offset_delta < 0 || record_count > last_offset_delta + 1 {
         return Err(BatchError::RecordCountMismatch {
             record_count,
             last_offset_delta,
@@ -248,13 +259,20 @@ pub fn next_sequence(sequence: i32, increment: i32) -> i32 {
     }
 }
 
-/// Validates every batch in `buf`, which must consist of whole batches and nothing else.
-/// Returns their headers in order; the first error refuses the whole buffer.
+/// Validates every batch in `buf`, which must consist of whole batches and nothing else, each
+/// holding every offset of its range (as produced). Returns their headers in order; the first
+/// error refuses the whole buffer.
 pub fn validate_batches(buf: &[u8], batch_bytes_max: usize) -> Result<Vec<BatchInfo>, BatchError> {
     let mut infos = Vec::new();
     let mut pos = 0;
     while pos < buf.len() {
         let info = validate_batch(&buf[pos..], batch_bytes_max)?;
+        if !info.is_full() {
+            return Err(BatchError::RecordCountMismatch {
+                record_count: info.record_count,
+                last_offset_delta: info.last_offset_delta,
+            });
+        }
         pos += info.size_bytes;
         infos.push(info);
     }
@@ -522,6 +540,85 @@ pub fn build_batch_nullable(base_timestamp: TimestampMs, records: &[NullableReco
     b
 }
 
+/// One record of a batch's (uncompressed) records section, as stored: `bytes` is the whole
+/// record including its length varint, so a kept record is copied as is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    pub bytes: &'a [u8],
+    pub timestamp_delta: i64,
+    pub offset_delta: i32,
+    pub key: Option<&'a [u8]>,
+    /// A null value: a tombstone on a compacted topic.
+    pub value_is_null: bool,
+}
+
+/// The records of an uncompressed records section (a batch's bytes after its 61-byte header, or
+/// a compressed batch's records once decompressed), checked for structure as they are read: a
+/// malformed record ends the walk with an error.
+pub fn record_views(records: &[u8], record_count: i32) -> Result<Vec<RecordView<'_>>, BatchError> {
+    let mut views = Vec::with_capacity(usize::try_from(record_count).unwrap_or(0));
+    let mut pos = 0usize;
+    for index in 0..record_count {
+        let bad = |reason| BatchError::BadRecord { index, reason };
+        let start = pos;
+        let length = read_varint(records, &mut pos, 5).ok_or(bad("length varint"))?;
+        let length = usize::try_from(length).map_err(|_| bad("negative length"))?;
+        let end = pos
+            .checked_add(length)
+            .filter(|e| *e <= records.len())
+            .ok_or(bad("length runs past the batch"))?;
+        let record = &records[..end];
+        pos += 1; // attributes
+        let timestamp_delta =
+            read_varint(record, &mut pos, 10).ok_or(bad("timestampDelta varlong"))?;
+        let offset_delta = read_varint(record, &mut pos, 5).ok_or(bad("offsetDelta varint"))?;
+        let key_length = read_varint(record, &mut pos, 5).ok_or(bad("key length"))?;
+        let key = match key_length {
+            -1 => None,
+            n => {
+                let n = usize::try_from(n).map_err(|_| bad("negative key length"))?;
+                let key_end = pos.checked_add(n).filter(|e| *e <= end).ok_or(bad("key"))?;
+                let key = &record[pos..key_end];
+                pos = key_end;
+                Some(key)
+            }
+        };
+        let value_length = read_varint(record, &mut pos, 5).ok_or(bad("value length"))?;
+        views.push(RecordView {
+            bytes: &records[start..end],
+            timestamp_delta,
+            offset_delta: i32::try_from(offset_delta).map_err(|_| bad("offsetDelta range"))?,
+            key,
+            value_is_null: value_length == -1,
+        });
+        pos = end;
+    }
+    Ok(views)
+}
+
+/// A batch with `original`'s header (base offset, offset range, producer, sequence, attributes,
+/// base timestamp) around a new records section holding `record_count` records: batchLength,
+/// recordCount, maxTimestamp and the CRC are written anew. Records keep their offset and
+/// timestamp deltas, so every kept record keeps its offset and timestamp. With no records it is
+/// the empty batch Kafka's cleaner keeps for a producer's last sequence.
+pub fn rebuild_batch(
+    original: &[u8],
+    records: &[u8],
+    record_count: i32,
+    max_timestamp: TimestampMs,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + records.len());
+    out.extend_from_slice(&original[..BATCH_HEADER_BYTES]);
+    out.extend_from_slice(records);
+    let batch_length = i32::try_from(out.len() - LOG_OVERHEAD_BYTES).expect("a batch fits i32");
+    out[OFF_BATCH_LENGTH..OFF_BATCH_LENGTH + 4].copy_from_slice(&batch_length.to_be_bytes());
+    out[OFF_MAX_TIMESTAMP..OFF_MAX_TIMESTAMP + 8].copy_from_slice(&max_timestamp.to_be_bytes());
+    out[OFF_RECORD_COUNT..OFF_RECORD_COUNT + 4].copy_from_slice(&record_count.to_be_bytes());
+    let crc = crc32c::crc32c(&out[CRC_START..]);
+    out[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -738,6 +835,50 @@ mod tests {
                 last_offset_delta: 2
             })
         ));
+    }
+
+    #[test]
+    fn a_rebuilt_batch_keeps_its_range_and_records_and_only_appends_insist_on_full_batches() {
+        let original = build_batch_nullable(
+            1_000,
+            &[
+                (1_000, Some(b"a"), Some(b"1")),
+                (1_005, Some(b"b"), None),
+                (1_009, None, Some(b"3")),
+            ],
+        );
+        let info = validate_batch(&original, MAX).unwrap();
+        let views = record_views(&original[BATCH_HEADER_BYTES..], info.record_count).unwrap();
+        assert_eq!(views.len(), 3);
+        assert_eq!(views[0].key, Some(&b"a"[..]));
+        assert!(views[1].value_is_null && !views[0].value_is_null);
+        assert_eq!((views[2].key, views[2].offset_delta), (None, 2));
+        assert_eq!(views[2].timestamp_delta, 9);
+
+        // Keep the first and the last record: same range, two records, max timestamp anew.
+        let kept: Vec<u8> = [views[0].bytes, views[2].bytes].concat();
+        let rebuilt = rebuild_batch(&original, &kept, 2, 1_009);
+        let r = validate_batch(&rebuilt, MAX).expect("a rebuilt batch is valid");
+        assert_eq!(
+            (r.base_offset, r.last_offset_delta, r.record_count),
+            (info.base_offset, 2, 2)
+        );
+        assert!(!r.is_full());
+        let again = record_views(&rebuilt[BATCH_HEADER_BYTES..], 2).unwrap();
+        assert_eq!((again[1].offset_delta, again[1].timestamp_delta), (2, 9));
+        assert!(matches!(
+            validate_batches(&rebuilt, MAX),
+            Err(BatchError::RecordCountMismatch {
+                record_count: 2,
+                last_offset_delta: 2
+            })
+        ));
+        // No records at all: the empty batch kept for a producer's sequence.
+        let empty = rebuild_batch(&original, &[], 0, 1_000);
+        assert_eq!(empty.len(), BATCH_HEADER_BYTES);
+        assert_eq!(validate_batch(&empty, MAX).unwrap().record_count, 0);
+        // A malformed record is reported, not skipped.
+        assert!(record_views(&original[BATCH_HEADER_BYTES..original.len() - 1], 3).is_err());
     }
 
     #[test]

@@ -10,6 +10,13 @@
 //! - `log-start-offset`: checkpoint of the log start offset (set by `truncate_prefix`).
 //! - `*.tmp`: a file being written atomically (write, fdatasync, rename). A stray one is debris of
 //!   a crash and is deleted on open.
+//! - `cleaned-to-offset`: checkpoint of how far compaction has cleaned the log (the first dirty
+//!   offset), same layout as `log-start-offset` with its own magic.
+//! - `<first:020>.cleaned`: a compacted replacement for the sealed segments from `first` on,
+//!   being written. Debris of a crash: deleted on open, the old segments still stand.
+//! - `<first:020>-<end:020>.swap`: that replacement complete and durable, covering the segments
+//!   with base offsets in `[first, end)`. On open the swap is finished: those segments (and
+//!   `first`'s index) are deleted and the file is renamed to `<first:020>.log`.
 
 use crate::types::{Offset, TimestampMs};
 
@@ -23,6 +30,11 @@ pub const INDEX_VERSION: u16 = 1;
 pub const INDEX_HEADER_BYTES: usize = 44;
 pub const INDEX_ENTRY_BYTES: usize = 16;
 pub const CHECKSUM_BYTES: usize = 4;
+
+pub const CLEANED_TO_FILE: &str = "cleaned-to-offset";
+pub const CLEANED_SUFFIX: &str = ".cleaned";
+pub const SWAP_SUFFIX: &str = ".swap";
+pub const CLEANED_TO_MAGIC: [u8; 4] = *b"SLCL";
 
 pub const LOG_START_MAGIC: [u8; 4] = *b"SLSO";
 pub const LOG_START_VERSION: u16 = 1;
@@ -43,6 +55,27 @@ pub fn parse_segment_file_name(name: &str) -> Option<Offset> {
         return None;
     }
     digits.parse::<i64>().ok().map(Offset)
+}
+
+pub fn cleaned_file_name(first: Offset) -> String {
+    format!("{:020}{CLEANED_SUFFIX}", first.0)
+}
+
+pub fn swap_file_name(first: Offset, end: Offset) -> String {
+    format!("{:020}-{:020}{SWAP_SUFFIX}", first.0, end.0)
+}
+
+/// The `[first, end)` range of segments a swap file replaces, or `None` if the name is not one.
+pub fn parse_swap_file_name(name: &str) -> Option<(Offset, Offset)> {
+    let stem = name.strip_suffix(SWAP_SUFFIX)?;
+    let (first, end) = stem.split_once('-')?;
+    let parse = |digits: &str| {
+        (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| digits.parse::<i64>().ok().map(Offset))
+            .flatten()
+    };
+    let (first, end) = (parse(first)?, parse(end)?);
+    (first < end).then_some((first, end))
 }
 
 /// One sparse-index entry: the batch starting at `position` has base offset
@@ -161,8 +194,25 @@ impl IndexFile {
 }
 
 pub fn encode_log_start(offset: Offset) -> Vec<u8> {
+    encode_checkpoint(LOG_START_MAGIC, offset)
+}
+
+pub fn decode_log_start(b: &[u8]) -> Result<Offset, FormatError> {
+    decode_checkpoint(LOG_START_MAGIC, b)
+}
+
+pub fn encode_cleaned_to(offset: Offset) -> Vec<u8> {
+    encode_checkpoint(CLEANED_TO_MAGIC, offset)
+}
+
+pub fn decode_cleaned_to(b: &[u8]) -> Result<Offset, FormatError> {
+    decode_checkpoint(CLEANED_TO_MAGIC, b)
+}
+
+/// An offset checkpoint file: magic, version, reserved, offset, CRC-32C of what precedes it.
+fn encode_checkpoint(magic: [u8; 4], offset: Offset) -> Vec<u8> {
     let mut out = Vec::with_capacity(LOG_START_FILE_BYTES);
-    out.extend_from_slice(&LOG_START_MAGIC);
+    out.extend_from_slice(&magic);
     out.extend_from_slice(&LOG_START_VERSION.to_be_bytes());
     out.extend_from_slice(&0u16.to_be_bytes());
     out.extend_from_slice(&offset.0.to_be_bytes());
@@ -171,11 +221,11 @@ pub fn encode_log_start(offset: Offset) -> Vec<u8> {
     out
 }
 
-pub fn decode_log_start(b: &[u8]) -> Result<Offset, FormatError> {
+fn decode_checkpoint(magic: [u8; 4], b: &[u8]) -> Result<Offset, FormatError> {
     if b.len() < LOG_START_FILE_BYTES {
         return Err(FormatError::TooShort(b.len()));
     }
-    if b[..4] != LOG_START_MAGIC {
+    if b[..4] != magic {
         return Err(FormatError::BadMagic);
     }
     let version = get_u16(b, 4);
@@ -191,6 +241,26 @@ pub fn decode_log_start(b: &[u8]) -> Result<Offset, FormatError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn swap_names_round_trip_and_refuse_lookalikes() {
+        let name = swap_file_name(Offset(42), Offset(4711));
+        assert_eq!(name, "00000000000000000042-00000000000000004711.swap");
+        assert_eq!(
+            parse_swap_file_name(&name),
+            Some((Offset(42), Offset(4711)))
+        );
+        assert_eq!(parse_swap_file_name("00000000000000000042.swap"), None);
+        assert_eq!(
+            parse_swap_file_name("00000000000000004711-00000000000000000042.swap"),
+            None
+        );
+        assert_eq!(parse_segment_file_name(&name), None);
+        assert_eq!(parse_segment_file_name(&cleaned_file_name(Offset(7))), None);
+        let checkpoint = encode_cleaned_to(Offset(99));
+        assert_eq!(decode_cleaned_to(&checkpoint), Ok(Offset(99)));
+        assert_eq!(decode_log_start(&checkpoint), Err(FormatError::BadMagic));
+    }
 
     #[test]
     fn names_round_trip() {

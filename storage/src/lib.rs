@@ -26,6 +26,7 @@ pub mod error;
 pub mod format;
 pub mod io;
 pub mod log;
+pub mod rewrite;
 mod segment;
 mod tail;
 pub mod types;

@@ -36,7 +36,10 @@ use crate::config::LogConfig;
 use crate::error::{Result, StorageError};
 use crate::format::{self, IndexFile};
 use crate::io::{self, align_down, align_up};
-use crate::segment::{scan_segment, ScanStop, Segment, SegmentIndex};
+use crate::rewrite::{
+    finish_interrupted_swaps, BatchFate, IoBudget, RewriteOutcome, SegmentWriter,
+};
+use crate::segment::{scan_segment, Continuity, ScanStop, Segment, SegmentIndex};
 use crate::tail::{PlannedWrite, WriteTail};
 use crate::types::{now_ms, LeaderEpoch, Offset, TimestampMs};
 
@@ -65,6 +68,20 @@ pub struct RetentionOutcome {
     pub segments_deleted: usize,
     pub bytes_deleted: u64,
     pub log_start: Offset,
+}
+
+/// A sealed segment as compaction sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentSummary {
+    pub base_offset: Offset,
+    /// The end of the offsets it covers: the next segment's base offset.
+    pub next_offset: Offset,
+    pub size_bytes: u64,
+    /// Largest record timestamp in it (`TimestampMs::MIN` when empty).
+    pub max_timestamp: TimestampMs,
+    /// When its file was last written (kept across compaction): Kafka's measure of a
+    /// segment's age for tombstone retention.
+    pub modified_ms: TimestampMs,
 }
 
 struct State {
@@ -108,6 +125,8 @@ struct Inner {
     closed: Cell<bool>,
     /// Bumped by every suffix truncation, so a read that raced one retries.
     generation: Cell<u64>,
+    /// How far compaction has cleaned the log (its checkpoint; the log start when never).
+    cleaned_to: Cell<Offset>,
     /// fdatasync rounds run by group commit since open (a metric, and how tests see batching).
     sync_rounds: Cell<u64>,
     /// Writes to the active segment in flight.
@@ -151,6 +170,7 @@ impl Log {
         // glommio's Directory::open fails with EBADF on relative paths: work with absolute ones.
         let dir = std::fs::canonicalize(&dir).map_err(|e| StorageError::io(dir.display(), e))?;
         io::prime_iopoll_probe(&dir).await?;
+        finish_interrupted_swaps(&dir).await?;
 
         let mut bases = Vec::new();
         let mut indexes = Vec::new();
@@ -192,10 +212,14 @@ impl Log {
                 .file_size()
                 .await
                 .map_err(|e| StorageError::io(path.display(), e))?;
-            if let Some(prev) = segments.last() {
-                if prev.index.next_offset != base {
+            if let Some(prev) = segments.last_mut() {
+                // A segment may start past the previous one's last batch (compaction removed
+                // the batches at its end: the gap is the end of its range), never below it.
+                if base >= prev.index.next_offset {
+                    prev.index.extend_to(base);
+                } else {
                     warn!(segment = %base, expected = %prev.index.next_offset,
-                        "segment does not continue the log; dropping it and all after it");
+                        "segment overlaps the one before; dropping it and all after it");
                     file.close()
                         .await
                         .map_err(|e| StorageError::io(path.display(), e))?;
@@ -214,8 +238,15 @@ impl Log {
                 Some(index) => (index, ScanStop::CleanEnd),
                 None => {
                     let mut index = SegmentIndex::empty(base, config.index_interval_bytes);
-                    let stop =
-                        scan_segment(&file, &path, file_len, &mut index, batch_max, None).await?;
+                    let continuity = if is_last {
+                        Continuity::Contiguous
+                    } else {
+                        Continuity::Gaps
+                    };
+                    let stop = scan_segment(
+                        &file, &path, file_len, &mut index, batch_max, None, continuity,
+                    )
+                    .await?;
                     (index, stop)
                 }
             };
@@ -292,6 +323,9 @@ impl Log {
             .unwrap_or(first_base)
             .max(first_base)
             .min(next_offset);
+        let cleaned_to = read_checkpoint(&dir, format::CLEANED_TO_FILE, format::decode_cleaned_to)
+            .unwrap_or(log_start)
+            .clamp(log_start, next_offset);
         info!(dir = %dir.display(), segments = segments.len(), %log_start, %next_offset, "log opened");
         Ok(Log {
             inner: Rc::new(Inner {
@@ -310,6 +344,7 @@ impl Log {
                 failure: RefCell::new(None),
                 closed: Cell::new(false),
                 generation: Cell::new(0),
+                cleaned_to: Cell::new(cleaned_to),
                 sync_rounds: Cell::new(0),
                 writes_in_flight: Cell::new(0),
                 appended_since_yield: Cell::new(0),
@@ -868,21 +903,30 @@ impl Log {
         let (first, mut reached_end) = self.read_once(from, max_bytes, true).await?;
         let mut total = first.bytes.len();
         let mut next_offset = first.next_offset;
+        let mut first_offset = first.first_offset;
         let mut more = Vec::new();
         while reached_end && total < max_bytes && next_offset < self.log_end_offset() {
+            // Until a batch is found the first one is served whatever its size; a segment
+            // compaction emptied (or whose end is a gap) only moves the offset on.
             let (part, end) = self
-                .read_once(next_offset, max_bytes - total, false)
+                .read_once(next_offset, max_bytes - total, total == 0)
                 .await?;
-            if part.bytes.is_empty() {
+            if part.bytes.is_empty() && part.next_offset <= next_offset {
                 break;
             }
             reached_end = end;
             total += part.bytes.len();
             next_offset = part.next_offset;
-            more.push(part.bytes);
+            first_offset = first_offset.or(part.first_offset);
+            if !part.bytes.is_empty() {
+                more.push(part.bytes);
+            }
         }
         if more.is_empty() {
-            return Ok(first);
+            return Ok(ReadBatches {
+                next_offset,
+                ..first
+            });
         }
         let mut joined = BytesMut::with_capacity(total);
         joined.extend_from_slice(&first.bytes);
@@ -891,7 +935,7 @@ impl Log {
         }
         Ok(ReadBatches {
             bytes: joined.freeze(),
-            first_offset: first.first_offset,
+            first_offset,
             next_offset,
         })
     }
@@ -907,7 +951,7 @@ impl Log {
     ) -> Result<(ReadBatches, bool)> {
         self.check_usable()?;
         let batch_max = self.inner.config.borrow().batch_bytes_max as usize;
-        let (seg_base, file, path, start_pos, seg_end) = {
+        let (seg_base, seg_next, file, path, start_pos, seg_end) = {
             let state = self.inner.state.borrow();
             if from < state.log_start || from > state.next_offset {
                 return Err(StorageError::OffsetOutOfRange {
@@ -928,6 +972,7 @@ impl Log {
             let entry = seg.index.entry_for_offset(from);
             (
                 seg.base_offset(),
+                seg.index.next_offset,
                 seg.file.clone(),
                 seg.path.clone(),
                 u64::from(entry.position),
@@ -988,6 +1033,10 @@ impl Log {
             reader.used += size;
             next_offset = info.next_offset();
         };
+        if reached_end {
+            // Past the last batch the segment's range may go on (a gap compaction left).
+            next_offset = next_offset.max(seg_next);
+        }
         let bytes = match reader.out_start {
             Some(start) => reader.buf.slice(start..reader.used),
             None => Bytes::new(),
@@ -1105,6 +1154,7 @@ impl Log {
             &mut rebuilt,
             batch_max,
             Some(offset),
+            Continuity::Gaps,
         )
         .await?;
         let io_err = |e| self.fail(StorageError::io(path.display(), e));
@@ -1298,6 +1348,262 @@ impl Log {
         Ok(None)
     }
 
+    /// How far compaction has cleaned the log: offsets below hold at most one record per key
+    /// (as of the cleaning). The log start when never cleaned.
+    pub fn cleaned_to(&self) -> Offset {
+        self.inner
+            .cleaned_to
+            .get()
+            .max(self.log_start_offset())
+            .min(self.log_end_offset())
+    }
+
+    /// Records (durably) that compaction has cleaned the log up to `offset`.
+    pub async fn set_cleaned_to(&self, offset: Offset) -> Result<()> {
+        io::write_file_atomically(
+            &self.inner.dir,
+            format::CLEANED_TO_FILE,
+            &format::encode_cleaned_to(offset),
+        )
+        .await?;
+        self.inner.cleaned_to.set(offset);
+        Ok(())
+    }
+
+    /// The sealed segments (every one but the active), oldest first.
+    pub fn sealed_segments(&self) -> Vec<SegmentSummary> {
+        let state = self.inner.state.borrow();
+        state.segments[..state.segments.len() - 1]
+            .iter()
+            .map(|s| SegmentSummary {
+                base_offset: s.base_offset(),
+                next_offset: s.index.next_offset,
+                size_bytes: s.index.size_bytes,
+                max_timestamp: s.index.max_timestamp,
+                modified_ms: modified_ms(&s.path),
+            })
+            .collect()
+    }
+
+    /// Replaces the sealed segments with base offsets in `[first, end)` (whole segments: `first`
+    /// a segment's base, `end` the next one's) by one segment holding what `fate` keeps of
+    /// their batches, in order; `fate` also gets the age (`modified_ms`) of the segment a batch
+    /// is in. Reads and writes are paced by `budget`. Crash-safe (see `rewrite`); appends,
+    /// reads and retention go on meanwhile. Returns `None`, changing nothing, when the
+    /// segments changed underneath (retention or truncation removed some).
+    pub async fn rewrite_segments<F>(
+        &self,
+        first: Offset,
+        end: Offset,
+        budget: &mut IoBudget,
+        mut fate: F,
+    ) -> Result<Option<RewriteOutcome>>
+    where
+        F: FnMut(&[u8], &BatchInfo, TimestampMs) -> BatchFate,
+    {
+        self.check_usable()?;
+        let group: Vec<(Rc<glommio::io::DmaFile>, PathBuf, u64, TimestampMs)> = {
+            let state = self.inner.state.borrow();
+            let sealed = &state.segments[..state.segments.len() - 1];
+            let chosen: Vec<&Segment> = sealed
+                .iter()
+                .filter(|s| s.base_offset() >= first && s.base_offset() < end)
+                .collect();
+            let whole = chosen.first().is_some_and(|s| s.base_offset() == first)
+                && chosen.last().is_some_and(|s| s.index.next_offset == end);
+            if !whole {
+                return Ok(None);
+            }
+            chosen
+                .iter()
+                .map(|s| {
+                    (
+                        s.file.clone(),
+                        s.path.clone(),
+                        s.index.size_bytes,
+                        modified_ms(&s.path),
+                    )
+                })
+                .collect()
+        };
+        let config = self.config();
+        let writer =
+            SegmentWriter::create(&self.inner.dir, first, config.index_interval_bytes).await?;
+        let cleaned_path = writer.path.clone();
+        let written = self
+            .write_rewritten(writer, &group, end, budget, &mut fate, &config)
+            .await;
+        let (file, index, outcome) = match written {
+            Ok(done) => done,
+            Err(e) => {
+                let _ = io::remove_file_if_exists(&cleaned_path);
+                return Err(e);
+            }
+        };
+        // The replacement is as old as the newest segment it replaces.
+        let newest = group.iter().map(|g| g.3).max().unwrap_or_else(now_ms);
+        let modified =
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(newest.max(0) as u64);
+        if let Err(e) = std::fs::File::options()
+            .write(true)
+            .open(&cleaned_path)
+            .and_then(|f| f.set_modified(modified))
+        {
+            warn!(file = %cleaned_path.display(), error = %e, "cannot carry the segment age over");
+        }
+        let dir = self.inner.dir.clone();
+        let swap_path = dir.join(format::swap_file_name(first, end));
+        std::fs::rename(&cleaned_path, &swap_path)
+            .map_err(|e| StorageError::io(swap_path.display(), e))?;
+        io::sync_dir(&dir).await?;
+
+        let _io = self.lock_io().await?;
+        let unchanged = {
+            let state = self.inner.state.borrow();
+            let now: Vec<&Segment> = state.segments[..state.segments.len() - 1]
+                .iter()
+                .filter(|s| s.base_offset() >= first && s.base_offset() < end)
+                .collect();
+            now.len() == group.len()
+                && now
+                    .iter()
+                    .zip(&group)
+                    .all(|(s, g)| Rc::ptr_eq(&s.file, &g.0))
+        };
+        if !unchanged {
+            io::remove_file_if_exists(&swap_path)?;
+            io::sync_dir(&dir).await?;
+            let _ = file.close().await;
+            return Ok(None);
+        }
+        for (_, path, _, _) in &group[1..] {
+            io::remove_file_if_exists(path)?;
+            if let Some(base) = path
+                .file_name()
+                .and_then(|n| format::parse_segment_file_name(&n.to_string_lossy()))
+            {
+                io::remove_file_if_exists(&dir.join(format::index_file_name(base)))?;
+            }
+        }
+        io::remove_file_if_exists(&dir.join(format::index_file_name(first)))?;
+        let path = dir.join(format::segment_file_name(first));
+        std::fs::rename(&swap_path, &path).map_err(|e| StorageError::io(path.display(), e))?;
+        io::write_file_atomically(
+            &dir,
+            &format::index_file_name(first),
+            &index.to_file().encode(),
+        )
+        .await?;
+        {
+            let mut state = self.inner.state.borrow_mut();
+            let at = state
+                .segments
+                .iter()
+                .position(|s| s.base_offset() == first)
+                .expect("checked under the io lock");
+            let size = index.size_bytes;
+            state.segments.splice(
+                at..at + group.len(),
+                [Segment {
+                    path,
+                    file: Rc::new(file),
+                    index,
+                    tail: None,
+                    first_append_ms: None,
+                    preallocated_to: size,
+                }],
+            );
+        }
+        info!(dir = %dir.display(), %first, %end, segments = outcome.segments_replaced,
+            bytes_before = outcome.bytes_before, bytes_after = outcome.bytes_after, "segments compacted");
+        Ok(Some(outcome))
+    }
+
+    /// Reads the segments of `group` batch by batch, passes each through `fate`, and writes
+    /// what it keeps with `writer`; the finished, durable file and its index.
+    async fn write_rewritten<F>(
+        &self,
+        mut writer: SegmentWriter,
+        group: &[(Rc<glommio::io::DmaFile>, PathBuf, u64, TimestampMs)],
+        end: Offset,
+        budget: &mut IoBudget,
+        fate: &mut F,
+        config: &LogConfig,
+    ) -> Result<(glommio::io::DmaFile, SegmentIndex, RewriteOutcome)>
+    where
+        F: FnMut(&[u8], &BatchInfo, TimestampMs) -> BatchFate,
+    {
+        let batch_max = config.batch_bytes_max as usize;
+        let window = (1usize << 20).max(batch_max);
+        let mut outcome = RewriteOutcome {
+            segments_replaced: group.len(),
+            ..RewriteOutcome::default()
+        };
+        for (file, path, size, modified) in group {
+            outcome.bytes_before += size;
+            let mut pos = 0u64;
+            while pos < *size {
+                let want = window.min((size - pos) as usize);
+                let buf = io::read_at(file, path, pos, want).await?;
+                let at_end = pos + buf.len() as u64 >= *size;
+                let mut used = 0usize;
+                while used < buf.len() {
+                    let rest = &buf[used..];
+                    let here = pos + used as u64;
+                    let corrupt = |source| StorageError::Corrupt {
+                        segment: writer.index.base_offset,
+                        position: here,
+                        source,
+                    };
+                    if rest.len() < BATCH_HEADER_BYTES && !at_end {
+                        break;
+                    }
+                    let batch_size = peek_batch_size(rest, batch_max).map_err(corrupt)?;
+                    if batch_size > rest.len() {
+                        if at_end {
+                            return Err(corrupt(crate::batch::BatchError::Truncated {
+                                needed: batch_size,
+                                available: rest.len(),
+                            }));
+                        }
+                        break;
+                    }
+                    let batch = &rest[..batch_size];
+                    let info = validate_batch(batch, batch_max).map_err(corrupt)?;
+                    match fate(batch, &info, *modified) {
+                        BatchFate::Keep => writer.push(batch, &info).await?,
+                        BatchFate::Drop => {}
+                        BatchFate::Replace(bytes) => {
+                            let new = validate_batch(&bytes, usize::MAX).map_err(corrupt)?;
+                            assert!(
+                                new.base_offset >= info.base_offset
+                                    && new.last_offset() <= info.last_offset(),
+                                "a replacement batch stays within the original's offsets"
+                            );
+                            writer.push(&bytes, &new).await?;
+                        }
+                    }
+                    used += batch_size;
+                }
+                if used == 0 {
+                    return Err(StorageError::Corrupt {
+                        segment: writer.index.base_offset,
+                        position: pos,
+                        source: crate::batch::BatchError::TooLarge {
+                            size: want,
+                            max: batch_max,
+                        },
+                    });
+                }
+                budget.spend(used as u64).await;
+                pos += used as u64;
+            }
+        }
+        let (file, _, index) = writer.finish(end).await?;
+        outcome.bytes_after = index.size_bytes;
+        Ok((file, index, outcome))
+    }
+
     /// Writes and syncs everything, then closes the log; later calls fail with `Closed`.
     pub async fn close(&self) -> Result<()> {
         if self.inner.closed.get() {
@@ -1323,15 +1629,33 @@ impl Log {
 /// Reads the log-start checkpoint; a missing or damaged one is ignored (the first segment's base
 /// offset is then the start).
 fn read_log_start(dir: &Path) -> Option<Offset> {
-    let path = dir.join(format::LOG_START_FILE);
+    read_checkpoint(dir, format::LOG_START_FILE, format::decode_log_start)
+}
+
+/// Reads an offset checkpoint file; a missing or damaged one is ignored (with a warning).
+fn read_checkpoint(
+    dir: &Path,
+    name: &str,
+    decode: fn(&[u8]) -> std::result::Result<Offset, format::FormatError>,
+) -> Option<Offset> {
+    let path = dir.join(name);
     let bytes = std::fs::read(&path).ok()?;
-    match format::decode_log_start(&bytes) {
+    match decode(&bytes) {
         Ok(offset) => Some(offset),
         Err(e) => {
-            warn!(file = %path.display(), error = %e, "ignoring damaged log-start checkpoint");
+            warn!(file = %path.display(), error = %e, "ignoring a damaged checkpoint");
             None
         }
     }
+}
+
+/// When `path` was last modified, in ms since the epoch (now, if that cannot be read).
+fn modified_ms(path: &Path) -> TimestampMs {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or_else(now_ms, |d| d.as_millis() as TimestampMs)
 }
 
 /// Loads a sealed segment's index file if it is valid and matches the segment file.

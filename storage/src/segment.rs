@@ -2,8 +2,11 @@
 //! write tail. Also the scanner that validates a segment's batches on recovery or index rebuild.
 //!
 //! Invariants:
-//! - batches in a segment are contiguous in offsets: each batch's base offset is the previous
-//!   batch's last offset + 1; the first is the segment's base offset (a segment may be empty);
+//! - batches in a segment ascend in offsets: each batch's base offset is above the previous
+//!   batch's last offset. As appended they are contiguous (each starts at the previous one's
+//!   last offset + 1, the first at the segment's base offset); a segment the compactor rewrote
+//!   has gaps where whole batches went, and its `next_offset` stays the end of the range it
+//!   covered (the next segment's base), wherever its last batch ends;
 //! - `size_bytes` is the logical end of the data; file bytes past it are zero or not yet valid;
 //! - index entries are in ascending offset and position order; the first batch always has one.
 
@@ -79,9 +82,9 @@ impl SegmentIndex {
             position, self.size_bytes,
             "batches are recorded in file order"
         );
-        assert_eq!(
-            info.base_offset, self.next_offset,
-            "batches are contiguous in offsets"
+        assert!(
+            info.base_offset >= self.next_offset,
+            "batches ascend in offsets"
         );
         if self.entries.is_empty() || self.bytes_since_entry >= self.index_interval_bytes {
             self.entries.push(IndexEntry {
@@ -96,6 +99,12 @@ impl SegmentIndex {
         self.size_bytes += info.size_bytes as u64;
         self.next_offset = info.next_offset();
         self.max_timestamp = self.max_timestamp.max(info.max_timestamp);
+    }
+
+    /// Moves the end of the offset range this segment covers up to `end` (a compacted segment
+    /// covers offsets its batches no longer hold).
+    pub fn extend_to(&mut self, end: Offset) {
+        self.next_offset = self.next_offset.max(end);
     }
 
     /// The index entry to start a search for `offset` from: the last one at or before it.
@@ -172,6 +181,13 @@ impl Segment {
     }
 }
 
+/// What a scan accepts between one batch and the next (see [`scan_segment`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Continuity {
+    Contiguous,
+    Gaps,
+}
+
 /// Why a scan stopped before the end of the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ScanStop {
@@ -184,6 +200,10 @@ pub(crate) enum ScanStop {
 /// Scans a segment from `index.size_bytes` (the end of what `index` already covers), validating
 /// each batch and recording it in `index`, until the file ends or a batch is invalid, torn, or
 /// does not continue the offsets; or, with `stop_at`, until the batch that holds that offset.
+/// `Continuity::Contiguous` wants each batch to start right after the previous one (the active
+/// segment, which compaction never touches: a gap there is damage, e.g. a flipped bit in the
+/// `baseOffset`, which the CRC does not cover); `Continuity::Gaps` accepts any rise (a sealed
+/// segment, which compaction may have rewritten).
 pub(crate) async fn scan_segment(
     file: &DmaFile,
     path: &std::path::Path,
@@ -191,6 +211,7 @@ pub(crate) async fn scan_segment(
     index: &mut SegmentIndex,
     batch_bytes_max: usize,
     stop_at: Option<Offset>,
+    continuity: Continuity,
 ) -> Result<ScanStop> {
     let window = SCAN_WINDOW_BYTES.max(batch_bytes_max);
     loop {
@@ -239,7 +260,11 @@ pub(crate) async fn scan_segment(
                 Ok(info) => info,
                 Err(e) => return Ok(damaged(e.to_string())),
             };
-            if info.base_offset != index.next_offset {
+            let continues = match continuity {
+                Continuity::Contiguous => info.base_offset == index.next_offset,
+                Continuity::Gaps => info.base_offset >= index.next_offset,
+            };
+            if !continues {
                 return Ok(damaged(format!(
                     "batch base offset {} does not continue the log at {}",
                     info.base_offset, index.next_offset
