@@ -27,6 +27,9 @@ struct FileConfig {
     retention_check_ms: Option<u64>,
     offsets_partitions: Option<i32>,
     group_initial_rebalance_delay_ms: Option<u64>,
+    log_cleaner_backoff_ms: Option<u64>,
+    log_cleaner_io_bytes_per_second: Option<u64>,
+    log_cleaner_dedupe_buffer_bytes: Option<u64>,
 }
 
 /// The validated configuration.
@@ -56,6 +59,14 @@ pub struct BrokerConfig {
     pub offsets_partitions: i32,
     /// Kafka's `group.initial.rebalance.delay.ms`.
     pub group_initial_rebalance_delay_ms: u64,
+    /// Pause between compaction passes (Kafka's `log.cleaner.backoff.ms`).
+    pub log_cleaner_backoff_ms: u64,
+    /// Compaction's I/O per shard, bytes/s (Kafka's `log.cleaner.io.max.bytes.per.second`);
+    /// 0: unpaced.
+    pub log_cleaner_io_bytes_per_second: u64,
+    /// Memory of a compaction pass's offset map, per shard (Kafka's
+    /// `log.cleaner.dedupe.buffer.size`).
+    pub log_cleaner_dedupe_buffer_bytes: u64,
 }
 
 /// A value that could not be used: which field, where it came from, and why.
@@ -122,6 +133,21 @@ const FIELDS: &[(&str, &str, &str)] = &[
         "group_initial_rebalance_delay_ms",
         "--group-initial-rebalance-delay-ms",
         "SLUICE_GROUP_INITIAL_REBALANCE_DELAY_MS",
+    ),
+    (
+        "log_cleaner_backoff_ms",
+        "--log-cleaner-backoff-ms",
+        "SLUICE_LOG_CLEANER_BACKOFF_MS",
+    ),
+    (
+        "log_cleaner_io_bytes_per_second",
+        "--log-cleaner-io-bytes-per-second",
+        "SLUICE_LOG_CLEANER_IO_BYTES_PER_SECOND",
+    ),
+    (
+        "log_cleaner_dedupe_buffer_bytes",
+        "--log-cleaner-dedupe-buffer-bytes",
+        "SLUICE_LOG_CLEANER_DEDUPE_BUFFER_BYTES",
     ),
 ];
 
@@ -373,6 +399,41 @@ impl BrokerConfig {
         let group_initial_rebalance_delay_ms: u64 =
             parse("group_initial_rebalance_delay_ms", &raw)?;
 
+        let raw = pick(
+            "log_cleaner_backoff_ms",
+            file.log_cleaner_backoff_ms.map(|n| n.to_string()),
+        )
+        .unwrap_or_else(|| default("15000"));
+        let log_cleaner_backoff_ms: u64 = parse("log_cleaner_backoff_ms", &raw)?;
+        if log_cleaner_backoff_ms == 0 {
+            return Err(invalid(
+                "log_cleaner_backoff_ms",
+                &raw,
+                "must be at least 1".into(),
+            ));
+        }
+
+        let raw = pick(
+            "log_cleaner_io_bytes_per_second",
+            file.log_cleaner_io_bytes_per_second.map(|n| n.to_string()),
+        )
+        .unwrap_or_else(|| default("104857600"));
+        let log_cleaner_io_bytes_per_second: u64 = parse("log_cleaner_io_bytes_per_second", &raw)?;
+
+        let raw = pick(
+            "log_cleaner_dedupe_buffer_bytes",
+            file.log_cleaner_dedupe_buffer_bytes.map(|n| n.to_string()),
+        )
+        .unwrap_or_else(|| default("67108864"));
+        let log_cleaner_dedupe_buffer_bytes: u64 = parse("log_cleaner_dedupe_buffer_bytes", &raw)?;
+        if log_cleaner_dedupe_buffer_bytes < 1 << 20 {
+            return Err(invalid(
+                "log_cleaner_dedupe_buffer_bytes",
+                &raw,
+                "must be at least 1048576 (1 MiB)".into(),
+            ));
+        }
+
         Ok(BrokerConfig {
             listen,
             advertised_host,
@@ -388,6 +449,9 @@ impl BrokerConfig {
             retention_check_ms,
             offsets_partitions,
             group_initial_rebalance_delay_ms,
+            log_cleaner_backoff_ms,
+            log_cleaner_io_bytes_per_second,
+            log_cleaner_dedupe_buffer_bytes,
         })
     }
 }

@@ -201,6 +201,12 @@ fn serve(args: &[&str]) -> ExitCode {
             group_initial_rebalance_delay: std::time::Duration::from_millis(
                 config.group_initial_rebalance_delay_ms,
             ),
+            cleaner: sluice_core::cleaner::CleanerSettings {
+                backoff: std::time::Duration::from_millis(config.log_cleaner_backoff_ms),
+                io_bytes_per_second: Some(config.log_cleaner_io_bytes_per_second)
+                    .filter(|b| *b > 0),
+                dedupe_buffer_bytes: config.log_cleaner_dedupe_buffer_bytes,
+            },
         },
     };
     let broker = sluice_net::BrokerIdentity {
@@ -275,6 +281,21 @@ fn static_broker_configs(
         (
             "log.retention.check.interval.ms",
             config.retention_check_ms.to_string(),
+            ConfigType::Long,
+        ),
+        (
+            "log.cleaner.backoff.ms",
+            config.log_cleaner_backoff_ms.to_string(),
+            ConfigType::Long,
+        ),
+        (
+            "log.cleaner.io.max.bytes.per.second",
+            config.log_cleaner_io_bytes_per_second.to_string(),
+            ConfigType::Double,
+        ),
+        (
+            "log.cleaner.dedupe.buffer.size",
+            config.log_cleaner_dedupe_buffer_bytes.to_string(),
             ConfigType::Long,
         ),
     ]

@@ -29,6 +29,7 @@
 
 pub mod broker_configs;
 pub mod catalog;
+pub mod cleaner;
 pub mod controller;
 pub mod fetch;
 pub mod groups;

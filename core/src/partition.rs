@@ -93,6 +93,11 @@ impl Partition {
         &self.log
     }
 
+    /// The offset of each known idempotent producer's last batch.
+    pub fn producer_last_offsets(&self) -> std::collections::HashMap<i64, i64> {
+        self.producers.borrow().last_offsets()
+    }
+
     pub fn dir(&self) -> &Path {
         self.log.dir()
     }

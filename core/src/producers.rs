@@ -173,6 +173,15 @@ impl ProducerState {
         }
     }
 
+    /// The offset of each known producer's last batch: compaction keeps that batch (emptied if
+    /// need be) so the producer's sequence survives a rebuild from the log.
+    pub fn last_offsets(&self) -> HashMap<i64, i64> {
+        self.producers
+            .iter()
+            .filter_map(|(id, p)| p.batches.back().map(|b| (*id, b.last_offset)))
+            .collect()
+    }
+
     /// Marks offsets up to `offset` as reflected (batches without producers in between).
     pub fn cover_to(&mut self, offset: Offset) {
         self.covered_to = self.covered_to.max(offset.0);

@@ -62,6 +62,8 @@ pub struct ShardSettings {
     /// How long a new consumer group waits for more members before its first rebalance
     /// completes (Kafka's `group.initial.rebalance.delay.ms`).
     pub group_initial_rebalance_delay: std::time::Duration,
+    /// Log compaction of compacted topics.
+    pub cleaner: crate::cleaner::CleanerSettings,
 }
 
 /// One shard's state.
@@ -362,6 +364,15 @@ impl Shard {
         let opened = Rc::new(Partition::open(&dir, config).await?);
         self.partitions.borrow_mut().insert(key, opened.clone());
         Ok(opened)
+    }
+
+    /// Every partition this shard has open.
+    pub fn open_partitions(&self) -> Vec<(PartitionKey, Rc<Partition>)> {
+        self.partitions
+            .borrow()
+            .iter()
+            .map(|(k, p)| (*k, p.clone()))
+            .collect()
     }
 
     /// The partition if this shard has it open.

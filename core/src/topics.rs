@@ -145,7 +145,7 @@ pub const TOPIC_CONFIGS: &[ConfigDef] = &[
         "delete",
         ConfigType::List,
         &["delete", "compact", "compact,delete", "delete,compact"],
-        "delete: retention deletes old segments; compact is stored but compaction does not run yet",
+        "delete: retention deletes old segments; compact: the latest record of each key is kept (see cleaner.rs); both: both",
     ),
     ranged("compression.gzip.level", "-1", ConfigType::Int, -1, 9, INERT),
     ranged("compression.lz4.level", "9", ConfigType::Int, 1, 17, INERT),
@@ -161,7 +161,7 @@ pub const TOPIC_CONFIGS: &[ConfigDef] = &[
         "delete.retention.ms",
         "86400000",
         0,
-        "how long tombstones stay readable on a compacted topic (inert until compaction runs)",
+        "how long a tombstone stays readable on a compacted topic once its segment is sealed",
     ),
     long("file.delete.delay.ms", "60000", 0, INERT),
     long(
@@ -202,7 +202,7 @@ pub const TOPIC_CONFIGS: &[ConfigDef] = &[
         "max.compaction.lag.ms",
         LONG_MAX,
         1,
-        "longest a record stays uncompacted (inert until compaction runs)",
+        "longest a record stays uncompacted: the active segment rolls and cleaning starts by then",
     ),
     int(
         "max.message.bytes",
@@ -235,13 +235,13 @@ pub const TOPIC_CONFIGS: &[ConfigDef] = &[
         ConfigType::Double,
         0,
         1,
-        "share of a log uncompacted before compaction starts (inert until compaction runs)",
+        "share of a log uncompacted before compaction starts",
     ),
     long(
         "min.compaction.lag.ms",
         "0",
         0,
-        "shortest a record stays uncompacted (inert until compaction runs)",
+        "shortest a record stays uncompacted",
     ),
     int(
         "min.insync.replicas",
@@ -450,6 +450,33 @@ impl Topic {
         })
     }
 
+    /// `cleanup.policy` includes `delete`: retention removes old segments.
+    pub fn deletes_by_retention(&self) -> bool {
+        config_def("cleanup.policy").is_some_and(|def| {
+            self.config_value(def)
+                .0
+                .split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("delete"))
+        })
+    }
+
+    /// How this topic is compacted, when `cleanup.policy` includes `compact`.
+    pub fn compaction(&self) -> Option<Compaction> {
+        if !self.is_compacted() {
+            return None;
+        }
+        let ms = |name, default: i64| self.number(name).filter(|n| *n >= 0).unwrap_or(default);
+        let ratio = config_def("min.cleanable.dirty.ratio")
+            .and_then(|def| self.config_value(def).0.trim().parse::<f64>().ok())
+            .unwrap_or(0.5);
+        Some(Compaction {
+            delete_retention_ms: ms("delete.retention.ms", 86_400_000),
+            min_lag_ms: ms("min.compaction.lag.ms", 0),
+            max_lag_ms: ms("max.compaction.lag.ms", i64::MAX),
+            min_cleanable_dirty_ratio: ratio,
+        })
+    }
+
     /// `min.insync.replicas`.
     pub fn min_insync_replicas(&self) -> i64 {
         self.number("min.insync.replicas").unwrap_or(1)
@@ -464,8 +491,18 @@ impl Topic {
             config.segment_bytes_max = n;
         }
         config.segment_ms_max = positive(self.number("segment.ms"));
-        config.retention_bytes = positive(self.number("retention.bytes"));
-        config.retention_ms = positive(self.number("retention.ms"));
+        if let Some(compaction) = self.compaction() {
+            // The active segment is never cleaned: roll it within max.compaction.lag.ms, as
+            // Kafka does, so every record becomes cleanable in time.
+            let max_lag = u64::try_from(compaction.max_lag_ms).unwrap_or(u64::MAX);
+            config.segment_ms_max =
+                Some(config.segment_ms_max.map_or(max_lag, |ms| ms.min(max_lag)))
+                    .filter(|ms| *ms < i64::MAX as u64);
+        }
+        // A compact-only topic keeps every key's latest record however old: no retention.
+        let retained = self.deletes_by_retention();
+        config.retention_bytes = positive(self.number("retention.bytes")).filter(|_| retained);
+        config.retention_ms = positive(self.number("retention.ms")).filter(|_| retained);
         if let Some(n) = positive(self.number("max.message.bytes")) {
             config.batch_bytes_max = u32::try_from(n).unwrap_or(u32::MAX);
         }
@@ -480,6 +517,19 @@ impl Topic {
     pub fn partition_dir(&self, data_dir: &std::path::Path, partition: i32) -> std::path::PathBuf {
         topic_dir(data_dir, &self.name, self.id).join(partition.to_string())
     }
+}
+
+/// A compacted topic's cleaning settings (Kafka's names, in ms).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Compaction {
+    /// `delete.retention.ms`: how long a tombstone stays readable once its segment is sealed.
+    pub delete_retention_ms: i64,
+    /// `min.compaction.lag.ms`: records younger than this are never cleaned.
+    pub min_lag_ms: i64,
+    /// `max.compaction.lag.ms`: a record older than this gets cleaned whatever the dirty ratio.
+    pub max_lag_ms: i64,
+    /// `min.cleanable.dirty.ratio`: the share of uncleaned bytes that starts a cleaning.
+    pub min_cleanable_dirty_ratio: f64,
 }
 
 /// `<data_dir>/topics/<name>-<id>`: where a topic's partition logs live.

@@ -59,6 +59,10 @@ pub struct ServerConfig {
 /// How often a shard checks the shutdown flag.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(20);
 
+/// Scheduler shares of background work (compaction) against the 1000 of the default queue
+/// that serves requests.
+const BACKGROUND_SHARES: usize = 50;
+
 /// Why the server stopped.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -204,6 +208,20 @@ pub fn run(
             })?;
             info!(addr = %config.listen, shard = shard.id, "listening");
             glommio::spawn_local(shard.clone().retention_loop()).detach();
+            // Compaction runs in a task queue of its own with few shares: whenever produce or
+            // fetch work is runnable, it goes first.
+            let background = glommio::executor().create_task_queue(
+                glommio::Shares::Static(BACKGROUND_SHARES),
+                glommio::Latency::NotImportant,
+                "compaction",
+            );
+            match glommio::spawn_local_into(
+                sluice_core::cleaner::cleaner_loop(shard.clone()),
+                background,
+            ) {
+                Ok(task) => task.detach(),
+                Err(e) => return Err(ServerError::Start(format!("cannot start compaction: {e}"))),
+            };
             let ctx = Context {
                 shard: shard.clone(),
                 broker: Rc::new(broker),
