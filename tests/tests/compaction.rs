@@ -218,3 +218,109 @@ fn a_compacted_topic_keeps_the_latest_value_per_key_and_drops_expired_tombstones
     assert_eq!(after.last().unwrap().0, written as i64);
     broker.stop();
 }
+
+/// Acknowledged records: (key, value, offset).
+#[derive(Clone, Default)]
+struct Acked(std::sync::Arc<std::sync::Mutex<Vec<(String, String, i64)>>>);
+
+impl rdkafka::ClientContext for Acked {}
+
+impl rdkafka::producer::ProducerContext for Acked {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, _: ()) {
+        if let Ok(m) = result {
+            let text = |b: Option<&[u8]>| String::from_utf8(b.unwrap().to_vec()).unwrap();
+            self.0
+                .lock()
+                .unwrap()
+                .push((text(m.key()), text(m.payload()), m.offset()));
+        }
+    }
+}
+
+#[test]
+fn sigkills_during_compaction_lose_no_acknowledged_latest_value_and_show_no_record_twice() {
+    let args = [
+        "--log-cleaner-backoff-ms",
+        "20",
+        "--log-cleaner-io-bytes-per-second",
+        "0",
+    ];
+    let mut broker = Broker::start(&args);
+    create_compacted_topic(&broker.bootstrap());
+    let acked = Acked::default();
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut random = move |below: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % below
+    };
+    for cycle in 0..5 {
+        let producer: ThreadedProducer<Acked> = ClientConfig::new()
+            .set("bootstrap.servers", broker.bootstrap())
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set("message.timeout.ms", "5000")
+            .create_with_context(acked.clone())
+            .unwrap();
+        let run_for = Duration::from_millis(700 + random(900));
+        let started = Instant::now();
+        let mut n = 0u64;
+        while started.elapsed() < run_for {
+            let key = format!("k{}", random(30));
+            let value = format!("cycle {cycle} record {n} {}", "y".repeat(100));
+            let _ = producer.send(BaseRecord::to(TOPIC).key(&key).payload(&value));
+            n += 1;
+            if n.is_multiple_of(20) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        let dir = broker.kill();
+        drop(producer);
+        broker = Broker::start_on(dir, &args);
+    }
+    // A few more passes after the last restart, then everything is read back.
+    std::thread::sleep(Duration::from_secs(2));
+    let records = read_all(&broker.bootstrap());
+    let mut last_offset = -1;
+    let mut present = std::collections::HashMap::new();
+    for (offset, key, value) in &records {
+        assert!(
+            *offset > last_offset,
+            "offsets rise: {offset} after {last_offset}"
+        );
+        last_offset = *offset;
+        present.insert((key.clone(), *offset), value.clone().unwrap());
+    }
+    // Every key's latest acknowledged record is there, with its value.
+    let mut latest: BTreeMap<String, (i64, String)> = BTreeMap::new();
+    for (key, value, offset) in acked.0.lock().unwrap().iter() {
+        let entry = latest
+            .entry(key.clone())
+            .or_insert((*offset, value.clone()));
+        if *offset > entry.0 {
+            *entry = (*offset, value.clone());
+        }
+    }
+    assert!(latest.len() >= 25, "{} keys acknowledged", latest.len());
+    for (key, (offset, value)) in &latest {
+        assert_eq!(
+            present.get(&(key.clone(), *offset)),
+            Some(value),
+            "{key}'s latest acknowledged record (offset {offset})"
+        );
+    }
+    assert!(broker.log().contains("partition compacted"));
+    let finished_swaps = broker
+        .log()
+        .matches("finished an interrupted compaction swap")
+        .count();
+    eprintln!(
+        "{} records acknowledged, {} left after compaction, {finished_swaps} interrupted swaps finished at start-up",
+        acked.0.lock().unwrap().len(),
+        records.len()
+    );
+    broker.stop();
+}
