@@ -38,12 +38,22 @@ fn admin(bootstrap: &str) -> Result<AdminClient<DefaultClientContext>, String> {
 /// creates the topic but sends a CreateTopics response librdkafka rejects as BadMessage), the
 /// topics are looked up with Metadata instead (which auto-creates them where the broker does),
 /// and accepted only with the workload's partition count.
-pub fn create_topics(bootstrap: &str, names: &[String], partitions: u32) -> Result<(), String> {
+pub fn create_topics(
+    bootstrap: &str,
+    names: &[String],
+    partitions: u32,
+    configs: &std::collections::BTreeMap<String, String>,
+) -> Result<(), String> {
     reachable(bootstrap).map_err(|e| format!("CreateTopics on {bootstrap}: {e}"))?;
     let admin = admin(bootstrap)?;
     let topics: Vec<NewTopic> = names
         .iter()
-        .map(|n| NewTopic::new(n, partitions as i32, TopicReplication::Fixed(1)))
+        .map(|n| {
+            configs.iter().fold(
+                NewTopic::new(n, partitions as i32, TopicReplication::Fixed(1)),
+                |topic, (key, value)| topic.set(key, value),
+            )
+        })
         .collect();
     // Kafka's own admin timeout (default.api.timeout.ms) is 60 s: a loaded machine (a CI
     // build's writeback in flight) can take seconds to fsync a new topic into existence.

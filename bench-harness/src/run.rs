@@ -404,9 +404,12 @@ pub fn run_once(
 ) -> Result<RunResult, String> {
     let topics = topic_names(workload);
     match target.protocol {
-        Protocol::Kafka => {
-            kafka::create_topics(&target.address, &topics, workload.partitions_per_topic)?
-        }
+        Protocol::Kafka => kafka::create_topics(
+            &target.address,
+            &topics,
+            workload.partitions_per_topic,
+            &workload.topic_configs,
+        )?,
         Protocol::RedisStreams => {}
     }
     let drain = Duration::from_secs(if duration_s <= 10 { 3 } else { 10 });

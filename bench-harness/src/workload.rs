@@ -54,6 +54,10 @@ pub struct Workload {
     pub consumer: ConsumerSettings,
     #[serde(default)]
     pub max_rate: MaxRateSettings,
+    /// Topic configs the run's topics are created with (e.g. `cleanup.policy: compact`), on
+    /// Kafka-protocol targets.
+    #[serde(default)]
+    pub topic_configs: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -274,6 +278,25 @@ mod tests {
         let w = Workload::parse("name: t\nmessage_size: 100\nproducer_rate: 5000\nduration_s: 1\n")
             .unwrap();
         assert_eq!(w.producer_rate, Rate::PerSecond(5000.0));
+    }
+
+    #[test]
+    fn every_shipped_workload_parses() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads");
+        let mut parsed = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                Workload::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                parsed += 1;
+            }
+        }
+        assert!(parsed >= 6, "{parsed} workloads");
+        let compacted =
+            Workload::parse(&std::fs::read_to_string(dir.join("compaction-on.yaml")).unwrap())
+                .unwrap();
+        assert_eq!(compacted.topic_configs["cleanup.policy"], "compact");
     }
 
     #[test]

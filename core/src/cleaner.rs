@@ -72,6 +72,9 @@ impl Default for CleanerSettings {
 /// Bytes one map entry costs besides its key (the offset, the key's box, the table slot).
 const MAP_ENTRY_OVERHEAD_BYTES: u64 = 48;
 
+/// Bytes of batches handled between offers to yield the core to request handling.
+const YIELD_EVERY_BYTES: usize = 64 * 1024;
+
 /// Bytes of the dirty section read per I/O while building the map.
 const MAP_READ_BYTES: usize = 1 << 20;
 
@@ -276,6 +279,7 @@ async fn build_offset_map(
         let read = log.read(from, MAP_READ_BYTES).await?;
         budget.spend(read.bytes.len() as u64).await;
         let mut rest = &read.bytes[..];
+        let mut since_yield = 0usize;
         while !rest.is_empty() {
             let info = sluice_storage::batch::read_header(rest, usize::MAX).map_err(|e| {
                 StorageError::Corrupt {
@@ -286,6 +290,11 @@ async fn build_offset_map(
             })?;
             let batch = &rest[..info.size_bytes];
             rest = &rest[info.size_bytes..];
+            since_yield += info.size_bytes;
+            if since_yield >= YIELD_EVERY_BYTES {
+                since_yield = 0;
+                glommio::yield_if_needed().await;
+            }
             if info.base_offset >= end {
                 return Ok((map, end));
             }

@@ -137,6 +137,9 @@ struct Inner {
     write_waiters: RefCell<Vec<oneshot::Sender<()>>>,
 }
 
+/// Bytes of batches a rewrite handles between offers to yield the core.
+const YIELD_EVERY_BYTES: usize = 64 * 1024;
+
 /// Group-commit rounds at least this long are logged (warn), with their write and fdatasync
 /// parts: the disk, not the broker, is then what acks=all producers wait for.
 const SLOW_SYNC_ROUND: std::time::Duration = std::time::Duration::from_millis(100);
@@ -1539,6 +1542,7 @@ impl Log {
             segments_replaced: group.len(),
             ..RewriteOutcome::default()
         };
+        let mut since_yield = 0usize;
         for (file, path, size, modified) in group {
             outcome.bytes_before += size;
             let mut pos = 0u64;
@@ -1570,6 +1574,13 @@ impl Log {
                     }
                     let batch = &rest[..batch_size];
                     let info = validate_batch(batch, batch_max).map_err(corrupt)?;
+                    // Hand the core back often: a request waiting behind this work waits at
+                    // most about one slice's worth of it.
+                    since_yield += batch_size;
+                    if since_yield >= YIELD_EVERY_BYTES {
+                        since_yield = 0;
+                        glommio::yield_if_needed().await;
+                    }
                     match fate(batch, &info, *modified) {
                         BatchFate::Keep => writer.push(batch, &info).await?,
                         BatchFate::Drop => {}
