@@ -30,6 +30,7 @@ struct FileConfig {
     log_cleaner_backoff_ms: Option<u64>,
     log_cleaner_io_bytes_per_second: Option<u64>,
     log_cleaner_dedupe_buffer_bytes: Option<u64>,
+    disk_free_bytes_min: Option<u64>,
 }
 
 /// The validated configuration.
@@ -67,6 +68,8 @@ pub struct BrokerConfig {
     /// Memory of a compaction pass's offset map, per shard (Kafka's
     /// `log.cleaner.dedupe.buffer.size`).
     pub log_cleaner_dedupe_buffer_bytes: u64,
+    /// Produce is refused while the data directory's disk has less free; 0: never.
+    pub disk_free_bytes_min: u64,
 }
 
 /// A value that could not be used: which field, where it came from, and why.
@@ -148,6 +151,11 @@ const FIELDS: &[(&str, &str, &str)] = &[
         "log_cleaner_dedupe_buffer_bytes",
         "--log-cleaner-dedupe-buffer-bytes",
         "SLUICE_LOG_CLEANER_DEDUPE_BUFFER_BYTES",
+    ),
+    (
+        "disk_free_bytes_min",
+        "--disk-free-bytes-min",
+        "SLUICE_DISK_FREE_BYTES_MIN",
     ),
 ];
 
@@ -434,6 +442,13 @@ impl BrokerConfig {
             ));
         }
 
+        let raw = pick(
+            "disk_free_bytes_min",
+            file.disk_free_bytes_min.map(|n| n.to_string()),
+        )
+        .unwrap_or_else(|| default("268435456"));
+        let disk_free_bytes_min: u64 = parse("disk_free_bytes_min", &raw)?;
+
         Ok(BrokerConfig {
             listen,
             advertised_host,
@@ -452,6 +467,7 @@ impl BrokerConfig {
             log_cleaner_backoff_ms,
             log_cleaner_io_bytes_per_second,
             log_cleaner_dedupe_buffer_bytes,
+            disk_free_bytes_min,
         })
     }
 }

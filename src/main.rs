@@ -179,6 +179,7 @@ fn serve(args: &[&str]) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
+    sluice_core::catalog::ensure_space_reserve(&config.data_dir);
     for orphan in catalog.orphan_topic_dirs() {
         // Left by a topic deletion that a crash interrupted after the catalog changed.
         tracing::info!(dir = %orphan.display(), "removing the files of a deleted topic");
@@ -207,6 +208,7 @@ fn serve(args: &[&str]) -> ExitCode {
                     .filter(|b| *b > 0),
                 dedupe_buffer_bytes: config.log_cleaner_dedupe_buffer_bytes,
             },
+            disk_free_bytes_min: config.disk_free_bytes_min,
         },
     };
     let broker = sluice_net::BrokerIdentity {

@@ -286,7 +286,20 @@ impl Catalog {
             broker_configs: broker_configs.clone(),
         };
         let json = serde_json::to_vec_pretty(&file).expect("the catalog always serializes");
-        sluice_storage::io::write_file_atomically(&self.data_dir, METADATA_FILE, &json).await?;
+        let written =
+            sluice_storage::io::write_file_atomically(&self.data_dir, METADATA_FILE, &json).await;
+        match written {
+            Err(e) if is_disk_full(&e) && release_space_reserve(&self.data_dir) => {
+                // The reserve is gone: the catalog fits now (deleting a topic is how an operator
+                // gets out of a full disk, and it needs this write).
+                sluice_storage::io::write_file_atomically(&self.data_dir, METADATA_FILE, &json)
+                    .await?;
+            }
+            other => other?,
+        }
+        if !self.data_dir.join(SPACE_RESERVE_FILE).exists() {
+            ensure_space_reserve(&self.data_dir);
+        }
         let image = Arc::new(Image {
             broker_configs,
             ..Image::new(
@@ -334,6 +347,54 @@ fn check_topic(topic: &Topic) -> Result<(), String> {
         validate_config(name, value).map_err(|e| format!("topic {}: {e}", topic.name))?;
     }
     Ok(())
+}
+
+/// A file of zeros kept in the data directory so that the catalog can still be rewritten when
+/// the disk is full: a catalog write that fails for lack of space removes it and tries again.
+/// It comes back at start-up, or after a later catalog write, once space allows.
+pub const SPACE_RESERVE_FILE: &str = ".space-reserve";
+const SPACE_RESERVE_BYTES: usize = 4 << 20;
+/// Free space the reserve leaves at least when it is put back.
+const SPACE_RESERVE_MARGIN_BYTES: u64 = 64 << 20;
+
+/// Puts the space reserve in place if it is missing and the disk has room for it; best effort
+/// (a full disk simply goes without, with a warning).
+pub fn ensure_space_reserve(data_dir: &Path) {
+    let path = data_dir.join(SPACE_RESERVE_FILE);
+    if path.exists() {
+        return;
+    }
+    let room = sluice_storage::io::disk_space(data_dir)
+        .is_ok_and(|(_, free)| free >= SPACE_RESERVE_MARGIN_BYTES);
+    if !room {
+        tracing::warn!(dir = %data_dir.display(), "no room for the space reserve; a full disk may keep topics from being deleted until space comes back");
+        return;
+    }
+    let written = std::fs::File::create(&path).and_then(|mut f| {
+        use std::io::Write;
+        f.write_all(&vec![0u8; SPACE_RESERVE_BYTES])?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&path);
+        tracing::warn!(file = %path.display(), error = %e, "cannot write the space reserve");
+    }
+}
+
+/// Removes the space reserve; whether there was one.
+fn release_space_reserve(data_dir: &Path) -> bool {
+    let released = std::fs::remove_file(data_dir.join(SPACE_RESERVE_FILE)).is_ok();
+    if released {
+        tracing::warn!(dir = %data_dir.display(), "the disk is full: the space reserve was released so the catalog can be written");
+    }
+    released
+}
+
+/// The error is the filesystem running out of space.
+fn is_disk_full(e: &sluice_storage::StorageError) -> bool {
+    matches!(e, sluice_storage::StorageError::Io { source, .. }
+        if matches!(source.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+            || source.raw_os_error() == Some(28))
 }
 
 #[cfg(test)]

@@ -199,6 +199,10 @@ pub async fn produce(
             ));
             continue;
         }
+        if let Err(why) = shard.disk_has_room() {
+            outputs[index] = Some(ProduceOutput::failed(ResponseError::KafkaStorageError, why));
+            continue;
+        }
         let Some(records) = input.records.filter(|r| !r.is_empty()) else {
             outputs[index] = Some(ProduceOutput::failed(
                 ResponseError::InvalidRecord,

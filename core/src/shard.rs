@@ -13,7 +13,7 @@
 //! Shard ids are the mesh's peer ids (0..count), not CPU numbers. Shard 0 is the controller:
 //! it alone changes the catalog (see `controller`).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
@@ -64,7 +64,13 @@ pub struct ShardSettings {
     pub group_initial_rebalance_delay: std::time::Duration,
     /// Log compaction of compacted topics.
     pub cleaner: crate::cleaner::CleanerSettings,
+    /// Produce is refused (KAFKA_STORAGE_ERROR) while the data directory's filesystem has less
+    /// than this many bytes free, so a full disk is met before a write fails on it.
+    pub disk_free_bytes_min: u64,
 }
+
+/// How often the data directory's free space is looked up for the produce floor.
+const DISK_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One shard's state.
 pub struct Shard {
@@ -76,6 +82,11 @@ pub struct Shard {
     /// This shard's copy of the catalog image, refreshed when the catalog's version moves.
     image: RefCell<Arc<Image>>,
     partitions: RefCell<HashMap<PartitionKey, Rc<Partition>>>,
+    /// Free bytes of the data directory's filesystem and when they were looked up.
+    disk_free: Cell<(u64, Option<std::time::Instant>)>,
+    /// The free bytes last warned about (`u64::MAX`: above the floor), so a full disk is
+    /// logged once as it fills, not at every look.
+    disk_free_warned: Cell<u64>,
     /// Serializes log opening on this shard, so one partition is never opened twice.
     opening: Semaphore,
     /// The controller's lock: catalog changes run one at a time (used on shard 0 only).
@@ -119,6 +130,8 @@ impl Shard {
             catalog,
             settings,
             partitions: RefCell::default(),
+            disk_free: Cell::new((u64::MAX, None)),
+            disk_free_warned: Cell::new(u64::MAX),
             opening: Semaphore::new(1),
             controller_lock: Semaphore::new(1),
             producer_ids: std::cell::Cell::new(None),
@@ -364,6 +377,39 @@ impl Shard {
         let opened = Rc::new(Partition::open(&dir, config).await?);
         self.partitions.borrow_mut().insert(key, opened.clone());
         Ok(opened)
+    }
+
+    /// Whether the data directory's filesystem has at least `disk_free_bytes_min` free; the
+    /// reason when not. Looked up at most every `DISK_CHECK_INTERVAL` (one statvfs).
+    pub fn disk_has_room(&self) -> Result<(), String> {
+        let min = self.settings.disk_free_bytes_min;
+        if min == 0 {
+            return Ok(());
+        }
+        let now = std::time::Instant::now();
+        let (free, checked) = self.disk_free.get();
+        let free = match checked {
+            Some(at) if now.duration_since(at) < DISK_CHECK_INTERVAL => free,
+            _ => {
+                let free = sluice_storage::io::disk_space(self.catalog.data_dir())
+                    .map_or(u64::MAX, |(_, usable)| usable);
+                self.disk_free.set((free, Some(now)));
+                if free < min && free < self.disk_free_warned.get() {
+                    warn!(free_bytes = free, disk_free_bytes_min = min,
+                        "the data directory's disk is nearly full: produce is refused until space comes back");
+                }
+                self.disk_free_warned
+                    .set(if free < min { free } else { u64::MAX });
+                free
+            }
+        };
+        if free < min {
+            return Err(format!(
+                "the broker's disk has {free} bytes free, below disk_free_bytes_min ({min}): \
+                 produce is refused until space comes back (delete records or topics, or add space)"
+            ));
+        }
+        Ok(())
     }
 
     /// Every partition this shard has open.

@@ -483,6 +483,7 @@ impl Log {
             if needs_roll {
                 self.roll_locked().await?;
             }
+            self.reserve_for(info.size_bytes).await?;
             let bytes = &batches[pos..pos + info.size_bytes];
             pos += info.size_bytes;
             let mut state = self.inner.state.borrow_mut();
@@ -821,6 +822,36 @@ impl Log {
         Ok(())
     }
 
+    /// Makes sure the active segment's file has space allocated for `bytes` more (with
+    /// fallocate, a `preallocate_bytes` step ahead), before an append takes offsets: a full disk
+    /// then refuses that append with the I/O error and leaves the log as it was (not poisoned),
+    /// and the writes behind appends never need new space. Caller holds `append_lock`.
+    async fn reserve_for(&self, bytes: usize) -> Result<()> {
+        let (file, path, to, before) = {
+            let mut state = self.inner.state.borrow_mut();
+            let active = state.active_mut();
+            let Some(tail) = active.tail.as_ref() else {
+                return Ok(());
+            };
+            let end = align_up(tail.end_pos() + bytes as u64);
+            let before = active.preallocated_to;
+            let Some(to) = reserve_space(active, end, &self.inner.config.borrow()) else {
+                return Ok(());
+            };
+            (active.file.clone(), active.path.clone(), to, before)
+        };
+        if let Err(e) = file.pre_allocate(to, false).await {
+            // Not reserved after all: the next append tries again (space may come back).
+            let mut state = self.inner.state.borrow_mut();
+            let active = state.active_mut();
+            if Rc::ptr_eq(&active.file, &file) {
+                active.preallocated_to = before;
+            }
+            return Err(StorageError::io(path.display(), e));
+        }
+        Ok(())
+    }
+
     /// Caller holds `append_lock`.
     async fn roll_locked(&self) -> Result<()> {
         let _io = self.lock_io().await?;
@@ -843,19 +874,33 @@ impl Log {
             .await
             .map_err(io_err)?;
         file.fdatasync().await.map_err(io_err)?;
+        // The file no longer reaches past its data: were the roll to stop below, appends to
+        // this segment reserve their space again.
+        self.inner.state.borrow_mut().active_mut().preallocated_to = index_file.segment_bytes;
         let base = index_file.base_offset;
-        io::write_file_atomically(
+        // A full disk may refuse the two new files below. Neither failure leaves anything
+        // unknown, so neither poisons the log: a missing index is rebuilt at open, and without
+        // a new segment the current one simply stays active (this roll is refused).
+        if let Err(e) = io::write_file_atomically(
             &self.inner.dir,
             &format::index_file_name(base),
             &index_file.encode(),
         )
         .await
-        .map_err(|e| self.fail(e))?;
+        {
+            warn!(segment = %base, error = %e, "cannot write a sealed segment's index; it is rebuilt at the next open");
+        }
 
         let new_path = self.inner.dir.join(format::segment_file_name(next));
-        let new_file = io::open_segment(&new_path, true)
-            .await
-            .map_err(|e| self.fail(e))?;
+        let new_file = match io::open_segment(&new_path, true).await {
+            Ok(file) => file,
+            Err(e) => {
+                let _ = io::remove_file_if_exists(&new_path);
+                let _ =
+                    io::remove_file_if_exists(&self.inner.dir.join(format::index_file_name(base)));
+                return Err(e);
+            }
+        };
         io::sync_dir(&self.inner.dir)
             .await
             .map_err(|e| self.fail(e))?;

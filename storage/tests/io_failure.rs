@@ -144,3 +144,125 @@ fn a_failed_write_poisons_the_log_and_loses_no_acknowledged_batch() {
         assert_eq!(a.base_offset, log.log_end_offset().plus(-1));
     });
 }
+
+const ENV_NO_SPACE_DIR: &str = "SLUICE_NO_SPACE_DIR";
+
+/// Preallocation on: space is reserved (fallocate) before an append takes offsets.
+fn reserving_config() -> LogConfig {
+    LogConfig {
+        preallocate_bytes: 64 * 1024,
+        ..config()
+    }
+}
+
+#[test]
+#[ignore = "child process of a_refused_reservation_refuses_the_append_and_the_log_goes_on"]
+fn no_space_child() {
+    let Ok(dir) = std::env::var(ENV_NO_SPACE_DIR) else {
+        return;
+    };
+    let set_limit = |bytes: u64| {
+        // SAFETY: plain libc calls on this process's own signal disposition and resource limit.
+        unsafe {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let limit = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
+        }
+    };
+    set_limit(FILE_SIZE_LIMIT);
+    run(move || async move {
+        let log = Log::open(&dir, reserving_config())
+            .await
+            .expect("open under the limit");
+        let mut seed = 0u64;
+        loop {
+            match log
+                .append_durable(&batch(seed, 3, 3000, 0), LeaderEpoch(0))
+                .await
+            {
+                Ok(a) => println!("ACK {} {seed}", a.base_offset.0),
+                Err(e) => {
+                    println!("REFUSED {e}");
+                    break;
+                }
+            }
+            seed += 1;
+        }
+        // Refused, not poisoned: reads serve every acknowledged batch, the next append is
+        // refused the same way, and once space is back appends go on at the same offset.
+        let held = read_all(&log).await;
+        println!("READ {}", held.len());
+        let again = log.append(&batch(seed, 3, 3000, 0), LeaderEpoch(0)).await;
+        println!("AGAIN {}", matches!(again, Err(StorageError::Io { .. })));
+        set_limit(libc::RLIM_INFINITY);
+        let a = log
+            .append_durable(&batch(seed, 3, 3000, 0), LeaderEpoch(0))
+            .await
+            .expect("appends resume once space is back");
+        println!("ACK {} {seed}", a.base_offset.0);
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
+fn a_refused_reservation_refuses_the_append_and_the_log_goes_on() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "no_space_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ENV_NO_SPACE_DIR, dir.path())
+        .output()
+        .expect("run the child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "child failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // (The first line also carries the test harness's "test no_space_child ... ".)
+    let acked: Vec<(Offset, u64)> = stdout
+        .lines()
+        .filter_map(|l| {
+            let mut p = l.split("ACK ").nth(1)?.split(' ');
+            Some((Offset(p.next()?.parse().ok()?), p.next()?.parse().ok()?))
+        })
+        .collect();
+    let refused = stdout
+        .lines()
+        .find(|l| l.starts_with("REFUSED "))
+        .expect("an append was refused");
+    assert!(refused.contains("File too large"), "{refused}");
+    assert!(!refused.contains("poisoned"), "{refused}");
+    let before_refusal = acked.len() - 1;
+    assert!(
+        before_refusal > 5,
+        "appends succeed under the limit:\n{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("READ {before_refusal}")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("AGAIN true"), "{stdout}");
+    // The append after the limit was lifted took the very next offset: nothing was skipped.
+    let (last, prev) = (acked[acked.len() - 1].0, acked[acked.len() - 2].0);
+    assert_eq!(last, prev.plus(3));
+
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let log = Log::open(&path, reserving_config()).await.expect("reopen");
+        let held = read_all(&log).await;
+        assert_eq!(held.len(), acked.len());
+        for ((offset, seed), (held_offset, bytes)) in acked.iter().zip(&held) {
+            assert_eq!(offset, held_offset);
+            assert_eq!(*bytes, stamped(batch(*seed, 3, 3000, 0), *offset, 0));
+        }
+    });
+}
