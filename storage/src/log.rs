@@ -137,6 +137,9 @@ struct Inner {
     write_waiters: RefCell<Vec<oneshot::Sender<()>>>,
 }
 
+/// The first reservation of a segment: later ones double it up to `preallocate_bytes`.
+const PREALLOCATE_FIRST_BYTES: u64 = 1 << 20;
+
 /// Bytes of batches a rewrite handles between offers to yield the core.
 const YIELD_EVERY_BYTES: usize = 64 * 1024;
 
@@ -1744,13 +1747,18 @@ fn load_index(
 }
 
 /// Extends the active segment's reserved space when a write would pass it: returns the new end
-/// to fallocate to, in `preallocate_bytes` steps (never past the segment size limit).
+/// to fallocate to (never past the segment size limit). The step grows with the segment: as
+/// much again as is reserved already, from `PREALLOCATE_FIRST_BYTES` up to
+/// `preallocate_bytes`, so a partition written slowly (or once) holds about twice its data,
+/// not a full step, while a busy one soon reserves in full steps.
 fn reserve_space(active: &mut Segment, write_end: u64, config: &LogConfig) -> Option<u64> {
-    let step = config.preallocate_bytes;
-    if step == 0 || write_end <= active.preallocated_to {
+    if config.preallocate_bytes == 0 || write_end <= active.preallocated_to {
         return None;
     }
-    let to = (write_end + step)
+    let step = config
+        .preallocate_bytes
+        .min(active.preallocated_to.max(PREALLOCATE_FIRST_BYTES));
+    let to = align_up(write_end + step)
         .min(align_up(config.segment_bytes_max))
         .max(write_end);
     active.preallocated_to = to;

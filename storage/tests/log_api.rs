@@ -506,3 +506,44 @@ fn opens_a_relative_directory() {
         assert_eq!(log.log_end_offset(), Offset(1));
     });
 }
+
+#[test]
+fn preallocation_starts_small_and_grows_with_the_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let config = LogConfig {
+        segment_bytes_max: 256 << 20,
+        preallocate_bytes: 64 << 20,
+        ..LogConfig::default()
+    };
+    let sizes = run(move || async move {
+        let log = Log::open(&path, config).await.unwrap();
+        let file = path.join(format!("{:020}.log", 0));
+        let size = || std::fs::metadata(&file).unwrap().len();
+        let mut sizes = Vec::new();
+        log.append_durable(&batch(0, 1, 100, 0), LeaderEpoch(0))
+            .await
+            .unwrap();
+        sizes.push(size());
+        // 40 MB more in 1 MB batches: the reservation doubles as the segment grows.
+        for seed in 1..=40 {
+            log.append(&batch(seed, 1, 1_000_000, 0), LeaderEpoch(0))
+                .await
+                .unwrap();
+        }
+        log.sync().await.unwrap();
+        sizes.push(size());
+        log.close().await.unwrap();
+        sizes
+    });
+    assert!(
+        sizes[0] <= 2 << 20,
+        "one small record reserves about 1 MiB, not a full step: {}",
+        sizes[0]
+    );
+    assert!(
+        sizes[1] >= 40_000_000 && sizes[1] <= 84 << 20,
+        "40 MB of data holds at most about twice that: {}",
+        sizes[1]
+    );
+}
