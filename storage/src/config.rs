@@ -33,6 +33,9 @@ pub struct LogConfig {
     /// allocation, at most (the steps start at 1 MiB and double up to this). A multiple of
     /// 4 KiB; 0 disables.
     pub preallocate_bytes: u64,
+    /// Durable bytes of the active segment between checkpoints of its index: after a crash,
+    /// a restart scans at most about this much of it (after a clean close, none).
+    pub active_index_checkpoint_bytes: u64,
 }
 
 impl Default for LogConfig {
@@ -48,6 +51,7 @@ impl Default for LogConfig {
             unwritten_bytes_max: 8 * 1024 * 1024,
             writes_in_flight_max: 8,
             preallocate_bytes: 64 * 1024 * 1024,
+            active_index_checkpoint_bytes: 64 * 1024 * 1024,
         }
     }
 }

@@ -10,6 +10,10 @@
 //! - `log-start-offset`: checkpoint of the log start offset (set by `truncate_prefix`).
 //! - `*.tmp`: a file being written atomically (write, fdatasync, rename). A stray one is debris of
 //!   a crash and is deleted on open.
+//! - `<base:020>.active-index`: the active segment's index as of a point its data was durable
+//!   (same layout as `.index`, `segmentBytes` = the bytes it covers), written at a clean close
+//!   and every `active_index_checkpoint_bytes` made durable; at open only the bytes after it are
+//!   scanned. Used once and deleted at open; deleted by suffix truncation.
 //! - `cleaned-to-offset`: checkpoint of how far compaction has cleaned the log (the first dirty
 //!   offset), same layout as `log-start-offset` with its own magic.
 //! - `<first:020>.cleaned`: a compacted replacement for the sealed segments from `first` on,
@@ -31,6 +35,7 @@ pub const INDEX_HEADER_BYTES: usize = 44;
 pub const INDEX_ENTRY_BYTES: usize = 16;
 pub const CHECKSUM_BYTES: usize = 4;
 
+pub const ACTIVE_INDEX_SUFFIX: &str = ".active-index";
 pub const CLEANED_TO_FILE: &str = "cleaned-to-offset";
 pub const CLEANED_SUFFIX: &str = ".cleaned";
 pub const SWAP_SUFFIX: &str = ".swap";
@@ -55,6 +60,11 @@ pub fn parse_segment_file_name(name: &str) -> Option<Offset> {
         return None;
     }
     digits.parse::<i64>().ok().map(Offset)
+}
+
+/// The checkpointed index of the active segment: how much of it a restart need not scan.
+pub fn active_index_file_name(base: Offset) -> String {
+    format!("{:020}{ACTIVE_INDEX_SUFFIX}", base.0)
 }
 
 pub fn cleaned_file_name(first: Offset) -> String {

@@ -127,6 +127,8 @@ struct Inner {
     generation: Cell<u64>,
     /// How far compaction has cleaned the log (its checkpoint; the log start when never).
     cleaned_to: Cell<Offset>,
+    /// Bytes of the active segment its last checkpointed index covers (see `format`).
+    checkpointed_bytes: Cell<u64>,
     /// fdatasync rounds run by group commit since open (a metric, and how tests see batching).
     sync_rounds: Cell<u64>,
     /// Writes to the active segment in flight.
@@ -180,6 +182,7 @@ impl Log {
 
         let mut bases = Vec::new();
         let mut indexes = Vec::new();
+        let mut active_indexes = Vec::new();
         let entries = std::fs::read_dir(&dir).map_err(|e| StorageError::io(dir.display(), e))?;
         for entry in entries {
             let entry = entry.map_err(|e| StorageError::io(dir.display(), e))?;
@@ -191,6 +194,8 @@ impl Log {
                 bases.push(base);
             } else if name.ends_with(format::INDEX_SUFFIX) {
                 indexes.push(name);
+            } else if name.ends_with(format::ACTIVE_INDEX_SUFFIX) {
+                active_indexes.push(entry.path());
             }
         }
         bases.sort();
@@ -243,7 +248,14 @@ impl Log {
             let (index, stop) = match loaded {
                 Some(index) => (index, ScanStop::CleanEnd),
                 None => {
-                    let mut index = SegmentIndex::empty(base, config.index_interval_bytes);
+                    // The active segment: scan only past its checkpointed index, if any.
+                    let checkpoint = is_last
+                        .then(|| {
+                            load_active_index(&dir, base, file_len, config.index_interval_bytes)
+                        })
+                        .flatten();
+                    let mut index = checkpoint
+                        .unwrap_or_else(|| SegmentIndex::empty(base, config.index_interval_bytes));
                     let continuity = if is_last {
                         Continuity::Contiguous
                     } else {
@@ -317,6 +329,10 @@ impl Log {
                     Some(resume_tail(&seg.file, &seg.path, seg.index.size_bytes, &config).await?);
             }
         }
+        // Active-segment checkpoints are used once: from here on the log moves past them.
+        for path in &active_indexes {
+            io::remove_file_if_exists(path)?;
+        }
         io::sync_dir(&dir).await?;
 
         let first_base = segments[0].base_offset();
@@ -351,6 +367,7 @@ impl Log {
                 closed: Cell::new(false),
                 generation: Cell::new(0),
                 cleaned_to: Cell::new(cleaned_to),
+                checkpointed_bytes: Cell::new(0),
                 sync_rounds: Cell::new(0),
                 writes_in_flight: Cell::new(0),
                 appended_since_yield: Cell::new(0),
@@ -638,7 +655,41 @@ impl Log {
         let durable = self.inner.durable_end.get().max(target);
         self.inner.durable_end.set(durable);
         self.inner.sync_rounds.set(self.inner.sync_rounds.get() + 1);
+        self.checkpoint_active_index(Some(target)).await;
         Ok(())
+    }
+
+    /// Writes the active segment's index as far as it is durable (up to `durable_below`, or all
+    /// of it at close), once `active_index_checkpoint_bytes` more are covered than last time (or
+    /// at close): a restart then scans only what follows. Best effort: without it a restart
+    /// scans more. Caller holds `io_lock` (truncation and roll, which invalidate it, cannot
+    /// run meanwhile).
+    async fn checkpoint_active_index(&self, durable_below: Option<Offset>) {
+        let (name, file) = {
+            let state = self.inner.state.borrow();
+            let active = state.active();
+            let index = match durable_below {
+                Some(target) => {
+                    let every = self.inner.config.borrow().active_index_checkpoint_bytes;
+                    if active.index.size_bytes < self.inner.checkpointed_bytes.get() + every {
+                        return;
+                    }
+                    active.index.prefix_before_entry_for(target)
+                }
+                None => active.index.clone(),
+            };
+            if index.size_bytes == 0 || index.size_bytes <= self.inner.checkpointed_bytes.get() {
+                return;
+            }
+            self.inner.checkpointed_bytes.set(index.size_bytes);
+            (
+                format::active_index_file_name(active.base_offset()),
+                index.to_file(),
+            )
+        };
+        if let Err(e) = io::write_file_atomically(&self.inner.dir, &name, &file.encode()).await {
+            warn!(dir = %self.inner.dir.display(), error = %e, "cannot checkpoint the active segment's index; a restart scans it");
+        }
     }
 
     /// Writes every byte buffered in the active segment's tail so far to its file (no
@@ -927,10 +978,13 @@ impl Log {
                 preallocated_to: 0,
             });
         }
-        // Everything before the new segment is now synced.
+        // Everything before the new segment is now synced; the sealed one has its real index.
         self.inner
             .durable_end
             .set(self.inner.durable_end.get().max(next));
+        self.inner.checkpointed_bytes.set(0);
+        let _ =
+            io::remove_file_if_exists(&self.inner.dir.join(format::active_index_file_name(base)));
         debug!(sealed = %base, active = %next, "segment rolled");
         Ok(())
     }
@@ -1209,6 +1263,9 @@ impl Log {
         )
         .await?;
         let io_err = |e| self.fail(StorageError::io(path.display(), e));
+        // A checkpoint of the active index may describe batches this cut removes.
+        io::remove_file_if_exists(&self.inner.dir.join(format::active_index_file_name(base)))?;
+        self.inner.checkpointed_bytes.set(0);
         file.truncate(rebuilt.size_bytes).await.map_err(io_err)?;
         file.fdatasync().await.map_err(io_err)?;
         io::remove_file_if_exists(&self.inner.dir.join(format::index_file_name(base)))?;
@@ -1671,6 +1728,8 @@ impl Log {
         self.sync().await?;
         let _append = self.lock_appends().await?;
         let _io = self.lock_io().await?;
+        // Everything is durable now: the whole active index is a valid checkpoint.
+        self.checkpoint_active_index(None).await;
         self.inner.closed.set(true);
         let segments = std::mem::take(&mut self.inner.state.borrow_mut().segments);
         for seg in segments {
@@ -1741,6 +1800,32 @@ fn load_index(
         }
         Err(e) => {
             warn!(file = %path.display(), error = %e, "segment index invalid; rebuilding");
+            None
+        }
+    }
+}
+
+/// The active segment's checkpointed index, if there is a valid one for this segment that
+/// covers no more than the file holds.
+fn load_active_index(
+    dir: &Path,
+    base: Offset,
+    file_len: u64,
+    index_interval_bytes: u32,
+) -> Option<SegmentIndex> {
+    let path = dir.join(format::active_index_file_name(base));
+    let bytes = std::fs::read(&path).ok()?;
+    match IndexFile::decode(&bytes) {
+        Ok(f) if f.base_offset == base && f.segment_bytes <= file_len => {
+            debug!(file = %path.display(), covered = f.segment_bytes, "active segment checkpoint");
+            Some(SegmentIndex::from_file(f, index_interval_bytes))
+        }
+        Ok(_) => {
+            warn!(file = %path.display(), "active segment checkpoint does not match its segment; scanning it all");
+            None
+        }
+        Err(e) => {
+            warn!(file = %path.display(), error = %e, "active segment checkpoint invalid; scanning it all");
             None
         }
     }

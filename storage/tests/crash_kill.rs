@@ -36,6 +36,8 @@ fn config() -> LogConfig {
         writes_in_flight_max: 2,
         preallocate_bytes: 256 * 1024,
         batch_bytes_max: 64 * 1024,
+        // Checkpoints of the active index often, so kills land around them too.
+        active_index_checkpoint_bytes: 32 * 1024,
         ..LogConfig::default()
     }
 }

@@ -18,9 +18,27 @@ fn one_segment_config() -> LogConfig {
     }
 }
 
-/// Writes `count` batches of 2 records into a fresh log at `path` and closes it. Returns the
-/// stored batches and their byte positions in the first segment file.
+/// Writes `count` batches of 2 records into a fresh log at `path` and leaves it as a crash
+/// would: closed, but without the clean close's checkpoint of the active segment's index, so a
+/// reopen scans the whole active segment. Returns the stored batches and their byte positions
+/// in the first segment file.
 fn write_log(path: &Path, count: u64, config: LogConfig) -> (Vec<(Offset, Vec<u8>)>, Vec<u64>) {
+    let written = write_log_closed_cleanly(path, count, config);
+    for entry in std::fs::read_dir(path).unwrap() {
+        let entry = entry.unwrap().path();
+        if entry.to_string_lossy().ends_with(".active-index") {
+            std::fs::remove_file(entry).unwrap();
+        }
+    }
+    written
+}
+
+/// [`write_log`], keeping the clean close's checkpoint.
+fn write_log_closed_cleanly(
+    path: &Path,
+    count: u64,
+    config: LogConfig,
+) -> (Vec<(Offset, Vec<u8>)>, Vec<u64>) {
     let path = path.to_path_buf();
     run(move || async move {
         let log = Log::open(&path, config).await.unwrap();
@@ -324,4 +342,74 @@ fn damaged_log_start_checkpoint_falls_back_to_the_first_segment() {
             "the first remaining segment bounds the start"
         );
     });
+}
+
+fn active_index_path(dir: &Path, base: i64) -> PathBuf {
+    dir.join(format!("{base:020}.active-index"))
+}
+
+#[test]
+fn a_clean_close_checkpoints_the_active_index_so_a_reopen_scans_nothing_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stored, positions) = write_log_closed_cleanly(dir.path(), 10, one_segment_config());
+    let checkpoint = active_index_path(dir.path(), 0);
+    assert!(
+        checkpoint.exists(),
+        "a clean close checkpoints the active index"
+    );
+    // Damage inside the checkpointed part goes unnoticed at open (it is not scanned)...
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(segment_path(dir.path(), 0))
+        .unwrap();
+    f.seek(SeekFrom::Start(positions[3] + 100)).unwrap();
+    f.write_all(&[0xff, 0xee]).unwrap();
+    drop(f);
+    let path = dir.path().to_path_buf();
+    let end = stored.last().unwrap().0.plus(2);
+    run(move || async move {
+        let log = Log::open(&path, one_segment_config()).await.unwrap();
+        assert_eq!(
+            log.log_end_offset(),
+            end,
+            "nothing was cut: the open did not scan"
+        );
+        // ...and is still never served: reads validate every batch.
+        assert!(matches!(
+            log.read(Offset(6), 1 << 20).await,
+            Err(StorageError::Corrupt { .. })
+        ));
+        let r = log.read(Offset(8), 1 << 20).await.unwrap();
+        assert_eq!(r.first_offset, Some(Offset(8)));
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_checkpoint_that_does_not_fit_the_segment_is_ignored_and_the_segment_scanned() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stored, positions) = write_log_closed_cleanly(dir.path(), 10, one_segment_config());
+    // The segment lost its end (as if the checkpoint were from another life of the file): the
+    // checkpoint covers more than the file holds, so the open scans and keeps what is valid.
+    let seg = segment_path(dir.path(), 0);
+    OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(positions[7] + 10)
+        .unwrap();
+    assert_eq!(
+        reopen_and_read(dir.path(), one_segment_config()),
+        stored[..7]
+    );
+
+    // A damaged checkpoint is ignored the same way.
+    let dir = tempfile::tempdir().unwrap();
+    let (stored, _) = write_log_closed_cleanly(dir.path(), 10, one_segment_config());
+    let checkpoint = active_index_path(dir.path(), 0);
+    let mut bytes = std::fs::read(&checkpoint).unwrap();
+    bytes[20] ^= 0x55;
+    std::fs::write(&checkpoint, &bytes).unwrap();
+    assert_eq!(reopen_and_read(dir.path(), one_segment_config()), stored);
+    assert!(!checkpoint.exists() || std::fs::read(&checkpoint).unwrap() != bytes);
 }
