@@ -293,7 +293,7 @@ async fn build_offset_map(
             since_yield += info.size_bytes;
             if since_yield >= YIELD_EVERY_BYTES {
                 since_yield = 0;
-                glommio::yield_if_needed().await;
+                glommio::executor().yield_task_queue_now().await;
             }
             if info.base_offset >= end {
                 return Ok((map, end));

@@ -1684,7 +1684,7 @@ impl Log {
                     since_yield += batch_size;
                     if since_yield >= YIELD_EVERY_BYTES {
                         since_yield = 0;
-                        glommio::yield_if_needed().await;
+                        glommio::executor().yield_task_queue_now().await;
                     }
                     match fate(batch, &info, *modified) {
                         BatchFate::Keep => writer.push(batch, &info).await?,

@@ -62,11 +62,14 @@ impl IoBudget {
         }
     }
 
-    /// Counts `bytes` of I/O and waits until the budget allows them.
+    /// Counts `bytes` of I/O and waits until the budget allows them. Either way it hands the
+    /// core back (`yield_task_queue_now`): glommio's `yield_if_needed` would only preempt after
+    /// the executor's time slice (100 ms without a latency-sensitive queue), and requests must
+    /// not wait that long behind compaction.
     pub async fn spend(&mut self, bytes: u64) {
         self.spent += bytes;
         let Some(rate) = self.bytes_per_second else {
-            glommio::yield_if_needed().await;
+            glommio::executor().yield_task_queue_now().await;
             return;
         };
         let due = Duration::from_secs_f64(self.spent as f64 / rate as f64);
@@ -74,7 +77,7 @@ impl IoBudget {
         if due > elapsed {
             glommio::timer::sleep(due - elapsed).await;
         } else {
-            glommio::yield_if_needed().await;
+            glommio::executor().yield_task_queue_now().await;
         }
     }
 }
