@@ -79,33 +79,45 @@ fn io_failure_child() {
     });
 }
 
-#[test]
-fn a_failed_write_poisons_the_log_and_loses_no_acknowledged_batch() {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+/// Runs the child test `name` of this binary with `env` naming `dir`; its standard output.
+fn run_child(name: &str, env: &str, dir: &std::path::Path) -> String {
     let out = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "io_failure_child",
+            name,
             "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(ENV_DIR, dir.path())
+        .env(env, dir)
         .output()
         .expect("run the child");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "child failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let acked: Vec<(Offset, u64)> = stdout
+    stdout
+}
+
+/// The `ACK <offset> <seed>` lines a child printed. (The first one shares its line with the
+/// test harness's "test <name> ... ".)
+fn acked_in(stdout: &str) -> Vec<(Offset, u64)> {
+    stdout
         .lines()
         .filter_map(|l| {
-            let mut p = l.strip_prefix("ACK ")?.split(' ');
+            let mut p = l.split("ACK ").nth(1)?.split(' ');
             Some((Offset(p.next()?.parse().ok()?), p.next()?.parse().ok()?))
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn a_failed_write_poisons_the_log_and_loses_no_acknowledged_batch() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let stdout = run_child("io_failure_child", ENV_DIR, dir.path());
+    let acked = acked_in(&stdout);
     assert!(
         acked.len() > 5,
         "some appends succeed under the limit:\n{stdout}"
@@ -210,31 +222,8 @@ fn no_space_child() {
 #[test]
 fn a_refused_reservation_refuses_the_append_and_the_log_goes_on() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "no_space_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(ENV_NO_SPACE_DIR, dir.path())
-        .output()
-        .expect("run the child");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "child failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // (The first line also carries the test harness's "test no_space_child ... ".)
-    let acked: Vec<(Offset, u64)> = stdout
-        .lines()
-        .filter_map(|l| {
-            let mut p = l.split("ACK ").nth(1)?.split(' ');
-            Some((Offset(p.next()?.parse().ok()?), p.next()?.parse().ok()?))
-        })
-        .collect();
+    let stdout = run_child("no_space_child", ENV_NO_SPACE_DIR, dir.path());
+    let acked = acked_in(&stdout);
     let refused = stdout
         .lines()
         .find(|l| l.starts_with("REFUSED "))
