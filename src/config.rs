@@ -527,6 +527,22 @@ mod tests {
         assert_eq!(e.field, "default_partitions");
         let e = BrokerConfig::load(&["--auto-create-topics", "maybe"], no_env).unwrap_err();
         assert_eq!(e.field, "auto_create_topics");
+        let e = BrokerConfig::load(&["--log-cleaner-backoff-ms", "0"], no_env).unwrap_err();
+        assert_eq!(e.field, "log_cleaner_backoff_ms");
+        let e =
+            BrokerConfig::load(&["--log-cleaner-dedupe-buffer-bytes", "4096"], no_env).unwrap_err();
+        assert_eq!(e.field, "log_cleaner_dedupe_buffer_bytes");
+        assert!(e.to_string().contains("at least 1048576"), "{e}");
+        let e = BrokerConfig::load(&["--disk-free-bytes-min", "-1"], no_env).unwrap_err();
+        assert_eq!(e.field, "disk_free_bytes_min");
+        let e =
+            BrokerConfig::load(&["--log-cleaner-io-bytes-per-second", "fast"], no_env).unwrap_err();
+        assert_eq!(e.field, "log_cleaner_io_bytes_per_second");
+        let c = BrokerConfig::load(&[], no_env).unwrap();
+        assert_eq!(
+            (c.disk_free_bytes_min, c.log_cleaner_backoff_ms),
+            (256 << 20, 15_000)
+        );
         let e = BrokerConfig::load(&["--bogus", "1"], no_env).unwrap_err();
         assert!(e.to_string().contains("unknown flag --bogus"), "{e}");
         let e = BrokerConfig::load(&["--cores"], no_env).unwrap_err();

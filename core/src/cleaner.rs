@@ -30,6 +30,7 @@
 //!
 //! `__consumer_offsets` is not cleaned here: its coordinator compacts it (see `groups`).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
@@ -396,20 +397,25 @@ fn fate_of(
 }
 
 /// The records section of a batch, decompressed when it is compressed.
-fn records_section(batch: &[u8], info: &BatchInfo) -> Result<Bytes, String> {
-    let data = Bytes::copy_from_slice(&batch[BATCH_HEADER_BYTES..info.size_bytes]);
-    fn via<D: Decompressor<Bytes>>(mut data: Bytes) -> Result<Bytes, String> {
-        D::decompress(&mut data, |out| Ok(out.copy_to_bytes(out.remaining())))
-            .map_err(|e| e.to_string())
+fn records_section<'a>(batch: &'a [u8], info: &BatchInfo) -> Result<Cow<'a, [u8]>, String> {
+    let section = &batch[BATCH_HEADER_BYTES..info.size_bytes];
+    fn via<D: Decompressor<Bytes>>(section: &[u8]) -> Result<Cow<'static, [u8]>, String> {
+        let mut data = Bytes::copy_from_slice(section);
+        D::decompress(&mut data, |out| {
+            Ok(out.copy_to_bytes(out.remaining()).to_vec())
+        })
+        .map(Cow::Owned)
+        .map_err(|e| e.to_string())
     }
     use bytes::Buf;
     use kafka_protocol::compression as codec;
     match info.compression_codec() {
-        0 => Ok(data),
-        1 => via::<codec::Gzip>(data),
-        2 => via::<codec::Snappy>(data),
-        3 => via::<codec::Lz4>(data),
-        4 => via::<codec::Zstd>(data),
+        // Uncompressed records are read where they lie.
+        0 => Ok(Cow::Borrowed(section)),
+        1 => via::<codec::Gzip>(section),
+        2 => via::<codec::Snappy>(section),
+        3 => via::<codec::Lz4>(section),
+        4 => via::<codec::Zstd>(section),
         other => Err(format!("unknown codec {other}")),
     }
 }

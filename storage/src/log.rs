@@ -1783,26 +1783,17 @@ fn load_index(
     file_len: u64,
     index_interval_bytes: u32,
 ) -> Option<SegmentIndex> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) => {
-            warn!(file = %path.display(), error = %e, "segment index missing; rebuilding");
-            return None;
-        }
-    };
-    match IndexFile::decode(&bytes) {
-        Ok(f) if f.base_offset == base && f.segment_bytes == file_len => {
-            Some(SegmentIndex::from_file(f, index_interval_bytes))
-        }
-        Ok(_) => {
-            warn!(file = %path.display(), "segment index does not match its segment; rebuilding");
-            None
-        }
-        Err(e) => {
-            warn!(file = %path.display(), error = %e, "segment index invalid; rebuilding");
-            None
-        }
+    if let Err(e) = std::fs::metadata(path) {
+        warn!(file = %path.display(), error = %e, "segment index missing; rebuilding");
+        return None;
     }
+    read_index_file(
+        path,
+        index_interval_bytes,
+        "segment index",
+        "rebuilding",
+        |f| f.base_offset == base && f.segment_bytes == file_len,
+    )
 }
 
 /// The active segment's checkpointed index, if there is a valid one for this segment that
@@ -1814,18 +1805,38 @@ fn load_active_index(
     index_interval_bytes: u32,
 ) -> Option<SegmentIndex> {
     let path = dir.join(format::active_index_file_name(base));
-    let bytes = std::fs::read(&path).ok()?;
-    match IndexFile::decode(&bytes) {
-        Ok(f) if f.base_offset == base && f.segment_bytes <= file_len => {
-            debug!(file = %path.display(), covered = f.segment_bytes, "active segment checkpoint");
-            Some(SegmentIndex::from_file(f, index_interval_bytes))
-        }
+    if !path.exists() {
+        return None;
+    }
+    read_index_file(
+        &path,
+        index_interval_bytes,
+        "active segment checkpoint",
+        "scanning it all",
+        |f| f.base_offset == base && f.segment_bytes <= file_len,
+    )
+}
+
+/// Reads and decodes an index file, keeping it when `fits` its segment; otherwise warns
+/// "<what> ...; <fallback>" and returns `None`.
+fn read_index_file(
+    path: &Path,
+    index_interval_bytes: u32,
+    what: &str,
+    fallback: &str,
+    fits: impl Fn(&IndexFile) -> bool,
+) -> Option<SegmentIndex> {
+    let decoded = std::fs::read(path)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| IndexFile::decode(&bytes).map_err(|e| e.to_string()));
+    match decoded {
+        Ok(f) if fits(&f) => Some(SegmentIndex::from_file(f, index_interval_bytes)),
         Ok(_) => {
-            warn!(file = %path.display(), "active segment checkpoint does not match its segment; scanning it all");
+            warn!(file = %path.display(), "{what} does not match its segment; {fallback}");
             None
         }
         Err(e) => {
-            warn!(file = %path.display(), error = %e, "active segment checkpoint invalid; scanning it all");
+            warn!(file = %path.display(), error = %e, "{what} invalid; {fallback}");
             None
         }
     }

@@ -229,19 +229,25 @@ fn delete_topic_and_wait_for_space(bootstrap: &str, topic: &str, disk: &LoopMoun
     }
 }
 
+/// One shard, data on the small disk, the given free-space floor.
+fn broker_args(data_dir: &Path, disk_free_bytes_min: u64) -> Vec<String> {
+    vec![
+        "--cores".into(),
+        "1".into(),
+        "--data-dir".into(),
+        data_dir.to_str().unwrap().into(),
+        "--disk-free-bytes-min".into(),
+        disk_free_bytes_min.to_string(),
+    ]
+}
+
 #[test]
 fn a_full_disk_refuses_produce_and_everything_else_goes_on_without_a_restart() {
     let disk = LoopMount::new();
     // The data on the small disk; the broker's own log (in the harness's directory) elsewhere.
     let data_dir = disk.path().join("data");
-    let args = [
-        "--cores",
-        "1",
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-        "--disk-free-bytes-min",
-        "0",
-    ];
+    let args = broker_args(&data_dir, 0);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let broker = Broker::start(&args);
     let bootstrap = broker.bootstrap();
     create_topic(&bootstrap, "other", 8 << 20);
@@ -299,14 +305,8 @@ fn the_free_space_floor_refuses_produce_before_the_disk_is_full_and_lets_it_resu
     let disk = LoopMount::new();
     let data_dir = disk.path().join("data");
     let floor: u64 = 24 << 20;
-    let args = [
-        "--cores",
-        "1",
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-        "--disk-free-bytes-min",
-        &floor.to_string(),
-    ];
+    let args = broker_args(&data_dir, floor);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let broker = Broker::start(&args);
     let bootstrap = broker.bootstrap();
     create_topic(&bootstrap, "filler", 4 << 20);
