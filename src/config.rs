@@ -31,6 +31,8 @@ struct FileConfig {
     log_cleaner_io_bytes_per_second: Option<u64>,
     log_cleaner_dedupe_buffer_bytes: Option<u64>,
     disk_free_bytes_min: Option<u64>,
+    durability_rounds: Option<String>,
+    log_zero_ahead: Option<bool>,
 }
 
 /// The validated configuration.
@@ -70,6 +72,40 @@ pub struct BrokerConfig {
     pub log_cleaner_dedupe_buffer_bytes: u64,
     /// Produce is refused while the data directory's disk has less free; 0: never.
     pub disk_free_bytes_min: u64,
+    /// How acks=all appends are made durable: `shard` (one round per shard, overwrite-only
+    /// logs sharing one flush), `shard-per-file` (one round per shard, an fdatasync per file)
+    /// or `partition` (every partition its own rounds).
+    pub durability_rounds: DurabilityRounds,
+    /// Zero segment space ahead of the writer so durable appends are overwrites.
+    pub log_zero_ahead: bool,
+}
+
+/// See [`BrokerConfig::durability_rounds`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DurabilityRounds {
+    Shard,
+    ShardPerFile,
+    Partition,
+}
+
+impl DurabilityRounds {
+    fn parse(raw: &str) -> Option<DurabilityRounds> {
+        match raw {
+            "shard" => Some(DurabilityRounds::Shard),
+            "shard-per-file" => Some(DurabilityRounds::ShardPerFile),
+            "partition" => Some(DurabilityRounds::Partition),
+            _ => None,
+        }
+    }
+
+    /// The flush mode of the shard's sync group, or `None` for per-partition rounds.
+    pub fn flush_mode(self) -> Option<sluice_storage::FlushMode> {
+        match self {
+            DurabilityRounds::Shard => Some(sluice_storage::FlushMode::Shared),
+            DurabilityRounds::ShardPerFile => Some(sluice_storage::FlushMode::PerFile),
+            DurabilityRounds::Partition => None,
+        }
+    }
 }
 
 /// A value that could not be used: which field, where it came from, and why.
@@ -156,6 +192,16 @@ const FIELDS: &[(&str, &str, &str)] = &[
         "disk_free_bytes_min",
         "--disk-free-bytes-min",
         "SLUICE_DISK_FREE_BYTES_MIN",
+    ),
+    (
+        "durability_rounds",
+        "--durability-rounds",
+        "SLUICE_DURABILITY_ROUNDS",
+    ),
+    (
+        "log_zero_ahead",
+        "--log-zero-ahead",
+        "SLUICE_LOG_ZERO_AHEAD",
     ),
 ];
 
@@ -449,6 +495,20 @@ impl BrokerConfig {
         .unwrap_or_else(|| default("268435456"));
         let disk_free_bytes_min: u64 = parse("disk_free_bytes_min", &raw)?;
 
+        let raw = pick("durability_rounds", file.durability_rounds.clone())
+            .unwrap_or_else(|| default("shard"));
+        let durability_rounds = DurabilityRounds::parse(raw.value.trim()).ok_or_else(|| {
+            invalid(
+                "durability_rounds",
+                &raw,
+                "must be one of shard, shard-per-file, partition".into(),
+            )
+        })?;
+
+        let raw = pick("log_zero_ahead", file.log_zero_ahead.map(|b| b.to_string()))
+            .unwrap_or_else(|| default("true"));
+        let log_zero_ahead: bool = parse("log_zero_ahead", &raw)?;
+
         Ok(BrokerConfig {
             listen,
             advertised_host,
@@ -468,6 +528,8 @@ impl BrokerConfig {
             log_cleaner_io_bytes_per_second,
             log_cleaner_dedupe_buffer_bytes,
             disk_free_bytes_min,
+            durability_rounds,
+            log_zero_ahead,
         })
     }
 }
@@ -538,11 +600,25 @@ mod tests {
         let e =
             BrokerConfig::load(&["--log-cleaner-io-bytes-per-second", "fast"], no_env).unwrap_err();
         assert_eq!(e.field, "log_cleaner_io_bytes_per_second");
+        let e = BrokerConfig::load(&["--durability-rounds", "sometimes"], no_env).unwrap_err();
+        assert_eq!(e.field, "durability_rounds");
+        assert!(
+            e.to_string().contains("shard, shard-per-file, partition"),
+            "{e}"
+        );
+        let e = BrokerConfig::load(&["--log-zero-ahead", "yes"], no_env).unwrap_err();
+        assert_eq!(e.field, "log_zero_ahead");
         let c = BrokerConfig::load(&[], no_env).unwrap();
         assert_eq!(
             (c.disk_free_bytes_min, c.log_cleaner_backoff_ms),
             (256 << 20, 15_000)
         );
+        assert_eq!(
+            (c.durability_rounds, c.log_zero_ahead),
+            (DurabilityRounds::Shard, true)
+        );
+        let c = BrokerConfig::load(&["--durability-rounds", "partition"], no_env).unwrap();
+        assert_eq!(c.durability_rounds.flush_mode(), None);
         let e = BrokerConfig::load(&["--bogus", "1"], no_env).unwrap_err();
         assert!(e.to_string().contains("unknown flag --bogus"), "{e}");
         let e = BrokerConfig::load(&["--cores"], no_env).unwrap_err();

@@ -194,7 +194,10 @@ fn serve(args: &[&str]) -> ExitCode {
         shards: config.cores,
         drain_timeout: config.shutdown_drain,
         shard_settings: sluice_core::shard::ShardSettings {
-            log_defaults: LogConfig::default(),
+            log_defaults: LogConfig {
+                zero_ahead: config.log_zero_ahead,
+                ..LogConfig::default()
+            },
             auto_create_topics: config.auto_create_topics,
             default_partitions: config.default_partitions,
             clamp_replication_factor: config.clamp_replication_factor,
@@ -209,6 +212,7 @@ fn serve(args: &[&str]) -> ExitCode {
                 dedupe_buffer_bytes: config.log_cleaner_dedupe_buffer_bytes,
             },
             disk_free_bytes_min: config.disk_free_bytes_min,
+            sync_flush: config.durability_rounds.flush_mode(),
         },
     };
     let broker = sluice_net::BrokerIdentity {

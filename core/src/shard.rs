@@ -67,6 +67,9 @@ pub struct ShardSettings {
     /// Produce is refused (KAFKA_STORAGE_ERROR) while the data directory's filesystem has less
     /// than this many bytes free, so a full disk is met before a write fails on it.
     pub disk_free_bytes_min: u64,
+    /// The shard's durability rounds: one round for all its partitions with this flush mode,
+    /// or (`None`) rounds of each partition's own.
+    pub sync_flush: Option<sluice_storage::FlushMode>,
 }
 
 /// How often the data directory's free space is looked up for the produce floor.
@@ -98,6 +101,8 @@ pub struct Shard {
     /// Per source shard, the order in which its produce jobs take their places in this shard's
     /// partitions (see [`Shard::dispatch`] and `produce`).
     placements: RefCell<HashMap<usize, Rc<crate::turn::Turn>>>,
+    /// Durability rounds shared by this shard's partitions (see `ShardSettings::sync_flush`).
+    pub sync_group: Option<sluice_storage::SyncGroup>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -122,6 +127,7 @@ impl Shard {
             .join()
             .await
             .map_err(|e| format!("cannot join the shard mesh: {e}"))?;
+        let settings_sync_group = settings.sync_flush.map(sluice_storage::SyncGroup::new);
         let shard = Rc::new(Shard {
             id: senders.peer_id(),
             count: senders.nr_consumers(),
@@ -137,6 +143,7 @@ impl Shard {
             producer_ids: std::cell::Cell::new(None),
             placements: RefCell::default(),
             groups: crate::groups::Coordinator::default(),
+            sync_group: settings_sync_group,
         });
         for (_, mut stream) in receivers.streams() {
             let weak = Rc::downgrade(&shard);
@@ -375,6 +382,9 @@ impl Shard {
         let dir = topic.partition_dir(self.catalog.data_dir(), partition);
         let config = topic.log_config(&self.settings.log_defaults);
         let opened = Rc::new(Partition::open(&dir, config).await?);
+        if let Some(group) = &self.sync_group {
+            opened.log().join_sync_group(group);
+        }
         self.partitions.borrow_mut().insert(key, opened.clone());
         Ok(opened)
     }

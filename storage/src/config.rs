@@ -36,6 +36,10 @@ pub struct LogConfig {
     /// Durable bytes of the active segment between checkpoints of its index: after a crash,
     /// a restart scans at most about this much of it (after a clean close, none).
     pub active_index_checkpoint_bytes: u64,
+    /// Zero the active segment's reserved space ahead of the writer, in the background, so
+    /// durable appends overwrite written blocks and their fdatasync commits no journal (only
+    /// with `preallocate_bytes` > 0).
+    pub zero_ahead: bool,
 }
 
 impl Default for LogConfig {
@@ -52,6 +56,7 @@ impl Default for LogConfig {
             writes_in_flight_max: 8,
             preallocate_bytes: 64 * 1024 * 1024,
             active_index_checkpoint_bytes: 64 * 1024 * 1024,
+            zero_ahead: true,
         }
     }
 }

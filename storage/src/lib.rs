@@ -3,7 +3,8 @@
 //! A partition's log is a directory of segments holding Kafka RecordBatch v2 batches exactly as
 //! producers sent them (after validation, with `baseOffset` and `partitionLeaderEpoch` stamped).
 //! Writes are direct I/O through io_uring (glommio `DmaFile`) from 4 KiB-aligned chunk buffers;
-//! durability is an fdatasync shared by every waiter of a group-commit round.
+//! durability is an fdatasync shared by every waiter of a group-commit round, and with a
+//! [`SyncGroup`] by every log of a shard.
 //!
 //! ## Layout
 //! - [`types`] — `Offset`, `LeaderEpoch`, timestamps.
@@ -16,6 +17,7 @@
 //! - `segment` — a segment, its sparse index, and the recovery scanner.
 //! - [`log`] — `Log`, the public API: append, read, wait_durable, truncate, truncate_prefix,
 //!   roll, retention, timestamp lookup.
+//! - [`sync_group`] — `SyncGroup`: one durability round for every log of a shard.
 //! - [`error`] — `StorageError`.
 //!
 //! Everything here runs on one glommio executor thread per log (`Log` is `!Send`).
@@ -28,6 +30,7 @@ pub mod io;
 pub mod log;
 pub mod rewrite;
 mod segment;
+pub mod sync_group;
 mod tail;
 pub mod types;
 
@@ -35,4 +38,5 @@ pub use batch::{BatchError, BatchInfo};
 pub use config::LogConfig;
 pub use error::{Result, StorageError};
 pub use log::{AppendInfo, Log, ReadBatches, RetentionOutcome};
+pub use sync_group::{FlushMode, SyncGroup, SyncGroupStats};
 pub use types::{LeaderEpoch, Offset, TimestampMs};

@@ -39,7 +39,8 @@ use crate::io::{self, align_down, align_up};
 use crate::rewrite::{
     finish_interrupted_swaps, BatchFate, IoBudget, RewriteOutcome, SegmentWriter,
 };
-use crate::segment::{scan_segment, Continuity, ScanStop, Segment, SegmentIndex};
+use crate::segment::{scan_segment, Continuity, OverwriteState, ScanStop, Segment, SegmentIndex};
+use crate::sync_group::SyncGroup;
 use crate::tail::{PlannedWrite, WriteTail};
 use crate::types::{now_ms, LeaderEpoch, Offset, TimestampMs};
 
@@ -137,10 +138,35 @@ struct Inner {
     appended_since_yield: Cell<usize>,
     /// Tasks waiting for a write to complete (back-pressure, write-out).
     write_waiters: RefCell<Vec<oneshot::Sender<()>>>,
+    /// Held by a zeroing step, and by whatever cuts the active segment's file (roll,
+    /// truncation, close) so that no zero write lands after the cut. Lock order: `append_lock`,
+    /// `io_lock`, then `zero_lock`.
+    zero_lock: Semaphore,
+    /// Data writes waiting for the zeroing step they would overlap.
+    zero_waiters: RefCell<Vec<oneshot::Sender<()>>>,
+    /// Completed writes that changed filesystem metadata (not overwrites of safe blocks) since
+    /// the last fdatasync of this log's file: while nonzero, its durability needs an fdatasync
+    /// of its own file; at zero, any flush of the device after the write completed will do.
+    metadata_writes: Cell<u64>,
+    /// The per-shard group whose rounds make this log durable (`None`: rounds of its own).
+    sync_group: RefCell<Option<SyncGroup>>,
+    /// This log waits in its group's queue for the next round.
+    queued_in_group: Cell<bool>,
+    /// The log end the group round in flight is making durable for this log, if it is in one.
+    in_round_to: Cell<Option<Offset>>,
+    /// The device holding the log's directory: one shared flush covers one device.
+    device: u64,
 }
 
 /// The first reservation of a segment: later ones double it up to `preallocate_bytes`.
 const PREALLOCATE_FIRST_BYTES: u64 = 1 << 20;
+
+/// The first zeroing step of a segment; later ones double up to [`ZERO_STEP_MAX`].
+const ZERO_STEP_FIRST: u64 = 64 * 1024;
+/// The longest zeroing step: how far a fast writer's zeroing runs ahead, at most.
+const ZERO_STEP_MAX: u64 = 8 << 20;
+/// Largest zero buffer a zeroing step writes at once.
+const ZERO_WRITE_BYTES: usize = 1 << 20;
 
 /// Bytes of batches a rewrite handles between offers to yield the core.
 const YIELD_EVERY_BYTES: usize = 64 * 1024;
@@ -148,6 +174,37 @@ const YIELD_EVERY_BYTES: usize = 64 * 1024;
 /// Group-commit rounds at least this long are logged (warn), with their write and fdatasync
 /// parts: the disk, not the broker, is then what acks=all producers wait for.
 const SLOW_SYNC_ROUND: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// One log's part in a group durability round (see [`SyncGroup`]): its io lock is held, and its
+/// file holds everything up to `target`; an fdatasync (its own, or a shared flush of the device)
+/// makes it durable.
+pub(crate) struct RoundPart<'a> {
+    pub log: &'a Log,
+    _io: glommio::sync::Permit<'a>,
+    pub file: Rc<glommio::io::DmaFile>,
+    pub target: Offset,
+    pub written_end: u64,
+    /// Metadata-changing writes among those the round covers: nonzero means the log's own file
+    /// must be fdatasync'ed.
+    pub metadata_writes: u64,
+}
+
+impl RoundPart<'_> {
+    /// Completes the log's part after its own file was fdatasync'ed.
+    pub(crate) fn synced_own_file(&self) {
+        self.log
+            .note_file_synced(&self.file, self.written_end, self.metadata_writes);
+        self.log.mark_durable(self.target);
+    }
+
+    /// Ends the log's part; the io lock is released. Runs the active-index checkpoint when due.
+    pub(crate) async fn finish(self) {
+        self.log.inner.in_round_to.set(None);
+        if self.log.durable_end_offset() >= self.target {
+            self.log.checkpoint_active_index(Some(self.target)).await;
+        }
+    }
+}
 
 /// A partition log. See the module docs for the concurrency model.
 #[derive(Clone)]
@@ -303,6 +360,7 @@ impl Log {
                 Some(resume_tail(&file, &path, index.size_bytes, &config).await?)
             };
             let preallocated_to = if sealed { file_len } else { index.size_bytes };
+            let index_size = index.size_bytes;
             segments.push(Segment {
                 path,
                 file: Rc::new(file),
@@ -310,6 +368,7 @@ impl Log {
                 tail,
                 first_append_ms: None,
                 preallocated_to,
+                overwrite: OverwriteState::after(index_size),
             });
             if damaged && !is_last {
                 dropped_from = Some(i + 1);
@@ -348,6 +407,12 @@ impl Log {
         let cleaned_to = read_checkpoint(&dir, format::CLEANED_TO_FILE, format::decode_cleaned_to)
             .unwrap_or(log_start)
             .clamp(log_start, next_offset);
+        let device = {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(&dir)
+                .map_err(|e| StorageError::io(dir.display(), e))?
+                .dev()
+        };
         info!(dir = %dir.display(), segments = segments.len(), %log_start, %next_offset, "log opened");
         Ok(Log {
             inner: Rc::new(Inner {
@@ -372,6 +437,13 @@ impl Log {
                 writes_in_flight: Cell::new(0),
                 appended_since_yield: Cell::new(0),
                 write_waiters: RefCell::new(Vec::new()),
+                zero_lock: Semaphore::new(1),
+                zero_waiters: RefCell::new(Vec::new()),
+                metadata_writes: Cell::new(0),
+                sync_group: RefCell::new(None),
+                queued_in_group: Cell::new(false),
+                in_round_to: Cell::new(None),
+                device,
             }),
         })
     }
@@ -540,6 +612,14 @@ impl Log {
             .map_err(|_| StorageError::Closed)
     }
 
+    async fn lock_zeroing(&self) -> Result<glommio::sync::Permit<'_>> {
+        self.inner
+            .zero_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)
+    }
+
     async fn lock_appends(&self) -> Result<glommio::sync::Permit<'_>> {
         self.inner
             .append_lock
@@ -562,6 +642,7 @@ impl Log {
     /// `unwritten_bytes_max` is waiting, wait for the writes to catch up (back-pressure keeps
     /// buffered memory bounded).
     async fn write_behind(&self, appended: usize) -> Result<()> {
+        self.maybe_zero_ahead();
         let started = self.start_sealed_writes(self.inner.config.borrow().writes_in_flight_max);
         let since_yield = self.inner.appended_since_yield.get() + appended;
         let writing = self.inner.writes_in_flight.get() > 0;
@@ -611,6 +692,15 @@ impl Log {
                     log_end,
                 });
             }
+            let group = self.inner.sync_group.borrow().clone();
+            if let Some(group) = group {
+                let covered = self.inner.in_round_to.get().is_some_and(|to| to > offset);
+                if !covered {
+                    group.enqueue(self);
+                }
+                group.wait_for_round().await;
+                continue;
+            }
             if self.inner.sync_in_flight.get() {
                 let (tx, rx) = oneshot::channel();
                 self.inner.durable_waiters.borrow_mut().push(tx);
@@ -639,9 +729,11 @@ impl Log {
         let started = std::time::Instant::now();
         let file = self.write_out().await?;
         let written = started.elapsed();
+        let (written_end, metadata_writes) = (self.written_pos(), self.inner.metadata_writes.get());
         file.fdatasync()
             .await
             .map_err(|e| self.fail(StorageError::io(self.inner.dir.display(), e)))?;
+        self.note_file_synced(&file, written_end, metadata_writes);
         let round = started.elapsed();
         if round >= SLOW_SYNC_ROUND {
             // Every acks=all answer waiting on this round waited this long: worth a line.
@@ -657,6 +749,94 @@ impl Log {
         self.inner.sync_rounds.set(self.inner.sync_rounds.get() + 1);
         self.checkpoint_active_index(Some(target)).await;
         Ok(())
+    }
+
+    /// The active segment's file holds every byte below this position.
+    fn written_pos(&self) -> u64 {
+        let state = self.inner.state.borrow();
+        let active = state.active();
+        active
+            .tail
+            .as_ref()
+            .map_or(active.index.size_bytes, WriteTail::written_pos)
+    }
+
+    /// Records an fdatasync of the active segment's `file` that began once the file held every
+    /// byte below `written_end`, after `metadata_writes` metadata-changing writes: those writes
+    /// and the blocks below `written_end` are durable now.
+    fn note_file_synced(
+        &self,
+        file: &glommio::io::DmaFile,
+        written_end: u64,
+        metadata_writes: u64,
+    ) {
+        let left = self
+            .inner
+            .metadata_writes
+            .get()
+            .saturating_sub(metadata_writes);
+        self.inner.metadata_writes.set(left);
+        let mut state = self.inner.state.borrow_mut();
+        let active = state.active_mut();
+        if std::ptr::eq(&*active.file, file) {
+            // Partial writes zero-pad their last block: it is written, and allocated, too.
+            active.overwrite.synced_to(align_up(written_end));
+        }
+    }
+
+    /// Puts this log in `group`: from now on its durability rounds are the group's (one round
+    /// for every log of a shard, see [`SyncGroup`]).
+    pub fn join_sync_group(&self, group: &SyncGroup) {
+        *self.inner.sync_group.borrow_mut() = Some(group.clone());
+    }
+
+    /// First half of a group round for this log: takes the io lock and writes out everything
+    /// appended so far. `None` when there is nothing to make durable.
+    pub(crate) async fn begin_group_round(&self) -> Result<Option<RoundPart<'_>>> {
+        self.check_usable()?;
+        let io = self.lock_io().await?;
+        self.check_usable()?;
+        let target = self.log_end_offset();
+        if self.inner.durable_end.get() >= target {
+            return Ok(None);
+        }
+        self.inner.in_round_to.set(Some(target));
+        let file = match self.write_out().await {
+            Ok(file) => file,
+            Err(e) => {
+                self.inner.in_round_to.set(None);
+                return Err(e);
+            }
+        };
+        Ok(Some(RoundPart {
+            log: self,
+            _io: io,
+            file,
+            target,
+            written_end: self.written_pos(),
+            metadata_writes: self.inner.metadata_writes.get(),
+        }))
+    }
+
+    /// The device holding this log (one shared flush per device and round).
+    pub(crate) fn device(&self) -> u64 {
+        self.inner.device
+    }
+
+    pub(crate) fn group_queue_flag(&self) -> &Cell<bool> {
+        &self.inner.queued_in_group
+    }
+
+    /// Records that the log's data up to a round's target is durable.
+    pub(crate) fn mark_durable(&self, target: Offset) {
+        let durable = self.inner.durable_end.get().max(target);
+        self.inner.durable_end.set(durable);
+        self.inner.sync_rounds.set(self.inner.sync_rounds.get() + 1);
+    }
+
+    /// Records an fdatasync failure of this log's file: its page state is unknown.
+    pub(crate) fn fail_sync(&self, err: std::io::Error) -> StorageError {
+        self.fail(StorageError::io(self.inner.dir.display(), err))
     }
 
     /// Writes the active segment's index as far as it is durable (up to `durable_below`, or all
@@ -813,8 +993,21 @@ impl Log {
                 return Err(abandon(StorageError::io(path.display(), e)));
             }
         }
+        let end = pos + len as u64;
+        // A zero write racing this one could land after it: wait for the zeroing step.
+        while self.active_overwrite(file, |o| o.overlaps_zeroing(pos, end)) == Some(true) {
+            let (tx, rx) = oneshot::channel();
+            self.inner.zero_waiters.borrow_mut().push(tx);
+            let _ = rx.await;
+        }
+        let overwrite = self.active_overwrite(file, |o| o.is_overwrite(pos, end)) == Some(true);
         match write.submit(file).await {
             Ok(n) if n == len => {
+                if !overwrite {
+                    self.inner
+                        .metadata_writes
+                        .set(self.inner.metadata_writes.get() + 1);
+                }
                 let mut state = self.inner.state.borrow_mut();
                 let active = state.active_mut();
                 assert!(
@@ -837,6 +1030,130 @@ impl Log {
             ))),
             Err(e) => Err(abandon(StorageError::io(path.display(), e))),
         }
+    }
+
+    /// Starts the next zeroing step of the active segment, in the background, when its zeroed
+    /// space ahead of the writer runs short (less than half a step).
+    ///
+    /// A step fallocates (if the reservation does not reach far enough yet), writes zeros over
+    /// its range and fdatasyncs the file: its blocks are then written and their allocation
+    /// durable, so data written there later is an overwrite whose fdatasync commits no journal.
+    /// Data writes into a step's range wait for the step (they never race a zero write); cuts
+    /// of the file wait for it through `zero_lock`.
+    fn maybe_zero_ahead(&self) {
+        let config = self.inner.config.borrow();
+        if !config.zero_ahead || config.preallocate_bytes == 0 {
+            return;
+        }
+        let (file, path, range) = {
+            let mut state = self.inner.state.borrow_mut();
+            let active = state.active_mut();
+            let Some(tail) = active.tail.as_ref() else {
+                return;
+            };
+            let overwrite = &mut active.overwrite;
+            if overwrite.zeroing.is_some() {
+                return;
+            }
+            let end = align_up(tail.end_pos());
+            let frontier = if overwrite.zeroed.start <= end && end <= overwrite.zeroed.end {
+                overwrite.zeroed.end
+            } else {
+                overwrite.safe_end.max(end)
+            };
+            let step = overwrite.next_step.clamp(ZERO_STEP_FIRST, ZERO_STEP_MAX);
+            if frontier - end >= step / 2 {
+                return;
+            }
+            let to = (frontier + step).min(align_up(config.segment_bytes_max));
+            if to <= frontier {
+                return;
+            }
+            overwrite.zeroing = Some(frontier..to);
+            overwrite.next_step = (step * 2).min(ZERO_STEP_MAX);
+            (active.file.clone(), active.path.clone(), frontier..to)
+        };
+        let log = self.clone();
+        glommio::spawn_local(async move {
+            let outcome = log.zero_step(&file, range.clone()).await;
+            let mut state = log.inner.state.borrow_mut();
+            let active = state.active_mut();
+            if Rc::ptr_eq(&active.file, &file) {
+                active.overwrite.zeroing = None;
+                match outcome {
+                    Ok(true) => active.overwrite.zeroed(range),
+                    Ok(false) => {}
+                    Err(e) => {
+                        debug!(file = %path.display(), error = %e, "zeroing ahead failed; appends there commit the journal")
+                    }
+                }
+            }
+            drop(state);
+            for waiter in log.inner.zero_waiters.borrow_mut().drain(..) {
+                let _ = waiter.send(());
+            }
+        })
+        .detach();
+    }
+
+    /// One zeroing step over `range` of the active segment's `file`. `Ok(false)` when the
+    /// segment stopped being active (or the log closed) before it ran.
+    async fn zero_step(
+        &self,
+        file: &Rc<glommio::io::DmaFile>,
+        range: std::ops::Range<u64>,
+    ) -> std::io::Result<bool> {
+        let Ok(_zero) = self.inner.zero_lock.acquire_permit(1).await else {
+            return Ok(false);
+        };
+        let still_active = |log: &Log| {
+            !log.inner.closed.get() && Rc::ptr_eq(&log.inner.state.borrow().active().file, file)
+        };
+        if !still_active(self) {
+            return Ok(false);
+        }
+        let reserved = self.inner.state.borrow().active().preallocated_to;
+        if reserved < range.end {
+            file.pre_allocate(range.end, false).await?;
+            let mut state = self.inner.state.borrow_mut();
+            let active = state.active_mut();
+            active.preallocated_to = active.preallocated_to.max(range.end);
+        }
+        let len = (range.end - range.start) as usize;
+        let mut zeros = file.alloc_dma_buffer(len.min(ZERO_WRITE_BYTES));
+        zeros.as_bytes_mut().fill(0);
+        let zeros = Rc::new(zeros);
+        let mut pos = range.start;
+        while pos < range.end {
+            let n = ((range.end - pos) as usize).min(zeros.len());
+            let written = if n == zeros.len() {
+                file.write_rc_at(zeros.clone(), pos).await?
+            } else {
+                let mut part = file.alloc_dma_buffer(n);
+                part.as_bytes_mut().fill(0);
+                file.write_at(part, pos).await?
+            };
+            if written != n {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    format!("short zero write at {pos}: {written} of {n} bytes"),
+                ));
+            }
+            pos += n as u64;
+        }
+        file.fdatasync().await?;
+        Ok(still_active(self))
+    }
+
+    /// Applies `f` to the active segment's overwrite state if `file` is the active segment's.
+    fn active_overwrite<T>(
+        &self,
+        file: &glommio::io::DmaFile,
+        f: impl FnOnce(&OverwriteState) -> T,
+    ) -> Option<T> {
+        let state = self.inner.state.borrow();
+        let active = state.active();
+        std::ptr::eq(&*active.file, file).then(|| f(&active.overwrite))
     }
 
     fn wake_write_waiters(&self) {
@@ -924,10 +1241,13 @@ impl Log {
         };
         let io_err = |e| self.fail(StorageError::io(path.display(), e));
         file.fdatasync().await.map_err(io_err)?;
+        // No zero write may land beyond the data once the file is trimmed.
+        let _zero = self.lock_zeroing().await?;
         file.truncate(index_file.segment_bytes)
             .await
             .map_err(io_err)?;
         file.fdatasync().await.map_err(io_err)?;
+        self.inner.metadata_writes.set(0);
         // The file no longer reaches past its data: were the roll to stop below, appends to
         // this segment reserve their space again.
         self.inner.state.borrow_mut().active_mut().preallocated_to = index_file.segment_bytes;
@@ -976,6 +1296,7 @@ impl Log {
                 tail: Some(tail),
                 first_append_ms: None,
                 preallocated_to: 0,
+                overwrite: OverwriteState::default(),
             });
         }
         // Everything before the new segment is now synced; the sealed one has its real index.
@@ -1266,8 +1587,10 @@ impl Log {
         // A checkpoint of the active index may describe batches this cut removes.
         io::remove_file_if_exists(&self.inner.dir.join(format::active_index_file_name(base)))?;
         self.inner.checkpointed_bytes.set(0);
+        let _zero = self.lock_zeroing().await?;
         file.truncate(rebuilt.size_bytes).await.map_err(io_err)?;
         file.fdatasync().await.map_err(io_err)?;
+        self.inner.metadata_writes.set(0);
         io::remove_file_if_exists(&self.inner.dir.join(format::index_file_name(base)))?;
         io::sync_dir(&self.inner.dir)
             .await
@@ -1285,6 +1608,7 @@ impl Log {
             let seg = state.active_mut();
             seg.tail = Some(tail);
             seg.preallocated_to = rebuilt.size_bytes;
+            seg.overwrite.cut(rebuilt.size_bytes);
             seg.index = rebuilt;
             state.next_offset = new_end;
             state.log_start = state.log_start.min(new_end);
@@ -1619,6 +1943,7 @@ impl Log {
                     tail: None,
                     first_append_ms: None,
                     preallocated_to: size,
+                    overwrite: OverwriteState::after(size),
                 }],
             );
         }
@@ -1728,6 +2053,7 @@ impl Log {
         self.sync().await?;
         let _append = self.lock_appends().await?;
         let _io = self.lock_io().await?;
+        let _zero = self.lock_zeroing().await?;
         // Everything is durable now: the whole active index is a valid checkpoint.
         self.checkpoint_active_index(None).await;
         self.inner.closed.set(true);

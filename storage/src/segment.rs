@@ -173,6 +173,80 @@ pub(crate) struct Segment {
     pub first_append_ms: Option<TimestampMs>,
     /// File bytes reserved with fallocate so far.
     pub preallocated_to: u64,
+    /// Which file blocks a durable write can overwrite without a metadata commit.
+    pub overwrite: OverwriteState,
+}
+
+/// Which blocks of a segment file are allocated, written and durable, so that a direct write
+/// into them changes no filesystem metadata and needs only a device cache flush to be durable
+/// (no journal commit). See `Log::zero_ahead` and the storage docs on durability rounds.
+///
+/// Invariant: the two ranges only ever describe blocks whose allocation has been made durable
+/// (by an fdatasync of this file after they were written), and lie inside the file's size.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct OverwriteState {
+    /// Blocks below this file position are safe to overwrite.
+    pub safe_end: u64,
+    /// Blocks zeroed ahead of the writer and synced: also safe to overwrite.
+    pub zeroed: std::ops::Range<u64>,
+    /// The range a zeroing step is writing now; data writes into it wait for it to finish.
+    pub zeroing: Option<std::ops::Range<u64>>,
+    /// Length of the next zeroing step (steps double, so a fast partition zeroes far ahead and
+    /// an idle one holds little).
+    pub next_step: u64,
+}
+
+impl OverwriteState {
+    /// State of a segment whose first `durable_bytes` are written and synced.
+    pub fn after(durable_bytes: u64) -> OverwriteState {
+        OverwriteState {
+            safe_end: crate::io::align_down(durable_bytes),
+            ..OverwriteState::default()
+        }
+    }
+
+    /// Whether a write of `[pos, end)` is an overwrite of safe blocks.
+    pub fn is_overwrite(&self, pos: u64, end: u64) -> bool {
+        end <= self.safe_end || (pos >= self.zeroed.start && end <= self.zeroed.end)
+    }
+
+    /// Whether a write of `[pos, end)` would race a zeroing write in flight.
+    pub fn overlaps_zeroing(&self, pos: u64, end: u64) -> bool {
+        self.zeroing
+            .as_ref()
+            .is_some_and(|z| pos < z.end && end > z.start)
+    }
+
+    /// Records that everything below `end` is now written and synced.
+    pub fn synced_to(&mut self, end: u64) {
+        self.safe_end = self.safe_end.max(end);
+        self.merge();
+    }
+
+    /// Records a finished zeroing step.
+    pub fn zeroed(&mut self, range: std::ops::Range<u64>) {
+        if self.zeroed.end == range.start && !self.zeroed.is_empty() {
+            self.zeroed.end = range.end;
+        } else {
+            self.zeroed = range;
+        }
+        self.merge();
+    }
+
+    fn merge(&mut self) {
+        if !self.zeroed.is_empty() && self.safe_end >= self.zeroed.start {
+            self.safe_end = self.safe_end.max(self.zeroed.end);
+            self.zeroed = 0..0;
+        }
+    }
+
+    /// Forgets everything at or above `end` (the file was cut there). A zeroing step still
+    /// planned stays marked: its task clears the mark, and data writes keep waiting for it.
+    pub fn cut(&mut self, end: u64) {
+        let zeroing = self.zeroing.take();
+        *self = OverwriteState::after(end.min(self.safe_end));
+        self.zeroing = zeroing;
+    }
 }
 
 impl Segment {

@@ -6,6 +6,9 @@
 //!   some appender really wrote (unacknowledged ones may or may not survive);
 //! - the log accepts appends again.
 //!
+//! The child's log shares a shard durability round (`SyncGroup`, shared flush) with a
+//! neighbour log, so kills also land in rounds covering several logs.
+//!
 //! 50 rounds on the same directory, so recoveries stack on top of earlier recoveries.
 //! The child is this same test binary, re-run with `--ignored --exact crash_child_appender`.
 //! The kill-timing seed is printed; set `SLUICE_CRASH_SEED` to replay a run.
@@ -19,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{batch, read_all, run, stamped};
-use sluice_storage::{LeaderEpoch, Log, LogConfig, Offset};
+use sluice_storage::{FlushMode, LeaderEpoch, Log, LogConfig, Offset, SyncGroup};
 
 const ROUNDS: u64 = 50;
 const DURABLE_APPENDERS: u64 = 4;
@@ -74,10 +77,26 @@ fn crash_child_appender() {
     };
     let seed_base: u64 = std::env::var(ENV_SEED_BASE).unwrap().parse().unwrap();
     run(move || async move {
+        // The log shares its durability rounds with a neighbour, as a shard's partitions do,
+        // so kills land inside rounds that cover several logs and share one flush.
+        let group = SyncGroup::new(FlushMode::Shared);
         let log = Log::open(&dir, config())
             .await
             .expect("child opens the log");
+        log.join_sync_group(&group);
+        let neighbour = Log::open(Path::new(&dir).with_file_name("neighbour"), config())
+            .await
+            .expect("child opens the neighbour log");
+        neighbour.join_sync_group(&group);
         let mut tasks = Vec::new();
+        tasks.push(glommio::spawn_local(async move {
+            for n in 0.. {
+                neighbour
+                    .append_durable(&batch_for(n * 10), LeaderEpoch(EPOCH))
+                    .await
+                    .unwrap();
+            }
+        }));
         for appender in 0..DURABLE_APPENDERS {
             let log = log.clone();
             tasks.push(glommio::spawn_local(async move {
@@ -172,7 +191,7 @@ fn crash_kill_recovers_every_acknowledged_batch() {
     println!("crash test seed: SLUICE_CRASH_SEED={seed}");
     let mut rng = Rng(seed | 1);
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let path: PathBuf = dir.path().to_path_buf();
+    let path: PathBuf = dir.path().join("log");
     let mut acked: BTreeMap<Offset, u64> = BTreeMap::new();
     let mut total_acks_seen = 0usize;
     for round in 0..ROUNDS {
