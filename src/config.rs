@@ -33,6 +33,7 @@ struct FileConfig {
     disk_free_bytes_min: Option<u64>,
     durability_rounds: Option<String>,
     log_zero_ahead: Option<bool>,
+    write_buffer_bytes_per_shard: Option<u64>,
 }
 
 /// The validated configuration.
@@ -78,6 +79,8 @@ pub struct BrokerConfig {
     pub durability_rounds: DurabilityRounds,
     /// Zero segment space ahead of the writer so durable appends are overwrites.
     pub log_zero_ahead: bool,
+    /// Write-buffer memory per shard beyond which producers are slowed (not failed).
+    pub write_buffer_bytes_per_shard: u64,
 }
 
 /// See [`BrokerConfig::durability_rounds`].
@@ -202,6 +205,11 @@ const FIELDS: &[(&str, &str, &str)] = &[
         "log_zero_ahead",
         "--log-zero-ahead",
         "SLUICE_LOG_ZERO_AHEAD",
+    ),
+    (
+        "write_buffer_bytes_per_shard",
+        "--write-buffer-bytes-per-shard",
+        "SLUICE_WRITE_BUFFER_BYTES_PER_SHARD",
     ),
 ];
 
@@ -509,6 +517,20 @@ impl BrokerConfig {
             .unwrap_or_else(|| default("true"));
         let log_zero_ahead: bool = parse("log_zero_ahead", &raw)?;
 
+        let raw = pick(
+            "write_buffer_bytes_per_shard",
+            file.write_buffer_bytes_per_shard.map(|n| n.to_string()),
+        )
+        .unwrap_or_else(|| default("268435456"));
+        let write_buffer_bytes_per_shard: u64 = parse("write_buffer_bytes_per_shard", &raw)?;
+        if write_buffer_bytes_per_shard < 1 << 20 {
+            return Err(invalid(
+                "write_buffer_bytes_per_shard",
+                &raw,
+                "must be at least 1048576 (1 MiB)".into(),
+            ));
+        }
+
         Ok(BrokerConfig {
             listen,
             advertised_host,
@@ -530,6 +552,7 @@ impl BrokerConfig {
             disk_free_bytes_min,
             durability_rounds,
             log_zero_ahead,
+            write_buffer_bytes_per_shard,
         })
     }
 }
@@ -608,6 +631,10 @@ mod tests {
         );
         let e = BrokerConfig::load(&["--log-zero-ahead", "yes"], no_env).unwrap_err();
         assert_eq!(e.field, "log_zero_ahead");
+        let e =
+            BrokerConfig::load(&["--write-buffer-bytes-per-shard", "4096"], no_env).unwrap_err();
+        assert_eq!(e.field, "write_buffer_bytes_per_shard");
+        assert!(e.to_string().contains("at least 1048576"), "{e}");
         let c = BrokerConfig::load(&[], no_env).unwrap();
         assert_eq!(
             (c.disk_free_bytes_min, c.log_cleaner_backoff_ms),

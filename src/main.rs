@@ -213,6 +213,7 @@ fn serve(args: &[&str]) -> ExitCode {
             },
             disk_free_bytes_min: config.disk_free_bytes_min,
             sync_flush: config.durability_rounds.flush_mode(),
+            write_buffer_bytes: config.write_buffer_bytes_per_shard as usize,
         },
     };
     let broker = sluice_net::BrokerIdentity {

@@ -70,7 +70,13 @@ pub struct ShardSettings {
     /// The shard's durability rounds: one round for all its partitions with this flush mode,
     /// or (`None`) rounds of each partition's own.
     pub sync_flush: Option<sluice_storage::FlushMode>,
+    /// Write-buffer memory of the shard's logs beyond which appends wait for their writes
+    /// (back-pressure, see `sluice_storage::WriteBudget`).
+    pub write_buffer_bytes: usize,
 }
+
+/// A partition not appended to for this long gives its write buffers back.
+const IDLE_TAIL_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How often the data directory's free space is looked up for the produce floor.
 const DISK_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -103,6 +109,8 @@ pub struct Shard {
     placements: RefCell<HashMap<usize, Rc<crate::turn::Turn>>>,
     /// Durability rounds shared by this shard's partitions (see `ShardSettings::sync_flush`).
     pub sync_group: Option<sluice_storage::SyncGroup>,
+    /// The write-buffer budget shared by this shard's partitions.
+    pub write_budget: sluice_storage::WriteBudget,
 }
 
 impl std::fmt::Debug for Shard {
@@ -128,6 +136,7 @@ impl Shard {
             .await
             .map_err(|e| format!("cannot join the shard mesh: {e}"))?;
         let settings_sync_group = settings.sync_flush.map(sluice_storage::SyncGroup::new);
+        let settings_write_buffer_bytes = settings.write_buffer_bytes;
         let shard = Rc::new(Shard {
             id: senders.peer_id(),
             count: senders.nr_consumers(),
@@ -144,6 +153,7 @@ impl Shard {
             placements: RefCell::default(),
             groups: crate::groups::Coordinator::default(),
             sync_group: settings_sync_group,
+            write_budget: sluice_storage::WriteBudget::new(settings_write_buffer_bytes),
         });
         for (_, mut stream) in receivers.streams() {
             let weak = Rc::downgrade(&shard);
@@ -185,6 +195,7 @@ impl Shard {
             }
         }
         glommio::spawn_local(crate::groups::reaper(shard.clone())).detach();
+        glommio::spawn_local(shard.clone().park_idle_tails_loop()).detach();
         info!(shard = shard.id, partitions = opened, "shard ready");
         Ok(shard)
     }
@@ -385,6 +396,7 @@ impl Shard {
         if let Some(group) = &self.sync_group {
             opened.log().join_sync_group(group);
         }
+        opened.log().join_write_budget(&self.write_budget);
         self.partitions.borrow_mut().insert(key, opened.clone());
         Ok(opened)
     }
@@ -484,6 +496,19 @@ impl Shard {
         for partition in all {
             if let Err(e) = partition.close().await {
                 warn!(dir = %partition.dir().display(), error = %e, "closing a partition");
+            }
+        }
+    }
+
+    /// Frees the write buffers of partitions idle for [`IDLE_TAIL_AFTER`], forever, once a
+    /// second: memory then follows the partitions being written, not all partitions ever
+    /// written (issue 11: ≤ 16 KiB per idle partition).
+    async fn park_idle_tails_loop(self: Rc<Self>) {
+        loop {
+            glommio::timer::sleep(std::time::Duration::from_secs(1)).await;
+            let all: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
+            for partition in all {
+                partition.log().park_if_idle(IDLE_TAIL_AFTER);
             }
         }
     }

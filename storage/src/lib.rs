@@ -18,11 +18,13 @@
 //! - [`log`] — `Log`, the public API: append, read, wait_durable, truncate, truncate_prefix,
 //!   roll, retention, timestamp lookup.
 //! - [`sync_group`] — `SyncGroup`: one durability round for every log of a shard.
+//! - [`budget`] — `WriteBudget`: the write-buffer memory of a shard's logs, and back-pressure.
 //! - [`error`] — `StorageError`.
 //!
 //! Everything here runs on one glommio executor thread per log (`Log` is `!Send`).
 
 pub mod batch;
+pub mod budget;
 pub mod config;
 pub mod error;
 pub mod format;
@@ -35,6 +37,7 @@ mod tail;
 pub mod types;
 
 pub use batch::{BatchError, BatchInfo};
+pub use budget::{WriteBudget, WriteBudgetStats};
 pub use config::LogConfig;
 pub use error::{Result, StorageError};
 pub use log::{AppendInfo, Log, ReadBatches, RetentionOutcome};

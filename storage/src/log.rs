@@ -32,6 +32,7 @@ use crate::batch::{
     batch_offsets, first_record_at_or_after, peek_batch_size, stamped_prefix, validate_batch,
     validate_batches, BatchInfo, BATCH_HEADER_BYTES,
 };
+use crate::budget::WriteBudget;
 use crate::config::LogConfig;
 use crate::error::{Result, StorageError};
 use crate::format::{self, IndexFile};
@@ -156,6 +157,19 @@ struct Inner {
     in_round_to: Cell<Option<Offset>>,
     /// The device holding the log's directory: one shared flush covers one device.
     device: u64,
+    /// When the last append was buffered (an idle log parks its write tail).
+    last_append: Cell<std::time::Instant>,
+    /// The shard's write-buffer budget, and what this log's tail is charged to it.
+    write_budget: RefCell<Option<WriteBudget>>,
+    charged: Cell<usize>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(budget) = self.write_budget.get_mut() {
+            budget.recharge(self.charged.get(), 0);
+        }
+    }
 }
 
 /// The first reservation of a segment: later ones double it up to `preallocate_bytes`.
@@ -436,6 +450,9 @@ impl Log {
                 sync_rounds: Cell::new(0),
                 writes_in_flight: Cell::new(0),
                 appended_since_yield: Cell::new(0),
+                last_append: Cell::new(std::time::Instant::now()),
+                write_budget: RefCell::new(None),
+                charged: Cell::new(0),
                 write_waiters: RefCell::new(Vec::new()),
                 zero_lock: Semaphore::new(1),
                 zero_waiters: RefCell::new(Vec::new()),
@@ -592,10 +609,12 @@ impl Log {
             tail.push(&active.file, &bytes[16..]);
             active.index.record(position, &stamped);
             active.first_append_ms.get_or_insert_with(now_ms);
+            self.inner.last_append.set(std::time::Instant::now());
             state.next_offset = stamped.next_offset();
             first.get_or_insert(base);
             last = stamped.last_offset();
         }
+        self.recharge_budget();
         self.write_behind(batches.len()).await?;
         Ok(AppendInfo {
             base_offset: first.expect("at least one batch"),
@@ -655,7 +674,19 @@ impl Log {
         } else {
             self.inner.appended_since_yield.set(since_yield);
         }
-        while self.unwritten_bytes() >= self.inner.config.borrow().unwritten_bytes_max as u64 {
+        loop {
+            let backlog =
+                self.unwritten_bytes() >= self.inner.config.borrow().unwritten_bytes_max as u64;
+            let budget = self.inner.write_budget.borrow().clone();
+            let over_budget = budget.as_ref().is_some_and(WriteBudget::is_over)
+                && self.inner.writes_in_flight.get() > 0;
+            if !backlog && !over_budget {
+                break;
+            }
+            if let (Some(budget), false) = (&budget, backlog) {
+                // The shard holds too much: wait for this log's writes, which free its chunks.
+                budget.count_wait();
+            }
             self.check_usable()?;
             self.start_sealed_writes(self.inner.config.borrow().writes_in_flight_max);
             if self.inner.writes_in_flight.get() == 0 {
@@ -816,6 +847,64 @@ impl Log {
             written_end: self.written_pos(),
             metadata_writes: self.inner.metadata_writes.get(),
         }))
+    }
+
+    /// Frees the write tail's buffers if nothing was appended for `idle_for` and everything
+    /// appended is written: an idle partition then holds at most its last partial 4 KiB page
+    /// in memory. Returns whether it did. The next append starts a small chunk again.
+    pub fn park_if_idle(&self, idle_for: std::time::Duration) -> bool {
+        if self.check_usable().is_err()
+            || self.inner.writes_in_flight.get() > 0
+            || self.inner.last_append.get().elapsed() < idle_for
+        {
+            return false;
+        }
+        let parked = {
+            let mut state = self.inner.state.borrow_mut();
+            state
+                .active_mut()
+                .tail
+                .as_mut()
+                .is_some_and(WriteTail::park)
+        };
+        if parked {
+            self.recharge_budget();
+        }
+        parked
+    }
+
+    /// Charges this log's write tail to `budget`, the shard's write-buffer budget: while the
+    /// shard is over it, appends wait for this log's writes (see [`WriteBudget`]).
+    pub fn join_write_budget(&self, budget: &WriteBudget) {
+        *self.inner.write_budget.borrow_mut() = Some(budget.clone());
+        self.recharge_budget();
+    }
+
+    /// Brings this log's charge to its budget up to date with its tail's memory.
+    fn recharge_budget(&self) {
+        let budget = self.inner.write_budget.borrow();
+        let Some(budget) = budget.as_ref() else {
+            return;
+        };
+        let now = {
+            let state = self.inner.state.borrow();
+            state
+                .segments
+                .last()
+                .and_then(|s| s.tail.as_ref())
+                .map_or(0, WriteTail::memory_bytes)
+        };
+        budget.recharge(self.inner.charged.replace(now), now);
+    }
+
+    /// Bytes of DMA memory the active segment's write tail holds.
+    pub fn write_buffer_bytes(&self) -> usize {
+        let state = self.inner.state.borrow();
+        state
+            .active()
+            .tail
+            .as_ref()
+            .map_or(0, WriteTail::memory_bytes)
     }
 
     /// The device holding this log (one shared flush per device and round).
@@ -1019,6 +1108,8 @@ impl Log {
                     .as_mut()
                     .expect("the active segment has a tail")
                     .complete(chunk_pos, data_end);
+                drop(state);
+                self.recharge_budget();
                 Ok(())
             }
             Ok(n) => Err(abandon(StorageError::io(
@@ -1306,6 +1397,7 @@ impl Log {
         self.inner.checkpointed_bytes.set(0);
         let _ =
             io::remove_file_if_exists(&self.inner.dir.join(format::active_index_file_name(base)));
+        self.recharge_budget();
         debug!(sealed = %base, active = %next, "segment rolled");
         Ok(())
     }
@@ -1617,6 +1709,7 @@ impl Log {
             .durable_end
             .set(self.inner.durable_end.get().min(new_end));
         self.inner.generation.set(self.inner.generation.get() + 1);
+        self.recharge_budget();
         info!(dir = %self.inner.dir.display(), requested = %offset, log_end = %new_end, "log truncated");
         Ok(new_end)
     }
@@ -2058,6 +2151,7 @@ impl Log {
         self.checkpoint_active_index(None).await;
         self.inner.closed.set(true);
         let segments = std::mem::take(&mut self.inner.state.borrow_mut().segments);
+        self.recharge_budget();
         for seg in segments {
             if let Ok(file) = Rc::try_unwrap(seg.file) {
                 drop(seg.tail);

@@ -10,13 +10,17 @@
 //!
 //! Invariants:
 //! - chunks are contiguous in the file: chunk `k + 1` starts where chunk `k` ends, and the first
-//!   starts at a 4 KiB-aligned position; every chunk is `chunk_bytes` long in memory;
+//!   starts at a 4 KiB-aligned position; a chunk's length in memory (its capacity) is a multiple
+//!   of 4 KiB between [`CHUNK_BYTES_MIN`] and the configured maximum, chosen when it is created:
+//!   a tail that fills chunks quickly gets bigger ones (fewer, larger writes), a slow one small
+//!   ones (a slow partition holds little memory);
 //! - a chunk is `Sealed` (shared, immutable) exactly when it is full; only the last one fills;
 //! - at most one write per chunk is in flight, so two writes never overlap in the file (a
 //!   zero-padded partial write racing a full one could otherwise land last);
 //! - file bytes `[chunk.file_pos, chunk.written_to)` hold the chunk's data; the file holds all
 //!   data below [`WriteTail::written_pos`];
-//! - a chunk leaves memory only when it is sealed and completely written.
+//! - a chunk leaves memory only when it is sealed and completely written, and the chunk after it
+//!   is too (the newest written chunk keeps serving reads).
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -43,6 +47,8 @@ impl ChunkBuf {
 struct Chunk {
     file_pos: u64,
     filled: usize,
+    /// When the chunk was started (how fast the tail fills decides the next chunk's size).
+    started: std::time::Instant,
     buf: ChunkBuf,
     /// The file holds this chunk's data up to here (absolute file position).
     written_to: u64,
@@ -51,6 +57,9 @@ struct Chunk {
 }
 
 impl Chunk {
+    fn capacity(&self) -> usize {
+        self.buf.bytes().len()
+    }
     fn data_end(&self) -> u64 {
         self.file_pos + self.filled as u64
     }
@@ -98,13 +107,27 @@ impl PlannedWrite {
 /// costs more than the copy into it.
 const SPARE_CHUNKS_MAX: usize = 4;
 
+/// The smallest chunk, and the size every tail starts with.
+pub(crate) const CHUNK_BYTES_MIN: usize = 16 * 1024;
+/// A chunk that fills faster than this makes the next one twice as big (up to the maximum).
+const FAST_FILL: std::time::Duration = std::time::Duration::from_millis(100);
+/// A chunk that takes longer than this to fill makes the next one half as big (down to
+/// [`CHUNK_BYTES_MIN`]).
+const SLOW_FILL: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub(crate) struct WriteTail {
-    chunk_bytes: usize,
+    /// The largest chunk (`write_chunk_bytes`).
+    chunk_bytes_max: usize,
+    /// Capacity of the next chunk started.
+    next_chunk_bytes: usize,
     chunks: VecDeque<Chunk>,
     end_pos: u64,
     /// File position below which everything was written before the first chunk began.
     base_written: u64,
     spare: Vec<DmaBuffer>,
+    /// While parked (no chunks): file bytes `[align_down(end_pos), end_pos)`, which the next
+    /// partial write must rewrite with the new bytes after them.
+    parked_page: Vec<u8>,
 }
 
 impl WriteTail {
@@ -112,7 +135,7 @@ impl WriteTail {
     /// `tail_page` holds the file bytes `[align_down(end_pos), end_pos)`.
     pub(crate) fn resume(
         file: &DmaFile,
-        chunk_bytes: usize,
+        chunk_bytes_max: usize,
         end_pos: u64,
         tail_page: &[u8],
     ) -> WriteTail {
@@ -122,18 +145,22 @@ impl WriteTail {
             end_pos - file_pos,
             "tail page must reach end_pos"
         );
-        let mut buf = file.alloc_dma_buffer(chunk_bytes);
+        let first_bytes = CHUNK_BYTES_MIN.min(chunk_bytes_max);
+        let mut buf = file.alloc_dma_buffer(first_bytes);
         buf.as_bytes_mut()[..tail_page.len()].copy_from_slice(tail_page);
         let mut chunks = VecDeque::new();
         chunks.push_back(Chunk {
             file_pos,
             filled: tail_page.len(),
+            started: std::time::Instant::now(),
             buf: ChunkBuf::Filling(buf),
             written_to: end_pos,
             in_flight: false,
         });
         WriteTail {
-            chunk_bytes,
+            chunk_bytes_max,
+            next_chunk_bytes: first_bytes,
+            parked_page: Vec::new(),
             chunks,
             end_pos,
             base_written: end_pos,
@@ -169,37 +196,50 @@ impl WriteTail {
     /// Appends bytes at the logical end.
     pub(crate) fn push(&mut self, file: &DmaFile, mut data: &[u8]) {
         while !data.is_empty() {
-            let needs_chunk = self
-                .chunks
-                .back()
-                .is_none_or(|c| c.filled == self.chunk_bytes);
+            let needs_chunk = self.chunks.back().is_none_or(|c| c.filled == c.capacity());
             if needs_chunk {
-                let file_pos = self.chunks.back().map_or(align_down(self.end_pos), |c| {
-                    c.file_pos + self.chunk_bytes as u64
-                });
-                let buf = self
-                    .spare
-                    .pop()
-                    .unwrap_or_else(|| file.alloc_dma_buffer(self.chunk_bytes));
+                let (file_pos, page) = match self.chunks.back() {
+                    Some(c) => (c.file_pos + c.capacity() as u64, Vec::new()),
+                    // Parked (or every chunk written and freed): start at the tail page.
+                    None => (
+                        align_down(self.end_pos),
+                        std::mem::take(&mut self.parked_page),
+                    ),
+                };
+                debug_assert_eq!(file_pos + page.len() as u64, self.end_pos);
+                let size = self.next_chunk_bytes;
+                let mut buf = match self.spare.iter().position(|b| b.len() == size) {
+                    Some(i) => self.spare.swap_remove(i),
+                    None => file.alloc_dma_buffer(size),
+                };
+                buf.as_bytes_mut()[..page.len()].copy_from_slice(&page);
                 self.chunks.push_back(Chunk {
                     file_pos,
-                    filled: 0,
+                    filled: page.len(),
+                    started: std::time::Instant::now(),
                     buf: ChunkBuf::Filling(buf),
-                    written_to: file_pos,
+                    written_to: file_pos + page.len() as u64,
                     in_flight: false,
                 });
             }
-            let chunk_bytes = self.chunk_bytes;
             let chunk = self.chunks.back_mut().expect("a chunk was just ensured");
+            let capacity = chunk.capacity();
             let ChunkBuf::Filling(buf) = &mut chunk.buf else {
                 unreachable!("only full chunks are sealed");
             };
-            let n = data.len().min(chunk_bytes - chunk.filled);
+            let n = data.len().min(capacity - chunk.filled);
             buf.as_bytes_mut()[chunk.filled..chunk.filled + n].copy_from_slice(&data[..n]);
             chunk.filled += n;
             data = &data[n..];
             self.end_pos += n as u64;
-            if chunk.filled == chunk_bytes {
+            if chunk.filled == capacity {
+                let took = chunk.started.elapsed();
+                if took <= FAST_FILL {
+                    self.next_chunk_bytes = (capacity * 2).min(self.chunk_bytes_max);
+                } else if took >= SLOW_FILL {
+                    let half = align_down(capacity as u64 / 2) as usize;
+                    self.next_chunk_bytes = half.max(CHUNK_BYTES_MIN.min(self.chunk_bytes_max));
+                }
                 let full = self.chunks.pop_back().expect("the chunk just filled");
                 let ChunkBuf::Filling(buf) = full.buf else {
                     unreachable!("only full chunks are sealed");
@@ -210,6 +250,38 @@ impl WriteTail {
                 });
             }
         }
+    }
+
+    /// Frees the tail's memory when everything in it is written and no write is in flight:
+    /// only the bytes of the last, partly filled 4 KiB page are kept (on the heap), so an idle
+    /// partition holds at most 4 KiB here. The next push starts a new chunk from them. Returns
+    /// whether it parked (false: something is unwritten or in flight, or already parked).
+    pub(crate) fn park(&mut self) -> bool {
+        if self
+            .chunks
+            .iter()
+            .any(|c| c.in_flight || c.written_to < c.data_end())
+        {
+            return false;
+        }
+        let Some(last) = self.chunks.back() else {
+            return false;
+        };
+        let page_start = align_down(self.end_pos).max(last.file_pos);
+        let from = (page_start - last.file_pos) as usize;
+        self.parked_page = last.buf.bytes()[from..last.filled].to_vec();
+        debug_assert_eq!(page_start + self.parked_page.len() as u64, self.end_pos);
+        self.base_written = self.end_pos;
+        self.chunks.clear();
+        self.spare.clear();
+        self.next_chunk_bytes = CHUNK_BYTES_MIN.min(self.chunk_bytes_max);
+        true
+    }
+
+    /// Bytes of DMA memory the tail holds (chunks and spares).
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.chunks.iter().map(Chunk::capacity).sum::<usize>()
+            + self.spare.iter().map(|b| b.len()).sum::<usize>()
     }
 
     /// Takes the next sealed chunk that can be written now (none of it in flight, some of it
@@ -245,7 +317,11 @@ impl WriteTail {
         chunk.in_flight = false;
         chunk.written_to = chunk.written_to.max(data_end);
         while let Some(front) = self.chunks.front() {
-            if !(front.is_sealed() && front.written_to == front.data_end()) {
+            // The newest written chunk stays (until the next one is written too): consumers
+            // reading just behind the log end then read from memory, not from the file, even
+            // when chunks are small.
+            let newest_written = self.chunks.len() <= 2;
+            if !(front.is_sealed() && front.written_to == front.data_end()) || newest_written {
                 break;
             }
             let done = self.chunks.pop_front().expect("front exists");
@@ -253,7 +329,7 @@ impl WriteTail {
             if let ChunkBuf::Sealed(rc) = done.buf {
                 // Unshared once its write completed; keep it for a later chunk.
                 if let Ok(buf) = Rc::try_unwrap(rc) {
-                    if self.spare.len() < SPARE_CHUNKS_MAX {
+                    if self.spare.len() < SPARE_CHUNKS_MAX && buf.len() == self.next_chunk_bytes {
                         self.spare.push(buf);
                     }
                 }

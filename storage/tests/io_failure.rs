@@ -126,9 +126,12 @@ fn a_failed_write_poisons_the_log_and_loses_no_acknowledged_batch() {
         .lines()
         .find(|l| l.starts_with("FAILED "))
         .expect("an append failed");
+    // A write that starts below the limit and crosses it is cut short by the kernel (chunk
+    // sizes vary with the rate, so where the writes fall is not fixed); one that starts at the
+    // limit fails with EFBIG. Both are failed writes.
     assert!(
-        failed.contains("File too large"),
-        "the kernel's EFBIG is reported: {failed}"
+        failed.contains("File too large") || failed.contains("short write"),
+        "the kernel's EFBIG or short write is reported: {failed}"
     );
     assert!(
         stdout.contains("POISONED append=true read=true sync=true truncate=true"),
