@@ -1142,6 +1142,12 @@ impl Log {
             let Some(tail) = active.tail.as_ref() else {
                 return;
             };
+            if tail.is_fast() {
+                // A fast writer's rounds are large: the journal commit is a small part of each,
+                // while zeroing would double its writes and make it wait behind the zeroing
+                // (measured: -22 % of one partition's unpaced throughput).
+                return;
+            }
             let overwrite = &mut active.overwrite;
             if overwrite.zeroing.is_some() {
                 return;
