@@ -763,7 +763,7 @@ impl Log {
         let (written_end, metadata_writes) = (self.written_pos(), self.inner.metadata_writes.get());
         file.fdatasync()
             .await
-            .map_err(|e| self.fail(StorageError::io(self.inner.dir.display(), e)))?;
+            .map_err(|e| self.fail_sync(e.into()))?;
         self.note_file_synced(&file, written_end, metadata_writes);
         let round = started.elapsed();
         if round >= SLOW_SYNC_ROUND {
@@ -775,9 +775,7 @@ impl Log {
                 "slow group commit"
             );
         }
-        let durable = self.inner.durable_end.get().max(target);
-        self.inner.durable_end.set(durable);
-        self.inner.sync_rounds.set(self.inner.sync_rounds.get() + 1);
+        self.mark_durable(target);
         self.checkpoint_active_index(Some(target)).await;
         Ok(())
     }
@@ -886,24 +884,17 @@ impl Log {
         let Some(budget) = budget.as_ref() else {
             return;
         };
-        let now = {
-            let state = self.inner.state.borrow();
-            state
-                .segments
-                .last()
-                .and_then(|s| s.tail.as_ref())
-                .map_or(0, WriteTail::memory_bytes)
-        };
+        let now = self.write_buffer_bytes();
         budget.recharge(self.inner.charged.replace(now), now);
     }
 
-    /// Bytes of DMA memory the active segment's write tail holds.
+    /// Bytes of DMA memory the active segment's write tail holds (0 once closed).
     pub fn write_buffer_bytes(&self) -> usize {
         let state = self.inner.state.borrow();
         state
-            .active()
-            .tail
-            .as_ref()
+            .segments
+            .last()
+            .and_then(|s| s.tail.as_ref())
             .map_or(0, WriteTail::memory_bytes)
     }
 
@@ -1200,7 +1191,7 @@ impl Log {
         file: &Rc<glommio::io::DmaFile>,
         range: std::ops::Range<u64>,
     ) -> std::io::Result<bool> {
-        let Ok(_zero) = self.inner.zero_lock.acquire_permit(1).await else {
+        let Ok(_zero) = self.lock_zeroing().await else {
             return Ok(false);
         };
         let still_active = |log: &Log| {

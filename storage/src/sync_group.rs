@@ -133,21 +133,20 @@ impl SyncGroup {
         }
         let written = started.elapsed();
         // Every write of the round has completed: any fdatasync from here on flushes them.
-        let mut own: Vec<usize> = Vec::new();
+        let syncs_own: Vec<bool> = parts
+            .iter()
+            .map(|p| p.metadata_writes > 0 || self.inner.mode == FlushMode::PerFile)
+            .collect();
+        let own: Vec<usize> = (0..parts.len()).filter(|&i| syncs_own[i]).collect();
         let mut anchors: Vec<usize> = Vec::new();
-        for (i, part) in parts.iter().enumerate() {
-            if part.metadata_writes > 0 || self.inner.mode == FlushMode::PerFile {
-                own.push(i);
-            }
-        }
         if self.inner.mode == FlushMode::Shared {
+            // One fdatasync per device: an own sync there serves, else the first log on it.
+            let mut covered: Vec<u64> = own.iter().map(|&i| parts[i].log.device()).collect();
+            covered.sort_unstable();
+            covered.dedup();
             for (i, part) in parts.iter().enumerate() {
-                let device = part.log.device();
-                let flushed = own
-                    .iter()
-                    .chain(anchors.iter())
-                    .any(|&j| parts[j].log.device() == device);
-                if !flushed {
+                if !covered.contains(&part.log.device()) {
+                    covered.push(part.log.device());
                     anchors.push(i);
                 }
             }
@@ -170,7 +169,7 @@ impl SyncGroup {
             if failed[i] {
                 continue;
             }
-            if own.contains(&i) {
+            if syncs_own[i] {
                 part.synced_own_file();
                 logs_synced += 1;
             } else if flushed_devices.contains(&part.log.device()) {
