@@ -34,6 +34,8 @@ struct FileConfig {
     durability_rounds: Option<String>,
     log_zero_ahead: Option<bool>,
     write_buffer_bytes_per_shard: Option<u64>,
+    fetch_session_cache_slots: Option<u64>,
+    fetch_session_eviction_ms: Option<u64>,
 }
 
 /// The validated configuration.
@@ -81,6 +83,12 @@ pub struct BrokerConfig {
     pub log_zero_ahead: bool,
     /// Write-buffer memory per shard beyond which producers are slowed (not failed).
     pub write_buffer_bytes_per_shard: u64,
+    /// Incremental fetch sessions kept (Kafka's `max.incremental.fetch.session.cache.slots`);
+    /// 0: every fetch is full.
+    pub fetch_session_cache_slots: u64,
+    /// Idle time after which any new session may evict a session (Kafka's
+    /// `min.incremental.fetch.session.eviction.ms`).
+    pub fetch_session_eviction_ms: u64,
 }
 
 /// See [`BrokerConfig::durability_rounds`].
@@ -211,11 +219,23 @@ const FIELDS: &[(&str, &str, &str)] = &[
         "--write-buffer-bytes-per-shard",
         "SLUICE_WRITE_BUFFER_BYTES_PER_SHARD",
     ),
+    (
+        "fetch_session_cache_slots",
+        "--fetch-session-cache-slots",
+        "SLUICE_FETCH_SESSION_CACHE_SLOTS",
+    ),
+    (
+        "fetch_session_eviction_ms",
+        "--fetch-session-eviction-ms",
+        "SLUICE_FETCH_SESSION_EVICTION_MS",
+    ),
 ];
 
 const FRAME_BYTES_MIN: usize = 1024;
 const FRAME_BYTES_LIMIT: usize = 1 << 30;
 const CORES_LIMIT: usize = 1024;
+/// Sessions hold every partition a consumer fetches; a million of them is beyond any host.
+const FETCH_SESSION_SLOTS_LIMIT: u64 = 1_000_000;
 const PARTITIONS_MAX: i32 = sluice_core::topics::PARTITIONS_MAX;
 
 /// A raw value and where it came from.
@@ -531,6 +551,27 @@ impl BrokerConfig {
             ));
         }
 
+        let raw = pick(
+            "fetch_session_cache_slots",
+            file.fetch_session_cache_slots.map(|n| n.to_string()),
+        )
+        .unwrap_or_else(|| default("1000"));
+        let fetch_session_cache_slots: u64 = parse("fetch_session_cache_slots", &raw)?;
+        if fetch_session_cache_slots > FETCH_SESSION_SLOTS_LIMIT {
+            return Err(invalid(
+                "fetch_session_cache_slots",
+                &raw,
+                format!("must be at most {FETCH_SESSION_SLOTS_LIMIT}"),
+            ));
+        }
+
+        let raw = pick(
+            "fetch_session_eviction_ms",
+            file.fetch_session_eviction_ms.map(|n| n.to_string()),
+        )
+        .unwrap_or_else(|| default("120000"));
+        let fetch_session_eviction_ms: u64 = parse("fetch_session_eviction_ms", &raw)?;
+
         Ok(BrokerConfig {
             listen,
             advertised_host,
@@ -553,6 +594,8 @@ impl BrokerConfig {
             durability_rounds,
             log_zero_ahead,
             write_buffer_bytes_per_shard,
+            fetch_session_cache_slots,
+            fetch_session_eviction_ms,
         })
     }
 }
@@ -635,7 +678,16 @@ mod tests {
             BrokerConfig::load(&["--write-buffer-bytes-per-shard", "4096"], no_env).unwrap_err();
         assert_eq!(e.field, "write_buffer_bytes_per_shard");
         assert!(e.to_string().contains("at least 1048576"), "{e}");
+        let e =
+            BrokerConfig::load(&["--fetch-session-cache-slots", "2000000"], no_env).unwrap_err();
+        assert_eq!(e.field, "fetch_session_cache_slots");
+        let e = BrokerConfig::load(&["--fetch-session-eviction-ms", "-5"], no_env).unwrap_err();
+        assert_eq!(e.field, "fetch_session_eviction_ms");
         let c = BrokerConfig::load(&[], no_env).unwrap();
+        assert_eq!(
+            (c.fetch_session_cache_slots, c.fetch_session_eviction_ms),
+            (1000, 120_000)
+        );
         assert_eq!(
             (c.disk_free_bytes_min, c.log_cleaner_backoff_ms),
             (256 << 20, 15_000)

@@ -214,6 +214,10 @@ fn serve(args: &[&str]) -> ExitCode {
             disk_free_bytes_min: config.disk_free_bytes_min,
             sync_flush: config.durability_rounds.flush_mode(),
             write_buffer_bytes: config.write_buffer_bytes_per_shard as usize,
+            fetch_session_slots: config.fetch_session_cache_slots as usize,
+            fetch_session_eviction: std::time::Duration::from_millis(
+                config.fetch_session_eviction_ms,
+            ),
         },
     };
     let broker = sluice_net::BrokerIdentity {
@@ -304,6 +308,16 @@ fn static_broker_configs(
             "log.cleaner.dedupe.buffer.size",
             config.log_cleaner_dedupe_buffer_bytes.to_string(),
             ConfigType::Long,
+        ),
+        (
+            "max.incremental.fetch.session.cache.slots",
+            config.fetch_session_cache_slots.to_string(),
+            ConfigType::Int,
+        ),
+        (
+            "min.incremental.fetch.session.eviction.ms",
+            config.fetch_session_eviction_ms.to_string(),
+            ConfigType::Int,
         ),
     ]
 }

@@ -21,6 +21,7 @@
 //! - [`log_dirs`] — the partitions stored here and their sizes (DescribeLogDirs).
 //! - [`groups`] — the classic consumer-group coordinator and committed offsets, on the shard
 //!   owning each group's `__consumer_offsets` partition.
+//! - [`fetch_sessions`] — incremental fetch sessions (KIP-227), a bounded cache per shard.
 //! - [`turn`] — a first-come-first-served ticket lock (the partition append order).
 //! - [`produce`], [`fetch`], [`offsets`] — the data path: split a request by owning shard,
 //!   run each part there, gather the answers in request order.
@@ -32,6 +33,7 @@ pub mod catalog;
 pub mod cleaner;
 pub mod controller;
 pub mod fetch;
+pub mod fetch_sessions;
 pub mod groups;
 pub mod log_dirs;
 pub mod offsets;
@@ -59,7 +61,7 @@ pub struct ApiError {
 }
 
 /// How a request names a topic: by name, or by id (newer API versions).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum TopicRef {
     Name(String),
     Id(Uuid),

@@ -73,6 +73,12 @@ pub struct ShardSettings {
     /// Write-buffer memory of the shard's logs beyond which appends wait for their writes
     /// (back-pressure, see `sluice_storage::WriteBudget`).
     pub write_buffer_bytes: usize,
+    /// Incremental fetch sessions the broker keeps (Kafka's
+    /// `max.incremental.fetch.session.cache.slots`), shared out evenly over the shards; 0: none.
+    pub fetch_session_slots: usize,
+    /// How long a session must be unused before any new session may evict it (Kafka's
+    /// `min.incremental.fetch.session.eviction.ms`).
+    pub fetch_session_eviction: std::time::Duration,
 }
 
 /// A partition not appended to for this long gives its write buffers back.
@@ -111,6 +117,8 @@ pub struct Shard {
     pub sync_group: Option<sluice_storage::SyncGroup>,
     /// The write-buffer budget shared by this shard's partitions.
     pub write_budget: sluice_storage::WriteBudget,
+    /// The incremental fetch sessions whose home is this shard.
+    pub fetch_sessions: RefCell<crate::fetch_sessions::FetchSessionCache>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -137,9 +145,17 @@ impl Shard {
             .map_err(|e| format!("cannot join the shard mesh: {e}"))?;
         let settings_sync_group = settings.sync_flush.map(sluice_storage::SyncGroup::new);
         let settings_write_buffer_bytes = settings.write_buffer_bytes;
+        let (id, count) = (senders.peer_id(), senders.nr_consumers());
+        let fetch_sessions = crate::fetch_sessions::FetchSessionCache::new(
+            id,
+            count,
+            settings.fetch_session_slots.div_ceil(count.max(1)),
+            settings.fetch_session_eviction,
+        );
         let shard = Rc::new(Shard {
-            id: senders.peer_id(),
-            count: senders.nr_consumers(),
+            id,
+            count,
+            fetch_sessions: RefCell::new(fetch_sessions),
             senders,
             image: RefCell::new(catalog.image()),
             catalog,

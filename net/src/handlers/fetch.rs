@@ -2,16 +2,20 @@
 //! `max_wait_ms` and `min_bytes`; request (`max_bytes`) and partition (`partition_max_bytes`)
 //! limits. v13+ names topics by id.
 //!
-//! Fetch sessions (KIP-227) are not kept: every response carries session id 0, which tells
-//! the client to send full requests; a request naming a session gets
-//! FETCH_SESSION_ID_NOT_FOUND. Isolation levels read the same data (no transactions yet: the
-//! last stable offset is the high watermark).
+//! Fetch sessions (KIP-227, v7+; see `sluice_core::fetch_sessions`): a full fetch with epoch 0
+//! creates a session and answers its id; incremental fetches run on the session's home shard
+//! and answer only the partitions with news. Isolation levels read the same data (no
+//! transactions yet: the last stable offset is the high watermark).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use kafka_protocol::messages::fetch_request::FetchTopic;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse};
-use sluice_core::fetch::{self, FetchInput, FetchLimits};
+use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use sluice_core::fetch::{self, FetchInput, FetchLimits, FetchOutput};
+use sluice_core::fetch_sessions::{home_shard, SessionRequest, NO_SESSION};
+use sluice_core::shard::Shard;
 use sluice_core::{ResponseError, TopicRef};
 
 use crate::apis::ApiRange;
@@ -26,60 +30,162 @@ pub const RANGE: ApiRange = ApiRange {
 /// Fetch v13 names topics by id (KIP-516).
 const TOPIC_IDS_FROM: i16 = 13;
 
+/// Fetch v7 has sessions (KIP-227); before, every fetch is full.
+const SESSIONS_FROM: i16 = 7;
+
 /// Longest long poll honoured, whatever the client asks.
 const MAX_WAIT_LIMIT: Duration = Duration::from_secs(30);
 
 pub async fn handle(request: FetchRequest, version: i16, ctx: &Context) -> FetchResponse {
-    if request.session_id != 0 {
-        return FetchResponse::default()
-            .with_error_code(ResponseError::FetchSessionIdNotFound.code());
-    }
-    let mut inputs = Vec::new();
-    for topic in &request.topics {
-        let topic_ref = if version >= TOPIC_IDS_FROM {
-            TopicRef::Id(topic.topic_id)
-        } else {
-            TopicRef::Name(topic.topic.0.to_string())
-        };
-        for p in &topic.partitions {
-            inputs.push(FetchInput {
-                topic: topic_ref.clone(),
-                partition: p.partition,
-                fetch_offset: p.fetch_offset,
-                partition_max_bytes: p.partition_max_bytes,
-            });
-        }
-    }
     let limits = FetchLimits {
         max_wait: Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0))
             .min(MAX_WAIT_LIMIT),
         min_bytes: usize::try_from(request.min_bytes).unwrap_or(0),
         max_bytes: usize::try_from(request.max_bytes).unwrap_or(0),
     };
-    let mut outputs = fetch::fetch(&ctx.shard, inputs, limits).await.into_iter();
-    let responses = request
-        .topics
-        .into_iter()
-        .map(|topic| {
-            let partitions = topic
-                .partitions
-                .iter()
-                .map(|p| {
-                    let out = outputs.next().expect("one output per partition");
-                    PartitionData::default()
-                        .with_partition_index(p.partition)
-                        .with_error_code(out.error.map_or(0, |e| e.code()))
-                        .with_high_watermark(out.high_watermark)
-                        .with_last_stable_offset(out.high_watermark)
-                        .with_log_start_offset(out.log_start_offset)
-                        .with_records(Some(out.records))
+    let uses_topic_ids = version >= TOPIC_IDS_FROM;
+    let (create, close) = match SessionRequest::of(request.session_id, request.session_epoch) {
+        SessionRequest::Sessionless { close } => (false, close),
+        SessionRequest::Create { close } => (version >= SESSIONS_FROM, close),
+        SessionRequest::Incremental { id, epoch } => {
+            let home = home_shard(id, ctx.shard.count);
+            return ctx
+                .shard
+                .invoke_on(home, move |shard| async move {
+                    incremental(&shard, request, id, epoch, uses_topic_ids, limits).await
                 })
-                .collect();
-            FetchableTopicResponse::default()
-                .with_topic(topic.topic)
-                .with_topic_id(topic.topic_id)
-                .with_partitions(partitions)
+                .await
+                .unwrap_or_else(|_| {
+                    FetchResponse::default()
+                        .with_error_code(ResponseError::FetchSessionIdNotFound.code())
+                });
+        }
+    };
+    if let Some(id) = close {
+        let home = home_shard(id, ctx.shard.count);
+        let _ = ctx
+            .shard
+            .invoke_on(home, move |shard| async move {
+                shard.fetch_sessions.borrow_mut().close(id);
+            })
+            .await;
+    }
+    let inputs = partitions_of(&request.topics, uses_topic_ids);
+    let outputs = fetch::fetch(&ctx.shard, inputs.clone(), limits).await;
+    let session_id = if create {
+        ctx.shard.fetch_sessions.borrow_mut().create(
+            uses_topic_ids,
+            &inputs,
+            &outputs,
+            Instant::now(),
+        )
+    } else {
+        NO_SESSION
+    };
+    let all = vec![true; inputs.len()];
+    FetchResponse::default()
+        .with_session_id(session_id)
+        .with_responses(responses(&inputs, outputs, &all))
+}
+
+/// An incremental fetch, on the session's home shard.
+async fn incremental(
+    shard: &std::rc::Rc<Shard>,
+    request: FetchRequest,
+    id: i32,
+    epoch: i32,
+    uses_topic_ids: bool,
+    limits: FetchLimits,
+) -> FetchResponse {
+    let changed = partitions_of(&request.topics, uses_topic_ids);
+    let forgotten: Vec<(TopicRef, i32)> = request
+        .forgotten_topics_data
+        .iter()
+        .flat_map(|t| {
+            let topic = topic_ref(&t.topic, t.topic_id, uses_topic_ids);
+            t.partitions.iter().map(move |p| (topic.clone(), *p))
         })
         .collect();
-    FetchResponse::default().with_responses(responses)
+    let begun = shard.fetch_sessions.borrow_mut().begin_incremental(
+        id,
+        epoch,
+        uses_topic_ids,
+        &changed,
+        &forgotten,
+        Instant::now(),
+    );
+    let session_fetch = match begun {
+        Ok(f) => f,
+        Err(code) => return FetchResponse::default().with_error_code(code.code()),
+    };
+    let outputs = fetch::fetch(shard, session_fetch.inputs.clone(), limits).await;
+    let include = shard
+        .fetch_sessions
+        .borrow_mut()
+        .finish_incremental(&session_fetch, &outputs);
+    FetchResponse::default()
+        .with_session_id(id)
+        .with_responses(responses(&session_fetch.inputs, outputs, &include))
+}
+
+fn topic_ref(name: &TopicName, id: uuid::Uuid, uses_topic_ids: bool) -> TopicRef {
+    if uses_topic_ids {
+        TopicRef::Id(id)
+    } else {
+        TopicRef::Name(name.0.to_string())
+    }
+}
+
+/// The partitions a request names, in its order.
+fn partitions_of(topics: &[FetchTopic], uses_topic_ids: bool) -> Vec<FetchInput> {
+    topics
+        .iter()
+        .flat_map(|topic| {
+            let topic_ref = topic_ref(&topic.topic, topic.topic_id, uses_topic_ids);
+            topic.partitions.iter().map(move |p| FetchInput {
+                topic: topic_ref.clone(),
+                partition: p.partition,
+                fetch_offset: p.fetch_offset,
+                partition_max_bytes: p.partition_max_bytes,
+            })
+        })
+        .collect()
+}
+
+/// The response's topics: the included partitions, consecutive partitions of one topic under
+/// one entry.
+fn responses(
+    inputs: &[FetchInput],
+    outputs: Vec<FetchOutput>,
+    include: &[bool],
+) -> Vec<FetchableTopicResponse> {
+    let mut topics: Vec<FetchableTopicResponse> = Vec::new();
+    let mut last: Option<&TopicRef> = None;
+    for ((input, out), _) in inputs
+        .iter()
+        .zip(outputs)
+        .zip(include)
+        .filter(|(_, included)| **included)
+    {
+        let data = PartitionData::default()
+            .with_partition_index(input.partition)
+            .with_error_code(out.error.map_or(0, |e| e.code()))
+            .with_high_watermark(out.high_watermark)
+            .with_last_stable_offset(out.high_watermark)
+            .with_log_start_offset(out.log_start_offset)
+            .with_records(Some(out.records));
+        match (last, topics.last_mut()) {
+            (Some(topic), Some(entry)) if *topic == input.topic => entry.partitions.push(data),
+            _ => {
+                let entry = match &input.topic {
+                    TopicRef::Id(id) => FetchableTopicResponse::default().with_topic_id(*id),
+                    TopicRef::Name(name) => FetchableTopicResponse::default()
+                        .with_topic(TopicName(StrBytes::from_string(name.clone()))),
+                };
+                topics.push(entry.with_partitions(vec![data]));
+            }
+        }
+        last = Some(&input.topic);
+    }
+    topics
 }
