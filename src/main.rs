@@ -155,6 +155,7 @@ fn serve(args: &[&str]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    raise_open_files_limit();
     let shutdown = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         if let Err(e) = signal_hook::flag::register(signal, shutdown.clone()) {
@@ -320,6 +321,30 @@ fn static_broker_configs(
             ConfigType::Int,
         ),
     ]
+}
+
+/// Raises the soft limit on open files to the hard limit: every open partition holds its
+/// segment files open, so thousands of partitions need tens of thousands of descriptors, and
+/// the usual soft default (1024) would fail partition opens with EMFILE long before that. The
+/// hard limit is the operator's to set (systemd `LimitNOFILE`, `ulimit -Hn`).
+fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    let (Some(soft), Some(hard)) = (limit.current, limit.maximum) else {
+        return; // unlimited: nothing to raise
+    };
+    if soft < hard {
+        limit.current = Some(hard);
+        if setrlimit(Resource::Nofile, limit).is_ok() {
+            tracing::info!(from = soft, to = hard, "open-file limit raised");
+        }
+    }
+    if hard < 65_536 {
+        tracing::info!(
+            limit = hard,
+            "open-file limit: every partition holds about one descriptor per segment; raise the hard limit for many partitions"
+        );
+    }
 }
 
 /// Creates the data directory and takes an exclusive lock on `<data_dir>/.lock`, so two brokers

@@ -6,10 +6,11 @@
 //! records publish and end-to-end latency from intended send times in HDR histograms;
 //! [`report`] writes the JSON result and the text summary; [`compare`] interleaves targets and
 //! prints medians and ratios; [`plot`] draws SVG charts; [`loopback`] measures the loopback
-//! network limit. The disk limit is `bench-harness/fio/device-limits.sh`; peers are started and
+//! network limit; [`fetch_sessions`] sets incremental fetch sessions beside full fetches. The disk limit is `bench-harness/fio/device-limits.sh`; peers are started and
 //! stopped by `bench-harness/peers/peer.sh`.
 
 pub mod compare;
+pub mod fetch_sessions;
 pub mod kafka;
 pub mod loopback;
 pub mod plot;
@@ -37,7 +38,12 @@ pub const USAGE: &str = "  sluice bench [run] WORKLOAD.yaml [--target [NAME=]ADD
   sluice bench plot RESULT.json... [--out DIR]
       Percentile curves and throughput over time as SVG (DIR defaults to bench-results/plots).
   sluice bench loopback [--seconds S]
-      Loopback TCP limits: one stream's MB/s and 100-byte ping-pong latency (JSON).";
+      Loopback TCP limits: one stream's MB/s and 100-byte ping-pong latency (JSON).
+  sluice bench fetch-sessions [--target ADDRESS] [--partitions N] [--active K] [--fetches F]
+                                   [--blocks B] [--broker-pid PID]
+      Incremental fetch sessions (KIP-227) beside full fetches on one topic of N partitions
+      (default 10000), K of them (default 10) written before each fetch: bytes per request and
+      response, round trip, and the broker's CPU per step with --broker-pid (JSON).";
 
 /// Options shared by `run` and `compare`.
 struct Common {
@@ -172,6 +178,43 @@ pub fn main(args: &[&str]) -> Result<(), String> {
             for path in plot::plot(&files, &out)? {
                 println!("{}", path.display());
             }
+            Ok(())
+        }
+        ["fetch-sessions", rest @ ..] => {
+            let mut options = fetch_sessions::Options {
+                target: "127.0.0.1:9092".into(),
+                partitions: 10_000,
+                fetches: 200,
+                blocks: 3,
+                active: 10,
+                broker_pid: None,
+            };
+            let small = |option: &str, value: &str| -> Result<u32, String> {
+                u32::try_from(number(option, value)?)
+                    .ok()
+                    .filter(|n| *n <= i32::MAX as u32)
+                    .ok_or_else(|| format!("{option}: `{value}` is too large"))
+            };
+            for pair in rest.chunks(2) {
+                match pair {
+                    ["--target", t] => options.target = t.to_string(),
+                    ["--partitions", n] => options.partitions = small("--partitions", n)? as i32,
+                    ["--active", n] => options.active = small("--active", n)? as i32,
+                    ["--fetches", n] => options.fetches = small("--fetches", n)?,
+                    ["--blocks", n] => options.blocks = small("--blocks", n)?,
+                    ["--broker-pid", n] => options.broker_pid = Some(small("--broker-pid", n)?),
+                    _ => {
+                        return Err(format!(
+                            "fetch-sessions: unknown or incomplete option {pair:?}"
+                        ))
+                    }
+                }
+            }
+            let report = fetch_sessions::measure(&options)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+            );
             Ok(())
         }
         ["loopback", rest @ ..] => {

@@ -103,27 +103,36 @@ pub async fn fetch(
             }
         }
     }
+    // Shared by every round's job for the owner (the targets are read-only there).
+    let per_shard: Vec<Arc<Vec<Target>>> = per_shard.into_iter().map(Arc::new).collect();
     loop {
         let reads = per_shard
             .iter()
             .enumerate()
             .filter(|(_, targets)| !targets.is_empty())
             .map(|(owner, targets)| {
-                let targets = targets.clone();
-                let fallback: Vec<usize> = targets.iter().map(|t| t.index).collect();
+                let on_owner = targets.clone();
                 let read = shard.invoke_on(owner, move |owner_shard| async move {
-                    let mut answers = Vec::with_capacity(targets.len());
-                    for target in targets {
-                        let answer = read_one(&owner_shard, &target).await;
+                    let mut answers = Vec::with_capacity(on_owner.len());
+                    for target in on_owner.iter() {
+                        let answer = match answer_without_reading(&owner_shard, target) {
+                            Some(answer) => answer,
+                            None => read_one(&owner_shard, target).await,
+                        };
                         answers.push((target.index, answer));
                     }
                     answers
                 });
                 async move {
                     read.await.unwrap_or_else(|_| {
-                        fallback
-                            .into_iter()
-                            .map(|i| (i, FetchOutput::failed(ResponseError::NotLeaderOrFollower)))
+                        targets
+                            .iter()
+                            .map(|t| {
+                                (
+                                    t.index,
+                                    FetchOutput::failed(ResponseError::NotLeaderOrFollower),
+                                )
+                            })
                             .collect()
                     })
                 }
@@ -145,15 +154,27 @@ pub async fn fetch(
     }
 }
 
-/// Runs on the owning shard: one partition's read.
-async fn read_one(shard: &Shard, target: &Target) -> FetchOutput {
-    let partition = match shard.partition(&target.topic, target.partition).await {
-        Ok(p) => p,
-        Err(e) => return FetchOutput::failed(crate::partition::unavailable_code(&e)),
-    };
-    let log = partition.log();
+/// Runs on the owning shard: the answer for a partition already open that has nothing to read
+/// at the fetch position (the common case of a consumer of many partitions), without building
+/// a read's future; `None` when the partition must be opened or read.
+fn answer_without_reading(shard: &Shard, target: &Target) -> Option<FetchOutput> {
+    let partition = shard.open_partition((target.topic.id, target.partition))?;
+    match position_answer(&partition, target) {
+        Position::Answered(out) => Some(out),
+        Position::Read(_) => None,
+    }
+}
+
+enum Position {
+    /// Nothing to read there: the answer as it stands.
+    Answered(FetchOutput),
+    /// Records to read; the answer's offsets filled in.
+    Read(FetchOutput),
+}
+
+fn position_answer(partition: &crate::partition::Partition, target: &Target) -> Position {
     let high_watermark = partition.high_watermark().0;
-    let log_start = log.log_start_offset().0;
+    let log_start = partition.log().log_start_offset().0;
     let mut out = FetchOutput {
         error: None,
         high_watermark,
@@ -162,11 +183,25 @@ async fn read_one(shard: &Shard, target: &Target) -> FetchOutput {
     };
     if target.offset < log_start || target.offset > high_watermark {
         out.error = Some(ResponseError::OffsetOutOfRange);
-        return out;
+        return Position::Answered(out);
     }
     if target.offset == high_watermark || target.max_bytes == 0 {
-        return out;
+        return Position::Answered(out);
     }
+    Position::Read(out)
+}
+
+/// Runs on the owning shard: one partition's read.
+async fn read_one(shard: &Shard, target: &Target) -> FetchOutput {
+    let partition = match shard.partition(&target.topic, target.partition).await {
+        Ok(p) => p,
+        Err(e) => return FetchOutput::failed(crate::partition::unavailable_code(&e)),
+    };
+    let mut out = match position_answer(&partition, target) {
+        Position::Answered(out) => return out,
+        Position::Read(out) => out,
+    };
+    let log = partition.log();
     match log.read(Offset(target.offset), target.max_bytes).await {
         Ok(read) => out.records = read.bytes,
         Err(StorageError::OffsetOutOfRange { .. }) => {
@@ -208,7 +243,7 @@ fn fit_to_max_bytes(outputs: &mut [FetchOutput], max_bytes: usize) -> usize {
 /// `remaining` passes. Returns false on timeout.
 async fn wait_for_growth(
     shard: &Rc<Shard>,
-    per_shard: &[Vec<Target>],
+    per_shard: &[Arc<Vec<Target>>],
     outputs: &[FetchOutput],
     remaining: Duration,
 ) -> bool {

@@ -24,8 +24,8 @@
 //!   and `min.incremental.fetch.session.eviction.ms`); if neither, the new fetch is answered
 //!   without a session (id 0) and the client goes on with full fetches.
 //!
-//! Invariant: `Session::index` maps every partition key of `Session::partitions` to its
-//! position there, and keys are unique.
+//! Invariant: `Session::index` maps each partition key of the session to its slot, and
+//! `Session::order` lists exactly those slots once each; freed slots are in `Session::free`.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -83,62 +83,95 @@ struct CachedPartition {
     log_start_offset: i64,
 }
 
-impl CachedPartition {
-    fn key(&self) -> (TopicRef, i32) {
-        (self.topic.clone(), self.partition)
-    }
-}
-
 #[derive(Debug)]
 struct Session {
     epoch: i32,
     /// Created by a request naming topics by id (Fetch v13+) or by name.
     uses_topic_ids: bool,
-    partitions: Vec<CachedPartition>,
+    /// The partitions, in slots that do not move (freed slots are reused).
+    slots: Vec<CachedPartition>,
+    free: Vec<usize>,
+    /// The slots in fetch order; rotating partitions reorders this only.
+    order: Vec<usize>,
+    /// Partition key → slot.
     index: HashMap<(TopicRef, i32), usize>,
     last_used: Instant,
 }
 
 impl Session {
-    fn reindex(&mut self) {
-        self.index = self
-            .partitions
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.key(), i))
-            .collect();
+    fn new(uses_topic_ids: bool, capacity: usize, now: Instant) -> Session {
+        Session {
+            epoch: 1,
+            uses_topic_ids,
+            slots: Vec::with_capacity(capacity),
+            free: Vec::new(),
+            order: Vec::with_capacity(capacity),
+            index: HashMap::with_capacity(capacity),
+            last_used: now,
+        }
     }
 
-    fn upsert(&mut self, input: &FetchInput) {
+    fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Adds the partition, or updates its position and byte limit. Returns its slot.
+    fn upsert(&mut self, input: &FetchInput) -> usize {
         let key = (input.topic.clone(), input.partition);
-        match self.index.get(&key) {
-            Some(&i) => {
-                let cached = &mut self.partitions[i];
-                cached.fetch_offset = input.fetch_offset;
-                cached.partition_max_bytes = input.partition_max_bytes;
+        if let Some(&slot) = self.index.get(&key) {
+            let cached = &mut self.slots[slot];
+            cached.fetch_offset = input.fetch_offset;
+            cached.partition_max_bytes = input.partition_max_bytes;
+            return slot;
+        }
+        let cached = CachedPartition {
+            topic: input.topic.clone(),
+            partition: input.partition,
+            fetch_offset: input.fetch_offset,
+            partition_max_bytes: input.partition_max_bytes,
+            high_watermark: -1,
+            log_start_offset: -1,
+        };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot] = cached;
+                slot
             }
             None => {
-                self.index.insert(key, self.partitions.len());
-                self.partitions.push(CachedPartition {
-                    topic: input.topic.clone(),
-                    partition: input.partition,
-                    fetch_offset: input.fetch_offset,
-                    partition_max_bytes: input.partition_max_bytes,
-                    high_watermark: -1,
-                    log_start_offset: -1,
-                });
+                self.slots.push(cached);
+                self.slots.len() - 1
             }
+        };
+        self.index.insert(key, slot);
+        self.order.push(slot);
+        slot
+    }
+
+    fn forget(&mut self, forgotten: &[(TopicRef, i32)]) {
+        let mut freed = Vec::new();
+        for key in forgotten {
+            if let Some(slot) = self.index.remove(key) {
+                freed.push(slot);
+            }
+        }
+        if !freed.is_empty() {
+            let gone: std::collections::HashSet<usize> = freed.iter().copied().collect();
+            self.order.retain(|slot| !gone.contains(slot));
+            self.free.extend(freed);
         }
     }
 
     fn inputs(&self) -> Vec<FetchInput> {
-        self.partitions
+        self.order
             .iter()
-            .map(|p| FetchInput {
-                topic: p.topic.clone(),
-                partition: p.partition,
-                fetch_offset: p.fetch_offset,
-                partition_max_bytes: p.partition_max_bytes,
+            .map(|&slot| {
+                let p = &self.slots[slot];
+                FetchInput {
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                    fetch_offset: p.fetch_offset,
+                    partition_max_bytes: p.partition_max_bytes,
+                }
             })
             .collect()
     }
@@ -219,18 +252,10 @@ impl FetchSessionCache {
         {
             return NO_SESSION;
         }
-        let mut session = Session {
-            epoch: 1,
-            uses_topic_ids,
-            partitions: Vec::with_capacity(inputs.len()),
-            index: HashMap::with_capacity(inputs.len()),
-            last_used: now,
-        };
+        let mut session = Session::new(uses_topic_ids, inputs.len(), now);
         for (input, output) in inputs.iter().zip(outputs) {
-            session.upsert(input);
-            let cached =
-                &mut session.partitions[session.index[&(input.topic.clone(), input.partition)]];
-            remember_sent(cached, output);
+            let slot = session.upsert(input);
+            remember_sent(&mut session.slots[slot], output);
         }
         let id = self.new_id();
         self.sessions.insert(id, session);
@@ -258,17 +283,7 @@ impl FetchSessionCache {
         if session.uses_topic_ids != uses_topic_ids {
             return Err(ResponseError::FetchSessionTopicIdError);
         }
-        if !forgotten.is_empty() {
-            let before = session.partitions.len();
-            session.partitions.retain(|p| {
-                !forgotten
-                    .iter()
-                    .any(|(t, i)| *t == p.topic && *i == p.partition)
-            });
-            if session.partitions.len() != before {
-                session.reindex();
-            }
-        }
+        session.forget(forgotten);
         for input in changed {
             session.upsert(input);
         }
@@ -279,9 +294,12 @@ impl FetchSessionCache {
             epoch: session.epoch,
             inputs: session.inputs(),
             last_sent: session
-                .partitions
+                .order
                 .iter()
-                .map(|p| (p.high_watermark, p.log_start_offset))
+                .map(|&slot| {
+                    let p = &session.slots[slot];
+                    (p.high_watermark, p.log_start_offset)
+                })
                 .collect(),
         })
     }
@@ -311,29 +329,27 @@ impl FetchSessionCache {
         if session.epoch != fetch.epoch {
             return include;
         }
+        // Same epoch: nothing changed the session since `begin_incremental`, so its partitions
+        // are the fetch's inputs, in order.
+        debug_assert_eq!(session.order.len(), outputs.len());
         let mut moved = false;
-        for (input, output) in fetch.inputs.iter().zip(outputs) {
-            if let Some(&i) = session.index.get(&(input.topic.clone(), input.partition)) {
-                remember_sent(&mut session.partitions[i], output);
-                moved |= !output.records.is_empty();
-            }
+        for (&slot, output) in session.order.iter().zip(outputs) {
+            remember_sent(&mut session.slots[slot], output);
+            moved |= !output.records.is_empty();
         }
         if moved {
-            // A stable partition: quiet partitions keep their order, those that returned
-            // records follow in theirs.
-            let with_records: std::collections::HashSet<(TopicRef, i32)> = fetch
-                .inputs
+            // A stable partition of the order: quiet partitions keep theirs, those that
+            // returned records follow in theirs. Slots (and the index) do not move.
+            let (quiet, busy): (Vec<_>, Vec<_>) = session
+                .order
                 .iter()
                 .zip(outputs)
-                .filter(|(_, out)| !out.records.is_empty())
-                .map(|(input, _)| (input.topic.clone(), input.partition))
-                .collect();
-            let (quiet, busy): (Vec<_>, Vec<_>) = std::mem::take(&mut session.partitions)
+                .partition(|(_, out)| out.records.is_empty());
+            session.order = quiet
                 .into_iter()
-                .partition(|p| !with_records.contains(&p.key()));
-            session.partitions = quiet;
-            session.partitions.extend(busy);
-            session.reindex();
+                .chain(busy)
+                .map(|(&slot, _)| slot)
+                .collect();
         }
         include
     }
@@ -349,8 +365,8 @@ impl FetchSessionCache {
         let victim = stale.or_else(|| {
             self.sessions
                 .iter()
-                .min_by_key(|(_, s)| (s.partitions.len(), s.last_used))
-                .filter(|(_, s)| s.partitions.len() < size)
+                .min_by_key(|(_, s)| (s.len(), s.last_used))
+                .filter(|(_, s)| s.len() < size)
                 .map(|(&id, _)| id)
         });
         match victim {

@@ -1,6 +1,7 @@
 //! `sluice bench` driven as a user would: real workloads through librdkafka against a running
 //! broker, results read back from the JSON it writes; `compare` over two brokers; `plot`;
-//! the max-rate search; Redis Streams against a real redis-server; bad workloads refused.
+//! the max-rate search; Redis Streams against a real redis-server; bad workloads refused;
+//! `fetch-sessions` (incremental beside full fetches).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -343,4 +344,84 @@ fn bad_workloads_and_unreachable_targets_fail_with_the_reason() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("CreateTopics"));
+}
+
+#[test]
+fn fetch_sessions_reports_incremental_beside_full_fetches() {
+    let broker = Broker::start(&["--cores", "2"]);
+    let pid = broker.pid().to_string();
+    let out = bench(&[
+        "fetch-sessions",
+        "--target",
+        &broker.bootstrap(),
+        "--partitions",
+        "50",
+        "--active",
+        "5",
+        "--fetches",
+        "20",
+        "--blocks",
+        "2",
+        "--broker-pid",
+        &pid,
+    ]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    let report: Value = serde_json::from_str(&stdout(&out)).expect("a JSON report");
+    let modes = report["modes"].as_array().unwrap();
+    let (full, incremental) = (&modes[0], &modes[1]);
+    assert_eq!(
+        (full["mode"].as_str(), incremental["mode"].as_str()),
+        (Some("full"), Some("incremental"))
+    );
+    for mode in [full, incremental] {
+        assert_eq!(u(mode, &["fetches"]), 40);
+        assert_eq!(
+            u(mode, &["records_read"]),
+            40 * 5,
+            "every record read back: {mode}"
+        );
+        assert!(
+            mode["broker_cpu_us_per_step"].as_f64().unwrap() > 0.0,
+            "{mode}"
+        );
+    }
+    assert_eq!(full["partitions_per_response"].as_f64(), Some(50.0));
+    assert_eq!(
+        incremental["partitions_per_response"].as_f64(),
+        Some(5.0),
+        "only the partitions written to"
+    );
+    let bytes = |m: &Value, k: &str| m[k].as_f64().unwrap();
+    assert!(
+        bytes(incremental, "request_bytes_per_fetch") * 5.0
+            < bytes(full, "request_bytes_per_fetch"),
+        "{full} {incremental}"
+    );
+    assert!(
+        bytes(incremental, "response_bytes_per_fetch") < bytes(full, "response_bytes_per_fetch")
+    );
+
+    // The tool deletes its topic at the end (the broker removes the files in the background);
+    // a bad option is refused by name.
+    let left = || -> Vec<String> {
+        std::fs::read_dir(broker.data_dir().join("topics"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("fetch-sessions-"))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !left().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(left().is_empty(), "{:?}", left());
+    let out = bench(&[
+        "fetch-sessions",
+        "--active",
+        "0",
+        "--target",
+        &broker.bootstrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--active"));
 }

@@ -256,3 +256,42 @@ fn clean_shutdown_flushes_buffered_data_and_a_corrupt_catalog_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("metadata.json"), "{err}");
 }
+
+/// Every open partition holds descriptors: the broker lifts its soft open-file limit to the
+/// hard one, so a low default soft limit does not fail partition opens with EMFILE.
+#[test]
+fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
+    let data = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    // prlimit (util-linux) execs the broker with these limits: the child's pid is the broker's.
+    let mut child = Command::new("prlimit")
+        .args(["--nofile=256:4096", "--"])
+        .arg(sluice_binary())
+        .args(["serve", "--cores", "1", "--listen", &listen, "--data-dir"])
+        .arg(data.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(&listen).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broker did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("an open-file limit line");
+    let numbers: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers, ["4096", "4096"], "{open_files}");
+}
