@@ -192,6 +192,7 @@ pub fn comparison_table(
 fn protocol_label(t: &Target) -> &'static str {
     match t.protocol {
         crate::run::Protocol::Kafka => "kafka",
+        crate::run::Protocol::KafkaWire => "kafka-wire",
         crate::run::Protocol::RedisStreams => "redis",
     }
 }

@@ -16,8 +16,6 @@
 //! Speaks the protocol directly through the `kafka-protocol` codecs: librdkafka has no fetch
 //! sessions, and a client library would hide the bytes on the wire.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -26,10 +24,9 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
-    FetchRequest, FetchResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader,
-    TopicName,
+    FetchRequest, FetchResponse, ProduceRequest, ProduceResponse, TopicName,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
@@ -37,8 +34,11 @@ use serde::Serialize;
 
 use crate::report::Latency;
 use crate::run::new_histogram;
+use crate::wire::{next_offset_and_count, Connection};
 
 const FETCH_VERSION: i16 = 16;
+/// Creating or deleting 10,000 partitions takes a while.
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 const PRODUCE_VERSION: i16 = 9;
 
 #[derive(Debug, Clone)]
@@ -75,71 +75,6 @@ pub struct Report {
     pub partitions: i32,
     pub active_per_step: i32,
     pub modes: Vec<ModeResult>,
-}
-
-struct Client {
-    socket: TcpStream,
-    correlation: i32,
-    sent_bytes: u64,
-    received_bytes: u64,
-}
-
-impl Client {
-    fn connect(target: &str) -> Result<Client, String> {
-        let socket = TcpStream::connect(target).map_err(|e| format!("connect {target}: {e}"))?;
-        socket.set_nodelay(true).map_err(|e| e.to_string())?;
-        socket
-            .set_read_timeout(Some(Duration::from_secs(120)))
-            .map_err(|e| e.to_string())?;
-        Ok(Client {
-            socket,
-            correlation: 0,
-            sent_bytes: 0,
-            received_bytes: 0,
-        })
-    }
-
-    fn call<Req: Encodable, Resp: Decodable>(
-        &mut self,
-        api: ApiKey,
-        version: i16,
-        body: &Req,
-    ) -> Result<Resp, String> {
-        self.correlation += 1;
-        let mut buf = BytesMut::new();
-        buf.extend_from_slice(&[0; 4]);
-        RequestHeader::default()
-            .with_request_api_key(api as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation)
-            .with_client_id(Some(StrBytes::from_static_str("sluice-bench")))
-            .encode(&mut buf, api.request_header_version(version))
-            .map_err(|e| format!("{api:?}: {e}"))?;
-        body.encode(&mut buf, version)
-            .map_err(|e| format!("{api:?}: {e}"))?;
-        let length = (buf.len() - 4) as i32;
-        buf[..4].copy_from_slice(&length.to_be_bytes());
-        self.socket
-            .write_all(&buf)
-            .map_err(|e| format!("{api:?}: {e}"))?;
-        self.sent_bytes += buf.len() as u64;
-        let mut length = [0u8; 4];
-        self.socket
-            .read_exact(&mut length)
-            .map_err(|e| format!("{api:?} response: {e}"))?;
-        let mut frame = vec![0u8; i32::from_be_bytes(length) as usize];
-        self.socket
-            .read_exact(&mut frame)
-            .map_err(|e| format!("{api:?} response: {e}"))?;
-        self.received_bytes += 4 + frame.len() as u64;
-        let mut frame = Bytes::from(frame);
-        let header = ResponseHeader::decode(&mut frame, api.response_header_version(version))
-            .map_err(|e| format!("{api:?} response header: {e}"))?;
-        if header.correlation_id != self.correlation {
-            return Err(format!("{api:?}: answer to another request"));
-        }
-        Resp::decode(&mut frame, version).map_err(|e| format!("{api:?} response: {e}"))
-    }
 }
 
 /// CPU time of every thread of `pid` so far, in nanoseconds.
@@ -189,28 +124,8 @@ fn one_record_batch(n: u64) -> Result<Bytes, String> {
     Ok(buf.freeze())
 }
 
-/// Offsets after the last record of each batch in `records`, and how many records they hold.
-fn next_offset_and_count(records: &[u8]) -> Option<(i64, u64)> {
-    let mut at = 0;
-    let mut next = None;
-    let mut count = 0u64;
-    while records.len() >= at + 61 {
-        let base = i64::from_be_bytes(records[at..at + 8].try_into().ok()?);
-        let length = i32::from_be_bytes(records[at + 8..at + 12].try_into().ok()?) as usize;
-        let last_delta = i32::from_be_bytes(records[at + 23..at + 27].try_into().ok()?);
-        let in_batch = i32::from_be_bytes(records[at + 57..at + 61].try_into().ok()?);
-        if records.len() < at + 12 + length {
-            break; // a partial batch at the end of a response
-        }
-        next = Some(base + i64::from(last_delta) + 1);
-        count += in_batch.max(0) as u64;
-        at += 12 + length;
-    }
-    next.map(|n| (n, count))
-}
-
 struct Bench {
-    client: Client,
+    client: Connection,
     topic: TopicName,
     topic_id: uuid::Uuid,
     partitions: i32,
@@ -240,7 +155,7 @@ impl Bench {
                 .with_partition_data(data)]);
         let response: ProduceResponse =
             self.client
-                .call(ApiKey::Produce, PRODUCE_VERSION, &request)?;
+                .call(ApiKey::Produce, PRODUCE_VERSION, &request, CALL_TIMEOUT)?;
         for p in response
             .responses
             .iter()
@@ -285,7 +200,9 @@ impl Bench {
     /// Sends one fetch; moves the positions of partitions that returned records. Returns the
     /// response, the partitions that moved and the records read.
     fn fetch(&mut self, request: &FetchRequest) -> Result<(FetchResponse, Vec<i32>, u64), String> {
-        let response: FetchResponse = self.client.call(ApiKey::Fetch, FETCH_VERSION, request)?;
+        let response: FetchResponse =
+            self.client
+                .call(ApiKey::Fetch, FETCH_VERSION, request, CALL_TIMEOUT)?;
         if response.error_code != 0 {
             return Err(format!("fetch: error {}", response.error_code));
         }
@@ -355,7 +272,7 @@ pub fn measure(options: &Options) -> Result<Report, String> {
     if options.partitions < 1 || options.active < 1 || options.active > options.partitions {
         return Err("need 1 <= --active <= --partitions".into());
     }
-    let mut client = Client::connect(&options.target)?;
+    let mut client = Connection::connect(&options.target)?;
     let name = format!(
         "fetch-sessions-{}-{}",
         options.partitions,
@@ -373,6 +290,7 @@ pub fn measure(options: &Options) -> Result<Report, String> {
                 .with_name(topic.clone())
                 .with_num_partitions(options.partitions)
                 .with_replication_factor(1)]),
+        CALL_TIMEOUT,
     )?;
     let answer = created.topics.first().ok_or("CreateTopics: no answer")?;
     if answer.error_code != 0 {
@@ -480,6 +398,7 @@ pub fn measure(options: &Options) -> Result<Report, String> {
         &DeleteTopicsRequest::default()
             .with_timeout_ms(120_000)
             .with_topic_names(vec![bench.topic.clone()]),
+        CALL_TIMEOUT,
     )?;
     if let Some(error) = deleted
         .responses
@@ -497,24 +416,4 @@ pub fn measure(options: &Options) -> Result<Report, String> {
             incremental.result("incremental", options.broker_pid.is_some(), produce_only_ns),
         ],
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn positions_follow_the_last_whole_batch() {
-        let one = one_record_batch(1).unwrap();
-        let mut two = one.to_vec();
-        // A second batch at base offset 5.
-        let mut second = one.to_vec();
-        second[..8].copy_from_slice(&5i64.to_be_bytes());
-        two.extend_from_slice(&second);
-        assert_eq!(next_offset_and_count(&one), Some((1, 1)));
-        assert_eq!(next_offset_and_count(&two), Some((6, 2)));
-        // A partial batch at the end is not counted.
-        assert_eq!(next_offset_and_count(&two[..two.len() - 3]), Some((1, 1)));
-        assert_eq!(next_offset_and_count(&[]), None);
-    }
 }

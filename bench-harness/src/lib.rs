@@ -12,11 +12,13 @@
 pub mod compare;
 pub mod fetch_sessions;
 pub mod kafka;
+pub mod kafka_wire;
 pub mod loopback;
 pub mod plot;
 pub mod redis_streams;
 pub mod report;
 pub mod run;
+pub mod wire;
 pub mod workload;
 
 use std::path::{Path, PathBuf};

@@ -21,7 +21,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::report::{Latency, RunResult, SecondSample, Throughput, Trial};
 use crate::workload::{KeyDistribution, NamedRate, Rate, Workload, TIMESTAMP_BYTES};
-use crate::{kafka, redis_streams};
+use crate::{kafka, kafka_wire, redis_streams};
 
 /// The first record is due this long after the run's epoch: consumers get a moment to connect.
 const START_DELAY_NS: u64 = 500_000_000;
@@ -37,12 +37,16 @@ pub struct Target {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     Kafka,
+    /// Kafka through the harness's own client (`kafka_wire`), for shapes librdkafka cannot
+    /// drive here (thousands of partitions).
+    KafkaWire,
     RedisStreams,
 }
 
 impl Target {
     /// `NAME=ADDRESS` or `ADDRESS`; an address starting `redis://` is a Redis Streams target,
-    /// anything else a Kafka bootstrap list.
+    /// `kafka-wire://` a Kafka broker driven by the harness's own client, anything else a
+    /// Kafka bootstrap list (librdkafka).
     pub fn parse(spec: &str) -> Result<Target, String> {
         let (name, address) = match spec.split_once('=') {
             Some((name, address)) if !name.is_empty() => (name.to_string(), address.to_string()),
@@ -53,6 +57,8 @@ impl Target {
         }
         let protocol = if address.starts_with("redis://") {
             Protocol::RedisStreams
+        } else if address.starts_with(kafka_wire::SCHEME) {
+            Protocol::KafkaWire
         } else {
             Protocol::Kafka
         };
@@ -66,6 +72,7 @@ impl Target {
     fn protocol_name(&self) -> &'static str {
         match self.protocol {
             Protocol::Kafka => "kafka",
+            Protocol::KafkaWire => "kafka-wire",
             Protocol::RedisStreams => "redis-streams",
         }
     }
@@ -404,8 +411,8 @@ pub fn run_once(
 ) -> Result<RunResult, String> {
     let topics = topic_names(workload);
     match target.protocol {
-        Protocol::Kafka => kafka::create_topics(
-            &target.address,
+        Protocol::Kafka | Protocol::KafkaWire => kafka::create_topics(
+            kafka_wire::address(&target.address),
             &topics,
             workload.partitions_per_topic,
             &workload.topic_configs,
@@ -457,6 +464,10 @@ pub fn run_once(
                                 &partitions,
                             )
                             .and_then(|mut r| consumer_loop(&mut r, shared)),
+                            Protocol::KafkaWire => {
+                                kafka_wire::Consumer::new(&target.address, topic, &partitions)
+                                    .and_then(|mut r| consumer_loop(&mut r, shared))
+                            }
                             Protocol::RedisStreams => {
                                 redis_streams::Consumer::new(&target.address, topic, &partitions)
                                     .and_then(|mut r| consumer_loop(&mut r, shared))
@@ -491,6 +502,13 @@ pub fn run_once(
                             kafka::Producer::new(&target.address, workload, topic, shared.clone())
                                 .map(|p| Box::new(p) as Box<dyn Sender>)
                         }
+                        Protocol::KafkaWire => kafka_wire::Producer::new(
+                            &target.address,
+                            workload,
+                            topic,
+                            shared.clone(),
+                        )
+                        .map(|p| Box::new(p) as Box<dyn Sender>),
                         Protocol::RedisStreams => redis_streams::Producer::new(
                             &target.address,
                             topic,
@@ -564,9 +582,9 @@ pub fn run_once(
         Ok::<(), String>(())
     });
 
-    if target.protocol == Protocol::Kafka {
+    if matches!(target.protocol, Protocol::Kafka | Protocol::KafkaWire) {
         // Best effort: a peer without DeleteTopics keeps them.
-        let _ = kafka::delete_topics(&target.address, &topics);
+        let _ = kafka::delete_topics(kafka_wire::address(&target.address), &topics);
     } else {
         let _ =
             redis_streams::delete_streams(&target.address, &topics, workload.partitions_per_topic);

@@ -1,7 +1,8 @@
 //! `sluice bench` driven as a user would: real workloads through librdkafka against a running
 //! broker, results read back from the JSON it writes; `compare` over two brokers; `plot`;
 //! the max-rate search; Redis Streams against a real redis-server; bad workloads refused;
-//! `fetch-sessions` (incremental beside full fetches).
+//! `fetch-sessions` (incremental beside full fetches); the harness's own Kafka client
+//! (`kafka-wire://`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -424,4 +425,45 @@ fn fetch_sessions_reports_incremental_beside_full_fetches() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--active"));
+}
+
+#[test]
+fn the_kafka_wire_client_runs_the_same_workload() {
+    let broker = Broker::start(&["--cores", "2"]);
+    let out_dir = tempfile::tempdir().unwrap();
+    let workload = workspace().join("bench-harness/workloads/smoke.yaml");
+    let target = format!("wire=kafka-wire://{}", broker.bootstrap());
+    let out = bench(&[
+        workload.to_str().unwrap(),
+        "--target",
+        &target,
+        "--out",
+        out_dir.path().to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    let results = results_in(out_dir.path());
+    let (_, result) = &results[0];
+    assert_eq!(result["protocol"].as_str(), Some("kafka-wire"));
+    // Every record acknowledged and consumed (lz4 batches, keyed), latencies sane.
+    assert_sane(result, 6000);
+    assert_eq!(u(result, &["publish_errors"]), 0);
+
+    // What it does not do is refused by name.
+    let idempotent = out_dir.path().join("idempotent.yaml");
+    std::fs::write(
+        &idempotent,
+        std::fs::read_to_string(&workload).unwrap().replace(
+            "  compression: lz4",
+            "  compression: lz4\n  idempotence: true",
+        ),
+    )
+    .unwrap();
+    let out = bench(&[idempotent.to_str().unwrap(), "--target", &target, "--quiet"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("producer.idempotence"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
