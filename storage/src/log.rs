@@ -182,6 +182,28 @@ const ZERO_STEP_MAX: u64 = 8 << 20;
 /// Largest zero buffer a zeroing step writes at once.
 const ZERO_WRITE_BYTES: usize = 1 << 20;
 
+thread_local! {
+    /// Zero-filled DMA buffers by size, shared by every zeroing step of this shard's logs (they
+    /// are only ever read). One buffer per step made 10,000 new partitions hold 640 MB of zeros
+    /// at once.
+    static ZERO_BUFFERS: RefCell<std::collections::HashMap<usize, Rc<glommio::io::DmaBuffer>>> =
+        RefCell::new(std::collections::HashMap::new());
+}
+
+/// A zero-filled buffer of `len` bytes for direct writes to `file`. Power-of-two sizes (every
+/// step but a segment's last) are kept for reuse; others are made for the call.
+fn shared_zeros(file: &glommio::io::DmaFile, len: usize) -> Rc<glommio::io::DmaBuffer> {
+    let make = || {
+        let mut buffer = file.alloc_dma_buffer(len);
+        buffer.as_bytes_mut().fill(0);
+        Rc::new(buffer)
+    };
+    if !len.is_power_of_two() {
+        return make();
+    }
+    ZERO_BUFFERS.with(|buffers| buffers.borrow_mut().entry(len).or_insert_with(make).clone())
+}
+
 /// Bytes of batches a rewrite handles between offers to yield the core.
 const YIELD_EVERY_BYTES: usize = 64 * 1024;
 
@@ -1140,7 +1162,7 @@ impl Log {
                 return;
             }
             let overwrite = &mut active.overwrite;
-            if overwrite.zeroing.is_some() {
+            if overwrite.zeroing.is_some() || overwrite.zero_syncing.is_some() {
                 return;
             }
             let end = align_up(tail.end_pos());
@@ -1168,6 +1190,7 @@ impl Log {
             let active = state.active_mut();
             if Rc::ptr_eq(&active.file, &file) {
                 active.overwrite.zeroing = None;
+                active.overwrite.zero_syncing = None;
                 match outcome {
                     Ok(true) => active.overwrite.zeroed(range),
                     Ok(false) => {}
@@ -1208,19 +1231,16 @@ impl Log {
             active.preallocated_to = active.preallocated_to.max(range.end);
         }
         let len = (range.end - range.start) as usize;
-        let mut zeros = file.alloc_dma_buffer(len.min(ZERO_WRITE_BYTES));
-        zeros.as_bytes_mut().fill(0);
-        let zeros = Rc::new(zeros);
+        let zeros = shared_zeros(file, len.min(ZERO_WRITE_BYTES));
         let mut pos = range.start;
         while pos < range.end {
             let n = ((range.end - pos) as usize).min(zeros.len());
-            let written = if n == zeros.len() {
-                file.write_rc_at(zeros.clone(), pos).await?
+            let buffer = if n == zeros.len() {
+                zeros.clone()
             } else {
-                let mut part = file.alloc_dma_buffer(n);
-                part.as_bytes_mut().fill(0);
-                file.write_at(part, pos).await?
+                shared_zeros(file, n)
             };
+            let written = file.write_rc_at(buffer, pos).await?;
             if written != n {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::WriteZero,
@@ -1229,8 +1249,31 @@ impl Log {
             }
             pos += n as u64;
         }
+        // The zero writes are done: data writes may go there now (as writes that change
+        // metadata, until the fdatasync below makes the allocation durable). Waiting for the
+        // fdatasync too made new partitions' first appends queue behind every other zeroing
+        // step's journal commit (10,000 partitions: publish p99 > 100 ms).
+        if let Some(()) = self.with_active_overwrite(file, |o| {
+            o.zeroing = None;
+            o.zero_syncing = Some(range.clone());
+        }) {
+            for waiter in self.inner.zero_waiters.borrow_mut().drain(..) {
+                let _ = waiter.send(());
+            }
+        }
         file.fdatasync().await?;
         Ok(still_active(self))
+    }
+
+    /// Changes the active segment's overwrite state if `file` is the active segment's.
+    fn with_active_overwrite<T>(
+        &self,
+        file: &glommio::io::DmaFile,
+        f: impl FnOnce(&mut OverwriteState) -> T,
+    ) -> Option<T> {
+        let mut state = self.inner.state.borrow_mut();
+        let active = state.active_mut();
+        std::ptr::eq(&*active.file, file).then(|| f(&mut active.overwrite))
     }
 
     /// Applies `f` to the active segment's overwrite state if `file` is the active segment's.

@@ -189,8 +189,13 @@ pub(crate) struct OverwriteState {
     pub safe_end: u64,
     /// Blocks zeroed ahead of the writer and synced: also safe to overwrite.
     pub zeroed: std::ops::Range<u64>,
-    /// The range a zeroing step is writing now; data writes into it wait for it to finish.
+    /// The range a zeroing step is writing now; data writes into it wait for the zero writes
+    /// (not for their fdatasync).
     pub zeroing: Option<std::ops::Range<u64>>,
+    /// A zeroing step whose zero writes are done and whose fdatasync is not: data may be
+    /// written there, but such writes still change metadata (their own fdatasync commits the
+    /// allocation), and no further step starts until this one is synced.
+    pub zero_syncing: Option<std::ops::Range<u64>>,
     /// Length of the next zeroing step (steps double, so a fast partition zeroes far ahead and
     /// an idle one holds little).
     pub next_step: u64,
@@ -241,11 +246,12 @@ impl OverwriteState {
     }
 
     /// Forgets everything at or above `end` (the file was cut there). A zeroing step still
-    /// planned stays marked: its task clears the mark, and data writes keep waiting for it.
+    /// planned or syncing stays marked: its task clears the marks, and data writes keep
+    /// waiting for its zero writes.
     pub fn cut(&mut self, end: u64) {
-        let zeroing = self.zeroing.take();
+        let (zeroing, zero_syncing) = (self.zeroing.take(), self.zero_syncing.take());
         *self = OverwriteState::after(end.min(self.safe_end));
-        self.zeroing = zeroing;
+        (self.zeroing, self.zero_syncing) = (zeroing, zero_syncing);
     }
 }
 
