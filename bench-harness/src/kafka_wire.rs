@@ -12,7 +12,7 @@
 //! - **Producer**: records are buffered per partition (keyless records round-robin over the
 //!   partitions, keyed ones by FNV-1a of the key); when the oldest buffered record has waited
 //!   `linger_ms`, or `batch_size` bytes are buffered, every partition with records goes out as
-//!   one batch in one Produce request (v9, the workload's acks and compression); up to
+//!   one batch (of at most `batch_size` bytes) in one Produce request (v9, the workload's acks and compression); up to
 //!   [`IN_FLIGHT`] requests are pipelined, answered in order. Publish latency is taken when
 //!   the response arrives, from each record's intended send time.
 //! - **Consumer**: one fetch session (KIP-227) over its partitions from offset 0: a full fetch
@@ -79,6 +79,46 @@ fn key_hash(key: &[u8]) -> u64 {
 struct PartitionBuffer {
     records: Vec<Record>,
     intended: Vec<u64>,
+    bytes: usize,
+}
+
+impl PartitionBuffer {
+    /// Takes the oldest records up to `max_bytes` (at least one) as one batch's worth; the
+    /// rest are renumbered from 0 (offset and sequence) for the next batch.
+    fn take(&mut self, max_bytes: usize) -> PartitionBuffer {
+        let mut bytes = 0;
+        let mut count = 0;
+        for record in &self.records {
+            let size = record_bytes(record);
+            if count > 0 && bytes + size > max_bytes {
+                break;
+            }
+            bytes += size;
+            count += 1;
+        }
+        if count == self.records.len() {
+            return std::mem::take(self);
+        }
+        let rest = self.records.split_off(count);
+        let taken = PartitionBuffer {
+            records: std::mem::replace(&mut self.records, rest),
+            intended: {
+                let rest = self.intended.split_off(count);
+                std::mem::replace(&mut self.intended, rest)
+            },
+            bytes,
+        };
+        self.bytes -= bytes;
+        for (i, record) in self.records.iter_mut().enumerate() {
+            record.offset = i as i64;
+            record.sequence = i as i32 - 1;
+        }
+        taken
+    }
+}
+
+fn record_bytes(record: &Record) -> usize {
+    record.value.as_ref().map_or(0, |v| v.len()) + record.key.as_ref().map_or(0, |k| k.len())
 }
 
 struct InFlight {
@@ -162,10 +202,18 @@ impl Producer {
         if self.dirty.is_empty() {
             return Ok(());
         }
+        // One batch per partition (Produce v3+), of at most `batch_size` bytes: a partition
+        // with more keeps the rest for the next request (a batch must stay under the topic's
+        // `max.message.bytes`).
         let mut data = Vec::with_capacity(self.dirty.len());
         let mut partitions = Vec::with_capacity(self.dirty.len());
+        let mut still_dirty = Vec::new();
+        let mut sent_records = 0;
         for p in std::mem::take(&mut self.dirty) {
-            let buffer = std::mem::take(&mut self.buffers[p as usize]);
+            let buffer = self.buffers[p as usize].take(self.batch_bytes);
+            if !self.buffers[p as usize].records.is_empty() {
+                still_dirty.push(p);
+            }
             let mut batch = BytesMut::new();
             RecordBatchEncoder::encode(&mut batch, &buffer.records, &self.options)
                 .map_err(|e| format!("encode a record batch: {e}"))?;
@@ -174,8 +222,11 @@ impl Producer {
                     .with_index(p)
                     .with_records(Some(batch.freeze())),
             );
+            self.buffered_bytes -= buffer.bytes;
+            sent_records += buffer.records.len();
             partitions.push((p, buffer.intended));
         }
+        self.dirty = still_dirty;
         let request = ProduceRequest::default()
             .with_acks(self.acks)
             .with_timeout_ms(30_000)
@@ -185,14 +236,15 @@ impl Producer {
         let correlation = self
             .connection
             .send(ApiKey::Produce, PRODUCE_VERSION, &request)?;
-        self.in_flight_records += self.buffered_records;
+        self.in_flight_records += sent_records;
+        self.buffered_records -= sent_records;
         self.in_flight.push_back(InFlight {
             correlation,
             partitions,
         });
-        self.buffered_bytes = 0;
-        self.buffered_records = 0;
-        self.oldest = None;
+        if self.buffered_records == 0 {
+            self.oldest = None;
+        }
         Ok(())
     }
 
@@ -290,7 +342,9 @@ impl Sender for Producer {
             headers: Default::default(),
         });
         buffer.intended.push(intended_ns);
-        self.buffered_bytes += payload.len() + key.map_or(0, |k| k.len());
+        let size = payload.len() + key.map_or(0, |k| k.len());
+        buffer.bytes += size;
+        self.buffered_bytes += size;
         self.buffered_records += 1;
         self.oldest.get_or_insert_with(Instant::now);
         Ok(true)
@@ -470,5 +524,59 @@ impl Receiver for Consumer {
             self.moved.push(partition.partition_index);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(i: i64, value: &'static [u8]) -> Record {
+        Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i,
+            sequence: i as i32 - 1,
+            timestamp: 0,
+            key: None,
+            value: Some(Bytes::from_static(value)),
+            headers: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_partition_sends_at_most_a_batch_size_and_renumbers_the_rest() {
+        let mut buffer = PartitionBuffer::default();
+        for i in 0..5 {
+            buffer.records.push(record(i, b"0123456789"));
+            buffer.intended.push(i as u64);
+            buffer.bytes += 10;
+        }
+        let first = buffer.take(25);
+        assert_eq!(
+            (first.records.len(), first.bytes, first.intended),
+            (2, 20, vec![0, 1])
+        );
+        assert_eq!(buffer.bytes, 30);
+        let renumbered: Vec<(i64, i32)> = buffer
+            .records
+            .iter()
+            .map(|r| (r.offset, r.sequence))
+            .collect();
+        assert_eq!(
+            renumbered,
+            vec![(0, -1), (1, 0), (2, 1)],
+            "one batch with base sequence -1"
+        );
+        // One record is always taken, even over the limit; the last take empties the buffer.
+        assert_eq!(buffer.take(1).records.len(), 1);
+        let rest = buffer.take(1 << 20);
+        assert_eq!((rest.records.len(), rest.intended), (2, vec![3, 4]));
+        assert!(buffer.records.is_empty() && buffer.bytes == 0);
     }
 }
