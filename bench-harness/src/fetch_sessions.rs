@@ -27,14 +27,12 @@ use kafka_protocol::messages::{
     FetchRequest, FetchResponse, ProduceRequest, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Compression, RecordBatchEncoder, RecordEncodeOptions};
 use serde::Serialize;
 
 use crate::report::Latency;
 use crate::run::new_histogram;
-use crate::wire::{next_offset_and_count, Connection};
+use crate::wire::{next_offset_and_count, plain_record, Connection};
 
 const FETCH_VERSION: i16 = 16;
 /// Creating or deleting 10,000 partitions takes a while.
@@ -96,21 +94,12 @@ fn cpu_ns(pid: u32) -> Result<u64, String> {
 }
 
 fn one_record_batch(n: u64) -> Result<Bytes, String> {
-    let record = Record {
-        transactional: false,
-        control: false,
-        delete_horizon: false,
-        partition_leader_epoch: 0,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::Creation,
-        offset: 0,
-        sequence: -1,
-        timestamp: 1_700_000_000_000,
-        key: None,
-        value: Some(Bytes::from(format!("record {n:>16}").into_bytes())),
-        headers: Default::default(),
-    };
+    let record = plain_record(
+        0,
+        None,
+        Bytes::from(format!("record {n:>16}").into_bytes()),
+        1_700_000_000_000,
+    );
     let mut buf = BytesMut::new();
     RecordBatchEncoder::encode(
         &mut buf,
@@ -225,6 +214,33 @@ impl Bench {
     }
 }
 
+impl Bench {
+    /// A fetch counted in `tally`: bytes both ways, partitions answered, records, round trip.
+    /// Returns the partitions whose position moved.
+    fn counted_fetch(
+        &mut self,
+        request: &FetchRequest,
+        tally: &mut Tally,
+    ) -> Result<Vec<i32>, String> {
+        let (sent, received) = (self.client.sent_bytes, self.client.received_bytes);
+        let started = Instant::now();
+        let (response, moved, read) = self.fetch(request)?;
+        tally
+            .round_trips
+            .saturating_record(started.elapsed().as_micros() as u64);
+        tally.fetches += 1;
+        tally.request_bytes += self.client.sent_bytes - sent;
+        tally.response_bytes += self.client.received_bytes - received;
+        tally.partitions_answered += response
+            .responses
+            .iter()
+            .map(|t| t.partitions.len() as u64)
+            .sum::<u64>();
+        tally.records_read += read;
+        Ok(moved)
+    }
+}
+
 struct Tally {
     fetches: u64,
     request_bytes: u64,
@@ -327,20 +343,7 @@ pub fn measure(options: &Options) -> Result<Report, String> {
         for _ in 0..options.fetches {
             bench.produce_step(options.active)?;
             let request = bench.fetch_request(&all, 0, -1);
-            let (sent, received) = (bench.client.sent_bytes, bench.client.received_bytes);
-            let started = Instant::now();
-            let (response, _, read) = bench.fetch(&request)?;
-            full.round_trips
-                .saturating_record(started.elapsed().as_micros() as u64);
-            full.fetches += 1;
-            full.request_bytes += bench.client.sent_bytes - sent;
-            full.response_bytes += bench.client.received_bytes - received;
-            full.partitions_answered += response
-                .responses
-                .iter()
-                .map(|t| t.partitions.len() as u64)
-                .sum::<u64>();
-            full.records_read += read;
+            bench.counted_fetch(&request, &mut full)?;
         }
         full.cpu_ns += cpu(options.broker_pid)? - cpu_before;
         let read = full.records_read - read_before;
@@ -363,22 +366,7 @@ pub fn measure(options: &Options) -> Result<Report, String> {
         for epoch in 1..=options.fetches as i32 {
             bench.produce_step(options.active)?;
             let request = bench.fetch_request(&moved, session_id, epoch);
-            let (sent, received) = (bench.client.sent_bytes, bench.client.received_bytes);
-            let started = Instant::now();
-            let (response, now_moved, read) = bench.fetch(&request)?;
-            incremental
-                .round_trips
-                .saturating_record(started.elapsed().as_micros() as u64);
-            incremental.fetches += 1;
-            incremental.request_bytes += bench.client.sent_bytes - sent;
-            incremental.response_bytes += bench.client.received_bytes - received;
-            incremental.partitions_answered += response
-                .responses
-                .iter()
-                .map(|t| t.partitions.len() as u64)
-                .sum::<u64>();
-            incremental.records_read += read;
-            moved = now_moved;
+            moved = bench.counted_fetch(&request, &mut incremental)?;
         }
         incremental.cpu_ns += cpu(options.broker_pid)? - cpu_before;
         let read = incremental.records_read - read_before;

@@ -32,11 +32,12 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
 };
 
+use crate::redis_streams::key_hash;
 use crate::run::{new_histogram, Receiver, Sender, Shared};
-use crate::wire::{whole_batches, Connection};
+use crate::wire::{plain_record, whole_batches, Connection};
 use crate::workload::Workload;
 
 /// The address scheme of these targets.
@@ -66,12 +67,6 @@ fn compression(name: &str) -> Result<Compression, String> {
         "lz4" => Compression::Lz4,
         "zstd" => Compression::Zstd,
         other => return Err(format!("producer.compression `{other}` is not known")),
-    })
-}
-
-fn key_hash(key: &[u8]) -> u64 {
-    key.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3)
     })
 }
 
@@ -322,25 +317,15 @@ impl Sender for Producer {
         if buffer.records.is_empty() {
             self.dirty.push(p as i32);
         }
-        buffer.records.push(Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: buffer.records.len() as i64,
-            // The encoder starts a new batch wherever `offset - sequence` changes: this keeps
-            // one batch per partition with base sequence -1 (no idempotence).
-            sequence: buffer.records.len() as i32 - 1,
-            timestamp: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64),
-            key: key.map(Bytes::copy_from_slice),
-            value: Some(Bytes::copy_from_slice(payload)),
-            headers: Default::default(),
-        });
+        let timestamp_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        buffer.records.push(plain_record(
+            buffer.records.len(),
+            key.map(Bytes::copy_from_slice),
+            Bytes::copy_from_slice(payload),
+            timestamp_ms,
+        ));
         buffer.intended.push(intended_ns);
         let size = payload.len() + key.map_or(0, |k| k.len());
         buffer.bytes += size;
@@ -532,21 +517,7 @@ mod tests {
     use super::*;
 
     fn record(i: i64, value: &'static [u8]) -> Record {
-        Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i,
-            sequence: i as i32 - 1,
-            timestamp: 0,
-            key: None,
-            value: Some(Bytes::from_static(value)),
-            headers: Default::default(),
-        }
+        plain_record(i as usize, None, Bytes::from_static(value), 0)
     }
 
     #[test]

@@ -67,8 +67,9 @@ impl Producer {
     }
 }
 
-/// FNV-1a: a keyed record always lands in the same stream.
-fn key_hash(key: &[u8]) -> u64 {
+/// FNV-1a: a keyed record always lands in the same stream (or partition, for the harness's
+/// own Kafka client).
+pub(crate) fn key_hash(key: &[u8]) -> u64 {
     key.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3)
     })

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::records::{Record, TimestampType};
 
 /// A response larger than this is refused (the broker's own frame limit is 100 MiB).
 const FRAME_LIMIT: usize = 256 << 20;
@@ -185,6 +186,27 @@ impl Connection {
     }
 }
 
+/// A record of a plain (not idempotent, not transactional) producer, the `index`-th of its
+/// batch. The sequence follows the offset because the codec's encoder starts a new batch
+/// wherever `offset - sequence` changes; the batch's base sequence stays -1.
+pub fn plain_record(index: usize, key: Option<Bytes>, value: Bytes, timestamp_ms: i64) -> Record {
+    Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: 0,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset: index as i64,
+        sequence: index as i32 - 1,
+        timestamp: timestamp_ms,
+        key,
+        value: Some(value),
+        headers: Default::default(),
+    }
+}
+
 /// For the whole batches at the start of `records`: the offset after the last one and the
 /// records they hold; `None` when there is no whole batch. A partial batch at the end (Kafka
 /// may cut one at `max_bytes`) is left for the next fetch.
@@ -215,30 +237,13 @@ pub fn whole_batches(records: &[u8]) -> Option<(i64, u64, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
+    use kafka_protocol::records::{Compression, RecordBatchEncoder, RecordEncodeOptions};
 
     fn one_record_batch() -> Vec<u8> {
-        let record = Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: 0,
-            sequence: -1,
-            timestamp: 0,
-            key: None,
-            value: Some(Bytes::from_static(b"v")),
-            headers: Default::default(),
-        };
         let mut buf = BytesMut::new();
         RecordBatchEncoder::encode(
             &mut buf,
-            &[record],
+            &[plain_record(0, None, Bytes::from_static(b"v"), 0)],
             &RecordEncodeOptions {
                 version: 2,
                 compression: Compression::None,
