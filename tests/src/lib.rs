@@ -72,44 +72,86 @@ impl Broker {
 
     /// Like [`Broker::start`], on an existing data directory (a restart).
     pub fn start_on(data_dir: tempfile::TempDir, extra_args: &[&str]) -> Broker {
-        let port = {
-            let probe = TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
-            probe.local_addr().unwrap().port()
-        };
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        // The log goes to a file (a pipe nobody reads could fill and block the broker); a
-        // restart appends to the same file.
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data_dir.path().join("sluice.log"))
-            .expect("log file");
-        let child = Command::new(sluice_binary())
-            .args(["serve", "--listen", &addr.to_string()])
-            .arg("--data-dir")
-            .arg(data_dir.path())
-            .args(extra_args)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start sluice serve");
-        let mut broker = Broker {
-            child,
-            addr,
-            data_dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(addr).is_err() {
-            if let Ok(Some(status)) = broker.child.try_wait() {
-                panic!("sluice serve exited early: {status}");
+        Broker::start_wrapped(data_dir, &[], extra_args)
+    }
+
+    /// Like [`Broker::start_on`], with the broker run through `wrapper` (a program and its
+    /// arguments that exec the rest, e.g. `prlimit --nofile=...  --`): the child's pid is then
+    /// still the broker's.
+    ///
+    /// Ready means the broker's own log says it listens on its address: a connection alone
+    /// could reach another test's broker that took the same free port in the meantime. If
+    /// that happened (this broker refuses the address), it starts again on another port.
+    pub fn start_wrapped(
+        data_dir: tempfile::TempDir,
+        wrapper: &[&str],
+        extra_args: &[&str],
+    ) -> Broker {
+        let log_path = data_dir.path().join("sluice.log");
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let port = {
+                let probe = TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
+                probe.local_addr().unwrap().port()
+            };
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            // The log goes to a file (a pipe nobody reads could fill and block the broker); a
+            // restart appends to the same file.
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .expect("log file");
+            let log_start = log.metadata().map_or(0, |m| m.len() as usize);
+            let mut command = match wrapper.split_first() {
+                Some((program, args)) => {
+                    let mut c = Command::new(program);
+                    c.args(args).arg(sluice_binary());
+                    c
+                }
+                None => Command::new(sluice_binary()),
+            };
+            let mut child = command
+                .args(["serve", "--listen", &addr.to_string()])
+                .arg("--data-dir")
+                .arg(data_dir.path())
+                .args(extra_args)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start sluice serve");
+            let since_start = || {
+                std::fs::read(&log_path)
+                    .map(|bytes| {
+                        String::from_utf8_lossy(&bytes[log_start.min(bytes.len())..]).into_owned()
+                    })
+                    .unwrap_or_default()
+            };
+            let listening = format!("listening addr={addr} ");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let log = since_start();
+                    if attempt < 5 && log.contains("address already in use") {
+                        break; // another broker took the port first: try another
+                    }
+                    panic!("sluice serve exited early: {status}\n{log}");
+                }
+                if since_start().contains(&listening) && TcpStream::connect(addr).is_ok() {
+                    return Broker {
+                        child,
+                        addr,
+                        data_dir,
+                    };
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "sluice serve did not start listening on {addr}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
             }
-            assert!(
-                Instant::now() < deadline,
-                "sluice serve did not start listening on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
         }
-        broker
     }
 
     /// The broker's data directory.

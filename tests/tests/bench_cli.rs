@@ -60,10 +60,12 @@ fn assert_sane(result: &Value, expected_records: u64) {
         published >= expected_records * 95 / 100 && published <= expected_records * 105 / 100,
         "published {published} of {expected_records} scheduled"
     );
-    // Throughput counts arrivals inside the window: the two ends differ by a few records.
+    // Throughput counts arrivals inside the window: the two ends differ by the consumers' lag
+    // at the window's edges, which a loaded machine stretches. That nothing acknowledged went
+    // missing is checked below, record by record (latency samples).
     let consumed = u(result, &["consume", "messages"]);
     assert!(
-        consumed.abs_diff(published) <= published / 50,
+        consumed.abs_diff(published) <= published / 10,
         "consumed {consumed} of {published}"
     );
     assert_eq!(u(result, &["publish_errors"]), 0);

@@ -261,33 +261,14 @@ fn clean_shutdown_flushes_buffered_data_and_a_corrupt_catalog_is_refused() {
 /// hard one, so a low default soft limit does not fail partition opens with EMFILE.
 #[test]
 fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
-    let data = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
     // prlimit (util-linux) execs the broker with these limits: the child's pid is the broker's.
-    let mut child = Command::new("prlimit")
-        .args(["--nofile=256:4096", "--"])
-        .arg(sluice_binary())
-        .args(["serve", "--cores", "1", "--listen", &listen, "--data-dir"])
-        .arg(data.path())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(&listen).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the broker did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
-    let _ = Command::new("kill").arg(child.id().to_string()).status();
-    let _ = child.wait();
+    let broker = Broker::start_wrapped(
+        tempfile::tempdir().unwrap(),
+        &["prlimit", "--nofile=256:4096", "--"],
+        &["--cores", "1"],
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", broker.pid())).unwrap();
+    broker.stop();
     let open_files = limits
         .lines()
         .find(|l| l.starts_with("Max open files"))
