@@ -73,14 +73,14 @@ struct Target {
 /// Serves a fetch: one output per input, in order.
 pub async fn fetch(
     shard: &Rc<Shard>,
-    inputs: Vec<FetchInput>,
+    inputs: &[FetchInput],
     limits: FetchLimits,
 ) -> Vec<FetchOutput> {
     let deadline = Instant::now() + limits.max_wait;
     let image = shard.image();
     let mut outputs: Vec<FetchOutput> = vec![FetchOutput::default(); inputs.len()];
     let mut per_shard: Vec<Vec<Target>> = vec![Vec::new(); shard.count];
-    for (index, input) in inputs.into_iter().enumerate() {
+    for (index, input) in inputs.iter().enumerate() {
         match resolve_topic(&image, &input.topic) {
             Some(topic) if (0..topic.partitions).contains(&input.partition) => {
                 let owner = shard.owner_of(&topic.name, input.partition);
@@ -96,7 +96,7 @@ pub async fn fetch(
             }
             Some(_) => outputs[index] = FetchOutput::failed(ResponseError::UnknownTopicOrPartition),
             None => {
-                outputs[index] = FetchOutput::failed(match input.topic {
+                outputs[index] = FetchOutput::failed(match &input.topic {
                     TopicRef::Id(_) => ResponseError::UnknownTopicId,
                     TopicRef::Name(_) => ResponseError::UnknownTopicOrPartition,
                 })

@@ -71,7 +71,7 @@ pub async fn handle(request: FetchRequest, version: i16, ctx: &Context) -> Fetch
             .await;
     }
     let inputs = partitions_of(&request.topics, uses_topic_ids);
-    let outputs = fetch::fetch(&ctx.shard, inputs.clone(), limits).await;
+    let outputs = fetch::fetch(&ctx.shard, &inputs, limits).await;
     let session_id = if create {
         ctx.shard.fetch_sessions.borrow_mut().create(
             uses_topic_ids,
@@ -118,7 +118,7 @@ async fn incremental(
         Ok(f) => f,
         Err(code) => return FetchResponse::default().with_error_code(code.code()),
     };
-    let outputs = fetch::fetch(shard, session_fetch.inputs.clone(), limits).await;
+    let outputs = fetch::fetch(shard, &session_fetch.inputs, limits).await;
     let include = shard
         .fetch_sessions
         .borrow_mut()
