@@ -18,9 +18,12 @@ use futures::future::Either;
 use kafka_protocol::ResponseError;
 use sluice_storage::{Offset, StorageError};
 
+use crate::fetch_sessions::{CreatedSession, IncrementalFetch, Place};
+use crate::session_views::{self, RoundError, ViewUpdate};
 use crate::shard::Shard;
 use crate::topics::Topic;
 use crate::{resolve_topic, TopicRef};
+use std::collections::HashMap;
 
 /// One partition of a fetch request.
 #[derive(Debug, Clone)]
@@ -50,7 +53,7 @@ pub struct FetchOutput {
 }
 
 impl FetchOutput {
-    fn failed(code: ResponseError) -> FetchOutput {
+    pub fn failed(code: ResponseError) -> FetchOutput {
         FetchOutput {
             error: Some(code),
             high_watermark: -1,
@@ -62,12 +65,13 @@ impl FetchOutput {
 
 /// A partition resolved against the catalog: where to read and how much.
 #[derive(Debug, Clone)]
-struct Target {
-    index: usize,
-    topic: Arc<Topic>,
-    partition: i32,
-    offset: i64,
-    max_bytes: usize,
+pub(crate) struct Target {
+    /// Where the answer goes (the request's position, or a session's slot).
+    pub index: usize,
+    pub topic: Arc<Topic>,
+    pub partition: i32,
+    pub offset: i64,
+    pub max_bytes: usize,
 }
 
 /// Serves a fetch: one output per input, in order.
@@ -157,7 +161,7 @@ pub async fn fetch(
 /// Runs on the owning shard: the answer for a partition already open that has nothing to read
 /// at the fetch position (the common case of a consumer of many partitions), without building
 /// a read's future; `None` when the partition must be opened or read.
-fn answer_without_reading(shard: &Shard, target: &Target) -> Option<FetchOutput> {
+pub(crate) fn answer_without_reading(shard: &Shard, target: &Target) -> Option<FetchOutput> {
     let partition = shard.open_partition((target.topic.id, target.partition))?;
     match position_answer(&partition, target) {
         Position::Answered(out) => Some(out),
@@ -192,7 +196,7 @@ fn position_answer(partition: &crate::partition::Partition, target: &Target) -> 
 }
 
 /// Runs on the owning shard: one partition's read.
-async fn read_one(shard: &Shard, target: &Target) -> FetchOutput {
+pub(crate) async fn read_one(shard: &Shard, target: &Target) -> FetchOutput {
     let partition = match shard.partition(&target.topic, target.partition).await {
         Ok(p) => p,
         Err(e) => return FetchOutput::failed(crate::partition::unavailable_code(&e)),
@@ -214,7 +218,7 @@ async fn read_one(shard: &Shard, target: &Target) -> FetchOutput {
 
 /// Drops whole batches (then whole partitions) past the request's `max_bytes`, keeping the
 /// first batch of the response whole whatever its size. Returns the bytes kept.
-fn fit_to_max_bytes(outputs: &mut [FetchOutput], max_bytes: usize) -> usize {
+pub(crate) fn fit_to_max_bytes(outputs: &mut [FetchOutput], max_bytes: usize) -> usize {
     let mut total = 0usize;
     for output in outputs.iter_mut() {
         if output.records.is_empty() {
@@ -285,6 +289,166 @@ async fn wait_for_growth(
     match futures::future::select(futures::future::select_all(waits), timer).await {
         Either::Left(_) => true,
         Either::Right(_) => false,
+    }
+}
+
+/// The catalog image as fetch sessions resolve their partitions against it.
+pub struct ImageResolver<'a> {
+    pub shard: &'a Shard,
+    pub image: Arc<crate::catalog::Image>,
+}
+
+impl crate::fetch_sessions::Resolver for ImageResolver<'_> {
+    fn version(&self) -> u64 {
+        self.image.version
+    }
+
+    fn place(&self, topic: &TopicRef, partition: i32) -> Place {
+        match resolve_topic(&self.image, topic) {
+            Some(t) if (0..t.partitions).contains(&partition) => Place::On {
+                owner: self.shard.owner_of(&t.name, partition),
+                topic: t.clone(),
+            },
+            Some(_) => Place::Unknown(ResponseError::UnknownTopicOrPartition),
+            None => Place::Unknown(match topic {
+                TopicRef::Id(_) => ResponseError::UnknownTopicId,
+                TopicRef::Name(_) => ResponseError::UnknownTopicOrPartition,
+            }),
+        }
+    }
+}
+
+/// Gives each owner its view of a new session (before the session's id is answered, so the
+/// first incremental fetch finds them).
+pub async fn install_session(shard: &Rc<Shard>, created: &CreatedSession) {
+    let installs = created
+        .updates
+        .iter()
+        .enumerate()
+        .filter_map(|(owner, update)| Some((owner, update.clone()?)))
+        .map(|(owner, update)| {
+            let id = created.id;
+            shard.invoke_on(owner, move |owner_shard| async move {
+                session_views::install_view(&owner_shard, id, update);
+            })
+        });
+    futures::future::join_all(installs).await;
+}
+
+/// Drops the owners' views of sessions the home closed or evicted (in the background).
+pub fn drop_sessions(shard: &Rc<Shard>, sessions: Vec<i32>) {
+    if sessions.is_empty() {
+        return;
+    }
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        let sessions = Arc::new(sessions);
+        shard
+            .invoke_on_all(move |owner_shard| async move {
+                for id in sessions.iter() {
+                    session_views::drop_view(&owner_shard, *id);
+                }
+            })
+            .await;
+    })
+    .detach();
+}
+
+/// Serves an incremental fetch on the session's home: each owner answers only its partitions
+/// that may have news (see `session_views`), long-polling until `min_bytes` are there or
+/// `max_wait` has passed. Answers in the session's order, within `max_bytes`.
+pub async fn fetch_incremental(
+    shard: &Rc<Shard>,
+    mut fetch: IncrementalFetch,
+    limits: FetchLimits,
+) -> Vec<(TopicRef, i32, FetchOutput)> {
+    let deadline = Instant::now() + limits.max_wait;
+    let mut answers: HashMap<usize, FetchOutput> = fetch
+        .unknown
+        .iter()
+        .map(|&(slot, code)| (slot, FetchOutput::failed(code)))
+        .collect();
+    let owners: Vec<usize> = (0..fetch.owners.len())
+        .filter(|&o| fetch.owners[o] || fetch.updates.get(o).is_some_and(|u| u.is_some()))
+        .collect();
+    let mut first_round = true;
+    loop {
+        // The first round of a fetch carries the session's changes, and an update for every
+        // owner (an empty one at least): it moves the owners' views to this fetch's epoch.
+        let updates: Vec<Option<ViewUpdate>> = owners
+            .iter()
+            .map(|&owner| {
+                let update = fetch.updates.get_mut(owner).and_then(Option::take);
+                first_round.then(|| {
+                    update.unwrap_or(ViewUpdate {
+                        full: false,
+                        ops: Vec::new(),
+                    })
+                })
+            })
+            .collect();
+        first_round = false;
+        let rounds = owners
+            .iter()
+            .zip(updates)
+            .map(|(&owner, update)| round_on(shard, &fetch, owner, update, limits.max_bytes));
+        for result in futures::future::join_all(rounds).await {
+            match result {
+                Ok(included) => answers.extend(included),
+                Err(RoundError::Stale) => return Vec::new(),
+                Err(RoundError::Missing) => {}
+            }
+        }
+        let total: usize = answers.values().map(|a| a.records.len()).sum();
+        let any_error = answers.values().any(|a| a.error.is_some());
+        let now = Instant::now();
+        if total >= limits.min_bytes || any_error || now >= deadline || owners.is_empty() {
+            break;
+        }
+        let remaining = deadline - now;
+        let waits = owners.iter().map(|&owner| {
+            let (id, epoch) = (fetch.id, fetch.epoch);
+            Box::pin(
+                shard.invoke_on_cancellable(owner, move |owner_shard| async move {
+                    session_views::wait_round(&owner_shard, id, epoch, remaining).await
+                }),
+            )
+        });
+        // The first owner with news ends the wait; the others' waits are dropped there.
+        let _ = futures::future::select_all(waits).await;
+    }
+    shard.fetch_sessions.borrow_mut().finish_incremental(
+        &fetch,
+        answers.into_iter().collect(),
+        limits.max_bytes,
+    )
+}
+
+/// One owner's round; an owner that lost its view of the session gets it whole, once.
+async fn round_on(
+    shard: &Rc<Shard>,
+    fetch: &IncrementalFetch,
+    owner: usize,
+    update: Option<ViewUpdate>,
+    max_bytes: usize,
+) -> Result<Vec<(usize, FetchOutput)>, RoundError> {
+    let (id, epoch) = (fetch.id, fetch.epoch);
+    let run = |update: Option<ViewUpdate>| {
+        shard.invoke_on(owner, move |owner_shard| async move {
+            session_views::answer_round(&owner_shard, id, epoch, update, max_bytes).await
+        })
+    };
+    match run(update).await {
+        Ok(Err(RoundError::Missing)) => {
+            let full = shard
+                .fetch_sessions
+                .borrow()
+                .full_update(id, epoch, owner)
+                .ok_or(RoundError::Stale)?;
+            run(Some(full)).await.unwrap_or(Err(RoundError::Missing))
+        }
+        Ok(answered) => answered,
+        Err(_gone) => Err(RoundError::Missing),
     }
 }
 

@@ -28,11 +28,14 @@
 //! `Session::order` lists exactly those slots once each; freed slots are in `Session::free`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kafka_protocol::ResponseError;
 
 use crate::fetch::{FetchInput, FetchOutput};
+use crate::session_views::{Sent, ViewOp, ViewPartition, ViewUpdate};
+use crate::topics::Topic;
 use crate::TopicRef;
 
 /// The session id meaning "no session".
@@ -70,17 +73,38 @@ pub fn home_shard(id: i32, shards: usize) -> usize {
     (id.max(0) as usize) % shards.max(1)
 }
 
-/// A partition of a session: where the consumer reads and what it was last told.
+/// Where a session's partition lives, as the home last resolved it against the catalog.
+#[derive(Debug, Clone)]
+pub enum Place {
+    /// Not a partition of the catalog: answered with this error every fetch.
+    Unknown(ResponseError),
+    /// On shard `owner`.
+    On { owner: usize, topic: Arc<Topic> },
+}
+
+/// A partition of a session: where the consumer reads, and where it lives.
 #[derive(Debug, Clone)]
 struct CachedPartition {
     topic: TopicRef,
     partition: i32,
     fetch_offset: i64,
     partition_max_bytes: i32,
-    /// The high watermark last sent (-1: not sent, or last sent with an error).
-    high_watermark: i64,
-    /// The log start offset last sent.
-    log_start_offset: i64,
+    place: Place,
+    /// The response order: lowest first; a partition that returned records gets the next
+    /// rank, so it goes after the others next time (`max_bytes` does not starve the same
+    /// partitions every time).
+    rank: u64,
+}
+
+impl CachedPartition {
+    fn view_partition(&self, topic: &Arc<Topic>) -> ViewPartition {
+        ViewPartition {
+            topic: topic.clone(),
+            partition: self.partition,
+            fetch_offset: self.fetch_offset,
+            partition_max_bytes: usize::try_from(self.partition_max_bytes).unwrap_or(0),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -88,92 +112,208 @@ struct Session {
     epoch: i32,
     /// Created by a request naming topics by id (Fetch v13+) or by name.
     uses_topic_ids: bool,
-    /// The partitions, in slots that do not move (freed slots are reused).
-    slots: Vec<CachedPartition>,
+    /// The partitions, in slots that do not move (freed slots are reused); owners know the
+    /// partitions by slot.
+    slots: Vec<Option<CachedPartition>>,
     free: Vec<usize>,
-    /// The slots in fetch order; rotating partitions reorders this only.
-    order: Vec<usize>,
     /// Partition key → slot.
     index: HashMap<(TopicRef, i32), usize>,
+    next_rank: u64,
+    /// The catalog version the places were resolved against.
+    catalog_version: u64,
     last_used: Instant,
 }
 
+/// The catalog as a session needs it: a partition's place, and the catalog's version.
+pub trait Resolver {
+    fn version(&self) -> u64;
+    fn place(&self, topic: &TopicRef, partition: i32) -> Place;
+}
+
+/// The updates for owners a session change produces, by owner.
+type Updates = Vec<Option<ViewUpdate>>;
+
+fn push_op(updates: &mut Updates, owner: usize, op: ViewOp) {
+    if updates.len() <= owner {
+        updates.resize(owner + 1, None);
+    }
+    updates[owner]
+        .get_or_insert_with(|| ViewUpdate {
+            full: false,
+            ops: Vec::new(),
+        })
+        .ops
+        .push(op);
+}
+
 impl Session {
-    fn new(uses_topic_ids: bool, capacity: usize, now: Instant) -> Session {
+    fn new(uses_topic_ids: bool, capacity: usize, catalog_version: u64, now: Instant) -> Session {
         Session {
             epoch: 1,
             uses_topic_ids,
             slots: Vec::with_capacity(capacity),
             free: Vec::new(),
-            order: Vec::with_capacity(capacity),
             index: HashMap::with_capacity(capacity),
+            next_rank: 0,
+            catalog_version,
             last_used: now,
         }
     }
 
     fn len(&self) -> usize {
-        self.order.len()
+        self.index.len()
     }
 
-    /// Adds the partition, or updates its position and byte limit. Returns its slot.
-    fn upsert(&mut self, input: &FetchInput) -> usize {
+    fn next_rank(&mut self) -> u64 {
+        self.next_rank += 1;
+        self.next_rank
+    }
+
+    /// Adds the partition, or updates its position and byte limit; the owner's op goes into
+    /// `updates`.
+    fn upsert(
+        &mut self,
+        input: &FetchInput,
+        sent: Sent,
+        resolver: &dyn Resolver,
+        updates: &mut Updates,
+    ) {
         let key = (input.topic.clone(), input.partition);
         if let Some(&slot) = self.index.get(&key) {
-            let cached = &mut self.slots[slot];
+            let cached = self.slots[slot].as_mut().expect("indexed slots are filled");
             cached.fetch_offset = input.fetch_offset;
             cached.partition_max_bytes = input.partition_max_bytes;
-            return slot;
+            if let Place::On { owner, .. } = cached.place {
+                push_op(
+                    updates,
+                    owner,
+                    ViewOp::Move {
+                        slot,
+                        fetch_offset: input.fetch_offset,
+                        partition_max_bytes: usize::try_from(input.partition_max_bytes)
+                            .unwrap_or(0),
+                    },
+                );
+            }
+            return;
         }
+        let rank = self.next_rank();
         let cached = CachedPartition {
             topic: input.topic.clone(),
             partition: input.partition,
             fetch_offset: input.fetch_offset,
             partition_max_bytes: input.partition_max_bytes,
-            high_watermark: -1,
-            log_start_offset: -1,
+            place: resolver.place(&input.topic, input.partition),
+            rank,
         };
         let slot = match self.free.pop() {
-            Some(slot) => {
-                self.slots[slot] = cached;
-                slot
-            }
+            Some(slot) => slot,
             None => {
-                self.slots.push(cached);
+                self.slots.push(None);
                 self.slots.len() - 1
             }
         };
+        if let Place::On { owner, topic } = &cached.place {
+            let partition = cached.view_partition(topic);
+            push_op(
+                updates,
+                *owner,
+                ViewOp::Put {
+                    slot,
+                    partition,
+                    sent,
+                },
+            );
+        }
+        self.slots[slot] = Some(cached);
         self.index.insert(key, slot);
-        self.order.push(slot);
-        slot
     }
 
-    fn forget(&mut self, forgotten: &[(TopicRef, i32)]) {
-        let mut freed = Vec::new();
+    fn forget(&mut self, forgotten: &[(TopicRef, i32)], updates: &mut Updates) {
         for key in forgotten {
             if let Some(slot) = self.index.remove(key) {
-                freed.push(slot);
+                if let Some(CachedPartition {
+                    place: Place::On { owner, .. },
+                    ..
+                }) = self.slots[slot].take()
+                {
+                    push_op(updates, owner, ViewOp::Remove { slot });
+                }
+                self.free.push(slot);
             }
-        }
-        if !freed.is_empty() {
-            let gone: std::collections::HashSet<usize> = freed.iter().copied().collect();
-            self.order.retain(|slot| !gone.contains(slot));
-            self.free.extend(freed);
         }
     }
 
-    fn inputs(&self) -> Vec<FetchInput> {
-        self.order
-            .iter()
-            .map(|&slot| {
-                let p = &self.slots[slot];
-                FetchInput {
-                    topic: p.topic.clone(),
-                    partition: p.partition,
-                    fetch_offset: p.fetch_offset,
-                    partition_max_bytes: p.partition_max_bytes,
+    /// Resolves every partition again after the catalog changed (a topic created, deleted,
+    /// grown); partitions whose place changed move between owners.
+    fn replace(&mut self, resolver: &dyn Resolver, updates: &mut Updates) {
+        self.catalog_version = resolver.version();
+        for slot in 0..self.slots.len() {
+            let Some(cached) = self.slots[slot].as_mut() else {
+                continue;
+            };
+            let place = resolver.place(&cached.topic, cached.partition);
+            let same = match (&cached.place, &place) {
+                (Place::On { owner: a, topic: x }, Place::On { owner: b, topic: y }) => {
+                    a == b && x.id == y.id
                 }
+                (Place::Unknown(a), Place::Unknown(b)) => a == b,
+                _ => false,
+            };
+            if same {
+                continue;
+            }
+            if let Place::On { owner, .. } = cached.place {
+                push_op(updates, owner, ViewOp::Remove { slot });
+            }
+            if let Place::On { owner, topic } = &place {
+                let partition = cached.view_partition(topic);
+                push_op(
+                    updates,
+                    *owner,
+                    ViewOp::Put {
+                        slot,
+                        partition,
+                        sent: Sent::NOTHING,
+                    },
+                );
+            }
+            cached.place = place;
+        }
+    }
+
+    /// Every partition the session has on `owner`, as a full update for it.
+    fn full_update(&self, owner: usize) -> ViewUpdate {
+        let ops = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, cached)| match cached {
+                Some(
+                    cached @ CachedPartition {
+                        place: Place::On { owner: o, topic },
+                        ..
+                    },
+                ) if *o == owner => Some(ViewOp::Put {
+                    slot,
+                    partition: cached.view_partition(topic),
+                    sent: Sent::NOTHING,
+                }),
+                _ => None,
             })
-            .collect()
+            .collect();
+        ViewUpdate { full: true, ops }
+    }
+
+    /// The shards holding partitions of the session.
+    fn owners(&self, shards: usize) -> Vec<bool> {
+        let mut owners = vec![false; shards];
+        for cached in self.slots.iter().flatten() {
+            if let Place::On { owner, .. } = cached.place {
+                owners[owner] = true;
+            }
+        }
+        owners
     }
 }
 
@@ -186,15 +326,37 @@ fn next_epoch(epoch: i32) -> i32 {
     }
 }
 
-/// An incremental fetch under way: the partitions to read, in the session's order, and what
-/// each was last told.
+/// An incremental fetch under way: what to send each owner, and the partitions answered by the
+/// home itself (not in the catalog).
 #[derive(Debug)]
 pub struct IncrementalFetch {
     pub id: i32,
-    /// The epoch the session moved to when this fetch began.
-    epoch: i32,
-    pub inputs: Vec<FetchInput>,
-    last_sent: Vec<(i64, i64)>,
+    /// The epoch the session moved to when this fetch began (owners' views follow it).
+    pub epoch: i32,
+    /// Per shard: whether it holds partitions of the session, and the update for it.
+    pub owners: Vec<bool>,
+    pub updates: Vec<Option<ViewUpdate>>,
+    /// Slots answered with an error here.
+    pub unknown: Vec<(usize, ResponseError)>,
+}
+
+/// What an incremental fetch request asks of its session.
+#[derive(Debug, Clone, Copy)]
+pub struct IncrementalRequest<'a> {
+    pub id: i32,
+    pub epoch: i32,
+    /// Fetch v13+: topics named by id.
+    pub uses_topic_ids: bool,
+    /// Partitions added, or with a new position or byte limit.
+    pub changed: &'a [FetchInput],
+    pub forgotten: &'a [(TopicRef, i32)],
+}
+
+/// A new session: its id, and the full view each owner gets.
+#[derive(Debug)]
+pub struct CreatedSession {
+    pub id: i32,
+    pub updates: Vec<Option<ViewUpdate>>,
 }
 
 /// One shard's fetch sessions.
@@ -205,6 +367,8 @@ pub struct FetchSessionCache {
     slots: usize,
     eviction_after: Duration,
     sessions: HashMap<i32, Session>,
+    /// Sessions closed or evicted whose owners' views are still to be dropped.
+    dropped: Vec<i32>,
 }
 
 impl FetchSessionCache {
@@ -222,6 +386,7 @@ impl FetchSessionCache {
             slots,
             eviction_after,
             sessions: HashMap::new(),
+            dropped: Vec::new(),
         }
     }
 
@@ -235,44 +400,62 @@ impl FetchSessionCache {
 
     /// Forgets session `id` (a full fetch naming it closes it). Returns whether it existed.
     pub fn close(&mut self, id: i32) -> bool {
-        self.sessions.remove(&id).is_some()
+        let existed = self.sessions.remove(&id).is_some();
+        if existed {
+            self.dropped.push(id);
+        }
+        existed
+    }
+
+    /// The sessions closed or evicted since the last call: their owners' views must go.
+    pub fn take_dropped(&mut self) -> Vec<i32> {
+        std::mem::take(&mut self.dropped)
     }
 
     /// Creates a session holding the partitions of a full fetch and what its response said.
-    /// Returns the new id, or [`NO_SESSION`] when the cache is full and nothing may be evicted.
+    /// Returns `None` when the cache is full and nothing may be evicted.
     pub fn create(
         &mut self,
         uses_topic_ids: bool,
         inputs: &[FetchInput],
         outputs: &[FetchOutput],
+        resolver: &dyn Resolver,
         now: Instant,
-    ) -> i32 {
+    ) -> Option<CreatedSession> {
         if self.slots == 0
             || (self.sessions.len() >= self.slots && !self.evict_for(inputs.len(), now))
         {
-            return NO_SESSION;
+            return None;
         }
-        let mut session = Session::new(uses_topic_ids, inputs.len(), now);
+        let mut session = Session::new(uses_topic_ids, inputs.len(), resolver.version(), now);
+        let mut updates = vec![None; self.shards];
         for (input, output) in inputs.iter().zip(outputs) {
-            let slot = session.upsert(input);
-            remember_sent(&mut session.slots[slot], output);
+            session.upsert(input, Sent::of(output), resolver, &mut updates);
+        }
+        for update in updates.iter_mut().flatten() {
+            update.full = true;
         }
         let id = self.new_id();
         self.sessions.insert(id, session);
-        id
+        Some(CreatedSession { id, updates })
     }
 
     /// Begins an incremental fetch: checks the session and epoch, applies the request's
     /// partitions and forgotten partitions, and moves the session to its next epoch.
     pub fn begin_incremental(
         &mut self,
-        id: i32,
-        epoch: i32,
-        uses_topic_ids: bool,
-        changed: &[FetchInput],
-        forgotten: &[(TopicRef, i32)],
+        request: &IncrementalRequest<'_>,
+        resolver: &dyn Resolver,
         now: Instant,
     ) -> Result<IncrementalFetch, ResponseError> {
+        let IncrementalRequest {
+            id,
+            epoch,
+            uses_topic_ids,
+            changed,
+            forgotten,
+        } = *request;
+        let shards = self.shards;
         let session = self
             .sessions
             .get_mut(&id)
@@ -283,75 +466,92 @@ impl FetchSessionCache {
         if session.uses_topic_ids != uses_topic_ids {
             return Err(ResponseError::FetchSessionTopicIdError);
         }
-        session.forget(forgotten);
+        let mut updates = vec![None; shards];
+        if session.catalog_version != resolver.version() {
+            session.replace(resolver, &mut updates);
+        }
+        session.forget(forgotten, &mut updates);
         for input in changed {
-            session.upsert(input);
+            session.upsert(input, Sent::NOTHING, resolver, &mut updates);
         }
         session.epoch = next_epoch(epoch);
         session.last_used = now;
+        let unknown = session
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, cached)| match cached {
+                Some(CachedPartition {
+                    place: Place::Unknown(code),
+                    ..
+                }) => Some((slot, *code)),
+                _ => None,
+            })
+            .collect();
         Ok(IncrementalFetch {
             id,
             epoch: session.epoch,
-            inputs: session.inputs(),
-            last_sent: session
-                .order
-                .iter()
-                .map(|&slot| {
-                    let p = &session.slots[slot];
-                    (p.high_watermark, p.log_start_offset)
-                })
-                .collect(),
+            owners: session.owners(shards),
+            updates,
+            unknown,
         })
     }
 
-    /// Ends an incremental fetch: which of its partitions the response carries (one flag per
-    /// input), remembering what is sent and moving partitions that returned records to the end.
-    /// A session closed or moved on meanwhile is left alone.
+    /// The full update for `owner` of session `id`, if the session is still at `epoch` (an
+    /// owner that lost its view gets everything again).
+    pub fn full_update(&self, id: i32, epoch: i32, owner: usize) -> Option<ViewUpdate> {
+        self.sessions
+            .get(&id)
+            .filter(|s| s.epoch == epoch)
+            .map(|s| s.full_update(owner))
+    }
+
+    /// Ends an incremental fetch: puts its answers (by slot) in the session's order, keeps
+    /// whole batches within `max_bytes`, moves the partitions that returned records to the
+    /// end of the order, and names each answer's partition. A session closed or moved on
+    /// meanwhile answers nothing.
     pub fn finish_incremental(
         &mut self,
         fetch: &IncrementalFetch,
-        outputs: &[FetchOutput],
-    ) -> Vec<bool> {
-        let include: Vec<bool> = fetch
-            .last_sent
-            .iter()
-            .zip(outputs)
-            .map(|(&(hw, log_start), out)| {
-                !out.records.is_empty()
-                    || out.error.is_some()
-                    || out.high_watermark != hw
-                    || out.log_start_offset != log_start
+        answers: Vec<(usize, FetchOutput)>,
+        max_bytes: usize,
+    ) -> Vec<(TopicRef, i32, FetchOutput)> {
+        let Some(session) = self
+            .sessions
+            .get_mut(&fetch.id)
+            .filter(|s| s.epoch == fetch.epoch)
+        else {
+            return Vec::new();
+        };
+        let mut answers: Vec<(u64, usize, FetchOutput)> = answers
+            .into_iter()
+            .filter_map(|(slot, out)| {
+                let cached = session.slots.get(slot)?.as_ref()?;
+                Some((cached.rank, slot, out))
             })
             .collect();
-        let Some(session) = self.sessions.get_mut(&fetch.id) else {
-            return include;
-        };
-        if session.epoch != fetch.epoch {
-            return include;
+        answers.sort_unstable_by_key(|(rank, slot, _)| (*rank, *slot));
+        let mut outputs: Vec<FetchOutput> = answers
+            .iter_mut()
+            .map(|a| std::mem::take(&mut a.2))
+            .collect();
+        crate::fetch::fit_to_max_bytes(&mut outputs, max_bytes);
+        let mut named = Vec::with_capacity(outputs.len());
+        for ((_, slot, _), out) in answers.into_iter().zip(outputs) {
+            let rank = if out.records.is_empty() {
+                None
+            } else {
+                Some(session.next_rank())
+            };
+            let cached = session.slots[slot]
+                .as_mut()
+                .expect("answered slots are filled");
+            if let Some(rank) = rank {
+                cached.rank = rank;
+            }
+            named.push((cached.topic.clone(), cached.partition, out));
         }
-        // Same epoch: nothing changed the session since `begin_incremental`, so its partitions
-        // are the fetch's inputs, in order.
-        debug_assert_eq!(session.order.len(), outputs.len());
-        let mut moved = false;
-        for (&slot, output) in session.order.iter().zip(outputs) {
-            remember_sent(&mut session.slots[slot], output);
-            moved |= !output.records.is_empty();
-        }
-        if moved {
-            // A stable partition of the order: quiet partitions keep theirs, those that
-            // returned records follow in theirs. Slots (and the index) do not move.
-            let (quiet, busy): (Vec<_>, Vec<_>) = session
-                .order
-                .iter()
-                .zip(outputs)
-                .partition(|(_, out)| out.records.is_empty());
-            session.order = quiet
-                .into_iter()
-                .chain(busy)
-                .map(|(&slot, _)| slot)
-                .collect();
-        }
-        include
+        named
     }
 
     /// Makes room for a session of `size` partitions. Returns false if none may go.
@@ -373,6 +573,7 @@ impl FetchSessionCache {
             Some(id) => {
                 tracing::debug!(shard = self.shard, session = id, "fetch session evicted");
                 self.sessions.remove(&id);
+                self.dropped.push(id);
                 true
             }
             None => false,
@@ -392,20 +593,46 @@ impl FetchSessionCache {
     }
 }
 
-fn remember_sent(cached: &mut CachedPartition, output: &FetchOutput) {
-    // After an error the next answer is always sent (Kafka keeps -1 for the same reason).
-    cached.high_watermark = if output.error.is_some() {
-        -1
-    } else {
-        output.high_watermark
-    };
-    cached.log_start_offset = output.log_start_offset;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use std::collections::BTreeMap;
+
+    /// Topic "t" with 8 partitions, partition p on shard p % 4; `version` is the catalog's.
+    struct TestCatalog {
+        version: u64,
+        topic: Arc<Topic>,
+    }
+
+    impl TestCatalog {
+        fn new(version: u64) -> TestCatalog {
+            TestCatalog {
+                version,
+                topic: Arc::new(Topic {
+                    name: "t".into(),
+                    id: uuid::Uuid::new_v4(),
+                    partitions: 8,
+                    configs: BTreeMap::new(),
+                }),
+            }
+        }
+    }
+
+    impl Resolver for TestCatalog {
+        fn version(&self) -> u64 {
+            self.version
+        }
+        fn place(&self, topic: &TopicRef, partition: i32) -> Place {
+            match topic {
+                TopicRef::Name(n) if n == "t" && (0..8).contains(&partition) => Place::On {
+                    owner: partition as usize % 4,
+                    topic: self.topic.clone(),
+                },
+                _ => Place::Unknown(ResponseError::UnknownTopicOrPartition),
+            }
+        }
+    }
 
     fn input(p: i32, offset: i64) -> FetchInput {
         FetchInput {
@@ -416,17 +643,66 @@ mod tests {
         }
     }
 
+    /// An answer with high watermark `hw`; `records` non-empty: one real batch.
     fn output(hw: i64, records: &'static [u8]) -> FetchOutput {
+        let records = if records.is_empty() {
+            Bytes::new()
+        } else {
+            Bytes::from(sluice_storage::batch::build_batch(0, &[(0, b"k", records)]))
+        };
         FetchOutput {
             error: None,
             high_watermark: hw,
             log_start_offset: 0,
-            records: Bytes::from_static(records),
+            records,
+        }
+    }
+
+    fn req<'a>(
+        id: i32,
+        epoch: i32,
+        uses_topic_ids: bool,
+        changed: &'a [FetchInput],
+        forgotten: &'a [(TopicRef, i32)],
+    ) -> IncrementalRequest<'a> {
+        IncrementalRequest {
+            id,
+            epoch,
+            uses_topic_ids,
+            changed,
+            forgotten,
         }
     }
 
     fn cache(slots: usize) -> FetchSessionCache {
         FetchSessionCache::new(1, 4, slots, Duration::from_secs(120))
+    }
+
+    fn create(c: &mut FetchSessionCache, catalog: &TestCatalog, parts: &[i32]) -> i32 {
+        let inputs: Vec<_> = parts.iter().map(|&p| input(p, 0)).collect();
+        let outputs: Vec<_> = parts.iter().map(|_| output(5, b"")).collect();
+        c.create(false, &inputs, &outputs, catalog, Instant::now())
+            .map_or(NO_SESSION, |s| s.id)
+    }
+
+    /// An op, in short: ("put"|"move"|"remove", slot, fetch offset or -1).
+    fn short(op: &ViewOp) -> (&'static str, usize, i64) {
+        match op {
+            ViewOp::Put {
+                slot, partition, ..
+            } => ("put", *slot, partition.fetch_offset),
+            ViewOp::Move {
+                slot, fetch_offset, ..
+            } => ("move", *slot, *fetch_offset),
+            ViewOp::Remove { slot } => ("remove", *slot, -1),
+        }
+    }
+
+    fn ops(updates: &[Option<ViewUpdate>], owner: usize) -> Vec<(&'static str, usize, i64)> {
+        updates[owner]
+            .as_ref()
+            .map(|u| u.ops.iter().map(short).collect())
+            .unwrap_or_default()
     }
 
     #[test]
@@ -448,9 +724,9 @@ mod tests {
     #[test]
     fn ids_live_on_their_shard() {
         let mut c = cache(100);
-        let now = Instant::now();
+        let catalog = TestCatalog::new(1);
         for _ in 0..50 {
-            let id = c.create(false, &[input(0, 0)], &[output(0, b"")], now);
+            let id = create(&mut c, &catalog, &[0]);
             assert!(id > 0);
             assert_eq!(home_shard(id, 4), 1);
         }
@@ -458,101 +734,219 @@ mod tests {
     }
 
     #[test]
-    fn incremental_responses_carry_only_what_changed_and_rotate_busy_partitions() {
+    fn a_new_session_gives_each_owner_its_partitions_whole() {
         let mut c = cache(10);
-        let now = Instant::now();
-        let inputs = [input(0, 0), input(1, 0), input(2, 0)];
-        let id = c.create(
-            false,
-            &inputs,
-            &[output(5, b""), output(5, b""), output(5, b"")],
-            now,
-        );
-        let fetch = c
-            .begin_incremental(id, 1, false, &[input(1, 3)], &[], now)
-            .unwrap();
-        assert_eq!(fetch.inputs[1].fetch_offset, 3);
-        let include =
-            c.finish_incremental(&fetch, &[output(5, b""), output(6, b"x"), output(5, b"")]);
-        assert_eq!(include, vec![false, true, false]);
-        // Partition 1 returned records: it now comes last.
-        let fetch = c.begin_incremental(id, 2, false, &[], &[], now).unwrap();
-        let order: Vec<i32> = fetch.inputs.iter().map(|i| i.partition).collect();
-        assert_eq!(order, vec![0, 2, 1]);
-        // A changed high watermark alone is news; an error always is.
-        let mut failed = output(5, b"");
+        let catalog = TestCatalog::new(1);
+        let inputs = [input(0, 0), input(4, 7), input(1, 0)];
+        let mut failed = output(-1, b"");
         failed.error = Some(ResponseError::NotLeaderOrFollower);
-        let include = c.finish_incremental(&fetch, &[output(7, b""), failed, output(6, b"")]);
-        assert_eq!(include, vec![true, true, false]);
+        let outputs = [output(5, b"x"), failed, output(3, b"")];
+        let created = c
+            .create(false, &inputs, &outputs, &catalog, Instant::now())
+            .unwrap();
+        let to_0 = created.updates[0].as_ref().unwrap();
+        assert!(to_0.full);
+        let sent: Vec<Sent> = to_0
+            .ops
+            .iter()
+            .map(|op| match op {
+                ViewOp::Put { sent, .. } => *sent,
+                _ => panic!("a new view is all puts"),
+            })
+            .collect();
+        assert_eq!(
+            sent,
+            vec![
+                Sent {
+                    high_watermark: 5,
+                    log_start_offset: 0
+                },
+                Sent {
+                    high_watermark: -1,
+                    log_start_offset: 0
+                }
+            ],
+            "what the full fetch answered, an error as no high watermark sent"
+        );
+        assert_eq!(ops(&created.updates, 0), vec![("put", 0, 0), ("put", 1, 7)]);
+        assert_eq!(ops(&created.updates, 1), vec![("put", 2, 0)]);
+        assert!(created.updates[2].is_none() && created.updates[3].is_none());
     }
 
     #[test]
-    fn wrong_session_epoch_or_naming_is_refused_and_forgotten_partitions_leave() {
+    fn an_incremental_fetch_sends_owners_only_what_the_request_changed() {
         let mut c = cache(10);
+        let catalog = TestCatalog::new(1);
+        let id = create(&mut c, &catalog, &[0, 1, 2]);
         let now = Instant::now();
-        let id = c.create(
-            false,
-            &[input(0, 0), input(1, 0)],
-            &[output(0, b""), output(0, b"")],
-            now,
-        );
+        // Partition 1 moves, 5 joins, 2 leaves, and an unknown partition joins.
+        let fetch = c
+            .begin_incremental(
+                &req(
+                    id,
+                    1,
+                    false,
+                    &[input(1, 3), input(5, 0), input(9, 0)],
+                    &[(TopicRef::Name("t".into()), 2)],
+                ),
+                &catalog,
+                now,
+            )
+            .unwrap();
+        assert_eq!(fetch.epoch, 2);
         assert_eq!(
-            c.begin_incremental(id + 4, 1, false, &[], &[], now)
+            ops(&fetch.updates, 1),
+            vec![("move", 1, 3), ("put", 2, 0)],
+            "the freed slot 2 is reused"
+        );
+        assert_eq!(ops(&fetch.updates, 2), vec![("remove", 2, -1)]);
+        assert!(fetch.updates[0].is_none() && fetch.updates[3].is_none());
+        assert_eq!(fetch.owners, vec![true, true, false, false]);
+        assert_eq!(
+            fetch.unknown,
+            vec![(3, ResponseError::UnknownTopicOrPartition)]
+        );
+        // An owner that lost its view gets all of its partitions.
+        let full = c.full_update(id, 2, 1).unwrap();
+        assert!(full.full);
+        let slots: Vec<usize> = full.ops.iter().map(|op| short(op).1).collect();
+        assert_eq!(slots, vec![1, 2]);
+        assert!(
+            c.full_update(id, 1, 1).is_none(),
+            "an older fetch gets none"
+        );
+    }
+
+    #[test]
+    fn answers_come_in_session_order_and_busy_partitions_go_last() {
+        let mut c = cache(10);
+        let catalog = TestCatalog::new(1);
+        let id = create(&mut c, &catalog, &[0, 1, 2]);
+        let now = Instant::now();
+        let fetch = c
+            .begin_incremental(&req(id, 1, false, &[], &[]), &catalog, now)
+            .unwrap();
+        let named = c.finish_incremental(
+            &fetch,
+            vec![
+                (2, output(6, b"")),
+                (1, output(6, b"x")),
+                (0, output(7, b"")),
+            ],
+            1 << 20,
+        );
+        let order: Vec<i32> = named.iter().map(|(_, p, _)| *p).collect();
+        assert_eq!(order, vec![0, 1, 2], "slots in the session's order");
+        let fetch = c
+            .begin_incremental(&req(id, 2, false, &[], &[]), &catalog, now)
+            .unwrap();
+        let named = c.finish_incremental(
+            &fetch,
+            vec![
+                (1, output(6, b"")),
+                (0, output(7, b"")),
+                (2, output(8, b"")),
+            ],
+            1 << 20,
+        );
+        let order: Vec<i32> = named.iter().map(|(_, p, _)| *p).collect();
+        assert_eq!(
+            order,
+            vec![0, 2, 1],
+            "partition 1 returned records: it goes last"
+        );
+        // A fetch the session moved past answers nothing.
+        let stale = c
+            .begin_incremental(&req(id, 3, false, &[], &[]), &catalog, now)
+            .unwrap();
+        let _newer = c
+            .begin_incremental(&req(id, 4, false, &[], &[]), &catalog, now)
+            .unwrap();
+        assert!(c
+            .finish_incremental(&stale, vec![(0, output(9, b""))], 1 << 20)
+            .is_empty());
+    }
+
+    #[test]
+    fn a_changed_catalog_moves_partitions_between_owners() {
+        let mut c = cache(10);
+        let catalog = TestCatalog::new(1);
+        let id = create(&mut c, &catalog, &[0, 1]);
+        // The topic was deleted and created again: a new id, same name.
+        let recreated = TestCatalog::new(2);
+        let fetch = c
+            .begin_incremental(&req(id, 1, false, &[], &[]), &recreated, Instant::now())
+            .unwrap();
+        assert_eq!(
+            ops(&fetch.updates, 0),
+            vec![("remove", 0, -1), ("put", 0, 0)]
+        );
+        match &fetch.updates[1].as_ref().unwrap().ops[1] {
+            ViewOp::Put {
+                partition, sent, ..
+            } => {
+                assert_eq!(partition.topic.id, recreated.topic.id);
+                assert_eq!(*sent, Sent::NOTHING);
+            }
+            op => panic!("expected a put, got {op:?}"),
+        }
+    }
+
+    #[test]
+    fn wrong_session_epoch_or_naming_is_refused() {
+        let mut c = cache(10);
+        let catalog = TestCatalog::new(1);
+        let id = create(&mut c, &catalog, &[0, 1]);
+        let now = Instant::now();
+        assert_eq!(
+            c.begin_incremental(&req(id + 4, 1, false, &[], &[]), &catalog, now)
                 .unwrap_err(),
             ResponseError::FetchSessionIdNotFound
         );
         assert_eq!(
-            c.begin_incremental(id, 2, false, &[], &[], now)
+            c.begin_incremental(&req(id, 2, false, &[], &[]), &catalog, now)
                 .unwrap_err(),
             ResponseError::InvalidFetchSessionEpoch
         );
         assert_eq!(
-            c.begin_incremental(id, 1, true, &[], &[], now).unwrap_err(),
+            c.begin_incremental(&req(id, 1, true, &[], &[]), &catalog, now)
+                .unwrap_err(),
             ResponseError::FetchSessionTopicIdError
         );
-        let fetch = c
-            .begin_incremental(id, 1, false, &[], &[(TopicRef::Name("t".into()), 0)], now)
+        c.begin_incremental(&req(id, 1, false, &[], &[]), &catalog, now)
             .unwrap();
-        assert_eq!(fetch.inputs.len(), 1);
-        assert_eq!(fetch.inputs[0].partition, 1);
         // The same epoch again is stale now.
         assert_eq!(
-            c.begin_incremental(id, 1, false, &[], &[], now)
+            c.begin_incremental(&req(id, 1, false, &[], &[]), &catalog, now)
                 .unwrap_err(),
             ResponseError::InvalidFetchSessionEpoch
         );
         assert!(c.close(id));
         assert!(c.is_empty());
+        assert_eq!(c.take_dropped(), vec![id], "the owners' views must go");
     }
 
     #[test]
     fn a_full_cache_evicts_stale_then_smaller_sessions_or_answers_without_one() {
         let mut c = cache(2);
+        let catalog = TestCatalog::new(1);
         let t0 = Instant::now();
-        let small = c.create(false, &[input(0, 0)], &[output(0, b"")], t0);
-        let big = c.create(
-            false,
-            &[input(0, 0), input(1, 0)],
-            &[output(0, b""), output(0, b"")],
-            t0,
-        );
+        let small = create(&mut c, &catalog, &[0]);
+        let big = create(&mut c, &catalog, &[0, 1]);
         // Nothing stale, and a session of one partition is not larger than any: refused.
-        assert_eq!(
-            c.create(false, &[input(0, 0)], &[output(0, b"")], t0),
-            NO_SESSION
-        );
+        assert_eq!(create(&mut c, &catalog, &[0]), NO_SESSION);
         // A larger session displaces the smallest.
-        let three = [input(0, 0), input(1, 0), input(2, 0)];
-        let outs = [output(0, b""), output(0, b""), output(0, b"")];
-        let larger = c.create(false, &three, &outs, t0);
+        let larger = create(&mut c, &catalog, &[0, 1, 2]);
         assert_ne!(larger, NO_SESSION);
+        assert_eq!(c.take_dropped(), vec![small]);
         assert!(!c.close(small), "the smallest session was evicted");
         // Once idle past the eviction time, the least recently used goes for anything.
         let later = t0 + Duration::from_secs(121);
-        c.begin_incremental(larger, 1, false, &[], &[], later)
+        c.begin_incremental(&req(larger, 1, false, &[], &[]), &catalog, later)
             .unwrap();
-        let tiny = c.create(false, &[input(0, 0)], &[output(0, b"")], later);
-        assert_ne!(tiny, NO_SESSION);
+        let inputs = [input(0, 0)];
+        let tiny = c.create(false, &inputs, &[output(0, b"")], &catalog, later);
+        assert!(tiny.is_some());
         assert!(!c.close(big), "the stale session was evicted");
         assert!(c.close(larger));
     }
@@ -560,9 +954,6 @@ mod tests {
     #[test]
     fn no_slots_means_no_sessions() {
         let mut c = cache(0);
-        assert_eq!(
-            c.create(false, &[input(0, 0)], &[output(0, b"")], Instant::now()),
-            NO_SESSION
-        );
+        assert_eq!(create(&mut c, &TestCatalog::new(1), &[0]), NO_SESSION);
     }
 }

@@ -1203,7 +1203,7 @@ async fn compact(shard: &Shard, topic: &Topic, partition: i32) -> sluice_storage
     }
     // With no live key left, everything before the current end is garbage.
     let start = start.unwrap_or_else(|| p.high_watermark());
-    Ok(p.log().truncate_prefix(start).await?.0)
+    Ok(p.truncate_prefix(start).await?.0)
 }
 
 /// Persists a new generation's group record in the background (membership itself is not

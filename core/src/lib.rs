@@ -30,6 +30,7 @@
 
 pub mod broker_configs;
 pub mod catalog;
+pub mod changes;
 pub mod cleaner;
 pub mod controller;
 pub mod fetch;
@@ -41,6 +42,7 @@ pub mod offsets_topic;
 pub mod partition;
 pub mod produce;
 pub mod producers;
+pub mod session_views;
 pub mod shard;
 pub mod topics;
 pub mod turn;

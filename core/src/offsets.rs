@@ -165,7 +165,7 @@ pub async fn delete_records(
                     if target.0 < 0 || target > p.high_watermark() {
                         return (Some(ResponseError::OffsetOutOfRange), -1);
                     }
-                    match p.log().truncate_prefix(target).await {
+                    match p.truncate_prefix(target).await {
                         Ok(start) => (None, start.0),
                         Err(_) => (Some(ResponseError::KafkaStorageError), -1),
                     }

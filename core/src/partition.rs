@@ -23,7 +23,9 @@ use sluice_storage::batch::{read_header, validate_batch};
 use sluice_storage::{AppendInfo, LeaderEpoch, Log, LogConfig, Offset, Result, StorageError};
 use tracing::{info, warn};
 
+use crate::changes::ChangeFeed;
 use crate::producers::{ProducerState, Verdict, SNAPSHOT_EVERY_BYTES};
+use crate::shard::PartitionKey;
 use crate::turn::{Ticket, Turn};
 
 /// The leader epoch stamped on every batch (single node: leadership never changes).
@@ -51,6 +53,9 @@ pub struct Partition {
     /// Fetches waiting for the log end to move. Senders whose receiver is gone are pruned on
     /// every registration, so the list holds at most the waiting fetches.
     waiters: RefCell<Vec<oneshot::Sender<()>>>,
+    /// The owning shard's change feed and this partition's key there (set once the shard has
+    /// opened it; see [`Partition::note_changed`]).
+    changes: std::cell::OnceCell<(Rc<ChangeFeed>, PartitionKey)>,
 }
 
 impl Partition {
@@ -86,6 +91,7 @@ impl Partition {
             turn: Rc::new(Turn::new()),
             appended_since_snapshot: Cell::new(0),
             waiters: RefCell::default(),
+            changes: std::cell::OnceCell::new(),
         })
     }
 
@@ -173,9 +179,7 @@ impl Partition {
                 ..header
             });
         drop(turn);
-        for waiter in self.waiters.borrow_mut().drain(..) {
-            let _ = waiter.send(());
-        }
+        self.note_changed();
         if durable {
             self.log.wait_durable(appended.last_offset).await?;
         }
@@ -220,10 +224,39 @@ impl Partition {
         rx
     }
 
+    /// Drops the records before `offset` (DeleteRecords, offsets-topic cleanup); answers the
+    /// new log start offset.
+    pub async fn truncate_prefix(&self, offset: Offset) -> Result<Offset> {
+        let start = self.log.truncate_prefix(offset).await;
+        self.note_changed();
+        start
+    }
+
+    /// Reports this partition's changes to `feed` under `key` from now on (the owning shard
+    /// calls it once, as it opens the partition).
+    pub fn attach_changes(&self, feed: Rc<ChangeFeed>, key: PartitionKey) {
+        let _ = self.changes.set((feed, key));
+    }
+
+    /// Tells whoever watches that the high watermark or log start offset may have moved (or
+    /// the partition closed): the fetches waiting on this partition, and the shard's change
+    /// feed (fetch sessions). Every such change must call this.
+    pub fn note_changed(&self) {
+        for waiter in self.waiters.borrow_mut().drain(..) {
+            let _ = waiter.send(());
+        }
+        if let Some((feed, key)) = self.changes.get() {
+            feed.push(*key);
+        }
+    }
+
     /// Flushes and closes the log, then snapshots the producer state; waiting fetches are
     /// released.
     pub async fn close(&self) -> Result<()> {
         self.waiters.borrow_mut().clear();
+        if let Some((feed, key)) = self.changes.get() {
+            feed.push(*key);
+        }
         let json = self.producers.borrow().to_snapshot();
         self.log.close().await?;
         sluice_storage::io::write_file_atomically(

@@ -119,6 +119,10 @@ pub struct Shard {
     pub write_budget: sluice_storage::WriteBudget,
     /// The incremental fetch sessions whose home is this shard.
     pub fetch_sessions: RefCell<crate::fetch_sessions::FetchSessionCache>,
+    /// Which of this shard's partitions changed, in order (fetch sessions read it).
+    pub changes: Rc<crate::changes::ChangeFeed>,
+    /// This shard's part of fetch sessions (of any home) that have partitions here.
+    pub(crate) session_views: RefCell<crate::session_views::SessionViews>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -156,6 +160,8 @@ impl Shard {
             id,
             count,
             fetch_sessions: RefCell::new(fetch_sessions),
+            changes: Rc::new(crate::changes::ChangeFeed::default()),
+            session_views: RefCell::default(),
             senders,
             image: RefCell::new(catalog.image()),
             catalog,
@@ -413,7 +419,10 @@ impl Shard {
             opened.log().join_sync_group(group);
         }
         opened.log().join_write_budget(&self.write_budget);
+        opened.attach_changes(self.changes.clone(), key);
         self.partitions.borrow_mut().insert(key, opened.clone());
+        // Sessions that looked at this partition before it was open saw nothing here.
+        self.changes.push(key);
         Ok(opened)
     }
 
@@ -542,13 +551,16 @@ impl Shard {
                     .enforce_retention(sluice_storage::types::now_ms())
                     .await
                 {
-                    Ok(outcome) if outcome.segments_deleted > 0 => info!(
-                        dir = %partition.dir().display(),
-                        segments = outcome.segments_deleted,
-                        bytes = outcome.bytes_deleted,
-                        log_start = %outcome.log_start,
-                        "retention deleted segments"
-                    ),
+                    Ok(outcome) if outcome.segments_deleted > 0 => {
+                        partition.note_changed();
+                        info!(
+                            dir = %partition.dir().display(),
+                            segments = outcome.segments_deleted,
+                            bytes = outcome.bytes_deleted,
+                            log_start = %outcome.log_start,
+                            "retention deleted segments"
+                        )
+                    }
                     Ok(_) => {}
                     Err(e) => warn!(dir = %partition.dir().display(), error = %e, "retention"),
                 }

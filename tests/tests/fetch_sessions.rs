@@ -16,10 +16,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::delete_records_request::{
+    DeleteRecordsPartition, DeleteRecordsTopic,
+};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, CreateTopicsRequest, CreateTopicsResponse, FetchRequest, FetchResponse,
+    ApiKey, BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteRecordsRequest,
+    DeleteRecordsResponse, DeleteTopicsRequest, DeleteTopicsResponse, FetchRequest, FetchResponse,
     ProduceRequest, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
@@ -31,6 +35,7 @@ const TOPIC: &str = "sessions";
 const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
 const INVALID_FETCH_SESSION_EPOCH: i16 = 71;
 const FETCH_SESSION_TOPIC_ID_ERROR: i16 = 106;
+const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 
 fn name(s: &str) -> TopicName {
     TopicName(StrBytes::from_string(s.to_string()))
@@ -278,6 +283,114 @@ fn incremental_fetches_answer_only_what_changed_and_refuse_what_kafka_refuses() 
     // Fetch v4-6 has no sessions: answered in full, session id 0.
     let old: FetchResponse = call(&mut s, ApiKey::Fetch, 6, &session_fetch(0, -1, &all, &[]));
     assert_eq!(answered(&old).len(), 4);
+}
+
+/// The partitions a response carries: (partition, error, high watermark, log start, record
+/// bytes).
+fn answered_with_start(r: &FetchResponse) -> Vec<(i32, i16, i64, i64, usize)> {
+    let mut out: Vec<_> = r
+        .responses
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(|p| {
+                (
+                    p.partition_index,
+                    p.error_code,
+                    p.high_watermark,
+                    p.log_start_offset,
+                    p.records.as_ref().map_or(0, |r| r.len()),
+                )
+            })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A session of 40 partitions (20 on each shard: the owners watch their change feed, not each
+/// partition) hears of every kind of news: records, a log start moved by DeleteRecords, a
+/// partition appended to during a long poll, and its topic deleted.
+#[test]
+fn a_large_session_hears_of_log_start_moves_long_poll_appends_and_deleted_topics() {
+    const PARTITIONS: i32 = 40;
+    let broker = Broker::start(&["--cores", "2"]);
+    let mut s = connect(broker.addr);
+    create_topic(&mut s, PARTITIONS);
+    for p in 0..PARTITIONS {
+        produce(&mut s, p);
+    }
+    let all: Vec<(i32, i64)> = (0..PARTITIONS).map(|p| (p, 1)).collect();
+    let full: FetchResponse = call(&mut s, ApiKey::Fetch, 12, &session_fetch(0, 0, &all, &[]));
+    let id = full.session_id;
+    assert!(id > 0);
+    assert_eq!(answered(&full).len(), PARTITIONS as usize);
+    let r: FetchResponse = call(&mut s, ApiKey::Fetch, 12, &session_fetch(id, 1, &[], &[]));
+    assert_eq!(answered(&r), vec![], "nothing new");
+
+    // DeleteRecords moves partition 7's log start: news, without records.
+    let deleted: DeleteRecordsResponse = call(
+        &mut s,
+        ApiKey::DeleteRecords,
+        2,
+        &DeleteRecordsRequest::default()
+            .with_timeout_ms(5000)
+            .with_topics(vec![DeleteRecordsTopic::default()
+                .with_name(name(TOPIC))
+                .with_partitions(vec![DeleteRecordsPartition::default()
+                    .with_partition_index(7)
+                    .with_offset(1)])]),
+    );
+    assert_eq!(deleted.topics[0].partitions[0].error_code, 0);
+    let r: FetchResponse = call(&mut s, ApiKey::Fetch, 12, &session_fetch(id, 2, &[], &[]));
+    assert_eq!(answered_with_start(&r), vec![(7, 0, 1, 1, 0)]);
+
+    // A long poll wakes for an append to one of the 40, and answers only it.
+    let addr = broker.addr;
+    let poll = std::thread::spawn(move || {
+        let started = Instant::now();
+        let request = session_fetch(id, 3, &[], &[]).with_max_wait_ms(10_000);
+        let r: FetchResponse = call(&mut connect(addr), ApiKey::Fetch, 12, &request);
+        (r, started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    produce(&mut s, 33);
+    let (r, waited) = poll.join().unwrap();
+    assert_eq!(partitions_with_records(&r), vec![33]);
+    assert_eq!(answered(&r).len(), 1, "{:?}", answered(&r));
+    assert!(
+        waited < Duration::from_secs(8),
+        "woken by the append: {waited:?}"
+    );
+
+    // Partition 33's records stay news until the consumer moves past them.
+    let r: FetchResponse = call(&mut s, ApiKey::Fetch, 12, &session_fetch(id, 4, &[], &[]));
+    assert_eq!(partitions_with_records(&r), vec![33]);
+    let r: FetchResponse = call(
+        &mut s,
+        ApiKey::Fetch,
+        12,
+        &session_fetch(id, 5, &[(33, 2)], &[]),
+    );
+    assert_eq!(answered(&r), vec![]);
+
+    // The topic is deleted: every partition of the session answers the error.
+    let gone: DeleteTopicsResponse = call(
+        &mut s,
+        ApiKey::DeleteTopics,
+        4,
+        &DeleteTopicsRequest::default()
+            .with_topic_names(vec![name(TOPIC)])
+            .with_timeout_ms(5000),
+    );
+    assert_eq!(gone.responses[0].error_code, 0);
+    let r: FetchResponse = call(&mut s, ApiKey::Fetch, 12, &session_fetch(id, 6, &[], &[]));
+    let errors: Vec<i16> = answered(&r).iter().map(|a| a.1).collect();
+    assert_eq!(
+        errors,
+        vec![UNKNOWN_TOPIC_OR_PARTITION; PARTITIONS as usize],
+        "{:?}",
+        answered(&r)
+    );
 }
 
 #[test]

@@ -14,7 +14,7 @@ use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, Partition
 use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use sluice_core::fetch::{self, FetchInput, FetchLimits, FetchOutput};
-use sluice_core::fetch_sessions::{home_shard, SessionRequest, NO_SESSION};
+use sluice_core::fetch_sessions::{home_shard, IncrementalRequest, SessionRequest, NO_SESSION};
 use sluice_core::shard::Shard;
 use sluice_core::{ResponseError, TopicRef};
 
@@ -66,19 +66,36 @@ pub async fn handle(request: FetchRequest, version: i16, ctx: &Context) -> Fetch
         let _ = ctx
             .shard
             .invoke_on(home, move |shard| async move {
-                shard.fetch_sessions.borrow_mut().close(id);
+                let dropped = {
+                    let mut sessions = shard.fetch_sessions.borrow_mut();
+                    sessions.close(id);
+                    sessions.take_dropped()
+                };
+                fetch::drop_sessions(&shard, dropped);
             })
             .await;
     }
     let inputs = partitions_of(&request.topics, uses_topic_ids);
     let outputs = fetch::fetch(&ctx.shard, &inputs, limits).await;
     let session_id = if create {
-        ctx.shard.fetch_sessions.borrow_mut().create(
-            uses_topic_ids,
-            &inputs,
-            &outputs,
-            Instant::now(),
-        )
+        let resolver = fetch::ImageResolver {
+            shard: &ctx.shard,
+            image: ctx.shard.image(),
+        };
+        let (created, dropped) = {
+            let mut sessions = ctx.shard.fetch_sessions.borrow_mut();
+            let created =
+                sessions.create(uses_topic_ids, &inputs, &outputs, &resolver, Instant::now());
+            (created, sessions.take_dropped())
+        };
+        fetch::drop_sessions(&ctx.shard, dropped);
+        match created {
+            Some(created) => {
+                fetch::install_session(&ctx.shard, &created).await;
+                created.id
+            }
+            None => NO_SESSION,
+        }
     } else {
         NO_SESSION
     };
@@ -106,26 +123,42 @@ async fn incremental(
             t.partitions.iter().map(move |p| (topic.clone(), *p))
         })
         .collect();
+    let resolver = fetch::ImageResolver {
+        shard,
+        image: shard.image(),
+    };
     let begun = shard.fetch_sessions.borrow_mut().begin_incremental(
-        id,
-        epoch,
-        uses_topic_ids,
-        &changed,
-        &forgotten,
+        &IncrementalRequest {
+            id,
+            epoch,
+            uses_topic_ids,
+            changed: &changed,
+            forgotten: &forgotten,
+        },
+        &resolver,
         Instant::now(),
     );
     let session_fetch = match begun {
         Ok(f) => f,
         Err(code) => return FetchResponse::default().with_error_code(code.code()),
     };
-    let outputs = fetch::fetch(shard, &session_fetch.inputs, limits).await;
-    let include = shard
-        .fetch_sessions
-        .borrow_mut()
-        .finish_incremental(&session_fetch, &outputs);
+    let answers = fetch::fetch_incremental(shard, session_fetch, limits).await;
+    let (inputs, outputs): (Vec<FetchInput>, Vec<FetchOutput>) = answers
+        .into_iter()
+        .map(|(topic, partition, out)| {
+            let input = FetchInput {
+                topic,
+                partition,
+                fetch_offset: 0,
+                partition_max_bytes: 0,
+            };
+            (input, out)
+        })
+        .unzip();
+    let all = vec![true; inputs.len()];
     FetchResponse::default()
         .with_session_id(id)
-        .with_responses(responses(&session_fetch.inputs, outputs, &include))
+        .with_responses(responses(&inputs, outputs, &all))
 }
 
 fn topic_ref(name: &TopicName, id: uuid::Uuid, uses_topic_ids: bool) -> TopicRef {
