@@ -24,8 +24,14 @@
 //!   and `min.incremental.fetch.session.eviction.ms`); if neither, the new fetch is answered
 //!   without a session (id 0) and the client goes on with full fetches.
 //!
-//! Invariant: `Session::index` maps each partition key of the session to its slot, and
-//! `Session::order` lists exactly those slots once each; freed slots are in `Session::free`.
+//! This module is the home's half: membership, places and order. What each partition was last
+//! told, and which partitions have news, is kept by the owning shards (`session_views`); the
+//! home sends them the changes of each request as [`ViewOp`]s.
+//!
+//! Invariants: `Session::index` maps each partition key of the session to its slot, and exactly
+//! those slots are filled; freed slots are in `Session::free`. Every change of a filled slot's
+//! place, position or presence is sent to its owner (old and new) as an op of the fetch that made
+//! it, or the owner is sent its whole part (`full_update`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
