@@ -37,6 +37,11 @@ pub enum StorageError {
     /// is reopened and recovered from what is really on disk.
     #[error("log is failed after an earlier I/O error ({0}); reopen it to recover")]
     Poisoned(String),
+    /// The disk refused a write of buffered records for lack of space (ENOSPC, EDQUOT): they
+    /// stay buffered (and readable) and are written again once space comes back; until then
+    /// the log refuses appends. Nothing is poisoned: what is on disk is known.
+    #[error("the disk has no room for this log's buffered records ({0}); they are retried, and appends are refused until space comes back")]
+    NoSpace(String),
     #[error("log is closed")]
     Closed,
     #[error("I/O error on {path}: {source}")]

@@ -162,6 +162,13 @@ struct Inner {
     /// The shard's write-buffer budget, and what this log's tail is charged to it.
     write_budget: RefCell<Option<WriteBudget>>,
     charged: Cell<usize>,
+    /// Set while a data write the disk refused for lack of space waits to be written again (its
+    /// data stays in the write tail): appends are refused meanwhile. The message of the refusal.
+    refused_write: RefCell<Option<String>>,
+    /// Bumped by every refused data write: a durability waiter that sees it move fails.
+    refused_writes: Cell<u64>,
+    /// A background task is retrying the refused write.
+    retrying_refused: Cell<bool>,
 }
 
 impl Drop for Inner {
@@ -368,14 +375,23 @@ impl Log {
             }
             let sealed = !is_last && !damaged;
             if sealed && !index_loaded {
-                // The index was missing or invalid: write the rebuilt one.
-                io::write_file_atomically(
+                // The index was missing or invalid: write the rebuilt one. A full disk (a roll
+                // that could not write it is one way to get here) must not keep the log from
+                // opening: the index is in memory, and rebuilt again at the next open.
+                match io::write_file_atomically(
                     &dir,
                     &format::index_file_name(base),
                     &index.to_file().encode(),
                 )
-                .await?;
-                info!(segment = %base, "rebuilt segment index");
+                .await
+                {
+                    Ok(()) => info!(segment = %base, "rebuilt segment index"),
+                    Err(StorageError::Io { source, .. }) if is_out_of_space(&source) => {
+                        warn!(segment = %base, error = %source,
+                            "rebuilt segment index kept in memory only: the disk is full")
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             if !sealed {
                 io::remove_file_if_exists(&index_path)?;
@@ -475,6 +491,9 @@ impl Log {
                 last_append: Cell::new(std::time::Instant::now()),
                 write_budget: RefCell::new(None),
                 charged: Cell::new(0),
+                refused_write: RefCell::new(None),
+                refused_writes: Cell::new(0),
+                retrying_refused: Cell::new(false),
                 write_waiters: RefCell::new(Vec::new()),
                 zero_lock: Semaphore::new(1),
                 zero_waiters: RefCell::new(Vec::new()),
@@ -569,6 +588,75 @@ impl Log {
         Ok(())
     }
 
+    /// Refuses new appends while a write the disk refused for lack of space waits to be
+    /// written again.
+    fn check_room(&self) -> Result<()> {
+        match self.inner.refused_write.borrow().as_ref() {
+            Some(why) => Err(StorageError::NoSpace(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Records that the disk refused the write of the chunk at `chunk_pos` for lack of space:
+    /// the chunk stays in the tail to be written again (by the next write-out, or the retry
+    /// task started here), and appends are refused until a write goes through. Nothing on disk
+    /// is unknown (a refused or short direct write is simply written again whole), so the log
+    /// is not poisoned.
+    fn refuse_write(&self, chunk_pos: u64, path: &Path, err: std::io::Error) -> StorageError {
+        {
+            let mut state = self.inner.state.borrow_mut();
+            if let Some(tail) = state.active_mut().tail.as_mut() {
+                tail.abandon(chunk_pos);
+            }
+        }
+        let why = StorageError::io(path.display(), err).to_string();
+        let first = self
+            .inner
+            .refused_write
+            .replace(Some(why.clone()))
+            .is_none();
+        self.inner
+            .refused_writes
+            .set(self.inner.refused_writes.get() + 1);
+        if first {
+            warn!(dir = %self.inner.dir.display(), error = %why,
+                "the disk refused a write for lack of space: the records stay buffered and are written again, appends to this log are refused until then");
+        }
+        self.spawn_refused_write_retry();
+        StorageError::NoSpace(why)
+    }
+
+    /// Retries the refused writes in the background (backing off from 100 ms to 2 s) until one
+    /// goes through, so a log nobody appends to or waits on still writes its buffered records
+    /// once space comes back.
+    fn spawn_refused_write_retry(&self) {
+        if self.inner.retrying_refused.replace(true) {
+            return;
+        }
+        let log = self.clone();
+        glommio::spawn_local(async move {
+            let mut backoff = std::time::Duration::from_millis(100);
+            loop {
+                glommio::timer::sleep(backoff).await;
+                if log.check_usable().is_err() || log.inner.refused_write.borrow().is_none() {
+                    break;
+                }
+                let Ok(_io) = log.lock_io().await else { break };
+                let _ = log.write_out().await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+            }
+            log.inner.retrying_refused.set(false);
+        })
+        .detach();
+    }
+
+    /// A write went through: appends are taken again.
+    fn note_write_accepted(&self) {
+        if self.inner.refused_write.take().is_some() {
+            info!(dir = %self.inner.dir.display(), "a write the disk had refused went through: appends are taken again");
+        }
+    }
+
     /// Records an I/O failure that leaves the files in an unknown state, and returns its error.
     fn fail(&self, err: StorageError) -> StorageError {
         let mut failure = self.inner.failure.borrow_mut();
@@ -598,6 +686,7 @@ impl Log {
         })?;
         let _append = self.lock_appends().await?;
         self.check_usable()?;
+        self.check_room()?;
         self.roll_if_aged().await?;
 
         let mut pos = 0usize;
@@ -697,6 +786,10 @@ impl Log {
             self.inner.appended_since_yield.set(since_yield);
         }
         loop {
+            if self.inner.refused_write.borrow().is_some() {
+                // The records are in; their writes wait for space (see `refuse_write`).
+                break;
+            }
             let backlog =
                 self.unwritten_bytes() >= self.inner.config.borrow().unwritten_bytes_max as u64;
             let budget = self.inner.write_budget.borrow().clone();
@@ -732,10 +825,18 @@ impl Log {
     /// Waits until `offset` is durable (below the durable watermark), running or joining a group
     /// commit round as needed.
     pub async fn wait_durable(&self, offset: Offset) -> Result<()> {
+        let refused_before = self.inner.refused_writes.get();
         loop {
             self.check_usable()?;
             if self.inner.durable_end.get() > offset {
                 return Ok(());
+            }
+            if self.inner.refused_writes.get() != refused_before {
+                // A write since this wait began was refused for lack of space: the records
+                // may be among those it carried. They stay buffered; the caller hears of it.
+                return Err(self.check_room().err().unwrap_or_else(|| {
+                    StorageError::NoSpace("a write was refused while waiting".into())
+                }));
             }
             let log_end = self.log_end_offset();
             if offset >= log_end {
@@ -979,6 +1080,7 @@ impl Log {
     /// bytes, and waits until the file holds everything up to where the tail ended on entry.
     /// Caller holds `io_lock`. Returns the active segment's file.
     async fn write_out(&self) -> Result<Rc<glommio::io::DmaFile>> {
+        let refused_before = self.inner.refused_writes.get();
         let (file, path, target, partial) = {
             let mut state = self.inner.state.borrow_mut();
             let active = state.active_mut();
@@ -1020,6 +1122,11 @@ impl Log {
             };
             if written >= target {
                 return Ok(file);
+            }
+            if self.inner.refused_writes.get() != refused_before {
+                return Err(self.check_room().err().unwrap_or_else(|| {
+                    StorageError::NoSpace("a write was refused during the write-out".into())
+                }));
             }
             // A chunk sealed while its partial write was in flight is writable now.
             self.start_sealed_writes(usize::MAX);
@@ -1092,6 +1199,10 @@ impl Log {
         };
         if let Some(to) = reserve_to {
             if let Err(e) = file.pre_allocate(to, false).await {
+                let e: std::io::Error = e.into();
+                if is_out_of_space(&e) {
+                    return Err(self.refuse_write(chunk_pos, path, e));
+                }
                 return Err(abandon(StorageError::io(path.display(), e)));
             }
         }
@@ -1103,8 +1214,13 @@ impl Log {
             let _ = rx.await;
         }
         let overwrite = self.active_overwrite(file, |o| o.is_overwrite(pos, end)) == Some(true);
-        match write.submit(file).await {
-            Ok(n) if n == len => {
+        let outcome = match write.submit(file).await {
+            Ok(n) if n == len => Ok(()),
+            Ok(n) => self.write_rest(file, pos, len, n, data_end).await,
+            Err(e) => Err(e.into()),
+        };
+        match outcome {
+            Ok(()) => {
                 if !overwrite {
                     self.inner
                         .metadata_writes
@@ -1123,16 +1239,54 @@ impl Log {
                     .complete(chunk_pos, data_end);
                 drop(state);
                 self.recharge_budget();
+                self.note_write_accepted();
                 Ok(())
             }
-            Ok(n) => Err(abandon(StorageError::io(
-                path.display(),
-                std::io::Error::new(
-                    std::io::ErrorKind::WriteZero,
-                    format!("short write at {pos}: {n} of {len} bytes"),
-                ),
-            ))),
+            Err(e) if is_out_of_space(&e) => Err(self.refuse_write(chunk_pos, path, e)),
             Err(e) => Err(abandon(StorageError::io(path.display(), e))),
+        }
+    }
+
+    /// After a short direct write (`written` of the `len` bytes at `pos`), writes the rest
+    /// from the tail's copy of the data: a filesystem that stopped partway says why here
+    /// (ENOSPC, EFBIG, ...), or the rest goes through and the whole write is done.
+    async fn write_rest(
+        &self,
+        file: &glommio::io::DmaFile,
+        pos: u64,
+        len: usize,
+        written: usize,
+        data_end: u64,
+    ) -> std::io::Result<()> {
+        let short = || {
+            std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                format!("short write at {pos}: {written} of {len} bytes"),
+            )
+        };
+        if written == 0 || !written.is_multiple_of(io::DIRECT_IO_ALIGNMENT) {
+            return Err(short());
+        }
+        let rest_pos = pos + written as u64;
+        let rest_len = len - written;
+        let mut buf = file.alloc_dma_buffer(rest_len);
+        buf.as_bytes_mut().fill(0);
+        let data_len = data_end.saturating_sub(rest_pos).min(rest_len as u64) as usize;
+        if data_len > 0 {
+            let data = {
+                let state = self.inner.state.borrow();
+                let tail = state.active().tail.as_ref().ok_or_else(short)?;
+                if rest_pos < tail.memory_start() || rest_pos + data_len as u64 > tail.end_pos() {
+                    return Err(short());
+                }
+                tail.copy_range(rest_pos, data_len)
+            };
+            buf.as_bytes_mut()[..data_len].copy_from_slice(&data);
+        }
+        match file.write_at(buf, rest_pos).await {
+            Ok(n) if n == rest_len => Ok(()),
+            Ok(_) => Err(short()),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -2183,12 +2337,24 @@ impl Log {
         if self.inner.closed.get() {
             return Ok(());
         }
-        self.sync().await?;
+        let refused = match self.sync().await {
+            Ok(_) => false,
+            // Closing on a full disk (a deleted topic, a shutdown): the records the disk
+            // refused were never durable, and holding the files open would hold their space.
+            Err(StorageError::NoSpace(why)) => {
+                warn!(dir = %self.inner.dir.display(), error = %why,
+                    "closing with buffered records the disk refused: they are dropped (none was acknowledged as durable)");
+                true
+            }
+            Err(e) => return Err(e),
+        };
         let _append = self.lock_appends().await?;
         let _io = self.lock_io().await?;
         let _zero = self.lock_zeroing().await?;
-        // Everything is durable now: the whole active index is a valid checkpoint.
-        self.checkpoint_active_index(None).await;
+        if !refused {
+            // Everything is durable now: the whole active index is a valid checkpoint.
+            self.checkpoint_active_index(None).await;
+        }
         self.inner.closed.set(true);
         let segments = std::mem::take(&mut self.inner.state.borrow_mut().segments);
         self.recharge_budget();
@@ -2202,6 +2368,18 @@ impl Log {
         }
         Ok(())
     }
+}
+
+/// Whether a write failed for lack of space (the filesystem's or a quota's), which leaves
+/// nothing unknown: the write is simply done again later.
+fn is_out_of_space(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    ) || matches!(
+        rustix::io::Errno::from_io_error(e),
+        Some(rustix::io::Errno::NOSPC | rustix::io::Errno::DQUOT)
+    )
 }
 
 /// Reads the log-start checkpoint; a missing or damaged one is ignored (the first segment's base

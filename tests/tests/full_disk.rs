@@ -7,6 +7,13 @@
 //! - With the floor (`disk_free_bytes_min`), produce is refused before the disk is full, and
 //!   resumes by itself once space comes back.
 //!
+//! - A write of records already taken (buffered) that the disk refuses (ENOSPC on the data
+//!   write itself, here with preallocation off so every write needs new blocks) does not poison
+//!   the log: the records stay buffered and readable, new appends are refused, and once space
+//!   is back the log writes them by itself and takes appends again; nothing is lost across a
+//!   reopen. (At the storage API: the broker preallocates, so its data writes meet this only
+//!   when a full ext4 cannot convert an unwritten extent.)
+//!
 //! Needs root (mount) and mkfs.ext4, as `scripts/test` runs in CI.
 
 use std::path::{Path, PathBuf};
@@ -229,6 +236,28 @@ fn delete_topic_and_wait_for_space(bootstrap: &str, topic: &str, disk: &LoopMoun
     }
 }
 
+/// Removes the index files of `topic`'s sealed segments; how many.
+fn remove_sealed_indexes(data_dir: &Path, topic: &str) -> usize {
+    let topics = data_dir.join("topics");
+    let mut removed = 0;
+    for entry in std::fs::read_dir(&topics).unwrap().flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(&format!("{topic}-"))
+        {
+            continue;
+        }
+        for file in std::fs::read_dir(entry.path().join("0")).unwrap().flatten() {
+            if file.file_name().to_string_lossy().ends_with(".index") {
+                std::fs::remove_file(file.path()).unwrap();
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
 /// One shard, data on the small disk, the given free-space floor.
 fn broker_args(data_dir: &Path, disk_free_bytes_min: u64) -> Vec<String> {
     vec![
@@ -286,10 +315,18 @@ fn a_full_disk_refuses_produce_and_everything_else_goes_on_without_a_restart() {
 
     // Filled again, then restarted on the full disk: it starts and serves what it acknowledged.
     // (This time the refusal may come from a write into the reserved space, which a full ext4
-    // can refuse too, converting an unwritten extent; that still poisons the log, and the
-    // refused record may have reached the disk: Kafka promises nothing about a failed produce.)
+    // can refuse too, converting an unwritten extent; the log keeps the record buffered and
+    // refuses appends then, and the refused record may reach the disk: Kafka promises nothing
+    // about a failed produce.)
     let acked = fill(&bootstrap, "after");
-    let broker = Broker::start_on(broker.stop(), &args);
+    let stopped = broker.stop();
+    // A sealed segment's index may be missing (a roll on the full disk could not write it): the
+    // restart rebuilds it in memory, and cannot write it.
+    let removed = remove_sealed_indexes(&disk.path().join("data"), "after");
+    assert!(removed > 0, "the filled partition rolled segments");
+    // And not a block left: whatever the refused produce left free is taken.
+    fill_disk(&disk.path());
+    let broker = Broker::start_on(stopped, &args);
     let read = read_all(&broker.bootstrap(), "after");
     let expected: Vec<i64> = (0..acked.len() as i64).collect();
     assert_eq!(read[..acked.len()], expected, "every acknowledged record");
@@ -328,4 +365,113 @@ fn the_free_space_floor_refuses_produce_before_the_disk_is_full_and_lets_it_resu
         "produce resumes by itself"
     );
     broker.stop();
+}
+
+/// Fills the filesystem at `dir` with a file of its own until the filesystem refuses more;
+/// returns the file's path (removing it gives the space back).
+fn fill_disk(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path).unwrap();
+    for chunk in [1 << 20, 4096] {
+        let zeros = vec![0u8; chunk];
+        while file.write_all(&zeros).is_ok() {}
+    }
+    let _ = file.sync_all();
+    path
+}
+
+/// One RecordBatch v2 of `count` records of `value_bytes` each.
+fn storage_batch(seed: u8, count: usize, value_bytes: usize) -> Vec<u8> {
+    let value = vec![seed; value_bytes];
+    let records: Vec<(i64, &[u8], &[u8])> = (0..count)
+        .map(|i| (1_700_000_000_000 + i as i64, &b"k"[..], &value[..]))
+        .collect();
+    sluice_storage::batch::build_batch(1_700_000_000_000, &records)
+}
+
+#[test]
+fn a_write_the_full_disk_refuses_keeps_the_records_and_goes_through_once_space_is_back() {
+    use sluice_storage::{LeaderEpoch, Log, LogConfig, Offset, StorageError};
+    let disk = LoopMount::new();
+    let dir = disk.path().join("log");
+    let disk_dir = disk.path();
+    glommio::LocalExecutorBuilder::default()
+        .spawn(move || async move {
+            let config = LogConfig {
+                preallocate_bytes: 0,
+                zero_ahead: false,
+                write_chunk_bytes: 64 * 1024,
+                unwritten_bytes_max: 1 << 20,
+                ..LogConfig::default()
+            };
+            let log = Log::open(&dir, config.clone()).await.expect("open");
+            log.append_durable(&storage_batch(1, 4, 1000), LeaderEpoch(0))
+                .await
+                .expect("an append with room");
+            let filler = fill_disk(&disk_dir);
+
+            // Taken while the disk is full: buffered, then the write is refused.
+            let taken = log
+                .append(&storage_batch(2, 100, 2000), LeaderEpoch(0))
+                .await
+                .expect("buffered");
+            assert_eq!(taken.base_offset, Offset(4));
+            let refused = log.sync().await.expect_err("no room to write");
+            assert!(
+                matches!(refused, StorageError::NoSpace(_)),
+                "refused for lack of space, not poisoned: {refused}"
+            );
+            assert!(refused.to_string().contains("No space left"), "{refused}");
+            // Not poisoned: what the log holds is served, the refused records included.
+            let read = log.read(Offset(0), 1 << 20).await.expect("reads go on");
+            assert_eq!(read.next_offset, Offset(104));
+            // New appends are refused, cleanly, while the write waits.
+            let again = log
+                .append(&storage_batch(3, 1, 10), LeaderEpoch(0))
+                .await
+                .expect_err("refused while the disk is full");
+            assert!(matches!(again, StorageError::NoSpace(_)), "{again}");
+            assert_eq!(log.log_end_offset(), Offset(104), "nothing of it taken");
+
+            // Space comes back: the log writes the buffered records by itself (nobody asks it
+            // to) and takes appends again.
+            std::fs::remove_file(&filler).unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            let appended = loop {
+                match log.append(&storage_batch(4, 1, 10), LeaderEpoch(0)).await {
+                    Ok(a) => break a,
+                    Err(StorageError::NoSpace(_)) if std::time::Instant::now() < deadline => {
+                        glommio::timer::sleep(Duration::from_millis(100)).await
+                    }
+                    Err(e) => panic!("appends resume once space is back: {e}"),
+                }
+            };
+            assert_eq!(appended.base_offset, Offset(104));
+            log.sync().await.expect("durable now");
+            log.close().await.expect("close");
+
+            // Reopened: every record, in order.
+            let log = Log::open(&dir, config).await.expect("reopen");
+            assert_eq!(log.log_end_offset(), Offset(105));
+            let mut from = Offset(0);
+            let mut seeds = Vec::new();
+            while from < log.log_end_offset() {
+                let read = log.read(from, 1 << 20).await.unwrap();
+                let mut rest = &read.bytes[..];
+                while !rest.is_empty() {
+                    let info = sluice_storage::batch::validate_batch(rest, usize::MAX).unwrap();
+                    // A batch ends with its last record's value, then that record's header
+                    // count (0): the byte before it is the seed.
+                    seeds.push((info.base_offset.0, rest[info.size_bytes - 2]));
+                    rest = &rest[info.size_bytes..];
+                }
+                from = read.next_offset;
+            }
+            assert_eq!(seeds, vec![(0, 1), (4, 2), (104, 4)]);
+            log.close().await.unwrap();
+        })
+        .unwrap()
+        .join()
+        .unwrap();
 }
