@@ -823,45 +823,48 @@ mod tests {
         );
     }
 
+    /// Runs fetch `epoch` of session `id` answering `answers`; the partitions in response order.
+    fn response_order(
+        c: &mut FetchSessionCache,
+        catalog: &TestCatalog,
+        id: i32,
+        epoch: i32,
+        answers: Vec<(usize, FetchOutput)>,
+    ) -> Vec<i32> {
+        let fetch = c
+            .begin_incremental(&req(id, epoch, false, &[], &[]), catalog, Instant::now())
+            .unwrap();
+        let named = c.finish_incremental(&fetch, answers, 1 << 20);
+        named.iter().map(|(_, p, _)| *p).collect()
+    }
+
     #[test]
     fn answers_come_in_session_order_and_busy_partitions_go_last() {
         let mut c = cache(10);
         let catalog = TestCatalog::new(1);
         let id = create(&mut c, &catalog, &[0, 1, 2]);
-        let now = Instant::now();
-        let fetch = c
-            .begin_incremental(&req(id, 1, false, &[], &[]), &catalog, now)
-            .unwrap();
-        let named = c.finish_incremental(
-            &fetch,
-            vec![
-                (2, output(6, b"")),
-                (1, output(6, b"x")),
-                (0, output(7, b"")),
-            ],
-            1 << 20,
-        );
-        let order: Vec<i32> = named.iter().map(|(_, p, _)| *p).collect();
-        assert_eq!(order, vec![0, 1, 2], "slots in the session's order");
-        let fetch = c
-            .begin_incremental(&req(id, 2, false, &[], &[]), &catalog, now)
-            .unwrap();
-        let named = c.finish_incremental(
-            &fetch,
-            vec![
-                (1, output(6, b"")),
-                (0, output(7, b"")),
-                (2, output(8, b"")),
-            ],
-            1 << 20,
-        );
-        let order: Vec<i32> = named.iter().map(|(_, p, _)| *p).collect();
+        let answers = vec![
+            (2, output(6, b"")),
+            (1, output(6, b"x")),
+            (0, output(7, b"")),
+        ];
         assert_eq!(
-            order,
+            response_order(&mut c, &catalog, id, 1, answers),
+            vec![0, 1, 2],
+            "slots in the session's order"
+        );
+        let answers = vec![
+            (1, output(6, b"")),
+            (0, output(7, b"")),
+            (2, output(8, b"")),
+        ];
+        assert_eq!(
+            response_order(&mut c, &catalog, id, 2, answers),
             vec![0, 2, 1],
             "partition 1 returned records: it goes last"
         );
         // A fetch the session moved past answers nothing.
+        let now = Instant::now();
         let stale = c
             .begin_incremental(&req(id, 3, false, &[], &[]), &catalog, now)
             .unwrap();

@@ -107,22 +107,10 @@ fn session_fetch(id: i32, epoch: i32, positions: &[(i32, i64)], forget: &[i32]) 
 
 /// The partitions a response carries: (partition, error, high watermark, record bytes).
 fn answered(r: &FetchResponse) -> Vec<(i32, i16, i64, usize)> {
-    let mut out: Vec<_> = r
-        .responses
-        .iter()
-        .flat_map(|t| {
-            t.partitions.iter().map(|p| {
-                (
-                    p.partition_index,
-                    p.error_code,
-                    p.high_watermark,
-                    p.records.as_ref().map_or(0, |r| r.len()),
-                )
-            })
-        })
-        .collect();
-    out.sort();
-    out
+    answered_with_start(r)
+        .into_iter()
+        .map(|(p, error, high_watermark, _, bytes)| (p, error, high_watermark, bytes))
+        .collect()
 }
 
 fn partitions_with_records(r: &FetchResponse) -> Vec<i32> {
