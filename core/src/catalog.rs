@@ -286,10 +286,13 @@ impl Catalog {
             broker_configs: broker_configs.clone(),
         };
         let json = serde_json::to_vec_pretty(&file).expect("the catalog always serializes");
+        // Only a change that gives space back (a topic deleted) may spend the reserve: a create
+        // on a full disk spending it would leave the next deletion without room.
+        let frees_space = topics.len() < self.image().topics().count();
         let written =
             sluice_storage::io::write_file_atomically(&self.data_dir, METADATA_FILE, &json).await;
         match written {
-            Err(e) if is_disk_full(&e) && release_space_reserve(&self.data_dir) => {
+            Err(e) if is_disk_full(&e) && frees_space && release_space_reserve(&self.data_dir) => {
                 // The reserve is gone: the catalog fits now (deleting a topic is how an operator
                 // gets out of a full disk, and it needs this write).
                 sluice_storage::io::write_file_atomically(&self.data_dir, METADATA_FILE, &json)

@@ -302,9 +302,18 @@ fn a_full_disk_refuses_produce_and_everything_else_goes_on_without_a_restart() {
     );
     assert!(!broker.log().contains("poisoned"), "{}", broker.log());
 
+    // Not a block left: creating a topic is refused, and does not spend the space reserve
+    // that deleting one needs.
+    let last_blocks = fill_disk(&disk.path());
+    let late = NewTopic::new("late", 1, TopicReplication::Fixed(1));
+    let created =
+        futures::executor::block_on(admin(&bootstrap).create_topics([&late], &options())).unwrap();
+    assert!(created[0].is_err(), "no room for a new topic: {created:?}");
+
     // The operator deletes the topic; space comes back and writes work again, still without
     // a restart; the filled partition's neighbour kept everything.
     delete_topic_and_wait_for_space(&bootstrap, "filler", &disk);
+    std::fs::remove_file(last_blocks).unwrap();
     create_topic(&bootstrap, "after", 8 << 20);
     assert_eq!(
         produce_one(&bootstrap, "after"),
