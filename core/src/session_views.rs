@@ -271,7 +271,7 @@ pub(crate) async fn answer_round(
         {
             continue;
         }
-        if answer.error.is_some() || answer.high_watermark > entry.partition.fetch_offset {
+        if is_due(&answer, entry.partition.fetch_offset, target.max_bytes) {
             view.due.insert(target.index);
         }
         let now = Sent::of(&answer);
@@ -281,6 +281,13 @@ pub(crate) async fn answer_round(
         }
     }
     Ok(included)
+}
+
+/// Whether a partition just answered would answer news again with nothing changed: records
+/// past the consumer's position it may read (a byte limit of 0 reads none, so a long poll
+/// must not spin on it), or an error.
+fn is_due(answer: &FetchOutput, fetch_offset: i64, max_bytes: usize) -> bool {
+    answer.error.is_some() || (answer.high_watermark > fetch_offset && max_bytes > 0)
 }
 
 /// Runs on the owner: resolves once a partition of the session's view may have news (at once
@@ -430,6 +437,27 @@ mod tests {
         let mut all = view.take_candidates(&feed);
         all.sort();
         assert_eq!(all, vec![0, 2, 3, 4, 5, 6, 7, 8, 9]);
+    }
+
+    #[test]
+    fn a_partition_is_due_while_it_has_records_to_give_or_an_error() {
+        let answer = |hw: i64, error: Option<kafka_protocol::ResponseError>| FetchOutput {
+            error,
+            high_watermark: hw,
+            log_start_offset: 0,
+            records: bytes::Bytes::new(),
+        };
+        assert!(
+            is_due(&answer(10, None), 4, 1024),
+            "records beyond the position"
+        );
+        assert!(!is_due(&answer(10, None), 10, 1024), "read to the end");
+        assert!(
+            !is_due(&answer(10, None), 4, 0),
+            "a limit of 0 bytes reads nothing: not due, or a long poll would spin"
+        );
+        let failed = answer(-1, Some(kafka_protocol::ResponseError::NotLeaderOrFollower));
+        assert!(is_due(&failed, 4, 0), "errors are answered every time");
     }
 
     #[test]
