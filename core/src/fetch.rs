@@ -18,7 +18,7 @@ use futures::future::Either;
 use kafka_protocol::ResponseError;
 use sluice_storage::{Offset, StorageError};
 
-use crate::fetch_sessions::{CreatedSession, IncrementalFetch, Place};
+use crate::fetch_sessions::{CreatedSession, IncrementalFetch, Place, Resolver};
 use crate::session_views::{self, RoundError, ViewUpdate};
 use crate::shard::Shard;
 use crate::topics::Topic;
@@ -81,30 +81,24 @@ pub async fn fetch(
     limits: FetchLimits,
 ) -> Vec<FetchOutput> {
     let deadline = Instant::now() + limits.max_wait;
-    let image = shard.image();
+    let resolver = ImageResolver {
+        shard,
+        image: shard.image(),
+    };
     let mut outputs: Vec<FetchOutput> = vec![FetchOutput::default(); inputs.len()];
     let mut per_shard: Vec<Vec<Target>> = vec![Vec::new(); shard.count];
     for (index, input) in inputs.iter().enumerate() {
-        match resolve_topic(&image, &input.topic) {
-            Some(topic) if (0..topic.partitions).contains(&input.partition) => {
-                let owner = shard.owner_of(&topic.name, input.partition);
-                per_shard[owner].push(Target {
-                    index,
-                    topic: topic.clone(),
-                    partition: input.partition,
-                    offset: input.fetch_offset,
-                    max_bytes: usize::try_from(input.partition_max_bytes)
-                        .unwrap_or(0)
-                        .min(limits.max_bytes),
-                });
-            }
-            Some(_) => outputs[index] = FetchOutput::failed(ResponseError::UnknownTopicOrPartition),
-            None => {
-                outputs[index] = FetchOutput::failed(match &input.topic {
-                    TopicRef::Id(_) => ResponseError::UnknownTopicId,
-                    TopicRef::Name(_) => ResponseError::UnknownTopicOrPartition,
-                })
-            }
+        match resolver.place(&input.topic, input.partition) {
+            Place::On { owner, topic } => per_shard[owner].push(Target {
+                index,
+                topic,
+                partition: input.partition,
+                offset: input.fetch_offset,
+                max_bytes: usize::try_from(input.partition_max_bytes)
+                    .unwrap_or(0)
+                    .min(limits.max_bytes),
+            }),
+            Place::Unknown(code) => outputs[index] = FetchOutput::failed(code),
         }
     }
     // Shared by every round's job for the owner (the targets are read-only there).
