@@ -1,6 +1,24 @@
 //! # sluice-replication: Raft per partition, and the controller group
 //!
-//! Will hold a pure Raft state machine per partition (no I/O, time in ticks), driven by the
-//! shard's loop, reaching storage and network only through traits; the partition log is the
-//! Raft log, with the term stamped as each batch's `partitionLeaderEpoch`. Nothing is built here
-//! yet: the single-node broker comes first.
+//! A pure Raft state machine per partition (no I/O, time in ticks), driven by the shard's loop,
+//! reaching storage and network only through what the owner does with a [`Progress`]. The
+//! consensus is raft-rs (TiKV's); this crate is the contract around it ([`replica`]) and, in
+//! `tests/simulation.rs`, the deterministic simulation that checks it: several replicas in one
+//! process over a seeded network and disk that drop, delay, reorder, partition and crash.
+//!
+//! Not built yet (see docs/ARCHITECTURE.md, "Replication"): the partition log as the Raft log
+//! (an entry is a record batch, its term stamped as `partitionLeaderEpoch`), the broker-to-broker
+//! transport, the controller group.
+
+pub mod error;
+pub mod replica;
+
+pub use error::{ReplicationError, Result};
+pub use raft::eraftpb::{Entry, EntryType, HardState, Message, MessageType};
+pub use raft::storage::MemStorage;
+pub use replica::{PersistJob, Progress, Replica, ReplicaConfig, ReplicaStorage, Role};
+
+/// A logger that drops raft-rs's log lines (it logs through slog; Sluice logs through tracing).
+pub fn discard_logger() -> slog::Logger {
+    slog::Logger::root(slog::Discard, slog::o!())
+}

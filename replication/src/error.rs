@@ -1,0 +1,16 @@
+//! Errors of the replication layer.
+
+/// What can go wrong driving a replica.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    /// A proposal reached a replica that does not lead; `leader` is the one it knows (0: none).
+    #[error("not the leader (leader known: {leader})")]
+    NotLeader { leader: u64 },
+    /// raft-rs asked to install a snapshot, which this layer does not produce or accept yet.
+    #[error("raft snapshots are not supported yet")]
+    SnapshotUnsupported,
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+}
+
+pub type Result<T, E = ReplicationError> = std::result::Result<T, E>;

@@ -1,0 +1,273 @@
+//! One replica of one Raft group, driven as a pure state machine: no I/O, no async, no clock.
+//! Time is ticks the owner calls, messages are values the owner carries, and persistence is a
+//! job the owner performs and reports back. This is what a shard's loop (and the deterministic
+//! simulation in `tests/simulation.rs`) drives for every partition it holds.
+//!
+//! The consensus itself is raft-rs (`RawNode`); this module is the contract around it:
+//! - [`Replica::advance`] turns one raft-rs `Ready` into a [`Progress`]: messages to send now,
+//!   one [`PersistJob`] (entries and hard state to make durable), and committed entries to apply;
+//! - entries are put into the replica's storage at once (readable, not yet durable: raft-rs's
+//!   asynchronous-ready contract), and become durable when the owner completes the job;
+//! - the owner completes persist jobs **in the order they were issued** and calls
+//!   [`Replica::persisted`] with the job's number; only then may the job's `send_after`
+//!   messages leave (votes and follower acknowledgements promise durable state);
+//! - a leader's messages leave at once, before its own persist completes (Raft thesis 10.2.1:
+//!   the leader's own copy counts toward the quorum only once persisted).
+//!
+//! Invariant: a message in `send_after` never leaves before its job is durable. Everything the
+//! replica has acknowledged to a peer therefore survives a crash of this replica.
+
+use bytes::Bytes;
+use raft::eraftpb::{Entry, HardState, Message};
+use raft::storage::MemStorage;
+use raft::{RawNode, StateRole, Storage};
+
+use crate::error::{ReplicationError, Result};
+
+/// Storage a replica writes through: raft-rs reads entries back through `raft::Storage`, and
+/// the replica puts new entries and hard state in as each `Ready` arrives (before they are
+/// durable; the owner's persist job makes them so).
+pub trait ReplicaStorage: Storage {
+    /// Adds entries after dropping any stored entry at or after the first one's index (a
+    /// follower whose suffix conflicts with the leader's truncates it).
+    fn put_entries(&mut self, entries: &[Entry]) -> Result<()>;
+    fn put_hard_state(&mut self, hard_state: &HardState);
+}
+
+impl ReplicaStorage for MemStorage {
+    fn put_entries(&mut self, entries: &[Entry]) -> Result<()> {
+        self.wl().append(entries).map_err(ReplicationError::from)
+    }
+
+    fn put_hard_state(&mut self, hard_state: &HardState) {
+        self.wl().set_hardstate(hard_state.clone());
+    }
+}
+
+/// Timing and flow limits of a replica, in ticks and bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaConfig {
+    /// A follower that hears nothing from a leader for `election_ticks` plus a random number
+    /// of ticks below `election_jitter_ticks` campaigns.
+    pub election_ticks: usize,
+    /// At least 1. raft-rs draws the jitter from the thread's own random generator, so a
+    /// deterministic run (the simulation) sets 1 and varies the clocks instead.
+    pub election_jitter_ticks: usize,
+    /// A leader sends heartbeats this often.
+    pub heartbeat_ticks: usize,
+    /// Append messages carry at most this many bytes of entries.
+    pub max_bytes_per_message: u64,
+    /// Append messages in flight to one follower.
+    pub max_inflight_messages: usize,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        ReplicaConfig {
+            election_ticks: 10,
+            election_jitter_ticks: 10,
+            heartbeat_ticks: 2,
+            max_bytes_per_message: 1 << 20,
+            max_inflight_messages: 256,
+        }
+    }
+}
+
+/// The role of a replica as its owner sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Follower,
+    Candidate,
+    Leader,
+}
+
+impl From<StateRole> for Role {
+    fn from(role: StateRole) -> Role {
+        match role {
+            StateRole::Leader => Role::Leader,
+            StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
+            StateRole::Follower => Role::Follower,
+        }
+    }
+}
+
+/// Entries and hard state to make durable, in issue order, then report with
+/// [`Replica::persisted`]. A job may be empty (nothing to write): it still completes in order.
+#[derive(Debug, Default)]
+pub struct PersistJob {
+    pub number: u64,
+    /// To write after dropping any durable entry at or after the first one's index.
+    pub entries: Vec<Entry>,
+    pub hard_state: Option<HardState>,
+    /// False when only the commit index moved: the write may be lazy (raft-rs's `must_sync`).
+    pub must_sync: bool,
+    /// Messages that may leave only once this job is durable.
+    pub send_after: Vec<Message>,
+}
+
+impl PersistJob {
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.hard_state.is_none()
+    }
+}
+
+/// What one `advance` asks of the owner.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Messages to send now.
+    pub send: Vec<Message>,
+    pub persist: PersistJob,
+    /// Entries now committed (and durable here), in index order, to apply.
+    pub committed: Vec<Entry>,
+    /// The replica's role changed: its new role, term and known leader (0: none).
+    pub role_changed: Option<(Role, u64, u64)>,
+}
+
+/// One replica of one Raft group.
+pub struct Replica<S: ReplicaStorage> {
+    node: RawNode<S>,
+    /// Role, term and leader as last reported in a `Progress`.
+    reported: (Role, u64, u64),
+}
+
+impl<S: ReplicaStorage> Replica<S> {
+    /// A replica `id` over `storage`, which holds its durable state (hard state, configuration
+    /// and entries: empty for a new group, whose voters are in the storage's configuration).
+    /// `applied` is the last index the owner's state machine already holds.
+    pub fn new(
+        id: u64,
+        config: ReplicaConfig,
+        storage: S,
+        applied: u64,
+        logger: &slog::Logger,
+    ) -> Result<Replica<S>> {
+        let raft_config = raft::Config {
+            id,
+            election_tick: config.election_ticks,
+            heartbeat_tick: config.heartbeat_ticks,
+            min_election_tick: config.election_ticks,
+            max_election_tick: config.election_ticks + config.election_jitter_ticks.max(1),
+            applied,
+            max_size_per_msg: config.max_bytes_per_message,
+            max_inflight_msgs: config.max_inflight_messages,
+            // A partitioned-away replica neither disrupts the group when it returns (pre-vote)
+            // nor keeps believing it leads (check quorum).
+            pre_vote: true,
+            check_quorum: true,
+            ..raft::Config::default()
+        };
+        raft_config.validate()?;
+        let node = RawNode::new(&raft_config, storage, logger)?;
+        let reported = (node.raft.state.into(), node.raft.term, node.raft.leader_id);
+        Ok(Replica { node, reported })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.node.raft.id
+    }
+
+    pub fn role(&self) -> Role {
+        self.node.raft.state.into()
+    }
+
+    pub fn term(&self) -> u64 {
+        self.node.raft.term
+    }
+
+    /// The leader this replica knows of (0: none).
+    pub fn leader_id(&self) -> u64 {
+        self.node.raft.leader_id
+    }
+
+    pub fn commit_index(&self) -> u64 {
+        self.node.raft.raft_log.committed
+    }
+
+    /// The last index in this replica's log, durable or not.
+    pub fn last_index(&self) -> u64 {
+        self.node.raft.raft_log.last_index()
+    }
+
+    pub fn storage(&self) -> &S {
+        self.node.store()
+    }
+
+    /// One tick of logical time. True when the replica has something for `advance`.
+    pub fn tick(&mut self) -> bool {
+        self.node.tick()
+    }
+
+    /// A message from a peer.
+    pub fn receive(&mut self, message: Message) -> Result<()> {
+        self.node.step(message).map_err(ReplicationError::from)
+    }
+
+    /// Appends `data` as a new entry if this replica leads; `NotLeader` otherwise.
+    pub fn propose(&mut self, data: Bytes) -> Result<()> {
+        if self.role() != Role::Leader {
+            return Err(ReplicationError::NotLeader {
+                leader: self.leader_id(),
+            });
+        }
+        self.node
+            .propose(Vec::new(), data.to_vec())
+            .map_err(ReplicationError::from)
+    }
+
+    /// Starts an election now (a leader hand-off, or a test).
+    pub fn campaign(&mut self) -> Result<()> {
+        self.node.campaign().map_err(ReplicationError::from)
+    }
+
+    /// Tells the replica a peer could not be reached, so it stops pipelining to it.
+    pub fn unreachable(&mut self, peer: u64) {
+        self.node.report_unreachable(peer);
+    }
+
+    /// The work raft-rs has for the owner, if any: one `Ready` taken, its entries put into
+    /// storage, its committed entries marked applied (the owner applies them before it
+    /// advances again).
+    pub fn advance(&mut self) -> Result<Option<Progress>> {
+        if !self.node.has_ready() {
+            return Ok(None);
+        }
+        let mut ready = self.node.ready();
+        if !ready.snapshot().is_empty() {
+            // Snapshots are not used yet: a follower too far behind catches up from the
+            // leader's log, whose prefix is never compacted away while a replica needs it.
+            return Err(ReplicationError::SnapshotUnsupported);
+        }
+        let mut progress = Progress {
+            send: ready.take_messages(),
+            committed: ready.take_committed_entries(),
+            ..Progress::default()
+        };
+        let storage = self.node.mut_store();
+        storage.put_entries(ready.entries())?;
+        if let Some(hard_state) = ready.hs() {
+            storage.put_hard_state(hard_state);
+        }
+        progress.persist = PersistJob {
+            number: ready.number(),
+            entries: ready.take_entries(),
+            hard_state: ready.hs().cloned(),
+            must_sync: ready.must_sync(),
+            send_after: ready.take_persisted_messages(),
+        };
+        self.node.advance_append_async(ready);
+        if let Some(last) = progress.committed.last() {
+            self.node.advance_apply_to(last.index);
+        }
+        let now = (self.role(), self.term(), self.leader_id());
+        if now != self.reported {
+            self.reported = now;
+            progress.role_changed = Some(now);
+        }
+        Ok(Some(progress))
+    }
+
+    /// The persist job `number` (and every job before it) is durable.
+    pub fn persisted(&mut self, number: u64) {
+        self.node.on_persist_ready(number);
+    }
+}
