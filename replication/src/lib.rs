@@ -12,6 +12,7 @@
 
 pub mod error;
 pub mod replica;
+pub mod rpc;
 
 pub use error::{ReplicationError, Result};
 pub use raft::eraftpb::{Entry, EntryType, HardState, Message, MessageType};
