@@ -11,6 +11,22 @@ pub enum ReplicationError {
     SnapshotUnsupported,
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
+    /// An entry that is not whole record batches, or does not fit the log.
+    #[error("raft entry {index}: {reason}")]
+    BadEntry { index: u64, reason: String },
+    /// A `raft-state` file that cannot be read back: the replica does not start.
+    #[error("{path}: {reason}")]
+    BadState {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("partition log: {0}")]
+    Storage(#[from] sluice_storage::StorageError),
 }
 
 pub type Result<T, E = ReplicationError> = std::result::Result<T, E>;

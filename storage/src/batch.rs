@@ -540,6 +540,52 @@ pub fn build_batch_nullable(base_timestamp: TimestampMs, records: &[NullableReco
     b
 }
 
+/// Attributes bit 5: a control batch (transaction markers; Raft's own entries).
+const ATTRIBUTE_CONTROL: i16 = 1 << 5;
+
+/// A control batch of one record, as Kafka writes them: the record key is the control key
+/// (version 0, then `control_type`), the value `value`. Consumers skip control batches; the
+/// replication layer stores Raft's own entries (a new leader's empty entry, configuration
+/// changes) this way so every Raft index is a batch at a known offset.
+pub fn build_control_batch(timestamp: TimestampMs, control_type: i16, value: &[u8]) -> Vec<u8> {
+    let mut key = [0u8; 4];
+    key[2..].copy_from_slice(&control_type.to_be_bytes());
+    let mut batch = build_batch(timestamp, &[(timestamp, &key, value)]);
+    let attributes = be_i16(&batch, OFF_ATTRIBUTES) | ATTRIBUTE_CONTROL;
+    batch[OFF_ATTRIBUTES..OFF_ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[CRC_START..]);
+    batch[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+    batch
+}
+
+/// The control type and value of a control batch's first record (`None`: not a control batch,
+/// compressed, or not shaped as one).
+pub fn control_record(batch: &[u8]) -> Option<(i16, &[u8])> {
+    if batch.len() <= BATCH_HEADER_BYTES
+        || be_i16(batch, OFF_ATTRIBUTES) & ATTRIBUTE_CONTROL == 0
+        || be_i16(batch, OFF_ATTRIBUTES) & 0x07 != 0
+    {
+        return None;
+    }
+    let records = &batch[BATCH_HEADER_BYTES..];
+    let mut pos = 0usize;
+    let length = usize::try_from(read_varint(records, &mut pos, 5)?).ok()?;
+    let record = records.get(..pos.checked_add(length)?)?;
+    pos += 1; // attributes
+    read_varint(record, &mut pos, 10)?; // timestampDelta
+    read_varint(record, &mut pos, 5)?; // offsetDelta
+    let key_length = usize::try_from(read_varint(record, &mut pos, 5)?).ok()?;
+    let key = record.get(pos..pos.checked_add(key_length)?)?;
+    pos += key_length;
+    if key.len() < 4 {
+        return None;
+    }
+    let control_type = i16::from_be_bytes([key[2], key[3]]);
+    let value_length = usize::try_from(read_varint(record, &mut pos, 5)?).ok()?;
+    let value = record.get(pos..pos.checked_add(value_length)?)?;
+    Some((control_type, value))
+}
+
 /// One record of a batch's (uncompressed) records section, as stored: `bytes` is the whole
 /// record including its length varint, so a kept record is copied as is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -900,5 +946,16 @@ mod tests {
         assert_eq!(first_record_at_or_after(&b, &info, 1001), Some(Offset(101)));
         assert_eq!(first_record_at_or_after(&b, &info, 1005), Some(Offset(101)));
         assert_eq!(first_record_at_or_after(&b, &info, 1006), None);
+    }
+
+    #[test]
+    fn a_control_batch_is_valid_flagged_and_gives_back_its_type_and_value() {
+        let batch = build_control_batch(1_700_000_000_000, 2, b"leader change");
+        let info = validate_batch(&batch, 1 << 20).unwrap();
+        assert!(info.is_control());
+        assert_eq!(info.record_count, 1);
+        assert_eq!(control_record(&batch), Some((2, &b"leader change"[..])));
+        assert_eq!(control_record(&build_batch(0, &[(0, b"k", b"v")])), None);
+        assert_eq!(control_record(&batch[..BATCH_HEADER_BYTES + 3]), None);
     }
 }
