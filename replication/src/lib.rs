@@ -14,6 +14,7 @@ pub mod error;
 pub mod partition;
 pub mod replica;
 pub mod rpc;
+pub mod transport;
 
 pub use error::{ReplicationError, Result};
 pub use raft::eraftpb::{Entry, EntryType, HardState, Message, MessageType};

@@ -1,0 +1,275 @@
+//! Node-to-node connections carrying RPC frames (`rpc.rs`), on one glommio executor.
+//!
+//! Sending: for every peer there is one outgoing connection, dialed when there is something to
+//! send and redialed after a failure no sooner than a backoff (100 ms doubling to 2 s). Messages
+//! queued for a peer between two `flush` calls leave together as one frame; the owner flushes
+//! once per tick (or sooner for latency), so the messages of every group between two nodes
+//! travel in one frame. A failed write or dial drops what was queued (Raft retransmits) and
+//! names the peer in the flush report, so the owner tells its replicas the peer is unreachable.
+//!
+//! Receiving: a `Listener` accepts connections and reads them frame by frame; every frame goes
+//! to the owner's `deliver` callback. A malformed frame (too long, bad checksum, bad structure,
+//! unknown sender) closes that connection with a log line and touches nothing else. Dropping the
+//! `Listener` closes the socket and every connection it accepted.
+//!
+//! Invariant: frames on one connection are written whole and in `flush` order (one write at a
+//! time per peer), so a peer receives one sender's messages in the order they were queued.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures::lock::Mutex;
+use futures::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::task::JoinHandle;
+
+use crate::rpc::{
+    decode_header, decode_payload, encode_frame, Frame, GroupMessage, FRAME_HEADER_BYTES,
+};
+
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
+
+struct Link {
+    address: SocketAddr,
+    queue: RefCell<Vec<GroupMessage>>,
+    stream: Mutex<Option<TcpStream>>,
+    /// No dial before this instant (after a failure).
+    retry_at: Cell<Option<Instant>>,
+    backoff: Cell<Duration>,
+}
+
+/// What a flush did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FlushReport {
+    pub frames_sent: usize,
+    pub messages_sent: usize,
+    /// Peers whose queued messages were dropped (unreachable, or in backoff).
+    pub unreachable: Vec<u64>,
+}
+
+/// The sending side of a node's RPC: one link per peer.
+pub struct Transport {
+    node_id: u64,
+    links: HashMap<u64, Rc<Link>>,
+}
+
+impl Transport {
+    /// A transport for `node_id` to `peers` (node id -> RPC address; the node's own id, if
+    /// present, is ignored).
+    pub fn new(node_id: u64, peers: &HashMap<u64, SocketAddr>) -> Transport {
+        let links = peers
+            .iter()
+            .filter(|(id, _)| **id != node_id)
+            .map(|(id, address)| {
+                (
+                    *id,
+                    Rc::new(Link {
+                        address: *address,
+                        queue: RefCell::new(Vec::new()),
+                        stream: Mutex::new(None),
+                        retry_at: Cell::new(None),
+                        backoff: Cell::new(BACKOFF_FIRST),
+                    }),
+                )
+            })
+            .collect();
+        Transport { node_id, links }
+    }
+
+    /// Queues a message for `peer` until the next flush. False for an unknown peer.
+    pub fn send(&self, peer: u64, message: GroupMessage) -> bool {
+        match self.links.get(&peer) {
+            Some(link) => {
+                link.queue.borrow_mut().push(message);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sends every peer's queued messages as one frame each, to all peers concurrently.
+    pub async fn flush(&self) -> FlushReport {
+        let sends = self.links.iter().filter_map(|(peer, link)| {
+            let messages = std::mem::take(&mut *link.queue.borrow_mut());
+            (!messages.is_empty()).then(|| {
+                let link = link.clone();
+                let peer = *peer;
+                async move {
+                    let count = messages.len();
+                    (peer, count, self.send_frame(&link, &messages).await)
+                }
+            })
+        });
+        let mut report = FlushReport::default();
+        for (peer, count, sent) in futures::future::join_all(sends).await {
+            if sent {
+                report.frames_sent += 1;
+                report.messages_sent += count;
+            } else {
+                report.unreachable.push(peer);
+            }
+        }
+        report.unreachable.sort_unstable();
+        report
+    }
+
+    async fn send_frame(&self, link: &Link, messages: &[GroupMessage]) -> bool {
+        let mut frame = Vec::new();
+        encode_frame(self.node_id, messages, &mut frame);
+        let mut stream = link.stream.lock().await;
+        if stream.is_none() {
+            if link.retry_at.get().is_some_and(|at| Instant::now() < at) {
+                return false;
+            }
+            match TcpStream::connect_timeout(link.address, DIAL_TIMEOUT).await {
+                Ok(connected) => {
+                    let _ = connected.set_nodelay(true);
+                    *stream = Some(connected);
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %link.address, error = %e, "rpc dial failed");
+                    back_off(link);
+                    return false;
+                }
+            }
+        }
+        let connection = stream.as_mut().expect("connected above");
+        let written = async {
+            connection.write_all(&frame).await?;
+            connection.flush().await
+        }
+        .await;
+        match written {
+            Ok(()) => {
+                link.retry_at.set(None);
+                link.backoff.set(BACKOFF_FIRST);
+                true
+            }
+            Err(e) => {
+                tracing::debug!(peer = %link.address, error = %e, "rpc write failed");
+                *stream = None;
+                back_off(link);
+                false
+            }
+        }
+    }
+}
+
+fn back_off(link: &Link) {
+    let backoff = link.backoff.get();
+    link.retry_at.set(Some(Instant::now() + backoff));
+    link.backoff.set((backoff * 2).min(BACKOFF_MAX));
+}
+
+/// The receiving side: accepts connections and hands every frame to `deliver`. Dropping it
+/// closes the listening socket and every accepted connection.
+pub struct Listener {
+    address: SocketAddr,
+    accept: JoinHandle<()>,
+    connections: Rc<RefCell<HashMap<u64, JoinHandle<()>>>>,
+}
+
+impl Listener {
+    /// Listens on `address`. Frames larger than `max_frame_bytes` or from a node not in
+    /// `senders` close their connection.
+    pub fn bind<F>(
+        address: SocketAddr,
+        senders: Vec<u64>,
+        max_frame_bytes: usize,
+        deliver: F,
+    ) -> std::io::Result<Listener>
+    where
+        F: Fn(Frame) + 'static,
+    {
+        let listener = TcpListener::bind(address)?;
+        let address = listener.local_addr()?;
+        let connections: Rc<RefCell<HashMap<u64, JoinHandle<()>>>> = Rc::default();
+        let deliver = Rc::new(deliver);
+        let senders = Rc::new(senders);
+        let accepted = connections.clone();
+        let accept = glommio::spawn_local(async move {
+            let mut next_id = 0u64;
+            loop {
+                let stream = match listener.accept().await {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "rpc accept failed");
+                        glommio::timer::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                next_id += 1;
+                let id = next_id;
+                let deliver = deliver.clone();
+                let senders = senders.clone();
+                let registry = accepted.clone();
+                let handle = glommio::spawn_local(async move {
+                    let peer = stream.peer_addr().ok();
+                    if let Err(reason) =
+                        read_frames(stream, &senders, max_frame_bytes, &*deliver).await
+                    {
+                        tracing::warn!(?peer, %reason, "rpc connection closed");
+                    }
+                    registry.borrow_mut().remove(&id);
+                })
+                .detach();
+                accepted.borrow_mut().insert(id, handle);
+            }
+        })
+        .detach();
+        Ok(Listener {
+            address,
+            accept,
+            connections,
+        })
+    }
+
+    /// The address it listens on (the port chosen when bound to port 0).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.accept.cancel();
+        for (_, connection) in self.connections.borrow_mut().drain() {
+            connection.cancel();
+        }
+    }
+}
+
+/// Reads frames until the peer closes (Ok) or sends something malformed (Err, with why).
+async fn read_frames(
+    mut stream: TcpStream,
+    senders: &[u64],
+    max_frame_bytes: usize,
+    deliver: &dyn Fn(Frame),
+) -> Result<(), String> {
+    loop {
+        let mut header = [0u8; FRAME_HEADER_BYTES];
+        match stream.read_exact(&mut header).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e.to_string()),
+        }
+        let header = decode_header(&header, max_frame_bytes).map_err(|e| e.to_string())?;
+        let mut payload = BytesMut::zeroed(header.payload_length);
+        stream
+            .read_exact(&mut payload)
+            .await
+            .map_err(|e| format!("frame payload: {e}"))?;
+        let frame = decode_payload(header, Bytes::from(payload)).map_err(|e| e.to_string())?;
+        if !senders.contains(&frame.from_node) {
+            return Err(format!("frame from unknown node {}", frame.from_node));
+        }
+        deliver(frame);
+    }
+}

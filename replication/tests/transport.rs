@@ -1,0 +1,188 @@
+//! The RPC transport over real loopback sockets: frames arrive whole and in order, a peer that
+//! restarts is redialed after backoff, and malformed input closes only its own connection.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures::AsyncWriteExt;
+use glommio::net::TcpStream;
+use glommio::LocalExecutorBuilder;
+use sluice_replication::rpc::{encode_frame, Frame, GroupKey, GroupMessage};
+use sluice_replication::transport::{Listener, Transport};
+use sluice_replication::{Message, MessageType};
+
+const MAX_FRAME: usize = 1 << 20;
+
+fn run<F, Fut, T>(f: F) -> T
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    LocalExecutorBuilder::default()
+        .spawn(f)
+        .expect("executor starts")
+        .join()
+        .expect("executor thread finished")
+}
+
+fn heartbeat(sequence: u64) -> GroupMessage {
+    GroupMessage {
+        group: GroupKey {
+            topic_id: 0xfeed,
+            partition: (sequence % 7) as i32,
+        },
+        message: Message {
+            msg_type: MessageType::MsgHeartbeat,
+            from: 1,
+            to: 2,
+            commit: sequence,
+            ..Message::default()
+        },
+    }
+}
+
+type Inbox = Rc<RefCell<Vec<Frame>>>;
+
+fn listen(address: SocketAddr, inbox: &Inbox) -> Listener {
+    let inbox = inbox.clone();
+    Listener::bind(address, vec![1], MAX_FRAME, move |frame| {
+        inbox.borrow_mut().push(frame)
+    })
+    .expect("binds")
+}
+
+fn received(inbox: &Inbox) -> Vec<u64> {
+    inbox
+        .borrow()
+        .iter()
+        .flat_map(|f| f.messages.iter().map(|m| m.message.commit))
+        .collect()
+}
+
+async fn wait_for(inbox: &Inbox, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received(inbox).len() < count {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {count} arrived",
+            received(inbox).len()
+        );
+        glommio::timer::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[test]
+fn a_flush_sends_one_frame_per_peer_and_messages_arrive_in_order() {
+    run(|| async {
+        let inbox: Inbox = Rc::default();
+        let listener = listen("127.0.0.1:0".parse().unwrap(), &inbox);
+        let transport = Transport::new(1, &HashMap::from([(2, listener.address())]));
+        let mut sent = 0u64;
+        for _ in 0..50 {
+            for _ in 0..100 {
+                sent += 1;
+                assert!(transport.send(2, heartbeat(sent)));
+            }
+            let report = transport.flush().await;
+            assert_eq!((report.frames_sent, report.messages_sent), (1, 100));
+            assert!(report.unreachable.is_empty());
+        }
+        assert!(!transport.send(9, heartbeat(0)), "unknown peer refused");
+        wait_for(&inbox, 5_000).await;
+        assert_eq!(received(&inbox), (1..=5_000).collect::<Vec<_>>());
+        assert_eq!(inbox.borrow().len(), 50, "one frame per flush");
+        assert!(inbox.borrow().iter().all(|f| f.from_node == 1));
+    });
+}
+
+#[test]
+fn a_peer_that_restarts_is_redialed_after_backoff() {
+    run(|| async {
+        let inbox: Inbox = Rc::default();
+        let listener = listen("127.0.0.1:0".parse().unwrap(), &inbox);
+        let address = listener.address();
+        let transport = Transport::new(1, &HashMap::from([(2, address)]));
+        transport.send(2, heartbeat(1));
+        assert_eq!(transport.flush().await.messages_sent, 1);
+        wait_for(&inbox, 1).await;
+
+        // The peer goes away: its socket and connections close.
+        drop(listener);
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+        let mut unreachable_reported = false;
+        for sequence in 2..20 {
+            transport.send(2, heartbeat(sequence));
+            let report = transport.flush().await;
+            unreachable_reported |= report.unreachable == vec![2];
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(unreachable_reported, "a dead peer is reported unreachable");
+
+        // Back on the same address: within the backoff, messages flow again.
+        let listener = listen(address, &inbox);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut sequence = 100;
+        loop {
+            sequence += 1;
+            transport.send(2, heartbeat(sequence));
+            if transport.flush().await.messages_sent == 1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "peer not redialed");
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        }
+        while !received(&inbox).contains(&sequence) {
+            assert!(
+                Instant::now() < deadline,
+                "message after the redial not received"
+            );
+            glommio::timer::sleep(Duration::from_millis(2)).await;
+        }
+        drop(listener);
+    });
+}
+
+#[test]
+fn malformed_frames_close_only_their_own_connection() {
+    run(|| async {
+        let inbox: Inbox = Rc::default();
+        let listener = listen("127.0.0.1:0".parse().unwrap(), &inbox);
+        let transport = Transport::new(1, &HashMap::from([(2, listener.address())]));
+
+        let mut frame = Vec::new();
+        encode_frame(1, &[heartbeat(7)], &mut frame);
+        let mut bad_checksum = frame.clone();
+        *bad_checksum.last_mut().unwrap() ^= 0xff;
+        let mut too_long = frame.clone();
+        too_long[..4].copy_from_slice(&(u32::MAX).to_le_bytes());
+        let mut stranger = Vec::new();
+        encode_frame(66, &[heartbeat(8)], &mut stranger);
+        for bad in [bad_checksum, too_long, stranger, vec![1, 2, 3]] {
+            let mut raw = TcpStream::connect(listener.address()).await.unwrap();
+            raw.write_all(&bad).await.unwrap();
+            raw.write_all(&frame).await.unwrap(); // a good frame after the bad one is not read
+            raw.flush().await.unwrap();
+            // The listener closes the connection: reading gives end of stream (or a reset).
+            let mut buf = [0u8; 1];
+            let closed = glommio::timer::timeout(Duration::from_secs(5), async {
+                Ok(futures::AsyncReadExt::read(&mut raw, &mut buf).await)
+            })
+            .await
+            .expect("closed within 5 s");
+            assert!(matches!(closed, Ok(0) | Err(_)), "connection left open");
+        }
+        // The well-behaved sender was never disturbed; nothing from the bad connections
+        // (a truncated three-byte header is not a frame either) was delivered.
+        for sequence in 1..=10 {
+            transport.send(2, heartbeat(sequence));
+            assert_eq!(transport.flush().await.messages_sent, 1);
+        }
+        wait_for(&inbox, 10).await;
+        assert_eq!(received(&inbox), (1..=10).collect::<Vec<_>>());
+    });
+}
