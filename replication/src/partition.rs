@@ -67,8 +67,27 @@ struct Slot {
     base_offset: Offset,
     /// One past the entry's last offset.
     end_offset: Offset,
-    data: Bytes,
-    context: Bytes,
+    /// `None` once evicted: the entry is then read back from the log when raft-rs asks.
+    data: Option<Bytes>,
+}
+
+/// An entries request raft-rs made that the window could not answer from memory: the owner
+/// reads the entries from the log, then tells raft-rs (`on_entries_fetched`).
+struct Fetch {
+    low: u64,
+    high: u64,
+    max_size: u64,
+    context: GetEntriesContext,
+}
+
+/// Counters of a partition's window (tests and metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WindowStats {
+    /// Entries whose data is in memory, and its bytes.
+    pub resident_entries: u64,
+    pub resident_bytes: u64,
+    /// Entries requests answered by reading the log.
+    pub log_fetches: u64,
 }
 
 /// A partition replica's Raft storage: hard state, configuration and the window of entries.
@@ -78,6 +97,11 @@ pub struct PartitionStore {
     below: Below,
     window: VecDeque<Slot>,
     batch_bytes_max: usize,
+    /// Entries at or below this index have had their data evicted (unless fetched since).
+    evicted_to: u64,
+    resident_bytes: u64,
+    fetches: std::cell::RefCell<Vec<Fetch>>,
+    log_fetches: u64,
 }
 
 impl PartitionStore {
@@ -107,35 +131,72 @@ impl PartitionStore {
         self.below
     }
 
-    fn entry(&self, index: u64, slot: &Slot) -> Entry {
+    fn entry(&self, index: u64, slot: &Slot, data: Bytes) -> Entry {
         Entry {
             entry_type: slot.entry_type,
             term: slot.term,
             index,
-            data: slot.data.clone(),
-            context: slot.context.clone(),
+            data,
             ..Entry::default()
         }
     }
 
-    /// How many offsets an entry takes in the log.
+    pub fn stats(&self) -> WindowStats {
+        WindowStats {
+            resident_entries: self.window.iter().filter(|s| s.data.is_some()).count() as u64,
+            resident_bytes: self.resident_bytes,
+            log_fetches: self.log_fetches,
+        }
+    }
+
+    /// Drops the data of entries from the oldest resident one through `index`: every replica
+    /// has them (or the budget says so), and the log holds them.
+    fn evict_through(&mut self, index: u64) {
+        let index = index.min(self.last_index());
+        while self.evicted_to < index {
+            self.evicted_to += 1;
+            self.drop_data(self.evicted_to);
+        }
+    }
+
+    fn drop_data(&mut self, index: u64) {
+        let position = (index - self.below.index - 1) as usize;
+        if let Some(data) = self.window[position].data.take() {
+            self.resident_bytes -= data.len() as u64;
+        }
+    }
+
+    /// Evicts the oldest resident entries at or below `applied` until at most `budget` bytes of
+    /// data stay in memory.
+    fn evict_to_budget(&mut self, applied: u64, budget: u64) {
+        while self.resident_bytes > budget && self.evicted_to < applied.min(self.last_index()) {
+            self.evicted_to += 1;
+            self.drop_data(self.evicted_to);
+        }
+    }
+
+    fn take_fetches(&self) -> Vec<Fetch> {
+        std::mem::take(&mut *self.fetches.borrow_mut())
+    }
+
+    /// How many offsets an entry takes in the log. An entry is exactly one batch (the log
+    /// rebuilds one entry per batch on restart).
     fn offsets_taken(&self, entry: &Entry) -> Result<i64> {
         if entry.entry_type != EntryType::EntryNormal || entry.data.is_empty() {
             return Ok(1); // one control record
         }
-        let mut rest = &entry.data[..];
-        let mut records = 0i64;
-        while !rest.is_empty() {
-            let bad = |e: sluice_storage::BatchError| ReplicationError::BadEntry {
-                index: entry.index,
-                reason: e.to_string(),
-            };
-            let size = peek_batch_size(rest, self.batch_bytes_max).map_err(bad)?;
-            let info = read_header(&rest[..size], self.batch_bytes_max).map_err(bad)?;
-            records += i64::from(info.last_offset_delta) + 1;
-            rest = &rest[size..];
+        let bad = |reason: String| ReplicationError::BadEntry {
+            index: entry.index,
+            reason,
+        };
+        let size =
+            peek_batch_size(&entry.data, self.batch_bytes_max).map_err(|e| bad(e.to_string()))?;
+        if size != entry.data.len() {
+            return Err(bad("an entry holds exactly one record batch".into()));
         }
-        Ok(records)
+        let info =
+            read_header(&entry.data, self.batch_bytes_max).map_err(|e| bad(e.to_string()))?;
+        Ok(i64::from(info.last_offset_delta) + 1)
     }
 }
 
@@ -143,9 +204,7 @@ impl PartitionStore {
 fn batch_bytes_of(entry: &Entry) -> Bytes {
     match entry.entry_type {
         EntryType::EntryNormal if !entry.data.is_empty() => entry.data.clone(),
-        EntryType::EntryNormal => {
-            build_control_batch(0, CONTROL_LEADER_CHANGE, &entry.context).into()
-        }
+        EntryType::EntryNormal => build_control_batch(0, CONTROL_LEADER_CHANGE, &[]).into(),
         EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
             let mut value = Vec::with_capacity(entry.data.len() + 1);
             value.push(entry.entry_type as u8);
@@ -184,7 +243,7 @@ impl Storage for PartitionStore {
         low: u64,
         high: u64,
         max_size: impl Into<Option<u64>>,
-        _context: GetEntriesContext,
+        context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
         if low <= self.below.index {
             return Err(raft::Error::Store(RaftStorageError::Compacted));
@@ -197,12 +256,31 @@ impl Storage for PartitionStore {
         let mut size = 0u64;
         for index in low..high {
             let slot = self.slot(index).expect("index within the window");
-            size += slot.data.len() as u64 + 32;
+            let Some(data) = slot.data.clone() else {
+                if !entries.is_empty() {
+                    break; // send what is in memory; the rest comes next time
+                }
+                if context.can_async() {
+                    self.fetches.borrow_mut().push(Fetch {
+                        low,
+                        high,
+                        max_size,
+                        context,
+                    });
+                    return Err(raft::Error::Store(
+                        RaftStorageError::LogTemporarilyUnavailable,
+                    ));
+                }
+                // Only entries at or below the applied index are evicted, and raft-rs asks
+                // synchronously only for entries above it.
+                return Err(raft::Error::Store(RaftStorageError::Unavailable));
+            };
+            size += data.len() as u64 + 32;
             // raft-rs's rule: at least one entry, then stop before exceeding max_size.
             if !entries.is_empty() && size > max_size {
                 break;
             }
-            entries.push(self.entry(index, slot));
+            entries.push(self.entry(index, slot, data));
         }
         Ok(entries)
     }
@@ -254,20 +332,24 @@ impl ReplicaStorage for PartitionStore {
         for entry in entries {
             taken.push(self.offsets_taken(entry)?);
         }
-        self.window
-            .truncate((first.index - self.below.index - 1) as usize);
+        let keep = (first.index - self.below.index - 1) as usize;
+        for dropped in self.window.drain(keep..) {
+            if let Some(data) = dropped.data {
+                self.resident_bytes -= data.len() as u64;
+            }
+        }
         let mut offset = self
             .end_offset_of(first.index - 1)
             .expect("the entry before the first is in the window or below it");
         for (entry, records) in entries.iter().zip(taken) {
             let end_offset = offset.plus(records);
+            self.resident_bytes += entry.data.len() as u64;
             self.window.push_back(Slot {
                 term: entry.term,
                 entry_type: entry.entry_type,
                 base_offset: offset,
                 end_offset,
-                data: entry.data.clone(),
-                context: entry.context.clone(),
+                data: Some(entry.data.clone()),
             });
             offset = end_offset;
         }
@@ -392,7 +474,12 @@ pub struct RaftPartition {
     stored: StateFile,
     high_watermark: Offset,
     applied: u64,
+    /// Applied entries' data kept in memory beyond what every follower already has.
+    data_budget_bytes: u64,
 }
+
+/// Default for `RaftPartition::set_data_budget`.
+pub const DATA_BUDGET_BYTES: u64 = 4 << 20;
 
 impl RaftPartition {
     /// Opens (or creates) replica `id` of a group of `voters` in `dir`: the log, the
@@ -430,6 +517,10 @@ impl RaftPartition {
             below: state.below,
             window: VecDeque::new(),
             batch_bytes_max,
+            evicted_to: state.below.index,
+            resident_bytes: 0,
+            fetches: Default::default(),
+            log_fetches: 0,
         };
         let mut next = state.below.end_offset;
         while next < log.log_end_offset() {
@@ -453,13 +544,16 @@ impl RaftPartition {
                     }
                 })?;
                 let (entry_type, data) = entry_of_batch(batch);
+                // Committed entries' data stays in the log until raft-rs asks for it.
+                let index = store.last_index() + 1;
+                let data = (index > state.commit).then_some(data);
+                store.resident_bytes += data.as_ref().map_or(0, |d| d.len() as u64);
                 store.window.push_back(Slot {
                     term: info.leader_epoch.0.max(0) as u64,
                     entry_type,
                     base_offset: info.base_offset,
                     end_offset: info.last_offset().plus(1),
                     data,
-                    context: Bytes::new(),
                 });
             }
             next = read.next_offset;
@@ -477,15 +571,21 @@ impl RaftPartition {
             commit: state.commit.min(store.last_index()),
             ..HardState::default()
         };
-        let high_watermark = state.below.end_offset;
-        let replica = Replica::new(id, config, store, state.below.index, logger)?;
+        // The log is the state machine: entries up to the restored commit index are applied as
+        // they stand, so raft-rs hands out only later ones.
+        let applied = store.hard_state.commit.max(state.below.index);
+        let high_watermark = store
+            .end_offset_of(applied)
+            .expect("the commit index is within the window");
+        let replica = Replica::new(id, config, store, applied, logger)?;
         Ok(RaftPartition {
             replica,
             log,
             dir,
             stored: state,
             high_watermark,
-            applied: 0,
+            applied,
+            data_budget_bytes: DATA_BUDGET_BYTES,
         })
     }
 
@@ -514,17 +614,39 @@ impl RaftPartition {
         self.replica.campaign()
     }
 
-    /// Proposes record batches (what one produce request holds for this partition) if this
-    /// replica leads. Returns the entry's index; its records are committed once the high
-    /// watermark passes `end_offset_of(index)`.
-    pub fn propose(&mut self, batches: Bytes) -> Result<u64> {
+    /// Proposes one record batch if this replica leads. Returns the entry's index; its
+    /// records are committed once the high watermark passes `end_offset_of(index)`.
+    pub fn propose(&mut self, batch: Bytes) -> Result<u64> {
+        let size =
+            peek_batch_size(&batch, self.replica.storage().batch_bytes_max).map_err(|e| {
+                ReplicationError::BadEntry {
+                    index: 0,
+                    reason: e.to_string(),
+                }
+            })?;
+        if size != batch.len() {
+            return Err(ReplicationError::BadEntry {
+                index: 0,
+                reason: "propose one record batch at a time".into(),
+            });
+        }
         let before = self.replica.last_index();
-        self.replica.propose(batches)?;
+        self.replica.propose(batch)?;
         let index = self.replica.last_index();
         if index != before + 1 {
             return Err(ReplicationError::Raft(raft::Error::ProposalDropped));
         }
         Ok(index)
+    }
+
+    /// How much applied entries' data may stay in memory (default [`DATA_BUDGET_BYTES`]);
+    /// beyond it, a follower that needs older entries gets them read back from the log.
+    pub fn set_data_budget(&mut self, bytes: u64) {
+        self.data_budget_bytes = bytes;
+    }
+
+    pub fn window_stats(&self) -> WindowStats {
+        self.replica.storage().stats()
     }
 
     /// Where entry `index`'s records end once it is in the window (durable or not).
@@ -536,7 +658,101 @@ impl RaftPartition {
     /// Returns the messages to send.
     pub async fn run_ready(&mut self) -> Result<Outbox> {
         let mut outbox = Outbox::default();
+        loop {
+            let fetches = self.replica.storage().take_fetches();
+            let worked = !fetches.is_empty();
+            for fetch in fetches {
+                let loaded = self
+                    .load_from_log(fetch.low, fetch.high, fetch.max_size)
+                    .await?;
+                self.replica.entries_fetched(fetch.context);
+                // raft-rs took what it needed while sending; the data goes back to the log.
+                let store = self.replica.storage_mut();
+                for index in loaded {
+                    if index <= store.evicted_to {
+                        store.drop_data(index);
+                    }
+                }
+            }
+            if !self.advance_all(&mut outbox).await? && !worked {
+                break;
+            }
+            self.evict();
+        }
+        Ok(outbox)
+    }
+
+    /// Drops applied entries' data that every replica has, and more while over the budget.
+    fn evict(&mut self) {
+        let everyone_has = self.replica.min_matched().unwrap_or(self.applied);
+        let (applied, budget) = (self.applied, self.data_budget_bytes);
+        let store = self.replica.storage_mut();
+        store.evict_through(applied.min(everyone_has));
+        store.evict_to_budget(applied, budget);
+    }
+
+    /// Reads entries from `low` (below `high`, about `max_size` bytes of them, at least one)
+    /// back from the log into the window; returns the indexes loaded.
+    async fn load_from_log(&mut self, low: u64, high: u64, max_size: u64) -> Result<Vec<u64>> {
+        let store = self.replica.storage();
+        let wanted: Vec<(u64, Offset, Offset)> = (low..high)
+            .map_while(|index| store.slot(index).map(|slot| (index, slot)))
+            .take_while(|(_, slot)| slot.data.is_none())
+            .map(|(index, slot)| (index, slot.base_offset, slot.end_offset))
+            .collect();
+        let (Some(&(first_index, from, _)), Some(&(_, _, to))) = (wanted.first(), wanted.last())
+        else {
+            return Ok(Vec::new());
+        };
+        let batch_bytes_max = store.batch_bytes_max;
+        let mut batches = std::collections::HashMap::new();
+        let (mut next, mut bytes) = (from, 0u64);
+        while next < to && (bytes == 0 || bytes < max_size) {
+            let read = self.log.read(next, 1 << 20).await?;
+            if read.bytes.is_empty() {
+                break;
+            }
+            bytes += read.bytes.len() as u64;
+            let mut rest = read.bytes.clone();
+            while !rest.is_empty() {
+                let size = peek_batch_size(&rest, batch_bytes_max).map_err(|e| {
+                    ReplicationError::BadEntry {
+                        index: first_index,
+                        reason: e.to_string(),
+                    }
+                })?;
+                let batch = rest.split_to(size);
+                batches.insert(sluice_storage::batch::batch_offsets(&batch).0, batch);
+            }
+            next = read.next_offset;
+        }
+        let store = self.replica.storage_mut();
+        store.log_fetches += 1;
+        let mut loaded = Vec::new();
+        for (index, base, _) in wanted {
+            let Some(batch) = batches.remove(&base) else {
+                break;
+            };
+            let (_, data) = entry_of_batch(batch);
+            let position = (index - store.below.index - 1) as usize;
+            store.resident_bytes += data.len() as u64;
+            store.window[position].data = Some(data);
+            loaded.push(index);
+        }
+        if loaded.is_empty() {
+            return Err(ReplicationError::BadEntry {
+                index: first_index,
+                reason: format!("no batch at offset {} in the log", from.0),
+            });
+        }
+        Ok(loaded)
+    }
+
+    /// Runs every ready raft-rs has: persist in order, then apply. True if there was any.
+    async fn advance_all(&mut self, outbox: &mut Outbox) -> Result<bool> {
+        let mut any = false;
         while let Some(progress) = self.replica.advance()? {
+            any = true;
             let Progress {
                 send,
                 persist,
@@ -555,7 +771,7 @@ impl RaftPartition {
                 }
             }
         }
-        Ok(outbox)
+        Ok(any)
     }
 
     async fn persist(&mut self, job: PersistJob) -> Result<Vec<Message>> {

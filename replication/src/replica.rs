@@ -192,6 +192,24 @@ impl<S: ReplicaStorage> Replica<S> {
         self.node.store()
     }
 
+    pub fn storage_mut(&mut self) -> &mut S {
+        self.node.mut_store()
+    }
+
+    /// On a leader, the lowest index every replica (itself included) is known to hold.
+    pub fn min_matched(&self) -> Option<u64> {
+        if self.role() != Role::Leader {
+            return None;
+        }
+        self.node.raft.prs().iter().map(|(_, p)| p.matched).min()
+    }
+
+    /// Entries the storage could only fetch asynchronously are now in memory: raft-rs retries
+    /// what it was doing with them (sending an append).
+    pub fn entries_fetched(&mut self, context: raft::GetEntriesContext) {
+        self.node.on_entries_fetched(context);
+    }
+
     /// One tick of logical time. True when the replica has something for `advance`.
     pub fn tick(&mut self) -> bool {
         self.node.tick()

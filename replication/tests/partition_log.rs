@@ -325,3 +325,66 @@ fn replicas_keep_identical_logs_and_every_committed_batch_through_kills_and_rest
         }
     });
 }
+
+fn large_proposal(n: u64) -> Bytes {
+    let value = format!("p-{n:09}");
+    let padding = vec![b'x'; 1000];
+    build_batch(n as i64, &[(n as i64, &padding, value.as_bytes())]).into()
+}
+
+#[test]
+fn a_follower_far_behind_catches_up_from_the_leaders_log_with_memory_bounded() {
+    run(|| async {
+        const BUDGET: u64 = 16 * 1024;
+        let root = tempfile::tempdir().unwrap();
+        let mut cluster = Cluster::start(root.path()).await;
+        for node in cluster.nodes.iter_mut().flatten() {
+            node.set_data_budget(BUDGET);
+        }
+        let leader = cluster.wait_for_leader().await;
+        let lagging = VOTERS.iter().copied().find(|&id| id != leader).unwrap();
+        cluster.kill(lagging);
+        let mut last_index = 0;
+        for n in 1..=400 {
+            last_index = cluster.node(leader).propose(large_proposal(n)).unwrap();
+            cluster.step().await;
+        }
+        cluster.settle().await;
+        let stats = cluster.node(leader).window_stats();
+        // 400 KB went through the leader; only the budget's worth of data stays in memory,
+        // although one replica has none of it.
+        assert!(stats.resident_bytes <= BUDGET, "{stats:?}");
+        assert_eq!(stats.log_fetches, 0, "{stats:?}");
+
+        cluster.restart(lagging).await;
+        cluster.node(lagging).set_data_budget(BUDGET);
+        let end = cluster.node(leader).end_offset_of(last_index).unwrap();
+        for _ in 0..2_000 {
+            cluster.step().await;
+            if cluster.node(lagging).high_watermark() >= end {
+                break;
+            }
+        }
+        assert!(
+            cluster.node(lagging).high_watermark() >= end,
+            "the lagging replica caught up"
+        );
+        let stats = cluster.node(leader).window_stats();
+        assert!(stats.log_fetches > 0, "caught up from the log: {stats:?}");
+        assert!(stats.resident_bytes <= BUDGET, "{stats:?}");
+        assert!(cluster.node(lagging).window_stats().resident_bytes <= BUDGET);
+
+        let mut logs = Vec::new();
+        for node in cluster.nodes.iter().flatten() {
+            logs.push(contents(node).await);
+        }
+        assert!(
+            logs[0].1 == logs[1].1 && logs[1].1 == logs[2].1,
+            "logs differ byte for byte"
+        );
+        assert_eq!(logs[0].0.len(), 400);
+        for node in cluster.nodes.into_iter().flatten() {
+            node.close().await.unwrap();
+        }
+    });
+}
