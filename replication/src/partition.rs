@@ -459,10 +459,22 @@ impl StateFile {
     }
 }
 
-/// What the owner must send after running a partition's ready work.
+/// What came of running a partition's ready work: messages to send, and the entries that
+/// became committed (with the offsets their records took), in index order.
 #[derive(Debug, Default)]
 pub struct Outbox {
     pub messages: Vec<Message>,
+    pub committed: Vec<CommittedEntry>,
+}
+
+/// An entry now committed (and applied: the high watermark covers it).
+#[derive(Debug, Clone)]
+pub struct CommittedEntry {
+    pub index: u64,
+    pub term: u64,
+    pub base_offset: Offset,
+    /// The batch a data entry holds; empty for Raft's own entries.
+    pub data: Bytes,
 }
 
 /// One replica of one partition: its Raft replica over its log.
@@ -770,6 +782,23 @@ impl RaftPartition {
                     self.high_watermark = end;
                 }
             }
+            let store = self.replica.storage();
+            outbox
+                .committed
+                .extend(committed.into_iter().filter_map(|entry| {
+                    let (base_offset, _) = store.offsets_of(entry.index)?;
+                    let data = if entry.entry_type == EntryType::EntryNormal {
+                        entry.data
+                    } else {
+                        Bytes::new()
+                    };
+                    Some(CommittedEntry {
+                        index: entry.index,
+                        term: entry.term,
+                        base_offset,
+                        data,
+                    })
+                }));
         }
         Ok(any)
     }
@@ -818,9 +847,20 @@ impl RaftPartition {
         Ok(job.send_after)
     }
 
-    /// Closes the log cleanly (a restart then need not scan it).
+    /// Closes cleanly: the log (a restart then need not scan it) and the state file with the
+    /// current commit index (a restart then starts from everything it knew committed).
     pub async fn close(self) -> Result<()> {
         self.log.close().await?;
+        // `stored.commit` follows commit-only changes in memory without writing them.
+        let commit = self
+            .replica
+            .commit_index()
+            .min(self.replica.storage().last_index());
+        StateFile {
+            commit,
+            ..self.stored.clone()
+        }
+        .store(&self.dir)?;
         Ok(())
     }
 }

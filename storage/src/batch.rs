@@ -596,6 +596,8 @@ pub struct RecordView<'a> {
     pub key: Option<&'a [u8]>,
     /// A null value: a tombstone on a compacted topic.
     pub value_is_null: bool,
+    /// The value (`None` when null, or when the record is too short to hold it).
+    pub value: Option<&'a [u8]>,
 }
 
 /// The records of an uncompressed records section (a batch's bytes after its 61-byte header, or
@@ -630,12 +632,16 @@ pub fn record_views(records: &[u8], record_count: i32) -> Result<Vec<RecordView<
             }
         };
         let value_length = read_varint(record, &mut pos, 5).ok_or(bad("value length"))?;
+        let value = usize::try_from(value_length)
+            .ok()
+            .and_then(|n| record.get(pos..pos.checked_add(n)?));
         views.push(RecordView {
             bytes: &records[start..end],
             timestamp_delta,
             offset_delta: i32::try_from(offset_delta).map_err(|_| bad("offsetDelta range"))?,
             key,
             value_is_null: value_length == -1,
+            value,
         });
         pos = end;
     }

@@ -1,0 +1,160 @@
+//! One node's replica of the controller group (cluster mode; the broker does not run it yet):
+//! the cluster-metadata partition, replicated by Raft among the seed nodes, and the
+//! [`ClusterImage`] built by applying its commands in log order.
+//!
+//! The image's version is the offset of the last command applied, identical on every replica
+//! (the log is byte-identical). On open, the image is rebuilt by reading the log up to the high
+//! watermark; afterwards each `run_ready` applies the commands that became committed. A command
+//! is proposed on the leader; its outcome (applied, or refused by the image) is known once it is
+//! committed, and is the same on every replica.
+//!
+//! Invariant: the image holds exactly the committed commands, in order: never one above the
+//! high watermark.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use sluice_replication::partition::{Outbox, RaftPartition};
+use sluice_replication::{ReplicaConfig, ReplicationError, Role};
+use sluice_storage::batch::{control_record, peek_batch_size};
+use sluice_storage::{LogConfig, Offset};
+
+use crate::cluster_metadata::{
+    decode_command, encode_command, ClusterImage, MetadataCommand, Refused,
+};
+
+/// Why the controller could not go on.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
+    #[error("cluster metadata log at offset {offset}: {reason}")]
+    BadCommand { offset: i64, reason: String },
+}
+
+/// One node's controller replica.
+pub struct ControllerReplica {
+    partition: RaftPartition,
+    image: ClusterImage,
+    /// Outcomes of committed commands, by Raft index, until taken.
+    outcomes: BTreeMap<u64, Result<(), Refused>>,
+}
+
+impl ControllerReplica {
+    /// Opens the metadata partition in `dir` as replica `node_id` of `voters`, and rebuilds the
+    /// image from its committed commands.
+    pub async fn open(
+        dir: impl AsRef<Path>,
+        node_id: u64,
+        voters: &[u64],
+        config: ReplicaConfig,
+    ) -> Result<ControllerReplica, ControllerError> {
+        let log_config = LogConfig {
+            // Metadata is small: small segments and reservations.
+            segment_bytes_max: 16 << 20,
+            preallocate_bytes: 1 << 20,
+            ..LogConfig::default()
+        };
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let partition =
+            RaftPartition::open(dir, node_id, voters, config, log_config, &logger).await?;
+        let mut image = ClusterImage::default();
+        let log = partition.log();
+        let mut next = log.log_start_offset();
+        let high_watermark = partition.high_watermark();
+        while next < high_watermark {
+            let read = log
+                .read(next, 1 << 20)
+                .await
+                .map_err(ReplicationError::from)?;
+            if read.bytes.is_empty() {
+                break;
+            }
+            let mut rest = &read.bytes[..];
+            while !rest.is_empty() {
+                let size =
+                    peek_batch_size(rest, usize::MAX).map_err(|e| ControllerError::BadCommand {
+                        offset: next.0,
+                        reason: e.to_string(),
+                    })?;
+                let batch = &rest[..size];
+                let base = sluice_storage::batch::batch_offsets(batch).0;
+                if base >= high_watermark {
+                    break;
+                }
+                if control_record(batch).is_none() {
+                    let command =
+                        decode_command(batch).map_err(|reason| ControllerError::BadCommand {
+                            offset: base.0,
+                            reason,
+                        })?;
+                    let _ = image.apply(base.0 as u64, &command);
+                }
+                rest = &rest[size..];
+            }
+            next = read.next_offset;
+        }
+        Ok(ControllerReplica {
+            partition,
+            image,
+            outcomes: BTreeMap::new(),
+        })
+    }
+
+    pub fn image(&self) -> &ClusterImage {
+        &self.image
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.partition.replica().role() == Role::Leader
+    }
+
+    /// The controller leader this replica knows of (0: none).
+    pub fn leader_id(&self) -> u64 {
+        self.partition.replica().leader_id()
+    }
+
+    pub fn partition(&mut self) -> &mut RaftPartition {
+        &mut self.partition
+    }
+
+    /// Proposes a command (on the leader); returns its Raft index, whose outcome
+    /// `take_outcome` gives once committed.
+    pub fn propose(&mut self, command: &MetadataCommand) -> Result<u64, ControllerError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        Ok(self.partition.propose(encode_command(command, now))?)
+    }
+
+    /// Closes cleanly: a reopened replica's image is then everything it knew committed.
+    pub async fn close(self) -> Result<(), ControllerError> {
+        Ok(self.partition.close().await?)
+    }
+
+    /// The outcome of the command committed at `index`, once.
+    pub fn take_outcome(&mut self, index: u64) -> Option<Result<(), Refused>> {
+        self.outcomes.remove(&index)
+    }
+
+    /// Runs the partition's ready work and applies what became committed.
+    pub async fn run_ready(&mut self) -> Result<Outbox, ControllerError> {
+        let mut outbox = self.partition.run_ready().await?;
+        for entry in std::mem::take(&mut outbox.committed) {
+            if entry.data.is_empty() {
+                continue;
+            }
+            let offset: Offset = entry.base_offset;
+            let command =
+                decode_command(&entry.data).map_err(|reason| ControllerError::BadCommand {
+                    offset: offset.0,
+                    reason,
+                })?;
+            let outcome = self.image.apply(offset.0 as u64, &command);
+            if self.is_leader() {
+                self.outcomes.insert(entry.index, outcome);
+            }
+        }
+        Ok(outbox)
+    }
+}

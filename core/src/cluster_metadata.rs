@@ -1,0 +1,419 @@
+//! Cluster metadata as the controller Raft group replicates it (cluster mode; the broker does
+//! not use it yet): the commands that are the records of the controller's log, the image every
+//! node builds by applying them in log order, and Kafka's replica assignment.
+//!
+//! A command is stored as one record batch of one record: key = the command's kind, value =
+//! its JSON. Applying is deterministic and checks before it changes anything: a command that
+//! does not fit the image (a topic name taken, an unknown topic, replicas on unregistered
+//! brokers, ...) is refused the same way on every node and changes nothing but the version, so
+//! images stay identical. The controller's leader checks a request against its image before
+//! proposing; refusal on apply settles the race of two proposals in flight.
+//!
+//! Invariant: `version` is the position (log offset) of the last command applied; two nodes at
+//! the same version hold equal images.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::topics::Topic;
+
+/// A broker as it announced itself to the controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerRegistration {
+    pub node_id: i32,
+    /// Where Kafka clients reach it (its advertised listener).
+    pub host: String,
+    pub port: u16,
+    pub rack: Option<String>,
+}
+
+/// A topic and where its partitions live.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopicAssignment {
+    pub topic: Topic,
+    /// One replica list per partition, preferred leader first.
+    pub replicas: Vec<Vec<i32>>,
+}
+
+/// One record of the controller's log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MetadataCommand {
+    RegisterBroker(BrokerRegistration),
+    CreateTopic {
+        topic: Topic,
+        replicas: Vec<Vec<i32>>,
+    },
+    DeleteTopic {
+        id: Uuid,
+    },
+    SetTopicConfigs {
+        id: Uuid,
+        configs: BTreeMap<String, String>,
+    },
+    AddPartitions {
+        id: Uuid,
+        replicas: Vec<Vec<i32>>,
+    },
+    /// Producer ids below `up_to` may be handed out (a block per request).
+    ReserveProducerIds {
+        up_to: i64,
+    },
+    SetBrokerConfigs {
+        configs: BTreeMap<String, String>,
+    },
+}
+
+impl MetadataCommand {
+    fn kind(&self) -> &'static str {
+        match self {
+            MetadataCommand::RegisterBroker(_) => "register_broker",
+            MetadataCommand::CreateTopic { .. } => "create_topic",
+            MetadataCommand::DeleteTopic { .. } => "delete_topic",
+            MetadataCommand::SetTopicConfigs { .. } => "set_topic_configs",
+            MetadataCommand::AddPartitions { .. } => "add_partitions",
+            MetadataCommand::ReserveProducerIds { .. } => "reserve_producer_ids",
+            MetadataCommand::SetBrokerConfigs { .. } => "set_broker_configs",
+        }
+    }
+}
+
+/// Why a command changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("topic {0:?} already exists")]
+    TopicExists(String),
+    #[error("topic id {0} already exists")]
+    TopicIdExists(Uuid),
+    #[error("no topic with id {0}")]
+    UnknownTopic(Uuid),
+    #[error("replica assignment: {0}")]
+    BadAssignment(String),
+    #[error("producer ids are reserved up to {reserved}, not back to {asked}")]
+    ProducerIdsBackwards { reserved: i64, asked: i64 },
+    #[error("a broker's id cannot be {0}")]
+    BadBrokerId(i32),
+}
+
+/// The cluster as the controller's log describes it, up to `version`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterImage {
+    pub version: u64,
+    pub brokers: BTreeMap<i32, BrokerRegistration>,
+    pub topics: BTreeMap<String, TopicAssignment>,
+    pub producer_ids_reserved: i64,
+    pub broker_configs: BTreeMap<String, String>,
+}
+
+impl ClusterImage {
+    pub fn topic_by_id(&self, id: Uuid) -> Option<&TopicAssignment> {
+        self.topics.values().find(|t| t.topic.id == id)
+    }
+
+    /// Applies the command stored at `position` in the controller's log. The version moves to
+    /// `position` whatever the outcome; a refused command changes nothing else.
+    pub fn apply(&mut self, position: u64, command: &MetadataCommand) -> Result<(), Refused> {
+        self.version = position;
+        match command {
+            MetadataCommand::RegisterBroker(broker) => {
+                if broker.node_id < 0 {
+                    return Err(Refused::BadBrokerId(broker.node_id));
+                }
+                self.brokers.insert(broker.node_id, broker.clone());
+            }
+            MetadataCommand::CreateTopic { topic, replicas } => {
+                if self.topics.contains_key(&topic.name) {
+                    return Err(Refused::TopicExists(topic.name.clone()));
+                }
+                if self.topic_by_id(topic.id).is_some() {
+                    return Err(Refused::TopicIdExists(topic.id));
+                }
+                if replicas.len() != usize::try_from(topic.partitions).unwrap_or(usize::MAX) {
+                    return Err(Refused::BadAssignment(format!(
+                        "{} replica lists for {} partitions",
+                        replicas.len(),
+                        topic.partitions
+                    )));
+                }
+                self.check_assignment(replicas, None)?;
+                self.topics.insert(
+                    topic.name.clone(),
+                    TopicAssignment {
+                        topic: topic.clone(),
+                        replicas: replicas.clone(),
+                    },
+                );
+            }
+            MetadataCommand::DeleteTopic { id } => {
+                let name = self.name_of(*id)?;
+                self.topics.remove(&name);
+            }
+            MetadataCommand::SetTopicConfigs { id, configs } => {
+                let name = self.name_of(*id)?;
+                let entry = self.topics.get_mut(&name).expect("found by id");
+                entry.topic.configs = configs.clone();
+            }
+            MetadataCommand::AddPartitions { id, replicas } => {
+                let name = self.name_of(*id)?;
+                let width = self.topics[&name].replicas.first().map(Vec::len);
+                self.check_assignment(replicas, width)?;
+                let entry = self.topics.get_mut(&name).expect("found by id");
+                entry.replicas.extend(replicas.iter().cloned());
+                entry.topic.partitions = entry.replicas.len() as i32;
+            }
+            MetadataCommand::ReserveProducerIds { up_to } => {
+                if *up_to < self.producer_ids_reserved {
+                    return Err(Refused::ProducerIdsBackwards {
+                        reserved: self.producer_ids_reserved,
+                        asked: *up_to,
+                    });
+                }
+                self.producer_ids_reserved = *up_to;
+            }
+            MetadataCommand::SetBrokerConfigs { configs } => {
+                self.broker_configs = configs.clone();
+            }
+        }
+        Ok(())
+    }
+
+    fn name_of(&self, id: Uuid) -> Result<String, Refused> {
+        self.topic_by_id(id)
+            .map(|t| t.topic.name.clone())
+            .ok_or(Refused::UnknownTopic(id))
+    }
+
+    /// Every list non-empty, of one width (`width` when given), of distinct registered brokers.
+    fn check_assignment(&self, replicas: &[Vec<i32>], width: Option<usize>) -> Result<(), Refused> {
+        let width = width.or_else(|| replicas.first().map(Vec::len));
+        for (partition, list) in replicas.iter().enumerate() {
+            let bad = |why: String| Refused::BadAssignment(format!("partition {partition}: {why}"));
+            if list.is_empty() || Some(list.len()) != width {
+                return Err(bad(format!("{} replicas, expected {width:?}", list.len())));
+            }
+            for (i, node) in list.iter().enumerate() {
+                if !self.brokers.contains_key(node) {
+                    return Err(bad(format!("broker {node} is not registered")));
+                }
+                if list[..i].contains(node) {
+                    return Err(bad(format!("broker {node} twice")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// How many partition replicas each registered broker holds.
+    pub fn replicas_per_broker(&self) -> BTreeMap<i32, usize> {
+        let mut counts: BTreeMap<i32, usize> = self.brokers.keys().map(|id| (*id, 0)).collect();
+        for topic in self.topics.values() {
+            for node in topic.replicas.iter().flatten() {
+                *counts.entry(*node).or_default() += 1;
+            }
+        }
+        counts
+    }
+}
+
+/// Kafka's rack-unaware replica assignment (`AdminUtils.assignReplicasToBrokers`): partition
+/// `p`'s first replica is broker `(start + p) % n`, the others follow at a shift that grows
+/// every `n` partitions, so leaders and followers both spread evenly. `start` and `shift` are
+/// the caller's (Kafka draws them at random; the controller derives them from the log so every
+/// replay agrees).
+pub fn assign_replicas(
+    brokers: &[i32],
+    partitions: i32,
+    replication_factor: usize,
+    start: usize,
+    shift: usize,
+) -> Result<Vec<Vec<i32>>, Refused> {
+    let n = brokers.len();
+    if replication_factor == 0 || replication_factor > n {
+        return Err(Refused::BadAssignment(format!(
+            "replication factor {replication_factor} with {n} brokers"
+        )));
+    }
+    let mut brokers = brokers.to_vec();
+    brokers.sort_unstable();
+    let mut shift = shift;
+    let mut out = Vec::new();
+    for p in 0..usize::try_from(partitions).unwrap_or(0) {
+        if p > 0 && p % n == 0 {
+            shift += 1;
+        }
+        let first = (start + p) % n;
+        let mut list = vec![brokers[first]];
+        for j in 0..replication_factor - 1 {
+            // Never the first replica again: step 1..n-1 from it.
+            let step = 1 + (shift + j) % (n - 1);
+            list.push(brokers[(first + step) % n]);
+        }
+        out.push(list);
+    }
+    Ok(out)
+}
+
+/// A command as it is stored: one batch of one record.
+pub fn encode_command(command: &MetadataCommand, timestamp_ms: i64) -> Bytes {
+    let value = serde_json::to_vec(command).expect("metadata commands serialize");
+    sluice_storage::batch::build_batch(
+        timestamp_ms,
+        &[(timestamp_ms, command.kind().as_bytes(), &value)],
+    )
+    .into()
+}
+
+/// The command a stored batch holds.
+pub fn decode_command(batch: &[u8]) -> Result<MetadataCommand, String> {
+    use sluice_storage::batch::{record_views, validate_batch, BATCH_HEADER_BYTES};
+    let info = validate_batch(batch, usize::MAX).map_err(|e| e.to_string())?;
+    let records = &batch[BATCH_HEADER_BYTES..info.size_bytes];
+    let views = record_views(records, info.record_count).map_err(|e| e.to_string())?;
+    let [record] = views.as_slice() else {
+        return Err(format!("{} records in a metadata batch", views.len()));
+    };
+    let value = record.value.ok_or("record without a value")?;
+    serde_json::from_slice(value).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broker(id: i32) -> MetadataCommand {
+        MetadataCommand::RegisterBroker(BrokerRegistration {
+            node_id: id,
+            host: "127.0.0.1".into(),
+            port: 9092 + id as u16,
+            rack: None,
+        })
+    }
+
+    fn topic(name: &str, partitions: i32) -> Topic {
+        Topic {
+            name: name.into(),
+            id: Uuid::new_v4(),
+            partitions,
+            configs: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn kafkas_assignment_spreads_leaders_and_replicas_evenly() {
+        let replicas = assign_replicas(&[3, 1, 2], 6, 3, 0, 0).unwrap();
+        assert_eq!(replicas[0], vec![1, 2, 3]);
+        let mut leaders = BTreeMap::new();
+        let mut held = BTreeMap::new();
+        for list in &replicas {
+            *leaders.entry(list[0]).or_insert(0) += 1;
+            for node in list {
+                *held.entry(*node).or_insert(0) += 1;
+            }
+            let mut distinct = list.clone();
+            distinct.dedup();
+            assert_eq!(distinct.len(), 3);
+        }
+        assert_eq!(leaders.values().copied().collect::<Vec<_>>(), vec![2, 2, 2]);
+        assert_eq!(held.values().copied().collect::<Vec<_>>(), vec![6, 6, 6]);
+        assert!(matches!(
+            assign_replicas(&[1, 2], 1, 3, 0, 0),
+            Err(Refused::BadAssignment(_))
+        ));
+        assert_eq!(
+            assign_replicas(&[7], 2, 1, 5, 9).unwrap(),
+            vec![vec![7], vec![7]]
+        );
+    }
+
+    #[test]
+    fn commands_apply_deterministically_and_refusals_change_nothing() {
+        let mut image = ClusterImage::default();
+        for (index, id) in [1, 2, 3].into_iter().enumerate() {
+            image.apply(index as u64 + 1, &broker(id)).unwrap();
+        }
+        let orders = topic("orders", 3);
+        let create = MetadataCommand::CreateTopic {
+            topic: orders.clone(),
+            replicas: assign_replicas(&[1, 2, 3], 3, 2, 0, 0).unwrap(),
+        };
+        image.apply(4, &create).unwrap();
+        let before = image.clone();
+        assert_eq!(
+            image.apply(5, &create),
+            Err(Refused::TopicExists("orders".into()))
+        );
+        let on_stranger = MetadataCommand::CreateTopic {
+            topic: topic("x", 1),
+            replicas: vec![vec![1, 9]],
+        };
+        assert!(matches!(
+            image.apply(6, &on_stranger),
+            Err(Refused::BadAssignment(_))
+        ));
+        let twice = MetadataCommand::CreateTopic {
+            topic: topic("y", 1),
+            replicas: vec![vec![2, 2]],
+        };
+        assert!(matches!(
+            image.apply(7, &twice),
+            Err(Refused::BadAssignment(_))
+        ));
+        assert_eq!(image.version, 7);
+        assert_eq!(
+            ClusterImage {
+                version: 4,
+                ..image.clone()
+            },
+            before
+        );
+
+        image
+            .apply(
+                8,
+                &MetadataCommand::AddPartitions {
+                    id: orders.id,
+                    replicas: vec![vec![3, 1]],
+                },
+            )
+            .unwrap();
+        assert_eq!(image.topics["orders"].topic.partitions, 4);
+        assert_eq!(
+            image.apply(9, &MetadataCommand::ReserveProducerIds { up_to: 1000 }),
+            Ok(())
+        );
+        assert!(image
+            .apply(10, &MetadataCommand::ReserveProducerIds { up_to: 10 })
+            .is_err());
+        image
+            .apply(11, &MetadataCommand::DeleteTopic { id: orders.id })
+            .unwrap();
+        assert!(image.topics.is_empty());
+        assert_eq!(
+            image.apply(12, &MetadataCommand::DeleteTopic { id: orders.id }),
+            Err(Refused::UnknownTopic(orders.id))
+        );
+    }
+
+    #[test]
+    fn a_command_survives_its_stored_form() {
+        let mut configs = BTreeMap::new();
+        configs.insert("retention.ms".to_string(), "60000".to_string());
+        let mut t = topic("with {braces} in \"name\"", 2);
+        t.configs = configs;
+        for command in [
+            broker(4),
+            MetadataCommand::CreateTopic {
+                topic: t,
+                replicas: vec![vec![1], vec![2]],
+            },
+            MetadataCommand::ReserveProducerIds { up_to: 5000 },
+        ] {
+            let stored = encode_command(&command, 1_700_000_000_000);
+            assert_eq!(decode_command(&stored).unwrap(), command);
+        }
+        assert!(decode_command(b"not a batch").is_err());
+    }
+}
