@@ -626,6 +626,11 @@ impl RaftPartition {
         self.replica.campaign()
     }
 
+    /// A peer could not be reached: stop pipelining to it.
+    pub fn unreachable(&mut self, peer: u64) {
+        self.replica.unreachable(peer);
+    }
+
     /// Proposes one record batch if this replica leads. Returns the entry's index; its
     /// records are committed once the high watermark passes `end_offset_of(index)`.
     pub fn propose(&mut self, batch: Bytes) -> Result<u64> {

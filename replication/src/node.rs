@@ -1,0 +1,144 @@
+//! The replication side of one node on one executor: many Raft groups (partitions, the
+//! controller), the transport to the other nodes, and the loop step that drives them.
+//!
+//! A `step` delivers what arrived, runs every group's ready work **concurrently** (so the
+//! groups' fdatasyncs share the shard's group-commit rounds instead of queueing one behind
+//! another), queues what they send per peer and flushes: one frame per peer per step, whatever
+//! the number of groups. `tick` adds one logical tick to every group first. Peers a flush could
+//! not reach are reported to every group, so their leaders stop pipelining to them.
+//!
+//! Invariant: a message reaches a group only through `step`, after the group's earlier ready
+//! work has run; a group's persist jobs stay in order because each group runs its own ready work
+//! one job at a time.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::rc::Rc;
+
+use sluice_storage::{FlushMode, LogConfig, SyncGroup};
+
+use crate::error::Result;
+use crate::partition::RaftPartition;
+use crate::replica::ReplicaConfig;
+use crate::rpc::{GroupKey, GroupMessage};
+use crate::transport::{Listener, Transport};
+
+/// Largest frame a node accepts from a peer.
+pub const FRAME_BYTES_MAX: usize = 64 << 20;
+
+/// One node's Raft groups on one executor, and their transport.
+pub struct ReplicationNode {
+    node_id: u64,
+    groups: HashMap<GroupKey, RaftPartition>,
+    transport: Transport,
+    inbox: Rc<RefCell<Vec<GroupMessage>>>,
+    listener: Listener,
+    sync_group: SyncGroup,
+}
+
+impl ReplicationNode {
+    /// Listens on `listen` for frames from `peers` (node id -> RPC address, this node's own
+    /// entry ignored) and dials them as there is something to send.
+    pub fn start(
+        node_id: u64,
+        listen: SocketAddr,
+        peers: &HashMap<u64, SocketAddr>,
+    ) -> std::io::Result<ReplicationNode> {
+        let inbox: Rc<RefCell<Vec<GroupMessage>>> = Rc::default();
+        let delivered = inbox.clone();
+        let senders: Vec<u64> = peers.keys().copied().filter(|id| *id != node_id).collect();
+        let listener = Listener::bind(listen, senders, FRAME_BYTES_MAX, move |frame| {
+            delivered.borrow_mut().extend(frame.messages);
+        })?;
+        Ok(ReplicationNode {
+            node_id,
+            groups: HashMap::new(),
+            transport: Transport::new(node_id, peers),
+            inbox,
+            listener,
+            sync_group: SyncGroup::new(FlushMode::Shared),
+        })
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.listener.address()
+    }
+
+    /// Opens this node's replica of group `key` in `dir` (see [`RaftPartition::open`]); its log
+    /// joins the node's group-commit rounds.
+    pub async fn add_group(
+        &mut self,
+        key: GroupKey,
+        dir: impl AsRef<Path>,
+        voters: &[u64],
+        config: ReplicaConfig,
+        log_config: LogConfig,
+    ) -> Result<()> {
+        let logger = crate::discard_logger();
+        let partition =
+            RaftPartition::open(dir, self.node_id, voters, config, log_config, &logger).await?;
+        partition.log().join_sync_group(&self.sync_group);
+        self.groups.insert(key, partition);
+        Ok(())
+    }
+
+    pub fn group(&mut self, key: &GroupKey) -> Option<&mut RaftPartition> {
+        self.groups.get_mut(key)
+    }
+
+    pub fn groups(&self) -> impl Iterator<Item = (&GroupKey, &RaftPartition)> {
+        self.groups.iter()
+    }
+
+    /// One logical tick for every group, then a [`step`](Self::step).
+    pub async fn tick(&mut self) -> Result<()> {
+        for group in self.groups.values_mut() {
+            group.tick();
+        }
+        self.step().await
+    }
+
+    /// Delivers what arrived, runs every group's ready work concurrently, sends what it
+    /// produced (one frame per peer) and reports unreachable peers.
+    pub async fn step(&mut self) -> Result<()> {
+        let arrived = std::mem::take(&mut *self.inbox.borrow_mut());
+        for GroupMessage { group, message } in arrived {
+            // A message for a group this node does not hold (yet, or any more) is dropped:
+            // Raft retransmits.
+            if let Some(partition) = self.groups.get_mut(&group) {
+                let _ = partition.receive(message);
+            }
+        }
+        let work = self.groups.iter_mut().map(|(key, partition)| async move {
+            partition.run_ready().await.map(|outbox| (*key, outbox))
+        });
+        for outcome in futures::future::join_all(work).await {
+            let (group, outbox) = outcome?;
+            for message in outbox.messages {
+                self.transport
+                    .send(message.to, GroupMessage { group, message });
+            }
+        }
+        let report = self.transport.flush().await;
+        for peer in report.unreachable {
+            for partition in self.groups.values_mut() {
+                partition.unreachable(peer);
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes every group cleanly (logs closed, commit indexes recorded).
+    pub async fn close(self) -> Result<()> {
+        for (_, partition) in self.groups {
+            partition.close().await?;
+        }
+        Ok(())
+    }
+}
