@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use sluice_replication::partition::{Outbox, RaftPartition};
+use sluice_replication::partition::{HardStateHome, Outbox, RaftPartition};
 use sluice_replication::{ReplicaConfig, ReplicationError, Role};
 use sluice_storage::batch::{control_record, peek_batch_size};
 use sluice_storage::{LogConfig, Offset};
@@ -56,8 +56,16 @@ impl ControllerReplica {
             ..LogConfig::default()
         };
         let logger = slog::Logger::root(slog::Discard, slog::o!());
-        let partition =
-            RaftPartition::open(dir, node_id, voters, config, log_config, &logger).await?;
+        let partition = RaftPartition::open(
+            dir,
+            node_id,
+            voters,
+            config,
+            log_config,
+            HardStateHome::OwnFile,
+            &logger,
+        )
+        .await?;
         let mut image = ClusterImage::default();
         let log = partition.log();
         let mut next = log.log_start_offset();

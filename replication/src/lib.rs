@@ -11,6 +11,7 @@
 //! transport, the controller group.
 
 pub mod error;
+pub mod hard_state_log;
 pub mod node;
 pub mod partition;
 pub mod replica;

@@ -19,8 +19,9 @@ use std::rc::Rc;
 
 use sluice_storage::{FlushMode, LogConfig, SyncGroup};
 
-use crate::error::Result;
-use crate::partition::RaftPartition;
+use crate::error::{ReplicationError, Result};
+use crate::hard_state_log::HardStateLog;
+use crate::partition::{HardStateHome, RaftPartition};
 use crate::replica::ReplicaConfig;
 use crate::rpc::{GroupKey, GroupMessage};
 use crate::transport::{Listener, Transport};
@@ -36,21 +37,29 @@ pub struct ReplicationNode {
     inbox: Rc<RefCell<Vec<GroupMessage>>>,
     listener: Listener,
     sync_group: SyncGroup,
+    hard_states: HardStateLog,
 }
 
 impl ReplicationNode {
     /// Listens on `listen` for frames from `peers` (node id -> RPC address, this node's own
-    /// entry ignored) and dials them as there is something to send.
-    pub fn start(
+    /// entry ignored) and dials them as there is something to send. The groups' hard states
+    /// live in one log in `dir`.
+    pub async fn start(
         node_id: u64,
         listen: SocketAddr,
         peers: &HashMap<u64, SocketAddr>,
-    ) -> std::io::Result<ReplicationNode> {
+        dir: impl AsRef<Path>,
+    ) -> Result<ReplicationNode> {
+        let hard_states = HardStateLog::open(dir).await?;
         let inbox: Rc<RefCell<Vec<GroupMessage>>> = Rc::default();
         let delivered = inbox.clone();
         let senders: Vec<u64> = peers.keys().copied().filter(|id| *id != node_id).collect();
         let listener = Listener::bind(listen, senders, FRAME_BYTES_MAX, move |frame| {
             delivered.borrow_mut().extend(frame.messages);
+        })
+        .map_err(|source| ReplicationError::Io {
+            path: format!("rpc listener {listen}").into(),
+            source,
         })?;
         Ok(ReplicationNode {
             node_id,
@@ -59,6 +68,7 @@ impl ReplicationNode {
             inbox,
             listener,
             sync_group: SyncGroup::new(FlushMode::Shared),
+            hard_states,
         })
     }
 
@@ -81,8 +91,13 @@ impl ReplicationNode {
         log_config: LogConfig,
     ) -> Result<()> {
         let logger = crate::discard_logger();
+        let home = HardStateHome::Shared {
+            log: self.hard_states.clone(),
+            key,
+        };
         let partition =
-            RaftPartition::open(dir, self.node_id, voters, config, log_config, &logger).await?;
+            RaftPartition::open(dir, self.node_id, voters, config, log_config, home, &logger)
+                .await?;
         partition.log().join_sync_group(&self.sync_group);
         self.groups.insert(key, partition);
         Ok(())
@@ -94,6 +109,11 @@ impl ReplicationNode {
 
     pub fn groups(&self) -> impl Iterator<Item = (&GroupKey, &RaftPartition)> {
         self.groups.iter()
+    }
+
+    /// Write-and-sync rounds of the shared hard-state log so far.
+    pub fn hard_state_rounds(&self) -> u64 {
+        self.hard_states.rounds()
     }
 
     /// One logical tick for every group, then a [`step`](Self::step).

@@ -39,7 +39,9 @@ use sluice_storage::batch::{build_control_batch, control_record, peek_batch_size
 use sluice_storage::{LeaderEpoch, Log, LogConfig, Offset};
 
 use crate::error::{ReplicationError, Result};
+use crate::hard_state_log::HardStateLog;
 use crate::replica::{PersistJob, Progress, Replica, ReplicaConfig, ReplicaStorage};
+use crate::rpc::GroupKey;
 
 /// Control type of the batch standing for a new leader's empty entry (KRaft's LeaderChange).
 pub const CONTROL_LEADER_CHANGE: i16 = 2;
@@ -459,6 +461,16 @@ impl StateFile {
     }
 }
 
+/// Where a replica keeps its term, vote and commit index.
+#[derive(Clone)]
+pub enum HardStateHome {
+    /// In its own `raft-state` file (replaced, with two syncs, at every vote).
+    OwnFile,
+    /// In the node executor's shared hard-state log, under `key`: one sync per round for
+    /// every group that voted (the `raft-state` file then keeps voters and `below` only).
+    Shared { log: HardStateLog, key: GroupKey },
+}
+
 /// What came of running a partition's ready work: messages to send, and the entries that
 /// became committed (with the offsets their records took), in index order.
 #[derive(Debug, Default)]
@@ -484,6 +496,7 @@ pub struct RaftPartition {
     dir: PathBuf,
     /// The hard state last written to `raft-state`.
     stored: StateFile,
+    home: HardStateHome,
     high_watermark: Offset,
     applied: u64,
     /// Applied entries' data kept in memory beyond what every follower already has.
@@ -497,18 +510,20 @@ impl RaftPartition {
     /// Opens (or creates) replica `id` of a group of `voters` in `dir`: the log, the
     /// `raft-state` file, and the window rebuilt from the log after `below`. A new group's
     /// voters come from `voters`; a restarted one's from its state file.
+    /// Term, vote and commit live where `home` says.
     pub async fn open(
         dir: impl AsRef<Path>,
         id: u64,
         voters: &[u64],
         config: ReplicaConfig,
         log_config: LogConfig,
+        home: HardStateHome,
         logger: &slog::Logger,
     ) -> Result<RaftPartition> {
         let batch_bytes_max = log_config.batch_bytes_max as usize;
         let log = Log::open(dir.as_ref(), log_config).await?;
         let dir = log.dir().to_path_buf();
-        let state = match StateFile::load(&dir)? {
+        let mut state = match StateFile::load(&dir)? {
             Some(state) => state,
             None => {
                 let state = StateFile {
@@ -523,6 +538,13 @@ impl RaftPartition {
                 state
             }
         };
+        if let HardStateHome::Shared { log, key } = &home {
+            if let Some(shared) = log.get(key) {
+                state.term = shared.term;
+                state.vote = shared.vote;
+                state.commit = shared.commit;
+            }
+        }
         let mut store = PartitionStore {
             hard_state: HardState::default(),
             conf_state: ConfState::from((state.voters.clone(), vec![])),
@@ -595,6 +617,7 @@ impl RaftPartition {
             log,
             dir,
             stored: state,
+            home,
             high_watermark,
             applied,
             data_budget_bytes: DATA_BUDGET_BYTES,
@@ -819,7 +842,7 @@ impl RaftPartition {
                     commit: hard_state.commit,
                     ..self.stored.clone()
                 };
-                state.store(&self.dir)?;
+                self.store_hard_state(&state).await?;
                 self.stored = state;
             } else {
                 // Only the commit index moved: not worth a sync (a restart relearns it).
@@ -861,12 +884,26 @@ impl RaftPartition {
             .replica
             .commit_index()
             .min(self.replica.storage().last_index());
-        StateFile {
+        let state = StateFile {
             commit,
             ..self.stored.clone()
+        };
+        self.store_hard_state(&state).await
+    }
+
+    async fn store_hard_state(&self, state: &StateFile) -> Result<()> {
+        match &self.home {
+            HardStateHome::OwnFile => state.store(&self.dir),
+            HardStateHome::Shared { log, key } => {
+                let hard_state = HardState {
+                    term: state.term,
+                    vote: state.vote,
+                    commit: state.commit,
+                    ..HardState::default()
+                };
+                log.store(*key, &hard_state).await
+            }
         }
-        .store(&self.dir)?;
-        Ok(())
     }
 }
 

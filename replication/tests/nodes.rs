@@ -65,7 +65,11 @@ async fn open(
     peers: &HashMap<u64, SocketAddr>,
     root: &Path,
 ) -> ReplicationNode {
-    let mut node = ReplicationNode::start(id, listen, peers).expect("node starts");
+    let node_dir = root.join(format!("node-{id}"));
+    std::fs::create_dir_all(&node_dir).unwrap();
+    let mut node = ReplicationNode::start(id, listen, peers, &node_dir)
+        .await
+        .expect("node starts");
     for partition in 0..PARTITIONS {
         let dir = root
             .join(format!("node-{id}"))

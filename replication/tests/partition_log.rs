@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use glommio::LocalExecutorBuilder;
-use sluice_replication::partition::RaftPartition;
+use sluice_replication::partition::{HardStateHome, RaftPartition};
 use sluice_replication::{discard_logger, Message, ReplicaConfig, Role};
 use sluice_storage::batch::{build_batch, control_record, validate_batch};
 use sluice_storage::{LogConfig, Offset};
@@ -81,6 +81,7 @@ impl Cluster {
             &VOTERS,
             replica_config(),
             log_config(),
+            HardStateHome::OwnFile,
             &discard_logger(),
         )
         .await
