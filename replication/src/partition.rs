@@ -74,12 +74,13 @@ struct Slot {
 }
 
 /// An entries request raft-rs made that the window could not answer from memory: the owner
-/// reads the entries from the log, then tells raft-rs (`on_entries_fetched`).
-struct Fetch {
-    low: u64,
-    high: u64,
-    max_size: u64,
-    context: GetEntriesContext,
+/// reads entries from `low` (below `high`, about `max_size` bytes) from the log, puts them in
+/// with [`PartitionStore::fill`], then tells raft-rs (`Replica::entries_fetched`).
+pub struct FetchRequest {
+    pub low: u64,
+    pub high: u64,
+    pub max_size: u64,
+    pub context: GetEntriesContext,
 }
 
 /// Counters of a partition's window (tests and metrics).
@@ -102,7 +103,7 @@ pub struct PartitionStore {
     /// Entries at or below this index have had their data evicted (unless fetched since).
     evicted_to: u64,
     resident_bytes: u64,
-    fetches: std::cell::RefCell<Vec<Fetch>>,
+    fetches: std::cell::RefCell<Vec<FetchRequest>>,
     log_fetches: u64,
 }
 
@@ -153,7 +154,7 @@ impl PartitionStore {
 
     /// Drops the data of entries from the oldest resident one through `index`: every replica
     /// has them (or the budget says so), and the log holds them.
-    fn evict_through(&mut self, index: u64) {
+    pub fn evict_through(&mut self, index: u64) {
         let index = index.min(self.last_index());
         while self.evicted_to < index {
             self.evicted_to += 1;
@@ -170,15 +171,66 @@ impl PartitionStore {
 
     /// Evicts the oldest resident entries at or below `applied` until at most `budget` bytes of
     /// data stay in memory.
-    fn evict_to_budget(&mut self, applied: u64, budget: u64) {
+    pub fn evict_to_budget(&mut self, applied: u64, budget: u64) {
         while self.resident_bytes > budget && self.evicted_to < applied.min(self.last_index()) {
             self.evicted_to += 1;
             self.drop_data(self.evicted_to);
         }
     }
 
-    fn take_fetches(&self) -> Vec<Fetch> {
+    /// The entries requests raft-rs made since the last call that memory could not answer.
+    pub fn take_fetches(&self) -> Vec<FetchRequest> {
         std::mem::take(&mut *self.fetches.borrow_mut())
+    }
+
+    /// Puts back the data of evicted entry `index` (read from the log). False if the entry is
+    /// not in the window or its data is in memory already.
+    pub fn fill(&mut self, index: u64, data: Bytes) -> bool {
+        let Some(position) = index
+            .checked_sub(self.below.index + 1)
+            .map(|p| p as usize)
+            .filter(|p| *p < self.window.len())
+        else {
+            return false;
+        };
+        let slot = &mut self.window[position];
+        if slot.data.is_some() {
+            return false;
+        }
+        self.resident_bytes += data.len() as u64;
+        slot.data = Some(data);
+        self.log_fetches += 1;
+        true
+    }
+
+    /// Evicts again an entry `fill` put back, once raft-rs has used it.
+    pub fn forget(&mut self, index: u64) {
+        if index <= self.evicted_to && index > self.below.index && index <= self.last_index() {
+            self.drop_data(index);
+        }
+    }
+
+    /// A store over `entries` (consecutive from index 1, each one batch or one of Raft's own),
+    /// as a replica restarted from them would hold it, every entry's data in memory.
+    pub fn from_entries(
+        voters: &[u64],
+        hard_state: HardState,
+        entries: &[Entry],
+        batch_bytes_max: usize,
+    ) -> Result<PartitionStore> {
+        let mut store = PartitionStore {
+            hard_state,
+            conf_state: ConfState::from((voters.to_vec(), vec![])),
+            below: Below::default(),
+            window: VecDeque::new(),
+            batch_bytes_max,
+            evicted_to: 0,
+            resident_bytes: 0,
+            fetches: Default::default(),
+            log_fetches: 0,
+        };
+        store.put_entries(entries)?;
+        Ok(store)
     }
 
     /// How many offsets an entry takes in the log. An entry is exactly one batch (the log
@@ -263,7 +315,7 @@ impl Storage for PartitionStore {
                     break; // send what is in memory; the rest comes next time
                 }
                 if context.can_async() {
-                    self.fetches.borrow_mut().push(Fetch {
+                    self.fetches.borrow_mut().push(FetchRequest {
                         low,
                         high,
                         max_size,

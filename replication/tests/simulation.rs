@@ -25,12 +25,98 @@ use raft::eraftpb::ConfState;
 use raft::{GetEntriesContext, Storage};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use sluice_replication::partition::PartitionStore;
 use sluice_replication::{
     discard_logger, Entry, HardState, MemStorage, Message, PersistJob, Progress, Replica,
     ReplicaConfig, ReplicaStorage, Role,
 };
+use sluice_storage::batch::build_batch;
 
 const FAULTY_STEPS: u64 = 600;
+/// Data budget of the partition store in the simulation: small, so eviction and reads back
+/// from the "log" (the durable entries) happen all the time.
+const SIM_DATA_BUDGET: u64 = 512;
+
+/// Which storage the replicas run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StoreKind {
+    /// raft-rs's in-memory storage: the contract alone.
+    Memory,
+    /// Sluice's partition store (window of offsets, evicted data read back asynchronously).
+    Partition,
+}
+
+/// The storage of a simulated replica: either kind, behind raft-rs's traits.
+enum SimStore {
+    Memory(MemStorage),
+    Partition(Box<PartitionStore>),
+}
+
+impl Storage for SimStore {
+    fn initial_state(&self) -> raft::Result<raft::RaftState> {
+        match self {
+            SimStore::Memory(s) => s.initial_state(),
+            SimStore::Partition(s) => s.initial_state(),
+        }
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        match self {
+            SimStore::Memory(s) => s.entries(low, high, max_size, context),
+            SimStore::Partition(s) => s.entries(low, high, max_size, context),
+        }
+    }
+
+    fn term(&self, index: u64) -> raft::Result<u64> {
+        match self {
+            SimStore::Memory(s) => s.term(index),
+            SimStore::Partition(s) => s.term(index),
+        }
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        match self {
+            SimStore::Memory(s) => s.first_index(),
+            SimStore::Partition(s) => s.first_index(),
+        }
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        match self {
+            SimStore::Memory(s) => Storage::last_index(s),
+            SimStore::Partition(s) => Storage::last_index(s.as_ref()),
+        }
+    }
+
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<raft::eraftpb::Snapshot> {
+        match self {
+            SimStore::Memory(s) => s.snapshot(request_index, to),
+            SimStore::Partition(s) => s.snapshot(request_index, to),
+        }
+    }
+}
+
+impl ReplicaStorage for SimStore {
+    fn put_entries(&mut self, entries: &[Entry]) -> sluice_replication::Result<()> {
+        match self {
+            SimStore::Memory(s) => s.put_entries(entries),
+            SimStore::Partition(s) => s.put_entries(entries),
+        }
+    }
+
+    fn put_hard_state(&mut self, hard_state: &HardState) {
+        match self {
+            SimStore::Memory(s) => s.put_hard_state(hard_state),
+            SimStore::Partition(s) => s.put_hard_state(hard_state),
+        }
+    }
+}
 const SETTLE_STEPS_MAX: u64 = 3_000;
 
 /// How a run may deviate from the contract, to show the checks catch it.
@@ -51,6 +137,7 @@ struct Stats {
     messages_dropped: u64,
     partitions: u64,
     pauses: u64,
+    log_fetches: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -62,6 +149,7 @@ impl std::ops::AddAssign for Stats {
         self.messages_dropped += other.messages_dropped;
         self.partitions += other.partitions;
         self.pauses += other.pauses;
+        self.log_fetches += other.log_fetches;
     }
 }
 
@@ -90,7 +178,7 @@ impl Durable {
 
 struct Node {
     id: u64,
-    replica: Option<Replica<MemStorage>>,
+    replica: Option<Replica<SimStore>>,
     durable: Durable,
     /// Persist jobs in issue order, each with the step it completes at (non-decreasing).
     disk: VecDeque<(u64, PersistJob)>,
@@ -110,6 +198,7 @@ struct Sim {
     seed: u64,
     rng: StdRng,
     owner: Owner,
+    store_kind: StoreKind,
     now: u64,
     voters: Vec<u64>,
     nodes: Vec<Node>,
@@ -136,7 +225,7 @@ fn config() -> ReplicaConfig {
 }
 
 impl Sim {
-    fn new(seed: u64, owner: Owner) -> Sim {
+    fn new(seed: u64, owner: Owner, store_kind: StoreKind) -> Sim {
         let mut rng = StdRng::seed_from_u64(seed);
         let count = if rng.gen_bool(0.25) { 5 } else { 3 };
         let voters: Vec<u64> = (1..=count).collect();
@@ -144,6 +233,7 @@ impl Sim {
             seed,
             rng,
             owner,
+            store_kind,
             now: 0,
             voters: voters.clone(),
             nodes: Vec::new(),
@@ -171,13 +261,27 @@ impl Sim {
     }
 
     /// A replica over what `node` holds durably, as a restarted process would open it.
-    fn start(&self, node: &Node) -> Replica<MemStorage> {
-        let mut storage =
-            MemStorage::new_with_conf_state(ConfState::from((self.voters.clone(), vec![])));
-        storage.put_hard_state(&node.durable.hard_state);
-        storage
-            .put_entries(&node.durable.entries)
-            .expect("durable entries are contiguous");
+    fn start(&self, node: &Node) -> Replica<SimStore> {
+        let storage = match self.store_kind {
+            StoreKind::Memory => {
+                let mut storage =
+                    MemStorage::new_with_conf_state(ConfState::from((self.voters.clone(), vec![])));
+                storage.put_hard_state(&node.durable.hard_state);
+                storage
+                    .put_entries(&node.durable.entries)
+                    .expect("durable entries are contiguous");
+                SimStore::Memory(storage)
+            }
+            StoreKind::Partition => SimStore::Partition(Box::new(
+                PartitionStore::from_entries(
+                    &self.voters,
+                    node.durable.hard_state.clone(),
+                    &node.durable.entries,
+                    1 << 20,
+                )
+                .expect("durable entries are whole batches"),
+            )),
+        };
         Replica::new(node.id, config(), storage, 0, &discard_logger()).expect("replica starts")
     }
 
@@ -324,13 +428,68 @@ impl Sim {
         }
         let index = leaders[self.rng.gen_range(0..leaders.len())];
         self.next_proposal += 1;
-        let data = Bytes::from(format!(
+        let data = self.payload(&format!(
             "seed {} proposal {}",
             self.seed, self.next_proposal
         ));
         let replica = self.nodes[index].replica.as_mut().expect("leader is up");
         // A proposal a leader drops is a client's retry, not an error.
         let _ = replica.propose(data);
+    }
+
+    /// A proposal's data: a record batch holding `text` (the partition store takes batches).
+    fn payload(&self, text: &str) -> Bytes {
+        build_batch(0, &[(0, b"k", text.as_bytes())]).into()
+    }
+
+    /// The partition store's owner duties: answer raft-rs's requests for evicted entries from
+    /// the durable entries (the log), then evict what every replica has and what is over the
+    /// budget. True if raft-rs got entries back (it may have more to do).
+    fn serve_partition_store(&mut self, index: usize) -> bool {
+        let node = &mut self.nodes[index];
+        let applied = node.last_applied;
+        let Some(replica) = node.replica.as_mut() else {
+            return false;
+        };
+        let min_matched = replica.min_matched();
+        let SimStore::Partition(store) = replica.storage_mut() else {
+            return false;
+        };
+        let fetches = store.take_fetches();
+        let served = !fetches.is_empty();
+        for fetch in fetches {
+            let mut filled = Vec::new();
+            let mut size = 0u64;
+            for i in fetch.low..fetch.high {
+                let Some(entry) = node.durable.entries.get((i - 1) as usize) else {
+                    break;
+                };
+                let SimStore::Partition(store) = replica.storage_mut() else {
+                    unreachable!()
+                };
+                if store.fill(i, entry.data.clone()) {
+                    filled.push(i);
+                }
+                size += entry.data.len() as u64;
+                if size >= fetch.max_size {
+                    break;
+                }
+            }
+            replica.entries_fetched(fetch.context);
+            let SimStore::Partition(store) = replica.storage_mut() else {
+                unreachable!()
+            };
+            self.stats.log_fetches += filled.len() as u64;
+            for i in filled {
+                store.forget(i);
+            }
+        }
+        let SimStore::Partition(store) = replica.storage_mut() else {
+            unreachable!()
+        };
+        store.evict_through(applied.min(min_matched.unwrap_or(applied)));
+        store.evict_to_budget(applied, SIM_DATA_BUDGET);
+        served
     }
 
     /// Runs every live, unpaused node's pending work to quiescence.
@@ -352,7 +511,13 @@ impl Sim {
             };
             let progress = match replica.advance() {
                 Ok(Some(progress)) => progress,
-                Ok(None) => return Ok(()),
+                Ok(None) => {
+                    if self.store_kind == StoreKind::Partition && self.serve_partition_store(index)
+                    {
+                        continue;
+                    }
+                    return Ok(());
+                }
                 Err(e) => return Err(self.fail(format!("node {} advance: {e}", index + 1))),
             };
             self.handle(index, progress, lossy)?;
@@ -506,14 +671,17 @@ impl Sim {
             if *max_term_then >= term {
                 continue;
             }
+            // Evicted data is in the durable log (checked at the end); the term must match.
             match entry_at(storage, entry_index) {
-                Some(entry) if entry.term == *entry_term && entry.data == *data => {}
+                Some((held_term, held_data))
+                    if held_term == *entry_term && held_data.as_ref().is_none_or(|d| d == data) => {
+                }
                 other => {
                     return Err(self.fail(format!(
                         "node {} leads term {term} without applied entry {entry_index} \
                          (term {entry_term}); it holds {:?}",
                         index + 1,
-                        other.map(|e| e.term)
+                        other.map(|e| e.0)
                     )))
                 }
             }
@@ -570,7 +738,7 @@ impl Sim {
         self.heal();
         // Settle: a fresh proposal applied everywhere. A leader that lost its term before the
         // proposal committed drops it, as a client's request times out: propose again.
-        let final_proposal = Bytes::from(format!("seed {} final", self.seed));
+        let final_proposal = self.payload(&format!("seed {} final", self.seed));
         let final_index = loop {
             if (self.now - FAULTY_STEPS) % 100 == 1 {
                 if let Some(leader) = self
@@ -629,40 +797,58 @@ impl Sim {
     }
 }
 
-fn entry_at(storage: &MemStorage, index: u64) -> Option<Entry> {
+/// The term of entry `index`, and its data when in memory (the partition store evicts).
+fn entry_at(storage: &SimStore, index: u64) -> Option<(u64, Option<Bytes>)> {
     let first = storage.first_index().ok()?;
-    let last = storage.last_index().ok()?;
+    let last = Storage::last_index(storage).ok()?;
     if index < first || index > last {
         return None;
     }
-    storage
+    let term = storage.term(index).ok()?;
+    let data = storage
         .entries(index, index + 1, None, GetEntriesContext::empty(false))
-        .ok()?
-        .pop()
+        .ok()
+        .and_then(|mut e| e.pop())
+        .map(|e| e.data);
+    Some((term, data))
 }
 
-fn all_entries(storage: &MemStorage) -> Vec<Entry> {
+/// Every entry's term, with its data where one read gets all of it (the in-memory store; the
+/// partition store's log matching is checked on terms, its data at apply and at the end).
+fn all_entries(storage: &SimStore) -> Vec<(u64, Option<Bytes>)> {
     let first = storage.first_index().expect("first index");
-    let last = storage.last_index().expect("last index");
+    let last = Storage::last_index(storage).expect("last index");
     if last < first {
         return Vec::new();
     }
-    storage
-        .entries(first, last + 1, None, GetEntriesContext::empty(false))
-        .expect("entries in range")
+    if let SimStore::Memory(memory) = storage {
+        let entries = memory
+            .entries(first, last + 1, None, GetEntriesContext::empty(false))
+            .expect("entries in range");
+        return entries
+            .into_iter()
+            .map(|e| (e.term, Some(e.data)))
+            .collect();
+    }
+    (first..=last)
+        .map(|i| (storage.term(i).expect("term in range"), None))
+        .collect()
 }
 
-fn check_log_matching(a: &MemStorage, b: &MemStorage) -> Result<(), String> {
+fn check_log_matching(a: &SimStore, b: &SimStore) -> Result<(), String> {
     let (a, b) = (all_entries(a), all_entries(b));
     let common = a.len().min(b.len());
-    let Some(highest_match) = (0..common).rev().find(|&i| a[i].term == b[i].term) else {
+    let Some(highest_match) = (0..common).rev().find(|&i| a[i].0 == b[i].0) else {
         return Ok(());
     };
     for i in 0..=highest_match {
-        if a[i].term != b[i].term || a[i].data != b[i].data {
+        let data_differs = matches!((&a[i].1, &b[i].1), (Some(x), Some(y)) if x != y);
+        if a[i].0 != b[i].0 || data_differs {
             return Err(format!(
                 "both hold term {} at index {} but differ at index {}",
-                a[highest_match].term, a[highest_match].index, a[i].index
+                a[highest_match].0,
+                highest_match + 1,
+                i + 1
             ));
         }
     }
@@ -670,8 +856,8 @@ fn check_log_matching(a: &MemStorage, b: &MemStorage) -> Result<(), String> {
 }
 
 /// Runs one seed; a panic inside raft-rs (its own consistency checks) counts as a violation.
-fn run_seed(seed: u64, owner: Owner) -> Result<Stats, String> {
-    std::panic::catch_unwind(|| Sim::new(seed, owner).run()).unwrap_or_else(|panic| {
+fn run_seed(seed: u64, owner: Owner, store_kind: StoreKind) -> Result<Stats, String> {
+    std::panic::catch_unwind(|| Sim::new(seed, owner, store_kind).run()).unwrap_or_else(|panic| {
         let what = panic
             .downcast_ref::<String>()
             .cloned()
@@ -696,7 +882,7 @@ fn raft_groups_keep_every_applied_entry_under_seeded_faults() {
     let mut total = Stats::default();
     let seeds = seeds();
     for &seed in &seeds {
-        match run_seed(seed, Owner::Correct) {
+        match run_seed(seed, Owner::Correct, StoreKind::Memory) {
             Ok(stats) => total += stats,
             Err(violation) => panic!("{violation} (replay: SLUICE_SIM_SEED={seed})"),
         }
@@ -713,10 +899,39 @@ fn raft_groups_keep_every_applied_entry_under_seeded_faults() {
     }
 }
 
+/// The same faults over Sluice's partition store: offsets window, data evicted past a tiny
+/// budget and read back (from the durable entries, standing for the log) when raft-rs asks.
+#[test]
+fn partition_store_groups_keep_every_applied_entry_under_seeded_faults() {
+    let mut total = Stats::default();
+    let seeds: Vec<u64> = seeds()
+        .into_iter()
+        .map(|s| s + 1_000_000)
+        .take(500)
+        .collect();
+    for &seed in &seeds {
+        match run_seed(seed, Owner::Correct, StoreKind::Partition) {
+            Ok(stats) => total += stats,
+            Err(violation) => panic!("{violation} (partition store, seed {seed})"),
+        }
+    }
+    eprintln!("{} seeds over the partition store: {total:?}", seeds.len());
+    if seeds.len() >= 100 {
+        assert!(
+            total.log_fetches > 0,
+            "evicted entries were read back: {total:?}"
+        );
+        assert!(
+            total.suffix_truncations > 0 && total.crashes > 0,
+            "{total:?}"
+        );
+    }
+}
+
 #[test]
 fn the_same_seed_replays_the_same_run() {
-    let first = run_seed(7, Owner::Correct).expect("seed 7 passes");
-    let second = run_seed(7, Owner::Correct).expect("seed 7 passes");
+    let first = run_seed(7, Owner::Correct, StoreKind::Partition).expect("seed 7 passes");
+    let second = run_seed(7, Owner::Correct, StoreKind::Partition).expect("seed 7 passes");
     assert_eq!(format!("{first:?}"), format!("{second:?}"));
 }
 
@@ -724,8 +939,9 @@ fn the_same_seed_replays_the_same_run() {
 /// they are durable loses committed entries or elects two leaders, and the simulation says so.
 #[test]
 fn an_owner_that_acknowledges_before_persisting_is_caught() {
-    let caught =
-        (0..2_000u64).find_map(|seed| run_seed(seed, Owner::AcknowledgesBeforePersisting).err());
+    let caught = (0..2_000u64).find_map(|seed| {
+        run_seed(seed, Owner::AcknowledgesBeforePersisting, StoreKind::Memory).err()
+    });
     let violation = caught.expect("some seed exposes acknowledging before persisting");
     eprintln!("caught: {violation}");
 }
