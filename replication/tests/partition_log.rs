@@ -3,31 +3,19 @@
 //! must end with byte-identical logs, every committed (acknowledged) batch exactly once and in
 //! the order it was acknowledged, through leader kills, follower kills and restarts from disk.
 
+mod common;
+
 use std::collections::VecDeque;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use glommio::LocalExecutorBuilder;
+use common::run;
 use sluice_replication::partition::{HardStateHome, RaftPartition};
 use sluice_replication::{discard_logger, Message, ReplicaConfig, Role};
 use sluice_storage::batch::{build_batch, control_record, validate_batch};
 use sluice_storage::{LogConfig, Offset};
 
 const VOTERS: [u64; 3] = [1, 2, 3];
-
-fn run<F, Fut, T>(f: F) -> T
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = T> + 'static,
-    T: Send + 'static,
-{
-    LocalExecutorBuilder::default()
-        .spawn(f)
-        .expect("executor starts")
-        .join()
-        .expect("executor thread finished")
-}
 
 fn log_config() -> LogConfig {
     LogConfig {

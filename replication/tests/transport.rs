@@ -1,34 +1,22 @@
 //! The RPC transport over real loopback sockets: frames arrive whole and in order, a peer that
 //! restarts is redialed after backoff, and malformed input closes only its own connection.
 
+mod common;
+
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use common::run;
 use futures::AsyncWriteExt;
 use glommio::net::TcpStream;
-use glommio::LocalExecutorBuilder;
 use sluice_replication::rpc::{encode_frame, Frame, GroupKey, GroupMessage};
 use sluice_replication::transport::{Listener, Transport};
 use sluice_replication::{Message, MessageType};
 
 const MAX_FRAME: usize = 1 << 20;
-
-fn run<F, Fut, T>(f: F) -> T
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = T> + 'static,
-    T: Send + 'static,
-{
-    LocalExecutorBuilder::default()
-        .spawn(f)
-        .expect("executor starts")
-        .join()
-        .expect("executor thread finished")
-}
 
 fn heartbeat(sequence: u64) -> GroupMessage {
     GroupMessage {
