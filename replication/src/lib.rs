@@ -2,13 +2,14 @@
 //!
 //! A pure Raft state machine per partition (no I/O, time in ticks), driven by the shard's loop,
 //! reaching storage and network only through what the owner does with a [`Progress`]. The
-//! consensus is raft-rs (TiKV's); this crate is the contract around it ([`replica`]) and, in
-//! `tests/simulation.rs`, the deterministic simulation that checks it: several replicas in one
-//! process over a seeded network and disk that drop, delay, reorder, partition and crash.
+//! consensus is raft-rs (TiKV's); this crate is the contract around it ([`replica`]), the
+//! partition log as the Raft log ([`partition`]), the per-executor hard-state log
+//! ([`hard_state_log`]), broker-to-broker frames ([`rpc`]) and connections ([`transport`]),
+//! and one node's groups driven together ([`node`]). `tests/simulation.rs` checks the contract
+//! by deterministic simulation: replicas over a seeded network and disk that drop, delay,
+//! reorder, partition and crash.
 //!
-//! Not built yet (see docs/ARCHITECTURE.md, "Replication"): the partition log as the Raft log
-//! (an entry is a record batch, its term stamped as `partitionLeaderEpoch`), the broker-to-broker
-//! transport, the controller group.
+//! Not yet (see docs/ARCHITECTURE.md, "Replication"): the broker does not use any of it.
 
 pub mod error;
 pub mod hard_state_log;
