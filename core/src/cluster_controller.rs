@@ -14,9 +14,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use sluice_replication::partition::{HardStateHome, Outbox, RaftPartition};
+use sluice_replication::partition::{for_each_batch, HardStateHome, Outbox, RaftPartition};
 use sluice_replication::{ReplicaConfig, ReplicationError, Role};
-use sluice_storage::batch::{control_record, peek_batch_size};
+use sluice_storage::batch::control_record;
 use sluice_storage::{LogConfig, Offset};
 
 use crate::cluster_metadata::{
@@ -67,41 +67,28 @@ impl ControllerReplica {
         )
         .await?;
         let mut image = ClusterImage::default();
-        let log = partition.log();
-        let mut next = log.log_start_offset();
-        let high_watermark = partition.high_watermark();
-        while next < high_watermark {
-            let read = log
-                .read(next, 1 << 20)
-                .await
-                .map_err(ReplicationError::from)?;
-            if read.bytes.is_empty() {
-                break;
-            }
-            let mut rest = &read.bytes[..];
-            while !rest.is_empty() {
-                let size =
-                    peek_batch_size(rest, usize::MAX).map_err(|e| ControllerError::BadCommand {
-                        offset: next.0,
-                        reason: e.to_string(),
-                    })?;
-                let batch = &rest[..size];
-                let base = sluice_storage::batch::batch_offsets(batch).0;
-                if base >= high_watermark {
-                    break;
-                }
-                if control_record(batch).is_none() {
+        let (start, high_watermark) = (
+            partition.log().log_start_offset(),
+            partition.high_watermark(),
+        );
+        for_each_batch(
+            partition.log(),
+            start,
+            high_watermark,
+            usize::MAX,
+            |info, batch| {
+                if control_record(&batch).is_none() {
                     let command =
-                        decode_command(batch).map_err(|reason| ControllerError::BadCommand {
-                            offset: base.0,
+                        decode_command(&batch).map_err(|reason| ControllerError::BadCommand {
+                            offset: info.base_offset.0,
                             reason,
                         })?;
-                    let _ = image.apply(base.0 as u64, &command);
+                    let _ = image.apply(info.base_offset.0 as u64, &command);
                 }
-                rest = &rest[size..];
-            }
-            next = read.next_offset;
-        }
+                Ok::<_, ControllerError>(true)
+            },
+        )
+        .await?;
         Ok(ControllerReplica {
             partition,
             image,

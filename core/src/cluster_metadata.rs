@@ -361,6 +361,13 @@ mod tests {
             image.apply(7, &twice),
             Err(Refused::BadAssignment(_))
         ));
+        let nobody = MetadataCommand::RegisterBroker(BrokerRegistration {
+            node_id: -1,
+            host: "h".into(),
+            port: 1,
+            rack: None,
+        });
+        assert_eq!(image.apply(7, &nobody), Err(Refused::BadBrokerId(-1)));
         assert_eq!(image.version, 7);
         assert_eq!(
             ClusterImage {

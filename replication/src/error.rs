@@ -25,6 +25,10 @@ pub enum ReplicationError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    /// A batch read back from a partition log that does not parse (the log's own recovery
+    /// should have cut it).
+    #[error("partition log at offset {offset}: {reason}")]
+    CorruptLog { offset: i64, reason: String },
     #[error("partition log: {0}")]
     Storage(#[from] sluice_storage::StorageError),
 }

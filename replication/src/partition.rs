@@ -36,7 +36,7 @@ use bytes::Bytes;
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError as RaftStorageError};
 use sluice_storage::batch::{build_control_batch, control_record, peek_batch_size, read_header};
-use sluice_storage::{LeaderEpoch, Log, LogConfig, Offset};
+use sluice_storage::{BatchInfo, LeaderEpoch, Log, LogConfig, Offset};
 
 use crate::error::{ReplicationError, Result};
 use crate::hard_state_log::HardStateLog;
@@ -89,7 +89,7 @@ pub struct WindowStats {
     /// Entries whose data is in memory, and its bytes.
     pub resident_entries: u64,
     pub resident_bytes: u64,
-    /// Entries requests answered by reading the log.
+    /// Entries read back from the log (`fill`).
     pub log_fetches: u64,
 }
 
@@ -210,6 +210,21 @@ impl PartitionStore {
         }
     }
 
+    /// A store with no entries above `below`.
+    fn empty(voters: &[u64], below: Below, batch_bytes_max: usize) -> PartitionStore {
+        PartitionStore {
+            hard_state: HardState::default(),
+            conf_state: ConfState::from((voters.to_vec(), vec![])),
+            below,
+            window: VecDeque::new(),
+            batch_bytes_max,
+            evicted_to: below.index,
+            resident_bytes: 0,
+            fetches: Default::default(),
+            log_fetches: 0,
+        }
+    }
+
     /// A store over `entries` (consecutive from index 1, each one batch or one of Raft's own),
     /// as a replica restarted from them would hold it, every entry's data in memory.
     pub fn from_entries(
@@ -218,17 +233,8 @@ impl PartitionStore {
         entries: &[Entry],
         batch_bytes_max: usize,
     ) -> Result<PartitionStore> {
-        let mut store = PartitionStore {
-            hard_state,
-            conf_state: ConfState::from((voters.to_vec(), vec![])),
-            below: Below::default(),
-            window: VecDeque::new(),
-            batch_bytes_max,
-            evicted_to: 0,
-            resident_bytes: 0,
-            fetches: Default::default(),
-            log_fetches: 0,
-        };
+        let mut store = PartitionStore::empty(voters, Below::default(), batch_bytes_max);
+        store.hard_state = hard_state;
         store.put_entries(entries)?;
         Ok(store)
     }
@@ -252,6 +258,42 @@ impl PartitionStore {
             read_header(&entry.data, self.batch_bytes_max).map_err(|e| bad(e.to_string()))?;
         Ok(i64::from(info.last_offset_delta) + 1)
     }
+}
+
+/// Calls `visit` with every whole batch of `log` from the one holding `from` on, until a batch
+/// starts at or past `to` or `visit` returns false. The batches are slices of the reads.
+pub async fn for_each_batch<E: From<ReplicationError>>(
+    log: &Log,
+    from: Offset,
+    to: Offset,
+    batch_bytes_max: usize,
+    mut visit: impl FnMut(BatchInfo, Bytes) -> std::result::Result<bool, E>,
+) -> std::result::Result<(), E> {
+    let mut next = from;
+    while next < to {
+        let read = log
+            .read(next, 1 << 20)
+            .await
+            .map_err(ReplicationError::from)?;
+        if read.bytes.is_empty() {
+            return Ok(());
+        }
+        let mut rest = read.bytes;
+        while !rest.is_empty() {
+            let corrupt = |e: sluice_storage::BatchError| ReplicationError::CorruptLog {
+                offset: next.0,
+                reason: e.to_string(),
+            };
+            let size = peek_batch_size(&rest, batch_bytes_max).map_err(corrupt)?;
+            let batch = rest.split_to(size);
+            let info = read_header(&batch, batch_bytes_max).map_err(corrupt)?;
+            if info.base_offset >= to || !visit(info, batch)? {
+                return Ok(());
+            }
+        }
+        next = read.next_offset;
+    }
+    Ok(())
 }
 
 /// The bytes an entry is stored as.
@@ -597,38 +639,14 @@ impl RaftPartition {
                 state.commit = shared.commit;
             }
         }
-        let mut store = PartitionStore {
-            hard_state: HardState::default(),
-            conf_state: ConfState::from((state.voters.clone(), vec![])),
-            below: state.below,
-            window: VecDeque::new(),
+        let mut store = PartitionStore::empty(&state.voters, state.below, batch_bytes_max);
+        let log_end = log.log_end_offset();
+        for_each_batch(
+            &log,
+            state.below.end_offset,
+            log_end,
             batch_bytes_max,
-            evicted_to: state.below.index,
-            resident_bytes: 0,
-            fetches: Default::default(),
-            log_fetches: 0,
-        };
-        let mut next = state.below.end_offset;
-        while next < log.log_end_offset() {
-            let read = log.read(next, 1 << 20).await?;
-            if read.bytes.is_empty() {
-                break;
-            }
-            let mut rest = read.bytes.clone();
-            while !rest.is_empty() {
-                let size = peek_batch_size(&rest, batch_bytes_max).map_err(|e| {
-                    ReplicationError::BadEntry {
-                        index: store.last_index() + 1,
-                        reason: e.to_string(),
-                    }
-                })?;
-                let batch = rest.split_to(size);
-                let info = read_header(&batch, batch_bytes_max).map_err(|e| {
-                    ReplicationError::BadEntry {
-                        index: store.last_index() + 1,
-                        reason: e.to_string(),
-                    }
-                })?;
+            |info, batch| {
                 let (entry_type, data) = entry_of_batch(batch);
                 // Committed entries' data stays in the log until raft-rs asks for it.
                 let index = store.last_index() + 1;
@@ -641,9 +659,10 @@ impl RaftPartition {
                     end_offset: info.last_offset().plus(1),
                     data,
                 });
-            }
-            next = read.next_offset;
-        }
+                Ok::<_, ReplicationError>(true)
+            },
+        )
+        .await?;
         // Entries of a job may have been durable before its hard state was, or the reverse:
         // the commit index never points past the log, and the term is never below its entries.
         let last_term = store.window.back().map_or(state.below.term, |s| s.term);
@@ -761,9 +780,7 @@ impl RaftPartition {
                 // raft-rs took what it needed while sending; the data goes back to the log.
                 let store = self.replica.storage_mut();
                 for index in loaded {
-                    if index <= store.evicted_to {
-                        store.drop_data(index);
-                    }
+                    store.forget(index);
                 }
             }
             if !self.advance_all(&mut outbox).await? && !worked {
@@ -798,37 +815,21 @@ impl RaftPartition {
         };
         let batch_bytes_max = store.batch_bytes_max;
         let mut batches = std::collections::HashMap::new();
-        let (mut next, mut bytes) = (from, 0u64);
-        while next < to && (bytes == 0 || bytes < max_size) {
-            let read = self.log.read(next, 1 << 20).await?;
-            if read.bytes.is_empty() {
-                break;
-            }
-            bytes += read.bytes.len() as u64;
-            let mut rest = read.bytes.clone();
-            while !rest.is_empty() {
-                let size = peek_batch_size(&rest, batch_bytes_max).map_err(|e| {
-                    ReplicationError::BadEntry {
-                        index: first_index,
-                        reason: e.to_string(),
-                    }
-                })?;
-                let batch = rest.split_to(size);
-                batches.insert(sluice_storage::batch::batch_offsets(&batch).0, batch);
-            }
-            next = read.next_offset;
-        }
+        let mut bytes = 0u64;
+        for_each_batch(&self.log, from, to, batch_bytes_max, |info, batch| {
+            bytes += batch.len() as u64;
+            batches.insert(info.base_offset, batch);
+            Ok::<_, ReplicationError>(bytes < max_size)
+        })
+        .await?;
         let store = self.replica.storage_mut();
-        store.log_fetches += 1;
         let mut loaded = Vec::new();
         for (index, base, _) in wanted {
             let Some(batch) = batches.remove(&base) else {
                 break;
             };
             let (_, data) = entry_of_batch(batch);
-            let position = (index - store.below.index - 1) as usize;
-            store.resident_bytes += data.len() as u64;
-            store.window[position].data = Some(data);
+            store.fill(index, data);
             loaded.push(index);
         }
         if loaded.is_empty() {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use common::run;
 use sluice_replication::partition::{HardStateHome, RaftPartition};
-use sluice_replication::{discard_logger, Message, ReplicaConfig, Role};
+use sluice_replication::{discard_logger, Message, ReplicaConfig, ReplicationError, Role};
 use sluice_storage::batch::{build_batch, control_record, validate_batch};
 use sluice_storage::{LogConfig, Offset};
 
@@ -375,5 +375,65 @@ fn a_follower_far_behind_catches_up_from_the_leaders_log_with_memory_bounded() {
         for node in cluster.nodes.into_iter().flatten() {
             node.close().await.unwrap();
         }
+    });
+}
+
+#[test]
+fn bad_proposals_and_a_damaged_state_file_get_clear_errors() {
+    run(|| async {
+        let root = tempfile::tempdir().unwrap();
+        let mut cluster = Cluster::start(root.path()).await;
+        let leader = cluster.wait_for_leader().await;
+        let follower = VOTERS.iter().copied().find(|&id| id != leader).unwrap();
+
+        let refused = cluster.node(follower).propose(proposal(1)).unwrap_err();
+        assert!(
+            matches!(refused, ReplicationError::NotLeader { leader: l } if l == leader),
+            "{refused}"
+        );
+        let mut two = proposal(2).to_vec();
+        two.extend_from_slice(&proposal(3));
+        let refused = cluster.node(leader).propose(two.into()).unwrap_err();
+        assert!(
+            refused.to_string().contains("one record batch at a time"),
+            "{refused}"
+        );
+        let refused = cluster
+            .node(leader)
+            .propose(Bytes::from_static(b"not a batch"))
+            .unwrap_err();
+        assert!(
+            matches!(refused, ReplicationError::BadEntry { .. }),
+            "{refused}"
+        );
+        // Nothing of the refused proposals reached any log.
+        cluster.settle().await;
+        for node in cluster.nodes.iter().flatten() {
+            assert!(contents(node).await.0.is_empty());
+        }
+
+        // A damaged raft-state file stops the replica from opening, naming the file.
+        cluster.kill(follower);
+        let state = cluster.dirs[(follower - 1) as usize].join("raft-state");
+        let mut bytes = std::fs::read(&state).unwrap();
+        bytes[8] ^= 0xff;
+        std::fs::write(&state, bytes).unwrap();
+        let error = RaftPartition::open(
+            &cluster.dirs[(follower - 1) as usize],
+            follower,
+            &VOTERS,
+            replica_config(),
+            log_config(),
+            HardStateHome::OwnFile,
+            &discard_logger(),
+        )
+        .await
+        .err()
+        .expect("a damaged state file is refused");
+        assert!(
+            matches!(error, ReplicationError::BadState { .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("raft-state"), "{error}");
     });
 }
