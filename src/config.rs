@@ -36,6 +36,19 @@ struct FileConfig {
     write_buffer_bytes_per_shard: Option<u64>,
     fetch_session_cache_slots: Option<u64>,
     fetch_session_eviction_ms: Option<u64>,
+    seeds: Option<String>,
+    rpc_listen: Option<String>,
+    raft_tick_ms: Option<u64>,
+}
+
+/// Cluster mode's part of the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// The controller's voters: node id -> RPC address (`1@host:port,2@host:port`).
+    pub seeds: std::collections::BTreeMap<i32, SocketAddr>,
+    /// This node's RPC address (shard 0; shard `s` listens on port + `s`).
+    pub rpc_listen: SocketAddr,
+    pub raft_tick: Duration,
 }
 
 /// The validated configuration.
@@ -50,6 +63,8 @@ pub struct BrokerConfig {
     pub data_dir: PathBuf,
     pub cores: usize,
     pub node_id: i32,
+    /// Cluster mode (`--seeds`); `None`: a single node.
+    pub cluster: Option<ClusterConfig>,
     pub frame_bytes_max: usize,
     pub shutdown_drain: Duration,
     /// Create unknown topics named in Metadata requests (Kafka's `auto.create.topics.enable`).
@@ -144,6 +159,9 @@ const FIELDS: &[(&str, &str, &str)] = &[
     ("data_dir", "--data-dir", "SLUICE_DATA_DIR"),
     ("cores", "--cores", "SLUICE_CORES"),
     ("node_id", "--node-id", "SLUICE_NODE_ID"),
+    ("seeds", "--seeds", "SLUICE_SEEDS"),
+    ("rpc_listen", "--rpc-listen", "SLUICE_RPC_LISTEN"),
+    ("raft_tick_ms", "--raft-tick-ms", "SLUICE_RAFT_TICK_MS"),
     (
         "frame_bytes_max",
         "--frame-bytes-max",
@@ -396,6 +414,43 @@ impl BrokerConfig {
             return Err(invalid("node_id", &raw, "must not be negative".into()));
         }
 
+        let cluster = match pick("seeds", file.seeds) {
+            None => None,
+            Some(raw) => {
+                let seeds =
+                    parse_seeds(&raw.value).map_err(|reason| invalid("seeds", &raw, reason))?;
+                let Some(own) = seeds.get(&node_id).copied() else {
+                    return Err(invalid(
+                        "seeds",
+                        &raw,
+                        format!("this node ({node_id}, from node_id) must be one of the seeds"),
+                    ));
+                };
+                let rpc_listen = match pick("rpc_listen", file.rpc_listen) {
+                    Some(raw) => parse("rpc_listen", &raw)?,
+                    None => own,
+                };
+                if usize::from(rpc_listen.port()) + cores > usize::from(u16::MAX) + 1 {
+                    return Err(invalid(
+                        "seeds",
+                        &raw,
+                        format!("shard s listens on the RPC port + s: {rpc_listen} leaves no room for {cores} shards"),
+                    ));
+                }
+                let raw = pick("raft_tick_ms", file.raft_tick_ms.map(|n| n.to_string()))
+                    .unwrap_or_else(|| default("50"));
+                let tick: u64 = parse("raft_tick_ms", &raw)?;
+                if !(1..=10_000).contains(&tick) {
+                    return Err(invalid("raft_tick_ms", &raw, "must be in 1..=10000".into()));
+                }
+                Some(ClusterConfig {
+                    seeds,
+                    rpc_listen,
+                    raft_tick: Duration::from_millis(tick),
+                })
+            }
+        };
+
         let raw = pick(
             "frame_bytes_max",
             file.frame_bytes_max.map(|n| n.to_string()),
@@ -579,6 +634,7 @@ impl BrokerConfig {
             data_dir,
             cores,
             node_id,
+            cluster,
             frame_bytes_max,
             shutdown_drain,
             auto_create_topics,
@@ -598,6 +654,33 @@ impl BrokerConfig {
             fetch_session_eviction_ms,
         })
     }
+}
+
+/// `1@127.0.0.1:19092,2@127.0.0.1:19192`: node ids (distinct, ≥ 0) and RPC addresses.
+fn parse_seeds(raw: &str) -> Result<std::collections::BTreeMap<i32, SocketAddr>, String> {
+    let mut seeds = std::collections::BTreeMap::new();
+    for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (id, address) = entry
+            .split_once('@')
+            .ok_or_else(|| format!("{entry:?} is not NODE_ID@HOST:PORT"))?;
+        let id: i32 = id
+            .trim()
+            .parse()
+            .ok()
+            .filter(|id| *id >= 0)
+            .ok_or_else(|| format!("{entry:?}: the node id must be a number ≥ 0"))?;
+        let address: SocketAddr = address
+            .trim()
+            .parse()
+            .map_err(|e| format!("{entry:?}: {e} (an IP address and port)"))?;
+        if seeds.insert(id, address).is_some() {
+            return Err(format!("node {id} appears twice"));
+        }
+    }
+    if seeds.is_empty() {
+        return Err("no seeds given".into());
+    }
+    Ok(seeds)
 }
 
 #[cfg(test)]
@@ -637,6 +720,31 @@ mod tests {
         assert_eq!(c.listen.port(), 3333, "flag wins");
         assert_eq!(c.node_id, 4, "environment beats the file");
         assert_eq!(c.cores, 1, "the file beats the default");
+    }
+
+    #[test]
+    fn cluster_mode_takes_seeds_and_checks_them() {
+        assert_eq!(BrokerConfig::load(&[], no_env).unwrap().cluster, None);
+        let seeds = "0@127.0.0.1:19092, 1@127.0.0.1:19192,2@127.0.0.1:19292";
+        let c = BrokerConfig::load(&["--node-id", "1", "--seeds", seeds], no_env).unwrap();
+        let cluster = c.cluster.unwrap();
+        assert_eq!(cluster.seeds.len(), 3);
+        assert_eq!(cluster.rpc_listen, "127.0.0.1:19192".parse().unwrap());
+        assert_eq!(cluster.raft_tick, Duration::from_millis(50));
+        for (bad, why) in [
+            ("0@127.0.0.1:1,0@127.0.0.1:2", "twice"),
+            ("0=127.0.0.1:1", "NODE_ID@HOST:PORT"),
+            ("x@127.0.0.1:1", "node id"),
+            ("0@localhost", "IP address"),
+            ("1@127.0.0.1:1", "must be one of the seeds"),
+        ] {
+            let e = BrokerConfig::load(&["--seeds", bad], no_env).unwrap_err();
+            assert_eq!(e.field, "seeds");
+            assert!(e.to_string().contains(why), "{bad}: {e}");
+        }
+        let e = BrokerConfig::load(&["--seeds", "0@127.0.0.1:1", "--raft-tick-ms", "0"], no_env)
+            .unwrap_err();
+        assert_eq!(e.field, "raft_tick_ms");
     }
 
     #[test]

@@ -28,8 +28,10 @@ const USAGE: &str = "usage:
                [--auto-create-topics BOOL] [--default-partitions N]
                [--clamp-replication-factor BOOL] [--retention-check-ms MS]
                [--offsets-partitions N] [--group-initial-rebalance-delay-ms MS]
+               [--seeds ID@IP:PORT,...] [--rpc-listen IP:PORT] [--raft-tick-ms MS]
                                start the broker (defaults: 127.0.0.1:9092, ./data, all cores);
-                               each flag also reads from SLUICE_<FIELD> and the TOML file
+                               each flag also reads from SLUICE_<FIELD> and the TOML file;
+                               with --seeds, a node of a cluster (see docs/operations.md)
   sluice log verify <dir>      recover a partition log directory and print what it holds
 Kafka tools, against any broker (--bootstrap HOST:PORT, or SLUICE_BOOTSTRAP, or 127.0.0.1:9092):";
 
@@ -163,32 +165,47 @@ fn serve(args: &[&str]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let catalog = match sluice_core::catalog::Catalog::load(&config.data_dir) {
+    let loaded = match &config.cluster {
+        None => sluice_core::catalog::Catalog::load(&config.data_dir),
+        Some(_) => sluice_core::catalog::Catalog::for_cluster(&config.data_dir),
+    };
+    let catalog = match loaded {
         Ok(c) => Arc::new(c),
         Err(e) => {
             eprintln!("sluice serve: {e}");
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = catalog.ensure_topic_blocking(
-        sluice_core::groups::OFFSETS_TOPIC,
-        config.offsets_partitions,
-    ) {
-        eprintln!(
-            "sluice serve: cannot create {}: {e}",
-            sluice_core::groups::OFFSETS_TOPIC
-        );
-        return ExitCode::FAILURE;
-    }
-    sluice_core::catalog::ensure_space_reserve(&config.data_dir);
-    for orphan in catalog.orphan_topic_dirs() {
-        // Left by a topic deletion that a crash interrupted after the catalog changed.
-        tracing::info!(dir = %orphan.display(), "removing the files of a deleted topic");
-        if let Err(e) = std::fs::remove_dir_all(&orphan) {
-            eprintln!("sluice serve: cannot remove {}: {e}", orphan.display());
-            return ExitCode::FAILURE;
+    if config.cluster.is_none() {
+        if let Err(code) = prepare_single_node(&config, &catalog) {
+            return code;
         }
     }
+    let cluster_id = match &config.cluster {
+        None => "sluice-single-node-000".to_string(),
+        // Every node derives the same id from the same seed list.
+        Some(cluster) => {
+            let seeds: Vec<String> = cluster
+                .seeds
+                .iter()
+                .map(|(id, address)| format!("{id}@{address}"))
+                .collect();
+            format!("sluice-{:08x}", crc32c::crc32c(seeds.join(",").as_bytes()))
+        }
+    };
+    let cluster = config
+        .cluster
+        .as_ref()
+        .map(|cluster| sluice_core::cluster::ClusterSettings {
+            node_id: config.node_id,
+            rpc_listen: cluster.rpc_listen,
+            seeds: cluster.seeds.clone(),
+            advertised_host: config.advertised_host.clone(),
+            advertised_port: config.advertised_port,
+            rack: None,
+            tick: cluster.raft_tick,
+            replica: sluice_replication::ReplicaConfig::default(),
+        });
     let server = sluice_net::ServerConfig {
         listen: config.listen,
         frame_bytes_max: config.frame_bytes_max,
@@ -219,13 +236,14 @@ fn serve(args: &[&str]) -> ExitCode {
             fetch_session_eviction: std::time::Duration::from_millis(
                 config.fetch_session_eviction_ms,
             ),
+            cluster,
         },
     };
     let broker = sluice_net::BrokerIdentity {
         node_id: config.node_id,
         advertised_host: config.advertised_host.clone(),
         advertised_port: config.advertised_port,
-        cluster_id: "sluice-single-node-000".into(),
+        cluster_id,
         static_configs: static_broker_configs(&config),
     };
     match sluice_net::server::run(server, broker, catalog, shutdown) {
@@ -238,6 +256,34 @@ fn serve(args: &[&str]) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A single node's start-up chores: `__consumer_offsets` in the catalog, the disk-space
+/// reserve, and the files of topics whose deletion a crash interrupted.
+fn prepare_single_node(
+    config: &BrokerConfig,
+    catalog: &sluice_core::catalog::Catalog,
+) -> Result<(), ExitCode> {
+    if let Err(e) = catalog.ensure_topic_blocking(
+        sluice_core::groups::OFFSETS_TOPIC,
+        config.offsets_partitions,
+    ) {
+        eprintln!(
+            "sluice serve: cannot create {}: {e}",
+            sluice_core::groups::OFFSETS_TOPIC
+        );
+        return Err(ExitCode::FAILURE);
+    }
+    sluice_core::catalog::ensure_space_reserve(&config.data_dir);
+    for orphan in catalog.orphan_topic_dirs() {
+        // Left by a topic deletion that a crash interrupted after the catalog changed.
+        tracing::info!(dir = %orphan.display(), "removing the files of a deleted topic");
+        if let Err(e) = std::fs::remove_dir_all(&orphan) {
+            eprintln!("sluice serve: cannot remove {}: {e}", orphan.display());
+            return Err(ExitCode::FAILURE);
+        }
+    }
+    Ok(())
 }
 
 /// The start-up settings under Kafka's broker config names, as DescribeConfigs shows them

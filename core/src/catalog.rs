@@ -17,6 +17,8 @@ use std::sync::{Arc, RwLock};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::cluster::ClusterTable;
+use crate::cluster_metadata::ClusterImage;
 use crate::topics::{validate_config, validate_topic_name, Topic, PARTITIONS_MAX};
 
 /// File name of the persisted catalog, in the data directory.
@@ -60,6 +62,9 @@ pub struct Image {
     pub producer_ids_reserved: i64,
     /// Broker configs set at runtime, overriding the start-up settings.
     pub broker_configs: BTreeMap<String, String>,
+    /// Cluster mode: the controller's image this version was built from (brokers, replica
+    /// assignments). `None` on a single node.
+    pub cluster: Option<Arc<ClusterImage>>,
     by_name: BTreeMap<String, Arc<Topic>>,
     by_id: HashMap<Uuid, Arc<Topic>>,
 }
@@ -111,6 +116,8 @@ pub struct Catalog {
     data_dir: PathBuf,
     current: RwLock<Arc<Image>>,
     version: AtomicU64,
+    /// Cluster mode: partition and controller leaders as this node's replicas know them.
+    pub cluster: ClusterTable,
 }
 
 impl Catalog {
@@ -176,7 +183,48 @@ impl Catalog {
                 ..Image::new(1, topics, producer_ids_reserved)
             })),
             version: AtomicU64::new(1),
+            cluster: ClusterTable::default(),
         })
+    }
+
+    /// Cluster mode: an empty catalog over `data_dir`, filled from the controller's image
+    /// ([`Catalog::publish_cluster`]); `metadata.json` is not used. Refuses a data directory
+    /// that holds a single node's catalog with topics: their partitions are not Raft groups.
+    pub fn for_cluster(data_dir: &Path) -> Result<Catalog, CatalogError> {
+        let single = Catalog::load(data_dir)?;
+        if let Some(topic) = single.image().topics().next() {
+            return Err(CatalogError::Invalid {
+                path: single.data_dir.join(METADATA_FILE).display().to_string(),
+                reason: format!(
+                    "this data directory holds a single node's topics (such as {}); \
+                     a cluster node needs a new data directory",
+                    topic.name
+                ),
+            });
+        }
+        Ok(Catalog {
+            current: RwLock::new(Arc::new(Image {
+                cluster: Some(Arc::default()),
+                ..Image::default()
+            })),
+            ..single
+        })
+    }
+
+    /// Cluster mode: publishes the controller's `cluster` image as the next version (nothing is
+    /// written: the controller's log is the durable copy).
+    pub fn publish_cluster(&self, cluster: &ClusterImage) {
+        let topics = cluster.topics.values().map(|t| t.topic.clone());
+        let image = Arc::new(Image {
+            broker_configs: cluster.broker_configs.clone(),
+            cluster: Some(Arc::new(cluster.clone())),
+            ..Image::new(self.version() + 1, topics, cluster.producer_ids_reserved)
+        });
+        *self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = image.clone();
+        self.version.store(image.version, Ordering::Release);
     }
 
     /// Adds topic `name` with `partitions` if the catalog lacks it, writing the file durably.
@@ -305,6 +353,7 @@ impl Catalog {
         }
         let image = Arc::new(Image {
             broker_configs,
+            cluster: None,
             ..Image::new(
                 self.version() + 1,
                 topics.into_values(),

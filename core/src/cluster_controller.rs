@@ -1,4 +1,4 @@
-//! One node's replica of the controller group (cluster mode; the broker does not run it yet):
+//! One node's replica of the controller group:
 //! the cluster-metadata partition, replicated by Raft among the seed nodes, and the
 //! [`ClusterImage`] built by applying its commands in log order.
 //!
@@ -14,7 +14,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use sluice_replication::partition::{for_each_batch, HardStateHome, Outbox, RaftPartition};
+use sluice_replication::partition::{
+    for_each_batch, CommittedEntry, HardStateHome, Outbox, RaftPartition,
+};
 use sluice_replication::{ReplicaConfig, ReplicationError, Role};
 use sluice_storage::batch::control_record;
 use sluice_storage::{LogConfig, Offset};
@@ -35,9 +37,83 @@ pub enum ControllerError {
 /// One node's controller replica.
 pub struct ControllerReplica {
     partition: RaftPartition,
+    state: ControllerState,
+}
+
+/// The state machine of the controller group: the image and the outcomes of the commands the
+/// leader proposed. Whoever drives the group's partition feeds it the committed entries.
+#[derive(Debug, Default)]
+pub struct ControllerState {
     image: ClusterImage,
-    /// Outcomes of committed commands, by Raft index, until taken.
+    /// Outcomes of committed commands, by Raft index, until taken (recorded on the leader).
     outcomes: BTreeMap<u64, Result<(), Refused>>,
+}
+
+impl ControllerState {
+    /// The image of the commands `partition`'s log holds up to its high watermark.
+    pub async fn rebuild(partition: &RaftPartition) -> Result<ControllerState, ControllerError> {
+        let mut image = ClusterImage::default();
+        let (start, high_watermark) = (
+            partition.log().log_start_offset(),
+            partition.high_watermark(),
+        );
+        for_each_batch(
+            partition.log(),
+            start,
+            high_watermark,
+            usize::MAX,
+            |info, batch| {
+                if control_record(&batch).is_none() {
+                    let command =
+                        decode_command(&batch).map_err(|reason| ControllerError::BadCommand {
+                            offset: info.base_offset.0,
+                            reason,
+                        })?;
+                    let _ = image.apply(info.base_offset.0 as u64, &command);
+                }
+                Ok::<_, ControllerError>(true)
+            },
+        )
+        .await?;
+        Ok(ControllerState {
+            image,
+            outcomes: BTreeMap::new(),
+        })
+    }
+
+    pub fn image(&self) -> &ClusterImage {
+        &self.image
+    }
+
+    /// Applies newly committed entries in order; with `leader`, keeps their outcomes for
+    /// [`take_outcome`](Self::take_outcome).
+    pub fn apply(
+        &mut self,
+        committed: Vec<CommittedEntry>,
+        leader: bool,
+    ) -> Result<(), ControllerError> {
+        for entry in committed {
+            if entry.data.is_empty() {
+                continue;
+            }
+            let offset: Offset = entry.base_offset;
+            let command =
+                decode_command(&entry.data).map_err(|reason| ControllerError::BadCommand {
+                    offset: offset.0,
+                    reason,
+                })?;
+            let outcome = self.image.apply(offset.0 as u64, &command);
+            if leader {
+                self.outcomes.insert(entry.index, outcome);
+            }
+        }
+        Ok(())
+    }
+
+    /// The outcome of the command committed at `index`, once.
+    pub fn take_outcome(&mut self, index: u64) -> Option<Result<(), Refused>> {
+        self.outcomes.remove(&index)
+    }
 }
 
 impl ControllerReplica {
@@ -66,38 +142,12 @@ impl ControllerReplica {
             &logger,
         )
         .await?;
-        let mut image = ClusterImage::default();
-        let (start, high_watermark) = (
-            partition.log().log_start_offset(),
-            partition.high_watermark(),
-        );
-        for_each_batch(
-            partition.log(),
-            start,
-            high_watermark,
-            usize::MAX,
-            |info, batch| {
-                if control_record(&batch).is_none() {
-                    let command =
-                        decode_command(&batch).map_err(|reason| ControllerError::BadCommand {
-                            offset: info.base_offset.0,
-                            reason,
-                        })?;
-                    let _ = image.apply(info.base_offset.0 as u64, &command);
-                }
-                Ok::<_, ControllerError>(true)
-            },
-        )
-        .await?;
-        Ok(ControllerReplica {
-            partition,
-            image,
-            outcomes: BTreeMap::new(),
-        })
+        let state = ControllerState::rebuild(&partition).await?;
+        Ok(ControllerReplica { partition, state })
     }
 
     pub fn image(&self) -> &ClusterImage {
-        &self.image
+        self.state.image()
     }
 
     pub fn is_leader(&self) -> bool {
@@ -129,27 +179,15 @@ impl ControllerReplica {
 
     /// The outcome of the command committed at `index`, once.
     pub fn take_outcome(&mut self, index: u64) -> Option<Result<(), Refused>> {
-        self.outcomes.remove(&index)
+        self.state.take_outcome(index)
     }
 
     /// Runs the partition's ready work and applies what became committed.
     pub async fn run_ready(&mut self) -> Result<Outbox, ControllerError> {
         let mut outbox = self.partition.run_ready().await?;
-        for entry in std::mem::take(&mut outbox.committed) {
-            if entry.data.is_empty() {
-                continue;
-            }
-            let offset: Offset = entry.base_offset;
-            let command =
-                decode_command(&entry.data).map_err(|reason| ControllerError::BadCommand {
-                    offset: offset.0,
-                    reason,
-                })?;
-            let outcome = self.image.apply(offset.0 as u64, &command);
-            if self.is_leader() {
-                self.outcomes.insert(entry.index, outcome);
-            }
-        }
+        let leader = self.is_leader();
+        self.state
+            .apply(std::mem::take(&mut outbox.committed), leader)?;
         Ok(outbox)
     }
 }

@@ -1,5 +1,4 @@
-//! Cluster metadata as the controller Raft group replicates it (cluster mode; the broker does
-//! not use it yet): the commands that are the records of the controller's log, the image every
+//! Cluster metadata as the controller Raft group replicates it (cluster mode): the commands that are the records of the controller's log, the image every
 //! node builds by applying them in log order, and Kafka's replica assignment.
 //!
 //! A command is stored as one record batch of one record: key = the command's kind, value =
@@ -58,9 +57,12 @@ pub enum MetadataCommand {
         id: Uuid,
         replicas: Vec<Vec<i32>>,
     },
-    /// Producer ids below `up_to` may be handed out (a block per request).
+    /// A block of `count` producer ids for broker `node_id` to hand out: the next `count`
+    /// ids above every block reserved before. The broker's previous block, if any, is
+    /// abandoned (its unused ids are skipped, never handed out twice).
     ReserveProducerIds {
-        up_to: i64,
+        node_id: i32,
+        count: i64,
     },
     SetBrokerConfigs {
         configs: BTreeMap<String, String>,
@@ -92,8 +94,8 @@ pub enum Refused {
     UnknownTopic(Uuid),
     #[error("replica assignment: {0}")]
     BadAssignment(String),
-    #[error("producer ids are reserved up to {reserved}, not back to {asked}")]
-    ProducerIdsBackwards { reserved: i64, asked: i64 },
+    #[error("a block of {0} producer ids")]
+    BadProducerIdCount(i64),
     #[error("a broker's id cannot be {0}")]
     BadBrokerId(i32),
 }
@@ -104,7 +106,10 @@ pub struct ClusterImage {
     pub version: u64,
     pub brokers: BTreeMap<i32, BrokerRegistration>,
     pub topics: BTreeMap<String, TopicAssignment>,
+    /// Producer ids below this have been reserved by some broker.
     pub producer_ids_reserved: i64,
+    /// Each broker's latest block of producer ids: `[start, end)`.
+    pub producer_id_blocks: BTreeMap<i32, (i64, i64)>,
     pub broker_configs: BTreeMap<String, String>,
 }
 
@@ -164,14 +169,17 @@ impl ClusterImage {
                 entry.replicas.extend(replicas.iter().cloned());
                 entry.topic.partitions = entry.replicas.len() as i32;
             }
-            MetadataCommand::ReserveProducerIds { up_to } => {
-                if *up_to < self.producer_ids_reserved {
-                    return Err(Refused::ProducerIdsBackwards {
-                        reserved: self.producer_ids_reserved,
-                        asked: *up_to,
-                    });
+            MetadataCommand::ReserveProducerIds { node_id, count } => {
+                if !(1..=1 << 20).contains(count) {
+                    return Err(Refused::BadProducerIdCount(*count));
                 }
-                self.producer_ids_reserved = *up_to;
+                if !self.brokers.contains_key(node_id) {
+                    return Err(Refused::BadBrokerId(*node_id));
+                }
+                let start = self.producer_ids_reserved;
+                self.producer_ids_reserved = start + count;
+                self.producer_id_blocks
+                    .insert(*node_id, (start, self.producer_ids_reserved));
             }
             MetadataCommand::SetBrokerConfigs { configs } => {
                 self.broker_configs = configs.clone();
@@ -387,13 +395,21 @@ mod tests {
             )
             .unwrap();
         assert_eq!(image.topics["orders"].topic.partitions, 4);
+        let reserve = |node_id, count| MetadataCommand::ReserveProducerIds { node_id, count };
+        image.apply(9, &reserve(1, 1000)).unwrap();
+        image.apply(9, &reserve(2, 1000)).unwrap();
+        image.apply(9, &reserve(1, 10)).unwrap();
+        assert_eq!(image.producer_id_blocks[&1], (2000, 2010));
+        assert_eq!(image.producer_id_blocks[&2], (1000, 2000));
         assert_eq!(
-            image.apply(9, &MetadataCommand::ReserveProducerIds { up_to: 1000 }),
-            Ok(())
+            image.apply(10, &reserve(1, 0)),
+            Err(Refused::BadProducerIdCount(0))
         );
-        assert!(image
-            .apply(10, &MetadataCommand::ReserveProducerIds { up_to: 10 })
-            .is_err());
+        assert_eq!(
+            image.apply(10, &reserve(9, 5)),
+            Err(Refused::BadBrokerId(9))
+        );
+        assert_eq!(image.producer_ids_reserved, 2010);
         image
             .apply(11, &MetadataCommand::DeleteTopic { id: orders.id })
             .unwrap();
@@ -416,7 +432,10 @@ mod tests {
                 topic: t,
                 replicas: vec![vec![1], vec![2]],
             },
-            MetadataCommand::ReserveProducerIds { up_to: 5000 },
+            MetadataCommand::ReserveProducerIds {
+                node_id: 2,
+                count: 5000,
+            },
         ] {
             let stored = encode_command(&command, 1_700_000_000_000);
             assert_eq!(decode_command(&stored).unwrap(), command);

@@ -1,5 +1,8 @@
 //! Topic administration: create, delete, add partitions, auto-create.
 //!
+//! In cluster mode, creating and deleting are commands of the controller group, run by its
+//! leader and answered once committed (`cluster`); the other changes are refused there for now.
+//!
 //! Every change runs on the controller shard (0), one at a time under its lock, as
 //! validate → persist the new catalog → publish → act on the owning shards (open new
 //! partition logs, close and delete removed ones). The order means an acknowledged change is
@@ -14,6 +17,8 @@ use kafka_protocol::ResponseError;
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use crate::cluster::{ControlError, ShardReplication};
+use crate::cluster_metadata::{assign_replicas, ClusterImage, MetadataCommand, Refused};
 use crate::shard::{remove_dir_all, Shard};
 use crate::topics::{validate_config, validate_topic_name, Topic, PARTITIONS_MAX};
 use crate::{ApiError, TopicRef};
@@ -82,6 +87,9 @@ async fn create_on_controller(
     let _turn = controller.controller_turn().await;
     let image = controller.catalog.image();
     let mut topics = image.to_topics();
+    if let (Some(replication), Some(cluster)) = (&controller.replication, &image.cluster) {
+        return create_in_cluster(controller, replication, cluster, requested, validate_only).await;
+    }
     let mut seen = HashSet::new();
     let duplicated: HashSet<String> = requested
         .iter()
@@ -131,6 +139,122 @@ async fn create_on_controller(
         }
     }
     out
+}
+
+/// Cluster mode: each topic checked as on a single node, given its replicas (the request's
+/// assignment, or Kafka's spread over the registered brokers), then created by the controller
+/// group; answered once the command is committed. Only the controller leader creates.
+async fn create_in_cluster(
+    controller: &Rc<Shard>,
+    replication: &ShardReplication,
+    cluster: &ClusterImage,
+    requested: Vec<NewTopic>,
+    validate_only: bool,
+) -> Vec<Result<Arc<Topic>, ApiError>> {
+    let topics = controller.catalog.image().to_topics();
+    let brokers: Vec<i32> = cluster.brokers.keys().copied().collect();
+    let mut seen = HashSet::new();
+    let duplicated: HashSet<String> = requested
+        .iter()
+        .filter(|t| !seen.insert(t.name.clone()))
+        .map(|t| t.name.clone())
+        .collect();
+    let mut out = Vec::with_capacity(requested.len());
+    for new in requested {
+        if duplicated.contains(&new.name) {
+            out.push(Err(error(
+                ResponseError::InvalidRequest,
+                format!("topic {} appears more than once in the request", new.name),
+            )));
+            continue;
+        }
+        let checked = check_new_topic(controller, &new, &topics).and_then(|topic| {
+            let replicas = cluster_assignment(&new, &topic, &brokers, cluster.version)?;
+            Ok((topic, replicas))
+        });
+        let (topic, replicas) = match checked {
+            Ok(checked) => checked,
+            Err(e) => {
+                out.push(Err(e));
+                continue;
+            }
+        };
+        if validate_only {
+            out.push(Ok(Arc::new(topic)));
+            continue;
+        }
+        let command = MetadataCommand::CreateTopic {
+            topic: topic.clone(),
+            replicas: replicas.clone(),
+        };
+        out.push(match replication.control(command).await {
+            Ok(()) => {
+                info!(topic = %topic.name, id = %topic.id, partitions = topic.partitions,
+                    ?replicas, "topic created");
+                Ok(Arc::new(topic))
+            }
+            Err(e) => Err(control_error(e)),
+        });
+    }
+    out
+}
+
+/// The replicas of a new topic's partitions in cluster mode.
+fn cluster_assignment(
+    new: &NewTopic,
+    topic: &Topic,
+    brokers: &[i32],
+    version: u64,
+) -> Result<Vec<Vec<i32>>, ApiError> {
+    if !new.assignments.is_empty() {
+        return Ok(new.assignments.clone());
+    }
+    let factor = match new.replication_factor {
+        -1 => brokers.len().min(DEFAULT_REPLICATION_FACTOR),
+        n if n < 1 => {
+            return Err(error(
+                ResponseError::InvalidReplicationFactor,
+                format!("replication factor {n} is below 1"),
+            ))
+        }
+        n => n as usize,
+    };
+    if factor == 0 || factor > brokers.len() {
+        return Err(error(
+            ResponseError::InvalidReplicationFactor,
+            format!(
+                "replication factor {factor} is larger than the {} registered broker(s)",
+                brokers.len()
+            ),
+        ));
+    }
+    // Kafka draws the first broker and the shift at random; any spread will do, as long as
+    // topics do not all start on the same broker.
+    let seed = crc32c::crc32c(topic.name.as_bytes()) as usize ^ version as usize;
+    assign_replicas(brokers, topic.partitions, factor, seed, seed / 7)
+        .map_err(|e| error(ResponseError::InvalidReplicationFactor, e.to_string()))
+}
+
+/// A controller command's failure as the Kafka error clients expect.
+fn control_error(e: ControlError) -> ApiError {
+    let code = match &e {
+        ControlError::NotController { .. } => ResponseError::NotController,
+        ControlError::Refused(Refused::TopicExists(_) | Refused::TopicIdExists(_)) => {
+            ResponseError::TopicAlreadyExists
+        }
+        ControlError::Refused(Refused::BadAssignment(_)) => ResponseError::InvalidReplicaAssignment,
+        ControlError::Refused(Refused::UnknownTopic(_)) => ResponseError::UnknownTopicOrPartition,
+        ControlError::Refused(_) | ControlError::Failed(_) => ResponseError::UnknownServerError,
+    };
+    error(code, e.to_string())
+}
+
+/// Cluster mode: changes the controller's other commands would make are not wired yet.
+fn not_in_cluster_yet(what: &str) -> ApiError {
+    error(
+        ResponseError::InvalidRequest,
+        format!("{what} is not available in cluster mode yet"),
+    )
 }
 
 /// Turns every success of a change that could not be persisted into KAFKA_STORAGE_ERROR.
@@ -221,7 +345,9 @@ fn check_new_topic(
             format!("{partitions} partitions: a topic has 1 to {PARTITIONS_MAX}"),
         ));
     }
-    check_replication_factor(settings.clamp_replication_factor, replicas)?;
+    if controller.replication.is_none() {
+        check_replication_factor(settings.clamp_replication_factor, replicas)?;
+    }
     let mut configs = BTreeMap::new();
     for (name, value) in &new.configs {
         let Some(value) = value else {
@@ -293,6 +419,7 @@ async fn delete_on_controller(
     let image = controller.catalog.image();
     let mut topics = image.to_topics();
     let mut results = Vec::with_capacity(requested.len());
+    let cluster = controller.replication.as_ref();
     for wanted in requested {
         let found = match &wanted {
             TopicRef::Name(name) => image.topic(name),
@@ -303,6 +430,20 @@ async fn delete_on_controller(
                 ResponseError::InvalidTopicException,
                 "the internal topic __consumer_offsets cannot be deleted",
             )),
+            (Some(topic), _) if cluster.is_some() => {
+                let replication = cluster.expect("checked");
+                let deleted = replication
+                    .control(MetadataCommand::DeleteTopic { id: topic.id })
+                    .await;
+                match deleted {
+                    // Every node's shards remove their replicas as the image changes.
+                    Ok(()) => {
+                        info!(topic = %topic.name, id = %topic.id, "topic deleted");
+                        Ok((topic.name.clone(), topic.id))
+                    }
+                    Err(e) => Err(control_error(e)),
+                }
+            }
             (Some(topic), _) if topics.remove(&topic.name).is_some() => {
                 Ok((topic.name.clone(), topic.id))
             }
@@ -317,7 +458,7 @@ async fn delete_on_controller(
         });
     }
     let deleted: Vec<(String, Uuid)> = results.iter().filter_map(|r| r.clone().ok()).collect();
-    if deleted.is_empty() {
+    if deleted.is_empty() || cluster.is_some() {
         return results;
     }
     if let Err(e) = controller
@@ -364,6 +505,9 @@ pub async fn create_partitions(
     shard
         .invoke_on(CONTROLLER_SHARD, move |controller| async move {
             let _turn = controller.controller_turn().await;
+            if controller.replication.is_some() {
+                return Err(not_in_cluster_yet("CreatePartitions"));
+            }
             let image = controller.catalog.image();
             let mut topics = image.to_topics();
             let Some(topic) = topics.get_mut(&name) else {
@@ -433,6 +577,9 @@ pub async fn auto_create(shard: &Rc<Shard>, names: Vec<String>) {
     }
 }
 
+/// The replication factor of a topic created without one, in cluster mode (fewer brokers: all).
+pub const DEFAULT_REPLICATION_FACTOR: usize = 3;
+
 /// Producer ids reserved (persisted) at a time; a restart skips the rest of a block, so an id is
 /// never handed out twice.
 pub const PRODUCER_ID_BLOCK: i64 = 1000;
@@ -457,8 +604,16 @@ pub async fn init_producer_id(
                 .producer_ids
                 .get()
                 .unwrap_or((image.producer_ids_reserved, image.producer_ids_reserved));
-            let end = if next < end {
-                end
+            let (next, end) = if next < end {
+                (next, end)
+            } else if let Some(replication) = &controller.replication {
+                // Cluster mode: a block of the controller's, for this node alone.
+                replication.producer_id_block().await.ok_or_else(|| {
+                    error(
+                        ResponseError::CoordinatorNotAvailable,
+                        "the broker is stopping",
+                    )
+                })?
             } else {
                 let end = next + PRODUCER_ID_BLOCK;
                 controller
@@ -471,7 +626,7 @@ pub async fn init_producer_id(
                             format!("cannot reserve producer ids: {e}"),
                         )
                     })?;
-                end
+                (next, end)
             };
             controller.producer_ids.set(Some((next + 1, end)));
             Ok((next, 0))
@@ -505,6 +660,9 @@ pub async fn alter_topic_configs(
     shard
         .invoke_on(CONTROLLER_SHARD, move |controller| async move {
             let _turn = controller.controller_turn().await;
+            if controller.replication.is_some() {
+                return Err(not_in_cluster_yet("changing topic configs"));
+            }
             let image = controller.catalog.image();
             let mut topics = image.to_topics();
             let Some(topic) = topics.get_mut(&name) else {
@@ -616,6 +774,9 @@ pub async fn alter_broker_configs(
     shard
         .invoke_on(CONTROLLER_SHARD, move |controller| async move {
             let _turn = controller.controller_turn().await;
+            if controller.replication.is_some() {
+                return Err(not_in_cluster_yet("changing broker configs"));
+            }
             let image = controller.catalog.image();
             let mut configs = if replace_all {
                 BTreeMap::new()

@@ -179,6 +179,11 @@ fn position_answer(partition: &crate::partition::Partition, target: &Target) -> 
         log_start_offset: log_start,
         records: Bytes::new(),
     };
+    if let Some(why) = partition.not_leader() {
+        tracing::debug!(%why, "fetch from a follower");
+        out.error = Some(ResponseError::NotLeaderOrFollower);
+        return Position::Answered(out);
+    }
     if target.offset < log_start || target.offset > high_watermark {
         out.error = Some(ResponseError::OffsetOutOfRange);
         return Position::Answered(out);
@@ -201,13 +206,30 @@ pub(crate) async fn read_one(shard: &Shard, target: &Target) -> FetchOutput {
     };
     let log = partition.log();
     match log.read(Offset(target.offset), target.max_bytes).await {
-        Ok(read) => out.records = read.bytes,
+        // Cluster mode: the log may hold entries not yet committed; consumers see up to the
+        // high watermark only.
+        Ok(read) => out.records = below_offset(read.bytes, Offset(out.high_watermark)),
         Err(StorageError::OffsetOutOfRange { .. }) => {
             out.error = Some(ResponseError::OffsetOutOfRange)
         }
         Err(e) => out.error = Some(crate::partition::unavailable_code(&e)),
     }
     out
+}
+
+/// The whole batches of `records` that start below `end`.
+fn below_offset(records: Bytes, end: Offset) -> Bytes {
+    let mut keep = 0usize;
+    while keep < records.len() {
+        let Ok(header) = sluice_storage::batch::read_header(&records[keep..], usize::MAX) else {
+            break;
+        };
+        if header.base_offset >= end || keep + header.size_bytes > records.len() {
+            break;
+        }
+        keep += header.size_bytes;
+    }
+    records.slice(..keep)
 }
 
 /// Drops whole batches (then whole partitions) past the request's `max_bytes`, keeping the

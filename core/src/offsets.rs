@@ -103,6 +103,9 @@ pub async fn list_offsets(shard: &Rc<Shard>, queries: Vec<OffsetQuery>) -> Vec<O
                             return OffsetAnswer::failed(crate::partition::unavailable_code(&e))
                         }
                     };
+                    if p.not_leader().is_some() {
+                        return OffsetAnswer::failed(ResponseError::NotLeaderOrFollower);
+                    }
                     let log = p.log();
                     match timestamp {
                         LATEST => OffsetAnswer::at(p.high_watermark().0),
@@ -157,6 +160,11 @@ pub async fn delete_records(
                         Ok(p) => p,
                         Err(e) => return (Some(crate::partition::unavailable_code(&e)), -1),
                     };
+                    if p.replica().is_some() {
+                        // Not replicated yet: a prefix cut on one replica only would leave the
+                        // others (and a lagging follower's catch-up) without it.
+                        return (Some(ResponseError::PolicyViolation), -1);
+                    }
                     let target = if offset == -1 {
                         p.high_watermark()
                     } else {

@@ -24,6 +24,7 @@ use sluice_storage::{AppendInfo, LeaderEpoch, Log, LogConfig, Offset, Result, St
 use tracing::{info, warn};
 
 use crate::changes::ChangeFeed;
+use crate::cluster::{ReplicaLink, Until};
 use crate::producers::{ProducerState, Verdict, SNAPSHOT_EVERY_BYTES};
 use crate::shard::PartitionKey;
 use crate::turn::{Ticket, Turn};
@@ -56,6 +57,8 @@ pub struct Partition {
     /// The owning shard's change feed and this partition's key there (set once the shard has
     /// opened it; see [`Partition::note_changed`]).
     changes: std::cell::OnceCell<(Rc<ChangeFeed>, PartitionKey)>,
+    /// Cluster mode: the partition's Raft group, which owns the log's appends.
+    replica: Option<Rc<ReplicaLink>>,
 }
 
 impl Partition {
@@ -63,7 +66,22 @@ impl Partition {
     /// the batches after it.
     pub async fn open(dir: &Path, config: LogConfig) -> Result<Partition> {
         let log = Log::open(dir, config).await?;
-        let end = log.log_end_offset();
+        Self::over_log(log, None).await
+    }
+
+    /// Cluster mode: the partition over its Raft group's log. The producer state covers the
+    /// committed batches only (the rest are recorded as they commit, see
+    /// [`Partition::apply_committed`]).
+    pub async fn replicated(log: Log, replica: Rc<ReplicaLink>) -> Result<Partition> {
+        Self::over_log(log, Some(replica)).await
+    }
+
+    async fn over_log(log: Log, replica: Option<Rc<ReplicaLink>>) -> Result<Partition> {
+        let dir = log.dir().to_path_buf();
+        let dir = dir.as_path();
+        let end = replica
+            .as_ref()
+            .map_or_else(|| log.log_end_offset(), |r| r.high_watermark());
         // A snapshot beyond the recovered log end describes batches that are gone: rebuild
         // from the start instead.
         let mut state = ProducerState::load(dir)
@@ -92,7 +110,43 @@ impl Partition {
             appended_since_snapshot: Cell::new(0),
             waiters: RefCell::default(),
             changes: std::cell::OnceCell::new(),
+            replica,
         })
+    }
+
+    /// Cluster mode: the partition's Raft link.
+    pub fn replica(&self) -> Option<&Rc<ReplicaLink>> {
+        self.replica.as_ref()
+    }
+
+    /// Cluster mode: why this replica does not serve clients (it does not lead); `None` when
+    /// it does, and always on a single node.
+    pub fn not_leader(&self) -> Option<String> {
+        self.replica
+            .as_ref()
+            .filter(|r| !r.is_leader())
+            .map(|r| r.not_leader())
+    }
+
+    /// The leader epoch clients see (the Raft term in cluster mode).
+    pub fn leader_epoch(&self) -> i32 {
+        self.replica
+            .as_ref()
+            .map_or(LEADER_EPOCH.0, |r| r.leader_epoch())
+    }
+
+    /// Cluster mode: records newly committed entries in the producer state (every replica
+    /// does, so a new leader keeps deduplicating).
+    pub fn apply_committed(&self, entries: &[sluice_replication::partition::CommittedEntry]) {
+        let mut producers = self.producers.borrow_mut();
+        for entry in entries.iter().filter(|e| !e.data.is_empty()) {
+            if let Ok(header) = read_header(&entry.data, usize::MAX) {
+                producers.record(&sluice_storage::BatchInfo {
+                    base_offset: entry.base_offset,
+                    ..header
+                });
+            }
+        }
     }
 
     pub fn log(&self) -> &Log {
@@ -108,9 +162,13 @@ impl Partition {
         self.log.dir()
     }
 
-    /// The offset after the last record a consumer may read.
+    /// The offset after the last record a consumer may read: the log end on a single node,
+    /// the end of the committed entries in cluster mode.
     pub fn high_watermark(&self) -> Offset {
-        self.log.log_end_offset()
+        match &self.replica {
+            Some(replica) => replica.high_watermark(),
+            None => self.log.log_end_offset(),
+        }
     }
 
     /// Appends one validated batch (Produce v3+ carries exactly one per partition); with
@@ -127,19 +185,19 @@ impl Partition {
     ) -> impl Future<Output = std::result::Result<AppendInfo, AppendError>> + 'static {
         let ticket = self.turn.ticket();
         let this = self.clone();
-        async move { this.append_in_turn(ticket, &batch, durable).await }
+        async move { this.append_in_turn(ticket, batch, durable).await }
     }
 
     async fn append_in_turn(
         &self,
         ticket: Ticket,
-        batch: &[u8],
+        batch: Bytes,
         durable: bool,
     ) -> std::result::Result<AppendInfo, AppendError> {
         // Only the header's fields are needed here: the CRC was checked on the connection's
         // shard (or the batch was built here), and the log checks it again before writing.
         let header =
-            read_header(batch, usize::MAX).map_err(|source| StorageError::InvalidBatch {
+            read_header(&batch, usize::MAX).map_err(|source| StorageError::InvalidBatch {
                 position: 0,
                 source,
             })?;
@@ -155,6 +213,12 @@ impl Partition {
                 "transactional and control batches are not supported yet".into(),
             ));
         }
+        if let Some(replica) = &self.replica {
+            return self
+                .propose_in_turn(replica, ticket, batch, &header, durable)
+                .await;
+        }
+        let batch = &batch[..];
         let turn = ticket.await;
         let verdict = self.producers.borrow().check(&header);
         let appended = match verdict {
@@ -192,6 +256,55 @@ impl Partition {
             }
         }
         Ok(appended)
+    }
+
+    /// Cluster mode: the batch goes to the Raft group (on its leader only). A plain batch is
+    /// answered as `durable` asks and releases the turn once queued, so appends pipeline. An
+    /// idempotent producer's batch holds the turn until it commits, because the producer state
+    /// its successor is checked against holds committed batches only.
+    async fn propose_in_turn(
+        &self,
+        replica: &ReplicaLink,
+        ticket: Ticket,
+        batch: Bytes,
+        header: &sluice_storage::BatchInfo,
+        durable: bool,
+    ) -> std::result::Result<AppendInfo, AppendError> {
+        let turn = ticket.await;
+        if !replica.is_leader() {
+            return Err(AppendError::Refused(
+                ResponseError::NotLeaderOrFollower,
+                replica.not_leader(),
+            ));
+        }
+        match self.producers.borrow().check(header) {
+            Verdict::Reject(code, message) => return Err(AppendError::Refused(code, message)),
+            // The kept batch is committed: nothing to wait for.
+            Verdict::Duplicate(kept) => {
+                return Ok(AppendInfo {
+                    base_offset: Offset(kept.base_offset),
+                    last_offset: Offset(kept.last_offset),
+                    batch_count: 1,
+                })
+            }
+            Verdict::Append => {}
+        }
+        let idempotent = header.producer_id >= 0;
+        let until = if durable || idempotent {
+            Until::Committed
+        } else {
+            Until::Appended
+        };
+        let answer = replica.propose(batch, until);
+        if !idempotent {
+            drop(turn);
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(AppendError::Refused(
+                ResponseError::NotLeaderOrFollower,
+                "the replica closed before the batch was written".into(),
+            ))
+        })
     }
 
     /// Writes the producer-state snapshot, once the log is durable up to what it covers (so a
@@ -258,7 +371,11 @@ impl Partition {
             feed.push(*key);
         }
         let json = self.producers.borrow().to_snapshot();
-        self.log.close().await?;
+        // Cluster mode: the Raft group owns the log and closes it (it records its commit
+        // point as it does).
+        if self.replica.is_none() {
+            self.log.close().await?;
+        }
         sluice_storage::io::write_file_atomically(
             self.dir(),
             crate::producers::SNAPSHOT_FILE,

@@ -189,11 +189,27 @@ pub async fn produce(
             ));
             continue;
         }
-        if acks == Acks::All && topic.min_insync_replicas() > 1 {
+        let replicas = shard.replicas_of(&image, &topic.name, input.partition);
+        if let Some(replicas) = &replicas {
+            if !replicas.contains(&shard.node_id()) {
+                outputs[index] = Some(ProduceOutput::failed(
+                    ResponseError::NotLeaderOrFollower,
+                    format!(
+                        "node {} holds no replica of {}-{}",
+                        shard.node_id(),
+                        topic.name,
+                        input.partition
+                    ),
+                ));
+                continue;
+            }
+        }
+        let replica_count = replicas.as_ref().map_or(1, Vec::len) as i64;
+        if acks == Acks::All && topic.min_insync_replicas() > replica_count {
             outputs[index] = Some(ProduceOutput::failed(
                 ResponseError::NotEnoughReplicas,
                 format!(
-                    "min.insync.replicas is {} but this single node holds 1 replica",
+                    "min.insync.replicas is {} but the partition has {replica_count} replica(s)",
                     topic.min_insync_replicas()
                 ),
             ));

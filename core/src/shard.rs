@@ -79,6 +79,8 @@ pub struct ShardSettings {
     /// How long a session must be unused before any new session may evict it (Kafka's
     /// `min.incremental.fetch.session.eviction.ms`).
     pub fetch_session_eviction: std::time::Duration,
+    /// Cluster mode (`None`: a single node, today's broker).
+    pub cluster: Option<crate::cluster::ClusterSettings>,
 }
 
 /// A partition not appended to for this long gives its write buffers back.
@@ -123,6 +125,8 @@ pub struct Shard {
     pub changes: Rc<crate::changes::ChangeFeed>,
     /// This shard's part of fetch sessions (of any home) that have partitions here.
     pub(crate) session_views: RefCell<crate::session_views::SessionViews>,
+    /// Cluster mode: this shard's Raft groups (see `cluster`).
+    pub replication: Option<crate::cluster::ShardReplication>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -150,6 +154,18 @@ impl Shard {
         let settings_sync_group = settings.sync_flush.map(sluice_storage::SyncGroup::new);
         let settings_write_buffer_bytes = settings.write_buffer_bytes;
         let (id, count) = (senders.peer_id(), senders.nr_consumers());
+        let (replication, driver) = match &settings.cluster {
+            Some(cluster) => {
+                let (replication, driver) = crate::cluster::ShardReplication::start(
+                    id,
+                    cluster.clone(),
+                    catalog.data_dir().to_path_buf(),
+                )
+                .await?;
+                (Some(replication), Some(driver))
+            }
+            None => (None, None),
+        };
         let fetch_sessions = crate::fetch_sessions::FetchSessionCache::new(
             id,
             count,
@@ -176,7 +192,11 @@ impl Shard {
             groups: crate::groups::Coordinator::default(),
             sync_group: settings_sync_group,
             write_budget: sluice_storage::WriteBudget::new(settings_write_buffer_bytes),
+            replication,
         });
+        if let Some(driver) = driver {
+            glommio::spawn_local(driver.run(Rc::downgrade(&shard))).detach();
+        }
         for (_, mut stream) in receivers.streams() {
             let weak = Rc::downgrade(&shard);
             glommio::spawn_local(async move {
@@ -189,7 +209,9 @@ impl Shard {
         }
         let image = shard.image();
         let mut opened = 0;
-        for topic in image.topics() {
+        // Cluster mode: the replicas open as the controller's image assigns them (`reconcile`).
+        let single_node = shard.replication.is_none();
+        for topic in image.topics().filter(|_| single_node) {
             for p in 0..topic.partitions {
                 if shard.owner_of(&topic.name, p) == shard.id {
                     shard
@@ -414,7 +436,17 @@ impl Shard {
         }
         let dir = topic.partition_dir(self.catalog.data_dir(), partition);
         let config = topic.log_config(&self.settings.log_defaults);
-        let opened = Rc::new(Partition::open(&dir, config).await?);
+        let opened = match &self.replication {
+            None => Rc::new(Partition::open(&dir, config).await?),
+            Some(replication) => {
+                let voters = self.replicas_here(topic, partition)?;
+                let (log, link) = replication
+                    .open_group(key, dir.clone(), voters, config)
+                    .await
+                    .map_err(|e| replication_failure(&dir, e))?;
+                Rc::new(Partition::replicated(log, link).await?)
+            }
+        };
         if let Some(group) = &self.sync_group {
             opened.log().join_sync_group(group);
         }
@@ -424,6 +456,46 @@ impl Shard {
         // Sessions that looked at this partition before it was open saw nothing here.
         self.changes.push(key);
         Ok(opened)
+    }
+
+    /// This node's id in cluster mode; 0 elsewhere (unused there).
+    pub fn node_id(&self) -> i32 {
+        self.replication.as_ref().map_or(0, |r| r.settings.node_id)
+    }
+
+    /// Cluster mode: the nodes holding partition `partition` of `topic` in `image`, preferred
+    /// leader first; `None` on a single node (or for a partition the image lacks).
+    pub fn replicas_of(&self, image: &Image, topic: &str, partition: i32) -> Option<Vec<i32>> {
+        image
+            .cluster
+            .as_ref()?
+            .topics
+            .get(topic)?
+            .replicas
+            .get(usize::try_from(partition).ok()?)
+            .cloned()
+    }
+
+    /// Cluster mode: the Raft ids of partition `partition`'s replicas, if this node holds one;
+    /// `Closed` when it does not (the caller's request goes to a replica).
+    fn replicas_here(
+        &self,
+        topic: &Topic,
+        partition: i32,
+    ) -> Result<Vec<u64>, sluice_storage::StorageError> {
+        let node = self.replication.as_ref().map_or(-1, |r| r.settings.node_id);
+        let image = self.catalog.image();
+        let replicas = image
+            .cluster
+            .as_ref()
+            .and_then(|c| c.topics.get(&topic.name))
+            .and_then(|t| t.replicas.get(usize::try_from(partition).ok()?))
+            .filter(|replicas| replicas.contains(&node))
+            .ok_or(sluice_storage::StorageError::Closed)?;
+        Ok(replicas
+            .iter()
+            .map(|n| crate::cluster::raft_id(*n))
+            .collect())
     }
 
     /// Whether the data directory's filesystem has at least `disk_free_bytes_min` free; the
@@ -495,6 +567,11 @@ impl Shard {
             if let Err(e) = partition.close().await {
                 warn!(topic_id = %id, partition = index, error = %e, "closing a deleted partition");
             }
+            if let Some(replication) = &self.replication {
+                if let Err(e) = replication.close_group((id, index)).await {
+                    warn!(topic_id = %id, partition = index, error = %e, "closing a deleted replica");
+                }
+            }
         }
     }
 
@@ -510,7 +587,8 @@ impl Shard {
         }
     }
 
-    /// Closes every partition this shard owns (flushing what is buffered). Shutdown.
+    /// Closes every partition this shard owns (flushing what is buffered), and in cluster
+    /// mode every Raft group. Shutdown.
     pub async fn close_all(&self) {
         let all: Vec<Rc<Partition>> = self
             .partitions
@@ -522,6 +600,9 @@ impl Shard {
             if let Err(e) = partition.close().await {
                 warn!(dir = %partition.dir().display(), error = %e, "closing a partition");
             }
+        }
+        if let Some(replication) = &self.replication {
+            replication.shutdown().await;
         }
     }
 
@@ -577,4 +658,18 @@ pub(crate) async fn remove_dir_all(dir: PathBuf) -> std::io::Result<()> {
             other => other,
         })
         .await
+}
+
+/// A replication failure opening a partition, as the storage error the request path reports.
+fn replication_failure(
+    dir: &std::path::Path,
+    e: sluice_replication::ReplicationError,
+) -> sluice_storage::StorageError {
+    match e {
+        sluice_replication::ReplicationError::Storage(e) => e,
+        other => sluice_storage::StorageError::Io {
+            path: dir.display().to_string(),
+            source: std::io::Error::other(other.to_string()),
+        },
+    }
 }

@@ -21,7 +21,7 @@ use sluice_storage::{FlushMode, LogConfig, SyncGroup};
 
 use crate::error::{ReplicationError, Result};
 use crate::hard_state_log::HardStateLog;
-use crate::partition::{HardStateHome, RaftPartition};
+use crate::partition::{CommittedEntry, HardStateHome, RaftPartition};
 use crate::replica::ReplicaConfig;
 use crate::rpc::{GroupKey, GroupMessage};
 use crate::transport::{Listener, Transport};
@@ -50,12 +50,25 @@ impl ReplicationNode {
         peers: &HashMap<u64, SocketAddr>,
         dir: impl AsRef<Path>,
     ) -> Result<ReplicationNode> {
+        Self::start_with_arrival(node_id, listen, peers, dir, || {}).await
+    }
+
+    /// [`start`](Self::start), calling `on_arrival` whenever a frame arrives (so an owner that
+    /// sleeps between ticks can wake and `step` at once).
+    pub async fn start_with_arrival(
+        node_id: u64,
+        listen: SocketAddr,
+        peers: &HashMap<u64, SocketAddr>,
+        dir: impl AsRef<Path>,
+        on_arrival: impl Fn() + 'static,
+    ) -> Result<ReplicationNode> {
         let hard_states = HardStateLog::open(dir).await?;
         let inbox: Rc<RefCell<Vec<GroupMessage>>> = Rc::default();
         let delivered = inbox.clone();
         let senders: Vec<u64> = peers.keys().copied().filter(|id| *id != node_id).collect();
         let listener = Listener::bind(listen, senders, FRAME_BYTES_MAX, move |frame| {
             delivered.borrow_mut().extend(frame.messages);
+            on_arrival();
         })
         .map_err(|source| ReplicationError::Io {
             path: format!("rpc listener {listen}").into(),
@@ -103,6 +116,12 @@ impl ReplicationNode {
         Ok(())
     }
 
+    /// Takes group `key` out of the node (the caller closes it); messages for it are dropped
+    /// from then on.
+    pub fn remove_group(&mut self, key: &GroupKey) -> Option<RaftPartition> {
+        self.groups.remove(key)
+    }
+
     pub fn group(&mut self, key: &GroupKey) -> Option<&mut RaftPartition> {
         self.groups.get_mut(key)
     }
@@ -117,7 +136,7 @@ impl ReplicationNode {
     }
 
     /// One logical tick for every group, then a [`step`](Self::step).
-    pub async fn tick(&mut self) -> Result<()> {
+    pub async fn tick(&mut self) -> Result<Vec<(GroupKey, Vec<CommittedEntry>)>> {
         for group in self.groups.values_mut() {
             group.tick();
         }
@@ -125,8 +144,10 @@ impl ReplicationNode {
     }
 
     /// Delivers what arrived, runs every group's ready work concurrently, sends what it
-    /// produced (one frame per peer) and reports unreachable peers.
-    pub async fn step(&mut self) -> Result<()> {
+    /// produced (one frame per peer) and reports unreachable peers. Returns the entries each
+    /// group committed (and applied) in this step, in index order; groups that committed
+    /// nothing are left out.
+    pub async fn step(&mut self) -> Result<Vec<(GroupKey, Vec<CommittedEntry>)>> {
         let arrived = std::mem::take(&mut *self.inbox.borrow_mut());
         for GroupMessage { group, message } in arrived {
             // A message for a group this node does not hold (yet, or any more) is dropped:
@@ -138,11 +159,15 @@ impl ReplicationNode {
         let work = self.groups.iter_mut().map(|(key, partition)| async move {
             partition.run_ready().await.map(|outbox| (*key, outbox))
         });
+        let mut committed = Vec::new();
         for outcome in futures::future::join_all(work).await {
             let (group, outbox) = outcome?;
             for message in outbox.messages {
                 self.transport
                     .send(message.to, GroupMessage { group, message });
+            }
+            if !outbox.committed.is_empty() {
+                committed.push((group, outbox.committed));
             }
         }
         let report = self.transport.flush().await;
@@ -151,7 +176,7 @@ impl ReplicationNode {
                 partition.unreachable(peer);
             }
         }
-        Ok(())
+        Ok(committed)
     }
 
     /// Closes every group cleanly (logs closed, commit indexes recorded).

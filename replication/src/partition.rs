@@ -750,6 +750,13 @@ impl RaftPartition {
         Ok(index)
     }
 
+    /// Proposes one record batch through whichever replica leads (see
+    /// [`Replica::propose_anywhere`]): for commands any node may issue, such as a broker's
+    /// registration with the controller.
+    pub fn propose_anywhere(&mut self, batch: Bytes) -> Result<()> {
+        self.replica.propose_anywhere(batch)
+    }
+
     /// How much applied entries' data may stay in memory (default [`DATA_BUDGET_BYTES`]);
     /// beyond it, a follower that needs older entries gets them read back from the log.
     pub fn set_data_budget(&mut self, bytes: u64) {

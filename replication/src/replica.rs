@@ -232,6 +232,19 @@ impl<S: ReplicaStorage> Replica<S> {
             .map_err(ReplicationError::from)
     }
 
+    /// Proposes `data` wherever the leader is: appended here if this replica leads, else
+    /// forwarded to the leader it knows. Fire and forget: whether it commits shows in the
+    /// log, so the caller must recognise its entry there (and propose again if it never
+    /// appears). `NotLeader` when no leader is known.
+    pub fn propose_anywhere(&mut self, data: Bytes) -> Result<()> {
+        if self.role() != Role::Leader && self.leader_id() == raft::INVALID_ID {
+            return Err(ReplicationError::NotLeader { leader: 0 });
+        }
+        self.node
+            .propose(Vec::new(), data.to_vec())
+            .map_err(ReplicationError::from)
+    }
+
     /// Starts an election now (a leader hand-off, or a test).
     pub fn campaign(&mut self) -> Result<()> {
         self.node.campaign().map_err(ReplicationError::from)

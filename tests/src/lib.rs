@@ -5,6 +5,7 @@
 //! This library holds what those tests share: starting and stopping brokers, and [`wire`],
 //! raw Kafka requests for wire-level tests, and [`proxy`], a TCP proxy that cuts connections.
 
+pub mod cluster;
 pub mod proxy;
 pub mod wire;
 

@@ -35,13 +35,27 @@ pub fn handle(request: DescribeClusterRequest, ctx: &Context) -> DescribeCluster
             )))
             .with_controller_id(BrokerId(-1));
     }
-    response
-        .with_controller_id(BrokerId(broker.node_id))
-        .with_brokers(vec![DescribeClusterBroker::default()
+    let brokers = match ctx.shard.image().cluster.as_ref() {
+        Some(cluster) => cluster
+            .brokers
+            .values()
+            .map(|b| {
+                DescribeClusterBroker::default()
+                    .with_broker_id(BrokerId(b.node_id))
+                    .with_host(StrBytes::from_string(b.host.clone()))
+                    .with_port(i32::from(b.port))
+                    .with_rack(b.rack.clone().map(StrBytes::from_string))
+            })
+            .collect(),
+        None => vec![DescribeClusterBroker::default()
             .with_broker_id(BrokerId(broker.node_id))
             .with_host(StrBytes::from_string(broker.advertised_host.clone()))
             .with_port(i32::from(broker.advertised_port))
-            .with_rack(None)])
+            .with_rack(None)],
+    };
+    response
+        .with_controller_id(BrokerId(super::metadata::controller_id(ctx)))
+        .with_brokers(brokers)
         .with_cluster_authorized_operations(authorized::answer(
             request.include_cluster_authorized_operations,
             authorized::CLUSTER,

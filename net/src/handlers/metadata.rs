@@ -1,5 +1,9 @@
-//! Metadata (key 3): the brokers of the cluster (this one), the controller, and topics with
-//! their partitions (this broker leads every one, at epoch 0).
+//! Metadata (key 3): the brokers of the cluster, the controller, and topics with their
+//! partitions. A single node lists itself and leads every partition at epoch 0; a cluster node
+//! lists the registered brokers, the controller group's leader, and each partition's replicas
+//! and its leader and epoch (the Raft term) as this node's replica knows them
+//! (LEADER_NOT_AVAILABLE when no leader is known, or this node holds no replica). ISR is not
+//! tracked yet: every replica is listed in it.
 //!
 //! A request naming topics that do not exist auto-creates them when the broker allows it
 //! (`auto_create_topics`) and the request does too (`allow_auto_topic_creation`, v4+; always
@@ -28,10 +32,23 @@ pub const RANGE: ApiRange = ApiRange {
 
 pub async fn handle(request: MetadataRequest, version: i16, ctx: &Context) -> MetadataResponse {
     let broker = &ctx.broker;
-    let brokers = vec![MetadataResponseBroker::default()
-        .with_node_id(BrokerId(broker.node_id))
-        .with_host(StrBytes::from_string(broker.advertised_host.clone()))
-        .with_port(i32::from(broker.advertised_port))];
+    let brokers = match ctx.shard.image().cluster.as_ref() {
+        Some(cluster) => cluster
+            .brokers
+            .values()
+            .map(|b| {
+                MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(b.node_id))
+                    .with_host(StrBytes::from_string(b.host.clone()))
+                    .with_port(i32::from(b.port))
+                    .with_rack(b.rack.clone().map(StrBytes::from_string))
+            })
+            .collect(),
+        None => vec![MetadataResponseBroker::default()
+            .with_node_id(BrokerId(broker.node_id))
+            .with_host(StrBytes::from_string(broker.advertised_host.clone()))
+            .with_port(i32::from(broker.advertised_port))],
+    };
     // v0: an empty list means every topic; v1+: null means every topic.
     let wanted: Option<Vec<TopicRef>> = match request.topics {
         None => None,
@@ -77,12 +94,12 @@ pub async fn handle(request: MetadataRequest, version: i16, ctx: &Context) -> Me
     let topics = match wanted {
         None => image
             .topics()
-            .map(|t| describe(t, broker.node_id, topic_operations))
+            .map(|t| describe(ctx, t, topic_operations))
             .collect(),
         Some(refs) => refs
             .iter()
             .map(|r| match resolve_topic(&image, r) {
-                Some(t) => describe(t, broker.node_id, topic_operations),
+                Some(t) => describe(ctx, t, topic_operations),
                 None => {
                     let (name, id, code) = match r {
                         TopicRef::Name(n) => (
@@ -109,20 +126,52 @@ pub async fn handle(request: MetadataRequest, version: i16, ctx: &Context) -> Me
     MetadataResponse::default()
         .with_brokers(brokers)
         .with_cluster_id(Some(StrBytes::from_string(broker.cluster_id.clone())))
-        .with_controller_id(BrokerId(broker.node_id))
+        .with_controller_id(BrokerId(controller_id(ctx)))
         .with_topics(topics)
         .with_cluster_authorized_operations(cluster_operations)
 }
 
-fn describe(topic: &Topic, node_id: i32, operations: i32) -> MetadataResponseTopic {
+/// The controller clients send admin requests to: this node on a single node, the controller
+/// group's leader in cluster mode (-1 while none is known).
+pub fn controller_id(ctx: &Context) -> i32 {
+    match ctx.shard.replication {
+        Some(_) => ctx.shard.catalog.cluster.controller(),
+        None => ctx.broker.node_id,
+    }
+}
+
+fn describe(ctx: &Context, topic: &Topic, operations: i32) -> MetadataResponseTopic {
+    let image = ctx.shard.image();
     let partitions = (0..topic.partitions)
         .map(|p| {
-            MetadataResponsePartition::default()
-                .with_partition_index(p)
-                .with_leader_id(BrokerId(node_id))
-                .with_leader_epoch(sluice_core::partition::LEADER_EPOCH.0)
-                .with_replica_nodes(vec![BrokerId(node_id)])
-                .with_isr_nodes(vec![BrokerId(node_id)])
+            let partition = MetadataResponsePartition::default().with_partition_index(p);
+            let Some(replicas) = ctx.shard.replicas_of(&image, &topic.name, p) else {
+                let node = BrokerId(ctx.broker.node_id);
+                return partition
+                    .with_leader_id(node)
+                    .with_leader_epoch(sluice_core::partition::LEADER_EPOCH.0)
+                    .with_replica_nodes(vec![node])
+                    .with_isr_nodes(vec![node]);
+            };
+            let leader = ctx
+                .shard
+                .catalog
+                .cluster
+                .leader((topic.id, p))
+                .filter(|l| l.leader >= 0);
+            let replicas: Vec<BrokerId> = replicas.into_iter().map(BrokerId).collect();
+            let partition = partition
+                .with_replica_nodes(replicas.clone())
+                .with_isr_nodes(replicas);
+            match leader {
+                Some(leader) => partition
+                    .with_leader_id(BrokerId(leader.leader))
+                    .with_leader_epoch(leader.epoch),
+                None => partition
+                    .with_error_code(ResponseError::LeaderNotAvailable.code())
+                    .with_leader_id(BrokerId(-1))
+                    .with_leader_epoch(-1),
+            }
         })
         .collect();
     MetadataResponseTopic::default()

@@ -1,0 +1,977 @@
+//! Cluster mode on a shard: the shard's Raft groups driven by one loop, and the links through
+//! which the request path (produce, fetch, topic admin) reaches them.
+//!
+//! Every shard of a node runs one [`ReplicationNode`] for the partition replicas it owns
+//! (shard = the same hash of topic and partition as on a single node), listening on the node's
+//! RPC port plus the shard's id and talking only to the same shard of the other nodes: one
+//! connection per shard pair, so no frame ever crosses shards. All nodes of a cluster therefore
+//! run the same number of shards (`--cores`).
+//!
+//! Shard 0 also holds the node's replica of the controller group (voters: the seed nodes), whose
+//! committed commands make the [`ClusterImage`]; every change of it is published to the node's
+//! catalog, and every shard then opens the replicas the image assigns to this node and closes
+//! those of deleted topics. A node announces itself (`RegisterBroker`) and asks for producer-id
+//! blocks by proposing through whichever node leads the controller group, and watches the image
+//! for the result. Creating and deleting topics is the controller leader's job: the request path
+//! runs it there and waits for the command's outcome.
+//!
+//! The loop is the only owner of the groups. The request path talks to it through queues (a
+//! partition's proposals, open/close commands) and reads what the loop publishes after each
+//! step (role, leader, term, high watermark). One step: run the queued commands, propose the
+//! queued batches, tick (every `tick`) or step the node, then apply what committed and answer the
+//! waiting appends. A frame arriving or a batch queued wakes the loop at once.
+//!
+//! Invariants: a proposal is answered only once its entry is in the leader's log (acks=1) or
+//! committed (acks=all, and every idempotent batch): never by a different entry that took its
+//! index. A partition's producer state holds committed batches only, recorded before the appends
+//! waiting on them are answered. Node ids are Kafka's (≥ 0); Raft ids are node id + 1 (raft-rs
+//! reserves 0).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::channel::{mpsc, oneshot};
+use futures::StreamExt;
+use kafka_protocol::ResponseError;
+use sluice_replication::node::ReplicationNode;
+use sluice_replication::partition::CommittedEntry;
+use sluice_replication::rpc::GroupKey;
+use sluice_replication::{ReplicaConfig, ReplicationError, Role};
+use sluice_storage::{AppendInfo, Log, LogConfig, Offset};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::cluster_controller::ControllerState;
+use crate::cluster_metadata::{encode_command, BrokerRegistration, MetadataCommand, Refused};
+use crate::partition::AppendError;
+use crate::shard::{PartitionKey, Shard};
+
+/// How a node takes part in a cluster (`sluice serve --node-id --rpc-listen --seeds`).
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub node_id: i32,
+    /// Shard 0's RPC address; shard `s` listens on its port + `s`.
+    pub rpc_listen: SocketAddr,
+    /// The controller's voters: node id -> shard 0's RPC address (this node among them or not).
+    pub seeds: BTreeMap<i32, SocketAddr>,
+    /// Where Kafka clients reach this node.
+    pub advertised_host: String,
+    pub advertised_port: u16,
+    pub rack: Option<String>,
+    /// One Raft tick.
+    pub tick: Duration,
+    pub replica: ReplicaConfig,
+}
+
+impl ClusterSettings {
+    /// The RPC address of shard `shard` of the node whose shard 0 listens on `base`.
+    pub fn shard_address(base: SocketAddr, shard: usize) -> SocketAddr {
+        let port = base
+            .port()
+            .saturating_add(u16::try_from(shard).unwrap_or(u16::MAX));
+        SocketAddr::new(base.ip(), port)
+    }
+
+    fn peers(&self, shard: usize) -> HashMap<u64, SocketAddr> {
+        self.seeds
+            .iter()
+            .map(|(id, base)| (raft_id(*id), Self::shard_address(*base, shard)))
+            .collect()
+    }
+
+    fn controller_voters(&self) -> Vec<u64> {
+        self.seeds.keys().map(|id| raft_id(*id)).collect()
+    }
+
+    fn registration(&self) -> BrokerRegistration {
+        BrokerRegistration {
+            node_id: self.node_id,
+            host: self.advertised_host.clone(),
+            port: self.advertised_port,
+            rack: self.rack.clone(),
+        }
+    }
+}
+
+/// The Raft id of Kafka node `node` (raft-rs reserves 0 for "none").
+pub fn raft_id(node: i32) -> u64 {
+    u64::try_from(node).unwrap_or(0) + 1
+}
+
+/// The Kafka node of Raft id `raft` (-1 for raft-rs's "none").
+pub fn node_of(raft: u64) -> i32 {
+    i32::try_from(raft).map_or(-1, |id| id - 1)
+}
+
+fn group_key((topic, partition): PartitionKey) -> GroupKey {
+    GroupKey {
+        topic_id: topic.as_u128(),
+        partition,
+    }
+}
+
+fn partition_key(group: GroupKey) -> PartitionKey {
+    (Uuid::from_u128(group.topic_id), group.partition)
+}
+
+/// Producer ids a node asks the controller for at a time.
+pub const PRODUCER_ID_BLOCK: i64 = 1000;
+
+/// How often a node repeats a proposal it made through another node (registration, a
+/// producer-id block) while the image does not show it.
+const RETRY_FORWARDED: Duration = Duration::from_secs(1);
+
+/// A partition's leadership as one of its replicas on this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLeader {
+    /// -1: no leader known.
+    pub leader: i32,
+    /// The Raft term, which is the leader epoch batches are stamped with.
+    pub epoch: i32,
+}
+
+/// What every shard of a node learns from the others' loops: partition leaders and the
+/// controller leader. Written on role changes only (off the data path).
+#[derive(Debug)]
+pub struct ClusterTable {
+    leaders: RwLock<HashMap<PartitionKey, PartitionLeader>>,
+    controller: AtomicI32,
+}
+
+impl Default for ClusterTable {
+    fn default() -> Self {
+        ClusterTable {
+            leaders: RwLock::default(),
+            controller: AtomicI32::new(-1),
+        }
+    }
+}
+
+impl ClusterTable {
+    /// The leader of a partition that has a replica on this node, as that replica knows it.
+    pub fn leader(&self, key: PartitionKey) -> Option<PartitionLeader> {
+        self.leaders
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned()
+    }
+
+    /// The controller group's leader (-1: not known).
+    pub fn controller(&self) -> i32 {
+        self.controller.load(Ordering::Acquire)
+    }
+
+    fn set_leader(&self, key: PartitionKey, leader: Option<PartitionLeader>) {
+        let mut leaders = self.leaders.write().unwrap_or_else(|p| p.into_inner());
+        match leader {
+            Some(leader) => leaders.insert(key, leader),
+            None => leaders.remove(&key),
+        };
+    }
+}
+
+/// When a proposed batch is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// In the leader's log, durably (acks=1).
+    Appended,
+    /// Committed: durable on a majority of the replicas (acks=all).
+    Committed,
+}
+
+type AppendReply = oneshot::Sender<Result<AppendInfo, AppendError>>;
+
+struct Proposal {
+    batch: Bytes,
+    until: Until,
+    reply: AppendReply,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct LinkState {
+    leader: bool,
+    leader_id: i32,
+    term: u64,
+    high_watermark: Offset,
+}
+
+/// The request path's handle on one replicated partition: its proposal queue and the state
+/// the loop publishes after each step.
+pub struct ReplicaLink {
+    proposals: RefCell<Vec<Proposal>>,
+    state: Cell<LinkState>,
+    wake: mpsc::UnboundedSender<()>,
+}
+
+impl ReplicaLink {
+    pub fn is_leader(&self) -> bool {
+        self.state.get().leader
+    }
+
+    /// The leader this replica knows (-1: none).
+    pub fn leader_id(&self) -> i32 {
+        self.state.get().leader_id
+    }
+
+    pub fn leader_epoch(&self) -> i32 {
+        i32::try_from(self.state.get().term).unwrap_or(i32::MAX)
+    }
+
+    /// The end of the committed records: what consumers may read.
+    pub fn high_watermark(&self) -> Offset {
+        self.state.get().high_watermark
+    }
+
+    /// Why this replica does not take appends or serve reads.
+    pub fn not_leader(&self) -> String {
+        match self.leader_id() {
+            -1 => "this replica does not lead the partition and no leader is known yet".into(),
+            leader => format!("this replica does not lead the partition: node {leader} does"),
+        }
+    }
+
+    /// Queues `batch` for the loop to propose; the answer comes as `until` says.
+    pub fn propose(
+        &self,
+        batch: Bytes,
+        until: Until,
+    ) -> oneshot::Receiver<Result<AppendInfo, AppendError>> {
+        let (reply, answer) = oneshot::channel();
+        self.proposals.borrow_mut().push(Proposal {
+            batch,
+            until,
+            reply,
+        });
+        let _ = self.wake.unbounded_send(());
+        answer
+    }
+}
+
+/// Why a controller command was not applied.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ControlError {
+    /// This node does not lead the controller group; `leader` does (-1: unknown).
+    #[error("this node is not the controller (the controller is node {leader})")]
+    NotController { leader: i32 },
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    #[error("{0}")]
+    Failed(String),
+}
+
+type OpenReply = oneshot::Sender<Result<(Log, Rc<ReplicaLink>), ReplicationError>>;
+
+enum Command {
+    Open {
+        key: PartitionKey,
+        dir: PathBuf,
+        voters: Vec<u64>,
+        log_config: LogConfig,
+        reply: OpenReply,
+    },
+    Close {
+        key: PartitionKey,
+        reply: oneshot::Sender<Result<(), ReplicationError>>,
+    },
+    Control {
+        command: MetadataCommand,
+        reply: oneshot::Sender<Result<(), ControlError>>,
+    },
+    ProducerIds {
+        reply: oneshot::Sender<(i64, i64)>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// A shard's side of cluster mode, as the request path sees it.
+pub struct ShardReplication {
+    pub settings: ClusterSettings,
+    commands: RefCell<Vec<Command>>,
+    wake: mpsc::UnboundedSender<()>,
+}
+
+impl std::fmt::Debug for ShardReplication {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardReplication")
+            .field("node_id", &self.settings.node_id)
+            .finish()
+    }
+}
+
+/// The loop's state: the groups and who waits on them.
+pub struct Driver {
+    node: ReplicationNode,
+    wake: mpsc::UnboundedSender<()>,
+    woken: mpsc::UnboundedReceiver<()>,
+    settings: ClusterSettings,
+    data_dir: PathBuf,
+    links: HashMap<PartitionKey, Rc<ReplicaLink>>,
+    pending: HashMap<PartitionKey, VecDeque<Pending>>,
+    controller: Option<ControllerDriver>,
+}
+
+struct Pending {
+    index: u64,
+    term: u64,
+    until: Until,
+    reply: AppendReply,
+}
+
+struct ControllerDriver {
+    state: ControllerState,
+    /// Commands proposed here as leader, by Raft index.
+    waiters: BTreeMap<u64, oneshot::Sender<Result<(), ControlError>>>,
+    id_waiters: Vec<oneshot::Sender<(i64, i64)>>,
+    /// This node's producer-id block when the waiters started waiting.
+    id_block_before: Option<(i64, i64)>,
+    last_registration: Option<Instant>,
+    last_id_request: Option<Instant>,
+    published_version: Option<u64>,
+}
+
+impl ShardReplication {
+    /// Starts shard `shard`'s replication node (its RPC listener and hard-state log under
+    /// `data_dir/cluster/shard-<id>`); shard 0 also opens the controller group. The returned
+    /// [`Driver`] must be run with [`Driver::run`].
+    pub async fn start(
+        shard: usize,
+        settings: ClusterSettings,
+        data_dir: PathBuf,
+    ) -> Result<(ShardReplication, Driver), String> {
+        let (wake, woken) = mpsc::unbounded();
+        let listen = ClusterSettings::shard_address(settings.rpc_listen, shard);
+        let arrived = wake.clone();
+        let node_dir = data_dir.join("cluster").join(format!("shard-{shard}"));
+        std::fs::create_dir_all(&node_dir)
+            .map_err(|e| format!("cannot create {}: {e}", node_dir.display()))?;
+        let node = ReplicationNode::start_with_arrival(
+            raft_id(settings.node_id),
+            listen,
+            &settings.peers(shard),
+            &node_dir,
+            move || {
+                let _ = arrived.unbounded_send(());
+            },
+        )
+        .await
+        .map_err(|e| format!("replication on shard {shard} ({listen}): {e}"))?;
+        let mut driver = Driver {
+            node,
+            wake: wake.clone(),
+            woken,
+            settings: settings.clone(),
+            data_dir,
+            links: HashMap::new(),
+            pending: HashMap::new(),
+            controller: None,
+        };
+        if shard == 0 {
+            driver.open_controller().await?;
+        }
+        Ok((
+            ShardReplication {
+                settings,
+                commands: RefCell::default(),
+                wake,
+            },
+            driver,
+        ))
+    }
+
+    fn send(&self, command: Command) {
+        self.commands.borrow_mut().push(command);
+        let _ = self.wake.unbounded_send(());
+    }
+
+    /// Opens this node's replica of partition `key` in `dir` (voters for a new group: the
+    /// assignment's nodes as Raft ids): its log and its link.
+    pub async fn open_group(
+        &self,
+        key: PartitionKey,
+        dir: PathBuf,
+        voters: Vec<u64>,
+        log_config: LogConfig,
+    ) -> Result<(Log, Rc<ReplicaLink>), ReplicationError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Open {
+            key,
+            dir,
+            voters,
+            log_config,
+            reply,
+        });
+        answer.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// Closes this node's replica of partition `key`; the appends waiting on it fail.
+    pub async fn close_group(&self, key: PartitionKey) -> Result<(), ReplicationError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Close { key, reply });
+        answer.await.unwrap_or(Ok(()))
+    }
+
+    /// Runs a controller command (on shard 0): proposed if this node leads the controller
+    /// group, answered with its outcome once committed.
+    pub async fn control(&self, command: MetadataCommand) -> Result<(), ControlError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Control { command, reply });
+        answer
+            .await
+            .unwrap_or_else(|_| Err(ControlError::Failed("the node is stopping".into())))
+    }
+
+    /// A new block of producer ids for this node, reserved through the controller (shard 0).
+    /// Waits as long as no controller leader is reachable.
+    pub async fn producer_id_block(&self) -> Option<(i64, i64)> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::ProducerIds { reply });
+        answer.await.ok()
+    }
+
+    /// Stops the loop after closing every group cleanly.
+    pub async fn shutdown(&self) {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Shutdown { reply });
+        let _ = answer.await;
+    }
+}
+
+fn stopped() -> ReplicationError {
+    ReplicationError::NotLeader { leader: 0 }
+}
+
+/// The log settings of the controller group's partition: metadata is small.
+fn controller_log_config() -> LogConfig {
+    LogConfig {
+        segment_bytes_max: 16 << 20,
+        preallocate_bytes: 1 << 20,
+        ..LogConfig::default()
+    }
+}
+
+impl Driver {
+    async fn open_controller(&mut self) -> Result<(), String> {
+        let dir = self.data_dir.join("cluster").join("controller");
+        self.node
+            .add_group(
+                GroupKey::CONTROLLER,
+                &dir,
+                &self.settings.controller_voters(),
+                self.settings.replica,
+                controller_log_config(),
+            )
+            .await
+            .map_err(|e| format!("controller group in {}: {e}", dir.display()))?;
+        let group = self
+            .node
+            .group(&GroupKey::CONTROLLER)
+            .expect("the controller group was just added");
+        let state = ControllerState::rebuild(group)
+            .await
+            .map_err(|e| format!("controller group in {}: {e}", dir.display()))?;
+        self.controller = Some(ControllerDriver {
+            state,
+            waiters: BTreeMap::new(),
+            id_waiters: Vec::new(),
+            id_block_before: None,
+            last_registration: None,
+            last_id_request: None,
+            published_version: None,
+        });
+        Ok(())
+    }
+
+    /// Drives the groups until [`ShardReplication::shutdown`] (or the shard is gone).
+    pub async fn run(mut self, shard: Weak<Shard>) {
+        let tick = self.settings.tick;
+        let mut next_tick = Instant::now() + tick;
+        loop {
+            let now = Instant::now();
+            if now < next_tick {
+                let timer = Box::pin(glommio::timer::sleep(next_tick - now));
+                futures::future::select(self.woken.next(), timer).await;
+            }
+            while self.woken.try_recv().is_ok() {}
+            let Some(shard) = shard.upgrade() else { return };
+            let Some(replication) = shard.replication.as_ref() else {
+                return;
+            };
+            let commands = std::mem::take(&mut *replication.commands.borrow_mut());
+            for command in commands {
+                if let Some(done) = self.run_command(&shard, command).await {
+                    let _ = done.send(());
+                    return;
+                }
+            }
+            self.propose_queued();
+            self.forward_controller_requests();
+            let now = Instant::now();
+            let stepped = if now >= next_tick {
+                next_tick = now + tick;
+                self.node.tick().await
+            } else {
+                self.node.step().await
+            };
+            match stepped {
+                Ok(committed) => self.after_step(&shard, committed),
+                Err(e) => {
+                    warn!(shard = shard.id, error = %e, "replication step failed");
+                    glommio::timer::sleep(tick).await;
+                }
+            }
+        }
+    }
+
+    /// Runs one command; `Some` for a shutdown, once every group is closed.
+    async fn run_command(
+        &mut self,
+        shard: &Shard,
+        command: Command,
+    ) -> Option<oneshot::Sender<()>> {
+        match command {
+            Command::Open {
+                key,
+                dir,
+                voters,
+                log_config,
+                reply,
+            } => {
+                let _ = reply.send(self.open(key, &dir, &voters, log_config).await);
+            }
+            Command::Close { key, reply } => {
+                self.links.remove(&key);
+                for waiting in self.pending.remove(&key).unwrap_or_default() {
+                    let _ = waiting
+                        .reply
+                        .send(Err(not_leader("the replica was closed")));
+                }
+                shard.catalog.cluster.set_leader(key, None);
+                let closed = match self.node.remove_group(&group_key(key)) {
+                    Some(group) => group.close().await,
+                    None => Ok(()),
+                };
+                let _ = reply.send(closed);
+            }
+            Command::Control { command, reply } => self.propose_control(command, reply),
+            Command::ProducerIds { reply } => {
+                if let Some(controller) = &mut self.controller {
+                    if controller.id_waiters.is_empty() {
+                        controller.id_block_before = controller
+                            .state
+                            .image()
+                            .producer_id_blocks
+                            .get(&self.settings.node_id)
+                            .copied();
+                        controller.last_id_request = None;
+                    }
+                    controller.id_waiters.push(reply);
+                }
+            }
+            Command::Shutdown { reply } => {
+                for (_, waiting) in self.pending.drain() {
+                    for w in waiting {
+                        let _ = w.reply.send(Err(not_leader("the broker is stopping")));
+                    }
+                }
+                let keys: Vec<GroupKey> = self.node.groups().map(|(k, _)| *k).collect();
+                for key in keys {
+                    if let Some(group) = self.node.remove_group(&key) {
+                        if let Err(e) = group.close().await {
+                            warn!(error = %e, "closing a replica");
+                        }
+                    }
+                }
+                return Some(reply);
+            }
+        }
+        None
+    }
+
+    async fn open(
+        &mut self,
+        key: PartitionKey,
+        dir: &std::path::Path,
+        voters: &[u64],
+        log_config: LogConfig,
+    ) -> Result<(Log, Rc<ReplicaLink>), ReplicationError> {
+        let group = group_key(key);
+        if self.node.group(&group).is_none() {
+            self.node
+                .add_group(group, dir, voters, self.settings.replica, log_config)
+                .await?;
+        }
+        let partition = self.node.group(&group).expect("just added");
+        let link = Rc::new(ReplicaLink {
+            proposals: RefCell::default(),
+            state: Cell::new(LinkState {
+                high_watermark: partition.high_watermark(),
+                leader_id: -1,
+                ..LinkState::default()
+            }),
+            wake: self.wake.clone(),
+        });
+        self.links.insert(key, link.clone());
+        Ok((partition.log().clone(), link))
+    }
+
+    fn propose_control(
+        &mut self,
+        command: MetadataCommand,
+        reply: oneshot::Sender<Result<(), ControlError>>,
+    ) {
+        let Some(controller) = &mut self.controller else {
+            let _ = reply.send(Err(ControlError::Failed(
+                "the controller runs on shard 0".into(),
+            )));
+            return;
+        };
+        let Some(group) = self.node.group(&GroupKey::CONTROLLER) else {
+            let _ = reply.send(Err(ControlError::Failed("no controller group".into())));
+            return;
+        };
+        if group.replica().role() != Role::Leader {
+            let leader = node_of(group.replica().leader_id());
+            let _ = reply.send(Err(ControlError::NotController { leader }));
+            return;
+        }
+        match group.propose(encode_command(&command, now_ms())) {
+            Ok(index) => {
+                controller.waiters.insert(index, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(ControlError::Failed(e.to_string())));
+            }
+        }
+    }
+
+    /// Proposes every batch queued on the links, in queue order.
+    fn propose_queued(&mut self) {
+        for (key, link) in &self.links {
+            let queued = std::mem::take(&mut *link.proposals.borrow_mut());
+            if queued.is_empty() {
+                continue;
+            }
+            let Some(group) = self.node.group(&group_key(*key)) else {
+                continue;
+            };
+            for proposal in queued {
+                if group.replica().role() != Role::Leader {
+                    let _ = proposal.reply.send(Err(not_leader(&link.not_leader())));
+                    continue;
+                }
+                match group.propose(proposal.batch) {
+                    Ok(index) => self.pending.entry(*key).or_default().push_back(Pending {
+                        index,
+                        term: group.replica().term(),
+                        until: proposal.until,
+                        reply: proposal.reply,
+                    }),
+                    Err(e) => {
+                        let _ = proposal.reply.send(Err(not_leader(&e.to_string())));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Registration and producer-id requests, proposed through the controller leader and
+    /// repeated until the image shows them.
+    fn forward_controller_requests(&mut self) {
+        let Some(controller) = &mut self.controller else {
+            return;
+        };
+        let registration = self.settings.registration();
+        let image = controller.state.image();
+        let mut forward = Vec::new();
+        let due = |last: Option<Instant>| last.is_none_or(|at| at.elapsed() >= RETRY_FORWARDED);
+        let registered = image.brokers.get(&registration.node_id) == Some(&registration);
+        if !registered && due(controller.last_registration) {
+            controller.last_registration = Some(Instant::now());
+            forward.push(MetadataCommand::RegisterBroker(registration));
+        }
+        if !controller.id_waiters.is_empty() && registered && due(controller.last_id_request) {
+            controller.last_id_request = Some(Instant::now());
+            forward.push(MetadataCommand::ReserveProducerIds {
+                node_id: self.settings.node_id,
+                count: PRODUCER_ID_BLOCK,
+            });
+        }
+        if let Some(group) = self.node.group(&GroupKey::CONTROLLER) {
+            for command in forward {
+                // No leader known yet: the next try comes after RETRY_FORWARDED.
+                let _ = group.propose_anywhere(encode_command(&command, now_ms()));
+            }
+        }
+    }
+
+    fn after_step(&mut self, shard: &Rc<Shard>, committed: Vec<(GroupKey, Vec<CommittedEntry>)>) {
+        for (group, entries) in committed {
+            if group == GroupKey::CONTROLLER {
+                self.apply_controller(entries);
+                continue;
+            }
+            let key = partition_key(group);
+            if let Some(partition) = shard.open_partition(key) {
+                partition.apply_committed(&entries);
+            }
+            let Some(queue) = self.pending.get_mut(&key) else {
+                continue;
+            };
+            let Some(group) = self.node.group(&group) else {
+                continue;
+            };
+            for entry in &entries {
+                while let Some(front) = queue.front() {
+                    if front.index > entry.index {
+                        break;
+                    }
+                    let waiting = queue.pop_front().expect("front exists");
+                    let answer = if waiting.index == entry.index && waiting.term == entry.term {
+                        offsets(group, waiting.index)
+                    } else {
+                        Err(not_leader("leadership changed before the batch committed"))
+                    };
+                    let _ = waiting.reply.send(answer);
+                }
+            }
+        }
+        self.answer_appended();
+        self.publish_states(shard);
+        self.publish_controller(shard);
+    }
+
+    /// Answers acks=1 appends whose entries are in this leader's log (durably: the persist
+    /// step waits for it).
+    fn answer_appended(&mut self) {
+        for (key, queue) in &mut self.pending {
+            let Some(group) = self.node.group(&group_key(*key)) else {
+                continue;
+            };
+            let log_end = group.log().log_end_offset();
+            let mut kept = VecDeque::with_capacity(queue.len());
+            for waiting in queue.drain(..) {
+                let in_log = waiting.until == Until::Appended
+                    && group
+                        .end_offset_of(waiting.index)
+                        .is_some_and(|end| end <= log_end)
+                    && waiting.term == group.replica().term();
+                if in_log {
+                    let _ = waiting.reply.send(offsets(group, waiting.index));
+                } else {
+                    kept.push_back(waiting);
+                }
+            }
+            *queue = kept;
+        }
+    }
+
+    /// Publishes each link's role, leader and high watermark; wakes the partition's fetches
+    /// when the high watermark moved.
+    fn publish_states(&mut self, shard: &Shard) {
+        for (key, link) in &self.links {
+            let Some(group) = self.node.group(&group_key(*key)) else {
+                continue;
+            };
+            let replica = group.replica();
+            let now = LinkState {
+                leader: replica.role() == Role::Leader,
+                leader_id: node_of(replica.leader_id()),
+                term: replica.term(),
+                high_watermark: group.high_watermark(),
+            };
+            let before = link.state.replace(now);
+            if before == now {
+                continue;
+            }
+            if (before.leader_id, before.term) != (now.leader_id, now.term) {
+                shard.catalog.cluster.set_leader(
+                    *key,
+                    Some(PartitionLeader {
+                        leader: now.leader_id,
+                        epoch: i32::try_from(now.term).unwrap_or(i32::MAX),
+                    }),
+                );
+                if before.leader != now.leader {
+                    info!(topic_id = %key.0, partition = key.1, term = now.term,
+                        leader = now.leader_id, "partition leadership changed");
+                }
+            }
+            if before.high_watermark != now.high_watermark {
+                if let Some(partition) = shard.open_partition(*key) {
+                    partition.note_changed();
+                }
+            }
+        }
+    }
+
+    fn apply_controller(&mut self, entries: Vec<CommittedEntry>) {
+        let Some(controller) = &mut self.controller else {
+            return;
+        };
+        let leader = self
+            .node
+            .group(&GroupKey::CONTROLLER)
+            .is_some_and(|g| g.replica().role() == Role::Leader);
+        if let Err(e) = controller.state.apply(entries, leader) {
+            warn!(error = %e, "cannot apply a controller command");
+        }
+        let decided: Vec<u64> = controller.waiters.keys().copied().collect();
+        for index in decided {
+            if let Some(outcome) = controller.state.take_outcome(index) {
+                if let Some(reply) = controller.waiters.remove(&index) {
+                    let _ = reply.send(outcome.map_err(ControlError::from));
+                }
+            }
+        }
+        let block = controller
+            .state
+            .image()
+            .producer_id_blocks
+            .get(&self.settings.node_id)
+            .copied();
+        if let Some(block) = block.filter(|b| Some(*b) != controller.id_block_before) {
+            for reply in controller.id_waiters.drain(..) {
+                let _ = reply.send(block);
+            }
+            controller.id_block_before = Some(block);
+        }
+    }
+
+    /// Shard 0: the controller leader for Metadata, commands that can no longer commit as
+    /// proposed here, and a changed image to the catalog (then every shard reconciles).
+    fn publish_controller(&mut self, shard: &Rc<Shard>) {
+        let Some(controller) = &mut self.controller else {
+            return;
+        };
+        let Some(group) = self.node.group(&GroupKey::CONTROLLER) else {
+            return;
+        };
+        let leader = node_of(group.replica().leader_id());
+        if shard
+            .catalog
+            .cluster
+            .controller
+            .swap(leader, Ordering::AcqRel)
+            != leader
+        {
+            info!(controller = leader, "controller leader changed");
+        }
+        if group.replica().role() != Role::Leader && !controller.waiters.is_empty() {
+            for (_, reply) in std::mem::take(&mut controller.waiters) {
+                let _ = reply.send(Err(ControlError::NotController { leader }));
+            }
+        }
+        let image = controller.state.image();
+        if controller.published_version == Some(image.version) {
+            return;
+        }
+        controller.published_version = Some(image.version);
+        shard.catalog.publish_cluster(image);
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            for reconciled in shard
+                .invoke_on_all(|s| async move { reconcile(&s).await })
+                .await
+            {
+                if let Err(gone) = reconciled {
+                    warn!(error = %gone, "cannot reconcile replicas");
+                }
+            }
+        })
+        .detach();
+    }
+}
+
+/// Opens the replicas the current image assigns to this node on this shard, and closes (and
+/// removes) the open ones whose topic the image no longer has. Only partitions opened from an
+/// image are ever removed: a stale image after a restart (its commit point not yet relearned)
+/// never deletes data it does not know of.
+pub async fn reconcile(shard: &Rc<Shard>) {
+    let Some(replication) = &shard.replication else {
+        return;
+    };
+    let node = replication.settings.node_id;
+    let image = shard.image();
+    let Some(cluster) = image.cluster.clone() else {
+        return;
+    };
+    for assignment in cluster.topics.values() {
+        let Some(topic) = image.topic(&assignment.topic.name).cloned() else {
+            continue;
+        };
+        for (p, replicas) in assignment.replicas.iter().enumerate() {
+            let p = p as i32;
+            if shard.owner_of(&topic.name, p) != shard.id || !replicas.contains(&node) {
+                continue;
+            }
+            if shard.open_partition((topic.id, p)).is_none() {
+                if let Err(e) = shard.partition(&topic, p).await {
+                    warn!(topic = %topic.name, partition = p, error = %e, "cannot open a replica");
+                }
+            }
+        }
+    }
+    let gone: Vec<Uuid> = shard
+        .open_partitions()
+        .into_iter()
+        .map(|(key, _)| key.0)
+        .filter(|id| image.topic_by_id(*id).is_none())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    for id in gone {
+        let dirs: Vec<PathBuf> = shard
+            .open_partitions()
+            .into_iter()
+            .filter(|(key, _)| key.0 == id)
+            .map(|(_, p)| p.dir().to_path_buf())
+            .collect();
+        shard.drop_topic_partitions(id).await;
+        for dir in dirs {
+            if let Err(e) = crate::shard::remove_dir_all(dir.clone()).await {
+                warn!(dir = %dir.display(), error = %e, "cannot remove a deleted partition");
+            }
+            if let Some(topic_dir) = dir.parent() {
+                // The last shard to remove its partitions removes the topic's directory.
+                let _ = std::fs::remove_dir(topic_dir);
+            }
+        }
+        info!(topic_id = %id, "replicas of a deleted topic removed");
+    }
+}
+
+fn offsets(
+    group: &sluice_replication::partition::RaftPartition,
+    index: u64,
+) -> Result<AppendInfo, AppendError> {
+    let (base, end) = group
+        .replica()
+        .storage()
+        .offsets_of(index)
+        .ok_or_else(|| not_leader("the entry left the window before it was answered"))?;
+    Ok(AppendInfo {
+        base_offset: base,
+        last_offset: end.plus(-1),
+        batch_count: 1,
+    })
+}
+
+fn not_leader(why: &str) -> AppendError {
+    AppendError::Refused(ResponseError::NotLeaderOrFollower, why.to_string())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,263 @@
+//! A local cluster of `sluice serve` processes for black-box tests: N nodes on loopback, each
+//! with its own Kafka port, RPC port and data directory, every node a seed (controller voter).
+//! Nodes are killed (SIGKILL), paused, restarted on the same ports and directory, and stopped
+//! by PID; dropping the cluster kills whatever still runs.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kafka_protocol::messages::{ApiKey, MetadataRequest, MetadataResponse};
+
+use crate::sluice_binary;
+use crate::wire::{call, connect};
+
+/// One node: its addresses, its directory, its process while it runs.
+pub struct Node {
+    pub id: i32,
+    pub kafka: SocketAddr,
+    pub rpc: SocketAddr,
+    pub dir: PathBuf,
+    child: Option<Child>,
+    /// "listening" lines in the log before the current run started.
+    runs_before: usize,
+}
+
+impl Node {
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("sluice.log")
+    }
+
+    /// What the node has written to its standard error, over all its runs.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+}
+
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    seeds: String,
+    extra_args: Vec<String>,
+    _root: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    let probe = TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
+    probe.local_addr().expect("its address").port()
+}
+
+impl Cluster {
+    /// Starts `count` nodes with `--cores 1` plus `extra_args`, and waits until every node
+    /// lists every broker and knows the controller.
+    pub fn start(count: usize, extra_args: &[&str]) -> Cluster {
+        let root = tempfile::tempdir().expect("a directory for the cluster");
+        let nodes: Vec<Node> = (0..count)
+            .map(|id| {
+                let dir = root.path().join(format!("node-{id}"));
+                std::fs::create_dir_all(&dir).expect("a node directory");
+                Node {
+                    id: id as i32,
+                    kafka: ([127, 0, 0, 1], free_port()).into(),
+                    rpc: ([127, 0, 0, 1], free_port()).into(),
+                    dir,
+                    child: None,
+                    runs_before: 0,
+                }
+            })
+            .collect();
+        let seeds = nodes
+            .iter()
+            .map(|n| format!("{}@{}", n.id, n.rpc))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            nodes,
+            seeds,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            _root: root,
+        };
+        for id in 0..count {
+            cluster.spawn(id);
+        }
+        for id in 0..count {
+            cluster.wait_listening(id);
+        }
+        cluster.wait_until_formed(Duration::from_secs(30));
+        cluster
+    }
+
+    /// Every node's Kafka address, for `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.kafka.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn node(&self, id: i32) -> &Node {
+        &self.nodes[id as usize]
+    }
+
+    fn listening_line(node: &Node) -> String {
+        format!("listening addr={} ", node.kafka)
+    }
+
+    fn spawn(&mut self, index: usize) {
+        let node = &mut self.nodes[index];
+        node.runs_before = node.log().matches(&Self::listening_line(node)).count();
+        let node = &self.nodes[index];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.log_path())
+            .expect("log file");
+        let child = Command::new(sluice_binary())
+            .args(["serve", "--cores", "1", "--node-id", &node.id.to_string()])
+            .args(["--listen", &node.kafka.to_string()])
+            .args(["--seeds", &self.seeds])
+            .arg("--data-dir")
+            .arg(node.dir.join("data"))
+            .args(&self.extra_args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start sluice serve");
+        self.nodes[index].child = Some(child);
+    }
+
+    fn wait_listening(&mut self, index: usize) {
+        let node = &mut self.nodes[index];
+        let listening = Self::listening_line(node);
+        let runs_before = node.runs_before;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(child) = node.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("node {} exited early: {status}\n{}", node.id, node.log());
+                }
+            }
+            if node.log().matches(&listening).count() > runs_before
+                && TcpStream::connect(node.kafka).is_ok()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not start listening on {}",
+                node.id,
+                node.kafka
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until every running node lists every node as a broker and names a controller.
+    pub fn wait_until_formed(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        for node in self.nodes.iter().filter(|n| n.is_running()) {
+            loop {
+                let metadata = metadata(node.kafka);
+                if metadata.brokers.len() == self.nodes.len() && metadata.controller_id.0 >= 0 {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node {} sees {} brokers, controller {}",
+                    node.id,
+                    metadata.brokers.len(),
+                    metadata.controller_id.0
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// SIGKILL: no chance to flush or hand anything over.
+    pub fn kill(&mut self, id: i32) {
+        if let Some(mut child) = self.nodes[id as usize].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a stopped node again on its ports and directory; waits until it listens.
+    pub fn restart(&mut self, id: i32) {
+        assert!(!self.nodes[id as usize].is_running(), "node {id} runs");
+        self.spawn(id as usize);
+        self.wait_listening(id as usize);
+    }
+
+    /// SIGTERM and wait (a clean stop).
+    pub fn stop(&mut self, id: i32) {
+        let node = &mut self.nodes[id as usize];
+        let Some(mut child) = node.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().expect("wait").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "node {id} did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The data directory of node `id`.
+    pub fn data_dir(&self, id: i32) -> PathBuf {
+        self.nodes[id as usize].dir.join("data")
+    }
+}
+
+/// A Metadata request (all topics) to `addr`.
+pub fn metadata(addr: SocketAddr) -> MetadataResponse {
+    let mut s = connect(addr);
+    call(
+        &mut s,
+        ApiKey::Metadata,
+        12,
+        &MetadataRequest::default().with_topics(None),
+    )
+}
+
+/// The directory of `topic`'s partition `partition` in a node's data directory.
+pub fn partition_dir(data_dir: &Path, topic: &str, partition: i32) -> PathBuf {
+    crate::topic_dir(data_dir, topic).join(partition.to_string())
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            for node in &self.nodes {
+                let log = node.log();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(40)..];
+                eprintln!(
+                    "--- last {} lines of node {}'s log ---\n{}",
+                    tail.len(),
+                    node.id,
+                    tail.join("\n")
+                );
+            }
+        }
+    }
+}

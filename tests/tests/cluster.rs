@@ -1,0 +1,248 @@
+//! Cluster mode: three `sluice serve` processes on loopback, replication factor 3, with
+//! librdkafka as the client.
+//!
+//! The leader of a partition is SIGKILLed and restarted again and again while an idempotent
+//! producer (acks=all) writes: afterwards every acknowledged record is in the log exactly once,
+//! at the offset it was acknowledged with, and every replica's log holds the same batches.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use sluice_storage::{Log, LogConfig};
+use sluice_tests::cluster::{metadata, partition_dir, Cluster};
+
+const TOPIC: &str = "orders";
+const PARTITIONS: i32 = 3;
+
+/// Delivery reports: payload -> (partition, offset) or the error.
+#[derive(Clone, Default)]
+struct Deliveries(Arc<Mutex<Vec<(String, Result<(i32, i64), String>)>>>);
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let (payload, outcome) = match result {
+            Ok(m) => (
+                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                Ok((m.partition(), m.offset())),
+            ),
+            Err((e, m)) => (
+                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                Err(e.to_string()),
+            ),
+        };
+        self.0.lock().unwrap().push((payload, outcome));
+    }
+}
+
+fn create_topic(cluster: &Cluster) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .create()
+        .expect("admin client");
+    let topic = NewTopic::new(TOPIC, PARTITIONS, TopicReplication::Fixed(3));
+    let created = futures::executor::block_on(admin.create_topics(
+        [&topic],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+    ))
+    .expect("CreateTopics");
+    assert!(created[0].is_ok(), "{created:?}");
+}
+
+/// The leader of `partition` as a running node reports it, once one is known.
+fn leader_of(cluster: &Cluster, partition: i32) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        for node in cluster.nodes.iter().filter(|n| n.is_running()) {
+            let answer = metadata(node.kafka);
+            let leader = answer
+                .topics
+                .iter()
+                .find(|t| t.name.as_ref().is_some_and(|n| n.as_str() == TOPIC))
+                .and_then(|t| t.partitions.iter().find(|p| p.partition_index == partition))
+                .map_or(-1, |p| p.leader_id.0);
+            if leader >= 0 && cluster.node(leader).is_running() {
+                return leader;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no leader for partition {partition}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every batch of a stopped node's replica of `partition`, as stored.
+fn stored_batches(cluster: &Cluster, node: i32, partition: i32) -> Vec<(i64, Vec<u8>)> {
+    let dir = partition_dir(&cluster.data_dir(node), TOPIC, partition);
+    glommio::LocalExecutorBuilder::default()
+        .spawn(move || async move {
+            let log = Log::open(&dir, LogConfig::default()).await.expect("open");
+            let mut batches = Vec::new();
+            let mut at = log.log_start_offset();
+            while at < log.log_end_offset() {
+                let read = log.read(at, 1 << 20).await.expect("read");
+                let mut rest = &read.bytes[..];
+                while !rest.is_empty() {
+                    let info = sluice_storage::batch::validate_batch(rest, usize::MAX)
+                        .expect("a valid batch");
+                    batches.push((info.base_offset.0, rest[..info.size_bytes].to_vec()));
+                    rest = &rest[info.size_bytes..];
+                }
+                at = read.next_offset;
+            }
+            log.close().await.expect("close");
+            batches
+        })
+        .expect("executor")
+        .join()
+        .expect("read the log")
+}
+
+#[test]
+fn acknowledged_records_survive_repeated_leader_kills_on_every_replica() {
+    let mut cluster = Cluster::start(3, &[]);
+    create_topic(&cluster);
+    let deliveries = Deliveries::default();
+    let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "120000")
+        .set("topic.metadata.refresh.interval.ms", "500")
+        .create_with_context(deliveries.clone())
+        .expect("producer");
+
+    // Records go out steadily while leaders die: 10 kills, rotating over the partitions.
+    let mut sent = 0u64;
+    let mut send_some = |producer: &ThreadedProducer<Deliveries>, count: u64| {
+        for _ in 0..count {
+            let payload = format!("record-{sent}");
+            let key = sent.to_string();
+            let partition = (sent % PARTITIONS as u64) as i32;
+            let record = BaseRecord::to(TOPIC)
+                .partition(partition)
+                .key(&key)
+                .payload(&payload);
+            producer.send(record).expect("queue a record");
+            sent += 1;
+        }
+    };
+    send_some(&producer, 300);
+    let kills = 10;
+    for round in 0..kills {
+        let partition = round % PARTITIONS;
+        let leader = leader_of(&cluster, partition);
+        cluster.kill(leader);
+        for _ in 0..5 {
+            send_some(&producer, 60);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        cluster.restart(leader);
+        for _ in 0..3 {
+            send_some(&producer, 60);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    send_some(&producer, 300);
+    producer
+        .flush(Duration::from_secs(120))
+        .expect("every record answered");
+
+    let reports = deliveries.0.lock().unwrap().clone();
+    assert_eq!(reports.len() as u64, sent);
+    let failed: Vec<_> = reports.iter().filter(|(_, r)| r.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} records failed; first: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    eprintln!("{sent} records acknowledged through {kills} leader kills");
+    let acknowledged: HashMap<String, (i32, i64)> = reports
+        .into_iter()
+        .map(|(payload, r)| (payload, r.expect("checked")))
+        .collect();
+
+    // Read back from the leaders: each acknowledged record once, at its offset; nothing else.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("group.id", "unused-no-commits")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        assignment
+            .add_partition_offset(TOPIC, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).expect("assign");
+    let mut read: BTreeMap<(i32, i64), String> = BTreeMap::new();
+    let mut seen = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while read.len() < acknowledged.len() {
+        assert!(
+            Instant::now() < deadline,
+            "read {} of {} records",
+            read.len(),
+            acknowledged.len()
+        );
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            let message = message.expect("a record");
+            let payload = String::from_utf8_lossy(message.payload().unwrap_or_default());
+            assert!(seen.insert(payload.to_string()), "{payload} twice");
+            read.insert((message.partition(), message.offset()), payload.to_string());
+        }
+    }
+    for (payload, at) in &acknowledged {
+        assert_eq!(read.get(at), Some(payload), "acknowledged at {at:?}");
+    }
+    assert_eq!(read.len(), acknowledged.len(), "nothing unacknowledged");
+    drop(consumer);
+    drop(producer);
+
+    // Let every follower catch up, stop cleanly, and compare the replicas' logs.
+    std::thread::sleep(Duration::from_secs(2));
+    for node in 0..3 {
+        cluster.stop(node);
+    }
+    for p in 0..PARTITIONS {
+        let last_acked = acknowledged
+            .values()
+            .filter(|(partition, _)| *partition == p)
+            .map(|(_, offset)| *offset)
+            .max()
+            .expect("records in every partition");
+        let logs: Vec<Vec<(i64, Vec<u8>)>> = (0..3)
+            .map(|node| stored_batches(&cluster, node, p))
+            .collect();
+        for (node, log) in logs.iter().enumerate() {
+            let end = log.last().map_or(0, |(base, bytes)| {
+                let info = sluice_storage::batch::validate_batch(bytes, usize::MAX).unwrap();
+                base + i64::from(info.last_offset_delta) + 1
+            });
+            assert!(
+                end > last_acked,
+                "node {node}'s replica of partition {p} ends at {end}, before {last_acked}"
+            );
+            assert_eq!(
+                log, &logs[0],
+                "node {node}'s replica of partition {p} differs"
+            );
+        }
+    }
+}
