@@ -205,6 +205,7 @@ fn serve(args: &[&str]) -> ExitCode {
             rack: None,
             tick: cluster.raft_tick,
             replica: sluice_replication::ReplicaConfig::default(),
+            offsets_partitions: config.offsets_partitions,
         });
     let server = sluice_net::ServerConfig {
         listen: config.listen,

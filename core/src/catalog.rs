@@ -239,16 +239,7 @@ impl Catalog {
             name.to_string(),
             Topic {
                 name: name.to_string(),
-                id: Uuid::new_v4(),
-                partitions,
-                // Compacted (groups::compact) once larger than two segments; Kafka's
-                // offsets.topic.segment.bytes is 100 MiB too.
-                configs: [
-                    ("cleanup.policy".to_string(), "compact".to_string()),
-                    ("segment.bytes".to_string(), "104857600".to_string()),
-                ]
-                .into_iter()
-                .collect(),
+                ..Topic::offsets(partitions)
             },
         );
         let file = MetadataFile {

@@ -104,7 +104,9 @@ pub async fn cleaner_loop(shard: Rc<Shard>) {
             .into_iter()
             .filter_map(|(key, partition)| {
                 let topic = image.topic_by_id(key.0)?;
-                if topic.name == crate::groups::OFFSETS_TOPIC {
+                // Cluster mode: not yet for replicas (each would rewrite its own log, and a
+                // follower catching up reads the leader's batches by offset).
+                if topic.name == crate::groups::OFFSETS_TOPIC || partition.replica().is_some() {
                     return None;
                 }
                 let segment_bytes = partition.log().config().segment_bytes_max;

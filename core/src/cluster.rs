@@ -49,7 +49,9 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::cluster_controller::ControllerState;
-use crate::cluster_metadata::{encode_command, BrokerRegistration, MetadataCommand, Refused};
+use crate::cluster_metadata::{
+    encode_command, BrokerRegistration, ClusterImage, MetadataCommand, Refused,
+};
 use crate::partition::AppendError;
 use crate::shard::{PartitionKey, Shard};
 
@@ -68,6 +70,9 @@ pub struct ClusterSettings {
     /// One Raft tick.
     pub tick: Duration,
     pub replica: ReplicaConfig,
+    /// Partitions of `__consumer_offsets`, which the controller leader creates once every
+    /// seed has registered.
+    pub offsets_partitions: i32,
 }
 
 impl ClusterSettings {
@@ -336,6 +341,7 @@ struct ControllerDriver {
     id_block_before: Option<(i64, i64)>,
     last_registration: Option<Instant>,
     last_id_request: Option<Instant>,
+    last_offsets_topic: Option<Instant>,
     published_version: Option<u64>,
 }
 
@@ -486,6 +492,7 @@ impl Driver {
             id_block_before: None,
             last_registration: None,
             last_id_request: None,
+            last_offsets_topic: None,
             published_version: None,
         });
         Ok(())
@@ -706,6 +713,23 @@ impl Driver {
                 count: PRODUCER_ID_BLOCK,
             });
         }
+        let leads = self
+            .node
+            .group(&GroupKey::CONTROLLER)
+            .is_some_and(|g| g.replica().role() == Role::Leader);
+        let every_seed_registered = self
+            .settings
+            .seeds
+            .keys()
+            .all(|id| image.brokers.contains_key(id));
+        if leads
+            && every_seed_registered
+            && !image.topics.contains_key(crate::groups::OFFSETS_TOPIC)
+            && due(controller.last_offsets_topic)
+        {
+            controller.last_offsets_topic = Some(Instant::now());
+            forward.push(offsets_topic(&self.settings, image));
+        }
         if let Some(group) = self.node.group(&GroupKey::CONTROLLER) {
             for command in forward {
                 // No leader known yet: the next try comes after RETRY_FORWARDED.
@@ -777,7 +801,7 @@ impl Driver {
 
     /// Publishes each link's role, leader and high watermark; wakes the partition's fetches
     /// when the high watermark moved.
-    fn publish_states(&mut self, shard: &Shard) {
+    fn publish_states(&mut self, shard: &Rc<Shard>) {
         for (key, link) in &self.links {
             let Some(group) = self.node.group(&group_key(*key)) else {
                 continue;
@@ -804,6 +828,15 @@ impl Driver {
                 if before.leader != now.leader {
                     info!(topic_id = %key.0, partition = key.1, term = now.term,
                         leader = now.leader_id, "partition leadership changed");
+                }
+                let image = shard.image();
+                if let Some(topic) = image
+                    .topic_by_id(key.0)
+                    .filter(|t| t.name == crate::groups::OFFSETS_TOPIC)
+                {
+                    if before.leader != now.leader || now.leader {
+                        crate::groups::leadership_changed(shard, topic.clone(), key.1, now.leader);
+                    }
                 }
             }
             if before.high_watermark != now.high_watermark {
@@ -889,6 +922,21 @@ impl Driver {
             }
         })
         .detach();
+    }
+}
+
+/// The command creating `__consumer_offsets`: compacted, replicated on up to three brokers.
+fn offsets_topic(settings: &ClusterSettings, image: &ClusterImage) -> MetadataCommand {
+    let brokers: Vec<i32> = image.brokers.keys().copied().collect();
+    let factor = brokers
+        .len()
+        .min(crate::controller::DEFAULT_REPLICATION_FACTOR);
+    let partitions = settings.offsets_partitions;
+    let replicas = crate::cluster_metadata::assign_replicas(&brokers, partitions, factor, 0, 0)
+        .expect("every seed is registered, so the factor fits");
+    MetadataCommand::CreateTopic {
+        topic: crate::topics::Topic::offsets(partitions),
+        replicas,
     }
 }
 

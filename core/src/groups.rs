@@ -424,6 +424,9 @@ pub struct GroupRecord {
 #[derive(Default)]
 pub struct Coordinator {
     groups: RefCell<HashMap<String, Rc<RefCell<Group>>>>,
+    /// Cluster mode: the offsets partitions this shard leads and has replayed; groups of the
+    /// others are not coordinated here.
+    loaded: RefCell<HashSet<i32>>,
     /// Offsets partitions being compacted (one compaction per partition at a time).
     compacting: RefCell<HashSet<i32>>,
 }
@@ -488,9 +491,85 @@ where
     let partition = offsets_partition(group, topic.partitions);
     let owner = shard.owner_of(OFFSETS_TOPIC, partition);
     shard
-        .invoke_on(owner, move |s| work(s, topic))
+        .invoke_on(owner, move |s| async move {
+            if s.replication.is_some() && !s.groups.loaded.borrow().contains(&partition) {
+                // Cluster mode: only the leader of the group's offsets partition coordinates,
+                // once it has replayed the partition.
+                let leads = s
+                    .open_partition((topic.id, partition))
+                    .is_some_and(|p| p.not_leader().is_none());
+                return Err(if leads {
+                    ResponseError::CoordinatorLoadInProgress
+                } else {
+                    ResponseError::NotCoordinator
+                });
+            }
+            Ok(work(s, topic).await)
+        })
         .await
-        .map_err(|_| ResponseError::CoordinatorNotAvailable)
+        .map_err(|_| ResponseError::CoordinatorNotAvailable)?
+}
+
+/// Cluster mode: this shard's replica of offsets partition `partition` became leader (load its
+/// groups once every entry of the log is committed, so the replay sees all the previous leader
+/// acknowledged) or stopped leading (forget its groups: the new leader coordinates them).
+pub fn leadership_changed(shard: &Rc<Shard>, topic: Arc<Topic>, partition: i32, leads: bool) {
+    shard.groups.loaded.borrow_mut().remove(&partition);
+    forget_groups_of(shard, &topic, partition);
+    if !leads {
+        return;
+    }
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        // The replica's link reports leadership as soon as its group runs, possibly before
+        // the shard has finished opening the partition.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let p = loop {
+            if let Some(p) = shard.open_partition((topic.id, partition)) {
+                break p;
+            }
+            if Instant::now() > deadline {
+                warn!(
+                    partition,
+                    "offsets partition never opened; its groups are not loaded"
+                );
+                return;
+            }
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        };
+        let end = p.log().log_end_offset();
+        while p.high_watermark() < end {
+            if p.not_leader().is_some() {
+                return;
+            }
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        if p.not_leader().is_some() {
+            return;
+        }
+        forget_groups_of(&shard, &topic, partition);
+        match replay(&shard, &topic, partition).await {
+            Ok(records) => {
+                info!(
+                    partition,
+                    records, "consumer groups loaded as leader of their offsets partition"
+                );
+                if p.not_leader().is_none() {
+                    shard.groups.loaded.borrow_mut().insert(partition);
+                }
+            }
+            Err(e) => warn!(partition, error = %e, "cannot load consumer groups"),
+        }
+    })
+    .detach();
+}
+
+fn forget_groups_of(shard: &Shard, topic: &Topic, partition: i32) {
+    shard
+        .groups
+        .groups
+        .borrow_mut()
+        .retain(|id, _| offsets_partition(id, topic.partitions) != partition);
 }
 
 /// JoinGroup: waits for the round to complete (or answers at once, for a member of a stable
@@ -1119,6 +1198,10 @@ fn maybe_compact(shard: &Rc<Shard>, topic: &Topic, partition: i32) {
     let Some(p) = shard.open_partition((topic.id, partition)) else {
         return;
     };
+    if p.replica().is_some() {
+        // Cluster mode: not yet (the new log start would be this replica's alone).
+        return;
+    }
     let limit = p.log().config().segment_bytes_max.saturating_mul(2);
     if p.log().size_bytes() <= limit || !shard.groups.compacting.borrow_mut().insert(partition) {
         return;
@@ -1243,6 +1326,10 @@ pub async fn replay(shard: &Shard, topic: &Topic, partition: i32) -> sluice_stor
         while !bytes.is_empty() {
             let info = validate_batch(&bytes, usize::MAX).expect("the log returns valid batches");
             let mut one = bytes.split_to(info.size_bytes);
+            if info.is_control() {
+                // Cluster mode: Raft's own entries.
+                continue;
+            }
             let Ok(set) = kafka_protocol::records::RecordBatchDecoder::decode(&mut one) else {
                 warn!(partition, "undecodable batch in the offsets topic; skipped");
                 continue;

@@ -222,7 +222,10 @@ impl Shard {
                 }
             }
         }
-        if let Some(offsets) = image.topic(crate::groups::OFFSETS_TOPIC) {
+        if let Some(offsets) = image
+            .topic(crate::groups::OFFSETS_TOPIC)
+            .filter(|_| single_node)
+        {
             let mut records = 0;
             for p in 0..offsets.partitions {
                 if shard.owner_of(&offsets.name, p) == shard.id {
@@ -625,7 +628,15 @@ impl Shard {
         let period = std::time::Duration::from_millis(self.settings.retention_check_ms.max(1));
         loop {
             glommio::timer::sleep(period).await;
-            let all: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
+            // Cluster mode: not yet for replicas. A prefix deleted on one replica only would
+            // leave a lagging follower without the entries it must catch up from.
+            let all: Vec<Rc<Partition>> = self
+                .partitions
+                .borrow()
+                .values()
+                .filter(|p| p.replica().is_none())
+                .cloned()
+                .collect();
             for partition in all {
                 match partition
                     .log()

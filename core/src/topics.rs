@@ -386,6 +386,23 @@ pub struct Topic {
 
 impl Topic {
     /// The value of config `def`, and whether it is the default.
+    /// `__consumer_offsets` with `partitions` and a new id. Compacted by the group
+    /// coordinator (`groups::compact`) once larger than two segments; Kafka's
+    /// `offsets.topic.segment.bytes` is 100 MiB too.
+    pub fn offsets(partitions: i32) -> Topic {
+        Topic {
+            name: crate::groups::OFFSETS_TOPIC.to_string(),
+            id: Uuid::new_v4(),
+            partitions,
+            configs: [
+                ("cleanup.policy".to_string(), "compact".to_string()),
+                ("segment.bytes".to_string(), "104857600".to_string()),
+            ]
+            .into_iter()
+            .collect(),
+        }
+    }
+
     pub fn config_value(&self, def: &ConfigDef) -> (String, bool) {
         match self.configs.get(def.name) {
             Some(v) => (v.clone(), false),

@@ -4,6 +4,8 @@
 //! The leader of a partition is SIGKILLed and restarted again and again while an idempotent
 //! producer (acks=all) writes: afterwards every acknowledged record is in the log exactly once,
 //! at the offset it was acknowledged with, and every replica's log holds the same batches.
+//! A consumer group's committed offsets survive the SIGKILL of its coordinator: the group's
+//! next consumer resumes exactly where the first one committed.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -47,11 +49,15 @@ impl ProducerContext for Deliveries {
 }
 
 fn create_topic(cluster: &Cluster) {
+    create_topic_named(cluster, TOPIC);
+}
+
+fn create_topic_named(cluster: &Cluster, name: &str) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", cluster.bootstrap())
         .create()
         .expect("admin client");
-    let topic = NewTopic::new(TOPIC, PARTITIONS, TopicReplication::Fixed(3));
+    let topic = NewTopic::new(name, PARTITIONS, TopicReplication::Fixed(3));
     let created = futures::executor::block_on(admin.create_topics(
         [&topic],
         &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
@@ -245,4 +251,114 @@ fn acknowledged_records_survive_repeated_leader_kills_on_every_replica() {
             );
         }
     }
+}
+
+/// The node coordinating `group`, as a running node answers FindCoordinator.
+fn coordinator_of(cluster: &Cluster, group: &str) -> i32 {
+    use kafka_protocol::messages::{ApiKey, FindCoordinatorRequest, FindCoordinatorResponse};
+    use kafka_protocol::protocol::StrBytes;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        for node in cluster.nodes.iter().filter(|n| n.is_running()) {
+            let mut s = sluice_tests::wire::connect(node.kafka);
+            let answer: FindCoordinatorResponse = sluice_tests::wire::call(
+                &mut s,
+                ApiKey::FindCoordinator,
+                3,
+                &FindCoordinatorRequest::default()
+                    .with_key(StrBytes::from_string(group.to_string()))
+                    .with_key_type(0),
+            );
+            if answer.error_code == 0 && cluster.node(answer.node_id.0).is_running() {
+                return answer.node_id.0;
+            }
+        }
+        assert!(Instant::now() < deadline, "no coordinator for {group}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn group_consumer(cluster: &Cluster, group: &str, topic: &str) -> BaseConsumer {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    consumer
+}
+
+#[test]
+fn committed_offsets_survive_the_coordinators_death() {
+    let topic = "payments";
+    let group = "settlement";
+    let mut cluster = Cluster::start(3, &["--offsets-partitions", "5"]);
+    create_topic_named(&cluster, topic);
+    let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("acks", "all")
+        .create_with_context(Deliveries::default())
+        .expect("producer");
+    let total = 300;
+    for n in 0..total {
+        let payload = format!("payment-{n}");
+        producer
+            .send(
+                BaseRecord::<(), _>::to(topic)
+                    .partition(n % PARTITIONS)
+                    .payload(&payload),
+            )
+            .expect("queue");
+    }
+    producer.flush(Duration::from_secs(60)).expect("flushed");
+
+    // The first consumer reads about half, commits synchronously and leaves.
+    let mut read = HashSet::new();
+    let first = group_consumer(&cluster, group, topic);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while read.len() < total as usize / 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the first consumer read {}",
+            read.len()
+        );
+        if let Some(message) = first.poll(Duration::from_millis(200)) {
+            let message = message.expect("a record");
+            let payload = String::from_utf8_lossy(message.payload().unwrap_or_default());
+            assert!(read.insert(payload.to_string()), "{payload} twice");
+        }
+    }
+    first
+        .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
+        .expect("commit");
+    drop(first);
+
+    // Its coordinator dies; the group's next consumer finds the new one and resumes exactly at
+    // the committed offsets: every record once between the two.
+    let coordinator = coordinator_of(&cluster, group);
+    cluster.kill(coordinator);
+    let second = group_consumer(&cluster, group, topic);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while read.len() < total as usize {
+        assert!(
+            Instant::now() < deadline,
+            "read {} of {total} after the coordinator died",
+            read.len()
+        );
+        // Errors are the dead node's connection, reported and retried by librdkafka.
+        if let Some(Ok(message)) = second.poll(Duration::from_millis(200)) {
+            let payload = String::from_utf8_lossy(message.payload().unwrap_or_default());
+            assert!(read.insert(payload.to_string()), "{payload} read again");
+        }
+    }
+    // Nothing more arrives.
+    for _ in 0..5 {
+        if let Some(Ok(message)) = second.poll(Duration::from_millis(200)) {
+            panic!("an extra record: {:?}", message.payload());
+        }
+    }
+    assert_ne!(coordinator_of(&cluster, group), coordinator);
 }

@@ -1,10 +1,12 @@
-//! FindCoordinator (key 10): this broker coordinates every consumer group (inside, the shard
-//! owning the group's `__consumer_offsets` partition does). Transaction coordinators do not
+//! FindCoordinator (key 10): a single node coordinates every consumer group (inside, the shard
+//! owning the group's `__consumer_offsets` partition does); in cluster mode, the leader of that
+//! partition does, as this node's replica knows it. Transaction coordinators do not
 //! exist yet: key type 1 gets COORDINATOR_NOT_AVAILABLE. v4+ answers a batch of keys.
 
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{ApiKey, BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
 use kafka_protocol::protocol::StrBytes;
+use sluice_core::groups::{offsets_partition, OFFSETS_TOPIC};
 use sluice_core::ResponseError;
 
 use crate::apis::ApiRange;
@@ -27,17 +29,13 @@ pub fn handle(
     version: i16,
     ctx: &Context,
 ) -> FindCoordinatorResponse {
-    let broker = &ctx.broker;
-    let error =
-        (request.key_type != KEY_TYPE_GROUP).then_some(ResponseError::CoordinatorNotAvailable);
-    let host = StrBytes::from_string(broker.advertised_host.clone());
-    let port = i32::from(broker.advertised_port);
     if version < BATCHED_FROM {
+        let (node, host, port, error) = coordinator_of(ctx, request.key_type, request.key.as_str());
         return FindCoordinatorResponse::default()
-            .with_error_code(error.map_or(0, |e| e.code()))
+            .with_error_code(error.map_or(0, |(e, _)| e.code()))
             // Kafka answers a null message on success ("" reads as an error text to some clients).
-            .with_error_message(error.map(|_| StrBytes::from_static_str(KEY_TYPE_MESSAGE)))
-            .with_node_id(BrokerId(if error.is_some() { -1 } else { broker.node_id }))
+            .with_error_message(error.map(|(_, m)| StrBytes::from_static_str(m)))
+            .with_node_id(BrokerId(node))
             .with_host(host)
             .with_port(port);
     }
@@ -45,14 +43,61 @@ pub fn handle(
         .coordinator_keys
         .into_iter()
         .map(|key| {
+            let (node, host, port, error) = coordinator_of(ctx, request.key_type, key.as_str());
             Coordinator::default()
                 .with_key(key)
-                .with_error_code(error.map_or(0, |e| e.code()))
-                .with_error_message(error.map(|_| StrBytes::from_static_str(KEY_TYPE_MESSAGE)))
-                .with_node_id(BrokerId(if error.is_some() { -1 } else { broker.node_id }))
-                .with_host(host.clone())
+                .with_error_code(error.map_or(0, |(e, _)| e.code()))
+                .with_error_message(error.map(|(_, m)| StrBytes::from_static_str(m)))
+                .with_node_id(BrokerId(node))
+                .with_host(host)
                 .with_port(port)
         })
         .collect();
     FindCoordinatorResponse::default().with_coordinators(coordinators)
 }
+
+/// The coordinator of `key`: (node, host, port, error). A single node coordinates every
+/// group; in cluster mode, the leader of the group's `__consumer_offsets` partition does.
+fn coordinator_of(
+    ctx: &Context,
+    key_type: i8,
+    key: &str,
+) -> (i32, StrBytes, i32, Option<(ResponseError, &'static str)>) {
+    let none = |error, message| (-1, StrBytes::default(), -1, Some((error, message)));
+    if key_type != KEY_TYPE_GROUP {
+        return none(ResponseError::CoordinatorNotAvailable, KEY_TYPE_MESSAGE);
+    }
+    let broker = &ctx.broker;
+    let image = ctx.shard.image();
+    let Some(cluster) = image.cluster.as_ref() else {
+        return (
+            broker.node_id,
+            StrBytes::from_string(broker.advertised_host.clone()),
+            i32::from(broker.advertised_port),
+            None,
+        );
+    };
+    let Some(offsets) = image.topic(OFFSETS_TOPIC) else {
+        return none(ResponseError::CoordinatorNotAvailable, NOT_YET);
+    };
+    let partition = offsets_partition(key, offsets.partitions);
+    let leader = ctx
+        .shard
+        .catalog
+        .cluster
+        .leader((offsets.id, partition))
+        .and_then(|l| cluster.brokers.get(&l.leader));
+    match leader {
+        Some(b) => (
+            b.node_id,
+            StrBytes::from_string(b.host.clone()),
+            i32::from(b.port),
+            None,
+        ),
+        None => none(ResponseError::CoordinatorNotAvailable, NOT_YET),
+    }
+}
+
+/// Why a cluster node names no coordinator yet.
+const NOT_YET: &str =
+    "the group's __consumer_offsets partition has no leader known here yet; retry";
