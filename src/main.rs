@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 mod alloc;
 mod cli;
+mod cluster_dev;
 mod config;
 
 #[global_allocator]
@@ -33,6 +34,9 @@ const USAGE: &str = "usage:
                                each flag also reads from SLUICE_<FIELD> and the TOML file;
                                with --seeds, a node of a cluster (see docs/operations.md)
   sluice log verify <dir>      recover a partition log directory and print what it holds
+  sluice cluster dev [--nodes N] [--dir DIR] [--cores N] [--kafka-port PORT] [--rpc-port PORT]
+                               run a local N-node cluster (default 3 nodes, ./data-cluster,
+                               1 core each, Kafka ports 9092.., RPC ports 33145, 33155, ..)
 Kafka tools, against any broker (--bootstrap HOST:PORT, or SLUICE_BOOTSTRAP, or 127.0.0.1:9092):";
 
 fn usage() -> String {
@@ -52,6 +56,7 @@ fn main() -> ExitCode {
     {
         ["serve", rest @ ..] => serve(rest),
         ["log", "verify", dir] => verify_log(dir.to_string()),
+        ["cluster", "dev", rest @ ..] => tool("cluster dev", cluster_dev::dev(rest)),
         ["topic", rest @ ..] => tool("topic", cli::topic(rest)),
         ["produce", rest @ ..] => tool("produce", cli::produce(rest)),
         ["consume", rest @ ..] => tool("consume", cli::consume(rest)),

@@ -362,3 +362,106 @@ fn committed_offsets_survive_the_coordinators_death() {
     }
     assert_ne!(coordinator_of(&cluster, group), coordinator);
 }
+
+/// A base port with `count` consecutive free ports above it.
+fn free_ports(count: u16) -> u16 {
+    for _ in 0..100 {
+        let base = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if base > u16::MAX - count {
+            continue;
+        }
+        let all_free = (base..base + count)
+            .all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no {count} consecutive free ports");
+}
+
+#[test]
+fn cluster_dev_runs_three_nodes_and_stops_them_all_on_ctrl_c() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = free_ports(3);
+    let rpc = free_ports(30);
+    let mut dev = std::process::Command::new(sluice_tests::sluice_binary())
+        .args(["cluster", "dev", "--nodes", "3"])
+        .args(["--kafka-port", &kafka.to_string(), "--rpc-port", &rpc.to_string()])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start sluice cluster dev");
+    let mut lines = BufReader::new(dev.stdout.take().unwrap()).lines();
+    let mut pids = Vec::new();
+    let bootstrap = loop {
+        let line = lines.next().expect("a line").expect("readable");
+        if let Some(rest) = line.strip_prefix("node ") {
+            let pid = rest.split(", ").next().unwrap().split("pid ").nth(1).unwrap();
+            pids.push(pid.parse::<u32>().unwrap());
+        }
+        if let Some(list) = line.strip_prefix("bootstrap: ") {
+            break list.to_string();
+        }
+    };
+    assert_eq!(pids.len(), 3);
+    // A real client uses it: three brokers, a replicated topic, records through.
+    let first: std::net::SocketAddr = bootstrap.split(',').next().unwrap().parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metadata(first).brokers.len() < 3 || metadata(first).controller_id.0 < 0 {
+        assert!(Instant::now() < deadline, "the dev cluster did not form");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    let created = futures::executor::block_on(admin.create_topics(
+        [&NewTopic::new("dev", 1, TopicReplication::Fixed(3))],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+    ))
+    .unwrap();
+    assert!(created[0].is_ok(), "{created:?}");
+    let deliveries = Deliveries::default();
+    let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("acks", "all")
+        .create_with_context(deliveries.clone())
+        .unwrap();
+    for n in 0..10 {
+        producer
+            .send(BaseRecord::<(), _>::to("dev").payload(&format!("r{n}")))
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let delivered = deliveries.0.lock().unwrap().clone();
+    assert_eq!(delivered.len(), 10);
+    assert!(delivered.iter().all(|(_, r)| r.is_ok()), "{delivered:?}");
+    drop(producer);
+
+    // Ctrl-C: every node stops, then the command exits cleanly.
+    std::process::Command::new("kill")
+        .args(["-INT", &dev.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = dev.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "cluster dev did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    for pid in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "node pid {pid} still runs"
+        );
+    }
+}

@@ -1,0 +1,218 @@
+//! `sluice cluster dev`: a local N-node cluster on loopback in one command, the way
+//! `rpk container start -n 3` gives one for Redpanda. It starts `sluice serve` processes (this
+//! same executable) with distinct Kafka and RPC ports and data directories, every node a seed,
+//! prints the bootstrap list, and on Ctrl-C (or SIGTERM) stops every node by PID with SIGTERM,
+//! waiting for each. If a node dies on its own, the others are stopped too.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const USAGE: &str =
+    "usage: sluice cluster dev [--nodes N] [--dir DIR] [--cores N] [--kafka-port PORT] [--rpc-port PORT]";
+
+struct Options {
+    nodes: usize,
+    dir: PathBuf,
+    cores: usize,
+    kafka_port: u16,
+    rpc_port: u16,
+}
+
+/// RPC ports of consecutive nodes are this far apart (shard `s` uses the node's port + `s`).
+const RPC_PORT_STRIDE: u16 = 10;
+
+fn parse(args: &[&str]) -> Result<Options, String> {
+    let mut options = Options {
+        nodes: 3,
+        dir: PathBuf::from("./data-cluster"),
+        cores: 1,
+        kafka_port: 9092,
+        rpc_port: 33145,
+    };
+    let mut rest = args.iter();
+    while let Some(flag) = rest.next() {
+        let value = rest
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let number = |what: &str| -> Result<u64, String> {
+            value
+                .parse::<u64>()
+                .map_err(|e| format!("{flag} {value:?}: {e} ({what})"))
+        };
+        match *flag {
+            "--nodes" => options.nodes = number("1 to 9 nodes")? as usize,
+            "--dir" => options.dir = PathBuf::from(value),
+            "--cores" => options.cores = number("cores per node")? as usize,
+            "--kafka-port" => options.kafka_port = number("a port")? as u16,
+            "--rpc-port" => options.rpc_port = number("a port")? as u16,
+            other => return Err(format!("unknown option {other}\n{USAGE}")),
+        }
+    }
+    if !(1..=9).contains(&options.nodes) {
+        return Err(format!("--nodes {}: 1 to 9", options.nodes));
+    }
+    if !(1..=usize::from(RPC_PORT_STRIDE)).contains(&options.cores) {
+        return Err(format!("--cores {}: 1 to {RPC_PORT_STRIDE}", options.cores));
+    }
+    let last_rpc = u32::from(options.rpc_port) + u32::from(RPC_PORT_STRIDE) * options.nodes as u32;
+    if options.kafka_port == 0 || last_rpc > u32::from(u16::MAX) || options.rpc_port == 0 {
+        return Err("ports out of range".into());
+    }
+    Ok(options)
+}
+
+/// Runs the cluster until SIGINT/SIGTERM.
+pub fn dev(args: &[&str]) -> Result<(), String> {
+    let options = parse(args)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())
+            .map_err(|e| format!("cannot handle signal {signal}: {e}"))?;
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+    let kafka = |i: usize| format!("127.0.0.1:{}", options.kafka_port + i as u16);
+    let rpc = |i: usize| {
+        format!(
+            "127.0.0.1:{}",
+            options.rpc_port + RPC_PORT_STRIDE * i as u16
+        )
+    };
+    let seeds = (0..options.nodes)
+        .map(|i| format!("{i}@{}", rpc(i)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut children: Vec<(usize, Child, PathBuf)> = Vec::new();
+    let mut started = Ok(());
+    for i in 0..options.nodes {
+        let dir = options.dir.join(format!("node-{i}"));
+        let log = std::fs::create_dir_all(&dir)
+            .and_then(|()| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join("sluice.log"))
+            })
+            .map_err(|e| format!("{}: {e}", dir.display()));
+        let spawned = log.and_then(|log| {
+            Command::new(&exe)
+                .args(["serve", "--node-id", &i.to_string(), "--seeds", &seeds])
+                .args(["--listen", &kafka(i), "--cores", &options.cores.to_string()])
+                .arg("--data-dir")
+                .arg(dir.join("data"))
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .map_err(|e| format!("cannot start node {i}: {e}"))
+        });
+        match spawned {
+            Ok(child) => {
+                println!(
+                    "node {i}: pid {}, kafka {}, rpc {}, log {}",
+                    child.id(),
+                    kafka(i),
+                    rpc(i),
+                    dir.join("sluice.log").display()
+                );
+                children.push((i, child, dir));
+            }
+            Err(e) => {
+                started = Err(e);
+                break;
+            }
+        }
+    }
+    let bootstrap = (0..options.nodes)
+        .map(kafka)
+        .collect::<Vec<_>>()
+        .join(",");
+    let outcome = started.and_then(|()| {
+        wait_listening(&mut children, &kafka, &stop)?;
+        println!("bootstrap: {bootstrap}");
+        println!("the cluster runs; Ctrl-C stops every node");
+        watch(&mut children, &stop)
+    });
+    stop_all(&mut children);
+    outcome
+}
+
+/// Waits until each node's log says it listens (at most a minute).
+fn wait_listening(
+    children: &mut [(usize, Child, PathBuf)],
+    kafka: &dyn Fn(usize) -> String,
+    stop: &AtomicBool,
+) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (i, child, dir) in children.iter_mut() {
+        let listening = format!("listening addr={} ", kafka(*i));
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "node {i} exited ({status}); see {}",
+                    dir.join("sluice.log").display()
+                ));
+            }
+            let log = std::fs::read_to_string(dir.join("sluice.log")).unwrap_or_default();
+            if log.contains(&listening) {
+                break;
+            }
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("node {i} did not start within a minute"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}
+
+/// Until a signal, or a node exiting on its own (an error).
+fn watch(children: &mut [(usize, Child, PathBuf)], stop: &AtomicBool) -> Result<(), String> {
+    while !stop.load(Ordering::Relaxed) {
+        for (i, child, dir) in children.iter_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "node {i} exited ({status}); see {}",
+                    dir.join("sluice.log").display()
+                ));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// SIGTERM to every node still running, then waits for each (SIGKILL after 30 s).
+fn stop_all(children: &mut [(usize, Child, PathBuf)]) {
+    for (_, child, _) in children.iter_mut() {
+        if let Ok(None) = child.try_wait() {
+            // A child not reaped yet: its pid cannot have been reused.
+            let pid = i32::try_from(child.id())
+                .ok()
+                .and_then(rustix::process::Pid::from_raw);
+            if let Some(pid) = pid {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (i, child, _) in children.iter_mut() {
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() > deadline => {
+                    eprintln!("node {i} did not stop within 30 s of SIGTERM: killing it");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        println!("node {i} stopped");
+    }
+}
