@@ -119,7 +119,8 @@ fn stored_batches(cluster: &Cluster, node: i32, partition: i32) -> Vec<(i64, Vec
 
 #[test]
 fn acknowledged_records_survive_repeated_leader_kills_on_every_replica() {
-    let mut cluster = Cluster::start(3, &[]);
+    // Two shards per node: partitions live on both, and each shard talks to its peers.
+    let mut cluster = Cluster::start(3, &["--cores", "2"]);
     create_topic(&cluster);
     let deliveries = Deliveries::default();
     let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
