@@ -9,7 +9,8 @@
 //! by deterministic simulation: replicas over a seeded network and disk that drop, delay,
 //! reorder, partition and crash.
 //!
-//! Not yet (see docs/ARCHITECTURE.md, "Replication"): the broker does not use any of it.
+//! The broker drives it in cluster mode (`core/src/cluster.rs`; see docs/ARCHITECTURE.md,
+//! "Replication").
 
 pub mod error;
 pub mod hard_state_log;
