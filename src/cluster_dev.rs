@@ -124,10 +124,7 @@ pub fn dev(args: &[&str]) -> Result<(), String> {
             }
         }
     }
-    let bootstrap = (0..options.nodes)
-        .map(kafka)
-        .collect::<Vec<_>>()
-        .join(",");
+    let bootstrap = (0..options.nodes).map(kafka).collect::<Vec<_>>().join(",");
     let outcome = started.and_then(|()| {
         wait_listening(&mut children, &kafka, &stop)?;
         println!("bootstrap: {bootstrap}");

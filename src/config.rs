@@ -39,6 +39,7 @@ struct FileConfig {
     seeds: Option<String>,
     rpc_listen: Option<String>,
     raft_tick_ms: Option<u64>,
+    replica_lag_time_max_ms: Option<u64>,
 }
 
 /// Cluster mode's part of the configuration.
@@ -49,6 +50,8 @@ pub struct ClusterConfig {
     /// This node's RPC address (shard 0; shard `s` listens on port + `s`).
     pub rpc_listen: SocketAddr,
     pub raft_tick: Duration,
+    /// Kafka's `replica.lag.time.max.ms`.
+    pub replica_lag: Duration,
 }
 
 /// The validated configuration.
@@ -162,6 +165,11 @@ const FIELDS: &[(&str, &str, &str)] = &[
     ("seeds", "--seeds", "SLUICE_SEEDS"),
     ("rpc_listen", "--rpc-listen", "SLUICE_RPC_LISTEN"),
     ("raft_tick_ms", "--raft-tick-ms", "SLUICE_RAFT_TICK_MS"),
+    (
+        "replica_lag_time_max_ms",
+        "--replica-lag-time-max-ms",
+        "SLUICE_REPLICA_LAG_TIME_MAX_MS",
+    ),
     (
         "frame_bytes_max",
         "--frame-bytes-max",
@@ -443,10 +451,24 @@ impl BrokerConfig {
                 if !(1..=10_000).contains(&tick) {
                     return Err(invalid("raft_tick_ms", &raw, "must be in 1..=10000".into()));
                 }
+                let raw = pick(
+                    "replica_lag_time_max_ms",
+                    file.replica_lag_time_max_ms.map(|n| n.to_string()),
+                )
+                .unwrap_or_else(|| default("30000"));
+                let lag: u64 = parse("replica_lag_time_max_ms", &raw)?;
+                if lag < 2 * tick {
+                    return Err(invalid(
+                        "replica_lag_time_max_ms",
+                        &raw,
+                        format!("must be at least two Raft ticks ({} ms)", 2 * tick),
+                    ));
+                }
                 Some(ClusterConfig {
                     seeds,
                     rpc_listen,
                     raft_tick: Duration::from_millis(tick),
+                    replica_lag: Duration::from_millis(lag),
                 })
             }
         };
@@ -745,6 +767,17 @@ mod tests {
         let e = BrokerConfig::load(&["--seeds", "0@127.0.0.1:1", "--raft-tick-ms", "0"], no_env)
             .unwrap_err();
         assert_eq!(e.field, "raft_tick_ms");
+        let e = BrokerConfig::load(
+            &[
+                "--seeds",
+                "0@127.0.0.1:1",
+                "--replica-lag-time-max-ms",
+                "10",
+            ],
+            no_env,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "replica_lag_time_max_ms");
     }
 
     #[test]

@@ -211,6 +211,7 @@ fn serve(args: &[&str]) -> ExitCode {
             tick: cluster.raft_tick,
             replica: sluice_replication::ReplicaConfig::default(),
             offsets_partitions: config.offsets_partitions,
+            replica_lag: cluster.replica_lag,
         });
     let server = sluice_net::ServerConfig {
         listen: config.listen,

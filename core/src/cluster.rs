@@ -73,6 +73,9 @@ pub struct ClusterSettings {
     /// Partitions of `__consumer_offsets`, which the controller leader creates once every
     /// seed has registered.
     pub offsets_partitions: i32,
+    /// A follower that has not caught up with its leader for this long leaves the ISR
+    /// (Kafka's `replica.lag.time.max.ms`).
+    pub replica_lag: Duration,
 }
 
 impl ClusterSettings {
@@ -140,6 +143,9 @@ pub struct PartitionLeader {
     pub leader: i32,
     /// The Raft term, which is the leader epoch batches are stamped with.
     pub epoch: i32,
+    /// The in-sync replicas, as the leader knows them; `None` where this node does not lead
+    /// (it does not know them).
+    pub in_sync: Option<Vec<i32>>,
 }
 
 /// What every shard of a node learns from the others' loops: partition leaders and the
@@ -213,10 +219,18 @@ struct LinkState {
 pub struct ReplicaLink {
     proposals: RefCell<Vec<Proposal>>,
     state: Cell<LinkState>,
+    /// On the leader: how many replicas (itself included) are in sync.
+    in_sync: Cell<usize>,
     wake: mpsc::UnboundedSender<()>,
 }
 
 impl ReplicaLink {
+    /// On the leader, the replicas in sync (itself included): those that caught up with the
+    /// leader's log within `replica_lag`.
+    pub fn in_sync_count(&self) -> usize {
+        self.in_sync.get()
+    }
+
     pub fn is_leader(&self) -> bool {
         self.state.get().leader
     }
@@ -323,6 +337,16 @@ pub struct Driver {
     links: HashMap<PartitionKey, Rc<ReplicaLink>>,
     pending: HashMap<PartitionKey, VecDeque<Pending>>,
     controller: Option<ControllerDriver>,
+    /// Led partitions: the leader's last index at the previous step, and when each follower
+    /// last held it (Kafka's rule: caught up with the leader's log end of a moment ago).
+    catch_up: HashMap<PartitionKey, CatchUp>,
+}
+
+#[derive(Default)]
+struct CatchUp {
+    last_index_before: u64,
+    caught_up_at: HashMap<u64, Instant>,
+    in_sync: Vec<i32>,
 }
 
 struct Pending {
@@ -380,6 +404,7 @@ impl ShardReplication {
             links: HashMap::new(),
             pending: HashMap::new(),
             controller: None,
+            catch_up: HashMap::new(),
         };
         if shard == 0 {
             driver.open_controller().await?;
@@ -557,6 +582,7 @@ impl Driver {
             }
             Command::Close { key, reply } => {
                 self.links.remove(&key);
+                self.catch_up.remove(&key);
                 for waiting in self.pending.remove(&key).unwrap_or_default() {
                     let _ = waiting
                         .reply
@@ -625,6 +651,7 @@ impl Driver {
                 leader_id: -1,
                 ..LinkState::default()
             }),
+            in_sync: Cell::new(0),
             wake: self.wake.clone(),
         });
         self.links.insert(key, link.clone());
@@ -802,6 +829,8 @@ impl Driver {
     /// Publishes each link's role, leader and high watermark; wakes the partition's fetches
     /// when the high watermark moved.
     fn publish_states(&mut self, shard: &Rc<Shard>) {
+        let lag = self.settings.replica_lag;
+        let at = Instant::now();
         for (key, link) in &self.links {
             let Some(group) = self.node.group(&group_key(*key)) else {
                 continue;
@@ -814,17 +843,36 @@ impl Driver {
                 high_watermark: group.high_watermark(),
             };
             let before = link.state.replace(now);
-            if before == now {
+            let isr_changed = if now.leader {
+                let fresh = (before.leader, before.term) != (true, now.term);
+                let catch_up = self.catch_up.entry(*key).or_default();
+                if fresh {
+                    // A new leader starts with every replica in sync, as Kafka's does.
+                    *catch_up = CatchUp::default();
+                }
+                let in_sync = catch_up.update(replica, fresh, at, lag);
+                link.in_sync.set(in_sync.len());
+                let changed = catch_up.in_sync != in_sync;
+                catch_up.in_sync = in_sync;
+                changed
+            } else {
+                link.in_sync.set(0);
+                self.catch_up.remove(key).is_some()
+            };
+            if before == now && !isr_changed {
                 continue;
             }
-            if (before.leader_id, before.term) != (now.leader_id, now.term) {
+            if (before.leader_id, before.term) != (now.leader_id, now.term) || isr_changed {
                 shard.catalog.cluster.set_leader(
                     *key,
                     Some(PartitionLeader {
                         leader: now.leader_id,
                         epoch: i32::try_from(now.term).unwrap_or(i32::MAX),
+                        in_sync: self.catch_up.get(key).map(|c| c.in_sync.clone()),
                     }),
                 );
+            }
+            if (before.leader_id, before.term) != (now.leader_id, now.term) {
                 if before.leader != now.leader {
                     info!(topic_id = %key.0, partition = key.1, term = now.term,
                         leader = now.leader_id, "partition leadership changed");
@@ -922,6 +970,41 @@ impl Driver {
             }
         })
         .detach();
+    }
+}
+
+impl CatchUp {
+    /// Notes which followers hold what the leader held at the previous step; returns the
+    /// replicas in sync (node ids, the leader first).
+    fn update(
+        &mut self,
+        replica: &sluice_replication::Replica<sluice_replication::partition::PartitionStore>,
+        fresh: bool,
+        now: Instant,
+        lag: Duration,
+    ) -> Vec<i32> {
+        let me = replica.id();
+        let matched = replica.matched();
+        for (id, held, answering) in &matched {
+            // A follower that stopped answering is not caught up, even with nothing new to
+            // hold (Kafka's followers, too, fall out by not fetching).
+            if fresh || (*answering && *held >= self.last_index_before) {
+                self.caught_up_at.insert(*id, now);
+            }
+        }
+        self.last_index_before = replica.last_index();
+        let mut in_sync = vec![node_of(me)];
+        for (id, _, _) in matched {
+            let recent = self
+                .caught_up_at
+                .get(&id)
+                .is_some_and(|at| now.duration_since(*at) <= lag);
+            if id != me && recent {
+                in_sync.push(node_of(id));
+            }
+        }
+        in_sync[1..].sort_unstable();
+        in_sync
     }
 }
 

@@ -299,7 +299,16 @@ pub async fn produce(
                         appends.push(
                             match owner_shard.partition(&part.topic, part.partition).await {
                                 Ok(partition) => {
-                                    Either::Left(append_one(&partition, part.records, durable))
+                                    match too_few_in_sync(&partition, &part, durable) {
+                                        Some(refused) => {
+                                            Either::Right(futures::future::ready(refused))
+                                        }
+                                        None => Either::Left(append_one(
+                                            &partition,
+                                            part.records,
+                                            durable,
+                                        )),
+                                    }
                                 }
                                 Err(e) => Either::Right(futures::future::ready(storage_failure(e))),
                             },
@@ -505,6 +514,23 @@ fn batch_error_code(e: &BatchError) -> ResponseError {
 }
 
 /// Runs on the owning shard. The batch's place in the partition's order is taken by this call.
+/// Cluster mode, acks=all: NOT_ENOUGH_REPLICAS while the leader has fewer replicas in sync
+/// than the topic's `min.insync.replicas` (Kafka's check before the append).
+fn too_few_in_sync(partition: &Partition, part: &Append, durable: bool) -> Option<ProduceOutput> {
+    let replica = partition.replica().filter(|r| durable && r.is_leader())?;
+    let needed = part.topic.min_insync_replicas();
+    let in_sync = replica.in_sync_count() as i64;
+    (in_sync < needed).then(|| {
+        ProduceOutput::failed(
+            ResponseError::NotEnoughReplicas,
+            format!(
+                "{in_sync} replica(s) of {}-{} in sync, min.insync.replicas is {needed}",
+                part.topic.name, part.partition
+            ),
+        )
+    })
+}
+
 fn append_one(
     partition: &Rc<Partition>,
     records: Bytes,

@@ -204,6 +204,21 @@ impl<S: ReplicaStorage> Replica<S> {
         self.node.raft.prs().iter().map(|(_, p)| p.matched).min()
     }
 
+    /// On a leader, each replica's id, the highest index it is known to hold, and whether it
+    /// answered since the last check-quorum round (every election timeout); itself included.
+    /// Empty elsewhere.
+    pub fn matched(&self) -> Vec<(u64, u64, bool)> {
+        if self.role() != Role::Leader {
+            return Vec::new();
+        }
+        self.node
+            .raft
+            .prs()
+            .iter()
+            .map(|(id, p)| (*id, p.matched, p.recent_active))
+            .collect()
+    }
+
     /// Entries the storage could only fetch asynchronously are now in memory: raft-rs retries
     /// what it was doing with them (sending an append).
     pub fn entries_fetched(&mut self, context: raft::GetEntriesContext) {

@@ -190,6 +190,17 @@ impl Cluster {
         }
     }
 
+    /// SIGSTOP (`pause = true`) or SIGCONT: the process stays, silent.
+    pub fn pause(&self, id: i32, pause: bool) {
+        let pid = self.nodes[id as usize].pid().expect("a running node");
+        let signal = if pause { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
     /// Starts a stopped node again on its ports and directory; waits until it listens.
     pub fn restart(&mut self, id: i32) {
         assert!(!self.nodes[id as usize].is_running(), "node {id} runs");

@@ -392,7 +392,12 @@ fn cluster_dev_runs_three_nodes_and_stops_them_all_on_ctrl_c() {
     let rpc = free_ports(30);
     let mut dev = std::process::Command::new(sluice_tests::sluice_binary())
         .args(["cluster", "dev", "--nodes", "3"])
-        .args(["--kafka-port", &kafka.to_string(), "--rpc-port", &rpc.to_string()])
+        .args([
+            "--kafka-port",
+            &kafka.to_string(),
+            "--rpc-port",
+            &rpc.to_string(),
+        ])
         .arg("--dir")
         .arg(dir.path())
         .stdout(std::process::Stdio::piped())
@@ -403,7 +408,13 @@ fn cluster_dev_runs_three_nodes_and_stops_them_all_on_ctrl_c() {
     let bootstrap = loop {
         let line = lines.next().expect("a line").expect("readable");
         if let Some(rest) = line.strip_prefix("node ") {
-            let pid = rest.split(", ").next().unwrap().split("pid ").nth(1).unwrap();
+            let pid = rest
+                .split(", ")
+                .next()
+                .unwrap()
+                .split("pid ")
+                .nth(1)
+                .unwrap();
             pids.push(pid.parse::<u32>().unwrap());
         }
         if let Some(list) = line.strip_prefix("bootstrap: ") {
@@ -465,4 +476,117 @@ fn cluster_dev_runs_three_nodes_and_stops_them_all_on_ctrl_c() {
             "node pid {pid} still runs"
         );
     }
+}
+
+/// One Produce (v9) of a single record to partition 0 with acks=all, straight on the wire to
+/// `node`; the partition's error code.
+fn produce_on_wire(node: std::net::SocketAddr, topic: &str) -> i16 {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    let batch = sluice_storage::batch::build_batch(0, &[(0, b"k".as_slice(), b"v".as_slice())]);
+    let mut s = sluice_tests::wire::connect(node);
+    let answer: ProduceResponse = sluice_tests::wire::call(
+        &mut s,
+        ApiKey::Produce,
+        9,
+        &ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(10_000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(bytes::Bytes::from(batch)))])]),
+    );
+    answer.responses[0].partition_responses[0].error_code
+}
+
+/// The ISR of `topic`'s partition 0 as `node` answers Metadata.
+fn in_sync(node: std::net::SocketAddr, topic: &str) -> Vec<i32> {
+    let answer = metadata(node);
+    let t = answer
+        .topics
+        .iter()
+        .find(|t| t.name.as_ref().is_some_and(|n| n.as_str() == topic))
+        .expect("the topic");
+    t.partitions[0].isr_nodes.iter().map(|b| b.0).collect()
+}
+
+#[test]
+fn a_paused_follower_leaves_the_isr_and_min_insync_replicas_decides() {
+    const NOT_ENOUGH_REPLICAS: i16 = 19;
+    let cluster = Cluster::start(3, &["--replica-lag-time-max-ms", "1000"]);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .create()
+        .unwrap();
+    let topics = [
+        NewTopic::new("two", 1, TopicReplication::Fixed(3)).set("min.insync.replicas", "2"),
+        NewTopic::new("three", 1, TopicReplication::Fixed(3)).set("min.insync.replicas", "3"),
+    ];
+    let created = futures::executor::block_on(admin.create_topics(
+        &topics,
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+    ))
+    .unwrap();
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    let leader_of = |topic: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let answer = metadata(cluster.node(0).kafka);
+            let leader = answer
+                .topics
+                .iter()
+                .find(|t| t.name.as_ref().is_some_and(|n| n.as_str() == topic))
+                .map_or(-1, |t| t.partitions[0].leader_id.0);
+            if leader >= 0 {
+                return leader;
+            }
+            assert!(Instant::now() < deadline, "no leader for {topic}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let (two, three) = (leader_of("two"), leader_of("three"));
+    // Everything in sync: both topics take acks=all.
+    for (topic, leader) in [("two", two), ("three", three)] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while produce_on_wire(cluster.node(leader).kafka, topic) != 0 {
+            assert!(Instant::now() < deadline, "{topic} refuses acks=all");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut expected = vec![leader];
+        expected.extend((0..3).filter(|n| *n != leader));
+        assert_eq!(in_sync(cluster.node(leader).kafka, topic), expected);
+    }
+    // Pause a node that leads neither: after the lag it leaves both ISRs.
+    let follower = (0..3).find(|n| *n != two && *n != three).unwrap();
+    cluster.pause(follower, true);
+    std::thread::sleep(Duration::from_millis(2500));
+    for (topic, leader) in [("two", two), ("three", three)] {
+        let isr = in_sync(cluster.node(leader).kafka, topic);
+        assert_eq!(isr.len(), 2, "{topic}: {isr:?}");
+        assert!(!isr.contains(&follower), "{topic}: {isr:?}");
+    }
+    assert_eq!(
+        produce_on_wire(cluster.node(two).kafka, "two"),
+        0,
+        "2 of 3 suffice"
+    );
+    assert_eq!(
+        produce_on_wire(cluster.node(three).kafka, "three"),
+        NOT_ENOUGH_REPLICAS,
+        "min.insync.replicas=3 with 2 in sync"
+    );
+    // Back: it catches up and rejoins, and acks=all works again for both.
+    cluster.pause(follower, false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while in_sync(cluster.node(three).kafka, "three").len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the follower did not rejoin the ISR"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(produce_on_wire(cluster.node(three).kafka, "three"), 0);
 }

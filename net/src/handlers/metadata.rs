@@ -2,8 +2,9 @@
 //! partitions. A single node lists itself and leads every partition at epoch 0; a cluster node
 //! lists the registered brokers, the controller group's leader, and each partition's replicas
 //! and its leader and epoch (the Raft term) as this node's replica knows them
-//! (LEADER_NOT_AVAILABLE when no leader is known, or this node holds no replica). ISR is not
-//! tracked yet: every replica is listed in it.
+//! (LEADER_NOT_AVAILABLE when no leader is known, or this node holds no replica). The ISR is
+//! the leader's (replicas caught up within `replica_lag_time_max_ms`); a node that does not
+//! lead the partition lists every replica.
 //!
 //! A request naming topics that do not exist auto-creates them when the broker allows it
 //! (`auto_create_topics`) and the request does too (`allow_auto_topic_creation`, v4+; always
@@ -159,10 +160,15 @@ fn describe(ctx: &Context, topic: &Topic, operations: i32) -> MetadataResponseTo
                 .cluster
                 .leader((topic.id, p))
                 .filter(|l| l.leader >= 0);
+            // The ISR is known where the leader is; elsewhere every replica is listed.
+            let in_sync = leader
+                .as_ref()
+                .and_then(|l| l.in_sync.clone())
+                .unwrap_or_else(|| replicas.clone());
             let replicas: Vec<BrokerId> = replicas.into_iter().map(BrokerId).collect();
             let partition = partition
-                .with_replica_nodes(replicas.clone())
-                .with_isr_nodes(replicas);
+                .with_replica_nodes(replicas)
+                .with_isr_nodes(in_sync.into_iter().map(BrokerId).collect());
             match leader {
                 Some(leader) => partition
                     .with_leader_id(BrokerId(leader.leader))
