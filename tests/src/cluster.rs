@@ -136,14 +136,25 @@ impl Cluster {
     }
 
     fn wait_listening(&mut self, index: usize) {
-        let node = &mut self.nodes[index];
-        let listening = Self::listening_line(node);
-        let runs_before = node.runs_before;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
+            let node = &mut self.nodes[index];
+            let listening = Self::listening_line(node);
+            let runs_before = node.runs_before;
             if let Some(child) = node.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    panic!("node {} exited early: {status}\n{}", node.id, node.log());
+                    // A killed process's sockets can outlive it briefly (io_uring tears its
+                    // requests down after the exit): try the same ports again.
+                    let log = node.log();
+                    let port_taken = log.lines().last().is_some_and(|l| {
+                        l.contains("already in use") || l.contains("Address in use")
+                    });
+                    if port_taken && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(200));
+                        self.spawn(index);
+                        continue;
+                    }
+                    panic!("node {} exited early: {status}\n{log}", node.id);
                 }
             }
             if node.log().matches(&listening).count() > runs_before

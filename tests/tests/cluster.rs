@@ -92,7 +92,16 @@ fn leader_of(cluster: &Cluster, partition: i32) -> i32 {
 
 /// Every batch of a stopped node's replica of `partition`, as stored.
 fn stored_batches(cluster: &Cluster, node: i32, partition: i32) -> Vec<(i64, Vec<u8>)> {
-    let dir = partition_dir(&cluster.data_dir(node), TOPIC, partition);
+    stored_batches_of(cluster, node, TOPIC, partition)
+}
+
+fn stored_batches_of(
+    cluster: &Cluster,
+    node: i32,
+    topic: &str,
+    partition: i32,
+) -> Vec<(i64, Vec<u8>)> {
+    let dir = partition_dir(&cluster.data_dir(node), topic, partition);
     glommio::LocalExecutorBuilder::default()
         .spawn(move || async move {
             let log = Log::open(&dir, LogConfig::default()).await.expect("open");
@@ -589,4 +598,146 @@ fn a_paused_follower_leaves_the_isr_and_min_insync_replicas_decides() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(produce_on_wire(cluster.node(three).kafka, "three"), 0);
+}
+
+#[test]
+fn an_isolated_leaders_unreplicated_suffix_is_truncated_when_it_returns() {
+    let topic = "ledger";
+    let mut cluster = Cluster::start(3, &[]);
+    create_topic_named(&cluster, topic);
+    let produce = |cluster: &Cluster, acks: &str, from: u64, count: u64| {
+        let deliveries = Deliveries::default();
+        let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap())
+            .set("acks", acks)
+            .set("linger.ms", "0")
+            .set("message.timeout.ms", "30000")
+            .create_with_context(deliveries.clone())
+            .unwrap();
+        for n in from..from + count {
+            let payload = format!("entry-{n}");
+            producer
+                .send(
+                    BaseRecord::<(), _>::to(topic)
+                        .partition(0)
+                        .payload(&payload),
+                )
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(60)).unwrap();
+        let reports = deliveries.0.lock().unwrap().clone();
+        reports
+    };
+    let before = produce(&cluster, "all", 0, 50);
+    assert!(before.iter().all(|(_, r)| r.is_ok()), "{before:?}");
+
+    // The leader of partition 0 loses its followers (paused): it still takes acks=1 writes
+    // for a moment, which nobody else gets; then everyone dies, and the old leader comes back
+    // last, with a suffix nobody else has.
+    let leader = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let answer = metadata(cluster.node(0).kafka);
+            let leader = answer
+                .topics
+                .iter()
+                .find(|t| t.name.as_ref().is_some_and(|n| n.as_str() == topic))
+                .map_or(-1, |t| t.partitions[0].leader_id.0);
+            if leader >= 0 {
+                break leader;
+            }
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let followers: Vec<i32> = (0..3).filter(|n| *n != leader).collect();
+    for f in &followers {
+        cluster.pause(*f, true);
+    }
+    let isolated = {
+        let payload_of = |n: u64| format!("lost-{n}");
+        let batch: Vec<(Vec<u8>, Vec<u8>)> = (0..5)
+            .map(|n| (b"k".to_vec(), payload_of(n).into_bytes()))
+            .collect();
+        let records: Vec<(i64, &[u8], &[u8])> = batch
+            .iter()
+            .map(|(k, v)| (0, k.as_slice(), v.as_slice()))
+            .collect();
+        let batch = sluice_storage::batch::build_batch(0, &records);
+        use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+        use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
+        use kafka_protocol::protocol::StrBytes;
+        let mut s = sluice_tests::wire::connect(cluster.node(leader).kafka);
+        let answer: ProduceResponse = sluice_tests::wire::call(
+            &mut s,
+            ApiKey::Produce,
+            9,
+            &ProduceRequest::default()
+                .with_acks(1)
+                .with_timeout_ms(10_000)
+                .with_topic_data(vec![TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                    .with_partition_data(vec![PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(bytes::Bytes::from(batch)))])]),
+        );
+        answer.responses[0].partition_responses[0].error_code
+    };
+    assert_eq!(isolated, 0, "the isolated leader acknowledges acks=1");
+    cluster.kill(leader);
+    // The followers die paused, so the appends waiting in their sockets die with them (resumed,
+    // they would take them: a majority would then hold the batch and it would commit).
+    for f in &followers {
+        cluster.kill(*f);
+        cluster.restart(*f);
+    }
+    // The others elect a leader and go on; the old leader returns and follows.
+    let after = produce(&cluster, "all", 50, 50);
+    assert!(after.iter().all(|(_, r)| r.is_ok()), "{after:?}");
+    cluster.restart(leader);
+    let last = produce(&cluster, "all", 100, 10);
+    assert!(last.iter().all(|(_, r)| r.is_ok()), "{last:?}");
+
+    // A consumer sees every acks=all record once and none of the lost ones.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("group.id", "ledger-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&assignment).unwrap();
+    let mut read = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while read.len() < 110 {
+        assert!(Instant::now() < deadline, "read {} of 110", read.len());
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            read.push(String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned());
+        }
+    }
+    let expected: Vec<String> = (0..110).map(|n| format!("entry-{n}")).collect();
+    assert_eq!(read, expected);
+    drop(consumer);
+
+    // The returned node cut its suffix: the three logs end identical, without "lost-".
+    std::thread::sleep(Duration::from_secs(2));
+    for node in 0..3 {
+        cluster.stop(node);
+    }
+    let logs: Vec<Vec<(i64, Vec<u8>)>> = (0..3)
+        .map(|node| stored_batches_of(&cluster, node, topic, 0))
+        .collect();
+    for (node, log) in logs.iter().enumerate() {
+        assert_eq!(log, &logs[0], "node {node} differs");
+        let lost = log
+            .iter()
+            .any(|(_, bytes)| bytes.windows(5).any(|w| w == b"lost-"));
+        assert!(
+            !lost,
+            "node {node} still holds the isolated leader's records"
+        );
+    }
 }
