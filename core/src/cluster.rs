@@ -307,6 +307,11 @@ enum Command {
     ProducerIds {
         reply: oneshot::Sender<(i64, i64)>,
     },
+    EpochEnd {
+        key: PartitionKey,
+        epoch: u64,
+        reply: oneshot::Sender<Option<(u64, Offset)>>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -469,6 +474,14 @@ impl ShardReplication {
         answer.await.ok()
     }
 
+    /// Where leader epoch `epoch` ends in partition `key`'s log (see
+    /// `PartitionStore::epoch_end`); `None`: undefined, or no such replica here.
+    pub async fn epoch_end(&self, key: PartitionKey, epoch: u64) -> Option<(u64, Offset)> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::EpochEnd { key, epoch, reply });
+        answer.await.ok().flatten()
+    }
+
     /// Stops the loop after closing every group cleanly.
     pub async fn shutdown(&self) {
         let (reply, answer) = oneshot::channel();
@@ -609,6 +622,13 @@ impl Driver {
                     }
                     controller.id_waiters.push(reply);
                 }
+            }
+            Command::EpochEnd { key, epoch, reply } => {
+                let end = self.node.group(&group_key(key)).and_then(|group| {
+                    let log_end = group.log().log_end_offset();
+                    group.replica().storage().epoch_end(epoch, log_end)
+                });
+                let _ = reply.send(end);
             }
             Command::Shutdown { reply } => {
                 for (_, waiting) in self.pending.drain() {

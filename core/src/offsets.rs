@@ -184,3 +184,109 @@ pub async fn delete_records(
     });
     futures::future::join_all(answers).await
 }
+
+/// One partition of an OffsetForLeaderEpoch request.
+#[derive(Debug, Clone)]
+pub struct EpochQuery {
+    pub topic: String,
+    pub partition: i32,
+    /// The epoch the client believes current (-1: not checked).
+    pub current_leader_epoch: i32,
+    pub leader_epoch: i32,
+}
+
+/// The answer: error, then the epoch found and where it ends (-1, -1: undefined).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpochAnswer {
+    pub error: Option<ResponseError>,
+    pub leader_epoch: i32,
+    pub end_offset: i64,
+}
+
+impl EpochAnswer {
+    const UNDEFINED: EpochAnswer = EpochAnswer {
+        error: None,
+        leader_epoch: -1,
+        end_offset: -1,
+    };
+
+    fn failed(code: ResponseError) -> EpochAnswer {
+        EpochAnswer {
+            error: Some(code),
+            ..EpochAnswer::UNDEFINED
+        }
+    }
+}
+
+/// OffsetForLeaderEpoch (KIP-101, KIP-320): where each asked leader epoch ends in the
+/// partition's log, on its leader. A single node has one epoch (0) ending at the log end. In
+/// cluster mode epochs are Raft terms; for a client (`from_consumer`) the end is capped at the
+/// high watermark, beyond which it cannot have read.
+pub async fn offset_for_leader_epoch(
+    shard: &Rc<Shard>,
+    queries: Vec<EpochQuery>,
+    from_consumer: bool,
+) -> Vec<EpochAnswer> {
+    let image = shard.image();
+    let answers = queries.into_iter().map(|query| {
+        let found = image
+            .topic(&query.topic)
+            .filter(|t| (0..t.partitions).contains(&query.partition))
+            .cloned();
+        async move {
+            let Some(topic) = found else {
+                return EpochAnswer::failed(ResponseError::UnknownTopicOrPartition);
+            };
+            let owner = shard.owner_of(&topic.name, query.partition);
+            shard
+                .invoke_on(owner, move |owner_shard| async move {
+                    let p = match owner_shard.partition(&topic, query.partition).await {
+                        Ok(p) => p,
+                        Err(e) => {
+                            return EpochAnswer::failed(crate::partition::unavailable_code(&e))
+                        }
+                    };
+                    if p.not_leader().is_some() {
+                        return EpochAnswer::failed(ResponseError::NotLeaderOrFollower);
+                    }
+                    let current = p.leader_epoch();
+                    match query.current_leader_epoch {
+                        -1 => {}
+                        asked if asked < current => {
+                            return EpochAnswer::failed(ResponseError::FencedLeaderEpoch)
+                        }
+                        asked if asked > current => {
+                            return EpochAnswer::failed(ResponseError::UnknownLeaderEpoch)
+                        }
+                        _ => {}
+                    }
+                    let Ok(epoch) = u64::try_from(query.leader_epoch) else {
+                        return EpochAnswer::UNDEFINED;
+                    };
+                    let end = match (&owner_shard.replication, p.replica()) {
+                        (Some(replication), Some(_)) => {
+                            replication
+                                .epoch_end((topic.id, query.partition), epoch)
+                                .await
+                        }
+                        _ => (epoch == 0).then(|| (0, p.log().log_end_offset())),
+                    };
+                    match end {
+                        Some((found, end)) => EpochAnswer {
+                            error: None,
+                            leader_epoch: i32::try_from(found).unwrap_or(i32::MAX),
+                            end_offset: if from_consumer {
+                                end.min(p.high_watermark()).0
+                            } else {
+                                end.0
+                            },
+                        },
+                        None => EpochAnswer::UNDEFINED,
+                    }
+                })
+                .await
+                .unwrap_or_else(|_| EpochAnswer::failed(ResponseError::NotLeaderOrFollower))
+        }
+    });
+    futures::future::join_all(answers).await
+}

@@ -34,6 +34,7 @@ pub const IMPLEMENTED: &[ApiRange] = &[
     handlers::delete_topics::RANGE,
     handlers::delete_records::RANGE,
     handlers::init_producer_id::RANGE,
+    handlers::offset_for_leader_epoch::RANGE,
     handlers::describe_configs::RANGE,
     handlers::alter_configs::RANGE,
     handlers::describe_log_dirs::RANGE,

@@ -28,8 +28,8 @@ use kafka_protocol::messages::{
     DescribeTopicPartitionsRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest,
     IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
     ListConfigResourcesRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest,
-    OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, RequestHeader,
-    ResponseHeader, SyncGroupRequest,
+    OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest,
+    ProduceRequest, RequestHeader, ResponseHeader, SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 use tracing::{debug, warn};
@@ -43,7 +43,7 @@ use crate::handlers::{
     delete_topics, describe_cluster, describe_configs, describe_groups, describe_log_dirs,
     describe_topic_partitions, fetch, find_coordinator, heartbeat, init_producer_id, join_group,
     leave_group, list_config_resources, list_groups, list_offsets, metadata, offset_commit,
-    offset_delete, offset_fetch, produce, sync_group, Context,
+    offset_delete, offset_fetch, offset_for_leader_epoch, produce, sync_group, Context,
 };
 
 /// Requests of one connection in progress at once.
@@ -280,6 +280,16 @@ pub async fn respond(mut frame: Bytes, ctx: &Context, link: OrderLink) -> Answer
                 version,
                 correlation_id,
                 &init_producer_id::handle(request, ctx).await,
+            )
+            .map(Some)
+        }
+        ApiKey::OffsetForLeaderEpoch => {
+            let request = decode::<OffsetForLeaderEpochRequest>(&mut frame, api, version)?;
+            encode(
+                api,
+                version,
+                correlation_id,
+                &offset_for_leader_epoch::handle(request, ctx).await,
             )
             .map(Some)
         }

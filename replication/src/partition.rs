@@ -130,6 +130,27 @@ impl PartitionStore {
         self.below.index + self.window.len() as u64
     }
 
+    /// Kafka's `endOffsetFor` over the terms of the log (a batch's leader epoch is the term it
+    /// was appended in): the largest term at or below `epoch` and the offset where the next
+    /// term begins, `log_end` for the latest term; `epoch` itself with the start of the next
+    /// term when the log holds no older one. `None` for an epoch above the latest (Kafka's
+    /// UNDEFINED).
+    pub fn epoch_end(&self, epoch: u64, log_end: Offset) -> Option<(u64, Offset)> {
+        let latest = self.window.back().map_or(self.below.term, |s| s.term);
+        if epoch == latest {
+            return Some((epoch, log_end));
+        }
+        // Terms never decrease along the log.
+        let higher = self.window.partition_point(|s| s.term <= epoch);
+        let next = self.window.get(higher)?;
+        let floor = match higher {
+            0 if self.below.index > 0 && self.below.term <= epoch => Some(self.below.term),
+            0 => None,
+            i => Some(self.window[i - 1].term),
+        };
+        Some((floor.unwrap_or(epoch), next.base_offset))
+    }
+
     pub fn below(&self) -> Below {
         self.below
     }

@@ -22,6 +22,15 @@ use sluice_storage::{Log, LogConfig};
 use sluice_tests::cluster::{metadata, partition_dir, Cluster};
 
 const TOPIC: &str = "orders";
+
+/// The tests of this file run one at a time: each starts three nodes, and timing (elections,
+/// the ISR lag) should not depend on how many other clusters share the two cores.
+fn one_cluster_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 const PARTITIONS: i32 = 3;
 
 /// Delivery reports: payload -> (partition, offset) or the error.
@@ -129,6 +138,7 @@ fn stored_batches_of(
 #[test]
 fn acknowledged_records_survive_repeated_leader_kills_on_every_replica() {
     // Two shards per node: partitions live on both, and each shard talks to its peers.
+    let _one_at_a_time = one_cluster_at_a_time();
     let mut cluster = Cluster::start(3, &["--cores", "2"]);
     create_topic(&cluster);
     let deliveries = Deliveries::default();
@@ -305,6 +315,7 @@ fn group_consumer(cluster: &Cluster, group: &str, topic: &str) -> BaseConsumer {
 fn committed_offsets_survive_the_coordinators_death() {
     let topic = "payments";
     let group = "settlement";
+    let _one_at_a_time = one_cluster_at_a_time();
     let mut cluster = Cluster::start(3, &["--offsets-partitions", "5"]);
     create_topic_named(&cluster, topic);
     let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
@@ -396,6 +407,7 @@ fn free_ports(count: u16) -> u16 {
 #[test]
 fn cluster_dev_runs_three_nodes_and_stops_them_all_on_ctrl_c() {
     use std::io::{BufRead, BufReader};
+    let _one_at_a_time = one_cluster_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let kafka = free_ports(3);
     let rpc = free_ports(30);
@@ -525,7 +537,8 @@ fn in_sync(node: std::net::SocketAddr, topic: &str) -> Vec<i32> {
 #[test]
 fn a_paused_follower_leaves_the_isr_and_min_insync_replicas_decides() {
     const NOT_ENOUGH_REPLICAS: i16 = 19;
-    let cluster = Cluster::start(3, &["--replica-lag-time-max-ms", "1000"]);
+    let _one_at_a_time = one_cluster_at_a_time();
+    let cluster = Cluster::start(3, &["--replica-lag-time-max-ms", "2000"]);
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", cluster.bootstrap())
         .create()
@@ -571,7 +584,7 @@ fn a_paused_follower_leaves_the_isr_and_min_insync_replicas_decides() {
     // Pause a node that leads neither: after the lag it leaves both ISRs.
     let follower = (0..3).find(|n| *n != two && *n != three).unwrap();
     cluster.pause(follower, true);
-    std::thread::sleep(Duration::from_millis(2500));
+    std::thread::sleep(Duration::from_millis(4500));
     for (topic, leader) in [("two", two), ("three", three)] {
         let isr = in_sync(cluster.node(leader).kafka, topic);
         assert_eq!(isr.len(), 2, "{topic}: {isr:?}");
@@ -589,11 +602,12 @@ fn a_paused_follower_leaves_the_isr_and_min_insync_replicas_decides() {
     );
     // Back: it catches up and rejoins, and acks=all works again for both.
     cluster.pause(follower, false);
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while in_sync(cluster.node(three).kafka, "three").len() < 3 {
         assert!(
             Instant::now() < deadline,
-            "the follower did not rejoin the ISR"
+            "the follower did not rejoin the ISR: {:?}",
+            in_sync(cluster.node(three).kafka, "three")
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -603,6 +617,7 @@ fn a_paused_follower_leaves_the_isr_and_min_insync_replicas_decides() {
 #[test]
 fn an_isolated_leaders_unreplicated_suffix_is_truncated_when_it_returns() {
     let topic = "ledger";
+    let _one_at_a_time = one_cluster_at_a_time();
     let mut cluster = Cluster::start(3, &[]);
     create_topic_named(&cluster, topic);
     let produce = |cluster: &Cluster, acks: &str, from: u64, count: u64| {
@@ -634,17 +649,19 @@ fn an_isolated_leaders_unreplicated_suffix_is_truncated_when_it_returns() {
     // The leader of partition 0 loses its followers (paused): it still takes acks=1 writes
     // for a moment, which nobody else gets; then everyone dies, and the old leader comes back
     // last, with a suffix nobody else has.
-    let leader = {
+    let (leader, isolated_epoch) = {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let answer = metadata(cluster.node(0).kafka);
-            let leader = answer
+            let (leader, epoch) = answer
                 .topics
                 .iter()
                 .find(|t| t.name.as_ref().is_some_and(|n| n.as_str() == topic))
-                .map_or(-1, |t| t.partitions[0].leader_id.0);
+                .map_or((-1, -1), |t| {
+                    (t.partitions[0].leader_id.0, t.partitions[0].leader_epoch)
+                });
             if leader >= 0 {
-                break leader;
+                break (leader, epoch);
             }
             assert!(Instant::now() < deadline);
             std::thread::sleep(Duration::from_millis(50));
@@ -681,8 +698,10 @@ fn an_isolated_leaders_unreplicated_suffix_is_truncated_when_it_returns() {
                         .with_index(0)
                         .with_records(Some(bytes::Bytes::from(batch)))])]),
         );
-        answer.responses[0].partition_responses[0].error_code
+        let partition = &answer.responses[0].partition_responses[0];
+        (partition.error_code, partition.base_offset)
     };
+    let (isolated, lost_at) = isolated;
     assert_eq!(isolated, 0, "the isolated leader acknowledges acks=1");
     cluster.kill(leader);
     // The followers die paused, so the appends waiting in their sockets die with them (resumed,
@@ -721,6 +740,56 @@ fn an_isolated_leaders_unreplicated_suffix_is_truncated_when_it_returns() {
     let expected: Vec<String> = (0..110).map(|n| format!("entry-{n}")).collect();
     assert_eq!(read, expected);
     drop(consumer);
+
+    // A client that had read the lost records (epoch `isolated_epoch`, up to lost_at + 5)
+    // learns from OffsetForLeaderEpoch that the epoch ended before them (KIP-320).
+    let ended = {
+        use kafka_protocol::messages::offset_for_leader_epoch_request::{
+            OffsetForLeaderPartition, OffsetForLeaderTopic,
+        };
+        use kafka_protocol::messages::{
+            ApiKey, BrokerId, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, TopicName,
+        };
+        use kafka_protocol::protocol::StrBytes;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut answered = None;
+            for node in cluster.nodes.iter().filter(|n| n.is_running()) {
+                let mut s = sluice_tests::wire::connect(node.kafka);
+                let answer: OffsetForLeaderEpochResponse = sluice_tests::wire::call(
+                    &mut s,
+                    ApiKey::OffsetForLeaderEpoch,
+                    4,
+                    &OffsetForLeaderEpochRequest::default()
+                        .with_replica_id(BrokerId(-1))
+                        .with_topics(vec![OffsetForLeaderTopic::default()
+                            .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+                            .with_partitions(vec![OffsetForLeaderPartition::default()
+                                .with_partition(0)
+                                .with_current_leader_epoch(-1)
+                                .with_leader_epoch(isolated_epoch)])]),
+                );
+                let p = &answer.topics[0].partitions[0];
+                if p.error_code == 0 {
+                    answered = Some((p.leader_epoch, p.end_offset));
+                }
+            }
+            if let Some(answer) = answered {
+                break answer;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader answers OffsetForLeaderEpoch"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert_eq!(ended.0, isolated_epoch);
+    assert!(
+        ended.1 <= lost_at,
+        "epoch {isolated_epoch} ends at {}, the lost records began at {lost_at}",
+        ended.1
+    );
 
     // The returned node cut its suffix: the three logs end identical, without "lost-".
     std::thread::sleep(Duration::from_secs(2));

@@ -280,6 +280,7 @@ fn every_api_answers_at_every_advertised_version() {
     produce_cases(&mut m, topic_id);
     fetch_cases(&mut m, topic_id);
     list_offsets_cases(&mut m);
+    offset_for_leader_epoch_cases(&mut m);
     metadata_cases(&mut m);
     topic_admin_cases(&mut m);
     config_cases(&mut m);
@@ -382,6 +383,54 @@ fn fetch_cases(m: &mut Matrix, topic_id: uuid::Uuid) {
             "empty",
             &fetch_request(TOPIC, topic_id, v, &[]),
         );
+    }
+}
+
+fn offset_for_leader_epoch_cases(m: &mut Matrix) {
+    const UNKNOWN_LEADER_EPOCH: i16 = 75;
+    for v in m.range(ApiKey::OffsetForLeaderEpoch) {
+        let asked = |current: i32, epoch: i32| {
+            offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
+                .with_partition(0)
+                .with_current_leader_epoch(current)
+                .with_leader_epoch(epoch)
+        };
+        let request = OffsetForLeaderEpochRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![
+                offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+                    .with_topic(name(TOPIC))
+                    .with_partitions(vec![asked(-1, 0), asked(0, 0), asked(-1, 7), asked(3, 0)]),
+                offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+                    .with_topic(name(MISSING))
+                    .with_partitions(vec![asked(-1, 0)]),
+            ]);
+        let Some(r) = m.call::<_, OffsetForLeaderEpochResponse>(
+            ApiKey::OffsetForLeaderEpoch,
+            v,
+            "epochs known, unknown, fenced",
+            &request,
+        ) else {
+            continue;
+        };
+        let answers: Vec<(i16, i32, i64)> = r.topics[0]
+            .partitions
+            .iter()
+            .map(|p| (p.error_code, p.leader_epoch, p.end_offset))
+            .collect();
+        let end = answers[0].2;
+        let expected = vec![
+            (0, 0, end),
+            (0, 0, end),
+            (0, -1, -1),
+            (UNKNOWN_LEADER_EPOCH, -1, -1),
+        ];
+        if end < 1 || answers != expected || r.topics[1].partitions[0].error_code != 3 {
+            m.failures.push(format!(
+                "OffsetForLeaderEpoch v{v}: {answers:?} / {:?}",
+                r.topics[1].partitions
+            ));
+        }
     }
 }
 

@@ -1,0 +1,68 @@
+//! OffsetForLeaderEpoch (key 23, KIP-101/KIP-320): where a leader epoch ends in a partition's
+//! log, so a client (or a follower) whose position came from an older leader can tell whether
+//! the log it read was truncated. On the leader only; `current_leader_epoch` (v2+) fences a
+//! client behind (FENCED_LEADER_EPOCH) or ahead (UNKNOWN_LEADER_EPOCH) of it. See
+//! `sluice_core::offsets::offset_for_leader_epoch`.
+
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderTopicResult,
+};
+use kafka_protocol::messages::{ApiKey, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
+use sluice_core::offsets::{self, EpochQuery};
+
+use crate::apis::ApiRange;
+use crate::handlers::Context;
+
+pub const RANGE: ApiRange = ApiRange {
+    key: ApiKey::OffsetForLeaderEpoch,
+    // v0 answers without the epoch; librdkafka and the Java client use v2+.
+    min_version: 2,
+    max_version: 4,
+};
+
+/// `replica_id` (v3+) of a client; a broker names itself.
+const CONSUMER_REPLICA_ID: i32 = -1;
+
+pub async fn handle(
+    request: OffsetForLeaderEpochRequest,
+    ctx: &Context,
+) -> OffsetForLeaderEpochResponse {
+    let from_consumer = request.replica_id.0 < 0 || request.replica_id.0 == CONSUMER_REPLICA_ID;
+    let queries = request
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(|p| EpochQuery {
+                topic: t.topic.0.to_string(),
+                partition: p.partition,
+                current_leader_epoch: p.current_leader_epoch,
+                leader_epoch: p.leader_epoch,
+            })
+        })
+        .collect();
+    let mut answers = offsets::offset_for_leader_epoch(&ctx.shard, queries, from_consumer)
+        .await
+        .into_iter();
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let a = answers.next().expect("one answer per partition");
+                    EpochEndOffset::default()
+                        .with_partition(p.partition)
+                        .with_error_code(a.error.map_or(0, |e| e.code()))
+                        .with_leader_epoch(a.leader_epoch)
+                        .with_end_offset(a.end_offset)
+                })
+                .collect();
+            OffsetForLeaderTopicResult::default()
+                .with_topic(t.topic)
+                .with_partitions(partitions)
+        })
+        .collect();
+    OffsetForLeaderEpochResponse::default().with_topics(topics)
+}
