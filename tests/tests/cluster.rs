@@ -33,9 +33,12 @@ fn one_cluster_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 }
 const PARTITIONS: i32 = 3;
 
-/// Delivery reports: payload -> (partition, offset) or the error.
+/// A delivery report: the payload, and (partition, offset) or the error.
+type Report = (String, Result<(i32, i64), String>);
+
+/// Delivery reports, in the order librdkafka gave them.
 #[derive(Clone, Default)]
-struct Deliveries(Arc<Mutex<Vec<(String, Result<(i32, i64), String>)>>>);
+struct Deliveries(Arc<Mutex<Vec<Report>>>);
 
 impl ClientContext for Deliveries {}
 
