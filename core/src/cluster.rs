@@ -132,6 +132,9 @@ fn partition_key(group: GroupKey) -> PartitionKey {
 /// Producer ids a node asks the controller for at a time.
 pub const PRODUCER_ID_BLOCK: i64 = 1000;
 
+/// How long a stopping shard tries to hand its leaderships over before it closes anyway.
+pub const HAND_OFF_WITHIN: Duration = Duration::from_secs(3);
+
 /// How often a node repeats a proposal it made through another node (registration, a
 /// producer-id block) while the image does not show it.
 const RETRY_FORWARDED: Duration = Duration::from_secs(1);
@@ -307,6 +310,9 @@ enum Command {
     ProducerIds {
         reply: oneshot::Sender<(i64, i64)>,
     },
+    HandOff {
+        reply: oneshot::Sender<()>,
+    },
     EpochEnd {
         key: PartitionKey,
         epoch: u64,
@@ -345,6 +351,8 @@ pub struct Driver {
     /// Led partitions: the leader's last index at the previous step, and when each follower
     /// last held it (Kafka's rule: caught up with the leader's log end of a moment ago).
     catch_up: HashMap<PartitionKey, CatchUp>,
+    /// A clean stop in progress: leaderships are being handed over until this deadline.
+    handing_off: Option<(Instant, Vec<oneshot::Sender<()>>)>,
 }
 
 #[derive(Default)]
@@ -410,6 +418,7 @@ impl ShardReplication {
             pending: HashMap::new(),
             controller: None,
             catch_up: HashMap::new(),
+            handing_off: None,
         };
         if shard == 0 {
             driver.open_controller().await?;
@@ -480,6 +489,15 @@ impl ShardReplication {
         let (reply, answer) = oneshot::channel();
         self.send(Command::EpochEnd { key, epoch, reply });
         answer.await.ok().flatten()
+    }
+
+    /// Moves the leadership of every group this shard leads to a caught-up follower (a
+    /// clean stop: clients see retriable errors only, and no election timeout passes);
+    /// returns once none is led here, or after [`HAND_OFF_WITHIN`].
+    pub async fn hand_off(&self) {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::HandOff { reply });
+        let _ = answer.await;
     }
 
     /// Stops the loop after closing every group cleanly.
@@ -560,6 +578,7 @@ impl Driver {
             }
             self.propose_queued();
             self.forward_controller_requests();
+            self.hand_off_leaderships();
             let now = Instant::now();
             let stepped = if now >= next_tick {
                 next_tick = now + tick;
@@ -622,6 +641,13 @@ impl Driver {
                     }
                     controller.id_waiters.push(reply);
                 }
+            }
+            Command::HandOff { reply } => {
+                let deadline = Instant::now() + HAND_OFF_WITHIN;
+                self.handing_off
+                    .get_or_insert_with(|| (deadline, Vec::new()))
+                    .1
+                    .push(reply);
             }
             Command::EpochEnd { key, epoch, reply } => {
                 let end = self.node.group(&group_key(key)).and_then(|group| {
@@ -704,6 +730,49 @@ impl Driver {
             }
             Err(e) => {
                 let _ = reply.send(Err(ControlError::Failed(e.to_string())));
+            }
+        }
+    }
+
+    /// While a clean stop is in progress: asks every group led here to hand over to its
+    /// most caught-up follower; answers the stop once none is led here (or at the deadline).
+    fn hand_off_leaderships(&mut self) {
+        let Some((deadline, _)) = &self.handing_off else {
+            return;
+        };
+        let deadline = *deadline;
+        let keys: Vec<GroupKey> = self.node.groups().map(|(k, _)| *k).collect();
+        let mut leading = 0;
+        for key in keys {
+            let Some(group) = self.node.group(&key) else {
+                continue;
+            };
+            if group.replica().role() != Role::Leader {
+                continue;
+            }
+            leading += 1;
+            let me = group.replica().id();
+            let target = group
+                .replica()
+                .matched()
+                .into_iter()
+                .filter(|(id, _, answering)| *id != me && *answering)
+                .max_by_key(|(_, held, _)| *held)
+                .map(|(id, _, _)| id);
+            if let Some(target) = target {
+                group.transfer_leader(target);
+            }
+        }
+        if leading == 0 || Instant::now() >= deadline {
+            if leading > 0 {
+                warn!(
+                    groups = leading,
+                    "stopping while still leading: their followers elect"
+                );
+            }
+            let (_, waiting) = self.handing_off.take().expect("checked");
+            for reply in waiting {
+                let _ = reply.send(());
             }
         }
     }

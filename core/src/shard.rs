@@ -593,6 +593,10 @@ impl Shard {
     /// Closes every partition this shard owns (flushing what is buffered), and in cluster
     /// mode every Raft group. Shutdown.
     pub async fn close_all(&self) {
+        if let Some(replication) = &self.replication {
+            // A clean stop hands leaderships over first, so clients see retriable errors only.
+            replication.hand_off().await;
+        }
         let all: Vec<Rc<Partition>> = self
             .partitions
             .borrow_mut()

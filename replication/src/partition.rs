@@ -741,6 +741,11 @@ impl RaftPartition {
         self.replica.campaign()
     }
 
+    /// Hands leadership to `to` (see [`Replica::transfer_leader`]).
+    pub fn transfer_leader(&mut self, to: u64) {
+        self.replica.transfer_leader(to);
+    }
+
     /// A peer could not be reached: stop pipelining to it.
     pub fn unreachable(&mut self, peer: u64) {
         self.replica.unreachable(peer);

@@ -260,6 +260,12 @@ impl<S: ReplicaStorage> Replica<S> {
             .map_err(ReplicationError::from)
     }
 
+    /// On a leader: hands leadership to `to` as soon as it holds the whole log (raft-rs's
+    /// TimeoutNow); proposals are dropped meanwhile. Repeating it for the same `to` is a no-op.
+    pub fn transfer_leader(&mut self, to: u64) {
+        self.node.transfer_leader(to);
+    }
+
     /// Starts an election now (a leader hand-off, or a test).
     pub fn campaign(&mut self) -> Result<()> {
         self.node.campaign().map_err(ReplicationError::from)

@@ -813,3 +813,110 @@ fn an_isolated_leaders_unreplicated_suffix_is_truncated_when_it_returns() {
         );
     }
 }
+
+#[test]
+fn a_rolling_restart_under_load_loses_nothing() {
+    let _one_at_a_time = one_cluster_at_a_time();
+    let topic = "rolling";
+    let mut cluster = Cluster::start(3, &[]);
+    create_topic_named(&cluster, topic);
+    let deliveries = Deliveries::default();
+    let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "120000")
+        .create_with_context(deliveries.clone())
+        .expect("producer");
+    let mut sent = 0u64;
+    let mut send_some = |producer: &ThreadedProducer<Deliveries>, count: u64| {
+        for _ in 0..count {
+            let payload = format!("r-{sent}");
+            producer
+                .send(
+                    BaseRecord::<(), _>::to(topic)
+                        .partition((sent % PARTITIONS as u64) as i32)
+                        .payload(&payload),
+                )
+                .expect("queue");
+            sent += 1;
+        }
+    };
+    send_some(&producer, 300);
+    // One node at a time: SIGTERM (it hands its leaderships over, then stops), back again.
+    for node in 0..3 {
+        for _ in 0..3 {
+            send_some(&producer, 50);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let stopping = Instant::now();
+        cluster.stop(node);
+        let took = stopping.elapsed();
+        eprintln!("node {node} stopped in {took:?}");
+        assert!(
+            took < Duration::from_secs(10),
+            "node {node} took {took:?} to stop"
+        );
+        for _ in 0..5 {
+            send_some(&producer, 50);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster.restart(node);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    send_some(&producer, 300);
+    let flushing = Instant::now();
+    producer.flush(Duration::from_secs(120)).expect("flushed");
+    eprintln!("flushed in {:?}", flushing.elapsed());
+    let reports = deliveries.0.lock().unwrap().clone();
+    assert_eq!(reports.len() as u64, sent);
+    let failed: Vec<&Report> = reports.iter().filter(|(_, r)| r.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    let acknowledged: HashMap<String, (i32, i64)> = reports
+        .into_iter()
+        .map(|(payload, r)| (payload, r.expect("checked")))
+        .collect();
+    drop(producer);
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("group.id", "rolling-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut read: HashMap<String, (i32, i64)> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while read.len() < acknowledged.len() {
+        assert!(
+            Instant::now() < deadline,
+            "read {} of {}",
+            read.len(),
+            acknowledged.len()
+        );
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            let payload = String::from_utf8_lossy(message.payload().unwrap_or_default());
+            let at = (message.partition(), message.offset());
+            assert!(
+                read.insert(payload.to_string(), at).is_none(),
+                "{payload} twice"
+            );
+        }
+    }
+    assert_eq!(
+        read, acknowledged,
+        "every record once, where it was acknowledged"
+    );
+}
