@@ -255,6 +255,16 @@ impl Client {
         Ok(response)
     }
 
+    /// The address of the controller (where topics are created and deleted), as Metadata
+    /// names it; the bootstrap broker when none is named.
+    pub fn controller_address(&mut self) -> Result<Option<String>> {
+        let metadata = self.metadata(Some(&[]))?;
+        match metadata.controller_id.0 {
+            id if id >= 0 => self.broker_address(id).map(Some),
+            _ => Ok(None),
+        }
+    }
+
     /// The address of broker `node_id`, from the last Metadata response.
     pub fn broker_address(&self, node_id: i32) -> Result<String> {
         self.brokers

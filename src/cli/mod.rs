@@ -236,8 +236,11 @@ pub fn topic(args: &[&str]) -> Result<()> {
                         .with_value(Some(StrBytes::from_string(v.to_string()))),
                 );
             }
+            // In a cluster only the controller creates topics.
+            let mut client = args.client()?;
+            let controller = client.controller_address()?;
             let response: CreateTopicsResponse =
-                args.client()?.call(None, CREATE_TOPICS, |_| {
+                client.call(controller.as_deref(), CREATE_TOPICS, |_| {
                     CreateTopicsRequest::default()
                         .with_timeout_ms(30_000)
                         .with_topics(vec![CreatableTopic::default()
@@ -317,8 +320,10 @@ pub fn topic(args: &[&str]) -> Result<()> {
         ["delete", rest @ ..] => {
             let args = Args::parse(rest, &[])?;
             let topic = args.one_positional("topic name")?.to_string();
+            let mut client = args.client()?;
+            let controller = client.controller_address()?;
             let response: DeleteTopicsResponse =
-                args.client()?.call(None, DELETE_TOPICS, |_| {
+                client.call(controller.as_deref(), DELETE_TOPICS, |_| {
                     DeleteTopicsRequest::default()
                         .with_timeout_ms(30_000)
                         .with_topic_names(vec![name(&topic)])

@@ -463,6 +463,20 @@ fn cluster_dev_runs_three_nodes_and_stops_them_all_on_ctrl_c() {
     ))
     .unwrap();
     assert!(created[0].is_ok(), "{created:?}");
+    // Sluice's own tool finds the controller from any node.
+    for node in bootstrap.split(',') {
+        let name = format!("cli-{}", node.rsplit(':').next().unwrap());
+        let out = std::process::Command::new(sluice_tests::sluice_binary())
+            .args(["topic", "create", &name, "--replication-factor", "3"])
+            .args(["--bootstrap", node])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let deliveries = Deliveries::default();
     let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
