@@ -353,6 +353,9 @@ pub struct Driver {
     catch_up: HashMap<PartitionKey, CatchUp>,
     /// A clean stop in progress: leaderships are being handed over until this deadline.
     handing_off: Option<(Instant, Vec<oneshot::Sender<()>>)>,
+    /// Led partitions: the current term and the index of its first entry (the new leader's
+    /// own), which must commit before the leader serves.
+    term_starts: HashMap<PartitionKey, (u64, u64)>,
 }
 
 #[derive(Default)]
@@ -419,6 +422,7 @@ impl ShardReplication {
             controller: None,
             catch_up: HashMap::new(),
             handing_off: None,
+            term_starts: HashMap::new(),
         };
         if shard == 0 {
             driver.open_controller().await?;
@@ -615,6 +619,7 @@ impl Driver {
             Command::Close { key, reply } => {
                 self.links.remove(&key);
                 self.catch_up.remove(&key);
+                self.term_starts.remove(&key);
                 for waiting in self.pending.remove(&key).unwrap_or_default() {
                     let _ = waiting
                         .reply
@@ -688,6 +693,16 @@ impl Driver {
             self.node
                 .add_group(group, dir, voters, self.settings.replica, log_config)
                 .await?;
+            let partition = self.node.group(&group).expect("just added");
+            let me = partition.replica().id();
+            let fresh = partition.replica().term() == 0 && partition.replica().last_index() == 0;
+            if fresh && voters.first() == Some(&me) {
+                // A new partition's preferred leader (the first replica, as Kafka's controller
+                // picks) stands at once instead of after an election timeout, so clients
+                // rarely see it without a leader. If its peers have not opened the group yet,
+                // the ordinary timeout elects someone a moment later.
+                let _ = partition.campaign();
+            }
         }
         let partition = self.node.group(&group).expect("just added");
         let link = Rc::new(ReplicaLink {
@@ -925,8 +940,23 @@ impl Driver {
                 continue;
             };
             let replica = group.replica();
+            // A new leader serves once the first entry of its term is committed: then every
+            // entry of earlier terms it holds is committed too, and recorded in the producer
+            // state, so a retried batch is recognised instead of appended twice.
+            let serving = replica.role() == Role::Leader && {
+                let term = replica.term();
+                let start = match self.term_starts.get(key) {
+                    Some((t, index)) if *t == term => *index,
+                    _ => {
+                        let index = replica.last_index();
+                        self.term_starts.insert(*key, (term, index));
+                        index
+                    }
+                };
+                replica.commit_index() >= start
+            };
             let now = LinkState {
-                leader: replica.role() == Role::Leader,
+                leader: serving,
                 leader_id: node_of(replica.leader_id()),
                 term: replica.term(),
                 high_watermark: group.high_watermark(),

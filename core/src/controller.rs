@@ -196,7 +196,36 @@ async fn create_in_cluster(
             Err(e) => Err(control_error(e)),
         });
     }
+    wait_for_leaders(controller, &out).await;
     out
+}
+
+/// How long CreateTopics waits, in cluster mode, for the new partitions to elect leaders.
+const LEADERS_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits (at most [`LEADERS_WITHIN`]) until every partition of the created topics that has a
+/// replica on this node knows its leader, so a client that acts on the answer finds leaders
+/// in Metadata (librdkafka, consuming a partition it saw without a leader, can restart from its
+/// starting offset later).
+async fn wait_for_leaders(controller: &Rc<Shard>, created: &[Result<Arc<Topic>, ApiError>]) {
+    let deadline = std::time::Instant::now() + LEADERS_WITHIN;
+    for topic in created.iter().filter_map(|r| r.as_ref().ok()) {
+        for p in 0..topic.partitions {
+            let here = controller
+                .replicas_of(&controller.catalog.image(), &topic.name, p)
+                .is_some_and(|r| r.contains(&controller.node_id()));
+            while here
+                && std::time::Instant::now() < deadline
+                && controller
+                    .catalog
+                    .cluster
+                    .leader((topic.id, p))
+                    .is_none_or(|l| l.leader < 0)
+            {
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
 }
 
 /// The replicas of a new topic's partitions in cluster mode.
@@ -572,6 +601,11 @@ pub async fn auto_create(shard: &Rc<Shard>, names: Vec<String>) {
         match result {
             Ok(_) => info!(topic = %name.name, "topic auto-created"),
             Err(e) if e.code == ResponseError::TopicAlreadyExists => {}
+            // Cluster mode: only the controller creates (clients also ask it, through the
+            // controller id Metadata names); not worth a warning per Metadata request.
+            Err(e) if e.code == ResponseError::NotController => {
+                tracing::debug!(topic = %name.name, "auto-creation is the controller's");
+            }
             Err(e) => warn!(topic = %name.name, error = %e.message, "cannot auto-create topic"),
         }
     }

@@ -184,11 +184,14 @@ fn position_answer(partition: &crate::partition::Partition, target: &Target) -> 
         out.error = Some(ResponseError::NotLeaderOrFollower);
         return Position::Answered(out);
     }
-    if target.offset < log_start || target.offset > high_watermark {
+    // Past the high watermark but within the log (a new leader whose high watermark has not
+    // caught up with its predecessor's yet): nothing to read yet, as Kafka answers.
+    let log_end = partition.log().log_end_offset().0;
+    if target.offset < log_start || target.offset > high_watermark.max(log_end) {
         out.error = Some(ResponseError::OffsetOutOfRange);
         return Position::Answered(out);
     }
-    if target.offset == high_watermark || target.max_bytes == 0 {
+    if target.offset >= high_watermark || target.max_bytes == 0 {
         return Position::Answered(out);
     }
     Position::Read(out)

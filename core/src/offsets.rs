@@ -34,6 +34,10 @@ pub struct OffsetAnswer {
     pub offset: i64,
     /// -1 unless a record was found by timestamp.
     pub timestamp: i64,
+    /// The partition's current leader epoch (0 on a single node; the Raft term in cluster
+    /// mode), whose end (OffsetForLeaderEpoch) is never below the answered offset, so a client
+    /// validating its position with it never sees a truncation that did not happen.
+    pub leader_epoch: i32,
 }
 
 impl OffsetAnswer {
@@ -42,6 +46,7 @@ impl OffsetAnswer {
             error: Some(code),
             offset: -1,
             timestamp: -1,
+            leader_epoch: -1,
         }
     }
     fn at(offset: i64) -> OffsetAnswer {
@@ -49,6 +54,7 @@ impl OffsetAnswer {
             error: None,
             offset,
             timestamp: -1,
+            leader_epoch: crate::partition::LEADER_EPOCH.0,
         }
     }
 }
@@ -68,15 +74,14 @@ async fn exact_record_at_or_after(log: &Log, near: Offset, ts: i64) -> OffsetAns
     });
     match found {
         Some(record) => OffsetAnswer {
-            error: None,
             offset: record.offset,
             timestamp: record.timestamp,
+            ..OffsetAnswer::at(record.offset)
         },
         // Undecodable here (say, a codec this build lacks): the batch-granular answer.
         None => OffsetAnswer {
-            error: None,
-            offset: near.0,
             timestamp: ts,
+            ..OffsetAnswer::at(near.0)
         },
     }
 }
@@ -107,7 +112,7 @@ pub async fn list_offsets(shard: &Rc<Shard>, queries: Vec<OffsetQuery>) -> Vec<O
                         return OffsetAnswer::failed(ResponseError::NotLeaderOrFollower);
                     }
                     let log = p.log();
-                    match timestamp {
+                    let answer = match timestamp {
                         LATEST => OffsetAnswer::at(p.high_watermark().0),
                         EARLIEST | EARLIEST_LOCAL => OffsetAnswer::at(log.log_start_offset().0),
                         LATEST_TIERED => OffsetAnswer::at(-1),
@@ -125,6 +130,23 @@ pub async fn list_offsets(shard: &Rc<Shard>, queries: Vec<OffsetQuery>) -> Vec<O
                             Ok(None) => OffsetAnswer::at(-1),
                             Err(_) => OffsetAnswer::failed(ResponseError::KafkaStorageError),
                         },
+                    };
+                    match answer.error {
+                        // Cluster mode: a record found by timestamp above the high watermark
+                        // is not committed yet, so not there for clients.
+                        None if (timestamp >= 0 || timestamp == MAX_TIMESTAMP)
+                            && answer.offset >= p.high_watermark().0 =>
+                        {
+                            OffsetAnswer {
+                                leader_epoch: p.leader_epoch(),
+                                ..OffsetAnswer::at(-1)
+                            }
+                        }
+                        None => OffsetAnswer {
+                            leader_epoch: p.leader_epoch(),
+                            ..answer
+                        },
+                        Some(_) => answer,
                     }
                 })
                 .await
@@ -220,12 +242,10 @@ impl EpochAnswer {
 
 /// OffsetForLeaderEpoch (KIP-101, KIP-320): where each asked leader epoch ends in the
 /// partition's log, on its leader. A single node has one epoch (0) ending at the log end. In
-/// cluster mode epochs are Raft terms; for a client (`from_consumer`) the end is capped at the
-/// high watermark, beyond which it cannot have read.
+/// cluster mode epochs are Raft terms.
 pub async fn offset_for_leader_epoch(
     shard: &Rc<Shard>,
     queries: Vec<EpochQuery>,
-    from_consumer: bool,
 ) -> Vec<EpochAnswer> {
     let image = shard.image();
     let answers = queries.into_iter().map(|query| {
@@ -272,14 +292,13 @@ pub async fn offset_for_leader_epoch(
                         _ => (epoch == 0).then(|| (0, p.log().log_end_offset())),
                     };
                     match end {
+                        // Not capped at the high watermark: a new leader's may still be below
+                        // what its predecessor acknowledged to the client (Kafka answers the
+                        // log's end too).
                         Some((found, end)) => EpochAnswer {
                             error: None,
                             leader_epoch: i32::try_from(found).unwrap_or(i32::MAX),
-                            end_offset: if from_consumer {
-                                end.min(p.high_watermark()).0
-                            } else {
-                                end.0
-                            },
+                            end_offset: end.0,
                         },
                         None => EpochAnswer::UNDEFINED,
                     }

@@ -1,7 +1,7 @@
 //! ListOffsets (key 2): earliest (-2), latest (-1), the first offset at or after a timestamp,
 //! or the first record with the largest timestamp (-3, KIP-734, v7+); -4 (earliest local) is
-//! the earliest, -5 (latest tiered) has none (no tiered storage). The leader epoch is
-//! answered from v4 only (the field does not exist before).
+//! the earliest, -5 (latest tiered) has none (no tiered storage). The leader epoch (the
+//! partition's current one) is answered from v4 only (the field does not exist before).
 
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
@@ -27,11 +27,7 @@ pub async fn handle(
     version: i16,
     ctx: &Context,
 ) -> ListOffsetsResponse {
-    let leader_epoch = if version >= LEADER_EPOCH_FROM {
-        sluice_core::partition::LEADER_EPOCH.0
-    } else {
-        -1
-    };
+    let with_epoch = version >= LEADER_EPOCH_FROM;
     let queries = request
         .topics
         .iter()
@@ -58,7 +54,7 @@ pub async fn handle(
                         .with_error_code(a.error.map_or(0, |e| e.code()))
                         .with_offset(a.offset)
                         .with_timestamp(a.timestamp)
-                        .with_leader_epoch(leader_epoch)
+                        .with_leader_epoch(if with_epoch { a.leader_epoch } else { -1 })
                 })
                 .collect();
             ListOffsetsTopicResponse::default()

@@ -20,14 +20,10 @@ pub const RANGE: ApiRange = ApiRange {
     max_version: 4,
 };
 
-/// `replica_id` (v3+) of a client; a broker names itself.
-const CONSUMER_REPLICA_ID: i32 = -1;
-
 pub async fn handle(
     request: OffsetForLeaderEpochRequest,
     ctx: &Context,
 ) -> OffsetForLeaderEpochResponse {
-    let from_consumer = request.replica_id.0 < 0 || request.replica_id.0 == CONSUMER_REPLICA_ID;
     let queries = request
         .topics
         .iter()
@@ -40,7 +36,7 @@ pub async fn handle(
             })
         })
         .collect();
-    let mut answers = offsets::offset_for_leader_epoch(&ctx.shard, queries, from_consumer)
+    let mut answers = offsets::offset_for_leader_epoch(&ctx.shard, queries)
         .await
         .into_iter();
     let topics = request
