@@ -991,19 +991,17 @@ impl Driver {
                     }),
                 );
             }
-            if (before.leader_id, before.term) != (now.leader_id, now.term) {
-                if before.leader != now.leader {
-                    info!(topic_id = %key.0, partition = key.1, term = now.term,
-                        leader = now.leader_id, "partition leadership changed");
-                }
+            // Serving here started or stopped (a new leader serves once its term's first
+            // entry commits, a step or more after it was elected).
+            if before.leader != now.leader {
+                info!(topic_id = %key.0, partition = key.1, term = now.term,
+                    leader = now.leader_id, serving = now.leader, "partition leadership changed");
                 let image = shard.image();
                 if let Some(topic) = image
                     .topic_by_id(key.0)
                     .filter(|t| t.name == crate::groups::OFFSETS_TOPIC)
                 {
-                    if before.leader != now.leader || now.leader {
-                        crate::groups::leadership_changed(shard, topic.clone(), key.1, now.leader);
-                    }
+                    crate::groups::leadership_changed(shard, topic.clone(), key.1, now.leader);
                 }
             }
             if before.high_watermark != now.high_watermark {

@@ -297,7 +297,7 @@ fn acknowledged_records_survive_repeated_leader_kills_on_every_replica() {
     let mut assignment = TopicPartitionList::new();
     for p in 0..PARTITIONS {
         assignment
-            .add_partition_offset(TOPIC, p, Offset::Beginning)
+            .add_partition_offset(TOPIC, p, Offset::Offset(0))
             .unwrap();
     }
     consumer.assign(&assignment).expect("assign");
@@ -842,7 +842,7 @@ fn an_isolated_leaders_unreplicated_suffix_is_truncated_when_it_returns() {
         .unwrap();
     let mut assignment = TopicPartitionList::new();
     assignment
-        .add_partition_offset(topic, 0, Offset::Beginning)
+        .add_partition_offset(topic, 0, Offset::Offset(0))
         .unwrap();
     consumer.assign(&assignment).unwrap();
     let mut read = Vec::new();
@@ -1006,7 +1006,7 @@ fn a_rolling_restart_under_load_loses_nothing() {
     let mut assignment = TopicPartitionList::new();
     for p in 0..PARTITIONS {
         assignment
-            .add_partition_offset(topic, p, Offset::Beginning)
+            .add_partition_offset(topic, p, Offset::Offset(0))
             .unwrap();
     }
     consumer.assign(&assignment).unwrap();
