@@ -374,6 +374,8 @@ struct Pending {
 
 struct ControllerDriver {
     state: ControllerState,
+    /// This node as it registers itself.
+    registration: BrokerRegistration,
     /// Commands proposed here as leader, by Raft index.
     waiters: BTreeMap<u64, oneshot::Sender<Result<(), ControlError>>>,
     id_waiters: Vec<oneshot::Sender<(i64, i64)>>,
@@ -547,6 +549,7 @@ impl Driver {
             .map_err(|e| format!("controller group in {}: {e}", dir.display()))?;
         self.controller = Some(ControllerDriver {
             state,
+            registration: self.settings.registration(),
             waiters: BTreeMap::new(),
             id_waiters: Vec::new(),
             id_block_before: None,
@@ -828,14 +831,16 @@ impl Driver {
         let Some(controller) = &mut self.controller else {
             return;
         };
-        let registration = self.settings.registration();
         let image = controller.state.image();
         let mut forward = Vec::new();
         let due = |last: Option<Instant>| last.is_none_or(|at| at.elapsed() >= RETRY_FORWARDED);
-        let registered = image.brokers.get(&registration.node_id) == Some(&registration);
+        let registered =
+            image.brokers.get(&self.settings.node_id) == Some(&controller.registration);
         if !registered && due(controller.last_registration) {
             controller.last_registration = Some(Instant::now());
-            forward.push(MetadataCommand::RegisterBroker(registration));
+            forward.push(MetadataCommand::RegisterBroker(
+                controller.registration.clone(),
+            ));
         }
         if !controller.id_waiters.is_empty() && registered && due(controller.last_id_request) {
             controller.last_id_request = Some(Instant::now());
@@ -912,6 +917,10 @@ impl Driver {
             let Some(group) = self.node.group(&group_key(*key)) else {
                 continue;
             };
+            // Most steps have only acks=all appends waiting: nothing to look at.
+            if !queue.iter().any(|w| w.until == Until::Appended) {
+                continue;
+            }
             let log_end = group.log().log_end_offset();
             let mut kept = VecDeque::with_capacity(queue.len());
             for waiting in queue.drain(..) {

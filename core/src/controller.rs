@@ -88,21 +88,21 @@ async fn create_on_controller(
     let image = controller.catalog.image();
     let mut topics = image.to_topics();
     if let (Some(replication), Some(cluster)) = (&controller.replication, &image.cluster) {
-        return create_in_cluster(controller, replication, cluster, requested, validate_only).await;
+        return create_in_cluster(
+            controller,
+            replication,
+            cluster,
+            &topics,
+            requested,
+            validate_only,
+        )
+        .await;
     }
-    let mut seen = HashSet::new();
-    let duplicated: HashSet<String> = requested
-        .iter()
-        .filter(|t| !seen.insert(t.name.clone()))
-        .map(|t| t.name.clone())
-        .collect();
+    let duplicated = named_twice(&requested);
     let mut results: Vec<Result<Topic, ApiError>> = Vec::with_capacity(requested.len());
     for new in requested {
         let checked = if duplicated.contains(&new.name) {
-            Err(error(
-                ResponseError::InvalidRequest,
-                format!("topic {} appears more than once in the request", new.name),
-            ))
+            Err(named_twice_error(&new.name))
         } else {
             check_new_topic(controller, &new, &topics)
         };
@@ -141,6 +141,23 @@ async fn create_on_controller(
     out
 }
 
+/// The names a CreateTopics request gives more than once (each such entry is refused).
+fn named_twice(requested: &[NewTopic]) -> HashSet<String> {
+    let mut seen = HashSet::new();
+    requested
+        .iter()
+        .filter(|t| !seen.insert(t.name.as_str()))
+        .map(|t| t.name.clone())
+        .collect()
+}
+
+fn named_twice_error(name: &str) -> ApiError {
+    error(
+        ResponseError::InvalidRequest,
+        format!("topic {name} appears more than once in the request"),
+    )
+}
+
 /// Cluster mode: each topic checked as on a single node, given its replicas (the request's
 /// assignment, or Kafka's spread over the registered brokers), then created by the controller
 /// group; answered once the command is committed. Only the controller leader creates.
@@ -148,27 +165,19 @@ async fn create_in_cluster(
     controller: &Rc<Shard>,
     replication: &ShardReplication,
     cluster: &ClusterImage,
+    topics: &BTreeMap<String, Topic>,
     requested: Vec<NewTopic>,
     validate_only: bool,
 ) -> Vec<Result<Arc<Topic>, ApiError>> {
-    let topics = controller.catalog.image().to_topics();
     let brokers: Vec<i32> = cluster.brokers.keys().copied().collect();
-    let mut seen = HashSet::new();
-    let duplicated: HashSet<String> = requested
-        .iter()
-        .filter(|t| !seen.insert(t.name.clone()))
-        .map(|t| t.name.clone())
-        .collect();
+    let duplicated = named_twice(&requested);
     let mut out = Vec::with_capacity(requested.len());
     for new in requested {
         if duplicated.contains(&new.name) {
-            out.push(Err(error(
-                ResponseError::InvalidRequest,
-                format!("topic {} appears more than once in the request", new.name),
-            )));
+            out.push(Err(named_twice_error(&new.name)));
             continue;
         }
-        let checked = check_new_topic(controller, &new, &topics).and_then(|topic| {
+        let checked = check_new_topic(controller, &new, topics).and_then(|topic| {
             let replicas = cluster_assignment(&new, &topic, &brokers, cluster.version)?;
             Ok((topic, replicas))
         });

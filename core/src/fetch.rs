@@ -210,7 +210,9 @@ pub(crate) async fn read_one(shard: &Shard, target: &Target) -> FetchOutput {
     let log = partition.log();
     match log.read(Offset(target.offset), target.max_bytes).await {
         // Cluster mode: the log may hold entries not yet committed; consumers see up to the
-        // high watermark only.
+        // high watermark only (a read ending at or below it, always so on a single node, is
+        // kept whole without walking its batches).
+        Ok(read) if read.next_offset.0 <= out.high_watermark => out.records = read.bytes,
         Ok(read) => out.records = below_offset(read.bytes, Offset(out.high_watermark)),
         Err(StorageError::OffsetOutOfRange { .. }) => {
             out.error = Some(ResponseError::OffsetOutOfRange)

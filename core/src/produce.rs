@@ -190,7 +190,7 @@ pub async fn produce(
             continue;
         }
         let replicas = shard.replicas_of(&image, &topic.name, input.partition);
-        if let Some(replicas) = &replicas {
+        if let Some(replicas) = replicas {
             if !replicas.contains(&shard.node_id()) {
                 outputs[index] = Some(ProduceOutput::failed(
                     ResponseError::NotLeaderOrFollower,
@@ -204,7 +204,7 @@ pub async fn produce(
                 continue;
             }
         }
-        let replica_count = replicas.as_ref().map_or(1, Vec::len) as i64;
+        let replica_count = replicas.map_or(1, <[i32]>::len) as i64;
         if acks == Acks::All && topic.min_insync_replicas() > replica_count {
             outputs[index] = Some(ProduceOutput::failed(
                 ResponseError::NotEnoughReplicas,

@@ -468,7 +468,12 @@ impl Shard {
 
     /// Cluster mode: the nodes holding partition `partition` of `topic` in `image`, preferred
     /// leader first; `None` on a single node (or for a partition the image lacks).
-    pub fn replicas_of(&self, image: &Image, topic: &str, partition: i32) -> Option<Vec<i32>> {
+    pub fn replicas_of<'a>(
+        &self,
+        image: &'a Image,
+        topic: &str,
+        partition: i32,
+    ) -> Option<&'a [i32]> {
         image
             .cluster
             .as_ref()?
@@ -476,7 +481,7 @@ impl Shard {
             .get(topic)?
             .replicas
             .get(usize::try_from(partition).ok()?)
-            .cloned()
+            .map(Vec::as_slice)
     }
 
     /// Cluster mode: the Raft ids of partition `partition`'s replicas, if this node holds one;
@@ -486,14 +491,10 @@ impl Shard {
         topic: &Topic,
         partition: i32,
     ) -> Result<Vec<u64>, sluice_storage::StorageError> {
-        let node = self.replication.as_ref().map_or(-1, |r| r.settings.node_id);
         let image = self.catalog.image();
-        let replicas = image
-            .cluster
-            .as_ref()
-            .and_then(|c| c.topics.get(&topic.name))
-            .and_then(|t| t.replicas.get(usize::try_from(partition).ok()?))
-            .filter(|replicas| replicas.contains(&node))
+        let replicas = self
+            .replicas_of(&image, &topic.name, partition)
+            .filter(|replicas| replicas.contains(&self.node_id()))
             .ok_or(sluice_storage::StorageError::Closed)?;
         Ok(replicas
             .iter()

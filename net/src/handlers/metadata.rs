@@ -164,8 +164,8 @@ fn describe(ctx: &Context, topic: &Topic, operations: i32) -> MetadataResponseTo
             let in_sync = leader
                 .as_ref()
                 .and_then(|l| l.in_sync.clone())
-                .unwrap_or_else(|| replicas.clone());
-            let replicas: Vec<BrokerId> = replicas.into_iter().map(BrokerId).collect();
+                .unwrap_or_else(|| replicas.to_vec());
+            let replicas: Vec<BrokerId> = replicas.iter().copied().map(BrokerId).collect();
             let partition = partition
                 .with_replica_nodes(replicas)
                 .with_isr_nodes(in_sync.into_iter().map(BrokerId).collect());
