@@ -78,25 +78,40 @@ fn create_topic_named(cluster: &Cluster, name: &str) {
     assert!(created[0].is_ok(), "{created:?}");
 }
 
-/// The leader of `partition` as a running node reports it, once one is known.
-fn leader_of(cluster: &Cluster, partition: i32) -> i32 {
+/// Assigns partitions `0..partitions` of `topic` from offset 0. Not from the logical
+/// BEGINNING: librdkafka (2.x) resolving a logical offset while the partition's leader moves
+/// can let a stale offset query land after fetching started and rewind the position (seen as
+/// records read twice, with its log saying "timed offset query ... in state active").
+fn assign_from_offset_zero(consumer: &BaseConsumer, topic: &str, partitions: i32) {
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment
+            .add_partition_offset(topic, p, Offset::Offset(0))
+            .unwrap();
+    }
+    consumer.assign(&assignment).expect("assign");
+}
+
+/// The leader of `topic`'s `partition` and its epoch, as a running node reports them, once a
+/// running node leads.
+fn leader_of(cluster: &Cluster, topic: &str, partition: i32) -> (i32, i32) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         for node in cluster.nodes.iter().filter(|n| n.is_running()) {
             let answer = metadata(node.kafka);
-            let leader = answer
+            let (leader, epoch) = answer
                 .topics
                 .iter()
-                .find(|t| t.name.as_ref().is_some_and(|n| n.as_str() == TOPIC))
+                .find(|t| t.name.as_ref().is_some_and(|n| n.as_str() == topic))
                 .and_then(|t| t.partitions.iter().find(|p| p.partition_index == partition))
-                .map_or(-1, |p| p.leader_id.0);
+                .map_or((-1, -1), |p| (p.leader_id.0, p.leader_epoch));
             if leader >= 0 && cluster.node(leader).is_running() {
-                return leader;
+                return (leader, epoch);
             }
         }
         assert!(
             Instant::now() < deadline,
-            "no leader for partition {partition}"
+            "no leader for {topic} partition {partition}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -171,17 +186,7 @@ fn acknowledged_records_survive_repeated_leader_kills_on_every_replica() {
                 .set("topic.metadata.refresh.interval.ms", "500")
                 .create()
                 .expect("consumer");
-            // From offset 0, not the logical BEGINNING: librdkafka (2.x) resolving a logical
-            // offset while the partition's leader moves can let a stale offset query land
-            // after fetching started and rewind the position (seen here as records read
-            // twice, with its log saying "timed offset query ... in state active").
-            let mut assignment = TopicPartitionList::new();
-            for p in 0..PARTITIONS {
-                assignment
-                    .add_partition_offset(TOPIC, p, Offset::Offset(0))
-                    .unwrap();
-            }
-            consumer.assign(&assignment).expect("assign");
+            assign_from_offset_zero(&consumer, TOPIC, PARTITIONS);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
                     let payload = message.payload().unwrap_or_default();
@@ -220,7 +225,7 @@ fn acknowledged_records_survive_repeated_leader_kills_on_every_replica() {
     let kills = 10;
     for round in 0..kills {
         let partition = round % PARTITIONS;
-        let leader = leader_of(&cluster, partition);
+        let (leader, _) = leader_of(&cluster, TOPIC, partition);
         cluster.kill(leader);
         for _ in 0..5 {
             send_some(&producer, 60);
@@ -294,13 +299,7 @@ fn acknowledged_records_survive_repeated_leader_kills_on_every_replica() {
         .set("enable.auto.commit", "false")
         .create()
         .expect("consumer");
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        assignment
-            .add_partition_offset(TOPIC, p, Offset::Offset(0))
-            .unwrap();
-    }
-    consumer.assign(&assignment).expect("assign");
+    assign_from_offset_zero(&consumer, TOPIC, PARTITIONS);
     let mut read: BTreeMap<(i32, i64), String> = BTreeMap::new();
     let mut seen = HashSet::new();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -615,20 +614,27 @@ fn cluster_dev_runs_three_nodes_and_stops_them_all_on_ctrl_c() {
     }
 }
 
-/// One Produce (v9) of a single record to partition 0 with acks=all, straight on the wire to
-/// `node`; the partition's error code.
-fn produce_on_wire(node: std::net::SocketAddr, topic: &str) -> i16 {
+/// One Produce (v9) of `values` (one batch) to partition 0 of `topic` with `acks`, straight
+/// on the wire to `node`; the partition's error code and base offset.
+fn produce_on_wire(
+    node: std::net::SocketAddr,
+    topic: &str,
+    acks: i16,
+    values: &[&[u8]],
+) -> (i16, i64) {
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
     use kafka_protocol::protocol::StrBytes;
-    let batch = sluice_storage::batch::build_batch(0, &[(0, b"k".as_slice(), b"v".as_slice())]);
+    let records: Vec<(i64, &[u8], &[u8])> =
+        values.iter().map(|v| (0, b"k".as_slice(), *v)).collect();
+    let batch = sluice_storage::batch::build_batch(0, &records);
     let mut s = sluice_tests::wire::connect(node);
     let answer: ProduceResponse = sluice_tests::wire::call(
         &mut s,
         ApiKey::Produce,
         9,
         &ProduceRequest::default()
-            .with_acks(-1)
+            .with_acks(acks)
             .with_timeout_ms(10_000)
             .with_topic_data(vec![TopicProduceData::default()
                 .with_name(TopicName(StrBytes::from_string(topic.to_string())))
@@ -636,7 +642,13 @@ fn produce_on_wire(node: std::net::SocketAddr, topic: &str) -> i16 {
                     .with_index(0)
                     .with_records(Some(bytes::Bytes::from(batch)))])]),
     );
-    answer.responses[0].partition_responses[0].error_code
+    let partition = &answer.responses[0].partition_responses[0];
+    (partition.error_code, partition.base_offset)
+}
+
+/// One record with acks=all (see [`produce_on_wire`]); the error code.
+fn produce_one(node: std::net::SocketAddr, topic: &str) -> i16 {
+    produce_on_wire(node, topic, -1, &[b"v"]).0
 }
 
 /// The ISR of `topic`'s partition 0 as `node` answers Metadata.
@@ -669,27 +681,14 @@ fn a_paused_follower_leaves_the_isr_and_min_insync_replicas_decides() {
     ))
     .unwrap();
     assert!(created.iter().all(Result::is_ok), "{created:?}");
-    let leader_of = |topic: &str| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let answer = metadata(cluster.node(0).kafka);
-            let leader = answer
-                .topics
-                .iter()
-                .find(|t| t.name.as_ref().is_some_and(|n| n.as_str() == topic))
-                .map_or(-1, |t| t.partitions[0].leader_id.0);
-            if leader >= 0 {
-                return leader;
-            }
-            assert!(Instant::now() < deadline, "no leader for {topic}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
-    let (two, three) = (leader_of("two"), leader_of("three"));
+    let (two, three) = (
+        leader_of(&cluster, "two", 0).0,
+        leader_of(&cluster, "three", 0).0,
+    );
     // Everything in sync: both topics take acks=all.
     for (topic, leader) in [("two", two), ("three", three)] {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while produce_on_wire(cluster.node(leader).kafka, topic) != 0 {
+        while produce_one(cluster.node(leader).kafka, topic) != 0 {
             assert!(Instant::now() < deadline, "{topic} refuses acks=all");
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -707,12 +706,12 @@ fn a_paused_follower_leaves_the_isr_and_min_insync_replicas_decides() {
         assert!(!isr.contains(&follower), "{topic}: {isr:?}");
     }
     assert_eq!(
-        produce_on_wire(cluster.node(two).kafka, "two"),
+        produce_one(cluster.node(two).kafka, "two"),
         0,
         "2 of 3 suffice"
     );
     assert_eq!(
-        produce_on_wire(cluster.node(three).kafka, "three"),
+        produce_one(cluster.node(three).kafka, "three"),
         NOT_ENOUGH_REPLICAS,
         "min.insync.replicas=3 with 2 in sync"
     );
@@ -727,7 +726,7 @@ fn a_paused_follower_leaves_the_isr_and_min_insync_replicas_decides() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(produce_on_wire(cluster.node(three).kafka, "three"), 0);
+    assert_eq!(produce_one(cluster.node(three).kafka, "three"), 0);
 }
 
 #[test]
@@ -765,59 +764,14 @@ fn an_isolated_leaders_unreplicated_suffix_is_truncated_when_it_returns() {
     // The leader of partition 0 loses its followers (paused): it still takes acks=1 writes
     // for a moment, which nobody else gets; then everyone dies, and the old leader comes back
     // last, with a suffix nobody else has.
-    let (leader, isolated_epoch) = {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let answer = metadata(cluster.node(0).kafka);
-            let (leader, epoch) = answer
-                .topics
-                .iter()
-                .find(|t| t.name.as_ref().is_some_and(|n| n.as_str() == topic))
-                .map_or((-1, -1), |t| {
-                    (t.partitions[0].leader_id.0, t.partitions[0].leader_epoch)
-                });
-            if leader >= 0 {
-                break (leader, epoch);
-            }
-            assert!(Instant::now() < deadline);
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
+    let (leader, isolated_epoch) = leader_of(&cluster, topic, 0);
     let followers: Vec<i32> = (0..3).filter(|n| *n != leader).collect();
     for f in &followers {
         cluster.pause(*f, true);
     }
-    let isolated = {
-        let payload_of = |n: u64| format!("lost-{n}");
-        let batch: Vec<(Vec<u8>, Vec<u8>)> = (0..5)
-            .map(|n| (b"k".to_vec(), payload_of(n).into_bytes()))
-            .collect();
-        let records: Vec<(i64, &[u8], &[u8])> = batch
-            .iter()
-            .map(|(k, v)| (0, k.as_slice(), v.as_slice()))
-            .collect();
-        let batch = sluice_storage::batch::build_batch(0, &records);
-        use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-        use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
-        use kafka_protocol::protocol::StrBytes;
-        let mut s = sluice_tests::wire::connect(cluster.node(leader).kafka);
-        let answer: ProduceResponse = sluice_tests::wire::call(
-            &mut s,
-            ApiKey::Produce,
-            9,
-            &ProduceRequest::default()
-                .with_acks(1)
-                .with_timeout_ms(10_000)
-                .with_topic_data(vec![TopicProduceData::default()
-                    .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-                    .with_partition_data(vec![PartitionProduceData::default()
-                        .with_index(0)
-                        .with_records(Some(bytes::Bytes::from(batch)))])]),
-        );
-        let partition = &answer.responses[0].partition_responses[0];
-        (partition.error_code, partition.base_offset)
-    };
-    let (isolated, lost_at) = isolated;
+    let lost: Vec<String> = (0..5).map(|n| format!("lost-{n}")).collect();
+    let lost: Vec<&[u8]> = lost.iter().map(|v| v.as_bytes()).collect();
+    let (isolated, lost_at) = produce_on_wire(cluster.node(leader).kafka, topic, 1, &lost);
     assert_eq!(isolated, 0, "the isolated leader acknowledges acks=1");
     cluster.kill(leader);
     // The followers die paused, so the appends waiting in their sockets die with them (resumed,
@@ -840,11 +794,7 @@ fn an_isolated_leaders_unreplicated_suffix_is_truncated_when_it_returns() {
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(topic, 0, Offset::Offset(0))
-        .unwrap();
-    consumer.assign(&assignment).unwrap();
+    assign_from_offset_zero(&consumer, topic, 1);
     let mut read = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while read.len() < 110 {
@@ -1003,13 +953,7 @@ fn a_rolling_restart_under_load_loses_nothing() {
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        assignment
-            .add_partition_offset(topic, p, Offset::Offset(0))
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
+    assign_from_offset_zero(&consumer, topic, PARTITIONS);
     let mut read: HashMap<String, (i32, i64)> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while read.len() < acknowledged.len() {
@@ -1093,4 +1037,147 @@ fn kafka_python_uses_a_three_node_cluster() {
             "missing {expected:?}: {stdout}\n{stderr}"
         );
     }
+}
+
+/// What a cluster node does not do (yet), or does only elsewhere, is refused with the error a
+/// Kafka client acts on and a message naming why: topic admin on a node that is not the
+/// controller, a replication factor above the brokers, the controller commands not wired in
+/// cluster mode, DeleteRecords, and produce and fetch on a follower.
+#[test]
+fn a_cluster_node_refuses_what_it_cannot_do_with_clear_errors() {
+    use kafka_protocol::messages::{
+        create_partitions_request, create_topics_request, delete_records_request, fetch_request,
+        ApiKey, BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
+        CreateTopicsResponse, DeleteRecordsRequest, DeleteRecordsResponse, FetchRequest,
+        FetchResponse, TopicName,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    use sluice_tests::wire::{call, connect};
+    const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+    const INVALID_REPLICATION_FACTOR: i16 = 38;
+    const NOT_CONTROLLER: i16 = 41;
+    const INVALID_REQUEST: i16 = 42;
+    const POLICY_VIOLATION: i16 = 44;
+    let _one_at_a_time = one_cluster_at_a_time();
+    let cluster = Cluster::start(3, &[]);
+    let name = |n: &str| TopicName(StrBytes::from_string(n.to_string()));
+    let create = |node: i32, topic: &str, factor: i16| -> (i16, String) {
+        let answer: CreateTopicsResponse = call(
+            &mut connect(cluster.node(node).kafka),
+            ApiKey::CreateTopics,
+            7,
+            &CreateTopicsRequest::default()
+                .with_timeout_ms(10_000)
+                .with_topics(vec![create_topics_request::CreatableTopic::default()
+                    .with_name(name(topic))
+                    .with_num_partitions(1)
+                    .with_replication_factor(factor)]),
+        );
+        let t = &answer.topics[0];
+        let message = t.error_message.as_ref().map_or("", |m| m.as_str());
+        (t.error_code, message.to_string())
+    };
+    let controller = metadata(cluster.node(0).kafka).controller_id.0;
+    let elsewhere = (0..3).find(|n| *n != controller).unwrap();
+    let (code, message) = create(elsewhere, "refused", 3);
+    assert_eq!(code, NOT_CONTROLLER, "{message}");
+    assert!(message.contains(&format!("node {controller}")), "{message}");
+    let (code, message) = create(controller, "too-wide", 5);
+    assert_eq!(code, INVALID_REPLICATION_FACTOR, "{message}");
+    assert!(message.contains("3 registered broker"), "{message}");
+    assert_eq!(create(controller, "accepted", 3).0, 0);
+
+    let grow: CreatePartitionsResponse = call(
+        &mut connect(cluster.node(controller).kafka),
+        ApiKey::CreatePartitions,
+        3,
+        &CreatePartitionsRequest::default()
+            .with_timeout_ms(5000)
+            .with_topics(vec![
+                create_partitions_request::CreatePartitionsTopic::default()
+                    .with_name(name("accepted"))
+                    .with_count(2),
+            ]),
+    );
+    let result = &grow.results[0];
+    assert_eq!(result.error_code, INVALID_REQUEST);
+    let message = result.error_message.as_ref().map_or("", |m| m.as_str());
+    assert!(
+        message.contains("not available in cluster mode yet"),
+        "{message}"
+    );
+
+    let (leader, _) = leader_of(&cluster, "accepted", 0);
+    let follower = (0..3).find(|n| *n != leader).unwrap();
+    let delete: DeleteRecordsResponse = call(
+        &mut connect(cluster.node(leader).kafka),
+        ApiKey::DeleteRecords,
+        2,
+        &DeleteRecordsRequest::default()
+            .with_timeout_ms(5000)
+            .with_topics(vec![delete_records_request::DeleteRecordsTopic::default()
+                .with_name(name("accepted"))
+                .with_partitions(vec![
+                    delete_records_request::DeleteRecordsPartition::default()
+                        .with_partition_index(0)
+                        .with_offset(-1),
+                ])]),
+    );
+    assert_eq!(delete.topics[0].partitions[0].error_code, POLICY_VIOLATION);
+
+    assert_eq!(
+        produce_one(cluster.node(follower).kafka, "accepted"),
+        NOT_LEADER_OR_FOLLOWER
+    );
+    assert_eq!(produce_one(cluster.node(leader).kafka, "accepted"), 0);
+    let fetch: FetchResponse = call(
+        &mut connect(cluster.node(follower).kafka),
+        ApiKey::Fetch,
+        12,
+        &FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(0)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![fetch_request::FetchTopic::default()
+                .with_topic(name("accepted"))
+                .with_partitions(vec![fetch_request::FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(0)
+                    .with_partition_max_bytes(1 << 20)])]),
+    );
+    assert_eq!(
+        fetch.responses[0].partitions[0].error_code,
+        NOT_LEADER_OR_FOLLOWER
+    );
+}
+
+/// A data directory a single node wrote (its topics are not Raft groups) does not start as a
+/// cluster node: start-up fails naming the file and why.
+#[test]
+fn a_single_nodes_data_directory_is_refused_in_cluster_mode() {
+    let broker = sluice_tests::Broker::start(&["--cores", "1"]);
+    let dir = broker.stop();
+    let rpc = free_ports(1);
+    let out = std::process::Command::new(sluice_tests::sluice_binary())
+        .args([
+            "serve",
+            "--cores",
+            "1",
+            "--node-id",
+            "0",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--seeds", &format!("0@127.0.0.1:{rpc}")])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .expect("run sluice serve");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("metadata.json") && stderr.contains("holds a single node's topics"),
+        "{stderr}"
+    );
 }
