@@ -234,7 +234,11 @@ fn replicas_keep_identical_logs_and_every_committed_batch_through_kills_and_rest
             cluster.network.clear();
             cluster.kill(victim);
             pending.retain(|&(_, at, _)| at != victim);
-            for _ in 0..30 {
+            // The survivors elect a leader (split votes can take longer than any fixed count
+            // of ticks) and commit its term's first entry before the victim comes back: only
+            // then is a burst that only the dead leader held certain to be truncated.
+            cluster.wait_for_leader().await;
+            for _ in 0..10 {
                 cluster.step().await;
             }
             cluster.restart(victim).await;
