@@ -6,11 +6,18 @@
 #   peer.sh start NAME        start it fresh, wait until its port answers (installs first if needed)
 #   peer.sh stop NAME         stop it by PID (SIGTERM, then SIGKILL after 10 s)
 #   peer.sh stop-all
-# `sluice bench compare` sets BENCH_PARTITIONS to the workload's partitions per topic.
+# `sluice bench compare` sets BENCH_PARTITIONS to the workload's partitions per topic and
+# BENCH_REPLICATION_FACTOR to its replication factor.
 #
 # Peers, their addresses and their durability (what an acknowledgement means):
 #   sluice  127.0.0.1:9092  this repository's release build; acks=all = fdatasync'd before the
-#                           answer (group commit). Data dir $PEER_DIR/sluice.
+#                           answer (group commit). Data dir $PEER_DIR/sluice. With
+#                           BENCH_REPLICATION_FACTOR > 1 it is started with
+#                           --clamp-replication-factor true: asked for 3 copies, it keeps one.
+#   sluice-rf3 127.0.0.1:9192,9193,9194  this build as a three-node cluster (`sluice cluster dev
+#                           --nodes 3 --cores 1`, RPC ports 33145/33155/33165) on this same
+#                           machine; acks=all = fdatasync'd on a majority (2 of 3) before the
+#                           answer. Data dir $PEER_DIR/sluice-rf3/node-N.
 #   sluice-base 127.0.0.1:9096  another Sluice build, $SLUICE_BASE_BIN (e.g. an earlier commit's
 #                           release binary), for A/B runs of a change against its base.
 #   tansu   127.0.0.1:9094  `cargo install tansu --features libsql` (0.6; with default features
@@ -36,8 +43,9 @@ port_of() {
     sluice|rivine) echo 9092 ;;
     tansu) echo 9094 ;;
     sluice-base) echo 9096 ;;
+    sluice-rf3) echo 9192 ;;
     redis) echo 6390 ;;
-    *) echo "unknown peer $1 (sluice, sluice-base, tansu, rivine, redis)" >&2; exit 2 ;;
+    *) echo "unknown peer $1 (sluice, sluice-base, sluice-rf3, tansu, rivine, redis)" >&2; exit 2 ;;
   esac
 }
 
@@ -45,7 +53,7 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 install() {
   case $1 in
-    sluice) [[ -x $ROOT/target/release/sluice ]] || (cd "$ROOT" && cargo build --release --locked) ;;
+    sluice|sluice-rf3) [[ -x $ROOT/target/release/sluice ]] || (cd "$ROOT" && cargo build --release --locked) ;;
     sluice-base) [[ -x ${SLUICE_BASE_BIN:-} ]] || {
                    echo "sluice-base: set SLUICE_BASE_BIN to a sluice binary" >&2; exit 2; } ;;
     # Plain `cargo install tansu` builds no storage engine at all (the broker exits with
@@ -71,7 +79,13 @@ start() {
       ulimit -l "$(ulimit -H -l)" 2>/dev/null || true
       local bin=$ROOT/target/release/sluice
       [[ $name == sluice-base ]] && bin=$SLUICE_BASE_BIN
-      "$bin" serve --data-dir "$dir" --listen "127.0.0.1:$port" >"$dir.log" 2>&1 & ;;
+      local clamp=()
+      [[ ${BENCH_REPLICATION_FACTOR:-1} -gt 1 ]] && clamp=(--clamp-replication-factor true)
+      "$bin" serve --data-dir "$dir" --listen "127.0.0.1:$port" "${clamp[@]}" >"$dir.log" 2>&1 & ;;
+    sluice-rf3)
+      ulimit -l "$(ulimit -H -l)" 2>/dev/null || true
+      "$ROOT/target/release/sluice" cluster dev --nodes 3 --cores 1 --dir "$dir" \
+        --kafka-port "$port" --rpc-port 33145 >"$dir.log" 2>&1 & ;;
     tansu)
       (cd "$dir" && exec "$CARGO_BIN/tansu" broker --storage-engine sqlite://tansu.db \
         --kafka-listener-url "tcp://127.0.0.1:$port" \
@@ -88,7 +102,7 @@ start() {
   esac
   echo $! >"$PEER_DIR/$name.pid"
   for _ in $(seq 1 300); do
-    if port_open "$port"; then echo "$name up on $port (pid $(cat "$PEER_DIR/$name.pid"))"; return 0; fi
+    if port_open "$port" && ready "$name"; then echo "$name up on $port (pid $(cat "$PEER_DIR/$name.pid"))"; return 0; fi
     if ! kill -0 "$(cat "$PEER_DIR/$name.pid")" 2>/dev/null; then
       echo "$name exited at start; log: $dir.log" >&2; tail -n 20 "$dir.log" >&2; exit 1
     fi
@@ -98,13 +112,25 @@ start() {
   stop "$name"; exit 1
 }
 
+# A cluster is ready once it has formed: every node registered (the controller then creates
+# __consumer_offsets, which Metadata lists with leaders).
+ready() {
+  case $1 in
+    sluice-rf3) "$ROOT/target/release/sluice" topic describe __consumer_offsets \
+                  --bootstrap 127.0.0.1:9192 >/dev/null 2>&1 ;;
+    *) true ;;
+  esac
+}
+
 stop() {
-  local name=$1 pidfile=$PEER_DIR/$1.pid pid
+  local name=$1 pidfile=$PEER_DIR/$1.pid pid wait=100
+  # `cluster dev` stops its nodes one after another, each handing its leaderships off.
+  [[ $name == sluice-rf3 ]] && wait=600
   [[ -f $pidfile ]] || return 0
   pid=$(cat "$pidfile")
   if kill -0 "$pid" 2>/dev/null; then
     kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 1 "$wait"); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; sleep 0.2; fi
     [[ ${2:-} == quiet ]] || echo "$name stopped (pid $pid)"
   fi
@@ -115,6 +141,6 @@ case ${1:-} in
   install) install "${2:?peer name}" ;;
   start) start "${2:?peer name}" ;;
   stop) stop "${2:?peer name}" ;;
-  stop-all) for p in sluice sluice-base tansu rivine redis; do stop "$p"; done ;;
+  stop-all) for p in sluice sluice-base sluice-rf3 tansu rivine redis; do stop "$p"; done ;;
   *) sed -n '2,22p' "$0" >&2; exit 2 ;;
 esac

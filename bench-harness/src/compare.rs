@@ -25,7 +25,8 @@ pub struct CompareOptions {
 }
 
 /// Runs the peers script; it learns the workload's partition count from `BENCH_PARTITIONS`
-/// (for brokers that can only auto-create topics with a configured default).
+/// (for brokers that can only auto-create topics with a configured default) and its
+/// replication factor from `BENCH_REPLICATION_FACTOR`.
 fn peer(script: &Path, action: &str, name: &str, workload: &Workload) -> Result<(), String> {
     let status = Command::new(script)
         .arg(action)
@@ -33,6 +34,10 @@ fn peer(script: &Path, action: &str, name: &str, workload: &Workload) -> Result<
         .env(
             "BENCH_PARTITIONS",
             workload.partitions_per_topic.to_string(),
+        )
+        .env(
+            "BENCH_REPLICATION_FACTOR",
+            workload.replication_factor.to_string(),
         )
         // Its chatter would land in the table on stdout; errors still reach stderr.
         .stdout(std::process::Stdio::null())

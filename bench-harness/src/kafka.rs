@@ -42,6 +42,7 @@ pub fn create_topics(
     bootstrap: &str,
     names: &[String],
     partitions: u32,
+    replication_factor: u32,
     configs: &std::collections::BTreeMap<String, String>,
 ) -> Result<(), String> {
     reachable(bootstrap).map_err(|e| format!("CreateTopics on {bootstrap}: {e}"))?;
@@ -50,7 +51,11 @@ pub fn create_topics(
         .iter()
         .map(|n| {
             configs.iter().fold(
-                NewTopic::new(n, partitions as i32, TopicReplication::Fixed(1)),
+                NewTopic::new(
+                    n,
+                    partitions as i32,
+                    TopicReplication::Fixed(replication_factor as i32),
+                ),
                 |topic, (key, value)| topic.set(key, value),
             )
         })

@@ -6,10 +6,13 @@
 //! records publish and end-to-end latency from intended send times in HDR histograms;
 //! [`report`] writes the JSON result and the text summary; [`compare`] interleaves targets and
 //! prints medians and ratios; [`plot`] draws SVG charts; [`loopback`] measures the loopback
-//! network limit; [`fetch_sessions`] sets incremental fetch sessions beside full fetches. The disk limit is `bench-harness/fio/device-limits.sh`; peers are started and
-//! stopped by `bench-harness/peers/peer.sh`.
+//! network limit; [`fetch_sessions`] sets incremental fetch sessions beside full fetches;
+//! [`failover`] measures leader failover on a local cluster. The disk limit is
+//! `bench-harness/fio/device-limits.sh`; peers are started and stopped by
+//! `bench-harness/peers/peer.sh`.
 
 pub mod compare;
+pub mod failover;
 pub mod fetch_sessions;
 pub mod kafka;
 pub mod kafka_wire;
@@ -28,13 +31,13 @@ use run::Target;
 use workload::{NamedRate, Rate, Workload};
 
 pub const USAGE: &str = "  sluice bench [run] WORKLOAD.yaml [--target [NAME=]ADDRESS] [--out DIR] [--rate N|max|unpaced]
-                                   [--duration S] [--warmup S] [--quiet]
+                                   [--duration S] [--warmup S] [--replication-factor N] [--quiet]
       Runs the workload against a Kafka bootstrap address (default 127.0.0.1:9092) or a
       redis://host:port Redis Streams target; writes DIR/<workload>-<name>-<time>.{json,txt}
       (DIR defaults to bench-results) and prints the summary.
   sluice bench compare WORKLOAD.yaml --target NAME=ADDRESS --target NAME=ADDRESS ... [--runs N]
                                    [--peers SCRIPT] [--out DIR] [--rate N|max|unpaced] [--duration S]
-                                   [--warmup S] [--quiet]
+                                   [--warmup S] [--replication-factor N] [--quiet]
       Runs the workload on every target, interleaved, N rounds (default 3); prints medians and
       ratios to the first target. --peers: `SCRIPT start NAME` / `SCRIPT stop NAME` around runs.
   sluice bench plot RESULT.json... [--out DIR]
@@ -45,7 +48,15 @@ pub const USAGE: &str = "  sluice bench [run] WORKLOAD.yaml [--target [NAME=]ADD
                                    [--blocks B] [--broker-pid PID]
       Incremental fetch sessions (KIP-227) beside full fetches on one topic of N partitions
       (default 10000), K of them (default 10) written before each fetch: bytes per request and
-      response, round trip, and the broker's CPU per step with --broker-pid (JSON).";
+      response, round trip, and the broker's CPU per step with --broker-pid (JSON).
+  sluice bench failover [--nodes N] [--kills K] [--interval-ms MS] [--dir DIR] [--keep]
+                                   [--client-debug CONTEXTS] [-- NODE-ARGS...]
+      Starts N (default 3) local `sluice serve` nodes under DIR (default ./bench-failover,
+      must not exist; removed afterwards unless --keep), one partition replicated to all,
+      an acks=all idempotent producer sending a record every MS (default 2); K times
+      (default 20) SIGKILLs the leader and measures kill -> first acknowledgement on the new
+      leader, restarting the node between rounds (JSON with p50/p99). NODE-ARGS go to every
+      node (e.g. -- --raft-tick-ms 20).";
 
 /// Options shared by `run` and `compare`.
 struct Common {
@@ -67,6 +78,7 @@ fn parse_common(args: &[&str], default_out: &str) -> Result<Common, String> {
     let mut rate = None;
     let mut duration = None;
     let mut warmup = None;
+    let mut replication_factor = None;
     let mut i = 0;
     while i < args.len() {
         let value = |i: usize| {
@@ -82,6 +94,14 @@ fn parse_common(args: &[&str], default_out: &str) -> Result<Common, String> {
             "--rate" => rate = Some(value(i)?),
             "--duration" => duration = Some(number(args[i], value(i)?)?),
             "--warmup" => warmup = Some(number(args[i], value(i)?)?),
+            "--replication-factor" => {
+                replication_factor = Some(
+                    u32::try_from(number(args[i], value(i)?)?)
+                        .ok()
+                        .filter(|rf| (1..=i16::MAX as u32).contains(rf))
+                        .ok_or("--replication-factor must be between 1 and 32767")?,
+                )
+            }
             "--quiet" => {
                 quiet = true;
                 i += 1;
@@ -113,6 +133,9 @@ fn parse_common(args: &[&str], default_out: &str) -> Result<Common, String> {
     }
     if let Some(w) = warmup {
         workload.warmup_s = w;
+    }
+    if let Some(rf) = replication_factor {
+        workload.replication_factor = rf;
     }
     if runs == 0 {
         return Err("--runs must be at least 1".into());
@@ -213,6 +236,52 @@ pub fn main(args: &[&str]) -> Result<(), String> {
                 }
             }
             let report = fetch_sessions::measure(&options)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+            );
+            Ok(())
+        }
+        ["failover", rest @ ..] => {
+            let mut options = failover::Options {
+                nodes: 3,
+                kills: 20,
+                interval: std::time::Duration::from_millis(2),
+                dir: PathBuf::from("bench-failover"),
+                keep: false,
+                node_args: Vec::new(),
+                client_debug: None,
+            };
+            let mut i = 0;
+            while i < rest.len() {
+                let value = || {
+                    rest.get(i + 1)
+                        .copied()
+                        .ok_or_else(|| format!("{} needs a value", rest[i]))
+                };
+                match rest[i] {
+                    "--nodes" => options.nodes = number("--nodes", value()?)?.min(64) as usize,
+                    "--kills" => options.kills = number("--kills", value()?)?.max(1) as usize,
+                    "--interval-ms" => {
+                        options.interval =
+                            std::time::Duration::from_millis(number("--interval-ms", value()?)?)
+                    }
+                    "--dir" => options.dir = PathBuf::from(value()?),
+                    "--client-debug" => options.client_debug = Some(value()?.to_string()),
+                    "--keep" => {
+                        options.keep = true;
+                        i += 1;
+                        continue;
+                    }
+                    "--" => {
+                        options.node_args = rest[i + 1..].iter().map(|a| a.to_string()).collect();
+                        break;
+                    }
+                    other => return Err(format!("failover: unknown option {other}")),
+                }
+                i += 2;
+            }
+            let report = failover::measure(&options)?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?

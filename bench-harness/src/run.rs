@@ -415,6 +415,7 @@ pub fn run_once(
             kafka_wire::address(&target.address),
             &topics,
             workload.partitions_per_topic,
+            workload.replication_factor,
             &workload.topic_configs,
         )?,
         Protocol::RedisStreams => {}

@@ -23,6 +23,10 @@ pub struct Workload {
     pub topics: u32,
     #[serde(default = "one")]
     pub partitions_per_topic: u32,
+    /// Copies of every partition the topics are created with. A single-node Sluice clamps it
+    /// to 1, so one workload file runs on a single node and on a cluster alike.
+    #[serde(default = "one")]
+    pub replication_factor: u32,
     /// Bytes of record value, timestamp included.
     pub message_size: usize,
     /// Fraction (0.0-1.0) of each payload that is random; the rest is zeros. 1.0 is
@@ -211,6 +215,7 @@ impl Workload {
         let positive = [
             ("topics", self.topics as u64),
             ("partitions_per_topic", self.partitions_per_topic as u64),
+            ("replication_factor", self.replication_factor as u64),
             ("producers_per_topic", self.producers_per_topic as u64),
             (
                 "subscriptions_per_topic",
@@ -273,6 +278,7 @@ mod tests {
         .unwrap();
         assert_eq!(w.producer_rate, Rate::Named(NamedRate::Max));
         assert_eq!(w.partitions_per_topic, 1);
+        assert_eq!(w.replication_factor, 1);
         assert_eq!(w.producer.acks, "1");
         assert_eq!(w.producer.linger_ms, 1);
         let w = Workload::parse("name: t\nmessage_size: 100\nproducer_rate: 5000\nduration_s: 1\n")
@@ -306,6 +312,11 @@ mod tests {
         assert!(err.contains("partitons_per_topic"), "{err}");
         let err = Workload::parse(&format!("{base}topics: 0\n")).unwrap_err();
         assert!(err.contains("topics must be at least 1"), "{err}");
+        let err = Workload::parse(&format!("{base}replication_factor: 0\n")).unwrap_err();
+        assert!(
+            err.contains("replication_factor must be at least 1"),
+            "{err}"
+        );
         let err = Workload::parse("name: t\nmessage_size: 4\nproducer_rate: 10\nduration_s: 1\n")
             .unwrap_err();
         assert!(err.contains("message_size"), "{err}");

@@ -32,6 +32,8 @@ pub struct FetchInput {
     pub partition: i32,
     pub fetch_offset: i64,
     pub partition_max_bytes: i32,
+    /// The epoch the client believes current (-1: not checked; Fetch v9+).
+    pub current_leader_epoch: i32,
 }
 
 /// The request's limits.
@@ -72,6 +74,7 @@ pub(crate) struct Target {
     pub partition: i32,
     pub offset: i64,
     pub max_bytes: usize,
+    pub current_leader_epoch: i32,
 }
 
 /// Serves a fetch: one output per input, in order.
@@ -97,6 +100,7 @@ pub async fn fetch(
                 max_bytes: usize::try_from(input.partition_max_bytes)
                     .unwrap_or(0)
                     .min(limits.max_bytes),
+                current_leader_epoch: input.current_leader_epoch,
             }),
             Place::Unknown(code) => outputs[index] = FetchOutput::failed(code),
         }
@@ -179,9 +183,8 @@ fn position_answer(partition: &crate::partition::Partition, target: &Target) -> 
         log_start_offset: log_start,
         records: Bytes::new(),
     };
-    if let Some(why) = partition.not_leader() {
-        tracing::debug!(%why, "fetch from a follower");
-        out.error = Some(ResponseError::NotLeaderOrFollower);
+    if let Some(code) = partition.refuses(target.current_leader_epoch) {
+        out.error = Some(code);
         return Position::Answered(out);
     }
     // Past the high watermark but within the log (a new leader whose high watermark has not

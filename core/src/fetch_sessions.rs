@@ -95,6 +95,7 @@ struct CachedPartition {
     partition: i32,
     fetch_offset: i64,
     partition_max_bytes: i32,
+    current_leader_epoch: i32,
     place: Place,
     /// The response order: lowest first; a partition that returned records gets the next
     /// rank, so it goes after the others next time (`max_bytes` does not starve the same
@@ -109,6 +110,7 @@ impl CachedPartition {
             partition: self.partition,
             fetch_offset: self.fetch_offset,
             partition_max_bytes: usize::try_from(self.partition_max_bytes).unwrap_or(0),
+            current_leader_epoch: self.current_leader_epoch,
         }
     }
 }
@@ -189,6 +191,7 @@ impl Session {
             let cached = self.slots[slot].as_mut().expect("indexed slots are filled");
             cached.fetch_offset = input.fetch_offset;
             cached.partition_max_bytes = input.partition_max_bytes;
+            cached.current_leader_epoch = input.current_leader_epoch;
             if let Place::On { owner, .. } = cached.place {
                 push_op(
                     updates,
@@ -198,6 +201,7 @@ impl Session {
                         fetch_offset: input.fetch_offset,
                         partition_max_bytes: usize::try_from(input.partition_max_bytes)
                             .unwrap_or(0),
+                        current_leader_epoch: input.current_leader_epoch,
                     },
                 );
             }
@@ -209,6 +213,7 @@ impl Session {
             partition: input.partition,
             fetch_offset: input.fetch_offset,
             partition_max_bytes: input.partition_max_bytes,
+            current_leader_epoch: input.current_leader_epoch,
             place: resolver.place(&input.topic, input.partition),
             rank,
         };
@@ -646,6 +651,7 @@ mod tests {
             partition: p,
             fetch_offset: offset,
             partition_max_bytes: 1024,
+            current_leader_epoch: -1,
         }
     }
 

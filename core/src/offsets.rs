@@ -25,6 +25,8 @@ pub struct OffsetQuery {
     pub topic: TopicRef,
     pub partition: i32,
     pub timestamp: i64,
+    /// The epoch the client believes current (-1: not checked; ListOffsets v4+).
+    pub current_leader_epoch: i32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +102,7 @@ pub async fn list_offsets(shard: &Rc<Shard>, queries: Vec<OffsetQuery>) -> Vec<O
             let owner = shard.owner_of(&topic.name, query.partition);
             let partition = query.partition;
             let timestamp = query.timestamp;
+            let current_leader_epoch = query.current_leader_epoch;
             shard
                 .invoke_on(owner, move |owner_shard| async move {
                     let p = match owner_shard.partition(&topic, partition).await {
@@ -108,8 +111,8 @@ pub async fn list_offsets(shard: &Rc<Shard>, queries: Vec<OffsetQuery>) -> Vec<O
                             return OffsetAnswer::failed(crate::partition::unavailable_code(&e))
                         }
                     };
-                    if p.not_leader().is_some() {
-                        return OffsetAnswer::failed(ResponseError::NotLeaderOrFollower);
+                    if let Some(code) = p.refuses(current_leader_epoch) {
+                        return OffsetAnswer::failed(code);
                     }
                     let log = p.log();
                     let answer = match timestamp {
@@ -266,19 +269,8 @@ pub async fn offset_for_leader_epoch(
                             return EpochAnswer::failed(crate::partition::unavailable_code(&e))
                         }
                     };
-                    if p.not_leader().is_some() {
-                        return EpochAnswer::failed(ResponseError::NotLeaderOrFollower);
-                    }
-                    let current = p.leader_epoch();
-                    match query.current_leader_epoch {
-                        -1 => {}
-                        asked if asked < current => {
-                            return EpochAnswer::failed(ResponseError::FencedLeaderEpoch)
-                        }
-                        asked if asked > current => {
-                            return EpochAnswer::failed(ResponseError::UnknownLeaderEpoch)
-                        }
-                        _ => {}
+                    if let Some(code) = p.refuses(query.current_leader_epoch) {
+                        return EpochAnswer::failed(code);
                     }
                     let Ok(epoch) = u64::try_from(query.leader_epoch) else {
                         return EpochAnswer::UNDEFINED;

@@ -128,6 +128,23 @@ impl Partition {
             .map(|r| r.not_leader())
     }
 
+    /// Whether a request may be served here: this replica leads, and the epoch the client
+    /// believes current (`-1`: not checked, Kafka's KIP-320) is this leader's. A client
+    /// behind gets FENCED_LEADER_EPOCH (its metadata is stale: refresh), one ahead
+    /// UNKNOWN_LEADER_EPOCH (this replica has not learnt the new epoch yet: retry).
+    pub fn refuses(&self, current_leader_epoch: i32) -> Option<ResponseError> {
+        if self.not_leader().is_some() {
+            return Some(ResponseError::NotLeaderOrFollower);
+        }
+        let current = self.leader_epoch();
+        match current_leader_epoch {
+            -1 => None,
+            asked if asked < current => Some(ResponseError::FencedLeaderEpoch),
+            asked if asked > current => Some(ResponseError::UnknownLeaderEpoch),
+            _ => None,
+        }
+    }
+
     /// The leader epoch clients see (the Raft term in cluster mode).
     pub fn leader_epoch(&self) -> i32 {
         self.replica

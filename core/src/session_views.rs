@@ -68,6 +68,7 @@ pub struct ViewPartition {
     pub partition: i32,
     pub fetch_offset: i64,
     pub partition_max_bytes: usize,
+    pub current_leader_epoch: i32,
 }
 
 /// A change the home sends an owner about one slot of a session.
@@ -79,11 +80,12 @@ pub enum ViewOp {
         partition: ViewPartition,
         sent: Sent,
     },
-    /// The slot's partition has a new fetch position and byte limit.
+    /// The slot's partition has a new fetch position, byte limit and leader epoch.
     Move {
         slot: usize,
         fetch_offset: i64,
         partition_max_bytes: usize,
+        current_leader_epoch: i32,
     },
     /// The slot left the session (or this shard).
     Remove { slot: usize },
@@ -161,10 +163,12 @@ impl SessionView {
                 slot,
                 fetch_offset,
                 partition_max_bytes,
+                current_leader_epoch,
             } => {
                 if let Some(entry) = self.entries.get_mut(&slot) {
                     entry.partition.fetch_offset = fetch_offset;
                     entry.partition.partition_max_bytes = partition_max_bytes;
+                    entry.partition.current_leader_epoch = current_leader_epoch;
                     self.due.insert(slot);
                 }
             }
@@ -244,6 +248,7 @@ pub(crate) async fn answer_round(
                     partition: p.partition,
                     offset: p.fetch_offset,
                     max_bytes: p.partition_max_bytes.min(max_bytes),
+                    current_leader_epoch: p.current_leader_epoch,
                 })
             })
             .collect()
@@ -397,6 +402,7 @@ mod tests {
                 partition,
                 fetch_offset: 0,
                 partition_max_bytes: 1024,
+                current_leader_epoch: -1,
             },
             sent: Sent::NOTHING,
         }
@@ -421,6 +427,7 @@ mod tests {
             slot: 8,
             fetch_offset: 4,
             partition_max_bytes: 1024,
+            current_leader_epoch: -1,
         });
         assert_eq!(view.take_candidates(&feed), vec![3, 8]);
         view.due.insert(5);

@@ -5,7 +5,11 @@
 //! groups' fdatasyncs share the shard's group-commit rounds instead of queueing one behind
 //! another), queues what they send per peer and flushes: one frame per peer per step, whatever
 //! the number of groups. `tick` adds one logical tick to every group first. Peers a flush could
-//! not reach are reported to every group, so their leaders stop pipelining to them.
+//! not reach are reported to every group, so their leaders stop pipelining to them. A peer
+//! whose connection to this node closed (its process died, or it stopped) is reported too: of
+//! each group it led, the first surviving voter in the group's successor order (rotated by
+//! group, so leaderships spread) campaigns at once instead of waiting out the election timeout,
+//! and the next ones follow, spaced, while no leader has emerged.
 //!
 //! Invariant: a message reaches a group only through `step`, after the group's earlier ready
 //! work has run; a group's persist jobs stay in order because each group runs its own ready work
@@ -16,6 +20,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use sluice_storage::{FlushMode, LogConfig, SyncGroup};
 
@@ -29,12 +34,30 @@ use crate::transport::{Listener, Transport};
 /// Largest frame a node accepts from a peer.
 pub const FRAME_BYTES_MAX: usize = 64 << 20;
 
+/// How long a group's next successor waits for the one before it to win.
+pub const NEXT_SUCCESSOR_AFTER: Duration = Duration::from_millis(100);
+
+/// The order in which `voters` (sorted, the gone leader left out) campaign for group `key`:
+/// rotated by group so the leaderships of a dead node do not all land on one survivor.
+fn successors(key: &GroupKey, mut voters: Vec<u64>) -> Vec<u64> {
+    if !voters.is_empty() {
+        let spread = (key.topic_id as u64) ^ ((key.topic_id >> 64) as u64) ^ key.partition as u64;
+        let len = voters.len() as u64;
+        voters.rotate_left((spread % len) as usize);
+    }
+    voters
+}
+
 /// One node's Raft groups on one executor, and their transport.
 pub struct ReplicationNode {
     node_id: u64,
     groups: HashMap<GroupKey, RaftPartition>,
     transport: Transport,
     inbox: Rc<RefCell<Vec<GroupMessage>>>,
+    /// Peers whose connection to this node closed since the last step.
+    hung_up: Rc<RefCell<Vec<u64>>>,
+    /// Elections to start once due, for groups whose leader (the peer) is gone.
+    campaigns_due: Vec<(Instant, GroupKey, u64)>,
     listener: Listener,
     sync_group: SyncGroup,
     hard_states: HardStateLog,
@@ -64,12 +87,25 @@ impl ReplicationNode {
     ) -> Result<ReplicationNode> {
         let hard_states = HardStateLog::open(dir).await?;
         let inbox: Rc<RefCell<Vec<GroupMessage>>> = Rc::default();
+        let hung_up: Rc<RefCell<Vec<u64>>> = Rc::default();
         let delivered = inbox.clone();
+        let gone = hung_up.clone();
+        let on_arrival = Rc::new(on_arrival);
+        let on_hang_up = on_arrival.clone();
         let senders: Vec<u64> = peers.keys().copied().filter(|id| *id != node_id).collect();
-        let listener = Listener::bind(listen, senders, FRAME_BYTES_MAX, move |frame| {
-            delivered.borrow_mut().extend(frame.messages);
-            on_arrival();
-        })
+        let listener = Listener::bind_with_hang_up(
+            listen,
+            senders,
+            FRAME_BYTES_MAX,
+            move |frame| {
+                delivered.borrow_mut().extend(frame.messages);
+                on_arrival();
+            },
+            move |peer| {
+                gone.borrow_mut().push(peer);
+                on_hang_up();
+            },
+        )
         .map_err(|source| ReplicationError::Io {
             path: format!("rpc listener {listen}").into(),
             source,
@@ -79,6 +115,8 @@ impl ReplicationNode {
             groups: HashMap::new(),
             transport: Transport::new(node_id, peers),
             inbox,
+            hung_up,
+            campaigns_due: Vec::new(),
             listener,
             sync_group: SyncGroup::new(FlushMode::Shared),
             hard_states,
@@ -148,6 +186,7 @@ impl ReplicationNode {
     /// group committed (and applied) in this step, in index order; groups that committed
     /// nothing are left out.
     pub async fn step(&mut self) -> Result<Vec<(GroupKey, Vec<CommittedEntry>)>> {
+        self.campaign_for_gone_leaders();
         let arrived = std::mem::take(&mut *self.inbox.borrow_mut());
         for GroupMessage { group, message } in arrived {
             // A message for a group this node does not hold (yet, or any more) is dropped:
@@ -177,6 +216,39 @@ impl ReplicationNode {
             }
         }
         Ok(committed)
+    }
+
+    /// Groups whose leader's connection closed: the first successor campaigns at once, the
+    /// next one a [`NEXT_SUCCESSOR_AFTER`] later if no leader emerged (the first's log may
+    /// have been too short to win), and so on.
+    fn campaign_for_gone_leaders(&mut self) {
+        let now = Instant::now();
+        let gone = std::mem::take(&mut *self.hung_up.borrow_mut());
+        for peer in gone {
+            for (key, partition) in self.groups.iter() {
+                if let Some(rank) = partition.successor_rank(peer, |voters| successors(key, voters))
+                {
+                    self.campaigns_due
+                        .push((now + NEXT_SUCCESSOR_AFTER * rank as u32, *key, peer));
+                }
+            }
+        }
+        let mut campaigns = 0;
+        let groups = &mut self.groups;
+        self.campaigns_due.retain(|(due, key, peer)| {
+            if *due > now {
+                return true;
+            }
+            if let Some(partition) = groups.get_mut(key) {
+                if partition.campaign_without(*peer) {
+                    campaigns += 1;
+                }
+            }
+            false
+        });
+        if campaigns > 0 {
+            tracing::info!(campaigns, "leaders' connections closed: campaigning");
+        }
     }
 
     /// Closes every group cleanly (logs closed, commit indexes recorded).

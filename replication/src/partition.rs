@@ -746,6 +746,20 @@ impl RaftPartition {
         self.replica.transfer_leader(to);
     }
 
+    /// See [`Replica::successor_rank`].
+    pub fn successor_rank(
+        &self,
+        peer: u64,
+        successors: impl Fn(Vec<u64>) -> Vec<u64>,
+    ) -> Option<usize> {
+        self.replica.successor_rank(peer, successors)
+    }
+
+    /// See [`Replica::campaign_without`].
+    pub fn campaign_without(&mut self, gone: u64) -> bool {
+        self.replica.campaign_without(gone)
+    }
+
     /// A peer could not be reached: stop pipelining to it.
     pub fn unreachable(&mut self, peer: u64) {
         self.replica.unreachable(peer);

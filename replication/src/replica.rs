@@ -271,6 +271,52 @@ impl<S: ReplicaStorage> Replica<S> {
         self.node.campaign().map_err(ReplicationError::from)
     }
 
+    /// When the process of `peer` is gone (its connection to this node closed) and this
+    /// replica followed it: its place among the other voters in the order the group's
+    /// `successors` gives (sorted ids in, an ordering out), so that the first campaigns at once
+    /// and each next one only if the earlier could not win. `None` when `peer` was not this
+    /// replica's leader.
+    pub fn successor_rank(
+        &self,
+        peer: u64,
+        successors: impl Fn(Vec<u64>) -> Vec<u64>,
+    ) -> Option<usize> {
+        if self.role() != Role::Follower || self.leader_id() != peer {
+            return None;
+        }
+        let mut others: Vec<u64> = self
+            .node
+            .raft
+            .prs()
+            .conf()
+            .voters()
+            .ids()
+            .iter()
+            .filter(|id| *id != peer)
+            .collect();
+        others.sort_unstable();
+        successors(others).iter().position(|id| *id == self.id())
+    }
+
+    /// Starts an election at once if this replica follows and knows no live leader (its
+    /// leader was `gone`, or it knows none): as a leader hand-off would (raft-rs's TimeoutNow),
+    /// without pre-vote, and the other voters grant the vote although they heard from a leader
+    /// within the election timeout. Safety is Raft's as ever (a vote still needs a log at least
+    /// as up to date); only waiting out the election timeout is saved. Returns whether it
+    /// campaigned.
+    pub fn campaign_without(&mut self, gone: u64) -> bool {
+        let leaderless = self.leader_id() == gone || self.leader_id() == raft::INVALID_ID;
+        if self.role() != Role::Follower || !leaderless {
+            return false;
+        }
+        let mut timeout_now = Message::default();
+        timeout_now.set_msg_type(raft::eraftpb::MessageType::MsgTimeoutNow);
+        timeout_now.from = gone;
+        timeout_now.to = self.id();
+        timeout_now.term = self.term();
+        self.node.step(timeout_now).is_ok() && self.role() == Role::Candidate
+    }
+
     /// Tells the replica a peer could not be reached, so it stops pipelining to it.
     pub fn unreachable(&mut self, peer: u64) {
         self.node.report_unreachable(peer);

@@ -9,8 +9,10 @@
 //!
 //! Receiving: a `Listener` accepts connections and reads them frame by frame; every frame goes
 //! to the owner's `deliver` callback. A malformed frame (too long, bad checksum, bad structure,
-//! unknown sender) closes that connection with a log line and touches nothing else. Dropping the
-//! `Listener` closes the socket and every connection it accepted.
+//! unknown sender) closes that connection with a log line and touches nothing else. When a
+//! connection that carried frames from a node closes, the owner's `hung_up` callback names that
+//! node (a peer process that died closes its connections at once; the owner can act before any
+//! timeout). Dropping the `Listener` closes the socket and every connection it accepted.
 //!
 //! Invariant: frames on one connection are written whole and in `flush` order (one write at a
 //! time per peer), so a peer receives one sender's messages in the order they were queued.
@@ -187,10 +189,27 @@ impl Listener {
     where
         F: Fn(Frame) + 'static,
     {
+        Self::bind_with_hang_up(address, senders, max_frame_bytes, deliver, |_| {})
+    }
+
+    /// [`bind`](Self::bind), calling `hung_up(node)` when a connection that carried frames
+    /// from `node` closes, for whatever reason.
+    pub fn bind_with_hang_up<F, H>(
+        address: SocketAddr,
+        senders: Vec<u64>,
+        max_frame_bytes: usize,
+        deliver: F,
+        hung_up: H,
+    ) -> std::io::Result<Listener>
+    where
+        F: Fn(Frame) + 'static,
+        H: Fn(u64) + 'static,
+    {
         let listener = TcpListener::bind(address)?;
         let address = listener.local_addr()?;
         let connections: Rc<RefCell<HashMap<u64, JoinHandle<()>>>> = Rc::default();
         let deliver = Rc::new(deliver);
+        let hung_up = Rc::new(hung_up);
         let senders = Rc::new(senders);
         let accepted = connections.clone();
         let accept = glommio::spawn_local(async move {
@@ -208,16 +227,21 @@ impl Listener {
                 next_id += 1;
                 let id = next_id;
                 let deliver = deliver.clone();
+                let hung_up = hung_up.clone();
                 let senders = senders.clone();
                 let registry = accepted.clone();
                 let handle = glommio::spawn_local(async move {
                     let peer = stream.peer_addr().ok();
+                    let sender = Cell::new(None);
                     if let Err(reason) =
-                        read_frames(stream, &senders, max_frame_bytes, &*deliver).await
+                        read_frames(stream, &senders, max_frame_bytes, &*deliver, &sender).await
                     {
                         tracing::warn!(?peer, %reason, "rpc connection closed");
                     }
                     registry.borrow_mut().remove(&id);
+                    if let Some(node) = sender.get() {
+                        hung_up(node);
+                    }
                 })
                 .detach();
                 accepted.borrow_mut().insert(id, handle);
@@ -246,12 +270,14 @@ impl Drop for Listener {
     }
 }
 
-/// Reads frames until the peer closes (Ok) or sends something malformed (Err, with why).
+/// Reads frames until the peer closes (Ok) or sends something malformed (Err, with why);
+/// `sender` is the node whose frames the connection carried.
 async fn read_frames(
     mut stream: TcpStream,
     senders: &[u64],
     max_frame_bytes: usize,
     deliver: &dyn Fn(Frame),
+    sender: &Cell<Option<u64>>,
 ) -> Result<(), String> {
     loop {
         let mut header = [0u8; FRAME_HEADER_BYTES];
@@ -270,6 +296,7 @@ async fn read_frames(
         if !senders.contains(&frame.from_node) {
             return Err(format!("frame from unknown node {}", frame.from_node));
         }
+        sender.set(Some(frame.from_node));
         deliver(frame);
     }
 }

@@ -1047,9 +1047,9 @@ fn kafka_python_uses_a_three_node_cluster() {
 fn a_cluster_node_refuses_what_it_cannot_do_with_clear_errors() {
     use kafka_protocol::messages::{
         create_partitions_request, create_topics_request, delete_records_request, fetch_request,
-        ApiKey, BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
-        CreateTopicsResponse, DeleteRecordsRequest, DeleteRecordsResponse, FetchRequest,
-        FetchResponse, TopicName,
+        list_offsets_request, ApiKey, BrokerId, CreatePartitionsRequest, CreatePartitionsResponse,
+        CreateTopicsRequest, CreateTopicsResponse, DeleteRecordsRequest, DeleteRecordsResponse,
+        FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, TopicName,
     };
     use kafka_protocol::protocol::StrBytes;
     use sluice_tests::wire::{call, connect};
@@ -1149,6 +1149,66 @@ fn a_cluster_node_refuses_what_it_cannot_do_with_clear_errors() {
     assert_eq!(
         fetch.responses[0].partitions[0].error_code,
         NOT_LEADER_OR_FOLLOWER
+    );
+
+    // The leader checks the epoch a client believes current (KIP-320): behind it is fenced,
+    // ahead of it is unknown, equal (or -1, unchecked) is served.
+    const FENCED_LEADER_EPOCH: i16 = 74;
+    const UNKNOWN_LEADER_EPOCH: i16 = 75;
+    let at_leader = |current_leader_epoch: i32| -> (i16, i16) {
+        let fetch: FetchResponse = call(
+            &mut connect(cluster.node(leader).kafka),
+            ApiKey::Fetch,
+            12,
+            &FetchRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_max_wait_ms(0)
+                .with_min_bytes(1)
+                .with_max_bytes(1 << 20)
+                .with_topics(vec![fetch_request::FetchTopic::default()
+                    .with_topic(name("accepted"))
+                    .with_partitions(vec![fetch_request::FetchPartition::default()
+                        .with_partition(0)
+                        .with_current_leader_epoch(current_leader_epoch)
+                        .with_fetch_offset(0)
+                        .with_partition_max_bytes(1 << 20)])]),
+        );
+        let offsets: ListOffsetsResponse = call(
+            &mut connect(cluster.node(leader).kafka),
+            ApiKey::ListOffsets,
+            7,
+            &ListOffsetsRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
+                    .with_name(name("accepted"))
+                    .with_partitions(vec![
+                        list_offsets_request::ListOffsetsPartition::default()
+                            .with_partition_index(0)
+                            .with_current_leader_epoch(current_leader_epoch)
+                            .with_timestamp(-1),
+                    ])]),
+        );
+        (
+            fetch.responses[0].partitions[0].error_code,
+            offsets.topics[0].partitions[0].error_code,
+        )
+    };
+    let epoch = metadata(cluster.node(leader).kafka)
+        .topics
+        .iter()
+        .find(|t| t.name.as_ref().is_some_and(|n| n.as_str() == "accepted"))
+        .map(|t| t.partitions[0].leader_epoch)
+        .unwrap();
+    assert!(epoch >= 1, "a Raft term: {epoch}");
+    assert_eq!(at_leader(epoch), (0, 0));
+    assert_eq!(at_leader(-1), (0, 0));
+    assert_eq!(
+        at_leader(epoch - 1),
+        (FENCED_LEADER_EPOCH, FENCED_LEADER_EPOCH)
+    );
+    assert_eq!(
+        at_leader(epoch + 1),
+        (UNKNOWN_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH)
     );
 }
 

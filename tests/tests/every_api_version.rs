@@ -371,6 +371,27 @@ fn fetch_cases(m: &mut Matrix, topic_id: uuid::Uuid) {
                 format!("Fetch v{v}: codes {codes:?}")
             });
         }
+        if v >= 9 {
+            // KIP-320: the single node's epoch is 0; a client ahead of it is told so.
+            let mut request = fetch_request(TOPIC, topic_id, v, &[(0, 0), (0, 0)]);
+            request.topics[0].partitions[0].current_leader_epoch = 0;
+            request.topics[0].partitions[1].current_leader_epoch = 3;
+            if let Some(r) = m.call::<_, FetchResponse>(
+                ApiKey::Fetch,
+                v,
+                "current leader epoch: current, ahead",
+                &request,
+            ) {
+                let codes: Vec<i16> = r.responses[0]
+                    .partitions
+                    .iter()
+                    .map(|p| p.error_code)
+                    .collect();
+                m.check(codes == [0, 75], || {
+                    format!("Fetch v{v}: epoch codes {codes:?}")
+                });
+            }
+        }
         let _: Option<FetchResponse> = m.call(
             ApiKey::Fetch,
             v,

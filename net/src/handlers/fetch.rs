@@ -151,6 +151,7 @@ async fn incremental(
                 partition,
                 fetch_offset: 0,
                 partition_max_bytes: 0,
+                current_leader_epoch: -1,
             };
             (input, out)
         })
@@ -180,6 +181,7 @@ fn partitions_of(topics: &[FetchTopic], uses_topic_ids: bool) -> Vec<FetchInput>
                 partition: p.partition,
                 fetch_offset: p.fetch_offset,
                 partition_max_bytes: p.partition_max_bytes,
+                current_leader_epoch: p.current_leader_epoch,
             })
         })
         .collect()

@@ -36,6 +36,7 @@ pub async fn handle(
                 topic: TopicRef::Name(t.name.0.to_string()),
                 partition: p.partition_index,
                 timestamp: p.timestamp,
+                current_leader_epoch: p.current_leader_epoch,
             })
         })
         .collect();
