@@ -4,7 +4,8 @@
 //! A `step` delivers what arrived, runs every group's ready work **concurrently** (so the
 //! groups' fdatasyncs share the shard's group-commit rounds instead of queueing one behind
 //! another), queues what they send per peer and flushes: one frame per peer per step, whatever
-//! the number of groups. `tick` adds one logical tick to every group first. Peers a flush could
+//! the number of groups, plus earlier frames for what may leave before the sender's own write
+//! is durable (a leader's appends: followers then write while the leader does). `tick` adds one logical tick to every group first. Peers a flush could
 //! not reach are reported to every group, so their leaders stop pipelining to them. A peer
 //! whose connection to this node closed (its process died, or it stopped) is reported too: of
 //! each group it led, the first surviving voter in the group's successor order (rotated by
@@ -195,11 +196,46 @@ impl ReplicationNode {
                 let _ = partition.receive(message);
             }
         }
-        let work = self.groups.iter_mut().map(|(key, partition)| async move {
-            partition.run_ready().await.map(|outbox| (*key, outbox))
-        });
+        // A leader's appends leave while its own write is in flight (a flush as soon as any
+        // group has some); everything else leaves in one flush at the end.
+        let (early_tx, mut early_rx) = futures::channel::mpsc::unbounded::<GroupMessage>();
+        let transport = &self.transport;
+        let groups = &mut self.groups;
+        let work = async move {
+            let runs = groups.iter_mut().map(|(key, partition)| {
+                let early_tx = early_tx.clone();
+                async move {
+                    let group = *key;
+                    let send_now = move |messages: Vec<raft::eraftpb::Message>| {
+                        for message in messages {
+                            let _ = early_tx.unbounded_send(GroupMessage { group, message });
+                        }
+                    };
+                    partition
+                        .run_ready_with(Some(&send_now))
+                        .await
+                        .map(|outbox| (group, outbox))
+                }
+            });
+            let outcomes = futures::future::join_all(runs).await;
+            drop(early_tx);
+            outcomes
+        };
+        let flusher = async move {
+            use futures::StreamExt;
+            let mut unreachable = Vec::new();
+            while let Some(first) = early_rx.next().await {
+                transport.send(first.message.to, first);
+                while let Ok(more) = early_rx.try_recv() {
+                    transport.send(more.message.to, more);
+                }
+                unreachable.extend(transport.flush().await.unreachable);
+            }
+            unreachable
+        };
+        let (outcomes, early_unreachable) = futures::join!(work, flusher);
         let mut committed = Vec::new();
-        for outcome in futures::future::join_all(work).await {
+        for outcome in outcomes {
             let (group, outbox) = outcome?;
             for message in outbox.messages {
                 self.transport
@@ -209,8 +245,11 @@ impl ReplicationNode {
                 committed.push((group, outbox.committed));
             }
         }
-        let report = self.transport.flush().await;
-        for peer in report.unreachable {
+        let mut unreachable = self.transport.flush().await.unreachable;
+        unreachable.extend(early_unreachable);
+        unreachable.sort_unstable();
+        unreachable.dedup();
+        for peer in unreachable {
             for partition in self.groups.values_mut() {
                 partition.unreachable(peer);
             }

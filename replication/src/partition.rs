@@ -815,6 +815,13 @@ impl RaftPartition {
     /// Runs every piece of ready work now: persists in order (awaiting the disk) and applies.
     /// Returns the messages to send.
     pub async fn run_ready(&mut self) -> Result<Outbox> {
+        self.run_ready_with(None).await
+    }
+
+    /// [`run_ready`](Self::run_ready), handing `early` the messages that may leave before this
+    /// replica's own write is durable (a leader's appends, so followers write while the leader
+    /// does); without it they wait in the outbox with the rest.
+    pub async fn run_ready_with(&mut self, early: Option<&dyn Fn(Vec<Message>)>) -> Result<Outbox> {
         let mut outbox = Outbox::default();
         loop {
             let fetches = self.replica.storage().take_fetches();
@@ -830,7 +837,7 @@ impl RaftPartition {
                     store.forget(index);
                 }
             }
-            if !self.advance_all(&mut outbox).await? && !worked {
+            if !self.advance_all(&mut outbox, early).await? && !worked {
                 break;
             }
             self.evict();
@@ -889,7 +896,11 @@ impl RaftPartition {
     }
 
     /// Runs every ready raft-rs has: persist in order, then apply. True if there was any.
-    async fn advance_all(&mut self, outbox: &mut Outbox) -> Result<bool> {
+    async fn advance_all(
+        &mut self,
+        outbox: &mut Outbox,
+        early: Option<&dyn Fn(Vec<Message>)>,
+    ) -> Result<bool> {
         let mut any = false;
         while let Some(progress) = self.replica.advance()? {
             any = true;
@@ -899,7 +910,10 @@ impl RaftPartition {
                 committed,
                 ..
             } = progress;
-            outbox.messages.extend(send);
+            match early {
+                Some(send_now) if !send.is_empty() => send_now(send),
+                _ => outbox.messages.extend(send),
+            }
             let number = persist.number;
             let send_after = self.persist(persist).await?;
             self.replica.persisted(number);
@@ -935,11 +949,21 @@ impl RaftPartition {
         if let Some(hard_state) = &job.hard_state {
             let changed =
                 hard_state.term != self.stored.term || hard_state.vote != self.stored.vote;
-            if changed || job.must_sync {
+            // Term and vote must be durable before anything is answered; the commit index need
+            // not be (a restart relearns it), and the entries' durability is the log's own
+            // sync below. Writing (and syncing) the state file only when term or vote moved
+            // keeps a follower's append at one sync instead of two.
+            if changed {
+                // The recorded commit never passes what the log holds durably, whatever the
+                // order of the two writes (this job's entries are written after).
+                let durable_end = job
+                    .entries
+                    .first()
+                    .map_or(u64::MAX, |first| first.index.saturating_sub(1));
                 let state = StateFile {
                     term: hard_state.term,
                     vote: hard_state.vote,
-                    commit: hard_state.commit,
+                    commit: hard_state.commit.min(durable_end),
                     ..self.stored.clone()
                 };
                 self.store_hard_state(&state).await?;
