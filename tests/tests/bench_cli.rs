@@ -469,3 +469,39 @@ fn the_kafka_wire_client_runs_the_same_workload() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `sluice bench failover`: three real node processes, the leader SIGKILLed twice, a report
+/// with one time per kill, every record delivered, the nodes stopped and the data removed.
+#[test]
+fn failover_kills_the_leader_and_reports_each_round() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("failover");
+    let out = bench(&["failover", "--kills", "2", "--dir", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    let report: Value = serde_json::from_str(&stdout(&out)).expect("a JSON report");
+    let rounds = report["failover_ms"].as_array().unwrap();
+    assert_eq!(rounds.len(), 2, "{report}");
+    assert!(
+        rounds
+            .iter()
+            .all(|ms| ms.as_f64().is_some_and(|ms| ms > 0.0 && ms < 60_000.0)),
+        "{report}"
+    );
+    assert_eq!(u(&report, &["delivery_failures"]), 0, "{report}");
+    assert!(u(&report, &["acknowledged"]) > 0, "{report}");
+    assert!(!dir.exists(), "the nodes' data is removed");
+
+    // The directory must be new (a leftover cluster's data is never reused), and options are
+    // checked by name.
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = bench(&["failover", "--dir", dir.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("exists"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = bench(&["failover", "--kils", "3"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--kils"));
+}
