@@ -169,6 +169,9 @@ fn parse_proc_address(field: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
+/// What a shard that waited for the others reports when one of them failed to start.
+const ANOTHER_SHARD_FAILED: &str = "another shard failed to start";
+
 /// Runs the broker until `shutdown` is raised and every shard has drained and closed its
 /// partitions.
 pub fn run(
@@ -198,7 +201,7 @@ pub fn run(
             started.fetch_add(1, Ordering::AcqRel);
             while started.load(Ordering::Acquire) < shards {
                 if start_failed.load(Ordering::Acquire) {
-                    return Err(ServerError::Start("another shard failed to start".into()));
+                    return Err(ServerError::Start(ANOTHER_SHARD_FAILED.into()));
                 }
                 glommio::timer::sleep(Duration::from_millis(1)).await;
             }
@@ -281,14 +284,22 @@ pub fn run(
             Ok::<(), ServerError>(())
         })
         .map_err(|e| ServerError::Shard(e.to_string()))?;
+    // The first shard's error need not be the cause: a shard that waited for the others
+    // says only that another failed. Report the cause.
+    let (mut cause, mut waited) = (None, None);
     for result in handles.join_all() {
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(e) => return Err(ServerError::Shard(e.to_string())),
+        let error = match result {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e,
+            Err(e) => ServerError::Shard(e.to_string()),
+        };
+        if matches!(&error, ServerError::Start(m) if m == ANOTHER_SHARD_FAILED) {
+            waited.get_or_insert(error);
+        } else {
+            cause.get_or_insert(error);
         }
     }
-    Ok(())
+    cause.or(waited).map_or(Ok(()), Err)
 }
 
 #[cfg(test)]

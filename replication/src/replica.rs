@@ -128,6 +128,10 @@ pub struct Replica<S: ReplicaStorage> {
     node: RawNode<S>,
     /// Role, term and leader as last reported in a `Progress`.
     reported: (Role, u64, u64),
+    /// The last leader this replica knew (kept when an election makes it forget the leader),
+    /// so a vote request that arrives before the news of the leader's death does not hide
+    /// whose group this was.
+    last_leader: u64,
 }
 
 impl<S: ReplicaStorage> Replica<S> {
@@ -159,7 +163,12 @@ impl<S: ReplicaStorage> Replica<S> {
         raft_config.validate()?;
         let node = RawNode::new(&raft_config, storage, logger)?;
         let reported = (node.raft.state.into(), node.raft.term, node.raft.leader_id);
-        Ok(Replica { node, reported })
+        let last_leader = node.raft.leader_id;
+        Ok(Replica {
+            node,
+            reported,
+            last_leader,
+        })
     }
 
     pub fn id(&self) -> u64 {
@@ -232,7 +241,15 @@ impl<S: ReplicaStorage> Replica<S> {
 
     /// A message from a peer.
     pub fn receive(&mut self, message: Message) -> Result<()> {
-        self.node.step(message).map_err(ReplicationError::from)
+        let stepped = self.node.step(message).map_err(ReplicationError::from);
+        self.note_leader();
+        stepped
+    }
+
+    fn note_leader(&mut self) {
+        if self.leader_id() != raft::INVALID_ID {
+            self.last_leader = self.leader_id();
+        }
     }
 
     /// Appends `data` as a new entry if this replica leads; `NotLeader` otherwise.
@@ -272,7 +289,8 @@ impl<S: ReplicaStorage> Replica<S> {
     }
 
     /// When the process of `peer` is gone (its connection to this node closed) and this
-    /// replica followed it: its place among the other voters in the order the group's
+    /// replica followed it (or followed it last, and has since heard a candidate's vote
+    /// request): its place among the other voters in the order the group's
     /// `successors` gives (sorted ids in, an ordering out), so that the first campaigns at once
     /// and each next one only if the earlier could not win. `None` when `peer` was not this
     /// replica's leader.
@@ -281,7 +299,9 @@ impl<S: ReplicaStorage> Replica<S> {
         peer: u64,
         successors: impl Fn(Vec<u64>) -> Vec<u64>,
     ) -> Option<usize> {
-        if self.role() != Role::Follower || self.leader_id() != peer {
+        let followed = self.leader_id() == peer
+            || (self.leader_id() == raft::INVALID_ID && self.last_leader == peer);
+        if self.role() != Role::Follower || !followed {
             return None;
         }
         let mut others: Vec<u64> = self
@@ -356,6 +376,7 @@ impl<S: ReplicaStorage> Replica<S> {
         if let Some(last) = progress.committed.last() {
             self.node.advance_apply_to(last.index);
         }
+        self.note_leader();
         let now = (self.role(), self.term(), self.leader_id());
         if now != self.reported {
             self.reported = now;

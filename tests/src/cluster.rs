@@ -55,19 +55,51 @@ fn free_port() -> u16 {
     probe.local_addr().expect("its address").port()
 }
 
+/// Shards of a node listen for RPC on its port + shard id: a base whose next
+/// `RPC_PORTS_PER_NODE` ports are free too, and none of them already `taken` by another node.
+const RPC_PORTS_PER_NODE: u16 = 4;
+
+fn free_rpc_base(taken: &[u16]) -> u16 {
+    loop {
+        let base = free_port();
+        let Some(last) = base.checked_add(RPC_PORTS_PER_NODE) else {
+            continue;
+        };
+        let clear = (base..last).all(|port| {
+            !taken.contains(&port)
+                && (port == base || TcpListener::bind(("127.0.0.1", port)).is_ok())
+        });
+        if clear {
+            return base;
+        }
+    }
+}
+
 impl Cluster {
     /// Starts `count` nodes with `--cores 1` plus `extra_args`, and waits until every node
     /// lists every broker and knows the controller.
     pub fn start(count: usize, extra_args: &[&str]) -> Cluster {
         let root = tempfile::tempdir().expect("a directory for the cluster");
+        // Every port of every node distinct: a node's shards take RPC port + shard id, which
+        // a random probe for another node's port could otherwise hand out again.
+        let mut taken: Vec<u16> = Vec::new();
         let nodes: Vec<Node> = (0..count)
             .map(|id| {
                 let dir = root.path().join(format!("node-{id}"));
                 std::fs::create_dir_all(&dir).expect("a node directory");
+                let rpc = free_rpc_base(&taken);
+                taken.extend(rpc..rpc + RPC_PORTS_PER_NODE);
+                let kafka = loop {
+                    let port = free_port();
+                    if !taken.contains(&port) {
+                        break port;
+                    }
+                };
+                taken.push(kafka);
                 Node {
                     id: id as i32,
-                    kafka: ([127, 0, 0, 1], free_port()).into(),
-                    rpc: ([127, 0, 0, 1], free_port()).into(),
+                    kafka: ([127, 0, 0, 1], kafka).into(),
+                    rpc: ([127, 0, 0, 1], rpc).into(),
                     dir,
                     child: None,
                     runs_before: 0,

@@ -1130,34 +1130,10 @@ fn a_cluster_node_refuses_what_it_cannot_do_with_clear_errors() {
         NOT_LEADER_OR_FOLLOWER
     );
     assert_eq!(produce_one(cluster.node(leader).kafka, "accepted"), 0);
-    let fetch: FetchResponse = call(
-        &mut connect(cluster.node(follower).kafka),
-        ApiKey::Fetch,
-        12,
-        &FetchRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(0)
-            .with_min_bytes(1)
-            .with_max_bytes(1 << 20)
-            .with_topics(vec![fetch_request::FetchTopic::default()
-                .with_topic(name("accepted"))
-                .with_partitions(vec![fetch_request::FetchPartition::default()
-                    .with_partition(0)
-                    .with_fetch_offset(0)
-                    .with_partition_max_bytes(1 << 20)])]),
-    );
-    assert_eq!(
-        fetch.responses[0].partitions[0].error_code,
-        NOT_LEADER_OR_FOLLOWER
-    );
-
-    // The leader checks the epoch a client believes current (KIP-320): behind it is fenced,
-    // ahead of it is unknown, equal (or -1, unchecked) is served.
-    const FENCED_LEADER_EPOCH: i16 = 74;
-    const UNKNOWN_LEADER_EPOCH: i16 = 75;
-    let at_leader = |current_leader_epoch: i32| -> (i16, i16) {
+    // Fetch v12 of partition 0 from offset 0 on `node`, believing `current_leader_epoch`.
+    let fetch_on = |node: i32, current_leader_epoch: i32| -> i16 {
         let fetch: FetchResponse = call(
-            &mut connect(cluster.node(leader).kafka),
+            &mut connect(cluster.node(node).kafka),
             ApiKey::Fetch,
             12,
             &FetchRequest::default()
@@ -1173,6 +1149,15 @@ fn a_cluster_node_refuses_what_it_cannot_do_with_clear_errors() {
                         .with_fetch_offset(0)
                         .with_partition_max_bytes(1 << 20)])]),
         );
+        fetch.responses[0].partitions[0].error_code
+    };
+    assert_eq!(fetch_on(follower, -1), NOT_LEADER_OR_FOLLOWER);
+
+    // The leader checks the epoch a client believes current (KIP-320): behind it is fenced,
+    // ahead of it is unknown, equal (or -1, unchecked) is served.
+    const FENCED_LEADER_EPOCH: i16 = 74;
+    const UNKNOWN_LEADER_EPOCH: i16 = 75;
+    let at_leader = |current_leader_epoch: i32| -> (i16, i16) {
         let offsets: ListOffsetsResponse = call(
             &mut connect(cluster.node(leader).kafka),
             ApiKey::ListOffsets,
@@ -1189,7 +1174,7 @@ fn a_cluster_node_refuses_what_it_cannot_do_with_clear_errors() {
                     ])]),
         );
         (
-            fetch.responses[0].partitions[0].error_code,
+            fetch_on(leader, current_leader_epoch),
             offsets.topics[0].partitions[0].error_code,
         )
     };

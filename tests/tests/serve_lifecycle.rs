@@ -276,3 +276,37 @@ fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
     let numbers: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
     assert_eq!(numbers, ["4096", "4096"], "{open_files}");
 }
+
+/// A cluster node whose second shard cannot take its RPC port (port + shard id) stops at
+/// start-up naming that shard, the address and why, not only that "another shard failed".
+#[test]
+fn a_cluster_nodes_busy_rpc_port_is_named_at_start_up() {
+    let (base, _busy) = loop {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = probe.local_addr().unwrap().port();
+        drop(probe);
+        if let Ok(busy) = std::net::TcpListener::bind(("127.0.0.1", base + 1)) {
+            break (base, busy);
+        }
+    };
+    let kafka = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let kafka_addr = kafka.local_addr().unwrap().to_string();
+    drop(kafka);
+    let seeds = format!("0@127.0.0.1:{base}");
+    let (code, err) = refused(
+        &[
+            "--cores",
+            "2",
+            "--node-id",
+            "0",
+            "--listen",
+            &kafka_addr,
+            "--seeds",
+            &seeds,
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    let busy = format!("replication on shard 1 (127.0.0.1:{})", base + 1);
+    assert!(err.contains(&busy) && err.contains("in use"), "{err}");
+}
