@@ -5,8 +5,9 @@
 //! groups' fdatasyncs share the shard's group-commit rounds instead of queueing one behind
 //! another), queues what they send per peer and flushes: one frame per peer per step, whatever
 //! the number of groups, plus earlier frames for what may leave before the sender's own write
-//! is durable (a leader's appends: followers then write while the leader does). `tick` adds one logical tick to every group first. Peers a flush could
-//! not reach are reported to every group, so their leaders stop pipelining to them. A peer
+//! is durable (a leader's appends: followers then write while the leader does). `tick` adds
+//! one logical tick to every group first. Peers a flush could not reach are reported to every
+//! group, so their leaders stop pipelining to them. A peer
 //! whose connection to this node closed (its process died, or it stopped) is reported too: of
 //! each group it led, the first surviving voter in the group's successor order (rotated by
 //! group, so leaderships spread) campaigns at once instead of waiting out the election timeout,
