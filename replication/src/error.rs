@@ -6,9 +6,6 @@ pub enum ReplicationError {
     /// A proposal reached a replica that does not lead; `leader` is the one it knows (0: none).
     #[error("not the leader (leader known: {leader})")]
     NotLeader { leader: u64 },
-    /// raft-rs asked to install a snapshot, which this layer does not produce or accept yet.
-    #[error("raft snapshots are not supported yet")]
-    SnapshotUnsupported,
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
     /// An entry that is not whole record batches, or does not fit the log.

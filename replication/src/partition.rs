@@ -20,9 +20,16 @@
 //! report the job and release the job's `send_after` messages. The high watermark is the end
 //! offset of the last applied (committed) index.
 //!
-//! Not yet (see docs/ARCHITECTURE.md, "Replication"): the window keeps every entry since the
-//! group began, in memory, because nothing moves `below` up yet; and a replica too far behind
-//! for the window (raft-rs's snapshot) cannot catch up.
+//! The log's prefix is cut by a Raft entry of its own, so every replica cuts at the same
+//! offset: the leader proposes a [`CONTROL_LOG_START`] batch (retention, DeleteRecords) and
+//! each replica, as it applies it, records the window's new floor (`below`: the last entry
+//! ending at or below the new start) in `raft-state`, then moves the log start up
+//! (`Log::truncate_prefix`; a reopen finishes a cut a crash interrupted). A follower that needs
+//! entries below the leader's floor gets raft-rs's snapshot instead: only `below` (index,
+//! term, end offset), no data, because everything below it is below the log start on the
+//! leader too. The follower empties its log to start at that offset
+//! (`Log::start_over_at`, Kafka's `truncateFullyAndStartAt`) and takes the entries above it
+//! as usual. So the window holds the entries of the retained log only.
 //!
 //! Invariants: window entry `i` has index `below.index + 1 + i`; entry offsets are contiguous
 //! from `below.end_offset`; the log's end offset equals the window's end once every issued
@@ -48,10 +55,29 @@ pub const CONTROL_LEADER_CHANGE: i16 = 2;
 /// Control type of the batch holding a Raft configuration change (Sluice's own; clients skip
 /// control types they do not know).
 pub const CONTROL_RAFT_CONF_CHANGE: i16 = 0x5343;
+/// Control type of the batch moving the log start offset of every replica (retention,
+/// DeleteRecords); its value is the new start, an i64 big-endian (Sluice's own).
+pub const CONTROL_LOG_START: i16 = 0x534C;
+
+/// The batch a leader proposes to move every replica's log start to `offset`.
+pub fn log_start_batch(offset: Offset) -> Bytes {
+    build_control_batch(0, CONTROL_LOG_START, &offset.0.to_be_bytes()).into()
+}
+
+/// The new log start a [`log_start_batch`] carries (`None`: not one).
+pub fn log_start_of(batch: &[u8]) -> Option<Offset> {
+    match control_record(batch) {
+        Some((CONTROL_LOG_START, value)) => {
+            Some(Offset(i64::from_be_bytes(value.try_into().ok()?)))
+        }
+        _ => None,
+    }
+}
 
 const STATE_FILE: &str = "raft-state";
 const STATE_MAGIC: &[u8; 4] = b"SLRS";
-const STATE_VERSION: u16 = 1;
+/// Version 2 added the `starting_over` flag after the voters; version 1 files still load.
+const STATE_VERSION: u16 = 2;
 
 /// Everything below the window, as raft-rs sees it: a snapshot at `index` of `term`, the log
 /// holding its records up to `end_offset` (exclusive).
@@ -231,6 +257,40 @@ impl PartitionStore {
         }
     }
 
+    /// The window's floor for a log starting at `start`: the last entry ending at or below it,
+    /// among those at or below `applied` (`below` itself if none).
+    fn floor_for(&self, start: Offset, applied: u64) -> Below {
+        let mut floor = self.below;
+        for (position, slot) in self.window.iter().enumerate() {
+            let index = self.below.index + 1 + position as u64;
+            if index > applied || slot.end_offset > start {
+                break;
+            }
+            floor = Below {
+                index,
+                term: slot.term,
+                end_offset: slot.end_offset,
+            };
+        }
+        floor
+    }
+
+    /// Drops the entries at or below `floor.index` from the window: raft-rs then sees them as
+    /// compacted, and a replica that needs them gets a snapshot at `floor`.
+    fn compact_to(&mut self, floor: Below) {
+        if floor.index <= self.below.index {
+            return;
+        }
+        let count = ((floor.index - self.below.index) as usize).min(self.window.len());
+        for dropped in self.window.drain(..count) {
+            if let Some(data) = dropped.data {
+                self.resident_bytes -= data.len() as u64;
+            }
+        }
+        self.evicted_to = self.evicted_to.max(floor.index);
+        self.below = floor;
+    }
+
     /// A store with no entries above `below`.
     fn empty(voters: &[u64], below: Below, batch_bytes_max: usize) -> PartitionStore {
         PartitionStore {
@@ -292,8 +352,10 @@ pub async fn for_each_batch<E: From<ReplicationError>>(
 ) -> std::result::Result<(), E> {
     let mut next = from;
     while next < to {
+        // Below the log start only the batch holding it can be read (an entry the start cut
+        // through: its batch begins below the start).
         let read = log
-            .read(next, 1 << 20)
+            .read(next.max(log.log_start_offset()), 1 << 20)
             .await
             .map_err(ReplicationError::from)?;
         if read.bytes.is_empty() {
@@ -422,11 +484,23 @@ impl Storage for PartitionStore {
         Ok(PartitionStore::last_index(self))
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Catch-up of a replica below the window is not built yet.
-        Err(raft::Error::Store(
-            RaftStorageError::SnapshotTemporarilyUnavailable,
-        ))
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // Only `below` itself: whatever lies below it is below the log start here too, so a
+        // follower needs no data, only where its log starts over.
+        if self.below.index == 0 || request_index > self.below.index {
+            return Err(raft::Error::Store(
+                RaftStorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let mut snapshot = Snapshot {
+            data: self.below.end_offset.0.to_be_bytes().to_vec().into(),
+            ..Snapshot::default()
+        };
+        let metadata = snapshot.mut_metadata();
+        metadata.index = self.below.index;
+        metadata.term = self.below.term;
+        metadata.set_conf_state(self.conf_state.clone());
+        Ok(snapshot)
     }
 }
 
@@ -476,6 +550,28 @@ impl ReplicaStorage for PartitionStore {
     fn put_hard_state(&mut self, hard_state: &HardState) {
         self.hard_state = hard_state.clone();
     }
+
+    fn restore(&mut self, snapshot: &Snapshot) -> Result<()> {
+        let metadata = snapshot.get_metadata();
+        let end_offset = <[u8; 8]>::try_from(&snapshot.data[..])
+            .map(|b| Offset(i64::from_be_bytes(b)))
+            .map_err(|_| ReplicationError::BadEntry {
+                index: metadata.index,
+                reason: "a snapshot carries its end offset in 8 bytes".into(),
+            })?;
+        self.window.clear();
+        self.resident_bytes = 0;
+        self.below = Below {
+            index: metadata.index,
+            term: metadata.term,
+            end_offset,
+        };
+        self.evicted_to = metadata.index;
+        self.conf_state = metadata.get_conf_state().clone();
+        self.hard_state.commit = self.hard_state.commit.max(metadata.index);
+        self.hard_state.term = self.hard_state.term.max(metadata.term);
+        Ok(())
+    }
 }
 
 /// The `raft-state` file: hard state, the window's lower bound and the voters.
@@ -486,6 +582,9 @@ struct StateFile {
     commit: u64,
     below: Below,
     voters: Vec<u64>,
+    /// Set while the log is being emptied to start over at `below.end_offset` (a snapshot
+    /// restored): a reopen finishes that before anything reads the log.
+    starting_over: bool,
 }
 
 impl StateFile {
@@ -507,6 +606,7 @@ impl StateFile {
         for voter in &self.voters {
             out.extend_from_slice(&voter.to_le_bytes());
         }
+        out.extend_from_slice(&u64::from(self.starting_over).to_le_bytes());
         let crc = crc32c::crc32c(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         out
@@ -527,17 +627,21 @@ impl StateFile {
         if &body[..4] != STATE_MAGIC {
             return Err(bad("not a raft-state file"));
         }
-        if u16::from_le_bytes([body[4], body[5]]) != STATE_VERSION {
-            return Err(bad("unknown version"));
-        }
+        let trailing = match u16::from_le_bytes([body[4], body[5]]) {
+            1 => 0,
+            STATE_VERSION => 1,
+            _ => return Err(bad("unknown version")),
+        };
         let words: Vec<u64> = body[6..]
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
             .collect();
-        if words.len() < 7 || words.len() != 7 + words[6] as usize {
+        if words.len() < 7 || words.len() != 7 + words[6] as usize + trailing {
             return Err(bad("voter count does not match the length"));
         }
+        let voters_end = 7 + words[6] as usize;
         Ok(StateFile {
+            starting_over: trailing == 1 && words[voters_end] != 0,
             term: words[0],
             vote: words[1],
             commit: words[2],
@@ -546,7 +650,7 @@ impl StateFile {
                 term: words[4],
                 end_offset: Offset(words[5] as i64),
             },
-            voters: words[7..].to_vec(),
+            voters: words[7..voters_end].to_vec(),
         })
     }
 
@@ -592,6 +696,11 @@ pub enum HardStateHome {
 pub struct Outbox {
     pub messages: Vec<Message>,
     pub committed: Vec<CommittedEntry>,
+    /// The log start moved up (a committed [`CONTROL_LOG_START`] entry): the new start.
+    pub log_start_moved: Option<Offset>,
+    /// The replica restored a leader's snapshot: its log was emptied to start over at this
+    /// offset (whatever state the owner derived from the old log is stale).
+    pub started_over_at: Option<Offset>,
 }
 
 /// An entry now committed (and applied: the high watermark covers it).
@@ -649,6 +758,7 @@ impl RaftPartition {
                     voters: voters.to_vec(),
                     ..StateFile::default()
                 };
+                // (A new group's log is empty: its start is where its first entry goes.)
                 state.store(&dir)?;
                 state
             }
@@ -660,17 +770,28 @@ impl RaftPartition {
                 state.commit = shared.commit;
             }
         }
+        if state.starting_over {
+            // A snapshot's restore was interrupted: finish emptying the log first.
+            log.start_over_at(state.below.end_offset).await?;
+            state.starting_over = false;
+            state.store(&dir)?;
+        }
         let mut store = PartitionStore::empty(&state.voters, state.below, batch_bytes_max);
         let log_end = log.log_end_offset();
+        // The newest log start a committed entry set (a cut a crash may have interrupted).
+        let mut committed_start = None;
         for_each_batch(
             &log,
             state.below.end_offset,
             log_end,
             batch_bytes_max,
             |info, batch| {
+                let index = store.last_index() + 1;
+                if index <= state.commit {
+                    committed_start = log_start_of(&batch).or(committed_start);
+                }
                 let (entry_type, data) = entry_of_batch(batch);
                 // Committed entries' data stays in the log until raft-rs asks for it.
-                let index = store.last_index() + 1;
                 let data = (index > state.commit).then_some(data);
                 store.resident_bytes += data.as_ref().map_or(0, |d| d.len() as u64);
                 store.window.push_back(Slot {
@@ -694,9 +815,13 @@ impl RaftPartition {
             } else {
                 state.vote
             },
-            commit: state.commit.min(store.last_index()),
+            // Everything below the window's floor is committed by definition.
+            commit: state.commit.min(store.last_index()).max(state.below.index),
             ..HardState::default()
         };
+        if let Some(start) = committed_start.filter(|s| *s > log.log_start_offset()) {
+            log.truncate_prefix(start.min(log.log_end_offset())).await?;
+        }
         // The log is the state machine: entries up to the restored commit index are applied as
         // they stand, so raft-rs hands out only later ones.
         let applied = store.hard_state.commit.max(state.below.index);
@@ -788,6 +913,22 @@ impl RaftPartition {
             return Err(ReplicationError::Raft(raft::Error::ProposalDropped));
         }
         Ok(index)
+    }
+
+    /// On the leader: proposes moving every replica's log start up to `offset` (retention,
+    /// DeleteRecords). Returns the entry's index; the cut happens on each replica as it applies
+    /// the entry. `offset` must be committed already (at most the high watermark).
+    pub fn propose_log_start(&mut self, offset: Offset) -> Result<u64> {
+        if offset > self.high_watermark {
+            return Err(ReplicationError::BadEntry {
+                index: 0,
+                reason: format!(
+                    "a log start ({}) above the high watermark ({})",
+                    offset.0, self.high_watermark.0
+                ),
+            });
+        }
+        self.propose(log_start_batch(offset))
     }
 
     /// Proposes one record batch through whichever replica leads (see
@@ -910,14 +1051,27 @@ impl RaftPartition {
                 committed,
                 ..
             } = progress;
+            for message in &send {
+                if message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+                    self.replica.snapshot_sent(message.to);
+                }
+            }
             match early {
                 Some(send_now) if !send.is_empty() => send_now(send),
                 _ => outbox.messages.extend(send),
             }
             let number = persist.number;
-            let send_after = self.persist(persist).await?;
+            let (send_after, started_over) = self.persist(persist).await?;
             self.replica.persisted(number);
             outbox.messages.extend(send_after);
+            if started_over.is_some() {
+                outbox.started_over_at = started_over;
+            }
+            let new_start = committed
+                .iter()
+                .filter(|e| e.entry_type == EntryType::EntryNormal)
+                .filter_map(|e| log_start_of(&e.data))
+                .max();
             if let Some(last) = committed.last() {
                 self.applied = last.index;
                 if let Some(end) = self.replica.storage().end_offset_of(last.index) {
@@ -941,11 +1095,41 @@ impl RaftPartition {
                         data,
                     })
                 }));
+            if let Some(start) = new_start {
+                if self.apply_log_start(start).await? {
+                    outbox.log_start_moved = Some(self.log.log_start_offset());
+                }
+            }
         }
         Ok(any)
     }
 
-    async fn persist(&mut self, job: PersistJob) -> Result<Vec<Message>> {
+    /// Applies a committed log start: the window's new floor goes to `raft-state` first (a
+    /// reopen reads the log from it, and finishes the cut from the committed entry), then the
+    /// log start moves. True if it moved.
+    async fn apply_log_start(&mut self, start: Offset) -> Result<bool> {
+        let start = start.min(self.high_watermark);
+        if start <= self.log.log_start_offset() {
+            return Ok(false);
+        }
+        let floor = self.replica.storage().floor_for(start, self.applied);
+        if floor.index > self.stored.below.index {
+            let state = StateFile {
+                below: floor,
+                commit: self.stored.commit.max(floor.index),
+                ..self.stored.clone()
+            };
+            state.store(&self.dir)?;
+            self.stored = state;
+            self.replica.storage_mut().compact_to(floor);
+        }
+        self.log.truncate_prefix(start).await?;
+        Ok(true)
+    }
+
+    /// Makes a job durable in order: hard state, a restored snapshot, entries. Returns the
+    /// messages that waited for it, and where the log started over if a snapshot emptied it.
+    async fn persist(&mut self, job: PersistJob) -> Result<(Vec<Message>, Option<Offset>)> {
         if let Some(hard_state) = &job.hard_state {
             let changed =
                 hard_state.term != self.stored.term || hard_state.vote != self.stored.vote;
@@ -973,6 +1157,30 @@ impl RaftPartition {
                 self.stored.commit = hard_state.commit;
             }
         }
+        let mut started_over = None;
+        if let Some(snapshot) = &job.snapshot {
+            // The storage already holds the snapshot as its floor. The flag makes a reopen
+            // finish emptying the log if a crash interrupts it (entries kept past the floor
+            // would otherwise be renumbered from it).
+            let below = self.replica.storage().below();
+            let mut state = StateFile {
+                below,
+                voters: snapshot.get_metadata().get_conf_state().voters.clone(),
+                commit: self.stored.commit.max(below.index),
+                starting_over: true,
+                ..self.stored.clone()
+            };
+            state.store(&self.dir)?;
+            self.log.start_over_at(below.end_offset).await?;
+            state.starting_over = false;
+            state.store(&self.dir)?;
+            self.stored = state;
+            self.applied = below.index;
+            self.high_watermark = below.end_offset;
+            started_over = Some(below.end_offset);
+            tracing::info!(dir = %self.dir.display(), index = below.index, term = below.term,
+                start = %below.end_offset, "restored a leader's snapshot: the log starts over");
+        }
         if let Some(first) = job.entries.first() {
             let base = self
                 .replica
@@ -996,7 +1204,7 @@ impl RaftPartition {
                 self.log.wait_durable(last).await?;
             }
         }
-        Ok(job.send_after)
+        Ok((job.send_after, started_over))
     }
 
     /// Closes cleanly: the log (a restart then need not scan it) and the state file with the
@@ -1046,6 +1254,7 @@ mod tests {
                 end_offset: Offset(17),
             },
             voters: vec![1, 2, 3],
+            starting_over: true,
         }
     }
 
@@ -1053,6 +1262,25 @@ mod tests {
     fn the_state_file_reads_back_what_was_written() {
         let path = Path::new("raft-state");
         assert_eq!(StateFile::decode(&state().encode(), path).unwrap(), state());
+    }
+
+    #[test]
+    fn a_version_1_state_file_still_loads() {
+        let path = Path::new("raft-state");
+        let current = state().encode();
+        // Version 1: no flag word after the voters.
+        let mut old = current[..current.len() - 4 - 8].to_vec();
+        old[4..6].copy_from_slice(&1u16.to_le_bytes());
+        let crc = crc32c::crc32c(&old);
+        old.extend_from_slice(&crc.to_le_bytes());
+        let loaded = StateFile::decode(&old, path).unwrap();
+        assert_eq!(
+            loaded,
+            StateFile {
+                starting_over: false,
+                ..state()
+            }
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@
 //! replica has acknowledged to a peer therefore survives a crash of this replica.
 
 use bytes::Bytes;
-use raft::eraftpb::{Entry, HardState, Message};
+use raft::eraftpb::{Entry, HardState, Message, Snapshot};
 use raft::storage::MemStorage;
 use raft::{RawNode, StateRole, Storage};
 
@@ -32,6 +32,9 @@ pub trait ReplicaStorage: Storage {
     /// follower whose suffix conflicts with the leader's truncates it).
     fn put_entries(&mut self, entries: &[Entry]) -> Result<()>;
     fn put_hard_state(&mut self, hard_state: &HardState);
+    /// Replaces everything up to the snapshot's index by the snapshot (a follower too far
+    /// behind the leader's compacted log): the entries held are dropped.
+    fn restore(&mut self, snapshot: &Snapshot) -> Result<()>;
 }
 
 impl ReplicaStorage for MemStorage {
@@ -41,6 +44,12 @@ impl ReplicaStorage for MemStorage {
 
     fn put_hard_state(&mut self, hard_state: &HardState) {
         self.wl().set_hardstate(hard_state.clone());
+    }
+
+    fn restore(&mut self, snapshot: &Snapshot) -> Result<()> {
+        self.wl()
+            .apply_snapshot(snapshot.clone())
+            .map_err(ReplicationError::from)
     }
 }
 
@@ -96,6 +105,9 @@ impl From<StateRole> for Role {
 #[derive(Debug, Default)]
 pub struct PersistJob {
     pub number: u64,
+    /// A leader's snapshot this follower restored from (the storage holds it already): make
+    /// it durable before the entries, which follow it.
+    pub snapshot: Option<Snapshot>,
     /// To write after dropping any durable entry at or after the first one's index.
     pub entries: Vec<Entry>,
     pub hard_state: Option<HardState>,
@@ -107,7 +119,7 @@ pub struct PersistJob {
 
 impl PersistJob {
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty() && self.hard_state.is_none()
+        self.entries.is_empty() && self.hard_state.is_none() && self.snapshot.is_none()
     }
 }
 
@@ -132,6 +144,8 @@ pub struct Replica<S: ReplicaStorage> {
     /// so a vote request that arrives before the news of the leader's death does not hide
     /// whose group this was.
     last_leader: u64,
+    /// A restored snapshot's index, applied once its persist job is reported done.
+    snapshot_to_apply: Option<(u64, u64)>,
 }
 
 impl<S: ReplicaStorage> Replica<S> {
@@ -168,6 +182,7 @@ impl<S: ReplicaStorage> Replica<S> {
             node,
             reported,
             last_leader,
+            snapshot_to_apply: None,
         })
     }
 
@@ -350,23 +365,26 @@ impl<S: ReplicaStorage> Replica<S> {
             return Ok(None);
         }
         let mut ready = self.node.ready();
-        if !ready.snapshot().is_empty() {
-            // Snapshots are not used yet: a follower too far behind catches up from the
-            // leader's log, whose prefix is never compacted away while a replica needs it.
-            return Err(ReplicationError::SnapshotUnsupported);
-        }
         let mut progress = Progress {
             send: ready.take_messages(),
             committed: ready.take_committed_entries(),
             ..Progress::default()
         };
         let storage = self.node.mut_store();
+        let snapshot = (!ready.snapshot().is_empty()).then(|| ready.snapshot().clone());
+        if let Some(snapshot) = &snapshot {
+            // raft-rs reads the snapshot's term back from storage as soon as the ready is
+            // handed back, so the storage takes it now, as it takes entries.
+            storage.restore(snapshot)?;
+            self.snapshot_to_apply = Some((ready.number(), snapshot.get_metadata().index));
+        }
         storage.put_entries(ready.entries())?;
         if let Some(hard_state) = ready.hs() {
             storage.put_hard_state(hard_state);
         }
         progress.persist = PersistJob {
             number: ready.number(),
+            snapshot,
             entries: ready.take_entries(),
             hard_state: ready.hs().cloned(),
             must_sync: ready.must_sync(),
@@ -388,5 +406,20 @@ impl<S: ReplicaStorage> Replica<S> {
     /// The persist job `number` (and every job before it) is durable.
     pub fn persisted(&mut self, number: u64) {
         self.node.on_persist_ready(number);
+        if let Some((job, index)) = self.snapshot_to_apply {
+            if job <= number {
+                // The snapshot is the state machine up to its index: applied once durable
+                // (raft-rs allows no earlier, and campaigns read from the applied index on).
+                self.snapshot_to_apply = None;
+                self.node.advance_apply_to(index);
+            }
+        }
+    }
+
+    /// The snapshot sent to `peer` left (or could not): raft-rs resumes probing it, so a lost
+    /// snapshot is sent again instead of stalling the follower.
+    pub fn snapshot_sent(&mut self, peer: u64) {
+        self.node
+            .report_snapshot(peer, raft::SnapshotStatus::Finish);
     }
 }

@@ -41,6 +41,8 @@ struct Cluster {
     dirs: Vec<PathBuf>,
     nodes: Vec<Option<RaftPartition>>,
     network: VecDeque<Message>,
+    /// Replicas that restored a snapshot, and where their log started over.
+    started_over: Vec<(u64, Offset)>,
 }
 
 impl Cluster {
@@ -52,6 +54,7 @@ impl Cluster {
                 .collect(),
             nodes: Vec::new(),
             network: VecDeque::new(),
+            started_over: Vec::new(),
         };
         for id in VOTERS {
             let node = cluster.open(id).await;
@@ -100,6 +103,9 @@ impl Cluster {
             for node in self.nodes.iter_mut().flatten() {
                 let outbox = node.run_ready().await.expect("ready work runs");
                 self.network.extend(outbox.messages);
+                if let Some(at) = outbox.started_over_at {
+                    self.started_over.push((node.replica().id(), at));
+                }
             }
             if self.network.is_empty() {
                 return;
@@ -376,6 +382,137 @@ fn a_follower_far_behind_catches_up_from_the_leaders_log_with_memory_bounded() {
             "logs differ byte for byte"
         );
         assert_eq!(logs[0].0.len(), 400);
+        for node in cluster.nodes.into_iter().flatten() {
+            node.close().await.unwrap();
+        }
+    });
+}
+
+/// Steps until every live replica's log starts at `start`.
+async fn until_log_start(cluster: &mut Cluster, start: Offset) {
+    for _ in 0..500 {
+        if cluster
+            .nodes
+            .iter()
+            .flatten()
+            .all(|n| n.log().log_start_offset() == start)
+        {
+            return;
+        }
+        cluster.step().await;
+    }
+    panic!("the log start did not reach {start} everywhere");
+}
+
+#[test]
+fn a_log_start_cut_moves_every_replica_and_a_follower_behind_it_starts_over() {
+    run(|| async {
+        let root = tempfile::tempdir().unwrap();
+        let mut cluster = Cluster::start(root.path()).await;
+        let leader = cluster.wait_for_leader().await;
+        let lagging = VOTERS.iter().copied().find(|&id| id != leader).unwrap();
+        let other = VOTERS
+            .iter()
+            .copied()
+            .find(|&id| id != leader && id != lagging)
+            .unwrap();
+        // The lagging replica holds the first 20 entries, then misses the next 300.
+        for n in 1..=20 {
+            cluster.node(leader).propose(large_proposal(n)).unwrap();
+            cluster.step().await;
+        }
+        cluster.settle().await;
+        cluster.kill(lagging);
+        for n in 21..=320 {
+            cluster.node(leader).propose(large_proposal(n)).unwrap();
+            cluster.step().await;
+        }
+        cluster.settle().await;
+        let segments = cluster.node(leader).log().segment_base_offsets();
+        assert!(segments.len() > 4, "{segments:?}");
+        let start = segments[3];
+        // Refused above the high watermark: only committed records may be cut.
+        let beyond = cluster.node(leader).high_watermark().plus(1);
+        assert!(cluster.node(leader).propose_log_start(beyond).is_err());
+        cluster.node(leader).propose_log_start(start).unwrap();
+        until_log_start(&mut cluster, start).await;
+        for id in [leader, other] {
+            let node = cluster.node(id);
+            let below = node.replica().storage().below();
+            assert_eq!(
+                below.end_offset, start,
+                "replica {id}: the window's floor is the cut"
+            );
+            assert!(
+                node.log().segment_count() < segments.len(),
+                "segments deleted"
+            );
+        }
+
+        // Back, the lagging replica is below the leader's window: it gets the snapshot, starts
+        // its log over at the cut and catches up above it.
+        cluster.restart(lagging).await;
+        let leader = cluster.wait_for_leader().await;
+        let index = cluster.node(leader).propose(large_proposal(321)).unwrap();
+        let end = loop {
+            cluster.step().await;
+            if let Some(end) = cluster.node(leader).end_offset_of(index) {
+                if cluster
+                    .nodes
+                    .iter()
+                    .flatten()
+                    .all(|n| n.high_watermark() >= end)
+                {
+                    break end;
+                }
+            }
+        };
+        assert_eq!(cluster.node(lagging).log().log_start_offset(), start);
+        assert_eq!(
+            cluster.started_over,
+            vec![(lagging, start)],
+            "one snapshot restored"
+        );
+        let mut logs = Vec::new();
+        for node in cluster.nodes.iter().flatten() {
+            assert!(node.high_watermark() >= end);
+            logs.push(contents(node).await);
+        }
+        assert!(
+            logs[0].1 == logs[1].1 && logs[1].1 == logs[2].1,
+            "logs from the cut differ byte for byte"
+        );
+        // Offset 0 holds the first leader's own entry: proposal n sits at offset n.
+        let expected: Vec<String> = (start.0..=321).map(|n| format!("p-{n:09}")).collect();
+        assert_eq!(
+            logs[0].0, expected,
+            "the records from the cut on, each once"
+        );
+
+        // Everything holds across a clean restart of all three.
+        for id in VOTERS {
+            let node = cluster.nodes[(id - 1) as usize].take().unwrap();
+            node.close().await.unwrap();
+        }
+        for id in VOTERS {
+            cluster.restart(id).await;
+        }
+        let leader = cluster.wait_for_leader().await;
+        let index = loop {
+            if let Ok(index) = cluster.node(leader).propose(large_proposal(322)) {
+                break index;
+            }
+            cluster.step().await;
+        };
+        for _ in 0..200 {
+            cluster.step().await;
+        }
+        let end = cluster.node(leader).end_offset_of(index).unwrap();
+        for node in cluster.nodes.iter().flatten() {
+            assert_eq!(node.log().log_start_offset(), start);
+            assert!(node.high_watermark() >= end);
+            assert_eq!(node.replica().storage().below().end_offset, start);
+        }
         for node in cluster.nodes.into_iter().flatten() {
             node.close().await.unwrap();
         }

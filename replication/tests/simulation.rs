@@ -116,6 +116,13 @@ impl ReplicaStorage for SimStore {
             SimStore::Partition(s) => s.put_hard_state(hard_state),
         }
     }
+
+    fn restore(&mut self, snapshot: &raft::eraftpb::Snapshot) -> sluice_replication::Result<()> {
+        match self {
+            SimStore::Memory(s) => s.restore(snapshot),
+            SimStore::Partition(s) => s.restore(snapshot),
+        }
+    }
 }
 const SETTLE_STEPS_MAX: u64 = 3_000;
 

@@ -1961,24 +1961,8 @@ impl Log {
         self.check_usable()?;
         let _io = self.lock_io().await?;
         let removed = {
+            let drop_count = self.segments_beyond_retention(now);
             let mut state = self.inner.state.borrow_mut();
-            let mut total: u64 = state.segments.iter().map(|s| s.index.size_bytes).sum();
-            let sealed = state.segments.len() - 1;
-            let mut drop_count = 0;
-            let (retention_ms, retention_bytes) = {
-                let config = self.inner.config.borrow();
-                (config.retention_ms, config.retention_bytes)
-            };
-            for seg in &state.segments[..sealed] {
-                let too_old = retention_ms
-                    .is_some_and(|ms| seg.index.max_timestamp < now.saturating_sub(ms as i64));
-                let too_big = retention_bytes.is_some_and(|max| total > max);
-                if !(too_old || too_big) {
-                    break;
-                }
-                total -= seg.index.size_bytes;
-                drop_count += 1;
-            }
             let removed: Vec<Segment> = state.segments.drain(..drop_count).collect();
             if let Some(first) = state.segments.first() {
                 state.log_start = state.log_start.max(first.base_offset());
@@ -1992,6 +1976,155 @@ impl Log {
         };
         self.delete_segments(removed).await?;
         Ok(outcome)
+    }
+
+    /// How many sealed segments, oldest first, retention would delete at `now`.
+    fn segments_beyond_retention(&self, now: TimestampMs) -> usize {
+        let state = self.inner.state.borrow();
+        let mut total: u64 = state.segments.iter().map(|s| s.index.size_bytes).sum();
+        let sealed = state.segments.len() - 1;
+        let (retention_ms, retention_bytes) = {
+            let config = self.inner.config.borrow();
+            (config.retention_ms, config.retention_bytes)
+        };
+        let mut drop_count = 0;
+        for seg in &state.segments[..sealed] {
+            let too_old = retention_ms
+                .is_some_and(|ms| seg.index.max_timestamp < now.saturating_sub(ms as i64));
+            let too_big = retention_bytes.is_some_and(|max| total > max);
+            if !(too_old || too_big) {
+                break;
+            }
+            total -= seg.index.size_bytes;
+            drop_count += 1;
+        }
+        drop_count
+    }
+
+    /// The log start offset retention would leave at `now` (the base of the first segment it
+    /// keeps), without deleting anything: a replicated partition's leader proposes it so that
+    /// every replica cuts at the same offset. `None` when retention would delete nothing.
+    pub fn retention_point(&self, now: TimestampMs) -> Option<Offset> {
+        let drop_count = self.segments_beyond_retention(now);
+        let state = self.inner.state.borrow();
+        let start = state.segments[drop_count]
+            .base_offset()
+            .max(state.log_start);
+        (drop_count > 0 && start > state.log_start).then_some(start)
+    }
+
+    /// Empties the log and makes it start (and end) at `offset`, whatever it held: Kafka's
+    /// `truncateFullyAndStartAt`, for a Raft follower restored from a leader's snapshot whose
+    /// log start is past this log's end or whose suffix conflicts. Durable when it returns.
+    ///
+    /// Crash-safe in every order: the new empty segment at `offset` is created (and the
+    /// directory synced) first, then the old segments are deleted oldest first, then the log
+    /// start checkpoint is written; a reopen in between finds the old segments followed by a
+    /// gap and the new one (a valid log ending at `offset`), or fewer old segments.
+    pub async fn start_over_at(&self, offset: Offset) -> Result<()> {
+        self.check_usable()?;
+        let _append = self.lock_appends().await?;
+        let _io = self.lock_io().await?;
+        // Nothing may be in flight towards the files about to go.
+        self.write_out().await?;
+        let _zero = self.lock_zeroing().await?;
+        self.inner.generation.set(self.inner.generation.get() + 1);
+        let dir = self.inner.dir.clone();
+        let new_path = dir.join(format::segment_file_name(offset));
+        let reuse = {
+            let state = self.inner.state.borrow();
+            state.segments.iter().any(|s| s.path == new_path)
+        };
+        if reuse {
+            // A segment already starts at `offset`: empty it in place (it is the first one
+            // or the rest are deleted below; either way it is the only one left).
+            let (file, path) = {
+                let state = self.inner.state.borrow();
+                let seg = state
+                    .segments
+                    .iter()
+                    .find(|s| s.path == new_path)
+                    .expect("checked");
+                (seg.file.clone(), seg.path.clone())
+            };
+            file.truncate(0)
+                .await
+                .map_err(|e| self.fail(StorageError::io(path.display(), e)))?;
+            file.fdatasync()
+                .await
+                .map_err(|e| self.fail(StorageError::io(path.display(), e)))?;
+        }
+        let new_file = if reuse {
+            None
+        } else {
+            let file = io::open_segment(&new_path, true).await?;
+            io::sync_dir(&dir).await.map_err(|e| self.fail(e))?;
+            Some(file)
+        };
+        let old: Vec<Segment> = {
+            let mut state = self.inner.state.borrow_mut();
+            let all = std::mem::take(&mut state.segments);
+            let (kept, old): (Vec<Segment>, Vec<Segment>) =
+                all.into_iter().partition(|s| s.path == new_path);
+            state.segments = kept;
+            old
+        };
+        for seg in &old {
+            io::remove_file_if_exists(&dir.join(format::index_file_name(seg.base_offset())))?;
+            io::remove_file_if_exists(
+                &dir.join(format::active_index_file_name(seg.base_offset())),
+            )?;
+            io::remove_file_if_exists(&seg.path)?;
+        }
+        io::remove_file_if_exists(&dir.join(format::index_file_name(offset)))?;
+        io::remove_file_if_exists(&dir.join(format::active_index_file_name(offset)))?;
+        io::sync_dir(&dir).await.map_err(|e| self.fail(e))?;
+        drop(old);
+        self.checkpoint_log_start(offset).await?;
+        let config = self.config();
+        let segment = match new_file {
+            Some(file) => {
+                let tail = WriteTail::resume(&file, config.write_chunk_bytes, 0, &[]);
+                Segment {
+                    path: new_path,
+                    file: Rc::new(file),
+                    index: SegmentIndex::empty(offset, config.index_interval_bytes),
+                    tail: Some(tail),
+                    first_append_ms: None,
+                    preallocated_to: 0,
+                    overwrite: OverwriteState::default(),
+                }
+            }
+            None => {
+                let mut seg = self
+                    .inner
+                    .state
+                    .borrow_mut()
+                    .segments
+                    .pop()
+                    .expect("the reused segment");
+                seg.tail = Some(resume_tail(&seg.file, &seg.path, 0, &config).await?);
+                seg.index = SegmentIndex::empty(offset, config.index_interval_bytes);
+                seg.preallocated_to = 0;
+                seg.overwrite = OverwriteState::default();
+                seg.first_append_ms = None;
+                seg
+            }
+        };
+        {
+            let mut state = self.inner.state.borrow_mut();
+            state.segments = vec![segment];
+            state.log_start = offset;
+            state.next_offset = offset;
+        }
+        self.inner.durable_end.set(offset);
+        self.inner.cleaned_to.set(offset);
+        self.inner.checkpointed_bytes.set(0);
+        self.inner.metadata_writes.set(0);
+        self.inner.generation.set(self.inner.generation.get() + 1);
+        self.recharge_budget();
+        info!(dir = %dir.display(), start = %offset, "log emptied to start over");
+        Ok(())
     }
 
     async fn delete_segments(&self, removed: Vec<Segment>) -> Result<()> {

@@ -547,3 +547,85 @@ fn preallocation_starts_small_and_grows_with_the_segment() {
         sizes[1]
     );
 }
+
+#[test]
+fn retention_point_names_the_cut_without_making_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let config = LogConfig {
+            retention_bytes: Some(100 * 1024),
+            ..small_config()
+        };
+        let log = Log::open(&path, config).await.unwrap();
+        assert_eq!(log.retention_point(0), None, "an empty log keeps all");
+        for i in 0..300u64 {
+            log.append(&batch(i, 1, 900, i as i64), LeaderEpoch(0))
+                .await
+                .unwrap();
+        }
+        let segments = log.segment_count();
+        let point = log.retention_point(0).expect("over the size limit");
+        assert!(log.segment_base_offsets().contains(&point));
+        assert_eq!(log.segment_count(), segments, "nothing deleted");
+        assert_eq!(log.log_start_offset(), Offset(0));
+        // The cut retention then makes is the one it named.
+        let outcome = log.enforce_retention(0).await.unwrap();
+        assert_eq!(outcome.log_start, point);
+        assert_eq!(log.retention_point(0), None);
+    });
+}
+
+#[test]
+fn start_over_at_empties_the_log_at_any_offset_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let log = Log::open(&path, small_config()).await.unwrap();
+        for i in 0..100u64 {
+            log.append(&batch(i, 2, 700, 0), LeaderEpoch(1))
+                .await
+                .unwrap();
+        }
+        assert!(log.segment_count() > 2);
+        // Past the end (a follower behind a leader's log start).
+        log.start_over_at(Offset(1_000)).await.unwrap();
+        assert_eq!(log.log_start_offset(), Offset(1_000));
+        assert_eq!(log.log_end_offset(), Offset(1_000));
+        assert_eq!(log.segment_count(), 1);
+        assert!(read_all(&log).await.is_empty());
+        let b = batch(7, 3, 10, 0);
+        let a = log.append(&b, LeaderEpoch(2)).await.unwrap();
+        assert_eq!(a.base_offset, Offset(1_000));
+        log.sync().await.unwrap();
+        log.close().await.unwrap();
+        let log = Log::open(&path, small_config()).await.unwrap();
+        assert_eq!(log.log_start_offset(), Offset(1_000));
+        assert_eq!(
+            read_all(&log).await,
+            vec![(Offset(1_000), stamped(b.clone(), Offset(1_000), 2))]
+        );
+        // Inside the log (a conflicting suffix): everything goes, the offsets stay.
+        log.start_over_at(Offset(1_001)).await.unwrap();
+        assert_eq!(
+            (log.log_start_offset(), log.log_end_offset()),
+            (Offset(1_001), Offset(1_001))
+        );
+        // At the base of the only segment (reused in place).
+        log.start_over_at(Offset(1_001)).await.unwrap();
+        assert_eq!(log.log_end_offset(), Offset(1_001));
+        let a = log.append(&b, LeaderEpoch(3)).await.unwrap();
+        assert_eq!(a.base_offset, Offset(1_001));
+        log.close().await.unwrap();
+        let log = Log::open(&path, small_config()).await.unwrap();
+        assert_eq!(
+            read_all(&log).await,
+            vec![(Offset(1_001), stamped(b, Offset(1_001), 3))]
+        );
+        let files = std::fs::read_dir(&path).unwrap().count();
+        assert!(
+            files <= 4,
+            "old segments and indexes removed: {files} files"
+        );
+    });
+}
