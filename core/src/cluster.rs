@@ -41,7 +41,7 @@ use futures::channel::{mpsc, oneshot};
 use futures::StreamExt;
 use kafka_protocol::ResponseError;
 use sluice_replication::node::ReplicationNode;
-use sluice_replication::partition::CommittedEntry;
+use sluice_replication::partition::{CommittedEntry, Outbox};
 use sluice_replication::rpc::GroupKey;
 use sluice_replication::{ReplicaConfig, ReplicationError, Role};
 use sluice_storage::{AppendInfo, Log, LogConfig, Offset};
@@ -205,6 +205,8 @@ type AppendReply = oneshot::Sender<Result<AppendInfo, AppendError>>;
 
 struct Proposal {
     batch: Bytes,
+    /// Not a batch: move every replica's log start here (retention, DeleteRecords).
+    log_start: Option<Offset>,
     until: Until,
     reply: AppendReply,
 }
@@ -266,9 +268,29 @@ impl ReplicaLink {
         batch: Bytes,
         until: Until,
     ) -> oneshot::Receiver<Result<AppendInfo, AppendError>> {
+        self.queue(batch, None, until)
+    }
+
+    /// Queues a move of every replica's log start to `offset` (at most the high watermark),
+    /// answered once committed: the leader's log start has moved then, and each replica's
+    /// moves as it applies the entry.
+    pub fn propose_log_start(
+        &self,
+        offset: Offset,
+    ) -> oneshot::Receiver<Result<AppendInfo, AppendError>> {
+        self.queue(Bytes::new(), Some(offset), Until::Committed)
+    }
+
+    fn queue(
+        &self,
+        batch: Bytes,
+        log_start: Option<Offset>,
+        until: Until,
+    ) -> oneshot::Receiver<Result<AppendInfo, AppendError>> {
         let (reply, answer) = oneshot::channel();
         self.proposals.borrow_mut().push(Proposal {
             batch,
+            log_start,
             until,
             reply,
         });
@@ -810,7 +832,11 @@ impl Driver {
                     let _ = proposal.reply.send(Err(not_leader(&link.not_leader())));
                     continue;
                 }
-                match group.propose(proposal.batch) {
+                let proposed = match proposal.log_start {
+                    Some(offset) => group.propose_log_start(offset),
+                    None => group.propose(proposal.batch),
+                };
+                match proposed {
                     Ok(index) => self.pending.entry(*key).or_default().push_back(Pending {
                         index,
                         term: group.replica().term(),
@@ -874,15 +900,22 @@ impl Driver {
         }
     }
 
-    fn after_step(&mut self, shard: &Rc<Shard>, committed: Vec<(GroupKey, Vec<CommittedEntry>)>) {
-        for (group, entries) in committed {
+    fn after_step(&mut self, shard: &Rc<Shard>, applied: Vec<(GroupKey, Outbox)>) {
+        for (group, outbox) in applied {
+            let entries = outbox.committed;
             if group == GroupKey::CONTROLLER {
                 self.apply_controller(entries);
                 continue;
             }
             let key = partition_key(group);
             if let Some(partition) = shard.open_partition(key) {
+                if let Some(offset) = outbox.started_over_at {
+                    partition.started_over(offset);
+                }
                 partition.apply_committed(&entries);
+                if outbox.log_start_moved.is_some() {
+                    partition.note_changed();
+                }
             }
             let Some(queue) = self.pending.get_mut(&key) else {
                 continue;

@@ -1198,10 +1198,6 @@ fn maybe_compact(shard: &Rc<Shard>, topic: &Topic, partition: i32) {
     let Some(p) = shard.open_partition((topic.id, partition)) else {
         return;
     };
-    if p.replica().is_some() {
-        // Cluster mode: not yet (the new log start would be this replica's alone).
-        return;
-    }
     let limit = p.log().config().segment_bytes_max.saturating_mul(2);
     if p.log().size_bytes() <= limit || !shard.groups.compacting.borrow_mut().insert(partition) {
         return;
@@ -1276,17 +1272,30 @@ async fn compact(shard: &Shard, topic: &Topic, partition: i32) -> sluice_storage
         start.get_or_insert(p.high_watermark());
         p.append(build_batch(now_ms(), &records), true)
             .await
-            .map_err(|e| match e {
-                crate::partition::AppendError::Storage(e) => e,
-                crate::partition::AppendError::Refused(_, m) => sluice_storage::StorageError::Io {
-                    path: p.dir().display().to_string(),
-                    source: std::io::Error::other(m),
-                },
-            })?;
+            .map_err(|e| as_storage_error(&p, e))?;
     }
     // With no live key left, everything before the current end is garbage.
     let start = start.unwrap_or_else(|| p.high_watermark());
-    Ok(p.truncate_prefix(start).await?.0)
+    // In cluster mode the copies must commit before the cut (which must be committed too).
+    let start = start.min(p.high_watermark());
+    p.truncate_prefix(start)
+        .await
+        .map(|s| s.0)
+        .map_err(|e| as_storage_error(&p, e))
+}
+
+/// An append's refusal as the storage error compaction reports.
+fn as_storage_error(
+    p: &crate::partition::Partition,
+    e: crate::partition::AppendError,
+) -> sluice_storage::StorageError {
+    match e {
+        crate::partition::AppendError::Storage(e) => e,
+        crate::partition::AppendError::Refused(_, m) => sluice_storage::StorageError::Io {
+            path: p.dir().display().to_string(),
+            source: std::io::Error::other(m),
+        },
+    }
 }
 
 /// Persists a new generation's group record in the background (membership itself is not

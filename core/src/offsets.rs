@@ -185,10 +185,8 @@ pub async fn delete_records(
                         Ok(p) => p,
                         Err(e) => return (Some(crate::partition::unavailable_code(&e)), -1),
                     };
-                    if p.replica().is_some() {
-                        // Not replicated yet: a prefix cut on one replica only would leave the
-                        // others (and a lagging follower's catch-up) without it.
-                        return (Some(ResponseError::PolicyViolation), -1);
+                    if p.replica().is_some_and(|link| !link.is_leader()) {
+                        return (Some(ResponseError::NotLeaderOrFollower), -1);
                     }
                     let target = if offset == -1 {
                         p.high_watermark()
@@ -200,7 +198,10 @@ pub async fn delete_records(
                     }
                     match p.truncate_prefix(target).await {
                         Ok(start) => (None, start.0),
-                        Err(_) => (Some(ResponseError::KafkaStorageError), -1),
+                        Err(crate::partition::AppendError::Refused(code, _)) => (Some(code), -1),
+                        Err(crate::partition::AppendError::Storage(_)) => {
+                            (Some(ResponseError::KafkaStorageError), -1)
+                        }
                     }
                 })
                 .await

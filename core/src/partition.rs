@@ -166,6 +166,24 @@ impl Partition {
         }
     }
 
+    /// Cluster mode: the replica restored a leader's snapshot and its log now starts (empty)
+    /// at `offset`. The producer state of the old log is dropped, as Kafka's
+    /// `truncateFullyAndStartAt` drops it, with its snapshot file (a reopen rebuilds from the
+    /// new log); waiting fetches look again.
+    pub fn started_over(&self, offset: Offset) {
+        let mut fresh = ProducerState::default();
+        fresh.cover_to(offset);
+        *self.producers.borrow_mut() = fresh;
+        self.appended_since_snapshot.set(0);
+        let snapshot = self.dir().join(crate::producers::SNAPSHOT_FILE);
+        if let Err(e) = std::fs::remove_file(&snapshot) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                warn!(file = %snapshot.display(), error = %e, "cannot remove a stale producer snapshot");
+            }
+        }
+        self.note_changed();
+    }
+
     pub fn log(&self) -> &Log {
         &self.log
     }
@@ -355,11 +373,30 @@ impl Partition {
     }
 
     /// Drops the records before `offset` (DeleteRecords, offsets-topic cleanup); answers the
-    /// new log start offset.
-    pub async fn truncate_prefix(&self, offset: Offset) -> Result<Offset> {
+    /// new log start offset. In cluster mode, on the leader only: every replica cuts at the
+    /// same offset as it applies the Raft entry this proposes; answered once it committed
+    /// (the leader's own cut is made by then).
+    pub async fn truncate_prefix(&self, offset: Offset) -> Result<Offset, AppendError> {
+        if let Some(link) = &self.replica {
+            if !link.is_leader() {
+                return Err(AppendError::Refused(
+                    ResponseError::NotLeaderOrFollower,
+                    link.not_leader(),
+                ));
+            }
+            if offset > self.log.log_start_offset() {
+                link.propose_log_start(offset).await.map_err(|_| {
+                    AppendError::Refused(
+                        ResponseError::NotLeaderOrFollower,
+                        "the replica was closed".into(),
+                    )
+                })??;
+            }
+            return Ok(self.log.log_start_offset());
+        }
         let start = self.log.truncate_prefix(offset).await;
         self.note_changed();
-        start
+        Ok(start?)
     }
 
     /// Reports this partition's changes to `feed` under `key` from now on (the owning shard

@@ -633,16 +633,25 @@ impl Shard {
         let period = std::time::Duration::from_millis(self.settings.retention_check_ms.max(1));
         loop {
             glommio::timer::sleep(period).await;
-            // Cluster mode: not yet for replicas. A prefix deleted on one replica only would
-            // leave a lagging follower without the entries it must catch up from.
-            let all: Vec<Rc<Partition>> = self
-                .partitions
-                .borrow()
-                .values()
-                .filter(|p| p.replica().is_none())
-                .cloned()
-                .collect();
+            let all: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
             for partition in all {
+                if let Some(link) = partition.replica() {
+                    // Replicated: the leader names retention's cut and every replica makes it
+                    // as it applies the entry (a cut on one replica alone would strand a
+                    // follower catching up from it); followers wait for it.
+                    let now = sluice_storage::types::now_ms();
+                    if let Some(start) = link
+                        .is_leader()
+                        .then(|| partition.log().retention_point(now))
+                        .flatten()
+                        .filter(|start| *start <= partition.high_watermark())
+                    {
+                        info!(dir = %partition.dir().display(), log_start = %start,
+                            "retention: proposing the replicas' new log start");
+                        drop(link.propose_log_start(start));
+                    }
+                    continue;
+                }
                 match partition
                     .log()
                     .enforce_retention(sluice_storage::types::now_ms())

@@ -28,7 +28,7 @@ use sluice_storage::{FlushMode, LogConfig, SyncGroup};
 
 use crate::error::{ReplicationError, Result};
 use crate::hard_state_log::HardStateLog;
-use crate::partition::{CommittedEntry, HardStateHome, RaftPartition};
+use crate::partition::{HardStateHome, Outbox, RaftPartition};
 use crate::replica::ReplicaConfig;
 use crate::rpc::{GroupKey, GroupMessage};
 use crate::transport::{Listener, Transport};
@@ -176,7 +176,7 @@ impl ReplicationNode {
     }
 
     /// One logical tick for every group, then a [`step`](Self::step).
-    pub async fn tick(&mut self) -> Result<Vec<(GroupKey, Vec<CommittedEntry>)>> {
+    pub async fn tick(&mut self) -> Result<Vec<(GroupKey, Outbox)>> {
         for group in self.groups.values_mut() {
             group.tick();
         }
@@ -184,10 +184,10 @@ impl ReplicationNode {
     }
 
     /// Delivers what arrived, runs every group's ready work concurrently, sends what it
-    /// produced (one frame per peer) and reports unreachable peers. Returns the entries each
-    /// group committed (and applied) in this step, in index order; groups that committed
-    /// nothing are left out.
-    pub async fn step(&mut self) -> Result<Vec<(GroupKey, Vec<CommittedEntry>)>> {
+    /// produced (one frame per peer) and reports unreachable peers. Returns what each group
+    /// applied in this step (committed entries in index order, a moved log start, a restored
+    /// snapshot; its messages are sent already); groups that applied nothing are left out.
+    pub async fn step(&mut self) -> Result<Vec<(GroupKey, Outbox)>> {
         self.campaign_for_gone_leaders();
         let arrived = std::mem::take(&mut *self.inbox.borrow_mut());
         for GroupMessage { group, message } in arrived {
@@ -237,13 +237,16 @@ impl ReplicationNode {
         let (outcomes, early_unreachable) = futures::join!(work, flusher);
         let mut committed = Vec::new();
         for outcome in outcomes {
-            let (group, outbox) = outcome?;
-            for message in outbox.messages {
+            let (group, mut outbox) = outcome?;
+            for message in std::mem::take(&mut outbox.messages) {
                 self.transport
                     .send(message.to, GroupMessage { group, message });
             }
-            if !outbox.committed.is_empty() {
-                committed.push((group, outbox.committed));
+            let applied = !outbox.committed.is_empty()
+                || outbox.log_start_moved.is_some()
+                || outbox.started_over_at.is_some();
+            if applied {
+                committed.push((group, outbox));
             }
         }
         let mut unreachable = self.transport.flush().await.unreachable;

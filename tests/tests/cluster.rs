@@ -978,6 +978,209 @@ fn a_rolling_restart_under_load_loses_nothing() {
     );
 }
 
+/// The low and high watermarks of `topic`'s partition 0, from its leader (asked again while
+/// a node just restarted has not learnt the topic yet).
+fn watermarks(cluster: &Cluster, topic: &str) -> (i64, i64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // A client of its own each time: librdkafka keeps a topic it was told is unknown.
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap())
+            .create()
+            .expect("consumer");
+        match consumer.fetch_watermarks(topic, 0, Duration::from_secs(5)) {
+            Ok(marks) => return marks,
+            Err(e) if Instant::now() < deadline => {
+                for node in cluster.nodes.iter().filter(|n| n.is_running()) {
+                    let answer = metadata(node.kafka);
+                    let t = answer
+                        .topics
+                        .iter()
+                        .find(|t| t.name.as_ref().is_some_and(|n| n.as_str() == topic));
+                    eprintln!(
+                        "{}: {:?}",
+                        node.kafka,
+                        t.map(|t| (t.error_code, t.partitions.clone()))
+                    );
+                }
+                eprintln!("watermarks: {e}; asking again");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("watermarks: {e}"),
+        }
+    }
+}
+
+/// Retention and DeleteRecords in cluster mode: the leader names the cut, every replica makes
+/// it as it applies the Raft entry, and a follower that was down while the log moved past
+/// everything it held restores the leader's snapshot (its log starts over at the cut) and
+/// catches up: the three logs agree from the cut on, and a consumer reads from it.
+#[test]
+fn retention_cuts_every_replica_and_a_follower_behind_it_starts_over() {
+    let _one_at_a_time = one_cluster_at_a_time();
+    let topic = "retained";
+    let mut cluster = Cluster::start(3, &["--retention-check-ms", "200"]);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .create()
+        .expect("admin client");
+    let new_topic = NewTopic::new(topic, 1, TopicReplication::Fixed(3))
+        .set("segment.bytes", "65536")
+        .set("max.message.bytes", "60000")
+        .set("retention.bytes", "131072");
+    let created = futures::executor::block_on(admin.create_topics(
+        [&new_topic],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+    ))
+    .expect("CreateTopics");
+    assert!(created[0].is_ok(), "{created:?}");
+    let (leader, _) = leader_of(&cluster, topic, 0);
+    let behind = (0..3).find(|n| *n != leader).unwrap();
+    let deliveries = Deliveries::default();
+    let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        // Batches within the topic's max.message.bytes.
+        .set("batch.size", "50000")
+        .create_with_context(deliveries.clone())
+        .expect("producer");
+    let payload = vec![b'x'; 1000];
+    let send = |from: u32, to: u32| {
+        for n in from..to {
+            let key = format!("{n:06}");
+            producer
+                .send(BaseRecord::to(topic).key(&key).payload(&payload))
+                .expect("queue");
+        }
+        producer.flush(Duration::from_secs(60)).expect("flushed");
+        let reports = deliveries.0.lock().unwrap();
+        let failed = reports.iter().find(|(_, r)| r.is_err());
+        assert!(failed.is_none(), "{failed:?}");
+    };
+    send(0, 50);
+    // The follower misses the next 1.5 MB, far more than retention keeps.
+    cluster.kill(behind);
+    send(50, 1_500);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (low, high) = loop {
+        let (low, high) = watermarks(&cluster, topic);
+        if low > 1_000 {
+            break (low, high);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "retention never cut: {low}..{high}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // DeleteRecords through librdkafka's admin client moves the start further.
+    let mut cut = TopicPartitionList::new();
+    cut.add_partition_offset(topic, 0, Offset::Offset(low + 10))
+        .unwrap();
+    let deleted = futures::executor::block_on(admin.delete_records(
+        &cut,
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+    ))
+    .expect("DeleteRecords");
+    let answer = deleted.find_partition(topic, 0).expect("partition 0");
+    assert!(answer.error().is_ok(), "{:?}", answer.error());
+    assert_eq!(answer.offset(), Offset::Offset(low + 10));
+    let low = low + 10;
+    // (The cut is a Raft entry of its own: the high watermark moves past it.)
+    let (now_low, now_high) = watermarks(&cluster, topic);
+    assert_eq!(now_low, low);
+    assert!(now_high > high);
+
+    // Back, the follower is below the leader's window: it starts over at the cut.
+    cluster.restart(behind);
+    send(1_500, 1_600);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while in_sync(cluster.node(leader).kafka, topic).len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the follower never rejoined the ISR"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, end) = watermarks(&cluster, topic);
+    drop(producer);
+    // The last record written (the log may end with Raft's own entries, which consumers skip).
+    let last = deliveries
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok().map(|(_, offset)| *offset))
+        .max()
+        .unwrap();
+
+    // A consumer from the beginning starts at the cut and reads every record after it.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("group.id", "retained-reader")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let (mut offsets, mut keys) = (Vec::new(), Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut error = None;
+    while offsets.last().is_none_or(|o| *o < last) {
+        assert!(
+            Instant::now() < deadline,
+            "read up to {:?} of {last} (watermarks {:?}, last error {error:?})",
+            offsets.last(),
+            watermarks(&cluster, topic)
+        );
+        let polled = consumer.poll(Duration::from_millis(200));
+        if let Some(Err(e)) = &polled {
+            error = Some(e.to_string());
+        }
+        if let Some(Ok(message)) = polled {
+            offsets.push(message.offset());
+            let key = String::from_utf8_lossy(message.key().unwrap_or_default());
+            keys.push(key.parse::<u32>().expect("a numbered key"));
+        }
+    }
+    drop(consumer);
+    assert!(offsets[0] >= low, "nothing below the cut: {}", offsets[0]);
+    // Every record from the first one kept to the last, once and in order.
+    assert!(offsets.windows(2).all(|w| w[1] > w[0]), "{offsets:?}");
+    let expected: Vec<u32> = (keys[0]..1_600).collect();
+    assert_eq!(keys, expected);
+
+    // Stopped, the three replicas agree batch for batch from the latest start on, and none
+    // holds anything below the cut (the follower's old records are gone).
+    for node in 0..3 {
+        cluster.stop(node);
+    }
+    assert!(
+        cluster
+            .node(behind)
+            .log()
+            .contains("restored a leader's snapshot"),
+        "the follower caught up through a snapshot"
+    );
+    let logs: Vec<Vec<(i64, Vec<u8>)>> = (0..3)
+        .map(|node| stored_batches_of(&cluster, node, topic, 0))
+        .collect();
+    for (node, log) in logs.iter().enumerate() {
+        let first = log.first().map(|b| b.0).unwrap_or(end);
+        assert!(
+            first >= low - 1_000,
+            "node {node} still holds offset {first}, far below the cut at {low}"
+        );
+    }
+    let from = low;
+    let common: Vec<Vec<(i64, Vec<u8>)>> = logs
+        .iter()
+        .map(|log| log.iter().filter(|b| b.0 >= from).cloned().collect())
+        .collect();
+    assert_replicas_agree(&common, "from the cut");
+}
+
 /// kafka-python against three nodes: its admin client finds the controller, its default
 /// (idempotent) producer writes to an RF=3 topic, a consumer group reads and commits, and the
 /// cluster description names every node.
@@ -1057,7 +1260,6 @@ fn a_cluster_node_refuses_what_it_cannot_do_with_clear_errors() {
     const INVALID_REPLICATION_FACTOR: i16 = 38;
     const NOT_CONTROLLER: i16 = 41;
     const INVALID_REQUEST: i16 = 42;
-    const POLICY_VIOLATION: i16 = 44;
     let _one_at_a_time = one_cluster_at_a_time();
     let cluster = Cluster::start(3, &[]);
     let name = |n: &str| TopicName(StrBytes::from_string(n.to_string()));
@@ -1109,22 +1311,6 @@ fn a_cluster_node_refuses_what_it_cannot_do_with_clear_errors() {
 
     let (leader, _) = leader_of(&cluster, "accepted", 0);
     let follower = (0..3).find(|n| *n != leader).unwrap();
-    let delete: DeleteRecordsResponse = call(
-        &mut connect(cluster.node(leader).kafka),
-        ApiKey::DeleteRecords,
-        2,
-        &DeleteRecordsRequest::default()
-            .with_timeout_ms(5000)
-            .with_topics(vec![delete_records_request::DeleteRecordsTopic::default()
-                .with_name(name("accepted"))
-                .with_partitions(vec![
-                    delete_records_request::DeleteRecordsPartition::default()
-                        .with_partition_index(0)
-                        .with_offset(-1),
-                ])]),
-    );
-    assert_eq!(delete.topics[0].partitions[0].error_code, POLICY_VIOLATION);
-
     assert_eq!(
         produce_one(cluster.node(follower).kafka, "accepted"),
         NOT_LEADER_OR_FOLLOWER
@@ -1194,6 +1380,32 @@ fn a_cluster_node_refuses_what_it_cannot_do_with_clear_errors() {
     assert_eq!(
         at_leader(epoch + 1),
         (UNKNOWN_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH)
+    );
+    // DeleteRecords: the leader cuts every replica's log (through Raft); a follower refuses.
+    let delete_on = |node: i32| -> (i16, i64) {
+        let delete: DeleteRecordsResponse = call(
+            &mut connect(cluster.node(node).kafka),
+            ApiKey::DeleteRecords,
+            2,
+            &DeleteRecordsRequest::default()
+                .with_timeout_ms(5000)
+                .with_topics(vec![delete_records_request::DeleteRecordsTopic::default()
+                    .with_name(name("accepted"))
+                    .with_partitions(vec![
+                        delete_records_request::DeleteRecordsPartition::default()
+                            .with_partition_index(0)
+                            .with_offset(-1),
+                    ])]),
+        );
+        let answer = &delete.topics[0].partitions[0];
+        (answer.error_code, answer.low_watermark)
+    };
+    assert_eq!(delete_on(follower).0, NOT_LEADER_OR_FOLLOWER);
+    let (code, low_watermark) = delete_on(leader);
+    assert_eq!(code, 0);
+    assert!(
+        low_watermark >= 2,
+        "past the leader's entry and the record: {low_watermark}"
     );
 }
 
