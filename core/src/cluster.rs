@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::{Rc, Weak};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
@@ -139,6 +139,9 @@ pub const HAND_OFF_WITHIN: Duration = Duration::from_secs(3);
 /// producer-id block) while the image does not show it.
 const RETRY_FORWARDED: Duration = Duration::from_secs(1);
 
+/// How often a node asks the controller leader for its commit point until its image caught up.
+const RETRY_CATCH_UP: Duration = Duration::from_millis(200);
+
 /// A partition's leadership as one of its replicas on this node sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionLeader {
@@ -157,6 +160,8 @@ pub struct PartitionLeader {
 pub struct ClusterTable {
     leaders: RwLock<HashMap<PartitionKey, PartitionLeader>>,
     controller: AtomicI32,
+    /// The node's image has caught up with the controller's commit point as of start-up.
+    caught_up: AtomicBool,
 }
 
 impl Default for ClusterTable {
@@ -164,6 +169,7 @@ impl Default for ClusterTable {
         ClusterTable {
             leaders: RwLock::default(),
             controller: AtomicI32::new(-1),
+            caught_up: AtomicBool::new(false),
         }
     }
 }
@@ -181,6 +187,14 @@ impl ClusterTable {
     /// The controller group's leader (-1: not known).
     pub fn controller(&self) -> i32 {
         self.controller.load(Ordering::Acquire)
+    }
+
+    /// Whether this node's image holds everything the controller had committed when the node
+    /// started (after a restart the image is the one the node stopped with until then: topics
+    /// created meanwhile missing, deleted ones present). Metadata waits for it, as a KRaft
+    /// broker serves only once it caught up with the metadata log.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire)
     }
 
     fn set_leader(&self, key: PartitionKey, leader: Option<PartitionLeader>) {
@@ -407,6 +421,13 @@ struct ControllerDriver {
     last_id_request: Option<Instant>,
     last_offsets_topic: Option<Instant>,
     published_version: Option<u64>,
+    /// Start-up catch-up: the controller leader's commit index a ReadIndex answered, when the
+    /// last request left, how many left (each has its own context), and whether the image
+    /// has reached it.
+    catch_up_index: Option<u64>,
+    last_catch_up_request: Option<Instant>,
+    catch_up_requests: u64,
+    caught_up: bool,
 }
 
 impl ShardReplication {
@@ -579,6 +600,10 @@ impl Driver {
             last_id_request: None,
             last_offsets_topic: None,
             published_version: None,
+            catch_up_index: None,
+            last_catch_up_request: None,
+            catch_up_requests: 0,
+            caught_up: false,
         });
         Ok(())
     }
@@ -892,7 +917,21 @@ impl Driver {
             controller.last_offsets_topic = Some(Instant::now());
             forward.push(offsets_topic(&self.settings, image));
         }
+        let ask_catch_up = !controller.caught_up
+            && controller.catch_up_index.is_none()
+            && controller
+                .last_catch_up_request
+                .is_none_or(|at| at.elapsed() >= RETRY_CATCH_UP);
+        if ask_catch_up {
+            controller.last_catch_up_request = Some(Instant::now());
+            controller.catch_up_requests += 1;
+        }
+        let context = controller.catch_up_requests.to_be_bytes().to_vec();
         if let Some(group) = self.node.group(&GroupKey::CONTROLLER) {
+            if ask_catch_up {
+                // Dropped while no leader is known: asked again after RETRY_CATCH_UP.
+                group.read_index(context);
+            }
             for command in forward {
                 // No leader known yet: the next try comes after RETRY_FORWARDED.
                 let _ = group.propose_anywhere(encode_command(&command, now_ms()));
@@ -904,6 +943,11 @@ impl Driver {
         for (group, outbox) in applied {
             let entries = outbox.committed;
             if group == GroupKey::CONTROLLER {
+                if let Some(controller) = &mut self.controller {
+                    if let Some(index) = outbox.read_indexes.iter().max() {
+                        controller.catch_up_index = Some(*index);
+                    }
+                }
                 self.apply_controller(entries);
                 continue;
             }
@@ -1112,11 +1156,35 @@ impl Driver {
             }
         }
         let image = controller.state.image();
+        let reached = controller
+            .catch_up_index
+            .is_some_and(|index| group.applied_index() >= index);
+        let newly_caught_up = reached && !controller.caught_up;
+        if newly_caught_up {
+            controller.caught_up = true;
+            info!(index = ?controller.catch_up_index, version = image.version,
+                "cluster metadata caught up with the controller");
+        }
         if controller.published_version == Some(image.version) {
+            if newly_caught_up {
+                shard
+                    .catalog
+                    .cluster
+                    .caught_up
+                    .store(true, Ordering::Release);
+            }
             return;
         }
         controller.published_version = Some(image.version);
         shard.catalog.publish_cluster(image);
+        if controller.caught_up {
+            // Published first: whoever sees the flag sees this image.
+            shard
+                .catalog
+                .cluster
+                .caught_up
+                .store(true, Ordering::Release);
+        }
         let shard = shard.clone();
         glommio::spawn_local(async move {
             for reconciled in shard

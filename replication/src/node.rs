@@ -244,7 +244,8 @@ impl ReplicationNode {
             }
             let applied = !outbox.committed.is_empty()
                 || outbox.log_start_moved.is_some()
-                || outbox.started_over_at.is_some();
+                || outbox.started_over_at.is_some()
+                || !outbox.read_indexes.is_empty();
             if applied {
                 committed.push((group, outbox));
             }

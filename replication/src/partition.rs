@@ -701,6 +701,8 @@ pub struct Outbox {
     /// The replica restored a leader's snapshot: its log was emptied to start over at this
     /// offset (whatever state the owner derived from the old log is stale).
     pub started_over_at: Option<Offset>,
+    /// Answers to [`RaftPartition::read_index`] (the leader's commit index each time).
+    pub read_indexes: Vec<u64>,
 }
 
 /// An entry now committed (and applied: the high watermark covers it).
@@ -847,6 +849,16 @@ impl RaftPartition {
 
     pub fn log(&self) -> &Log {
         &self.log
+    }
+
+    /// The last index applied here (the high watermark is its end).
+    pub fn applied_index(&self) -> u64 {
+        self.applied
+    }
+
+    /// See [`Replica::read_index`]; the answer comes in a later [`Outbox::read_indexes`].
+    pub fn read_index(&mut self, context: Vec<u8>) {
+        self.replica.read_index(context);
     }
 
     /// Records below this offset are committed: what consumers may read.
@@ -1049,8 +1061,10 @@ impl RaftPartition {
                 send,
                 persist,
                 committed,
+                read_indexes,
                 ..
             } = progress;
+            outbox.read_indexes.extend(read_indexes);
             for message in &send {
                 if message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
                     self.replica.snapshot_sent(message.to);

@@ -133,6 +133,9 @@ pub struct Progress {
     pub committed: Vec<Entry>,
     /// The replica's role changed: its new role, term and known leader (0: none).
     pub role_changed: Option<(Role, u64, u64)>,
+    /// Answers to [`Replica::read_index`]: the leader's commit index when it confirmed it
+    /// still led, per request.
+    pub read_indexes: Vec<u64>,
 }
 
 /// One replica of one Raft group.
@@ -352,6 +355,15 @@ impl<S: ReplicaStorage> Replica<S> {
         self.node.step(timeout_now).is_ok() && self.role() == Role::Candidate
     }
 
+    /// Asks the leader (through this replica, wherever the leader is) for its commit index,
+    /// confirmed by a quorum's heartbeat (raft-rs's ReadIndex): once this replica has applied
+    /// that index, it has seen everything committed before the request. The answer comes in a
+    /// later `Progress::read_indexes`; a request made while no leader is known is dropped (ask
+    /// again). `context` tells concurrent requests apart.
+    pub fn read_index(&mut self, context: Vec<u8>) {
+        self.node.read_index(context);
+    }
+
     /// Tells the replica a peer could not be reached, so it stops pipelining to it.
     pub fn unreachable(&mut self, peer: u64) {
         self.node.report_unreachable(peer);
@@ -368,6 +380,7 @@ impl<S: ReplicaStorage> Replica<S> {
         let mut progress = Progress {
             send: ready.take_messages(),
             committed: ready.take_committed_entries(),
+            read_indexes: ready.read_states().iter().map(|r| r.index).collect(),
             ..Progress::default()
         };
         let storage = self.node.mut_store();

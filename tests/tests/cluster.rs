@@ -1181,6 +1181,45 @@ fn retention_cuts_every_replica_and_a_follower_behind_it_starts_over() {
     assert_replicas_agree(&common, "from the cut");
 }
 
+/// A node restarted after a topic was created (and another deleted) without it answers its
+/// first Metadata with the cluster's current topics: it serves metadata only once its image
+/// caught up with the controller's commit point (as a KRaft broker waits for its metadata
+/// log), not from the stale image it restarted with.
+#[test]
+fn a_restarted_node_answers_metadata_only_once_caught_up() {
+    let _one_at_a_time = one_cluster_at_a_time();
+    let mut cluster = Cluster::start(3, &[]);
+    create_topic_named(&cluster, "early");
+    let absent = 2;
+    cluster.kill(absent);
+    create_topic_named(&cluster, "late");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .create()
+        .expect("admin client");
+    let deleted = futures::executor::block_on(admin.delete_topics(
+        &["early"],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+    ))
+    .expect("DeleteTopics");
+    assert!(deleted[0].is_ok(), "{deleted:?}");
+    cluster.restart(absent);
+    let answer = metadata(cluster.node(absent).kafka);
+    let names: Vec<&str> = answer
+        .topics
+        .iter()
+        .filter_map(|t| t.name.as_ref().map(|n| n.as_str()))
+        .collect();
+    assert!(
+        names.contains(&"late"),
+        "the first answer lacks a topic: {names:?}"
+    );
+    assert!(
+        !names.contains(&"early"),
+        "the first answer has a deleted topic: {names:?}"
+    );
+}
+
 /// kafka-python against three nodes: its admin client finds the controller, its default
 /// (idempotent) producer writes to an RF=3 topic, a consumer group reads and commits, and the
 /// cluster description names every node.

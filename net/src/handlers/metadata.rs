@@ -11,6 +11,11 @@
 //! allowed before v4, as in Kafka). A name no topic may have gets INVALID_TOPIC_EXCEPTION, so
 //! clients fail at once instead of retrying. Authorized operations (KIP-430) are the full sets
 //! when asked for (no ACLs yet: see [`crate::authorized`]).
+//!
+//! A cluster node answers only once its image caught up with the controller's commit point
+//! (`ClusterTable::caught_up`, at most [`CATCH_UP_WAIT`] after start-up): a node back from a
+//! restart would otherwise describe the cluster as it stopped, without the topics created
+//! meanwhile, and clients would take them for missing.
 
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
@@ -31,7 +36,23 @@ pub const RANGE: ApiRange = ApiRange {
     max_version: 13,
 };
 
+/// How long a Metadata request waits for a cluster node's image to catch up before it is
+/// answered from the image as it stands.
+pub const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits (bounded) until this cluster node's image caught up with the controller.
+async fn caught_up(ctx: &Context) {
+    if ctx.shard.image().cluster.is_none() {
+        return;
+    }
+    let deadline = std::time::Instant::now() + CATCH_UP_WAIT;
+    while !ctx.shard.catalog.cluster.caught_up() && std::time::Instant::now() < deadline {
+        glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 pub async fn handle(request: MetadataRequest, version: i16, ctx: &Context) -> MetadataResponse {
+    caught_up(ctx).await;
     let broker = &ctx.broker;
     let brokers = match ctx.shard.image().cluster.as_ref() {
         Some(cluster) => cluster
