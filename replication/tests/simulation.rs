@@ -538,6 +538,7 @@ impl Sim {
             mut persist,
             committed,
             role_changed,
+            ..
         } = progress;
         if let Some((role, term, _)) = role_changed {
             self.nodes[index].role = role;
