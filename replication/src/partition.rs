@@ -291,6 +291,20 @@ impl PartitionStore {
         self.below = floor;
     }
 
+    /// Drops the entries through `index` (in the window, at most `applied`) from the window,
+    /// as applying a log start cut does; returns the new floor. `None` if `index` is not in
+    /// the window. (The deterministic simulation compacts with it.)
+    pub fn compact_through(&mut self, index: u64) -> Option<Below> {
+        let slot = self.slot(index)?;
+        let floor = Below {
+            index,
+            term: slot.term,
+            end_offset: slot.end_offset,
+        };
+        self.compact_to(floor);
+        Some(floor)
+    }
+
     /// A store with no entries above `below`.
     fn empty(voters: &[u64], below: Below, batch_bytes_max: usize) -> PartitionStore {
         PartitionStore {
@@ -314,7 +328,26 @@ impl PartitionStore {
         entries: &[Entry],
         batch_bytes_max: usize,
     ) -> Result<PartitionStore> {
-        let mut store = PartitionStore::empty(voters, Below::default(), batch_bytes_max);
+        PartitionStore::from_entries_after(
+            voters,
+            hard_state,
+            Below::default(),
+            entries,
+            batch_bytes_max,
+        )
+    }
+
+    /// A store over a compacted log: `below`, then `entries` (consecutive from
+    /// `below.index + 1`), as a replica restarted from them would hold it.
+    pub fn from_entries_after(
+        voters: &[u64],
+        mut hard_state: HardState,
+        below: Below,
+        entries: &[Entry],
+        batch_bytes_max: usize,
+    ) -> Result<PartitionStore> {
+        let mut store = PartitionStore::empty(voters, below, batch_bytes_max);
+        hard_state.commit = hard_state.commit.max(below.index);
         store.hard_state = hard_state;
         store.put_entries(entries)?;
         Ok(store)
@@ -1065,11 +1098,6 @@ impl RaftPartition {
                 ..
             } = progress;
             outbox.read_indexes.extend(read_indexes);
-            for message in &send {
-                if message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
-                    self.replica.snapshot_sent(message.to);
-                }
-            }
             match early {
                 Some(send_now) if !send.is_empty() => send_now(send),
                 _ => outbox.messages.extend(send),

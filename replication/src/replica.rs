@@ -377,8 +377,18 @@ impl<S: ReplicaStorage> Replica<S> {
             return Ok(None);
         }
         let mut ready = self.node.ready();
+        let send = ready.take_messages();
+        for message in &send {
+            if message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+                // Reported as sent at once: raft-rs then probes the follower again after its
+                // next heartbeat answer, so a snapshot lost on the way is simply sent again
+                // instead of leaving the follower waiting forever.
+                self.node
+                    .report_snapshot(message.to, raft::SnapshotStatus::Finish);
+            }
+        }
         let mut progress = Progress {
-            send: ready.take_messages(),
+            send,
             committed: ready.take_committed_entries(),
             read_indexes: ready.read_states().iter().map(|r| r.index).collect(),
             ..Progress::default()
@@ -427,12 +437,5 @@ impl<S: ReplicaStorage> Replica<S> {
                 self.node.advance_apply_to(index);
             }
         }
-    }
-
-    /// The snapshot sent to `peer` left (or could not): raft-rs resumes probing it, so a lost
-    /// snapshot is sent again instead of stalling the follower.
-    pub fn snapshot_sent(&mut self, peer: u64) {
-        self.node
-            .report_snapshot(peer, raft::SnapshotStatus::Finish);
     }
 }

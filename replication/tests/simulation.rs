@@ -11,6 +11,11 @@
 //! - leader completeness: a replica that becomes leader of term T holds every entry that was
 //!   applied somewhere while the highest term in the group was below T.
 //!
+//! Over the partition store, replicas also compact their logs at random points at or below
+//! what they applied (each on its own, a superset of the log start cuts every replica applies
+//! in Sluice), so a replica that falls behind a leader's floor is caught up by a snapshot; a
+//! restored snapshot must name the index and term applied there elsewhere.
+//!
 //! After the faulty phase everything is healed (crashed nodes restart from their durable state,
 //! pauses end, links mend) and the group must elect a leader, commit a fresh proposal and bring
 //! every replica to the same applied log, holding every entry ever applied anywhere: a
@@ -25,7 +30,7 @@ use raft::eraftpb::ConfState;
 use raft::{GetEntriesContext, Storage};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sluice_replication::partition::PartitionStore;
+use sluice_replication::partition::{Below, PartitionStore};
 use sluice_replication::{
     discard_logger, Entry, HardState, MemStorage, Message, PersistJob, Progress, Replica,
     ReplicaConfig, ReplicaStorage, Role,
@@ -145,6 +150,8 @@ struct Stats {
     partitions: u64,
     pauses: u64,
     log_fetches: u64,
+    compactions: u64,
+    snapshots_restored: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -157,21 +164,48 @@ impl std::ops::AddAssign for Stats {
         self.partitions += other.partitions;
         self.pauses += other.pauses;
         self.log_fetches += other.log_fetches;
+        self.compactions += other.compactions;
+        self.snapshots_restored += other.snapshots_restored;
     }
 }
 
-/// What survives a crash.
+/// What survives a crash: the floor of a compacted log, the entries above it, hard state.
 #[derive(Default, Clone)]
 struct Durable {
     hard_state: HardState,
+    below: Below,
+    /// Entries from `below.index + 1` on.
     entries: Vec<Entry>,
 }
 
 impl Durable {
+    fn get(&self, index: u64) -> Option<&Entry> {
+        let position = index.checked_sub(self.below.index + 1)?;
+        self.entries.get(position as usize)
+    }
+
+    /// Drops the entries through `below.index`.
+    fn compact(&mut self, below: Below) {
+        let count = ((below.index - self.below.index) as usize).min(self.entries.len());
+        self.entries.drain(..count);
+        self.below = below;
+    }
+
     fn write(&mut self, job: &PersistJob) -> bool {
         let mut truncated = false;
+        if let Some(snapshot) = &job.snapshot {
+            let metadata = snapshot.get_metadata();
+            self.below = Below {
+                index: metadata.index,
+                term: metadata.term,
+                end_offset: sluice_storage::Offset(i64::from_be_bytes(
+                    snapshot.data[..8].try_into().expect("8 bytes"),
+                )),
+            };
+            self.entries.clear();
+        }
         if let Some(first) = job.entries.first() {
-            let keep = (first.index - 1) as usize;
+            let keep = (first.index - 1 - self.below.index) as usize;
             truncated = keep < self.entries.len();
             self.entries.truncate(keep);
             self.entries.extend(job.entries.iter().cloned());
@@ -280,9 +314,10 @@ impl Sim {
                 SimStore::Memory(storage)
             }
             StoreKind::Partition => SimStore::Partition(Box::new(
-                PartitionStore::from_entries(
+                PartitionStore::from_entries_after(
                     &self.voters,
                     node.durable.hard_state.clone(),
+                    node.durable.below,
                     &node.durable.entries,
                     1 << 20,
                 )
@@ -343,7 +378,8 @@ impl Sim {
                 node.replica = None;
                 node.disk.clear();
                 node.paused = false;
-                node.last_applied = 0;
+                // A restarted replica applies again from its floor.
+                node.last_applied = node.durable.below.index;
                 node.role = Role::Follower;
                 self.stats.crashes += 1;
             }
@@ -444,6 +480,29 @@ impl Sim {
         let _ = replica.propose(data);
     }
 
+    /// One live node compacts its log to a point at or a little below what it applied (and
+    /// holds durably): its store's window and its durable log lose the entries through it.
+    fn compact_one(&mut self) {
+        let pick = self.rng.gen_range(0..self.nodes.len());
+        let back = self.rng.gen_range(0..4);
+        let node = &mut self.nodes[pick];
+        let durable_last = node.durable.below.index + node.durable.entries.len() as u64;
+        let target = node.last_applied.saturating_sub(back).min(durable_last);
+        if target <= node.durable.below.index {
+            return;
+        }
+        let Some(replica) = node.replica.as_mut() else {
+            return;
+        };
+        let SimStore::Partition(store) = replica.storage_mut() else {
+            return;
+        };
+        if let Some(below) = store.compact_through(target) {
+            node.durable.compact(below);
+            self.stats.compactions += 1;
+        }
+    }
+
     /// A proposal's data: a record batch holding `text` (the partition store takes batches).
     fn payload(&self, text: &str) -> Bytes {
         build_batch(0, &[(0, b"k", text.as_bytes())]).into()
@@ -468,7 +527,7 @@ impl Sim {
             let mut filled = Vec::new();
             let mut size = 0u64;
             for i in fetch.low..fetch.high {
-                let Some(entry) = node.durable.entries.get((i - 1) as usize) else {
+                let Some(entry) = node.durable.get(i) else {
                     break;
                 };
                 let SimStore::Partition(store) = replica.storage_mut() else {
@@ -608,6 +667,20 @@ impl Sim {
                     break;
                 }
                 let (_, job) = self.nodes[index].disk.pop_front().expect("front exists");
+                if let Some(snapshot) = &job.snapshot {
+                    let (at, term) = (snapshot.get_metadata().index, snapshot.get_metadata().term);
+                    if self.applied.get(&at).map(|(t, _, _)| *t) != Some(term) {
+                        return Err(self.fail(format!(
+                            "node {} restored a snapshot at index {at} term {term}, which no \
+                             replica applied",
+                            index + 1
+                        )));
+                    }
+                    // The snapshot is the state machine through its index.
+                    let node = &mut self.nodes[index];
+                    node.last_applied = node.last_applied.max(at);
+                    self.stats.snapshots_restored += 1;
+                }
                 if self.nodes[index].durable.write(&job) {
                     self.stats.suffix_truncations += 1;
                 }
@@ -679,6 +752,21 @@ impl Sim {
             if *max_term_then >= term {
                 continue;
             }
+            // Compacted entries: the floor's term must match; those below it went with it.
+            let first = storage.first_index().expect("first index");
+            if entry_index + 1 < first {
+                continue;
+            }
+            if entry_index + 1 == first {
+                if storage.term(entry_index).ok() != Some(*entry_term) {
+                    return Err(self.fail(format!(
+                        "node {} leads term {term} with its floor at {entry_index} of another \
+                         term than the applied entry's ({entry_term})",
+                        index + 1
+                    )));
+                }
+                continue;
+            }
             // Evicted data is in the durable log (checked at the end); the term must match.
             match entry_at(storage, entry_index) {
                 Some((held_term, held_data))
@@ -732,6 +820,9 @@ impl Sim {
         if self.rng.gen_bool(0.3) {
             self.propose();
         }
+        if self.store_kind == StoreKind::Partition && self.rng.gen_bool(0.05) {
+            self.compact_one();
+        }
         self.drive(lossy)?;
         self.tick(lossy)?;
         self.deliver(lossy)?;
@@ -784,8 +875,10 @@ impl Sim {
                 .nodes
                 .iter()
                 .filter(|node| {
-                    matches!(node.durable.entries.get((index - 1) as usize),
-                        Some(entry) if entry.term == *term && entry.data == *data)
+                    // Below a floor counts as held: the floor's term was checked when set.
+                    index <= node.durable.below.index
+                        || matches!(node.durable.get(index),
+                            Some(entry) if entry.term == *term && entry.data == *data)
                 })
                 .count();
             let needed = if index <= final_index {
@@ -823,40 +916,56 @@ fn entry_at(storage: &SimStore, index: u64) -> Option<(u64, Option<Bytes>)> {
 
 /// Every entry's term, with its data where one read gets all of it (the in-memory store; the
 /// partition store's log matching is checked on terms, its data at apply and at the end).
-fn all_entries(storage: &SimStore) -> Vec<(u64, Option<Bytes>)> {
+/// The first index held (after the floor), then every entry's term, with its data where one
+/// read gets all of it (the in-memory store; the partition store's log matching is checked on
+/// terms, its data at apply and at the end).
+fn all_entries(storage: &SimStore) -> (u64, Vec<(u64, Option<Bytes>)>) {
     let first = storage.first_index().expect("first index");
     let last = Storage::last_index(storage).expect("last index");
     if last < first {
-        return Vec::new();
+        return (first, Vec::new());
     }
     if let SimStore::Memory(memory) = storage {
         let entries = memory
             .entries(first, last + 1, None, GetEntriesContext::empty(false))
             .expect("entries in range");
-        return entries
-            .into_iter()
-            .map(|e| (e.term, Some(e.data)))
-            .collect();
+        return (
+            first,
+            entries
+                .into_iter()
+                .map(|e| (e.term, Some(e.data)))
+                .collect(),
+        );
     }
-    (first..=last)
-        .map(|i| (storage.term(i).expect("term in range"), None))
-        .collect()
+    (
+        first,
+        (first..=last)
+            .map(|i| (storage.term(i).expect("term in range"), None))
+            .collect(),
+    )
 }
 
+/// Log matching over the indexes both replicas still hold (each may have compacted a prefix).
 fn check_log_matching(a: &SimStore, b: &SimStore) -> Result<(), String> {
-    let (a, b) = (all_entries(a), all_entries(b));
-    let common = a.len().min(b.len());
-    let Some(highest_match) = (0..common).rev().find(|&i| a[i].0 == b[i].0) else {
+    let ((a_first, a), (b_first, b)) = (all_entries(a), all_entries(b));
+    let from = a_first.max(b_first);
+    let to = (a_first + a.len() as u64).min(b_first + b.len() as u64);
+    let at = |log: &Vec<(u64, Option<Bytes>)>, first: u64, index: u64| {
+        log[(index - first) as usize].clone()
+    };
+    let Some(highest_match) = (from..to)
+        .rev()
+        .find(|&i| at(&a, a_first, i).0 == at(&b, b_first, i).0)
+    else {
         return Ok(());
     };
-    for i in 0..=highest_match {
-        let data_differs = matches!((&a[i].1, &b[i].1), (Some(x), Some(y)) if x != y);
-        if a[i].0 != b[i].0 || data_differs {
+    for i in from..=highest_match {
+        let (x, y) = (at(&a, a_first, i), at(&b, b_first, i));
+        let data_differs = matches!((&x.1, &y.1), (Some(p), Some(q)) if p != q);
+        if x.0 != y.0 || data_differs {
             return Err(format!(
-                "both hold term {} at index {} but differ at index {}",
-                a[highest_match].0,
-                highest_match + 1,
-                i + 1
+                "both hold term {} at index {highest_match} but differ at index {i}",
+                at(&a, a_first, highest_match).0,
             ));
         }
     }
@@ -932,6 +1041,10 @@ fn partition_store_groups_keep_every_applied_entry_under_seeded_faults() {
         assert!(
             total.suffix_truncations > 0 && total.crashes > 0,
             "{total:?}"
+        );
+        assert!(
+            total.compactions > 0 && total.snapshots_restored > 0,
+            "replicas compacted, and some caught up through a snapshot: {total:?}"
         );
     }
 }
