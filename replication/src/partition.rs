@@ -1306,6 +1306,58 @@ mod tests {
         assert_eq!(StateFile::decode(&state().encode(), path).unwrap(), state());
     }
 
+    /// A crash in the middle of restoring a snapshot left `raft-state` saying "starting over"
+    /// beside the old log: the reopen empties the log at the snapshot's end first, so no old
+    /// entry is numbered from the new floor.
+    #[test]
+    fn a_reopen_finishes_an_interrupted_snapshot_restore() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let dir = tempfile::tempdir().unwrap();
+                let log = Log::open(dir.path(), LogConfig::default()).await.unwrap();
+                for n in 0..5 {
+                    let batch = sluice_storage::batch::build_batch(n, &[(n, b"k", b"old")]);
+                    log.append(&batch, LeaderEpoch(1)).await.unwrap();
+                }
+                log.close().await.unwrap();
+                let floor = Below {
+                    index: 40,
+                    term: 3,
+                    end_offset: Offset(500),
+                };
+                StateFile {
+                    term: 3,
+                    vote: 2,
+                    commit: 40,
+                    below: floor,
+                    voters: vec![1, 2, 3],
+                    starting_over: true,
+                }
+                .store(dir.path())
+                .unwrap();
+                let partition = RaftPartition::open(
+                    dir.path(),
+                    1,
+                    &[1, 2, 3],
+                    ReplicaConfig::default(),
+                    LogConfig::default(),
+                    HardStateHome::OwnFile,
+                    &crate::discard_logger(),
+                )
+                .await
+                .unwrap();
+                assert_eq!(partition.log().log_start_offset(), Offset(500));
+                assert_eq!(partition.log().log_end_offset(), Offset(500));
+                assert_eq!(partition.replica().last_index(), 40);
+                assert_eq!(partition.high_watermark(), Offset(500));
+                assert!(!StateFile::load(dir.path()).unwrap().unwrap().starting_over);
+                partition.close().await.unwrap();
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
     #[test]
     fn a_version_1_state_file_still_loads() {
         let path = Path::new("raft-state");

@@ -629,3 +629,50 @@ fn start_over_at_empties_the_log_at_any_offset_and_survives_reopen() {
         );
     });
 }
+
+/// The states a crash inside `start_over_at` can leave reopen as valid logs: the new empty
+/// segment beside all the old ones (a gap before it), then with the oldest already deleted;
+/// cutting the prefix at the new base then finishes the job.
+#[test]
+fn a_start_over_interrupted_by_a_crash_reopens_as_a_valid_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let log = Log::open(&path, small_config()).await.unwrap();
+        for i in 0..100u64 {
+            log.append(&batch(i, 2, 700, 0), LeaderEpoch(1))
+                .await
+                .unwrap();
+        }
+        let old_bases = log.segment_base_offsets();
+        assert!(old_bases.len() > 2);
+        log.close().await.unwrap();
+        // Crashed right after creating the new segment at 1,000.
+        let new_segment = path.join(sluice_storage::format::segment_file_name(Offset(1_000)));
+        std::fs::File::create(&new_segment).unwrap();
+        let log = Log::open(&path, small_config()).await.unwrap();
+        assert_eq!(log.log_start_offset(), Offset(0));
+        assert_eq!(log.log_end_offset(), Offset(1_000));
+        assert_eq!(
+            read_all(&log).await.len(),
+            100,
+            "the old records still read"
+        );
+        log.close().await.unwrap();
+        // Crashed after deleting the oldest segment only.
+        std::fs::remove_file(path.join(sluice_storage::format::segment_file_name(old_bases[0])))
+            .unwrap();
+        let log = Log::open(&path, small_config()).await.unwrap();
+        assert_eq!(log.log_start_offset(), old_bases[1]);
+        assert_eq!(log.log_end_offset(), Offset(1_000));
+        // Finishing: the prefix cut at the new base leaves the empty log there.
+        log.truncate_prefix(Offset(1_000)).await.unwrap();
+        assert_eq!(log.segment_count(), 1);
+        assert!(read_all(&log).await.is_empty());
+        let a = log
+            .append(&batch(1, 1, 10, 0), LeaderEpoch(2))
+            .await
+            .unwrap();
+        assert_eq!(a.base_offset, Offset(1_000));
+    });
+}
