@@ -57,6 +57,7 @@ fn main() -> ExitCode {
         ["serve", rest @ ..] => serve(rest),
         ["log", "verify", dir] => verify_log(dir.to_string()),
         ["cluster", "dev", rest @ ..] => tool("cluster dev", cluster_dev::dev(rest)),
+        ["cluster", "info", rest @ ..] => tool("cluster info", cli::cluster_info(rest)),
         ["topic", rest @ ..] => tool("topic", cli::topic(rest)),
         ["produce", rest @ ..] => tool("produce", cli::produce(rest)),
         ["consume", rest @ ..] => tool("consume", cli::consume(rest)),

@@ -229,12 +229,27 @@ impl Client {
 
     /// Metadata for `topics` (every topic when `None`); remembers the brokers' addresses.
     pub fn metadata(&mut self, topics: Option<&[&str]>) -> Result<MetadataResponse> {
+        let response = self.metadata_from(None, topics)?;
+        self.brokers = response
+            .brokers
+            .iter()
+            .map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port)))
+            .collect();
+        Ok(response)
+    }
+
+    /// Metadata as the broker at `addr` (the bootstrap broker when `None`) answers it.
+    pub fn metadata_from(
+        &mut self,
+        addr: Option<&str>,
+        topics: Option<&[&str]>,
+    ) -> Result<MetadataResponse> {
         const METADATA: ApiUse = ApiUse {
             key: ApiKey::Metadata,
             min: 1,
             max: 12,
         };
-        let response: MetadataResponse = self.call(None, METADATA, |_| {
+        self.call(addr, METADATA, |_| {
             MetadataRequest::default()
                 .with_allow_auto_topic_creation(false)
                 .with_topics(topics.map(|names| {
@@ -246,13 +261,7 @@ impl Client {
                         })
                         .collect()
                 }))
-        })?;
-        self.brokers = response
-            .brokers
-            .iter()
-            .map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port)))
-            .collect();
-        Ok(response)
+        })
     }
 
     /// The address of the controller (where topics are created and deleted), as Metadata

@@ -44,6 +44,8 @@ pub const USAGE: &str = "  sluice topic list [--bootstrap ADDR]   (internal topi
   sluice produce TOPIC [--key-separator SEP] [--partition N] [--acks 0|1|all]
                                one record per line of stdin; with a separator, the text
                                before its first occurrence is the key
+  sluice cluster info                  nodes (reachable or not, partitions led), the controller,
+                               leaderless and under-replicated partitions (each leader's ISR)
   sluice group list
   sluice group describe GROUP          per partition: committed offset, end offset, lag, member
   sluice group delete GROUP            a group without members, with its offsets
@@ -199,6 +201,103 @@ fn error_text(code: i16, message: Option<&StrBytes>) -> String {
         Some(m) if !m.is_empty() => format!("{name} ({code}): {}", m.as_str()),
         _ => format!("{name} ({code})"),
     }
+}
+
+/// `sluice cluster info`: every broker asked for its own Metadata, so the answer shows which
+/// nodes answer, how many partitions each leads, and, from each leader's own view (only a
+/// leader knows its ISR), the partitions with fewer replicas in sync than assigned.
+pub fn cluster_info(args: &[&str]) -> Result<()> {
+    let args = Args::parse(args, &[])?;
+    if let Some(extra) = args.positional.first() {
+        return Err(format!("unexpected argument {extra}"));
+    }
+    let mut client = args.client()?;
+    let metadata = client.metadata(None)?;
+    let mut brokers: Vec<(i32, String)> = metadata
+        .brokers
+        .iter()
+        .map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port)))
+        .collect();
+    brokers.sort();
+    let views: HashMap<i32, Result<MetadataResponse>> = brokers
+        .iter()
+        .map(|(id, addr)| (*id, client.metadata_from(Some(addr), None)))
+        .collect();
+    let controller = metadata.controller_id.0;
+    let ids = |v: &[kafka_protocol::messages::BrokerId]| {
+        v.iter()
+            .map(|b| b.0.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut led: HashMap<i32, usize> = HashMap::new();
+    let (mut total, mut leaderless, mut under_replicated) = (0, Vec::new(), Vec::new());
+    let mut topics: Vec<_> = metadata.topics.iter().collect();
+    topics.sort_by(|a, b| a.name.cmp(&b.name));
+    for topic in topics {
+        let name = topic.name.as_ref().map_or("?", |n| n.as_str());
+        let mut partitions: Vec<_> = topic.partitions.iter().collect();
+        partitions.sort_by_key(|p| p.partition_index);
+        for p in partitions {
+            total += 1;
+            let label = format!("{name}-{}", p.partition_index);
+            // A node that says it leads the partition: only a leader knows the ISR (nodes
+            // without a replica do not even know the leader).
+            let own = views.iter().find_map(|(id, view)| {
+                view.as_ref()
+                    .ok()?
+                    .topics
+                    .iter()
+                    .find(|t| t.name == topic.name)?
+                    .partitions
+                    .iter()
+                    .find(|q| q.partition_index == p.partition_index && q.leader_id.0 == *id)
+                    .cloned()
+            });
+            let Some(own) = own else {
+                leaderless.push(label);
+                continue;
+            };
+            *led.entry(own.leader_id.0).or_default() += 1;
+            if own.isr_nodes.len() < own.replica_nodes.len() {
+                under_replicated.push(format!(
+                    "{label} leader {} replicas [{}] isr [{}]",
+                    own.leader_id.0,
+                    ids(&own.replica_nodes),
+                    ids(&own.isr_nodes)
+                ));
+            }
+        }
+    }
+    println!(
+        "cluster: {} brokers, controller node {}",
+        brokers.len(),
+        controller
+    );
+    for (id, addr) in &brokers {
+        let state = match &views[id] {
+            Ok(_) => format!("up           leads {}", led.get(id).copied().unwrap_or(0)),
+            Err(e) => format!("unreachable  ({e})"),
+        };
+        let role = if *id == controller {
+            "  controller"
+        } else {
+            ""
+        };
+        println!("node {id}  {addr}  {state}{role}");
+    }
+    println!(
+        "partitions: {total}, leaderless {}, under-replicated {}",
+        leaderless.len(),
+        under_replicated.len()
+    );
+    for line in &leaderless {
+        println!("  leaderless: {line}");
+    }
+    for line in &under_replicated {
+        println!("  under-replicated: {line}");
+    }
+    Ok(())
 }
 
 pub fn topic(args: &[&str]) -> Result<()> {

@@ -1220,6 +1220,107 @@ fn a_restarted_node_answers_metadata_only_once_caught_up() {
     );
 }
 
+/// `sluice cluster info` against the cluster, as an operator runs it.
+fn cluster_info(cluster: &Cluster) -> String {
+    let out = std::process::Command::new(sluice_tests::sluice_binary())
+        .args([
+            "cluster",
+            "info",
+            "--bootstrap",
+            &cluster.node(0).kafka.to_string(),
+        ])
+        .output()
+        .expect("run sluice cluster info");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The number after `label` in `text` ("leaderless 0" -> 0).
+fn count_after(text: &str, label: &str) -> usize {
+    let at = text
+        .find(label)
+        .unwrap_or_else(|| panic!("no {label:?} in {text}"));
+    text[at + label.len()..]
+        .trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {label:?} in {text}"))
+}
+
+/// `sluice cluster info` names every node and what it leads, the controller, and the
+/// partitions without a leader or short of replicas; with a node SIGKILLed it shows the node
+/// unreachable and, once the ISR lag passed, every partition it held under-replicated.
+#[test]
+fn cluster_info_shows_nodes_leaders_and_under_replicated_partitions() {
+    let _one_at_a_time = one_cluster_at_a_time();
+    let mut cluster = Cluster::start(3, &["--replica-lag-time-max-ms", "1000"]);
+    create_topic(&cluster);
+    for partition in 0..PARTITIONS {
+        leader_of(&cluster, TOPIC, partition);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let healthy = loop {
+        let info = cluster_info(&cluster);
+        if count_after(&info, "leaderless") == 0 {
+            break info;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partitions stay leaderless:\n{info}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(healthy.contains("cluster: 3 brokers"), "{healthy}");
+    let controller = metadata(cluster.node(0).kafka).controller_id.0;
+    assert!(
+        healthy.contains(&format!("controller node {controller}")),
+        "{healthy}"
+    );
+    let total = count_after(&healthy, "partitions:");
+    assert!(total >= PARTITIONS as usize, "{healthy}");
+    assert_eq!(count_after(&healthy, "under-replicated"), 0, "{healthy}");
+    let led: usize = (0..3)
+        .map(|id| {
+            let line = healthy
+                .lines()
+                .find(|l| l.starts_with(&format!("node {id} ")))
+                .unwrap_or_else(|| panic!("no line for node {id}:\n{healthy}"));
+            assert!(line.contains(" up "), "{line}");
+            count_after(line, "leads")
+        })
+        .sum();
+    assert_eq!(led, total, "every partition led once:\n{healthy}");
+
+    let gone = (0..3).find(|id| *id != 0).unwrap();
+    cluster.kill(gone);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let degraded = loop {
+        let info = cluster_info(&cluster);
+        let settled = count_after(&info, "leaderless") == 0
+            && count_after(&info, "under-replicated") == total;
+        if settled {
+            break info;
+        }
+        assert!(Instant::now() < deadline, "never settled:\n{info}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let line = degraded
+        .lines()
+        .find(|l| l.starts_with(&format!("node {gone} ")))
+        .unwrap();
+    assert!(line.contains("unreachable"), "{degraded}");
+    assert!(
+        degraded.contains(&format!("{TOPIC}-0 leader")),
+        "each under-replicated partition listed:\n{degraded}"
+    );
+}
+
 /// kafka-python against three nodes: its admin client finds the controller, its default
 /// (idempotent) producer writes to an RF=3 topic, a consumer group reads and commits, and the
 /// cluster description names every node.
