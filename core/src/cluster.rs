@@ -1165,25 +1165,21 @@ impl Driver {
             info!(index = ?controller.catch_up_index, version = image.version,
                 "cluster metadata caught up with the controller");
         }
-        if controller.published_version == Some(image.version) {
-            if newly_caught_up {
-                shard
-                    .catalog
-                    .cluster
-                    .caught_up
-                    .store(true, Ordering::Release);
-            }
-            return;
+        let changed = controller.published_version != Some(image.version);
+        if changed {
+            controller.published_version = Some(image.version);
+            shard.catalog.publish_cluster(image);
         }
-        controller.published_version = Some(image.version);
-        shard.catalog.publish_cluster(image);
-        if controller.caught_up {
+        if newly_caught_up {
             // Published first: whoever sees the flag sees this image.
             shard
                 .catalog
                 .cluster
                 .caught_up
                 .store(true, Ordering::Release);
+        }
+        if !changed {
+            return;
         }
         let shard = shard.clone();
         glommio::spawn_local(async move {

@@ -199,8 +199,8 @@ pub async fn delete_records(
                     match p.truncate_prefix(target).await {
                         Ok(start) => (None, start.0),
                         Err(crate::partition::AppendError::Refused(code, _)) => (Some(code), -1),
-                        Err(crate::partition::AppendError::Storage(_)) => {
-                            (Some(ResponseError::KafkaStorageError), -1)
+                        Err(crate::partition::AppendError::Storage(e)) => {
+                            (Some(crate::partition::unavailable_code(&e)), -1)
                         }
                     }
                 })

@@ -634,12 +634,12 @@ impl Shard {
         loop {
             glommio::timer::sleep(period).await;
             let all: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
+            let now = sluice_storage::types::now_ms();
             for partition in all {
                 if let Some(link) = partition.replica() {
                     // Replicated: the leader names retention's cut and every replica makes it
                     // as it applies the entry (a cut on one replica alone would strand a
                     // follower catching up from it); followers wait for it.
-                    let now = sluice_storage::types::now_ms();
                     if let Some(start) = link
                         .is_leader()
                         .then(|| partition.log().retention_point(now))
@@ -652,11 +652,7 @@ impl Shard {
                     }
                     continue;
                 }
-                match partition
-                    .log()
-                    .enforce_retention(sluice_storage::types::now_ms())
-                    .await
-                {
+                match partition.log().enforce_retention(now).await {
                     Ok(outcome) if outcome.segments_deleted > 0 => {
                         partition.note_changed();
                         info!(

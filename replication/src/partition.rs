@@ -59,6 +59,20 @@ pub const CONTROL_RAFT_CONF_CHANGE: i16 = 0x5343;
 /// DeleteRecords); its value is the new start, an i64 big-endian (Sluice's own).
 pub const CONTROL_LOG_START: i16 = 0x534C;
 
+/// Where the log starts over for a snapshot [`PartitionStore::snapshot`] made (its data: the
+/// floor's end offset, 8 bytes big-endian).
+pub fn snapshot_end_offset(snapshot: &Snapshot) -> Result<Offset> {
+    <[u8; 8]>::try_from(&snapshot.data[..])
+        .map(|b| Offset(i64::from_be_bytes(b)))
+        .map_err(|_| ReplicationError::BadEntry {
+            index: snapshot.get_metadata().index,
+            reason: format!(
+                "a snapshot carries its end offset in 8 bytes, not {}",
+                snapshot.data.len()
+            ),
+        })
+}
+
 /// The batch a leader proposes to move every replica's log start to `offset`.
 pub fn log_start_batch(offset: Offset) -> Bytes {
     build_control_batch(0, CONTROL_LOG_START, &offset.0.to_be_bytes()).into()
@@ -586,12 +600,7 @@ impl ReplicaStorage for PartitionStore {
 
     fn restore(&mut self, snapshot: &Snapshot) -> Result<()> {
         let metadata = snapshot.get_metadata();
-        let end_offset = <[u8; 8]>::try_from(&snapshot.data[..])
-            .map(|b| Offset(i64::from_be_bytes(b)))
-            .map_err(|_| ReplicationError::BadEntry {
-                index: metadata.index,
-                reason: "a snapshot carries its end offset in 8 bytes".into(),
-            })?;
+        let end_offset = snapshot_end_offset(snapshot)?;
         self.window.clear();
         self.resident_bytes = 0;
         self.below = Below {
@@ -1356,6 +1365,23 @@ mod tests {
             .unwrap()
             .join()
             .unwrap();
+    }
+
+    #[test]
+    fn a_snapshot_without_its_end_offset_is_refused_and_restores_nothing() {
+        let mut store = PartitionStore::empty(&[1, 2, 3], Below::default(), 1 << 20);
+        let mut snapshot = Snapshot {
+            data: vec![1u8, 2, 3].into(),
+            ..Snapshot::default()
+        };
+        snapshot.mut_metadata().index = 9;
+        snapshot.mut_metadata().term = 2;
+        let error = store.restore(&snapshot).unwrap_err().to_string();
+        assert!(
+            error.contains("raft entry 9") && error.contains("8 bytes, not 3"),
+            "{error}"
+        );
+        assert_eq!(store.below(), Below::default(), "nothing restored");
     }
 
     #[test]

@@ -30,7 +30,7 @@ use raft::eraftpb::ConfState;
 use raft::{GetEntriesContext, Storage};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sluice_replication::partition::{Below, PartitionStore};
+use sluice_replication::partition::{snapshot_end_offset, Below, PartitionStore};
 use sluice_replication::{
     discard_logger, Entry, HardState, MemStorage, Message, PersistJob, Progress, Replica,
     ReplicaConfig, ReplicaStorage, Role,
@@ -198,9 +198,7 @@ impl Durable {
             self.below = Below {
                 index: metadata.index,
                 term: metadata.term,
-                end_offset: sluice_storage::Offset(i64::from_be_bytes(
-                    snapshot.data[..8].try_into().expect("8 bytes"),
-                )),
+                end_offset: snapshot_end_offset(snapshot).expect("a snapshot the store made"),
             };
             self.entries.clear();
         }

@@ -203,6 +203,14 @@ fn error_text(code: i16, message: Option<&StrBytes>) -> String {
     }
 }
 
+/// Broker ids as a comma-separated list ("0,1,2").
+fn broker_ids(ids: &[kafka_protocol::messages::BrokerId]) -> String {
+    ids.iter()
+        .map(|b| b.0.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// `sluice cluster info`: every broker asked for its own Metadata, so the answer shows which
 /// nodes answer, how many partitions each leads, and, from each leader's own view (only a
 /// leader knows its ISR), the partitions with fewer replicas in sync than assigned.
@@ -213,23 +221,17 @@ pub fn cluster_info(args: &[&str]) -> Result<()> {
     }
     let mut client = args.client()?;
     let metadata = client.metadata(None)?;
-    let mut brokers: Vec<(i32, String)> = metadata
+    let mut brokers = metadata
         .brokers
         .iter()
-        .map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port)))
-        .collect();
+        .map(|b| Ok((b.node_id.0, client.broker_address(b.node_id.0)?)))
+        .collect::<Result<Vec<(i32, String)>>>()?;
     brokers.sort();
     let views: HashMap<i32, Result<MetadataResponse>> = brokers
         .iter()
         .map(|(id, addr)| (*id, client.metadata_from(Some(addr), None)))
         .collect();
     let controller = metadata.controller_id.0;
-    let ids = |v: &[kafka_protocol::messages::BrokerId]| {
-        v.iter()
-            .map(|b| b.0.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    };
     let mut led: HashMap<i32, usize> = HashMap::new();
     let (mut total, mut leaderless, mut under_replicated) = (0, Vec::new(), Vec::new());
     let mut topics: Vec<_> = metadata.topics.iter().collect();
@@ -263,8 +265,8 @@ pub fn cluster_info(args: &[&str]) -> Result<()> {
                 under_replicated.push(format!(
                     "{label} leader {} replicas [{}] isr [{}]",
                     own.leader_id.0,
-                    ids(&own.replica_nodes),
-                    ids(&own.isr_nodes)
+                    broker_ids(&own.replica_nodes),
+                    broker_ids(&own.isr_nodes)
                 ));
             }
         }
@@ -375,18 +377,12 @@ pub fn topic(args: &[&str]) -> Result<()> {
             let mut partitions: Vec<_> = t.partitions.iter().collect();
             partitions.sort_by_key(|p| p.partition_index);
             for p in partitions {
-                let ids = |v: &[kafka_protocol::messages::BrokerId]| {
-                    v.iter()
-                        .map(|b| b.0.to_string())
-                        .collect::<Vec<_>>()
-                        .join(",")
-                };
                 println!(
                     "  partition {} leader {} replicas [{}] isr [{}]",
                     p.partition_index,
                     p.leader_id.0,
-                    ids(&p.replica_nodes),
-                    ids(&p.isr_nodes)
+                    broker_ids(&p.replica_nodes),
+                    broker_ids(&p.isr_nodes)
                 );
             }
             let configs: DescribeConfigsResponse = client.call(None, DESCRIBE_CONFIGS, |_| {

@@ -1296,6 +1296,16 @@ fn cluster_info_shows_nodes_leaders_and_under_replicated_partitions() {
         })
         .sum();
     assert_eq!(led, total, "every partition led once:\n{healthy}");
+    let stray = std::process::Command::new(sluice_tests::sluice_binary())
+        .args(["cluster", "info", "stray"])
+        .output()
+        .expect("run sluice cluster info");
+    assert!(!stray.status.success());
+    let complaint = String::from_utf8_lossy(&stray.stderr);
+    assert!(
+        complaint.contains("sluice cluster info: unexpected argument stray"),
+        "{complaint}"
+    );
 
     let gone = (0..3).find(|id| *id != 0).unwrap();
     cluster.kill(gone);
