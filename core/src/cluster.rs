@@ -33,7 +33,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -43,11 +43,12 @@ use kafka_protocol::ResponseError;
 use sluice_replication::node::ReplicationNode;
 use sluice_replication::partition::{CommittedEntry, Outbox};
 use sluice_replication::rpc::GroupKey;
-use sluice_replication::{ReplicaConfig, ReplicationError, Role};
+use sluice_replication::{PeerEvent, ReplicaConfig, ReplicationError, Role};
 use sluice_storage::{AppendInfo, Log, LogConfig, Offset};
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use crate::catalog::Catalog;
 use crate::cluster_controller::ControllerState;
 use crate::cluster_metadata::{
     encode_command, BrokerRegistration, ClusterImage, MetadataCommand, Refused,
@@ -162,6 +163,9 @@ pub struct ClusterTable {
     controller: AtomicI32,
     /// The node's image has caught up with the controller's commit point as of start-up.
     caught_up: AtomicBool,
+    /// Nodes whose RPC connections to some shard of this node closed, with nothing heard from
+    /// them since (the latest event from any shard wins), and when.
+    hung_up: RwLock<HashMap<i32, Instant>>,
 }
 
 impl Default for ClusterTable {
@@ -170,6 +174,7 @@ impl Default for ClusterTable {
             leaders: RwLock::default(),
             controller: AtomicI32::new(-1),
             caught_up: AtomicBool::new(false),
+            hung_up: RwLock::default(),
         }
     }
 }
@@ -195,6 +200,37 @@ impl ClusterTable {
     /// broker serves only once it caught up with the metadata log.
     pub fn caught_up(&self) -> bool {
         self.caught_up.load(Ordering::Acquire)
+    }
+
+    /// Whether `node`'s connections to this node closed and nothing was heard from it since:
+    /// it is most likely dead, though the Raft groups it led may not have elected yet.
+    pub fn hung_up(&self, node: i32) -> bool {
+        let hung_up = self.hung_up.read().unwrap_or_else(|p| p.into_inner());
+        !hung_up.is_empty() && hung_up.contains_key(&node)
+    }
+
+    /// Whether some node hung up (and was not heard since) less than `within` ago: elections
+    /// may be under way.
+    pub fn hang_up_within(&self, within: Duration) -> bool {
+        let hung_up = self.hung_up.read().unwrap_or_else(|p| p.into_inner());
+        hung_up.values().any(|at| at.elapsed() < within)
+    }
+
+    /// Records what a shard's replication node heard about `node`'s connections.
+    pub fn peer_event(&self, node: i32, event: PeerEvent) {
+        let mut hung_up = self.hung_up.write().unwrap_or_else(|p| p.into_inner());
+        match event {
+            PeerEvent::HungUp => {
+                if hung_up.insert(node, Instant::now()).is_none() {
+                    info!(node, "a node's replication connections closed: not named as a leader until heard from again");
+                }
+            }
+            PeerEvent::Heard => {
+                if hung_up.remove(&node).is_some() {
+                    info!(node, "a node that hung up is heard from again");
+                }
+            }
+        }
     }
 
     fn set_leader(&self, key: PartitionKey, leader: Option<PartitionLeader>) {
@@ -437,15 +473,16 @@ impl ShardReplication {
     pub async fn start(
         shard: usize,
         settings: ClusterSettings,
-        data_dir: PathBuf,
+        catalog: Arc<Catalog>,
     ) -> Result<(ShardReplication, Driver), String> {
+        let data_dir = catalog.data_dir().to_path_buf();
         let (wake, woken) = mpsc::unbounded();
         let listen = ClusterSettings::shard_address(settings.rpc_listen, shard);
         let arrived = wake.clone();
         let node_dir = data_dir.join("cluster").join(format!("shard-{shard}"));
         std::fs::create_dir_all(&node_dir)
             .map_err(|e| format!("cannot create {}: {e}", node_dir.display()))?;
-        let node = ReplicationNode::start_with_arrival(
+        let node = ReplicationNode::start_watched(
             raft_id(settings.node_id),
             listen,
             &settings.peers(shard),
@@ -453,6 +490,7 @@ impl ShardReplication {
             move || {
                 let _ = arrived.unbounded_send(());
             },
+            move |peer, event| catalog.cluster.peer_event(node_of(peer), event),
         )
         .await
         .map_err(|e| format!("replication on shard {shard} ({listen}): {e}"))?;

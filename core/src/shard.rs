@@ -156,12 +156,9 @@ impl Shard {
         let (id, count) = (senders.peer_id(), senders.nr_consumers());
         let (replication, driver) = match &settings.cluster {
             Some(cluster) => {
-                let (replication, driver) = crate::cluster::ShardReplication::start(
-                    id,
-                    cluster.clone(),
-                    catalog.data_dir().to_path_buf(),
-                )
-                .await?;
+                let (replication, driver) =
+                    crate::cluster::ShardReplication::start(id, cluster.clone(), catalog.clone())
+                        .await?;
                 (Some(replication), Some(driver))
             }
             None => (None, None),

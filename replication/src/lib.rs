@@ -21,6 +21,7 @@ pub mod rpc;
 pub mod transport;
 
 pub use error::{ReplicationError, Result};
+pub use node::PeerEvent;
 pub use raft::eraftpb::{Entry, EntryType, HardState, Message, MessageType};
 pub use raft::storage::MemStorage;
 pub use replica::{PersistJob, Progress, Replica, ReplicaConfig, ReplicaStorage, Role};

@@ -11,14 +11,16 @@
 //! whose connection to this node closed (its process died, or it stopped) is reported too: of
 //! each group it led, the first surviving voter in the group's successor order (rotated by
 //! group, so leaderships spread) campaigns at once instead of waiting out the election timeout,
-//! and the next ones follow, spaced, while no leader has emerged.
+//! and the next ones follow, spaced, while no leader has emerged. The owner hears of it too
+//! ([`PeerEvent`]: a peer hung up, or was heard again after hanging up), so the broker can stop
+//! naming a dead leader before the survivors' election is over.
 //!
 //! Invariant: a message reaches a group only through `step`, after the group's earlier ready
 //! work has run; a group's persist jobs stay in order because each group runs its own ready work
 //! one job at a time.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::rc::Rc;
@@ -41,13 +43,22 @@ pub const NEXT_SUCCESSOR_AFTER: Duration = Duration::from_millis(100);
 
 /// The order in which `voters` (sorted, the gone leader left out) campaign for group `key`:
 /// rotated by group so the leaderships of a dead node do not all land on one survivor.
-fn successors(key: &GroupKey, mut voters: Vec<u64>) -> Vec<u64> {
+pub fn successors(key: &GroupKey, mut voters: Vec<u64>) -> Vec<u64> {
     if !voters.is_empty() {
         let spread = (key.topic_id as u64) ^ ((key.topic_id >> 64) as u64) ^ key.partition as u64;
         let len = voters.len() as u64;
         voters.rotate_left((spread % len) as usize);
     }
     voters
+}
+
+/// What a node tells its owner about a peer's connections to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// A connection that carried the peer's frames closed (it died, stopped, or re-dialled).
+    HungUp,
+    /// The first frame from the peer since it hung up.
+    Heard,
 }
 
 /// One node's Raft groups on one executor, and their transport.
@@ -75,36 +86,49 @@ impl ReplicationNode {
         peers: &HashMap<u64, SocketAddr>,
         dir: impl AsRef<Path>,
     ) -> Result<ReplicationNode> {
-        Self::start_with_arrival(node_id, listen, peers, dir, || {}).await
+        Self::start_watched(node_id, listen, peers, dir, || {}, |_, _| {}).await
     }
 
     /// [`start`](Self::start), calling `on_arrival` whenever a frame arrives (so an owner that
-    /// sleeps between ticks can wake and `step` at once).
-    pub async fn start_with_arrival(
+    /// sleeps between ticks can wake and `step` at once) and `on_peer` when a peer hangs up or
+    /// is heard again after that (once per change, not per frame).
+    pub async fn start_watched(
         node_id: u64,
         listen: SocketAddr,
         peers: &HashMap<u64, SocketAddr>,
         dir: impl AsRef<Path>,
         on_arrival: impl Fn() + 'static,
+        on_peer: impl Fn(u64, PeerEvent) + 'static,
     ) -> Result<ReplicationNode> {
         let hard_states = HardStateLog::open(dir).await?;
         let inbox: Rc<RefCell<Vec<GroupMessage>>> = Rc::default();
         let hung_up: Rc<RefCell<Vec<u64>>> = Rc::default();
+        // Peers that hung up and have not been heard from since.
+        let silent: Rc<RefCell<HashSet<u64>>> = Rc::default();
         let delivered = inbox.clone();
         let gone = hung_up.clone();
+        let heard = silent.clone();
         let on_arrival = Rc::new(on_arrival);
         let on_hang_up = on_arrival.clone();
+        let on_peer = Rc::new(on_peer);
+        let on_peer_heard = on_peer.clone();
         let senders: Vec<u64> = peers.keys().copied().filter(|id| *id != node_id).collect();
         let listener = Listener::bind_with_hang_up(
             listen,
             senders,
             FRAME_BYTES_MAX,
             move |frame| {
+                let from = frame.from_node;
                 delivered.borrow_mut().extend(frame.messages);
+                if heard.borrow_mut().remove(&from) {
+                    on_peer_heard(from, PeerEvent::Heard);
+                }
                 on_arrival();
             },
             move |peer| {
                 gone.borrow_mut().push(peer);
+                silent.borrow_mut().insert(peer);
+                on_peer(peer, PeerEvent::HungUp);
                 on_hang_up();
             },
         )

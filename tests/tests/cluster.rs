@@ -1220,6 +1220,168 @@ fn a_restarted_node_answers_metadata_only_once_caught_up() {
     );
 }
 
+/// The leaders `answer` names for `topic`'s partitions (-1 where none).
+fn named_leaders(answer: &kafka_protocol::messages::MetadataResponse, topic: &str) -> Vec<i32> {
+    answer
+        .topics
+        .iter()
+        .find(|t| t.name.as_ref().is_some_and(|n| n.as_str() == topic))
+        .map(|t| t.partitions.iter().map(|p| p.leader_id.0).collect())
+        .unwrap_or_default()
+}
+
+/// The first and second survivor, in the order they campaign for `topic_id`'s `partition`
+/// when `gone` dies (replication's successor order over the other nodes of three).
+fn campaign_order(topic_id: uuid::Uuid, partition: i32, gone: i32) -> (i32, i32) {
+    let survivors: Vec<u64> = (0..3u64)
+        .filter(|n| *n as i32 != gone)
+        .map(|n| n + 1)
+        .collect();
+    let key = sluice_replication::rpc::GroupKey {
+        topic_id: topic_id.as_u128(),
+        partition,
+    };
+    let order = sluice_replication::node::successors(&key, survivors);
+    (order[0] as i32 - 1, order[1] as i32 - 1)
+}
+
+/// How many times node `id`'s log says `peer`'s replication connections closed.
+fn hang_ups_seen(cluster: &Cluster, id: i32, peer: i32) -> usize {
+    cluster
+        .node(id)
+        .log()
+        .lines()
+        .filter(|l| {
+            l.contains("replication connections closed") && l.ends_with(&format!("node={peer}"))
+        })
+        .count()
+}
+
+#[test]
+fn a_survivor_never_names_a_leader_whose_connections_closed() {
+    use kafka_protocol::messages::{
+        ApiKey, FindCoordinatorRequest, FindCoordinatorResponse, MetadataRequest,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    use sluice_tests::wire::{call, connect};
+    let _one_at_a_time = one_cluster_at_a_time();
+    let mut cluster = Cluster::start(3, &[]);
+    create_topic(&cluster);
+    let mut coordinators_checked = 0;
+    for round in 0..3 {
+        let partition = round % PARTITIONS;
+        let (victim, _) = leader_of(&cluster, TOPIC, partition);
+        let answer = metadata(cluster.node(victim).kafka);
+        let topic = |name: &str| {
+            answer
+                .topics
+                .iter()
+                .find(|t| t.name.as_ref().is_some_and(|n| n.as_str() == name))
+                .cloned()
+                .expect("the topic")
+        };
+        // The survivor that campaigns second for the partition: without the fix it names the
+        // dead leader from the moment it sees the connections close until its turn comes
+        // (100 ms later), since the first one is paused and cannot campaign.
+        let (paused, survivor) = campaign_order(topic(TOPIC).topic_id, partition, victim);
+        // A group whose coordinator partition the victim leads, in the same campaign order.
+        let offsets = topic("__consumer_offsets");
+        let group = offsets
+            .partitions
+            .iter()
+            .find(|p| {
+                p.leader_id.0 == victim
+                    && campaign_order(offsets.topic_id, p.partition_index, victim)
+                        == (paused, survivor)
+            })
+            .and_then(|p| {
+                (0..10_000).map(|i| format!("g-{i}")).find(|g| {
+                    crc32c::crc32c(g.as_bytes()) % offsets.partitions.len() as u32
+                        == p.partition_index as u32
+                })
+            });
+        let seen_before = hang_ups_seen(&cluster, survivor, victim);
+        let mut s = connect(cluster.node(survivor).kafka);
+        cluster.pause(paused, true);
+        cluster.kill(victim);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while hang_ups_seen(&cluster, survivor, victim) == seen_before {
+            assert!(
+                Instant::now() < deadline,
+                "node {survivor} never saw node {victim}'s connections close"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // First the coordinator (a Metadata request is held for the election).
+        if let Some(group) = group {
+            let coordinator: FindCoordinatorResponse = call(
+                &mut s,
+                ApiKey::FindCoordinator,
+                3,
+                &FindCoordinatorRequest::default()
+                    .with_key(StrBytes::from_string(group.clone()))
+                    .with_key_type(0),
+            );
+            assert!(
+                coordinator.error_code != 0 || coordinator.node_id.0 != victim,
+                "round {round}: node {survivor} names the killed node {victim} coordinator of \
+                 {group}"
+            );
+            coordinators_checked += 1;
+        }
+        let answer: kafka_protocol::messages::MetadataResponse = call(
+            &mut s,
+            ApiKey::Metadata,
+            12,
+            &MetadataRequest::default().with_topics(None),
+        );
+        for t in &answer.topics {
+            for p in &t.partitions {
+                assert_ne!(
+                    p.leader_id.0, victim,
+                    "round {round}: node {survivor} names the killed node {victim} leader of \
+                     {:?} {} after its connections closed",
+                    t.name, p.partition_index
+                );
+            }
+        }
+        let p = &answer
+            .topics
+            .iter()
+            .find(|t| t.name.as_ref().is_some_and(|n| n.as_str() == TOPIC))
+            .unwrap()
+            .partitions[partition as usize];
+        assert_eq!(
+            p.error_code, 5,
+            "LEADER_NOT_AVAILABLE while the election cannot finish"
+        );
+        cluster.pause(paused, false);
+        for p in 0..PARTITIONS {
+            let (leader, _) = leader_of(&cluster, TOPIC, p);
+            assert_ne!(leader, victim);
+        }
+        cluster.restart(victim);
+        // Back as every partition's follower (it knows each leader) before the next round.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let leaders = named_leaders(&metadata(cluster.node(victim).kafka), TOPIC);
+            if leaders.len() == PARTITIONS as usize
+                && leaders
+                    .iter()
+                    .all(|l| *l >= 0 && cluster.node(*l).is_running())
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {victim} knows no leaders after its restart: {leaders:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    eprintln!("coordinators checked in {coordinators_checked} of 3 rounds");
+}
+
 /// `sluice cluster info` against the cluster, as an operator runs it.
 fn cluster_info(cluster: &Cluster) -> String {
     let out = std::process::Command::new(sluice_tests::sluice_binary())

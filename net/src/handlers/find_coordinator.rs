@@ -1,6 +1,7 @@
 //! FindCoordinator (key 10): a single node coordinates every consumer group (inside, the shard
 //! owning the group's `__consumer_offsets` partition does); in cluster mode, the leader of that
-//! partition does, as this node's replica knows it. Transaction coordinators do not
+//! partition does, as this node's replica knows it (not a leader whose connections to this
+//! node just closed: COORDINATOR_NOT_AVAILABLE until the election). Transaction coordinators do not
 //! exist yet: key type 1 gets COORDINATOR_NOT_AVAILABLE. v4+ answers a batch of keys.
 
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
@@ -86,6 +87,9 @@ fn coordinator_of(
         .catalog
         .cluster
         .leader((offsets.id, partition))
+        // A leader whose connections to this node just closed is most likely dead: naming it
+        // would send the client to wait out a connection timeout instead of asking again.
+        .filter(|l| l.leader == broker.node_id || !ctx.shard.catalog.cluster.hung_up(l.leader))
         .and_then(|l| cluster.brokers.get(&l.leader));
     match leader {
         Some(b) => (

@@ -16,6 +16,13 @@
 //! (`ClusterTable::caught_up`, at most [`CATCH_UP_WAIT`] after start-up): a node back from a
 //! restart would otherwise describe the cluster as it stopped, without the topics created
 //! meanwhile, and clients would take them for missing.
+//!
+//! Nor does it name a leader whose RPC connections to this node just closed
+//! (`ClusterTable::hung_up`): a client whose connection to a dead leader broke asks a survivor
+//! within a millisecond, before the survivors have elected, and a client told the dead node
+//! leads waits its whole metadata refresh interval before asking again. The answer is held up
+//! to [`ELECTION_WAIT`] for the election (the closed connections start it at once), then such
+//! a partition is answered LEADER_NOT_AVAILABLE, which clients re-query quickly.
 
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
@@ -39,6 +46,46 @@ pub const RANGE: ApiRange = ApiRange {
 /// How long a Metadata request waits for a cluster node's image to catch up before it is
 /// answered from the image as it stands.
 pub const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long a Metadata request waits for the election of a partition whose leader hung up.
+/// The survivors campaign as soon as the connections close; a successor whose log is too short
+/// to win is followed by the next one 100 ms later.
+pub const ELECTION_WAIT: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Whether the partition's known leader is a node whose connections to this one closed.
+fn leader_hung_up(ctx: &Context, topic: &Topic, partition: i32) -> bool {
+    let cluster = &ctx.shard.catalog.cluster;
+    cluster.leader((topic.id, partition)).is_some_and(|l| {
+        l.leader >= 0 && l.leader != ctx.broker.node_id && cluster.hung_up(l.leader)
+    })
+}
+
+/// Whether the partition waits for an election: its leader hung up, or it has no leader
+/// known while some node hung up lately (the survivors are electing).
+fn electing(ctx: &Context, topic: &Topic, partition: i32) -> bool {
+    let cluster = &ctx.shard.catalog.cluster;
+    match cluster.leader((topic.id, partition)) {
+        Some(l) if l.leader >= 0 => l.leader != ctx.broker.node_id && cluster.hung_up(l.leader),
+        _ => cluster.hang_up_within(ELECTION_WAIT),
+    }
+}
+
+/// Waits (bounded by [`ELECTION_WAIT`]) while a partition of `topics` waits for an election
+/// after a node hung up.
+async fn elections(ctx: &Context, topics: &[std::sync::Arc<Topic>]) {
+    let cluster = &ctx.shard.catalog.cluster;
+    if !cluster.hang_up_within(ELECTION_WAIT * 4) {
+        return;
+    }
+    let deadline = std::time::Instant::now() + ELECTION_WAIT;
+    while topics
+        .iter()
+        .any(|t| (0..t.partitions).any(|p| electing(ctx, t, p)))
+        && std::time::Instant::now() < deadline
+    {
+        glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
 
 /// Waits (bounded) until this cluster node's image caught up with the controller.
 async fn caught_up(ctx: &Context) {
@@ -113,6 +160,16 @@ pub async fn handle(request: MetadataRequest, version: i16, ctx: &Context) -> Me
         }
     }
     let image = ctx.shard.image();
+    if image.cluster.is_some() {
+        let described: Vec<std::sync::Arc<Topic>> = match &wanted {
+            None => image.topics().cloned().collect(),
+            Some(refs) => refs
+                .iter()
+                .filter_map(|r| resolve_topic(&image, r).cloned())
+                .collect(),
+        };
+        elections(ctx, &described).await;
+    }
     let topics = match wanted {
         None => image
             .topics()
@@ -180,7 +237,8 @@ fn describe(ctx: &Context, topic: &Topic, operations: i32) -> MetadataResponseTo
                 .catalog
                 .cluster
                 .leader((topic.id, p))
-                .filter(|l| l.leader >= 0);
+                .filter(|l| l.leader >= 0)
+                .filter(|_| !leader_hung_up(ctx, topic, p));
             // The ISR is known where the leader is; elsewhere every replica is listed.
             let in_sync = leader
                 .as_ref()
