@@ -26,6 +26,11 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::ClientContext;
 use serde::Serialize;
 
+/// The nodes' `replica.lag.time.max.ms`: short, so a restarted node counts in sync only once
+/// it has caught up (a new leader starts with every replica in sync, and keeps a lagging one
+/// there for this long), and a round only starts when the cluster really is whole.
+const REPLICA_LAG: Duration = Duration::from_millis(1000);
+
 /// What `sluice bench failover` does.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -189,6 +194,10 @@ impl LocalCluster {
             .args(["--listen", &node.kafka.to_string(), "--seeds", &self.seeds])
             .arg("--data-dir")
             .arg(node.dir.join("data"))
+            .args([
+                "--replica-lag-time-max-ms",
+                &REPLICA_LAG.as_millis().to_string(),
+            ])
             .args(&self.node_args)
             .stdout(Stdio::null())
             .stderr(log)
@@ -285,46 +294,65 @@ fn leader_and_isr(
     Ok((partition.leader(), partition.isr().len()))
 }
 
-/// Whether `node` answers Metadata naming a leader of the topic's partition 0 other than
-/// `dead` (asked on the wire, no client library between: the cluster's own view).
-fn led_elsewhere(node: &str, topic: &str, dead: i32) -> bool {
+/// The leader of the topic's partition 0 as `node` answers Metadata (asked on the wire, no
+/// client library between: the cluster's own view); `None` when it names none or cannot
+/// answer.
+fn leader_named_by(node: &str, topic: &str) -> Option<i32> {
     use kafka_protocol::messages::{
         metadata_request, ApiKey, MetadataRequest, MetadataResponse, TopicName,
     };
-    let Ok(mut connection) = crate::wire::Connection::connect(node) else {
-        return false;
-    };
+    let mut connection = crate::wire::Connection::connect(node).ok()?;
     let request = MetadataRequest::default()
         .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default(
         )
         .with_name(Some(TopicName(topic.to_string().into())))]));
-    let answer: Result<MetadataResponse, String> =
-        connection.call(ApiKey::Metadata, 12, &request, Duration::from_millis(500));
-    answer.is_ok_and(|metadata| {
-        metadata
-            .topics
-            .first()
-            .and_then(|t| t.partitions.first())
-            .is_some_and(|p| p.leader_id.0 >= 0 && p.leader_id.0 != dead)
-    })
+    let answer: MetadataResponse = connection
+        .call(ApiKey::Metadata, 12, &request, Duration::from_millis(500))
+        .ok()?;
+    answer
+        .topics
+        .first()
+        .and_then(|t| t.partitions.first())
+        .map(|p| p.leader_id.0)
+        .filter(|leader| *leader >= 0)
 }
 
-/// Waits (≤ 60 s) until the partition has a leader, every node is in sync and the producer's
-/// acknowledgements advance; returns the leader.
+/// Whether `node` names a leader of the topic's partition 0 other than `dead`.
+fn led_elsewhere(node: &str, topic: &str, dead: i32) -> bool {
+    leader_named_by(node, topic).is_some_and(|leader| leader != dead)
+}
+
+/// Waits (≤ 60 s) until the partition has a leader, every node is in sync and names that
+/// leader, and the producer's acknowledgements advance; returns the leader. The ISR counts
+/// only from `isr_meaningful` on: a new leader starts with every replica in sync, a restarted
+/// one still catching up included, for [`REPLICA_LAG`].
 fn wait_steady(
     producer: &ThreadedProducer<Context>,
     tally: &Tally,
     topic: &str,
-    nodes: usize,
+    nodes: &[String],
+    isr_meaningful: Instant,
 ) -> Result<i32, String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = String::new();
+    if let Some(wait) = isr_meaningful.checked_duration_since(Instant::now()) {
+        std::thread::sleep(wait);
+    }
     while Instant::now() < deadline {
         let acknowledged = tally.acknowledged.load(Ordering::Relaxed);
         std::thread::sleep(Duration::from_millis(200));
         let advancing = tally.acknowledged.load(Ordering::Relaxed) > acknowledged;
         match leader_and_isr(producer, topic) {
-            Ok((leader, isr)) if leader >= 0 && isr == nodes && advancing => return Ok(leader),
+            Ok((leader, isr))
+                if leader >= 0
+                    && isr == nodes.len()
+                    && advancing
+                    && nodes
+                        .iter()
+                        .all(|node| leader_named_by(node, topic) == Some(leader)) =>
+            {
+                return Ok(leader)
+            }
             Ok((leader, isr)) => {
                 last = format!(
                     "leader {leader}, {isr} in sync, acknowledgements advancing: {advancing}"
@@ -466,8 +494,10 @@ fn measure_in(options: &Options) -> Result<Report, String> {
     let outcome = (|| {
         let mut failover_ms = Vec::new();
         let mut metadata_ms = Vec::new();
+        let mut isr_meaningful = Instant::now();
         for round in 1..=options.kills {
-            let leader = wait_steady(&producer, &tally, &topic, options.nodes)? as usize;
+            let nodes: Vec<String> = cluster.nodes.iter().map(|n| n.kafka.to_string()).collect();
+            let leader = wait_steady(&producer, &tally, &topic, &nodes, isr_meaningful)? as usize;
             tally.first_ack_ns.store(0, Ordering::Release);
             let survivors: Vec<String> = (0..options.nodes)
                 .filter(|n| *n != leader)
@@ -479,6 +509,7 @@ fn measure_in(options: &Options) -> Result<Report, String> {
                 killed_at as f64 / 1e6
             );
             cluster.kill(leader);
+            isr_meaningful = Instant::now() + REPLICA_LAG + Duration::from_millis(200);
             // Only records sent once the old leader is certainly dead count: one sent while
             // the signal was on its way could still be acknowledged by it.
             tally.kill_ns.store(tally.now_ns(), Ordering::Release);
