@@ -672,12 +672,30 @@ impl Driver {
             self.forward_controller_requests();
             self.hand_off_leaderships();
             let now = Instant::now();
-            let stepped = if now >= next_tick {
+            let ticking = now >= next_tick;
+            if ticking {
                 next_tick = now + tick;
-                self.node.tick().await
-            } else {
-                self.node.step().await
+            }
+            // Committed entries are answered the moment a group's ready work releases them,
+            // while the step's other writes still run.
+            let (committed_tx, committed_rx) = mpsc::unbounded();
+            let node = &mut self.node;
+            let stepping = async move {
+                let hand_over = move |group, entries, high_watermark| {
+                    let _ = committed_tx.unbounded_send((group, entries, high_watermark));
+                };
+                if ticking {
+                    node.tick_handing_over(Some(&hand_over)).await
+                } else {
+                    node.step_handing_over(Some(&hand_over)).await
+                }
             };
+            let (pending, links) = (&mut self.pending, &self.links);
+            let answering = committed_rx.for_each(|(group, entries, high_watermark)| {
+                answer_committed(&shard, pending, links, group, &entries, high_watermark);
+                futures::future::ready(())
+            });
+            let (stepped, ()) = futures::join!(stepping, answering);
             match stepped {
                 Ok(committed) => self.after_step(&shard, committed),
                 Err(e) => {
@@ -999,25 +1017,8 @@ impl Driver {
                     partition.note_changed();
                 }
             }
-            let Some(queue) = self.pending.get_mut(&key) else {
-                continue;
-            };
-            let Some(group) = self.node.group(&group) else {
-                continue;
-            };
-            for entry in &entries {
-                while let Some(front) = queue.front() {
-                    if front.index > entry.index {
-                        break;
-                    }
-                    let waiting = queue.pop_front().expect("front exists");
-                    let answer = if waiting.index == entry.index && waiting.term == entry.term {
-                        offsets(group, waiting.index)
-                    } else {
-                        Err(not_leader("leadership changed before the batch committed"))
-                    };
-                    let _ = waiting.reply.send(answer);
-                }
+            if let Some(queue) = self.pending.get_mut(&key) {
+                answer_waiting(queue, &entries);
             }
         }
         self.answer_appended();
@@ -1045,7 +1046,15 @@ impl Driver {
                         .is_some_and(|end| end <= log_end)
                     && waiting.term == group.replica().term();
                 if in_log {
-                    let _ = waiting.reply.send(offsets(group, waiting.index));
+                    let answer = group
+                        .replica()
+                        .storage()
+                        .offsets_of(waiting.index)
+                        .map(|(base, end)| append_info(base, end))
+                        .ok_or_else(|| {
+                            not_leader("the entry left the window before it was answered")
+                        });
+                    let _ = waiting.reply.send(answer);
                 } else {
                     kept.push_back(waiting);
                 }
@@ -1342,20 +1351,64 @@ pub async fn reconcile(shard: &Rc<Shard>) {
     }
 }
 
-fn offsets(
-    group: &sluice_replication::partition::RaftPartition,
-    index: u64,
-) -> Result<AppendInfo, AppendError> {
-    let (base, end) = group
-        .replica()
-        .storage()
-        .offsets_of(index)
-        .ok_or_else(|| not_leader("the entry left the window before it was answered"))?;
-    Ok(AppendInfo {
+/// What an append of the batch from `base` to `end` (exclusive) is answered with.
+fn append_info(base: Offset, end: Offset) -> AppendInfo {
+    AppendInfo {
         base_offset: base,
         last_offset: end.plus(-1),
         batch_count: 1,
-    })
+    }
+}
+
+/// Answers the appends waiting on `entries` (committed, in index order): the one whose entry
+/// committed with its offsets, the ones whose index another term's entry took with
+/// NOT_LEADER_OR_FOLLOWER.
+fn answer_waiting(queue: &mut VecDeque<Pending>, entries: &[CommittedEntry]) {
+    for entry in entries {
+        while let Some(front) = queue.front() {
+            if front.index > entry.index {
+                break;
+            }
+            let waiting = queue.pop_front().expect("front exists");
+            let answer = if waiting.index == entry.index && waiting.term == entry.term {
+                Ok(append_info(entry.base_offset, entry.end_offset))
+            } else {
+                Err(not_leader("leadership changed before the batch committed"))
+            };
+            let _ = waiting.reply.send(answer);
+        }
+    }
+}
+
+/// A partition group's entries committed mid-step: recorded in the producer state, then
+/// their appends answered (in that order: a retry must find its batch), and the high
+/// watermark published to fetches at once.
+fn answer_committed(
+    shard: &Shard,
+    pending: &mut HashMap<PartitionKey, VecDeque<Pending>>,
+    links: &HashMap<PartitionKey, Rc<ReplicaLink>>,
+    group: GroupKey,
+    entries: &[CommittedEntry],
+    high_watermark: Offset,
+) {
+    let key = partition_key(group);
+    let partition = shard.open_partition(key);
+    if let Some(partition) = &partition {
+        partition.apply_committed(entries);
+    }
+    if let Some(queue) = pending.get_mut(&key) {
+        answer_waiting(queue, entries);
+    }
+    if let Some(link) = links.get(&key) {
+        let mut state = link.state.get();
+        if high_watermark > state.high_watermark {
+            state.high_watermark = high_watermark;
+            link.state.set(state);
+            if let Some(partition) = &partition {
+                partition.note_changed();
+            }
+        }
+    }
 }
 
 fn not_leader(why: &str) -> AppendError {

@@ -26,11 +26,11 @@ use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use sluice_storage::{FlushMode, LogConfig, SyncGroup};
+use sluice_storage::{FlushMode, LogConfig, Offset, SyncGroup};
 
 use crate::error::{ReplicationError, Result};
 use crate::hard_state_log::HardStateLog;
-use crate::partition::{HardStateHome, Outbox, RaftPartition};
+use crate::partition::{CommittedEntry, HardStateHome, Outbox, RaftPartition};
 use crate::replica::ReplicaConfig;
 use crate::rpc::{GroupKey, GroupMessage};
 use crate::transport::{Listener, Transport};
@@ -201,10 +201,18 @@ impl ReplicationNode {
 
     /// One logical tick for every group, then a [`step`](Self::step).
     pub async fn tick(&mut self) -> Result<Vec<(GroupKey, Outbox)>> {
+        self.tick_handing_over(None).await
+    }
+
+    /// [`tick`](Self::tick) with [`step_handing_over`](Self::step_handing_over)'s hand-over.
+    pub async fn tick_handing_over(
+        &mut self,
+        committed_now: Option<&dyn Fn(GroupKey, Vec<CommittedEntry>, Offset)>,
+    ) -> Result<Vec<(GroupKey, Outbox)>> {
         for group in self.groups.values_mut() {
             group.tick();
         }
-        self.step().await
+        self.step_handing_over(committed_now).await
     }
 
     /// Delivers what arrived, runs every group's ready work concurrently, sends what it
@@ -212,6 +220,17 @@ impl ReplicationNode {
     /// applied in this step (committed entries in index order, a moved log start, a restored
     /// snapshot; its messages are sent already); groups that applied nothing are left out.
     pub async fn step(&mut self) -> Result<Vec<(GroupKey, Outbox)>> {
+        self.step_handing_over(None).await
+    }
+
+    /// [`step`](Self::step), handing every group's newly committed entries but the
+    /// controller's to `committed_now` (with the group's high watermark after them) the moment
+    /// raft-rs releases them, mid-step, instead of returning them: the owner answers producers
+    /// without waiting for the rest of the step's writes.
+    pub async fn step_handing_over(
+        &mut self,
+        committed_now: Option<&dyn Fn(GroupKey, Vec<CommittedEntry>, Offset)>,
+    ) -> Result<Vec<(GroupKey, Outbox)>> {
         self.campaign_for_gone_leaders();
         let arrived = std::mem::take(&mut *self.inbox.borrow_mut());
         for GroupMessage { group, message } in arrived {
@@ -236,8 +255,18 @@ impl ReplicationNode {
                             let _ = early_tx.unbounded_send(GroupMessage { group, message });
                         }
                     };
+                    let hand_over = move |entries: Vec<CommittedEntry>, high_watermark: Offset| {
+                        if let Some(committed_now) = committed_now {
+                            committed_now(group, entries, high_watermark);
+                        }
+                    };
+                    let hand_over: Option<&dyn Fn(Vec<CommittedEntry>, Offset)> =
+                        match committed_now {
+                            Some(_) if group != GroupKey::CONTROLLER => Some(&hand_over),
+                            _ => None,
+                        };
                     partition
-                        .run_ready_with(Some(&send_now))
+                        .run_ready_with(Some(&send_now), hand_over)
                         .await
                         .map(|outbox| (group, outbox))
                 }

@@ -753,6 +753,8 @@ pub struct CommittedEntry {
     pub index: u64,
     pub term: u64,
     pub base_offset: Offset,
+    /// Where its records end (exclusive).
+    pub end_offset: Offset,
     /// The batch a data entry holds; empty for Raft's own entries.
     pub data: Bytes,
 }
@@ -1010,13 +1012,22 @@ impl RaftPartition {
     /// Runs every piece of ready work now: persists in order (awaiting the disk) and applies.
     /// Returns the messages to send.
     pub async fn run_ready(&mut self) -> Result<Outbox> {
-        self.run_ready_with(None).await
+        self.run_ready_with(None, None).await
     }
 
     /// [`run_ready`](Self::run_ready), handing `early` the messages that may leave before this
     /// replica's own write is durable (a leader's appends, so followers write while the leader
-    /// does); without it they wait in the outbox with the rest.
-    pub async fn run_ready_with(&mut self, early: Option<&dyn Fn(Vec<Message>)>) -> Result<Outbox> {
+    /// does) and those released by a write as soon as it is durable; without it they wait in
+    /// the outbox with the rest. `committed_now`, if given, gets newly committed entries (with
+    /// the high watermark after them) as soon as raft-rs hands them over, before this
+    /// replica's next write is durable (raft-rs hands over only entries already durable here
+    /// and on a quorum), instead of in the outbox: the owner can answer their producers
+    /// without waiting for later entries' fdatasync.
+    pub async fn run_ready_with(
+        &mut self,
+        early: Option<&dyn Fn(Vec<Message>)>,
+        committed_now: Option<&dyn Fn(Vec<CommittedEntry>, Offset)>,
+    ) -> Result<Outbox> {
         let mut outbox = Outbox::default();
         loop {
             let fetches = self.replica.storage().take_fetches();
@@ -1032,7 +1043,7 @@ impl RaftPartition {
                     store.forget(index);
                 }
             }
-            if !self.advance_all(&mut outbox, early).await? && !worked {
+            if !self.advance_all(&mut outbox, early, committed_now).await? && !worked {
                 break;
             }
             self.evict();
@@ -1095,6 +1106,7 @@ impl RaftPartition {
         &mut self,
         outbox: &mut Outbox,
         early: Option<&dyn Fn(Vec<Message>)>,
+        committed_now: Option<&dyn Fn(Vec<CommittedEntry>, Offset)>,
     ) -> Result<bool> {
         let mut any = false;
         while let Some(progress) = self.replica.advance()? {
@@ -1111,41 +1123,34 @@ impl RaftPartition {
                 Some(send_now) if !send.is_empty() => send_now(send),
                 _ => outbox.messages.extend(send),
             }
-            let number = persist.number;
-            let (send_after, started_over) = self.persist(persist).await?;
-            self.replica.persisted(number);
-            outbox.messages.extend(send_after);
-            if started_over.is_some() {
-                outbox.started_over_at = started_over;
-            }
             let new_start = committed
                 .iter()
                 .filter(|e| e.entry_type == EntryType::EntryNormal)
                 .filter_map(|e| log_start_of(&e.data))
                 .max();
-            if let Some(last) = committed.last() {
-                self.applied = last.index;
-                if let Some(end) = self.replica.storage().end_offset_of(last.index) {
-                    self.high_watermark = end;
-                }
+            // Committed entries are durable here already: they are handed over before this
+            // Ready's own write, unless it restores a snapshot (the log they refer to) or one
+            // of them moves the log start (whoever waits on it expects the log moved).
+            let in_order = persist.snapshot.is_some() || new_start.is_some();
+            let mut committed = Some(committed);
+            if !in_order {
+                self.take_committed(committed.take().unwrap_or_default(), outbox, committed_now);
             }
-            let store = self.replica.storage();
-            outbox
-                .committed
-                .extend(committed.into_iter().filter_map(|entry| {
-                    let (base_offset, _) = store.offsets_of(entry.index)?;
-                    let data = if entry.entry_type == EntryType::EntryNormal {
-                        entry.data
-                    } else {
-                        Bytes::new()
-                    };
-                    Some(CommittedEntry {
-                        index: entry.index,
-                        term: entry.term,
-                        base_offset,
-                        data,
-                    })
-                }));
+            let number = persist.number;
+            let (send_after, started_over) = self.persist(persist).await?;
+            self.replica.persisted(number);
+            // What waited for this write (a follower's acknowledgement, a vote) leaves now,
+            // not when every other group of the step is done too.
+            match early {
+                Some(send_now) if !send_after.is_empty() => send_now(send_after),
+                _ => outbox.messages.extend(send_after),
+            }
+            if started_over.is_some() {
+                outbox.started_over_at = started_over;
+            }
+            if let Some(committed) = committed {
+                self.take_committed(committed, outbox, None);
+            }
             if let Some(start) = new_start {
                 if self.apply_log_start(start).await? {
                     outbox.log_start_moved = Some(self.log.log_start_offset());
@@ -1153,6 +1158,46 @@ impl RaftPartition {
             }
         }
         Ok(any)
+    }
+
+    /// Records entries raft-rs handed over as committed: the applied index and high watermark
+    /// move, and the entries go to `committed_now` if given, else to the outbox.
+    fn take_committed(
+        &mut self,
+        committed: Vec<Entry>,
+        outbox: &mut Outbox,
+        committed_now: Option<&dyn Fn(Vec<CommittedEntry>, Offset)>,
+    ) {
+        let Some(last) = committed.last() else {
+            return;
+        };
+        self.applied = last.index;
+        if let Some(end) = self.replica.storage().end_offset_of(last.index) {
+            self.high_watermark = end;
+        }
+        let store = self.replica.storage();
+        let entries: Vec<CommittedEntry> = committed
+            .into_iter()
+            .filter_map(|entry| {
+                let (base_offset, end_offset) = store.offsets_of(entry.index)?;
+                let data = if entry.entry_type == EntryType::EntryNormal {
+                    entry.data
+                } else {
+                    Bytes::new()
+                };
+                Some(CommittedEntry {
+                    index: entry.index,
+                    term: entry.term,
+                    base_offset,
+                    end_offset,
+                    data,
+                })
+            })
+            .collect();
+        match committed_now {
+            Some(hand_over) => hand_over(entries, self.high_watermark),
+            None => outbox.committed.extend(entries),
+        }
     }
 
     /// Applies a committed log start: the window's new floor goes to `raft-state` first (a
