@@ -100,6 +100,9 @@ pub fn dev(args: &[&str]) -> Result<(), String> {
             Command::new(&exe)
                 .args(["serve", "--node-id", &i.to_string(), "--seeds", &seeds])
                 .args(["--listen", &kafka(i), "--cores", &options.cores.to_string()])
+                // The nodes share this machine's cores: pinned, every node's shard 0 would
+                // sit on the same CPU.
+                .args(["--overprovisioned", "true"])
                 .arg("--data-dir")
                 .arg(dir.join("data"))
                 .stdout(Stdio::null())

@@ -18,6 +18,7 @@ struct FileConfig {
     advertised_port: Option<u16>,
     data_dir: Option<PathBuf>,
     cores: Option<usize>,
+    overprovisioned: Option<bool>,
     node_id: Option<i32>,
     frame_bytes_max: Option<usize>,
     shutdown_drain_ms: Option<u64>,
@@ -65,6 +66,10 @@ pub struct BrokerConfig {
     pub advertised_port: u16,
     pub data_dir: PathBuf,
     pub cores: usize,
+    /// Leave the shards' threads to the OS scheduler instead of pinning each to a CPU (a node
+    /// sharing its machine's cores with other nodes or programs, as Redpanda's
+    /// `--overprovisioned`).
+    pub overprovisioned: bool,
     pub node_id: i32,
     /// Cluster mode (`--seeds`); `None`: a single node.
     pub cluster: Option<ClusterConfig>,
@@ -161,6 +166,11 @@ const FIELDS: &[(&str, &str, &str)] = &[
     ),
     ("data_dir", "--data-dir", "SLUICE_DATA_DIR"),
     ("cores", "--cores", "SLUICE_CORES"),
+    (
+        "overprovisioned",
+        "--overprovisioned",
+        "SLUICE_OVERPROVISIONED",
+    ),
     ("node_id", "--node-id", "SLUICE_NODE_ID"),
     ("seeds", "--seeds", "SLUICE_SEEDS"),
     ("rpc_listen", "--rpc-listen", "SLUICE_RPC_LISTEN"),
@@ -516,6 +526,13 @@ impl BrokerConfig {
         }
 
         let raw = pick(
+            "overprovisioned",
+            file.overprovisioned.map(|b| b.to_string()),
+        )
+        .unwrap_or_else(|| default("false"));
+        let overprovisioned: bool = parse("overprovisioned", &raw)?;
+
+        let raw = pick(
             "clamp_replication_factor",
             file.clamp_replication_factor.map(|b| b.to_string()),
         )
@@ -655,6 +672,7 @@ impl BrokerConfig {
             advertised_port,
             data_dir,
             cores,
+            overprovisioned,
             node_id,
             cluster,
             frame_bytes_max,

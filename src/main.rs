@@ -218,6 +218,7 @@ fn serve(args: &[&str]) -> ExitCode {
         listen: config.listen,
         frame_bytes_max: config.frame_bytes_max,
         shards: config.cores,
+        pin_shards: !config.overprovisioned,
         drain_timeout: config.shutdown_drain,
         shard_settings: sluice_core::shard::ShardSettings {
             log_defaults: LogConfig {

@@ -191,6 +191,7 @@ impl LocalCluster {
             .map_err(|e| format!("open {}: {e}", log_path.display()))?;
         let child = Command::new(&self.binary)
             .args(["serve", "--cores", "1", "--node-id", &id.to_string()])
+            .args(["--overprovisioned", "true"])
             .args(["--listen", &node.kafka.to_string(), "--seeds", &self.seeds])
             .arg("--data-dir")
             .arg(node.dir.join("data"))

@@ -1,4 +1,5 @@
-//! The listeners and shards: one glommio executor per shard, each pinned to a CPU, each
+//! The listeners and shards: one glommio executor per shard, each pinned to a CPU (left to the
+//! OS scheduler with `--overprovisioned`, for nodes sharing a machine's cores), each
 //! accepting connections on the same address (glommio binds with SO_REUSEPORT, so the kernel
 //! spreads connections over the shards). A connection lives on the shard that accepted it;
 //! partitions live on their owning shard (`sluice_core::shard`), reached over the mesh.
@@ -51,6 +52,10 @@ pub struct ServerConfig {
     pub frame_bytes_max: usize,
     /// Executors (shards), one per CPU.
     pub shards: usize,
+    /// Pin each shard's thread to its own CPU (spread over the machine); when false the OS
+    /// schedules them, for nodes that share their cores with others (a local cluster: pinned,
+    /// every single-shard node would sit on the same first CPU).
+    pub pin_shards: bool,
     /// How long shutdown waits for requests being answered.
     pub drain_timeout: Duration,
     pub shard_settings: ShardSettings,
@@ -186,7 +191,12 @@ pub fn run(
     let drained = Arc::new(AtomicUsize::new(0));
     let started = Arc::new(AtomicUsize::new(0));
     let start_failed = Arc::new(AtomicBool::new(false));
-    let handles = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(shards, None))
+    let placement = if config.pin_shards {
+        PoolPlacement::MaxSpread(shards, None)
+    } else {
+        PoolPlacement::Unbound(shards)
+    };
+    let handles = LocalExecutorPoolBuilder::new(placement)
         .on_all_shards(move || async move {
             let shard = match Shard::start(mesh, catalog, config.shard_settings.clone()).await {
                 Ok(shard) => shard,

@@ -155,6 +155,7 @@ impl Cluster {
             .expect("log file");
         let child = Command::new(sluice_binary())
             .args(["serve", "--cores", "1", "--node-id", &node.id.to_string()])
+            .args(["--overprovisioned", "true"])
             .args(["--listen", &node.kafka.to_string()])
             .args(["--seeds", &self.seeds])
             .arg("--data-dir")

@@ -55,6 +55,13 @@ fn invalid_values_stop_start_up_naming_the_field() {
         "a wrongly typed TOML value is named: {err}"
     );
 
+    let (code, err) = refused(&["--overprovisioned", "sometimes"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("invalid config: overprovisioned (from flag --overprovisioned)"),
+        "{err}"
+    );
+
     let (code, err) = refused(&["--no-such-flag", "1"], &[]);
     assert_eq!(code, Some(2));
     assert!(err.contains("unknown flag --no-such-flag"), "{err}");
@@ -275,6 +282,55 @@ fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
         .expect("an open-file limit line");
     let numbers: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
     assert_eq!(numbers, ["4096", "4096"], "{open_files}");
+}
+
+/// The CPUs each thread of process `pid` may run on (`Cpus_allowed_list`), the main thread
+/// left out.
+fn thread_cpus(pid: u32) -> Vec<String> {
+    let mut cpus = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().file_name().into_string().unwrap();
+        if task == pid.to_string() {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/task/{task}/status")) else {
+            continue;
+        };
+        if let Some(line) = status.lines().find(|l| l.starts_with("Cpus_allowed_list:")) {
+            cpus.push(line.split_whitespace().nth(1).unwrap_or("").to_string());
+        }
+    }
+    cpus
+}
+
+/// A shard is pinned to one CPU by default; `--overprovisioned true` leaves it to the OS
+/// scheduler (nodes of a local cluster would otherwise all sit on the first CPU).
+#[test]
+fn shards_are_pinned_unless_overprovisioned() {
+    let all = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Cpus_allowed_list:"))
+        .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .unwrap();
+    if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
+        eprintln!("one CPU: pinned and unpinned look alike, nothing to tell apart");
+        return;
+    }
+    let pinned = Broker::start(&["--cores", "1"]);
+    let cpus = thread_cpus(pinned.pid());
+    pinned.stop();
+    assert!(
+        cpus.iter().any(|c| !c.contains(['-', ','])),
+        "some thread (the shard's) runs on one CPU: {cpus:?}"
+    );
+    let free = Broker::start(&["--cores", "1", "--overprovisioned", "true"]);
+    let cpus = thread_cpus(free.pid());
+    free.stop();
+    assert!(
+        !cpus.is_empty() && cpus.iter().all(|c| *c == all),
+        "every thread may run on every CPU ({all}): {cpus:?}"
+    );
 }
 
 /// A cluster node whose second shard cannot take its RPC port (port + shard id) stops at
