@@ -762,7 +762,7 @@ impl Driver {
             }
             Command::EpochEnd { key, epoch, reply } => {
                 let end = self.node.group(&group_key(key)).and_then(|group| {
-                    let log_end = group.log().log_end_offset();
+                    let log_end = group.log().durable_end_offset();
                     group.replica().storage().epoch_end(epoch, log_end)
                 });
                 let _ = reply.send(end);
@@ -1026,8 +1026,8 @@ impl Driver {
         self.publish_controller(shard);
     }
 
-    /// Answers acks=1 appends whose entries are in this leader's log (durably: the persist
-    /// step waits for it).
+    /// Answers acks=1 appends whose entries are durable in this leader's log (the persist of
+    /// a leader's entries is pipelined: written at once, its fdatasync finishing later).
     fn answer_appended(&mut self) {
         for (key, queue) in &mut self.pending {
             let Some(group) = self.node.group(&group_key(*key)) else {

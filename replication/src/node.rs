@@ -72,6 +72,8 @@ pub struct ReplicationNode {
     /// Elections to start once due, for groups whose leader (the peer) is gone.
     campaigns_due: Vec<(Instant, GroupKey, u64)>,
     listener: Listener,
+    /// Wakes the owner (as a frame's arrival does) when a group's pipelined write is durable.
+    wake: Rc<dyn Fn()>,
     sync_group: SyncGroup,
     hard_states: HardStateLog,
 }
@@ -110,6 +112,7 @@ impl ReplicationNode {
         let heard = silent.clone();
         let on_arrival = Rc::new(on_arrival);
         let on_hang_up = on_arrival.clone();
+        let on_durable = on_arrival.clone();
         let on_peer = Rc::new(on_peer);
         let on_peer_heard = on_peer.clone();
         let senders: Vec<u64> = peers.keys().copied().filter(|id| *id != node_id).collect();
@@ -144,6 +147,7 @@ impl ReplicationNode {
             hung_up,
             campaigns_due: Vec::new(),
             listener,
+            wake: Rc::new(move || on_durable()),
             sync_group: SyncGroup::new(FlushMode::Shared),
             hard_states,
         })
@@ -172,9 +176,10 @@ impl ReplicationNode {
             log: self.hard_states.clone(),
             key,
         };
-        let partition =
+        let mut partition =
             RaftPartition::open(dir, self.node_id, voters, config, log_config, home, &logger)
                 .await?;
+        partition.set_waker(self.wake.clone());
         partition.log().join_sync_group(&self.sync_group);
         self.groups.insert(key, partition);
         Ok(())

@@ -38,6 +38,7 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use bytes::Bytes;
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, Snapshot};
@@ -771,6 +772,27 @@ pub struct RaftPartition {
     applied: u64,
     /// Applied entries' data kept in memory beyond what every follower already has.
     data_budget_bytes: u64,
+    /// Pipelined persist jobs whose entries are written and whose fdatasync runs in a task of
+    /// its own: their outcomes come back here (in any order; raft-rs takes the highest).
+    durable_tx: futures::channel::mpsc::UnboundedSender<Durable>,
+    durable_rx: futures::channel::mpsc::UnboundedReceiver<Durable>,
+    /// Called when a pipelined job's outcome arrives, so the owner runs the group again.
+    wake: Option<Rc<dyn Fn()>>,
+}
+
+/// The outcome of a pipelined persist job's fdatasync.
+struct Durable {
+    number: u64,
+    outcome: std::result::Result<(), sluice_storage::StorageError>,
+    send_after: Vec<Message>,
+}
+
+/// What [`RaftPartition::persist`] did with a job.
+enum Persisted {
+    /// Durable: the messages it released, and a restored snapshot's new log start.
+    Done(Vec<Message>, Option<Offset>),
+    /// Written; its fdatasync runs in a task that reports to `durable_rx`.
+    Pending,
 }
 
 /// Default for `RaftPartition::set_data_budget`.
@@ -875,6 +897,7 @@ impl RaftPartition {
             .end_offset_of(applied)
             .expect("the commit index is within the window");
         let replica = Replica::new(id, config, store, applied, logger)?;
+        let (durable_tx, durable_rx) = futures::channel::mpsc::unbounded();
         Ok(RaftPartition {
             replica,
             log,
@@ -884,7 +907,16 @@ impl RaftPartition {
             high_watermark,
             applied,
             data_budget_bytes: DATA_BUDGET_BYTES,
+            durable_tx,
+            durable_rx,
+            wake: None,
         })
+    }
+
+    /// Lets pipelined persist jobs wake the owner when their fdatasync is over (see
+    /// [`run_ready_with`](Self::run_ready_with)).
+    pub fn set_waker(&mut self, wake: Rc<dyn Fn()>) {
+        self.wake = Some(wake);
     }
 
     pub fn replica(&self) -> &Replica<PartitionStore> {
@@ -1023,12 +1055,24 @@ impl RaftPartition {
     /// replica's next write is durable (raft-rs hands over only entries already durable here
     /// and on a quorum), instead of in the outbox: the owner can answer their producers
     /// without waiting for later entries' fdatasync.
+    ///
+    /// With `early`, persist jobs are also **pipelined**: a job's entries are written and its
+    /// fdatasync left to a task of its own, so the group (and the node's step) goes on at once;
+    /// raft-rs hears the job is durable, and its messages leave, in a later call, after the
+    /// waker set by [`set_waker`](Self::set_waker) ran. Term and vote are still made durable
+    /// before a job's entries are written, and a job that restores a snapshot completes
+    /// inline.
     pub async fn run_ready_with(
         &mut self,
         early: Option<&dyn Fn(Vec<Message>)>,
         committed_now: Option<&dyn Fn(Vec<CommittedEntry>, Offset)>,
     ) -> Result<Outbox> {
         let mut outbox = Outbox::default();
+        let released = self.collect_durable()?;
+        match early {
+            Some(send_now) if !released.is_empty() => send_now(released),
+            _ => outbox.messages.extend(released),
+        }
         loop {
             let fetches = self.replica.storage().take_fetches();
             let worked = !fetches.is_empty();
@@ -1137,16 +1181,19 @@ impl RaftPartition {
                 self.take_committed(committed.take().unwrap_or_default(), outbox, committed_now);
             }
             let number = persist.number;
-            let (send_after, started_over) = self.persist(persist).await?;
-            self.replica.persisted(number);
-            // What waited for this write (a follower's acknowledgement, a vote) leaves now,
-            // not when every other group of the step is done too.
-            match early {
-                Some(send_now) if !send_after.is_empty() => send_now(send_after),
-                _ => outbox.messages.extend(send_after),
-            }
-            if started_over.is_some() {
-                outbox.started_over_at = started_over;
+            if let Persisted::Done(send_after, started_over) =
+                self.persist(persist, early.is_some()).await?
+            {
+                self.replica.persisted(number);
+                // What waited for this write (a follower's acknowledgement, a vote) leaves
+                // now, not when every other group of the step is done too.
+                match early {
+                    Some(send_now) if !send_after.is_empty() => send_now(send_after),
+                    _ => outbox.messages.extend(send_after),
+                }
+                if started_over.is_some() {
+                    outbox.started_over_at = started_over;
+                }
             }
             if let Some(committed) = committed {
                 self.take_committed(committed, outbox, None);
@@ -1225,7 +1272,29 @@ impl RaftPartition {
 
     /// Makes a job durable in order: hard state, a restored snapshot, entries. Returns the
     /// messages that waited for it, and where the log started over if a snapshot emptied it.
-    async fn persist(&mut self, job: PersistJob) -> Result<(Vec<Message>, Option<Offset>)> {
+    /// The outcomes of pipelined jobs that arrived: raft-rs hears the highest durable job, and
+    /// their messages are returned to be sent. A job whose entries a later truncation replaced
+    /// (its wait ends out of range) is dropped: a new leader overwrote them, nothing to answer.
+    fn collect_durable(&mut self) -> Result<Vec<Message>> {
+        let mut released = Vec::new();
+        let mut highest = None;
+        while let Ok(durable) = self.durable_rx.try_recv() {
+            match durable.outcome {
+                Ok(()) => {
+                    highest = highest.max(Some(durable.number));
+                    released.extend(durable.send_after);
+                }
+                Err(sluice_storage::StorageError::OffsetOutOfRange { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(number) = highest {
+            self.replica.persisted(number);
+        }
+        Ok(released)
+    }
+
+    async fn persist(&mut self, job: PersistJob, pipelined: bool) -> Result<Persisted> {
         if let Some(hard_state) = &job.hard_state {
             let changed =
                 hard_state.term != self.stored.term || hard_state.vote != self.stored.vote;
@@ -1297,10 +1366,28 @@ impl RaftPartition {
                 last = Some(appended.last_offset);
             }
             if let Some(last) = last {
+                if pipelined && started_over.is_none() {
+                    let (log, done, wake) =
+                        (self.log.clone(), self.durable_tx.clone(), self.wake.clone());
+                    let (number, send_after) = (job.number, job.send_after);
+                    glommio::spawn_local(async move {
+                        let outcome = log.wait_durable(last).await;
+                        let _ = done.unbounded_send(Durable {
+                            number,
+                            outcome,
+                            send_after,
+                        });
+                        if let Some(wake) = wake {
+                            wake();
+                        }
+                    })
+                    .detach();
+                    return Ok(Persisted::Pending);
+                }
                 self.log.wait_durable(last).await?;
             }
         }
-        Ok((job.send_after, started_over))
+        Ok(Persisted::Done(job.send_after, started_over))
     }
 
     /// Closes cleanly: the log (a restart then need not scan it) and the state file with the
