@@ -35,7 +35,7 @@
 //! from `below.end_offset`; the log's end offset equals the window's end once every issued
 //! persist job has been performed.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -773,9 +773,11 @@ pub struct RaftPartition {
     /// Applied entries' data kept in memory beyond what every follower already has.
     data_budget_bytes: u64,
     /// Pipelined persist jobs whose entries are written and whose fdatasync runs in a task of
-    /// its own: their outcomes come back here (in any order; raft-rs takes the highest).
+    /// its own: their outcomes come back here, in any order.
     durable_tx: futures::channel::mpsc::UnboundedSender<Durable>,
     durable_rx: futures::channel::mpsc::UnboundedReceiver<Durable>,
+    /// Which finished jobs may be reported to raft-rs yet.
+    job_order: JobOrder,
     /// Called when a pipelined job's outcome arrives, so the owner runs the group again.
     wake: Option<Rc<dyn Fn()>>,
 }
@@ -785,6 +787,46 @@ struct Durable {
     number: u64,
     outcome: std::result::Result<(), sluice_storage::StorageError>,
     send_after: Vec<Message>,
+}
+
+/// Persist jobs finish out of order once pipelined, but raft-rs must hear of them in order:
+/// reporting job n says every job before it is durable, and a job's messages (an
+/// acknowledgement up to the replica's last index) may speak for earlier jobs' entries. A
+/// finished job is reported, and its messages released, only once every job before it is.
+#[derive(Debug, Default)]
+struct JobOrder {
+    /// Pipelined jobs not durable yet.
+    unfinished: std::collections::BTreeSet<u64>,
+    /// Finished jobs behind an unfinished one, with the messages they release.
+    finished: BTreeMap<u64, Vec<Message>>,
+}
+
+impl JobOrder {
+    fn started(&mut self, number: u64) {
+        self.unfinished.insert(number);
+    }
+
+    fn finished(&mut self, number: u64, send_after: Vec<Message>) {
+        self.unfinished.remove(&number);
+        self.finished.insert(number, send_after);
+    }
+
+    /// The highest job every job up to which has finished, with the messages those jobs
+    /// release in job order; `None` while the earliest job is unfinished.
+    fn reportable(&mut self) -> Option<(u64, Vec<Message>)> {
+        let limit = self.unfinished.first().copied().unwrap_or(u64::MAX);
+        let mut released = Vec::new();
+        let mut highest = None;
+        while let Some(entry) = self.finished.first_entry() {
+            if *entry.key() > limit {
+                break;
+            }
+            let (number, send_after) = entry.remove_entry();
+            highest = Some(number);
+            released.extend(send_after);
+        }
+        highest.map(|number| (number, released))
+    }
 }
 
 /// What [`RaftPartition::persist`] did with a job.
@@ -909,6 +951,7 @@ impl RaftPartition {
             data_budget_bytes: DATA_BUDGET_BYTES,
             durable_tx,
             durable_rx,
+            job_order: JobOrder::default(),
             wake: None,
         })
     }
@@ -1181,19 +1224,29 @@ impl RaftPartition {
                 self.take_committed(committed.take().unwrap_or_default(), outbox, committed_now);
             }
             let number = persist.number;
-            if let Persisted::Done(send_after, started_over) =
-                self.persist(persist, early.is_some()).await?
-            {
-                self.replica.persisted(number);
-                // What waited for this write (a follower's acknowledgement, a vote) leaves
-                // now, not when every other group of the step is done too.
-                match early {
-                    Some(send_now) if !send_after.is_empty() => send_now(send_after),
-                    _ => outbox.messages.extend(send_after),
+            match self.persist(persist, early.is_some()).await? {
+                Persisted::Done(send_after, started_over)
+                    if self.job_order.unfinished.is_empty() =>
+                {
+                    self.replica.persisted(number);
+                    // What waited for this write (a follower's acknowledgement, a vote)
+                    // leaves now, not when every other group of the step is done too.
+                    match early {
+                        Some(send_now) if !send_after.is_empty() => send_now(send_after),
+                        _ => outbox.messages.extend(send_after),
+                    }
+                    if started_over.is_some() {
+                        outbox.started_over_at = started_over;
+                    }
                 }
-                if started_over.is_some() {
-                    outbox.started_over_at = started_over;
+                Persisted::Done(send_after, started_over) => {
+                    // Behind a pipelined job still syncing: reported after it.
+                    self.job_order.finished(number, send_after);
+                    if started_over.is_some() {
+                        outbox.started_over_at = started_over;
+                    }
                 }
+                Persisted::Pending => self.job_order.started(number),
             }
             if let Some(committed) = committed {
                 self.take_committed(committed, outbox, None);
@@ -1276,21 +1329,19 @@ impl RaftPartition {
     /// their messages are returned to be sent. A job whose entries a later truncation replaced
     /// (its wait ends out of range) is dropped: a new leader overwrote them, nothing to answer.
     fn collect_durable(&mut self) -> Result<Vec<Message>> {
-        let mut released = Vec::new();
-        let mut highest = None;
         while let Ok(durable) = self.durable_rx.try_recv() {
-            match durable.outcome {
-                Ok(()) => {
-                    highest = highest.max(Some(durable.number));
-                    released.extend(durable.send_after);
-                }
-                Err(sluice_storage::StorageError::OffsetOutOfRange { .. }) => {}
+            let send_after = match durable.outcome {
+                Ok(()) => durable.send_after,
+                // raft-rs ignores a report for entries since replaced (their term differs).
+                Err(sluice_storage::StorageError::OffsetOutOfRange { .. }) => Vec::new(),
                 Err(e) => return Err(e.into()),
-            }
+            };
+            self.job_order.finished(durable.number, send_after);
         }
-        if let Some(number) = highest {
-            self.replica.persisted(number);
-        }
+        let Some((number, released)) = self.job_order.reportable() else {
+            return Ok(Vec::new());
+        };
+        self.replica.persisted(number);
         Ok(released)
     }
 
@@ -1425,6 +1476,41 @@ impl RaftPartition {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn message(to: u64) -> Message {
+        Message {
+            to,
+            ..Message::default()
+        }
+    }
+
+    #[test]
+    fn jobs_are_reported_in_order_whatever_order_they_finish_in() {
+        let mut order = JobOrder::default();
+        order.started(5);
+        // Job 6 needed no fdatasync (only the commit index moved) and finished inline, but 5
+        // still syncs: reporting 6 would tell raft-rs that 5's entries are durable.
+        order.finished(6, vec![message(6)]);
+        assert!(order.reportable().is_none());
+        order.started(7);
+        order.finished(7, vec![message(7)]);
+        assert!(order.reportable().is_none(), "5 still syncs");
+        order.finished(5, vec![message(5)]);
+        let (number, released) = order.reportable().expect("5, 6 and 7 are durable");
+        assert_eq!(number, 7);
+        assert_eq!(
+            released.iter().map(|m| m.to).collect::<Vec<_>>(),
+            [5, 6, 7],
+            "messages leave in job order"
+        );
+        assert!(order.reportable().is_none(), "nothing twice");
+        order.started(8);
+        order.started(9);
+        order.finished(9, vec![]);
+        assert!(order.reportable().is_none());
+        order.finished(8, vec![]);
+        assert_eq!(order.reportable().map(|(n, _)| n), Some(9));
+    }
 
     fn state() -> StateFile {
         StateFile {
