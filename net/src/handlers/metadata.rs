@@ -29,6 +29,7 @@ use kafka_protocol::messages::metadata_response::{
 };
 use kafka_protocol::messages::{ApiKey, BrokerId, MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
+use sluice_core::catalog::Image;
 use sluice_core::topics::{validate_topic_name, Topic};
 use sluice_core::{controller, resolve_topic, ResponseError, TopicRef};
 use uuid::Uuid;
@@ -60,9 +61,17 @@ fn leader_hung_up(ctx: &Context, topic: &Topic, partition: i32) -> bool {
     })
 }
 
-/// Whether the partition waits for an election: its leader hung up, or it has no leader
-/// known while some node hung up lately (the survivors are electing).
-fn electing(ctx: &Context, topic: &Topic, partition: i32) -> bool {
+/// Whether the partition waits for an election: this node holds a replica of it (elsewhere
+/// no leader is known here anyway), and its leader hung up, or it has no leader known while
+/// some node hung up lately (the survivors are electing).
+fn electing(ctx: &Context, image: &Image, topic: &Topic, partition: i32) -> bool {
+    let held_here = ctx
+        .shard
+        .replicas_of(image, &topic.name, partition)
+        .is_some_and(|replicas| replicas.contains(&ctx.broker.node_id));
+    if !held_here {
+        return false;
+    }
     let cluster = &ctx.shard.catalog.cluster;
     match cluster.leader((topic.id, partition)) {
         Some(l) if l.leader >= 0 => l.leader != ctx.broker.node_id && cluster.hung_up(l.leader),
@@ -72,7 +81,7 @@ fn electing(ctx: &Context, topic: &Topic, partition: i32) -> bool {
 
 /// Waits (bounded by [`ELECTION_WAIT`]) while a partition of `topics` waits for an election
 /// after a node hung up.
-async fn elections(ctx: &Context, topics: &[std::sync::Arc<Topic>]) {
+async fn elections(ctx: &Context, image: &Image, topics: &[std::sync::Arc<Topic>]) {
     let cluster = &ctx.shard.catalog.cluster;
     if !cluster.hang_up_within(ELECTION_WAIT * 4) {
         return;
@@ -80,7 +89,7 @@ async fn elections(ctx: &Context, topics: &[std::sync::Arc<Topic>]) {
     let deadline = std::time::Instant::now() + ELECTION_WAIT;
     while topics
         .iter()
-        .any(|t| (0..t.partitions).any(|p| electing(ctx, t, p)))
+        .any(|t| (0..t.partitions).any(|p| electing(ctx, image, t, p)))
         && std::time::Instant::now() < deadline
     {
         glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
@@ -168,7 +177,7 @@ pub async fn handle(request: MetadataRequest, version: i16, ctx: &Context) -> Me
                 .filter_map(|r| resolve_topic(&image, r).cloned())
                 .collect(),
         };
-        elections(ctx, &described).await;
+        elections(ctx, &image, &described).await;
     }
     let topics = match wanted {
         None => image
