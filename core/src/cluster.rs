@@ -206,7 +206,7 @@ impl ClusterTable {
     /// it is most likely dead, though the Raft groups it led may not have elected yet.
     pub fn hung_up(&self, node: i32) -> bool {
         let hung_up = self.hung_up.read().unwrap_or_else(|p| p.into_inner());
-        !hung_up.is_empty() && hung_up.contains_key(&node)
+        hung_up.contains_key(&node)
     }
 
     /// Whether some node hung up (and was not heard since) less than `within` ago: elections
@@ -1007,19 +1007,22 @@ impl Driver {
                 self.apply_controller(entries);
                 continue;
             }
-            let key = partition_key(group);
-            if let Some(partition) = shard.open_partition(key) {
+            // Entries left to the end of the step (they follow a restored snapshot or a
+            // moved log start, which come first).
+            if let Some(partition) = shard.open_partition(partition_key(group)) {
                 if let Some(offset) = outbox.started_over_at {
                     partition.started_over(offset);
                 }
-                partition.apply_committed(&entries);
                 if outbox.log_start_moved.is_some() {
                     partition.note_changed();
                 }
             }
-            if let Some(queue) = self.pending.get_mut(&key) {
-                answer_waiting(queue, &entries);
-            }
+            let high_watermark = self
+                .node
+                .group(&group)
+                .map_or(Offset::ZERO, |g| g.high_watermark());
+            let (pending, links) = (&mut self.pending, &self.links);
+            answer_committed(shard, pending, links, group, &entries, high_watermark);
         }
         self.answer_appended();
         self.publish_states(shard);
@@ -1364,6 +1367,9 @@ fn append_info(base: Offset, end: Offset) -> AppendInfo {
 /// committed with its offsets, the ones whose index another term's entry took with
 /// NOT_LEADER_OR_FOLLOWER.
 fn answer_waiting(queue: &mut VecDeque<Pending>, entries: &[CommittedEntry]) {
+    if queue.is_empty() {
+        return;
+    }
     for entry in entries {
         while let Some(front) = queue.front() {
             if front.index > entry.index {
@@ -1380,9 +1386,9 @@ fn answer_waiting(queue: &mut VecDeque<Pending>, entries: &[CommittedEntry]) {
     }
 }
 
-/// A partition group's entries committed mid-step: recorded in the producer state, then
-/// their appends answered (in that order: a retry must find its batch), and the high
-/// watermark published to fetches at once.
+/// A partition group's committed entries (mid-step, or at its end): recorded in the producer
+/// state, then their appends answered (in that order: a retry must find its batch), and the
+/// high watermark published to fetches at once.
 fn answer_committed(
     shard: &Shard,
     pending: &mut HashMap<PartitionKey, VecDeque<Pending>>,

@@ -112,7 +112,7 @@ impl ReplicationNode {
         let heard = silent.clone();
         let on_arrival = Rc::new(on_arrival);
         let on_hang_up = on_arrival.clone();
-        let on_durable = on_arrival.clone();
+        let wake: Rc<dyn Fn()> = on_arrival.clone();
         let on_peer = Rc::new(on_peer);
         let on_peer_heard = on_peer.clone();
         let senders: Vec<u64> = peers.keys().copied().filter(|id| *id != node_id).collect();
@@ -147,7 +147,7 @@ impl ReplicationNode {
             hung_up,
             campaigns_due: Vec::new(),
             listener,
-            wake: Rc::new(move || on_durable()),
+            wake,
             sync_group: SyncGroup::new(FlushMode::Shared),
             hard_states,
         })

@@ -802,6 +802,11 @@ struct JobOrder {
 }
 
 impl JobOrder {
+    /// No pipelined job is syncing: a job done inline may be reported at once.
+    fn idle(&self) -> bool {
+        self.unfinished.is_empty()
+    }
+
     fn started(&mut self, number: u64) {
         self.unfinished.insert(number);
     }
@@ -1225,9 +1230,7 @@ impl RaftPartition {
             }
             let number = persist.number;
             match self.persist(persist, early.is_some()).await? {
-                Persisted::Done(send_after, started_over)
-                    if self.job_order.unfinished.is_empty() =>
-                {
+                Persisted::Done(send_after, started_over) if self.job_order.idle() => {
                     self.replica.persisted(number);
                     // What waited for this write (a follower's acknowledgement, a vote)
                     // leaves now, not when every other group of the step is done too.

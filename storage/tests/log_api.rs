@@ -7,6 +7,14 @@ use common::{batch, read_all, run, small_config, split_batches, stamped};
 use sluice_storage::batch::BatchError;
 use sluice_storage::{LeaderEpoch, Log, LogConfig, Offset, StorageError};
 
+/// 100 batches of 2 records of 700 bytes (offsets 0..200): several segments under
+/// `small_config`.
+async fn append_200_records(log: &Log, epoch: LeaderEpoch) {
+    for i in 0..100u64 {
+        log.append(&batch(i, 2, 700, 0), epoch).await.unwrap();
+    }
+}
+
 #[test]
 fn append_assigns_offsets_and_reads_back_bit_identical() {
     let dir = tempfile::tempdir().unwrap();
@@ -351,11 +359,7 @@ fn truncate_prefix_moves_the_start_and_persists() {
     let path = dir.path().to_path_buf();
     run(move || async move {
         let log = Log::open(&path, small_config()).await.unwrap();
-        for i in 0..100u64 {
-            log.append(&batch(i, 2, 700, 0), LeaderEpoch(0))
-                .await
-                .unwrap();
-        }
+        append_200_records(&log, LeaderEpoch(0)).await;
         let segments = log.segment_count();
         assert_eq!(log.truncate_prefix(Offset(120)).await.unwrap(), Offset(120));
         assert_eq!(log.log_start_offset(), Offset(120));
@@ -582,11 +586,7 @@ fn start_over_at_empties_the_log_at_any_offset_and_survives_reopen() {
     let path = dir.path().to_path_buf();
     run(move || async move {
         let log = Log::open(&path, small_config()).await.unwrap();
-        for i in 0..100u64 {
-            log.append(&batch(i, 2, 700, 0), LeaderEpoch(1))
-                .await
-                .unwrap();
-        }
+        append_200_records(&log, LeaderEpoch(1)).await;
         assert!(log.segment_count() > 2);
         // Past the end (a follower behind a leader's log start).
         log.start_over_at(Offset(1_000)).await.unwrap();
@@ -639,11 +639,7 @@ fn a_start_over_interrupted_by_a_crash_reopens_as_a_valid_log() {
     let path = dir.path().to_path_buf();
     run(move || async move {
         let log = Log::open(&path, small_config()).await.unwrap();
-        for i in 0..100u64 {
-            log.append(&batch(i, 2, 700, 0), LeaderEpoch(1))
-                .await
-                .unwrap();
-        }
+        append_200_records(&log, LeaderEpoch(1)).await;
         let old_bases = log.segment_base_offsets();
         assert!(old_bases.len() > 2);
         log.close().await.unwrap();

@@ -92,6 +92,17 @@ fn assign_from_offset_zero(consumer: &BaseConsumer, topic: &str, partitions: i32
     consumer.assign(&assignment).expect("assign");
 }
 
+/// `topic` as a Metadata answer describes it.
+fn topic_in<'a>(
+    answer: &'a kafka_protocol::messages::MetadataResponse,
+    topic: &str,
+) -> Option<&'a kafka_protocol::messages::metadata_response::MetadataResponseTopic> {
+    answer
+        .topics
+        .iter()
+        .find(|t| t.name.as_ref().is_some_and(|n| n.as_str() == topic))
+}
+
 /// The leader of `topic`'s `partition` and its epoch, as a running node reports them, once a
 /// running node leads.
 fn leader_of(cluster: &Cluster, topic: &str, partition: i32) -> (i32, i32) {
@@ -99,10 +110,7 @@ fn leader_of(cluster: &Cluster, topic: &str, partition: i32) -> (i32, i32) {
     loop {
         for node in cluster.nodes.iter().filter(|n| n.is_running()) {
             let answer = metadata(node.kafka);
-            let (leader, epoch) = answer
-                .topics
-                .iter()
-                .find(|t| t.name.as_ref().is_some_and(|n| n.as_str() == topic))
+            let (leader, epoch) = topic_in(&answer, topic)
                 .and_then(|t| t.partitions.iter().find(|p| p.partition_index == partition))
                 .map_or((-1, -1), |p| (p.leader_id.0, p.leader_epoch));
             if leader >= 0 && cluster.node(leader).is_running() {
@@ -654,11 +662,7 @@ fn produce_one(node: std::net::SocketAddr, topic: &str) -> i16 {
 /// The ISR of `topic`'s partition 0 as `node` answers Metadata.
 fn in_sync(node: std::net::SocketAddr, topic: &str) -> Vec<i32> {
     let answer = metadata(node);
-    let t = answer
-        .topics
-        .iter()
-        .find(|t| t.name.as_ref().is_some_and(|n| n.as_str() == topic))
-        .expect("the topic");
+    let t = topic_in(&answer, topic).expect("the topic");
     t.partitions[0].isr_nodes.iter().map(|b| b.0).collect()
 }
 
@@ -993,10 +997,7 @@ fn watermarks(cluster: &Cluster, topic: &str) -> (i64, i64) {
             Err(e) if Instant::now() < deadline => {
                 for node in cluster.nodes.iter().filter(|n| n.is_running()) {
                     let answer = metadata(node.kafka);
-                    let t = answer
-                        .topics
-                        .iter()
-                        .find(|t| t.name.as_ref().is_some_and(|n| n.as_str() == topic));
+                    let t = topic_in(&answer, topic);
                     eprintln!(
                         "{}: {:?}",
                         node.kafka,
@@ -1222,10 +1223,7 @@ fn a_restarted_node_answers_metadata_only_once_caught_up() {
 
 /// The leaders `answer` names for `topic`'s partitions (-1 where none).
 fn named_leaders(answer: &kafka_protocol::messages::MetadataResponse, topic: &str) -> Vec<i32> {
-    answer
-        .topics
-        .iter()
-        .find(|t| t.name.as_ref().is_some_and(|n| n.as_str() == topic))
+    topic_in(answer, topic)
         .map(|t| t.partitions.iter().map(|p| p.leader_id.0).collect())
         .unwrap_or_default()
 }
@@ -1272,14 +1270,7 @@ fn a_survivor_never_names_a_leader_whose_connections_closed() {
         let partition = round % PARTITIONS;
         let (victim, _) = leader_of(&cluster, TOPIC, partition);
         let answer = metadata(cluster.node(victim).kafka);
-        let topic = |name: &str| {
-            answer
-                .topics
-                .iter()
-                .find(|t| t.name.as_ref().is_some_and(|n| n.as_str() == name))
-                .cloned()
-                .expect("the topic")
-        };
+        let topic = |name: &str| topic_in(&answer, name).cloned().expect("the topic");
         // The survivor that campaigns second for the partition: without the fix it names the
         // dead leader from the moment it sees the connections close until its turn comes
         // (100 ms later), since the first one is paused and cannot campaign.
@@ -1345,12 +1336,7 @@ fn a_survivor_never_names_a_leader_whose_connections_closed() {
                 );
             }
         }
-        let p = &answer
-            .topics
-            .iter()
-            .find(|t| t.name.as_ref().is_some_and(|n| n.as_str() == TOPIC))
-            .unwrap()
-            .partitions[partition as usize];
+        let p = &topic_in(&answer, TOPIC).expect("the topic").partitions[partition as usize];
         assert_eq!(
             p.error_code, 5,
             "LEADER_NOT_AVAILABLE while the election cannot finish"
@@ -1676,10 +1662,7 @@ fn a_cluster_node_refuses_what_it_cannot_do_with_clear_errors() {
             offsets.topics[0].partitions[0].error_code,
         )
     };
-    let epoch = metadata(cluster.node(leader).kafka)
-        .topics
-        .iter()
-        .find(|t| t.name.as_ref().is_some_and(|n| n.as_str() == "accepted"))
+    let epoch = topic_in(&metadata(cluster.node(leader).kafka), "accepted")
         .map(|t| t.partitions[0].leader_epoch)
         .unwrap();
     assert!(epoch >= 1, "a Raft term: {epoch}");

@@ -53,12 +53,9 @@ pub const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(5)
 /// to win is followed by the next one 100 ms later.
 pub const ELECTION_WAIT: std::time::Duration = std::time::Duration::from_millis(300);
 
-/// Whether the partition's known leader is a node whose connections to this one closed.
-fn leader_hung_up(ctx: &Context, topic: &Topic, partition: i32) -> bool {
-    let cluster = &ctx.shard.catalog.cluster;
-    cluster.leader((topic.id, partition)).is_some_and(|l| {
-        l.leader >= 0 && l.leader != ctx.broker.node_id && cluster.hung_up(l.leader)
-    })
+/// Whether `leader` (known, `>= 0`) is another node whose connections to this one closed.
+fn hung_up(ctx: &Context, leader: i32) -> bool {
+    leader != ctx.broker.node_id && ctx.shard.catalog.cluster.hung_up(leader)
 }
 
 /// Whether the partition waits for an election: this node holds a replica of it (elsewhere
@@ -74,7 +71,7 @@ fn electing(ctx: &Context, image: &Image, topic: &Topic, partition: i32) -> bool
     }
     let cluster = &ctx.shard.catalog.cluster;
     match cluster.leader((topic.id, partition)) {
-        Some(l) if l.leader >= 0 => l.leader != ctx.broker.node_id && cluster.hung_up(l.leader),
+        Some(l) if l.leader >= 0 => hung_up(ctx, l.leader),
         _ => cluster.hang_up_within(ELECTION_WAIT),
     }
 }
@@ -246,8 +243,7 @@ fn describe(ctx: &Context, topic: &Topic, operations: i32) -> MetadataResponseTo
                 .catalog
                 .cluster
                 .leader((topic.id, p))
-                .filter(|l| l.leader >= 0)
-                .filter(|_| !leader_hung_up(ctx, topic, p));
+                .filter(|l| l.leader >= 0 && !hung_up(ctx, l.leader));
             // The ISR is known where the leader is; elsewhere every replica is listed.
             let in_sync = leader
                 .as_ref()
