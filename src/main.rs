@@ -3,6 +3,8 @@
 //! - `sluice serve`: the single-node broker, one shard per core (`sluice-net` over
 //!   `sluice-core` over `sluice-storage`; see `docs/ARCHITECTURE.md`).
 //! - `sluice topic|produce|consume|group`: Kafka tools that talk the protocol to any broker (`cli`).
+//! - `sluice bench` and `sluice chaos`: load runs and fault runs against real nodes (`bench`
+//!   feature: librdkafka inside).
 //! - `sluice log verify <dir>`: opens a partition log directory the way the broker will
 //!   (recovering it: see `docs/on-disk-format.md`) and prints what it holds.
 
@@ -41,7 +43,12 @@ Kafka tools, against any broker (--bootstrap HOST:PORT, or SLUICE_BOOTSTRAP, or 
 
 fn usage() -> String {
     #[cfg(feature = "bench")]
-    return format!("{USAGE}\n{}\n{}", cli::USAGE, sluice_bench_harness::USAGE);
+    return format!(
+        "{USAGE}\n{}\n{}\n{}",
+        cli::USAGE,
+        sluice_bench_harness::USAGE,
+        sluice_chaos::USAGE
+    );
     #[cfg(not(feature = "bench"))]
     format!("{USAGE}\n{}", cli::USAGE)
 }
@@ -67,6 +74,13 @@ fn main() -> ExitCode {
         #[cfg(not(feature = "bench"))]
         ["bench", ..] => {
             eprintln!("sluice bench: this binary was built without the `bench` feature");
+            ExitCode::from(2)
+        }
+        #[cfg(feature = "bench")]
+        ["chaos", rest @ ..] => tool("chaos", sluice_chaos::main(rest)),
+        #[cfg(not(feature = "bench"))]
+        ["chaos", ..] => {
+            eprintln!("sluice chaos: this binary was built without the `bench` feature");
             ExitCode::from(2)
         }
         ["--help"] | ["-h"] | ["help"] => {

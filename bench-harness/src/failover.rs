@@ -14,9 +14,7 @@
 //! success or error; the data directory is removed at the end unless asked to keep it; every
 //! wait is bounded and fails with what it waited for.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +23,8 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 use serde::Serialize;
+
+use crate::local_cluster::{ClusterOptions, LocalCluster};
 
 /// The nodes' `replica.lag.time.max.ms`: short, so a restarted node counts in sync only once
 /// it has caught up (a new leader starts with every replica in sync, and keeps a lagging one
@@ -125,158 +125,6 @@ impl ProducerContext for Context {
     }
 }
 
-struct Node {
-    kafka: SocketAddr,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-/// The nodes of the cluster under test; dropping it stops every process.
-struct LocalCluster {
-    nodes: Vec<Node>,
-    seeds: String,
-    node_args: Vec<String>,
-    binary: PathBuf,
-}
-
-fn free_port() -> Result<u16, String> {
-    let probe = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("probe a free port: {e}"))?;
-    Ok(probe.local_addr().map_err(|e| e.to_string())?.port())
-}
-
-impl LocalCluster {
-    fn start(options: &Options) -> Result<LocalCluster, String> {
-        let binary = std::env::current_exe().map_err(|e| format!("this binary's path: {e}"))?;
-        let mut nodes = Vec::new();
-        let mut seeds = Vec::new();
-        for id in 0..options.nodes {
-            let dir = options.dir.join(format!("node-{id}"));
-            std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-            let kafka: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-            let rpc: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-            seeds.push(format!("{id}@{rpc}"));
-            nodes.push(Node {
-                kafka,
-                dir,
-                child: None,
-            });
-        }
-        let mut cluster = LocalCluster {
-            nodes,
-            seeds: seeds.join(","),
-            node_args: options.node_args.clone(),
-            binary,
-        };
-        for id in 0..options.nodes {
-            cluster.spawn(id)?;
-        }
-        for id in 0..options.nodes {
-            cluster.wait_listening(id)?;
-        }
-        Ok(cluster)
-    }
-
-    fn bootstrap(&self) -> String {
-        let addresses: Vec<String> = self.nodes.iter().map(|n| n.kafka.to_string()).collect();
-        addresses.join(",")
-    }
-
-    fn spawn(&mut self, id: usize) -> Result<(), String> {
-        let node = &self.nodes[id];
-        let log_path = node.dir.join("sluice.log");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| format!("open {}: {e}", log_path.display()))?;
-        let child = Command::new(&self.binary)
-            .args(["serve", "--cores", "1", "--node-id", &id.to_string()])
-            .args(["--overprovisioned", "true"])
-            .args(["--listen", &node.kafka.to_string(), "--seeds", &self.seeds])
-            .arg("--data-dir")
-            .arg(node.dir.join("data"))
-            .args([
-                "--replica-lag-time-max-ms",
-                &REPLICA_LAG.as_millis().to_string(),
-            ])
-            .args(&self.node_args)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("start node {id}: {e}"))?;
-        self.nodes[id].child = Some(child);
-        Ok(())
-    }
-
-    /// Waits until node `id` accepts Kafka connections. A node killed a moment ago can find its
-    /// ports still held (io_uring tears a dead process's sockets down after it exits): one
-    /// that exits early is started again until the deadline.
-    fn wait_listening(&mut self, id: usize) -> Result<(), String> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let node = &mut self.nodes[id];
-            let exited = match node.child.as_mut() {
-                Some(child) => child.try_wait().map_err(|e| e.to_string())?,
-                None => return Err(format!("node {id} is not running")),
-            };
-            if let Some(status) = exited {
-                node.child = None;
-                if Instant::now() >= deadline {
-                    return Err(format!(
-                        "node {id} keeps exiting ({status}); see {}",
-                        node.dir.join("sluice.log").display()
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(200));
-                self.spawn(id)?;
-                continue;
-            }
-            if TcpStream::connect(node.kafka).is_ok() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("node {id} did not listen on {}", node.kafka));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self, id: usize) {
-        if let Some(mut child) = self.nodes[id].child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn restart(&mut self, id: usize) -> Result<(), String> {
-        self.spawn(id)?;
-        self.wait_listening(id)
-    }
-}
-
-impl Drop for LocalCluster {
-    /// SIGTERM everyone, then SIGKILL whoever is still there after 10 s.
-    fn drop(&mut self) {
-        for node in &self.nodes {
-            if let Some(child) = &node.child {
-                if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
-                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-                }
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
-}
-
 /// The partition's leader and in-sync replica count, as Metadata from any live node says.
 fn leader_and_isr(
     producer: &ThreadedProducer<Context>,
@@ -365,42 +213,6 @@ fn wait_steady(
     Err(format!("the cluster did not settle within 60 s ({last})"))
 }
 
-/// Waits (≤ 60 s) until the cluster has formed: every node registered, and the controller has
-/// created `__consumer_offsets` (which it does once every seed registered) with a leader for
-/// each of its partitions.
-fn wait_formed(bootstrap: &str, nodes: usize) -> Result<(), String> {
-    use rdkafka::consumer::Consumer;
-    let client: rdkafka::consumer::BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .map_err(|e| format!("client for {bootstrap}: {e}"))?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = String::from("no answer");
-    while Instant::now() < deadline {
-        match client.fetch_metadata(None, Duration::from_secs(5)) {
-            Ok(metadata) => {
-                let offsets_led = metadata
-                    .topics()
-                    .iter()
-                    .find(|t| t.name() == "__consumer_offsets")
-                    .is_some_and(|t| {
-                        !t.partitions().is_empty() && t.partitions().iter().all(|p| p.leader() >= 0)
-                    });
-                if metadata.brokers().len() == nodes && offsets_led {
-                    return Ok(());
-                }
-                last = format!(
-                    "{} brokers, __consumer_offsets led: {offsets_led}",
-                    metadata.brokers().len()
-                );
-            }
-            Err(e) => last = e.to_string(),
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    Err(format!("the cluster did not form within 60 s ({last})"))
-}
-
 fn percentile(sorted: &[f64], fraction: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -428,9 +240,20 @@ pub fn measure(options: &Options) -> Result<Report, String> {
 }
 
 fn measure_in(options: &Options) -> Result<Report, String> {
-    let mut cluster = LocalCluster::start(options)?;
+    let mut node_args = vec![
+        "--replica-lag-time-max-ms".to_string(),
+        REPLICA_LAG.as_millis().to_string(),
+    ];
+    node_args.extend(options.node_args.iter().cloned());
+    let mut cluster = LocalCluster::start(&ClusterOptions {
+        nodes: options.nodes,
+        seeds: true,
+        dir: options.dir.clone(),
+        node_args,
+        binary: None,
+    })?;
     let bootstrap = cluster.bootstrap();
-    wait_formed(&bootstrap, options.nodes)?;
+    cluster.wait_formed()?;
     let topic = format!(
         "failover-{}",
         std::time::SystemTime::now()
@@ -497,12 +320,14 @@ fn measure_in(options: &Options) -> Result<Report, String> {
         let mut metadata_ms = Vec::new();
         let mut isr_meaningful = Instant::now();
         for round in 1..=options.kills {
-            let nodes: Vec<String> = cluster.nodes.iter().map(|n| n.kafka.to_string()).collect();
+            let nodes: Vec<String> = (0..cluster.len())
+                .map(|n| cluster.kafka_address(n).to_string())
+                .collect();
             let leader = wait_steady(&producer, &tally, &topic, &nodes, isr_meaningful)? as usize;
             tally.first_ack_ns.store(0, Ordering::Release);
             let survivors: Vec<String> = (0..options.nodes)
                 .filter(|n| *n != leader)
-                .map(|n| cluster.nodes[n].kafka.to_string())
+                .map(|n| cluster.kafka_address(n).to_string())
                 .collect();
             let killed_at = tally.now_ns();
             eprintln!(

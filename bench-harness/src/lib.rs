@@ -7,7 +7,8 @@
 //! [`report`] writes the JSON result and the text summary; [`compare`] interleaves targets and
 //! prints medians and ratios; [`plot`] draws SVG charts; [`loopback`] measures the loopback
 //! network limit; [`fetch_sessions`] sets incremental fetch sessions beside full fetches;
-//! [`failover`] measures leader failover on a local cluster. The disk limit is
+//! [`failover`] measures leader failover on a local cluster ([`local_cluster`]: real node
+//! processes, killed, paused and restarted by PID; `sluice chaos` uses it too). The disk limit is
 //! `bench-harness/fio/device-limits.sh`; peers are started and stopped by
 //! `bench-harness/peers/peer.sh`.
 
@@ -16,6 +17,7 @@ pub mod failover;
 pub mod fetch_sessions;
 pub mod kafka;
 pub mod kafka_wire;
+pub mod local_cluster;
 pub mod loopback;
 pub mod plot;
 pub mod redis_streams;

@@ -1,0 +1,288 @@
+//! Real `sluice serve` processes on loopback, started, killed, paused and restarted by PID: the
+//! cluster that `sluice bench failover` and `sluice chaos run` put under load and faults.
+//!
+//! Each node gets its own directory (`node-N/data`, its log in `node-N/sluice.log`), free
+//! loopback ports picked at start (kept across restarts), `--cores 1` and `--overprovisioned
+//! true` (three nodes share the machine's cores; pinned, they would all land on CPU 0). With
+//! `seeds` every node is a seed of one cluster; without (one node only) it is the plain single
+//! broker a user starts with `sluice serve`.
+//!
+//! Invariants: every process started is stopped (SIGCONT if paused, SIGTERM, then SIGKILL after
+//! 10 s) when the cluster is dropped, on every path out; every wait is bounded and fails with
+//! what it waited for.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rustix::process::{kill_process, Pid, Signal};
+
+/// How to start the nodes.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub nodes: usize,
+    /// Every node a seed of one cluster (`--node-id`, `--seeds`); false only for one node.
+    pub seeds: bool,
+    /// Where the nodes keep their data and logs.
+    pub dir: PathBuf,
+    /// Arguments every node gets after the ones this module sets.
+    pub node_args: Vec<String>,
+    /// The `sluice` binary to run (this process's own executable when `None`).
+    pub binary: Option<PathBuf>,
+}
+
+struct Node {
+    kafka: SocketAddr,
+    dir: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+}
+
+/// The nodes under test; dropping it stops every process.
+pub struct LocalCluster {
+    nodes: Vec<Node>,
+    seeds: Option<String>,
+    node_args: Vec<String>,
+    binary: PathBuf,
+}
+
+fn free_port() -> Result<u16, String> {
+    let probe = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("probe a free port: {e}"))?;
+    Ok(probe.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+impl LocalCluster {
+    /// Starts every node and waits until each accepts Kafka connections.
+    pub fn start(options: &ClusterOptions) -> Result<LocalCluster, String> {
+        if !options.seeds && options.nodes != 1 {
+            return Err("nodes without seeds: only one node can run alone".into());
+        }
+        let binary = match &options.binary {
+            Some(binary) => binary.clone(),
+            None => std::env::current_exe().map_err(|e| format!("this binary's path: {e}"))?,
+        };
+        let mut nodes = Vec::new();
+        let mut seeds = Vec::new();
+        for id in 0..options.nodes {
+            let dir = options.dir.join(format!("node-{id}"));
+            std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+            let kafka: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+            let rpc: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+            seeds.push(format!("{id}@{rpc}"));
+            nodes.push(Node {
+                kafka,
+                dir,
+                child: None,
+                paused: false,
+            });
+        }
+        let mut cluster = LocalCluster {
+            nodes,
+            seeds: options.seeds.then(|| seeds.join(",")),
+            node_args: options.node_args.clone(),
+            binary,
+        };
+        for id in 0..options.nodes {
+            cluster.spawn(id)?;
+        }
+        for id in 0..options.nodes {
+            cluster.wait_listening(id)?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Every node's Kafka address, comma-separated.
+    pub fn bootstrap(&self) -> String {
+        let addresses: Vec<String> = self.nodes.iter().map(|n| n.kafka.to_string()).collect();
+        addresses.join(",")
+    }
+
+    pub fn kafka_address(&self, id: usize) -> SocketAddr {
+        self.nodes[id].kafka
+    }
+
+    /// Node `id`'s directory (its data under `data/`, its log in `sluice.log`).
+    pub fn node_dir(&self, id: usize) -> &Path {
+        &self.nodes[id].dir
+    }
+
+    /// Whether node `id`'s process runs (paused or not).
+    pub fn is_running(&self, id: usize) -> bool {
+        self.nodes[id].child.is_some()
+    }
+
+    pub fn is_paused(&self, id: usize) -> bool {
+        self.nodes[id].paused
+    }
+
+    fn spawn(&mut self, id: usize) -> Result<(), String> {
+        let node = &self.nodes[id];
+        let log_path = node.dir.join("sluice.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| format!("open {}: {e}", log_path.display()))?;
+        let mut command = Command::new(&self.binary);
+        command
+            .args(["serve", "--cores", "1", "--overprovisioned", "true"])
+            .args(["--listen", &node.kafka.to_string()])
+            .arg("--data-dir")
+            .arg(node.dir.join("data"));
+        if let Some(seeds) = &self.seeds {
+            command.args(["--node-id", &id.to_string(), "--seeds", seeds]);
+        }
+        let child = command
+            .args(&self.node_args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("start node {id}: {e}"))?;
+        self.nodes[id].child = Some(child);
+        self.nodes[id].paused = false;
+        Ok(())
+    }
+
+    /// Waits until node `id` accepts Kafka connections. A node killed a moment ago can find its
+    /// ports still held (io_uring tears a dead process's sockets down after it exits): one
+    /// that exits early is started again until the deadline.
+    pub fn wait_listening(&mut self, id: usize) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let node = &mut self.nodes[id];
+            let exited = match node.child.as_mut() {
+                Some(child) => child.try_wait().map_err(|e| e.to_string())?,
+                None => return Err(format!("node {id} is not running")),
+            };
+            if let Some(status) = exited {
+                node.child = None;
+                if Instant::now() >= deadline {
+                    return Err(format!(
+                        "node {id} keeps exiting ({status}); see {}",
+                        node.dir.join("sluice.log").display()
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(200));
+                self.spawn(id)?;
+                continue;
+            }
+            if TcpStream::connect(node.kafka).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("node {id} did not listen on {}", node.kafka));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, id: usize, signal: Signal) {
+        if let Some(child) = &self.nodes[id].child {
+            if let Some(pid) = Pid::from_raw(child.id() as i32) {
+                let _ = kill_process(pid, signal);
+            }
+        }
+    }
+
+    /// Waits (≤ 60 s) until the cluster has formed: every node registered, and the controller
+    /// has created `__consumer_offsets` (which it does once every seed registered) with a
+    /// leader for each of its partitions. At once for a node without seeds.
+    pub fn wait_formed(&self) -> Result<(), String> {
+        use rdkafka::consumer::Consumer;
+        if self.seeds.is_none() {
+            return Ok(());
+        }
+        let bootstrap = self.bootstrap();
+        let client: rdkafka::consumer::BaseConsumer = rdkafka::config::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .map_err(|e| format!("client for {bootstrap}: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = String::from("no answer");
+        while Instant::now() < deadline {
+            match client.fetch_metadata(None, Duration::from_secs(5)) {
+                Ok(metadata) => {
+                    let offsets_led = metadata
+                        .topics()
+                        .iter()
+                        .find(|t| t.name() == "__consumer_offsets")
+                        .is_some_and(|t| {
+                            !t.partitions().is_empty()
+                                && t.partitions().iter().all(|p| p.leader() >= 0)
+                        });
+                    if metadata.brokers().len() == self.nodes.len() && offsets_led {
+                        return Ok(());
+                    }
+                    last = format!(
+                        "{} brokers, __consumer_offsets led: {offsets_led}",
+                        metadata.brokers().len()
+                    );
+                }
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Err(format!("the cluster did not form within 60 s ({last})"))
+    }
+
+    /// SIGKILLs node `id` and reaps it.
+    pub fn kill(&mut self, id: usize) {
+        if let Some(mut child) = self.nodes[id].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.nodes[id].paused = false;
+    }
+
+    /// Starts node `id` again on its ports and directory, and waits until it listens.
+    pub fn restart(&mut self, id: usize) -> Result<(), String> {
+        self.spawn(id)?;
+        self.wait_listening(id)
+    }
+
+    /// SIGSTOPs node `id`: its sockets stay open, nothing answers.
+    pub fn pause(&mut self, id: usize) {
+        if self.nodes[id].child.is_some() {
+            self.signal(id, Signal::STOP);
+            self.nodes[id].paused = true;
+        }
+    }
+
+    /// SIGCONTs node `id` if paused.
+    pub fn resume(&mut self, id: usize) {
+        if self.nodes[id].paused {
+            self.signal(id, Signal::CONT);
+            self.nodes[id].paused = false;
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    /// SIGCONT whoever is paused, SIGTERM everyone, then SIGKILL whoever is still there after
+    /// 10 s.
+    fn drop(&mut self) {
+        for id in 0..self.nodes.len() {
+            self.resume(id);
+            self.signal(id, Signal::TERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}

@@ -1,0 +1,636 @@
+//! One chaos run (`sluice chaos run`): real nodes, a logged workload, the seed's faults, a
+//! final read-back, the checker's verdict.
+//!
+//! The run: start the nodes ([`LocalCluster`]), create the topic (replicated to every node,
+//! `min.insync.replicas` 2 on three nodes), start the workload, inject the schedule's faults
+//! (each healed before the next), stop producing at the end of the duration and let the
+//! producers deliver or give up (message timeout 30 s), wait until every partition has a
+//! leader, stop the consumer with a last synchronous commit, read the group's committed offsets
+//! and every partition from its start to its high watermark with fresh clients, stop the
+//! nodes, check. The workload: `producers` librdkafka producers (idempotent, acks=all, one
+//! record every `interval` each, keyed by the value so records spread over the partitions) and
+//! one consumer in a group, committing asynchronously every 500 ms; every operation is recorded
+//! with its time and outcome.
+//!
+//! Invariants: every node process is stopped on every path out ([`LocalCluster`]'s drop); a
+//! paused node is resumed before anything waits on the cluster; every wait is bounded.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde::Serialize;
+use sluice_bench_harness::local_cluster::{ClusterOptions, LocalCluster};
+
+use crate::checker::{check, Verdict};
+use crate::history::{record_value, write_history, Event};
+use crate::schedule::{plan, FaultKind, Planned, Target};
+
+const TOPIC: &str = "chaos";
+const GROUP: &str = "chaos";
+/// How long a producer keeps trying to deliver a record (librdkafka `message.timeout.ms`).
+const MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound of every wait after the workload (delivery, settling, reading back).
+const SETTLE: Duration = Duration::from_secs(60);
+const COMMIT_EVERY: Duration = Duration::from_millis(500);
+
+/// What `sluice chaos run` does.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub nodes: usize,
+    pub faults: Vec<FaultKind>,
+    pub seed: u64,
+    pub duration: Duration,
+    pub out: PathBuf,
+    pub partitions: i32,
+    pub producers: u32,
+    /// Pause between two records of one producer.
+    pub interval: Duration,
+    /// Keep the nodes' data directories after a valid run (an invalid run always keeps them).
+    pub keep_data: bool,
+    /// The `sluice` binary the nodes run (this executable when `None`).
+    pub binary: Option<PathBuf>,
+}
+
+impl Options {
+    /// The command that replays this run.
+    pub fn replay_command(&self) -> String {
+        let faults: Vec<&str> = self
+            .faults
+            .iter()
+            .map(|f| match f {
+                FaultKind::Kill => "kill",
+                FaultKind::Pause => "pause",
+            })
+            .collect();
+        format!(
+            "sluice chaos run --nodes {} --faults {} --seed {} --duration {} --partitions {} \
+             --producers {} --interval-ms {}",
+            self.nodes,
+            faults.join(","),
+            self.seed,
+            self.duration.as_secs(),
+            self.partitions,
+            self.producers,
+            self.interval.as_millis()
+        )
+    }
+}
+
+/// `verdict.json`: the run, its schedule, what clients saw, and the checker's verdict.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub replay: String,
+    pub seed: u64,
+    pub nodes: usize,
+    pub duration_s: f64,
+    pub schedule: Vec<Planned>,
+    /// Producer errors (outcome unknown), by librdkafka's message.
+    pub producer_errors: std::collections::BTreeMap<String, u64>,
+    /// The longest span a partition went without an acknowledgement while records were being
+    /// produced, when it began and which partition: how long a fault kept producers waiting.
+    pub longest_ack_gap_ms: f64,
+    pub longest_ack_gap_from_ms: f64,
+    pub longest_ack_gap_partition: i32,
+    pub verdict: Verdict,
+}
+
+/// The run's shared event log.
+struct Recorder {
+    start: Instant,
+    events: Mutex<Vec<Event>>,
+}
+
+impl Recorder {
+    fn now_ms(&self) -> f64 {
+        self.start.elapsed().as_secs_f64() * 1e3
+    }
+
+    fn push(&self, event: Event) {
+        self.events.lock().expect("recorder lock").push(event);
+    }
+}
+
+struct ProducerLog {
+    recorder: Arc<Recorder>,
+    producer: u32,
+}
+
+impl ClientContext for ProducerLog {}
+
+impl ProducerContext for ProducerLog {
+    type DeliveryOpaque = Box<String>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, value: Self::DeliveryOpaque) {
+        let t_ms = self.recorder.now_ms();
+        let event = match result {
+            Ok(message) => Event::Acked {
+                t_ms,
+                producer: self.producer,
+                value: *value,
+                partition: message.partition(),
+                offset: message.offset(),
+            },
+            Err((error, _)) => Event::Unknown {
+                t_ms,
+                producer: self.producer,
+                value: *value,
+                error: error.to_string(),
+            },
+        };
+        self.recorder.push(event);
+    }
+}
+
+struct ConsumerLog {
+    recorder: Arc<Recorder>,
+}
+
+impl ClientContext for ConsumerLog {}
+
+impl ConsumerContext for ConsumerLog {
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if result.is_ok() {
+            record_commits(&self.recorder, offsets);
+        }
+    }
+}
+
+fn record_commits(recorder: &Recorder, offsets: &TopicPartitionList) {
+    let t_ms = recorder.now_ms();
+    for element in offsets.elements() {
+        if let Offset::Offset(offset) = element.offset() {
+            recorder.push(Event::Committed {
+                t_ms,
+                partition: element.partition(),
+                offset,
+            });
+        }
+    }
+}
+
+fn client_config(bootstrap: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        // A killed node comes back within seconds: librdkafka's default backoff (up to 10 s)
+        // would keep clients away from it long after.
+        .set("reconnect.backoff.max.ms", "1000")
+        .set("topic.metadata.refresh.interval.ms", "1000");
+    config
+}
+
+/// Runs the workload and the faults; returns the report (the verdict inside). Writes
+/// `history.jsonl`, `verdict.json` and `verdict.txt` under `options.out`.
+pub fn run(options: &Options) -> Result<Report, String> {
+    std::fs::create_dir_all(&options.out)
+        .map_err(|e| format!("create {}: {e}", options.out.display()))?;
+    let schedule = plan(
+        options.seed,
+        &options.faults,
+        options.nodes,
+        options.partitions,
+        options.duration,
+    );
+    let nodes_dir = options.out.join("nodes");
+    let _ = std::fs::remove_dir_all(&nodes_dir);
+    let mut cluster = LocalCluster::start(&ClusterOptions {
+        nodes: options.nodes,
+        seeds: options.nodes > 1,
+        dir: nodes_dir,
+        node_args: Vec::new(),
+        binary: options.binary.clone(),
+    })?;
+    cluster.wait_formed()?;
+    let bootstrap = cluster.bootstrap();
+    let mut topic_configs = std::collections::BTreeMap::new();
+    if options.nodes >= 3 {
+        topic_configs.insert("min.insync.replicas".to_string(), "2".to_string());
+    }
+    sluice_bench_harness::kafka::create_topics(
+        &bootstrap,
+        &[TOPIC.to_string()],
+        options.partitions as u32,
+        options.nodes as u32,
+        &topic_configs,
+    )?;
+    let recorder = Arc::new(Recorder {
+        start: Instant::now(),
+        events: Mutex::new(Vec::new()),
+    });
+
+    let stop_consumer = Arc::new(AtomicBool::new(false));
+    let consumer = {
+        let (recorder, stop, bootstrap) =
+            (recorder.clone(), stop_consumer.clone(), bootstrap.clone());
+        std::thread::spawn(move || consume(&bootstrap, &recorder, &stop))
+    };
+    let producers: Vec<_> = (0..options.producers)
+        .map(|producer| {
+            let (recorder, bootstrap) = (recorder.clone(), bootstrap.clone());
+            let (duration, interval) = (options.duration, options.interval);
+            std::thread::spawn(move || produce(&bootstrap, &recorder, producer, duration, interval))
+        })
+        .collect();
+
+    let faults = inject(
+        &mut cluster,
+        &schedule,
+        &recorder,
+        options.duration,
+        &bootstrap,
+    );
+    let mut outcome = faults;
+    for producer in producers {
+        let produced = producer
+            .join()
+            .unwrap_or_else(|_| Err("a producer thread panicked".into()));
+        outcome = outcome.and(produced);
+    }
+    outcome = outcome.and_then(|()| wait_for_leaders(&bootstrap, options.partitions));
+    stop_consumer.store(true, Ordering::Release);
+    let consumed = consumer
+        .join()
+        .unwrap_or_else(|_| Err("the consumer thread panicked".into()));
+    outcome = outcome.and(consumed);
+    outcome = outcome.and_then(|()| read_committed(&bootstrap, &recorder, options.partitions));
+    outcome = outcome.and_then(|()| read_back(&bootstrap, &recorder, options.partitions));
+    drop(cluster);
+    let events = std::mem::take(&mut *recorder.events.lock().expect("recorder lock"));
+    write_history(&options.out.join("history.jsonl"), &events)?;
+    outcome?;
+
+    let verdict = check(&events);
+    let mut producer_errors = std::collections::BTreeMap::new();
+    let mut acks: std::collections::BTreeMap<i32, Vec<f64>> = Default::default();
+    for event in &events {
+        match event {
+            Event::Unknown { error, .. } => *producer_errors.entry(error.clone()).or_insert(0) += 1,
+            Event::Acked {
+                t_ms, partition, ..
+            } => acks.entry(*partition).or_default().push(*t_ms),
+            _ => {}
+        }
+    }
+    let produce_end = options.duration.as_secs_f64() * 1e3;
+    let (mut gap, mut gap_from, mut gap_partition) = (0.0, 0.0, 0);
+    for (partition, times) in &mut acks {
+        times.sort_by(f64::total_cmp);
+        for pair in times.windows(2).filter(|p| p[0] < produce_end) {
+            if pair[1] - pair[0] > gap {
+                (gap, gap_from, gap_partition) = (pair[1] - pair[0], pair[0], *partition);
+            }
+        }
+    }
+    let report = Report {
+        replay: options.replay_command(),
+        seed: options.seed,
+        nodes: options.nodes,
+        duration_s: options.duration.as_secs_f64(),
+        schedule,
+        producer_errors,
+        longest_ack_gap_ms: gap,
+        longest_ack_gap_from_ms: gap_from,
+        longest_ack_gap_partition: gap_partition,
+        verdict,
+    };
+    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    std::fs::write(options.out.join("verdict.json"), json)
+        .map_err(|e| format!("write verdict.json: {e}"))?;
+    std::fs::write(options.out.join("verdict.txt"), report.verdict.summary())
+        .map_err(|e| format!("write verdict.txt: {e}"))?;
+    if report.verdict.valid && !options.keep_data {
+        for id in 0..options.nodes {
+            let _ = std::fs::remove_dir_all(options.out.join(format!("nodes/node-{id}/data")));
+        }
+    }
+    Ok(report)
+}
+
+/// Injects each planned fault at its time and heals it after its hold. Whatever happens, every
+/// node runs unpaused when this returns (a node that cannot restart is an error).
+fn inject(
+    cluster: &mut LocalCluster,
+    schedule: &[Planned],
+    recorder: &Recorder,
+    duration: Duration,
+    bootstrap: &str,
+) -> Result<(), String> {
+    let metadata: BaseConsumer = client_config(bootstrap)
+        .create()
+        .map_err(|e| format!("metadata client: {e}"))?;
+    let start = recorder.start;
+    let sleep_until = |ms: u64| {
+        let at = start + Duration::from_millis(ms);
+        if let Some(left) = at.checked_duration_since(Instant::now()) {
+            std::thread::sleep(left);
+        }
+    };
+    let mut outcome = Ok(());
+    for fault in schedule {
+        sleep_until(fault.at_ms);
+        let node = match fault.target {
+            Target::Node(node) => node,
+            // No leader known (an election running): the partition's first replica's node.
+            Target::LeaderOf(partition) => leader_of(&metadata, partition)
+                .filter(|&node| node < cluster.len())
+                .unwrap_or(partition as usize % cluster.len()),
+        };
+        let (action, heal) = match fault.kind {
+            FaultKind::Kill => {
+                cluster.kill(node);
+                ("kill", "restart")
+            }
+            FaultKind::Pause => {
+                cluster.pause(node);
+                ("pause", "resume")
+            }
+        };
+        recorder.push(Event::Fault {
+            t_ms: recorder.now_ms(),
+            action: action.into(),
+            node,
+        });
+        sleep_until(fault.at_ms + fault.hold_ms);
+        let healed = match fault.kind {
+            FaultKind::Kill => cluster.restart(node),
+            FaultKind::Pause => {
+                cluster.resume(node);
+                Ok(())
+            }
+        };
+        recorder.push(Event::Fault {
+            t_ms: recorder.now_ms(),
+            action: heal.into(),
+            node,
+        });
+        if let Err(e) = healed {
+            outcome = Err(format!("healing {action} of node {node}: {e}"));
+            break;
+        }
+    }
+    sleep_until(duration.as_millis() as u64);
+    for id in 0..cluster.len() {
+        cluster.resume(id);
+        if !cluster.is_running(id) {
+            outcome = outcome.and(cluster.restart(id));
+        }
+    }
+    outcome
+}
+
+/// The node leading `partition` of the topic, as Metadata says (node ids are node indexes).
+fn leader_of(metadata: &BaseConsumer, partition: i32) -> Option<usize> {
+    let answer = metadata
+        .fetch_metadata(Some(TOPIC), Duration::from_secs(2))
+        .ok()?;
+    let topic = answer.topics().iter().find(|t| t.name() == TOPIC)?;
+    let leader = topic
+        .partitions()
+        .iter()
+        .find(|p| p.id() == partition)?
+        .leader();
+    usize::try_from(leader).ok()
+}
+
+/// Producer `producer`'s loop: a record every `interval` until `duration` has passed since the
+/// run started, then delivery of what is outstanding (bounded by the message timeout).
+fn produce(
+    bootstrap: &str,
+    recorder: &Arc<Recorder>,
+    producer: u32,
+    duration: Duration,
+    interval: Duration,
+) -> Result<(), String> {
+    let client: ThreadedProducer<ProducerLog> = client_config(bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .set(
+            "message.timeout.ms",
+            MESSAGE_TIMEOUT.as_millis().to_string(),
+        )
+        .create_with_context(ProducerLog {
+            recorder: recorder.clone(),
+            producer,
+        })
+        .map_err(|e| format!("producer {producer}: {e}"))?;
+    let end = recorder.start + duration;
+    let mut seq = 0u64;
+    let mut next = Instant::now();
+    while Instant::now() < end {
+        let value = record_value(producer, seq);
+        let record = BaseRecord::with_opaque_to(TOPIC, Box::new(value.clone()))
+            .key(value.as_bytes())
+            .payload(value.as_bytes());
+        let t_ms = recorder.now_ms();
+        // A full local queue (the cluster down for a while) refuses the record: it is not
+        // recorded as sent, and the same value goes again at the next tick.
+        if client.send(record).is_ok() {
+            recorder.push(Event::Send {
+                t_ms,
+                producer,
+                value,
+            });
+            seq += 1;
+        }
+        next += interval;
+        if let Some(left) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(left);
+        }
+    }
+    client
+        .flush(MESSAGE_TIMEOUT + Duration::from_secs(5))
+        .map_err(|e| format!("producer {producer}: records still undelivered: {e}"))
+}
+
+/// The group's consumer: reads and records until told to stop, committing every
+/// [`COMMIT_EVERY`]; a last synchronous commit at the end.
+fn consume(bootstrap: &str, recorder: &Arc<Recorder>, stop: &AtomicBool) -> Result<(), String> {
+    let consumer: BaseConsumer<ConsumerLog> = client_config(bootstrap)
+        .set("group.id", GROUP)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create_with_context(ConsumerLog {
+            recorder: recorder.clone(),
+        })
+        .map_err(|e| format!("consumer: {e}"))?;
+    consumer
+        .subscribe(&[TOPIC])
+        .map_err(|e| format!("subscribe: {e}"))?;
+    let mut last_commit = Instant::now();
+    let mut read_any = false;
+    while !stop.load(Ordering::Acquire) {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            recorder.push(Event::Read {
+                t_ms: recorder.now_ms(),
+                consumer: 0,
+                partition: message.partition(),
+                offset: message.offset(),
+                value: String::from_utf8_lossy(message.payload().unwrap_or_default()).into(),
+            });
+            read_any = true;
+        }
+        if read_any && last_commit.elapsed() >= COMMIT_EVERY {
+            // Fails while no coordinator answers: the next one tries again.
+            let _ = consumer.commit_consumer_state(CommitMode::Async);
+            last_commit = Instant::now();
+        }
+    }
+    if !read_any {
+        return Ok(());
+    }
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let position = consumer
+            .position()
+            .map_err(|e| format!("consumer position: {e}"))?;
+        match consumer.commit(&position, CommitMode::Sync) {
+            Ok(()) => {
+                record_commits(recorder, &position);
+                // Serve the callbacks of async commits still in flight.
+                let _ = consumer.poll(Duration::from_millis(100));
+                return Ok(());
+            }
+            Err(e) if Instant::now() >= deadline => {
+                return Err(format!("the consumer's last commit: {e}"))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// Waits until Metadata names a leader for every partition.
+fn wait_for_leaders(bootstrap: &str, partitions: i32) -> Result<(), String> {
+    let consumer: BaseConsumer = client_config(bootstrap)
+        .create()
+        .map_err(|e| format!("metadata client: {e}"))?;
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let led = consumer
+            .fetch_metadata(Some(TOPIC), Duration::from_secs(5))
+            .ok()
+            .and_then(|m| {
+                m.topics().iter().find(|t| t.name() == TOPIC).map(|t| {
+                    t.partitions().len() == partitions as usize
+                        && t.partitions().iter().all(|p| p.leader() >= 0)
+                })
+            })
+            .unwrap_or(false);
+        if led {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "not every partition of {TOPIC} has a leader after {SETTLE:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Records the group's committed offsets as a fresh client reads them.
+fn read_committed(bootstrap: &str, recorder: &Recorder, partitions: i32) -> Result<(), String> {
+    let consumer: BaseConsumer = client_config(bootstrap)
+        .set("group.id", GROUP)
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| format!("committed-offsets client: {e}"))?;
+    let mut wanted = TopicPartitionList::new();
+    for partition in 0..partitions {
+        wanted.add_partition(TOPIC, partition);
+    }
+    let deadline = Instant::now() + SETTLE;
+    let committed = loop {
+        match consumer.committed_offsets(wanted.clone(), Duration::from_secs(10)) {
+            Ok(committed) => break committed,
+            Err(e) if Instant::now() >= deadline => {
+                return Err(format!("the group's committed offsets: {e}"))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    for element in committed.elements() {
+        if let Offset::Offset(offset) = element.offset() {
+            recorder.push(Event::FinalCommitted {
+                partition: element.partition(),
+                offset,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Reads every partition from its start to its high watermark and records what it holds.
+fn read_back(bootstrap: &str, recorder: &Recorder, partitions: i32) -> Result<(), String> {
+    let consumer: BaseConsumer = client_config(bootstrap)
+        .set("group.id", "chaos-read-back")
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| format!("read-back client: {e}"))?;
+    let deadline = Instant::now() + SETTLE;
+    let mut ends = Vec::new();
+    for partition in 0..partitions {
+        let high = loop {
+            match consumer.fetch_watermarks(TOPIC, partition, Duration::from_secs(10)) {
+                Ok((_, high)) => break high,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(format!("the high watermark of partition {partition}: {e}"))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        };
+        ends.push(high);
+    }
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment
+            .add_partition_offset(TOPIC, partition, Offset::Beginning)
+            .map_err(|e| e.to_string())?;
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(|e| format!("assign: {e}"))?;
+    // Where the client's position stands per partition: past the last record read, and past
+    // control batches (which it skips), so it reaches the high watermark even when the log ends
+    // with one.
+    let mut next: Vec<i64> = vec![0; partitions as usize];
+    let mut last_position_check = Instant::now();
+    while next.iter().zip(&ends).any(|(n, end)| n < end) {
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "reading back: reached {next:?} of the high watermarks {ends:?} in {SETTLE:?}"
+            ));
+        }
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            let partition = message.partition();
+            if message.offset() < ends[partition as usize] {
+                next[partition as usize] = next[partition as usize].max(message.offset() + 1);
+                recorder.push(Event::Final {
+                    partition,
+                    offset: message.offset(),
+                    value: String::from_utf8_lossy(message.payload().unwrap_or_default()).into(),
+                });
+            }
+        }
+        if last_position_check.elapsed() >= Duration::from_millis(200) {
+            last_position_check = Instant::now();
+            if let Ok(position) = consumer.position() {
+                for element in position.elements() {
+                    if let Offset::Offset(at) = element.offset() {
+                        let partition = element.partition() as usize;
+                        next[partition] = next[partition].max(at);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
