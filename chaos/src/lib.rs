@@ -5,15 +5,17 @@
 //! ([`schedule`]: SIGKILL and SIGSTOP/SIGCONT of a node so far), heals them, reads everything
 //! back and checks the history ([`checker`]): acknowledged records lost, duplicated, at the
 //! wrong offset, reordered; reads that the log later contradicts; committed offsets lost.
-//! [`run`] ties it together. `sluice chaos check` re-checks a recorded history.
+//! [`run`] ties it together and draws the run ([`timeline`]). `sluice chaos check` re-checks a
+//! recorded history.
 //!
 //! Not built yet (issue 13): network partitions, delay and loss, disk full and I/O-error fault
-//! points, clock jumps, the SVG timeline.
+//! points, clock jumps.
 
 pub mod checker;
 pub mod history;
 pub mod run;
 pub mod schedule;
+pub mod timeline;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,7 +26,7 @@ pub const USAGE: &str =
       Starts N (default 3; 1 = a plain single broker) local nodes, runs idempotent acks=all
       producers and a consumer group while the seed's faults (default seed 1, kill and
       pause) hit random nodes for S seconds (default 30), heals, reads everything back and
-      checks it. Writes history.jsonl, verdict.json and verdict.txt to DIR (default
+      checks it. Writes history.jsonl, verdict.json, verdict.txt and timeline.svg to DIR (default
       chaos-results/seed-N); exits 1 with the replay command when the verdict is invalid.
   sluice chaos check HISTORY.jsonl
       Checks a recorded history again and prints the verdict.";

@@ -188,7 +188,7 @@ fn client_config(bootstrap: &str) -> ClientConfig {
 }
 
 /// Runs the workload and the faults; returns the report (the verdict inside). Writes
-/// `history.jsonl`, `verdict.json` and `verdict.txt` under `options.out`.
+/// `history.jsonl`, `verdict.json`, `verdict.txt` and `timeline.svg` under `options.out`.
 pub fn run(options: &Options) -> Result<Report, String> {
     std::fs::create_dir_all(&options.out)
         .map_err(|e| format!("create {}: {e}", options.out.display()))?;
@@ -306,6 +306,7 @@ pub fn run(options: &Options) -> Result<Report, String> {
         .map_err(|e| format!("write verdict.json: {e}"))?;
     std::fs::write(options.out.join("verdict.txt"), report.verdict.summary())
         .map_err(|e| format!("write verdict.txt: {e}"))?;
+    crate::timeline::draw(&options.out.join("timeline.svg"), &events)?;
     if report.verdict.valid && !options.keep_data {
         for id in 0..options.nodes {
             let _ = std::fs::remove_dir_all(options.out.join(format!("nodes/node-{id}/data")));

@@ -30,7 +30,11 @@ fn run_checked(out: &Path, args: &[&str]) -> Value {
     all.extend_from_slice(args);
     let run = chaos(&all);
     assert!(run.status.success(), "{}", text(&run.stdout));
-    assert!(text(&run.stdout).contains("verdict: VALID"), "{}", text(&run.stdout));
+    assert!(
+        text(&run.stdout).contains("verdict: VALID"),
+        "{}",
+        text(&run.stdout)
+    );
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("verdict.json")).unwrap()).unwrap();
     let verdict = &report["verdict"];
@@ -49,7 +53,10 @@ fn run_checked(out: &Path, args: &[&str]) -> Value {
     let acknowledged = verdict["acknowledged"].as_u64().unwrap();
     assert!(acknowledged > 1_000, "{report}");
     assert_eq!(verdict["ok"].as_u64().unwrap(), acknowledged, "{report}");
-    assert!(verdict["read"].as_u64().unwrap() > 0, "the consumer read: {report}");
+    assert!(
+        verdict["read"].as_u64().unwrap() > 0,
+        "the consumer read: {report}"
+    );
     // The history holds every fault, injected and healed.
     let history = std::fs::read_to_string(out.join("history.jsonl")).unwrap();
     let faults: Vec<Value> = history
@@ -68,6 +75,8 @@ fn run_checked(out: &Path, args: &[&str]) -> Value {
             "no {action} in {faults:?}"
         );
     }
+    let timeline = std::fs::read_to_string(out.join("timeline.svg")).unwrap();
+    assert!(timeline.contains("<svg"), "a timeline is drawn");
     assert!(report["replay"]
         .as_str()
         .unwrap()
@@ -103,7 +112,10 @@ fn a_single_broker_keeps_every_acknowledged_record_through_seeded_kills_and_paus
     let root = tempfile::tempdir().unwrap();
     let out = root.path().join("single");
     let report = run_checked(&out, &["--nodes", "1", "--seed", "3", "--duration", "15"]);
-    assert!(report["longest_ack_gap_ms"].as_f64().unwrap() > 300.0, "{report}");
+    assert!(
+        report["longest_ack_gap_ms"].as_f64().unwrap() > 300.0,
+        "{report}"
+    );
 }
 
 /// `sluice chaos check` on a planted history with a lost acknowledged record: exit 1, the
@@ -125,14 +137,23 @@ fn the_checker_command_refuses_a_history_that_lost_a_record() {
     let printed = text(&out.stdout);
     assert!(printed.contains("INVALID"), "{printed}");
     assert!(
-        printed.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["lost", "1"]),
+        printed
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["lost", "1"]),
         "{printed}"
     );
-    assert!(printed.contains("p0-1"), "the lost record is named: {printed}");
+    assert!(
+        printed.contains("p0-1"),
+        "the lost record is named: {printed}"
+    );
 
     let out = chaos(&["run", "--nodes", "2"]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("--nodes"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--nodes"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = chaos(&["run", "--faults", "kill,flood"]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("flood"), "{}", text(&out.stderr));
