@@ -251,6 +251,7 @@ fn measure_in(options: &Options) -> Result<Report, String> {
         dir: options.dir.clone(),
         node_args,
         binary: None,
+        disk_mb: None,
     })?;
     let bootstrap = cluster.bootstrap();
     cluster.wait_formed()?;

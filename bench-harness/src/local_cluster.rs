@@ -7,9 +7,13 @@
 //! `seeds` every node is a seed of one cluster; without (one node only) it is the plain single
 //! broker a user starts with `sluice serve`.
 //!
+//! With `disk_mb`, each node's data lives on a filesystem of its own: a sparse image
+//! (`node-N/disk.img`, ext4) loop-mounted at `node-N/disk`, data in `node-N/disk/data`, so a
+//! node's disk can be filled ([`LocalCluster::fill_disk`]) without touching anyone else's.
+//!
 //! Invariants: every process started is stopped (SIGCONT if paused, SIGTERM, then SIGKILL after
-//! 10 s) when the cluster is dropped, on every path out; every wait is bounded and fails with
-//! what it waited for.
+//! 10 s) when the cluster is dropped, on every path out, and every filesystem mounted is then
+//! unmounted and its image removed; every wait is bounded and fails with what it waited for.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -30,13 +34,60 @@ pub struct ClusterOptions {
     pub node_args: Vec<String>,
     /// The `sluice` binary to run (this process's own executable when `None`).
     pub binary: Option<PathBuf>,
+    /// Each node's data on a loop-mounted ext4 of this many MiB (needs root, `mkfs.ext4`).
+    pub disk_mb: Option<u64>,
 }
 
 struct Node {
     kafka: SocketAddr,
     dir: PathBuf,
+    /// Where `--data-dir` points.
+    data: PathBuf,
+    /// The node's own filesystem's mount point, if it has one.
+    mount: Option<PathBuf>,
     child: Option<Child>,
     paused: bool,
+}
+
+/// The file that fills a node's disk.
+const FILLER: &str = "chaos-filler";
+
+fn run_tool(program: &str, args: &[&std::ffi::OsStr]) -> Result<(), String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("run {program}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Creates a sparse `mb` MiB ext4 image at `image` and loop-mounts it at `at`.
+fn mount_disk(image: &Path, at: &Path, mb: u64) -> Result<(), String> {
+    let file =
+        std::fs::File::create(image).map_err(|e| format!("create {}: {e}", image.display()))?;
+    file.set_len(mb << 20)
+        .map_err(|e| format!("size {}: {e}", image.display()))?;
+    drop(file);
+    run_tool(
+        "mkfs.ext4",
+        &["-q".as_ref(), "-F".as_ref(), image.as_os_str()],
+    )?;
+    std::fs::create_dir_all(at).map_err(|e| format!("create {}: {e}", at.display()))?;
+    run_tool(
+        "mount",
+        &[
+            "-o".as_ref(),
+            "loop".as_ref(),
+            image.as_os_str(),
+            at.as_os_str(),
+        ],
+    )
 }
 
 /// The nodes under test; dropping it stops every process.
@@ -70,19 +121,34 @@ impl LocalCluster {
             let kafka: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
             let rpc: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
             seeds.push(format!("{id}@{rpc}"));
+            let mount = options.disk_mb.map(|_| dir.join("disk"));
+            let data = match &mount {
+                Some(mount) => mount.join("data"),
+                None => dir.join("data"),
+            };
             nodes.push(Node {
                 kafka,
                 dir,
+                data,
+                mount,
                 child: None,
                 paused: false,
             });
         }
+        // From here on, dropping the cluster unmounts what was mounted.
         let mut cluster = LocalCluster {
             nodes,
             seeds: options.seeds.then(|| seeds.join(",")),
             node_args: options.node_args.clone(),
             binary,
         };
+        if let Some(mb) = options.disk_mb {
+            for node in &mut cluster.nodes {
+                let mount = node.mount.take().expect("a mount point per node");
+                mount_disk(&node.dir.join("disk.img"), &mount, mb)?;
+                node.mount = Some(mount);
+            }
+        }
         for id in 0..options.nodes {
             cluster.spawn(id)?;
         }
@@ -110,9 +176,14 @@ impl LocalCluster {
         self.nodes[id].kafka
     }
 
-    /// Node `id`'s directory (its data under `data/`, its log in `sluice.log`).
+    /// Node `id`'s directory (its log in `sluice.log`).
     pub fn node_dir(&self, id: usize) -> &Path {
         &self.nodes[id].dir
+    }
+
+    /// Node `id`'s data directory.
+    pub fn data_dir(&self, id: usize) -> &Path {
+        &self.nodes[id].data
     }
 
     /// Whether node `id`'s process runs (paused or not).
@@ -137,7 +208,7 @@ impl LocalCluster {
             .args(["serve", "--cores", "1", "--overprovisioned", "true"])
             .args(["--listen", &node.kafka.to_string()])
             .arg("--data-dir")
-            .arg(node.dir.join("data"));
+            .arg(&node.data);
         if let Some(seeds) = &self.seeds {
             command.args(["--node-id", &id.to_string(), "--seeds", seeds]);
         }
@@ -234,6 +305,47 @@ impl LocalCluster {
         Err(format!("the cluster did not form within 60 s ({last})"))
     }
 
+    /// Fills node `id`'s own filesystem (all its free space taken by one file). Needs
+    /// `disk_mb`.
+    pub fn fill_disk(&self, id: usize) -> Result<(), String> {
+        let mount = self.nodes[id]
+            .mount
+            .as_ref()
+            .ok_or("the nodes have no disks of their own (disk_mb)")?;
+        let path = mount.join(FILLER);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("create {}: {e}", path.display()))?;
+        // Take everything: ask for the free space, then for whatever is left, until nothing is.
+        for _ in 0..8 {
+            let free = rustix::fs::statvfs(mount.as_path())
+                .map(|s| s.f_bavail * s.f_frsize)
+                .map_err(|e| format!("statvfs {}: {e}", mount.display()))?;
+            if free < 4096 {
+                break;
+            }
+            let have = file.metadata().map_or(0, |m| m.len());
+            let _ = rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), have, free);
+        }
+        Ok(())
+    }
+
+    /// Frees what [`fill_disk`](Self::fill_disk) took.
+    pub fn free_disk(&self, id: usize) -> Result<(), String> {
+        let Some(mount) = &self.nodes[id].mount else {
+            return Ok(());
+        };
+        match std::fs::remove_file(mount.join(FILLER)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(format!("remove the filler on node {id}: {e}"))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// SIGKILLs node `id` and reaps it.
     pub fn kill(&mut self, id: usize) {
         if let Some(mut child) = self.nodes[id].child.take() {
@@ -282,6 +394,10 @@ impl Drop for LocalCluster {
                 }
                 let _ = child.kill();
                 let _ = child.wait();
+            }
+            if let Some(mount) = node.mount.take() {
+                let _ = run_tool("umount", &[mount.as_os_str()]);
+                let _ = std::fs::remove_file(node.dir.join("disk.img"));
             }
         }
     }

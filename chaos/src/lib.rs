@@ -2,14 +2,14 @@
 //!
 //! `sluice chaos run` starts real `sluice serve` processes on loopback, runs a librdkafka
 //! workload that records every operation ([`history`]), injects the faults a seed plans
-//! ([`schedule`]: SIGKILL and SIGSTOP/SIGCONT of a node so far), heals them, reads everything
+//! ([`schedule`]: SIGKILL, SIGSTOP/SIGCONT, a full disk), heals them, reads everything
 //! back and checks the history ([`checker`]): acknowledged records lost, duplicated, at the
 //! wrong offset, reordered; reads that the log later contradicts; committed offsets lost.
 //! [`run`] ties it together and draws the run ([`timeline`]). `sluice chaos check` re-checks a
 //! recorded history.
 //!
-//! Not built yet (issue 13): network partitions, delay and loss, disk full and I/O-error fault
-//! points, clock jumps.
+//! Not built yet (issue 13): network partitions, delay and loss, I/O-error fault points, clock
+//! jumps.
 
 pub mod checker;
 pub mod history;
@@ -21,11 +21,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub const USAGE: &str =
-    "  sluice chaos run [--nodes N] [--faults kill,pause] [--seed N] [--duration S] [--out DIR]
+    "  sluice chaos run [--nodes N] [--faults kill,pause,disk_full] [--seed N] [--duration S] [--out DIR]
                    [--partitions N] [--producers N] [--interval-ms MS] [--keep-data]
       Starts N (default 3; 1 = a plain single broker) local nodes, runs idempotent acks=all
       producers and a consumer group while the seed's faults (default seed 1, kill and
-      pause) hit random nodes for S seconds (default 30), heals, reads everything back and
+      pause; disk_full puts each node's data on a 512 MiB loop-mounted ext4 of its own and needs
+      root) hit leaders and other nodes for S seconds (default 30), heals, reads everything back and
       checks it. Writes history.jsonl, verdict.json, verdict.txt and timeline.svg to DIR (default
       chaos-results/seed-N); exits 1 with the replay command when the verdict is invalid.
   sluice chaos check HISTORY.jsonl

@@ -40,6 +40,8 @@ const MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound of every wait after the workload (delivery, settling, reading back).
 const SETTLE: Duration = Duration::from_secs(60);
 const COMMIT_EVERY: Duration = Duration::from_millis(500);
+/// Each node's own filesystem when disks are filled (sparse: only what is written takes space).
+const DISK_MB: u64 = 512;
 
 /// What `sluice chaos run` does.
 #[derive(Debug, Clone)]
@@ -62,14 +64,7 @@ pub struct Options {
 impl Options {
     /// The command that replays this run.
     pub fn replay_command(&self) -> String {
-        let faults: Vec<&str> = self
-            .faults
-            .iter()
-            .map(|f| match f {
-                FaultKind::Kill => "kill",
-                FaultKind::Pause => "pause",
-            })
-            .collect();
+        let faults: Vec<&str> = self.faults.iter().map(|f| f.name()).collect();
         format!(
             "sluice chaos run --nodes {} --faults {} --seed {} --duration {} --partitions {} \
              --producers {} --interval-ms {}",
@@ -207,6 +202,10 @@ pub fn run(options: &Options) -> Result<Report, String> {
         dir: nodes_dir,
         node_args: Vec::new(),
         binary: options.binary.clone(),
+        disk_mb: options
+            .faults
+            .contains(&FaultKind::DiskFull)
+            .then_some(DISK_MB),
     })?;
     cluster.wait_formed()?;
     let bootstrap = cluster.bootstrap();
@@ -353,6 +352,13 @@ fn inject(
                 cluster.pause(node);
                 ("pause", "resume")
             }
+            FaultKind::DiskFull => {
+                if let Err(e) = cluster.fill_disk(node) {
+                    outcome = Err(format!("filling node {node}'s disk: {e}"));
+                    break;
+                }
+                ("disk_full", "disk_freed")
+            }
         };
         recorder.push(Event::Fault {
             t_ms: recorder.now_ms(),
@@ -366,6 +372,7 @@ fn inject(
                 cluster.resume(node);
                 Ok(())
             }
+            FaultKind::DiskFull => cluster.free_disk(node),
         };
         recorder.push(Event::Fault {
             t_ms: recorder.now_ms(),
@@ -380,6 +387,7 @@ fn inject(
     sleep_until(duration.as_millis() as u64);
     for id in 0..cluster.len() {
         cluster.resume(id);
+        outcome = outcome.and(cluster.free_disk(id));
         if !cluster.is_running(id) {
             outcome = outcome.and(cluster.restart(id));
         }

@@ -23,15 +23,26 @@ pub enum FaultKind {
     Kill,
     /// SIGSTOP the node, SIGCONT it when the fault ends.
     Pause,
+    /// Fill the node's own filesystem, free it when the fault ends.
+    DiskFull,
 }
 
 impl FaultKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Kill => "kill",
+            FaultKind::Pause => "pause",
+            FaultKind::DiskFull => "disk_full",
+        }
+    }
+
     pub fn parse(name: &str) -> Result<FaultKind, String> {
         match name {
             "kill" => Ok(FaultKind::Kill),
             "pause" => Ok(FaultKind::Pause),
+            "disk_full" => Ok(FaultKind::DiskFull),
             other => Err(format!(
-                "unknown fault {other:?} (known: kill, pause; network partitions, disk full and \
+                "unknown fault {other:?} (known: kill, pause, disk_full; network partitions and \
                  I/O errors are not built yet)"
             )),
         }
@@ -146,6 +157,13 @@ mod tests {
             Duration::from_secs(60),
         ) {
             assert_eq!(p.target, Target::Node(0));
+        }
+    }
+
+    #[test]
+    fn fault_names_parse_back() {
+        for kind in [FaultKind::Kill, FaultKind::Pause, FaultKind::DiskFull] {
+            assert_eq!(FaultKind::parse(kind.name()), Ok(kind));
         }
     }
 

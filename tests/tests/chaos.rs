@@ -1,5 +1,5 @@
-//! `sluice chaos` driven as a user would: seeded kill and pause runs against three real nodes
-//! and against a single broker, each checked from its history (nothing acknowledged lost,
+//! `sluice chaos` driven as a user would: seeded kill, pause and disk-full runs against three
+//! real nodes and against a single broker, each checked from its history (nothing acknowledged lost,
 //! duplicated, moved or reordered; no read contradicted; no commit lost); the checker's
 //! command refusing a planted bad history; bad options refused by name.
 
@@ -69,7 +69,14 @@ fn run_checked(out: &Path, args: &[&str]) -> Value {
         2 * report["schedule"].as_array().unwrap().len(),
         "{report}"
     );
-    for action in ["kill", "restart", "pause", "resume"] {
+    for action in [
+        "kill",
+        "restart",
+        "pause",
+        "resume",
+        "disk_full",
+        "disk_freed",
+    ] {
         assert!(
             faults.iter().any(|f| f["action"] == action),
             "no {action} in {faults:?}"
@@ -84,13 +91,27 @@ fn run_checked(out: &Path, args: &[&str]) -> Value {
     report
 }
 
-/// Three nodes, RF 3, min.insync.replicas 2: partition leaders and other nodes killed and
-/// paused (seed 2 kills two leaders and pauses two), nothing acknowledged goes missing.
+/// Three nodes, RF 3, min.insync.replicas 2: partition leaders and other nodes killed, paused
+/// and their disks filled (seed 1: a leader killed, another node killed, a node and a leader
+/// paused, a leader's disk filled), nothing acknowledged goes missing. Needs root (each node's
+/// disk is a loop-mounted ext4), as `scripts/test` runs in CI.
 #[test]
-fn three_nodes_keep_every_acknowledged_record_through_seeded_kills_and_pauses() {
+fn three_nodes_keep_every_acknowledged_record_through_seeded_kills_pauses_and_full_disks() {
     let root = tempfile::tempdir().unwrap();
-    let out = root.path().join("seed-2");
-    let report = run_checked(&out, &["--nodes", "3", "--seed", "2", "--duration", "20"]);
+    let out = root.path().join("seed-1");
+    let report = run_checked(
+        &out,
+        &[
+            "--nodes",
+            "3",
+            "--faults",
+            "kill,pause,disk_full",
+            "--seed",
+            "1",
+            "--duration",
+            "20",
+        ],
+    );
     let schedule = report["schedule"].as_array().unwrap();
     assert!(
         schedule
@@ -101,17 +122,34 @@ fn three_nodes_keep_every_acknowledged_record_through_seeded_kills_and_pauses() 
     for id in 0..3 {
         let node = out.join(format!("nodes/node-{id}"));
         assert!(node.join("sluice.log").exists(), "node logs are kept");
-        assert!(!node.join("data").exists(), "a valid run's data is removed");
+        assert!(
+            !node.join("disk.img").exists(),
+            "a valid run's disk is removed"
+        );
+        assert!(!node.join("disk/data").exists(), "and unmounted");
     }
 }
 
-/// A plain single broker (no seeds) killed and paused: every acknowledged record is back after
-/// each restart, and the group's commits survive.
+/// A plain single broker (no seeds) killed, paused and its disk filled (seed 1: two kills, two
+/// full disks, a pause): every acknowledged record is back after each restart, and the group's
+/// commits survive.
 #[test]
-fn a_single_broker_keeps_every_acknowledged_record_through_seeded_kills_and_pauses() {
+fn a_single_broker_keeps_every_acknowledged_record_through_seeded_kills_pauses_and_full_disks() {
     let root = tempfile::tempdir().unwrap();
     let out = root.path().join("single");
-    let report = run_checked(&out, &["--nodes", "1", "--seed", "3", "--duration", "15"]);
+    let report = run_checked(
+        &out,
+        &[
+            "--nodes",
+            "1",
+            "--faults",
+            "kill,pause,disk_full",
+            "--seed",
+            "1",
+            "--duration",
+            "15",
+        ],
+    );
     assert!(
         report["longest_ack_gap_ms"].as_f64().unwrap() > 300.0,
         "{report}"
