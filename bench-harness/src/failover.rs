@@ -252,6 +252,7 @@ fn measure_in(options: &Options) -> Result<Report, String> {
         node_args,
         binary: None,
         disk_mb: None,
+        proxied_links: false,
     })?;
     let bootstrap = cluster.bootstrap();
     cluster.wait_formed()?;

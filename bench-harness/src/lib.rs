@@ -17,6 +17,7 @@ pub mod failover;
 pub mod fetch_sessions;
 pub mod kafka;
 pub mod kafka_wire;
+pub mod link_proxy;
 pub mod local_cluster;
 pub mod loopback;
 pub mod plot;

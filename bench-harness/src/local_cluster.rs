@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{kill_process, Pid, Signal};
 
+use crate::link_proxy::LinkProxy;
+
 /// How to start the nodes.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
@@ -36,6 +38,9 @@ pub struct ClusterOptions {
     pub binary: Option<PathBuf>,
     /// Each node's data on a loop-mounted ext4 of this many MiB (needs root, `mkfs.ext4`).
     pub disk_mb: Option<u64>,
+    /// Every node reaches every other node's RPC port through a [`LinkProxy`] of its own, so
+    /// links can be cut ([`LocalCluster::cut`]).
+    pub proxied_links: bool,
 }
 
 struct Node {
@@ -93,7 +98,11 @@ fn mount_disk(image: &Path, at: &Path, mb: u64) -> Result<(), String> {
 /// The nodes under test; dropping it stops every process.
 pub struct LocalCluster {
     nodes: Vec<Node>,
-    seeds: Option<String>,
+    /// Each node's `--seeds` (they differ when links are proxied: node i names node j by the
+    /// address of the proxy i→j).
+    seeds: Option<Vec<String>>,
+    /// `links[i][j]`: the proxy node i reaches node j through.
+    links: Vec<Vec<Option<LinkProxy>>>,
     node_args: Vec<String>,
     binary: PathBuf,
 }
@@ -114,13 +123,12 @@ impl LocalCluster {
             None => std::env::current_exe().map_err(|e| format!("this binary's path: {e}"))?,
         };
         let mut nodes = Vec::new();
-        let mut seeds = Vec::new();
+        let mut rpcs = Vec::new();
         for id in 0..options.nodes {
             let dir = options.dir.join(format!("node-{id}"));
             std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
             let kafka: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-            let rpc: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-            seeds.push(format!("{id}@{rpc}"));
+            rpcs.push(SocketAddr::from(([127, 0, 0, 1], free_port()?)));
             let mount = options.disk_mb.map(|_| dir.join("disk"));
             let data = match &mount {
                 Some(mount) => mount.join("data"),
@@ -135,10 +143,34 @@ impl LocalCluster {
                 paused: false,
             });
         }
+        let mut links: Vec<Vec<Option<LinkProxy>>> = Vec::new();
+        for from in 0..options.nodes {
+            let mut row = Vec::new();
+            for (to, rpc) in rpcs.iter().enumerate() {
+                row.push(if options.proxied_links && from != to {
+                    Some(LinkProxy::start(*rpc)?)
+                } else {
+                    None
+                });
+            }
+            links.push(row);
+        }
+        let seeds: Vec<String> = (0..options.nodes)
+            .map(|from| {
+                let named: Vec<String> = (0..options.nodes)
+                    .map(|to| {
+                        let address = links[from][to].as_ref().map_or(rpcs[to], |p| p.addr);
+                        format!("{to}@{address}")
+                    })
+                    .collect();
+                named.join(",")
+            })
+            .collect();
         // From here on, dropping the cluster unmounts what was mounted.
         let mut cluster = LocalCluster {
             nodes,
-            seeds: options.seeds.then(|| seeds.join(",")),
+            seeds: options.seeds.then_some(seeds),
+            links,
             node_args: options.node_args.clone(),
             binary,
         };
@@ -210,7 +242,7 @@ impl LocalCluster {
             .arg("--data-dir")
             .arg(&node.data);
         if let Some(seeds) = &self.seeds {
-            command.args(["--node-id", &id.to_string(), "--seeds", seeds]);
+            command.args(["--node-id", &id.to_string(), "--seeds", &seeds[id]]);
         }
         let child = command
             .args(&self.node_args)
@@ -246,7 +278,13 @@ impl LocalCluster {
                 self.spawn(id)?;
                 continue;
             }
-            if TcpStream::connect(node.kafka).is_ok() {
+            // Listening, and still alive after that (not a dead predecessor's socket).
+            if TcpStream::connect(node.kafka).is_ok()
+                && node
+                    .child
+                    .as_mut()
+                    .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+            {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -346,13 +384,42 @@ impl LocalCluster {
         }
     }
 
+    /// Cuts the links between nodes `a` and `b`, both ways (needs `proxied_links`).
+    pub fn cut(&self, a: usize, b: usize) -> Result<(), String> {
+        for (from, to) in [(a, b), (b, a)] {
+            self.links[from][to]
+                .as_ref()
+                .ok_or("the nodes' links are not proxied (proxied_links)")?
+                .set_blocked(true);
+        }
+        Ok(())
+    }
+
+    /// Restores every cut link.
+    pub fn heal_links(&self) {
+        for proxy in self.links.iter().flatten().flatten() {
+            proxy.set_blocked(false);
+        }
+    }
+
     /// SIGKILLs node `id` and reaps it.
+    ///
+    /// Returns once its Kafka port stops accepting connections (bounded by 10 s): the kernel
+    /// tears a dead process's io_uring sockets down a moment after it is reaped, and until then
+    /// a connection to the port still succeeds, which would make a restarted node that could
+    /// not bind look as if it listened.
     pub fn kill(&mut self, id: usize) {
         if let Some(mut child) = self.nodes[id].child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
         self.nodes[id].paused = false;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline
+            && TcpStream::connect_timeout(&self.nodes[id].kafka, Duration::from_millis(100)).is_ok()
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Starts node `id` again on its ports and directory, and waits until it listens.

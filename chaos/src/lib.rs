@@ -2,14 +2,14 @@
 //!
 //! `sluice chaos run` starts real `sluice serve` processes on loopback, runs a librdkafka
 //! workload that records every operation ([`history`]), injects the faults a seed plans
-//! ([`schedule`]: SIGKILL, SIGSTOP/SIGCONT, a full disk), heals them, reads everything
+//! ([`schedule`]: SIGKILL, SIGSTOP/SIGCONT, a full disk, network partitions through proxies on
+//! the node-to-node links), heals them, reads everything
 //! back and checks the history ([`checker`]): acknowledged records lost, duplicated, at the
 //! wrong offset, reordered; reads that the log later contradicts; committed offsets lost.
 //! [`run`] ties it together and draws the run ([`timeline`]). `sluice chaos check` re-checks a
 //! recorded history.
 //!
-//! Not built yet (issue 13): network partitions, delay and loss, I/O-error fault points, clock
-//! jumps.
+//! Not built yet (issue 13): delay and loss, I/O-error fault points, clock jumps.
 
 pub mod checker;
 pub mod history;
@@ -21,14 +21,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub const USAGE: &str =
-    "  sluice chaos run [--nodes N] [--faults kill,pause,disk_full] [--seed N] [--duration S] [--out DIR]
+    "  sluice chaos run [--nodes N] [--faults F,...] [--seed N] [--duration S] [--out DIR]
                    [--partitions N] [--producers N] [--interval-ms MS] [--keep-data]
       Starts N (default 3; 1 = a plain single broker) local nodes, runs idempotent acks=all
-      producers and a consumer group while the seed's faults (default seed 1, kill and
-      pause; disk_full puts each node's data on a 512 MiB loop-mounted ext4 of its own and needs
-      root) hit leaders and other nodes for S seconds (default 30), heals, reads everything back and
-      checks it. Writes history.jsonl, verdict.json, verdict.txt and timeline.svg to DIR (default
-      chaos-results/seed-N); exits 1 with the replay command when the verdict is invalid.
+      producers and a consumer group while the seed's faults hit leaders and other nodes for
+      S seconds (default 30), heals, reads everything back and checks it. Faults (default
+      kill,pause): kill, pause, disk_full (each node's data on a 512 MiB loop-mounted ext4 of
+      its own; needs root), partition (a node cut off from the others) and bridge (from one of
+      them), both through proxies on the node-to-node links. Writes history.jsonl,
+      verdict.json, verdict.txt and timeline.svg to DIR (default chaos-results/seed-N); exits 1
+      with the replay command when the verdict is invalid (default seed 1).
   sluice chaos check HISTORY.jsonl
       Checks a recorded history again and prints the verdict.";
 
@@ -113,6 +115,7 @@ fn parse_run(args: &[&str]) -> Result<run::Options, String> {
                     .filter(|f| !f.is_empty())
                     .map(schedule::FaultKind::parse)
                     .collect::<Result<_, _>>()?;
+                options.faults.dedup();
             }
             "--seed" => options.seed = number("--seed")?,
             "--duration" => options.duration = Duration::from_secs(number("--duration")?.max(1)),
@@ -125,6 +128,11 @@ fn parse_run(args: &[&str]) -> Result<run::Options, String> {
             other => return Err(format!("run: unknown option {other}")),
         }
         i += 2;
+    }
+    if options.nodes == 1 && options.faults.iter().any(|f| f.cuts_links()) {
+        return Err(
+            "--faults: partition and bridge cut links between nodes; --nodes 1 has none".into(),
+        );
     }
     options.out =
         out.unwrap_or_else(|| PathBuf::from(format!("chaos-results/seed-{}", options.seed)));
@@ -162,6 +170,9 @@ mod tests {
             .unwrap_err()
             .contains("flood"));
         assert!(parse_run(&["--seed", "x"]).unwrap_err().contains("--seed"));
+        assert!(parse_run(&["--nodes", "1", "--faults", "partition"])
+            .unwrap_err()
+            .contains("partition"));
         assert!(parse_run(&["--bogus", "1"])
             .unwrap_err()
             .contains("--bogus"));

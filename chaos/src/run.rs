@@ -97,6 +97,36 @@ pub struct Report {
     pub verdict: Verdict,
 }
 
+/// A workload thread whose end is awaited with a bound: a librdkafka client can block for long
+/// in its drop when no broker answers (a consumer leaving its group), and a run must end anyway.
+/// A thread that overstays is left behind (the process ends soon after).
+struct Worker {
+    name: &'static str,
+    done: std::sync::mpsc::Receiver<Result<(), String>>,
+}
+
+impl Worker {
+    fn spawn(
+        name: &'static str,
+        work: impl FnOnce() -> Result<(), String> + Send + 'static,
+    ) -> Worker {
+        let (tx, done) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+                .unwrap_or_else(|_| Err("panicked".into()));
+            let _ = tx.send(outcome);
+        });
+        Worker { name, done }
+    }
+
+    fn finish(self, within: Duration) -> Result<(), String> {
+        match self.done.recv_timeout(within) {
+            Ok(outcome) => outcome.map_err(|e| format!("{}: {e}", self.name)),
+            Err(_) => Err(format!("{} did not end within {within:?}", self.name)),
+        }
+    }
+}
+
 /// The run's shared event log.
 struct Recorder {
     start: Instant,
@@ -206,6 +236,7 @@ pub fn run(options: &Options) -> Result<Report, String> {
             .faults
             .contains(&FaultKind::DiskFull)
             .then_some(DISK_MB),
+        proxied_links: options.faults.iter().any(|f| f.cuts_links()),
     })?;
     cluster.wait_formed()?;
     let bootstrap = cluster.bootstrap();
@@ -229,13 +260,17 @@ pub fn run(options: &Options) -> Result<Report, String> {
     let consumer = {
         let (recorder, stop, bootstrap) =
             (recorder.clone(), stop_consumer.clone(), bootstrap.clone());
-        std::thread::spawn(move || consume(&bootstrap, &recorder, &stop))
+        Worker::spawn("the consumer", move || {
+            consume(&bootstrap, &recorder, &stop)
+        })
     };
-    let producers: Vec<_> = (0..options.producers)
+    let producers: Vec<Worker> = (0..options.producers)
         .map(|producer| {
             let (recorder, bootstrap) = (recorder.clone(), bootstrap.clone());
             let (duration, interval) = (options.duration, options.interval);
-            std::thread::spawn(move || produce(&bootstrap, &recorder, producer, duration, interval))
+            Worker::spawn("a producer", move || {
+                produce(&bootstrap, &recorder, producer, duration, interval)
+            })
         })
         .collect();
 
@@ -248,17 +283,11 @@ pub fn run(options: &Options) -> Result<Report, String> {
     );
     let mut outcome = faults;
     for producer in producers {
-        let produced = producer
-            .join()
-            .unwrap_or_else(|_| Err("a producer thread panicked".into()));
-        outcome = outcome.and(produced);
+        outcome = outcome.and(producer.finish(options.duration + MESSAGE_TIMEOUT + SETTLE));
     }
     outcome = outcome.and_then(|()| wait_for_leaders(&bootstrap, options.partitions));
     stop_consumer.store(true, Ordering::Release);
-    let consumed = consumer
-        .join()
-        .unwrap_or_else(|_| Err("the consumer thread panicked".into()));
-    outcome = outcome.and(consumed);
+    outcome = outcome.and(consumer.finish(SETTLE + SETTLE));
     outcome = outcome.and_then(|()| read_committed(&bootstrap, &recorder, options.partitions));
     outcome = outcome.and_then(|()| read_back(&bootstrap, &recorder, options.partitions));
     drop(cluster);
@@ -359,6 +388,24 @@ fn inject(
                 }
                 ("disk_full", "disk_freed")
             }
+            FaultKind::Partition | FaultKind::Bridge => {
+                let others: Vec<usize> = match fault.kind {
+                    FaultKind::Bridge => vec![(node + 1) % cluster.len()],
+                    _ => (0..cluster.len()).filter(|&n| n != node).collect(),
+                };
+                for other in others {
+                    if let Err(e) = cluster.cut(node, other) {
+                        outcome = Err(format!("cutting node {node} off: {e}"));
+                    }
+                }
+                if outcome.is_err() {
+                    break;
+                }
+                match fault.kind {
+                    FaultKind::Bridge => ("bridge", "links_healed"),
+                    _ => ("partition", "links_healed"),
+                }
+            }
         };
         recorder.push(Event::Fault {
             t_ms: recorder.now_ms(),
@@ -373,6 +420,10 @@ fn inject(
                 Ok(())
             }
             FaultKind::DiskFull => cluster.free_disk(node),
+            FaultKind::Partition | FaultKind::Bridge => {
+                cluster.heal_links();
+                Ok(())
+            }
         };
         recorder.push(Event::Fault {
             t_ms: recorder.now_ms(),
@@ -385,6 +436,7 @@ fn inject(
         }
     }
     sleep_until(duration.as_millis() as u64);
+    cluster.heal_links();
     for id in 0..cluster.len() {
         cluster.resume(id);
         outcome = outcome.and(cluster.free_disk(id));

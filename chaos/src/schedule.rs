@@ -25,14 +25,27 @@ pub enum FaultKind {
     Pause,
     /// Fill the node's own filesystem, free it when the fault ends.
     DiskFull,
+    /// Cut the node off from every other node (clients still reach it all): a minority of one,
+    /// a lone leader when it leads.
+    Partition,
+    /// Cut the node off from the next node only (by id, wrapping); the third node still reaches
+    /// both: a bridge.
+    Bridge,
 }
 
 impl FaultKind {
+    /// Whether the fault needs links between nodes.
+    pub fn cuts_links(self) -> bool {
+        matches!(self, FaultKind::Partition | FaultKind::Bridge)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             FaultKind::Kill => "kill",
             FaultKind::Pause => "pause",
             FaultKind::DiskFull => "disk_full",
+            FaultKind::Partition => "partition",
+            FaultKind::Bridge => "bridge",
         }
     }
 
@@ -41,9 +54,11 @@ impl FaultKind {
             "kill" => Ok(FaultKind::Kill),
             "pause" => Ok(FaultKind::Pause),
             "disk_full" => Ok(FaultKind::DiskFull),
+            "partition" => Ok(FaultKind::Partition),
+            "bridge" => Ok(FaultKind::Bridge),
             other => Err(format!(
-                "unknown fault {other:?} (known: kill, pause, disk_full; network partitions and \
-                 I/O errors are not built yet)"
+                "unknown fault {other:?} (known: kill, pause, disk_full, partition, bridge; \
+                 delay, loss and I/O errors are not built yet)"
             )),
         }
     }
@@ -162,14 +177,20 @@ mod tests {
 
     #[test]
     fn fault_names_parse_back() {
-        for kind in [FaultKind::Kill, FaultKind::Pause, FaultKind::DiskFull] {
+        for kind in [
+            FaultKind::Kill,
+            FaultKind::Pause,
+            FaultKind::DiskFull,
+            FaultKind::Partition,
+            FaultKind::Bridge,
+        ] {
             assert_eq!(FaultKind::parse(kind.name()), Ok(kind));
         }
     }
 
     #[test]
     fn unknown_faults_are_refused_by_name() {
-        let e = FaultKind::parse("partition").unwrap_err();
-        assert!(e.contains("partition"), "{e}");
+        let e = FaultKind::parse("flood").unwrap_err();
+        assert!(e.contains("flood"), "{e}");
     }
 }

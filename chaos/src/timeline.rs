@@ -1,7 +1,7 @@
 //! `timeline.svg`: a chaos run over time (plotters, SVG backend only). Top: records
 //! acknowledged per second, in 250 ms buckets; bottom: the slowest and the median
 //! acknowledgement of each bucket (send → acknowledged, log scale). Every fault is a shaded band
-//! from injection to heal, kills red, pauses and full disks amber, labelled with the node.
+//! from injection to heal, kills red, the other faults amber, labelled with the node.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -35,7 +35,7 @@ pub fn draw(path: &Path, events: &[Event]) -> Result<(), String> {
             } => {
                 end_ms = end_ms.max(*t_ms);
                 match action.as_str() {
-                    "kill" | "pause" | "disk_full" => {
+                    "kill" | "pause" | "disk_full" | "partition" | "bridge" => {
                         open.insert(*node, (*t_ms, format!("{action} n{node}")));
                     }
                     _ => {
