@@ -42,6 +42,16 @@ pub fn main(args: &[&str]) -> Result<(), String> {
             eprintln!("chaos: {}", options.replay_command());
             let report = run::run(&options)?;
             print!("{}", report.verdict.summary());
+            for fault in &report.faults {
+                println!(
+                    "  {} node {} at {:.1} s for {:.1} s: longest wait for an acknowledgement {:.0} ms",
+                    fault.action,
+                    fault.node,
+                    fault.at_ms / 1e3,
+                    (fault.healed_ms - fault.at_ms) / 1e3,
+                    fault.longest_ack_wait_ms
+                );
+            }
             println!(
                 "  longest wait for an acknowledgement: {:.0} ms (partition {}, from {:.0} ms)",
                 report.longest_ack_gap_ms,

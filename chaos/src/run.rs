@@ -94,7 +94,67 @@ pub struct Report {
     pub longest_ack_gap_ms: f64,
     pub longest_ack_gap_from_ms: f64,
     pub longest_ack_gap_partition: i32,
+    /// Every fault as injected, and how long producers waited through it.
+    pub faults: Vec<FaultOutcome>,
     pub verdict: Verdict,
+}
+
+/// One injected fault and what it cost the producers.
+#[derive(Debug, Serialize)]
+pub struct FaultOutcome {
+    pub action: String,
+    pub node: usize,
+    pub at_ms: f64,
+    pub healed_ms: f64,
+    /// The longest wait between two acknowledgements of one partition that overlaps the fault
+    /// (0 if none overlapped it): for a killed leader, kill → the new leader's first
+    /// acknowledgement, as the producer saw it.
+    pub longest_ack_wait_ms: f64,
+}
+
+/// Pairs each injected fault with its heal and measures the longest acknowledgement gap of any
+/// partition overlapping it (`acks`: per partition, sorted times).
+fn fault_outcomes(
+    events: &[Event],
+    acks: &std::collections::BTreeMap<i32, Vec<f64>>,
+) -> Vec<FaultOutcome> {
+    let mut outcomes: Vec<FaultOutcome> = Vec::new();
+    for event in events {
+        let Event::Fault { t_ms, action, node } = event else {
+            continue;
+        };
+        match action.as_str() {
+            "kill" | "pause" | "disk_full" | "partition" | "bridge" => {
+                outcomes.push(FaultOutcome {
+                    action: action.clone(),
+                    node: *node,
+                    at_ms: *t_ms,
+                    healed_ms: f64::INFINITY,
+                    longest_ack_wait_ms: 0.0,
+                })
+            }
+            _ => {
+                if let Some(open) = outcomes
+                    .iter_mut()
+                    .rev()
+                    .find(|o| o.node == *node && o.healed_ms.is_infinite())
+                {
+                    open.healed_ms = *t_ms;
+                }
+            }
+        }
+    }
+    for outcome in &mut outcomes {
+        for times in acks.values() {
+            for pair in times.windows(2) {
+                if pair[0] < outcome.healed_ms && pair[1] > outcome.at_ms {
+                    outcome.longest_ack_wait_ms =
+                        outcome.longest_ack_wait_ms.max(pair[1] - pair[0]);
+                }
+            }
+        }
+    }
+    outcomes
 }
 
 /// A workload thread whose end is awaited with a bound: a librdkafka client can block for long
@@ -317,6 +377,7 @@ pub fn run(options: &Options) -> Result<Report, String> {
             }
         }
     }
+    let faults = fault_outcomes(&events, &acks);
     let report = Report {
         replay: options.replay_command(),
         seed: options.seed,
@@ -327,6 +388,7 @@ pub fn run(options: &Options) -> Result<Report, String> {
         longest_ack_gap_ms: gap,
         longest_ack_gap_from_ms: gap_from,
         longest_ack_gap_partition: gap_partition,
+        faults,
         verdict,
     };
     let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
@@ -694,4 +756,42 @@ fn read_back(bootstrap: &str, recorder: &Recorder, partitions: i32) -> Result<()
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_fault_gets_the_longest_acknowledgement_gap_that_overlaps_it() {
+        let fault = |t_ms: f64, action: &str| Event::Fault {
+            t_ms,
+            action: action.into(),
+            node: 1,
+        };
+        let events = vec![
+            fault(100.0, "kill"),
+            fault(300.0, "restart"),
+            fault(1000.0, "pause"),
+            fault(1100.0, "resume"),
+        ];
+        // Acknowledgements every 10 ms, but partition 0 waits 90 -> 250 (across the kill) and
+        // partition 1 waits 1000 -> 1090 (the pause).
+        let every_10 = |from: u32, to: u32| (from..=to).step_by(10).map(f64::from);
+        let mut acks = std::collections::BTreeMap::new();
+        acks.insert(
+            0,
+            every_10(0, 90)
+                .chain(every_10(250, 2000))
+                .collect::<Vec<_>>(),
+        );
+        acks.insert(1, every_10(0, 1000).chain(every_10(1090, 2000)).collect());
+        let outcomes = fault_outcomes(&events, &acks);
+        assert_eq!(outcomes.len(), 2);
+        assert_eq!((outcomes[0].at_ms, outcomes[0].healed_ms), (100.0, 300.0));
+        assert_eq!(outcomes[0].action, "kill");
+        assert_eq!(outcomes[0].longest_ack_wait_ms, 160.0);
+        assert_eq!(outcomes[1].action, "pause");
+        assert_eq!(outcomes[1].longest_ack_wait_ms, 90.0);
+    }
 }
