@@ -4,13 +4,14 @@
 //! fault was healed) is the truth the operations are checked against:
 //! - every acknowledged record is there, once, at the offset its acknowledgement named
 //!   (else **lost**, **duplicated** or **wrong offset**);
-//! - no record is there twice (**duplicated**) and none that nobody sent (**unexpected**);
+//! - no record is there twice (**duplicated**; a plain producer's retries may store one twice,
+//!   counted apart as **duplicated, plain**) and none that nobody sent (**unexpected**);
 //! - a record whose outcome the producer could not know (timed out) is there at most once
 //!   (present or absent are both fine, and counted);
 //! - every record a consumer read during the run is still at the offset it was read at: an
 //!   offset never held two records, and nothing read was lost later (**inconsistent read**);
-//! - one producer's acknowledged records of a partition sit in the order they were sent
-//!   (**reordered**: the idempotent producer's guarantee);
+//! - one idempotent producer's acknowledged records of a partition sit in the order they were
+//!   sent (**reordered**: the idempotent producer's guarantee; a plain one has none);
 //! - the group's committed offset at the end is at least every commit the coordinator
 //!   acknowledged (**commit lost**).
 //!
@@ -37,6 +38,8 @@ pub struct Verdict {
     pub ok: u64,
     pub lost: u64,
     pub duplicated: u64,
+    /// Stored twice, sent by a plain producer (allowed: at least once).
+    pub duplicated_plain: u64,
     pub wrong_offset: u64,
     pub unexpected: u64,
     pub inconsistent_read: u64,
@@ -76,6 +79,7 @@ impl Verdict {
             ("ok", self.ok),
             ("lost", self.lost),
             ("duplicated", self.duplicated),
+            ("duplicated, plain", self.duplicated_plain),
             ("wrong offset", self.wrong_offset),
             ("unexpected", self.unexpected),
             ("inconsistent read", self.inconsistent_read),
@@ -106,8 +110,17 @@ pub fn check(history: &[Event]) -> Verdict {
     let mut final_committed: HashMap<i32, i64> = HashMap::new();
     let mut stored_at: BTreeMap<(i32, i64), &str> = BTreeMap::new();
     let mut positions: HashMap<&str, Vec<(i32, i64)>> = HashMap::new();
+    let mut plain: HashSet<u32> = HashSet::new();
     for event in history {
         match event {
+            Event::Producer {
+                producer,
+                idempotent,
+            } => {
+                if !idempotent {
+                    plain.insert(*producer);
+                }
+            }
             Event::Send { value, .. } => {
                 sent.insert(value);
             }
@@ -171,7 +184,10 @@ pub fn check(history: &[Event]) -> Verdict {
             verdict.unexpected += 1;
             verdict.note("unexpected", format!("{value} at {}@{}", at[0].0, at[0].1));
         }
-        if at.len() > 1 {
+        let by_plain = parse_value(value).is_some_and(|(producer, _)| plain.contains(&producer));
+        if at.len() > 1 && by_plain {
+            verdict.duplicated_plain += 1;
+        } else if at.len() > 1 {
             verdict.duplicated += 1;
             let places: Vec<String> = at.iter().map(|(p, o)| format!("{p}@{o}")).collect();
             verdict.note("duplicated", format!("{value} at {}", places.join(", ")));
@@ -238,6 +254,9 @@ pub fn check(history: &[Event]) -> Verdict {
     type Acknowledged<'a> = Vec<(u64, i64, &'a str)>;
     let mut by_producer: BTreeMap<(u32, i32), Acknowledged> = BTreeMap::new();
     for &(producer, value, partition, offset) in &acked {
+        if plain.contains(&producer) {
+            continue;
+        }
         if let Some((_, seq)) = parse_value(value) {
             by_producer
                 .entry((producer, partition))
@@ -424,6 +443,33 @@ mod tests {
         assert!(!verdict.valid);
         assert_eq!(verdict.reordered, 1, "{}", verdict.summary());
         assert_eq!(verdict.wrong_offset, 0);
+    }
+
+    #[test]
+    fn a_plain_producer_may_duplicate_and_reorder() {
+        let mut history = vec![Event::Producer {
+            producer: 1,
+            idempotent: false,
+        }];
+        for (seq, offset) in [(0, 0), (1, 2), (2, 1)] {
+            history.push(send(1, seq));
+            history.push(acked(1, seq, 0, offset));
+            history.push(stored(0, offset, record_value(1, seq)));
+        }
+        // A retry stored p1-0 again.
+        history.push(stored(0, 3, record_value(1, 0)));
+        let verdict = check(&history);
+        assert!(verdict.valid, "{}", verdict.summary());
+        assert_eq!((verdict.duplicated_plain, verdict.reordered), (1, 0));
+        // The same from an idempotent producer is two violations.
+        history.remove(0);
+        let verdict = check(&history);
+        assert_eq!(
+            (verdict.duplicated, verdict.reordered),
+            (1, 1),
+            "{}",
+            verdict.summary()
+        );
     }
 
     #[test]

@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
+    /// A producer of the workload, before it sends anything. A plain (not idempotent) producer
+    /// may store a record twice when it retries, or out of order: Kafka promises neither.
+    Producer { producer: u32, idempotent: bool },
     /// A record handed to a producer (the invocation).
     Send {
         t_ms: f64,

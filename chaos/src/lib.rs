@@ -22,9 +22,10 @@ use std::time::Duration;
 
 pub const USAGE: &str =
     "  sluice chaos run [--nodes N] [--faults F,...] [--seed N] [--duration S] [--out DIR]
-                   [--partitions N] [--producers N] [--interval-ms MS] [--keep-data]
-      Starts N (default 3; 1 = a plain single broker) local nodes, runs idempotent acks=all
-      producers and a consumer group while the seed's faults hit leaders and other nodes for
+                   [--partitions N] [--producers N] [--plain-producers N] [--interval-ms MS]
+                   [--keep-data]
+      Starts N (default 3; 1 = a plain single broker) local nodes, runs acks=all producers
+      (default 2 idempotent, 0 plain) and a consumer group while the seed's faults hit leaders and other nodes for
       S seconds (default 30), heals, reads everything back and checks it. Faults (default
       kill,pause): kill, pause, disk_full (each node's data on a 512 MiB loop-mounted ext4 of
       its own; needs root), partition (a node cut off from the others) and bridge (from one of
@@ -91,6 +92,7 @@ fn parse_run(args: &[&str]) -> Result<run::Options, String> {
         out: PathBuf::new(),
         partitions: 3,
         producers: 2,
+        plain_producers: 0,
         interval: Duration::from_millis(5),
         keep_data: false,
         binary: None,
@@ -131,13 +133,19 @@ fn parse_run(args: &[&str]) -> Result<run::Options, String> {
             "--duration" => options.duration = Duration::from_secs(number("--duration")?.max(1)),
             "--out" => out = Some(PathBuf::from(value)),
             "--partitions" => options.partitions = number("--partitions")?.clamp(1, 1000) as i32,
-            "--producers" => options.producers = number("--producers")?.clamp(1, 16) as u32,
+            "--producers" => options.producers = number("--producers")?.min(16) as u32,
+            "--plain-producers" => {
+                options.plain_producers = number("--plain-producers")?.min(16) as u32
+            }
             "--interval-ms" => {
                 options.interval = Duration::from_millis(number("--interval-ms")?.max(1))
             }
             other => return Err(format!("run: unknown option {other}")),
         }
         i += 2;
+    }
+    if options.producers + options.plain_producers == 0 {
+        return Err("--producers: at least one producer (idempotent or plain)".into());
     }
     if options.nodes == 1 && options.faults.iter().any(|f| f.cuts_links()) {
         return Err(

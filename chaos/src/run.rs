@@ -7,7 +7,8 @@
 //! producers deliver or give up (message timeout 30 s), wait until every partition has a
 //! leader, stop the consumer with a last synchronous commit, read the group's committed offsets
 //! and every partition from its start to its high watermark with fresh clients, stop the
-//! nodes, check. The workload: `producers` librdkafka producers (idempotent, acks=all, one
+//! nodes, check. The workload: `producers` librdkafka producers (idempotent, acks=all) and
+//! `plain_producers` without idempotence (acks=all, librdkafka's default retries), one
 //! record every `interval` each, keyed by the value so records spread over the partitions) and
 //! one consumer in a group, committing asynchronously every 500 ms; every operation is recorded
 //! with its time and outcome.
@@ -52,7 +53,10 @@ pub struct Options {
     pub duration: Duration,
     pub out: PathBuf,
     pub partitions: i32,
+    /// Idempotent producers.
     pub producers: u32,
+    /// Plain producers (no idempotence) besides them.
+    pub plain_producers: u32,
     /// Pause between two records of one producer.
     pub interval: Duration,
     /// Keep the nodes' data directories after a valid run (an invalid run always keeps them).
@@ -67,13 +71,14 @@ impl Options {
         let faults: Vec<&str> = self.faults.iter().map(|f| f.name()).collect();
         format!(
             "sluice chaos run --nodes {} --faults {} --seed {} --duration {} --partitions {} \
-             --producers {} --interval-ms {}",
+             --producers {} --plain-producers {} --interval-ms {}",
             self.nodes,
             faults.join(","),
             self.seed,
             self.duration.as_secs(),
             self.partitions,
             self.producers,
+            self.plain_producers,
             self.interval.as_millis()
         )
     }
@@ -324,12 +329,15 @@ pub fn run(options: &Options) -> Result<Report, String> {
             consume(&bootstrap, &recorder, &stop)
         })
     };
-    let producers: Vec<Worker> = (0..options.producers)
+    let producers: Vec<Worker> = (0..options.producers + options.plain_producers)
         .map(|producer| {
             let (recorder, bootstrap) = (recorder.clone(), bootstrap.clone());
             let (duration, interval) = (options.duration, options.interval);
+            let idempotent = producer < options.producers;
             Worker::spawn("a producer", move || {
-                produce(&bootstrap, &recorder, producer, duration, interval)
+                produce(
+                    &bootstrap, &recorder, producer, idempotent, duration, interval,
+                )
             })
         })
         .collect();
@@ -523,17 +531,22 @@ fn leader_of(metadata: &BaseConsumer, partition: i32) -> Option<usize> {
     usize::try_from(leader).ok()
 }
 
-/// Producer `producer`'s loop: a record every `interval` until `duration` has passed since the
+/// Producer `producer`'s loop (idempotent or plain): a record every `interval` until `duration` has passed since the
 /// run started, then delivery of what is outstanding (bounded by the message timeout).
 fn produce(
     bootstrap: &str,
     recorder: &Arc<Recorder>,
     producer: u32,
+    idempotent: bool,
     duration: Duration,
     interval: Duration,
 ) -> Result<(), String> {
+    recorder.push(Event::Producer {
+        producer,
+        idempotent,
+    });
     let client: ThreadedProducer<ProducerLog> = client_config(bootstrap)
-        .set("enable.idempotence", "true")
+        .set("enable.idempotence", idempotent.to_string())
         .set("acks", "all")
         .set("linger.ms", "1")
         .set(
@@ -612,9 +625,24 @@ fn consume(bootstrap: &str, recorder: &Arc<Recorder>, stop: &AtomicBool) -> Resu
     }
     let deadline = Instant::now() + SETTLE;
     loop {
-        let position = consumer
+        // Only partitions the consumer has a position in (after a rebalance, an assigned
+        // partition it has not fetched from yet has none, and librdkafka refuses the whole
+        // commit with NoOffset).
+        let mut position = TopicPartitionList::new();
+        for element in consumer
             .position()
-            .map_err(|e| format!("consumer position: {e}"))?;
+            .map_err(|e| format!("consumer position: {e}"))?
+            .elements()
+        {
+            if let Offset::Offset(at) = element.offset() {
+                position
+                    .add_partition_offset(element.topic(), element.partition(), Offset::Offset(at))
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        if position.count() == 0 {
+            return Ok(());
+        }
         match consumer.commit(&position, CommitMode::Sync) {
             Ok(()) => {
                 record_commits(recorder, &position);

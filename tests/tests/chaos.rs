@@ -135,8 +135,8 @@ fn three_nodes_keep_every_acknowledged_record_through_seeded_kills_pauses_and_fu
 
 /// Three nodes cut apart through the proxies on their links while clients still reach every
 /// node (seed 1: a leader killed, a node cut off from both others, another node killed, a
-/// leader cut off alone, a leader cut from one follower): no acknowledged record lost, no read
-/// contradicted.
+/// leader cut off alone, a leader cut from one follower), a plain producer beside the
+/// idempotent ones: no acknowledged record lost, no read contradicted.
 #[test]
 fn three_nodes_keep_every_acknowledged_record_through_network_partitions() {
     let root = tempfile::tempdir().unwrap();
@@ -148,6 +148,8 @@ fn three_nodes_keep_every_acknowledged_record_through_network_partitions() {
             "3",
             "--faults",
             "kill,partition,bridge",
+            "--plain-producers",
+            "1",
             "--seed",
             "1",
             "--duration",
@@ -162,6 +164,11 @@ fn three_nodes_keep_every_acknowledged_record_through_network_partitions() {
             .iter()
             .any(|p| p["kind"] == "partition" && p["target"].get("leader_of").is_some()),
         "the seed cuts a leader off: {report}"
+    );
+    let history = std::fs::read_to_string(out.join("history.jsonl")).unwrap();
+    assert!(
+        history.contains(r#""type":"producer","producer":2,"idempotent":false"#),
+        "a plain producer ran"
     );
 }
 
