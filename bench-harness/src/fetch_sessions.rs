@@ -2,7 +2,8 @@
 //! many partitions, beside full fetches, on one broker.
 //!
 //! One topic of N partitions. Each step appends one record to each of a few partitions (a
-//! different few every step, acks=1) and then fetches once, as a consumer assigned every
+//! different few every step, acks=all: a record is readable once it is durable, so the fetch
+//! right after the answer finds it) and then fetches once, as a consumer assigned every
 //! partition would: in full mode every fetch names all N partitions (epoch -1, the way
 //! librdkafka fetches); in incremental mode a session is created first and each fetch names
 //! only the partitions whose position moved. Both modes run in alternating blocks; per mode it
@@ -137,7 +138,7 @@ impl Bench {
             self.produced += 1;
         }
         let request = ProduceRequest::default()
-            .with_acks(1)
+            .with_acks(-1)
             .with_timeout_ms(30_000)
             .with_topic_data(vec![TopicProduceData::default()
                 .with_name(self.topic.clone())

@@ -653,7 +653,21 @@ fn consume(bootstrap: &str, recorder: &Arc<Recorder>, stop: &AtomicBool) -> Resu
             Err(e) if Instant::now() >= deadline => {
                 return Err(format!("the consumer's last commit: {e}"))
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            // Polling lets the consumer rejoin when the coordinator no longer knows it (a
+            // restarted single broker does not keep group membership: UNKNOWN_MEMBER_ID); what
+            // it reads meanwhile is recorded as usual.
+            Err(_) => {
+                if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+                    recorder.push(Event::Read {
+                        t_ms: recorder.now_ms(),
+                        consumer: 0,
+                        partition: message.partition(),
+                        offset: message.offset(),
+                        value: String::from_utf8_lossy(message.payload().unwrap_or_default())
+                            .into(),
+                    });
+                }
+            }
         }
     }
 }

@@ -197,12 +197,18 @@ impl Partition {
         self.log.dir()
     }
 
-    /// The offset after the last record a consumer may read: the log end on a single node,
-    /// the end of the committed entries in cluster mode.
+    /// The offset after the last record a consumer may read: on a single node the end of what
+    /// is durable (fdatasync'd), in cluster mode the end of the committed entries. Never a
+    /// record that a crash could still take back: a consumer that read a record must find it
+    /// again after any restart (the chaos harness found a single broker serving appended but
+    /// not yet written records, which a SIGKILL then lost and the producer's retry replaced).
     pub fn high_watermark(&self) -> Offset {
         match &self.replica {
             Some(replica) => replica.high_watermark(),
-            None => self.log.log_end_offset(),
+            None => self
+                .log
+                .durable_end_offset()
+                .max(self.log.log_start_offset()),
         }
     }
 
@@ -224,7 +230,7 @@ impl Partition {
     }
 
     async fn append_in_turn(
-        &self,
+        self: &Rc<Self>,
         ticket: Ticket,
         batch: Bytes,
         durable: bool,
@@ -278,9 +284,20 @@ impl Partition {
                 ..header
             });
         drop(turn);
-        self.note_changed();
+        // The high watermark moves once the records are durable: then fetches waiting on this
+        // partition may see them. Without acks=all nobody waits for that here, so a task does
+        // (the shard's next group-commit round makes them durable).
         if durable {
             self.log.wait_durable(appended.last_offset).await?;
+            self.note_changed();
+        } else {
+            let (this, last) = (self.clone(), appended.last_offset);
+            glommio::spawn_local(async move {
+                if this.log.wait_durable(last).await.is_ok() {
+                    this.note_changed();
+                }
+            })
+            .detach();
         }
         let since = self.appended_since_snapshot.get() + batch.len() as u64;
         self.appended_since_snapshot.set(since);

@@ -199,6 +199,30 @@ fn a_single_broker_keeps_every_acknowledged_record_through_seeded_kills_pauses_a
     );
 }
 
+/// The seed that found a single broker serving records a SIGKILL could take back (consumers
+/// read records still in its write buffer; after the kill other records sat at those
+/// offsets). It found it once in a few replays: the deterministic test is
+/// `rdkafka_client.rs::records_a_consumer_read_survive_a_sigkill`.
+#[test]
+fn seed_25_a_single_broker_never_serves_what_a_kill_takes_back() {
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("seed-25");
+    run_checked(
+        &out,
+        &[
+            "--nodes",
+            "1",
+            "--faults",
+            "kill,pause",
+            "--seed",
+            "25",
+            "--duration",
+            "10",
+        ],
+        &["kill", "restart", "pause", "resume"],
+    );
+}
+
 /// `sluice chaos check` on a planted history with a lost acknowledged record: exit 1, the
 /// class counted. Options are checked by name.
 #[test]
