@@ -605,13 +605,7 @@ fn consume(bootstrap: &str, recorder: &Arc<Recorder>, stop: &AtomicBool) -> Resu
     let mut read_any = false;
     while !stop.load(Ordering::Acquire) {
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
-            recorder.push(Event::Read {
-                t_ms: recorder.now_ms(),
-                consumer: 0,
-                partition: message.partition(),
-                offset: message.offset(),
-                value: String::from_utf8_lossy(message.payload().unwrap_or_default()).into(),
-            });
+            record_read(recorder, &message);
             read_any = true;
         }
         if read_any && last_commit.elapsed() >= COMMIT_EVERY {
@@ -658,18 +652,27 @@ fn consume(bootstrap: &str, recorder: &Arc<Recorder>, stop: &AtomicBool) -> Resu
             // it reads meanwhile is recorded as usual.
             Err(_) => {
                 if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
-                    recorder.push(Event::Read {
-                        t_ms: recorder.now_ms(),
-                        consumer: 0,
-                        partition: message.partition(),
-                        offset: message.offset(),
-                        value: String::from_utf8_lossy(message.payload().unwrap_or_default())
-                            .into(),
-                    });
+                    record_read(recorder, &message);
                 }
             }
         }
     }
+}
+
+/// A record's value as the workload wrote it (`p<producer>-<seq>`).
+fn value_of(message: &impl Message) -> String {
+    String::from_utf8_lossy(message.payload().unwrap_or_default()).into()
+}
+
+/// Records what the group's consumer read.
+fn record_read(recorder: &Recorder, message: &impl Message) {
+    recorder.push(Event::Read {
+        t_ms: recorder.now_ms(),
+        consumer: 0,
+        partition: message.partition(),
+        offset: message.offset(),
+        value: value_of(message),
+    });
 }
 
 /// Waits until Metadata names a leader for every partition.
@@ -781,7 +784,7 @@ fn read_back(bootstrap: &str, recorder: &Recorder, partitions: i32) -> Result<()
                 recorder.push(Event::Final {
                     partition,
                     offset: message.offset(),
-                    value: String::from_utf8_lossy(message.payload().unwrap_or_default()).into(),
+                    value: value_of(&message),
                 });
             }
         }
