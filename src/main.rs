@@ -152,6 +152,28 @@ fn verify_log(dir: String) -> ExitCode {
     }
 }
 
+/// Names the control file of the storage fault points (`sluice chaos` sets it for its nodes;
+/// see `sluice_storage::faults`). Not a config field: a test hook, refused by a build without
+/// fault points.
+const FAULT_POINTS_VAR: &str = "SLUICE_FAULT_POINTS";
+
+fn arm_fault_points(control_file: Option<std::ffi::OsString>) -> Result<(), String> {
+    let Some(path) = control_file else {
+        return Ok(());
+    };
+    #[cfg(feature = "fault-points")]
+    {
+        tracing::warn!(file = ?path, "fault points armed from a control file (a test hook)");
+        sluice_storage::faults::watch_control_file(std::path::Path::new(&path))
+    }
+    #[cfg(not(feature = "fault-points"))]
+    {
+        Err(format!(
+            "names {path:?}, but this build has no fault points (build with the fault-points feature)"
+        ))
+    }
+}
+
 /// Loads the config, takes the data directory, and runs the listeners until SIGINT/SIGTERM.
 fn serve(args: &[&str]) -> ExitCode {
     tracing_subscriber::fmt()
@@ -170,6 +192,10 @@ fn serve(args: &[&str]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = arm_fault_points(std::env::var_os(FAULT_POINTS_VAR)) {
+        eprintln!("sluice serve: {FAULT_POINTS_VAR}: {e}");
+        return ExitCode::from(2);
+    }
     let _data_lock = match lock_data_dir(&config.data_dir) {
         Ok(lock) => lock,
         Err(e) => {

@@ -253,6 +253,7 @@ fn measure_in(options: &Options) -> Result<Report, String> {
         binary: None,
         disk_mb: None,
         proxied_links: false,
+        fault_points: false,
     })?;
     let bootstrap = cluster.bootstrap();
     cluster.wait_formed()?;

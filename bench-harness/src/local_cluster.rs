@@ -11,6 +11,10 @@
 //! (`node-N/disk.img`, ext4) loop-mounted at `node-N/disk`, data in `node-N/disk/data`, so a
 //! node's disk can be filled ([`LocalCluster::fill_disk`]) without touching anyone else's.
 //!
+//! With `fault_points`, each node arms its storage fault points (EIO, ENOSPC, stalls in its
+//! writes, fdatasyncs and fallocates) from `node-N/fault-points`, which
+//! [`LocalCluster::arm_faults`] writes while it runs.
+//!
 //! Invariants: every process started is stopped (SIGCONT if paused, SIGTERM, then SIGKILL after
 //! 10 s) when the cluster is dropped, on every path out, and every filesystem mounted is then
 //! unmounted and its image removed; every wait is bounded and fails with what it waited for.
@@ -41,6 +45,9 @@ pub struct ClusterOptions {
     /// Every node reaches every other node's RPC port through a [`LinkProxy`] of its own, so
     /// links can be cut ([`LocalCluster::cut`]).
     pub proxied_links: bool,
+    /// Each node arms its storage fault points from `node-N/fault-points`
+    /// ([`LocalCluster::arm_faults`]); the binary must have them (the `fault-points` feature).
+    pub fault_points: bool,
 }
 
 struct Node {
@@ -105,6 +112,7 @@ pub struct LocalCluster {
     links: Vec<Vec<Option<LinkProxy>>>,
     node_args: Vec<String>,
     binary: PathBuf,
+    fault_points: bool,
 }
 
 fn free_port() -> Result<u16, String> {
@@ -173,6 +181,7 @@ impl LocalCluster {
             links,
             node_args: options.node_args.clone(),
             binary,
+            fault_points: options.fault_points,
         };
         if let Some(mb) = options.disk_mb {
             for node in &mut cluster.nodes {
@@ -243,6 +252,9 @@ impl LocalCluster {
             .arg(&node.data);
         if let Some(seeds) = &self.seeds {
             command.args(["--node-id", &id.to_string(), "--seeds", &seeds[id]]);
+        }
+        if self.fault_points {
+            command.env("SLUICE_FAULT_POINTS", self.fault_file(id));
         }
         let child = command
             .args(&self.node_args)
@@ -384,6 +396,59 @@ impl LocalCluster {
         }
     }
 
+    /// The node the running nodes name as the controller (Metadata's `controller_id`; node
+    /// ids are node indexes), asking each running, unpaused node in turn (each bounded by 2 s).
+    pub fn controller(&self) -> Option<usize> {
+        use kafka_protocol::messages::{ApiKey, MetadataRequest, MetadataResponse};
+        (0..self.nodes.len())
+            .filter(|&id| self.is_running(id) && !self.is_paused(id))
+            .find_map(|id| {
+                let mut connection =
+                    crate::wire::Connection::connect(&self.nodes[id].kafka.to_string()).ok()?;
+                let answer: MetadataResponse = connection
+                    .call(
+                        ApiKey::Metadata,
+                        12,
+                        &MetadataRequest::default().with_topics(Some(Vec::new())),
+                        Duration::from_secs(2),
+                    )
+                    .ok()?;
+                usize::try_from(answer.controller_id.0)
+                    .ok()
+                    .filter(|&node| node < self.nodes.len())
+            })
+    }
+
+    fn fault_file(&self, id: usize) -> PathBuf {
+        self.nodes[id].dir.join("fault-points")
+    }
+
+    /// Arms node `id`'s storage fault points as `spec` says (`point=actions` lines, see
+    /// `sluice_storage::faults`), replacing what was armed; the node picks it up within its
+    /// poll interval (20 ms). Needs `fault_points`.
+    pub fn arm_faults(&self, id: usize, spec: &str) -> Result<(), String> {
+        if !self.fault_points {
+            return Err("the nodes do not watch fault points (fault_points)".into());
+        }
+        let path = self.fault_file(id);
+        let temp = path.with_extension("tmp");
+        std::fs::write(&temp, spec).map_err(|e| format!("write {}: {e}", temp.display()))?;
+        std::fs::rename(&temp, &path).map_err(|e| format!("rename to {}: {e}", path.display()))
+    }
+
+    /// Disarms every fault point of node `id`.
+    pub fn disarm_faults(&self, id: usize) -> Result<(), String> {
+        if !self.fault_points {
+            return Ok(());
+        }
+        match std::fs::remove_file(self.fault_file(id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(format!("disarm node {id}'s fault points: {e}"))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Cuts the links between nodes `a` and `b`, both ways (needs `proxied_links`).
     pub fn cut(&self, a: usize, b: usize) -> Result<(), String> {
         for (from, to) in [(a, b), (b, a)] {
@@ -420,6 +485,24 @@ impl LocalCluster {
         {
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Stops node `id` as an operator would (SIGTERM), and SIGKILLs it if it has not exited
+    /// within `grace`. Returns whether it exited by itself.
+    pub fn stop(&mut self, id: usize, grace: Duration) -> bool {
+        self.resume(id);
+        self.signal(id, Signal::TERM);
+        let Some(mut child) = self.nodes[id].child.take() else {
+            return true;
+        };
+        let deadline = Instant::now() + grace;
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let exited = !matches!(child.try_wait(), Ok(None));
+        let _ = child.kill();
+        let _ = child.wait();
+        exited
     }
 
     /// Starts node `id` again on its ports and directory, and waits until it listens.

@@ -2,14 +2,15 @@
 //!
 //! `sluice chaos run` starts real `sluice serve` processes on loopback, runs a librdkafka
 //! workload that records every operation ([`history`]), injects the faults a seed plans
-//! ([`schedule`]: SIGKILL, SIGSTOP/SIGCONT, a full disk, network partitions through proxies on
-//! the node-to-node links), heals them, reads everything
+//! ([`schedule`]: SIGKILL of a node or of the controller, SIGSTOP/SIGCONT, a full disk, network
+//! partitions through proxies on the node-to-node links, EIO/ENOSPC/stalls from the storage
+//! fault points in the node's I/O path), heals them, reads everything
 //! back and checks the history ([`checker`]): acknowledged records lost, duplicated, at the
 //! wrong offset, reordered; reads that the log later contradicts; committed offsets lost.
 //! [`run`] ties it together and draws the run ([`timeline`]). `sluice chaos check` re-checks a
 //! recorded history.
 //!
-//! Not built yet (issue 13): delay and loss, I/O-error fault points, clock jumps.
+//! Not built yet (issue 13): delay and loss on links, clock jumps.
 
 pub mod checker;
 pub mod history;
@@ -29,7 +30,11 @@ pub const USAGE: &str =
       S seconds (default 30), heals, reads everything back and checks it. Faults (default
       kill,pause): kill, pause, disk_full (each node's data on a 512 MiB loop-mounted ext4 of
       its own; needs root), partition (a node cut off from the others) and bridge (from one of
-      them), both through proxies on the node-to-node links. Writes history.jsonl,
+      them), both through proxies on the node-to-node links, kill_controller (the node
+      leading the controller group), and storage fault points armed in the node while the
+      fault holds: write_eio and fdatasync_eio (segment writes / fdatasyncs fail with EIO;
+      the node is restarted after), fallocate_enospc (space reservations fail with ENOSPC)
+      and slow_disk (every fdatasync 100 ms slower). Writes history.jsonl,
       verdict.json, verdict.txt and timeline.svg to DIR (default chaos-results/seed-N); exits 1
       with the replay command when the verdict is invalid (default seed 1).
   sluice chaos check HISTORY.jsonl

@@ -41,6 +41,12 @@ const MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound of every wait after the workload (delivery, settling, reading back).
 const SETTLE: Duration = Duration::from_secs(60);
 const COMMIT_EVERY: Duration = Duration::from_millis(500);
+/// `segment.bytes` of the topic when fallocates fail (see [`run`]).
+const SMALL_SEGMENT_BYTES: u32 = 64 << 10;
+/// A header of this many bytes pads each record when fallocates fail (see [`run`]).
+const PADDING_BYTES: usize = 1024;
+/// How long a node restarted after an I/O error may take to stop before it is SIGKILLed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Each node's own filesystem when disks are filled (sparse: only what is written takes space).
 const DISK_MB: u64 = 512;
 
@@ -128,17 +134,15 @@ fn fault_outcomes(
         let Event::Fault { t_ms, action, node } = event else {
             continue;
         };
-        match action.as_str() {
-            "kill" | "pause" | "disk_full" | "partition" | "bridge" => {
-                outcomes.push(FaultOutcome {
-                    action: action.clone(),
-                    node: *node,
-                    at_ms: *t_ms,
-                    healed_ms: f64::INFINITY,
-                    longest_ack_wait_ms: 0.0,
-                })
-            }
-            _ => {
+        match FaultKind::parse(action) {
+            Ok(_) => outcomes.push(FaultOutcome {
+                action: action.clone(),
+                node: *node,
+                at_ms: *t_ms,
+                healed_ms: f64::INFINITY,
+                longest_ack_wait_ms: 0.0,
+            }),
+            Err(_) => {
                 if let Some(open) = outcomes
                     .iter_mut()
                     .rev()
@@ -211,9 +215,26 @@ impl Recorder {
 struct ProducerLog {
     recorder: Arc<Recorder>,
     producer: u32,
+    /// Print librdkafka's log lines ([`CLIENT_DEBUG_VAR`]).
+    debug: bool,
 }
 
-impl ClientContext for ProducerLog {}
+/// Names librdkafka debug contexts (e.g. `eos,msg`) for the producers; their log lines then go
+/// to stderr, each with the run's clock and the producer's number.
+const CLIENT_DEBUG_VAR: &str = "SLUICE_CHAOS_CLIENT_DEBUG";
+
+impl ClientContext for ProducerLog {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        if !self.debug {
+            return;
+        }
+        eprintln!(
+            "{:.0} ms p{} {level:?} {facility} {message}",
+            self.recorder.now_ms(),
+            self.producer
+        );
+    }
+}
 
 impl ProducerContext for ProducerLog {
     type DeliveryOpaque = Box<String>;
@@ -302,12 +323,25 @@ pub fn run(options: &Options) -> Result<Report, String> {
             .contains(&FaultKind::DiskFull)
             .then_some(DISK_MB),
         proxied_links: options.faults.iter().any(|f| f.cuts_links()),
+        fault_points: options.faults.iter().any(|f| f.uses_fault_points()),
     })?;
     cluster.wait_formed()?;
     let bootstrap = cluster.bootstrap();
     let mut topic_configs = std::collections::BTreeMap::new();
     if options.nodes >= 3 {
         topic_configs.insert("min.insync.replicas".to_string(), "2".to_string());
+    }
+    if options.faults.contains(&FaultKind::FallocateEnospc) {
+        // A log reserves space (fallocate) in steps of 1 MiB and more: at this workload's rate
+        // a fault of a second or two would rarely meet one. Small segments, and records padded
+        // with a header of PADDING_BYTES, roll a segment about every half second per
+        // partition, and each new segment reserves its first step.
+        topic_configs.insert("segment.bytes".to_string(), SMALL_SEGMENT_BYTES.to_string());
+        // (A batch must fit a segment.)
+        topic_configs.insert(
+            "max.message.bytes".to_string(),
+            SMALL_SEGMENT_BYTES.to_string(),
+        );
     }
     sluice_bench_harness::kafka::create_topics(
         &bootstrap,
@@ -334,9 +368,14 @@ pub fn run(options: &Options) -> Result<Report, String> {
             let (recorder, bootstrap) = (recorder.clone(), bootstrap.clone());
             let (duration, interval) = (options.duration, options.interval);
             let idempotent = producer < options.producers;
+            let padding = if options.faults.contains(&FaultKind::FallocateEnospc) {
+                PADDING_BYTES
+            } else {
+                0
+            };
             Worker::spawn("a producer", move || {
                 produce(
-                    &bootstrap, &recorder, producer, idempotent, duration, interval,
+                    &bootstrap, &recorder, producer, idempotent, duration, interval, padding,
                 )
             })
         })
@@ -441,11 +480,28 @@ fn inject(
             Target::LeaderOf(partition) => leader_of(&metadata, partition)
                 .filter(|&node| node < cluster.len())
                 .unwrap_or(partition as usize % cluster.len()),
+            // No controller known: the first node.
+            Target::Controller => cluster.controller().unwrap_or(0),
         };
         let (action, heal) = match fault.kind {
-            FaultKind::Kill => {
+            FaultKind::Kill | FaultKind::KillController => {
                 cluster.kill(node);
-                ("kill", "restart")
+                (fault.kind.name(), "restart")
+            }
+            FaultKind::WriteEio
+            | FaultKind::FdatasyncEio
+            | FaultKind::FallocateEnospc
+            | FaultKind::SlowDisk => {
+                let spec = fault.kind.fault_points().expect("a fault-point fault");
+                if let Err(e) = cluster.arm_faults(node, spec) {
+                    outcome = Err(format!("arming node {node}'s fault points: {e}"));
+                    break;
+                }
+                let heal = match fault.kind {
+                    FaultKind::WriteEio | FaultKind::FdatasyncEio => "restart",
+                    _ => "disarmed",
+                };
+                (fault.kind.name(), heal)
             }
             FaultKind::Pause => {
                 cluster.pause(node);
@@ -484,7 +540,18 @@ fn inject(
         });
         sleep_until(fault.at_ms + fault.hold_ms);
         let healed = match fault.kind {
-            FaultKind::Kill => cluster.restart(node),
+            FaultKind::Kill | FaultKind::KillController => cluster.restart(node),
+            // A log whose write or fdatasync failed stays offline until the broker restarts
+            // (its page state is unknown): disarm, then restart it as an operator would.
+            FaultKind::WriteEio | FaultKind::FdatasyncEio => {
+                cluster.disarm_faults(node).and_then(|()| {
+                    if !cluster.stop(node, STOP_GRACE) {
+                        eprintln!("chaos: node {node} ignored SIGTERM for {STOP_GRACE:?}");
+                    }
+                    cluster.restart(node)
+                })
+            }
+            FaultKind::FallocateEnospc | FaultKind::SlowDisk => cluster.disarm_faults(node),
             FaultKind::Pause => {
                 cluster.resume(node);
                 Ok(())
@@ -510,6 +577,7 @@ fn inject(
     for id in 0..cluster.len() {
         cluster.resume(id);
         outcome = outcome.and(cluster.free_disk(id));
+        outcome = outcome.and(cluster.disarm_faults(id));
         if !cluster.is_running(id) {
             outcome = outcome.and(cluster.restart(id));
         }
@@ -540,12 +608,26 @@ fn produce(
     idempotent: bool,
     duration: Duration,
     interval: Duration,
+    padding: usize,
 ) -> Result<(), String> {
+    let pad = vec![b'.'; padding];
     recorder.push(Event::Producer {
         producer,
         idempotent,
     });
-    let client: ThreadedProducer<ProducerLog> = client_config(bootstrap)
+    let mut config = client_config(bootstrap);
+    if padding > 0 {
+        // Batches must stay below the topic's small max.message.bytes (MESSAGE_TOO_LARGE is
+        // permanent, and would fail records and bump the producer's epoch).
+        config.set("batch.size", (SMALL_SEGMENT_BYTES / 4).to_string());
+    }
+    let debug = std::env::var(CLIENT_DEBUG_VAR).ok();
+    if let Some(contexts) = &debug {
+        config
+            .set("debug", contexts)
+            .set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
+    }
+    let client: ThreadedProducer<ProducerLog> = config
         .set("enable.idempotence", idempotent.to_string())
         .set("acks", "all")
         .set("linger.ms", "1")
@@ -556,6 +638,7 @@ fn produce(
         .create_with_context(ProducerLog {
             recorder: recorder.clone(),
             producer,
+            debug: debug.is_some(),
         })
         .map_err(|e| format!("producer {producer}: {e}"))?;
     let end = recorder.start + duration;
@@ -563,9 +646,17 @@ fn produce(
     let mut next = Instant::now();
     while Instant::now() < end {
         let value = record_value(producer, seq);
-        let record = BaseRecord::with_opaque_to(TOPIC, Box::new(value.clone()))
+        let mut record = BaseRecord::with_opaque_to(TOPIC, Box::new(value.clone()))
             .key(value.as_bytes())
             .payload(value.as_bytes());
+        if padding > 0 {
+            record = record.headers(rdkafka::message::OwnedHeaders::new().insert(
+                rdkafka::message::Header {
+                    key: "pad",
+                    value: Some(&pad),
+                },
+            ));
+        }
         let t_ms = recorder.now_ms();
         // A full local queue (the cluster down for a while) refuses the record: it is not
         // recorded as sent, and the same value goes again at the next tick.

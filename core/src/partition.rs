@@ -45,6 +45,23 @@ pub enum AppendError {
     Refused(ResponseError, String),
 }
 
+/// The answer for a batch that is in the log but whose durability failed (a failed write or
+/// fdatasync poisons the log; a write refused for space is retried in the background): the
+/// records may or may not be there after recovery. Kafka's code for "written to the log, but
+/// not safely enough" is NOT_ENOUGH_REPLICAS_AFTER_APPEND, and clients treat it as possibly
+/// persisted: an idempotent producer retries the batch with the same sequence (a duplicate is
+/// then recognised) instead of renumbering it, as KAFKA_STORAGE_ERROR ("not persisted") would
+/// let librdkafka do. A log closed meanwhile (topic deleted, shutdown) keeps its own answer.
+fn written_not_durable(error: StorageError) -> AppendError {
+    match error {
+        StorageError::Closed => AppendError::Storage(error),
+        error => AppendError::Refused(
+            ResponseError::NotEnoughReplicasAfterAppend,
+            format!("written to the log but not made durable (outcome unknown): {error}"),
+        ),
+    }
+}
+
 pub struct Partition {
     log: Log,
     producers: RefCell<ProducerState>,
@@ -261,13 +278,22 @@ impl Partition {
         }
         let batch = &batch[..];
         let turn = ticket.await;
+        // A log that takes no appends refuses before the sequence check, as Kafka's offline
+        // log refuses every produce: a producer whose earlier batch this log refused must see
+        // its later in-flight batches refused the same way (KAFKA_STORAGE_ERROR, not
+        // persisted), not OUT_OF_ORDER_SEQUENCE_NUMBER, which makes librdkafka bump its epoch
+        // and renumber its unacknowledged records.
+        self.log.check_appendable()?;
         let verdict = self.producers.borrow().check(&header);
         let appended = match verdict {
             Verdict::Reject(code, message) => return Err(AppendError::Refused(code, message)),
             Verdict::Duplicate(kept) => {
                 drop(turn);
                 if durable {
-                    self.log.wait_durable(Offset(kept.last_offset)).await?;
+                    self.log
+                        .wait_durable(Offset(kept.last_offset))
+                        .await
+                        .map_err(written_not_durable)?;
                 }
                 return Ok(AppendInfo {
                     base_offset: Offset(kept.base_offset),
@@ -288,7 +314,10 @@ impl Partition {
         // partition may see them. Without acks=all nobody waits for that here, so a task does
         // (the shard's next group-commit round makes them durable).
         if durable {
-            self.log.wait_durable(appended.last_offset).await?;
+            self.log
+                .wait_durable(appended.last_offset)
+                .await
+                .map_err(written_not_durable)?;
             self.note_changed();
         } else {
             let (this, last) = (self.clone(), appended.last_offset);

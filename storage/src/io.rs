@@ -11,6 +11,7 @@ use bytes::Bytes;
 use glommio::io::{BufferedFile, Directory, DmaFile, OpenOptions};
 
 use crate::error::{Result, StorageError};
+use crate::faults::{self, FaultPoint};
 use crate::format::TEMP_SUFFIX;
 
 /// Alignment of direct-I/O positions, lengths and buffers. 4 KiB suits every device we target;
@@ -127,6 +128,19 @@ pub async fn open_segment(path: &Path, create: bool) -> Result<DmaFile> {
         .dma_open(path)
         .await
         .map_err(|e| StorageError::io(path.display(), e))
+}
+
+/// fdatasyncs a segment file (through the [`FaultPoint::Fdatasync`] fault point).
+pub async fn fdatasync(file: &DmaFile) -> std::io::Result<()> {
+    faults::inject(FaultPoint::Fdatasync).await?;
+    file.fdatasync().await.map_err(Into::into)
+}
+
+/// Allocates a segment file's space up to `to` bytes without changing its size (through the
+/// [`FaultPoint::Fallocate`] fault point).
+pub async fn pre_allocate(file: &DmaFile, to: u64) -> std::io::Result<()> {
+    faults::inject(FaultPoint::Fallocate).await?;
+    file.pre_allocate(to, false).await.map_err(Into::into)
 }
 
 /// Reads `len` bytes at `pos`, or fewer if the file ends first.

@@ -27,6 +27,7 @@ pub mod batch;
 pub mod budget;
 pub mod config;
 pub mod error;
+pub mod faults;
 pub mod format;
 pub mod io;
 pub mod log;

@@ -35,6 +35,7 @@ use crate::batch::{
 use crate::budget::WriteBudget;
 use crate::config::LogConfig;
 use crate::error::{Result, StorageError};
+use crate::faults::{self, FaultPoint};
 use crate::format::{self, IndexFile};
 use crate::io::{self, align_down, align_up};
 use crate::rewrite::{
@@ -588,6 +589,14 @@ impl Log {
         Ok(())
     }
 
+    /// Whether an append would be taken now: the log is neither failed nor closed, and no
+    /// write refused for lack of space waits to be written again. (An append can still fail
+    /// after this says yes: its space reservation may be refused.)
+    pub fn check_appendable(&self) -> Result<()> {
+        self.check_usable()?;
+        self.check_room()
+    }
+
     /// Refuses new appends while a write the disk refused for lack of space waits to be
     /// written again.
     fn check_room(&self) -> Result<()> {
@@ -884,9 +893,7 @@ impl Log {
         let file = self.write_out().await?;
         let written = started.elapsed();
         let (written_end, metadata_writes) = (self.written_pos(), self.inner.metadata_writes.get());
-        file.fdatasync()
-            .await
-            .map_err(|e| self.fail_sync(e.into()))?;
+        io::fdatasync(&file).await.map_err(|e| self.fail_sync(e))?;
         self.note_file_synced(&file, written_end, metadata_writes);
         let round = started.elapsed();
         if round >= SLOW_SYNC_ROUND {
@@ -1198,8 +1205,7 @@ impl Log {
             self.fail(err)
         };
         if let Some(to) = reserve_to {
-            if let Err(e) = file.pre_allocate(to, false).await {
-                let e: std::io::Error = e.into();
+            if let Err(e) = io::pre_allocate(file, to).await {
                 if is_out_of_space(&e) {
                     return Err(self.refuse_write(chunk_pos, path, e));
                 }
@@ -1214,10 +1220,14 @@ impl Log {
             let _ = rx.await;
         }
         let overwrite = self.active_overwrite(file, |o| o.is_overwrite(pos, end)) == Some(true);
-        let outcome = match write.submit(file).await {
+        let submitted = match faults::inject(FaultPoint::DataWrite).await {
+            Ok(()) => write.submit(file).await.map_err(std::io::Error::from),
+            Err(injected) => Err(injected),
+        };
+        let outcome = match submitted {
             Ok(n) if n == len => Ok(()),
             Ok(n) => self.write_rest(file, pos, len, n, data_end).await,
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         };
         match outcome {
             Ok(()) => {
@@ -1379,7 +1389,7 @@ impl Log {
         }
         let reserved = self.inner.state.borrow().active().preallocated_to;
         if reserved < range.end {
-            file.pre_allocate(range.end, false).await?;
+            io::pre_allocate(file, range.end).await?;
             let mut state = self.inner.state.borrow_mut();
             let active = state.active_mut();
             active.preallocated_to = active.preallocated_to.max(range.end);
@@ -1496,7 +1506,7 @@ impl Log {
             };
             (active.file.clone(), active.path.clone(), to, before)
         };
-        if let Err(e) = file.pre_allocate(to, false).await {
+        if let Err(e) = io::pre_allocate(&file, to).await {
             // Not reserved after all: the next append tries again (space may come back).
             let mut state = self.inner.state.borrow_mut();
             let active = state.active_mut();
@@ -1524,14 +1534,14 @@ impl Log {
                 state.next_offset,
             )
         };
-        let io_err = |e| self.fail(StorageError::io(path.display(), e));
-        file.fdatasync().await.map_err(io_err)?;
+        let io_err = |e: std::io::Error| self.fail(StorageError::io(path.display(), e));
+        io::fdatasync(&file).await.map_err(io_err)?;
         // No zero write may land beyond the data once the file is trimmed.
         let _zero = self.lock_zeroing().await?;
         file.truncate(index_file.segment_bytes)
             .await
-            .map_err(io_err)?;
-        file.fdatasync().await.map_err(io_err)?;
+            .map_err(|e| io_err(e.into()))?;
+        io::fdatasync(&file).await.map_err(io_err)?;
         self.inner.metadata_writes.set(0);
         // The file no longer reaches past its data: were the roll to stop below, appends to
         // this segment reserve their space again.

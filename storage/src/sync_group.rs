@@ -152,7 +152,7 @@ impl SyncGroup {
             }
         }
         let synced: Vec<usize> = own.iter().chain(anchors.iter()).copied().collect();
-        let results = join_all(synced.iter().map(|&i| parts[i].file.fdatasync())).await;
+        let results = join_all(synced.iter().map(|&i| crate::io::fdatasync(&parts[i].file))).await;
         let mut flushed_devices = Vec::new();
         let mut failed = vec![false; parts.len()];
         for (&i, result) in synced.iter().zip(results) {
@@ -160,7 +160,7 @@ impl SyncGroup {
                 Ok(()) => flushed_devices.push(parts[i].log.device()),
                 Err(e) => {
                     failed[i] = true;
-                    let _ = parts[i].log.fail_sync(e.into());
+                    let _ = parts[i].log.fail_sync(e);
                 }
             }
         }

@@ -1,5 +1,6 @@
 //! `sluice chaos` driven as a user would: seeded kill, pause, disk-full and network-partition
-//! runs against three real nodes (and the first three against a single broker), each checked from its history (nothing acknowledged lost,
+//! runs against three real nodes (and the first three, and storage I/O errors, against a
+//! single broker), each checked from its history (nothing acknowledged lost,
 //! duplicated, moved or reordered; no read contradicted; no commit lost); the checker's
 //! command refusing a planted bad history; bad options refused by name.
 
@@ -221,6 +222,52 @@ fn seed_25_a_single_broker_never_serves_what_a_kill_takes_back() {
         ],
         &["kill", "restart", "pause", "resume"],
     );
+}
+
+/// The seed that found an idempotent producer's record stored twice after an fdatasync
+/// failed (the broker said "not persisted" of a batch it had written; librdkafka renumbered
+/// it; the restart recovered it). Storage fault points fail writes and fdatasyncs with EIO
+/// (the node restarted after), fallocates with ENOSPC, and slow fdatasyncs down. Fails 2 of 2
+/// replays before the fix; the deterministic test is
+/// `idempotence.rs::a_batch_whose_fdatasync_failed_is_possibly_persisted_and_its_retry_lands_once`.
+#[test]
+fn seed_3_a_single_broker_stores_each_record_once_through_io_errors() {
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("seed-3");
+    run_checked(
+        &out,
+        &[
+            "--nodes",
+            "1",
+            "--faults",
+            "write_eio,fdatasync_eio,fallocate_enospc,slow_disk",
+            "--seed",
+            "3",
+            "--duration",
+            "20",
+            "--plain-producers",
+            "1",
+        ],
+        &[
+            "write_eio",
+            "fdatasync_eio",
+            "restart",
+            "fallocate_enospc",
+            "slow_disk",
+            "disarmed",
+        ],
+    );
+    let log = std::fs::read_to_string(out.join("nodes/node-0/sluice.log")).unwrap();
+    for point in [
+        "storage::data_write",
+        "storage::fdatasync",
+        "storage::fallocate",
+    ] {
+        assert!(
+            log.contains(&format!("fault point fired point=\"{point}\"")),
+            "{point} never fired:\n{log}"
+        );
+    }
 }
 
 /// `sluice chaos check` on a planted history with a lost acknowledged record: exit 1, the

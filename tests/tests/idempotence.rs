@@ -108,6 +108,69 @@ fn log_end(s: &mut TcpStream) -> i64 {
     r.topics[0].partitions[0].offset
 }
 
+/// Starts a broker (one shard) that arms its storage fault points from `control`.
+fn broker_with_fault_points(data_dir: tempfile::TempDir, control: &std::path::Path) -> Broker {
+    let env = format!("SLUICE_FAULT_POINTS={}", control.display());
+    Broker::start_wrapped(data_dir, &["env", &env], &["--cores", "1"])
+}
+
+/// Writes the control file and waits until the broker says it took it.
+fn arm(broker: &Broker, control: &std::path::Path, spec: &str) {
+    let changes = broker.log().matches("fault points changed").count();
+    std::fs::write(control, spec).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while broker.log().matches("fault points changed").count() == changes {
+        assert!(Instant::now() < deadline, "the broker never took {spec:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Found by `sluice chaos` (single broker, seed 3, fdatasync_eio): a batch written to the
+/// log whose fdatasync then failed was answered KAFKA_STORAGE_ERROR, which librdkafka takes
+/// as "not persisted", and the batches in flight behind it OUT_OF_ORDER_SEQUENCE_NUMBER; the
+/// producer bumped its epoch, renumbered the batch, and after the restart (which recovered
+/// the written batch) stored it twice. Now: the written batch is answered possibly persisted
+/// (NOT_ENOUGH_REPLICAS_AFTER_APPEND), those behind it KAFKA_STORAGE_ERROR, and its retry
+/// after the restart is recognised as a duplicate.
+#[test]
+fn a_batch_whose_fdatasync_failed_is_possibly_persisted_and_its_retry_lands_once() {
+    let control_dir = tempfile::tempdir().unwrap();
+    let control = control_dir.path().join("fault-points");
+    let broker = broker_with_fault_points(tempfile::tempdir().unwrap(), &control);
+    let mut s = connect(broker.addr);
+    create_topic(&mut s, "idem", 1);
+    let (id, epoch) = init_producer_id(&mut s, None);
+    assert_eq!(produce(&mut s, idempotent_batch(id, epoch, 0, 2)), (0, 0));
+
+    arm(&broker, &control, "storage::fdatasync=return(eio)");
+    assert_eq!(
+        produce(&mut s, idempotent_batch(id, epoch, 2, 3)).0,
+        20,
+        "NOT_ENOUGH_REPLICAS_AFTER_APPEND: written, durability unknown"
+    );
+    assert_eq!(
+        produce(&mut s, idempotent_batch(id, epoch, 5, 1)).0,
+        56,
+        "KAFKA_STORAGE_ERROR for the next batch, not OUT_OF_ORDER_SEQUENCE_NUMBER (45)"
+    );
+    assert!(
+        broker.log().contains("fault point fired"),
+        "{}",
+        broker.log()
+    );
+    arm(&broker, &control, "");
+    // Still refused until the broker restarts (the log's state is unknown).
+    assert_eq!(produce(&mut s, idempotent_batch(id, epoch, 2, 3)).0, 56);
+
+    drop(s);
+    let broker = broker_with_fault_points(broker.stop(), &control);
+    let mut s = connect(broker.addr);
+    // The written batch came back with the log: its retry is a duplicate, not a new append.
+    assert_eq!(produce(&mut s, idempotent_batch(id, epoch, 2, 3)), (0, 2));
+    assert_eq!(produce(&mut s, idempotent_batch(id, epoch, 5, 1)), (0, 5));
+    assert_eq!(log_end(&mut s), 6, "every record once");
+}
+
 #[test]
 fn retries_land_once_and_sequence_rules_hold_across_restarts() {
     let broker = Broker::start(&["--cores", "2"]);
