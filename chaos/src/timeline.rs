@@ -34,11 +34,11 @@ pub fn draw(path: &Path, events: &[Event]) -> Result<(), String> {
                 t_ms, action, node, ..
             } => {
                 end_ms = end_ms.max(*t_ms);
-                match action.as_str() {
-                    "kill" | "pause" | "disk_full" | "partition" | "bridge" => {
+                match crate::schedule::FaultKind::parse(action) {
+                    Ok(_) => {
                         open.insert(*node, (*t_ms, format!("{action} n{node}")));
                     }
-                    _ => {
+                    Err(_) => {
                         if let Some((from, label)) = open.remove(node) {
                             let kill = label.starts_with("kill");
                             faults.push((from, *t_ms, label, kill));
