@@ -703,6 +703,15 @@ impl Driver {
                     glommio::timer::sleep(tick).await;
                 }
             }
+            let failures = self.node.take_step_failures();
+            if !failures.is_empty() {
+                for (group, e) in &failures {
+                    warn!(shard = shard.id, group = ?group, error = %e,
+                        "a replication group's step failed; the others went on");
+                }
+                // The failed groups try again after a tick, not in a busy loop.
+                glommio::timer::sleep(tick).await;
+            }
         }
     }
 
@@ -1076,9 +1085,10 @@ impl Driver {
                 continue;
             };
             let replica = group.replica();
-            // A new leader serves once the first entry of its term is committed: then every
-            // entry of earlier terms it holds is committed too, and recorded in the producer
-            // state, so a retried batch is recognised instead of appended twice.
+            // A new leader serves once the first entry of its term is applied: then every
+            // entry of earlier terms it holds is committed and recorded in the producer state,
+            // so a retried batch is recognised instead of appended twice. (Committed is not
+            // enough: raft-rs may hand committed entries over across several steps.)
             let serving = replica.role() == Role::Leader && {
                 let term = replica.term();
                 let start = match self.term_starts.get(key) {
@@ -1089,7 +1099,7 @@ impl Driver {
                         index
                     }
                 };
-                replica.commit_index() >= start
+                group.applied_index() >= start
             };
             let now = LinkState {
                 leader: serving,

@@ -76,6 +76,10 @@ pub struct ReplicationNode {
     wake: Rc<dyn Fn()>,
     sync_group: SyncGroup,
     hard_states: HardStateLog,
+    /// Groups whose ready work failed in the last step (a failed log, a refused write), for
+    /// the owner to report ([`take_step_failures`](Self::take_step_failures)); the step
+    /// went on for every other group.
+    step_failures: Vec<(GroupKey, ReplicationError)>,
 }
 
 impl ReplicationNode {
@@ -150,6 +154,7 @@ impl ReplicationNode {
             wake,
             sync_group: SyncGroup::new(FlushMode::Shared),
             hard_states,
+            step_failures: Vec::new(),
         })
     }
 
@@ -274,6 +279,7 @@ impl ReplicationNode {
                         .run_ready_with(Some(&send_now), hand_over)
                         .await
                         .map(|outbox| (group, outbox))
+                        .map_err(|e| (group, e))
                 }
             });
             let outcomes = futures::future::join_all(runs).await;
@@ -295,7 +301,16 @@ impl ReplicationNode {
         let (outcomes, early_unreachable) = futures::join!(work, flusher);
         let mut committed = Vec::new();
         for outcome in outcomes {
-            let (group, mut outbox) = outcome?;
+            // One group's failure (its log failed, or a write was refused for space) must not
+            // cost the others this step's messages and committed entries: they go on, and
+            // the failure is reported to the owner.
+            let (group, mut outbox) = match outcome {
+                Ok(done) => done,
+                Err(failure) => {
+                    self.step_failures.push(failure);
+                    continue;
+                }
+            };
             for message in std::mem::take(&mut outbox.messages) {
                 self.transport
                     .send(message.to, GroupMessage { group, message });
@@ -318,6 +333,12 @@ impl ReplicationNode {
             }
         }
         Ok(committed)
+    }
+
+    /// The groups whose ready work failed since the last call, with why. Such a group tries
+    /// again in the next step.
+    pub fn take_step_failures(&mut self) -> Vec<(GroupKey, ReplicationError)> {
+        std::mem::take(&mut self.step_failures)
     }
 
     /// Groups whose leader's connection closed: the first successor campaigns at once, the

@@ -85,7 +85,7 @@ pub async fn inject(_point: FaultPoint) -> std::io::Result<()> {
 pub const COMPILED_IN: bool = cfg!(feature = "fault-points");
 
 #[cfg(feature = "fault-points")]
-pub use armed::{inject, watch_control_file};
+pub use armed::{arm, inject, watch_control_file};
 
 #[cfg(feature = "fault-points")]
 mod armed {
@@ -144,6 +144,13 @@ mod armed {
             armed.push((name.to_string(), actions.trim().to_string()));
         }
         Ok(armed)
+    }
+
+    /// Arms points as a control file's text says (every point it names armed as it says,
+    /// every other point disarmed), now, in this process: for tests that run the storage
+    /// in-process.
+    pub fn arm(text: &str) -> Result<(), String> {
+        apply(text)
     }
 
     /// Applies a control file's text: every point it names armed as it says, every other
