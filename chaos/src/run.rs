@@ -497,9 +497,10 @@ fn inject(
                     outcome = Err(format!("arming node {node}'s fault points: {e}"));
                     break;
                 }
-                let heal = match fault.kind {
-                    FaultKind::WriteEio | FaultKind::FdatasyncEio => "restart",
-                    _ => "disarmed",
+                let heal = if restarts_after(fault.kind, cluster.len()) {
+                    "restart"
+                } else {
+                    "disarmed"
                 };
                 (fault.kind.name(), heal)
             }
@@ -541,9 +542,7 @@ fn inject(
         sleep_until(fault.at_ms + fault.hold_ms);
         let healed = match fault.kind {
             FaultKind::Kill | FaultKind::KillController => cluster.restart(node),
-            // A log whose write or fdatasync failed stays offline until the broker restarts
-            // (its page state is unknown): disarm, then restart it as an operator would.
-            FaultKind::WriteEio | FaultKind::FdatasyncEio => {
+            kind if restarts_after(kind, cluster.len()) => {
                 cluster.disarm_faults(node).and_then(|()| {
                     if !cluster.stop(node, STOP_GRACE) {
                         eprintln!("chaos: node {node} ignored SIGTERM for {STOP_GRACE:?}");
@@ -551,7 +550,10 @@ fn inject(
                     cluster.restart(node)
                 })
             }
-            FaultKind::FallocateEnospc | FaultKind::SlowDisk => cluster.disarm_faults(node),
+            FaultKind::WriteEio
+            | FaultKind::FdatasyncEio
+            | FaultKind::FallocateEnospc
+            | FaultKind::SlowDisk => cluster.disarm_faults(node),
             FaultKind::Pause => {
                 cluster.resume(node);
                 Ok(())
@@ -597,6 +599,18 @@ fn leader_of(metadata: &BaseConsumer, partition: i32) -> Option<usize> {
         .find(|p| p.id() == partition)?
         .leader();
     usize::try_from(leader).ok()
+}
+
+/// Whether healing a fault-point fault takes a restart of the node, as an operator's: a log
+/// whose write or fdatasync failed stays offline until the broker restarts (its page state is
+/// unknown), and so does a replica whose log refused a write for space (its Raft state no
+/// longer matches its log); a single broker's log refuses the append for space and goes on.
+fn restarts_after(kind: FaultKind, nodes: usize) -> bool {
+    match kind {
+        FaultKind::WriteEio | FaultKind::FdatasyncEio => true,
+        FaultKind::FallocateEnospc => nodes > 1,
+        _ => false,
+    }
 }
 
 /// Producer `producer`'s loop (idempotent or plain): a record every `interval` until `duration` has passed since the

@@ -703,14 +703,8 @@ impl Driver {
                     glommio::timer::sleep(tick).await;
                 }
             }
-            let failures = self.node.take_step_failures();
-            if !failures.is_empty() {
-                for (group, e) in &failures {
-                    warn!(shard = shard.id, group = ?group, error = %e,
-                        "a replication group's step failed; the others went on");
-                }
-                // The failed groups try again after a tick, not in a busy loop.
-                glommio::timer::sleep(tick).await;
+            for (group, e) in self.node.take_step_failures() {
+                self.take_offline(&shard, group, &e).await;
             }
         }
     }
@@ -1072,6 +1066,46 @@ impl Driver {
                 }
             }
             *queue = kept;
+        }
+    }
+
+    /// Takes a replica whose ready work failed (its log failed, or refused a write for
+    /// space) offline on this node until the broker restarts, as Kafka takes a failed log
+    /// directory offline. Its Raft state cannot be trusted to match its log any more (raft-rs
+    /// handed the work over and moved on: continuing would append later entries where the
+    /// failed ones belong, and acknowledge them), while a restart rebuilds both from disk.
+    /// Waiting appends are answered NOT_LEADER_OR_FOLLOWER, the partition refuses produce and
+    /// reads here as a non-leader, and this node's Metadata names no leader for it; the other
+    /// replicas elect a leader among themselves.
+    async fn take_offline(&mut self, shard: &Rc<Shard>, group: GroupKey, error: &ReplicationError) {
+        let key = partition_key(group);
+        tracing::error!(shard = shard.id, topic_id = %key.0, partition = key.1,
+            %error, "a replica's log failed: the replica is offline on this node until restart");
+        self.catch_up.remove(&key);
+        self.term_starts.remove(&key);
+        for waiting in self.pending.remove(&key).unwrap_or_default() {
+            let _ = waiting
+                .reply
+                .send(Err(not_leader("the replica's log failed on this node")));
+        }
+        if let Some(link) = self.links.remove(&key) {
+            let state = link.state.get();
+            link.state.set(LinkState {
+                leader: false,
+                leader_id: -1,
+                ..state
+            });
+            link.in_sync.set(0);
+            for proposal in link.proposals.borrow_mut().drain(..) {
+                let _ = proposal
+                    .reply
+                    .send(Err(not_leader("the replica's log failed on this node")));
+            }
+        }
+        shard.catalog.cluster.set_leader(key, None);
+        if let Some(replica) = self.node.remove_group(&group) {
+            // Closing a failed log may fail too; nothing more can be saved here.
+            let _ = replica.close().await;
         }
     }
 

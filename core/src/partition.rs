@@ -358,6 +358,8 @@ impl Partition {
                 replica.not_leader(),
             ));
         }
+        // As on a single node: a log that takes no appends refuses before the sequence check.
+        self.log.check_appendable()?;
         match self.producers.borrow().check(header) {
             Verdict::Reject(code, message) => return Err(AppendError::Refused(code, message)),
             // The kept batch is committed: nothing to wait for.

@@ -270,6 +270,32 @@ fn seed_3_a_single_broker_stores_each_record_once_through_io_errors() {
     }
 }
 
+/// The seed that found a replica going on after its log refused a write (fallocate ENOSPC on
+/// a follower): raft-rs had handed the entries over, the log never took them, and the group's
+/// later entries landed at their offsets; consumers read records that another replica's log
+/// holds other records at (inconsistent read 1,686), and another seed's read-back stalled
+/// below the high watermark. Such a replica now goes offline on its node until restart.
+/// Storage fault points and controller kills on three nodes.
+#[test]
+fn seed_5_three_nodes_take_a_failed_replica_offline_instead_of_diverging() {
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("seed-5");
+    run_checked(
+        &out,
+        &[
+            "--nodes",
+            "3",
+            "--faults",
+            "kill_controller,kill,pause,write_eio,fdatasync_eio,fallocate_enospc,slow_disk",
+            "--seed",
+            "5",
+            "--duration",
+            "20",
+        ],
+        &["write_eio", "fallocate_enospc", "restart"],
+    );
+}
+
 /// `sluice chaos check` on a planted history with a lost acknowledged record: exit 1, the
 /// class counted. Options are checked by name.
 #[test]
