@@ -727,15 +727,7 @@ impl Driver {
             }
             Command::Close { key, reply } => {
                 self.links.remove(&key);
-                self.catch_up.remove(&key);
-                self.term_starts.remove(&key);
-                for waiting in self.pending.remove(&key).unwrap_or_default() {
-                    let _ = waiting
-                        .reply
-                        .send(Err(not_leader("the replica was closed")));
-                }
-                shard.catalog.cluster.set_leader(key, None);
-                let closed = match self.node.remove_group(&group_key(key)) {
+                let closed = match self.forget(shard, key, "the replica was closed") {
                     Some(group) => group.close().await,
                     None => Ok(()),
                 };
@@ -1081,13 +1073,7 @@ impl Driver {
         let key = partition_key(group);
         tracing::error!(shard = shard.id, topic_id = %key.0, partition = key.1,
             %error, "a replica's log failed: the replica is offline on this node until restart");
-        self.catch_up.remove(&key);
-        self.term_starts.remove(&key);
-        for waiting in self.pending.remove(&key).unwrap_or_default() {
-            let _ = waiting
-                .reply
-                .send(Err(not_leader("the replica's log failed on this node")));
-        }
+        let why = "the replica's log failed on this node";
         if let Some(link) = self.links.remove(&key) {
             let state = link.state.get();
             link.state.set(LinkState {
@@ -1097,16 +1083,31 @@ impl Driver {
             });
             link.in_sync.set(0);
             for proposal in link.proposals.borrow_mut().drain(..) {
-                let _ = proposal
-                    .reply
-                    .send(Err(not_leader("the replica's log failed on this node")));
+                let _ = proposal.reply.send(Err(not_leader(why)));
             }
         }
-        shard.catalog.cluster.set_leader(key, None);
-        if let Some(replica) = self.node.remove_group(&group) {
+        if let Some(replica) = self.forget(shard, key, why) {
             // Closing a failed log may fail too; nothing more can be saved here.
             let _ = replica.close().await;
         }
+    }
+
+    /// Drops this node's replica of `key` from the loop: its bookkeeping, its waiting appends
+    /// (answered NOT_LEADER_OR_FOLLOWER, `why`), its leader in the catalog; returns the group
+    /// for the caller to close.
+    fn forget(
+        &mut self,
+        shard: &Shard,
+        key: PartitionKey,
+        why: &str,
+    ) -> Option<sluice_replication::partition::RaftPartition> {
+        self.catch_up.remove(&key);
+        self.term_starts.remove(&key);
+        for waiting in self.pending.remove(&key).unwrap_or_default() {
+            let _ = waiting.reply.send(Err(not_leader(why)));
+        }
+        shard.catalog.cluster.set_leader(key, None);
+        self.node.remove_group(&group_key(key))
     }
 
     /// Publishes each link's role, leader and high watermark; wakes the partition's fetches
