@@ -460,10 +460,34 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// Restores every cut link.
+    /// Delays every byte between nodes `a` and `b` by `delay`, both ways (needs
+    /// `proxied_links`).
+    pub fn delay_link(&self, a: usize, b: usize, delay: Duration) -> Result<(), String> {
+        for (from, to) in [(a, b), (b, a)] {
+            self.links[from][to]
+                .as_ref()
+                .ok_or("the nodes' links are not proxied (proxied_links)")?
+                .set_delay(delay);
+        }
+        Ok(())
+    }
+
+    /// Makes the link between nodes `a` and `b` lossy, both ways: each chunk resets its
+    /// connection with this chance in thousandths (needs `proxied_links`).
+    pub fn make_link_lossy(&self, a: usize, b: usize, per_mille: u32) -> Result<(), String> {
+        for (from, to) in [(a, b), (b, a)] {
+            self.links[from][to]
+                .as_ref()
+                .ok_or("the nodes' links are not proxied (proxied_links)")?
+                .set_reset_per_mille(per_mille);
+        }
+        Ok(())
+    }
+
+    /// Restores every link: no cut, no delay, no loss.
     pub fn heal_links(&self) {
         for proxy in self.links.iter().flatten().flatten() {
-            proxy.set_blocked(false);
+            proxy.heal();
         }
     }
 

@@ -10,7 +10,7 @@
 //! [`run`] ties it together and draws the run ([`timeline`]). `sluice chaos check` re-checks a
 //! recorded history.
 //!
-//! Not built yet (issue 13): delay and loss on links, clock jumps.
+//! Not built yet (issue 13): clock jumps.
 
 pub mod checker;
 pub mod history;
@@ -30,7 +30,8 @@ pub const USAGE: &str =
       S seconds (default 30), heals, reads everything back and checks it. Faults (default
       kill,pause): kill, pause, disk_full (each node's data on a 512 MiB loop-mounted ext4 of
       its own; needs root), partition (a node cut off from the others) and bridge (from one of
-      them), both through proxies on the node-to-node links, kill_controller (the node
+      them), slow_link (100 ms more each way) and lossy_link (2 % of chunks reset their
+      connection), all through proxies on the node-to-node links, kill_controller (the node
       leading the controller group), and storage fault points armed in the node while the
       fault holds: write_eio and fdatasync_eio (segment writes / fdatasyncs fail with EIO;
       the node is restarted after), fallocate_enospc (space reservations fail with ENOSPC)
@@ -154,7 +155,9 @@ fn parse_run(args: &[&str]) -> Result<run::Options, String> {
     }
     if options.nodes == 1 && options.faults.iter().any(|f| f.cuts_links()) {
         return Err(
-            "--faults: partition and bridge cut links between nodes; --nodes 1 has none".into(),
+            "--faults: partition, bridge, slow_link and lossy_link work on links between \
+             nodes; --nodes 1 has none"
+                .into(),
         );
     }
     options.out =

@@ -41,6 +41,10 @@ const MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound of every wait after the workload (delivery, settling, reading back).
 const SETTLE: Duration = Duration::from_secs(60);
 const COMMIT_EVERY: Duration = Duration::from_millis(500);
+/// What `slow_link` adds to every byte between the node and the others, each way.
+const LINK_DELAY: Duration = Duration::from_millis(100);
+/// `lossy_link`: the chance per chunk carried that the link resets its connection.
+const LINK_RESETS_PER_MILLE: u32 = 20;
 /// `segment.bytes` of the topic when fallocates fail (see [`run`]).
 const SMALL_SEGMENT_BYTES: u32 = 64 << 10;
 /// A header of this many bytes pads each record when fallocates fail (see [`run`]).
@@ -533,6 +537,21 @@ fn inject(
                     _ => ("partition", "links_healed"),
                 }
             }
+            FaultKind::SlowLink | FaultKind::LossyLink => {
+                for other in (0..cluster.len()).filter(|&n| n != node) {
+                    let applied = match fault.kind {
+                        FaultKind::SlowLink => cluster.delay_link(node, other, LINK_DELAY),
+                        _ => cluster.make_link_lossy(node, other, LINK_RESETS_PER_MILLE),
+                    };
+                    if let Err(e) = applied {
+                        outcome = Err(format!("degrading node {node}'s links: {e}"));
+                    }
+                }
+                if outcome.is_err() {
+                    break;
+                }
+                (fault.kind.name(), "links_healed")
+            }
         };
         recorder.push(Event::Fault {
             t_ms: recorder.now_ms(),
@@ -559,7 +578,10 @@ fn inject(
                 Ok(())
             }
             FaultKind::DiskFull => cluster.free_disk(node),
-            FaultKind::Partition | FaultKind::Bridge => {
+            FaultKind::Partition
+            | FaultKind::Bridge
+            | FaultKind::SlowLink
+            | FaultKind::LossyLink => {
                 cluster.heal_links();
                 Ok(())
             }

@@ -44,12 +44,21 @@ pub enum FaultKind {
     FallocateEnospc,
     /// Every fdatasync of a segment takes 100 ms longer (a slow device); healed by disarming.
     SlowDisk,
+    /// Every byte between the node and the others takes 100 ms longer each way (through the
+    /// link proxies).
+    SlowLink,
+    /// The node's links to the others reset a connection on 2 % of the chunks they carry (a
+    /// lossy network, as a TCP stream can show it).
+    LossyLink,
 }
 
 impl FaultKind {
-    /// Whether the fault needs links between nodes.
+    /// Whether the fault works on the links between nodes (through the link proxies).
     pub fn cuts_links(self) -> bool {
-        matches!(self, FaultKind::Partition | FaultKind::Bridge)
+        matches!(
+            self,
+            FaultKind::Partition | FaultKind::Bridge | FaultKind::SlowLink | FaultKind::LossyLink
+        )
     }
 
     /// Whether the fault arms the node's storage fault points.
@@ -68,7 +77,7 @@ impl FaultKind {
         }
     }
 
-    pub const ALL: [FaultKind; 10] = [
+    pub const ALL: [FaultKind; 12] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::DiskFull,
@@ -79,6 +88,8 @@ impl FaultKind {
         FaultKind::FdatasyncEio,
         FaultKind::FallocateEnospc,
         FaultKind::SlowDisk,
+        FaultKind::SlowLink,
+        FaultKind::LossyLink,
     ];
 
     pub fn name(self) -> &'static str {
@@ -93,6 +104,8 @@ impl FaultKind {
             FaultKind::FdatasyncEio => "fdatasync_eio",
             FaultKind::FallocateEnospc => "fallocate_enospc",
             FaultKind::SlowDisk => "slow_disk",
+            FaultKind::SlowLink => "slow_link",
+            FaultKind::LossyLink => "lossy_link",
         }
     }
 
@@ -103,8 +116,7 @@ impl FaultKind {
             .ok_or_else(|| {
                 let known: Vec<&str> = FaultKind::ALL.iter().map(|k| k.name()).collect();
                 format!(
-                    "unknown fault {name:?} (known: {}; delay, loss and clock jumps are not \
-                     built yet)",
+                    "unknown fault {name:?} (known: {}; clock jumps are not built yet)",
                     known.join(", ")
                 )
             })

@@ -173,6 +173,28 @@ fn three_nodes_keep_every_acknowledged_record_through_network_partitions() {
     );
 }
 
+/// Links slowed by 100 ms each way and links that reset 2 % of their chunks' connections (seed
+/// 2: two slow nodes, a lossy one, a kill): no acknowledged record lost or duplicated.
+#[test]
+fn three_nodes_keep_every_acknowledged_record_through_slow_and_lossy_links() {
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("links");
+    run_checked(
+        &out,
+        &[
+            "--nodes",
+            "3",
+            "--faults",
+            "slow_link,lossy_link,kill",
+            "--seed",
+            "2",
+            "--duration",
+            "15",
+        ],
+        &["slow_link", "lossy_link", "links_healed", "kill"],
+    );
+}
+
 /// A plain single broker (no seeds) killed, paused and its disk filled (seed 1: two kills, two
 /// full disks, a pause): every acknowledged record is back after each restart, and the group's
 /// commits survive.
