@@ -254,6 +254,7 @@ fn measure_in(options: &Options) -> Result<Report, String> {
         disk_mb: None,
         proxied_links: false,
         fault_points: false,
+        fake_clock: None,
     })?;
     let bootstrap = cluster.bootstrap();
     cluster.wait_formed()?;

@@ -48,6 +48,39 @@ pub struct ClusterOptions {
     /// Each node arms its storage fault points from `node-N/fault-points`
     /// ([`LocalCluster::arm_faults`]); the binary must have them (the `fault-points` feature).
     pub fault_points: bool,
+    /// Each node runs under libfaketime (this library), its wall clock offset by what
+    /// `node-N/clock-offset` says ([`LocalCluster::set_clock_offset`]); its monotonic clock
+    /// (timers, Raft ticks, timeouts) is left alone.
+    pub fake_clock: Option<PathBuf>,
+}
+
+/// Runs `command` under libfaketime (`library`): its wall clock offset by what `clock_file`
+/// says (`+3600`, `-600`), read again at every clock call; its monotonic clock left alone.
+fn with_fake_clock(command: &mut Command, library: &Path, clock_file: &Path) {
+    command
+        .env("LD_PRELOAD", library)
+        .env("FAKETIME_TIMESTAMP_FILE", clock_file)
+        .env("FAKETIME_NO_CACHE", "1")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+}
+
+/// Where Debian's `faketime` package puts the multi-threaded libfaketime.
+pub const LIBFAKETIME_PATHS: [&str; 2] = [
+    "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+    "/usr/lib/faketime/libfaketimeMT.so.1",
+];
+
+/// The libfaketime on this machine (`SLUICE_LIBFAKETIME`, else Debian's paths).
+pub fn find_libfaketime() -> Result<PathBuf, String> {
+    std::env::var_os("SLUICE_LIBFAKETIME")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(LIBFAKETIME_PATHS.iter().map(PathBuf::from))
+        .find(|p| p.exists())
+        .ok_or_else(|| {
+            "clock jumps need libfaketime (apt-get install faketime, or SLUICE_LIBFAKETIME=path)"
+                .to_string()
+        })
 }
 
 struct Node {
@@ -113,6 +146,7 @@ pub struct LocalCluster {
     node_args: Vec<String>,
     binary: PathBuf,
     fault_points: bool,
+    fake_clock: Option<PathBuf>,
 }
 
 fn free_port() -> Result<u16, String> {
@@ -182,7 +216,13 @@ impl LocalCluster {
             node_args: options.node_args.clone(),
             binary,
             fault_points: options.fault_points,
+            fake_clock: options.fake_clock.clone(),
         };
+        if cluster.fake_clock.is_some() {
+            for id in 0..cluster.nodes.len() {
+                cluster.set_clock_offset(id, 0)?;
+            }
+        }
         if let Some(mb) = options.disk_mb {
             for node in &mut cluster.nodes {
                 let mount = node.mount.take().expect("a mount point per node");
@@ -255,6 +295,9 @@ impl LocalCluster {
         }
         if self.fault_points {
             command.env("SLUICE_FAULT_POINTS", self.fault_file(id));
+        }
+        if let Some(library) = &self.fake_clock {
+            with_fake_clock(&mut command, library, &self.clock_file(id));
         }
         let child = command
             .args(&self.node_args)
@@ -419,6 +462,28 @@ impl LocalCluster {
             })
     }
 
+    /// Whether the nodes run under libfaketime.
+    pub fn has_fake_clock(&self) -> bool {
+        self.fake_clock.is_some()
+    }
+
+    fn clock_file(&self, id: usize) -> PathBuf {
+        self.nodes[id].dir.join("clock-offset")
+    }
+
+    /// Sets node `id`'s wall clock `seconds` ahead of the real one (behind if negative), at
+    /// once: a clock jump (needs `fake_clock`).
+    pub fn set_clock_offset(&self, id: usize, seconds: i64) -> Result<(), String> {
+        if self.fake_clock.is_none() {
+            return Err("the nodes do not run under libfaketime (fake_clock)".into());
+        }
+        let path = self.clock_file(id);
+        let temp = path.with_extension("tmp");
+        std::fs::write(&temp, format!("{seconds:+}\n"))
+            .map_err(|e| format!("write {}: {e}", temp.display()))?;
+        std::fs::rename(&temp, &path).map_err(|e| format!("rename to {}: {e}", path.display()))
+    }
+
     fn fault_file(&self, id: usize) -> PathBuf {
         self.nodes[id].dir.join("fault-points")
     }
@@ -574,5 +639,36 @@ impl Drop for LocalCluster {
                 let _ = std::fs::remove_file(node.dir.join("disk.img"));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wall clock a process sees under [`with_fake_clock`] follows its clock file.
+    #[test]
+    fn a_fake_clock_follows_its_offset_file() {
+        let library = find_libfaketime().expect("libfaketime (scripts/test installs faketime)");
+        let dir = tempfile::tempdir().unwrap();
+        let clock_file = dir.path().join("clock-offset");
+        let seconds_seen = |offset: &str| -> i64 {
+            std::fs::write(&clock_file, offset).unwrap();
+            let mut date = Command::new("date");
+            date.arg("+%s");
+            with_fake_clock(&mut date, &library, &clock_file);
+            let out = date.output().unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+        };
+        let now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64
+        };
+        let ahead = seconds_seen("+3600") - now();
+        assert!((3590..=3610).contains(&ahead), "{ahead}");
+        let behind = seconds_seen("-600") - now();
+        assert!((-610..=-590).contains(&behind), "{behind}");
     }
 }

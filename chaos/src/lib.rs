@@ -10,7 +10,6 @@
 //! [`run`] ties it together and draws the run ([`timeline`]). `sluice chaos check` re-checks a
 //! recorded history.
 //!
-//! Not built yet (issue 13): clock jumps.
 
 pub mod checker;
 pub mod history;
@@ -35,7 +34,9 @@ pub const USAGE: &str =
       leading the controller group), and storage fault points armed in the node while the
       fault holds: write_eio and fdatasync_eio (segment writes / fdatasyncs fail with EIO;
       the node is restarted after), fallocate_enospc (space reservations fail with ENOSPC)
-      and slow_disk (every fdatasync 100 ms slower). Writes history.jsonl,
+      and slow_disk (every fdatasync 100 ms slower); clock_jump (the node's wall clock an
+      hour ahead or behind, through libfaketime: apt-get install faketime). Writes
+      history.jsonl,
       verdict.json, verdict.txt and timeline.svg to DIR (default chaos-results/seed-N); exits 1
       with the replay command when the verdict is invalid (default seed 1).
   sluice chaos check HISTORY.jsonl

@@ -41,6 +41,8 @@ const MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound of every wait after the workload (delivery, settling, reading back).
 const SETTLE: Duration = Duration::from_secs(60);
 const COMMIT_EVERY: Duration = Duration::from_millis(500);
+/// How far `clock_jump` moves a node's wall clock.
+const CLOCK_JUMP_S: i64 = 3600;
 /// What `slow_link` adds to every byte between the node and the others, each way.
 const LINK_DELAY: Duration = Duration::from_millis(100);
 /// `lossy_link`: the chance per chunk carried that the link resets its connection.
@@ -328,6 +330,11 @@ pub fn run(options: &Options) -> Result<Report, String> {
             .then_some(DISK_MB),
         proxied_links: options.faults.iter().any(|f| f.cuts_links()),
         fault_points: options.faults.iter().any(|f| f.uses_fault_points()),
+        fake_clock: if options.faults.contains(&FaultKind::ClockJump) {
+            Some(sluice_bench_harness::local_cluster::find_libfaketime()?)
+        } else {
+            None
+        },
     })?;
     cluster.wait_formed()?;
     let bootstrap = cluster.bootstrap();
@@ -537,6 +544,18 @@ fn inject(
                     _ => ("partition", "links_healed"),
                 }
             }
+            FaultKind::ClockJump => {
+                let seconds = if fault.at_ms % 2 == 0 {
+                    CLOCK_JUMP_S
+                } else {
+                    -CLOCK_JUMP_S
+                };
+                if let Err(e) = cluster.set_clock_offset(node, seconds) {
+                    outcome = Err(format!("jumping node {node}'s clock: {e}"));
+                    break;
+                }
+                ("clock_jump", "clock_back")
+            }
             FaultKind::SlowLink | FaultKind::LossyLink => {
                 for other in (0..cluster.len()).filter(|&n| n != node) {
                     let applied = match fault.kind {
@@ -585,6 +604,7 @@ fn inject(
                 cluster.heal_links();
                 Ok(())
             }
+            FaultKind::ClockJump => cluster.set_clock_offset(node, 0),
         };
         recorder.push(Event::Fault {
             t_ms: recorder.now_ms(),
@@ -602,6 +622,9 @@ fn inject(
         cluster.resume(id);
         outcome = outcome.and(cluster.free_disk(id));
         outcome = outcome.and(cluster.disarm_faults(id));
+        if cluster.has_fake_clock() {
+            outcome = outcome.and(cluster.set_clock_offset(id, 0));
+        }
         if !cluster.is_running(id) {
             outcome = outcome.and(cluster.restart(id));
         }

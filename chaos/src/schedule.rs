@@ -50,6 +50,9 @@ pub enum FaultKind {
     /// The node's links to the others reset a connection on 2 % of the chunks they carry (a
     /// lossy network, as a TCP stream can show it).
     LossyLink,
+    /// The node's wall clock jumps an hour (ahead when the fault starts at an even
+    /// millisecond, behind otherwise) and back when it ends (libfaketime).
+    ClockJump,
 }
 
 impl FaultKind {
@@ -77,7 +80,7 @@ impl FaultKind {
         }
     }
 
-    pub const ALL: [FaultKind; 12] = [
+    pub const ALL: [FaultKind; 13] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::DiskFull,
@@ -90,6 +93,7 @@ impl FaultKind {
         FaultKind::SlowDisk,
         FaultKind::SlowLink,
         FaultKind::LossyLink,
+        FaultKind::ClockJump,
     ];
 
     pub fn name(self) -> &'static str {
@@ -106,6 +110,7 @@ impl FaultKind {
             FaultKind::SlowDisk => "slow_disk",
             FaultKind::SlowLink => "slow_link",
             FaultKind::LossyLink => "lossy_link",
+            FaultKind::ClockJump => "clock_jump",
         }
     }
 
@@ -115,10 +120,7 @@ impl FaultKind {
             .find(|kind| kind.name() == name)
             .ok_or_else(|| {
                 let known: Vec<&str> = FaultKind::ALL.iter().map(|k| k.name()).collect();
-                format!(
-                    "unknown fault {name:?} (known: {}; clock jumps are not built yet)",
-                    known.join(", ")
-                )
+                format!("unknown fault {name:?} (known: {})", known.join(", "))
             })
     }
 }
