@@ -13,8 +13,10 @@
 //! one consumer in a group, committing asynchronously every 500 ms; every operation is recorded
 //! with its time and outcome.
 //!
-//! Invariants: every node process is stopped on every path out ([`LocalCluster`]'s drop); a
-//! paused node is resumed before anything waits on the cluster; every wait is bounded.
+//! Invariants: every node process is stopped on every path out ([`LocalCluster`]'s drop),
+//! Ctrl-C and SIGTERM included (they end the run through its healing path; a second one ends
+//! the process at once); a paused node is resumed before anything waits on the cluster; every
+//! wait is bounded.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,6 +43,23 @@ const MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound of every wait after the workload (delivery, settling, reading back).
 const SETTLE: Duration = Duration::from_secs(60);
 const COMMIT_EVERY: Duration = Duration::from_millis(500);
+/// After an interruption, how long the workload gets to stop.
+const INTERRUPTED_WAIT: Duration = Duration::from_secs(5);
+
+/// Makes SIGINT (Ctrl-C) and SIGTERM end the run through its healing path: the flag returned
+/// is set, the fault loop heals what is in force and the run stops every node and unmounts
+/// every disk before it returns. A second signal ends the process at once.
+fn interruptible() -> Result<Arc<AtomicBool>, String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, interrupted.clone())
+            .and_then(|_| signal_hook::flag::register(signal, interrupted.clone()))
+            .map_err(|e| format!("install a handler for signal {signal}: {e}"))?;
+    }
+    Ok(interrupted)
+}
+
 /// How far `clock_jump` moves a node's wall clock.
 const CLOCK_JUMP_S: i64 = 3600;
 /// What `slow_link` adds to every byte between the node and the others, each way.
@@ -309,6 +328,7 @@ fn client_config(bootstrap: &str) -> ClientConfig {
 pub fn run(options: &Options) -> Result<Report, String> {
     std::fs::create_dir_all(&options.out)
         .map_err(|e| format!("create {}: {e}", options.out.display()))?;
+    let interrupted = interruptible()?;
     let schedule = plan(
         options.seed,
         &options.faults,
@@ -384,9 +404,17 @@ pub fn run(options: &Options) -> Result<Report, String> {
             } else {
                 0
             };
+            let interrupted = interrupted.clone();
             Worker::spawn("a producer", move || {
                 produce(
-                    &bootstrap, &recorder, producer, idempotent, duration, interval, padding,
+                    &bootstrap,
+                    &recorder,
+                    producer,
+                    idempotent,
+                    duration,
+                    interval,
+                    padding,
+                    &interrupted,
                 )
             })
         })
@@ -398,7 +426,26 @@ pub fn run(options: &Options) -> Result<Report, String> {
         &recorder,
         options.duration,
         &bootstrap,
+        &interrupted,
     );
+    if interrupted.load(Ordering::Acquire) {
+        // Healed already: stop the workload, stop the nodes (which unmounts their disks) and
+        // keep what was recorded.
+        stop_consumer.store(true, Ordering::Release);
+        for producer in producers {
+            let _ = producer.finish(INTERRUPTED_WAIT);
+        }
+        let _ = consumer.finish(INTERRUPTED_WAIT);
+        drop(cluster);
+        let events = std::mem::take(&mut *recorder.events.lock().expect("recorder lock"));
+        write_history(&options.out.join("history.jsonl"), &events)?;
+        return Err(format!(
+            "interrupted: every fault healed, every node stopped, every disk unmounted; the \
+             history so far is in {} ({})",
+            options.out.display(),
+            faults.err().unwrap_or_default()
+        ));
+    }
     let mut outcome = faults;
     for producer in producers {
         outcome = outcome.and(producer.finish(options.duration + MESSAGE_TIMEOUT + SETTLE));
@@ -471,20 +518,29 @@ fn inject(
     recorder: &Recorder,
     duration: Duration,
     bootstrap: &str,
+    interrupted: &AtomicBool,
 ) -> Result<(), String> {
     let metadata: BaseConsumer = client_config(bootstrap)
         .create()
         .map_err(|e| format!("metadata client: {e}"))?;
     let start = recorder.start;
+    // Returns early once the run is interrupted.
     let sleep_until = |ms: u64| {
         let at = start + Duration::from_millis(ms);
-        if let Some(left) = at.checked_duration_since(Instant::now()) {
-            std::thread::sleep(left);
+        while let Some(left) = at.checked_duration_since(Instant::now()) {
+            if interrupted.load(Ordering::Acquire) {
+                return;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(50)));
         }
     };
     let mut outcome = Ok(());
     for fault in schedule {
         sleep_until(fault.at_ms);
+        if interrupted.load(Ordering::Acquire) {
+            outcome = Err("interrupted".to_string());
+            break;
+        }
         let node = match fault.target {
             Target::Node(node) => node,
             // No leader known (an election running): the partition's first replica's node.
@@ -660,6 +716,7 @@ fn restarts_after(kind: FaultKind, nodes: usize) -> bool {
 
 /// Producer `producer`'s loop (idempotent or plain): a record every `interval` until `duration` has passed since the
 /// run started, then delivery of what is outstanding (bounded by the message timeout).
+#[allow(clippy::too_many_arguments)]
 fn produce(
     bootstrap: &str,
     recorder: &Arc<Recorder>,
@@ -668,6 +725,7 @@ fn produce(
     duration: Duration,
     interval: Duration,
     padding: usize,
+    interrupted: &AtomicBool,
 ) -> Result<(), String> {
     let pad = vec![b'.'; padding];
     recorder.push(Event::Producer {
@@ -703,7 +761,7 @@ fn produce(
     let end = recorder.start + duration;
     let mut seq = 0u64;
     let mut next = Instant::now();
-    while Instant::now() < end {
+    while Instant::now() < end && !interrupted.load(Ordering::Acquire) {
         let value = record_value(producer, seq);
         let mut record = BaseRecord::with_opaque_to(TOPIC, Box::new(value.clone()))
             .key(value.as_bytes())
@@ -732,8 +790,13 @@ fn produce(
             std::thread::sleep(left);
         }
     }
+    let deliver_within = if interrupted.load(Ordering::Acquire) {
+        INTERRUPTED_WAIT
+    } else {
+        MESSAGE_TIMEOUT + Duration::from_secs(5)
+    };
     client
-        .flush(MESSAGE_TIMEOUT + Duration::from_secs(5))
+        .flush(deliver_within)
         .map_err(|e| format!("producer {producer}: records still undelivered: {e}"))
 }
 

@@ -341,6 +341,88 @@ fn seed_5_three_nodes_take_a_failed_replica_offline_instead_of_diverging() {
     );
 }
 
+/// Processes whose command line names `path`, and mounts under it.
+fn left_behind(path: &Path) -> (Vec<String>, Vec<String>) {
+    let needle = path.to_string_lossy().into_owned();
+    let processes = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&needle) && c.contains(" serve "))
+        .collect();
+    let mounts = std::fs::read_to_string("/proc/mounts")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .map(String::from)
+        .collect();
+    (processes, mounts)
+}
+
+/// Ctrl-C in the middle of a run (a node's disk on its own loop mount, faults in force): the
+/// harness heals, stops every node it started, unmounts every disk, keeps the history so far
+/// and says it was interrupted.
+#[test]
+fn an_interrupted_run_heals_stops_its_nodes_and_unmounts_their_disks() {
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("interrupted");
+    let mut run = Command::new(sluice_binary())
+        .args([
+            "chaos",
+            "run",
+            "--nodes",
+            "1",
+            "--faults",
+            "disk_full,pause",
+        ])
+        .args(["--seed", "1", "--duration", "120", "--out"])
+        .arg(&out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Running once the node's disk is mounted and the node serves; then faults come and go.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while left_behind(&out).0.is_empty() || left_behind(&out).1.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let interrupt = Command::new("kill")
+        .args(["-INT", &run.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupt.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = run.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run did not end after Ctrl-C"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let output = run.wait_with_output().unwrap();
+    let stderr = text(&output.stderr);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    let (processes, mounts) = left_behind(&out);
+    assert!(processes.is_empty(), "nodes left running: {processes:?}");
+    assert!(mounts.is_empty(), "disks left mounted: {mounts:?}");
+    let history = std::fs::read_to_string(out.join("history.jsonl")).unwrap();
+    assert!(
+        history.contains(r#""type":"send""#),
+        "the history so far is kept"
+    );
+}
+
 /// `sluice chaos check` on a planted history with a lost acknowledged record: exit 1, the
 /// class counted. Options are checked by name.
 #[test]
