@@ -278,13 +278,16 @@ impl Partition {
         }
         let batch = &batch[..];
         let turn = ticket.await;
-        // A log that takes no appends refuses before the sequence check, as Kafka's offline
-        // log refuses every produce: a producer whose earlier batch this log refused must see
-        // its later in-flight batches refused the same way (KAFKA_STORAGE_ERROR, not
-        // persisted), not OUT_OF_ORDER_SEQUENCE_NUMBER, which makes librdkafka bump its epoch
-        // and renumber its unacknowledged records.
-        self.log.check_appendable()?;
         let verdict = self.producers.borrow().check(&header);
+        // A log that takes no appends refuses before a sequence error, as Kafka's offline log
+        // refuses every produce: a producer whose earlier batch this log refused must see its
+        // later in-flight batches refused the same way (KAFKA_STORAGE_ERROR, not persisted),
+        // not OUT_OF_ORDER_SEQUENCE_NUMBER, which makes librdkafka bump its epoch and renumber
+        // its unacknowledged records. A retry of a batch already in the log is not refused so:
+        // "not persisted" would be untrue of it (it is answered below, as a duplicate).
+        if !matches!(verdict, Verdict::Duplicate(_)) {
+            self.log.check_appendable()?;
+        }
         let appended = match verdict {
             Verdict::Reject(code, message) => return Err(AppendError::Refused(code, message)),
             Verdict::Duplicate(kept) => {
@@ -358,9 +361,13 @@ impl Partition {
                 replica.not_leader(),
             ));
         }
-        // As on a single node: a log that takes no appends refuses before the sequence check.
-        self.log.check_appendable()?;
-        match self.producers.borrow().check(header) {
+        let verdict = self.producers.borrow().check(header);
+        // As on a single node: a log that takes no appends refuses before a sequence error,
+        // and a retry of a committed batch is answered as a duplicate all the same.
+        if !matches!(verdict, Verdict::Duplicate(_)) {
+            self.log.check_appendable()?;
+        }
+        match verdict {
             Verdict::Reject(code, message) => return Err(AppendError::Refused(code, message)),
             // The kept batch is committed: nothing to wait for.
             Verdict::Duplicate(kept) => {
