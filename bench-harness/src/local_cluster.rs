@@ -54,6 +54,14 @@ pub struct ClusterOptions {
     pub fake_clock: Option<PathBuf>,
 }
 
+/// Replaces `path`'s contents at once (write a neighbour, rename): a node polling the file
+/// never reads half of it.
+fn replace_file(path: &Path, contents: &str) -> Result<(), String> {
+    let temp = path.with_extension("tmp");
+    std::fs::write(&temp, contents).map_err(|e| format!("write {}: {e}", temp.display()))?;
+    std::fs::rename(&temp, path).map_err(|e| format!("rename to {}: {e}", path.display()))
+}
+
 /// Runs `command` under libfaketime (`library`): its wall clock offset by what `clock_file`
 /// says (`+3600`, `-600`), read again at every clock call; its monotonic clock left alone.
 fn with_fake_clock(command: &mut Command, library: &Path, clock_file: &Path) {
@@ -477,11 +485,7 @@ impl LocalCluster {
         if self.fake_clock.is_none() {
             return Err("the nodes do not run under libfaketime (fake_clock)".into());
         }
-        let path = self.clock_file(id);
-        let temp = path.with_extension("tmp");
-        std::fs::write(&temp, format!("{seconds:+}\n"))
-            .map_err(|e| format!("write {}: {e}", temp.display()))?;
-        std::fs::rename(&temp, &path).map_err(|e| format!("rename to {}: {e}", path.display()))
+        replace_file(&self.clock_file(id), &format!("{seconds:+}\n"))
     }
 
     fn fault_file(&self, id: usize) -> PathBuf {
@@ -495,10 +499,7 @@ impl LocalCluster {
         if !self.fault_points {
             return Err("the nodes do not watch fault points (fault_points)".into());
         }
-        let path = self.fault_file(id);
-        let temp = path.with_extension("tmp");
-        std::fs::write(&temp, spec).map_err(|e| format!("write {}: {e}", temp.display()))?;
-        std::fs::rename(&temp, &path).map_err(|e| format!("rename to {}: {e}", path.display()))
+        replace_file(&self.fault_file(id), spec)
     }
 
     /// Disarms every fault point of node `id`.
@@ -516,11 +517,17 @@ impl LocalCluster {
 
     /// Cuts the links between nodes `a` and `b`, both ways (needs `proxied_links`).
     pub fn cut(&self, a: usize, b: usize) -> Result<(), String> {
+        self.on_link(a, b, |proxy| proxy.set_blocked(true))
+    }
+
+    /// Applies `change` to the proxies of both directions between nodes `a` and `b`.
+    fn on_link(&self, a: usize, b: usize, change: impl Fn(&LinkProxy)) -> Result<(), String> {
         for (from, to) in [(a, b), (b, a)] {
-            self.links[from][to]
-                .as_ref()
-                .ok_or("the nodes' links are not proxied (proxied_links)")?
-                .set_blocked(true);
+            change(
+                self.links[from][to]
+                    .as_ref()
+                    .ok_or("the nodes' links are not proxied (proxied_links)")?,
+            );
         }
         Ok(())
     }
@@ -528,25 +535,13 @@ impl LocalCluster {
     /// Delays every byte between nodes `a` and `b` by `delay`, both ways (needs
     /// `proxied_links`).
     pub fn delay_link(&self, a: usize, b: usize, delay: Duration) -> Result<(), String> {
-        for (from, to) in [(a, b), (b, a)] {
-            self.links[from][to]
-                .as_ref()
-                .ok_or("the nodes' links are not proxied (proxied_links)")?
-                .set_delay(delay);
-        }
-        Ok(())
+        self.on_link(a, b, |proxy| proxy.set_delay(delay))
     }
 
     /// Makes the link between nodes `a` and `b` lossy, both ways: each chunk resets its
     /// connection with this chance in thousandths (needs `proxied_links`).
     pub fn make_link_lossy(&self, a: usize, b: usize, per_mille: u32) -> Result<(), String> {
-        for (from, to) in [(a, b), (b, a)] {
-            self.links[from][to]
-                .as_ref()
-                .ok_or("the nodes' links are not proxied (proxied_links)")?
-                .set_reset_per_mille(per_mille);
-        }
-        Ok(())
+        self.on_link(a, b, |proxy| proxy.set_reset_per_mille(per_mille))
     }
 
     /// Restores every link: no cut, no delay, no loss.

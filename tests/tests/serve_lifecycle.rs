@@ -67,6 +67,30 @@ fn invalid_values_stop_start_up_naming_the_field() {
     assert!(err.contains("unknown flag --no-such-flag"), "{err}");
 }
 
+/// A fault-point control file that does not parse (an unknown point, a line without actions)
+/// stops start-up naming the variable, the file and what is wrong, before anything is served.
+#[test]
+fn a_bad_fault_point_control_file_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("fault-points");
+    for (text, named) in [
+        ("storage::fsync=return(eio)\n", "storage::fsync"),
+        ("storage::fdatasync\n", "is not point=actions"),
+    ] {
+        std::fs::write(&control, text).unwrap();
+        let (code, stderr) = refused(
+            &["--listen", "127.0.0.1:0"],
+            &[("SLUICE_FAULT_POINTS", control.to_str().unwrap())],
+        );
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(
+            stderr.contains("SLUICE_FAULT_POINTS") && stderr.contains(named),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("listening"), "{stderr}");
+    }
+}
+
 #[test]
 fn sigterm_and_sigint_stop_the_broker_cleanly() {
     for signal in ["TERM", "INT"] {
