@@ -35,7 +35,6 @@ use crate::batch::{
 use crate::budget::WriteBudget;
 use crate::config::LogConfig;
 use crate::error::{Result, StorageError};
-use crate::faults::{self, FaultPoint};
 use crate::format::{self, IndexFile};
 use crate::io::{self, align_down, align_up};
 use crate::rewrite::{
@@ -1220,11 +1219,7 @@ impl Log {
             let _ = rx.await;
         }
         let overwrite = self.active_overwrite(file, |o| o.is_overwrite(pos, end)) == Some(true);
-        let submitted = match faults::inject(FaultPoint::DataWrite).await {
-            Ok(()) => write.submit(file).await.map_err(std::io::Error::from),
-            Err(injected) => Err(injected),
-        };
-        let outcome = match submitted {
+        let outcome = match write.submit(file).await {
             Ok(n) if n == len => Ok(()),
             Ok(n) => self.write_rest(file, pos, len, n, data_end).await,
             Err(e) => Err(e),

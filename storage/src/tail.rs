@@ -28,6 +28,7 @@ use std::rc::Rc;
 use bytes::{Bytes, BytesMut};
 use glommio::io::{DmaBuffer, DmaFile};
 
+use crate::faults::{self, FaultPoint};
 use crate::io::{align_down, align_up};
 
 enum ChunkBuf {
@@ -94,12 +95,15 @@ impl PlannedWrite {
         }
     }
 
-    /// Submits the write; returns the bytes written.
-    pub(crate) async fn submit(self, file: &DmaFile) -> glommio::Result<usize, ()> {
-        match self.buf {
+    /// Submits the write (through the [`FaultPoint::DataWrite`] fault point); returns the
+    /// bytes written.
+    pub(crate) async fn submit(self, file: &DmaFile) -> std::io::Result<usize> {
+        faults::inject(FaultPoint::DataWrite).await?;
+        let written = match self.buf {
             WriteBuf::Shared(buf) => file.write_rc_at(buf, self.pos).await,
             WriteBuf::Owned(buf) => file.write_at(buf, self.pos).await,
-        }
+        };
+        written.map_err(Into::into)
     }
 }
 
