@@ -169,6 +169,11 @@ struct Inner {
     refused_writes: Cell<u64>,
     /// A background task is retrying the refused write.
     retrying_refused: Cell<bool>,
+    /// Set while the disk refuses to reserve space for appends (fallocate failed): appends are
+    /// refused until a background probe reserves it. The message of the refusal.
+    refused_reservation: RefCell<Option<String>>,
+    /// A background task is probing for the refused reservation.
+    probing_reservation: Cell<bool>,
 }
 
 impl Drop for Inner {
@@ -494,6 +499,8 @@ impl Log {
                 refused_write: RefCell::new(None),
                 refused_writes: Cell::new(0),
                 retrying_refused: Cell::new(false),
+                refused_reservation: RefCell::new(None),
+                probing_reservation: Cell::new(false),
                 write_waiters: RefCell::new(Vec::new()),
                 zero_lock: Semaphore::new(1),
                 zero_waiters: RefCell::new(Vec::new()),
@@ -597,12 +604,67 @@ impl Log {
     }
 
     /// Refuses new appends while a write the disk refused for lack of space waits to be
-    /// written again.
+    /// written again, or while the disk refuses to reserve space for them.
     fn check_room(&self) -> Result<()> {
-        match self.inner.refused_write.borrow().as_ref() {
+        if let Some(why) = self.inner.refused_write.borrow().as_ref() {
+            return Err(StorageError::NoSpace(why.clone()));
+        }
+        match self.inner.refused_reservation.borrow().as_ref() {
             Some(why) => Err(StorageError::NoSpace(why.clone())),
             None => Ok(()),
         }
+    }
+
+    /// Records that the disk refused to reserve `bytes` of space for an append, and returns
+    /// the append's error. Appends stay refused (by [`Log::check_room`]) until a background
+    /// probe reserves the space: the refusal is sticky, not per append, because an idempotent
+    /// producer's next in-flight batch must be refused the same way as the one before it
+    /// ("not persisted"), not checked against a sequence the refused batch never advanced
+    /// (OUT_OF_ORDER_SEQUENCE_NUMBER makes librdkafka renumber its unacknowledged batches,
+    /// possibly persisted ones included, and store them twice). Nothing on disk is unknown,
+    /// so the log is not poisoned.
+    fn refuse_reservation(&self, bytes: usize, err: StorageError) -> StorageError {
+        let why = err.to_string();
+        if self
+            .inner
+            .refused_reservation
+            .replace(Some(why.clone()))
+            .is_none()
+        {
+            warn!(dir = %self.inner.dir.display(), error = %why,
+                "the disk refused to reserve space: appends to this log are refused until a reservation goes through");
+        }
+        self.spawn_reservation_probe(bytes);
+        StorageError::NoSpace(why)
+    }
+
+    /// Tries the refused reservation again in the background (backing off from 100 ms to
+    /// 2 s) until it goes through, so appends resume by themselves once space comes back.
+    fn spawn_reservation_probe(&self, bytes: usize) {
+        if self.inner.probing_reservation.replace(true) {
+            return;
+        }
+        let log = self.clone();
+        glommio::spawn_local(async move {
+            let mut backoff = std::time::Duration::from_millis(100);
+            loop {
+                glommio::timer::sleep(backoff).await;
+                if log.check_usable().is_err() {
+                    break;
+                }
+                let Ok(_append) = log.lock_appends().await else {
+                    break;
+                };
+                if log.try_reserve(bytes).await.is_ok() {
+                    log.inner.refused_reservation.take();
+                    info!(dir = %log.inner.dir.display(), "the disk reserved space again: appends are taken again");
+                    break;
+                }
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+            }
+            log.inner.probing_reservation.set(false);
+        })
+        .detach();
     }
 
     /// Records that the disk refused the write of the chunk at `chunk_pos` for lack of space:
@@ -1170,6 +1232,8 @@ impl Log {
                 .set(self.inner.writes_in_flight.get() + 1);
             started += 1;
             let log = self.clone();
+            let failed = Rc::new(Cell::new(false));
+            let failed_in_task = failed.clone();
             glommio::spawn_local(async move {
                 let result = log.perform_write(&file, &path, write, reserve).await;
                 log.inner
@@ -1178,9 +1242,17 @@ impl Log {
                 log.wake_write_waiters();
                 if result.is_ok() {
                     log.start_sealed_writes(log.inner.config.borrow().writes_in_flight_max);
+                } else {
+                    failed_in_task.set(true);
                 }
             })
             .detach();
+            // The task runs at once up to its first real wait: a write that failed before it
+            // (an error the submission itself returned) has put its chunk back already, and
+            // taking it again here would fail the same way, forever, without ever yielding.
+            if failed.get() {
+                break;
+            }
         }
         started
     }
@@ -1485,9 +1557,17 @@ impl Log {
 
     /// Makes sure the active segment's file has space allocated for `bytes` more (with
     /// fallocate, a `preallocate_bytes` step ahead), before an append takes offsets: a full disk
-    /// then refuses that append with the I/O error and leaves the log as it was (not poisoned),
-    /// and the writes behind appends never need new space. Caller holds `append_lock`.
+    /// then refuses that append and the appends after it until space comes back (see
+    /// [`Log::refuse_reservation`]), leaving the log as it was (not poisoned), and the writes
+    /// behind appends never need new space. Caller holds `append_lock`.
     async fn reserve_for(&self, bytes: usize) -> Result<()> {
+        self.try_reserve(bytes)
+            .await
+            .map_err(|e| self.refuse_reservation(bytes, e))
+    }
+
+    /// [`Log::reserve_for`] without the sticky refusal. Caller holds `append_lock`.
+    async fn try_reserve(&self, bytes: usize) -> Result<()> {
         let (file, path, to, before) = {
             let mut state = self.inner.state.borrow_mut();
             let active = state.active_mut();

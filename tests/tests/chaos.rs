@@ -269,16 +269,19 @@ fn seed_25_a_single_broker_never_serves_what_a_kill_takes_back() {
     );
 }
 
-/// An idempotent producer's record was stored twice after an fdatasync failed (the broker said
-/// "not persisted" of a batch it had written; librdkafka renumbered it; the restart recovered
-/// it): found by `--faults write_eio,fdatasync_eio,fallocate_enospc,slow_disk --seed 3`, 2 of 2
-/// replays. That seed also meets a duplicate still open (a refused space reservation followed
-/// by OUT_OF_ORDER_SEQUENCE_NUMBER; `docs/reliability.md`), so the suite runs the fdatasync and
-/// write errors alone here (seed 1: both points fire, the node restarts after each). The
-/// deterministic test is
-/// `idempotence.rs::a_batch_whose_fdatasync_failed_is_possibly_persisted_and_its_retry_lands_once`.
+/// Two duplicates of an idempotent producer's records, both found on a single broker with
+/// storage fault points: one stored twice after an fdatasync failed (the broker said "not
+/// persisted" of a batch it had written; librdkafka renumbered it; the restart recovered it;
+/// `--faults write_eio,fdatasync_eio,fallocate_enospc,slow_disk --seed 3`), and one after a
+/// refused space reservation whose next in-flight batch got OUT_OF_ORDER_SEQUENCE_NUMBER
+/// (`--faults kill,pause,write_eio,fdatasync_eio,fallocate_enospc,slow_disk --seed 152`).
+/// The suite runs seed 1 of the four I/O faults: every point fires (writes and fdatasyncs
+/// fail, each followed by a restart; reservations are refused, then space comes back without
+/// one). The deterministic tests are in `idempotence.rs`
+/// (`a_batch_whose_fdatasync_failed_is_possibly_persisted_and_its_retry_lands_once`,
+/// `a_refused_space_reservation_refuses_the_batches_behind_it_until_space_is_back`).
 #[test]
-fn a_single_broker_stores_each_record_once_through_write_and_fdatasync_errors() {
+fn a_single_broker_stores_each_record_once_through_write_fdatasync_and_fallocate_errors() {
     let root = tempfile::tempdir().unwrap();
     let out = root.path().join("io-errors");
     run_checked(
@@ -287,7 +290,7 @@ fn a_single_broker_stores_each_record_once_through_write_and_fdatasync_errors() 
             "--nodes",
             "1",
             "--faults",
-            "fdatasync_eio,write_eio,slow_disk",
+            "write_eio,fdatasync_eio,fallocate_enospc,slow_disk",
             "--seed",
             "1",
             "--duration",
@@ -298,18 +301,27 @@ fn a_single_broker_stores_each_record_once_through_write_and_fdatasync_errors() 
         &[
             "write_eio",
             "fdatasync_eio",
-            "restart",
+            "fallocate_enospc",
             "slow_disk",
+            "restart",
             "disarmed",
         ],
     );
     let log = std::fs::read_to_string(out.join("nodes/node-0/sluice.log")).unwrap();
-    for point in ["storage::data_write", "storage::fdatasync"] {
+    for point in [
+        "storage::data_write",
+        "storage::fdatasync",
+        "storage::fallocate",
+    ] {
         assert!(
             log.contains(&format!("fault point fired point=\"{point}\"")),
             "{point} never fired:\n{log}"
         );
     }
+    assert!(
+        log.contains("the disk reserved space again"),
+        "appends resumed by themselves after the refused reservations:\n{log}"
+    );
 }
 
 /// The seed that found a replica going on after its log refused a write (fallocate ENOSPC on

@@ -174,6 +174,56 @@ fn a_batch_whose_fdatasync_failed_is_possibly_persisted_and_its_retry_lands_once
     assert_eq!(log_end(&mut s), 6, "every record once");
 }
 
+/// Found by `sluice chaos` (single broker, seeds 152 and 157, fallocate_enospc): a batch whose
+/// space reservation the disk refused was answered KAFKA_STORAGE_ERROR, but the producer's next
+/// batch in flight, checked against a sequence the refused one never advanced, was answered
+/// OUT_OF_ORDER_SEQUENCE_NUMBER; librdkafka then bumped its epoch and renumbered every
+/// unacknowledged batch, a possibly persisted one on another partition included, which was
+/// stored twice. Now the refusal holds for every append until space is reserved again.
+#[test]
+fn a_refused_space_reservation_refuses_the_batches_behind_it_until_space_is_back() {
+    let control_dir = tempfile::tempdir().unwrap();
+    let control = control_dir.path().join("fault-points");
+    let broker = broker_with_fault_points(tempfile::tempdir().unwrap(), &control);
+    let mut s = connect(broker.addr);
+    create_topic(&mut s, "idem", 1);
+    let (id, epoch) = init_producer_id(&mut s, None);
+
+    arm(&broker, &control, "storage::fallocate=return(enospc)");
+    assert_eq!(
+        produce(&mut s, idempotent_batch(id, epoch, 0, 2)).0,
+        56,
+        "KAFKA_STORAGE_ERROR: no space reserved, nothing written"
+    );
+    assert_eq!(
+        produce(&mut s, idempotent_batch(id, epoch, 2, 3)).0,
+        56,
+        "the batch behind it is refused the same way, not OUT_OF_ORDER_SEQUENCE_NUMBER (45)"
+    );
+    assert!(
+        broker.log().contains("the disk refused to reserve space"),
+        "{}",
+        broker.log()
+    );
+    arm(&broker, &control, "");
+    // Space is back: the log finds out by itself and takes both batches, in order.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        match produce(&mut s, idempotent_batch(id, epoch, 0, 2)) {
+            (56, _) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            answer => break answer,
+        }
+    };
+    assert_eq!(first, (0, 0), "{}", broker.log());
+    assert_eq!(produce(&mut s, idempotent_batch(id, epoch, 2, 3)), (0, 2));
+    assert_eq!(log_end(&mut s), 5, "every record once");
+    assert!(
+        broker.log().contains("appends are taken again"),
+        "{}",
+        broker.log()
+    );
+}
+
 #[test]
 fn retries_land_once_and_sequence_rules_hold_across_restarts() {
     let broker = Broker::start(&["--cores", "2"]);
