@@ -628,12 +628,16 @@ fn inject(
                 (fault.kind.name(), "links_healed")
             }
         };
+        let injected_ms = recorder.now_ms();
         recorder.push(Event::Fault {
-            t_ms: recorder.now_ms(),
+            t_ms: injected_ms,
             action: action.into(),
             node,
         });
-        sleep_until(fault.at_ms + fault.hold_ms);
+        // Held for its whole length even when injected late (the heal of the fault before
+        // took longer than its gap, e.g. a restart on a loaded machine), so every planned
+        // fault really acts; the faults after it move later with it.
+        sleep_until((injected_ms as u64).max(fault.at_ms) + fault.hold_ms);
         let healed = match fault.kind {
             FaultKind::Kill | FaultKind::KillController => cluster.restart(node),
             kind if restarts_after(kind, cluster.len()) => {
