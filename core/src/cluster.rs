@@ -1143,6 +1143,19 @@ impl Driver {
                 high_watermark: group.high_watermark(),
             };
             let before = link.state.replace(now);
+            if replica.role() != Role::Leader {
+                // Deposed (or never leading): the appends waiting here are answered now, as
+                // Kafka's deposed leader answers its delayed produces, not once entries at
+                // their indexes commit here, which a replica cut off or behind may not see for
+                // long while the client waits out its request timeout. An entry of them may
+                // still commit under the new leader: the client's retry then finds it there
+                // (an idempotent producer's as a duplicate).
+                for waiting in self.pending.remove(key).unwrap_or_default() {
+                    let _ = waiting.reply.send(Err(not_leader(
+                        "leadership lost before the batch committed",
+                    )));
+                }
+            }
             let isr_changed = if now.leader {
                 let fresh = (before.leader, before.term) != (true, now.term);
                 let catch_up = self.catch_up.entry(*key).or_default();
