@@ -154,15 +154,21 @@ mod armed {
     }
 
     /// Applies a control file's text: every point it names armed as it says, every other
-    /// point disarmed.
+    /// point disarmed. Text that does not parse (or an action fail-rs refuses) disarms every
+    /// point: a test hook gone wrong must not leave faults firing.
     fn apply(text: &str) -> Result<(), String> {
-        let armed = parse(text)?;
         for point in FaultPoint::ALL {
             fail::remove(point.name());
         }
         ANY_ARMED.store(false, Ordering::Relaxed);
+        let armed = parse(text)?;
         for (name, actions) in &armed {
-            fail::cfg(name.clone(), actions).map_err(|e| format!("{name}={actions}: {e}"))?;
+            if let Err(e) = fail::cfg(name.clone(), actions) {
+                for point in FaultPoint::ALL {
+                    fail::remove(point.name());
+                }
+                return Err(format!("{name}={actions}: {e}"));
+            }
         }
         ANY_ARMED.store(!armed.is_empty(), Ordering::Relaxed);
         Ok(())

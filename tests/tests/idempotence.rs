@@ -224,6 +224,35 @@ fn a_refused_space_reservation_refuses_the_batches_behind_it_until_space_is_back
     );
 }
 
+/// A control file that stops parsing while points are armed disarms every point (the
+/// broker says so), instead of leaving the last faults firing.
+#[test]
+fn a_fault_point_control_file_gone_bad_disarms_every_point() {
+    let control_dir = tempfile::tempdir().unwrap();
+    let control = control_dir.path().join("fault-points");
+    let broker = broker_with_fault_points(tempfile::tempdir().unwrap(), &control);
+    let mut s = connect(broker.addr);
+    create_topic(&mut s, "idem", 1);
+    let (id, epoch) = init_producer_id(&mut s, None);
+    arm(&broker, &control, "storage::fallocate=return(enospc)");
+    assert_eq!(produce(&mut s, idempotent_batch(id, epoch, 0, 2)).0, 56);
+
+    std::fs::write(&control, "storage::fallocate=return(enospc\nnot a line\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !broker.log().contains("fault points left disarmed") {
+        assert!(Instant::now() < deadline, "{}", broker.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let landed = loop {
+        match produce(&mut s, idempotent_batch(id, epoch, 0, 2)) {
+            (56, _) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            answer => break answer,
+        }
+    };
+    assert_eq!(landed, (0, 0), "the reservation goes through once disarmed");
+}
+
 #[test]
 fn retries_land_once_and_sequence_rules_hold_across_restarts() {
     let broker = Broker::start(&["--cores", "2"]);
