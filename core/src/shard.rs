@@ -106,6 +106,10 @@ pub struct Shard {
     disk_free_warned: Cell<u64>,
     /// Serializes log opening on this shard, so one partition is never opened twice.
     opening: Semaphore,
+    /// Set once shutdown starts closing partitions: from then on none is opened (a request
+    /// arriving meanwhile would otherwise open a second instance of a log the shutdown is
+    /// still closing, and two instances of one log overwrite each other's segments).
+    closing: Cell<bool>,
     /// The controller's lock: catalog changes run one at a time (used on shard 0 only).
     controller_lock: Semaphore,
     /// The consumer groups whose offsets partitions this shard owns.
@@ -183,6 +187,7 @@ impl Shard {
             disk_free: Cell::new((u64::MAX, None)),
             disk_free_warned: Cell::new(u64::MAX),
             opening: Semaphore::new(1),
+            closing: Cell::new(false),
             controller_lock: Semaphore::new(1),
             producer_ids: std::cell::Cell::new(None),
             placements: RefCell::default(),
@@ -420,6 +425,9 @@ impl Shard {
         if let Some(p) = self.partitions.borrow().get(&key) {
             return Ok(p.clone());
         }
+        if self.closing.get() {
+            return Err(sluice_storage::StorageError::Closed);
+        }
         // Only a partition of the current catalog is opened. A request that resolved its topic
         // before a DeleteTopics (a long-poll fetch woken by the close, a late produce) would
         // otherwise reopen the deleted partition, recreating its directory after the controller
@@ -591,16 +599,30 @@ impl Shard {
     /// Closes every partition this shard owns (flushing what is buffered), and in cluster
     /// mode every Raft group. Shutdown.
     pub async fn close_all(&self) {
+        self.closing.set(true);
         if let Some(replication) = &self.replication {
             // A clean stop hands leaderships over first, so clients see retriable errors only.
             replication.hand_off().await;
         }
+        // An open under way finishes (and is closed below) before the map is emptied; later
+        // ones are refused (`closing`), so no partition is opened again while it closes.
+        let opening = self
+            .opening
+            .acquire_permit(1)
+            .await
+            .expect("the opening semaphore is never closed");
         let all: Vec<Rc<Partition>> = self
             .partitions
             .borrow_mut()
             .drain()
             .map(|(_, p)| p)
             .collect();
+        drop(opening);
+        info!(
+            shard = self.id,
+            partitions = all.len(),
+            "closing the partitions"
+        );
         for partition in all {
             if let Err(e) = partition.close().await {
                 warn!(dir = %partition.dir().display(), error = %e, "closing a partition");

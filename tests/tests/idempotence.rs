@@ -253,6 +253,95 @@ fn a_fault_point_control_file_gone_bad_disarms_every_point() {
     assert_eq!(landed, (0, 0), "the reservation goes through once disarmed");
 }
 
+/// Found by `sluice chaos` (single broker, seed 115 of kill, pause, disk_full, write_eio,
+/// fdatasync_eio, fallocate_enospc, slow_disk, clock_jump; 30 s: 15 acknowledged records
+/// lost): while a clean stop was closing the partitions, a produce opened one of them again,
+/// a second instance of a log the first was still closing; both wrote segments, the restart
+/// found them overlapping and dropped the later one, acknowledged records with it. Once the
+/// stop closes partitions, none is opened again: the produce is refused (retriable).
+#[test]
+fn a_produce_during_a_clean_stop_does_not_open_a_closing_partition_again() {
+    let control_dir = tempfile::tempdir().unwrap();
+    let control = control_dir.path().join("fault-points");
+    let broker = broker_with_fault_points(tempfile::tempdir().unwrap(), &control);
+    let mut s = connect(broker.addr);
+    create_topic(&mut s, "idem", 1);
+    let (id, epoch) = init_producer_id(&mut s, None);
+    assert_eq!(produce(&mut s, idempotent_batch(id, epoch, 0, 2)), (0, 0));
+    // Slow fdatasyncs keep the stop closing the partition for seconds.
+    arm(&broker, &control, "storage::fdatasync=return(stall:3000)");
+    let request = ProduceRequest::default()
+        .with_acks(1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str("idem")))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(Bytes::from(idempotent_batch(
+                    id, epoch, 2, 3,
+                ))))])]);
+    let buffered: ProduceResponse = call(&mut s, ApiKey::Produce, 11, &request);
+    assert_eq!(buffered.responses[0].partition_responses[0].error_code, 0);
+
+    let pid = broker.pid().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !broker.log().contains("closing the partitions") {
+        assert!(Instant::now() < deadline, "{}", broker.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    use std::io::Write;
+    let request = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str("idem")))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(Bytes::from(idempotent_batch(
+                    id, epoch, 5, 1,
+                ))))])]);
+    let answered = s
+        .write_all(&sluice_tests::wire::request(
+            ApiKey::Produce,
+            11,
+            7,
+            &request,
+        ))
+        .ok()
+        .and_then(|()| sluice_tests::wire::read_frame(&mut s));
+    if let Some(mut frame) = answered {
+        use kafka_protocol::protocol::Decodable;
+        let _header = kafka_protocol::messages::ResponseHeader::decode(
+            &mut frame,
+            ApiKey::Produce.response_header_version(11),
+        )
+        .unwrap();
+        let r = ProduceResponse::decode(&mut frame, 11).unwrap();
+        let code = r.responses[0].partition_responses[0].error_code;
+        assert_ne!(code, 0, "taken by a partition that is closing");
+    }
+    let dir = broker.stop();
+    let stopped_log = std::fs::read_to_string(dir.path().join("sluice.log")).unwrap();
+    let partition_opens = stopped_log
+        .lines()
+        .filter(|l| l.contains("log opened") && l.contains("/idem-"))
+        .count();
+    assert_eq!(
+        partition_opens, 1,
+        "the partition was opened again during the stop:\n{stopped_log}"
+    );
+    std::fs::write(&control, "").unwrap();
+    let broker = broker_with_fault_points(dir, &control);
+    let mut s = connect(broker.addr);
+    assert_eq!(log_end(&mut s), 5, "every acknowledged record, once");
+    assert!(!broker.log().contains("overlaps"), "{}", broker.log());
+}
+
 #[test]
 fn retries_land_once_and_sequence_rules_hold_across_restarts() {
     let broker = Broker::start(&["--cores", "2"]);
