@@ -1103,9 +1103,7 @@ impl Driver {
     ) -> Option<sluice_replication::partition::RaftPartition> {
         self.catch_up.remove(&key);
         self.term_starts.remove(&key);
-        for waiting in self.pending.remove(&key).unwrap_or_default() {
-            let _ = waiting.reply.send(Err(not_leader(why)));
-        }
+        refuse_waiting(&mut self.pending, key, why);
         shard.catalog.cluster.set_leader(key, None);
         self.node.remove_group(&group_key(key))
     }
@@ -1150,11 +1148,11 @@ impl Driver {
                 // long while the client waits out its request timeout. An entry of them may
                 // still commit under the new leader: the client's retry then finds it there
                 // (an idempotent producer's as a duplicate).
-                for waiting in self.pending.remove(key).unwrap_or_default() {
-                    let _ = waiting.reply.send(Err(not_leader(
-                        "leadership lost before the batch committed",
-                    )));
-                }
+                refuse_waiting(
+                    &mut self.pending,
+                    *key,
+                    "leadership lost before the batch committed",
+                );
             }
             let isr_changed = if now.leader {
                 let fresh = (before.leader, before.term) != (true, now.term);
@@ -1472,6 +1470,17 @@ fn answer_committed(
                 partition.note_changed();
             }
         }
+    }
+}
+
+/// Answers every append waiting on `key` NOT_LEADER_OR_FOLLOWER (`why`).
+fn refuse_waiting(
+    pending: &mut HashMap<PartitionKey, VecDeque<Pending>>,
+    key: PartitionKey,
+    why: &str,
+) {
+    for waiting in pending.remove(&key).unwrap_or_default() {
+        let _ = waiting.reply.send(Err(not_leader(why)));
     }
 }
 

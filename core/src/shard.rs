@@ -425,6 +425,8 @@ impl Shard {
         if let Some(p) = self.partitions.borrow().get(&key) {
             return Ok(p.clone());
         }
+        // Checked under the permit: an open that waited for it while the stop emptied the
+        // map must not open the partition again.
         if self.closing.get() {
             return Err(sluice_storage::StorageError::Closed);
         }

@@ -157,16 +157,17 @@ mod armed {
     /// point disarmed. Text that does not parse (or an action fail-rs refuses) disarms every
     /// point: a test hook gone wrong must not leave faults firing.
     fn apply(text: &str) -> Result<(), String> {
-        for point in FaultPoint::ALL {
-            fail::remove(point.name());
-        }
-        ANY_ARMED.store(false, Ordering::Relaxed);
+        let disarm_all = || {
+            ANY_ARMED.store(false, Ordering::Relaxed);
+            for point in FaultPoint::ALL {
+                fail::remove(point.name());
+            }
+        };
+        disarm_all();
         let armed = parse(text)?;
         for (name, actions) in &armed {
             if let Err(e) = fail::cfg(name.clone(), actions) {
-                for point in FaultPoint::ALL {
-                    fail::remove(point.name());
-                }
+                disarm_all();
                 return Err(format!("{name}={actions}: {e}"));
             }
         }

@@ -638,10 +638,37 @@ impl Log {
         StorageError::NoSpace(why)
     }
 
-    /// Tries the refused reservation again in the background (backing off from 100 ms to
-    /// 2 s) until it goes through, so appends resume by themselves once space comes back.
+    /// Tries the refused reservation again in the background until it goes through, so
+    /// appends resume by themselves once space comes back.
     fn spawn_reservation_probe(&self, bytes: usize) {
-        if self.inner.probing_reservation.replace(true) {
+        self.retry_in_background(
+            |inner| &inner.probing_reservation,
+            move |log| async move {
+                let Ok(_append) = log.lock_appends().await else {
+                    return true;
+                };
+                if log.try_reserve(bytes).await.is_err() {
+                    return false;
+                }
+                log.inner.refused_reservation.take();
+                info!(dir = %log.inner.dir.display(), "the disk reserved space again: appends are taken again");
+                true
+            },
+        );
+    }
+
+    /// Runs `attempt` in the background, first after 100 ms and then backing off to every
+    /// 2 s, until it says it is done or the log fails or closes. `running` names the flag that
+    /// marks the task, so at most one runs per flag.
+    fn retry_in_background<Attempt, Done>(
+        &self,
+        running: fn(&Inner) -> &Cell<bool>,
+        attempt: Attempt,
+    ) where
+        Attempt: Fn(Log) -> Done + 'static,
+        Done: std::future::Future<Output = bool>,
+    {
+        if running(&self.inner).replace(true) {
             return;
         }
         let log = self.clone();
@@ -649,20 +676,12 @@ impl Log {
             let mut backoff = std::time::Duration::from_millis(100);
             loop {
                 glommio::timer::sleep(backoff).await;
-                if log.check_usable().is_err() {
-                    break;
-                }
-                let Ok(_append) = log.lock_appends().await else {
-                    break;
-                };
-                if log.try_reserve(bytes).await.is_ok() {
-                    log.inner.refused_reservation.take();
-                    info!(dir = %log.inner.dir.display(), "the disk reserved space again: appends are taken again");
+                if log.check_usable().is_err() || attempt(log.clone()).await {
                     break;
                 }
                 backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
             }
-            log.inner.probing_reservation.set(false);
+            running(&log.inner).set(false);
         })
         .detach();
     }
@@ -696,28 +715,22 @@ impl Log {
         StorageError::NoSpace(why)
     }
 
-    /// Retries the refused writes in the background (backing off from 100 ms to 2 s) until one
-    /// goes through, so a log nobody appends to or waits on still writes its buffered records
-    /// once space comes back.
+    /// Retries the refused writes in the background until one goes through, so a log nobody
+    /// appends to or waits on still writes its buffered records once space comes back.
     fn spawn_refused_write_retry(&self) {
-        if self.inner.retrying_refused.replace(true) {
-            return;
-        }
-        let log = self.clone();
-        glommio::spawn_local(async move {
-            let mut backoff = std::time::Duration::from_millis(100);
-            loop {
-                glommio::timer::sleep(backoff).await;
-                if log.check_usable().is_err() || log.inner.refused_write.borrow().is_none() {
-                    break;
+        self.retry_in_background(
+            |inner| &inner.retrying_refused,
+            |log| async move {
+                if log.inner.refused_write.borrow().is_none() {
+                    return true;
                 }
-                let Ok(_io) = log.lock_io().await else { break };
+                let Ok(_io) = log.lock_io().await else {
+                    return true;
+                };
                 let _ = log.write_out().await;
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
-            }
-            log.inner.retrying_refused.set(false);
-        })
-        .detach();
+                false
+            },
+        );
     }
 
     /// A write went through: appends are taken again.
@@ -1232,8 +1245,7 @@ impl Log {
                 .set(self.inner.writes_in_flight.get() + 1);
             started += 1;
             let log = self.clone();
-            let failed = Rc::new(Cell::new(false));
-            let failed_in_task = failed.clone();
+            let refused_before = self.inner.refused_writes.get();
             glommio::spawn_local(async move {
                 let result = log.perform_write(&file, &path, write, reserve).await;
                 log.inner
@@ -1242,15 +1254,14 @@ impl Log {
                 log.wake_write_waiters();
                 if result.is_ok() {
                     log.start_sealed_writes(log.inner.config.borrow().writes_in_flight_max);
-                } else {
-                    failed_in_task.set(true);
                 }
             })
             .detach();
             // The task runs at once up to its first real wait: a write that failed before it
-            // (an error the submission itself returned) has put its chunk back already, and
-            // taking it again here would fail the same way, forever, without ever yielding.
-            if failed.get() {
+            // (an error the submission itself returned) has failed the log or been refused for
+            // space, putting its chunk back, and taking the chunk again here would fail the
+            // same way, forever, without ever yielding.
+            if self.check_usable().is_err() || self.inner.refused_writes.get() != refused_before {
                 break;
             }
         }

@@ -180,13 +180,8 @@ impl Broker {
 
     /// Stops the broker with SIGTERM (a clean shutdown) and hands back its data directory.
     pub fn stop(self) -> tempfile::TempDir {
-        let pid = self.child.id().to_string();
         let mut this = self;
-        let status = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
+        this.signal("TERM");
         let deadline = Instant::now() + Duration::from_secs(20);
         while this.child.try_wait().expect("wait").is_none() {
             assert!(
@@ -199,14 +194,19 @@ impl Broker {
         std::mem::replace(&mut this.data_dir, dir)
     }
 
-    /// Sends `signal` (e.g. "TERM", "INT") and waits up to `within` for the process to exit;
-    /// returns its exit code and what it wrote to standard error.
-    pub fn stop_with(mut self, signal: &str, within: Duration) -> (Option<i32>, String) {
+    /// Sends `signal` (e.g. "TERM", "STOP") to the broker, without waiting for anything.
+    pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args([&format!("-{signal}"), &self.child.id().to_string()])
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Sends `signal` (e.g. "TERM", "INT") and waits up to `within` for the process to exit;
+    /// returns its exit code and what it wrote to standard error.
+    pub fn stop_with(mut self, signal: &str, within: Duration) -> (Option<i32>, String) {
+        self.signal(signal);
         let deadline = Instant::now() + within;
         let code = loop {
             if let Some(status) = self.child.try_wait().expect("wait") {

@@ -79,19 +79,32 @@ fn idempotent_batch(id: i64, epoch: i16, sequence: i32, records: usize) -> Vec<u
     batch
 }
 
-/// Produces one batch with acks=all; returns (error code, base offset).
-fn produce(s: &mut TcpStream, batch: Vec<u8>) -> (i16, i64) {
-    let request = ProduceRequest::default()
-        .with_acks(-1)
+/// A Produce of one batch to partition 0 of `idem`.
+fn produce_request(acks: i16, batch: Vec<u8>) -> ProduceRequest {
+    ProduceRequest::default()
+        .with_acks(acks)
         .with_timeout_ms(5000)
         .with_topic_data(vec![TopicProduceData::default()
             .with_name(TopicName(StrBytes::from_static_str("idem")))
             .with_partition_data(vec![PartitionProduceData::default()
                 .with_index(0)
-                .with_records(Some(Bytes::from(batch)))])]);
-    let r: ProduceResponse = call(s, ApiKey::Produce, 11, &request);
+                .with_records(Some(Bytes::from(batch)))])])
+}
+
+/// The (error code, base offset) a Produce response gives its one partition.
+fn answer_of(r: &ProduceResponse) -> (i16, i64) {
     let p = &r.responses[0].partition_responses[0];
     (p.error_code, p.base_offset)
+}
+
+/// Produces one batch with `acks`; returns (error code, base offset).
+fn produce_with(s: &mut TcpStream, acks: i16, batch: Vec<u8>) -> (i16, i64) {
+    answer_of(&call(s, ApiKey::Produce, 11, &produce_request(acks, batch)))
+}
+
+/// Produces one batch with acks=all; returns (error code, base offset).
+fn produce(s: &mut TcpStream, batch: Vec<u8>) -> (i16, i64) {
+    produce_with(s, -1, batch)
 }
 
 fn log_end(s: &mut TcpStream) -> i64 {
@@ -114,6 +127,72 @@ fn broker_with_fault_points(data_dir: tempfile::TempDir, control: &std::path::Pa
     Broker::start_wrapped(data_dir, &["env", &env], &["--cores", "1"])
 }
 
+/// A broker with fault points (none armed), topic `idem` (one partition), a connection and
+/// an idempotent producer id.
+struct FaultyBroker {
+    _control_dir: tempfile::TempDir,
+    control: std::path::PathBuf,
+    broker: Broker,
+    s: TcpStream,
+    id: i64,
+    epoch: i16,
+}
+
+impl FaultyBroker {
+    fn start() -> FaultyBroker {
+        let control_dir = tempfile::tempdir().unwrap();
+        let control = control_dir.path().join("fault-points");
+        let broker = broker_with_fault_points(tempfile::tempdir().unwrap(), &control);
+        let mut s = connect(broker.addr);
+        create_topic(&mut s, "idem", 1);
+        let (id, epoch) = init_producer_id(&mut s, None);
+        FaultyBroker {
+            _control_dir: control_dir,
+            control,
+            broker,
+            s,
+            id,
+            epoch,
+        }
+    }
+
+    /// Arms the broker's fault points as `spec` says (see [`arm`]).
+    fn arm(&self, spec: &str) {
+        arm(&self.broker, &self.control, spec);
+    }
+
+    /// The producer's batch of `records` records from `sequence`.
+    fn batch(&self, sequence: i32, records: usize) -> Vec<u8> {
+        idempotent_batch(self.id, self.epoch, sequence, records)
+    }
+
+    /// Produces the producer's batch (see [`FaultyBroker::batch`]) with `acks`.
+    fn produce_with(&mut self, acks: i16, sequence: i32, records: usize) -> (i16, i64) {
+        let batch = self.batch(sequence, records);
+        produce_with(&mut self.s, acks, batch)
+    }
+
+    /// Produces the producer's batch with acks=all.
+    fn produce(&mut self, sequence: i32, records: usize) -> (i16, i64) {
+        self.produce_with(-1, sequence, records)
+    }
+
+    /// Produces the producer's batch (acks=all) again while it is refused with
+    /// KAFKA_STORAGE_ERROR, for up to 10 s (a log refusing appends for space finds out by
+    /// itself that space is back).
+    fn produce_once_space_is_back(&mut self, sequence: i32, records: usize) -> (i16, i64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.produce(sequence, records) {
+                (56, _) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                answer => break answer,
+            }
+        }
+    }
+}
+
 /// Writes the control file and waits until the broker says it took it.
 fn arm(broker: &Broker, control: &std::path::Path, spec: &str) {
     let changes = broker.log().matches("fault points changed").count();
@@ -134,12 +213,14 @@ fn arm(broker: &Broker, control: &std::path::Path, spec: &str) {
 /// after the restart is recognised as a duplicate.
 #[test]
 fn a_batch_whose_fdatasync_failed_is_possibly_persisted_and_its_retry_lands_once() {
-    let control_dir = tempfile::tempdir().unwrap();
-    let control = control_dir.path().join("fault-points");
-    let broker = broker_with_fault_points(tempfile::tempdir().unwrap(), &control);
-    let mut s = connect(broker.addr);
-    create_topic(&mut s, "idem", 1);
-    let (id, epoch) = init_producer_id(&mut s, None);
+    let FaultyBroker {
+        _control_dir,
+        control,
+        broker,
+        mut s,
+        id,
+        epoch,
+    } = FaultyBroker::start();
     assert_eq!(produce(&mut s, idempotent_batch(id, epoch, 0, 2)), (0, 0));
 
     arm(&broker, &control, "storage::fdatasync=return(eio)");
@@ -182,74 +263,45 @@ fn a_batch_whose_fdatasync_failed_is_possibly_persisted_and_its_retry_lands_once
 /// stored twice. Now the refusal holds for every append until space is reserved again.
 #[test]
 fn a_refused_space_reservation_refuses_the_batches_behind_it_until_space_is_back() {
-    let control_dir = tempfile::tempdir().unwrap();
-    let control = control_dir.path().join("fault-points");
-    let broker = broker_with_fault_points(tempfile::tempdir().unwrap(), &control);
-    let mut s = connect(broker.addr);
-    create_topic(&mut s, "idem", 1);
-    let (id, epoch) = init_producer_id(&mut s, None);
-
-    arm(&broker, &control, "storage::fallocate=return(enospc)");
+    let mut b = FaultyBroker::start();
+    b.arm("storage::fallocate=return(enospc)");
     assert_eq!(
-        produce(&mut s, idempotent_batch(id, epoch, 0, 2)).0,
+        b.produce(0, 2).0,
         56,
         "KAFKA_STORAGE_ERROR: no space reserved, nothing written"
     );
     assert_eq!(
-        produce(&mut s, idempotent_batch(id, epoch, 2, 3)).0,
+        b.produce(2, 3).0,
         56,
         "the batch behind it is refused the same way, not OUT_OF_ORDER_SEQUENCE_NUMBER (45)"
     );
-    assert!(
-        broker.log().contains("the disk refused to reserve space"),
-        "{}",
-        broker.log()
-    );
-    arm(&broker, &control, "");
+    let log = b.broker.log();
+    assert!(log.contains("the disk refused to reserve space"), "{log}");
+    b.arm("");
     // Space is back: the log finds out by itself and takes both batches, in order.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let first = loop {
-        match produce(&mut s, idempotent_batch(id, epoch, 0, 2)) {
-            (56, _) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            answer => break answer,
-        }
-    };
-    assert_eq!(first, (0, 0), "{}", broker.log());
-    assert_eq!(produce(&mut s, idempotent_batch(id, epoch, 2, 3)), (0, 2));
-    assert_eq!(log_end(&mut s), 5, "every record once");
-    assert!(
-        broker.log().contains("appends are taken again"),
-        "{}",
-        broker.log()
-    );
+    let first = b.produce_once_space_is_back(0, 2);
+    assert_eq!(first, (0, 0), "{}", b.broker.log());
+    assert_eq!(b.produce(2, 3), (0, 2));
+    assert_eq!(log_end(&mut b.s), 5, "every record once");
+    let log = b.broker.log();
+    assert!(log.contains("appends are taken again"), "{log}");
 }
 
 /// A control file that stops parsing while points are armed disarms every point (the
 /// broker says so), instead of leaving the last faults firing.
 #[test]
 fn a_fault_point_control_file_gone_bad_disarms_every_point() {
-    let control_dir = tempfile::tempdir().unwrap();
-    let control = control_dir.path().join("fault-points");
-    let broker = broker_with_fault_points(tempfile::tempdir().unwrap(), &control);
-    let mut s = connect(broker.addr);
-    create_topic(&mut s, "idem", 1);
-    let (id, epoch) = init_producer_id(&mut s, None);
-    arm(&broker, &control, "storage::fallocate=return(enospc)");
-    assert_eq!(produce(&mut s, idempotent_batch(id, epoch, 0, 2)).0, 56);
+    let mut b = FaultyBroker::start();
+    b.arm("storage::fallocate=return(enospc)");
+    assert_eq!(b.produce(0, 2).0, 56);
 
-    std::fs::write(&control, "storage::fallocate=return(enospc\nnot a line\n").unwrap();
+    std::fs::write(&b.control, "storage::fallocate=return(enospc\nnot a line\n").unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !broker.log().contains("fault points left disarmed") {
-        assert!(Instant::now() < deadline, "{}", broker.log());
+    while !b.broker.log().contains("fault points left disarmed") {
+        assert!(Instant::now() < deadline, "{}", b.broker.log());
         std::thread::sleep(Duration::from_millis(10));
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let landed = loop {
-        match produce(&mut s, idempotent_batch(id, epoch, 0, 2)) {
-            (56, _) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            answer => break answer,
-        }
-    };
+    let landed = b.produce_once_space_is_back(0, 2);
     assert_eq!(landed, (0, 0), "the reservation goes through once disarmed");
 }
 
@@ -261,70 +313,42 @@ fn a_fault_point_control_file_gone_bad_disarms_every_point() {
 /// stop closes partitions, none is opened again: the produce is refused (retriable).
 #[test]
 fn a_produce_during_a_clean_stop_does_not_open_a_closing_partition_again() {
-    let control_dir = tempfile::tempdir().unwrap();
-    let control = control_dir.path().join("fault-points");
-    let broker = broker_with_fault_points(tempfile::tempdir().unwrap(), &control);
-    let mut s = connect(broker.addr);
-    create_topic(&mut s, "idem", 1);
-    let (id, epoch) = init_producer_id(&mut s, None);
-    assert_eq!(produce(&mut s, idempotent_batch(id, epoch, 0, 2)), (0, 0));
+    let mut b = FaultyBroker::start();
+    assert_eq!(b.produce(0, 2), (0, 0));
     // Slow fdatasyncs keep the stop closing the partition for seconds.
-    arm(&broker, &control, "storage::fdatasync=return(stall:3000)");
-    let request = ProduceRequest::default()
-        .with_acks(1)
-        .with_timeout_ms(5000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_static_str("idem")))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(0)
-                .with_records(Some(Bytes::from(idempotent_batch(
-                    id, epoch, 2, 3,
-                ))))])]);
-    let buffered: ProduceResponse = call(&mut s, ApiKey::Produce, 11, &request);
-    assert_eq!(buffered.responses[0].partition_responses[0].error_code, 0);
+    b.arm("storage::fdatasync=return(stall:3000)");
+    assert_eq!(b.produce_with(1, 2, 3).0, 0, "buffered");
 
-    let pid = broker.pid().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    b.broker.signal("TERM");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !broker.log().contains("closing the partitions") {
-        assert!(Instant::now() < deadline, "{}", broker.log());
+    while !b.broker.log().contains("closing the partitions") {
+        assert!(Instant::now() < deadline, "{}", b.broker.log());
         std::thread::sleep(Duration::from_millis(10));
     }
+    // Answered with an error, or not at all (the connection closes with the broker).
     use std::io::Write;
-    let request = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(5000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_static_str("idem")))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(0)
-                .with_records(Some(Bytes::from(idempotent_batch(
-                    id, epoch, 5, 1,
-                ))))])]);
-    let answered = s
-        .write_all(&sluice_tests::wire::request(
-            ApiKey::Produce,
-            11,
-            7,
-            &request,
-        ))
-        .ok()
-        .and_then(|()| sluice_tests::wire::read_frame(&mut s));
+    let request =
+        sluice_tests::wire::request(ApiKey::Produce, 11, 7, &produce_request(-1, b.batch(5, 1)));
+    let answered =
+        b.s.write_all(&request)
+            .ok()
+            .and_then(|()| sluice_tests::wire::read_frame(&mut b.s));
     if let Some(mut frame) = answered {
         use kafka_protocol::protocol::Decodable;
-        let _header = kafka_protocol::messages::ResponseHeader::decode(
+        kafka_protocol::messages::ResponseHeader::decode(
             &mut frame,
             ApiKey::Produce.response_header_version(11),
         )
         .unwrap();
-        let r = ProduceResponse::decode(&mut frame, 11).unwrap();
-        let code = r.responses[0].partition_responses[0].error_code;
-        assert_ne!(code, 0, "taken by a partition that is closing");
+        let answer = answer_of(&ProduceResponse::decode(&mut frame, 11).unwrap());
+        assert_ne!(answer.0, 0, "taken by a partition that is closing");
     }
+    let FaultyBroker {
+        _control_dir,
+        control,
+        broker,
+        ..
+    } = b;
     let dir = broker.stop();
     let stopped_log = std::fs::read_to_string(dir.path().join("sluice.log")).unwrap();
     let partition_opens = stopped_log
