@@ -96,9 +96,15 @@ impl Partition {
     async fn over_log(log: Log, replica: Option<Rc<ReplicaLink>>) -> Result<Partition> {
         let dir = log.dir().to_path_buf();
         let dir = dir.as_path();
-        let end = replica
-            .as_ref()
-            .map_or_else(|| log.log_end_offset(), |r| r.high_watermark());
+        // What the state must reflect: the whole log on a single node; in cluster mode the
+        // committed batches, which go on committing (on the replication loop) while the reads
+        // below wait.
+        let covered_end = || {
+            replica
+                .as_ref()
+                .map_or_else(|| log.log_end_offset(), |r| r.high_watermark())
+        };
+        let mut end = covered_end();
         // A snapshot beyond the recovered log end describes batches that are gone: rebuild
         // from the start instead.
         let mut state = ProducerState::load(dir)
@@ -106,15 +112,35 @@ impl Partition {
             .unwrap_or_default();
         let mut from = state.covered_to().max(log.log_start_offset());
         let rescan_from = from;
-        while from < end {
-            let read = log.read(from, REBUILD_READ_BYTES).await?;
-            let mut rest = &read.bytes[..];
-            while !rest.is_empty() {
-                let info = validate_batch(rest, usize::MAX).expect("the log returns valid batches");
-                state.record(&info);
-                rest = &rest[info.size_bytes..];
+        loop {
+            while from < end {
+                let read = log.read(from, REBUILD_READ_BYTES).await?;
+                let mut rest = &read.bytes[..];
+                from = read.next_offset;
+                while !rest.is_empty() {
+                    let info =
+                        validate_batch(rest, usize::MAX).expect("the log returns valid batches");
+                    // A read runs on to the log end; in cluster mode batches past the
+                    // committed end may still be truncated away, and are recorded once
+                    // they commit.
+                    if info.base_offset >= end {
+                        from = info.base_offset;
+                        break;
+                    }
+                    state.record(&info);
+                    rest = &rest[info.size_bytes..];
+                }
             }
-            from = read.next_offset;
+            // Entries that committed while this partition was opening were handed to no
+            // `apply_committed` (the shard finds the partition only once it is open): read
+            // them too, until the committed end stands still. No await separates this check
+            // from the shard putting the partition in its map, so every later entry is
+            // applied there.
+            let now = covered_end();
+            if now <= end {
+                break;
+            }
+            end = now;
         }
         state.cover_to(end);
         if rescan_from < end {
@@ -173,7 +199,13 @@ impl Partition {
     /// does, so a new leader keeps deduplicating).
     pub fn apply_committed(&self, entries: &[sluice_replication::partition::CommittedEntry]) {
         let mut producers = self.producers.borrow_mut();
-        for entry in entries.iter().filter(|e| !e.data.is_empty()) {
+        // Entries below `covered_to` are reflected already: the opening rebuild read them
+        // from the log (they committed while it ran, and raft-rs hands them over after).
+        let covered = producers.covered_to();
+        for entry in entries
+            .iter()
+            .filter(|e| !e.data.is_empty() && e.base_offset >= covered)
+        {
             if let Ok(header) = read_header(&entry.data, usize::MAX) {
                 producers.record(&sluice_storage::BatchInfo {
                     base_offset: entry.base_offset,

@@ -29,13 +29,17 @@ pub enum FaultPoint {
     Fdatasync,
     /// The fallocate that reserves a segment file's space ahead of its appends.
     Fallocate,
+    /// A read of stored records through the log's read path (fetches, the producer-state
+    /// rebuild of a partition being opened); recovery's scan does not pass here.
+    LogRead,
 }
 
 impl FaultPoint {
-    pub const ALL: [FaultPoint; 3] = [
+    pub const ALL: [FaultPoint; 4] = [
         FaultPoint::DataWrite,
         FaultPoint::Fdatasync,
         FaultPoint::Fallocate,
+        FaultPoint::LogRead,
     ];
 
     /// The name a control file arms it by.
@@ -44,6 +48,7 @@ impl FaultPoint {
             FaultPoint::DataWrite => "storage::data_write",
             FaultPoint::Fdatasync => "storage::fdatasync",
             FaultPoint::Fallocate => "storage::fallocate",
+            FaultPoint::LogRead => "storage::log_read",
         }
     }
 }

@@ -1696,13 +1696,18 @@ impl Log {
     /// least one batch, even a larger one, as Kafka does since KIP-74). Every batch returned has
     /// been re-validated. Reading at the log end returns nothing.
     pub async fn read(&self, from: Offset, max_bytes: usize) -> Result<ReadBatches> {
-        loop {
+        let read = loop {
             let generation = self.inner.generation.get();
             let result = self.read_across_segments(from, max_bytes).await;
             if self.inner.generation.get() == generation {
-                return result;
+                break result?;
             }
-        }
+        };
+        // Past the read: a stalled answer holds what the log held when it was read.
+        crate::faults::inject(crate::faults::FaultPoint::LogRead)
+            .await
+            .map_err(|e| StorageError::io(self.dir().display(), e))?;
+        Ok(read)
     }
 
     /// Reads from the segment holding `from`, then on into the following segments while the

@@ -1,7 +1,8 @@
 //! A local cluster of `sluice serve` processes for black-box tests: N nodes on loopback, each
 //! with its own Kafka port, RPC port and data directory, every node a seed (controller voter).
 //! Nodes are killed (SIGKILL), paused, restarted on the same ports and directory, and stopped
-//! by PID; dropping the cluster kills whatever still runs.
+//! by PID; dropping the cluster kills whatever still runs. Each node arms its storage fault
+//! points from a control file of its own (see [`Node::fault_points_file`]).
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -40,6 +41,12 @@ impl Node {
     /// What the node has written to its standard error, over all its runs.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The control file the node arms its storage fault points from (`SLUICE_FAULT_POINTS`;
+    /// missing, as it starts out, disarms every point).
+    pub fn fault_points_file(&self) -> PathBuf {
+        self.dir.join("fault-points")
     }
 }
 
@@ -161,6 +168,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(node.dir.join("data"))
             .args(&self.extra_args)
+            .env("SLUICE_FAULT_POINTS", node.fault_points_file())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -71,3 +71,22 @@ pub fn assert_closed_after(addr: SocketAddr, bytes: &[u8], what: &str) {
     let n = s.read_to_end(&mut rest).unwrap_or(0);
     assert_eq!(n, 0, "{what}: expected a closed connection, got {n} bytes");
 }
+
+/// A batch of `records` records (values `seq-N`) from idempotent producer `(id, epoch)`,
+/// starting at `sequence`.
+pub fn idempotent_batch(id: i64, epoch: i16, sequence: i32, records: usize) -> Vec<u8> {
+    let values: Vec<String> = (0..records)
+        .map(|i| format!("seq-{}", sequence as usize + i))
+        .collect();
+    let recs: Vec<(i64, &[u8], &[u8])> = values
+        .iter()
+        .map(|v| (1, &b"k"[..], v.as_bytes()))
+        .collect();
+    let mut batch = sluice_storage::batch::build_batch(1, &recs);
+    batch[43..51].copy_from_slice(&id.to_be_bytes());
+    batch[51..53].copy_from_slice(&epoch.to_be_bytes());
+    batch[53..57].copy_from_slice(&sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[21..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    batch
+}

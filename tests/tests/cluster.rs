@@ -630,12 +630,22 @@ fn produce_on_wire(
     acks: i16,
     values: &[&[u8]],
 ) -> (i16, i64) {
-    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-    use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
-    use kafka_protocol::protocol::StrBytes;
     let records: Vec<(i64, &[u8], &[u8])> =
         values.iter().map(|v| (0, b"k".as_slice(), *v)).collect();
     let batch = sluice_storage::batch::build_batch(0, &records);
+    produce_batch_on_wire(node, topic, acks, batch)
+}
+
+/// One Produce (v9) of `batch` to partition 0 of `topic` with `acks` (see [`produce_on_wire`]).
+fn produce_batch_on_wire(
+    node: std::net::SocketAddr,
+    topic: &str,
+    acks: i16,
+    batch: Vec<u8>,
+) -> (i16, i64) {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
+    use kafka_protocol::protocol::StrBytes;
     let mut s = sluice_tests::wire::connect(node);
     let answer: ProduceResponse = sluice_tests::wire::call(
         &mut s,
@@ -1778,5 +1788,138 @@ fn a_deposed_leader_answers_the_appends_waiting_on_it() {
     assert!(
         took < Duration::from_secs(10),
         "answered {code} after {took:?}"
+    );
+}
+
+/// A new idempotent producer's id and epoch, from `node`.
+fn init_producer_id(node: std::net::SocketAddr) -> (i64, i16) {
+    use kafka_protocol::messages::{
+        ApiKey, InitProducerIdRequest, InitProducerIdResponse, ProducerId,
+    };
+    let mut s = sluice_tests::wire::connect(node);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let answer: InitProducerIdResponse = sluice_tests::wire::call(
+            &mut s,
+            ApiKey::InitProducerId,
+            4,
+            &InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_transaction_timeout_ms(60_000)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1),
+        );
+        if answer.error_code == 0 {
+            return (answer.producer_id.0, answer.producer_epoch);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "InitProducerId: {}",
+            answer.error_code
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Kills the leader of `topic`'s partition 0 until node `node` leads it (restarting each
+/// killed node before the next kill, so a majority always runs).
+fn make_leader(cluster: &mut Cluster, topic: &str, node: i32) {
+    for _ in 0..6 {
+        let (leader, _) = leader_of(cluster, topic, 0);
+        if leader == node {
+            return;
+        }
+        cluster.kill(leader);
+        // Waits for a running node to lead.
+        leader_of(cluster, topic, 0);
+        cluster.restart(leader);
+    }
+    panic!("node {node} never came to lead {topic}");
+}
+
+/// Found by `sluice chaos` (three nodes, seeds 57 and 66 of the 30 s all-fault campaign: an
+/// idempotent producer's record stored twice, two offsets apart). A replica's partition is
+/// opened (after a restart) by rebuilding its producer state from the log up to the high
+/// watermark; entries that committed while that rebuild read were handed to no partition (it
+/// was not open yet) and were missing from the state for good. Once that replica led, the
+/// retry of such a batch passed the sequence check and was stored again. Here the restarted
+/// follower's log reads are stalled (the `storage::log_read` fault point) while it catches up
+/// on the batches written without it; then it is made leader and gets a retry of one of them:
+/// it must answer with the batch's original offset, not append it again.
+#[test]
+fn a_replica_that_opened_while_entries_committed_recognises_their_retries() {
+    let topic = "opening";
+    let _one_at_a_time = one_cluster_at_a_time();
+    // One offsets partition: the stall below then holds up little else.
+    let mut cluster = Cluster::start(3, &["--offsets-partitions", "1"]);
+    create_topic_named(&cluster, topic);
+    let (leader, _) = leader_of(&cluster, topic, 0);
+    let (id, epoch) = init_producer_id(cluster.node(leader).kafka);
+    let produce = |cluster: &Cluster, sequence: i32| {
+        let batch = sluice_tests::wire::idempotent_batch(id, epoch, sequence, 3);
+        let (leader, _) = leader_of(cluster, topic, 0);
+        produce_batch_on_wire(cluster.node(leader).kafka, topic, -1, batch)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while produce(&cluster, 0).0 != 0 {
+        assert!(Instant::now() < deadline, "{topic} refuses acks=all");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A new term once every replica knows the batch committed: the followers store their
+    // commit index with it (commit-only changes are not written), so a replica restarted
+    // later starts from a committed end its producer state must be rebuilt up to, from the
+    // log.
+    std::thread::sleep(Duration::from_secs(2));
+    cluster.kill(leader);
+    let (new_leader, _) = leader_of(&cluster, topic, 0);
+    cluster.restart(leader);
+    std::thread::sleep(Duration::from_secs(2));
+    // A follower, killed while the others write, restarted, then made leader.
+    let next = (0..3).find(|n| *n != new_leader).expect("a follower");
+    cluster.kill(next);
+    let written: Vec<(i16, i64)> = (1..6).map(|batch| produce(&cluster, batch * 3)).collect();
+    assert!(written.iter().all(|(code, _)| *code == 0), "{written:?}");
+    // Its log reads stall while it opens the partition (and catches up meanwhile).
+    std::fs::write(
+        cluster.node(next).fault_points_file(),
+        "storage::log_read=return(stall:3000)\n",
+    )
+    .unwrap();
+    cluster.restart(next);
+    let opened = format!("/{topic}-");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cluster
+        .node(next)
+        .log()
+        .lines()
+        .any(|l| l.contains("producer state rebuilt from the log") && l.contains(&opened))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node {next} never rebuilt the producer state of {topic}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::write(cluster.node(next).fault_points_file(), "").unwrap();
+    make_leader(&mut cluster, topic, next);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let retried = loop {
+        // The retry of the first batch written without `next`, as a client whose answer got
+        // lost would send it to the new leader.
+        let batch = sluice_tests::wire::idempotent_batch(id, epoch, 3, 3);
+        match produce_batch_on_wire(cluster.node(next).kafka, topic, -1, batch) {
+            (0, offset) => break offset,
+            (code, _) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "node {next} never took the retry: {code}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
+    assert_eq!(
+        retried, written[0].1,
+        "the retry was stored again instead of answered with its offset"
     );
 }

@@ -27,9 +27,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use sluice_storage::batch::build_batch;
 use sluice_tests::proxy::CuttingProxy;
-use sluice_tests::wire::{call, connect};
+use sluice_tests::wire::{call, connect, idempotent_batch};
 use sluice_tests::Broker;
 
 fn create_topic(s: &mut TcpStream, topic: &str, partitions: i32) {
@@ -59,24 +58,6 @@ fn init_producer_id(s: &mut TcpStream, current: Option<(i64, i16)>) -> (i64, i16
     );
     assert_eq!(r.error_code, 0);
     (r.producer_id.0, r.producer_epoch)
-}
-
-/// A batch of `records` records from producer `(id, epoch)` starting at `sequence`.
-fn idempotent_batch(id: i64, epoch: i16, sequence: i32, records: usize) -> Vec<u8> {
-    let values: Vec<String> = (0..records)
-        .map(|i| format!("seq-{}", sequence as usize + i))
-        .collect();
-    let recs: Vec<(i64, &[u8], &[u8])> = values
-        .iter()
-        .map(|v| (1, &b"k"[..], v.as_bytes()))
-        .collect();
-    let mut batch = build_batch(1, &recs);
-    batch[43..51].copy_from_slice(&id.to_be_bytes());
-    batch[51..53].copy_from_slice(&epoch.to_be_bytes());
-    batch[53..57].copy_from_slice(&sequence.to_be_bytes());
-    let crc = crc32c::crc32c(&batch[21..]);
-    batch[17..21].copy_from_slice(&crc.to_be_bytes());
-    batch
 }
 
 /// A Produce of one batch to partition 0 of `idem`.
