@@ -78,12 +78,23 @@ pub const LIBFAKETIME_PATHS: [&str; 2] = [
     "/usr/lib/faketime/libfaketimeMT.so.1",
 ];
 
-/// The libfaketime on this machine (`SLUICE_LIBFAKETIME`, else Debian's paths).
+/// The libfaketime on this machine: `SLUICE_LIBFAKETIME` when set (a path that does not exist
+/// is an error, not a reason to look elsewhere), else Debian's paths.
 pub fn find_libfaketime() -> Result<PathBuf, String> {
-    std::env::var_os("SLUICE_LIBFAKETIME")
+    if let Some(named) = std::env::var_os("SLUICE_LIBFAKETIME") {
+        let named = PathBuf::from(named);
+        return if named.exists() {
+            Ok(named)
+        } else {
+            Err(format!(
+                "SLUICE_LIBFAKETIME={}: no such file (clock jumps need libfaketime)",
+                named.display()
+            ))
+        };
+    }
+    LIBFAKETIME_PATHS
+        .iter()
         .map(PathBuf::from)
-        .into_iter()
-        .chain(LIBFAKETIME_PATHS.iter().map(PathBuf::from))
         .find(|p| p.exists())
         .ok_or_else(|| {
             "clock jumps need libfaketime (apt-get install faketime, or SLUICE_LIBFAKETIME=path)"

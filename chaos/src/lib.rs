@@ -7,8 +7,8 @@
 //! fault points in the node's I/O path), heals them, reads everything
 //! back and checks the history ([`checker`]): acknowledged records lost, duplicated, at the
 //! wrong offset, reordered; reads that the log later contradicts; committed offsets lost.
-//! [`run`] ties it together and draws the run ([`timeline`]). `sluice chaos check` re-checks a
-//! recorded history.
+//! [`run`] ties it together (the clients live in `workload`) and draws the run ([`timeline`]).
+//! `sluice chaos check` re-checks a recorded history.
 //!
 
 pub mod checker;
@@ -16,6 +16,7 @@ pub mod history;
 pub mod run;
 pub mod schedule;
 pub mod timeline;
+mod workload;
 
 use std::path::PathBuf;
 use std::time::Duration;

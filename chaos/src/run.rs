@@ -4,7 +4,7 @@
 //! The run: start the nodes ([`LocalCluster`]), create the topic (replicated to every node,
 //! `min.insync.replicas` 2 on three nodes), start the workload, inject the schedule's faults
 //! (each healed before the next), stop producing at the end of the duration and let the
-//! producers deliver or give up (message timeout 30 s), wait until every partition has a
+//! producers deliver or give up (message timeout 120 s), wait until every partition has a
 //! leader, stop the consumer with a last synchronous commit, read the group's committed offsets
 //! and every partition from its start to its high watermark with fresh clients, stop the
 //! nodes, check. The workload: `producers` librdkafka producers (idempotent, acks=all) and
@@ -23,35 +23,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::error::KafkaResult;
-use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::Serialize;
 use sluice_bench_harness::local_cluster::{ClusterOptions, LocalCluster};
 
 use crate::checker::{check, Verdict};
-use crate::history::{record_value, write_history, Event};
+use crate::history::{write_history, Event};
 use crate::schedule::{plan, FaultKind, Planned, Target};
-
-const TOPIC: &str = "chaos";
-const GROUP: &str = "chaos";
-/// How long a producer keeps trying to deliver a record (librdkafka `message.timeout.ms`;
-/// Kafka's `delivery.timeout.ms` default). Long on purpose: once an idempotent producer's
-/// records time out, librdkafka bumps its epoch and renumbers the records it still holds,
-/// possibly persisted ones included (its INTRODUCTION.md, "Message timeout considerations"),
-/// so after a timeout a duplicate can be the client's own doing. With 30 s, two single-broker
-/// runs on a machine loaded by a build (seeds 36 and 40 of eight faults, 30 s) timed out
-/// 1,438 and 4,292 records and held 82 and 55 idempotent duplicates (not reproduced in 14
-/// replays without that load; the records' epochs were not kept).
-const MESSAGE_TIMEOUT: Duration = Duration::from_secs(120);
-/// Bound of every wait after the workload (delivery, settling, reading back).
-const SETTLE: Duration = Duration::from_secs(60);
-const COMMIT_EVERY: Duration = Duration::from_millis(500);
-/// After an interruption, how long the workload gets to stop.
-const INTERRUPTED_WAIT: Duration = Duration::from_secs(5);
+use crate::workload::{
+    client_config, consume, produce, read_back, read_committed, wait_for_leaders, ProducerSpec,
+    Recorder, Worker, INTERRUPTED_WAIT, MESSAGE_TIMEOUT, SETTLE, SMALL_SEGMENT_BYTES, TOPIC,
+};
 
 /// Makes SIGINT (Ctrl-C) and SIGTERM end the run through its healing path: the flag returned
 /// is set, the fault loop heals what is in force and the run stops every node and unmounts
@@ -73,8 +55,6 @@ const CLOCK_JUMP_S: i64 = 3600;
 const LINK_DELAY: Duration = Duration::from_millis(100);
 /// `lossy_link`: the chance per chunk carried that the link resets its connection.
 const LINK_RESETS_PER_MILLE: u32 = 20;
-/// `segment.bytes` of the topic when fallocates fail (see [`run`]).
-const SMALL_SEGMENT_BYTES: u32 = 64 << 10;
 /// A header of this many bytes pads each record when fallocates fail (see [`run`]).
 const PADDING_BYTES: usize = 1024;
 /// How long a node restarted after an I/O error may take to stop before it is SIGKILLed.
@@ -198,138 +178,6 @@ fn fault_outcomes(
     outcomes
 }
 
-/// A workload thread whose end is awaited with a bound: a librdkafka client can block for long
-/// in its drop when no broker answers (a consumer leaving its group), and a run must end anyway.
-/// A thread that overstays is left behind (the process ends soon after).
-struct Worker {
-    name: &'static str,
-    done: std::sync::mpsc::Receiver<Result<(), String>>,
-}
-
-impl Worker {
-    fn spawn(
-        name: &'static str,
-        work: impl FnOnce() -> Result<(), String> + Send + 'static,
-    ) -> Worker {
-        let (tx, done) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
-                .unwrap_or_else(|_| Err("panicked".into()));
-            let _ = tx.send(outcome);
-        });
-        Worker { name, done }
-    }
-
-    fn finish(self, within: Duration) -> Result<(), String> {
-        match self.done.recv_timeout(within) {
-            Ok(outcome) => outcome.map_err(|e| format!("{}: {e}", self.name)),
-            Err(_) => Err(format!("{} did not end within {within:?}", self.name)),
-        }
-    }
-}
-
-/// The run's shared event log.
-struct Recorder {
-    start: Instant,
-    events: Mutex<Vec<Event>>,
-}
-
-impl Recorder {
-    fn now_ms(&self) -> f64 {
-        self.start.elapsed().as_secs_f64() * 1e3
-    }
-
-    fn push(&self, event: Event) {
-        self.events.lock().expect("recorder lock").push(event);
-    }
-}
-
-struct ProducerLog {
-    recorder: Arc<Recorder>,
-    producer: u32,
-    /// Print librdkafka's log lines ([`CLIENT_DEBUG_VAR`]).
-    debug: bool,
-}
-
-/// Names librdkafka debug contexts (e.g. `eos,msg`) for the producers; their log lines then go
-/// to stderr, each with the run's clock and the producer's number.
-const CLIENT_DEBUG_VAR: &str = "SLUICE_CHAOS_CLIENT_DEBUG";
-
-impl ClientContext for ProducerLog {
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
-        if !self.debug {
-            return;
-        }
-        eprintln!(
-            "{:.0} ms p{} {level:?} {facility} {message}",
-            self.recorder.now_ms(),
-            self.producer
-        );
-    }
-}
-
-impl ProducerContext for ProducerLog {
-    type DeliveryOpaque = Box<String>;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, value: Self::DeliveryOpaque) {
-        let t_ms = self.recorder.now_ms();
-        let event = match result {
-            Ok(message) => Event::Acked {
-                t_ms,
-                producer: self.producer,
-                value: *value,
-                partition: message.partition(),
-                offset: message.offset(),
-            },
-            Err((error, _)) => Event::Unknown {
-                t_ms,
-                producer: self.producer,
-                value: *value,
-                error: error.to_string(),
-            },
-        };
-        self.recorder.push(event);
-    }
-}
-
-struct ConsumerLog {
-    recorder: Arc<Recorder>,
-}
-
-impl ClientContext for ConsumerLog {}
-
-impl ConsumerContext for ConsumerLog {
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        if result.is_ok() {
-            record_commits(&self.recorder, offsets);
-        }
-    }
-}
-
-fn record_commits(recorder: &Recorder, offsets: &TopicPartitionList) {
-    let t_ms = recorder.now_ms();
-    for element in offsets.elements() {
-        if let Offset::Offset(offset) = element.offset() {
-            recorder.push(Event::Committed {
-                t_ms,
-                partition: element.partition(),
-                offset,
-            });
-        }
-    }
-}
-
-fn client_config(bootstrap: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", bootstrap)
-        // A killed node comes back within seconds: librdkafka's default backoff (up to 10 s)
-        // would keep clients away from it long after.
-        .set("reconnect.backoff.max.ms", "1000")
-        .set("topic.metadata.refresh.interval.ms", "1000");
-    config
-}
-
 /// Runs the workload and the faults; returns the report (the verdict inside). Writes
 /// `history.jsonl`, `verdict.json`, `verdict.txt` and `timeline.svg` under `options.out`.
 pub fn run(options: &Options) -> Result<Report, String> {
@@ -412,17 +260,15 @@ pub fn run(options: &Options) -> Result<Report, String> {
                 0
             };
             let interrupted = interrupted.clone();
+            let spec = ProducerSpec {
+                producer,
+                idempotent,
+                duration,
+                interval,
+                padding,
+            };
             Worker::spawn("a producer", move || {
-                produce(
-                    &bootstrap,
-                    &recorder,
-                    producer,
-                    idempotent,
-                    duration,
-                    interval,
-                    padding,
-                    &interrupted,
-                )
+                produce(&bootstrap, &recorder, &spec, &interrupted)
             })
         })
         .collect();
@@ -723,308 +569,6 @@ fn restarts_after(kind: FaultKind, nodes: usize) -> bool {
         FaultKind::FallocateEnospc => nodes > 1,
         _ => false,
     }
-}
-
-/// Producer `producer`'s loop (idempotent or plain): a record every `interval` until `duration` has passed since the
-/// run started, then delivery of what is outstanding (bounded by the message timeout).
-#[allow(clippy::too_many_arguments)]
-fn produce(
-    bootstrap: &str,
-    recorder: &Arc<Recorder>,
-    producer: u32,
-    idempotent: bool,
-    duration: Duration,
-    interval: Duration,
-    padding: usize,
-    interrupted: &AtomicBool,
-) -> Result<(), String> {
-    let pad = vec![b'.'; padding];
-    recorder.push(Event::Producer {
-        producer,
-        idempotent,
-    });
-    let mut config = client_config(bootstrap);
-    if padding > 0 {
-        // Batches must stay below the topic's small max.message.bytes (MESSAGE_TOO_LARGE is
-        // permanent, and would fail records and bump the producer's epoch).
-        config.set("batch.size", (SMALL_SEGMENT_BYTES / 4).to_string());
-    }
-    let debug = std::env::var(CLIENT_DEBUG_VAR).ok();
-    if let Some(contexts) = &debug {
-        config
-            .set("debug", contexts)
-            .set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
-    }
-    let client: ThreadedProducer<ProducerLog> = config
-        .set("enable.idempotence", idempotent.to_string())
-        .set("acks", "all")
-        .set("linger.ms", "1")
-        .set(
-            "message.timeout.ms",
-            MESSAGE_TIMEOUT.as_millis().to_string(),
-        )
-        .create_with_context(ProducerLog {
-            recorder: recorder.clone(),
-            producer,
-            debug: debug.is_some(),
-        })
-        .map_err(|e| format!("producer {producer}: {e}"))?;
-    let end = recorder.start + duration;
-    let mut seq = 0u64;
-    let mut next = Instant::now();
-    while Instant::now() < end && !interrupted.load(Ordering::Acquire) {
-        let value = record_value(producer, seq);
-        let mut record = BaseRecord::with_opaque_to(TOPIC, Box::new(value.clone()))
-            .key(value.as_bytes())
-            .payload(value.as_bytes());
-        if padding > 0 {
-            record = record.headers(rdkafka::message::OwnedHeaders::new().insert(
-                rdkafka::message::Header {
-                    key: "pad",
-                    value: Some(&pad),
-                },
-            ));
-        }
-        let t_ms = recorder.now_ms();
-        // A full local queue (the cluster down for a while) refuses the record: it is not
-        // recorded as sent, and the same value goes again at the next tick.
-        if client.send(record).is_ok() {
-            recorder.push(Event::Send {
-                t_ms,
-                producer,
-                value,
-            });
-            seq += 1;
-        }
-        next += interval;
-        if let Some(left) = next.checked_duration_since(Instant::now()) {
-            std::thread::sleep(left);
-        }
-    }
-    let deliver_within = if interrupted.load(Ordering::Acquire) {
-        INTERRUPTED_WAIT
-    } else {
-        MESSAGE_TIMEOUT + Duration::from_secs(5)
-    };
-    client
-        .flush(deliver_within)
-        .map_err(|e| format!("producer {producer}: records still undelivered: {e}"))
-}
-
-/// The group's consumer: reads and records until told to stop, committing every
-/// [`COMMIT_EVERY`]; a last synchronous commit at the end.
-fn consume(bootstrap: &str, recorder: &Arc<Recorder>, stop: &AtomicBool) -> Result<(), String> {
-    let consumer: BaseConsumer<ConsumerLog> = client_config(bootstrap)
-        .set("group.id", GROUP)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create_with_context(ConsumerLog {
-            recorder: recorder.clone(),
-        })
-        .map_err(|e| format!("consumer: {e}"))?;
-    consumer
-        .subscribe(&[TOPIC])
-        .map_err(|e| format!("subscribe: {e}"))?;
-    let mut last_commit = Instant::now();
-    let mut read_any = false;
-    while !stop.load(Ordering::Acquire) {
-        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
-            record_read(recorder, &message);
-            read_any = true;
-        }
-        if read_any && last_commit.elapsed() >= COMMIT_EVERY {
-            // Fails while no coordinator answers: the next one tries again.
-            let _ = consumer.commit_consumer_state(CommitMode::Async);
-            last_commit = Instant::now();
-        }
-    }
-    if !read_any {
-        return Ok(());
-    }
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        // Only partitions the consumer has a position in (after a rebalance, an assigned
-        // partition it has not fetched from yet has none, and librdkafka refuses the whole
-        // commit with NoOffset).
-        let mut position = TopicPartitionList::new();
-        for element in consumer
-            .position()
-            .map_err(|e| format!("consumer position: {e}"))?
-            .elements()
-        {
-            if let Offset::Offset(at) = element.offset() {
-                position
-                    .add_partition_offset(element.topic(), element.partition(), Offset::Offset(at))
-                    .map_err(|e| e.to_string())?;
-            }
-        }
-        if position.count() == 0 {
-            return Ok(());
-        }
-        match consumer.commit(&position, CommitMode::Sync) {
-            Ok(()) => {
-                record_commits(recorder, &position);
-                // Serve the callbacks of async commits still in flight.
-                let _ = consumer.poll(Duration::from_millis(100));
-                return Ok(());
-            }
-            Err(e) if Instant::now() >= deadline => {
-                return Err(format!("the consumer's last commit: {e}"))
-            }
-            // Polling lets the consumer rejoin when the coordinator no longer knows it (a
-            // restarted single broker does not keep group membership: UNKNOWN_MEMBER_ID); what
-            // it reads meanwhile is recorded as usual.
-            Err(_) => {
-                if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
-                    record_read(recorder, &message);
-                }
-            }
-        }
-    }
-}
-
-/// A record's value as the workload wrote it (`p<producer>-<seq>`).
-fn value_of(message: &impl Message) -> String {
-    String::from_utf8_lossy(message.payload().unwrap_or_default()).into()
-}
-
-/// Records what the group's consumer read.
-fn record_read(recorder: &Recorder, message: &impl Message) {
-    recorder.push(Event::Read {
-        t_ms: recorder.now_ms(),
-        consumer: 0,
-        partition: message.partition(),
-        offset: message.offset(),
-        value: value_of(message),
-    });
-}
-
-/// Waits until Metadata names a leader for every partition.
-fn wait_for_leaders(bootstrap: &str, partitions: i32) -> Result<(), String> {
-    let consumer: BaseConsumer = client_config(bootstrap)
-        .create()
-        .map_err(|e| format!("metadata client: {e}"))?;
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        let led = consumer
-            .fetch_metadata(Some(TOPIC), Duration::from_secs(5))
-            .ok()
-            .and_then(|m| {
-                m.topics().iter().find(|t| t.name() == TOPIC).map(|t| {
-                    t.partitions().len() == partitions as usize
-                        && t.partitions().iter().all(|p| p.leader() >= 0)
-                })
-            })
-            .unwrap_or(false);
-        if led {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "not every partition of {TOPIC} has a leader after {SETTLE:?}"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Records the group's committed offsets as a fresh client reads them.
-fn read_committed(bootstrap: &str, recorder: &Recorder, partitions: i32) -> Result<(), String> {
-    let consumer: BaseConsumer = client_config(bootstrap)
-        .set("group.id", GROUP)
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(|e| format!("committed-offsets client: {e}"))?;
-    let mut wanted = TopicPartitionList::new();
-    for partition in 0..partitions {
-        wanted.add_partition(TOPIC, partition);
-    }
-    let deadline = Instant::now() + SETTLE;
-    let committed = loop {
-        match consumer.committed_offsets(wanted.clone(), Duration::from_secs(10)) {
-            Ok(committed) => break committed,
-            Err(e) if Instant::now() >= deadline => {
-                return Err(format!("the group's committed offsets: {e}"))
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    };
-    for element in committed.elements() {
-        if let Offset::Offset(offset) = element.offset() {
-            recorder.push(Event::FinalCommitted {
-                partition: element.partition(),
-                offset,
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Reads every partition from its start to its high watermark and records what it holds.
-fn read_back(bootstrap: &str, recorder: &Recorder, partitions: i32) -> Result<(), String> {
-    let consumer: BaseConsumer = client_config(bootstrap)
-        .set("group.id", "chaos-read-back")
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(|e| format!("read-back client: {e}"))?;
-    let deadline = Instant::now() + SETTLE;
-    let mut ends = Vec::new();
-    for partition in 0..partitions {
-        let high = loop {
-            match consumer.fetch_watermarks(TOPIC, partition, Duration::from_secs(10)) {
-                Ok((_, high)) => break high,
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(format!("the high watermark of partition {partition}: {e}"))
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(200)),
-            }
-        };
-        ends.push(high);
-    }
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions {
-        assignment
-            .add_partition_offset(TOPIC, partition, Offset::Beginning)
-            .map_err(|e| e.to_string())?;
-    }
-    consumer
-        .assign(&assignment)
-        .map_err(|e| format!("assign: {e}"))?;
-    // Where the client's position stands per partition: past the last record read, and past
-    // control batches (which it skips), so it reaches the high watermark even when the log ends
-    // with one.
-    let mut next: Vec<i64> = vec![0; partitions as usize];
-    let mut last_position_check = Instant::now();
-    while next.iter().zip(&ends).any(|(n, end)| n < end) {
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "reading back: reached {next:?} of the high watermarks {ends:?} in {SETTLE:?}"
-            ));
-        }
-        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
-            let partition = message.partition();
-            if message.offset() < ends[partition as usize] {
-                next[partition as usize] = next[partition as usize].max(message.offset() + 1);
-                recorder.push(Event::Final {
-                    partition,
-                    offset: message.offset(),
-                    value: value_of(&message),
-                });
-            }
-        }
-        if last_position_check.elapsed() >= Duration::from_millis(200) {
-            last_position_check = Instant::now();
-            if let Ok(position) = consumer.position() {
-                for element in position.elements() {
-                    if let Offset::Offset(at) = element.offset() {
-                        let partition = element.partition() as usize;
-                        next[partition] = next[partition].max(at);
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

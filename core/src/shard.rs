@@ -457,6 +457,9 @@ impl Shard {
                 Rc::new(Partition::replicated(log, link).await?)
             }
         };
+        // No await from here to the insert: a replica's producer state covers what committed
+        // up to the end of its rebuild, and entries committing later are applied to it only
+        // once it is in the map (see `Partition::over_log`).
         if let Some(group) = &self.sync_group {
             opened.log().join_sync_group(group);
         }

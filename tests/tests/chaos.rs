@@ -472,3 +472,32 @@ fn the_checker_command_refuses_a_history_that_lost_a_record() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("flood"), "{}", text(&out.stderr));
 }
+
+/// Clock jumps run the nodes under libfaketime: a `SLUICE_LIBFAKETIME` naming no file is refused
+/// by name before any node starts (not silently replaced by the system's copy).
+#[test]
+fn a_clock_jump_run_refuses_a_libfaketime_that_is_not_there() {
+    let root = tempfile::tempdir().unwrap();
+    let out = Command::new(sluice_binary())
+        .args(["chaos", "run", "--nodes", "1", "--faults", "clock_jump"])
+        .args(["--seed", "1", "--duration", "5", "--out"])
+        .arg(root.path())
+        .env("SLUICE_LIBFAKETIME", "/nonexistent/libfaketimeMT.so.1")
+        .output()
+        .expect("run sluice chaos");
+    assert!(!out.status.success());
+    let said = text(&out.stderr);
+    assert!(
+        said.contains("SLUICE_LIBFAKETIME=/nonexistent/libfaketimeMT.so.1"),
+        "{said}"
+    );
+    assert!(
+        !root
+            .path()
+            .join("nodes")
+            .join("node-0")
+            .join("sluice.log")
+            .exists(),
+        "a node started: {said}"
+    );
+}
