@@ -3,7 +3,10 @@
 //! The final read-back (every partition read from its start to its high watermark after every
 //! fault was healed) is the truth the operations are checked against:
 //! - every acknowledged record is there, once, at the offset its acknowledgement named
-//!   (else **lost**, **duplicated** or **wrong offset**);
+//!   (else **lost**, **duplicated** or **wrong offset**). An acknowledgement may name no offset
+//!   (librdkafka's idempotent producer reports offset -1001 for records it acknowledges
+//!   implicitly: a later batch of the partition succeeded, so the broker holds them); such a
+//!   record must be there once, anywhere (counted as **acknowledged without offset**);
 //! - no record is there twice (**duplicated**; a plain producer's retries may store one twice,
 //!   counted apart as **duplicated, plain**) and none that nobody sent (**unexpected**);
 //! - a record whose outcome the producer could not know (timed out) is there at most once
@@ -34,8 +37,12 @@ pub struct Verdict {
     pub valid: bool,
     pub sent: u64,
     pub acknowledged: u64,
-    /// Acknowledged and found once at the acknowledged offset.
+    /// Acknowledged and found once at the acknowledged offset (or anywhere, for an
+    /// acknowledgement without offset).
     pub ok: u64,
+    /// Acknowledged without an offset (librdkafka's implicit acknowledgement), of `ok` or
+    /// `lost`.
+    pub acknowledged_without_offset: u64,
     pub lost: u64,
     pub duplicated: u64,
     /// Stored twice, sent by a plain producer (allowed: at least once).
@@ -77,6 +84,7 @@ impl Verdict {
             ("sent", self.sent),
             ("acknowledged", self.acknowledged),
             ("ok", self.ok),
+            ("without offset", self.acknowledged_without_offset),
             ("lost", self.lost),
             ("duplicated", self.duplicated),
             ("duplicated, plain", self.duplicated_plain),
@@ -200,6 +208,10 @@ pub fn check(history: &[Event]) -> Verdict {
             continue;
         }
         verdict.acknowledged += 1;
+        let offset_named = offset >= 0;
+        if !offset_named {
+            verdict.acknowledged_without_offset += 1;
+        }
         match positions.get(value) {
             None => {
                 verdict.lost += 1;
@@ -208,7 +220,7 @@ pub fn check(history: &[Event]) -> Verdict {
                     format!("{value} (acknowledged at {partition}@{offset})"),
                 );
             }
-            Some(at) if !at.contains(&(partition, offset)) => {
+            Some(at) if offset_named && !at.contains(&(partition, offset)) => {
                 verdict.wrong_offset += 1;
                 verdict.note(
                     "wrong offset",
@@ -254,7 +266,7 @@ pub fn check(history: &[Event]) -> Verdict {
     type Acknowledged<'a> = Vec<(u64, i64, &'a str)>;
     let mut by_producer: BTreeMap<(u32, i32), Acknowledged> = BTreeMap::new();
     for &(producer, value, partition, offset) in &acked {
-        if plain.contains(&producer) {
+        if plain.contains(&producer) || offset < 0 {
             continue;
         }
         if let Some((_, seq)) = parse_value(value) {
@@ -414,6 +426,32 @@ mod tests {
         assert!(!verdict.valid);
         assert_eq!(verdict.inconsistent_read, 1, "{}", verdict.summary());
         assert_eq!(verdict.lost, 1, "p0-1 was acknowledged too");
+    }
+
+    #[test]
+    fn an_acknowledgement_without_offset_needs_the_record_once_anywhere() {
+        // Seed 1109 (three nodes): librdkafka acknowledged p0-2 implicitly (offset -1001)
+        // after a later batch of the partition succeeded.
+        let mut history = clean();
+        for event in &mut history {
+            if let Event::Acked { value, offset, .. } = event {
+                if *value == record_value(0, 2) {
+                    *offset = -1001;
+                }
+            }
+        }
+        let verdict = check(&history);
+        assert!(verdict.valid, "{}", verdict.summary());
+        assert_eq!(verdict.acknowledged_without_offset, 1);
+        assert_eq!(verdict.ok, verdict.acknowledged);
+        // ... and is still lost when it is not there.
+        let verdict = check(&without_final_at(history, 0, 2));
+        assert_eq!(
+            (verdict.lost, verdict.valid),
+            (1, false),
+            "{}",
+            verdict.summary()
+        );
     }
 
     #[test]

@@ -24,7 +24,9 @@
 //! Invariants: a proposal is answered only once its entry is in the leader's log (acks=1) or
 //! committed (acks=all, and every idempotent batch): never by a different entry that took its
 //! index. A partition's producer state holds committed batches only, recorded before the appends
-//! waiting on them are answered. Node ids are Kafka's (≥ 0); Raft ids are node id + 1 (raft-rs
+//! waiting on them are answered. A replica serves (takes appends, answers fetches) only once
+//! the first entry of its term is applied; appends reaching the elected leader before that
+//! wait for it rather than being refused. Node ids are Kafka's (≥ 0); Raft ids are node id + 1 (raft-rs
 //! reserves 0).
 
 use std::cell::{Cell, RefCell};
@@ -263,7 +265,10 @@ struct Proposal {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct LinkState {
+    /// Serving: the elected leader, once the first entry of its term is applied.
     leader: bool,
+    /// Raft's elected leader (serving or about to).
+    elected: bool,
     leader_id: i32,
     term: u64,
     high_watermark: Offset,
@@ -274,6 +279,8 @@ struct LinkState {
 pub struct ReplicaLink {
     proposals: RefCell<Vec<Proposal>>,
     state: Cell<LinkState>,
+    /// Woken (and dropped) whenever the state changes; see [`ReplicaLink::until_serving`].
+    state_waiters: RefCell<Vec<oneshot::Sender<()>>>,
     /// On the leader: how many replicas (itself included) are in sync.
     in_sync: Cell<usize>,
     wake: mpsc::UnboundedSender<()>,
@@ -288,6 +295,45 @@ impl ReplicaLink {
 
     pub fn is_leader(&self) -> bool {
         self.state.get().leader
+    }
+
+    /// True once this replica serves as leader; while it is the elected leader that does not
+    /// serve yet (its term's first entry is not applied), waits for that, at most `within`.
+    ///
+    /// Metadata names a leader from its election on, so clients send to it in that window.
+    /// Refusing them there (NOT_LEADER_OR_FOLLOWER, which librdkafka takes for "not
+    /// persisted") while a later request of the same pipeline finds the leader serving
+    /// makes that later batch look like a sequence gap: librdkafka then bumps its epoch and
+    /// renumbers the refused batches, and one of them that an earlier leader had already
+    /// stored is stored twice (chaos seeds 3030, 3039, 1087). Held here instead, in the
+    /// partition's append order, they are judged once the producer state is complete.
+    pub async fn until_serving(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            let state = self.state.get();
+            if state.leader {
+                return true;
+            }
+            let now = Instant::now();
+            if !state.elected || now >= deadline {
+                return false;
+            }
+            let (changed, waiting) = oneshot::channel();
+            self.state_waiters.borrow_mut().push(changed);
+            let timer = Box::pin(glommio::timer::sleep(deadline - now));
+            futures::future::select(waiting, timer).await;
+        }
+    }
+
+    /// Publishes `now`; wakes whoever waits on a change. The state before.
+    fn replace_state(&self, now: LinkState) -> LinkState {
+        let before = self.state.replace(now);
+        if before != now {
+            for waiter in self.state_waiters.borrow_mut().drain(..) {
+                let _ = waiter.send(());
+            }
+        }
+        before
     }
 
     /// The leader this replica knows (-1: none).
@@ -813,6 +859,7 @@ impl Driver {
                 leader_id: -1,
                 ..LinkState::default()
             }),
+            state_waiters: RefCell::default(),
             in_sync: Cell::new(0),
             wake: self.wake.clone(),
         });
@@ -1076,8 +1123,9 @@ impl Driver {
         let why = "the replica's log failed on this node";
         if let Some(link) = self.links.remove(&key) {
             let state = link.state.get();
-            link.state.set(LinkState {
+            link.replace_state(LinkState {
                 leader: false,
+                elected: false,
                 leader_id: -1,
                 ..state
             });
@@ -1136,11 +1184,12 @@ impl Driver {
             };
             let now = LinkState {
                 leader: serving,
+                elected: replica.role() == Role::Leader,
                 leader_id: node_of(replica.leader_id()),
                 term: replica.term(),
                 high_watermark: group.high_watermark(),
             };
-            let before = link.state.replace(now);
+            let before = link.replace_state(now);
             if replica.role() != Role::Leader {
                 // Deposed (or never leading): the appends waiting here are answered now, as
                 // Kafka's deposed leader answers its delayed produces, not once entries at

@@ -35,6 +35,11 @@ pub const LEADER_EPOCH: LeaderEpoch = LeaderEpoch(0);
 /// Bytes read at a time when rebuilding producer state from the log.
 const REBUILD_READ_BYTES: usize = 1 << 20;
 
+/// Cluster mode: how long an append waits for its elected leader to serve (one commit round
+/// of the term's first entry, well under a second unless the disks stall) before it is
+/// refused NOT_LEADER_OR_FOLLOWER.
+const ELECTED_SERVING_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why an append did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
@@ -387,7 +392,9 @@ impl Partition {
         durable: bool,
     ) -> std::result::Result<AppendInfo, AppendError> {
         let turn = ticket.await;
-        if !replica.is_leader() {
+        // An elected leader that does not serve yet holds the append (and every later one of
+        // the partition, behind the turn) until it does; see `ReplicaLink::until_serving`.
+        if !replica.until_serving(ELECTED_SERVING_WAIT).await {
             return Err(AppendError::Refused(
                 ResponseError::NotLeaderOrFollower,
                 replica.not_leader(),

@@ -669,6 +669,24 @@ fn produce_one(node: std::net::SocketAddr, topic: &str) -> i16 {
     produce_on_wire(node, topic, -1, &[b"v"]).0
 }
 
+/// Produces one record (acks=all) to `leader` until it takes it, within 20 s. Metadata names
+/// a new leader a step before it serves (once the first entry of its term is applied), and it
+/// answers NOT_LEADER_OR_FOLLOWER until then, which clients retry; so does this, and any other
+/// answer fails the test.
+fn produce_once_serving(leader: std::net::SocketAddr, topic: &str) {
+    const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match produce_one(leader, topic) {
+            0 => return,
+            NOT_LEADER_OR_FOLLOWER if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            code => panic!("{topic}: the leader at {leader} answered error {code}"),
+        }
+    }
+}
+
 /// The ISR of `topic`'s partition 0 as `node` answers Metadata.
 fn in_sync(node: std::net::SocketAddr, topic: &str) -> Vec<i32> {
     let answer = metadata(node);
@@ -1623,7 +1641,7 @@ fn a_cluster_node_refuses_what_it_cannot_do_with_clear_errors() {
         produce_one(cluster.node(follower).kafka, "accepted"),
         NOT_LEADER_OR_FOLLOWER
     );
-    assert_eq!(produce_one(cluster.node(leader).kafka, "accepted"), 0);
+    produce_once_serving(cluster.node(leader).kafka, "accepted");
     // Fetch v12 of partition 0 from offset 0 on `node`, believing `current_leader_epoch`.
     let fetch_on = |node: i32, current_leader_epoch: i32| -> i16 {
         let fetch: FetchResponse = call(
@@ -1760,11 +1778,7 @@ fn a_deposed_leader_answers_the_appends_waiting_on_it() {
     let cluster = Cluster::start(3, &[]);
     create_topic_named(&cluster, topic);
     let (leader, _) = leader_of(&cluster, topic, 0);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while produce_one(cluster.node(leader).kafka, topic) != 0 {
-        assert!(Instant::now() < deadline, "{topic} refuses acks=all");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    produce_once_serving(cluster.node(leader).kafka, topic);
     let followers: Vec<i32> = (0..3).filter(|n| *n != leader).collect();
     for f in &followers {
         cluster.pause(*f, true);
@@ -1922,4 +1936,74 @@ fn a_replica_that_opened_while_entries_committed_recognises_their_retries() {
         retried, written[0].1,
         "the retry was stored again instead of answered with its offset"
     );
+}
+
+/// Found by `sluice chaos` (three nodes: seeds 3030 and 3039 of a kill/pause/partition
+/// campaign, probably 1087 and the slow-link test's seed 2): an idempotent producer's record
+/// stored twice, hundreds of offsets apart. Metadata names a leader from its election on, but
+/// it serves only once its term's first entry is applied. Refused there, the client's retries
+/// of batches an earlier leader had stored came back NOT_LEADER_OR_FOLLOWER ("not persisted"
+/// to librdkafka) while a later batch of the same pipeline reached the leader once it served
+/// and was refused as a sequence gap; librdkafka then bumped its epoch and sent the refused
+/// batches again under new sequence numbers. An elected leader now holds appends until it
+/// serves. Here the new leader's disk syncs stall, so it stays elected and not serving for
+/// seconds; an append sent to it then must be taken, not refused.
+#[test]
+fn an_elected_leader_holds_appends_until_it_serves() {
+    let topic = "elected";
+    let _one_at_a_time = one_cluster_at_a_time();
+    let mut cluster = Cluster::start(3, &["--offsets-partitions", "1"]);
+    create_topic_named(&cluster, topic);
+    let (leader, epoch_before) = leader_of(&cluster, topic, 0);
+    let (id, epoch) = init_producer_id(cluster.node(leader).kafka);
+    let produce = |cluster: &Cluster, node: i32, sequence: i32| {
+        let batch = sluice_tests::wire::idempotent_batch(id, epoch, sequence, 3);
+        produce_batch_on_wire(cluster.node(node).kafka, topic, -1, batch)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while produce(&cluster, leader, 0).0 != 0 {
+        assert!(Instant::now() < deadline, "{topic} refuses acks=all");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Every sync of one survivor stalls: whichever of the two they elect, its term's first
+    // entry commits only once that one has synced it, seconds later. (Stalling both would
+    // let their campaigns overlap again and again.)
+    let followers: Vec<i32> = (0..3).filter(|n| *n != leader).collect();
+    std::fs::write(
+        cluster.node(followers[0]).fault_points_file(),
+        "storage::fdatasync=return(stall:600)\n",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    cluster.kill(leader);
+    // The first moment a survivor names itself leader (elected; not serving for seconds).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let elected = 'found: loop {
+        for f in &followers {
+            let answer = metadata(cluster.node(*f).kafka);
+            let named = topic_in(&answer, topic)
+                .map(|t| (t.partitions[0].leader_id.0, t.partitions[0].leader_epoch));
+            if let Some((named, epoch)) = named {
+                if named == *f && epoch > epoch_before {
+                    break 'found named;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no survivor was elected");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let sent = Instant::now();
+    let (code, offset) = produce(&cluster, elected, 3);
+    let waited = sent.elapsed();
+    std::fs::write(cluster.node(followers[0]).fault_points_file(), "").unwrap();
+    assert_eq!(
+        code, 0,
+        "node {elected}, named leader, refused the append instead of holding it until it served"
+    );
+    assert_eq!(
+        produce(&cluster, elected, 3),
+        (0, offset),
+        "a retry is answered with its offset"
+    );
+    println!("the elected leader held the append for {waited:?}");
 }
