@@ -26,8 +26,8 @@
 //! index. A partition's producer state holds committed batches only, recorded before the appends
 //! waiting on them are answered. A replica serves (takes appends, answers fetches) only once
 //! the first entry of its term is applied; appends reaching the elected leader before that
-//! wait for it rather than being refused. Node ids are Kafka's (≥ 0); Raft ids are node id + 1 (raft-rs
-//! reserves 0).
+//! wait for it rather than being refused. Node ids are Kafka's (≥ 0); Raft ids are node id + 1
+//! (raft-rs reserves 0).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -352,6 +352,11 @@ impl ReplicaLink {
 
     /// Why this replica does not take appends or serve reads.
     pub fn not_leader(&self) -> String {
+        if self.state.get().elected {
+            return "this replica was elected leader but does not serve yet (the first entry \
+                    of its term is not applied)"
+                .into();
+        }
         match self.leader_id() {
             -1 => "this replica does not lead the partition and no leader is known yet".into(),
             leader => format!("this replica does not lead the partition: node {leader} does"),

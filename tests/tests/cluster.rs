@@ -1805,6 +1805,31 @@ fn a_deposed_leader_answers_the_appends_waiting_on_it() {
     );
 }
 
+/// One idempotent batch of three records (acks=all) of `producer` (id, epoch) to `node`'s
+/// replica of `topic`'s partition 0: the error code and base offset.
+fn produce_idempotent(
+    cluster: &Cluster,
+    node: i32,
+    topic: &str,
+    (id, epoch): (i64, i16),
+    sequence: i32,
+) -> (i16, i64) {
+    let batch = sluice_tests::wire::idempotent_batch(id, epoch, sequence, 3);
+    produce_batch_on_wire(cluster.node(node).kafka, topic, -1, batch)
+}
+
+/// A new idempotent producer (id and epoch from `leader`) whose first batch (sequence 0)
+/// `leader` has taken; retried while it does not take acks=all yet (20 s).
+fn producer_with_first_batch(cluster: &Cluster, topic: &str, leader: i32) -> (i64, i16) {
+    let producer = init_producer_id(cluster.node(leader).kafka);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while produce_idempotent(cluster, leader, topic, producer, 0).0 != 0 {
+        assert!(Instant::now() < deadline, "{topic} refuses acks=all");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    producer
+}
+
 /// A new idempotent producer's id and epoch, from `node`.
 fn init_producer_id(node: std::net::SocketAddr) -> (i64, i16) {
     use kafka_protocol::messages::{
@@ -1868,17 +1893,11 @@ fn a_replica_that_opened_while_entries_committed_recognises_their_retries() {
     let mut cluster = Cluster::start(3, &["--offsets-partitions", "1"]);
     create_topic_named(&cluster, topic);
     let (leader, _) = leader_of(&cluster, topic, 0);
-    let (id, epoch) = init_producer_id(cluster.node(leader).kafka);
+    let producer = producer_with_first_batch(&cluster, topic, leader);
     let produce = |cluster: &Cluster, sequence: i32| {
-        let batch = sluice_tests::wire::idempotent_batch(id, epoch, sequence, 3);
         let (leader, _) = leader_of(cluster, topic, 0);
-        produce_batch_on_wire(cluster.node(leader).kafka, topic, -1, batch)
+        produce_idempotent(cluster, leader, topic, producer, sequence)
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while produce(&cluster, 0).0 != 0 {
-        assert!(Instant::now() < deadline, "{topic} refuses acks=all");
-        std::thread::sleep(Duration::from_millis(100));
-    }
     // A new term once every replica knows the batch committed: the followers store their
     // commit index with it (commit-only changes are not written), so a replica restarted
     // later starts from a committed end its producer state must be rebuilt up to, from the
@@ -1920,8 +1939,7 @@ fn a_replica_that_opened_while_entries_committed_recognises_their_retries() {
     let retried = loop {
         // The retry of the first batch written without `next`, as a client whose answer got
         // lost would send it to the new leader.
-        let batch = sluice_tests::wire::idempotent_batch(id, epoch, 3, 3);
-        match produce_batch_on_wire(cluster.node(next).kafka, topic, -1, batch) {
+        match produce_idempotent(&cluster, next, topic, producer, 3) {
             (0, offset) => break offset,
             (code, _) => {
                 assert!(
@@ -1955,16 +1973,7 @@ fn an_elected_leader_holds_appends_until_it_serves() {
     let mut cluster = Cluster::start(3, &["--offsets-partitions", "1"]);
     create_topic_named(&cluster, topic);
     let (leader, epoch_before) = leader_of(&cluster, topic, 0);
-    let (id, epoch) = init_producer_id(cluster.node(leader).kafka);
-    let produce = |cluster: &Cluster, node: i32, sequence: i32| {
-        let batch = sluice_tests::wire::idempotent_batch(id, epoch, sequence, 3);
-        produce_batch_on_wire(cluster.node(node).kafka, topic, -1, batch)
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while produce(&cluster, leader, 0).0 != 0 {
-        assert!(Instant::now() < deadline, "{topic} refuses acks=all");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let producer = producer_with_first_batch(&cluster, topic, leader);
     // Every sync of one survivor stalls: whichever of the two they elect, its term's first
     // entry commits only once that one has synced it, seconds later. (Stalling both would
     // let their campaigns overlap again and again.)
@@ -1993,7 +2002,7 @@ fn an_elected_leader_holds_appends_until_it_serves() {
         std::thread::sleep(Duration::from_millis(20));
     };
     let sent = Instant::now();
-    let (code, offset) = produce(&cluster, elected, 3);
+    let (code, offset) = produce_idempotent(&cluster, elected, topic, producer, 3);
     let waited = sent.elapsed();
     std::fs::write(cluster.node(followers[0]).fault_points_file(), "").unwrap();
     assert_eq!(
@@ -2001,7 +2010,7 @@ fn an_elected_leader_holds_appends_until_it_serves() {
         "node {elected}, named leader, refused the append instead of holding it until it served"
     );
     assert_eq!(
-        produce(&cluster, elected, 3),
+        produce_idempotent(&cluster, elected, topic, producer, 3),
         (0, offset),
         "a retry is answered with its offset"
     );
