@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const USAGE: &str =
-    "usage: sluice cluster dev [--nodes N] [--dir DIR] [--cores N] [--kafka-port PORT] [--rpc-port PORT]";
+    "usage: sluice cluster dev [--nodes N] [--dir DIR] [--cores N] [--kafka-port PORT] [--rpc-port PORT] [--admin-port PORT]";
 
 struct Options {
     nodes: usize,
@@ -19,6 +19,8 @@ struct Options {
     cores: usize,
     kafka_port: u16,
     rpc_port: u16,
+    /// Node `i`'s admin listener (`/metrics`) is on this port + `i`.
+    admin_port: u16,
 }
 
 /// RPC ports of consecutive nodes are this far apart (shard `s` uses the node's port + `s`).
@@ -31,6 +33,7 @@ fn parse(args: &[&str]) -> Result<Options, String> {
         cores: 1,
         kafka_port: 9092,
         rpc_port: 33145,
+        admin_port: 9644,
     };
     let mut rest = args.iter();
     while let Some(flag) = rest.next() {
@@ -48,6 +51,7 @@ fn parse(args: &[&str]) -> Result<Options, String> {
             "--cores" => options.cores = number("cores per node")? as usize,
             "--kafka-port" => options.kafka_port = number("a port")? as u16,
             "--rpc-port" => options.rpc_port = number("a port")? as u16,
+            "--admin-port" => options.admin_port = number("a port")? as u16,
             other => return Err(format!("unknown option {other}\n{USAGE}")),
         }
     }
@@ -58,7 +62,13 @@ fn parse(args: &[&str]) -> Result<Options, String> {
         return Err(format!("--cores {}: 1 to {RPC_PORT_STRIDE}", options.cores));
     }
     let last_rpc = u32::from(options.rpc_port) + u32::from(RPC_PORT_STRIDE) * options.nodes as u32;
-    if options.kafka_port == 0 || last_rpc > u32::from(u16::MAX) || options.rpc_port == 0 {
+    let last_admin = u32::from(options.admin_port) + options.nodes as u32;
+    if options.kafka_port == 0
+        || options.rpc_port == 0
+        || options.admin_port == 0
+        || last_rpc > u32::from(u16::MAX)
+        || last_admin > u32::from(u16::MAX)
+    {
         return Err("ports out of range".into());
     }
     Ok(options)
@@ -74,6 +84,7 @@ pub fn dev(args: &[&str]) -> Result<(), String> {
     }
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
     let kafka = |i: usize| format!("127.0.0.1:{}", options.kafka_port + i as u16);
+    let admin = |i: usize| format!("127.0.0.1:{}", options.admin_port + i as u16);
     let rpc = |i: usize| {
         format!(
             "127.0.0.1:{}",
@@ -100,6 +111,7 @@ pub fn dev(args: &[&str]) -> Result<(), String> {
             Command::new(&exe)
                 .args(["serve", "--node-id", &i.to_string(), "--seeds", &seeds])
                 .args(["--listen", &kafka(i), "--cores", &options.cores.to_string()])
+                .args(["--admin-listen", &admin(i)])
                 // The nodes share this machine's cores: pinned, every node's shard 0 would
                 // sit on the same CPU.
                 .args(["--overprovisioned", "true"])
@@ -113,10 +125,11 @@ pub fn dev(args: &[&str]) -> Result<(), String> {
         match spawned {
             Ok(child) => {
                 println!(
-                    "node {i}: pid {}, kafka {}, rpc {}, log {}",
+                    "node {i}: pid {}, kafka {}, rpc {}, admin http://{}, log {}",
                     child.id(),
                     kafka(i),
                     rpc(i),
+                    admin(i),
                     dir.join("sluice.log").display()
                 );
                 children.push((i, child, dir));

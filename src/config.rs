@@ -14,6 +14,8 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<String>,
+    admin_listen: Option<String>,
+    metrics_per_partition: Option<bool>,
     advertised_host: Option<String>,
     advertised_port: Option<u16>,
     data_dir: Option<PathBuf>,
@@ -59,6 +61,10 @@ pub struct ClusterConfig {
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
     pub listen: SocketAddr,
+    /// The admin HTTP listener: `/metrics`, readiness, health, the JSON API.
+    pub admin_listen: SocketAddr,
+    /// `/metrics` series per partition as well as per topic.
+    pub metrics_per_partition: bool,
     /// Host put in Metadata responses; the listen address's IP by default.
     pub advertised_host: String,
     /// Port put in Metadata responses; the listen port by default (differs behind a proxy or
@@ -154,6 +160,12 @@ pub struct ConfigError {
 /// The settable fields: (field name, flag, environment variable).
 const FIELDS: &[(&str, &str, &str)] = &[
     ("listen", "--listen", "SLUICE_LISTEN"),
+    ("admin_listen", "--admin-listen", "SLUICE_ADMIN_LISTEN"),
+    (
+        "metrics_per_partition",
+        "--metrics-per-partition",
+        "SLUICE_METRICS_PER_PARTITION",
+    ),
     (
         "advertised_host",
         "--advertised-host",
@@ -525,6 +537,17 @@ impl BrokerConfig {
             ));
         }
 
+        let raw =
+            pick("admin_listen", file.admin_listen).unwrap_or_else(|| default("127.0.0.1:9644"));
+        let admin_listen: SocketAddr = parse("admin_listen", &raw)?;
+
+        let raw = pick(
+            "metrics_per_partition",
+            file.metrics_per_partition.map(|b| b.to_string()),
+        )
+        .unwrap_or_else(|| default("false"));
+        let metrics_per_partition: bool = parse("metrics_per_partition", &raw)?;
+
         let raw = pick(
             "overprovisioned",
             file.overprovisioned.map(|b| b.to_string()),
@@ -668,6 +691,8 @@ impl BrokerConfig {
 
         Ok(BrokerConfig {
             listen,
+            admin_listen,
+            metrics_per_partition,
             advertised_host,
             advertised_port,
             data_dir,

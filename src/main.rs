@@ -25,20 +25,24 @@ use config::BrokerConfig;
 use sluice_storage::{Log, LogConfig};
 
 const USAGE: &str = "usage:
-  sluice serve [--config FILE.toml] [--listen ADDR] [--advertised-host HOST]
+  sluice serve [--config FILE.toml] [--listen ADDR] [--admin-listen ADDR] [--advertised-host HOST]
                [--advertised-port PORT] [--data-dir DIR]
                [--cores N] [--node-id N] [--frame-bytes-max BYTES] [--shutdown-drain-ms MS]
                [--auto-create-topics BOOL] [--default-partitions N]
                [--clamp-replication-factor BOOL] [--retention-check-ms MS]
                [--offsets-partitions N] [--group-initial-rebalance-delay-ms MS]
                [--seeds ID@IP:PORT,...] [--rpc-listen IP:PORT] [--raft-tick-ms MS]
-                               start the broker (defaults: 127.0.0.1:9092, ./data, all cores);
+               [--metrics-per-partition BOOL]
+                               start the broker (defaults: 127.0.0.1:9092, admin and /metrics
+                               on 127.0.0.1:9644, ./data, all cores);
                                each flag also reads from SLUICE_<FIELD> and the TOML file;
                                with --seeds, a node of a cluster (see docs/operations.md)
   sluice log verify <dir>      recover a partition log directory and print what it holds
   sluice cluster dev [--nodes N] [--dir DIR] [--cores N] [--kafka-port PORT] [--rpc-port PORT]
+                    [--admin-port PORT]
                                run a local N-node cluster (default 3 nodes, ./data-cluster,
-                               1 core each, Kafka ports 9092.., RPC ports 33145, 33155, ..)
+                               1 core each, Kafka ports 9092.., RPC ports 33145, 33155, ..,
+                               admin ports 9644..)
 Kafka tools, against any broker (--bootstrap HOST:PORT, or SLUICE_BOOTSTRAP, or 127.0.0.1:9092):";
 
 fn usage() -> String {
@@ -288,6 +292,20 @@ fn serve(args: &[&str]) -> ExitCode {
             cluster,
         },
     };
+    let hub = Arc::new(sluice_core::metrics::MetricsHub::new(
+        config.node_id,
+        config.data_dir.clone(),
+        config.cores.max(1),
+        config.disk_free_bytes_min,
+    ));
+    let admin = sluice_admin::AdminSettings {
+        listen: config.admin_listen,
+        metrics_per_partition: config.metrics_per_partition,
+    };
+    if let Err(e) = sluice_admin::start(admin, hub.clone()) {
+        eprintln!("sluice serve: admin_listen: {e}");
+        return ExitCode::FAILURE;
+    }
     let broker = sluice_net::BrokerIdentity {
         node_id: config.node_id,
         advertised_host: config.advertised_host.clone(),
@@ -295,7 +313,7 @@ fn serve(args: &[&str]) -> ExitCode {
         cluster_id,
         static_configs: static_broker_configs(&config),
     };
-    match sluice_net::server::run(server, broker, catalog, shutdown) {
+    match sluice_net::server::run(server, broker, catalog, shutdown, hub) {
         Ok(()) => {
             eprintln!("sluice serve: stopped");
             ExitCode::SUCCESS

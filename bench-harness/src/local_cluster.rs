@@ -307,6 +307,7 @@ impl LocalCluster {
         command
             .args(["serve", "--cores", "1", "--overprovisioned", "true"])
             .args(["--listen", &node.kafka.to_string()])
+            .args(["--admin-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(&node.data);
         if let Some(seeds) = &self.seeds {

@@ -1218,6 +1218,8 @@ impl Driver {
                 if fresh {
                     // A new leader starts with every replica in sync, as Kafka's does.
                     *catch_up = CatchUp::default();
+                    let elections = &shard.metrics.leader_elections;
+                    elections.set(elections.get() + 1);
                 }
                 let in_sync = catch_up.update(replica, fresh, at, lag);
                 link.in_sync.set(in_sync.len());

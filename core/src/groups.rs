@@ -467,6 +467,27 @@ impl Coordinator {
             })
             .collect()
     }
+
+    /// Every group on this shard with its committed offsets (the metrics snapshot).
+    pub fn snapshot(&self) -> Vec<crate::metrics::GroupSnapshot> {
+        self.groups
+            .borrow()
+            .values()
+            .map(|g| {
+                let g = g.borrow();
+                crate::metrics::GroupSnapshot {
+                    group: g.id.clone(),
+                    state: g.state.name().to_string(),
+                    members: g.members.len(),
+                    offsets: g
+                        .offsets
+                        .iter()
+                        .map(|((topic, partition), c)| (topic.clone(), *partition, c.offset))
+                        .collect(),
+                }
+            })
+            .collect()
+    }
 }
 
 fn now_ms() -> i64 {

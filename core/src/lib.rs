@@ -18,6 +18,8 @@
 //! - [`controller`] — create/delete topics, add partitions, auto-create, config changes.
 //! - [`offsets_topic`] — the records of `__consumer_offsets` in Kafka's binary schemas.
 //! - [`broker_configs`] — broker configs changeable at runtime, and the settings in force.
+//! - [`metrics`] — the counters a shard bumps on the data path, the snapshot it publishes
+//!   every second, and the node-wide hub the admin listener reads.
 //! - [`log_dirs`] — the partitions stored here and their sizes (DescribeLogDirs).
 //! - [`groups`] — the classic consumer-group coordinator and committed offsets, on the shard
 //!   owning each group's `__consumer_offsets` partition.
@@ -40,6 +42,7 @@ pub mod fetch;
 pub mod fetch_sessions;
 pub mod groups;
 pub mod log_dirs;
+pub mod metrics;
 pub mod offsets;
 pub mod offsets_topic;
 pub mod partition;

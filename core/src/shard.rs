@@ -131,6 +131,8 @@ pub struct Shard {
     pub(crate) session_views: RefCell<crate::session_views::SessionViews>,
     /// Cluster mode: this shard's Raft groups (see `cluster`).
     pub replication: Option<crate::cluster::ShardReplication>,
+    /// What the request path counts (see `metrics`).
+    pub metrics: Rc<crate::metrics::ShardMetrics>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -195,6 +197,7 @@ impl Shard {
             sync_group: settings_sync_group,
             write_budget: sluice_storage::WriteBudget::new(settings_write_buffer_bytes),
             replication,
+            metrics: Rc::default(),
         });
         if let Some(driver) = driver {
             glommio::spawn_local(driver.run(Rc::downgrade(&shard))).detach();

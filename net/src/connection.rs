@@ -105,6 +105,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + 'static>(
     frame_bytes_max: usize,
     in_flight: InFlight,
 ) {
+    let _open = ctx.shard.metrics.connection_opened();
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     let (queue, answers) = glommio::channels::local_channel::new_bounded::<(
         InFlightGuard,
@@ -128,7 +129,13 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + 'static>(
                         OrderLink::unordered()
                     };
                     glommio::spawn_local(async move {
-                        let _ = reply.send(respond(frame, &ctx, link).await);
+                        let started = std::time::Instant::now();
+                        let api = frame.get(..2).map(|k| i16::from_be_bytes([k[0], k[1]]));
+                        let answer = respond(frame, &ctx, link).await;
+                        if let (Ok(_), Some(api)) = (&answer, api) {
+                            ctx.shard.metrics.record_request(api, started.elapsed());
+                        }
+                        let _ = reply.send(answer);
                     })
                     .detach();
                     if queue.send((guard, answer)).await.is_err() {
@@ -141,6 +148,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + 'static>(
                 }
                 Err(e) => {
                     warn!(%peer, error = %e, "closing connection");
+                    ctx.shard.metrics.connection_failed();
                     return;
                 }
             }
@@ -155,6 +163,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + 'static>(
             };
             if let Err(e) = written {
                 warn!(%peer, error = %e, "closing connection");
+                ctx.shard.metrics.connection_failed();
                 break;
             }
         }

@@ -28,6 +28,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 use sluice_core::catalog::Catalog;
+use sluice_core::metrics::MetricsHub;
 use sluice_core::shard::{Shard, ShardSettings, MESH_CHANNEL_JOBS};
 use tracing::{error, info};
 
@@ -178,12 +179,13 @@ fn parse_proc_address(field: &str) -> Option<SocketAddr> {
 const ANOTHER_SHARD_FAILED: &str = "another shard failed to start";
 
 /// Runs the broker until `shutdown` is raised and every shard has drained and closed its
-/// partitions.
+/// partitions. Every shard publishes its metrics and readiness to `hub`.
 pub fn run(
     config: ServerConfig,
     broker: BrokerIdentity,
     catalog: Arc<Catalog>,
     shutdown: Arc<AtomicBool>,
+    hub: Arc<MetricsHub>,
 ) -> Result<(), ServerError> {
     let _address_claim = claim_listen_address(config.listen)?;
     let shards = config.shards.max(1);
@@ -241,6 +243,14 @@ pub fn run(
                 client_host: Rc::from(""),
             };
             let in_flight: crate::connection::InFlight = Rc::default();
+            let publishing = {
+                let in_flight = in_flight.clone();
+                sluice_core::metrics::publish_loop(shard.clone(), hub.clone(), move || {
+                    in_flight.get() as u64
+                })
+            };
+            glommio::spawn_local(publishing).detach();
+            hub.shard_serving();
             let accept = async {
                 loop {
                     let stream = match listener.accept().await {
@@ -273,6 +283,7 @@ pub fn run(
                 }
             };
             futures_lite::future::or(accept, stop).await;
+            hub.draining();
             drop(listener);
             let deadline = Instant::now() + config.drain_timeout;
             while in_flight.get() > 0 && Instant::now() < deadline {

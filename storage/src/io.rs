@@ -133,7 +133,10 @@ pub async fn open_segment(path: &Path, create: bool) -> Result<DmaFile> {
 /// fdatasyncs a segment file (through the [`FaultPoint::Fdatasync`] fault point).
 pub async fn fdatasync(file: &DmaFile) -> std::io::Result<()> {
     faults::inject(FaultPoint::Fdatasync).await?;
-    file.fdatasync().await.map_err(Into::into)
+    let started = std::time::Instant::now();
+    let synced = file.fdatasync().await.map_err(Into::into);
+    crate::metrics::record_fdatasync(started.elapsed());
+    synced
 }
 
 /// Allocates a segment file's space up to `to` bytes without changing its size (through the

@@ -19,6 +19,7 @@
 //!   roll, retention, timestamp lookup.
 //! - [`sync_group`] — `SyncGroup`: one durability round for every log of a shard.
 //! - [`budget`] — `WriteBudget`: the write-buffer memory of a shard's logs, and back-pressure.
+//! - [`metrics`] — fixed-bucket latency histograms and this thread's fdatasync latencies.
 //! - [`error`] — `StorageError`.
 //!
 //! Everything here runs on one glommio executor thread per log (`Log` is `!Send`).
@@ -31,6 +32,7 @@ pub mod faults;
 pub mod format;
 pub mod io;
 pub mod log;
+pub mod metrics;
 pub mod rewrite;
 mod segment;
 pub mod sync_group;

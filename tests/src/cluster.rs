@@ -164,6 +164,7 @@ impl Cluster {
             .args(["serve", "--cores", "1", "--node-id", &node.id.to_string()])
             .args(["--overprovisioned", "true"])
             .args(["--listen", &node.kafka.to_string()])
+            .args(["--admin-listen", "127.0.0.1:0"])
             .args(["--seeds", &self.seeds])
             .arg("--data-dir")
             .arg(node.dir.join("data"))

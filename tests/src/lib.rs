@@ -113,10 +113,17 @@ impl Broker {
                 }
                 None => Command::new(sluice_binary()),
             };
+            // The admin listener on a free port of its own, unless the test names one.
+            let admin: &[&str] = if extra_args.contains(&"--admin-listen") {
+                &[]
+            } else {
+                &["--admin-listen", "127.0.0.1:0"]
+            };
             let mut child = command
                 .args(["serve", "--listen", &addr.to_string()])
                 .arg("--data-dir")
                 .arg(data_dir.path())
+                .args(admin)
                 .args(extra_args)
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -153,6 +160,14 @@ impl Broker {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+    }
+
+    /// The address the admin HTTP listener (`/metrics`, `/v1/...`) bound, from the broker's
+    /// log (its latest start's).
+    pub fn admin_addr(&self) -> SocketAddr {
+        let log =
+            std::fs::read_to_string(self.data_dir.path().join("sluice.log")).unwrap_or_default();
+        admin_addr_in(&log).expect("the broker's log names its admin address")
     }
 
     /// The broker's data directory.
@@ -244,4 +259,11 @@ impl Drop for Broker {
             );
         }
     }
+}
+
+/// The address of the last "admin listening addr=..." line in a broker's log.
+pub fn admin_addr_in(log: &str) -> Option<SocketAddr> {
+    let line = log.lines().rev().find(|l| l.contains("admin listening"))?;
+    let start = line.find("addr=")? + "addr=".len();
+    line[start..].split_whitespace().next()?.parse().ok()
 }

@@ -520,6 +520,7 @@ fn cluster_dev_runs_three_nodes_and_stops_them_all_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
     let kafka = free_ports(3);
     let rpc = free_ports(30);
+    let admin = free_ports(3);
     let mut dev = std::process::Command::new(sluice_tests::sluice_binary())
         .args(["cluster", "dev", "--nodes", "3"])
         .args([
@@ -527,6 +528,8 @@ fn cluster_dev_runs_three_nodes_and_stops_them_all_on_ctrl_c() {
             &kafka.to_string(),
             "--rpc-port",
             &rpc.to_string(),
+            "--admin-port",
+            &admin.to_string(),
         ])
         .arg("--dir")
         .arg(dir.path())
@@ -643,6 +646,17 @@ fn produce_batch_on_wire(
     acks: i16,
     batch: Vec<u8>,
 ) -> (i16, i64) {
+    let (code, offset, _) = produce_batch_explained(node, topic, acks, batch);
+    (code, offset)
+}
+
+/// [`produce_batch_on_wire`] with the partition's error message ("" when none).
+fn produce_batch_explained(
+    node: std::net::SocketAddr,
+    topic: &str,
+    acks: i16,
+    batch: Vec<u8>,
+) -> (i16, i64, String) {
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
     use kafka_protocol::protocol::StrBytes;
@@ -661,7 +675,11 @@ fn produce_batch_on_wire(
                     .with_records(Some(bytes::Bytes::from(batch)))])]),
     );
     let partition = &answer.responses[0].partition_responses[0];
-    (partition.error_code, partition.base_offset)
+    let message = partition
+        .error_message
+        .as_ref()
+        .map_or_else(String::new, |m| m.to_string());
+    (partition.error_code, partition.base_offset, message)
 }
 
 /// One record with acks=all (see [`produce_on_wire`]); the error code.
@@ -1748,6 +1766,8 @@ fn a_single_nodes_data_directory_is_refused_in_cluster_mode() {
             "0",
             "--listen",
             "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
         ])
         .args(["--seeds", &format!("0@127.0.0.1:{rpc}")])
         .arg("--data-dir")
@@ -1811,11 +1831,23 @@ fn produce_idempotent(
     cluster: &Cluster,
     node: i32,
     topic: &str,
-    (id, epoch): (i64, i16),
+    producer: (i64, i16),
     sequence: i32,
 ) -> (i16, i64) {
+    let (code, offset, _) = produce_idempotent_explained(cluster, node, topic, producer, sequence);
+    (code, offset)
+}
+
+/// [`produce_idempotent`] with the partition's error message ("" when none).
+fn produce_idempotent_explained(
+    cluster: &Cluster,
+    node: i32,
+    topic: &str,
+    (id, epoch): (i64, i16),
+    sequence: i32,
+) -> (i16, i64, String) {
     let batch = sluice_tests::wire::idempotent_batch(id, epoch, sequence, 3);
-    produce_batch_on_wire(cluster.node(node).kafka, topic, -1, batch)
+    produce_batch_explained(cluster.node(node).kafka, topic, -1, batch)
 }
 
 /// A new idempotent producer (id and epoch from `leader`) whose first batch (sequence 0)
@@ -1985,30 +2017,48 @@ fn an_elected_leader_holds_appends_until_it_serves() {
     .unwrap();
     std::thread::sleep(Duration::from_millis(200));
     cluster.kill(leader);
-    // The first moment a survivor names itself leader (elected; not serving for seconds).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let elected = 'found: loop {
-        for f in &followers {
-            let answer = metadata(cluster.node(*f).kafka);
-            let named = topic_in(&answer, topic)
-                .map(|t| (t.partitions[0].leader_id.0, t.partitions[0].leader_epoch));
-            if let Some((named, epoch)) = named {
-                if named == *f && epoch > epoch_before {
-                    break 'found named;
+    // The survivors may elect more than once (the stalled one answers late): an append the
+    // named leader refuses because it lost that leadership meanwhile is no failure; the test
+    // then waits for the next election. A refusal by a leader still elected in that term is.
+    let named_leader = |node: i32| {
+        let answer = metadata(cluster.node(node).kafka);
+        topic_in(&answer, topic)
+            .map(|t| (t.partitions[0].leader_id.0, t.partitions[0].leader_epoch))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut epoch_seen = epoch_before;
+    let (elected, offset, waited) = 'held: loop {
+        // The first moment a survivor names itself leader (elected; not serving for seconds).
+        let (elected, epoch) = 'found: loop {
+            for f in &followers {
+                if let Some((named, epoch)) = named_leader(*f) {
+                    if named == *f && epoch > epoch_seen {
+                        break 'found (named, epoch);
+                    }
                 }
             }
+            assert!(Instant::now() < deadline, "no survivor was elected");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let sent = Instant::now();
+        let (code, offset, message) =
+            produce_idempotent_explained(&cluster, elected, topic, producer, 3);
+        if code == 0 {
+            break 'held (elected, offset, sent.elapsed());
         }
-        assert!(Instant::now() < deadline, "no survivor was elected");
-        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            !message.contains("was elected leader but does not serve yet")
+                && named_leader(elected) != Some((elected, epoch)),
+            "node {elected}, named leader in epoch {epoch}, refused the append instead of \
+             holding it until it served: {code} {message}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no election held: {code} {message}"
+        );
+        epoch_seen = epoch;
     };
-    let sent = Instant::now();
-    let (code, offset) = produce_idempotent(&cluster, elected, topic, producer, 3);
-    let waited = sent.elapsed();
     std::fs::write(cluster.node(followers[0]).fault_points_file(), "").unwrap();
-    assert_eq!(
-        code, 0,
-        "node {elected}, named leader, refused the append instead of holding it until it served"
-    );
     assert_eq!(
         produce_idempotent(&cluster, elected, topic, producer, 3),
         (0, offset),

@@ -109,7 +109,14 @@ fn the_data_directory_is_created_and_locked() {
     assert!(broker.data_dir.path().join(".lock").exists());
     // A second broker on the same data directory refuses to start.
     let out = Command::new(sluice_binary())
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
         .arg(broker.data_dir.path())
         .output()
         .unwrap();
@@ -171,6 +178,7 @@ fn defaults_put_data_under_dot_data() {
         .arg("serve")
         .current_dir(cwd.path())
         .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("SLUICE_ADMIN_LISTEN", "127.0.0.1:0")
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -280,7 +288,7 @@ fn clean_shutdown_flushes_buffered_data_and_a_corrupt_catalog_is_refused() {
         .arg("serve")
         .arg("--data-dir")
         .arg(data_dir.path())
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .output()
         .unwrap();
     assert!(!out.status.success());

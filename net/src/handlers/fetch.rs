@@ -102,7 +102,7 @@ pub async fn handle(request: FetchRequest, version: i16, ctx: &Context) -> Fetch
     let all = vec![true; inputs.len()];
     FetchResponse::default()
         .with_session_id(session_id)
-        .with_responses(responses(&inputs, outputs, &all))
+        .with_responses(responses(&ctx.shard, &inputs, outputs, &all))
 }
 
 /// An incremental fetch, on the session's home shard.
@@ -159,7 +159,7 @@ async fn incremental(
     let all = vec![true; inputs.len()];
     FetchResponse::default()
         .with_session_id(id)
-        .with_responses(responses(&inputs, outputs, &all))
+        .with_responses(responses(shard, &inputs, outputs, &all))
 }
 
 fn topic_ref(name: &TopicName, id: uuid::Uuid, uses_topic_ids: bool) -> TopicRef {
@@ -188,12 +188,14 @@ fn partitions_of(topics: &[FetchTopic], uses_topic_ids: bool) -> Vec<FetchInput>
 }
 
 /// The response's topics: the included partitions, consecutive partitions of one topic under
-/// one entry.
+/// one entry. Counts what they carry in `shard`'s metrics.
 fn responses(
+    shard: &Shard,
     inputs: &[FetchInput],
     outputs: Vec<FetchOutput>,
     include: &[bool],
 ) -> Vec<FetchableTopicResponse> {
+    let image = shard.image();
     let mut topics: Vec<FetchableTopicResponse> = Vec::new();
     let mut last: Option<&TopicRef> = None;
     for ((input, out), _) in inputs
@@ -202,6 +204,15 @@ fn responses(
         .zip(include)
         .filter(|(_, included)| **included)
     {
+        if let Some(code) = out.error {
+            shard
+                .metrics
+                .record_error(ApiKey::Fetch as i16, code.code());
+        } else if let Some(topic) = sluice_core::resolve_topic(&image, &input.topic) {
+            shard
+                .metrics
+                .record_fetched(&topic.name, input.partition, out.records.len() as u64);
+        }
         let data = PartitionData::default()
             .with_partition_index(input.partition)
             .with_error_code(out.error.map_or(0, |e| e.code()))

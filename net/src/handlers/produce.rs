@@ -62,6 +62,7 @@ pub async fn handle(
             })
             .collect(),
     };
+    count(ctx, &request, version, &outputs);
     if acks == Some(Acks::None) {
         return None;
     }
@@ -103,4 +104,30 @@ pub async fn handle(
         })
         .collect();
     Some(ProduceResponse::default().with_responses(responses))
+}
+
+/// Counts each partition's appended records and bytes, or its error, in the shard's metrics
+/// (`outputs` in the request's partition order).
+fn count(ctx: &Context, request: &ProduceRequest, version: i16, outputs: &[ProduceOutput]) {
+    let metrics = &ctx.shard.metrics;
+    let image = ctx.shard.image();
+    let mut outputs = outputs.iter();
+    for topic in &request.topic_data {
+        let name = if version >= TOPIC_IDS_FROM {
+            image.topic_by_id(topic.topic_id).map(|t| t.name.as_str())
+        } else {
+            Some(topic.name.0.as_str())
+        };
+        for (partition, out) in topic.partition_data.iter().zip(outputs.by_ref()) {
+            match (out.error, name, &partition.records) {
+                (Some(code), _, _) => metrics.record_error(ApiKey::Produce as i16, code.code()),
+                (None, Some(name), Some(records)) => {
+                    let count = sluice_storage::batch::read_header(records, usize::MAX)
+                        .map_or(0, |h| u64::try_from(h.record_count).unwrap_or(0));
+                    metrics.record_produced(name, partition.index, count, records.len() as u64);
+                }
+                _ => {}
+            }
+        }
+    }
 }

@@ -1,0 +1,376 @@
+//! The admin HTTP listener as an operator uses it, against `sluice serve` with two shards:
+//! `/metrics` counts what real librdkafka clients did and passes `promtool check metrics`; a
+//! real Prometheus server scrapes it and answers a query with the produced-records counter;
+//! readiness answers 200 while serving and 503 while draining; `/v1/health`, `/v1/topics` and
+//! `/v1/groups` show the node, its partitions and a group's lag; a taken or invalid admin
+//! address stops start-up naming the field.
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use sluice_tests::Broker;
+
+const TOPIC: &str = "watched";
+const GROUP: &str = "watchers";
+const RECORDS: usize = 300;
+const CONSUMED: usize = 120;
+
+/// `(status, body)` of a GET to the admin listener.
+fn get(admin: SocketAddr, path: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut response = agent
+        .get(format!("http://{admin}{path}"))
+        .call()
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_string().expect("a text body");
+    (status, body)
+}
+
+fn get_json(admin: SocketAddr, path: &str) -> serde_json::Value {
+    let (status, body) = get(admin, path);
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+}
+
+/// The element of a JSON array whose `key` is `name`.
+fn entry<'a>(list: &'a serde_json::Value, key: &str, name: &str) -> &'a serde_json::Value {
+    list.as_array()
+        .expect("an array")
+        .iter()
+        .find(|e| e[key] == name)
+        .unwrap_or_else(|| panic!("no {key} {name} in {list}"))
+}
+
+/// The value of the first sample named exactly `series` (name and labels as printed).
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// Polls `/metrics` until `done` holds (snapshots are published once a second), at most 20 s.
+fn metrics_until(admin: SocketAddr, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, text) = get(admin, "/metrics");
+        assert_eq!(status, 200);
+        if done(&text) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never got there:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Produces RECORDS records (acks=all) over 3 partitions, then consumes CONSUMED of them in
+/// GROUP and commits their offsets; returns each partition's committed offset (partitions the
+/// consumer read from).
+fn produce_and_consume(broker: &Broker) -> std::collections::BTreeMap<i32, i64> {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .create()
+        .expect("producer");
+    for i in 0..RECORDS {
+        let payload = format!("record-{i:04}");
+        let mut record = BaseRecord::<str, str>::to(TOPIC)
+            .payload(&payload)
+            .partition((i % 3) as i32);
+        while let Err((_, back)) = producer.send(record) {
+            record = back;
+            producer.poll(Duration::from_millis(10));
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", GROUP)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[TOPIC]).expect("subscribe");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut consumed = 0;
+    let mut committed = std::collections::BTreeMap::new();
+    while consumed < CONSUMED {
+        assert!(Instant::now() < deadline, "consumed only {consumed}");
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            let message = message.expect("a record");
+            assert!(message.payload().is_some());
+            consumer
+                .commit_message(&message, CommitMode::Sync)
+                .expect("commit");
+            committed.insert(message.partition(), message.offset() + 1);
+            consumed += 1;
+        }
+    }
+    committed
+}
+
+fn create_topic(broker: &Broker) {
+    let out = Command::new(sluice_tests::sluice_binary())
+        .args(["topic", "create", TOPIC, "--partitions", "3"])
+        .args(["--bootstrap", &broker.bootstrap()])
+        .output()
+        .expect("sluice topic create");
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn metrics_count_what_real_clients_did_and_pass_promtool() {
+    let broker = Broker::start(&["--cores", "2"]);
+    let admin = broker.admin_addr();
+    create_topic(&broker);
+    let committed = produce_and_consume(&broker);
+
+    let produced = format!("sluice_produced_records_total{{topic=\"{TOPIC}\"}}");
+    let text = metrics_until(admin, |text| {
+        sample(text, &produced) == Some(RECORDS as f64)
+            && text.contains("sluice_consumer_group_lag{")
+    });
+    assert!(
+        sample(
+            &text,
+            &format!("sluice_fetched_bytes_total{{topic=\"{TOPIC}\"}}")
+        )
+        .is_some_and(|bytes| bytes > 0.0),
+        "{text}"
+    );
+    // Produce requests were timed on some shard.
+    let produce_requests: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("sluice_request_duration_seconds_count{") && l.contains("api=\"Produce\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(produce_requests >= 1.0, "{text}");
+    // The group's lag on each partition it committed: what it did not consume there (each
+    // partition holds RECORDS / 3).
+    let per_partition = (RECORDS / 3) as i64;
+    for (p, offset) in &committed {
+        let series = format!(
+            "sluice_consumer_group_lag{{group=\"{GROUP}\",topic=\"{TOPIC}\",partition=\"{p}\"}}"
+        );
+        assert_eq!(
+            sample(&text, &series),
+            Some((per_partition - offset) as f64),
+            "{series}\n{text}"
+        );
+    }
+    let lag_series = text
+        .lines()
+        .filter(|l| l.starts_with("sluice_consumer_group_lag{"))
+        .count();
+    assert_eq!(lag_series, committed.len(), "{text}");
+    let expected_lag: i64 = committed.values().map(|o| per_partition - o).sum();
+    assert_eq!(sample(&text, "sluice_ready"), Some(1.0));
+    assert!(sample(
+        &text,
+        "sluice_fdatasync_duration_seconds_count{shard=\"0\"}"
+    )
+    .is_some());
+    assert!(sample(&text, "sluice_disk_free_bytes").is_some_and(|b| b > 0.0));
+
+    // Prometheus' own linter accepts the exposition.
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; scripts/test installs it)");
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let linted = promtool.wait_with_output().unwrap();
+    assert!(
+        linted.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&linted.stdout),
+        String::from_utf8_lossy(&linted.stderr)
+    );
+
+    // The JSON API shows the same.
+    let topics = get_json(admin, "/v1/topics");
+    let topic = entry(&topics, "topic", TOPIC);
+    let ends: i64 = topic["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["high_watermark"].as_i64().unwrap())
+        .sum();
+    assert_eq!(ends, RECORDS as i64, "{topic}");
+    assert_eq!(topic["records_in"], RECORDS);
+    let groups = get_json(admin, "/v1/groups");
+    let group = entry(&groups, "group", GROUP);
+    assert_eq!(group["lag"], expected_lag, "{group}");
+    let health = get_json(admin, "/v1/health");
+    assert_eq!(health["ready"], true, "{health}");
+    assert_eq!(health["shards_serving"], 2, "{health}");
+    assert_eq!(health["disk"]["state"], "ok", "{health}");
+    assert!(
+        health["partitions"]["led"].as_u64().unwrap() >= 3,
+        "{health}"
+    );
+    assert_eq!(health["partitions"]["offline"], 0, "{health}");
+}
+
+/// A real Prometheus server scrapes the broker and answers a query with the produced-records
+/// counter.
+#[test]
+fn a_prometheus_server_scrapes_the_produced_records() {
+    let broker = Broker::start(&["--cores", "2"]);
+    let admin = broker.admin_addr();
+    create_topic(&broker);
+    produce_and_consume(&broker);
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: sluice\n    static_configs:\n      - targets: ['{admin}']\n"
+        ),
+    )
+    .unwrap();
+    let web = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+    let mut prometheus = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address={web}"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("prometheus (Debian's prometheus package; scripts/test installs it)");
+    let query =
+        format!("/api/v1/query?query=sluice_produced_records_total%7Btopic%3D%22{TOPIC}%22%7D");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let value = loop {
+        let answer = std::panic::catch_unwind(|| get(web, &query)).ok();
+        if let Some((200, body)) = answer {
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+            if let Some(v) = json["data"]["result"][0]["value"][1].as_str() {
+                break v.to_string();
+            }
+        }
+        if Instant::now() > deadline {
+            let _ = prometheus.kill();
+            let log =
+                std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
+            panic!("Prometheus never had the series:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    assert_eq!(value, RECORDS.to_string());
+}
+
+/// Ready while serving; 503 "draining" while SIGTERM waits for a request in progress.
+#[test]
+fn readiness_follows_the_brokers_lifecycle() {
+    let broker = Broker::start(&["--cores", "1", "--shutdown-drain-ms", "10000"]);
+    let admin = broker.admin_addr();
+    let (status, body) = get(admin, "/v1/status/ready");
+    assert_eq!((status, body.as_str()), (200, "{\"status\":\"ready\"}"));
+    create_topic(&broker);
+    // A long-polling fetch at the end of an empty partition holds shutdown's drain.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", "drain")
+        .set("fetch.wait.max.ms", "5000")
+        .create()
+        .expect("consumer");
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment
+        .add_partition_offset(TOPIC, 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    consumer.assign(&assignment).unwrap();
+    let _ = consumer.poll(Duration::from_millis(1500));
+    broker.signal("TERM");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        match std::panic::catch_unwind(|| get(admin, "/v1/status/ready")) {
+            Ok((status, body)) => {
+                if status == 503 && body.contains("draining") {
+                    return;
+                }
+                seen.push(status);
+            }
+            Err(_) => break, // the process ended
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("never saw 503 draining; saw {seen:?}");
+}
+
+#[test]
+fn a_bad_or_taken_admin_address_stops_start_up_naming_the_field() {
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(sluice_tests::sluice_binary())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "nowhere",
+        ])
+        .arg("--data-dir")
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("admin_listen"), "{err}");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let out = Command::new(sluice_tests::sluice_binary())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            &address,
+        ])
+        .arg("--data-dir")
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("admin_listen") && err.contains(&address) && err.contains("in use"),
+        "{err}"
+    );
+}
