@@ -3,7 +3,10 @@
 //! real Prometheus server scrapes it and answers a query with the produced-records counter;
 //! readiness answers 200 while serving and 503 while draining; `/v1/health`, `/v1/topics` and
 //! `/v1/groups` show the node, its partitions and a group's lag; a taken or invalid admin
-//! address stops start-up naming the field.
+//! address stops start-up naming the field. The shipped alert rules (`deploy/prometheus/`)
+//! pass `promtool check rules` and their `promtool test rules` unit tests, and they and the
+//! Grafana dashboard (`deploy/grafana/sluice.json`) name only metrics the broker exposes and
+//! evaluate in a real Prometheus.
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -16,6 +19,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use sluice_tests::Broker;
 
 const TOPIC: &str = "watched";
+const ALERTS: &str = "deploy/prometheus/alerts.yml";
+const DASHBOARD: &str = "deploy/grafana/sluice.json";
 const GROUP: &str = "watchers";
 const RECORDS: usize = 300;
 const CONSUMED: usize = 120;
@@ -40,6 +45,90 @@ fn get_json(admin: SocketAddr, path: &str) -> serde_json::Value {
     let (status, body) = get(admin, path);
     assert_eq!(status, 200, "GET {path}: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+}
+
+/// A file of the repository.
+fn repository_file(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
+
+/// Every PromQL expression of the dashboard's panels, with Grafana's variables given values
+/// Prometheus can evaluate (every broker, a one-minute rate window).
+fn dashboard_queries() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(repository_file(DASHBOARD)).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        assert!(panel["gridPos"]["w"].as_u64().is_some(), "{panel}");
+        if panel["type"] == "row" {
+            continue;
+        }
+        let title = panel["title"].as_str().expect("a panel title").to_string();
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{title} has no query");
+        for target in targets {
+            let expr = target["expr"].as_str().expect("a PromQL expression");
+            let expr = expr
+                .replace("$instance", ".*")
+                .replace("$__rate_interval", "1m");
+            queries.push((title.clone(), expr));
+        }
+    }
+    queries
+}
+
+/// Every alert rule's expression: (alert name, PromQL), from the YAML's `alert:` and `expr:`
+/// lines (single-line or `|` blocks).
+fn alert_queries() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(repository_file(ALERTS)).unwrap();
+    let mut rules = Vec::new();
+    let mut lines = text.lines().peekable();
+    let mut alert = String::new();
+    while let Some(line) = lines.next() {
+        let trimmed = line.trim();
+        if let Some(name) = trimmed.strip_prefix("- alert: ") {
+            alert = name.to_string();
+        } else if let Some(expr) = trimmed.strip_prefix("expr: ") {
+            let expr = if expr == "|" {
+                let indent = |l: &str| l.len() - l.trim_start().len();
+                let block_indent = lines.peek().map(|l| indent(l)).unwrap_or(0);
+                let mut block = Vec::new();
+                while let Some(l) =
+                    lines.next_if(|l| l.trim().is_empty() || indent(l) >= block_indent)
+                {
+                    block.push(l.trim());
+                }
+                block.join(" ")
+            } else {
+                expr.to_string()
+            };
+            rules.push((alert.clone(), expr));
+        }
+    }
+    assert!(rules.len() >= 9, "{rules:?}");
+    rules
+}
+
+/// The `sluice_...` metric names a PromQL expression reads, without histogram suffixes.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(start) = rest.find("sluice_") {
+        let tail = &rest[start..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let family = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        names.push(family.to_string());
+        rest = &tail[end..];
+    }
+    names
 }
 
 /// The element of a JSON array whose `key` is `name`.
@@ -290,9 +379,29 @@ fn a_prometheus_server_scrapes_the_produced_records() {
         }
         std::thread::sleep(Duration::from_millis(500));
     };
+    // Every dashboard panel's and alert rule's query evaluates there.
+    for (owner, expr) in dashboard_queries().into_iter().chain(alert_queries()) {
+        let url = format!("/api/v1/query?query={}", percent_encoded(&expr));
+        let (status, body) = get(web, &url);
+        assert_eq!(status, 200, "{owner}: {expr}: {body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["status"], "success", "{owner}: {expr}: {body}");
+    }
     let _ = prometheus.kill();
     let _ = prometheus.wait();
     assert_eq!(value, RECORDS.to_string());
+}
+
+/// `text` as a URL query value.
+fn percent_encoded(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Ready while serving; 503 "draining" while SIGTERM waits for a request in progress.
@@ -373,4 +482,54 @@ fn a_bad_or_taken_admin_address_stops_start_up_naming_the_field() {
         err.contains("admin_listen") && err.contains(&address) && err.contains("in use"),
         "{err}"
     );
+}
+
+#[test]
+fn alert_rules_pass_promtool_and_their_unit_tests() {
+    let rules_dir = repository_file("deploy/prometheus");
+    for args in [
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts_test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&rules_dir)
+            .output()
+            .expect("promtool (Debian's prometheus package; scripts/test installs it)");
+        assert!(
+            out.status.success(),
+            "promtool {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Every metric the alert rules and the dashboard read is one the broker exposes (a renamed
+/// metric would leave an alert that can never fire).
+#[test]
+fn alerts_and_the_dashboard_read_metrics_the_broker_exposes() {
+    let broker = Broker::start(&["--cores", "1"]);
+    let (_, text) = get(broker.admin_addr(), "/metrics");
+    let exposed: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let queries: Vec<(String, String)> = dashboard_queries()
+        .into_iter()
+        .chain(alert_queries())
+        .collect();
+    let mut read = 0;
+    for (owner, expr) in &queries {
+        for name in metric_names(expr) {
+            assert!(
+                exposed.contains(&name.as_str()),
+                "{owner} reads {name}, which /metrics does not expose"
+            );
+            read += 1;
+        }
+    }
+    assert!(read >= 20, "{queries:?}");
 }
