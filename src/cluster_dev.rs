@@ -10,8 +10,28 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const USAGE: &str =
-    "usage: sluice cluster dev [--nodes N] [--dir DIR] [--cores N] [--kafka-port PORT] [--rpc-port PORT] [--admin-port PORT]";
+/// `sluice cluster dev`: a local N-node cluster on loopback.
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// Nodes, 1 to 9.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=9))]
+    nodes: u64,
+    /// Where the nodes keep their data and logs (node-0, node-1, ...).
+    #[arg(long, value_name = "DIR", default_value = "./data-cluster")]
+    dir: PathBuf,
+    /// Shards per node, 1 to 10.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=RPC_PORT_STRIDE as u64))]
+    cores: u64,
+    /// Node i's Kafka port is this + i.
+    #[arg(long, value_name = "PORT", default_value_t = 9092, value_parser = clap::value_parser!(u16).range(1..))]
+    kafka_port: u16,
+    /// Node i's RPC port is this + 10 i (shard s: + s).
+    #[arg(long, value_name = "PORT", default_value_t = 33145, value_parser = clap::value_parser!(u16).range(1..))]
+    rpc_port: u16,
+    /// Node i's admin listener (`/metrics`) is on this port + i.
+    #[arg(long, value_name = "PORT", default_value_t = 9644, value_parser = clap::value_parser!(u16).range(1..))]
+    admin_port: u16,
+}
 
 struct Options {
     nodes: usize,
@@ -19,55 +39,27 @@ struct Options {
     cores: usize,
     kafka_port: u16,
     rpc_port: u16,
-    /// Node `i`'s admin listener (`/metrics`) is on this port + `i`.
     admin_port: u16,
 }
 
 /// RPC ports of consecutive nodes are this far apart (shard `s` uses the node's port + `s`).
 const RPC_PORT_STRIDE: u16 = 10;
 
-fn parse(args: &[&str]) -> Result<Options, String> {
-    let mut options = Options {
-        nodes: 3,
-        dir: PathBuf::from("./data-cluster"),
-        cores: 1,
-        kafka_port: 9092,
-        rpc_port: 33145,
-        admin_port: 9644,
+fn options(args: DevArgs) -> Result<Options, String> {
+    let options = Options {
+        nodes: args.nodes as usize,
+        dir: args.dir,
+        cores: args.cores as usize,
+        kafka_port: args.kafka_port,
+        rpc_port: args.rpc_port,
+        admin_port: args.admin_port,
     };
-    let mut rest = args.iter();
-    while let Some(flag) = rest.next() {
-        let value = rest
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
-        let number = |what: &str| -> Result<u64, String> {
-            value
-                .parse::<u64>()
-                .map_err(|e| format!("{flag} {value:?}: {e} ({what})"))
-        };
-        match *flag {
-            "--nodes" => options.nodes = number("1 to 9 nodes")? as usize,
-            "--dir" => options.dir = PathBuf::from(value),
-            "--cores" => options.cores = number("cores per node")? as usize,
-            "--kafka-port" => options.kafka_port = number("a port")? as u16,
-            "--rpc-port" => options.rpc_port = number("a port")? as u16,
-            "--admin-port" => options.admin_port = number("a port")? as u16,
-            other => return Err(format!("unknown option {other}\n{USAGE}")),
-        }
-    }
-    if !(1..=9).contains(&options.nodes) {
-        return Err(format!("--nodes {}: 1 to 9", options.nodes));
-    }
-    if !(1..=usize::from(RPC_PORT_STRIDE)).contains(&options.cores) {
-        return Err(format!("--cores {}: 1 to {RPC_PORT_STRIDE}", options.cores));
-    }
     let last_rpc = u32::from(options.rpc_port) + u32::from(RPC_PORT_STRIDE) * options.nodes as u32;
+    let last_kafka = u32::from(options.kafka_port) + options.nodes as u32;
     let last_admin = u32::from(options.admin_port) + options.nodes as u32;
-    if options.kafka_port == 0
-        || options.rpc_port == 0
-        || options.admin_port == 0
-        || last_rpc > u32::from(u16::MAX)
-        || last_admin > u32::from(u16::MAX)
+    if [last_rpc, last_kafka, last_admin]
+        .iter()
+        .any(|last| *last > u32::from(u16::MAX))
     {
         return Err("ports out of range".into());
     }
@@ -75,8 +67,8 @@ fn parse(args: &[&str]) -> Result<Options, String> {
 }
 
 /// Runs the cluster until SIGINT/SIGTERM.
-pub fn dev(args: &[&str]) -> Result<(), String> {
-    let options = parse(args)?;
+pub fn dev(args: DevArgs) -> Result<(), String> {
+    let options = options(args)?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone())

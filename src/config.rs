@@ -157,127 +157,254 @@ pub struct ConfigError {
     pub reason: String,
 }
 
-/// The settable fields: (field name, flag, environment variable).
-const FIELDS: &[(&str, &str, &str)] = &[
-    ("listen", "--listen", "SLUICE_LISTEN"),
-    ("admin_listen", "--admin-listen", "SLUICE_ADMIN_LISTEN"),
+/// The settable fields: (field name, flag, environment variable, help).
+const FIELDS: &[(&str, &str, &str, &str)] = &[
+    (
+        "listen",
+        "--listen",
+        "SLUICE_LISTEN",
+        "Kafka listener every shard accepts on [default: 127.0.0.1:9092]",
+    ),
+    (
+        "admin_listen",
+        "--admin-listen",
+        "SLUICE_ADMIN_LISTEN",
+        "Admin HTTP listener: /metrics, /v1/status/ready, /v1/health [default: 127.0.0.1:9644]",
+    ),
     (
         "metrics_per_partition",
         "--metrics-per-partition",
         "SLUICE_METRICS_PER_PARTITION",
+        "/metrics traffic and size series per partition too (true|false) [default: false]",
     ),
     (
         "advertised_host",
         "--advertised-host",
         "SLUICE_ADVERTISED_HOST",
+        "Host named in Metadata responses [default: the listen IP]",
     ),
     (
         "advertised_port",
         "--advertised-port",
         "SLUICE_ADVERTISED_PORT",
+        "Port named in Metadata responses [default: the listen port]",
     ),
-    ("data_dir", "--data-dir", "SLUICE_DATA_DIR"),
-    ("cores", "--cores", "SLUICE_CORES"),
+    (
+        "data_dir",
+        "--data-dir",
+        "SLUICE_DATA_DIR",
+        "Data directory, created and locked [default: ./data]",
+    ),
+    (
+        "cores",
+        "--cores",
+        "SLUICE_CORES",
+        "Shards, one executor per CPU [default: all online CPUs]",
+    ),
     (
         "overprovisioned",
         "--overprovisioned",
         "SLUICE_OVERPROVISIONED",
+        "Leave shard threads unpinned, for nodes sharing cores (true|false) [default: false]",
     ),
-    ("node_id", "--node-id", "SLUICE_NODE_ID"),
-    ("seeds", "--seeds", "SLUICE_SEEDS"),
-    ("rpc_listen", "--rpc-listen", "SLUICE_RPC_LISTEN"),
-    ("raft_tick_ms", "--raft-tick-ms", "SLUICE_RAFT_TICK_MS"),
+    (
+        "node_id",
+        "--node-id",
+        "SLUICE_NODE_ID",
+        "Broker id; in a cluster, this node's id among the seeds [default: 0]",
+    ),
+    (
+        "seeds",
+        "--seeds",
+        "SLUICE_SEEDS",
+        "Cluster mode: ID@IP:PORT,... of every node's RPC address (the controller's voters)",
+    ),
+    (
+        "rpc_listen",
+        "--rpc-listen",
+        "SLUICE_RPC_LISTEN",
+        "Cluster mode: shard 0's RPC address [default: this node's seed address]",
+    ),
+    (
+        "raft_tick_ms",
+        "--raft-tick-ms",
+        "SLUICE_RAFT_TICK_MS",
+        "Cluster mode: one Raft tick in ms [default: 50]",
+    ),
     (
         "replica_lag_time_max_ms",
         "--replica-lag-time-max-ms",
         "SLUICE_REPLICA_LAG_TIME_MAX_MS",
+        "Cluster mode: a follower this far behind leaves the ISR, ms [default: 30000]",
     ),
     (
         "frame_bytes_max",
         "--frame-bytes-max",
         "SLUICE_FRAME_BYTES_MAX",
+        "Largest request accepted, bytes [default: 104857600]",
     ),
     (
         "shutdown_drain_ms",
         "--shutdown-drain-ms",
         "SLUICE_SHUTDOWN_DRAIN_MS",
+        "How long shutdown waits for requests being answered, ms [default: 5000]",
     ),
     (
         "auto_create_topics",
         "--auto-create-topics",
         "SLUICE_AUTO_CREATE_TOPICS",
+        "Create unknown topics on Metadata (true|false) [default: true]",
     ),
     (
         "default_partitions",
         "--default-partitions",
         "SLUICE_DEFAULT_PARTITIONS",
+        "Partitions of topics created without a count [default: 1]",
     ),
     (
         "clamp_replication_factor",
         "--clamp-replication-factor",
         "SLUICE_CLAMP_REPLICATION_FACTOR",
+        "Accept replication factors above 1 as 1 on a single node (true|false) [default: false]",
     ),
     (
         "retention_check_ms",
         "--retention-check-ms",
         "SLUICE_RETENTION_CHECK_MS",
+        "How often retention is applied, ms [default: 300000]",
     ),
     (
         "offsets_partitions",
         "--offsets-partitions",
         "SLUICE_OFFSETS_PARTITIONS",
+        "Partitions of __consumer_offsets when first created [default: 8]",
     ),
     (
         "group_initial_rebalance_delay_ms",
         "--group-initial-rebalance-delay-ms",
         "SLUICE_GROUP_INITIAL_REBALANCE_DELAY_MS",
+        "A new group waits this long for more members, ms [default: 3000]",
     ),
     (
         "log_cleaner_backoff_ms",
         "--log-cleaner-backoff-ms",
         "SLUICE_LOG_CLEANER_BACKOFF_MS",
+        "Pause between compaction passes, ms [default: 15000]",
     ),
     (
         "log_cleaner_io_bytes_per_second",
         "--log-cleaner-io-bytes-per-second",
         "SLUICE_LOG_CLEANER_IO_BYTES_PER_SECOND",
+        "Compaction I/O per shard, bytes/s; 0: unpaced [default: 104857600]",
     ),
     (
         "log_cleaner_dedupe_buffer_bytes",
         "--log-cleaner-dedupe-buffer-bytes",
         "SLUICE_LOG_CLEANER_DEDUPE_BUFFER_BYTES",
+        "Memory of one compaction pass's key map per shard [default: 67108864]",
     ),
     (
         "disk_free_bytes_min",
         "--disk-free-bytes-min",
         "SLUICE_DISK_FREE_BYTES_MIN",
+        "Produce is refused below this many free bytes; 0: never [default: 268435456]",
     ),
     (
         "durability_rounds",
         "--durability-rounds",
         "SLUICE_DURABILITY_ROUNDS",
+        "shard, shard-per-file or partition [default: shard]",
     ),
     (
         "log_zero_ahead",
         "--log-zero-ahead",
         "SLUICE_LOG_ZERO_AHEAD",
+        "Zero active segments ahead of their writers (true|false) [default: true]",
     ),
     (
         "write_buffer_bytes_per_shard",
         "--write-buffer-bytes-per-shard",
         "SLUICE_WRITE_BUFFER_BYTES_PER_SHARD",
+        "Write-buffer memory per shard before appends wait [default: 268435456]",
     ),
     (
         "fetch_session_cache_slots",
         "--fetch-session-cache-slots",
         "SLUICE_FETCH_SESSION_CACHE_SLOTS",
+        "Incremental fetch sessions kept (KIP-227) [default: 1000]",
     ),
     (
         "fetch_session_eviction_ms",
         "--fetch-session-eviction-ms",
         "SLUICE_FETCH_SESSION_EVICTION_MS",
+        "A session unused this long may be evicted, ms [default: 120000]",
     ),
 ];
+
+/// `sluice serve`'s flags: `--config FILE` and one per field of [`FIELDS`], kept as the raw
+/// strings given: [`BrokerConfig::load`] checks them, with the environment and the file, so an
+/// invalid value is reported the same way wherever it came from.
+#[derive(Debug, Clone, Default)]
+pub struct ServeArgs {
+    pub config: Option<PathBuf>,
+    /// (field, value) in command-line order.
+    pub flags: Vec<(&'static str, String)>,
+}
+
+impl clap::FromArgMatches for ServeArgs {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let mut args = ServeArgs::default();
+        args.update_from_arg_matches(matches)?;
+        Ok(args)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        if let Some(path) = matches.get_one::<PathBuf>("config") {
+            self.config = Some(path.clone());
+        }
+        for (field, ..) in FIELDS {
+            // A flag given twice: the later one wins (scripts append overrides).
+            if let Some(value) = matches
+                .get_many::<String>(field)
+                .and_then(|mut values| values.next_back())
+            {
+                self.flags.push((field, value.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl clap::Args for ServeArgs {
+    fn augment_args(command: clap::Command) -> clap::Command {
+        command
+            .arg(
+                clap::Arg::new("config")
+                    .long("config")
+                    .value_name("FILE.toml")
+                    .value_parser(clap::value_parser!(PathBuf))
+                    .help("A TOML file setting the fields below by name (environment and flags win over it)"),
+            )
+            .args(FIELDS.iter().map(|(field, flag, var, help)| {
+                clap::Arg::new(*field)
+                    .long(&flag[2..])
+                    .value_name("VALUE")
+                    .action(clap::ArgAction::Append)
+                    // A negative number is a value (refused by the field's own check, named).
+                    .allow_negative_numbers(true)
+                    .help(format!("{help} [env: {var}]"))
+            }))
+            .after_help(
+                "Each field is set, in increasing precedence, by the TOML file, its SLUICE_* \
+                 environment variable, or its flag; an invalid value stops start-up (exit 2) \
+                 naming the field and where it came from. See docs/operations.md.",
+            )
+    }
+
+    fn augment_args_for_update(command: clap::Command) -> clap::Command {
+        Self::augment_args(command)
+    }
+}
 
 const FRAME_BYTES_MIN: usize = 1024;
 const FRAME_BYTES_LIMIT: usize = 1 << 30;
@@ -293,47 +420,30 @@ struct Raw {
 }
 
 impl BrokerConfig {
-    /// Builds the config from `args` (the flags after `serve`) and the process environment.
+    /// Builds the config from `args` (the flags of `sluice serve`) and the process
+    /// environment.
     pub fn load(
-        args: &[&str],
+        args: &ServeArgs,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<BrokerConfig, ConfigError> {
-        // Flags first, so `--config` is known before the file is read.
-        let mut flags: Vec<(&'static str, Raw)> = Vec::new();
-        let mut config_file: Option<PathBuf> = None;
-        let mut rest = args.iter();
-        while let Some(flag) = rest.next() {
-            let unknown = || ConfigError {
-                field: "flags",
-                origin: "command line".into(),
-                reason: format!("unknown flag {flag}"),
-            };
-            let (field, flag_name) = if *flag == "--config" {
-                ("config", "--config")
-            } else {
-                let (field, flag_name, _) = FIELDS
+        let config_file = args.config.clone();
+        let flags: Vec<(&'static str, Raw)> = args
+            .flags
+            .iter()
+            .map(|(field, value)| {
+                let (_, flag_name, _, _) = FIELDS
                     .iter()
-                    .find(|(_, f, _)| f == flag)
-                    .ok_or_else(unknown)?;
-                (*field, *flag_name)
-            };
-            let value = rest.next().ok_or_else(|| ConfigError {
-                field,
-                origin: format!("flag {flag_name}"),
-                reason: "missing value".into(),
-            })?;
-            if field == "config" {
-                config_file = Some(PathBuf::from(value));
-            } else {
-                flags.push((
-                    field,
+                    .find(|(f, ..)| f == field)
+                    .expect("flags are fields");
+                (
+                    *field,
                     Raw {
-                        value: value.to_string(),
+                        value: value.clone(),
                         origin: format!("flag {flag_name}"),
                     },
-                ));
-            }
-        }
+                )
+            })
+            .collect();
 
         let file = match &config_file {
             Some(path) => {
@@ -362,9 +472,9 @@ impl BrokerConfig {
                     origin: raw.origin.clone(),
                 });
             }
-            let (_, _, var) = FIELDS
+            let (_, _, var, _) = FIELDS
                 .iter()
-                .find(|(f, _, _)| *f == field)
+                .find(|(f, ..)| *f == field)
                 .expect("known field");
             if let Some(value) = env(var) {
                 return Some(Raw {
@@ -756,9 +866,22 @@ mod tests {
         None
     }
 
+    /// `sluice serve`'s flags as clap parses them.
+    fn try_flags(words: &[&str]) -> Result<ServeArgs, clap::Error> {
+        use clap::{Args, FromArgMatches};
+        let command = ServeArgs::augment_args(clap::Command::new("serve"));
+        let matches =
+            command.try_get_matches_from(std::iter::once("serve").chain(words.iter().copied()))?;
+        ServeArgs::from_arg_matches(&matches)
+    }
+
+    fn flags(words: &[&str]) -> ServeArgs {
+        try_flags(words).expect("valid flags")
+    }
+
     #[test]
     fn defaults() {
-        let c = BrokerConfig::load(&[], no_env).unwrap();
+        let c = BrokerConfig::load(&flags(&[]), no_env).unwrap();
         assert_eq!(c.listen, "127.0.0.1:9092".parse().unwrap());
         assert_eq!(c.data_dir, PathBuf::from("./data"));
         assert_eq!(c.advertised_host, "127.0.0.1");
@@ -780,8 +903,11 @@ mod tests {
             _ => None,
         };
         let path = file.display().to_string();
-        let c =
-            BrokerConfig::load(&["--config", &path, "--listen", "127.0.0.1:3333"], env).unwrap();
+        let c = BrokerConfig::load(
+            &flags(&["--config", &path, "--listen", "127.0.0.1:3333"]),
+            env,
+        )
+        .unwrap();
         assert_eq!(c.listen.port(), 3333, "flag wins");
         assert_eq!(c.node_id, 4, "environment beats the file");
         assert_eq!(c.cores, 1, "the file beats the default");
@@ -789,9 +915,12 @@ mod tests {
 
     #[test]
     fn cluster_mode_takes_seeds_and_checks_them() {
-        assert_eq!(BrokerConfig::load(&[], no_env).unwrap().cluster, None);
+        assert_eq!(
+            BrokerConfig::load(&flags(&[]), no_env).unwrap().cluster,
+            None
+        );
         let seeds = "0@127.0.0.1:19092, 1@127.0.0.1:19192,2@127.0.0.1:19292";
-        let c = BrokerConfig::load(&["--node-id", "1", "--seeds", seeds], no_env).unwrap();
+        let c = BrokerConfig::load(&flags(&["--node-id", "1", "--seeds", seeds]), no_env).unwrap();
         let cluster = c.cluster.unwrap();
         assert_eq!(cluster.seeds.len(), 3);
         assert_eq!(cluster.rpc_listen, "127.0.0.1:19192".parse().unwrap());
@@ -803,20 +932,23 @@ mod tests {
             ("0@localhost", "IP address"),
             ("1@127.0.0.1:1", "must be one of the seeds"),
         ] {
-            let e = BrokerConfig::load(&["--seeds", bad], no_env).unwrap_err();
+            let e = BrokerConfig::load(&flags(&["--seeds", bad]), no_env).unwrap_err();
             assert_eq!(e.field, "seeds");
             assert!(e.to_string().contains(why), "{bad}: {e}");
         }
-        let e = BrokerConfig::load(&["--seeds", "0@127.0.0.1:1", "--raft-tick-ms", "0"], no_env)
-            .unwrap_err();
+        let e = BrokerConfig::load(
+            &flags(&["--seeds", "0@127.0.0.1:1", "--raft-tick-ms", "0"]),
+            no_env,
+        )
+        .unwrap_err();
         assert_eq!(e.field, "raft_tick_ms");
         let e = BrokerConfig::load(
-            &[
+            &flags(&[
                 "--seeds",
                 "0@127.0.0.1:1",
                 "--replica-lag-time-max-ms",
                 "10",
-            ],
+            ]),
             no_env,
         )
         .unwrap_err();
@@ -825,49 +957,57 @@ mod tests {
 
     #[test]
     fn invalid_values_name_the_field_and_origin() {
-        let e = BrokerConfig::load(&["--cores", "0"], no_env).unwrap_err();
+        let e = BrokerConfig::load(&flags(&["--cores", "0"]), no_env).unwrap_err();
         assert_eq!((e.field, e.origin.as_str()), ("cores", "flag --cores"));
-        let e = BrokerConfig::load(&[], |v: &str| {
+        let e = BrokerConfig::load(&flags(&[]), |v: &str| {
             (v == "SLUICE_LISTEN").then(|| "nonsense".to_string())
         })
         .unwrap_err();
         assert_eq!(e.field, "listen");
         assert!(e.to_string().contains("environment SLUICE_LISTEN"), "{e}");
-        let e = BrokerConfig::load(&["--frame-bytes-max", "10"], no_env).unwrap_err();
+        let e = BrokerConfig::load(&flags(&["--frame-bytes-max", "10"]), no_env).unwrap_err();
         assert_eq!(e.field, "frame_bytes_max");
-        let e = BrokerConfig::load(&["--default-partitions", "0"], no_env).unwrap_err();
+        let e = BrokerConfig::load(&flags(&["--default-partitions", "0"]), no_env).unwrap_err();
         assert_eq!(e.field, "default_partitions");
-        let e = BrokerConfig::load(&["--auto-create-topics", "maybe"], no_env).unwrap_err();
+        let e = BrokerConfig::load(&flags(&["--auto-create-topics", "maybe"]), no_env).unwrap_err();
         assert_eq!(e.field, "auto_create_topics");
-        let e = BrokerConfig::load(&["--log-cleaner-backoff-ms", "0"], no_env).unwrap_err();
+        let e = BrokerConfig::load(&flags(&["--log-cleaner-backoff-ms", "0"]), no_env).unwrap_err();
         assert_eq!(e.field, "log_cleaner_backoff_ms");
-        let e =
-            BrokerConfig::load(&["--log-cleaner-dedupe-buffer-bytes", "4096"], no_env).unwrap_err();
+        let e = BrokerConfig::load(
+            &flags(&["--log-cleaner-dedupe-buffer-bytes", "4096"]),
+            no_env,
+        )
+        .unwrap_err();
         assert_eq!(e.field, "log_cleaner_dedupe_buffer_bytes");
         assert!(e.to_string().contains("at least 1048576"), "{e}");
-        let e = BrokerConfig::load(&["--disk-free-bytes-min", "-1"], no_env).unwrap_err();
+        let e = BrokerConfig::load(&flags(&["--disk-free-bytes-min", "-1"]), no_env).unwrap_err();
         assert_eq!(e.field, "disk_free_bytes_min");
-        let e =
-            BrokerConfig::load(&["--log-cleaner-io-bytes-per-second", "fast"], no_env).unwrap_err();
+        let e = BrokerConfig::load(
+            &flags(&["--log-cleaner-io-bytes-per-second", "fast"]),
+            no_env,
+        )
+        .unwrap_err();
         assert_eq!(e.field, "log_cleaner_io_bytes_per_second");
-        let e = BrokerConfig::load(&["--durability-rounds", "sometimes"], no_env).unwrap_err();
+        let e =
+            BrokerConfig::load(&flags(&["--durability-rounds", "sometimes"]), no_env).unwrap_err();
         assert_eq!(e.field, "durability_rounds");
         assert!(
             e.to_string().contains("shard, shard-per-file, partition"),
             "{e}"
         );
-        let e = BrokerConfig::load(&["--log-zero-ahead", "yes"], no_env).unwrap_err();
+        let e = BrokerConfig::load(&flags(&["--log-zero-ahead", "yes"]), no_env).unwrap_err();
         assert_eq!(e.field, "log_zero_ahead");
-        let e =
-            BrokerConfig::load(&["--write-buffer-bytes-per-shard", "4096"], no_env).unwrap_err();
+        let e = BrokerConfig::load(&flags(&["--write-buffer-bytes-per-shard", "4096"]), no_env)
+            .unwrap_err();
         assert_eq!(e.field, "write_buffer_bytes_per_shard");
         assert!(e.to_string().contains("at least 1048576"), "{e}");
-        let e =
-            BrokerConfig::load(&["--fetch-session-cache-slots", "2000000"], no_env).unwrap_err();
+        let e = BrokerConfig::load(&flags(&["--fetch-session-cache-slots", "2000000"]), no_env)
+            .unwrap_err();
         assert_eq!(e.field, "fetch_session_cache_slots");
-        let e = BrokerConfig::load(&["--fetch-session-eviction-ms", "-5"], no_env).unwrap_err();
+        let e =
+            BrokerConfig::load(&flags(&["--fetch-session-eviction-ms", "-5"]), no_env).unwrap_err();
         assert_eq!(e.field, "fetch_session_eviction_ms");
-        let c = BrokerConfig::load(&[], no_env).unwrap();
+        let c = BrokerConfig::load(&flags(&[]), no_env).unwrap();
         assert_eq!(
             (c.fetch_session_cache_slots, c.fetch_session_eviction_ms),
             (1000, 120_000)
@@ -880,23 +1020,27 @@ mod tests {
             (c.durability_rounds, c.log_zero_ahead),
             (DurabilityRounds::Shard, true)
         );
-        let c = BrokerConfig::load(&["--durability-rounds", "partition"], no_env).unwrap();
+        let c = BrokerConfig::load(&flags(&["--durability-rounds", "partition"]), no_env).unwrap();
         assert_eq!(c.durability_rounds.flush_mode(), None);
-        let e = BrokerConfig::load(&["--bogus", "1"], no_env).unwrap_err();
-        assert!(e.to_string().contains("unknown flag --bogus"), "{e}");
-        let e = BrokerConfig::load(&["--cores"], no_env).unwrap_err();
-        assert!(e.to_string().contains("missing value"), "{e}");
+        let e = try_flags(&["--bogus", "1"]).unwrap_err();
+        assert!(e.to_string().contains("--bogus"), "{e}");
+        let e = try_flags(&["--cores"]).unwrap_err();
+        assert!(e.to_string().contains("--cores"), "{e}");
+        let c = BrokerConfig::load(&flags(&["--cores", "3", "--cores", "2"]), no_env).unwrap();
+        assert_eq!(c.cores, 2, "the later flag wins");
 
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("bad.toml");
         std::fs::write(&file, "cores = \"many\"\n").unwrap();
-        let e = BrokerConfig::load(&["--config", &file.display().to_string()], no_env).unwrap_err();
+        let e = BrokerConfig::load(&flags(&["--config", &file.display().to_string()]), no_env)
+            .unwrap_err();
         assert!(
             e.to_string().contains("cores"),
             "the TOML error names the key: {e}"
         );
         std::fs::write(&file, "colors = 3\n").unwrap();
-        let e = BrokerConfig::load(&["--config", &file.display().to_string()], no_env).unwrap_err();
+        let e = BrokerConfig::load(&flags(&["--config", &file.display().to_string()]), no_env)
+            .unwrap_err();
         assert!(
             e.to_string().contains("colors"),
             "unknown keys are refused by name: {e}"

@@ -1,5 +1,7 @@
 //! The `sluice` command: one binary for the broker and its tools.
 //!
+//! The command line is clap's (derive); each command's arguments live beside its code.
+//!
 //! - `sluice serve`: the single-node broker, one shard per core (`sluice-net` over
 //!   `sluice-core` over `sluice-storage`; see `docs/ARCHITECTURE.md`).
 //! - `sluice topic|produce|consume|group`: Kafka tools that talk the protocol to any broker (`cli`).
@@ -24,76 +26,93 @@ use std::sync::Arc;
 use config::BrokerConfig;
 use sluice_storage::{Log, LogConfig};
 
-const USAGE: &str = "usage:
-  sluice serve [--config FILE.toml] [--listen ADDR] [--admin-listen ADDR] [--advertised-host HOST]
-               [--advertised-port PORT] [--data-dir DIR]
-               [--cores N] [--node-id N] [--frame-bytes-max BYTES] [--shutdown-drain-ms MS]
-               [--auto-create-topics BOOL] [--default-partitions N]
-               [--clamp-replication-factor BOOL] [--retention-check-ms MS]
-               [--offsets-partitions N] [--group-initial-rebalance-delay-ms MS]
-               [--seeds ID@IP:PORT,...] [--rpc-listen IP:PORT] [--raft-tick-ms MS]
-               [--metrics-per-partition BOOL]
-                               start the broker (defaults: 127.0.0.1:9092, admin and /metrics
-                               on 127.0.0.1:9644, ./data, all cores);
-                               each flag also reads from SLUICE_<FIELD> and the TOML file;
-                               with --seeds, a node of a cluster (see docs/operations.md)
-  sluice log verify <dir>      recover a partition log directory and print what it holds
-  sluice cluster dev [--nodes N] [--dir DIR] [--cores N] [--kafka-port PORT] [--rpc-port PORT]
-                    [--admin-port PORT]
-                               run a local N-node cluster (default 3 nodes, ./data-cluster,
-                               1 core each, Kafka ports 9092.., RPC ports 33145, 33155, ..,
-                               admin ports 9644..)
-Kafka tools, against any broker (--bootstrap HOST:PORT, or SLUICE_BOOTSTRAP, or 127.0.0.1:9092):";
+/// Sluice: a Kafka-compatible streaming log engine. One binary: the broker and its tools.
+///
+/// Exit status: 0 success; 1 a command failed (its error on stderr); 2 invalid usage or
+/// configuration (the flag or field named).
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "sluice",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn usage() -> String {
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Starts the broker: Kafka on 127.0.0.1:9092, admin and /metrics on 127.0.0.1:9644, data
+    /// in ./data, one shard per core; with --seeds, a node of a cluster.
+    Serve(config::ServeArgs),
+    /// Creates, lists, describes and deletes topics.
+    #[command(subcommand)]
+    Topic(cli::TopicCommand),
+    /// Produces one record per line of stdin.
+    Produce(cli::ProduceArgs),
+    /// Prints a topic's records.
+    Consume(cli::ConsumeArgs),
+    /// Lists, describes, deletes consumer groups and resets their offsets.
+    #[command(subcommand)]
+    Group(cli::GroupCommand),
+    /// A local cluster, and what a cluster's nodes report.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Partition log files.
+    #[command(subcommand)]
+    Log(LogCommand),
+    /// Load runs from YAML workloads against any Kafka address (librdkafka inside).
     #[cfg(feature = "bench")]
-    return format!(
-        "{USAGE}\n{}\n{}\n{}",
-        cli::USAGE,
-        sluice_bench_harness::USAGE,
-        sluice_chaos::USAGE
-    );
-    #[cfg(not(feature = "bench"))]
-    format!("{USAGE}\n{}", cli::USAGE)
+    Bench(sluice_bench_harness::BenchArgs),
+    /// Real nodes under seeded faults, with every acknowledged record checked.
+    #[cfg(feature = "bench")]
+    #[command(subcommand)]
+    Chaos(sluice_chaos::ChaosCommand),
+    /// Prints a shell completion script (e.g. `sluice completions bash > /etc/bash_completion.d/sluice`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ClusterCommand {
+    /// Runs a local N-node cluster on loopback until Ctrl-C (distinct ports, 1 core each).
+    Dev(cluster_dev::DevArgs),
+    /// Nodes (reachable or not, partitions led), the controller, leaderless and
+    /// under-replicated partitions (each leader's ISR).
+    Info(cli::ClusterInfoArgs),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum LogCommand {
+    /// Recovers a partition log directory as the broker would and prints what it holds.
+    Verify { dir: String },
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        ["serve", rest @ ..] => serve(rest),
-        ["log", "verify", dir] => verify_log(dir.to_string()),
-        ["cluster", "dev", rest @ ..] => tool("cluster dev", cluster_dev::dev(rest)),
-        ["cluster", "info", rest @ ..] => tool("cluster info", cli::cluster_info(rest)),
-        ["topic", rest @ ..] => tool("topic", cli::topic(rest)),
-        ["produce", rest @ ..] => tool("produce", cli::produce(rest)),
-        ["consume", rest @ ..] => tool("consume", cli::consume(rest)),
-        ["group", rest @ ..] => tool("group", cli::group(rest)),
-        #[cfg(feature = "bench")]
-        ["bench", rest @ ..] => tool("bench", sluice_bench_harness::main(rest)),
-        #[cfg(not(feature = "bench"))]
-        ["bench", ..] => {
-            eprintln!("sluice bench: this binary was built without the `bench` feature");
-            ExitCode::from(2)
+    let cli = <Cli as clap::Parser>::parse();
+    match cli.command {
+        Command::Serve(args) => serve(&args),
+        Command::Log(LogCommand::Verify { dir }) => verify_log(dir),
+        Command::Cluster(ClusterCommand::Dev(args)) => tool("cluster dev", cluster_dev::dev(args)),
+        Command::Cluster(ClusterCommand::Info(args)) => {
+            tool("cluster info", cli::cluster_info(args))
         }
+        Command::Topic(command) => tool("topic", cli::topic(command)),
+        Command::Produce(args) => tool("produce", cli::produce(args)),
+        Command::Consume(args) => tool("consume", cli::consume(args)),
+        Command::Group(command) => tool("group", cli::group(command)),
         #[cfg(feature = "bench")]
-        ["chaos", rest @ ..] => tool("chaos", sluice_chaos::main(rest)),
-        #[cfg(not(feature = "bench"))]
-        ["chaos", ..] => {
-            eprintln!("sluice chaos: this binary was built without the `bench` feature");
-            ExitCode::from(2)
-        }
-        ["--help"] | ["-h"] | ["help"] => {
-            println!("{}", usage());
+        Command::Bench(args) => tool("bench", sluice_bench_harness::main(args)),
+        #[cfg(feature = "bench")]
+        Command::Chaos(command) => tool("chaos", sluice_chaos::main(command)),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "sluice", &mut std::io::stdout());
             ExitCode::SUCCESS
-        }
-        _ => {
-            eprintln!("{}", usage());
-            ExitCode::from(2)
         }
     }
 }
@@ -179,7 +198,7 @@ fn arm_fault_points(control_file: Option<std::ffi::OsString>) -> Result<(), Stri
 }
 
 /// Loads the config, takes the data directory, and runs the listeners until SIGINT/SIGTERM.
-fn serve(args: &[&str]) -> ExitCode {
+fn serve(args: &config::ServeArgs) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -192,7 +211,7 @@ fn serve(args: &[&str]) -> ExitCode {
     let config = match BrokerConfig::load(args, |var| std::env::var(var).ok()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("sluice serve: {e}\n{}", usage());
+            eprintln!("sluice serve: {e}\n(see sluice serve --help)");
             return ExitCode::from(2);
         }
     };

@@ -7,7 +7,9 @@
 //! - `GET /metrics` — Prometheus text format through `prometheus-client` ([`exposition`]).
 //! - `GET /v1/status/ready` — 200 once every shard serves, 503 while starting or draining.
 //! - `GET /v1/health` — JSON: node id, shards, partitions by state, disk.
-//! - `GET /v1/topics`, `GET /v1/groups` — JSON for consoles and scripts ([`views`]).
+//! - `GET /v1/topics`, `GET /v1/groups`, `GET /v1/latency` — JSON for consoles and scripts
+//!   ([`views`]).
+//! - `GET /` — the console: one HTML page (`console.html`, in the binary) over that API.
 //!
 //! Invariant: nothing here blocks a shard: the hub's mutex is held only to copy `Arc`s.
 
@@ -80,11 +82,13 @@ pub fn start(settings: AdminSettings, hub: Arc<MetricsHub>) -> Result<SocketAddr
 
 fn router(state: Arc<AdminState>) -> Router {
     Router::new()
+        .route("/", get(console))
         .route("/metrics", get(metrics))
         .route("/v1/status/ready", get(ready))
         .route("/v1/health", get(health))
         .route("/v1/topics", get(topics))
         .route("/v1/groups", get(groups))
+        .route("/v1/latency", get(latency))
         .with_state(state)
 }
 
@@ -142,4 +146,15 @@ async fn topics(State(state): State<Arc<AdminState>>) -> Json<Vec<views::TopicVi
 
 async fn groups(State(state): State<Arc<AdminState>>) -> Json<Vec<views::GroupView>> {
     Json(views::groups(&state.hub))
+}
+
+async fn latency(
+    State(state): State<Arc<AdminState>>,
+) -> Json<std::collections::BTreeMap<String, views::LatencyView>> {
+    Json(views::latency(&state.hub))
+}
+
+/// The console: one page, shipped in the binary, reading the JSON API.
+async fn console() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("console.html"))
 }

@@ -261,3 +261,53 @@ pub fn groups(hub: &MetricsHub) -> Vec<GroupView> {
     groups.sort_by(|a, b| a.group.cmp(&b.group));
     groups
 }
+
+/// `GET /v1/latency`: request latency per API, summed over the shards, as cumulative buckets
+/// (`le` in seconds, the last one `"+Inf"`), for consoles that compute quantiles between two
+/// polls.
+#[derive(Debug, Serialize)]
+pub struct LatencyView {
+    pub count: u64,
+    pub sum: f64,
+    pub buckets: Vec<(serde_json::Value, u64)>,
+}
+
+pub fn latency(hub: &MetricsHub) -> BTreeMap<String, LatencyView> {
+    let view = NodeView::of(hub);
+    let mut per_api: BTreeMap<i16, sluice_storage::metrics::Histogram> = BTreeMap::new();
+    for (api, stats) in view.snapshots.iter().flat_map(|s| s.requests.iter()) {
+        match per_api.get_mut(api) {
+            Some(sum) => sum.merge(&stats.latency),
+            None => {
+                per_api.insert(*api, stats.latency.clone());
+            }
+        }
+    }
+    per_api
+        .into_iter()
+        .map(|(api, histogram)| {
+            let name = kafka_protocol::messages::ApiKey::try_from(api)
+                .map_or_else(|_| api.to_string(), |a| format!("{a:?}"));
+            let buckets = histogram
+                .cumulative()
+                .into_iter()
+                .map(|(bound, count)| {
+                    let le = if bound.is_finite() {
+                        serde_json::json!(bound)
+                    } else {
+                        serde_json::json!("+Inf")
+                    };
+                    (le, count)
+                })
+                .collect();
+            (
+                name,
+                LatencyView {
+                    count: histogram.count(),
+                    sum: histogram.sum(),
+                    buckets,
+                },
+            )
+        })
+        .collect()
+}

@@ -33,130 +33,172 @@ use report::RunResult;
 use run::Target;
 use workload::{NamedRate, Rate, Workload};
 
-pub const USAGE: &str = "  sluice bench [run] WORKLOAD.yaml [--target [NAME=]ADDRESS] [--out DIR] [--rate N|max|unpaced]
-                                   [--duration S] [--warmup S] [--replication-factor N] [--quiet]
-      Runs the workload against a Kafka bootstrap address (default 127.0.0.1:9092) or a
-      redis://host:port Redis Streams target; writes DIR/<workload>-<name>-<time>.{json,txt}
-      (DIR defaults to bench-results) and prints the summary.
-  sluice bench compare WORKLOAD.yaml --target NAME=ADDRESS --target NAME=ADDRESS ... [--runs N]
-                                   [--peers SCRIPT] [--out DIR] [--rate N|max|unpaced] [--duration S]
-                                   [--warmup S] [--replication-factor N] [--quiet]
-      Runs the workload on every target, interleaved, N rounds (default 3); prints medians and
-      ratios to the first target. --peers: `SCRIPT start NAME` / `SCRIPT stop NAME` around runs.
-  sluice bench plot RESULT.json... [--out DIR]
-      Percentile curves and throughput over time as SVG (DIR defaults to bench-results/plots).
-  sluice bench loopback [--seconds S]
-      Loopback TCP limits: one stream's MB/s and 100-byte ping-pong latency (JSON).
-  sluice bench fetch-sessions [--target ADDRESS] [--partitions N] [--active K] [--fetches F]
-                                   [--blocks B] [--broker-pid PID]
-      Incremental fetch sessions (KIP-227) beside full fetches on one topic of N partitions
-      (default 10000), K of them (default 10) written before each fetch: bytes per request and
-      response, round trip, and the broker's CPU per step with --broker-pid (JSON).
-  sluice bench failover [--nodes N] [--kills K] [--interval-ms MS] [--dir DIR] [--keep]
-                                   [--client-debug CONTEXTS] [-- NODE-ARGS...]
-      Starts N (default 3) local `sluice serve` nodes under DIR (default ./bench-failover,
-      must not exist; removed afterwards unless --keep), one partition replicated to all,
-      an acks=all idempotent producer sending a record every MS (default 2); K times
-      (default 20) SIGKILLs the leader and measures kill -> first acknowledgement on the new
-      leader, restarting the node between rounds (JSON with p50/p99). NODE-ARGS go to every
-      node (e.g. -- --raft-tick-ms 20).";
+/// `sluice bench`: load runs. Without a subcommand, `sluice bench WORKLOAD.yaml ...` is
+/// `sluice bench run WORKLOAD.yaml ...`.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    command: Option<BenchCommand>,
+    #[command(flatten)]
+    run: RunArgs,
+}
 
-/// Options shared by `run` and `compare`.
-struct Common {
-    workload: Workload,
-    targets: Vec<Target>,
-    out_dir: PathBuf,
-    runs: u32,
-    peers: Option<PathBuf>,
+#[derive(Debug, clap::Subcommand)]
+enum BenchCommand {
+    /// Runs a workload against one Kafka bootstrap address (default 127.0.0.1:9092) or a
+    /// redis://host:port Redis Streams target; writes DIR/<workload>-<name>-<time>.{json,txt}
+    /// and prints the summary.
+    Run(RunArgs),
+    /// Runs a workload on every target, interleaved, N rounds; prints medians and ratios to
+    /// the first target.
+    Compare(CompareArgs),
+    /// Percentile curves and throughput over time as SVG.
+    Plot(PlotArgs),
+    /// Loopback TCP limits: one stream's MB/s and 100-byte ping-pong latency (JSON).
+    Loopback(LoopbackArgs),
+    /// Incremental fetch sessions (KIP-227) beside full fetches on one topic of N partitions,
+    /// K of them written before each fetch: bytes per request and response, round trip, and
+    /// the broker's CPU per step with --broker-pid (JSON).
+    FetchSessions(FetchSessionsArgs),
+    /// Starts N local `sluice serve` nodes, one partition replicated to all, an acks=all
+    /// idempotent producer; K times SIGKILLs the leader and measures kill -> first
+    /// acknowledgement on the new leader, restarting the node between rounds (JSON with
+    /// p50/p99).
+    Failover(FailoverArgs),
+}
+
+/// What a workload run may override.
+#[derive(Debug, Clone, clap::Args)]
+struct WorkloadOverrides {
+    /// Producer rate: records per second, `max` (the highest rate that holds) or `unpaced`.
+    #[arg(long, value_name = "N|max|unpaced")]
+    rate: Option<String>,
+    /// Seconds to measure (at least 1).
+    #[arg(long, value_name = "S")]
+    duration: Option<u64>,
+    /// Seconds to run before measuring.
+    #[arg(long, value_name = "S")]
+    warmup: Option<u64>,
+    /// Replication factor of the workload's topics.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=32767))]
+    replication_factor: Option<u32>,
+    /// Where results go.
+    #[arg(long, value_name = "DIR", default_value = "bench-results")]
+    out: PathBuf,
+    /// No progress lines.
+    #[arg(long)]
     quiet: bool,
 }
 
-fn parse_common(args: &[&str], default_out: &str) -> Result<Common, String> {
-    let mut workload_path = None;
-    let mut targets = Vec::new();
-    let mut out_dir = PathBuf::from(default_out);
-    let mut runs = 3;
-    let mut peers = None;
-    let mut quiet = false;
-    let mut rate = None;
-    let mut duration = None;
-    let mut warmup = None;
-    let mut replication_factor = None;
-    let mut i = 0;
-    while i < args.len() {
-        let value = |i: usize| {
-            args.get(i + 1)
-                .copied()
-                .ok_or_else(|| format!("{} needs a value", args[i]))
-        };
-        match args[i] {
-            "--target" => targets.push(Target::parse(value(i)?)?),
-            "--out" => out_dir = PathBuf::from(value(i)?),
-            "--runs" => runs = number(args[i], value(i)?)? as u32,
-            "--peers" => peers = Some(PathBuf::from(value(i)?)),
-            "--rate" => rate = Some(value(i)?),
-            "--duration" => duration = Some(number(args[i], value(i)?)?),
-            "--warmup" => warmup = Some(number(args[i], value(i)?)?),
-            "--replication-factor" => {
-                replication_factor = Some(
-                    u32::try_from(number(args[i], value(i)?)?)
-                        .ok()
-                        .filter(|rf| (1..=i16::MAX as u32).contains(rf))
-                        .ok_or("--replication-factor must be between 1 and 32767")?,
-                )
-            }
-            "--quiet" => {
-                quiet = true;
-                i += 1;
-                continue;
-            }
-            other if other.starts_with("--") => return Err(format!("unknown option {other}")),
-            path if workload_path.is_none() => {
-                workload_path = Some(PathBuf::from(path));
-                i += 1;
-                continue;
-            }
-            extra => return Err(format!("unexpected argument {extra}")),
-        }
-        i += 2;
-    }
-    let path = workload_path.ok_or("a workload file is required")?;
-    let mut workload = Workload::load(&path)?;
-    if let Some(rate) = rate {
-        workload.producer_rate = match rate {
-            "max" => Rate::Named(NamedRate::Max),
-            "unpaced" => Rate::Named(NamedRate::Unpaced),
-            n => Rate::PerSecond(n.parse().ok().filter(|r: &f64| *r > 0.0).ok_or_else(|| {
-                format!("--rate: `{n}` is not a positive number, max or unpaced")
-            })?),
-        };
-    }
-    if let Some(d) = duration {
-        workload.duration_s = d.max(1);
-    }
-    if let Some(w) = warmup {
-        workload.warmup_s = w;
-    }
-    if let Some(rf) = replication_factor {
-        workload.replication_factor = rf;
-    }
-    if runs == 0 {
-        return Err("--runs must be at least 1".into());
-    }
-    Ok(Common {
-        workload,
-        targets,
-        out_dir,
-        runs,
-        peers,
-        quiet,
-    })
+#[derive(Debug, Clone, clap::Args)]
+struct RunArgs {
+    /// The workload file (OpenMessaging-Benchmark style YAML).
+    #[arg(value_name = "WORKLOAD.yaml")]
+    workload: Option<PathBuf>,
+    /// `[NAME=]ADDRESS`: a Kafka bootstrap address or redis://host:port.
+    #[arg(long, value_name = "[NAME=]ADDRESS")]
+    target: Option<String>,
+    #[command(flatten)]
+    overrides: WorkloadOverrides,
 }
 
-fn number(option: &str, value: &str) -> Result<u64, String> {
-    value
-        .parse()
-        .map_err(|_| format!("{option}: `{value}` is not a whole number"))
+#[derive(Debug, clap::Args)]
+struct CompareArgs {
+    #[arg(value_name = "WORKLOAD.yaml")]
+    workload: PathBuf,
+    /// `NAME=ADDRESS`, at least two; ratios are to the first.
+    #[arg(long, value_name = "NAME=ADDRESS", required = true, num_args = 1)]
+    target: Vec<String>,
+    /// Interleaved rounds.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+    /// `SCRIPT start NAME` / `SCRIPT stop NAME` around each target's runs.
+    #[arg(long, value_name = "SCRIPT")]
+    peers: Option<PathBuf>,
+    #[command(flatten)]
+    overrides: WorkloadOverrides,
+}
+
+#[derive(Debug, clap::Args)]
+struct PlotArgs {
+    /// Results of `sluice bench run` (JSON).
+    #[arg(value_name = "RESULT.json", required = true)]
+    results: Vec<String>,
+    #[arg(long, value_name = "DIR", default_value = "bench-results/plots")]
+    out: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct LoopbackArgs {
+    #[arg(long, value_name = "S", default_value_t = 5)]
+    seconds: u64,
+}
+
+#[derive(Debug, clap::Args)]
+struct FetchSessionsArgs {
+    #[arg(long, value_name = "ADDRESS", default_value = "127.0.0.1:9092")]
+    target: String,
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(i32).range(1..))]
+    partitions: i32,
+    /// Partitions written before each fetch.
+    #[arg(long, value_name = "K", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..))]
+    active: i32,
+    #[arg(long, value_name = "F", default_value_t = 200)]
+    fetches: u32,
+    #[arg(long, value_name = "B", default_value_t = 3)]
+    blocks: u32,
+    /// The broker's process, for its CPU time per step.
+    #[arg(long, value_name = "PID")]
+    broker_pid: Option<u32>,
+}
+
+#[derive(Debug, clap::Args)]
+struct FailoverArgs {
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=64))]
+    nodes: u64,
+    #[arg(long, value_name = "K", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    kills: u64,
+    /// A record every MS milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 2)]
+    interval_ms: u64,
+    /// Where the nodes keep their data (must not exist; removed afterwards unless --keep).
+    #[arg(long, value_name = "DIR", default_value = "bench-failover")]
+    dir: PathBuf,
+    #[arg(long)]
+    keep: bool,
+    /// librdkafka debug contexts for the producer (e.g. eos,msg).
+    #[arg(long, value_name = "CONTEXTS")]
+    client_debug: Option<String>,
+    /// Arguments for every node (after `--`, e.g. -- --raft-tick-ms 20).
+    #[arg(last = true, value_name = "NODE-ARGS")]
+    node_args: Vec<String>,
+}
+
+impl WorkloadOverrides {
+    fn apply(&self, path: &Path) -> Result<Workload, String> {
+        let mut workload = Workload::load(path)?;
+        if let Some(rate) = &self.rate {
+            workload.producer_rate =
+                match rate.as_str() {
+                    "max" => Rate::Named(NamedRate::Max),
+                    "unpaced" => Rate::Named(NamedRate::Unpaced),
+                    n => Rate::PerSecond(n.parse().ok().filter(|r: &f64| *r > 0.0).ok_or_else(
+                        || format!("--rate: `{n}` is not a positive number, max or unpaced"),
+                    )?),
+                };
+        }
+        if let Some(d) = self.duration {
+            workload.duration_s = d.max(1);
+        }
+        if let Some(w) = self.warmup {
+            workload.warmup_s = w;
+        }
+        if let Some(rf) = self.replication_factor {
+            workload.replication_factor = rf;
+        }
+        Ok(workload)
+    }
 }
 
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), String> {
@@ -169,166 +211,99 @@ fn read_result(path: &str) -> Result<RunResult, String> {
     serde_json::from_str(&text).map_err(|e| format!("{path} is not a bench result: {e}"))
 }
 
-/// Entry point of `sluice bench ...`; `args` are the words after `bench`.
-pub fn main(args: &[&str]) -> Result<(), String> {
-    match args {
-        ["compare", rest @ ..] => {
-            let common = parse_common(rest, "bench-results")?;
-            if common.targets.len() < 2 {
+/// Entry point of `sluice bench ...`.
+pub fn main(args: BenchArgs) -> Result<(), String> {
+    match args.command {
+        None => run_one(args.run),
+        Some(BenchCommand::Run(run)) => run_one(run),
+        Some(BenchCommand::Compare(compare)) => {
+            if compare.target.len() < 2 {
                 return Err("compare needs at least two --target".into());
             }
+            let workload = compare.overrides.apply(&compare.workload)?;
             let table = compare::compare(
-                &common.workload,
+                &workload,
                 &compare::CompareOptions {
-                    targets: common.targets,
-                    runs: common.runs,
-                    peers_script: common.peers,
-                    out_dir: common.out_dir,
-                    progress: !common.quiet,
+                    targets: compare
+                        .target
+                        .iter()
+                        .map(|t| Target::parse(t))
+                        .collect::<Result<_, _>>()?,
+                    runs: compare.runs,
+                    peers_script: compare.peers,
+                    out_dir: compare.overrides.out,
+                    progress: !compare.overrides.quiet,
                 },
             )?;
             print!("{table}");
             Ok(())
         }
-        ["plot", rest @ ..] => {
-            let mut out = PathBuf::from("bench-results/plots");
-            let mut files = Vec::new();
-            let mut i = 0;
-            while i < rest.len() {
-                if rest[i] == "--out" {
-                    out = PathBuf::from(rest.get(i + 1).ok_or("--out needs a value")?);
-                    i += 2;
-                } else {
-                    files.push(read_result(rest[i])?);
-                    i += 1;
-                }
-            }
-            for path in plot::plot(&files, &out)? {
+        Some(BenchCommand::Plot(plot)) => {
+            let files = plot
+                .results
+                .iter()
+                .map(|path| read_result(path))
+                .collect::<Result<Vec<_>, _>>()?;
+            for path in plot::plot(&files, &plot.out)? {
                 println!("{}", path.display());
             }
             Ok(())
         }
-        ["fetch-sessions", rest @ ..] => {
-            let mut options = fetch_sessions::Options {
-                target: "127.0.0.1:9092".into(),
-                partitions: 10_000,
-                fetches: 200,
-                blocks: 3,
-                active: 10,
-                broker_pid: None,
+        Some(BenchCommand::FetchSessions(f)) => {
+            let options = fetch_sessions::Options {
+                target: f.target,
+                partitions: f.partitions,
+                fetches: f.fetches,
+                blocks: f.blocks,
+                active: f.active,
+                broker_pid: f.broker_pid,
             };
-            let small = |option: &str, value: &str| -> Result<u32, String> {
-                u32::try_from(number(option, value)?)
-                    .ok()
-                    .filter(|n| *n <= i32::MAX as u32)
-                    .ok_or_else(|| format!("{option}: `{value}` is too large"))
-            };
-            for pair in rest.chunks(2) {
-                match pair {
-                    ["--target", t] => options.target = t.to_string(),
-                    ["--partitions", n] => options.partitions = small("--partitions", n)? as i32,
-                    ["--active", n] => options.active = small("--active", n)? as i32,
-                    ["--fetches", n] => options.fetches = small("--fetches", n)?,
-                    ["--blocks", n] => options.blocks = small("--blocks", n)?,
-                    ["--broker-pid", n] => options.broker_pid = Some(small("--broker-pid", n)?),
-                    _ => {
-                        return Err(format!(
-                            "fetch-sessions: unknown or incomplete option {pair:?}"
-                        ))
-                    }
-                }
-            }
-            let report = fetch_sessions::measure(&options)?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
-            );
-            Ok(())
+            print_json(&fetch_sessions::measure(&options)?)
         }
-        ["failover", rest @ ..] => {
-            let mut options = failover::Options {
-                nodes: 3,
-                kills: 20,
-                interval: std::time::Duration::from_millis(2),
-                dir: PathBuf::from("bench-failover"),
-                keep: false,
-                node_args: Vec::new(),
-                client_debug: None,
+        Some(BenchCommand::Failover(f)) => {
+            let options = failover::Options {
+                nodes: f.nodes as usize,
+                kills: f.kills as usize,
+                interval: std::time::Duration::from_millis(f.interval_ms),
+                dir: f.dir,
+                keep: f.keep,
+                node_args: f.node_args,
+                client_debug: f.client_debug,
             };
-            let mut i = 0;
-            while i < rest.len() {
-                let value = || {
-                    rest.get(i + 1)
-                        .copied()
-                        .ok_or_else(|| format!("{} needs a value", rest[i]))
-                };
-                match rest[i] {
-                    "--nodes" => options.nodes = number("--nodes", value()?)?.min(64) as usize,
-                    "--kills" => options.kills = number("--kills", value()?)?.max(1) as usize,
-                    "--interval-ms" => {
-                        options.interval =
-                            std::time::Duration::from_millis(number("--interval-ms", value()?)?)
-                    }
-                    "--dir" => options.dir = PathBuf::from(value()?),
-                    "--client-debug" => options.client_debug = Some(value()?.to_string()),
-                    "--keep" => {
-                        options.keep = true;
-                        i += 1;
-                        continue;
-                    }
-                    "--" => {
-                        options.node_args = rest[i + 1..].iter().map(|a| a.to_string()).collect();
-                        break;
-                    }
-                    other => return Err(format!("failover: unknown option {other}")),
-                }
-                i += 2;
-            }
-            let report = failover::measure(&options)?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
-            );
-            Ok(())
+            print_json(&failover::measure(&options)?)
         }
-        ["loopback", rest @ ..] => {
-            let seconds = match rest {
-                [] => 5,
-                ["--seconds", s] => number("--seconds", s)?,
-                _ => return Err("usage: sluice bench loopback [--seconds S]".into()),
-            };
-            let limits = loopback::measure(seconds)?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&limits).map_err(|e| e.to_string())?
-            );
-            Ok(())
-        }
-        ["run", rest @ ..] | rest => {
-            let common = parse_common(rest, "bench-results")?;
-            let target = match common.targets.as_slice() {
-                [] => Target::parse("127.0.0.1:9092")?,
-                [one] => one.clone(),
-                _ => return Err("run takes one --target; use `sluice bench compare`".into()),
-            };
-            let result = run::run_workload(&target, &common.workload, !common.quiet)?;
-            std::fs::create_dir_all(&common.out_dir)
-                .map_err(|e| format!("create {}: {e}", common.out_dir.display()))?;
-            let stem = format!(
-                "{}-{}-{}",
-                common.workload.name,
-                target.name.replace([':', '/'], "_"),
-                result.started_at_unix_s
-            );
-            let json = common.out_dir.join(format!("{stem}.json"));
-            write_json(&json, &result)?;
-            let summary = result.summary();
-            let text = common.out_dir.join(format!("{stem}.txt"));
-            std::fs::write(&text, &summary)
-                .map_err(|e| format!("write {}: {e}", text.display()))?;
-            print!("{summary}");
-            println!("result: {}", json.display());
-            Ok(())
-        }
+        Some(BenchCommand::Loopback(l)) => print_json(&loopback::measure(l.seconds)?),
     }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<(), String> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+/// `sluice bench [run] WORKLOAD.yaml`.
+fn run_one(args: RunArgs) -> Result<(), String> {
+    let path = args.workload.ok_or("a workload file is required")?;
+    let workload = args.overrides.apply(&path)?;
+    let target = Target::parse(args.target.as_deref().unwrap_or("127.0.0.1:9092"))?;
+    let out_dir = args.overrides.out;
+    let result = run::run_workload(&target, &workload, !args.overrides.quiet)?;
+    std::fs::create_dir_all(&out_dir).map_err(|e| format!("create {}: {e}", out_dir.display()))?;
+    let stem = format!(
+        "{}-{}-{}",
+        workload.name,
+        target.name.replace([':', '/'], "_"),
+        result.started_at_unix_s
+    );
+    let json = out_dir.join(format!("{stem}.json"));
+    write_json(&json, &result)?;
+    let summary = result.summary();
+    let text = out_dir.join(format!("{stem}.txt"));
+    std::fs::write(&text, &summary).map_err(|e| format!("write {}: {e}", text.display()))?;
+    print!("{summary}");
+    println!("result: {}", json.display());
+    Ok(())
 }

@@ -21,33 +21,69 @@ mod workload;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub const USAGE: &str =
-    "  sluice chaos run [--nodes N] [--faults F,...] [--seed N] [--duration S] [--out DIR]
-                   [--partitions N] [--producers N] [--plain-producers N] [--interval-ms MS]
-                   [--keep-data]
-      Starts N (default 3; 1 = a plain single broker) local nodes, runs acks=all producers
-      (default 2 idempotent, 0 plain) and a consumer group while the seed's faults hit leaders and other nodes for
-      S seconds (default 30), heals, reads everything back and checks it. Faults (default
-      kill,pause): kill, pause, disk_full (each node's data on a 512 MiB loop-mounted ext4 of
-      its own; needs root), partition (a node cut off from the others) and bridge (from one of
-      them), slow_link (100 ms more each way) and lossy_link (2 % of chunks reset their
-      connection), all through proxies on the node-to-node links, kill_controller (the node
-      leading the controller group), and storage fault points armed in the node while the
-      fault holds: write_eio and fdatasync_eio (segment writes / fdatasyncs fail with EIO;
-      the node is restarted after), fallocate_enospc (space reservations fail with ENOSPC)
-      and slow_disk (every fdatasync 100 ms slower); clock_jump (the node's wall clock an
-      hour ahead or behind, through libfaketime: apt-get install faketime). Writes
-      history.jsonl,
-      verdict.json, verdict.txt and timeline.svg to DIR (default chaos-results/seed-N); exits 1
-      with the replay command when the verdict is invalid (default seed 1).
-  sluice chaos check HISTORY.jsonl
-      Checks a recorded history again and prints the verdict.";
+/// `sluice chaos`: real nodes under seeded faults, checked.
+#[derive(Debug, clap::Subcommand)]
+pub enum ChaosCommand {
+    /// Starts N local nodes (3, or 1: a plain single broker), runs acks=all producers and a
+    /// consumer group while the seed's faults hit leaders and other nodes, heals, reads
+    /// everything back and checks it. Writes history.jsonl, verdict.json, verdict.txt and
+    /// timeline.svg to DIR; exits 1 with the replay command when the verdict is invalid.
+    ///
+    /// Faults: kill, pause, disk_full (each node's data on a 512 MiB loop-mounted ext4 of its
+    /// own; needs root), partition (a node cut off from the others) and bridge (from one of
+    /// them), slow_link (100 ms more each way) and lossy_link (2 % of chunks reset their
+    /// connection), all through proxies on the node-to-node links, kill_controller (the node
+    /// leading the controller group), storage fault points armed in the node while the fault
+    /// holds: write_eio and fdatasync_eio (segment writes / fdatasyncs fail with EIO; the node
+    /// is restarted after), fallocate_enospc (space reservations fail with ENOSPC) and
+    /// slow_disk (every fdatasync 100 ms slower); clock_jump (the node's wall clock an hour
+    /// ahead or behind, through libfaketime: apt-get install faketime).
+    Run(RunArgs),
+    /// Checks a recorded history again and prints the verdict.
+    Check {
+        #[arg(value_name = "HISTORY.jsonl")]
+        history: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// 1 (a plain single broker) or 3.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    nodes: usize,
+    /// Comma-separated fault kinds (see above).
+    #[arg(long, value_name = "F,...", default_value = "kill,pause")]
+    faults: String,
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    seed: u64,
+    /// Seconds of faults (at least 1).
+    #[arg(long, value_name = "S", default_value_t = 30)]
+    duration: u64,
+    /// Where results go (default chaos-results/seed-N).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Partitions of the topic (1 to 1000).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    partitions: u64,
+    /// Idempotent producers (at most 16).
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    producers: u64,
+    /// Producers without idempotence (at most 16).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    plain_producers: u64,
+    /// Each producer sends a record every MS milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 5)]
+    interval_ms: u64,
+    /// Keep the nodes' data directories.
+    #[arg(long)]
+    keep_data: bool,
+}
 
 /// `sluice chaos ...`.
-pub fn main(args: &[&str]) -> Result<(), String> {
-    match args {
-        ["run", rest @ ..] => {
-            let options = parse_run(rest)?;
+pub fn main(command: ChaosCommand) -> Result<(), String> {
+    match command {
+        ChaosCommand::Run(args) => {
+            let options = run_options(args)?;
             eprintln!("chaos: {}", options.replay_command());
             let report = run::run(&options)?;
             print!("{}", report.verdict.summary());
@@ -77,8 +113,8 @@ pub fn main(args: &[&str]) -> Result<(), String> {
                 ))
             }
         }
-        ["check", path] => {
-            let events = history::read_history(std::path::Path::new(path))?;
+        ChaosCommand::Check { history } => {
+            let events = history::read_history(&history)?;
             let verdict = checker::check(&events);
             print!("{}", verdict.summary());
             if verdict.valid {
@@ -87,71 +123,35 @@ pub fn main(args: &[&str]) -> Result<(), String> {
                 Err("the history is invalid".into())
             }
         }
-        _ => Err(format!("usage:\n{USAGE}")),
     }
 }
 
-fn parse_run(args: &[&str]) -> Result<run::Options, String> {
-    let mut options = run::Options {
-        nodes: 3,
-        faults: vec![schedule::FaultKind::Kill, schedule::FaultKind::Pause],
-        seed: 1,
-        duration: Duration::from_secs(30),
-        out: PathBuf::new(),
-        partitions: 3,
-        producers: 2,
-        plain_producers: 0,
-        interval: Duration::from_millis(5),
-        keep_data: false,
+fn run_options(args: RunArgs) -> Result<run::Options, String> {
+    if args.nodes != 1 && args.nodes != 3 {
+        return Err(format!("--nodes: 1 or 3, not {}", args.nodes));
+    }
+    let mut faults: Vec<schedule::FaultKind> = args
+        .faults
+        .split(',')
+        .filter(|f| !f.is_empty())
+        .map(schedule::FaultKind::parse)
+        .collect::<Result<_, _>>()?;
+    faults.dedup();
+    let options = run::Options {
+        nodes: args.nodes,
+        faults,
+        seed: args.seed,
+        duration: Duration::from_secs(args.duration.max(1)),
+        out: args
+            .out
+            .unwrap_or_else(|| PathBuf::from(format!("chaos-results/seed-{}", args.seed))),
+        partitions: args.partitions.clamp(1, 1000) as i32,
+        producers: args.producers.min(16) as u32,
+        plain_producers: args.plain_producers.min(16) as u32,
+        interval: Duration::from_millis(args.interval_ms.max(1)),
+        keep_data: args.keep_data,
         binary: None,
     };
-    let mut out = None;
-    let mut i = 0;
-    while i < args.len() {
-        let flag = args[i];
-        if flag == "--keep-data" {
-            options.keep_data = true;
-            i += 1;
-            continue;
-        }
-        let value = *args
-            .get(i + 1)
-            .ok_or_else(|| format!("{flag} needs a value"))?;
-        let number = |what: &str| -> Result<u64, String> {
-            value
-                .parse::<u64>()
-                .map_err(|_| format!("{what}: {value:?} is not a whole number"))
-        };
-        match flag {
-            "--nodes" => {
-                options.nodes = number("--nodes")? as usize;
-                if options.nodes != 1 && options.nodes != 3 {
-                    return Err(format!("--nodes: 1 or 3, not {}", options.nodes));
-                }
-            }
-            "--faults" => {
-                options.faults = value
-                    .split(',')
-                    .filter(|f| !f.is_empty())
-                    .map(schedule::FaultKind::parse)
-                    .collect::<Result<_, _>>()?;
-                options.faults.dedup();
-            }
-            "--seed" => options.seed = number("--seed")?,
-            "--duration" => options.duration = Duration::from_secs(number("--duration")?.max(1)),
-            "--out" => out = Some(PathBuf::from(value)),
-            "--partitions" => options.partitions = number("--partitions")?.clamp(1, 1000) as i32,
-            "--producers" => options.producers = number("--producers")?.min(16) as u32,
-            "--plain-producers" => {
-                options.plain_producers = number("--plain-producers")?.min(16) as u32
-            }
-            "--interval-ms" => {
-                options.interval = Duration::from_millis(number("--interval-ms")?.max(1))
-            }
-            other => return Err(format!("run: unknown option {other}")),
-        }
-        i += 2;
-    }
     if options.producers + options.plain_producers == 0 {
         return Err("--producers: at least one producer (idempotent or plain)".into());
     }
@@ -162,14 +162,31 @@ fn parse_run(args: &[&str]) -> Result<run::Options, String> {
                 .into(),
         );
     }
-    options.out =
-        out.unwrap_or_else(|| PathBuf::from(format!("chaos-results/seed-{}", options.seed)));
     Ok(options)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    /// `sluice chaos` as the binary nests it.
+    #[derive(Debug, Parser)]
+    struct Chaos {
+        #[command(subcommand)]
+        command: ChaosCommand,
+    }
+
+    fn parse_run(args: &[&str]) -> Result<run::Options, String> {
+        let words = ["chaos", "run"].iter().chain(args);
+        match Chaos::try_parse_from(words)
+            .map_err(|e| e.to_string())?
+            .command
+        {
+            ChaosCommand::Run(args) => run_options(args),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn run_options_parse_and_replay() {

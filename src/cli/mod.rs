@@ -3,7 +3,7 @@
 //! `SLUICE_BOOTSTRAP`, then 127.0.0.1:9092).
 //!
 //! - `client` — the blocking Kafka client underneath.
-//! - this module — argument parsing and the commands.
+//! - this module — the commands and their arguments (clap derive; `src/main.rs` nests them).
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -36,25 +36,6 @@ use kafka_protocol::records::{
 mod client;
 
 use client::{partition_for_key, ApiUse, Client, Result};
-
-pub const USAGE: &str = "  sluice topic list [--bootstrap ADDR]   (internal topics left out)
-  sluice topic create NAME [--partitions N] [--replication-factor N] [--config KEY=VALUE]...
-  sluice topic describe NAME           partitions, leaders and configs
-  sluice topic delete NAME
-  sluice produce TOPIC [--key-separator SEP] [--partition N] [--acks 0|1|all]
-                               one record per line of stdin; with a separator, the text
-                               before its first occurrence is the key
-  sluice cluster info                  nodes (reachable or not, partitions led), the controller,
-                               leaderless and under-replicated partitions (each leader's ISR)
-  sluice group list
-  sluice group describe GROUP          per partition: committed offset, end offset, lag, member
-  sluice group delete GROUP            a group without members, with its offsets
-  sluice group reset-offsets GROUP --topic TOPIC --to earliest|latest|OFFSET [--partition N]
-                               for a group without members
-  sluice consume TOPIC [--from beginning|latest|OFFSET] [--partition N] [--count N]
-               [--idle-exit-ms MS] [--format FMT]
-                               FMT: %t topic, %p partition, %o offset, %k key, %v value,
-                               %T timestamp, %h headers, \\n, \\t (default \"%v\\n\")";
 
 const CREATE_TOPICS: ApiUse = ApiUse {
     key: ApiKey::CreateTopics,
@@ -123,70 +104,170 @@ const PRODUCE_BATCH_RECORDS: usize = 1000;
 /// Bytes per partition per Fetch.
 const FETCH_PARTITION_BYTES: i32 = 1 << 20;
 
-/// Parsed `--name value` options and positional arguments.
-struct Args {
-    positional: Vec<String>,
-    options: HashMap<String, Vec<String>>,
+/// Where a tool connects.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Connection {
+    /// A broker to start from; the others are found through it.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        env = "SLUICE_BOOTSTRAP",
+        default_value = "127.0.0.1:9092"
+    )]
+    bootstrap: String,
 }
 
-impl Args {
-    fn parse(args: &[&str], known: &[&str]) -> Result<Args> {
-        let mut parsed = Args {
-            positional: Vec::new(),
-            options: HashMap::new(),
-        };
-        let mut rest = args.iter();
-        while let Some(arg) = rest.next() {
-            if let Some(name) = arg.strip_prefix("--") {
-                if !known.contains(&name) && name != "bootstrap" {
-                    return Err(format!("unknown option --{name}"));
-                }
-                let value = rest
-                    .next()
-                    .ok_or_else(|| format!("--{name} needs a value"))?;
-                parsed
-                    .options
-                    .entry(name.to_string())
-                    .or_default()
-                    .push(value.to_string());
-            } else {
-                parsed.positional.push(arg.to_string());
-            }
-        }
-        Ok(parsed)
-    }
-
-    fn get(&self, name: &str) -> Option<&str> {
-        self.options
-            .get(name)
-            .and_then(|v| v.last())
-            .map(String::as_str)
-    }
-
-    fn number<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T> {
-        match self.get(name) {
-            None => Ok(default),
-            Some(v) => v
-                .parse()
-                .map_err(|_| format!("--{name}: {v:?} is not a valid number")),
-        }
-    }
-
-    fn one_positional(&self, what: &str) -> Result<&str> {
-        match self.positional.as_slice() {
-            [one] => Ok(one),
-            _ => Err(format!("expected one {what}")),
-        }
-    }
-
+impl Connection {
     fn client(&self) -> Result<Client> {
-        let bootstrap = self
-            .get("bootstrap")
-            .map(str::to_string)
-            .or_else(|| std::env::var("SLUICE_BOOTSTRAP").ok())
-            .unwrap_or_else(|| "127.0.0.1:9092".to_string());
-        Client::new(&bootstrap)
+        Client::new(&self.bootstrap)
     }
+}
+
+/// How listing commands print.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Lines for people.
+    #[default]
+    Text,
+    /// One JSON document, for scripts.
+    Json,
+}
+
+fn print_json(value: &serde_json::Value) -> Result<()> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TopicCommand {
+    /// The topics (internal ones left out, as `kafka-topics.sh --exclude-internal`).
+    List {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Creates a topic (through the cluster's controller).
+    Create {
+        name: String,
+        /// Partitions [default: the broker's num.partitions].
+        #[arg(long, value_name = "N")]
+        partitions: Option<i32>,
+        /// Replicas of each partition [default: the broker's default.replication.factor].
+        #[arg(long, value_name = "N")]
+        replication_factor: Option<i16>,
+        /// A topic config, Kafka's name (repeatable), e.g. --config retention.ms=86400000.
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        configs: Vec<String>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Partitions, leaders, replicas, in-sync replicas and configs.
+    Describe {
+        name: String,
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Deletes a topic and its records.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+/// `sluice produce`: one record per line of stdin.
+#[derive(Debug, clap::Args)]
+pub struct ProduceArgs {
+    topic: String,
+    /// The text before the first occurrence of SEP is the record's key (partitioned by it as
+    /// the Java client does); without it, records have no key and go round-robin.
+    #[arg(long, value_name = "SEP")]
+    key_separator: Option<String>,
+    /// Every record to this partition.
+    #[arg(long, value_name = "N")]
+    partition: Option<i32>,
+    #[arg(long, value_name = "ACKS", default_value = "all", value_parser = ["0", "1", "all", "-1"])]
+    acks: String,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+/// `sluice consume`: prints records as they come.
+#[derive(Debug, clap::Args)]
+pub struct ConsumeArgs {
+    topic: String,
+    /// Where to start: beginning, latest or an offset.
+    #[arg(
+        long,
+        value_name = "beginning|latest|OFFSET",
+        default_value = "beginning"
+    )]
+    from: String,
+    /// Only this partition.
+    #[arg(long, value_name = "N")]
+    partition: Option<i32>,
+    /// Stop after N records.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Stop once nothing new came for MS milliseconds.
+    #[arg(long, value_name = "MS")]
+    idle_exit_ms: Option<u64>,
+    /// %t topic, %p partition, %o offset, %k key, %v value, %T timestamp, %h headers, \n, \t.
+    #[arg(long, value_name = "FMT", default_value = "%v\\n")]
+    format: String,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum GroupCommand {
+    /// The consumer groups, with their states.
+    List {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Per partition: committed offset, end offset, lag and the member holding it.
+    Describe {
+        group: String,
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Deletes a group without members, with its offsets.
+    Delete {
+        group: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Sets the committed offsets of a group without members.
+    ResetOffsets {
+        group: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, value_name = "earliest|latest|OFFSET")]
+        to: String,
+        /// Only this partition.
+        #[arg(long, value_name = "N")]
+        partition: Option<i32>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+/// `sluice cluster info`.
+#[derive(Debug, clap::Args)]
+pub struct ClusterInfoArgs {
+    #[command(flatten)]
+    connection: Connection,
 }
 
 fn name(topic: &str) -> TopicName {
@@ -214,12 +295,8 @@ fn broker_ids(ids: &[kafka_protocol::messages::BrokerId]) -> String {
 /// `sluice cluster info`: every broker asked for its own Metadata, so the answer shows which
 /// nodes answer, how many partitions each leads, and, from each leader's own view (only a
 /// leader knows its ISR), the partitions with fewer replicas in sync than assigned.
-pub fn cluster_info(args: &[&str]) -> Result<()> {
-    let args = Args::parse(args, &[])?;
-    if let Some(extra) = args.positional.first() {
-        return Err(format!("unexpected argument {extra}"));
-    }
-    let mut client = args.client()?;
+pub fn cluster_info(args: ClusterInfoArgs) -> Result<()> {
+    let mut client = args.connection.client()?;
     let metadata = client.metadata(None)?;
     let mut brokers = metadata
         .brokers
@@ -302,11 +379,10 @@ pub fn cluster_info(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-pub fn topic(args: &[&str]) -> Result<()> {
-    match args {
-        ["list", rest @ ..] => {
-            let args = Args::parse(rest, &[])?;
-            let metadata = args.client()?.metadata(None)?;
+pub fn topic(command: TopicCommand) -> Result<()> {
+    match command {
+        TopicCommand::List { connection, output } => {
+            let metadata = connection.client()?.metadata(None)?;
             // Internal topics (`__consumer_offsets`) are left out, as kafka-topics.sh
             // --exclude-internal does.
             let mut names: Vec<String> = metadata
@@ -316,18 +392,23 @@ pub fn topic(args: &[&str]) -> Result<()> {
                 .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string()))
                 .collect();
             names.sort();
+            if output == Output::Json {
+                return print_json(&serde_json::json!(names));
+            }
             for n in names {
                 println!("{n}");
             }
             Ok(())
         }
-        ["create", rest @ ..] => {
-            let args = Args::parse(rest, &["partitions", "replication-factor", "config"])?;
-            let topic = args.one_positional("topic name")?.to_string();
-            let partitions: i32 = args.number("partitions", -1)?;
-            let replication: i16 = args.number("replication-factor", -1)?;
+        TopicCommand::Create {
+            name: topic,
+            partitions,
+            replication_factor: replication,
+            configs: pairs,
+            connection,
+        } => {
             let mut configs = Vec::new();
-            for pair in args.options.get("config").into_iter().flatten() {
+            for pair in &pairs {
                 let (k, v) = pair
                     .split_once('=')
                     .ok_or_else(|| format!("--config {pair:?}: expected KEY=VALUE"))?;
@@ -338,7 +419,7 @@ pub fn topic(args: &[&str]) -> Result<()> {
                 );
             }
             // In a cluster only the controller creates topics.
-            let mut client = args.client()?;
+            let mut client = connection.client()?;
             let controller = client.controller_address()?;
             let response: CreateTopicsResponse =
                 client.call(controller.as_deref(), CREATE_TOPICS, |_| {
@@ -346,8 +427,8 @@ pub fn topic(args: &[&str]) -> Result<()> {
                         .with_timeout_ms(30_000)
                         .with_topics(vec![CreatableTopic::default()
                             .with_name(name(&topic))
-                            .with_num_partitions(partitions)
-                            .with_replication_factor(replication)
+                            .with_num_partitions(partitions.unwrap_or(-1))
+                            .with_replication_factor(replication.unwrap_or(-1))
                             .with_configs(configs)])
                 })?;
             let result = &response.topics[0];
@@ -360,31 +441,19 @@ pub fn topic(args: &[&str]) -> Result<()> {
             println!("created topic {topic}");
             Ok(())
         }
-        ["describe", rest @ ..] => {
-            let args = Args::parse(rest, &[])?;
-            let topic = args.one_positional("topic name")?.to_string();
-            let mut client = args.client()?;
+        TopicCommand::Describe {
+            name: topic,
+            connection,
+            output,
+        } => {
+            let mut client = connection.client()?;
             let metadata = client.metadata(Some(&[&topic]))?;
             let t = &metadata.topics[0];
             if t.error_code != 0 {
                 return Err(format!("{topic}: {}", error_text(t.error_code, None)));
             }
-            println!(
-                "topic {topic} id {} partitions {}",
-                t.topic_id,
-                t.partitions.len()
-            );
             let mut partitions: Vec<_> = t.partitions.iter().collect();
             partitions.sort_by_key(|p| p.partition_index);
-            for p in partitions {
-                println!(
-                    "  partition {} leader {} replicas [{}] isr [{}]",
-                    p.partition_index,
-                    p.leader_id.0,
-                    broker_ids(&p.replica_nodes),
-                    broker_ids(&p.isr_nodes)
-                );
-            }
             let configs: DescribeConfigsResponse = client.call(None, DESCRIBE_CONFIGS, |_| {
                 DescribeConfigsRequest::default().with_resources(vec![
                     DescribeConfigsResource::default()
@@ -400,6 +469,40 @@ pub fn topic(args: &[&str]) -> Result<()> {
                     error_text(result.error_code, result.error_message.as_ref())
                 ));
             }
+            if output == Output::Json {
+                let ids = |ids: &[kafka_protocol::messages::BrokerId]| -> Vec<i32> {
+                    ids.iter().map(|b| b.0).collect()
+                };
+                return print_json(&serde_json::json!({
+                    "topic": topic,
+                    "id": t.topic_id.to_string(),
+                    "partitions": partitions.iter().map(|p| serde_json::json!({
+                        "partition": p.partition_index,
+                        "leader": p.leader_id.0,
+                        "replicas": ids(&p.replica_nodes),
+                        "isr": ids(&p.isr_nodes),
+                    })).collect::<Vec<_>>(),
+                    "configs": result.configs.iter().map(|c| serde_json::json!({
+                        "name": c.name.as_str(),
+                        "value": c.value.as_ref().map(|v| v.as_str()),
+                        "default": c.config_source == 5,
+                    })).collect::<Vec<_>>(),
+                }));
+            }
+            println!(
+                "topic {topic} id {} partitions {}",
+                t.topic_id,
+                t.partitions.len()
+            );
+            for p in partitions {
+                println!(
+                    "  partition {} leader {} replicas [{}] isr [{}]",
+                    p.partition_index,
+                    p.leader_id.0,
+                    broker_ids(&p.replica_nodes),
+                    broker_ids(&p.isr_nodes)
+                );
+            }
             println!("configs:");
             for c in &result.configs {
                 let value = c.value.as_ref().map_or("(null)", |v| v.as_str());
@@ -412,10 +515,11 @@ pub fn topic(args: &[&str]) -> Result<()> {
             }
             Ok(())
         }
-        ["delete", rest @ ..] => {
-            let args = Args::parse(rest, &[])?;
-            let topic = args.one_positional("topic name")?.to_string();
-            let mut client = args.client()?;
+        TopicCommand::Delete {
+            name: topic,
+            connection,
+        } => {
+            let mut client = connection.client()?;
             let controller = client.controller_address()?;
             let response: DeleteTopicsResponse =
                 client.call(controller.as_deref(), DELETE_TOPICS, |_| {
@@ -433,7 +537,6 @@ pub fn topic(args: &[&str]) -> Result<()> {
             println!("deleted topic {topic}");
             Ok(())
         }
-        _ => Err("expected topic list|create|describe|delete".into()),
     }
 }
 
@@ -452,22 +555,16 @@ fn partition_leaders(client: &mut Client, topic: &str) -> Result<Vec<(i32, Strin
     Ok(leaders)
 }
 
-pub fn produce(args: &[&str]) -> Result<()> {
-    let args = Args::parse(args, &["key-separator", "partition", "acks"])?;
-    let topic = args.one_positional("topic")?.to_string();
-    let acks: i16 = match args.get("acks").unwrap_or("all") {
-        "all" | "-1" => -1,
+pub fn produce(args: ProduceArgs) -> Result<()> {
+    let topic = args.topic;
+    let acks: i16 = match args.acks.as_str() {
         "1" => 1,
         "0" => 0,
-        other => return Err(format!("--acks {other:?}: expected 0, 1 or all")),
+        _ => -1, // all
     };
-    let fixed_partition: Option<i32> = args
-        .get("partition")
-        .map(str::parse)
-        .transpose()
-        .map_err(|_| "--partition: not a number".to_string())?;
-    let separator = args.get("key-separator").map(str::to_string);
-    let mut client = args.client()?;
+    let fixed_partition = args.partition;
+    let separator = args.key_separator;
+    let mut client = args.connection.client()?;
     let leaders = partition_leaders(&mut client, &topic)?;
     let partitions = leaders.len() as i32;
     if let Some(p) = fixed_partition {
@@ -479,6 +576,7 @@ pub fn produce(args: &[&str]) -> Result<()> {
     let mut buffered = 0usize;
     let mut produced = 0usize;
     let mut round_robin = 0i32;
+    let progress = progress_line(&format!("records sent to {topic}"));
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     loop {
@@ -510,14 +608,45 @@ pub fn produce(args: &[&str]) -> Result<()> {
         }
         if buffered >= PRODUCE_BATCH_RECORDS || (line.is_none() && buffered > 0) {
             produced += send_batches(&mut client, &topic, &leaders, acks, &mut pending)?;
+            progress.set_position(produced as u64);
             buffered = 0;
         }
         if line.is_none() {
             break;
         }
     }
+    drop(progress);
     eprintln!("produced {produced} records to {topic}");
     Ok(())
+}
+
+/// A progress line on stderr (`⠁ 12345 records sent to t (8123/s)`), drawn only when stderr
+/// is a terminal: piped or redirected output stays clean.
+fn progress_line(what: &str) -> ProgressLine {
+    let line =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {pos} {msg} ({per_sec})")
+    {
+        line.set_style(style);
+    }
+    line.set_message(what.to_string());
+    line.enable_steady_tick(Duration::from_millis(200));
+    ProgressLine(line)
+}
+
+/// A progress line, erased when the command ends however it ends.
+struct ProgressLine(indicatif::ProgressBar);
+
+impl ProgressLine {
+    fn set_position(&self, position: u64) {
+        self.0.set_position(position);
+    }
+}
+
+impl Drop for ProgressLine {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
 }
 
 /// Sends the pending records, one batch per partition, one request per leader.
@@ -605,33 +734,13 @@ fn send_batches(
     Ok(count)
 }
 
-pub fn consume(args: &[&str]) -> Result<()> {
-    let args = Args::parse(
-        args,
-        &["from", "partition", "count", "idle-exit-ms", "format"],
-    )?;
-    let topic = args.one_positional("topic")?.to_string();
-    let count: Option<u64> = args
-        .get("count")
-        .map(str::parse)
-        .transpose()
-        .map_err(|_| "--count: not a number".to_string())?;
-    let idle_exit: Option<Duration> = args
-        .get("idle-exit-ms")
-        .map(|v| v.parse().map(Duration::from_millis))
-        .transpose()
-        .map_err(|_| "--idle-exit-ms: not a number".to_string())?;
-    let format = args
-        .get("format")
-        .unwrap_or("%v\\n")
-        .replace("\\n", "\n")
-        .replace("\\t", "\t");
-    let only: Option<i32> = args
-        .get("partition")
-        .map(str::parse)
-        .transpose()
-        .map_err(|_| "--partition: not a number".to_string())?;
-    let mut client = args.client()?;
+pub fn consume(args: ConsumeArgs) -> Result<()> {
+    let topic = args.topic;
+    let count = args.count;
+    let idle_exit = args.idle_exit_ms.map(Duration::from_millis);
+    let format = args.format.replace("\\n", "\n").replace("\\t", "\t");
+    let only = args.partition;
+    let mut client = args.connection.client()?;
     let leaders: Vec<(i32, String)> = partition_leaders(&mut client, &topic)?
         .into_iter()
         .filter(|(p, _)| only.is_none_or(|o| o == *p))
@@ -640,9 +749,8 @@ pub fn consume(args: &[&str]) -> Result<()> {
         return Err(format!("{topic} has no partition {}", only.unwrap_or(-1)));
     }
     let mut positions: HashMap<i32, i64> = HashMap::new();
-    let from = args.get("from").unwrap_or("beginning");
     for (partition, leader) in &leaders {
-        let start = match from {
+        let start = match args.from.as_str() {
             "beginning" => list_offset(&mut client, leader, &topic, *partition, -2)?,
             "latest" | "end" => list_offset(&mut client, leader, &topic, *partition, -1)?,
             n => n
@@ -654,6 +762,12 @@ pub fn consume(args: &[&str]) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut printed = 0u64;
+    // Records go to stdout; with stdout a file or a pipe, a progress line on the terminal.
+    let progress = if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        ProgressLine(indicatif::ProgressBar::hidden())
+    } else {
+        progress_line(&format!("records read from {topic}"))
+    };
     let mut last_data = Instant::now();
     loop {
         let mut got_any = false;
@@ -715,6 +829,7 @@ pub fn consume(args: &[&str]) -> Result<()> {
             }
         }
         out.flush().map_err(|e| format!("stdout: {e}"))?;
+        progress.set_position(printed);
         if got_any {
             last_data = Instant::now();
         } else if idle_exit.is_some_and(|idle| last_data.elapsed() >= idle) {
@@ -864,13 +979,13 @@ fn topic_offsets(client: &mut Client, topic: &str, at: i64) -> Result<Vec<(i32, 
     Ok(out)
 }
 
-pub fn group(args: &[&str]) -> Result<()> {
-    match args {
-        ["list", rest @ ..] => {
-            let args = Args::parse(rest, &[])?;
-            let response: ListGroupsResponse = args
-                .client()?
-                .call(None, LIST_GROUPS, |_| ListGroupsRequest::default())?;
+pub fn group(command: GroupCommand) -> Result<()> {
+    match command {
+        GroupCommand::List { connection, output } => {
+            let response: ListGroupsResponse =
+                connection
+                    .client()?
+                    .call(None, LIST_GROUPS, |_| ListGroupsRequest::default())?;
             if response.error_code != 0 {
                 return Err(error_text(response.error_code, None));
             }
@@ -880,6 +995,12 @@ pub fn group(args: &[&str]) -> Result<()> {
                 .map(|g| (g.group_id.0.to_string(), g.group_state.to_string()))
                 .collect();
             groups.sort();
+            if output == Output::Json {
+                return print_json(&serde_json::json!(groups
+                    .iter()
+                    .map(|(id, state)| serde_json::json!({ "group": id, "state": state }))
+                    .collect::<Vec<_>>()));
+            }
             for (id, state) in groups {
                 if state.is_empty() {
                     println!("{id}");
@@ -889,10 +1010,12 @@ pub fn group(args: &[&str]) -> Result<()> {
             }
             Ok(())
         }
-        ["describe", rest @ ..] => {
-            let args = Args::parse(rest, &[])?;
-            let group = args.one_positional("group")?.to_string();
-            let mut client = args.client()?;
+        GroupCommand::Describe {
+            group,
+            connection,
+            output,
+        } => {
+            let mut client = connection.client()?;
             let at = coordinator(&mut client, &group)?;
             let described: DescribeGroupsResponse =
                 client.call(Some(&at), DESCRIBE_GROUPS, |_| {
@@ -945,15 +1068,18 @@ pub fn group(args: &[&str]) -> Result<()> {
             }
             rows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
             let mut ends: HashMap<String, Vec<(i32, i64)>> = HashMap::new();
-            println!(
-                "group {group} state {} protocol {} members {}",
-                g.group_state.as_str(),
-                g.protocol_data.as_str(),
-                g.members.len()
-            );
-            println!(
-                "TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG CONSUMER-ID HOST CLIENT-ID"
-            );
+            if output == Output::Text {
+                println!(
+                    "group {group} state {} protocol {} members {}",
+                    g.group_state.as_str(),
+                    g.protocol_data.as_str(),
+                    g.members.len()
+                );
+                println!(
+                    "TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG CONSUMER-ID HOST CLIENT-ID"
+                );
+            }
+            let mut json_rows = Vec::new();
             for (topic, partition, current) in rows {
                 if !ends.contains_key(&topic) {
                     let offsets = topic_offsets(&mut client, &topic, -1)?;
@@ -969,6 +1095,19 @@ pub fn group(args: &[&str]) -> Result<()> {
                     .get(&(topic.clone(), partition))
                     .cloned()
                     .unwrap_or_else(|| ("-".into(), "-".into(), "-".into()));
+                if output == Output::Json {
+                    json_rows.push(serde_json::json!({
+                        "topic": topic,
+                        "partition": partition,
+                        "committed": current,
+                        "end": end,
+                        "lag": lag,
+                        "member": (member != "-").then_some(member),
+                        "host": (host != "-").then_some(host),
+                        "client_id": (client_id != "-").then_some(client_id),
+                    }));
+                    continue;
+                }
                 println!(
                     "{topic} {partition} {} {} {} {member} {host} {client_id}",
                     show(current),
@@ -976,12 +1115,19 @@ pub fn group(args: &[&str]) -> Result<()> {
                     show(lag)
                 );
             }
+            if output == Output::Json {
+                return print_json(&serde_json::json!({
+                    "group": group,
+                    "state": g.group_state.as_str(),
+                    "protocol": g.protocol_data.as_str(),
+                    "members": g.members.len(),
+                    "partitions": json_rows,
+                }));
+            }
             Ok(())
         }
-        ["delete", rest @ ..] => {
-            let args = Args::parse(rest, &[])?;
-            let group = args.one_positional("group")?.to_string();
-            let mut client = args.client()?;
+        GroupCommand::Delete { group, connection } => {
+            let mut client = connection.client()?;
             let at = coordinator(&mut client, &group)?;
             let response: DeleteGroupsResponse = client.call(Some(&at), DELETE_GROUPS, |_| {
                 DeleteGroupsRequest::default()
@@ -994,20 +1140,15 @@ pub fn group(args: &[&str]) -> Result<()> {
             println!("deleted group {group}");
             Ok(())
         }
-        ["reset-offsets", rest @ ..] => {
-            let args = Args::parse(rest, &["topic", "to", "partition"])?;
-            let group = args.one_positional("group")?.to_string();
-            let topic = args.get("topic").ok_or("--topic is required")?.to_string();
-            let to = args
-                .get("to")
-                .ok_or("--to earliest|latest|OFFSET is required")?;
-            let only: Option<i32> = args
-                .get("partition")
-                .map(str::parse)
-                .transpose()
-                .map_err(|_| "--partition: not a number".to_string())?;
-            let mut client = args.client()?;
-            let targets: Vec<(i32, i64)> = match to {
+        GroupCommand::ResetOffsets {
+            group,
+            topic,
+            to,
+            partition: only,
+            connection,
+        } => {
+            let mut client = connection.client()?;
+            let targets: Vec<(i32, i64)> = match to.as_str() {
                 "earliest" => topic_offsets(&mut client, &topic, -2)?,
                 "latest" => topic_offsets(&mut client, &topic, -1)?,
                 n => {
@@ -1059,6 +1200,5 @@ pub fn group(args: &[&str]) -> Result<()> {
             }
             Ok(())
         }
-        _ => Err("expected group list|describe|delete|reset-offsets".into()),
     }
 }

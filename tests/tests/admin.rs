@@ -533,3 +533,76 @@ fn alerts_and_the_dashboard_read_metrics_the_broker_exposes() {
     }
     assert!(read >= 20, "{queries:?}");
 }
+
+/// The console, opened in headless Chromium as an operator would: the page's own JavaScript
+/// fills in the topic created here and the group's lag from the admin API. The screenshot goes
+/// to target/console.png (docs/console.png is one of these).
+#[test]
+fn the_console_shows_topics_and_group_lag_in_a_browser() {
+    let broker = Broker::start(&["--cores", "2"]);
+    let admin = broker.admin_addr();
+    create_topic(&broker);
+    let committed = produce_and_consume(&broker);
+    let per_partition = (RECORDS / 3) as i64;
+    let expected_lag: i64 = committed.values().map(|o| per_partition - o).sum();
+    // Snapshots are published once a second: wait until the API shows the commits.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while entry_lag(&get_json(admin, "/v1/groups")) != Some(expected_lag) {
+        assert!(Instant::now() < deadline, "the API never showed the lag");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (status, page) = get(admin, "/");
+    assert_eq!(status, 200);
+    assert!(page.contains("<title>Sluice console</title>"));
+
+    let profile = tempfile::tempdir().unwrap();
+    let browse = |extra: &[&str]| {
+        Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            // Long enough for the page's first polls (every 2 s) to land.
+            .arg("--virtual-time-budget=6000")
+            .args(extra)
+            .arg(format!("http://{admin}/"))
+            .output()
+            .expect("chromium (Debian's chromium package; scripts/test installs it)")
+    };
+    let dom = browse(&["--dump-dom"]);
+    let dom_text = String::from_utf8_lossy(&dom.stdout);
+    assert!(
+        dom_text.contains(&format!("data-topic=\"{TOPIC}\"")),
+        "the topic is not on the page: {dom_text}\n{}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
+    assert!(
+        dom_text.contains(&format!("data-group=\"{GROUP}\""))
+            && dom_text.contains(&format!("data-lag=\"{expected_lag}\"")),
+        "the group's lag ({expected_lag}) is not on the page: {dom_text}"
+    );
+    assert!(dom_text.contains(">ready<"), "{dom_text}");
+
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console.png");
+    let _ = std::fs::remove_file(&shot);
+    let out = browse(&[
+        &format!("--screenshot={}", shot.display()),
+        "--window-size=1280,900",
+        "--hide-scrollbars",
+    ]);
+    let png = std::fs::read(&shot).unwrap_or_else(|e| {
+        panic!(
+            "no screenshot ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+}
+
+/// The summed lag of GROUP in a `/v1/groups` answer.
+fn entry_lag(groups: &serde_json::Value) -> Option<i64> {
+    groups.as_array()?.iter().find(|g| g["group"] == GROUP)?["lag"].as_i64()
+}

@@ -315,25 +315,34 @@ fn bad_workloads_and_unreachable_targets_fail_with_the_reason() {
     let out = bench(&["compare", bad.to_str().unwrap(), "--target", "a=x:1"]);
     assert_eq!(out.status.code(), Some(1));
 
-    // Options are checked before anything runs, each error naming what was wrong.
+    // Options are checked before anything runs, each error naming what was wrong: usage
+    // errors (clap's) exit 2, a value the harness refuses or a failed run exits 1.
     let workload = workspace().join("bench-harness/workloads/smoke.yaml");
     let w = workload.to_str().unwrap();
-    for (args, expected) in [
+    for (args, code, expected) in [
         (
             vec![w, "--rate", "fast"],
+            1,
             "--rate: `fast` is not a positive number, max or unpaced",
         ),
-        (vec![w, "--runs", "0"], "--runs must be at least 1"),
-        (vec![w, "--duration"], "--duration needs a value"),
-        (vec![w, "--bogus", "1"], "unknown option --bogus"),
+        (
+            vec![
+                "compare", w, "--target", "a=x:1", "--target", "b=x:2", "--runs", "0",
+            ],
+            2,
+            "--runs",
+        ),
+        (vec![w, "--duration"], 2, "--duration"),
+        (vec![w, "--bogus", "1"], 2, "--bogus"),
         (
             vec!["compare", w, "--target", "a=127.0.0.1:1"],
+            1,
             "compare needs at least two --target",
         ),
-        (vec!["plot", w], "is not a bench result"),
+        (vec!["plot", w], 1, "is not a bench result"),
     ] {
         let out = bench(&args);
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(out.status.code(), Some(code), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }

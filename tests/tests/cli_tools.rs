@@ -178,6 +178,37 @@ fn topic_produce_and_consume_tools_round_trip() {
         .map(|r| r.split(' ').nth(4).unwrap().parse::<i64>().unwrap())
         .sum();
     assert_eq!(total_lag, 5, "every record not yet consumed: {described}");
+    // The same for scripts, as JSON.
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut args = args.to_vec();
+        args.extend(["--output", "json"]);
+        let text = ok(&broker, &args, "");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
+    };
+    let described = json(&["group", "describe", "ops"]);
+    let lags: i64 = described["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["lag"].as_i64().unwrap())
+        .sum();
+    assert_eq!(lags, 5, "{described}");
+    assert_eq!(described["state"], "Empty", "{described}");
+    assert_eq!(
+        json(&["group", "list"]),
+        serde_json::json!([{ "group": "ops", "state": "Empty" }])
+    );
+    assert_eq!(json(&["topic", "list"]), serde_json::json!(["tools"]));
+    let topic = json(&["topic", "describe", "tools"]);
+    assert_eq!(topic["partitions"].as_array().unwrap().len(), 3, "{topic}");
+    assert!(
+        topic["configs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "cleanup.policy" && c["default"] == true),
+        "{topic}"
+    );
     ok(
         &broker,
         &[

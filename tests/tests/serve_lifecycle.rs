@@ -64,7 +64,10 @@ fn invalid_values_stop_start_up_naming_the_field() {
 
     let (code, err) = refused(&["--no-such-flag", "1"], &[]);
     assert_eq!(code, Some(2));
-    assert!(err.contains("unknown flag --no-such-flag"), "{err}");
+    assert!(
+        err.contains("unexpected argument '--no-such-flag'"),
+        "{err}"
+    );
 }
 
 /// A fault-point control file that does not parse (an unknown point, a line without actions)
