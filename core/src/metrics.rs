@@ -223,6 +223,11 @@ impl Shard {
             .map(|g| g.stats())
             .unwrap_or_default();
         let m = &self.metrics;
+        // A deleted topic's counters go with it (its series end; a topic created again under
+        // the name starts from zero, a counter reset Prometheus' rate() handles).
+        m.traffic
+            .borrow_mut()
+            .retain(|topic, _| image.topic(topic).is_some());
         ShardSnapshot {
             shard: self.id,
             requests: m

@@ -324,6 +324,19 @@ fn metrics_count_what_real_clients_did_and_pass_promtool() {
         "{health}"
     );
     assert_eq!(health["partitions"]["offline"], 0, "{health}");
+
+    // A deleted topic's series end with it.
+    let out = Command::new(sluice_tests::sluice_binary())
+        .args(["topic", "delete", TOPIC, "--bootstrap", &broker.bootstrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let topic_label = format!("topic=\"{TOPIC}\"");
+    metrics_until(admin, |text| {
+        !text
+            .lines()
+            .any(|l| l.starts_with("sluice_produced_") && l.contains(&topic_label))
+    });
 }
 
 /// A real Prometheus server scrapes the broker and answers a query with the produced-records
