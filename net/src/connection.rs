@@ -13,6 +13,10 @@
 //! A frame that cannot be answered (bad length, truncated, unknown API key, unsupported version
 //! of an API other than ApiVersions, undecodable body) closes this connection, after the
 //! responses to the requests before it, with a log line; it touches nothing else.
+//!
+//! Every answered request is timed (frame read to response ready) in the shard's metrics under
+//! its API; the connection counts as open there while it lives, and as failed if it ends on
+//! an error (`sluice_core::metrics`).
 
 use std::cell::Cell;
 use std::rc::Rc;

@@ -13,6 +13,9 @@
 //! replaying its consumer groups would see them without offsets); a partition that cannot be
 //! opened stops the broker.
 //!
+//! Once listening, each shard counts as serving in the node's `MetricsHub` (readiness) and
+//! publishes its metrics snapshot there once a second; shutdown marks the hub draining.
+//!
 //! Shutdown: when the `shutdown` flag is raised (SIGINT/SIGTERM in `sluice serve`), every shard
 //! stops accepting and waits (up to `drain_timeout`) for the requests it is answering to be
 //! written back. Once every shard has drained, each closes its partitions (flushing buffered
