@@ -268,6 +268,8 @@ pub enum GroupCommand {
 pub struct ClusterInfoArgs {
     #[command(flatten)]
     connection: Connection,
+    #[arg(long, value_enum, default_value_t)]
+    output: Output,
 }
 
 fn name(topic: &str) -> TopicName {
@@ -347,6 +349,21 @@ pub fn cluster_info(args: ClusterInfoArgs) -> Result<()> {
                 ));
             }
         }
+    }
+    if args.output == Output::Json {
+        return print_json(&serde_json::json!({
+            "controller": controller,
+            "nodes": brokers.iter().map(|(id, addr)| serde_json::json!({
+                "node": id,
+                "address": addr,
+                "up": views[id].is_ok(),
+                "leads": led.get(id).copied().unwrap_or(0),
+                "error": views[id].as_ref().err(),
+            })).collect::<Vec<_>>(),
+            "partitions": total,
+            "leaderless": leaderless,
+            "under_replicated": under_replicated,
+        }));
     }
     println!(
         "cluster: {} brokers, controller node {}",

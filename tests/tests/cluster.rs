@@ -1490,6 +1490,21 @@ fn cluster_info_shows_nodes_leaders_and_under_replicated_partitions() {
         })
         .sum();
     assert_eq!(led, total, "every partition led once:\n{healthy}");
+    // The same for scripts.
+    let json = std::process::Command::new(sluice_tests::sluice_binary())
+        .args(["cluster", "info", "--output", "json", "--bootstrap"])
+        .arg(cluster.node(0).kafka.to_string())
+        .output()
+        .expect("run sluice cluster info");
+    assert!(json.status.success(), "{json:?}");
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert_eq!(json["controller"], controller, "{json}");
+    let nodes = json["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3, "{json}");
+    assert!(nodes.iter().all(|n| n["up"] == true), "{json}");
+    let led_json: u64 = nodes.iter().map(|n| n["leads"].as_u64().unwrap()).sum();
+    assert_eq!(led_json as usize, total, "{json}");
+    assert_eq!(json["leaderless"], serde_json::json!([]), "{json}");
     let stray = std::process::Command::new(sluice_tests::sluice_binary())
         .args(["cluster", "info", "stray"])
         .output()
