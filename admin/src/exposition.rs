@@ -163,7 +163,7 @@ fn gauge_i64(value: u64) -> i64 {
 }
 
 /// Kafka's name for an API key (`Produce`, `Fetch`, ...), or the number.
-fn api_name(key: i16) -> String {
+pub(crate) fn api_name(key: i16) -> String {
     kafka_protocol::messages::ApiKey::try_from(key)
         .map_or_else(|_| key.to_string(), |api| format!("{api:?}"))
 }

@@ -286,8 +286,7 @@ pub fn latency(hub: &MetricsHub) -> BTreeMap<String, LatencyView> {
     per_api
         .into_iter()
         .map(|(api, histogram)| {
-            let name = kafka_protocol::messages::ApiKey::try_from(api)
-                .map_or_else(|_| api.to_string(), |a| format!("{a:?}"));
+            let name = crate::exposition::api_name(api);
             let buckets = histogram
                 .cumulative()
                 .into_iter()
