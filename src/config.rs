@@ -16,6 +16,10 @@ struct FileConfig {
     listen: Option<String>,
     admin_listen: Option<String>,
     metrics_per_partition: Option<bool>,
+    otlp_endpoint: Option<String>,
+    otlp_sample_ratio: Option<f64>,
+    client_metrics: Option<String>,
+    client_metrics_interval_ms: Option<u64>,
     advertised_host: Option<String>,
     advertised_port: Option<u16>,
     data_dir: Option<PathBuf>,
@@ -65,6 +69,15 @@ pub struct BrokerConfig {
     pub admin_listen: SocketAddr,
     /// `/metrics` series per partition as well as per topic.
     pub metrics_per_partition: bool,
+    /// Where request spans go (OTLP over HTTP, the collector's base URL); `None`: nowhere.
+    pub otlp_endpoint: Option<String>,
+    /// Share of requests traced when no sampled producer trace asks for it (0.0..=1.0).
+    pub otlp_sample_ratio: f64,
+    /// KIP-714: metric name prefixes clients are asked to push (empty: no subscription; an
+    /// empty prefix: every metric).
+    pub client_metrics: Vec<String>,
+    /// KIP-714: how often subscribed clients push.
+    pub client_metrics_interval: Duration,
     /// Host put in Metadata responses; the listen address's IP by default.
     pub advertised_host: String,
     /// Port put in Metadata responses; the listen port by default (differs behind a proxy or
@@ -176,6 +189,31 @@ const FIELDS: &[(&str, &str, &str, &str)] = &[
         "--metrics-per-partition",
         "SLUICE_METRICS_PER_PARTITION",
         "/metrics traffic and size series per partition too (true|false) [default: false]",
+    ),
+    (
+        "otlp_endpoint",
+        "--otlp-endpoint",
+        "SLUICE_OTLP_ENDPOINT",
+        "Export request spans over OTLP/HTTP to this collector (http://host:4318) [default: none]",
+    ),
+    (
+        "otlp_sample_ratio",
+        "--otlp-sample-ratio",
+        "SLUICE_OTLP_SAMPLE_RATIO",
+        "Share of requests traced unless a producer's sampled trace asks (0..1) [default: 0.01]",
+    ),
+    (
+        "client_metrics",
+        "--client-metrics",
+        "SLUICE_CLIENT_METRICS",
+        "KIP-714: metric prefixes clients push, comma-separated; \"\" none, \"*\" all \
+         [default: org.apache.kafka.producer.,org.apache.kafka.consumer.]",
+    ),
+    (
+        "client_metrics_interval_ms",
+        "--client-metrics-interval-ms",
+        "SLUICE_CLIENT_METRICS_INTERVAL_MS",
+        "KIP-714: how often subscribed clients push their metrics, ms [default: 30000]",
     ),
     (
         "advertised_host",
@@ -404,6 +442,31 @@ impl clap::Args for ServeArgs {
     fn augment_args_for_update(command: clap::Command) -> clap::Command {
         Self::augment_args(command)
     }
+}
+
+/// KIP-714 subscription prefixes from `a.b.,c.d.`: `""` none, `"*"` every metric (the empty
+/// prefix, as GetTelemetrySubscriptions says "all").
+fn parse_metric_prefixes(value: &str) -> Result<Vec<String>, String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(Vec::new());
+    }
+    if value == "*" {
+        return Ok(vec![String::new()]);
+    }
+    value
+        .split(',')
+        .map(|prefix| {
+            let prefix = prefix.trim();
+            if prefix.is_empty() || prefix == "*" || prefix.contains(char::is_whitespace) {
+                Err(format!(
+                    "{prefix:?} is not a metric name prefix (use \"*\" alone for every metric)"
+                ))
+            } else {
+                Ok(prefix.to_string())
+            }
+        })
+        .collect()
 }
 
 const FRAME_BYTES_MIN: usize = 1024;
@@ -658,6 +721,63 @@ impl BrokerConfig {
         .unwrap_or_else(|| default("false"));
         let metrics_per_partition: bool = parse("metrics_per_partition", &raw)?;
 
+        let otlp_endpoint = match pick("otlp_endpoint", file.otlp_endpoint) {
+            None => None,
+            Some(raw) if raw.value.trim().is_empty() => None,
+            Some(raw) => {
+                let url = raw.value.trim().trim_end_matches('/');
+                let Some(rest) = url.strip_prefix("http://") else {
+                    return Err(invalid(
+                        "otlp_endpoint",
+                        &raw,
+                        format!("must be an http:// URL (OTLP over HTTP), not {url:?}"),
+                    ));
+                };
+                if rest.is_empty() || rest.contains(char::is_whitespace) {
+                    return Err(invalid(
+                        "otlp_endpoint",
+                        &raw,
+                        format!("names no host: {url:?}"),
+                    ));
+                }
+                Some(url.to_string())
+            }
+        };
+
+        let raw = pick(
+            "otlp_sample_ratio",
+            file.otlp_sample_ratio.map(|r| r.to_string()),
+        )
+        .unwrap_or_else(|| default("0.01"));
+        let otlp_sample_ratio: f64 = parse("otlp_sample_ratio", &raw)?;
+        if !(0.0..=1.0).contains(&otlp_sample_ratio) {
+            return Err(invalid(
+                "otlp_sample_ratio",
+                &raw,
+                "must be in 0.0..=1.0".into(),
+            ));
+        }
+
+        let raw = pick("client_metrics", file.client_metrics)
+            .unwrap_or_else(|| default("org.apache.kafka.producer.,org.apache.kafka.consumer."));
+        let client_metrics = parse_metric_prefixes(&raw.value)
+            .map_err(|reason| invalid("client_metrics", &raw, reason))?;
+
+        let raw = pick(
+            "client_metrics_interval_ms",
+            file.client_metrics_interval_ms.map(|n| n.to_string()),
+        )
+        .unwrap_or_else(|| default("30000"));
+        let interval_ms: u64 = parse("client_metrics_interval_ms", &raw)?;
+        if !(100..=3_600_000).contains(&interval_ms) {
+            return Err(invalid(
+                "client_metrics_interval_ms",
+                &raw,
+                "must be in 100..=3600000".into(),
+            ));
+        }
+        let client_metrics_interval = Duration::from_millis(interval_ms);
+
         let raw = pick(
             "overprovisioned",
             file.overprovisioned.map(|b| b.to_string()),
@@ -803,6 +923,10 @@ impl BrokerConfig {
             listen,
             admin_listen,
             metrics_per_partition,
+            otlp_endpoint,
+            otlp_sample_ratio,
+            client_metrics,
+            client_metrics_interval,
             advertised_host,
             advertised_port,
             data_dir,
@@ -886,6 +1010,23 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("./data"));
         assert_eq!(c.advertised_host, "127.0.0.1");
         assert!(c.cores >= 1);
+        assert_eq!(c.otlp_endpoint, None);
+        assert_eq!(
+            c.client_metrics,
+            ["org.apache.kafka.producer.", "org.apache.kafka.consumer."]
+        );
+        let c = BrokerConfig::load(
+            &flags(&[
+                "--client-metrics",
+                "*",
+                "--otlp-endpoint",
+                "http://127.0.0.1:4318/",
+            ]),
+            no_env,
+        )
+        .unwrap();
+        assert_eq!(c.client_metrics, [""]);
+        assert_eq!(c.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4318"));
     }
 
     #[test]
@@ -965,6 +1106,17 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.field, "listen");
         assert!(e.to_string().contains("environment SLUICE_LISTEN"), "{e}");
+        let e =
+            BrokerConfig::load(&flags(&["--otlp-endpoint", "grpc://x:4317"]), no_env).unwrap_err();
+        assert_eq!(e.field, "otlp_endpoint");
+        assert!(e.to_string().contains("http://"), "{e}");
+        let e = BrokerConfig::load(&flags(&["--otlp-sample-ratio", "2"]), no_env).unwrap_err();
+        assert_eq!(e.field, "otlp_sample_ratio");
+        let e = BrokerConfig::load(&flags(&["--client-metrics", "a.,,b."]), no_env).unwrap_err();
+        assert_eq!(e.field, "client_metrics");
+        let e =
+            BrokerConfig::load(&flags(&["--client-metrics-interval-ms", "5"]), no_env).unwrap_err();
+        assert_eq!(e.field, "client_metrics_interval_ms");
         let e = BrokerConfig::load(&flags(&["--frame-bytes-max", "10"]), no_env).unwrap_err();
         assert_eq!(e.field, "frame_bytes_max");
         let e = BrokerConfig::load(&flags(&["--default-partitions", "0"]), no_env).unwrap_err();

@@ -16,6 +16,7 @@ mod alloc;
 mod cli;
 mod cluster_dev;
 mod config;
+mod telemetry;
 
 #[global_allocator]
 static ALLOCATOR: alloc::ReserveOnlyForHuge = alloc::ReserveOnlyForHuge;
@@ -199,19 +200,18 @@ fn arm_fault_points(control_file: Option<std::ffi::OsString>) -> Result<(), Stri
 
 /// Loads the config, takes the data directory, and runs the listeners until SIGINT/SIGTERM.
 fn serve(args: &config::ServeArgs) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour codes only on a terminal: log files stay greppable.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let config = match BrokerConfig::load(args, |var| std::env::var(var).ok()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("sluice serve: {e}\n(see sluice serve --help)");
+            return ExitCode::from(2);
+        }
+    };
+    // Dropped last: spans of the final requests are flushed after the shards stop.
+    let _telemetry = match telemetry::init(&config) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("sluice serve: {e}");
             return ExitCode::from(2);
         }
     };
@@ -311,12 +311,18 @@ fn serve(args: &config::ServeArgs) -> ExitCode {
             cluster,
         },
     };
-    let hub = Arc::new(sluice_core::metrics::MetricsHub::new(
-        config.node_id,
-        config.data_dir.clone(),
-        config.cores.max(1),
-        config.disk_free_bytes_min,
-    ));
+    let hub = Arc::new(
+        sluice_core::metrics::MetricsHub::new(
+            config.node_id,
+            config.data_dir.clone(),
+            config.cores.max(1),
+            config.disk_free_bytes_min,
+        )
+        .with_client_telemetry(sluice_core::client_telemetry::ClientTelemetry::new(
+            config.client_metrics.clone(),
+            config.client_metrics_interval,
+        )),
+    );
     let admin = sluice_admin::AdminSettings {
         listen: config.admin_listen,
         metrics_per_partition: config.metrics_per_partition,

@@ -4,7 +4,8 @@
 //! Names follow Prometheus conventions: a `sluice_` prefix, base units (`_seconds`, `_bytes`),
 //! counters exposed with `_total`. Per-shard series carry a `shard` label; traffic and sizes
 //! are per topic, or per topic and partition with `per_partition` (more series: a switch, as
-//! thousands of partitions make thousands of series). docs/operations.md lists every metric.
+//! thousands of partitions make thousands of series). Metrics clients pushed (KIP-714) follow as
+//! `sluice_client_*` families labelled by client. docs/operations.md lists every metric.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,7 +15,8 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use sluice_core::metrics::{MetricsHub, Traffic};
+use sluice_core::client_telemetry::{ClientTelemetry, SeriesKind};
+use sluice_core::metrics::{kafka_error_name, MetricsHub, Traffic};
 use sluice_storage::metrics::Histogram;
 
 use crate::views::{Disk, NodeView};
@@ -168,25 +170,6 @@ pub(crate) fn api_name(key: i16) -> String {
         .map_or_else(|_| key.to_string(), |api| format!("{api:?}"))
 }
 
-/// Kafka's name for an error code (`NOT_LEADER_OR_FOLLOWER`, ...), or the number.
-fn error_name(code: i16) -> String {
-    let Some(error) = kafka_protocol::ResponseError::try_from_code(code) else {
-        return code.to_string();
-    };
-    let camel = format!("{error:?}");
-    if !camel.chars().all(|c| c.is_ascii_alphanumeric()) {
-        return code.to_string(); // `Unknown(code)`: a code this Kafka version does not name
-    }
-    let mut snake = String::new();
-    for (i, c) in camel.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            snake.push('_');
-        }
-        snake.push(c.to_ascii_uppercase());
-    }
-    snake
-}
-
 impl Collector for NodeCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let hub = &self.hub;
@@ -231,7 +214,7 @@ impl Collector for NodeCollector {
                         vec![
                             shard(s.shard),
                             ("api", api_name(*api)),
-                            ("error", error_name(*code)),
+                            ("error", kafka_error_name(*code)),
                         ],
                         *count,
                     )
@@ -441,8 +424,51 @@ impl Collector for NodeCollector {
             "Produce is refused while free bytes are below this (disk_free_bytes_min).",
             [(vec![], gauge_i64(disk.free_bytes_min))],
         )?;
-        Ok(())
+        client_metrics(e, &hub.client_telemetry)
     }
+}
+
+/// The metrics clients pushed (KIP-714), one family per metric name, one series per client
+/// instance and data point (labels `client_id`, `client_instance_id`, then the point's own).
+fn client_metrics(encoder: &mut DescriptorEncoder, telemetry: &ClientTelemetry) -> fmt::Result {
+    type Family = (SeriesKind, String, Vec<(Vec<(String, String)>, f64)>);
+    let mut families: BTreeMap<String, Family> = BTreeMap::new();
+    for client in telemetry.clients(std::time::Instant::now()) {
+        for ((name, attributes), sample) in client.series {
+            let family = families
+                .entry(name)
+                .or_insert_with(|| (sample.kind, sample.help.clone(), Vec::new()));
+            if family.0 != sample.kind {
+                continue; // clients disagreeing on a metric's type: the first one seen wins
+            }
+            let mut labels = vec![
+                ("client_id".to_string(), client.client_id.clone()),
+                (
+                    "client_instance_id".to_string(),
+                    client.client_instance_id.to_string(),
+                ),
+            ];
+            labels.extend(attributes);
+            family.2.push((labels, sample.value));
+        }
+    }
+    for (name, (kind, help, samples)) in families {
+        let metric_type = match kind {
+            SeriesKind::Gauge => MetricType::Gauge,
+            SeriesKind::Counter => MetricType::Counter,
+        };
+        let mut family = encoder.encode_descriptor(&name, &help, None, metric_type)?;
+        for (labels, value) in samples {
+            let mut sample = family.encode_family(&labels)?;
+            match kind {
+                SeriesKind::Gauge => sample.encode_gauge(&value)?,
+                SeriesKind::Counter => {
+                    sample.encode_counter::<NoLabelSet, f64, u64>(&value, None)?
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -460,9 +486,6 @@ mod tests {
 
     #[test]
     fn error_codes_get_kafkas_names() {
-        assert_eq!(error_name(6), "NOT_LEADER_OR_FOLLOWER");
-        assert_eq!(error_name(56), "KAFKA_STORAGE_ERROR");
-        assert_eq!(error_name(30_000), "30000");
         assert_eq!(api_name(0), "Produce");
         assert_eq!(api_name(-5), "-5");
     }

@@ -34,6 +34,7 @@ pub mod broker_configs;
 pub mod catalog;
 pub mod changes;
 pub mod cleaner;
+pub mod client_telemetry;
 pub mod cluster;
 pub mod cluster_controller;
 pub mod cluster_metadata;

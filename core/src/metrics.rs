@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use sluice_storage::metrics::Histogram;
 
+use crate::client_telemetry::ClientTelemetry;
 use crate::shard::Shard;
 
 /// How often each shard publishes its snapshot.
@@ -271,6 +272,8 @@ pub struct MetricsHub {
     shard_count: usize,
     serving: AtomicUsize,
     draining: AtomicBool,
+    /// KIP-714: the node's client-metrics subscription and what clients pushed.
+    pub client_telemetry: Arc<ClientTelemetry>,
 }
 
 impl MetricsHub {
@@ -288,7 +291,14 @@ impl MetricsHub {
             shard_count,
             serving: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            client_telemetry: Arc::new(ClientTelemetry::unsubscribed()),
         }
+    }
+
+    /// The hub with `telemetry` as the node's client-metrics subscription.
+    pub fn with_client_telemetry(mut self, telemetry: ClientTelemetry) -> MetricsHub {
+        self.client_telemetry = Arc::new(telemetry);
+        self
     }
 
     pub fn shard_count(&self) -> usize {
@@ -351,9 +361,35 @@ pub async fn publish_loop(
     }
 }
 
+/// Kafka's name for an error code (`NOT_LEADER_OR_FOLLOWER`, ...), or the number.
+pub fn kafka_error_name(code: i16) -> String {
+    let Some(error) = kafka_protocol::ResponseError::try_from_code(code) else {
+        return code.to_string();
+    };
+    let camel = format!("{error:?}");
+    if !camel.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return code.to_string(); // `Unknown(code)`: a code this Kafka version does not name
+    }
+    let mut snake = String::new();
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            snake.push('_');
+        }
+        snake.push(c.to_ascii_uppercase());
+    }
+    snake
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_codes_have_kafka_names() {
+        assert_eq!(kafka_error_name(6), "NOT_LEADER_OR_FOLLOWER");
+        assert_eq!(kafka_error_name(56), "KAFKA_STORAGE_ERROR");
+        assert_eq!(kafka_error_name(30_000), "30000");
+    }
 
     #[test]
     fn traffic_adds_up_per_partition() {

@@ -43,6 +43,8 @@ pub const IMPLEMENTED: &[ApiRange] = &[
     handlers::alter_configs::INCREMENTAL_RANGE,
     handlers::offset_delete::RANGE,
     handlers::describe_cluster::RANGE,
+    handlers::get_telemetry_subscriptions::RANGE,
+    handlers::push_telemetry::RANGE,
     handlers::list_config_resources::RANGE,
     handlers::describe_topic_partitions::RANGE,
 ];

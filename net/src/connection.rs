@@ -17,6 +17,9 @@
 //! Every answered request is timed (frame read to response ready) in the shard's metrics under
 //! its API; the connection counts as open there while it lives, and as failed if it ends on
 //! an error (`sluice_core::metrics`).
+//!
+//! Each request with a decodable header also gets a span (`request_trace`), free unless
+//! someone traces requests.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -29,14 +32,15 @@ use kafka_protocol::messages::{
     AlterConfigsRequest, ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest,
     DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest, DescribeClusterRequest,
     DescribeConfigsRequest, DescribeGroupsRequest, DescribeLogDirsRequest,
-    DescribeTopicPartitionsRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest,
-    IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
-    ListConfigResourcesRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest,
-    OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest,
-    ProduceRequest, RequestHeader, ResponseHeader, SyncGroupRequest,
+    DescribeTopicPartitionsRequest, FetchRequest, FindCoordinatorRequest,
+    GetTelemetrySubscriptionsRequest, HeartbeatRequest, IncrementalAlterConfigsRequest,
+    InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListConfigResourcesRequest,
+    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
+    OffsetDeleteRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest,
+    PushTelemetryRequest, RequestHeader, ResponseHeader, SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
-use tracing::{debug, warn};
+use tracing::{debug, warn, Instrument};
 
 use sluice_core::produce::{OrderLink, ProduceChain};
 
@@ -45,10 +49,12 @@ use crate::frame::{read_frame, FrameError};
 use crate::handlers::{
     alter_configs, api_versions, create_partitions, create_topics, delete_groups, delete_records,
     delete_topics, describe_cluster, describe_configs, describe_groups, describe_log_dirs,
-    describe_topic_partitions, fetch, find_coordinator, heartbeat, init_producer_id, join_group,
-    leave_group, list_config_resources, list_groups, list_offsets, metadata, offset_commit,
-    offset_delete, offset_fetch, offset_for_leader_epoch, produce, sync_group, Context,
+    describe_topic_partitions, fetch, find_coordinator, get_telemetry_subscriptions, heartbeat,
+    init_producer_id, join_group, leave_group, list_config_resources, list_groups, list_offsets,
+    metadata, offset_commit, offset_delete, offset_fetch, offset_for_leader_epoch, produce,
+    push_telemetry, sync_group, Context,
 };
+use crate::request_trace;
 
 /// Requests of one connection in progress at once.
 pub const PIPELINE_DEPTH: usize = 32;
@@ -186,6 +192,7 @@ pub async fn respond(mut frame: Bytes, ctx: &Context, link: OrderLink) -> Answer
     if frame.len() < 8 {
         return Err(RequestError::ShortHeader(frame.len()));
     }
+    let request_bytes = frame.len();
     let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
@@ -214,6 +221,36 @@ pub async fn respond(mut frame: Bytes, ctx: &Context, link: OrderLink) -> Answer
             }
         })?;
     debug!(?api, version, correlation_id, client_id = ?header.client_id, "request");
+    let span = request_trace::request_span(
+        api,
+        version,
+        correlation_id,
+        header.client_id.as_deref(),
+        ctx.shard.id,
+        request_bytes,
+    );
+    if span.is_disabled() {
+        return dispatch(api, version, &header, frame, ctx, link, &span).await;
+    }
+    let answer = dispatch(api, version, &header, frame, ctx, link, &span)
+        .instrument(span.clone())
+        .await;
+    request_trace::record_outcome(&span, &answer);
+    answer
+}
+
+/// Decodes the request body and answers it; `span` is the request's span (disabled unless
+/// someone traces requests).
+async fn dispatch(
+    api: ApiKey,
+    version: i16,
+    header: &RequestHeader,
+    mut frame: Bytes,
+    ctx: &Context,
+    link: OrderLink,
+    span: &tracing::Span,
+) -> Answer {
+    let correlation_id = header.correlation_id;
     match api {
         ApiKey::ApiVersions => {
             decode::<ApiVersionsRequest>(&mut frame, api, version)?;
@@ -271,20 +308,26 @@ pub async fn respond(mut frame: Bytes, ctx: &Context, link: OrderLink) -> Answer
         }
         ApiKey::Produce => {
             let request = decode::<ProduceRequest>(&mut frame, api, version)?;
-            match produce::handle(request, version, ctx, link).await {
+            request_trace::join_producer_traces(span, &request);
+            let (response, outcome) = produce::handle(request, version, ctx, link).await;
+            request_trace::record_partitions(span, outcome.partitions, outcome.first_error);
+            match response {
                 Some(response) => encode(api, version, correlation_id, &response).map(Some),
                 None => Ok(None),
             }
         }
         ApiKey::Fetch => {
             let request = decode::<FetchRequest>(&mut frame, api, version)?;
-            encode(
-                api,
-                version,
-                correlation_id,
-                &fetch::handle(request, version, ctx).await,
-            )
-            .map(Some)
+            let response = fetch::handle(request, version, ctx).await;
+            if !span.is_disabled() {
+                let partitions = response.responses.iter().flat_map(|t| &t.partitions);
+                let first_error = partitions
+                    .clone()
+                    .map(|p| p.error_code)
+                    .find(|&code| code != 0);
+                request_trace::record_partitions(span, partitions.count(), first_error);
+            }
+            encode(api, version, correlation_id, &response).map(Some)
         }
         ApiKey::InitProducerId => {
             let request = decode::<InitProducerIdRequest>(&mut frame, api, version)?;
@@ -400,6 +443,17 @@ pub async fn respond(mut frame: Bytes, ctx: &Context, link: OrderLink) -> Answer
         ApiKey::ListConfigResources => {
             let request = decode::<ListConfigResourcesRequest>(&mut frame, api, version)?;
             let response = list_config_resources::handle(request, version, ctx);
+            encode(api, version, correlation_id, &response).map(Some)
+        }
+        ApiKey::GetTelemetrySubscriptions => {
+            let request = decode::<GetTelemetrySubscriptionsRequest>(&mut frame, api, version)?;
+            let response = get_telemetry_subscriptions::handle(request, ctx);
+            encode(api, version, correlation_id, &response).map(Some)
+        }
+        ApiKey::PushTelemetry => {
+            let request = decode::<PushTelemetryRequest>(&mut frame, api, version)?;
+            let client_id = header.client_id.as_ref().map_or("", |c| c.as_str());
+            let response = push_telemetry::handle(request, client_id, ctx);
             encode(api, version, correlation_id, &response).map(Some)
         }
         ApiKey::DescribeTopicPartitions => {

@@ -21,6 +21,7 @@ pub mod authorized;
 pub mod connection;
 pub mod frame;
 mod handlers;
+pub mod request_trace;
 pub mod server;
 
 pub use server::{BrokerIdentity, ServerConfig};

@@ -244,6 +244,7 @@ pub fn run(
                 shard: shard.clone(),
                 broker: Rc::new(broker),
                 client_host: Rc::from(""),
+                client_telemetry: hub.client_telemetry.clone(),
             };
             let in_flight: crate::connection::InFlight = Rc::default();
             let publishing = {

@@ -267,3 +267,29 @@ pub fn admin_addr_in(log: &str) -> Option<SocketAddr> {
     let start = line.find("addr=")? + "addr=".len();
     line[start..].split_whitespace().next()?.parse().ok()
 }
+
+/// Fails unless Prometheus' own linter (`promtool check metrics`, Debian's `prometheus`
+/// package) accepts `exposition`.
+pub fn assert_promtool_accepts(exposition: &str) {
+    use std::io::Write;
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; scripts/test installs it)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let linted = promtool.wait_with_output().unwrap();
+    assert!(
+        linted.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&linted.stdout),
+        String::from_utf8_lossy(&linted.stderr)
+    );
+}

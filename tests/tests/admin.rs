@@ -279,27 +279,7 @@ fn metrics_count_what_real_clients_did_and_pass_promtool() {
     assert!(sample(&text, "sluice_disk_free_bytes").is_some_and(|b| b > 0.0));
 
     // Prometheus' own linter accepts the exposition.
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian's prometheus package; scripts/test installs it)");
-    use std::io::Write;
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let linted = promtool.wait_with_output().unwrap();
-    assert!(
-        linted.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&linted.stdout),
-        String::from_utf8_lossy(&linted.stderr)
-    );
+    sluice_tests::assert_promtool_accepts(&text);
 
     // The JSON API shows the same.
     let topics = get_json(admin, "/v1/topics");

@@ -1133,6 +1133,58 @@ fn cluster_cases(m: &mut Matrix) {
             }
         }
     }
+    let mut subscription = None;
+    for v in m.range(ApiKey::GetTelemetrySubscriptions) {
+        let new_client = GetTelemetrySubscriptionsRequest::default();
+        if let Some(r) = m.call::<_, GetTelemetrySubscriptionsResponse>(
+            ApiKey::GetTelemetrySubscriptions,
+            v,
+            "new client instance",
+            &new_client,
+        ) {
+            m.check(
+                r.error_code == 0
+                    && !r.client_instance_id.is_nil()
+                    && r.push_interval_ms > 0
+                    && !r.requested_metrics.is_empty(),
+                || format!("GetTelemetrySubscriptions v{v}: {r:?}"),
+            );
+            subscription = Some((r.client_instance_id, r.subscription_id));
+        }
+    }
+    for v in m.range(ApiKey::PushTelemetry) {
+        let Some((instance, subscription_id)) = subscription else {
+            m.failures
+                .push("PushTelemetry without GetTelemetrySubscriptions".into());
+            break;
+        };
+        let push = |subscription_id: i32, compression: i8, metrics: &'static [u8]| {
+            PushTelemetryRequest::default()
+                .with_client_instance_id(instance)
+                .with_subscription_id(subscription_id)
+                .with_compression_type(compression)
+                .with_metrics(Bytes::from_static(metrics))
+        };
+        // An empty MetricsData (no bytes) is valid protobuf: accepted.
+        for (what, request, code) in [
+            ("empty metrics", push(subscription_id, 0, b""), 0),
+            ("stale subscription", push(subscription_id ^ 1, 0, b""), 117),
+            ("unknown compression", push(subscription_id, 7, b""), 76),
+            (
+                "undecodable metrics",
+                push(subscription_id, 0, b"\xff\xff"),
+                87,
+            ),
+        ] {
+            if let Some(r) =
+                m.call::<_, PushTelemetryResponse>(ApiKey::PushTelemetry, v, what, &request)
+            {
+                m.check(r.error_code == code, || {
+                    format!("PushTelemetry v{v} {what}: code {}", r.error_code)
+                });
+            }
+        }
+    }
     for v in m.range(ApiKey::DescribeTopicPartitions) {
         let invalid = DescribeTopicPartitionsRequest::default()
             .with_topics(vec![

@@ -2,6 +2,9 @@
 //! function from the decoded request to the response.
 
 use std::rc::Rc;
+use std::sync::Arc;
+
+use sluice_core::client_telemetry::ClientTelemetry;
 
 use sluice_core::shard::Shard;
 
@@ -21,6 +24,7 @@ pub mod describe_log_dirs;
 pub mod describe_topic_partitions;
 pub mod fetch;
 pub mod find_coordinator;
+pub mod get_telemetry_subscriptions;
 pub mod heartbeat;
 pub mod init_producer_id;
 pub mod join_group;
@@ -34,6 +38,7 @@ pub mod offset_delete;
 pub mod offset_fetch;
 pub mod offset_for_leader_epoch;
 pub mod produce;
+pub mod push_telemetry;
 pub mod sync_group;
 
 /// What a handler can reach: this shard (and through it, every other) and who the broker is.
@@ -43,6 +48,8 @@ pub struct Context {
     pub broker: Rc<BrokerIdentity>,
     /// The peer's address (host part), as DescribeGroups shows it.
     pub client_host: Rc<str>,
+    /// KIP-714: the node's client-metrics subscription and what clients pushed.
+    pub client_telemetry: Arc<ClientTelemetry>,
 }
 
 /// Kafka's `ConfigSource`: 1 = set on the topic, 5 = the default.

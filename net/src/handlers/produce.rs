@@ -25,14 +25,21 @@ pub const RANGE: ApiRange = ApiRange {
 /// Produce v13 names topics by id (KIP-516).
 const TOPIC_IDS_FROM: i16 = 13;
 
-/// The response, or `None` for acks=0. The appends land after those of `link`'s previous
-/// request.
+/// What a Produce request did, for its span: partitions addressed, the first partition error.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Outcome {
+    pub partitions: usize,
+    pub first_error: Option<i16>,
+}
+
+/// The response (`None` for acks=0) and its outcome. The appends land after those of `link`'s
+/// previous request.
 pub async fn handle(
     request: ProduceRequest,
     version: i16,
     ctx: &Context,
     link: OrderLink,
-) -> Option<ProduceResponse> {
+) -> (Option<ProduceResponse>, Outcome) {
     let acks = Acks::from_wire(request.acks);
     let mut inputs = Vec::new();
     for topic in &request.topic_data {
@@ -63,8 +70,12 @@ pub async fn handle(
             .collect(),
     };
     count(ctx, &request, version, &outputs);
+    let outcome = Outcome {
+        partitions: outputs.len(),
+        first_error: outputs.iter().find_map(|o| o.error.map(|e| e.code())),
+    };
     if acks == Some(Acks::None) {
-        return None;
+        return (None, outcome);
     }
     let mut outputs = outputs.into_iter();
     let responses = request
@@ -103,7 +114,10 @@ pub async fn handle(
                 .with_partition_responses(partition_responses)
         })
         .collect();
-    Some(ProduceResponse::default().with_responses(responses))
+    (
+        Some(ProduceResponse::default().with_responses(responses)),
+        outcome,
+    )
 }
 
 /// Counts each partition's appended records and bytes, or its error, in the shard's metrics
