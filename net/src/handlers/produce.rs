@@ -124,13 +124,13 @@ pub async fn handle(
 /// (`outputs` in the request's partition order).
 fn count(ctx: &Context, request: &ProduceRequest, version: i16, outputs: &[ProduceOutput]) {
     let metrics = &ctx.shard.metrics;
-    let image = ctx.shard.image();
+    // Only topic ids need the catalog image to be named.
+    let image = (version >= TOPIC_IDS_FROM).then(|| ctx.shard.image());
     let mut outputs = outputs.iter();
     for topic in &request.topic_data {
-        let name = if version >= TOPIC_IDS_FROM {
-            image.topic_by_id(topic.topic_id).map(|t| t.name.as_str())
-        } else {
-            Some(topic.name.0.as_str())
+        let name = match &image {
+            Some(image) => image.topic_by_id(topic.topic_id).map(|t| t.name.as_str()),
+            None => Some(topic.name.0.as_str()),
         };
         for (partition, out) in topic.partition_data.iter().zip(outputs.by_ref()) {
             match (out.error, name, &partition.records) {
