@@ -310,17 +310,20 @@ pub fn prometheus_name(otlp_name: &str, kind: SeriesKind) -> String {
         .strip_prefix("org.apache.kafka.")
         .unwrap_or(otlp_name);
     let mut name = String::from("sluice_client_");
-    name.extend(
-        short
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }),
-    );
+    name.push_str(&underscored(short));
     if kind == SeriesKind::Counter {
         if let Some(stripped) = name.strip_suffix("_total") {
             name.truncate(stripped.len());
         }
     }
     name
+}
+
+/// `s` with every character Prometheus names do not allow turned into `_`.
+fn underscored(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
 }
 
 /// A data point's attributes as Prometheus label pairs: names sanitized, names that clash
@@ -336,11 +339,7 @@ fn labels_of(attributes: &[KeyValue]) -> Vec<(String, String)> {
                 any_value::Value::BoolValue(b) => b.to_string(),
                 _ => return None,
             };
-            let mut name: String = kv
-                .key
-                .chars()
-                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-                .collect();
+            let mut name = underscored(&kv.key);
             if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
                 name.insert(0, '_');
             }
@@ -489,6 +488,21 @@ mod tests {
         let mut last = push(&t, id, payload(1.0, 1.0));
         last.terminating = true;
         assert_eq!(t.push(last, soon), Ok(3));
+    }
+
+    #[test]
+    fn instances_beyond_the_cap_are_refused_until_some_expire() {
+        let t = ClientTelemetry::new(vec![String::new()], Duration::from_secs(10));
+        let now = Instant::now();
+        for _ in 0..CLIENTS_MAX {
+            assert_eq!(t.push(push(&t, Uuid::new_v4(), Bytes::new()), now), Ok(0));
+        }
+        let late = push(&t, Uuid::new_v4(), Bytes::new());
+        assert_eq!(t.push(late.clone(), now), Err(PushError::TooManyClients));
+        assert_eq!(PushError::TooManyClients.code(), 89);
+        // Three intervals later the silent ones are forgotten and the newcomer is taken.
+        assert_eq!(t.push(late, now + Duration::from_secs(30)), Ok(0));
+        assert_eq!(t.clients(now + Duration::from_secs(30)).len(), 1);
     }
 
     #[test]

@@ -100,6 +100,14 @@ fn bad_flags_and_values_are_named_with_exit_status_2() {
         (&["bench", "failover", "--kils", "3"][..], "--kils"),
         (&["chaos", "run", "--seed", "x"][..], "--seed"),
         (&["nonsense"][..], "nonsense"),
+        (
+            &["serve", "--otlp-endpoint", "grpc://127.0.0.1:4317"][..],
+            "otlp_endpoint",
+        ),
+        (
+            &["serve", "--client-metrics-interval-ms", "5"][..],
+            "client_metrics_interval_ms",
+        ),
     ] {
         let out = sluice(args);
         assert_eq!(out.status.code(), Some(2), "sluice {args:?}");
