@@ -18,6 +18,9 @@
 //!   offset), same layout as `log-start-offset` with its own magic.
 //! - `<first:020>.cleaned`: a compacted replacement for the sealed segments from `first` on,
 //!   being written. Debris of a crash: deleted on open, the old segments still stand.
+//! - `<first:020>.index.cleaned`: that replacement's index, written and fdatasync'ed before the
+//!   swap commits, renamed to `<first:020>.index` by the swap. Deleted on open like any
+//!   `.cleaned` file (a missing index is rebuilt by a scan).
 //! - `<first:020>-<end:020>.swap`: that replacement complete and durable, covering the segments
 //!   with base offsets in `[first, end)`. On open the swap is finished: those segments (and
 //!   `first`'s index) are deleted and the file is renamed to `<first:020>.log`.
@@ -69,6 +72,11 @@ pub fn active_index_file_name(base: Offset) -> String {
 
 pub fn cleaned_file_name(first: Offset) -> String {
     format!("{:020}{CLEANED_SUFFIX}", first.0)
+}
+
+/// The index of a compacted replacement, written before its swap commits.
+pub fn cleaned_index_file_name(first: Offset) -> String {
+    format!("{:020}{INDEX_SUFFIX}{CLEANED_SUFFIX}", first.0)
 }
 
 pub fn swap_file_name(first: Offset, end: Offset) -> String {

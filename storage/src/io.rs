@@ -163,29 +163,27 @@ pub async fn read_at(file: &DmaFile, path: &Path, pos: u64, len: usize) -> Resul
 pub async fn write_file_atomically(dir: &Path, name: &str, contents: &[u8]) -> Result<()> {
     let final_path = dir.join(name);
     let temp_path = dir.join(format!("{name}{TEMP_SUFFIX}"));
-    let io_err = |p: &PathBuf| {
-        let p = p.display().to_string();
-        move |e: glommio::GlommioError<()>| StorageError::io(p, e)
-    };
-    let file = BufferedFile::create(&temp_path)
+    write_file_durably(&temp_path, contents).await?;
+    glommio::io::rename(&temp_path, &final_path)
         .await
-        .map_err(io_err(&temp_path))?;
-    let written = file
-        .write_at(contents.to_vec(), 0)
-        .await
-        .map_err(io_err(&temp_path))?;
+        .map_err(|e| StorageError::io(final_path.display(), e))?;
+    sync_dir(dir).await
+}
+
+/// Creates (or replaces) `path` holding `contents`, durably written (fdatasync) but with its
+/// directory entry not yet synced: for a file a later rename and [`sync_dir`] publish.
+pub async fn write_file_durably(path: &Path, contents: &[u8]) -> Result<()> {
+    let io_err = |e: glommio::GlommioError<()>| StorageError::io(path.display(), e);
+    let file = BufferedFile::create(path).await.map_err(io_err)?;
+    let written = file.write_at(contents.to_vec(), 0).await.map_err(io_err)?;
     if written != contents.len() {
         return Err(StorageError::io(
-            temp_path.display(),
+            path.display(),
             std::io::Error::new(std::io::ErrorKind::WriteZero, "short write"),
         ));
     }
-    file.fdatasync().await.map_err(io_err(&temp_path))?;
-    file.close().await.map_err(io_err(&temp_path))?;
-    glommio::io::rename(&temp_path, &final_path)
-        .await
-        .map_err(io_err(&final_path))?;
-    sync_dir(dir).await
+    file.fdatasync().await.map_err(io_err)?;
+    file.close().await.map_err(io_err)
 }
 
 /// Makes the directory's entries (creations, renames, removals) durable.

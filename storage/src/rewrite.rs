@@ -2,14 +2,19 @@
 //! replacement segment, the I/O budget that paces the work, and the crash-safe swap.
 //!
 //! The swap protocol (the files are named in `format`):
-//! 1. the replacement is written to `<first>.cleaned` and fdatasync'ed;
-//! 2. it is renamed to `<first>-<end>.swap` and the directory synced: the commit point;
-//! 3. the replaced segments (bases in `[first, end)`) and their indexes are deleted, the swap
-//!    file is renamed to `<first>.log`, its index written, the directory synced.
+//! 1. the replacement is written to `<first>.cleaned` and its index to `<first>.index.cleaned`,
+//!    both fdatasync'ed;
+//! 2. the replacement is renamed to `<first>-<end>.swap` and the directory synced: the commit
+//!    point;
+//! 3. under the log's io lock, without awaiting anything (the shard's durability rounds wait
+//!    for that lock): the replaced segments (bases in `[first, end)`) and their indexes are
+//!    deleted, the index renamed over `<first>.index`, the swap file renamed to `<first>.log`,
+//!    the log's segment list changed; then, outside the lock, the directory synced.
 //!
-//! A crash before 2 leaves a `.cleaned` file, which [`finish_interrupted_swaps`] deletes (the old
-//! segments stand); a crash after 2 leaves a `.swap` file, which it completes (step 3). Either way
-//! every offset is served from exactly one file, so a reader never sees a record twice.
+//! A crash before 2 leaves `.cleaned` files, which [`finish_interrupted_swaps`] deletes (the old
+//! segments stand); a crash after 2 leaves a `.swap` file, which it completes (step 3, with
+//! `first`'s index deleted and rebuilt by a scan at open). Either way every offset is served
+//! from exactly one file, so a reader never sees a record twice.
 
 use std::path::Path;
 use std::time::{Duration, Instant};

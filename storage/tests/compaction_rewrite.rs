@@ -217,21 +217,56 @@ fn a_crash_before_the_swap_commits_keeps_the_old_segments_and_after_it_the_new_o
         .collect();
     assert!(inner.len() >= 2);
 
-    // Killed while writing the replacement: it is debris, the old segments stand.
+    let new_index: PathBuf = compacted.path().join(format!("{:020}.index", first.0));
+
+    // Killed while writing the replacement or its index: they are debris, the old segments
+    // stand.
+    for with_index in [false, true] {
+        let crashed = tempfile::tempdir().unwrap();
+        copy_dir(original.path(), crashed.path());
+        std::fs::copy(
+            &replacement,
+            crashed.path().join(format!("{:020}.cleaned", first.0)),
+        )
+        .unwrap();
+        if with_index {
+            std::fs::copy(
+                &new_index,
+                crashed.path().join(format!("{:020}.index.cleaned", first.0)),
+            )
+            .unwrap();
+        }
+        assert_eq!(open_records(crashed.path()).0, old_records, "{with_index}");
+        assert!(!names(crashed.path())
+            .iter()
+            .any(|n| n.ends_with(".cleaned")));
+    }
+
+    // Killed in the swap's renames after the new index replaced `first`'s old one, with the
+    // swap file still there: the swap is finished, the index (whichever) rebuilt.
     let crashed = tempfile::tempdir().unwrap();
     copy_dir(original.path(), crashed.path());
     std::fs::copy(
         &replacement,
-        crashed.path().join(format!("{:020}.cleaned", first.0)),
+        crashed
+            .path()
+            .join(format!("{:020}-{:020}.swap", first.0, end.0)),
     )
     .unwrap();
-    assert_eq!(open_records(crashed.path()).0, old_records);
-    assert!(!names(crashed.path())
-        .iter()
-        .any(|n| n.ends_with(".cleaned")));
+    for base in &inner {
+        std::fs::remove_file(crashed.path().join(format!("{base:020}.log"))).unwrap();
+        std::fs::remove_file(crashed.path().join(format!("{base:020}.index"))).unwrap();
+    }
+    std::fs::copy(
+        &new_index,
+        crashed.path().join(format!("{:020}.index", first.0)),
+    )
+    .unwrap();
+    assert_eq!(open_records(crashed.path()).0, new_records);
 
-    // Killed right after the commit (the swap file is there, nothing deleted yet), and killed
-    // halfway through deleting the old segments: both finish the swap.
+    // Killed right after the commit (the swap file and the new index beside it are there,
+    // nothing deleted yet), and killed halfway through deleting the old segments: both finish
+    // the swap.
     for deleted_before_crash in [0, inner.len() / 2] {
         let crashed = tempfile::tempdir().unwrap();
         copy_dir(original.path(), crashed.path());
@@ -240,6 +275,11 @@ fn a_crash_before_the_swap_commits_keeps_the_old_segments_and_after_it_the_new_o
             crashed
                 .path()
                 .join(format!("{:020}-{:020}.swap", first.0, end.0)),
+        )
+        .unwrap();
+        std::fs::copy(
+            &new_index,
+            crashed.path().join(format!("{:020}.index.cleaned", first.0)),
         )
         .unwrap();
         for base in &inner[..deleted_before_crash] {
@@ -252,9 +292,55 @@ fn a_crash_before_the_swap_commits_keeps_the_old_segments_and_after_it_the_new_o
             "{deleted_before_crash} deleted"
         );
         let left = names(crashed.path());
-        assert!(!left.iter().any(|n| n.ends_with(".swap")), "{left:?}");
+        assert!(
+            !left
+                .iter()
+                .any(|n| n.ends_with(".swap") || n.ends_with(".cleaned")),
+            "{left:?}"
+        );
         for base in &inner {
             assert!(!left.contains(&format!("{base:020}.log")), "{left:?}");
         }
     }
+}
+
+/// A compacted topic deleted (or the broker stopped) while its cleaner rewrites: the log closes
+/// under the rewrite, which must then give up with `Closed`. It used to index the closed log's
+/// (empty) segment list and panic, which took the whole shard down.
+#[test]
+fn a_log_closed_while_a_rewrite_runs_ends_the_rewrite_with_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let latest = write_keyed_log(dir.path());
+    let path = dir.path().to_path_buf();
+    let (rewritten, sealed_after_close) = run(move || async move {
+        let log = std::rc::Rc::new(Log::open(&path, small_config()).await.unwrap());
+        let sealed = log.sealed_segments();
+        let (first, end) = (sealed[0].base_offset, sealed.last().unwrap().next_offset);
+        let rewriting = glommio::spawn_local({
+            let log = log.clone();
+            async move {
+                log.rewrite_segments(first, end, &mut IoBudget::new(None), |batch, info, _| {
+                    latest_only(&latest, batch, info.base_offset.0, info.record_count)
+                })
+                .await
+            }
+        });
+        // Let the rewrite start (it is reading and writing the replacement), then close.
+        glommio::executor().yield_task_queue_now().await;
+        log.close().await.unwrap();
+        (rewriting.await, log.sealed_segments().len())
+    });
+    assert!(
+        matches!(rewritten, Err(sluice_storage::StorageError::Closed)),
+        "{rewritten:?}"
+    );
+    assert_eq!(sealed_after_close, 0);
+    // Whatever the rewrite left behind is finished or cleared at the next open, and the log
+    // reads as before or as compacted: each key's latest record is there.
+    let (records, _) = open_records(dir.path());
+    let keys: std::collections::HashSet<&Vec<u8>> = records.iter().map(|(_, k)| k).collect();
+    assert_eq!(keys.len() as u64, KEYS);
+    assert!(!names(dir.path())
+        .iter()
+        .any(|n| n.ends_with(".cleaned") || n.ends_with(".swap")));
 }
