@@ -14,6 +14,14 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<String>,
+    listeners: Option<String>,
+    advertised_listeners: Option<String>,
+    listener_security_protocol_map: Option<String>,
+    ssl_certificate: Option<PathBuf>,
+    ssl_key: Option<PathBuf>,
+    ssl_client_ca: Option<PathBuf>,
+    ssl_client_auth: Option<String>,
+    ssl_principal_mapping_rules: Option<String>,
     admin_listen: Option<String>,
     metrics_per_partition: Option<bool>,
     otlp_endpoint: Option<String>,
@@ -64,7 +72,13 @@ pub struct ClusterConfig {
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
-    pub listen: SocketAddr,
+    /// Every Kafka listener (`listeners`; one PLAINTEXT listener on `listen` by default).
+    pub listeners: Vec<sluice_net::Listener>,
+    /// Where clients reach each listener (`advertised_listeners`, `advertised_host`/`_port`
+    /// for the first, otherwise the listener's own address).
+    pub endpoints: Vec<sluice_net::Endpoint>,
+    /// The SSL listeners' TLS configuration, loaded (`None` without an SSL listener).
+    pub tls: Option<std::sync::Arc<sluice_net::tls::TlsServer>>,
     /// The admin HTTP listener: `/metrics`, readiness, health, the JSON API.
     pub admin_listen: SocketAddr,
     /// `/metrics` series per partition as well as per topic.
@@ -78,11 +92,6 @@ pub struct BrokerConfig {
     pub client_metrics: Vec<String>,
     /// KIP-714: how often subscribed clients push.
     pub client_metrics_interval: Duration,
-    /// Host put in Metadata responses; the listen address's IP by default.
-    pub advertised_host: String,
-    /// Port put in Metadata responses; the listen port by default (differs behind a proxy or
-    /// NAT).
-    pub advertised_port: u16,
     pub data_dir: PathBuf,
     pub cores: usize,
     /// Leave the shards' threads to the OS scheduler instead of pinning each to a CPU (a node
@@ -177,6 +186,54 @@ const FIELDS: &[(&str, &str, &str, &str)] = &[
         "--listen",
         "SLUICE_LISTEN",
         "Kafka listener every shard accepts on [default: 127.0.0.1:9092]",
+    ),
+    (
+        "listeners",
+        "--listeners",
+        "SLUICE_LISTENERS",
+        "Kafka listeners as NAME://host:port, comma-separated (Kafka's listeners), instead of --listen [default: PLAINTEXT://<listen>]",
+    ),
+    (
+        "advertised_listeners",
+        "--advertised-listeners",
+        "SLUICE_ADVERTISED_LISTENERS",
+        "Addresses named in Metadata per listener, NAME://host:port [default: each listener's own; the first's from --advertised-host/--advertised-port]",
+    ),
+    (
+        "listener_security_protocol_map",
+        "--listener-security-protocol-map",
+        "SLUICE_LISTENER_SECURITY_PROTOCOL_MAP",
+        "NAME:PROTOCOL pairs (PLAINTEXT or SSL) for listeners not named after their protocol [default: PLAINTEXT:PLAINTEXT,SSL:SSL]",
+    ),
+    (
+        "ssl_certificate",
+        "--ssl-certificate",
+        "SLUICE_SSL_CERTIFICATE",
+        "PEM file with the SSL listeners' certificate chain, leaf first; re-read on SIGHUP",
+    ),
+    (
+        "ssl_key",
+        "--ssl-key",
+        "SLUICE_SSL_KEY",
+        "PEM file with the certificate's private key; re-read on SIGHUP",
+    ),
+    (
+        "ssl_client_ca",
+        "--ssl-client-ca",
+        "SLUICE_SSL_CLIENT_CA",
+        "PEM file with the CAs client certificates must chain to; re-read on SIGHUP",
+    ),
+    (
+        "ssl_client_auth",
+        "--ssl-client-auth",
+        "SLUICE_SSL_CLIENT_AUTH",
+        "Client certificates: none, requested or required (Kafka's ssl.client.auth) [default: none]",
+    ),
+    (
+        "ssl_principal_mapping_rules",
+        "--ssl-principal-mapping-rules",
+        "SLUICE_SSL_PRINCIPAL_MAPPING_RULES",
+        "Kafka's ssl.principal.mapping.rules: RULE:pattern/replacement/[LU] and DEFAULT, comma-separated [default: DEFAULT]",
     ),
     (
         "admin_listen",
@@ -570,8 +627,37 @@ impl BrokerConfig {
             origin: "default".into(),
         };
 
-        let raw = pick("listen", file.listen).unwrap_or_else(|| default("127.0.0.1:9092"));
-        let listen: SocketAddr = parse("listen", &raw)?;
+        let listen_raw = pick("listen", file.listen);
+        let listeners = match pick("listeners", file.listeners) {
+            Some(raw) => {
+                if listen_raw.is_some() {
+                    return Err(invalid(
+                        "listeners",
+                        &raw,
+                        "set either listen or listeners, not both".into(),
+                    ));
+                }
+                let protocols = match pick(
+                    "listener_security_protocol_map",
+                    file.listener_security_protocol_map,
+                ) {
+                    Some(map) => parse_protocol_map(&map.value)
+                        .map_err(|e| invalid("listener_security_protocol_map", &map, e))?,
+                    None => Vec::new(),
+                };
+                parse_listeners(&raw.value, &protocols)
+                    .map_err(|e| invalid("listeners", &raw, e))?
+            }
+            None => {
+                let raw = listen_raw.unwrap_or_else(|| default("127.0.0.1:9092"));
+                vec![sluice_net::Listener {
+                    name: "PLAINTEXT".into(),
+                    protocol: sluice_net::SecurityProtocol::Plaintext,
+                    address: parse("listen", &raw)?,
+                }]
+            }
+        };
+        let listen = listeners[0].address;
 
         let advertised_host = pick("advertised_host", file.advertised_host)
             .map(|r| r.value)
@@ -589,6 +675,103 @@ impl BrokerConfig {
                 port
             }
             None => listen.port(),
+        };
+        let mut endpoints: Vec<sluice_net::Endpoint> = listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| sluice_net::Endpoint {
+                listener: l.name.clone(),
+                host: if i == 0 {
+                    advertised_host.clone()
+                } else {
+                    l.address.ip().to_string()
+                },
+                port: if i == 0 {
+                    advertised_port
+                } else {
+                    l.address.port()
+                },
+            })
+            .collect();
+        if let Some(raw) = pick("advertised_listeners", file.advertised_listeners) {
+            for (name, host, port) in parse_advertised(&raw.value)
+                .map_err(|e| invalid("advertised_listeners", &raw, e))?
+            {
+                let Some(endpoint) = endpoints.iter_mut().find(|e| e.listener == name) else {
+                    return Err(invalid(
+                        "advertised_listeners",
+                        &raw,
+                        format!("{name} is not one of the listeners"),
+                    ));
+                };
+                endpoint.host = host;
+                endpoint.port = port;
+            }
+        }
+
+        let ssl_listener = listeners
+            .iter()
+            .find(|l| l.protocol == sluice_net::SecurityProtocol::Ssl);
+        let certificate = pick(
+            "ssl_certificate",
+            file.ssl_certificate.map(|p| p.display().to_string()),
+        );
+        let key = pick("ssl_key", file.ssl_key.map(|p| p.display().to_string()));
+        let client_ca = pick(
+            "ssl_client_ca",
+            file.ssl_client_ca.map(|p| p.display().to_string()),
+        );
+        let client_auth = match pick("ssl_client_auth", file.ssl_client_auth) {
+            Some(raw) => parse::<sluice_net::tls::ClientAuth>("ssl_client_auth", &raw)?,
+            None => sluice_net::tls::ClientAuth::None,
+        };
+        let principal_rules = match pick(
+            "ssl_principal_mapping_rules",
+            file.ssl_principal_mapping_rules,
+        ) {
+            Some(raw) => parse("ssl_principal_mapping_rules", &raw)?,
+            None => sluice_net::tls::PrincipalRules::default(),
+        };
+        let tls = match (ssl_listener, certificate, key) {
+            (None, _, _) => None,
+            (Some(l), None, _) => {
+                return Err(ConfigError {
+                    field: "ssl_certificate",
+                    origin: "default".into(),
+                    reason: format!("must be set: listener {} is SSL", l.name),
+                })
+            }
+            (Some(l), Some(_), None) => {
+                return Err(ConfigError {
+                    field: "ssl_key",
+                    origin: "default".into(),
+                    reason: format!("must be set: listener {} is SSL", l.name),
+                })
+            }
+            (Some(_), Some(certificate), Some(key)) => {
+                let settings = sluice_net::tls::TlsSettings {
+                    certificate: PathBuf::from(certificate.value.trim()),
+                    key: PathBuf::from(key.value.trim()),
+                    client_ca: client_ca.as_ref().map(|c| PathBuf::from(c.value.trim())),
+                    client_auth,
+                    principal_rules,
+                };
+                let loaded = sluice_net::tls::TlsServer::load(settings).map_err(|e| {
+                    let origin = match e.field {
+                        "ssl_key" => key.origin.clone(),
+                        "ssl_client_ca" => client_ca
+                            .as_ref()
+                            .map_or_else(|| "default".into(), |c| c.origin.clone()),
+                        _ => certificate.origin.clone(),
+                    };
+                    ConfigError {
+                        field: e.field,
+                        origin,
+                        reason: e.reason,
+                    }
+                })?;
+                Some(std::sync::Arc::new(loaded))
+            }
         };
 
         let raw = pick("data_dir", file.data_dir.map(|p| p.display().to_string()))
@@ -920,15 +1103,15 @@ impl BrokerConfig {
         let fetch_session_eviction_ms: u64 = parse("fetch_session_eviction_ms", &raw)?;
 
         Ok(BrokerConfig {
-            listen,
+            listeners,
+            endpoints,
+            tls,
             admin_listen,
             metrics_per_partition,
             otlp_endpoint,
             otlp_sample_ratio,
             client_metrics,
             client_metrics_interval,
-            advertised_host,
-            advertised_port,
             data_dir,
             cores,
             overprovisioned,
@@ -953,6 +1136,110 @@ impl BrokerConfig {
             fetch_session_eviction_ms,
         })
     }
+}
+
+/// `NAME://host:port` split in its parts (the host may be empty: all interfaces).
+fn split_listener(entry: &str) -> Result<(String, &str, u16), String> {
+    let (name, address) = entry
+        .trim()
+        .split_once("://")
+        .ok_or_else(|| format!("{entry:?} is not NAME://host:port"))?;
+    let name = name.trim().to_ascii_uppercase();
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!(
+            "{name:?}: a listener name is letters, digits and _"
+        ));
+    }
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{entry:?} has no port"))?;
+    let port: u16 = port.parse().map_err(|e| format!("{entry:?}: port: {e}"))?;
+    Ok((name, host.trim_matches(|c| c == '[' || c == ']'), port))
+}
+
+/// The security protocol of a listener called `name`: as `map` says, else its own name when
+/// that is a protocol.
+fn protocol_of(
+    name: &str,
+    map: &[(String, String)],
+) -> Result<sluice_net::SecurityProtocol, String> {
+    let protocol = map
+        .iter()
+        .find(|(n, _)| n == name)
+        .map_or(name, |(_, p)| p.as_str());
+    match protocol {
+        "PLAINTEXT" => Ok(sluice_net::SecurityProtocol::Plaintext),
+        "SSL" => Ok(sluice_net::SecurityProtocol::Ssl),
+        "SASL_PLAINTEXT" | "SASL_SSL" => Err(format!(
+            "listener {name}: {protocol} is not supported yet (SASL is not built)"
+        )),
+        _ => Err(format!(
+            "listener {name} has no security protocol: name it PLAINTEXT or SSL, or map it in listener_security_protocol_map"
+        )),
+    }
+}
+
+/// `INTERNAL:PLAINTEXT,EXTERNAL:SSL`.
+fn parse_protocol_map(raw: &str) -> Result<Vec<(String, String)>, String> {
+    raw.split(',')
+        .filter(|e| !e.trim().is_empty())
+        .map(|entry| {
+            let (name, protocol) = entry
+                .split_once(':')
+                .ok_or_else(|| format!("{entry:?} is not NAME:PROTOCOL"))?;
+            Ok((
+                name.trim().to_ascii_uppercase(),
+                protocol.trim().to_ascii_uppercase(),
+            ))
+        })
+        .collect()
+}
+
+/// `PLAINTEXT://127.0.0.1:9092,SSL://0.0.0.0:9093`: distinct names and addresses, at least one.
+fn parse_listeners(
+    raw: &str,
+    protocols: &[(String, String)],
+) -> Result<Vec<sluice_net::Listener>, String> {
+    let mut listeners: Vec<sluice_net::Listener> = Vec::new();
+    for entry in raw.split(',').filter(|e| !e.trim().is_empty()) {
+        let (name, host, port) = split_listener(entry)?;
+        let ip: std::net::IpAddr = if host.is_empty() {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            host.parse()
+                .map_err(|e| format!("{entry:?}: an IP address to bind to: {e}"))?
+        };
+        let address = SocketAddr::new(ip, port);
+        if listeners.iter().any(|l| l.name == name) {
+            return Err(format!("listener {name} is named twice"));
+        }
+        if listeners.iter().any(|l| l.address == address) {
+            return Err(format!("{address} is used by two listeners"));
+        }
+        listeners.push(sluice_net::Listener {
+            protocol: protocol_of(&name, protocols)?,
+            name,
+            address,
+        });
+    }
+    if listeners.is_empty() {
+        return Err("no listener".into());
+    }
+    Ok(listeners)
+}
+
+/// `EXTERNAL://broker1.example.com:9093,...`: (name, host, port), the host any name.
+fn parse_advertised(raw: &str) -> Result<Vec<(String, String, u16)>, String> {
+    raw.split(',')
+        .filter(|e| !e.trim().is_empty())
+        .map(|entry| {
+            let (name, host, port) = split_listener(entry)?;
+            if host.is_empty() || port == 0 {
+                return Err(format!("{entry:?}: clients need a host and a port"));
+            }
+            Ok((name, host.to_string(), port))
+        })
+        .collect()
 }
 
 /// `1@127.0.0.1:19092,2@127.0.0.1:19192`: node ids (distinct, ≥ 0) and RPC addresses.
@@ -1006,9 +1293,11 @@ mod tests {
     #[test]
     fn defaults() {
         let c = BrokerConfig::load(&flags(&[]), no_env).unwrap();
-        assert_eq!(c.listen, "127.0.0.1:9092".parse().unwrap());
+        assert_eq!(c.listeners[0].address, "127.0.0.1:9092".parse().unwrap());
+        assert_eq!(c.listeners[0].name, "PLAINTEXT");
         assert_eq!(c.data_dir, PathBuf::from("./data"));
-        assert_eq!(c.advertised_host, "127.0.0.1");
+        assert_eq!(c.endpoints[0].host, "127.0.0.1");
+        assert!(c.tls.is_none());
         assert!(c.cores >= 1);
         assert_eq!(c.otlp_endpoint, None);
         assert_eq!(
@@ -1049,9 +1338,121 @@ mod tests {
             env,
         )
         .unwrap();
-        assert_eq!(c.listen.port(), 3333, "flag wins");
+        assert_eq!(c.listeners[0].address.port(), 3333, "flag wins");
         assert_eq!(c.node_id, 4, "environment beats the file");
         assert_eq!(c.cores, 1, "the file beats the default");
+    }
+
+    #[test]
+    fn listeners_are_named_mapped_and_advertised() {
+        let c = BrokerConfig::load(
+            &flags(&[
+                "--listeners",
+                "PLAINTEXT://127.0.0.1:9092, internal://:9094",
+                "--listener-security-protocol-map",
+                "INTERNAL:PLAINTEXT",
+                "--advertised-listeners",
+                "INTERNAL://broker-1.internal:19094",
+            ]),
+            no_env,
+        )
+        .unwrap();
+        let names: Vec<_> = c.listeners.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["PLAINTEXT", "INTERNAL"]);
+        assert_eq!(c.listeners[1].address, "0.0.0.0:9094".parse().unwrap());
+        assert_eq!(
+            c.endpoints[1],
+            sluice_net::Endpoint {
+                listener: "INTERNAL".into(),
+                host: "broker-1.internal".into(),
+                port: 19094
+            }
+        );
+        assert_eq!(
+            (c.endpoints[0].host.as_str(), c.endpoints[0].port),
+            ("127.0.0.1", 9092)
+        );
+    }
+
+    #[test]
+    fn bad_listeners_are_refused_naming_the_field() {
+        let field = |words: &[&str]| {
+            BrokerConfig::load(&flags(words), no_env)
+                .map(|_| ())
+                .unwrap_err()
+                .field
+        };
+        for (words, expected) in [
+            (&["--listeners", "PLAINTEXT:/127.0.0.1:1"][..], "listeners"),
+            (
+                &[
+                    "--listeners",
+                    "PLAINTEXT://127.0.0.1:1,PLAINTEXT://127.0.0.1:2",
+                ],
+                "listeners",
+            ),
+            (
+                &["--listeners", "PLAINTEXT://127.0.0.1:1,SSL://127.0.0.1:1"],
+                "listeners",
+            ),
+            (&["--listeners", "EXTERNAL://127.0.0.1:1"], "listeners"),
+            (&["--listeners", "SASL_SSL://127.0.0.1:1"], "listeners"),
+            (&["--listeners", "PLAINTEXT://somehost:1"], "listeners"),
+            (
+                &[
+                    "--listeners",
+                    "PLAINTEXT://127.0.0.1:1",
+                    "--listen",
+                    "127.0.0.1:2",
+                ],
+                "listeners",
+            ),
+            (
+                &[
+                    "--listeners",
+                    "A://127.0.0.1:1",
+                    "--listener-security-protocol-map",
+                    "A",
+                ],
+                "listener_security_protocol_map",
+            ),
+            (
+                &["--advertised-listeners", "SSL://h:1"],
+                "advertised_listeners",
+            ),
+            (
+                &["--advertised-listeners", "PLAINTEXT://:1"],
+                "advertised_listeners",
+            ),
+            (&["--listeners", "SSL://127.0.0.1:1"], "ssl_certificate"),
+            (
+                &[
+                    "--listeners",
+                    "SSL://127.0.0.1:1",
+                    "--ssl-certificate",
+                    "/nonexistent.pem",
+                ],
+                "ssl_key",
+            ),
+            (
+                &[
+                    "--listeners",
+                    "SSL://127.0.0.1:1",
+                    "--ssl-certificate",
+                    "/nonexistent.pem",
+                    "--ssl-key",
+                    "/k.pem",
+                ],
+                "ssl_certificate",
+            ),
+            (&["--ssl-client-auth", "always"], "ssl_client_auth"),
+            (
+                &["--ssl-principal-mapping-rules", "RULE:x"],
+                "ssl_principal_mapping_rules",
+            ),
+        ] {
+            assert_eq!(field(words), expected, "{words:?}");
+        }
     }
 
     #[test]

@@ -234,6 +234,12 @@ fn serve(args: &config::ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    if let Some(tls) = config.tls.clone() {
+        if let Err(e) = reload_tls_on_sighup(tls) {
+            eprintln!("sluice serve: cannot install a handler for SIGHUP: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let loaded = match &config.cluster {
         None => sluice_core::catalog::Catalog::load(&config.data_dir),
         Some(_) => sluice_core::catalog::Catalog::for_cluster(&config.data_dir),
@@ -269,8 +275,7 @@ fn serve(args: &config::ServeArgs) -> ExitCode {
             node_id: config.node_id,
             rpc_listen: cluster.rpc_listen,
             seeds: cluster.seeds.clone(),
-            advertised_host: config.advertised_host.clone(),
-            advertised_port: config.advertised_port,
+            endpoints: config.endpoints.clone(),
             rack: None,
             tick: cluster.raft_tick,
             replica: sluice_replication::ReplicaConfig::default(),
@@ -278,7 +283,8 @@ fn serve(args: &config::ServeArgs) -> ExitCode {
             replica_lag: cluster.replica_lag,
         });
     let server = sluice_net::ServerConfig {
-        listen: config.listen,
+        listeners: config.listeners.clone(),
+        tls: config.tls.clone(),
         frame_bytes_max: config.frame_bytes_max,
         shards: config.cores,
         pin_shards: !config.overprovisioned,
@@ -333,8 +339,7 @@ fn serve(args: &config::ServeArgs) -> ExitCode {
     }
     let broker = sluice_net::BrokerIdentity {
         node_id: config.node_id,
-        advertised_host: config.advertised_host.clone(),
-        advertised_port: config.advertised_port,
+        endpoints: config.endpoints.clone(),
         cluster_id,
         static_configs: static_broker_configs(&config),
     };
@@ -378,6 +383,24 @@ fn prepare_single_node(
     Ok(())
 }
 
+/// Re-reads the SSL listeners' certificate, key and client CA on every SIGHUP (rotated
+/// certificates without a restart): new connections use the new files, open ones are left as
+/// they are; files that do not load leave the old configuration in force, with an error logged.
+fn reload_tls_on_sighup(tls: Arc<sluice_net::tls::TlsServer>) -> std::io::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
+    std::thread::Builder::new()
+        .name("sluice-sighup".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                match tls.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate, key and client CA reloaded"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: TLS files not reloaded; the previous ones stay in force"),
+                }
+            }
+        })?;
+    Ok(())
+}
+
 /// The start-up settings under Kafka's broker config names, as DescribeConfigs shows them
 /// (read-only): tools read `advertised.listeners` and `log.dirs` from there.
 fn static_broker_configs(
@@ -395,21 +418,42 @@ fn static_broker_configs(
         ),
         (
             "listeners",
-            format!("PLAINTEXT://{}", config.listen),
+            config
+                .listeners
+                .iter()
+                .map(|l| format!("{}://{}", l.name, l.address))
+                .collect::<Vec<_>>()
+                .join(","),
             ConfigType::List,
         ),
         (
             "advertised.listeners",
-            format!(
-                "PLAINTEXT://{}:{}",
-                config.advertised_host, config.advertised_port
-            ),
+            config
+                .endpoints
+                .iter()
+                .map(|e| format!("{}://{}:{}", e.listener, e.host, e.port))
+                .collect::<Vec<_>>()
+                .join(","),
             ConfigType::List,
         ),
         (
             "listener.security.protocol.map",
-            "PLAINTEXT:PLAINTEXT".into(),
+            config
+                .listeners
+                .iter()
+                .map(|l| format!("{}:{}", l.name, l.protocol.kafka_name()))
+                .collect::<Vec<_>>()
+                .join(","),
             ConfigType::List,
+        ),
+        (
+            "ssl.client.auth",
+            config
+                .tls
+                .as_ref()
+                .map_or("none", |t| t.client_auth_name())
+                .into(),
+            ConfigType::String,
         ),
         (
             "inter.broker.listener.name",

@@ -53,7 +53,7 @@ use uuid::Uuid;
 use crate::catalog::Catalog;
 use crate::cluster_controller::ControllerState;
 use crate::cluster_metadata::{
-    encode_command, BrokerRegistration, ClusterImage, MetadataCommand, Refused,
+    encode_command, BrokerRegistration, ClusterImage, Endpoint, MetadataCommand, Refused,
 };
 use crate::partition::AppendError;
 use crate::shard::{PartitionKey, Shard};
@@ -66,9 +66,8 @@ pub struct ClusterSettings {
     pub rpc_listen: SocketAddr,
     /// The controller's voters: node id -> shard 0's RPC address (this node among them or not).
     pub seeds: BTreeMap<i32, SocketAddr>,
-    /// Where Kafka clients reach this node.
-    pub advertised_host: String,
-    pub advertised_port: u16,
+    /// Where Kafka clients reach this node, one entry per listener (the first is the default).
+    pub endpoints: Vec<Endpoint>,
     pub rack: Option<String>,
     /// One Raft tick.
     pub tick: Duration,
@@ -102,11 +101,13 @@ impl ClusterSettings {
     }
 
     fn registration(&self) -> BrokerRegistration {
+        let first = self.endpoints.first();
         BrokerRegistration {
             node_id: self.node_id,
-            host: self.advertised_host.clone(),
-            port: self.advertised_port,
+            host: first.map_or_else(String::new, |e| e.host.clone()),
+            port: first.map_or(0, |e| e.port),
             rack: self.rack.clone(),
+            endpoints: self.endpoints.clone(),
         }
     }
 }

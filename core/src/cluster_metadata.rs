@@ -19,14 +19,42 @@ use uuid::Uuid;
 
 use crate::topics::Topic;
 
+/// Where Kafka clients reach a broker through one of its listeners (Kafka's
+/// `advertised.listeners` entry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// The listener's name (`PLAINTEXT`, `SSL`, or an operator's own).
+    pub listener: String,
+    pub host: String,
+    pub port: u16,
+}
+
 /// A broker as it announced itself to the controller.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BrokerRegistration {
     pub node_id: i32,
-    /// Where Kafka clients reach it (its advertised listener).
+    /// Where Kafka clients reach it: its first advertised listener.
     pub host: String,
     pub port: u16,
     pub rack: Option<String>,
+    /// Every advertised listener (registrations written before listeners had names have none:
+    /// `host`/`port` then serve every listener).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl BrokerRegistration {
+    /// Where a client that came in on `listener` reaches this broker; `None` when the broker
+    /// has no such listener (Kafka then leaves the broker out of that client's Metadata).
+    pub fn endpoint(&self, listener: &str) -> Option<(&str, u16)> {
+        if self.endpoints.is_empty() {
+            return Some((&self.host, self.port));
+        }
+        self.endpoints
+            .iter()
+            .find(|e| e.listener == listener)
+            .map(|e| (e.host.as_str(), e.port))
+    }
 }
 
 /// A topic and where its partitions live.
@@ -297,6 +325,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port: 9092 + id as u16,
             rack: None,
+            endpoints: Vec::new(),
         })
     }
 
@@ -374,6 +403,7 @@ mod tests {
             host: "h".into(),
             port: 1,
             rack: None,
+            endpoints: Vec::new(),
         });
         assert_eq!(image.apply(7, &nobody), Err(Refused::BadBrokerId(-1)));
         assert_eq!(image.version, 7);

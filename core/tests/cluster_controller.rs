@@ -140,6 +140,7 @@ fn controllers_agree_on_the_cluster_through_a_leader_death_and_a_restart() {
                 host: "127.0.0.1".into(),
                 port: 9092 + id as u16,
                 rack: None,
+                endpoints: Vec::new(),
             });
             cluster.submit(registration).await.unwrap();
         }

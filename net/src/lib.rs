@@ -9,7 +9,10 @@
 //!   translating between the codec's messages and `sluice-core`'s calls.
 //! - [`connection`] — one client connection: read a frame, decode the header, dispatch, write
 //!   the response. A malformed frame closes that connection and touches nothing else.
-//! - [`server`] — listeners: one per shard on the same port (SO_REUSEPORT).
+//! - [`server`] — listeners: each named listener (PLAINTEXT or SSL) bound by every shard on
+//!   the same port (SO_REUSEPORT).
+//! - [`tls`] — the SSL listeners' rustls configuration, its reload, and the principal a
+//!   client certificate maps to.
 //!
 //! Codecs come from the `kafka-protocol` crate (generated from Kafka's JSON schemas).
 //!
@@ -23,5 +26,6 @@ pub mod frame;
 mod handlers;
 pub mod request_trace;
 pub mod server;
+pub mod tls;
 
-pub use server::{BrokerIdentity, ServerConfig};
+pub use server::{BrokerIdentity, Endpoint, Listener, SecurityProtocol, ServerConfig};

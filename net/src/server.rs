@@ -36,22 +36,69 @@ use sluice_core::shard::{Shard, ShardSettings, MESH_CHANNEL_JOBS};
 use tracing::{error, info};
 
 use crate::handlers::Context;
+use crate::tls::TlsServer;
+pub use sluice_core::cluster_metadata::Endpoint;
 
 /// Who this broker says it is, in Metadata responses.
 #[derive(Debug, Clone)]
 pub struct BrokerIdentity {
     pub node_id: i32,
-    pub advertised_host: String,
-    pub advertised_port: u16,
+    /// Where clients reach this broker, per listener (Kafka's `advertised.listeners`); the
+    /// first one answers for a listener without an entry of its own.
+    pub endpoints: Vec<Endpoint>,
     pub cluster_id: String,
     /// Start-up settings DescribeConfigs shows read-only under Kafka's broker config names
     /// (`listeners`, `advertised.listeners`, `log.dirs`, ...): name, value, type.
     pub static_configs: Vec<(&'static str, String, sluice_core::topics::ConfigType)>,
 }
 
+impl BrokerIdentity {
+    /// Where a client that came in on `listener` reaches this broker.
+    pub fn endpoint(&self, listener: &str) -> (&str, u16) {
+        self.endpoints
+            .iter()
+            .find(|e| e.listener == listener)
+            .or(self.endpoints.first())
+            .map_or(("", 0), |e| (e.host.as_str(), e.port))
+    }
+}
+
+/// Kafka's security protocols a listener may speak (SASL is not built yet: start-up refuses
+/// `SASL_PLAINTEXT` and `SASL_SSL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecurityProtocol {
+    Plaintext,
+    Ssl,
+}
+
+impl SecurityProtocol {
+    pub fn kafka_name(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "PLAINTEXT",
+            SecurityProtocol::Ssl => "SSL",
+        }
+    }
+}
+
+/// One Kafka listener: every shard accepts on its address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// Its name (Kafka's `listeners` entry `NAME://host:port`); Metadata answers a client
+    /// with the advertised address of the listener it came in on.
+    pub name: String,
+    pub protocol: SecurityProtocol,
+    pub address: SocketAddr,
+}
+
+/// How long a client may take to finish its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    pub listen: SocketAddr,
+    /// The Kafka listeners, at least one.
+    pub listeners: Vec<Listener>,
+    /// The TLS configuration of the `SSL` listeners (required when there is one).
+    pub tls: Option<Arc<TlsServer>>,
     /// Largest request frame accepted; a longer length prefix closes the connection unread.
     pub frame_bytes_max: usize,
     /// Executors (shards), one per CPU.
@@ -178,6 +225,51 @@ fn parse_proc_address(field: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
+/// Serves one connection of an `SSL` listener: the TLS handshake (bounded in time; a client
+/// that fails it is logged and dropped, nothing else is touched), the principal its
+/// certificate maps to, then Kafka requests as on any connection.
+async fn serve_tls(
+    tls: Arc<TlsServer>,
+    stream: glommio::net::TcpStream,
+    peer: String,
+    mut ctx: Context,
+    frame_bytes_max: usize,
+    in_flight: crate::connection::InFlight,
+) {
+    let handshake = tls.acceptor().accept(stream);
+    let timeout = async {
+        glommio::timer::sleep(TLS_HANDSHAKE_TIMEOUT).await;
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "handshake not finished in time",
+        ))
+    };
+    let stream = match futures_lite::future::or(handshake, timeout).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            ctx.shard.metrics.connection_failed();
+            info!(%peer, listener = %ctx.listener, error = %e, "TLS handshake failed; connection closed");
+            return;
+        }
+    };
+    let principal = {
+        let (_, session) = stream.get_ref();
+        tls.principal_of(session.peer_certificates())
+    };
+    match principal {
+        Ok(principal) => {
+            info!(%peer, listener = %ctx.listener, %principal, "TLS client connected");
+            ctx.principal = Rc::from(principal);
+        }
+        Err(e) => {
+            ctx.shard.metrics.connection_failed();
+            info!(%peer, listener = %ctx.listener, error = %e, "TLS client refused; connection closed");
+            return;
+        }
+    }
+    crate::connection::serve(stream, peer, ctx, frame_bytes_max, in_flight).await;
+}
+
 /// What a shard that waited for the others reports when one of them failed to start.
 const ANOTHER_SHARD_FAILED: &str = "another shard failed to start";
 
@@ -190,7 +282,24 @@ pub fn run(
     shutdown: Arc<AtomicBool>,
     hub: Arc<MetricsHub>,
 ) -> Result<(), ServerError> {
-    let _address_claim = claim_listen_address(config.listen)?;
+    if config.listeners.is_empty() {
+        return Err(ServerError::Start("no listener configured".into()));
+    }
+    if config
+        .listeners
+        .iter()
+        .any(|l| l.protocol == SecurityProtocol::Ssl)
+        && config.tls.is_none()
+    {
+        return Err(ServerError::Start(
+            "an SSL listener needs a TLS configuration".into(),
+        ));
+    }
+    let _address_claims = config
+        .listeners
+        .iter()
+        .map(|l| claim_listen_address(l.address))
+        .collect::<Result<Vec<_>, _>>()?;
     let shards = config.shards.max(1);
     let mesh = MeshBuilder::full(shards, MESH_CHANNEL_JOBS);
     let drained = Arc::new(AtomicUsize::new(0));
@@ -220,11 +329,17 @@ pub fn run(
                 }
                 glommio::timer::sleep(Duration::from_millis(1)).await;
             }
-            let listener = TcpListener::bind(config.listen).map_err(|e| ServerError::Listen {
-                addr: config.listen,
-                reason: e.to_string(),
-            })?;
-            info!(addr = %config.listen, shard = shard.id, "listening");
+            let mut bound = Vec::with_capacity(config.listeners.len());
+            for listener in &config.listeners {
+                let socket =
+                    TcpListener::bind(listener.address).map_err(|e| ServerError::Listen {
+                        addr: listener.address,
+                        reason: e.to_string(),
+                    })?;
+                info!(addr = %listener.address, listener = %listener.name,
+                    protocol = listener.protocol.kafka_name(), shard = shard.id, "listening");
+                bound.push((socket, listener.clone()));
+            }
             glommio::spawn_local(shard.clone().retention_loop()).detach();
             // Compaction runs in a task queue of its own with few shares: whenever produce or
             // fetch work is runnable, it goes first.
@@ -245,6 +360,8 @@ pub fn run(
                 broker: Rc::new(broker),
                 client_host: Rc::from(""),
                 client_telemetry: hub.client_telemetry.clone(),
+                listener: Rc::from(""),
+                principal: Rc::from(crate::tls::ANONYMOUS),
             };
             let in_flight: crate::connection::InFlight = Rc::default();
             let publishing = {
@@ -255,40 +372,69 @@ pub fn run(
             };
             glommio::spawn_local(publishing).detach();
             hub.shard_serving();
-            let accept = async {
-                loop {
-                    let stream = match listener.accept().await {
-                        Ok(s) => s,
-                        Err(e) => {
-                            error!(error = %e, "accept failed");
-                            continue;
-                        }
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let peer_addr = stream.peer_addr().ok();
-                    let peer = peer_addr.map_or_else(|| "?".to_string(), |a| a.to_string());
-                    let mut connection_ctx = ctx.clone();
-                    connection_ctx.client_host = Rc::from(
-                        peer_addr.map_or_else(|| "?".to_string(), |a| format!("/{}", a.ip())),
-                    );
-                    glommio::spawn_local(crate::connection::serve(
-                        stream,
-                        peer,
-                        connection_ctx,
-                        config.frame_bytes_max,
-                        in_flight.clone(),
-                    ))
-                    .detach();
+            let accepts = bound.iter().map(|(socket, listener)| {
+                let listener_name: Rc<str> = Rc::from(listener.name.as_str());
+                let tls = match listener.protocol {
+                    SecurityProtocol::Plaintext => None,
+                    SecurityProtocol::Ssl => config.tls.clone(),
+                };
+                let (ctx, in_flight) = (&ctx, &in_flight);
+                async move {
+                    loop {
+                        let stream = match socket.accept().await {
+                            Ok(s) => s,
+                            Err(e) => {
+                                error!(error = %e, "accept failed");
+                                continue;
+                            }
+                        };
+                        let _ = stream.set_nodelay(true);
+                        let peer_addr = stream.peer_addr().ok();
+                        let peer = peer_addr.map_or_else(|| "?".to_string(), |a| a.to_string());
+                        let mut connection_ctx = ctx.clone();
+                        connection_ctx.client_host = Rc::from(
+                            peer_addr.map_or_else(|| "?".to_string(), |a| format!("/{}", a.ip())),
+                        );
+                        connection_ctx.listener = listener_name.clone();
+                        let frame_bytes_max = config.frame_bytes_max;
+                        let in_flight = in_flight.clone();
+                        match &tls {
+                            None => glommio::spawn_local(crate::connection::serve(
+                                stream,
+                                peer,
+                                connection_ctx,
+                                frame_bytes_max,
+                                in_flight,
+                            ))
+                            .detach(),
+                            Some(tls) => glommio::spawn_local(serve_tls(
+                                tls.clone(),
+                                stream,
+                                peer,
+                                connection_ctx,
+                                frame_bytes_max,
+                                in_flight,
+                            ))
+                            .detach(),
+                        };
+                    }
                 }
-            };
+            });
+            let accept = futures::future::join_all(accepts);
             let stop = async {
                 while !shutdown.load(Ordering::Relaxed) {
                     glommio::timer::sleep(SHUTDOWN_POLL).await;
                 }
             };
-            futures_lite::future::or(accept, stop).await;
+            futures_lite::future::or(
+                async {
+                    accept.await;
+                },
+                stop,
+            )
+            .await;
             hub.draining();
-            drop(listener);
+            drop(bound);
             let deadline = Instant::now() + config.drain_timeout;
             while in_flight.get() > 0 && Instant::now() < deadline {
                 glommio::timer::sleep(Duration::from_millis(1)).await;

@@ -232,7 +232,9 @@ fn a_crash_before_the_swap_commits_keeps_the_old_segments_and_after_it_the_new_o
         if with_index {
             std::fs::copy(
                 &new_index,
-                crashed.path().join(format!("{:020}.index.cleaned", first.0)),
+                crashed
+                    .path()
+                    .join(format!("{:020}.index.cleaned", first.0)),
             )
             .unwrap();
         }
@@ -279,7 +281,9 @@ fn a_crash_before_the_swap_commits_keeps_the_old_segments_and_after_it_the_new_o
         .unwrap();
         std::fs::copy(
             &new_index,
-            crashed.path().join(format!("{:020}.index.cleaned", first.0)),
+            crashed
+                .path()
+                .join(format!("{:020}.index.cleaned", first.0)),
         )
         .unwrap();
         for base in &inner[..deleted_before_crash] {

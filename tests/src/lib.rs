@@ -119,12 +119,23 @@ impl Broker {
             } else {
                 &["--admin-listen", "127.0.0.1:0"]
             };
+            // `--listeners X` in the test's arguments adds listeners after the PLAINTEXT one
+            // on this address (`--listen` and `--listeners` do not go together).
+            let mut args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
+            let listen = match args.iter().position(|a| a == "--listeners") {
+                Some(at) => {
+                    args[at + 1] = format!("PLAINTEXT://{addr},{}", args[at + 1]);
+                    vec![]
+                }
+                None => vec!["--listen".to_string(), addr.to_string()],
+            };
             let mut child = command
-                .args(["serve", "--listen", &addr.to_string()])
+                .arg("serve")
+                .args(&listen)
                 .arg("--data-dir")
                 .arg(data_dir.path())
                 .args(admin)
-                .args(extra_args)
+                .args(&args)
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()

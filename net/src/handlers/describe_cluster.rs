@@ -39,19 +39,25 @@ pub fn handle(request: DescribeClusterRequest, ctx: &Context) -> DescribeCluster
         Some(cluster) => cluster
             .brokers
             .values()
-            .map(|b| {
-                DescribeClusterBroker::default()
-                    .with_broker_id(BrokerId(b.node_id))
-                    .with_host(StrBytes::from_string(b.host.clone()))
-                    .with_port(i32::from(b.port))
-                    .with_rack(b.rack.clone().map(StrBytes::from_string))
+            .filter_map(|b| {
+                let (host, port) = b.endpoint(&ctx.listener)?;
+                Some(
+                    DescribeClusterBroker::default()
+                        .with_broker_id(BrokerId(b.node_id))
+                        .with_host(StrBytes::from_string(host.to_string()))
+                        .with_port(i32::from(port))
+                        .with_rack(b.rack.clone().map(StrBytes::from_string)),
+                )
             })
             .collect(),
-        None => vec![DescribeClusterBroker::default()
-            .with_broker_id(BrokerId(broker.node_id))
-            .with_host(StrBytes::from_string(broker.advertised_host.clone()))
-            .with_port(i32::from(broker.advertised_port))
-            .with_rack(None)],
+        None => {
+            let (host, port) = broker.endpoint(&ctx.listener);
+            vec![DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(broker.node_id))
+                .with_host(StrBytes::from_string(host.to_string()))
+                .with_port(i32::from(port))
+                .with_rack(None)]
+        }
     };
     response
         .with_controller_id(BrokerId(super::metadata::controller_id(ctx)))

@@ -71,10 +71,11 @@ fn coordinator_of(
     let broker = &ctx.broker;
     let image = ctx.shard.image();
     let Some(cluster) = image.cluster.as_ref() else {
+        let (host, port) = broker.endpoint(&ctx.listener);
         return (
             broker.node_id,
-            StrBytes::from_string(broker.advertised_host.clone()),
-            i32::from(broker.advertised_port),
+            StrBytes::from_string(host.to_string()),
+            i32::from(port),
             None,
         );
     };
@@ -90,12 +91,13 @@ fn coordinator_of(
         // A leader whose connections to this node just closed is most likely dead: naming it
         // would send the client to wait out a connection timeout instead of asking again.
         .filter(|l| l.leader == broker.node_id || !ctx.shard.catalog.cluster.hung_up(l.leader))
-        .and_then(|l| cluster.brokers.get(&l.leader));
+        .and_then(|l| cluster.brokers.get(&l.leader))
+        .and_then(|b| Some((b.node_id, b.endpoint(&ctx.listener)?)));
     match leader {
-        Some(b) => (
-            b.node_id,
-            StrBytes::from_string(b.host.clone()),
-            i32::from(b.port),
+        Some((node_id, (host, port))) => (
+            node_id,
+            StrBytes::from_string(host.to_string()),
+            i32::from(port),
             None,
         ),
         None => none(ResponseError::CoordinatorNotAvailable, NOT_YET),

@@ -111,18 +111,24 @@ pub async fn handle(request: MetadataRequest, version: i16, ctx: &Context) -> Me
         Some(cluster) => cluster
             .brokers
             .values()
-            .map(|b| {
-                MetadataResponseBroker::default()
-                    .with_node_id(BrokerId(b.node_id))
-                    .with_host(StrBytes::from_string(b.host.clone()))
-                    .with_port(i32::from(b.port))
-                    .with_rack(b.rack.clone().map(StrBytes::from_string))
+            .filter_map(|b| {
+                let (host, port) = b.endpoint(&ctx.listener)?;
+                Some(
+                    MetadataResponseBroker::default()
+                        .with_node_id(BrokerId(b.node_id))
+                        .with_host(StrBytes::from_string(host.to_string()))
+                        .with_port(i32::from(port))
+                        .with_rack(b.rack.clone().map(StrBytes::from_string)),
+                )
             })
             .collect(),
-        None => vec![MetadataResponseBroker::default()
-            .with_node_id(BrokerId(broker.node_id))
-            .with_host(StrBytes::from_string(broker.advertised_host.clone()))
-            .with_port(i32::from(broker.advertised_port))],
+        None => {
+            let (host, port) = broker.endpoint(&ctx.listener);
+            vec![MetadataResponseBroker::default()
+                .with_node_id(BrokerId(broker.node_id))
+                .with_host(StrBytes::from_string(host.to_string()))
+                .with_port(i32::from(port))]
+        }
     };
     // v0: an empty list means every topic; v1+: null means every topic.
     let wanted: Option<Vec<TopicRef>> = match request.topics {

@@ -50,6 +50,12 @@ pub struct Context {
     pub client_host: Rc<str>,
     /// KIP-714: the node's client-metrics subscription and what clients pushed.
     pub client_telemetry: Arc<ClientTelemetry>,
+    /// The name of the listener the connection came in on: Metadata, FindCoordinator and
+    /// DescribeCluster answer with the brokers' addresses on that listener.
+    pub listener: Rc<str>,
+    /// Who the client is (`User:ANONYMOUS` on a plaintext listener, the certificate's mapped
+    /// subject with mutual TLS).
+    pub principal: Rc<str>,
 }
 
 /// Kafka's `ConfigSource`: 1 = set on the topic, 5 = the default.
