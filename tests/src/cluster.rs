@@ -20,6 +20,8 @@ pub struct Node {
     pub kafka: SocketAddr,
     pub rpc: SocketAddr,
     pub dir: PathBuf,
+    /// A second listener, `INTERNAL` (plaintext), when the cluster was started with one.
+    pub internal: Option<SocketAddr>,
     child: Option<Child>,
     /// "listening" lines in the log before the current run started.
     runs_before: usize,
@@ -86,6 +88,16 @@ impl Cluster {
     /// Starts `count` nodes with `--cores 1` plus `extra_args`, and waits until every node
     /// lists every broker and knows the controller.
     pub fn start(count: usize, extra_args: &[&str]) -> Cluster {
+        Cluster::start_inner(count, extra_args, false)
+    }
+
+    /// Like [`Cluster::start`], each node with a second listener named `INTERNAL` (plaintext,
+    /// on a port of its own: [`Node::internal`]).
+    pub fn start_with_internal_listener(count: usize, extra_args: &[&str]) -> Cluster {
+        Cluster::start_inner(count, extra_args, true)
+    }
+
+    fn start_inner(count: usize, extra_args: &[&str], internal: bool) -> Cluster {
         let root = tempfile::tempdir().expect("a directory for the cluster");
         // Every port of every node distinct: a node's shards take RPC port + shard id, which
         // a random probe for another node's port could otherwise hand out again.
@@ -103,11 +115,19 @@ impl Cluster {
                     }
                 };
                 taken.push(kafka);
+                let internal = internal.then(|| loop {
+                    let port = free_port();
+                    if !taken.contains(&port) {
+                        taken.push(port);
+                        break SocketAddr::from(([127, 0, 0, 1], port));
+                    }
+                });
                 Node {
                     id: id as i32,
                     kafka: ([127, 0, 0, 1], kafka).into(),
                     rpc: ([127, 0, 0, 1], rpc).into(),
                     dir,
+                    internal,
                     child: None,
                     runs_before: 0,
                 }
@@ -160,10 +180,19 @@ impl Cluster {
             .append(true)
             .open(node.log_path())
             .expect("log file");
+        let listen = match node.internal {
+            None => vec!["--listen".to_string(), node.kafka.to_string()],
+            Some(internal) => vec![
+                "--listeners".to_string(),
+                format!("PLAINTEXT://{},INTERNAL://{internal}", node.kafka),
+                "--listener-security-protocol-map".to_string(),
+                "INTERNAL:PLAINTEXT".to_string(),
+            ],
+        };
         let child = Command::new(sluice_binary())
             .args(["serve", "--cores", "1", "--node-id", &node.id.to_string()])
             .args(["--overprovisioned", "true"])
-            .args(["--listen", &node.kafka.to_string()])
+            .args(&listen)
             .args(["--admin-listen", "127.0.0.1:0"])
             .args(["--seeds", &self.seeds])
             .arg("--data-dir")

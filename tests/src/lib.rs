@@ -304,3 +304,26 @@ pub fn assert_promtool_accepts(exposition: &str) {
         String::from_utf8_lossy(&linted.stderr)
     );
 }
+
+/// Runs the system's kcat (Debian's, linking librdkafka 2.0.2 with OpenSSL) with `args`, `stdin`
+/// fed to it, and returns what it did.
+pub fn kcat(args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new("kcat")
+        // cargo test points LD_LIBRARY_PATH at the build tree, where the rdkafka crate's own
+        // (newer, TLS-less) librdkafka would stand in for the system's; kcat must run as
+        // packaged.
+        .env_remove("LD_LIBRARY_PATH")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kcat must be installed (scripts/test installs it: apt-get install kcat)");
+    let mut input = child.stdin.take().expect("kcat's stdin");
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).expect("write to kcat");
+    }
+    drop(input);
+    child.wait_with_output().expect("kcat ran")
+}

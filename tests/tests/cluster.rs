@@ -2081,3 +2081,61 @@ fn an_elected_leader_holds_appends_until_it_serves() {
     );
     println!("the elected leader held the append for {waited:?}");
 }
+
+/// Every node registers all its listeners with the controller, and each answer names the
+/// brokers at the addresses of the listener the request came in on (Kafka's
+/// `advertised.listeners` per listener): a client on the internal network is never sent to
+/// the external addresses, or the other way round.
+#[test]
+fn every_answer_names_the_brokers_on_the_listener_it_came_in_on() {
+    use kafka_protocol::messages::{ApiKey, FindCoordinatorRequest, FindCoordinatorResponse};
+    use kafka_protocol::protocol::StrBytes;
+    let _one_at_a_time = one_cluster_at_a_time();
+    let cluster = Cluster::start_with_internal_listener(3, &[]);
+    type AddressOn = fn(&sluice_tests::cluster::Node) -> std::net::SocketAddr;
+    let by_listener: [(&str, AddressOn); 2] = [
+        ("PLAINTEXT", |n| n.kafka),
+        ("INTERNAL", |n| n.internal.expect("an internal listener")),
+    ];
+    for (listener, address) in by_listener {
+        let expected: Vec<(i32, String)> = cluster
+            .nodes
+            .iter()
+            .map(|n| (n.id, address(n).to_string()))
+            .collect();
+        for node in &cluster.nodes {
+            let answer = metadata(address(node));
+            let mut brokers: Vec<(i32, String)> = answer
+                .brokers
+                .iter()
+                .map(|b| (b.node_id.0, format!("{}:{}", b.host, b.port)))
+                .collect();
+            brokers.sort();
+            assert_eq!(brokers, expected, "asked node {} on {listener}", node.id);
+        }
+        // FindCoordinator too (once the offsets topic has leaders).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut s = sluice_tests::wire::connect(address(&cluster.nodes[0]));
+            let answer: FindCoordinatorResponse = sluice_tests::wire::call(
+                &mut s,
+                ApiKey::FindCoordinator,
+                3,
+                &FindCoordinatorRequest::default()
+                    .with_key(StrBytes::from_static_str("listener-group"))
+                    .with_key_type(0),
+            );
+            if answer.error_code == 0 {
+                let coordinator = cluster.node(answer.node_id.0);
+                assert_eq!(
+                    format!("{}:{}", answer.host, answer.port),
+                    address(coordinator).to_string(),
+                    "FindCoordinator on {listener}"
+                );
+                break;
+            }
+            assert!(Instant::now() < deadline, "no coordinator on {listener}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

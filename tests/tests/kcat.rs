@@ -3,29 +3,9 @@
 //! offset lookup by timestamp (`-Q`). `-o beginning` and `-Q` ask ListOffsets v2, which the
 //! broker once failed to encode (it closed the connection and kcat never got an answer).
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
-use sluice_tests::Broker;
-
-fn kcat(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new("kcat")
-        // cargo test points LD_LIBRARY_PATH at the build tree, where the rdkafka crate's own
-        // (newer) librdkafka would stand in for the system's; kcat must run as packaged.
-        .env_remove("LD_LIBRARY_PATH")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kcat must be installed (scripts/test installs it: apt-get install kcat)");
-    let mut input = child.stdin.take().unwrap();
-    if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).unwrap();
-    }
-    drop(input);
-    child.wait_with_output().unwrap()
-}
+use sluice_tests::{kcat, Broker};
 
 fn stdout(out: &Output) -> String {
     assert!(

@@ -9,14 +9,14 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
-use sluice_tests::Broker;
+use sluice_tests::{kcat, Broker};
 
 /// A CA and what it signed, as PEM files in `dir`: `<name>-ca.pem`, `<name>-server.pem` /
 /// `-server.key` (for localhost and 127.0.0.1) and `<name>-client.pem` / `-client.key`
@@ -90,25 +90,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn kcat(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new("kcat")
-        // cargo test points LD_LIBRARY_PATH at the build tree (the rdkafka crate's librdkafka,
-        // built without TLS); kcat must run with the system's.
-        .env_remove("LD_LIBRARY_PATH")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kcat must be installed (scripts/test installs it: apt-get install kcat)");
-    let mut input = child.stdin.take().unwrap();
-    if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).unwrap();
-    }
-    drop(input);
-    child.wait_with_output().unwrap()
 }
 
 fn ok(out: &Output) -> String {
