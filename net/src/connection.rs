@@ -167,7 +167,15 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + 'static>(
     let write_loop = std::pin::pin!(async {
         while let Some((_guard, answer)) = answers.recv().await {
             let written = match answer.await.unwrap_or(Err(RequestError::Lost)) {
-                Ok(Some(response)) => writer.write_all(&response).await.map_err(RequestError::Io),
+                // The flush matters under TLS only (a no-op on glommio's plain stream): the TLS
+                // stream may keep the end of a response in its buffer when the socket is busy,
+                // and nothing else would push it out before the next response.
+                Ok(Some(response)) => async {
+                    writer.write_all(&response).await?;
+                    writer.flush().await
+                }
+                .await
+                .map_err(RequestError::Io),
                 Ok(None) => Ok(()),
                 Err(e) => Err(e),
             };

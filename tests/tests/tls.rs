@@ -155,7 +155,7 @@ fn wait_for_log(broker: &Broker, needle: &str, count: usize) {
 }
 
 const KAFKA_PYTHON_SSL: &str = r#"
-import ssl, sys
+import ssl, sys, time
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 bootstrap, ca, cert, key = sys.argv[1:5]
 tls = dict(security_protocol="SSL", ssl_cafile=ca, ssl_certfile=cert, ssl_keyfile=key)
@@ -170,6 +170,22 @@ consumer.assign([TopicPartition("py-tls", 0)])
 values = [m.value for m in consumer]
 assert values == [b"v%d" % i for i in range(50)], values
 print("PY_CONSUMED", len(values))
+
+# Responses larger than the socket's buffers: 12 MB fetched in one response over TLS.
+producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20,
+                         max_request_size=2_000_000, **tls)
+big = b"x" * 60_000
+for i in range(200):
+    producer.send("py-tls-big", value=big, partition=0)
+producer.flush()
+producer.close()
+consumer = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                         enable_auto_commit=False, consumer_timeout_ms=5000,
+                         max_partition_fetch_bytes=16_000_000, fetch_max_bytes=16_000_000,
+                         receive_buffer_bytes=65536, **tls)
+consumer.assign([TopicPartition("py-tls-big", 0)])
+started = time.time()
+print("PY_BIG", sum(len(m.value) for m in consumer))
 
 # Protocol versions, with Python's own TLS client: 1.3 and 1.2 are taken, 1.1 is not.
 import socket
@@ -281,6 +297,7 @@ fn ssl_listener_serves_kcat_and_kafka_python_with_client_certificates() {
         broker.log()
     );
     assert!(output.contains("PY_CONSUMED 50"), "{output}");
+    assert!(output.contains("PY_BIG 12000000"), "{output}");
     assert!(output.contains("TLS13 TLSv1.3"), "{output}");
     assert!(output.contains("TLS12 TLSv1.2"), "{output}");
     assert!(output.contains("TLS11 refused"), "{output}");
