@@ -28,6 +28,23 @@ pub fn sluice_binary() -> PathBuf {
             build
                 .current_dir(&workspace)
                 .args(["build", "--quiet", "--bin", "sluice"]);
+            // The variables cargo sets for this test process (CARGO_MANIFEST_DIR,
+            // CARGO_PKG_NAME, ...) would reach build scripts that watch them (ring's does):
+            // this build would then redo ring, rustls and the broker (~30 s), and the next
+            // build from a shell would redo them again.
+            for (name, _) in std::env::vars_os() {
+                let name = name.to_string_lossy();
+                let set_for_this_test = name.starts_with("CARGO_PKG_")
+                    || name.starts_with("CARGO_MANIFEST_")
+                    || name.starts_with("CARGO_BIN_")
+                    || matches!(
+                        name.as_ref(),
+                        "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR"
+                    );
+                if set_for_this_test {
+                    build.env_remove(name.as_ref());
+                }
+            }
             if release {
                 build.arg("--release");
             }

@@ -466,3 +466,46 @@ fn an_ssl_listener_without_usable_files_stops_start_up_naming_the_field() {
         assert!(stderr.contains(field), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn requested_client_auth_takes_clients_without_a_certificate_as_anonymous() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(dir.path(), "a");
+    let stranger = Pki::generate(dir.path(), "stranger");
+    let ssl_address: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let broker = Broker::start(&[
+        "--listeners",
+        &format!("SSL://{ssl_address}"),
+        "--ssl-certificate",
+        path(&pki.server_cert),
+        "--ssl-key",
+        path(&pki.server_key),
+        "--ssl-client-ca",
+        path(&pki.ca),
+        "--ssl-client-auth",
+        "requested",
+    ]);
+    let ssl = ssl_address.to_string();
+    let listed = |tls: Vec<String>| {
+        let mut args = vec!["-b", ssl.as_str(), "-L", "-m", "5"];
+        args.extend(tls.iter().map(String::as_str));
+        kcat(&args, None)
+    };
+    // No certificate: served, as User:ANONYMOUS.
+    ok(&listed(ssl_args(&pki, false)));
+    wait_for_log(&broker, "principal=User:ANONYMOUS", 1);
+    // A certificate from the client CA: served, its subject as it is (DEFAULT rule).
+    ok(&listed(ssl_args(&pki, true)));
+    wait_for_log(&broker, "principal=User:CN=Alice,OU=ops,O=Example", 1);
+    // A certificate the client CA did not sign: refused, even though one is only requested.
+    let failed = broker.log().matches("TLS handshake failed").count();
+    let mut foreign = ssl_args(&pki, false);
+    foreign.extend([
+        "-X".into(),
+        format!("ssl.certificate.location={}", path(&stranger.client_cert)),
+        "-X".into(),
+        format!("ssl.key.location={}", path(&stranger.client_key)),
+    ]);
+    assert!(!listed(foreign).status.success());
+    wait_for_log(&broker, "TLS handshake failed", failed + 1);
+}
