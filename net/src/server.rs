@@ -225,17 +225,21 @@ fn parse_proc_address(field: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-/// Serves one connection of an `SSL` listener: the TLS handshake (bounded in time; a client
-/// that fails it is logged and dropped, nothing else is touched), the principal its
-/// certificate maps to, then Kafka requests as on any connection.
-async fn serve_tls(
-    tls: Arc<TlsServer>,
+/// Serves one accepted connection: on a plaintext listener (`tls` is `None`) at once; on an
+/// `SSL` one after the TLS handshake (bounded in time; a client that fails it is logged and
+/// dropped, nothing else is touched) and with the principal its certificate maps to.
+async fn serve_accepted(
+    tls: Option<Arc<TlsServer>>,
     stream: glommio::net::TcpStream,
     peer: String,
     mut ctx: Context,
     frame_bytes_max: usize,
     in_flight: crate::connection::InFlight,
 ) {
+    let Some(tls) = tls else {
+        crate::connection::serve(stream, peer, ctx, frame_bytes_max, in_flight).await;
+        return;
+    };
     let handshake = tls.acceptor().accept(stream);
     let timeout = async {
         glommio::timer::sleep(TLS_HANDSHAKE_TIMEOUT).await;
@@ -398,25 +402,15 @@ pub fn run(
                         connection_ctx.listener = listener_name.clone();
                         let frame_bytes_max = config.frame_bytes_max;
                         let in_flight = in_flight.clone();
-                        match &tls {
-                            None => glommio::spawn_local(crate::connection::serve(
-                                stream,
-                                peer,
-                                connection_ctx,
-                                frame_bytes_max,
-                                in_flight,
-                            ))
-                            .detach(),
-                            Some(tls) => glommio::spawn_local(serve_tls(
-                                tls.clone(),
-                                stream,
-                                peer,
-                                connection_ctx,
-                                frame_bytes_max,
-                                in_flight,
-                            ))
-                            .detach(),
-                        };
+                        glommio::spawn_local(serve_accepted(
+                            tls.clone(),
+                            stream,
+                            peer,
+                            connection_ctx,
+                            frame_bytes_max,
+                            in_flight,
+                        ))
+                        .detach();
                     }
                 }
             });

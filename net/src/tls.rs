@@ -235,10 +235,11 @@ pub fn subject_dn(certificate: &CertificateDer<'_>) -> Result<String, String> {
 
 fn escape_rfc2253(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
+    let last = text.chars().count().saturating_sub(1);
     for (i, c) in text.chars().enumerate() {
         let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
             || (i == 0 && (c == ' ' || c == '#'))
-            || (i + 1 == text.chars().count() && c == ' ');
+            || (i == last && c == ' ');
         if special {
             out.push('\\');
         }

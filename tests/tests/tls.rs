@@ -84,6 +84,22 @@ impl Pki {
     }
 }
 
+/// A broker with its PLAINTEXT listener and an SSL one at `ssl_address`, serving `pki`'s server
+/// certificate, plus `extra` arguments.
+fn ssl_broker(pki: &Pki, ssl_address: SocketAddr, extra: &[&str]) -> Broker {
+    let listeners = format!("SSL://{ssl_address}");
+    let mut args = vec![
+        "--listeners",
+        listeners.as_str(),
+        "--ssl-certificate",
+        path(&pki.server_cert),
+        "--ssl-key",
+        path(&pki.server_key),
+    ];
+    args.extend(extra);
+    Broker::start(&args)
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -212,22 +228,20 @@ fn ssl_listener_serves_kcat_and_kafka_python_with_client_certificates() {
     let pki = Pki::generate(dir.path(), "a");
     let ssl_port = free_port();
     let ssl_address: SocketAddr = ([127, 0, 0, 1], ssl_port).into();
-    let broker = Broker::start(&[
-        "--default-partitions",
-        "1",
-        "--listeners",
-        &format!("SSL://{ssl_address}"),
-        "--ssl-certificate",
-        path(&pki.server_cert),
-        "--ssl-key",
-        path(&pki.server_key),
-        "--ssl-client-ca",
-        path(&pki.ca),
-        "--ssl-client-auth",
-        "required",
-        "--ssl-principal-mapping-rules",
-        "RULE:^CN=([^,]*),OU=ops,.*$/$1/L,DEFAULT",
-    ]);
+    let broker = ssl_broker(
+        &pki,
+        ssl_address,
+        &[
+            "--default-partitions",
+            "1",
+            "--ssl-client-ca",
+            path(&pki.ca),
+            "--ssl-client-auth",
+            "required",
+            "--ssl-principal-mapping-rules",
+            "RULE:^CN=([^,]*),OU=ops,.*$/$1/L,DEFAULT",
+        ],
+    );
     let ssl = ssl_address.to_string();
     let tls = ssl_args(&pki, true);
     let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
@@ -473,18 +487,16 @@ fn requested_client_auth_takes_clients_without_a_certificate_as_anonymous() {
     let pki = Pki::generate(dir.path(), "a");
     let stranger = Pki::generate(dir.path(), "stranger");
     let ssl_address: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let broker = Broker::start(&[
-        "--listeners",
-        &format!("SSL://{ssl_address}"),
-        "--ssl-certificate",
-        path(&pki.server_cert),
-        "--ssl-key",
-        path(&pki.server_key),
-        "--ssl-client-ca",
-        path(&pki.ca),
-        "--ssl-client-auth",
-        "requested",
-    ]);
+    let broker = ssl_broker(
+        &pki,
+        ssl_address,
+        &[
+            "--ssl-client-ca",
+            path(&pki.ca),
+            "--ssl-client-auth",
+            "requested",
+        ],
+    );
     let ssl = ssl_address.to_string();
     let listed = |tls: Vec<String>| {
         let mut args = vec!["-b", ssl.as_str(), "-L", "-m", "5"];
