@@ -22,6 +22,8 @@ struct FileConfig {
     ssl_client_ca: Option<PathBuf>,
     ssl_client_auth: Option<String>,
     ssl_principal_mapping_rules: Option<String>,
+    sasl_enabled_mechanisms: Option<String>,
+    connections_max_reauth_ms: Option<u64>,
     admin_listen: Option<String>,
     metrics_per_partition: Option<bool>,
     otlp_endpoint: Option<String>,
@@ -77,8 +79,10 @@ pub struct BrokerConfig {
     /// Where clients reach each listener (`advertised_listeners`, `advertised_host`/`_port`
     /// for the first, otherwise the listener's own address).
     pub endpoints: Vec<sluice_net::Endpoint>,
-    /// The SSL listeners' TLS configuration, loaded (`None` without an SSL listener).
+    /// The SSL and SASL_SSL listeners' TLS configuration, loaded (`None` without such a listener).
     pub tls: Option<std::sync::Arc<sluice_net::tls::TlsServer>>,
+    /// The SASL listeners' mechanisms and session lifetime (`None` without a SASL listener).
+    pub sasl: Option<std::sync::Arc<sluice_net::sasl::SaslSettings>>,
     /// The admin HTTP listener: `/metrics`, readiness, health, the JSON API.
     pub admin_listen: SocketAddr,
     /// `/metrics` series per partition as well as per topic.
@@ -203,7 +207,7 @@ const FIELDS: &[(&str, &str, &str, &str)] = &[
         "listener_security_protocol_map",
         "--listener-security-protocol-map",
         "SLUICE_LISTENER_SECURITY_PROTOCOL_MAP",
-        "NAME:PROTOCOL pairs (PLAINTEXT or SSL) for listeners not named after their protocol [default: PLAINTEXT:PLAINTEXT,SSL:SSL]",
+        "NAME:PROTOCOL pairs (PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL) for listeners not named after their protocol [default: each protocol maps to itself]",
     ),
     (
         "ssl_certificate",
@@ -234,6 +238,18 @@ const FIELDS: &[(&str, &str, &str, &str)] = &[
         "--ssl-principal-mapping-rules",
         "SLUICE_SSL_PRINCIPAL_MAPPING_RULES",
         "Kafka's ssl.principal.mapping.rules: RULE:pattern/replacement/[LU] and DEFAULT, comma-separated [default: DEFAULT]",
+    ),
+    (
+        "sasl_enabled_mechanisms",
+        "--sasl-enabled-mechanisms",
+        "SLUICE_SASL_ENABLED_MECHANISMS",
+        "Mechanisms the SASL listeners offer: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, comma-separated; all check the SCRAM users [default: SCRAM-SHA-256,SCRAM-SHA-512]",
+    ),
+    (
+        "connections_max_reauth_ms",
+        "--connections-max-reauth-ms",
+        "SLUICE_CONNECTIONS_MAX_REAUTH_MS",
+        "KIP-368: a SASL session lasts this long and the client re-authenticates on its connection; a request after that closes it; 0: forever [default: 0]",
     ),
     (
         "admin_listen",
@@ -709,9 +725,7 @@ impl BrokerConfig {
             }
         }
 
-        let ssl_listener = listeners
-            .iter()
-            .find(|l| l.protocol == sluice_net::SecurityProtocol::Ssl);
+        let ssl_listener = listeners.iter().find(|l| l.protocol.uses_tls());
         let certificate = pick(
             "ssl_certificate",
             file.ssl_certificate.map(|p| p.display().to_string()),
@@ -738,14 +752,22 @@ impl BrokerConfig {
                 return Err(ConfigError {
                     field: "ssl_certificate",
                     origin: "default".into(),
-                    reason: format!("must be set: listener {} is SSL", l.name),
+                    reason: format!(
+                        "must be set: listener {} is {}",
+                        l.name,
+                        l.protocol.kafka_name()
+                    ),
                 })
             }
             (Some(l), Some(_), None) => {
                 return Err(ConfigError {
                     field: "ssl_key",
                     origin: "default".into(),
-                    reason: format!("must be set: listener {} is SSL", l.name),
+                    reason: format!(
+                        "must be set: listener {} is {}",
+                        l.name,
+                        l.protocol.kafka_name()
+                    ),
                 })
             }
             (Some(_), Some(certificate), Some(key)) => {
@@ -773,6 +795,41 @@ impl BrokerConfig {
                 Some(std::sync::Arc::new(loaded))
             }
         };
+
+        let mechanisms_raw = pick("sasl_enabled_mechanisms", file.sasl_enabled_mechanisms)
+            .unwrap_or_else(|| default("SCRAM-SHA-256,SCRAM-SHA-512"));
+        let mut mechanisms: Vec<sluice_net::sasl::SaslMechanism> = Vec::new();
+        for name in mechanisms_raw
+            .value
+            .split(',')
+            .filter(|n| !n.trim().is_empty())
+        {
+            let mechanism = name
+                .parse()
+                .map_err(|e| invalid("sasl_enabled_mechanisms", &mechanisms_raw, e))?;
+            if !mechanisms.contains(&mechanism) {
+                mechanisms.push(mechanism);
+            }
+        }
+        if mechanisms.is_empty() {
+            return Err(invalid(
+                "sasl_enabled_mechanisms",
+                &mechanisms_raw,
+                "names no mechanism".into(),
+            ));
+        }
+        let raw = pick(
+            "connections_max_reauth_ms",
+            file.connections_max_reauth_ms.map(|n| n.to_string()),
+        )
+        .unwrap_or_else(|| default("0"));
+        let reauth_ms: u64 = parse("connections_max_reauth_ms", &raw)?;
+        let sasl = listeners.iter().any(|l| l.protocol.uses_sasl()).then(|| {
+            std::sync::Arc::new(sluice_net::sasl::SaslSettings {
+                mechanisms,
+                session_lifetime: (reauth_ms > 0).then(|| Duration::from_millis(reauth_ms)),
+            })
+        });
 
         let raw = pick("data_dir", file.data_dir.map(|p| p.display().to_string()))
             .unwrap_or_else(|| default("./data"));
@@ -1106,6 +1163,7 @@ impl BrokerConfig {
             listeners,
             endpoints,
             tls,
+            sasl,
             admin_listen,
             metrics_per_partition,
             otlp_endpoint,
@@ -1170,11 +1228,10 @@ fn protocol_of(
     match protocol {
         "PLAINTEXT" => Ok(sluice_net::SecurityProtocol::Plaintext),
         "SSL" => Ok(sluice_net::SecurityProtocol::Ssl),
-        "SASL_PLAINTEXT" | "SASL_SSL" => Err(format!(
-            "listener {name}: {protocol} is not supported yet (SASL is not built)"
-        )),
+        "SASL_PLAINTEXT" => Ok(sluice_net::SecurityProtocol::SaslPlaintext),
+        "SASL_SSL" => Ok(sluice_net::SecurityProtocol::SaslSsl),
         _ => Err(format!(
-            "listener {name} has no security protocol: name it PLAINTEXT or SSL, or map it in listener_security_protocol_map"
+            "listener {name} has no security protocol: name it PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL, or map it in listener_security_protocol_map"
         )),
     }
 }
@@ -1396,7 +1453,22 @@ mod tests {
                 "listeners",
             ),
             (&["--listeners", "EXTERNAL://127.0.0.1:1"], "listeners"),
-            (&["--listeners", "SASL_SSL://127.0.0.1:1"], "listeners"),
+            (
+                &["--listeners", "SASL_SSL://127.0.0.1:1"],
+                "ssl_certificate",
+            ),
+            (
+                &["--sasl-enabled-mechanisms", "PLAIN,GSSAPI"],
+                "sasl_enabled_mechanisms",
+            ),
+            (
+                &["--sasl-enabled-mechanisms", ","],
+                "sasl_enabled_mechanisms",
+            ),
+            (
+                &["--connections-max-reauth-ms", "-1"],
+                "connections_max_reauth_ms",
+            ),
             (&["--listeners", "PLAINTEXT://somehost:1"], "listeners"),
             (
                 &[

@@ -4,7 +4,7 @@
 //!
 //! - `sluice serve`: the single-node broker, one shard per core (`sluice-net` over
 //!   `sluice-core` over `sluice-storage`; see `docs/ARCHITECTURE.md`).
-//! - `sluice topic|produce|consume|group`: Kafka tools that talk the protocol to any broker (`cli`).
+//! - `sluice topic|produce|consume|group|user`: Kafka tools that talk the protocol to any broker (`cli`).
 //! - `sluice bench` and `sluice chaos`: load runs and fault runs against real nodes (`bench`
 //!   feature: librdkafka inside).
 //! - `sluice log verify <dir>`: opens a partition log directory the way the broker will
@@ -58,6 +58,9 @@ enum Command {
     /// Lists, describes, deletes consumer groups and resets their offsets.
     #[command(subcommand)]
     Group(cli::GroupCommand),
+    /// Creates, lists and deletes SCRAM users (SASL PLAIN and SCRAM authenticate against them).
+    #[command(subcommand)]
+    User(cli::UserCommand),
     /// A local cluster, and what a cluster's nodes report.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -106,6 +109,7 @@ fn main() -> ExitCode {
         Command::Produce(args) => tool("produce", cli::produce(args)),
         Command::Consume(args) => tool("consume", cli::consume(args)),
         Command::Group(command) => tool("group", cli::group(command)),
+        Command::User(command) => tool("user", cli::user(command)),
         #[cfg(feature = "bench")]
         Command::Bench(args) => tool("bench", sluice_bench_harness::main(args)),
         #[cfg(feature = "bench")]
@@ -285,6 +289,7 @@ fn serve(args: &config::ServeArgs) -> ExitCode {
     let server = sluice_net::ServerConfig {
         listeners: config.listeners.clone(),
         tls: config.tls.clone(),
+        sasl: config.sasl.clone(),
         frame_bytes_max: config.frame_bytes_max,
         shards: config.cores,
         pin_shards: !config.overprovisioned,

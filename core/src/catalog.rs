@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::cluster::ClusterTable;
 use crate::cluster_metadata::ClusterImage;
+use crate::scram::ScramUsers;
 use crate::topics::{validate_config, validate_topic_name, Topic, PARTITIONS_MAX};
 
 /// File name of the persisted catalog, in the data directory.
@@ -52,6 +53,9 @@ struct MetadataFile {
     /// Broker configs changed at runtime (AlterConfigs on the broker); see `broker_configs`.
     #[serde(default)]
     broker_configs: BTreeMap<String, String>,
+    /// SCRAM users (AlterUserScramCredentials); see `scram`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    scram_users: ScramUsers,
 }
 
 /// One immutable version of the topic table.
@@ -62,6 +66,8 @@ pub struct Image {
     pub producer_ids_reserved: i64,
     /// Broker configs set at runtime, overriding the start-up settings.
     pub broker_configs: BTreeMap<String, String>,
+    /// SCRAM users: who may authenticate on a SASL listener, and with what.
+    pub scram_users: ScramUsers,
     /// Cluster mode: the controller's image this version was built from (brokers, replica
     /// assignments). `None` on a single node.
     pub cluster: Option<Arc<ClusterImage>>,
@@ -134,6 +140,7 @@ impl Catalog {
         let display = path.display().to_string();
         let mut producer_ids_reserved = 0;
         let mut broker_configs = BTreeMap::new();
+        let mut scram_users = ScramUsers::new();
         let topics = match std::fs::read(&path) {
             Ok(bytes) => {
                 let file: MetadataFile =
@@ -166,6 +173,13 @@ impl Catalog {
                     })?;
                 }
                 broker_configs = file.broker_configs;
+                crate::scram::check_users(&file.scram_users).map_err(|reason| {
+                    CatalogError::Invalid {
+                        path: display.clone(),
+                        reason,
+                    }
+                })?;
+                scram_users = file.scram_users;
                 file.topics
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -180,6 +194,7 @@ impl Catalog {
             data_dir: data_dir.to_path_buf(),
             current: RwLock::new(Arc::new(Image {
                 broker_configs,
+                scram_users,
                 ..Image::new(1, topics, producer_ids_reserved)
             })),
             version: AtomicU64::new(1),
@@ -217,6 +232,7 @@ impl Catalog {
         let topics = cluster.topics.values().map(|t| t.topic.clone());
         let image = Arc::new(Image {
             broker_configs: cluster.broker_configs.clone(),
+            scram_users: cluster.scram_users.clone(),
             cluster: Some(Arc::new(cluster.clone())),
             ..Image::new(self.version() + 1, topics, cluster.producer_ids_reserved)
         });
@@ -247,6 +263,7 @@ impl Catalog {
             topics: topics.values().cloned().collect(),
             producer_ids_reserved: image.producer_ids_reserved,
             broker_configs: image.broker_configs.clone(),
+            scram_users: image.scram_users.clone(),
         };
         let json = serde_json::to_vec_pretty(&file).expect("the catalog always serializes");
         let write_err = |e: std::io::Error| {
@@ -268,6 +285,7 @@ impl Catalog {
             .map_err(write_err)?;
         let next = Image {
             broker_configs: image.broker_configs.clone(),
+            scram_users: image.scram_users.clone(),
             ..Image::new(
                 self.version() + 1,
                 topics.into_values(),
@@ -306,23 +324,30 @@ impl Catalog {
         topics: BTreeMap<String, Topic>,
         producer_ids_reserved: i64,
     ) -> Result<Arc<Image>, CatalogError> {
-        let broker_configs = self.image().broker_configs.clone();
-        self.publish_all(topics, producer_ids_reserved, broker_configs)
-            .await
+        let image = self.image();
+        self.publish_all(
+            topics,
+            producer_ids_reserved,
+            image.broker_configs.clone(),
+            image.scram_users.clone(),
+        )
+        .await
     }
 
-    /// [`Catalog::publish`], with new broker configs.
+    /// [`Catalog::publish`], with new broker configs and SCRAM users.
     pub(crate) async fn publish_all(
         &self,
         topics: BTreeMap<String, Topic>,
         producer_ids_reserved: i64,
         broker_configs: BTreeMap<String, String>,
+        scram_users: ScramUsers,
     ) -> Result<Arc<Image>, CatalogError> {
         let file = MetadataFile {
             format: METADATA_FORMAT,
             topics: topics.values().cloned().collect(),
             producer_ids_reserved,
             broker_configs: broker_configs.clone(),
+            scram_users,
         };
         let json = serde_json::to_vec_pretty(&file).expect("the catalog always serializes");
         // Only a change that gives space back (a topic deleted) may spend the reserve: a create
@@ -344,6 +369,7 @@ impl Catalog {
         }
         let image = Arc::new(Image {
             broker_configs,
+            scram_users: file.scram_users,
             cluster: None,
             ..Image::new(
                 self.version() + 1,

@@ -95,6 +95,10 @@ pub enum MetadataCommand {
     SetBrokerConfigs {
         configs: BTreeMap<String, String>,
     },
+    /// SCRAM credentials set or removed (AlterUserScramCredentials), all or none.
+    AlterScramCredentials {
+        changes: Vec<crate::scram::ScramChange>,
+    },
 }
 
 impl MetadataCommand {
@@ -107,6 +111,7 @@ impl MetadataCommand {
             MetadataCommand::AddPartitions { .. } => "add_partitions",
             MetadataCommand::ReserveProducerIds { .. } => "reserve_producer_ids",
             MetadataCommand::SetBrokerConfigs { .. } => "set_broker_configs",
+            MetadataCommand::AlterScramCredentials { .. } => "alter_scram_credentials",
         }
     }
 }
@@ -126,6 +131,8 @@ pub enum Refused {
     BadProducerIdCount(i64),
     #[error("a broker's id cannot be {0}")]
     BadBrokerId(i32),
+    #[error("SCRAM credentials: {0}")]
+    BadScramChange(String),
 }
 
 /// The cluster as the controller's log describes it, up to `version`.
@@ -139,6 +146,7 @@ pub struct ClusterImage {
     /// Each broker's latest block of producer ids: `[start, end)`.
     pub producer_id_blocks: BTreeMap<i32, (i64, i64)>,
     pub broker_configs: BTreeMap<String, String>,
+    pub scram_users: crate::scram::ScramUsers,
 }
 
 impl ClusterImage {
@@ -211,6 +219,13 @@ impl ClusterImage {
             }
             MetadataCommand::SetBrokerConfigs { configs } => {
                 self.broker_configs = configs.clone();
+            }
+            MetadataCommand::AlterScramCredentials { changes } => {
+                let mut users = self.scram_users.clone();
+                for change in changes {
+                    change.apply(&mut users).map_err(Refused::BadScramChange)?;
+                }
+                self.scram_users = users;
             }
         }
         Ok(())

@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::cluster::{ControlError, ShardReplication};
 use crate::cluster_metadata::{assign_replicas, ClusterImage, MetadataCommand, Refused};
+use crate::scram::ScramChange;
 use crate::shard::{remove_dir_all, Shard};
 use crate::topics::{validate_config, validate_topic_name, Topic, PARTITIONS_MAX};
 use crate::{ApiError, TopicRef};
@@ -856,6 +857,7 @@ pub async fn alter_broker_configs(
                     image.to_topics(),
                     image.producer_ids_reserved,
                     configs.clone(),
+                    image.scram_users.clone(),
                 )
                 .await
                 .map_err(|e| {
@@ -869,4 +871,89 @@ pub async fn alter_broker_configs(
         })
         .await
         .unwrap_or_else(|gone| Err(error(ResponseError::UnknownServerError, gone.to_string())))
+}
+
+/// Sets and removes SCRAM credentials (AlterUserScramCredentials). `groups` holds one list of
+/// changes per user: a group takes effect whole or not at all (deleting a credential that does
+/// not exist: RESOURCE_NOT_FOUND), and the groups that pass are made durable together: the
+/// catalog file on a single node, one controller command in cluster mode. Authentication reads
+/// the new credentials from the next image on.
+pub async fn alter_scram_credentials(
+    shard: &Rc<Shard>,
+    groups: Vec<Vec<ScramChange>>,
+) -> Vec<Result<(), ApiError>> {
+    let count = groups.len();
+    shard
+        .invoke_on(CONTROLLER_SHARD, move |controller| async move {
+            let _turn = controller.controller_turn().await;
+            let image = controller.catalog.image();
+            let mut users = image.scram_users.clone();
+            let mut accepted = Vec::new();
+            let mut results: Vec<Result<(), ApiError>> = groups
+                .into_iter()
+                .map(|group| {
+                    let mut changed = users.clone();
+                    for change in &group {
+                        change.apply(&mut changed).map_err(|m| {
+                            let code = match change {
+                                ScramChange::Delete { .. } => ResponseError::ResourceNotFound,
+                                ScramChange::Upsert { .. } => {
+                                    ResponseError::UnacceptableCredential
+                                }
+                            };
+                            error(code, m)
+                        })?;
+                    }
+                    users = changed;
+                    accepted.extend(group);
+                    Ok(())
+                })
+                .collect();
+            if accepted.is_empty() {
+                return results;
+            }
+            let persisted = if let Some(replication) = controller.replication.as_ref() {
+                let command = MetadataCommand::AlterScramCredentials {
+                    changes: accepted.clone(),
+                };
+                replication.control(command).await.map_err(control_error)
+            } else {
+                controller
+                    .catalog
+                    .publish_all(
+                        image.to_topics(),
+                        image.producer_ids_reserved,
+                        image.broker_configs.clone(),
+                        users,
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| {
+                        error(
+                            ResponseError::KafkaStorageError,
+                            format!("cannot persist the catalog: {e}"),
+                        )
+                    })
+            };
+            match persisted {
+                Ok(()) => {
+                    for change in &accepted {
+                        info!(user = change.user(), change = %change.action(), "SCRAM credential changed");
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e.message, "SCRAM credentials not changed");
+                    for result in results.iter_mut().filter(|r| r.is_ok()) {
+                        *result = Err(e.clone());
+                    }
+                }
+            }
+            results
+        })
+        .await
+        .unwrap_or_else(|gone| {
+            (0..count)
+                .map(|_| Err(error(ResponseError::UnknownServerError, gone.to_string())))
+                .collect()
+        })
 }

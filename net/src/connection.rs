@@ -20,27 +20,39 @@
 //!
 //! Each request with a decodable header also gets a span (`request_trace`), free unless
 //! someone traces requests.
+//!
+//! On a SASL listener the reader authenticates the connection first ([`Auth`]): until then only
+//! ApiVersions, SaslHandshake and SaslAuthenticate are served (anything else, or a frame above
+//! `sasl::UNAUTHENTICATED_FRAME_BYTES_MAX`, closes the connection), SASL steps run one at a
+//! time in the reader, and their answers join the response queue in order. A failed
+//! authentication is answered (SASL_AUTHENTICATION_FAILED) and the connection closed. With a
+//! session lifetime (KIP-368) the client re-authenticates on the same connection before the
+//! session ends, as the same user; a request after the end closes the connection.
 
 use std::cell::Cell;
 use std::rc::Rc;
+use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::channel::oneshot;
 use futures::future::Either;
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use kafka_protocol::messages::{
-    AlterConfigsRequest, ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest,
-    DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest, DescribeClusterRequest,
-    DescribeConfigsRequest, DescribeGroupsRequest, DescribeLogDirsRequest,
-    DescribeTopicPartitionsRequest, FetchRequest, FindCoordinatorRequest,
-    GetTelemetrySubscriptionsRequest, HeartbeatRequest, IncrementalAlterConfigsRequest,
-    InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListConfigResourcesRequest,
-    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
-    OffsetDeleteRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest,
-    PushTelemetryRequest, RequestHeader, ResponseHeader, SyncGroupRequest,
+    AlterConfigsRequest, AlterUserScramCredentialsRequest, ApiKey, ApiVersionsRequest,
+    CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteRecordsRequest,
+    DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest,
+    DescribeLogDirsRequest, DescribeTopicPartitionsRequest, DescribeUserScramCredentialsRequest,
+    FetchRequest, FindCoordinatorRequest, GetTelemetrySubscriptionsRequest, HeartbeatRequest,
+    IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
+    ListConfigResourcesRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest,
+    OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest,
+    ProduceRequest, PushTelemetryRequest, RequestHeader, ResponseHeader, SaslAuthenticateRequest,
+    SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse, SyncGroupRequest,
 };
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::protocol::{Decodable, Encodable};
-use tracing::{debug, warn, Instrument};
+use kafka_protocol::ResponseError;
+use tracing::{debug, info, warn, Instrument};
 
 use sluice_core::produce::{OrderLink, ProduceChain};
 
@@ -52,9 +64,10 @@ use crate::handlers::{
     describe_topic_partitions, fetch, find_coordinator, get_telemetry_subscriptions, heartbeat,
     init_producer_id, join_group, leave_group, list_config_resources, list_groups, list_offsets,
     metadata, offset_commit, offset_delete, offset_fetch, offset_for_leader_epoch, produce,
-    push_telemetry, sync_group, Context,
+    push_telemetry, sasl, scram_credentials, sync_group, Context,
 };
 use crate::request_trace;
+use crate::sasl::{SaslExchange, StepOutcome, UNAUTHENTICATED_FRAME_BYTES_MAX};
 
 /// Requests of one connection in progress at once.
 pub const PIPELINE_DEPTH: usize = 32;
@@ -125,12 +138,47 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + 'static>(
         // Owned here: the queue closes when the reader stops, which ends the writer's loop.
         let queue = queue;
         let mut produce_chain = ProduceChain::default();
+        // The principal changes as the client authenticates (SASL).
+        let mut connection_ctx = ctx.clone();
+        let mut auth = if ctx.sasl.is_some() {
+            Auth::AwaitingHandshake
+        } else {
+            Auth::NotRequired
+        };
         loop {
-            match read_frame(&mut reader, frame_bytes_max).await {
+            let frame_max = match auth {
+                Auth::NotRequired | Auth::Authenticated { .. } => frame_bytes_max,
+                _ => frame_bytes_max.min(UNAUTHENTICATED_FRAME_BYTES_MAX),
+            };
+            match read_frame(&mut reader, frame_max).await {
                 Ok(Some(frame)) => {
+                    if !matches!(auth, Auth::NotRequired) {
+                        match authenticate(&mut auth, &frame, &mut connection_ctx).await {
+                            Gate::Pass => {}
+                            Gate::Answer { response, close } => {
+                                let guard = InFlightGuard::new(&in_flight);
+                                let (reply, answer) = oneshot::channel();
+                                let _ = reply.send(Ok(Some(response)));
+                                if queue.send((guard, answer)).await.is_err() {
+                                    return;
+                                }
+                                if let Some(reason) = close {
+                                    info!(%peer, listener = %ctx.listener, %reason, "SASL authentication failed; closing connection");
+                                    ctx.shard.metrics.connection_failed();
+                                    return;
+                                }
+                                continue;
+                            }
+                            Gate::Close(reason) => {
+                                warn!(%peer, listener = %ctx.listener, %reason, "closing connection");
+                                ctx.shard.metrics.connection_failed();
+                                return;
+                            }
+                        }
+                    }
                     let guard = InFlightGuard::new(&in_flight);
                     let (reply, answer) = oneshot::channel();
-                    let ctx = ctx.clone();
+                    let ctx = connection_ctx.clone();
                     let is_produce =
                         frame.get(..2) == Some(&(ApiKey::Produce as i16).to_be_bytes());
                     let link = if is_produce {
@@ -469,8 +517,333 @@ async fn dispatch(
             let response = describe_topic_partitions::handle(request, ctx);
             encode(api, version, correlation_id, &response).map(Some)
         }
+        ApiKey::SaslHandshake => {
+            decode::<SaslHandshakeRequest>(&mut frame, api, version)?;
+            let offered = ctx
+                .sasl
+                .as_ref()
+                .map(|s| s.mechanism_names())
+                .unwrap_or_default();
+            let response = sasl::handshake_refused(&offered);
+            encode(api, version, correlation_id, &response).map(Some)
+        }
+        ApiKey::SaslAuthenticate => {
+            decode::<SaslAuthenticateRequest>(&mut frame, api, version)?;
+            let reason = if ctx.sasl.is_some() {
+                "SaslAuthenticate request received after successful authentication"
+            } else {
+                "this listener does not use SASL"
+            };
+            let response = sasl::authenticate_refused(reason);
+            encode(api, version, correlation_id, &response).map(Some)
+        }
+        ApiKey::DescribeUserScramCredentials => {
+            let request = decode::<DescribeUserScramCredentialsRequest>(&mut frame, api, version)?;
+            let response = scram_credentials::describe(request, ctx);
+            encode(api, version, correlation_id, &response).map(Some)
+        }
+        ApiKey::AlterUserScramCredentials => {
+            let request = decode::<AlterUserScramCredentialsRequest>(&mut frame, api, version)?;
+            let response = scram_credentials::alter(request, ctx).await;
+            encode(api, version, correlation_id, &response).map(Some)
+        }
         _ => Err(RequestError::UnsupportedVersion { api, version }),
     }
+}
+
+/// Where a connection on a SASL listener stands.
+enum Auth {
+    /// Not a SASL listener: every request is served.
+    NotRequired,
+    /// Nothing but ApiVersions and SaslHandshake yet.
+    AwaitingHandshake,
+    /// A mechanism was chosen; SaslAuthenticate carries its tokens. `reauth_of`: the user of
+    /// the session being renewed (KIP-368), who must stay the same.
+    Exchanging {
+        exchange: SaslExchange,
+        reauth_of: Option<String>,
+        /// After a v0 handshake: tokens are bare frames, answered as bare frames.
+        bare_tokens: bool,
+    },
+    /// Authenticated as `user` until `expires` (never when `None`).
+    Authenticated {
+        user: String,
+        expires: Option<Instant>,
+    },
+    /// Between two states while a step runs.
+    Stepping,
+}
+
+/// What the authentication gate does with one frame.
+enum Gate {
+    /// Served as any request.
+    Pass,
+    /// Answered here; with `close`, the connection then closes for that reason.
+    Answer {
+        response: Bytes,
+        close: Option<String>,
+    },
+    /// Not answerable: the connection closes.
+    Close(String),
+}
+
+/// The principal of a SASL user, as Kafka names it.
+const USER_PRINCIPAL_PREFIX: &str = "User:";
+
+/// Runs one frame of a SASL listener's connection through its authentication state: the SASL
+/// requests are answered here, others pass once the connection has authenticated.
+async fn authenticate(auth: &mut Auth, frame: &Bytes, ctx: &mut Context) -> Gate {
+    let Some(sasl) = ctx.sasl.clone() else {
+        return Gate::Pass;
+    };
+    if let Auth::Exchanging {
+        bare_tokens: true, ..
+    } = auth
+    {
+        let Auth::Exchanging {
+            exchange,
+            reauth_of,
+            ..
+        } = std::mem::replace(auth, Auth::Stepping)
+        else {
+            unreachable!("matched above")
+        };
+        return bare_token_step(auth, exchange, reauth_of, frame, ctx, &sasl).await;
+    }
+    let api = frame
+        .get(..2)
+        .and_then(|k| ApiKey::try_from(i16::from_be_bytes([k[0], k[1]])).ok());
+    let now = Instant::now();
+    match (&*auth, api) {
+        (Auth::Authenticated { expires, .. }, Some(api))
+            if api != ApiKey::SaslHandshake && expires.is_some_and(|e| now >= e) =>
+        {
+            return Gate::Close(format!(
+                "{api:?} after the SASL session ended: the client did not re-authenticate in time"
+            ));
+        }
+        (Auth::Authenticated { .. } | Auth::NotRequired, _)
+            if api != Some(ApiKey::SaslHandshake) =>
+        {
+            return Gate::Pass;
+        }
+        (Auth::AwaitingHandshake, Some(ApiKey::ApiVersions)) => return Gate::Pass,
+        _ => {}
+    }
+    let Some(api) = api else {
+        return Gate::Close("a request before SASL authentication".into());
+    };
+    let (version, header, mut body) = match split_request(frame.clone(), api) {
+        Ok(parts) => parts,
+        Err(e) => return Gate::Close(e.to_string()),
+    };
+    let correlation_id = header.correlation_id;
+    let answer = |response: Result<Bytes, RequestError>, close: Option<String>| match response {
+        Ok(response) => Gate::Answer { response, close },
+        Err(e) => Gate::Close(e.to_string()),
+    };
+    match (std::mem::replace(auth, Auth::Stepping), api) {
+        (state @ (Auth::AwaitingHandshake | Auth::Authenticated { .. }), ApiKey::SaslHandshake) => {
+            let request = match decode::<SaslHandshakeRequest>(&mut body, api, version) {
+                Ok(r) => r,
+                Err(e) => return Gate::Close(e.to_string()),
+            };
+            let reauth_of = match state {
+                Auth::Authenticated { user, .. } => Some(user),
+                _ => None,
+            };
+            let offered: Vec<StrBytes> = sasl
+                .mechanism_names()
+                .into_iter()
+                .map(StrBytes::from_static_str)
+                .collect();
+            let response = SaslHandshakeResponse::default().with_mechanisms(offered);
+            match sasl.start(request.mechanism.as_str()) {
+                Some(exchange) => {
+                    *auth = Auth::Exchanging {
+                        exchange,
+                        reauth_of,
+                        bare_tokens: version == 0,
+                    };
+                    answer(encode(api, version, correlation_id, &response), None)
+                }
+                None => answer(
+                    encode(
+                        api,
+                        version,
+                        correlation_id,
+                        &response.with_error_code(ResponseError::UnsupportedSaslMechanism.code()),
+                    ),
+                    Some(format!(
+                        "the client asked for SASL mechanism {:?}, which this listener does not offer",
+                        request.mechanism.as_str()
+                    )),
+                ),
+            }
+        }
+        (
+            Auth::Exchanging {
+                exchange,
+                reauth_of,
+                ..
+            },
+            ApiKey::SaslAuthenticate,
+        ) => {
+            let request = match decode::<SaslAuthenticateRequest>(&mut body, api, version) {
+                Ok(r) => r,
+                Err(e) => return Gate::Close(e.to_string()),
+            };
+            let mechanism = exchange.mechanism;
+            let (exchange, outcome) = exchange.step(request.auth_bytes.to_vec()).await;
+            let failed = |message: String| {
+                let response = SaslAuthenticateResponse::default()
+                    .with_error_code(ResponseError::SaslAuthenticationFailed.code())
+                    .with_error_message(Some(StrBytes::from(message.clone())));
+                answer(
+                    encode(api, version, correlation_id, &response),
+                    Some(message),
+                )
+            };
+            match outcome {
+                StepOutcome::Continue(bytes) => {
+                    *auth = Auth::Exchanging {
+                        exchange: exchange.expect("a running exchange comes back"),
+                        reauth_of,
+                        bare_tokens: false,
+                    };
+                    let response =
+                        SaslAuthenticateResponse::default().with_auth_bytes(Bytes::from(bytes));
+                    answer(encode(api, version, correlation_id, &response), None)
+                }
+                StepOutcome::Failed(message) => failed(message),
+                StepOutcome::Authenticated { user, .. }
+                    if reauth_of.as_ref().is_some_and(|previous| *previous != user) =>
+                {
+                    failed(format!(
+                        "re-authentication as {user} on a connection of {}: a connection keeps its principal",
+                        reauth_of.unwrap_or_default()
+                    ))
+                }
+                StepOutcome::Authenticated { user, last } => {
+                    let lifetime = sasl.settings.session_lifetime;
+                    authenticated(auth, ctx, user, mechanism.name(), reauth_of.is_some(), lifetime.map(|l| now + l));
+                    let mut response =
+                        SaslAuthenticateResponse::default().with_auth_bytes(Bytes::from(last));
+                    if version >= 1 {
+                        // KIP-368: the client re-authenticates before this many ms have passed.
+                        response.session_lifetime_ms =
+                            lifetime.map_or(0, |l| l.as_millis().try_into().unwrap_or(i64::MAX));
+                    }
+                    answer(encode(api, version, correlation_id, &response), None)
+                }
+            }
+        }
+        (Auth::AwaitingHandshake, ApiKey::SaslAuthenticate) => {
+            let response = sasl::authenticate_refused("SaslAuthenticate before SaslHandshake");
+            answer(
+                encode(api, version, correlation_id, &response),
+                Some("SaslAuthenticate before SaslHandshake".into()),
+            )
+        }
+        (Auth::Exchanging { .. }, api) => {
+            Gate::Close(format!("{api:?} during SASL authentication"))
+        }
+        (_, api) => Gate::Close(format!("{api:?} before SASL authentication")),
+    }
+}
+
+/// The connection authenticated as `user`: its principal from now on.
+fn authenticated(
+    auth: &mut Auth,
+    ctx: &mut Context,
+    user: String,
+    mechanism: &str,
+    renewed: bool,
+    expires: Option<Instant>,
+) {
+    info!(client = %ctx.client_host, listener = %ctx.listener, %user, mechanism, renewed,
+        "SASL client authenticated");
+    ctx.principal = Rc::from(format!("{USER_PRINCIPAL_PREFIX}{user}"));
+    *auth = Auth::Authenticated { user, expires };
+}
+
+/// One token of an exchange begun with SaslHandshake v0: the frame is the token, the answer a
+/// bare length-prefixed token; a failure closes the connection without an answer, as Kafka does.
+async fn bare_token_step(
+    auth: &mut Auth,
+    exchange: SaslExchange,
+    reauth_of: Option<String>,
+    frame: &Bytes,
+    ctx: &mut Context,
+    sasl: &crate::sasl::SaslServer,
+) -> Gate {
+    let mechanism = exchange.mechanism;
+    let (exchange, outcome) = exchange.step(frame.to_vec()).await;
+    let bare = |token: Vec<u8>| {
+        let mut out = BytesMut::with_capacity(4 + token.len());
+        out.put_u32(token.len() as u32);
+        out.put_slice(&token);
+        out.freeze()
+    };
+    match outcome {
+        StepOutcome::Continue(token) => {
+            *auth = Auth::Exchanging {
+                exchange: exchange.expect("a running exchange comes back"),
+                reauth_of,
+                bare_tokens: true,
+            };
+            Gate::Answer {
+                response: bare(token),
+                close: None,
+            }
+        }
+        StepOutcome::Failed(message) => Gate::Close(message),
+        StepOutcome::Authenticated { user, .. }
+            if reauth_of.as_ref().is_some_and(|previous| *previous != user) =>
+        {
+            Gate::Close(format!("re-authentication as {user} changes the principal"))
+        }
+        StepOutcome::Authenticated { user, last } => {
+            let expires = sasl.settings.session_lifetime.map(|l| Instant::now() + l);
+            authenticated(
+                auth,
+                ctx,
+                user,
+                mechanism.name(),
+                reauth_of.is_some(),
+                expires,
+            );
+            Gate::Answer {
+                response: bare(last),
+                close: None,
+            }
+        }
+    }
+}
+
+/// A request frame's version, header and body, for an API this broker serves at that version.
+fn split_request(
+    mut frame: Bytes,
+    api: ApiKey,
+) -> Result<(i16, RequestHeader, Bytes), RequestError> {
+    if frame.len() < 8 {
+        return Err(RequestError::ShortHeader(frame.len()));
+    }
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let supported =
+        apis::implemented(api).is_some_and(|r| (r.min_version..=r.max_version).contains(&version));
+    if !supported {
+        return Err(RequestError::UnsupportedVersion { api, version });
+    }
+    let header =
+        RequestHeader::decode(&mut frame, api.request_header_version(version)).map_err(|e| {
+            RequestError::Malformed {
+                api,
+                version,
+                reason: e.to_string(),
+            }
+        })?;
+    Ok((version, header, frame))
 }
 
 /// Decodes a request body. Bytes after it are ignored, as Kafka does.

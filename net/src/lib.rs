@@ -9,10 +9,12 @@
 //!   translating between the codec's messages and `sluice-core`'s calls.
 //! - [`connection`] — one client connection: read a frame, decode the header, dispatch, write
 //!   the response. A malformed frame closes that connection and touches nothing else.
-//! - [`server`] — listeners: each named listener (PLAINTEXT or SSL) bound by every shard on
+//! - [`server`] — listeners: each named listener (PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL) bound by every shard on
 //!   the same port (SO_REUSEPORT).
 //! - [`tls`] — the SSL listeners' rustls configuration, its reload, and the principal a
 //!   client certificate maps to.
+//! - [`sasl`] — the SASL listeners' mechanisms (PLAIN, SCRAM-SHA-256/512 through rsasl), one
+//!   authentication exchange, and the SCRAM credential arithmetic.
 //!
 //! Codecs come from the `kafka-protocol` crate (generated from Kafka's JSON schemas).
 //!
@@ -25,6 +27,7 @@ pub mod connection;
 pub mod frame;
 mod handlers;
 pub mod request_trace;
+pub mod sasl;
 pub mod server;
 pub mod tls;
 

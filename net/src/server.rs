@@ -36,6 +36,7 @@ use sluice_core::shard::{Shard, ShardSettings, MESH_CHANNEL_JOBS};
 use tracing::{error, info};
 
 use crate::handlers::Context;
+use crate::sasl::{SaslServer, SaslSettings};
 use crate::tls::TlsServer;
 pub use sluice_core::cluster_metadata::Endpoint;
 
@@ -63,12 +64,13 @@ impl BrokerIdentity {
     }
 }
 
-/// Kafka's security protocols a listener may speak (SASL is not built yet: start-up refuses
-/// `SASL_PLAINTEXT` and `SASL_SSL`).
+/// Kafka's security protocols a listener may speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SecurityProtocol {
     Plaintext,
     Ssl,
+    SaslPlaintext,
+    SaslSsl,
 }
 
 impl SecurityProtocol {
@@ -76,7 +78,22 @@ impl SecurityProtocol {
         match self {
             SecurityProtocol::Plaintext => "PLAINTEXT",
             SecurityProtocol::Ssl => "SSL",
+            SecurityProtocol::SaslPlaintext => "SASL_PLAINTEXT",
+            SecurityProtocol::SaslSsl => "SASL_SSL",
         }
+    }
+
+    /// Connections are encrypted with TLS.
+    pub fn uses_tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+
+    /// Clients authenticate with SASL.
+    pub fn uses_sasl(self) -> bool {
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
     }
 }
 
@@ -97,8 +114,10 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ServerConfig {
     /// The Kafka listeners, at least one.
     pub listeners: Vec<Listener>,
-    /// The TLS configuration of the `SSL` listeners (required when there is one).
+    /// The TLS configuration of the `SSL` and `SASL_SSL` listeners (required when there is one).
     pub tls: Option<Arc<TlsServer>>,
+    /// The SASL settings of the `SASL_*` listeners (required when there is one).
+    pub sasl: Option<Arc<SaslSettings>>,
     /// Largest request frame accepted; a longer length prefix closes the connection unread.
     pub frame_bytes_max: usize,
     /// Executors (shards), one per CPU.
@@ -226,7 +245,7 @@ fn parse_proc_address(field: &str) -> Option<SocketAddr> {
 }
 
 /// Serves one accepted connection: on a plaintext listener (`tls` is `None`) at once; on an
-/// `SSL` one after the TLS handshake (bounded in time; a client that fails it is logged and
+/// `SSL` or `SASL_SSL` one after the TLS handshake (bounded in time; a client that fails it is logged and
 /// dropped, nothing else is touched) and with the principal its certificate maps to.
 async fn serve_accepted(
     tls: Option<Arc<TlsServer>>,
@@ -289,14 +308,14 @@ pub fn run(
     if config.listeners.is_empty() {
         return Err(ServerError::Start("no listener configured".into()));
     }
-    if config
-        .listeners
-        .iter()
-        .any(|l| l.protocol == SecurityProtocol::Ssl)
-        && config.tls.is_none()
-    {
+    if config.listeners.iter().any(|l| l.protocol.uses_tls()) && config.tls.is_none() {
         return Err(ServerError::Start(
-            "an SSL listener needs a TLS configuration".into(),
+            "an SSL or SASL_SSL listener needs a TLS configuration".into(),
+        ));
+    }
+    if config.listeners.iter().any(|l| l.protocol.uses_sasl()) && config.sasl.is_none() {
+        return Err(ServerError::Start(
+            "a SASL listener needs SASL settings".into(),
         ));
     }
     let _address_claims = config
@@ -366,6 +385,7 @@ pub fn run(
                 client_telemetry: hub.client_telemetry.clone(),
                 listener: Rc::from(""),
                 principal: Rc::from(crate::tls::ANONYMOUS),
+                sasl: None,
             };
             let in_flight: crate::connection::InFlight = Rc::default();
             let publishing = {
@@ -378,9 +398,18 @@ pub fn run(
             hub.shard_serving();
             let accepts = bound.iter().map(|(socket, listener)| {
                 let listener_name: Rc<str> = Rc::from(listener.name.as_str());
-                let tls = match listener.protocol {
-                    SecurityProtocol::Plaintext => None,
-                    SecurityProtocol::Ssl => config.tls.clone(),
+                let tls = if listener.protocol.uses_tls() {
+                    config.tls.clone()
+                } else {
+                    None
+                };
+                let sasl = if listener.protocol.uses_sasl() {
+                    config
+                        .sasl
+                        .clone()
+                        .map(|settings| SaslServer::new(shard.catalog.clone(), settings))
+                } else {
+                    None
                 };
                 let (ctx, in_flight) = (&ctx, &in_flight);
                 async move {
@@ -400,6 +429,7 @@ pub fn run(
                             peer_addr.map_or_else(|| "?".to_string(), |a| format!("/{}", a.ip())),
                         );
                         connection_ctx.listener = listener_name.clone();
+                        connection_ctx.sasl = sasl.clone();
                         let frame_bytes_max = config.frame_bytes_max;
                         let in_flight = in_flight.clone();
                         glommio::spawn_local(serve_accepted(

@@ -3,6 +3,7 @@
 //! `SLUICE_BOOTSTRAP`, then 127.0.0.1:9092).
 //!
 //! - `client` — the blocking Kafka client underneath.
+//! - `users` — `sluice user`: SCRAM users (KIP-554).
 //! - this module — the commands and their arguments (clap derive; `src/main.rs` nests them).
 
 use std::collections::HashMap;
@@ -34,6 +35,9 @@ use kafka_protocol::records::{
 };
 
 mod client;
+mod users;
+
+pub use users::{user, UserCommand};
 
 use client::{partition_for_key, ApiUse, Client, Result};
 

@@ -6,6 +6,7 @@
 //! raw Kafka requests for wire-level tests, and [`proxy`], a TCP proxy that cuts connections.
 
 pub mod cluster;
+pub mod pki;
 pub mod proxy;
 pub mod wire;
 

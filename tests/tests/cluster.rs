@@ -2138,4 +2138,47 @@ fn every_answer_names_the_brokers_on_the_listener_it_came_in_on() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+
+    // A SCRAM user made through any node is a controller command: every node comes to know it.
+    let made = std::process::Command::new(sluice_tests::sluice_binary())
+        .args([
+            "user",
+            "create",
+            "carol",
+            "--password",
+            "pw",
+            "--mechanism",
+            "SCRAM-SHA-512",
+        ])
+        .args(["--bootstrap", &cluster.nodes[2].kafka.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    for node in &cluster.nodes {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut s = sluice_tests::wire::connect(node.kafka);
+            let users: kafka_protocol::messages::DescribeUserScramCredentialsResponse =
+                sluice_tests::wire::call(
+                    &mut s,
+                    ApiKey::DescribeUserScramCredentials,
+                    0,
+                    &kafka_protocol::messages::DescribeUserScramCredentialsRequest::default(),
+                );
+            let names: Vec<String> = users.results.iter().map(|r| r.user.to_string()).collect();
+            if names == ["carol"] {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} knows {names:?}",
+                node.id
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }

@@ -287,6 +287,8 @@ fn every_api_answers_at_every_advertised_version() {
     group_cases(&mut m);
     producer_id_cases(&mut m);
     cluster_cases(&mut m);
+    sasl_cases(&mut m);
+    scram_credential_cases(&mut m);
 
     let untried: Vec<_> = advertised
         .iter()
@@ -1248,6 +1250,131 @@ fn cluster_cases(m: &mut Matrix) {
                     || format!("DescribeTopicPartitions v{v}: second page {r:?}"),
                 );
             }
+        }
+    }
+}
+
+/// On a PLAINTEXT listener SaslHandshake and SaslAuthenticate are answered with
+/// ILLEGAL_SASL_STATE, as Kafka answers them (the SASL listeners' own exchanges are in
+/// `tests/sasl.rs`).
+fn sasl_cases(m: &mut Matrix) {
+    for v in m.range(ApiKey::SaslHandshake) {
+        let request = SaslHandshakeRequest::default().with_mechanism(text("PLAIN"));
+        if let Some(r) = m.call::<_, SaslHandshakeResponse>(
+            ApiKey::SaslHandshake,
+            v,
+            "no SASL on this listener",
+            &request,
+        ) {
+            m.check(r.error_code == 34 && r.mechanisms.is_empty(), || {
+                format!("SaslHandshake v{v}: {r:?}")
+            });
+        }
+    }
+    for v in m.range(ApiKey::SaslAuthenticate) {
+        let request = SaslAuthenticateRequest::default()
+            .with_auth_bytes(Bytes::from_static(b"\0user\0password"));
+        if let Some(r) = m.call::<_, SaslAuthenticateResponse>(
+            ApiKey::SaslAuthenticate,
+            v,
+            "no SASL on this listener",
+            &request,
+        ) {
+            m.check(r.error_code == 34 && r.error_message.is_some(), || {
+                format!("SaslAuthenticate v{v}: {r:?}")
+            });
+        }
+    }
+}
+
+/// SCRAM users: set, described, refused the way Kafka refuses bad changes.
+fn scram_credential_cases(m: &mut Matrix) {
+    use alter_user_scram_credentials_request::{ScramCredentialDeletion, ScramCredentialUpsertion};
+    let upsert = |user: &str, mechanism: i8, iterations: i32| {
+        ScramCredentialUpsertion::default()
+            .with_name(text(user))
+            .with_mechanism(mechanism)
+            .with_iterations(iterations)
+            .with_salt(Bytes::from_static(b"salt"))
+            .with_salted_password(Bytes::from_static(&[7u8; 32]))
+    };
+    let delete = |user: &str, mechanism: i8| {
+        ScramCredentialDeletion::default()
+            .with_name(text(user))
+            .with_mechanism(mechanism)
+    };
+    for v in m.range(ApiKey::AlterUserScramCredentials) {
+        let request = AlterUserScramCredentialsRequest::default()
+            .with_upsertions(vec![
+                upsert("matrix-user", 1, 4096),
+                upsert("few-iterations", 1, 100),
+                upsert("odd-mechanism", 9, 4096),
+                upsert("", 2, 4096),
+            ])
+            .with_deletions(vec![
+                delete("nobody", 2),
+                delete("twice", 1),
+                delete("twice", 1),
+            ]);
+        if let Some(r) = m.call::<_, AlterUserScramCredentialsResponse>(
+            ApiKey::AlterUserScramCredentials,
+            v,
+            "ok and every refusal",
+            &request,
+        ) {
+            let codes: Vec<(String, i16)> = r
+                .results
+                .iter()
+                .map(|r| (r.user.to_string(), r.error_code))
+                .collect();
+            let expected: Vec<(String, i16)> = [
+                ("nobody", 91),
+                ("twice", 92),
+                ("matrix-user", 0),
+                ("few-iterations", 93),
+                ("odd-mechanism", 33),
+                ("", 93),
+            ]
+            .iter()
+            .map(|(u, c)| (u.to_string(), *c))
+            .collect();
+            m.check(codes == expected, || {
+                format!("AlterUserScramCredentials v{v}: {codes:?}")
+            });
+        }
+    }
+    for v in m.range(ApiKey::DescribeUserScramCredentials) {
+        if let Some(r) = m.call::<_, DescribeUserScramCredentialsResponse>(
+            ApiKey::DescribeUserScramCredentials,
+            v,
+            "all users",
+            &DescribeUserScramCredentialsRequest::default(),
+        ) {
+            m.check(
+                r.error_code == 0
+                    && r.results.len() == 1
+                    && r.results[0].user.as_str() == "matrix-user"
+                    && r.results[0].credential_infos.len() == 1
+                    && r.results[0].credential_infos[0].iterations == 4096,
+                || format!("DescribeUserScramCredentials v{v}: all {r:?}"),
+            );
+        }
+        let named = DescribeUserScramCredentialsRequest::default().with_users(Some(vec![
+            describe_user_scram_credentials_request::UserName::default()
+                .with_name(text("matrix-user")),
+            describe_user_scram_credentials_request::UserName::default().with_name(text("nobody")),
+            describe_user_scram_credentials_request::UserName::default().with_name(text("nobody")),
+        ]));
+        if let Some(r) = m.call::<_, DescribeUserScramCredentialsResponse>(
+            ApiKey::DescribeUserScramCredentials,
+            v,
+            "known, unknown and twice",
+            &named,
+        ) {
+            let codes: Vec<i16> = r.results.iter().map(|r| r.error_code).collect();
+            m.check(codes == [0, 92, 92], || {
+                format!("DescribeUserScramCredentials v{v}: named {r:?}")
+            });
         }
     }
 }

@@ -8,81 +8,12 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
+use sluice_tests::pki::Pki;
 use sluice_tests::{kcat, Broker};
-
-/// A CA and what it signed, as PEM files in `dir`: `<name>-ca.pem`, `<name>-server.pem` /
-/// `-server.key` (for localhost and 127.0.0.1) and `<name>-client.pem` / `-client.key`
-/// (subject `CN=Alice,OU=ops,O=Example`).
-struct Pki {
-    ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
-}
-
-impl Pki {
-    fn generate(dir: &Path, name: &str) -> Pki {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, format!("Sluice test CA {name}"));
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca_params, ca_key);
-
-        let server_key = KeyPair::generate().unwrap();
-        let mut server =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-        server
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
-        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let server_cert = server.signed_by(&server_key, &issuer).unwrap();
-
-        let client_key = KeyPair::generate().unwrap();
-        let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
-        // A fresh name (the params come with a CN of rcgen's), written in the usual order,
-        // most general first: RFC 2253 reads it back most specific first.
-        client.distinguished_name = rcgen::DistinguishedName::new();
-        client
-            .distinguished_name
-            .push(DnType::OrganizationName, "Example");
-        client
-            .distinguished_name
-            .push(DnType::OrganizationalUnitName, "ops");
-        client.distinguished_name.push(DnType::CommonName, "Alice");
-        client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let client_cert = client.signed_by(&client_key, &issuer).unwrap();
-
-        let write = |file: &str, pem: String| {
-            let path = dir.join(format!("{name}-{file}"));
-            std::fs::write(&path, pem).unwrap();
-            path
-        };
-        Pki {
-            ca: write("ca.pem", ca_cert.pem()),
-            server_cert: write("server.pem", server_cert.pem()),
-            server_key: write("server.key", server_key.serialize_pem()),
-            client_cert: write("client.pem", client_cert.pem()),
-            client_key: write("client.key", client_key.serialize_pem()),
-        }
-    }
-}
 
 /// A broker with its PLAINTEXT listener and an SSL one at `ssl_address`, serving `pki`'s server
 /// certificate, plus `extra` arguments.
@@ -466,7 +397,10 @@ fn an_ssl_listener_without_usable_files_stops_start_up_naming_the_field() {
             ],
             "ssl_certificate",
         ),
-        (vec!["--listeners", "SASL_SSL://127.0.0.1:1"], "listeners"),
+        (
+            vec!["--listeners", "SASL_SSL://127.0.0.1:1"],
+            "ssl_certificate",
+        ),
     ] {
         let out = Command::new(sluice_tests::sluice_binary())
             .arg("serve")

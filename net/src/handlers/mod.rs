@@ -39,6 +39,8 @@ pub mod offset_fetch;
 pub mod offset_for_leader_epoch;
 pub mod produce;
 pub mod push_telemetry;
+pub mod sasl;
+pub mod scram_credentials;
 pub mod sync_group;
 
 /// What a handler can reach: this shard (and through it, every other) and who the broker is.
@@ -56,6 +58,9 @@ pub struct Context {
     /// Who the client is (`User:ANONYMOUS` on a plaintext listener, the certificate's mapped
     /// subject with mutual TLS).
     pub principal: Rc<str>,
+    /// On a `SASL_*` listener: the mechanisms and the credential store the connection
+    /// authenticates against (`None` elsewhere).
+    pub sasl: Option<crate::sasl::SaslServer>,
 }
 
 /// Kafka's `ConfigSource`: 1 = set on the topic, 5 = the default.
