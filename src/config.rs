@@ -24,6 +24,9 @@ struct FileConfig {
     ssl_principal_mapping_rules: Option<String>,
     sasl_enabled_mechanisms: Option<String>,
     connections_max_reauth_ms: Option<u64>,
+    authorizer: Option<String>,
+    super_users: Option<String>,
+    allow_everyone_if_no_acl_found: Option<bool>,
     admin_listen: Option<String>,
     metrics_per_partition: Option<bool>,
     otlp_endpoint: Option<String>,
@@ -83,6 +86,8 @@ pub struct BrokerConfig {
     pub tls: Option<std::sync::Arc<sluice_net::tls::TlsServer>>,
     /// The SASL listeners' mechanisms and session lifetime (`None` without a SASL listener).
     pub sasl: Option<std::sync::Arc<sluice_net::sasl::SaslSettings>>,
+    /// The ACL authorizer (`None`: `authorizer = none`, every client may do everything).
+    pub authorizer: Option<std::sync::Arc<sluice_core::acls::AuthorizerSettings>>,
     /// The admin HTTP listener: `/metrics`, readiness, health, the JSON API.
     pub admin_listen: SocketAddr,
     /// `/metrics` series per partition as well as per topic.
@@ -250,6 +255,24 @@ const FIELDS: &[(&str, &str, &str, &str)] = &[
         "--connections-max-reauth-ms",
         "SLUICE_CONNECTIONS_MAX_REAUTH_MS",
         "KIP-368: a SASL session lasts this long and the client re-authenticates on its connection; a request after that closes it; 0: forever [default: 0]",
+    ),
+    (
+        "authorizer",
+        "--authorizer",
+        "SLUICE_AUTHORIZER",
+        "none (every client may do everything) or acls (Kafka's ACLs decide; see docs/security.md) [default: none]",
+    ),
+    (
+        "super_users",
+        "--super-users",
+        "SLUICE_SUPER_USERS",
+        "Kafka's super.users: principals allowed everything, semicolon-separated (User:admin;User:ops) [default: none]",
+    ),
+    (
+        "allow_everyone_if_no_acl_found",
+        "--allow-everyone-if-no-acl-found",
+        "SLUICE_ALLOW_EVERYONE_IF_NO_ACL_FOUND",
+        "Kafka's allow.everyone.if.no.acl.found: a resource no ACL names is open to all [default: false]",
     ),
     (
         "admin_listen",
@@ -831,6 +854,48 @@ impl BrokerConfig {
             })
         });
 
+        let raw = pick("authorizer", file.authorizer).unwrap_or_else(|| default("none"));
+        let acls_on = match raw.value.trim() {
+            "none" => false,
+            "acls" => true,
+            other => {
+                return Err(invalid(
+                    "authorizer",
+                    &raw,
+                    format!("{other:?}: none or acls"),
+                ))
+            }
+        };
+        let raw = pick("super_users", file.super_users).unwrap_or_else(|| default(""));
+        let mut super_users = Vec::new();
+        for principal in raw
+            .value
+            .split(';')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            if !principal.contains(':') {
+                return Err(invalid(
+                    "super_users",
+                    &raw,
+                    format!("{principal:?} is not TYPE:NAME (e.g. User:admin)"),
+                ));
+            }
+            super_users.push(principal.to_string());
+        }
+        let raw = pick(
+            "allow_everyone_if_no_acl_found",
+            file.allow_everyone_if_no_acl_found.map(|b| b.to_string()),
+        )
+        .unwrap_or_else(|| default("false"));
+        let allow_everyone_if_no_acl_found: bool = parse("allow_everyone_if_no_acl_found", &raw)?;
+        let authorizer = acls_on.then(|| {
+            std::sync::Arc::new(sluice_core::acls::AuthorizerSettings {
+                super_users,
+                allow_everyone_if_no_acl_found,
+            })
+        });
+
         let raw = pick("data_dir", file.data_dir.map(|p| p.display().to_string()))
             .unwrap_or_else(|| default("./data"));
         if raw.value.trim().is_empty() {
@@ -1164,6 +1229,7 @@ impl BrokerConfig {
             endpoints,
             tls,
             sasl,
+            authorizer,
             admin_listen,
             metrics_per_partition,
             otlp_endpoint,
@@ -1468,6 +1534,12 @@ mod tests {
             (
                 &["--connections-max-reauth-ms", "-1"],
                 "connections_max_reauth_ms",
+            ),
+            (&["--authorizer", "AclAuthorizer"], "authorizer"),
+            (&["--super-users", "admin"], "super_users"),
+            (
+                &["--allow-everyone-if-no-acl-found", "yes"],
+                "allow_everyone_if_no_acl_found",
             ),
             (&["--listeners", "PLAINTEXT://somehost:1"], "listeners"),
             (

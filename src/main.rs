@@ -4,7 +4,7 @@
 //!
 //! - `sluice serve`: the single-node broker, one shard per core (`sluice-net` over
 //!   `sluice-core` over `sluice-storage`; see `docs/ARCHITECTURE.md`).
-//! - `sluice topic|produce|consume|group|user`: Kafka tools that talk the protocol to any broker (`cli`).
+//! - `sluice topic|produce|consume|group|user|acl`: Kafka tools that talk the protocol to any broker (`cli`).
 //! - `sluice bench` and `sluice chaos`: load runs and fault runs against real nodes (`bench`
 //!   feature: librdkafka inside).
 //! - `sluice log verify <dir>`: opens a partition log directory the way the broker will
@@ -61,6 +61,9 @@ enum Command {
     /// Creates, lists and deletes SCRAM users (SASL PLAIN and SCRAM authenticate against them).
     #[command(subcommand)]
     User(cli::UserCommand),
+    /// Adds, lists and removes ACLs (the broker decides with them when `authorizer = acls`).
+    #[command(subcommand)]
+    Acl(cli::AclCommand),
     /// A local cluster, and what a cluster's nodes report.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -110,6 +113,7 @@ fn main() -> ExitCode {
         Command::Consume(args) => tool("consume", cli::consume(args)),
         Command::Group(command) => tool("group", cli::group(command)),
         Command::User(command) => tool("user", cli::user(command)),
+        Command::Acl(command) => tool("acl", cli::acl(command)),
         #[cfg(feature = "bench")]
         Command::Bench(args) => tool("bench", sluice_bench_harness::main(args)),
         #[cfg(feature = "bench")]
@@ -290,6 +294,7 @@ fn serve(args: &config::ServeArgs) -> ExitCode {
         listeners: config.listeners.clone(),
         tls: config.tls.clone(),
         sasl: config.sasl.clone(),
+        authorizer: config.authorizer.clone(),
         frame_bytes_max: config.frame_bytes_max,
         shards: config.cores,
         pin_shards: !config.overprovisioned,

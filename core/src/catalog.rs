@@ -17,6 +17,7 @@ use std::sync::{Arc, RwLock};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::acls::AclBinding;
 use crate::cluster::ClusterTable;
 use crate::cluster_metadata::ClusterImage;
 use crate::scram::ScramUsers;
@@ -56,6 +57,9 @@ struct MetadataFile {
     /// SCRAM users (AlterUserScramCredentials); see `scram`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     scram_users: ScramUsers,
+    /// ACLs (CreateAcls); see `acls`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    acls: Vec<AclBinding>,
 }
 
 /// One immutable version of the topic table.
@@ -68,6 +72,8 @@ pub struct Image {
     pub broker_configs: BTreeMap<String, String>,
     /// SCRAM users: who may authenticate on a SASL listener, and with what.
     pub scram_users: ScramUsers,
+    /// ACLs, in the order they were created.
+    pub acls: Vec<AclBinding>,
     /// Cluster mode: the controller's image this version was built from (brokers, replica
     /// assignments). `None` on a single node.
     pub cluster: Option<Arc<ClusterImage>>,
@@ -141,6 +147,7 @@ impl Catalog {
         let mut producer_ids_reserved = 0;
         let mut broker_configs = BTreeMap::new();
         let mut scram_users = ScramUsers::new();
+        let mut acls = Vec::new();
         let topics = match std::fs::read(&path) {
             Ok(bytes) => {
                 let file: MetadataFile =
@@ -180,6 +187,13 @@ impl Catalog {
                     }
                 })?;
                 scram_users = file.scram_users;
+                for acl in &file.acls {
+                    acl.check().map_err(|reason| CatalogError::Invalid {
+                        path: display.clone(),
+                        reason: format!("ACL {acl:?}: {reason}"),
+                    })?;
+                }
+                acls = file.acls;
                 file.topics
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -195,6 +209,7 @@ impl Catalog {
             current: RwLock::new(Arc::new(Image {
                 broker_configs,
                 scram_users,
+                acls,
                 ..Image::new(1, topics, producer_ids_reserved)
             })),
             version: AtomicU64::new(1),
@@ -233,6 +248,7 @@ impl Catalog {
         let image = Arc::new(Image {
             broker_configs: cluster.broker_configs.clone(),
             scram_users: cluster.scram_users.clone(),
+            acls: cluster.acls.clone(),
             cluster: Some(Arc::new(cluster.clone())),
             ..Image::new(self.version() + 1, topics, cluster.producer_ids_reserved)
         });
@@ -264,6 +280,7 @@ impl Catalog {
             producer_ids_reserved: image.producer_ids_reserved,
             broker_configs: image.broker_configs.clone(),
             scram_users: image.scram_users.clone(),
+            acls: image.acls.clone(),
         };
         let json = serde_json::to_vec_pretty(&file).expect("the catalog always serializes");
         let write_err = |e: std::io::Error| {
@@ -286,6 +303,7 @@ impl Catalog {
         let next = Image {
             broker_configs: image.broker_configs.clone(),
             scram_users: image.scram_users.clone(),
+            acls: image.acls.clone(),
             ..Image::new(
                 self.version() + 1,
                 topics.into_values(),
@@ -330,17 +348,19 @@ impl Catalog {
             producer_ids_reserved,
             image.broker_configs.clone(),
             image.scram_users.clone(),
+            image.acls.clone(),
         )
         .await
     }
 
-    /// [`Catalog::publish`], with new broker configs and SCRAM users.
+    /// [`Catalog::publish`], with new broker configs, SCRAM users and ACLs.
     pub(crate) async fn publish_all(
         &self,
         topics: BTreeMap<String, Topic>,
         producer_ids_reserved: i64,
         broker_configs: BTreeMap<String, String>,
         scram_users: ScramUsers,
+        acls: Vec<AclBinding>,
     ) -> Result<Arc<Image>, CatalogError> {
         let file = MetadataFile {
             format: METADATA_FORMAT,
@@ -348,6 +368,7 @@ impl Catalog {
             producer_ids_reserved,
             broker_configs: broker_configs.clone(),
             scram_users,
+            acls,
         };
         let json = serde_json::to_vec_pretty(&file).expect("the catalog always serializes");
         // Only a change that gives space back (a topic deleted) may spend the reserve: a create
@@ -370,6 +391,7 @@ impl Catalog {
         let image = Arc::new(Image {
             broker_configs,
             scram_users: file.scram_users,
+            acls: file.acls,
             cluster: None,
             ..Image::new(
                 self.version() + 1,

@@ -99,6 +99,14 @@ pub enum MetadataCommand {
     AlterScramCredentials {
         changes: Vec<crate::scram::ScramChange>,
     },
+    /// ACLs added (CreateAcls); one already present is not added twice.
+    CreateAcls {
+        acls: Vec<crate::acls::AclBinding>,
+    },
+    /// ACLs removed (DeleteAcls: the bindings its filters matched on the leader).
+    DeleteAcls {
+        acls: Vec<crate::acls::AclBinding>,
+    },
 }
 
 impl MetadataCommand {
@@ -112,6 +120,8 @@ impl MetadataCommand {
             MetadataCommand::ReserveProducerIds { .. } => "reserve_producer_ids",
             MetadataCommand::SetBrokerConfigs { .. } => "set_broker_configs",
             MetadataCommand::AlterScramCredentials { .. } => "alter_scram_credentials",
+            MetadataCommand::CreateAcls { .. } => "create_acls",
+            MetadataCommand::DeleteAcls { .. } => "delete_acls",
         }
     }
 }
@@ -133,6 +143,8 @@ pub enum Refused {
     BadBrokerId(i32),
     #[error("SCRAM credentials: {0}")]
     BadScramChange(String),
+    #[error("ACL: {0}")]
+    BadAcl(String),
 }
 
 /// The cluster as the controller's log describes it, up to `version`.
@@ -147,6 +159,7 @@ pub struct ClusterImage {
     pub producer_id_blocks: BTreeMap<i32, (i64, i64)>,
     pub broker_configs: BTreeMap<String, String>,
     pub scram_users: crate::scram::ScramUsers,
+    pub acls: Vec<crate::acls::AclBinding>,
 }
 
 impl ClusterImage {
@@ -226,6 +239,19 @@ impl ClusterImage {
                     change.apply(&mut users).map_err(Refused::BadScramChange)?;
                 }
                 self.scram_users = users;
+            }
+            MetadataCommand::CreateAcls { acls } => {
+                for acl in acls {
+                    acl.check().map_err(Refused::BadAcl)?;
+                }
+                for acl in acls {
+                    if !self.acls.contains(acl) {
+                        self.acls.push(acl.clone());
+                    }
+                }
+            }
+            MetadataCommand::DeleteAcls { acls } => {
+                self.acls.retain(|a| !acls.contains(a));
             }
         }
         Ok(())

@@ -17,6 +17,7 @@ use kafka_protocol::ResponseError;
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use crate::acls::{AclBinding, AclFilter};
 use crate::cluster::{ControlError, ShardReplication};
 use crate::cluster_metadata::{assign_replicas, ClusterImage, MetadataCommand, Refused};
 use crate::scram::ScramChange;
@@ -858,6 +859,7 @@ pub async fn alter_broker_configs(
                     image.producer_ids_reserved,
                     configs.clone(),
                     image.scram_users.clone(),
+                    image.acls.clone(),
                 )
                 .await
                 .map_err(|e| {
@@ -925,6 +927,7 @@ pub async fn alter_scram_credentials(
                         image.producer_ids_reserved,
                         image.broker_configs.clone(),
                         users,
+                        image.acls.clone(),
                     )
                     .await
                     .map(|_| ())
@@ -955,5 +958,144 @@ pub async fn alter_scram_credentials(
             (0..count)
                 .map(|_| Err(error(ResponseError::UnknownServerError, gone.to_string())))
                 .collect()
+        })
+}
+
+/// Adds ACLs (CreateAcls): each checked on its own; the valid ones made durable together (the
+/// catalog file, or one controller command in cluster mode). Adding one that exists changes
+/// nothing and succeeds, as Kafka does.
+pub async fn create_acls(shard: &Rc<Shard>, acls: Vec<AclBinding>) -> Vec<Result<(), ApiError>> {
+    let count = acls.len();
+    shard
+        .invoke_on(CONTROLLER_SHARD, move |controller| async move {
+            let _turn = controller.controller_turn().await;
+            let image = controller.catalog.image();
+            let mut results = Vec::with_capacity(acls.len());
+            let mut accepted = Vec::new();
+            for acl in acls {
+                match acl.check() {
+                    Ok(()) => {
+                        results.push(Ok(()));
+                        accepted.push(acl);
+                    }
+                    Err(m) => results.push(Err(error(ResponseError::InvalidRequest, m))),
+                }
+            }
+            let mut stored = image.acls.clone();
+            for acl in &accepted {
+                if !stored.contains(acl) {
+                    stored.push(acl.clone());
+                }
+            }
+            if stored.len() == image.acls.len() {
+                return results;
+            }
+            let persisted = persist_acls(&controller, &image, stored, || {
+                MetadataCommand::CreateAcls {
+                    acls: accepted.clone(),
+                }
+            })
+            .await;
+            if let Err(e) = persisted {
+                for result in results.iter_mut().filter(|r| r.is_ok()) {
+                    *result = Err(e.clone());
+                }
+            } else {
+                for acl in &accepted {
+                    info!(acl = ?acl, "ACL created");
+                }
+            }
+            results
+        })
+        .await
+        .unwrap_or_else(|gone| {
+            (0..count)
+                .map(|_| Err(error(ResponseError::UnknownServerError, gone.to_string())))
+                .collect()
+        })
+}
+
+/// Removes the ACLs each filter matches (DeleteAcls); per filter, the bindings it removed.
+pub async fn delete_acls(
+    shard: &Rc<Shard>,
+    filters: Vec<AclFilter>,
+) -> Vec<Result<Vec<AclBinding>, ApiError>> {
+    let count = filters.len();
+    shard
+        .invoke_on(CONTROLLER_SHARD, move |controller| async move {
+            let _turn = controller.controller_turn().await;
+            let image = controller.catalog.image();
+            let matched: Vec<Vec<AclBinding>> = filters
+                .iter()
+                .map(|f| {
+                    image
+                        .acls
+                        .iter()
+                        .filter(|a| f.matches(a))
+                        .cloned()
+                        .collect()
+                })
+                .collect();
+            let doomed: Vec<AclBinding> = matched.iter().flatten().cloned().collect();
+            if doomed.is_empty() {
+                return matched.into_iter().map(Ok).collect();
+            }
+            let kept = image
+                .acls
+                .iter()
+                .filter(|a| !doomed.contains(a))
+                .cloned()
+                .collect();
+            let persisted =
+                persist_acls(&controller, &image, kept, || MetadataCommand::DeleteAcls {
+                    acls: doomed.clone(),
+                })
+                .await;
+            match persisted {
+                Ok(()) => {
+                    for acl in &doomed {
+                        info!(acl = ?acl, "ACL deleted");
+                    }
+                    matched.into_iter().map(Ok).collect()
+                }
+                Err(e) => matched.iter().map(|_| Err(e.clone())).collect(),
+            }
+        })
+        .await
+        .unwrap_or_else(|gone| {
+            (0..count)
+                .map(|_| Err(error(ResponseError::UnknownServerError, gone.to_string())))
+                .collect()
+        })
+}
+
+/// Makes a new ACL list durable: the catalog file on a single node, else the controller
+/// command `command` builds.
+async fn persist_acls(
+    controller: &Rc<Shard>,
+    image: &crate::catalog::Image,
+    acls: Vec<AclBinding>,
+    command: impl FnOnce() -> MetadataCommand,
+) -> Result<(), ApiError> {
+    if let Some(replication) = controller.replication.as_ref() {
+        return replication.control(command()).await.map_err(control_error);
+    }
+    controller
+        .catalog
+        .publish_all(
+            image.to_topics(),
+            image.producer_ids_reserved,
+            image.broker_configs.clone(),
+            image.scram_users.clone(),
+            acls,
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            warn!(error = %e, "cannot persist the catalog; ACLs not changed");
+            error(
+                ResponseError::KafkaStorageError,
+                format!("cannot persist the catalog: {e}"),
+            )
         })
 }

@@ -30,6 +30,7 @@
 //!
 //! Dependency direction: `net → core → replication → storage`.
 
+pub mod acls;
 pub mod broker_configs;
 pub mod catalog;
 pub mod changes;

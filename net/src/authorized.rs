@@ -1,7 +1,8 @@
 //! The operations a principal may perform, as the bit sets Metadata (`include_*_authorized_
-//! operations`, KIP-430) and DescribeGroups answer: bit `n` set for Kafka's `AclOperation` code
-//! `n`. Until ACLs exist every client may do everything a resource type supports, so these are
-//! the full sets Kafka lists per resource type (`AclEntry.supportedOperations`).
+//! operations`, KIP-430), DescribeGroups, DescribeCluster and DescribeTopicPartitions answer:
+//! bit `n` set for Kafka's `AclOperation` code `n`. The full sets are the ones Kafka lists per
+//! resource type (`AclEntry.supportedOperations`); without an authorizer every client has the
+//! full set, with one [`for_resource`] keeps the operations the ACLs allow.
 
 /// "Not requested": Kafka's `Integer.MIN_VALUE` sentinel.
 pub const OMITTED: i32 = i32::MIN;
@@ -61,6 +62,33 @@ pub fn answer(requested: bool, all: i32) -> i32 {
     } else {
         OMITTED
     }
+}
+
+/// The operations of `all` the connection's principal may perform on the resource, or
+/// [`OMITTED`] when not `requested`.
+pub fn for_resource(
+    ctx: &crate::handlers::Context,
+    requested: bool,
+    all: i32,
+    resource_type: sluice_core::acls::ResourceType,
+    name: &str,
+) -> i32 {
+    if !requested {
+        return OMITTED;
+    }
+    if !ctx.has_authorizer() {
+        return all;
+    }
+    (0..31)
+        .filter(|bit| all & (1 << bit) != 0)
+        .filter(|bit| {
+            ctx.allows(
+                sluice_core::acls::Operation(*bit as i8),
+                resource_type,
+                name,
+            )
+        })
+        .fold(0, |set, bit| set | (1 << bit))
 }
 
 #[cfg(test)]

@@ -39,10 +39,11 @@ use futures::future::Either;
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use kafka_protocol::messages::{
     AlterConfigsRequest, AlterUserScramCredentialsRequest, ApiKey, ApiVersionsRequest,
-    CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteRecordsRequest,
-    DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest,
-    DescribeLogDirsRequest, DescribeTopicPartitionsRequest, DescribeUserScramCredentialsRequest,
-    FetchRequest, FindCoordinatorRequest, GetTelemetrySubscriptionsRequest, HeartbeatRequest,
+    CreateAclsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteAclsRequest,
+    DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest, DescribeAclsRequest,
+    DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest, DescribeLogDirsRequest,
+    DescribeTopicPartitionsRequest, DescribeUserScramCredentialsRequest, FetchRequest,
+    FindCoordinatorRequest, GetTelemetrySubscriptionsRequest, HeartbeatRequest,
     IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
     ListConfigResourcesRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest,
     OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest,
@@ -59,12 +60,13 @@ use sluice_core::produce::{OrderLink, ProduceChain};
 use crate::apis;
 use crate::frame::{read_frame, FrameError};
 use crate::handlers::{
-    alter_configs, api_versions, create_partitions, create_topics, delete_groups, delete_records,
-    delete_topics, describe_cluster, describe_configs, describe_groups, describe_log_dirs,
-    describe_topic_partitions, fetch, find_coordinator, get_telemetry_subscriptions, heartbeat,
-    init_producer_id, join_group, leave_group, list_config_resources, list_groups, list_offsets,
-    metadata, offset_commit, offset_delete, offset_fetch, offset_for_leader_epoch, produce,
-    push_telemetry, sasl, scram_credentials, sync_group, Context,
+    acls_api, alter_configs, api_versions, create_partitions, create_topics, delete_groups,
+    delete_records, delete_topics, describe_cluster, describe_configs, describe_groups,
+    describe_log_dirs, describe_topic_partitions, fetch, find_coordinator,
+    get_telemetry_subscriptions, heartbeat, init_producer_id, join_group, leave_group,
+    list_config_resources, list_groups, list_offsets, metadata, offset_commit, offset_delete,
+    offset_fetch, offset_for_leader_epoch, produce, push_telemetry, sasl, scram_credentials,
+    sync_group, Context,
 };
 use crate::request_trace;
 use crate::sasl::{SaslExchange, StepOutcome, UNAUTHENTICATED_FRAME_BYTES_MAX};
@@ -535,6 +537,21 @@ async fn dispatch(
                 "this listener does not use SASL"
             };
             let response = sasl::authenticate_refused(reason);
+            encode(api, version, correlation_id, &response).map(Some)
+        }
+        ApiKey::CreateAcls => {
+            let request = decode::<CreateAclsRequest>(&mut frame, api, version)?;
+            let response = acls_api::create(request, ctx).await;
+            encode(api, version, correlation_id, &response).map(Some)
+        }
+        ApiKey::DescribeAcls => {
+            let request = decode::<DescribeAclsRequest>(&mut frame, api, version)?;
+            let response = acls_api::describe(request, ctx);
+            encode(api, version, correlation_id, &response).map(Some)
+        }
+        ApiKey::DeleteAcls => {
+            let request = decode::<DeleteAclsRequest>(&mut frame, api, version)?;
+            let response = acls_api::delete(request, ctx).await;
             encode(api, version, correlation_id, &response).map(Some)
         }
         ApiKey::DescribeUserScramCredentials => {

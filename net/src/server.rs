@@ -118,6 +118,8 @@ pub struct ServerConfig {
     pub tls: Option<Arc<TlsServer>>,
     /// The SASL settings of the `SASL_*` listeners (required when there is one).
     pub sasl: Option<Arc<SaslSettings>>,
+    /// The ACL authorizer (`None`: every client may do everything).
+    pub authorizer: Option<Arc<sluice_core::acls::AuthorizerSettings>>,
     /// Largest request frame accepted; a longer length prefix closes the connection unread.
     pub frame_bytes_max: usize,
     /// Executors (shards), one per CPU.
@@ -386,6 +388,7 @@ pub fn run(
                 listener: Rc::from(""),
                 principal: Rc::from(crate::tls::ANONYMOUS),
                 sasl: None,
+                authorizer: config.authorizer.clone(),
             };
             let in_flight: crate::connection::InFlight = Rc::default();
             let publishing = {

@@ -4,6 +4,7 @@
 //!
 //! - `client` — the blocking Kafka client underneath.
 //! - `users` — `sluice user`: SCRAM users (KIP-554).
+//! - `acls` — `sluice acl`: ACLs.
 //! - this module — the commands and their arguments (clap derive; `src/main.rs` nests them).
 
 use std::collections::HashMap;
@@ -34,9 +35,11 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 
+mod acls;
 mod client;
 mod users;
 
+pub use acls::{acl, AclCommand};
 pub use users::{user, UserCommand};
 
 use client::{partition_for_key, ApiUse, Client, Result};

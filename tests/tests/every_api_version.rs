@@ -289,6 +289,7 @@ fn every_api_answers_at_every_advertised_version() {
     cluster_cases(&mut m);
     sasl_cases(&mut m);
     scram_credential_cases(&mut m);
+    acl_cases(&mut m);
 
     let untried: Vec<_> = advertised
         .iter()
@@ -1375,6 +1376,62 @@ fn scram_credential_cases(m: &mut Matrix) {
             m.check(codes == [0, 92, 92], || {
                 format!("DescribeUserScramCredentials v{v}: named {r:?}")
             });
+        }
+    }
+}
+
+/// This broker runs without an authorizer: the ACL APIs answer SECURITY_DISABLED, as Kafka's
+/// do (`tests/acls.rs` covers them with ACLs on).
+fn acl_cases(m: &mut Matrix) {
+    for v in m.range(ApiKey::CreateAcls) {
+        let request = CreateAclsRequest::default().with_creations(vec![
+            create_acls_request::AclCreation::default()
+                .with_resource_type(2)
+                .with_resource_name(text(TOPIC))
+                .with_resource_pattern_type(3)
+                .with_principal(text("User:alice"))
+                .with_host(text("*"))
+                .with_operation(3)
+                .with_permission_type(3),
+        ]);
+        if let Some(r) =
+            m.call::<_, CreateAclsResponse>(ApiKey::CreateAcls, v, "no authorizer", &request)
+        {
+            m.check(
+                r.results.len() == 1 && r.results[0].error_code == 54,
+                || format!("CreateAcls v{v}: {r:?}"),
+            );
+        }
+    }
+    for v in m.range(ApiKey::DescribeAcls) {
+        let request = DescribeAclsRequest::default()
+            .with_resource_type_filter(1)
+            .with_pattern_type_filter(1)
+            .with_operation(1)
+            .with_permission_type(1);
+        if let Some(r) =
+            m.call::<_, DescribeAclsResponse>(ApiKey::DescribeAcls, v, "no authorizer", &request)
+        {
+            m.check(r.error_code == 54 && r.resources.is_empty(), || {
+                format!("DescribeAcls v{v}: {r:?}")
+            });
+        }
+    }
+    for v in m.range(ApiKey::DeleteAcls) {
+        let request = DeleteAclsRequest::default().with_filters(vec![
+            delete_acls_request::DeleteAclsFilter::default()
+                .with_resource_type_filter(1)
+                .with_pattern_type_filter(1)
+                .with_operation(1)
+                .with_permission_type(1),
+        ]);
+        if let Some(r) =
+            m.call::<_, DeleteAclsResponse>(ApiKey::DeleteAcls, v, "no authorizer", &request)
+        {
+            m.check(
+                r.filter_results.len() == 1 && r.filter_results[0].error_code == 54,
+                || format!("DeleteAcls v{v}: {r:?}"),
+            );
         }
     }
 }

@@ -16,6 +16,7 @@ use sluice_core::{ApiError, ResponseError};
 
 use crate::apis::ApiRange;
 use crate::handlers::Context;
+use sluice_core::acls::Operation;
 
 pub const RANGE: ApiRange = ApiRange {
     key: ApiKey::AlterConfigs,
@@ -41,6 +42,20 @@ async fn alter(
     replace_all: bool,
     validate_only: bool,
 ) -> Option<ApiError> {
+    // Altering takes ALTER_CONFIGS on the topic, or on the cluster for the broker's configs.
+    let (allowed, denied) = match resource_type {
+        RESOURCE_BROKER => (
+            ctx.allows_cluster(Operation::ALTER_CONFIGS),
+            ResponseError::ClusterAuthorizationFailed,
+        ),
+        _ => (
+            ctx.allows_topic(Operation::ALTER_CONFIGS, name.as_str()),
+            ResponseError::TopicAuthorizationFailed,
+        ),
+    };
+    if !allowed {
+        return Some(crate::handlers::unauthorized(denied));
+    }
     let changes = match changes {
         Ok(c) => c,
         Err(e) => return Some(e),

@@ -7,7 +7,9 @@ use kafka_protocol::protocol::StrBytes;
 use sluice_core::controller;
 
 use crate::apis::ApiRange;
-use crate::handlers::Context;
+use crate::handlers::{unauthorized, Context};
+use sluice_core::acls::Operation;
+use sluice_core::ResponseError;
 
 pub const RANGE: ApiRange = ApiRange {
     key: ApiKey::CreatePartitions,
@@ -18,6 +20,17 @@ pub const RANGE: ApiRange = ApiRange {
 pub async fn handle(request: CreatePartitionsRequest, ctx: &Context) -> CreatePartitionsResponse {
     let mut results = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
+        // Adding partitions takes ALTER on the topic.
+        if !ctx.allows_topic(Operation::ALTER, topic.name.0.as_str()) {
+            let denied = unauthorized(ResponseError::TopicAuthorizationFailed);
+            results.push(
+                CreatePartitionsTopicResult::default()
+                    .with_name(topic.name)
+                    .with_error_code(denied.code.code())
+                    .with_error_message(Some(StrBytes::from_string(denied.message))),
+            );
+            continue;
+        }
         let outcome = controller::create_partitions(
             &ctx.shard,
             topic.name.0.to_string(),

@@ -8,8 +8,10 @@ use kafka_protocol::messages::create_topics_response::{
 };
 use kafka_protocol::messages::{ApiKey, CreateTopicsRequest, CreateTopicsResponse};
 use kafka_protocol::protocol::StrBytes;
+use sluice_core::acls::Operation;
 use sluice_core::controller::{self, NewTopic};
 use sluice_core::topics::TOPIC_CONFIGS;
+use sluice_core::ResponseError;
 
 use crate::apis::ApiRange;
 use crate::handlers::{config_source, Context};
@@ -20,7 +22,26 @@ pub const RANGE: ApiRange = ApiRange {
     max_version: 7,
 };
 
-pub async fn handle(request: CreateTopicsRequest, ctx: &Context) -> CreateTopicsResponse {
+pub async fn handle(mut request: CreateTopicsRequest, ctx: &Context) -> CreateTopicsResponse {
+    // Creating takes CREATE on the cluster or on the topic.
+    let may_create_any = ctx.allows_cluster(Operation::CREATE);
+    let (allowed, denied): (Vec<_>, Vec<_>) = std::mem::take(&mut request.topics)
+        .into_iter()
+        .partition(|t| may_create_any || ctx.allows_topic(Operation::CREATE, t.name.0.as_str()));
+    request.topics = allowed;
+    let mut response = create_allowed(request, ctx).await;
+    response.topics.extend(denied.into_iter().map(|t| {
+        CreatableTopicResult::default()
+            .with_name(t.name)
+            .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+            .with_error_message(Some(StrBytes::from_static_str("Authorization failed.")))
+            .with_num_partitions(-1)
+            .with_replication_factor(-1)
+    }));
+    response
+}
+
+async fn create_allowed(request: CreateTopicsRequest, ctx: &Context) -> CreateTopicsResponse {
     let names: Vec<_> = request.topics.iter().map(|t| t.name.clone()).collect();
     let new_topics = request
         .topics

@@ -7,6 +7,7 @@ use sluice_core::groups;
 
 use crate::apis::ApiRange;
 use crate::handlers::Context;
+use sluice_core::acls::Operation;
 
 pub const RANGE: ApiRange = ApiRange {
     key: ApiKey::DeleteGroups,
@@ -17,7 +18,12 @@ pub const RANGE: ApiRange = ApiRange {
 pub async fn handle(request: DeleteGroupsRequest, ctx: &Context) -> DeleteGroupsResponse {
     let mut results = Vec::with_capacity(request.groups_names.len());
     for group in request.groups_names {
-        let error = groups::delete_group(&ctx.shard, group.0.to_string()).await;
+        // Deleting takes DELETE on the group.
+        let error = if ctx.allows_group(Operation::DELETE, group.0.as_str()) {
+            groups::delete_group(&ctx.shard, group.0.to_string()).await
+        } else {
+            Some(kafka_protocol::ResponseError::GroupAuthorizationFailed)
+        };
         results.push(
             DeletableGroupResult::default()
                 .with_group_id(group)

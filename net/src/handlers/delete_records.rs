@@ -8,7 +8,9 @@ use kafka_protocol::messages::{ApiKey, DeleteRecordsRequest, DeleteRecordsRespon
 use sluice_core::offsets;
 
 use crate::apis::ApiRange;
-use crate::handlers::Context;
+use crate::handlers::{for_allowed, Context};
+use sluice_core::acls::Operation;
+use sluice_core::ResponseError;
 
 pub const RANGE: ApiRange = ApiRange {
     key: ApiKey::DeleteRecords,
@@ -26,7 +28,15 @@ pub async fn handle(request: DeleteRecordsRequest, ctx: &Context) -> DeleteRecor
                 .map(|p| (t.name.0.to_string(), p.partition_index, p.offset))
         })
         .collect();
-    let mut answers = offsets::delete_records(&ctx.shard, asked).await.into_iter();
+    // Deleting records takes DELETE on the topic.
+    let mut answers = for_allowed(
+        asked,
+        |(topic, _, _): &(String, i32, i64)| ctx.allows_topic(Operation::DELETE, topic),
+        || (Some(ResponseError::TopicAuthorizationFailed), -1),
+        |allowed| offsets::delete_records(&ctx.shard, allowed),
+    )
+    .await
+    .into_iter();
     let topics = request
         .topics
         .into_iter()

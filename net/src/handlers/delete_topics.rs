@@ -3,10 +3,11 @@
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{ApiKey, DeleteTopicsRequest, DeleteTopicsResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
-use sluice_core::{controller, TopicRef};
+use sluice_core::acls::Operation;
+use sluice_core::{controller, ResponseError, TopicRef};
 
 use crate::apis::ApiRange;
-use crate::handlers::Context;
+use crate::handlers::{for_allowed, unauthorized, Context};
 
 pub const RANGE: ApiRange = ApiRange {
     key: ApiKey::DeleteTopics,
@@ -35,7 +36,21 @@ pub async fn handle(
             .map(|n| TopicRef::Name(n.0.to_string()))
             .collect()
     };
-    let results = controller::delete_topics(&ctx.shard, refs.clone()).await;
+    // Deleting takes DELETE on the topic (an unknown id is left to the controller's answer).
+    let image = ctx.shard.image();
+    let results = for_allowed(
+        refs.clone(),
+        |r| match sluice_core::resolve_topic(&image, r) {
+            Some(t) => ctx.allows_topic(Operation::DELETE, &t.name),
+            None => match r {
+                TopicRef::Name(n) => ctx.allows_topic(Operation::DELETE, n),
+                TopicRef::Id(_) => true,
+            },
+        },
+        || Err(unauthorized(ResponseError::TopicAuthorizationFailed)),
+        |allowed| controller::delete_topics(&ctx.shard, allowed),
+    )
+    .await;
     let responses = refs
         .into_iter()
         .zip(results)

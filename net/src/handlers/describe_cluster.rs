@@ -11,6 +11,7 @@ use sluice_core::ResponseError;
 use crate::apis::ApiRange;
 use crate::authorized;
 use crate::handlers::Context;
+use sluice_core::acls::{Operation, ResourceType};
 
 pub const RANGE: ApiRange = ApiRange {
     key: ApiKey::DescribeCluster,
@@ -27,6 +28,13 @@ pub fn handle(request: DescribeClusterRequest, ctx: &Context) -> DescribeCluster
         .with_endpoint_type(request.endpoint_type)
         .with_error_message(None)
         .with_cluster_id(StrBytes::from_string(broker.cluster_id.clone()));
+    // Describing the cluster takes DESCRIBE on it.
+    if !ctx.allows_cluster(Operation::DESCRIBE) {
+        return response
+            .with_error_code(ResponseError::ClusterAuthorizationFailed.code())
+            .with_error_message(Some(StrBytes::from_static_str("Authorization failed.")))
+            .with_controller_id(BrokerId(-1));
+    }
     if request.endpoint_type != BROKERS_ENDPOINT {
         return response
             .with_error_code(ResponseError::UnsupportedEndpointType.code())
@@ -62,8 +70,11 @@ pub fn handle(request: DescribeClusterRequest, ctx: &Context) -> DescribeCluster
     response
         .with_controller_id(BrokerId(super::metadata::controller_id(ctx)))
         .with_brokers(brokers)
-        .with_cluster_authorized_operations(authorized::answer(
+        .with_cluster_authorized_operations(authorized::for_resource(
+            ctx,
             request.include_cluster_authorized_operations,
             authorized::CLUSTER,
+            ResourceType::Cluster,
+            ResourceType::CLUSTER_NAME,
         ))
 }

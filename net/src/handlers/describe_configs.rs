@@ -17,6 +17,7 @@ use sluice_core::ResponseError;
 
 use crate::apis::ApiRange;
 use crate::handlers::{config_source, Context};
+use sluice_core::acls::Operation;
 
 pub const RANGE: ApiRange = ApiRange {
     key: ApiKey::DescribeConfigs,
@@ -60,6 +61,20 @@ pub fn handle(request: DescribeConfigsRequest, ctx: &Context) -> DescribeConfigs
                 .with_error_message(None)
                 .with_resource_type(resource.resource_type)
                 .with_resource_name(resource.resource_name.clone());
+            // Describing takes DESCRIBE_CONFIGS on the topic, or on the cluster for a broker.
+            let denied = match resource.resource_type {
+                RESOURCE_TOPIC => (!ctx
+                    .allows_topic(Operation::DESCRIBE_CONFIGS, resource.resource_name.as_str()))
+                .then_some(ResponseError::TopicAuthorizationFailed),
+                RESOURCE_BROKER => (!ctx.allows_cluster(Operation::DESCRIBE_CONFIGS))
+                    .then_some(ResponseError::ClusterAuthorizationFailed),
+                _ => None,
+            };
+            if let Some(code) = denied {
+                return result
+                    .with_error_code(code.code())
+                    .with_error_message(Some(StrBytes::from_static_str("Authorization failed.")));
+            }
             match resource.resource_type {
                 RESOURCE_TOPIC => match image.topic(&resource.resource_name) {
                     Some(topic) => result.with_configs(

@@ -8,6 +8,7 @@ use sluice_core::{groups, ResponseError};
 
 use crate::apis::ApiRange;
 use crate::handlers::Context;
+use sluice_core::acls::Operation;
 
 pub const RANGE: ApiRange = ApiRange {
     key: ApiKey::DescribeGroups,
@@ -26,10 +27,24 @@ pub async fn handle(
     for group_id in request.groups {
         let base = DescribedGroup::default()
             .with_group_id(group_id.clone())
-            .with_authorized_operations(crate::authorized::answer(
+            .with_authorized_operations(crate::authorized::for_resource(
+                ctx,
                 request.include_authorized_operations,
                 crate::authorized::GROUP,
+                sluice_core::acls::ResourceType::Group,
+                group_id.0.as_str(),
             ));
+        // Describing takes DESCRIBE on the group.
+        if !ctx.allows_group(Operation::DESCRIBE, group_id.0.as_str()) {
+            described.push(
+                base.with_error_code(ResponseError::GroupAuthorizationFailed.code())
+                    .with_authorized_operations(crate::authorized::answer(
+                        request.include_authorized_operations,
+                        0,
+                    )),
+            );
+            continue;
+        }
         described.push(
             match groups::describe(&ctx.shard, group_id.0.to_string()).await {
                 Err(code) => base.with_error_code(code.code()),

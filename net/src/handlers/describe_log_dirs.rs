@@ -15,6 +15,7 @@ use sluice_core::ResponseError;
 
 use crate::apis::ApiRange;
 use crate::handlers::Context;
+use sluice_core::acls::Operation;
 
 pub const RANGE: ApiRange = ApiRange {
     key: ApiKey::DescribeLogDirs,
@@ -30,6 +31,14 @@ pub async fn handle(
     version: i16,
     ctx: &Context,
 ) -> DescribeLogDirsResponse {
+    // Describing log directories takes DESCRIBE on the cluster.
+    if !ctx.allows_cluster(Operation::DESCRIBE) {
+        return DescribeLogDirsResponse::default().with_error_code(if version >= 3 {
+            sluice_core::ResponseError::ClusterAuthorizationFailed.code()
+        } else {
+            0
+        });
+    }
     let wanted = request.topics.map(|topics| {
         topics
             .into_iter()

@@ -21,6 +21,7 @@ use sluice_core::ResponseError;
 use crate::apis::ApiRange;
 use crate::authorized;
 use crate::handlers::Context;
+use sluice_core::acls::{Operation, ResourceType};
 
 pub const RANGE: ApiRange = ApiRange {
     key: ApiKey::DescribeTopicPartitions,
@@ -37,8 +38,14 @@ pub fn handle(
 ) -> DescribeTopicPartitionsResponse {
     let image = ctx.shard.image();
     let node = BrokerId(ctx.broker.node_id);
+    // Topics the principal may not DESCRIBE are left out of "every topic" and answered
+    // TOPIC_AUTHORIZATION_FAILED when named.
     let names: BTreeSet<String> = if request.topics.is_empty() {
-        image.topics().map(|t| t.name.clone()).collect()
+        image
+            .topics()
+            .filter(|t| ctx.allows_topic(Operation::DESCRIBE, &t.name))
+            .map(|t| t.name.clone())
+            .collect()
     } else {
         request
             .topics
@@ -65,6 +72,15 @@ pub fn handle(
         } else {
             0
         };
+        if !ctx.allows_topic(Operation::DESCRIBE, name) {
+            topics.push(
+                DescribeTopicPartitionsResponseTopic::default()
+                    .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+                    .with_name(Some(topic_name(name)))
+                    .with_topic_authorized_operations(0),
+            );
+            continue;
+        }
         let Some(topic) = image.topic(name) else {
             let code = if validate_topic_name(name).is_err() {
                 ResponseError::InvalidTopicException
@@ -99,7 +115,13 @@ pub fn handle(
                 .with_topic_id(topic.id)
                 .with_is_internal(topic.name == sluice_core::groups::OFFSETS_TOPIC)
                 .with_partitions(partitions)
-                .with_topic_authorized_operations(authorized::TOPIC),
+                .with_topic_authorized_operations(authorized::for_resource(
+                    ctx,
+                    true,
+                    authorized::TOPIC,
+                    ResourceType::Topic,
+                    name,
+                )),
         );
         if to < topic.partitions {
             next_cursor = Some(cursor(name, to));

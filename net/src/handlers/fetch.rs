@@ -13,6 +13,7 @@ use kafka_protocol::messages::fetch_request::FetchTopic;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
+use sluice_core::acls::Operation;
 use sluice_core::fetch::{self, FetchInput, FetchLimits, FetchOutput};
 use sluice_core::fetch_sessions::{home_shard, IncrementalRequest, SessionRequest, NO_SESSION};
 use sluice_core::shard::Shard;
@@ -36,7 +37,57 @@ const SESSIONS_FROM: i16 = 7;
 /// Longest long poll honoured, whatever the client asks.
 const MAX_WAIT_LIMIT: Duration = Duration::from_secs(30);
 
-pub async fn handle(request: FetchRequest, version: i16, ctx: &Context) -> FetchResponse {
+/// Topics the principal may not READ are answered TOPIC_AUTHORIZATION_FAILED (partitions of
+/// an incremental fetch are checked as the request names them: a session's partitions were
+/// checked when they joined it).
+pub async fn handle(mut request: FetchRequest, version: i16, ctx: &Context) -> FetchResponse {
+    if !ctx.has_authorizer() {
+        return handle_allowed(request, version, ctx).await;
+    }
+    let uses_topic_ids = version >= TOPIC_IDS_FROM;
+    let image = ctx.shard.image();
+    let (allowed, denied): (Vec<FetchTopic>, Vec<FetchTopic>) = std::mem::take(&mut request.topics)
+        .into_iter()
+        .partition(|topic| {
+            let name = if uses_topic_ids {
+                match image.topic_by_id(topic.topic_id) {
+                    Some(t) => t.name.clone(),
+                    None => return true,
+                }
+            } else {
+                topic.topic.0.to_string()
+            };
+            ctx.allows_topic(Operation::READ, &name)
+        });
+    request.topics = allowed;
+    let mut response = handle_allowed(request, version, ctx).await;
+    let code = ResponseError::TopicAuthorizationFailed.code();
+    for topic in denied {
+        ctx.shard.metrics.record_error(ApiKey::Fetch as i16, code);
+        response.responses.push(
+            FetchableTopicResponse::default()
+                .with_topic(topic.topic)
+                .with_topic_id(topic.topic_id)
+                .with_partitions(
+                    topic
+                        .partitions
+                        .iter()
+                        .map(|p| {
+                            PartitionData::default()
+                                .with_partition_index(p.partition)
+                                .with_error_code(code)
+                                .with_high_watermark(-1)
+                                .with_last_stable_offset(-1)
+                                .with_log_start_offset(-1)
+                        })
+                        .collect(),
+                ),
+        );
+    }
+    response
+}
+
+async fn handle_allowed(request: FetchRequest, version: i16, ctx: &Context) -> FetchResponse {
     let limits = FetchLimits {
         max_wait: Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0))
             .min(MAX_WAIT_LIMIT),

@@ -12,6 +12,7 @@ use sluice_core::ResponseError;
 
 use crate::apis::ApiRange;
 use crate::handlers::Context;
+use sluice_core::acls::Operation;
 
 pub const RANGE: ApiRange = ApiRange {
     key: ApiKey::FindCoordinator,
@@ -67,6 +68,13 @@ fn coordinator_of(
     let none = |error, message| (-1, StrBytes::default(), -1, Some((error, message)));
     if key_type != KEY_TYPE_GROUP {
         return none(ResponseError::CoordinatorNotAvailable, KEY_TYPE_MESSAGE);
+    }
+    // Finding a group's coordinator takes DESCRIBE on the group.
+    if !ctx.allows_group(Operation::DESCRIBE, key) {
+        return none(
+            ResponseError::GroupAuthorizationFailed,
+            "Authorization failed.",
+        );
     }
     let broker = &ctx.broker;
     let image = ctx.shard.image();

@@ -5,6 +5,7 @@ use sluice_core::groups;
 
 use crate::apis::ApiRange;
 use crate::handlers::Context;
+use sluice_core::acls::Operation;
 
 pub const RANGE: ApiRange = ApiRange {
     key: ApiKey::Heartbeat,
@@ -13,6 +14,10 @@ pub const RANGE: ApiRange = ApiRange {
 };
 
 pub async fn handle(request: HeartbeatRequest, ctx: &Context) -> HeartbeatResponse {
+    if !ctx.allows_group(Operation::READ, request.group_id.0.as_str()) {
+        return HeartbeatResponse::default()
+            .with_error_code(kafka_protocol::ResponseError::GroupAuthorizationFailed.code());
+    }
     let error = groups::heartbeat(
         &ctx.shard,
         request.group_id.0.to_string(),

@@ -7,6 +7,7 @@ use sluice_core::{controller, ResponseError};
 
 use crate::apis::ApiRange;
 use crate::handlers::Context;
+use sluice_core::acls::{Operation, ResourceType};
 
 pub const RANGE: ApiRange = ApiRange {
     key: ApiKey::InitProducerId,
@@ -23,6 +24,13 @@ pub async fn handle(request: InitProducerIdRequest, ctx: &Context) -> InitProduc
     };
     if request.transactional_id.is_some() {
         return failed(ResponseError::InvalidRequest);
+    }
+    // An idempotent producer needs IDEMPOTENT_WRITE on the cluster or WRITE on some topic
+    // (KIP-679).
+    if !ctx.allows_cluster(Operation::IDEMPOTENT_WRITE)
+        && !ctx.allows_some(Operation::WRITE, ResourceType::Topic)
+    {
+        return failed(ResponseError::ClusterAuthorizationFailed);
     }
     let current =
         (request.producer_id.0 >= 0).then_some((request.producer_id.0, request.producer_epoch));

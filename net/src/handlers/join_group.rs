@@ -9,6 +9,7 @@ use sluice_core::groups::{self, JoinRequest};
 
 use crate::apis::ApiRange;
 use crate::handlers::Context;
+use sluice_core::acls::Operation;
 
 pub const RANGE: ApiRange = ApiRange {
     key: ApiKey::JoinGroup,
@@ -22,6 +23,12 @@ pub async fn handle(
     client_id: &str,
     ctx: &Context,
 ) -> JoinGroupResponse {
+    // Joining takes READ on the group.
+    if !ctx.allows_group(Operation::READ, request.group_id.0.as_str()) {
+        return JoinGroupResponse::default()
+            .with_error_code(kafka_protocol::ResponseError::GroupAuthorizationFailed.code())
+            .with_generation_id(-1);
+    }
     let rebalance_timeout_ms = if request.rebalance_timeout_ms < 0 {
         request.session_timeout_ms
     } else {

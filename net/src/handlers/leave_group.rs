@@ -6,6 +6,7 @@ use sluice_core::groups;
 
 use crate::apis::ApiRange;
 use crate::handlers::Context;
+use sluice_core::acls::Operation;
 
 pub const RANGE: ApiRange = ApiRange {
     key: ApiKey::LeaveGroup,
@@ -16,6 +17,10 @@ pub const RANGE: ApiRange = ApiRange {
 const BATCHED_FROM: i16 = 3;
 
 pub async fn handle(request: LeaveGroupRequest, version: i16, ctx: &Context) -> LeaveGroupResponse {
+    if !ctx.allows_group(Operation::READ, request.group_id.0.as_str()) {
+        return LeaveGroupResponse::default()
+            .with_error_code(kafka_protocol::ResponseError::GroupAuthorizationFailed.code());
+    }
     let members: Vec<(String, Option<String>)> = if version < BATCHED_FROM {
         vec![(request.member_id.to_string(), None)]
     } else {

@@ -10,6 +10,7 @@ use sluice_core::ResponseError;
 
 use crate::apis::ApiRange;
 use crate::handlers::Context;
+use sluice_core::acls::Operation;
 
 pub const RANGE: ApiRange = ApiRange {
     key: ApiKey::ListConfigResources,
@@ -27,6 +28,11 @@ pub fn handle(
     version: i16,
     ctx: &Context,
 ) -> ListConfigResourcesResponse {
+    // Listing config resources takes DESCRIBE_CONFIGS on the cluster (KIP-1142).
+    if !ctx.allows_cluster(Operation::DESCRIBE_CONFIGS) {
+        return ListConfigResourcesResponse::default()
+            .with_error_code(ResponseError::ClusterAuthorizationFailed.code());
+    }
     let types = if version == 0 {
         vec![CLIENT_METRICS]
     } else if request.resource_types.is_empty() {

@@ -8,6 +8,7 @@ use sluice_core::groups;
 
 use crate::apis::ApiRange;
 use crate::handlers::Context;
+use sluice_core::acls::Operation;
 
 pub const RANGE: ApiRange = ApiRange {
     key: ApiKey::ListGroups,
@@ -26,6 +27,7 @@ pub async fn handle(request: ListGroupsRequest, ctx: &Context) -> ListGroupsResp
         .iter()
         .map(|s| s.to_ascii_lowercase())
         .collect();
+    let all_visible = ctx.allows_cluster(Operation::DESCRIBE);
     let listed = groups::list(&ctx.shard)
         .await
         .into_iter()
@@ -33,6 +35,8 @@ pub async fn handle(request: ListGroupsRequest, ctx: &Context) -> ListGroupsResp
             states.is_empty() || states.contains(&state.name().to_ascii_lowercase())
         })
         .filter(|_| types.is_empty() || types.iter().any(|t| t == "classic"))
+        // DESCRIBE on the cluster lists every group; otherwise those the principal may DESCRIBE.
+        .filter(|(id, _, _)| all_visible || ctx.allows_group(Operation::DESCRIBE, id))
         .map(|(id, protocol_type, state)| {
             ListedGroup::default()
                 .with_group_id(GroupId(StrBytes::from_string(id)))

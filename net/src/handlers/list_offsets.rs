@@ -11,7 +11,9 @@ use sluice_core::offsets::{self, OffsetQuery};
 use sluice_core::TopicRef;
 
 use crate::apis::ApiRange;
-use crate::handlers::Context;
+use crate::handlers::{for_allowed, Context};
+use sluice_core::acls::Operation;
+use sluice_core::ResponseError;
 
 pub const RANGE: ApiRange = ApiRange {
     key: ApiKey::ListOffsets,
@@ -40,7 +42,23 @@ pub async fn handle(
             })
         })
         .collect();
-    let mut answers = offsets::list_offsets(&ctx.shard, queries).await.into_iter();
+    // Listing offsets takes DESCRIBE on the topic.
+    let mut answers = for_allowed(
+        queries,
+        |q: &OffsetQuery| match &q.topic {
+            TopicRef::Name(name) => ctx.allows_topic(Operation::DESCRIBE, name),
+            TopicRef::Id(_) => true,
+        },
+        || offsets::OffsetAnswer {
+            error: Some(ResponseError::TopicAuthorizationFailed),
+            offset: -1,
+            timestamp: -1,
+            leader_epoch: -1,
+        },
+        |allowed| offsets::list_offsets(&ctx.shard, allowed),
+    )
+    .await
+    .into_iter();
     let topics = request
         .topics
         .into_iter()

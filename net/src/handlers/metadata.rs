@@ -9,8 +9,13 @@
 //! A request naming topics that do not exist auto-creates them when the broker allows it
 //! (`auto_create_topics`) and the request does too (`allow_auto_topic_creation`, v4+; always
 //! allowed before v4, as in Kafka). A name no topic may have gets INVALID_TOPIC_EXCEPTION, so
-//! clients fail at once instead of retrying. Authorized operations (KIP-430) are the full sets
-//! when asked for (no ACLs yet: see [`crate::authorized`]).
+//! clients fail at once instead of retrying. Authorized operations (KIP-430) are answered when
+//! asked for ([`crate::authorized`]).
+//!
+//! With an authorizer, a topic the principal may not DESCRIBE is left out of an "every topic"
+//! answer and answered TOPIC_AUTHORIZATION_FAILED when named (whether it exists or not, so its
+//! existence does not leak); auto-creation needs CREATE on the cluster or the topic (without it
+//! a missing topic is UNKNOWN_TOPIC_OR_PARTITION).
 //!
 //! A cluster node answers only once its image caught up with the controller's commit point
 //! (`ClusterTable::caught_up`, at most [`CATCH_UP_WAIT`] after start-up): a node back from a
@@ -29,6 +34,7 @@ use kafka_protocol::messages::metadata_response::{
 };
 use kafka_protocol::messages::{ApiKey, BrokerId, MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
+use sluice_core::acls::{Operation, ResourceType};
 use sluice_core::catalog::Image;
 use sluice_core::topics::{validate_topic_name, Topic};
 use sluice_core::{controller, resolve_topic, ResponseError, TopicRef};
@@ -143,14 +149,15 @@ pub async fn handle(request: MetadataRequest, version: i16, ctx: &Context) -> Me
                 .collect(),
         ),
     };
-    let topic_operations = authorized::answer(
-        request.include_topic_authorized_operations,
-        authorized::TOPIC,
-    );
-    let cluster_operations = authorized::answer(
+    let include_topic_operations = request.include_topic_authorized_operations;
+    let cluster_operations = authorized::for_resource(
+        ctx,
         request.include_cluster_authorized_operations,
         authorized::CLUSTER,
+        ResourceType::Cluster,
+        ResourceType::CLUSTER_NAME,
     );
+    let describable = |name: &str| ctx.allows_topic(Operation::DESCRIBE, name);
     let allow_auto_create = version < 4 || request.allow_auto_topic_creation;
     if let (Some(refs), true, true) = (
         &wanted,
@@ -161,7 +168,12 @@ pub async fn handle(request: MetadataRequest, version: i16, ctx: &Context) -> Me
         let missing: Vec<String> = refs
             .iter()
             .filter_map(|r| match r {
-                TopicRef::Name(n) if image.topic(n).is_none() && validate_topic_name(n).is_ok() => {
+                TopicRef::Name(n)
+                    if image.topic(n).is_none()
+                        && validate_topic_name(n).is_ok()
+                        && (ctx.allows_cluster(Operation::CREATE)
+                            || ctx.allows_topic(Operation::CREATE, n)) =>
+                {
                     Some(n.clone())
                 }
                 _ => None,
@@ -182,15 +194,46 @@ pub async fn handle(request: MetadataRequest, version: i16, ctx: &Context) -> Me
         };
         elections(ctx, &image, &described).await;
     }
+    let operations_of = |name: &str| {
+        authorized::for_resource(
+            ctx,
+            include_topic_operations,
+            authorized::TOPIC,
+            ResourceType::Topic,
+            name,
+        )
+    };
+    let unauthorized = |name: Option<TopicName>, id: Uuid| {
+        MetadataResponseTopic::default()
+            .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+            .with_name(name)
+            .with_topic_id(id)
+            .with_topic_authorized_operations(authorized::answer(include_topic_operations, 0))
+    };
     let topics = match wanted {
         None => image
             .topics()
-            .map(|t| describe(ctx, t, topic_operations))
+            .filter(|t| describable(&t.name))
+            .map(|t| describe(ctx, t, operations_of(&t.name)))
             .collect(),
         Some(refs) => refs
             .iter()
             .map(|r| match resolve_topic(&image, r) {
-                Some(t) => describe(ctx, t, topic_operations),
+                Some(t) if !describable(&t.name) => match r {
+                    TopicRef::Name(_) => unauthorized(
+                        Some(TopicName(StrBytes::from_string(t.name.clone()))),
+                        Uuid::nil(),
+                    ),
+                    TopicRef::Id(id) => unauthorized(None, *id),
+                },
+                Some(t) => describe(ctx, t, operations_of(&t.name)),
+                None if matches!(r, TopicRef::Name(n) if !describable(n)) => {
+                    let TopicRef::Name(n) = r else { unreachable!() };
+                    unauthorized(
+                        Some(TopicName(StrBytes::from_string(n.clone()))),
+                        Uuid::nil(),
+                    )
+                }
                 None => {
                     let (name, id, code) = match r {
                         TopicRef::Name(n) => (
@@ -209,7 +252,10 @@ pub async fn handle(request: MetadataRequest, version: i16, ctx: &Context) -> Me
                         .with_error_code(code.code())
                         .with_name(name)
                         .with_topic_id(id)
-                        .with_topic_authorized_operations(topic_operations)
+                        .with_topic_authorized_operations(authorized::answer(
+                            include_topic_operations,
+                            authorized::TOPIC,
+                        ))
                 }
             })
             .collect(),

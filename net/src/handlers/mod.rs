@@ -4,12 +4,14 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
+use sluice_core::acls::{self, AuthorizerSettings, Operation, ResourceType};
 use sluice_core::client_telemetry::ClientTelemetry;
 
 use sluice_core::shard::Shard;
 
 use crate::server::BrokerIdentity;
 
+pub mod acls_api;
 pub mod alter_configs;
 pub mod api_versions;
 pub mod create_partitions;
@@ -61,6 +63,108 @@ pub struct Context {
     /// On a `SASL_*` listener: the mechanisms and the credential store the connection
     /// authenticates against (`None` elsewhere).
     pub sasl: Option<crate::sasl::SaslServer>,
+    /// The ACL authorizer's settings; `None`: no authorizer, every client may do everything.
+    pub authorizer: Option<Arc<AuthorizerSettings>>,
+}
+
+impl Context {
+    /// Whether this connection's principal may perform `operation` on the resource: always
+    /// without an authorizer, else as the ACLs of the current image decide
+    /// (`sluice_core::acls`). A denial is logged at DEBUG.
+    pub fn allows(&self, operation: Operation, resource_type: ResourceType, name: &str) -> bool {
+        let Some(settings) = &self.authorizer else {
+            return true;
+        };
+        let host = self.client_host.trim_start_matches('/');
+        let image = self.shard.catalog.image();
+        let allowed = acls::authorize(
+            &image.acls,
+            settings,
+            &self.principal,
+            host,
+            operation,
+            resource_type,
+            name,
+        );
+        if !allowed {
+            tracing::debug!(principal = %self.principal, host, ?operation, ?resource_type,
+                resource = name, "authorization denied");
+        }
+        allowed
+    }
+
+    pub fn allows_topic(&self, operation: Operation, topic: &str) -> bool {
+        self.allows(operation, ResourceType::Topic, topic)
+    }
+
+    pub fn allows_group(&self, operation: Operation, group: &str) -> bool {
+        self.allows(operation, ResourceType::Group, group)
+    }
+
+    pub fn allows_cluster(&self, operation: Operation) -> bool {
+        self.allows(operation, ResourceType::Cluster, ResourceType::CLUSTER_NAME)
+    }
+
+    /// Whether the principal may perform `operation` on some resource of the type
+    /// (`acls::allows_some`); always without an authorizer.
+    pub fn allows_some(&self, operation: Operation, resource_type: ResourceType) -> bool {
+        let Some(settings) = &self.authorizer else {
+            return true;
+        };
+        let host = self.client_host.trim_start_matches('/');
+        let image = self.shard.catalog.image();
+        acls::allows_some(
+            &image.acls,
+            settings,
+            &self.principal,
+            host,
+            operation,
+            resource_type,
+        )
+    }
+
+    /// Whether an authorizer is configured (the ACL APIs answer SECURITY_DISABLED otherwise).
+    pub fn has_authorizer(&self) -> bool {
+        self.authorizer.is_some()
+    }
+}
+
+/// Runs `work` on the items `allowed` keeps, and answers every item in its order: its result
+/// from `work` (one per kept item, in order) or, for the others, `denied()`.
+pub async fn for_allowed<T, R, F>(
+    items: Vec<T>,
+    allowed: impl Fn(&T) -> bool,
+    denied: impl Fn() -> R,
+    work: impl FnOnce(Vec<T>) -> F,
+) -> Vec<R>
+where
+    F: std::future::Future<Output = Vec<R>>,
+{
+    let kept: Vec<bool> = items.iter().map(&allowed).collect();
+    let mut results = work(
+        items
+            .into_iter()
+            .zip(&kept)
+            .filter(|(_, k)| **k)
+            .map(|(item, _)| item)
+            .collect(),
+    )
+    .await
+    .into_iter();
+    kept.iter()
+        .map(|k| match k {
+            true => results.next().unwrap_or_else(&denied),
+            false => denied(),
+        })
+        .collect()
+}
+
+/// An error for an item the principal may not touch.
+pub fn unauthorized(code: sluice_core::ResponseError) -> sluice_core::ApiError {
+    sluice_core::ApiError {
+        code,
+        message: "Authorization failed.".into(),
+    }
 }
 
 /// Kafka's `ConfigSource`: 1 = set on the topic, 5 = the default.

@@ -9,6 +9,7 @@ use sluice_core::groups::{self, Committed};
 
 use crate::apis::ApiRange;
 use crate::handlers::Context;
+use sluice_core::acls::Operation;
 
 pub const RANGE: ApiRange = ApiRange {
     key: ApiKey::OffsetCommit,
@@ -40,13 +41,30 @@ pub async fn handle(request: OffsetCommitRequest, ctx: &Context) -> OffsetCommit
             })
         })
         .collect();
-    let mut results = groups::commit_offsets(
-        &ctx.shard,
-        request.group_id.0.to_string(),
-        request.generation_id_or_member_epoch,
-        request.member_id.to_string(),
-        request.group_instance_id.map(|i| i.to_string()),
+    // Committing takes READ on the group (else every partition is refused) and READ on each
+    // topic (else that topic's partitions are).
+    let group_allowed = ctx.allows_group(Operation::READ, request.group_id.0.as_str());
+    let denied = if group_allowed {
+        kafka_protocol::ResponseError::TopicAuthorizationFailed
+    } else {
+        kafka_protocol::ResponseError::GroupAuthorizationFailed
+    };
+    let mut results = crate::handlers::for_allowed(
         offsets,
+        |(topic, _, _): &(String, i32, Committed)| {
+            group_allowed && ctx.allows_topic(Operation::READ, topic)
+        },
+        || Some(denied),
+        |allowed| {
+            groups::commit_offsets(
+                &ctx.shard,
+                request.group_id.0.to_string(),
+                request.generation_id_or_member_epoch,
+                request.member_id.to_string(),
+                request.group_instance_id.clone().map(|i| i.to_string()),
+                allowed,
+            )
+        },
     )
     .await
     .into_iter();

@@ -9,6 +9,7 @@ use sluice_core::groups;
 
 use crate::apis::ApiRange;
 use crate::handlers::Context;
+use sluice_core::acls::Operation;
 
 pub const RANGE: ApiRange = ApiRange {
     key: ApiKey::OffsetDelete,
@@ -26,13 +27,36 @@ pub async fn handle(request: OffsetDeleteRequest, ctx: &Context) -> OffsetDelete
                 .map(|p| (t.name.0.to_string(), p.partition_index))
         })
         .collect();
-    let results = match groups::delete_offsets(
-        &ctx.shard,
-        request.group_id.0.to_string(),
-        partitions,
-    )
-    .await
-    {
+    // Deleting offsets takes DELETE on the group and READ on each topic.
+    if !ctx.allows_group(Operation::DELETE, request.group_id.0.as_str()) {
+        return OffsetDeleteResponse::default()
+            .with_error_code(kafka_protocol::ResponseError::GroupAuthorizationFailed.code());
+    }
+    let results: Result<Vec<_>, _> = {
+        let mut group_error = None;
+        let results = crate::handlers::for_allowed(
+            partitions,
+            |(topic, _): &(String, i32)| ctx.allows_topic(Operation::READ, topic),
+            || Some(kafka_protocol::ResponseError::TopicAuthorizationFailed),
+            |allowed| async {
+                match groups::delete_offsets(&ctx.shard, request.group_id.0.to_string(), allowed)
+                    .await
+                {
+                    Ok(results) => results,
+                    Err(code) => {
+                        group_error = Some(code);
+                        Vec::new()
+                    }
+                }
+            },
+        )
+        .await;
+        match group_error {
+            Some(code) => Err(code),
+            None => Ok(results),
+        }
+    };
+    let results = match results {
         Ok(results) => results,
         Err(code) => return OffsetDeleteResponse::default().with_error_code(code.code()),
     };

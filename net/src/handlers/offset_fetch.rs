@@ -1,5 +1,7 @@
 //! OffsetFetch (key 9): a group's committed offsets (-1 where none), for the asked partitions or
-//! all of them; v8+ asks for several groups at once.
+//! all of them; v8+ asks for several groups at once. With an authorizer: DESCRIBE on the group
+//! (GROUP_AUTHORIZATION_FAILED), and topics without DESCRIBE left out (Kafka answers named
+//! ones TOPIC_AUTHORIZATION_FAILED per partition; here they are absent).
 
 use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
@@ -14,6 +16,7 @@ use sluice_core::ResponseError;
 
 use crate::apis::ApiRange;
 use crate::handlers::Context;
+use sluice_core::acls::Operation;
 
 pub const RANGE: ApiRange = ApiRange {
     key: ApiKey::OffsetFetch,
@@ -40,17 +43,34 @@ fn by_topic(rows: Vec<(String, i32, Option<Committed>)>) -> Vec<TopicOffsets> {
     out
 }
 
+/// One group's offsets. Takes DESCRIBE on the group (GROUP_AUTHORIZATION_FAILED); topics the
+/// principal may not DESCRIBE are left out of the answer.
 async fn fetch_group(
     ctx: &Context,
     group: String,
     topics: Option<Vec<(String, Vec<i32>)>>,
 ) -> Fetched {
+    if !ctx.allows_group(Operation::DESCRIBE, &group) {
+        return Err(ResponseError::GroupAuthorizationFailed);
+    }
+    let topics = topics.map(|ts| {
+        ts.into_iter()
+            .filter(|(t, _)| ctx.allows_topic(Operation::DESCRIBE, t))
+            .collect::<Vec<_>>()
+    });
     let wanted = topics.map(|ts| {
         ts.into_iter()
             .flat_map(|(t, ps)| ps.into_iter().map(move |p| (t.clone(), p)))
             .collect()
     });
-    groups::fetch_offsets(&ctx.shard, group, wanted).await
+    let rows = groups::fetch_offsets(&ctx.shard, group, wanted).await?;
+    if !ctx.has_authorizer() {
+        return Ok(rows);
+    }
+    Ok(rows
+        .into_iter()
+        .filter(|(t, _, _)| ctx.allows_topic(Operation::DESCRIBE, t))
+        .collect())
 }
 
 pub async fn handle(

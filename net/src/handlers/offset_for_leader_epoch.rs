@@ -11,7 +11,9 @@ use kafka_protocol::messages::{ApiKey, OffsetForLeaderEpochRequest, OffsetForLea
 use sluice_core::offsets::{self, EpochQuery};
 
 use crate::apis::ApiRange;
-use crate::handlers::Context;
+use crate::handlers::{for_allowed, Context};
+use sluice_core::acls::Operation;
+use sluice_core::ResponseError;
 
 pub const RANGE: ApiRange = ApiRange {
     key: ApiKey::OffsetForLeaderEpoch,
@@ -36,9 +38,19 @@ pub async fn handle(
             })
         })
         .collect();
-    let mut answers = offsets::offset_for_leader_epoch(&ctx.shard, queries)
-        .await
-        .into_iter();
+    // Taking DESCRIBE on the topic, as Kafka's consumers ask it.
+    let mut answers = for_allowed(
+        queries,
+        |q: &EpochQuery| ctx.allows_topic(Operation::DESCRIBE, &q.topic),
+        || offsets::EpochAnswer {
+            error: Some(ResponseError::TopicAuthorizationFailed),
+            leader_epoch: -1,
+            end_offset: -1,
+        },
+        |allowed| offsets::offset_for_leader_epoch(&ctx.shard, allowed),
+    )
+    .await
+    .into_iter();
     let topics = request
         .topics
         .into_iter()

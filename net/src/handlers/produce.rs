@@ -5,11 +5,13 @@
 //! in the log; acks=-1 once they are fdatasync'ed. Any other acks value fails every partition
 //! with INVALID_REQUIRED_ACKS. v13 names topics by id.
 
+use kafka_protocol::messages::produce_request::TopicProduceData;
 use kafka_protocol::messages::produce_response::{
     BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
 };
 use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
+use sluice_core::acls::Operation;
 use sluice_core::produce::{self, Acks, OrderLink, ProduceInput, ProduceOutput};
 use sluice_core::{ResponseError, TopicRef};
 
@@ -35,11 +37,32 @@ pub struct Outcome {
 /// The response (`None` for acks=0) and its outcome. The appends land after those of `link`'s
 /// previous request.
 pub async fn handle(
-    request: ProduceRequest,
+    mut request: ProduceRequest,
     version: i16,
     ctx: &Context,
     link: OrderLink,
 ) -> (Option<ProduceResponse>, Outcome) {
+    // Topics the principal may not WRITE are answered TOPIC_AUTHORIZATION_FAILED and take no
+    // part in the rest (an unknown topic id is left to the produce path's own answer).
+    let denied: Vec<TopicProduceData> = if ctx.has_authorizer() {
+        let image = (version >= TOPIC_IDS_FROM).then(|| ctx.shard.image());
+        let (allowed, denied) = std::mem::take(&mut request.topic_data)
+            .into_iter()
+            .partition(|topic| {
+                let name = match &image {
+                    Some(image) => match image.topic_by_id(topic.topic_id) {
+                        Some(t) => t.name.clone(),
+                        None => return true,
+                    },
+                    None => topic.name.0.to_string(),
+                };
+                ctx.allows_topic(Operation::WRITE, &name)
+            });
+        request.topic_data = allowed;
+        denied
+    } else {
+        Vec::new()
+    };
     let acks = Acks::from_wire(request.acks);
     let mut inputs = Vec::new();
     for topic in &request.topic_data {
@@ -70,14 +93,43 @@ pub async fn handle(
             .collect(),
     };
     count(ctx, &request, version, &outputs);
+    let denied_code = ResponseError::TopicAuthorizationFailed.code();
     let outcome = Outcome {
-        partitions: outputs.len(),
-        first_error: outputs.iter().find_map(|o| o.error.map(|e| e.code())),
+        partitions: outputs.len() + denied.iter().map(|t| t.partition_data.len()).sum::<usize>(),
+        first_error: outputs
+            .iter()
+            .find_map(|o| o.error.map(|e| e.code()))
+            .or((!denied.is_empty()).then_some(denied_code)),
     };
+    for topic in &denied {
+        for _ in &topic.partition_data {
+            ctx.shard
+                .metrics
+                .record_error(ApiKey::Produce as i16, denied_code);
+        }
+    }
     if acks == Some(Acks::None) {
         return (None, outcome);
     }
     let mut outputs = outputs.into_iter();
+    let refused = denied.into_iter().map(|topic| {
+        let partition_responses = topic
+            .partition_data
+            .iter()
+            .map(|p| {
+                PartitionProduceResponse::default()
+                    .with_index(p.index)
+                    .with_error_code(denied_code)
+                    .with_base_offset(-1)
+                    .with_log_append_time_ms(-1)
+                    .with_log_start_offset(-1)
+            })
+            .collect();
+        TopicProduceResponse::default()
+            .with_name(topic.name)
+            .with_topic_id(topic.topic_id)
+            .with_partition_responses(partition_responses)
+    });
     let responses = request
         .topic_data
         .into_iter()
@@ -113,6 +165,7 @@ pub async fn handle(
                 .with_topic_id(topic.topic_id)
                 .with_partition_responses(partition_responses)
         })
+        .chain(refused)
         .collect();
     (
         Some(ProduceResponse::default().with_responses(responses)),

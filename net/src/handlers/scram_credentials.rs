@@ -25,6 +25,7 @@ use sluice_core::{controller, ApiError};
 
 use crate::apis::ApiRange;
 use crate::handlers::Context;
+use sluice_core::acls::Operation;
 
 pub const DESCRIBE_RANGE: ApiRange = ApiRange {
     key: ApiKey::DescribeUserScramCredentials,
@@ -49,6 +50,12 @@ pub fn describe(
     request: DescribeUserScramCredentialsRequest,
     ctx: &Context,
 ) -> DescribeUserScramCredentialsResponse {
+    // Reading users takes DESCRIBE on the cluster.
+    if !ctx.allows_cluster(Operation::DESCRIBE) {
+        return DescribeUserScramCredentialsResponse::default()
+            .with_error_code(ResponseError::ClusterAuthorizationFailed.code())
+            .with_error_message(Some(StrBytes::from_static_str("Authorization failed.")));
+    }
     let image = ctx.shard.catalog.image();
     let users = &image.scram_users;
     let wanted: Vec<String> = match request.users {
@@ -94,6 +101,30 @@ pub async fn alter(
     request: AlterUserScramCredentialsRequest,
     ctx: &Context,
 ) -> AlterUserScramCredentialsResponse {
+    // Changing users takes ALTER on the cluster.
+    if !ctx.allows_cluster(Operation::ALTER) {
+        let mut names: Vec<StrBytes> = Vec::new();
+        for name in request
+            .deletions
+            .iter()
+            .map(|d| &d.name)
+            .chain(request.upsertions.iter().map(|u| &u.name))
+        {
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+        let results = names
+            .into_iter()
+            .map(|user| {
+                AlterUserScramCredentialsResult::default()
+                    .with_user(user)
+                    .with_error_code(ResponseError::ClusterAuthorizationFailed.code())
+                    .with_error_message(Some(StrBytes::from_static_str("Authorization failed.")))
+            })
+            .collect();
+        return AlterUserScramCredentialsResponse::default().with_results(results);
+    }
     // Per user, in the order users first appear: their changes, or the first error.
     let mut users: Vec<(String, Result<Vec<ScramChange>, ApiError>)> = Vec::new();
     let mut seen: BTreeMap<(String, i8), ()> = BTreeMap::new();

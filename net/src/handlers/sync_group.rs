@@ -6,6 +6,7 @@ use sluice_core::groups;
 
 use crate::apis::ApiRange;
 use crate::handlers::Context;
+use sluice_core::acls::Operation;
 
 pub const RANGE: ApiRange = ApiRange {
     key: ApiKey::SyncGroup,
@@ -14,6 +15,10 @@ pub const RANGE: ApiRange = ApiRange {
 };
 
 pub async fn handle(request: SyncGroupRequest, ctx: &Context) -> SyncGroupResponse {
+    if !ctx.allows_group(Operation::READ, request.group_id.0.as_str()) {
+        return SyncGroupResponse::default()
+            .with_error_code(kafka_protocol::ResponseError::GroupAuthorizationFailed.code());
+    }
     let answer = groups::sync(
         &ctx.shard,
         request.group_id.0.to_string(),
