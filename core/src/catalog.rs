@@ -20,6 +20,7 @@ use uuid::Uuid;
 use crate::acls::AclBinding;
 use crate::cluster::ClusterTable;
 use crate::cluster_metadata::ClusterImage;
+use crate::quotas::ClientQuota;
 use crate::scram::ScramUsers;
 use crate::topics::{validate_config, validate_topic_name, Topic, PARTITIONS_MAX};
 
@@ -60,6 +61,9 @@ struct MetadataFile {
     /// ACLs (CreateAcls); see `acls`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     acls: Vec<AclBinding>,
+    /// Client quotas (AlterClientQuotas); see `quotas`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    client_quotas: Vec<ClientQuota>,
 }
 
 /// One immutable version of the topic table.
@@ -74,6 +78,8 @@ pub struct Image {
     pub scram_users: ScramUsers,
     /// ACLs, in the order they were created.
     pub acls: Vec<AclBinding>,
+    /// Client quotas, by entity.
+    pub client_quotas: Vec<ClientQuota>,
     /// Cluster mode: the controller's image this version was built from (brokers, replica
     /// assignments). `None` on a single node.
     pub cluster: Option<Arc<ClusterImage>>,
@@ -148,6 +154,7 @@ impl Catalog {
         let mut broker_configs = BTreeMap::new();
         let mut scram_users = ScramUsers::new();
         let mut acls = Vec::new();
+        let mut client_quotas = Vec::new();
         let topics = match std::fs::read(&path) {
             Ok(bytes) => {
                 let file: MetadataFile =
@@ -194,6 +201,7 @@ impl Catalog {
                     })?;
                 }
                 acls = file.acls;
+                client_quotas = file.client_quotas;
                 file.topics
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -210,6 +218,7 @@ impl Catalog {
                 broker_configs,
                 scram_users,
                 acls,
+                client_quotas,
                 ..Image::new(1, topics, producer_ids_reserved)
             })),
             version: AtomicU64::new(1),
@@ -249,6 +258,7 @@ impl Catalog {
             broker_configs: cluster.broker_configs.clone(),
             scram_users: cluster.scram_users.clone(),
             acls: cluster.acls.clone(),
+            client_quotas: cluster.client_quotas.clone(),
             cluster: Some(Arc::new(cluster.clone())),
             ..Image::new(self.version() + 1, topics, cluster.producer_ids_reserved)
         });
@@ -281,6 +291,7 @@ impl Catalog {
             broker_configs: image.broker_configs.clone(),
             scram_users: image.scram_users.clone(),
             acls: image.acls.clone(),
+            client_quotas: image.client_quotas.clone(),
         };
         let json = serde_json::to_vec_pretty(&file).expect("the catalog always serializes");
         let write_err = |e: std::io::Error| {
@@ -304,6 +315,7 @@ impl Catalog {
             broker_configs: image.broker_configs.clone(),
             scram_users: image.scram_users.clone(),
             acls: image.acls.clone(),
+            client_quotas: image.client_quotas.clone(),
             ..Image::new(
                 self.version() + 1,
                 topics.into_values(),
@@ -349,11 +361,13 @@ impl Catalog {
             image.broker_configs.clone(),
             image.scram_users.clone(),
             image.acls.clone(),
+            image.client_quotas.clone(),
         )
         .await
     }
 
-    /// [`Catalog::publish`], with new broker configs, SCRAM users and ACLs.
+    /// [`Catalog::publish`], with new broker configs, SCRAM users, ACLs and client quotas.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn publish_all(
         &self,
         topics: BTreeMap<String, Topic>,
@@ -361,6 +375,7 @@ impl Catalog {
         broker_configs: BTreeMap<String, String>,
         scram_users: ScramUsers,
         acls: Vec<AclBinding>,
+        client_quotas: Vec<ClientQuota>,
     ) -> Result<Arc<Image>, CatalogError> {
         let file = MetadataFile {
             format: METADATA_FORMAT,
@@ -369,6 +384,7 @@ impl Catalog {
             broker_configs: broker_configs.clone(),
             scram_users,
             acls,
+            client_quotas,
         };
         let json = serde_json::to_vec_pretty(&file).expect("the catalog always serializes");
         // Only a change that gives space back (a topic deleted) may spend the reserve: a create
@@ -392,6 +408,7 @@ impl Catalog {
             broker_configs,
             scram_users: file.scram_users,
             acls: file.acls,
+            client_quotas: file.client_quotas,
             cluster: None,
             ..Image::new(
                 self.version() + 1,

@@ -107,6 +107,10 @@ pub enum MetadataCommand {
     DeleteAcls {
         acls: Vec<crate::acls::AclBinding>,
     },
+    /// Client quotas set or removed (AlterClientQuotas).
+    AlterClientQuotas {
+        changes: Vec<crate::quotas::QuotaChange>,
+    },
 }
 
 impl MetadataCommand {
@@ -122,6 +126,7 @@ impl MetadataCommand {
             MetadataCommand::AlterScramCredentials { .. } => "alter_scram_credentials",
             MetadataCommand::CreateAcls { .. } => "create_acls",
             MetadataCommand::DeleteAcls { .. } => "delete_acls",
+            MetadataCommand::AlterClientQuotas { .. } => "alter_client_quotas",
         }
     }
 }
@@ -145,6 +150,8 @@ pub enum Refused {
     BadScramChange(String),
     #[error("ACL: {0}")]
     BadAcl(String),
+    #[error("client quota: {0}")]
+    BadQuota(String),
 }
 
 /// The cluster as the controller's log describes it, up to `version`.
@@ -160,6 +167,7 @@ pub struct ClusterImage {
     pub broker_configs: BTreeMap<String, String>,
     pub scram_users: crate::scram::ScramUsers,
     pub acls: Vec<crate::acls::AclBinding>,
+    pub client_quotas: Vec<crate::quotas::ClientQuota>,
 }
 
 impl ClusterImage {
@@ -252,6 +260,12 @@ impl ClusterImage {
             }
             MetadataCommand::DeleteAcls { acls } => {
                 self.acls.retain(|a| !acls.contains(a));
+            }
+            MetadataCommand::AlterClientQuotas { changes } => {
+                for change in changes {
+                    crate::quotas::check_change(change).map_err(Refused::BadQuota)?;
+                }
+                crate::quotas::apply(&mut self.client_quotas, changes);
             }
         }
         Ok(())

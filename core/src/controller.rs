@@ -20,6 +20,7 @@ use uuid::Uuid;
 use crate::acls::{AclBinding, AclFilter};
 use crate::cluster::{ControlError, ShardReplication};
 use crate::cluster_metadata::{assign_replicas, ClusterImage, MetadataCommand, Refused};
+use crate::quotas::QuotaChange;
 use crate::scram::ScramChange;
 use crate::shard::{remove_dir_all, Shard};
 use crate::topics::{validate_config, validate_topic_name, Topic, PARTITIONS_MAX};
@@ -860,6 +861,7 @@ pub async fn alter_broker_configs(
                     configs.clone(),
                     image.scram_users.clone(),
                     image.acls.clone(),
+                    image.client_quotas.clone(),
                 )
                 .await
                 .map_err(|e| {
@@ -928,6 +930,7 @@ pub async fn alter_scram_credentials(
                         image.broker_configs.clone(),
                         users,
                         image.acls.clone(),
+                        image.client_quotas.clone(),
                     )
                     .await
                     .map(|_| ())
@@ -1088,6 +1091,7 @@ async fn persist_acls(
             image.broker_configs.clone(),
             image.scram_users.clone(),
             acls,
+            image.client_quotas.clone(),
         )
         .await
         .map(|_| ())
@@ -1097,5 +1101,83 @@ async fn persist_acls(
                 ResponseError::KafkaStorageError,
                 format!("cannot persist the catalog: {e}"),
             )
+        })
+}
+
+/// Sets and removes client quotas (AlterClientQuotas): `groups` holds one list of changes per
+/// entity, each checked on its own (INVALID_REQUEST); the valid ones are made durable together.
+/// With `validate_only` nothing changes.
+pub async fn alter_client_quotas(
+    shard: &Rc<Shard>,
+    groups: Vec<Vec<QuotaChange>>,
+    validate_only: bool,
+) -> Vec<Result<(), ApiError>> {
+    let count = groups.len();
+    shard
+        .invoke_on(CONTROLLER_SHARD, move |controller| async move {
+            let _turn = controller.controller_turn().await;
+            let image = controller.catalog.image();
+            let mut accepted = Vec::new();
+            let mut results: Vec<Result<(), ApiError>> = groups
+                .into_iter()
+                .map(|group| {
+                    for change in &group {
+                        crate::quotas::check_change(change)
+                            .map_err(|m| error(ResponseError::InvalidRequest, m))?;
+                    }
+                    accepted.extend(group);
+                    Ok(())
+                })
+                .collect();
+            if accepted.is_empty() || validate_only {
+                return results;
+            }
+            let persisted = if let Some(replication) = controller.replication.as_ref() {
+                let command = MetadataCommand::AlterClientQuotas {
+                    changes: accepted.clone(),
+                };
+                replication.control(command).await.map_err(control_error)
+            } else {
+                let mut quotas = image.client_quotas.clone();
+                crate::quotas::apply(&mut quotas, &accepted);
+                controller
+                    .catalog
+                    .publish_all(
+                        image.to_topics(),
+                        image.producer_ids_reserved,
+                        image.broker_configs.clone(),
+                        image.scram_users.clone(),
+                        image.acls.clone(),
+                        quotas,
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| {
+                        error(
+                            ResponseError::KafkaStorageError,
+                            format!("cannot persist the catalog: {e}"),
+                        )
+                    })
+            };
+            match persisted {
+                Ok(()) => {
+                    for change in &accepted {
+                        info!(entity = ?change.entity, key = %change.key, value = ?change.value, "client quota changed");
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e.message, "client quotas not changed");
+                    for result in results.iter_mut().filter(|r| r.is_ok()) {
+                        *result = Err(e.clone());
+                    }
+                }
+            }
+            results
+        })
+        .await
+        .unwrap_or_else(|gone| {
+            (0..count)
+                .map(|_| Err(error(ResponseError::UnknownServerError, gone.to_string())))
+                .collect()
         })
 }

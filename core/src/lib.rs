@@ -50,6 +50,7 @@ pub mod offsets_topic;
 pub mod partition;
 pub mod produce;
 pub mod producers;
+pub mod quotas;
 pub mod scram;
 pub mod session_views;
 pub mod shard;

@@ -47,6 +47,8 @@ pub const IMPLEMENTED: &[ApiRange] = &[
     handlers::delete_groups::RANGE,
     handlers::alter_configs::INCREMENTAL_RANGE,
     handlers::offset_delete::RANGE,
+    handlers::client_quotas::DESCRIBE_RANGE,
+    handlers::client_quotas::ALTER_RANGE,
     handlers::scram_credentials::DESCRIBE_RANGE,
     handlers::scram_credentials::ALTER_RANGE,
     handlers::describe_cluster::RANGE,

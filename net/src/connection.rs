@@ -37,6 +37,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures::channel::oneshot;
 use futures::future::Either;
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use kafka_protocol::messages::{AlterClientQuotasRequest, DescribeClientQuotasRequest};
 use kafka_protocol::messages::{
     AlterConfigsRequest, AlterUserScramCredentialsRequest, ApiKey, ApiVersionsRequest,
     CreateAclsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteAclsRequest,
@@ -60,14 +61,15 @@ use sluice_core::produce::{OrderLink, ProduceChain};
 use crate::apis;
 use crate::frame::{read_frame, FrameError};
 use crate::handlers::{
-    acls_api, alter_configs, api_versions, create_partitions, create_topics, delete_groups,
-    delete_records, delete_topics, describe_cluster, describe_configs, describe_groups,
-    describe_log_dirs, describe_topic_partitions, fetch, find_coordinator,
+    acls_api, alter_configs, api_versions, client_quotas, create_partitions, create_topics,
+    delete_groups, delete_records, delete_topics, describe_cluster, describe_configs,
+    describe_groups, describe_log_dirs, describe_topic_partitions, fetch, find_coordinator,
     get_telemetry_subscriptions, heartbeat, init_producer_id, join_group, leave_group,
     list_config_resources, list_groups, list_offsets, metadata, offset_commit, offset_delete,
     offset_fetch, offset_for_leader_epoch, produce, push_telemetry, sasl, scram_credentials,
     sync_group, Context,
 };
+use crate::quota_meter::Kind;
 use crate::request_trace;
 use crate::sasl::{SaslExchange, StepOutcome, UNAUTHENTICATED_FRAME_BYTES_MAX};
 
@@ -367,10 +369,20 @@ async fn dispatch(
         ApiKey::Produce => {
             let request = decode::<ProduceRequest>(&mut frame, api, version)?;
             request_trace::join_producer_traces(span, &request);
+            let bytes: usize = request
+                .topic_data
+                .iter()
+                .flat_map(|t| &t.partition_data)
+                .filter_map(|p| p.records.as_ref().map(Bytes::len))
+                .sum();
             let (response, outcome) = produce::handle(request, version, ctx, link).await;
             request_trace::record_partitions(span, outcome.partitions, outcome.first_error);
+            let throttle = ctx.quota_throttle(Kind::Produce, client_id(header), bytes as u64);
             match response {
-                Some(response) => encode(api, version, correlation_id, &response).map(Some),
+                Some(mut response) => {
+                    response.throttle_time_ms = throttled(throttle).await;
+                    encode(api, version, correlation_id, &response).map(Some)
+                }
                 None => Ok(None),
             }
         }
@@ -385,6 +397,15 @@ async fn dispatch(
                     .find(|&code| code != 0);
                 request_trace::record_partitions(span, partitions.count(), first_error);
             }
+            let bytes: usize = response
+                .responses
+                .iter()
+                .flat_map(|t| &t.partitions)
+                .filter_map(|p| p.records.as_ref().map(Bytes::len))
+                .sum();
+            let throttle = ctx.quota_throttle(Kind::Fetch, client_id(header), bytes as u64);
+            let mut response = response;
+            response.throttle_time_ms = throttled(throttle).await;
             encode(api, version, correlation_id, &response).map(Some)
         }
         ApiKey::InitProducerId => {
@@ -539,6 +560,16 @@ async fn dispatch(
             let response = sasl::authenticate_refused(reason);
             encode(api, version, correlation_id, &response).map(Some)
         }
+        ApiKey::DescribeClientQuotas => {
+            let request = decode::<DescribeClientQuotasRequest>(&mut frame, api, version)?;
+            let response = client_quotas::describe(request, ctx);
+            encode(api, version, correlation_id, &response).map(Some)
+        }
+        ApiKey::AlterClientQuotas => {
+            let request = decode::<AlterClientQuotasRequest>(&mut frame, api, version)?;
+            let response = client_quotas::alter(request, ctx).await;
+            encode(api, version, correlation_id, &response).map(Some)
+        }
         ApiKey::CreateAcls => {
             let request = decode::<CreateAclsRequest>(&mut frame, api, version)?;
             let response = acls_api::create(request, ctx).await;
@@ -566,6 +597,21 @@ async fn dispatch(
         }
         _ => Err(RequestError::UnsupportedVersion { api, version }),
     }
+}
+
+/// The request's client id ("" when none).
+fn client_id(header: &RequestHeader) -> &str {
+    header.client_id.as_ref().map_or("", |c| c.as_str())
+}
+
+/// Waits out a quota throttle (Kafka's pacing of a client over its quota) and answers it as
+/// the response's `throttle_time_ms`.
+async fn throttled(throttle: std::time::Duration) -> i32 {
+    if throttle.is_zero() {
+        return 0;
+    }
+    glommio::timer::sleep(throttle).await;
+    i32::try_from(throttle.as_millis()).unwrap_or(i32::MAX)
 }
 
 /// Where a connection on a SASL listener stands.

@@ -13,6 +13,8 @@
 //!   the same port (SO_REUSEPORT).
 //! - [`tls`] — the SSL listeners' rustls configuration, its reload, and the principal a
 //!   client certificate maps to.
+//! - [`quota_meter`] — client quotas measured per shard: produce and fetch byte rates, and the
+//!   throttle a client over its quota gets.
 //! - [`sasl`] — the SASL listeners' mechanisms (PLAIN, SCRAM-SHA-256/512 through rsasl), one
 //!   authentication exchange, and the SCRAM credential arithmetic.
 //!
@@ -26,6 +28,7 @@ pub mod authorized;
 pub mod connection;
 pub mod frame;
 mod handlers;
+pub mod quota_meter;
 pub mod request_trace;
 pub mod sasl;
 pub mod server;

@@ -290,6 +290,7 @@ fn every_api_answers_at_every_advertised_version() {
     sasl_cases(&mut m);
     scram_credential_cases(&mut m);
     acl_cases(&mut m);
+    quota_cases(&mut m);
 
     let untried: Vec<_> = advertised
         .iter()
@@ -1432,6 +1433,62 @@ fn acl_cases(m: &mut Matrix) {
                 r.filter_results.len() == 1 && r.filter_results[0].error_code == 54,
                 || format!("DeleteAcls v{v}: {r:?}"),
             );
+        }
+    }
+}
+
+/// Client quotas: set for a user and the default client id, described back, refused when the
+/// key is no quota.
+fn quota_cases(m: &mut Matrix) {
+    let entity = |kind: &str, name: Option<&str>| {
+        alter_client_quotas_request::EntityData::default()
+            .with_entity_type(text(kind))
+            .with_entity_name(name.map(text))
+    };
+    for v in m.range(ApiKey::AlterClientQuotas) {
+        let request = AlterClientQuotasRequest::default().with_entries(vec![
+            alter_client_quotas_request::EntryData::default()
+                .with_entity(vec![
+                    entity("user", Some("matrix")),
+                    entity("client-id", None),
+                ])
+                .with_ops(vec![alter_client_quotas_request::OpData::default()
+                    .with_key(text("consumer_byte_rate"))
+                    .with_value(1e9)]),
+            alter_client_quotas_request::EntryData::default()
+                .with_entity(vec![entity("client-id", Some("x"))])
+                .with_ops(vec![alter_client_quotas_request::OpData::default()
+                    .with_key(text("not_a_quota"))
+                    .with_value(1.0)]),
+        ]);
+        if let Some(r) = m.call::<_, AlterClientQuotasResponse>(
+            ApiKey::AlterClientQuotas,
+            v,
+            "ok and a bad key",
+            &request,
+        ) {
+            let codes: Vec<i16> = r.entries.iter().map(|e| e.error_code).collect();
+            m.check(codes == [0, 42], || {
+                format!("AlterClientQuotas v{v}: {r:?}")
+            });
+        }
+    }
+    for v in m.range(ApiKey::DescribeClientQuotas) {
+        let request = DescribeClientQuotasRequest::default().with_components(vec![
+            describe_client_quotas_request::ComponentData::default()
+                .with_entity_type(text("user"))
+                .with_match_type(2),
+        ]);
+        if let Some(r) = m.call::<_, DescribeClientQuotasResponse>(
+            ApiKey::DescribeClientQuotas,
+            v,
+            "specified users",
+            &request,
+        ) {
+            let found = r.entries.as_ref().map_or(0, Vec::len);
+            m.check(r.error_code == 0 && found == 1, || {
+                format!("DescribeClientQuotas v{v}: {r:?}")
+            });
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::server::BrokerIdentity;
 pub mod acls_api;
 pub mod alter_configs;
 pub mod api_versions;
+pub mod client_quotas;
 pub mod create_partitions;
 pub mod create_topics;
 pub mod delete_groups;
@@ -121,6 +122,30 @@ impl Context {
             operation,
             resource_type,
         )
+    }
+
+    /// How long to throttle this client for `bytes` more of `kind` (zero without a quota):
+    /// the quota that applies to its user and `client_id` (`sluice_core::quotas::resolve`),
+    /// measured on this shard (`crate::quota_meter`).
+    pub fn quota_throttle(
+        &self,
+        kind: crate::quota_meter::Kind,
+        client_id: &str,
+        bytes: u64,
+    ) -> std::time::Duration {
+        let image = self.shard.catalog.image();
+        if image.client_quotas.is_empty() {
+            return std::time::Duration::ZERO;
+        }
+        let key = match kind {
+            crate::quota_meter::Kind::Produce => sluice_core::quotas::PRODUCER_BYTE_RATE,
+            crate::quota_meter::Kind::Fetch => sluice_core::quotas::CONSUMER_BYTE_RATE,
+        };
+        let user = crate::quota_meter::quota_user(&self.principal);
+        match sluice_core::quotas::resolve(&image.client_quotas, user, client_id, key) {
+            Some(quota) => crate::quota_meter::record(kind, user, client_id, bytes, quota),
+            None => std::time::Duration::ZERO,
+        }
     }
 
     /// Whether an authorizer is configured (the ACL APIs answer SECURITY_DISABLED otherwise).
