@@ -345,3 +345,37 @@ pub fn kcat(args: &[&str], stdin: Option<&str>) -> std::process::Output {
     drop(input);
     child.wait_with_output().expect("kcat ran")
 }
+
+/// Runs `python3 -c script args...` (the test venv's python first on PATH): whether it
+/// succeeded, and its stdout then stderr. `LD_LIBRARY_PATH` is dropped: cargo test points it at
+/// the build tree's librdkafka, and confluent-kafka must load the one its wheel ships.
+pub fn python(script: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new("python3")
+        .env_remove("LD_LIBRARY_PATH")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run python3");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Waits (at most 10 s) until the broker's log holds `needle` `count` times.
+pub fn wait_for_log(broker: &Broker, needle: &str, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while broker.log().matches(needle).count() < count {
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in the broker's log:\n{}",
+            broker.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

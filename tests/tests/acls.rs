@@ -15,7 +15,7 @@ use kafka_protocol::messages::{
     SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::StrBytes;
-use sluice_tests::{sluice_binary, wire, Broker};
+use sluice_tests::{python, sluice_binary, wire, Broker};
 
 fn free_address() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
@@ -63,23 +63,6 @@ fn acl_broker(data_dir: tempfile::TempDir, sasl: SocketAddr) -> Broker {
             "--super-users",
             "User:ANONYMOUS",
         ],
-    )
-}
-
-fn python(script: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("run python3");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
     )
 }
 

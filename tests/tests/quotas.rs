@@ -14,7 +14,7 @@ use kafka_protocol::messages::{
     ProduceRequest, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use sluice_tests::{wire, Broker};
+use sluice_tests::{python, wire, Broker};
 
 /// The client id `sluice_tests::wire` sends.
 const WIRE_CLIENT: &str = "sluice-tests";
@@ -29,23 +29,6 @@ fn set_quota(client_id: Option<&str>, key: &str, value: f64) -> AlterClientQuota
                 .with_key(StrBytes::from(key.to_string()))
                 .with_value(value)]),
     ])
-}
-
-fn python(script: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("run python3");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
 }
 
 /// kafka-python: sends 150 records of 10 KB with `client_id`, prints the seconds it took.

@@ -18,7 +18,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use sluice_tests::pki::Pki;
-use sluice_tests::{kcat, sluice_binary, wire, Broker};
+use sluice_tests::{kcat, python, sluice_binary, wait_for_log, wire, Broker};
 
 fn free_address() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
@@ -73,39 +73,6 @@ fn sluice_user(broker: &Broker, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn python(script: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new("python3")
-        // cargo test points LD_LIBRARY_PATH at the build tree's librdkafka; confluent-kafka
-        // must load the one its wheel ships.
-        .env_remove("LD_LIBRARY_PATH")
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("run python3");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-/// Waits until the broker's log holds `needle` `count` times.
-fn wait_for_log(broker: &Broker, needle: &str, count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while broker.log().matches(needle).count() < count {
-        assert!(
-            Instant::now() < deadline,
-            "no {needle:?} in the broker's log:\n{}",
-            broker.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// kafka-python: produces 20 records to `topic` and reads them back as `user`, over

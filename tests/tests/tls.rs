@@ -10,10 +10,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sluice_tests::pki::Pki;
-use sluice_tests::{kcat, Broker};
+use sluice_tests::{kcat, python, wait_for_log, Broker};
 
 /// A broker with its PLAINTEXT listener and an SSL one at `ssl_address`, serving `pki`'s server
 /// certificate, plus `extra` arguments.
@@ -69,36 +69,6 @@ fn ssl_args(pki: &Pki, with_certificate: bool) -> Vec<String> {
         ]);
     }
     args
-}
-
-fn python(script: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("run python3");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-/// Waits until the broker's log holds `needle` `count` times.
-fn wait_for_log(broker: &Broker, needle: &str, count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while broker.log().matches(needle).count() < count {
-        assert!(
-            Instant::now() < deadline,
-            "no {needle:?} in the broker's log:\n{}",
-            broker.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 const KAFKA_PYTHON_SSL: &str = r#"
