@@ -71,13 +71,14 @@ pub struct Context {
 impl Context {
     /// Whether this connection's principal may perform `operation` on the resource: always
     /// without an authorizer, else as the ACLs of the current image decide
-    /// (`sluice_core::acls`). A denial is logged at DEBUG.
+    /// (`sluice_core::acls`; the shard's cached image: one atomic version check). A denial is
+    /// logged at DEBUG.
     pub fn allows(&self, operation: Operation, resource_type: ResourceType, name: &str) -> bool {
         let Some(settings) = &self.authorizer else {
             return true;
         };
         let host = self.client_host.trim_start_matches('/');
-        let image = self.shard.catalog.image();
+        let image = self.shard.image();
         let allowed = acls::authorize(
             &image.acls,
             settings,
@@ -113,7 +114,7 @@ impl Context {
             return true;
         };
         let host = self.client_host.trim_start_matches('/');
-        let image = self.shard.catalog.image();
+        let image = self.shard.image();
         acls::allows_some(
             &image.acls,
             settings,
@@ -133,7 +134,7 @@ impl Context {
         client_id: &str,
         bytes: u64,
     ) -> std::time::Duration {
-        let image = self.shard.catalog.image();
+        let image = self.shard.image();
         if image.client_quotas.is_empty() {
             return std::time::Duration::ZERO;
         }
