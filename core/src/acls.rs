@@ -261,6 +261,12 @@ pub struct AuthorizerSettings {
     pub allow_everyone_if_no_acl_found: bool,
 }
 
+impl AuthorizerSettings {
+    fn is_super(&self, principal: &str) -> bool {
+        self.super_users.iter().any(|s| s == principal)
+    }
+}
+
 /// Whether `principal` connecting from `host` may perform `operation` on the resource.
 pub fn authorize(
     acls: &[AclBinding],
@@ -271,7 +277,7 @@ pub fn authorize(
     resource_type: ResourceType,
     resource_name: &str,
 ) -> bool {
-    if settings.super_users.iter().any(|s| s == principal) {
+    if settings.is_super(principal) {
         return true;
     }
     let mut named = false;
@@ -311,7 +317,7 @@ pub fn allows_some(
     operation: Operation,
     resource_type: ResourceType,
 ) -> bool {
-    if settings.super_users.iter().any(|s| s == principal) {
+    if settings.is_super(principal) {
         return true;
     }
     let of_type: Vec<&AclBinding> = acls

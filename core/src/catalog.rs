@@ -201,6 +201,19 @@ impl Catalog {
                     })?;
                 }
                 acls = file.acls;
+                for quota in &file.client_quotas {
+                    for (key, value) in &quota.values {
+                        crate::quotas::check_change(&crate::quotas::QuotaChange {
+                            entity: quota.entity.clone(),
+                            key: key.clone(),
+                            value: Some(*value),
+                        })
+                        .map_err(|reason| CatalogError::Invalid {
+                            path: display.clone(),
+                            reason: format!("client quota {:?}: {reason}", quota.entity),
+                        })?;
+                    }
+                }
                 client_quotas = file.client_quotas;
                 file.topics
             }
@@ -526,5 +539,34 @@ mod tests {
         .unwrap();
         let err = Catalog::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("contains ' '"), "{err}");
+
+        // Users, ACLs and quotas are checked too.
+        std::fs::write(
+            dir.path().join(METADATA_FILE),
+            br#"{"format":1,"topics":[],"scram_users":{"bob":{"SCRAM-SHA-256":{"iterations":4096,"salt":"c2FsdA==","stored_key":"AA==","server_key":"AA=="}}}}"#,
+        )
+        .unwrap();
+        let err = Catalog::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("user bob") && err.contains("32 bytes"),
+            "{err}"
+        );
+        std::fs::write(
+            dir.path().join(METADATA_FILE),
+            br#"{"format":1,"topics":[],"acls":[{"resource_type":"Topic","resource_name":"","pattern_type":"Literal","principal":"User:a","host":"*","operation":3,"permission":"Allow"}]}"#,
+        )
+        .unwrap();
+        let err = Catalog::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("ACL") && err.contains("resource name is empty"),
+            "{err}"
+        );
+        std::fs::write(
+            dir.path().join(METADATA_FILE),
+            br#"{"format":1,"topics":[],"client_quotas":[{"entity":{"user":null,"client_id":null},"values":[["producer_byte_rate",-1.0]]}]}"#,
+        )
+        .unwrap();
+        let err = Catalog::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("quota"), "{err}");
     }
 }

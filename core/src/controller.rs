@@ -916,31 +916,15 @@ pub async fn alter_scram_credentials(
             if accepted.is_empty() {
                 return results;
             }
-            let persisted = if let Some(replication) = controller.replication.as_ref() {
-                let command = MetadataCommand::AlterScramCredentials {
+            let persisted = persist_access(
+                &controller,
+                &image,
+                |parts| parts.scram_users = users,
+                || MetadataCommand::AlterScramCredentials {
                     changes: accepted.clone(),
-                };
-                replication.control(command).await.map_err(control_error)
-            } else {
-                controller
-                    .catalog
-                    .publish_all(
-                        image.to_topics(),
-                        image.producer_ids_reserved,
-                        image.broker_configs.clone(),
-                        users,
-                        image.acls.clone(),
-                        image.client_quotas.clone(),
-                    )
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| {
-                        error(
-                            ResponseError::KafkaStorageError,
-                            format!("cannot persist the catalog: {e}"),
-                        )
-                    })
-            };
+                },
+            )
+            .await;
             match persisted {
                 Ok(()) => {
                     for change in &accepted {
@@ -948,8 +932,7 @@ pub async fn alter_scram_credentials(
                     }
                 }
                 Err(e) => {
-                    warn!(error = %e.message, "SCRAM credentials not changed");
-                    for result in results.iter_mut().filter(|r| r.is_ok()) {
+                                        for result in results.iter_mut().filter(|r| r.is_ok()) {
                         *result = Err(e.clone());
                     }
                 }
@@ -993,11 +976,14 @@ pub async fn create_acls(shard: &Rc<Shard>, acls: Vec<AclBinding>) -> Vec<Result
             if stored.len() == image.acls.len() {
                 return results;
             }
-            let persisted = persist_acls(&controller, &image, stored, || {
-                MetadataCommand::CreateAcls {
+            let persisted = persist_access(
+                &controller,
+                &image,
+                |parts| parts.acls = stored,
+                || MetadataCommand::CreateAcls {
                     acls: accepted.clone(),
-                }
-            })
+                },
+            )
             .await;
             if let Err(e) = persisted {
                 for result in results.iter_mut().filter(|r| r.is_ok()) {
@@ -1049,11 +1035,15 @@ pub async fn delete_acls(
                 .filter(|a| !doomed.contains(a))
                 .cloned()
                 .collect();
-            let persisted =
-                persist_acls(&controller, &image, kept, || MetadataCommand::DeleteAcls {
+            let persisted = persist_access(
+                &controller,
+                &image,
+                |parts| parts.acls = kept,
+                || MetadataCommand::DeleteAcls {
                     acls: doomed.clone(),
-                })
-                .await;
+                },
+            )
+            .await;
             match persisted {
                 Ok(()) => {
                     for acl in &doomed {
@@ -1072,31 +1062,45 @@ pub async fn delete_acls(
         })
 }
 
-/// Makes a new ACL list durable: the catalog file on a single node, else the controller
-/// command `command` builds.
-async fn persist_acls(
+/// The parts of the catalog that users, ACLs and quotas change.
+struct AccessParts {
+    scram_users: crate::scram::ScramUsers,
+    acls: Vec<AclBinding>,
+    client_quotas: Vec<crate::quotas::ClientQuota>,
+}
+
+/// Makes a change of users, ACLs or client quotas durable: on a single node the catalog file
+/// with `edit` applied to the current parts, in cluster mode the controller command `command`
+/// builds (every node applies it to its image).
+async fn persist_access(
     controller: &Rc<Shard>,
     image: &crate::catalog::Image,
-    acls: Vec<AclBinding>,
+    edit: impl FnOnce(&mut AccessParts),
     command: impl FnOnce() -> MetadataCommand,
 ) -> Result<(), ApiError> {
     if let Some(replication) = controller.replication.as_ref() {
         return replication.control(command()).await.map_err(control_error);
     }
+    let mut parts = AccessParts {
+        scram_users: image.scram_users.clone(),
+        acls: image.acls.clone(),
+        client_quotas: image.client_quotas.clone(),
+    };
+    edit(&mut parts);
     controller
         .catalog
         .publish_all(
             image.to_topics(),
             image.producer_ids_reserved,
             image.broker_configs.clone(),
-            image.scram_users.clone(),
-            acls,
-            image.client_quotas.clone(),
+            parts.scram_users,
+            parts.acls,
+            parts.client_quotas,
         )
         .await
         .map(|_| ())
         .map_err(|e| {
-            warn!(error = %e, "cannot persist the catalog; ACLs not changed");
+            warn!(error = %e, "cannot persist the catalog; nothing changed");
             error(
                 ResponseError::KafkaStorageError,
                 format!("cannot persist the catalog: {e}"),
@@ -1132,33 +1136,15 @@ pub async fn alter_client_quotas(
             if accepted.is_empty() || validate_only {
                 return results;
             }
-            let persisted = if let Some(replication) = controller.replication.as_ref() {
-                let command = MetadataCommand::AlterClientQuotas {
+            let persisted = persist_access(
+                &controller,
+                &image,
+                |parts| crate::quotas::apply(&mut parts.client_quotas, &accepted),
+                || MetadataCommand::AlterClientQuotas {
                     changes: accepted.clone(),
-                };
-                replication.control(command).await.map_err(control_error)
-            } else {
-                let mut quotas = image.client_quotas.clone();
-                crate::quotas::apply(&mut quotas, &accepted);
-                controller
-                    .catalog
-                    .publish_all(
-                        image.to_topics(),
-                        image.producer_ids_reserved,
-                        image.broker_configs.clone(),
-                        image.scram_users.clone(),
-                        image.acls.clone(),
-                        quotas,
-                    )
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| {
-                        error(
-                            ResponseError::KafkaStorageError,
-                            format!("cannot persist the catalog: {e}"),
-                        )
-                    })
-            };
+                },
+            )
+            .await;
             match persisted {
                 Ok(()) => {
                     for change in &accepted {
@@ -1166,8 +1152,7 @@ pub async fn alter_client_quotas(
                     }
                 }
                 Err(e) => {
-                    warn!(error = %e.message, "client quotas not changed");
-                    for result in results.iter_mut().filter(|r| r.is_ok()) {
+                                        for result in results.iter_mut().filter(|r| r.is_ok()) {
                         *result = Err(e.clone());
                     }
                 }

@@ -110,6 +110,15 @@ impl ResourceArgs {
         }
     }
 
+    /// As a filter (list, remove): (type, name, pattern type), ANY where not given.
+    fn filter(&self) -> (i8, Option<String>, i8) {
+        match self.resource() {
+            Some((resource_type, name)) => (resource_type, Some(name), self.pattern()),
+            None if self.prefixed => (ANY, None, 4),
+            None => (ANY, None, ANY),
+        }
+    }
+
     fn pattern(&self) -> i8 {
         if self.prefixed {
             4
@@ -212,16 +221,7 @@ pub fn acl(command: AclCommand) -> Result<()> {
             connection,
             output,
         } => {
-            let (resource_type, name) = resource
-                .resource()
-                .map_or((ANY, None), |(t, n)| (t, Some(n)));
-            let pattern = if resource.prefixed {
-                4
-            } else if name.is_some() {
-                3
-            } else {
-                ANY
-            };
+            let (resource_type, name, pattern) = resource.filter();
             let response: DescribeAclsResponse =
                 connection.client()?.call(None, DESCRIBE_ACLS, |_| {
                     DescribeAclsRequest::default()
@@ -289,16 +289,7 @@ pub fn acl(command: AclCommand) -> Result<()> {
             host,
             connection,
         } => {
-            let (resource_type, name) = resource
-                .resource()
-                .map_or((ANY, None), |(t, n)| (t, Some(n)));
-            let pattern = if resource.prefixed {
-                4
-            } else if name.is_some() {
-                3
-            } else {
-                ANY
-            };
+            let (resource_type, name, pattern) = resource.filter();
             let filter = DeleteAclsFilter::default()
                 .with_resource_type_filter(resource_type)
                 .with_resource_name_filter(name.map(StrBytes::from))
