@@ -27,6 +27,10 @@ struct FileConfig {
     authorizer: Option<String>,
     super_users: Option<String>,
     allow_everyone_if_no_acl_found: Option<bool>,
+    audit_enabled: Option<bool>,
+    audit_log_dir: Option<PathBuf>,
+    audit_log_max_file_bytes: Option<u64>,
+    audit_log_max_files: Option<usize>,
     admin_listen: Option<String>,
     metrics_per_partition: Option<bool>,
     otlp_endpoint: Option<String>,
@@ -88,6 +92,8 @@ pub struct BrokerConfig {
     pub sasl: Option<std::sync::Arc<sluice_net::sasl::SaslSettings>>,
     /// The ACL authorizer (`None`: `authorizer = none`, every client may do everything).
     pub authorizer: Option<std::sync::Arc<sluice_core::acls::AuthorizerSettings>>,
+    /// The audit trail's directory and rotation (`None`: `audit_enabled = false`).
+    pub audit: Option<sluice_core::audit::AuditSettings>,
     /// The admin HTTP listener: `/metrics`, readiness, health, the JSON API.
     pub admin_listen: SocketAddr,
     /// `/metrics` series per partition as well as per topic.
@@ -273,6 +279,30 @@ const FIELDS: &[(&str, &str, &str, &str)] = &[
         "--allow-everyone-if-no-acl-found",
         "SLUICE_ALLOW_EVERYONE_IF_NO_ACL_FOUND",
         "Kafka's allow.everyone.if.no.acl.found: a resource no ACL names is open to all [default: false]",
+    ),
+    (
+        "audit_enabled",
+        "--audit-enabled",
+        "SLUICE_AUDIT_ENABLED",
+        "Keep the audit trail: authentications, authorization denials and administrative changes as hash-chained JSON lines (true|false) [default: false]",
+    ),
+    (
+        "audit_log_dir",
+        "--audit-log-dir",
+        "SLUICE_AUDIT_LOG_DIR",
+        "Where the audit trail's files go [default: <data_dir>/audit]",
+    ),
+    (
+        "audit_log_max_file_bytes",
+        "--audit-log-max-file-bytes",
+        "SLUICE_AUDIT_LOG_MAX_FILE_BYTES",
+        "An audit file is closed and the next begun before it grows past this [default: 104857600]",
+    ),
+    (
+        "audit_log_max_files",
+        "--audit-log-max-files",
+        "SLUICE_AUDIT_LOG_MAX_FILES",
+        "Audit files kept; the oldest beyond this are deleted [default: 10]",
     ),
     (
         "admin_listen",
@@ -570,6 +600,8 @@ const FRAME_BYTES_LIMIT: usize = 1 << 30;
 const CORES_LIMIT: usize = 1024;
 /// Sessions hold every partition a consumer fetches; a million of them is beyond any host.
 const FETCH_SESSION_SLOTS_LIMIT: u64 = 1_000_000;
+/// An audit file holds at least a few dozen lines.
+const AUDIT_FILE_BYTES_MIN: u64 = 16 * 1024;
 const PARTITIONS_MAX: i32 = sluice_core::topics::PARTITIONS_MAX;
 
 /// A raw value and where it came from.
@@ -1224,12 +1256,57 @@ impl BrokerConfig {
         .unwrap_or_else(|| default("120000"));
         let fetch_session_eviction_ms: u64 = parse("fetch_session_eviction_ms", &raw)?;
 
+        let raw = pick("audit_enabled", file.audit_enabled.map(|b| b.to_string()))
+            .unwrap_or_else(|| default("false"));
+        let audit_enabled: bool = parse("audit_enabled", &raw)?;
+        let raw = pick(
+            "audit_log_dir",
+            file.audit_log_dir.map(|p| p.display().to_string()),
+        )
+        .unwrap_or_else(|| default(&data_dir.join("audit").display().to_string()));
+        if raw.value.trim().is_empty() {
+            return Err(invalid("audit_log_dir", &raw, "must not be empty".into()));
+        }
+        let audit_dir = PathBuf::from(raw.value.trim());
+        let raw = pick(
+            "audit_log_max_file_bytes",
+            file.audit_log_max_file_bytes.map(|n| n.to_string()),
+        )
+        .unwrap_or_else(|| default("104857600"));
+        let audit_max_file_bytes: u64 = parse("audit_log_max_file_bytes", &raw)?;
+        if audit_max_file_bytes < AUDIT_FILE_BYTES_MIN {
+            return Err(invalid(
+                "audit_log_max_file_bytes",
+                &raw,
+                format!("must be at least {AUDIT_FILE_BYTES_MIN}"),
+            ));
+        }
+        let raw = pick(
+            "audit_log_max_files",
+            file.audit_log_max_files.map(|n| n.to_string()),
+        )
+        .unwrap_or_else(|| default("10"));
+        let audit_max_files: usize = parse("audit_log_max_files", &raw)?;
+        if audit_max_files == 0 {
+            return Err(invalid(
+                "audit_log_max_files",
+                &raw,
+                "must be at least 1".into(),
+            ));
+        }
+        let audit = audit_enabled.then_some(sluice_core::audit::AuditSettings {
+            dir: audit_dir,
+            max_file_bytes: audit_max_file_bytes,
+            max_files: audit_max_files,
+        });
+
         Ok(BrokerConfig {
             listeners,
             endpoints,
             tls,
             sasl,
             authorizer,
+            audit,
             admin_listen,
             metrics_per_partition,
             otlp_endpoint,
@@ -1664,6 +1741,25 @@ mod tests {
         assert_eq!(e.field, "client_metrics_interval_ms");
         let e = BrokerConfig::load(&flags(&["--frame-bytes-max", "10"]), no_env).unwrap_err();
         assert_eq!(e.field, "frame_bytes_max");
+        let e = BrokerConfig::load(&flags(&["--audit-enabled", "yes"]), no_env).unwrap_err();
+        assert_eq!(e.field, "audit_enabled");
+        let e =
+            BrokerConfig::load(&flags(&["--audit-log-max-file-bytes", "100"]), no_env).unwrap_err();
+        assert_eq!(e.field, "audit_log_max_file_bytes");
+        let e = BrokerConfig::load(&flags(&["--audit-log-max-files", "0"]), no_env).unwrap_err();
+        assert_eq!(e.field, "audit_log_max_files");
+        let c = BrokerConfig::load(
+            &flags(&["--audit-enabled", "true", "--data-dir", "/srv/sluice"]),
+            no_env,
+        )
+        .unwrap();
+        let audit = c.audit.expect("enabled");
+        assert_eq!(audit.dir, PathBuf::from("/srv/sluice/audit"));
+        assert_eq!((audit.max_file_bytes, audit.max_files), (104_857_600, 10));
+        assert!(BrokerConfig::load(&flags(&[]), no_env)
+            .unwrap()
+            .audit
+            .is_none());
         let e = BrokerConfig::load(&flags(&["--default-partitions", "0"]), no_env).unwrap_err();
         assert_eq!(e.field, "default_partitions");
         let e = BrokerConfig::load(&flags(&["--auto-create-topics", "maybe"]), no_env).unwrap_err();

@@ -94,6 +94,31 @@ impl Operation {
     pub const ALTER_CONFIGS: Operation = Operation(11);
     pub const IDEMPOTENT_WRITE: Operation = Operation(12);
 
+    /// Kafka's name of the operation (`AclOperation`): `READ`, `DESCRIBE_CONFIGS`, ...
+    pub fn name(self) -> &'static str {
+        const NAMES: [&str; 14] = [
+            "ALL",
+            "READ",
+            "WRITE",
+            "CREATE",
+            "DELETE",
+            "ALTER",
+            "DESCRIBE",
+            "CLUSTER_ACTION",
+            "DESCRIBE_CONFIGS",
+            "ALTER_CONFIGS",
+            "IDEMPOTENT_WRITE",
+            "CREATE_TOKENS",
+            "DESCRIBE_TOKENS",
+            "TWO_PHASE_COMMIT",
+        ];
+        usize::try_from(self.0 - 2)
+            .ok()
+            .and_then(|i| NAMES.get(i))
+            .copied()
+            .unwrap_or("UNKNOWN")
+    }
+
     /// A concrete operation a binding may name (not ANY or UNKNOWN).
     pub fn from_kafka(code: i8) -> Option<Operation> {
         (2..=15).contains(&code).then_some(Operation(code))

@@ -31,6 +31,7 @@
 //! Dependency direction: `net → core → replication → storage`.
 
 pub mod acls;
+pub mod audit;
 pub mod broker_configs;
 pub mod catalog;
 pub mod changes;

@@ -370,6 +370,11 @@ pub fn kafka_error_name(code: i16) -> String {
     if !camel.chars().all(|c| c.is_ascii_alphanumeric()) {
         return code.to_string(); // `Unknown(code)`: a code this Kafka version does not name
     }
+    upper_snake_case(&camel)
+}
+
+/// `TransactionalId` as Kafka's Java enums spell it: `TRANSACTIONAL_ID`.
+pub fn upper_snake_case(camel: &str) -> String {
     let mut snake = String::new();
     for (i, c) in camel.chars().enumerate() {
         if c.is_ascii_uppercase() && i > 0 {

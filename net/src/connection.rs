@@ -69,7 +69,7 @@ use crate::handlers::{
     offset_fetch, offset_for_leader_epoch, produce, push_telemetry, sasl, scram_credentials,
     sync_group, Context,
 };
-use crate::quota_meter::Kind;
+use crate::quota_meter::{self, Kind};
 use crate::request_trace;
 use crate::sasl::{SaslExchange, StepOutcome, UNAUTHENTICATED_FRAME_BYTES_MAX};
 
@@ -149,6 +149,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + 'static>(
         } else {
             Auth::NotRequired
         };
+        let mut attempt = Attempt::default();
         loop {
             let frame_max = match auth {
                 Auth::NotRequired | Auth::Authenticated { .. } => frame_bytes_max,
@@ -157,7 +158,9 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + 'static>(
             match read_frame(&mut reader, frame_max).await {
                 Ok(Some(frame)) => {
                     if !matches!(auth, Auth::NotRequired) {
-                        match authenticate(&mut auth, &frame, &mut connection_ctx).await {
+                        match authenticate(&mut auth, &mut attempt, &frame, &mut connection_ctx)
+                            .await
+                        {
                             Gate::Pass => {}
                             Gate::Answer { response, close } => {
                                 let guard = InFlightGuard::new(&in_flight);
@@ -168,6 +171,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + 'static>(
                                 }
                                 if let Some(reason) = close {
                                     info!(%peer, listener = %ctx.listener, %reason, "SASL authentication failed; closing connection");
+                                    attempt.audit_failure(&connection_ctx, &reason);
                                     ctx.shard.metrics.connection_failed();
                                     return;
                                 }
@@ -175,6 +179,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + 'static>(
                             }
                             Gate::Close(reason) => {
                                 warn!(%peer, listener = %ctx.listener, %reason, "closing connection");
+                                attempt.audit_failure(&connection_ctx, &reason);
                                 ctx.shard.metrics.connection_failed();
                                 return;
                             }
@@ -182,9 +187,11 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + 'static>(
                     }
                     let guard = InFlightGuard::new(&in_flight);
                     let (reply, answer) = oneshot::channel();
-                    let ctx = connection_ctx.clone();
-                    let is_produce =
-                        frame.get(..2) == Some(&(ApiKey::Produce as i16).to_be_bytes());
+                    let mut ctx = connection_ctx.clone();
+                    ctx.api = frame
+                        .get(..2)
+                        .and_then(|k| ApiKey::try_from(i16::from_be_bytes([k[0], k[1]])).ok());
+                    let is_produce = ctx.api == Some(ApiKey::Produce);
                     let link = if is_produce {
                         produce_chain.link()
                     } else {
@@ -289,18 +296,59 @@ pub async fn respond(mut frame: Bytes, ctx: &Context, link: OrderLink) -> Answer
         ctx.shard.id,
         request_bytes,
     );
-    if span.is_disabled() {
-        return dispatch(api, version, &header, frame, ctx, link, &span).await;
+    // Kafka's request quota: the throttle the client has earned with the shard time of its
+    // earlier requests; this request's time is measured below and counts for the next ones.
+    let request_quota = (api != ApiKey::ApiVersions)
+        .then(|| ctx.quota(Kind::Request, client_id(&header)))
+        .flatten();
+    let throttle = match request_quota {
+        Some(_) => ctx.quota_throttle(Kind::Request, client_id(&header), 0.0),
+        None => std::time::Duration::ZERO,
+    };
+    let answering = async {
+        if span.is_disabled() {
+            return dispatch(api, version, &header, frame, ctx, link, &span, throttle).await;
+        }
+        let answer = dispatch(api, version, &header, frame, ctx, link, &span, throttle)
+            .instrument(span.clone())
+            .await;
+        request_trace::record_outcome(&span, &answer);
+        answer
+    };
+    let answer = match request_quota {
+        None => answering.await,
+        Some(_) => {
+            let (answer, spent) = timed(answering).await;
+            let spent = quota_meter::percent_seconds(spent);
+            ctx.quota_throttle(Kind::Request, client_id(&header), spent);
+            answer
+        }
+    };
+    // Produce and Fetch waited out their throttle already (the larger of theirs and this).
+    if !matches!(api, ApiKey::Produce | ApiKey::Fetch) && answer.is_ok() {
+        throttled(throttle).await;
     }
-    let answer = dispatch(api, version, &header, frame, ctx, link, &span)
-        .instrument(span.clone())
-        .await;
-    request_trace::record_outcome(&span, &answer);
     answer
 }
 
+/// Runs `work`, measuring the time this thread spent polling it (not the time it waited).
+async fn timed<F: std::future::Future>(work: F) -> (F::Output, std::time::Duration) {
+    let mut work = std::pin::pin!(work);
+    let mut spent = std::time::Duration::ZERO;
+    let output = std::future::poll_fn(|cx| {
+        let polled = Instant::now();
+        let poll = work.as_mut().poll(cx);
+        spent += polled.elapsed();
+        poll
+    })
+    .await;
+    (output, spent)
+}
+
 /// Decodes the request body and answers it; `span` is the request's span (disabled unless
-/// someone traces requests).
+/// someone traces requests); `throttle` is the request quota's, answered in the response's
+/// `throttle_time_ms`.
+#[allow(clippy::too_many_arguments)]
 async fn dispatch(
     api: ApiKey,
     version: i16,
@@ -309,16 +357,25 @@ async fn dispatch(
     ctx: &Context,
     link: OrderLink,
     span: &tracing::Span,
+    throttle: std::time::Duration,
 ) -> Answer {
     let correlation_id = header.correlation_id;
     match api {
         ApiKey::ApiVersions => {
             decode::<ApiVersionsRequest>(&mut frame, api, version)?;
-            encode(api, version, correlation_id, &api_versions::response(0)).map(Some)
+            reply(
+                throttle,
+                api,
+                version,
+                correlation_id,
+                &api_versions::response(0),
+            )
+            .map(Some)
         }
         ApiKey::Metadata => {
             let request = decode::<MetadataRequest>(&mut frame, api, version)?;
-            encode(
+            reply(
+                throttle,
                 api,
                 version,
                 correlation_id,
@@ -328,7 +385,8 @@ async fn dispatch(
         }
         ApiKey::CreateTopics => {
             let request = decode::<CreateTopicsRequest>(&mut frame, api, version)?;
-            encode(
+            reply(
+                throttle,
                 api,
                 version,
                 correlation_id,
@@ -338,7 +396,8 @@ async fn dispatch(
         }
         ApiKey::DeleteTopics => {
             let request = decode::<DeleteTopicsRequest>(&mut frame, api, version)?;
-            encode(
+            reply(
+                throttle,
                 api,
                 version,
                 correlation_id,
@@ -348,7 +407,8 @@ async fn dispatch(
         }
         ApiKey::CreatePartitions => {
             let request = decode::<CreatePartitionsRequest>(&mut frame, api, version)?;
-            encode(
+            reply(
+                throttle,
                 api,
                 version,
                 correlation_id,
@@ -358,7 +418,8 @@ async fn dispatch(
         }
         ApiKey::DescribeConfigs => {
             let request = decode::<DescribeConfigsRequest>(&mut frame, api, version)?;
-            encode(
+            reply(
+                throttle,
                 api,
                 version,
                 correlation_id,
@@ -377,11 +438,13 @@ async fn dispatch(
                 .sum();
             let (response, outcome) = produce::handle(request, version, ctx, link).await;
             request_trace::record_partitions(span, outcome.partitions, outcome.first_error);
-            let throttle = ctx.quota_throttle(Kind::Produce, client_id(header), bytes as u64);
+            let throttle = ctx
+                .quota_throttle(Kind::Produce, client_id(header), bytes as f64)
+                .max(throttle);
             match response {
                 Some(mut response) => {
                     response.throttle_time_ms = throttled(throttle).await;
-                    encode(api, version, correlation_id, &response).map(Some)
+                    reply(throttle, api, version, correlation_id, &response).map(Some)
                 }
                 None => Ok(None),
             }
@@ -403,14 +466,17 @@ async fn dispatch(
                 .flat_map(|t| &t.partitions)
                 .filter_map(|p| p.records.as_ref().map(Bytes::len))
                 .sum();
-            let throttle = ctx.quota_throttle(Kind::Fetch, client_id(header), bytes as u64);
+            let throttle = ctx
+                .quota_throttle(Kind::Fetch, client_id(header), bytes as f64)
+                .max(throttle);
             let mut response = response;
             response.throttle_time_ms = throttled(throttle).await;
-            encode(api, version, correlation_id, &response).map(Some)
+            reply(throttle, api, version, correlation_id, &response).map(Some)
         }
         ApiKey::InitProducerId => {
             let request = decode::<InitProducerIdRequest>(&mut frame, api, version)?;
-            encode(
+            reply(
+                throttle,
                 api,
                 version,
                 correlation_id,
@@ -420,7 +486,8 @@ async fn dispatch(
         }
         ApiKey::OffsetForLeaderEpoch => {
             let request = decode::<OffsetForLeaderEpochRequest>(&mut frame, api, version)?;
-            encode(
+            reply(
+                throttle,
                 api,
                 version,
                 correlation_id,
@@ -430,7 +497,8 @@ async fn dispatch(
         }
         ApiKey::ListOffsets => {
             let request = decode::<ListOffsetsRequest>(&mut frame, api, version)?;
-            encode(
+            reply(
+                throttle,
                 api,
                 version,
                 correlation_id,
@@ -441,104 +509,104 @@ async fn dispatch(
         ApiKey::FindCoordinator => {
             let request = decode::<FindCoordinatorRequest>(&mut frame, api, version)?;
             let response = find_coordinator::handle(request, version, ctx);
-            encode(api, version, correlation_id, &response).map(Some)
+            reply(throttle, api, version, correlation_id, &response).map(Some)
         }
         ApiKey::JoinGroup => {
             let request = decode::<JoinGroupRequest>(&mut frame, api, version)?;
             let client_id = header.client_id.as_ref().map_or("", |c| c.as_str());
             let response = join_group::handle(request, version, client_id, ctx).await;
-            encode(api, version, correlation_id, &response).map(Some)
+            reply(throttle, api, version, correlation_id, &response).map(Some)
         }
         ApiKey::SyncGroup => {
             let request = decode::<SyncGroupRequest>(&mut frame, api, version)?;
             let response = sync_group::handle(request, ctx).await;
-            encode(api, version, correlation_id, &response).map(Some)
+            reply(throttle, api, version, correlation_id, &response).map(Some)
         }
         ApiKey::Heartbeat => {
             let request = decode::<HeartbeatRequest>(&mut frame, api, version)?;
             let response = heartbeat::handle(request, ctx).await;
-            encode(api, version, correlation_id, &response).map(Some)
+            reply(throttle, api, version, correlation_id, &response).map(Some)
         }
         ApiKey::LeaveGroup => {
             let request = decode::<LeaveGroupRequest>(&mut frame, api, version)?;
             let response = leave_group::handle(request, version, ctx).await;
-            encode(api, version, correlation_id, &response).map(Some)
+            reply(throttle, api, version, correlation_id, &response).map(Some)
         }
         ApiKey::OffsetCommit => {
             let request = decode::<OffsetCommitRequest>(&mut frame, api, version)?;
             let response = offset_commit::handle(request, ctx).await;
-            encode(api, version, correlation_id, &response).map(Some)
+            reply(throttle, api, version, correlation_id, &response).map(Some)
         }
         ApiKey::OffsetFetch => {
             let request = decode::<OffsetFetchRequest>(&mut frame, api, version)?;
             let response = offset_fetch::handle(request, version, ctx).await;
-            encode(api, version, correlation_id, &response).map(Some)
+            reply(throttle, api, version, correlation_id, &response).map(Some)
         }
         ApiKey::ListGroups => {
             let request = decode::<ListGroupsRequest>(&mut frame, api, version)?;
             let response = list_groups::handle(request, ctx).await;
-            encode(api, version, correlation_id, &response).map(Some)
+            reply(throttle, api, version, correlation_id, &response).map(Some)
         }
         ApiKey::DescribeGroups => {
             let request = decode::<DescribeGroupsRequest>(&mut frame, api, version)?;
             let response = describe_groups::handle(request, version, ctx).await;
-            encode(api, version, correlation_id, &response).map(Some)
+            reply(throttle, api, version, correlation_id, &response).map(Some)
         }
         ApiKey::AlterConfigs => {
             let request = decode::<AlterConfigsRequest>(&mut frame, api, version)?;
             let response = alter_configs::handle(request, ctx).await;
-            encode(api, version, correlation_id, &response).map(Some)
+            reply(throttle, api, version, correlation_id, &response).map(Some)
         }
         ApiKey::IncrementalAlterConfigs => {
             let request = decode::<IncrementalAlterConfigsRequest>(&mut frame, api, version)?;
             let response = alter_configs::handle_incremental(request, ctx).await;
-            encode(api, version, correlation_id, &response).map(Some)
+            reply(throttle, api, version, correlation_id, &response).map(Some)
         }
         ApiKey::DeleteRecords => {
             let request = decode::<DeleteRecordsRequest>(&mut frame, api, version)?;
             let response = delete_records::handle(request, ctx).await;
-            encode(api, version, correlation_id, &response).map(Some)
+            reply(throttle, api, version, correlation_id, &response).map(Some)
         }
         ApiKey::DeleteGroups => {
             let request = decode::<DeleteGroupsRequest>(&mut frame, api, version)?;
             let response = delete_groups::handle(request, ctx).await;
-            encode(api, version, correlation_id, &response).map(Some)
+            reply(throttle, api, version, correlation_id, &response).map(Some)
         }
         ApiKey::OffsetDelete => {
             let request = decode::<OffsetDeleteRequest>(&mut frame, api, version)?;
             let response = offset_delete::handle(request, ctx).await;
-            encode(api, version, correlation_id, &response).map(Some)
+            reply(throttle, api, version, correlation_id, &response).map(Some)
         }
         ApiKey::DescribeLogDirs => {
             let request = decode::<DescribeLogDirsRequest>(&mut frame, api, version)?;
             let response = describe_log_dirs::handle(request, version, ctx).await;
-            encode(api, version, correlation_id, &response).map(Some)
+            reply(throttle, api, version, correlation_id, &response).map(Some)
         }
         ApiKey::DescribeCluster => {
             let request = decode::<DescribeClusterRequest>(&mut frame, api, version)?;
             let response = describe_cluster::handle(request, ctx);
-            encode(api, version, correlation_id, &response).map(Some)
+            reply(throttle, api, version, correlation_id, &response).map(Some)
         }
         ApiKey::ListConfigResources => {
             let request = decode::<ListConfigResourcesRequest>(&mut frame, api, version)?;
             let response = list_config_resources::handle(request, version, ctx);
-            encode(api, version, correlation_id, &response).map(Some)
+            reply(throttle, api, version, correlation_id, &response).map(Some)
         }
         ApiKey::GetTelemetrySubscriptions => {
             let request = decode::<GetTelemetrySubscriptionsRequest>(&mut frame, api, version)?;
             let response = get_telemetry_subscriptions::handle(request, ctx);
-            encode(api, version, correlation_id, &response).map(Some)
+            reply(throttle, api, version, correlation_id, &response).map(Some)
         }
         ApiKey::PushTelemetry => {
             let request = decode::<PushTelemetryRequest>(&mut frame, api, version)?;
             let client_id = header.client_id.as_ref().map_or("", |c| c.as_str());
             let response = push_telemetry::handle(request, client_id, ctx);
-            encode(api, version, correlation_id, &response).map(Some)
+            reply(throttle, api, version, correlation_id, &response).map(Some)
         }
         ApiKey::DescribeTopicPartitions => {
             let request = decode::<DescribeTopicPartitionsRequest>(&mut frame, api, version)?;
             let response = describe_topic_partitions::handle(request, ctx);
-            encode(api, version, correlation_id, &response).map(Some)
+            reply(throttle, api, version, correlation_id, &response).map(Some)
         }
         ApiKey::SaslHandshake => {
             decode::<SaslHandshakeRequest>(&mut frame, api, version)?;
@@ -548,7 +616,7 @@ async fn dispatch(
                 .map(|s| s.mechanism_names())
                 .unwrap_or_default();
             let response = sasl::handshake_refused(&offered);
-            encode(api, version, correlation_id, &response).map(Some)
+            reply(throttle, api, version, correlation_id, &response).map(Some)
         }
         ApiKey::SaslAuthenticate => {
             decode::<SaslAuthenticateRequest>(&mut frame, api, version)?;
@@ -558,42 +626,42 @@ async fn dispatch(
                 "this listener does not use SASL"
             };
             let response = sasl::authenticate_refused(reason);
-            encode(api, version, correlation_id, &response).map(Some)
+            reply(throttle, api, version, correlation_id, &response).map(Some)
         }
         ApiKey::DescribeClientQuotas => {
             let request = decode::<DescribeClientQuotasRequest>(&mut frame, api, version)?;
             let response = client_quotas::describe(request, ctx);
-            encode(api, version, correlation_id, &response).map(Some)
+            reply(throttle, api, version, correlation_id, &response).map(Some)
         }
         ApiKey::AlterClientQuotas => {
             let request = decode::<AlterClientQuotasRequest>(&mut frame, api, version)?;
             let response = client_quotas::alter(request, ctx).await;
-            encode(api, version, correlation_id, &response).map(Some)
+            reply(throttle, api, version, correlation_id, &response).map(Some)
         }
         ApiKey::CreateAcls => {
             let request = decode::<CreateAclsRequest>(&mut frame, api, version)?;
             let response = acls_api::create(request, ctx).await;
-            encode(api, version, correlation_id, &response).map(Some)
+            reply(throttle, api, version, correlation_id, &response).map(Some)
         }
         ApiKey::DescribeAcls => {
             let request = decode::<DescribeAclsRequest>(&mut frame, api, version)?;
             let response = acls_api::describe(request, ctx);
-            encode(api, version, correlation_id, &response).map(Some)
+            reply(throttle, api, version, correlation_id, &response).map(Some)
         }
         ApiKey::DeleteAcls => {
             let request = decode::<DeleteAclsRequest>(&mut frame, api, version)?;
             let response = acls_api::delete(request, ctx).await;
-            encode(api, version, correlation_id, &response).map(Some)
+            reply(throttle, api, version, correlation_id, &response).map(Some)
         }
         ApiKey::DescribeUserScramCredentials => {
             let request = decode::<DescribeUserScramCredentialsRequest>(&mut frame, api, version)?;
             let response = scram_credentials::describe(request, ctx);
-            encode(api, version, correlation_id, &response).map(Some)
+            reply(throttle, api, version, correlation_id, &response).map(Some)
         }
         ApiKey::AlterUserScramCredentials => {
             let request = decode::<AlterUserScramCredentialsRequest>(&mut frame, api, version)?;
             let response = scram_credentials::alter(request, ctx).await;
-            encode(api, version, correlation_id, &response).map(Some)
+            reply(throttle, api, version, correlation_id, &response).map(Some)
         }
         _ => Err(RequestError::UnsupportedVersion { api, version }),
     }
@@ -612,6 +680,32 @@ async fn throttled(throttle: std::time::Duration) -> i32 {
     }
     glommio::timer::sleep(throttle).await;
     i32::try_from(throttle.as_millis()).unwrap_or(i32::MAX)
+}
+
+/// What the audit trail says of a SASL attempt that fails: the mechanism asked for and the
+/// user the client's first token named (unverified).
+#[derive(Default)]
+struct Attempt {
+    mechanism: Option<String>,
+    user: Option<String>,
+}
+
+impl Attempt {
+    fn audit_failure(&self, ctx: &Context, reason: &str) {
+        let mut detail: Vec<(&str, serde_json::Value)> = vec![("reason", reason.into())];
+        if let Some(user) = &self.user {
+            detail.push(("user", user.as_str().into()));
+        }
+        let mechanism = self.mechanism.as_deref().unwrap_or("SASL");
+        ctx.audit_authentication_with(false, mechanism, detail);
+    }
+
+    /// Notes the user an exchange's first token names.
+    fn first_token(&mut self, mechanism: crate::sasl::SaslMechanism, token: &[u8]) {
+        if self.user.is_none() {
+            self.user = crate::sasl::claimed_user(mechanism, token);
+        }
+    }
 }
 
 /// Where a connection on a SASL listener stands.
@@ -655,7 +749,12 @@ const USER_PRINCIPAL_PREFIX: &str = "User:";
 
 /// Runs one frame of a SASL listener's connection through its authentication state: the SASL
 /// requests are answered here, others pass once the connection has authenticated.
-async fn authenticate(auth: &mut Auth, frame: &Bytes, ctx: &mut Context) -> Gate {
+async fn authenticate(
+    auth: &mut Auth,
+    attempt: &mut Attempt,
+    frame: &Bytes,
+    ctx: &mut Context,
+) -> Gate {
     let Some(sasl) = ctx.sasl.clone() else {
         return Gate::Pass;
     };
@@ -671,6 +770,7 @@ async fn authenticate(auth: &mut Auth, frame: &Bytes, ctx: &mut Context) -> Gate
         else {
             unreachable!("matched above")
         };
+        attempt.first_token(exchange.mechanism, frame);
         return bare_token_step(auth, exchange, reauth_of, frame, ctx, &sasl).await;
     }
     let api = frame
@@ -715,6 +815,10 @@ async fn authenticate(auth: &mut Auth, frame: &Bytes, ctx: &mut Context) -> Gate
                 Auth::Authenticated { user, .. } => Some(user),
                 _ => None,
             };
+            *attempt = Attempt {
+                mechanism: Some(request.mechanism.to_string()),
+                user: None,
+            };
             let offered: Vec<StrBytes> = sasl
                 .mechanism_names()
                 .into_iter()
@@ -757,6 +861,7 @@ async fn authenticate(auth: &mut Auth, frame: &Bytes, ctx: &mut Context) -> Gate
                 Err(e) => return Gate::Close(e.to_string()),
             };
             let mechanism = exchange.mechanism;
+            attempt.first_token(mechanism, &request.auth_bytes);
             let (exchange, outcome) = exchange.step(request.auth_bytes.to_vec()).await;
             let failed = |message: String| {
                 let response = SaslAuthenticateResponse::default()
@@ -827,6 +932,7 @@ fn authenticated(
     info!(client = %ctx.client_host, listener = %ctx.listener, %user, mechanism, renewed,
         "SASL client authenticated");
     ctx.principal = Rc::from(format!("{USER_PRINCIPAL_PREFIX}{user}"));
+    ctx.audit_authentication(true, mechanism, [("reauthentication", renewed.into())]);
     *auth = Auth::Authenticated { user, expires };
 }
 
@@ -917,6 +1023,98 @@ fn decode<R: Decodable>(frame: &mut Bytes, api: ApiKey, version: i16) -> Result<
         reason: e.to_string(),
     })
 }
+
+/// Encodes a handler's response, with the request quota's `throttle` (when larger than what
+/// the handler set) as its `throttle_time_ms`.
+fn reply<R: Encodable + Clone + ThrottleTime>(
+    throttle: std::time::Duration,
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &R,
+) -> Result<Bytes, RequestError> {
+    let ms = i32::try_from(throttle.as_millis()).unwrap_or(i32::MAX);
+    if ms == 0 || body.throttle_time_ms().is_none_or(|set| set >= ms) {
+        return encode(api, version, correlation_id, body);
+    }
+    let mut throttled = body.clone();
+    throttled.set_throttle_time_ms(ms);
+    encode(api, version, correlation_id, &throttled)
+}
+
+/// A response's `throttle_time_ms`, for the responses that have one.
+trait ThrottleTime {
+    fn throttle_time_ms(&self) -> Option<i32>;
+    fn set_throttle_time_ms(&mut self, ms: i32);
+}
+
+macro_rules! throttle_time {
+    ($($response:ty),* $(,)?) => {$(
+        impl ThrottleTime for $response {
+            fn throttle_time_ms(&self) -> Option<i32> {
+                Some(self.throttle_time_ms)
+            }
+            fn set_throttle_time_ms(&mut self, ms: i32) {
+                self.throttle_time_ms = ms;
+            }
+        }
+    )*};
+}
+
+throttle_time!(
+    kafka_protocol::messages::ApiVersionsResponse,
+    kafka_protocol::messages::MetadataResponse,
+    kafka_protocol::messages::CreateTopicsResponse,
+    kafka_protocol::messages::DeleteTopicsResponse,
+    kafka_protocol::messages::CreatePartitionsResponse,
+    kafka_protocol::messages::DescribeConfigsResponse,
+    kafka_protocol::messages::AlterConfigsResponse,
+    kafka_protocol::messages::IncrementalAlterConfigsResponse,
+    kafka_protocol::messages::ProduceResponse,
+    kafka_protocol::messages::FetchResponse,
+    kafka_protocol::messages::InitProducerIdResponse,
+    kafka_protocol::messages::OffsetForLeaderEpochResponse,
+    kafka_protocol::messages::ListOffsetsResponse,
+    kafka_protocol::messages::FindCoordinatorResponse,
+    kafka_protocol::messages::JoinGroupResponse,
+    kafka_protocol::messages::SyncGroupResponse,
+    kafka_protocol::messages::HeartbeatResponse,
+    kafka_protocol::messages::LeaveGroupResponse,
+    kafka_protocol::messages::OffsetCommitResponse,
+    kafka_protocol::messages::OffsetFetchResponse,
+    kafka_protocol::messages::DescribeGroupsResponse,
+    kafka_protocol::messages::ListGroupsResponse,
+    kafka_protocol::messages::DeleteGroupsResponse,
+    kafka_protocol::messages::OffsetDeleteResponse,
+    kafka_protocol::messages::DeleteRecordsResponse,
+    kafka_protocol::messages::DescribeLogDirsResponse,
+    kafka_protocol::messages::DescribeClusterResponse,
+    kafka_protocol::messages::DescribeTopicPartitionsResponse,
+    kafka_protocol::messages::DescribeAclsResponse,
+    kafka_protocol::messages::CreateAclsResponse,
+    kafka_protocol::messages::DeleteAclsResponse,
+    kafka_protocol::messages::DescribeClientQuotasResponse,
+    kafka_protocol::messages::AlterClientQuotasResponse,
+    kafka_protocol::messages::DescribeUserScramCredentialsResponse,
+    kafka_protocol::messages::AlterUserScramCredentialsResponse,
+    kafka_protocol::messages::GetTelemetrySubscriptionsResponse,
+    kafka_protocol::messages::PushTelemetryResponse,
+    kafka_protocol::messages::ListConfigResourcesResponse,
+);
+
+/// The SASL responses have no `throttle_time_ms`.
+macro_rules! no_throttle_time {
+    ($($response:ty),* $(,)?) => {$(
+        impl ThrottleTime for $response {
+            fn throttle_time_ms(&self) -> Option<i32> {
+                None
+            }
+            fn set_throttle_time_ms(&mut self, _: i32) {}
+        }
+    )*};
+}
+
+no_throttle_time!(SaslHandshakeResponse, SaslAuthenticateResponse);
 
 /// Encodes `[length][response header][body]`.
 fn encode<R: Encodable>(

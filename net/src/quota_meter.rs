@@ -1,9 +1,14 @@
-//! Client quotas enforced on this shard: per (user, client id) the bytes produced and fetched
-//! are measured as Kafka's quota manager measures them (a rate over up to 11 one-second
-//! samples, never over less than 10 s), and a request that takes the rate above the quota that
-//! applies (`sluice_core::quotas::resolve`) is answered with `throttle_time_ms` and delayed by
-//! it, so the client slows down to its quota (Kafka before KIP-219 delayed the response; since,
-//! it mutes the channel for that long: the same pacing seen from the client).
+//! Client quotas enforced on this shard: per (user, client id) the bytes produced and fetched,
+//! and the shard's time spent on the client's requests, are measured as Kafka's quota manager
+//! measures them (a rate over up to 11 one-second samples, never over less than 10 s), and a
+//! request that takes the rate above the quota that applies (`sluice_core::quotas::resolve`)
+//! is answered with `throttle_time_ms` and delayed by it, so the client slows down to its quota
+//! (Kafka before KIP-219 delayed the response; since, it mutes the channel for that long: the
+//! same pacing seen from the client).
+//!
+//! Request time (Kafka's `request_percentage`) is the time the shard's thread spent polling the
+//! request's task — decoding, handling, encoding; not the time it waited for a disk or another
+//! shard — in percent of one thread: a quota of 50 lets a client use half a shard.
 //!
 //! Each shard measures its own connections (thread-local meters): a client whose connections
 //! land on several shards gets the quota on each. The meters of idle clients are dropped after a
@@ -24,8 +29,17 @@ const IDLE: Duration = Duration::from_secs(60);
 /// What is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
+    /// Bytes of record batches produced.
     Produce,
+    /// Bytes of records fetched.
     Fetch,
+    /// Percent-seconds of the shard's thread (see [`percent_seconds`]).
+    Request,
+}
+
+/// `spent` of one thread's time, in the unit a `request_percentage` rate is measured in.
+pub fn percent_seconds(spent: Duration) -> f64 {
+    spent.as_secs_f64() * 100.0
 }
 
 #[derive(Debug)]
@@ -59,9 +73,10 @@ thread_local! {
     static METERS: RefCell<HashMap<(Kind, String, String), Meter>> = RefCell::new(HashMap::new());
 }
 
-/// Records `bytes` of `kind` for (`user`, `client_id`) against `quota` (bytes per second) and
-/// answers how long to throttle the client: Kafka's `(rate - quota) / quota * window`.
-pub fn record(kind: Kind, user: &str, client_id: &str, bytes: u64, quota: f64) -> Duration {
+/// Records `amount` of `kind` for (`user`, `client_id`) against `quota` (units per second) and
+/// answers how long to throttle the client: Kafka's `(rate - quota) / quota * window`. An
+/// amount of zero answers the throttle the client has earned so far.
+pub fn record(kind: Kind, user: &str, client_id: &str, amount: f64, quota: f64) -> Duration {
     let now = Instant::now();
     METERS.with(|meters| {
         let mut meters = meters.borrow_mut();
@@ -74,7 +89,7 @@ pub fn record(kind: Kind, user: &str, client_id: &str, bytes: u64, quota: f64) -
                 samples: Vec::new(),
                 touched: now,
             });
-        let rate = meter.record(bytes as f64, now);
+        let rate = meter.record(amount, now);
         if rate <= quota {
             return Duration::ZERO;
         }
@@ -96,16 +111,20 @@ mod tests {
     fn a_client_over_its_quota_is_throttled_in_proportion() {
         // 10 s window: 2 MB against 100 KB/s is twice the quota: throttle 10 s (capped).
         assert_eq!(
-            record(Kind::Produce, "a", "c", 500_000, 100_000.0),
+            record(Kind::Produce, "a", "c", 500_000.0, 100_000.0),
             Duration::ZERO
         );
-        let throttle = record(Kind::Produce, "a", "c", 1_000_000, 100_000.0);
+        let throttle = record(Kind::Produce, "a", "c", 1_000_000.0, 100_000.0);
         assert!(throttle > Duration::from_secs(4), "{throttle:?}");
         // Another client id has its own meter.
         assert_eq!(
-            record(Kind::Produce, "a", "d", 500_000, 100_000.0),
+            record(Kind::Produce, "a", "d", 500_000.0, 100_000.0),
             Duration::ZERO
         );
         assert_eq!(quota_user("User:alice"), "alice");
+        // 20 s of a thread within 10 s against 100%: twice the quota.
+        let spent = percent_seconds(Duration::from_secs(20));
+        assert!(record(Kind::Request, "a", "c", spent, 100.0) >= Duration::from_secs(9));
+        assert!(record(Kind::Request, "a", "c", 0.0, 100.0) >= Duration::from_secs(9));
     }
 }

@@ -240,6 +240,22 @@ impl SaslExchange {
     }
 }
 
+/// The user a client's first token names — PLAIN's authcid, SCRAM's `n=` attribute (RFC 5802,
+/// `=2C` and `=3D` unescaped) — unverified, for the audit trail of a failed attempt.
+pub fn claimed_user(mechanism: SaslMechanism, first_token: &[u8]) -> Option<String> {
+    let token = std::str::from_utf8(first_token).ok()?;
+    let name = match mechanism {
+        SaslMechanism::Plain => token.split('\0').nth(1)?.to_string(),
+        SaslMechanism::Scram(_) => token
+            .split(',')
+            .skip(2) // the GS2 header: channel-binding flag, authzid
+            .find_map(|attribute| attribute.strip_prefix("n="))?
+            .replace("=2C", ",")
+            .replace("=3D", "="),
+    };
+    (!name.is_empty()).then_some(name)
+}
+
 /// Kafka's message for a failed exchange.
 fn failed(mechanism: SaslMechanism) -> String {
     format!(
@@ -310,6 +326,25 @@ pub fn password_matches(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_claimed_user_is_read_from_the_first_token() {
+        let scram = SaslMechanism::Scram(ScramMechanism::Sha256);
+        assert_eq!(
+            claimed_user(SaslMechanism::Plain, b"\0alice\0secret").as_deref(),
+            Some("alice")
+        );
+        assert_eq!(
+            claimed_user(scram, b"n,,n=bob=2Cjr=3D,r=fyko+d2lbbFgONRv9qkxdawL").as_deref(),
+            Some("bob,jr=")
+        );
+        assert_eq!(
+            claimed_user(scram, b"n,a=x,n=carol,r=1").as_deref(),
+            Some("carol")
+        );
+        assert_eq!(claimed_user(scram, b"garbage"), None);
+        assert_eq!(claimed_user(SaslMechanism::Plain, b"\xff\0x"), None);
+    }
 
     #[test]
     fn a_credential_matches_its_password_only() {

@@ -120,6 +120,9 @@ pub struct ServerConfig {
     pub sasl: Option<Arc<SaslSettings>>,
     /// The ACL authorizer (`None`: every client may do everything).
     pub authorizer: Option<Arc<sluice_core::acls::AuthorizerSettings>>,
+    /// Where authentications, denials and administrative changes are recorded (`None`: not
+    /// recorded).
+    pub audit: Option<sluice_core::audit::AuditLog>,
     /// Largest request frame accepted; a longer length prefix closes the connection unread.
     pub frame_bytes_max: usize,
     /// Executors (shards), one per CPU.
@@ -274,21 +277,30 @@ async fn serve_accepted(
         Err(e) => {
             ctx.shard.metrics.connection_failed();
             info!(%peer, listener = %ctx.listener, error = %e, "TLS handshake failed; connection closed");
+            ctx.audit_authentication(false, "TLS", [("reason", e.to_string().into())]);
             return;
         }
     };
-    let principal = {
+    let (principal, certified) = {
         let (_, session) = stream.get_ref();
-        tls.principal_of(session.peer_certificates())
+        (
+            tls.principal_of(session.peer_certificates()),
+            session.peer_certificates().is_some_and(|c| !c.is_empty()),
+        )
     };
     match principal {
         Ok(principal) => {
             info!(%peer, listener = %ctx.listener, %principal, "TLS client connected");
             ctx.principal = Rc::from(principal);
+            // A client certificate is an authentication; a TLS client without one is not.
+            if certified {
+                ctx.audit_authentication(true, "TLS", []);
+            }
         }
         Err(e) => {
             ctx.shard.metrics.connection_failed();
             info!(%peer, listener = %ctx.listener, error = %e, "TLS client refused; connection closed");
+            ctx.audit_authentication(false, "TLS", [("reason", e.to_string().into())]);
             return;
         }
     }
@@ -384,11 +396,14 @@ pub fn run(
                 shard: shard.clone(),
                 broker: Rc::new(broker),
                 client_host: Rc::from(""),
+                client_address: Rc::from(""),
                 client_telemetry: hub.client_telemetry.clone(),
                 listener: Rc::from(""),
                 principal: Rc::from(crate::tls::ANONYMOUS),
                 sasl: None,
                 authorizer: config.authorizer.clone(),
+                audit: config.audit.clone(),
+                api: None,
             };
             let in_flight: crate::connection::InFlight = Rc::default();
             let publishing = {
@@ -431,6 +446,7 @@ pub fn run(
                         connection_ctx.client_host = Rc::from(
                             peer_addr.map_or_else(|| "?".to_string(), |a| format!("/{}", a.ip())),
                         );
+                        connection_ctx.client_address = Rc::from(peer.as_str());
                         connection_ctx.listener = listener_name.clone();
                         connection_ctx.sasl = sasl.clone();
                         let frame_bytes_max = config.frame_bytes_max;

@@ -52,27 +52,6 @@ impl OperationArg {
     fn code(self) -> i8 {
         self as i8 + 2
     }
-
-    fn name(code: i8) -> &'static str {
-        const NAMES: [&str; 11] = [
-            "All",
-            "Read",
-            "Write",
-            "Create",
-            "Delete",
-            "Alter",
-            "Describe",
-            "ClusterAction",
-            "DescribeConfigs",
-            "AlterConfigs",
-            "IdempotentWrite",
-        ];
-        usize::try_from(code - 2)
-            .ok()
-            .and_then(|i| NAMES.get(i))
-            .copied()
-            .unwrap_or("Unknown")
-    }
 }
 
 /// Which resources an ACL names: one of these (for `list` and `remove`, none means any).
@@ -260,7 +239,7 @@ pub fn acl(command: AclCommand) -> Result<()> {
                         "pattern": pattern,
                         "principal": a.principal.as_str(),
                         "host": a.host.as_str(),
-                        "operation": OperationArg::name(a.operation),
+                        "operation": sluice_core::acls::Operation(a.operation).name(),
                         "permission": if a.permission_type == 2 { "Deny" } else { "Allow" },
                     }));
                 }

@@ -15,13 +15,27 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
     s
 }
 
+/// The client id of the requests built here (unless a test names another).
+pub const CLIENT_ID: &str = "sluice-tests";
+
 /// A whole request frame: `[length][header][body]`.
 pub fn request<R: Encodable>(api: ApiKey, version: i16, correlation_id: i32, body: &R) -> Vec<u8> {
+    request_as(CLIENT_ID, api, version, correlation_id, body)
+}
+
+/// [`request`] with another client id.
+pub fn request_as<R: Encodable>(
+    client_id: &str,
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &R,
+) -> Vec<u8> {
     let header = RequestHeader::default()
         .with_request_api_key(api as i16)
         .with_request_api_version(version)
         .with_correlation_id(correlation_id)
-        .with_client_id(Some(StrBytes::from_static_str("sluice-tests")));
+        .with_client_id(Some(StrBytes::from(client_id.to_string())));
     let mut buf = BytesMut::new();
     header
         .encode(&mut buf, api.request_header_version(version))
@@ -53,8 +67,19 @@ pub fn call<Req: Encodable, Resp: Decodable>(
     version: i16,
     body: &Req,
 ) -> Resp {
+    call_as(s, CLIENT_ID, api, version, body)
+}
+
+/// [`call`] with another client id.
+pub fn call_as<Req: Encodable, Resp: Decodable>(
+    s: &mut TcpStream,
+    client_id: &str,
+    api: ApiKey,
+    version: i16,
+    body: &Req,
+) -> Resp {
     let correlation_id = 4242;
-    s.write_all(&request(api, version, correlation_id, body))
+    s.write_all(&request_as(client_id, api, version, correlation_id, body))
         .unwrap();
     let mut frame = read_frame(s).unwrap_or_else(|| panic!("{api:?} v{version}: no response"));
     let header = ResponseHeader::decode(&mut frame, api.response_header_version(version)).unwrap();

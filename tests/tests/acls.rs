@@ -205,7 +205,7 @@ fn acls_decide_what_each_user_may_do_with_kafka_python() {
     let listed = sluice_ok(&broker, &["acl", "list", "--topic", "orders"]);
     assert_eq!(listed.lines().count(), 4, "{listed}");
     assert!(
-        listed.contains("Deny User:bob topic:orders literal Read from *"),
+        listed.contains("Deny User:bob topic:orders literal READ from *"),
         "{listed}"
     );
 

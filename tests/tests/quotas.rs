@@ -1,7 +1,9 @@
 //! Client quotas: set and described with AlterClientQuotas / DescribeClientQuotas on the wire
 //! (Kafka's entity types and precedence), refused when malformed; a produce above its byte rate
 //! is answered with `throttle_time_ms` and paced, and a kafka-python producer over its quota is
-//! measurably slower than one without, on the same broker (one tenant cannot starve another).
+//! measurably slower than one without, on the same broker (one tenant cannot starve another);
+//! a client over its request share (`request_percentage`) is answered with `throttle_time_ms`
+//! and delayed by it, while another client id is not.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -11,13 +13,13 @@ use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProdu
 use kafka_protocol::messages::{
     alter_client_quotas_request, describe_client_quotas_request, AlterClientQuotasRequest,
     AlterClientQuotasResponse, ApiKey, DescribeClientQuotasRequest, DescribeClientQuotasResponse,
-    ProduceRequest, ProduceResponse, TopicName,
+    MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use sluice_tests::{python, wire, Broker};
 
 /// The client id `sluice_tests::wire` sends.
-const WIRE_CLIENT: &str = "sluice-tests";
+const WIRE_CLIENT: &str = wire::CLIENT_ID;
 
 fn set_quota(client_id: Option<&str>, key: &str, value: f64) -> AlterClientQuotasRequest {
     AlterClientQuotasRequest::default().with_entries(vec![
@@ -157,4 +159,43 @@ fn a_client_over_its_byte_rate_is_throttled_and_others_are_not() {
         slow >= 3.0 && slow > 2.0 * fast,
         "slow {slow:.2} s, fast {fast:.2} s"
     );
+}
+
+#[test]
+fn a_client_over_its_request_share_is_throttled_and_others_are_not() {
+    let broker = Broker::start(&["--cores", "1"]);
+    let mut s = wire::connect(broker.addr);
+    // 0.05% of the shard's thread: 5 ms of its time within the 10 s window.
+    let quota: AlterClientQuotasResponse = wire::call(
+        &mut s,
+        ApiKey::AlterClientQuotas,
+        1,
+        &set_quota(Some("busy"), "request_percentage", 0.05),
+    );
+    assert_eq!(quota.entries[0].error_code, 0, "{quota:?}");
+    let metadata = MetadataRequest::default().with_topics(None);
+    // Metadata requests one after another until one comes back throttled by 100 ms or more
+    // (the throttle grows with the client's excess over its share; bounded).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (throttle_ms, took) = loop {
+        let started = Instant::now();
+        let answered: MetadataResponse =
+            wire::call_as(&mut s, "busy", ApiKey::Metadata, 12, &metadata);
+        if answered.throttle_time_ms >= 100 {
+            break (answered.throttle_time_ms, started.elapsed());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Metadata request was throttled"
+        );
+    };
+    // Answered after the throttle, which Kafka caps at the 10 s window.
+    assert!(throttle_ms <= 10_000, "throttle_time_ms {throttle_ms}");
+    assert!(
+        took >= Duration::from_millis(throttle_ms as u64 * 9 / 10),
+        "throttle_time_ms {throttle_ms} answered after {took:?}"
+    );
+    // Another client id on the same connection and shard is not throttled.
+    let other: MetadataResponse = wire::call_as(&mut s, "calm", ApiKey::Metadata, 12, &metadata);
+    assert_eq!(other.throttle_time_ms, 0);
 }

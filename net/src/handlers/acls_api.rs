@@ -23,7 +23,7 @@ use sluice_core::acls::{
 use sluice_core::controller;
 
 use crate::apis::ApiRange;
-use crate::handlers::Context;
+use crate::handlers::{acl_json, Context};
 
 pub const DESCRIBE_RANGE: ApiRange = ApiRange {
     key: ApiKey::DescribeAcls,
@@ -133,10 +133,22 @@ pub async fn create(request: CreateAclsRequest, ctx: &Context) -> CreateAclsResp
                 "a resource type, pattern type, operation or permission that is unknown or ANY"
                     .into(),
             ),
-            Some(_) => match outcomes.next().unwrap_or(Ok(())) {
-                Ok(()) => AclCreationResult::default(),
-                Err(e) => failed(e.code, e.message),
-            },
+            Some(binding) => {
+                let outcome = outcomes.next().unwrap_or(Ok(()));
+                ctx.audit_change(
+                    "ACL",
+                    &binding.resource_name,
+                    outcome
+                        .as_ref()
+                        .err()
+                        .map_or((0, None), |e| (e.code.code(), Some(e.message.as_str()))),
+                    serde_json::json!({"create": acl_json(binding)}),
+                );
+                match outcome {
+                    Ok(()) => AclCreationResult::default(),
+                    Err(e) => failed(e.code, e.message),
+                }
+            }
         })
         .collect();
     CreateAclsResponse::default().with_results(results)
@@ -228,8 +240,17 @@ pub async fn delete(request: DeleteAclsRequest, ctx: &Context) -> DeleteAclsResp
                 ResponseError::InvalidRequest,
                 "an unknown code in the filter",
             ),
-            Some(_) => match outcomes.next().unwrap_or(Ok(Vec::new())) {
-                Ok(deleted) => DeleteAclsFilterResult::default().with_matching_acls(
+            Some(filter) => match outcomes.next().unwrap_or(Ok(Vec::new())) {
+                Ok(deleted) => {
+                    for acl in &deleted {
+                        ctx.audit_change(
+                            "ACL",
+                            &acl.resource_name,
+                            (0, None),
+                            serde_json::json!({"delete": acl_json(acl), "filter": format!("{filter:?}")}),
+                        );
+                    }
+                    DeleteAclsFilterResult::default().with_matching_acls(
                     deleted
                         .into_iter()
                         .map(|acl| {
@@ -243,8 +264,17 @@ pub async fn delete(request: DeleteAclsRequest, ctx: &Context) -> DeleteAclsResp
                                 .with_permission_type(acl.permission.kafka_code())
                         })
                         .collect(),
-                ),
-                Err(e) => failed(e.code, &e.message),
+                    )
+                }
+                Err(e) => {
+                    ctx.audit_change(
+                        "ACL",
+                        "",
+                        (e.code.code(), Some(e.message.as_str())),
+                        serde_json::json!({"filter": format!("{filter:?}")}),
+                    );
+                    failed(e.code, &e.message)
+                }
             },
         })
         .collect();

@@ -33,8 +33,59 @@ pub const INCREMENTAL_RANGE: ApiRange = ApiRange {
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
 
-/// Applies one resource's changes; the error to answer with, if any.
+/// Applies one resource's changes and records them in the audit trail; the error to answer
+/// with, if any.
 async fn alter(
+    ctx: &Context,
+    resource_type: i8,
+    name: &StrBytes,
+    changes: Result<Vec<(String, ConfigOp)>, ApiError>,
+    replace_all: bool,
+    validate_only: bool,
+) -> Option<ApiError> {
+    let asked: serde_json::Map<String, serde_json::Value> = changes
+        .iter()
+        .flatten()
+        .map(|(key, op)| {
+            let op = match op {
+                ConfigOp::Set(v) => serde_json::json!({"set": v}),
+                ConfigOp::Delete => serde_json::json!("delete"),
+                ConfigOp::Append(v) => serde_json::json!({"append": v}),
+                ConfigOp::Subtract(v) => serde_json::json!({"subtract": v}),
+            };
+            (key.clone(), op)
+        })
+        .collect();
+    let error = apply(
+        ctx,
+        resource_type,
+        name,
+        changes,
+        replace_all,
+        validate_only,
+    )
+    .await;
+    let kind = match resource_type {
+        RESOURCE_BROKER => "BROKER",
+        RESOURCE_TOPIC => "TOPIC",
+        _ => "UNKNOWN",
+    };
+    ctx.audit_change(
+        kind,
+        name.as_str(),
+        error
+            .as_ref()
+            .map_or((0, None), |e| (e.code.code(), Some(e.message.as_str()))),
+        serde_json::json!({
+            "configs": asked,
+            "replace_all": replace_all,
+            "validate_only": validate_only,
+        }),
+    );
+    error
+}
+
+async fn apply(
     ctx: &Context,
     resource_type: i8,
     name: &StrBytes,

@@ -179,10 +179,37 @@ pub async fn alter(request: AlterClientQuotasRequest, ctx: &Context) -> AlterCli
         .into_iter()
         .zip(checked)
         .map(|(entry, checked)| {
+            let changes: Vec<serde_json::Value> = match &checked {
+                Ok(changes) => changes
+                    .iter()
+                    .map(|c| serde_json::json!({"key": c.key, "value": c.value}))
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
             let outcome = match checked {
                 Ok(_) => outcomes.next().unwrap_or(Ok(())),
                 Err(e) => Err(e),
             };
+            let name: Vec<String> = entry
+                .entity
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{}={}",
+                        e.entity_type.as_str(),
+                        e.entity_name.as_deref().unwrap_or("<default>")
+                    )
+                })
+                .collect();
+            ctx.audit_change(
+                "CLIENT_QUOTA",
+                &name.join(","),
+                outcome
+                    .as_ref()
+                    .err()
+                    .map_or((0, None), |e| (e.code.code(), Some(e.message.as_str()))),
+                serde_json::json!({"changes": changes, "validate_only": request.validate_only}),
+            );
             let entity = entry
                 .entity
                 .into_iter()

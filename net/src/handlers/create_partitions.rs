@@ -38,6 +38,15 @@ pub async fn handle(request: CreatePartitionsRequest, ctx: &Context) -> CreatePa
             request.validate_only,
         )
         .await;
+        ctx.audit_change(
+            "TOPIC",
+            topic.name.0.as_str(),
+            outcome
+                .as_ref()
+                .err()
+                .map_or((0, None), |e| (e.code.code(), Some(e.message.as_str()))),
+            serde_json::json!({"count": topic.count, "validate_only": request.validate_only}),
+        );
         let result = CreatePartitionsTopicResult::default().with_name(topic.name);
         results.push(match outcome {
             Ok(()) => result,

@@ -43,6 +43,23 @@ pub async fn handle(mut request: CreateTopicsRequest, ctx: &Context) -> CreateTo
 
 async fn create_allowed(request: CreateTopicsRequest, ctx: &Context) -> CreateTopicsResponse {
     let names: Vec<_> = request.topics.iter().map(|t| t.name.clone()).collect();
+    let asked: Vec<serde_json::Value> = request
+        .topics
+        .iter()
+        .map(|t| {
+            let configs: serde_json::Map<String, serde_json::Value> = t
+                .configs
+                .iter()
+                .map(|c| (c.name.to_string(), c.value.as_deref().into()))
+                .collect();
+            serde_json::json!({
+                "partitions": t.num_partitions,
+                "replication_factor": t.replication_factor,
+                "configs": configs,
+                "validate_only": request.validate_only,
+            })
+        })
+        .collect();
     let new_topics = request
         .topics
         .into_iter()
@@ -63,6 +80,13 @@ async fn create_allowed(request: CreateTopicsRequest, ctx: &Context) -> CreateTo
         })
         .collect();
     let results = controller::create_topics(&ctx.shard, new_topics, request.validate_only).await;
+    for ((name, result), asked) in names.iter().zip(&results).zip(asked) {
+        let error = result
+            .as_ref()
+            .err()
+            .map_or((0, None), |e| (e.code.code(), Some(e.message.as_str())));
+        ctx.audit_change("TOPIC", name.0.as_str(), error, asked);
+    }
     let topics = names
         .into_iter()
         .zip(results)

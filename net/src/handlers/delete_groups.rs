@@ -24,6 +24,12 @@ pub async fn handle(request: DeleteGroupsRequest, ctx: &Context) -> DeleteGroups
         } else {
             Some(kafka_protocol::ResponseError::GroupAuthorizationFailed)
         };
+        ctx.audit_change(
+            "GROUP",
+            group.0.as_str(),
+            (error.map_or(0, |e| e.code()), None),
+            serde_json::json!({}),
+        );
         results.push(
             DeletableGroupResult::default()
                 .with_group_id(group)

@@ -19,7 +19,7 @@ pub const RANGE: ApiRange = ApiRange {
 };
 
 pub async fn handle(request: DeleteRecordsRequest, ctx: &Context) -> DeleteRecordsResponse {
-    let asked = request
+    let asked: Vec<(String, i32, i64)> = request
         .topics
         .iter()
         .flat_map(|t| {
@@ -29,14 +29,22 @@ pub async fn handle(request: DeleteRecordsRequest, ctx: &Context) -> DeleteRecor
         })
         .collect();
     // Deleting records takes DELETE on the topic.
-    let mut answers = for_allowed(
-        asked,
+    let answers = for_allowed(
+        asked.clone(),
         |(topic, _, _): &(String, i32, i64)| ctx.allows_topic(Operation::DELETE, topic),
         || (Some(ResponseError::TopicAuthorizationFailed), -1),
         |allowed| offsets::delete_records(&ctx.shard, allowed),
     )
-    .await
-    .into_iter();
+    .await;
+    for ((topic, partition, offset), (error, _)) in asked.iter().zip(&answers) {
+        ctx.audit_change(
+            "TOPIC",
+            topic,
+            (error.map_or(0, |e| e.code()), None),
+            serde_json::json!({"partition": partition, "before_offset": offset}),
+        );
+    }
+    let mut answers = answers.into_iter();
     let topics = request
         .topics
         .into_iter()

@@ -51,6 +51,18 @@ pub async fn handle(
         |allowed| controller::delete_topics(&ctx.shard, allowed),
     )
     .await;
+    for (asked, result) in refs.iter().zip(&results) {
+        let (name, error) = match (asked, result) {
+            (_, Ok((name, _))) => (name.clone(), (0, None)),
+            (TopicRef::Name(name), Err(e)) => {
+                (name.clone(), (e.code.code(), Some(e.message.as_str())))
+            }
+            (TopicRef::Id(id), Err(e)) => {
+                (id.to_string(), (e.code.code(), Some(e.message.as_str())))
+            }
+        };
+        ctx.audit_change("TOPIC", &name, error, serde_json::json!({}));
+    }
     let responses = refs
         .into_iter()
         .zip(results)

@@ -43,7 +43,7 @@ pub fn handle(
     let names: BTreeSet<String> = if request.topics.is_empty() {
         image
             .topics()
-            .filter(|t| ctx.allows_topic(Operation::DESCRIBE, &t.name))
+            .filter(|t| ctx.allows_unaudited(Operation::DESCRIBE, ResourceType::Topic, &t.name))
             .map(|t| t.name.clone())
             .collect()
     } else {

@@ -8,7 +8,7 @@ use sluice_core::groups;
 
 use crate::apis::ApiRange;
 use crate::handlers::Context;
-use sluice_core::acls::Operation;
+use sluice_core::acls::{Operation, ResourceType};
 
 pub const RANGE: ApiRange = ApiRange {
     key: ApiKey::ListGroups,
@@ -27,7 +27,11 @@ pub async fn handle(request: ListGroupsRequest, ctx: &Context) -> ListGroupsResp
         .iter()
         .map(|s| s.to_ascii_lowercase())
         .collect();
-    let all_visible = ctx.allows_cluster(Operation::DESCRIBE);
+    let all_visible = ctx.allows_unaudited(
+        Operation::DESCRIBE,
+        ResourceType::Cluster,
+        ResourceType::CLUSTER_NAME,
+    );
     let listed = groups::list(&ctx.shard)
         .await
         .into_iter()
@@ -36,7 +40,9 @@ pub async fn handle(request: ListGroupsRequest, ctx: &Context) -> ListGroupsResp
         })
         .filter(|_| types.is_empty() || types.iter().any(|t| t == "classic"))
         // DESCRIBE on the cluster lists every group; otherwise those the principal may DESCRIBE.
-        .filter(|(id, _, _)| all_visible || ctx.allows_group(Operation::DESCRIBE, id))
+        .filter(|(id, _, _)| {
+            all_visible || ctx.allows_unaudited(Operation::DESCRIBE, ResourceType::Group, id)
+        })
         .map(|(id, protocol_type, state)| {
             ListedGroup::default()
                 .with_group_id(GroupId(StrBytes::from_string(id)))

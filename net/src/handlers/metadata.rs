@@ -171,8 +171,11 @@ pub async fn handle(request: MetadataRequest, version: i16, ctx: &Context) -> Me
                 TopicRef::Name(n)
                     if image.topic(n).is_none()
                         && validate_topic_name(n).is_ok()
-                        && (ctx.allows_cluster(Operation::CREATE)
-                            || ctx.allows_topic(Operation::CREATE, n)) =>
+                        && (ctx.allows_unaudited(
+                            Operation::CREATE,
+                            ResourceType::Cluster,
+                            ResourceType::CLUSTER_NAME,
+                        ) || ctx.allows_topic(Operation::CREATE, n)) =>
                 {
                     Some(n.clone())
                 }
@@ -213,7 +216,7 @@ pub async fn handle(request: MetadataRequest, version: i16, ctx: &Context) -> Me
     let topics = match wanted {
         None => image
             .topics()
-            .filter(|t| describable(&t.name))
+            .filter(|t| ctx.allows_unaudited(Operation::DESCRIBE, ResourceType::Topic, &t.name))
             .map(|t| describe(ctx, t, operations_of(&t.name)))
             .collect(),
         Some(refs) => refs

@@ -16,7 +16,7 @@ use sluice_core::ResponseError;
 
 use crate::apis::ApiRange;
 use crate::handlers::Context;
-use sluice_core::acls::Operation;
+use sluice_core::acls::{Operation, ResourceType};
 
 pub const RANGE: ApiRange = ApiRange {
     key: ApiKey::OffsetFetch,
@@ -67,9 +67,10 @@ async fn fetch_group(
     if !ctx.has_authorizer() {
         return Ok(rows);
     }
+    // Every committed topic: those the principal may not see are left out, unlogged.
     Ok(rows
         .into_iter()
-        .filter(|(t, _, _)| ctx.allows_topic(Operation::DESCRIBE, t))
+        .filter(|(t, _, _)| ctx.allows_unaudited(Operation::DESCRIBE, ResourceType::Topic, t))
         .collect())
 }
 

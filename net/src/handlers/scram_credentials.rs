@@ -155,6 +155,16 @@ pub async fn alter(
             (Err(_), _) => {}
         }
     }
+    let asked: Vec<serde_json::Value> = users
+        .iter()
+        .map(|(_, checked)| match checked {
+            Ok(changes) => changes
+                .iter()
+                .map(|c| serde_json::Value::from(c.action()))
+                .collect(),
+            Err(_) => serde_json::Value::Array(Vec::new()),
+        })
+        .collect();
     let groups: Vec<Vec<ScramChange>> = users
         .iter()
         .filter_map(|(_, r)| r.as_ref().ok().cloned())
@@ -164,11 +174,21 @@ pub async fn alter(
         .into_iter();
     let results = users
         .into_iter()
-        .map(|(user, checked)| {
+        .zip(asked)
+        .map(|((user, checked), asked)| {
             let outcome = match checked {
                 Ok(_) => outcomes.next().unwrap_or(Ok(())),
                 Err(e) => Err(e),
             };
+            ctx.audit_change(
+                "USER",
+                &user,
+                outcome
+                    .as_ref()
+                    .err()
+                    .map_or((0, None), |e| (e.code.code(), Some(e.message.as_str()))),
+                serde_json::json!({"changes": asked}),
+            );
             let result = AlterUserScramCredentialsResult::default().with_user(StrBytes::from(user));
             match outcome {
                 Ok(()) => result,
