@@ -9,14 +9,17 @@ use rcgen::{
 };
 
 /// A CA and what it signed, as PEM files in `dir`: `<name>-ca.pem`, `<name>-server.pem` /
-/// `-server.key` (for localhost and 127.0.0.1) and `<name>-client.pem` / `-client.key`
-/// (subject `CN=Alice,OU=ops,O=Example`).
+/// `-server.key` (for localhost and 127.0.0.1), `<name>-client.pem` / `-client.key`
+/// (subject `CN=Alice,OU=ops,O=Example`) and `<name>-expired.pem` / `-expired.key` (the same
+/// subject, valid only in 2020).
 pub struct Pki {
     pub ca: PathBuf,
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
+    pub expired_cert: PathBuf,
+    pub expired_key: PathBuf,
 }
 
 impl Pki {
@@ -58,6 +61,11 @@ impl Pki {
         client.distinguished_name.push(DnType::CommonName, "Alice");
         client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let client_cert = client.signed_by(&client_key, &issuer).unwrap();
+        let expired_key = KeyPair::generate().unwrap();
+        let mut expired = client.clone();
+        expired.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        expired.not_after = rcgen::date_time_ymd(2020, 12, 31);
+        let expired_cert = expired.signed_by(&expired_key, &issuer).unwrap();
 
         let write = |file: &str, pem: String| {
             let path = dir.join(format!("{name}-{file}"));
@@ -70,6 +78,8 @@ impl Pki {
             server_key: write("server.key", server_key.serialize_pem()),
             client_cert: write("client.pem", client_cert.pem()),
             client_key: write("client.key", client_key.serialize_pem()),
+            expired_cert: write("expired.pem", expired_cert.pem()),
+            expired_key: write("expired.key", expired_key.serialize_pem()),
         }
     }
 }

@@ -3,14 +3,16 @@
 //! (mutual TLS); Metadata names the listener the client came in on; the client certificate's
 //! subject becomes the principal through Kafka-style mapping rules; TLS 1.2 and 1.3 are taken
 //! and 1.1 is not; a client without a certificate, and plaintext Kafka bytes sent to the TLS
-//! port, are refused without disturbing anyone else; SIGHUP reloads a rotated certificate while
-//! connections opened before keep working. Certificates are generated here (rcgen).
+//! port, are refused without disturbing anyone else, and so are a client certificate from
+//! another CA, an expired one and a client that never finishes its handshake (closed after
+//! 10 s); SIGHUP reloads a rotated certificate while connections opened before keep working.
+//! Certificates are generated here (rcgen).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sluice_tests::pki::Pki;
 use sluice_tests::{kcat, python, wait_for_log, Broker};
@@ -401,6 +403,14 @@ fn requested_client_auth_takes_clients_without_a_certificate_as_anonymous() {
             "requested",
         ],
     );
+    // A client that connects and never starts its handshake: closed after 10 s.
+    let idle = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(ssl_address).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let connected = Instant::now();
+        let read = s.read(&mut [0u8; 16]);
+        (read.map_err(|e| e.kind()), connected.elapsed())
+    });
     let ssl = ssl_address.to_string();
     let listed = |tls: Vec<String>| {
         let mut args = vec!["-b", ssl.as_str(), "-L", "-m", "5"];
@@ -424,4 +434,29 @@ fn requested_client_auth_takes_clients_without_a_certificate_as_anonymous() {
     ]);
     assert!(!listed(foreign).status.success());
     wait_for_log(&broker, "TLS handshake failed", failed + 1);
+    // An expired certificate from the client CA: refused, and the log says why.
+    let mut expired = ssl_args(&pki, false);
+    expired.extend([
+        "-X".into(),
+        format!("ssl.certificate.location={}", path(&pki.expired_cert)),
+        "-X".into(),
+        format!("ssl.key.location={}", path(&pki.expired_key)),
+    ]);
+    assert!(!listed(expired).status.success());
+    wait_for_log(&broker, "TLS handshake failed", failed + 2);
+    assert!(
+        broker.log().contains("certificate expired"),
+        "{}",
+        broker.log()
+    );
+
+    let (read, after) = idle.join().unwrap();
+    assert_eq!(read, Ok(0), "the idle connection is closed, unanswered");
+    assert!(
+        (Duration::from_secs(9)..Duration::from_secs(20)).contains(&after),
+        "closed after {after:?}"
+    );
+    assert!(broker.log().contains("handshake not finished in time"));
+    // Everyone else is still served.
+    ok(&listed(ssl_args(&pki, true)));
 }
