@@ -267,6 +267,7 @@ fn measure_in(options: &Options) -> Result<Report, String> {
     );
     crate::kafka::create_topics(
         &bootstrap,
+        &Default::default(),
         std::slice::from_ref(&topic),
         1,
         options.nodes as u32,

@@ -27,9 +27,24 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use crate::run::{new_histogram, Receiver, Sender, Shared};
 use crate::workload::Workload;
 
-fn admin(bootstrap: &str) -> Result<AdminClient<DefaultClientContext>, String> {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+/// The librdkafka properties of the run's clients (e.g. security settings).
+pub type ClientProperties = std::collections::BTreeMap<String, String>;
+
+/// A client configuration for `bootstrap` with the run's `client` properties.
+fn client_config(bootstrap: &str, client: &ClientProperties) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    for (key, value) in client {
+        config.set(key, value);
+    }
+    config
+}
+
+fn admin(
+    bootstrap: &str,
+    client: &ClientProperties,
+) -> Result<AdminClient<DefaultClientContext>, String> {
+    client_config(bootstrap, client)
         .create()
         .map_err(|e| format!("admin client for {bootstrap}: {e}"))
 }
@@ -40,13 +55,14 @@ fn admin(bootstrap: &str) -> Result<AdminClient<DefaultClientContext>, String> {
 /// and accepted only with the workload's partition count.
 pub fn create_topics(
     bootstrap: &str,
+    client: &ClientProperties,
     names: &[String],
     partitions: u32,
     replication_factor: u32,
     configs: &std::collections::BTreeMap<String, String>,
 ) -> Result<(), String> {
     reachable(bootstrap).map_err(|e| format!("CreateTopics on {bootstrap}: {e}"))?;
-    let admin = admin(bootstrap)?;
+    let admin = admin(bootstrap, client)?;
     let topics: Vec<NewTopic> = names
         .iter()
         .map(|n| {
@@ -81,7 +97,7 @@ pub fn create_topics(
         Ok(()) => Ok(()),
         Err(e) if e.contains("BadMessage") || e.contains("UnsupportedVersion") => names
             .iter()
-            .try_for_each(|name| auto_create(bootstrap, name, partitions))
+            .try_for_each(|name| auto_create(bootstrap, client, name, partitions))
             .map_err(|fallback| format!("{e}; auto-creation instead: {fallback}")),
         Err(e) => Err(e),
     }
@@ -110,9 +126,13 @@ fn reachable(bootstrap: &str) -> Result<(), String> {
     Err(last)
 }
 
-fn auto_create(bootstrap: &str, topic: &str, partitions: u32) -> Result<(), String> {
-    let client: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+fn auto_create(
+    bootstrap: &str,
+    client: &ClientProperties,
+    topic: &str,
+    partitions: u32,
+) -> Result<(), String> {
+    let client: BaseConsumer = client_config(bootstrap, client)
         .set("group.id", "sluice-bench-metadata")
         .set("allow.auto.create.topics", "true")
         .create()
@@ -140,8 +160,12 @@ fn auto_create(bootstrap: &str, topic: &str, partitions: u32) -> Result<(), Stri
     Err(format!("{topic} did not appear in Metadata"))
 }
 
-pub fn delete_topics(bootstrap: &str, names: &[String]) -> Result<(), String> {
-    let admin = admin(bootstrap)?;
+pub fn delete_topics(
+    bootstrap: &str,
+    client: &ClientProperties,
+    names: &[String],
+) -> Result<(), String> {
+    let admin = admin(bootstrap, client)?;
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let options = AdminOptions::new()
         .operation_timeout(Some(Duration::from_secs(10)))
@@ -186,9 +210,8 @@ impl Producer {
         shared: Arc<Shared>,
     ) -> Result<Producer, String> {
         let settings = &workload.producer;
-        let mut config = ClientConfig::new();
+        let mut config = client_config(bootstrap, &workload.client);
         config
-            .set("bootstrap.servers", bootstrap)
             .set("acks", &settings.acks)
             .set("linger.ms", settings.linger_ms.to_string())
             .set("batch.size", settings.batch_size.to_string())
@@ -266,9 +289,8 @@ impl Consumer {
         topic: &str,
         partitions: &[i32],
     ) -> Result<Consumer, String> {
-        let mut config = ClientConfig::new();
+        let mut config = client_config(bootstrap, &workload.client);
         config
-            .set("bootstrap.servers", bootstrap)
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest");

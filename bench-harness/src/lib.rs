@@ -83,6 +83,11 @@ struct WorkloadOverrides {
     /// Replication factor of the workload's topics.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=32767))]
     replication_factor: Option<u32>,
+    /// A librdkafka property for every client of the run (repeatable), e.g. `-X
+    /// security.protocol=SASL_SSL -X ssl.ca.location=ca.pem -X sasl.mechanisms=SCRAM-SHA-512`;
+    /// added to the workload's `client` map.
+    #[arg(short = 'X', long = "client-property", value_name = "KEY=VALUE")]
+    client_property: Vec<String>,
     /// Where results go.
     #[arg(long, value_name = "DIR", default_value = "bench-results")]
     out: PathBuf,
@@ -196,6 +201,15 @@ impl WorkloadOverrides {
         }
         if let Some(rf) = self.replication_factor {
             workload.replication_factor = rf;
+        }
+        for property in &self.client_property {
+            let (key, value) = property
+                .split_once('=')
+                .filter(|(key, _)| !key.trim().is_empty())
+                .ok_or_else(|| format!("-X {property}: expected KEY=VALUE"))?;
+            workload
+                .client
+                .insert(key.trim().to_string(), value.to_string());
         }
         Ok(workload)
     }

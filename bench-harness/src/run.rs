@@ -413,6 +413,7 @@ pub fn run_once(
     match target.protocol {
         Protocol::Kafka | Protocol::KafkaWire => kafka::create_topics(
             kafka_wire::address(&target.address),
+            &workload.client,
             &topics,
             workload.partitions_per_topic,
             workload.replication_factor,
@@ -585,7 +586,11 @@ pub fn run_once(
 
     if matches!(target.protocol, Protocol::Kafka | Protocol::KafkaWire) {
         // Best effort: a peer without DeleteTopics keeps them.
-        let _ = kafka::delete_topics(kafka_wire::address(&target.address), &topics);
+        let _ = kafka::delete_topics(
+            kafka_wire::address(&target.address),
+            &workload.client,
+            &topics,
+        );
     } else {
         let _ =
             redis_streams::delete_streams(&target.address, &topics, workload.partitions_per_topic);

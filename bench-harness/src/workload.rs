@@ -62,6 +62,27 @@ pub struct Workload {
     /// Kafka-protocol targets.
     #[serde(default)]
     pub topic_configs: std::collections::BTreeMap<String, String>,
+    /// librdkafka properties for every client of the run — admin, producers, consumers — such
+    /// as `security.protocol`, `ssl.ca.location`, `sasl.mechanisms`, `sasl.username`,
+    /// `sasl.password` (`sluice bench -X KEY=VALUE` adds to them). Results show them with
+    /// passwords and secrets masked.
+    #[serde(default, serialize_with = "masked")]
+    pub client: std::collections::BTreeMap<String, String>,
+}
+
+/// Client properties as results show them: a value whose key names a password or secret is
+/// masked.
+fn masked<S: serde::Serializer>(
+    properties: &std::collections::BTreeMap<String, String>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = serializer.serialize_map(Some(properties.len()))?;
+    for (key, value) in properties {
+        let secret = key.contains("password") || key.contains("secret");
+        map.serialize_entry(key, if secret { "****" } else { value.as_str() })?;
+    }
+    map.end()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -231,6 +231,7 @@ pub fn run(options: &Options) -> Result<Report, String> {
     }
     sluice_bench_harness::kafka::create_topics(
         &bootstrap,
+        &Default::default(),
         &[TOPIC.to_string()],
         options.partitions as u32,
         options.nodes as u32,

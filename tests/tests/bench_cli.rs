@@ -111,6 +111,11 @@ fn run_writes_json_and_summary_with_every_record_accounted_for() {
         &target,
         "--out",
         out_dir.path().to_str().unwrap(),
+        // Client properties reach every client; a password is masked in the results.
+        "-X",
+        "client.id=bench-smoke",
+        "-X",
+        "sasl.password=hunter2",
     ]);
     assert!(out.status.success());
     let text = stdout(&out);
@@ -125,6 +130,10 @@ fn run_writes_json_and_summary_with_every_record_accounted_for() {
     assert_sane(result, 6000);
     assert_eq!(result["target_rate"].as_f64(), Some(2000.0));
     assert!(json.with_extension("txt").exists());
+    let client = &result["workload"]["client"];
+    assert_eq!(client["client.id"], "bench-smoke", "{client}");
+    assert_eq!(client["sasl.password"], "****", "{client}");
+    assert!(!std::fs::read_to_string(json).unwrap().contains("hunter2"));
 
     // The charts from that result.
     let plots = out_dir.path().join("plots");
@@ -324,6 +333,11 @@ fn bad_workloads_and_unreachable_targets_fail_with_the_reason() {
             vec![w, "--rate", "fast"],
             1,
             "--rate: `fast` is not a positive number, max or unpaced",
+        ),
+        (
+            vec![w, "-X", "security.protocol"],
+            1,
+            "-X security.protocol: expected KEY=VALUE",
         ),
         (
             vec![

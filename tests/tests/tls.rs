@@ -4,8 +4,8 @@
 //! subject becomes the principal through Kafka-style mapping rules; TLS 1.2 and 1.3 are taken
 //! and 1.1 is not; a client without a certificate, and plaintext Kafka bytes sent to the TLS
 //! port, are refused without disturbing anyone else, and so are a client certificate from
-//! another CA, an expired one and a client that never finishes its handshake (closed after
-//! 10 s); SIGHUP reloads a rotated certificate while connections opened before keep working.
+//! another CA, an expired one, garbage instead of a ClientHello and a client that never
+//! finishes its handshake (closed after 10 s); SIGHUP reloads a rotated certificate while connections opened before keep working.
 //! Certificates are generated here (rcgen).
 
 use std::io::{Read, Write};
@@ -449,6 +449,16 @@ fn requested_client_auth_takes_clients_without_a_certificate_as_anonymous() {
         "{}",
         broker.log()
     );
+    // Garbage where the ClientHello belongs (a TLS record header, then nonsense): closed.
+    let mut raw = TcpStream::connect(ssl_address).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut garbage = vec![0x16, 0x03, 0x01, 0x01, 0x00];
+    garbage.extend((0..256u32).map(|i| (i * 73 % 251) as u8));
+    raw.write_all(&garbage).unwrap();
+    let mut answer = Vec::new();
+    let _ = raw.read_to_end(&mut answer);
+    assert!(answer.len() < 16, "a TLS alert at most: {answer:?}");
+    wait_for_log(&broker, "TLS handshake failed", failed + 3);
 
     let (read, after) = idle.join().unwrap();
     assert_eq!(read, Ok(0), "the idle connection is closed, unanswered");
