@@ -110,6 +110,13 @@ pub struct Listener {
 /// How long a client may take to finish its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The buffers under a TLS connection, each way. rustls reads at most 4 KiB from its socket at
+/// a time and writes one record (at most 16 KiB) per write: straight on the socket, a 1 MiB
+/// produce request or fetch response costs hundreds of syscalls. Buffered, one syscall moves
+/// up to this much. (A plaintext connection reads a whole frame and writes a whole response at
+/// once and needs none.)
+const TLS_SOCKET_BUFFER_BYTES: usize = 64 * 1024;
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// The Kafka listeners, at least one.
@@ -264,7 +271,11 @@ async fn serve_accepted(
         crate::connection::serve(stream, peer, ctx, frame_bytes_max, in_flight).await;
         return;
     };
-    let handshake = tls.acceptor().accept(stream);
+    let buffered = futures::io::BufWriter::with_capacity(
+        TLS_SOCKET_BUFFER_BYTES,
+        stream.buffered_with(glommio::net::Preallocated::new(TLS_SOCKET_BUFFER_BYTES)),
+    );
+    let handshake = tls.acceptor().accept(buffered);
     let timeout = async {
         glommio::timer::sleep(TLS_HANDSHAKE_TIMEOUT).await;
         Err(std::io::Error::new(
