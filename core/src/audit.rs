@@ -675,6 +675,18 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_without_a_trail_fails_verification() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = verify(dir.path()).unwrap_err();
+        assert!(e.reason.contains("no audit files"), "{e}");
+        std::fs::write(dir.path().join(file_name(0)), b"").unwrap();
+        let e = verify(dir.path()).unwrap_err();
+        assert!(e.reason.contains("hold no line"), "{e}");
+        let e = verify(&dir.path().join("missing")).unwrap_err();
+        assert_eq!(e.line, None, "{e}");
+    }
+
+    #[test]
     fn a_last_line_that_is_not_an_entry_refuses_to_open() {
         let dir = tempfile::tempdir().unwrap();
         write(settings(dir.path(), 1 << 20, 10), 1);

@@ -887,64 +887,49 @@ pub async fn alter_scram_credentials(
     groups: Vec<Vec<ScramChange>>,
 ) -> Vec<Result<(), ApiError>> {
     let count = groups.len();
-    shard
-        .invoke_on(CONTROLLER_SHARD, move |controller| async move {
-            let _turn = controller.controller_turn().await;
-            let image = controller.catalog.image();
-            let mut users = image.scram_users.clone();
-            let mut accepted = Vec::new();
-            let mut results: Vec<Result<(), ApiError>> = groups
-                .into_iter()
-                .map(|group| {
-                    let mut changed = users.clone();
-                    for change in &group {
-                        change.apply(&mut changed).map_err(|m| {
-                            let code = match change {
-                                ScramChange::Delete { .. } => ResponseError::ResourceNotFound,
-                                ScramChange::Upsert { .. } => {
-                                    ResponseError::UnacceptableCredential
-                                }
-                            };
-                            error(code, m)
-                        })?;
-                    }
-                    users = changed;
-                    accepted.extend(group);
-                    Ok(())
-                })
-                .collect();
-            if accepted.is_empty() {
-                return results;
-            }
-            let persisted = persist_access(
-                &controller,
-                &image,
-                |parts| parts.scram_users = users,
-                || MetadataCommand::AlterScramCredentials {
-                    changes: accepted.clone(),
-                },
-            )
-            .await;
-            match persisted {
-                Ok(()) => {
-                    for change in &accepted {
-                        info!(user = change.user(), change = %change.action(), "SCRAM credential changed");
-                    }
+    access_change(shard, count, move |controller| async move {
+        let image = controller.catalog.image();
+        let mut users = image.scram_users.clone();
+        let mut accepted = Vec::new();
+        let results: Vec<Result<(), ApiError>> = groups
+            .into_iter()
+            .map(|group| {
+                let mut changed = users.clone();
+                for change in &group {
+                    change.apply(&mut changed).map_err(|m| {
+                        let code = match change {
+                            ScramChange::Delete { .. } => ResponseError::ResourceNotFound,
+                            ScramChange::Upsert { .. } => ResponseError::UnacceptableCredential,
+                        };
+                        error(code, m)
+                    })?;
                 }
-                Err(e) => {
-                                        for result in results.iter_mut().filter(|r| r.is_ok()) {
-                        *result = Err(e.clone());
-                    }
-                }
+                users = changed;
+                accepted.extend(group);
+                Ok(())
+            })
+            .collect();
+        if accepted.is_empty() {
+            return results;
+        }
+        let persisted = persist_access(
+            &controller,
+            &image,
+            |parts| parts.scram_users = users,
+            || MetadataCommand::AlterScramCredentials {
+                changes: accepted.clone(),
+            },
+        )
+        .await;
+        if persisted.is_ok() {
+            for change in &accepted {
+                info!(user = change.user(), change = %change.action(),
+                        "SCRAM credential changed");
             }
-            results
-        })
-        .await
-        .unwrap_or_else(|gone| {
-            (0..count)
-                .map(|_| Err(error(ResponseError::UnknownServerError, gone.to_string())))
-                .collect()
-        })
+        }
+        fail_accepted(results, persisted)
+    })
+    .await
 }
 
 /// Adds ACLs (CreateAcls): each checked on its own; the valid ones made durable together (the
@@ -952,56 +937,45 @@ pub async fn alter_scram_credentials(
 /// nothing and succeeds, as Kafka does.
 pub async fn create_acls(shard: &Rc<Shard>, acls: Vec<AclBinding>) -> Vec<Result<(), ApiError>> {
     let count = acls.len();
-    shard
-        .invoke_on(CONTROLLER_SHARD, move |controller| async move {
-            let _turn = controller.controller_turn().await;
-            let image = controller.catalog.image();
-            let mut results = Vec::with_capacity(acls.len());
-            let mut accepted = Vec::new();
-            for acl in acls {
-                match acl.check() {
-                    Ok(()) => {
-                        results.push(Ok(()));
-                        accepted.push(acl);
-                    }
-                    Err(m) => results.push(Err(error(ResponseError::InvalidRequest, m))),
+    access_change(shard, count, move |controller| async move {
+        let image = controller.catalog.image();
+        let mut results = Vec::with_capacity(acls.len());
+        let mut accepted = Vec::new();
+        for acl in acls {
+            match acl.check() {
+                Ok(()) => {
+                    results.push(Ok(()));
+                    accepted.push(acl);
                 }
+                Err(m) => results.push(Err(error(ResponseError::InvalidRequest, m))),
             }
-            let mut stored = image.acls.clone();
+        }
+        let mut stored = image.acls.clone();
+        for acl in &accepted {
+            if !stored.contains(acl) {
+                stored.push(acl.clone());
+            }
+        }
+        if stored.len() == image.acls.len() {
+            return results;
+        }
+        let persisted = persist_access(
+            &controller,
+            &image,
+            |parts| parts.acls = stored,
+            || MetadataCommand::CreateAcls {
+                acls: accepted.clone(),
+            },
+        )
+        .await;
+        if persisted.is_ok() {
             for acl in &accepted {
-                if !stored.contains(acl) {
-                    stored.push(acl.clone());
-                }
+                info!(acl = ?acl, "ACL created");
             }
-            if stored.len() == image.acls.len() {
-                return results;
-            }
-            let persisted = persist_access(
-                &controller,
-                &image,
-                |parts| parts.acls = stored,
-                || MetadataCommand::CreateAcls {
-                    acls: accepted.clone(),
-                },
-            )
-            .await;
-            if let Err(e) = persisted {
-                for result in results.iter_mut().filter(|r| r.is_ok()) {
-                    *result = Err(e.clone());
-                }
-            } else {
-                for acl in &accepted {
-                    info!(acl = ?acl, "ACL created");
-                }
-            }
-            results
-        })
-        .await
-        .unwrap_or_else(|gone| {
-            (0..count)
-                .map(|_| Err(error(ResponseError::UnknownServerError, gone.to_string())))
-                .collect()
-        })
+        }
+        fail_accepted(results, persisted)
+    })
+    .await
 }
 
 /// Removes the ACLs each filter matches (DeleteAcls); per filter, the bindings it removed.
@@ -1010,49 +984,68 @@ pub async fn delete_acls(
     filters: Vec<AclFilter>,
 ) -> Vec<Result<Vec<AclBinding>, ApiError>> {
     let count = filters.len();
+    access_change(shard, count, move |controller| async move {
+        let image = controller.catalog.image();
+        let matched: Vec<Vec<AclBinding>> = filters
+            .iter()
+            .map(|f| {
+                image
+                    .acls
+                    .iter()
+                    .filter(|a| f.matches(a))
+                    .cloned()
+                    .collect()
+            })
+            .collect();
+        let doomed: Vec<AclBinding> = matched.iter().flatten().cloned().collect();
+        if doomed.is_empty() {
+            return matched.into_iter().map(Ok).collect();
+        }
+        let kept = image
+            .acls
+            .iter()
+            .filter(|a| !doomed.contains(a))
+            .cloned()
+            .collect();
+        let persisted = persist_access(
+            &controller,
+            &image,
+            |parts| parts.acls = kept,
+            || MetadataCommand::DeleteAcls {
+                acls: doomed.clone(),
+            },
+        )
+        .await;
+        match persisted {
+            Ok(()) => {
+                for acl in &doomed {
+                    info!(acl = ?acl, "ACL deleted");
+                }
+                matched.into_iter().map(Ok).collect()
+            }
+            Err(e) => matched.iter().map(|_| Err(e.clone())).collect(),
+        }
+    })
+    .await
+}
+
+/// Runs a change of users, ACLs or client quotas on the controller shard, in the controller's
+/// turn; `work` answers one result per item. If the controller shard is gone, each of the
+/// `count` items answers UNKNOWN_SERVER_ERROR.
+async fn access_change<T, F, Fut>(
+    shard: &Rc<Shard>,
+    count: usize,
+    work: F,
+) -> Vec<Result<T, ApiError>>
+where
+    T: Send + 'static,
+    F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Vec<Result<T, ApiError>>> + 'static,
+{
     shard
         .invoke_on(CONTROLLER_SHARD, move |controller| async move {
             let _turn = controller.controller_turn().await;
-            let image = controller.catalog.image();
-            let matched: Vec<Vec<AclBinding>> = filters
-                .iter()
-                .map(|f| {
-                    image
-                        .acls
-                        .iter()
-                        .filter(|a| f.matches(a))
-                        .cloned()
-                        .collect()
-                })
-                .collect();
-            let doomed: Vec<AclBinding> = matched.iter().flatten().cloned().collect();
-            if doomed.is_empty() {
-                return matched.into_iter().map(Ok).collect();
-            }
-            let kept = image
-                .acls
-                .iter()
-                .filter(|a| !doomed.contains(a))
-                .cloned()
-                .collect();
-            let persisted = persist_access(
-                &controller,
-                &image,
-                |parts| parts.acls = kept,
-                || MetadataCommand::DeleteAcls {
-                    acls: doomed.clone(),
-                },
-            )
-            .await;
-            match persisted {
-                Ok(()) => {
-                    for acl in &doomed {
-                        info!(acl = ?acl, "ACL deleted");
-                    }
-                    matched.into_iter().map(Ok).collect()
-                }
-                Err(e) => matched.iter().map(|_| Err(e.clone())).collect(),
-            }
+            work(controller.clone()).await
         })
         .await
         .unwrap_or_else(|gone| {
@@ -1060,6 +1053,20 @@ pub async fn delete_acls(
                 .map(|_| Err(error(ResponseError::UnknownServerError, gone.to_string())))
                 .collect()
         })
+}
+
+/// The items that passed their checks answer `persisted`'s error when the change could not be
+/// made durable; the refused ones keep their own.
+fn fail_accepted(
+    mut results: Vec<Result<(), ApiError>>,
+    persisted: Result<(), ApiError>,
+) -> Vec<Result<(), ApiError>> {
+    if let Err(e) = persisted {
+        for result in results.iter_mut().filter(|r| r.is_ok()) {
+            *result = Err(e.clone());
+        }
+    }
+    results
 }
 
 /// The parts of the catalog that users, ACLs and quotas change.
@@ -1117,52 +1124,39 @@ pub async fn alter_client_quotas(
     validate_only: bool,
 ) -> Vec<Result<(), ApiError>> {
     let count = groups.len();
-    shard
-        .invoke_on(CONTROLLER_SHARD, move |controller| async move {
-            let _turn = controller.controller_turn().await;
-            let image = controller.catalog.image();
-            let mut accepted = Vec::new();
-            let mut results: Vec<Result<(), ApiError>> = groups
-                .into_iter()
-                .map(|group| {
-                    for change in &group {
-                        crate::quotas::check_change(change)
-                            .map_err(|m| error(ResponseError::InvalidRequest, m))?;
-                    }
-                    accepted.extend(group);
-                    Ok(())
-                })
-                .collect();
-            if accepted.is_empty() || validate_only {
-                return results;
-            }
-            let persisted = persist_access(
-                &controller,
-                &image,
-                |parts| crate::quotas::apply(&mut parts.client_quotas, &accepted),
-                || MetadataCommand::AlterClientQuotas {
-                    changes: accepted.clone(),
-                },
-            )
-            .await;
-            match persisted {
-                Ok(()) => {
-                    for change in &accepted {
-                        info!(entity = ?change.entity, key = %change.key, value = ?change.value, "client quota changed");
-                    }
+    access_change(shard, count, move |controller| async move {
+        let image = controller.catalog.image();
+        let mut accepted = Vec::new();
+        let results: Vec<Result<(), ApiError>> = groups
+            .into_iter()
+            .map(|group| {
+                for change in &group {
+                    crate::quotas::check_change(change)
+                        .map_err(|m| error(ResponseError::InvalidRequest, m))?;
                 }
-                Err(e) => {
-                                        for result in results.iter_mut().filter(|r| r.is_ok()) {
-                        *result = Err(e.clone());
-                    }
-                }
+                accepted.extend(group);
+                Ok(())
+            })
+            .collect();
+        if accepted.is_empty() || validate_only {
+            return results;
+        }
+        let persisted = persist_access(
+            &controller,
+            &image,
+            |parts| crate::quotas::apply(&mut parts.client_quotas, &accepted),
+            || MetadataCommand::AlterClientQuotas {
+                changes: accepted.clone(),
+            },
+        )
+        .await;
+        if persisted.is_ok() {
+            for change in &accepted {
+                info!(entity = ?change.entity, key = %change.key, value = ?change.value,
+                        "client quota changed");
             }
-            results
-        })
-        .await
-        .unwrap_or_else(|gone| {
-            (0..count)
-                .map(|_| Err(error(ResponseError::UnknownServerError, gone.to_string())))
-                .collect()
-        })
+        }
+        fail_accepted(results, persisted)
+    })
+    .await
 }

@@ -23,7 +23,7 @@ use sluice_core::acls::{
 use sluice_core::controller;
 
 use crate::apis::ApiRange;
-use crate::handlers::{acl_json, Context};
+use crate::handlers::{acl_json, audit_outcome, Context};
 
 pub const DESCRIBE_RANGE: ApiRange = ApiRange {
     key: ApiKey::DescribeAcls,
@@ -138,10 +138,7 @@ pub async fn create(request: CreateAclsRequest, ctx: &Context) -> CreateAclsResp
                 ctx.audit_change(
                     "ACL",
                     &binding.resource_name,
-                    outcome
-                        .as_ref()
-                        .err()
-                        .map_or((0, None), |e| (e.code.code(), Some(e.message.as_str()))),
+                    audit_outcome(outcome.as_ref().err()),
                     serde_json::json!({"create": acl_json(binding)}),
                 );
                 match outcome {
@@ -270,7 +267,7 @@ pub async fn delete(request: DeleteAclsRequest, ctx: &Context) -> DeleteAclsResp
                     ctx.audit_change(
                         "ACL",
                         "",
-                        (e.code.code(), Some(e.message.as_str())),
+                        audit_outcome(Some(&e)),
                         serde_json::json!({"filter": format!("{filter:?}")}),
                     );
                     failed(e.code, &e.message)

@@ -15,7 +15,7 @@ use sluice_core::controller::{self, ConfigOp};
 use sluice_core::{ApiError, ResponseError};
 
 use crate::apis::ApiRange;
-use crate::handlers::Context;
+use crate::handlers::{audit_outcome, Context};
 use sluice_core::acls::Operation;
 
 pub const RANGE: ApiRange = ApiRange {
@@ -73,9 +73,7 @@ async fn alter(
     ctx.audit_change(
         kind,
         name.as_str(),
-        error
-            .as_ref()
-            .map_or((0, None), |e| (e.code.code(), Some(e.message.as_str()))),
+        audit_outcome(error.as_ref()),
         serde_json::json!({
             "configs": asked,
             "replace_all": replace_all,

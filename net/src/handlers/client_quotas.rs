@@ -17,7 +17,7 @@ use sluice_core::quotas::{EntityName, QuotaChange, QuotaEntity};
 use sluice_core::{controller, ApiError};
 
 use crate::apis::ApiRange;
-use crate::handlers::{unauthorized, Context};
+use crate::handlers::{audit_outcome, unauthorized, Context};
 
 pub const DESCRIBE_RANGE: ApiRange = ApiRange {
     key: ApiKey::DescribeClientQuotas,
@@ -204,10 +204,7 @@ pub async fn alter(request: AlterClientQuotasRequest, ctx: &Context) -> AlterCli
             ctx.audit_change(
                 "CLIENT_QUOTA",
                 &name.join(","),
-                outcome
-                    .as_ref()
-                    .err()
-                    .map_or((0, None), |e| (e.code.code(), Some(e.message.as_str()))),
+                audit_outcome(outcome.as_ref().err()),
                 serde_json::json!({"changes": changes, "validate_only": request.validate_only}),
             );
             let entity = entry

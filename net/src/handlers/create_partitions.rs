@@ -7,7 +7,7 @@ use kafka_protocol::protocol::StrBytes;
 use sluice_core::controller;
 
 use crate::apis::ApiRange;
-use crate::handlers::{unauthorized, Context};
+use crate::handlers::{audit_outcome, unauthorized, Context};
 use sluice_core::acls::Operation;
 use sluice_core::ResponseError;
 
@@ -41,10 +41,7 @@ pub async fn handle(request: CreatePartitionsRequest, ctx: &Context) -> CreatePa
         ctx.audit_change(
             "TOPIC",
             topic.name.0.as_str(),
-            outcome
-                .as_ref()
-                .err()
-                .map_or((0, None), |e| (e.code.code(), Some(e.message.as_str()))),
+            audit_outcome(outcome.as_ref().err()),
             serde_json::json!({"count": topic.count, "validate_only": request.validate_only}),
         );
         let result = CreatePartitionsTopicResult::default().with_name(topic.name);

@@ -14,7 +14,7 @@ use sluice_core::topics::TOPIC_CONFIGS;
 use sluice_core::ResponseError;
 
 use crate::apis::ApiRange;
-use crate::handlers::{config_source, Context};
+use crate::handlers::{audit_outcome, config_source, Context};
 
 pub const RANGE: ApiRange = ApiRange {
     key: ApiKey::CreateTopics,
@@ -81,10 +81,7 @@ async fn create_allowed(request: CreateTopicsRequest, ctx: &Context) -> CreateTo
         .collect();
     let results = controller::create_topics(&ctx.shard, new_topics, request.validate_only).await;
     for ((name, result), asked) in names.iter().zip(&results).zip(asked) {
-        let error = result
-            .as_ref()
-            .err()
-            .map_or((0, None), |e| (e.code.code(), Some(e.message.as_str())));
+        let error = audit_outcome(result.as_ref().err());
         ctx.audit_change("TOPIC", name.0.as_str(), error, asked);
     }
     let topics = names

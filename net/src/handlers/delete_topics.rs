@@ -7,7 +7,7 @@ use sluice_core::acls::Operation;
 use sluice_core::{controller, ResponseError, TopicRef};
 
 use crate::apis::ApiRange;
-use crate::handlers::{for_allowed, unauthorized, Context};
+use crate::handlers::{audit_outcome, for_allowed, unauthorized, Context};
 
 pub const RANGE: ApiRange = ApiRange {
     key: ApiKey::DeleteTopics,
@@ -54,12 +54,8 @@ pub async fn handle(
     for (asked, result) in refs.iter().zip(&results) {
         let (name, error) = match (asked, result) {
             (_, Ok((name, _))) => (name.clone(), (0, None)),
-            (TopicRef::Name(name), Err(e)) => {
-                (name.clone(), (e.code.code(), Some(e.message.as_str())))
-            }
-            (TopicRef::Id(id), Err(e)) => {
-                (id.to_string(), (e.code.code(), Some(e.message.as_str())))
-            }
+            (TopicRef::Name(name), Err(e)) => (name.clone(), audit_outcome(Some(e))),
+            (TopicRef::Id(id), Err(e)) => (id.to_string(), audit_outcome(Some(e))),
         };
         ctx.audit_change("TOPIC", &name, error, serde_json::json!({}));
     }

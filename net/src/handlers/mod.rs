@@ -282,6 +282,12 @@ impl Context {
     }
 }
 
+/// An administrative change's outcome as [`Context::audit_change`] takes it: the error's code
+/// and message, or success (code 0).
+pub fn audit_outcome(error: Option<&sluice_core::ApiError>) -> (i16, Option<&str>) {
+    error.map_or((0, None), |e| (e.code.code(), Some(e.message.as_str())))
+}
+
 /// Kafka's name of an ACL enum value (`TOPIC`, `TRANSACTIONAL_ID`, `PREFIXED`, `ALLOW`).
 pub fn kafka_name(value: impl std::fmt::Debug) -> String {
     sluice_core::metrics::upper_snake_case(&format!("{value:?}"))

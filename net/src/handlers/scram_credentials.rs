@@ -24,7 +24,7 @@ use sluice_core::scram::{ScramChange, ScramMechanism, ITERATIONS_MAX, ITERATIONS
 use sluice_core::{controller, ApiError};
 
 use crate::apis::ApiRange;
-use crate::handlers::Context;
+use crate::handlers::{audit_outcome, Context};
 use sluice_core::acls::Operation;
 
 pub const DESCRIBE_RANGE: ApiRange = ApiRange {
@@ -183,10 +183,7 @@ pub async fn alter(
             ctx.audit_change(
                 "USER",
                 &user,
-                outcome
-                    .as_ref()
-                    .err()
-                    .map_or((0, None), |e| (e.code.code(), Some(e.message.as_str()))),
+                audit_outcome(outcome.as_ref().err()),
                 serde_json::json!({"changes": asked}),
             );
             let result = AlterUserScramCredentialsResult::default().with_user(StrBytes::from(user));
