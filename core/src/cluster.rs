@@ -21,6 +21,13 @@
 //! queued batches, tick (every `tick`) or step the node, then apply what committed and answer the
 //! waiting appends. A frame arriving or a batch queued wakes the loop at once.
 //!
+//! Each shard also announces, to the same shard of every other node, the partitions it leads
+//! (term and in-sync replicas) whenever that set changes (at most every
+//! [`ANNOUNCE_LEADING_AFTER`]) and every [`ANNOUNCE_LEADING_EVERY`] (Redpanda's leadership
+//! dissemination, not a controller record: leadership changes far too often for the metadata
+//! log). So Metadata on a node that holds no replica of a partition still names its leader and
+//! ISR, and a follower names the ISR its leader sees.
+//!
 //! Invariants: a proposal is answered only once its entry is in the leader's log (acks=1) or
 //! committed (acks=all, and every idempotent batch): never by a different entry that took its
 //! index. A partition's producer state holds committed batches only, recorded before the appends
@@ -30,7 +37,7 @@
 //! (raft-rs reserves 0).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::{Rc, Weak};
@@ -143,6 +150,13 @@ pub const HAND_OFF_WITHIN: Duration = Duration::from_secs(3);
 /// producer-id block) while the image does not show it.
 const RETRY_FORWARDED: Duration = Duration::from_secs(1);
 
+/// The soonest a shard announces what it leads again after a change.
+pub const ANNOUNCE_LEADING_AFTER: Duration = Duration::from_millis(50);
+
+/// How often a shard announces what it leads, changed or not (a peer that restarted, or
+/// missed a frame, learns it within this).
+pub const ANNOUNCE_LEADING_EVERY: Duration = Duration::from_secs(1);
+
 /// How often a node asks the controller leader for its commit point until its image caught up.
 const RETRY_CATCH_UP: Duration = Duration::from_millis(200);
 
@@ -162,7 +176,10 @@ pub struct PartitionLeader {
 /// controller leader. Written on role changes only (off the data path).
 #[derive(Debug)]
 pub struct ClusterTable {
+    /// Partitions with a replica on this node, as that replica knows its leader.
     leaders: RwLock<HashMap<PartitionKey, PartitionLeader>>,
+    /// Partitions as other nodes announced they lead them (the highest term heard wins).
+    announced: RwLock<HashMap<PartitionKey, PartitionLeader>>,
     controller: AtomicI32,
     /// The node's image has caught up with the controller's commit point as of start-up.
     caught_up: AtomicBool,
@@ -175,6 +192,7 @@ impl Default for ClusterTable {
     fn default() -> Self {
         ClusterTable {
             leaders: RwLock::default(),
+            announced: RwLock::default(),
             controller: AtomicI32::new(-1),
             caught_up: AtomicBool::new(false),
             hung_up: RwLock::default(),
@@ -183,13 +201,54 @@ impl Default for ClusterTable {
 }
 
 impl ClusterTable {
-    /// The leader of a partition that has a replica on this node, as that replica knows it.
+    /// The leader of a partition: as this node's replica knows it, where there is one (with
+    /// the ISR its leader announced, where this replica follows); else as another node
+    /// announced it leads it.
     pub fn leader(&self, key: PartitionKey) -> Option<PartitionLeader> {
-        self.leaders
+        let local = self
+            .leaders
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
-            .cloned()
+            .cloned();
+        let announced = self
+            .announced
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        match (local, announced) {
+            (Some(mut local), Some(announced)) => {
+                if local.in_sync.is_none()
+                    && (local.leader, local.epoch) == (announced.leader, announced.epoch)
+                {
+                    local.in_sync = announced.in_sync;
+                }
+                Some(local)
+            }
+            (local, announced) => local.or(announced),
+        }
+    }
+
+    /// Records that `node` leads `key` in term `epoch` with `in_sync`, unless a leader of a
+    /// later term was announced already.
+    fn announce(&self, key: PartitionKey, leader: PartitionLeader) {
+        let mut announced = self.announced.write().unwrap_or_else(|p| p.into_inner());
+        match announced.get(&key) {
+            Some(known) if known.epoch > leader.epoch => {}
+            _ => {
+                announced.insert(key, leader);
+            }
+        }
+    }
+
+    /// Forgets that `node` leads `key` (it announced it no longer does), unless another node
+    /// was announced since.
+    fn unannounce(&self, key: PartitionKey, node: i32) {
+        let mut announced = self.announced.write().unwrap_or_else(|p| p.into_inner());
+        if announced.get(&key).is_some_and(|l| l.leader == node) {
+            announced.remove(&key);
+        }
     }
 
     /// The controller group's leader (-1: not known).
@@ -446,6 +505,11 @@ enum Command {
         epoch: u64,
         reply: oneshot::Sender<Option<(u64, Offset)>>,
     },
+    TransferLeader {
+        key: PartitionKey,
+        leader: i32,
+        to: i32,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -484,6 +548,12 @@ pub struct Driver {
     /// Led partitions: the current term and the index of its first entry (the new leader's
     /// own), which must commit before the leader serves.
     term_starts: HashMap<PartitionKey, (u64, u64)>,
+    /// What this shard leads changed since it was last announced to the other nodes.
+    leading_changed: bool,
+    /// When this shard last announced what it leads.
+    leading_announced_at: Option<Instant>,
+    /// What each other node last announced its shard of this number leads.
+    heard_leading: HashMap<i32, HashSet<PartitionKey>>,
 }
 
 #[derive(Default)]
@@ -562,6 +632,9 @@ impl ShardReplication {
             catch_up: HashMap::new(),
             handing_off: None,
             term_starts: HashMap::new(),
+            leading_changed: true,
+            leading_announced_at: None,
+            heard_leading: HashMap::new(),
         };
         if shard == 0 {
             driver.open_controller().await?;
@@ -632,6 +705,14 @@ impl ShardReplication {
         let (reply, answer) = oneshot::channel();
         self.send(Command::EpochEnd { key, epoch, reply });
         answer.await.ok().flatten()
+    }
+
+    /// Asks partition `key`'s leader (`leader`, as known here) to hand its leadership to node
+    /// `to`: through this node's replica, which forwards it to the leader it knows, or, where
+    /// this node holds none, straight to `leader`. The leader hands over once `to` has caught
+    /// up (raft-rs's leadership transfer), or gives up after an election timeout.
+    pub fn transfer_leader(&self, key: PartitionKey, leader: i32, to: i32) {
+        self.send(Command::TransferLeader { key, leader, to });
     }
 
     /// Moves the leadership of every group this shard leads to a caught-up follower (a
@@ -817,6 +898,16 @@ impl Driver {
                     group.replica().storage().epoch_end(epoch, log_end)
                 });
                 let _ = reply.send(end);
+            }
+            Command::TransferLeader { key, leader, to } => {
+                let group = group_key(key);
+                match self.node.group(&group) {
+                    Some(replica) => replica.transfer_leader(raft_id(to)),
+                    None if leader >= 0 => {
+                        self.node.ask_transfer(group, raft_id(leader), raft_id(to))
+                    }
+                    None => {}
+                }
             }
             Command::Shutdown { reply } => {
                 for (_, waiting) in self.pending.drain() {
@@ -1079,6 +1170,66 @@ impl Driver {
         self.answer_appended();
         self.publish_states(shard);
         self.publish_controller(shard);
+        self.announce_leading();
+        self.hear_leading(shard);
+    }
+
+    /// Announces what this shard leads and serves to the same shard of every other node, when
+    /// that changed (at most every [`ANNOUNCE_LEADING_AFTER`]) or every
+    /// [`ANNOUNCE_LEADING_EVERY`]. Sent with the next step's flush.
+    fn announce_leading(&mut self) {
+        let now = Instant::now();
+        let since = self
+            .leading_announced_at
+            .map_or(Duration::MAX, |at| now.duration_since(at));
+        let due = since >= ANNOUNCE_LEADING_EVERY
+            || (self.leading_changed && since >= ANNOUNCE_LEADING_AFTER);
+        if !due {
+            return;
+        }
+        let notes = self
+            .links
+            .iter()
+            .filter(|(_, link)| link.state.get().leader)
+            .map(|(key, link)| sluice_replication::rpc::LeadNote {
+                group: group_key(*key),
+                term: link.state.get().term,
+                in_sync: self
+                    .catch_up
+                    .get(key)
+                    .map(|c| c.in_sync.iter().map(|n| raft_id(*n)).collect())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        self.node.announce_leading(notes);
+        self.leading_changed = false;
+        self.leading_announced_at = Some(now);
+    }
+
+    /// Records what other nodes announced they lead, for Metadata here.
+    fn hear_leading(&mut self, shard: &Shard) {
+        let table = &shard.catalog.cluster;
+        for (peer, notes) in self.node.take_leading_heard() {
+            let node = node_of(peer);
+            let keys: HashSet<PartitionKey> =
+                notes.iter().map(|n| partition_key(n.group)).collect();
+            if let Some(before) = self.heard_leading.get(&node) {
+                for key in before.iter().filter(|k| !keys.contains(k)) {
+                    table.unannounce(*key, node);
+                }
+            }
+            for note in notes {
+                table.announce(
+                    partition_key(note.group),
+                    PartitionLeader {
+                        leader: node,
+                        epoch: i32::try_from(note.term).unwrap_or(i32::MAX),
+                        in_sync: Some(note.in_sync.iter().map(|id| node_of(*id)).collect()),
+                    },
+                );
+            }
+            self.heard_leading.insert(node, keys);
+        }
     }
 
     /// Answers acks=1 appends whose entries are durable in this leader's log (the persist of
@@ -1233,6 +1384,9 @@ impl Driver {
             };
             if before == now && !isr_changed {
                 continue;
+            }
+            if before.leader || now.leader {
+                self.leading_changed = true;
             }
             if (before.leader_id, before.term) != (now.leader_id, now.term) || isr_changed {
                 shard.catalog.cluster.set_leader(
@@ -1553,4 +1707,133 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// How often a preferred-leader election asks again while the leadership has not moved (a
+/// leader gives a transfer up after an election timeout, e.g. while the preferred replica
+/// catches up).
+const ELECTION_ASK_EVERY: Duration = Duration::from_millis(500);
+
+/// Why a leader election was not done (Kafka's per-partition ElectLeaders errors).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ElectionRefused {
+    pub error: ResponseError,
+    pub message: String,
+}
+
+fn refused(error: ResponseError, message: impl Into<String>) -> ElectionRefused {
+    ElectionRefused {
+        error,
+        message: message.into(),
+    }
+}
+
+/// Kafka's preferred-leader election for one partition: its first replica takes the
+/// leadership over, if it is alive and in sync, handed over by the current leader (raft-rs's
+/// leadership transfer, so no acknowledged record is at risk). Waits at most `within` for
+/// the leadership to move. On a single node every partition is led by its only replica.
+pub async fn elect_preferred(
+    shard: &Rc<Shard>,
+    topic: &str,
+    partition: i32,
+    within: Duration,
+) -> Result<(), ElectionRefused> {
+    let image = shard.image();
+    let Some(found) = image.topic(topic).cloned() else {
+        return Err(refused(
+            ResponseError::UnknownTopicOrPartition,
+            format!("no topic {topic:?}"),
+        ));
+    };
+    if partition < 0 || partition >= found.partitions {
+        return Err(refused(
+            ResponseError::UnknownTopicOrPartition,
+            format!("topic {topic:?} has no partition {partition}"),
+        ));
+    }
+    if shard.replication.is_none() {
+        return Err(refused(
+            ResponseError::ElectionNotNeeded,
+            "a single node leads every partition",
+        ));
+    }
+    let Some(preferred) = shard
+        .replicas_of(&image, topic, partition)
+        .and_then(|replicas| replicas.first().copied())
+    else {
+        return Err(refused(
+            ResponseError::UnknownTopicOrPartition,
+            format!("partition {partition} of {topic:?} has no replicas"),
+        ));
+    };
+    let key = (found.id, partition);
+    let table = &shard.catalog.cluster;
+    let deadline = Instant::now() + within;
+    let mut asked_at: Option<Instant> = None;
+    loop {
+        let current = table.leader(key).filter(|l| l.leader >= 0);
+        match &current {
+            Some(l) if l.leader == preferred => {
+                return match asked_at {
+                    Some(_) => Ok(()),
+                    None => Err(refused(
+                        ResponseError::ElectionNotNeeded,
+                        format!("the preferred replica {preferred} leads already"),
+                    )),
+                };
+            }
+            _ if table.hung_up(preferred) => {
+                return Err(refused(
+                    ResponseError::PreferredLeaderNotAvailable,
+                    format!("the preferred replica {preferred} is not reachable"),
+                ))
+            }
+            Some(l)
+                if l.in_sync
+                    .as_ref()
+                    .is_some_and(|isr| !isr.contains(&preferred)) =>
+            {
+                return Err(refused(
+                    ResponseError::PreferredLeaderNotAvailable,
+                    format!(
+                        "the preferred replica {preferred} is not in sync with leader {}",
+                        l.leader
+                    ),
+                ))
+            }
+            None if asked_at.is_none() => {
+                return Err(refused(
+                    ResponseError::PreferredLeaderNotAvailable,
+                    "the partition has no leader to hand over from (an election is under way)",
+                ))
+            }
+            _ => {}
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(refused(
+                ResponseError::RequestTimedOut,
+                format!("the leadership did not move to replica {preferred} in time"),
+            ));
+        }
+        if asked_at.is_none_or(|at| now.duration_since(at) >= ELECTION_ASK_EVERY) {
+            let leader = current.map_or(-1, |l| l.leader);
+            let owner = shard.owner_of(topic, partition);
+            let asked = shard
+                .invoke_on(owner, move |owner_shard| async move {
+                    if let Some(replication) = owner_shard.replication.as_ref() {
+                        replication.transfer_leader(key, leader, preferred);
+                    }
+                })
+                .await;
+            if asked.is_err() {
+                return Err(refused(
+                    ResponseError::RequestTimedOut,
+                    "the broker is stopping",
+                ));
+            }
+            asked_at = Some(now);
+        }
+        glommio::timer::sleep(Duration::from_millis(20).min(deadline - now)).await;
+    }
 }

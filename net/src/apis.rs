@@ -52,6 +52,7 @@ pub const IMPLEMENTED: &[ApiRange] = &[
     handlers::scram_credentials::DESCRIBE_RANGE,
     handlers::scram_credentials::ALTER_RANGE,
     handlers::describe_cluster::RANGE,
+    handlers::elect_leaders::RANGE,
     handlers::get_telemetry_subscriptions::RANGE,
     handlers::push_telemetry::RANGE,
     handlers::list_config_resources::RANGE,

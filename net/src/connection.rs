@@ -43,8 +43,8 @@ use kafka_protocol::messages::{
     CreateAclsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteAclsRequest,
     DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest, DescribeAclsRequest,
     DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest, DescribeLogDirsRequest,
-    DescribeTopicPartitionsRequest, DescribeUserScramCredentialsRequest, FetchRequest,
-    FindCoordinatorRequest, GetTelemetrySubscriptionsRequest, HeartbeatRequest,
+    DescribeTopicPartitionsRequest, DescribeUserScramCredentialsRequest, ElectLeadersRequest,
+    FetchRequest, FindCoordinatorRequest, GetTelemetrySubscriptionsRequest, HeartbeatRequest,
     IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
     ListConfigResourcesRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest,
     OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest,
@@ -63,11 +63,11 @@ use crate::frame::{read_frame, FrameError};
 use crate::handlers::{
     acls_api, alter_configs, api_versions, client_quotas, create_partitions, create_topics,
     delete_groups, delete_records, delete_topics, describe_cluster, describe_configs,
-    describe_groups, describe_log_dirs, describe_topic_partitions, fetch, find_coordinator,
-    get_telemetry_subscriptions, heartbeat, init_producer_id, join_group, leave_group,
-    list_config_resources, list_groups, list_offsets, metadata, offset_commit, offset_delete,
-    offset_fetch, offset_for_leader_epoch, produce, push_telemetry, sasl, scram_credentials,
-    sync_group, Context,
+    describe_groups, describe_log_dirs, describe_topic_partitions, elect_leaders, fetch,
+    find_coordinator, get_telemetry_subscriptions, heartbeat, init_producer_id, join_group,
+    leave_group, list_config_resources, list_groups, list_offsets, metadata, offset_commit,
+    offset_delete, offset_fetch, offset_for_leader_epoch, produce, push_telemetry, sasl,
+    scram_credentials, sync_group, Context,
 };
 use crate::quota_meter::{self, Kind};
 use crate::request_trace;
@@ -582,6 +582,11 @@ async fn dispatch(
             let response = describe_log_dirs::handle(request, version, ctx).await;
             reply(throttle, api, version, correlation_id, &response).map(Some)
         }
+        ApiKey::ElectLeaders => {
+            let request = decode::<ElectLeadersRequest>(&mut frame, api, version)?;
+            let response = elect_leaders::handle(request, version, ctx).await;
+            reply(throttle, api, version, correlation_id, &response).map(Some)
+        }
         ApiKey::DescribeCluster => {
             let request = decode::<DescribeClusterRequest>(&mut frame, api, version)?;
             let response = describe_cluster::handle(request, ctx);
@@ -1089,6 +1094,7 @@ throttle_time!(
     kafka_protocol::messages::DeleteRecordsResponse,
     kafka_protocol::messages::DescribeLogDirsResponse,
     kafka_protocol::messages::DescribeClusterResponse,
+    kafka_protocol::messages::ElectLeadersResponse,
     kafka_protocol::messages::DescribeTopicPartitionsResponse,
     kafka_protocol::messages::DescribeAclsResponse,
     kafka_protocol::messages::CreateAclsResponse,

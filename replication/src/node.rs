@@ -15,6 +15,10 @@
 //! ([`PeerEvent`]: a peer hung up, or was heard again after hanging up), so the broker can stop
 //! naming a dead leader before the survivors' election is over.
 //!
+//! The owner also announces what this shard leads ([`announce_leading`](ReplicationNode::announce_leading))
+//! to every peer, and hears the same of theirs ([`take_leading_heard`](ReplicationNode::take_leading_heard)),
+//! so a node can name the leader of a partition it holds no replica of.
+//!
 //! Invariant: a message reaches a group only through `step`, after the group's earlier ready
 //! work has run; a group's persist jobs stay in order because each group runs its own ready work
 //! one job at a time.
@@ -32,7 +36,7 @@ use crate::error::{ReplicationError, Result};
 use crate::hard_state_log::HardStateLog;
 use crate::partition::{CommittedEntry, HardStateHome, Outbox, RaftPartition};
 use crate::replica::ReplicaConfig;
-use crate::rpc::{GroupKey, GroupMessage};
+use crate::rpc::{GroupKey, GroupMessage, LeadNote};
 use crate::transport::{Listener, Transport};
 
 /// Largest frame a node accepts from a peer.
@@ -52,6 +56,9 @@ pub fn successors(key: &GroupKey, mut voters: Vec<u64>) -> Vec<u64> {
     voters
 }
 
+/// A peer's announcement: its id and every group its shard of this number leads.
+pub type Announcement = (u64, Vec<LeadNote>);
+
 /// What a node tells its owner about a peer's connections to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerEvent {
@@ -67,6 +74,8 @@ pub struct ReplicationNode {
     groups: HashMap<GroupKey, RaftPartition>,
     transport: Transport,
     inbox: Rc<RefCell<Vec<GroupMessage>>>,
+    /// What peers announced they lead, in arrival order, until the owner takes it.
+    leading_heard: Rc<RefCell<Vec<Announcement>>>,
     /// Peers whose connection to this node closed since the last step.
     hung_up: Rc<RefCell<Vec<u64>>>,
     /// Elections to start once due, for groups whose leader (the peer) is gone.
@@ -108,6 +117,8 @@ impl ReplicationNode {
     ) -> Result<ReplicationNode> {
         let hard_states = HardStateLog::open(dir).await?;
         let inbox: Rc<RefCell<Vec<GroupMessage>>> = Rc::default();
+        let leading_heard: Rc<RefCell<Vec<Announcement>>> = Rc::default();
+        let announced = leading_heard.clone();
         let hung_up: Rc<RefCell<Vec<u64>>> = Rc::default();
         // Peers that hung up and have not been heard from since.
         let silent: Rc<RefCell<HashSet<u64>>> = Rc::default();
@@ -127,6 +138,9 @@ impl ReplicationNode {
             move |frame| {
                 let from = frame.from_node;
                 delivered.borrow_mut().extend(frame.messages);
+                if let Some(leading) = frame.leading {
+                    announced.borrow_mut().push((from, leading));
+                }
                 if heard.borrow_mut().remove(&from) {
                     on_peer_heard(from, PeerEvent::Heard);
                 }
@@ -148,6 +162,7 @@ impl ReplicationNode {
             groups: HashMap::new(),
             transport: Transport::new(node_id, peers),
             inbox,
+            leading_heard,
             hung_up,
             campaigns_due: Vec::new(),
             listener,
@@ -202,6 +217,37 @@ impl ReplicationNode {
 
     pub fn groups(&self) -> impl Iterator<Item = (&GroupKey, &RaftPartition)> {
         self.groups.iter()
+    }
+
+    /// Tells every peer, with the next flush, that this shard leads exactly `leading` (replacing
+    /// what it said before).
+    pub fn announce_leading(&self, leading: Vec<LeadNote>) {
+        self.transport.announce(leading.into());
+    }
+
+    /// What peers announced they lead since the last call: (peer, everything it leads on its
+    /// shard of this executor's number), oldest first.
+    pub fn take_leading_heard(&mut self) -> Vec<Announcement> {
+        std::mem::take(&mut *self.leading_heard.borrow_mut())
+    }
+
+    /// Asks `leader`, which leads group `key` on another node, to hand the leadership to
+    /// `to` (raft-rs's leadership transfer, as a follower forwards it), with the next flush.
+    /// For a group this node holds no replica of; a replica here asks through its own group.
+    pub fn ask_transfer(&self, key: GroupKey, leader: u64, to: u64) {
+        let message = raft::eraftpb::Message {
+            msg_type: raft::eraftpb::MessageType::MsgTransferLeader,
+            to: leader,
+            from: to,
+            ..raft::eraftpb::Message::default()
+        };
+        self.transport.send(
+            leader,
+            GroupMessage {
+                group: key,
+                message,
+            },
+        );
     }
 
     /// Write-and-sync rounds of the shared hard-state log so far.

@@ -47,11 +47,22 @@ pub struct GroupMessage {
     pub message: Message,
 }
 
+/// A group its sender's shard leads (and serves), and who is in sync with it there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeadNote {
+    pub group: GroupKey,
+    pub term: u64,
+    /// Raft ids, the leader's own included.
+    pub in_sync: Vec<u64>,
+}
+
 /// A decoded frame.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Frame {
     pub from_node: u64,
     pub messages: Vec<GroupMessage>,
+    /// Every group the sender's shard leads, whole; `None`: the frame says nothing of them.
+    pub leading: Option<Vec<LeadNote>>,
 }
 
 /// Why a frame was refused.
@@ -107,25 +118,87 @@ pub fn decode_payload(header: FrameHeader, payload: Bytes) -> Result<Frame, Fram
     for message in frame.messages().iter().flat_map(|m| m.iter()) {
         messages.push(decode_message(&payload, message)?);
     }
+    let leading = match frame.leading() {
+        None => None,
+        Some(notes) => {
+            let mut leading = Vec::with_capacity(notes.len());
+            for note in notes.iter() {
+                let group = note
+                    .group()
+                    .ok_or_else(|| FrameError::Malformed("lead note without a group".into()))?;
+                leading.push(LeadNote {
+                    group: group_key_of(group),
+                    term: note.term(),
+                    in_sync: note
+                        .in_sync()
+                        .map(|v| v.iter().collect())
+                        .unwrap_or_default(),
+                });
+            }
+            Some(leading)
+        }
+    };
     Ok(Frame {
         from_node: frame.from_node(),
         messages,
+        leading,
     })
 }
 
-/// Appends one whole frame (header and payload) to `out`.
-pub fn encode_frame(from_node: u64, messages: &[GroupMessage], out: &mut Vec<u8>) {
-    let mut builder = FlatBufferBuilder::with_capacity(1024 + encoded_size_hint(messages));
+fn group_key_of(group: &fb::GroupId) -> GroupKey {
+    GroupKey {
+        topic_id: (u128::from(group.topic_id_high()) << 64) | u128::from(group.topic_id_low()),
+        partition: group.partition(),
+    }
+}
+
+fn group_id_of(group: GroupKey) -> fb::GroupId {
+    fb::GroupId::new(
+        (group.topic_id >> 64) as u64,
+        group.topic_id as u64,
+        group.partition,
+    )
+}
+
+/// Appends one whole frame (header and payload) to `out`; `leading`, when given, is every
+/// group the sending shard leads.
+pub fn encode_frame(
+    from_node: u64,
+    messages: &[GroupMessage],
+    leading: Option<&[LeadNote]>,
+    out: &mut Vec<u8>,
+) {
+    let hint = encoded_size_hint(messages) + leading.map_or(0, |l| l.len() * 64);
+    let mut builder = FlatBufferBuilder::with_capacity(1024 + hint);
     let encoded: Vec<_> = messages
         .iter()
         .map(|m| encode_message(&mut builder, m))
         .collect();
     let messages = builder.create_vector(&encoded);
+    let leading = leading.map(|notes| {
+        let encoded: Vec<_> = notes
+            .iter()
+            .map(|note| {
+                let in_sync = builder.create_vector(&note.in_sync);
+                let group = group_id_of(note.group);
+                fb::LeadNote::create(
+                    &mut builder,
+                    &fb::LeadNoteArgs {
+                        group: Some(&group),
+                        term: note.term,
+                        in_sync: Some(in_sync),
+                    },
+                )
+            })
+            .collect();
+        builder.create_vector(&encoded)
+    });
     let frame = fb::Frame::create(
         &mut builder,
         &fb::FrameArgs {
             from_node,
             messages: Some(messages),
+            leading,
         },
     );
     fb::finish_frame_buffer(&mut builder, frame);
@@ -177,11 +250,7 @@ fn encode_message<'b>(
     let entries = builder.create_vector(&entries);
     let snapshot = m.snapshot.as_ref().map(|s| encode_snapshot(builder, s));
     let context = builder.create_vector(&m.context[..]);
-    let group = fb::GroupId::new(
-        (message.group.topic_id >> 64) as u64,
-        message.group.topic_id as u64,
-        message.group.partition,
-    );
+    let group = group_id_of(message.group);
     fb::RaftMessage::create(
         builder,
         &fb::RaftMessageArgs {
@@ -309,10 +378,7 @@ fn decode_message(payload: &Bytes, m: fb::RaftMessage<'_>) -> Result<GroupMessag
         message.set_snapshot(decoded);
     }
     Ok(GroupMessage {
-        group: GroupKey {
-            topic_id: (u128::from(group.topic_id_high()) << 64) | u128::from(group.topic_id_low()),
-            partition: group.partition(),
-        },
+        group: group_key_of(group),
         message,
     })
 }
@@ -352,7 +418,7 @@ mod tests {
 
     fn frame_of(messages: &[GroupMessage]) -> Vec<u8> {
         let mut out = Vec::new();
-        encode_frame(3, messages, &mut out);
+        encode_frame(3, messages, None, &mut out);
         out
     }
 
@@ -431,12 +497,30 @@ mod tests {
 
     proptest! {
         #[test]
-        fn frames_round_trip(messages in prop::collection::vec(arb_message(), 0..8), from in any::<u64>()) {
+        fn frames_round_trip(
+            messages in prop::collection::vec(arb_message(), 0..8),
+            from in any::<u64>(),
+            leading in prop::option::of(prop::collection::vec(
+                ((any::<u128>(), any::<i32>()), any::<u64>(), prop::collection::vec(any::<u64>(), 0..4)),
+                0..6,
+            )),
+        ) {
+            let leading: Option<Vec<LeadNote>> = leading.map(|notes| {
+                notes
+                    .into_iter()
+                    .map(|((topic_id, partition), term, in_sync)| LeadNote {
+                        group: GroupKey { topic_id, partition },
+                        term,
+                        in_sync,
+                    })
+                    .collect()
+            });
             let mut out = Vec::new();
-            encode_frame(from, &messages, &mut out);
+            encode_frame(from, &messages, leading.as_deref(), &mut out);
             let frame = decode(&out, usize::MAX).unwrap();
             prop_assert_eq!(frame.from_node, from);
             prop_assert_eq!(frame.messages, messages);
+            prop_assert_eq!(frame.leading, leading);
         }
 
         /// Whatever the payload bytes, with a matching checksum, decoding returns (no panic).
@@ -531,6 +615,7 @@ mod tests {
             &fb::FrameArgs {
                 from_node: 1,
                 messages: Some(messages),
+                leading: None,
             },
         );
         fb::finish_frame_buffer(&mut builder, frame);

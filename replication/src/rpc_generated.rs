@@ -995,6 +995,136 @@ impl ::core::fmt::Debug for RaftMessage<'_> {
       ds.finish()
   }
 }
+pub enum LeadNoteOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct LeadNote<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for LeadNote<'a> {
+  type Inner = LeadNote<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> LeadNote<'a> {
+  pub const VT_GROUP: ::flatbuffers::VOffsetT = 4;
+  pub const VT_TERM: ::flatbuffers::VOffsetT = 6;
+  pub const VT_IN_SYNC: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    LeadNote { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args LeadNoteArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<LeadNote<'bldr>> {
+    let mut builder = LeadNoteBuilder::new(_fbb);
+    builder.add_term(args.term);
+    if let Some(x) = args.in_sync { builder.add_in_sync(x); }
+    if let Some(x) = args.group { builder.add_group(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn group(&self) -> Option<&'a GroupId> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<GroupId>(LeadNote::VT_GROUP, None)}
+  }
+  #[inline]
+  pub fn term(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(LeadNote::VT_TERM, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn in_sync(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(LeadNote::VT_IN_SYNC, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for LeadNote<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<GroupId>("group", Self::VT_GROUP, false)?
+     .visit_field::<u64>("term", Self::VT_TERM, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("in_sync", Self::VT_IN_SYNC, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct LeadNoteArgs<'a> {
+    pub group: Option<&'a GroupId>,
+    pub term: u64,
+    pub in_sync: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
+}
+impl<'a> Default for LeadNoteArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    LeadNoteArgs {
+      group: None,
+      term: 0,
+      in_sync: None,
+    }
+  }
+}
+
+pub struct LeadNoteBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> LeadNoteBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_group(&mut self, group: &GroupId) {
+    self.fbb_.push_slot_always::<&GroupId>(LeadNote::VT_GROUP, group);
+  }
+  #[inline]
+  pub fn add_term(&mut self, term: u64) {
+    self.fbb_.push_slot::<u64>(LeadNote::VT_TERM, term, 0);
+  }
+  #[inline]
+  pub fn add_in_sync(&mut self, in_sync: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(LeadNote::VT_IN_SYNC, in_sync);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> LeadNoteBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    LeadNoteBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<LeadNote<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for LeadNote<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("LeadNote");
+      ds.field("group", &self.group());
+      ds.field("term", &self.term());
+      ds.field("in_sync", &self.in_sync());
+      ds.finish()
+  }
+}
 pub enum FrameOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -1013,6 +1143,7 @@ impl<'a> ::flatbuffers::Follow<'a> for Frame<'a> {
 impl<'a> Frame<'a> {
   pub const VT_FROM_NODE: ::flatbuffers::VOffsetT = 4;
   pub const VT_MESSAGES: ::flatbuffers::VOffsetT = 6;
+  pub const VT_LEADING: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1025,6 +1156,7 @@ impl<'a> Frame<'a> {
   ) -> ::flatbuffers::WIPOffset<Frame<'bldr>> {
     let mut builder = FrameBuilder::new(_fbb);
     builder.add_from_node(args.from_node);
+    if let Some(x) = args.leading { builder.add_leading(x); }
     if let Some(x) = args.messages { builder.add_messages(x); }
     builder.finish()
   }
@@ -1044,6 +1176,13 @@ impl<'a> Frame<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<RaftMessage>>>>(Frame::VT_MESSAGES, None)}
   }
+  #[inline]
+  pub fn leading(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<LeadNote<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<LeadNote>>>>(Frame::VT_LEADING, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Frame<'_> {
@@ -1054,6 +1193,7 @@ impl ::flatbuffers::Verifiable for Frame<'_> {
     v.visit_table(pos)?
      .visit_field::<u64>("from_node", Self::VT_FROM_NODE, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<RaftMessage>>>>("messages", Self::VT_MESSAGES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<LeadNote>>>>("leading", Self::VT_LEADING, false)?
      .finish();
     Ok(())
   }
@@ -1061,6 +1201,7 @@ impl ::flatbuffers::Verifiable for Frame<'_> {
 pub struct FrameArgs<'a> {
     pub from_node: u64,
     pub messages: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<RaftMessage<'a>>>>>,
+    pub leading: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<LeadNote<'a>>>>>,
 }
 impl<'a> Default for FrameArgs<'a> {
   #[inline]
@@ -1068,6 +1209,7 @@ impl<'a> Default for FrameArgs<'a> {
     FrameArgs {
       from_node: 0,
       messages: None,
+      leading: None,
     }
   }
 }
@@ -1084,6 +1226,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> FrameBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_messages(&mut self, messages: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<RaftMessage<'b >>>>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Frame::VT_MESSAGES, messages);
+  }
+  #[inline]
+  pub fn add_leading(&mut self, leading: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<LeadNote<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Frame::VT_LEADING, leading);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> FrameBuilder<'a, 'b, A> {
@@ -1105,6 +1251,7 @@ impl ::core::fmt::Debug for Frame<'_> {
     let mut ds = f.debug_struct("Frame");
       ds.field("from_node", &self.from_node());
       ds.field("messages", &self.messages());
+      ds.field("leading", &self.leading());
       ds.finish()
   }
 }

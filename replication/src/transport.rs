@@ -6,6 +6,9 @@
 //! once per tick (or sooner for latency), so the messages of every group between two nodes
 //! travel in one frame. A failed write or dial drops what was queued (Raft retransmits) and
 //! names the peer in the flush report, so the owner tells its replicas the peer is unreachable.
+//! An announcement of what the node's shard leads (`announce`) rides along in the next frame to
+//! every peer (a frame of its own where nothing else is queued); a failed send drops it too,
+//! and the owner announces again.
 //!
 //! Receiving: a `Listener` accepts connections and reads them frame by frame; every frame goes
 //! to the owner's `deliver` callback. A malformed frame (too long, bad checksum, bad structure,
@@ -30,7 +33,7 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::task::JoinHandle;
 
 use crate::rpc::{
-    decode_header, decode_payload, encode_frame, Frame, GroupMessage, FRAME_HEADER_BYTES,
+    decode_header, decode_payload, encode_frame, Frame, GroupMessage, LeadNote, FRAME_HEADER_BYTES,
 };
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
@@ -40,6 +43,8 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 struct Link {
     address: SocketAddr,
     queue: RefCell<Vec<GroupMessage>>,
+    /// An announcement of what this shard leads, for the next frame.
+    leading: RefCell<Option<Rc<[LeadNote]>>>,
     stream: Mutex<Option<TcpStream>>,
     /// No dial before this instant (after a failure).
     retry_at: Cell<Option<Instant>>,
@@ -74,6 +79,7 @@ impl Transport {
                     Rc::new(Link {
                         address: *address,
                         queue: RefCell::new(Vec::new()),
+                        leading: RefCell::new(None),
                         stream: Mutex::new(None),
                         retry_at: Cell::new(None),
                         backoff: Cell::new(BACKOFF_FIRST),
@@ -95,16 +101,27 @@ impl Transport {
         }
     }
 
-    /// Sends every peer's queued messages as one frame each, to all peers concurrently.
+    /// Announces `leading` (every group this shard leads) to every peer with the next flush,
+    /// replacing an announcement not sent yet.
+    pub fn announce(&self, leading: Rc<[LeadNote]>) {
+        for link in self.links.values() {
+            *link.leading.borrow_mut() = Some(leading.clone());
+        }
+    }
+
+    /// Sends every peer's queued messages (and a pending announcement) as one frame each, to
+    /// all peers concurrently.
     pub async fn flush(&self) -> FlushReport {
         let sends = self.links.iter().filter_map(|(peer, link)| {
             let messages = std::mem::take(&mut *link.queue.borrow_mut());
-            (!messages.is_empty()).then(|| {
+            let leading = link.leading.borrow_mut().take();
+            (!messages.is_empty() || leading.is_some()).then(|| {
                 let link = link.clone();
                 let peer = *peer;
                 async move {
                     let count = messages.len();
-                    (peer, count, self.send_frame(&link, &messages).await)
+                    let sent = self.send_frame(&link, &messages, leading.as_deref()).await;
+                    (peer, count, sent)
                 }
             })
         });
@@ -121,9 +138,14 @@ impl Transport {
         report
     }
 
-    async fn send_frame(&self, link: &Link, messages: &[GroupMessage]) -> bool {
+    async fn send_frame(
+        &self,
+        link: &Link,
+        messages: &[GroupMessage],
+        leading: Option<&[LeadNote]>,
+    ) -> bool {
         let mut frame = Vec::new();
-        encode_frame(self.node_id, messages, &mut frame);
+        encode_frame(self.node_id, messages, leading, &mut frame);
         let mut stream = link.stream.lock().await;
         if stream.is_none() {
             if link.retry_at.get().is_some_and(|at| Instant::now() < at) {

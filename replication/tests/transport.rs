@@ -143,13 +143,13 @@ fn malformed_frames_close_only_their_own_connection() {
         let transport = Transport::new(1, &HashMap::from([(2, listener.address())]));
 
         let mut frame = Vec::new();
-        encode_frame(1, &[heartbeat(7)], &mut frame);
+        encode_frame(1, &[heartbeat(7)], None, &mut frame);
         let mut bad_checksum = frame.clone();
         *bad_checksum.last_mut().unwrap() ^= 0xff;
         let mut too_long = frame.clone();
         too_long[..4].copy_from_slice(&(u32::MAX).to_le_bytes());
         let mut stranger = Vec::new();
-        encode_frame(66, &[heartbeat(8)], &mut stranger);
+        encode_frame(66, &[heartbeat(8)], None, &mut stranger);
         for bad in [bad_checksum, too_long, stranger, vec![1, 2, 3]] {
             let mut raw = TcpStream::connect(listener.address()).await.unwrap();
             raw.write_all(&bad).await.unwrap();

@@ -2182,3 +2182,212 @@ fn every_answer_names_the_brokers_on_the_listener_it_came_in_on() {
         }
     }
 }
+
+/// What `answer` says of each partition of `topic`: (leader, replicas, ISR).
+fn partition_views(
+    answer: &kafka_protocol::messages::MetadataResponse,
+    topic: &str,
+) -> Vec<(i32, Vec<i32>, Vec<i32>)> {
+    topic_in(answer, topic)
+        .map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| {
+                    (
+                        p.leader_id.0,
+                        p.replica_nodes.iter().map(|n| n.0).collect(),
+                        p.isr_nodes.iter().map(|n| n.0).collect(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until every running node's Metadata names, for every partition of `topic`, the same
+/// running leader, one of the partition's replicas and in its ISR; returns that view.
+fn agreed_views(
+    cluster: &Cluster,
+    topic: &str,
+    partitions: usize,
+) -> Vec<(i32, Vec<i32>, Vec<i32>)> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let views: Vec<(i32, Vec<(i32, Vec<i32>, Vec<i32>)>)> = cluster
+            .nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .map(|n| (n.id, partition_views(&metadata(n.kafka), topic)))
+            .collect();
+        let first = &views[0].1;
+        let sound = first.len() == partitions
+            && first.iter().all(|(leader, replicas, isr)| {
+                *leader >= 0
+                    && cluster.node(*leader).is_running()
+                    && replicas.contains(leader)
+                    && isr.contains(leader)
+            });
+        let leaders =
+            |v: &Vec<(i32, Vec<i32>, Vec<i32>)>| -> Vec<i32> { v.iter().map(|p| p.0).collect() };
+        if sound && views.iter().all(|(_, v)| leaders(v) == leaders(first)) {
+            return first.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the nodes do not agree on live leaders for every partition: {views:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Four nodes, replication factor 3: every node holds only some partitions, yet each node's
+/// Metadata names the leader (and ISR) of every partition, also after a leader dies, and a
+/// client that only knows one node produces to all of them.
+#[test]
+fn every_node_names_the_leaders_of_partitions_it_holds_no_replica_of() {
+    let _one_at_a_time = one_cluster_at_a_time();
+    let mut cluster = Cluster::start(4, &[]);
+    let topic = "spread";
+    let partitions = 8;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .create()
+        .expect("admin client");
+    let created = futures::executor::block_on(admin.create_topics(
+        [&NewTopic::new(
+            topic,
+            partitions,
+            TopicReplication::Fixed(3),
+        )],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+    ))
+    .expect("CreateTopics");
+    assert!(created[0].is_ok(), "{created:?}");
+
+    let views = agreed_views(&cluster, topic, partitions as usize);
+    for node in 0..4 {
+        assert!(
+            views
+                .iter()
+                .any(|(_, replicas, _)| !replicas.contains(&node)),
+            "node {node} holds every partition: the test needs some it does not hold ({views:?})"
+        );
+    }
+
+    // The node leading most partitions dies; the survivors elect, and every survivor names the
+    // new leaders, the one holding no replica of a partition included.
+    let mut led: HashMap<i32, usize> = HashMap::new();
+    for (leader, _, _) in &views {
+        *led.entry(*leader).or_default() += 1;
+    }
+    let victim = *led.iter().max_by_key(|(_, count)| **count).unwrap().0;
+    cluster.kill(victim);
+    let after = agreed_views(&cluster, topic, partitions as usize);
+    assert!(
+        after.iter().all(|(leader, _, _)| *leader != victim),
+        "{after:?}"
+    );
+
+    // A producer bootstrapped from one survivor alone reaches every partition's leader.
+    let survivor = (0..4).find(|n| *n != victim).unwrap();
+    let deliveries = Deliveries::default();
+    let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
+        .set(
+            "bootstrap.servers",
+            cluster.node(survivor).kafka.to_string(),
+        )
+        .set("acks", "all")
+        .set("message.timeout.ms", "20000")
+        .create_with_context(deliveries.clone())
+        .expect("producer");
+    for partition in 0..partitions {
+        producer
+            .send(
+                BaseRecord::<(), str>::to(topic)
+                    .partition(partition)
+                    .payload(&format!("to partition {partition}")),
+            )
+            .map_err(|(e, _)| e)
+            .expect("queued");
+    }
+    producer.flush(Duration::from_secs(25)).expect("flush");
+    let reports = deliveries.0.lock().unwrap().clone();
+    assert_eq!(reports.len(), partitions as usize, "{reports:?}");
+    for (payload, outcome) in reports {
+        let (partition, _) = outcome.unwrap_or_else(|e| panic!("{payload}: {e}"));
+        assert_eq!(payload, format!("to partition {partition}"));
+    }
+}
+
+/// kafka-python's `elect_leaders` (argv: bootstrap, topic): a preferred election of every
+/// partition, then an unclean one and one of a partition that does not exist; prints each
+/// answer's (partition, error code) pairs.
+const ELECT_LEADERS_SCRIPT: &str = r#"
+import sys
+from kafka.admin import KafkaAdminClient
+bootstrap, topic = sys.argv[1], sys.argv[2]
+admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), request_timeout_ms=30000)
+def codes(response):
+    return sorted((p.partition_id, p.error_code) for r in response.replica_election_results for p in r.partition_result)
+print("PREFERRED", codes(admin.elect_leaders(0, {topic: [0, 1, 2]}, timeout_ms=20000)))
+print("AGAIN", codes(admin.elect_leaders(0, {topic: [0, 1, 2]}, timeout_ms=20000)))
+print("UNCLEAN", codes(admin.elect_leaders(1, {topic: [0]}, timeout_ms=5000, raise_errors=False)))
+print("MISSING", codes(admin.elect_leaders(0, {topic: [7]}, timeout_ms=5000, raise_errors=False)))
+admin.close()
+"#;
+
+/// A node that died and came back follows where it was the preferred leader; ElectLeaders
+/// (kafka-python) hands those leaderships back to it without losing a record, and answers
+/// Kafka's codes for what needs no election or cannot be done.
+#[test]
+fn elect_leaders_hands_leadership_back_to_the_preferred_replica() {
+    let _one_at_a_time = one_cluster_at_a_time();
+    let mut cluster = Cluster::start(3, &["--replica-lag-time-max-ms", "2000"]);
+    let topic = "prefer";
+    create_topic_named(&cluster, topic);
+    let views = agreed_views(&cluster, topic, PARTITIONS as usize);
+    let preferred: Vec<i32> = views.iter().map(|(_, replicas, _)| replicas[0]).collect();
+    // The preferred leader of partition 0 dies and comes back: its partitions are led elsewhere.
+    let returning = preferred[0];
+    cluster.kill(returning);
+    agreed_views(&cluster, topic, PARTITIONS as usize);
+    cluster.restart(returning);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let moved: Vec<i32> = loop {
+        let views = agreed_views(&cluster, topic, PARTITIONS as usize);
+        let back_in_sync = views.iter().all(|(_, _, isr)| isr.contains(&returning));
+        if back_in_sync {
+            break (0..PARTITIONS)
+                .filter(|p| views[*p as usize].0 != preferred[*p as usize])
+                .collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {returning} never rejoined the ISR: {views:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        moved.contains(&0),
+        "partition 0 is still led by {returning}"
+    );
+
+    let (ok, out) = sluice_tests::python(ELECT_LEADERS_SCRIPT, &[&cluster.bootstrap(), topic]);
+    assert!(ok, "kafka-python failed (scripts/test installs it):\n{out}");
+    let expected: Vec<String> = (0..PARTITIONS)
+        .map(|p| format!("({p}, {})", if moved.contains(&p) { 0 } else { 84 }))
+        .collect();
+    for line in [
+        format!("PREFERRED [{}]", expected.join(", ")),
+        "AGAIN [(0, 84), (1, 84), (2, 84)]".to_string(),
+        // Unclean: the partition has a leader (ELECTION_NOT_NEEDED).
+        "UNCLEAN [(0, 84)]".to_string(),
+        // UNKNOWN_TOPIC_OR_PARTITION.
+        "MISSING [(7, 3)]".to_string(),
+    ] {
+        assert!(out.contains(&line), "missing {line:?} in:\n{out}");
+    }
+    let views = agreed_views(&cluster, topic, PARTITIONS as usize);
+    let leaders: Vec<i32> = views.iter().map(|v| v.0).collect();
+    assert_eq!(leaders, preferred, "{views:?}");
+}

@@ -1064,6 +1064,63 @@ fn cluster_cases(m: &mut Matrix) {
             }
         }
     }
+    for v in m.range(ApiKey::ElectLeaders) {
+        use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
+        use kafka_protocol::messages::{ElectLeadersRequest, ElectLeadersResponse};
+        // A single node: its partitions need no election; a missing one is unknown; an
+        // election of every partition answers none (Kafka leaves out those not needed).
+        let request = ElectLeadersRequest::default()
+            .with_election_type(0)
+            .with_timeout_ms(1000)
+            .with_topic_partitions(Some(vec![
+                TopicPartitions::default()
+                    .with_topic(name(TOPIC))
+                    .with_partitions(vec![0]),
+                TopicPartitions::default()
+                    .with_topic(name(MISSING))
+                    .with_partitions(vec![0]),
+            ]));
+        if let Some(r) =
+            m.call::<_, ElectLeadersResponse>(ApiKey::ElectLeaders, v, "named", &request)
+        {
+            let codes: Vec<(String, i32, i16, bool)> = r
+                .replica_election_results
+                .iter()
+                .flat_map(|t| {
+                    t.partition_result.iter().map(|p| {
+                        (
+                            t.topic.0.to_string(),
+                            p.partition_id,
+                            p.error_code,
+                            p.error_message.is_some(),
+                        )
+                    })
+                })
+                .collect();
+            m.check(
+                r.error_code == 0
+                    && codes
+                        == vec![
+                            (TOPIC.to_string(), 0, 84, true),
+                            (MISSING.to_string(), 0, 3, true),
+                        ],
+                || format!("ElectLeaders v{v}: {r:?}"),
+            );
+        }
+        // v0 has no election type (preferred); v1+ ask an unclean one.
+        let every = ElectLeadersRequest::default()
+            .with_election_type(if v == 0 { 0 } else { 1 })
+            .with_timeout_ms(1000)
+            .with_topic_partitions(None);
+        if let Some(r) =
+            m.call::<_, ElectLeadersResponse>(ApiKey::ElectLeaders, v, "every partition", &every)
+        {
+            m.check(
+                r.error_code == 0 && r.replica_election_results.is_empty(),
+                || format!("ElectLeaders v{v} (all partitions): {r:?}"),
+            );
+        }
+    }
     for v in m.range(ApiKey::DescribeLogDirs) {
         let asked = DescribeLogDirsRequest::default().with_topics(Some(vec![
             describe_log_dirs_request::DescribableLogDirTopic::default()
