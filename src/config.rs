@@ -64,6 +64,8 @@ struct FileConfig {
     rpc_listen: Option<String>,
     raft_tick_ms: Option<u64>,
     replica_lag_time_max_ms: Option<u64>,
+    leader_imbalance_check_interval_ms: Option<u64>,
+    leader_imbalance_per_broker_percentage: Option<u64>,
 }
 
 /// Cluster mode's part of the configuration.
@@ -76,6 +78,12 @@ pub struct ClusterConfig {
     pub raft_tick: Duration,
     /// Kafka's `replica.lag.time.max.ms`.
     pub replica_lag: Duration,
+    /// How often a node checks whether it leads too few of the partitions it is the
+    /// preferred leader of (Kafka's `leader.imbalance.check.interval.seconds`); `None`: never
+    /// (`auto.leader.rebalance.enable=false`).
+    pub leader_imbalance_check: Option<Duration>,
+    /// Kafka's `leader.imbalance.per.broker.percentage`.
+    pub leader_imbalance_percent: u8,
 }
 
 /// The validated configuration.
@@ -400,6 +408,18 @@ const FIELDS: &[(&str, &str, &str, &str)] = &[
         "--replica-lag-time-max-ms",
         "SLUICE_REPLICA_LAG_TIME_MAX_MS",
         "Cluster mode: a follower this far behind leaves the ISR, ms [default: 30000]",
+    ),
+    (
+        "leader_imbalance_check_interval_ms",
+        "--leader-imbalance-check-interval-ms",
+        "SLUICE_LEADER_IMBALANCE_CHECK_INTERVAL_MS",
+        "Cluster mode: how often a node takes back the leaderships it is preferred for, ms; 0: never [default: 300000]",
+    ),
+    (
+        "leader_imbalance_per_broker_percentage",
+        "--leader-imbalance-per-broker-percentage",
+        "SLUICE_LEADER_IMBALANCE_PER_BROKER_PERCENTAGE",
+        "Cluster mode: share of its preferred leaderships a node may miss before it takes them back [default: 10]",
     ),
     (
         "frame_bytes_max",
@@ -996,11 +1016,41 @@ impl BrokerConfig {
                         format!("must be at least two Raft ticks ({} ms)", 2 * tick),
                     ));
                 }
+                let raw = pick(
+                    "leader_imbalance_check_interval_ms",
+                    file.leader_imbalance_check_interval_ms
+                        .map(|n| n.to_string()),
+                )
+                .unwrap_or_else(|| default("300000"));
+                let check: u64 = parse("leader_imbalance_check_interval_ms", &raw)?;
+                if check != 0 && check < 100 {
+                    return Err(invalid(
+                        "leader_imbalance_check_interval_ms",
+                        &raw,
+                        "must be 0 (never) or at least 100".into(),
+                    ));
+                }
+                let raw = pick(
+                    "leader_imbalance_per_broker_percentage",
+                    file.leader_imbalance_per_broker_percentage
+                        .map(|n| n.to_string()),
+                )
+                .unwrap_or_else(|| default("10"));
+                let percent: u8 = parse("leader_imbalance_per_broker_percentage", &raw)?;
+                if percent > 100 {
+                    return Err(invalid(
+                        "leader_imbalance_per_broker_percentage",
+                        &raw,
+                        "must be in 0..=100".into(),
+                    ));
+                }
                 Some(ClusterConfig {
                     seeds,
                     rpc_listen,
                     raft_tick: Duration::from_millis(tick),
                     replica_lag: Duration::from_millis(lag),
+                    leader_imbalance_check: (check > 0).then(|| Duration::from_millis(check)),
+                    leader_imbalance_percent: percent,
                 })
             }
         };
@@ -1716,6 +1766,38 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.field, "replica_lag_time_max_ms");
+        for (flag, value, field) in [
+            (
+                "--leader-imbalance-check-interval-ms",
+                "50",
+                "leader_imbalance_check_interval_ms",
+            ),
+            (
+                "--leader-imbalance-check-interval-ms",
+                "soon",
+                "leader_imbalance_check_interval_ms",
+            ),
+            (
+                "--leader-imbalance-per-broker-percentage",
+                "101",
+                "leader_imbalance_per_broker_percentage",
+            ),
+        ] {
+            let e = BrokerConfig::load(&flags(&["--seeds", "0@127.0.0.1:1", flag, value]), no_env)
+                .unwrap_err();
+            assert_eq!(e.field, field, "{flag} {value}");
+        }
+        let off = BrokerConfig::load(
+            &flags(&[
+                "--seeds",
+                "0@127.0.0.1:1",
+                "--leader-imbalance-check-interval-ms",
+                "0",
+            ]),
+            no_env,
+        )
+        .unwrap();
+        assert_eq!(off.cluster.unwrap().leader_imbalance_check, None);
     }
 
     #[test]

@@ -85,6 +85,13 @@ pub struct ClusterSettings {
     /// A follower that has not caught up with its leader for this long leaves the ISR
     /// (Kafka's `replica.lag.time.max.ms`).
     pub replica_lag: Duration,
+    /// How often each shard checks whether this node leads too few of the partitions it is
+    /// the preferred leader of, and takes them back (Kafka's automatic leader rebalance);
+    /// `None`: never.
+    pub leader_imbalance_check: Option<Duration>,
+    /// The share (percent) of its preferred leaderships a shard may miss before it takes them
+    /// back (Kafka's `leader.imbalance.per.broker.percentage`, per shard here).
+    pub leader_imbalance_percent: u8,
 }
 
 impl ClusterSettings {
@@ -554,6 +561,8 @@ pub struct Driver {
     leading_announced_at: Option<Instant>,
     /// What each other node last announced its shard of this number leads.
     heard_leading: HashMap<i32, HashSet<PartitionKey>>,
+    /// When this shard last checked its preferred leaderships.
+    imbalance_checked_at: Instant,
 }
 
 #[derive(Default)]
@@ -635,6 +644,7 @@ impl ShardReplication {
             leading_changed: true,
             leading_announced_at: None,
             heard_leading: HashMap::new(),
+            imbalance_checked_at: Instant::now(),
         };
         if shard == 0 {
             driver.open_controller().await?;
@@ -1172,6 +1182,66 @@ impl Driver {
         self.publish_controller(shard);
         self.announce_leading();
         self.hear_leading(shard);
+        self.take_back_preferred_leaderships(shard);
+    }
+
+    /// Kafka's automatic leader rebalance, from the preferred leader's side: every
+    /// `leader_imbalance_check`, if this shard's replicas lead fewer than they are preferred
+    /// for by more than `leader_imbalance_percent`, each of those whose leader counts this
+    /// node in sync asks to have the leadership handed over (the follower forwards the
+    /// request to its leader, which transfers once this replica holds its whole log). So a
+    /// node that came back gets its share of leaders again.
+    fn take_back_preferred_leaderships(&mut self, shard: &Shard) {
+        let Some(every) = self.settings.leader_imbalance_check else {
+            return;
+        };
+        if self.imbalance_checked_at.elapsed() < every {
+            return;
+        }
+        self.imbalance_checked_at = Instant::now();
+        let me = self.settings.node_id;
+        let image = shard.image();
+        let table = &shard.catalog.cluster;
+        let (mut preferred, mut led_elsewhere) = (0usize, 0usize);
+        let mut wanted = Vec::new();
+        for (key, link) in &self.links {
+            let Some(topic) = image.topic_by_id(key.0) else {
+                continue;
+            };
+            let first = shard
+                .replicas_of(&image, &topic.name, key.1)
+                .and_then(|r| r.first().copied());
+            if first != Some(me) {
+                continue;
+            }
+            preferred += 1;
+            if link.state.get().leader {
+                continue;
+            }
+            led_elsewhere += 1;
+            let leader = table
+                .leader(*key)
+                .filter(|l| l.leader >= 0 && l.leader != me);
+            if leader.is_some_and(|l| l.in_sync.is_some_and(|isr| isr.contains(&me))) {
+                wanted.push(*key);
+            }
+        }
+        let percent = led_elsewhere * 100 / preferred.max(1);
+        if wanted.is_empty() || percent <= usize::from(self.settings.leader_imbalance_percent) {
+            return;
+        }
+        info!(
+            shard = shard.id,
+            preferred,
+            led_elsewhere,
+            taking_back = wanted.len(),
+            "leader imbalance: asking for the preferred leaderships back"
+        );
+        for key in wanted {
+            if let Some(group) = self.node.group(&group_key(key)) {
+                group.transfer_leader(raft_id(me));
+            }
+        }
     }
 
     /// Announces what this shard leads and serves to the same shard of every other node, when

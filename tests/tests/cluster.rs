@@ -2391,3 +2391,48 @@ fn elect_leaders_hands_leadership_back_to_the_preferred_replica() {
     let leaders: Vec<i32> = views.iter().map(|v| v.0).collect();
     assert_eq!(leaders, preferred, "{views:?}");
 }
+
+/// Kafka's automatic leader rebalance: a node that died and came back takes the leaderships it
+/// is the preferred replica of back once it is in sync again, with no request from anyone.
+#[test]
+fn a_returning_node_takes_its_preferred_leaderships_back() {
+    let _one_at_a_time = one_cluster_at_a_time();
+    let mut cluster = Cluster::start(
+        3,
+        &[
+            "--leader-imbalance-check-interval-ms",
+            "500",
+            "--replica-lag-time-max-ms",
+            "2000",
+        ],
+    );
+    let topic = "rebalance";
+    create_topic_named(&cluster, topic);
+    let views = agreed_views(&cluster, topic, PARTITIONS as usize);
+    let preferred: Vec<i32> = views.iter().map(|(_, replicas, _)| replicas[0]).collect();
+    let returning = preferred[0];
+    cluster.kill(returning);
+    let away = agreed_views(&cluster, topic, PARTITIONS as usize);
+    assert!(away.iter().all(|(leader, _, _)| *leader != returning));
+    cluster.restart(returning);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let views = agreed_views(&cluster, topic, PARTITIONS as usize);
+        let leaders: Vec<i32> = views.iter().map(|v| v.0).collect();
+        if leaders == preferred {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {returning} did not take its preferred leaderships back: {views:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        cluster
+            .node(returning)
+            .log()
+            .contains("leader imbalance: asking for the preferred leaderships back"),
+        "no log line says why the leaderships moved"
+    );
+}
