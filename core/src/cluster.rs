@@ -179,6 +179,29 @@ pub struct PartitionLeader {
     pub in_sync: Option<Vec<i32>>,
 }
 
+/// The controller group as its leader describes it (DescribeQuorum): announced by the leader
+/// with what it leads, so every node can answer, at most [`ANNOUNCE_LEADING_EVERY`] old.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumView {
+    pub leader: i32,
+    pub epoch: i32,
+    /// The end of the committed metadata commands (an offset of the controller's log).
+    pub high_watermark: i64,
+    pub voters: Vec<VoterView>,
+}
+
+/// One voter of the controller group as its leader tracks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VoterView {
+    pub node: i32,
+    /// The end (offset) of the entries the leader knows it holds.
+    pub log_end_offset: i64,
+    /// Unix ms the leader last heard from it (-1: not since the leader was elected).
+    pub last_fetch_ms: i64,
+    /// Unix ms it last held the leader's whole log (-1: not since the leader was elected).
+    pub last_caught_up_ms: i64,
+}
+
 /// What every shard of a node learns from the others' loops: partition leaders and the
 /// controller leader. Written on role changes only (off the data path).
 #[derive(Debug)]
@@ -187,6 +210,8 @@ pub struct ClusterTable {
     leaders: RwLock<HashMap<PartitionKey, PartitionLeader>>,
     /// Partitions as other nodes announced they lead them (the highest term heard wins).
     announced: RwLock<HashMap<PartitionKey, PartitionLeader>>,
+    /// The controller group as its leader last described it.
+    quorum: RwLock<Option<QuorumView>>,
     controller: AtomicI32,
     /// The node's image has caught up with the controller's commit point as of start-up.
     caught_up: AtomicBool,
@@ -200,6 +225,7 @@ impl Default for ClusterTable {
         ClusterTable {
             leaders: RwLock::default(),
             announced: RwLock::default(),
+            quorum: RwLock::default(),
             controller: AtomicI32::new(-1),
             caught_up: AtomicBool::new(false),
             hung_up: RwLock::default(),
@@ -246,6 +272,22 @@ impl ClusterTable {
             _ => {
                 announced.insert(key, leader);
             }
+        }
+    }
+
+    /// The controller group as its leader last described it.
+    pub fn quorum(&self) -> Option<QuorumView> {
+        self.quorum
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Keeps `view` unless a leader of a later term described the group already.
+    fn set_quorum(&self, view: QuorumView) {
+        let mut quorum = self.quorum.write().unwrap_or_else(|p| p.into_inner());
+        if quorum.as_ref().is_none_or(|q| q.epoch <= view.epoch) {
+            *quorum = Some(view);
         }
     }
 
@@ -563,6 +605,9 @@ pub struct Driver {
     heard_leading: HashMap<i32, HashSet<PartitionKey>>,
     /// When this shard last checked its preferred leaderships.
     imbalance_checked_at: Instant,
+    /// Shard 0 leading the controller group: when it last heard from each voter and when
+    /// each last held its whole log (Raft id -> instants), since it was elected.
+    voter_progress: HashMap<u64, (Option<Instant>, Option<Instant>)>,
 }
 
 #[derive(Default)]
@@ -645,6 +690,7 @@ impl ShardReplication {
             leading_announced_at: None,
             heard_leading: HashMap::new(),
             imbalance_checked_at: Instant::now(),
+            voter_progress: HashMap::new(),
         };
         if shard == 0 {
             driver.open_controller().await?;
@@ -1180,9 +1226,69 @@ impl Driver {
         self.answer_appended();
         self.publish_states(shard);
         self.publish_controller(shard);
-        self.announce_leading();
+        self.track_voters();
+        self.announce_leading(shard);
         self.hear_leading(shard);
         self.take_back_preferred_leaderships(shard);
+    }
+
+    /// Shard 0 leading the controller group: notes, per voter, when it was last heard from
+    /// (raft-rs counts it recently active) and last held the leader's whole log.
+    fn track_voters(&mut self) {
+        let Some(group) = self.node.group(&GroupKey::CONTROLLER) else {
+            return;
+        };
+        let replica = group.replica();
+        if replica.role() != Role::Leader {
+            self.voter_progress.clear();
+            return;
+        }
+        let now = Instant::now();
+        let (me, last) = (replica.id(), replica.last_index());
+        for (id, held, answering) in replica.matched() {
+            let progress = self.voter_progress.entry(id).or_default();
+            if answering || id == me {
+                progress.0 = Some(now);
+            }
+            if held >= last || id == me {
+                progress.1 = Some(now);
+            }
+        }
+    }
+
+    /// The controller group as this node, its leader, sees it; `None` elsewhere.
+    fn describe_quorum(&mut self) -> Option<QuorumView> {
+        let group = self.node.group(&GroupKey::CONTROLLER)?;
+        let replica = group.replica();
+        if replica.role() != Role::Leader {
+            return None;
+        }
+        let (now, unix_now) = (Instant::now(), now_ms());
+        let unix = |at: Option<Instant>| {
+            at.map_or(-1, |at| {
+                unix_now - i64::try_from(now.duration_since(at).as_millis()).unwrap_or(0)
+            })
+        };
+        let mut voters: Vec<VoterView> = replica
+            .matched()
+            .into_iter()
+            .map(|(id, held, _)| {
+                let (heard, caught_up) = self.voter_progress.get(&id).copied().unwrap_or_default();
+                VoterView {
+                    node: node_of(id),
+                    log_end_offset: group.end_offset_of(held).map_or(-1, |o| o.0),
+                    last_fetch_ms: unix(heard),
+                    last_caught_up_ms: unix(caught_up),
+                }
+            })
+            .collect();
+        voters.sort_by_key(|v| v.node);
+        Some(QuorumView {
+            leader: node_of(replica.id()),
+            epoch: i32::try_from(replica.term()).unwrap_or(i32::MAX),
+            high_watermark: group.high_watermark().0,
+            voters,
+        })
     }
 
     /// Kafka's automatic leader rebalance, from the preferred leader's side: every
@@ -1247,7 +1353,7 @@ impl Driver {
     /// Announces what this shard leads and serves to the same shard of every other node, when
     /// that changed (at most every [`ANNOUNCE_LEADING_AFTER`]) or every
     /// [`ANNOUNCE_LEADING_EVERY`]. Sent with the next step's flush.
-    fn announce_leading(&mut self) {
+    fn announce_leading(&mut self, shard: &Shard) {
         let now = Instant::now();
         let since = self
             .leading_announced_at
@@ -1257,7 +1363,7 @@ impl Driver {
         if !due {
             return;
         }
-        let notes = self
+        let mut notes: Vec<_> = self
             .links
             .iter()
             .filter(|(_, link)| link.state.get().leader)
@@ -1269,8 +1375,29 @@ impl Driver {
                     .get(key)
                     .map(|c| c.in_sync.iter().map(|n| raft_id(*n)).collect())
                     .unwrap_or_default(),
+                high_watermark: 0,
+                voters: Vec::new(),
             })
             .collect();
+        if let Some(quorum) = self.describe_quorum() {
+            notes.push(sluice_replication::rpc::LeadNote {
+                group: GroupKey::CONTROLLER,
+                term: u64::try_from(quorum.epoch).unwrap_or(0),
+                in_sync: Vec::new(),
+                high_watermark: quorum.high_watermark,
+                voters: quorum
+                    .voters
+                    .iter()
+                    .map(|v| sluice_replication::rpc::VoterProgress {
+                        id: raft_id(v.node),
+                        log_end_offset: v.log_end_offset,
+                        last_fetch_ms: v.last_fetch_ms,
+                        last_caught_up_ms: v.last_caught_up_ms,
+                    })
+                    .collect(),
+            });
+            shard.catalog.cluster.set_quorum(quorum);
+        }
         self.node.announce_leading(notes);
         self.leading_changed = false;
         self.leading_announced_at = Some(now);
@@ -1279,8 +1406,26 @@ impl Driver {
     /// Records what other nodes announced they lead, for Metadata here.
     fn hear_leading(&mut self, shard: &Shard) {
         let table = &shard.catalog.cluster;
-        for (peer, notes) in self.node.take_leading_heard() {
+        for (peer, mut notes) in self.node.take_leading_heard() {
             let node = node_of(peer);
+            if let Some(at) = notes.iter().position(|n| n.group == GroupKey::CONTROLLER) {
+                let quorum = notes.swap_remove(at);
+                table.set_quorum(QuorumView {
+                    leader: node,
+                    epoch: i32::try_from(quorum.term).unwrap_or(i32::MAX),
+                    high_watermark: quorum.high_watermark,
+                    voters: quorum
+                        .voters
+                        .iter()
+                        .map(|v| VoterView {
+                            node: node_of(v.id),
+                            log_end_offset: v.log_end_offset,
+                            last_fetch_ms: v.last_fetch_ms,
+                            last_caught_up_ms: v.last_caught_up_ms,
+                        })
+                        .collect(),
+                });
+            }
             let keys: HashSet<PartitionKey> =
                 notes.iter().map(|n| partition_key(n.group)).collect();
             if let Some(before) = self.heard_leading.get(&node) {

@@ -43,13 +43,14 @@ use kafka_protocol::messages::{
     CreateAclsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteAclsRequest,
     DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest, DescribeAclsRequest,
     DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest, DescribeLogDirsRequest,
-    DescribeTopicPartitionsRequest, DescribeUserScramCredentialsRequest, ElectLeadersRequest,
-    FetchRequest, FindCoordinatorRequest, GetTelemetrySubscriptionsRequest, HeartbeatRequest,
-    IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
-    ListConfigResourcesRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest,
-    OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest,
-    ProduceRequest, PushTelemetryRequest, RequestHeader, ResponseHeader, SaslAuthenticateRequest,
-    SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse, SyncGroupRequest,
+    DescribeQuorumRequest, DescribeTopicPartitionsRequest, DescribeUserScramCredentialsRequest,
+    ElectLeadersRequest, FetchRequest, FindCoordinatorRequest, GetTelemetrySubscriptionsRequest,
+    HeartbeatRequest, IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest,
+    LeaveGroupRequest, ListConfigResourcesRequest, ListGroupsRequest, ListOffsetsRequest,
+    MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest,
+    OffsetForLeaderEpochRequest, ProduceRequest, PushTelemetryRequest, RequestHeader,
+    ResponseHeader, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
+    SaslHandshakeResponse, SyncGroupRequest,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::protocol::{Decodable, Encodable};
@@ -63,8 +64,8 @@ use crate::frame::{read_frame, FrameError};
 use crate::handlers::{
     acls_api, alter_configs, api_versions, client_quotas, create_partitions, create_topics,
     delete_groups, delete_records, delete_topics, describe_cluster, describe_configs,
-    describe_groups, describe_log_dirs, describe_topic_partitions, elect_leaders, fetch,
-    find_coordinator, get_telemetry_subscriptions, heartbeat, init_producer_id, join_group,
+    describe_groups, describe_log_dirs, describe_quorum, describe_topic_partitions, elect_leaders,
+    fetch, find_coordinator, get_telemetry_subscriptions, heartbeat, init_producer_id, join_group,
     leave_group, list_config_resources, list_groups, list_offsets, metadata, offset_commit,
     offset_delete, offset_fetch, offset_for_leader_epoch, produce, push_telemetry, sasl,
     scram_credentials, sync_group, Context,
@@ -585,6 +586,11 @@ async fn dispatch(
         ApiKey::ElectLeaders => {
             let request = decode::<ElectLeadersRequest>(&mut frame, api, version)?;
             let response = elect_leaders::handle(request, version, ctx).await;
+            reply(throttle, api, version, correlation_id, &response).map(Some)
+        }
+        ApiKey::DescribeQuorum => {
+            let request = decode::<DescribeQuorumRequest>(&mut frame, api, version)?;
+            let response = describe_quorum::handle(request, ctx);
             reply(throttle, api, version, correlation_id, &response).map(Some)
         }
         ApiKey::DescribeCluster => {
@@ -1108,7 +1114,7 @@ throttle_time!(
     kafka_protocol::messages::ListConfigResourcesResponse,
 );
 
-/// The SASL responses have no `throttle_time_ms`.
+/// The SASL and DescribeQuorum responses have no `throttle_time_ms`.
 macro_rules! no_throttle_time {
     ($($response:ty),* $(,)?) => {$(
         impl ThrottleTime for $response {
@@ -1120,7 +1126,11 @@ macro_rules! no_throttle_time {
     )*};
 }
 
-no_throttle_time!(SaslHandshakeResponse, SaslAuthenticateResponse);
+no_throttle_time!(
+    SaslHandshakeResponse,
+    SaslAuthenticateResponse,
+    kafka_protocol::messages::DescribeQuorumResponse,
+);
 
 /// Encodes `[length][response header][body]`.
 fn encode<R: Encodable>(

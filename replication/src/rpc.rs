@@ -54,6 +54,19 @@ pub struct LeadNote {
     pub term: u64,
     /// Raft ids, the leader's own included.
     pub in_sync: Vec<u64>,
+    /// The controller group's high watermark (0 for partitions, whose notes leave it out).
+    pub high_watermark: i64,
+    /// The controller group's voters as its leader tracks them (empty for partitions).
+    pub voters: Vec<VoterProgress>,
+}
+
+/// A voter of a group as its leader tracks it (see `rpc.fbs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VoterProgress {
+    pub id: u64,
+    pub log_end_offset: i64,
+    pub last_fetch_ms: i64,
+    pub last_caught_up_ms: i64,
 }
 
 /// A decoded frame.
@@ -126,6 +139,20 @@ pub fn decode_payload(header: FrameHeader, payload: Bytes) -> Result<Frame, Fram
                 let group = note
                     .group()
                     .ok_or_else(|| FrameError::Malformed("lead note without a group".into()))?;
+                let voters = note
+                    .voters()
+                    .map(|voters| {
+                        voters
+                            .iter()
+                            .map(|v| VoterProgress {
+                                id: v.id(),
+                                log_end_offset: v.log_end_offset(),
+                                last_fetch_ms: v.last_fetch_ms(),
+                                last_caught_up_ms: v.last_caught_up_ms(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 leading.push(LeadNote {
                     group: group_key_of(group),
                     term: note.term(),
@@ -133,6 +160,8 @@ pub fn decode_payload(header: FrameHeader, payload: Bytes) -> Result<Frame, Fram
                         .in_sync()
                         .map(|v| v.iter().collect())
                         .unwrap_or_default(),
+                    high_watermark: note.high_watermark(),
+                    voters,
                 });
             }
             Some(leading)
@@ -180,6 +209,24 @@ pub fn encode_frame(
             .iter()
             .map(|note| {
                 let in_sync = builder.create_vector(&note.in_sync);
+                let voters = (!note.voters.is_empty()).then(|| {
+                    let voters: Vec<_> = note
+                        .voters
+                        .iter()
+                        .map(|v| {
+                            fb::VoterProgress::create(
+                                &mut builder,
+                                &fb::VoterProgressArgs {
+                                    id: v.id,
+                                    log_end_offset: v.log_end_offset,
+                                    last_fetch_ms: v.last_fetch_ms,
+                                    last_caught_up_ms: v.last_caught_up_ms,
+                                },
+                            )
+                        })
+                        .collect();
+                    builder.create_vector(&voters)
+                });
                 let group = group_id_of(note.group);
                 fb::LeadNote::create(
                     &mut builder,
@@ -187,6 +234,8 @@ pub fn encode_frame(
                         group: Some(&group),
                         term: note.term,
                         in_sync: Some(in_sync),
+                        high_watermark: note.high_watermark,
+                        voters,
                     },
                 )
             })
@@ -501,17 +550,33 @@ mod tests {
             messages in prop::collection::vec(arb_message(), 0..8),
             from in any::<u64>(),
             leading in prop::option::of(prop::collection::vec(
-                ((any::<u128>(), any::<i32>()), any::<u64>(), prop::collection::vec(any::<u64>(), 0..4)),
+                (
+                    (any::<u128>(), any::<i32>()),
+                    any::<u64>(),
+                    prop::collection::vec(any::<u64>(), 0..4),
+                    any::<i64>(),
+                    prop::collection::vec(prop::array::uniform4(any::<i64>()), 0..3),
+                ),
                 0..6,
             )),
         ) {
             let leading: Option<Vec<LeadNote>> = leading.map(|notes| {
                 notes
                     .into_iter()
-                    .map(|((topic_id, partition), term, in_sync)| LeadNote {
+                    .map(|((topic_id, partition), term, in_sync, high_watermark, voters)| LeadNote {
                         group: GroupKey { topic_id, partition },
                         term,
                         in_sync,
+                        high_watermark,
+                        voters: voters
+                            .into_iter()
+                            .map(|v| VoterProgress {
+                                id: v[0] as u64,
+                                log_end_offset: v[1],
+                                last_fetch_ms: v[2],
+                                last_caught_up_ms: v[3],
+                            })
+                            .collect(),
                     })
                     .collect()
             });

@@ -995,6 +995,153 @@ impl ::core::fmt::Debug for RaftMessage<'_> {
       ds.finish()
   }
 }
+pub enum VoterProgressOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct VoterProgress<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for VoterProgress<'a> {
+  type Inner = VoterProgress<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> VoterProgress<'a> {
+  pub const VT_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_LOG_END_OFFSET: ::flatbuffers::VOffsetT = 6;
+  pub const VT_LAST_FETCH_MS: ::flatbuffers::VOffsetT = 8;
+  pub const VT_LAST_CAUGHT_UP_MS: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    VoterProgress { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args VoterProgressArgs
+  ) -> ::flatbuffers::WIPOffset<VoterProgress<'bldr>> {
+    let mut builder = VoterProgressBuilder::new(_fbb);
+    builder.add_last_caught_up_ms(args.last_caught_up_ms);
+    builder.add_last_fetch_ms(args.last_fetch_ms);
+    builder.add_log_end_offset(args.log_end_offset);
+    builder.add_id(args.id);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(VoterProgress::VT_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn log_end_offset(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(VoterProgress::VT_LOG_END_OFFSET, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn last_fetch_ms(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(VoterProgress::VT_LAST_FETCH_MS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn last_caught_up_ms(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(VoterProgress::VT_LAST_CAUGHT_UP_MS, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for VoterProgress<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("id", Self::VT_ID, false)?
+     .visit_field::<i64>("log_end_offset", Self::VT_LOG_END_OFFSET, false)?
+     .visit_field::<i64>("last_fetch_ms", Self::VT_LAST_FETCH_MS, false)?
+     .visit_field::<i64>("last_caught_up_ms", Self::VT_LAST_CAUGHT_UP_MS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct VoterProgressArgs {
+    pub id: u64,
+    pub log_end_offset: i64,
+    pub last_fetch_ms: i64,
+    pub last_caught_up_ms: i64,
+}
+impl<'a> Default for VoterProgressArgs {
+  #[inline]
+  fn default() -> Self {
+    VoterProgressArgs {
+      id: 0,
+      log_end_offset: 0,
+      last_fetch_ms: 0,
+      last_caught_up_ms: 0,
+    }
+  }
+}
+
+pub struct VoterProgressBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> VoterProgressBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_id(&mut self, id: u64) {
+    self.fbb_.push_slot::<u64>(VoterProgress::VT_ID, id, 0);
+  }
+  #[inline]
+  pub fn add_log_end_offset(&mut self, log_end_offset: i64) {
+    self.fbb_.push_slot::<i64>(VoterProgress::VT_LOG_END_OFFSET, log_end_offset, 0);
+  }
+  #[inline]
+  pub fn add_last_fetch_ms(&mut self, last_fetch_ms: i64) {
+    self.fbb_.push_slot::<i64>(VoterProgress::VT_LAST_FETCH_MS, last_fetch_ms, 0);
+  }
+  #[inline]
+  pub fn add_last_caught_up_ms(&mut self, last_caught_up_ms: i64) {
+    self.fbb_.push_slot::<i64>(VoterProgress::VT_LAST_CAUGHT_UP_MS, last_caught_up_ms, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> VoterProgressBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    VoterProgressBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<VoterProgress<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for VoterProgress<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("VoterProgress");
+      ds.field("id", &self.id());
+      ds.field("log_end_offset", &self.log_end_offset());
+      ds.field("last_fetch_ms", &self.last_fetch_ms());
+      ds.field("last_caught_up_ms", &self.last_caught_up_ms());
+      ds.finish()
+  }
+}
 pub enum LeadNoteOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -1014,6 +1161,8 @@ impl<'a> LeadNote<'a> {
   pub const VT_GROUP: ::flatbuffers::VOffsetT = 4;
   pub const VT_TERM: ::flatbuffers::VOffsetT = 6;
   pub const VT_IN_SYNC: ::flatbuffers::VOffsetT = 8;
+  pub const VT_HIGH_WATERMARK: ::flatbuffers::VOffsetT = 10;
+  pub const VT_VOTERS: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1025,7 +1174,9 @@ impl<'a> LeadNote<'a> {
     args: &'args LeadNoteArgs<'args>
   ) -> ::flatbuffers::WIPOffset<LeadNote<'bldr>> {
     let mut builder = LeadNoteBuilder::new(_fbb);
+    builder.add_high_watermark(args.high_watermark);
     builder.add_term(args.term);
+    if let Some(x) = args.voters { builder.add_voters(x); }
     if let Some(x) = args.in_sync { builder.add_in_sync(x); }
     if let Some(x) = args.group { builder.add_group(x); }
     builder.finish()
@@ -1053,6 +1204,20 @@ impl<'a> LeadNote<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(LeadNote::VT_IN_SYNC, None)}
   }
+  #[inline]
+  pub fn high_watermark(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(LeadNote::VT_HIGH_WATERMARK, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn voters(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<VoterProgress<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<VoterProgress>>>>(LeadNote::VT_VOTERS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for LeadNote<'_> {
@@ -1064,6 +1229,8 @@ impl ::flatbuffers::Verifiable for LeadNote<'_> {
      .visit_field::<GroupId>("group", Self::VT_GROUP, false)?
      .visit_field::<u64>("term", Self::VT_TERM, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("in_sync", Self::VT_IN_SYNC, false)?
+     .visit_field::<i64>("high_watermark", Self::VT_HIGH_WATERMARK, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<VoterProgress>>>>("voters", Self::VT_VOTERS, false)?
      .finish();
     Ok(())
   }
@@ -1072,6 +1239,8 @@ pub struct LeadNoteArgs<'a> {
     pub group: Option<&'a GroupId>,
     pub term: u64,
     pub in_sync: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
+    pub high_watermark: i64,
+    pub voters: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<VoterProgress<'a>>>>>,
 }
 impl<'a> Default for LeadNoteArgs<'a> {
   #[inline]
@@ -1080,6 +1249,8 @@ impl<'a> Default for LeadNoteArgs<'a> {
       group: None,
       term: 0,
       in_sync: None,
+      high_watermark: 0,
+      voters: None,
     }
   }
 }
@@ -1102,6 +1273,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> LeadNoteBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(LeadNote::VT_IN_SYNC, in_sync);
   }
   #[inline]
+  pub fn add_high_watermark(&mut self, high_watermark: i64) {
+    self.fbb_.push_slot::<i64>(LeadNote::VT_HIGH_WATERMARK, high_watermark, 0);
+  }
+  #[inline]
+  pub fn add_voters(&mut self, voters: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<VoterProgress<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(LeadNote::VT_VOTERS, voters);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> LeadNoteBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     LeadNoteBuilder {
@@ -1122,6 +1301,8 @@ impl ::core::fmt::Debug for LeadNote<'_> {
       ds.field("group", &self.group());
       ds.field("term", &self.term());
       ds.field("in_sync", &self.in_sync());
+      ds.field("high_watermark", &self.high_watermark());
+      ds.field("voters", &self.voters());
       ds.finish()
   }
 }

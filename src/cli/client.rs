@@ -274,6 +274,43 @@ impl Client {
         }
     }
 
+    /// Every registered broker, fenced ones (dead: Metadata leaves them out) included, as
+    /// DescribeCluster v2 lists them; remembers their addresses. Falls back to Metadata's
+    /// brokers where the broker has no DescribeCluster v2.
+    pub fn all_brokers(&mut self) -> Result<Vec<(i32, String)>> {
+        use kafka_protocol::messages::{DescribeClusterRequest, DescribeClusterResponse};
+        const DESCRIBE_CLUSTER: ApiUse = ApiUse {
+            key: ApiKey::DescribeCluster,
+            min: 2,
+            max: 2,
+        };
+        let listed: Result<DescribeClusterResponse> = self.call(None, DESCRIBE_CLUSTER, |_| {
+            DescribeClusterRequest::default()
+                .with_endpoint_type(1)
+                .with_include_fenced_brokers(true)
+        });
+        match listed {
+            Ok(answer) if answer.error_code == 0 => {
+                for b in &answer.brokers {
+                    self.brokers
+                        .insert(b.broker_id.0, format!("{}:{}", b.host.as_str(), b.port));
+                }
+                let mut ids: Vec<i32> = answer.brokers.iter().map(|b| b.broker_id.0).collect();
+                ids.sort_unstable();
+                ids.into_iter()
+                    .map(|id| Ok((id, self.broker_address(id)?)))
+                    .collect()
+            }
+            _ => {
+                let mut ids: Vec<i32> = self.brokers.keys().copied().collect();
+                ids.sort_unstable();
+                ids.into_iter()
+                    .map(|id| Ok((id, self.broker_address(id)?)))
+                    .collect()
+            }
+        }
+    }
+
     /// The address of broker `node_id`, from the last Metadata response.
     pub fn broker_address(&self, node_id: i32) -> Result<String> {
         self.brokers

@@ -307,12 +307,8 @@ fn broker_ids(ids: &[kafka_protocol::messages::BrokerId]) -> String {
 pub fn cluster_info(args: ClusterInfoArgs) -> Result<()> {
     let mut client = args.connection.client()?;
     let metadata = client.metadata(None)?;
-    let mut brokers = metadata
-        .brokers
-        .iter()
-        .map(|b| Ok((b.node_id.0, client.broker_address(b.node_id.0)?)))
-        .collect::<Result<Vec<(i32, String)>>>()?;
-    brokers.sort();
+    // Dead nodes are not in Metadata (fenced, as Kafka's): DescribeCluster lists them too.
+    let brokers = client.all_brokers()?;
     let views: HashMap<i32, Result<MetadataResponse>> = brokers
         .iter()
         .map(|(id, addr)| (*id, client.metadata_from(Some(addr), None)))

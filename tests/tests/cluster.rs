@@ -2436,3 +2436,96 @@ fn a_returning_node_takes_its_preferred_leaderships_back() {
         "no log line says why the leaderships moved"
     );
 }
+
+/// kafka-python's `describe_metadata_quorum` (argv: bootstrap): prints the answer as JSON with
+/// the time it was asked.
+const DESCRIBE_QUORUM_SCRIPT: &str = r#"
+import json, sys, time
+from kafka.admin import KafkaAdminClient
+admin = KafkaAdminClient(bootstrap_servers=sys.argv[1].split(","), request_timeout_ms=30000)
+quorum = admin.describe_metadata_quorum()
+print("QUORUM", json.dumps({"asked_ms": int(time.time() * 1000), "quorum": quorum}))
+admin.close()
+"#;
+
+/// The metadata quorum as kafka-python reads it: (asked at ms, leader, epoch, high watermark,
+/// voters as (id, log end, last fetch ms)).
+fn describe_quorum(bootstrap: &str) -> (i64, i64, i64, i64, Vec<(i64, i64, i64)>) {
+    let (ok, out) = sluice_tests::python(DESCRIBE_QUORUM_SCRIPT, &[bootstrap]);
+    assert!(ok, "kafka-python failed (scripts/test installs it):\n{out}");
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("QUORUM "))
+        .unwrap_or_else(|| panic!("no answer in:\n{out}"));
+    let answer: serde_json::Value = serde_json::from_str(line).expect("JSON");
+    let partition = &answer["quorum"]["topics"][0]["partitions"][0];
+    assert!(partition["error"].is_null(), "{answer}");
+    let voters = partition["current_voters"]
+        .as_array()
+        .expect("voters")
+        .iter()
+        .map(|v| {
+            (
+                v["replica_id"].as_i64().unwrap(),
+                v["log_end_offset"].as_i64().unwrap(),
+                v["last_fetch_timestamp"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    (
+        answer["asked_ms"].as_i64().unwrap(),
+        partition["leader_id"].as_i64().unwrap(),
+        partition["leader_epoch"].as_i64().unwrap(),
+        partition["high_watermark"].as_i64().unwrap(),
+        voters,
+    )
+}
+
+/// DescribeQuorum (kafka-python `describe_metadata_quorum`) from any node: the controller
+/// group's leader (the Metadata controller), its epoch and high watermark, every voter with
+/// its log end and when the leader last heard from it; a dead voter's last fetch stops moving.
+#[test]
+fn describe_quorum_shows_the_controller_group_and_a_silent_voter() {
+    let _one_at_a_time = one_cluster_at_a_time();
+    let mut cluster = Cluster::start(3, &[]);
+    create_topic_named(&cluster, "quorum");
+    let controller = metadata(cluster.node(0).kafka).controller_id.0;
+    // Asked of each node in turn: each answers from the leader's announcement.
+    for node in 0..3 {
+        let (asked, leader, epoch, high_watermark, voters) =
+            describe_quorum(&cluster.node(node).kafka.to_string());
+        assert_eq!(leader, i64::from(controller));
+        assert!(epoch >= 1 && high_watermark > 0, "{epoch} {high_watermark}");
+        let ids: Vec<i64> = voters.iter().map(|v| v.0).collect();
+        assert_eq!(ids, vec![0, 1, 2]);
+        for (id, log_end, fetched) in &voters {
+            assert!(
+                *log_end > 0 && *log_end <= high_watermark + 1_000,
+                "voter {id}: {voters:?}"
+            );
+            assert!(
+                asked - fetched < 5_000,
+                "voter {id} not heard lately: {voters:?} at {asked}"
+            );
+        }
+    }
+    let silent = (0..3).find(|n| *n != controller).unwrap();
+    cluster.kill(silent);
+    std::thread::sleep(Duration::from_secs(4));
+    let asker = (0..3).find(|n| *n != silent).unwrap();
+    let (asked, leader, _, _, voters) = describe_quorum(&cluster.node(asker).kafka.to_string());
+    assert_eq!(leader, i64::from(controller));
+    for (id, _, fetched) in &voters {
+        if *id == i64::from(silent) {
+            assert!(
+                asked - fetched >= 2_000,
+                "the dead voter {id} still looks heard: {voters:?}"
+            );
+        } else {
+            assert!(
+                asked - fetched < 2_000,
+                "voter {id} not heard lately: {voters:?}"
+            );
+        }
+    }
+}

@@ -1121,6 +1121,41 @@ fn cluster_cases(m: &mut Matrix) {
             );
         }
     }
+    for v in m.range(ApiKey::DescribeQuorum) {
+        use kafka_protocol::messages::describe_quorum_request::{PartitionData, TopicData};
+        use kafka_protocol::messages::{DescribeQuorumRequest, DescribeQuorumResponse};
+        // A single node has no quorum: the metadata partition and any other are unknown.
+        let request = DescribeQuorumRequest::default().with_topics(vec![
+            TopicData::default()
+                .with_topic_name(name("__cluster_metadata"))
+                .with_partitions(vec![PartitionData::default().with_partition_index(0)]),
+            TopicData::default()
+                .with_topic_name(name(TOPIC))
+                .with_partitions(vec![PartitionData::default().with_partition_index(1)]),
+        ]);
+        if let Some(r) =
+            m.call::<_, DescribeQuorumResponse>(ApiKey::DescribeQuorum, v, "single node", &request)
+        {
+            let codes: Vec<(i32, i16, i32, bool)> = r
+                .topics
+                .iter()
+                .flat_map(|t| t.partitions.iter())
+                .map(|p| {
+                    (
+                        p.partition_index,
+                        p.error_code,
+                        p.leader_id.0,
+                        // The message field exists from v1 on.
+                        v < 1 || p.error_message.is_some(),
+                    )
+                })
+                .collect();
+            m.check(
+                r.error_code == 0 && codes == vec![(0, 3, -1, true), (1, 3, -1, true)],
+                || format!("DescribeQuorum v{v}: {r:?}"),
+            );
+        }
+    }
     for v in m.range(ApiKey::DescribeLogDirs) {
         let asked = DescribeLogDirsRequest::default().with_topics(Some(vec![
             describe_log_dirs_request::DescribableLogDirTopic::default()

@@ -43,18 +43,25 @@ pub fn handle(request: DescribeClusterRequest, ctx: &Context) -> DescribeCluster
             )))
             .with_controller_id(BrokerId(-1));
     }
+    // A node whose replication connections closed (not heard from since) is fenced, as
+    // Metadata leaves it out; listed only when asked (v2 `include_fenced_brokers`).
     let brokers = match ctx.shard.image().cluster.as_ref() {
         Some(cluster) => cluster
             .brokers
             .values()
             .filter_map(|b| {
+                let fenced = ctx.shard.catalog.cluster.hung_up(b.node_id);
+                if fenced && !request.include_fenced_brokers {
+                    return None;
+                }
                 let (host, port) = b.endpoint(&ctx.listener)?;
                 Some(
                     DescribeClusterBroker::default()
                         .with_broker_id(BrokerId(b.node_id))
                         .with_host(StrBytes::from_string(host.to_string()))
                         .with_port(i32::from(port))
-                        .with_rack(b.rack.clone().map(StrBytes::from_string)),
+                        .with_rack(b.rack.clone().map(StrBytes::from_string))
+                        .with_is_fenced(fenced),
                 )
             })
             .collect(),
