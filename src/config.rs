@@ -66,6 +66,7 @@ struct FileConfig {
     replica_lag_time_max_ms: Option<u64>,
     leader_imbalance_check_interval_ms: Option<u64>,
     leader_imbalance_per_broker_percentage: Option<u64>,
+    broker_session_timeout_ms: Option<u64>,
 }
 
 /// Cluster mode's part of the configuration.
@@ -84,6 +85,8 @@ pub struct ClusterConfig {
     pub leader_imbalance_check: Option<Duration>,
     /// Kafka's `leader.imbalance.per.broker.percentage`.
     pub leader_imbalance_percent: u8,
+    /// Kafka's `broker.session.timeout.ms`: a node silent this long is fenced.
+    pub session_timeout: Duration,
 }
 
 /// The validated configuration.
@@ -420,6 +423,12 @@ const FIELDS: &[(&str, &str, &str, &str)] = &[
         "--leader-imbalance-per-broker-percentage",
         "SLUICE_LEADER_IMBALANCE_PER_BROKER_PERCENTAGE",
         "Cluster mode: share of its preferred leaderships a node may miss before it takes them back [default: 10]",
+    ),
+    (
+        "broker_session_timeout_ms",
+        "--broker-session-timeout-ms",
+        "SLUICE_BROKER_SESSION_TIMEOUT_MS",
+        "Cluster mode: a node not heard from this long is fenced (left out of Metadata), ms [default: 9000]",
     ),
     (
         "frame_bytes_max",
@@ -1044,6 +1053,19 @@ impl BrokerConfig {
                         "must be in 0..=100".into(),
                     ));
                 }
+                let raw = pick(
+                    "broker_session_timeout_ms",
+                    file.broker_session_timeout_ms.map(|n| n.to_string()),
+                )
+                .unwrap_or_else(|| default("9000"));
+                let session: u64 = parse("broker_session_timeout_ms", &raw)?;
+                if session < 2000 {
+                    return Err(invalid(
+                        "broker_session_timeout_ms",
+                        &raw,
+                        "must be at least 2000 (nodes hear from each other every second)".into(),
+                    ));
+                }
                 Some(ClusterConfig {
                     seeds,
                     rpc_listen,
@@ -1051,6 +1073,7 @@ impl BrokerConfig {
                     replica_lag: Duration::from_millis(lag),
                     leader_imbalance_check: (check > 0).then(|| Duration::from_millis(check)),
                     leader_imbalance_percent: percent,
+                    session_timeout: Duration::from_millis(session),
                 })
             }
         };
@@ -1781,6 +1804,11 @@ mod tests {
                 "--leader-imbalance-per-broker-percentage",
                 "101",
                 "leader_imbalance_per_broker_percentage",
+            ),
+            (
+                "--broker-session-timeout-ms",
+                "1000",
+                "broker_session_timeout_ms",
             ),
         ] {
             let e = BrokerConfig::load(&flags(&["--seeds", "0@127.0.0.1:1", flag, value]), no_env)

@@ -333,6 +333,7 @@ fn serve(args: &config::ServeArgs) -> ExitCode {
             replica: sluice_replication::ReplicaConfig::default(),
             offsets_partitions: config.offsets_partitions,
             replica_lag: cluster.replica_lag,
+            session_timeout: cluster.session_timeout,
             leader_imbalance_check: cluster.leader_imbalance_check,
             leader_imbalance_percent: cluster.leader_imbalance_percent,
         });

@@ -85,6 +85,9 @@ pub struct ClusterSettings {
     /// A follower that has not caught up with its leader for this long leaves the ISR
     /// (Kafka's `replica.lag.time.max.ms`).
     pub replica_lag: Duration,
+    /// A node no shard had a frame from for this long is fenced: Metadata leaves it out
+    /// (Kafka's `broker.session.timeout.ms`).
+    pub session_timeout: Duration,
     /// How often each shard checks whether this node leads too few of the partitions it is
     /// the preferred leader of, and takes them back (Kafka's automatic leader rebalance);
     /// `None`: never.
@@ -157,6 +160,12 @@ pub const HAND_OFF_WITHIN: Duration = Duration::from_secs(3);
 /// producer-id block) while the image does not show it.
 const RETRY_FORWARDED: Duration = Duration::from_secs(1);
 
+/// Kafka's default `broker.session.timeout.ms`: a node silent this long is fenced.
+pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(9);
+
+/// How often a shard tells the node's table when it last heard from each peer.
+const HEARD_PUBLISH_EVERY: Duration = Duration::from_millis(100);
+
 /// The soonest a shard announces what it leads again after a change.
 pub const ANNOUNCE_LEADING_AFTER: Duration = Duration::from_millis(50);
 
@@ -212,6 +221,12 @@ pub struct ClusterTable {
     announced: RwLock<HashMap<PartitionKey, PartitionLeader>>,
     /// The controller group as its leader last described it.
     quorum: RwLock<Option<QuorumView>>,
+    /// When some shard of this node last had a frame from each node.
+    heard: RwLock<HashMap<i32, Instant>>,
+    /// A node silent this long is fenced (Kafka's `broker.session.timeout.ms`), in ms.
+    session_timeout_ms: std::sync::atomic::AtomicU64,
+    /// When this table was made: a node never heard from counts as silent since then.
+    since: Instant,
     controller: AtomicI32,
     /// The node's image has caught up with the controller's commit point as of start-up.
     caught_up: AtomicBool,
@@ -226,6 +241,11 @@ impl Default for ClusterTable {
             leaders: RwLock::default(),
             announced: RwLock::default(),
             quorum: RwLock::default(),
+            heard: RwLock::default(),
+            session_timeout_ms: std::sync::atomic::AtomicU64::new(
+                DEFAULT_SESSION_TIMEOUT.as_millis() as u64,
+            ),
+            since: Instant::now(),
             controller: AtomicI32::new(-1),
             caught_up: AtomicBool::new(false),
             hung_up: RwLock::default(),
@@ -272,6 +292,38 @@ impl ClusterTable {
             _ => {
                 announced.insert(key, leader);
             }
+        }
+    }
+
+    /// Whether `node` is fenced, as Kafka fences a broker that stopped heartbeating: its
+    /// replication connections to this node closed and it was not heard from since, or no
+    /// shard of this node had a frame from it for the session timeout (a frozen process, a
+    /// cut link). Metadata leaves fenced brokers out. Never true of this node itself.
+    pub fn fenced(&self, node: i32, me: i32) -> bool {
+        if node == me {
+            return false;
+        }
+        if self.hung_up(node) {
+            return true;
+        }
+        let timeout = Duration::from_millis(self.session_timeout_ms.load(Ordering::Relaxed));
+        let heard = self.heard.read().unwrap_or_else(|p| p.into_inner());
+        let last = heard.get(&node).copied().unwrap_or(self.since);
+        last.elapsed() > timeout
+    }
+
+    /// Sets the session timeout after which a silent node is fenced.
+    pub fn set_session_timeout(&self, timeout: Duration) {
+        self.session_timeout_ms
+            .store(timeout.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Records that a shard of this node had a frame from `node` at `at`.
+    fn note_heard(&self, node: i32, at: Instant) {
+        let mut heard = self.heard.write().unwrap_or_else(|p| p.into_inner());
+        let last = heard.entry(node).or_insert(at);
+        if *last < at {
+            *last = at;
         }
     }
 
@@ -608,6 +660,8 @@ pub struct Driver {
     /// Shard 0 leading the controller group: when it last heard from each voter and when
     /// each last held its whole log (Raft id -> instants), since it was elected.
     voter_progress: HashMap<u64, (Option<Instant>, Option<Instant>)>,
+    /// When this shard last told the node's table when it heard from each peer.
+    heard_published_at: Instant,
 }
 
 #[derive(Default)]
@@ -662,6 +716,9 @@ impl ShardReplication {
         let node_dir = data_dir.join("cluster").join(format!("shard-{shard}"));
         std::fs::create_dir_all(&node_dir)
             .map_err(|e| format!("cannot create {}: {e}", node_dir.display()))?;
+        catalog
+            .cluster
+            .set_session_timeout(settings.session_timeout);
         let node = ReplicationNode::start_watched(
             raft_id(settings.node_id),
             listen,
@@ -691,6 +748,7 @@ impl ShardReplication {
             heard_leading: HashMap::new(),
             imbalance_checked_at: Instant::now(),
             voter_progress: HashMap::new(),
+            heard_published_at: Instant::now(),
         };
         if shard == 0 {
             driver.open_controller().await?;
@@ -1227,9 +1285,22 @@ impl Driver {
         self.publish_states(shard);
         self.publish_controller(shard);
         self.track_voters();
+        self.publish_heard(shard);
         self.announce_leading(shard);
         self.hear_leading(shard);
         self.take_back_preferred_leaderships(shard);
+    }
+
+    /// Tells the node's table when this shard last had a frame from each peer (for fencing),
+    /// every [`HEARD_PUBLISH_EVERY`].
+    fn publish_heard(&mut self, shard: &Shard) {
+        if self.heard_published_at.elapsed() < HEARD_PUBLISH_EVERY {
+            return;
+        }
+        self.heard_published_at = Instant::now();
+        for (peer, at) in self.node.last_heard() {
+            shard.catalog.cluster.note_heard(node_of(peer), at);
+        }
     }
 
     /// Shard 0 leading the controller group: notes, per voter, when it was last heard from

@@ -76,6 +76,8 @@ pub struct ReplicationNode {
     inbox: Rc<RefCell<Vec<GroupMessage>>>,
     /// What peers announced they lead, in arrival order, until the owner takes it.
     leading_heard: Rc<RefCell<Vec<Announcement>>>,
+    /// When each peer's latest frame arrived.
+    heard_at: Rc<RefCell<HashMap<u64, Instant>>>,
     /// Peers whose connection to this node closed since the last step.
     hung_up: Rc<RefCell<Vec<u64>>>,
     /// Elections to start once due, for groups whose leader (the peer) is gone.
@@ -119,6 +121,8 @@ impl ReplicationNode {
         let inbox: Rc<RefCell<Vec<GroupMessage>>> = Rc::default();
         let leading_heard: Rc<RefCell<Vec<Announcement>>> = Rc::default();
         let announced = leading_heard.clone();
+        let heard_at: Rc<RefCell<HashMap<u64, Instant>>> = Rc::default();
+        let arrived_from = heard_at.clone();
         let hung_up: Rc<RefCell<Vec<u64>>> = Rc::default();
         // Peers that hung up and have not been heard from since.
         let silent: Rc<RefCell<HashSet<u64>>> = Rc::default();
@@ -137,6 +141,7 @@ impl ReplicationNode {
             FRAME_BYTES_MAX,
             move |frame| {
                 let from = frame.from_node;
+                arrived_from.borrow_mut().insert(from, Instant::now());
                 delivered.borrow_mut().extend(frame.messages);
                 if let Some(leading) = frame.leading {
                     announced.borrow_mut().push((from, leading));
@@ -163,6 +168,7 @@ impl ReplicationNode {
             transport: Transport::new(node_id, peers),
             inbox,
             leading_heard,
+            heard_at,
             hung_up,
             campaigns_due: Vec::new(),
             listener,
@@ -229,6 +235,16 @@ impl ReplicationNode {
     /// shard of this executor's number), oldest first.
     pub fn take_leading_heard(&mut self) -> Vec<Announcement> {
         std::mem::take(&mut *self.leading_heard.borrow_mut())
+    }
+
+    /// When each peer's latest frame arrived (peers never heard from are left out). Every
+    /// live peer's shard sends at least its leadership announcement every second.
+    pub fn last_heard(&self) -> Vec<(u64, Instant)> {
+        self.heard_at
+            .borrow()
+            .iter()
+            .map(|(peer, at)| (*peer, *at))
+            .collect()
     }
 
     /// Asks `leader`, which leads group `key` on another node, to hand the leadership to

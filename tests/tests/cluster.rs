@@ -2529,3 +2529,63 @@ fn describe_quorum_shows_the_controller_group_and_a_silent_voter() {
         }
     }
 }
+
+/// The broker ids a node's Metadata lists.
+fn listed_brokers(node: std::net::SocketAddr) -> Vec<i32> {
+    let mut ids: Vec<i32> = metadata(node).brokers.iter().map(|b| b.node_id.0).collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// Waits until `node`'s Metadata lists exactly `expected`.
+fn wait_for_brokers(node: std::net::SocketAddr, expected: &[i32], within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let listed = listed_brokers(node);
+        if listed == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{node} lists brokers {listed:?}, expected {expected:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A frozen node (SIGSTOP: its connections stay open, it just says nothing) is fenced after
+/// the session timeout, as Kafka fences a broker that stops heartbeating: Metadata leaves it
+/// out, so clients stop picking it; once it runs again it is listed again. A killed node is
+/// left out at once (its connections closed).
+#[test]
+fn a_silent_node_is_fenced_out_of_metadata_and_back_when_heard() {
+    let _one_at_a_time = one_cluster_at_a_time();
+    let mut cluster = Cluster::start(3, &["--broker-session-timeout-ms", "2000"]);
+    let asker = cluster.node(0).kafka;
+    let controller = metadata(asker).controller_id.0;
+    let frozen = (1..3).find(|n| *n != controller).unwrap();
+    assert_eq!(listed_brokers(asker), vec![0, 1, 2]);
+    cluster.pause(frozen, true);
+    let others: Vec<i32> = (0..3).filter(|n| *n != frozen).collect();
+    let started = Instant::now();
+    wait_for_brokers(asker, &others, Duration::from_secs(10));
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "fenced after {:?}, before the session timeout",
+        started.elapsed()
+    );
+    cluster.pause(frozen, false);
+    wait_for_brokers(asker, &[0, 1, 2], Duration::from_secs(10));
+    let gone = (1..3)
+        .find(|n| *n != controller && *n != frozen)
+        .unwrap_or(frozen);
+    cluster.kill(gone);
+    let started = Instant::now();
+    let rest: Vec<i32> = (0..3).filter(|n| *n != gone).collect();
+    wait_for_brokers(asker, &rest, Duration::from_secs(10));
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "a killed node was left out only after {:?}",
+        started.elapsed()
+    );
+}

@@ -43,14 +43,18 @@ pub fn handle(request: DescribeClusterRequest, ctx: &Context) -> DescribeCluster
             )))
             .with_controller_id(BrokerId(-1));
     }
-    // A node whose replication connections closed (not heard from since) is fenced, as
+    // A fenced node (connections closed, or silent for the session timeout) is left out, as
     // Metadata leaves it out; listed only when asked (v2 `include_fenced_brokers`).
     let brokers = match ctx.shard.image().cluster.as_ref() {
         Some(cluster) => cluster
             .brokers
             .values()
             .filter_map(|b| {
-                let fenced = ctx.shard.catalog.cluster.hung_up(b.node_id);
+                let fenced = ctx
+                    .shard
+                    .catalog
+                    .cluster
+                    .fenced(b.node_id, ctx.broker.node_id);
                 if fenced && !request.include_fenced_brokers {
                     return None;
                 }

@@ -113,14 +113,20 @@ async fn caught_up(ctx: &Context) {
 pub async fn handle(request: MetadataRequest, version: i16, ctx: &Context) -> MetadataResponse {
     caught_up(ctx).await;
     let broker = &ctx.broker;
-    // A node whose replication connections closed (and that was not heard from since) is
-    // left out, as Kafka leaves out a fenced broker: clients then do not pick a dead node for
-    // their next request. Partitions still name it among their replicas.
+    // A fenced node (its replication connections closed and it was not heard from since, or
+    // it was silent for the session timeout) is left out, as Kafka leaves out a fenced
+    // broker: clients then do not pick a dead node for their next request. Partitions still
+    // name it among their replicas.
     let brokers = match ctx.shard.image().cluster.as_ref() {
         Some(cluster) => cluster
             .brokers
             .values()
-            .filter(|b| !ctx.shard.catalog.cluster.hung_up(b.node_id))
+            .filter(|b| {
+                !ctx.shard
+                    .catalog
+                    .cluster
+                    .fenced(b.node_id, ctx.broker.node_id)
+            })
             .filter_map(|b| {
                 let (host, port) = b.endpoint(&ctx.listener)?;
                 Some(
