@@ -255,8 +255,9 @@ impl Default for ClusterTable {
 
 impl ClusterTable {
     /// The leader of a partition: as this node's replica knows it, where there is one (with
-    /// the ISR its leader announced, where this replica follows); else as another node
-    /// announced it leads it.
+    /// the ISR its leader announced, where this replica follows), unless a leader of a later
+    /// term announced itself (this replica has not heard of that election yet); else as
+    /// another node announced it leads it.
     pub fn leader(&self, key: PartitionKey) -> Option<PartitionLeader> {
         let local = self
             .leaders
@@ -271,6 +272,7 @@ impl ClusterTable {
             .get(&key)
             .cloned();
         match (local, announced) {
+            (Some(local), Some(announced)) if announced.epoch > local.epoch => Some(announced),
             (Some(mut local), Some(announced)) => {
                 if local.in_sync.is_none()
                     && (local.leader, local.epoch) == (announced.leader, announced.epoch)

@@ -2183,11 +2183,14 @@ fn every_answer_names_the_brokers_on_the_listener_it_came_in_on() {
     }
 }
 
-/// What `answer` says of each partition of `topic`: (leader, replicas, ISR).
+/// A partition as Metadata describes it: (leader, replicas, ISR).
+type PartitionView = (i32, Vec<i32>, Vec<i32>);
+
+/// What `answer` says of each partition of `topic`.
 fn partition_views(
     answer: &kafka_protocol::messages::MetadataResponse,
     topic: &str,
-) -> Vec<(i32, Vec<i32>, Vec<i32>)> {
+) -> Vec<PartitionView> {
     topic_in(answer, topic)
         .map(|t| {
             t.partitions
@@ -2204,16 +2207,28 @@ fn partition_views(
         .unwrap_or_default()
 }
 
+/// Calls `attempt` every `every` until it gives `Ok`, for at most `within`; then fails the
+/// test with the last `Err`.
+fn eventually<T>(
+    within: Duration,
+    every: Duration,
+    mut attempt: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match attempt() {
+            Ok(done) => return done,
+            Err(why) => assert!(Instant::now() < deadline, "{why}"),
+        }
+        std::thread::sleep(every);
+    }
+}
+
 /// Waits until every running node's Metadata names, for every partition of `topic`, the same
 /// running leader, one of the partition's replicas and in its ISR; returns that view.
-fn agreed_views(
-    cluster: &Cluster,
-    topic: &str,
-    partitions: usize,
-) -> Vec<(i32, Vec<i32>, Vec<i32>)> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let views: Vec<(i32, Vec<(i32, Vec<i32>, Vec<i32>)>)> = cluster
+fn agreed_views(cluster: &Cluster, topic: &str, partitions: usize) -> Vec<PartitionView> {
+    eventually(Duration::from_secs(15), Duration::from_millis(100), || {
+        let views: Vec<(i32, Vec<PartitionView>)> = cluster
             .nodes
             .iter()
             .filter(|n| n.is_running())
@@ -2227,17 +2242,37 @@ fn agreed_views(
                     && replicas.contains(leader)
                     && isr.contains(leader)
             });
-        let leaders =
-            |v: &Vec<(i32, Vec<i32>, Vec<i32>)>| -> Vec<i32> { v.iter().map(|p| p.0).collect() };
+        let leaders = |v: &Vec<PartitionView>| -> Vec<i32> { v.iter().map(|p| p.0).collect() };
         if sound && views.iter().all(|(_, v)| leaders(v) == leaders(first)) {
-            return first.clone();
+            return Ok(first.clone());
         }
-        assert!(
-            Instant::now() < deadline,
+        Err(format!(
             "the nodes do not agree on live leaders for every partition: {views:?}"
+        ))
+    })
+}
+
+/// The coordinator node `node` names for `group`, once it names one (within 15 s).
+fn coordinator_asked_of(cluster: &Cluster, node: i32, group: &str) -> i32 {
+    use kafka_protocol::messages::{ApiKey, FindCoordinatorRequest, FindCoordinatorResponse};
+    use kafka_protocol::protocol::StrBytes;
+    eventually(Duration::from_secs(15), Duration::from_millis(50), || {
+        let mut s = sluice_tests::wire::connect(cluster.node(node).kafka);
+        let answer: FindCoordinatorResponse = sluice_tests::wire::call(
+            &mut s,
+            ApiKey::FindCoordinator,
+            3,
+            &FindCoordinatorRequest::default()
+                .with_key(StrBytes::from_string(group.to_string()))
+                .with_key_type(0),
         );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        match answer.error_code {
+            0 => Ok(answer.node_id.0),
+            code => Err(format!(
+                "node {node} names no coordinator for {group}: error {code}"
+            )),
+        }
+    })
 }
 
 /// Four nodes, replication factor 3: every node holds only some partitions, yet each node's
@@ -2271,6 +2306,26 @@ fn every_node_names_the_leaders_of_partitions_it_holds_no_replica_of() {
                 .iter()
                 .any(|(_, replicas, _)| !replicas.contains(&node)),
             "node {node} holds every partition: the test needs some it does not hold ({views:?})"
+        );
+    }
+    // Group coordinators too: each group's coordinator is the leader of its
+    // `__consumer_offsets` partition, which most nodes hold no replica of for some groups.
+    let offsets = agreed_views(&cluster, "__consumer_offsets", 8);
+    for node in 0..4 {
+        assert!(
+            offsets
+                .iter()
+                .any(|(_, replicas, _)| !replicas.contains(&node)),
+            "node {node} holds every offsets partition ({offsets:?})"
+        );
+    }
+    for group in (0..16).map(|g| format!("group-{g}")) {
+        let coordinators: Vec<i32> = (0..4)
+            .map(|node| coordinator_asked_of(&cluster, node, &group))
+            .collect();
+        assert!(
+            coordinators.iter().all(|c| *c == coordinators[0]),
+            "the nodes name different coordinators for {group}: {coordinators:?}"
         );
     }
 
@@ -2352,21 +2407,17 @@ fn elect_leaders_hands_leadership_back_to_the_preferred_replica() {
     cluster.kill(returning);
     agreed_views(&cluster, topic, PARTITIONS as usize);
     cluster.restart(returning);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let moved: Vec<i32> = loop {
+    let moved: Vec<i32> = eventually(Duration::from_secs(20), Duration::from_millis(100), || {
         let views = agreed_views(&cluster, topic, PARTITIONS as usize);
-        let back_in_sync = views.iter().all(|(_, _, isr)| isr.contains(&returning));
-        if back_in_sync {
-            break (0..PARTITIONS)
+        match views.iter().all(|(_, _, isr)| isr.contains(&returning)) {
+            true => Ok((0..PARTITIONS)
                 .filter(|p| views[*p as usize].0 != preferred[*p as usize])
-                .collect();
+                .collect()),
+            false => Err(format!(
+                "node {returning} never rejoined the ISR: {views:?}"
+            )),
         }
-        assert!(
-            Instant::now() < deadline,
-            "node {returning} never rejoined the ISR: {views:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    });
     assert!(
         moved.contains(&0),
         "partition 0 is still led by {returning}"
@@ -2415,19 +2466,16 @@ fn a_returning_node_takes_its_preferred_leaderships_back() {
     let away = agreed_views(&cluster, topic, PARTITIONS as usize);
     assert!(away.iter().all(|(leader, _, _)| *leader != returning));
     cluster.restart(returning);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(Duration::from_secs(30), Duration::from_millis(200), || {
         let views = agreed_views(&cluster, topic, PARTITIONS as usize);
         let leaders: Vec<i32> = views.iter().map(|v| v.0).collect();
-        if leaders == preferred {
-            break;
+        match leaders == preferred {
+            true => Ok(()),
+            false => Err(format!(
+                "node {returning} did not take its preferred leaderships back: {views:?}"
+            )),
         }
-        assert!(
-            Instant::now() < deadline,
-            "node {returning} did not take its preferred leaderships back: {views:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    });
     assert!(
         cluster
             .node(returning)
@@ -2448,9 +2496,12 @@ print("QUORUM", json.dumps({"asked_ms": int(time.time() * 1000), "quorum": quoru
 admin.close()
 "#;
 
-/// The metadata quorum as kafka-python reads it: (asked at ms, leader, epoch, high watermark,
+/// A metadata quorum as kafka-python reads it: (asked at ms, leader, epoch, high watermark,
 /// voters as (id, log end, last fetch ms)).
-fn describe_quorum(bootstrap: &str) -> (i64, i64, i64, i64, Vec<(i64, i64, i64)>) {
+type QuorumAnswer = (i64, i64, i64, i64, Vec<(i64, i64, i64)>);
+
+/// kafka-python's `describe_metadata_quorum` against `bootstrap`.
+fn describe_quorum(bootstrap: &str) -> QuorumAnswer {
     let (ok, out) = sluice_tests::python(DESCRIBE_QUORUM_SCRIPT, &[bootstrap]);
     assert!(ok, "kafka-python failed (scripts/test installs it):\n{out}");
     let line = out
@@ -2539,18 +2590,15 @@ fn listed_brokers(node: std::net::SocketAddr) -> Vec<i32> {
 
 /// Waits until `node`'s Metadata lists exactly `expected`.
 fn wait_for_brokers(node: std::net::SocketAddr, expected: &[i32], within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
+    eventually(within, Duration::from_millis(100), || {
         let listed = listed_brokers(node);
-        if listed == expected {
-            return;
+        match listed == expected {
+            true => Ok(()),
+            false => Err(format!(
+                "{node} lists brokers {listed:?}, expected {expected:?}"
+            )),
         }
-        assert!(
-            Instant::now() < deadline,
-            "{node} lists brokers {listed:?}, expected {expected:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    })
 }
 
 /// A frozen node (SIGSTOP: its connections stay open, it just says nothing) is fenced after
