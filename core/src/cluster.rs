@@ -50,7 +50,7 @@ use futures::channel::{mpsc, oneshot};
 use futures::StreamExt;
 use kafka_protocol::ResponseError;
 use sluice_replication::node::ReplicationNode;
-use sluice_replication::partition::{CommittedEntry, Outbox};
+use sluice_replication::partition::{CommittedEntry, Membership, Outbox};
 use sluice_replication::rpc::GroupKey;
 use sluice_replication::{PeerEvent, ReplicaConfig, ReplicationError, Role};
 use sluice_storage::{AppendInfo, Log, LogConfig, Offset};
@@ -63,6 +63,7 @@ use crate::cluster_metadata::{
     encode_command, BrokerRegistration, ClusterImage, Endpoint, MetadataCommand, Refused,
 };
 use crate::partition::AppendError;
+use crate::reassignment::{self, Step};
 use crate::shard::{PartitionKey, Shard};
 
 /// How a node takes part in a cluster (`sluice serve --node-id --rpc-listen --seeds`).
@@ -585,9 +586,14 @@ enum Command {
     Open {
         key: PartitionKey,
         dir: PathBuf,
-        voters: Vec<u64>,
+        membership: Membership,
         log_config: LogConfig,
         reply: OpenReply,
+    },
+    /// A controller command to propose through whichever node leads the controller group
+    /// (shard 0 only), fire and forget: the sender watches the image for its effect.
+    Forward {
+        command: MetadataCommand,
     },
     Close {
         key: PartitionKey,
@@ -664,6 +670,10 @@ pub struct Driver {
     voter_progress: HashMap<u64, (Option<Instant>, Option<Instant>)>,
     /// When this shard last told the node's table when it heard from each peer.
     heard_published_at: Instant,
+    /// When this shard last looked at the moves of the partitions it leads.
+    reassignments_checked_at: Instant,
+    /// What this shard last told the controller about each moving partition, and when.
+    reported: HashMap<PartitionKey, (&'static str, Instant)>,
 }
 
 #[derive(Default)]
@@ -687,6 +697,8 @@ struct ControllerDriver {
     /// Commands proposed here as leader, by Raft index.
     waiters: BTreeMap<u64, oneshot::Sender<Result<(), ControlError>>>,
     id_waiters: Vec<oneshot::Sender<(i64, i64)>>,
+    /// Commands other shards asked to propose (see [`ShardReplication::forward`]).
+    forwarded: Vec<MetadataCommand>,
     /// This node's producer-id block when the waiters started waiting.
     id_block_before: Option<(i64, i64)>,
     last_registration: Option<Instant>,
@@ -751,6 +763,8 @@ impl ShardReplication {
             imbalance_checked_at: Instant::now(),
             voter_progress: HashMap::new(),
             heard_published_at: Instant::now(),
+            reassignments_checked_at: Instant::now(),
+            reported: HashMap::new(),
         };
         if shard == 0 {
             driver.open_controller().await?;
@@ -770,24 +784,31 @@ impl ShardReplication {
         let _ = self.wake.unbounded_send(());
     }
 
-    /// Opens this node's replica of partition `key` in `dir` (voters for a new group: the
-    /// assignment's nodes as Raft ids): its log and its link.
+    /// Opens this node's replica of partition `key` in `dir` (for a new replica: a new
+    /// group's voters, or where a joining learner starts; see [`Membership`]): its log and
+    /// its link.
     pub async fn open_group(
         &self,
         key: PartitionKey,
         dir: PathBuf,
-        voters: Vec<u64>,
+        membership: Membership,
         log_config: LogConfig,
     ) -> Result<(Log, Rc<ReplicaLink>), ReplicationError> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Open {
             key,
             dir,
-            voters,
+            membership,
             log_config,
             reply,
         });
         answer.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// Proposes `command` to the controller group through this node's replica of it (shard
+    /// 0 only; elsewhere dropped), fire and forget.
+    pub fn forward(&self, command: MetadataCommand) {
+        self.send(Command::Forward { command });
     }
 
     /// Closes this node's replica of partition `key`; the appends waiting on it fail.
@@ -886,6 +907,7 @@ impl Driver {
             registration: self.settings.registration(),
             waiters: BTreeMap::new(),
             id_waiters: Vec::new(),
+            forwarded: Vec::new(),
             id_block_before: None,
             last_registration: None,
             last_id_request: None,
@@ -972,11 +994,16 @@ impl Driver {
             Command::Open {
                 key,
                 dir,
-                voters,
+                membership,
                 log_config,
                 reply,
             } => {
-                let _ = reply.send(self.open(key, &dir, &voters, log_config).await);
+                let _ = reply.send(self.open(key, &dir, &membership, log_config).await);
+            }
+            Command::Forward { command } => {
+                if let Some(controller) = &mut self.controller {
+                    controller.forwarded.push(command);
+                }
             }
             Command::Close { key, reply } => {
                 self.links.remove(&key);
@@ -1049,18 +1076,19 @@ impl Driver {
         &mut self,
         key: PartitionKey,
         dir: &std::path::Path,
-        voters: &[u64],
+        membership: &Membership,
         log_config: LogConfig,
     ) -> Result<(Log, Rc<ReplicaLink>), ReplicationError> {
         let group = group_key(key);
         if self.node.group(&group).is_none() {
             self.node
-                .add_group(group, dir, voters, self.settings.replica, log_config)
+                .add_group_as(group, dir, membership, self.settings.replica, log_config)
                 .await?;
             let partition = self.node.group(&group).expect("just added");
             let me = partition.replica().id();
             let fresh = partition.replica().term() == 0 && partition.replica().last_index() == 0;
-            if fresh && voters.first() == Some(&me) {
+            let new_group = membership.index == 0;
+            if fresh && new_group && membership.conf_state.voters.first() == Some(&me) {
                 // A new partition's preferred leader (the first replica, as Kafka's controller
                 // picks) stands at once instead of after an election timeout, so clients
                 // rarely see it without a leader. If its peers have not opened the group yet,
@@ -1241,6 +1269,7 @@ impl Driver {
             controller.last_catch_up_request = Some(Instant::now());
             controller.catch_up_requests += 1;
         }
+        forward.append(&mut controller.forwarded);
         let context = controller.catch_up_requests.to_be_bytes().to_vec();
         if let Some(group) = self.node.group(&GroupKey::CONTROLLER) {
             if ask_catch_up {
@@ -1291,6 +1320,86 @@ impl Driver {
         self.announce_leading(shard);
         self.hear_leading(shard);
         self.take_back_preferred_leaderships(shard);
+        self.drive_reassignments(shard);
+    }
+
+    /// Takes the next step of every move (reassignment) of a partition this shard leads (see
+    /// `reassignment.rs`), every [`reassignment::CHECK_EVERY`].
+    fn drive_reassignments(&mut self, shard: &Rc<Shard>) {
+        if self.reassignments_checked_at.elapsed() < reassignment::CHECK_EVERY {
+            return;
+        }
+        self.reassignments_checked_at = Instant::now();
+        let image = shard.image();
+        let Some(cluster) = image.cluster.as_ref() else {
+            return;
+        };
+        self.reported
+            .retain(|_, (_, at)| at.elapsed() < reassignment::REPORT_AGAIN_AFTER);
+        let mut reports = Vec::new();
+        for assignment in cluster.topics.values() {
+            for (partition, moving) in &assignment.reassignments {
+                let key = (assignment.topic.id, *partition);
+                let Some(group) = self.node.group(&group_key(key)) else {
+                    continue;
+                };
+                let replica = group.replica();
+                if replica.role() != Role::Leader {
+                    continue;
+                }
+                let view = reassignment::GroupView {
+                    me: replica.id(),
+                    conf: replica.conf_state(),
+                    conf_index: group.conf_index(),
+                    pending: replica.has_pending_conf(),
+                    matched: replica.matched(),
+                    last_index: replica.last_index(),
+                };
+                match reassignment::next_step(&view, key.0, key.1, moving) {
+                    Step::Wait => {}
+                    Step::Propose(change) => {
+                        info!(topic = %assignment.topic.name, partition = key.1,
+                            change = ?change.changes.iter().map(|c| (c.get_change_type(), node_of(c.node_id))).collect::<Vec<_>>(),
+                            leaving_joint = change.leave_joint(),
+                            "reassignment: configuration change proposed");
+                        if let Err(e) = group.propose_conf_change(change) {
+                            warn!(topic = %assignment.topic.name, partition = key.1, error = %e,
+                                "reassignment: configuration change not proposed");
+                        }
+                    }
+                    Step::TransferLeader(to) => group.transfer_leader(to),
+                    Step::Report(command) => {
+                        let kind = command.kind();
+                        if self.reported.get(&key).is_some_and(|(k, _)| *k == kind) {
+                            continue;
+                        }
+                        self.reported.insert(key, (kind, Instant::now()));
+                        info!(topic = %assignment.topic.name, partition = key.1, report = kind,
+                            "reassignment: telling the controller");
+                        reports.push(command);
+                    }
+                }
+            }
+        }
+        if reports.is_empty() {
+            return;
+        }
+        let from = shard.clone();
+        glommio::spawn_local(async move {
+            let _ = from
+                .invoke_on(
+                    crate::controller::CONTROLLER_SHARD,
+                    move |controller| async move {
+                        if let Some(replication) = &controller.replication {
+                            for command in reports {
+                                replication.forward(command);
+                            }
+                        }
+                    },
+                )
+                .await;
+        })
+        .detach();
     }
 
     /// Tells the node's table when this shard last had a frame from each peer (for fencing),
@@ -1816,7 +1925,13 @@ impl CatchUp {
         lag: Duration,
     ) -> Vec<i32> {
         let me = replica.id();
-        let matched = replica.matched();
+        // Learners (replicas joining a moving partition) are never in sync: they do not vote.
+        let conf = replica.conf_state();
+        let matched: Vec<(u64, u64, bool)> = replica
+            .matched()
+            .into_iter()
+            .filter(|(id, _, _)| conf.voters.contains(id) || conf.voters_outgoing.contains(id))
+            .collect();
         for (id, held, answering) in &matched {
             // A follower that stopped answering is not caught up, even with nothing new to
             // hold (Kafka's followers, too, fall out by not fetching).
@@ -1878,10 +1993,38 @@ pub async fn reconcile(shard: &Rc<Shard>) {
                 continue;
             }
             if shard.open_partition((topic.id, p)).is_none() {
-                if let Err(e) = shard.partition(&topic, p).await {
-                    warn!(topic = %topic.name, partition = p, error = %e, "cannot open a replica");
+                // `Closed`: a replica joining a moving partition waits for its join point.
+                match shard.partition(&topic, p).await {
+                    Ok(_) | Err(sluice_storage::StorageError::Closed) => {}
+                    Err(e) => {
+                        warn!(topic = %topic.name, partition = p, error = %e, "cannot open a replica");
+                    }
                 }
             }
+        }
+    }
+    // Replicas a finished move took off this node: closed and deleted, once the image is the
+    // controller's current one (an image replayed after a restart may predate the move that
+    // brought the replica here).
+    if shard.catalog.cluster.caught_up() {
+        let moved_away: Vec<(PartitionKey, PathBuf)> = shard
+            .open_partitions()
+            .into_iter()
+            .filter(|(key, _)| {
+                image.topic_by_id(key.0).is_some_and(|topic| {
+                    shard
+                        .replicas_of(&image, &topic.name, key.1)
+                        .is_some_and(|replicas| !replicas.contains(&node))
+                })
+            })
+            .map(|(key, p)| (key, p.dir().to_path_buf()))
+            .collect();
+        for (key, dir) in moved_away {
+            shard.drop_partitions(|k| *k == key).await;
+            if let Err(e) = crate::shard::remove_dir_all(dir.clone()).await {
+                warn!(dir = %dir.display(), error = %e, "cannot remove a replica moved away");
+            }
+            info!(topic_id = %key.0, partition = key.1, "replica moved away from this node removed");
         }
     }
     let gone: Vec<Uuid> = shard

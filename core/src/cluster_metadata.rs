@@ -61,8 +61,52 @@ impl BrokerRegistration {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TopicAssignment {
     pub topic: Topic,
-    /// One replica list per partition, preferred leader first.
+    /// One replica list per partition, preferred leader first. While a partition moves, its
+    /// list holds every node that may hold a replica of it: the target first, then the others
+    /// (Kafka's order during a reassignment).
     pub replicas: Vec<Vec<i32>>,
+    /// Partitions moving to other replicas (AlterPartitionReassignments), by partition.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reassignments: BTreeMap<i32, Reassignment>,
+}
+
+/// A partition's move to another list of replicas, under way. The partition's leader carries
+/// it out in its Raft group: the new replicas join as learners, catch up, then one joint
+/// configuration change makes the target the voters, and the leader reports the move done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reassignment {
+    /// The replica list asked for, preferred leader first: the partition's list once done.
+    pub target: Vec<i32>,
+    /// The list before the move began.
+    pub original: Vec<i32>,
+    /// Where joining replicas start (set by the leader once it made them learners).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joining: Option<JoinPoint>,
+}
+
+impl Reassignment {
+    /// Replicas the move adds (Kafka's `adding_replicas`).
+    pub fn adding(&self) -> Vec<i32> {
+        self.target
+            .iter()
+            .filter(|n| !self.original.contains(n))
+            .copied()
+            .collect()
+    }
+}
+
+/// A partition group's configuration at a Raft index, in Raft ids: what a replica joining the
+/// group as a learner starts from (it skips the configuration changes up to `index` when it
+/// receives them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinPoint {
+    pub index: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub voters_outgoing: Vec<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub learners_next: Vec<u64>,
 }
 
 /// One record of the controller's log.
@@ -111,10 +155,31 @@ pub enum MetadataCommand {
     AlterClientQuotas {
         changes: Vec<crate::quotas::QuotaChange>,
     },
+    /// AlterPartitionReassignments for one partition: move it to `target`, or (`None`) cancel
+    /// the move under way, moving back to the list it started from.
+    Reassign {
+        id: Uuid,
+        partition: i32,
+        target: Option<Vec<i32>>,
+    },
+    /// The partition's leader made the replicas joining for `target` learners: where they
+    /// start.
+    SetJoinPoint {
+        id: Uuid,
+        partition: i32,
+        target: Vec<i32>,
+        point: JoinPoint,
+    },
+    /// The partition's group has `target` as its voters, and no one else: the move is over.
+    CompleteReassignment {
+        id: Uuid,
+        partition: i32,
+        target: Vec<i32>,
+    },
 }
 
 impl MetadataCommand {
-    fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> &'static str {
         match self {
             MetadataCommand::RegisterBroker(_) => "register_broker",
             MetadataCommand::CreateTopic { .. } => "create_topic",
@@ -127,6 +192,9 @@ impl MetadataCommand {
             MetadataCommand::CreateAcls { .. } => "create_acls",
             MetadataCommand::DeleteAcls { .. } => "delete_acls",
             MetadataCommand::AlterClientQuotas { .. } => "alter_client_quotas",
+            MetadataCommand::Reassign { .. } => "reassign",
+            MetadataCommand::SetJoinPoint { .. } => "set_join_point",
+            MetadataCommand::CompleteReassignment { .. } => "complete_reassignment",
         }
     }
 }
@@ -152,6 +220,12 @@ pub enum Refused {
     BadAcl(String),
     #[error("client quota: {0}")]
     BadQuota(String),
+    #[error("topic id {0} has no partition {1}")]
+    UnknownPartition(Uuid, i32),
+    #[error("no reassignment of partition {1} of topic id {0} is in progress")]
+    NoReassignment(Uuid, i32),
+    #[error("the reassignment of partition {1} of topic id {0} now moves elsewhere")]
+    StaleReassignment(Uuid, i32),
 }
 
 /// The cluster as the controller's log describes it, up to `version`.
@@ -206,6 +280,7 @@ impl ClusterImage {
                     TopicAssignment {
                         topic: topic.clone(),
                         replicas: replicas.clone(),
+                        reassignments: BTreeMap::new(),
                     },
                 );
             }
@@ -267,7 +342,108 @@ impl ClusterImage {
                 }
                 crate::quotas::apply(&mut self.client_quotas, changes);
             }
+            MetadataCommand::Reassign {
+                id,
+                partition,
+                target,
+            } => self.reassign(*id, *partition, target.as_deref())?,
+            MetadataCommand::SetJoinPoint {
+                id,
+                partition,
+                target,
+                point,
+            } => {
+                let moving = self.moving(*id, *partition, target)?;
+                moving.joining = Some(point.clone());
+            }
+            MetadataCommand::CompleteReassignment {
+                id,
+                partition,
+                target,
+            } => {
+                self.moving(*id, *partition, target)?;
+                let entry = self.assignment_mut(*id, *partition)?;
+                entry.reassignments.remove(partition);
+                entry.replicas[*partition as usize] = target.clone();
+            }
         }
+        Ok(())
+    }
+
+    fn assignment_mut(
+        &mut self,
+        id: Uuid,
+        partition: i32,
+    ) -> Result<&mut TopicAssignment, Refused> {
+        let name = self.name_of(id)?;
+        let entry = self.topics.get_mut(&name).expect("found by id");
+        if partition < 0 || partition as usize >= entry.replicas.len() {
+            return Err(Refused::UnknownPartition(id, partition));
+        }
+        Ok(entry)
+    }
+
+    /// The move of a partition under way to `target`.
+    fn moving(
+        &mut self,
+        id: Uuid,
+        partition: i32,
+        target: &[i32],
+    ) -> Result<&mut Reassignment, Refused> {
+        let entry = self.assignment_mut(id, partition)?;
+        let moving = entry
+            .reassignments
+            .get_mut(&partition)
+            .ok_or(Refused::NoReassignment(id, partition))?;
+        if moving.target != target {
+            return Err(Refused::StaleReassignment(id, partition));
+        }
+        Ok(moving)
+    }
+
+    /// Starts, replaces or cancels (`target` `None`) a partition's move. A move to the set of
+    /// replicas the partition has (and no move under way) only reorders the list. While a
+    /// move is under way the list only grows (every node that may hold a replica stays on it
+    /// until the move is done).
+    fn reassign(
+        &mut self,
+        id: Uuid,
+        partition: i32,
+        target: Option<&[i32]>,
+    ) -> Result<(), Refused> {
+        if let Some(target) = target {
+            self.check_assignment(&[target.to_vec()], None)?;
+        }
+        let entry = self.assignment_mut(id, partition)?;
+        let current = entry.replicas[partition as usize].clone();
+        let under_way = entry.reassignments.get(&partition).cloned();
+        let target = match (target, &under_way) {
+            (Some(target), _) => target.to_vec(),
+            (None, Some(moving)) => moving.original.clone(),
+            (None, None) => return Err(Refused::NoReassignment(id, partition)),
+        };
+        let same_set = |a: &[i32], b: &[i32]| a.len() == b.len() && a.iter().all(|n| b.contains(n));
+        if under_way.is_none() && same_set(&target, &current) {
+            entry.replicas[partition as usize] = target;
+            return Ok(());
+        }
+        // The same target again keeps where its joining replicas start.
+        let joining = under_way
+            .as_ref()
+            .filter(|m| m.target == target)
+            .and_then(|m| m.joining.clone());
+        let original = under_way.map_or(current.clone(), |m| m.original);
+        let mut replicas = target.clone();
+        replicas.extend(current.iter().filter(|n| !target.contains(n)));
+        entry.replicas[partition as usize] = replicas;
+        entry.reassignments.insert(
+            partition,
+            Reassignment {
+                target,
+                original,
+                joining,
+            },
+        );
         Ok(())
     }
 
@@ -391,6 +567,89 @@ mod tests {
             partitions,
             configs: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn a_reassignment_grows_the_list_until_its_leader_reports_it_done() {
+        let mut image = ClusterImage::default();
+        for id in 1..=4 {
+            image.apply(id as u64, &broker(id)).unwrap();
+        }
+        let t = topic("moving", 1);
+        let id = t.id;
+        image
+            .apply(
+                10,
+                &MetadataCommand::CreateTopic {
+                    topic: t,
+                    replicas: vec![vec![1, 2, 3]],
+                },
+            )
+            .unwrap();
+        let reassign = |target: Option<Vec<i32>>| MetadataCommand::Reassign {
+            id,
+            partition: 0,
+            target,
+        };
+        let replicas = |image: &ClusterImage| image.topics["moving"].replicas[0].clone();
+        // Nothing to cancel; a bad target changes nothing.
+        assert_eq!(
+            image.apply(11, &reassign(None)),
+            Err(Refused::NoReassignment(id, 0))
+        );
+        assert!(image.apply(12, &reassign(Some(vec![1, 9]))).is_err());
+        assert!(image.apply(12, &reassign(Some(vec![4, 4]))).is_err());
+        // The same set reorders at once.
+        image.apply(13, &reassign(Some(vec![2, 1, 3]))).unwrap();
+        assert_eq!(replicas(&image), vec![2, 1, 3]);
+        assert!(image.topics["moving"].reassignments.is_empty());
+        // A move: target first, then the rest; a new target keeps every node listed.
+        image.apply(14, &reassign(Some(vec![4, 1, 2]))).unwrap();
+        assert_eq!(replicas(&image), vec![4, 1, 2, 3]);
+        let moving = image.topics["moving"].reassignments[&0].clone();
+        assert_eq!(
+            (moving.adding(), moving.original.clone()),
+            (vec![4], vec![2, 1, 3])
+        );
+        let point = JoinPoint {
+            index: 7,
+            voters: vec![2, 3, 4],
+            learners: vec![5],
+            voters_outgoing: vec![],
+            learners_next: vec![],
+        };
+        let join = |target: Vec<i32>| MetadataCommand::SetJoinPoint {
+            id,
+            partition: 0,
+            target,
+            point: point.clone(),
+        };
+        assert_eq!(
+            image.apply(15, &join(vec![1, 2, 3])),
+            Err(Refused::StaleReassignment(id, 0))
+        );
+        image.apply(16, &join(vec![4, 1, 2])).unwrap();
+        // Cancelled: back to the original list, every node still listed, nothing joins.
+        image.apply(17, &reassign(None)).unwrap();
+        assert_eq!(replicas(&image), vec![2, 1, 3, 4]);
+        let moving = image.topics["moving"].reassignments[&0].clone();
+        assert_eq!(
+            (moving.target.clone(), moving.joining),
+            (vec![2, 1, 3], None)
+        );
+        image.apply(18, &reassign(Some(vec![4, 1, 2]))).unwrap();
+        image.apply(19, &join(vec![4, 1, 2])).unwrap();
+        // Done as reported for the current target only.
+        let done = |target: Vec<i32>| MetadataCommand::CompleteReassignment {
+            id,
+            partition: 0,
+            target,
+        };
+        assert!(image.apply(20, &done(vec![2, 1, 3])).is_err());
+        image.apply(21, &done(vec![4, 1, 2])).unwrap();
+        assert_eq!(replicas(&image), vec![4, 1, 2]);
+        assert!(image.topics["moving"].reassignments.is_empty());
+        assert_eq!(image.version, 21);
     }
 
     #[test]

@@ -284,7 +284,12 @@ fn control_error(e: ControlError) -> ApiError {
             ResponseError::TopicAlreadyExists
         }
         ControlError::Refused(Refused::BadAssignment(_)) => ResponseError::InvalidReplicaAssignment,
-        ControlError::Refused(Refused::UnknownTopic(_)) => ResponseError::UnknownTopicOrPartition,
+        ControlError::Refused(Refused::UnknownTopic(_) | Refused::UnknownPartition(..)) => {
+            ResponseError::UnknownTopicOrPartition
+        }
+        ControlError::Refused(Refused::NoReassignment(..)) => {
+            ResponseError::NoReassignmentInProgress
+        }
         ControlError::Refused(_) | ControlError::Failed(_) => ResponseError::UnknownServerError,
     };
     error(code, e.to_string())
@@ -431,6 +436,107 @@ fn check_replication_factor(clamp: bool, replicas: i16) -> Result<(), ApiError> 
             format!("replication factor {n} is below 1"),
         )),
     }
+}
+
+/// One partition's wanted move (AlterPartitionReassignments): topic, partition, and the new
+/// replica list (`None`: cancel the move under way).
+pub type ReassignRequest = (String, i32, Option<Vec<i32>>);
+
+/// Starts (or cancels) partition moves, one result per request, each answered once the
+/// controller committed it (the move itself goes on in the background: see
+/// `reassignment.rs`). `allow_replication_factor_change` false (KIP-860) refuses a target of
+/// another length than the partition's replica list. On a single node the only list is the
+/// node itself.
+pub async fn reassign_partitions(
+    shard: &Rc<Shard>,
+    requests: Vec<ReassignRequest>,
+    allow_replication_factor_change: bool,
+) -> Vec<Result<(), ApiError>> {
+    let count = requests.len();
+    shard
+        .invoke_on(CONTROLLER_SHARD, move |controller| async move {
+            reassign_on_controller(&controller, requests, allow_replication_factor_change).await
+        })
+        .await
+        .unwrap_or_else(|gone| {
+            (0..count)
+                .map(|_| Err(error(ResponseError::UnknownServerError, gone.to_string())))
+                .collect()
+        })
+}
+
+async fn reassign_on_controller(
+    controller: &Rc<Shard>,
+    requests: Vec<ReassignRequest>,
+    allow_replication_factor_change: bool,
+) -> Vec<Result<(), ApiError>> {
+    let _turn = controller.controller_turn().await;
+    let mut results = Vec::with_capacity(requests.len());
+    for (name, partition, target) in requests {
+        let image = controller.catalog.image();
+        let Some(topic) = image
+            .topic(&name)
+            .filter(|t| (0..t.partitions).contains(&partition))
+        else {
+            results.push(Err(error(
+                ResponseError::UnknownTopicOrPartition,
+                format!("no partition {partition} of topic {name}"),
+            )));
+            continue;
+        };
+        let current: Vec<i32> = controller
+            .replicas_of(&image, &name, partition)
+            .map_or_else(|| vec![controller.node_id()], <[i32]>::to_vec);
+        let moving = image
+            .cluster
+            .as_ref()
+            .and_then(|c| c.topics.get(&name))
+            .and_then(|t| t.reassignments.get(&partition));
+        let width = moving.map_or(current.len(), |m| m.original.len());
+        if let Some(target) = &target {
+            if !allow_replication_factor_change && target.len() != width {
+                results.push(Err(error(
+                    ResponseError::InvalidReplicationFactor,
+                    format!(
+                        "the target has {} replicas, the partition {width}, and the request does \
+                         not allow the replication factor to change",
+                        target.len()
+                    ),
+                )));
+                continue;
+            }
+        }
+        let Some(replication) = &controller.replication else {
+            results.push(match target {
+                None => Err(error(
+                    ResponseError::NoReassignmentInProgress,
+                    format!("no reassignment of partition {partition} of {name} is in progress"),
+                )),
+                Some(target) if target == current => Ok(()),
+                Some(target) => Err(error(
+                    ResponseError::InvalidReplicaAssignment,
+                    format!(
+                        "replicas {target:?}: a single node holds every partition on broker {}",
+                        controller.node_id()
+                    ),
+                )),
+            });
+            continue;
+        };
+        let command = MetadataCommand::Reassign {
+            id: topic.id,
+            partition,
+            target: target.clone(),
+        };
+        results.push(match replication.control(command).await {
+            Ok(()) => {
+                info!(topic = %name, partition, ?target, "partition reassignment accepted");
+                Ok(())
+            }
+            Err(e) => Err(control_error(e)),
+        });
+    }
+    results
 }
 
 /// Deletes topics: removed from the catalog (durably), then their logs are closed and their

@@ -52,6 +52,7 @@ pub mod partition;
 pub mod produce;
 pub mod producers;
 pub mod quotas;
+pub mod reassignment;
 pub mod scram;
 pub mod session_views;
 pub mod shard;

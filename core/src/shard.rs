@@ -452,9 +452,9 @@ impl Shard {
         let opened = match &self.replication {
             None => Rc::new(Partition::open(&dir, config).await?),
             Some(replication) => {
-                let voters = self.replicas_here(topic, partition)?;
+                let membership = self.membership_here(topic, partition)?;
                 let (log, link) = replication
-                    .open_group(key, dir.clone(), voters, config)
+                    .open_group(key, dir.clone(), membership, config)
                     .await
                     .map_err(|e| replication_failure(&dir, e))?;
                 Rc::new(Partition::replicated(log, link).await?)
@@ -497,22 +497,27 @@ impl Shard {
             .map(Vec::as_slice)
     }
 
-    /// Cluster mode: the Raft ids of partition `partition`'s replicas, if this node holds one;
-    /// `Closed` when it does not (the caller's request goes to a replica).
-    fn replicas_here(
+    /// Cluster mode: how this node's replica of partition `partition` starts if it is new
+    /// (see `reassignment::membership_for`); `Closed` when this node holds none, or joins a
+    /// moving partition whose leader has not said yet where it starts (the caller's request
+    /// goes to a replica).
+    fn membership_here(
         &self,
         topic: &Topic,
         partition: i32,
-    ) -> Result<Vec<u64>, sluice_storage::StorageError> {
+    ) -> Result<sluice_replication::partition::Membership, sluice_storage::StorageError> {
         let image = self.catalog.image();
         let replicas = self
             .replicas_of(&image, &topic.name, partition)
             .filter(|replicas| replicas.contains(&self.node_id()))
             .ok_or(sluice_storage::StorageError::Closed)?;
-        Ok(replicas
-            .iter()
-            .map(|n| crate::cluster::raft_id(*n))
-            .collect())
+        let moving = image
+            .cluster
+            .as_ref()
+            .and_then(|c| c.topics.get(&topic.name))
+            .and_then(|t| t.reassignments.get(&partition));
+        crate::reassignment::membership_for(self.node_id(), replicas, moving)
+            .map_err(|_| sluice_storage::StorageError::Closed)
     }
 
     /// Whether the data directory's filesystem has at least `disk_free_bytes_min` free; the
@@ -565,8 +570,15 @@ impl Shard {
     /// Closes and forgets every partition of topic `id` on this shard, then removes `dir`
     /// entries it owned. Used by topic deletion.
     pub(crate) async fn drop_topic_partitions(&self, id: Uuid) {
+        self.drop_partitions(|key| key.0 == id).await;
+    }
+
+    /// Closes and forgets the open partitions `which` picks (a deleted topic's, or replicas
+    /// a reassignment moved away from this node), in cluster mode their replicas too.
+    pub(crate) async fn drop_partitions(&self, which: impl Fn(&PartitionKey) -> bool) {
         // An open in progress finishes (and lands in the map) before the drop looks; opens that
-        // start later see the topic gone from the catalog (see `partition`).
+        // start later see the topic gone from the catalog, or this node gone from the
+        // partition's replicas (see `partition`).
         let opening = self
             .opening
             .acquire_permit(1)
@@ -574,19 +586,19 @@ impl Shard {
             .expect("the opening semaphore is never closed");
         let dropped: Vec<(PartitionKey, Rc<Partition>)> = {
             let mut map = self.partitions.borrow_mut();
-            let keys: Vec<PartitionKey> = map.keys().filter(|k| k.0 == id).copied().collect();
+            let keys: Vec<PartitionKey> = map.keys().filter(|k| which(k)).copied().collect();
             keys.into_iter()
                 .filter_map(|k| map.remove(&k).map(|p| (k, p)))
                 .collect()
         };
         drop(opening);
-        for ((_, index), partition) in dropped {
+        for ((id, index), partition) in dropped {
             if let Err(e) = partition.close().await {
-                warn!(topic_id = %id, partition = index, error = %e, "closing a deleted partition");
+                warn!(topic_id = %id, partition = index, error = %e, "closing a dropped partition");
             }
             if let Some(replication) = &self.replication {
                 if let Err(e) = replication.close_group((id, index)).await {
-                    warn!(topic_id = %id, partition = index, error = %e, "closing a deleted replica");
+                    warn!(topic_id = %id, partition = index, error = %e, "closing a dropped replica");
                 }
             }
         }

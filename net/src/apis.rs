@@ -47,6 +47,8 @@ pub const IMPLEMENTED: &[ApiRange] = &[
     handlers::delete_groups::RANGE,
     handlers::elect_leaders::RANGE,
     handlers::alter_configs::INCREMENTAL_RANGE,
+    handlers::partition_reassignments::ALTER_RANGE,
+    handlers::partition_reassignments::LIST_RANGE,
     handlers::offset_delete::RANGE,
     handlers::client_quotas::DESCRIBE_RANGE,
     handlers::client_quotas::ALTER_RANGE,

@@ -39,18 +39,18 @@ use futures::future::Either;
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use kafka_protocol::messages::{AlterClientQuotasRequest, DescribeClientQuotasRequest};
 use kafka_protocol::messages::{
-    AlterConfigsRequest, AlterUserScramCredentialsRequest, ApiKey, ApiVersionsRequest,
-    CreateAclsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteAclsRequest,
-    DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest, DescribeAclsRequest,
-    DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest, DescribeLogDirsRequest,
-    DescribeQuorumRequest, DescribeTopicPartitionsRequest, DescribeUserScramCredentialsRequest,
-    ElectLeadersRequest, FetchRequest, FindCoordinatorRequest, GetTelemetrySubscriptionsRequest,
-    HeartbeatRequest, IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest,
-    LeaveGroupRequest, ListConfigResourcesRequest, ListGroupsRequest, ListOffsetsRequest,
-    MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest,
-    OffsetForLeaderEpochRequest, ProduceRequest, PushTelemetryRequest, RequestHeader,
-    ResponseHeader, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
-    SaslHandshakeResponse, SyncGroupRequest,
+    AlterConfigsRequest, AlterPartitionReassignmentsRequest, AlterUserScramCredentialsRequest,
+    ApiKey, ApiVersionsRequest, CreateAclsRequest, CreatePartitionsRequest, CreateTopicsRequest,
+    DeleteAclsRequest, DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest,
+    DescribeAclsRequest, DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest,
+    DescribeLogDirsRequest, DescribeQuorumRequest, DescribeTopicPartitionsRequest,
+    DescribeUserScramCredentialsRequest, ElectLeadersRequest, FetchRequest, FindCoordinatorRequest,
+    GetTelemetrySubscriptionsRequest, HeartbeatRequest, IncrementalAlterConfigsRequest,
+    InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListConfigResourcesRequest,
+    ListGroupsRequest, ListOffsetsRequest, ListPartitionReassignmentsRequest, MetadataRequest,
+    OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest,
+    ProduceRequest, PushTelemetryRequest, RequestHeader, ResponseHeader, SaslAuthenticateRequest,
+    SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse, SyncGroupRequest,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::protocol::{Decodable, Encodable};
@@ -67,8 +67,8 @@ use crate::handlers::{
     describe_groups, describe_log_dirs, describe_quorum, describe_topic_partitions, elect_leaders,
     fetch, find_coordinator, get_telemetry_subscriptions, heartbeat, init_producer_id, join_group,
     leave_group, list_config_resources, list_groups, list_offsets, metadata, offset_commit,
-    offset_delete, offset_fetch, offset_for_leader_epoch, produce, push_telemetry, sasl,
-    scram_credentials, sync_group, Context,
+    offset_delete, offset_fetch, offset_for_leader_epoch, partition_reassignments, produce,
+    push_telemetry, sasl, scram_credentials, sync_group, Context,
 };
 use crate::quota_meter::{self, Kind};
 use crate::request_trace;
@@ -581,6 +581,16 @@ async fn dispatch(
         ApiKey::DescribeLogDirs => {
             let request = decode::<DescribeLogDirsRequest>(&mut frame, api, version)?;
             let response = describe_log_dirs::handle(request, version, ctx).await;
+            reply(throttle, api, version, correlation_id, &response).map(Some)
+        }
+        ApiKey::AlterPartitionReassignments => {
+            let request = decode::<AlterPartitionReassignmentsRequest>(&mut frame, api, version)?;
+            let response = partition_reassignments::handle_alter(request, version, ctx).await;
+            reply(throttle, api, version, correlation_id, &response).map(Some)
+        }
+        ApiKey::ListPartitionReassignments => {
+            let request = decode::<ListPartitionReassignmentsRequest>(&mut frame, api, version)?;
+            let response = partition_reassignments::handle_list(request, ctx);
             reply(throttle, api, version, correlation_id, &response).map(Some)
         }
         ApiKey::ElectLeaders => {
@@ -1101,6 +1111,8 @@ throttle_time!(
     kafka_protocol::messages::DescribeLogDirsResponse,
     kafka_protocol::messages::DescribeClusterResponse,
     kafka_protocol::messages::ElectLeadersResponse,
+    kafka_protocol::messages::AlterPartitionReassignmentsResponse,
+    kafka_protocol::messages::ListPartitionReassignmentsResponse,
     kafka_protocol::messages::DescribeTopicPartitionsResponse,
     kafka_protocol::messages::DescribeAclsResponse,
     kafka_protocol::messages::CreateAclsResponse,

@@ -22,7 +22,10 @@ pub mod transport;
 
 pub use error::{ReplicationError, Result};
 pub use node::PeerEvent;
-pub use raft::eraftpb::{Entry, EntryType, HardState, Message, MessageType};
+pub use raft::eraftpb::{
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry,
+    EntryType, HardState, Message, MessageType,
+};
 pub use raft::storage::MemStorage;
 pub use replica::{PersistJob, Progress, Replica, ReplicaConfig, ReplicaStorage, Role};
 

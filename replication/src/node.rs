@@ -34,7 +34,7 @@ use sluice_storage::{FlushMode, LogConfig, Offset, SyncGroup};
 
 use crate::error::{ReplicationError, Result};
 use crate::hard_state_log::HardStateLog;
-use crate::partition::{CommittedEntry, HardStateHome, Outbox, RaftPartition};
+use crate::partition::{CommittedEntry, HardStateHome, Membership, Outbox, RaftPartition};
 use crate::replica::ReplicaConfig;
 use crate::rpc::{GroupKey, GroupMessage, LeadNote};
 use crate::transport::{Listener, Transport};
@@ -197,14 +197,36 @@ impl ReplicationNode {
         config: ReplicaConfig,
         log_config: LogConfig,
     ) -> Result<()> {
+        let membership = Membership::voters(voters);
+        self.add_group_as(key, dir, &membership, config, log_config)
+            .await
+    }
+
+    /// [`add_group`](Self::add_group) for a replica that starts as `membership` says (a
+    /// learner joining a running group; see [`RaftPartition::open_as`]).
+    pub async fn add_group_as(
+        &mut self,
+        key: GroupKey,
+        dir: impl AsRef<Path>,
+        membership: &Membership,
+        config: ReplicaConfig,
+        log_config: LogConfig,
+    ) -> Result<()> {
         let logger = crate::discard_logger();
         let home = HardStateHome::Shared {
             log: self.hard_states.clone(),
             key,
         };
-        let mut partition =
-            RaftPartition::open(dir, self.node_id, voters, config, log_config, home, &logger)
-                .await?;
+        let mut partition = RaftPartition::open_as(
+            dir,
+            self.node_id,
+            membership,
+            config,
+            log_config,
+            home,
+            &logger,
+        )
+        .await?;
         partition.set_waker(self.wake.clone());
         partition.log().join_sync_group(&self.sync_group);
         self.groups.insert(key, partition);

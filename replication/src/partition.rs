@@ -61,17 +61,50 @@ pub const CONTROL_RAFT_CONF_CHANGE: i16 = 0x5343;
 pub const CONTROL_LOG_START: i16 = 0x534C;
 
 /// Where the log starts over for a snapshot [`PartitionStore::snapshot`] made (its data: the
-/// floor's end offset, 8 bytes big-endian).
+/// floor's end offset, 8 bytes big-endian, then the index of the configuration change its
+/// configuration reflects, 8 bytes big-endian; snapshots of before the second field have
+/// only the first).
 pub fn snapshot_end_offset(snapshot: &Snapshot) -> Result<Offset> {
-    <[u8; 8]>::try_from(&snapshot.data[..])
-        .map(|b| Offset(i64::from_be_bytes(b)))
-        .map_err(|_| ReplicationError::BadEntry {
+    snapshot
+        .data
+        .get(..8)
+        .filter(|_| matches!(snapshot.data.len(), 8 | 16))
+        .map(|b| Offset(i64::from_be_bytes(b.try_into().expect("8 bytes"))))
+        .ok_or_else(|| ReplicationError::BadEntry {
             index: snapshot.get_metadata().index,
             reason: format!(
-                "a snapshot carries its end offset in 8 bytes, not {}",
+                "a snapshot carries its end offset and configuration index in 8 or 16 bytes, not {}",
                 snapshot.data.len()
             ),
         })
+}
+
+/// The index of the configuration change a snapshot's configuration reflects (0: unknown).
+pub fn snapshot_conf_index(snapshot: &Snapshot) -> u64 {
+    snapshot
+        .data
+        .get(8..16)
+        .map_or(0, |b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+}
+
+/// A group's configuration as a replica starts it: a new group's voters, or, for a replica
+/// joining a running group, the configuration its leader had once it added the replica as a
+/// learner, and the index of that change (committed changes up to it are not applied again
+/// when the joining replica receives them).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Membership {
+    pub conf_state: ConfState,
+    pub index: u64,
+}
+
+impl Membership {
+    /// A new group of `voters`.
+    pub fn voters(voters: &[u64]) -> Membership {
+        Membership {
+            conf_state: ConfState::from((voters.to_vec(), vec![])),
+            index: 0,
+        }
+    }
 }
 
 /// The batch a leader proposes to move every replica's log start to `offset`.
@@ -91,8 +124,10 @@ pub fn log_start_of(batch: &[u8]) -> Option<Offset> {
 
 const STATE_FILE: &str = "raft-state";
 const STATE_MAGIC: &[u8; 4] = b"SLRS";
-/// Version 2 added the `starting_over` flag after the voters; version 1 files still load.
-const STATE_VERSION: u16 = 2;
+/// Version 2 added the `starting_over` flag after the voters, version 3 the rest of the
+/// configuration (learners, outgoing voters, learners next, auto-leave) and the index of the
+/// change it reflects; version 1 and 2 files still load (voters only, index 0).
+const STATE_VERSION: u16 = 3;
 
 /// Everything below the window, as raft-rs sees it: a snapshot at `index` of `term`, the log
 /// holding its records up to `end_offset` (exclusive).
@@ -138,6 +173,8 @@ pub struct WindowStats {
 pub struct PartitionStore {
     hard_state: HardState,
     conf_state: ConfState,
+    /// The configuration change `conf_state` reflects (see [`Membership`]).
+    conf_index: u64,
     below: Below,
     window: VecDeque<Slot>,
     batch_bytes_max: usize,
@@ -321,10 +358,11 @@ impl PartitionStore {
     }
 
     /// A store with no entries above `below`.
-    fn empty(voters: &[u64], below: Below, batch_bytes_max: usize) -> PartitionStore {
+    fn empty(membership: &Membership, below: Below, batch_bytes_max: usize) -> PartitionStore {
         PartitionStore {
             hard_state: HardState::default(),
-            conf_state: ConfState::from((voters.to_vec(), vec![])),
+            conf_state: membership.conf_state.clone(),
+            conf_index: membership.index,
             below,
             window: VecDeque::new(),
             batch_bytes_max,
@@ -361,7 +399,7 @@ impl PartitionStore {
         entries: &[Entry],
         batch_bytes_max: usize,
     ) -> Result<PartitionStore> {
-        let mut store = PartitionStore::empty(voters, below, batch_bytes_max);
+        let mut store = PartitionStore::empty(&Membership::voters(voters), below, batch_bytes_max);
         hard_state.commit = hard_state.commit.max(below.index);
         store.hard_state = hard_state;
         store.put_entries(entries)?;
@@ -540,8 +578,10 @@ impl Storage for PartitionStore {
                 RaftStorageError::SnapshotTemporarilyUnavailable,
             ));
         }
+        let mut data = self.below.end_offset.0.to_be_bytes().to_vec();
+        data.extend_from_slice(&self.conf_index.to_be_bytes());
         let mut snapshot = Snapshot {
-            data: self.below.end_offset.0.to_be_bytes().to_vec().into(),
+            data: data.into(),
             ..Snapshot::default()
         };
         let metadata = snapshot.mut_metadata();
@@ -599,6 +639,15 @@ impl ReplicaStorage for PartitionStore {
         self.hard_state = hard_state.clone();
     }
 
+    fn conf_index(&self) -> u64 {
+        self.conf_index
+    }
+
+    fn put_conf_state(&mut self, index: u64, conf_state: &ConfState) {
+        self.conf_state = conf_state.clone();
+        self.conf_index = index;
+    }
+
     fn restore(&mut self, snapshot: &Snapshot) -> Result<()> {
         let metadata = snapshot.get_metadata();
         let end_offset = snapshot_end_offset(snapshot)?;
@@ -611,20 +660,21 @@ impl ReplicaStorage for PartitionStore {
         };
         self.evicted_to = metadata.index;
         self.conf_state = metadata.get_conf_state().clone();
+        self.conf_index = snapshot_conf_index(snapshot).max(metadata.index);
         self.hard_state.commit = self.hard_state.commit.max(metadata.index);
         self.hard_state.term = self.hard_state.term.max(metadata.term);
         Ok(())
     }
 }
 
-/// The `raft-state` file: hard state, the window's lower bound and the voters.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// The `raft-state` file: hard state, the window's lower bound and the configuration.
+#[derive(Debug, Clone, PartialEq, Default)]
 struct StateFile {
     term: u64,
     vote: u64,
     commit: u64,
     below: Below,
-    voters: Vec<u64>,
+    membership: Membership,
     /// Set while the log is being emptied to start over at `below.end_offset` (a snapshot
     /// restored): a reopen finishes that before anything reads the log.
     starting_over: bool,
@@ -632,7 +682,8 @@ struct StateFile {
 
 impl StateFile {
     fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 + 8 * self.voters.len());
+        let conf = &self.membership.conf_state;
+        let mut out = Vec::with_capacity(128 + 8 * conf.voters.len());
         out.extend_from_slice(STATE_MAGIC);
         out.extend_from_slice(&STATE_VERSION.to_le_bytes());
         for value in [
@@ -642,14 +693,29 @@ impl StateFile {
             self.below.index,
             self.below.term,
             self.below.end_offset.0 as u64,
-            self.voters.len() as u64,
         ] {
             out.extend_from_slice(&value.to_le_bytes());
         }
-        for voter in &self.voters {
-            out.extend_from_slice(&voter.to_le_bytes());
-        }
+        let mut list = |ids: &[u64]| {
+            out.extend_from_slice(&(ids.len() as u64).to_le_bytes());
+            for id in ids {
+                out.extend_from_slice(&id.to_le_bytes());
+            }
+        };
+        list(&conf.voters);
         out.extend_from_slice(&u64::from(self.starting_over).to_le_bytes());
+        // Version 3's words: the change index, then the rest of the configuration.
+        out.extend_from_slice(&self.membership.index.to_le_bytes());
+        let mut list = |ids: &[u64]| {
+            out.extend_from_slice(&(ids.len() as u64).to_le_bytes());
+            for id in ids {
+                out.extend_from_slice(&id.to_le_bytes());
+            }
+        };
+        list(&conf.learners);
+        list(&conf.voters_outgoing);
+        list(&conf.learners_next);
+        out.extend_from_slice(&u64::from(conf.auto_leave).to_le_bytes());
         let crc = crc32c::crc32c(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         out
@@ -670,19 +736,45 @@ impl StateFile {
         if &body[..4] != STATE_MAGIC {
             return Err(bad("not a raft-state file"));
         }
-        let trailing = match u16::from_le_bytes([body[4], body[5]]) {
-            1 => 0,
-            STATE_VERSION => 1,
-            _ => return Err(bad("unknown version")),
-        };
+        let version = u16::from_le_bytes([body[4], body[5]]);
+        if !(1..=STATE_VERSION).contains(&version) {
+            return Err(bad("unknown version"));
+        }
+        let trailing = usize::from(version >= 2);
         let words: Vec<u64> = body[6..]
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
             .collect();
-        if words.len() < 7 || words.len() != 7 + words[6] as usize + trailing {
+        if words.len() < 7 || words.len() < 7 + words[6] as usize + trailing {
             return Err(bad("voter count does not match the length"));
         }
         let voters_end = 7 + words[6] as usize;
+        let mut conf_state = ConfState::from((words[7..voters_end].to_vec(), vec![]));
+        let mut index = 0;
+        let mut at = voters_end + trailing;
+        if version >= 3 {
+            let mut word = || {
+                let value = words.get(at).copied();
+                at += 1;
+                value.ok_or_else(|| bad("configuration cut short"))
+            };
+            index = word()?;
+            let mut lists: [Vec<u64>; 3] = Default::default();
+            for list in &mut lists {
+                let count = word()?;
+                for _ in 0..count {
+                    list.push(word()?);
+                }
+            }
+            let [learners, voters_outgoing, learners_next] = lists;
+            conf_state.learners = learners;
+            conf_state.voters_outgoing = voters_outgoing;
+            conf_state.learners_next = learners_next;
+            conf_state.auto_leave = word()? != 0;
+        }
+        if words.len() != at {
+            return Err(bad("configuration does not match the length"));
+        }
         Ok(StateFile {
             starting_over: trailing == 1 && words[voters_end] != 0,
             term: words[0],
@@ -693,7 +785,7 @@ impl StateFile {
                 term: words[4],
                 end_offset: Offset(words[5] as i64),
             },
-            voters: words[7..voters_end].to_vec(),
+            membership: Membership { conf_state, index },
         })
     }
 
@@ -746,6 +838,8 @@ pub struct Outbox {
     pub started_over_at: Option<Offset>,
     /// Answers to [`RaftPartition::read_index`] (the leader's commit index each time).
     pub read_indexes: Vec<u64>,
+    /// A committed configuration change was applied (see [`Replica::conf_state`]).
+    pub conf_changed: bool,
 }
 
 /// An entry now committed (and applied: the high watermark covers it).
@@ -859,6 +953,23 @@ impl RaftPartition {
         home: HardStateHome,
         logger: &slog::Logger,
     ) -> Result<RaftPartition> {
+        let membership = Membership::voters(voters);
+        Self::open_as(dir, id, &membership, config, log_config, home, logger).await
+    }
+
+    /// [`open`](Self::open) for a replica that starts (when `dir` holds no replica yet) with
+    /// `membership`: a new group's voters, or a running group's configuration as its leader
+    /// handed it to a joining learner. A restarted replica's configuration is its state
+    /// file's, with every committed change the file missed applied again.
+    pub async fn open_as(
+        dir: impl AsRef<Path>,
+        id: u64,
+        membership: &Membership,
+        config: ReplicaConfig,
+        log_config: LogConfig,
+        home: HardStateHome,
+        logger: &slog::Logger,
+    ) -> Result<RaftPartition> {
         let batch_bytes_max = log_config.batch_bytes_max as usize;
         let log = Log::open(dir.as_ref(), log_config).await?;
         let dir = log.dir().to_path_buf();
@@ -870,7 +981,7 @@ impl RaftPartition {
                         end_offset: log.log_start_offset(),
                         ..Below::default()
                     },
-                    voters: voters.to_vec(),
+                    membership: membership.clone(),
                     ..StateFile::default()
                 };
                 // (A new group's log is empty: its start is where its first entry goes.)
@@ -891,10 +1002,12 @@ impl RaftPartition {
             state.starting_over = false;
             state.store(&dir)?;
         }
-        let mut store = PartitionStore::empty(&state.voters, state.below, batch_bytes_max);
+        let mut store = PartitionStore::empty(&state.membership, state.below, batch_bytes_max);
         let log_end = log.log_end_offset();
         // The newest log start a committed entry set (a cut a crash may have interrupted).
         let mut committed_start = None;
+        // Committed configuration changes the state file may not reflect yet.
+        let mut conf_changes = Vec::new();
         for_each_batch(
             &log,
             state.below.end_offset,
@@ -906,6 +1019,17 @@ impl RaftPartition {
                     committed_start = log_start_of(&batch).or(committed_start);
                 }
                 let (entry_type, data) = entry_of_batch(batch);
+                if entry_type != EntryType::EntryNormal
+                    && index <= state.commit
+                    && index > state.membership.index
+                {
+                    conf_changes.push(Entry {
+                        index,
+                        entry_type,
+                        data: data.clone(),
+                        ..Entry::default()
+                    });
+                }
                 // Committed entries' data stays in the log until raft-rs asks for it.
                 let data = (index > state.commit).then_some(data);
                 store.resident_bytes += data.as_ref().map_or(0, |d| d.len() as u64);
@@ -943,7 +1067,22 @@ impl RaftPartition {
         let high_watermark = store
             .end_offset_of(applied)
             .expect("the commit index is within the window");
-        let replica = Replica::new(id, config, store, applied, logger)?;
+        let mut replica = Replica::new(id, config, store, applied, logger)?;
+        // A change committed (the commit index says so) whose new configuration a crash kept
+        // from the state file: applied again, in order, from the log.
+        let mut reapplied = None;
+        for entry in conf_changes.iter().filter(|e| e.index <= applied) {
+            if let Some(conf_state) = replica.apply_conf_entry(entry) {
+                reapplied = Some(Membership {
+                    conf_state,
+                    index: entry.index,
+                });
+            }
+        }
+        if let Some(membership) = reapplied {
+            state.membership = membership;
+            state.store(&dir)?;
+        }
         let (durable_tx, durable_rx) = futures::channel::mpsc::unbounded();
         Ok(RaftPartition {
             replica,
@@ -992,6 +1131,16 @@ impl RaftPartition {
 
     pub fn tick(&mut self) -> bool {
         self.replica.tick()
+    }
+
+    /// See [`Replica::propose_conf_change`].
+    pub fn propose_conf_change(&mut self, change: raft::eraftpb::ConfChangeV2) -> Result<()> {
+        self.replica.propose_conf_change(change)
+    }
+
+    /// The index of the configuration change the group's configuration here reflects.
+    pub fn conf_index(&self) -> u64 {
+        self.replica.storage().conf_index
     }
 
     pub fn receive(&mut self, message: Message) -> Result<()> {
@@ -1208,9 +1357,21 @@ impl RaftPartition {
                 persist,
                 committed,
                 read_indexes,
+                conf_changed,
                 ..
             } = progress;
             outbox.read_indexes.extend(read_indexes);
+            if let Some((index, conf_state)) = conf_changed {
+                // Durable for the next restart's sake only: a crash before this write
+                // applies the change again from the log.
+                let state = StateFile {
+                    membership: Membership { conf_state, index },
+                    ..self.stored.clone()
+                };
+                state.store(&self.dir)?;
+                self.stored = state;
+                outbox.conf_changed = true;
+            }
             match early {
                 Some(send_now) if !send.is_empty() => send_now(send),
                 _ => outbox.messages.extend(send),
@@ -1384,7 +1545,10 @@ impl RaftPartition {
             let below = self.replica.storage().below();
             let mut state = StateFile {
                 below,
-                voters: snapshot.get_metadata().get_conf_state().voters.clone(),
+                membership: Membership {
+                    conf_state: snapshot.get_metadata().get_conf_state().clone(),
+                    index: self.replica.storage().conf_index(),
+                },
                 commit: self.stored.commit.max(below.index),
                 starting_over: true,
                 ..self.stored.clone()
@@ -1525,7 +1689,17 @@ mod tests {
                 term: 1,
                 end_offset: Offset(17),
             },
-            voters: vec![1, 2, 3],
+            membership: Membership {
+                conf_state: ConfState {
+                    voters: vec![1, 2, 4],
+                    learners: vec![5],
+                    voters_outgoing: vec![1, 2, 3],
+                    learners_next: vec![3],
+                    auto_leave: false,
+                    ..ConfState::default()
+                },
+                index: 38,
+            },
             starting_over: true,
         }
     }
@@ -1560,7 +1734,7 @@ mod tests {
                     vote: 2,
                     commit: 40,
                     below: floor,
-                    voters: vec![1, 2, 3],
+                    membership: Membership::voters(&[1, 2, 3]),
                     starting_over: true,
                 }
                 .store(dir.path())
@@ -1588,9 +1762,99 @@ mod tests {
             .unwrap();
     }
 
+    /// A log of leader-change, data, "add learner 4" (index 3) and data entries, committed
+    /// through index 4, beside a `raft-state` file whose configuration is `membership`; the
+    /// configuration the reopened replica has, and its change index.
+    async fn reopened_configuration(membership: Membership) -> (ConfState, u64, Membership) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), LogConfig::default()).await.unwrap();
+        let mut add_learner = raft::eraftpb::ConfChangeV2::default();
+        let mut single = raft::eraftpb::ConfChangeSingle::default();
+        single.set_change_type(raft::eraftpb::ConfChangeType::AddLearnerNode);
+        single.node_id = 4;
+        add_learner.set_changes(vec![single].into());
+        let data = |n: i64| Bytes::from(sluice_storage::batch::build_batch(0, &[(n, b"k", b"v")]));
+        let entries = [
+            (EntryType::EntryNormal, Bytes::new()),
+            (EntryType::EntryNormal, data(1)),
+            (
+                EntryType::EntryConfChangeV2,
+                protobuf::Message::write_to_bytes(&add_learner)
+                    .unwrap()
+                    .into(),
+            ),
+            (EntryType::EntryNormal, data(2)),
+        ];
+        for (entry_type, data) in entries {
+            let entry = Entry {
+                entry_type,
+                data,
+                ..Entry::default()
+            };
+            log.append(&batch_bytes_of(&entry), LeaderEpoch(1))
+                .await
+                .unwrap();
+        }
+        log.close().await.unwrap();
+        StateFile {
+            term: 1,
+            vote: 1,
+            commit: 4,
+            membership,
+            ..StateFile::default()
+        }
+        .store(dir.path())
+        .unwrap();
+        let partition = RaftPartition::open(
+            dir.path(),
+            1,
+            &[1, 2, 3],
+            ReplicaConfig::default(),
+            LogConfig::default(),
+            HardStateHome::OwnFile,
+            &crate::discard_logger(),
+        )
+        .await
+        .unwrap();
+        let seen = (partition.replica().conf_state(), partition.conf_index());
+        partition.close().await.unwrap();
+        let stored = StateFile::load(dir.path()).unwrap().unwrap().membership;
+        (seen.0, seen.1, stored)
+    }
+
+    /// A crash after a configuration change committed but before `raft-state` recorded it:
+    /// the reopen applies it again from the log, and records it. A change the file already
+    /// reflects is not applied twice.
+    #[test]
+    fn a_reopen_applies_the_committed_configuration_changes_its_state_file_missed() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let (conf, index, stored) =
+                    reopened_configuration(Membership::voters(&[1, 2, 3])).await;
+                assert_eq!(
+                    (conf.voters.clone(), conf.learners.clone()),
+                    (vec![1, 2, 3], vec![4])
+                );
+                assert_eq!(index, 3);
+                assert_eq!((stored.index, stored.conf_state.learners), (3, vec![4]));
+
+                let reflected = Membership {
+                    index: 3,
+                    ..Membership::voters(&[1, 2, 3])
+                };
+                let (conf, index, _) = reopened_configuration(reflected).await;
+                assert!(conf.learners.is_empty(), "applied twice: {conf:?}");
+                assert_eq!(index, 3);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
     #[test]
     fn a_snapshot_without_its_end_offset_is_refused_and_restores_nothing() {
-        let mut store = PartitionStore::empty(&[1, 2, 3], Below::default(), 1 << 20);
+        let mut store =
+            PartitionStore::empty(&Membership::voters(&[1, 2, 3]), Below::default(), 1 << 20);
         let mut snapshot = Snapshot {
             data: vec![1u8, 2, 3].into(),
             ..Snapshot::default()
@@ -1599,29 +1863,44 @@ mod tests {
         snapshot.mut_metadata().term = 2;
         let error = store.restore(&snapshot).unwrap_err().to_string();
         assert!(
-            error.contains("raft entry 9") && error.contains("8 bytes, not 3"),
+            error.contains("raft entry 9") && error.contains("8 or 16 bytes, not 3"),
             "{error}"
         );
         assert_eq!(store.below(), Below::default(), "nothing restored");
     }
 
-    #[test]
-    fn a_version_1_state_file_still_loads() {
-        let path = Path::new("raft-state");
-        let current = state().encode();
-        // Version 1: no flag word after the voters.
-        let mut old = current[..current.len() - 4 - 8].to_vec();
-        old[4..6].copy_from_slice(&1u16.to_le_bytes());
+    /// A file of an earlier version, as that version wrote it: the words up to the voters,
+    /// then (version 2) the `starting_over` flag.
+    fn old_state_file(version: u16, starting_over: bool) -> Vec<u8> {
+        let mut old = STATE_MAGIC.to_vec();
+        old.extend_from_slice(&version.to_le_bytes());
+        let mut words = vec![7, 2, 41, 3, 1, 17, 3, 1, 2, 3];
+        if version == 2 {
+            words.push(u64::from(starting_over));
+        }
+        for word in words {
+            old.extend_from_slice(&word.to_le_bytes());
+        }
         let crc = crc32c::crc32c(&old);
         old.extend_from_slice(&crc.to_le_bytes());
-        let loaded = StateFile::decode(&old, path).unwrap();
-        assert_eq!(
-            loaded,
-            StateFile {
-                starting_over: false,
-                ..state()
-            }
-        );
+        old
+    }
+
+    #[test]
+    fn version_1_and_2_state_files_still_load_with_their_voters() {
+        let path = Path::new("raft-state");
+        for (version, starting_over) in [(1, false), (2, true), (2, false)] {
+            let loaded = StateFile::decode(&old_state_file(version, starting_over), path).unwrap();
+            assert_eq!(
+                loaded,
+                StateFile {
+                    starting_over,
+                    membership: Membership::voters(&[1, 2, 3]),
+                    ..state()
+                },
+                "version {version}"
+            );
+        }
     }
 
     #[test]

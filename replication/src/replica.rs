@@ -18,7 +18,10 @@
 //! replica has acknowledged to a peer therefore survives a crash of this replica.
 
 use bytes::Bytes;
-use raft::eraftpb::{Entry, HardState, Message, Snapshot};
+use protobuf::Message as _;
+use raft::eraftpb::{
+    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message, Snapshot,
+};
 use raft::storage::MemStorage;
 use raft::{RawNode, StateRole, Storage};
 
@@ -35,6 +38,14 @@ pub trait ReplicaStorage: Storage {
     /// Replaces everything up to the snapshot's index by the snapshot (a follower too far
     /// behind the leader's compacted log): the entries held are dropped.
     fn restore(&mut self, snapshot: &Snapshot) -> Result<()>;
+    /// The index of the last configuration change the stored configuration reflects (0:
+    /// none): committed changes at or below it are not applied again (a replica that joined
+    /// a group started from the configuration its leader had at that index).
+    fn conf_index(&self) -> u64 {
+        0
+    }
+    /// Records the configuration the change at `index` produced.
+    fn put_conf_state(&mut self, index: u64, conf_state: &ConfState);
 }
 
 impl ReplicaStorage for MemStorage {
@@ -50,6 +61,10 @@ impl ReplicaStorage for MemStorage {
         self.wl()
             .apply_snapshot(snapshot.clone())
             .map_err(ReplicationError::from)
+    }
+
+    fn put_conf_state(&mut self, _index: u64, conf_state: &ConfState) {
+        self.wl().set_conf_state(conf_state.clone());
     }
 }
 
@@ -136,6 +151,10 @@ pub struct Progress {
     /// Answers to [`Replica::read_index`]: the leader's commit index when it confirmed it
     /// still led, per request.
     pub read_indexes: Vec<u64>,
+    /// A committed configuration change was applied: the last one's index and the
+    /// configuration it produced (the owner makes it durable; a restart applies again any
+    /// committed change it lost).
+    pub conf_changed: Option<(u64, ConfState)>,
 }
 
 /// One replica of one Raft group.
@@ -364,6 +383,63 @@ impl<S: ReplicaStorage> Replica<S> {
         self.node.read_index(context);
     }
 
+    /// The group's configuration as this replica knows it (voters, learners, and the
+    /// outgoing voters while a joint change is under way).
+    pub fn conf_state(&self) -> ConfState {
+        self.node.raft.prs().conf().to_conf_state()
+    }
+
+    /// A configuration change is in the log but not applied yet (a leader proposes no other
+    /// meanwhile: raft-rs would drop it).
+    pub fn has_pending_conf(&self) -> bool {
+        self.node.raft.has_pending_conf()
+    }
+
+    /// On a leader: proposes a configuration change (raft-rs's joint consensus: a simple
+    /// change, entering a joint configuration, or an empty change leaving one). raft-rs
+    /// drops it (appends an empty entry instead) while another change is pending or when it
+    /// does not fit the current configuration; `NotLeader` elsewhere.
+    pub fn propose_conf_change(&mut self, change: ConfChangeV2) -> Result<()> {
+        if self.role() != Role::Leader {
+            return Err(ReplicationError::NotLeader {
+                leader: self.leader_id(),
+            });
+        }
+        self.node
+            .propose_conf_change(Vec::new(), change)
+            .map_err(ReplicationError::from)
+    }
+
+    /// Applies a committed configuration change entry (not one the stored configuration
+    /// already reflects); returns the new configuration, and records it in the storage.
+    /// Normal entries, and a change raft-rs refuses (the same on every replica), give `None`.
+    pub fn apply_conf_entry(&mut self, entry: &Entry) -> Option<ConfState> {
+        if entry.index <= self.node.store().conf_index() {
+            return None;
+        }
+        let applied = match entry.entry_type {
+            EntryType::EntryNormal => return None,
+            EntryType::EntryConfChange => ConfChange::parse_from_bytes(&entry.data)
+                .map_err(|e| e.to_string())
+                .and_then(|c| self.node.apply_conf_change(&c).map_err(|e| e.to_string())),
+            EntryType::EntryConfChangeV2 => ConfChangeV2::parse_from_bytes(&entry.data)
+                .map_err(|e| e.to_string())
+                .and_then(|c| self.node.apply_conf_change(&c).map_err(|e| e.to_string())),
+        };
+        match applied {
+            Ok(conf_state) => {
+                self.node
+                    .mut_store()
+                    .put_conf_state(entry.index, &conf_state);
+                Some(conf_state)
+            }
+            Err(reason) => {
+                tracing::warn!(index = entry.index, %reason, "a configuration change was not applied");
+                None
+            }
+        }
+    }
+
     /// Tells the replica a peer could not be reached, so it stops pipelining to it.
     pub fn unreachable(&mut self, peer: u64) {
         self.node.report_unreachable(peer);
@@ -414,6 +490,11 @@ impl<S: ReplicaStorage> Replica<S> {
             send_after: ready.take_persisted_messages(),
         };
         self.node.advance_append_async(ready);
+        for entry in &progress.committed {
+            if let Some(conf_state) = self.apply_conf_entry(entry) {
+                progress.conf_changed = Some((entry.index, conf_state));
+            }
+        }
         if let Some(last) = progress.committed.last() {
             self.node.advance_apply_to(last.index);
         }

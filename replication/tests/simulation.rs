@@ -128,6 +128,20 @@ impl ReplicaStorage for SimStore {
             SimStore::Partition(s) => s.restore(snapshot),
         }
     }
+
+    fn conf_index(&self) -> u64 {
+        match self {
+            SimStore::Memory(s) => s.conf_index(),
+            SimStore::Partition(s) => s.conf_index(),
+        }
+    }
+
+    fn put_conf_state(&mut self, index: u64, conf_state: &raft::eraftpb::ConfState) {
+        match self {
+            SimStore::Memory(s) => s.put_conf_state(index, conf_state),
+            SimStore::Partition(s) => s.put_conf_state(index, conf_state),
+        }
+    }
 }
 const SETTLE_STEPS_MAX: u64 = 3_000;
 

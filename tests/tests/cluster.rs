@@ -2637,3 +2637,206 @@ fn a_silent_node_is_fenced_out_of_metadata_and_back_when_heard() {
         started.elapsed()
     );
 }
+
+/// kafka-python's reassignment calls (argv: bootstrap, topic, step), printing each answer:
+/// `move` moves partition 0 to [3, 1, 2] and partition 1 to [3, 2, 0]; `cancel` cancels
+/// partition 1's move; `list` lists the moves under way; `errors` asks what cannot be done.
+const REASSIGN_SCRIPT: &str = r#"
+import sys
+from kafka import TopicPartition
+from kafka.admin import KafkaAdminClient
+bootstrap, topic, step = sys.argv[1], sys.argv[2], sys.argv[3]
+admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), request_timeout_ms=30000)
+def codes(result):
+    return sorted((tp.topic, tp.partition, 0 if e is None else e.errno) for tp, e in result.items())
+if step == "move":
+    print("MOVE", codes(admin.alter_partition_reassignments(
+        {TopicPartition(topic, 0): [3, 1, 2], TopicPartition(topic, 1): [3, 2, 0]})))
+elif step == "cancel":
+    print("CANCEL", codes(admin.alter_partition_reassignments({TopicPartition(topic, 1): None})))
+elif step == "list":
+    moves = admin.list_partition_reassignments()
+    print("LIST", sorted((tp.partition, m["replicas"], m["adding_replicas"], m["removing_replicas"])
+                         for tp, m in moves.items()))
+elif step == "errors":
+    print("UNKNOWN_BROKER", codes(admin.alter_partition_reassignments({TopicPartition(topic, 1): [1, 2, 9]})))
+    print("TWICE", codes(admin.alter_partition_reassignments({TopicPartition(topic, 1): [1, 1, 2]})))
+    print("NOTHING_TO_CANCEL", codes(admin.alter_partition_reassignments({TopicPartition(topic, 1): None})))
+    print("UNKNOWN_PARTITION", codes(admin.alter_partition_reassignments({TopicPartition(topic, 9): [1, 2, 3]})))
+admin.close()
+"#;
+
+/// Runs `step` of [`REASSIGN_SCRIPT`] through nodes 0 to 2 (node 3 is paused at times).
+fn reassign(cluster: &Cluster, topic: &str, step: &str) -> String {
+    let bootstrap: Vec<String> = (0..3).map(|n| cluster.node(n).kafka.to_string()).collect();
+    let (ok, out) = sluice_tests::python(REASSIGN_SCRIPT, &[&bootstrap.join(","), topic, step]);
+    assert!(ok, "kafka-python failed (scripts/test installs it):\n{out}");
+    out
+}
+
+/// AlterPartitionReassignments moves a partition to another node while an idempotent producer
+/// writes to it: the new replica joins as a learner (here while its node is paused, so the
+/// move is seen under way, and a second move is cancelled meanwhile), catches up, the old
+/// leader hands over and leaves; nothing acknowledged is lost or doubled, the replicas' logs
+/// agree byte for byte, and the node that left deletes its copy.
+#[test]
+fn a_partition_moves_to_another_node_under_load_and_a_cancelled_move_goes_back() {
+    let _one_at_a_time = one_cluster_at_a_time();
+    let mut cluster = Cluster::start(
+        4,
+        &[
+            "--replica-lag-time-max-ms",
+            "2000",
+            "--broker-session-timeout-ms",
+            "2000",
+        ],
+    );
+    let topic = "moving";
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .create()
+        .expect("admin client");
+    let assignment: [&[i32]; 2] = [&[0, 1, 2], &[1, 2, 0]];
+    let created = futures::executor::block_on(admin.create_topics(
+        [&NewTopic::new(
+            topic,
+            2,
+            TopicReplication::Variable(&assignment),
+        )],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+    ))
+    .expect("CreateTopics");
+    assert!(created[0].is_ok(), "{created:?}");
+    agreed_views(&cluster, topic, 2);
+    let errors = reassign(&cluster, topic, "errors");
+    for line in [
+        // INVALID_REPLICA_ASSIGNMENT (39), NO_REASSIGNMENT_IN_PROGRESS (85),
+        // UNKNOWN_TOPIC_OR_PARTITION (3).
+        "UNKNOWN_BROKER [('moving', 1, 39)]",
+        "TWICE [('moving', 1, 39)]",
+        "NOTHING_TO_CANCEL [('moving', 1, 85)]",
+        "UNKNOWN_PARTITION [('moving', 9, 3)]",
+    ] {
+        assert!(errors.contains(line), "missing {line:?} in:\n{errors}");
+    }
+
+    let deliveries = Deliveries::default();
+    let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "60000")
+        .set("topic.metadata.refresh.interval.ms", "500")
+        .create_with_context(deliveries.clone())
+        .expect("producer");
+    let mut sent = 0;
+    let mut send_some = |count: usize| {
+        for _ in 0..count {
+            let payload = format!("record-{sent}");
+            let record = BaseRecord::<(), _>::to(topic)
+                .partition(0)
+                .payload(&payload);
+            producer.send(record).map_err(|(e, _)| e).expect("queued");
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    send_some(200);
+
+    // Node 3 is paused: both moves wait for it to catch up, so both are seen under way.
+    cluster.pause(3, true);
+    // Fenced first, so kafka-python (which talks to any listed broker) leaves it alone.
+    wait_for_brokers(cluster.node(0).kafka, &[0, 1, 2], Duration::from_secs(10));
+    let moved = reassign(&cluster, topic, "move");
+    assert!(
+        moved.contains("MOVE [('moving', 0, 0), ('moving', 1, 0)]"),
+        "{moved}"
+    );
+    send_some(200);
+    let listed = reassign(&cluster, topic, "list");
+    assert!(
+        listed.contains("LIST [(0, [3, 1, 2, 0], [3], [0]), (1, [3, 2, 0, 1], [3], [1])]"),
+        "{listed}"
+    );
+    let cancelled = reassign(&cluster, topic, "cancel");
+    assert!(
+        cancelled.contains("CANCEL [('moving', 1, 0)]"),
+        "{cancelled}"
+    );
+    // Partition 1 goes back to [1, 2, 0] without node 3 (its learner is removed again).
+    eventually(Duration::from_secs(20), Duration::from_millis(200), || {
+        let listed = reassign(&cluster, topic, "list");
+        match listed.contains("LIST [(0, [3, 1, 2, 0], [3], [0])]") {
+            true => Ok(()),
+            false => Err(format!(
+                "partition 1's cancelled move is not over: {listed}"
+            )),
+        }
+    });
+    send_some(200);
+
+    cluster.pause(3, false);
+    for _ in 0..10 {
+        send_some(50);
+    }
+    let views = eventually(Duration::from_secs(30), Duration::from_millis(200), || {
+        let views = agreed_views(&cluster, topic, 2);
+        let listed = reassign(&cluster, topic, "list");
+        match (
+            views[0].1 == [3, 1, 2],
+            views[1].1 == [1, 2, 0],
+            listed.contains("LIST []"),
+        ) {
+            (true, true, true) => Ok(views),
+            _ => Err(format!("the move did not finish: {views:?}\n{listed}")),
+        }
+    });
+    assert!(views[0].0 != 0, "node 0 left but still leads: {views:?}");
+    send_some(200);
+    producer.flush(Duration::from_secs(60)).expect("flush");
+
+    // Every acknowledged record exactly once, in the order sent.
+    let reports = deliveries.0.lock().unwrap().clone();
+    assert_eq!(reports.len(), sent, "delivery reports");
+    let mut acknowledged: Vec<(i64, String)> = reports
+        .iter()
+        .map(|(payload, outcome)| {
+            let (_, offset) = outcome
+                .clone()
+                .unwrap_or_else(|e| panic!("{payload} failed: {e}"));
+            (offset, payload.clone())
+        })
+        .collect();
+    acknowledged.sort();
+    let in_order: Vec<String> = (0..sent).map(|n| format!("record-{n}")).collect();
+    let stored: Vec<String> = acknowledged.into_iter().map(|(_, p)| p).collect();
+    assert_eq!(
+        stored, in_order,
+        "records stored out of order, lost or twice"
+    );
+
+    // Node 0 deleted its replica of partition 0; the three replicas agree.
+    eventually(Duration::from_secs(10), Duration::from_millis(100), || {
+        let dir = partition_dir(&cluster.data_dir(0), topic, 0);
+        match dir.exists() {
+            false => Ok(()),
+            true => Err(format!("{} is still there", dir.display())),
+        }
+    });
+    for node in 0..4 {
+        cluster.stop(node);
+    }
+    let logs: Vec<Vec<(i64, Vec<u8>)>> = [3, 1, 2]
+        .iter()
+        .map(|node| stored_batches_of(&cluster, *node, topic, 0))
+        .collect();
+    let records_on_3: usize = logs[0]
+        .iter()
+        .map(|(_, bytes)| sluice_storage::batch::validate_batch(bytes, usize::MAX).unwrap())
+        .filter(|info| !info.is_control())
+        .map(|info| info.record_count as usize)
+        .sum();
+    assert_eq!(records_on_3, sent, "records in node 3's new replica");
+    assert_replicas_agree(&logs, "the moved partition");
+}

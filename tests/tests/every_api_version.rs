@@ -1121,6 +1121,120 @@ fn cluster_cases(m: &mut Matrix) {
             );
         }
     }
+    for v in m.range(ApiKey::AlterPartitionReassignments) {
+        use kafka_protocol::messages::alter_partition_reassignments_request::{
+            ReassignablePartition, ReassignableTopic,
+        };
+        use kafka_protocol::messages::{
+            AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, BrokerId,
+        };
+        // A single node: its own list is no move, another broker is invalid, nothing is in
+        // progress to cancel, a missing topic is unknown.
+        let request = AlterPartitionReassignmentsRequest::default()
+            .with_timeout_ms(1000)
+            .with_topics(vec![
+                ReassignableTopic::default()
+                    .with_name(name(TOPIC))
+                    .with_partitions(vec![
+                        ReassignablePartition::default()
+                            .with_partition_index(0)
+                            .with_replicas(Some(vec![BrokerId(0)])),
+                        ReassignablePartition::default()
+                            .with_partition_index(1)
+                            .with_replicas(None),
+                    ]),
+                ReassignableTopic::default()
+                    .with_name(name(TOPIC))
+                    .with_partitions(vec![ReassignablePartition::default()
+                        .with_partition_index(1)
+                        .with_replicas(Some(vec![BrokerId(7)]))]),
+                ReassignableTopic::default()
+                    .with_name(name(MISSING))
+                    .with_partitions(vec![ReassignablePartition::default()
+                        .with_partition_index(0)
+                        .with_replicas(Some(vec![BrokerId(0)]))]),
+            ]);
+        if let Some(r) = m.call::<_, AlterPartitionReassignmentsResponse>(
+            ApiKey::AlterPartitionReassignments,
+            v,
+            "single node",
+            &request,
+        ) {
+            let codes: Vec<(String, i32, i16, bool)> = r
+                .responses
+                .iter()
+                .flat_map(|t| {
+                    t.partitions.iter().map(|p| {
+                        (
+                            t.name.0.to_string(),
+                            p.partition_index,
+                            p.error_code,
+                            p.error_message.is_some(),
+                        )
+                    })
+                })
+                .collect();
+            m.check(
+                r.error_code == 0
+                    && codes
+                        == vec![
+                            (TOPIC.to_string(), 0, 0, false),
+                            (TOPIC.to_string(), 1, 85, true),
+                            (TOPIC.to_string(), 1, 39, true),
+                            (MISSING.to_string(), 0, 3, true),
+                        ],
+                || format!("AlterPartitionReassignments v{v}: {r:?}"),
+            );
+        }
+        if v >= 1 {
+            // KIP-860: a different replication factor, not allowed.
+            let request = AlterPartitionReassignmentsRequest::default()
+                .with_allow_replication_factor_change(false)
+                .with_topics(vec![ReassignableTopic::default()
+                    .with_name(name(TOPIC))
+                    .with_partitions(vec![ReassignablePartition::default()
+                        .with_partition_index(0)
+                        .with_replicas(Some(vec![BrokerId(0), BrokerId(1)]))])]);
+            if let Some(r) = m.call::<_, AlterPartitionReassignmentsResponse>(
+                ApiKey::AlterPartitionReassignments,
+                v,
+                "factor change refused",
+                &request,
+            ) {
+                let code = r.responses.first().and_then(|t| t.partitions.first());
+                m.check(
+                    !r.allow_replication_factor_change && code.is_some_and(|p| p.error_code == 38),
+                    || format!("AlterPartitionReassignments v{v}: {r:?}"),
+                );
+            }
+        }
+    }
+    for v in m.range(ApiKey::ListPartitionReassignments) {
+        use kafka_protocol::messages::list_partition_reassignments_request::ListPartitionReassignmentsTopics;
+        use kafka_protocol::messages::{
+            ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse,
+        };
+        for topics in [
+            None,
+            Some(vec![ListPartitionReassignmentsTopics::default()
+                .with_name(name(TOPIC))
+                .with_partition_indexes(vec![0, 1])]),
+        ] {
+            let request = ListPartitionReassignmentsRequest::default()
+                .with_timeout_ms(1000)
+                .with_topics(topics);
+            if let Some(r) = m.call::<_, ListPartitionReassignmentsResponse>(
+                ApiKey::ListPartitionReassignments,
+                v,
+                "none under way",
+                &request,
+            ) {
+                m.check(r.error_code == 0 && r.topics.is_empty(), || {
+                    format!("ListPartitionReassignments v{v}: {r:?}")
+                });
+            }
+        }
+    }
     for v in m.range(ApiKey::DescribeQuorum) {
         use kafka_protocol::messages::describe_quorum_request::{PartitionData, TopicData};
         use kafka_protocol::messages::{DescribeQuorumRequest, DescribeQuorumResponse};
