@@ -2676,9 +2676,10 @@ fn reassign(cluster: &Cluster, topic: &str, step: &str) -> String {
 
 /// AlterPartitionReassignments moves a partition to another node while an idempotent producer
 /// writes to it: the new replica joins as a learner (here while its node is paused, so the
-/// move is seen under way, and a second move is cancelled meanwhile), catches up, the old
-/// leader hands over and leaves; nothing acknowledged is lost or doubled, the replicas' logs
-/// agree byte for byte, and the node that left deletes its copy.
+/// move is seen under way, a second move is cancelled meanwhile, and the partition's leader
+/// is killed and restarted), catches up, the leader hands over if it leaves; nothing
+/// acknowledged is lost or doubled, the replicas' logs agree byte for byte, and the node that
+/// left deletes its copy.
 #[test]
 fn a_partition_moves_to_another_node_under_load_and_a_cancelled_move_goes_back() {
     let _one_at_a_time = one_cluster_at_a_time();
@@ -2775,6 +2776,13 @@ fn a_partition_moves_to_another_node_under_load_and_a_cancelled_move_goes_back()
         }
     });
     send_some(200);
+    // The leader that is to leave dies and comes back while the move waits: a new leader goes
+    // on with it, and the old one reopens its replica with the learner in its configuration.
+    let (leader, _) = leader_of(&cluster, topic, 0);
+    cluster.kill(leader);
+    send_some(100);
+    cluster.restart(leader);
+    send_some(100);
 
     cluster.pause(3, false);
     for _ in 0..10 {
