@@ -94,6 +94,9 @@ enum ClusterCommand {
     /// Nodes (reachable or not, partitions led), the controller, leaderless and
     /// under-replicated partitions (each leader's ISR).
     Info(cli::ClusterInfoArgs),
+    /// Moves every partition replica off a node (to the least loaded other nodes) and waits
+    /// until the moves are done: before retiring the node.
+    Decommission(cli::DecommissionArgs),
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -123,6 +126,9 @@ fn main() -> ExitCode {
         Command::Cluster(ClusterCommand::Dev(args)) => tool("cluster dev", cluster_dev::dev(args)),
         Command::Cluster(ClusterCommand::Info(args)) => {
             tool("cluster info", cli::cluster_info(args))
+        }
+        Command::Cluster(ClusterCommand::Decommission(args)) => {
+            tool("cluster decommission", cli::decommission(args))
         }
         Command::Topic(command) => tool("topic", cli::topic(command)),
         Command::Produce(args) => tool("produce", cli::produce(args)),

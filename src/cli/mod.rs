@@ -37,9 +37,11 @@ use kafka_protocol::records::{
 
 mod acls;
 mod client;
+mod decommission;
 mod users;
 
 pub use acls::{acl, AclCommand};
+pub use decommission::{decommission, DecommissionArgs};
 pub use users::{user, UserCommand};
 
 use client::{partition_for_key, ApiUse, Client, Result};

@@ -2848,3 +2848,101 @@ fn a_partition_moves_to_another_node_under_load_and_a_cancelled_move_goes_back()
     assert_eq!(records_on_3, sent, "records in node 3's new replica");
     assert_replicas_agree(&logs, "the moved partition");
 }
+
+/// `sluice cluster decommission` moves every replica off a node (the offsets topic's too) to
+/// the other nodes and waits for the moves: afterwards no partition lists the node, its
+/// partition directories are gone, and every record produced before is still there.
+#[test]
+fn decommissioning_a_node_moves_every_replica_off_it() {
+    let _one_at_a_time = one_cluster_at_a_time();
+    let cluster = Cluster::start(4, &[]);
+    let topic = "retiring";
+    create_topic_named(&cluster, topic);
+    let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .create_with_context(Deliveries::default())
+        .expect("producer");
+    let sent = 300;
+    for n in 0..sent {
+        let payload = format!("record-{n}");
+        let record = BaseRecord::<(), _>::to(topic)
+            .partition(n % PARTITIONS)
+            .payload(&payload);
+        producer.send(record).map_err(|(e, _)| e).expect("queued");
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+    let leaving = 2;
+    let held_before = partition_views(&metadata(cluster.node(0).kafka), topic)
+        .iter()
+        .filter(|(_, replicas, _)| replicas.contains(&leaving))
+        .count();
+    assert!(
+        held_before > 0,
+        "node {leaving} holds no replica of {topic}"
+    );
+
+    let out = std::process::Command::new(sluice_tests::sluice_binary())
+        .args([
+            "cluster",
+            "decommission",
+            "--node",
+            &leaving.to_string(),
+            "--wait-secs",
+            "60",
+            "--bootstrap",
+            &cluster.node(0).kafka.to_string(),
+        ])
+        .output()
+        .expect("run sluice cluster decommission");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("every replica moved"), "{stdout}");
+
+    for node in [0, 1, 3] {
+        let answer = metadata(cluster.node(node).kafka);
+        for t in &answer.topics {
+            for p in &t.partitions {
+                assert!(
+                    !p.replica_nodes.iter().any(|n| n.0 == leaving),
+                    "node {node} still lists node {leaving} for {:?}-{}",
+                    t.name,
+                    p.partition_index
+                );
+            }
+        }
+    }
+    eventually(Duration::from_secs(10), Duration::from_millis(100), || {
+        let left: Vec<std::path::PathBuf> = (0..PARTITIONS)
+            .map(|p| partition_dir(&cluster.data_dir(leaving), topic, p))
+            .filter(|dir| dir.exists())
+            .collect();
+        match left.is_empty() {
+            true => Ok(()),
+            false => Err(format!("node {leaving} still has {left:?}")),
+        }
+    });
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("group.id", "after-decommission")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    assign_from_offset_zero(&consumer, topic, PARTITIONS);
+    let mut read = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read.len() < sent as usize && Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            read.insert(
+                String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned(),
+            );
+        }
+    }
+    assert_eq!(read.len(), sent as usize, "records read after the moves");
+}

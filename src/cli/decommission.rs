@@ -1,0 +1,248 @@
+//! `sluice cluster decommission --node N`: moves every partition replica off node N (topics
+//! and `__consumer_offsets`), as an operator does before retiring a broker
+//! (`kafka-reassign-partitions.sh --generate` with the node left out, then `--execute`).
+//!
+//! Each list keeps its order with N replaced, in place, by the live node (not already in the
+//! list) that holds the fewest replicas so far: the moves spread over the others, and N's
+//! preferred leaderships go to its replacements. The moves are sent as one
+//! AlterPartitionReassignments to the controller; the tool then waits until
+//! ListPartitionReassignments lists none of them and Metadata names N in no replica list.
+//! The node stays registered (and, if it is a seed, a controller voter): new topics may be
+//! placed on it again until it is stopped.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use kafka_protocol::messages::alter_partition_reassignments_request::{
+    ReassignablePartition, ReassignableTopic,
+};
+use kafka_protocol::messages::{
+    AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, ApiKey, BrokerId,
+    ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse,
+};
+
+use super::client::{ApiUse, Result};
+use super::{error_text, name, Connection};
+
+/// `sluice cluster decommission`.
+#[derive(Debug, clap::Args)]
+pub struct DecommissionArgs {
+    /// The node whose replicas move to the other nodes.
+    #[arg(long, value_name = "ID")]
+    node: i32,
+    /// How long to wait for the moves to finish (0: send them and return).
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    wait_secs: u64,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+/// A partition and its replica list.
+pub type Placement = (String, i32, Vec<i32>);
+
+/// The new lists of the partitions that have a replica on `leaving`: each with `leaving`
+/// replaced in place by the node of `nodes` not in the list that holds the fewest replicas
+/// (counting the moves already chosen), the lower id on a tie.
+pub fn moves_off(leaving: i32, nodes: &[i32], placements: &[Placement]) -> Result<Vec<Placement>> {
+    let mut held: BTreeMap<i32, usize> = nodes
+        .iter()
+        .filter(|n| **n != leaving)
+        .map(|n| (*n, 0))
+        .collect();
+    for (_, _, replicas) in placements {
+        for node in replicas {
+            if let Some(count) = held.get_mut(node) {
+                *count += 1;
+            }
+        }
+    }
+    let mut moves = Vec::new();
+    for (topic, partition, replicas) in placements {
+        let Some(at) = replicas.iter().position(|n| *n == leaving) else {
+            continue;
+        };
+        let replacement = held
+            .iter()
+            .filter(|(node, _)| !replicas.contains(node))
+            .min_by_key(|(node, count)| (**count, **node))
+            .map(|(node, _)| *node)
+            .ok_or_else(|| {
+                format!(
+                    "{topic}-{partition} has replicas {replicas:?}: no other live node can take \
+                     node {leaving}'s replica"
+                )
+            })?;
+        *held.get_mut(&replacement).expect("a candidate") += 1;
+        let mut list = replicas.clone();
+        list[at] = replacement;
+        moves.push((topic.clone(), *partition, list));
+    }
+    Ok(moves)
+}
+
+const ALTER: ApiUse = ApiUse {
+    key: ApiKey::AlterPartitionReassignments,
+    min: 0,
+    max: 0,
+};
+const LIST: ApiUse = ApiUse {
+    key: ApiKey::ListPartitionReassignments,
+    min: 0,
+    max: 0,
+};
+
+pub fn decommission(args: DecommissionArgs) -> Result<()> {
+    let mut client = args.connection.client()?;
+    let metadata = client.metadata(None)?;
+    let nodes: Vec<i32> = metadata.brokers.iter().map(|b| b.node_id.0).collect();
+    let placements = placements_of(&metadata);
+    let moves = moves_off(args.node, &nodes, &placements)?;
+    if moves.is_empty() {
+        println!("node {}: no replicas to move", args.node);
+        return Ok(());
+    }
+    let controller = client
+        .controller_address()?
+        .ok_or("no controller is known: is this a cluster?")?;
+    let mut topics: BTreeMap<&str, Vec<ReassignablePartition>> = BTreeMap::new();
+    for (topic, partition, list) in &moves {
+        topics.entry(topic).or_default().push(
+            ReassignablePartition::default()
+                .with_partition_index(*partition)
+                .with_replicas(Some(list.iter().map(|n| BrokerId(*n)).collect())),
+        );
+    }
+    let request = AlterPartitionReassignmentsRequest::default()
+        .with_timeout_ms(30_000)
+        .with_topics(
+            topics
+                .into_iter()
+                .map(|(topic, partitions)| {
+                    ReassignableTopic::default()
+                        .with_name(name(topic))
+                        .with_partitions(partitions)
+                })
+                .collect(),
+        );
+    let answer: AlterPartitionReassignmentsResponse =
+        client.call(Some(&controller), ALTER, |_| request)?;
+    if answer.error_code != 0 {
+        return Err(format!(
+            "AlterPartitionReassignments: {}",
+            error_text(answer.error_code, answer.error_message.as_ref())
+        ));
+    }
+    let mut refused = Vec::new();
+    for topic in &answer.responses {
+        for p in &topic.partitions {
+            let label = format!("{}-{}", topic.name.as_str(), p.partition_index);
+            let list = moves
+                .iter()
+                .find(|(t, n, _)| t == topic.name.as_str() && *n == p.partition_index)
+                .map(|(_, _, l)| l.clone())
+                .unwrap_or_default();
+            match p.error_code {
+                0 => println!("moving {label} to {list:?}"),
+                code => {
+                    let why = error_text(code, p.error_message.as_ref());
+                    println!("not moving {label}: {why}");
+                    refused.push(label);
+                }
+            }
+        }
+    }
+    if !refused.is_empty() {
+        return Err(format!(
+            "{} move(s) refused: {}",
+            refused.len(),
+            refused.join(", ")
+        ));
+    }
+    if args.wait_secs == 0 {
+        return Ok(());
+    }
+    let deadline = Instant::now() + Duration::from_secs(args.wait_secs);
+    loop {
+        let listed: ListPartitionReassignmentsResponse =
+            client.call(Some(&controller), LIST, |_| {
+                ListPartitionReassignmentsRequest::default()
+                    .with_timeout_ms(30_000)
+                    .with_topics(None)
+            })?;
+        let under_way: usize = listed.topics.iter().map(|t| t.partitions.len()).sum();
+        let still_there = placements_of(&client.metadata_from(Some(&controller), None)?)
+            .iter()
+            .filter(|(_, _, replicas)| replicas.contains(&args.node))
+            .count();
+        if under_way == 0 && still_there == 0 {
+            println!(
+                "node {}: every replica moved ({} partitions)",
+                args.node,
+                moves.len()
+            );
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "after {} s: {under_way} move(s) under way, {still_there} partition(s) still \
+                 on node {}",
+                args.wait_secs, args.node
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Every partition of `metadata` with its replica list.
+fn placements_of(metadata: &kafka_protocol::messages::MetadataResponse) -> Vec<Placement> {
+    let mut placements = Vec::new();
+    for topic in &metadata.topics {
+        let Some(topic_name) = topic.name.as_ref() else {
+            continue;
+        };
+        for p in &topic.partitions {
+            placements.push((
+                topic_name.to_string(),
+                p.partition_index,
+                p.replica_nodes.iter().map(|n| n.0).collect(),
+            ));
+        }
+    }
+    placements.sort();
+    placements
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_leave_to_the_least_loaded_nodes_in_place() {
+        let placements: Vec<Placement> = vec![
+            ("a".into(), 0, vec![0, 1, 2]),
+            ("a".into(), 1, vec![1, 2, 3]),
+            ("a".into(), 2, vec![2, 3, 0]),
+            ("b".into(), 0, vec![2, 0, 1]),
+        ];
+        let moves = moves_off(2, &[0, 1, 2, 3], &placements).unwrap();
+        // Held before: 0 -> 3, 1 -> 3, 3 -> 2. Node 3 takes the first it can, then ties go
+        // to the lower id among those not in the list.
+        assert_eq!(
+            moves,
+            vec![
+                ("a".to_string(), 0, vec![0, 1, 3]),
+                ("a".to_string(), 1, vec![1, 0, 3]),
+                ("a".to_string(), 2, vec![1, 3, 0]),
+                ("b".to_string(), 0, vec![3, 0, 1]),
+            ]
+        );
+        // Three nodes, three replicas: nowhere to go.
+        let error = moves_off(2, &[0, 1, 2], &placements[..1])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("a-0") && error.contains("no other live node"),
+            "{error}"
+        );
+    }
+}
