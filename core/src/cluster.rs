@@ -629,6 +629,9 @@ pub struct ShardReplication {
     pub settings: ClusterSettings,
     commands: RefCell<Vec<Command>>,
     wake: mpsc::UnboundedSender<()>,
+    /// Whether `reconcile` has looked, once caught up, for directories of replicas that moved
+    /// away from this node while it was down.
+    swept_moved_away: Cell<bool>,
 }
 
 impl std::fmt::Debug for ShardReplication {
@@ -773,6 +776,7 @@ impl ShardReplication {
             ShardReplication {
                 settings,
                 commands: RefCell::default(),
+                swept_moved_away: Cell::new(false),
                 wake,
             },
             driver,
@@ -1896,7 +1900,9 @@ impl Driver {
                 .caught_up
                 .store(true, Ordering::Release);
         }
-        if !changed {
+        // Also once caught up: what only a current image may do (removing replicas that moved
+        // away) waits for it.
+        if !changed && !newly_caught_up {
             return;
         }
         let shard = shard.clone();
@@ -2025,6 +2031,32 @@ pub async fn reconcile(shard: &Rc<Shard>) {
                 warn!(dir = %dir.display(), error = %e, "cannot remove a replica moved away");
             }
             info!(topic_id = %key.0, partition = key.1, "replica moved away from this node removed");
+        }
+        // Once per process: replicas whose move finished while this node was down were never
+        // opened here again, so only their directories are left.
+        if !replication.swept_moved_away.replace(true) {
+            for assignment in cluster.topics.values() {
+                for (p, replicas) in assignment.replicas.iter().enumerate() {
+                    let p = p as i32;
+                    let topic = &assignment.topic;
+                    if replicas.contains(&node)
+                        || shard.owner_of(&topic.name, p) != shard.id
+                        || shard.open_partition((topic.id, p)).is_some()
+                    {
+                        continue;
+                    }
+                    let dir = topic.partition_dir(shard.catalog.data_dir(), p);
+                    if !dir.exists() {
+                        continue;
+                    }
+                    match crate::shard::remove_dir_all(dir.clone()).await {
+                        Ok(()) => info!(dir = %dir.display(),
+                            "replica that moved away while this node was down removed"),
+                        Err(e) => warn!(dir = %dir.display(), error = %e,
+                            "cannot remove a replica moved away"),
+                    }
+                }
+            }
         }
     }
     let gone: Vec<Uuid> = shard

@@ -2850,12 +2850,13 @@ fn a_partition_moves_to_another_node_under_load_and_a_cancelled_move_goes_back()
 }
 
 /// `sluice cluster decommission` moves every replica off a node (the offsets topic's too) to
-/// the other nodes and waits for the moves: afterwards no partition lists the node, its
-/// partition directories are gone, and every record produced before is still there.
+/// the other nodes and waits for the moves, here while the node is down (its disk died):
+/// afterwards no partition lists the node, every record produced before is still there, and
+/// the node, started again, removes the partition directories it no longer holds.
 #[test]
 fn decommissioning_a_node_moves_every_replica_off_it() {
     let _one_at_a_time = one_cluster_at_a_time();
-    let cluster = Cluster::start(4, &[]);
+    let mut cluster = Cluster::start(4, &["--broker-session-timeout-ms", "2000"]);
     let topic = "retiring";
     create_topic_named(&cluster, topic);
     let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
@@ -2882,6 +2883,8 @@ fn decommissioning_a_node_moves_every_replica_off_it() {
         held_before > 0,
         "node {leaving} holds no replica of {topic}"
     );
+    cluster.kill(leaving);
+    wait_for_brokers(cluster.node(0).kafka, &[0, 1, 3], Duration::from_secs(10));
 
     let out = std::process::Command::new(sluice_tests::sluice_binary())
         .args([
@@ -2904,6 +2907,7 @@ fn decommissioning_a_node_moves_every_replica_off_it() {
     );
     assert!(stdout.contains("every replica moved"), "{stdout}");
 
+    cluster.restart(leaving);
     for node in [0, 1, 3] {
         let answer = metadata(cluster.node(node).kafka);
         for t in &answer.topics {
