@@ -1416,19 +1416,21 @@ fn a_survivor_never_names_a_leader_whose_connections_closed() {
 
 /// `sluice cluster info` against the cluster, as an operator runs it.
 fn cluster_info(cluster: &Cluster) -> String {
+    sluice_cluster_command(cluster, &["info"])
+}
+
+/// `sluice cluster <args> --bootstrap <node 0>`: its output, once it succeeded.
+fn sluice_cluster_command(cluster: &Cluster, args: &[&str]) -> String {
     let out = std::process::Command::new(sluice_tests::sluice_binary())
-        .args([
-            "cluster",
-            "info",
-            "--bootstrap",
-            &cluster.node(0).kafka.to_string(),
-        ])
+        .arg("cluster")
+        .args(args)
+        .args(["--bootstrap", &cluster.node(0).kafka.to_string()])
         .output()
-        .expect("run sluice cluster info");
+        .expect("run sluice cluster");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "{stdout}{}",
+        "sluice cluster {args:?}: {stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
@@ -2886,24 +2888,15 @@ fn decommissioning_a_node_moves_every_replica_off_it() {
     cluster.kill(leaving);
     wait_for_brokers(cluster.node(0).kafka, &[0, 1, 3], Duration::from_secs(10));
 
-    let out = std::process::Command::new(sluice_tests::sluice_binary())
-        .args([
-            "cluster",
+    let stdout = sluice_cluster_command(
+        &cluster,
+        &[
             "decommission",
             "--node",
             &leaving.to_string(),
             "--wait-secs",
             "60",
-            "--bootstrap",
-            &cluster.node(0).kafka.to_string(),
-        ])
-        .output()
-        .expect("run sluice cluster decommission");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
     assert!(stdout.contains("every replica moved"), "{stdout}");
 
