@@ -230,9 +230,26 @@ fn metrics_count_what_real_clients_did_and_pass_promtool() {
     let committed = produce_and_consume(&broker);
 
     let produced = format!("sluice_produced_records_total{{topic=\"{TOPIC}\"}}");
+    // The group's lag on each partition it committed: what it did not consume there (each
+    // partition holds RECORDS / 3). Waited for too: a snapshot (published once a second) can
+    // predate the last commits.
+    let per_partition = (RECORDS / 3) as i64;
+    let lags: Vec<(String, f64)> = committed
+        .iter()
+        .map(|(p, offset)| {
+            (
+                format!(
+                    "sluice_consumer_group_lag{{group=\"{GROUP}\",topic=\"{TOPIC}\",partition=\"{p}\"}}"
+                ),
+                (per_partition - offset) as f64,
+            )
+        })
+        .collect();
     let text = metrics_until(admin, |text| {
         sample(text, &produced) == Some(RECORDS as f64)
-            && text.contains("sluice_consumer_group_lag{")
+            && lags
+                .iter()
+                .all(|(series, lag)| sample(text, series) == Some(*lag))
     });
     assert!(
         sample(
@@ -251,18 +268,8 @@ fn metrics_count_what_real_clients_did_and_pass_promtool() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert!(produce_requests >= 1.0, "{text}");
-    // The group's lag on each partition it committed: what it did not consume there (each
-    // partition holds RECORDS / 3).
-    let per_partition = (RECORDS / 3) as i64;
-    for (p, offset) in &committed {
-        let series = format!(
-            "sluice_consumer_group_lag{{group=\"{GROUP}\",topic=\"{TOPIC}\",partition=\"{p}\"}}"
-        );
-        assert_eq!(
-            sample(&text, &series),
-            Some((per_partition - offset) as f64),
-            "{series}\n{text}"
-        );
+    for (series, lag) in &lags {
+        assert_eq!(sample(&text, series), Some(*lag), "{series}\n{text}");
     }
     let lag_series = text
         .lines()
