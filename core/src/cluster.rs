@@ -1932,12 +1932,8 @@ impl CatchUp {
     ) -> Vec<i32> {
         let me = replica.id();
         // Learners (replicas joining a moving partition) are never in sync: they do not vote.
-        let conf = replica.conf_state();
-        let matched: Vec<(u64, u64, bool)> = replica
-            .matched()
-            .into_iter()
-            .filter(|(id, _, _)| conf.voters.contains(id) || conf.voters_outgoing.contains(id))
-            .collect();
+        let mut matched = replica.matched();
+        matched.retain(|(id, _, _)| replica.is_voter(*id));
         for (id, held, answering) in &matched {
             // A follower that stopped answering is not caught up, even with nothing new to
             // hold (Kafka's followers, too, fall out by not fetching).

@@ -30,7 +30,7 @@ use sluice_replication::{
 };
 use uuid::Uuid;
 
-use crate::cluster::{node_of, raft_id};
+use crate::cluster::raft_id;
 use crate::cluster_metadata::{JoinPoint, MetadataCommand, Reassignment};
 
 /// How often a leader looks at the moves of the partitions it leads.
@@ -229,14 +229,15 @@ pub fn membership_for(
     })
 }
 
-/// Node ids of the Raft ids in `ids`.
-pub fn nodes_of(ids: &[u64]) -> Vec<i32> {
-    ids.iter().map(|id| node_of(*id)).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::node_of;
+
+    /// Node ids of the Raft ids in `ids`.
+    fn nodes_of(ids: &[u64]) -> Vec<i32> {
+        ids.iter().map(|id| node_of(*id)).collect()
+    }
 
     fn conf(voters: &[i32], learners: &[i32], outgoing: &[i32]) -> ConfState {
         let ids = |nodes: &[i32]| nodes.iter().map(|n| raft_id(*n)).collect::<Vec<_>>();

@@ -838,8 +838,6 @@ pub struct Outbox {
     pub started_over_at: Option<Offset>,
     /// Answers to [`RaftPartition::read_index`] (the leader's commit index each time).
     pub read_indexes: Vec<u64>,
-    /// A committed configuration change was applied (see [`Replica::conf_state`]).
-    pub conf_changed: bool,
 }
 
 /// An entry now committed (and applied: the high watermark covers it).
@@ -1370,7 +1368,6 @@ impl RaftPartition {
                 };
                 state.store(&self.dir)?;
                 self.stored = state;
-                outbox.conf_changed = true;
             }
             match early {
                 Some(send_now) if !send.is_empty() => send_now(send),
@@ -1849,6 +1846,26 @@ mod tests {
             .unwrap()
             .join()
             .unwrap();
+    }
+
+    /// A version 3 file whose configuration lists claim more ids than it holds (its checksum
+    /// right): refused, naming the file and why.
+    #[test]
+    fn a_state_file_with_a_configuration_cut_short_is_refused() {
+        let path = Path::new("/data/t-0/raft-state");
+        let mut bytes = state().encode();
+        bytes.truncate(bytes.len() - 4);
+        // The file ends [learners-next count = 1][id 3][auto-leave]: a count of 9 claims more
+        // ids than the file holds.
+        let count_at = bytes.len() - 24;
+        bytes[count_at..count_at + 8].copy_from_slice(&9u64.to_le_bytes());
+        let crc = crc32c::crc32c(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        let error = StateFile::decode(&bytes, path).unwrap_err().to_string();
+        assert!(
+            error.contains("/data/t-0/raft-state") && error.contains("configuration"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -383,6 +383,12 @@ impl<S: ReplicaStorage> Replica<S> {
         self.node.read_index(context);
     }
 
+    /// Whether `id` votes in the group's configuration (in either half of a joint one):
+    /// learners do not.
+    pub fn is_voter(&self, id: u64) -> bool {
+        self.node.raft.prs().conf().voters().contains(id)
+    }
+
     /// The group's configuration as this replica knows it (voters, learners, and the
     /// outgoing voters while a joint change is under way).
     pub fn conf_state(&self) -> ConfState {
