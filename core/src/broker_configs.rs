@@ -15,7 +15,12 @@ pub const DYNAMIC: &[(&str, ConfigType)] = &[
     ("auto.create.topics.enable", ConfigType::Boolean),
     ("num.partitions", ConfigType::Int),
     ("group.initial.rebalance.delay.ms", ConfigType::Int),
+    ("leader.replication.throttled.rate", ConfigType::Long),
+    ("follower.replication.throttled.rate", ConfigType::Long),
 ];
+
+/// Kafka's value for "not throttled" (`Long.MAX_VALUE`).
+pub const UNTHROTTLED: u64 = i64::MAX as u64;
 
 /// The broker configs that give topic configs their defaults, under Kafka's names (the
 /// synonyms DescribeConfigs lists): topic config, broker config.
@@ -83,6 +88,14 @@ pub fn validate(name: &str, value: &str) -> Result<(), String> {
             Ok(n) if n >= 0 => Ok(()),
             _ => Err(format!("{name}: {value:?} is not a non-negative int")),
         },
+        "leader.replication.throttled.rate" | "follower.replication.throttled.rate" => {
+            match value.parse::<i64>() {
+                Ok(n) if n >= 1 => Ok(()),
+                _ => Err(format!(
+                    "{name}: {value:?} is not a rate of at least 1 byte per second"
+                )),
+            }
+        }
         _ => Err(format!(
             "{name} cannot be changed at runtime (dynamic broker configs: {})",
             DYNAMIC
@@ -100,6 +113,12 @@ pub struct Effective {
     pub auto_create_topics: bool,
     pub default_partitions: i32,
     pub group_initial_rebalance_delay: Duration,
+    /// Bytes per second this node's leaders send learners catching up (a moving
+    /// partition's new replicas): the lower of Kafka's leader and follower throttled rates;
+    /// `None`: unthrottled.
+    pub replication_throttled_rate: Option<u64>,
+    leader_throttled_rate: u64,
+    follower_throttled_rate: u64,
 }
 
 impl Effective {
@@ -116,7 +135,20 @@ impl Effective {
                 .and_then(|v| v.parse::<u64>().ok())
                 .map(Duration::from_millis)
                 .unwrap_or(settings.group_initial_rebalance_delay),
+            ..Effective::startup(settings)
         }
+        .with_throttles(
+            get("leader.replication.throttled.rate").and_then(|v| v.parse().ok()),
+            get("follower.replication.throttled.rate").and_then(|v| v.parse().ok()),
+        )
+    }
+
+    fn with_throttles(mut self, leader: Option<u64>, follower: Option<u64>) -> Effective {
+        self.leader_throttled_rate = leader.unwrap_or(UNTHROTTLED);
+        self.follower_throttled_rate = follower.unwrap_or(UNTHROTTLED);
+        let rate = self.leader_throttled_rate.min(self.follower_throttled_rate);
+        self.replication_throttled_rate = (rate < UNTHROTTLED).then_some(rate);
+        self
     }
 
     /// The start-up settings, before any runtime override.
@@ -125,15 +157,20 @@ impl Effective {
             auto_create_topics: settings.auto_create_topics,
             default_partitions: settings.default_partitions,
             group_initial_rebalance_delay: settings.group_initial_rebalance_delay,
+            replication_throttled_rate: None,
+            leader_throttled_rate: UNTHROTTLED,
+            follower_throttled_rate: UNTHROTTLED,
         }
     }
 
     /// Each dynamic config's value, in [`DYNAMIC`]'s order.
-    pub fn values(&self) -> [String; 3] {
+    pub fn values(&self) -> [String; 5] {
         [
             self.auto_create_topics.to_string(),
             self.default_partitions.to_string(),
             self.group_initial_rebalance_delay.as_millis().to_string(),
+            self.leader_throttled_rate.to_string(),
+            self.follower_throttled_rate.to_string(),
         ]
     }
 

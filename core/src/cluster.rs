@@ -161,6 +161,10 @@ pub const HAND_OFF_WITHIN: Duration = Duration::from_secs(3);
 /// producer-id block) while the image does not show it.
 const RETRY_FORWARDED: Duration = Duration::from_secs(1);
 
+/// How long a request that forwarded a command to the controller leader waits for it to
+/// commit before answering REQUEST_TIMED_OUT (a lost proposal is not retried: the client is).
+const FORWARDED_WITHIN: Duration = Duration::from_secs(15);
+
 /// Kafka's default `broker.session.timeout.ms`: a node silent this long is fenced.
 pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(9);
 
@@ -576,6 +580,9 @@ pub enum ControlError {
     NotController { leader: i32 },
     #[error(transparent)]
     Refused(#[from] Refused),
+    /// Forwarded to the controller leader, and not committed in time.
+    #[error("the controller did not commit the change within {0:?}")]
+    TimedOut(Duration),
     #[error("{0}")]
     Failed(String),
 }
@@ -632,6 +639,8 @@ pub struct ShardReplication {
     /// Whether `reconcile` has looked, once caught up, for directories of replicas that moved
     /// away from this node while it was down.
     swept_moved_away: Cell<bool>,
+    /// Each topic's configs as `reconcile` last applied them to this shard's open replicas.
+    applied_configs: RefCell<HashMap<Uuid, BTreeMap<String, String>>>,
 }
 
 impl std::fmt::Debug for ShardReplication {
@@ -677,6 +686,8 @@ pub struct Driver {
     reassignments_checked_at: Instant,
     /// What this shard last told the controller about each moving partition, and when.
     reported: HashMap<PartitionKey, (&'static str, Instant)>,
+    /// The catalog version whose broker configs set the catch-up throttle.
+    throttle_seen_version: Option<u64>,
 }
 
 #[derive(Default)]
@@ -699,6 +710,11 @@ struct ControllerDriver {
     registration: BrokerRegistration,
     /// Commands proposed here as leader, by Raft index.
     waiters: BTreeMap<u64, oneshot::Sender<Result<(), ControlError>>>,
+    /// Commands forwarded from here to the leader, by request: until when they wait.
+    forward_waiters: BTreeMap<u64, (Instant, oneshot::Sender<Result<(), ControlError>>)>,
+    /// The next forwarded request's number (starting from the clock, so that an entry
+    /// forwarded before a restart never answers a request made after it).
+    next_request: u64,
     id_waiters: Vec<oneshot::Sender<(i64, i64)>>,
     /// Commands other shards asked to propose (see [`ShardReplication::forward`]).
     forwarded: Vec<MetadataCommand>,
@@ -768,6 +784,7 @@ impl ShardReplication {
             heard_published_at: Instant::now(),
             reassignments_checked_at: Instant::now(),
             reported: HashMap::new(),
+            throttle_seen_version: None,
         };
         if shard == 0 {
             driver.open_controller().await?;
@@ -777,6 +794,7 @@ impl ShardReplication {
                 settings,
                 commands: RefCell::default(),
                 swept_moved_away: Cell::new(false),
+                applied_configs: RefCell::default(),
                 wake,
             },
             driver,
@@ -910,6 +928,10 @@ impl Driver {
             state,
             registration: self.settings.registration(),
             waiters: BTreeMap::new(),
+            forward_waiters: BTreeMap::new(),
+            next_request: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64),
             id_waiters: Vec::new(),
             forwarded: Vec::new(),
             id_block_before: None,
@@ -954,6 +976,7 @@ impl Driver {
             let ticking = now >= next_tick;
             if ticking {
                 next_tick = now + tick;
+                self.follow_catch_up_rate(&shard);
             }
             // Committed entries are answered the moment a group's ready work releases them,
             // while the step's other writes still run.
@@ -985,6 +1008,25 @@ impl Driver {
             for (group, e) in self.node.take_step_failures() {
                 self.take_offline(&shard, group, &e).await;
             }
+        }
+    }
+
+    /// Paces learners' catch-up at the dynamic broker configs' rate (Kafka's
+    /// `leader.replication.throttled.rate` / `follower.replication.throttled.rate`, per node:
+    /// each shard takes its share), once the catalog changed.
+    fn follow_catch_up_rate(&mut self, shard: &Shard) {
+        let version = shard.catalog.version();
+        if self.throttle_seen_version == Some(version) {
+            return;
+        }
+        self.throttle_seen_version = Some(version);
+        let effective = crate::broker_configs::Effective::of(&shard.settings, &shard.image());
+        let per_shard = effective
+            .replication_throttled_rate
+            .map(|rate| (rate / shard.count.max(1) as u64).max(1));
+        if per_shard != self.node.catch_up_rate() {
+            info!(shard = shard.id, bytes_per_second = ?per_shard, "replica catch-up throttle");
+            self.node.set_catch_up_rate(per_shard);
         }
     }
 
@@ -1132,8 +1174,27 @@ impl Driver {
             return;
         };
         if group.replica().role() != Role::Leader {
+            // Through the leader this replica knows (raft-rs forwards the proposal); the
+            // outcome arrives with the entry (`after_step`).
             let leader = node_of(group.replica().leader_id());
-            let _ = reply.send(Err(ControlError::NotController { leader }));
+            let request = controller.next_request;
+            controller.next_request += 1;
+            let forwarded = MetadataCommand::Forwarded {
+                origin: self.settings.node_id,
+                request,
+                command: Box::new(command),
+            };
+            if leader < 0
+                || group
+                    .propose_anywhere(encode_command(&forwarded, now_ms()))
+                    .is_err()
+            {
+                let _ = reply.send(Err(ControlError::NotController { leader }));
+                return;
+            }
+            controller
+                .forward_waiters
+                .insert(request, (Instant::now() + FORWARDED_WITHIN, reply));
             return;
         }
         match group.propose(encode_command(&command, now_ms())) {
@@ -1828,8 +1889,16 @@ impl Driver {
             .node
             .group(&GroupKey::CONTROLLER)
             .is_some_and(|g| g.replica().role() == Role::Leader);
-        if let Err(e) = controller.state.apply(entries, leader) {
+        if let Err(e) = controller
+            .state
+            .apply(entries, leader, self.settings.node_id)
+        {
             warn!(error = %e, "cannot apply a controller command");
+        }
+        for (request, outcome) in controller.state.take_forwarded_outcomes() {
+            if let Some((_, reply)) = controller.forward_waiters.remove(&request) {
+                let _ = reply.send(outcome.map_err(ControlError::from));
+            }
         }
         let decided: Vec<u64> = controller.waiters.keys().copied().collect();
         for index in decided {
@@ -1871,6 +1940,20 @@ impl Driver {
             != leader
         {
             info!(controller = leader, "controller leader changed");
+        }
+        if !controller.forward_waiters.is_empty() {
+            let now = Instant::now();
+            let expired: Vec<u64> = controller
+                .forward_waiters
+                .iter()
+                .filter(|(_, (until, _))| *until <= now)
+                .map(|(request, _)| *request)
+                .collect();
+            for request in expired {
+                if let Some((_, reply)) = controller.forward_waiters.remove(&request) {
+                    let _ = reply.send(Err(ControlError::TimedOut(FORWARDED_WITHIN)));
+                }
+            }
         }
         if group.replica().role() != Role::Leader && !controller.waiters.is_empty() {
             for (_, reply) in std::mem::take(&mut controller.waiters) {
@@ -1989,6 +2072,18 @@ pub async fn reconcile(shard: &Rc<Shard>) {
         let Some(topic) = image.topic(&assignment.topic.name).cloned() else {
             continue;
         };
+        // Configs changed through the controller (AlterConfigs) reach the open replicas.
+        let applied = replication.applied_configs.borrow().get(&topic.id).cloned();
+        if applied.as_ref() != Some(&topic.configs) {
+            if applied.is_some() {
+                info!(topic = %topic.name, configs = ?topic.configs, "topic configs applied");
+            }
+            shard.reconfigure_topic(&topic);
+            replication
+                .applied_configs
+                .borrow_mut()
+                .insert(topic.id, topic.configs.clone());
+        }
         for (p, replicas) in assignment.replicas.iter().enumerate() {
             let p = p as i32;
             if shard.owner_of(&topic.name, p) != shard.id || !replicas.contains(&node) {

@@ -47,6 +47,8 @@ pub struct ControllerState {
     image: ClusterImage,
     /// Outcomes of committed commands, by Raft index, until taken (recorded on the leader).
     outcomes: BTreeMap<u64, Result<(), Refused>>,
+    /// Outcomes of commands this node forwarded to the leader, by request, until taken.
+    forwarded_outcomes: BTreeMap<u64, Result<(), Refused>>,
 }
 
 impl ControllerState {
@@ -78,6 +80,7 @@ impl ControllerState {
         Ok(ControllerState {
             image,
             outcomes: BTreeMap::new(),
+            forwarded_outcomes: BTreeMap::new(),
         })
     }
 
@@ -86,11 +89,13 @@ impl ControllerState {
     }
 
     /// Applies newly committed entries in order; with `leader`, keeps their outcomes for
-    /// [`take_outcome`](Self::take_outcome).
+    /// [`take_outcome`](Self::take_outcome), and those of commands node `me` forwarded for
+    /// [`take_forwarded_outcome`](Self::take_forwarded_outcome).
     pub fn apply(
         &mut self,
         committed: Vec<CommittedEntry>,
         leader: bool,
+        me: i32,
     ) -> Result<(), ControllerError> {
         for entry in committed {
             if entry.data.is_empty() {
@@ -103,6 +108,14 @@ impl ControllerState {
                     reason,
                 })?;
             let outcome = self.image.apply(offset.0 as u64, &command);
+            if let MetadataCommand::Forwarded {
+                origin, request, ..
+            } = &command
+            {
+                if *origin == me {
+                    self.forwarded_outcomes.insert(*request, outcome.clone());
+                }
+            }
             if leader {
                 self.outcomes.insert(entry.index, outcome);
             }
@@ -113,6 +126,12 @@ impl ControllerState {
     /// The outcome of the command committed at `index`, once.
     pub fn take_outcome(&mut self, index: u64) -> Option<Result<(), Refused>> {
         self.outcomes.remove(&index)
+    }
+
+    /// The outcomes of the commands this node forwarded that committed since the last call,
+    /// by request.
+    pub fn take_forwarded_outcomes(&mut self) -> BTreeMap<u64, Result<(), Refused>> {
+        std::mem::take(&mut self.forwarded_outcomes)
     }
 }
 
@@ -187,7 +206,7 @@ impl ControllerReplica {
         let mut outbox = self.partition.run_ready().await?;
         let leader = self.is_leader();
         self.state
-            .apply(std::mem::take(&mut outbox.committed), leader)?;
+            .apply(std::mem::take(&mut outbox.committed), leader, -1)?;
         Ok(outbox)
     }
 }

@@ -128,6 +128,10 @@ pub enum MetadataCommand {
     AddPartitions {
         id: Uuid,
         replicas: Vec<Vec<i32>>,
+        /// The partition count the new partitions were chosen for: refused when the topic has
+        /// another by then (a retried request must not add partitions twice).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<i32>,
     },
     /// A block of `count` producer ids for broker `node_id` to hand out: the next `count`
     /// ids above every block reserved before. The broker's previous block, if any, is
@@ -176,6 +180,14 @@ pub enum MetadataCommand {
         partition: i32,
         target: Vec<i32>,
     },
+    /// `command`, proposed through a node that does not lead the controller group (Kafka's
+    /// brokers forward admin requests to the controller too): `origin` waits for request
+    /// `request`'s outcome, which it learns when it applies this entry itself.
+    Forwarded {
+        origin: i32,
+        request: u64,
+        command: Box<MetadataCommand>,
+    },
 }
 
 impl MetadataCommand {
@@ -195,6 +207,7 @@ impl MetadataCommand {
             MetadataCommand::Reassign { .. } => "reassign",
             MetadataCommand::SetJoinPoint { .. } => "set_join_point",
             MetadataCommand::CompleteReassignment { .. } => "complete_reassignment",
+            MetadataCommand::Forwarded { .. } => "forwarded",
         }
     }
 }
@@ -293,8 +306,15 @@ impl ClusterImage {
                 let entry = self.topics.get_mut(&name).expect("found by id");
                 entry.topic.configs = configs.clone();
             }
-            MetadataCommand::AddPartitions { id, replicas } => {
+            MetadataCommand::AddPartitions { id, replicas, from } => {
                 let name = self.name_of(*id)?;
+                let count = self.topics[&name].topic.partitions;
+                if from.is_some_and(|from| from != count) {
+                    return Err(Refused::BadAssignment(format!(
+                        "the topic has {count} partitions by now, not {}",
+                        from.unwrap_or_default()
+                    )));
+                }
                 let width = self.topics[&name].replicas.first().map(Vec::len);
                 self.check_assignment(replicas, width)?;
                 let entry = self.topics.get_mut(&name).expect("found by id");
@@ -366,6 +386,7 @@ impl ClusterImage {
                 entry.reassignments.remove(partition);
                 entry.replicas[*partition as usize] = target.clone();
             }
+            MetadataCommand::Forwarded { command, .. } => return self.apply(position, command),
         }
         Ok(())
     }
@@ -735,10 +756,37 @@ mod tests {
                 &MetadataCommand::AddPartitions {
                     id: orders.id,
                     replicas: vec![vec![3, 1]],
+                    from: Some(3),
                 },
             )
             .unwrap();
         assert_eq!(image.topics["orders"].topic.partitions, 4);
+        // The same request again (a client's retry, built on the older image) adds nothing.
+        let retried = MetadataCommand::Forwarded {
+            origin: 2,
+            request: 1,
+            command: Box::new(MetadataCommand::AddPartitions {
+                id: orders.id,
+                replicas: vec![vec![3, 1]],
+                from: Some(3),
+            }),
+        };
+        assert!(matches!(
+            image.apply(8, &retried),
+            Err(Refused::BadAssignment(m)) if m.contains("4 partitions by now")
+        ));
+        assert_eq!(image.topics["orders"].topic.partitions, 4);
+        let forwarded = MetadataCommand::Forwarded {
+            origin: 2,
+            request: 2,
+            command: Box::new(MetadataCommand::SetBrokerConfigs {
+                configs: BTreeMap::from([("num.partitions".into(), "7".into())]),
+            }),
+        };
+        let stored = encode_command(&forwarded, 0);
+        assert_eq!(decode_command(&stored).unwrap(), forwarded);
+        image.apply(8, &forwarded).unwrap();
+        assert_eq!(image.broker_configs["num.partitions"], "7");
         let reserve = |node_id, count| MetadataCommand::ReserveProducerIds { node_id, count };
         image.apply(9, &reserve(1, 1000)).unwrap();
         image.apply(9, &reserve(2, 1000)).unwrap();

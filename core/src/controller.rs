@@ -276,6 +276,67 @@ fn cluster_assignment(
         .map_err(|e| error(ResponseError::InvalidReplicationFactor, e.to_string()))
 }
 
+/// Cluster mode: the replicas of `topic`'s new partitions `[topic.partitions, count)`: the
+/// request's `assignments`, checked (one list per new partition, as wide as the topic's,
+/// registered brokers, none twice), or Kafka's spread continued from the existing partitions.
+fn new_partitions_in_cluster(
+    cluster: &ClusterImage,
+    topic: &Topic,
+    count: i32,
+    assignments: Vec<Vec<i32>>,
+) -> Result<Vec<Vec<i32>>, ApiError> {
+    let existing = cluster
+        .topics
+        .get(&topic.name)
+        .map(|t| t.replicas.clone())
+        .unwrap_or_default();
+    let factor = existing.first().map_or(1, Vec::len);
+    let added = (count - topic.partitions) as usize;
+    let refused = |m: String| error(ResponseError::InvalidReplicaAssignment, m);
+    if !assignments.is_empty() {
+        if assignments.len() != added {
+            return Err(refused(format!(
+                "{} assignments for {added} new partitions",
+                assignments.len()
+            )));
+        }
+        for list in &assignments {
+            if list.len() != factor {
+                return Err(refused(format!(
+                    "replicas {list:?}: the topic's partitions have {factor} replicas"
+                )));
+            }
+            if let Some(unknown) = list.iter().find(|b| !cluster.brokers.contains_key(b)) {
+                return Err(refused(format!("broker {unknown} is not registered")));
+            }
+            let distinct: HashSet<i32> = list.iter().copied().collect();
+            if distinct.len() != list.len() {
+                return Err(refused(format!("replicas {list:?} name a broker twice")));
+            }
+        }
+        return Ok(assignments);
+    }
+    let brokers: Vec<i32> = cluster.brokers.keys().copied().collect();
+    // Continue the topic's spread: partition p's first replica where partition 0's is, plus p.
+    let start = existing
+        .first()
+        .and_then(|l| l.first())
+        .and_then(|first| {
+            let mut sorted = brokers.clone();
+            sorted.sort_unstable();
+            sorted.iter().position(|b| b == first)
+        })
+        .unwrap_or(0);
+    let seed = crc32c::crc32c(topic.name.as_bytes()) as usize;
+    let all = assign_replicas(&brokers, count, factor, start, seed / 7).map_err(|e| {
+        error(
+            ResponseError::InvalidReplicationFactor,
+            format!("{e}: the topic's replication factor no longer fits the brokers"),
+        )
+    })?;
+    Ok(all[topic.partitions as usize..].to_vec())
+}
+
 /// A controller command's failure as the Kafka error clients expect.
 fn control_error(e: ControlError) -> ApiError {
     let code = match &e {
@@ -290,17 +351,10 @@ fn control_error(e: ControlError) -> ApiError {
         ControlError::Refused(Refused::NoReassignment(..)) => {
             ResponseError::NoReassignmentInProgress
         }
+        ControlError::TimedOut(_) => ResponseError::RequestTimedOut,
         ControlError::Refused(_) | ControlError::Failed(_) => ResponseError::UnknownServerError,
     };
     error(code, e.to_string())
-}
-
-/// Cluster mode: changes the controller's other commands would make are not wired yet.
-fn not_in_cluster_yet(what: &str) -> ApiError {
-    error(
-        ResponseError::InvalidRequest,
-        format!("{what} is not available in cluster mode yet"),
-    )
 }
 
 /// Turns every success of a change that could not be persisted into KAFKA_STORAGE_ERROR.
@@ -643,18 +697,19 @@ async fn delete_on_controller(
 }
 
 /// Raises the partition count of `name` to `count`. `validate_only` checks without changing.
+/// In cluster mode the new partitions' replicas are `assignments` (one broker list per new
+/// partition, as CreatePartitions carries them) or Kafka's spread over the registered brokers;
+/// a single node ignores them.
 pub async fn create_partitions(
     shard: &Rc<Shard>,
     name: String,
     count: i32,
+    assignments: Vec<Vec<i32>>,
     validate_only: bool,
 ) -> Result<(), ApiError> {
     shard
         .invoke_on(CONTROLLER_SHARD, move |controller| async move {
             let _turn = controller.controller_turn().await;
-            if controller.replication.is_some() {
-                return Err(not_in_cluster_yet("CreatePartitions"));
-            }
             let image = controller.catalog.image();
             let mut topics = image.to_topics();
             let Some(topic) = topics.get_mut(&name) else {
@@ -675,6 +730,23 @@ pub async fn create_partitions(
                     ResponseError::InvalidPartitions,
                     format!("{count} partitions: a topic has at most {PARTITIONS_MAX}"),
                 ));
+            }
+            if let (Some(replication), Some(cluster)) = (&controller.replication, &image.cluster) {
+                let replicas = new_partitions_in_cluster(cluster, topic, count, assignments)?;
+                if validate_only {
+                    return Ok(());
+                }
+                let command = MetadataCommand::AddPartitions {
+                    id: topic.id,
+                    replicas: replicas.clone(),
+                    from: Some(before),
+                };
+                replication.control(command).await.map_err(control_error)?;
+                info!(topic = %name, from = before, to = count, ?replicas, "partitions added");
+                let mut grown = topic.clone();
+                grown.partitions = count;
+                wait_for_leaders(&controller, &[Ok(Arc::new(grown))]).await;
+                return Ok(());
             }
             if validate_only {
                 return Ok(());
@@ -812,9 +884,6 @@ pub async fn alter_topic_configs(
     shard
         .invoke_on(CONTROLLER_SHARD, move |controller| async move {
             let _turn = controller.controller_turn().await;
-            if controller.replication.is_some() {
-                return Err(not_in_cluster_yet("changing topic configs"));
-            }
             let image = controller.catalog.image();
             let mut topics = image.to_topics();
             let Some(topic) = topics.get_mut(&name) else {
@@ -889,6 +958,16 @@ pub async fn alter_topic_configs(
             if validate_only {
                 return Ok(());
             }
+            if let Some(replication) = &controller.replication {
+                // Every node applies the new configs to its replicas as its image changes.
+                let command = MetadataCommand::SetTopicConfigs {
+                    id: topic.id,
+                    configs: topic.configs.clone(),
+                };
+                replication.control(command).await.map_err(control_error)?;
+                info!(topic = %name, configs = ?topic.configs, "topic configs changed");
+                return Ok(());
+            }
             let changed = Arc::new(topic.clone());
             controller
                 .catalog
@@ -926,9 +1005,6 @@ pub async fn alter_broker_configs(
     shard
         .invoke_on(CONTROLLER_SHARD, move |controller| async move {
             let _turn = controller.controller_turn().await;
-            if controller.replication.is_some() {
-                return Err(not_in_cluster_yet("changing broker configs"));
-            }
             let image = controller.catalog.image();
             let mut configs = if replace_all {
                 BTreeMap::new()
@@ -957,6 +1033,14 @@ pub async fn alter_broker_configs(
                 }
             }
             if validate_only {
+                return Ok(());
+            }
+            if let Some(replication) = &controller.replication {
+                let command = MetadataCommand::SetBrokerConfigs {
+                    configs: configs.clone(),
+                };
+                replication.control(command).await.map_err(control_error)?;
+                info!(configs = ?configs, "broker configs changed");
                 return Ok(());
             }
             controller

@@ -18,6 +18,7 @@ pub mod node;
 pub mod partition;
 pub mod replica;
 pub mod rpc;
+pub mod throttle;
 pub mod transport;
 
 pub use error::{ReplicationError, Result};

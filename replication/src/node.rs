@@ -23,7 +23,7 @@
 //! work has run; a group's persist jobs stay in order because each group runs its own ready work
 //! one job at a time.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -37,6 +37,7 @@ use crate::hard_state_log::HardStateLog;
 use crate::partition::{CommittedEntry, HardStateHome, Membership, Outbox, RaftPartition};
 use crate::replica::ReplicaConfig;
 use crate::rpc::{GroupKey, GroupMessage, LeadNote};
+use crate::throttle::{catch_up_bytes, CatchUpThrottle};
 use crate::transport::{Listener, Transport};
 
 /// Largest frame a node accepts from a peer.
@@ -91,6 +92,8 @@ pub struct ReplicationNode {
     /// the owner to report ([`take_step_failures`](Self::take_step_failures)); the step
     /// went on for every other group.
     step_failures: Vec<(GroupKey, ReplicationError)>,
+    /// Paces what leaders here send learners (see `throttle`).
+    throttle: CatchUpThrottle,
 }
 
 impl ReplicationNode {
@@ -166,6 +169,7 @@ impl ReplicationNode {
             node_id,
             groups: HashMap::new(),
             transport: Transport::new(node_id, peers),
+            throttle: CatchUpThrottle::default(),
             inbox,
             leading_heard,
             heard_at,
@@ -293,6 +297,16 @@ impl ReplicationNode {
         self.hard_states.rounds()
     }
 
+    /// Paces the catch-up traffic of learners (replicas joining a moving partition) that
+    /// groups led here send, at `bytes_per_second` in all (`None`: at full speed).
+    pub fn set_catch_up_rate(&mut self, bytes_per_second: Option<u64>) {
+        self.throttle.set_rate(bytes_per_second);
+    }
+
+    pub fn catch_up_rate(&self) -> Option<u64> {
+        self.throttle.rate()
+    }
+
     /// One logical tick for every group, then a [`step`](Self::step).
     pub async fn tick(&mut self) -> Result<Vec<(GroupKey, Outbox)>> {
         self.tick_handing_over(None).await
@@ -326,6 +340,21 @@ impl ReplicationNode {
         committed_now: Option<&dyn Fn(GroupKey, Vec<CommittedEntry>, Offset)>,
     ) -> Result<Vec<(GroupKey, Outbox)>> {
         self.campaign_for_gone_leaders();
+        // Learners whose catch-up is paced: (group, learner) pairs whose appends are counted.
+        let mut paced: HashSet<(GroupKey, u64)> = HashSet::new();
+        if let Some(window) = self.throttle.window(Instant::now()) {
+            for (key, partition) in self.groups.iter_mut() {
+                for learner in partition.pace_learners(window) {
+                    paced.insert((*key, learner));
+                }
+            }
+        }
+        let paced_bytes = Cell::new(0u64);
+        let count_paced = |message: &GroupMessage| {
+            if !paced.is_empty() && paced.contains(&(message.group, message.message.to)) {
+                paced_bytes.set(paced_bytes.get() + catch_up_bytes(&message.message));
+            }
+        };
         let arrived = std::mem::take(&mut *self.inbox.borrow_mut());
         for GroupMessage { group, message } in arrived {
             // A message for a group this node does not hold (yet, or any more) is dropped:
@@ -374,8 +403,10 @@ impl ReplicationNode {
             use futures::StreamExt;
             let mut unreachable = Vec::new();
             while let Some(first) = early_rx.next().await {
+                count_paced(&first);
                 transport.send(first.message.to, first);
                 while let Ok(more) = early_rx.try_recv() {
+                    count_paced(&more);
                     transport.send(more.message.to, more);
                 }
                 unreachable.extend(transport.flush().await.unreachable);
@@ -396,8 +427,9 @@ impl ReplicationNode {
                 }
             };
             for message in std::mem::take(&mut outbox.messages) {
-                self.transport
-                    .send(message.to, GroupMessage { group, message });
+                let message = GroupMessage { group, message };
+                count_paced(&message);
+                self.transport.send(message.message.to, message);
             }
             let applied = !outbox.committed.is_empty()
                 || outbox.log_start_moved.is_some()
@@ -407,6 +439,7 @@ impl ReplicationNode {
                 committed.push((group, outbox));
             }
         }
+        self.throttle.spend(paced_bytes.get());
         let mut unreachable = self.transport.flush().await.unreachable;
         unreachable.extend(early_unreachable);
         unreachable.sort_unstable();

@@ -1108,6 +1108,11 @@ impl RaftPartition {
         &self.replica
     }
 
+    /// See [`Replica::pace_learners`].
+    pub fn pace_learners(&mut self, in_flight: Option<usize>) -> Vec<u64> {
+        self.replica.pace_learners(in_flight)
+    }
+
     pub fn log(&self) -> &Log {
         &self.log
     }

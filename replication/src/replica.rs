@@ -168,6 +168,9 @@ pub struct Replica<S: ReplicaStorage> {
     last_leader: u64,
     /// A restored snapshot's index, applied once its persist job is reported done.
     snapshot_to_apply: Option<(u64, u64)>,
+    /// Peers whose append window `pace_learners` narrowed: a learner promoted to voter (or
+    /// removed) gets the configured window back, or the group could not commit without it.
+    narrowed: Vec<u64>,
 }
 
 impl<S: ReplicaStorage> Replica<S> {
@@ -205,6 +208,7 @@ impl<S: ReplicaStorage> Replica<S> {
             reported,
             last_leader,
             snapshot_to_apply: None,
+            narrowed: Vec::new(),
         })
     }
 
@@ -387,6 +391,47 @@ impl<S: ReplicaStorage> Replica<S> {
     /// learners do not.
     pub fn is_voter(&self, id: u64) -> bool {
         self.node.raft.prs().conf().voters().contains(id)
+    }
+
+    /// On a leader: lets appends flow to the group's learners (`in_flight` messages at most;
+    /// `None`: the configured window) or holds them back (`Some(0)`: raft-rs sends a learner
+    /// no further append until the window reopens; heartbeats go on). Returns the group's
+    /// learners (none on a follower). A new configuration starts every learner with the configured
+    /// window again, so a pacing caller paces on every step.
+    pub fn pace_learners(&mut self, in_flight: Option<usize>) -> Vec<u64> {
+        if self.role() != Role::Leader {
+            // A new leader starts every peer with the configured window.
+            self.narrowed.clear();
+            return Vec::new();
+        }
+        let full = self.node.raft.max_inflight;
+        let learners: Vec<u64> = self
+            .node
+            .raft
+            .prs()
+            .conf()
+            .learners()
+            .iter()
+            .copied()
+            .collect();
+        for id in std::mem::take(&mut self.narrowed) {
+            if !learners.contains(&id) {
+                self.node.raft.adjust_max_inflight_msgs(id, full);
+            }
+        }
+        let window = in_flight.unwrap_or(full);
+        for id in &learners {
+            self.node.raft.adjust_max_inflight_msgs(*id, window);
+        }
+        if window < full {
+            self.narrowed.clone_from(&learners);
+        }
+        learners
+    }
+
+    /// Whether `id` is a learner of the group (a replica joining it, not voting yet).
+    pub fn is_learner(&self, id: u64) -> bool {
+        self.node.raft.prs().conf().learners().contains(&id)
     }
 
     /// The group's configuration as this replica knows it (voters, learners, and the

@@ -1603,10 +1603,107 @@ fn kafka_python_uses_a_three_node_cluster() {
     }
 }
 
-/// What a cluster node does not do (yet), or does only elsewhere, is refused with the error a
-/// Kafka client acts on and a message naming why: topic admin on a node that is not the
-/// controller, a replication factor above the brokers, the controller commands not wired in
-/// cluster mode, DeleteRecords, and produce and fetch on a follower.
+/// kafka-python changes a cluster's topics and configs through whichever node it talks to
+/// (the node forwards to the controller, as Kafka's brokers do): more partitions, topic
+/// configs every replica then applies, a broker config auto-creation then follows.
+const KAFKA_PYTHON_ALTER_SCRIPT: &str = r#"
+import sys, time
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.admin import NewTopic, NewPartitions, ConfigResource, ConfigResourceType
+from kafka.errors import MessageSizeTooLargeError
+
+bootstrap, elsewhere = sys.argv[1].split(","), sys.argv[2]
+admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=20000)
+admin.create_topics([NewTopic("py-altered", 2, 3)])
+admin.create_partitions({"py-altered": NewPartitions(total_count=5)})
+print("TOPIC_ALTERED", admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, "py-altered",
+    configs={"segment.bytes": "65536", "max.message.bytes": "20000"})]))
+print("BROKER_ALTERED", admin.alter_configs([ConfigResource(ConfigResourceType.BROKER, elsewhere,
+    configs={"num.partitions": "4"})]))
+described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, "py-altered")])
+print("DESCRIBED", sorted((k, c["value"]) for k, c in described["topic"]["py-altered"].items()))
+producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, retries=5)
+futures = [producer.send("py-altered", value=b"x" * 1000, partition=i % 5) for i in range(1000)]
+producer.flush()
+print("PARTITIONS_WRITTEN", sorted(set(f.get(timeout=30).partition for f in futures)))
+try:
+    producer.send("py-altered", value=b"y" * 50000, partition=0).get(timeout=30)
+    print("LARGE_ACCEPTED")
+except MessageSizeTooLargeError:
+    print("LARGE_REFUSED")
+# A fresh producer: the idempotent one above is in error after the refused batch.
+KafkaProducer(bootstrap_servers=bootstrap, acks="all").send("py-auto-created", value=b"z").get(timeout=30)
+for _ in range(100):
+    topics = admin.describe_topics(["py-auto-created"])
+    if topics and topics[0]["error_code"] == 0:
+        break
+    time.sleep(0.1)
+print("AUTO_CREATED_PARTITIONS", len(topics[0]["partitions"]))
+"#;
+
+#[test]
+fn kafka_python_alters_a_clusters_topics_and_configs_through_any_node() {
+    let _one_at_a_time = one_cluster_at_a_time();
+    let cluster = Cluster::start(3, &["--offsets-partitions", "3"]);
+    let controller = metadata(cluster.node(0).kafka).controller_id.0;
+    let elsewhere = (0..3).find(|n| *n != controller).unwrap();
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            KAFKA_PYTHON_ALTER_SCRIPT,
+            &cluster.bootstrap(),
+            &elsewhere.to_string(),
+        ])
+        .output()
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "kafka-python failed (scripts/test installs it):\n{stdout}\n{stderr}"
+    );
+    for expected in [
+        "TOPIC_ALTERED {'topic': {'py-altered': 'OK'}}".to_string(),
+        format!("BROKER_ALTERED {{'broker': {{'{elsewhere}': 'OK'}}}}"),
+        "('segment.bytes', '65536')".to_string(),
+        "('max.message.bytes', '20000')".to_string(),
+        "PARTITIONS_WRITTEN [0, 1, 2, 3, 4]".to_string(),
+        "LARGE_REFUSED".to_string(),
+        "AUTO_CREATED_PARTITIONS 4".to_string(),
+    ] {
+        assert!(
+            stdout.contains(&expected),
+            "missing {expected:?}: {stdout}\n{stderr}"
+        );
+    }
+    // Every replica rolls its own segments at the new segment.bytes: ~200 KB in partition 0.
+    for node in 0..3 {
+        let dir = partition_dir(&cluster.data_dir(node), "py-altered", 0);
+        eventually(Duration::from_secs(10), Duration::from_millis(100), || {
+            let count = std::fs::read_dir(&dir)
+                .map(|entries| {
+                    entries
+                        .filter_map(Result::ok)
+                        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+                        .count()
+                })
+                .unwrap_or(0);
+            if count >= 3 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "node {node} rolls its replica at 64 KiB: {count} segments in {}",
+                    dir.display()
+                ))
+            }
+        });
+    }
+}
+
+/// What a cluster node does only elsewhere is done there or refused with the error a Kafka
+/// client acts on and a message naming why: topic admin on a node that is not the controller
+/// (forwarded), a replication factor above the brokers, CreatePartitions retried or with a
+/// bad assignment, DeleteRecords, and produce and fetch on a follower.
 #[test]
 fn a_cluster_node_refuses_what_it_cannot_do_with_clear_errors() {
     use kafka_protocol::messages::{
@@ -1619,8 +1716,9 @@ fn a_cluster_node_refuses_what_it_cannot_do_with_clear_errors() {
     use sluice_tests::wire::{call, connect};
     const NOT_LEADER_OR_FOLLOWER: i16 = 6;
     const INVALID_REPLICATION_FACTOR: i16 = 38;
-    const NOT_CONTROLLER: i16 = 41;
-    const INVALID_REQUEST: i16 = 42;
+    const TOPIC_ALREADY_EXISTS: i16 = 36;
+    const INVALID_PARTITIONS: i16 = 37;
+    const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
     let _one_at_a_time = one_cluster_at_a_time();
     let cluster = Cluster::start(3, &[]);
     let name = |n: &str| TopicName(StrBytes::from_string(n.to_string()));
@@ -1642,32 +1740,58 @@ fn a_cluster_node_refuses_what_it_cannot_do_with_clear_errors() {
     };
     let controller = metadata(cluster.node(0).kafka).controller_id.0;
     let elsewhere = (0..3).find(|n| *n != controller).unwrap();
-    let (code, message) = create(elsewhere, "refused", 3);
-    assert_eq!(code, NOT_CONTROLLER, "{message}");
-    assert!(message.contains(&format!("node {controller}")), "{message}");
+    // A node that is not the controller forwards the change to it, as Kafka's brokers do.
+    let (code, message) = create(elsewhere, "forwarded", 3);
+    assert_eq!(code, 0, "{message}");
+    assert!(topic_in(&metadata(cluster.node(controller).kafka), "forwarded").is_some());
+    let (code, message) = create(elsewhere, "forwarded", 3);
+    assert_eq!(code, TOPIC_ALREADY_EXISTS, "{message}");
     let (code, message) = create(controller, "too-wide", 5);
     assert_eq!(code, INVALID_REPLICATION_FACTOR, "{message}");
     assert!(message.contains("3 registered broker"), "{message}");
     assert_eq!(create(controller, "accepted", 3).0, 0);
 
-    let grow: CreatePartitionsResponse = call(
-        &mut connect(cluster.node(controller).kafka),
-        ApiKey::CreatePartitions,
-        3,
-        &CreatePartitionsRequest::default()
-            .with_timeout_ms(5000)
-            .with_topics(vec![
-                create_partitions_request::CreatePartitionsTopic::default()
-                    .with_name(name("accepted"))
-                    .with_count(2),
-            ]),
-    );
-    let result = &grow.results[0];
-    assert_eq!(result.error_code, INVALID_REQUEST);
-    let message = result.error_message.as_ref().map_or("", |m| m.as_str());
-    assert!(
-        message.contains("not available in cluster mode yet"),
-        "{message}"
+    // CreatePartitions through a node that is not the controller; the same request again
+    // (a retry) adds nothing; an assignment places the new partition's replicas.
+    let grow = |count: i32, assignment: Option<Vec<i32>>| -> (i16, String) {
+        let answer: CreatePartitionsResponse = call(
+            &mut connect(cluster.node(elsewhere).kafka),
+            ApiKey::CreatePartitions,
+            3,
+            &CreatePartitionsRequest::default()
+                .with_timeout_ms(5000)
+                .with_topics(vec![
+                    create_partitions_request::CreatePartitionsTopic::default()
+                        .with_name(name("accepted"))
+                        .with_count(count)
+                        .with_assignments(assignment.map(|brokers| {
+                            vec![
+                                create_partitions_request::CreatePartitionsAssignment::default()
+                                    .with_broker_ids(brokers.into_iter().map(BrokerId).collect()),
+                            ]
+                        })),
+                ]),
+        );
+        let result = &answer.results[0];
+        let message = result.error_message.as_ref().map_or("", |m| m.as_str());
+        (result.error_code, message.to_string())
+    };
+    assert_eq!(grow(2, None), (0, String::new()));
+    let (code, message) = grow(2, None);
+    assert_eq!(code, INVALID_PARTITIONS, "{message}");
+    let (code, message) = grow(3, Some(vec![controller, elsewhere]));
+    assert_eq!(code, INVALID_REPLICA_ASSIGNMENT, "{message}");
+    assert!(message.contains("3 replicas"), "{message}");
+    let placed = vec![elsewhere, controller, 3 - elsewhere - controller];
+    assert_eq!(grow(3, Some(placed.clone())), (0, String::new()));
+    let partitions = topic_in(&metadata(cluster.node(controller).kafka), "accepted")
+        .map(|t| t.partitions.clone())
+        .unwrap();
+    assert_eq!(partitions.len(), 3);
+    let third = partitions.iter().find(|p| p.partition_index == 2).unwrap();
+    assert_eq!(
+        third.replica_nodes.iter().map(|b| b.0).collect::<Vec<_>>(),
+        placed
     );
 
     let (leader, _) = leader_of(&cluster, "accepted", 0);
@@ -2849,6 +2973,80 @@ fn a_partition_moves_to_another_node_under_load_and_a_cancelled_move_goes_back()
         .sum();
     assert_eq!(records_on_3, sent, "records in node 3's new replica");
     assert_replicas_agree(&logs, "the moved partition");
+}
+
+/// kafka-python throttles a move (`leader.replication.throttled.rate`, as
+/// `kafka-reassign-partitions.sh --throttle` sets it), moves a 4 MB partition from node 0 to
+/// node 1, and reads every record back from its new home.
+const THROTTLED_MOVE_SCRIPT: &str = r#"
+import sys, time
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic, ConfigResource, ConfigResourceType
+bootstrap, rate = sys.argv[1].split(","), sys.argv[2]
+admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
+admin.create_topics([NewTopic("throttled", -1, -1, replica_assignments={0: [0]})])
+producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=65536)
+for i in range(4000):
+    producer.send("throttled", value=b"%06d" % i + b"x" * 994, partition=0)
+producer.flush()
+def broker_config(value):
+    return admin.alter_configs([ConfigResource(ConfigResourceType.BROKER, "0",
+        configs={"leader.replication.throttled.rate": value})], raise_on_unknown=False)
+print("THROTTLED", broker_config(rate))
+time.sleep(0.5)
+start = time.time()
+moved = admin.alter_partition_reassignments({TopicPartition("throttled", 0): [1]})
+print("MOVE", [(tp.partition, e) for tp, e in moved.items()])
+time.sleep(2)
+print("MOVING_AFTER_2S", len(admin.list_partition_reassignments()))
+while admin.list_partition_reassignments() and time.time() - start < 60:
+    time.sleep(0.1)
+print("MOVED_IN %.1f" % (time.time() - start))
+print("UNTHROTTLED", broker_config(("DELETE", None)))
+consumer = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                         consumer_timeout_ms=5000)
+consumer.assign([TopicPartition("throttled", 0)])
+values = [m.value[:6] for m in consumer]
+print("CONSUMED", len(values), values == [b"%06d" % i for i in range(4000)])
+"#;
+
+/// A throttled move's learner catches up at the throttled rate (4 MB at 400 KB/s: about 7 s
+/// after the first append message of up to 1 MiB and the second banked, where the unthrottled
+/// copy takes well under 2 s here), and the move completes (the learner, promoted to voter,
+/// gets its full window back) with every record.
+#[test]
+fn a_throttled_move_catches_up_at_the_throttled_rate() {
+    let _one_at_a_time = one_cluster_at_a_time();
+    let cluster = Cluster::start(3, &["--offsets-partitions", "3"]);
+    let (ok, out) = sluice_tests::python(THROTTLED_MOVE_SCRIPT, &[&cluster.bootstrap(), "400000"]);
+    assert!(ok, "kafka-python failed (scripts/test installs it):\n{out}");
+    for expected in [
+        "THROTTLED {'broker': {'0': 'OK'}}",
+        "MOVE [(0, None)]",
+        "MOVING_AFTER_2S 1",
+        "UNTHROTTLED {'broker': {'0': 'OK'}}",
+        "CONSUMED 4000 True",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?}:\n{out}");
+    }
+    let seconds: f64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("MOVED_IN "))
+        .and_then(|s| s.trim().parse().ok())
+        .expect("MOVED_IN");
+    eprintln!("the throttled move took {seconds} s");
+    assert!(
+        (3.0..40.0).contains(&seconds),
+        "4 MB at 400 KB/s takes about 7 s: {seconds} s\n{out}"
+    );
+    let replicas = topic_in(&metadata(cluster.node(1).kafka), "throttled").map(|t| {
+        t.partitions[0]
+            .replica_nodes
+            .iter()
+            .map(|b| b.0)
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(replicas, Some(vec![1]));
 }
 
 /// `sluice cluster decommission` moves every replica off a node (the offsets topic's too) to

@@ -1,5 +1,6 @@
-//! CreatePartitions (key 37): raise a topic's partition count. Manual assignments are accepted
-//! and ignored (every partition lives on this one broker).
+//! CreatePartitions (key 37): raise a topic's partition count. Manual assignments place the
+//! new partitions' replicas in cluster mode; a single node ignores them (every partition lives
+//! on it).
 
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::{ApiKey, CreatePartitionsRequest, CreatePartitionsResponse};
@@ -35,6 +36,12 @@ pub async fn handle(request: CreatePartitionsRequest, ctx: &Context) -> CreatePa
             &ctx.shard,
             topic.name.0.to_string(),
             topic.count,
+            topic
+                .assignments
+                .iter()
+                .flatten()
+                .map(|a| a.broker_ids.iter().map(|b| b.0).collect())
+                .collect(),
             request.validate_only,
         )
         .await;
