@@ -37,7 +37,8 @@ pub enum ChaosCommand {
     /// holds: write_eio and fdatasync_eio (segment writes / fdatasyncs fail with EIO; the node
     /// is restarted after), fallocate_enospc (space reservations fail with ENOSPC) and
     /// slow_disk (every fdatasync 100 ms slower); clock_jump (the node's wall clock an hour
-    /// ahead or behind, through libfaketime: apt-get install faketime).
+    /// ahead or behind, through libfaketime: apt-get install faketime); move (the node's
+    /// replicas of the topic move off it and back: Raft configuration changes under load).
     Run(RunArgs),
     /// Checks a recorded history again and prints the verdict.
     Check {
@@ -155,6 +156,11 @@ fn run_options(args: RunArgs) -> Result<run::Options, String> {
     if options.producers + options.plain_producers == 0 {
         return Err("--producers: at least one producer (idempotent or plain)".into());
     }
+    if options.nodes == 1 && options.faults.contains(&schedule::FaultKind::Move) {
+        return Err(
+            "--faults: move takes a node's replicas to the others; --nodes 1 has none".into(),
+        );
+    }
     if options.nodes == 1 && options.faults.iter().any(|f| f.cuts_links()) {
         return Err(
             "--faults: partition, bridge, slow_link and lossy_link work on links between \
@@ -215,6 +221,9 @@ mod tests {
             .unwrap_err()
             .contains("flood"));
         assert!(parse_run(&["--seed", "x"]).unwrap_err().contains("--seed"));
+        assert!(parse_run(&["--nodes", "1", "--faults", "move"])
+            .unwrap_err()
+            .contains("move"));
         assert!(parse_run(&["--nodes", "1", "--faults", "partition"])
             .unwrap_err()
             .contains("partition"));

@@ -18,6 +18,7 @@
 //! the process at once); a paused node is resumed before anything waits on the cluster; every
 //! wait is bounded.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -404,7 +405,35 @@ fn inject(
             // No controller known: the first node.
             Target::Controller => cluster.controller().unwrap_or(0),
         };
+        // A move fault's partitions, with the replica lists to move them back to.
+        let mut moved_off = BTreeMap::new();
         let (action, heal) = match fault.kind {
+            FaultKind::Move => {
+                let held = match replica_lists(&metadata) {
+                    Ok(lists) => lists,
+                    Err(e) => {
+                        outcome = Err(e);
+                        break;
+                    }
+                };
+                let node_id = node as i32;
+                moved_off = held
+                    .into_iter()
+                    .filter(|(_, replicas)| replicas.contains(&node_id) && replicas.len() > 1)
+                    .collect();
+                let without: BTreeMap<i32, Vec<i32>> = moved_off
+                    .iter()
+                    .map(|(p, replicas)| {
+                        let rest = replicas.iter().copied().filter(|b| *b != node_id);
+                        (*p, rest.collect())
+                    })
+                    .collect();
+                if let Err(e) = reassign(cluster, &without) {
+                    outcome = Err(format!("moving partitions off node {node}: {e}"));
+                    break;
+                }
+                ("move", "moved_back")
+            }
             FaultKind::Kill | FaultKind::KillController => {
                 cluster.kill(node);
                 (fault.kind.name(), "restart")
@@ -493,6 +522,7 @@ fn inject(
         // fault really acts; the faults after it move later with it.
         sleep_until((injected_ms as u64).max(fault.at_ms) + fault.hold_ms);
         let healed = match fault.kind {
+            FaultKind::Move => reassign(cluster, &moved_off),
             FaultKind::Kill | FaultKind::KillController => cluster.restart(node),
             kind if restarts_after(kind, cluster.len()) => {
                 cluster.disarm_faults(node).and_then(|()| {
@@ -558,6 +588,114 @@ fn leader_of(metadata: &BaseConsumer, partition: i32) -> Option<usize> {
         .find(|p| p.id() == partition)?
         .leader();
     usize::try_from(leader).ok()
+}
+
+/// The workload topic's replica lists by partition, as Metadata says.
+fn replica_lists(metadata: &BaseConsumer) -> Result<BTreeMap<i32, Vec<i32>>, String> {
+    let answer = metadata
+        .fetch_metadata(Some(TOPIC), Duration::from_secs(5))
+        .map_err(|e| format!("metadata of {TOPIC}: {e}"))?;
+    let topic = answer
+        .topics()
+        .iter()
+        .find(|t| t.name() == TOPIC)
+        .ok_or_else(|| format!("no topic {TOPIC} in metadata"))?;
+    Ok(topic
+        .partitions()
+        .iter()
+        .map(|p| (p.id(), p.replicas().to_vec()))
+        .collect())
+}
+
+/// How long a move fault keeps asking for its reassignments (no controller known, a forward
+/// that timed out) before the run fails.
+const REASSIGN_WITHIN: Duration = Duration::from_secs(30);
+
+/// Asks for the workload topic's partitions to move to `targets` (AlterPartitionReassignments,
+/// through each running node in turn: any node forwards it to the controller), retrying what
+/// a client would retry; answered once the controller recorded the moves, which then go on
+/// in the background.
+fn reassign(cluster: &LocalCluster, targets: &BTreeMap<i32, Vec<i32>>) -> Result<(), String> {
+    use kafka_protocol::messages::alter_partition_reassignments_request::{
+        ReassignablePartition, ReassignableTopic,
+    };
+    use kafka_protocol::messages::{
+        AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, ApiKey, BrokerId,
+        TopicName,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    // NOT_CONTROLLER, REQUEST_TIMED_OUT, and the answers of a node still starting.
+    const RETRIABLE: [i16; 4] = [41, 7, 5, 15];
+    if targets.is_empty() {
+        return Ok(());
+    }
+    let request = AlterPartitionReassignmentsRequest::default()
+        .with_timeout_ms(20_000)
+        .with_topics(vec![ReassignableTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
+            .with_partitions(
+                targets
+                    .iter()
+                    .map(|(p, replicas)| {
+                        ReassignablePartition::default()
+                            .with_partition_index(*p)
+                            .with_replicas(Some(replicas.iter().map(|b| BrokerId(*b)).collect()))
+                    })
+                    .collect(),
+            )]);
+    let deadline = Instant::now() + REASSIGN_WITHIN;
+    let mut last = String::new();
+    for attempt in 0.. {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let node = attempt % cluster.len();
+        if !cluster.is_running(node) || cluster.is_paused(node) {
+            continue;
+        }
+        let answer = sluice_bench_harness::wire::Connection::connect(
+            &cluster.kafka_address(node).to_string(),
+        )
+        .and_then(|mut connection| {
+            connection.call::<_, AlterPartitionReassignmentsResponse>(
+                ApiKey::AlterPartitionReassignments,
+                0,
+                &request,
+                Duration::from_secs(25),
+            )
+        });
+        let codes: Vec<(i16, String)> = match answer {
+            Ok(answer) if answer.error_code != 0 => vec![(
+                answer.error_code,
+                answer
+                    .error_message
+                    .map(|m| m.to_string())
+                    .unwrap_or_default(),
+            )],
+            Ok(answer) => answer
+                .responses
+                .iter()
+                .flat_map(|t| &t.partitions)
+                .filter(|p| p.error_code != 0)
+                .map(|p| {
+                    let message = p.error_message.as_ref().map(|m| m.to_string());
+                    (p.error_code, message.unwrap_or_default())
+                })
+                .collect(),
+            Err(e) => vec![(RETRIABLE[0], e)],
+        };
+        if codes.is_empty() {
+            return Ok(());
+        }
+        last = format!("{codes:?}");
+        if codes.iter().any(|(code, _)| !RETRIABLE.contains(code)) {
+            return Err(format!("AlterPartitionReassignments refused: {last}"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(format!(
+        "AlterPartitionReassignments not accepted within {REASSIGN_WITHIN:?}: {last}"
+    ))
 }
 
 /// Whether healing a fault-point fault takes a restart of the node, as an operator's: a log

@@ -53,6 +53,11 @@ pub enum FaultKind {
     /// The node's wall clock jumps an hour (ahead when the fault starts at an even
     /// millisecond, behind otherwise) and back when it ends (libfaketime).
     ClockJump,
+    /// Every partition of the workload's topic the node holds a replica of moves off it
+    /// (AlterPartitionReassignments to its list without the node: a Raft joint configuration
+    /// change, the node handing its leaderships over first), and back when the fault ends
+    /// (the node rejoins as a learner, catches up and becomes a voter again).
+    Move,
 }
 
 impl FaultKind {
@@ -80,7 +85,7 @@ impl FaultKind {
         }
     }
 
-    pub const ALL: [FaultKind; 13] = [
+    pub const ALL: [FaultKind; 14] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::DiskFull,
@@ -94,6 +99,7 @@ impl FaultKind {
         FaultKind::SlowLink,
         FaultKind::LossyLink,
         FaultKind::ClockJump,
+        FaultKind::Move,
     ];
 
     pub fn name(self) -> &'static str {
@@ -111,6 +117,7 @@ impl FaultKind {
             FaultKind::SlowLink => "slow_link",
             FaultKind::LossyLink => "lossy_link",
             FaultKind::ClockJump => "clock_jump",
+            FaultKind::Move => "move",
         }
     }
 
