@@ -9,6 +9,11 @@
 //! ListPartitionReassignments lists none of them and Metadata names N in no replica list.
 //! The node stays registered (and, if it is a seed, a controller voter): new topics may be
 //! placed on it again until it is stopped.
+//!
+//! `--throttle B` paces the copies as `kafka-reassign-partitions.sh --throttle` does: the
+//! cluster-wide dynamic broker config `leader.replication.throttled.rate` is set to B bytes
+//! per second before the moves are sent and deleted once they are done (left in place when
+//! the wait ends first, with a line saying so).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -21,7 +26,7 @@ use kafka_protocol::messages::{
     ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse,
 };
 
-use super::client::{ApiUse, Result};
+use super::client::{ApiUse, Client, Result};
 use super::{error_text, name, Connection};
 
 /// `sluice cluster decommission`.
@@ -33,6 +38,10 @@ pub struct DecommissionArgs {
     /// How long to wait for the moves to finish (0: send them and return).
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     wait_secs: u64,
+    /// Pace the copies at this many bytes per second per node (Kafka's
+    /// `leader.replication.throttled.rate`), removed again once the moves are done.
+    #[arg(long, value_name = "BYTES_PER_SEC", value_parser = clap::value_parser!(u64).range(1..))]
+    throttle: Option<u64>,
     #[command(flatten)]
     connection: Connection,
 }
@@ -90,6 +99,51 @@ const LIST: ApiUse = ApiUse {
     min: 0,
     max: 0,
 };
+const INCREMENTAL_ALTER_CONFIGS: ApiUse = ApiUse {
+    key: ApiKey::IncrementalAlterConfigs,
+    min: 0,
+    max: 1,
+};
+
+/// The dynamic broker config `--throttle` sets.
+const THROTTLE_CONFIG: &str = "leader.replication.throttled.rate";
+
+/// Sets (`Some`) or deletes the cluster-wide `leader.replication.throttled.rate`.
+fn set_throttle(client: &mut Client, controller: &str, rate: Option<u64>) -> Result<()> {
+    use kafka_protocol::messages::incremental_alter_configs_request::{
+        AlterConfigsResource, AlterableConfig,
+    };
+    use kafka_protocol::messages::{
+        IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    const BROKER: i8 = 4;
+    const SET: i8 = 0;
+    const DELETE: i8 = 1;
+    let config = AlterableConfig::default()
+        .with_name(StrBytes::from_static_str(THROTTLE_CONFIG))
+        .with_config_operation(if rate.is_some() { SET } else { DELETE })
+        .with_value(rate.map(|r| StrBytes::from_string(r.to_string())));
+    // The resource "" is the cluster-wide default.
+    let request = IncrementalAlterConfigsRequest::default().with_resources(vec![
+        AlterConfigsResource::default()
+            .with_resource_type(BROKER)
+            .with_resource_name(StrBytes::from_static_str(""))
+            .with_configs(vec![config]),
+    ]);
+    let answer: IncrementalAlterConfigsResponse =
+        client.call(Some(controller), INCREMENTAL_ALTER_CONFIGS, |_| request)?;
+    match answer.responses.first() {
+        Some(r) if r.error_code != 0 => Err(format!(
+            "setting {THROTTLE_CONFIG}: {}",
+            error_text(r.error_code, r.error_message.as_ref())
+        )),
+        Some(_) => Ok(()),
+        None => Err(format!(
+            "setting {THROTTLE_CONFIG}: no answer for the resource"
+        )),
+    }
+}
 
 pub fn decommission(args: DecommissionArgs) -> Result<()> {
     let mut client = args.connection.client()?;
@@ -124,6 +178,10 @@ pub fn decommission(args: DecommissionArgs) -> Result<()> {
                 })
                 .collect(),
         );
+    if let Some(rate) = args.throttle {
+        set_throttle(&mut client, &controller, Some(rate))?;
+        println!("catch-up throttle: {THROTTLE_CONFIG}={rate}");
+    }
     let answer: AlterPartitionReassignmentsResponse =
         client.call(Some(&controller), ALTER, |_| request)?;
     if answer.error_code != 0 {
@@ -180,12 +238,20 @@ pub fn decommission(args: DecommissionArgs) -> Result<()> {
                 args.node,
                 moves.len()
             );
+            if args.throttle.is_some() {
+                set_throttle(&mut client, &controller, None)?;
+                println!("catch-up throttle removed");
+            }
             return Ok(());
         }
         if Instant::now() >= deadline {
+            let throttle = match args.throttle {
+                Some(_) => format!(" ({THROTTLE_CONFIG} stays set: delete it when they are done)"),
+                None => String::new(),
+            };
             return Err(format!(
                 "after {} s: {under_way} move(s) under way, {still_there} partition(s) still \
-                 on node {}",
+                 on node {}{throttle}",
                 args.wait_secs, args.node
             ));
         }

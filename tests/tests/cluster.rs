@@ -3094,9 +3094,16 @@ fn decommissioning_a_node_moves_every_replica_off_it() {
             &leaving.to_string(),
             "--wait-secs",
             "60",
+            "--throttle",
+            "100000000",
         ],
     );
     assert!(stdout.contains("every replica moved"), "{stdout}");
+    assert!(
+        stdout.contains("catch-up throttle: leader.replication.throttled.rate=100000000")
+            && stdout.contains("catch-up throttle removed"),
+        "{stdout}"
+    );
 
     cluster.restart(leaving);
     for node in [0, 1, 3] {
