@@ -1701,8 +1701,8 @@ fn kafka_python_alters_a_clusters_topics_and_configs_through_any_node() {
 }
 
 /// What a cluster node does only elsewhere is done there or refused with the error a Kafka
-/// client acts on and a message naming why: topic admin on a node that is not the controller
-/// (forwarded), a replication factor above the brokers, CreatePartitions retried or with a
+/// client acts on and a message naming why: topic admin and client quotas on a node that is
+/// not the controller (forwarded), a replication factor above the brokers, CreatePartitions retried or with a
 /// bad assignment, DeleteRecords, and produce and fetch on a follower.
 #[test]
 fn a_cluster_node_refuses_what_it_cannot_do_with_clear_errors() {
@@ -1750,6 +1750,58 @@ fn a_cluster_node_refuses_what_it_cannot_do_with_clear_errors() {
     assert_eq!(code, INVALID_REPLICATION_FACTOR, "{message}");
     assert!(message.contains("3 registered broker"), "{message}");
     assert_eq!(create(controller, "accepted", 3).0, 0);
+
+    // A client quota set through a node that is not the controller (kafka-python and Java's
+    // admin send AlterClientQuotas to any node) is forwarded, and every node then has it.
+    {
+        use kafka_protocol::messages::alter_client_quotas_request::{
+            EntityData, EntryData, OpData,
+        };
+        use kafka_protocol::messages::describe_client_quotas_request::ComponentData;
+        use kafka_protocol::messages::{
+            AlterClientQuotasRequest, AlterClientQuotasResponse, DescribeClientQuotasRequest,
+            DescribeClientQuotasResponse,
+        };
+        let altered: AlterClientQuotasResponse = call(
+            &mut connect(cluster.node(elsewhere).kafka),
+            ApiKey::AlterClientQuotas,
+            1,
+            &AlterClientQuotasRequest::default().with_entries(vec![EntryData::default()
+                .with_entity(vec![EntityData::default()
+                    .with_entity_type(StrBytes::from_static_str("client-id"))
+                    .with_entity_name(Some(StrBytes::from_static_str("forwarded")))])
+                .with_ops(vec![OpData::default()
+                    .with_key(StrBytes::from_static_str("producer_byte_rate"))
+                    .with_value(1_048_576.0)])]),
+        );
+        assert_eq!(altered.entries[0].error_code, 0, "{altered:?}");
+        for node in 0..3 {
+            eventually(Duration::from_secs(5), Duration::from_millis(50), || {
+                let described: DescribeClientQuotasResponse = call(
+                    &mut connect(cluster.node(node).kafka),
+                    ApiKey::DescribeClientQuotas,
+                    1,
+                    &DescribeClientQuotasRequest::default().with_components(vec![
+                        ComponentData::default()
+                            .with_entity_type(StrBytes::from_static_str("client-id"))
+                            .with_match_type(0)
+                            .with_match(Some(StrBytes::from_static_str("forwarded"))),
+                    ]),
+                );
+                let values: Vec<(String, f64)> = described
+                    .entries
+                    .iter()
+                    .flatten()
+                    .flat_map(|e| &e.values)
+                    .map(|v| (v.key.to_string(), v.value))
+                    .collect();
+                match values == [("producer_byte_rate".to_string(), 1_048_576.0)] {
+                    true => Ok(()),
+                    false => Err(format!("node {node} describes the quota as {values:?}")),
+                }
+            });
+        }
+    }
 
     // CreatePartitions through a node that is not the controller; the same request again
     // (a retry) adds nothing; an assignment places the new partition's replicas.
