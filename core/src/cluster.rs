@@ -2068,6 +2068,7 @@ pub async fn reconcile(shard: &Rc<Shard>) {
     let Some(cluster) = image.cluster.clone() else {
         return;
     };
+    let mut reconfigured: Vec<crate::topics::Topic> = Vec::new();
     for assignment in cluster.topics.values() {
         let Some(topic) = image.topic(&assignment.topic.name).cloned() else {
             continue;
@@ -2078,11 +2079,7 @@ pub async fn reconcile(shard: &Rc<Shard>) {
             if applied.is_some() {
                 info!(topic = %topic.name, configs = ?topic.configs, "topic configs applied");
             }
-            shard.reconfigure_topic(&topic);
-            replication
-                .applied_configs
-                .borrow_mut()
-                .insert(topic.id, topic.configs.clone());
+            reconfigured.push((*topic).clone());
         }
         for (p, replicas) in assignment.replicas.iter().enumerate() {
             let p = p as i32;
@@ -2099,6 +2096,14 @@ pub async fn reconcile(shard: &Rc<Shard>) {
                 }
             }
         }
+    }
+    shard.reconfigure_topics(&reconfigured);
+    {
+        let mut applied = replication.applied_configs.borrow_mut();
+        for topic in &reconfigured {
+            applied.insert(topic.id, topic.configs.clone());
+        }
+        applied.retain(|id, _| image.topic_by_id(*id).is_some());
     }
     // Replicas a finished move took off this node: closed and deleted, once the image is the
     // controller's current one (an image replayed after a restart may predate the move that

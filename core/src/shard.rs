@@ -606,9 +606,21 @@ impl Shard {
 
     /// Applies `topic`'s (changed) configs to its partitions open on this shard.
     pub(crate) fn reconfigure_topic(&self, topic: &Topic) {
-        let config = topic.log_config(&self.settings.log_defaults);
+        self.reconfigure_topics(std::slice::from_ref(topic));
+    }
+
+    /// Applies each of `topics`' (changed) configs to its partitions open on this shard, in
+    /// one pass over them.
+    pub(crate) fn reconfigure_topics(&self, topics: &[Topic]) {
+        if topics.is_empty() {
+            return;
+        }
+        let configs: HashMap<Uuid, LogConfig> = topics
+            .iter()
+            .map(|t| (t.id, t.log_config(&self.settings.log_defaults)))
+            .collect();
         for (key, partition) in self.partitions.borrow().iter() {
-            if key.0 == topic.id {
+            if let Some(config) = configs.get(&key.0) {
                 if let Err(e) = partition.log().update_config(config.clone()) {
                     warn!(dir = %partition.dir().display(), error = %e, "new topic configs refused");
                 }
