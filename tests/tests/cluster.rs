@@ -1647,21 +1647,11 @@ fn kafka_python_alters_a_clusters_topics_and_configs_through_any_node() {
     let cluster = Cluster::start(3, &["--offsets-partitions", "3"]);
     let controller = metadata(cluster.node(0).kafka).controller_id.0;
     let elsewhere = (0..3).find(|n| *n != controller).unwrap();
-    let out = std::process::Command::new("python3")
-        .args([
-            "-c",
-            KAFKA_PYTHON_ALTER_SCRIPT,
-            &cluster.bootstrap(),
-            &elsewhere.to_string(),
-        ])
-        .output()
-        .expect("run python3");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "kafka-python failed (scripts/test installs it):\n{stdout}\n{stderr}"
+    let (ok, out) = sluice_tests::python(
+        KAFKA_PYTHON_ALTER_SCRIPT,
+        &[&cluster.bootstrap(), &elsewhere.to_string()],
     );
+    assert!(ok, "kafka-python failed (scripts/test installs it):\n{out}");
     for expected in [
         "TOPIC_ALTERED {'topic': {'py-altered': 'OK'}}".to_string(),
         format!("BROKER_ALTERED {{'broker': {{'{elsewhere}': 'OK'}}}}"),
@@ -1671,10 +1661,7 @@ fn kafka_python_alters_a_clusters_topics_and_configs_through_any_node() {
         "LARGE_REFUSED".to_string(),
         "AUTO_CREATED_PARTITIONS 4".to_string(),
     ] {
-        assert!(
-            stdout.contains(&expected),
-            "missing {expected:?}: {stdout}\n{stderr}"
-        );
+        assert!(out.contains(&expected), "missing {expected:?}:\n{out}");
     }
     // Every replica rolls its own segments at the new segment.bytes: ~200 KB in partition 0.
     for node in 0..3 {
