@@ -571,3 +571,59 @@ impl<S: ReplicaStorage> Replica<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::eraftpb::{ConfChange, ConfChangeType};
+
+    /// A single voter (1) leading a group with one learner (2).
+    fn leader_with_a_learner() -> Replica<MemStorage> {
+        let storage = MemStorage::new_with_conf_state(ConfState::from((vec![1], vec![2])));
+        let mut replica = Replica::new(
+            1,
+            ReplicaConfig::default(),
+            storage,
+            0,
+            &crate::discard_logger(),
+        )
+        .unwrap();
+        replica.campaign().unwrap();
+        assert_eq!(replica.role(), Role::Leader, "a single voter elects itself");
+        replica
+    }
+
+    fn window_closed(replica: &Replica<MemStorage>, id: u64) -> bool {
+        replica.node.raft.prs().get(id).unwrap().ins.full()
+    }
+
+    #[test]
+    fn a_paced_learner_promoted_to_voter_gets_its_window_back() {
+        let mut replica = leader_with_a_learner();
+        assert_eq!(replica.pace_learners(Some(0)), vec![2]);
+        assert!(window_closed(&replica, 2), "paced: no append may leave");
+        // The joint change commits and applies: 2 votes now, and its acks count.
+        let promote = ConfChange {
+            change_type: ConfChangeType::AddNode,
+            node_id: 2,
+            ..Default::default()
+        };
+        replica.node.apply_conf_change(&promote).unwrap();
+        assert!(replica.is_voter(2));
+        assert!(replica.pace_learners(Some(0)).is_empty());
+        assert!(
+            !window_closed(&replica, 2),
+            "a voter's window is never left closed"
+        );
+    }
+
+    #[test]
+    fn pacing_off_reopens_every_learners_window() {
+        let mut replica = leader_with_a_learner();
+        replica.pace_learners(Some(0));
+        assert!(window_closed(&replica, 2));
+        assert_eq!(replica.pace_learners(None), vec![2]);
+        assert!(!window_closed(&replica, 2));
+        assert!(!replica.is_learner(1) && replica.is_learner(2));
+    }
+}
