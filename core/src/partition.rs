@@ -247,6 +247,11 @@ impl Partition {
         self.producers.borrow().last_offsets()
     }
 
+    /// The idempotent producers this partition knows, with their last batch.
+    pub fn active_producers(&self) -> Vec<crate::producers::ActiveProducer> {
+        self.producers.borrow().active()
+    }
+
     pub fn dir(&self) -> &Path {
         self.log.dir()
     }

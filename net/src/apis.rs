@@ -56,6 +56,7 @@ pub const IMPLEMENTED: &[ApiRange] = &[
     handlers::scram_credentials::ALTER_RANGE,
     handlers::describe_quorum::RANGE,
     handlers::describe_cluster::RANGE,
+    handlers::describe_producers::RANGE,
     handlers::get_telemetry_subscriptions::RANGE,
     handlers::push_telemetry::RANGE,
     handlers::list_config_resources::RANGE,

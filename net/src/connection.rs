@@ -43,14 +43,15 @@ use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, CreateAclsRequest, CreatePartitionsRequest, CreateTopicsRequest,
     DeleteAclsRequest, DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest,
     DescribeAclsRequest, DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest,
-    DescribeLogDirsRequest, DescribeQuorumRequest, DescribeTopicPartitionsRequest,
-    DescribeUserScramCredentialsRequest, ElectLeadersRequest, FetchRequest, FindCoordinatorRequest,
-    GetTelemetrySubscriptionsRequest, HeartbeatRequest, IncrementalAlterConfigsRequest,
-    InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListConfigResourcesRequest,
-    ListGroupsRequest, ListOffsetsRequest, ListPartitionReassignmentsRequest, MetadataRequest,
-    OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest,
-    ProduceRequest, PushTelemetryRequest, RequestHeader, ResponseHeader, SaslAuthenticateRequest,
-    SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse, SyncGroupRequest,
+    DescribeLogDirsRequest, DescribeProducersRequest, DescribeQuorumRequest,
+    DescribeTopicPartitionsRequest, DescribeUserScramCredentialsRequest, ElectLeadersRequest,
+    FetchRequest, FindCoordinatorRequest, GetTelemetrySubscriptionsRequest, HeartbeatRequest,
+    IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
+    ListConfigResourcesRequest, ListGroupsRequest, ListOffsetsRequest,
+    ListPartitionReassignmentsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest,
+    OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest, PushTelemetryRequest,
+    RequestHeader, ResponseHeader, SaslAuthenticateRequest, SaslAuthenticateResponse,
+    SaslHandshakeRequest, SaslHandshakeResponse, SyncGroupRequest,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::protocol::{Decodable, Encodable};
@@ -64,11 +65,11 @@ use crate::frame::{read_frame, FrameError};
 use crate::handlers::{
     acls_api, alter_configs, api_versions, client_quotas, create_partitions, create_topics,
     delete_groups, delete_records, delete_topics, describe_cluster, describe_configs,
-    describe_groups, describe_log_dirs, describe_quorum, describe_topic_partitions, elect_leaders,
-    fetch, find_coordinator, get_telemetry_subscriptions, heartbeat, init_producer_id, join_group,
-    leave_group, list_config_resources, list_groups, list_offsets, metadata, offset_commit,
-    offset_delete, offset_fetch, offset_for_leader_epoch, partition_reassignments, produce,
-    push_telemetry, sasl, scram_credentials, sync_group, Context,
+    describe_groups, describe_log_dirs, describe_producers, describe_quorum,
+    describe_topic_partitions, elect_leaders, fetch, find_coordinator, get_telemetry_subscriptions,
+    heartbeat, init_producer_id, join_group, leave_group, list_config_resources, list_groups,
+    list_offsets, metadata, offset_commit, offset_delete, offset_fetch, offset_for_leader_epoch,
+    partition_reassignments, produce, push_telemetry, sasl, scram_credentials, sync_group, Context,
 };
 use crate::quota_meter::{self, Kind};
 use crate::request_trace;
@@ -482,6 +483,17 @@ async fn dispatch(
                 version,
                 correlation_id,
                 &init_producer_id::handle(request, ctx).await,
+            )
+            .map(Some)
+        }
+        ApiKey::DescribeProducers => {
+            let request = decode::<DescribeProducersRequest>(&mut frame, api, version)?;
+            reply(
+                throttle,
+                api,
+                version,
+                correlation_id,
+                &describe_producers::handle(request, ctx).await,
             )
             .map(Some)
         }
@@ -1095,6 +1107,7 @@ throttle_time!(
     kafka_protocol::messages::FetchResponse,
     kafka_protocol::messages::InitProducerIdResponse,
     kafka_protocol::messages::OffsetForLeaderEpochResponse,
+    kafka_protocol::messages::DescribeProducersResponse,
     kafka_protocol::messages::ListOffsetsResponse,
     kafka_protocol::messages::FindCoordinatorResponse,
     kafka_protocol::messages::JoinGroupResponse,

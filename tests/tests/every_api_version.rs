@@ -286,6 +286,7 @@ fn every_api_answers_at_every_advertised_version() {
     config_cases(&mut m);
     group_cases(&mut m);
     producer_id_cases(&mut m);
+    describe_producers_cases(&mut m);
     cluster_cases(&mut m);
     sasl_cases(&mut m);
     scram_credential_cases(&mut m);
@@ -1032,6 +1033,35 @@ fn producer_id_cases(m: &mut Matrix) {
             "transactional (not served)",
             &txn,
         );
+    }
+}
+
+fn describe_producers_cases(m: &mut Matrix) {
+    use kafka_protocol::messages::describe_producers_request::TopicRequest;
+    for v in m.range(ApiKey::DescribeProducers) {
+        let request = DescribeProducersRequest::default().with_topics(vec![
+            TopicRequest::default()
+                .with_name(name(TOPIC))
+                .with_partition_indexes(vec![0, 5]),
+            TopicRequest::default()
+                .with_name(name(MISSING))
+                .with_partition_indexes(vec![0]),
+        ]);
+        if let Some(r) = m.call::<_, DescribeProducersResponse>(
+            ApiKey::DescribeProducers,
+            v,
+            "known, out of range, unknown",
+            &request,
+        ) {
+            let codes: Vec<i16> = r
+                .topics
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
+                .collect();
+            m.check(codes == [0, 3, 3], || {
+                format!("DescribeProducers v{v}: {r:?}")
+            });
+        }
     }
 }
 

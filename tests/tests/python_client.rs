@@ -149,10 +149,16 @@ print("PAGE2", [p["partition_index"] for t in page["topics"] for p in t["partiti
 tp = TopicPartition("py-admin", 0)
 found = admin.list_partition_offsets({tp: OffsetSpec.MAX_TIMESTAMP})[tp]
 print("MAX_TIMESTAMP", found.offset, found.timestamp)
+
+# The (idempotent) producer above, as partition 0's leader knows it; none on partition 1.
+states = admin.describe_producers([TopicPartition("py-admin", 0), TopicPartition("py-admin", 1)])
+print("PRODUCERS", sorted((tp.partition, [(p.producer_epoch, p.last_sequence,
+    p.last_timestamp >= 1_700_000_002_000, p.coordinator_epoch, p.current_transaction_start_offset)
+    for p in s.active_producers]) for tp, s in states.items()))
 "#;
 
 #[test]
-fn kafka_python_admin_describes_cluster_log_dirs_partitions_and_max_timestamp() {
+fn kafka_python_admin_describes_cluster_log_dirs_partitions_max_timestamp_and_producers() {
     let broker = Broker::start(&["--cores", "2"]);
     let port = broker.addr.port();
     let expected = [
@@ -165,6 +171,7 @@ fn kafka_python_admin_describes_cluster_log_dirs_partitions_and_max_timestamp() 
         "PAGE1 [0, 1] {'topic_name': 'py-admin', 'partition_index': 2}".to_string(),
         "PAGE2 [2] None".to_string(),
         "MAX_TIMESTAMP 1 1700000003000".to_string(),
+        "PRODUCERS [(0, [(0, 2, True, -1, -1)]), (1, [])]".to_string(),
     ];
     run_script(&broker, ADMIN_SCRIPT, &expected);
 }
