@@ -92,11 +92,15 @@ pub struct ProducerState {
     covered_to: i64,
 }
 
-#[derive(Serialize, Deserialize)]
+/// A snapshot file as read back. Its fields are spelled out rather than `flatten`ed: serde's
+/// `flatten` buffers the map, and a buffered JSON object key ("9") no longer parses as the
+/// producer id's integer, so every snapshot with a producer in it failed to load (and the
+/// partition silently rescanned its whole log at open) until this was found.
+#[derive(Deserialize)]
 struct Snapshot {
     format: u32,
-    #[serde(flatten)]
-    state: ProducerState,
+    producers: HashMap<i64, Producer>,
+    covered_to: i64,
 }
 
 impl ProducerState {
@@ -240,7 +244,10 @@ impl ProducerState {
     pub fn load(dir: &Path) -> Option<ProducerState> {
         let bytes = std::fs::read(dir.join(SNAPSHOT_FILE)).ok()?;
         let snapshot: Snapshot = serde_json::from_slice(&bytes).ok()?;
-        (snapshot.format == SNAPSHOT_FORMAT).then_some(snapshot.state)
+        (snapshot.format == SNAPSHOT_FORMAT).then_some(ProducerState {
+            producers: snapshot.producers,
+            covered_to: snapshot.covered_to,
+        })
     }
 
     /// The snapshot file's contents for the state as it is now.
@@ -341,10 +348,18 @@ mod tests {
             .collect();
         assert_eq!(listed, vec![(4, 2, 0), (9, 0, 4)]);
         assert_eq!(state.active()[1].last_timestamp, 2_000);
+        // The snapshot reads back whole.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(SNAPSHOT_FILE), state.to_snapshot()).unwrap();
+        let loaded = ProducerState::load(dir.path()).expect("the snapshot loads");
+        assert_eq!(loaded.active(), state.active());
+        assert_eq!(loaded.covered_to(), state.covered_to());
         // A snapshot from before last timestamps were kept reads back as unknown (-1).
         let old = r#"{"format":1,"producers":{"9":{"epoch":0,"batches":[{"first_sequence":0,"last_sequence":1,"base_offset":0,"last_offset":1}]}},"covered_to":2}"#;
-        let restored: Snapshot = serde_json::from_str(old).unwrap();
-        assert_eq!(restored.state.active()[0].last_timestamp, -1);
+        std::fs::write(dir.path().join(SNAPSHOT_FILE), old).unwrap();
+        let loaded = ProducerState::load(dir.path()).expect("an older snapshot loads");
+        assert_eq!(loaded.active()[0].last_timestamp, -1);
+        assert_eq!(loaded.covered_to(), Offset(2));
     }
 
     #[test]

@@ -405,6 +405,14 @@ fn retries_land_once_and_sequence_rules_hold_across_restarts() {
         "dedup after restart"
     );
     assert_eq!(log_end(&mut s), 7);
+    // Rebuilt from the log once, after the SIGKILL (no snapshot then); this start read the
+    // snapshot, which covered the whole log.
+    let rebuilt = broker
+        .log()
+        .lines()
+        .filter(|l| l.contains("producer state rebuilt from the log") && l.contains("idem-"))
+        .count();
+    assert_eq!(rebuilt, 1, "{}", broker.log());
     let snapshot_dirs = std::fs::read_dir(broker.data_dir.path().join("topics"))
         .unwrap()
         .filter_map(|e| e.ok())
