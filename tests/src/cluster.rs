@@ -281,6 +281,16 @@ impl Cluster {
             .status()
             .expect("run kill");
         assert!(status.success());
+        if pause {
+            // SIGSTOP takes effect as each thread next enters the kernel: a thread finishing
+            // an fdatasync or a step may still run for a moment. Tests that act on a paused
+            // node ("it receives nothing now") wait until every thread has stopped.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !all_threads_stopped(pid) {
+                assert!(Instant::now() < deadline, "node {id} did not stop");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
     }
 
     /// Starts a stopped node again on its ports and directory; waits until it listens.
@@ -327,6 +337,21 @@ pub fn metadata(addr: SocketAddr) -> MetadataResponse {
 }
 
 /// The directory of `topic`'s partition `partition` in a node's data directory.
+/// Whether every thread of process `pid` is stopped (state `T` in `/proc/PID/task/*/stat`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.filter_map(Result::ok).all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the command name, which is in parentheses.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next())
+                .is_some_and(|state| state == 'T' || state == 't')
+        })
+    })
+}
+
 pub fn partition_dir(data_dir: &Path, topic: &str, partition: i32) -> PathBuf {
     crate::topic_dir(data_dir, topic).join(partition.to_string())
 }
