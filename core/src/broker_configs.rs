@@ -196,6 +196,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn replication_throttles_are_validated_and_the_lower_one_counts() {
+        for name in [
+            "leader.replication.throttled.rate",
+            "follower.replication.throttled.rate",
+        ] {
+            assert!(validate(name, "1048576").is_ok());
+            for bad in ["0", "-5", "fast", ""] {
+                let e = validate(name, bad).unwrap_err();
+                assert!(e.contains(name) && e.contains("at least 1 byte"), "{e}");
+            }
+        }
+        let base = Effective {
+            auto_create_topics: true,
+            default_partitions: 1,
+            group_initial_rebalance_delay: Duration::ZERO,
+            replication_throttled_rate: None,
+            leader_throttled_rate: UNTHROTTLED,
+            follower_throttled_rate: UNTHROTTLED,
+        };
+        assert_eq!(
+            base.with_throttles(None, None).replication_throttled_rate,
+            None
+        );
+        let both = base.with_throttles(Some(5_000), Some(2_000));
+        assert_eq!(both.replication_throttled_rate, Some(2_000));
+        assert_eq!(&both.values()[3..], ["5000", "2000"]);
+        assert_eq!(
+            base.with_throttles(Some(7), None)
+                .replication_throttled_rate,
+            Some(7)
+        );
+    }
+
+    #[test]
     fn every_topic_default_names_a_known_topic_config() {
         for (topic, broker) in TOPIC_DEFAULTS {
             assert!(

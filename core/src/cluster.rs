@@ -2074,8 +2074,12 @@ pub async fn reconcile(shard: &Rc<Shard>) {
             continue;
         };
         // Configs changed through the controller (AlterConfigs) reach the open replicas.
-        let applied = replication.applied_configs.borrow().get(&topic.id).cloned();
-        if applied.as_ref() != Some(&topic.configs) {
+        let applied = replication
+            .applied_configs
+            .borrow()
+            .get(&topic.id)
+            .map(|configs| configs == &topic.configs);
+        if applied != Some(true) {
             if applied.is_some() {
                 info!(topic = %topic.name, configs = ?topic.configs, "topic configs applied");
             }

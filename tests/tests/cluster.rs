@@ -1821,6 +1821,12 @@ fn a_cluster_node_refuses_what_it_cannot_do_with_clear_errors() {
     let (code, message) = grow(3, Some(vec![controller, elsewhere]));
     assert_eq!(code, INVALID_REPLICA_ASSIGNMENT, "{message}");
     assert!(message.contains("3 replicas"), "{message}");
+    let (code, message) = grow(3, Some(vec![controller, elsewhere, 9]));
+    assert_eq!(code, INVALID_REPLICA_ASSIGNMENT, "{message}");
+    assert!(message.contains("broker 9 is not registered"), "{message}");
+    let (code, message) = grow(3, Some(vec![controller, elsewhere, controller]));
+    assert_eq!(code, INVALID_REPLICA_ASSIGNMENT, "{message}");
+    assert!(message.contains("twice"), "{message}");
     let placed = vec![elsewhere, controller, 3 - elsewhere - controller];
     assert_eq!(grow(3, Some(placed.clone())), (0, String::new()));
     let partitions = topic_in(&metadata(cluster.node(controller).kafka), "accepted")
