@@ -67,6 +67,7 @@ struct FileConfig {
     leader_imbalance_check_interval_ms: Option<u64>,
     leader_imbalance_per_broker_percentage: Option<u64>,
     broker_session_timeout_ms: Option<u64>,
+    metadata_log_max_record_bytes_between_snapshots: Option<u64>,
 }
 
 /// Cluster mode's part of the configuration.
@@ -87,6 +88,9 @@ pub struct ClusterConfig {
     pub leader_imbalance_percent: u8,
     /// Kafka's `broker.session.timeout.ms`: a node silent this long is fenced.
     pub session_timeout: Duration,
+    /// Kafka's `metadata.log.max.record.bytes.between.snapshots`: the controller snapshots
+    /// its image and cuts its log after this many bytes of commands.
+    pub controller_snapshot_bytes: u64,
 }
 
 /// The validated configuration.
@@ -429,6 +433,12 @@ const FIELDS: &[(&str, &str, &str, &str)] = &[
         "--broker-session-timeout-ms",
         "SLUICE_BROKER_SESSION_TIMEOUT_MS",
         "Cluster mode: a node not heard from this long is fenced (left out of Metadata), ms [default: 9000]",
+    ),
+    (
+        "metadata_log_max_record_bytes_between_snapshots",
+        "--metadata-log-max-record-bytes-between-snapshots",
+        "SLUICE_METADATA_LOG_MAX_RECORD_BYTES_BETWEEN_SNAPSHOTS",
+        "Cluster mode: the controller snapshots its image and cuts the metadata log after this many bytes of commands [default: 20971520]",
     ),
     (
         "frame_bytes_max",
@@ -1066,6 +1076,21 @@ impl BrokerConfig {
                         "must be at least 2000 (nodes hear from each other every second)".into(),
                     ));
                 }
+                let raw = pick(
+                    "metadata_log_max_record_bytes_between_snapshots",
+                    file.metadata_log_max_record_bytes_between_snapshots
+                        .map(|n| n.to_string()),
+                )
+                .unwrap_or_else(|| default(&(20u64 << 20).to_string()));
+                let snapshot_bytes: u64 =
+                    parse("metadata_log_max_record_bytes_between_snapshots", &raw)?;
+                if snapshot_bytes < 1024 {
+                    return Err(invalid(
+                        "metadata_log_max_record_bytes_between_snapshots",
+                        &raw,
+                        "must be at least 1024".into(),
+                    ));
+                }
                 Some(ClusterConfig {
                     seeds,
                     rpc_listen,
@@ -1074,6 +1099,7 @@ impl BrokerConfig {
                     leader_imbalance_check: (check > 0).then(|| Duration::from_millis(check)),
                     leader_imbalance_percent: percent,
                     session_timeout: Duration::from_millis(session),
+                    controller_snapshot_bytes: snapshot_bytes,
                 })
             }
         };
@@ -1809,6 +1835,11 @@ mod tests {
                 "--broker-session-timeout-ms",
                 "1000",
                 "broker_session_timeout_ms",
+            ),
+            (
+                "--metadata-log-max-record-bytes-between-snapshots",
+                "100",
+                "metadata_log_max_record_bytes_between_snapshots",
             ),
         ] {
             let e = BrokerConfig::load(&flags(&["--seeds", "0@127.0.0.1:1", flag, value]), no_env)

@@ -342,6 +342,7 @@ fn serve(args: &config::ServeArgs) -> ExitCode {
             session_timeout: cluster.session_timeout,
             leader_imbalance_check: cluster.leader_imbalance_check,
             leader_imbalance_percent: cluster.leader_imbalance_percent,
+            controller_snapshot_bytes: cluster.controller_snapshot_bytes,
         });
     let audit = match &config.audit {
         None => None,

@@ -96,6 +96,10 @@ pub struct ClusterSettings {
     /// The share (percent) of its preferred leaderships a shard may miss before it takes them
     /// back (Kafka's `leader.imbalance.per.broker.percentage`, per shard here).
     pub leader_imbalance_percent: u8,
+    /// The controller records its image as a snapshot and cuts its log once this many bytes
+    /// of commands were applied since the last one (Kafka's
+    /// `metadata.log.max.record.bytes.between.snapshots`).
+    pub controller_snapshot_bytes: u64,
 }
 
 impl ClusterSettings {
@@ -999,7 +1003,10 @@ impl Driver {
             });
             let (stepped, ()) = futures::join!(stepping, answering);
             match stepped {
-                Ok(committed) => self.after_step(&shard, committed),
+                Ok(committed) => {
+                    self.after_step(&shard, committed);
+                    self.snapshot_controller().await;
+                }
                 Err(e) => {
                     warn!(shard = shard.id, error = %e, "replication step failed");
                     glommio::timer::sleep(tick).await;
@@ -1008,6 +1015,30 @@ impl Driver {
             for (group, e) in self.node.take_step_failures() {
                 self.take_offline(&shard, group, &e).await;
             }
+        }
+    }
+
+    /// Shard 0: records the controller's image as a snapshot and cuts the metadata log below
+    /// it, once enough commands were applied since the last one.
+    async fn snapshot_controller(&mut self) {
+        let Some(controller) = &mut self.controller else {
+            return;
+        };
+        let Some(group) = self.node.group(&GroupKey::CONTROLLER) else {
+            return;
+        };
+        match controller
+            .state
+            .snapshot_if_due(group, self.settings.controller_snapshot_bytes)
+            .await
+        {
+            Ok(true) => info!(
+                version = controller.state.image().version,
+                log_start = %group.log().log_start_offset(),
+                "controller snapshot recorded; metadata log cut below it"
+            ),
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "cannot record a controller snapshot"),
         }
     }
 
@@ -1355,6 +1386,19 @@ impl Driver {
                 if let Some(controller) = &mut self.controller {
                     if let Some(index) = outbox.read_indexes.iter().max() {
                         controller.catch_up_index = Some(*index);
+                    }
+                    if let (Some(at), Some(group)) = (
+                        outbox.started_over_at,
+                        self.node.group(&GroupKey::CONTROLLER),
+                    ) {
+                        match controller.state.restored(group) {
+                            Ok(()) => info!(
+                                start = %at,
+                                version = controller.state.image().version,
+                                "controller image restored from the leader's snapshot"
+                            ),
+                            Err(e) => warn!(error = %e, "cannot restore the controller image"),
+                        }
                     }
                 }
                 self.apply_controller(entries);

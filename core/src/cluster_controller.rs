@@ -8,14 +8,22 @@
 //! is proposed on the leader; its outcome (applied, or refused by the image) is known once it is
 //! committed, and is the same on every replica.
 //!
+//! **Snapshots.** The metadata log would grow forever, so once the commands applied since the
+//! last snapshot pass a size, the image (JSON) is recorded as the group's state snapshot and the
+//! log is cut below it ([`RaftPartition::compact_with_state`], Kafka's metadata snapshots). A
+//! reopened replica starts from that image and applies the log after it; a follower whose log
+//! ends below the leader's cut gets the image in raft-rs's snapshot and starts over from it.
+//!
 //! Invariant: the image holds exactly the committed commands, in order: never one above the
-//! high watermark.
+//! high watermark; the commands below `next_offset` are in it, and are never applied twice (a
+//! state snapshot may reach past the entries a replica goes on to receive).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use bytes::Bytes;
 use sluice_replication::partition::{
-    for_each_batch, CommittedEntry, HardStateHome, Outbox, RaftPartition,
+    for_each_batch, CommittedEntry, HardStateHome, Outbox, RaftPartition, StateSnapshot,
 };
 use sluice_replication::{ReplicaConfig, ReplicationError, Role};
 use sluice_storage::batch::control_record;
@@ -32,6 +40,8 @@ pub enum ControllerError {
     Replication(#[from] ReplicationError),
     #[error("cluster metadata log at offset {offset}: {reason}")]
     BadCommand { offset: i64, reason: String },
+    #[error("controller snapshot (through index {index}): {reason}")]
+    BadSnapshot { index: u64, reason: String },
 }
 
 /// One node's controller replica.
@@ -45,6 +55,12 @@ pub struct ControllerReplica {
 #[derive(Debug, Default)]
 pub struct ControllerState {
     image: ClusterImage,
+    /// Commands below this offset are in the image (from a snapshot or applied).
+    next_offset: Offset,
+    /// The last Raft entry applied (its index; the image is the state machine through it).
+    applied_index: u64,
+    /// Bytes of commands applied since the image was last recorded as a snapshot.
+    bytes_since_snapshot: u64,
     /// Outcomes of committed commands, by Raft index, until taken (recorded on the leader).
     outcomes: BTreeMap<u64, Result<(), Refused>>,
     /// Outcomes of commands this node forwarded to the leader, by request, until taken.
@@ -52,19 +68,29 @@ pub struct ControllerState {
 }
 
 impl ControllerState {
-    /// The image of the commands `partition`'s log holds up to its high watermark.
+    /// The image of the commands `partition`'s log holds up to its high watermark: its state
+    /// snapshot, then the commands after it.
     pub async fn rebuild(partition: &RaftPartition) -> Result<ControllerState, ControllerError> {
-        let mut image = ClusterImage::default();
+        let mut state = ControllerState::default();
+        if let Some(snapshot) = partition.state_snapshot() {
+            state.restore(snapshot)?;
+        }
         let (start, high_watermark) = (
-            partition.log().log_start_offset(),
+            partition.log().log_start_offset().max(state.next_offset),
             partition.high_watermark(),
         );
+        let mut bytes = 0u64;
+        let next_offset = &mut state.next_offset;
+        let image = &mut state.image;
         for_each_batch(
             partition.log(),
             start,
             high_watermark,
             usize::MAX,
             |info, batch| {
+                if info.base_offset < *next_offset {
+                    return Ok(true); // in the snapshot
+                }
                 if control_record(&batch).is_none() {
                     let command =
                         decode_command(&batch).map_err(|reason| ControllerError::BadCommand {
@@ -72,16 +98,63 @@ impl ControllerState {
                             reason,
                         })?;
                     let _ = image.apply(info.base_offset.0 as u64, &command);
+                    bytes += batch.len() as u64;
                 }
+                *next_offset = info.last_offset().plus(1);
                 Ok::<_, ControllerError>(true)
             },
         )
         .await?;
-        Ok(ControllerState {
-            image,
-            outcomes: BTreeMap::new(),
-            forwarded_outcomes: BTreeMap::new(),
-        })
+        state.bytes_since_snapshot = bytes;
+        state.applied_index = partition.applied_index();
+        Ok(state)
+    }
+
+    /// Replaces the image by a snapshot's (recorded here, or a leader's this replica restored).
+    pub fn restore(&mut self, snapshot: &StateSnapshot) -> Result<(), ControllerError> {
+        self.image =
+            serde_json::from_slice(&snapshot.data).map_err(|e| ControllerError::BadSnapshot {
+                index: snapshot.below.index,
+                reason: e.to_string(),
+            })?;
+        self.next_offset = snapshot.below.end_offset;
+        self.applied_index = snapshot.below.index;
+        self.bytes_since_snapshot = 0;
+        Ok(())
+    }
+
+    /// Records the image as `partition`'s state snapshot and cuts its log below it, once at
+    /// least `every_bytes` of commands were applied since the last one. True if it did.
+    pub async fn snapshot_if_due(
+        &mut self,
+        partition: &mut RaftPartition,
+        every_bytes: u64,
+    ) -> Result<bool, ControllerError> {
+        if self.bytes_since_snapshot < every_bytes || self.applied_index == 0 {
+            return Ok(false);
+        }
+        let data: Bytes = serde_json::to_vec(&self.image)
+            .expect("the image serializes")
+            .into();
+        let taken = partition
+            .compact_with_state(self.applied_index, data)
+            .await?;
+        if taken {
+            self.bytes_since_snapshot = 0;
+        }
+        Ok(taken)
+    }
+
+    /// After `partition` restored a leader's snapshot (its log started over): the image is
+    /// the snapshot's.
+    pub fn restored(&mut self, partition: &RaftPartition) -> Result<(), ControllerError> {
+        match partition.state_snapshot() {
+            Some(snapshot) => self.restore(snapshot),
+            None => Err(ControllerError::BadSnapshot {
+                index: partition.applied_index(),
+                reason: "a leader's snapshot without the image".into(),
+            }),
+        }
     }
 
     pub fn image(&self) -> &ClusterImage {
@@ -98,9 +171,12 @@ impl ControllerState {
         me: i32,
     ) -> Result<(), ControllerError> {
         for entry in committed {
-            if entry.data.is_empty() {
-                continue;
+            self.applied_index = self.applied_index.max(entry.index);
+            if entry.data.is_empty() || entry.base_offset < self.next_offset {
+                continue; // Raft's own entry, or a command the image has from a snapshot
             }
+            self.next_offset = entry.end_offset;
+            self.bytes_since_snapshot += entry.data.len() as u64;
             let offset: Offset = entry.base_offset;
             let command =
                 decode_command(&entry.data).map_err(|reason| ControllerError::BadCommand {
@@ -201,12 +277,24 @@ impl ControllerReplica {
         self.state.take_outcome(index)
     }
 
-    /// Runs the partition's ready work and applies what became committed.
+    /// Runs the partition's ready work and applies what became committed (after the leader's
+    /// snapshot, if this replica restored one).
     pub async fn run_ready(&mut self) -> Result<Outbox, ControllerError> {
         let mut outbox = self.partition.run_ready().await?;
+        if outbox.started_over_at.is_some() {
+            self.state.restored(&self.partition)?;
+        }
         let leader = self.is_leader();
         self.state
             .apply(std::mem::take(&mut outbox.committed), leader, -1)?;
         Ok(outbox)
+    }
+
+    /// Records the image as the group's snapshot and cuts the log below it, once at least
+    /// `every_bytes` of commands were applied since the last one. True if it did.
+    pub async fn snapshot_if_due(&mut self, every_bytes: u64) -> Result<bool, ControllerError> {
+        self.state
+            .snapshot_if_due(&mut self.partition, every_bytes)
+            .await
     }
 }

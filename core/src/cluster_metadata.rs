@@ -241,8 +241,9 @@ pub enum Refused {
     StaleReassignment(Uuid, i32),
 }
 
-/// The cluster as the controller's log describes it, up to `version`.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// The cluster as the controller's log describes it, up to `version`. Serialized (JSON) it is
+/// the controller's snapshot (see `cluster_controller.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterImage {
     pub version: u64,
     pub brokers: BTreeMap<i32, BrokerRegistration>,

@@ -200,3 +200,101 @@ fn controllers_agree_on_the_cluster_through_a_leader_death_and_a_restart() {
         }
     });
 }
+
+/// Snapshots: every replica records its image and cuts its log once enough commands applied;
+/// a replica that was down while the others cut gets the leader's image in a Raft snapshot and
+/// goes on from it; every replica reopens from its snapshot plus the log after it, to the same
+/// image, and commands from before a snapshot never apply twice.
+#[test]
+fn controller_snapshots_cut_the_log_and_bring_a_lagging_replica_back() {
+    run(|| async {
+        const EVERY_BYTES: u64 = 2048;
+        let root = tempfile::tempdir().unwrap();
+        let mut cluster = Controllers::start(root.path()).await;
+        for id in VOTERS {
+            cluster
+                .submit(MetadataCommand::RegisterBroker(BrokerRegistration {
+                    node_id: id as i32,
+                    host: "127.0.0.1".into(),
+                    port: 9092 + id as u16,
+                    rack: None,
+                    endpoints: Vec::new(),
+                }))
+                .await
+                .unwrap();
+        }
+        // Node 3 stops; the others take enough commands to snapshot and cut past its log.
+        cluster.nodes[2] = None;
+        let mut names = Vec::new();
+        for n in 0..30 {
+            let name = format!("topic-{n}");
+            cluster
+                .submit(MetadataCommand::CreateTopic {
+                    topic: topic(&name, 2),
+                    replicas: assign_replicas(&[1, 2, 3], 2, 3, n, 0).unwrap(),
+                })
+                .await
+                .unwrap();
+            names.push(name);
+            for node in cluster.nodes.iter_mut().flatten() {
+                node.snapshot_if_due(EVERY_BYTES).await.unwrap();
+            }
+        }
+        let deleted = cluster.images()[0].topics["topic-0"].topic.id;
+        cluster
+            .submit(MetadataCommand::DeleteTopic { id: deleted })
+            .await
+            .unwrap();
+        for node in cluster.nodes.iter_mut().flatten() {
+            assert!(node.snapshot_if_due(1024).await.unwrap(), "snapshot taken");
+            let start = node.partition().log().log_start_offset();
+            assert!(start.0 > 20, "the log was cut (starts at {start:?})");
+            let files: Vec<_> = std::fs::read_dir(node.partition().log().dir())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            assert!(files.contains(&"state-snapshot".to_string()), "{files:?}");
+        }
+        // Two more commands after the cut, which node 3 receives as entries.
+        cluster
+            .submit(MetadataCommand::CreateTopic {
+                topic: topic("after", 1),
+                replicas: assign_replicas(&[1, 2, 3], 1, 3, 0, 0).unwrap(),
+            })
+            .await
+            .unwrap();
+
+        // Node 3 comes back behind the cut: the leader's snapshot brings the image.
+        let lagging = cluster.open(3).await;
+        assert_eq!(lagging.image().topics.len(), 0, "node 3 missed every topic");
+        cluster.nodes[2] = Some(lagging);
+        for _ in 0..100 {
+            cluster.step().await;
+        }
+        let images = cluster.images();
+        assert_eq!(images.len(), 3);
+        assert!(images.windows(2).all(|w| w[0] == w[1]), "{images:#?}");
+        let image = images[0].clone();
+        assert_eq!(
+            image.topics.len(),
+            30,
+            "29 of the loop's topics and `after`"
+        );
+        assert!(!image.topics.contains_key("topic-0"));
+        assert!(image.topics.contains_key("after"));
+        let node3 = cluster.nodes[2].as_mut().unwrap();
+        assert!(
+            node3.partition().log().log_start_offset().0 > 20,
+            "node 3's log started over at the leader's cut"
+        );
+
+        // Every node reopens from its snapshot and the log after it: the same image.
+        for node in std::mem::take(&mut cluster.nodes).into_iter().flatten() {
+            node.close().await.unwrap();
+        }
+        for id in VOTERS {
+            let node = cluster.open(id).await;
+            assert_eq!(node.image(), &image, "node {id} rebuilt from its snapshot");
+        }
+    });
+}

@@ -62,18 +62,19 @@ pub const CONTROL_LOG_START: i16 = 0x534C;
 
 /// Where the log starts over for a snapshot [`PartitionStore::snapshot`] made (its data: the
 /// floor's end offset, 8 bytes big-endian, then the index of the configuration change its
-/// configuration reflects, 8 bytes big-endian; snapshots of before the second field have
-/// only the first).
+/// configuration reflects, 8 bytes big-endian, then, for a group whose owner keeps a state
+/// machine beside the log (the controller's image), that state as of the floor; snapshots of
+/// before the second field have only the first).
 pub fn snapshot_end_offset(snapshot: &Snapshot) -> Result<Offset> {
     snapshot
         .data
         .get(..8)
-        .filter(|_| matches!(snapshot.data.len(), 8 | 16))
+        .filter(|_| snapshot.data.len() == 8 || snapshot.data.len() >= 16)
         .map(|b| Offset(i64::from_be_bytes(b.try_into().expect("8 bytes"))))
         .ok_or_else(|| ReplicationError::BadEntry {
             index: snapshot.get_metadata().index,
             reason: format!(
-                "a snapshot carries its end offset and configuration index in 8 or 16 bytes, not {}",
+                "a snapshot carries its end offset and configuration index in 8 or 16 bytes, not {} (an owner's state follows the 16)",
                 snapshot.data.len()
             ),
         })
@@ -85,6 +86,12 @@ pub fn snapshot_conf_index(snapshot: &Snapshot) -> u64 {
         .data
         .get(8..16)
         .map_or(0, |b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+}
+
+/// The owner's state carried by a snapshot after its end offset and configuration index
+/// (`None`: the group keeps no state beside its log).
+pub fn snapshot_state(snapshot: &Snapshot) -> Option<Bytes> {
+    (snapshot.data.len() > 16).then(|| snapshot.data.slice(16..))
 }
 
 /// A group's configuration as a replica starts it: a new group's voters, or, for a replica
@@ -138,6 +145,106 @@ pub struct Below {
     pub end_offset: Offset,
 }
 
+const STATE_SNAPSHOT_FILE: &str = "state-snapshot";
+const STATE_SNAPSHOT_MAGIC: &[u8; 4] = b"SLSS";
+const STATE_SNAPSHOT_VERSION: u16 = 1;
+
+/// The state an owner keeps beside the log (the controller's image), as of the log up to
+/// `below` (every entry through `below.index`, the records below `below.end_offset`): the
+/// window may be cut at `below` only once this is durable, and a follower that needs entries
+/// below the cut gets it in raft-rs's snapshot. Kept in the partition directory's
+/// `state-snapshot` file; opaque bytes to this module.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateSnapshot {
+    pub below: Below,
+    pub data: Bytes,
+}
+
+impl StateSnapshot {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(4 + 2 + 4 * 8 + self.data.len() + 4);
+        out.extend_from_slice(STATE_SNAPSHOT_MAGIC);
+        out.extend_from_slice(&STATE_SNAPSHOT_VERSION.to_le_bytes());
+        for word in [
+            self.below.index,
+            self.below.term,
+            self.below.end_offset.0 as u64,
+            self.data.len() as u64,
+        ] {
+            out.extend_from_slice(&word.to_le_bytes());
+        }
+        out.extend_from_slice(&self.data);
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8], path: &Path) -> Result<StateSnapshot> {
+        let bad = |reason: &str| ReplicationError::BadState {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        };
+        let header = 4 + 2 + 4 * 8;
+        if bytes.len() < header + 4 {
+            return Err(bad("too short"));
+        }
+        let (body, crc) = bytes.split_at(bytes.len() - 4);
+        if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
+            return Err(bad("checksum mismatch"));
+        }
+        if &body[..4] != STATE_SNAPSHOT_MAGIC {
+            return Err(bad("not a state-snapshot file"));
+        }
+        if u16::from_le_bytes([body[4], body[5]]) != STATE_SNAPSHOT_VERSION {
+            return Err(bad("unknown version"));
+        }
+        let word = |i: usize| {
+            let at = 6 + 8 * i;
+            u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"))
+        };
+        if word(3) != (body.len() - header) as u64 {
+            return Err(bad("state length does not match the file"));
+        }
+        Ok(StateSnapshot {
+            below: Below {
+                index: word(0),
+                term: word(1),
+                end_offset: Offset(word(2) as i64),
+            },
+            data: Bytes::copy_from_slice(&body[header..]),
+        })
+    }
+
+    fn store(&self, dir: &Path) -> Result<()> {
+        replace_durably(dir, STATE_SNAPSHOT_FILE, &self.encode())
+    }
+
+    fn load(dir: &Path) -> Result<Option<StateSnapshot>> {
+        let path = dir.join(STATE_SNAPSHOT_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => StateSnapshot::decode(&bytes, &path).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(ReplicationError::Io { path, source }),
+        }
+    }
+}
+
+/// Replaces `dir/name` durably: write a temporary file, sync it, rename, sync the directory.
+fn replace_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let io = |e: std::io::Error| ReplicationError::Io {
+        path: dir.join(name),
+        source: e,
+    };
+    let temporary = dir.join(format!("{name}.tmp"));
+    let mut file = std::fs::File::create(&temporary).map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
+    file.sync_data().map_err(io)?;
+    std::fs::rename(&temporary, dir.join(name)).map_err(io)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)
+}
+
 #[derive(Debug, Clone)]
 struct Slot {
     term: u64,
@@ -183,6 +290,8 @@ pub struct PartitionStore {
     resident_bytes: u64,
     fetches: std::cell::RefCell<Vec<FetchRequest>>,
     log_fetches: u64,
+    /// The owner's state as of some floor (groups whose owner keeps one: the controller).
+    state_snapshot: Option<StateSnapshot>,
 }
 
 impl PartitionStore {
@@ -370,7 +479,13 @@ impl PartitionStore {
             resident_bytes: 0,
             fetches: Default::default(),
             log_fetches: 0,
+            state_snapshot: None,
         }
+    }
+
+    /// The owner's latest durable state (see [`StateSnapshot`]).
+    pub fn state_snapshot(&self) -> Option<&StateSnapshot> {
+        self.state_snapshot.as_ref()
     }
 
     /// A store over `entries` (consecutive from index 1, each one batch or one of Raft's own),
@@ -580,6 +695,16 @@ impl Storage for PartitionStore {
         }
         let mut data = self.below.end_offset.0.to_be_bytes().to_vec();
         data.extend_from_slice(&self.conf_index.to_be_bytes());
+        if let Some(state) = &self.state_snapshot {
+            // An owner with a state machine: the follower needs it as of the floor (the
+            // state is made and made durable before the window is cut to it).
+            if state.below != self.below {
+                return Err(raft::Error::Store(
+                    RaftStorageError::SnapshotTemporarilyUnavailable,
+                ));
+            }
+            data.extend_from_slice(&state.data);
+        }
         let mut snapshot = Snapshot {
             data: data.into(),
             ..Snapshot::default()
@@ -661,6 +786,12 @@ impl ReplicaStorage for PartitionStore {
         self.evicted_to = metadata.index;
         self.conf_state = metadata.get_conf_state().clone();
         self.conf_index = snapshot_conf_index(snapshot).max(metadata.index);
+        if let Some(data) = snapshot_state(snapshot) {
+            self.state_snapshot = Some(StateSnapshot {
+                below: self.below,
+                data,
+            });
+        }
         self.hard_state.commit = self.hard_state.commit.max(metadata.index);
         self.hard_state.term = self.hard_state.term.max(metadata.term);
         Ok(())
@@ -789,20 +920,9 @@ impl StateFile {
         })
     }
 
-    /// Replaces the file durably: write a temporary file, sync it, rename, sync the directory.
+    /// Replaces the file durably.
     fn store(&self, dir: &Path) -> Result<()> {
-        let io = |e: std::io::Error| ReplicationError::Io {
-            path: dir.join(STATE_FILE),
-            source: e,
-        };
-        let temporary = dir.join(format!("{STATE_FILE}.tmp"));
-        let mut file = std::fs::File::create(&temporary).map_err(io)?;
-        file.write_all(&self.encode()).map_err(io)?;
-        file.sync_data().map_err(io)?;
-        std::fs::rename(&temporary, dir.join(STATE_FILE)).map_err(io)?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)
+        replace_durably(dir, STATE_FILE, &self.encode())
     }
 
     fn load(dir: &Path) -> Result<Option<StateFile>> {
@@ -1001,6 +1121,7 @@ impl RaftPartition {
             state.store(&dir)?;
         }
         let mut store = PartitionStore::empty(&state.membership, state.below, batch_bytes_max);
+        store.state_snapshot = StateSnapshot::load(&dir)?;
         let log_end = log.log_end_offset();
         // The newest log start a committed entry set (a cut a crash may have interrupted).
         let mut committed_start = None;
@@ -1466,6 +1587,52 @@ impl RaftPartition {
         }
     }
 
+    /// The owner's latest durable state (see [`StateSnapshot`]): where a restarted owner
+    /// rebuilds from, and what a restored leader's snapshot brought.
+    pub fn state_snapshot(&self) -> Option<&StateSnapshot> {
+        self.replica.storage().state_snapshot()
+    }
+
+    /// For an owner that keeps a state machine beside the log (the controller's image):
+    /// records `state`, the owner's state after applying every entry through `index` (at most
+    /// the applied index), then cuts this replica's log and window there — Raft's log
+    /// compaction, local to this replica (the log is not a consumer-visible Kafka log, so
+    /// replicas need not cut at the same offset). The state is durable before the cut, so a
+    /// crash at any point leaves either the old floor or the new one with its state. A
+    /// follower that needs entries below the cut gets the state in raft-rs's snapshot.
+    /// Returns false (nothing done) when `index` is not above the floor or not applied.
+    pub async fn compact_with_state(&mut self, index: u64, state: Bytes) -> Result<bool> {
+        if index <= self.stored.below.index || index > self.applied {
+            return Ok(false);
+        }
+        let store = self.replica.storage();
+        let Some((_, end_offset)) = store.offsets_of(index) else {
+            return Ok(false);
+        };
+        let floor = Below {
+            index,
+            term: store.slot(index).map_or(0, |slot| slot.term),
+            end_offset,
+        };
+        let snapshot = StateSnapshot {
+            below: floor,
+            data: state,
+        };
+        snapshot.store(&self.dir)?;
+        let stored = StateFile {
+            below: floor,
+            commit: self.stored.commit.max(floor.index),
+            ..self.stored.clone()
+        };
+        stored.store(&self.dir)?;
+        self.stored = stored;
+        let store = self.replica.storage_mut();
+        store.compact_to(floor);
+        store.state_snapshot = Some(snapshot);
+        self.log.truncate_prefix(floor.end_offset).await?;
+        Ok(true)
+    }
+
     /// Applies a committed log start: the window's new floor goes to `raft-state` first (a
     /// reopen reads the log from it, and finishes the cut from the committed entry), then the
     /// log start moves. True if it moved.
@@ -1545,6 +1712,16 @@ impl RaftPartition {
             // finish emptying the log if a crash interrupts it (entries kept past the floor
             // would otherwise be renumbered from it).
             let below = self.replica.storage().below();
+            if let Some(state) = self
+                .replica
+                .storage()
+                .state_snapshot()
+                .filter(|s| s.below == below)
+            {
+                // The owner's state first: once the log starts over, nothing else holds
+                // what lies below the floor.
+                state.store(&self.dir)?;
+            }
             let mut state = StateFile {
                 below,
                 membership: Membership {
@@ -1651,6 +1828,60 @@ mod tests {
             to,
             ..Message::default()
         }
+    }
+
+    #[test]
+    fn a_state_snapshot_file_round_trips_and_a_damaged_one_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(StateSnapshot::load(dir.path()).unwrap(), None);
+        let snapshot = StateSnapshot {
+            below: Below {
+                index: 41,
+                term: 3,
+                end_offset: Offset(57),
+            },
+            data: Bytes::from_static(b"{\"version\":56}"),
+        };
+        snapshot.store(dir.path()).unwrap();
+        assert_eq!(StateSnapshot::load(dir.path()).unwrap(), Some(snapshot));
+        let path = dir.path().join(STATE_SNAPSHOT_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 6;
+        bytes[last] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let e = StateSnapshot::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("state-snapshot") && e.contains("checksum"),
+            "{e}"
+        );
+        std::fs::write(&path, b"SLSS").unwrap();
+        let e = StateSnapshot::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("too short"), "{e}");
+    }
+
+    #[test]
+    fn a_snapshot_carries_the_owners_state_after_offset_and_configuration_index() {
+        let mut data = 57i64.to_be_bytes().to_vec();
+        data.extend_from_slice(&9u64.to_be_bytes());
+        let bare = Snapshot {
+            data: data.clone().into(),
+            ..Snapshot::default()
+        };
+        assert_eq!(snapshot_end_offset(&bare).unwrap(), Offset(57));
+        assert_eq!(snapshot_state(&bare), None);
+        data.extend_from_slice(b"image");
+        let with_state = Snapshot {
+            data: data.into(),
+            ..Snapshot::default()
+        };
+        assert_eq!(snapshot_end_offset(&with_state).unwrap(), Offset(57));
+        assert_eq!(snapshot_conf_index(&with_state), 9);
+        assert_eq!(snapshot_state(&with_state).as_deref(), Some(&b"image"[..]));
+        let torn = Snapshot {
+            data: Bytes::from_static(&[0; 12]),
+            ..Snapshot::default()
+        };
+        assert!(snapshot_end_offset(&torn).is_err());
     }
 
     #[test]

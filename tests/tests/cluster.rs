@@ -3193,3 +3193,118 @@ fn decommissioning_a_node_moves_every_replica_off_it() {
     }
     assert_eq!(read.len(), sent as usize, "records read after the moves");
 }
+
+/// Waits until node `id`'s log holds `needle`.
+fn wait_for_node_log(cluster: &Cluster, id: i32, needle: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !cluster.node(id).log().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "node {id} never logged {needle:?}:\n{}",
+            cluster.node(id).log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The topic names a node's Metadata answer lists.
+fn topic_names(node: std::net::SocketAddr) -> HashSet<String> {
+    metadata(node)
+        .topics
+        .iter()
+        .filter_map(|t| t.name.as_ref().map(|n| n.to_string()))
+        .collect()
+}
+
+/// The controller's snapshots: the nodes record their image and cut the metadata log once
+/// enough commands applied; a node that was down past the cut gets the leader's image in a
+/// Raft snapshot and lists every topic; a node whose log was cut restarts from its snapshot.
+#[test]
+fn controller_snapshots_cut_the_metadata_log_and_bring_a_node_back_past_the_cut() {
+    let _one_at_a_time = one_cluster_at_a_time();
+    let mut cluster = Cluster::start(
+        3,
+        &["--metadata-log-max-record-bytes-between-snapshots", "2048"],
+    );
+    let absent = 2;
+    cluster.kill(absent);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .create()
+        .expect("admin client");
+    let names: Vec<String> = (0..16).map(|n| format!("snap-{n}")).collect();
+    for chunk in names.chunks(4) {
+        let topics: Vec<NewTopic> = chunk
+            .iter()
+            .map(|name| NewTopic::new(name, 1, TopicReplication::Fixed(3)))
+            .collect();
+        let created = futures::executor::block_on(admin.create_topics(
+            &topics,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        ))
+        .expect("CreateTopics");
+        assert!(created.iter().all(|c| c.is_ok()), "{created:?}");
+    }
+    for id in [0, 1] {
+        wait_for_node_log(
+            &cluster,
+            id,
+            "controller snapshot recorded",
+            Duration::from_secs(10),
+        );
+    }
+
+    // The absent node's log ends before every cut: it starts over from the leader's image.
+    cluster.restart(absent);
+    wait_for_node_log(
+        &cluster,
+        absent,
+        "controller image restored from the leader's snapshot",
+        Duration::from_secs(20),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = topic_names(cluster.node(absent).kafka);
+        if names.iter().all(|n| listed.contains(n)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {absent} lists {listed:?} after its restore"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A node whose metadata log was cut restarts from its snapshot with every topic, and
+    // records on a topic created before the cut still flow through the cluster.
+    cluster.kill(0);
+    cluster.restart(0);
+    let listed = topic_names(cluster.node(0).kafka);
+    assert!(
+        names.iter().all(|n| listed.contains(n)),
+        "node 0 rebuilt {listed:?}"
+    );
+    let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("acks", "all")
+        .create_with_context(Deliveries::default())
+        .expect("producer");
+    producer
+        .send(BaseRecord::to("snap-0").key("k").payload("after the cut"))
+        .expect("queue");
+    producer.flush(Duration::from_secs(30)).expect("flushed");
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("group.id", "snapshots")
+        .create()
+        .expect("consumer");
+    assign_from_offset_zero(&consumer, "snap-0", 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            assert_eq!(message.payload(), Some(&b"after the cut"[..]));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the record never came back");
+    }
+}
