@@ -998,16 +998,28 @@ impl BrokerConfig {
             Some(raw) => {
                 let seeds =
                     parse_seeds(&raw.value).map_err(|reason| invalid("seeds", &raw, reason))?;
-                let Some(own) = seeds.get(&node_id).copied() else {
-                    return Err(invalid(
-                        "seeds",
-                        &raw,
-                        format!("this node ({node_id}, from node_id) must be one of the seeds"),
-                    ));
-                };
-                let rpc_listen = match pick("rpc_listen", file.rpc_listen) {
-                    Some(raw) => parse("rpc_listen", &raw)?,
-                    None => own,
+                // A node that is not a seed joins through the seeds: it needs its own RPC
+                // address, which it registers (so it must be one the others can dial).
+                let rpc_listen = match (pick("rpc_listen", file.rpc_listen), seeds.get(&node_id)) {
+                    (Some(rpc), _) => {
+                        let address: SocketAddr = parse("rpc_listen", &rpc)?;
+                        if !seeds.contains_key(&node_id) && address.ip().is_unspecified() {
+                            return Err(invalid(
+                                "rpc_listen",
+                                &rpc,
+                                "a node that is not a seed registers its RPC address: it must be one the seeds can dial, not a wildcard".into(),
+                            ));
+                        }
+                        address
+                    }
+                    (None, Some(own)) => *own,
+                    (None, None) => {
+                        return Err(invalid(
+                            "seeds",
+                            &raw,
+                            format!("this node ({node_id}, from node_id) is not one of the seeds: a node that joins through them needs rpc_listen"),
+                        ));
+                    }
                 };
                 if usize::from(rpc_listen.port()) + cores > usize::from(u16::MAX) + 1 {
                     return Err(invalid(
@@ -1792,12 +1804,43 @@ mod tests {
             ("0=127.0.0.1:1", "NODE_ID@HOST:PORT"),
             ("x@127.0.0.1:1", "node id"),
             ("0@localhost", "IP address"),
-            ("1@127.0.0.1:1", "must be one of the seeds"),
+            ("1@127.0.0.1:1", "needs rpc_listen"),
         ] {
             let e = BrokerConfig::load(&flags(&["--seeds", bad]), no_env).unwrap_err();
             assert_eq!(e.field, "seeds");
             assert!(e.to_string().contains(why), "{bad}: {e}");
         }
+        // A node that is not a seed joins through the seeds at an RPC address they can dial.
+        let joining = BrokerConfig::load(
+            &flags(&[
+                "--node-id",
+                "3",
+                "--seeds",
+                seeds,
+                "--rpc-listen",
+                "127.0.0.1:19392",
+            ]),
+            no_env,
+        )
+        .unwrap();
+        assert_eq!(
+            joining.cluster.unwrap().rpc_listen,
+            "127.0.0.1:19392".parse().unwrap()
+        );
+        let e = BrokerConfig::load(
+            &flags(&[
+                "--node-id",
+                "3",
+                "--seeds",
+                seeds,
+                "--rpc-listen",
+                "0.0.0.0:19392",
+            ]),
+            no_env,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "rpc_listen");
+        assert!(e.to_string().contains("dial"), "{e}");
         let e = BrokerConfig::load(
             &flags(&["--seeds", "0@127.0.0.1:1", "--raft-tick-ms", "0"]),
             no_env,

@@ -122,6 +122,11 @@ impl ClusterSettings {
         self.seeds.keys().map(|id| raft_id(*id)).collect()
     }
 
+    /// Whether this node is one of the seeds (a voter of the controller group).
+    pub fn is_seed(&self) -> bool {
+        self.seeds.contains_key(&self.node_id)
+    }
+
     fn registration(&self) -> BrokerRegistration {
         let first = self.endpoints.first();
         BrokerRegistration {
@@ -130,6 +135,7 @@ impl ClusterSettings {
             port: first.map_or(0, |e| e.port),
             rack: self.rack.clone(),
             endpoints: self.endpoints.clone(),
+            rpc: (!self.is_seed()).then_some(self.rpc_listen),
         }
     }
 }
@@ -692,6 +698,8 @@ pub struct Driver {
     reported: HashMap<PartitionKey, (&'static str, Instant)>,
     /// The catalog version whose broker configs set the catch-up throttle.
     throttle_seen_version: Option<u64>,
+    /// The catalog version whose registered nodes are this shard's peers.
+    peers_seen_version: Option<u64>,
 }
 
 #[derive(Default)]
@@ -724,6 +732,8 @@ struct ControllerDriver {
     forwarded: Vec<MetadataCommand>,
     /// This node's producer-id block when the waiters started waiting.
     id_block_before: Option<(i64, i64)>,
+    /// Nodes that asked to join, by node id: when their registration was last proposed.
+    joins_proposed: HashMap<i32, Instant>,
     last_registration: Option<Instant>,
     last_id_request: Option<Instant>,
     last_offsets_topic: Option<Instant>,
@@ -789,6 +799,7 @@ impl ShardReplication {
             reassignments_checked_at: Instant::now(),
             reported: HashMap::new(),
             throttle_seen_version: None,
+            peers_seen_version: None,
         };
         if shard == 0 {
             driver.open_controller().await?;
@@ -899,6 +910,40 @@ fn stopped() -> ReplicationError {
     ReplicationError::NotLeader { leader: 0 }
 }
 
+/// On the controller leader: adds one registered node that is not a seed (it has an RPC
+/// address) and not yet in the controller group as a learner, so it receives the metadata
+/// log (or, behind the log's cut, a snapshot of the image) like KRaft's brokers. One change
+/// at a time.
+fn add_controller_learner(node: &mut ReplicationNode, image: &ClusterImage) {
+    let Some(group) = node.group(&GroupKey::CONTROLLER) else {
+        return;
+    };
+    let replica = group.replica();
+    if replica.has_pending_conf() {
+        return;
+    }
+    let conf = replica.conf_state();
+    let member = |id: u64| {
+        conf.voters.contains(&id) || conf.learners.contains(&id) || conf.learners_next.contains(&id)
+    };
+    let Some(joining) = image
+        .brokers
+        .values()
+        .filter(|b| b.rpc.is_some())
+        .map(|b| raft_id(b.node_id))
+        .find(|id| !member(*id))
+    else {
+        return;
+    };
+    match group.propose_conf_change(reassignment::add_learners(&[joining])) {
+        Ok(()) => info!(
+            node = node_of(joining),
+            "adding a node to the controller group as a learner"
+        ),
+        Err(e) => warn!(node = node_of(joining), error = %e, "cannot add a controller learner"),
+    }
+}
+
 /// The log settings of the controller group's partition: metadata is small.
 fn controller_log_config() -> LogConfig {
     LogConfig {
@@ -939,6 +984,7 @@ impl Driver {
             id_waiters: Vec::new(),
             forwarded: Vec::new(),
             id_block_before: None,
+            joins_proposed: HashMap::new(),
             last_registration: None,
             last_id_request: None,
             last_offsets_topic: None,
@@ -981,6 +1027,7 @@ impl Driver {
             if ticking {
                 next_tick = now + tick;
                 self.follow_catch_up_rate(&shard);
+                self.follow_peers(&shard);
             }
             // Committed entries are answered the moment a group's ready work releases them,
             // while the step's other writes still run.
@@ -1331,6 +1378,42 @@ impl Driver {
             forward.push(MetadataCommand::RegisterBroker(
                 controller.registration.clone(),
             ));
+            if !self.settings.is_seed() {
+                // Not a controller voter: no leader to propose through until the controller
+                // adds this node as a learner, which it does once the registration commits.
+                // So ask the seeds to propose it (KRaft's brokers register with the
+                // controller quorum the same way).
+                let registration: Bytes = serde_json::to_vec(&controller.registration)
+                    .expect("a registration serializes")
+                    .into();
+                for seed in self.settings.seeds.keys() {
+                    self.node.send_join(raft_id(*seed), registration.clone());
+                }
+            }
+        }
+        for (from, registration) in self.node.take_joins() {
+            match serde_json::from_slice::<BrokerRegistration>(&registration) {
+                Ok(joining)
+                    if raft_id(joining.node_id) == from
+                        && joining.rpc.is_some()
+                        && !self.settings.seeds.contains_key(&joining.node_id) =>
+                {
+                    let known = image.brokers.get(&joining.node_id) == Some(&joining);
+                    if !known && due(controller.joins_proposed.get(&joining.node_id).copied()) {
+                        info!(node = joining.node_id, rpc = ?joining.rpc, "a node asks to join");
+                        controller
+                            .joins_proposed
+                            .insert(joining.node_id, Instant::now());
+                        forward.push(MetadataCommand::RegisterBroker(joining));
+                    }
+                }
+                Ok(joining) => warn!(
+                    node = joining.node_id,
+                    sender = node_of(from),
+                    "refused a request to join: a seed's id, another sender's, or no RPC address"
+                ),
+                Err(e) => warn!(sender = node_of(from), error = %e, "refused a request to join"),
+            }
         }
         if !controller.id_waiters.is_empty() && registered && due(controller.last_id_request) {
             controller.last_id_request = Some(Instant::now());
@@ -1343,6 +1426,9 @@ impl Driver {
             .node
             .group(&GroupKey::CONTROLLER)
             .is_some_and(|g| g.replica().role() == Role::Leader);
+        if leads {
+            add_controller_learner(&mut self.node, image);
+        }
         let every_seed_registered = self
             .settings
             .seeds
@@ -1375,6 +1461,31 @@ impl Driver {
             for command in forward {
                 // No leader known yet: the next try comes after RETRY_FORWARDED.
                 let _ = group.propose_anywhere(encode_command(&command, now_ms()));
+            }
+        }
+    }
+
+    /// Makes every node the image registers with an RPC address (one that is not a seed) a
+    /// peer of this shard: frames from it accepted, messages to it sent to its shard of this
+    /// number. Once per image version.
+    fn follow_peers(&mut self, shard: &Shard) {
+        let version = shard.catalog.version();
+        if self.peers_seen_version == Some(version) {
+            return;
+        }
+        self.peers_seen_version = Some(version);
+        let image = shard.image();
+        let Some(cluster) = image.cluster.as_ref() else {
+            return;
+        };
+        for broker in cluster.brokers.values() {
+            let Some(rpc) = broker.rpc else { continue };
+            if broker.node_id == self.settings.node_id {
+                continue;
+            }
+            let address = ClusterSettings::shard_address(rpc, shard.id);
+            if self.node.add_peer(raft_id(broker.node_id), address) {
+                info!(shard = shard.id, node = broker.node_id, %address, "peer added");
             }
         }
     }

@@ -41,6 +41,10 @@ pub struct BrokerRegistration {
     /// `host`/`port` then serve every listener).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<Endpoint>,
+    /// A node that is not a seed: where its shard 0 takes RPC frames (shard `s`: port + `s`).
+    /// Seeds leave it out: every node knows theirs from the seed list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpc: Option<std::net::SocketAddr>,
 }
 
 impl BrokerRegistration {
@@ -579,6 +583,7 @@ mod tests {
             port: 9092 + id as u16,
             rack: None,
             endpoints: Vec::new(),
+            rpc: None,
         })
     }
 
@@ -740,6 +745,7 @@ mod tests {
             port: 1,
             rack: None,
             endpoints: Vec::new(),
+            rpc: None,
         });
         assert_eq!(image.apply(7, &nobody), Err(Refused::BadBrokerId(-1)));
         assert_eq!(image.version, 7);

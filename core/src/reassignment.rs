@@ -85,6 +85,16 @@ fn simple(changes: Vec<ConfChangeSingle>) -> ConfChangeV2 {
     change
 }
 
+/// The change adding `nodes` (Raft ids) as learners.
+pub fn add_learners(nodes: &[u64]) -> ConfChangeV2 {
+    simple(
+        nodes
+            .iter()
+            .map(|node| change(ConfChangeType::AddLearnerNode, *node))
+            .collect(),
+    )
+}
+
 /// The next step of the move of partition `partition` of topic `id` to `moving.target`.
 pub fn next_step(view: &GroupView, id: Uuid, partition: i32, moving: &Reassignment) -> Step {
     if view.pending {

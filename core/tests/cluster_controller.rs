@@ -141,6 +141,7 @@ fn controllers_agree_on_the_cluster_through_a_leader_death_and_a_restart() {
                 port: 9092 + id as u16,
                 rack: None,
                 endpoints: Vec::new(),
+                rpc: None,
             });
             cluster.submit(registration).await.unwrap();
         }
@@ -219,6 +220,7 @@ fn controller_snapshots_cut_the_log_and_bring_a_lagging_replica_back() {
                     port: 9092 + id as u16,
                     rack: None,
                     endpoints: Vec::new(),
+                    rpc: None,
                 }))
                 .await
                 .unwrap();

@@ -30,6 +30,7 @@ use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use sluice_storage::{FlushMode, LogConfig, Offset, SyncGroup};
 
 use crate::error::{ReplicationError, Result};
@@ -81,6 +82,8 @@ pub struct ReplicationNode {
     heard_at: Rc<RefCell<HashMap<u64, Instant>>>,
     /// Peers whose connection to this node closed since the last step.
     hung_up: Rc<RefCell<Vec<u64>>>,
+    /// Requests to join the cluster that arrived (sender, registration), until taken.
+    joins: Rc<RefCell<Vec<(u64, Bytes)>>>,
     /// Elections to start once due, for groups whose leader (the peer) is gone.
     campaigns_due: Vec<(Instant, GroupKey, u64)>,
     listener: Listener,
@@ -130,6 +133,8 @@ impl ReplicationNode {
         // Peers that hung up and have not been heard from since.
         let silent: Rc<RefCell<HashSet<u64>>> = Rc::default();
         let delivered = inbox.clone();
+        let joins: Rc<RefCell<Vec<(u64, Bytes)>>> = Rc::default();
+        let joined = joins.clone();
         let gone = hung_up.clone();
         let heard = silent.clone();
         let on_arrival = Rc::new(on_arrival);
@@ -144,6 +149,13 @@ impl ReplicationNode {
             FRAME_BYTES_MAX,
             move |frame| {
                 let from = frame.from_node;
+                if let Some(registration) = frame.join {
+                    joined.borrow_mut().push((from, registration));
+                    if frame.messages.is_empty() && frame.leading.is_none() {
+                        on_arrival();
+                        return; // (perhaps from a node that is no peer yet)
+                    }
+                }
                 arrived_from.borrow_mut().insert(from, Instant::now());
                 delivered.borrow_mut().extend(frame.messages);
                 if let Some(leading) = frame.leading {
@@ -174,6 +186,7 @@ impl ReplicationNode {
             leading_heard,
             heard_at,
             hung_up,
+            joins,
             campaigns_due: Vec::new(),
             listener,
             wake,
@@ -189,6 +202,29 @@ impl ReplicationNode {
 
     pub fn address(&self) -> SocketAddr {
         self.listener.address()
+    }
+
+    /// Adds peer `id` at `address` (a node that joined after this one started): frames from it
+    /// are accepted and messages to it sent from now on. False if it was known there already.
+    pub fn add_peer(&mut self, id: u64, address: SocketAddr) -> bool {
+        self.listener.allow_sender(id);
+        self.transport.add_peer(id, address)
+    }
+
+    /// Whether `id` is a peer of this node.
+    pub fn knows_peer(&self, id: u64) -> bool {
+        self.transport.knows(id)
+    }
+
+    /// Asks `peer` to let this node join, with its `registration` (sent with the next step's
+    /// flush). False for an unknown peer.
+    pub fn send_join(&self, peer: u64, registration: Bytes) -> bool {
+        self.transport.send_join(peer, registration)
+    }
+
+    /// Requests to join that arrived since the last call: (sender, registration).
+    pub fn take_joins(&mut self) -> Vec<(u64, Bytes)> {
+        std::mem::take(&mut *self.joins.borrow_mut())
     }
 
     /// Opens this node's replica of group `key` in `dir` (see [`RaftPartition::open`]); its log

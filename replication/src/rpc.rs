@@ -76,6 +76,8 @@ pub struct Frame {
     pub messages: Vec<GroupMessage>,
     /// Every group the sender's shard leads, whole; `None`: the frame says nothing of them.
     pub leading: Option<Vec<LeadNote>>,
+    /// A node that is not a seed asking to join, with its registration (opaque here).
+    pub join: Option<Bytes>,
 }
 
 /// Why a frame was refused.
@@ -167,10 +169,12 @@ pub fn decode_payload(header: FrameHeader, payload: Bytes) -> Result<Frame, Fram
             Some(leading)
         }
     };
+    let join = frame.join().map(|bytes| share(&payload, Some(bytes)));
     Ok(Frame {
         from_node: frame.from_node(),
         messages,
         leading,
+        join,
     })
 }
 
@@ -187,6 +191,30 @@ fn group_id_of(group: GroupKey) -> fb::GroupId {
         group.topic_id as u64,
         group.partition,
     )
+}
+
+/// Appends one whole frame asking to join the cluster (see [`Frame::join`]) to `out`.
+pub fn encode_join_frame(from_node: u64, registration: &[u8], out: &mut Vec<u8>) {
+    let mut builder = FlatBufferBuilder::with_capacity(64 + registration.len());
+    let join = builder.create_vector(registration);
+    let frame = fb::Frame::create(
+        &mut builder,
+        &fb::FrameArgs {
+            from_node,
+            join: Some(join),
+            ..fb::FrameArgs::default()
+        },
+    );
+    fb::finish_frame_buffer(&mut builder, frame);
+    finish_frame(builder.finished_data(), out);
+}
+
+fn finish_frame(payload: &[u8], out: &mut Vec<u8>) {
+    let length = u32::try_from(payload.len()).expect("a frame payload fits in 4 GiB");
+    out.reserve(FRAME_HEADER_BYTES + payload.len());
+    out.extend_from_slice(&length.to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    out.extend_from_slice(payload);
 }
 
 /// Appends one whole frame (header and payload) to `out`; `leading`, when given, is every
@@ -248,15 +276,11 @@ pub fn encode_frame(
             from_node,
             messages: Some(messages),
             leading,
+            join: None,
         },
     );
     fb::finish_frame_buffer(&mut builder, frame);
-    let payload = builder.finished_data();
-    let length = u32::try_from(payload.len()).expect("a frame payload fits in 4 GiB");
-    out.reserve(FRAME_HEADER_BYTES + payload.len());
-    out.extend_from_slice(&length.to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
-    out.extend_from_slice(payload);
+    finish_frame(builder.finished_data(), out);
 }
 
 fn encoded_size_hint(messages: &[GroupMessage]) -> usize {
@@ -663,6 +687,18 @@ mod tests {
     }
 
     #[test]
+    fn a_join_frame_carries_the_registration_and_nothing_else() {
+        let mut out = Vec::new();
+        encode_join_frame(4, b"{\"node_id\":3}", &mut out);
+        let frame = decode(&out, 1 << 20).unwrap();
+        assert_eq!(frame.from_node, 4);
+        assert_eq!(frame.join.as_deref(), Some(&b"{\"node_id\":3}"[..]));
+        assert!(frame.messages.is_empty() && frame.leading.is_none());
+        let plain = decode(&frame_of(&[]), 1 << 20).unwrap();
+        assert_eq!(plain.join, None);
+    }
+
+    #[test]
     fn an_unknown_message_type_is_refused_by_name() {
         let mut builder = FlatBufferBuilder::new();
         let group = fb::GroupId::new(0, 0, -1);
@@ -680,7 +716,7 @@ mod tests {
             &fb::FrameArgs {
                 from_node: 1,
                 messages: Some(messages),
-                leading: None,
+                ..Default::default()
             },
         );
         fb::finish_frame_buffer(&mut builder, frame);

@@ -1325,6 +1325,7 @@ impl<'a> Frame<'a> {
   pub const VT_FROM_NODE: ::flatbuffers::VOffsetT = 4;
   pub const VT_MESSAGES: ::flatbuffers::VOffsetT = 6;
   pub const VT_LEADING: ::flatbuffers::VOffsetT = 8;
+  pub const VT_JOIN: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1337,6 +1338,7 @@ impl<'a> Frame<'a> {
   ) -> ::flatbuffers::WIPOffset<Frame<'bldr>> {
     let mut builder = FrameBuilder::new(_fbb);
     builder.add_from_node(args.from_node);
+    if let Some(x) = args.join { builder.add_join(x); }
     if let Some(x) = args.leading { builder.add_leading(x); }
     if let Some(x) = args.messages { builder.add_messages(x); }
     builder.finish()
@@ -1364,6 +1366,13 @@ impl<'a> Frame<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<LeadNote>>>>(Frame::VT_LEADING, None)}
   }
+  #[inline]
+  pub fn join(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Frame::VT_JOIN, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Frame<'_> {
@@ -1375,6 +1384,7 @@ impl ::flatbuffers::Verifiable for Frame<'_> {
      .visit_field::<u64>("from_node", Self::VT_FROM_NODE, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<RaftMessage>>>>("messages", Self::VT_MESSAGES, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<LeadNote>>>>("leading", Self::VT_LEADING, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("join", Self::VT_JOIN, false)?
      .finish();
     Ok(())
   }
@@ -1383,6 +1393,7 @@ pub struct FrameArgs<'a> {
     pub from_node: u64,
     pub messages: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<RaftMessage<'a>>>>>,
     pub leading: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<LeadNote<'a>>>>>,
+    pub join: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
 }
 impl<'a> Default for FrameArgs<'a> {
   #[inline]
@@ -1391,6 +1402,7 @@ impl<'a> Default for FrameArgs<'a> {
       from_node: 0,
       messages: None,
       leading: None,
+      join: None,
     }
   }
 }
@@ -1413,6 +1425,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> FrameBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Frame::VT_LEADING, leading);
   }
   #[inline]
+  pub fn add_join(&mut self, join: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Frame::VT_JOIN, join);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> FrameBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     FrameBuilder {
@@ -1433,6 +1449,7 @@ impl ::core::fmt::Debug for Frame<'_> {
       ds.field("from_node", &self.from_node());
       ds.field("messages", &self.messages());
       ds.field("leading", &self.leading());
+      ds.field("join", &self.join());
       ds.finish()
   }
 }

@@ -12,7 +12,10 @@
 //!
 //! Receiving: a `Listener` accepts connections and reads them frame by frame; every frame goes
 //! to the owner's `deliver` callback. A malformed frame (too long, bad checksum, bad structure,
-//! unknown sender) closes that connection with a log line and touches nothing else. When a
+//! unknown sender) closes that connection with a log line and touches nothing else; the one
+//! frame an unknown sender may send is a request to join (`Frame::join`, nothing else in it),
+//! which is delivered for the owner to judge. Peers can be added while running (a node that
+//! joined): `Transport::add_peer`, `Listener::allow_sender`. When a
 //! connection that carried frames from a node closes, the owner's `hung_up` callback names that
 //! node (a peer process that died closes its connections at once; the owner can act before any
 //! timeout). Dropping the `Listener` closes the socket and every connection it accepted.
@@ -21,7 +24,7 @@
 //! time per peer), so a peer receives one sender's messages in the order they were queued.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -33,7 +36,8 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::task::JoinHandle;
 
 use crate::rpc::{
-    decode_header, decode_payload, encode_frame, Frame, GroupMessage, LeadNote, FRAME_HEADER_BYTES,
+    decode_header, decode_payload, encode_frame, encode_join_frame, Frame, GroupMessage, LeadNote,
+    FRAME_HEADER_BYTES,
 };
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
@@ -45,6 +49,8 @@ struct Link {
     queue: RefCell<Vec<GroupMessage>>,
     /// An announcement of what this shard leads, for the next frame.
     leading: RefCell<Option<Rc<[LeadNote]>>>,
+    /// A request to join the cluster (this node's registration), for the next flush.
+    join: RefCell<Option<Bytes>>,
     stream: Mutex<Option<TcpStream>>,
     /// No dial before this instant (after a failure).
     retry_at: Cell<Option<Instant>>,
@@ -70,24 +76,52 @@ impl Transport {
     /// A transport for `node_id` to `peers` (node id -> RPC address; the node's own id, if
     /// present, is ignored).
     pub fn new(node_id: u64, peers: &HashMap<u64, SocketAddr>) -> Transport {
-        let links = peers
-            .iter()
-            .filter(|(id, _)| **id != node_id)
-            .map(|(id, address)| {
-                (
-                    *id,
-                    Rc::new(Link {
-                        address: *address,
-                        queue: RefCell::new(Vec::new()),
-                        leading: RefCell::new(None),
-                        stream: Mutex::new(None),
-                        retry_at: Cell::new(None),
-                        backoff: Cell::new(BACKOFF_FIRST),
-                    }),
-                )
-            })
-            .collect();
-        Transport { node_id, links }
+        let mut transport = Transport {
+            node_id,
+            links: HashMap::new(),
+        };
+        for (id, address) in peers {
+            transport.add_peer(*id, *address);
+        }
+        transport
+    }
+
+    /// Adds peer `id` at `address` (a node that joined after this one started), or moves it
+    /// there. False if nothing changed (known at that address, or this node itself).
+    pub fn add_peer(&mut self, id: u64, address: SocketAddr) -> bool {
+        if id == self.node_id || self.links.get(&id).is_some_and(|l| l.address == address) {
+            return false;
+        }
+        self.links.insert(
+            id,
+            Rc::new(Link {
+                address,
+                queue: RefCell::new(Vec::new()),
+                leading: RefCell::new(None),
+                join: RefCell::new(None),
+                stream: Mutex::new(None),
+                retry_at: Cell::new(None),
+                backoff: Cell::new(BACKOFF_FIRST),
+            }),
+        );
+        true
+    }
+
+    /// Whether `id` is a peer this transport can reach.
+    pub fn knows(&self, id: u64) -> bool {
+        self.links.contains_key(&id)
+    }
+
+    /// Asks `peer` to let this node join the cluster, with its `registration`, in a frame of
+    /// its own with the next flush. False for an unknown peer.
+    pub fn send_join(&self, peer: u64, registration: Bytes) -> bool {
+        match self.links.get(&peer) {
+            Some(link) => {
+                *link.join.borrow_mut() = Some(registration);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Queues a message for `peer` until the next flush. False for an unknown peer.
@@ -115,12 +149,15 @@ impl Transport {
         let sends = self.links.iter().filter_map(|(peer, link)| {
             let messages = std::mem::take(&mut *link.queue.borrow_mut());
             let leading = link.leading.borrow_mut().take();
-            (!messages.is_empty() || leading.is_some()).then(|| {
+            let join = link.join.borrow_mut().take();
+            (!messages.is_empty() || leading.is_some() || join.is_some()).then(|| {
                 let link = link.clone();
                 let peer = *peer;
                 async move {
                     let count = messages.len();
-                    let sent = self.send_frame(&link, &messages, leading.as_deref()).await;
+                    let sent = self
+                        .send_frame(&link, &messages, leading.as_deref(), join.as_deref())
+                        .await;
                     (peer, count, sent)
                 }
             })
@@ -143,9 +180,15 @@ impl Transport {
         link: &Link,
         messages: &[GroupMessage],
         leading: Option<&[LeadNote]>,
+        join: Option<&[u8]>,
     ) -> bool {
         let mut frame = Vec::new();
-        encode_frame(self.node_id, messages, leading, &mut frame);
+        if let Some(registration) = join {
+            encode_join_frame(self.node_id, registration, &mut frame);
+        }
+        if !messages.is_empty() || leading.is_some() {
+            encode_frame(self.node_id, messages, leading, &mut frame);
+        }
         let mut stream = link.stream.lock().await;
         if stream.is_none() {
             if link.retry_at.get().is_some_and(|at| Instant::now() < at) {
@@ -197,11 +240,13 @@ pub struct Listener {
     address: SocketAddr,
     accept: JoinHandle<()>,
     connections: Rc<RefCell<HashMap<u64, JoinHandle<()>>>>,
+    senders: Rc<RefCell<HashSet<u64>>>,
 }
 
 impl Listener {
     /// Listens on `address`. Frames larger than `max_frame_bytes` or from a node not in
-    /// `senders` close their connection.
+    /// `senders` (see [`allow_sender`](Self::allow_sender)) close their connection, except
+    /// a frame asking to join ([`Frame::join`], nothing else in it), which is delivered.
     pub fn bind<F>(
         address: SocketAddr,
         senders: Vec<u64>,
@@ -232,7 +277,9 @@ impl Listener {
         let connections: Rc<RefCell<HashMap<u64, JoinHandle<()>>>> = Rc::default();
         let deliver = Rc::new(deliver);
         let hung_up = Rc::new(hung_up);
-        let senders = Rc::new(senders);
+        let senders: Rc<RefCell<HashSet<u64>>> =
+            Rc::new(RefCell::new(senders.into_iter().collect()));
+        let allowed = senders.clone();
         let accepted = connections.clone();
         let accept = glommio::spawn_local(async move {
             let mut next_id = 0u64;
@@ -250,7 +297,7 @@ impl Listener {
                 let id = next_id;
                 let deliver = deliver.clone();
                 let hung_up = hung_up.clone();
-                let senders = senders.clone();
+                let senders = allowed.clone();
                 let registry = accepted.clone();
                 let handle = glommio::spawn_local(async move {
                     let peer = stream.peer_addr().ok();
@@ -274,7 +321,13 @@ impl Listener {
             address,
             accept,
             connections,
+            senders,
         })
+    }
+
+    /// Accepts frames from node `id` from now on (a node that joined the cluster).
+    pub fn allow_sender(&self, id: u64) {
+        self.senders.borrow_mut().insert(id);
     }
 
     /// The address it listens on (the port chosen when bound to port 0).
@@ -296,7 +349,7 @@ impl Drop for Listener {
 /// `sender` is the node whose frames the connection carried.
 async fn read_frames(
     mut stream: TcpStream,
-    senders: &[u64],
+    senders: &RefCell<HashSet<u64>>,
     max_frame_bytes: usize,
     deliver: &dyn Fn(Frame),
     sender: &Cell<Option<u64>>,
@@ -315,8 +368,15 @@ async fn read_frames(
             .await
             .map_err(|e| format!("frame payload: {e}"))?;
         let frame = decode_payload(header, Bytes::from(payload)).map_err(|e| e.to_string())?;
-        if !senders.contains(&frame.from_node) {
-            return Err(format!("frame from unknown node {}", frame.from_node));
+        if !senders.borrow().contains(&frame.from_node) {
+            let only_join =
+                frame.join.is_some() && frame.messages.is_empty() && frame.leading.is_none();
+            if !only_join {
+                return Err(format!("frame from unknown node {}", frame.from_node));
+            }
+            // A node asking to join: the owner decides; it is no peer (yet).
+            deliver(frame);
+            continue;
         }
         sender.set(Some(frame.from_node));
         deliver(frame);

@@ -174,3 +174,59 @@ fn malformed_frames_close_only_their_own_connection() {
         assert_eq!(received(&inbox), (1..=10).collect::<Vec<_>>());
     });
 }
+
+/// A node that is no peer yet may only ask to join: its join frame is delivered (the owner
+/// decides), anything else from it closes the connection; once allowed, its frames arrive,
+/// and a transport that learned a new peer sends to it.
+#[test]
+fn a_stranger_may_only_ask_to_join_until_it_is_allowed() {
+    run(|| async {
+        let inbox: Inbox = Rc::default();
+        let listener = listen("127.0.0.1:0".parse().unwrap(), &inbox);
+        let stranger = Transport::new(9, &HashMap::from([(2, listener.address())]));
+        assert!(stranger.send_join(2, bytes::Bytes::from_static(b"{\"node_id\":8}")));
+        assert_eq!(stranger.flush().await.unreachable, Vec::<u64>::new());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while inbox.borrow().is_empty() {
+            assert!(Instant::now() < deadline, "the join never arrived");
+            glommio::timer::sleep(Duration::from_millis(2)).await;
+        }
+        {
+            let frames = inbox.borrow();
+            assert_eq!(frames[0].from_node, 9);
+            assert_eq!(frames[0].join.as_deref(), Some(&b"{\"node_id\":8}"[..]));
+            assert!(frames[0].messages.is_empty());
+        }
+        // Raft messages from the stranger close its connection: nothing is delivered.
+        assert!(stranger.send(2, heartbeat(1)));
+        stranger.flush().await;
+        glommio::timer::sleep(Duration::from_millis(100)).await;
+        assert_eq!(received(&inbox), Vec::<u64>::new());
+
+        // Allowed, its messages arrive (on a new connection: the old one was closed).
+        listener.allow_sender(9);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut sequence = 1;
+        while received(&inbox).is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "an allowed sender's frames never arrived"
+            );
+            sequence += 1;
+            stranger.send(2, heartbeat(sequence));
+            stranger.flush().await;
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+        }
+
+        // A transport learns a peer: it sends there from then on.
+        let second: Inbox = Rc::default();
+        let other = listen("127.0.0.1:0".parse().unwrap(), &second);
+        let mut transport = Transport::new(1, &HashMap::new());
+        assert!(!transport.send(3, heartbeat(5)), "no such peer yet");
+        assert!(transport.add_peer(3, other.address()));
+        assert!(!transport.add_peer(3, other.address()), "known already");
+        assert!(transport.send(3, heartbeat(5)));
+        assert_eq!(transport.flush().await.messages_sent, 1);
+        wait_for(&second, 1).await;
+    });
+}

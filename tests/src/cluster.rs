@@ -22,6 +22,9 @@ pub struct Node {
     pub dir: PathBuf,
     /// A second listener, `INTERNAL` (plaintext), when the cluster was started with one.
     pub internal: Option<SocketAddr>,
+    /// One of the seeds (a controller voter); otherwise it joined through them
+    /// ([`Cluster::join_node`]).
+    pub seed: bool,
     child: Option<Child>,
     /// "listening" lines in the log before the current run started.
     runs_before: usize,
@@ -128,6 +131,7 @@ impl Cluster {
                     rpc: ([127, 0, 0, 1], rpc).into(),
                     dir,
                     internal,
+                    seed: true,
                     child: None,
                     runs_before: 0,
                 }
@@ -152,6 +156,41 @@ impl Cluster {
         }
         cluster.wait_until_formed(Duration::from_secs(30));
         cluster
+    }
+
+    /// Starts one more node that is not a seed: it joins through the seeds (the controller
+    /// registers it and adds it as a learner of the controller group). Returns its id once it
+    /// listens; [`wait_until_formed`](Self::wait_until_formed) then waits for the join.
+    pub fn join_node(&mut self) -> i32 {
+        let mut taken: Vec<u16> = Vec::new();
+        for node in &self.nodes {
+            taken.extend(node.rpc.port()..node.rpc.port() + RPC_PORTS_PER_NODE);
+            taken.push(node.kafka.port());
+        }
+        let rpc = free_rpc_base(&taken);
+        taken.extend(rpc..rpc + RPC_PORTS_PER_NODE);
+        let kafka = loop {
+            let port = free_port();
+            if !taken.contains(&port) {
+                break port;
+            }
+        };
+        let id = self.nodes.len();
+        let dir = self._root.path().join(format!("node-{id}"));
+        std::fs::create_dir_all(&dir).expect("a node directory");
+        self.nodes.push(Node {
+            id: id as i32,
+            kafka: ([127, 0, 0, 1], kafka).into(),
+            rpc: ([127, 0, 0, 1], rpc).into(),
+            dir,
+            internal: None,
+            seed: false,
+            child: None,
+            runs_before: 0,
+        });
+        self.spawn(id);
+        self.wait_listening(id);
+        id as i32
     }
 
     /// Every node's Kafka address, for `bootstrap.servers`.
@@ -195,6 +234,11 @@ impl Cluster {
             .args(&listen)
             .args(["--admin-listen", "127.0.0.1:0"])
             .args(["--seeds", &self.seeds])
+            .args(if node.seed {
+                vec![]
+            } else {
+                vec!["--rpc-listen".to_string(), node.rpc.to_string()]
+            })
             .arg("--data-dir")
             .arg(node.dir.join("data"))
             .args(&self.extra_args)

@@ -3308,3 +3308,99 @@ fn controller_snapshots_cut_the_metadata_log_and_bring_a_node_back_past_the_cut(
         assert!(Instant::now() < deadline, "the record never came back");
     }
 }
+
+/// A node that is not a seed joins a running cluster through the seeds: it is registered, gets
+/// the metadata (as a learner of the controller group), takes replicas, leads a partition that
+/// librdkafka produces to and consumes from, and comes back after a SIGKILL.
+#[test]
+fn a_node_that_is_not_a_seed_joins_and_serves_replicas() {
+    let _one_at_a_time = one_cluster_at_a_time();
+    let mut cluster = Cluster::start(3, &[]);
+    create_topic_named(&cluster, "before");
+    let joined = cluster.join_node();
+    assert_eq!(joined, 3);
+    cluster.wait_until_formed(Duration::from_secs(30));
+    assert!(
+        cluster.node(0).log().contains("a node asks to join")
+            || cluster.node(1).log().contains("a node asks to join")
+            || cluster.node(2).log().contains("a node asks to join"),
+        "no seed heard the join"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !topic_names(cluster.node(joined).kafka).contains("before") {
+        assert!(
+            Instant::now() < deadline,
+            "the joined node never listed the topic created before it joined"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A topic whose preferred leader is the joined node.
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .create()
+        .expect("admin client");
+    let assignment: &[&[i32]] = &[&[3, 0, 1]];
+    let topic = NewTopic::new("joined", 1, TopicReplication::Variable(assignment));
+    let created = futures::executor::block_on(admin.create_topics(
+        [&topic],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+    ))
+    .expect("CreateTopics");
+    assert!(created[0].is_ok(), "{created:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while leader_of(&cluster, "joined", 0).0 != joined {
+        assert!(
+            Instant::now() < deadline,
+            "the joined node never led its preferred partition"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deliveries = Deliveries::default();
+    let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("acks", "all")
+        .create_with_context(deliveries.clone())
+        .expect("producer");
+    for n in 0..100 {
+        producer
+            .send(BaseRecord::to("joined").key("k").payload(&format!("r{n}")))
+            .expect("queue");
+    }
+    producer.flush(Duration::from_secs(30)).expect("flushed");
+    {
+        let reports = deliveries.0.lock().unwrap();
+        assert_eq!(reports.len(), 100);
+        assert!(reports.iter().all(|(_, r)| r.is_ok()), "{reports:?}");
+    }
+    let consume_all = |cluster: &Cluster| {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap())
+            .set("group.id", "joined-readers")
+            .create()
+            .expect("consumer");
+        assign_from_offset_zero(&consumer, "joined", 1);
+        let mut read = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while read.len() < 100 {
+            if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+                read.push(String::from_utf8_lossy(message.payload().unwrap()).into_owned());
+            }
+            assert!(Instant::now() < deadline, "read {} of 100", read.len());
+        }
+        read
+    };
+    let expected: Vec<String> = (0..100).map(|n| format!("r{n}")).collect();
+    assert_eq!(consume_all(&cluster), expected);
+
+    // Back from a SIGKILL, it is still a member: it lists every node and topic.
+    cluster.kill(joined);
+    cluster.restart(joined);
+    cluster.wait_until_formed(Duration::from_secs(30));
+    let listed = topic_names(cluster.node(joined).kafka);
+    assert!(
+        listed.contains("before") && listed.contains("joined"),
+        "{listed:?}"
+    );
+    assert_eq!(consume_all(&cluster), expected);
+}
