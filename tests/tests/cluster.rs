@@ -2703,6 +2703,29 @@ fn describe_quorum(bootstrap: &str) -> QuorumAnswer {
     )
 }
 
+/// The voters' and observers' ids in DescribeQuorum (kafka-python), asked of `bootstrap`.
+fn quorum_members(bootstrap: &str) -> (Vec<i64>, Vec<i64>) {
+    let (ok, out) = sluice_tests::python(DESCRIBE_QUORUM_SCRIPT, &[bootstrap]);
+    assert!(ok, "kafka-python failed (scripts/test installs it):\n{out}");
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("QUORUM "))
+        .unwrap_or_else(|| panic!("no answer in:\n{out}"));
+    let answer: serde_json::Value = serde_json::from_str(line).expect("JSON");
+    let partition = &answer["quorum"]["topics"][0]["partitions"][0];
+    let ids = |field: &str| -> Vec<i64> {
+        partition[field]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|r| r["replica_id"].as_i64())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    (ids("current_voters"), ids("observers"))
+}
+
 /// DescribeQuorum (kafka-python `describe_metadata_quorum`) from any node: the controller
 /// group's leader (the Metadata controller), its epoch and high watermark, every voter with
 /// its log end and when the leader last heard from it; a dead voter's last fetch stops moving.
@@ -3392,6 +3415,19 @@ fn a_node_that_is_not_a_seed_joins_and_serves_replicas() {
     };
     let expected: Vec<String> = (0..100).map(|n| format!("r{n}")).collect();
     assert_eq!(consume_all(&cluster), expected);
+    // DescribeQuorum: the seeds vote, the joined node observes (a learner).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (voters, observers) = quorum_members(&cluster.node(joined).kafka.to_string());
+        if voters == [0, 1, 2] && observers == [3] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "voters {voters:?}, observers {observers:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
 
     // Back from a SIGKILL, it is still a member: it lists every node and topic.
     cluster.kill(joined);

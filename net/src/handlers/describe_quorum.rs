@@ -2,9 +2,9 @@
 //! describe` and the admin clients' `describe_metadata_quorum` ask it, for the topic
 //! `__cluster_metadata` partition 0. Any node answers, from what the controller's leader last
 //! announced (at most a second old): leader, epoch (Raft term), high watermark, and each voter's
-//! log end and when the leader last heard from it and last saw it caught up. Every node of a
-//! Sluice cluster is a voter (no observers), and `nodes` (v2) lists each voter's RPC address as
-//! its `CONTROLLER` listener.
+//! log end and when the leader last heard from it and last saw it caught up. The seeds are the
+//! voters; nodes that joined through them are the group's learners, listed as observers; `nodes`
+//! (v2) lists each voter's RPC address as its `CONTROLLER` listener.
 //!
 //! A single node keeps its metadata in `metadata.json`, not in a replicated log: it answers
 //! UNKNOWN_TOPIC_OR_PARTITION, saying so.
@@ -77,17 +77,30 @@ pub fn handle(request: DescribeQuorumRequest, ctx: &Context) -> DescribeQuorumRe
                             "no controller leader has described the quorum to this node yet".into(),
                         );
                     };
-                    let voters = quorum
+                    // The leader tracks every replica of the group: the seeds vote, the nodes
+                    // that joined through them are learners (KRaft's observers).
+                    let seed = |node: i32| {
+                        ctx.shard
+                            .replication
+                            .as_ref()
+                            .is_some_and(|r| r.settings.seeds.contains_key(&node))
+                    };
+                    let (voters, observers): (Vec<_>, Vec<_>) = quorum
                         .voters
                         .iter()
                         .map(|v| {
-                            ReplicaState::default()
+                            let state = ReplicaState::default()
                                 .with_replica_id(BrokerId(v.node))
                                 .with_log_end_offset(v.log_end_offset)
                                 .with_last_fetch_timestamp(v.last_fetch_ms)
-                                .with_last_caught_up_timestamp(v.last_caught_up_ms)
+                                .with_last_caught_up_timestamp(v.last_caught_up_ms);
+                            (seed(v.node), state)
                         })
-                        .collect();
+                        .partition(|(voter, _)| *voter);
+                    let states = |replicas: Vec<(bool, ReplicaState)>| -> Vec<ReplicaState> {
+                        replicas.into_iter().map(|(_, state)| state).collect()
+                    };
+                    let (voters, observers) = (states(voters), states(observers));
                     answer
                         .with_error_code(0)
                         .with_error_message(None)
@@ -95,7 +108,7 @@ pub fn handle(request: DescribeQuorumRequest, ctx: &Context) -> DescribeQuorumRe
                         .with_leader_epoch(quorum.epoch)
                         .with_high_watermark(quorum.high_watermark)
                         .with_current_voters(voters)
-                        .with_observers(Vec::new())
+                        .with_observers(observers)
                 })
                 .collect();
             TopicData::default()
