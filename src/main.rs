@@ -97,6 +97,9 @@ enum ClusterCommand {
     /// Moves every partition replica off a node (to the least loaded other nodes) and waits
     /// until the moves are done: before retiring the node.
     Decommission(cli::DecommissionArgs),
+    /// Removes a stopped node's registration (one that joined through the seeds, with no
+    /// replica left): Kafka's UnregisterBroker.
+    Unregister(cli::UnregisterArgs),
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -129,6 +132,9 @@ fn main() -> ExitCode {
         }
         Command::Cluster(ClusterCommand::Decommission(args)) => {
             tool("cluster decommission", cli::decommission(args))
+        }
+        Command::Cluster(ClusterCommand::Unregister(args)) => {
+            tool("cluster unregister", cli::unregister(args))
         }
         Command::Topic(command) => tool("topic", cli::topic(command)),
         Command::Produce(args) => tool("produce", cli::produce(args)),

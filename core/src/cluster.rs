@@ -912,9 +912,13 @@ fn stopped() -> ReplicationError {
 
 /// On the controller leader: adds one registered node that is not a seed (it has an RPC
 /// address) and not yet in the controller group as a learner, so it receives the metadata
-/// log (or, behind the log's cut, a snapshot of the image) like KRaft's brokers. One change
-/// at a time.
-fn add_controller_learner(node: &mut ReplicationNode, image: &ClusterImage) {
+/// log (or, behind the log's cut, a snapshot of the image) like KRaft's brokers; or removes a
+/// learner whose node was unregistered. One change at a time.
+fn follow_controller_learners(
+    node: &mut ReplicationNode,
+    image: &ClusterImage,
+    seeds: &BTreeMap<i32, SocketAddr>,
+) {
     let Some(group) = node.group(&GroupKey::CONTROLLER) else {
         return;
     };
@@ -926,21 +930,34 @@ fn add_controller_learner(node: &mut ReplicationNode, image: &ClusterImage) {
     let member = |id: u64| {
         conf.voters.contains(&id) || conf.learners.contains(&id) || conf.learners_next.contains(&id)
     };
-    let Some(joining) = image
+    let joining = image
         .brokers
         .values()
         .filter(|b| b.rpc.is_some())
         .map(|b| raft_id(b.node_id))
-        .find(|id| !member(*id))
-    else {
-        return;
-    };
-    match group.propose_conf_change(reassignment::add_learners(&[joining])) {
-        Ok(()) => info!(
-            node = node_of(joining),
-            "adding a node to the controller group as a learner"
+        .find(|id| !member(*id));
+    let leaving = conf.learners.iter().copied().find(|id| {
+        let node = node_of(*id);
+        !seeds.contains_key(&node) && !image.brokers.contains_key(&node)
+    });
+    let (change, what, who) = match (joining, leaving) {
+        (Some(id), _) => (
+            reassignment::add_learners(&[id]),
+            "adding a node to the controller group as a learner",
+            id,
         ),
-        Err(e) => warn!(node = node_of(joining), error = %e, "cannot add a controller learner"),
+        (None, Some(id)) => (
+            reassignment::remove_nodes(&[id]),
+            "removing an unregistered node from the controller group",
+            id,
+        ),
+        (None, None) => return,
+    };
+    match group.propose_conf_change(change) {
+        Ok(()) => info!(node = node_of(who), "{what}"),
+        Err(e) => {
+            warn!(node = node_of(who), error = %e, "cannot change the controller group's learners")
+        }
     }
 }
 
@@ -1427,7 +1444,7 @@ impl Driver {
             .group(&GroupKey::CONTROLLER)
             .is_some_and(|g| g.replica().role() == Role::Leader);
         if leads {
-            add_controller_learner(&mut self.node, image);
+            follow_controller_learners(&mut self.node, image, &self.settings.seeds);
         }
         let every_seed_registered = self
             .settings

@@ -118,6 +118,11 @@ pub struct JoinPoint {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum MetadataCommand {
     RegisterBroker(BrokerRegistration),
+    /// A node that joined through the seeds leaves the cluster (Kafka's UnregisterBroker):
+    /// refused for a seed (a controller voter) and while any partition lists the node.
+    UnregisterBroker {
+        node_id: i32,
+    },
     CreateTopic {
         topic: Topic,
         replicas: Vec<Vec<i32>>,
@@ -198,6 +203,7 @@ impl MetadataCommand {
     pub fn kind(&self) -> &'static str {
         match self {
             MetadataCommand::RegisterBroker(_) => "register_broker",
+            MetadataCommand::UnregisterBroker { .. } => "unregister_broker",
             MetadataCommand::CreateTopic { .. } => "create_topic",
             MetadataCommand::DeleteTopic { .. } => "delete_topic",
             MetadataCommand::SetTopicConfigs { .. } => "set_topic_configs",
@@ -231,6 +237,10 @@ pub enum Refused {
     BadProducerIdCount(i64),
     #[error("a broker's id cannot be {0}")]
     BadBrokerId(i32),
+    #[error("no broker {0} is registered")]
+    UnregisteredBroker(i32),
+    #[error("broker {0} cannot be unregistered: {1}")]
+    BrokerInUse(i32, String),
     #[error("SCRAM credentials: {0}")]
     BadScramChange(String),
     #[error("ACL: {0}")]
@@ -277,6 +287,31 @@ impl ClusterImage {
                     return Err(Refused::BadBrokerId(broker.node_id));
                 }
                 self.brokers.insert(broker.node_id, broker.clone());
+            }
+            MetadataCommand::UnregisterBroker { node_id } => {
+                let Some(broker) = self.brokers.get(node_id) else {
+                    return Err(Refused::UnregisteredBroker(*node_id));
+                };
+                if broker.rpc.is_none() {
+                    return Err(Refused::BrokerInUse(
+                        *node_id,
+                        "it is a seed (a controller voter)".into(),
+                    ));
+                }
+                let listed = self.topics.values().find(|t| {
+                    t.replicas.iter().flatten().any(|n| n == node_id)
+                        || t.reassignments.values().any(|m| m.target.contains(node_id))
+                });
+                if let Some(topic) = listed {
+                    return Err(Refused::BrokerInUse(
+                        *node_id,
+                        format!(
+                            "topic {:?} has replicas on it (move them away first: sluice cluster decommission)",
+                            topic.topic.name
+                        ),
+                    ));
+                }
+                self.brokers.remove(node_id);
             }
             MetadataCommand::CreateTopic { topic, replicas } => {
                 if self.topics.contains_key(&topic.name) {
@@ -594,6 +629,54 @@ mod tests {
             partitions,
             configs: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn only_a_joined_node_no_partition_lists_is_unregistered() {
+        let mut image = ClusterImage::default();
+        for id in 0..3 {
+            image.apply(id as u64, &broker(id)).unwrap();
+        }
+        let joined = BrokerRegistration {
+            node_id: 3,
+            host: "127.0.0.1".into(),
+            port: 9095,
+            rack: None,
+            endpoints: Vec::new(),
+            rpc: Some("127.0.0.1:33175".parse().unwrap()),
+        };
+        image
+            .apply(3, &MetadataCommand::RegisterBroker(joined))
+            .unwrap();
+        let t = topic("held", 1);
+        let id = t.id;
+        image
+            .apply(
+                4,
+                &MetadataCommand::CreateTopic {
+                    topic: t,
+                    replicas: vec![vec![3, 0, 1]],
+                },
+            )
+            .unwrap();
+        let unregister = |node_id| MetadataCommand::UnregisterBroker { node_id };
+        assert!(matches!(
+            image.apply(5, &unregister(0)),
+            Err(Refused::BrokerInUse(0, why)) if why.contains("seed")
+        ));
+        assert!(matches!(
+            image.apply(6, &unregister(3)),
+            Err(Refused::BrokerInUse(3, why)) if why.contains("held")
+        ));
+        assert_eq!(
+            image.apply(7, &unregister(9)),
+            Err(Refused::UnregisteredBroker(9))
+        );
+        image
+            .apply(8, &MetadataCommand::DeleteTopic { id })
+            .unwrap();
+        image.apply(9, &unregister(3)).unwrap();
+        assert_eq!(image.brokers.keys().copied().collect::<Vec<_>>(), [0, 1, 2]);
     }
 
     #[test]

@@ -351,6 +351,10 @@ fn control_error(e: ControlError) -> ApiError {
         ControlError::Refused(Refused::NoReassignment(..)) => {
             ResponseError::NoReassignmentInProgress
         }
+        ControlError::Refused(Refused::UnregisteredBroker(_)) => {
+            ResponseError::BrokerIdNotRegistered
+        }
+        ControlError::Refused(Refused::BrokerInUse(..)) => ResponseError::InvalidRequest,
         ControlError::TimedOut(_) => ResponseError::RequestTimedOut,
         ControlError::Refused(_) | ControlError::Failed(_) => ResponseError::UnknownServerError,
     };
@@ -1303,6 +1307,27 @@ async fn persist_access(
                 format!("cannot persist the catalog: {e}"),
             )
         })
+}
+
+/// Removes broker `node_id`'s registration (Kafka's UnregisterBroker): a node that joined
+/// through the seeds, stopped, with no replica left on it. In cluster mode only: a single node
+/// has no registrations (INVALID_REQUEST).
+pub async fn unregister_broker(shard: &Rc<Shard>, node_id: i32) -> Result<(), ApiError> {
+    let results = access_change(shard, 1, move |controller| async move {
+        let Some(replication) = controller.replication.as_ref() else {
+            return vec![Err(error(
+                ResponseError::InvalidRequest,
+                "a single node has no broker registrations (a cluster is started with --seeds)"
+                    .to_string(),
+            ))];
+        };
+        vec![replication
+            .control(MetadataCommand::UnregisterBroker { node_id })
+            .await
+            .map_err(control_error)]
+    })
+    .await;
+    results.into_iter().next().unwrap_or(Ok(()))
 }
 
 /// Sets and removes client quotas (AlterClientQuotas): `groups` holds one list of changes per

@@ -95,6 +95,16 @@ pub fn add_learners(nodes: &[u64]) -> ConfChangeV2 {
     )
 }
 
+/// The change removing `nodes` (Raft ids) from the group.
+pub fn remove_nodes(nodes: &[u64]) -> ConfChangeV2 {
+    simple(
+        nodes
+            .iter()
+            .map(|node| change(ConfChangeType::RemoveNode, *node))
+            .collect(),
+    )
+}
+
 /// The next step of the move of partition `partition` of topic `id` to `moving.target`.
 pub fn next_step(view: &GroupView, id: Uuid, partition: i32, moving: &Reassignment) -> Step {
     if view.pending {

@@ -61,6 +61,7 @@ pub const IMPLEMENTED: &[ApiRange] = &[
     handlers::push_telemetry::RANGE,
     handlers::list_config_resources::RANGE,
     handlers::describe_topic_partitions::RANGE,
+    handlers::unregister_broker::RANGE,
 ];
 
 /// The range implemented for `key`, if any.

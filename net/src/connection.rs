@@ -51,7 +51,7 @@ use kafka_protocol::messages::{
     ListPartitionReassignmentsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest,
     OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest, PushTelemetryRequest,
     RequestHeader, ResponseHeader, SaslAuthenticateRequest, SaslAuthenticateResponse,
-    SaslHandshakeRequest, SaslHandshakeResponse, SyncGroupRequest,
+    SaslHandshakeRequest, SaslHandshakeResponse, SyncGroupRequest, UnregisterBrokerRequest,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::protocol::{Decodable, Encodable};
@@ -69,7 +69,8 @@ use crate::handlers::{
     describe_topic_partitions, elect_leaders, fetch, find_coordinator, get_telemetry_subscriptions,
     heartbeat, init_producer_id, join_group, leave_group, list_config_resources, list_groups,
     list_offsets, metadata, offset_commit, offset_delete, offset_fetch, offset_for_leader_epoch,
-    partition_reassignments, produce, push_telemetry, sasl, scram_credentials, sync_group, Context,
+    partition_reassignments, produce, push_telemetry, sasl, scram_credentials, sync_group,
+    unregister_broker, Context,
 };
 use crate::quota_meter::{self, Kind};
 use crate::request_trace;
@@ -610,6 +611,11 @@ async fn dispatch(
             let response = elect_leaders::handle(request, version, ctx).await;
             reply(throttle, api, version, correlation_id, &response).map(Some)
         }
+        ApiKey::UnregisterBroker => {
+            let request = decode::<UnregisterBrokerRequest>(&mut frame, api, version)?;
+            let response = unregister_broker::handle(request, ctx).await;
+            reply(throttle, api, version, correlation_id, &response).map(Some)
+        }
         ApiKey::DescribeQuorum => {
             let request = decode::<DescribeQuorumRequest>(&mut frame, api, version)?;
             let response = describe_quorum::handle(request, ctx);
@@ -1137,6 +1143,7 @@ throttle_time!(
     kafka_protocol::messages::GetTelemetrySubscriptionsResponse,
     kafka_protocol::messages::PushTelemetryResponse,
     kafka_protocol::messages::ListConfigResourcesResponse,
+    kafka_protocol::messages::UnregisterBrokerResponse,
 );
 
 /// The SASL and DescribeQuorum responses have no `throttle_time_ms`.

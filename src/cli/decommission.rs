@@ -8,7 +8,8 @@
 //! AlterPartitionReassignments to the controller; the tool then waits until
 //! ListPartitionReassignments lists none of them and Metadata names N in no replica list.
 //! The node stays registered (and, if it is a seed, a controller voter): new topics may be
-//! placed on it again until it is stopped.
+//! placed on it again until it is stopped. A node that joined through the seeds then leaves
+//! for good with `sluice cluster unregister --node N` once stopped (UnregisterBroker).
 //!
 //! `--throttle B` paces the copies as `kafka-reassign-partitions.sh --throttle` does: the
 //! cluster-wide dynamic broker config `leader.replication.throttled.rate` is set to B bytes
@@ -311,4 +312,40 @@ mod tests {
             "{error}"
         );
     }
+}
+
+/// `sluice cluster unregister`.
+#[derive(Debug, clap::Args)]
+pub struct UnregisterArgs {
+    /// The node to remove: one that joined through the seeds, stopped, with no replica left.
+    #[arg(long, value_name = "ID")]
+    node: i32,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+const UNREGISTER: ApiUse = ApiUse {
+    key: ApiKey::UnregisterBroker,
+    min: 0,
+    max: 0,
+};
+
+/// `sluice cluster unregister --node N`: removes N's registration (UnregisterBroker, as
+/// `kafka-cluster.sh unregister --id N`), after `decommission` moved its replicas and the node
+/// was stopped. The controller then drops it from its learners; Metadata no longer lists it.
+pub fn unregister(args: UnregisterArgs) -> Result<()> {
+    use kafka_protocol::messages::{UnregisterBrokerRequest, UnregisterBrokerResponse};
+    let mut client = args.connection.client()?;
+    let answer: UnregisterBrokerResponse = client.call(None, UNREGISTER, |_| {
+        UnregisterBrokerRequest::default().with_broker_id(BrokerId(args.node))
+    })?;
+    if answer.error_code != 0 {
+        return Err(format!(
+            "node {}: {}",
+            args.node,
+            error_text(answer.error_code, answer.error_message.as_ref())
+        ));
+    }
+    println!("node {}: unregistered", args.node);
+    Ok(())
 }

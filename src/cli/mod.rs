@@ -41,7 +41,7 @@ mod decommission;
 mod users;
 
 pub use acls::{acl, AclCommand};
-pub use decommission::{decommission, DecommissionArgs};
+pub use decommission::{decommission, unregister, DecommissionArgs, UnregisterArgs};
 pub use users::{user, UserCommand};
 
 use client::{partition_for_key, ApiUse, Client, Result};

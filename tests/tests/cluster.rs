@@ -3439,4 +3439,59 @@ fn a_node_that_is_not_a_seed_joins_and_serves_replicas() {
         "{listed:?}"
     );
     assert_eq!(consume_all(&cluster), expected);
+
+    // Leaving: UnregisterBroker refuses a seed and a node partitions still list; after
+    // `decommission` moved its replicas and it stopped, it is unregistered and leaves the
+    // controller group's learners.
+    let bootstrap = cluster.node(1).kafka.to_string();
+    let unregister = |node: i32| {
+        std::process::Command::new(sluice_tests::sluice_binary())
+            .args(["cluster", "unregister", "--node", &node.to_string()])
+            .args(["--bootstrap", &bootstrap])
+            .output()
+            .expect("run sluice cluster unregister")
+    };
+    let seed = unregister(0);
+    assert!(!seed.status.success());
+    let why = String::from_utf8_lossy(&seed.stderr).into_owned();
+    assert!(
+        why.contains("INVALID_REQUEST") || why.contains("InvalidRequest"),
+        "{why}"
+    );
+    assert!(why.contains("seed"), "{why}");
+    let busy = unregister(joined);
+    assert!(!busy.status.success());
+    let why = String::from_utf8_lossy(&busy.stderr).into_owned();
+    assert!(why.contains("\"joined\""), "{why}");
+    sluice_cluster_command(
+        &cluster,
+        &["decommission", "--node", "3", "--wait-secs", "60"],
+    );
+    cluster.stop(joined);
+    let done = unregister(joined);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let brokers = listed_brokers(cluster.node(0).kafka);
+        let (voters, observers) = quorum_members(&cluster.node(0).kafka.to_string());
+        if brokers == [0, 1, 2] && voters == [0, 1, 2] && observers.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "brokers {brokers:?}, voters {voters:?}, observers {observers:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let again = unregister(joined);
+    let why = String::from_utf8_lossy(&again.stderr).into_owned();
+    assert!(
+        !again.status.success() && why.contains("BrokerIdNotRegistered"),
+        "{why}"
+    );
+    assert_eq!(consume_all(&cluster), expected);
 }

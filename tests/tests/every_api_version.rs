@@ -1265,6 +1265,21 @@ fn cluster_cases(m: &mut Matrix) {
             }
         }
     }
+    for v in m.range(ApiKey::UnregisterBroker) {
+        use kafka_protocol::messages::{UnregisterBrokerRequest, UnregisterBrokerResponse};
+        // A single node has no registrations to remove.
+        let request = UnregisterBrokerRequest::default().with_broker_id(BrokerId(7));
+        if let Some(r) = m.call::<_, UnregisterBrokerResponse>(
+            ApiKey::UnregisterBroker,
+            v,
+            "single node",
+            &request,
+        ) {
+            m.check(r.error_code == 42 && r.error_message.is_some(), || {
+                format!("UnregisterBroker v{v}: {r:?}")
+            });
+        }
+    }
     for v in m.range(ApiKey::DescribeQuorum) {
         use kafka_protocol::messages::describe_quorum_request::{PartitionData, TopicData};
         use kafka_protocol::messages::{DescribeQuorumRequest, DescribeQuorumResponse};

@@ -62,6 +62,7 @@ const EXPECTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeClientQuotas, 0, 1),
     (ApiKey::AlterClientQuotas, 0, 1),
     (ApiKey::DescribeProducers, 0, 0),
+    (ApiKey::UnregisterBroker, 0, 0),
 ];
 
 #[test]

@@ -53,6 +53,7 @@ pub mod push_telemetry;
 pub mod sasl;
 pub mod scram_credentials;
 pub mod sync_group;
+pub mod unregister_broker;
 
 /// What a handler can reach: this shard (and through it, every other) and who the broker is.
 #[derive(Debug, Clone)]
