@@ -100,6 +100,9 @@ enum ClusterCommand {
     /// Removes a stopped node's registration (one that joined through the seeds, with no
     /// replica left): Kafka's UnregisterBroker.
     Unregister(cli::UnregisterArgs),
+    /// Evens out the partition replicas over the nodes (after a node joined) and waits until
+    /// the moves are done.
+    Rebalance(cli::RebalanceArgs),
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -135,6 +138,9 @@ fn main() -> ExitCode {
         }
         Command::Cluster(ClusterCommand::Unregister(args)) => {
             tool("cluster unregister", cli::unregister(args))
+        }
+        Command::Cluster(ClusterCommand::Rebalance(args)) => {
+            tool("cluster rebalance", cli::rebalance(args))
         }
         Command::Topic(command) => tool("topic", cli::topic(command)),
         Command::Produce(args) => tool("produce", cli::produce(args)),

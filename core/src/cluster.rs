@@ -1782,6 +1782,17 @@ impl Driver {
         if !due {
             return;
         }
+        // A node joining through the seeds is no peer of theirs until its registration
+        // commits: frames from it before that would only be refused.
+        if !self.settings.is_seed()
+            && !shard
+                .image()
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.brokers.contains_key(&self.settings.node_id))
+        {
+            return;
+        }
         let mut notes: Vec<_> = self
             .links
             .iter()

@@ -159,8 +159,42 @@ pub fn decommission(args: DecommissionArgs) -> Result<()> {
     let controller = client
         .controller_address()?
         .ok_or("no controller is known: is this a cluster?")?;
+    send_moves(&mut client, &controller, &moves, args.throttle)?;
+    if args.wait_secs == 0 {
+        return Ok(());
+    }
+    let node = args.node;
+    wait_for_moves(
+        &mut client,
+        &controller,
+        args.wait_secs,
+        args.throttle,
+        |placements| {
+            placements
+                .iter()
+                .filter(|(_, _, replicas)| replicas.contains(&node))
+                .count()
+        },
+        &format!("partition(s) still on node {node}"),
+    )?;
+    println!(
+        "node {}: every replica moved ({} partitions)",
+        args.node,
+        moves.len()
+    );
+    Ok(())
+}
+
+/// Sends `moves` to the controller as one AlterPartitionReassignments (after setting the
+/// catch-up throttle, if any); an error names the partitions refused.
+fn send_moves(
+    client: &mut Client,
+    controller: &str,
+    moves: &[Placement],
+    throttle: Option<u64>,
+) -> Result<()> {
     let mut topics: BTreeMap<&str, Vec<ReassignablePartition>> = BTreeMap::new();
-    for (topic, partition, list) in &moves {
+    for (topic, partition, list) in moves {
         topics.entry(topic).or_default().push(
             ReassignablePartition::default()
                 .with_partition_index(*partition)
@@ -179,12 +213,12 @@ pub fn decommission(args: DecommissionArgs) -> Result<()> {
                 })
                 .collect(),
         );
-    if let Some(rate) = args.throttle {
-        set_throttle(&mut client, &controller, Some(rate))?;
+    if let Some(rate) = throttle {
+        set_throttle(client, controller, Some(rate))?;
         println!("catch-up throttle: {THROTTLE_CONFIG}={rate}");
     }
     let answer: AlterPartitionReassignmentsResponse =
-        client.call(Some(&controller), ALTER, |_| request)?;
+        client.call(Some(controller), ALTER, |_| request)?;
     if answer.error_code != 0 {
         return Err(format!(
             "AlterPartitionReassignments: {}",
@@ -217,47 +251,145 @@ pub fn decommission(args: DecommissionArgs) -> Result<()> {
             refused.join(", ")
         ));
     }
-    if args.wait_secs == 0 {
-        return Ok(());
-    }
-    let deadline = Instant::now() + Duration::from_secs(args.wait_secs);
+    Ok(())
+}
+
+/// Waits up to `wait_secs` until no move is under way and `unsettled` (counted over the
+/// partitions' replica lists, as `what`) is 0; then deletes the throttle if one was set.
+fn wait_for_moves(
+    client: &mut Client,
+    controller: &str,
+    wait_secs: u64,
+    throttle: Option<u64>,
+    unsettled: impl Fn(&[Placement]) -> usize,
+    what: &str,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(wait_secs);
     loop {
         let listed: ListPartitionReassignmentsResponse =
-            client.call(Some(&controller), LIST, |_| {
+            client.call(Some(controller), LIST, |_| {
                 ListPartitionReassignmentsRequest::default()
                     .with_timeout_ms(30_000)
                     .with_topics(None)
             })?;
         let under_way: usize = listed.topics.iter().map(|t| t.partitions.len()).sum();
-        let still_there = placements_of(&client.metadata_from(Some(&controller), None)?)
-            .iter()
-            .filter(|(_, _, replicas)| replicas.contains(&args.node))
-            .count();
-        if under_way == 0 && still_there == 0 {
-            println!(
-                "node {}: every replica moved ({} partitions)",
-                args.node,
-                moves.len()
-            );
-            if args.throttle.is_some() {
-                set_throttle(&mut client, &controller, None)?;
+        let left = unsettled(&placements_of(
+            &client.metadata_from(Some(controller), None)?,
+        ));
+        if under_way == 0 && left == 0 {
+            if throttle.is_some() {
+                set_throttle(client, controller, None)?;
                 println!("catch-up throttle removed");
             }
             return Ok(());
         }
         if Instant::now() >= deadline {
-            let throttle = match args.throttle {
+            let throttle = match throttle {
                 Some(_) => format!(" ({THROTTLE_CONFIG} stays set: delete it when they are done)"),
                 None => String::new(),
             };
             return Err(format!(
-                "after {} s: {under_way} move(s) under way, {still_there} partition(s) still \
-                 on node {}{throttle}",
-                args.wait_secs, args.node
+                "after {wait_secs} s: {under_way} move(s) under way, {left} {what}{throttle}"
             ));
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// `sluice cluster rebalance`.
+#[derive(Debug, clap::Args)]
+pub struct RebalanceArgs {
+    /// How long to wait for the moves to finish (0: send them and return).
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    wait_secs: u64,
+    /// Pace the copies at this many bytes per second per node (Kafka's
+    /// `leader.replication.throttled.rate`), removed again once the moves are done.
+    #[arg(long, value_name = "BYTES_PER_SEC", value_parser = clap::value_parser!(u64).range(1..))]
+    throttle: Option<u64>,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+/// The new lists that even out how many replicas each of `nodes` holds (to within one): while
+/// the fullest node holds at least two more than the emptiest, one replica of a partition on
+/// the fullest (and not on the emptiest) moves there, in place (a preferred leadership moves
+/// with it). The fullest node is the lowest id among equals, and so is the emptiest; the
+/// partition is the first in `placements`' order.
+pub fn rebalance_moves(nodes: &[i32], placements: &[Placement]) -> Vec<Placement> {
+    let mut held: BTreeMap<i32, usize> = nodes.iter().map(|n| (*n, 0)).collect();
+    for (_, _, replicas) in placements {
+        for node in replicas {
+            if let Some(count) = held.get_mut(node) {
+                *count += 1;
+            }
+        }
+    }
+    let mut lists: Vec<Vec<i32>> = placements.iter().map(|(_, _, l)| l.clone()).collect();
+    loop {
+        let fullest = held
+            .iter()
+            .max_by_key(|(node, count)| (**count, std::cmp::Reverse(**node)));
+        let emptiest = held.iter().min_by_key(|(node, count)| (**count, **node));
+        let (Some((&full, &most)), Some((&empty, &least))) = (fullest, emptiest) else {
+            break;
+        };
+        if most < least + 2 {
+            break;
+        }
+        let Some(list) = lists
+            .iter_mut()
+            .find(|list| list.contains(&full) && !list.contains(&empty))
+        else {
+            break;
+        };
+        let at = list.iter().position(|n| *n == full).expect("it holds one");
+        list[at] = empty;
+        *held.get_mut(&full).expect("a node") -= 1;
+        *held.get_mut(&empty).expect("a node") += 1;
+    }
+    placements
+        .iter()
+        .zip(lists)
+        .filter(|((_, _, before), after)| before != after)
+        .map(|((topic, partition, _), after)| (topic.clone(), *partition, after))
+        .collect()
+}
+
+/// `sluice cluster rebalance`: evens out the replicas over the registered nodes (after a node
+/// joined, it holds none of the partitions made before it), as `kafka-reassign-partitions.sh
+/// --generate` with every broker then `--execute` do; waits until the moves are done.
+pub fn rebalance(args: RebalanceArgs) -> Result<()> {
+    let mut client = args.connection.client()?;
+    let metadata = client.metadata(None)?;
+    let nodes: Vec<i32> = metadata.brokers.iter().map(|b| b.node_id.0).collect();
+    let moves = rebalance_moves(&nodes, &placements_of(&metadata));
+    if moves.is_empty() {
+        println!("balanced: nothing to move");
+        return Ok(());
+    }
+    let controller = client
+        .controller_address()?
+        .ok_or("no controller is known: is this a cluster?")?;
+    send_moves(&mut client, &controller, &moves, args.throttle)?;
+    if args.wait_secs == 0 {
+        return Ok(());
+    }
+    let targets = moves.clone();
+    wait_for_moves(
+        &mut client,
+        &controller,
+        args.wait_secs,
+        args.throttle,
+        |placements| {
+            targets
+                .iter()
+                .filter(|target| !placements.contains(target))
+                .count()
+        },
+        "partition(s) not at their new replicas yet",
+    )?;
+    println!("balanced: {} partition(s) moved", moves.len());
+    Ok(())
 }
 
 /// Every partition of `metadata` with its replica list.
@@ -282,6 +414,45 @@ fn placements_of(metadata: &kafka_protocol::messages::MetadataResponse) -> Vec<P
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rebalancing_evens_out_replicas_in_place_onto_a_new_node() {
+        // Three nodes hold six partitions of three replicas; node 3 joined with none.
+        let placements: Vec<Placement> = (0..6)
+            .map(|p| ("t".to_string(), p, vec![p % 3, (p + 1) % 3, (p + 2) % 3]))
+            .collect();
+        let moves = rebalance_moves(&[0, 1, 2, 3], &placements);
+        let mut held: BTreeMap<i32, usize> = BTreeMap::new();
+        let after: Vec<Vec<i32>> = placements
+            .iter()
+            .map(|(t, p, before)| {
+                moves
+                    .iter()
+                    .find(|(mt, mp, _)| mt == t && mp == p)
+                    .map_or_else(|| before.clone(), |(_, _, l)| l.clone())
+            })
+            .collect();
+        for list in &after {
+            let mut sorted = list.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            assert_eq!(sorted.len(), 3, "no node twice in {list:?}");
+            for node in list {
+                *held.entry(*node).or_default() += 1;
+            }
+        }
+        // 18 replicas over 4 nodes: 4 or 5 each; node 3 took 4.
+        assert!(held.values().all(|c| (4..=5).contains(c)), "{held:?}");
+        assert_eq!(held[&3], 4);
+        assert_eq!(moves.len(), 4, "one replica per move: {moves:?}");
+        // Balanced already: nothing.
+        let balanced: Vec<Placement> = after
+            .into_iter()
+            .enumerate()
+            .map(|(p, l)| ("t".to_string(), p as i32, l))
+            .collect();
+        assert_eq!(rebalance_moves(&[0, 1, 2, 3], &balanced), vec![]);
+    }
 
     #[test]
     fn replicas_leave_to_the_least_loaded_nodes_in_place() {

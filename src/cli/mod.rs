@@ -41,7 +41,9 @@ mod decommission;
 mod users;
 
 pub use acls::{acl, AclCommand};
-pub use decommission::{decommission, unregister, DecommissionArgs, UnregisterArgs};
+pub use decommission::{
+    decommission, rebalance, unregister, DecommissionArgs, RebalanceArgs, UnregisterArgs,
+};
 pub use users::{user, UserCommand};
 
 use client::{partition_for_key, ApiUse, Client, Result};

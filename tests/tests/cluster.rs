@@ -3358,6 +3358,30 @@ fn a_node_that_is_not_a_seed_joins_and_serves_replicas() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // `sluice cluster rebalance` moves replicas of the partitions made before it onto it.
+    let out = sluice_cluster_command(&cluster, &["rebalance", "--wait-secs", "120"]);
+    assert!(out.contains("balanced"), "{out}");
+    let held = |cluster: &Cluster| {
+        let mut held: BTreeMap<i32, usize> = BTreeMap::new();
+        for topic in metadata(cluster.node(0).kafka).topics {
+            for p in topic.partitions {
+                for node in p.replica_nodes {
+                    *held.entry(node.0).or_default() += 1;
+                }
+            }
+        }
+        held
+    };
+    let spread = held(&cluster);
+    let (least, most) = (
+        spread.values().min().copied().unwrap_or(0),
+        spread.values().max().copied().unwrap_or(0),
+    );
+    assert!(
+        spread.len() == 4 && most - least <= 1,
+        "replicas per node after the rebalance: {spread:?}\n{out}"
+    );
+
     // A topic whose preferred leader is the joined node.
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", cluster.bootstrap())
@@ -3462,7 +3486,7 @@ fn a_node_that_is_not_a_seed_joins_and_serves_replicas() {
     let busy = unregister(joined);
     assert!(!busy.status.success());
     let why = String::from_utf8_lossy(&busy.stderr).into_owned();
-    assert!(why.contains("\"joined\""), "{why}");
+    assert!(why.contains("has replicas on it"), "{why}");
     sluice_cluster_command(
         &cluster,
         &["decommission", "--node", "3", "--wait-secs", "60"],
