@@ -351,6 +351,37 @@ fn who_may_change_acls_and_what_a_broker_without_an_authorizer_says() {
         named.topics[0].error_code, 29,
         "TOPIC_AUTHORIZATION_FAILED: {named:?}"
     );
+    // Nor describe its producers (READ on the topic), nor unregister a broker (ALTER on the
+    // cluster).
+    let producers: kafka_protocol::messages::DescribeProducersResponse = wire::call(
+        &mut s,
+        ApiKey::DescribeProducers,
+        0,
+        &kafka_protocol::messages::DescribeProducersRequest::default().with_topics(vec![
+            kafka_protocol::messages::describe_producers_request::TopicRequest::default()
+                .with_name(kafka_protocol::messages::TopicName(
+                    StrBytes::from_static_str("hidden"),
+                ))
+                .with_partition_indexes(vec![0]),
+        ]),
+    );
+    let codes: Vec<i16> = producers
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
+        .collect();
+    assert_eq!(codes, [29], "TOPIC_AUTHORIZATION_FAILED: {producers:?}");
+    let unregister: kafka_protocol::messages::UnregisterBrokerResponse = wire::call(
+        &mut s,
+        ApiKey::UnregisterBroker,
+        0,
+        &kafka_protocol::messages::UnregisterBrokerRequest::default()
+            .with_broker_id(kafka_protocol::messages::BrokerId(3)),
+    );
+    assert_eq!(
+        unregister.error_code, 31,
+        "CLUSTER_AUTHORIZATION_FAILED: {unregister:?}"
+    );
     // A bad binding: refused with INVALID_REQUEST, nothing stored.
     let mut admin = wire::connect(broker.addr);
     let bad: CreateAclsResponse =

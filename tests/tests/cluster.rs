@@ -3519,3 +3519,63 @@ fn a_node_that_is_not_a_seed_joins_and_serves_replicas() {
     );
     assert_eq!(consume_all(&cluster), expected);
 }
+
+/// A change forwarded to a controller leader that cannot commit it (the leader and the third
+/// node are frozen: no quorum) answers REQUEST_TIMED_OUT after the forwarding timeout instead
+/// of hanging; once the nodes thaw, the cluster takes changes again (the client's retry finds
+/// the topic made or makes it: a timed-out change's outcome is unknown, as in Kafka).
+#[test]
+fn a_forwarded_change_the_controller_cannot_commit_times_out() {
+    use kafka_protocol::messages::{
+        create_topics_request, ApiKey, CreateTopicsRequest, CreateTopicsResponse, TopicName,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    use sluice_tests::wire::{call, connect};
+    const REQUEST_TIMED_OUT: i16 = 7;
+    const TOPIC_ALREADY_EXISTS: i16 = 36;
+    let _one_at_a_time = one_cluster_at_a_time();
+    let cluster = Cluster::start(3, &[]);
+    let create = |node: i32| -> (i16, String) {
+        let answer: CreateTopicsResponse = call(
+            &mut connect(cluster.node(node).kafka),
+            ApiKey::CreateTopics,
+            7,
+            &CreateTopicsRequest::default()
+                .with_timeout_ms(60_000)
+                .with_topics(vec![create_topics_request::CreatableTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("stranded")))
+                    .with_num_partitions(1)
+                    .with_replication_factor(3)]),
+        );
+        let t = &answer.topics[0];
+        let message = t.error_message.as_ref().map_or("", |m| m.as_str());
+        (t.error_code, message.to_string())
+    };
+    let controller = metadata(cluster.node(0).kafka).controller_id.0;
+    let asker = (0..3).find(|n| *n != controller).unwrap();
+    let third = (0..3).find(|n| *n != controller && *n != asker).unwrap();
+    cluster.pause(controller, true);
+    cluster.pause(third, true);
+    let asked = Instant::now();
+    let (code, message) = create(asker);
+    let waited = asked.elapsed();
+    cluster.pause(controller, false);
+    cluster.pause(third, false);
+    assert_eq!(code, REQUEST_TIMED_OUT, "{message}");
+    assert!(
+        waited >= Duration::from_secs(10) && waited < Duration::from_secs(40),
+        "answered after {waited:?}: {message}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, message) = create(asker);
+        if code == 0 || code == TOPIC_ALREADY_EXISTS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the thawed cluster takes no change: {code} {message}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
