@@ -57,11 +57,11 @@ pub const IMPLEMENTED: &[ApiRange] = &[
     handlers::describe_quorum::RANGE,
     handlers::describe_cluster::RANGE,
     handlers::describe_producers::RANGE,
+    handlers::unregister_broker::RANGE,
     handlers::get_telemetry_subscriptions::RANGE,
     handlers::push_telemetry::RANGE,
     handlers::list_config_resources::RANGE,
     handlers::describe_topic_partitions::RANGE,
-    handlers::unregister_broker::RANGE,
 ];
 
 /// The range implemented for `key`, if any.

@@ -221,11 +221,21 @@ impl StateSnapshot {
 
     fn load(dir: &Path) -> Result<Option<StateSnapshot>> {
         let path = dir.join(STATE_SNAPSHOT_FILE);
-        match std::fs::read(&path) {
-            Ok(bytes) => StateSnapshot::decode(&bytes, &path).map(Some),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(ReplicationError::Io { path, source }),
-        }
+        read_if_present(&path)?
+            .map(|bytes| StateSnapshot::decode(&bytes, &path))
+            .transpose()
+    }
+}
+
+/// The bytes of the file at `path`; `None` if there is none.
+fn read_if_present(path: &Path) -> Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(ReplicationError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -927,11 +937,9 @@ impl StateFile {
 
     fn load(dir: &Path) -> Result<Option<StateFile>> {
         let path = dir.join(STATE_FILE);
-        match std::fs::read(&path) {
-            Ok(bytes) => StateFile::decode(&bytes, &path).map(Some),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(ReplicationError::Io { path, source }),
-        }
+        read_if_present(&path)?
+            .map(|bytes| StateFile::decode(&bytes, &path))
+            .transpose()
     }
 }
 

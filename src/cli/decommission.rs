@@ -36,6 +36,15 @@ pub struct DecommissionArgs {
     /// The node whose replicas move to the other nodes.
     #[arg(long, value_name = "ID")]
     node: i32,
+    #[command(flatten)]
+    moving: MoveOptions,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+/// How moves are carried out (`decommission`, `rebalance`).
+#[derive(Debug, clap::Args)]
+pub struct MoveOptions {
     /// How long to wait for the moves to finish (0: send them and return).
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     wait_secs: u64,
@@ -43,8 +52,6 @@ pub struct DecommissionArgs {
     /// `leader.replication.throttled.rate`), removed again once the moves are done.
     #[arg(long, value_name = "BYTES_PER_SEC", value_parser = clap::value_parser!(u64).range(1..))]
     throttle: Option<u64>,
-    #[command(flatten)]
-    connection: Connection,
 }
 
 /// A partition and its replica list.
@@ -159,16 +166,16 @@ pub fn decommission(args: DecommissionArgs) -> Result<()> {
     let controller = client
         .controller_address()?
         .ok_or("no controller is known: is this a cluster?")?;
-    send_moves(&mut client, &controller, &moves, args.throttle)?;
-    if args.wait_secs == 0 {
+    send_moves(&mut client, &controller, &moves, args.moving.throttle)?;
+    if args.moving.wait_secs == 0 {
         return Ok(());
     }
     let node = args.node;
     wait_for_moves(
         &mut client,
         &controller,
-        args.wait_secs,
-        args.throttle,
+        args.moving.wait_secs,
+        args.moving.throttle,
         |placements| {
             placements
                 .iter()
@@ -299,13 +306,8 @@ fn wait_for_moves(
 /// `sluice cluster rebalance`.
 #[derive(Debug, clap::Args)]
 pub struct RebalanceArgs {
-    /// How long to wait for the moves to finish (0: send them and return).
-    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
-    wait_secs: u64,
-    /// Pace the copies at this many bytes per second per node (Kafka's
-    /// `leader.replication.throttled.rate`), removed again once the moves are done.
-    #[arg(long, value_name = "BYTES_PER_SEC", value_parser = clap::value_parser!(u64).range(1..))]
-    throttle: Option<u64>,
+    #[command(flatten)]
+    moving: MoveOptions,
     #[command(flatten)]
     connection: Connection,
 }
@@ -370,16 +372,16 @@ pub fn rebalance(args: RebalanceArgs) -> Result<()> {
     let controller = client
         .controller_address()?
         .ok_or("no controller is known: is this a cluster?")?;
-    send_moves(&mut client, &controller, &moves, args.throttle)?;
-    if args.wait_secs == 0 {
+    send_moves(&mut client, &controller, &moves, args.moving.throttle)?;
+    if args.moving.wait_secs == 0 {
         return Ok(());
     }
     let targets = moves.clone();
     wait_for_moves(
         &mut client,
         &controller,
-        args.wait_secs,
-        args.throttle,
+        args.moving.wait_secs,
+        args.moving.throttle,
         |placements| {
             targets
                 .iter()

@@ -87,6 +87,20 @@ fn free_rpc_base(taken: &[u16]) -> u16 {
     }
 }
 
+/// A node's RPC base port and Kafka port, none of them in `taken` (which then holds them).
+fn take_node_ports(taken: &mut Vec<u16>) -> (u16, u16) {
+    let rpc = free_rpc_base(taken);
+    taken.extend(rpc..rpc + RPC_PORTS_PER_NODE);
+    let kafka = loop {
+        let port = free_port();
+        if !taken.contains(&port) {
+            break port;
+        }
+    };
+    taken.push(kafka);
+    (rpc, kafka)
+}
+
 impl Cluster {
     /// Starts `count` nodes with `--cores 1` plus `extra_args`, and waits until every node
     /// lists every broker and knows the controller.
@@ -109,15 +123,7 @@ impl Cluster {
             .map(|id| {
                 let dir = root.path().join(format!("node-{id}"));
                 std::fs::create_dir_all(&dir).expect("a node directory");
-                let rpc = free_rpc_base(&taken);
-                taken.extend(rpc..rpc + RPC_PORTS_PER_NODE);
-                let kafka = loop {
-                    let port = free_port();
-                    if !taken.contains(&port) {
-                        break port;
-                    }
-                };
-                taken.push(kafka);
+                let (rpc, kafka) = take_node_ports(&mut taken);
                 let internal = internal.then(|| loop {
                     let port = free_port();
                     if !taken.contains(&port) {
@@ -167,14 +173,7 @@ impl Cluster {
             taken.extend(node.rpc.port()..node.rpc.port() + RPC_PORTS_PER_NODE);
             taken.push(node.kafka.port());
         }
-        let rpc = free_rpc_base(&taken);
-        taken.extend(rpc..rpc + RPC_PORTS_PER_NODE);
-        let kafka = loop {
-            let port = free_port();
-            if !taken.contains(&port) {
-                break port;
-            }
-        };
+        let (rpc, kafka) = take_node_ports(&mut taken);
         let id = self.nodes.len();
         let dir = self._root.path().join(format!("node-{id}"));
         std::fs::create_dir_all(&dir).expect("a node directory");

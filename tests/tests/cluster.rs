@@ -2671,15 +2671,21 @@ admin.close()
 /// voters as (id, log end, last fetch ms)).
 type QuorumAnswer = (i64, i64, i64, i64, Vec<(i64, i64, i64)>);
 
-/// kafka-python's `describe_metadata_quorum` against `bootstrap`.
-fn describe_quorum(bootstrap: &str) -> QuorumAnswer {
+/// kafka-python's `describe_metadata_quorum` against `bootstrap`, as JSON (`quorum`,
+/// `asked_ms`).
+fn quorum_answer(bootstrap: &str) -> serde_json::Value {
     let (ok, out) = sluice_tests::python(DESCRIBE_QUORUM_SCRIPT, &[bootstrap]);
     assert!(ok, "kafka-python failed (scripts/test installs it):\n{out}");
     let line = out
         .lines()
         .find_map(|l| l.strip_prefix("QUORUM "))
         .unwrap_or_else(|| panic!("no answer in:\n{out}"));
-    let answer: serde_json::Value = serde_json::from_str(line).expect("JSON");
+    serde_json::from_str(line).expect("JSON")
+}
+
+/// kafka-python's `describe_metadata_quorum` against `bootstrap`.
+fn describe_quorum(bootstrap: &str) -> QuorumAnswer {
+    let answer = quorum_answer(bootstrap);
     let partition = &answer["quorum"]["topics"][0]["partitions"][0];
     assert!(partition["error"].is_null(), "{answer}");
     let voters = partition["current_voters"]
@@ -2705,13 +2711,7 @@ fn describe_quorum(bootstrap: &str) -> QuorumAnswer {
 
 /// The voters' and observers' ids in DescribeQuorum (kafka-python), asked of `bootstrap`.
 fn quorum_members(bootstrap: &str) -> (Vec<i64>, Vec<i64>) {
-    let (ok, out) = sluice_tests::python(DESCRIBE_QUORUM_SCRIPT, &[bootstrap]);
-    assert!(ok, "kafka-python failed (scripts/test installs it):\n{out}");
-    let line = out
-        .lines()
-        .find_map(|l| l.strip_prefix("QUORUM "))
-        .unwrap_or_else(|| panic!("no answer in:\n{out}"));
-    let answer: serde_json::Value = serde_json::from_str(line).expect("JSON");
+    let answer = quorum_answer(bootstrap);
     let partition = &answer["quorum"]["topics"][0]["partitions"][0];
     let ids = |field: &str| -> Vec<i64> {
         partition[field]
