@@ -163,19 +163,11 @@ pub fn decommission(args: DecommissionArgs) -> Result<()> {
         println!("node {}: no replicas to move", args.node);
         return Ok(());
     }
-    let controller = client
-        .controller_address()?
-        .ok_or("no controller is known: is this a cluster?")?;
-    send_moves(&mut client, &controller, &moves, args.moving.throttle)?;
-    if args.moving.wait_secs == 0 {
-        return Ok(());
-    }
     let node = args.node;
-    wait_for_moves(
+    let moved = carry_out(
         &mut client,
-        &controller,
-        args.moving.wait_secs,
-        args.moving.throttle,
+        &moves,
+        &args.moving,
         |placements| {
             placements
                 .iter()
@@ -184,12 +176,42 @@ pub fn decommission(args: DecommissionArgs) -> Result<()> {
         },
         &format!("partition(s) still on node {node}"),
     )?;
+    if !moved {
+        return Ok(());
+    }
     println!(
         "node {}: every replica moved ({} partitions)",
         args.node,
         moves.len()
     );
     Ok(())
+}
+
+/// Sends `moves` to the controller, then (unless `--wait-secs 0`) waits until they are done:
+/// no move under way and `unsettled` 0 (see [`wait_for_moves`]). True once waited for.
+fn carry_out(
+    client: &mut Client,
+    moves: &[Placement],
+    moving: &MoveOptions,
+    unsettled: impl Fn(&[Placement]) -> usize,
+    what: &str,
+) -> Result<bool> {
+    let controller = client
+        .controller_address()?
+        .ok_or("no controller is known: is this a cluster?")?;
+    send_moves(client, &controller, moves, moving.throttle)?;
+    if moving.wait_secs == 0 {
+        return Ok(false);
+    }
+    wait_for_moves(
+        client,
+        &controller,
+        moving.wait_secs,
+        moving.throttle,
+        unsettled,
+        what,
+    )?;
+    Ok(true)
 }
 
 /// Sends `moves` to the controller as one AlterPartitionReassignments (after setting the
@@ -369,19 +391,11 @@ pub fn rebalance(args: RebalanceArgs) -> Result<()> {
         println!("balanced: nothing to move");
         return Ok(());
     }
-    let controller = client
-        .controller_address()?
-        .ok_or("no controller is known: is this a cluster?")?;
-    send_moves(&mut client, &controller, &moves, args.moving.throttle)?;
-    if args.moving.wait_secs == 0 {
-        return Ok(());
-    }
     let targets = moves.clone();
-    wait_for_moves(
+    let moved = carry_out(
         &mut client,
-        &controller,
-        args.moving.wait_secs,
-        args.moving.throttle,
+        &moves,
+        &args.moving,
         |placements| {
             targets
                 .iter()
@@ -390,6 +404,9 @@ pub fn rebalance(args: RebalanceArgs) -> Result<()> {
         },
         "partition(s) not at their new replicas yet",
     )?;
+    if !moved {
+        return Ok(());
+    }
     println!("balanced: {} partition(s) moved", moves.len());
     Ok(())
 }
