@@ -111,6 +111,22 @@ impl Controllers {
         panic!("command never committed: {command:?}");
     }
 
+    /// Registers every voter as a broker.
+    async fn register_voters(&mut self) {
+        for id in VOTERS {
+            self.submit(MetadataCommand::RegisterBroker(BrokerRegistration {
+                node_id: id as i32,
+                host: "127.0.0.1".into(),
+                port: 9092 + id as u16,
+                rack: None,
+                endpoints: Vec::new(),
+                rpc: None,
+            }))
+            .await
+            .unwrap();
+        }
+    }
+
     fn images(&self) -> Vec<ClusterImage> {
         self.nodes
             .iter()
@@ -134,17 +150,7 @@ fn controllers_agree_on_the_cluster_through_a_leader_death_and_a_restart() {
     run(|| async {
         let root = tempfile::tempdir().unwrap();
         let mut cluster = Controllers::start(root.path()).await;
-        for id in VOTERS {
-            let registration = MetadataCommand::RegisterBroker(BrokerRegistration {
-                node_id: id as i32,
-                host: "127.0.0.1".into(),
-                port: 9092 + id as u16,
-                rack: None,
-                endpoints: Vec::new(),
-                rpc: None,
-            });
-            cluster.submit(registration).await.unwrap();
-        }
+        cluster.register_voters().await;
         let orders = topic("orders", 6);
         let replicas = assign_replicas(&[1, 2, 3], 6, 3, 0, 0).unwrap();
         let create = MetadataCommand::CreateTopic {
@@ -212,19 +218,7 @@ fn controller_snapshots_cut_the_log_and_bring_a_lagging_replica_back() {
         const EVERY_BYTES: u64 = 2048;
         let root = tempfile::tempdir().unwrap();
         let mut cluster = Controllers::start(root.path()).await;
-        for id in VOTERS {
-            cluster
-                .submit(MetadataCommand::RegisterBroker(BrokerRegistration {
-                    node_id: id as i32,
-                    host: "127.0.0.1".into(),
-                    port: 9092 + id as u16,
-                    rack: None,
-                    endpoints: Vec::new(),
-                    rpc: None,
-                }))
-                .await
-                .unwrap();
-        }
+        cluster.register_voters().await;
         // Node 3 stops; the others take enough commands to snapshot and cut past its log.
         cluster.nodes[2] = None;
         let mut names = Vec::new();
