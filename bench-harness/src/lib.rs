@@ -21,6 +21,7 @@ pub mod link_proxy;
 pub mod local_cluster;
 pub mod loopback;
 pub mod plot;
+pub mod ports;
 pub mod redis_streams;
 pub mod report;
 pub mod run;

@@ -19,7 +19,7 @@
 //! 10 s) when the cluster is dropped, on every path out, and every filesystem mounted is then
 //! unmounted and its image removed; every wait is bounded and fails with what it waited for.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use rustix::process::{kill_process, Pid, Signal};
 
 use crate::link_proxy::LinkProxy;
+use crate::ports::free_port;
 
 /// How to start the nodes.
 #[derive(Debug, Clone)]
@@ -168,11 +169,6 @@ pub struct LocalCluster {
     fake_clock: Option<PathBuf>,
 }
 
-fn free_port() -> Result<u16, String> {
-    let probe = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("probe a free port: {e}"))?;
-    Ok(probe.local_addr().map_err(|e| e.to_string())?.port())
-}
-
 impl LocalCluster {
     /// Starts every node and waits until each accepts Kafka connections.
     pub fn start(options: &ClusterOptions) -> Result<LocalCluster, String> {
@@ -188,8 +184,8 @@ impl LocalCluster {
         for id in 0..options.nodes {
             let dir = options.dir.join(format!("node-{id}"));
             std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-            let kafka: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-            rpcs.push(SocketAddr::from(([127, 0, 0, 1], free_port()?)));
+            let kafka: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+            rpcs.push(SocketAddr::from(([127, 0, 0, 1], free_port())));
             let mount = options.disk_mb.map(|_| dir.join("disk"));
             let data = match &mount {
                 Some(mount) => mount.join("data"),

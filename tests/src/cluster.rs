@@ -4,13 +4,15 @@
 //! by PID; dropping the cluster kills whatever still runs. Each node arms its storage fault
 //! points from a control file of its own (see [`Node::fault_points_file`]).
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::{ApiKey, MetadataRequest, MetadataResponse};
 
+use crate::ports::free_port;
+pub use crate::ports::free_ports;
 use crate::sluice_binary;
 use crate::wire::{call, connect};
 
@@ -62,43 +64,13 @@ pub struct Cluster {
     _root: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
-    let probe = TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
-    probe.local_addr().expect("its address").port()
-}
-
 /// Shards of a node listen for RPC on its port + shard id: a base whose next
-/// `RPC_PORTS_PER_NODE` ports are free too, and none of them already `taken` by another node.
+/// `RPC_PORTS_PER_NODE` ports are free too.
 const RPC_PORTS_PER_NODE: u16 = 4;
 
-fn free_rpc_base(taken: &[u16]) -> u16 {
-    loop {
-        let base = free_port();
-        let Some(last) = base.checked_add(RPC_PORTS_PER_NODE) else {
-            continue;
-        };
-        let clear = (base..last).all(|port| {
-            !taken.contains(&port)
-                && (port == base || TcpListener::bind(("127.0.0.1", port)).is_ok())
-        });
-        if clear {
-            return base;
-        }
-    }
-}
-
-/// A node's RPC base port and Kafka port, none of them in `taken` (which then holds them).
-fn take_node_ports(taken: &mut Vec<u16>) -> (u16, u16) {
-    let rpc = free_rpc_base(taken);
-    taken.extend(rpc..rpc + RPC_PORTS_PER_NODE);
-    let kafka = loop {
-        let port = free_port();
-        if !taken.contains(&port) {
-            break port;
-        }
-    };
-    taken.push(kafka);
-    (rpc, kafka)
+/// A node's RPC base port and Kafka port.
+fn take_node_ports() -> (u16, u16) {
+    (free_ports(RPC_PORTS_PER_NODE), free_port())
 }
 
 impl Cluster {
@@ -116,21 +88,12 @@ impl Cluster {
 
     fn start_inner(count: usize, extra_args: &[&str], internal: bool) -> Cluster {
         let root = tempfile::tempdir().expect("a directory for the cluster");
-        // Every port of every node distinct: a node's shards take RPC port + shard id, which
-        // a random probe for another node's port could otherwise hand out again.
-        let mut taken: Vec<u16> = Vec::new();
         let nodes: Vec<Node> = (0..count)
             .map(|id| {
                 let dir = root.path().join(format!("node-{id}"));
                 std::fs::create_dir_all(&dir).expect("a node directory");
-                let (rpc, kafka) = take_node_ports(&mut taken);
-                let internal = internal.then(|| loop {
-                    let port = free_port();
-                    if !taken.contains(&port) {
-                        taken.push(port);
-                        break SocketAddr::from(([127, 0, 0, 1], port));
-                    }
-                });
+                let (rpc, kafka) = take_node_ports();
+                let internal = internal.then(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
                 Node {
                     id: id as i32,
                     kafka: ([127, 0, 0, 1], kafka).into(),
@@ -168,12 +131,7 @@ impl Cluster {
     /// registers it and adds it as a learner of the controller group). Returns its id once it
     /// listens; [`wait_until_formed`](Self::wait_until_formed) then waits for the join.
     pub fn join_node(&mut self) -> i32 {
-        let mut taken: Vec<u16> = Vec::new();
-        for node in &self.nodes {
-            taken.extend(node.rpc.port()..node.rpc.port() + RPC_PORTS_PER_NODE);
-            taken.push(node.kafka.port());
-        }
-        let (rpc, kafka) = take_node_ports(&mut taken);
+        let (rpc, kafka) = take_node_ports();
         let id = self.nodes.len();
         let dir = self._root.path().join(format!("node-{id}"));
         std::fs::create_dir_all(&dir).expect("a node directory");

@@ -10,7 +10,11 @@ pub mod pki;
 pub mod proxy;
 pub mod wire;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+/// Ports for the brokers tests start: below the kernel's ephemeral range, never handed out
+/// twice.
+pub use sluice_bench_harness::ports;
+
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -110,10 +114,7 @@ impl Broker {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let port = {
-                let probe = TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
-                probe.local_addr().unwrap().port()
-            };
+            let port = ports::free_port();
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
             // The log goes to a file (a pipe nobody reads could fill and block the broker); a
             // restart appends to the same file.

@@ -5,7 +5,7 @@
 //! they survive a restart; without an authorizer the ACL APIs answer SECURITY_DISABLED.
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 
 use bytes::Bytes;
@@ -15,14 +15,8 @@ use kafka_protocol::messages::{
     SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::StrBytes;
+use sluice_tests::ports::free_address;
 use sluice_tests::{python, sluice_binary, wire, Broker};
-
-fn free_address() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 /// Runs `sluice <args>` against the broker's PLAINTEXT listener: (success, stdout + stderr).
 fn sluice(broker: &Broker, args: &[&str]) -> (bool, String) {

@@ -4,20 +4,14 @@
 //! `sluice audit verify` passes, the chain continues across a restart, and an edited line is
 //! named. A trail directory that cannot be opened stops the broker at start-up, naming the field.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use sluice_tests::ports::free_address;
 use sluice_tests::{python, sluice_binary, Broker};
-
-fn free_address() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 /// A broker with SCRAM users on `sasl`, ACLs (the PLAINTEXT listener's anonymous operator is
 /// the super user) and the audit trail on.

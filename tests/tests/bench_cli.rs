@@ -256,11 +256,7 @@ fn compare_interleaves_targets_and_prints_medians_and_ratios() {
 
 /// redis-server from the system (CI installs it), on a free port, append-only with fsync always.
 fn start_redis(dir: &Path) -> (Child, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = sluice_tests::ports::free_port();
     let mut child = Command::new("redis-server")
         .args([
             "--port",

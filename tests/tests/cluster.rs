@@ -19,7 +19,7 @@ use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sluice_storage::{Log, LogConfig};
-use sluice_tests::cluster::{metadata, partition_dir, Cluster};
+use sluice_tests::cluster::{free_ports, metadata, partition_dir, Cluster};
 
 const TOPIC: &str = "orders";
 
@@ -491,26 +491,6 @@ fn committed_offsets_survive_the_coordinators_death() {
         }
     }
     assert_ne!(coordinator_of(&cluster, group), coordinator);
-}
-
-/// A base port with `count` consecutive free ports above it.
-fn free_ports(count: u16) -> u16 {
-    for _ in 0..100 {
-        let base = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if base > u16::MAX - count {
-            continue;
-        }
-        let all_free = (base..base + count)
-            .all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
-        if all_free {
-            return base;
-        }
-    }
-    panic!("no {count} consecutive free ports");
 }
 
 #[test]

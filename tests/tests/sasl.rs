@@ -6,7 +6,7 @@
 //! answers one; a session that is not renewed ends.
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -18,14 +18,8 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use sluice_tests::pki::Pki;
+use sluice_tests::ports::free_address;
 use sluice_tests::{kcat, python, sluice_binary, wait_for_log, wire, Broker};
-
-fn free_address() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()

@@ -9,12 +9,13 @@
 //! Certificates are generated here (rcgen).
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use sluice_tests::pki::Pki;
+use sluice_tests::ports::free_port;
 use sluice_tests::{kcat, python, wait_for_log, Broker};
 
 /// A broker with its PLAINTEXT listener and an SSL one at `ssl_address`, serving `pki`'s server
@@ -31,14 +32,6 @@ fn ssl_broker(pki: &Pki, ssl_address: SocketAddr, extra: &[&str]) -> Broker {
     ];
     args.extend(extra);
     Broker::start(&args)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn ok(out: &Output) -> String {
