@@ -100,6 +100,12 @@ enum ClusterCommand {
     /// Removes a stopped node's registration (one that joined through the seeds, with no
     /// replica left): Kafka's UnregisterBroker.
     Unregister(cli::UnregisterArgs),
+    /// Makes a registered node a controller voter (it catches up first): KIP-853's
+    /// AddRaftVoter, so the seeds can be replaced while the cluster runs.
+    AddVoter(cli::VoterArgs),
+    /// Makes a controller voter a learner (an observer while it runs): KIP-853's
+    /// RemoveRaftVoter.
+    RemoveVoter(cli::VoterArgs),
     /// Evens out the partition replicas over the nodes (after a node joined) and waits until
     /// the moves are done.
     Rebalance(cli::RebalanceArgs),
@@ -135,6 +141,12 @@ fn main() -> ExitCode {
         }
         Command::Cluster(ClusterCommand::Decommission(args)) => {
             tool("cluster decommission", cli::decommission(args))
+        }
+        Command::Cluster(ClusterCommand::AddVoter(args)) => {
+            tool("cluster add-voter", cli::add_voter(args))
+        }
+        Command::Cluster(ClusterCommand::RemoveVoter(args)) => {
+            tool("cluster remove-voter", cli::remove_voter(args))
         }
         Command::Cluster(ClusterCommand::Unregister(args)) => {
             tool("cluster unregister", cli::unregister(args))

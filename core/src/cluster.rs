@@ -135,7 +135,13 @@ impl ClusterSettings {
             port: first.map_or(0, |e| e.port),
             rack: self.rack.clone(),
             endpoints: self.endpoints.clone(),
-            rpc: (!self.is_seed()).then_some(self.rpc_listen),
+            rpc: Some(
+                self.seeds
+                    .get(&self.node_id)
+                    .copied()
+                    .unwrap_or(self.rpc_listen),
+            ),
+            seed: self.is_seed(),
         }
     }
 }
@@ -224,6 +230,9 @@ pub struct VoterView {
     pub last_fetch_ms: i64,
     /// Unix ms it last held the leader's whole log (-1: not since the leader was elected).
     pub last_caught_up_ms: i64,
+    /// It does not vote (KRaft's observer): a node that joined through the seeds, or a voter
+    /// removed from the voters.
+    pub learner: bool,
 }
 
 /// What every shard of a node learns from the others' loops: partition leaders and the
@@ -910,11 +919,16 @@ fn stopped() -> ReplicationError {
     ReplicationError::NotLeader { leader: 0 }
 }
 
-/// On the controller leader: adds one registered node that is not a seed (it has an RPC
-/// address) and not yet in the controller group as a learner, so it receives the metadata
-/// log (or, behind the log's cut, a snapshot of the image) like KRaft's brokers; or removes a
-/// learner whose node was unregistered. One change at a time.
-fn follow_controller_learners(
+/// On the controller leader: moves the controller group's configuration one change at a time
+/// toward what the image asks (KRaft's voters and observers):
+/// - a registered node not in the group joins as a learner, so it receives the metadata log
+///   (or, behind the log's cut, a snapshot of the image);
+/// - a learner that is to vote (`SetControllerVoters`) is promoted once it holds the leader's
+///   commit point;
+/// - a voter that is not to vote any more is demoted to learner (it keeps the metadata while it
+///   runs); when that voter is this leader, it first hands the leadership to a voter that stays;
+/// - a learner whose node was unregistered leaves the group.
+fn follow_controller_membership(
     node: &mut ReplicationNode,
     image: &ClusterImage,
     seeds: &BTreeMap<i32, SocketAddr>,
@@ -927,36 +941,79 @@ fn follow_controller_learners(
         return;
     }
     let conf = replica.conf_state();
+    let wanted: Vec<u64> = match &image.controller_voters {
+        Some(voters) => voters.iter().map(|n| raft_id(*n)).collect(),
+        None => seeds.keys().map(|n| raft_id(*n)).collect(),
+    };
     let member = |id: u64| {
         conf.voters.contains(&id) || conf.learners.contains(&id) || conf.learners_next.contains(&id)
     };
+    let commit = replica.commit_index();
+    let holds_commit = |id: u64| {
+        replica
+            .matched()
+            .iter()
+            .any(|(peer, matched, _)| *peer == id && *matched >= commit)
+    };
+    let me = replica.id();
     let joining = image
         .brokers
-        .values()
-        .filter(|b| b.rpc.is_some())
-        .map(|b| raft_id(b.node_id))
+        .keys()
+        .map(|n| raft_id(*n))
         .find(|id| !member(*id));
+    let promoted = conf
+        .learners
+        .iter()
+        .copied()
+        .find(|id| wanted.contains(id) && holds_commit(*id));
+    let demoted = conf.voters.iter().copied().find(|id| !wanted.contains(id));
     let leaving = conf.learners.iter().copied().find(|id| {
         let node = node_of(*id);
-        !seeds.contains_key(&node) && !image.brokers.contains_key(&node)
+        !wanted.contains(id) && !image.brokers.contains_key(&node)
     });
-    let (change, what, who) = match (joining, leaving) {
-        (Some(id), _) => (
+    if demoted == Some(me) {
+        // A leader does not demote itself: the next leader will.
+        if let Some(next) = conf
+            .voters
+            .iter()
+            .copied()
+            .find(|id| *id != me && wanted.contains(id) && holds_commit(*id))
+        {
+            info!(
+                to = node_of(next),
+                "handing the controller's leadership over: this node is no longer to vote"
+            );
+            group.transfer_leader(next);
+        }
+        return;
+    }
+    let (change, what, who) = match (promoted, demoted, joining, leaving) {
+        (Some(id), ..) => (
+            reassignment::promote_learner(id),
+            "promoting a learner of the controller group to voter",
+            id,
+        ),
+        (None, Some(id), ..) => (
+            reassignment::add_learners(&[id]),
+            "demoting a voter of the controller group to learner",
+            id,
+        ),
+        (None, None, Some(id), _) => (
             reassignment::add_learners(&[id]),
             "adding a node to the controller group as a learner",
             id,
         ),
-        (None, Some(id)) => (
+        (None, None, None, Some(id)) => (
             reassignment::remove_nodes(&[id]),
             "removing an unregistered node from the controller group",
             id,
         ),
-        (None, None) => return,
+        (None, None, None, None) => return,
     };
     match group.propose_conf_change(change) {
         Ok(()) => info!(node = node_of(who), "{what}"),
         Err(e) => {
-            warn!(node = node_of(who), error = %e, "cannot change the controller group's learners")
+            warn!(node = node_of(who), error = %e, "cannot change the controller group's members")
         }
     }
 }
@@ -1413,6 +1470,7 @@ impl Driver {
                 Ok(joining)
                     if raft_id(joining.node_id) == from
                         && joining.rpc.is_some()
+                        && !joining.seed
                         && !self.settings.seeds.contains_key(&joining.node_id) =>
                 {
                     let known = image.brokers.get(&joining.node_id) == Some(&joining);
@@ -1444,7 +1502,7 @@ impl Driver {
             .group(&GroupKey::CONTROLLER)
             .is_some_and(|g| g.replica().role() == Role::Leader);
         if leads {
-            follow_controller_learners(&mut self.node, image, &self.settings.seeds);
+            follow_controller_membership(&mut self.node, image, &self.settings.seeds);
         }
         let every_seed_registered = self
             .settings
@@ -1688,6 +1746,7 @@ impl Driver {
                 unix_now - i64::try_from(now.duration_since(at).as_millis()).unwrap_or(0)
             })
         };
+        let conf = replica.conf_state();
         let mut voters: Vec<VoterView> = replica
             .matched()
             .into_iter()
@@ -1698,6 +1757,7 @@ impl Driver {
                     log_end_offset: group.end_offset_of(held).map_or(-1, |o| o.0),
                     last_fetch_ms: unix(heard),
                     last_caught_up_ms: unix(caught_up),
+                    learner: !conf.voters.contains(&id) && !conf.voters_outgoing.contains(&id),
                 }
             })
             .collect();
@@ -1823,6 +1883,7 @@ impl Driver {
                         log_end_offset: v.log_end_offset,
                         last_fetch_ms: v.last_fetch_ms,
                         last_caught_up_ms: v.last_caught_up_ms,
+                        learner: v.learner,
                     })
                     .collect(),
             });
@@ -1852,6 +1913,7 @@ impl Driver {
                             log_end_offset: v.log_end_offset,
                             last_fetch_ms: v.last_fetch_ms,
                             last_caught_up_ms: v.last_caught_up_ms,
+                            learner: v.learner,
                         })
                         .collect(),
                 });

@@ -41,13 +41,22 @@ pub struct BrokerRegistration {
     /// `host`/`port` then serve every listener).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<Endpoint>,
-    /// A node that is not a seed: where its shard 0 takes RPC frames (shard `s`: port + `s`).
-    /// Seeds leave it out: every node knows theirs from the seed list.
+    /// Where its shard 0 takes RPC frames (shard `s`: port + `s`): a seed's address in the seed
+    /// list, so every node can reach every other whatever seed list it was started with.
+    /// Registrations written before seeds carried theirs leave it out (then a seed's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rpc: Option<std::net::SocketAddr>,
+    /// One of the seeds: a voter of the controller group when the cluster formed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub seed: bool,
 }
 
 impl BrokerRegistration {
+    /// A seed's registration (older seeds' carry no RPC address instead of the flag).
+    pub fn is_seed(&self) -> bool {
+        self.seed || self.rpc.is_none()
+    }
+
     /// Where a client that came in on `listener` reaches this broker; `None` when the broker
     /// has no such listener (Kafka then leaves the broker out of that client's Metadata).
     pub fn endpoint(&self, listener: &str) -> Option<(&str, u16)> {
@@ -122,6 +131,14 @@ pub enum MetadataCommand {
     /// refused for a seed (a controller voter) and while any partition lists the node.
     UnregisterBroker {
         node_id: i32,
+    },
+    /// The controller group's voters become `voters` (KIP-853's AddRaftVoter and
+    /// RemoveRaftVoter): the controller leader then changes the group's configuration one
+    /// node at a time. Refused unless the voters are `from` by then (None: the seeds, as the
+    /// cluster formed), and unless every new voter is registered.
+    SetControllerVoters {
+        voters: Vec<i32>,
+        from: Option<Vec<i32>>,
     },
     CreateTopic {
         topic: Topic,
@@ -204,6 +221,7 @@ impl MetadataCommand {
         match self {
             MetadataCommand::RegisterBroker(_) => "register_broker",
             MetadataCommand::UnregisterBroker { .. } => "unregister_broker",
+            MetadataCommand::SetControllerVoters { .. } => "set_controller_voters",
             MetadataCommand::CreateTopic { .. } => "create_topic",
             MetadataCommand::DeleteTopic { .. } => "delete_topic",
             MetadataCommand::SetTopicConfigs { .. } => "set_topic_configs",
@@ -241,6 +259,10 @@ pub enum Refused {
     UnregisteredBroker(i32),
     #[error("broker {0} cannot be unregistered: {1}")]
     BrokerInUse(i32, String),
+    #[error("the controller's voters changed meanwhile (now {0})")]
+    StaleVoters(String),
+    #[error("the controller group needs at least one voter")]
+    NoVoters,
     #[error("SCRAM credentials: {0}")]
     BadScramChange(String),
     #[error("ACL: {0}")]
@@ -270,9 +292,22 @@ pub struct ClusterImage {
     pub scram_users: crate::scram::ScramUsers,
     pub acls: Vec<crate::acls::AclBinding>,
     pub client_quotas: Vec<crate::quotas::ClientQuota>,
+    /// The controller group's voters as last set (SetControllerVoters); `None`: the seeds the
+    /// cluster formed with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller_voters: Option<Vec<i32>>,
 }
 
 impl ClusterImage {
+    /// Whether `node_id` votes in the controller group (or is to, once the leader has changed
+    /// its configuration): one of the voters last set, or, before any was, a seed.
+    pub fn is_controller_voter(&self, node_id: i32) -> bool {
+        match &self.controller_voters {
+            Some(voters) => voters.contains(&node_id),
+            None => self.brokers.get(&node_id).is_some_and(|b| b.is_seed()),
+        }
+    }
+
     pub fn topic_by_id(&self, id: Uuid) -> Option<&TopicAssignment> {
         self.topics.values().find(|t| t.topic.id == id)
     }
@@ -292,10 +327,12 @@ impl ClusterImage {
                 let Some(broker) = self.brokers.get(node_id) else {
                     return Err(Refused::UnregisteredBroker(*node_id));
                 };
-                if broker.rpc.is_none() {
+                if self.is_controller_voter(broker.node_id) {
                     return Err(Refused::BrokerInUse(
                         *node_id,
-                        "it is a seed (a controller voter)".into(),
+                        "it is a controller voter (remove it from the voters first: sluice \
+                         cluster remove-voter)"
+                            .into(),
                     ));
                 }
                 let listed = self.topics.values().find(|t| {
@@ -312,6 +349,25 @@ impl ClusterImage {
                     ));
                 }
                 self.brokers.remove(node_id);
+            }
+            MetadataCommand::SetControllerVoters { voters, from } => {
+                if *from != self.controller_voters {
+                    let now = self
+                        .controller_voters
+                        .as_ref()
+                        .map_or("the seeds".to_string(), |v| format!("{v:?}"));
+                    return Err(Refused::StaleVoters(now));
+                }
+                if voters.is_empty() {
+                    return Err(Refused::NoVoters);
+                }
+                if let Some(unknown) = voters.iter().find(|n| !self.brokers.contains_key(n)) {
+                    return Err(Refused::UnregisteredBroker(*unknown));
+                }
+                let mut voters = voters.clone();
+                voters.sort_unstable();
+                voters.dedup();
+                self.controller_voters = Some(voters);
             }
             MetadataCommand::CreateTopic { topic, replicas } => {
                 if self.topics.contains_key(&topic.name) {
@@ -619,6 +675,7 @@ mod tests {
             rack: None,
             endpoints: Vec::new(),
             rpc: None,
+            seed: false,
         })
     }
 
@@ -644,6 +701,7 @@ mod tests {
             rack: None,
             endpoints: Vec::new(),
             rpc: Some("127.0.0.1:33175".parse().unwrap()),
+            seed: false,
         };
         image
             .apply(3, &MetadataCommand::RegisterBroker(joined))
@@ -662,7 +720,7 @@ mod tests {
         let unregister = |node_id| MetadataCommand::UnregisterBroker { node_id };
         assert!(matches!(
             image.apply(5, &unregister(0)),
-            Err(Refused::BrokerInUse(0, why)) if why.contains("seed")
+            Err(Refused::BrokerInUse(0, why)) if why.contains("controller voter")
         ));
         assert!(matches!(
             image.apply(6, &unregister(3)),
@@ -677,6 +735,61 @@ mod tests {
             .unwrap();
         image.apply(9, &unregister(3)).unwrap();
         assert_eq!(image.brokers.keys().copied().collect::<Vec<_>>(), [0, 1, 2]);
+    }
+
+    #[test]
+    fn controller_voters_change_from_what_they_were_and_a_removed_seed_can_leave() {
+        let mut image = ClusterImage::default();
+        for id in 0..4 {
+            let mut registration = match broker(id) {
+                MetadataCommand::RegisterBroker(r) => r,
+                _ => unreachable!(),
+            };
+            registration.rpc = Some(format!("127.0.0.1:{}", 4000 + id).parse().unwrap());
+            registration.seed = id < 3;
+            image
+                .apply(id as u64, &MetadataCommand::RegisterBroker(registration))
+                .unwrap();
+        }
+        assert!((0..3).all(|n| image.is_controller_voter(n)));
+        assert!(!image.is_controller_voter(3));
+        let set = |voters: Vec<i32>, from: Option<Vec<i32>>| MetadataCommand::SetControllerVoters {
+            voters,
+            from,
+        };
+        // Not what they are now: refused, nothing changes.
+        assert!(matches!(
+            image.apply(10, &set(vec![1, 2, 3], Some(vec![0, 1, 2]))),
+            Err(Refused::StaleVoters(_))
+        ));
+        assert_eq!(
+            image.apply(11, &set(vec![0, 1, 2, 9], None)),
+            Err(Refused::UnregisteredBroker(9))
+        );
+        assert_eq!(
+            image.apply(12, &set(Vec::new(), None)),
+            Err(Refused::NoVoters)
+        );
+        assert_eq!(image.controller_voters, None);
+        image.apply(13, &set(vec![3, 0, 1, 2], None)).unwrap();
+        assert_eq!(image.controller_voters, Some(vec![0, 1, 2, 3]));
+        image
+            .apply(14, &set(vec![1, 2, 3], Some(vec![0, 1, 2, 3])))
+            .unwrap();
+        assert!(!image.is_controller_voter(0));
+        assert!(image.is_controller_voter(3));
+        // A voter cannot be unregistered; the seed that no longer votes can.
+        let unregister = |node_id| MetadataCommand::UnregisterBroker { node_id };
+        assert!(matches!(
+            image.apply(15, &unregister(3)),
+            Err(Refused::BrokerInUse(3, _))
+        ));
+        image.apply(16, &unregister(0)).unwrap();
+        assert!(!image.brokers.contains_key(&0));
+        // The image (the controller's snapshot) keeps the voters.
+        let json = serde_json::to_vec(&image).unwrap();
+        let back: ClusterImage = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back.controller_voters, Some(vec![1, 2, 3]));
     }
 
     #[test]
@@ -829,6 +942,7 @@ mod tests {
             rack: None,
             endpoints: Vec::new(),
             rpc: None,
+            seed: false,
         });
         assert_eq!(image.apply(7, &nobody), Err(Refused::BadBrokerId(-1)));
         assert_eq!(image.version, 7);

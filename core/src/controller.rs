@@ -354,7 +354,9 @@ fn control_error(e: ControlError) -> ApiError {
         ControlError::Refused(Refused::UnregisteredBroker(_)) => {
             ResponseError::BrokerIdNotRegistered
         }
-        ControlError::Refused(Refused::BrokerInUse(..)) => ResponseError::InvalidRequest,
+        ControlError::Refused(
+            Refused::BrokerInUse(..) | Refused::StaleVoters(_) | Refused::NoVoters,
+        ) => ResponseError::InvalidRequest,
         ControlError::TimedOut(_) => ResponseError::RequestTimedOut,
         ControlError::Refused(_) | ControlError::Failed(_) => ResponseError::UnknownServerError,
     };
@@ -1323,6 +1325,86 @@ pub async fn unregister_broker(shard: &Rc<Shard>, node_id: i32) -> Result<(), Ap
         };
         vec![replication
             .control(MetadataCommand::UnregisterBroker { node_id })
+            .await
+            .map_err(control_error)]
+    })
+    .await;
+    results.into_iter().next().unwrap_or(Ok(()))
+}
+
+/// A change to the controller group's voters (KIP-853).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VoterChange {
+    /// AddRaftVoter: a registered node becomes a voter (it first catches up as a learner).
+    Add(i32),
+    /// RemoveRaftVoter: a voter becomes a learner (an observer while it runs).
+    Remove(i32),
+}
+
+/// Changes the controller group's voters (AddRaftVoter, RemoveRaftVoter): commits the new
+/// voter set to the metadata log; the controller leader then changes the group's configuration
+/// toward it, one node at a time (`cluster::follow_controller_membership`). Answers once the
+/// set is committed; DescribeQuorum shows when the configuration follows. Refused: a node
+/// already a voter (DUPLICATE_VOTER), one that is not (VOTER_NOT_FOUND), the last voter, an
+/// unregistered node (BROKER_ID_NOT_REGISTERED), a single node (INVALID_REQUEST).
+pub async fn change_controller_voters(
+    shard: &Rc<Shard>,
+    change: VoterChange,
+) -> Result<(), ApiError> {
+    let results = access_change(shard, 1, move |controller| async move {
+        let Some(replication) = controller.replication.as_ref() else {
+            return vec![Err(error(
+                ResponseError::InvalidRequest,
+                "a single node has no controller quorum (a cluster is started with --seeds)"
+                    .to_string(),
+            ))];
+        };
+        let image = controller.image();
+        let Some(cluster) = image.cluster.as_ref() else {
+            return vec![Err(error(
+                ResponseError::NotController,
+                "this node has no cluster metadata yet".to_string(),
+            ))];
+        };
+        let from = cluster.controller_voters.clone();
+        let mut voters: Vec<i32> = from
+            .clone()
+            .unwrap_or_else(|| replication.settings.seeds.keys().copied().collect());
+        match change {
+            VoterChange::Add(node) => {
+                if voters.contains(&node) {
+                    return vec![Err(error(
+                        ResponseError::DuplicateVoter,
+                        format!("node {node} is already a controller voter"),
+                    ))];
+                }
+                if !cluster.brokers.contains_key(&node) {
+                    return vec![Err(error(
+                        ResponseError::BrokerIdNotRegistered,
+                        format!("no broker {node} is registered"),
+                    ))];
+                }
+                voters.push(node);
+            }
+            VoterChange::Remove(node) => {
+                if !voters.contains(&node) {
+                    return vec![Err(error(
+                        ResponseError::VoterNotFound,
+                        format!("node {node} is not a controller voter (voters: {voters:?})"),
+                    ))];
+                }
+                if voters.len() == 1 {
+                    return vec![Err(error(
+                        ResponseError::InvalidRequest,
+                        format!("node {node} is the controller group's last voter"),
+                    ))];
+                }
+                voters.retain(|n| *n != node);
+            }
+        }
+        voters.sort_unstable();
+        vec![replication
+            .control(MetadataCommand::SetControllerVoters { voters, from })
             .await
             .map_err(control_error)]
     })

@@ -95,6 +95,11 @@ pub fn add_learners(nodes: &[u64]) -> ConfChangeV2 {
     )
 }
 
+/// The change making learner `node` (a Raft id) a voter.
+pub fn promote_learner(node: u64) -> ConfChangeV2 {
+    simple(vec![change(ConfChangeType::AddNode, node)])
+}
+
 /// The change removing `nodes` (Raft ids) from the group.
 pub fn remove_nodes(nodes: &[u64]) -> ConfChangeV2 {
     simple(

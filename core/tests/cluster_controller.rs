@@ -121,6 +121,7 @@ impl Controllers {
                 rack: None,
                 endpoints: Vec::new(),
                 rpc: None,
+                seed: false,
             }))
             .await
             .unwrap();

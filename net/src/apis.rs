@@ -62,6 +62,8 @@ pub const IMPLEMENTED: &[ApiRange] = &[
     handlers::push_telemetry::RANGE,
     handlers::list_config_resources::RANGE,
     handlers::describe_topic_partitions::RANGE,
+    handlers::raft_voters::ADD_RANGE,
+    handlers::raft_voters::REMOVE_RANGE,
 ];
 
 /// The range implemented for `key`, if any.

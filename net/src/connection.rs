@@ -37,22 +37,23 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures::channel::oneshot;
 use futures::future::Either;
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use kafka_protocol::messages::{AlterClientQuotasRequest, DescribeClientQuotasRequest};
 use kafka_protocol::messages::{
-    AlterConfigsRequest, AlterPartitionReassignmentsRequest, AlterUserScramCredentialsRequest,
-    ApiKey, ApiVersionsRequest, CreateAclsRequest, CreatePartitionsRequest, CreateTopicsRequest,
-    DeleteAclsRequest, DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest,
-    DescribeAclsRequest, DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest,
-    DescribeLogDirsRequest, DescribeProducersRequest, DescribeQuorumRequest,
-    DescribeTopicPartitionsRequest, DescribeUserScramCredentialsRequest, ElectLeadersRequest,
-    FetchRequest, FindCoordinatorRequest, GetTelemetrySubscriptionsRequest, HeartbeatRequest,
-    IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
-    ListConfigResourcesRequest, ListGroupsRequest, ListOffsetsRequest,
-    ListPartitionReassignmentsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest,
-    OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest, PushTelemetryRequest,
-    RequestHeader, ResponseHeader, SaslAuthenticateRequest, SaslAuthenticateResponse,
-    SaslHandshakeRequest, SaslHandshakeResponse, SyncGroupRequest, UnregisterBrokerRequest,
+    AddRaftVoterRequest, AlterConfigsRequest, AlterPartitionReassignmentsRequest,
+    AlterUserScramCredentialsRequest, ApiKey, ApiVersionsRequest, CreateAclsRequest,
+    CreatePartitionsRequest, CreateTopicsRequest, DeleteAclsRequest, DeleteGroupsRequest,
+    DeleteRecordsRequest, DeleteTopicsRequest, DescribeAclsRequest, DescribeClusterRequest,
+    DescribeConfigsRequest, DescribeGroupsRequest, DescribeLogDirsRequest,
+    DescribeProducersRequest, DescribeQuorumRequest, DescribeTopicPartitionsRequest,
+    DescribeUserScramCredentialsRequest, ElectLeadersRequest, FetchRequest, FindCoordinatorRequest,
+    GetTelemetrySubscriptionsRequest, HeartbeatRequest, IncrementalAlterConfigsRequest,
+    InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListConfigResourcesRequest,
+    ListGroupsRequest, ListOffsetsRequest, ListPartitionReassignmentsRequest, MetadataRequest,
+    OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest,
+    ProduceRequest, PushTelemetryRequest, RemoveRaftVoterRequest, RequestHeader, ResponseHeader,
+    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
+    SyncGroupRequest, UnregisterBrokerRequest,
 };
+use kafka_protocol::messages::{AlterClientQuotasRequest, DescribeClientQuotasRequest};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::protocol::{Decodable, Encodable};
 use kafka_protocol::ResponseError;
@@ -69,8 +70,8 @@ use crate::handlers::{
     describe_topic_partitions, elect_leaders, fetch, find_coordinator, get_telemetry_subscriptions,
     heartbeat, init_producer_id, join_group, leave_group, list_config_resources, list_groups,
     list_offsets, metadata, offset_commit, offset_delete, offset_fetch, offset_for_leader_epoch,
-    partition_reassignments, produce, push_telemetry, sasl, scram_credentials, sync_group,
-    unregister_broker, Context,
+    partition_reassignments, produce, push_telemetry, raft_voters, sasl, scram_credentials,
+    sync_group, unregister_broker, Context,
 };
 use crate::quota_meter::{self, Kind};
 use crate::request_trace;
@@ -611,6 +612,16 @@ async fn dispatch(
             let response = elect_leaders::handle(request, version, ctx).await;
             reply(throttle, api, version, correlation_id, &response).map(Some)
         }
+        ApiKey::AddRaftVoter => {
+            let request = decode::<AddRaftVoterRequest>(&mut frame, api, version)?;
+            let response = raft_voters::handle_add(request, ctx).await;
+            reply(throttle, api, version, correlation_id, &response).map(Some)
+        }
+        ApiKey::RemoveRaftVoter => {
+            let request = decode::<RemoveRaftVoterRequest>(&mut frame, api, version)?;
+            let response = raft_voters::handle_remove(request, ctx).await;
+            reply(throttle, api, version, correlation_id, &response).map(Some)
+        }
         ApiKey::UnregisterBroker => {
             let request = decode::<UnregisterBrokerRequest>(&mut frame, api, version)?;
             let response = unregister_broker::handle(request, ctx).await;
@@ -1144,6 +1155,8 @@ throttle_time!(
     kafka_protocol::messages::PushTelemetryResponse,
     kafka_protocol::messages::ListConfigResourcesResponse,
     kafka_protocol::messages::UnregisterBrokerResponse,
+    kafka_protocol::messages::AddRaftVoterResponse,
+    kafka_protocol::messages::RemoveRaftVoterResponse,
 );
 
 /// The SASL and DescribeQuorum responses have no `throttle_time_ms`.

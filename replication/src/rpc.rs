@@ -60,13 +60,15 @@ pub struct LeadNote {
     pub voters: Vec<VoterProgress>,
 }
 
-/// A voter of a group as its leader tracks it (see `rpc.fbs`).
+/// A replica of a group as its leader tracks it (see `rpc.fbs`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct VoterProgress {
     pub id: u64,
     pub log_end_offset: i64,
     pub last_fetch_ms: i64,
     pub last_caught_up_ms: i64,
+    /// A replica that does not vote (KRaft's observer).
+    pub learner: bool,
 }
 
 /// A decoded frame.
@@ -151,6 +153,7 @@ pub fn decode_payload(header: FrameHeader, payload: Bytes) -> Result<Frame, Fram
                                 log_end_offset: v.log_end_offset(),
                                 last_fetch_ms: v.last_fetch_ms(),
                                 last_caught_up_ms: v.last_caught_up_ms(),
+                                learner: v.learner(),
                             })
                             .collect()
                     })
@@ -249,6 +252,7 @@ pub fn encode_frame(
                                     log_end_offset: v.log_end_offset,
                                     last_fetch_ms: v.last_fetch_ms,
                                     last_caught_up_ms: v.last_caught_up_ms,
+                                    learner: v.learner,
                                 },
                             )
                         })
@@ -599,6 +603,7 @@ mod tests {
                                 log_end_offset: v[1],
                                 last_fetch_ms: v[2],
                                 last_caught_up_ms: v[3],
+                                learner: v[0] % 2 == 0,
                             })
                             .collect(),
                     })

@@ -1015,6 +1015,7 @@ impl<'a> VoterProgress<'a> {
   pub const VT_LOG_END_OFFSET: ::flatbuffers::VOffsetT = 6;
   pub const VT_LAST_FETCH_MS: ::flatbuffers::VOffsetT = 8;
   pub const VT_LAST_CAUGHT_UP_MS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_LEARNER: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1030,6 +1031,7 @@ impl<'a> VoterProgress<'a> {
     builder.add_last_fetch_ms(args.last_fetch_ms);
     builder.add_log_end_offset(args.log_end_offset);
     builder.add_id(args.id);
+    builder.add_learner(args.learner);
     builder.finish()
   }
 
@@ -1062,6 +1064,13 @@ impl<'a> VoterProgress<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<i64>(VoterProgress::VT_LAST_CAUGHT_UP_MS, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn learner(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(VoterProgress::VT_LEARNER, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for VoterProgress<'_> {
@@ -1074,6 +1083,7 @@ impl ::flatbuffers::Verifiable for VoterProgress<'_> {
      .visit_field::<i64>("log_end_offset", Self::VT_LOG_END_OFFSET, false)?
      .visit_field::<i64>("last_fetch_ms", Self::VT_LAST_FETCH_MS, false)?
      .visit_field::<i64>("last_caught_up_ms", Self::VT_LAST_CAUGHT_UP_MS, false)?
+     .visit_field::<bool>("learner", Self::VT_LEARNER, false)?
      .finish();
     Ok(())
   }
@@ -1083,6 +1093,7 @@ pub struct VoterProgressArgs {
     pub log_end_offset: i64,
     pub last_fetch_ms: i64,
     pub last_caught_up_ms: i64,
+    pub learner: bool,
 }
 impl<'a> Default for VoterProgressArgs {
   #[inline]
@@ -1092,6 +1103,7 @@ impl<'a> Default for VoterProgressArgs {
       log_end_offset: 0,
       last_fetch_ms: 0,
       last_caught_up_ms: 0,
+      learner: false,
     }
   }
 }
@@ -1118,6 +1130,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> VoterProgressBuilder<'a, 'b, 
     self.fbb_.push_slot::<i64>(VoterProgress::VT_LAST_CAUGHT_UP_MS, last_caught_up_ms, 0);
   }
   #[inline]
+  pub fn add_learner(&mut self, learner: bool) {
+    self.fbb_.push_slot::<bool>(VoterProgress::VT_LEARNER, learner, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> VoterProgressBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     VoterProgressBuilder {
@@ -1139,6 +1155,7 @@ impl ::core::fmt::Debug for VoterProgress<'_> {
       ds.field("log_end_offset", &self.log_end_offset());
       ds.field("last_fetch_ms", &self.last_fetch_ms());
       ds.field("last_caught_up_ms", &self.last_caught_up_ms());
+      ds.field("learner", &self.learner());
       ds.finish()
   }
 }

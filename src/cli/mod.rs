@@ -5,6 +5,8 @@
 //! - `client` — the blocking Kafka client underneath.
 //! - `users` — `sluice user`: SCRAM users (KIP-554).
 //! - `acls` — `sluice acl`: ACLs.
+//! - `decommission` — `sluice cluster decommission|rebalance|unregister`: moving replicas.
+//! - `voters` — `sluice cluster add-voter|remove-voter`: the controller's voters (KIP-853).
 //! - this module — the commands and their arguments (clap derive; `src/main.rs` nests them).
 
 use std::collections::HashMap;
@@ -39,12 +41,14 @@ mod acls;
 mod client;
 mod decommission;
 mod users;
+mod voters;
 
 pub use acls::{acl, AclCommand};
 pub use decommission::{
     decommission, rebalance, unregister, DecommissionArgs, RebalanceArgs, UnregisterArgs,
 };
 pub use users::{user, UserCommand};
+pub use voters::{add_voter, remove_voter, VoterArgs};
 
 use client::{partition_for_key, ApiUse, Client, Result};
 

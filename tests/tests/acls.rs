@@ -376,6 +376,20 @@ fn who_may_change_acls_and_what_a_broker_without_an_authorizer_says() {
         unregister.error_code, 31,
         "CLUSTER_AUTHORIZATION_FAILED: {unregister:?}"
     );
+    let add_voter: kafka_protocol::messages::AddRaftVoterResponse = wire::call(
+        &mut s,
+        ApiKey::AddRaftVoter,
+        0,
+        &kafka_protocol::messages::AddRaftVoterRequest::default().with_voter_id(3),
+    );
+    assert_eq!(add_voter.error_code, 31, "{add_voter:?}");
+    let remove_voter: kafka_protocol::messages::RemoveRaftVoterResponse = wire::call(
+        &mut s,
+        ApiKey::RemoveRaftVoter,
+        0,
+        &kafka_protocol::messages::RemoveRaftVoterRequest::default().with_voter_id(0),
+    );
+    assert_eq!(remove_voter.error_code, 31, "{remove_voter:?}");
     // A bad binding: refused with INVALID_REQUEST, nothing stored.
     let mut admin = wire::connect(broker.addr);
     let bad: CreateAclsResponse =

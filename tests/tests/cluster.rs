@@ -17,6 +17,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sluice_storage::{Log, LogConfig};
 use sluice_tests::cluster::{free_ports, metadata, partition_dir, Cluster};
@@ -3462,7 +3463,7 @@ fn a_node_that_is_not_a_seed_joins_and_serves_replicas() {
         why.contains("INVALID_REQUEST") || why.contains("InvalidRequest"),
         "{why}"
     );
-    assert!(why.contains("seed"), "{why}");
+    assert!(why.contains("controller voter"), "{why}");
     let busy = unregister(joined);
     assert!(!busy.status.success());
     let why = String::from_utf8_lossy(&busy.stderr).into_owned();
@@ -3498,6 +3499,190 @@ fn a_node_that_is_not_a_seed_joins_and_serves_replicas() {
         "{why}"
     );
     assert_eq!(consume_all(&cluster), expected);
+}
+
+/// The controller's voters change while the cluster runs (KIP-853's AddRaftVoter and
+/// RemoveRaftVoter through `sluice cluster add-voter|remove-voter`): a node that joined through
+/// the seeds becomes a voter, the controller's leader (a seed) stops being one (it hands the
+/// leadership over first) and observes; then the metadata quorum is the new set: with the
+/// removed seed and another seed dead, a topic is still created (the seeds alone would have
+/// one of three left). The new voter keeps its vote across a SIGKILL.
+#[test]
+fn the_controller_voters_change_while_the_cluster_runs() {
+    let _one_at_a_time = one_cluster_at_a_time();
+    let mut cluster = Cluster::start(3, &[]);
+    let joined = cluster.join_node();
+    cluster.wait_until_formed(Duration::from_secs(30));
+    let voter_command = |cluster: &Cluster, verb: &str, node: i32| {
+        std::process::Command::new(sluice_tests::sluice_binary())
+            .args(["cluster", verb, "--node", &node.to_string()])
+            .args(["--wait-secs", "60"])
+            .args(["--bootstrap", &cluster.node(1).kafka.to_string()])
+            .output()
+            .expect("run sluice cluster")
+    };
+    let members_become = |cluster: &Cluster, voters: &[i64], observers: &[i64]| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let seen = quorum_members(&cluster.node(joined).kafka.to_string());
+            if seen.0 == voters && seen.1 == observers {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "voters, observers: {seen:?}, not {voters:?}, {observers:?}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    members_become(&cluster, &[0, 1, 2], &[3]);
+
+    let added = voter_command(&cluster, "add-voter", joined);
+    assert!(
+        added.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&added.stdout),
+        String::from_utf8_lossy(&added.stderr)
+    );
+    members_become(&cluster, &[0, 1, 2, 3], &[]);
+    let stderr = |out: std::process::Output| String::from_utf8_lossy(&out.stderr).into_owned();
+    let again = voter_command(&cluster, "add-voter", joined);
+    assert!(!again.status.success());
+    assert!(stderr(again).contains("DuplicateVoter"));
+    let unknown = voter_command(&cluster, "remove-voter", 7);
+    assert!(!unknown.status.success());
+    assert!(stderr(unknown).contains("VoterNotFound"));
+    let unregistered = voter_command(&cluster, "add-voter", 9);
+    assert!(!unregistered.status.success());
+    assert!(stderr(unregistered).contains("BrokerIdNotRegistered"));
+
+    // The controller's leader leaves the voters: it hands the leadership to another voter and
+    // stays a learner (an observer).
+    let leader = metadata(cluster.node(0).kafka).controller_id.0;
+    assert!((0..3).contains(&leader), "controller {leader}");
+    let removed = voter_command(&cluster, "remove-voter", leader);
+    assert!(
+        removed.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&removed.stdout),
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    let remaining: Vec<i64> = (0..4).filter(|n| *n != i64::from(leader)).collect();
+    members_become(&cluster, &remaining, &[i64::from(leader)]);
+    assert!(
+        cluster
+            .node(leader)
+            .log()
+            .contains("handing the controller's leadership over"),
+        "the leader did not hand over"
+    );
+
+    // The removed seed and one more seed die: two of the three voters are left, so metadata
+    // changes still commit.
+    let other_seed = (0..3).find(|n| *n != leader).unwrap();
+    cluster.kill(leader);
+    cluster.kill(other_seed);
+    let survivor = (0..3).find(|n| *n != leader && *n != other_seed).unwrap();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set(
+            "bootstrap.servers",
+            format!(
+                "{},{}",
+                cluster.node(survivor).kafka,
+                cluster.node(joined).kafka
+            ),
+        )
+        .create()
+        .expect("admin client");
+    let topic = NewTopic::new("after-the-change", 1, TopicReplication::Fixed(2));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let created = futures::executor::block_on(admin.create_topics(
+            [&topic],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        ))
+        .expect("CreateTopics");
+        match &created[0] {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => break,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "no topic created by the new voters: {e:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !topic_names(cluster.node(joined).kafka).contains("after-the-change") {
+        assert!(
+            Instant::now() < deadline,
+            "the new voter never listed the topic"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The new voter keeps its vote across a SIGKILL (its configuration is on disk).
+    cluster.restart(other_seed);
+    cluster.kill(joined);
+    cluster.restart(joined);
+    cluster.restart(leader);
+    cluster.wait_until_formed(Duration::from_secs(60));
+    members_become(&cluster, &remaining, &[i64::from(leader)]);
+}
+
+/// Join frames that must not register anything, sent raw to a seed's RPC port: a registration
+/// that is not JSON, one claiming a seed's id, one naming another id than its sender, one
+/// without an RPC address, one calling itself a seed. Each is refused with a log line; the
+/// brokers stay the seeds and the cluster still takes changes.
+#[test]
+fn a_seed_refuses_join_requests_that_do_not_hold_up() {
+    use std::io::Write;
+    let _one_at_a_time = one_cluster_at_a_time();
+    let cluster = Cluster::start(3, &[]);
+    let registration = |node: i32, rpc: Option<&str>, seed: bool| {
+        let mut json = serde_json::json!({
+            "node_id": node, "host": "127.0.0.1", "port": 1, "rack": null,
+        });
+        if let Some(rpc) = rpc {
+            json["rpc"] = rpc.into();
+        }
+        if seed {
+            json["seed"] = true.into();
+        }
+        json.to_string().into_bytes()
+    };
+    let bad: Vec<(u64, Vec<u8>)> = vec![
+        (8, b"{not json".to_vec()),
+        // Raft ids are node ids + 1.
+        (2, registration(1, Some("127.0.0.1:1"), false)),
+        (10, registration(11, Some("127.0.0.1:1"), false)),
+        (11, registration(10, None, false)),
+        (12, registration(11, Some("127.0.0.1:1"), true)),
+    ];
+    let seed = cluster.node(0);
+    for (from, join) in &bad {
+        let mut frame = Vec::new();
+        sluice_replication::rpc::encode_join_frame(*from, join, &mut frame);
+        let mut stream = std::net::TcpStream::connect(seed.rpc).expect("the seed's RPC port");
+        stream.write_all(&frame).expect("send the join frame");
+        stream.flush().unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seed.log().matches("refused a request to join").count() < bad.len() {
+        assert!(
+            Instant::now() < deadline,
+            "refusals logged: {}\n{}",
+            seed.log().matches("refused a request to join").count(),
+            seed.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Nothing was registered: the joins kept coming for seconds would have been proposed by now.
+    std::thread::sleep(Duration::from_secs(2));
+    for node in 0..3 {
+        assert_eq!(listed_brokers(cluster.node(node).kafka), [0, 1, 2]);
+    }
+    assert!(!seed.log().contains("a node asks to join"));
+    create_topic_named(&cluster, "after-bad-joins");
 }
 
 /// A change forwarded to a controller leader that cannot commit it (the leader and the third

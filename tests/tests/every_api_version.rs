@@ -1280,6 +1280,36 @@ fn cluster_cases(m: &mut Matrix) {
             });
         }
     }
+    for v in m.range(ApiKey::AddRaftVoter) {
+        use kafka_protocol::messages::{AddRaftVoterRequest, AddRaftVoterResponse};
+        // A single node has no controller quorum; a foreign cluster id is refused first.
+        for (cluster_id, code) in [(None, 42), (Some("not-this-one"), 104)] {
+            let request = AddRaftVoterRequest::default()
+                .with_cluster_id(cluster_id.map(StrBytes::from_static_str))
+                .with_voter_id(7);
+            if let Some(r) =
+                m.call::<_, AddRaftVoterResponse>(ApiKey::AddRaftVoter, v, "single node", &request)
+            {
+                m.check(r.error_code == code && r.error_message.is_some(), || {
+                    format!("AddRaftVoter v{v}: {r:?}")
+                });
+            }
+        }
+    }
+    for v in m.range(ApiKey::RemoveRaftVoter) {
+        use kafka_protocol::messages::{RemoveRaftVoterRequest, RemoveRaftVoterResponse};
+        let request = RemoveRaftVoterRequest::default().with_voter_id(0);
+        if let Some(r) = m.call::<_, RemoveRaftVoterResponse>(
+            ApiKey::RemoveRaftVoter,
+            v,
+            "single node",
+            &request,
+        ) {
+            m.check(r.error_code == 42 && r.error_message.is_some(), || {
+                format!("RemoveRaftVoter v{v}: {r:?}")
+            });
+        }
+    }
     for v in m.range(ApiKey::DescribeQuorum) {
         use kafka_protocol::messages::describe_quorum_request::{PartitionData, TopicData};
         use kafka_protocol::messages::{DescribeQuorumRequest, DescribeQuorumResponse};

@@ -2,9 +2,10 @@
 //! describe` and the admin clients' `describe_metadata_quorum` ask it, for the topic
 //! `__cluster_metadata` partition 0. Any node answers, from what the controller's leader last
 //! announced (at most a second old): leader, epoch (Raft term), high watermark, and each voter's
-//! log end and when the leader last heard from it and last saw it caught up. The seeds are the
-//! voters; nodes that joined through them are the group's learners, listed as observers; `nodes`
-//! (v2) lists each voter's RPC address as its `CONTROLLER` listener.
+//! log end and when the leader last heard from it and last saw it caught up. The group's voters
+//! (the seeds, until AddRaftVoter / RemoveRaftVoter change them) are listed as voters, its
+//! learners (nodes that joined through the seeds, voters removed) as observers; `nodes` (v2)
+//! lists each voter's RPC address as its `CONTROLLER` listener.
 //!
 //! A single node keeps its metadata in `metadata.json`, not in a replicated log: it answers
 //! UNKNOWN_TOPIC_OR_PARTITION, saying so.
@@ -77,14 +78,8 @@ pub fn handle(request: DescribeQuorumRequest, ctx: &Context) -> DescribeQuorumRe
                             "no controller leader has described the quorum to this node yet".into(),
                         );
                     };
-                    // The leader tracks every replica of the group: the seeds vote, the nodes
-                    // that joined through them are learners (KRaft's observers).
-                    let seed = |node: i32| {
-                        ctx.shard
-                            .replication
-                            .as_ref()
-                            .is_some_and(|r| r.settings.seeds.contains_key(&node))
-                    };
+                    // The leader tracks every replica of the group: voters, and learners
+                    // (KRaft's observers).
                     let (voters, observers): (Vec<_>, Vec<_>) = quorum
                         .voters
                         .iter()
@@ -94,7 +89,7 @@ pub fn handle(request: DescribeQuorumRequest, ctx: &Context) -> DescribeQuorumRe
                                 .with_log_end_offset(v.log_end_offset)
                                 .with_last_fetch_timestamp(v.last_fetch_ms)
                                 .with_last_caught_up_timestamp(v.last_caught_up_ms);
-                            (seed(v.node), state)
+                            (!v.learner, state)
                         })
                         .partition(|(voter, _)| *voter);
                     let states = |replicas: Vec<(bool, ReplicaState)>| -> Vec<ReplicaState> {
@@ -116,26 +111,34 @@ pub fn handle(request: DescribeQuorumRequest, ctx: &Context) -> DescribeQuorumRe
                 .with_partitions(partitions)
         })
         .collect();
-    let nodes = ctx
-        .shard
-        .replication
-        .as_ref()
-        .map(|replication| {
-            replication
-                .settings
-                .seeds
-                .iter()
-                .map(|(id, address)| {
+    // Each voter's RPC address: from its registration, else (a registration from before
+    // seeds carried theirs) from the seed list.
+    let image = ctx.shard.image();
+    let nodes = match (&ctx.shard.replication, &quorum) {
+        (Some(replication), Some(quorum)) => quorum
+            .voters
+            .iter()
+            .filter(|v| !v.learner)
+            .filter_map(|v| {
+                let registered = image
+                    .cluster
+                    .as_ref()
+                    .and_then(|c| c.brokers.get(&v.node))
+                    .and_then(|b| b.rpc);
+                let address =
+                    registered.or_else(|| replication.settings.seeds.get(&v.node).copied())?;
+                Some(
                     Node::default()
-                        .with_node_id(BrokerId(*id))
+                        .with_node_id(BrokerId(v.node))
                         .with_listeners(vec![Listener::default()
                             .with_name(StrBytes::from_static_str("CONTROLLER"))
                             .with_host(StrBytes::from_string(address.ip().to_string()))
-                            .with_port(address.port())])
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+                            .with_port(address.port())]),
+                )
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
     DescribeQuorumResponse::default()
         .with_error_code(0)
         .with_error_message(None)

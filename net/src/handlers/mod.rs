@@ -50,6 +50,7 @@ pub mod offset_for_leader_epoch;
 pub mod partition_reassignments;
 pub mod produce;
 pub mod push_telemetry;
+pub mod raft_voters;
 pub mod sasl;
 pub mod scram_credentials;
 pub mod sync_group;
