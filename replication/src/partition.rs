@@ -519,12 +519,30 @@ impl PartitionStore {
     /// `below.index + 1`), as a replica restarted from them would hold it.
     pub fn from_entries_after(
         voters: &[u64],
+        hard_state: HardState,
+        below: Below,
+        entries: &[Entry],
+        batch_bytes_max: usize,
+    ) -> Result<PartitionStore> {
+        PartitionStore::from_entries_after_as(
+            &Membership::voters(voters),
+            hard_state,
+            below,
+            entries,
+            batch_bytes_max,
+        )
+    }
+
+    /// Like [`from_entries_after`](Self::from_entries_after), with the configuration the
+    /// replica's state file holds (a group whose members changed, or a replica that joined).
+    pub fn from_entries_after_as(
+        membership: &Membership,
         mut hard_state: HardState,
         below: Below,
         entries: &[Entry],
         batch_bytes_max: usize,
     ) -> Result<PartitionStore> {
-        let mut store = PartitionStore::empty(&Membership::voters(voters), below, batch_bytes_max);
+        let mut store = PartitionStore::empty(membership, below, batch_bytes_max);
         hard_state.commit = hard_state.commit.max(below.index);
         store.hard_state = hard_state;
         store.put_entries(entries)?;

@@ -16,6 +16,13 @@
 //! in Sluice), so a replica that falls behind a leader's floor is caught up by a snapshot; a
 //! restored snapshot must name the index and term applied there elsewhere.
 //!
+//! With membership changes on (`groups_keep_every_applied_entry_while_their_members_change`),
+//! the leader also changes the group: spare nodes join as learners (started from the
+//! configuration at the change that added them, as a moved replica starts from its join
+//! point), learners are promoted, voters demoted or swapped for a learner in one joint change,
+//! learners removed for good. Each replica's configuration survives crashes as its state file
+//! does (written when a change applies or a snapshot restores), and a restart opens from it.
+//!
 //! After the faulty phase everything is healed (crashed nodes restart from their durable state,
 //! pauses end, links mend) and the group must elect a leader, commit a fresh proposal and bring
 //! every replica to the same applied log, holding every entry ever applied anywhere: a
@@ -26,11 +33,15 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use bytes::Bytes;
-use raft::eraftpb::ConfState;
+use raft::eraftpb::{
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState,
+};
 use raft::{GetEntriesContext, Storage};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sluice_replication::partition::{snapshot_end_offset, Below, PartitionStore};
+use sluice_replication::partition::{
+    snapshot_conf_index, snapshot_end_offset, Below, Membership, PartitionStore,
+};
 use sluice_replication::{
     discard_logger, Entry, HardState, MemStorage, Message, PersistJob, Progress, Replica,
     ReplicaConfig, ReplicaStorage, Role,
@@ -166,6 +177,10 @@ struct Stats {
     log_fetches: u64,
     compactions: u64,
     snapshots_restored: u64,
+    /// Configuration changes applied somewhere (membership runs only).
+    conf_changes: u64,
+    /// Nodes that joined the group as learners (membership runs only).
+    joins: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -180,6 +195,8 @@ impl std::ops::AddAssign for Stats {
         self.log_fetches += other.log_fetches;
         self.compactions += other.compactions;
         self.snapshots_restored += other.snapshots_restored;
+        self.conf_changes += other.conf_changes;
+        self.joins += other.joins;
     }
 }
 
@@ -190,6 +207,9 @@ struct Durable {
     below: Below,
     /// Entries from `below.index + 1` on.
     entries: Vec<Entry>,
+    /// The configuration in the replica's state file (membership runs; the real replica
+    /// writes it when it applies a change, and when it restores a snapshot).
+    membership: Option<Membership>,
 }
 
 impl Durable {
@@ -215,6 +235,10 @@ impl Durable {
                 end_offset: snapshot_end_offset(snapshot).expect("a snapshot the store made"),
             };
             self.entries.clear();
+            self.membership = Some(Membership {
+                conf_state: metadata.get_conf_state().clone(),
+                index: snapshot_conf_index(snapshot).max(metadata.index),
+            });
         }
         if let Some(first) = job.entries.first() {
             let keep = (first.index - 1 - self.below.index) as usize;
@@ -238,6 +262,10 @@ struct Node {
     paused: bool,
     last_applied: u64,
     role: Role,
+    /// A replica of the group exists on this node (a spare is none until it joins).
+    member: bool,
+    /// Removed from the group: never started again.
+    retired: bool,
 }
 
 struct Mail {
@@ -262,6 +290,9 @@ struct Sim {
     /// Every entry applied anywhere: index -> (term, data, highest term in the group then).
     applied: BTreeMap<u64, (u64, Bytes, u64)>,
     next_proposal: u64,
+    /// Membership changes are proposed (spare nodes join, learners are promoted, voters
+    /// demoted, replaced in joint changes, learners removed).
+    membership_changes: bool,
     stats: Stats,
 }
 
@@ -278,7 +309,16 @@ fn config() -> ReplicaConfig {
 }
 
 impl Sim {
-    fn new(seed: u64, owner: Owner, store_kind: StoreKind) -> Sim {
+    fn with_membership(
+        seed: u64,
+        owner: Owner,
+        store_kind: StoreKind,
+        membership_changes: bool,
+    ) -> Sim {
+        assert!(
+            !membership_changes || store_kind == StoreKind::Partition,
+            "only the partition store keeps a replica's configuration across restarts"
+        );
         let mut rng = StdRng::seed_from_u64(seed);
         let count = if rng.gen_bool(0.25) { 5 } else { 3 };
         let voters: Vec<u64> = (1..=count).collect();
@@ -295,22 +335,37 @@ impl Sim {
             leaders: HashMap::new(),
             applied: BTreeMap::new(),
             next_proposal: 0,
+            membership_changes,
             stats: Stats::default(),
         };
-        for id in voters {
+        let spares = if membership_changes { 2 } else { 0 };
+        for id in 1..=count + spares {
+            let member = id <= count;
             let mut node = Node {
                 id,
                 replica: None,
-                durable: Durable::default(),
+                durable: Durable {
+                    membership: member.then(|| Membership::voters(&voters)),
+                    ..Durable::default()
+                },
                 disk: VecDeque::new(),
                 paused: false,
                 last_applied: 0,
                 role: Role::Follower,
+                member,
+                retired: false,
             };
-            node.replica = Some(sim.start(&node));
+            if member {
+                node.replica = Some(sim.start(&node));
+            }
             sim.nodes.push(node);
         }
         sim
+    }
+
+    /// Whether `node` runs a replica when it is up: a member not removed.
+    fn startable(node: &Node) -> bool {
+        node.member && !node.retired
     }
 
     /// A replica over what `node` holds durably, as a restarted process would open it.
@@ -326,8 +381,11 @@ impl Sim {
                 SimStore::Memory(storage)
             }
             StoreKind::Partition => SimStore::Partition(Box::new(
-                PartitionStore::from_entries_after(
-                    &self.voters,
+                PartitionStore::from_entries_after_as(
+                    node.durable
+                        .membership
+                        .as_ref()
+                        .expect("a member's configuration"),
                     node.durable.hard_state.clone(),
                     node.durable.below,
                     &node.durable.entries,
@@ -357,6 +415,8 @@ impl Sim {
                     n.disk.len(),
                     if n.paused { " paused" } else { "" }
                 ),
+                None if n.retired => format!("node {}: removed", n.id),
+                None if !n.member => format!("node {}: spare", n.id),
                 None => format!("node {}: down", n.id),
             })
             .collect();
@@ -396,7 +456,7 @@ impl Sim {
                 self.stats.crashes += 1;
             }
         } else if roll < 0.05 {
-            if self.nodes[pick].replica.is_none() {
+            if self.nodes[pick].replica.is_none() && Self::startable(&self.nodes[pick]) {
                 let replica = self.start(&self.nodes[pick]);
                 self.nodes[pick].replica = Some(replica);
             }
@@ -435,7 +495,7 @@ impl Sim {
         self.cut.clear();
         for index in 0..self.nodes.len() {
             self.nodes[index].paused = false;
-            if self.nodes[index].replica.is_none() {
+            if self.nodes[index].replica.is_none() && Self::startable(&self.nodes[index]) {
                 let replica = self.start(&self.nodes[index]);
                 self.nodes[index].replica = Some(replica);
             }
@@ -609,8 +669,12 @@ impl Sim {
             mut persist,
             committed,
             role_changed,
+            conf_changed,
             ..
         } = progress;
+        if let Some((conf_index, conf_state)) = conf_changed {
+            self.configuration_applied(index, conf_index, conf_state);
+        }
         if let Some((role, term, _)) = role_changed {
             self.nodes[index].role = role;
             if role == Role::Leader {
@@ -633,6 +697,106 @@ impl Sim {
             self.apply(index, entry)?;
         }
         Ok(())
+    }
+
+    /// Node `index` applied a configuration change: its state file takes it at once (as the
+    /// real replica's does), a spare it adds starts as that configuration's replica (the join
+    /// point the controller hands a new replica), a node it drops is removed for good.
+    fn configuration_applied(&mut self, index: usize, conf_index: u64, conf_state: ConfState) {
+        self.stats.conf_changes += 1;
+        let listed = |id: u64| {
+            conf_state.voters.contains(&id)
+                || conf_state.learners.contains(&id)
+                || conf_state.voters_outgoing.contains(&id)
+                || conf_state.learners_next.contains(&id)
+        };
+        let membership = Membership {
+            conf_state: conf_state.clone(),
+            index: conf_index,
+        };
+        self.nodes[index].durable.membership = Some(membership.clone());
+        for other in 0..self.nodes.len() {
+            let node = &self.nodes[other];
+            if node.retired {
+                continue;
+            }
+            if !node.member && listed(node.id) {
+                self.nodes[other].member = true;
+                self.nodes[other].durable.membership = Some(membership.clone());
+                let replica = self.start(&self.nodes[other]);
+                self.nodes[other].replica = Some(replica);
+                self.stats.joins += 1;
+            } else if node.member && !listed(node.id) {
+                let node = &mut self.nodes[other];
+                node.retired = true;
+                node.replica = None;
+                node.disk.clear();
+                node.paused = false;
+            }
+        }
+    }
+
+    /// The leader, when no change is pending, proposes one: a spare joins as a learner, a
+    /// learner is promoted, a voter (not itself) is demoted while more than three vote, a
+    /// voter is replaced by a learner in one joint change, or a learner is removed.
+    fn propose_conf_change(&mut self) {
+        let Some(index) = (0..self.nodes.len()).find(|&i| {
+            let node = &self.nodes[i];
+            !node.paused
+                && node
+                    .replica
+                    .as_ref()
+                    .is_some_and(|r| r.role() == Role::Leader && !r.has_pending_conf())
+        }) else {
+            return;
+        };
+        let leader = self.nodes[index].id;
+        let conf = self.nodes[index]
+            .replica
+            .as_ref()
+            .expect("leader is up")
+            .conf_state();
+        let spare = self
+            .nodes
+            .iter()
+            .find(|n| !n.member && !n.retired)
+            .map(|n| n.id);
+        let learner = (!conf.learners.is_empty())
+            .then(|| conf.learners[self.rng.gen_range(0..conf.learners.len())]);
+        let others: Vec<u64> = conf
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| *v != leader)
+            .collect();
+        let voter = (!others.is_empty()).then(|| others[self.rng.gen_range(0..others.len())]);
+        let single = |kind: ConfChangeType, node: u64| {
+            let mut change = ConfChangeSingle::default();
+            change.set_change_type(kind);
+            change.node_id = node;
+            change
+        };
+        let changes = match (self.rng.gen_range(0..5), spare, learner, voter) {
+            (0, Some(spare), _, _) => vec![single(ConfChangeType::AddLearnerNode, spare)],
+            (1, _, Some(learner), _) => vec![single(ConfChangeType::AddNode, learner)],
+            (2, _, _, Some(voter)) if conf.voters.len() > 3 => {
+                vec![single(ConfChangeType::AddLearnerNode, voter)]
+            }
+            (3, _, Some(learner), Some(voter)) => vec![
+                single(ConfChangeType::AddNode, learner),
+                single(ConfChangeType::AddLearnerNode, voter),
+            ],
+            (4, _, Some(learner), _) if self.rng.gen_bool(0.3) => {
+                vec![single(ConfChangeType::RemoveNode, learner)]
+            }
+            _ => return,
+        };
+        let mut change = ConfChangeV2::default();
+        change.set_transition(ConfChangeTransition::Auto);
+        change.set_changes(changes.into());
+        let replica = self.nodes[index].replica.as_mut().expect("leader is up");
+        // A change the leader refuses (one already pending by then) is simply not made.
+        let _ = replica.propose_conf_change(change);
     }
 
     fn apply(&mut self, index: usize, entry: Entry) -> Check {
@@ -832,6 +996,9 @@ impl Sim {
         if self.rng.gen_bool(0.3) {
             self.propose();
         }
+        if self.membership_changes && lossy && self.rng.gen_bool(0.02) {
+            self.propose_conf_change();
+        }
         if self.store_kind == StoreKind::Partition && self.rng.gen_bool(0.05) {
             self.compact_one();
         }
@@ -868,7 +1035,12 @@ impl Sim {
                 .find(|(_, (_, data, _))| *data == final_proposal)
                 .map(|(index, _)| *index);
             if let Some(final_index) = final_index {
-                if self.nodes.iter().all(|n| n.last_applied >= final_index) {
+                if self
+                    .nodes
+                    .iter()
+                    .filter(|n| Self::startable(n))
+                    .all(|n| n.last_applied >= final_index)
+                {
                     break final_index;
                 }
             }
@@ -881,11 +1053,19 @@ impl Sim {
         };
         // Every entry applied anywhere is, unchanged, on the durable log of every replica (up
         // to the final proposal, which all have applied) or of a majority (after it).
-        let majority = self.nodes.len() / 2 + 1;
+        // (After it, a majority of the voters: learners need not hold what just committed.)
+        let members: Vec<&Node> = self.nodes.iter().filter(|n| Self::startable(n)).collect();
+        let voters: Vec<u64> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.replica.as_ref())
+            .find(|r| r.role() == Role::Leader)
+            .map_or_else(|| self.voters.clone(), |r| r.conf_state().voters);
+        let majority = voters.len() / 2 + 1;
         for (&index, (term, data, _)) in &self.applied {
-            let holders = self
-                .nodes
+            let holders = members
                 .iter()
+                .filter(|node| index <= final_index || voters.contains(&node.id))
                 .filter(|node| {
                     // Below a floor counts as held: the floor's term was checked when set.
                     index <= node.durable.below.index
@@ -894,7 +1074,7 @@ impl Sim {
                 })
                 .count();
             let needed = if index <= final_index {
-                self.nodes.len()
+                members.len()
             } else {
                 majority
             };
@@ -986,7 +1166,20 @@ fn check_log_matching(a: &SimStore, b: &SimStore) -> Result<(), String> {
 
 /// Runs one seed; a panic inside raft-rs (its own consistency checks) counts as a violation.
 fn run_seed(seed: u64, owner: Owner, store_kind: StoreKind) -> Result<Stats, String> {
-    std::panic::catch_unwind(|| Sim::new(seed, owner, store_kind).run()).unwrap_or_else(|panic| {
+    run_seed_with(seed, owner, store_kind, false)
+}
+
+/// [`run_seed`], with membership changes when `membership_changes`.
+fn run_seed_with(
+    seed: u64,
+    owner: Owner,
+    store_kind: StoreKind,
+    membership_changes: bool,
+) -> Result<Stats, String> {
+    std::panic::catch_unwind(|| {
+        Sim::with_membership(seed, owner, store_kind, membership_changes).run()
+    })
+    .unwrap_or_else(|panic| {
         let what = panic
             .downcast_ref::<String>()
             .cloned()
@@ -1057,6 +1250,38 @@ fn partition_store_groups_keep_every_applied_entry_under_seeded_faults() {
         assert!(
             total.compactions > 0 && total.snapshots_restored > 0,
             "replicas compacted, and some caught up through a snapshot: {total:?}"
+        );
+    }
+}
+
+/// The same faults while the group's members change (as partition moves and the
+/// controller's voter changes do): spare nodes join as learners from the configuration at the
+/// change that added them, learners are promoted, voters demoted or swapped for a learner in
+/// one joint change, learners removed; every replica keeps its configuration across crashes
+/// (its state file) and restarts from it.
+#[test]
+fn groups_keep_every_applied_entry_while_their_members_change() {
+    let mut total = Stats::default();
+    let seeds: Vec<u64> = seeds()
+        .into_iter()
+        .map(|s| s + 2_000_000)
+        .take(500)
+        .collect();
+    for &seed in &seeds {
+        match run_seed_with(seed, Owner::Correct, StoreKind::Partition, true) {
+            Ok(stats) => total += stats,
+            Err(violation) => panic!("{violation} (membership changes, seed {seed})"),
+        }
+    }
+    eprintln!("{} seeds with membership changes: {total:?}", seeds.len());
+    if seeds.len() >= 100 {
+        assert!(
+            total.joins > seeds.len() as u64 / 2 && total.conf_changes > seeds.len() as u64,
+            "spares joined and configurations changed: {total:?}"
+        );
+        assert!(
+            total.crashes > 0 && total.snapshots_restored > 0,
+            "{total:?}"
         );
     }
 }
