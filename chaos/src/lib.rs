@@ -38,7 +38,8 @@ pub enum ChaosCommand {
     /// is restarted after), fallocate_enospc (space reservations fail with ENOSPC) and
     /// slow_disk (every fdatasync 100 ms slower); clock_jump (the node's wall clock an hour
     /// ahead or behind, through libfaketime: apt-get install faketime); move (the node's
-    /// replicas of the topic move off it and back: Raft configuration changes under load).
+    /// replicas of the topic move off it and back: Raft configuration changes under load);
+    /// remove_voter (the node leaves the controller's voters and comes back: KIP-853).
     Run(RunArgs),
     /// Checks a recorded history again and prints the verdict.
     Check {
@@ -161,6 +162,13 @@ fn run_options(args: RunArgs) -> Result<run::Options, String> {
             "--faults: move takes a node's replicas to the others; --nodes 1 has none".into(),
         );
     }
+    if options.nodes == 1 && options.faults.contains(&schedule::FaultKind::RemoveVoter) {
+        return Err(
+            "--faults: remove_voter takes a node out of the controller's voters; --nodes 1 \
+             has no controller quorum"
+                .into(),
+        );
+    }
     if options.nodes == 1 && options.faults.iter().any(|f| f.cuts_links()) {
         return Err(
             "--faults: partition, bridge, slow_link and lossy_link work on links between \
@@ -224,6 +232,9 @@ mod tests {
         assert!(parse_run(&["--nodes", "1", "--faults", "move"])
             .unwrap_err()
             .contains("move"));
+        assert!(parse_run(&["--nodes", "1", "--faults", "remove_voter"])
+            .unwrap_err()
+            .contains("remove_voter"));
         assert!(parse_run(&["--nodes", "1", "--faults", "partition"])
             .unwrap_err()
             .contains("partition"));

@@ -434,6 +434,13 @@ fn inject(
                 }
                 ("move", "moved_back")
             }
+            FaultKind::RemoveVoter => {
+                if let Err(e) = change_voter(cluster, node, false) {
+                    outcome = Err(format!("removing node {node} from the voters: {e}"));
+                    break;
+                }
+                ("remove_voter", "voter_back")
+            }
             FaultKind::Kill | FaultKind::KillController => {
                 cluster.kill(node);
                 (fault.kind.name(), "restart")
@@ -523,6 +530,7 @@ fn inject(
         sleep_until((injected_ms as u64).max(fault.at_ms) + fault.hold_ms);
         let healed = match fault.kind {
             FaultKind::Move => reassign(cluster, &moved_off),
+            FaultKind::RemoveVoter => change_voter(cluster, node, true),
             FaultKind::Kill | FaultKind::KillController => cluster.restart(node),
             kind if restarts_after(kind, cluster.len()) => {
                 cluster.disarm_faults(node).and_then(|()| {
@@ -695,6 +703,123 @@ fn reassign(cluster: &LocalCluster, targets: &BTreeMap<i32, Vec<i32>>) -> Result
     }
     Err(format!(
         "AlterPartitionReassignments not accepted within {REASSIGN_WITHIN:?}: {last}"
+    ))
+}
+
+/// How long a change of the controller's voters may take, sent and carried out.
+const VOTER_CHANGE_WITHIN: Duration = Duration::from_secs(60);
+
+/// Makes `node` a controller voter again (`add`) or a learner (RemoveRaftVoter), through
+/// whichever running node answers, and waits until DescribeQuorum shows the change made.
+/// Retried while the controller is away or busy; a change already made counts as done.
+fn change_voter(cluster: &LocalCluster, node: usize, add: bool) -> Result<(), String> {
+    use kafka_protocol::messages::describe_quorum_request::{PartitionData, TopicData};
+    use kafka_protocol::messages::{
+        AddRaftVoterRequest, AddRaftVoterResponse, ApiKey, DescribeQuorumRequest,
+        DescribeQuorumResponse, RemoveRaftVoterRequest, RemoveRaftVoterResponse, TopicName,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    use sluice_bench_harness::wire::Connection;
+    // NOT_CONTROLLER, REQUEST_TIMED_OUT, LEADER_NOT_AVAILABLE, COORDINATOR_NOT_AVAILABLE and
+    // INVALID_REQUEST (the voters changed meanwhile: computed again on the next try).
+    const RETRIABLE: [i16; 5] = [41, 7, 5, 15, 42];
+    // DUPLICATE_VOTER when adding, VOTER_NOT_FOUND when removing: already so.
+    let done_already = if add { 126 } else { 127 };
+    let id = node as i32;
+    let deadline = Instant::now() + VOTER_CHANGE_WITHIN;
+    let mut last = String::new();
+    let mut sent = false;
+    for attempt in 0.. {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let via = attempt % cluster.len();
+        if !cluster.is_running(via) || cluster.is_paused(via) {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        let mut connection = match Connection::connect(&cluster.kafka_address(via).to_string()) {
+            Ok(connection) => connection,
+            Err(e) => {
+                last = e;
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+        };
+        if !sent {
+            let answer = if add {
+                connection
+                    .call::<_, AddRaftVoterResponse>(
+                        ApiKey::AddRaftVoter,
+                        0,
+                        &AddRaftVoterRequest::default().with_voter_id(id),
+                        Duration::from_secs(25),
+                    )
+                    .map(|a| (a.error_code, a.error_message))
+            } else {
+                connection
+                    .call::<_, RemoveRaftVoterResponse>(
+                        ApiKey::RemoveRaftVoter,
+                        0,
+                        &RemoveRaftVoterRequest::default().with_voter_id(id),
+                        Duration::from_secs(25),
+                    )
+                    .map(|a| (a.error_code, a.error_message))
+            };
+            match answer {
+                Ok((0, _)) => sent = true,
+                Ok((code, _)) if code == done_already => sent = true,
+                Ok((code, message)) => {
+                    last = format!("error {code}: {}", message.unwrap_or_default());
+                    if !RETRIABLE.contains(&code) {
+                        return Err(last);
+                    }
+                }
+                Err(e) => last = e,
+            }
+            if !sent {
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+        }
+        let request = DescribeQuorumRequest::default().with_topics(vec![TopicData::default()
+            .with_topic_name(TopicName(StrBytes::from_static_str("__cluster_metadata")))
+            .with_partitions(vec![PartitionData::default().with_partition_index(0)])]);
+        let voters: Result<Vec<i32>, String> = connection
+            .call::<_, DescribeQuorumResponse>(
+                ApiKey::DescribeQuorum,
+                1,
+                &request,
+                Duration::from_secs(5),
+            )
+            .and_then(|answer| {
+                let partition = answer
+                    .topics
+                    .first()
+                    .and_then(|t| t.partitions.first())
+                    .ok_or_else(|| format!("DescribeQuorum answered no partition: {answer:?}"))?;
+                if partition.error_code != 0 {
+                    return Err(format!(
+                        "DescribeQuorum: error {} {:?}",
+                        partition.error_code, partition.error_message
+                    ));
+                }
+                Ok(partition
+                    .current_voters
+                    .iter()
+                    .map(|v| v.replica_id.0)
+                    .collect())
+            });
+        match voters {
+            Ok(voters) if voters.contains(&id) == add => return Ok(()),
+            Ok(voters) => last = format!("voters still {voters:?}"),
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(format!(
+        "node {node} not {} the voters within {VOTER_CHANGE_WITHIN:?}: {last}",
+        if add { "among" } else { "out of" }
     ))
 }
 

@@ -58,6 +58,10 @@ pub enum FaultKind {
     /// change, the node handing its leaderships over first), and back when the fault ends
     /// (the node rejoins as a learner, catches up and becomes a voter again).
     Move,
+    /// The node stops voting in the controller group (RemoveRaftVoter: a voter leading it
+    /// hands the leadership over first) and votes again when the fault ends (AddRaftVoter: it
+    /// catches up as a learner, then is promoted).
+    RemoveVoter,
 }
 
 impl FaultKind {
@@ -85,7 +89,7 @@ impl FaultKind {
         }
     }
 
-    pub const ALL: [FaultKind; 14] = [
+    pub const ALL: [FaultKind; 15] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::DiskFull,
@@ -100,6 +104,7 @@ impl FaultKind {
         FaultKind::LossyLink,
         FaultKind::ClockJump,
         FaultKind::Move,
+        FaultKind::RemoveVoter,
     ];
 
     pub fn name(self) -> &'static str {
@@ -118,6 +123,7 @@ impl FaultKind {
             FaultKind::LossyLink => "lossy_link",
             FaultKind::ClockJump => "clock_jump",
             FaultKind::Move => "move",
+            FaultKind::RemoveVoter => "remove_voter",
         }
     }
 

@@ -629,7 +629,7 @@ async fn dispatch(
         }
         ApiKey::DescribeQuorum => {
             let request = decode::<DescribeQuorumRequest>(&mut frame, api, version)?;
-            let response = describe_quorum::handle(request, ctx);
+            let response = describe_quorum::handle(request, version, ctx);
             reply(throttle, api, version, correlation_id, &response).map(Some)
         }
         ApiKey::DescribeCluster => {

@@ -139,7 +139,7 @@ fn three_nodes_keep_every_acknowledged_record_through_seeded_kills_pauses_and_fu
 /// one catching up as a learner) between kills of leaders and other nodes, some landing while
 /// a move is under way: nothing acknowledged lost, duplicated or reordered.
 #[test]
-fn three_nodes_keep_every_acknowledged_record_through_moves_and_kills() {
+fn three_nodes_keep_every_acknowledged_record_through_moves_kills_and_voter_changes() {
     let root = tempfile::tempdir().unwrap();
     let out = root.path().join("seed-2");
     let report = run_checked(
@@ -148,13 +148,20 @@ fn three_nodes_keep_every_acknowledged_record_through_moves_and_kills() {
             "--nodes",
             "3",
             "--faults",
-            "move,kill",
+            "move,kill,remove_voter",
             "--seed",
             "2",
             "--duration",
             "20",
         ],
-        &["move", "moved_back", "kill", "restart"],
+        &[
+            "move",
+            "moved_back",
+            "kill",
+            "restart",
+            "remove_voter",
+            "voter_back",
+        ],
     );
     // The moves back re-added the node as a Raft learner first.
     let logs: String = (0..3)

@@ -3536,6 +3536,25 @@ fn the_controller_voters_change_while_the_cluster_runs() {
         }
     };
     members_become(&cluster, &[0, 1, 2], &[3]);
+    // Every version DescribeQuorum advertises answers in cluster mode (`nodes` is v2's only).
+    for version in 0..=2 {
+        use kafka_protocol::messages::describe_quorum_request::{PartitionData, TopicData};
+        use kafka_protocol::messages::{
+            ApiKey, DescribeQuorumRequest, DescribeQuorumResponse, TopicName,
+        };
+        let request = DescribeQuorumRequest::default().with_topics(vec![TopicData::default()
+            .with_topic_name(TopicName("__cluster_metadata".into()))
+            .with_partitions(vec![PartitionData::default().with_partition_index(0)])]);
+        let answer: DescribeQuorumResponse = sluice_tests::wire::call(
+            &mut sluice_tests::wire::connect(cluster.node(0).kafka),
+            ApiKey::DescribeQuorum,
+            version,
+            &request,
+        );
+        let partition = &answer.topics[0].partitions[0];
+        assert_eq!(partition.current_voters.len(), 3, "v{version}: {answer:?}");
+        assert_eq!(answer.nodes.len(), if version >= 2 { 3 } else { 0 });
+    }
 
     let added = voter_command(&cluster, "add-voter", joined);
     assert!(

@@ -30,7 +30,11 @@ pub const RANGE: ApiRange = ApiRange {
 /// KRaft's metadata topic, the name clients ask the quorum of.
 pub const METADATA_TOPIC: &str = "__cluster_metadata";
 
-pub fn handle(request: DescribeQuorumRequest, ctx: &Context) -> DescribeQuorumResponse {
+pub fn handle(
+    request: DescribeQuorumRequest,
+    version: i16,
+    ctx: &Context,
+) -> DescribeQuorumResponse {
     // Describing the quorum takes DESCRIBE on the cluster.
     if !ctx.allows_cluster(Operation::DESCRIBE) {
         return DescribeQuorumResponse::default()
@@ -114,8 +118,9 @@ pub fn handle(request: DescribeQuorumRequest, ctx: &Context) -> DescribeQuorumRe
     // Each voter's RPC address: from its registration, else (a registration from before
     // seeds carried theirs) from the seed list.
     let image = ctx.shard.image();
+    // `nodes` exists from v2 on.
     let nodes = match (&ctx.shard.replication, &quorum) {
-        (Some(replication), Some(quorum)) => quorum
+        (Some(replication), Some(quorum)) if version >= 2 => quorum
             .voters
             .iter()
             .filter(|v| !v.learner)
