@@ -13,6 +13,8 @@ use kafka_protocol::messages::{
     DescribeQuorumResponse, RemoveRaftVoterRequest, RemoveRaftVoterResponse,
 };
 
+use kafka_protocol::protocol::StrBytes;
+
 use super::client::{ApiUse, Client, Result};
 use super::{error_text, name, Connection};
 
@@ -55,13 +57,7 @@ pub fn add_voter(args: VoterArgs) -> Result<()> {
     let answer: AddRaftVoterResponse = client.call(None, ADD, |_| {
         AddRaftVoterRequest::default().with_voter_id(args.node)
     })?;
-    if answer.error_code != 0 {
-        return Err(format!(
-            "node {}: {}",
-            args.node,
-            error_text(answer.error_code, answer.error_message.as_ref())
-        ));
-    }
+    accepted(args.node, answer.error_code, answer.error_message.as_ref())?;
     println!(
         "node {}: to be a controller voter once it has caught up",
         args.node
@@ -75,15 +71,17 @@ pub fn remove_voter(args: VoterArgs) -> Result<()> {
     let answer: RemoveRaftVoterResponse = client.call(None, REMOVE, |_| {
         RemoveRaftVoterRequest::default().with_voter_id(args.node)
     })?;
-    if answer.error_code != 0 {
-        return Err(format!(
-            "node {}: {}",
-            args.node,
-            error_text(answer.error_code, answer.error_message.as_ref())
-        ));
-    }
+    accepted(args.node, answer.error_code, answer.error_message.as_ref())?;
     println!("node {}: no longer to be a controller voter", args.node);
     wait_for_voters(&mut client, args.node, false, args.wait_secs)
+}
+
+/// An answer's error, naming the node.
+fn accepted(node: i32, code: i16, message: Option<&StrBytes>) -> Result<()> {
+    match code {
+        0 => Ok(()),
+        _ => Err(format!("node {node}: {}", error_text(code, message))),
+    }
 }
 
 /// Waits until DescribeQuorum lists `node` among the voters (`voter`) or not.
