@@ -941,19 +941,20 @@ fn follow_controller_membership(
         return;
     }
     let conf = replica.conf_state();
-    let wanted: Vec<u64> = match &image.controller_voters {
-        Some(voters) => voters.iter().map(|n| raft_id(*n)).collect(),
-        None => seeds.keys().map(|n| raft_id(*n)).collect(),
-    };
+    let wanted: Vec<u64> = image
+        .controller_voters_or(seeds.keys().copied())
+        .into_iter()
+        .map(raft_id)
+        .collect();
     let member = |id: u64| {
         conf.voters.contains(&id) || conf.learners.contains(&id) || conf.learners_next.contains(&id)
     };
     let commit = replica.commit_index();
+    let matched = replica.matched();
     let holds_commit = |id: u64| {
-        replica
-            .matched()
+        matched
             .iter()
-            .any(|(peer, matched, _)| *peer == id && *matched >= commit)
+            .any(|(peer, held, _)| *peer == id && *held >= commit)
     };
     let me = replica.id();
     let joining = image

@@ -127,8 +127,8 @@ pub struct JoinPoint {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum MetadataCommand {
     RegisterBroker(BrokerRegistration),
-    /// A node that joined through the seeds leaves the cluster (Kafka's UnregisterBroker):
-    /// refused for a seed (a controller voter) and while any partition lists the node.
+    /// A node leaves the cluster (Kafka's UnregisterBroker): refused for a controller voter
+    /// and while any partition lists the node.
     UnregisterBroker {
         node_id: i32,
     },
@@ -299,6 +299,15 @@ pub struct ClusterImage {
 }
 
 impl ClusterImage {
+    /// The controller group's voters as wanted: the set last committed, else `seeds` (the
+    /// node's seed list: before every seed registered, the image alone does not know them).
+    pub fn controller_voters_or(&self, seeds: impl IntoIterator<Item = i32>) -> Vec<i32> {
+        match &self.controller_voters {
+            Some(voters) => voters.clone(),
+            None => seeds.into_iter().collect(),
+        }
+    }
+
     /// Whether `node_id` votes in the controller group (or is to, once the leader has changed
     /// its configuration): one of the voters last set, or, before any was, a seed.
     pub fn is_controller_voter(&self, node_id: i32) -> bool {

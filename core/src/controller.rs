@@ -1367,9 +1367,7 @@ pub async fn change_controller_voters(
             ))];
         };
         let from = cluster.controller_voters.clone();
-        let mut voters: Vec<i32> = from
-            .clone()
-            .unwrap_or_else(|| replication.settings.seeds.keys().copied().collect());
+        let mut voters = cluster.controller_voters_or(replication.settings.seeds.keys().copied());
         match change {
             VoterChange::Add(node) => {
                 if voters.contains(&node) {

@@ -28,7 +28,9 @@
 //! every replica to the same applied log, holding every entry ever applied anywhere: a
 //! committed (acknowledged) entry is never lost.
 //!
-//! `SLUICE_SIM_SEEDS=N` runs N seeds (default 1,000); `SLUICE_SIM_SEED=S` replays one.
+//! `SLUICE_SIM_SEEDS=N` runs N seeds per test (default 1,000 over raft-rs's store, 500 over the
+//! partition store and with membership changes); `SLUICE_SIM_SEED=S` replays one (numbered
+//! from each test's offset: seed 2000061 of the membership test is `SLUICE_SIM_SEED=61`).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
@@ -1190,13 +1192,19 @@ fn run_seed_with(
 }
 
 fn seeds() -> Vec<u64> {
+    seeds_from(0, 1_000)
+}
+
+/// The seeds of a test whose seed numbers start at `offset`: `SLUICE_SIM_SEED` (counted from
+/// the offset) replays one, `SLUICE_SIM_SEEDS` sets how many, `default_count` otherwise.
+fn seeds_from(offset: u64, default_count: u64) -> Vec<u64> {
     if let Ok(seed) = std::env::var("SLUICE_SIM_SEED") {
-        return vec![seed.parse().expect("SLUICE_SIM_SEED is a number")];
+        return vec![offset + seed.parse::<u64>().expect("SLUICE_SIM_SEED is a number")];
     }
     let count = std::env::var("SLUICE_SIM_SEEDS")
         .map(|n| n.parse().expect("SLUICE_SIM_SEEDS is a number"))
-        .unwrap_or(1_000);
-    (0..count).collect()
+        .unwrap_or(default_count);
+    (offset..offset + count).collect()
 }
 
 #[test]
@@ -1226,11 +1234,7 @@ fn raft_groups_keep_every_applied_entry_under_seeded_faults() {
 #[test]
 fn partition_store_groups_keep_every_applied_entry_under_seeded_faults() {
     let mut total = Stats::default();
-    let seeds: Vec<u64> = seeds()
-        .into_iter()
-        .map(|s| s + 1_000_000)
-        .take(500)
-        .collect();
+    let seeds = seeds_from(1_000_000, 500);
     for &seed in &seeds {
         match run_seed(seed, Owner::Correct, StoreKind::Partition) {
             Ok(stats) => total += stats,
@@ -1262,11 +1266,7 @@ fn partition_store_groups_keep_every_applied_entry_under_seeded_faults() {
 #[test]
 fn groups_keep_every_applied_entry_while_their_members_change() {
     let mut total = Stats::default();
-    let seeds: Vec<u64> = seeds()
-        .into_iter()
-        .map(|s| s + 2_000_000)
-        .take(500)
-        .collect();
+    let seeds = seeds_from(2_000_000, 500);
     for &seed in &seeds {
         match run_seed_with(seed, Owner::Correct, StoreKind::Partition, true) {
             Ok(stats) => total += stats,

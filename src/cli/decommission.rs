@@ -7,9 +7,10 @@
 //! preferred leaderships go to its replacements. The moves are sent as one
 //! AlterPartitionReassignments to the controller; the tool then waits until
 //! ListPartitionReassignments lists none of them and Metadata names N in no replica list.
-//! The node stays registered (and, if it is a seed, a controller voter): new topics may be
-//! placed on it again until it is stopped. A node that joined through the seeds then leaves
-//! for good with `sluice cluster unregister --node N` once stopped (UnregisterBroker).
+//! The node stays registered (and, if it is one, a controller voter): new topics may be
+//! placed on it again until it is stopped. A node that does not vote (`sluice cluster
+//! remove-voter` first, for a voter) then leaves for good with `sluice cluster unregister
+//! --node N` once stopped (UnregisterBroker).
 //!
 //! `--throttle B` paces the copies as `kafka-reassign-partitions.sh --throttle` does: the
 //! cluster-wide dynamic broker config `leader.replication.throttled.rate` is set to B bytes

@@ -3648,6 +3648,34 @@ fn the_controller_voters_change_while_the_cluster_runs() {
     members_become(&cluster, &remaining, &[i64::from(leader)]);
 }
 
+/// A one-seed cluster's only voter cannot be removed (INVALID_REQUEST, saying why), and the
+/// quorum stays as it was.
+#[test]
+fn the_last_controller_voter_is_not_removed() {
+    let _one_at_a_time = one_cluster_at_a_time();
+    let cluster = Cluster::start(1, &[]);
+    let out = std::process::Command::new(sluice_tests::sluice_binary())
+        .args(["cluster", "remove-voter", "--node", "0"])
+        .args(["--bootstrap", &cluster.node(0).kafka.to_string()])
+        .output()
+        .expect("run sluice cluster remove-voter");
+    let why = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success());
+    assert!(
+        why.contains("InvalidRequest") && why.contains("last voter"),
+        "{why}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (voters, observers) = quorum_members(&cluster.node(0).kafka.to_string());
+        if voters == [0] && observers.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{voters:?} {observers:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Join frames that must not register anything, sent raw to a seed's RPC port: a registration
 /// that is not JSON, one claiming a seed's id, one naming another id than its sender, one
 /// without an RPC address, one calling itself a seed. Each is refused with a log line; the

@@ -1,11 +1,11 @@
 //! UnregisterBroker (key 64, KIP-500's `kafka-cluster.sh unregister`): removes the
-//! registration of a node that joined the cluster through the seeds, once it is stopped and
-//! no partition lists it (move its replicas first: `sluice cluster decommission`). The
-//! controller leader then takes it out of the controller group's learners. Refused: a seed (a
-//! controller voter: INVALID_REQUEST), a node no partition may lose (INVALID_REQUEST, naming
-//! a topic), an unknown id (BROKER_ID_NOT_REGISTERED), a single node (INVALID_REQUEST). A
-//! node unregistered while it still runs registers again, as a Kafka broker does. Needs ALTER
-//! on the cluster.
+//! registration of a node that does not vote in the controller group (one that joined through
+//! the seeds, or a seed RemoveRaftVoter took out), once it is stopped and no partition lists it
+//! (move its replicas first: `sluice cluster decommission`). The controller leader then takes it
+//! out of the controller group's learners. Refused: a controller voter (INVALID_REQUEST), a
+//! node no partition may lose (INVALID_REQUEST, naming a topic), an unknown id
+//! (BROKER_ID_NOT_REGISTERED), a single node (INVALID_REQUEST). A node unregistered while it
+//! still runs registers again, as a Kafka broker does. Needs ALTER on the cluster.
 
 use kafka_protocol::messages::{ApiKey, UnregisterBrokerRequest, UnregisterBrokerResponse};
 use kafka_protocol::protocol::StrBytes;
