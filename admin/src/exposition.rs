@@ -324,6 +324,23 @@ impl Collector for NodeCollector {
                 .iter()
                 .map(|s| (vec![shard(s.shard)], s.leader_elections)),
         )?;
+        gauges(
+            e,
+            "sluice_raft_groups",
+            "Raft groups (partitions, the controller) with a replica on this node, by state: quiet (idle, no ticks or heartbeats until something happens) or awake.",
+            view.snapshots.iter().flat_map(|s| {
+                [
+                    ("quiet", s.raft_groups_quiet),
+                    ("awake", s.raft_groups.saturating_sub(s.raft_groups_quiet)),
+                ]
+                .map(|(state, n)| {
+                    (
+                        vec![shard(s.shard), ("state", state.to_string())],
+                        gauge_i64(n),
+                    )
+                })
+            }),
+        )?;
 
         // Consumer groups coordinated here.
         gauges(

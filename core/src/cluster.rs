@@ -787,6 +787,10 @@ impl ShardReplication {
         )
         .await
         .map_err(|e| format!("replication on shard {shard} ({listen}): {e}"))?;
+        let mut node = node;
+        // A peer silent for an election timeout is not live: quiet groups with a replica on
+        // it wake, and their followers' election timers run again.
+        node.set_liveness_timeout(settings.tick * settings.replica.election_ticks as u32);
         let mut driver = Driver {
             node,
             wake: wake.clone(),
@@ -1103,6 +1107,11 @@ impl Driver {
                 next_tick = now + tick;
                 self.follow_catch_up_rate(&shard);
                 self.follow_peers(&shard);
+                let metrics = &shard.metrics;
+                metrics.raft_groups.set(self.node.groups().count() as u64);
+                metrics
+                    .raft_groups_quiet
+                    .set(self.node.quiet_groups() as u64);
             }
             // Committed entries are answered the moment a group's ready work releases them,
             // while the step's other writes still run.

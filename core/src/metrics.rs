@@ -61,6 +61,10 @@ pub struct ShardMetrics {
     pub connections_failed: Cell<u64>,
     /// Times a replica on this shard became its partition's leader.
     pub leader_elections: Cell<u64>,
+    /// Raft groups this shard holds a replica of, and those of them quiet (see
+    /// `replication/src/replica.rs`), as of the last tick.
+    pub raft_groups: Cell<u64>,
+    pub raft_groups_quiet: Cell<u64>,
 }
 
 impl ShardMetrics {
@@ -182,6 +186,8 @@ pub struct ShardSnapshot {
     pub connections_failed: u64,
     pub requests_in_flight: u64,
     pub leader_elections: u64,
+    pub raft_groups: u64,
+    pub raft_groups_quiet: u64,
     pub fdatasync_seconds: Histogram,
     /// Durability rounds shared by the shard's partitions, and partitions they made durable.
     pub sync_rounds: u64,
@@ -253,6 +259,8 @@ impl Shard {
             connections_failed: m.connections_failed.get(),
             requests_in_flight,
             leader_elections: m.leader_elections.get(),
+            raft_groups: m.raft_groups.get(),
+            raft_groups_quiet: m.raft_groups_quiet.get(),
             fdatasync_seconds: sluice_storage::metrics::durability_snapshot().fdatasync_seconds,
             sync_rounds: sync.rounds,
             sync_round_partitions: sync.logs_synced,

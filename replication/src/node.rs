@@ -19,6 +19,16 @@
 //! to every peer, and hears the same of theirs ([`take_leading_heard`](ReplicationNode::take_leading_heard)),
 //! so a node can name the leader of a partition it holds no replica of.
 //!
+//! Quiet groups (`replica.rs`): `tick` ticks partition groups with
+//! [`RaftPartition::tick_quietly`], so an idle group stops ticking on every replica, and a
+//! step runs only the groups that have work ([`RaftPartition::has_work`]): thousands of idle
+//! groups cost neither heartbeats nor steps. What the groups' heartbeats said about the other
+//! nodes, node-level liveness says instead: every [`KEEP_ALIVE_TICKS`] ticks each peer gets a
+//! frame (empty when nothing else is queued), a peer not heard from for the liveness timeout
+//! (or whose connection closed) is not live, and when a peer's liveness changes either way
+//! every quiet group it is a member of wakes (its followers' election timers run again; its
+//! leader's heartbeats reach a node that came back). The controller group never goes quiet.
+//!
 //! Invariant: a message reaches a group only through `step`, after the group's earlier ready
 //! work has run; a group's persist jobs stay in order because each group runs its own ready work
 //! one job at a time.
@@ -58,6 +68,23 @@ pub fn successors(key: &GroupKey, mut voters: Vec<u64>) -> Vec<u64> {
     voters
 }
 
+/// A peer not heard from for this long is not live: quiet groups it is a member of wake
+/// (see `replica.rs`, "Quiet groups"). [`ReplicationNode::set_liveness_timeout`] changes it.
+pub const LIVENESS_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Every this many ticks, each peer gets a frame (empty if nothing else is queued), so that
+/// peers whose groups are all quiet still hear this node is up.
+pub const KEEP_ALIVE_TICKS: u64 = 2;
+
+/// Heartbeats and their answers: the messages a quiet group's marks apply to.
+fn is_heartbeat(message: &raft::eraftpb::Message) -> bool {
+    use raft::eraftpb::MessageType;
+    matches!(
+        message.get_msg_type(),
+        MessageType::MsgHeartbeat | MessageType::MsgHeartbeatResponse
+    )
+}
+
 /// A peer's announcement: its id and every group its shard of this number leads.
 pub type Announcement = (u64, Vec<LeadNote>);
 
@@ -82,6 +109,13 @@ pub struct ReplicationNode {
     heard_at: Rc<RefCell<HashMap<u64, Instant>>>,
     /// Peers whose connection to this node closed since the last step.
     hung_up: Rc<RefCell<Vec<u64>>>,
+    /// Peers that hung up and have not been heard from since.
+    silent: Rc<RefCell<HashSet<u64>>>,
+    /// Peers live at the last tick (see [`is_live`](Self::is_live)).
+    live: HashSet<u64>,
+    liveness_timeout: Duration,
+    /// Ticks so far (keep-alives leave every [`KEEP_ALIVE_TICKS`]).
+    ticks: u64,
     /// Requests to join the cluster that arrived (sender, registration), until taken.
     joins: Rc<RefCell<Vec<(u64, Bytes)>>>,
     /// Elections to start once due, for groups whose leader (the peer) is gone.
@@ -132,6 +166,7 @@ impl ReplicationNode {
         let hung_up: Rc<RefCell<Vec<u64>>> = Rc::default();
         // Peers that hung up and have not been heard from since.
         let silent: Rc<RefCell<HashSet<u64>>> = Rc::default();
+        let silent_kept = silent.clone();
         let delivered = inbox.clone();
         let joins: Rc<RefCell<Vec<(u64, Bytes)>>> = Rc::default();
         let joined = joins.clone();
@@ -157,14 +192,20 @@ impl ReplicationNode {
                     }
                 }
                 arrived_from.borrow_mut().insert(from, Instant::now());
+                // A keep-alive (an empty frame) only says the peer is up: the owner need not
+                // step for it, unless the peer was silent.
+                let mut news = !frame.messages.is_empty() || frame.leading.is_some();
                 delivered.borrow_mut().extend(frame.messages);
                 if let Some(leading) = frame.leading {
                     announced.borrow_mut().push((from, leading));
                 }
                 if heard.borrow_mut().remove(&from) {
                     on_peer_heard(from, PeerEvent::Heard);
+                    news = true;
                 }
-                on_arrival();
+                if news {
+                    on_arrival();
+                }
             },
             move |peer| {
                 gone.borrow_mut().push(peer);
@@ -186,6 +227,10 @@ impl ReplicationNode {
             leading_heard,
             heard_at,
             hung_up,
+            silent: silent_kept,
+            live: HashSet::new(),
+            liveness_timeout: LIVENESS_TIMEOUT,
+            ticks: 0,
             joins,
             campaigns_due: Vec::new(),
             listener,
@@ -324,6 +369,7 @@ impl ReplicationNode {
             GroupMessage {
                 group: key,
                 message,
+                quiet: false,
             },
         );
     }
@@ -353,10 +399,60 @@ impl ReplicationNode {
         &mut self,
         committed_now: Option<&dyn Fn(GroupKey, Vec<CommittedEntry>, Offset)>,
     ) -> Result<Vec<(GroupKey, Outbox)>> {
-        for group in self.groups.values_mut() {
-            group.tick();
+        self.ticks += 1;
+        if self.ticks.is_multiple_of(KEEP_ALIVE_TICKS) {
+            self.transport.keep_alive();
+        }
+        self.follow_liveness();
+        let live = &self.live;
+        let is_live = |peer: u64| live.contains(&peer);
+        for (key, group) in self.groups.iter_mut() {
+            if *key == GroupKey::CONTROLLER {
+                group.tick();
+            } else {
+                group.tick_quietly(&is_live);
+            }
         }
         self.step_handing_over(committed_now).await
+    }
+
+    /// Changes how long a peer may stay unheard before it counts as not live.
+    pub fn set_liveness_timeout(&mut self, timeout: Duration) {
+        self.liveness_timeout = timeout;
+    }
+
+    /// Whether `peer`'s node is up as far as this node knows: heard from within the liveness
+    /// timeout, and no connection of it closed since.
+    pub fn is_live(&self, peer: u64) -> bool {
+        self.live.contains(&peer)
+    }
+
+    /// Groups that are quiet here now (none of them ticks or steps until woken).
+    pub fn quiet_groups(&self) -> usize {
+        self.groups.values().filter(|g| g.is_quiet()).count()
+    }
+
+    /// Recomputes which peers are live; a quiet group wakes when a member's liveness changed.
+    fn follow_liveness(&mut self) {
+        let now = Instant::now();
+        let live: HashSet<u64> = {
+            let heard_at = self.heard_at.borrow();
+            let silent = self.silent.borrow();
+            heard_at
+                .iter()
+                .filter(|(peer, at)| {
+                    !silent.contains(peer) && now.duration_since(**at) < self.liveness_timeout
+                })
+                .map(|(peer, _)| *peer)
+                .collect()
+        };
+        let changed: Vec<u64> = live.symmetric_difference(&self.live).copied().collect();
+        for peer in changed {
+            for group in self.groups.values_mut() {
+                group.wake_if_member(peer);
+            }
+        }
+        self.live = live;
     }
 
     /// Delivers what arrived, runs every group's ready work concurrently, sends what it
@@ -392,11 +488,22 @@ impl ReplicationNode {
             }
         };
         let arrived = std::mem::take(&mut *self.inbox.borrow_mut());
-        for GroupMessage { group, message } in arrived {
+        let live = &self.live;
+        let is_live = |peer: u64| live.contains(&peer);
+        for GroupMessage {
+            group,
+            message,
+            quiet,
+        } in arrived
+        {
             // A message for a group this node does not hold (yet, or any more) is dropped:
             // Raft retransmits.
             if let Some(partition) = self.groups.get_mut(&group) {
-                let _ = partition.receive(message);
+                let _ = if quiet {
+                    partition.receive_quiet(message, &is_live)
+                } else {
+                    partition.receive(message)
+                };
             }
         }
         // A leader's appends leave while its own write is in flight (a flush as soon as any
@@ -405,32 +512,44 @@ impl ReplicationNode {
         let transport = &self.transport;
         let groups = &mut self.groups;
         let work = async move {
-            let runs = groups.iter_mut().map(|(key, partition)| {
-                let early_tx = early_tx.clone();
-                async move {
-                    let group = *key;
-                    let send_now = move |messages: Vec<raft::eraftpb::Message>| {
-                        for message in messages {
-                            let _ = early_tx.unbounded_send(GroupMessage { group, message });
-                        }
-                    };
-                    let hand_over = move |entries: Vec<CommittedEntry>, high_watermark: Offset| {
-                        if let Some(committed_now) = committed_now {
-                            committed_now(group, entries, high_watermark);
-                        }
-                    };
-                    let hand_over: Option<&dyn Fn(Vec<CommittedEntry>, Offset)> =
-                        match committed_now {
-                            Some(_) if group != GroupKey::CONTROLLER => Some(&hand_over),
-                            _ => None,
+            let runs = groups
+                .iter_mut()
+                .filter(|(_, partition)| partition.has_work())
+                .map(|(key, partition)| {
+                    let early_tx = early_tx.clone();
+                    // Whether this group's heartbeats (or answers to them) leave marked quiet: it
+                    // went quiet in this tick or delivery, before running.
+                    let quiet = partition.is_quiet();
+                    async move {
+                        let group = *key;
+                        let send_now = move |messages: Vec<raft::eraftpb::Message>| {
+                            for message in messages {
+                                let quiet = quiet && is_heartbeat(&message);
+                                let _ = early_tx.unbounded_send(GroupMessage {
+                                    group,
+                                    message,
+                                    quiet,
+                                });
+                            }
                         };
-                    partition
-                        .run_ready_with(Some(&send_now), hand_over)
-                        .await
-                        .map(|outbox| (group, outbox))
-                        .map_err(|e| (group, e))
-                }
-            });
+                        let hand_over =
+                            move |entries: Vec<CommittedEntry>, high_watermark: Offset| {
+                                if let Some(committed_now) = committed_now {
+                                    committed_now(group, entries, high_watermark);
+                                }
+                            };
+                        let hand_over: Option<&dyn Fn(Vec<CommittedEntry>, Offset)> =
+                            match committed_now {
+                                Some(_) if group != GroupKey::CONTROLLER => Some(&hand_over),
+                                _ => None,
+                            };
+                        partition
+                            .run_ready_with(Some(&send_now), hand_over)
+                            .await
+                            .map(|outbox| (group, outbox))
+                            .map_err(|e| (group, e))
+                    }
+                });
             let outcomes = futures::future::join_all(runs).await;
             drop(early_tx);
             outcomes
@@ -462,8 +581,14 @@ impl ReplicationNode {
                     continue;
                 }
             };
+            let quiet = self.groups.get(&group).is_some_and(|g| g.is_quiet());
             for message in std::mem::take(&mut outbox.messages) {
-                let message = GroupMessage { group, message };
+                let quiet = quiet && is_heartbeat(&message);
+                let message = GroupMessage {
+                    group,
+                    message,
+                    quiet,
+                };
                 count_paced(&message);
                 self.transport.send(message.message.to, message);
             }

@@ -397,6 +397,11 @@ impl PartitionStore {
     }
 
     /// The entries requests raft-rs made since the last call that memory could not answer.
+    /// Whether raft-rs asked for entries that must be read back from the log first.
+    pub fn has_fetches(&self) -> bool {
+        !self.fetches.borrow().is_empty()
+    }
+
     pub fn take_fetches(&self) -> Vec<FetchRequest> {
         std::mem::take(&mut *self.fetches.borrow_mut())
     }
@@ -1283,6 +1288,28 @@ impl RaftPartition {
         self.replica.tick()
     }
 
+    /// See [`Replica::tick_quietly`].
+    pub fn tick_quietly(&mut self, live: &dyn Fn(u64) -> bool) -> bool {
+        self.replica.tick_quietly(live)
+    }
+
+    /// See [`Replica::is_quiet`].
+    pub fn is_quiet(&self) -> bool {
+        self.replica.is_quiet()
+    }
+
+    /// See [`Replica::wake_if_member`].
+    pub fn wake_if_member(&mut self, peer: u64) {
+        self.replica.wake_if_member(peer);
+    }
+
+    /// Whether [`run_ready`](Self::run_ready) has anything to do: raft-rs has a `Ready`, a
+    /// pipelined write is still syncing (its outcome is collected there), or entries wait to
+    /// be read back from the log. A group without any is left out of a node's step.
+    pub fn has_work(&self) -> bool {
+        self.replica.has_ready() || !self.job_order.idle() || self.replica.storage().has_fetches()
+    }
+
     /// See [`Replica::propose_conf_change`].
     pub fn propose_conf_change(&mut self, change: raft::eraftpb::ConfChangeV2) -> Result<()> {
         self.replica.propose_conf_change(change)
@@ -1295,6 +1322,11 @@ impl RaftPartition {
 
     pub fn receive(&mut self, message: Message) -> Result<()> {
         self.replica.receive(message)
+    }
+
+    /// See [`Replica::receive_quiet`].
+    pub fn receive_quiet(&mut self, message: Message, live: &dyn Fn(u64) -> bool) -> Result<()> {
+        self.replica.receive_quiet(message, live)
     }
 
     pub fn campaign(&mut self) -> Result<()> {

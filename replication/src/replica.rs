@@ -16,6 +16,18 @@
 //!
 //! Invariant: a message in `send_after` never leaves before its job is durable. Everything the
 //! replica has acknowledged to a peer therefore survives a crash of this replica.
+//!
+//! **Quiet groups** (TiKV's hibernation, CockroachDB's quiescence): a leader whose group has
+//! had nothing to do for a few ticks, every follower holding its whole log, goes quiet
+//! ([`Replica::tick_quietly`]) and sends one last heartbeat, which the owner marks quiet; a
+//! follower that holds exactly that committed log goes quiet on it
+//! ([`Replica::receive_quiet`]) and marks its answer quiet. A quiet replica's ticks do nothing:
+//! no heartbeats, no election timer, so thousands of idle groups cost nothing per tick. Any
+//! other message, a proposal, a campaign, a transfer or a read request wakes it, and its
+//! owner wakes it when a member's node stops answering or comes back ([`Replica::wake_if_member`]):
+//! that node-level liveness stands in for the heartbeats a quiet group no longer sends. Going
+//! quiet changes only when ticks happen, never what Raft decides, so safety is untouched; a
+//! follower that did not go quiet answers unmarked and so wakes its leader.
 
 use bytes::Bytes;
 use protobuf::Message as _;
@@ -83,6 +95,9 @@ pub struct ReplicaConfig {
     pub max_bytes_per_message: u64,
     /// Append messages in flight to one follower.
     pub max_inflight_messages: usize,
+    /// A leader with nothing to do for this many ticks, whose followers all hold its whole
+    /// log, goes quiet ([`Replica::tick_quietly`]); 0: never.
+    pub quiet_after_ticks: usize,
 }
 
 impl Default for ReplicaConfig {
@@ -93,6 +108,7 @@ impl Default for ReplicaConfig {
             heartbeat_ticks: 2,
             max_bytes_per_message: 1 << 20,
             max_inflight_messages: 256,
+            quiet_after_ticks: 4,
         }
     }
 }
@@ -171,6 +187,11 @@ pub struct Replica<S: ReplicaStorage> {
     /// Peers whose append window `pace_learners` narrowed: a learner promoted to voter (or
     /// removed) gets the configured window back, or the group could not commit without it.
     narrowed: Vec<u64>,
+    /// Quiet: the replica's clock stands still (see "Quiet groups" above).
+    quiet: bool,
+    /// On a leader: ticks in a row at which it could have gone quiet.
+    idle_ticks: usize,
+    quiet_after_ticks: usize,
 }
 
 impl<S: ReplicaStorage> Replica<S> {
@@ -209,6 +230,9 @@ impl<S: ReplicaStorage> Replica<S> {
             last_leader,
             snapshot_to_apply: None,
             narrowed: Vec::new(),
+            quiet: false,
+            idle_ticks: 0,
+            quiet_after_ticks: config.quiet_after_ticks,
         })
     }
 
@@ -275,16 +299,134 @@ impl<S: ReplicaStorage> Replica<S> {
         self.node.on_entries_fetched(context);
     }
 
-    /// One tick of logical time. True when the replica has something for `advance`.
+    /// One tick of logical time, unless the replica is quiet. True when the replica has
+    /// something for `advance`.
     pub fn tick(&mut self) -> bool {
+        if self.quiet {
+            return false;
+        }
         self.node.tick()
     }
 
-    /// A message from a peer.
+    /// [`tick`](Self::tick), and on a leader whose group has been idle for
+    /// `quiet_after_ticks` ticks in a row ([`can_go_quiet`](Self::can_go_quiet), with `live`
+    /// saying which peers' nodes are up): goes quiet, with a heartbeat to every follower that
+    /// the owner sends marked quiet ([`receive_quiet`](Self::receive_quiet) on the other
+    /// side). True when the replica has something for `advance`.
+    pub fn tick_quietly(&mut self, live: &dyn Fn(u64) -> bool) -> bool {
+        if self.quiet {
+            return false;
+        }
+        // Judged before the tick: a tick that sends the regular heartbeats leaves messages
+        // behind, which are not work the group has.
+        let idle = self.quiet_after_ticks > 0 && self.can_go_quiet(live);
+        self.idle_ticks = if idle { self.idle_ticks + 1 } else { 0 };
+        let ready = self.node.tick();
+        if self.idle_ticks >= self.quiet_after_ticks && idle {
+            self.quiet = true;
+            self.idle_ticks = 0;
+            self.node.ping();
+            return true;
+        }
+        ready
+    }
+
+    /// Whether this replica leads a group with nothing in flight: every entry committed,
+    /// durable and applied here; every other replica (learners too) acknowledged the whole
+    /// log, is replicating normally and `live`; no configuration change, leadership transfer
+    /// or read request pending. Such a group needs no ticks until something new happens.
+    pub fn can_go_quiet(&self, live: &dyn Fn(u64) -> bool) -> bool {
+        let raft = &self.node.raft;
+        let log = &raft.raft_log;
+        let last = log.last_index();
+        self.role() == Role::Leader
+            && !self.node.has_ready()
+            && log.committed == last
+            && log.persisted == last
+            && log.applied == last
+            && self.snapshot_to_apply.is_none()
+            && raft.lead_transferee.is_none()
+            && !raft.has_pending_conf()
+            && raft.pending_read_count() == 0
+            && raft.prs().conf().to_conf_state().voters_outgoing.is_empty()
+            && raft.prs().iter().all(|(id, progress)| {
+                *id == raft.id
+                    || (progress.matched == last
+                        && progress.state == raft::ProgressState::Replicate
+                        && live(*id))
+            })
+    }
+
+    /// Whether raft-rs has work for [`advance`](Self::advance).
+    pub fn has_ready(&self) -> bool {
+        self.node.has_ready()
+    }
+
+    /// Whether the replica is quiet: its clock stands still (a leader sends no heartbeats, a
+    /// follower runs no election timer) until a message, a proposal or its owner wakes it.
+    pub fn is_quiet(&self) -> bool {
+        self.quiet
+    }
+
+    /// Wakes a quiet replica: its clock runs again from where it stood (a follower's election
+    /// timer, frozen just after the leader's last heartbeat, has a whole timeout to run).
+    pub fn wake(&mut self) {
+        self.quiet = false;
+    }
+
+    /// Wakes the replica if `peer` is a member of its group (voter or learner).
+    pub fn wake_if_member(&mut self, peer: u64) {
+        if self.quiet && self.is_member(peer) {
+            self.wake();
+        }
+    }
+
+    fn is_member(&self, peer: u64) -> bool {
+        let conf = self.node.raft.prs().conf();
+        conf.voters().contains(peer) || conf.learners().contains(&peer)
+    }
+
+    /// A message from a peer. It wakes a quiet replica.
     pub fn receive(&mut self, message: Message) -> Result<()> {
+        self.wake();
         let stepped = self.node.step(message).map_err(ReplicationError::from);
         self.note_leader();
         stepped
+    }
+
+    /// A message its sender marked quiet. A leader's heartbeat: stepped as any heartbeat,
+    /// then this replica goes quiet if it follows that leader in its term, holds exactly the
+    /// committed log, durable, and the leader's node is `live` (a heartbeat that was on its way
+    /// when the leader died must not put to sleep a follower its owner just woke); else it
+    /// stays awake, and its unmarked answer wakes the leader. A follower's answer to such a heartbeat: stepped without waking this replica.
+    /// Anything else: as [`receive`](Self::receive).
+    pub fn receive_quiet(&mut self, message: Message, live: &dyn Fn(u64) -> bool) -> Result<()> {
+        use raft::eraftpb::MessageType;
+        let (term, from) = (message.term, message.from);
+        match message.get_msg_type() {
+            MessageType::MsgHeartbeat => {
+                let stepped = self.node.step(message).map_err(ReplicationError::from);
+                self.note_leader();
+                let log = &self.node.raft.raft_log;
+                let last = log.last_index();
+                self.quiet = stepped.is_ok()
+                    && live(from)
+                    && self.role() == Role::Follower
+                    && self.term() == term
+                    && self.leader_id() == from
+                    && log.committed == last
+                    && log.persisted == last
+                    && self.snapshot_to_apply.is_none();
+                self.idle_ticks = 0;
+                stepped
+            }
+            MessageType::MsgHeartbeatResponse => {
+                let stepped = self.node.step(message).map_err(ReplicationError::from);
+                self.note_leader();
+                stepped
+            }
+            _ => self.receive(message),
+        }
     }
 
     fn note_leader(&mut self) {
@@ -295,6 +437,7 @@ impl<S: ReplicaStorage> Replica<S> {
 
     /// Appends `data` as a new entry if this replica leads; `NotLeader` otherwise.
     pub fn propose(&mut self, data: Bytes) -> Result<()> {
+        self.wake();
         if self.role() != Role::Leader {
             return Err(ReplicationError::NotLeader {
                 leader: self.leader_id(),
@@ -310,6 +453,7 @@ impl<S: ReplicaStorage> Replica<S> {
     /// log, so the caller must recognise its entry there (and propose again if it never
     /// appears). `NotLeader` when no leader is known.
     pub fn propose_anywhere(&mut self, data: Bytes) -> Result<()> {
+        self.wake();
         if self.role() != Role::Leader && self.leader_id() == raft::INVALID_ID {
             return Err(ReplicationError::NotLeader { leader: 0 });
         }
@@ -321,11 +465,13 @@ impl<S: ReplicaStorage> Replica<S> {
     /// On a leader: hands leadership to `to` as soon as it holds the whole log (raft-rs's
     /// TimeoutNow); proposals are dropped meanwhile. Repeating it for the same `to` is a no-op.
     pub fn transfer_leader(&mut self, to: u64) {
+        self.wake();
         self.node.transfer_leader(to);
     }
 
     /// Starts an election now (a leader hand-off, or a test).
     pub fn campaign(&mut self) -> Result<()> {
+        self.wake();
         self.node.campaign().map_err(ReplicationError::from)
     }
 
@@ -370,6 +516,7 @@ impl<S: ReplicaStorage> Replica<S> {
         if self.role() != Role::Follower || !leaderless {
             return false;
         }
+        self.wake();
         let mut timeout_now = Message::default();
         timeout_now.set_msg_type(raft::eraftpb::MessageType::MsgTimeoutNow);
         timeout_now.from = gone;
@@ -384,6 +531,7 @@ impl<S: ReplicaStorage> Replica<S> {
     /// later `Progress::read_indexes`; a request made while no leader is known is dropped (ask
     /// again). `context` tells concurrent requests apart.
     pub fn read_index(&mut self, context: Vec<u8>) {
+        self.wake();
         self.node.read_index(context);
     }
 
@@ -451,6 +599,7 @@ impl<S: ReplicaStorage> Replica<S> {
     /// drops it (appends an empty entry instead) while another change is pending or when it
     /// does not fit the current configuration; `NotLeader` elsewhere.
     pub fn propose_conf_change(&mut self, change: ConfChangeV2) -> Result<()> {
+        self.wake();
         if self.role() != Role::Leader {
             return Err(ReplicationError::NotLeader {
                 leader: self.leader_id(),
@@ -493,6 +642,7 @@ impl<S: ReplicaStorage> Replica<S> {
 
     /// Tells the replica a peer could not be reached, so it stops pipelining to it.
     pub fn unreachable(&mut self, peer: u64) {
+        self.wake_if_member(peer);
         self.node.report_unreachable(peer);
     }
 
@@ -595,6 +745,187 @@ mod tests {
 
     fn window_closed(replica: &Replica<MemStorage>, id: u64) -> bool {
         replica.node.raft.prs().get(id).unwrap().ins.full()
+    }
+
+    /// Three voters in memory, messages carried by hand.
+    struct Group {
+        replicas: Vec<Replica<MemStorage>>,
+        /// Messages dropped instead of delivered, to this id.
+        cut_off: Option<u64>,
+    }
+
+    impl Group {
+        fn new() -> Group {
+            let replicas = (1..=3)
+                .map(|id| {
+                    let storage =
+                        MemStorage::new_with_conf_state(ConfState::from((vec![1, 2, 3], vec![])));
+                    Replica::new(
+                        id,
+                        ReplicaConfig {
+                            election_jitter_ticks: 1,
+                            ..ReplicaConfig::default()
+                        },
+                        storage,
+                        0,
+                        &crate::discard_logger(),
+                    )
+                    .unwrap()
+                })
+                .collect();
+            let mut group = Group {
+                replicas,
+                cut_off: None,
+            };
+            group.replicas[0].campaign().unwrap();
+            group.settle();
+            assert_eq!(group.replicas[0].role(), Role::Leader);
+            group
+        }
+
+        /// Runs every replica's ready work and delivers what it sends (marked quiet as the
+        /// node marks it) until nothing moves.
+        fn settle(&mut self) {
+            for _ in 0..100 {
+                let mut outgoing = Vec::new();
+                for replica in &mut self.replicas {
+                    while let Some(progress) = replica.advance().unwrap() {
+                        let quiet = replica.is_quiet();
+                        let mut sent = progress.send;
+                        replica.persisted(progress.persist.number);
+                        sent.extend(progress.persist.send_after);
+                        outgoing.extend(sent.into_iter().map(|m| {
+                            let marked = quiet
+                                && matches!(
+                                    m.get_msg_type(),
+                                    raft::eraftpb::MessageType::MsgHeartbeat
+                                        | raft::eraftpb::MessageType::MsgHeartbeatResponse
+                                );
+                            (m, marked)
+                        }));
+                    }
+                }
+                if outgoing.is_empty() {
+                    return;
+                }
+                for (message, marked) in outgoing {
+                    if Some(message.to) == self.cut_off {
+                        continue;
+                    }
+                    let to = &mut self.replicas[message.to as usize - 1];
+                    if marked {
+                        to.receive_quiet(message, &|_| true).unwrap();
+                    } else {
+                        to.receive(message).unwrap();
+                    }
+                }
+            }
+            panic!("the group never settled");
+        }
+
+        fn tick(&mut self, live: &dyn Fn(u64) -> bool) {
+            for replica in &mut self.replicas {
+                replica.tick_quietly(live);
+            }
+            self.settle();
+        }
+
+        fn quiet(&self) -> Vec<bool> {
+            self.replicas.iter().map(|r| r.is_quiet()).collect()
+        }
+    }
+
+    #[test]
+    fn an_idle_group_goes_quiet_on_every_replica_and_a_proposal_wakes_it() {
+        let mut group = Group::new();
+        group.replicas[0]
+            .propose(Bytes::from_static(b"one"))
+            .unwrap();
+        group.settle();
+        for _ in 0..ReplicaConfig::default().quiet_after_ticks + 1 {
+            group.tick(&|_| true);
+        }
+        assert_eq!(group.quiet(), vec![true, true, true]);
+        // Quiet: ticks do nothing, however many, and nobody campaigns.
+        for _ in 0..100 {
+            group.tick(&|_| true);
+        }
+        assert_eq!(group.quiet(), vec![true, true, true]);
+        assert_eq!(group.replicas[0].role(), Role::Leader);
+        assert_eq!(group.replicas[0].term(), group.replicas[1].term());
+        // A proposal wakes the leader; its append wakes the followers.
+        group.replicas[0]
+            .propose(Bytes::from_static(b"two"))
+            .unwrap();
+        group.settle();
+        assert_eq!(group.quiet(), vec![false, false, false]);
+        assert!(group.replicas.iter().all(|r| r.commit_index() == 3));
+    }
+
+    #[test]
+    fn a_group_with_a_member_down_stays_awake_and_a_woken_follower_elects() {
+        let mut group = Group::new();
+        let quiet_after = ReplicaConfig::default().quiet_after_ticks;
+        // Node 3 is not live: the leader keeps heartbeating.
+        for _ in 0..quiet_after * 3 {
+            group.tick(&|id| id != 3);
+        }
+        assert_eq!(group.quiet(), vec![false, false, false]);
+        for _ in 0..quiet_after + 1 {
+            group.tick(&|_| true);
+        }
+        assert_eq!(group.quiet(), vec![true, true, true]);
+        // The leader's node goes silent: its followers' owners wake them, and one of them is
+        // elected once its timer runs out; the old leader, still quiet, knows nothing of it
+        // until a message reaches it.
+        group.cut_off = Some(1);
+        group.replicas[1].wake_if_member(1);
+        group.replicas[2].wake_if_member(1);
+        // (Clocks a few ticks apart: without jitter two timers that start together split
+        // every vote.)
+        for tick in 0..ReplicaConfig::default().election_ticks * 3 {
+            group.replicas[1].tick_quietly(&|id| id != 1);
+            if tick >= 3 {
+                group.replicas[2].tick_quietly(&|id| id != 1);
+            }
+            group.settle();
+        }
+        let leaders: Vec<u64> = group.replicas[1..]
+            .iter()
+            .filter(|r| r.role() == Role::Leader)
+            .map(|r| r.id())
+            .collect();
+        assert_eq!(leaders.len(), 1, "one of the woken followers leads");
+        assert!(group.replicas[1].term() > group.replicas[0].term());
+    }
+
+    #[test]
+    fn a_leader_stays_awake_until_every_follower_holds_its_log() {
+        let mut group = Group::new();
+        let quiet_after = ReplicaConfig::default().quiet_after_ticks;
+        group.cut_off = Some(3);
+        group.replicas[0].propose(Bytes::from_static(b"x")).unwrap();
+        group.settle();
+        for _ in 0..quiet_after * 3 {
+            group.tick(&|_| true);
+        }
+        assert!(!group.replicas[0].is_quiet(), "3 lacks the entry");
+        group.cut_off = None;
+        for _ in 0..quiet_after * 3 {
+            group.tick(&|_| true);
+        }
+        assert_eq!(group.quiet(), vec![true, true, true]);
+        assert_eq!(group.replicas[2].commit_index(), 2, "3 caught up first");
+        // An answer its sender did not mark quiet (a follower that stayed awake) wakes the
+        // leader, which heartbeats again.
+        let mut answer = Message::default();
+        answer.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeatResponse);
+        answer.from = 2;
+        answer.to = 1;
+        answer.term = group.replicas[0].term();
+        answer.commit = 2;
+        group.replicas[0].receive(answer).unwrap();
+        assert!(!group.replicas[0].is_quiet());
     }
 
     #[test]

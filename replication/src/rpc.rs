@@ -45,6 +45,9 @@ impl GroupKey {
 pub struct GroupMessage {
     pub group: GroupKey,
     pub message: Message,
+    /// Part of a group going quiet (a leader's heartbeat asking its followers to, or a
+    /// follower's answer that it did): it does not wake a quiet replica (`replica.rs`).
+    pub quiet: bool,
 }
 
 /// A group its sender's shard leads (and serves), and who is in sync with it there.
@@ -347,6 +350,7 @@ fn encode_message<'b>(
             reject_hint: m.reject_hint,
             context: Some(context),
             priority: m.priority,
+            quiet: message.quiet,
         },
     )
 }
@@ -457,6 +461,7 @@ fn decode_message(payload: &Bytes, m: fb::RaftMessage<'_>) -> Result<GroupMessag
     Ok(GroupMessage {
         group: group_key_of(group),
         message,
+        quiet: m.quiet(),
     })
 }
 
@@ -537,12 +542,12 @@ mod tests {
         (
             (any::<u128>(), any::<i32>(), 0i32..19),
             prop::array::uniform8(any::<u64>()),
-            (any::<bool>(), any::<i64>()),
+            (any::<bool>(), any::<i64>(), any::<bool>()),
             prop::collection::vec(entry, 0..5),
             snapshot,
         )
             .prop_map(
-                |((topic_id, partition, kind), n, (reject, priority), entries, snapshot)| {
+                |((topic_id, partition, kind), n, (reject, priority, quiet), entries, snapshot)| {
                     let mut message = Message {
                         msg_type: MessageType::from_i32(kind).unwrap(),
                         to: n[0],
@@ -567,6 +572,7 @@ mod tests {
                             partition,
                         },
                         message,
+                        quiet,
                     }
                 },
             )
@@ -633,6 +639,7 @@ mod tests {
                 partition: 2,
             },
             message: append(2, vec![vec![0xab; 4096], vec![0xcd; 100]]),
+            quiet: false,
         }]);
         let payload = Bytes::copy_from_slice(&bytes[FRAME_HEADER_BYTES..]);
         let header = decode_header(bytes[..8].try_into().unwrap(), 1 << 20).unwrap();
@@ -665,6 +672,7 @@ mod tests {
         let mut bytes = frame_of(&[GroupMessage {
             group: GroupKey::CONTROLLER,
             message: append(2, vec![b"batch".to_vec()]),
+            quiet: false,
         }]);
         let last = bytes.len() - 3;
         bytes[last] ^= 0x10;
@@ -679,6 +687,7 @@ mod tests {
         let bytes = frame_of(&[GroupMessage {
             group: GroupKey::CONTROLLER,
             message: append(2, vec![vec![1; 200]]),
+            quiet: false,
         }]);
         let payload = &bytes[FRAME_HEADER_BYTES..bytes.len() - 150];
         let header = FrameHeader {

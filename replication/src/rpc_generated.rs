@@ -676,6 +676,7 @@ impl<'a> RaftMessage<'a> {
   pub const VT_REJECT_HINT: ::flatbuffers::VOffsetT = 30;
   pub const VT_CONTEXT: ::flatbuffers::VOffsetT = 32;
   pub const VT_PRIORITY: ::flatbuffers::VOffsetT = 34;
+  pub const VT_QUIET: ::flatbuffers::VOffsetT = 36;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -701,6 +702,7 @@ impl<'a> RaftMessage<'a> {
     if let Some(x) = args.snapshot { builder.add_snapshot(x); }
     if let Some(x) = args.entries { builder.add_entries(x); }
     if let Some(x) = args.group { builder.add_group(x); }
+    builder.add_quiet(args.quiet);
     builder.add_reject(args.reject);
     builder.add_msg_type(args.msg_type);
     builder.finish()
@@ -819,6 +821,13 @@ impl<'a> RaftMessage<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<i64>(RaftMessage::VT_PRIORITY, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn quiet(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(RaftMessage::VT_QUIET, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for RaftMessage<'_> {
@@ -843,6 +852,7 @@ impl ::flatbuffers::Verifiable for RaftMessage<'_> {
      .visit_field::<u64>("reject_hint", Self::VT_REJECT_HINT, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("context", Self::VT_CONTEXT, false)?
      .visit_field::<i64>("priority", Self::VT_PRIORITY, false)?
+     .visit_field::<bool>("quiet", Self::VT_QUIET, false)?
      .finish();
     Ok(())
   }
@@ -864,6 +874,7 @@ pub struct RaftMessageArgs<'a> {
     pub reject_hint: u64,
     pub context: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub priority: i64,
+    pub quiet: bool,
 }
 impl<'a> Default for RaftMessageArgs<'a> {
   #[inline]
@@ -885,6 +896,7 @@ impl<'a> Default for RaftMessageArgs<'a> {
       reject_hint: 0,
       context: None,
       priority: 0,
+      quiet: false,
     }
   }
 }
@@ -959,6 +971,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RaftMessageBuilder<'a, 'b, A>
     self.fbb_.push_slot::<i64>(RaftMessage::VT_PRIORITY, priority, 0);
   }
   #[inline]
+  pub fn add_quiet(&mut self, quiet: bool) {
+    self.fbb_.push_slot::<bool>(RaftMessage::VT_QUIET, quiet, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RaftMessageBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     RaftMessageBuilder {
@@ -992,6 +1008,7 @@ impl ::core::fmt::Debug for RaftMessage<'_> {
       ds.field("reject_hint", &self.reject_hint());
       ds.field("context", &self.context());
       ds.field("priority", &self.priority());
+      ds.field("quiet", &self.quiet());
       ds.finish()
   }
 }

@@ -10,11 +10,14 @@
 //! every peer (a frame of its own where nothing else is queued); a failed send drops it too,
 //! and the owner announces again.
 //!
+//! `keep_alive` makes the next flush send every peer a frame even with nothing queued (an empty
+//! one): node-level liveness for peers whose groups are all quiet.
+//!
 //! Receiving: a `Listener` accepts connections and reads them frame by frame; every frame goes
 //! to the owner's `deliver` callback. A malformed frame (too long, bad checksum, bad structure,
 //! unknown sender) closes that connection with a log line and touches nothing else; the one
 //! frame an unknown sender may send is a request to join (`Frame::join`, nothing else in it),
-//! which is delivered for the owner to judge. Peers can be added while running (a node that
+//! which is delivered for the owner to judge (an empty frame, a keep-alive, is skipped). Peers can be added while running (a node that
 //! joined): `Transport::add_peer`, `Listener::allow_sender`. When a
 //! connection that carried frames from a node closes, the owner's `hung_up` callback names that
 //! node (a peer process that died closes its connections at once; the owner can act before any
@@ -51,6 +54,8 @@ struct Link {
     leading: RefCell<Option<Rc<[LeadNote]>>>,
     /// A request to join the cluster (this node's registration), for the next flush.
     join: RefCell<Option<Bytes>>,
+    /// The next flush sends a frame even with nothing queued (a keep-alive).
+    keep_alive: Cell<bool>,
     stream: Mutex<Option<TcpStream>>,
     /// No dial before this instant (after a failure).
     retry_at: Cell<Option<Instant>>,
@@ -99,6 +104,7 @@ impl Transport {
                 queue: RefCell::new(Vec::new()),
                 leading: RefCell::new(None),
                 join: RefCell::new(None),
+                keep_alive: Cell::new(false),
                 stream: Mutex::new(None),
                 retry_at: Cell::new(None),
                 backoff: Cell::new(BACKOFF_FIRST),
@@ -143,6 +149,14 @@ impl Transport {
         }
     }
 
+    /// Makes the next flush send every peer a frame, an empty one where nothing is queued, so
+    /// that peers hear this node is up although none of its groups has anything to say.
+    pub fn keep_alive(&self) {
+        for link in self.links.values() {
+            link.keep_alive.set(true);
+        }
+    }
+
     /// Sends every peer's queued messages (and a pending announcement) as one frame each, to
     /// all peers concurrently.
     pub async fn flush(&self) -> FlushReport {
@@ -150,7 +164,8 @@ impl Transport {
             let messages = std::mem::take(&mut *link.queue.borrow_mut());
             let leading = link.leading.borrow_mut().take();
             let join = link.join.borrow_mut().take();
-            (!messages.is_empty() || leading.is_some() || join.is_some()).then(|| {
+            let keep_alive = link.keep_alive.replace(false);
+            (!messages.is_empty() || leading.is_some() || join.is_some() || keep_alive).then(|| {
                 let link = link.clone();
                 let peer = *peer;
                 async move {
@@ -186,7 +201,7 @@ impl Transport {
         if let Some(registration) = join {
             encode_join_frame(self.node_id, registration, &mut frame);
         }
-        if !messages.is_empty() || leading.is_some() {
+        if !messages.is_empty() || leading.is_some() || join.is_none() {
             encode_frame(self.node_id, messages, leading, &mut frame);
         }
         let mut stream = link.stream.lock().await;
@@ -369,8 +384,12 @@ async fn read_frames(
             .map_err(|e| format!("frame payload: {e}"))?;
         let frame = decode_payload(header, Bytes::from(payload)).map_err(|e| e.to_string())?;
         if !senders.borrow().contains(&frame.from_node) {
-            let only_join =
-                frame.join.is_some() && frame.messages.is_empty() && frame.leading.is_none();
+            let empty = frame.messages.is_empty() && frame.leading.is_none();
+            if empty && frame.join.is_none() {
+                // A keep-alive from a node that is no peer (yet): it says nothing.
+                continue;
+            }
+            let only_join = frame.join.is_some() && empty;
             if !only_join {
                 return Err(format!("frame from unknown node {}", frame.from_node));
             }

@@ -50,6 +50,7 @@ fn a_group_whose_log_failed_does_not_cost_the_others_their_step() {
                 heartbeat_ticks: 1,
                 max_bytes_per_message: 256 * 1024,
                 max_inflight_messages: 64,
+                quiet_after_ticks: 4,
             };
             for partition in [0, 1] {
                 let dir = root.path().join(format!("p-{partition}"));

@@ -40,6 +40,7 @@ fn config() -> ReplicaConfig {
         heartbeat_ticks: 2,
         max_bytes_per_message: 256 * 1024,
         max_inflight_messages: 64,
+        quiet_after_ticks: 4,
     }
 }
 

@@ -34,6 +34,7 @@ fn replica_config() -> ReplicaConfig {
         heartbeat_ticks: 2,
         max_bytes_per_message: 64 * 1024,
         max_inflight_messages: 64,
+        quiet_after_ticks: 0,
     }
 }
 

@@ -183,6 +183,12 @@ struct Stats {
     conf_changes: u64,
     /// Nodes that joined the group as learners (membership runs only).
     joins: u64,
+    /// Times a leader went quiet (quiet runs only).
+    quiet_spells: u64,
+    /// Quiet replicas woken because a member's liveness changed (quiet runs only).
+    woken_by_liveness: u64,
+    /// Leaders of a quiet group lost for good after healing (quiet runs only).
+    quiet_leaders_lost: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -199,6 +205,9 @@ impl std::ops::AddAssign for Stats {
         self.snapshots_restored += other.snapshots_restored;
         self.conf_changes += other.conf_changes;
         self.joins += other.joins;
+        self.quiet_spells += other.quiet_spells;
+        self.woken_by_liveness += other.woken_by_liveness;
+        self.quiet_leaders_lost += other.quiet_leaders_lost;
     }
 }
 
@@ -275,6 +284,8 @@ struct Mail {
     from: u64,
     to: u64,
     message: Message,
+    /// Sent marked quiet (a quiet group's heartbeat or answer), as a node marks it.
+    quiet: bool,
 }
 
 struct Sim {
@@ -295,6 +306,12 @@ struct Sim {
     /// Membership changes are proposed (spare nodes join, learners are promoted, voters
     /// demoted, replaced in joint changes, learners removed).
     membership_changes: bool,
+    /// Idle groups go quiet (`Replica::tick_quietly`), proposals come in bursts so that they
+    /// do, and each node wakes its quiet replica when a member's liveness changes as it sees
+    /// it (up, not paused, its link to this node not cut).
+    quiet_groups: bool,
+    /// Per node: the peers it saw live at its last tick.
+    live_seen: Vec<HashSet<u64>>,
     stats: Stats,
 }
 
@@ -307,6 +324,7 @@ fn config() -> ReplicaConfig {
         heartbeat_ticks: 2,
         max_bytes_per_message: 4096,
         max_inflight_messages: 16,
+        quiet_after_ticks: 4,
     }
 }
 
@@ -338,6 +356,8 @@ impl Sim {
             applied: BTreeMap::new(),
             next_proposal: 0,
             membership_changes,
+            quiet_groups: false,
+            live_seen: Vec::new(),
             stats: Stats::default(),
         };
         let spares = if membership_changes { 2 } else { 0 };
@@ -505,8 +525,18 @@ impl Sim {
     }
 
     fn send(&mut self, from: u64, messages: Vec<Message>, lossy: bool) {
+        let sender_quiet = self.nodes[(from - 1) as usize]
+            .replica
+            .as_ref()
+            .is_some_and(|r| r.is_quiet());
         for message in messages {
             let to = message.to;
+            let quiet = sender_quiet
+                && matches!(
+                    message.get_msg_type(),
+                    raft::eraftpb::MessageType::MsgHeartbeat
+                        | raft::eraftpb::MessageType::MsgHeartbeatResponse
+                );
             if self.cut.contains(&(from, to)) || (lossy && self.rng.gen_bool(0.05)) {
                 self.stats.messages_dropped += 1;
                 continue;
@@ -522,6 +552,7 @@ impl Sim {
                     from,
                     to,
                     message: message.clone(),
+                    quiet,
                 });
             }
             self.network.push(Mail {
@@ -529,6 +560,7 @@ impl Sim {
                 from,
                 to,
                 message,
+                quiet,
             });
         }
     }
@@ -893,7 +925,14 @@ impl Sim {
             };
             let _ = mail.from;
             // A message for a stale term or unknown peer is refused inside raft-rs; fine.
-            let _ = replica.receive(mail.message);
+            let _ = if mail.quiet {
+                let live = self.live_seen.get(to);
+                replica.receive_quiet(mail.message, &|peer| {
+                    live.is_some_and(|live| live.contains(&peer))
+                })
+            } else {
+                replica.receive(mail.message)
+            };
             self.drive_node(to, lossy)?;
         }
         Ok(())
@@ -913,13 +952,82 @@ impl Sim {
             } else {
                 1
             };
-            let Some(replica) = self.nodes[index].replica.as_mut() else {
+            if self.nodes[index].replica.is_none() {
                 continue;
-            };
-            for _ in 0..ticks {
-                replica.tick();
+            }
+            if self.quiet_groups {
+                self.tick_quietly(index, ticks);
+            } else {
+                let replica = self.nodes[index].replica.as_mut().expect("up");
+                for _ in 0..ticks {
+                    replica.tick();
+                }
             }
             self.drive_node(index, lossy)?;
+        }
+        Ok(())
+    }
+
+    /// Node `index`'s tick in a quiet run: it sees which peers are live (as node-level
+    /// keep-alives would tell it: up, not paused, their link to it not cut), wakes its replica
+    /// if a member's liveness changed, then ticks it quietly.
+    fn tick_quietly(&mut self, index: usize, ticks: u32) {
+        let me = self.nodes[index].id;
+        let live: HashSet<u64> = self
+            .nodes
+            .iter()
+            .filter(|n| n.id != me && n.replica.is_some() && !n.paused)
+            .filter(|n| !self.cut.contains(&(n.id, me)))
+            .map(|n| n.id)
+            .collect();
+        if self.live_seen.len() < self.nodes.len() {
+            self.live_seen.resize(self.nodes.len(), HashSet::new());
+        }
+        let changed: Vec<u64> = live
+            .symmetric_difference(&self.live_seen[index])
+            .copied()
+            .collect();
+        let replica = self.nodes[index].replica.as_mut().expect("up");
+        for peer in changed {
+            let was_quiet = replica.is_quiet();
+            replica.wake_if_member(peer);
+            if was_quiet && !replica.is_quiet() {
+                self.stats.woken_by_liveness += 1;
+            }
+        }
+        for _ in 0..ticks {
+            let was_quiet = replica.is_quiet();
+            replica.tick_quietly(&|peer| live.contains(&peer));
+            if !was_quiet && replica.is_quiet() {
+                self.stats.quiet_spells += 1;
+            }
+        }
+        self.live_seen[index] = live;
+    }
+
+    /// Quiet runs, once healed: waits for the group to go quiet on every replica, then
+    /// crashes its leader for good. Only the followers' liveness wake-up can then elect
+    /// another, which the final proposal needs.
+    fn lose_a_quiet_leader(&mut self) -> Check {
+        for _ in 0..1_000 {
+            self.step(false)?;
+            let up: Vec<&Replica<SimStore>> = self
+                .nodes
+                .iter()
+                .filter_map(|n| n.replica.as_ref())
+                .collect();
+            if up.len() == self.nodes.len() && up.iter().all(|r| r.is_quiet()) {
+                let leader = self
+                    .nodes
+                    .iter_mut()
+                    .find(|n| n.replica.as_ref().is_some_and(|r| r.role() == Role::Leader));
+                if let Some(node) = leader {
+                    node.replica = None;
+                    node.retired = true;
+                    self.stats.quiet_leaders_lost += 1;
+                }
+                return Ok(());
+            }
         }
         Ok(())
     }
@@ -995,7 +1103,14 @@ impl Sim {
         if lossy {
             self.inject_faults();
         }
-        if self.rng.gen_bool(0.3) {
+        // Quiet runs propose in bursts, with idle stretches between them for groups to go
+        // quiet in.
+        let proposing = if self.quiet_groups {
+            (self.now / 40).is_multiple_of(3) && self.rng.gen_bool(0.5)
+        } else {
+            self.rng.gen_bool(0.3)
+        };
+        if proposing {
             self.propose();
         }
         if self.membership_changes && lossy && self.rng.gen_bool(0.02) {
@@ -1016,6 +1131,9 @@ impl Sim {
             self.step(true)?;
         }
         self.heal();
+        if self.quiet_groups {
+            self.lose_a_quiet_leader()?;
+        }
         // Settle: a fresh proposal applied everywhere. A leader that lost its term before the
         // proposal committed drops it, as a client's request times out: propose again.
         let final_proposal = self.payload(&format!("seed {} final", self.seed));
@@ -1171,6 +1289,23 @@ fn run_seed(seed: u64, owner: Owner, store_kind: StoreKind) -> Result<Stats, Str
     run_seed_with(seed, owner, store_kind, false)
 }
 
+/// [`run_seed`] with quiet groups (over the partition store).
+fn run_quiet_seed(seed: u64) -> Result<Stats, String> {
+    std::panic::catch_unwind(|| {
+        let mut sim = Sim::with_membership(seed, Owner::Correct, StoreKind::Partition, false);
+        sim.quiet_groups = true;
+        sim.run()
+    })
+    .unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        Err(format!("seed {seed}: raft-rs panicked: {what}"))
+    })
+}
+
 /// [`run_seed`], with membership changes when `membership_changes`.
 fn run_seed_with(
     seed: u64,
@@ -1281,6 +1416,37 @@ fn groups_keep_every_applied_entry_while_their_members_change() {
         );
         assert!(
             total.crashes > 0 && total.snapshots_restored > 0,
+            "{total:?}"
+        );
+    }
+}
+
+/// The same faults with quiet groups: idle leaders go quiet and their followers with them,
+/// and only what each node can see of the others (up, not paused, link not cut) wakes them.
+/// Besides every check above, the run's end needs a leader elected and a proposal applied
+/// everywhere after healing, which a group left quiet with a dead leader could never do.
+#[test]
+fn quiet_groups_keep_every_applied_entry_and_wake_when_a_member_goes() {
+    let mut total = Stats::default();
+    let seeds = seeds_from(3_000_000, 500);
+    for &seed in &seeds {
+        match run_quiet_seed(seed) {
+            Ok(stats) => total += stats,
+            Err(violation) => panic!("{violation} (quiet groups, seed {seed})"),
+        }
+    }
+    eprintln!("{} seeds with quiet groups: {total:?}", seeds.len());
+    if seeds.len() >= 100 {
+        assert!(
+            total.quiet_spells > seeds.len() as u64 && total.woken_by_liveness > 0,
+            "groups went quiet, and liveness woke some: {total:?}"
+        );
+        assert!(
+            total.quiet_leaders_lost > seeds.len() as u64 / 2,
+            "most runs lost a quiet group's leader for good: {total:?}"
+        );
+        assert!(
+            total.crashes > 0 && total.elections > 2 * seeds.len() as u64,
             "{total:?}"
         );
     }

@@ -31,6 +31,7 @@ fn heartbeat(sequence: u64) -> GroupMessage {
             commit: sequence,
             ..Message::default()
         },
+        quiet: sequence % 2 == 1,
     }
 }
 

@@ -3791,3 +3791,149 @@ fn a_forwarded_change_the_controller_cannot_commit_times_out() {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// Raft groups with a replica on `id` that are quiet, from its `/metrics`.
+fn quiet_groups(cluster: &Cluster, id: i32) -> u64 {
+    let admin = sluice_tests::admin_addr_in(&cluster.node(id).log()).expect("admin listening");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let text = agent
+        .get(format!("http://{admin}/metrics"))
+        .call()
+        .expect("GET /metrics")
+        .body_mut()
+        .read_to_string()
+        .expect("a text body");
+    text.lines()
+        .filter_map(|line| line.strip_prefix("sluice_raft_groups{"))
+        .filter(|line| line.contains("state=\"quiet\""))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Idle partitions go quiet on every node (no heartbeats, no ticks), and a leader that stops
+/// without its connections closing (SIGSTOP) is still replaced: the nodes' keep-alives stop,
+/// its followers' nodes count it down and wake its groups, and one of them is elected, so a
+/// librdkafka producer's acks=all record is acknowledged by the new leader and kept.
+#[test]
+fn idle_partitions_go_quiet_and_a_paused_leader_is_still_replaced() {
+    const QUIET: &str = "quiet";
+    const QUIET_PARTITIONS: i32 = 6;
+    let _one_at_a_time = one_cluster_at_a_time();
+    let cluster = Cluster::start(3, &[]);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .create()
+        .unwrap();
+    let topic = NewTopic::new(QUIET, QUIET_PARTITIONS, TopicReplication::Fixed(3));
+    let created = futures::executor::block_on(admin.create_topics(
+        [&topic],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+    ))
+    .unwrap();
+    assert!(created[0].is_ok(), "{created:?}");
+    let deliveries = Deliveries::default();
+    let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("acks", "all")
+        .set("linger.ms", "0")
+        .set("socket.timeout.ms", "3000")
+        .set("message.timeout.ms", "60000")
+        .create_with_context(deliveries.clone())
+        .unwrap();
+    let delivered = |count: usize| {
+        let deadline = Instant::now() + Duration::from_secs(70);
+        while deliveries.0.lock().unwrap().len() < count {
+            assert!(Instant::now() < deadline, "deliveries never came");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let reports = deliveries.0.lock().unwrap().clone();
+        assert!(
+            reports.iter().all(|(_, outcome)| outcome.is_ok()),
+            "{reports:?}"
+        );
+    };
+    for partition in 0..QUIET_PARTITIONS {
+        let payload = format!("before-{partition}");
+        producer
+            .send(
+                BaseRecord::<(), _>::to(QUIET)
+                    .partition(partition)
+                    .payload(&payload),
+            )
+            .unwrap();
+    }
+    delivered(QUIET_PARTITIONS as usize);
+    // Idle now: every node's replicas of the topic go quiet (the controller never does).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let quiet: Vec<u64> = (0..3).map(|id| quiet_groups(&cluster, id)).collect();
+        if quiet.iter().all(|q| *q >= QUIET_PARTITIONS as u64) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "idle groups did not go quiet: {quiet:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (leader, epoch) = leader_of(&cluster, QUIET, 0);
+    cluster.pause(leader, true);
+    let paused_at = Instant::now();
+    // The survivors elect one of them (nothing else would wake their quiet replicas: no
+    // connection closed, no message arrives).
+    let survivors: Vec<i32> = (0..3).filter(|n| *n != leader).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let now_led = loop {
+        let answer = metadata(cluster.node(survivors[0]).kafka);
+        let named = topic_in(&answer, QUIET)
+            .and_then(|t| t.partitions.iter().find(|p| p.partition_index == 0))
+            .map(|p| (p.leader_id.0, p.leader_epoch));
+        if let Some((led_by, led_in)) = named {
+            if survivors.contains(&led_by) && led_in > epoch {
+                break (led_by, led_in);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no survivor took over from paused leader {leader}: {named:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = paused_at.elapsed();
+    eprintln!("paused leader {leader} replaced by {now_led:?} after {took:?}");
+    // librdkafka gets its record acknowledged by the new leader (its request to the paused
+    // one times out first, after `socket.timeout.ms`: the connection stays open).
+    let payload = "after the pause".to_string();
+    producer
+        .send(
+            BaseRecord::<(), _>::to(QUIET)
+                .partition(0)
+                .payload(&payload),
+        )
+        .unwrap();
+    delivered(QUIET_PARTITIONS as usize + 1);
+    cluster.pause(leader, false);
+    // The partition holds both records, once each, in order.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("group.id", "quiet-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(QUIET, 0, Offset::Offset(0))
+        .unwrap();
+    consumer.assign(&assignment).unwrap();
+    let mut read = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read.len() < 2 && Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            read.push(String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned());
+        }
+    }
+    assert_eq!(read, vec!["before-0".to_string(), payload]);
+}
