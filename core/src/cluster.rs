@@ -471,6 +471,9 @@ pub struct ReplicaLink {
     /// On the leader: how many replicas (itself included) are in sync.
     in_sync: Cell<usize>,
     wake: mpsc::UnboundedSender<()>,
+    /// The state above was published while the group was quiet: nothing about it can change
+    /// until the group wakes, so `publish_states` skips it till then.
+    published_quiet: Cell<bool>,
 }
 
 impl ReplicaLink {
@@ -1314,6 +1317,7 @@ impl Driver {
             }),
             state_waiters: RefCell::default(),
             in_sync: Cell::new(0),
+            published_quiet: Cell::new(false),
             wake: self.wake.clone(),
         });
         self.links.insert(key, link.clone());
@@ -2043,6 +2047,13 @@ impl Driver {
             let Some(group) = self.node.group(&group_key(*key)) else {
                 continue;
             };
+            // A quiet group's role, term, leader, high watermark and ISR (its followers'
+            // answers stand still with its clock) stay as published once it went quiet.
+            let quiet = group.is_quiet();
+            if quiet && link.published_quiet.get() {
+                continue;
+            }
+            link.published_quiet.set(quiet);
             let replica = group.replica();
             // A new leader serves once the first entry of its term is applied: then every
             // entry of earlier terms it holds is committed and recorded in the producer state,
