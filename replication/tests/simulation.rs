@@ -1291,18 +1291,10 @@ fn run_seed(seed: u64, owner: Owner, store_kind: StoreKind) -> Result<Stats, Str
 
 /// [`run_seed`] with quiet groups (over the partition store).
 fn run_quiet_seed(seed: u64) -> Result<Stats, String> {
-    std::panic::catch_unwind(|| {
+    run_catching_panics(seed, || {
         let mut sim = Sim::with_membership(seed, Owner::Correct, StoreKind::Partition, false);
         sim.quiet_groups = true;
-        sim.run()
-    })
-    .unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default();
-        Err(format!("seed {seed}: raft-rs panicked: {what}"))
+        sim
     })
 }
 
@@ -1313,10 +1305,18 @@ fn run_seed_with(
     store_kind: StoreKind,
     membership_changes: bool,
 ) -> Result<Stats, String> {
-    std::panic::catch_unwind(|| {
-        Sim::with_membership(seed, owner, store_kind, membership_changes).run()
+    run_catching_panics(seed, || {
+        Sim::with_membership(seed, owner, store_kind, membership_changes)
     })
-    .unwrap_or_else(|panic| {
+}
+
+/// Runs the simulation `make` builds; a panic (raft-rs's own consistency checks) is a
+/// violation like any other.
+fn run_catching_panics(
+    seed: u64,
+    make: impl FnOnce() -> Sim + std::panic::UnwindSafe,
+) -> Result<Stats, String> {
+    std::panic::catch_unwind(move || make().run()).unwrap_or_else(|panic| {
         let what = panic
             .downcast_ref::<String>()
             .cloned()
