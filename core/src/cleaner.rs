@@ -28,6 +28,14 @@
 //! budget, and the pass runs in a task queue of its own with few shares, so produce and fetch
 //! work always go first.
 //!
+//! Cluster mode: every replica cleans its own log (as each Kafka replica runs its own
+//! cleaner), leader and followers alike, with two rules of its own. Only segments wholly below
+//! the replica's commit point (its high watermark) are cleaned, so nothing a Raft truncation
+//! could still take back is rewritten. And no batch goes: one emptied of records stays as an
+//! empty batch (`batch::empty_batch`), because each batch is one Raft entry, and a reopen
+//! rebuilds the Raft window batch by batch; a follower catching up gets these batches as the
+//! leader holds them (see `sluice_replication::partition`).
+//!
 //! `__consumer_offsets` is not cleaned here: its coordinator compacts it (see `groups`).
 
 use std::borrow::Cow;
@@ -37,7 +45,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::compression::{Compressor, Decompressor};
-use sluice_storage::batch::{rebuild_batch, record_views, BatchInfo, BATCH_HEADER_BYTES};
+use sluice_storage::batch::{
+    empty_batch, rebuild_batch, record_views, BatchInfo, BATCH_HEADER_BYTES,
+};
 use sluice_storage::log::SegmentSummary;
 use sluice_storage::rewrite::{BatchFate, IoBudget};
 use sluice_storage::types::{now_ms, TimestampMs};
@@ -104,9 +114,7 @@ pub async fn cleaner_loop(shard: Rc<Shard>) {
             .into_iter()
             .filter_map(|(key, partition)| {
                 let topic = image.topic_by_id(key.0)?;
-                // Cluster mode: not yet for replicas (each would rewrite its own log, and a
-                // follower catching up reads the leader's batches by offset).
-                if topic.name == crate::groups::OFFSETS_TOPIC || partition.replica().is_some() {
+                if topic.name == crate::groups::OFFSETS_TOPIC {
                     return None;
                 }
                 let segment_bytes = partition.log().config().segment_bytes_max;
@@ -155,7 +163,14 @@ pub async fn clean_partition(
     revisit: bool,
 ) -> Result<Option<PassOutcome>, StorageError> {
     let log = partition.log();
-    let sealed = log.sealed_segments();
+    // Only what is committed (cluster mode) or durable (one node) is cleaned.
+    let committed = partition.high_watermark();
+    let sealed: Vec<SegmentSummary> = log
+        .sealed_segments()
+        .into_iter()
+        .take_while(|s| s.next_offset <= committed)
+        .collect();
+    let keep_every_batch = partition.replica().is_some();
     let first_dirty = log.cleaned_to();
     let end = match cleanable_end(&sealed, first_dirty, compaction, now) {
         Some(end) => end,
@@ -193,8 +208,14 @@ pub async fn clean_partition(
     for (first, group_end) in groups(&sealed, map_end, segment_bytes_max) {
         let fate = |batch: &[u8], info: &BatchInfo, segment_modified: TimestampMs| {
             let expire_at = segment_modified.saturating_add(compaction.delete_retention_ms);
-            let (fate, kept_tombstone) =
-                fate_of(batch, info, &map, expire_at < now, &producer_last);
+            let (fate, kept_tombstone) = fate_of(
+                batch,
+                info,
+                &map,
+                expire_at < now,
+                &producer_last,
+                keep_every_batch,
+            );
             if kept_tombstone {
                 let earliest = kept_tombstones_expire
                     .get()
@@ -339,13 +360,14 @@ async fn build_offset_map(
 }
 
 /// What compaction keeps of one batch (see the module docs), and whether that includes a
-/// tombstone.
+/// tombstone. With `keep_every_batch` (a replica), a batch emptied of records stays empty.
 fn fate_of(
     batch: &[u8],
     info: &BatchInfo,
     map: &HashMap<Box<[u8]>, i64>,
     tombstones_expire: bool,
     producer_last: &HashMap<i64, i64>,
+    keep_every_batch: bool,
 ) -> (BatchFate, bool) {
     if info.is_control() {
         return (BatchFate::Keep, false);
@@ -371,10 +393,15 @@ fn fate_of(
     if kept.len() == views.len() {
         return (BatchFate::Keep, kept_tombstone);
     }
-    let keeps_sequence = info.producer_id >= 0
-        && producer_last.get(&info.producer_id) == Some(&info.last_offset().0);
-    if kept.is_empty() && !keeps_sequence {
-        return (BatchFate::Drop, false);
+    if kept.is_empty() {
+        let keeps_sequence = info.producer_id >= 0
+            && producer_last.get(&info.producer_id) == Some(&info.last_offset().0);
+        let fate = if keeps_sequence || keep_every_batch {
+            BatchFate::Replace(empty_batch(batch))
+        } else {
+            BatchFate::Drop
+        };
+        return (fate, false);
     }
     let log_append_time = info.attributes & 0x08 != 0;
     let max_timestamp = if log_append_time {

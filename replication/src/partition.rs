@@ -1,9 +1,10 @@
 //! One partition's Raft group over its partition log: the log *is* the Raft log.
 //!
-//! A Raft entry is one or more whole record batches (what one produce request carried for the
-//! partition), appended with `Log::append`, which stamps `baseOffset` from the log end and
+//! A Raft entry is one whole record batch (what one produce request carried for the
+//! partition), appended with `Log::append_copied`, which stamps `baseOffset` from the log end and
 //! `partitionLeaderEpoch` = the entry's term. Every replica holds the same prefix of entries, so
-//! every replica assigns the same offsets: the bytes on disk are identical on all of them.
+//! every replica assigns the same offsets: the bytes on disk are identical on all of them (but
+//! where compaction rewrote them, below).
 //! Entries raft-rs makes itself are stored as one-record control batches, which consumers skip:
 //! a new leader's empty entry as type [`CONTROL_LEADER_CHANGE`] (KRaft's LeaderChange), a
 //! configuration change as type [`CONTROL_RAFT_CONF_CHANGE`] with the change as its value. So
@@ -30,6 +31,14 @@
 //! leader too. The follower empties its log to start at that offset
 //! (`Log::start_over_at`, Kafka's `truncateFullyAndStartAt`) and takes the entries above it
 //! as usual. So the window holds the entries of the retained log only.
+//!
+//! Log compaction (`cleanup.policy=compact`, Kafka's cleaner) runs on each replica on its own,
+//! below its commit point, and keeps every batch: one emptied of records stays as an empty
+//! batch with its offset range, term and producer fields. So every entry keeps its batch, its
+//! offsets and its term: a reopen rebuilds the same window, and a follower that needs evicted
+//! entries gets the leader's compacted batches, which it appends as they are
+//! (`Log::append_copied`). Replicas' bytes may then differ below their commit points, never
+//! their entries' offsets and terms, nor any key's latest record.
 //!
 //! Invariants: window entry `i` has index `below.index + 1 + i`; entry offsets are contiguous
 //! from `below.end_offset`; the log's end offset equals the window's end once every issued
@@ -1817,7 +1826,9 @@ impl RaftPartition {
             for entry in &job.entries {
                 let bytes = batch_bytes_of(entry);
                 let epoch = LeaderEpoch(i32::try_from(entry.term).unwrap_or(i32::MAX));
-                let appended = self.log.append(&bytes, epoch).await?;
+                // A leader's log may hold compacted batches (fewer records than offsets):
+                // copied as they are, each keeping its offsets.
+                let appended = self.log.append_copied(&bytes, epoch).await?;
                 last = Some(appended.last_offset);
             }
             if let Some(last) = last {

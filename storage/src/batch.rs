@@ -22,8 +22,9 @@
 //! Invariant: the CRC starts at `attributes`, so stamping `baseOffset` and `partitionLeaderEpoch`
 //! never invalidates it. A batch that passes [`validate_batch`] is whole, has magic 2, a matching
 //! CRC, a known compression codec and `recordCount <= lastOffsetDelta + 1`; one that passes
-//! [`validate_batches`] (what appends take) also has `recordCount == lastOffsetDelta + 1`. Fewer
-//! records than offsets is the shape log compaction leaves (see [`rebuild_batch`]).
+//! [`validate_batches`] (what produce appends take) also has `recordCount == lastOffsetDelta + 1`.
+//! Fewer records than offsets is the shape log compaction leaves (see [`rebuild_batch`],
+//! [`empty_batch`]); [`validate_copied_batches`] takes it (a replica copying another's log).
 
 use crate::types::{LeaderEpoch, Offset, TimestampMs};
 
@@ -263,11 +264,29 @@ pub fn next_sequence(sequence: i32, increment: i32) -> i32 {
 /// holding every offset of its range (as produced). Returns their headers in order; the first
 /// error refuses the whole buffer.
 pub fn validate_batches(buf: &[u8], batch_bytes_max: usize) -> Result<Vec<BatchInfo>, BatchError> {
+    validate_each(buf, batch_bytes_max, true)
+}
+
+/// Like [`validate_batches`], but a batch may hold fewer records than offsets (down to none):
+/// the shape compaction leaves, which a replica copying another replica's log receives (Kafka's
+/// follower appends whatever the leader's log holds).
+pub fn validate_copied_batches(
+    buf: &[u8],
+    batch_bytes_max: usize,
+) -> Result<Vec<BatchInfo>, BatchError> {
+    validate_each(buf, batch_bytes_max, false)
+}
+
+fn validate_each(
+    buf: &[u8],
+    batch_bytes_max: usize,
+    full_only: bool,
+) -> Result<Vec<BatchInfo>, BatchError> {
     let mut infos = Vec::new();
     let mut pos = 0;
     while pos < buf.len() {
         let info = validate_batch(&buf[pos..], batch_bytes_max)?;
-        if !info.is_full() {
+        if full_only && !info.is_full() {
             return Err(BatchError::RecordCountMismatch {
                 record_count: info.record_count,
                 last_offset_delta: info.last_offset_delta,
@@ -651,8 +670,8 @@ pub fn record_views(records: &[u8], record_count: i32) -> Result<Vec<RecordView<
 /// A batch with `original`'s header (base offset, offset range, producer, sequence, attributes,
 /// base timestamp) around a new records section holding `record_count` records: batchLength,
 /// recordCount, maxTimestamp and the CRC are written anew. Records keep their offset and
-/// timestamp deltas, so every kept record keeps its offset and timestamp. With no records it is
-/// the empty batch Kafka's cleaner keeps for a producer's last sequence.
+/// timestamp deltas, so every kept record keeps its offset and timestamp. (With no records, see
+/// [`empty_batch`].)
 pub fn rebuild_batch(
     original: &[u8],
     records: &[u8],
@@ -666,6 +685,21 @@ pub fn rebuild_batch(
     out[OFF_BATCH_LENGTH..OFF_BATCH_LENGTH + 4].copy_from_slice(&batch_length.to_be_bytes());
     out[OFF_MAX_TIMESTAMP..OFF_MAX_TIMESTAMP + 8].copy_from_slice(&max_timestamp.to_be_bytes());
     out[OFF_RECORD_COUNT..OFF_RECORD_COUNT + 4].copy_from_slice(&record_count.to_be_bytes());
+    let crc = crc32c::crc32c(&out[CRC_START..]);
+    out[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+    out
+}
+
+/// The empty batch compaction leaves of `original` when none of its records stay but the batch
+/// must (an idempotent producer's last sequence; in cluster mode every batch, each one Raft
+/// entry): `original`'s header (offset range, producer, sequence, leader epoch, timestamps),
+/// no records, and no compression codec, as Kafka's cleaner writes it (`writeEmptyHeader`):
+/// there is no records section to decompress.
+pub fn empty_batch(original: &[u8]) -> Vec<u8> {
+    let max_timestamp = be_i64(original, OFF_MAX_TIMESTAMP);
+    let mut out = rebuild_batch(original, &[], 0, max_timestamp);
+    let attributes = be_i16(&out, OFF_ATTRIBUTES) & !COMPRESSION_MASK;
+    out[OFF_ATTRIBUTES..OFF_ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
     let crc = crc32c::crc32c(&out[CRC_START..]);
     out[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_be_bytes());
     out
@@ -925,10 +959,50 @@ mod tests {
                 last_offset_delta: 2
             })
         ));
-        // No records at all: the empty batch kept for a producer's sequence.
-        let empty = rebuild_batch(&original, &[], 0, 1_000);
+        // No records at all: the empty batch kept for a producer's sequence (or, replicated,
+        // for its Raft entry): the whole header but the codec, no records section.
+        // (The header says lz4; the empty batch never reads the records section.)
+        let mut compressed = original.clone();
+        compressed[OFF_ATTRIBUTES..OFF_ATTRIBUTES + 2].copy_from_slice(&3i16.to_be_bytes());
+        let crc = crc32c::crc32c(&compressed[CRC_START..]);
+        compressed[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        let empty = empty_batch(&compressed);
         assert_eq!(empty.len(), BATCH_HEADER_BYTES);
-        assert_eq!(validate_batch(&empty, MAX).unwrap().record_count, 0);
+        let e = validate_batch(&empty, MAX).expect("an empty batch is valid");
+        let c = validate_batch(&compressed, MAX).unwrap();
+        assert_eq!(e.record_count, 0);
+        assert_eq!(e.compression_codec(), 0);
+        assert_eq!(
+            (
+                e.base_offset,
+                e.last_offset_delta,
+                e.max_timestamp,
+                e.base_timestamp
+            ),
+            (
+                c.base_offset,
+                c.last_offset_delta,
+                c.max_timestamp,
+                c.base_timestamp
+            )
+        );
+        assert_eq!(
+            (
+                e.producer_id,
+                e.producer_epoch,
+                e.base_sequence,
+                e.leader_epoch
+            ),
+            (
+                c.producer_id,
+                c.producer_epoch,
+                c.base_sequence,
+                c.leader_epoch
+            )
+        );
+        // Appends from clients refuse it; a replica copying another's log takes it.
+        assert!(validate_batches(&empty, MAX).is_err());
+        assert_eq!(validate_copied_batches(&empty, MAX).unwrap(), vec![e]);
         // A malformed record is reported, not skipped.
         assert!(record_views(&original[BATCH_HEADER_BYTES..original.len() - 1], 3).is_err());
     }

@@ -30,7 +30,7 @@ use tracing::{debug, info, warn};
 
 use crate::batch::{
     batch_offsets, first_record_at_or_after, peek_batch_size, stamped_prefix, validate_batch,
-    validate_batches, BatchInfo, BATCH_HEADER_BYTES,
+    validate_batches, validate_copied_batches, BatchError, BatchInfo, BATCH_HEADER_BYTES,
 };
 use crate::budget::WriteBudget;
 use crate::config::LogConfig;
@@ -754,12 +754,30 @@ impl Log {
     /// `epoch` as their partitionLeaderEpoch. Every batch is validated first; if any is bad,
     /// nothing is appended. Returns once the data is buffered (see [`Log::wait_durable`]).
     pub async fn append(&self, batches: &[u8], epoch: LeaderEpoch) -> Result<AppendInfo> {
+        self.append_checked(batches, epoch, validate_batches).await
+    }
+
+    /// [`append`](Self::append) of batches copied from another replica of this log, which may
+    /// have the shape compaction leaves (fewer records than offsets, down to none): each still
+    /// takes its whole offset range. (Cluster mode: a follower appends what the leader's log
+    /// holds, compacted or not, as Kafka's follower does.)
+    pub async fn append_copied(&self, batches: &[u8], epoch: LeaderEpoch) -> Result<AppendInfo> {
+        self.append_checked(batches, epoch, validate_copied_batches)
+            .await
+    }
+
+    async fn append_checked(
+        &self,
+        batches: &[u8],
+        epoch: LeaderEpoch,
+        validate: fn(&[u8], usize) -> std::result::Result<Vec<BatchInfo>, BatchError>,
+    ) -> Result<AppendInfo> {
         self.check_usable()?;
         if batches.is_empty() {
             return Err(StorageError::EmptyAppend);
         }
         let batch_max = self.inner.config.borrow().batch_bytes_max as usize;
-        let infos = validate_batches(batches, batch_max).map_err(|source| {
+        let infos = validate(batches, batch_max).map_err(|source| {
             // Find where the bad batch starts, for the error message.
             let mut position = 0;
             while let Ok(info) = validate_batch(&batches[position..], batch_max) {

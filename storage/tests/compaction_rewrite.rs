@@ -1,7 +1,9 @@
 //! Rewriting sealed segments the way log compaction does: the latest record per key kept, whole
 //! batches dropped (gaps in offsets), reads stepping over the gaps, the result surviving a
 //! reopen with or without its index, and every state a crash can leave in the middle of the
-//! swap recovered to either the old segments or the new one, never both.
+//! swap recovered to either the old segments or the new one, never both. A log compacted
+//! keeping every batch (emptied ones as empty batches, as a replicated partition's cleaner
+//! does) copies into another log batch for batch, which appends from clients refuse.
 
 mod common;
 
@@ -10,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use common::{read_all, run, small_config};
 use sluice_storage::batch::{
-    build_batch_nullable, rebuild_batch, record_views, BATCH_HEADER_BYTES,
+    build_batch_nullable, empty_batch, read_header, rebuild_batch, record_views, BATCH_HEADER_BYTES,
 };
 use sluice_storage::rewrite::{BatchFate, IoBudget};
 use sluice_storage::{LeaderEpoch, Log, Offset};
@@ -347,4 +349,70 @@ fn a_log_closed_while_a_rewrite_runs_ends_the_rewrite_with_closed() {
     assert!(!names(dir.path())
         .iter()
         .any(|n| n.ends_with(".cleaned") || n.ends_with(".swap")));
+}
+
+/// Cluster mode compacts keeping every batch (one Raft entry each): an emptied batch stays as
+/// an empty batch. Such a log copies into another replica's log batch for batch through
+/// `append_copied` (each batch keeps its offsets, so the copy ends where the original does),
+/// while `append`, which takes what clients produce, refuses the compacted shapes.
+#[test]
+fn a_log_compacted_keeping_every_batch_copies_into_another_batch_for_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let latest = write_keyed_log(dir.path());
+    let path = dir.path().to_path_buf();
+    let copy = tempfile::tempdir().unwrap();
+    let copy_path = copy.path().to_path_buf();
+    run(move || async move {
+        let log = Log::open(&path, small_config()).await.unwrap();
+        let sealed = log.sealed_segments();
+        let (first, end) = (sealed[0].base_offset, sealed.last().unwrap().next_offset);
+        let batches_before = read_all(&log).await.len();
+        log.rewrite_segments(first, end, &mut IoBudget::new(None), |batch, info, _| {
+            match latest_only(&latest, batch, info.base_offset.0, info.record_count) {
+                BatchFate::Drop => BatchFate::Replace(empty_batch(batch)),
+                fate => fate,
+            }
+        })
+        .await
+        .unwrap()
+        .expect("nothing changed underneath");
+        let compacted = read_all(&log).await;
+        assert_eq!(compacted.len(), batches_before, "every batch is kept");
+        let empties = compacted
+            .iter()
+            .filter(|(_, b)| read_header(b, usize::MAX).unwrap().record_count == 0)
+            .count();
+        assert!(
+            empties > 0 && empties < compacted.len(),
+            "{empties} empty batches"
+        );
+
+        let target = Log::open(&copy_path, small_config()).await.unwrap();
+        for (base, batch) in &compacted {
+            let info = read_header(batch, usize::MAX).unwrap();
+            if !info.is_full() {
+                assert!(
+                    target.append(batch, LeaderEpoch(1)).await.is_err(),
+                    "a client's append refuses the batch at {}",
+                    base.0
+                );
+            }
+            let appended = target.append_copied(batch, LeaderEpoch(1)).await.unwrap();
+            assert_eq!(appended.base_offset, *base);
+            assert_eq!(appended.last_offset, info.last_offset());
+        }
+        assert_eq!(target.log_end_offset(), log.log_end_offset());
+        target
+            .wait_durable(Offset(target.log_end_offset().0 - 1))
+            .await
+            .unwrap();
+        assert_eq!(
+            read_all(&target).await,
+            compacted,
+            "the copy holds the same bytes"
+        );
+        assert_eq!(records_of(&target).await, records_of(&log).await);
+        target.close().await.unwrap();
+        log.close().await.unwrap();
+    });
 }

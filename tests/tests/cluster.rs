@@ -1209,6 +1209,306 @@ fn retention_cuts_every_replica_and_a_follower_behind_it_starts_over() {
     assert_replicas_agree(&common, "from the cut");
 }
 
+/// A record as a consumer reads it: offset, key, value (`None`: a tombstone).
+type ReadRecord = (i64, String, Option<String>);
+
+/// Reads `topic`'s partition 0 from offset 0 through offset `last` (a record's), as the
+/// partition's leader serves it.
+fn read_partition_through(cluster: &Cluster, topic: &str, last: i64) -> Vec<ReadRecord> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("group.id", format!("{topic}-reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    assign_from_offset_zero(&consumer, topic, 1);
+    let mut records: Vec<ReadRecord> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut error = None;
+    while records.last().is_none_or(|r| r.0 < last) {
+        assert!(
+            Instant::now() < deadline,
+            "read through {:?} of {last}, last error {error:?}",
+            records.last().map(|r| r.0)
+        );
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => records.push((
+                m.offset(),
+                String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                m.payload().map(|v| String::from_utf8_lossy(v).into_owned()),
+            )),
+            Some(Err(e)) => error = Some(e.to_string()),
+            None => {}
+        }
+    }
+    records
+}
+
+/// Log compaction in cluster mode. Every replica cleans its own committed segments and keeps
+/// every batch (an emptied one stays as an empty batch: each batch is one Raft entry). Here a
+/// follower is down while a compacted topic takes 20 updates of 50 keys and 10 tombstones; the
+/// two others compact; both restart (their Raft windows rebuilt from compacted logs, committed
+/// entries no longer in memory), so the follower, back, catches up from the leader's compacted
+/// log; made leader, it serves the same compacted view. The replicas' batches agree offset for
+/// offset throughout.
+#[test]
+fn a_compacted_topic_is_cleaned_on_every_replica_and_a_follower_catches_up_from_it() {
+    const KEYS: usize = 50;
+    const ROUNDS: usize = 20;
+    const TOMBSTONED: usize = 10;
+    let topic = "changelog";
+    let _one_at_a_time = one_cluster_at_a_time();
+    let mut cluster = Cluster::start(3, &["--log-cleaner-backoff-ms", "200"]);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .create()
+        .expect("admin client");
+    let new_topic = NewTopic::new(topic, 1, TopicReplication::Fixed(3))
+        .set("cleanup.policy", "compact")
+        .set("segment.bytes", "65536")
+        .set("max.message.bytes", "65536")
+        .set("segment.ms", "300")
+        .set("min.cleanable.dirty.ratio", "0.01")
+        .set("delete.retention.ms", "3600000");
+    let created = futures::executor::block_on(admin.create_topics(
+        [&new_topic],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+    ))
+    .expect("CreateTopics");
+    assert!(created[0].is_ok(), "{created:?}");
+    let (leader, _) = leader_of(&cluster, topic, 0);
+    let behind = (0..3).find(|n| *n != leader).unwrap();
+    let other = (0..3).find(|n| *n != leader && *n != behind).unwrap();
+    cluster.kill(behind);
+
+    let deliveries = Deliveries::default();
+    let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("acks", "all")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "5")
+        .create_with_context(deliveries.clone())
+        .expect("producer");
+    let value = |key: usize, round: usize| format!("key {key} round {round} {}", "x".repeat(200));
+    let send = |key: &str, value: Option<&str>| {
+        let mut record = BaseRecord::to(topic).key(key);
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        producer.send(record).map_err(|(e, _)| e).expect("queue");
+    };
+    for round in 0..ROUNDS {
+        for key in 0..KEYS {
+            send(&format!("k{key}"), Some(&value(key, round)));
+        }
+        producer.flush(Duration::from_secs(30)).expect("flushed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for key in 0..TOMBSTONED {
+        send(&format!("k{key}"), None);
+    }
+    producer.flush(Duration::from_secs(30)).expect("flushed");
+    // The active segment is never cleaned: after segment.ms, one more record rolls it.
+    std::thread::sleep(Duration::from_millis(400));
+    send("roll", Some("roll"));
+    producer.flush(Duration::from_secs(30)).expect("flushed");
+    let acked: HashMap<String, i64> = {
+        let reports = deliveries.0.lock().unwrap();
+        assert_eq!(reports.len(), ROUNDS * KEYS + TOMBSTONED + 1);
+        let failed = reports.iter().find(|(_, r)| r.is_err());
+        assert!(failed.is_none(), "{failed:?}");
+        reports
+            .iter()
+            .map(|(payload, r)| (payload.clone(), r.as_ref().unwrap().1))
+            .collect()
+    };
+    let roll = acked["roll"];
+    // The compacted view: each live key once, at its last value's offset; each tombstoned key
+    // once, as its tombstone (delete.retention.ms keeps it); the roll record.
+    let check = |records: &[ReadRecord], what: &str| {
+        assert!(
+            records.windows(2).all(|w| w[1].0 > w[0].0),
+            "{what}: offsets rise"
+        );
+        let mut by_key: BTreeMap<&str, Vec<&ReadRecord>> = BTreeMap::new();
+        for record in records.iter().filter(|r| r.0 <= roll) {
+            by_key.entry(record.1.as_str()).or_default().push(record);
+        }
+        for key in 0..KEYS {
+            let name = format!("k{key}");
+            let seen = &by_key[name.as_str()];
+            assert_eq!(seen.len(), 1, "{what}: {name} {seen:?}");
+            if key < TOMBSTONED {
+                assert_eq!(seen[0].2, None, "{what}: {name}");
+            } else {
+                let last = value(key, ROUNDS - 1);
+                assert_eq!(seen[0].2.as_deref(), Some(last.as_str()), "{what}: {name}");
+                assert_eq!(seen[0].0, acked[&last], "{what}: {name}'s offset");
+            }
+        }
+        assert_eq!(by_key["roll"][0].0, roll, "{what}");
+        assert_eq!(by_key.len(), KEYS + 1, "{what}");
+    };
+
+    // The leader and the running follower both clean their own logs.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let compacted = loop {
+        let records = read_partition_through(&cluster, topic, roll);
+        let cleaned_on_both = [leader, other]
+            .iter()
+            .all(|n| cluster.node(*n).log().contains("partition compacted"));
+        if records.len() == KEYS + 1 && cleaned_on_both {
+            break records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not compacted on both within 60 s: {} records read",
+            records.len()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    check(&compacted, "the leader's view");
+    drop(producer);
+
+    // Stopped, the two replicas hold every batch (emptied ones empty) at the same offsets.
+    cluster.stop(leader);
+    cluster.stop(other);
+    let layouts: Vec<Vec<BatchLayout>> = [leader, other]
+        .iter()
+        .map(|n| batch_layout(&stored_batches_of(&cluster, *n, topic, 0)))
+        .collect();
+    assert_batch_layouts_agree(&layouts, &format!("{topic} after compaction"));
+    for (layout, node) in layouts.iter().zip([leader, other]) {
+        let records: i32 = layout.iter().map(|b| b.records).sum();
+        assert!(
+            records < (KEYS * 3) as i32,
+            "node {node} keeps {records} of {} records",
+            ROUNDS * KEYS
+        );
+        assert!(
+            layout.iter().any(|b| b.records == 0 && !b.control),
+            "node {node} keeps emptied batches"
+        );
+    }
+
+    // Restarted (the window rebuilt from the compacted logs), they serve the same view; the
+    // follower that missed everything catches up from the compacted log.
+    cluster.restart(leader);
+    cluster.restart(other);
+    check(
+        &read_partition_through(&cluster, topic, roll),
+        "after the restart",
+    );
+    cluster.restart(behind);
+    let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("acks", "all")
+        .create_with_context(deliveries.clone())
+        .expect("producer");
+    send_and_wait(&producer, topic, "after");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (now_leader, _) = leader_of(&cluster, topic, 0);
+        if in_sync(cluster.node(now_leader).kafka, topic).len() == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower never rejoined the ISR"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    make_leader(&mut cluster, topic, behind);
+    let after = deliveries
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(payload, _)| payload == "after")
+        .and_then(|(_, r)| r.as_ref().ok().map(|(_, offset)| *offset))
+        .expect("after acknowledged");
+    assert!(after > roll);
+    let served = read_partition_through(&cluster, topic, after);
+    check(&served, "the caught-up follower, leading");
+    assert_eq!(served.last().unwrap().1, "after");
+    drop(producer);
+
+    for node in 0..3 {
+        cluster.stop(node);
+    }
+    let layouts: Vec<Vec<BatchLayout>> = (0..3)
+        .map(|n| batch_layout(&stored_batches_of(&cluster, n, topic, 0)))
+        .collect();
+    assert_batch_layouts_agree(&layouts, &format!("{topic} at the end"));
+    let caught_up: i32 = layouts[behind as usize].iter().map(|b| b.records).sum();
+    assert!(
+        caught_up < (KEYS * 3) as i32,
+        "the follower holds {caught_up} records: it copied compacted batches"
+    );
+}
+
+/// Produces one record keyed `payload` and waits for its acknowledgement.
+fn send_and_wait(producer: &ThreadedProducer<Deliveries>, topic: &str, payload: &str) {
+    producer
+        .send(BaseRecord::to(topic).key(payload).payload(payload))
+        .map_err(|(e, _)| e)
+        .expect("queue");
+    producer.flush(Duration::from_secs(30)).expect("flushed");
+    let reports = producer.context().0.lock().unwrap();
+    let report = reports.iter().rev().find(|(p, _)| p == payload);
+    assert!(
+        report.is_some_and(|(_, r)| r.is_ok()),
+        "{payload}: {report:?}"
+    );
+}
+
+/// One stored batch's place in the log: what every replica agrees on even where compaction
+/// rewrote its bytes.
+#[derive(Debug, Clone, PartialEq)]
+struct BatchLayout {
+    base: i64,
+    last: i64,
+    leader_epoch: i32,
+    control: bool,
+    records: i32,
+}
+
+fn batch_layout(batches: &[(i64, Vec<u8>)]) -> Vec<BatchLayout> {
+    batches
+        .iter()
+        .map(|(base, bytes)| {
+            let info = sluice_storage::batch::validate_batch(bytes, usize::MAX).unwrap();
+            BatchLayout {
+                base: *base,
+                last: info.last_offset().0,
+                leader_epoch: info.leader_epoch.0,
+                control: info.is_control(),
+                records: info.record_count,
+            }
+        })
+        .collect()
+}
+
+/// The replicas' batches have the same offsets and terms up to the shortest log (their record
+/// counts may differ where one compacted more); past it, only Raft's own entries (see
+/// `assert_replicas_agree`).
+fn assert_batch_layouts_agree(layouts: &[Vec<BatchLayout>], what: &str) {
+    let shortest = layouts.iter().map(Vec::len).min().unwrap_or(0);
+    let place = |b: &BatchLayout| (b.base, b.last, b.leader_epoch, b.control);
+    for (node, layout) in layouts.iter().enumerate() {
+        for (mine, first) in layout[..shortest].iter().zip(&layouts[0][..shortest]) {
+            assert_eq!(place(mine), place(first), "replica {node} of {what}");
+        }
+        for extra in &layout[shortest..] {
+            assert!(
+                extra.control,
+                "replica {node} of {what} has data at {} the others lack",
+                extra.base
+            );
+        }
+    }
+}
+
 /// A node restarted after a topic was created (and another deleted) without it answers its
 /// first Metadata with the cluster's current topics: it serves metadata only once its image
 /// caught up with the controller's commit point (as a KRaft broker waits for its metadata
