@@ -6,7 +6,9 @@
 //! does not have (Kafka's generated codecs refuse to encode it), so the broker closes the
 //! connection instead of answering; e.g. ListOffsets v2 carrying a leader epoch (a v4 field)
 //! broke `kcat -C -o beginning`. A new API or version advertised without a case here fails
-//! the coverage check at the end.
+//! the coverage check at the end. The matrix runs twice: against a single node, and against a
+//! node in cluster mode (a one-seed cluster), whose answers come from other code (the
+//! controller's image, Raft-backed partitions, the controller quorum).
 
 use std::collections::BTreeSet;
 use std::fmt::Debug;
@@ -16,6 +18,7 @@ use std::net::TcpStream;
 use bytes::Bytes;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use sluice_tests::cluster::Cluster;
 use sluice_tests::{wire, Broker};
 
 const TOPIC: &str = "matrix";
@@ -35,13 +38,21 @@ fn text(s: &str) -> StrBytes {
 
 /// Talks to the broker and keeps score: every (API, version) tried, every failure.
 struct Matrix {
-    broker: Broker,
+    addr: std::net::SocketAddr,
     stream: TcpStream,
     correlation_id: i32,
     /// (API key, min, max) as ApiVersions advertised them.
     ranges: Vec<(i16, i16, i16)>,
     tried: BTreeSet<(i16, i16)>,
     failures: Vec<String>,
+    /// A node in cluster mode (a one-seed cluster), where some answers differ: see the cases.
+    cluster: bool,
+    /// The leader epoch of the test topic's partition 0 (0 on a single node, the Raft term in
+    /// cluster mode).
+    leader_epoch: i32,
+    /// The offset of partition 0's first record (in cluster mode the log starts with Raft's
+    /// own entry for the new leader).
+    first_record: Option<i64>,
 }
 
 impl Matrix {
@@ -125,7 +136,7 @@ impl Matrix {
     }
 
     fn reconnect(&mut self) {
-        self.stream = wire::connect(self.broker.addr);
+        self.stream = wire::connect(self.addr);
     }
 
     fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
@@ -204,25 +215,45 @@ fn fetch_request(
     }
 }
 
+/// The options both runs start their node with. No auto-creation: the unknown topic stays
+/// unknown for every case.
+const NODE_OPTIONS: [&str; 6] = [
+    "--cores",
+    "2",
+    "--group-initial-rebalance-delay-ms",
+    "0",
+    "--auto-create-topics",
+    "false",
+];
+
 #[test]
 fn every_api_answers_at_every_advertised_version() {
-    // No auto-creation: the unknown topic stays unknown for every case.
-    let broker = Broker::start(&[
-        "--cores",
-        "2",
-        "--group-initial-rebalance-delay-ms",
-        "0",
-        "--auto-create-topics",
-        "false",
-    ]);
-    let stream = wire::connect(broker.addr);
+    let broker = Broker::start(&NODE_OPTIONS);
+    run_matrix(broker.addr, false);
+}
+
+/// The same matrix against a node in cluster mode (a one-seed cluster: it leads every
+/// partition, so the answers are a single node's, but they come from the cluster-mode code:
+/// the controller's image, Raft-backed partitions, DescribeQuorum's `nodes`). Found that a
+/// v2-only field set at every version in cluster mode closed the connection of v0/v1 clients.
+#[test]
+fn every_api_answers_at_every_advertised_version_in_cluster_mode() {
+    let cluster = Cluster::start(1, &NODE_OPTIONS);
+    run_matrix(cluster.node(0).kafka, true);
+}
+
+fn run_matrix(addr: std::net::SocketAddr, cluster: bool) {
+    let stream = wire::connect(addr);
     let mut m = Matrix {
-        broker,
+        addr,
         stream,
         correlation_id: 0,
         ranges: Vec::new(),
         tried: BTreeSet::new(),
         failures: Vec::new(),
+        cluster,
+        leader_epoch: 0,
+        first_record: None,
     };
 
     // What the broker advertises (and ApiVersions at each of its versions).
@@ -276,6 +307,22 @@ fn every_api_answers_at_every_advertised_version() {
         .expect("the topic is created");
     let topic_id = created.topics[0].topic_id;
     assert_eq!(created.topics[0].error_code, 0);
+    let described = m
+        .call::<_, MetadataResponse>(
+            ApiKey::Metadata,
+            9,
+            "setup",
+            &MetadataRequest::default().with_topics(Some(vec![
+                metadata_request::MetadataRequestTopic::default().with_name(Some(name(TOPIC))),
+            ])),
+        )
+        .expect("metadata");
+    m.leader_epoch = described.topics[0]
+        .partitions
+        .iter()
+        .find(|p| p.partition_index == 0)
+        .expect("partition 0")
+        .leader_epoch;
 
     produce_cases(&mut m, topic_id);
     fetch_cases(&mut m, topic_id);
@@ -325,6 +372,8 @@ fn produce_cases(m: &mut Matrix, topic_id: uuid::Uuid) {
                 .map(|p| p.error_code)
                 .collect();
             m.check(codes == [0, 3], || format!("Produce v{v}: codes {codes:?}"));
+            let base_offset = r.responses[0].partition_responses[0].base_offset;
+            m.first_record.get_or_insert(base_offset);
             let message = &r.responses[0].partition_responses[0].error_message;
             m.check(message.is_none(), || {
                 format!("Produce v{v}: success carries message {message:?}")
@@ -377,10 +426,10 @@ fn fetch_cases(m: &mut Matrix, topic_id: uuid::Uuid) {
             });
         }
         if v >= 9 {
-            // KIP-320: the single node's epoch is 0; a client ahead of it is told so.
+            // KIP-320: the leader's epoch is served; a client ahead of it is told so.
             let mut request = fetch_request(TOPIC, topic_id, v, &[(0, 0), (0, 0)]);
-            request.topics[0].partitions[0].current_leader_epoch = 0;
-            request.topics[0].partitions[1].current_leader_epoch = 3;
+            request.topics[0].partitions[0].current_leader_epoch = m.leader_epoch;
+            request.topics[0].partitions[1].current_leader_epoch = m.leader_epoch + 3;
             if let Some(r) = m.call::<_, FetchResponse>(
                 ApiKey::Fetch,
                 v,
@@ -414,6 +463,7 @@ fn fetch_cases(m: &mut Matrix, topic_id: uuid::Uuid) {
 
 fn offset_for_leader_epoch_cases(m: &mut Matrix) {
     const UNKNOWN_LEADER_EPOCH: i16 = 75;
+    let epoch = m.leader_epoch;
     for v in m.range(ApiKey::OffsetForLeaderEpoch) {
         let asked = |current: i32, epoch: i32| {
             offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
@@ -426,7 +476,12 @@ fn offset_for_leader_epoch_cases(m: &mut Matrix) {
             .with_topics(vec![
                 offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
                     .with_topic(name(TOPIC))
-                    .with_partitions(vec![asked(-1, 0), asked(0, 0), asked(-1, 7), asked(3, 0)]),
+                    .with_partitions(vec![
+                        asked(-1, epoch),
+                        asked(epoch, epoch),
+                        asked(-1, epoch + 7),
+                        asked(epoch + 3, epoch),
+                    ]),
                 offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
                     .with_topic(name(MISSING))
                     .with_partitions(vec![asked(-1, 0)]),
@@ -446,8 +501,8 @@ fn offset_for_leader_epoch_cases(m: &mut Matrix) {
             .collect();
         let end = answers[0].2;
         let expected = vec![
-            (0, 0, end),
-            (0, 0, end),
+            (0, epoch, end),
+            (0, epoch, end),
             (0, -1, -1),
             (UNKNOWN_LEADER_EPOCH, -1, -1),
         ];
@@ -510,8 +565,9 @@ fn list_offsets_cases(m: &mut Matrix) {
             if v >= 7 {
                 // Every record carries the same timestamp: the first of them is the answer.
                 let max = &r.topics[0].partitions[3];
+                let first = m.first_record;
                 m.check(
-                    max.offset == 0 && max.timestamp == 1_700_000_000_000,
+                    Some(max.offset) == first && max.timestamp == 1_700_000_000_000,
                     || {
                         format!(
                             "ListOffsets v{v}: max timestamp at {} ({})",
@@ -1267,28 +1323,33 @@ fn cluster_cases(m: &mut Matrix) {
     }
     for v in m.range(ApiKey::UnregisterBroker) {
         use kafka_protocol::messages::{UnregisterBrokerRequest, UnregisterBrokerResponse};
-        // A single node has no registrations to remove.
+        // A single node has no registrations to remove (INVALID_REQUEST); a cluster has none
+        // for broker 7 (BROKER_ID_NOT_REGISTERED).
         let request = UnregisterBrokerRequest::default().with_broker_id(BrokerId(7));
+        let expected = if m.cluster { 102 } else { 42 };
         if let Some(r) = m.call::<_, UnregisterBrokerResponse>(
             ApiKey::UnregisterBroker,
             v,
-            "single node",
+            "not registered",
             &request,
         ) {
-            m.check(r.error_code == 42 && r.error_message.is_some(), || {
-                format!("UnregisterBroker v{v}: {r:?}")
-            });
+            m.check(
+                r.error_code == expected && r.error_message.is_some(),
+                || format!("UnregisterBroker v{v}: {r:?}"),
+            );
         }
     }
     for v in m.range(ApiKey::AddRaftVoter) {
         use kafka_protocol::messages::{AddRaftVoterRequest, AddRaftVoterResponse};
-        // A single node has no controller quorum; a foreign cluster id is refused first.
-        for (cluster_id, code) in [(None, 42), (Some("not-this-one"), 104)] {
+        // A single node has no controller quorum, a cluster no broker 7; a foreign cluster id
+        // is refused first.
+        let unregistered = if m.cluster { 102 } else { 42 };
+        for (cluster_id, code) in [(None, unregistered), (Some("not-this-one"), 104)] {
             let request = AddRaftVoterRequest::default()
                 .with_cluster_id(cluster_id.map(StrBytes::from_static_str))
                 .with_voter_id(7);
             if let Some(r) =
-                m.call::<_, AddRaftVoterResponse>(ApiKey::AddRaftVoter, v, "single node", &request)
+                m.call::<_, AddRaftVoterResponse>(ApiKey::AddRaftVoter, v, "refused", &request)
             {
                 m.check(r.error_code == code && r.error_message.is_some(), || {
                     format!("AddRaftVoter v{v}: {r:?}")
@@ -1298,13 +1359,12 @@ fn cluster_cases(m: &mut Matrix) {
     }
     for v in m.range(ApiKey::RemoveRaftVoter) {
         use kafka_protocol::messages::{RemoveRaftVoterRequest, RemoveRaftVoterResponse};
+        // A single node has no quorum; a one-seed cluster's only voter is the last one: both
+        // INVALID_REQUEST.
         let request = RemoveRaftVoterRequest::default().with_voter_id(0);
-        if let Some(r) = m.call::<_, RemoveRaftVoterResponse>(
-            ApiKey::RemoveRaftVoter,
-            v,
-            "single node",
-            &request,
-        ) {
+        if let Some(r) =
+            m.call::<_, RemoveRaftVoterResponse>(ApiKey::RemoveRaftVoter, v, "refused", &request)
+        {
             m.check(r.error_code == 42 && r.error_message.is_some(), || {
                 format!("RemoveRaftVoter v{v}: {r:?}")
             });
@@ -1313,7 +1373,9 @@ fn cluster_cases(m: &mut Matrix) {
     for v in m.range(ApiKey::DescribeQuorum) {
         use kafka_protocol::messages::describe_quorum_request::{PartitionData, TopicData};
         use kafka_protocol::messages::{DescribeQuorumRequest, DescribeQuorumResponse};
-        // A single node has no quorum: the metadata partition and any other are unknown.
+        // A single node has no quorum: the metadata partition and any other are unknown. A
+        // cluster describes its metadata partition (led by node 0 here), and names its voters'
+        // endpoints in `nodes` from v2 (the field does not exist before).
         let request = DescribeQuorumRequest::default().with_topics(vec![
             TopicData::default()
                 .with_topic_name(name("__cluster_metadata"))
@@ -1323,7 +1385,7 @@ fn cluster_cases(m: &mut Matrix) {
                 .with_partitions(vec![PartitionData::default().with_partition_index(1)]),
         ]);
         if let Some(r) =
-            m.call::<_, DescribeQuorumResponse>(ApiKey::DescribeQuorum, v, "single node", &request)
+            m.call::<_, DescribeQuorumResponse>(ApiKey::DescribeQuorum, v, "typical", &request)
         {
             let codes: Vec<(i32, i16, i32, bool)> = r
                 .topics
@@ -1334,13 +1396,20 @@ fn cluster_cases(m: &mut Matrix) {
                         p.partition_index,
                         p.error_code,
                         p.leader_id.0,
-                        // The message field exists from v1 on.
-                        v < 1 || p.error_message.is_some(),
+                        // The message field exists from v2 on: null on success, the
+                        // reason on an error.
+                        v < 2 || p.error_message.is_some() == (p.error_code != 0),
                     )
                 })
                 .collect();
+            let (metadata, nodes) = match m.cluster {
+                true => ((0, 0, 0, true), usize::from(v >= 2)),
+                false => ((0, 3, -1, true), 0),
+            };
             m.check(
-                r.error_code == 0 && codes == vec![(0, 3, -1, true), (1, 3, -1, true)],
+                r.error_code == 0
+                    && codes == vec![metadata, (1, 3, -1, true)]
+                    && r.nodes.len() == nodes,
                 || format!("DescribeQuorum v{v}: {r:?}"),
             );
         }
