@@ -3,9 +3,13 @@
 # each) with one topic of PARTITIONS partitions at replication factor 3 and nothing written,
 # each node's CPU over MEASURE seconds (user + system, from /proc/PID/stat) once SETTLE seconds
 # passed after the topic was created, its RSS, and how many of its Raft groups are quiet
-# (`sluice_raft_groups` on `/metrics`). One line per run.
+# (`sluice_raft_groups` on `/metrics`). One line per run. With DOWN=1 the third node is
+# SIGSTOPped once the topic settled (`cluster dev` stops every node when one dies), and the
+# two others are measured SETTLE seconds later: a cluster at rest with a node down (the
+# stopped node's figures read 0).
 # Usage: bench-harness/idle-cluster.sh PARTITIONS   (env: SLUICE=target/release/sluice
-#        DIR=target/idle-cluster SETTLE=15 MEASURE=20; ports 19092-19094, 23145-23165, 19644-19646)
+#        DIR=target/idle-cluster SETTLE=15 MEASURE=20 DOWN=0; ports 19092-19094, 23145-23165,
+#        19644-19646)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PARTITIONS=${1:?usage: idle-cluster.sh PARTITIONS}
@@ -13,12 +17,14 @@ SLUICE=${SLUICE:-target/release/sluice}
 DIR=${DIR:-target/idle-cluster}
 SETTLE=${SETTLE:-15}
 MEASURE=${MEASURE:-20}
+DOWN=${DOWN:-0}
 rm -rf "$DIR"
 mkdir -p "$DIR"
 "$SLUICE" cluster dev --nodes 3 --dir "$DIR/data" --kafka-port 19092 --rpc-port 23145 \
   --admin-port 19644 > "$DIR/dev.log" 2>&1 &
 dev=$!
-trap 'kill -INT $dev 2>/dev/null; wait $dev 2>/dev/null; rm -rf "$DIR/data"' EXIT
+stopped=
+trap '[[ -n $stopped ]] && kill -CONT "$stopped"; kill -INT $dev 2>/dev/null; wait $dev 2>/dev/null; rm -rf "$DIR/data"' EXIT
 # Until the cluster has formed (every node registered), creating the topic is refused.
 created=
 for _ in $(seq 150); do
@@ -32,12 +38,17 @@ done
 [[ -n $created ]] || { cat "$DIR/create.log" >&2; exit 1; }
 sleep "$SETTLE"
 mapfile -t pids < <(pgrep -P "$dev")
+if [[ $DOWN == 1 ]]; then
+  stopped=${pids[2]}
+  kill -STOP "$stopped"
+  sleep "$SETTLE"
+fi
 ticks() { for p in "${pids[@]}"; do awk '{print $14 + $15}' "/proc/$p/stat"; done; }
 mapfile -t before < <(ticks)
 sleep "$MEASURE"
 mapfile -t after < <(ticks)
 hz=$(getconf CLK_TCK)
-line="partitions=$PARTITIONS cpu%:"
+line="partitions=$PARTITIONS down=$DOWN cpu%:"
 for i in "${!pids[@]}"; do
   line+=" $(( (after[i] - before[i]) * 100 / hz / MEASURE )).$(( (after[i] - before[i]) * 1000 / hz / MEASURE % 10 ))"
 done
@@ -45,7 +56,7 @@ line+=" rss_kb:"
 for p in "${pids[@]}"; do line+=" $(awk '/VmRSS/ {print $2}' "/proc/$p/status")"; done
 line+=" quiet:"
 for port in 19644 19645 19646; do
-  quiet=$(curl -s "http://127.0.0.1:$port/metrics" | awk '/^sluice_raft_groups\{.*state="quiet"/ {n += $2} END {print n + 0}')
+  quiet=$({ curl -s --max-time 2 "http://127.0.0.1:$port/metrics" || true; } | awk '/^sluice_raft_groups\{.*state="quiet"/ {n += $2} END {print n + 0}')
   line+=" $quiet"
 done
 echo "$line"

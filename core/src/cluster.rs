@@ -2048,12 +2048,15 @@ impl Driver {
                 continue;
             };
             // A quiet group's role, term, leader, high watermark and ISR (its followers'
-            // answers stand still with its clock) stay as published once it went quiet.
+            // answers stand still with its clock) stay as published once it went quiet, and
+            // its ISR holds no replica that stopped answering (a group goes quiet past a
+            // member that is down, which leaves the ISR only `replica_lag` after it fell
+            // silent: until then the group is looked at every step).
             let quiet = group.is_quiet();
             if quiet && link.published_quiet.get() {
                 continue;
             }
-            link.published_quiet.set(quiet);
+            let mut isr_settled = true;
             let replica = group.replica();
             // A new leader serves once the first entry of its term is applied: then every
             // entry of earlier terms it holds is committed and recorded in the producer state,
@@ -2102,6 +2105,9 @@ impl Driver {
                     elections.set(elections.get() + 1);
                 }
                 let in_sync = catch_up.update(replica, fresh, at, lag);
+                isr_settled = replica.matched().iter().all(|(id, _, answering)| {
+                    *answering || *id == replica.id() || !in_sync.contains(&node_of(*id))
+                });
                 link.in_sync.set(in_sync.len());
                 let changed = catch_up.in_sync != in_sync;
                 catch_up.in_sync = in_sync;
@@ -2110,6 +2116,7 @@ impl Driver {
                 link.in_sync.set(0);
                 self.catch_up.remove(key).is_some()
             };
+            link.published_quiet.set(quiet && isr_settled);
             if before == now && !isr_changed {
                 continue;
             }

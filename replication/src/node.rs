@@ -606,8 +606,14 @@ impl ReplicationNode {
         unreachable.sort_unstable();
         unreachable.dedup();
         for peer in unreachable {
+            // A peer known down fails every frame (keep-alives, a quiet group's last
+            // heartbeat): a quiet group does not wake for it (it would go quiet, send, fail
+            // and wake again, over and over); its return wakes it (`follow_liveness`).
+            let known_down = !self.live.contains(&peer);
             for partition in self.groups.values_mut() {
-                partition.unreachable(peer);
+                if !(known_down && partition.is_quiet()) {
+                    partition.unreachable(peer);
+                }
             }
         }
         Ok(committed)

@@ -332,14 +332,19 @@ impl<S: ReplicaStorage> Replica<S> {
     }
 
     /// Whether this replica leads a group with nothing in flight: every entry committed,
-    /// durable and applied here; every other replica (learners too) acknowledged the whole
-    /// log, is replicating normally and `live`; no configuration change, leadership transfer
-    /// or read request pending. Such a group needs no ticks until something new happens.
+    /// durable and applied here; every other replica (learners too) either acknowledged the
+    /// whole log, is replicating normally and `live`, or is down (not `live`, and silent for a
+    /// whole check-quorum round, so the ISR leaves it out already); the caught-up live voters
+    /// with this one a majority; no configuration change, leadership transfer or read request
+    /// pending. Such a group needs no ticks until something new happens: a member coming back
+    /// wakes it (its owner follows liveness), as does a message or a proposal. (CockroachDB
+    /// quiesces ranges past dead replicas the same way; a leader cut off from its majority
+    /// stays awake, so check-quorum still makes it step down.)
     pub fn can_go_quiet(&self, live: &dyn Fn(u64) -> bool) -> bool {
         let raft = &self.node.raft;
         let log = &raft.raft_log;
         let last = log.last_index();
-        self.role() == Role::Leader
+        let idle = self.role() == Role::Leader
             && !self.node.has_ready()
             && log.committed == last
             && log.persisted == last
@@ -348,13 +353,25 @@ impl<S: ReplicaStorage> Replica<S> {
             && raft.lead_transferee.is_none()
             && !raft.has_pending_conf()
             && raft.pending_read_count() == 0
-            && raft.prs().conf().to_conf_state().voters_outgoing.is_empty()
-            && raft.prs().iter().all(|(id, progress)| {
-                *id == raft.id
-                    || (progress.matched == last
-                        && progress.state == raft::ProgressState::Replicate
-                        && live(*id))
-            })
+            && raft.prs().conf().to_conf_state().voters_outgoing.is_empty();
+        if !idle {
+            return false;
+        }
+        let voters = raft.prs().conf().voters();
+        let mut caught_up_voters = 0;
+        for (id, progress) in raft.prs().iter() {
+            let holds_all = *id == raft.id
+                || (progress.matched == last
+                    && progress.state == raft::ProgressState::Replicate
+                    && live(*id));
+            if holds_all {
+                caught_up_voters += usize::from(voters.contains(*id));
+            } else if live(*id) || progress.recent_active {
+                return false;
+            }
+        }
+        // (No joint configuration here: the incoming voters are all of them.)
+        caught_up_voters * 2 > raft.prs().conf().to_conf_state().voters.len()
     }
 
     /// Whether raft-rs has work for [`advance`](Self::advance).
@@ -863,10 +880,63 @@ mod tests {
     }
 
     #[test]
+    fn a_group_goes_quiet_past_a_down_member_once_it_fell_silent_and_wakes_when_it_returns() {
+        let mut group = Group::new();
+        let quiet_after = ReplicaConfig::default().quiet_after_ticks;
+        let election = ReplicaConfig::default().election_ticks;
+        // Node 3's node is reported down but 3 still answers: the leader keeps heartbeating.
+        for _ in 0..election * 3 {
+            group.tick(&|id| id != 3);
+        }
+        assert_eq!(group.quiet(), vec![false, false, false]);
+        // 3 is gone for real: once a check-quorum round saw it silent, the other two go quiet.
+        group.cut_off = Some(3);
+        let mut ticks = 0;
+        while group.quiet()[..2] != [true, true] {
+            assert!(ticks < election * 3, "never quiet past the down member");
+            group.tick(&|id| id != 3);
+            ticks += 1;
+        }
+        assert!(
+            ticks > election,
+            "quiet only after 3 fell silent ({ticks} ticks)"
+        );
+        // 3 is back: its owner's liveness wakes the leader, whose heartbeat 3 answers.
+        group.cut_off = None;
+        group.replicas[0].wake_if_member(3);
+        group.replicas[1].wake_if_member(3);
+        group.replicas[0].propose(Bytes::from_static(b"x")).unwrap();
+        group.settle();
+        for _ in 0..quiet_after * 3 {
+            group.tick(&|_| true);
+        }
+        assert_eq!(group.quiet(), vec![true, true, true]);
+        assert!(group.replicas.iter().all(|r| r.commit_index() == 2));
+    }
+
+    #[test]
+    fn a_leader_with_only_a_minority_live_stays_awake_and_steps_down() {
+        let mut group = Group::new();
+        let election = ReplicaConfig::default().election_ticks;
+        // Both followers are gone: the leader must not go quiet (it would lead forever); its
+        // check-quorum makes it a follower.
+        group.cut_off = Some(2);
+        for _ in 0..election * 3 {
+            group.replicas[0].tick_quietly(&|id| id == 1);
+            // (3 is cut off too: nothing reaches it.)
+            while let Some(progress) = group.replicas[0].advance().unwrap() {
+                group.replicas[0].persisted(progress.persist.number);
+            }
+        }
+        assert!(!group.replicas[0].is_quiet());
+        assert_ne!(group.replicas[0].role(), Role::Leader);
+    }
+
+    #[test]
     fn a_group_with_a_member_down_stays_awake_and_a_woken_follower_elects() {
         let mut group = Group::new();
         let quiet_after = ReplicaConfig::default().quiet_after_ticks;
-        // Node 3 is not live: the leader keeps heartbeating.
+        // Node 3 is not live but answers: the leader keeps heartbeating.
         for _ in 0..quiet_after * 3 {
             group.tick(&|id| id != 3);
         }

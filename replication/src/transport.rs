@@ -6,6 +6,8 @@
 //! once per tick (or sooner for latency), so the messages of every group between two nodes
 //! travel in one frame. A failed write or dial drops what was queued (Raft retransmits) and
 //! names the peer in the flush report, so the owner tells its replicas the peer is unreachable.
+//! So does a write the peer takes no data for within 200 ms (a hung peer whose socket buffers
+//! filled): its connection is dropped, so a flush never waits on a hung peer for longer.
 //! An announcement of what the node's shard leads (`announce`) rides along in the next frame to
 //! every peer (a frame of its own where nothing else is queued); a failed send drops it too,
 //! and the owner announces again.
@@ -46,6 +48,11 @@ use crate::rpc::{
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one frame's write may wait for the peer to take data. A peer that is hung (its
+/// process stopped, its machine frozen) keeps its connection open but reads nothing: once the
+/// socket buffers are full, a write would wait for as long as the hang lasts, and the owner's
+/// whole step (every group of the shard, every other peer) with it.
+const WRITE_TIMEOUT: Duration = Duration::from_millis(200);
 
 struct Link {
     address: SocketAddr,
@@ -222,11 +229,18 @@ impl Transport {
             }
         }
         let connection = stream.as_mut().expect("connected above");
-        let written = async {
+        let write = async {
             connection.write_all(&frame).await?;
             connection.flush().await
-        }
-        .await;
+        };
+        let deadline = glommio::timer::sleep(WRITE_TIMEOUT);
+        let written = match futures::future::select(Box::pin(write), Box::pin(deadline)).await {
+            futures::future::Either::Left((result, _)) => result,
+            futures::future::Either::Right(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the peer took no data (hung?)",
+            )),
+        };
         match written {
             Ok(()) => {
                 link.retry_at.set(None);

@@ -187,6 +187,8 @@ struct Stats {
     quiet_spells: u64,
     /// Quiet replicas woken because a member's liveness changed (quiet runs only).
     woken_by_liveness: u64,
+    /// Quiet spells a leader began with a voter of its group down.
+    quiet_past_down: u64,
     /// Leaders of a quiet group lost for good after healing (quiet runs only).
     quiet_leaders_lost: u64,
 }
@@ -207,6 +209,7 @@ impl std::ops::AddAssign for Stats {
         self.joins += other.joins;
         self.quiet_spells += other.quiet_spells;
         self.woken_by_liveness += other.woken_by_liveness;
+        self.quiet_past_down += other.quiet_past_down;
         self.quiet_leaders_lost += other.quiet_leaders_lost;
     }
 }
@@ -987,6 +990,12 @@ impl Sim {
             .symmetric_difference(&self.live_seen[index])
             .copied()
             .collect();
+        let others: Vec<u64> = self
+            .nodes
+            .iter()
+            .map(|n| n.id)
+            .filter(|id| *id != me)
+            .collect();
         let replica = self.nodes[index].replica.as_mut().expect("up");
         for peer in changed {
             let was_quiet = replica.is_quiet();
@@ -1000,6 +1009,12 @@ impl Sim {
             replica.tick_quietly(&|peer| live.contains(&peer));
             if !was_quiet && replica.is_quiet() {
                 self.stats.quiet_spells += 1;
+                let down_voter = others
+                    .iter()
+                    .any(|id| replica.is_voter(*id) && !live.contains(id));
+                if replica.role() == Role::Leader && down_voter {
+                    self.stats.quiet_past_down += 1;
+                }
             }
         }
         self.live_seen[index] = live;
@@ -1440,6 +1455,10 @@ fn quiet_groups_keep_every_applied_entry_and_wake_when_a_member_goes() {
         assert!(
             total.quiet_spells > seeds.len() as u64 && total.woken_by_liveness > 0,
             "groups went quiet, and liveness woke some: {total:?}"
+        );
+        assert!(
+            total.quiet_past_down > 0,
+            "leaders went quiet past a down voter: {total:?}"
         );
         assert!(
             total.quiet_leaders_lost > seeds.len() as u64 / 2,

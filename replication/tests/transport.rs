@@ -1,5 +1,6 @@
 //! The RPC transport over real loopback sockets: frames arrive whole and in order, a peer that
-//! restarts is redialed after backoff, and malformed input closes only its own connection.
+//! restarts is redialed after backoff, malformed input closes only its own connection, and a
+//! hung peer (it accepts, reads nothing) never holds a flush up for long.
 
 mod common;
 
@@ -229,5 +230,54 @@ fn a_stranger_may_only_ask_to_join_until_it_is_allowed() {
         assert!(transport.send(3, heartbeat(5)));
         assert_eq!(transport.flush().await.messages_sent, 1);
         wait_for(&second, 1).await;
+    });
+}
+
+/// A peer that accepts connections but never reads (a stopped process: the kernel still
+/// accepts and buffers). Once its socket buffers fill, a flush gives up on it within the write
+/// timeout and reports it unreachable, instead of waiting for as long as the hang lasts (which
+/// stalled every group of the sending node: found with a SIGSTOPped node of a 1,000-partition
+/// cluster, whose peers then answered nothing, not even Metadata).
+#[test]
+fn a_hung_peer_never_holds_a_flush_up() {
+    run(|| async {
+        let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = hung.local_addr().unwrap();
+        // Accepted and kept open, never read.
+        let (accepted_tx, accepted_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (connection, _) = hung.accept().unwrap();
+            accepted_tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_secs(20));
+            drop(connection);
+        });
+        let transport = Transport::new(1, &HashMap::from([(2, address)]));
+        let big = |sequence: u64| {
+            let mut message = heartbeat(sequence);
+            message.message.context = vec![7u8; 200 * 1024].into();
+            message
+        };
+        let mut unreachable_after = None;
+        for round in 0..400u64 {
+            for i in 0..4 {
+                transport.send(2, big(round * 4 + i));
+            }
+            let started = Instant::now();
+            let report = transport.flush().await;
+            let took = started.elapsed();
+            assert!(
+                took < Duration::from_secs(2),
+                "flush {round} waited {took:?} on a hung peer"
+            );
+            if report.unreachable == [2] {
+                unreachable_after = Some(round);
+                break;
+            }
+        }
+        accepted_rx
+            .try_recv()
+            .expect("the peer accepted the connection");
+        let round = unreachable_after.expect("the hung peer was reported unreachable");
+        assert!(round > 0, "the first frames fit the buffers");
     });
 }
