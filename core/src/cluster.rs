@@ -719,6 +719,8 @@ struct CatchUp {
     last_index_before: u64,
     caught_up_at: HashMap<u64, Instant>,
     in_sync: Vec<i32>,
+    /// A replica in `in_sync` has stopped answering (a quiet group is looked at until it left).
+    silent_in_sync: bool,
 }
 
 struct Pending {
@@ -2105,9 +2107,7 @@ impl Driver {
                     elections.set(elections.get() + 1);
                 }
                 let in_sync = catch_up.update(replica, fresh, at, lag);
-                isr_settled = replica.matched().iter().all(|(id, _, answering)| {
-                    *answering || *id == replica.id() || !in_sync.contains(&node_of(*id))
-                });
+                isr_settled = !catch_up.silent_in_sync;
                 link.in_sync.set(in_sync.len());
                 let changed = catch_up.in_sync != in_sync;
                 catch_up.in_sync = in_sync;
@@ -2278,7 +2278,8 @@ impl Driver {
 
 impl CatchUp {
     /// Notes which followers hold what the leader held at the previous step; returns the
-    /// replicas in sync (node ids, the leader first).
+    /// replicas in sync (node ids, the leader first), and notes whether one of them has
+    /// stopped answering (it leaves once `lag` has passed).
     fn update(
         &mut self,
         replica: &sluice_replication::Replica<sluice_replication::partition::PartitionStore>,
@@ -2299,7 +2300,8 @@ impl CatchUp {
         }
         self.last_index_before = replica.last_index();
         let mut in_sync = vec![node_of(me)];
-        for (id, _, _) in matched {
+        for (id, _, _) in &matched {
+            let id = *id;
             let recent = self
                 .caught_up_at
                 .get(&id)
@@ -2309,6 +2311,9 @@ impl CatchUp {
             }
         }
         in_sync[1..].sort_unstable();
+        self.silent_in_sync = matched
+            .iter()
+            .any(|(id, _, answering)| !answering && *id != me && in_sync.contains(&node_of(*id)));
         in_sync
     }
 }

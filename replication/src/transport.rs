@@ -233,8 +233,11 @@ impl Transport {
             connection.write_all(&frame).await?;
             connection.flush().await
         };
-        let deadline = glommio::timer::sleep(WRITE_TIMEOUT);
-        let written = match futures::future::select(Box::pin(write), Box::pin(deadline)).await {
+        let (write, deadline) = (
+            std::pin::pin!(write),
+            std::pin::pin!(glommio::timer::sleep(WRITE_TIMEOUT)),
+        );
+        let written = match futures::future::select(write, deadline).await {
             futures::future::Either::Left((result, _)) => result,
             futures::future::Either::Right(_) => Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,

@@ -66,17 +66,24 @@ fn create_topic(cluster: &Cluster) {
 }
 
 fn create_topic_named(cluster: &Cluster, name: &str) {
+    create_topics_through(
+        cluster,
+        &[NewTopic::new(name, PARTITIONS, TopicReplication::Fixed(3))],
+    );
+}
+
+/// Creates `topics` with librdkafka's admin client through any node; every one must succeed.
+fn create_topics_through(cluster: &Cluster, topics: &[NewTopic]) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", cluster.bootstrap())
         .create()
         .expect("admin client");
-    let topic = NewTopic::new(name, PARTITIONS, TopicReplication::Fixed(3));
     let created = futures::executor::block_on(admin.create_topics(
-        [&topic],
+        topics,
         &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
     ))
     .expect("CreateTopics");
-    assert!(created[0].is_ok(), "{created:?}");
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
 }
 
 /// Assigns partitions `0..partitions` of `topic` from offset 0. Not from the logical
@@ -698,20 +705,13 @@ fn a_paused_follower_leaves_the_isr_and_min_insync_replicas_decides() {
     const NOT_ENOUGH_REPLICAS: i16 = 19;
     let _one_at_a_time = one_cluster_at_a_time();
     let cluster = Cluster::start(3, &["--replica-lag-time-max-ms", "2000"]);
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", cluster.bootstrap())
-        .create()
-        .unwrap();
-    let topics = [
-        NewTopic::new("two", 1, TopicReplication::Fixed(3)).set("min.insync.replicas", "2"),
-        NewTopic::new("three", 1, TopicReplication::Fixed(3)).set("min.insync.replicas", "3"),
-    ];
-    let created = futures::executor::block_on(admin.create_topics(
-        &topics,
-        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-    ))
-    .unwrap();
-    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    create_topics_through(
+        &cluster,
+        &[
+            NewTopic::new("two", 1, TopicReplication::Fixed(3)).set("min.insync.replicas", "2"),
+            NewTopic::new("three", 1, TopicReplication::Fixed(3)).set("min.insync.replicas", "3"),
+        ],
+    );
     let (two, three) = (
         leader_of(&cluster, "two", 0).0,
         leader_of(&cluster, "three", 0).0,
@@ -1056,12 +1056,7 @@ fn retention_cuts_every_replica_and_a_follower_behind_it_starts_over() {
         .set("segment.bytes", "65536")
         .set("max.message.bytes", "60000")
         .set("retention.bytes", "131072");
-    let created = futures::executor::block_on(admin.create_topics(
-        [&new_topic],
-        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-    ))
-    .expect("CreateTopics");
-    assert!(created[0].is_ok(), "{created:?}");
+    create_topics_through(&cluster, &[new_topic]);
     let (leader, _) = leader_of(&cluster, topic, 0);
     let behind = (0..3).find(|n| *n != leader).unwrap();
     let deliveries = Deliveries::default();
@@ -1259,10 +1254,6 @@ fn a_compacted_topic_is_cleaned_on_every_replica_and_a_follower_catches_up_from_
     let topic = "changelog";
     let _one_at_a_time = one_cluster_at_a_time();
     let mut cluster = Cluster::start(3, &["--log-cleaner-backoff-ms", "200"]);
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", cluster.bootstrap())
-        .create()
-        .expect("admin client");
     let new_topic = NewTopic::new(topic, 1, TopicReplication::Fixed(3))
         .set("cleanup.policy", "compact")
         .set("segment.bytes", "65536")
@@ -1270,12 +1261,7 @@ fn a_compacted_topic_is_cleaned_on_every_replica_and_a_follower_catches_up_from_
         .set("segment.ms", "300")
         .set("min.cleanable.dirty.ratio", "0.01")
         .set("delete.retention.ms", "3600000");
-    let created = futures::executor::block_on(admin.create_topics(
-        [&new_topic],
-        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-    ))
-    .expect("CreateTopics");
-    assert!(created[0].is_ok(), "{created:?}");
+    create_topics_through(&cluster, &[new_topic]);
     let (leader, _) = leader_of(&cluster, topic, 0);
     let behind = (0..3).find(|n| *n != leader).unwrap();
     let other = (0..3).find(|n| *n != leader && *n != behind).unwrap();
@@ -3664,18 +3650,15 @@ fn a_node_that_is_not_a_seed_joins_and_serves_replicas() {
     );
 
     // A topic whose preferred leader is the joined node.
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", cluster.bootstrap())
-        .create()
-        .expect("admin client");
     let assignment: &[&[i32]] = &[&[3, 0, 1]];
-    let topic = NewTopic::new("joined", 1, TopicReplication::Variable(assignment));
-    let created = futures::executor::block_on(admin.create_topics(
-        [&topic],
-        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-    ))
-    .expect("CreateTopics");
-    assert!(created[0].is_ok(), "{created:?}");
+    create_topics_through(
+        &cluster,
+        &[NewTopic::new(
+            "joined",
+            1,
+            TopicReplication::Variable(assignment),
+        )],
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while leader_of(&cluster, "joined", 0).0 != joined {
         assert!(
@@ -4123,17 +4106,8 @@ fn idle_partitions_go_quiet_and_a_paused_leader_is_still_replaced() {
     const QUIET_PARTITIONS: i32 = 6;
     let _one_at_a_time = one_cluster_at_a_time();
     let cluster = Cluster::start(3, &[]);
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", cluster.bootstrap())
-        .create()
-        .unwrap();
     let topic = NewTopic::new(QUIET, QUIET_PARTITIONS, TopicReplication::Fixed(3));
-    let created = futures::executor::block_on(admin.create_topics(
-        [&topic],
-        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-    ))
-    .unwrap();
-    assert!(created[0].is_ok(), "{created:?}");
+    create_topics_through(&cluster, &[topic]);
     let deliveries = Deliveries::default();
     let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
         .set("bootstrap.servers", cluster.bootstrap())

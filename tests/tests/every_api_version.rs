@@ -1402,9 +1402,10 @@ fn cluster_cases(m: &mut Matrix) {
                     )
                 })
                 .collect();
-            let (metadata, nodes) = match m.cluster {
-                true => ((0, 0, 0, true), usize::from(v >= 2)),
-                false => ((0, 3, -1, true), 0),
+            let (metadata, nodes) = if m.cluster {
+                ((0, 0, 0, true), usize::from(v >= 2))
+            } else {
+                ((0, 3, -1, true), 0)
             };
             m.check(
                 r.error_code == 0
