@@ -1,13 +1,18 @@
 //! Node-to-node connections carrying RPC frames (`rpc.rs`), on one glommio executor.
 //!
-//! Sending: for every peer there is one outgoing connection, dialed when there is something to
-//! send and redialed after a failure no sooner than a backoff (100 ms doubling to 2 s). Messages
-//! queued for a peer between two `flush` calls leave together as one frame; the owner flushes
-//! once per tick (or sooner for latency), so the messages of every group between two nodes
-//! travel in one frame. A failed write or dial drops what was queued (Raft retransmits) and
-//! names the peer in the flush report, so the owner tells its replicas the peer is unreachable.
-//! So does a write the peer takes no data for within 200 ms (a hung peer whose socket buffers
-//! filled): its connection is dropped, so a flush never waits on a hung peer for longer.
+//! Sending: for every peer there is one outgoing connection, owned by that peer's **writer
+//! task**, dialed when there is something to send and redialed after a failure no sooner than a
+//! backoff (100 ms doubling to 2 s). Messages queued for a peer between two `flush` calls leave
+//! together as one frame; the owner flushes once per tick (or sooner for latency), so the
+//! messages of every group between two nodes travel in one frame. A flush only hands each
+//! peer's frame to its writer: it never waits for a dial or a write, so a peer that is slow,
+//! hung (its process stopped: the kernel still accepts and buffers) or unreachable (its machine
+//! gone: a dial waits out its 1 s timeout) holds up neither the owner's step nor the other
+//! peers. A failed dial or write (or a write the peer takes no data for within 200 ms) drops
+//! that connection and every frame queued behind it (Raft retransmits), and the peer is named
+//! in the next flush report, so the owner tells its replicas the peer is unreachable; so is a
+//! peer in backoff (its frames are dropped, not queued) and one whose writer already holds
+//! [`PEER_QUEUE_BYTES_MAX`] unwritten (memory stays bounded whatever the peer does).
 //! An announcement of what the node's shard leads (`announce`) rides along in the next frame to
 //! every peer (a frame of its own where nothing else is queued); a failed send drops it too,
 //! and the owner announces again.
@@ -25,8 +30,9 @@
 //! node (a peer process that died closes its connections at once; the owner can act before any
 //! timeout). Dropping the `Listener` closes the socket and every connection it accepted.
 //!
-//! Invariant: frames on one connection are written whole and in `flush` order (one write at a
-//! time per peer), so a peer receives one sender's messages in the order they were queued.
+//! Invariant: frames on one connection are written whole and in `flush` order (one writer per
+//! peer, writing one frame after another), so a peer receives one sender's messages in the
+//! order they were queued; a dropped frame is never followed by an older one.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -35,8 +41,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use futures::lock::Mutex;
-use futures::{AsyncReadExt, AsyncWriteExt};
+use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::task::JoinHandle;
 
@@ -54,6 +60,11 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// whole step (every group of the shard, every other peer) with it.
 const WRITE_TIMEOUT: Duration = Duration::from_millis(200);
 
+/// Most bytes a peer's writer may hold unwritten; frames beyond it are dropped (a peer that
+/// takes data more slowly than it is sent, or not at all, costs bounded memory). A frame
+/// larger than this still goes when nothing else is queued.
+pub const PEER_QUEUE_BYTES_MAX: usize = 32 << 20;
+
 struct Link {
     address: SocketAddr,
     queue: RefCell<Vec<GroupMessage>>,
@@ -63,18 +74,31 @@ struct Link {
     join: RefCell<Option<Bytes>>,
     /// The next flush sends a frame even with nothing queued (a keep-alive).
     keep_alive: Cell<bool>,
-    stream: Mutex<Option<TcpStream>>,
-    /// No dial before this instant (after a failure).
+    /// Frames for the peer's writer task (started with the first frame); dropping the sender
+    /// ends the task once it wrote what was handed to it.
+    writer: RefCell<Option<UnboundedSender<Vec<u8>>>>,
+    state: Rc<WriterState>,
+}
+
+/// What a peer's writer task and the flushes share.
+#[derive(Default)]
+struct WriterState {
+    /// Bytes handed to the writer and not yet written (or dropped).
+    queued_bytes: Cell<usize>,
+    /// A dial or write failed since the last flush looked.
+    failed: Cell<bool>,
+    /// No frame is handed over before this instant (the writer's backoff after a failure).
     retry_at: Cell<Option<Instant>>,
-    backoff: Cell<Duration>,
 }
 
 /// What a flush did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct FlushReport {
+    /// Frames handed to the peers' writers.
     pub frames_sent: usize,
     pub messages_sent: usize,
-    /// Peers whose queued messages were dropped (unreachable, or in backoff).
+    /// Peers whose queued messages were dropped (in backoff after a failure, or their writer
+    /// already holds [`PEER_QUEUE_BYTES_MAX`]), or whose writer failed since the last flush.
     pub unreachable: Vec<u64>,
 }
 
@@ -112,9 +136,8 @@ impl Transport {
                 leading: RefCell::new(None),
                 join: RefCell::new(None),
                 keep_alive: Cell::new(false),
-                stream: Mutex::new(None),
-                retry_at: Cell::new(None),
-                backoff: Cell::new(BACKOFF_FIRST),
+                writer: RefCell::new(None),
+                state: Rc::default(),
             }),
         );
         true
@@ -164,106 +187,144 @@ impl Transport {
         }
     }
 
-    /// Sends every peer's queued messages (and a pending announcement) as one frame each, to
-    /// all peers concurrently.
+    /// Hands every peer's queued messages (and a pending announcement) to that peer's writer
+    /// as one frame. Never waits for the network: a slow, hung or unreachable peer costs the
+    /// caller nothing but the frames it drops (see [`FlushReport::unreachable`]).
     pub async fn flush(&self) -> FlushReport {
-        let sends = self.links.iter().filter_map(|(peer, link)| {
+        let mut report = FlushReport::default();
+        let now = Instant::now();
+        for (peer, link) in &self.links {
             let messages = std::mem::take(&mut *link.queue.borrow_mut());
             let leading = link.leading.borrow_mut().take();
             let join = link.join.borrow_mut().take();
             let keep_alive = link.keep_alive.replace(false);
-            (!messages.is_empty() || leading.is_some() || join.is_some() || keep_alive).then(|| {
-                let link = link.clone();
-                let peer = *peer;
-                async move {
-                    let count = messages.len();
-                    let sent = self
-                        .send_frame(&link, &messages, leading.as_deref(), join.as_deref())
-                        .await;
-                    (peer, count, sent)
+            let state = &link.state;
+            let failed = state.failed.replace(false);
+            let anything = !messages.is_empty() || leading.is_some() || join.is_some();
+            if !anything && !keep_alive {
+                if failed {
+                    report.unreachable.push(*peer);
                 }
-            })
-        });
-        let mut report = FlushReport::default();
-        for (peer, count, sent) in futures::future::join_all(sends).await {
-            if sent {
+                continue;
+            }
+            let backing_off = state.retry_at.get().is_some_and(|at| now < at);
+            if failed || backing_off {
+                report.unreachable.push(*peer);
+            }
+            if backing_off {
+                continue;
+            }
+            let mut frame = Vec::new();
+            if let Some(registration) = join.as_deref() {
+                encode_join_frame(self.node_id, registration, &mut frame);
+            }
+            if !messages.is_empty() || leading.is_some() || join.is_none() {
+                encode_frame(self.node_id, &messages, leading.as_deref(), &mut frame);
+            }
+            let queued = state.queued_bytes.get();
+            if queued > 0 && queued + frame.len() > PEER_QUEUE_BYTES_MAX {
+                // The peer takes data more slowly than this node sends it (or not at all):
+                // dropped, as a failed write would be; Raft retransmits.
+                if !report.unreachable.contains(peer) {
+                    report.unreachable.push(*peer);
+                }
+                continue;
+            }
+            state.queued_bytes.set(queued + frame.len());
+            let mut writer = link.writer.borrow_mut();
+            let writer = writer.get_or_insert_with(|| {
+                let (frames_tx, frames_rx) = futures::channel::mpsc::unbounded();
+                glommio::spawn_local(write_frames(link.address, state.clone(), frames_rx)).detach();
+                frames_tx
+            });
+            if writer.unbounded_send(frame).is_ok() {
                 report.frames_sent += 1;
-                report.messages_sent += count;
-            } else {
-                report.unreachable.push(peer);
+                report.messages_sent += messages.len();
             }
         }
         report.unreachable.sort_unstable();
         report
     }
+}
 
-    async fn send_frame(
-        &self,
-        link: &Link,
-        messages: &[GroupMessage],
-        leading: Option<&[LeadNote]>,
-        join: Option<&[u8]>,
-    ) -> bool {
-        let mut frame = Vec::new();
-        if let Some(registration) = join {
-            encode_join_frame(self.node_id, registration, &mut frame);
+/// A peer's writer: dials when there is something to send (no sooner than the backoff after
+/// a failure), writes the frames in the order they were handed over, and on a failed dial or
+/// write (or a write the peer takes no data for within [`WRITE_TIMEOUT`]) drops the
+/// connection and whatever is queued behind it, notes the failure for the next flush and
+/// backs off. Ends when the link's sender is dropped and the queue is written.
+async fn write_frames(
+    address: SocketAddr,
+    state: Rc<WriterState>,
+    mut frames: UnboundedReceiver<Vec<u8>>,
+) {
+    let mut stream: Option<TcpStream> = None;
+    let mut backoff = BACKOFF_FIRST;
+    while let Some(first) = frames.next().await {
+        let mut batch = vec![first];
+        while let Ok(more) = frames.try_recv() {
+            batch.push(more);
         }
-        if !messages.is_empty() || leading.is_some() || join.is_none() {
-            encode_frame(self.node_id, messages, leading, &mut frame);
-        }
-        let mut stream = link.stream.lock().await;
-        if stream.is_none() {
-            if link.retry_at.get().is_some_and(|at| Instant::now() < at) {
-                return false;
+        let bytes: usize = batch.iter().map(Vec::len).sum();
+        let written = write_batch(&mut stream, address, &batch).await;
+        let mut done = bytes;
+        match written {
+            Ok(()) => {
+                backoff = BACKOFF_FIRST;
+                state.retry_at.set(None);
             }
-            match TcpStream::connect_timeout(link.address, DIAL_TIMEOUT).await {
-                Ok(connected) => {
-                    let _ = connected.set_nodelay(true);
-                    *stream = Some(connected);
-                }
-                Err(e) => {
-                    tracing::debug!(peer = %link.address, error = %e, "rpc dial failed");
-                    back_off(link);
-                    return false;
+            Err(e) => {
+                tracing::debug!(peer = %address, error = %e, "rpc write failed");
+                stream = None;
+                state.failed.set(true);
+                state.retry_at.set(Some(Instant::now() + backoff));
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                // Frames queued behind the failure are stale by the time a redial could
+                // carry them: dropped (Raft retransmits what still matters).
+                while let Ok(stale) = frames.try_recv() {
+                    done += stale.len();
                 }
             }
         }
-        let connection = stream.as_mut().expect("connected above");
+        state
+            .queued_bytes
+            .set(state.queued_bytes.get().saturating_sub(done));
+    }
+}
+
+/// Writes `batch` whole and in order on `stream`, dialing first if there is no connection.
+async fn write_batch(
+    stream: &mut Option<TcpStream>,
+    address: SocketAddr,
+    batch: &[Vec<u8>],
+) -> std::io::Result<()> {
+    if stream.is_none() {
+        let connected = TcpStream::connect_timeout(address, DIAL_TIMEOUT).await?;
+        let _ = connected.set_nodelay(true);
+        *stream = Some(connected);
+    }
+    let connection = stream.as_mut().expect("connected above");
+    // Each frame gets the write timeout of its own: a batch of many frames to a peer that
+    // reads steadily is not a hung peer.
+    for frame in batch {
         let write = async {
-            connection.write_all(&frame).await?;
+            connection.write_all(frame).await?;
             connection.flush().await
         };
         let (write, deadline) = (
             std::pin::pin!(write),
             std::pin::pin!(glommio::timer::sleep(WRITE_TIMEOUT)),
         );
-        let written = match futures::future::select(write, deadline).await {
-            futures::future::Either::Left((result, _)) => result,
-            futures::future::Either::Right(_) => Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the peer took no data (hung?)",
-            )),
-        };
-        match written {
-            Ok(()) => {
-                link.retry_at.set(None);
-                link.backoff.set(BACKOFF_FIRST);
-                true
-            }
-            Err(e) => {
-                tracing::debug!(peer = %link.address, error = %e, "rpc write failed");
-                *stream = None;
-                back_off(link);
-                false
+        match futures::future::select(write, deadline).await {
+            futures::future::Either::Left((result, _)) => result?,
+            futures::future::Either::Right(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the peer took no data (hung?)",
+                ))
             }
         }
     }
-}
-
-fn back_off(link: &Link) {
-    let backoff = link.backoff.get();
-    link.retry_at.set(Some(Instant::now() + backoff));
-    link.backoff.set((backoff * 2).min(BACKOFF_MAX));
+    Ok(())
 }
 
 /// The receiving side: accepts connections and hands every frame to `deliver`. Dropping it

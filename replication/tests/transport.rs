@@ -1,6 +1,7 @@
 //! The RPC transport over real loopback sockets: frames arrive whole and in order, a peer that
-//! restarts is redialed after backoff, malformed input closes only its own connection, and a
-//! hung peer (it accepts, reads nothing) never holds a flush up for long.
+//! restarts is redialed after backoff, malformed input closes only its own connection, and
+//! neither a hung peer (it accepts, reads nothing) nor an unreachable one (its dial never
+//! completes) holds a flush up, or another peer's frames.
 
 mod common;
 
@@ -234,10 +235,12 @@ fn a_stranger_may_only_ask_to_join_until_it_is_allowed() {
 }
 
 /// A peer that accepts connections but never reads (a stopped process: the kernel still
-/// accepts and buffers). Once its socket buffers fill, a flush gives up on it within the write
-/// timeout and reports it unreachable, instead of waiting for as long as the hang lasts (which
-/// stalled every group of the sending node: found with a SIGSTOPped node of a 1,000-partition
-/// cluster, whose peers then answered nothing, not even Metadata).
+/// accepts and buffers). A flush only hands frames to the peer's writer, so none waits on it
+/// (a flush that waited once the socket buffers filled stalled every group of the sending node:
+/// found with a SIGSTOPped node of a 1,000-partition cluster, whose peers then answered
+/// nothing, not even Metadata); the hung peer is reported unreachable (its write timed out, or
+/// its writer holds the most it may), and a healthy peer of the same transport gets every
+/// frame meanwhile.
 #[test]
 fn a_hung_peer_never_holds_a_flush_up() {
     run(|| async {
@@ -251,33 +254,93 @@ fn a_hung_peer_never_holds_a_flush_up() {
             std::thread::sleep(Duration::from_secs(20));
             drop(connection);
         });
-        let transport = Transport::new(1, &HashMap::from([(2, address)]));
+        let inbox: Inbox = Rc::default();
+        let healthy = listen("127.0.0.1:0".parse().unwrap(), &inbox);
+        let transport = Transport::new(1, &HashMap::from([(2, address), (3, healthy.address())]));
         let big = |sequence: u64| {
             let mut message = heartbeat(sequence);
             message.message.context = vec![7u8; 200 * 1024].into();
             message
         };
         let mut unreachable_after = None;
-        for round in 0..400u64 {
+        let mut to_healthy = 0u64;
+        for round in 0..2_000u64 {
             for i in 0..4 {
                 transport.send(2, big(round * 4 + i));
             }
+            to_healthy += 1;
+            let mut small = heartbeat(to_healthy);
+            small.message.to = 3;
+            transport.send(3, small);
             let started = Instant::now();
             let report = transport.flush().await;
             let took = started.elapsed();
             assert!(
-                took < Duration::from_secs(2),
-                "flush {round} waited {took:?} on a hung peer"
+                took < Duration::from_millis(100),
+                "flush {round} waited {took:?} with a hung peer"
             );
             if report.unreachable == [2] {
                 unreachable_after = Some(round);
                 break;
             }
+            glommio::timer::sleep(Duration::from_millis(1)).await;
         }
         accepted_rx
             .try_recv()
             .expect("the peer accepted the connection");
         let round = unreachable_after.expect("the hung peer was reported unreachable");
         assert!(round > 0, "the first frames fit the buffers");
+        wait_for(&inbox, to_healthy as usize).await;
+        assert_eq!(received(&inbox), (1..=to_healthy).collect::<Vec<_>>());
+    });
+}
+
+/// A peer whose dial never completes (its machine gone: the SYN goes unanswered; here, a
+/// listener whose accept queue is full, which drops it). The dial waits out its timeout in the
+/// peer's writer, not in a flush; the peer is then reported unreachable, and a healthy peer
+/// gets every frame in the meantime.
+#[test]
+fn an_unreachable_peer_never_holds_a_flush_up() {
+    run(|| async {
+        use socket2::{Domain, Socket, Type};
+        let full = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        full.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        full.listen(0).unwrap();
+        let address = full.local_addr().unwrap().as_socket().unwrap();
+        // Fills the accept queue (never accepted): the next SYN is dropped.
+        let _filler = std::net::TcpStream::connect(address).unwrap();
+        let inbox: Inbox = Rc::default();
+        let healthy = listen("127.0.0.1:0".parse().unwrap(), &inbox);
+        let transport = Transport::new(1, &HashMap::from([(2, address), (3, healthy.address())]));
+        let started = Instant::now();
+        let mut sequence = 0u64;
+        let mut reported = None;
+        while started.elapsed() < Duration::from_secs(10) {
+            sequence += 1;
+            transport.send(2, heartbeat(sequence));
+            let mut to_healthy = heartbeat(sequence);
+            to_healthy.message.to = 3;
+            transport.send(3, to_healthy);
+            let flushed = Instant::now();
+            let report = transport.flush().await;
+            assert!(
+                flushed.elapsed() < Duration::from_millis(100),
+                "flush {sequence} waited {:?} on a dial",
+                flushed.elapsed()
+            );
+            if report.unreachable == [2] {
+                reported = Some(started.elapsed());
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        let reported = reported.expect("the unreachable peer was reported");
+        assert!(
+            reported >= Duration::from_millis(900),
+            "reported after {reported:?}: before the dial could time out"
+        );
+        wait_for(&inbox, sequence as usize).await;
+        assert_eq!(received(&inbox), (1..=sequence).collect::<Vec<_>>());
     });
 }
