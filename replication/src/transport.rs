@@ -198,52 +198,61 @@ impl Transport {
             let leading = link.leading.borrow_mut().take();
             let join = link.join.borrow_mut().take();
             let keep_alive = link.keep_alive.replace(false);
-            let state = &link.state;
-            let failed = state.failed.replace(false);
-            let anything = !messages.is_empty() || leading.is_some() || join.is_some();
-            if !anything && !keep_alive {
-                if failed {
-                    report.unreachable.push(*peer);
-                }
-                continue;
-            }
-            let backing_off = state.retry_at.get().is_some_and(|at| now < at);
-            if failed || backing_off {
-                report.unreachable.push(*peer);
-            }
-            if backing_off {
-                continue;
-            }
-            let mut frame = Vec::new();
-            if let Some(registration) = join.as_deref() {
-                encode_join_frame(self.node_id, registration, &mut frame);
-            }
-            if !messages.is_empty() || leading.is_some() || join.is_none() {
-                encode_frame(self.node_id, &messages, leading.as_deref(), &mut frame);
-            }
-            let queued = state.queued_bytes.get();
-            if queued > 0 && queued + frame.len() > PEER_QUEUE_BYTES_MAX {
-                // The peer takes data more slowly than this node sends it (or not at all):
-                // dropped, as a failed write would be; Raft retransmits.
-                if !report.unreachable.contains(peer) {
-                    report.unreachable.push(*peer);
-                }
-                continue;
-            }
-            state.queued_bytes.set(queued + frame.len());
-            let mut writer = link.writer.borrow_mut();
-            let writer = writer.get_or_insert_with(|| {
-                let (frames_tx, frames_rx) = futures::channel::mpsc::unbounded();
-                glommio::spawn_local(write_frames(link.address, state.clone(), frames_rx)).detach();
-                frames_tx
-            });
-            if writer.unbounded_send(frame).is_ok() {
+            let failed = link.state.failed.replace(false);
+            let tried = !messages.is_empty() || leading.is_some() || join.is_some() || keep_alive;
+            let handed =
+                tried && self.hand_over(link, &messages, leading.as_deref(), join.as_deref(), now);
+            if handed {
                 report.frames_sent += 1;
                 report.messages_sent += messages.len();
+            }
+            if failed || (tried && !handed) {
+                report.unreachable.push(*peer);
             }
         }
         report.unreachable.sort_unstable();
         report
+    }
+
+    /// Encodes one frame for `link` and hands it to the peer's writer (started with the first
+    /// frame). False if it was dropped instead: the peer is in backoff after a failure, or its
+    /// writer already holds [`PEER_QUEUE_BYTES_MAX`] (the peer takes data more slowly than this
+    /// node sends it, or not at all); Raft retransmits.
+    fn hand_over(
+        &self,
+        link: &Link,
+        messages: &[GroupMessage],
+        leading: Option<&[LeadNote]>,
+        join: Option<&[u8]>,
+        now: Instant,
+    ) -> bool {
+        let state = &link.state;
+        if state.retry_at.get().is_some_and(|at| now < at) {
+            return false;
+        }
+        let mut frame = Vec::new();
+        if let Some(registration) = join {
+            encode_join_frame(self.node_id, registration, &mut frame);
+        }
+        if !messages.is_empty() || leading.is_some() || join.is_none() {
+            encode_frame(self.node_id, messages, leading, &mut frame);
+        }
+        let queued = state.queued_bytes.get();
+        if queued > 0 && queued + frame.len() > PEER_QUEUE_BYTES_MAX {
+            return false;
+        }
+        let mut writer = link.writer.borrow_mut();
+        let writer = writer.get_or_insert_with(|| {
+            let (frames_tx, frames_rx) = futures::channel::mpsc::unbounded();
+            glommio::spawn_local(write_frames(link.address, state.clone(), frames_rx)).detach();
+            frames_tx
+        });
+        let length = frame.len();
+        if writer.unbounded_send(frame).is_err() {
+            return false;
+        }
+        state.queued_bytes.set(queued + length);
+        true
     }
 }
 

@@ -1,7 +1,8 @@
 //! The RPC transport over real loopback sockets: frames arrive whole and in order, a peer that
 //! restarts is redialed after backoff, malformed input closes only its own connection, and
 //! neither a hung peer (it accepts, reads nothing) nor an unreachable one (its dial never
-//! completes) holds a flush up, or another peer's frames.
+//! completes) holds a flush up, or another peer's frames; a peer's writer holds a bounded
+//! number of bytes.
 
 mod common;
 
@@ -35,6 +36,13 @@ fn heartbeat(sequence: u64) -> GroupMessage {
         },
         quiet: sequence % 2 == 1,
     }
+}
+
+/// [`heartbeat`] addressed to node `to`.
+fn heartbeat_to(to: u64, sequence: u64) -> GroupMessage {
+    let mut message = heartbeat(sequence);
+    message.message.to = to;
+    message
 }
 
 type Inbox = Rc<RefCell<Vec<Frame>>>;
@@ -269,9 +277,7 @@ fn a_hung_peer_never_holds_a_flush_up() {
                 transport.send(2, big(round * 4 + i));
             }
             to_healthy += 1;
-            let mut small = heartbeat(to_healthy);
-            small.message.to = 3;
-            transport.send(3, small);
+            transport.send(3, heartbeat_to(3, to_healthy));
             let started = Instant::now();
             let report = transport.flush().await;
             let took = started.elapsed();
@@ -319,9 +325,7 @@ fn an_unreachable_peer_never_holds_a_flush_up() {
         while started.elapsed() < Duration::from_secs(10) {
             sequence += 1;
             transport.send(2, heartbeat(sequence));
-            let mut to_healthy = heartbeat(sequence);
-            to_healthy.message.to = 3;
-            transport.send(3, to_healthy);
+            transport.send(3, heartbeat_to(3, sequence));
             let flushed = Instant::now();
             let report = transport.flush().await;
             assert!(
@@ -342,5 +346,50 @@ fn an_unreachable_peer_never_holds_a_flush_up() {
         );
         wait_for(&inbox, sequence as usize).await;
         assert_eq!(received(&inbox), (1..=sequence).collect::<Vec<_>>());
+    });
+}
+
+/// A peer's writer holds at most `PEER_QUEUE_BYTES_MAX` unwritten: flushes that do not let it
+/// run (nothing is written meanwhile) fill it up to the bound, the next frame is dropped and
+/// the peer reported unreachable, and what was handed over still arrives, whole and in order,
+/// without the dropped frame.
+#[test]
+fn a_peer_writer_holds_at_most_its_bound_and_drops_beyond_it() {
+    run(|| async {
+        let inbox: Inbox = Rc::default();
+        let listener = listen("127.0.0.1:0".parse().unwrap(), &inbox);
+        let transport = Transport::new(1, &HashMap::from([(2, listener.address())]));
+        let big = |sequence: u64| {
+            let mut message = heartbeat(sequence);
+            message.message.context = vec![7u8; 512 * 1024].into();
+            message
+        };
+        // No await between these flushes: the writer has not written a byte.
+        let mut handed = 0u64;
+        let dropped = loop {
+            assert!(handed < 1_000, "the bound never refused a frame");
+            transport.send(2, big(handed + 1));
+            let report = transport.flush().await;
+            if report.unreachable == [2] {
+                assert_eq!(report.frames_sent, 0);
+                break handed + 1;
+            }
+            assert_eq!(report.frames_sent, 1);
+            handed += 1;
+        };
+        let bound = sluice_replication::transport::PEER_QUEUE_BYTES_MAX as u64;
+        assert!(
+            (bound / (520 * 1024)..=bound / (512 * 1024)).contains(&handed),
+            "{handed} frames of ~512 KiB handed over under a {bound}-byte bound"
+        );
+        wait_for(&inbox, handed as usize).await;
+        assert_eq!(received(&inbox), (1..=handed).collect::<Vec<_>>());
+        // Written, the writer takes frames again; the dropped one never arrives.
+        transport.send(2, heartbeat(dropped + 1));
+        assert_eq!(transport.flush().await.frames_sent, 1);
+        wait_for(&inbox, handed as usize + 1).await;
+        let mut expected: Vec<u64> = (1..=handed).collect();
+        expected.push(dropped + 1);
+        assert_eq!(received(&inbox), expected);
     });
 }
