@@ -6,10 +6,12 @@
 # (`sluice_raft_groups` on `/metrics`). One line per run. With DOWN=1 the third node is
 # SIGSTOPped once the topic settled (`cluster dev` stops every node when one dies), and the
 # two others are measured SETTLE seconds later: a cluster at rest with a node down (the
-# stopped node's figures read 0).
+# stopped node's figures read 0). With LOAD=RATE, the measurement is a `sluice bench run` of
+# the 16-partition workload (RF 3, RATE records/s, 5 s warm-up, MEASURE s) beside the idle
+# partitions, and the line adds its publish p50/p99: what idle partitions cost the busy ones.
 # Usage: bench-harness/idle-cluster.sh PARTITIONS   (env: SLUICE=target/release/sluice
-#        DIR=target/idle-cluster SETTLE=15 MEASURE=20 DOWN=0; ports 19092-19094, 23145-23165,
-#        19644-19646)
+#        DIR=target/idle-cluster SETTLE=15 MEASURE=20 DOWN=0 LOAD=; ports 19092-19094,
+#        23145-23165, 19644-19646)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PARTITIONS=${1:?usage: idle-cluster.sh PARTITIONS}
@@ -18,6 +20,7 @@ DIR=${DIR:-target/idle-cluster}
 SETTLE=${SETTLE:-15}
 MEASURE=${MEASURE:-20}
 DOWN=${DOWN:-0}
+LOAD=${LOAD:-}
 rm -rf "$DIR"
 mkdir -p "$DIR"
 "$SLUICE" cluster dev --nodes 3 --dir "$DIR/data" --kafka-port 19092 --rpc-port 23145 \
@@ -44,9 +47,24 @@ if [[ $DOWN == 1 ]]; then
   sleep "$SETTLE"
 fi
 ticks() { for p in "${pids[@]}"; do awk '{print $14 + $15}' "/proc/$p/stat"; done; }
+if [[ -n $LOAD ]]; then
+  # The workload's own topic is created (and settles) during the warm-up.
+  "$SLUICE" bench run bench-harness/workloads/1-topic-16-partitions-1kb-fixed.yaml \
+    --target 127.0.0.1:19092 --replication-factor 3 --rate "$LOAD" --duration "$MEASURE" \
+    --warmup 5 --out "$DIR/bench" --quiet > "$DIR/bench.log" 2>&1 &
+  bench=$!
+  sleep 6
+fi
 mapfile -t before < <(ticks)
-sleep "$MEASURE"
+if [[ -n $LOAD ]]; then
+  wait $bench || { cat "$DIR/bench.log" >&2; exit 1; }
+  measured=$(( MEASURE - 1 ))
+else
+  sleep "$MEASURE"
+  measured=$MEASURE
+fi
 mapfile -t after < <(ticks)
+MEASURE=$measured
 hz=$(getconf CLK_TCK)
 line="partitions=$PARTITIONS down=$DOWN cpu%:"
 for i in "${!pids[@]}"; do
@@ -59,4 +77,8 @@ for port in 19644 19645 19646; do
   quiet=$({ curl -s --max-time 2 "http://127.0.0.1:$port/metrics" || true; } | awk '/^sluice_raft_groups\{.*state="quiet"/ {n += $2} END {print n + 0}')
   line+=" $quiet"
 done
+if [[ -n $LOAD ]]; then
+  # The summary's latency table: "publish  p50 p90 p99 p99.9 p99.99 max" in ms.
+  line+=" load=$LOAD publish_p50_p99_ms: $(awk '/latency ms/ {t = 1; next} t && $1 == "publish" {print $2, $4; exit}' "$DIR"/bench/*.txt)"
+fi
 echo "$line"

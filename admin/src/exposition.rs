@@ -341,6 +341,22 @@ impl Collector for NodeCollector {
                 })
             }),
         )?;
+        counters(
+            e,
+            "sluice_raft_steps",
+            "Replication steps taken (each runs the Raft groups that may have work, and sends what they produced).",
+            view.snapshots
+                .iter()
+                .map(|s| (vec![shard(s.shard)], s.raft_steps)),
+        )?;
+        counters(
+            e,
+            "sluice_raft_step_groups",
+            "Raft groups the replication steps looked at (divided by sluice_raft_steps_total: groups per step, which follows the groups with work, not the groups held).",
+            view.snapshots
+                .iter()
+                .map(|s| (vec![shard(s.shard)], s.raft_step_groups)),
+        )?;
 
         // Consumer groups coordinated here.
         gauges(

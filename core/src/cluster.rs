@@ -464,7 +464,11 @@ struct LinkState {
 /// The request path's handle on one replicated partition: its proposal queue and the state
 /// the loop publishes after each step.
 pub struct ReplicaLink {
+    key: PartitionKey,
     proposals: RefCell<Vec<Proposal>>,
+    /// The loop's list of links with queued proposals, which this link joins when its queue
+    /// stops being empty: the loop proposes from those alone, never walking every link.
+    queued: Rc<RefCell<Vec<PartitionKey>>>,
     state: Cell<LinkState>,
     /// Woken (and dropped) whenever the state changes; see [`ReplicaLink::until_serving`].
     state_waiters: RefCell<Vec<oneshot::Sender<()>>>,
@@ -583,7 +587,11 @@ impl ReplicaLink {
         until: Until,
     ) -> oneshot::Receiver<Result<AppendInfo, AppendError>> {
         let (reply, answer) = oneshot::channel();
-        self.proposals.borrow_mut().push(Proposal {
+        let mut proposals = self.proposals.borrow_mut();
+        if proposals.is_empty() {
+            self.queued.borrow_mut().push(self.key);
+        }
+        proposals.push(Proposal {
             batch,
             log_start,
             until,
@@ -681,7 +689,16 @@ pub struct Driver {
     settings: ClusterSettings,
     data_dir: PathBuf,
     links: HashMap<PartitionKey, Rc<ReplicaLink>>,
+    /// Links whose proposal queue is not empty (each link adds itself; see
+    /// [`ReplicaLink::queue`]). A key may be listed for a link whose queue was emptied since.
+    queued: Rc<RefCell<Vec<PartitionKey>>>,
+    /// Appends proposed and not answered yet, per partition; a partition with none has no
+    /// entry, so the loop's look at them costs what is in flight, not the partition count.
     pending: HashMap<PartitionKey, VecDeque<Pending>>,
+    /// Links published while their group was quiet with its ISR not settled yet (a silent
+    /// replica still in it): looked at every step until it settles, since nothing else wakes
+    /// a quiet group. Every other link is looked at only when its group was.
+    unsettled: HashSet<PartitionKey>,
     controller: Option<ControllerDriver>,
     /// Led partitions: the leader's last index at the previous step, and when each follower
     /// last held it (Kafka's rule: caught up with the leader's log end of a moment ago).
@@ -803,7 +820,9 @@ impl ShardReplication {
             settings: settings.clone(),
             data_dir,
             links: HashMap::new(),
+            queued: Rc::default(),
             pending: HashMap::new(),
+            unsettled: HashSet::new(),
             controller: None,
             catch_up: HashMap::new(),
             handing_off: None,
@@ -942,7 +961,7 @@ fn follow_controller_membership(
     image: &ClusterImage,
     seeds: &BTreeMap<i32, SocketAddr>,
 ) {
-    let Some(group) = node.group(&GroupKey::CONTROLLER) else {
+    let Some(group) = node.group_mut(&GroupKey::CONTROLLER) else {
         return;
     };
     let replica = group.replica();
@@ -1113,7 +1132,7 @@ impl Driver {
                 self.follow_catch_up_rate(&shard);
                 self.follow_peers(&shard);
                 let metrics = &shard.metrics;
-                metrics.raft_groups.set(self.node.groups().count() as u64);
+                metrics.raft_groups.set(self.node.group_count() as u64);
                 metrics
                     .raft_groups_quiet
                     .set(self.node.quiet_groups() as u64);
@@ -1138,6 +1157,9 @@ impl Driver {
                 futures::future::ready(())
             });
             let (stepped, ()) = futures::join!(stepping, answering);
+            let (steps, looked_at) = self.node.steps_taken();
+            shard.metrics.raft_steps.set(steps);
+            shard.metrics.raft_step_groups.set(looked_at);
             match stepped {
                 Ok(committed) => {
                     self.after_step(&shard, committed);
@@ -1160,7 +1182,7 @@ impl Driver {
         let Some(controller) = &mut self.controller else {
             return;
         };
-        let Some(group) = self.node.group(&GroupKey::CONTROLLER) else {
+        let Some(group) = self.node.group_mut(&GroupKey::CONTROLLER) else {
             return;
         };
         match controller
@@ -1257,7 +1279,7 @@ impl Driver {
             }
             Command::TransferLeader { key, leader, to } => {
                 let group = group_key(key);
-                match self.node.group(&group) {
+                match self.node.group_mut(&group) {
                     Some(replica) => replica.transfer_leader(raft_id(to)),
                     None if leader >= 0 => {
                         self.node.ask_transfer(group, raft_id(leader), raft_id(to))
@@ -1297,7 +1319,7 @@ impl Driver {
             self.node
                 .add_group_as(group, dir, membership, self.settings.replica, log_config)
                 .await?;
-            let partition = self.node.group(&group).expect("just added");
+            let partition = self.node.group_mut(&group).expect("just added");
             let me = partition.replica().id();
             let fresh = partition.replica().term() == 0 && partition.replica().last_index() == 0;
             let new_group = membership.index == 0;
@@ -1309,9 +1331,13 @@ impl Driver {
                 let _ = partition.campaign();
             }
         }
-        let partition = self.node.group(&group).expect("just added");
+        // Looked at by the next step, so the new link's state is published even if the
+        // group was open and quiet already.
+        let partition = self.node.group_mut(&group).expect("just added");
         let link = Rc::new(ReplicaLink {
+            key,
             proposals: RefCell::default(),
+            queued: self.queued.clone(),
             state: Cell::new(LinkState {
                 high_watermark: partition.high_watermark(),
                 leader_id: -1,
@@ -1337,7 +1363,7 @@ impl Driver {
             )));
             return;
         };
-        let Some(group) = self.node.group(&GroupKey::CONTROLLER) else {
+        let Some(group) = self.node.group_mut(&GroupKey::CONTROLLER) else {
             let _ = reply.send(Err(ControlError::Failed("no controller group".into())));
             return;
         };
@@ -1401,7 +1427,9 @@ impl Driver {
                 .max_by_key(|(_, held, _)| *held)
                 .map(|(id, _, _)| id);
             if let Some(target) = target {
-                group.transfer_leader(target);
+                if let Some(group) = self.node.group_mut(&key) {
+                    group.transfer_leader(target);
+                }
             }
         }
         if leading == 0 || Instant::now() >= deadline {
@@ -1420,12 +1448,20 @@ impl Driver {
 
     /// Proposes every batch queued on the links, in queue order.
     fn propose_queued(&mut self) {
-        for (key, link) in &self.links {
+        let listed = std::mem::take(&mut *self.queued.borrow_mut());
+        for key in &listed {
+            let Some(link) = self.links.get(key) else {
+                continue;
+            };
             let queued = std::mem::take(&mut *link.proposals.borrow_mut());
             if queued.is_empty() {
                 continue;
             }
-            let Some(group) = self.node.group(&group_key(*key)) else {
+            let Some(group) = self.node.group_mut(&group_key(*key)) else {
+                // A link whose group is gone (closed, or taken offline) takes nothing.
+                for proposal in queued {
+                    let _ = proposal.reply.send(Err(not_leader(&link.not_leader())));
+                }
                 continue;
             };
             for proposal in queued {
@@ -1544,7 +1580,7 @@ impl Driver {
         }
         forward.append(&mut controller.forwarded);
         let context = controller.catch_up_requests.to_be_bytes().to_vec();
-        if let Some(group) = self.node.group(&GroupKey::CONTROLLER) {
+        if let Some(group) = self.node.group_mut(&GroupKey::CONTROLLER) {
             if ask_catch_up {
                 // Dropped while no leader is known: asked again after RETRY_CATCH_UP.
                 group.read_index(context);
@@ -1651,7 +1687,7 @@ impl Driver {
         for assignment in cluster.topics.values() {
             for (partition, moving) in &assignment.reassignments {
                 let key = (assignment.topic.id, *partition);
-                let Some(group) = self.node.group(&group_key(key)) else {
+                let Some(group) = self.node.group_mut(&group_key(key)) else {
                     continue;
                 };
                 let replica = group.replica();
@@ -1839,7 +1875,7 @@ impl Driver {
             "leader imbalance: asking for the preferred leaderships back"
         );
         for key in wanted {
-            if let Some(group) = self.node.group(&group_key(key)) {
+            if let Some(group) = self.node.group_mut(&group_key(key)) {
                 group.transfer_leader(raft_id(me));
             }
         }
@@ -1990,6 +2026,7 @@ impl Driver {
             }
             *queue = kept;
         }
+        self.pending.retain(|_, queue| !queue.is_empty());
     }
 
     /// Takes a replica whose ready work failed (its log failed, or refused a write for
@@ -2042,10 +2079,23 @@ impl Driver {
 
     /// Publishes each link's role, leader and high watermark; wakes the partition's fetches
     /// when the high watermark moved.
+    ///
+    /// Only links whose group the step looked at can have changed, and the unsettled ones.
     fn publish_states(&mut self, shard: &Rc<Shard>) {
         let lag = self.settings.replica_lag;
         let at = Instant::now();
-        for (key, link) in &self.links {
+        let mut keys: HashSet<PartitionKey> = self
+            .node
+            .take_touched()
+            .into_iter()
+            .filter(|group| *group != GroupKey::CONTROLLER)
+            .map(partition_key)
+            .collect();
+        keys.extend(self.unsettled.drain());
+        for key in &keys {
+            let Some(link) = self.links.get(key) else {
+                continue;
+            };
             let Some(group) = self.node.group(&group_key(*key)) else {
                 continue;
             };
@@ -2117,6 +2167,9 @@ impl Driver {
                 self.catch_up.remove(key).is_some()
             };
             link.published_quiet.set(quiet && isr_settled);
+            if quiet && !isr_settled {
+                self.unsettled.insert(*key);
+            }
             if before == now && !isr_changed {
                 continue;
             }
@@ -2516,6 +2569,9 @@ fn answer_committed(
     }
     if let Some(queue) = pending.get_mut(&key) {
         answer_waiting(queue, entries);
+        if queue.is_empty() {
+            pending.remove(&key);
+        }
     }
     if let Some(link) = links.get(&key) {
         let mut state = link.state.get();

@@ -65,6 +65,9 @@ pub struct ShardMetrics {
     /// `replication/src/replica.rs`), as of the last tick.
     pub raft_groups: Cell<u64>,
     pub raft_groups_quiet: Cell<u64>,
+    /// Replication steps this shard took, and the Raft groups they looked at together.
+    pub raft_steps: Cell<u64>,
+    pub raft_step_groups: Cell<u64>,
 }
 
 impl ShardMetrics {
@@ -188,6 +191,8 @@ pub struct ShardSnapshot {
     pub leader_elections: u64,
     pub raft_groups: u64,
     pub raft_groups_quiet: u64,
+    pub raft_steps: u64,
+    pub raft_step_groups: u64,
     pub fdatasync_seconds: Histogram,
     /// Durability rounds shared by the shard's partitions, and partitions they made durable.
     pub sync_rounds: u64,
@@ -261,6 +266,8 @@ impl Shard {
             leader_elections: m.leader_elections.get(),
             raft_groups: m.raft_groups.get(),
             raft_groups_quiet: m.raft_groups_quiet.get(),
+            raft_steps: m.raft_steps.get(),
+            raft_step_groups: m.raft_step_groups.get(),
             fdatasync_seconds: sluice_storage::metrics::durability_snapshot().fdatasync_seconds,
             sync_rounds: sync.rounds,
             sync_round_partitions: sync.logs_synced,

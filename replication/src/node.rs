@@ -29,6 +29,20 @@
 //! every quiet group it is a member of wakes (its followers' election timers run again; its
 //! leader's heartbeats reach a node that came back). The controller group never goes quiet.
 //!
+//! Nor do idle groups cost a look: a step and a tick visit only the groups that may have
+//! changed, never every group, so their cost follows the busy groups, not the group count.
+//! What makes that safe (a group left out while it has work would stall):
+//! - `dirty` holds every group that may have work. A group enters it when a message is
+//!   delivered to it, a tick reaches it, a peer's liveness or reachability changed its state,
+//!   its pipelined write became durable (its waker marks it), or the owner took it mutably
+//!   ([`group_mut`](ReplicationNode::group_mut): proposals, campaigns, transfers, reads). A
+//!   step takes the set, runs those with work, and puts back those that still have some.
+//! - `awake` holds every group that is not quiet: a tick ticks those alone. A quiet group
+//!   wakes only through one of the paths above, each of which adds it (directly, or through
+//!   the step that looks at it); a step drops the groups it finds quiet.
+//! - What steps looked at, the owner takes ([`take_touched`](ReplicationNode::take_touched))
+//!   to republish those groups' state, and nothing else: no other group's state can change.
+//!
 //! Invariant: a message reaches a group only through `step`, after the group's earlier ready
 //! work has run; a group's persist jobs stay in order because each group runs its own ready work
 //! one job at a time.
@@ -100,7 +114,8 @@ pub enum PeerEvent {
 /// One node's Raft groups on one executor, and their transport.
 pub struct ReplicationNode {
     node_id: u64,
-    groups: HashMap<GroupKey, RaftPartition>,
+    /// Boxed, so a step moves a pointer when it takes a group out to run it.
+    groups: HashMap<GroupKey, Box<RaftPartition>>,
     transport: Transport,
     inbox: Rc<RefCell<Vec<GroupMessage>>>,
     /// What peers announced they lead, in arrival order, until the owner takes it.
@@ -131,6 +146,16 @@ pub struct ReplicationNode {
     step_failures: Vec<(GroupKey, ReplicationError)>,
     /// Paces what leaders here send learners (see `throttle`).
     throttle: CatchUpThrottle,
+    /// Groups that may have work: the only ones a step looks at (see the module's header).
+    /// Shared with each group's waker, which marks its group when a pipelined write is durable.
+    dirty: Rc<RefCell<HashSet<GroupKey>>>,
+    /// The groups that are not quiet, as of the last step: the only ones a tick ticks.
+    awake: HashSet<GroupKey>,
+    /// Groups steps looked at since the owner last took them.
+    touched: HashSet<GroupKey>,
+    /// Steps so far, and the groups they looked at together.
+    steps: u64,
+    groups_looked_at: u64,
 }
 
 impl ReplicationNode {
@@ -238,6 +263,11 @@ impl ReplicationNode {
             sync_group: SyncGroup::new(FlushMode::Shared),
             hard_states,
             step_failures: Vec::new(),
+            dirty: Rc::default(),
+            awake: HashSet::new(),
+            touched: HashSet::new(),
+            steps: 0,
+            groups_looked_at: 0,
         })
     }
 
@@ -312,24 +342,62 @@ impl ReplicationNode {
             &logger,
         )
         .await?;
-        partition.set_waker(self.wake.clone());
+        // A durable pipelined write is work for its group's next step.
+        let (dirty, wake) = (self.dirty.clone(), self.wake.clone());
+        partition.set_waker(Rc::new(move || {
+            dirty.borrow_mut().insert(key);
+            wake();
+        }));
         partition.log().join_sync_group(&self.sync_group);
-        self.groups.insert(key, partition);
+        self.groups.insert(key, Box::new(partition));
+        self.mark(key);
+        self.awake.insert(key);
         Ok(())
     }
 
     /// Takes group `key` out of the node (the caller closes it); messages for it are dropped
     /// from then on.
     pub fn remove_group(&mut self, key: &GroupKey) -> Option<RaftPartition> {
-        self.groups.remove(key)
+        self.awake.remove(key);
+        self.dirty.borrow_mut().remove(key);
+        self.groups.remove(key).map(|group| *group)
     }
 
-    pub fn group(&mut self, key: &GroupKey) -> Option<&mut RaftPartition> {
-        self.groups.get_mut(key)
+    /// Group `key`, to look at.
+    pub fn group(&self, key: &GroupKey) -> Option<&RaftPartition> {
+        self.groups.get(key).map(|group| &**group)
+    }
+
+    /// Group `key`, to change (propose, campaign, transfer, read): the next step looks at it.
+    pub fn group_mut(&mut self, key: &GroupKey) -> Option<&mut RaftPartition> {
+        let group = self.groups.get_mut(key)?;
+        self.dirty.borrow_mut().insert(*key);
+        Some(&mut **group)
+    }
+
+    /// How many groups this node holds.
+    pub fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// The groups steps looked at since the last call: the only ones whose state (role,
+    /// term, leader, commit point, quietness) can have changed since.
+    pub fn take_touched(&mut self) -> HashSet<GroupKey> {
+        std::mem::take(&mut self.touched)
+    }
+
+    /// Steps taken so far, and the groups they looked at in all: their ratio is what a step
+    /// costs, which follows the groups with work, not the groups held.
+    pub fn steps_taken(&self) -> (u64, u64) {
+        (self.steps, self.groups_looked_at)
+    }
+
+    fn mark(&self, key: GroupKey) {
+        self.dirty.borrow_mut().insert(key);
     }
 
     pub fn groups(&self) -> impl Iterator<Item = (&GroupKey, &RaftPartition)> {
-        self.groups.iter()
+        self.groups.iter().map(|(key, group)| (key, &**group))
     }
 
     /// Tells every peer, with the next flush, that this shard leads exactly `leading` (replacing
@@ -406,13 +474,22 @@ impl ReplicationNode {
         self.follow_liveness();
         let live = &self.live;
         let is_live = |peer: u64| live.contains(&peer);
-        for (key, group) in self.groups.iter_mut() {
+        let mut ticked = Vec::with_capacity(self.awake.len());
+        self.awake.retain(|key| {
+            let Some(group) = self.groups.get_mut(key) else {
+                return false;
+            };
             if *key == GroupKey::CONTROLLER {
                 group.tick();
             } else {
                 group.tick_quietly(&is_live);
             }
-        }
+            // A group that went quiet in this tick still runs (its last heartbeat leaves
+            // marked quiet); the step then leaves it out of `awake`.
+            ticked.push(*key);
+            true
+        });
+        self.dirty.borrow_mut().extend(ticked);
         self.step_handing_over(committed_now).await
     }
 
@@ -427,9 +504,9 @@ impl ReplicationNode {
         self.live.contains(&peer)
     }
 
-    /// Groups that are quiet here now (none of them ticks or steps until woken).
+    /// Groups that were quiet here at the last step (none of them ticks or steps until woken).
     pub fn quiet_groups(&self) -> usize {
-        self.groups.values().filter(|g| g.is_quiet()).count()
+        self.groups.len() - self.awake.len()
     }
 
     /// Recomputes which peers are live; a quiet group wakes when a member's liveness changed.
@@ -447,9 +524,17 @@ impl ReplicationNode {
                 .collect()
         };
         let changed: Vec<u64> = live.symmetric_difference(&self.live).copied().collect();
-        for peer in changed {
-            for group in self.groups.values_mut() {
-                group.wake_if_member(peer);
+        if !changed.is_empty() {
+            // Rare (a node came or went): every group is looked at.
+            let mut dirty = self.dirty.borrow_mut();
+            for (key, group) in self.groups.iter_mut() {
+                for peer in &changed {
+                    group.wake_if_member(*peer);
+                }
+                if !group.is_quiet() {
+                    self.awake.insert(*key);
+                    dirty.insert(*key);
+                }
             }
         }
         self.live = live;
@@ -472,24 +557,10 @@ impl ReplicationNode {
         committed_now: Option<&dyn Fn(GroupKey, Vec<CommittedEntry>, Offset)>,
     ) -> Result<Vec<(GroupKey, Outbox)>> {
         self.campaign_for_gone_leaders();
-        // Learners whose catch-up is paced: (group, learner) pairs whose appends are counted.
-        let mut paced: HashSet<(GroupKey, u64)> = HashSet::new();
-        if let Some(window) = self.throttle.window(Instant::now()) {
-            for (key, partition) in self.groups.iter_mut() {
-                for learner in partition.pace_learners(window) {
-                    paced.insert((*key, learner));
-                }
-            }
-        }
-        let paced_bytes = Cell::new(0u64);
-        let count_paced = |message: &GroupMessage| {
-            if !paced.is_empty() && paced.contains(&(message.group, message.message.to)) {
-                paced_bytes.set(paced_bytes.get() + catch_up_bytes(&message.message));
-            }
-        };
         let arrived = std::mem::take(&mut *self.inbox.borrow_mut());
         let live = &self.live;
         let is_live = |peer: u64| live.contains(&peer);
+        let mut delivered = Vec::with_capacity(arrived.len());
         for GroupMessage {
             group,
             message,
@@ -504,52 +575,90 @@ impl ReplicationNode {
                 } else {
                     partition.receive(message)
                 };
+                delivered.push(group);
             }
         }
+        // The groups this step looks at: the only ones that may have work.
+        let candidates: Vec<GroupKey> = {
+            let mut dirty = self.dirty.borrow_mut();
+            dirty.extend(delivered);
+            dirty.drain().collect()
+        };
+        self.steps += 1;
+        self.groups_looked_at += candidates.len() as u64;
+        // Learners whose catch-up is paced: (group, learner) pairs whose appends are counted.
+        // A group only sends in a step that looks at it, so pacing the candidates is enough;
+        // the throttle's end gives every group its window back.
+        let mut paced: HashSet<(GroupKey, u64)> = HashSet::new();
+        if let Some(window) = self.throttle.window(Instant::now()) {
+            let mut pace = |key: &GroupKey, partition: &mut RaftPartition| {
+                for learner in partition.pace_learners(window) {
+                    paced.insert((*key, learner));
+                }
+            };
+            if window.is_none() {
+                self.groups.iter_mut().for_each(|(key, p)| pace(key, p));
+            } else {
+                for key in &candidates {
+                    if let Some(partition) = self.groups.get_mut(key) {
+                        pace(key, partition);
+                    }
+                }
+            }
+        }
+        let paced_bytes = Cell::new(0u64);
+        let count_paced = |message: &GroupMessage| {
+            if !paced.is_empty() && paced.contains(&(message.group, message.message.to)) {
+                paced_bytes.set(paced_bytes.get() + catch_up_bytes(&message.message));
+            }
+        };
         // A leader's appends leave while its own write is in flight (a flush as soon as any
         // group has some); everything else leaves in one flush at the end.
         let (early_tx, mut early_rx) = futures::channel::mpsc::unbounded::<GroupMessage>();
         let transport = &self.transport;
-        let groups = &mut self.groups;
-        let work = async move {
-            let runs = groups
-                .iter_mut()
-                .filter(|(_, partition)| partition.has_work())
-                .map(|(key, partition)| {
-                    let early_tx = early_tx.clone();
-                    // Whether this group's heartbeats (or answers to them) leave marked quiet: it
-                    // went quiet in this tick or delivery, before running.
-                    let quiet = partition.is_quiet();
-                    async move {
-                        let group = *key;
-                        let send_now = move |messages: Vec<raft::eraftpb::Message>| {
-                            for message in messages {
-                                let quiet = quiet && is_heartbeat(&message);
-                                let _ = early_tx.unbounded_send(GroupMessage {
-                                    group,
-                                    message,
-                                    quiet,
-                                });
-                            }
+        // The candidates with work leave the map while they run (each runs on its own `&mut`),
+        // and go back before anything else looks at the groups.
+        let mut running: Vec<(GroupKey, Box<RaftPartition>)> = Vec::new();
+        for key in &candidates {
+            if self.groups.get(key).is_some_and(|p| p.has_work()) {
+                running.extend(self.groups.remove_entry(key));
+            }
+        }
+        let work = async {
+            let runs = running.iter_mut().map(|(key, partition)| {
+                let early_tx = early_tx.clone();
+                // Whether this group's heartbeats (or answers to them) leave marked quiet: it
+                // went quiet in this tick or delivery, before running.
+                let quiet = partition.is_quiet();
+                async move {
+                    let group = *key;
+                    let send_now = move |messages: Vec<raft::eraftpb::Message>| {
+                        for message in messages {
+                            let quiet = quiet && is_heartbeat(&message);
+                            let _ = early_tx.unbounded_send(GroupMessage {
+                                group,
+                                message,
+                                quiet,
+                            });
+                        }
+                    };
+                    let hand_over = move |entries: Vec<CommittedEntry>, high_watermark: Offset| {
+                        if let Some(committed_now) = committed_now {
+                            committed_now(group, entries, high_watermark);
+                        }
+                    };
+                    let hand_over: Option<&dyn Fn(Vec<CommittedEntry>, Offset)> =
+                        match committed_now {
+                            Some(_) if group != GroupKey::CONTROLLER => Some(&hand_over),
+                            _ => None,
                         };
-                        let hand_over =
-                            move |entries: Vec<CommittedEntry>, high_watermark: Offset| {
-                                if let Some(committed_now) = committed_now {
-                                    committed_now(group, entries, high_watermark);
-                                }
-                            };
-                        let hand_over: Option<&dyn Fn(Vec<CommittedEntry>, Offset)> =
-                            match committed_now {
-                                Some(_) if group != GroupKey::CONTROLLER => Some(&hand_over),
-                                _ => None,
-                            };
-                        partition
-                            .run_ready_with(Some(&send_now), hand_over)
-                            .await
-                            .map(|outbox| (group, outbox))
-                            .map_err(|e| (group, e))
-                    }
-                });
+                    partition
+                        .run_ready_with(Some(&send_now), hand_over)
+                        .await
+                        .map(|outbox| (group, outbox))
+                        .map_err(|e| (group, e))
+                }
+            });
             let outcomes = futures::future::join_all(runs).await;
             drop(early_tx);
             outcomes
@@ -569,6 +678,7 @@ impl ReplicationNode {
             unreachable
         };
         let (outcomes, early_unreachable) = futures::join!(work, flusher);
+        self.groups.extend(running);
         let mut committed = Vec::new();
         for outcome in outcomes {
             // One group's failure (its log failed, or a write was refused for space) must not
@@ -577,6 +687,7 @@ impl ReplicationNode {
             let (group, mut outbox) = match outcome {
                 Ok(done) => done,
                 Err(failure) => {
+                    self.mark(failure.0);
                     self.step_failures.push(failure);
                     continue;
                 }
@@ -608,13 +719,51 @@ impl ReplicationNode {
         for peer in unreachable {
             // A peer known down fails every frame (keep-alives, a quiet group's last
             // heartbeat): a quiet group does not wake for it (it would go quiet, send, fail
-            // and wake again, over and over); its return wakes it (`follow_liveness`).
+            // and wake again, over and over); its return wakes it (`follow_liveness`). So
+            // while a peer is known down, only the awake groups hear of it.
             let known_down = !self.live.contains(&peer);
-            for partition in self.groups.values_mut() {
-                if !(known_down && partition.is_quiet()) {
-                    partition.unreachable(peer);
+            let mut dirty = self.dirty.borrow_mut();
+            let mut woken = Vec::new();
+            let mut tell = |key: &GroupKey, partition: &mut RaftPartition| {
+                if known_down && partition.is_quiet() {
+                    return;
                 }
+                // (This wakes a quiet group the peer is a member of.)
+                partition.unreachable(peer);
+                if !partition.is_quiet() {
+                    woken.push(*key);
+                }
+                if partition.has_work() {
+                    dirty.insert(*key);
+                }
+            };
+            if known_down {
+                for key in &self.awake {
+                    if let Some(partition) = self.groups.get_mut(key) {
+                        tell(key, partition);
+                    }
+                }
+            } else {
+                self.groups.iter_mut().for_each(|(key, p)| tell(key, p));
             }
+            self.awake.extend(woken);
+        }
+        // What the step looked at: those with work left stay candidates, and `awake` follows
+        // their quietness.
+        let mut dirty = self.dirty.borrow_mut();
+        for key in candidates {
+            let Some(partition) = self.groups.get(&key) else {
+                continue;
+            };
+            if partition.has_work() {
+                dirty.insert(key);
+            }
+            if partition.is_quiet() {
+                self.awake.remove(&key);
+            } else {
+                self.awake.insert(key);
+            }
+            self.touched.insert(key);
         }
         Ok(committed)
     }
@@ -642,6 +791,7 @@ impl ReplicationNode {
         }
         let mut campaigns = 0;
         let groups = &mut self.groups;
+        let mut dirty = self.dirty.borrow_mut();
         self.campaigns_due.retain(|(due, key, peer)| {
             if *due > now {
                 return true;
@@ -650,6 +800,7 @@ impl ReplicationNode {
                 if partition.campaign_without(*peer) {
                     campaigns += 1;
                 }
+                dirty.insert(*key);
             }
             false
         });

@@ -77,7 +77,7 @@ fn a_group_whose_log_failed_does_not_cost_the_others_their_step() {
 
             // Group 0's log fails: its fdatasync meets EIO.
             faults::arm("storage::fdatasync=return(eio)").unwrap();
-            node.group(&key(0))
+            node.group_mut(&key(0))
                 .unwrap()
                 .propose(batch("doomed"))
                 .unwrap();
@@ -102,7 +102,10 @@ fn a_group_whose_log_failed_does_not_cost_the_others_their_step() {
 
             // Both groups get work in the same steps: group 0 fails each time, group 1 commits
             // and its entry reaches the owner.
-            node.group(&key(1)).unwrap().propose(batch("fine")).unwrap();
+            node.group_mut(&key(1))
+                .unwrap()
+                .propose(batch("fine"))
+                .unwrap();
             let deadline = Instant::now() + Duration::from_secs(10);
             let mut delivered = false;
             let mut failed_again = false;
@@ -112,7 +115,10 @@ fn a_group_whose_log_failed_does_not_cost_the_others_their_step() {
                     "group 1's entry never reached the owner (failed again: {failed_again})"
                 );
                 // Work for group 0 in every step, so that it fails in each of them.
-                let _ = node.group(&key(0)).unwrap().propose(batch("doomed too"));
+                let _ = node
+                    .group_mut(&key(0))
+                    .unwrap()
+                    .propose(batch("doomed too"));
                 let stepped = node.step().await;
                 pause().await;
                 if let Ok(applied) = stepped {

@@ -89,7 +89,7 @@ fn survivors_elect_new_leaders_as_soon_as_a_leaders_connections_close() {
             nodes[0]
                 .as_mut()
                 .unwrap()
-                .group(&key(partition))
+                .group_mut(&key(partition))
                 .unwrap()
                 .campaign()
                 .unwrap();

@@ -147,7 +147,7 @@ fn run_node(
                 };
                 if now < propose_until {
                     for partition in 0..PARTITIONS {
-                        let group = live.group(&key(partition)).unwrap();
+                        let group = live.group_mut(&key(partition)).unwrap();
                         let count = proposed.entry(partition).or_default();
                         let in_flight = pending.iter().filter(|p| p.0 == partition).count();
                         if group.replica().role() != Role::Leader

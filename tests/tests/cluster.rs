@@ -4075,35 +4075,55 @@ fn a_forwarded_change_the_controller_cannot_commit_times_out() {
     }
 }
 
-/// Raft groups with a replica on `id` that are quiet, from its `/metrics`.
-fn quiet_groups(cluster: &Cluster, id: i32) -> u64 {
+/// Node `id`'s `/metrics` text.
+fn metrics_text(cluster: &Cluster, id: i32) -> String {
     let admin = sluice_tests::admin_addr_in(&cluster.node(id).log()).expect("admin listening");
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(10)))
         .build()
         .into();
-    let text = agent
+    agent
         .get(format!("http://{admin}/metrics"))
         .call()
         .expect("GET /metrics")
         .body_mut()
         .read_to_string()
-        .expect("a text body");
-    text.lines()
-        .filter_map(|line| line.strip_prefix("sluice_raft_groups{"))
-        .filter(|line| line.contains("state=\"quiet\""))
+        .expect("a text body")
+}
+
+/// The sum over node `id`'s shards of the samples named `name` whose labels contain `label`.
+fn metric_sum(cluster: &Cluster, id: i32, name: &str, label: &str) -> u64 {
+    metrics_text(cluster, id)
+        .lines()
+        .filter_map(|line| line.strip_prefix(name)?.strip_prefix('{'))
+        .filter(|line| line.contains(label))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
 }
 
-/// Idle partitions go quiet on every node (no heartbeats, no ticks), and a leader that stops
-/// without its connections closing (SIGSTOP) is still replaced: the nodes' keep-alives stop,
-/// its followers' nodes count it down and wake its groups, and one of them is elected, so a
-/// librdkafka producer's acks=all record is acknowledged by the new leader and kept.
+/// Raft groups with a replica on `id` that are quiet, from its `/metrics`.
+fn quiet_groups(cluster: &Cluster, id: i32) -> u64 {
+    metric_sum(cluster, id, "sluice_raft_groups", "state=\"quiet\"")
+}
+
+/// Node `id`'s replication steps so far, and the Raft groups they looked at in all.
+fn steps_and_looks(cluster: &Cluster, id: i32) -> (u64, u64) {
+    (
+        metric_sum(cluster, id, "sluice_raft_steps_total", ""),
+        metric_sum(cluster, id, "sluice_raft_step_groups_total", ""),
+    )
+}
+
+/// Idle partitions go quiet on every node (no heartbeats, no ticks), and cost the busy ones
+/// nothing: while records flow to one partition, each replication step looks at a handful of
+/// groups, not at every group the node holds. A leader that stops without its connections
+/// closing (SIGSTOP) is still replaced: the nodes' keep-alives stop, its followers' nodes count
+/// it down and wake its groups, and one of them is elected, so a librdkafka producer's
+/// acks=all record is acknowledged by the new leader and kept.
 #[test]
 fn idle_partitions_go_quiet_and_a_paused_leader_is_still_replaced() {
     const QUIET: &str = "quiet";
-    const QUIET_PARTITIONS: i32 = 6;
+    const QUIET_PARTITIONS: i32 = 60;
     let _one_at_a_time = one_cluster_at_a_time();
     let cluster = Cluster::start(3, &[]);
     let topic = NewTopic::new(QUIET, QUIET_PARTITIONS, TopicReplication::Fixed(3));
@@ -4140,18 +4160,56 @@ fn idle_partitions_go_quiet_and_a_paused_leader_is_still_replaced() {
             .unwrap();
     }
     delivered(QUIET_PARTITIONS as usize);
-    // Idle now: every node's replicas of the topic go quiet (the controller never does).
+    // Idle now: every node's replicas of the topic go quiet, and so does every other
+    // partition (the controller never does).
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let quiet: Vec<u64> = (0..3).map(|id| quiet_groups(&cluster, id)).collect();
-        if quiet.iter().all(|q| *q >= QUIET_PARTITIONS as u64) {
+        let awake: Vec<u64> = (0..3)
+            .map(|id| metric_sum(&cluster, id, "sluice_raft_groups", "state=\"awake\""))
+            .collect();
+        if quiet.iter().all(|q| *q >= QUIET_PARTITIONS as u64) && awake.iter().all(|a| *a <= 1) {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "idle groups did not go quiet: {quiet:?}"
+            "idle groups did not go quiet: quiet {quiet:?}, awake {awake:?}"
         );
         std::thread::sleep(Duration::from_millis(200));
+    }
+    // Records flow to partition 1 alone, one at a time: every node's steps look at the few
+    // groups with work (partition 1, the controller, whatever woke), where a step that
+    // scanned every group would look at more than QUIET_PARTITIONS each time.
+    let before: Vec<(u64, u64)> = (0..3).map(|id| steps_and_looks(&cluster, id)).collect();
+    const BUSY_RECORDS: usize = 40;
+    for n in 0..BUSY_RECORDS {
+        let payload = format!("busy-{n}");
+        producer
+            .send(
+                BaseRecord::<(), _>::to(QUIET)
+                    .partition(1)
+                    .payload(&payload),
+            )
+            .unwrap();
+        delivered(QUIET_PARTITIONS as usize + n + 1);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A node's `/metrics` is at most a second old.
+    std::thread::sleep(Duration::from_millis(1500));
+    for (id, (steps_before, looks_before)) in before.into_iter().enumerate() {
+        let (steps, looks) = steps_and_looks(&cluster, id as i32);
+        let (steps, looks) = (steps - steps_before, looks - looks_before);
+        assert!(
+            steps >= BUSY_RECORDS as u64,
+            "node {id} took {steps} steps for {BUSY_RECORDS} acks=all records"
+        );
+        let per_step = looks as f64 / steps as f64;
+        eprintln!("node {id}: {steps} steps looked at {per_step:.2} groups each");
+        assert!(
+            per_step < 8.0,
+            "node {id}'s steps looked at {per_step:.1} groups each ({looks} over {steps} steps) \
+             while one partition of {QUIET_PARTITIONS} was busy"
+        );
     }
     let (leader, epoch) = leader_of(&cluster, QUIET, 0);
     cluster.pause(leader, true);
@@ -4188,7 +4246,7 @@ fn idle_partitions_go_quiet_and_a_paused_leader_is_still_replaced() {
                 .payload(&payload),
         )
         .unwrap();
-    delivered(QUIET_PARTITIONS as usize + 1);
+    delivered(QUIET_PARTITIONS as usize + BUSY_RECORDS + 1);
     cluster.pause(leader, false);
     // The partition holds both records, once each, in order.
     let consumer: BaseConsumer = ClientConfig::new()
