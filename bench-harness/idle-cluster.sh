@@ -3,7 +3,8 @@
 # each) with one topic of PARTITIONS partitions at replication factor 3 and nothing written,
 # each node's CPU over MEASURE seconds (user + system, from /proc/PID/stat) once SETTLE seconds
 # passed after the topic was created, its RSS, and how many of its Raft groups are quiet
-# (`sluice_raft_groups` on `/metrics`). One line per run. With DOWN=1 the third node is
+# (`sluice_raft_groups` on `/metrics`). One line per run. SETTLE counts from the moment every
+# node holds the topic's groups all quiet. With DOWN=1 the third node is
 # SIGSTOPped once the topic settled (`cluster dev` stops every node when one dies), and the
 # two others are measured SETTLE seconds later: a cluster at rest with a node down (the
 # stopped node's figures read 0). With LOAD=RATE, the measurement is a `sluice bench run` of
@@ -27,7 +28,8 @@ mkdir -p "$DIR"
   --admin-port 19644 > "$DIR/dev.log" 2>&1 &
 dev=$!
 stopped=
-trap '[[ -n $stopped ]] && kill -CONT "$stopped"; kill -INT $dev 2>/dev/null; wait $dev 2>/dev/null; rm -rf "$DIR/data"' EXIT
+# The nodes' logs are kept (DIR/node-N.log); their data is not.
+trap '[[ -n $stopped ]] && kill -CONT "$stopped"; kill -INT $dev 2>/dev/null; wait $dev 2>/dev/null; for n in 0 1 2; do cp "$DIR/data/node-$n/sluice.log" "$DIR/node-$n.log" 2>/dev/null; done; rm -rf "$DIR/data"' EXIT
 # Until the cluster has formed (every node registered), creating the topic is refused.
 created=
 for _ in $(seq 150); do
@@ -39,6 +41,18 @@ for _ in $(seq 150); do
   sleep 0.2
 done
 [[ -n $created ]] || { cat "$DIR/create.log" >&2; exit 1; }
+# The topic exists once the controller committed it; every node then opens its replicas and
+# they elect (~30 s for 10,000 here). Settling starts once every node holds them all quiet.
+quiet_on() { { curl -s --max-time 2 "http://127.0.0.1:$1/metrics" || true; } | awk '/^sluice_raft_groups\{.*state="quiet"/ {n += $2} END {print n + 0}'; }
+for _ in $(seq 600); do
+  settled=1
+  for port in 19644 19645 19646; do
+    (( $(quiet_on $port) >= PARTITIONS )) || settled=
+  done
+  [[ -n $settled ]] && break
+  sleep 0.5
+done
+[[ -n $settled ]] || { echo "the idle partitions did not all go quiet within 300 s" >&2; exit 1; }
 sleep "$SETTLE"
 mapfile -t pids < <(pgrep -P "$dev")
 if [[ $DOWN == 1 ]]; then
@@ -73,10 +87,7 @@ done
 line+=" rss_kb:"
 for p in "${pids[@]}"; do line+=" $(awk '/VmRSS/ {print $2}' "/proc/$p/status")"; done
 line+=" quiet:"
-for port in 19644 19645 19646; do
-  quiet=$({ curl -s --max-time 2 "http://127.0.0.1:$port/metrics" || true; } | awk '/^sluice_raft_groups\{.*state="quiet"/ {n += $2} END {print n + 0}')
-  line+=" $quiet"
-done
+for port in 19644 19645 19646; do line+=" $(quiet_on $port)"; done
 if [[ -n $LOAD ]]; then
   # The summary's latency table: "publish  p50 p90 p99 p99.9 p99.99 max" in ms.
   line+=" load=$LOAD publish_p50_p99_ms: $(awk '/latency ms/ {t = 1; next} t && $1 == "publish" {print $2, $4; exit}' "$DIR"/bench/*.txt)"

@@ -309,14 +309,27 @@ impl ClusterTable {
         }
     }
 
-    /// Records that `node` leads `key` in term `epoch` with `in_sync`, unless a leader of a
-    /// later term was announced already.
-    fn announce(&self, key: PartitionKey, leader: PartitionLeader) {
+    /// Records what `node` announced: it no longer leads `gone`, and leads each partition of
+    /// `leading` (in the term and with the in-sync replicas given), unless a leader of a later
+    /// term was announced already. One lock for the whole announcement.
+    fn hear(
+        &self,
+        node: i32,
+        gone: &[PartitionKey],
+        leading: impl Iterator<Item = (PartitionKey, PartitionLeader)>,
+    ) {
         let mut announced = self.announced.write().unwrap_or_else(|p| p.into_inner());
-        match announced.get(&key) {
-            Some(known) if known.epoch > leader.epoch => {}
-            _ => {
-                announced.insert(key, leader);
+        for key in gone {
+            if announced.get(key).is_some_and(|l| l.leader == node) {
+                announced.remove(key);
+            }
+        }
+        for (key, leader) in leading {
+            match announced.get(&key) {
+                Some(known) if known.epoch > leader.epoch => {}
+                _ => {
+                    announced.insert(key, leader);
+                }
             }
         }
     }
@@ -366,15 +379,6 @@ impl ClusterTable {
         let mut quorum = self.quorum.write().unwrap_or_else(|p| p.into_inner());
         if quorum.as_ref().is_none_or(|q| q.epoch <= view.epoch) {
             *quorum = Some(view);
-        }
-    }
-
-    /// Forgets that `node` leads `key` (it announced it no longer does), unless another node
-    /// was announced since.
-    fn unannounce(&self, key: PartitionKey, node: i32) {
-        let mut announced = self.announced.write().unwrap_or_else(|p| p.into_inner());
-        if announced.get(&key).is_some_and(|l| l.leader == node) {
-            announced.remove(&key);
         }
     }
 
@@ -714,6 +718,9 @@ pub struct Driver {
     leading_announced_at: Option<Instant>,
     /// What each other node last announced its shard of this number leads.
     heard_leading: HashMap<i32, HashSet<PartitionKey>>,
+    /// The partition notes each other node last announced, as heard: a peer repeats its
+    /// list every second, and a repeat changes nothing here, so it is not applied again.
+    heard_notes: HashMap<i32, Vec<sluice_replication::rpc::LeadNote>>,
     /// When this shard last checked its preferred leaderships.
     imbalance_checked_at: Instant,
     /// Shard 0 leading the controller group: when it last heard from each voter and when
@@ -830,6 +837,7 @@ impl ShardReplication {
             leading_changed: true,
             leading_announced_at: None,
             heard_leading: HashMap::new(),
+            heard_notes: HashMap::new(),
             imbalance_checked_at: Instant::now(),
             voter_progress: HashMap::new(),
             heard_published_at: Instant::now(),
@@ -1970,24 +1978,34 @@ impl Driver {
                         .collect(),
                 });
             }
+            // The table changes only through announcements, so applying the same list again
+            // would change nothing (a claim another node superseded stays superseded).
+            if self.heard_notes.get(&node) == Some(&notes) {
+                continue;
+            }
             let keys: HashSet<PartitionKey> =
                 notes.iter().map(|n| partition_key(n.group)).collect();
-            if let Some(before) = self.heard_leading.get(&node) {
-                for key in before.iter().filter(|k| !keys.contains(k)) {
-                    table.unannounce(*key, node);
-                }
-            }
-            for note in notes {
-                table.announce(
-                    partition_key(note.group),
-                    PartitionLeader {
-                        leader: node,
-                        epoch: i32::try_from(note.term).unwrap_or(i32::MAX),
-                        in_sync: Some(note.in_sync.iter().map(|id| node_of(*id)).collect()),
-                    },
-                );
-            }
+            let gone: Vec<PartitionKey> = self
+                .heard_leading
+                .get(&node)
+                .map(|before| before.difference(&keys).copied().collect())
+                .unwrap_or_default();
+            table.hear(
+                node,
+                &gone,
+                notes.iter().map(|note| {
+                    (
+                        partition_key(note.group),
+                        PartitionLeader {
+                            leader: node,
+                            epoch: i32::try_from(note.term).unwrap_or(i32::MAX),
+                            in_sync: Some(note.in_sync.iter().map(|id| node_of(*id)).collect()),
+                        },
+                    )
+                }),
+            );
             self.heard_leading.insert(node, keys);
+            self.heard_notes.insert(node, notes);
         }
     }
 
