@@ -4149,15 +4149,17 @@ fn idle_partitions_go_quiet_and_a_paused_leader_is_still_replaced() {
             "{reports:?}"
         );
     };
-    for partition in 0..QUIET_PARTITIONS {
-        let payload = format!("before-{partition}");
+    let send = |partition: i32, payload: &str| {
         producer
             .send(
                 BaseRecord::<(), _>::to(QUIET)
                     .partition(partition)
-                    .payload(&payload),
+                    .payload(payload),
             )
             .unwrap();
+    };
+    for partition in 0..QUIET_PARTITIONS {
+        send(partition, &format!("before-{partition}"));
     }
     delivered(QUIET_PARTITIONS as usize);
     // Idle now: every node's replicas of the topic go quiet, and so does every other
@@ -4183,14 +4185,7 @@ fn idle_partitions_go_quiet_and_a_paused_leader_is_still_replaced() {
     let before: Vec<(u64, u64)> = (0..3).map(|id| steps_and_looks(&cluster, id)).collect();
     const BUSY_RECORDS: usize = 40;
     for n in 0..BUSY_RECORDS {
-        let payload = format!("busy-{n}");
-        producer
-            .send(
-                BaseRecord::<(), _>::to(QUIET)
-                    .partition(1)
-                    .payload(&payload),
-            )
-            .unwrap();
+        send(1, &format!("busy-{n}"));
         delivered(QUIET_PARTITIONS as usize + n + 1);
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -4239,13 +4234,7 @@ fn idle_partitions_go_quiet_and_a_paused_leader_is_still_replaced() {
     // librdkafka gets its record acknowledged by the new leader (its request to the paused
     // one times out first, after `socket.timeout.ms`: the connection stays open).
     let payload = "after the pause".to_string();
-    producer
-        .send(
-            BaseRecord::<(), _>::to(QUIET)
-                .partition(0)
-                .payload(&payload),
-        )
-        .unwrap();
+    send(0, &payload);
     delivered(QUIET_PARTITIONS as usize + BUSY_RECORDS + 1);
     cluster.pause(leader, false);
     // The partition holds both records, once each, in order.
