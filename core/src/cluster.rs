@@ -1466,11 +1466,7 @@ impl Driver {
                 continue;
             }
             let Some(group) = self.node.group_mut(&group_key(*key)) else {
-                // A link whose group is gone (closed, or taken offline) takes nothing.
-                for proposal in queued {
-                    let _ = proposal.reply.send(Err(not_leader(&link.not_leader())));
-                }
-                continue;
+                continue; // (a link leaves `links` with its group: not reached)
             };
             for proposal in queued {
                 if group.replica().role() != Role::Leader {
