@@ -146,6 +146,26 @@ pub struct ServerConfig {
 /// How often a shard checks the shutdown flag.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(20);
 
+/// Runs `accept_loops`, each in a task of its own, until `stop` completes, then ends them.
+///
+/// Why tasks of their own: glommio 0.9's accept keeps a new clone of the polling task's waker
+/// every time it is polled (`Source::collect_rw`), and drops them only when a connection
+/// arrives. Polled in the same task as the shutdown check, which wakes every
+/// [`SHUTDOWN_POLL`], it gained 50 clones a second, and the task's reference count (an `i16`)
+/// overflowed after about 11 minutes without a new connection: the shard panicked. In a task
+/// of its own, an accept is polled only when its socket wakes it.
+async fn accept_until<A, S>(accept_loops: Vec<A>, stop: S)
+where
+    A: std::future::Future<Output = ()> + 'static,
+    S: std::future::Future<Output = ()>,
+{
+    let tasks: Vec<_> = accept_loops.into_iter().map(glommio::spawn_local).collect();
+    stop.await;
+    for task in tasks {
+        task.cancel().await;
+    }
+}
+
 /// Scheduler shares of background work (compaction) against the 1000 of the default queue
 /// that serves requests.
 const BACKGROUND_SHARES: usize = 50;
@@ -386,7 +406,7 @@ pub fn run(
                     })?;
                 info!(addr = %listener.address, listener = %listener.name,
                     protocol = listener.protocol.kafka_name(), shard = shard.id, "listening");
-                bound.push((socket, listener.clone()));
+                bound.push((Rc::new(socket), listener.clone()));
             }
             glommio::spawn_local(shard.clone().retention_loop()).detach();
             // Compaction runs in a task queue of its own with few shares: whenever produce or
@@ -440,7 +460,8 @@ pub fn run(
                 } else {
                     None
                 };
-                let (ctx, in_flight) = (&ctx, &in_flight);
+                let (socket, ctx, in_flight) = (socket.clone(), ctx.clone(), in_flight.clone());
+                let frame_bytes_max = config.frame_bytes_max;
                 async move {
                     loop {
                         let stream = match socket.accept().await {
@@ -460,7 +481,6 @@ pub fn run(
                         connection_ctx.client_address = Rc::from(peer.as_str());
                         connection_ctx.listener = listener_name.clone();
                         connection_ctx.sasl = sasl.clone();
-                        let frame_bytes_max = config.frame_bytes_max;
                         let in_flight = in_flight.clone();
                         glommio::spawn_local(serve_accepted(
                             tls.clone(),
@@ -474,19 +494,12 @@ pub fn run(
                     }
                 }
             });
-            let accept = futures::future::join_all(accepts);
             let stop = async {
                 while !shutdown.load(Ordering::Relaxed) {
                     glommio::timer::sleep(SHUTDOWN_POLL).await;
                 }
             };
-            futures_lite::future::or(
-                async {
-                    accept.await;
-                },
-                stop,
-            )
-            .await;
+            accept_until(accepts.collect(), stop).await;
             hub.draining();
             drop(bound);
             let deadline = Instant::now() + config.drain_timeout;
@@ -529,6 +542,8 @@ pub fn run(
 
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
+
     use super::*;
 
     #[test]
@@ -566,5 +581,49 @@ mod tests {
         let any = "127.0.0.1:0".parse().unwrap();
         assert!(claim_listen_address(any).unwrap().is_none());
         assert!(claim_listen_address(any).unwrap().is_none());
+    }
+
+    /// A shard's accept loops run beside its shutdown check, which wakes the shard's task every
+    /// 20 ms. glommio keeps a waker clone per poll of a pending accept, and its reference count
+    /// holds 32,767: 40,000 wake-ups of the stopping future must neither panic the executor
+    /// nor stop the listener from accepting.
+    #[test]
+    fn accepting_survives_more_wakeups_of_the_shutdown_check_than_a_waker_count_holds() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let listener = Rc::new(TcpListener::bind("127.0.0.1:0").unwrap());
+                let address = listener.local_addr().unwrap();
+                let accepted = Rc::new(Cell::new(0));
+                let accept_loop = {
+                    let (listener, accepted) = (listener.clone(), accepted.clone());
+                    async move {
+                        loop {
+                            if listener.accept().await.is_ok() {
+                                accepted.set(accepted.get() + 1);
+                            }
+                        }
+                    }
+                };
+                let stop = {
+                    let accepted = accepted.clone();
+                    async move {
+                        for _ in 0..40_000 {
+                            futures_lite::future::yield_now().await;
+                        }
+                        let _client = std::net::TcpStream::connect(address).unwrap();
+                        for _ in 0..5_000 {
+                            if accepted.get() == 1 {
+                                return;
+                            }
+                            glommio::timer::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                };
+                accept_until(vec![accept_loop], stop).await;
+                assert_eq!(accepted.get(), 1, "the listener stopped accepting");
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 }
