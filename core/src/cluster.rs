@@ -1302,13 +1302,21 @@ impl Driver {
                     }
                 }
                 let keys: Vec<GroupKey> = self.node.groups().map(|(k, _)| *k).collect();
-                for key in keys {
-                    if let Some(group) = self.node.remove_group(&key) {
+                let groups: Vec<_> = keys
+                    .iter()
+                    .filter_map(|key| self.node.remove_group(key))
+                    .collect();
+                // Concurrently, as `Shard::close_all` closes single-node partitions.
+                futures::StreamExt::for_each_concurrent(
+                    futures::stream::iter(groups),
+                    crate::shard::PARTITIONS_CLOSED_AT_ONCE,
+                    |group| async move {
                         if let Err(e) = group.close().await {
                             warn!(error = %e, "closing a replica");
                         }
-                    }
-                }
+                    },
+                )
+                .await;
                 return Some(reply);
             }
         }

@@ -86,6 +86,9 @@ pub struct ShardSettings {
 /// A partition not appended to for this long gives its write buffers back.
 const IDLE_TAIL_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Partitions a clean stop closes at once (each close syncs its log and writes checkpoints).
+pub(crate) const PARTITIONS_CLOSED_AT_ONCE: usize = 256;
+
 /// How often the data directory's free space is looked up for the produce floor.
 const DISK_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -655,11 +658,15 @@ impl Shard {
             partitions = all.len(),
             "closing the partitions"
         );
-        for partition in all {
-            if let Err(e) = partition.close().await {
-                warn!(dir = %partition.dir().display(), error = %e, "closing a partition");
-            }
-        }
+        // Concurrently, so that their syncs share durability rounds and filesystem journal
+        // commits: one after another, 10,000 partitions took more than 30 s to close.
+        futures::stream::iter(all)
+            .for_each_concurrent(PARTITIONS_CLOSED_AT_ONCE, |partition| async move {
+                if let Err(e) = partition.close().await {
+                    warn!(dir = %partition.dir().display(), error = %e, "closing a partition");
+                }
+            })
+            .await;
         if let Some(replication) = &self.replication {
             replication.shutdown().await;
         }

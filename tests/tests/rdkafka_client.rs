@@ -793,3 +793,95 @@ fn deleting_a_topic_under_polling_consumers_frees_its_files_for_good() {
     );
     broker.stop();
 }
+
+/// A clean stop closes each shard's partitions many at a time (`Shard::close_all`): every one
+/// of them is closed (its producer-state snapshot written), and every acknowledged acks=1
+/// record is there after the restart. 600 partitions on 2 shards are more than one window of
+/// closes per shard.
+#[test]
+fn a_clean_stop_of_many_partitions_keeps_every_acks_1_record() {
+    const MANY: i32 = 600;
+    const ROUNDS: i32 = 3;
+    let broker = Broker::start(&["--cores", "2"]);
+    let bootstrap = broker.bootstrap();
+    let topic = "closed-at-once";
+    create_topic(&bootstrap, topic, MANY);
+    let acks = Arc::new(Mutex::new(Acks::default()));
+    let producer: BaseProducer<Recorder> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("acks", "1")
+        .set("enable.idempotence", "false")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .create_with_context(Recorder(acks.clone()))
+        .expect("producer");
+    for round in 0..ROUNDS {
+        for partition in 0..MANY {
+            let value = format!("{partition}-{round}");
+            let seq = (round * MANY + partition) as u64;
+            let record: BaseRecord<'_, (), String, Box<u64>> =
+                BaseRecord::with_opaque_to(topic, Box::new(seq))
+                    .partition(partition)
+                    .payload(&value);
+            producer.send(record).map_err(|(e, _)| e).expect("queued");
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(60)).expect("flush");
+    {
+        let acks = acks.lock().unwrap();
+        assert_eq!(acks.failed, 0);
+        assert_eq!(acks.landed.len(), (MANY * ROUNDS) as usize);
+    }
+    drop(producer);
+
+    let data_dir = broker.stop();
+    // Each close ends with the partition's producer-state snapshot: every partition closed.
+    let topic_dir = sluice_tests::topic_dir(data_dir.path(), topic);
+    let unclosed: Vec<i32> = (0..MANY)
+        .filter(|p| {
+            !topic_dir
+                .join(p.to_string())
+                .join("producer-state")
+                .exists()
+        })
+        .collect();
+    assert!(unclosed.is_empty(), "partitions not closed: {unclosed:?}");
+    let broker = Broker::start_on(data_dir, &["--cores", "2"]);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", "sluice-tests")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..MANY {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).expect("assign");
+    let mut seen: HashMap<(i32, i64), String> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < (MANY * ROUNDS) as usize && Instant::now() < deadline {
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            let m = message.expect("no consume error");
+            let value = String::from_utf8(m.payload().unwrap().to_vec()).unwrap();
+            seen.insert((m.partition(), m.offset()), value);
+        }
+    }
+    for partition in 0..MANY {
+        for round in 0..ROUNDS {
+            assert_eq!(
+                seen.get(&(partition, round as i64)).map(String::as_str),
+                Some(format!("{partition}-{round}").as_str()),
+                "partition {partition}, offset {round} after the restart"
+            );
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        (MANY * ROUNDS) as usize,
+        "nothing else is there"
+    );
+}
