@@ -129,6 +129,11 @@ fn send(producer: &BaseProducer<Recorder>, topic: &str, seq: u64) -> bool {
 }
 
 fn consumer(bootstrap: &str, topic: &str) -> BaseConsumer {
+    consumer_of(bootstrap, topic, PARTITIONS)
+}
+
+/// A consumer assigned partitions `0..partitions` of `topic`, each from its beginning.
+fn consumer_of(bootstrap: &str, topic: &str, partitions: i32) -> BaseConsumer {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         // librdkafka needs a group id to assign partitions; offsets are given explicitly and
@@ -139,7 +144,7 @@ fn consumer(bootstrap: &str, topic: &str) -> BaseConsumer {
         .create()
         .expect("consumer");
     let mut assignment = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
+    for p in 0..partitions {
         assignment
             .add_partition_offset(topic, p, Offset::Beginning)
             .unwrap();
@@ -848,19 +853,7 @@ fn a_clean_stop_of_many_partitions_keeps_every_acks_1_record() {
         .collect();
     assert!(unclosed.is_empty(), "partitions not closed: {unclosed:?}");
     let broker = Broker::start_on(data_dir, &["--cores", "2"]);
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("group.id", "sluice-tests")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..MANY {
-        assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).expect("assign");
+    let consumer = consumer_of(&broker.bootstrap(), topic, MANY);
     let mut seen: HashMap<(i32, i64), String> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while seen.len() < (MANY * ROUNDS) as usize && Instant::now() < deadline {
