@@ -716,10 +716,9 @@ pub struct Driver {
     leading_changed: bool,
     /// When this shard last announced what it leads.
     leading_announced_at: Option<Instant>,
-    /// What each other node last announced its shard of this number leads.
-    heard_leading: HashMap<i32, HashSet<PartitionKey>>,
-    /// The partition notes each other node last announced, as heard: a peer repeats its
-    /// list every second, and a repeat changes nothing here, so it is not applied again.
+    /// The partition notes each other node last announced for its shard of this number (what
+    /// it leads), as heard: a peer repeats its list every second, and a repeat changes nothing
+    /// here, so it is not applied again.
     heard_notes: HashMap<i32, Vec<sluice_replication::rpc::LeadNote>>,
     /// When this shard last checked its preferred leaderships.
     imbalance_checked_at: Instant,
@@ -836,7 +835,6 @@ impl ShardReplication {
             term_starts: HashMap::new(),
             leading_changed: true,
             leading_announced_at: None,
-            heard_leading: HashMap::new(),
             heard_notes: HashMap::new(),
             imbalance_checked_at: Instant::now(),
             voter_progress: HashMap::new(),
@@ -1990,10 +1988,13 @@ impl Driver {
             let keys: HashSet<PartitionKey> =
                 notes.iter().map(|n| partition_key(n.group)).collect();
             let gone: Vec<PartitionKey> = self
-                .heard_leading
+                .heard_notes
                 .get(&node)
-                .map(|before| before.difference(&keys).copied().collect())
-                .unwrap_or_default();
+                .into_iter()
+                .flatten()
+                .map(|note| partition_key(note.group))
+                .filter(|key| !keys.contains(key))
+                .collect();
             table.hear(
                 node,
                 &gone,
@@ -2008,7 +2009,6 @@ impl Driver {
                     )
                 }),
             );
-            self.heard_leading.insert(node, keys);
             self.heard_notes.insert(node, notes);
         }
     }

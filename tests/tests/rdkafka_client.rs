@@ -78,9 +78,20 @@ fn producer(
     acks: Arc<Mutex<Acks>>,
     message_timeout: Duration,
 ) -> BaseProducer<Recorder> {
+    producer_with_acks(bootstrap, "all", acks, message_timeout)
+}
+
+/// A producer asking `required_acks` ("all", "1") of the broker, recording deliveries in
+/// `acks`; records not acknowledged within `message_timeout` fail.
+fn producer_with_acks(
+    bootstrap: &str,
+    required_acks: &str,
+    acks: Arc<Mutex<Acks>>,
+    message_timeout: Duration,
+) -> BaseProducer<Recorder> {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("acks", "all")
+        .set("acks", required_acks)
         .set("enable.idempotence", "false")
         .set("linger.ms", "5")
         .set("queue.buffering.max.messages", "200000")
@@ -331,13 +342,7 @@ fn records_a_consumer_read_survive_a_sigkill() {
     let topic = "read-then-kill";
     create_topic(&bootstrap, topic, PARTITIONS);
     let acks = Arc::new(Mutex::new(Acks::default()));
-    let producer: BaseProducer<Recorder> = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("acks", "1")
-        .set("enable.idempotence", "false")
-        .set("linger.ms", "5")
-        .create_with_context(Recorder(acks.clone()))
-        .expect("producer");
+    let producer = producer_with_acks(&bootstrap, "1", acks.clone(), Duration::from_secs(30));
     for seq in 0..300 {
         assert!(send(&producer, topic, seq));
     }
@@ -812,14 +817,7 @@ fn a_clean_stop_of_many_partitions_keeps_every_acks_1_record() {
     let topic = "closed-at-once";
     create_topic(&bootstrap, topic, MANY);
     let acks = Arc::new(Mutex::new(Acks::default()));
-    let producer: BaseProducer<Recorder> = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("acks", "1")
-        .set("enable.idempotence", "false")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "30000")
-        .create_with_context(Recorder(acks.clone()))
-        .expect("producer");
+    let producer = producer_with_acks(&bootstrap, "1", acks.clone(), Duration::from_secs(30));
     for round in 0..ROUNDS {
         for partition in 0..MANY {
             let value = format!("{partition}-{round}");
