@@ -184,8 +184,10 @@ impl Drop for Inner {
     }
 }
 
-/// The first reservation of a segment: later ones double it up to `preallocate_bytes`.
-const PREALLOCATE_FIRST_BYTES: u64 = 1 << 20;
+/// The first reservation of a segment: later ones double it up to `preallocate_bytes`. As
+/// small as the first zeroing step: at 1 MiB, 10,000 partitions holding one record each held
+/// 10 GB of disk.
+const PREALLOCATE_FIRST_BYTES: u64 = ZERO_STEP_FIRST;
 
 /// The first zeroing step of a segment; later ones double up to [`ZERO_STEP_MAX`].
 const ZERO_STEP_FIRST: u64 = 64 * 1024;

@@ -541,8 +541,8 @@ fn preallocation_starts_small_and_grows_with_the_segment() {
         sizes
     });
     assert!(
-        sizes[0] <= 2 << 20,
-        "one small record reserves about 1 MiB, not a full step: {}",
+        sizes[0] <= 256 << 10,
+        "one small record reserves about 64 KiB, not a full step: {}",
         sizes[0]
     );
     assert!(
