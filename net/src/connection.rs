@@ -1186,13 +1186,20 @@ fn encode<R: Encodable>(
 ) -> Result<Bytes, RequestError> {
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     let header_version = api.response_header_version(version);
-    let mut out = BytesMut::new();
+    // Sized up front: grown by doubling, a response of thousands of partitions was copied
+    // again at every step, each time into freshly faulted pages.
+    let size = header
+        .compute_size(header_version)
+        .and_then(|h| Ok(h + body.compute_size(version)?))
+        .map_err(|e| RequestError::Encode(e.to_string()))?;
+    let mut out = BytesMut::with_capacity(4 + size);
     out.put_i32(0); // length, patched below
     header
         .encode(&mut out, header_version)
         .map_err(|e| RequestError::Encode(e.to_string()))?;
     body.encode(&mut out, version)
         .map_err(|e| RequestError::Encode(e.to_string()))?;
+    debug_assert_eq!(out.len(), 4 + size, "{api:?} v{version}: computed size");
     let length = i32::try_from(out.len() - 4)
         .map_err(|_| RequestError::Encode("response too large".into()))?;
     out[..4].copy_from_slice(&length.to_be_bytes());
