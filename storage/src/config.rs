@@ -30,7 +30,7 @@ pub struct LogConfig {
     /// Full chunks written concurrently (the I/O queue depth of streamed writes).
     pub writes_in_flight_max: usize,
     /// Space reserved ahead of the write position with fallocate, so writes do not wait on block
-    /// allocation, at most (the steps start at 1 MiB and double up to this). A multiple of
+    /// allocation, at most (the steps start at 64 KiB and double up to this). A multiple of
     /// 4 KiB; 0 disables.
     pub preallocate_bytes: u64,
     /// Durable bytes of the active segment between checkpoints of its index: after a crash,
