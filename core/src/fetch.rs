@@ -1,9 +1,10 @@
 //! Fetch: read stored batches from the owning shards, long-polling until `min_bytes` are there
 //! or `max_wait` has passed.
 //!
-//! One round reads every partition (one job per owning shard, in parallel) and gathers the
-//! stored bytes, unchanged, in request order, within the request's `max_bytes` (whole batches;
-//! the first batch of the response is always whole, KIP-74). If fewer than `min_bytes` came
+//! One round reads every partition (one job per owning shard, in parallel; on each owner up to
+//! [`READS_IN_FLIGHT`] reads at once, and no more reads once the owner holds `max_bytes`) and
+//! gathers the stored bytes, unchanged, in request order, within the request's `max_bytes`
+//! (whole batches; the first batch of the response is always whole, KIP-74). If fewer than `min_bytes` came
 //! back, the fetch asks each owning shard to report when any of its partitions grows past what
 //! this round saw, and reads again when one does, or answers what it has at the deadline. A
 //! waiting fetch costs one registered oneshot per partition on the owner; a wait whose fetch
@@ -114,16 +115,14 @@ pub async fn fetch(
             .filter(|(_, targets)| !targets.is_empty())
             .map(|(owner, targets)| {
                 let on_owner = targets.clone();
+                let max_bytes = limits.max_bytes;
                 let read = shard.invoke_on(owner, move |owner_shard| async move {
-                    let mut answers = Vec::with_capacity(on_owner.len());
-                    for target in on_owner.iter() {
-                        let answer = match answer_without_reading(&owner_shard, target) {
-                            Some(answer) => answer,
-                            None => read_one(&owner_shard, target).await,
-                        };
-                        answers.push((target.index, answer));
-                    }
-                    answers
+                    let answers = answer_targets(&owner_shard, &on_owner, max_bytes).await;
+                    on_owner
+                        .iter()
+                        .map(|t| t.index)
+                        .zip(answers)
+                        .collect::<Vec<_>>()
                 });
                 async move {
                     read.await.unwrap_or_else(|_| {
@@ -200,14 +199,52 @@ fn position_answer(partition: &crate::partition::Partition, target: &Target) -> 
     Position::Read(out)
 }
 
-/// Runs on the owning shard: one partition's read.
-pub(crate) async fn read_one(shard: &Shard, target: &Target) -> FetchOutput {
+/// Reads one owner runs at once for one fetch round. One at a time, a round that must read
+/// thousands of partitions from the disk (a consumer fallen behind the tails held in memory)
+/// takes one device round trip per partition: seconds at 10,000 partitions, during which the
+/// consumer falls further behind. 32 keeps the device busy (its measured limits are in
+/// `../shared/dependencies.md`) and bounds what reads in flight hold to 32 partitions' limits.
+const READS_IN_FLIGHT: usize = 32;
+
+/// Runs on the owning shard: the answers to `targets`, in their order. Partitions with
+/// nothing to read are answered at once; reads run [`READS_IN_FLIGHT`] at a time. Once the
+/// answers hold `max_bytes` of records, later partitions are answered without their records
+/// (the request's `max_bytes` would drop them anyway): a round never holds more than
+/// `max_bytes` plus the reads in flight, however many partitions have records to give.
+pub(crate) async fn answer_targets(
+    shard: &Shard,
+    targets: &[Target],
+    max_bytes: usize,
+) -> Vec<FetchOutput> {
+    use futures::StreamExt;
+    let held = std::cell::Cell::new(0usize);
+    futures::stream::iter(targets)
+        .map(|target| {
+            let held = &held;
+            async move {
+                let answer = match answer_without_reading(shard, target) {
+                    Some(answer) => answer,
+                    None => read_one(shard, target, held.get() < max_bytes).await,
+                };
+                held.set(held.get() + answer.records.len());
+                answer
+            }
+        })
+        .buffered(READS_IN_FLIGHT)
+        .collect()
+        .await
+}
+
+/// Runs on the owning shard: one partition's answer, its records read if `read` (else only
+/// its offsets: the fetch has no room left for records).
+pub(crate) async fn read_one(shard: &Shard, target: &Target, read: bool) -> FetchOutput {
     let partition = match shard.partition(&target.topic, target.partition).await {
         Ok(p) => p,
         Err(e) => return FetchOutput::failed(crate::partition::unavailable_code(&e)),
     };
     let mut out = match position_answer(&partition, target) {
         Position::Answered(out) => return out,
+        Position::Read(out) if !read => return out,
         Position::Read(out) => out,
     };
     let log = partition.log();

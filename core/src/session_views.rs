@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::changes::ChangeFeed;
-use crate::fetch::{answer_without_reading, read_one, FetchOutput, Target};
+use crate::fetch::{answer_targets, FetchOutput, Target};
 use crate::shard::{PartitionKey, Shard};
 use crate::topics::Topic;
 use sluice_storage::Offset;
@@ -123,6 +123,10 @@ struct SessionView {
     due: BTreeSet<usize>,
     /// The feed sequence up to which changes have been looked at; `None`: look at everything.
     seen: Option<u64>,
+    /// The slot the next round looks at first (candidates go in slot order from here, then
+    /// wrap): a round reads records only until the fetch's byte limit, so each round starts
+    /// after the last partition the previous one gave records of, and none starves.
+    start_at: usize,
 }
 
 impl SessionView {
@@ -133,6 +137,7 @@ impl SessionView {
             by_key: HashMap::new(),
             due: BTreeSet::new(),
             seen: None,
+            start_at: 0,
         }
     }
 
@@ -176,7 +181,8 @@ impl SessionView {
         }
     }
 
-    /// The slots this round must look at; the view has then seen the feed up to its end.
+    /// The slots this round must look at, from `start_at` on; the view has then seen the
+    /// feed up to its end.
     fn take_candidates(&mut self, feed: &ChangeFeed) -> Vec<usize> {
         let changed = self.seen.and_then(|seen| feed.since(seen));
         self.seen = Some(feed.next_seq());
@@ -187,7 +193,8 @@ impl SessionView {
                 candidates.extend(keys.iter().filter_map(|key| self.by_key.get(key).copied()))
             }
         }
-        candidates.into_iter().collect()
+        let later = candidates.split_off(&self.start_at);
+        later.into_iter().chain(candidates).collect()
     }
 }
 
@@ -253,18 +260,19 @@ pub(crate) async fn answer_round(
             })
             .collect()
     };
-    let mut answers = Vec::with_capacity(targets.len());
-    for target in &targets {
-        let answer = match answer_without_reading(shard, target) {
-            Some(answer) => answer,
-            None => read_one(shard, target).await,
-        };
-        answers.push(answer);
-    }
+    let answers = answer_targets(shard, &targets, max_bytes).await;
     let mut views = shard.session_views.borrow_mut();
     let view = views.views.get_mut(&session).ok_or(RoundError::Missing)?;
     if view.epoch != epoch {
         return Err(RoundError::Stale);
+    }
+    if let Some(last_read) = targets
+        .iter()
+        .zip(&answers)
+        .filter(|(_, answer)| !answer.records.is_empty())
+        .last()
+    {
+        view.start_at = last_read.0.index + 1;
     }
     let mut included = Vec::new();
     for (target, answer) in targets.iter().zip(answers) {
@@ -444,6 +452,31 @@ mod tests {
         let mut all = view.take_candidates(&feed);
         all.sort();
         assert_eq!(all, vec![0, 2, 3, 4, 5, 6, 7, 8, 9]);
+    }
+
+    #[test]
+    fn candidates_start_where_the_last_round_stopped_giving_records() {
+        let feed = ChangeFeed::new(64);
+        let t = topic();
+        let mut view = SessionView::new(1);
+        for slot in 0..6 {
+            view.apply(put(&t, slot, slot as i32));
+        }
+        view.take_candidates(&feed);
+        view.start_at = 4;
+        view.due.extend([1, 3, 4, 5]);
+        assert_eq!(
+            view.take_candidates(&feed),
+            vec![4, 5, 1, 3],
+            "from slot 4 on, then from the first"
+        );
+        view.start_at = 6;
+        view.due.extend([0, 5]);
+        assert_eq!(
+            view.take_candidates(&feed),
+            vec![0, 5],
+            "past the last slot: wrap"
+        );
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! fetches answer only partitions with news, take new positions and forgotten partitions, work
 //! from any connection (so from any shard), long-poll on the session's partitions; a stale
 //! epoch, an unknown id and a switch from topic ids to names are refused with Kafka's codes; a
-//! full fetch closes the session it names; a full cache evicts as Kafka's does.
+//! full fetch closes the session it names; a full cache evicts as Kafka's does. With a byte
+//! limit well below what 96 partitions on two shards hold (read from the disk, many at once):
+//! a full fetch answers a prefix of its partitions, and a session serves every record once, in
+//! order, to the last partition, each response within the limit.
 //!
 //! With a client we did not write: kafka-python's consumer (incremental sessions on by default)
 //! reads 40 partitions while a producer writes them in waves: every record exactly once and in
@@ -539,4 +542,133 @@ fn kafka_python_consumes_many_partitions_through_incremental_fetches() {
         "the client fetched incrementally (incremental responses): {sessions}"
     );
     assert_eq!(counts[2], 0, "no fetch errors: {sessions}");
+}
+
+/// Appends one ~3 KB record (most of it read from the disk, below the tail kept in memory) whose value names its partition and sequence number.
+fn produce_named(s: &mut TcpStream, partition: i32, n: usize) {
+    let value = format!("p{partition}-{n}-{}", "x".repeat(3000));
+    let batch = build_batch(
+        1_700_000_000_000,
+        &[(1_700_000_000_000, b"k", value.as_bytes())],
+    );
+    let request = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(name(TOPIC))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(Bytes::from(batch)))])]);
+    let r: ProduceResponse = call(s, ApiKey::Produce, 9, &request);
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+}
+
+/// Each partition's records in a response: (partition, first offset, values).
+fn decoded(r: &FetchResponse) -> Vec<(i32, i64, Vec<String>)> {
+    use kafka_protocol::records::RecordBatchDecoder;
+    r.responses
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .filter_map(|p| {
+            let mut records = p.records.clone().filter(|r| !r.is_empty())?;
+            let sets = RecordBatchDecoder::decode_all(&mut records).expect("whole batches");
+            let records: Vec<_> = sets.iter().flat_map(|s| s.records.iter()).collect();
+            let values = records
+                .iter()
+                .map(|r| String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap())
+                .collect();
+            Some((p.partition_index, records[0].offset, values))
+        })
+        .collect()
+}
+
+/// The owners read many partitions at once and stop reading at the request's byte limit:
+/// answers must still be each partition's own records, from its position, in order, within
+/// the limit, and every partition must be served in turn.
+#[test]
+fn reads_in_parallel_within_the_byte_limit_keep_each_partition_whole_and_in_order() {
+    const PARTITIONS: i32 = 96;
+    const RECORDS: usize = 3;
+    const MAX_BYTES: i32 = 48 << 10;
+    let broker = Broker::start(&["--cores", "2"]);
+    let mut s = connect(broker.addr);
+    create_topic(&mut s, PARTITIONS);
+    for n in 0..RECORDS {
+        for p in 0..PARTITIONS {
+            produce_named(&mut s, p, n);
+        }
+    }
+    let check = |answers: &[(i32, i64, Vec<String>)], positions: &[i64]| {
+        for (p, first, values) in answers {
+            assert_eq!(
+                *first, positions[*p as usize],
+                "partition {p} from its position"
+            );
+            for (i, value) in values.iter().enumerate() {
+                let expected = format!("p{p}-{}-", first as &i64 + i as i64);
+                assert!(
+                    value.starts_with(&expected),
+                    "{value:.12} is not {expected}"
+                );
+            }
+        }
+    };
+
+    // Without a session: the partitions with records are a prefix of the request's order
+    // (KIP-74), however the owners' reads interleave, and within the limit.
+    let all: Vec<(i32, i64)> = (0..PARTITIONS).rev().map(|p| (p, 0)).collect();
+    let r: FetchResponse = call(
+        &mut s,
+        ApiKey::Fetch,
+        12,
+        &session_fetch(0, -1, &all, &[]).with_max_bytes(MAX_BYTES),
+    );
+    let answers = decoded(&r);
+    check(&answers, &[0; PARTITIONS as usize]);
+    let served: Vec<i32> = answers.iter().map(|a| a.0).collect();
+    let requested: Vec<i32> = all.iter().map(|a| a.0).take(served.len()).collect();
+    assert_eq!(served, requested, "a prefix of the request");
+    assert!(
+        served.len() >= 4 && served.len() < PARTITIONS as usize,
+        "{served:?}"
+    );
+    let bytes: usize = answered(&r).iter().map(|a| a.3).sum();
+    assert!(bytes <= MAX_BYTES as usize, "{bytes} bytes");
+
+    // In a session: every record once, in order, within the limit per response.
+    let r: FetchResponse = call(
+        &mut s,
+        ApiKey::Fetch,
+        12,
+        &session_fetch(0, 0, &all, &[]).with_max_bytes(MAX_BYTES),
+    );
+    let id = r.session_id;
+    assert!(id > 0);
+    let mut positions = vec![0i64; PARTITIONS as usize];
+    let mut response = r;
+    let mut epoch = 1;
+    while positions.iter().any(|&p| p < RECORDS as i64) {
+        assert!(epoch < 200, "not every partition was served: {positions:?}");
+        let bytes: usize = answered(&response).iter().map(|a| a.3).sum();
+        assert!(
+            bytes <= MAX_BYTES as usize,
+            "{bytes} bytes at epoch {epoch}"
+        );
+        let answers = decoded(&response);
+        check(&answers, &positions);
+        let mut moved = Vec::new();
+        for (p, first, values) in answers {
+            positions[p as usize] = first + values.len() as i64;
+            moved.push((p, positions[p as usize]));
+        }
+        response = call(
+            &mut s,
+            ApiKey::Fetch,
+            12,
+            &session_fetch(id, epoch, &moved, &[]).with_max_bytes(MAX_BYTES),
+        );
+        assert_eq!(response.error_code, 0);
+        epoch += 1;
+    }
+    assert!(decoded(&response).is_empty(), "nothing left to give");
 }
