@@ -202,8 +202,9 @@ fn position_answer(partition: &crate::partition::Partition, target: &Target) -> 
 /// Reads one owner runs at once for one fetch round. One at a time, a round that must read
 /// thousands of partitions from the disk (a consumer fallen behind the tails held in memory)
 /// takes one device round trip per partition: seconds at 10,000 partitions, during which the
-/// consumer falls further behind. 32 keeps the device busy (its measured limits are in
-/// `../shared/dependencies.md`) and bounds what reads in flight hold to 32 partitions' limits.
+/// consumer falls further behind. 32 reads in flight keep an NVMe device's queue busy (fio
+/// here: 179k IOPS at queue depth 64, `docs/benchmarks.md`) and bound what reads in flight
+/// hold to 32 partitions' byte limits.
 const READS_IN_FLIGHT: usize = 32;
 
 /// Runs on the owning shard: the answers to `targets`, in their order. Partitions with
