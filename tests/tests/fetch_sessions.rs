@@ -61,7 +61,12 @@ fn create_topic(s: &mut TcpStream, partitions: i32) -> uuid::Uuid {
 
 /// Appends one record to `partition`; returns its offset.
 fn produce(s: &mut TcpStream, partition: i32) -> i64 {
-    let batch = build_batch(1_700_000_000_000, &[(1_700_000_000_000, b"k", b"v")]);
+    produce_value(s, partition, b"v")
+}
+
+/// Appends one record holding `value` to `partition`; returns its offset.
+fn produce_value(s: &mut TcpStream, partition: i32, value: &[u8]) -> i64 {
+    let batch = build_batch(1_700_000_000_000, &[(1_700_000_000_000, b"k", value)]);
     let request = ProduceRequest::default()
         .with_acks(-1)
         .with_timeout_ms(5000)
@@ -544,23 +549,11 @@ fn kafka_python_consumes_many_partitions_through_incremental_fetches() {
     assert_eq!(counts[2], 0, "no fetch errors: {sessions}");
 }
 
-/// Appends one ~3 KB record (most of it read from the disk, below the tail kept in memory) whose value names its partition and sequence number.
+/// Appends one ~3 KB record (most of it read from the disk, below the tail kept in memory)
+/// whose value names its partition and sequence number.
 fn produce_named(s: &mut TcpStream, partition: i32, n: usize) {
     let value = format!("p{partition}-{n}-{}", "x".repeat(3000));
-    let batch = build_batch(
-        1_700_000_000_000,
-        &[(1_700_000_000_000, b"k", value.as_bytes())],
-    );
-    let request = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(5000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(name(TOPIC))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(partition)
-                .with_records(Some(Bytes::from(batch)))])]);
-    let r: ProduceResponse = call(s, ApiKey::Produce, 9, &request);
-    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    produce_value(s, partition, value.as_bytes());
 }
 
 /// Each partition's records in a response: (partition, first offset, values).
