@@ -50,6 +50,10 @@ pub struct Trial {
     pub published_per_s: f64,
     pub consumed_per_s: f64,
     pub publish_p99_us: u64,
+    /// End-to-end P99 of the trial's consumed records (0 without consumers); results written
+    /// before it was recorded read as 0.
+    #[serde(default)]
+    pub end_to_end_p99_us: u64,
     pub passed: bool,
 }
 
@@ -140,7 +144,7 @@ impl RunResult {
         for trial in &self.max_rate_trials {
             let _ = writeln!(
                 s,
-                "  max-rate trial {:>10}: published {:>10.0}/s consumed {:>10.0}/s p99 {} ms -> {}",
+                "  max-rate trial {:>10}: published {:>10.0}/s consumed {:>10.0}/s p99 {} ms e2e p99 {} ms -> {}",
                 trial
                     .rate
                     .map(|r| format!("{r:.0}/s"))
@@ -148,6 +152,7 @@ impl RunResult {
                 trial.published_per_s,
                 trial.consumed_per_s,
                 ms(trial.publish_p99_us),
+                ms(trial.end_to_end_p99_us),
                 match (trial.rate, trial.passed) {
                     (None, _) => "ceiling probe",
                     (Some(_), true) => "sustained",

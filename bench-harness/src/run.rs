@@ -666,7 +666,14 @@ pub fn find_max_rate(
 ) -> Result<(f64, Vec<Trial>), String> {
     let settings = &workload.max_rate;
     let trial = |rate: Option<f64>| -> Result<(RunResult, Trial), String> {
-        let result = run_once(target, workload, rate, 1, settings.trial_s, false)?;
+        let result = run_once(
+            target,
+            workload,
+            rate,
+            settings.trial_warmup_s,
+            settings.trial_s,
+            false,
+        )?;
         let wanted = rate.unwrap_or(result.publish.msg_per_s) * settings.trial_s as f64;
         let consumers = workload.consumers_per_subscription > 0;
         let bound_us = settings.pass_p99_ms * 1000;
@@ -684,15 +691,17 @@ pub fn find_max_rate(
             published_per_s: result.publish.msg_per_s,
             consumed_per_s: result.consume.msg_per_s,
             publish_p99_us: result.publish_latency_us.p99,
+            end_to_end_p99_us: result.end_to_end_latency_us.p99,
             passed,
         };
         if progress {
             eprintln!(
-                "max-rate trial at {}: published {:.0}/s, consumed {:.0}/s, publish p99 {:.3} ms -> {}",
+                "max-rate trial at {}: published {:.0}/s, consumed {:.0}/s, publish p99 {:.3} ms, e2e p99 {:.3} ms -> {}",
                 rate.map(|r| format!("{r:.0}/s")).unwrap_or_else(|| "unpaced".into()),
                 record.published_per_s,
                 record.consumed_per_s,
                 record.publish_p99_us as f64 / 1000.0,
+                record.end_to_end_p99_us as f64 / 1000.0,
                 match (rate, passed) {
                     (None, _) => "ceiling probe",
                     (Some(_), true) => "sustained",

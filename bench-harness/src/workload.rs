@@ -162,6 +162,12 @@ pub struct MaxRateSettings {
     /// Length of each trial.
     #[serde(default = "five")]
     pub trial_s: u64,
+    /// Seconds each trial runs at its rate before measuring. Every trial creates its topics
+    /// afresh, and a fresh topic's first seconds are its partitions' first writes (segment
+    /// files created, space reserved): at thousands of partitions a short trial measures only
+    /// those unless it warms up first.
+    #[serde(default = "one_s")]
+    pub trial_warmup_s: u64,
     /// Trials after the unpaced probe before giving up and taking the last rate.
     #[serde(default = "six")]
     pub max_trials: u32,
@@ -178,6 +184,7 @@ impl Default for MaxRateSettings {
     fn default() -> Self {
         MaxRateSettings {
             trial_s: five(),
+            trial_warmup_s: one_s(),
             max_trials: six(),
             pass_fraction: pass_fraction(),
             pass_p99_ms: pass_p99_ms(),
@@ -186,6 +193,9 @@ impl Default for MaxRateSettings {
 }
 
 fn one() -> u32 {
+    1
+}
+fn one_s() -> u64 {
     1
 }
 fn full() -> f64 {
@@ -302,6 +312,14 @@ mod tests {
         assert_eq!(w.replication_factor, 1);
         assert_eq!(w.producer.acks, "1");
         assert_eq!(w.producer.linger_ms, 1);
+        assert_eq!(w.max_rate.trial_warmup_s, 1);
+        let w = Workload::parse(
+            "name: t\nmessage_size: 100\nproducer_rate: max\nduration_s: 1\n\
+             max_rate: {trial_s: 10, trial_warmup_s: 15}\n",
+        )
+        .unwrap();
+        assert_eq!((w.max_rate.trial_s, w.max_rate.trial_warmup_s), (10, 15));
+        assert_eq!(w.max_rate.max_trials, 6);
         let w = Workload::parse("name: t\nmessage_size: 100\nproducer_rate: 5000\nduration_s: 1\n")
             .unwrap();
         assert_eq!(w.producer_rate, Rate::PerSecond(5000.0));
