@@ -218,6 +218,17 @@ fn max_rate_search_probes_then_settles_on_a_sustained_rate() {
     );
     let probe = trials[0]["published_per_s"].as_f64().unwrap();
     assert!(probe > 1000.0, "probe measured {probe}/s");
+    // The workload has a consumer: each trial's end-to-end P99 is recorded (trials can fail
+    // on it alone).
+    assert!(
+        trials
+            .iter()
+            .all(|t| t["end_to_end_p99_us"].as_u64().is_some())
+            && trials
+                .iter()
+                .any(|t| t["end_to_end_p99_us"].as_u64() > Some(0)),
+        "the trials record their end-to-end p99: {trials:?}"
+    );
     let rate = result["target_rate"].as_f64().unwrap();
     assert!(
         rate > 0.0 && rate < probe,
