@@ -4,11 +4,11 @@
 //! One round reads every partition (one job per owning shard, in parallel; on each owner up to
 //! [`READS_IN_FLIGHT`] reads at once, and no more reads once the owner holds `max_bytes`) and
 //! gathers the stored bytes, unchanged, in request order, within the request's `max_bytes`
-//! (whole batches; the first batch of the response is always whole, KIP-74). If fewer than `min_bytes` came
-//! back, the fetch asks each owning shard to report when any of its partitions grows past what
-//! this round saw, and reads again when one does, or answers what it has at the deadline. A
-//! waiting fetch costs one registered oneshot per partition on the owner; a wait whose fetch
-//! is gone is dropped there.
+//! (whole batches; the first batch of the response is always whole, KIP-74). If fewer than
+//! `min_bytes` came back, the fetch asks each owning shard to report when any of its
+//! partitions grows past what this round saw, and reads again when one does, or answers what
+//! it has at the deadline. A waiting fetch costs one registered oneshot per partition on the
+//! owner; a wait whose fetch is gone is dropped there.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -202,9 +202,9 @@ fn position_answer(partition: &crate::partition::Partition, target: &Target) -> 
 /// Reads one owner runs at once for one fetch round. One at a time, a round that must read
 /// thousands of partitions from the disk (a consumer fallen behind the tails held in memory)
 /// takes one device round trip per partition: seconds at 10,000 partitions, during which the
-/// consumer falls further behind. 32 reads in flight keep an NVMe device's queue busy (fio
-/// here: 179k IOPS at queue depth 64, `docs/benchmarks.md`) and bound what reads in flight
-/// hold to 32 partitions' byte limits.
+/// consumer falls further behind. 32 reads in flight keep the device's queue busy (fio on
+/// this machine's disk: 179k IOPS at queue depth 64, `docs/benchmarks.md`) and bound what
+/// reads in flight hold to 32 partitions' byte limits.
 const READS_IN_FLIGHT: usize = 32;
 
 /// Runs on the owning shard: the answers to `targets`, in their order. Partitions with

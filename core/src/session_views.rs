@@ -416,14 +416,20 @@ mod tests {
         }
     }
 
+    /// A view at epoch 1 whose slots `0..slots` hold partitions `first_partition..` of `topic`.
+    fn view_of(topic: &Arc<Topic>, slots: usize, first_partition: i32) -> SessionView {
+        let mut view = SessionView::new(1);
+        for slot in 0..slots {
+            view.apply(put(topic, slot, first_partition + slot as i32));
+        }
+        view
+    }
+
     #[test]
     fn a_view_looks_at_everything_first_then_at_what_changed_or_is_due() {
         let feed = ChangeFeed::new(4);
         let t = topic();
-        let mut view = SessionView::new(1);
-        for slot in 0..10 {
-            view.apply(put(&t, slot, slot as i32 + 50));
-        }
+        let mut view = view_of(&t, 10, 50);
         let mut all = view.take_candidates(&feed);
         all.sort();
         assert_eq!(all, (0..10).collect::<Vec<_>>(), "a new view looks at all");
@@ -457,11 +463,7 @@ mod tests {
     #[test]
     fn candidates_start_where_the_last_round_stopped_giving_records() {
         let feed = ChangeFeed::new(64);
-        let t = topic();
-        let mut view = SessionView::new(1);
-        for slot in 0..6 {
-            view.apply(put(&t, slot, slot as i32));
-        }
+        let mut view = view_of(&topic(), 6, 0);
         view.take_candidates(&feed);
         view.start_at = 4;
         view.due.extend([1, 3, 4, 5]);

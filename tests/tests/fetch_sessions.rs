@@ -598,7 +598,7 @@ fn reads_in_parallel_within_the_byte_limit_keep_each_partition_whole_and_in_orde
                 "partition {p} from its position"
             );
             for (i, value) in values.iter().enumerate() {
-                let expected = format!("p{p}-{}-", first as &i64 + i as i64);
+                let expected = format!("p{p}-{}-", *first + i as i64);
                 assert!(
                     value.starts_with(&expected),
                     "{value:.12} is not {expected}"
