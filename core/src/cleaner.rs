@@ -4,7 +4,8 @@
 //! A pass over a partition, as Kafka's cleaner does it:
 //! 1. The *dirty* section runs from the cleaned-to checkpoint (the log start when never
 //!    cleaned) to the *cleanable end*: the base of the active segment, or of the first sealed
-//!    segment holding a record younger than `min.compaction.lag.ms`. The active segment is
+//!    segment holding a record younger than `min.compaction.lag.ms`, or reaching the last
+//!    stable offset (an open transaction's records are not cleaned: it may still abort). The active segment is
 //!    never cleaned (`max.compaction.lag.ms` makes it roll in time, see `Topic::log_config`).
 //! 2. The pass runs when dirty bytes are at least `min.cleanable.dirty.ratio` of the cleanable
 //!    bytes, or when the oldest dirty segment is older than `max.compaction.lag.ms`, or (as
@@ -17,7 +18,12 @@
 //!    record when it is its key's latest, or when the map does not know its key. A tombstone
 //!    (null value) also goes once its segment was last written more than `delete.retention.ms`
 //!    ago. A record without a key goes (a compacted topic refuses them; they are debris of an
-//!    earlier `delete` policy), as in Kafka. Control batches are kept whole. A batch emptied of
+//!    earlier `delete` policy), as in Kafka. Control batches (transaction markers) and the
+//!    batches of aborted transactions are kept whole, and their keys stay out of the map, so
+//!    an aborted record never makes a committed one go (Kafka removes aborted records and,
+//!    later, markers; keeping them costs space only, and read_committed consumers skip them
+//!    with the partition's aborted index). Committed transactions are compacted like any
+//!    record. A batch emptied of
 //!    records goes, except an idempotent producer's last batch, kept empty so its sequence
 //!    survives a rebuild of producer state from the log.
 //! 5. The checkpoint moves to the map's end.
@@ -55,6 +61,7 @@ use sluice_storage::{Offset, StorageError};
 use tracing::{debug, info, warn};
 
 use crate::partition::Partition;
+use crate::producers::AbortedTxn;
 use crate::shard::Shard;
 use crate::topics::Compaction;
 
@@ -163,8 +170,9 @@ pub async fn clean_partition(
     revisit: bool,
 ) -> Result<Option<PassOutcome>, StorageError> {
     let log = partition.log();
-    // Only what is committed (cluster mode) or durable (one node) is cleaned.
-    let committed = partition.high_watermark();
+    // Only what is committed (cluster mode) or durable (one node), and stable (no open
+    // transaction), is cleaned.
+    let committed = partition.last_stable_offset();
     let sealed: Vec<SegmentSummary> = log
         .sealed_segments()
         .into_iter()
@@ -197,8 +205,9 @@ pub async fn clean_partition(
     }
 
     let mut budget = IoBudget::new(settings.io_bytes_per_second);
+    let aborted = partition.aborted_between(log.log_start_offset(), end);
     let (map, map_end) =
-        build_offset_map(partition, first_dirty, end, settings, &mut budget).await?;
+        build_offset_map(partition, first_dirty, end, &aborted, settings, &mut budget).await?;
     let producer_last = partition.producer_last_offsets();
     let mut outcome = PassOutcome {
         cleaned_to: map_end.0,
@@ -212,6 +221,7 @@ pub async fn clean_partition(
                 batch,
                 info,
                 &map,
+                &aborted,
                 expire_at < now,
                 &producer_last,
                 keep_every_batch,
@@ -292,6 +302,7 @@ async fn build_offset_map(
     partition: &Partition,
     first_dirty: Offset,
     end: Offset,
+    aborted: &[AbortedTxn],
     settings: &CleanerSettings,
     budget: &mut IoBudget,
 ) -> Result<(HashMap<Box<[u8]>, i64>, Offset), StorageError> {
@@ -322,7 +333,9 @@ async fn build_offset_map(
             if info.base_offset >= end {
                 return Ok((map, end));
             }
-            if info.is_control() {
+            // An aborted transaction's batches stay out of the map: its keys must not make
+            // an earlier committed record go.
+            if info.is_control() || is_aborted(&info, aborted) {
                 continue;
             }
             let Ok(records) = records_section(batch, &info) else {
@@ -365,11 +378,12 @@ fn fate_of(
     batch: &[u8],
     info: &BatchInfo,
     map: &HashMap<Box<[u8]>, i64>,
+    aborted: &[AbortedTxn],
     tombstones_expire: bool,
     producer_last: &HashMap<i64, i64>,
     keep_every_batch: bool,
 ) -> (BatchFate, bool) {
-    if info.is_control() {
+    if info.is_control() || is_aborted(info, aborted) {
         return (BatchFate::Keep, false);
     }
     let Ok(records) = records_section(batch, info) else {
@@ -423,6 +437,15 @@ fn fate_of(
         Err(_) => BatchFate::Keep,
     };
     (fate, kept_tombstone)
+}
+
+/// Whether a batch belongs to one of the `aborted` transactions.
+fn is_aborted(info: &BatchInfo, aborted: &[AbortedTxn]) -> bool {
+    info.is_transactional()
+        && aborted.iter().any(|a| {
+            a.producer_id == info.producer_id
+                && (a.first_offset..a.last_offset).contains(&info.base_offset.0)
+        })
 }
 
 /// The records section of a batch, decompressed when it is compressed.

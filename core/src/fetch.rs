@@ -9,6 +9,10 @@
 //! partitions grows past what this round saw, and reads again when one does, or answers what
 //! it has at the deadline. A waiting fetch costs one registered oneshot per partition on the
 //! owner; a wait whose fetch is gone is dropped there.
+//!
+//! Isolation (KIP-98): a read_uncommitted fetch reads up to the high watermark; a
+//! read_committed one up to the last stable offset, and is told of the aborted transactions
+//! whose records overlap what it read, so the client drops them.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -43,6 +47,8 @@ pub struct FetchLimits {
     pub max_wait: Duration,
     pub min_bytes: usize,
     pub max_bytes: usize,
+    /// isolation.level=read_committed: records up to the last stable offset only.
+    pub read_committed: bool,
 }
 
 /// The answer for one partition.
@@ -50,9 +56,13 @@ pub struct FetchLimits {
 pub struct FetchOutput {
     pub error: Option<ResponseError>,
     pub high_watermark: i64,
+    pub last_stable_offset: i64,
     pub log_start_offset: i64,
     /// Whole batches, exactly as stored.
     pub records: Bytes,
+    /// read_committed: the aborted transactions overlapping the records (`None` for
+    /// read_uncommitted, as Kafka answers null).
+    pub aborted_transactions: Option<Vec<crate::producers::AbortedTxn>>,
 }
 
 impl FetchOutput {
@@ -60,8 +70,20 @@ impl FetchOutput {
         FetchOutput {
             error: Some(code),
             high_watermark: -1,
+            last_stable_offset: -1,
             log_start_offset: -1,
             records: Bytes::new(),
+            aborted_transactions: None,
+        }
+    }
+
+    /// The offset up to which the fetch may read: the last stable offset for read_committed,
+    /// else the high watermark.
+    pub fn readable_end(&self, read_committed: bool) -> i64 {
+        if read_committed {
+            self.last_stable_offset
+        } else {
+            self.high_watermark
         }
     }
 }
@@ -76,6 +98,7 @@ pub(crate) struct Target {
     pub offset: i64,
     pub max_bytes: usize,
     pub current_leader_epoch: i32,
+    pub read_committed: bool,
 }
 
 /// Serves a fetch: one output per input, in order.
@@ -102,6 +125,7 @@ pub async fn fetch(
                     .unwrap_or(0)
                     .min(limits.max_bytes),
                 current_leader_epoch: input.current_leader_epoch,
+                read_committed: limits.read_committed,
             }),
             Place::Unknown(code) => outputs[index] = FetchOutput::failed(code),
         }
@@ -179,8 +203,10 @@ fn position_answer(partition: &crate::partition::Partition, target: &Target) -> 
     let mut out = FetchOutput {
         error: None,
         high_watermark,
+        last_stable_offset: partition.last_stable_offset().0,
         log_start_offset: log_start,
         records: Bytes::new(),
+        aborted_transactions: target.read_committed.then(Vec::new),
     };
     if let Some(code) = partition.refuses(target.current_leader_epoch) {
         out.error = Some(code);
@@ -193,7 +219,7 @@ fn position_answer(partition: &crate::partition::Partition, target: &Target) -> 
         out.error = Some(ResponseError::OffsetOutOfRange);
         return Position::Answered(out);
     }
-    if target.offset >= high_watermark || target.max_bytes == 0 {
+    if target.offset >= out.readable_end(target.read_committed) || target.max_bytes == 0 {
         return Position::Answered(out);
     }
     Position::Read(out)
@@ -249,18 +275,40 @@ pub(crate) async fn read_one(shard: &Shard, target: &Target, read: bool) -> Fetc
         Position::Read(out) => out,
     };
     let log = partition.log();
+    let end = out.readable_end(target.read_committed);
     match log.read(Offset(target.offset), target.max_bytes).await {
-        // Cluster mode: the log may hold entries not yet committed; consumers see up to the
-        // high watermark only (a read ending at or below it, always so on a single node, is
-        // kept whole without walking its batches).
-        Ok(read) if read.next_offset.0 <= out.high_watermark => out.records = read.bytes,
-        Ok(read) => out.records = below_offset(read.bytes, Offset(out.high_watermark)),
+        // Consumers see up to the high watermark (cluster mode: the log may hold entries not
+        // yet committed), or the last stable offset: a read ending at or below it, always so
+        // on a single node at read_uncommitted, is kept whole without walking its batches.
+        Ok(read) if read.next_offset.0 <= end => out.records = read.bytes,
+        Ok(read) => out.records = below_offset(read.bytes, Offset(end)),
         Err(StorageError::OffsetOutOfRange { .. }) => {
             out.error = Some(ResponseError::OffsetOutOfRange)
         }
         Err(e) => out.error = Some(crate::partition::unavailable_code(&e)),
     }
+    if target.read_committed && !out.records.is_empty() {
+        let (_, read_to) = records_range(&out.records);
+        out.aborted_transactions = Some(partition.aborted_between(Offset(target.offset), read_to));
+    }
     out
+}
+
+/// The offsets `records` (whole batches) cover: from the first batch's base offset to the
+/// offset after its last batch.
+fn records_range(records: &[u8]) -> (Offset, Offset) {
+    let mut first = None;
+    let mut next = Offset(0);
+    let mut at = 0usize;
+    while at < records.len() {
+        let Ok(header) = sluice_storage::batch::read_header(&records[at..], usize::MAX) else {
+            break;
+        };
+        first.get_or_insert(header.base_offset);
+        next = header.next_offset();
+        at += header.size_bytes;
+    }
+    (first.unwrap_or(next), next)
 }
 
 /// The whole batches of `records` that start below `end`.
@@ -453,7 +501,7 @@ pub async fn fetch_incremental(
         let rounds = owners
             .iter()
             .zip(updates)
-            .map(|(&owner, update)| round_on(shard, &fetch, owner, update, limits.max_bytes));
+            .map(|(&owner, update)| round_on(shard, &fetch, owner, update, limits));
         for result in futures::future::join_all(rounds).await {
             match result {
                 Ok(included) => answers.extend(included),
@@ -492,12 +540,12 @@ async fn round_on(
     fetch: &IncrementalFetch,
     owner: usize,
     update: Option<ViewUpdate>,
-    max_bytes: usize,
+    limits: FetchLimits,
 ) -> Result<Vec<(usize, FetchOutput)>, RoundError> {
     let (id, epoch) = (fetch.id, fetch.epoch);
     let run = |update: Option<ViewUpdate>| {
         shard.invoke_on(owner, move |owner_shard| async move {
-            session_views::answer_round(&owner_shard, id, epoch, update, max_bytes).await
+            session_views::answer_round(&owner_shard, id, epoch, update, limits).await
         })
     };
     match run(update).await {

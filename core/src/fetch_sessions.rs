@@ -665,8 +665,10 @@ mod tests {
         FetchOutput {
             error: None,
             high_watermark: hw,
+            last_stable_offset: hw,
             log_start_offset: 0,
             records,
+            aborted_transactions: None,
         }
     }
 
@@ -771,10 +773,12 @@ mod tests {
             vec![
                 Sent {
                     high_watermark: 5,
+                    last_stable_offset: 5,
                     log_start_offset: 0
                 },
                 Sent {
                     high_watermark: -1,
+                    last_stable_offset: -1,
                     log_start_offset: 0
                 }
             ],

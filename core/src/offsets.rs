@@ -27,6 +27,9 @@ pub struct OffsetQuery {
     pub timestamp: i64,
     /// The epoch the client believes current (-1: not checked; ListOffsets v4+).
     pub current_leader_epoch: i32,
+    /// isolation_level read_committed (ListOffsets v2+): the latest offset is the last stable
+    /// offset, and a record found by timestamp must be below it.
+    pub read_committed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +106,7 @@ pub async fn list_offsets(shard: &Rc<Shard>, queries: Vec<OffsetQuery>) -> Vec<O
             let partition = query.partition;
             let timestamp = query.timestamp;
             let current_leader_epoch = query.current_leader_epoch;
+            let read_committed = query.read_committed;
             shard
                 .invoke_on(owner, move |owner_shard| async move {
                     let p = match owner_shard.partition(&topic, partition).await {
@@ -115,8 +119,13 @@ pub async fn list_offsets(shard: &Rc<Shard>, queries: Vec<OffsetQuery>) -> Vec<O
                         return OffsetAnswer::failed(code);
                     }
                     let log = p.log();
+                    let visible_end = if read_committed {
+                        p.last_stable_offset()
+                    } else {
+                        p.high_watermark()
+                    };
                     let answer = match timestamp {
-                        LATEST => OffsetAnswer::at(p.high_watermark().0),
+                        LATEST => OffsetAnswer::at(visible_end.0),
                         EARLIEST | EARLIEST_LOCAL => OffsetAnswer::at(log.log_start_offset().0),
                         LATEST_TIERED => OffsetAnswer::at(-1),
                         MAX_TIMESTAMP => match log.max_timestamp() {
@@ -136,9 +145,10 @@ pub async fn list_offsets(shard: &Rc<Shard>, queries: Vec<OffsetQuery>) -> Vec<O
                     };
                     match answer.error {
                         // Cluster mode: a record found by timestamp above the high watermark
-                        // is not committed yet, so not there for clients.
+                        // is not committed yet, so not there for clients (nor one above the
+                        // last stable offset for read_committed).
                         None if (timestamp >= 0 || timestamp == MAX_TIMESTAMP)
-                            && answer.offset >= p.high_watermark().0 =>
+                            && answer.offset >= visible_end.0 =>
                         {
                             OffsetAnswer {
                                 leader_epoch: p.leader_epoch(),

@@ -19,13 +19,13 @@ use std::rc::Rc;
 use bytes::Bytes;
 use futures::channel::oneshot;
 use kafka_protocol::ResponseError;
-use sluice_storage::batch::{read_header, validate_batch};
+use sluice_storage::batch::{build_txn_marker, read_header, validate_batch, TxnMarker};
 use sluice_storage::{AppendInfo, LeaderEpoch, Log, LogConfig, Offset, Result, StorageError};
 use tracing::{info, warn};
 
 use crate::changes::ChangeFeed;
 use crate::cluster::{ReplicaLink, Until};
-use crate::producers::{ProducerState, Verdict, SNAPSHOT_EVERY_BYTES};
+use crate::producers::{AbortedTxn, ProducerState, Verdict, SNAPSHOT_EVERY_BYTES};
 use crate::shard::PartitionKey;
 use crate::turn::{Ticket, Turn};
 
@@ -132,7 +132,7 @@ impl Partition {
                         from = info.base_offset;
                         break;
                     }
-                    state.record(&info);
+                    state.record(&info, &rest[..info.size_bytes]);
                     rest = &rest[info.size_bytes..];
                 }
             }
@@ -212,10 +212,13 @@ impl Partition {
             .filter(|e| !e.data.is_empty() && e.base_offset >= covered)
         {
             if let Ok(header) = read_header(&entry.data, usize::MAX) {
-                producers.record(&sluice_storage::BatchInfo {
-                    base_offset: entry.base_offset,
-                    ..header
-                });
+                producers.record(
+                    &sluice_storage::BatchInfo {
+                        base_offset: entry.base_offset,
+                        ..header
+                    },
+                    &entry.data,
+                );
             }
         }
     }
@@ -278,6 +281,9 @@ impl Partition {
     /// The batch's place in the partition's append order is taken by this call, before the
     /// returned future is first polled: batches of calls made one after another land in that
     /// order (a connection's produce requests rely on it).
+    ///
+    /// Control batches are refused here: transaction markers come from the transaction
+    /// coordinator, through [`Partition::append_marker`].
     pub fn append(
         self: &Rc<Self>,
         batch: Bytes,
@@ -285,7 +291,27 @@ impl Partition {
     ) -> impl Future<Output = std::result::Result<AppendInfo, AppendError>> + 'static {
         let ticket = self.turn.ticket();
         let this = self.clone();
-        async move { this.append_in_turn(ticket, batch, durable).await }
+        async move { this.append_in_turn(ticket, batch, durable, false).await }
+    }
+
+    /// Appends a transaction marker ending `producer_id`'s transaction on this partition
+    /// (whether or not one is open here); resolves once it is durable. Its place in the
+    /// append order is taken by this call, as with [`Partition::append`].
+    pub fn append_marker(
+        self: &Rc<Self>,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: TxnMarker,
+    ) -> impl Future<Output = std::result::Result<AppendInfo, AppendError>> + 'static {
+        let ticket = self.turn.ticket();
+        let this = self.clone();
+        let batch = build_txn_marker(
+            sluice_storage::types::now_ms(),
+            producer_id,
+            producer_epoch,
+            marker,
+        );
+        async move { this.append_in_turn(ticket, batch.into(), true, true).await }
     }
 
     async fn append_in_turn(
@@ -293,6 +319,7 @@ impl Partition {
         ticket: Ticket,
         batch: Bytes,
         durable: bool,
+        marker: bool,
     ) -> std::result::Result<AppendInfo, AppendError> {
         // Only the header's fields are needed here: the CRC was checked on the connection's
         // shard (or the batch was built here), and the log checks it again before writing.
@@ -307,10 +334,10 @@ impl Partition {
                 "a partition's records must be exactly one record batch".into(),
             ));
         }
-        if header.is_transactional() || header.is_control() {
+        if header.is_control() != marker {
             return Err(AppendError::Refused(
                 ResponseError::InvalidRecord,
-                "transactional and control batches are not supported yet".into(),
+                "control batches are written by the transaction coordinator only".into(),
             ));
         }
         if let Some(replica) = &self.replica {
@@ -320,7 +347,7 @@ impl Partition {
         }
         let batch = &batch[..];
         let turn = ticket.await;
-        let verdict = self.producers.borrow().check(&header);
+        let verdict = self.producers.borrow().check(&header, batch);
         // A log that takes no appends refuses before a sequence error, as Kafka's offline log
         // refuses every produce: a producer whose earlier batch this log refused must see its
         // later in-flight batches refused the same way (KAFKA_STORAGE_ERROR, not persisted),
@@ -348,12 +375,13 @@ impl Partition {
             }
             Verdict::Append => self.log.append(batch, LEADER_EPOCH).await?,
         };
-        self.producers
-            .borrow_mut()
-            .record(&sluice_storage::BatchInfo {
+        self.producers.borrow_mut().record(
+            &sluice_storage::BatchInfo {
                 base_offset: appended.base_offset,
                 ..header
-            });
+            },
+            batch,
+        );
         drop(turn);
         // The high watermark moves once the records are durable: then fetches waiting on this
         // partition may see them. Without acks=all nobody waits for that here, so a task does
@@ -405,7 +433,7 @@ impl Partition {
                 replica.not_leader(),
             ));
         }
-        let verdict = self.producers.borrow().check(header);
+        let verdict = self.producers.borrow().check(header, &batch);
         // As on a single node: a log that takes no appends refuses before a sequence error,
         // and a retry of a committed batch is answered as a duplicate all the same.
         if !matches!(verdict, Verdict::Duplicate(_)) {
@@ -444,6 +472,7 @@ impl Partition {
     /// Writes the producer-state snapshot, once the log is durable up to what it covers (so a
     /// crash never leaves a snapshot ahead of the recovered log).
     async fn snapshot_producers(&self) -> Result<()> {
+        self.forget_aborted_gone();
         let json = self.producers.borrow().to_snapshot();
         let covered = self.producers.borrow().covered_to();
         if covered > Offset::ZERO {
@@ -455,6 +484,26 @@ impl Partition {
             &json,
         )
         .await
+    }
+
+    /// The last stable offset: the offset after the last record a read_committed consumer may
+    /// read. The high watermark, or the first offset of the oldest open transaction if lower.
+    pub fn last_stable_offset(&self) -> Offset {
+        let high_watermark = self.high_watermark();
+        self.producers
+            .borrow()
+            .first_unstable_offset()
+            .map_or(high_watermark, |first| first.min(high_watermark))
+    }
+
+    /// The aborted transactions a read_committed consumer of `[from, to)` must be told of.
+    pub fn aborted_between(&self, from: Offset, to: Offset) -> Vec<AbortedTxn> {
+        self.producers.borrow().aborted_between(from, to)
+    }
+
+    /// The open transactions here: (producer id, first offset), oldest first.
+    pub fn open_transactions(&self) -> Vec<(i64, i64)> {
+        self.producers.borrow().open_transactions()
     }
 
     /// Resolves once the high watermark is above `seen` (at once if it already is), or when
@@ -494,8 +543,16 @@ impl Partition {
             return Ok(self.log.log_start_offset());
         }
         let start = self.log.truncate_prefix(offset).await;
+        self.forget_aborted_gone();
         self.note_changed();
         Ok(start?)
+    }
+
+    /// Forgets the aborted transactions whose records retention or DeleteRecords removed.
+    fn forget_aborted_gone(&self) {
+        self.producers
+            .borrow_mut()
+            .forget_aborted_before(self.log.log_start_offset());
     }
 
     /// Reports this partition's changes to `feed` under `key` from now on (the owning shard
@@ -523,6 +580,7 @@ impl Partition {
         if let Some((feed, key)) = self.changes.get() {
             feed.push(*key);
         }
+        self.forget_aborted_gone();
         let json = self.producers.borrow().to_snapshot();
         // Cluster mode: the Raft group owns the log and closes it (it records its commit
         // point as it does).
@@ -545,5 +603,142 @@ pub fn unavailable_code(e: &StorageError) -> kafka_protocol::ResponseError {
     match e {
         StorageError::Closed => kafka_protocol::ResponseError::UnknownTopicOrPartition,
         _ => kafka_protocol::ResponseError::KafkaStorageError,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_storage::batch::build_batch;
+
+    /// A batch of `records` records from producer `(id, epoch)` at `sequence`, flagged
+    /// transactional if `transactional`.
+    fn producer_batch(
+        id: i64,
+        epoch: i16,
+        sequence: i32,
+        records: usize,
+        transactional: bool,
+    ) -> Bytes {
+        let recs: Vec<(i64, &[u8], &[u8])> =
+            (0..records).map(|_| (1, &b"k"[..], &b"v"[..])).collect();
+        let mut batch = build_batch(1, &recs);
+        batch[43..51].copy_from_slice(&id.to_be_bytes());
+        batch[51..53].copy_from_slice(&epoch.to_be_bytes());
+        batch[53..57].copy_from_slice(&sequence.to_be_bytes());
+        if transactional {
+            batch[22] |= 0x10;
+        }
+        let crc = crc32c::crc32c(&batch[21..]);
+        batch[17..21].copy_from_slice(&crc.to_be_bytes());
+        batch.into()
+    }
+
+    fn plain() -> Bytes {
+        build_batch(1, &[(1, b"k", b"v")]).into()
+    }
+
+    const ABORT: TxnMarker = TxnMarker {
+        commit: false,
+        coordinator_epoch: 0,
+    };
+    const COMMIT: TxnMarker = TxnMarker {
+        commit: true,
+        coordinator_epoch: 0,
+    };
+
+    /// Reopens the partition in `dir`, from its snapshot or (`rebuild`) from the log alone.
+    async fn reopen(dir: &Path, rebuild: bool) -> Rc<Partition> {
+        if rebuild {
+            std::fs::remove_file(dir.join(crate::producers::SNAPSHOT_FILE)).unwrap();
+        }
+        Rc::new(Partition::open(dir, LogConfig::default()).await.unwrap())
+    }
+
+    #[test]
+    fn transactions_hold_the_stable_offset_until_their_markers_across_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path().to_path_buf();
+        glommio::LocalExecutor::default().run(async move {
+            let p = Rc::new(Partition::open(&dir, LogConfig::default()).await.unwrap());
+            p.append(plain(), true).await.unwrap();
+            let first = p
+                .append(producer_batch(7, 0, 0, 2, true), true)
+                .await
+                .unwrap();
+            assert_eq!(first.base_offset, Offset(1));
+            p.append(plain(), true).await.unwrap();
+            assert_eq!(p.high_watermark(), Offset(4));
+            assert_eq!(
+                p.last_stable_offset(),
+                Offset(1),
+                "the open transaction's start"
+            );
+            // The producer's plain batch is refused while its transaction is open.
+            assert!(matches!(
+                p.append(producer_batch(7, 0, 2, 1, false), true).await,
+                Err(AppendError::Refused(ResponseError::InvalidTxnState, _))
+            ));
+            // A client's control batch is refused: markers come from the coordinator.
+            let control = sluice_storage::batch::build_txn_marker(0, 7, 0, COMMIT);
+            assert!(matches!(
+                p.append(control.into(), true).await,
+                Err(AppendError::Refused(ResponseError::InvalidRecord, _))
+            ));
+            let abort = p.append_marker(7, 0, ABORT).await.unwrap();
+            assert_eq!(abort.base_offset, Offset(4));
+            assert_eq!(p.last_stable_offset(), Offset(5));
+            let aborted = AbortedTxn {
+                producer_id: 7,
+                first_offset: 1,
+                last_offset: 4,
+            };
+            assert_eq!(p.aborted_between(Offset(0), Offset(5)), vec![aborted]);
+            // The next transaction commits; a third stays open.
+            p.append(producer_batch(7, 0, 2, 1, true), true)
+                .await
+                .unwrap();
+            p.append_marker(7, 0, COMMIT).await.unwrap();
+            assert_eq!(p.last_stable_offset(), Offset(7));
+            p.append(producer_batch(9, 3, 0, 1, true), true)
+                .await
+                .unwrap();
+            assert_eq!(p.last_stable_offset(), Offset(7));
+            // A marker from an older producer epoch is refused.
+            assert!(matches!(
+                p.append_marker(9, 2, COMMIT).await,
+                Err(AppendError::Refused(ResponseError::InvalidProducerEpoch, _))
+            ));
+            p.close().await.unwrap();
+            drop(p);
+
+            for rebuild in [false, true] {
+                let p = reopen(&dir, rebuild).await;
+                assert_eq!(p.high_watermark(), Offset(8), "rebuild {rebuild}");
+                assert_eq!(p.last_stable_offset(), Offset(7), "rebuild {rebuild}");
+                assert_eq!(p.open_transactions(), vec![(9, 7)], "rebuild {rebuild}");
+                assert_eq!(
+                    p.aborted_between(Offset(0), Offset(8)),
+                    vec![aborted],
+                    "rebuild {rebuild}"
+                );
+                p.close().await.unwrap();
+            }
+            let p = reopen(&dir, false).await;
+            p.append_marker(9, 3, ABORT).await.unwrap();
+            assert_eq!(p.last_stable_offset(), Offset(9));
+            assert_eq!(p.aborted_between(Offset(5), Offset(9)).len(), 1);
+            // Records gone from the log take their aborted transactions with them.
+            p.truncate_prefix(Offset(5)).await.unwrap();
+            assert_eq!(
+                p.aborted_between(Offset(0), Offset(9)),
+                vec![AbortedTxn {
+                    producer_id: 9,
+                    first_offset: 7,
+                    last_offset: 8,
+                }]
+            );
+            p.close().await.unwrap();
+        });
     }
 }

@@ -233,6 +233,15 @@ pub async fn produce(
                 continue;
             }
         };
+        if checked.info.is_transactional() {
+            // Until the transaction coordinator exists, no transaction could ever end: its
+            // records would hold every read_committed consumer back for good.
+            outputs[index] = Some(ProduceOutput::failed(
+                ResponseError::InvalidRecord,
+                "transactional batches are not supported yet",
+            ));
+            continue;
+        }
         if topic.is_compacted() {
             let keyless: Vec<i32> = match &checked.decompressed {
                 Some(records) => records

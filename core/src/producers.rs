@@ -12,20 +12,36 @@
 //! - anything else (a gap, or an unknown producer not starting at 0):
 //!   OUT_OF_ORDER_SEQUENCE_NUMBER.
 //!
+//! Transactions (KIP-98): a producer's first transactional batch on the partition opens its
+//! transaction there, and the coordinator's marker (a control batch, [`TxnMarker`]) ends it.
+//! While a transaction is open:
+//! - the partition's last stable offset (LSO) stays at or below its first offset
+//!   ([`ProducerState::first_unstable_offset`]), so read_committed consumers wait for it;
+//! - a non-transactional batch from that producer is refused INVALID_TXN_STATE.
+//!
+//! A marker from an older producer epoch is refused INVALID_PRODUCER_EPOCH, one from an older
+//! coordinator epoch TRANSACTION_COORDINATOR_FENCED. An abort marker records the
+//! transaction's range (producer, first offset, marker offset) in the *aborted index*, which
+//! read_committed fetches hand to consumers so they skip its records; entries whose range lies
+//! wholly before the log start are forgotten ([`ProducerState::forget_aborted_before`]).
+//!
 //! Persistence: the state is a function of the log, so it is rebuilt by reading the batch
 //! headers from where the last snapshot (`producer-state` in the partition directory) ends.
 //! A snapshot is written when the partition closes and after every [`SNAPSHOT_EVERY_BYTES`]
 //! appended, so a restart after a crash rescans at most that much.
 //!
-//! Invariant: `covered_to` is the offset up to which the log's batches are reflected.
+//! Invariants: `covered_to` is the offset up to which the log's batches are reflected; `open`
+//! holds exactly the producers whose transaction is open, by its first offset; `aborted` is
+//! in marker (last offset) order.
 //!
 //! [`describe_producers`] answers DescribeProducers (61) from the partition leaders' state.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 
 use kafka_protocol::ResponseError;
 use serde::{Deserialize, Serialize};
+use sluice_storage::batch::txn_marker;
 use sluice_storage::{BatchInfo, Offset};
 
 /// Batches remembered per producer for duplicate detection (Kafka's value; producers keep at
@@ -53,17 +69,48 @@ pub struct KeptBatch {
     pub last_offset: i64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Producer {
     epoch: i16,
     batches: VecDeque<KeptBatch>,
     /// The max timestamp of its last batch (snapshots written before it: -1 until the next).
     #[serde(default = "unknown_timestamp")]
     last_timestamp: i64,
+    /// The first offset of its open transaction on this partition (`None`: none open).
+    #[serde(default)]
+    txn_first_offset: Option<i64>,
+    /// The coordinator epoch of the last marker it got here (-1: none yet).
+    #[serde(default = "no_coordinator_epoch")]
+    coordinator_epoch: i32,
+}
+
+impl Default for Producer {
+    fn default() -> Producer {
+        Producer {
+            epoch: 0,
+            batches: VecDeque::new(),
+            last_timestamp: unknown_timestamp(),
+            txn_first_offset: None,
+            coordinator_epoch: no_coordinator_epoch(),
+        }
+    }
 }
 
 fn unknown_timestamp() -> i64 {
     -1
+}
+
+fn no_coordinator_epoch() -> i32 {
+    -1
+}
+
+/// An aborted transaction as read_committed consumers are told of it: its records are the
+/// producer's batches from `first_offset` up to the abort marker at `last_offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbortedTxn {
+    pub producer_id: i64,
+    pub first_offset: i64,
+    pub last_offset: i64,
 }
 
 /// A producer as DescribeProducers (61) lists it.
@@ -74,6 +121,10 @@ pub struct ActiveProducer {
     pub last_sequence: i32,
     /// Of its last batch (-1: not known).
     pub last_timestamp: i64,
+    /// The epoch of the coordinator of its last marker here (-1: none).
+    pub coordinator_epoch: i32,
+    /// The first offset of its open transaction here (-1: none).
+    pub txn_start_offset: i64,
 }
 
 /// What to do with an incoming batch.
@@ -90,6 +141,10 @@ pub enum Verdict {
 pub struct ProducerState {
     producers: HashMap<i64, Producer>,
     covered_to: i64,
+    aborted: VecDeque<AbortedTxn>,
+    /// Open transactions: first offset -> producer id (derived from `producers`).
+    #[serde(skip)]
+    open: BTreeMap<i64, i64>,
 }
 
 /// A snapshot file as read back. Its fields are spelled out rather than `flatten`ed: serde's
@@ -101,6 +156,9 @@ struct Snapshot {
     format: u32,
     producers: HashMap<i64, Producer>,
     covered_to: i64,
+    /// Absent from snapshots written before transactions.
+    #[serde(default)]
+    aborted: VecDeque<AbortedTxn>,
 }
 
 impl ProducerState {
@@ -109,10 +167,14 @@ impl ProducerState {
         Offset(self.covered_to)
     }
 
-    /// Judges a batch (its header) before it is appended.
-    pub fn check(&self, batch: &BatchInfo) -> Verdict {
+    /// Judges a batch before it is appended (`bytes`: the whole batch; a marker's record is
+    /// read from it).
+    pub fn check(&self, batch: &BatchInfo, bytes: &[u8]) -> Verdict {
         if batch.producer_id < 0 {
             return Verdict::Append;
+        }
+        if batch.is_control() {
+            return self.check_marker(batch, bytes);
         }
         let out_of_order = |detail: String| {
             Verdict::Reject(
@@ -139,6 +201,16 @@ impl ProducerState {
                 format!(
                     "producer {} epoch {} is older than the current epoch {}",
                     batch.producer_id, batch.producer_epoch, producer.epoch
+                ),
+            );
+        }
+        if producer.txn_first_offset.is_some() && !batch.is_transactional() {
+            return Verdict::Reject(
+                ResponseError::InvalidTxnState,
+                format!(
+                    "producer {} has a transaction open on this partition: its batches must be \
+                     transactional until the transaction ends",
+                    batch.producer_id
                 ),
             );
         }
@@ -170,12 +242,57 @@ impl ProducerState {
         }
     }
 
-    /// Records a batch the log now holds (its base offset stamped).
-    pub fn record(&mut self, batch: &BatchInfo) {
+    /// A transaction marker: refused from an older producer epoch (a fenced incarnation's
+    /// coordinator state) or an older coordinator; anything else is appended, whether or not
+    /// a transaction is open here (the coordinator writes markers to every partition it
+    /// added, some of which may have received nothing).
+    fn check_marker(&self, batch: &BatchInfo, bytes: &[u8]) -> Verdict {
+        let Some(marker) = txn_marker(bytes) else {
+            return Verdict::Reject(
+                ResponseError::InvalidRecord,
+                "a control batch of a producer must be a transaction marker".into(),
+            );
+        };
+        let Some(producer) = self.producers.get(&batch.producer_id) else {
+            return Verdict::Append;
+        };
+        if batch.producer_epoch < producer.epoch {
+            return Verdict::Reject(
+                ResponseError::InvalidProducerEpoch,
+                format!(
+                    "marker of producer {} at epoch {} is older than the current epoch {}",
+                    batch.producer_id, batch.producer_epoch, producer.epoch
+                ),
+            );
+        }
+        if marker.coordinator_epoch < producer.coordinator_epoch {
+            return Verdict::Reject(
+                ResponseError::TransactionCoordinatorFenced,
+                format!(
+                    "marker of producer {} from coordinator epoch {} after one from epoch {}",
+                    batch.producer_id, marker.coordinator_epoch, producer.coordinator_epoch
+                ),
+            );
+        }
+        Verdict::Append
+    }
+
+    /// Records a batch the log now holds (its base offset stamped; `bytes`: the whole batch).
+    pub fn record(&mut self, batch: &BatchInfo, bytes: &[u8]) {
         self.covered_to = self.covered_to.max(batch.next_offset().0);
-        if batch.producer_id < 0 || batch.is_control() {
+        if batch.producer_id < 0 {
             return;
         }
+        let marker = if batch.is_control() {
+            // Raft's own control batches carry no producer; a producer's control batch that is
+            // not a marker was refused before it was appended.
+            match txn_marker(bytes) {
+                Some(marker) => Some(marker),
+                None => return,
+            }
+        } else {
+            None
+        };
         if !self.producers.contains_key(&batch.producer_id) && self.producers.len() >= PRODUCERS_MAX
         {
             self.forget_least_recent();
@@ -184,6 +301,24 @@ impl ProducerState {
         if batch.producer_epoch != producer.epoch {
             producer.epoch = batch.producer_epoch;
             producer.batches.clear();
+        }
+        if let Some(marker) = marker {
+            producer.coordinator_epoch = marker.coordinator_epoch;
+            if let Some(first_offset) = producer.txn_first_offset.take() {
+                self.open.remove(&first_offset);
+                if !marker.commit {
+                    self.aborted.push_back(AbortedTxn {
+                        producer_id: batch.producer_id,
+                        first_offset,
+                        last_offset: batch.base_offset.0,
+                    });
+                }
+            }
+            return;
+        }
+        if batch.is_transactional() && producer.txn_first_offset.is_none() {
+            producer.txn_first_offset = Some(batch.base_offset.0);
+            self.open.insert(batch.base_offset.0, batch.producer_id);
         }
         producer.last_timestamp = batch.max_timestamp;
         producer.batches.push_back(KeptBatch {
@@ -217,6 +352,8 @@ impl ProducerState {
                     epoch: p.epoch,
                     last_sequence: last.last_sequence,
                     last_timestamp: p.last_timestamp,
+                    coordinator_epoch: p.coordinator_epoch,
+                    txn_start_offset: p.txn_first_offset.unwrap_or(-1),
                 })
             })
             .collect();
@@ -224,15 +361,53 @@ impl ProducerState {
         active
     }
 
+    /// The first offset of the oldest open transaction (`None`: none open). The last stable
+    /// offset is the high watermark or this, whichever is lower.
+    pub fn first_unstable_offset(&self) -> Option<Offset> {
+        self.open.keys().next().map(|first| Offset(*first))
+    }
+
+    /// The open transactions: (producer id, first offset), oldest first.
+    pub fn open_transactions(&self) -> Vec<(i64, i64)> {
+        self.open.iter().map(|(first, id)| (*id, *first)).collect()
+    }
+
+    /// The aborted transactions whose records overlap `[from, to)`: those a read_committed
+    /// consumer of that range must be told of.
+    pub fn aborted_between(&self, from: Offset, to: Offset) -> Vec<AbortedTxn> {
+        let start = self.aborted.partition_point(|a| a.last_offset < from.0);
+        self.aborted
+            .iter()
+            .skip(start)
+            .filter(|a| a.first_offset < to.0)
+            .copied()
+            .collect()
+    }
+
+    /// Forgets the aborted transactions that end before `offset` (the log start: their records
+    /// are gone).
+    pub fn forget_aborted_before(&mut self, offset: Offset) {
+        while self
+            .aborted
+            .front()
+            .is_some_and(|a| a.last_offset < offset.0)
+        {
+            self.aborted.pop_front();
+        }
+    }
+
     /// Marks offsets up to `offset` as reflected (batches without producers in between).
     pub fn cover_to(&mut self, offset: Offset) {
         self.covered_to = self.covered_to.max(offset.0);
     }
 
+    /// Forgets the producer written longest ago, among those without an open transaction (an
+    /// open transaction holds the last stable offset back: it cannot be forgotten).
     fn forget_least_recent(&mut self) {
         let oldest = self
             .producers
             .iter()
+            .filter(|(_, p)| p.txn_first_offset.is_none())
             .min_by_key(|(_, p)| p.batches.back().map_or(i64::MIN, |b| b.last_offset))
             .map(|(id, _)| *id);
         if let Some(id) = oldest {
@@ -244,9 +419,19 @@ impl ProducerState {
     pub fn load(dir: &Path) -> Option<ProducerState> {
         let bytes = std::fs::read(dir.join(SNAPSHOT_FILE)).ok()?;
         let snapshot: Snapshot = serde_json::from_slice(&bytes).ok()?;
-        (snapshot.format == SNAPSHOT_FORMAT).then_some(ProducerState {
+        if snapshot.format != SNAPSHOT_FORMAT {
+            return None;
+        }
+        let open = snapshot
+            .producers
+            .iter()
+            .filter_map(|(id, p)| Some((p.txn_first_offset?, *id)))
+            .collect();
+        Some(ProducerState {
             producers: snapshot.producers,
             covered_to: snapshot.covered_to,
+            aborted: snapshot.aborted,
+            open,
         })
     }
 
@@ -315,7 +500,7 @@ pub async fn describe_producers(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_storage::batch::{build_batch, validate_batch};
+    use sluice_storage::batch::{build_batch, validate_batch, TxnMarker};
 
     /// A one-record batch header from producer `pid`, `epoch`, at `sequence`, placed at
     /// `offset`.
@@ -335,12 +520,12 @@ mod tests {
         let mut state = ProducerState::default();
         let mut first = batch(9, 0, 0, 2, 0);
         first.max_timestamp = 1_000;
-        state.record(&first);
+        state.record(&first, &[]);
         let mut second = batch(9, 0, 2, 3, 2);
         second.max_timestamp = 2_000;
-        state.record(&second);
-        state.record(&batch(4, 2, 0, 1, 5));
-        state.record(&batch(-1, -1, -1, 1, 6));
+        state.record(&second, &[]);
+        state.record(&batch(4, 2, 0, 1, 5), &[]);
+        state.record(&batch(-1, -1, -1, 1, 6), &[]);
         let listed: Vec<(i64, i16, i32)> = state
             .active()
             .iter()
@@ -366,17 +551,17 @@ mod tests {
     fn sequences_epochs_and_duplicates_follow_kafkas_rules() {
         let mut state = ProducerState::default();
         assert_eq!(
-            state.check(&batch(-1, -1, -1, 1, 0)),
+            state.check(&batch(-1, -1, -1, 1, 0), &[]),
             Verdict::Append,
             "not idempotent"
         );
         assert!(matches!(
-            state.check(&batch(7, 0, 3, 1, 0)),
+            state.check(&batch(7, 0, 3, 1, 0), &[]),
             Verdict::Reject(ResponseError::OutOfOrderSequenceNumber, _)
         ));
         let first = batch(7, 0, 0, 2, 0);
-        assert_eq!(state.check(&first), Verdict::Append);
-        state.record(&first);
+        assert_eq!(state.check(&first, &[]), Verdict::Append);
+        state.record(&first, &[]);
         let kept = KeptBatch {
             first_sequence: 0,
             last_sequence: 1,
@@ -384,45 +569,170 @@ mod tests {
             last_offset: 1,
         };
         assert_eq!(
-            state.check(&batch(7, 0, 0, 2, 99)),
+            state.check(&batch(7, 0, 0, 2, 99), &[]),
             Verdict::Duplicate(kept)
         );
         assert!(matches!(
-            state.check(&batch(7, 0, 3, 1, 2)),
+            state.check(&batch(7, 0, 3, 1, 2), &[]),
             Verdict::Reject(ResponseError::OutOfOrderSequenceNumber, _)
         ));
         let second = batch(7, 0, 2, 1, 2);
-        assert_eq!(state.check(&second), Verdict::Append);
-        state.record(&second);
+        assert_eq!(state.check(&second, &[]), Verdict::Append);
+        state.record(&second, &[]);
         // A new epoch starts at 0; then the old epoch is fenced.
         assert!(matches!(
-            state.check(&batch(7, 1, 3, 1, 3)),
+            state.check(&batch(7, 1, 3, 1, 3), &[]),
             Verdict::Reject(ResponseError::OutOfOrderSequenceNumber, _)
         ));
         let bumped = batch(7, 1, 0, 1, 3);
-        assert_eq!(state.check(&bumped), Verdict::Append);
-        state.record(&bumped);
+        assert_eq!(state.check(&bumped, &[]), Verdict::Append);
+        state.record(&bumped, &[]);
         assert!(matches!(
-            state.check(&batch(7, 0, 3, 1, 4)),
+            state.check(&batch(7, 0, 3, 1, 4), &[]),
             Verdict::Reject(ResponseError::InvalidProducerEpoch, _)
         ));
         assert_eq!(state.covered_to(), Offset(4));
+    }
+
+    /// `batch` flagged transactional.
+    fn txn_batch(pid: i64, epoch: i16, sequence: i32, records: i32, offset: i64) -> BatchInfo {
+        let mut info = batch(pid, epoch, sequence, records, offset);
+        info.attributes |= 0x10;
+        info
+    }
+
+    /// A marker of `pid` at `epoch` from coordinator epoch `coordinator_epoch`, placed at
+    /// `offset`: its header and its bytes.
+    fn marker(
+        pid: i64,
+        epoch: i16,
+        commit: bool,
+        coordinator_epoch: i32,
+        offset: i64,
+    ) -> (BatchInfo, Vec<u8>) {
+        let bytes = sluice_storage::batch::build_txn_marker(
+            0,
+            pid,
+            epoch,
+            TxnMarker {
+                commit,
+                coordinator_epoch,
+            },
+        );
+        let mut info = validate_batch(&bytes, 1 << 20).unwrap();
+        info.base_offset = Offset(offset);
+        (info, bytes)
+    }
+
+    #[test]
+    fn a_transaction_holds_the_stable_offset_until_its_marker_and_an_abort_is_indexed() {
+        let mut state = ProducerState::default();
+        state.record(&batch(1, 0, 0, 10, 0), &[]);
+        assert_eq!(state.first_unstable_offset(), None);
+        let first = txn_batch(5, 2, 0, 2, 10);
+        assert_eq!(state.check(&first, &[]), Verdict::Append);
+        state.record(&first, &[]);
+        assert_eq!(state.first_unstable_offset(), Some(Offset(10)));
+        // Its plain batches are refused while the transaction is open.
+        assert!(matches!(
+            state.check(&batch(5, 2, 2, 1, 12), &[]),
+            Verdict::Reject(ResponseError::InvalidTxnState, _)
+        ));
+        state.record(&txn_batch(5, 2, 2, 2, 12), &[]);
+        // A second producer's transaction opens later; the oldest bounds the stable offset.
+        state.record(&txn_batch(6, 0, 0, 1, 14), &[]);
+        assert_eq!(state.open_transactions(), vec![(5, 10), (6, 14)]);
+        // Markers from an older producer epoch or an older coordinator are refused.
+        let (stale, bytes) = marker(5, 1, false, 0, 15);
+        assert!(matches!(
+            state.check(&stale, &bytes),
+            Verdict::Reject(ResponseError::InvalidProducerEpoch, _)
+        ));
+        let (abort, bytes) = marker(5, 2, false, 3, 15);
+        assert_eq!(state.check(&abort, &bytes), Verdict::Append);
+        state.record(&abort, &bytes);
+        assert_eq!(state.first_unstable_offset(), Some(Offset(14)));
+        let aborted = AbortedTxn {
+            producer_id: 5,
+            first_offset: 10,
+            last_offset: 15,
+        };
+        assert_eq!(state.aborted_between(Offset(0), Offset(100)), vec![aborted]);
+        assert_eq!(state.aborted_between(Offset(15), Offset(16)), vec![aborted]);
+        assert!(state.aborted_between(Offset(16), Offset(100)).is_empty());
+        assert!(state.aborted_between(Offset(0), Offset(10)).is_empty());
+        let (older_coordinator, bytes) = marker(5, 2, true, 2, 16);
+        assert!(matches!(
+            state.check(&older_coordinator, &bytes),
+            Verdict::Reject(ResponseError::TransactionCoordinatorFenced, _)
+        ));
+        // A commit ends the other transaction and indexes nothing.
+        let (commit, bytes) = marker(6, 0, true, 3, 16);
+        state.record(&commit, &bytes);
+        assert_eq!(state.first_unstable_offset(), None);
+        assert_eq!(state.aborted_between(Offset(0), Offset(100)), vec![aborted]);
+        // The producer's next transaction starts at the sequence after its last batch.
+        assert_eq!(
+            state.check(&txn_batch(5, 2, 4, 1, 17), &[]),
+            Verdict::Append
+        );
+        state.record(&txn_batch(5, 2, 4, 1, 17), &[]);
+
+        // A snapshot keeps open transactions and the aborted index.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(SNAPSHOT_FILE), state.to_snapshot()).unwrap();
+        let mut loaded = ProducerState::load(dir.path()).expect("the snapshot loads");
+        assert_eq!(loaded.open_transactions(), vec![(5, 17)]);
+        assert_eq!(
+            loaded.aborted_between(Offset(0), Offset(100)),
+            vec![aborted]
+        );
+        loaded.forget_aborted_before(Offset(15));
+        assert_eq!(
+            loaded.aborted_between(Offset(0), Offset(100)),
+            vec![aborted]
+        );
+        loaded.forget_aborted_before(Offset(16));
+        assert!(loaded.aborted_between(Offset(0), Offset(100)).is_empty());
+    }
+
+    #[test]
+    fn a_marker_for_a_producer_never_seen_here_is_taken_and_sets_its_epoch() {
+        let mut state = ProducerState::default();
+        let (abort, bytes) = marker(8, 4, false, 0, 0);
+        assert_eq!(state.check(&abort, &bytes), Verdict::Append);
+        state.record(&abort, &bytes);
+        assert!(state.aborted_between(Offset(0), Offset(10)).is_empty());
+        assert!(matches!(
+            state.check(&txn_batch(8, 3, 0, 1, 1), &[]),
+            Verdict::Reject(ResponseError::InvalidProducerEpoch, _)
+        ));
+        // A control batch of a producer that is not a marker is refused.
+        let mut not_a_marker = batch(8, 4, -1, 1, 1);
+        not_a_marker.attributes |= 0x20;
+        assert!(matches!(
+            state.check(
+                &not_a_marker,
+                &sluice_storage::batch::build_control_batch(0, 2, b"")
+            ),
+            Verdict::Reject(ResponseError::InvalidRecord, _)
+        ));
     }
 
     #[test]
     fn only_the_last_five_batches_are_kept() {
         let mut state = ProducerState::default();
         for seq in 0..8 {
-            state.record(&batch(1, 0, seq, 1, i64::from(seq)));
+            state.record(&batch(1, 0, seq, 1, i64::from(seq)), &[]);
         }
         assert!(matches!(
-            state.check(&batch(1, 0, 2, 1, 0)),
+            state.check(&batch(1, 0, 2, 1, 0), &[]),
             Verdict::Reject(ResponseError::OutOfOrderSequenceNumber, _)
         ));
         assert!(matches!(
-            state.check(&batch(1, 0, 3, 1, 0)),
+            state.check(&batch(1, 0, 3, 1, 0), &[]),
             Verdict::Duplicate(_)
         ));
-        assert_eq!(state.check(&batch(1, 0, 8, 1, 8)), Verdict::Append);
+        assert_eq!(state.check(&batch(1, 0, 8, 1, 8), &[]), Verdict::Append);
     }
 }

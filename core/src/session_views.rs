@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::changes::ChangeFeed;
-use crate::fetch::{answer_targets, FetchOutput, Target};
+use crate::fetch::{answer_targets, FetchLimits, FetchOutput, Target};
 use crate::shard::{PartitionKey, Shard};
 use crate::topics::Topic;
 use sluice_storage::Offset;
@@ -40,12 +40,14 @@ const PARTITION_WAITS_UP_TO: usize = 16;
 pub struct Sent {
     /// -1: nothing sent yet, or an error was.
     pub high_watermark: i64,
+    pub last_stable_offset: i64,
     pub log_start_offset: i64,
 }
 
 impl Sent {
     pub const NOTHING: Sent = Sent {
         high_watermark: -1,
+        last_stable_offset: -1,
         log_start_offset: -1,
     };
 
@@ -55,6 +57,11 @@ impl Sent {
                 -1
             } else {
                 output.high_watermark
+            },
+            last_stable_offset: if output.error.is_some() {
+                -1
+            } else {
+                output.last_stable_offset
             },
             log_start_offset: output.log_start_offset,
         }
@@ -221,14 +228,16 @@ impl SessionViews {
 /// Runs on the owner: applies the fetch's update to the session's view (a full one creates
 /// it), then answers the partitions that may have news; only those the incremental response
 /// must carry (records, an error, or another high watermark or log start than last sent) are
-/// returned, by slot. `max_bytes` is the request's limit, capping every partition's.
+/// returned, by slot. `limits.max_bytes` is the request's limit, capping every partition's;
+/// its isolation level is the request's too.
 pub(crate) async fn answer_round(
     shard: &Shard,
     session: i32,
     epoch: i32,
     update: Option<ViewUpdate>,
-    max_bytes: usize,
+    limits: FetchLimits,
 ) -> Result<Vec<(usize, FetchOutput)>, RoundError> {
+    let max_bytes = limits.max_bytes;
     let targets: Vec<Target> = {
         let mut views = shard.session_views.borrow_mut();
         if update.as_ref().is_some_and(|u| u.full) {
@@ -256,6 +265,7 @@ pub(crate) async fn answer_round(
                     offset: p.fetch_offset,
                     max_bytes: p.partition_max_bytes.min(max_bytes),
                     current_leader_epoch: p.current_leader_epoch,
+                    read_committed: limits.read_committed,
                 })
             })
             .collect()
@@ -284,7 +294,7 @@ pub(crate) async fn answer_round(
         {
             continue;
         }
-        if is_due(&answer, entry.partition.fetch_offset, target.max_bytes) {
+        if is_due(&answer, target) {
             view.due.insert(target.index);
         }
         let now = Sent::of(&answer);
@@ -299,8 +309,9 @@ pub(crate) async fn answer_round(
 /// Whether a partition just answered would answer news again with nothing changed: records
 /// past the consumer's position it may read (a byte limit of 0 reads none, so a long poll
 /// must not spin on it), or an error.
-fn is_due(answer: &FetchOutput, fetch_offset: i64, max_bytes: usize) -> bool {
-    answer.error.is_some() || (answer.high_watermark > fetch_offset && max_bytes > 0)
+fn is_due(answer: &FetchOutput, target: &Target) -> bool {
+    answer.error.is_some()
+        || (answer.readable_end(target.read_committed) > target.offset && target.max_bytes > 0)
 }
 
 /// Runs on the owner: resolves once a partition of the session's view may have news (at once
@@ -483,23 +494,47 @@ mod tests {
 
     #[test]
     fn a_partition_is_due_while_it_has_records_to_give_or_an_error() {
-        let answer = |hw: i64, error: Option<kafka_protocol::ResponseError>| FetchOutput {
+        // High watermark 10, last stable offset 6.
+        let answer = |error: Option<kafka_protocol::ResponseError>| FetchOutput {
             error,
-            high_watermark: hw,
+            high_watermark: 10,
+            last_stable_offset: 6,
             log_start_offset: 0,
             records: bytes::Bytes::new(),
+            aborted_transactions: None,
+        };
+        let target = |offset: i64, max_bytes: usize, read_committed: bool| Target {
+            index: 0,
+            topic: topic(),
+            partition: 0,
+            offset,
+            max_bytes,
+            current_leader_epoch: -1,
+            read_committed,
         };
         assert!(
-            is_due(&answer(10, None), 4, 1024),
+            is_due(&answer(None), &target(4, 1024, false)),
             "records beyond the position"
         );
-        assert!(!is_due(&answer(10, None), 10, 1024), "read to the end");
         assert!(
-            !is_due(&answer(10, None), 4, 0),
+            !is_due(&answer(None), &target(10, 1024, false)),
+            "read to the end"
+        );
+        assert!(
+            !is_due(&answer(None), &target(4, 0, false)),
             "a limit of 0 bytes reads nothing: not due, or a long poll would spin"
         );
-        let failed = answer(-1, Some(kafka_protocol::ResponseError::NotLeaderOrFollower));
-        assert!(is_due(&failed, 4, 0), "errors are answered every time");
+        assert!(is_due(&answer(None), &target(4, 1024, true)));
+        assert!(
+            !is_due(&answer(None), &target(6, 1024, true)),
+            "read_committed stops at the last stable offset"
+        );
+        assert!(is_due(&answer(None), &target(6, 1024, false)));
+        let failed = answer(Some(kafka_protocol::ResponseError::NotLeaderOrFollower));
+        assert!(
+            is_due(&failed, &target(4, 0, false)),
+            "errors are answered every time"
+        );
     }
 
     #[test]

@@ -605,6 +605,70 @@ pub fn control_record(batch: &[u8]) -> Option<(i16, &[u8])> {
     Some((control_type, value))
 }
 
+/// Attributes bit 4: a transactional batch (its records belong to a transaction of its
+/// producer, or it is that transaction's marker).
+const ATTRIBUTE_TRANSACTIONAL: i16 = 1 << 4;
+
+/// Control types of transaction markers (Kafka's `ControlRecordType`).
+pub const CONTROL_ABORT: i16 = 0;
+pub const CONTROL_COMMIT: i16 = 1;
+
+/// A transaction marker: the end of a producer's transaction on one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxnMarker {
+    pub commit: bool,
+    /// The epoch of the coordinator that wrote it (a marker from an older coordinator is
+    /// refused: that coordinator was replaced).
+    pub coordinator_epoch: i32,
+}
+
+/// A transaction marker batch as Kafka writes it: one control record (key: version 0 and the
+/// control type; value: `EndTxnMarker`, version 0 and the coordinator epoch) in a batch flagged
+/// control and transactional, carrying the producer's id and epoch and no sequence.
+pub fn build_txn_marker(
+    timestamp: TimestampMs,
+    producer_id: i64,
+    producer_epoch: i16,
+    marker: TxnMarker,
+) -> Vec<u8> {
+    let control_type = if marker.commit {
+        CONTROL_COMMIT
+    } else {
+        CONTROL_ABORT
+    };
+    let mut value = [0u8; 6];
+    value[2..].copy_from_slice(&marker.coordinator_epoch.to_be_bytes());
+    let mut batch = build_control_batch(timestamp, control_type, &value);
+    let attributes = be_i16(&batch, OFF_ATTRIBUTES) | ATTRIBUTE_TRANSACTIONAL;
+    batch[OFF_ATTRIBUTES..OFF_ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
+    batch[OFF_PRODUCER_ID..OFF_PRODUCER_ID + 8].copy_from_slice(&producer_id.to_be_bytes());
+    batch[OFF_PRODUCER_EPOCH..OFF_PRODUCER_EPOCH + 2]
+        .copy_from_slice(&producer_epoch.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[CRC_START..]);
+    batch[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+    batch
+}
+
+/// The transaction marker a batch holds (`None`: not a marker of a transactional producer, or
+/// not shaped as one).
+pub fn txn_marker(batch: &[u8]) -> Option<TxnMarker> {
+    // `control_record` checks the length before the attributes are read.
+    let (control_type, value) = control_record(batch)?;
+    if be_i16(batch, OFF_ATTRIBUTES) & ATTRIBUTE_TRANSACTIONAL == 0 {
+        return None;
+    }
+    let commit = match control_type {
+        CONTROL_ABORT => false,
+        CONTROL_COMMIT => true,
+        _ => return None,
+    };
+    let coordinator_epoch = i32::from_be_bytes(value.get(2..6)?.try_into().ok()?);
+    Some(TxnMarker {
+        commit,
+        coordinator_epoch,
+    })
+}
+
 /// One record of a batch's (uncompressed) records section, as stored: `bytes` is the whole
 /// record including its length varint, so a kept record is copied as is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1026,6 +1090,28 @@ mod tests {
         assert_eq!(first_record_at_or_after(&b, &info, 1001), Some(Offset(101)));
         assert_eq!(first_record_at_or_after(&b, &info, 1005), Some(Offset(101)));
         assert_eq!(first_record_at_or_after(&b, &info, 1006), None);
+    }
+
+    #[test]
+    fn a_txn_marker_is_a_valid_transactional_control_batch_of_its_producer() {
+        let marker = TxnMarker {
+            commit: false,
+            coordinator_epoch: 7,
+        };
+        let batch = build_txn_marker(1_700_000_000_000, 42, 3, marker);
+        let info = validate_batch(&batch, 1 << 20).expect("a marker is a valid batch");
+        assert!(info.is_control() && info.is_transactional());
+        assert_eq!((info.producer_id, info.producer_epoch), (42, 3));
+        assert_eq!(info.base_sequence, -1);
+        assert_eq!(txn_marker(&batch), Some(marker));
+        let commit = TxnMarker {
+            commit: true,
+            coordinator_epoch: 0,
+        };
+        assert_eq!(txn_marker(&build_txn_marker(0, 1, 0, commit)), Some(commit));
+        // Raft's control batches and data batches are not markers.
+        assert_eq!(txn_marker(&build_control_batch(0, 2, b"")), None);
+        assert_eq!(txn_marker(&build_batch(0, &[(0, b"k", b"v")])), None);
     }
 
     #[test]

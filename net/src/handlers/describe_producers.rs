@@ -1,7 +1,8 @@
 //! DescribeProducers (key 61, KIP-664): each asked partition's active idempotent producers as
 //! its leader knows them (`kafka-transactions.sh describe-producers`, admin clients'
-//! `describe_producers`). Takes READ on the topic, as Kafka's does. Without transactions, every
-//! producer's coordinator epoch and open transaction's first offset are -1. See
+//! `describe_producers`). Takes READ on the topic, as Kafka's does. A producer's coordinator
+//! epoch is that of its last transaction marker on the partition, its open transaction's first
+//! offset that of its first batch in the transaction (-1 for none). See
 //! `sluice_core::producers::describe_producers`.
 
 use kafka_protocol::messages::describe_producers_response::{
@@ -62,8 +63,8 @@ pub async fn handle(request: DescribeProducersRequest, ctx: &Context) -> Describ
                                         .with_producer_epoch(i32::from(a.epoch))
                                         .with_last_sequence(a.last_sequence)
                                         .with_last_timestamp(a.last_timestamp)
-                                        .with_coordinator_epoch(-1)
-                                        .with_current_txn_start_offset(-1)
+                                        .with_coordinator_epoch(a.coordinator_epoch)
+                                        .with_current_txn_start_offset(a.txn_start_offset)
                                 })
                                 .collect(),
                         ),

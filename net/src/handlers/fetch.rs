@@ -4,14 +4,16 @@
 //!
 //! Fetch sessions (KIP-227, v7+; see `sluice_core::fetch_sessions`): a full fetch with epoch 0
 //! creates a session and answers its id; incremental fetches run on the session's home shard
-//! and answer only the partitions with news. Isolation levels read the same data (no
-//! transactions yet: the last stable offset is the high watermark).
+//! and answer only the partitions with news. read_committed fetches read up to the last stable
+//! offset and carry the aborted transactions of what they read (`sluice_core::fetch`).
 
 use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::fetch_request::FetchTopic;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, ProducerId, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use sluice_core::acls::Operation;
 use sluice_core::fetch::{self, FetchInput, FetchLimits, FetchOutput};
@@ -33,6 +35,9 @@ const TOPIC_IDS_FROM: i16 = 13;
 
 /// Fetch v7 has sessions (KIP-227); before, every fetch is full.
 const SESSIONS_FROM: i16 = 7;
+
+/// `isolation_level` of read_committed consumers (0 is read_uncommitted).
+const READ_COMMITTED: i8 = 1;
 
 /// Longest long poll honoured, whatever the client asks.
 const MAX_WAIT_LIMIT: Duration = Duration::from_secs(30);
@@ -93,6 +98,7 @@ async fn handle_allowed(request: FetchRequest, version: i16, ctx: &Context) -> F
             .min(MAX_WAIT_LIMIT),
         min_bytes: usize::try_from(request.min_bytes).unwrap_or(0),
         max_bytes: usize::try_from(request.max_bytes).unwrap_or(0),
+        read_committed: request.isolation_level == READ_COMMITTED,
     };
     let uses_topic_ids = version >= TOPIC_IDS_FROM;
     let (create, close) = match SessionRequest::of(request.session_id, request.session_epoch) {
@@ -268,8 +274,18 @@ fn responses(
             .with_partition_index(input.partition)
             .with_error_code(out.error.map_or(0, |e| e.code()))
             .with_high_watermark(out.high_watermark)
-            .with_last_stable_offset(out.high_watermark)
+            .with_last_stable_offset(out.last_stable_offset)
             .with_log_start_offset(out.log_start_offset)
+            .with_aborted_transactions(out.aborted_transactions.map(|aborted| {
+                aborted
+                    .into_iter()
+                    .map(|a| {
+                        AbortedTransaction::default()
+                            .with_producer_id(ProducerId(a.producer_id))
+                            .with_first_offset(a.first_offset)
+                    })
+                    .collect()
+            }))
             .with_records(Some(out.records));
         match (last, topics.last_mut()) {
             (Some(topic), Some(entry)) if *topic == input.topic => entry.partitions.push(data),

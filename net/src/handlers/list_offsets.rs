@@ -1,6 +1,7 @@
 //! ListOffsets (key 2): earliest (-2), latest (-1), the first offset at or after a timestamp,
 //! or the first record with the largest timestamp (-3, KIP-734, v7+); -4 (earliest local) is
-//! the earliest, -5 (latest tiered) has none (no tiered storage). The leader epoch (the
+//! the earliest, -5 (latest tiered) has none (no tiered storage). read_committed (v2+) answers
+//! the last stable offset for latest, and nothing past it by timestamp. The leader epoch (the
 //! partition's current one) is answered from v4 only (the field does not exist before).
 
 use kafka_protocol::messages::list_offsets_response::{
@@ -21,6 +22,9 @@ pub const RANGE: ApiRange = ApiRange {
     max_version: 10,
 };
 
+/// `isolation_level` of read_committed consumers (v2+; 0 is read_uncommitted).
+const READ_COMMITTED: i8 = 1;
+
 /// ListOffsets carries the leader epoch from v4 (KIP-320).
 const LEADER_EPOCH_FROM: i16 = 4;
 
@@ -39,6 +43,7 @@ pub async fn handle(
                 partition: p.partition_index,
                 timestamp: p.timestamp,
                 current_leader_epoch: p.current_leader_epoch,
+                read_committed: request.isolation_level == READ_COMMITTED,
             })
         })
         .collect();
