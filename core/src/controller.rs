@@ -633,10 +633,15 @@ async fn delete_on_controller(
             TopicRef::Id(id) => image.topic_by_id(*id),
         };
         results.push(match (found, &wanted) {
-            (Some(topic), _) if topic.name == crate::groups::OFFSETS_TOPIC => Err(error(
-                ResponseError::InvalidTopicException,
-                "the internal topic __consumer_offsets cannot be deleted",
-            )),
+            (Some(topic), _)
+                if topic.name == crate::groups::OFFSETS_TOPIC
+                    || topic.name == crate::transactions::TXN_STATE_TOPIC =>
+            {
+                Err(error(
+                    ResponseError::InvalidTopicException,
+                    format!("the internal topic {} cannot be deleted", topic.name),
+                ))
+            }
             (Some(topic), _) if cluster.is_some() => {
                 let replication = cluster.expect("checked");
                 let deleted = replication

@@ -23,6 +23,9 @@
 //! - [`log_dirs`] — the partitions stored here and their sizes (DescribeLogDirs).
 //! - [`groups`] — the classic consumer-group coordinator and committed offsets, on the shard
 //!   owning each group's `__consumer_offsets` partition.
+//! - [`transactions`] — the transaction coordinator (KIP-98), on the shard owning each
+//!   transactional id's `__transaction_state` partition; [`txn_log`] its records in Kafka's
+//!   binary schemas.
 //! - [`fetch_sessions`] — incremental fetch sessions (KIP-227), a bounded cache per shard.
 //! - [`turn`] — a first-come-first-served ticket lock (the partition append order).
 //! - [`produce`], [`fetch`], [`offsets`] — the data path: split a request by owning shard,
@@ -57,7 +60,9 @@ pub mod scram;
 pub mod session_views;
 pub mod shard;
 pub mod topics;
+pub mod transactions;
 pub mod turn;
+pub mod txn_log;
 
 use std::sync::Arc;
 

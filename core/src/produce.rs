@@ -182,10 +182,15 @@ pub async fn produce(
             ));
             continue;
         }
-        if topic.name == crate::groups::OFFSETS_TOPIC {
+        if topic.name == crate::groups::OFFSETS_TOPIC
+            || topic.name == crate::transactions::TXN_STATE_TOPIC
+        {
             outputs[index] = Some(ProduceOutput::failed(
                 ResponseError::InvalidTopicException,
-                "the internal topic __consumer_offsets is written by the group coordinator only",
+                format!(
+                    "the internal topic {} is written by its coordinator only",
+                    topic.name
+                ),
             ));
             continue;
         }
@@ -233,15 +238,6 @@ pub async fn produce(
                 continue;
             }
         };
-        if checked.info.is_transactional() {
-            // Until the transaction coordinator exists, no transaction could ever end: its
-            // records would hold every read_committed consumer back for good.
-            outputs[index] = Some(ProduceOutput::failed(
-                ResponseError::InvalidRecord,
-                "transactional batches are not supported yet",
-            ));
-            continue;
-        }
         if topic.is_compacted() {
             let keyless: Vec<i32> = match &checked.decompressed {
                 Some(records) => records

@@ -117,6 +117,8 @@ pub struct Shard {
     controller_lock: Semaphore,
     /// The consumer groups whose offsets partitions this shard owns.
     pub(crate) groups: crate::groups::Coordinator,
+    /// The transactional ids whose `__transaction_state` partitions this shard owns.
+    pub(crate) transactions: crate::transactions::TxnCoordinator,
     /// The controller's producer-id block: (next to hand out, end of the reserved block).
     pub(crate) producer_ids: std::cell::Cell<Option<(i64, i64)>>,
     /// Per source shard, the order in which its produce jobs take their places in this shard's
@@ -197,6 +199,7 @@ impl Shard {
             producer_ids: std::cell::Cell::new(None),
             placements: RefCell::default(),
             groups: crate::groups::Coordinator::default(),
+            transactions: crate::transactions::TxnCoordinator::default(),
             sync_group: settings_sync_group,
             write_budget: sluice_storage::WriteBudget::new(settings_write_buffer_bytes),
             replication,
@@ -249,7 +252,28 @@ impl Shard {
                 );
             }
         }
+        if let Some(state) = image
+            .topic(crate::transactions::TXN_STATE_TOPIC)
+            .filter(|_| single_node)
+        {
+            let mut loaded = 0;
+            for p in 0..state.partitions {
+                if shard.owner_of(&state.name, p) == shard.id {
+                    loaded += crate::transactions::replay(&shard, state, p)
+                        .await
+                        .map_err(|e| format!("replaying {} partition {p}: {e}", state.name))?;
+                }
+            }
+            if loaded > 0 {
+                info!(
+                    shard = shard.id,
+                    transactional_ids = loaded,
+                    "transactions restored"
+                );
+            }
+        }
         glommio::spawn_local(crate::groups::reaper(shard.clone())).detach();
+        glommio::spawn_local(crate::transactions::timeouts(shard.clone())).detach();
         glommio::spawn_local(shard.clone().park_idle_tails_loop()).detach();
         info!(shard = shard.id, partitions = opened, "shard ready");
         Ok(shard)

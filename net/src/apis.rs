@@ -36,6 +36,8 @@ pub const IMPLEMENTED: &[ApiRange] = &[
     handlers::delete_records::RANGE,
     handlers::init_producer_id::RANGE,
     handlers::offset_for_leader_epoch::RANGE,
+    handlers::txn::ADD_PARTITIONS_RANGE,
+    handlers::txn::END_RANGE,
     handlers::acls_api::DESCRIBE_RANGE,
     handlers::acls_api::CREATE_RANGE,
     handlers::acls_api::DELETE_RANGE,

@@ -37,6 +37,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures::channel::oneshot;
 use futures::future::Either;
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use kafka_protocol::messages::{AddPartitionsToTxnRequest, EndTxnRequest};
 use kafka_protocol::messages::{
     AddRaftVoterRequest, AlterConfigsRequest, AlterPartitionReassignmentsRequest,
     AlterUserScramCredentialsRequest, ApiKey, ApiVersionsRequest, CreateAclsRequest,
@@ -71,7 +72,7 @@ use crate::handlers::{
     heartbeat, init_producer_id, join_group, leave_group, list_config_resources, list_groups,
     list_offsets, metadata, offset_commit, offset_delete, offset_fetch, offset_for_leader_epoch,
     partition_reassignments, produce, push_telemetry, raft_voters, sasl, scram_credentials,
-    sync_group, unregister_broker, Context,
+    sync_group, txn, unregister_broker, Context,
 };
 use crate::quota_meter::{self, Kind};
 use crate::request_trace;
@@ -476,6 +477,28 @@ async fn dispatch(
             let mut response = response;
             response.throttle_time_ms = throttled(throttle).await;
             reply(throttle, api, version, correlation_id, &response).map(Some)
+        }
+        ApiKey::AddPartitionsToTxn => {
+            let request = decode::<AddPartitionsToTxnRequest>(&mut frame, api, version)?;
+            reply(
+                throttle,
+                api,
+                version,
+                correlation_id,
+                &txn::add_partitions(request, ctx).await,
+            )
+            .map(Some)
+        }
+        ApiKey::EndTxn => {
+            let request = decode::<EndTxnRequest>(&mut frame, api, version)?;
+            reply(
+                throttle,
+                api,
+                version,
+                correlation_id,
+                &txn::end(request, ctx).await,
+            )
+            .map(Some)
         }
         ApiKey::InitProducerId => {
             let request = decode::<InitProducerIdRequest>(&mut frame, api, version)?;
@@ -1123,6 +1146,8 @@ throttle_time!(
     kafka_protocol::messages::ProduceResponse,
     kafka_protocol::messages::FetchResponse,
     kafka_protocol::messages::InitProducerIdResponse,
+    kafka_protocol::messages::AddPartitionsToTxnResponse,
+    kafka_protocol::messages::EndTxnResponse,
     kafka_protocol::messages::OffsetForLeaderEpochResponse,
     kafka_protocol::messages::DescribeProducersResponse,
     kafka_protocol::messages::ListOffsetsResponse,

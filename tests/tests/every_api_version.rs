@@ -333,6 +333,7 @@ fn run_matrix(addr: std::net::SocketAddr, cluster: bool) {
     config_cases(&mut m);
     group_cases(&mut m);
     producer_id_cases(&mut m);
+    txn_cases(&mut m);
     describe_producers_cases(&mut m);
     cluster_cases(&mut m);
     sasl_cases(&mut m);
@@ -859,7 +860,7 @@ fn group_cases(m: &mut Matrix) {
                     .with_key(text("txn"))
             };
             let _: Option<FindCoordinatorResponse> =
-                m.call(ApiKey::FindCoordinator, v, "transaction (not served)", &txn);
+                m.call(ApiKey::FindCoordinator, v, "transaction", &txn);
         }
     }
 
@@ -1083,12 +1084,33 @@ fn producer_id_cases(m: &mut Matrix) {
         let _: Option<InitProducerIdResponse> =
             m.call(ApiKey::InitProducerId, v, "idempotent", &request);
         let txn = request.with_transactional_id(Some(TransactionalId(text("matrix-txn"))));
-        let _: Option<InitProducerIdResponse> = m.call(
-            ApiKey::InitProducerId,
-            v,
-            "transactional (not served)",
-            &txn,
-        );
+        let _: Option<InitProducerIdResponse> =
+            m.call(ApiKey::InitProducerId, v, "transactional", &txn);
+    }
+}
+
+fn txn_cases(m: &mut Matrix) {
+    use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+    for v in m.range(ApiKey::AddPartitionsToTxn) {
+        for (case, topic) in [("unknown producer", TOPIC), ("unknown topic", MISSING)] {
+            let request = AddPartitionsToTxnRequest::default()
+                .with_v3_and_below_transactional_id(TransactionalId(text("matrix-txn-none")))
+                .with_v3_and_below_producer_id(ProducerId(987_654))
+                .with_v3_and_below_producer_epoch(0)
+                .with_v3_and_below_topics(vec![AddPartitionsToTxnTopic::default()
+                    .with_name(name(topic))
+                    .with_partitions(vec![0, 1])]);
+            let _: Option<AddPartitionsToTxnResponse> =
+                m.call(ApiKey::AddPartitionsToTxn, v, case, &request);
+        }
+    }
+    for v in m.range(ApiKey::EndTxn) {
+        let request = EndTxnRequest::default()
+            .with_transactional_id(TransactionalId(text("matrix-txn-none")))
+            .with_producer_id(ProducerId(987_654))
+            .with_producer_epoch(0)
+            .with_committed(true);
+        let _: Option<EndTxnResponse> = m.call(ApiKey::EndTxn, v, "unknown producer", &request);
     }
 }
 

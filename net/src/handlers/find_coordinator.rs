@@ -1,8 +1,10 @@
 //! FindCoordinator (key 10): a single node coordinates every consumer group (inside, the shard
 //! owning the group's `__consumer_offsets` partition does); in cluster mode, the leader of that
 //! partition does, as this node's replica knows it (not a leader whose connections to this
-//! node just closed: COORDINATOR_NOT_AVAILABLE until the election). Transaction coordinators do not
-//! exist yet: key type 1 gets COORDINATOR_NOT_AVAILABLE. v4+ answers a batch of keys.
+//! node just closed: COORDINATOR_NOT_AVAILABLE until the election). A single node also
+//! coordinates every transactional id (key type 1; DESCRIBE on the transactional id); a cluster
+//! has no transaction coordinator yet and answers COORDINATOR_NOT_AVAILABLE. v4+ answers a
+//! batch of keys.
 
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{ApiKey, BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
@@ -12,7 +14,7 @@ use sluice_core::ResponseError;
 
 use crate::apis::ApiRange;
 use crate::handlers::Context;
-use sluice_core::acls::Operation;
+use sluice_core::acls::{Operation, ResourceType};
 
 pub const RANGE: ApiRange = ApiRange {
     key: ApiKey::FindCoordinator,
@@ -23,8 +25,12 @@ pub const RANGE: ApiRange = ApiRange {
 /// FindCoordinator v4 moved from one key to a batch.
 const BATCHED_FROM: i16 = 4;
 const KEY_TYPE_GROUP: i8 = 0;
-/// Why a key type other than a group gets no coordinator.
-const KEY_TYPE_MESSAGE: &str = "this broker coordinates consumer groups only (no transactions yet)";
+const KEY_TYPE_TRANSACTION: i8 = 1;
+/// Why a key type other than a group or transaction gets no coordinator.
+const KEY_TYPE_MESSAGE: &str = "this broker coordinates consumer groups and transactions only";
+/// Why a cluster node names no transaction coordinator.
+const NO_CLUSTER_TRANSACTIONS: &str =
+    "transactions are coordinated on a single node only (not yet in a cluster)";
 
 pub fn handle(
     request: FindCoordinatorRequest,
@@ -66,6 +72,27 @@ fn coordinator_of(
     key: &str,
 ) -> (i32, StrBytes, i32, Option<(ResponseError, &'static str)>) {
     let none = |error, message| (-1, StrBytes::default(), -1, Some((error, message)));
+    if key_type == KEY_TYPE_TRANSACTION {
+        if !ctx.allows(Operation::DESCRIBE, ResourceType::TransactionalId, key) {
+            return none(
+                ResponseError::TransactionalIdAuthorizationFailed,
+                "Authorization failed.",
+            );
+        }
+        if ctx.shard.image().cluster.is_some() {
+            return none(
+                ResponseError::CoordinatorNotAvailable,
+                NO_CLUSTER_TRANSACTIONS,
+            );
+        }
+        let (host, port) = ctx.broker.endpoint(&ctx.listener);
+        return (
+            ctx.broker.node_id,
+            StrBytes::from_string(host.to_string()),
+            i32::from(port),
+            None,
+        );
+    }
     if key_type != KEY_TYPE_GROUP {
         return none(ResponseError::CoordinatorNotAvailable, KEY_TYPE_MESSAGE);
     }

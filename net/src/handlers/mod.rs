@@ -54,6 +54,7 @@ pub mod raft_voters;
 pub mod sasl;
 pub mod scram_credentials;
 pub mod sync_group;
+pub mod txn;
 pub mod unregister_broker;
 
 /// What a handler can reach: this shard (and through it, every other) and who the broker is.

@@ -1,0 +1,732 @@
+//! The transaction coordinator (KIP-98), single node: transactional ids, their producer ids
+//! and epochs, and the two-phase end of a transaction.
+//!
+//! A transactional id lives on the shard that owns its partition of the internal topic
+//! `__transaction_state` (partition `crc32c(id) % partitions`; the topic is created on first
+//! use, with as many partitions as `__consumer_offsets`). That shard keeps each id's state in
+//! memory and, durably, as Kafka's records (`txn_log`) appended to that partition; at start-up
+//! it replays the partition (the last record of an id wins) and finishes every transaction a
+//! crash left between its prepare and complete records.
+//!
+//! The state machine is Kafka's (`TransactionMetadata`):
+//! - InitProducerId: a new id gets a fresh producer id at epoch 0; a known one the next epoch,
+//!   which fences the previous incarnation (its batches and requests at the old epoch are
+//!   refused). A transaction still open is aborted first, at the new epoch.
+//! - AddPartitionsToTxn: Empty/Complete* -> Ongoing (the clock of its timeout starts), or
+//!   more partitions for an Ongoing one.
+//! - EndTxn: Ongoing -> PrepareCommit/PrepareAbort (written), then a marker to every partition
+//!   of the transaction (each owning shard appends it, durably: `Partition::append_marker`),
+//!   then CompleteCommit/CompleteAbort (written). The client is answered once it is complete.
+//! - A transaction Ongoing longer than its timeout is aborted by the coordinator, at the next
+//!   epoch, so its producer is fenced, as Kafka does.
+//!
+//! Invariants: a transaction in a Prepare state always reaches its Complete state (markers are
+//! retried until written, also after a restart); while an id has an operation in flight
+//! (`busy`), other requests for it are answered CONCURRENT_TRANSACTIONS, which clients retry.
+//!
+//! Not here yet: TxnOffsetCommit and AddOffsetsToTxn (offsets committed in a transaction),
+//! KIP-890's transaction v2, cluster mode (where `__transaction_state` would be replicated and
+//! markers sent with WriteTxnMarkers): a cluster answers COORDINATOR_NOT_AVAILABLE.
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka_protocol::ResponseError;
+use sluice_storage::batch::{build_batch, validate_batch, TxnMarker};
+use tracing::{info, warn};
+
+use crate::controller::{self, NewTopic};
+use crate::shard::Shard;
+use crate::topics::Topic;
+use crate::txn_log::{self, TxnRecord, TxnStatus};
+
+/// The internal topic holding transaction state.
+pub const TXN_STATE_TOPIC: &str = "__transaction_state";
+
+/// Longest transaction timeout a producer may ask for (Kafka's `transaction.max.timeout.ms`).
+pub const TXN_TIMEOUT_MS_MAX: i32 = 900_000;
+
+/// How often each shard looks for transactions past their timeout.
+const TIMEOUT_CHECK_PERIOD: Duration = Duration::from_millis(500);
+
+/// Between two tries of a marker that could not be written.
+const MARKER_RETRY_DELAY: Duration = Duration::from_millis(200);
+
+/// Bytes read at a time when replaying a transaction state partition.
+const REPLAY_READ_BYTES: usize = 1 << 20;
+
+/// The `__transaction_state` partition of a transactional id.
+pub fn txn_partition(transactional_id: &str, partitions: i32) -> i32 {
+    (crc32c::crc32c(transactional_id.as_bytes()) % partitions.max(1) as u32) as i32
+}
+
+/// One transactional id as its coordinator holds it.
+#[derive(Debug, Clone)]
+struct TxnMeta {
+    record: TxnRecord,
+    /// An operation (a write, an end, an abort) is in flight for it.
+    busy: bool,
+}
+
+/// The transactional ids whose state partitions this shard owns.
+#[derive(Default)]
+pub struct TxnCoordinator {
+    txns: RefCell<HashMap<String, TxnMeta>>,
+}
+
+impl std::fmt::Debug for TxnCoordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TxnCoordinator")
+            .field("transactional_ids", &self.txns.borrow().len())
+            .finish()
+    }
+}
+
+/// A transaction as DescribeTransactions and ListTransactions show it.
+#[derive(Debug, Clone)]
+pub struct TxnDescription {
+    pub transactional_id: String,
+    pub record: TxnRecord,
+}
+
+fn now_ms() -> i64 {
+    sluice_storage::types::now_ms()
+}
+
+/// The `__transaction_state` topic, created (with as many partitions as `__consumer_offsets`)
+/// if it does not exist yet.
+async fn state_topic(shard: &Rc<Shard>) -> Result<Arc<Topic>, ResponseError> {
+    if shard.replication.is_some() {
+        return Err(ResponseError::CoordinatorNotAvailable);
+    }
+    if let Some(topic) = shard.image().topic(TXN_STATE_TOPIC) {
+        return Ok(topic.clone());
+    }
+    let partitions = shard
+        .image()
+        .topic(crate::groups::OFFSETS_TOPIC)
+        .map_or(1, |t| t.partitions);
+    let new = NewTopic {
+        partitions,
+        configs: vec![
+            ("cleanup.policy".to_string(), Some("compact".to_string())),
+            ("segment.bytes".to_string(), Some("104857600".to_string())),
+        ],
+        ..NewTopic::with_defaults(TXN_STATE_TOPIC)
+    };
+    // Two first users may race: whoever loses finds the topic the other created.
+    let created = controller::create_topics(shard, vec![new], false).await;
+    if let Some(Ok(topic)) = created.into_iter().next() {
+        info!(partitions, "created {TXN_STATE_TOPIC}");
+        return Ok(topic);
+    }
+    shard
+        .image()
+        .topic(TXN_STATE_TOPIC)
+        .cloned()
+        .ok_or(ResponseError::CoordinatorNotAvailable)
+}
+
+/// Runs `work` on the shard that coordinates `transactional_id`.
+async fn on_coordinator<R, F, Fut>(
+    shard: &Rc<Shard>,
+    transactional_id: &str,
+    work: F,
+) -> Result<R, ResponseError>
+where
+    R: Send + 'static,
+    F: FnOnce(Rc<Shard>, Arc<Topic>, i32) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = R> + 'static,
+{
+    let topic = state_topic(shard).await?;
+    let partition = txn_partition(transactional_id, topic.partitions);
+    let owner = shard.owner_of(TXN_STATE_TOPIC, partition);
+    shard
+        .invoke_on(
+            owner,
+            move |s| async move { work(s, topic, partition).await },
+        )
+        .await
+        .map_err(|_| ResponseError::CoordinatorNotAvailable)
+}
+
+/// Appends `record` for `transactional_id` to its state partition, durably.
+async fn persist(
+    shard: &Shard,
+    topic: &Topic,
+    partition: i32,
+    transactional_id: &str,
+    record: &TxnRecord,
+) -> Result<(), ResponseError> {
+    let p = shard
+        .partition(topic, partition)
+        .await
+        .map_err(|e| crate::partition::unavailable_code(&e))?;
+    let key = txn_log::encode_key(transactional_id);
+    let value = txn_log::encode_value(record);
+    let now = now_ms();
+    p.append(build_batch(now, &[(now, &key, &value)]).into(), true)
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            warn!(transactional_id, error = %e, "cannot write transaction state");
+            // Kafka's answer when the state could not be written: the client retries.
+            ResponseError::CoordinatorNotAvailable
+        })
+}
+
+/// Marks `transactional_id` busy, or answers why it cannot be worked on now.
+fn take(shard: &Shard, transactional_id: &str) -> Result<Option<TxnRecord>, ResponseError> {
+    let mut txns = shard.transactions.txns.borrow_mut();
+    match txns.get_mut(transactional_id) {
+        None => Ok(None),
+        Some(meta) if meta.busy => Err(ResponseError::ConcurrentTransactions),
+        Some(meta) => {
+            meta.busy = true;
+            Ok(Some(meta.record.clone()))
+        }
+    }
+}
+
+/// Ends an operation on `transactional_id`, keeping `record` (`None`: as it was).
+fn release(shard: &Shard, transactional_id: &str, record: Option<TxnRecord>) {
+    let mut txns = shard.transactions.txns.borrow_mut();
+    match (txns.get_mut(transactional_id), record) {
+        (Some(meta), Some(record)) => {
+            meta.record = record;
+            meta.busy = false;
+        }
+        (Some(meta), None) => meta.busy = false,
+        (None, Some(record)) => {
+            txns.insert(
+                transactional_id.to_string(),
+                TxnMeta {
+                    record,
+                    busy: false,
+                },
+            );
+        }
+        (None, None) => {}
+    }
+}
+
+/// Writes `record` and keeps it as the id's state, or keeps the old state on failure.
+async fn write_and_release(
+    shard: &Shard,
+    topic: &Topic,
+    partition: i32,
+    transactional_id: &str,
+    record: TxnRecord,
+) -> Result<TxnRecord, ResponseError> {
+    match persist(shard, topic, partition, transactional_id, &record).await {
+        Ok(()) => {
+            release(shard, transactional_id, Some(record.clone()));
+            Ok(record)
+        }
+        Err(code) => {
+            release(shard, transactional_id, None);
+            Err(code)
+        }
+    }
+}
+
+/// InitProducerId with a transactional id: (producer id, epoch) for the new incarnation.
+pub async fn init_producer_id(
+    shard: &Rc<Shard>,
+    transactional_id: String,
+    timeout_ms: i32,
+    current: Option<(i64, i16)>,
+) -> Result<(i64, i16), ResponseError> {
+    if !(1..=TXN_TIMEOUT_MS_MAX).contains(&timeout_ms) {
+        return Err(ResponseError::InvalidTransactionTimeout);
+    }
+    let id = transactional_id.clone();
+    on_coordinator(shard, &id, move |s, topic, partition| async move {
+        let id = transactional_id;
+        let existing = take(&s, &id)?;
+        let Some(mut record) = existing else {
+            // A new transactional id: a fresh producer id. Marked busy (as a placeholder with
+            // no partitions) while the id is allocated and the record written.
+            s.transactions.txns.borrow_mut().insert(
+                id.clone(),
+                TxnMeta {
+                    record: empty_record(-1, -1, timeout_ms),
+                    busy: true,
+                },
+            );
+            let allocated = controller::init_producer_id(&s, None).await;
+            let (producer_id, epoch) = match allocated {
+                Ok(pair) => pair,
+                Err(e) => {
+                    s.transactions.txns.borrow_mut().remove(&id);
+                    return Err(e.code);
+                }
+            };
+            let record = empty_record(producer_id, epoch, timeout_ms);
+            return match persist(&s, &topic, partition, &id, &record).await {
+                Ok(()) => {
+                    release(&s, &id, Some(record));
+                    Ok((producer_id, epoch))
+                }
+                Err(code) => {
+                    s.transactions.txns.borrow_mut().remove(&id);
+                    Err(code)
+                }
+            };
+        };
+        if let Some(current) = current {
+            if current != (record.producer_id, record.producer_epoch) {
+                release(&s, &id, None);
+                return Err(ResponseError::ProducerFenced);
+            }
+        }
+        match record.status {
+            TxnStatus::PrepareCommit | TxnStatus::PrepareAbort => {
+                // Being completed (after a restart): the client retries.
+                release(&s, &id, None);
+                return Err(ResponseError::ConcurrentTransactions);
+            }
+            TxnStatus::Ongoing => {
+                // The previous incarnation's transaction is aborted, at the next epoch.
+                if let Err(code) = bump_epoch(&s, &mut record).await {
+                    release(&s, &id, None);
+                    return Err(code);
+                }
+                record.status = TxnStatus::PrepareAbort;
+                record.last_update_ms = now_ms();
+                if let Err(code) = persist(&s, &topic, partition, &id, &record).await {
+                    release(&s, &id, None);
+                    return Err(code);
+                }
+                complete(&s, &topic, partition, &id, record.clone()).await;
+                record = s
+                    .transactions
+                    .txns
+                    .borrow()
+                    .get(&id)
+                    .map(|m| m.record.clone())
+                    .expect("a completed transaction is kept");
+                take(&s, &id)?;
+            }
+            _ => {}
+        }
+        if let Err(code) = bump_epoch(&s, &mut record).await {
+            release(&s, &id, None);
+            return Err(code);
+        }
+        let record = TxnRecord {
+            timeout_ms,
+            ..empty_record(record.producer_id, record.producer_epoch, timeout_ms)
+        };
+        let record = write_and_release(&s, &topic, partition, &id, record).await?;
+        Ok((record.producer_id, record.producer_epoch))
+    })
+    .await?
+}
+
+fn empty_record(producer_id: i64, producer_epoch: i16, timeout_ms: i32) -> TxnRecord {
+    TxnRecord {
+        producer_id,
+        producer_epoch,
+        timeout_ms,
+        status: TxnStatus::Empty,
+        partitions: BTreeSet::new(),
+        last_update_ms: now_ms(),
+        start_ms: -1,
+    }
+}
+
+/// The next epoch of `record`'s producer, or a fresh producer id once the epoch runs out.
+async fn bump_epoch(shard: &Rc<Shard>, record: &mut TxnRecord) -> Result<(), ResponseError> {
+    if record.producer_epoch < i16::MAX - 1 {
+        record.producer_epoch += 1;
+        return Ok(());
+    }
+    let (producer_id, epoch) = controller::init_producer_id(shard, None)
+        .await
+        .map_err(|e| e.code)?;
+    record.producer_id = producer_id;
+    record.producer_epoch = epoch;
+    Ok(())
+}
+
+/// The checks every request of a running producer passes: its id is known, its producer id
+/// is the id's, its epoch the current one.
+fn check_producer(
+    record: Option<&TxnRecord>,
+    producer_id: i64,
+    producer_epoch: i16,
+) -> Result<(), ResponseError> {
+    let Some(record) = record else {
+        return Err(ResponseError::InvalidProducerIdMapping);
+    };
+    if record.producer_id != producer_id {
+        return Err(ResponseError::InvalidProducerIdMapping);
+    }
+    if record.producer_epoch != producer_epoch {
+        return Err(ResponseError::ProducerFenced);
+    }
+    Ok(())
+}
+
+/// AddPartitionsToTxn: the partitions join the producer's transaction (which starts if none
+/// is open). Every partition gets the same answer; unknown partitions fail the request
+/// (UNKNOWN_TOPIC_OR_PARTITION for them, OPERATION_NOT_ATTEMPTED for the rest, as Kafka).
+pub async fn add_partitions(
+    shard: &Rc<Shard>,
+    transactional_id: String,
+    producer_id: i64,
+    producer_epoch: i16,
+    partitions: Vec<(String, i32)>,
+) -> Vec<((String, i32), Option<ResponseError>)> {
+    let image = shard.image();
+    let unknown: Vec<bool> = partitions
+        .iter()
+        .map(|(topic, p)| {
+            image
+                .topic(topic)
+                .is_none_or(|t| !(0..t.partitions).contains(p))
+        })
+        .collect();
+    if unknown.iter().any(|u| *u) {
+        return partitions
+            .into_iter()
+            .zip(unknown)
+            .map(|(tp, unknown)| {
+                let code = if unknown {
+                    ResponseError::UnknownTopicOrPartition
+                } else {
+                    ResponseError::OperationNotAttempted
+                };
+                (tp, Some(code))
+            })
+            .collect();
+    }
+    let id = transactional_id.clone();
+    let wanted = partitions.clone();
+    let outcome = on_coordinator(shard, &id, move |s, topic, partition| async move {
+        let id = transactional_id;
+        let record = take(&s, &id)?;
+        if let Err(code) = check_producer(record.as_ref(), producer_id, producer_epoch) {
+            release(&s, &id, None);
+            return Err(code);
+        }
+        let mut record = record.expect("checked");
+        match record.status {
+            TxnStatus::PrepareCommit | TxnStatus::PrepareAbort => {
+                release(&s, &id, None);
+                return Err(ResponseError::ConcurrentTransactions);
+            }
+            TxnStatus::Ongoing if wanted.iter().all(|tp| record.partitions.contains(tp)) => {
+                release(&s, &id, None);
+                return Ok(());
+            }
+            TxnStatus::Ongoing => {}
+            TxnStatus::Empty | TxnStatus::CompleteCommit | TxnStatus::CompleteAbort => {
+                record.partitions.clear();
+                record.start_ms = now_ms();
+                record.status = TxnStatus::Ongoing;
+            }
+        }
+        record.partitions.extend(wanted);
+        record.last_update_ms = now_ms();
+        write_and_release(&s, &topic, partition, &id, record)
+            .await
+            .map(|_| ())
+    })
+    .await
+    .and_then(|r| r);
+    let code = outcome.err();
+    partitions.into_iter().map(|tp| (tp, code)).collect()
+}
+
+/// EndTxn: commits or aborts the producer's open transaction; answered once every marker is
+/// written. A retry of an end that completed is answered as it was.
+pub async fn end_txn(
+    shard: &Rc<Shard>,
+    transactional_id: String,
+    producer_id: i64,
+    producer_epoch: i16,
+    commit: bool,
+) -> Result<(), ResponseError> {
+    let id = transactional_id.clone();
+    on_coordinator(shard, &id, move |s, topic, partition| async move {
+        let id = transactional_id;
+        let record = take(&s, &id)?;
+        if let Err(code) = check_producer(record.as_ref(), producer_id, producer_epoch) {
+            release(&s, &id, None);
+            return Err(code);
+        }
+        let mut record = record.expect("checked");
+        match (record.status, commit) {
+            (TxnStatus::Ongoing, _) => {}
+            (TxnStatus::CompleteCommit, true) | (TxnStatus::CompleteAbort, false) => {
+                release(&s, &id, None);
+                return Ok(());
+            }
+            (TxnStatus::PrepareCommit, true) | (TxnStatus::PrepareAbort, false) => {
+                release(&s, &id, None);
+                return Err(ResponseError::ConcurrentTransactions);
+            }
+            _ => {
+                release(&s, &id, None);
+                return Err(ResponseError::InvalidTxnState);
+            }
+        }
+        record.status = if commit {
+            TxnStatus::PrepareCommit
+        } else {
+            TxnStatus::PrepareAbort
+        };
+        record.last_update_ms = now_ms();
+        if let Err(code) = persist(&s, &topic, partition, &id, &record).await {
+            release(&s, &id, None);
+            return Err(code);
+        }
+        complete(&s, &topic, partition, &id, record).await;
+        Ok(())
+    })
+    .await?
+}
+
+/// Takes a prepared transaction (`record`, busy) to its end: a marker to each of its
+/// partitions, then the Complete record; releases the id. Retries until done.
+async fn complete(shard: &Rc<Shard>, topic: &Topic, partition: i32, id: &str, record: TxnRecord) {
+    let commit = record.status == TxnStatus::PrepareCommit;
+    let marker = TxnMarker {
+        commit,
+        // One node, one coordinator incarnation: coordinator epoch 0 (cluster mode would use
+        // the state partition's leader epoch).
+        coordinator_epoch: 0,
+    };
+    let writes = record.partitions.iter().map(|(name, p)| {
+        write_marker(
+            shard,
+            name.clone(),
+            *p,
+            record.producer_id,
+            record.producer_epoch,
+            marker,
+        )
+    });
+    futures::future::join_all(writes).await;
+    let done = TxnRecord {
+        status: if commit {
+            TxnStatus::CompleteCommit
+        } else {
+            TxnStatus::CompleteAbort
+        },
+        last_update_ms: now_ms(),
+        ..record
+    };
+    loop {
+        match persist(shard, topic, partition, id, &done).await {
+            Ok(()) => break,
+            Err(_) => glommio::timer::sleep(MARKER_RETRY_DELAY).await,
+        }
+    }
+    release(shard, id, Some(done));
+}
+
+/// How one try of a marker went.
+enum MarkerTry {
+    Written,
+    /// Nothing to write: the topic is gone, or the partition refuses the marker for good (it
+    /// has seen a newer epoch of the producer, whose own end supersedes this one).
+    Moot(String),
+    /// Try again (the disk refused, the shard is busy opening the log).
+    Failed(String),
+}
+
+/// Appends a marker to one partition of a transaction, on its owning shard, until it is
+/// written or moot.
+async fn write_marker(
+    shard: &Rc<Shard>,
+    topic: String,
+    partition: i32,
+    producer_id: i64,
+    producer_epoch: i16,
+    marker: TxnMarker,
+) {
+    let mut warned = false;
+    loop {
+        let Some(found) = shard.image().topic(&topic).cloned() else {
+            return;
+        };
+        let owner = shard.owner_of(&topic, partition);
+        let tried = shard
+            .invoke_on(owner, move |s| async move {
+                let p = match s.partition(&found, partition).await {
+                    Ok(p) => p,
+                    Err(sluice_storage::StorageError::Closed) => {
+                        return MarkerTry::Moot("the partition was deleted".into())
+                    }
+                    Err(e) => return MarkerTry::Failed(e.to_string()),
+                };
+                match p.append_marker(producer_id, producer_epoch, marker).await {
+                    Ok(_) => MarkerTry::Written,
+                    Err(crate::partition::AppendError::Refused(code, why)) => {
+                        MarkerTry::Moot(format!("{code:?}: {why}"))
+                    }
+                    Err(crate::partition::AppendError::Storage(
+                        sluice_storage::StorageError::Closed,
+                    )) => MarkerTry::Moot("the partition was deleted".into()),
+                    Err(crate::partition::AppendError::Storage(e)) => {
+                        MarkerTry::Failed(e.to_string())
+                    }
+                }
+            })
+            .await
+            .unwrap_or_else(|gone| MarkerTry::Moot(gone.to_string()));
+        match tried {
+            MarkerTry::Written => return,
+            MarkerTry::Moot(why) => {
+                warn!(topic = %topic, partition, producer_id, why = %why,
+                    "transaction marker not written");
+                return;
+            }
+            MarkerTry::Failed(why) if !warned => {
+                warn!(topic = %topic, partition, producer_id, error = %why,
+                    "cannot write a transaction marker; retrying");
+                warned = true;
+            }
+            MarkerTry::Failed(_) => {}
+        }
+        glommio::timer::sleep(MARKER_RETRY_DELAY).await;
+    }
+}
+
+/// Rebuilds the transactional ids of `partition` (a state partition this shard owns) from its
+/// log, then finishes the transactions a crash left prepared. Returns the ids loaded.
+pub async fn replay(
+    shard: &Rc<Shard>,
+    topic: &Arc<Topic>,
+    partition: i32,
+) -> sluice_storage::Result<usize> {
+    let p = shard.partition(topic, partition).await?;
+    let log = p.log();
+    let mut from = log.log_start_offset();
+    let end = log.log_end_offset();
+    let mut latest: HashMap<String, TxnRecord> = HashMap::new();
+    while from < end {
+        let read = log.read(from, REPLAY_READ_BYTES).await?;
+        let mut bytes = read.bytes.clone();
+        while !bytes.is_empty() {
+            let info = validate_batch(&bytes, usize::MAX).expect("the log returns valid batches");
+            let mut one = bytes.split_to(info.size_bytes);
+            if info.is_control() {
+                continue;
+            }
+            let Ok(set) = kafka_protocol::records::RecordBatchDecoder::decode(&mut one) else {
+                warn!(partition, "undecodable batch in {TXN_STATE_TOPIC}; skipped");
+                continue;
+            };
+            for record in set.records {
+                let Some(id) = record.key.as_deref().and_then(txn_log::decode_key) else {
+                    continue;
+                };
+                match record.value.as_deref().and_then(txn_log::decode_value) {
+                    Some(value) => {
+                        latest.insert(id, value);
+                    }
+                    None => {
+                        latest.remove(&id);
+                    }
+                }
+            }
+        }
+        from = read.next_offset;
+    }
+    let loaded = latest.len();
+    let mut prepared = Vec::new();
+    {
+        let mut txns = shard.transactions.txns.borrow_mut();
+        for (id, record) in latest {
+            let busy = matches!(
+                record.status,
+                TxnStatus::PrepareCommit | TxnStatus::PrepareAbort
+            );
+            if busy {
+                prepared.push((id.clone(), record.clone()));
+            }
+            txns.insert(id, TxnMeta { record, busy });
+        }
+    }
+    for (id, record) in prepared {
+        info!(transactional_id = %id, status = record.status.name(), "finishing a transaction a restart interrupted");
+        let (shard, topic) = (shard.clone(), topic.clone());
+        glommio::spawn_local(async move {
+            complete(&shard, &topic, partition, &id, record).await;
+        })
+        .detach();
+    }
+    Ok(loaded)
+}
+
+/// Aborts this shard's transactions that stayed open past their timeout, forever.
+pub async fn timeouts(shard: Rc<Shard>) {
+    loop {
+        glommio::timer::sleep(TIMEOUT_CHECK_PERIOD).await;
+        let now = now_ms();
+        let expired: Vec<String> = shard
+            .transactions
+            .txns
+            .borrow()
+            .iter()
+            .filter(|(_, m)| {
+                !m.busy
+                    && m.record.status == TxnStatus::Ongoing
+                    && now.saturating_sub(m.record.start_ms) > i64::from(m.record.timeout_ms)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            let Some(topic) = shard.image().topic(TXN_STATE_TOPIC).cloned() else {
+                break;
+            };
+            let partition = txn_partition(&id, topic.partitions);
+            let Ok(Some(mut record)) = take(&shard, &id) else {
+                continue;
+            };
+            if record.status != TxnStatus::Ongoing {
+                release(&shard, &id, None);
+                continue;
+            }
+            // At the next epoch: the producer that let it time out is fenced.
+            if bump_epoch(&shard, &mut record).await.is_err() {
+                release(&shard, &id, None);
+                continue;
+            }
+            record.status = TxnStatus::PrepareAbort;
+            record.last_update_ms = now_ms();
+            if persist(&shard, &topic, partition, &id, &record)
+                .await
+                .is_err()
+            {
+                release(&shard, &id, None);
+                continue;
+            }
+            info!(transactional_id = %id, producer_id = record.producer_id,
+                timeout_ms = record.timeout_ms, "aborting a transaction past its timeout");
+            complete(&shard, &topic, partition, &id, record).await;
+        }
+    }
+}
+
+/// Every transaction this shard coordinates.
+pub fn describe_all(shard: &Shard) -> Vec<TxnDescription> {
+    shard
+        .transactions
+        .txns
+        .borrow()
+        .iter()
+        .filter(|(_, m)| m.record.producer_id >= 0)
+        .map(|(id, m)| TxnDescription {
+            transactional_id: id.clone(),
+            record: m.record.clone(),
+        })
+        .collect()
+}

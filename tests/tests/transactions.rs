@@ -1,0 +1,369 @@
+//! Transactions (KIP-98) with librdkafka's transactional producer, unchanged, against a single
+//! node: read_committed consumers see committed transactions only, never an aborted record,
+//! and nothing past an open transaction; a second incarnation of a transactional id fences the
+//! first; a transaction left open past its timeout is aborted by the coordinator, also when the
+//! broker was SIGKILLed while it was open.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use sluice_tests::Broker;
+
+const PARTITIONS: i32 = 3;
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+fn create_topic(bootstrap: &str, name: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let topic = NewTopic::new(name, PARTITIONS, TopicReplication::Fixed(1));
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in futures::executor::block_on(admin.create_topics([&topic], &options))
+        .expect("CreateTopics answered")
+    {
+        result.unwrap_or_else(|(name, code)| panic!("creating {name}: {code:?}"));
+    }
+}
+
+fn transactional_producer(bootstrap: &str, id: &str, timeout_ms: u32) -> BaseProducer {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("transactional.id", id)
+        .set("transaction.timeout.ms", timeout_ms.to_string())
+        .set("message.timeout.ms", timeout_ms.to_string())
+        .set("linger.ms", "1")
+        .create()
+        .expect("transactional producer");
+    producer
+        .init_transactions(TIMEOUT)
+        .expect("init_transactions");
+    producer
+}
+
+/// Sends `count` records `{prefix}-{i}` spread over the partitions, and waits for their
+/// delivery (inside the producer's open transaction).
+fn send(producer: &BaseProducer, topic: &str, prefix: &str, count: usize) {
+    for i in 0..count {
+        let value = format!("{prefix}-{i}");
+        let key = format!("k{i}");
+        let partition = (i % PARTITIONS as usize) as i32;
+        producer
+            .send(
+                BaseRecord::to(topic)
+                    .key(&key)
+                    .payload(&value)
+                    .partition(partition),
+            )
+            .expect("queued");
+    }
+    producer.flush(TIMEOUT).expect("delivered");
+}
+
+fn consumer(bootstrap: &str, topic: &str, isolation: &str) -> BaseConsumer {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("txn-reader-{isolation}"))
+        .set("isolation.level", isolation)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).expect("assign");
+    consumer
+}
+
+/// Every value read within `window` (after the first `expected` arrive, a short look for
+/// more), in the order each partition gave them.
+fn read(consumer: &BaseConsumer, expected: usize, window: Duration) -> Vec<String> {
+    let mut values = Vec::new();
+    let deadline = Instant::now() + window;
+    let mut extra_until = None;
+    while Instant::now() < deadline && extra_until.is_none_or(|until| Instant::now() < until) {
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            let message = message.expect("a record, not an error");
+            values.push(String::from_utf8_lossy(message.payload().unwrap_or(b"")).into_owned());
+        }
+        if values.len() >= expected && extra_until.is_none() {
+            extra_until = Some(Instant::now() + Duration::from_secs(1));
+        }
+    }
+    values
+}
+
+fn with_prefix(values: &[String], prefix: &str) -> usize {
+    values
+        .iter()
+        .filter(|v| v.starts_with(&format!("{prefix}-")))
+        .count()
+}
+
+#[test]
+fn read_committed_consumers_see_committed_transactions_only_and_wait_for_open_ones() {
+    let broker = Broker::start(&[]);
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, "txn-out");
+    let producer = transactional_producer(&bootstrap, "txn-main", 60_000);
+
+    producer.begin_transaction().unwrap();
+    send(&producer, "txn-out", "first", 30);
+    producer.commit_transaction(TIMEOUT).expect("commit");
+
+    producer.begin_transaction().unwrap();
+    send(&producer, "txn-out", "aborted", 30);
+    producer.abort_transaction(TIMEOUT).expect("abort");
+
+    producer.begin_transaction().unwrap();
+    send(&producer, "txn-out", "second", 12);
+    producer.commit_transaction(TIMEOUT).expect("commit");
+
+    let committed = consumer(&bootstrap, "txn-out", "read_committed");
+    let values = read(&committed, 42, TIMEOUT);
+    assert_eq!(with_prefix(&values, "first"), 30, "{values:?}");
+    assert_eq!(with_prefix(&values, "second"), 12, "{values:?}");
+    assert_eq!(with_prefix(&values, "aborted"), 0, "{values:?}");
+    assert_eq!(values.len(), 42);
+    let uncommitted = consumer(&bootstrap, "txn-out", "read_uncommitted");
+    let all = read(&uncommitted, 72, TIMEOUT);
+    assert_eq!(all.len(), 72, "read_uncommitted reads aborted records too");
+
+    // An open transaction holds read_committed consumers back; its commit lets them on.
+    producer.begin_transaction().unwrap();
+    send(&producer, "txn-out", "open", 9);
+    let waiting = read(&committed, 1, Duration::from_secs(3));
+    assert!(
+        waiting.is_empty(),
+        "records of an open transaction: {waiting:?}"
+    );
+    producer.commit_transaction(TIMEOUT).expect("commit");
+    let after = read(&committed, 9, TIMEOUT);
+    assert_eq!(with_prefix(&after, "open"), 9, "{after:?}");
+    // Within a partition, committed records keep their order.
+    let mut per_partition: HashMap<usize, Vec<usize>> = HashMap::new();
+    for value in &values {
+        if let Some(n) = value.strip_prefix("first-") {
+            let n: usize = n.parse().unwrap();
+            per_partition
+                .entry(n % PARTITIONS as usize)
+                .or_default()
+                .push(n);
+        }
+    }
+    for (p, ns) in per_partition {
+        assert!(ns.windows(2).all(|w| w[0] < w[1]), "partition {p}: {ns:?}");
+    }
+    broker.stop();
+}
+
+#[test]
+fn a_new_incarnation_fences_the_old_and_an_abandoned_transaction_is_aborted_after_a_crash() {
+    let broker = Broker::start(&[]);
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, "txn-fence");
+
+    // Zombie fencing: the second init of the id fences the first producer.
+    let zombie = transactional_producer(&bootstrap, "txn-z", 60_000);
+    zombie.begin_transaction().unwrap();
+    send(&zombie, "txn-fence", "zombie", 3);
+    let successor = transactional_producer(&bootstrap, "txn-z", 60_000);
+    assert!(
+        zombie.commit_transaction(TIMEOUT).is_err(),
+        "the fenced producer cannot commit"
+    );
+    successor.begin_transaction().unwrap();
+    send(&successor, "txn-fence", "successor", 3);
+    successor.commit_transaction(TIMEOUT).expect("commit");
+    drop(zombie);
+
+    // A transaction left open (timeout 3 s) when the broker is killed.
+    let abandoned = transactional_producer(&bootstrap, "txn-abandoned", 3_000);
+    abandoned.begin_transaction().unwrap();
+    send(&abandoned, "txn-fence", "abandoned", 6);
+    drop(abandoned);
+    let data = broker.kill();
+    let broker = Broker::start_on(data, &[]);
+    let bootstrap = broker.bootstrap();
+
+    // Once the coordinator aborts it, later transactions become readable behind it.
+    let later = transactional_producer(&bootstrap, "txn-later", 60_000);
+    later.begin_transaction().unwrap();
+    send(&later, "txn-fence", "later", 6);
+    later.commit_transaction(TIMEOUT).expect("commit");
+    let committed = consumer(&bootstrap, "txn-fence", "read_committed");
+    let values = read(&committed, 9, TIMEOUT);
+    assert_eq!(with_prefix(&values, "successor"), 3, "{values:?}");
+    assert_eq!(with_prefix(&values, "later"), 6, "{values:?}");
+    assert_eq!(with_prefix(&values, "zombie"), 0, "{values:?}");
+    assert_eq!(with_prefix(&values, "abandoned"), 0, "{values:?}");
+    assert!(
+        broker
+            .log()
+            .contains("aborting a transaction past its timeout"),
+        "the coordinator aborted it"
+    );
+    broker.stop();
+}
+
+/// Hostile or stale input, on the wire, gets Kafka's error codes and changes nothing.
+#[test]
+fn stale_unknown_and_forged_transactional_requests_get_kafkas_errors() {
+    use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+    use kafka_protocol::ResponseError;
+    use sluice_tests::wire::{call, connect};
+
+    let broker = Broker::start(&[]);
+    create_topic(&broker.bootstrap(), "txn-wire");
+    let mut s = connect(broker.addr);
+    let txn_id = |s: &str| TransactionalId(StrBytes::from_string(s.to_string()));
+    let init = |s: &mut std::net::TcpStream, timeout_ms: i32| -> InitProducerIdResponse {
+        call(
+            s,
+            ApiKey::InitProducerId,
+            4,
+            &InitProducerIdRequest::default()
+                .with_transactional_id(Some(txn_id("wire")))
+                .with_transaction_timeout_ms(timeout_ms)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1),
+        )
+    };
+    let add = |s: &mut std::net::TcpStream, pid: i64, epoch: i16, topic: &str| {
+        let r: AddPartitionsToTxnResponse = call(
+            s,
+            ApiKey::AddPartitionsToTxn,
+            3,
+            &AddPartitionsToTxnRequest::default()
+                .with_v3_and_below_transactional_id(txn_id("wire"))
+                .with_v3_and_below_producer_id(ProducerId(pid))
+                .with_v3_and_below_producer_epoch(epoch)
+                .with_v3_and_below_topics(vec![AddPartitionsToTxnTopic::default()
+                    .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                    .with_partitions(vec![0])]),
+        );
+        r.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code
+    };
+    let end = |s: &mut std::net::TcpStream, id: &str, pid: i64, epoch: i16, commit: bool| {
+        let r: EndTxnResponse = call(
+            s,
+            ApiKey::EndTxn,
+            3,
+            &EndTxnRequest::default()
+                .with_transactional_id(txn_id(id))
+                .with_producer_id(ProducerId(pid))
+                .with_producer_epoch(epoch)
+                .with_committed(commit),
+        );
+        r.error_code
+    };
+
+    assert_eq!(
+        init(&mut s, 3_600_000).error_code,
+        ResponseError::InvalidTransactionTimeout.code(),
+        "a timeout above the maximum"
+    );
+    let first = init(&mut s, 60_000);
+    assert_eq!(first.error_code, 0);
+    let second = init(&mut s, 60_000);
+    assert_eq!(second.producer_id, first.producer_id);
+    assert_eq!(
+        second.producer_epoch,
+        first.producer_epoch + 1,
+        "the epoch moves on"
+    );
+    let (pid, epoch) = (second.producer_id.0, second.producer_epoch);
+
+    assert_eq!(
+        end(&mut s, "never-initialised", pid, epoch, true),
+        ResponseError::InvalidProducerIdMapping.code()
+    );
+    assert_eq!(
+        add(&mut s, pid, epoch - 1, "txn-wire"),
+        ResponseError::ProducerFenced.code(),
+        "a stale epoch"
+    );
+    assert_eq!(
+        add(&mut s, pid + 1, epoch, "txn-wire"),
+        ResponseError::InvalidProducerIdMapping.code()
+    );
+    assert_eq!(
+        add(&mut s, pid, epoch, "txn-wire-missing"),
+        ResponseError::UnknownTopicOrPartition.code()
+    );
+    assert_eq!(
+        end(&mut s, "wire", pid, epoch, true),
+        ResponseError::InvalidTxnState.code(),
+        "no transaction open"
+    );
+    assert_eq!(add(&mut s, pid, epoch, "txn-wire"), 0);
+    assert_eq!(end(&mut s, "wire", pid, epoch, false), 0);
+    assert_eq!(end(&mut s, "wire", pid, epoch, false), 0, "a retried end");
+    assert_eq!(
+        end(&mut s, "wire", pid, epoch, true),
+        ResponseError::InvalidTxnState.code(),
+        "the opposite end of a completed transaction"
+    );
+
+    // A marker forged by a client is refused.
+    let marker = sluice_storage::batch::build_txn_marker(
+        0,
+        pid,
+        epoch,
+        sluice_storage::batch::TxnMarker {
+            commit: true,
+            coordinator_epoch: 0,
+        },
+    );
+    let r: ProduceResponse = call(
+        &mut s,
+        ApiKey::Produce,
+        9,
+        &ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(10_000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("txn-wire")))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(bytes::Bytes::from(marker)))])]),
+    );
+    assert_eq!(
+        r.responses[0].partition_responses[0].error_code,
+        ResponseError::InvalidRecord.code()
+    );
+    // Clients cannot write the coordinator's topic.
+    let r: ProduceResponse = call(
+        &mut s,
+        ApiKey::Produce,
+        9,
+        &ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(10_000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("__transaction_state")))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(bytes::Bytes::from(
+                        sluice_storage::batch::build_batch(0, &[(0, b"k", b"v")]),
+                    )))])]),
+    );
+    assert_eq!(
+        r.responses[0].partition_responses[0].error_code,
+        ResponseError::InvalidTopicException.code()
+    );
+    broker.stop();
+}
