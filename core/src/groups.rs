@@ -429,7 +429,14 @@ pub struct Coordinator {
     loaded: RefCell<HashSet<i32>>,
     /// Offsets partitions being compacted (one compaction per partition at a time).
     compacting: RefCell<HashSet<i32>>,
+    /// Offsets committed in transactions not yet ended (TxnOffsetCommit), by offsets
+    /// partition and producer id, in commit order: they become the groups' committed offsets
+    /// when the transaction's commit marker lands in that partition, and go on abort.
+    pending_txn: RefCell<HashMap<(i32, i64), Vec<PendingOffset>>>,
 }
+
+/// An offset committed in a transaction: group, topic, partition, the offset.
+type PendingOffset = (String, String, i32, Committed);
 
 impl std::fmt::Debug for Coordinator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -1297,8 +1304,9 @@ async fn compact(shard: &Shard, topic: &Topic, partition: i32) -> sluice_storage
     }
     // With no live key left, everything before the current end is garbage.
     let start = start.unwrap_or_else(|| p.high_watermark());
-    // In cluster mode the copies must commit before the cut (which must be committed too).
-    let start = start.min(p.high_watermark());
+    // In cluster mode the copies must commit before the cut (which must be committed too);
+    // an open transaction's offsets (not in memory's committed offsets yet) are kept.
+    let start = start.min(p.high_watermark()).min(p.last_stable_offset());
     p.truncate_prefix(start)
         .await
         .map(|s| s.0)
@@ -1357,13 +1365,43 @@ pub async fn replay(shard: &Shard, topic: &Topic, partition: i32) -> sluice_stor
             let info = validate_batch(&bytes, usize::MAX).expect("the log returns valid batches");
             let mut one = bytes.split_to(info.size_bytes);
             if info.is_control() {
-                // Cluster mode: Raft's own entries.
+                // A transaction's marker ends its pending offsets; anything else is one of
+                // Raft's own entries (cluster mode).
+                if let Some(marker) = sluice_storage::batch::txn_marker(&one) {
+                    txn_offsets_ended(shard, partition, info.producer_id, marker.commit);
+                }
                 continue;
             }
             let Ok(set) = kafka_protocol::records::RecordBatchDecoder::decode(&mut one) else {
                 warn!(partition, "undecodable batch in the offsets topic; skipped");
                 continue;
             };
+            if info.is_transactional() {
+                // TxnOffsetCommit's records: pending until the transaction's marker.
+                for record in set.records {
+                    let decoded = record
+                        .key
+                        .as_deref()
+                        .map(|key| offsets_topic::decode(key, record.value.as_deref()));
+                    if let Some(Decoded::Current(OffsetsRecord::Offset {
+                        group,
+                        topic,
+                        partition: p,
+                        committed: Some(c),
+                    })) = decoded
+                    {
+                        shard
+                            .groups
+                            .pending_txn
+                            .borrow_mut()
+                            .entry((partition, info.producer_id))
+                            .or_default()
+                            .push((group, topic, p, c));
+                        applied += 1;
+                    }
+                }
+                continue;
+            }
             for record in set.records {
                 let Some(key) = record.key.as_deref() else {
                     unknown += 1;
@@ -1402,6 +1440,161 @@ pub async fn replay(shard: &Shard, topic: &Topic, partition: i32) -> sluice_stor
         );
     }
     Ok(applied)
+}
+
+/// A transaction of `producer_id` ended in offsets partition `partition` (its marker is in the
+/// log): on commit its pending offsets become the groups' committed offsets, in commit order;
+/// on abort they go.
+pub fn txn_offsets_ended(shard: &Shard, partition: i32, producer_id: i64, commit: bool) {
+    let Some(pending) = shard
+        .groups
+        .pending_txn
+        .borrow_mut()
+        .remove(&(partition, producer_id))
+    else {
+        return;
+    };
+    if !commit {
+        return;
+    }
+    for (group, topic, p, committed) in pending {
+        let cell = shard.groups.group_or_new(&group);
+        cell.borrow_mut().offsets.insert((topic, p), committed);
+    }
+}
+
+/// A TxnOffsetCommit request, as the group coordinator takes it.
+#[derive(Debug, Clone)]
+pub struct TxnOffsetCommit {
+    pub transactional_id: String,
+    pub group_id: String,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    /// -1 (with an empty member id): not a member's commit.
+    pub generation: i32,
+    pub member_id: String,
+    pub offsets: Vec<(String, i32, Committed)>,
+}
+
+/// TxnOffsetCommit (KIP-98): offsets committed as part of producer `producer_id`'s open
+/// transaction, written to the group's offsets partition as a transactional batch of that
+/// producer; they become the group's committed offsets when the transaction commits (its
+/// marker, `txn_offsets_ended`). The transaction coordinator must know the transaction and
+/// have the group's offsets partition in it (`transactions::verify`). A member's commit (`generation` >= 0, KIP-447) is checked as
+/// OffsetCommit's is; a commit without one is taken as a simple commit. Unknown partitions get
+/// UNKNOWN_TOPIC_OR_PARTITION.
+pub async fn txn_commit_offsets(
+    shard: &Rc<Shard>,
+    commit: TxnOffsetCommit,
+) -> Vec<Option<ResponseError>> {
+    let TxnOffsetCommit {
+        transactional_id,
+        group_id,
+        producer_id,
+        producer_epoch,
+        generation,
+        member_id,
+        offsets,
+    } = commit;
+    let image = shard.image();
+    let unknown: Vec<bool> = offsets
+        .iter()
+        .map(|(t, p, _)| {
+            image
+                .topic(t)
+                .is_none_or(|topic| !(0..topic.partitions).contains(p))
+        })
+        .collect();
+    if unknown.iter().any(|u| *u) {
+        return unknown
+            .into_iter()
+            .map(|u| {
+                Some(if u {
+                    ResponseError::UnknownTopicOrPartition
+                } else {
+                    ResponseError::OperationNotAttempted
+                })
+            })
+            .collect();
+    }
+    let count = offsets.len();
+    // The transaction must hold the group's offsets partition (AddOffsetsToTxn came first).
+    if let Some(topic) = image.topic(OFFSETS_TOPIC) {
+        let partition = offsets_partition(&group_id, topic.partitions);
+        let verified = crate::transactions::verify(
+            shard,
+            transactional_id,
+            producer_id,
+            producer_epoch,
+            OFFSETS_TOPIC.to_string(),
+            partition,
+        )
+        .await;
+        if let Err(code) = verified {
+            return vec![Some(code); count];
+        }
+    }
+    let answer = on_coordinator(shard, &group_id.clone(), move |s, topic| async move {
+        if generation >= 0 {
+            if let Some(cell) = s.groups.group(&group_id) {
+                let group = cell.borrow();
+                if group.member(&member_id).is_none() {
+                    return Err(ResponseError::UnknownMemberId);
+                }
+                if generation != group.generation {
+                    return Err(ResponseError::IllegalGeneration);
+                }
+            } else {
+                return Err(ResponseError::UnknownMemberId);
+            }
+        }
+        let partition = offsets_partition(&group_id, topic.partitions);
+        let records: Vec<(Bytes, Option<Bytes>)> = offsets
+            .iter()
+            .map(|(t, p, c)| (offset_key(&group_id, t, *p), Some(offset_value(c))))
+            .collect();
+        let batch =
+            transactional_batch(build_batch(now_ms(), &records), producer_id, producer_epoch);
+        let p = s
+            .partition(&topic, partition)
+            .await
+            .map_err(|_| ResponseError::CoordinatorNotAvailable)?;
+        p.append(batch, true).await.map_err(|e| match e {
+            crate::partition::AppendError::Refused(ResponseError::InvalidProducerEpoch, _) => {
+                ResponseError::ProducerFenced
+            }
+            e => {
+                warn!(group = %group_id, error = %e, "cannot persist transactional offsets");
+                ResponseError::CoordinatorNotAvailable
+            }
+        })?;
+        s.groups
+            .pending_txn
+            .borrow_mut()
+            .entry((partition, producer_id))
+            .or_default()
+            .extend(
+                offsets
+                    .into_iter()
+                    .map(|(t, p, c)| (group_id.clone(), t, p, c)),
+            );
+        Ok(())
+    })
+    .await
+    .and_then(|r| r);
+    match answer {
+        Ok(()) => vec![None; count],
+        Err(code) => vec![Some(code); count],
+    }
+}
+
+/// `batch` (built by `build_batch`) as producer `(producer_id, producer_epoch)`'s
+/// transactional batch without a sequence, as Kafka's coordinators write theirs.
+fn transactional_batch(mut batch: Bytes, producer_id: i64, producer_epoch: i16) -> Bytes {
+    let mut bytes = batch.to_vec();
+    sluice_storage::batch::set_transactional_producer(&mut bytes, producer_id, producer_epoch);
+    batch = bytes.into();
+    batch
 }
 
 /// Applies one stored record to the in-memory groups.

@@ -238,6 +238,13 @@ pub async fn produce(
                 continue;
             }
         };
+        if checked.info.producer_id >= 0 && checked.info.base_sequence < 0 {
+            outputs[index] = Some(ProduceOutput::failed(
+                ResponseError::InvalidRecord,
+                "a batch with a producer id must carry a sequence",
+            ));
+            continue;
+        }
         if topic.is_compacted() {
             let keyless: Vec<i32> = match &checked.decompressed {
                 Some(records) => records

@@ -52,6 +52,9 @@ pub const BATCHES_KEPT: usize = 5;
 /// (a bound on memory; Kafka expires producers after `producer.id.expiration.ms`).
 pub const PRODUCERS_MAX: usize = 10_000;
 
+/// The base sequence of a batch without one (Kafka's `RecordBatch.NO_SEQUENCE`).
+pub const NO_SEQUENCE: i32 = -1;
+
 /// Bytes appended between two snapshots.
 pub const SNAPSHOT_EVERY_BYTES: u64 = 64 << 20;
 
@@ -176,6 +179,9 @@ impl ProducerState {
         if batch.is_control() {
             return self.check_marker(batch, bytes);
         }
+        if batch.base_sequence == NO_SEQUENCE {
+            return self.check_unsequenced(batch);
+        }
         let out_of_order = |detail: String| {
             Verdict::Reject(
                 ResponseError::OutOfOrderSequenceNumber,
@@ -239,6 +245,22 @@ impl ProducerState {
                 "expected sequence {expected}, got {}",
                 batch.base_sequence
             ))
+        }
+    }
+
+    /// A batch without a sequence, which only coordinators write (TxnOffsetCommit's offsets in
+    /// `__consumer_offsets`; clients' are refused before they get here): refused from an older
+    /// epoch, else appended without sequence checks.
+    fn check_unsequenced(&self, batch: &BatchInfo) -> Verdict {
+        match self.producers.get(&batch.producer_id) {
+            Some(producer) if batch.producer_epoch < producer.epoch => Verdict::Reject(
+                ResponseError::InvalidProducerEpoch,
+                format!(
+                    "producer {} epoch {} is older than the current epoch {}",
+                    batch.producer_id, batch.producer_epoch, producer.epoch
+                ),
+            ),
+            _ => Verdict::Append,
         }
     }
 
@@ -319,6 +341,10 @@ impl ProducerState {
         if batch.is_transactional() && producer.txn_first_offset.is_none() {
             producer.txn_first_offset = Some(batch.base_offset.0);
             self.open.insert(batch.base_offset.0, batch.producer_id);
+        }
+        if batch.base_sequence == NO_SEQUENCE {
+            // Nothing to deduplicate against: a coordinator's batch.
+            return;
         }
         producer.last_timestamp = batch.max_timestamp;
         producer.batches.push_back(KeptBatch {

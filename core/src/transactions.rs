@@ -24,8 +24,11 @@
 //! retried until written, also after a restart); while an id has an operation in flight
 //! (`busy`), other requests for it are answered CONCURRENT_TRANSACTIONS, which clients retry.
 //!
-//! Not here yet: TxnOffsetCommit and AddOffsetsToTxn (offsets committed in a transaction),
-//! KIP-890's transaction v2, cluster mode (where `__transaction_state` would be replicated and
+//! Offsets committed in a transaction (AddOffsetsToTxn, then TxnOffsetCommit to the group
+//! coordinator, `groups::txn_commit_offsets`) take effect when the marker lands in the group's
+//! `__consumer_offsets` partition: `write_marker` tells the group coordinator there.
+//!
+//! Not here yet: KIP-890's transaction v2, cluster mode (where `__transaction_state` would be replicated and
 //! markers sent with WriteTxnMarkers): a cluster answers COORDINATOR_NOT_AVAILABLE.
 
 use std::cell::RefCell;
@@ -443,6 +446,61 @@ pub async fn add_partitions(
     partitions.into_iter().map(|tp| (tp, code)).collect()
 }
 
+/// AddOffsetsToTxn: the group's `__consumer_offsets` partition joins the producer's
+/// transaction, so its marker makes the offsets TxnOffsetCommit writes there take effect.
+pub async fn add_offsets(
+    shard: &Rc<Shard>,
+    transactional_id: String,
+    producer_id: i64,
+    producer_epoch: i16,
+    group: &str,
+) -> Result<(), ResponseError> {
+    let Some(offsets) = shard.image().topic(crate::groups::OFFSETS_TOPIC).cloned() else {
+        return Err(ResponseError::CoordinatorNotAvailable);
+    };
+    let partition = crate::groups::offsets_partition(group, offsets.partitions);
+    let answers = add_partitions(
+        shard,
+        transactional_id,
+        producer_id,
+        producer_epoch,
+        vec![(offsets.name.clone(), partition)],
+    )
+    .await;
+    answers
+        .into_iter()
+        .next()
+        .and_then(|(_, code)| code)
+        .map_or(Ok(()), Err)
+}
+
+/// Whether producer `(producer_id, producer_epoch)` of `transactional_id` has a transaction
+/// open that includes `(topic, partition)`: what a coordinator checks before it writes on the
+/// transaction's behalf (TxnOffsetCommit), so no stray producer opens a transaction there
+/// that no one would end. INVALID_TXN_STATE if not.
+pub async fn verify(
+    shard: &Rc<Shard>,
+    transactional_id: String,
+    producer_id: i64,
+    producer_epoch: i16,
+    topic: String,
+    partition: i32,
+) -> Result<(), ResponseError> {
+    let id = transactional_id.clone();
+    on_coordinator(shard, &id, move |s, _, _| async move {
+        let txns = s.transactions.txns.borrow();
+        let record = txns.get(&transactional_id).map(|m| &m.record);
+        check_producer(record, producer_id, producer_epoch)?;
+        let record = record.expect("checked");
+        if record.status == TxnStatus::Ongoing && record.partitions.contains(&(topic, partition)) {
+            Ok(())
+        } else {
+            Err(ResponseError::InvalidTxnState)
+        }
+    })
+    .await?
+}
+
 /// EndTxn: commits or aborts the producer's open transaction; answered once every marker is
 /// written. A retry of an end that completed is answered as it was.
 pub async fn end_txn(
@@ -567,7 +625,19 @@ async fn write_marker(
                     Err(e) => return MarkerTry::Failed(e.to_string()),
                 };
                 match p.append_marker(producer_id, producer_epoch, marker).await {
-                    Ok(_) => MarkerTry::Written,
+                    Ok(_) => {
+                        if found.name == crate::groups::OFFSETS_TOPIC {
+                            // This shard coordinates the partition's groups: the offsets the
+                            // transaction committed take effect (or go) now.
+                            crate::groups::txn_offsets_ended(
+                                &s,
+                                partition,
+                                producer_id,
+                                marker.commit,
+                            );
+                        }
+                        MarkerTry::Written
+                    }
                     Err(crate::partition::AppendError::Refused(code, why)) => {
                         MarkerTry::Moot(format!("{code:?}: {why}"))
                     }

@@ -37,7 +37,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures::channel::oneshot;
 use futures::future::Either;
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use kafka_protocol::messages::{AddPartitionsToTxnRequest, EndTxnRequest};
+use kafka_protocol::messages::{
+    AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, EndTxnRequest, TxnOffsetCommitRequest,
+};
 use kafka_protocol::messages::{
     AddRaftVoterRequest, AlterConfigsRequest, AlterPartitionReassignmentsRequest,
     AlterUserScramCredentialsRequest, ApiKey, ApiVersionsRequest, CreateAclsRequest,
@@ -486,6 +488,28 @@ async fn dispatch(
                 version,
                 correlation_id,
                 &txn::add_partitions(request, ctx).await,
+            )
+            .map(Some)
+        }
+        ApiKey::AddOffsetsToTxn => {
+            let request = decode::<AddOffsetsToTxnRequest>(&mut frame, api, version)?;
+            reply(
+                throttle,
+                api,
+                version,
+                correlation_id,
+                &txn::add_offsets(request, ctx).await,
+            )
+            .map(Some)
+        }
+        ApiKey::TxnOffsetCommit => {
+            let request = decode::<TxnOffsetCommitRequest>(&mut frame, api, version)?;
+            reply(
+                throttle,
+                api,
+                version,
+                correlation_id,
+                &txn::commit_offsets(request, ctx).await,
             )
             .map(Some)
         }
@@ -1148,6 +1172,8 @@ throttle_time!(
     kafka_protocol::messages::InitProducerIdResponse,
     kafka_protocol::messages::AddPartitionsToTxnResponse,
     kafka_protocol::messages::EndTxnResponse,
+    kafka_protocol::messages::AddOffsetsToTxnResponse,
+    kafka_protocol::messages::TxnOffsetCommitResponse,
     kafka_protocol::messages::OffsetForLeaderEpochResponse,
     kafka_protocol::messages::DescribeProducersResponse,
     kafka_protocol::messages::ListOffsetsResponse,

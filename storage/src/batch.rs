@@ -649,6 +649,20 @@ pub fn build_txn_marker(
     batch
 }
 
+/// Makes `batch` (a data batch) producer `(producer_id, producer_epoch)`'s transactional batch
+/// without a sequence (-1), as Kafka's coordinators write theirs (TxnOffsetCommit's offsets);
+/// its CRC is computed again.
+pub fn set_transactional_producer(batch: &mut [u8], producer_id: i64, producer_epoch: i16) {
+    let attributes = be_i16(batch, OFF_ATTRIBUTES) | ATTRIBUTE_TRANSACTIONAL;
+    batch[OFF_ATTRIBUTES..OFF_ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
+    batch[OFF_PRODUCER_ID..OFF_PRODUCER_ID + 8].copy_from_slice(&producer_id.to_be_bytes());
+    batch[OFF_PRODUCER_EPOCH..OFF_PRODUCER_EPOCH + 2]
+        .copy_from_slice(&producer_epoch.to_be_bytes());
+    batch[OFF_BASE_SEQUENCE..OFF_BASE_SEQUENCE + 4].copy_from_slice(&(-1i32).to_be_bytes());
+    let crc = crc32c::crc32c(&batch[CRC_START..]);
+    batch[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// The transaction marker a batch holds (`None`: not a marker of a transactional producer, or
 /// not shaped as one).
 pub fn txn_marker(batch: &[u8]) -> Option<TxnMarker> {

@@ -1104,6 +1104,36 @@ fn txn_cases(m: &mut Matrix) {
                 m.call(ApiKey::AddPartitionsToTxn, v, case, &request);
         }
     }
+    for v in m.range(ApiKey::AddOffsetsToTxn) {
+        let request = AddOffsetsToTxnRequest::default()
+            .with_transactional_id(TransactionalId(text("matrix-txn-none")))
+            .with_producer_id(ProducerId(987_654))
+            .with_producer_epoch(0)
+            .with_group_id(group("matrix-txn-group"));
+        let _: Option<AddOffsetsToTxnResponse> =
+            m.call(ApiKey::AddOffsetsToTxn, v, "unknown producer", &request);
+    }
+    for v in m.range(ApiKey::TxnOffsetCommit) {
+        use kafka_protocol::messages::txn_offset_commit_request::{
+            TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+        };
+        for (case, topic) in [("unknown producer", TOPIC), ("unknown topic", MISSING)] {
+            let request = TxnOffsetCommitRequest::default()
+                .with_transactional_id(TransactionalId(text("matrix-txn-none")))
+                .with_group_id(group("matrix-txn-group"))
+                .with_producer_id(ProducerId(987_654))
+                .with_producer_epoch(0)
+                .with_generation_id(-1)
+                .with_topics(vec![TxnOffsetCommitRequestTopic::default()
+                    .with_name(name(topic))
+                    .with_partitions(vec![TxnOffsetCommitRequestPartition::default()
+                        .with_partition_index(0)
+                        .with_committed_offset(1)
+                        .with_committed_leader_epoch(-1)])]);
+            let _: Option<TxnOffsetCommitResponse> =
+                m.call(ApiKey::TxnOffsetCommit, v, case, &request);
+        }
+    }
     for v in m.range(ApiKey::EndTxn) {
         let request = EndTxnRequest::default()
             .with_transactional_id(TransactionalId(text("matrix-txn-none")))

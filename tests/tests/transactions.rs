@@ -367,3 +367,154 @@ fn stale_unknown_and_forged_transactional_requests_get_kafkas_errors() {
     );
     broker.stop();
 }
+
+/// Records of `ctp-in` read, transformed and written to `ctp-out`, each batch in a transaction
+/// that also commits the input offsets (`send_offsets_to_transaction`), until `until` input
+/// records are done in all; with `crash`, one more transaction is left open (its output
+/// written, not committed) and the broker is SIGKILLed under it. Returns the inputs done.
+fn transform(broker: &Broker, until: usize) -> usize {
+    let bootstrap = broker.bootstrap();
+    let input: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", "ctp")
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        assignment
+            .add_partition_offset("ctp-in", p, Offset::Stored)
+            .unwrap();
+    }
+    input.assign(&assignment).expect("assign");
+    let producer = transactional_producer(&bootstrap, "ctp-txn", 60_000);
+    let mut done = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while done < until && Instant::now() < deadline {
+        let mut batch = Vec::new();
+        while batch.len() < 40 {
+            match input.poll(Duration::from_millis(200)) {
+                Some(message) => {
+                    let m = message.expect("a record");
+                    let value = String::from_utf8_lossy(m.payload().unwrap_or(b"")).into_owned();
+                    batch.push((m.partition(), m.offset(), value));
+                }
+                None => break,
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        producer.begin_transaction().unwrap();
+        let mut positions = TopicPartitionList::new();
+        for (partition, offset, value) in &batch {
+            let out = format!("out-{value}");
+            producer
+                .send(
+                    BaseRecord::to("ctp-out")
+                        .key("")
+                        .payload(&out)
+                        .partition(*partition),
+                )
+                .expect("queued");
+            positions
+                .add_partition_offset("ctp-in", *partition, Offset::Offset(offset + 1))
+                .unwrap();
+        }
+        producer
+            .send_offsets_to_transaction(
+                &positions,
+                &input.group_metadata().expect("group metadata"),
+                TIMEOUT,
+            )
+            .expect("send_offsets_to_transaction");
+        producer.commit_transaction(TIMEOUT).expect("commit");
+        done += batch.len();
+    }
+    done
+}
+
+/// The exactly-once loop: consume, transform, produce and commit the input offsets in
+/// one transaction, with the broker SIGKILLed while a transaction (output written, offsets
+/// sent) is open. The output read with read_committed holds every input exactly once.
+#[test]
+fn consume_transform_produce_is_exactly_once_across_a_sigkill() {
+    const RECORDS: usize = 600;
+    let broker = Broker::start(&[]);
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, "ctp-in");
+    create_topic(&bootstrap, "ctp-out");
+    let plain: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("acks", "all")
+        .create()
+        .expect("producer");
+    for i in 0..RECORDS {
+        let value = format!("in-{i}");
+        plain
+            .send(
+                BaseRecord::to("ctp-in")
+                    .key("")
+                    .payload(&value)
+                    .partition((i % PARTITIONS as usize) as i32),
+            )
+            .expect("queued");
+    }
+    plain.flush(TIMEOUT).expect("delivered");
+    drop(plain);
+
+    let first = transform(&broker, RECORDS / 2);
+    assert!(first >= RECORDS / 2, "only {first} transformed");
+    // A transaction left open by the crash: its output and offsets are written, not committed.
+    {
+        let producer = transactional_producer(&bootstrap, "ctp-txn", 60_000);
+        producer.begin_transaction().unwrap();
+        send(&producer, "ctp-out", "out-in-crashed", 12);
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", "ctp")
+            .create()
+            .expect("consumer");
+        let mut positions = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            positions
+                .add_partition_offset("ctp-in", p, Offset::Offset(RECORDS as i64))
+                .unwrap();
+        }
+        producer
+            .send_offsets_to_transaction(
+                &positions,
+                &consumer.group_metadata().expect("group metadata"),
+                TIMEOUT,
+            )
+            .expect("send_offsets_to_transaction");
+        let data = broker.kill();
+        let broker = Broker::start_on(data, &[]);
+        let second = transform(&broker, RECORDS - first);
+        assert_eq!(first + second, RECORDS, "every input transformed once");
+
+        let output = consumer_of(&broker.bootstrap(), "ctp-out");
+        let values = read(&output, RECORDS, TIMEOUT);
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for v in &values {
+            *seen.entry(v.as_str()).or_default() += 1;
+        }
+        for i in 0..RECORDS {
+            let expected = format!("out-in-{i}");
+            assert_eq!(
+                seen.get(expected.as_str()).copied(),
+                Some(1),
+                "{expected} in the output"
+            );
+        }
+        assert_eq!(values.len(), RECORDS, "nothing else: {values:?}");
+        broker.stop();
+    }
+}
+
+/// A read_committed reader of all of `topic` from the start, in a group of its own.
+fn consumer_of(bootstrap: &str, topic: &str) -> BaseConsumer {
+    consumer(bootstrap, topic, "read_committed")
+}

@@ -1,19 +1,26 @@
 //! The transactional producer's APIs, answered by the transaction coordinator
 //! (`sluice_core::transactions`): AddPartitionsToTxn (key 24, v0–3, the client's versions;
-//! v4+ carry the brokers' batched verification) and EndTxn (key 26, v0–3). Each takes WRITE on
-//! the transactional id, as Kafka's do (TRANSACTIONAL_ID_AUTHORIZATION_FAILED otherwise);
-//! AddPartitionsToTxn also WRITE on each topic (TOPIC_AUTHORIZATION_FAILED for those denied,
-//! OPERATION_NOT_ATTEMPTED for the rest).
+//! v4+ carry the brokers' batched verification), AddOffsetsToTxn (key 25, v0–3) and EndTxn
+//! (key 26, v0–3); and TxnOffsetCommit (key 28, v0–3), answered by the group coordinator
+//! (`sluice_core::groups::txn_commit_offsets`). Each takes WRITE on the transactional id, as
+//! Kafka's do (TRANSACTIONAL_ID_AUTHORIZATION_FAILED otherwise); AddPartitionsToTxn also WRITE
+//! on each topic (TOPIC_AUTHORIZATION_FAILED for those denied, OPERATION_NOT_ATTEMPTED for the
+//! rest), AddOffsetsToTxn and TxnOffsetCommit READ on the group (GROUP_AUTHORIZATION_FAILED).
 
 use kafka_protocol::messages::add_partitions_to_txn_response::{
     AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
 };
+use kafka_protocol::messages::txn_offset_commit_response::{
+    TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
+};
 use kafka_protocol::messages::{
-    AddPartitionsToTxnRequest, AddPartitionsToTxnResponse, ApiKey, EndTxnRequest, EndTxnResponse,
-    TopicName,
+    AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest,
+    AddPartitionsToTxnResponse, ApiKey, EndTxnRequest, EndTxnResponse, TopicName,
+    TxnOffsetCommitRequest, TxnOffsetCommitResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 use sluice_core::acls::{Operation, ResourceType};
+use sluice_core::groups::{self, Committed};
 use sluice_core::transactions;
 use sluice_core::ResponseError;
 
@@ -22,6 +29,18 @@ use crate::handlers::Context;
 
 pub const ADD_PARTITIONS_RANGE: ApiRange = ApiRange {
     key: ApiKey::AddPartitionsToTxn,
+    min_version: 0,
+    max_version: 3,
+};
+
+pub const ADD_OFFSETS_RANGE: ApiRange = ApiRange {
+    key: ApiKey::AddOffsetsToTxn,
+    min_version: 0,
+    max_version: 3,
+};
+
+pub const OFFSET_COMMIT_RANGE: ApiRange = ApiRange {
+    key: ApiKey::TxnOffsetCommit,
     min_version: 0,
     max_version: 3,
 };
@@ -115,4 +134,94 @@ pub async fn end(request: EndTxnRequest, ctx: &Context) -> EndTxnResponse {
         Err(ResponseError::TransactionalIdAuthorizationFailed)
     };
     EndTxnResponse::default().with_error_code(outcome.err().map_or(0, |c| c.code()))
+}
+
+pub async fn add_offsets(
+    request: AddOffsetsToTxnRequest,
+    ctx: &Context,
+) -> AddOffsetsToTxnResponse {
+    let id = request.transactional_id.0.to_string();
+    let group = request.group_id.0.to_string();
+    let outcome = if !ctx.allows(Operation::WRITE, ResourceType::TransactionalId, &id) {
+        Err(ResponseError::TransactionalIdAuthorizationFailed)
+    } else if !ctx.allows_group(Operation::READ, &group) {
+        Err(ResponseError::GroupAuthorizationFailed)
+    } else {
+        transactions::add_offsets(
+            &ctx.shard,
+            id,
+            request.producer_id.0,
+            request.producer_epoch,
+            &group,
+        )
+        .await
+    };
+    AddOffsetsToTxnResponse::default().with_error_code(outcome.err().map_or(0, |c| c.code()))
+}
+
+pub async fn commit_offsets(
+    request: TxnOffsetCommitRequest,
+    ctx: &Context,
+) -> TxnOffsetCommitResponse {
+    let id = request.transactional_id.0.to_string();
+    let group = request.group_id.0.to_string();
+    let now = sluice_storage::types::now_ms();
+    let offsets: Vec<(String, i32, Committed)> = request
+        .topics
+        .iter()
+        .flat_map(|t| {
+            let topic = t.name.0.to_string();
+            t.partitions.iter().map(move |p| {
+                (
+                    topic.clone(),
+                    p.partition_index,
+                    Committed {
+                        offset: p.committed_offset,
+                        leader_epoch: p.committed_leader_epoch,
+                        metadata: p
+                            .committed_metadata
+                            .as_ref()
+                            .map(|m| m.to_string())
+                            .unwrap_or_default(),
+                        commit_ms: now,
+                    },
+                )
+            })
+        })
+        .collect();
+    let keys: Vec<(String, i32)> = offsets.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
+    let codes = if !ctx.allows(Operation::WRITE, ResourceType::TransactionalId, &id) {
+        vec![Some(ResponseError::TransactionalIdAuthorizationFailed); keys.len()]
+    } else if !ctx.allows_group(Operation::READ, &group) {
+        vec![Some(ResponseError::GroupAuthorizationFailed); keys.len()]
+    } else {
+        groups::txn_commit_offsets(
+            &ctx.shard,
+            groups::TxnOffsetCommit {
+                transactional_id: id,
+                group_id: group,
+                producer_id: request.producer_id.0,
+                producer_epoch: request.producer_epoch,
+                generation: request.generation_id,
+                member_id: request.member_id.to_string(),
+                offsets,
+            },
+        )
+        .await
+    };
+    let mut topics: Vec<TxnOffsetCommitResponseTopic> = Vec::new();
+    for ((topic, partition), code) in keys.into_iter().zip(codes) {
+        let result = TxnOffsetCommitResponsePartition::default()
+            .with_partition_index(partition)
+            .with_error_code(code.map_or(0, |c| c.code()));
+        match topics.last_mut() {
+            Some(last) if last.name.0.as_str() == topic => last.partitions.push(result),
+            _ => topics.push(
+                TxnOffsetCommitResponseTopic::default()
+                    .with_name(TopicName(StrBytes::from_string(topic)))
+                    .with_partitions(vec![result]),
+            ),
+        }
+    }
+    TxnOffsetCommitResponse::default().with_topics(topics)
 }
