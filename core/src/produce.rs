@@ -238,6 +238,15 @@ pub async fn produce(
                 continue;
             }
         };
+        if checked.info.is_transactional() && shard.replication.is_some() {
+            // No transaction coordinator in a cluster yet: no transaction could ever end, and
+            // its records would hold every read_committed consumer back for good.
+            outputs[index] = Some(ProduceOutput::failed(
+                ResponseError::InvalidRecord,
+                "transactions are not supported in a cluster yet",
+            ));
+            continue;
+        }
         if checked.info.producer_id >= 0 && checked.info.base_sequence < 0 {
             outputs[index] = Some(ProduceOutput::failed(
                 ResponseError::InvalidRecord,

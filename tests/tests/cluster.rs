@@ -2005,6 +2005,43 @@ fn a_cluster_node_refuses_what_it_cannot_do_with_clear_errors() {
     assert!(message.contains("3 registered broker"), "{message}");
     assert_eq!(create(controller, "accepted", 3).0, 0);
 
+    // No transactions in a cluster yet: no coordinator is named, and a transactional batch is
+    // refused (no one could ever end its transaction).
+    {
+        use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+        use kafka_protocol::messages::{
+            FindCoordinatorRequest, FindCoordinatorResponse, ProduceRequest, ProduceResponse,
+        };
+        let found: FindCoordinatorResponse = call(
+            &mut connect(cluster.node(controller).kafka),
+            ApiKey::FindCoordinator,
+            3,
+            &FindCoordinatorRequest::default()
+                .with_key_type(1)
+                .with_key(StrBytes::from_static_str("txn")),
+        );
+        assert_eq!(found.error_code, 15, "COORDINATOR_NOT_AVAILABLE");
+        let mut batch = sluice_tests::wire::idempotent_batch(7, 0, 0, 1);
+        batch[22] |= 0x10; // transactional
+        let crc = crc32c::crc32c(&batch[21..]);
+        batch[17..21].copy_from_slice(&crc.to_be_bytes());
+        let produced: ProduceResponse = call(
+            &mut connect(cluster.node(controller).kafka),
+            ApiKey::Produce,
+            9,
+            &ProduceRequest::default()
+                .with_acks(-1)
+                .with_timeout_ms(10_000)
+                .with_topic_data(vec![TopicProduceData::default()
+                    .with_name(name("accepted"))
+                    .with_partition_data(vec![PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(batch.into()))])]),
+        );
+        let answer = &produced.responses[0].partition_responses[0];
+        assert_eq!(answer.error_code, 87, "INVALID_RECORD: {answer:?}");
+    }
+
     // A client quota set through a node that is not the controller (kafka-python and Java's
     // admin send AlterClientQuotas to any node) is forwarded, and every node then has it.
     {
