@@ -375,6 +375,21 @@ fn check_producer(
     Ok(())
 }
 
+/// Marks `transactional_id` busy once [`check_producer`] passes, or answers why not.
+fn take_checked(
+    shard: &Shard,
+    transactional_id: &str,
+    producer_id: i64,
+    producer_epoch: i16,
+) -> Result<TxnRecord, ResponseError> {
+    let record = take(shard, transactional_id)?;
+    if let Err(code) = check_producer(record.as_ref(), producer_id, producer_epoch) {
+        release(shard, transactional_id, None);
+        return Err(code);
+    }
+    Ok(record.expect("checked"))
+}
+
 /// AddPartitionsToTxn: the partitions join the producer's transaction (which starts if none
 /// is open). Every partition gets the same answer; unknown partitions fail the request
 /// (UNKNOWN_TOPIC_OR_PARTITION for them, OPERATION_NOT_ATTEMPTED for the rest, as Kafka).
@@ -412,12 +427,7 @@ pub async fn add_partitions(
     let wanted = partitions.clone();
     let outcome = on_coordinator(shard, &id, move |s, topic, partition| async move {
         let id = transactional_id;
-        let record = take(&s, &id)?;
-        if let Err(code) = check_producer(record.as_ref(), producer_id, producer_epoch) {
-            release(&s, &id, None);
-            return Err(code);
-        }
-        let mut record = record.expect("checked");
+        let mut record = take_checked(&s, &id, producer_id, producer_epoch)?;
         match record.status {
             TxnStatus::PrepareCommit | TxnStatus::PrepareAbort => {
                 release(&s, &id, None);
@@ -513,12 +523,7 @@ pub async fn end_txn(
     let id = transactional_id.clone();
     on_coordinator(shard, &id, move |s, topic, partition| async move {
         let id = transactional_id;
-        let record = take(&s, &id)?;
-        if let Err(code) = check_producer(record.as_ref(), producer_id, producer_epoch) {
-            release(&s, &id, None);
-            return Err(code);
-        }
-        let mut record = record.expect("checked");
+        let mut record = take_checked(&s, &id, producer_id, producer_epoch)?;
         match (record.status, commit) {
             (TxnStatus::Ongoing, _) => {}
             (TxnStatus::CompleteCommit, true) | (TxnStatus::CompleteAbort, false) => {

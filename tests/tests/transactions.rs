@@ -318,7 +318,23 @@ fn stale_unknown_and_forged_transactional_requests_get_kafkas_errors() {
         "the opposite end of a completed transaction"
     );
 
-    // A marker forged by a client is refused.
+    // A marker forged by a client is refused, and clients cannot write the coordinator's topic.
+    let produce = |s: &mut std::net::TcpStream, topic: &str, batch: Vec<u8>| -> i16 {
+        let r: ProduceResponse = call(
+            s,
+            ApiKey::Produce,
+            9,
+            &ProduceRequest::default()
+                .with_acks(-1)
+                .with_timeout_ms(10_000)
+                .with_topic_data(vec![TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                    .with_partition_data(vec![PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(bytes::Bytes::from(batch)))])]),
+        );
+        r.responses[0].partition_responses[0].error_code
+    };
     let marker = sluice_storage::batch::build_txn_marker(
         0,
         pid,
@@ -328,41 +344,13 @@ fn stale_unknown_and_forged_transactional_requests_get_kafkas_errors() {
             coordinator_epoch: 0,
         },
     );
-    let r: ProduceResponse = call(
-        &mut s,
-        ApiKey::Produce,
-        9,
-        &ProduceRequest::default()
-            .with_acks(-1)
-            .with_timeout_ms(10_000)
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_static_str("txn-wire")))
-                .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(0)
-                    .with_records(Some(bytes::Bytes::from(marker)))])]),
-    );
     assert_eq!(
-        r.responses[0].partition_responses[0].error_code,
+        produce(&mut s, "txn-wire", marker),
         ResponseError::InvalidRecord.code()
     );
-    // Clients cannot write the coordinator's topic.
-    let r: ProduceResponse = call(
-        &mut s,
-        ApiKey::Produce,
-        9,
-        &ProduceRequest::default()
-            .with_acks(-1)
-            .with_timeout_ms(10_000)
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_static_str("__transaction_state")))
-                .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(0)
-                    .with_records(Some(bytes::Bytes::from(
-                        sluice_storage::batch::build_batch(0, &[(0, b"k", b"v")]),
-                    )))])]),
-    );
+    let plain = sluice_storage::batch::build_batch(0, &[(0, b"k", b"v")]);
     assert_eq!(
-        r.responses[0].partition_responses[0].error_code,
+        produce(&mut s, "__transaction_state", plain),
         ResponseError::InvalidTopicException.code()
     );
     broker.stop();
