@@ -1480,9 +1480,9 @@ pub struct TxnOffsetCommit {
 /// transaction, written to the group's offsets partition as a transactional batch of that
 /// producer; they become the group's committed offsets when the transaction commits (its
 /// marker, `txn_offsets_ended`). The transaction coordinator must know the transaction and
-/// have the group's offsets partition in it (`transactions::verify`). A member's commit (`generation` >= 0, KIP-447) is checked as
-/// OffsetCommit's is; a commit without one is taken as a simple commit. Unknown partitions get
-/// UNKNOWN_TOPIC_OR_PARTITION.
+/// have the group's offsets partition in it (`transactions::verify`). A member's commit
+/// (`generation` >= 0, KIP-447) is checked as OffsetCommit's is; a commit without one is taken
+/// as a simple commit. Unknown partitions get UNKNOWN_TOPIC_OR_PARTITION.
 pub async fn txn_commit_offsets(
     shard: &Rc<Shard>,
     commit: TxnOffsetCommit,
