@@ -288,27 +288,12 @@ pub(crate) async fn read_one(shard: &Shard, target: &Target, read: bool) -> Fetc
         Err(e) => out.error = Some(crate::partition::unavailable_code(&e)),
     }
     if target.read_committed && !out.records.is_empty() {
-        let (_, read_to) = records_range(&out.records);
-        out.aborted_transactions = Some(partition.aborted_between(Offset(target.offset), read_to));
+        // The records end at or before the readable end: the aborted transactions up to it
+        // cover them (a few more than needed are harmless; clients match them by offset).
+        out.aborted_transactions =
+            Some(partition.aborted_between(Offset(target.offset), Offset(end)));
     }
     out
-}
-
-/// The offsets `records` (whole batches) cover: from the first batch's base offset to the
-/// offset after its last batch.
-fn records_range(records: &[u8]) -> (Offset, Offset) {
-    let mut first = None;
-    let mut next = Offset(0);
-    let mut at = 0usize;
-    while at < records.len() {
-        let Ok(header) = sluice_storage::batch::read_header(&records[at..], usize::MAX) else {
-            break;
-        };
-        first.get_or_insert(header.base_offset);
-        next = header.next_offset();
-        at += header.size_bytes;
-    }
-    (first.unwrap_or(next), next)
 }
 
 /// The whole batches of `records` that start below `end`.

@@ -201,14 +201,8 @@ impl ProducerState {
                 ))
             };
         };
-        if batch.producer_epoch < producer.epoch {
-            return Verdict::Reject(
-                ResponseError::InvalidProducerEpoch,
-                format!(
-                    "producer {} epoch {} is older than the current epoch {}",
-                    batch.producer_id, batch.producer_epoch, producer.epoch
-                ),
-            );
+        if let Some(refused) = older_epoch(batch, producer) {
+            return refused;
         }
         if producer.txn_first_offset.is_some() && !batch.is_transactional() {
             return Verdict::Reject(
@@ -252,16 +246,10 @@ impl ProducerState {
     /// `__consumer_offsets`; clients' are refused before they get here): refused from an older
     /// epoch, else appended without sequence checks.
     fn check_unsequenced(&self, batch: &BatchInfo) -> Verdict {
-        match self.producers.get(&batch.producer_id) {
-            Some(producer) if batch.producer_epoch < producer.epoch => Verdict::Reject(
-                ResponseError::InvalidProducerEpoch,
-                format!(
-                    "producer {} epoch {} is older than the current epoch {}",
-                    batch.producer_id, batch.producer_epoch, producer.epoch
-                ),
-            ),
-            _ => Verdict::Append,
-        }
+        self.producers
+            .get(&batch.producer_id)
+            .and_then(|producer| older_epoch(batch, producer))
+            .unwrap_or(Verdict::Append)
     }
 
     /// A transaction marker: refused from an older producer epoch (a fenced incarnation's
@@ -278,14 +266,8 @@ impl ProducerState {
         let Some(producer) = self.producers.get(&batch.producer_id) else {
             return Verdict::Append;
         };
-        if batch.producer_epoch < producer.epoch {
-            return Verdict::Reject(
-                ResponseError::InvalidProducerEpoch,
-                format!(
-                    "marker of producer {} at epoch {} is older than the current epoch {}",
-                    batch.producer_id, batch.producer_epoch, producer.epoch
-                ),
-            );
+        if let Some(refused) = older_epoch(batch, producer) {
+            return refused;
         }
         if marker.coordinator_epoch < producer.coordinator_epoch {
             return Verdict::Reject(
@@ -475,6 +457,20 @@ impl ProducerState {
         })
         .expect("producer state always serializes")
     }
+}
+
+/// INVALID_PRODUCER_EPOCH for a batch (data, marker, or a coordinator's) from an epoch older
+/// than the producer's current one: a fenced incarnation.
+fn older_epoch(batch: &BatchInfo, producer: &Producer) -> Option<Verdict> {
+    (batch.producer_epoch < producer.epoch).then(|| {
+        Verdict::Reject(
+            ResponseError::InvalidProducerEpoch,
+            format!(
+                "producer {} epoch {} is older than the current epoch {}",
+                batch.producer_id, batch.producer_epoch, producer.epoch
+            ),
+        )
+    })
 }
 
 /// One partition DescribeProducers asks about.

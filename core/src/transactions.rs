@@ -88,13 +88,6 @@ impl std::fmt::Debug for TxnCoordinator {
     }
 }
 
-/// A transaction as DescribeTransactions and ListTransactions show it.
-#[derive(Debug, Clone)]
-pub struct TxnDescription {
-    pub transactional_id: String,
-    pub record: TxnRecord,
-}
-
 fn now_ms() -> i64 {
     sluice_storage::types::now_ms()
 }
@@ -789,19 +782,4 @@ pub async fn timeouts(shard: Rc<Shard>) {
             complete(&shard, &topic, partition, &id, record).await;
         }
     }
-}
-
-/// Every transaction this shard coordinates.
-pub fn describe_all(shard: &Shard) -> Vec<TxnDescription> {
-    shard
-        .transactions
-        .txns
-        .borrow()
-        .iter()
-        .filter(|(_, m)| m.record.producer_id >= 0)
-        .map(|(id, m)| TxnDescription {
-            transactional_id: id.clone(),
-            record: m.record.clone(),
-        })
-        .collect()
 }
