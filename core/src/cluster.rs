@@ -606,12 +606,22 @@ impl ReplicaLink {
     }
 }
 
+/// How long a controller command waits for a controller leader to be elected.
+const LEADERLESS_WAIT: Duration = Duration::from_secs(5);
+/// How often a command waiting for a controller leader is tried again.
+const LEADERLESS_RETRY_EVERY: Duration = Duration::from_millis(100);
+
 /// Why a controller command was not applied.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ControlError {
-    /// This node does not lead the controller group; `leader` does (-1: unknown).
+    /// This node does not lead the controller group; `leader` does (-1: unknown). Nothing
+    /// was proposed.
     #[error("this node is not the controller (the controller is node {leader})")]
     NotController { leader: i32 },
+    /// This node proposed the command and then lost the controller's leadership before it
+    /// committed: the command may or may not take effect.
+    #[error("this node lost the controller's leadership (now node {leader}) before the change committed")]
+    LostLeadership { leader: i32 },
     #[error(transparent)]
     Refused(#[from] Refused),
     /// Forwarded to the controller leader, and not committed in time.
@@ -900,12 +910,29 @@ impl ShardReplication {
 
     /// Runs a controller command (on shard 0): proposed if this node leads the controller
     /// group, answered with its outcome once committed.
+    ///
+    /// While no controller leader is known (an election in progress, e.g. just after the
+    /// cluster formed) nothing was proposed, so the command is tried again for up to
+    /// `LEADERLESS_WAIT` before NOT_CONTROLLER is answered: librdkafka does not retry a
+    /// CreateTopics that got NOT_CONTROLLER, and an election takes about a second.
     pub async fn control(&self, command: MetadataCommand) -> Result<(), ControlError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Control { command, reply });
-        answer
-            .await
-            .unwrap_or_else(|_| Err(ControlError::Failed("the node is stopping".into())))
+        let deadline = Instant::now() + LEADERLESS_WAIT;
+        loop {
+            let (reply, answer) = oneshot::channel();
+            self.send(Command::Control {
+                command: command.clone(),
+                reply,
+            });
+            let outcome = answer
+                .await
+                .unwrap_or_else(|_| Err(ControlError::Failed("the node is stopping".into())));
+            match outcome {
+                Err(ControlError::NotController { leader: -1 }) if Instant::now() < deadline => {
+                    glommio::timer::sleep(LEADERLESS_RETRY_EVERY).await;
+                }
+                outcome => return outcome,
+            }
+        }
     }
 
     /// A new block of producer ids for this node, reserved through the controller (shard 0).
@@ -2305,7 +2332,7 @@ impl Driver {
         }
         if group.replica().role() != Role::Leader && !controller.waiters.is_empty() {
             for (_, reply) in std::mem::take(&mut controller.waiters) {
-                let _ = reply.send(Err(ControlError::NotController { leader }));
+                let _ = reply.send(Err(ControlError::LostLeadership { leader }));
             }
         }
         let image = controller.state.image();

@@ -340,7 +340,9 @@ fn new_partitions_in_cluster(
 /// A controller command's failure as the Kafka error clients expect.
 fn control_error(e: ControlError) -> ApiError {
     let code = match &e {
-        ControlError::NotController { .. } => ResponseError::NotController,
+        ControlError::NotController { .. } | ControlError::LostLeadership { .. } => {
+            ResponseError::NotController
+        }
         ControlError::Refused(Refused::TopicExists(_) | Refused::TopicIdExists(_)) => {
             ResponseError::TopicAlreadyExists
         }
