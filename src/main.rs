@@ -4,7 +4,7 @@
 //!
 //! - `sluice serve`: the single-node broker, one shard per core (`sluice-net` over
 //!   `sluice-core` over `sluice-storage`; see `docs/ARCHITECTURE.md`).
-//! - `sluice topic|produce|consume|group|user|acl`: Kafka tools that talk the protocol to any broker (`cli`).
+//! - `sluice topic|produce|consume|group|user|acl|txn`: Kafka tools that talk the protocol to any broker (`cli`).
 //! - `sluice bench` and `sluice chaos`: load runs and fault runs against real nodes (`bench`
 //!   feature: librdkafka inside).
 //! - `sluice log verify <dir>`: opens a partition log directory the way the broker will
@@ -64,6 +64,9 @@ enum Command {
     /// Adds, lists and removes ACLs (the broker decides with them when `authorizer = acls`).
     #[command(subcommand)]
     Acl(cli::AclCommand),
+    /// Lists and describes transactions and producers; finds and aborts hanging transactions.
+    #[command(subcommand)]
+    Txn(cli::TxnCommand),
     /// A local cluster, and what a cluster's nodes report.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -160,6 +163,7 @@ fn main() -> ExitCode {
         Command::Group(command) => tool("group", cli::group(command)),
         Command::User(command) => tool("user", cli::user(command)),
         Command::Acl(command) => tool("acl", cli::acl(command)),
+        Command::Txn(command) => tool("txn", cli::txn(command)),
         #[cfg(feature = "bench")]
         Command::Bench(args) => tool("bench", sluice_bench_harness::main(args)),
         #[cfg(feature = "bench")]

@@ -548,6 +548,69 @@ pub async fn end_txn(
     .await?
 }
 
+/// DescribeTransactions: each id's state as its coordinator holds it, in the order asked;
+/// TRANSACTIONAL_ID_NOT_FOUND for an id it does not know (nothing is created to answer).
+pub async fn describe(
+    shard: &Rc<Shard>,
+    transactional_ids: Vec<String>,
+) -> Vec<Result<TxnRecord, ResponseError>> {
+    if shard.replication.is_some() {
+        return transactional_ids
+            .iter()
+            .map(|_| Err(ResponseError::CoordinatorNotAvailable))
+            .collect();
+    }
+    let Some(topic) = shard.image().topic(TXN_STATE_TOPIC).cloned() else {
+        return transactional_ids
+            .iter()
+            .map(|_| Err(ResponseError::TransactionalIdNotFound))
+            .collect();
+    };
+    let lookups = transactional_ids.into_iter().map(|id| {
+        let owner = shard.owner_of(TXN_STATE_TOPIC, txn_partition(&id, topic.partitions));
+        async move {
+            shard
+                .invoke_on(owner, move |s| async move { known(&s, &id) })
+                .await
+                .map_err(|_| ResponseError::CoordinatorNotAvailable)?
+                .ok_or(ResponseError::TransactionalIdNotFound)
+        }
+    });
+    futures::future::join_all(lookups).await
+}
+
+/// ListTransactions: every transactional id every shard coordinates, with its state.
+pub async fn list(shard: &Rc<Shard>) -> Result<Vec<(String, TxnRecord)>, ResponseError> {
+    if shard.replication.is_some() {
+        return Err(ResponseError::CoordinatorNotAvailable);
+    }
+    let mut all = Vec::new();
+    for on_shard in shard
+        .invoke_on_all(|s| async move {
+            let txns = s.transactions.txns.borrow();
+            txns.keys()
+                .filter_map(|id| known(&s, id).map(|record| (id.clone(), record)))
+                .collect::<Vec<_>>()
+        })
+        .await
+    {
+        all.extend(on_shard.map_err(|_| ResponseError::CoordinatorNotAvailable)?);
+    }
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(all)
+}
+
+/// The state of `transactional_id` on this shard, unless unknown or still being created.
+fn known(shard: &Shard, transactional_id: &str) -> Option<TxnRecord> {
+    shard
+        .transactions
+        .txns
+        .borrow()
+        .get(transactional_id)
+        .map(|m| m.record.clone())
+        .filter(|record| record.producer_id >= 0)
+}
+
 /// Takes a prepared transaction (`record`, busy) to its end: a marker to each of its
 /// partitions, then the Complete record; releases the id. Retries until done.
 async fn complete(shard: &Rc<Shard>, topic: &Topic, partition: i32, id: &str, record: TxnRecord) {
@@ -590,11 +653,110 @@ async fn complete(shard: &Rc<Shard>, topic: &Topic, partition: i32, id: &str, re
 /// How one try of a marker went.
 enum MarkerTry {
     Written,
-    /// Nothing to write: the topic is gone, or the partition refuses the marker for good (it
-    /// has seen a newer epoch of the producer, whose own end supersedes this one).
-    Moot(String),
+    /// Nothing to write: the topic or partition is gone (deleted).
+    Gone,
+    /// The partition refuses the marker for good (it has seen a newer epoch of the producer,
+    /// whose own end supersedes this one; or a newer coordinator epoch).
+    Refused(ResponseError, String),
     /// Try again (the disk refused, the shard is busy opening the log).
     Failed(String),
+}
+
+/// One try of a marker on one partition, on its owning shard. After a marker on a
+/// `__consumer_offsets` partition, the group coordinator there applies (or drops) the offsets
+/// the transaction committed.
+async fn try_marker(
+    shard: &Rc<Shard>,
+    topic: &str,
+    partition: i32,
+    producer_id: i64,
+    producer_epoch: i16,
+    marker: TxnMarker,
+) -> MarkerTry {
+    let Some(found) = shard.image().topic(topic).cloned() else {
+        return MarkerTry::Gone;
+    };
+    if !(0..found.partitions).contains(&partition) {
+        return MarkerTry::Gone;
+    }
+    let owner = shard.owner_of(topic, partition);
+    shard
+        .invoke_on(owner, move |s| async move {
+            let p = match s.partition(&found, partition).await {
+                Ok(p) => p,
+                Err(sluice_storage::StorageError::Closed) => return MarkerTry::Gone,
+                Err(e) => return MarkerTry::Failed(e.to_string()),
+            };
+            match p.append_marker(producer_id, producer_epoch, marker).await {
+                Ok(_) => {
+                    if found.name == crate::groups::OFFSETS_TOPIC {
+                        crate::groups::txn_offsets_ended(&s, partition, producer_id, marker.commit);
+                    }
+                    MarkerTry::Written
+                }
+                Err(crate::partition::AppendError::Refused(code, why)) => {
+                    MarkerTry::Refused(code, why)
+                }
+                Err(crate::partition::AppendError::Storage(
+                    sluice_storage::StorageError::Closed,
+                )) => MarkerTry::Gone,
+                Err(crate::partition::AppendError::Storage(e)) => MarkerTry::Failed(e.to_string()),
+            }
+        })
+        .await
+        .unwrap_or_else(|gone| MarkerTry::Failed(gone.to_string()))
+}
+
+/// WriteTxnMarkers (one marker, many partitions): what a coordinator sends the partitions'
+/// leader, and what `kafka-transactions.sh abort` (Kafka's `Admin.abortTransaction`) sends to
+/// end a hanging transaction no coordinator knows of. One try per partition; its outcome as
+/// Kafka's error code (`None`: written). A single node only: a cluster has no replicated path
+/// for markers yet, so it answers INVALID_REQUEST.
+pub async fn write_markers(
+    shard: &Rc<Shard>,
+    producer_id: i64,
+    producer_epoch: i16,
+    marker: TxnMarker,
+    partitions: Vec<(String, i32)>,
+) -> Vec<((String, i32), Option<ResponseError>)> {
+    if shard.replication.is_some() {
+        return partitions
+            .into_iter()
+            .map(|tp| (tp, Some(ResponseError::InvalidRequest)))
+            .collect();
+    }
+    let tries = partitions.iter().map(|(topic, partition)| {
+        try_marker(
+            shard,
+            topic,
+            *partition,
+            producer_id,
+            producer_epoch,
+            marker,
+        )
+    });
+    let outcomes = futures::future::join_all(tries).await;
+    partitions
+        .into_iter()
+        .zip(outcomes)
+        .map(|((topic, partition), outcome)| {
+            let code = match outcome {
+                MarkerTry::Written => None,
+                MarkerTry::Gone => Some(ResponseError::UnknownTopicOrPartition),
+                MarkerTry::Refused(code, why) => {
+                    info!(topic = %topic, partition, producer_id, why = %why,
+                        "WriteTxnMarkers refused");
+                    Some(code)
+                }
+                MarkerTry::Failed(why) => {
+                    warn!(topic = %topic, partition, producer_id, error = %why,
+                        "WriteTxnMarkers could not write");
+                    Some(ResponseError::KafkaStorageError)
+                }
+            };
+            ((topic, partition), code)
+        })
+        .collect()
 }
 
 /// Appends a marker to one partition of a transaction, on its owning shard, until it is
@@ -609,50 +771,24 @@ async fn write_marker(
 ) {
     let mut warned = false;
     loop {
-        let Some(found) = shard.image().topic(&topic).cloned() else {
-            return;
-        };
-        let owner = shard.owner_of(&topic, partition);
-        let tried = shard
-            .invoke_on(owner, move |s| async move {
-                let p = match s.partition(&found, partition).await {
-                    Ok(p) => p,
-                    Err(sluice_storage::StorageError::Closed) => {
-                        return MarkerTry::Moot("the partition was deleted".into())
-                    }
-                    Err(e) => return MarkerTry::Failed(e.to_string()),
-                };
-                match p.append_marker(producer_id, producer_epoch, marker).await {
-                    Ok(_) => {
-                        if found.name == crate::groups::OFFSETS_TOPIC {
-                            // This shard coordinates the partition's groups: the offsets the
-                            // transaction committed take effect (or go) now.
-                            crate::groups::txn_offsets_ended(
-                                &s,
-                                partition,
-                                producer_id,
-                                marker.commit,
-                            );
-                        }
-                        MarkerTry::Written
-                    }
-                    Err(crate::partition::AppendError::Refused(code, why)) => {
-                        MarkerTry::Moot(format!("{code:?}: {why}"))
-                    }
-                    Err(crate::partition::AppendError::Storage(
-                        sluice_storage::StorageError::Closed,
-                    )) => MarkerTry::Moot("the partition was deleted".into()),
-                    Err(crate::partition::AppendError::Storage(e)) => {
-                        MarkerTry::Failed(e.to_string())
-                    }
-                }
-            })
-            .await
-            .unwrap_or_else(|gone| MarkerTry::Moot(gone.to_string()));
+        let tried = try_marker(
+            shard,
+            &topic,
+            partition,
+            producer_id,
+            producer_epoch,
+            marker,
+        )
+        .await;
         match tried {
             MarkerTry::Written => return,
-            MarkerTry::Moot(why) => {
-                warn!(topic = %topic, partition, producer_id, why = %why,
+            MarkerTry::Gone => {
+                warn!(topic = %topic, partition, producer_id,
+                    "transaction marker not written: the partition was deleted");
+                return;
+            }
+            MarkerTry::Refused(code, why) => {
+                warn!(topic = %topic, partition, producer_id, code = ?code, why = %why,
                     "transaction marker not written");
                 return;
             }

@@ -38,7 +38,8 @@ use futures::channel::oneshot;
 use futures::future::Either;
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use kafka_protocol::messages::{
-    AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, EndTxnRequest, TxnOffsetCommitRequest,
+    AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, DescribeTransactionsRequest, EndTxnRequest,
+    ListTransactionsRequest, TxnOffsetCommitRequest, WriteTxnMarkersRequest,
 };
 use kafka_protocol::messages::{
     AddRaftVoterRequest, AlterConfigsRequest, AlterPartitionReassignmentsRequest,
@@ -74,7 +75,7 @@ use crate::handlers::{
     heartbeat, init_producer_id, join_group, leave_group, list_config_resources, list_groups,
     list_offsets, metadata, offset_commit, offset_delete, offset_fetch, offset_for_leader_epoch,
     partition_reassignments, produce, push_telemetry, raft_voters, sasl, scram_credentials,
-    sync_group, txn, unregister_broker, Context,
+    sync_group, txn, txn_tooling, unregister_broker, Context,
 };
 use crate::quota_meter::{self, Kind};
 use crate::request_trace;
@@ -521,6 +522,39 @@ async fn dispatch(
                 version,
                 correlation_id,
                 &txn::end(request, ctx).await,
+            )
+            .map(Some)
+        }
+        ApiKey::WriteTxnMarkers => {
+            let request = decode::<WriteTxnMarkersRequest>(&mut frame, api, version)?;
+            reply(
+                throttle,
+                api,
+                version,
+                correlation_id,
+                &txn_tooling::write_markers(request, ctx).await,
+            )
+            .map(Some)
+        }
+        ApiKey::DescribeTransactions => {
+            let request = decode::<DescribeTransactionsRequest>(&mut frame, api, version)?;
+            reply(
+                throttle,
+                api,
+                version,
+                correlation_id,
+                &txn_tooling::describe(request, ctx).await,
+            )
+            .map(Some)
+        }
+        ApiKey::ListTransactions => {
+            let request = decode::<ListTransactionsRequest>(&mut frame, api, version)?;
+            reply(
+                throttle,
+                api,
+                version,
+                correlation_id,
+                &txn_tooling::list(request, ctx).await,
             )
             .map(Some)
         }
@@ -1176,6 +1210,8 @@ throttle_time!(
     kafka_protocol::messages::TxnOffsetCommitResponse,
     kafka_protocol::messages::OffsetForLeaderEpochResponse,
     kafka_protocol::messages::DescribeProducersResponse,
+    kafka_protocol::messages::DescribeTransactionsResponse,
+    kafka_protocol::messages::ListTransactionsResponse,
     kafka_protocol::messages::ListOffsetsResponse,
     kafka_protocol::messages::FindCoordinatorResponse,
     kafka_protocol::messages::JoinGroupResponse,
@@ -1210,7 +1246,7 @@ throttle_time!(
     kafka_protocol::messages::RemoveRaftVoterResponse,
 );
 
-/// The SASL and DescribeQuorum responses have no `throttle_time_ms`.
+/// The SASL, DescribeQuorum and WriteTxnMarkers responses have no `throttle_time_ms`.
 macro_rules! no_throttle_time {
     ($($response:ty),* $(,)?) => {$(
         impl ThrottleTime for $response {
@@ -1226,6 +1262,7 @@ no_throttle_time!(
     SaslHandshakeResponse,
     SaslAuthenticateResponse,
     kafka_protocol::messages::DescribeQuorumResponse,
+    kafka_protocol::messages::WriteTxnMarkersResponse,
 );
 
 /// Encodes `[length][response header][body]`.

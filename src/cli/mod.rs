@@ -7,6 +7,7 @@
 //! - `acls` — `sluice acl`: ACLs.
 //! - `decommission` — `sluice cluster decommission|rebalance|unregister`: moving replicas.
 //! - `voters` — `sluice cluster add-voter|remove-voter`: the controller's voters (KIP-853).
+//! - `txn` — `sluice txn`: transactions, producers and hanging transactions (KIP-664).
 //! - this module — the commands and their arguments (clap derive; `src/main.rs` nests them).
 
 use std::collections::HashMap;
@@ -40,6 +41,7 @@ use kafka_protocol::records::{
 mod acls;
 mod client;
 mod decommission;
+mod txn;
 mod users;
 mod voters;
 
@@ -47,6 +49,7 @@ pub use acls::{acl, AclCommand};
 pub use decommission::{
     decommission, rebalance, unregister, DecommissionArgs, RebalanceArgs, UnregisterArgs,
 };
+pub use txn::{txn, TxnCommand};
 pub use users::{user, UserCommand};
 pub use voters::{add_voter, remove_voter, VoterArgs};
 

@@ -390,6 +390,42 @@ fn who_may_change_acls_and_what_a_broker_without_an_authorizer_says() {
         &kafka_protocol::messages::RemoveRaftVoterRequest::default().with_voter_id(0),
     );
     assert_eq!(remove_voter.error_code, 31, "{remove_voter:?}");
+    // Nor write transaction markers (CLUSTER_ACTION), nor describe a transactional id or see
+    // it listed (DESCRIBE on it).
+    let markers: kafka_protocol::messages::WriteTxnMarkersResponse = wire::call(
+        &mut s,
+        ApiKey::WriteTxnMarkers,
+        1,
+        &kafka_protocol::messages::WriteTxnMarkersRequest::default().with_markers(vec![
+            kafka_protocol::messages::write_txn_markers_request::WritableTxnMarker::default()
+                .with_producer_id(kafka_protocol::messages::ProducerId(1))
+                .with_topics(vec![
+                    kafka_protocol::messages::write_txn_markers_request::WritableTxnMarkerTopic::default()
+                        .with_name(kafka_protocol::messages::TopicName(
+                            StrBytes::from_static_str("hidden"),
+                        ))
+                        .with_partition_indexes(vec![0]),
+                ]),
+        ]),
+    );
+    assert_eq!(
+        markers.markers[0].topics[0].partitions[0].error_code, 31,
+        "CLUSTER_AUTHORIZATION_FAILED: {markers:?}"
+    );
+    let described: kafka_protocol::messages::DescribeTransactionsResponse = wire::call(
+        &mut s,
+        ApiKey::DescribeTransactions,
+        0,
+        &kafka_protocol::messages::DescribeTransactionsRequest::default().with_transactional_ids(
+            vec![kafka_protocol::messages::TransactionalId(
+                StrBytes::from_static_str("someone-elses"),
+            )],
+        ),
+    );
+    assert_eq!(
+        described.transaction_states[0].error_code, 53,
+        "TRANSACTIONAL_ID_AUTHORIZATION_FAILED: {described:?}"
+    );
     // A bad binding: refused with INVALID_REQUEST, nothing stored.
     let mut admin = wire::connect(broker.addr);
     let bad: CreateAclsResponse =

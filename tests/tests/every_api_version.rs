@@ -1142,6 +1142,47 @@ fn txn_cases(m: &mut Matrix) {
             .with_committed(true);
         let _: Option<EndTxnResponse> = m.call(ApiKey::EndTxn, v, "unknown producer", &request);
     }
+    for v in m.range(ApiKey::WriteTxnMarkers) {
+        use kafka_protocol::messages::write_txn_markers_request::{
+            WritableTxnMarker, WritableTxnMarkerTopic,
+        };
+        let request =
+            WriteTxnMarkersRequest::default().with_markers(vec![WritableTxnMarker::default()
+                .with_producer_id(ProducerId(987_654))
+                .with_producer_epoch(0)
+                .with_transaction_result(false)
+                .with_coordinator_epoch(0)
+                .with_topics(vec![
+                    WritableTxnMarkerTopic::default()
+                        .with_name(name(TOPIC))
+                        .with_partition_indexes(vec![0]),
+                    WritableTxnMarkerTopic::default()
+                        .with_name(name(MISSING))
+                        .with_partition_indexes(vec![0]),
+                ])]);
+        let _: Option<WriteTxnMarkersResponse> =
+            m.call(ApiKey::WriteTxnMarkers, v, "known and unknown", &request);
+    }
+    for v in m.range(ApiKey::DescribeTransactions) {
+        let request = DescribeTransactionsRequest::default().with_transactional_ids(vec![
+            TransactionalId(text("matrix-txn")),
+            TransactionalId(text("matrix-txn-none")),
+        ]);
+        let _: Option<DescribeTransactionsResponse> = m.call(
+            ApiKey::DescribeTransactions,
+            v,
+            "known and unknown",
+            &request,
+        );
+    }
+    for v in m.range(ApiKey::ListTransactions) {
+        let request = ListTransactionsRequest::default()
+            .with_state_filters(vec![text("Ongoing"), text("NoSuchState")])
+            .with_duration_filter(if v >= 1 { 0 } else { -1 })
+            .with_transactional_id_pattern((v >= 2).then(|| text("matrix-.*")));
+        let _: Option<ListTransactionsResponse> =
+            m.call(ApiKey::ListTransactions, v, "filtered", &request);
+    }
 }
 
 fn describe_producers_cases(m: &mut Matrix) {

@@ -506,3 +506,270 @@ fn consume_transform_produce_is_exactly_once_across_a_sigkill() {
 fn consumer_of(bootstrap: &str, topic: &str) -> BaseConsumer {
     consumer(bootstrap, topic, "read_committed")
 }
+
+/// `sluice txn` as an operator runs it; its stdout, or a panic with its stderr.
+fn sluice_txn(broker: &Broker, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(sluice_tests::sluice_binary())
+        .arg("txn")
+        .args(args)
+        .args(["--bootstrap", &broker.bootstrap()])
+        .output()
+        .expect("run sluice txn")
+}
+
+fn sluice_txn_json(broker: &Broker, args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.extend(["--output", "json"]);
+    let out = sluice_txn(broker, &all);
+    assert!(
+        out.status.success(),
+        "sluice txn {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+#[test]
+fn hanging_transactions_are_listed_found_and_aborted_with_sluice_txn() {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+    use sluice_tests::wire::{call, connect};
+
+    let broker = Broker::start(&[]);
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, "txn-tools");
+
+    // A running transaction: librdkafka's, open on partition 0.
+    let running = transactional_producer(&bootstrap, "tools-running", 60_000);
+    running.begin_transaction().unwrap();
+    running
+        .send(
+            BaseRecord::to("txn-tools")
+                .key("k")
+                .payload("running-0")
+                .partition(0),
+        )
+        .expect("queued");
+    running.flush(TIMEOUT).expect("delivered");
+
+    let listed = sluice_txn_json(&broker, &["list"]);
+    let entry = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["transactional_id"] == "tools-running")
+        .unwrap_or_else(|| panic!("tools-running listed: {listed}"));
+    assert_eq!(entry["state"], "Ongoing");
+    let running_pid = entry["producer_id"].as_i64().unwrap();
+    let described = sluice_txn_json(&broker, &["describe", "tools-running"]);
+    assert_eq!(described["state"], "Ongoing");
+    assert_eq!(described["producer_id"].as_i64(), Some(running_pid));
+    assert_eq!(described["timeout_ms"], 60_000);
+    assert_eq!(
+        described["partitions"],
+        serde_json::json!([{ "topic": "txn-tools", "partition": 0 }])
+    );
+    let none = sluice_txn_json(&broker, &["list", "--state", "CompleteCommit"]);
+    assert!(
+        none.as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["transactional_id"] != "tools-running"),
+        "the state filter applies: {none}"
+    );
+    let missing = sluice_txn(&broker, &["describe", "no-such-id"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("TransactionalIdNotFound"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+    let bad_state = sluice_txn(&broker, &["list", "--state", "Bogus"]);
+    assert_eq!(
+        bad_state.status.code(),
+        Some(1),
+        "an unknown state is named"
+    );
+
+    // A hanging transaction: a producer writes a transactional batch to partition 1 without
+    // adding the partition to any transaction, so no coordinator will ever end it (what a
+    // client bug or a lost AddPartitionsToTxn leaves behind in Kafka before KIP-890).
+    let mut s = connect(broker.addr);
+    let init: InitProducerIdResponse = call(
+        &mut s,
+        ApiKey::InitProducerId,
+        4,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str(
+                "tools-stray",
+            ))))
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    );
+    assert_eq!(init.error_code, 0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut batch = sluice_storage::batch::build_batch(now, &[(now, b"k", b"stray-0")]);
+    sluice_storage::batch::set_transactional_producer(
+        &mut batch,
+        init.producer_id.0,
+        init.producer_epoch,
+    );
+    // A client's batch carries a sequence (Kafka's batch layout: base sequence at byte 53,
+    // the CRC at 17 over bytes 21..).
+    batch[53..57].copy_from_slice(&0i32.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[21..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    let produce: ProduceResponse = call(
+        &mut s,
+        ApiKey::Produce,
+        9,
+        &ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(10_000)
+            .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str(
+                "tools-stray",
+            ))))
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("txn-tools")))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(1)
+                    .with_records(Some(bytes::Bytes::from(batch)))])]),
+    );
+    let answer = &produce.responses[0].partition_responses[0];
+    assert_eq!(answer.error_code, 0);
+    let stray_offset = answer.base_offset;
+
+    // Behind it, a plain record that read_committed consumers cannot reach.
+    let plain: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("producer");
+    plain
+        .send(
+            BaseRecord::to("txn-tools")
+                .key("k")
+                .payload("behind-0")
+                .partition(1),
+        )
+        .expect("queued");
+    plain.flush(TIMEOUT).expect("delivered");
+    let reader = consumer(&bootstrap, "txn-tools", "read_committed");
+    let before = read(&reader, 1, Duration::from_secs(3));
+    assert!(
+        !before.contains(&"behind-0".to_string()),
+        "the hanging transaction holds the last stable offset back: {before:?}"
+    );
+
+    // find-hanging names the stray transaction only: the running one is its coordinator's.
+    let producers = sluice_txn_json(&broker, &["producers", "txn-tools"]);
+    assert!(
+        producers
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["partition"] == 0
+                && p["producer_id"].as_i64() == Some(running_pid)
+                && p["txn_start_offset"].as_i64().is_some()),
+        "{producers}"
+    );
+    let hanging = sluice_txn_json(
+        &broker,
+        &[
+            "find-hanging",
+            "--topic",
+            "txn-tools",
+            "--older-than-ms",
+            "0",
+        ],
+    );
+    assert_eq!(
+        hanging,
+        serde_json::json!([{
+            "topic": "txn-tools",
+            "partition": 1,
+            "producer_id": init.producer_id.0,
+            "producer_epoch": init.producer_epoch,
+            "coordinator_epoch": -1,
+            "start_offset": stray_offset,
+            "last_timestamp": hanging[0]["last_timestamp"],
+        }]),
+        "only the stray transaction hangs"
+    );
+    let default_age = sluice_txn_json(&broker, &["find-hanging", "--topic", "txn-tools"]);
+    assert_eq!(
+        default_age,
+        serde_json::json!([]),
+        "younger than the longest transaction timeout: not hanging yet"
+    );
+
+    let wrong = sluice_txn(
+        &broker,
+        &[
+            "abort",
+            "--topic",
+            "txn-tools",
+            "--partition",
+            "1",
+            "--start-offset",
+            "999",
+        ],
+    );
+    assert_eq!(wrong.status.code(), Some(1), "no transaction starts there");
+    let start = stray_offset.to_string();
+    let aborted = sluice_txn(
+        &broker,
+        &[
+            "abort",
+            "--topic",
+            "txn-tools",
+            "--partition",
+            "1",
+            "--start-offset",
+            &start,
+        ],
+    );
+    assert!(
+        aborted.status.success(),
+        "abort: {}",
+        String::from_utf8_lossy(&aborted.stderr)
+    );
+
+    // The consumer now reads past it, never the aborted record; the running transaction is
+    // untouched and commits.
+    let after = read(&reader, 1, Duration::from_secs(10));
+    assert_eq!(after, vec!["behind-0".to_string()]);
+    assert_eq!(
+        sluice_txn_json(
+            &broker,
+            &[
+                "find-hanging",
+                "--topic",
+                "txn-tools",
+                "--older-than-ms",
+                "0"
+            ]
+        ),
+        serde_json::json!([])
+    );
+    running.commit_transaction(TIMEOUT).expect("commit");
+    let committed = read(&reader, 1, Duration::from_secs(10));
+    assert_eq!(committed, vec!["running-0".to_string()]);
+    let listed = sluice_txn_json(
+        &broker,
+        &["list", "--producer-id", &running_pid.to_string()],
+    );
+    assert_eq!(
+        listed,
+        serde_json::json!([{
+            "transactional_id": "tools-running",
+            "producer_id": running_pid,
+            "state": "CompleteCommit",
+        }])
+    );
+    broker.stop();
+}

@@ -55,6 +55,7 @@ pub mod sasl;
 pub mod scram_credentials;
 pub mod sync_group;
 pub mod txn;
+pub mod txn_tooling;
 pub mod unregister_broker;
 
 /// What a handler can reach: this shard (and through it, every other) and who the broker is.
