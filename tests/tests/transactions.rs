@@ -2,7 +2,9 @@
 //! node: read_committed consumers see committed transactions only, never an aborted record,
 //! and nothing past an open transaction; a second incarnation of a transactional id fences the
 //! first; a transaction left open past its timeout is aborted by the coordinator, also when the
-//! broker was SIGKILLed while it was open.
+//! broker was SIGKILLed while it was open. kafka-python's transactional producer runs a
+//! consume-transform-produce loop too; `sluice txn` lists, describes, finds and aborts
+//! (WriteTxnMarkers) a hanging transaction.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -771,5 +773,148 @@ fn hanging_transactions_are_listed_found_and_aborted_with_sluice_txn() {
             "state": "CompleteCommit",
         }])
     );
+    broker.stop();
+}
+
+/// kafka-python's transactional producer and read_committed consumer: a consume-transform-
+/// produce loop whose first transaction is aborted (its inputs read again), then a second
+/// incarnation that fences the first, whose commit must fail.
+const KAFKA_PYTHON_LOOP: &str = r#"
+import sys, time
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.structs import OffsetAndMetadata
+bootstrap, total = sys.argv[1], int(sys.argv[2])
+
+def incarnation():
+    p = KafkaProducer(bootstrap_servers=bootstrap, transactional_id="py-ctp",
+                      transaction_timeout_ms=60000, max_block_ms=15000)
+    p.init_transactions()
+    return p
+
+producer = incarnation()
+consumer = KafkaConsumer("py-in", bootstrap_servers=bootstrap, group_id="py-ctp-group",
+                         isolation_level="read_committed", enable_auto_commit=False,
+                         auto_offset_reset="earliest")
+done, aborted, deadline = 0, 0, time.time() + 60
+while done < total and time.time() < deadline:
+    polled = consumer.poll(timeout_ms=500, max_records=25)
+    if not polled:
+        continue
+    producer.begin_transaction()
+    for records in polled.values():
+        for r in records:
+            producer.send("py-out", key=r.key, value=b"out-" + r.value)
+    offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "", -1)
+               for tp, records in polled.items()}
+    producer.send_offsets_to_transaction(offsets, consumer.group_metadata())
+    if aborted == 0:
+        producer.flush()  # the records reach the log, then their transaction is aborted
+        producer.abort_transaction()
+        aborted = sum(len(records) for records in polled.values())
+        for tp, records in polled.items():
+            consumer.seek(tp, records[0].offset)
+        continue
+    producer.commit_transaction()
+    done += sum(len(records) for records in polled.values())
+
+zombie, fresh = producer, incarnation()
+try:
+    zombie.begin_transaction()
+    zombie.send("py-out", value=b"zombie")
+    zombie.commit_transaction()
+    print("the zombie committed")
+    sys.exit(1)
+except Exception as e:
+    print("zombie fenced:", type(e).__name__)
+fresh.close(timeout=5)
+consumer.close()
+print("aborted", aborted, "done", done)
+"#;
+
+#[test]
+fn kafka_python_transforms_exactly_once_and_its_zombie_is_fenced() {
+    const RECORDS: usize = 90;
+    let broker = Broker::start(&[]);
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, "py-in");
+    create_topic(&bootstrap, "py-out");
+    let plain: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("producer");
+    for i in 0..RECORDS {
+        let value = format!("in-{i}");
+        plain
+            .send(
+                BaseRecord::to("py-in")
+                    .key("")
+                    .payload(&value)
+                    .partition((i % PARTITIONS as usize) as i32),
+            )
+            .expect("queued");
+    }
+    plain.flush(TIMEOUT).expect("delivered");
+
+    let (ok, output) = sluice_tests::python(KAFKA_PYTHON_LOOP, &[&bootstrap, &RECORDS.to_string()]);
+    assert!(ok, "kafka-python loop failed:\n{output}");
+    assert!(output.contains("zombie fenced"), "{output}");
+    assert!(
+        output.contains(&format!("done {RECORDS}")),
+        "every input transformed once: {output}"
+    );
+    assert!(
+        !output.contains("aborted 0 "),
+        "one transaction aborted: {output}"
+    );
+
+    let values = read(&consumer_of(&bootstrap, "py-out"), RECORDS, TIMEOUT);
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for v in &values {
+        *seen.entry(v.as_str()).or_default() += 1;
+    }
+    for i in 0..RECORDS {
+        let expected = format!("out-in-{i}");
+        assert_eq!(
+            seen.get(expected.as_str()).copied(),
+            Some(1),
+            "{expected} once in the committed output: {values:?}"
+        );
+    }
+    assert_eq!(
+        values.len(),
+        RECORDS,
+        "nothing aborted, no zombie: {values:?}"
+    );
+    let uncommitted = read(
+        &consumer(&bootstrap, "py-out", "read_uncommitted"),
+        RECORDS,
+        TIMEOUT,
+    );
+    assert!(
+        uncommitted.len() > RECORDS,
+        "the aborted transaction's records are in the log ({} records)",
+        uncommitted.len()
+    );
+
+    // The group's committed offsets are the input's ends: committed with the transactions.
+    let group: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", "py-ctp-group")
+        .create()
+        .expect("consumer");
+    let mut asked = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        asked.add_partition("py-in", p);
+    }
+    let committed = group.committed_offsets(asked, TIMEOUT).expect("committed");
+    let total: i64 = committed
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            other => panic!("{other:?} committed"),
+        })
+        .sum();
+    assert_eq!(total, RECORDS as i64);
     broker.stop();
 }
