@@ -504,6 +504,10 @@ pub fn run_once(
                             kafka::Producer::new(&target.address, workload, topic, shared.clone())
                                 .map(|p| Box::new(p) as Box<dyn Sender>)
                         }
+                        _ if workload.producer.transaction_records.is_some() => Err(format!(
+                            "transaction_records needs the Kafka protocol through librdkafka, not {:?}",
+                            target.protocol
+                        )),
                         Protocol::KafkaWire => kafka_wire::Producer::new(
                             &target.address,
                             workload,

@@ -129,6 +129,13 @@ pub struct ProducerSettings {
     pub compression: String,
     #[serde(default)]
     pub idempotence: bool,
+    /// A transactional producer (each its own `transactional.id`) that commits a transaction
+    /// every N records it sends (and the last, partly filled one at the end). Kafka protocol
+    /// through librdkafka only. Publish latency stays send-to-acknowledgement per record; the
+    /// end-to-end latency of a `read_committed` consumer (`consumer.extra`) includes the wait
+    /// for the commit.
+    #[serde(default)]
+    pub transaction_records: Option<u64>,
     /// Further librdkafka producer properties, passed through as given.
     #[serde(default)]
     pub extra: std::collections::BTreeMap<String, String>,
@@ -142,6 +149,7 @@ impl Default for ProducerSettings {
             batch_size: default_batch(),
             compression: no_compression(),
             idempotence: false,
+            transaction_records: None,
             extra: Default::default(),
         }
     }

@@ -186,6 +186,63 @@ fn run_writes_json_and_summary_with_every_record_accounted_for() {
 }
 
 #[test]
+fn transactional_producers_commit_every_n_records_and_read_committed_consumers_get_them_all() {
+    let _machine = paced();
+    let broker = Broker::start(&["--cores", "2"]);
+    let out_dir = tempfile::tempdir().unwrap();
+    let workload = out_dir.path().join("txn.yaml");
+    std::fs::write(
+        &workload,
+        "name: txn-smoke\ntopics: 1\npartitions_per_topic: 3\nmessage_size: 256\n\
+         producers_per_topic: 2\nsubscriptions_per_topic: 1\nconsumers_per_subscription: 1\n\
+         producer_rate: 1000\nwarmup_s: 1\nduration_s: 3\n\
+         producer:\n  acks: all\n  idempotence: true\n  transaction_records: 50\n\
+         consumer:\n  extra:\n    isolation.level: read_committed\n",
+    )
+    .unwrap();
+    let results = out_dir.path().join("results");
+    let out = bench(&[
+        workload.to_str().unwrap(),
+        "--target",
+        &format!("sluice={}", broker.bootstrap()),
+        "--out",
+        results.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let results = results_in(&results);
+    assert_eq!(results.len(), 1);
+    // 1000 records/s for 3 s, every one consumed read_committed: every transaction committed.
+    assert_sane(&results[0].1, 3000);
+    // Both producers ran transactions: their ids end committed.
+    let listed = Command::new(sluice_binary())
+        .args([
+            "txn",
+            "list",
+            "--state",
+            "CompleteCommit",
+            "--output",
+            "json",
+        ])
+        .args(["--bootstrap", &broker.bootstrap()])
+        .output()
+        .unwrap();
+    assert!(listed.status.success());
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let bench_ids = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| {
+            t["transactional_id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("sluice-bench-"))
+        })
+        .count();
+    assert_eq!(bench_ids, 2, "{listed}");
+    broker.stop();
+}
+
+#[test]
 fn max_rate_search_probes_then_settles_on_a_sustained_rate() {
     let _machine = alone();
     let broker = Broker::start(&[]);
