@@ -57,6 +57,7 @@ struct FileConfig {
     disk_free_bytes_min: Option<u64>,
     durability_rounds: Option<String>,
     log_zero_ahead: Option<bool>,
+    transaction_partition_verification_enable: Option<bool>,
     write_buffer_bytes_per_shard: Option<u64>,
     fetch_session_cache_slots: Option<u64>,
     fetch_session_eviction_ms: Option<u64>,
@@ -162,6 +163,9 @@ pub struct BrokerConfig {
     pub durability_rounds: DurabilityRounds,
     /// Zero segment space ahead of the writer so durable appends are overwrites.
     pub log_zero_ahead: bool,
+    /// KIP-890 part 1: a producer's first transactional batch on a partition is checked with
+    /// its transaction coordinator (Kafka's `transaction.partition.verification.enable`).
+    pub transaction_partition_verification_enable: bool,
     /// Write-buffer memory per shard beyond which producers are slowed (not failed).
     pub write_buffer_bytes_per_shard: u64,
     /// Incremental fetch sessions kept (Kafka's `max.incremental.fetch.session.cache.slots`);
@@ -523,6 +527,14 @@ const FIELDS: &[(&str, &str, &str, &str)] = &[
         "--log-zero-ahead",
         "SLUICE_LOG_ZERO_AHEAD",
         "Zero active segments ahead of their writers (true|false) [default: true]",
+    ),
+    (
+        "transaction_partition_verification_enable",
+        "--transaction-partition-verification-enable",
+        "SLUICE_TRANSACTION_PARTITION_VERIFICATION_ENABLE",
+        "Check a producer's first transactional batch on a partition with its transaction \
+         coordinator, refusing it unless the partition is in the producer's transaction \
+         (true|false) [default: true]",
     ),
     (
         "write_buffer_bytes_per_shard",
@@ -1333,6 +1345,15 @@ impl BrokerConfig {
         let log_zero_ahead: bool = parse("log_zero_ahead", &raw)?;
 
         let raw = pick(
+            "transaction_partition_verification_enable",
+            file.transaction_partition_verification_enable
+                .map(|b| b.to_string()),
+        )
+        .unwrap_or_else(|| default("true"));
+        let transaction_partition_verification_enable: bool =
+            parse("transaction_partition_verification_enable", &raw)?;
+
+        let raw = pick(
             "write_buffer_bytes_per_shard",
             file.write_buffer_bytes_per_shard.map(|n| n.to_string()),
         )
@@ -1443,6 +1464,7 @@ impl BrokerConfig {
             disk_free_bytes_min,
             durability_rounds,
             log_zero_ahead,
+            transaction_partition_verification_enable,
             write_buffer_bytes_per_shard,
             fetch_session_cache_slots,
             fetch_session_eviction_ms,

@@ -416,6 +416,7 @@ fn serve(args: &config::ServeArgs) -> ExitCode {
                 dedupe_buffer_bytes: config.log_cleaner_dedupe_buffer_bytes,
             },
             disk_free_bytes_min: config.disk_free_bytes_min,
+            txn_partition_verification: config.transaction_partition_verification_enable,
             sync_flush: config.durability_rounds.flush_mode(),
             write_buffer_bytes: config.write_buffer_bytes_per_shard as usize,
             fetch_session_slots: config.fetch_session_cache_slots as usize,

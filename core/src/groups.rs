@@ -1038,32 +1038,69 @@ pub async fn fetch_offsets(
     shard: &Rc<Shard>,
     group_id: String,
     wanted: Option<Vec<(String, i32)>>,
-) -> Result<Vec<(String, i32, Option<Committed>)>, ResponseError> {
+    require_stable: bool,
+) -> Result<Vec<FetchedOffset>, ResponseError> {
     on_coordinator(shard, &group_id.clone(), move |s, _| async move {
         let group = s.groups.group(&group_id);
         let offsets = group
             .as_ref()
             .map(|g| g.borrow().offsets.clone())
             .unwrap_or_default();
+        // KIP-447: partitions with offsets committed in a transaction not yet ended.
+        let unstable: HashSet<(String, i32)> = if require_stable {
+            s.groups
+                .pending_txn
+                .borrow()
+                .values()
+                .flatten()
+                .filter(|(group, ..)| *group == group_id)
+                .map(|(_, topic, partition, _)| (topic.clone(), *partition))
+                .collect()
+        } else {
+            HashSet::new()
+        };
+        let fetched = |topic: String, partition: i32, committed: Option<Committed>| {
+            let key = (topic, partition);
+            let unstable = unstable.contains(&key);
+            FetchedOffset {
+                topic: key.0,
+                partition,
+                committed: if unstable { None } else { committed },
+                unstable,
+            }
+        };
         match wanted {
             Some(list) => list
                 .into_iter()
                 .map(|(t, p)| {
                     let c = offsets.get(&(t.clone(), p)).cloned();
-                    (t, p, c)
+                    fetched(t, p, c)
                 })
                 .collect(),
             None => {
-                let mut all: Vec<(String, i32, Option<Committed>)> = offsets
+                let mut all: Vec<FetchedOffset> = offsets
                     .into_iter()
-                    .map(|((t, p), c)| (t, p, Some(c)))
+                    .map(|((t, p), c)| fetched(t, p, Some(c)))
                     .collect();
-                all.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+                all.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
                 all
             }
         }
     })
     .await
+}
+
+/// One partition's answer to OffsetFetch.
+#[derive(Debug, Clone)]
+pub struct FetchedOffset {
+    pub topic: String,
+    pub partition: i32,
+    /// `None`: nothing committed (or, when `unstable`, not answered).
+    pub committed: Option<Committed>,
+    /// The fetch asked for stable offsets only (`require_stable`, KIP-447) and a transaction
+    /// not yet ended holds an offset for this partition: the client is told
+    /// UNSTABLE_OFFSET_COMMIT and asks again.
+    pub unstable: bool,
 }
 
 /// DeleteGroups: removes a group without members, with its committed offsets (deletion

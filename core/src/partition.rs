@@ -67,6 +67,14 @@ fn written_not_durable(error: StorageError) -> AppendError {
     }
 }
 
+/// Asks a producer's transaction coordinator whether this partition is in its ongoing
+/// transaction (`Err`: the code to refuse the batch with). Built by the produce path, which
+/// knows the request's transactional id.
+pub type TxnVerify = Box<
+    dyn FnOnce()
+        -> futures::future::LocalBoxFuture<'static, std::result::Result<(), ResponseError>>,
+>;
+
 pub struct Partition {
     log: Log,
     producers: RefCell<ProducerState>,
@@ -289,9 +297,25 @@ impl Partition {
         batch: Bytes,
         durable: bool,
     ) -> impl Future<Output = std::result::Result<AppendInfo, AppendError>> + 'static {
+        self.append_verified(batch, durable, None)
+    }
+
+    /// [`Partition::append`], and for a transactional batch that would open its producer's
+    /// transaction here (KIP-890 part 1), `verify` asked first, in the batch's turn: its
+    /// refusal refuses the batch. The turn is held across it, so nothing else of the
+    /// partition's order moves meanwhile (a marker ending the transaction included).
+    pub fn append_verified(
+        self: &Rc<Self>,
+        batch: Bytes,
+        durable: bool,
+        verify: Option<TxnVerify>,
+    ) -> impl Future<Output = std::result::Result<AppendInfo, AppendError>> + 'static {
         let ticket = self.turn.ticket();
         let this = self.clone();
-        async move { this.append_in_turn(ticket, batch, durable, false).await }
+        async move {
+            this.append_in_turn(ticket, batch, durable, false, verify)
+                .await
+        }
     }
 
     /// Appends a transaction marker ending `producer_id`'s transaction on this partition
@@ -311,7 +335,10 @@ impl Partition {
             producer_epoch,
             marker,
         );
-        async move { this.append_in_turn(ticket, batch.into(), true, true).await }
+        async move {
+            this.append_in_turn(ticket, batch.into(), true, true, None)
+                .await
+        }
     }
 
     async fn append_in_turn(
@@ -320,6 +347,7 @@ impl Partition {
         batch: Bytes,
         durable: bool,
         marker: bool,
+        verify: Option<TxnVerify>,
     ) -> std::result::Result<AppendInfo, AppendError> {
         // Only the header's fields are needed here: the CRC was checked on the connection's
         // shard (or the batch was built here), and the log checks it again before writing.
@@ -347,7 +375,26 @@ impl Partition {
         }
         let batch = &batch[..];
         let turn = ticket.await;
-        let verdict = self.producers.borrow().check(&header, batch);
+        let mut verdict = self.producers.borrow().check(&header, batch);
+        if let (Verdict::Append, Some(verify)) = (&verdict, verify) {
+            if header.is_transactional()
+                && !self
+                    .producers
+                    .borrow()
+                    .has_open_transaction(header.producer_id)
+            {
+                if let Err(code) = verify().await {
+                    verdict = Verdict::Reject(
+                        code,
+                        format!(
+                            "producer {} epoch {}: the partition is not in its ongoing \
+                             transaction (KIP-890 verification; AddPartitionsToTxn first)",
+                            header.producer_id, header.producer_epoch
+                        ),
+                    );
+                }
+            }
+        }
         // A log that takes no appends refuses before a sequence error, as Kafka's offline log
         // refuses every produce: a producer whose earlier batch this log refused must see its
         // later in-flight batches refused the same way (KAFKA_STORAGE_ERROR, not persisted),

@@ -143,6 +143,9 @@ struct Append {
     topic: Arc<Topic>,
     partition: i32,
     records: Bytes,
+    /// A transactional batch to verify with its coordinator (KIP-890 part 1) if it would open
+    /// its producer's transaction on the partition: (transactional id, producer id, epoch).
+    verify: Option<(Arc<str>, i64, i16)>,
 }
 
 /// Appends every input on its owning shard; one output per input, in order. The appends are
@@ -152,8 +155,10 @@ pub async fn produce(
     shard: &Rc<Shard>,
     acks: Acks,
     inputs: Vec<ProduceInput>,
+    transactional_id: Option<String>,
     mut link: OrderLink,
 ) -> Vec<ProduceOutput> {
+    let transactional_id: Option<Arc<str>> = transactional_id.map(Arc::from);
     let image = shard.image();
     let mut outputs: Vec<Option<ProduceOutput>> = vec![None; inputs.len()];
     let mut per_shard: Vec<Vec<Append>> = vec![Vec::new(); shard.count];
@@ -247,6 +252,15 @@ pub async fn produce(
             ));
             continue;
         }
+        if checked.info.is_transactional() && transactional_id.is_none() {
+            // Kafka's answer: a transactional batch needs the request's transactional id,
+            // which the principal may WRITE.
+            outputs[index] = Some(ProduceOutput::failed(
+                ResponseError::TransactionalIdAuthorizationFailed,
+                "a transactional batch needs the request's transactional id (WRITE on it)",
+            ));
+            continue;
+        }
         if checked.info.producer_id >= 0 && checked.info.base_sequence < 0 {
             outputs[index] = Some(ProduceOutput::failed(
                 ResponseError::InvalidRecord,
@@ -277,6 +291,11 @@ pub async fn produce(
                 continue;
             }
         }
+        let checked_transactional = (
+            checked.info.is_transactional(),
+            checked.info.producer_id,
+            checked.info.producer_epoch,
+        );
         if let Err(failure) = check_timestamps(topic, &records, &checked) {
             outputs[index] = Some(failure);
             continue;
@@ -291,12 +310,17 @@ pub async fn produce(
             },
             None => records,
         };
+        let verify = (checked_transactional.0 && shard.settings.txn_partition_verification)
+            .then(|| transactional_id.clone())
+            .flatten()
+            .map(|id| (id, checked_transactional.1, checked_transactional.2));
         let owner = shard.owner_of(&topic.name, input.partition);
         per_shard[owner].push(Append {
             index,
             topic: topic.clone(),
             partition: input.partition,
             records,
+            verify,
         });
     }
     let durable = acks == Acks::All;
@@ -325,8 +349,12 @@ pub async fn produce(
                                             Either::Right(futures::future::ready(refused))
                                         }
                                         None => Either::Left(append_one(
+                                            &owner_shard,
                                             &partition,
+                                            &part.topic.name,
+                                            part.partition,
                                             part.records,
+                                            part.verify,
                                             durable,
                                         )),
                                     }
@@ -552,12 +580,33 @@ fn too_few_in_sync(partition: &Partition, part: &Append, durable: bool) -> Optio
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn append_one(
+    shard: &Rc<Shard>,
     partition: &Rc<Partition>,
+    topic: &str,
+    index: i32,
     records: Bytes,
+    verify: Option<(Arc<str>, i64, i16)>,
     durable: bool,
 ) -> impl std::future::Future<Output = ProduceOutput> + 'static {
-    let appended = partition.append(records, durable);
+    let verify = verify.map(|(transactional_id, producer_id, producer_epoch)| {
+        let (shard, topic) = (shard.clone(), topic.to_string());
+        Box::new(move || {
+            Box::pin(async move {
+                crate::transactions::verify_for_produce(
+                    &shard,
+                    transactional_id.to_string(),
+                    producer_id,
+                    producer_epoch,
+                    topic,
+                    index,
+                )
+                .await
+            }) as futures::future::LocalBoxFuture<'static, _>
+        }) as crate::partition::TxnVerify
+    });
+    let appended = partition.append_verified(records, durable, verify);
     let partition = partition.clone();
     async move {
         match appended.await {

@@ -170,6 +170,13 @@ impl ProducerState {
         Offset(self.covered_to)
     }
 
+    /// Whether `producer_id` has a transaction open on this partition.
+    pub fn has_open_transaction(&self, producer_id: i64) -> bool {
+        self.producers
+            .get(&producer_id)
+            .is_some_and(|p| p.txn_first_offset.is_some())
+    }
+
     /// Judges a batch before it is appended (`bytes`: the whole batch; a marker's record is
     /// read from it).
     pub fn check(&self, batch: &BatchInfo, bytes: &[u8]) -> Verdict {

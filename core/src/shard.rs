@@ -67,6 +67,11 @@ pub struct ShardSettings {
     /// Produce is refused (KAFKA_STORAGE_ERROR) while the data directory's filesystem has less
     /// than this many bytes free, so a full disk is met before a write fails on it.
     pub disk_free_bytes_min: u64,
+    /// KIP-890 part 1: a producer's first transactional batch on a partition (none of its
+    /// transactions open there) is appended only once its transaction coordinator confirms the
+    /// partition is in the producer's ongoing transaction (else INVALID_TXN_STATE), so no
+    /// stray batch opens a transaction that nobody would end.
+    pub txn_partition_verification: bool,
     /// The shard's durability rounds: one round for all its partitions with this flush mode,
     /// or (`None`) rounds of each partition's own.
     pub sync_flush: Option<sluice_storage::FlushMode>,

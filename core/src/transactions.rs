@@ -504,6 +504,48 @@ pub async fn verify(
     .await?
 }
 
+/// KIP-890 part 1, for Produce: whether producer `(producer_id, producer_epoch)` of
+/// `transactional_id` has an ongoing transaction that includes `(topic, partition)`, asked
+/// before its first transactional batch there opens a transaction on the partition. Nothing
+/// is created to answer. INVALID_TXN_STATE if not (or no coordinator knows the id); an older
+/// epoch INVALID_PRODUCER_EPOCH, the Produce answer for a fenced producer.
+pub async fn verify_for_produce(
+    shard: &Rc<Shard>,
+    transactional_id: String,
+    producer_id: i64,
+    producer_epoch: i16,
+    topic: String,
+    partition: i32,
+) -> Result<(), ResponseError> {
+    let Some(state) = shard.image().topic(TXN_STATE_TOPIC).cloned() else {
+        return Err(ResponseError::InvalidTxnState);
+    };
+    let owner = shard.owner_of(
+        TXN_STATE_TOPIC,
+        txn_partition(&transactional_id, state.partitions),
+    );
+    shard
+        .invoke_on(owner, move |s| async move {
+            let record = known(&s, &transactional_id);
+            match check_producer(record.as_ref(), producer_id, producer_epoch) {
+                Err(ResponseError::ProducerFenced) => Err(ResponseError::InvalidProducerEpoch),
+                Err(_) => Err(ResponseError::InvalidTxnState),
+                Ok(()) => {
+                    let record = record.expect("checked");
+                    if record.status == TxnStatus::Ongoing
+                        && record.partitions.contains(&(topic, partition))
+                    {
+                        Ok(())
+                    } else {
+                        Err(ResponseError::InvalidTxnState)
+                    }
+                }
+            }
+        })
+        .await
+        .map_err(|_| ResponseError::NotLeaderOrFollower)?
+}
+
 /// EndTxn: commits or aborts the producer's open transaction; answered once every marker is
 /// written. A retry of an end that completed is answered as it was.
 pub async fn end_txn(

@@ -347,8 +347,14 @@ fn stale_unknown_and_forged_transactional_requests_get_kafkas_errors() {
         },
     );
     assert_eq!(
+        produce_raw(&mut s, Some("wire"), "txn-wire", 0, marker.clone()).0,
+        ResponseError::InvalidRecord.code(),
+        "a forged marker, even with the transactional id"
+    );
+    assert_eq!(
         produce(&mut s, "txn-wire", marker),
-        ResponseError::InvalidRecord.code()
+        ResponseError::TransactionalIdAuthorizationFailed.code(),
+        "a transactional batch without the request's transactional id"
     );
     let plain = sluice_storage::batch::build_batch(0, &[(0, b"k", b"v")]);
     assert_eq!(
@@ -531,14 +537,167 @@ fn sluice_txn_json(broker: &Broker, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("JSON")
 }
 
-#[test]
-fn hanging_transactions_are_listed_found_and_aborted_with_sluice_txn() {
+/// A batch of producer `(producer_id, epoch)` at sequence `sequence`, transactional, stamped
+/// now (Kafka's batch layout: base sequence at byte 53, the CRC at 17 over bytes 21..).
+fn transactional_batch(producer_id: i64, epoch: i16, sequence: i32, value: &[u8]) -> Vec<u8> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut batch = sluice_storage::batch::build_batch(now, &[(now, b"k", value)]);
+    sluice_storage::batch::set_transactional_producer(&mut batch, producer_id, epoch);
+    batch[53..57].copy_from_slice(&sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[21..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    batch
+}
+
+/// Produces `batch` to `topic` partition `partition` (acks=all) with `transactional_id` on
+/// the request: (error code, base offset).
+fn produce_raw(
+    s: &mut std::net::TcpStream,
+    transactional_id: Option<&str>,
+    topic: &str,
+    partition: i32,
+    batch: Vec<u8>,
+) -> (i16, i64) {
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::*;
     use kafka_protocol::protocol::StrBytes;
-    use sluice_tests::wire::{call, connect};
+    let response: ProduceResponse = sluice_tests::wire::call(
+        s,
+        ApiKey::Produce,
+        9,
+        &ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(10_000)
+            .with_transactional_id(
+                transactional_id.map(|id| TransactionalId(StrBytes::from_string(id.to_string()))),
+            )
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(partition)
+                    .with_records(Some(bytes::Bytes::from(batch)))])]),
+    );
+    let answer = &response.responses[0].partition_responses[0];
+    (answer.error_code, answer.base_offset)
+}
+
+/// InitProducerId for `transactional_id` on the wire: (producer id, epoch).
+fn init_raw(s: &mut std::net::TcpStream, transactional_id: &str) -> (i64, i16) {
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+    let init: InitProducerIdResponse = sluice_tests::wire::call(
+        s,
+        ApiKey::InitProducerId,
+        4,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(Some(TransactionalId(StrBytes::from_string(
+                transactional_id.to_string(),
+            ))))
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    );
+    assert_eq!(init.error_code, 0);
+    (init.producer_id.0, init.producer_epoch)
+}
+
+#[test]
+fn a_transactional_batch_outside_its_producers_transaction_is_refused() {
+    use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+    use kafka_protocol::ResponseError;
 
     let broker = Broker::start(&[]);
+    create_topic(&broker.bootstrap(), "txn-verify");
+    let mut s = sluice_tests::wire::connect(broker.addr);
+    let (pid, epoch) = init_raw(&mut s, "verify-id");
+    // KIP-890 part 1: the partition is not in the producer's transaction.
+    assert_eq!(
+        produce_raw(
+            &mut s,
+            Some("verify-id"),
+            "txn-verify",
+            0,
+            transactional_batch(pid, epoch, 0, b"stray")
+        )
+        .0,
+        ResponseError::InvalidTxnState.code(),
+        "a batch that would open a transaction nobody ends"
+    );
+    assert_eq!(
+        produce_raw(
+            &mut s,
+            None,
+            "txn-verify",
+            0,
+            transactional_batch(pid, epoch, 0, b"no-id")
+        )
+        .0,
+        ResponseError::TransactionalIdAuthorizationFailed.code(),
+        "a transactional batch without the request's transactional id"
+    );
+    let added: AddPartitionsToTxnResponse = sluice_tests::wire::call(
+        &mut s,
+        ApiKey::AddPartitionsToTxn,
+        3,
+        &AddPartitionsToTxnRequest::default()
+            .with_v3_and_below_transactional_id(TransactionalId(StrBytes::from_static_str(
+                "verify-id",
+            )))
+            .with_v3_and_below_producer_id(ProducerId(pid))
+            .with_v3_and_below_producer_epoch(epoch)
+            .with_v3_and_below_topics(vec![AddPartitionsToTxnTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("txn-verify")))
+                .with_partitions(vec![0])]),
+    );
+    assert_eq!(
+        added.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code,
+        0
+    );
+    assert_eq!(
+        produce_raw(
+            &mut s,
+            Some("verify-id"),
+            "txn-verify",
+            0,
+            transactional_batch(pid, epoch, 0, b"in")
+        )
+        .0,
+        0,
+        "the partition is in the transaction now"
+    );
+    assert_eq!(
+        produce_raw(
+            &mut s,
+            Some("verify-id"),
+            "txn-verify",
+            1,
+            transactional_batch(pid, epoch, 0, b"other")
+        )
+        .0,
+        ResponseError::InvalidTxnState.code(),
+        "another partition is not"
+    );
+    // The records of the refused batches never reached the log: only "in" is there, open.
+    let reader = consumer(&broker.bootstrap(), "txn-verify", "read_uncommitted");
+    assert_eq!(
+        read(&reader, 1, Duration::from_secs(5)),
+        vec!["in".to_string()]
+    );
+    broker.stop();
+}
+
+#[test]
+fn hanging_transactions_are_listed_found_and_aborted_with_sluice_txn() {
+    use sluice_tests::wire::connect;
+
+    // Without KIP-890's verification (as Kafka before 3.6), a stray batch can open a
+    // transaction no coordinator will end: what the tools are for.
+    let broker = Broker::start(&["--transaction-partition-verification-enable", "false"]);
     let bootstrap = broker.bootstrap();
     create_topic(&bootstrap, "txn-tools");
 
@@ -598,53 +757,15 @@ fn hanging_transactions_are_listed_found_and_aborted_with_sluice_txn() {
     // adding the partition to any transaction, so no coordinator will ever end it (what a
     // client bug or a lost AddPartitionsToTxn leaves behind in Kafka before KIP-890).
     let mut s = connect(broker.addr);
-    let init: InitProducerIdResponse = call(
+    let (stray_pid, stray_epoch) = init_raw(&mut s, "tools-stray");
+    let (code, stray_offset) = produce_raw(
         &mut s,
-        ApiKey::InitProducerId,
-        4,
-        &InitProducerIdRequest::default()
-            .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str(
-                "tools-stray",
-            ))))
-            .with_transaction_timeout_ms(60_000)
-            .with_producer_id(ProducerId(-1))
-            .with_producer_epoch(-1),
+        Some("tools-stray"),
+        "txn-tools",
+        1,
+        transactional_batch(stray_pid, stray_epoch, 0, b"stray-0"),
     );
-    assert_eq!(init.error_code, 0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let mut batch = sluice_storage::batch::build_batch(now, &[(now, b"k", b"stray-0")]);
-    sluice_storage::batch::set_transactional_producer(
-        &mut batch,
-        init.producer_id.0,
-        init.producer_epoch,
-    );
-    // A client's batch carries a sequence (Kafka's batch layout: base sequence at byte 53,
-    // the CRC at 17 over bytes 21..).
-    batch[53..57].copy_from_slice(&0i32.to_be_bytes());
-    let crc = crc32c::crc32c(&batch[21..]);
-    batch[17..21].copy_from_slice(&crc.to_be_bytes());
-    let produce: ProduceResponse = call(
-        &mut s,
-        ApiKey::Produce,
-        9,
-        &ProduceRequest::default()
-            .with_acks(-1)
-            .with_timeout_ms(10_000)
-            .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str(
-                "tools-stray",
-            ))))
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_static_str("txn-tools")))
-                .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(1)
-                    .with_records(Some(bytes::Bytes::from(batch)))])]),
-    );
-    let answer = &produce.responses[0].partition_responses[0];
-    assert_eq!(answer.error_code, 0);
-    let stray_offset = answer.base_offset;
+    assert_eq!(code, 0);
 
     // Behind it, a plain record that read_committed consumers cannot reach.
     let plain: BaseProducer = ClientConfig::new()
@@ -694,8 +815,8 @@ fn hanging_transactions_are_listed_found_and_aborted_with_sluice_txn() {
         serde_json::json!([{
             "topic": "txn-tools",
             "partition": 1,
-            "producer_id": init.producer_id.0,
-            "producer_epoch": init.producer_epoch,
+            "producer_id": stray_pid,
+            "producer_epoch": stray_epoch,
             "coordinator_epoch": -1,
             "start_offset": stray_offset,
             "last_timestamp": hanging[0]["last_timestamp"],
@@ -916,5 +1037,91 @@ fn kafka_python_transforms_exactly_once_and_its_zombie_is_fenced() {
         })
         .sum();
     assert_eq!(total, RECORDS as i64);
+    broker.stop();
+}
+
+#[test]
+fn offsets_of_an_open_transaction_are_unstable_to_fetches_that_require_stable_ones() {
+    use kafka_protocol::messages::offset_fetch_request::{
+        OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
+    };
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+    use kafka_protocol::ResponseError;
+    use sluice_tests::wire::{call, connect};
+
+    let broker = Broker::start(&[]);
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, "stable-in");
+    let producer = transactional_producer(&bootstrap, "stable-txn", 60_000);
+    producer.begin_transaction().unwrap();
+    let group_reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", "stable-group")
+        .create()
+        .expect("consumer");
+    let mut positions = TopicPartitionList::new();
+    positions
+        .add_partition_offset("stable-in", 0, Offset::Offset(5))
+        .unwrap();
+    producer
+        .send_offsets_to_transaction(
+            &positions,
+            &group_reader.group_metadata().expect("group metadata"),
+            TIMEOUT,
+        )
+        .expect("send_offsets_to_transaction");
+
+    let mut s = connect(broker.addr);
+    // (error code, offset) of partition 0 at v7 (one group) and v9 (groups).
+    let mut fetch = |require_stable: bool| -> [(i16, i64); 2] {
+        let v7: OffsetFetchResponse = call(
+            &mut s,
+            ApiKey::OffsetFetch,
+            7,
+            &OffsetFetchRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str("stable-group")))
+                .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("stable-in")))
+                    .with_partition_indexes(vec![0])]))
+                .with_require_stable(require_stable),
+        );
+        let v9: OffsetFetchResponse = call(
+            &mut s,
+            ApiKey::OffsetFetch,
+            9,
+            &OffsetFetchRequest::default()
+                .with_groups(vec![OffsetFetchRequestGroup::default()
+                    .with_group_id(GroupId(StrBytes::from_static_str("stable-group")))
+                    .with_topics(Some(vec![OffsetFetchRequestTopics::default()
+                        .with_name(TopicName(StrBytes::from_static_str("stable-in")))
+                        .with_partition_indexes(vec![0])]))])
+                .with_require_stable(require_stable),
+        );
+        assert_eq!(v7.error_code, 0);
+        let a = &v7.topics[0].partitions[0];
+        let b = &v9.groups[0].topics[0].partitions[0];
+        [
+            (a.error_code, a.committed_offset),
+            (b.error_code, b.committed_offset),
+        ]
+    };
+    let unstable = (ResponseError::UnstableOffsetCommit.code(), -1);
+    assert_eq!(
+        fetch(true),
+        [unstable, unstable],
+        "pending in the open transaction"
+    );
+    assert_eq!(
+        fetch(false),
+        [(0, -1), (0, -1)],
+        "not asked for stable offsets: the last committed (none)"
+    );
+    producer.commit_transaction(TIMEOUT).expect("commit");
+    assert_eq!(
+        fetch(true),
+        [(0, 5), (0, 5)],
+        "committed with the transaction"
+    );
     broker.stop();
 }

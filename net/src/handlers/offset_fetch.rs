@@ -1,5 +1,7 @@
 //! OffsetFetch (key 9): a group's committed offsets (-1 where none), for the asked partitions or
-//! all of them; v8+ asks for several groups at once. With an authorizer: DESCRIBE on the group
+//! all of them; v8+ asks for several groups at once. v7+ `require_stable` (KIP-447, what
+//! read_committed consumers send): a partition with an offset committed in a transaction that
+//! has not ended yet answers UNSTABLE_OFFSET_COMMIT (offset -1), and the client asks again. With an authorizer: DESCRIBE on the group
 //! (GROUP_AUTHORIZATION_FAILED), and topics without DESCRIBE left out (Kafka answers named
 //! ones TOPIC_AUTHORIZATION_FAILED per partition; here they are absent).
 
@@ -11,7 +13,7 @@ use kafka_protocol::messages::{
     ApiKey, GroupId, OffsetFetchRequest, OffsetFetchResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use sluice_core::groups::{self, Committed};
+use sluice_core::groups::{self, Committed, FetchedOffset};
 use sluice_core::ResponseError;
 
 use crate::apis::ApiRange;
@@ -26,18 +28,18 @@ pub const RANGE: ApiRange = ApiRange {
 
 const GROUPS_FROM: i16 = 8;
 
-type Fetched = Result<Vec<(String, i32, Option<Committed>)>, ResponseError>;
+type Fetched = Result<Vec<FetchedOffset>, ResponseError>;
 
-/// One topic's partitions and their committed offsets.
-type TopicOffsets = (String, Vec<(i32, Option<Committed>)>);
+/// One topic's partitions and their answers.
+type TopicOffsets = (String, Vec<FetchedOffset>);
 
 /// Groups the flat answer by topic, in first-seen order.
-fn by_topic(rows: Vec<(String, i32, Option<Committed>)>) -> Vec<TopicOffsets> {
+fn by_topic(rows: Vec<FetchedOffset>) -> Vec<TopicOffsets> {
     let mut out: Vec<TopicOffsets> = Vec::new();
-    for (t, p, c) in rows {
-        match out.iter_mut().find(|(name, _)| *name == t) {
-            Some((_, parts)) => parts.push((p, c)),
-            None => out.push((t, vec![(p, c)])),
+    for row in rows {
+        match out.iter_mut().find(|(name, _)| *name == row.topic) {
+            Some((_, parts)) => parts.push(row),
+            None => out.push((row.topic.clone(), vec![row])),
         }
     }
     out
@@ -49,6 +51,7 @@ async fn fetch_group(
     ctx: &Context,
     group: String,
     topics: Option<Vec<(String, Vec<i32>)>>,
+    require_stable: bool,
 ) -> Fetched {
     if !ctx.allows_group(Operation::DESCRIBE, &group) {
         return Err(ResponseError::GroupAuthorizationFailed);
@@ -63,14 +66,14 @@ async fn fetch_group(
             .flat_map(|(t, ps)| ps.into_iter().map(move |p| (t.clone(), p)))
             .collect()
     });
-    let rows = groups::fetch_offsets(&ctx.shard, group, wanted).await?;
+    let rows = groups::fetch_offsets(&ctx.shard, group, wanted, require_stable).await?;
     if !ctx.has_authorizer() {
         return Ok(rows);
     }
     // Every committed topic: those the principal may not see are left out, unlogged.
     Ok(rows
         .into_iter()
-        .filter(|(t, _, _)| ctx.allows_unaudited(Operation::DESCRIBE, ResourceType::Topic, t))
+        .filter(|row| ctx.allows_unaudited(Operation::DESCRIBE, ResourceType::Topic, &row.topic))
         .collect())
 }
 
@@ -85,7 +88,9 @@ pub async fn handle(
                 .map(|t| (t.name.0.to_string(), t.partition_indexes))
                 .collect()
         });
-        return match fetch_group(ctx, request.group_id.0.to_string(), topics).await {
+        let require_stable = request.require_stable;
+        return match fetch_group(ctx, request.group_id.0.to_string(), topics, require_stable).await
+        {
             Err(code) => OffsetFetchResponse::default().with_error_code(code.code()),
             Ok(rows) => OffsetFetchResponse::default().with_topics(
                 by_topic(rows)
@@ -96,10 +101,11 @@ pub async fn handle(
                             .with_partitions(
                                 parts
                                     .into_iter()
-                                    .map(|(p, c)| {
-                                        let (offset, epoch, metadata) = committed(c);
+                                    .map(|row| {
+                                        let (offset, epoch, metadata) = committed(row.committed);
                                         OffsetFetchResponsePartition::default()
-                                            .with_partition_index(p)
+                                            .with_partition_index(row.partition)
+                                            .with_error_code(unstable_code(row.unstable))
                                             .with_committed_offset(offset)
                                             .with_committed_leader_epoch(epoch)
                                             .with_metadata(Some(StrBytes::from_string(metadata)))
@@ -121,7 +127,14 @@ pub async fn handle(
         let group =
             OffsetFetchResponseGroup::default().with_group_id(GroupId(g.group_id.0.clone()));
         groups_out.push(
-            match fetch_group(ctx, g.group_id.0.to_string(), topics).await {
+            match fetch_group(
+                ctx,
+                g.group_id.0.to_string(),
+                topics,
+                request.require_stable,
+            )
+            .await
+            {
                 Err(code) => group.with_error_code(code.code()),
                 Ok(rows) => group.with_topics(
                     by_topic(rows)
@@ -132,10 +145,12 @@ pub async fn handle(
                                 .with_partitions(
                                     parts
                                         .into_iter()
-                                        .map(|(p, c)| {
-                                            let (offset, epoch, metadata) = committed(c);
+                                        .map(|row| {
+                                            let (offset, epoch, metadata) =
+                                                committed(row.committed);
                                             OffsetFetchResponsePartitions::default()
-                                                .with_partition_index(p)
+                                                .with_partition_index(row.partition)
+                                                .with_error_code(unstable_code(row.unstable))
                                                 .with_committed_offset(offset)
                                                 .with_committed_leader_epoch(epoch)
                                                 .with_metadata(Some(StrBytes::from_string(
@@ -151,6 +166,14 @@ pub async fn handle(
         );
     }
     OffsetFetchResponse::default().with_groups(groups_out)
+}
+
+fn unstable_code(unstable: bool) -> i16 {
+    if unstable {
+        ResponseError::UnstableOffsetCommit.code()
+    } else {
+        0
+    }
 }
 
 /// (offset, leader epoch, metadata); -1 and empty when nothing is committed.

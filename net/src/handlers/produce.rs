@@ -3,7 +3,10 @@
 //! Records stay slices of the request frame all the way to the log's write buffer. acks=0 gets
 //! no response (the connection writes nothing for it); acks=1 is answered once the batches are
 //! in the log; acks=-1 once they are fdatasync'ed. Any other acks value fails every partition
-//! with INVALID_REQUIRED_ACKS. v13 names topics by id.
+//! with INVALID_REQUIRED_ACKS. v13 names topics by id. A transactional batch needs the
+//! request's transactional id and WRITE on it (TRANSACTIONAL_ID_AUTHORIZATION_FAILED), and,
+//! with `transaction_partition_verification_enable`, its partition in the producer's ongoing
+//! transaction before it opens one there (KIP-890 part 1: INVALID_TXN_STATE otherwise).
 
 use kafka_protocol::messages::produce_request::TopicProduceData;
 use kafka_protocol::messages::produce_response::{
@@ -11,7 +14,7 @@ use kafka_protocol::messages::produce_response::{
 };
 use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
-use sluice_core::acls::Operation;
+use sluice_core::acls::{Operation, ResourceType};
 use sluice_core::produce::{self, Acks, OrderLink, ProduceInput, ProduceOutput};
 use sluice_core::{ResponseError, TopicRef};
 
@@ -80,7 +83,17 @@ pub async fn handle(
         }
     }
     let outputs = match acks {
-        Some(acks) => produce::produce(&ctx.shard, acks, inputs, link).await,
+        Some(acks) => {
+            // A transactional batch needs WRITE on the request's transactional id (Kafka's
+            // rule); denied, the id is not passed on and such batches are refused
+            // TRANSACTIONAL_ID_AUTHORIZATION_FAILED.
+            let transactional_id = request
+                .transactional_id
+                .as_ref()
+                .map(|id| id.0.to_string())
+                .filter(|id| ctx.allows(Operation::WRITE, ResourceType::TransactionalId, id));
+            produce::produce(&ctx.shard, acks, inputs, transactional_id, link).await
+        }
         None => inputs
             .iter()
             .map(|_| ProduceOutput {
