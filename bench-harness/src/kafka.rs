@@ -81,18 +81,35 @@ pub fn create_topics(
     let options = AdminOptions::new()
         .operation_timeout(Some(Duration::from_secs(60)))
         .request_timeout(Some(Duration::from_secs(60)));
-    let outcome = futures::executor::block_on(admin.create_topics(&topics, &options))
-        .map_err(|e| format!("CreateTopics on {bootstrap}: {e}"))
-        .and_then(|results| {
-            for result in results {
-                if let Err((name, code)) = result {
-                    if code != RDKafkaErrorCode::TopicAlreadyExists {
-                        return Err(format!("CreateTopics {name} on {bootstrap}: {code}"));
-                    }
+    // NOT_CONTROLLER: the controller changed under the request (a cluster just formed, or an
+    // election). librdkafka does not retry it (Kafka's Java admin client does): try again
+    // for a while; a topic the lost attempt did create answers TOPIC_ALREADY_EXISTS.
+    let retry_until = std::time::Instant::now() + Duration::from_secs(30);
+    let create_once = || -> Result<(), (Option<RDKafkaErrorCode>, String)> {
+        let results = futures::executor::block_on(admin.create_topics(&topics, &options))
+            .map_err(|e| (None, format!("CreateTopics on {bootstrap}: {e}")))?;
+        for result in results {
+            if let Err((name, code)) = result {
+                if code != RDKafkaErrorCode::TopicAlreadyExists {
+                    return Err((
+                        Some(code),
+                        format!("CreateTopics {name} on {bootstrap}: {code}"),
+                    ));
                 }
             }
-            Ok(())
-        });
+        }
+        Ok(())
+    };
+    let outcome = loop {
+        match create_once() {
+            Err((Some(RDKafkaErrorCode::NotController), _))
+                if std::time::Instant::now() < retry_until =>
+            {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            outcome => break outcome.map_err(|(_, e)| e),
+        }
+    };
     match outcome {
         Ok(()) => Ok(()),
         Err(e) if e.contains("BadMessage") || e.contains("UnsupportedVersion") => names

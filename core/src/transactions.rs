@@ -493,15 +493,27 @@ pub async fn verify(
     on_coordinator(shard, &id, move |s, _, _| async move {
         let txns = s.transactions.txns.borrow();
         let record = txns.get(&transactional_id).map(|m| &m.record);
-        check_producer(record, producer_id, producer_epoch)?;
-        let record = record.expect("checked");
-        if record.status == TxnStatus::Ongoing && record.partitions.contains(&(topic, partition)) {
-            Ok(())
-        } else {
-            Err(ResponseError::InvalidTxnState)
-        }
+        holds_partition(record, producer_id, producer_epoch, topic, partition)
     })
     .await?
+}
+
+/// [`check_producer`], and then whether `record` is an ongoing transaction holding
+/// `(topic, partition)` (INVALID_TXN_STATE if not).
+fn holds_partition(
+    record: Option<&TxnRecord>,
+    producer_id: i64,
+    producer_epoch: i16,
+    topic: String,
+    partition: i32,
+) -> Result<(), ResponseError> {
+    check_producer(record, producer_id, producer_epoch)?;
+    let record = record.expect("checked");
+    if record.status == TxnStatus::Ongoing && record.partitions.contains(&(topic, partition)) {
+        Ok(())
+    } else {
+        Err(ResponseError::InvalidTxnState)
+    }
 }
 
 /// KIP-890 part 1, for Produce: whether producer `(producer_id, producer_epoch)` of
@@ -527,20 +539,17 @@ pub async fn verify_for_produce(
     shard
         .invoke_on(owner, move |s| async move {
             let record = known(&s, &transactional_id);
-            match check_producer(record.as_ref(), producer_id, producer_epoch) {
-                Err(ResponseError::ProducerFenced) => Err(ResponseError::InvalidProducerEpoch),
-                Err(_) => Err(ResponseError::InvalidTxnState),
-                Ok(()) => {
-                    let record = record.expect("checked");
-                    if record.status == TxnStatus::Ongoing
-                        && record.partitions.contains(&(topic, partition))
-                    {
-                        Ok(())
-                    } else {
-                        Err(ResponseError::InvalidTxnState)
-                    }
-                }
-            }
+            holds_partition(
+                record.as_ref(),
+                producer_id,
+                producer_epoch,
+                topic,
+                partition,
+            )
+            .map_err(|code| match code {
+                ResponseError::ProducerFenced => ResponseError::InvalidProducerEpoch,
+                _ => ResponseError::InvalidTxnState,
+            })
         })
         .await
         .map_err(|_| ResponseError::NotLeaderOrFollower)?

@@ -105,6 +105,28 @@ fn read(consumer: &BaseConsumer, expected: usize, window: Duration) -> Vec<Strin
     values
 }
 
+/// Writes `in-0` .. `in-{count - 1}` to `topic` round-robin over its partitions, acks=all,
+/// with a plain producer.
+fn produce_inputs(bootstrap: &str, topic: &str, count: usize) {
+    let plain: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .create()
+        .expect("producer");
+    for i in 0..count {
+        let value = format!("in-{i}");
+        plain
+            .send(
+                BaseRecord::to(topic)
+                    .key("")
+                    .payload(&value)
+                    .partition((i % PARTITIONS as usize) as i32),
+            )
+            .expect("queued");
+    }
+    plain.flush(TIMEOUT).expect("delivered");
+}
+
 fn with_prefix(values: &[String], prefix: &str) -> usize {
     values
         .iter()
@@ -442,24 +464,7 @@ fn consume_transform_produce_is_exactly_once_across_a_sigkill() {
     let bootstrap = broker.bootstrap();
     create_topic(&bootstrap, "ctp-in");
     create_topic(&bootstrap, "ctp-out");
-    let plain: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("acks", "all")
-        .create()
-        .expect("producer");
-    for i in 0..RECORDS {
-        let value = format!("in-{i}");
-        plain
-            .send(
-                BaseRecord::to("ctp-in")
-                    .key("")
-                    .payload(&value)
-                    .partition((i % PARTITIONS as usize) as i32),
-            )
-            .expect("queued");
-    }
-    plain.flush(TIMEOUT).expect("delivered");
-    drop(plain);
+    produce_inputs(&bootstrap, "ctp-in", RECORDS);
 
     let first = transform(&broker, RECORDS / 2);
     assert!(first >= RECORDS / 2, "only {first} transformed");
@@ -959,22 +964,7 @@ fn kafka_python_transforms_exactly_once_and_its_zombie_is_fenced() {
     let bootstrap = broker.bootstrap();
     create_topic(&bootstrap, "py-in");
     create_topic(&bootstrap, "py-out");
-    let plain: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .create()
-        .expect("producer");
-    for i in 0..RECORDS {
-        let value = format!("in-{i}");
-        plain
-            .send(
-                BaseRecord::to("py-in")
-                    .key("")
-                    .payload(&value)
-                    .partition((i % PARTITIONS as usize) as i32),
-            )
-            .expect("queued");
-    }
-    plain.flush(TIMEOUT).expect("delivered");
+    produce_inputs(&bootstrap, "py-in", RECORDS);
 
     let (ok, output) = sluice_tests::python(KAFKA_PYTHON_LOOP, &[&bootstrap, &RECORDS.to_string()]);
     assert!(ok, "kafka-python loop failed:\n{output}");
