@@ -16,7 +16,8 @@
 //!   more partitions for an Ongoing one.
 //! - EndTxn: Ongoing -> PrepareCommit/PrepareAbort (written), then a marker to every partition
 //!   of the transaction (each owning shard appends it, durably: `Partition::append_marker`),
-//!   then CompleteCommit/CompleteAbort (written). The client is answered once it is complete.
+//!   then CompleteCommit/CompleteAbort. The client is answered once every marker is durable;
+//!   the Complete record's place in the log is taken first, its durability not waited for.
 //! - A transaction Ongoing longer than its timeout is aborted by the coordinator, at the next
 //!   epoch, so its producer is fenced, as Kafka does.
 //!
@@ -161,10 +162,7 @@ async fn persist(
         .partition(topic, partition)
         .await
         .map_err(|e| crate::partition::unavailable_code(&e))?;
-    let key = txn_log::encode_key(transactional_id);
-    let value = txn_log::encode_value(record);
-    let now = now_ms();
-    p.append(build_batch(now, &[(now, &key, &value)]).into(), true)
+    p.append(state_batch(transactional_id, record), true)
         .await
         .map(|_| ())
         .map_err(|e| {
@@ -692,13 +690,40 @@ async fn complete(shard: &Rc<Shard>, topic: &Topic, partition: i32, id: &str, re
         last_update_ms: now_ms(),
         ..record
     };
-    loop {
-        match persist(shard, topic, partition, id, &done).await {
-            Ok(()) => break,
-            Err(_) => glommio::timer::sleep(MARKER_RETRY_DELAY).await,
+    // The Complete record's place in the state partition is taken before the id is released,
+    // so the id's next record lands after it, and the end is answered without waiting for it
+    // to be durable (the markers are). A crash can lose it only with every later record of
+    // the id (the log is durable in order, and a next transaction's partitions are added
+    // durably before any of its records is written); replay then finishes the transaction
+    // again from its Prepare record, and markers where nothing is open change nothing.
+    let written = match shard.partition(topic, partition).await {
+        Ok(p) => Some(p.append(state_batch(id, &done), true)),
+        Err(e) => {
+            warn!(transactional_id = id, error = %e,
+                "cannot write a transaction's Complete record; a restart finishes it again");
+            None
         }
-    }
+    };
     release(shard, id, Some(done));
+    if let Some(written) = written {
+        let id = id.to_string();
+        glommio::spawn_local(async move {
+            // Not retried: a retry would land after the id's later records.
+            if let Err(e) = written.await {
+                warn!(transactional_id = %id, error = %e,
+                    "cannot write a transaction's Complete record; a restart finishes it again");
+            }
+        })
+        .detach();
+    }
+}
+
+/// `record` for `transactional_id` as a batch of its state partition.
+fn state_batch(transactional_id: &str, record: &TxnRecord) -> bytes::Bytes {
+    let key = txn_log::encode_key(transactional_id);
+    let value = txn_log::encode_value(record);
+    let now = now_ms();
+    build_batch(now, &[(now, &key, &value)]).into()
 }
 
 /// How one try of a marker went.
