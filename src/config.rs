@@ -1996,6 +1996,12 @@ mod tests {
         );
         let e = BrokerConfig::load(&flags(&["--log-zero-ahead", "yes"]), no_env).unwrap_err();
         assert_eq!(e.field, "log_zero_ahead");
+        let e = BrokerConfig::load(
+            &flags(&["--transaction-partition-verification-enable", "maybe"]),
+            no_env,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "transaction_partition_verification_enable");
         let e = BrokerConfig::load(&flags(&["--write-buffer-bytes-per-shard", "4096"]), no_env)
             .unwrap_err();
         assert_eq!(e.field, "write_buffer_bytes_per_shard");
@@ -2019,6 +2025,7 @@ mod tests {
             (c.durability_rounds, c.log_zero_ahead),
             (DurabilityRounds::Shard, true)
         );
+        assert!(c.transaction_partition_verification_enable);
         let c = BrokerConfig::load(&flags(&["--durability-rounds", "partition"]), no_env).unwrap();
         assert_eq!(c.durability_rounds.flush_mode(), None);
         let e = try_flags(&["--bogus", "1"]).unwrap_err();

@@ -1533,27 +1533,13 @@ pub async fn txn_commit_offsets(
         member_id,
         offsets,
     } = commit;
-    let image = shard.image();
-    let unknown: Vec<bool> = offsets
-        .iter()
-        .map(|(t, p, _)| {
-            image
-                .topic(t)
-                .is_none_or(|topic| !(0..topic.partitions).contains(p))
-        })
-        .collect();
-    if unknown.iter().any(|u| *u) {
-        return unknown
-            .into_iter()
-            .map(|u| {
-                Some(if u {
-                    ResponseError::UnknownTopicOrPartition
-                } else {
-                    ResponseError::OperationNotAttempted
-                })
-            })
-            .collect();
+    if let Some(codes) = crate::transactions::refuse_unknown_partitions(
+        shard,
+        offsets.iter().map(|(t, p, _)| (t, *p)),
+    ) {
+        return codes.into_iter().map(Some).collect();
     }
+    let image = shard.image();
     let count = offsets.len();
     // The transaction must hold the group's offsets partition (AddOffsetsToTxn came first).
     if let Some(topic) = image.topic(OFFSETS_TOPIC) {

@@ -291,11 +291,7 @@ pub async fn produce(
                 continue;
             }
         }
-        let checked_transactional = (
-            checked.info.is_transactional(),
-            checked.info.producer_id,
-            checked.info.producer_epoch,
-        );
+        let info = checked.info;
         if let Err(failure) = check_timestamps(topic, &records, &checked) {
             outputs[index] = Some(failure);
             continue;
@@ -310,10 +306,10 @@ pub async fn produce(
             },
             None => records,
         };
-        let verify = (checked_transactional.0 && shard.settings.txn_partition_verification)
+        let verify = (info.is_transactional() && shard.settings.txn_partition_verification)
             .then(|| transactional_id.clone())
             .flatten()
-            .map(|id| (id, checked_transactional.1, checked_transactional.2));
+            .map(|id| (id, info.producer_id, info.producer_epoch));
         let owner = shard.owner_of(&topic.name, input.partition);
         per_shard[owner].push(Append {
             index,

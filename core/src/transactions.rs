@@ -150,6 +150,28 @@ where
         .map_err(|_| ResponseError::CoordinatorNotAvailable)
 }
 
+/// The state of `transactional_id` as its coordinator holds it, without creating anything:
+/// `Ok(None)` when no coordinator knows it (or the state topic does not exist yet).
+async fn lookup(
+    shard: &Rc<Shard>,
+    transactional_id: String,
+) -> Result<Option<TxnRecord>, ResponseError> {
+    if shard.replication.is_some() {
+        return Err(ResponseError::CoordinatorNotAvailable);
+    }
+    let Some(state) = shard.image().topic(TXN_STATE_TOPIC).cloned() else {
+        return Ok(None);
+    };
+    let owner = shard.owner_of(
+        TXN_STATE_TOPIC,
+        txn_partition(&transactional_id, state.partitions),
+    );
+    shard
+        .invoke_on(owner, move |s| async move { known(&s, &transactional_id) })
+        .await
+        .map_err(|_| ResponseError::CoordinatorNotAvailable)
+}
+
 /// Appends `record` for `transactional_id` to its state partition, durably.
 async fn persist(
     shard: &Shard,
@@ -391,27 +413,10 @@ pub async fn add_partitions(
     producer_epoch: i16,
     partitions: Vec<(String, i32)>,
 ) -> Vec<((String, i32), Option<ResponseError>)> {
-    let image = shard.image();
-    let unknown: Vec<bool> = partitions
-        .iter()
-        .map(|(topic, p)| {
-            image
-                .topic(topic)
-                .is_none_or(|t| !(0..t.partitions).contains(p))
-        })
-        .collect();
-    if unknown.iter().any(|u| *u) {
+    if let Some(codes) = refuse_unknown_partitions(shard, partitions.iter().map(|(t, p)| (t, *p))) {
         return partitions
             .into_iter()
-            .zip(unknown)
-            .map(|(tp, unknown)| {
-                let code = if unknown {
-                    ResponseError::UnknownTopicOrPartition
-                } else {
-                    ResponseError::OperationNotAttempted
-                };
-                (tp, Some(code))
-            })
+            .zip(codes.into_iter().map(Some))
             .collect();
     }
     let id = transactional_id.clone();
@@ -447,6 +452,35 @@ pub async fn add_partitions(
     partitions.into_iter().map(|tp| (tp, code)).collect()
 }
 
+/// Kafka's answer to a transactional request naming a partition that does not exist: every
+/// partition refused, UNKNOWN_TOPIC_OR_PARTITION for those, OPERATION_NOT_ATTEMPTED for the
+/// rest. `None` when all exist.
+pub(crate) fn refuse_unknown_partitions<'a>(
+    shard: &Shard,
+    partitions: impl Iterator<Item = (&'a String, i32)>,
+) -> Option<Vec<ResponseError>> {
+    let image = shard.image();
+    let unknown: Vec<bool> = partitions
+        .map(|(topic, p)| {
+            image
+                .topic(topic)
+                .is_none_or(|t| !(0..t.partitions).contains(&p))
+        })
+        .collect();
+    unknown.contains(&true).then(|| {
+        unknown
+            .into_iter()
+            .map(|unknown| {
+                if unknown {
+                    ResponseError::UnknownTopicOrPartition
+                } else {
+                    ResponseError::OperationNotAttempted
+                }
+            })
+            .collect()
+    })
+}
+
 /// AddOffsetsToTxn: the group's `__consumer_offsets` partition joins the producer's
 /// transaction, so its marker makes the offsets TxnOffsetCommit writes there take effect.
 pub async fn add_offsets(
@@ -478,7 +512,7 @@ pub async fn add_offsets(
 /// Whether producer `(producer_id, producer_epoch)` of `transactional_id` has a transaction
 /// open that includes `(topic, partition)`: what a coordinator checks before it writes on the
 /// transaction's behalf (TxnOffsetCommit), so no stray producer opens a transaction there
-/// that no one would end. INVALID_TXN_STATE if not.
+/// that no one would end. INVALID_TXN_STATE if not. Nothing is created to answer.
 pub async fn verify(
     shard: &Rc<Shard>,
     transactional_id: String,
@@ -487,25 +521,8 @@ pub async fn verify(
     topic: String,
     partition: i32,
 ) -> Result<(), ResponseError> {
-    let id = transactional_id.clone();
-    on_coordinator(shard, &id, move |s, _, _| async move {
-        let txns = s.transactions.txns.borrow();
-        let record = txns.get(&transactional_id).map(|m| &m.record);
-        holds_partition(record, producer_id, producer_epoch, topic, partition)
-    })
-    .await?
-}
-
-/// [`check_producer`], and then whether `record` is an ongoing transaction holding
-/// `(topic, partition)` (INVALID_TXN_STATE if not).
-fn holds_partition(
-    record: Option<&TxnRecord>,
-    producer_id: i64,
-    producer_epoch: i16,
-    topic: String,
-    partition: i32,
-) -> Result<(), ResponseError> {
-    check_producer(record, producer_id, producer_epoch)?;
+    let record = lookup(shard, transactional_id).await?;
+    check_producer(record.as_ref(), producer_id, producer_epoch)?;
     let record = record.expect("checked");
     if record.status == TxnStatus::Ongoing && record.partitions.contains(&(topic, partition)) {
         Ok(())
@@ -527,30 +544,21 @@ pub async fn verify_for_produce(
     topic: String,
     partition: i32,
 ) -> Result<(), ResponseError> {
-    let Some(state) = shard.image().topic(TXN_STATE_TOPIC).cloned() else {
-        return Err(ResponseError::InvalidTxnState);
-    };
-    let owner = shard.owner_of(
-        TXN_STATE_TOPIC,
-        txn_partition(&transactional_id, state.partitions),
-    );
-    shard
-        .invoke_on(owner, move |s| async move {
-            let record = known(&s, &transactional_id);
-            holds_partition(
-                record.as_ref(),
-                producer_id,
-                producer_epoch,
-                topic,
-                partition,
-            )
-            .map_err(|code| match code {
-                ResponseError::ProducerFenced => ResponseError::InvalidProducerEpoch,
-                _ => ResponseError::InvalidTxnState,
-            })
-        })
-        .await
-        .map_err(|_| ResponseError::NotLeaderOrFollower)?
+    verify(
+        shard,
+        transactional_id,
+        producer_id,
+        producer_epoch,
+        topic,
+        partition,
+    )
+    .await
+    .map_err(|code| match code {
+        ResponseError::ProducerFenced => ResponseError::InvalidProducerEpoch,
+        // Retriable: the shard is stopping.
+        ResponseError::CoordinatorNotAvailable => ResponseError::NotLeaderOrFollower,
+        _ => ResponseError::InvalidTxnState,
+    })
 }
 
 /// EndTxn: commits or aborts the producer's open transaction; answered once every marker is
@@ -603,27 +611,10 @@ pub async fn describe(
     shard: &Rc<Shard>,
     transactional_ids: Vec<String>,
 ) -> Vec<Result<TxnRecord, ResponseError>> {
-    if shard.replication.is_some() {
-        return transactional_ids
-            .iter()
-            .map(|_| Err(ResponseError::CoordinatorNotAvailable))
-            .collect();
-    }
-    let Some(topic) = shard.image().topic(TXN_STATE_TOPIC).cloned() else {
-        return transactional_ids
-            .iter()
-            .map(|_| Err(ResponseError::TransactionalIdNotFound))
-            .collect();
-    };
-    let lookups = transactional_ids.into_iter().map(|id| {
-        let owner = shard.owner_of(TXN_STATE_TOPIC, txn_partition(&id, topic.partitions));
-        async move {
-            shard
-                .invoke_on(owner, move |s| async move { known(&s, &id) })
-                .await
-                .map_err(|_| ResponseError::CoordinatorNotAvailable)?
-                .ok_or(ResponseError::TransactionalIdNotFound)
-        }
+    let lookups = transactional_ids.into_iter().map(|id| async move {
+        lookup(shard, id)
+            .await?
+            .ok_or(ResponseError::TransactionalIdNotFound)
     });
     futures::future::join_all(lookups).await
 }

@@ -953,15 +953,32 @@ fn write_record(
 }
 
 /// The address of the broker coordinating `group`.
+/// The address of the coordinator of `group`.
 fn coordinator(client: &mut Client, group: &str) -> Result<String> {
+    coordinator_of(client, CoordinatorKey::Group, group)
+}
+
+/// What a coordinator is asked for (FindCoordinator's key type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CoordinatorKey {
+    Group = 0,
+    Transaction = 1,
+}
+
+/// The address of the coordinator of `key` (a group or a transactional id).
+fn coordinator_of(client: &mut Client, kind: CoordinatorKey, key: &str) -> Result<String> {
     let response: FindCoordinatorResponse = client.call(None, FIND_COORDINATOR, |_| {
         FindCoordinatorRequest::default()
-            .with_key(StrBytes::from_string(group.to_string()))
-            .with_key_type(0)
+            .with_key(StrBytes::from_string(key.to_string()))
+            .with_key_type(kind as i8)
     })?;
     if response.error_code != 0 {
+        let what = match kind {
+            CoordinatorKey::Group => "group",
+            CoordinatorKey::Transaction => "transactional id",
+        };
         return Err(format!(
-            "no coordinator for group {group}: {}",
+            "no coordinator for {what} {key}: {}",
             error_text(response.error_code, response.error_message.as_ref())
         ));
     }

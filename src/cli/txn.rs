@@ -25,14 +25,17 @@ use kafka_protocol::messages::write_txn_markers_request::{
 };
 use kafka_protocol::messages::{
     ApiKey, DescribeProducersRequest, DescribeProducersResponse, DescribeTransactionsRequest,
-    DescribeTransactionsResponse, FindCoordinatorRequest, FindCoordinatorResponse,
-    ListTransactionsRequest, ListTransactionsResponse, ProducerId, TransactionalId,
-    WriteTxnMarkersRequest, WriteTxnMarkersResponse,
+    DescribeTransactionsResponse, ListTransactionsRequest, ListTransactionsResponse, ProducerId,
+    TransactionalId, WriteTxnMarkersRequest, WriteTxnMarkersResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 
 use super::client::{ApiUse, Client, Result};
-use super::{error_text, name, partition_leaders, print_json, Connection, Output};
+use super::{
+    coordinator_of, error_text, name, partition_leaders, print_json, Connection, CoordinatorKey,
+    Output,
+};
+use sluice_storage::types::now_ms;
 
 const LIST_TRANSACTIONS: ApiUse = ApiUse {
     key: ApiKey::ListTransactions,
@@ -53,11 +56,6 @@ const WRITE_TXN_MARKERS: ApiUse = ApiUse {
     key: ApiKey::WriteTxnMarkers,
     min: 1,
     max: 1,
-};
-const FIND_COORDINATOR: ApiUse = ApiUse {
-    key: ApiKey::FindCoordinator,
-    min: 1,
-    max: 3,
 };
 
 /// Kafka's `transaction.max.timeout.ms` default: no producer may keep a transaction open
@@ -282,18 +280,7 @@ struct Described {
 }
 
 fn describe_one(client: &mut Client, transactional_id: &str) -> Result<Described> {
-    let found: FindCoordinatorResponse = client.call(None, FIND_COORDINATOR, |_| {
-        FindCoordinatorRequest::default()
-            .with_key(StrBytes::from_string(transactional_id.to_string()))
-            .with_key_type(1)
-    })?;
-    if found.error_code != 0 {
-        return Err(format!(
-            "no coordinator for transactional id {transactional_id}: {}",
-            error_text(found.error_code, found.error_message.as_ref())
-        ));
-    }
-    let at = format!("{}:{}", found.host.as_str(), found.port);
+    let at = coordinator_of(client, CoordinatorKey::Transaction, transactional_id)?;
     let response: DescribeTransactionsResponse =
         client.call(Some(&at), DESCRIBE_TRANSACTIONS, |_| {
             DescribeTransactionsRequest::default().with_transactional_ids(vec![TransactionalId(
@@ -558,10 +545,4 @@ fn abort(client: &mut Client, topic: &str, partition: i32, start_offset: i64) ->
         producer.producer_id.0
     );
     Ok(())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -108,10 +108,60 @@ pub fn idempotent_batch(id: i64, epoch: i16, sequence: i32, records: usize) -> V
         .map(|v| (1, &b"k"[..], v.as_bytes()))
         .collect();
     let mut batch = sluice_storage::batch::build_batch(1, &recs);
+    set_producer(&mut batch, id, epoch, sequence);
+    batch
+}
+
+/// One record `value` (key `k`) of transactional producer `(id, epoch)` at `sequence`,
+/// stamped now.
+pub fn transactional_batch(id: i64, epoch: i16, sequence: i32, value: &[u8]) -> Vec<u8> {
+    let now = sluice_storage::types::now_ms();
+    let mut batch = sluice_storage::batch::build_batch(now, &[(now, b"k", value)]);
+    // Attributes at bytes 21..23; bit 4 is "transactional".
+    let attributes = i16::from_be_bytes([batch[21], batch[22]]) | 0x10;
+    batch[21..23].copy_from_slice(&attributes.to_be_bytes());
+    set_producer(&mut batch, id, epoch, sequence);
+    batch
+}
+
+/// Sets a batch's producer id, epoch and base sequence and computes its CRC again (Kafka's
+/// layout: producer id at byte 43, epoch at 51, base sequence at 53, the CRC at 17 over bytes
+/// 21..).
+fn set_producer(batch: &mut [u8], id: i64, epoch: i16, sequence: i32) {
     batch[43..51].copy_from_slice(&id.to_be_bytes());
     batch[51..53].copy_from_slice(&epoch.to_be_bytes());
     batch[53..57].copy_from_slice(&sequence.to_be_bytes());
     let crc = crc32c::crc32c(&batch[21..]);
     batch[17..21].copy_from_slice(&crc.to_be_bytes());
-    batch
+}
+
+/// Produce v9 of `batch` to `topic` partition `partition` with `acks` and
+/// `transactional_id` on the request: the partition's answer.
+pub fn produce(
+    s: &mut TcpStream,
+    acks: i16,
+    transactional_id: Option<&str>,
+    topic: &str,
+    partition: i32,
+    batch: Vec<u8>,
+) -> kafka_protocol::messages::produce_response::PartitionProduceResponse {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName, TransactionalId};
+    let mut response: ProduceResponse = call(
+        s,
+        ApiKey::Produce,
+        9,
+        &ProduceRequest::default()
+            .with_acks(acks)
+            .with_timeout_ms(10_000)
+            .with_transactional_id(
+                transactional_id.map(|id| TransactionalId(StrBytes::from_string(id.to_string()))),
+            )
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(partition)
+                    .with_records(Some(Bytes::from(batch)))])]),
+    );
+    response.responses.remove(0).partition_responses.remove(0)
 }

@@ -645,24 +645,8 @@ fn produce_batch_explained(
     acks: i16,
     batch: Vec<u8>,
 ) -> (i16, i64, String) {
-    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-    use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
-    use kafka_protocol::protocol::StrBytes;
     let mut s = sluice_tests::wire::connect(node);
-    let answer: ProduceResponse = sluice_tests::wire::call(
-        &mut s,
-        ApiKey::Produce,
-        9,
-        &ProduceRequest::default()
-            .with_acks(acks)
-            .with_timeout_ms(10_000)
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-                .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(0)
-                    .with_records(Some(bytes::Bytes::from(batch)))])]),
-    );
-    let partition = &answer.responses[0].partition_responses[0];
+    let partition = sluice_tests::wire::produce(&mut s, acks, None, topic, 0, batch);
     let message = partition
         .error_message
         .as_ref()

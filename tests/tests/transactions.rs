@@ -127,6 +127,24 @@ fn produce_inputs(bootstrap: &str, topic: &str, count: usize) {
     plain.flush(TIMEOUT).expect("delivered");
 }
 
+/// The output of a transform of `in-0` .. `in-{count - 1}`: each `out-in-i` exactly once,
+/// and nothing else (no aborted record, no zombie's).
+fn assert_each_output_once(values: &[String], count: usize) {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for v in values {
+        *seen.entry(v.as_str()).or_default() += 1;
+    }
+    for i in 0..count {
+        let expected = format!("out-in-{i}");
+        assert_eq!(
+            seen.get(expected.as_str()).copied(),
+            Some(1),
+            "{expected} once in the committed output: {values:?}"
+        );
+    }
+    assert_eq!(values.len(), count, "nothing else: {values:?}");
+}
+
 fn with_prefix(values: &[String], prefix: &str) -> usize {
     values
         .iter()
@@ -243,8 +261,6 @@ fn a_new_incarnation_fences_the_old_and_an_abandoned_transaction_is_aborted_afte
 /// Hostile or stale input, on the wire, gets Kafka's error codes and changes nothing.
 #[test]
 fn stale_unknown_and_forged_transactional_requests_get_kafkas_errors() {
-    use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
-    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::*;
     use kafka_protocol::protocol::StrBytes;
     use kafka_protocol::ResponseError;
@@ -254,32 +270,9 @@ fn stale_unknown_and_forged_transactional_requests_get_kafkas_errors() {
     create_topic(&broker.bootstrap(), "txn-wire");
     let mut s = connect(broker.addr);
     let txn_id = |s: &str| TransactionalId(StrBytes::from_string(s.to_string()));
-    let init = |s: &mut std::net::TcpStream, timeout_ms: i32| -> InitProducerIdResponse {
-        call(
-            s,
-            ApiKey::InitProducerId,
-            4,
-            &InitProducerIdRequest::default()
-                .with_transactional_id(Some(txn_id("wire")))
-                .with_transaction_timeout_ms(timeout_ms)
-                .with_producer_id(ProducerId(-1))
-                .with_producer_epoch(-1),
-        )
-    };
+    let init = |s: &mut std::net::TcpStream, timeout_ms: i32| init_on_wire(s, "wire", timeout_ms);
     let add = |s: &mut std::net::TcpStream, pid: i64, epoch: i16, topic: &str| {
-        let r: AddPartitionsToTxnResponse = call(
-            s,
-            ApiKey::AddPartitionsToTxn,
-            3,
-            &AddPartitionsToTxnRequest::default()
-                .with_v3_and_below_transactional_id(txn_id("wire"))
-                .with_v3_and_below_producer_id(ProducerId(pid))
-                .with_v3_and_below_producer_epoch(epoch)
-                .with_v3_and_below_topics(vec![AddPartitionsToTxnTopic::default()
-                    .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-                    .with_partitions(vec![0])]),
-        );
-        r.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code
+        add_on_wire(s, "wire", pid, epoch, topic)
     };
     let end = |s: &mut std::net::TcpStream, id: &str, pid: i64, epoch: i16, commit: bool| {
         let r: EndTxnResponse = call(
@@ -343,21 +336,8 @@ fn stale_unknown_and_forged_transactional_requests_get_kafkas_errors() {
     );
 
     // A marker forged by a client is refused, and clients cannot write the coordinator's topic.
-    let produce = |s: &mut std::net::TcpStream, topic: &str, batch: Vec<u8>| -> i16 {
-        let r: ProduceResponse = call(
-            s,
-            ApiKey::Produce,
-            9,
-            &ProduceRequest::default()
-                .with_acks(-1)
-                .with_timeout_ms(10_000)
-                .with_topic_data(vec![TopicProduceData::default()
-                    .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-                    .with_partition_data(vec![PartitionProduceData::default()
-                        .with_index(0)
-                        .with_records(Some(bytes::Bytes::from(batch)))])]),
-        );
-        r.responses[0].partition_responses[0].error_code
+    let produce = |s: &mut std::net::TcpStream, id: Option<&str>, topic: &str, batch: Vec<u8>| {
+        sluice_tests::wire::produce(s, -1, id, topic, 0, batch).error_code
     };
     let marker = sluice_storage::batch::build_txn_marker(
         0,
@@ -369,19 +349,92 @@ fn stale_unknown_and_forged_transactional_requests_get_kafkas_errors() {
         },
     );
     assert_eq!(
-        produce_raw(&mut s, Some("wire"), "txn-wire", 0, marker.clone()).0,
+        produce(&mut s, Some("wire"), "txn-wire", marker.clone()),
         ResponseError::InvalidRecord.code(),
         "a forged marker, even with the transactional id"
     );
     assert_eq!(
-        produce(&mut s, "txn-wire", marker),
+        produce(&mut s, None, "txn-wire", marker),
         ResponseError::TransactionalIdAuthorizationFailed.code(),
         "a transactional batch without the request's transactional id"
     );
     let plain = sluice_storage::batch::build_batch(0, &[(0, b"k", b"v")]);
     assert_eq!(
-        produce(&mut s, "__transaction_state", plain),
+        produce(&mut s, None, "__transaction_state", plain),
         ResponseError::InvalidTopicException.code()
+    );
+
+    // WriteTxnMarkers (as `kafka-transactions.sh abort` sends it): a marker from an older
+    // producer epoch, from an older coordinator epoch, for a partition that does not exist.
+    let write_marker = |s: &mut std::net::TcpStream, epoch: i16, coordinator_epoch: i32, topic| {
+        use kafka_protocol::messages::write_txn_markers_request::{
+            WritableTxnMarker, WritableTxnMarkerTopic,
+        };
+        let r: WriteTxnMarkersResponse = call(
+            s,
+            ApiKey::WriteTxnMarkers,
+            1,
+            &WriteTxnMarkersRequest::default().with_markers(vec![WritableTxnMarker::default()
+                .with_producer_id(ProducerId(pid))
+                .with_producer_epoch(epoch)
+                .with_transaction_result(false)
+                .with_coordinator_epoch(coordinator_epoch)
+                .with_topics(vec![WritableTxnMarkerTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str(topic)))
+                    .with_partition_indexes(vec![0])])]),
+        );
+        r.markers[0].topics[0].partitions[0].error_code
+    };
+    assert_eq!(
+        write_marker(&mut s, epoch - 1, 0, "txn-wire"),
+        ResponseError::InvalidProducerEpoch.code(),
+        "the partition has seen the producer's newer epoch (its abort marker)"
+    );
+    assert_eq!(
+        write_marker(&mut s, epoch, -1, "txn-wire"),
+        ResponseError::TransactionCoordinatorFenced.code(),
+        "the partition has seen a marker of coordinator epoch 0"
+    );
+    assert_eq!(
+        write_marker(&mut s, epoch, 0, "txn-wire-missing"),
+        ResponseError::UnknownTopicOrPartition.code()
+    );
+
+    // ListTransactions v2: a pattern that is no regular expression; a state no one knows.
+    let listed: ListTransactionsResponse = call(
+        &mut s,
+        ApiKey::ListTransactions,
+        2,
+        &ListTransactionsRequest::default()
+            .with_transactional_id_pattern(Some(StrBytes::from_static_str("wire(["))),
+    );
+    assert_eq!(
+        listed.error_code,
+        ResponseError::InvalidRegularExpression.code()
+    );
+    let listed: ListTransactionsResponse = call(
+        &mut s,
+        ApiKey::ListTransactions,
+        2,
+        &ListTransactionsRequest::default()
+            .with_state_filters(vec![StrBytes::from_static_str("Bogus")])
+            .with_transactional_id_pattern(Some(StrBytes::from_static_str("wi.*"))),
+    );
+    assert_eq!(listed.error_code, 0);
+    assert_eq!(
+        listed.unknown_state_filters,
+        vec![StrBytes::from_static_str("Bogus")]
+    );
+    assert!(listed.transaction_states.is_empty(), "{listed:?}");
+    let described: DescribeTransactionsResponse = call(
+        &mut s,
+        ApiKey::DescribeTransactions,
+        0,
+        &DescribeTransactionsRequest::default().with_transactional_ids(vec![txn_id("unknown")]),
+    );
+    assert_eq!(
+        described.transaction_states[0].error_code,
+        ResponseError::TransactionalIdNotFound.code()
     );
     broker.stop();
 }
@@ -498,19 +551,7 @@ fn consume_transform_produce_is_exactly_once_across_a_sigkill() {
 
         let output = consumer_of(&broker.bootstrap(), "ctp-out");
         let values = read(&output, RECORDS, TIMEOUT);
-        let mut seen: HashMap<&str, usize> = HashMap::new();
-        for v in &values {
-            *seen.entry(v.as_str()).or_default() += 1;
-        }
-        for i in 0..RECORDS {
-            let expected = format!("out-in-{i}");
-            assert_eq!(
-                seen.get(expected.as_str()).copied(),
-                Some(1),
-                "{expected} in the output"
-            );
-        }
-        assert_eq!(values.len(), RECORDS, "nothing else: {values:?}");
+        assert_each_output_once(&values, RECORDS);
         broker.stop();
     }
 }
@@ -542,58 +583,15 @@ fn sluice_txn_json(broker: &Broker, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("JSON")
 }
 
-/// A batch of producer `(producer_id, epoch)` at sequence `sequence`, transactional, stamped
-/// now (Kafka's batch layout: base sequence at byte 53, the CRC at 17 over bytes 21..).
-fn transactional_batch(producer_id: i64, epoch: i16, sequence: i32, value: &[u8]) -> Vec<u8> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let mut batch = sluice_storage::batch::build_batch(now, &[(now, b"k", value)]);
-    sluice_storage::batch::set_transactional_producer(&mut batch, producer_id, epoch);
-    batch[53..57].copy_from_slice(&sequence.to_be_bytes());
-    let crc = crc32c::crc32c(&batch[21..]);
-    batch[17..21].copy_from_slice(&crc.to_be_bytes());
-    batch
-}
-
-/// Produces `batch` to `topic` partition `partition` (acks=all) with `transactional_id` on
-/// the request: (error code, base offset).
-fn produce_raw(
+/// InitProducerId v4 for `transactional_id` with `timeout_ms`, as a new producer.
+fn init_on_wire(
     s: &mut std::net::TcpStream,
-    transactional_id: Option<&str>,
-    topic: &str,
-    partition: i32,
-    batch: Vec<u8>,
-) -> (i16, i64) {
-    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    transactional_id: &str,
+    timeout_ms: i32,
+) -> kafka_protocol::messages::InitProducerIdResponse {
     use kafka_protocol::messages::*;
     use kafka_protocol::protocol::StrBytes;
-    let response: ProduceResponse = sluice_tests::wire::call(
-        s,
-        ApiKey::Produce,
-        9,
-        &ProduceRequest::default()
-            .with_acks(-1)
-            .with_timeout_ms(10_000)
-            .with_transactional_id(
-                transactional_id.map(|id| TransactionalId(StrBytes::from_string(id.to_string()))),
-            )
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-                .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(partition)
-                    .with_records(Some(bytes::Bytes::from(batch)))])]),
-    );
-    let answer = &response.responses[0].partition_responses[0];
-    (answer.error_code, answer.base_offset)
-}
-
-/// InitProducerId for `transactional_id` on the wire: (producer id, epoch).
-fn init_raw(s: &mut std::net::TcpStream, transactional_id: &str) -> (i64, i16) {
-    use kafka_protocol::messages::*;
-    use kafka_protocol::protocol::StrBytes;
-    let init: InitProducerIdResponse = sluice_tests::wire::call(
+    sluice_tests::wire::call(
         s,
         ApiKey::InitProducerId,
         4,
@@ -601,89 +599,82 @@ fn init_raw(s: &mut std::net::TcpStream, transactional_id: &str) -> (i64, i16) {
             .with_transactional_id(Some(TransactionalId(StrBytes::from_string(
                 transactional_id.to_string(),
             ))))
-            .with_transaction_timeout_ms(60_000)
+            .with_transaction_timeout_ms(timeout_ms)
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1),
-    );
+    )
+}
+
+/// [`init_on_wire`] with a 60 s timeout, which must succeed: (producer id, epoch).
+fn init_ok(s: &mut std::net::TcpStream, transactional_id: &str) -> (i64, i16) {
+    let init = init_on_wire(s, transactional_id, 60_000);
     assert_eq!(init.error_code, 0);
     (init.producer_id.0, init.producer_epoch)
 }
 
-#[test]
-fn a_transactional_batch_outside_its_producers_transaction_is_refused() {
+/// AddPartitionsToTxn v3 of `topic` partition 0: its error code.
+fn add_on_wire(
+    s: &mut std::net::TcpStream,
+    transactional_id: &str,
+    producer_id: i64,
+    epoch: i16,
+    topic: &str,
+) -> i16 {
     use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
     use kafka_protocol::messages::*;
     use kafka_protocol::protocol::StrBytes;
+    let r: AddPartitionsToTxnResponse = sluice_tests::wire::call(
+        s,
+        ApiKey::AddPartitionsToTxn,
+        3,
+        &AddPartitionsToTxnRequest::default()
+            .with_v3_and_below_transactional_id(TransactionalId(StrBytes::from_string(
+                transactional_id.to_string(),
+            )))
+            .with_v3_and_below_producer_id(ProducerId(producer_id))
+            .with_v3_and_below_producer_epoch(epoch)
+            .with_v3_and_below_topics(vec![AddPartitionsToTxnTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partitions(vec![0])]),
+    );
+    r.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code
+}
+
+#[test]
+fn a_transactional_batch_outside_its_producers_transaction_is_refused() {
     use kafka_protocol::ResponseError;
+    use sluice_tests::wire::transactional_batch;
 
     let broker = Broker::start(&[]);
     create_topic(&broker.bootstrap(), "txn-verify");
     let mut s = sluice_tests::wire::connect(broker.addr);
-    let (pid, epoch) = init_raw(&mut s, "verify-id");
+    let (pid, epoch) = init_ok(&mut s, "verify-id");
+    let produce = |s: &mut std::net::TcpStream, id: Option<&str>, partition: i32, value: &[u8]| {
+        let batch = transactional_batch(pid, epoch, 0, value);
+        sluice_tests::wire::produce(s, -1, id, "txn-verify", partition, batch).error_code
+    };
     // KIP-890 part 1: the partition is not in the producer's transaction.
     assert_eq!(
-        produce_raw(
-            &mut s,
-            Some("verify-id"),
-            "txn-verify",
-            0,
-            transactional_batch(pid, epoch, 0, b"stray")
-        )
-        .0,
+        produce(&mut s, Some("verify-id"), 0, b"stray"),
         ResponseError::InvalidTxnState.code(),
         "a batch that would open a transaction nobody ends"
     );
     assert_eq!(
-        produce_raw(
-            &mut s,
-            None,
-            "txn-verify",
-            0,
-            transactional_batch(pid, epoch, 0, b"no-id")
-        )
-        .0,
+        produce(&mut s, None, 0, b"no-id"),
         ResponseError::TransactionalIdAuthorizationFailed.code(),
         "a transactional batch without the request's transactional id"
     );
-    let added: AddPartitionsToTxnResponse = sluice_tests::wire::call(
-        &mut s,
-        ApiKey::AddPartitionsToTxn,
-        3,
-        &AddPartitionsToTxnRequest::default()
-            .with_v3_and_below_transactional_id(TransactionalId(StrBytes::from_static_str(
-                "verify-id",
-            )))
-            .with_v3_and_below_producer_id(ProducerId(pid))
-            .with_v3_and_below_producer_epoch(epoch)
-            .with_v3_and_below_topics(vec![AddPartitionsToTxnTopic::default()
-                .with_name(TopicName(StrBytes::from_static_str("txn-verify")))
-                .with_partitions(vec![0])]),
-    );
     assert_eq!(
-        added.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code,
+        add_on_wire(&mut s, "verify-id", pid, epoch, "txn-verify"),
         0
     );
     assert_eq!(
-        produce_raw(
-            &mut s,
-            Some("verify-id"),
-            "txn-verify",
-            0,
-            transactional_batch(pid, epoch, 0, b"in")
-        )
-        .0,
+        produce(&mut s, Some("verify-id"), 0, b"in"),
         0,
         "the partition is in the transaction now"
     );
     assert_eq!(
-        produce_raw(
-            &mut s,
-            Some("verify-id"),
-            "txn-verify",
-            1,
-            transactional_batch(pid, epoch, 0, b"other")
-        )
-        .0,
+        produce(&mut s, Some("verify-id"), 1, b"other"),
         ResponseError::InvalidTxnState.code(),
         "another partition is not"
     );
@@ -762,15 +753,17 @@ fn hanging_transactions_are_listed_found_and_aborted_with_sluice_txn() {
     // adding the partition to any transaction, so no coordinator will ever end it (what a
     // client bug or a lost AddPartitionsToTxn leaves behind in Kafka before KIP-890).
     let mut s = connect(broker.addr);
-    let (stray_pid, stray_epoch) = init_raw(&mut s, "tools-stray");
-    let (code, stray_offset) = produce_raw(
+    let (stray_pid, stray_epoch) = init_ok(&mut s, "tools-stray");
+    let stray = sluice_tests::wire::produce(
         &mut s,
+        -1,
         Some("tools-stray"),
         "txn-tools",
         1,
-        transactional_batch(stray_pid, stray_epoch, 0, b"stray-0"),
+        sluice_tests::wire::transactional_batch(stray_pid, stray_epoch, 0, b"stray-0"),
     );
-    assert_eq!(code, 0);
+    assert_eq!(stray.error_code, 0);
+    let stray_offset = stray.base_offset;
 
     // Behind it, a plain record that read_committed consumers cannot reach.
     let plain: BaseProducer = ClientConfig::new()
@@ -979,23 +972,7 @@ fn kafka_python_transforms_exactly_once_and_its_zombie_is_fenced() {
     );
 
     let values = read(&consumer_of(&bootstrap, "py-out"), RECORDS, TIMEOUT);
-    let mut seen: HashMap<&str, usize> = HashMap::new();
-    for v in &values {
-        *seen.entry(v.as_str()).or_default() += 1;
-    }
-    for i in 0..RECORDS {
-        let expected = format!("out-in-{i}");
-        assert_eq!(
-            seen.get(expected.as_str()).copied(),
-            Some(1),
-            "{expected} once in the committed output: {values:?}"
-        );
-    }
-    assert_eq!(
-        values.len(),
-        RECORDS,
-        "nothing aborted, no zombie: {values:?}"
-    );
+    assert_each_output_once(&values, RECORDS);
     let uncommitted = read(
         &consumer(&bootstrap, "py-out", "read_uncommitted"),
         RECORDS,

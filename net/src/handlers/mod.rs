@@ -292,6 +292,30 @@ impl Context {
 
 /// An administrative change's outcome as [`Context::audit_change`] takes it: the error's code
 /// and message, or success (code 0).
+/// Consecutive rows of the same topic gathered into one `(topic, items)` entry each, in
+/// order: the shape of Kafka's per-topic response arrays.
+pub fn runs_by_topic<T>(
+    rows: impl IntoIterator<Item = (String, T)>,
+) -> Vec<(kafka_protocol::messages::TopicName, Vec<T>)> {
+    let mut runs: Vec<(String, Vec<T>)> = Vec::new();
+    for (topic, item) in rows {
+        match runs.last_mut() {
+            Some((last, items)) if *last == topic => items.push(item),
+            _ => runs.push((topic, vec![item])),
+        }
+    }
+    runs.into_iter()
+        .map(|(topic, items)| {
+            (
+                kafka_protocol::messages::TopicName(
+                    kafka_protocol::protocol::StrBytes::from_string(topic),
+                ),
+                items,
+            )
+        })
+        .collect()
+}
+
 pub fn audit_outcome(error: Option<&sluice_core::ApiError>) -> (i16, Option<&str>) {
     error.map_or((0, None), |e| (e.code.code(), Some(e.message.as_str())))
 }

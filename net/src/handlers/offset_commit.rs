@@ -5,6 +5,7 @@ use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
 use kafka_protocol::messages::{ApiKey, OffsetCommitRequest, OffsetCommitResponse};
+use kafka_protocol::protocol::StrBytes;
 use sluice_core::groups::{self, Committed};
 
 use crate::apis::ApiRange;
@@ -17,6 +18,22 @@ pub const RANGE: ApiRange = ApiRange {
     max_version: 9,
 };
 
+/// A committed offset as a commit request carries it (no metadata: empty), committed at
+/// `commit_ms`; OffsetCommit's and TxnOffsetCommit's partitions alike.
+pub(crate) fn committed(
+    offset: i64,
+    leader_epoch: i32,
+    metadata: Option<&StrBytes>,
+    commit_ms: i64,
+) -> Committed {
+    Committed {
+        offset,
+        leader_epoch,
+        metadata: metadata.map(|m| m.to_string()).unwrap_or_default(),
+        commit_ms,
+    }
+}
+
 pub async fn handle(request: OffsetCommitRequest, ctx: &Context) -> OffsetCommitResponse {
     let now = sluice_storage::types::now_ms();
     let offsets = request
@@ -27,16 +44,12 @@ pub async fn handle(request: OffsetCommitRequest, ctx: &Context) -> OffsetCommit
                 (
                     t.name.0.to_string(),
                     p.partition_index,
-                    Committed {
-                        offset: p.committed_offset,
-                        leader_epoch: p.committed_leader_epoch,
-                        metadata: p
-                            .committed_metadata
-                            .as_ref()
-                            .map(|m| m.to_string())
-                            .unwrap_or_default(),
-                        commit_ms: now,
-                    },
+                    committed(
+                        p.committed_offset,
+                        p.committed_leader_epoch,
+                        p.committed_metadata.as_ref(),
+                        now,
+                    ),
                 )
             })
         })

@@ -15,17 +15,17 @@ use kafka_protocol::messages::txn_offset_commit_response::{
 };
 use kafka_protocol::messages::{
     AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest,
-    AddPartitionsToTxnResponse, ApiKey, EndTxnRequest, EndTxnResponse, TopicName,
-    TxnOffsetCommitRequest, TxnOffsetCommitResponse,
+    AddPartitionsToTxnResponse, ApiKey, EndTxnRequest, EndTxnResponse, TxnOffsetCommitRequest,
+    TxnOffsetCommitResponse,
 };
-use kafka_protocol::protocol::StrBytes;
 use sluice_core::acls::{Operation, ResourceType};
 use sluice_core::groups::{self, Committed};
 use sluice_core::transactions;
 use sluice_core::ResponseError;
 
 use crate::apis::ApiRange;
-use crate::handlers::Context;
+use crate::handlers::offset_commit::committed;
+use crate::handlers::{runs_by_topic, Context};
 
 pub const ADD_PARTITIONS_RANGE: ApiRange = ApiRange {
     key: ApiKey::AddPartitionsToTxn,
@@ -95,20 +95,19 @@ pub async fn add_partitions(
             )
             .await
         };
-    let mut topics: Vec<AddPartitionsToTxnTopicResult> = Vec::new();
-    for ((topic, partition), code) in answers {
+    let topics = runs_by_topic(answers.into_iter().map(|((topic, partition), code)| {
         let result = AddPartitionsToTxnPartitionResult::default()
             .with_partition_index(partition)
             .with_partition_error_code(code.map_or(0, |c| c.code()));
-        match topics.last_mut() {
-            Some(last) if last.name.0.as_str() == topic => last.results_by_partition.push(result),
-            _ => topics.push(
-                AddPartitionsToTxnTopicResult::default()
-                    .with_name(TopicName(StrBytes::from_string(topic)))
-                    .with_results_by_partition(vec![result]),
-            ),
-        }
-    }
+        (topic, result)
+    }))
+    .into_iter()
+    .map(|(name, results)| {
+        AddPartitionsToTxnTopicResult::default()
+            .with_name(name)
+            .with_results_by_partition(results)
+    })
+    .collect();
     AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(topics)
 }
 
@@ -170,21 +169,16 @@ pub async fn commit_offsets(
         .topics
         .iter()
         .flat_map(|t| {
-            let topic = t.name.0.to_string();
-            t.partitions.iter().map(move |p| {
+            t.partitions.iter().map(|p| {
                 (
-                    topic.clone(),
+                    t.name.0.to_string(),
                     p.partition_index,
-                    Committed {
-                        offset: p.committed_offset,
-                        leader_epoch: p.committed_leader_epoch,
-                        metadata: p
-                            .committed_metadata
-                            .as_ref()
-                            .map(|m| m.to_string())
-                            .unwrap_or_default(),
-                        commit_ms: now,
-                    },
+                    committed(
+                        p.committed_offset,
+                        p.committed_leader_epoch,
+                        p.committed_metadata.as_ref(),
+                        now,
+                    ),
                 )
             })
         })
@@ -209,19 +203,22 @@ pub async fn commit_offsets(
         )
         .await
     };
-    let mut topics: Vec<TxnOffsetCommitResponseTopic> = Vec::new();
-    for ((topic, partition), code) in keys.into_iter().zip(codes) {
-        let result = TxnOffsetCommitResponsePartition::default()
-            .with_partition_index(partition)
-            .with_error_code(code.map_or(0, |c| c.code()));
-        match topics.last_mut() {
-            Some(last) if last.name.0.as_str() == topic => last.partitions.push(result),
-            _ => topics.push(
-                TxnOffsetCommitResponseTopic::default()
-                    .with_name(TopicName(StrBytes::from_string(topic)))
-                    .with_partitions(vec![result]),
-            ),
-        }
-    }
+    let topics = runs_by_topic(
+        keys.into_iter()
+            .zip(codes)
+            .map(|((topic, partition), code)| {
+                let result = TxnOffsetCommitResponsePartition::default()
+                    .with_partition_index(partition)
+                    .with_error_code(code.map_or(0, |c| c.code()));
+                (topic, result)
+            }),
+    )
+    .into_iter()
+    .map(|(name, partitions)| {
+        TxnOffsetCommitResponseTopic::default()
+            .with_name(name)
+            .with_partitions(partitions)
+    })
+    .collect();
     TxnOffsetCommitResponse::default().with_topics(topics)
 }

@@ -24,7 +24,7 @@ use kafka_protocol::messages::write_txn_markers_response::{
 };
 use kafka_protocol::messages::{
     ApiKey, DescribeTransactionsRequest, DescribeTransactionsResponse, ListTransactionsRequest,
-    ListTransactionsResponse, ProducerId, TopicName, TransactionalId, WriteTxnMarkersRequest,
+    ListTransactionsResponse, ProducerId, TransactionalId, WriteTxnMarkersRequest,
     WriteTxnMarkersResponse,
 };
 use kafka_protocol::protocol::StrBytes;
@@ -34,7 +34,7 @@ use sluice_core::ResponseError;
 use sluice_storage::batch::TxnMarker;
 
 use crate::apis::ApiRange;
-use crate::handlers::Context;
+use crate::handlers::{runs_by_topic, Context};
 
 pub const DESCRIBE_RANGE: ApiRange = ApiRange {
     key: ApiKey::DescribeTransactions,
@@ -101,19 +101,14 @@ pub async fn describe(
             match answer {
                 Err(code) => state.with_error_code(code.code()),
                 Ok(record) => {
-                    let mut topics: Vec<TopicData> = Vec::new();
-                    for (topic, partition) in &record.partitions {
-                        match topics.last_mut() {
-                            Some(last) if last.topic.0.as_str() == topic => {
-                                last.partitions.push(*partition)
-                            }
-                            _ => topics.push(
-                                TopicData::default()
-                                    .with_topic(TopicName(StrBytes::from_string(topic.clone())))
-                                    .with_partitions(vec![*partition]),
-                            ),
-                        }
-                    }
+                    let topics = runs_by_topic(record.partitions)
+                        .into_iter()
+                        .map(|(topic, partitions)| {
+                            TopicData::default()
+                                .with_topic(topic)
+                                .with_partitions(partitions)
+                        })
+                        .collect();
                     state
                         .with_transaction_state(StrBytes::from_static_str(record.status.name()))
                         .with_transaction_timeout_ms(record.timeout_ms)
@@ -224,20 +219,19 @@ pub async fn write_markers(
                 .map(|tp| (tp, Some(ResponseError::ClusterAuthorizationFailed)))
                 .collect()
         };
-        let mut topics: Vec<WritableTxnMarkerTopicResult> = Vec::new();
-        for ((topic, partition), code) in answers {
+        let topics = runs_by_topic(answers.into_iter().map(|((topic, partition), code)| {
             let result = WritableTxnMarkerPartitionResult::default()
                 .with_partition_index(partition)
                 .with_error_code(code.map_or(0, |c| c.code()));
-            match topics.last_mut() {
-                Some(last) if last.name.0.as_str() == topic => last.partitions.push(result),
-                _ => topics.push(
-                    WritableTxnMarkerTopicResult::default()
-                        .with_name(TopicName(StrBytes::from_string(topic)))
-                        .with_partitions(vec![result]),
-                ),
-            }
-        }
+            (topic, result)
+        }))
+        .into_iter()
+        .map(|(name, partitions)| {
+            WritableTxnMarkerTopicResult::default()
+                .with_name(name)
+                .with_partitions(partitions)
+        })
+        .collect();
         markers.push(
             WritableTxnMarkerResult::default()
                 .with_producer_id(marker.producer_id)
