@@ -262,7 +262,6 @@ impl Producer {
             })
             .map_err(|e| format!("producer for {bootstrap}: {e}"))?;
         let transaction = match settings.transaction_records {
-            Some(0) => return Err("transaction_records must be at least 1".into()),
             Some(every) => {
                 client
                     .init_transactions(TRANSACTION_TIMEOUT)

@@ -269,6 +269,9 @@ impl Workload {
                 return Err(format!("{field} must be at least 1"));
             }
         }
+        if self.producer.transaction_records == Some(0) {
+            return Err("producer.transaction_records must be at least 1".into());
+        }
         if self.message_size < TIMESTAMP_BYTES {
             return Err(format!(
                 "message_size must be at least {TIMESTAMP_BYTES} (the send timestamp)"

@@ -425,6 +425,21 @@ fn bad_workloads_and_unreachable_targets_fail_with_the_reason() {
     let out = bench(&["compare", bad.to_str().unwrap(), "--target", "a=x:1"]);
     assert_eq!(out.status.code(), Some(1));
 
+    // A transaction of no records is refused before any client starts.
+    std::fs::write(
+        &bad,
+        "name: x\nmessage_size: 100\nproducer_rate: 10\nduration_s: 1\n\
+         producer:\n  transaction_records: 0\n",
+    )
+    .unwrap();
+    let out = bench(&[bad.to_str().unwrap(), "--target", "127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("producer.transaction_records must be at least 1"),
+        "{stderr}"
+    );
+
     // Options are checked before anything runs, each error naming what was wrong: usage
     // errors (clap's) exit 2, a value the harness refuses or a failed run exits 1.
     let workload = workspace().join("bench-harness/workloads/smoke.yaml");
@@ -593,6 +608,28 @@ fn the_kafka_wire_client_runs_the_same_workload() {
         String::from_utf8_lossy(&out.stderr).contains("producer.idempotence"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    // Nor transactions: those go through librdkafka.
+    let transactional = out_dir.path().join("transactional.yaml");
+    std::fs::write(
+        &transactional,
+        std::fs::read_to_string(&workload).unwrap().replace(
+            "  compression: lz4",
+            "  compression: lz4\n  transaction_records: 10",
+        ),
+    )
+    .unwrap();
+    let out = bench(&[
+        transactional.to_str().unwrap(),
+        "--target",
+        &target,
+        "--quiet",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("transaction_records needs the Kafka protocol through librdkafka"),
+        "{stderr}"
     );
 }
 
