@@ -51,7 +51,7 @@ use futures::StreamExt;
 use kafka_protocol::ResponseError;
 use sluice_replication::node::ReplicationNode;
 use sluice_replication::partition::{CommittedEntry, Membership, Outbox};
-use sluice_replication::rpc::GroupKey;
+use sluice_replication::rpc::{GroupKey, PeerCall};
 use sluice_replication::{PeerEvent, ReplicaConfig, ReplicationError, Role};
 use sluice_storage::{AppendInfo, Log, LogConfig, Offset};
 use tracing::{info, warn};
@@ -608,6 +608,9 @@ impl ReplicaLink {
 
 /// How long a controller command waits for a controller leader to be elected.
 const LEADERLESS_WAIT: Duration = Duration::from_secs(5);
+/// Longest a request to a peer is remembered for its answer (an asker waits less).
+const CALL_WAIT_MAX: Duration = Duration::from_secs(60);
+
 /// How often a command waiting for a controller leader is tried again.
 const LEADERLESS_RETRY_EVERY: Duration = Duration::from_millis(100);
 
@@ -669,6 +672,19 @@ enum Command {
         key: PartitionKey,
         leader: i32,
         to: i32,
+    },
+    /// A request to the same shard of node `node` (see [`ShardReplication::call`]).
+    Call {
+        node: i32,
+        api_key: i16,
+        api_version: i16,
+        body: Bytes,
+        reply: oneshot::Sender<Bytes>,
+    },
+    /// The answer to a peer's request, to send back to it (Raft id `to`).
+    Answer {
+        to: u64,
+        call: PeerCall,
     },
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -745,6 +761,11 @@ pub struct Driver {
     throttle_seen_version: Option<u64>,
     /// The catalog version whose registered nodes are this shard's peers.
     peers_seen_version: Option<u64>,
+    /// Requests made of peers and not answered yet, by number: until when the asker waits.
+    calls_waiting: HashMap<u64, (Instant, oneshot::Sender<Bytes>)>,
+    /// The next request's number (starting from the clock, so that the answer to a request
+    /// made before a restart never answers one made after it).
+    next_call: u64,
 }
 
 #[derive(Default)]
@@ -853,6 +874,8 @@ impl ShardReplication {
             reported: HashMap::new(),
             throttle_seen_version: None,
             peers_seen_version: None,
+            calls_waiting: HashMap::new(),
+            next_call: now_ms() as u64 * 1000,
         };
         if shard == 0 {
             driver.open_controller().await?;
@@ -966,6 +989,34 @@ impl ShardReplication {
         let (reply, answer) = oneshot::channel();
         self.send(Command::HandOff { reply });
         let _ = answer.await;
+    }
+
+    /// Sends a Kafka request body (`api_key` at `api_version`) to the same shard of node
+    /// `node` over the cluster's RPC mesh, and returns the answer's body; `None` when none
+    /// came within `within` (the peer is unreachable, or its answer or the request was
+    /// dropped with a frame: the caller decides whether to ask again). The peer serves it
+    /// with [`crate::peer_calls::serve`].
+    pub async fn call(
+        &self,
+        node: i32,
+        api_key: i16,
+        api_version: i16,
+        body: Bytes,
+        within: Duration,
+    ) -> Option<Bytes> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Call {
+            node,
+            api_key,
+            api_version,
+            body,
+            reply,
+        });
+        let deadline = std::pin::pin!(glommio::timer::sleep(within));
+        match futures::future::select(answer, deadline).await {
+            futures::future::Either::Left((Ok(body), _)) => Some(body),
+            _ => None,
+        }
     }
 
     /// Stops the loop after closing every group cleanly.
@@ -1155,6 +1206,7 @@ impl Driver {
                     return;
                 }
             }
+            self.take_calls(&shard);
             self.propose_queued();
             self.forward_controller_requests();
             self.hand_off_leaderships();
@@ -1207,6 +1259,34 @@ impl Driver {
                 self.take_offline(&shard, group, &e).await;
             }
         }
+    }
+
+    /// Answers that arrived go to their askers; requests are served in tasks of their own,
+    /// whose answers leave through [`Command::Answer`]. Askers whose wait ran out are
+    /// forgotten.
+    fn take_calls(&mut self, shard: &Rc<Shard>) {
+        for (from, call) in self.node.take_calls() {
+            if call.answer {
+                if let Some((_, reply)) = self.calls_waiting.remove(&call.id) {
+                    let _ = reply.send(call.body);
+                }
+                continue;
+            }
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                let answer = crate::peer_calls::serve(&shard, call).await;
+                if let Some(replication) = &shard.replication {
+                    replication.send(Command::Answer {
+                        to: from,
+                        call: answer,
+                    });
+                }
+            })
+            .detach();
+        }
+        let now = Instant::now();
+        self.calls_waiting
+            .retain(|_, (deadline, reply)| now < *deadline && !reply.is_canceled());
     }
 
     /// Shard 0: records the controller's image as a snapshot and cuts the metadata log below
@@ -1319,6 +1399,31 @@ impl Driver {
                     }
                     None => {}
                 }
+            }
+            Command::Call {
+                node,
+                api_key,
+                api_version,
+                body,
+                reply,
+            } => {
+                let id = self.next_call;
+                self.next_call += 1;
+                let call = PeerCall {
+                    id,
+                    answer: false,
+                    api_key,
+                    api_version,
+                    body,
+                };
+                // Unknown peers get no request: the asker's wait runs out.
+                if self.node.send_call(raft_id(node), call) {
+                    let deadline = Instant::now() + CALL_WAIT_MAX;
+                    self.calls_waiting.insert(id, (deadline, reply));
+                }
+            }
+            Command::Answer { to, call } => {
+                self.node.send_call(to, call);
             }
             Command::Shutdown { reply } => {
                 for (_, waiting) in self.pending.drain() {
@@ -2241,11 +2346,19 @@ impl Driver {
                 info!(topic_id = %key.0, partition = key.1, term = now.term,
                     leader = now.leader_id, serving = now.leader, "partition leadership changed");
                 let image = shard.image();
-                if let Some(topic) = image
-                    .topic_by_id(key.0)
-                    .filter(|t| t.name == crate::groups::OFFSETS_TOPIC)
-                {
-                    crate::groups::leadership_changed(shard, topic.clone(), key.1, now.leader);
+                match image.topic_by_id(key.0) {
+                    Some(topic) if topic.name == crate::groups::OFFSETS_TOPIC => {
+                        crate::groups::leadership_changed(shard, topic.clone(), key.1, now.leader);
+                    }
+                    Some(topic) if topic.name == crate::transactions::TXN_STATE_TOPIC => {
+                        crate::transactions::leadership_changed(
+                            shard,
+                            topic.clone(),
+                            key.1,
+                            now.leader,
+                        );
+                    }
+                    _ => {}
                 }
             }
             if before.high_watermark != now.high_watermark {

@@ -52,6 +52,7 @@ pub mod metrics;
 pub mod offsets;
 pub mod offsets_topic;
 pub mod partition;
+pub mod peer_calls;
 pub mod produce;
 pub mod producers;
 pub mod quotas;

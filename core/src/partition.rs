@@ -370,31 +370,12 @@ impl Partition {
         }
         if let Some(replica) = &self.replica {
             return self
-                .propose_in_turn(replica, ticket, batch, &header, durable)
+                .propose_in_turn(replica, ticket, batch, &header, durable, verify)
                 .await;
         }
         let batch = &batch[..];
         let turn = ticket.await;
-        let mut verdict = self.producers.borrow().check(&header, batch);
-        if let (Verdict::Append, Some(verify)) = (&verdict, verify) {
-            if header.is_transactional()
-                && !self
-                    .producers
-                    .borrow()
-                    .has_open_transaction(header.producer_id)
-            {
-                if let Err(code) = verify().await {
-                    verdict = Verdict::Reject(
-                        code,
-                        format!(
-                            "producer {} epoch {}: the partition is not in its ongoing \
-                             transaction (KIP-890 verification; AddPartitionsToTxn first)",
-                            header.producer_id, header.producer_epoch
-                        ),
-                    );
-                }
-            }
-        }
+        let verdict = self.verdict(&header, batch, verify).await;
         // A log that takes no appends refuses before a sequence error, as Kafka's offline log
         // refuses every produce: a producer whose earlier batch this log refused must see its
         // later in-flight batches refused the same way (KAFKA_STORAGE_ERROR, not persisted),
@@ -463,6 +444,41 @@ impl Partition {
     /// answered as `durable` asks and releases the turn once queued, so appends pipeline. An
     /// idempotent producer's batch holds the turn until it commits, because the producer state
     /// its successor is checked against holds committed batches only.
+    /// What to do with a batch, in its turn: the producer state's verdict, and for a
+    /// transactional batch that would open its producer's transaction here, `verify`'s
+    /// (KIP-890 part 1), asked while the turn is held.
+    async fn verdict(
+        &self,
+        header: &sluice_storage::BatchInfo,
+        batch: &[u8],
+        verify: Option<TxnVerify>,
+    ) -> Verdict {
+        let verdict = self.producers.borrow().check(header, batch);
+        let Some(verify) = verify else {
+            return verdict;
+        };
+        let opens = matches!(verdict, Verdict::Append)
+            && header.is_transactional()
+            && !self
+                .producers
+                .borrow()
+                .has_open_transaction(header.producer_id);
+        if !opens {
+            return verdict;
+        }
+        match verify().await {
+            Ok(()) => verdict,
+            Err(code) => Verdict::Reject(
+                code,
+                format!(
+                    "producer {} epoch {}: the partition is not in its ongoing transaction \
+                     (KIP-890 verification; AddPartitionsToTxn first)",
+                    header.producer_id, header.producer_epoch
+                ),
+            ),
+        }
+    }
+
     async fn propose_in_turn(
         &self,
         replica: &ReplicaLink,
@@ -470,6 +486,7 @@ impl Partition {
         batch: Bytes,
         header: &sluice_storage::BatchInfo,
         durable: bool,
+        verify: Option<TxnVerify>,
     ) -> std::result::Result<AppendInfo, AppendError> {
         let turn = ticket.await;
         // An elected leader that does not serve yet holds the append (and every later one of
@@ -480,7 +497,7 @@ impl Partition {
                 replica.not_leader(),
             ));
         }
-        let verdict = self.producers.borrow().check(header, &batch);
+        let verdict = self.verdict(header, &batch, verify).await;
         // As on a single node: a log that takes no appends refuses before a sequence error,
         // and a retry of a committed batch is answered as a duplicate all the same.
         if !matches!(verdict, Verdict::Duplicate(_)) {

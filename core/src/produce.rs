@@ -243,15 +243,6 @@ pub async fn produce(
                 continue;
             }
         };
-        if checked.info.is_transactional() && shard.replication.is_some() {
-            // No transaction coordinator in a cluster yet: no transaction could ever end, and
-            // its records would hold every read_committed consumer back for good.
-            outputs[index] = Some(ProduceOutput::failed(
-                ResponseError::InvalidRecord,
-                "transactions are not supported in a cluster yet",
-            ));
-            continue;
-        }
         if checked.info.is_transactional() && transactional_id.is_none() {
             // Kafka's answer: a transactional batch needs the request's transactional id,
             // which the principal may WRITE.

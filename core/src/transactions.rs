@@ -29,8 +29,16 @@
 //! coordinator, `groups::txn_commit_offsets`) take effect when the marker lands in the group's
 //! `__consumer_offsets` partition: `write_marker` tells the group coordinator there.
 //!
-//! Not here yet: KIP-890's transaction v2, cluster mode (where `__transaction_state` would be replicated and
-//! markers sent with WriteTxnMarkers): a cluster answers COORDINATOR_NOT_AVAILABLE.
+//! Cluster mode: `__transaction_state` is replicated like any topic. A shard coordinates the
+//! ids of a state partition while its replica leads it, once it has replayed the partition
+//! (`leadership_changed`); its coordinator epoch is the leader epoch it loaded at, carried by
+//! its markers, so partitions fence a deposed coordinator's markers once its successor wrote
+//! one. A marker for a partition another node leads goes there as WriteTxnMarkers over the
+//! mesh (`peer_calls`); KIP-890's verification asks the coordinator's node the same way. A
+//! coordinator that loses its partition forgets the ids and stops retrying their markers:
+//! the successor finishes what its replay finds prepared.
+//!
+//! Not here yet: KIP-890's transaction v2.
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
@@ -79,6 +87,11 @@ struct TxnMeta {
 #[derive(Default)]
 pub struct TxnCoordinator {
     txns: RefCell<HashMap<String, TxnMeta>>,
+    /// Cluster mode: the state partitions this shard coordinates (it leads them and has
+    /// replayed them), each with its coordinator epoch (the leader epoch it was loaded at).
+    loaded: RefCell<HashMap<i32, i32>>,
+    /// This shard is creating `__transaction_state` (see [`create_state_topic_soon`]).
+    creating: std::cell::Cell<bool>,
 }
 
 impl std::fmt::Debug for TxnCoordinator {
@@ -95,10 +108,7 @@ fn now_ms() -> i64 {
 
 /// The `__transaction_state` topic, created (with as many partitions as `__consumer_offsets`)
 /// if it does not exist yet.
-async fn state_topic(shard: &Rc<Shard>) -> Result<Arc<Topic>, ResponseError> {
-    if shard.replication.is_some() {
-        return Err(ResponseError::CoordinatorNotAvailable);
-    }
+pub async fn state_topic(shard: &Rc<Shard>) -> Result<Arc<Topic>, ResponseError> {
     if let Some(topic) = shard.image().topic(TXN_STATE_TOPIC) {
         return Ok(topic.clone());
     }
@@ -127,6 +137,52 @@ async fn state_topic(shard: &Rc<Shard>) -> Result<Arc<Topic>, ResponseError> {
         .ok_or(ResponseError::CoordinatorNotAvailable)
 }
 
+/// The coordinator epoch of state partition `partition` on this shard: `Ok` once it
+/// coordinates the partition's ids (always, epoch 0, on a single node; in cluster mode while it
+/// leads the partition and has replayed it, the leader epoch it loaded at), or why not:
+/// COORDINATOR_LOAD_IN_PROGRESS while it leads and loads, NOT_COORDINATOR where another node
+/// leads.
+fn coordinates(shard: &Shard, topic: &Topic, partition: i32) -> Result<i32, ResponseError> {
+    if shard.replication.is_none() {
+        return Ok(0);
+    }
+    if let Some(epoch) = shard.transactions.loaded.borrow().get(&partition) {
+        return Ok(*epoch);
+    }
+    let leads = shard
+        .open_partition((topic.id, partition))
+        .is_some_and(|p| p.not_leader().is_none());
+    Err(if leads {
+        ResponseError::CoordinatorLoadInProgress
+    } else {
+        ResponseError::NotCoordinator
+    })
+}
+
+/// Whether this shard still coordinates state partition `partition` at coordinator epoch
+/// `epoch` (a coordinator that lost the partition stops working on its transactions: the new
+/// one finishes them from its replay).
+fn still_coordinates(shard: &Shard, partition: i32, epoch: i32) -> bool {
+    shard.replication.is_none()
+        || shard.transactions.loaded.borrow().get(&partition) == Some(&epoch)
+}
+
+/// Creates `__transaction_state` in the background unless this shard is creating it already
+/// (cluster mode's FindCoordinator, which answers before the topic has leaders).
+pub fn create_state_topic_soon(shard: &Rc<Shard>) {
+    if shard.transactions.creating.replace(true) {
+        return;
+    }
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        if let Err(code) = state_topic(&shard).await {
+            warn!(?code, "cannot create {TXN_STATE_TOPIC}");
+        }
+        shard.transactions.creating.set(false);
+    })
+    .detach();
+}
+
 /// Runs `work` on the shard that coordinates `transactional_id`.
 async fn on_coordinator<R, F, Fut>(
     shard: &Rc<Shard>,
@@ -142,34 +198,33 @@ where
     let partition = txn_partition(transactional_id, topic.partitions);
     let owner = shard.owner_of(TXN_STATE_TOPIC, partition);
     shard
-        .invoke_on(
-            owner,
-            move |s| async move { work(s, topic, partition).await },
-        )
+        .invoke_on(owner, move |s| async move {
+            coordinates(&s, &topic, partition)?;
+            Ok(work(s, topic, partition).await)
+        })
         .await
-        .map_err(|_| ResponseError::CoordinatorNotAvailable)
+        .map_err(|_| ResponseError::CoordinatorNotAvailable)?
 }
 
-/// The state of `transactional_id` as its coordinator holds it, without creating anything:
-/// `Ok(None)` when no coordinator knows it (or the state topic does not exist yet).
+/// The state of `transactional_id` as its coordinator (this node) holds it, without creating
+/// anything: `Ok(None)` when it does not know it (or the state topic does not exist yet);
+/// NOT_COORDINATOR in a cluster where another node coordinates it.
 async fn lookup(
     shard: &Rc<Shard>,
     transactional_id: String,
 ) -> Result<Option<TxnRecord>, ResponseError> {
-    if shard.replication.is_some() {
-        return Err(ResponseError::CoordinatorNotAvailable);
-    }
     let Some(state) = shard.image().topic(TXN_STATE_TOPIC).cloned() else {
         return Ok(None);
     };
-    let owner = shard.owner_of(
-        TXN_STATE_TOPIC,
-        txn_partition(&transactional_id, state.partitions),
-    );
+    let partition = txn_partition(&transactional_id, state.partitions);
+    let owner = shard.owner_of(TXN_STATE_TOPIC, partition);
     shard
-        .invoke_on(owner, move |s| async move { known(&s, &transactional_id) })
+        .invoke_on(owner, move |s| async move {
+            coordinates(&s, &state, partition)?;
+            Ok(known(&s, &transactional_id))
+        })
         .await
-        .map_err(|_| ResponseError::CoordinatorNotAvailable)
+        .map_err(|_| ResponseError::CoordinatorNotAvailable)?
 }
 
 /// Appends `record` for `transactional_id` to its state partition, durably.
@@ -207,7 +262,8 @@ fn take(shard: &Shard, transactional_id: &str) -> Result<Option<TxnRecord>, Resp
     }
 }
 
-/// Ends an operation on `transactional_id`, keeping `record` (`None`: as it was).
+/// Ends an operation on `transactional_id`, keeping `record` (`None`: as it was). An id
+/// forgotten meanwhile (this shard stopped coordinating it) stays forgotten.
 fn release(shard: &Shard, transactional_id: &str, record: Option<TxnRecord>) {
     let mut txns = shard.transactions.txns.borrow_mut();
     match (txns.get_mut(transactional_id), record) {
@@ -216,16 +272,7 @@ fn release(shard: &Shard, transactional_id: &str, record: Option<TxnRecord>) {
             meta.busy = false;
         }
         (Some(meta), None) => meta.busy = false,
-        (None, Some(record)) => {
-            txns.insert(
-                transactional_id.to_string(),
-                TxnMeta {
-                    record,
-                    busy: false,
-                },
-            );
-        }
-        (None, None) => {}
+        (None, _) => {}
     }
 }
 
@@ -512,8 +559,52 @@ pub async fn add_offsets(
 /// Whether producer `(producer_id, producer_epoch)` of `transactional_id` has a transaction
 /// open that includes `(topic, partition)`: what a coordinator checks before it writes on the
 /// transaction's behalf (TxnOffsetCommit), so no stray producer opens a transaction there
-/// that no one would end. INVALID_TXN_STATE if not. Nothing is created to answer.
+/// that no one would end. INVALID_TXN_STATE if not. Nothing is created to answer. In a
+/// cluster, the id's coordinator answers, on whichever node it is (`peer_calls`).
 pub async fn verify(
+    shard: &Rc<Shard>,
+    transactional_id: String,
+    producer_id: i64,
+    producer_epoch: i16,
+    topic: String,
+    partition: i32,
+) -> Result<(), ResponseError> {
+    let state = shard.image().topic(TXN_STATE_TOPIC).cloned();
+    if let (Some(_), Some(state)) = (&shard.replication, state) {
+        let state_partition = txn_partition(&transactional_id, state.partitions);
+        let leader = shard
+            .catalog
+            .cluster
+            .leader((state.id, state_partition))
+            .map_or(-1, |l| l.leader);
+        if leader >= 0 && leader != shard.node_id() {
+            return crate::peer_calls::verify_on(
+                shard,
+                leader,
+                state_partition,
+                &transactional_id,
+                producer_id,
+                producer_epoch,
+                &topic,
+                partition,
+            )
+            .await
+            .map_or(Ok(()), Err);
+        }
+    }
+    verify_here(
+        shard,
+        transactional_id,
+        producer_id,
+        producer_epoch,
+        topic,
+        partition,
+    )
+    .await
+}
+
+/// [`verify`], answered by this node's coordinator (NOT_COORDINATOR if it is not the id's).
+pub async fn verify_here(
     shard: &Rc<Shard>,
     transactional_id: String,
     producer_id: i64,
@@ -555,8 +646,11 @@ pub async fn verify_for_produce(
     .await
     .map_err(|code| match code {
         ResponseError::ProducerFenced => ResponseError::InvalidProducerEpoch,
-        // Retriable: the shard is stopping.
-        ResponseError::CoordinatorNotAvailable => ResponseError::NotLeaderOrFollower,
+        // Retriable: the shard is stopping, or (in a cluster) the coordinator is moving or
+        // did not answer in time.
+        ResponseError::CoordinatorNotAvailable
+        | ResponseError::NotCoordinator
+        | ResponseError::CoordinatorLoadInProgress => ResponseError::NotLeaderOrFollower,
         _ => ResponseError::InvalidTxnState,
     })
 }
@@ -620,10 +714,8 @@ pub async fn describe(
 }
 
 /// ListTransactions: every transactional id every shard coordinates, with its state.
+/// In a cluster, those this node coordinates (tools ask every node, as Kafka's do).
 pub async fn list(shard: &Rc<Shard>) -> Result<Vec<(String, TxnRecord)>, ResponseError> {
-    if shard.replication.is_some() {
-        return Err(ResponseError::CoordinatorNotAvailable);
-    }
     let mut all = Vec::new();
     for on_shard in shard
         .invoke_on_all(|s| async move {
@@ -652,18 +744,25 @@ fn known(shard: &Shard, transactional_id: &str) -> Option<TxnRecord> {
 }
 
 /// Takes a prepared transaction (`record`, busy) to its end: a marker to each of its
-/// partitions, then the Complete record; releases the id. Retries until done.
+/// partitions, then the Complete record; releases the id. Retries until done, or until this
+/// shard stops coordinating the id (its next coordinator finishes the transaction).
 async fn complete(shard: &Rc<Shard>, topic: &Topic, partition: i32, id: &str, record: TxnRecord) {
     let commit = record.status == TxnStatus::PrepareCommit;
+    // The coordinator epoch: 0 on a single node (one coordinator incarnation), in a cluster
+    // the state partition's leader epoch, so partitions refuse the markers of a coordinator
+    // that was deposed once its successor wrote one.
+    let Ok(coordinator_epoch) = coordinates(shard, topic, partition) else {
+        release(shard, id, None);
+        return;
+    };
     let marker = TxnMarker {
         commit,
-        // One node, one coordinator incarnation: coordinator epoch 0 (cluster mode would use
-        // the state partition's leader epoch).
-        coordinator_epoch: 0,
+        coordinator_epoch,
     };
     let writes = record.partitions.iter().map(|(name, p)| {
         write_marker(
             shard,
+            partition,
             name.clone(),
             *p,
             record.producer_id,
@@ -671,7 +770,12 @@ async fn complete(shard: &Rc<Shard>, topic: &Topic, partition: i32, id: &str, re
             marker,
         )
     });
-    futures::future::join_all(writes).await;
+    let written = futures::future::join_all(writes).await;
+    if written.contains(&false) {
+        // Deposed: what this shard holds of the id is forgotten already.
+        release(shard, id, None);
+        return;
+    }
     let done = TxnRecord {
         status: if commit {
             TxnStatus::CompleteCommit
@@ -722,6 +826,8 @@ enum MarkerTry {
     Written,
     /// Nothing to write: the topic or partition is gone (deleted).
     Gone,
+    /// Cluster mode: this node does not lead the partition (any more); try its leader.
+    NotLeader(String),
     /// The partition refuses the marker for good (it has seen a newer epoch of the producer,
     /// whose own end supersedes this one; or a newer coordinator epoch).
     Refused(ResponseError, String),
@@ -729,9 +835,8 @@ enum MarkerTry {
     Failed(String),
 }
 
-/// One try of a marker on one partition, on its owning shard. After a marker on a
-/// `__consumer_offsets` partition, the group coordinator there applies (or drops) the offsets
-/// the transaction committed.
+/// One try of a marker on one partition: here, on its owning shard, where this node leads it
+/// (always on a single node); otherwise sent to its leader (`peer_calls`).
 async fn try_marker(
     shard: &Rc<Shard>,
     topic: &str,
@@ -743,17 +848,73 @@ async fn try_marker(
     let Some(found) = shard.image().topic(topic).cloned() else {
         return MarkerTry::Gone;
     };
+    if shard.replication.is_some() {
+        let leader = shard.catalog.cluster.leader((found.id, partition));
+        match leader {
+            Some(l) if l.leader >= 0 && l.leader != shard.node_id() => {
+                let answer = crate::peer_calls::write_marker_on(
+                    shard,
+                    l.leader,
+                    producer_id,
+                    producer_epoch,
+                    marker,
+                    topic,
+                    partition,
+                )
+                .await;
+                return match answer {
+                    None => MarkerTry::Failed(format!("no answer from node {}", l.leader)),
+                    Some(None) => MarkerTry::Written,
+                    Some(Some(ResponseError::UnknownTopicOrPartition)) => MarkerTry::Gone,
+                    Some(Some(
+                        code @ (ResponseError::InvalidProducerEpoch
+                        | ResponseError::TransactionCoordinatorFenced),
+                    )) => MarkerTry::Refused(code, format!("refused by node {}", l.leader)),
+                    Some(Some(code)) => {
+                        MarkerTry::Failed(format!("node {} answered {code:?}", l.leader))
+                    }
+                };
+            }
+            Some(l) if l.leader >= 0 => {}
+            _ => return MarkerTry::NotLeader("no leader known".into()),
+        }
+    }
+    try_marker_here(shard, found, partition, producer_id, producer_epoch, marker).await
+}
+
+/// One try of a marker on one partition of this node, on its owning shard. After a marker on
+/// a `__consumer_offsets` partition, the group coordinator there applies (or drops) the
+/// offsets the transaction committed.
+async fn try_marker_here(
+    shard: &Rc<Shard>,
+    found: Arc<Topic>,
+    partition: i32,
+    producer_id: i64,
+    producer_epoch: i16,
+    marker: TxnMarker,
+) -> MarkerTry {
     if !(0..found.partitions).contains(&partition) {
         return MarkerTry::Gone;
     }
-    let owner = shard.owner_of(topic, partition);
+    let owner = shard.owner_of(&found.name, partition);
     shard
         .invoke_on(owner, move |s| async move {
-            let p = match s.partition(&found, partition).await {
-                Ok(p) => p,
-                Err(sluice_storage::StorageError::Closed) => return MarkerTry::Gone,
-                Err(e) => return MarkerTry::Failed(e.to_string()),
+            let p = if s.replication.is_some() {
+                // Cluster mode: only a replica this node holds, and leads.
+                match s.open_partition((found.id, partition)) {
+                    Some(p) => p,
+                    None => return MarkerTry::NotLeader("no replica on this node".into()),
+                }
+            } else {
+                match s.partition(&found, partition).await {
+                    Ok(p) => p,
+                    Err(sluice_storage::StorageError::Closed) => return MarkerTry::Gone,
+                    Err(e) => return MarkerTry::Failed(e.to_string()),
+                }
             };
+            if let Some(why) = p.not_leader() {
+                return MarkerTry::NotLeader(why);
+            }
             match p.append_marker(producer_id, producer_epoch, marker).await {
                 Ok(_) => {
                     if found.name == crate::groups::OFFSETS_TOPIC {
@@ -761,6 +922,10 @@ async fn try_marker(
                     }
                     MarkerTry::Written
                 }
+                Err(crate::partition::AppendError::Refused(
+                    ResponseError::NotLeaderOrFollower,
+                    why,
+                )) => MarkerTry::NotLeader(why),
                 Err(crate::partition::AppendError::Refused(code, why)) => {
                     MarkerTry::Refused(code, why)
                 }
@@ -774,33 +939,31 @@ async fn try_marker(
         .unwrap_or_else(|gone| MarkerTry::Failed(gone.to_string()))
 }
 
-/// WriteTxnMarkers (one marker, many partitions): what a coordinator sends the partitions'
-/// leader, and what `kafka-transactions.sh abort` (Kafka's `Admin.abortTransaction`) sends to
-/// end a hanging transaction no coordinator knows of. One try per partition; its outcome as
-/// Kafka's error code (`None`: written). A single node only: a cluster has no replicated path
-/// for markers yet, so it answers INVALID_REQUEST.
-pub async fn write_markers(
+/// WriteTxnMarkers (one marker, many partitions) on this node: what a coordinator sends the
+/// partitions' leader (in a cluster, over the mesh: `peer_calls`), and what
+/// `kafka-transactions.sh abort` (Kafka's `Admin.abortTransaction`) sends to end a hanging
+/// transaction no coordinator knows of. One try per partition; its outcome as Kafka's error
+/// code (`None`: written; NOT_LEADER_OR_FOLLOWER where this node does not lead it).
+pub async fn write_markers_here(
     shard: &Rc<Shard>,
     producer_id: i64,
     producer_epoch: i16,
     marker: TxnMarker,
     partitions: Vec<(String, i32)>,
 ) -> Vec<((String, i32), Option<ResponseError>)> {
-    if shard.replication.is_some() {
-        return partitions
-            .into_iter()
-            .map(|tp| (tp, Some(ResponseError::InvalidRequest)))
-            .collect();
-    }
-    let tries = partitions.iter().map(|(topic, partition)| {
-        try_marker(
+    let tries = partitions.iter().map(|(topic, partition)| async move {
+        let Some(found) = shard.image().topic(topic).cloned() else {
+            return MarkerTry::Gone;
+        };
+        try_marker_here(
             shard,
-            topic,
+            found,
             *partition,
             producer_id,
             producer_epoch,
             marker,
         )
+        .await
     });
     let outcomes = futures::future::join_all(tries).await;
     partitions
@@ -810,6 +973,7 @@ pub async fn write_markers(
             let code = match outcome {
                 MarkerTry::Written => None,
                 MarkerTry::Gone => Some(ResponseError::UnknownTopicOrPartition),
+                MarkerTry::NotLeader(_) => Some(ResponseError::NotLeaderOrFollower),
                 MarkerTry::Refused(code, why) => {
                     info!(topic = %topic, partition, producer_id, why = %why,
                         "WriteTxnMarkers refused");
@@ -826,18 +990,23 @@ pub async fn write_markers(
         .collect()
 }
 
-/// Appends a marker to one partition of a transaction, on its owning shard, until it is
-/// written or moot.
+/// Appends a marker to one partition of a transaction, where its leader is, until it is
+/// written or moot; false if this shard stopped coordinating state partition
+/// `state_partition` (at the marker's coordinator epoch) first.
 async fn write_marker(
     shard: &Rc<Shard>,
+    state_partition: i32,
     topic: String,
     partition: i32,
     producer_id: i64,
     producer_epoch: i16,
     marker: TxnMarker,
-) {
+) -> bool {
     let mut warned = false;
     loop {
+        if !still_coordinates(shard, state_partition, marker.coordinator_epoch) {
+            return false;
+        }
         let tried = try_marker(
             shard,
             &topic,
@@ -848,16 +1017,21 @@ async fn write_marker(
         )
         .await;
         match tried {
-            MarkerTry::Written => return,
+            MarkerTry::Written => return true,
             MarkerTry::Gone => {
                 warn!(topic = %topic, partition, producer_id,
                     "transaction marker not written: the partition was deleted");
-                return;
+                return true;
             }
             MarkerTry::Refused(code, why) => {
                 warn!(topic = %topic, partition, producer_id, code = ?code, why = %why,
                     "transaction marker not written");
-                return;
+                return true;
+            }
+            // A leader being elected, or moving: the next try asks the new one.
+            MarkerTry::NotLeader(why) => {
+                tracing::debug!(topic = %topic, partition, producer_id, why = %why,
+                    "transaction marker waits for the partition's leader");
             }
             MarkerTry::Failed(why) if !warned => {
                 warn!(topic = %topic, partition, producer_id, error = %why,
@@ -868,6 +1042,79 @@ async fn write_marker(
         }
         glommio::timer::sleep(MARKER_RETRY_DELAY).await;
     }
+}
+
+/// Cluster mode: this shard's replica of state partition `partition` became leader (load its
+/// transactional ids once every entry of its log is committed, so the replay sees all the
+/// previous coordinator wrote, then coordinate them at the leader epoch) or stopped leading
+/// (forget them: the new leader coordinates them, and this shard's work on them stops).
+pub fn leadership_changed(shard: &Rc<Shard>, topic: Arc<Topic>, partition: i32, leads: bool) {
+    shard.transactions.loaded.borrow_mut().remove(&partition);
+    forget_ids_of(shard, &topic, partition);
+    if !leads {
+        return;
+    }
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        // As for consumer groups: the link may report leadership before the shard has opened
+        // the partition.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let p = loop {
+            if let Some(p) = shard.open_partition((topic.id, partition)) {
+                break p;
+            }
+            if std::time::Instant::now() > deadline {
+                warn!(
+                    partition,
+                    "transaction state partition never opened; not loaded"
+                );
+                return;
+            }
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        };
+        let end = p.log().log_end_offset();
+        while p.high_watermark() < end {
+            if p.not_leader().is_some() {
+                return;
+            }
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        if p.not_leader().is_some() {
+            return;
+        }
+        let epoch = p.leader_epoch();
+        forget_ids_of(&shard, &topic, partition);
+        match replay(&shard, &topic, partition).await {
+            Ok(ids) => {
+                // No await since the replay: its spawned completions start after this.
+                if p.not_leader().is_none() && p.leader_epoch() == epoch {
+                    shard
+                        .transactions
+                        .loaded
+                        .borrow_mut()
+                        .insert(partition, epoch);
+                    info!(
+                        partition,
+                        ids,
+                        coordinator_epoch = epoch,
+                        "transaction coordinator loaded as leader of its state partition"
+                    );
+                } else {
+                    forget_ids_of(&shard, &topic, partition);
+                }
+            }
+            Err(e) => warn!(partition, error = %e, "cannot load transaction state"),
+        }
+    })
+    .detach();
+}
+
+fn forget_ids_of(shard: &Shard, topic: &Topic, partition: i32) {
+    shard
+        .transactions
+        .txns
+        .borrow_mut()
+        .retain(|id, _| txn_partition(id, topic.partitions) != partition);
 }
 
 /// Rebuilds the transactional ids of `partition` (a state partition this shard owns) from its

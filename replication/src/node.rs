@@ -61,7 +61,7 @@ use crate::error::{ReplicationError, Result};
 use crate::hard_state_log::HardStateLog;
 use crate::partition::{CommittedEntry, HardStateHome, Membership, Outbox, RaftPartition};
 use crate::replica::ReplicaConfig;
-use crate::rpc::{GroupKey, GroupMessage, LeadNote};
+use crate::rpc::{GroupKey, GroupMessage, LeadNote, PeerCall};
 use crate::throttle::{catch_up_bytes, CatchUpThrottle};
 use crate::transport::{Listener, Transport};
 
@@ -133,6 +133,8 @@ pub struct ReplicationNode {
     ticks: u64,
     /// Requests to join the cluster that arrived (sender, registration), until taken.
     joins: Rc<RefCell<Vec<(u64, Bytes)>>>,
+    /// Requests and answers from peers (sender, call), in arrival order, until taken.
+    calls: Rc<RefCell<Vec<(u64, PeerCall)>>>,
     /// Elections to start once due, for groups whose leader (the peer) is gone.
     campaigns_due: Vec<(Instant, GroupKey, u64)>,
     listener: Listener,
@@ -195,6 +197,8 @@ impl ReplicationNode {
         let delivered = inbox.clone();
         let joins: Rc<RefCell<Vec<(u64, Bytes)>>> = Rc::default();
         let joined = joins.clone();
+        let calls: Rc<RefCell<Vec<(u64, PeerCall)>>> = Rc::default();
+        let called = calls.clone();
         let gone = hung_up.clone();
         let heard = silent.clone();
         let on_arrival = Rc::new(on_arrival);
@@ -211,7 +215,10 @@ impl ReplicationNode {
                 let from = frame.from_node;
                 if let Some(registration) = frame.join {
                     joined.borrow_mut().push((from, registration));
-                    if frame.messages.is_empty() && frame.leading.is_none() {
+                    if frame.messages.is_empty()
+                        && frame.leading.is_none()
+                        && frame.calls.is_empty()
+                    {
                         on_arrival();
                         return; // (perhaps from a node that is no peer yet)
                     }
@@ -219,8 +226,13 @@ impl ReplicationNode {
                 arrived_from.borrow_mut().insert(from, Instant::now());
                 // A keep-alive (an empty frame) only says the peer is up: the owner need not
                 // step for it, unless the peer was silent.
-                let mut news = !frame.messages.is_empty() || frame.leading.is_some();
+                let mut news = !frame.messages.is_empty()
+                    || frame.leading.is_some()
+                    || !frame.calls.is_empty();
                 delivered.borrow_mut().extend(frame.messages);
+                called
+                    .borrow_mut()
+                    .extend(frame.calls.into_iter().map(|call| (from, call)));
                 if let Some(leading) = frame.leading {
                     announced.borrow_mut().push((from, leading));
                 }
@@ -257,6 +269,7 @@ impl ReplicationNode {
             liveness_timeout: LIVENESS_TIMEOUT,
             ticks: 0,
             joins,
+            calls,
             campaigns_due: Vec::new(),
             listener,
             wake,
@@ -295,6 +308,17 @@ impl ReplicationNode {
     /// flush). False for an unknown peer.
     pub fn send_join(&self, peer: u64, registration: Bytes) -> bool {
         self.transport.send_join(peer, registration)
+    }
+
+    /// Queues a request or an answer (see [`PeerCall`]) for `peer`, sent with the next step's
+    /// flush. False for an unknown peer.
+    pub fn send_call(&self, peer: u64, call: PeerCall) -> bool {
+        self.transport.send_call(peer, call)
+    }
+
+    /// Requests and answers that arrived since the last call: (sender, call).
+    pub fn take_calls(&mut self) -> Vec<(u64, PeerCall)> {
+        std::mem::take(&mut *self.calls.borrow_mut())
     }
 
     /// Requests to join that arrived since the last call: (sender, registration).

@@ -1,4 +1,5 @@
-//! Broker-to-broker frames: the Raft messages of many groups between two nodes, in one frame.
+//! Broker-to-broker frames: the Raft messages of many groups between two nodes, in one frame,
+//! and the requests and answers (`PeerCall`) one shard makes of the same shard of another node.
 //!
 //! On the wire: `[u32 payload length][u32 crc32c of the payload][payload]`, little-endian; the
 //! payload is a flatbuffers `Frame` (schema `replication/schema/rpc.fbs`, generated code in
@@ -74,6 +75,19 @@ pub struct VoterProgress {
     pub learner: bool,
 }
 
+/// A request a shard makes of the same shard of another node, or the answer to one (see
+/// `rpc.fbs`): a Kafka request or response body of `api_key` at `api_version`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCall {
+    /// The asker's number for the request; an answer carries its request's.
+    pub id: u64,
+    /// An answer to the receiver's request `id` (false: a request).
+    pub answer: bool,
+    pub api_key: i16,
+    pub api_version: i16,
+    pub body: Bytes,
+}
+
 /// A decoded frame.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Frame {
@@ -83,6 +97,8 @@ pub struct Frame {
     pub leading: Option<Vec<LeadNote>>,
     /// A node that is not a seed asking to join, with its registration (opaque here).
     pub join: Option<Bytes>,
+    /// Requests to the receiver and answers to its requests.
+    pub calls: Vec<PeerCall>,
 }
 
 /// Why a frame was refused.
@@ -176,11 +192,24 @@ pub fn decode_payload(header: FrameHeader, payload: Bytes) -> Result<Frame, Fram
         }
     };
     let join = frame.join().map(|bytes| share(&payload, Some(bytes)));
+    let calls = frame
+        .calls()
+        .iter()
+        .flat_map(|calls| calls.iter())
+        .map(|call| PeerCall {
+            id: call.id(),
+            answer: call.answer(),
+            api_key: call.api_key(),
+            api_version: call.api_version(),
+            body: share(&payload, call.body()),
+        })
+        .collect();
     Ok(Frame {
         from_node: frame.from_node(),
         messages,
         leading,
         join,
+        calls,
     })
 }
 
@@ -229,9 +258,12 @@ pub fn encode_frame(
     from_node: u64,
     messages: &[GroupMessage],
     leading: Option<&[LeadNote]>,
+    calls: &[PeerCall],
     out: &mut Vec<u8>,
 ) {
-    let hint = encoded_size_hint(messages) + leading.map_or(0, |l| l.len() * 64);
+    let hint = encoded_size_hint(messages)
+        + leading.map_or(0, |l| l.len() * 64)
+        + calls.iter().map(|c| 48 + c.body.len()).sum::<usize>();
     let mut builder = FlatBufferBuilder::with_capacity(1024 + hint);
     let encoded: Vec<_> = messages
         .iter()
@@ -277,6 +309,25 @@ pub fn encode_frame(
             .collect();
         builder.create_vector(&encoded)
     });
+    let calls = (!calls.is_empty()).then(|| {
+        let encoded: Vec<_> = calls
+            .iter()
+            .map(|call| {
+                let body = builder.create_vector(&call.body[..]);
+                fb::PeerCall::create(
+                    &mut builder,
+                    &fb::PeerCallArgs {
+                        id: call.id,
+                        answer: call.answer,
+                        api_key: call.api_key,
+                        api_version: call.api_version,
+                        body: Some(body),
+                    },
+                )
+            })
+            .collect();
+        builder.create_vector(&encoded)
+    });
     let frame = fb::Frame::create(
         &mut builder,
         &fb::FrameArgs {
@@ -284,6 +335,7 @@ pub fn encode_frame(
             messages: Some(messages),
             leading,
             join: None,
+            calls,
         },
     );
     fb::finish_frame_buffer(&mut builder, frame);
@@ -500,7 +552,7 @@ mod tests {
 
     fn frame_of(messages: &[GroupMessage]) -> Vec<u8> {
         let mut out = Vec::new();
-        encode_frame(3, messages, None, &mut out);
+        encode_frame(3, messages, None, &[], &mut out);
         out
     }
 
@@ -593,7 +645,21 @@ mod tests {
                 ),
                 0..6,
             )),
+            calls in prop::collection::vec(
+                (any::<u64>(), any::<bool>(), any::<i16>(), any::<i16>(), prop::collection::vec(any::<u8>(), 0..64)),
+                0..4,
+            ),
         ) {
+            let calls: Vec<PeerCall> = calls
+                .into_iter()
+                .map(|(id, answer, api_key, api_version, body)| PeerCall {
+                    id,
+                    answer,
+                    api_key,
+                    api_version,
+                    body: body.into(),
+                })
+                .collect();
             let leading: Option<Vec<LeadNote>> = leading.map(|notes| {
                 notes
                     .into_iter()
@@ -616,11 +682,12 @@ mod tests {
                     .collect()
             });
             let mut out = Vec::new();
-            encode_frame(from, &messages, leading.as_deref(), &mut out);
+            encode_frame(from, &messages, leading.as_deref(), &calls, &mut out);
             let frame = decode(&out, usize::MAX).unwrap();
             prop_assert_eq!(frame.from_node, from);
             prop_assert_eq!(frame.messages, messages);
             prop_assert_eq!(frame.leading, leading);
+            prop_assert_eq!(frame.calls, calls);
         }
 
         /// Whatever the payload bytes, with a matching checksum, decoding returns (no panic).

@@ -1340,6 +1340,170 @@ impl ::core::fmt::Debug for LeadNote<'_> {
       ds.finish()
   }
 }
+pub enum PeerCallOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PeerCall<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PeerCall<'a> {
+  type Inner = PeerCall<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PeerCall<'a> {
+  pub const VT_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ANSWER: ::flatbuffers::VOffsetT = 6;
+  pub const VT_API_KEY: ::flatbuffers::VOffsetT = 8;
+  pub const VT_API_VERSION: ::flatbuffers::VOffsetT = 10;
+  pub const VT_BODY: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PeerCall { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PeerCallArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PeerCall<'bldr>> {
+    let mut builder = PeerCallBuilder::new(_fbb);
+    builder.add_id(args.id);
+    if let Some(x) = args.body { builder.add_body(x); }
+    builder.add_api_version(args.api_version);
+    builder.add_api_key(args.api_key);
+    builder.add_answer(args.answer);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PeerCall::VT_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn answer(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(PeerCall::VT_ANSWER, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn api_key(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(PeerCall::VT_API_KEY, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn api_version(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(PeerCall::VT_API_VERSION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn body(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(PeerCall::VT_BODY, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PeerCall<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("id", Self::VT_ID, false)?
+     .visit_field::<bool>("answer", Self::VT_ANSWER, false)?
+     .visit_field::<i16>("api_key", Self::VT_API_KEY, false)?
+     .visit_field::<i16>("api_version", Self::VT_API_VERSION, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("body", Self::VT_BODY, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PeerCallArgs<'a> {
+    pub id: u64,
+    pub answer: bool,
+    pub api_key: i16,
+    pub api_version: i16,
+    pub body: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for PeerCallArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PeerCallArgs {
+      id: 0,
+      answer: false,
+      api_key: 0,
+      api_version: 0,
+      body: None,
+    }
+  }
+}
+
+pub struct PeerCallBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PeerCallBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_id(&mut self, id: u64) {
+    self.fbb_.push_slot::<u64>(PeerCall::VT_ID, id, 0);
+  }
+  #[inline]
+  pub fn add_answer(&mut self, answer: bool) {
+    self.fbb_.push_slot::<bool>(PeerCall::VT_ANSWER, answer, false);
+  }
+  #[inline]
+  pub fn add_api_key(&mut self, api_key: i16) {
+    self.fbb_.push_slot::<i16>(PeerCall::VT_API_KEY, api_key, 0);
+  }
+  #[inline]
+  pub fn add_api_version(&mut self, api_version: i16) {
+    self.fbb_.push_slot::<i16>(PeerCall::VT_API_VERSION, api_version, 0);
+  }
+  #[inline]
+  pub fn add_body(&mut self, body: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PeerCall::VT_BODY, body);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PeerCallBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PeerCallBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PeerCall<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PeerCall<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PeerCall");
+      ds.field("id", &self.id());
+      ds.field("answer", &self.answer());
+      ds.field("api_key", &self.api_key());
+      ds.field("api_version", &self.api_version());
+      ds.field("body", &self.body());
+      ds.finish()
+  }
+}
 pub enum FrameOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -1360,6 +1524,7 @@ impl<'a> Frame<'a> {
   pub const VT_MESSAGES: ::flatbuffers::VOffsetT = 6;
   pub const VT_LEADING: ::flatbuffers::VOffsetT = 8;
   pub const VT_JOIN: ::flatbuffers::VOffsetT = 10;
+  pub const VT_CALLS: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1372,6 +1537,7 @@ impl<'a> Frame<'a> {
   ) -> ::flatbuffers::WIPOffset<Frame<'bldr>> {
     let mut builder = FrameBuilder::new(_fbb);
     builder.add_from_node(args.from_node);
+    if let Some(x) = args.calls { builder.add_calls(x); }
     if let Some(x) = args.join { builder.add_join(x); }
     if let Some(x) = args.leading { builder.add_leading(x); }
     if let Some(x) = args.messages { builder.add_messages(x); }
@@ -1407,6 +1573,13 @@ impl<'a> Frame<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Frame::VT_JOIN, None)}
   }
+  #[inline]
+  pub fn calls(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PeerCall<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PeerCall>>>>(Frame::VT_CALLS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Frame<'_> {
@@ -1419,6 +1592,7 @@ impl ::flatbuffers::Verifiable for Frame<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<RaftMessage>>>>("messages", Self::VT_MESSAGES, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<LeadNote>>>>("leading", Self::VT_LEADING, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("join", Self::VT_JOIN, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<PeerCall>>>>("calls", Self::VT_CALLS, false)?
      .finish();
     Ok(())
   }
@@ -1428,6 +1602,7 @@ pub struct FrameArgs<'a> {
     pub messages: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<RaftMessage<'a>>>>>,
     pub leading: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<LeadNote<'a>>>>>,
     pub join: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub calls: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PeerCall<'a>>>>>,
 }
 impl<'a> Default for FrameArgs<'a> {
   #[inline]
@@ -1437,6 +1612,7 @@ impl<'a> Default for FrameArgs<'a> {
       messages: None,
       leading: None,
       join: None,
+      calls: None,
     }
   }
 }
@@ -1463,6 +1639,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> FrameBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Frame::VT_JOIN, join);
   }
   #[inline]
+  pub fn add_calls(&mut self, calls: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<PeerCall<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Frame::VT_CALLS, calls);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> FrameBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     FrameBuilder {
@@ -1484,6 +1664,7 @@ impl ::core::fmt::Debug for Frame<'_> {
       ds.field("messages", &self.messages());
       ds.field("leading", &self.leading());
       ds.field("join", &self.join());
+      ds.field("calls", &self.calls());
       ds.finish()
   }
 }

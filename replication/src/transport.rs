@@ -17,6 +17,9 @@
 //! every peer (a frame of its own where nothing else is queued); a failed send drops it too,
 //! and the owner announces again.
 //!
+//! Requests and answers between shards (`send_call`, see `rpc::PeerCall`) travel in the same
+//! frames, under the same rules: dropped with their frame, never retransmitted here.
+//!
 //! `keep_alive` makes the next flush send every peer a frame even with nothing queued (an empty
 //! one): node-level liveness for peers whose groups are all quiet.
 //!
@@ -48,7 +51,7 @@ use glommio::task::JoinHandle;
 
 use crate::rpc::{
     decode_header, decode_payload, encode_frame, encode_join_frame, Frame, GroupMessage, LeadNote,
-    FRAME_HEADER_BYTES,
+    PeerCall, FRAME_HEADER_BYTES,
 };
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
@@ -68,6 +71,8 @@ pub const PEER_QUEUE_BYTES_MAX: usize = 32 << 20;
 struct Link {
     address: SocketAddr,
     queue: RefCell<Vec<GroupMessage>>,
+    /// Requests and answers for the peer, for the next frame.
+    calls: RefCell<Vec<PeerCall>>,
     /// An announcement of what this shard leads, for the next frame.
     leading: RefCell<Option<Rc<[LeadNote]>>>,
     /// A request to join the cluster (this node's registration), for the next flush.
@@ -133,6 +138,7 @@ impl Transport {
             Rc::new(Link {
                 address,
                 queue: RefCell::new(Vec::new()),
+                calls: RefCell::new(Vec::new()),
                 leading: RefCell::new(None),
                 join: RefCell::new(None),
                 keep_alive: Cell::new(false),
@@ -171,6 +177,19 @@ impl Transport {
         }
     }
 
+    /// Queues a request or an answer for `peer` until the next flush. False for an unknown
+    /// peer. Like a message, it is dropped with its frame when the peer cannot be reached:
+    /// the asker's wait for an answer has a deadline of its own.
+    pub fn send_call(&self, peer: u64, call: PeerCall) -> bool {
+        match self.links.get(&peer) {
+            Some(link) => {
+                link.calls.borrow_mut().push(call);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Announces `leading` (every group this shard leads) to every peer with the next flush,
     /// replacing an announcement not sent yet.
     pub fn announce(&self, leading: Rc<[LeadNote]>) {
@@ -195,13 +214,27 @@ impl Transport {
         let now = Instant::now();
         for (peer, link) in &self.links {
             let messages = std::mem::take(&mut *link.queue.borrow_mut());
+            let calls = std::mem::take(&mut *link.calls.borrow_mut());
             let leading = link.leading.borrow_mut().take();
             let join = link.join.borrow_mut().take();
             let keep_alive = link.keep_alive.replace(false);
             let failed = link.state.failed.replace(false);
-            let tried = !messages.is_empty() || leading.is_some() || join.is_some() || keep_alive;
-            let handed =
-                tried && self.hand_over(link, &messages, leading.as_deref(), join.as_deref(), now);
+            let tried = !messages.is_empty()
+                || !calls.is_empty()
+                || leading.is_some()
+                || join.is_some()
+                || keep_alive;
+            let handed = tried
+                && self.hand_over(
+                    link,
+                    Outgoing {
+                        messages: &messages,
+                        calls: &calls,
+                        leading: leading.as_deref(),
+                        join: join.as_deref(),
+                    },
+                    now,
+                );
             if handed {
                 report.frames_sent += 1;
                 report.messages_sent += messages.len();
@@ -218,14 +251,13 @@ impl Transport {
     /// frame). False if it was dropped instead: the peer is in backoff after a failure, or its
     /// writer already holds [`PEER_QUEUE_BYTES_MAX`] (the peer takes data more slowly than this
     /// node sends it, or not at all); Raft retransmits.
-    fn hand_over(
-        &self,
-        link: &Link,
-        messages: &[GroupMessage],
-        leading: Option<&[LeadNote]>,
-        join: Option<&[u8]>,
-        now: Instant,
-    ) -> bool {
+    fn hand_over(&self, link: &Link, outgoing: Outgoing<'_>, now: Instant) -> bool {
+        let Outgoing {
+            messages,
+            calls,
+            leading,
+            join,
+        } = outgoing;
         let state = &link.state;
         if state.retry_at.get().is_some_and(|at| now < at) {
             return false;
@@ -234,8 +266,8 @@ impl Transport {
         if let Some(registration) = join {
             encode_join_frame(self.node_id, registration, &mut frame);
         }
-        if !messages.is_empty() || leading.is_some() || join.is_none() {
-            encode_frame(self.node_id, messages, leading, &mut frame);
+        if !messages.is_empty() || !calls.is_empty() || leading.is_some() || join.is_none() {
+            encode_frame(self.node_id, messages, leading, calls, &mut frame);
         }
         let queued = state.queued_bytes.get();
         if queued > 0 && queued + frame.len() > PEER_QUEUE_BYTES_MAX {
@@ -254,6 +286,14 @@ impl Transport {
         state.queued_bytes.set(queued + length);
         true
     }
+}
+
+/// What one flush hands a peer's writer.
+struct Outgoing<'a> {
+    messages: &'a [GroupMessage],
+    calls: &'a [PeerCall],
+    leading: Option<&'a [LeadNote]>,
+    join: Option<&'a [u8]>,
 }
 
 /// A peer's writer: dials when there is something to send (no sooner than the backoff after
@@ -471,7 +511,8 @@ async fn read_frames(
             .map_err(|e| format!("frame payload: {e}"))?;
         let frame = decode_payload(header, Bytes::from(payload)).map_err(|e| e.to_string())?;
         if !senders.borrow().contains(&frame.from_node) {
-            let empty = frame.messages.is_empty() && frame.leading.is_none();
+            let empty =
+                frame.messages.is_empty() && frame.leading.is_none() && frame.calls.is_empty();
             if empty && frame.join.is_none() {
                 // A keep-alive from a node that is no peer (yet): it says nothing.
                 continue;

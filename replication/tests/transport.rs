@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::run;
 use futures::AsyncWriteExt;
 use glommio::net::TcpStream;
-use sluice_replication::rpc::{encode_frame, Frame, GroupKey, GroupMessage};
+use sluice_replication::rpc::{encode_frame, Frame, GroupKey, GroupMessage, PeerCall};
 use sluice_replication::transport::{Listener, Transport};
 use sluice_replication::{Message, MessageType};
 
@@ -99,6 +99,47 @@ fn a_flush_sends_one_frame_per_peer_and_messages_arrive_in_order() {
     });
 }
 
+fn call(id: u64, answer: bool) -> PeerCall {
+    PeerCall {
+        id,
+        answer,
+        api_key: 27,
+        api_version: 1,
+        body: vec![id as u8; id as usize].into(),
+    }
+}
+
+#[test]
+fn calls_travel_in_frames_of_their_own_or_beside_messages_in_order() {
+    run(|| async {
+        let inbox: Inbox = Rc::default();
+        let listener = listen("127.0.0.1:0".parse().unwrap(), &inbox);
+        let transport = Transport::new(1, &HashMap::from([(2, listener.address())]));
+        // Calls alone make a frame; beside messages they share it.
+        assert!(transport.send_call(2, call(1, false)));
+        assert!(transport.send_call(2, call(2, true)));
+        assert_eq!(transport.flush().await.frames_sent, 1);
+        assert!(transport.send(2, heartbeat(1)));
+        assert!(transport.send_call(2, call(3, false)));
+        assert_eq!(transport.flush().await.frames_sent, 1);
+        assert!(
+            !transport.send_call(9, call(4, false)),
+            "unknown peer refused"
+        );
+        wait_for(&inbox, 1).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while inbox.borrow().len() < 2 {
+            assert!(Instant::now() < deadline, "the second frame never came");
+            glommio::timer::sleep(Duration::from_millis(2)).await;
+        }
+        let frames = inbox.borrow();
+        assert_eq!(frames[0].calls, vec![call(1, false), call(2, true)]);
+        assert!(frames[0].messages.is_empty());
+        assert_eq!(frames[1].calls, vec![call(3, false)]);
+        assert_eq!(frames[1].messages.len(), 1);
+    });
+}
+
 #[test]
 fn a_peer_that_restarts_is_redialed_after_backoff() {
     run(|| async {
@@ -154,14 +195,22 @@ fn malformed_frames_close_only_their_own_connection() {
         let transport = Transport::new(1, &HashMap::from([(2, listener.address())]));
 
         let mut frame = Vec::new();
-        encode_frame(1, &[heartbeat(7)], None, &mut frame);
+        encode_frame(1, &[heartbeat(7)], None, &[], &mut frame);
         let mut bad_checksum = frame.clone();
         *bad_checksum.last_mut().unwrap() ^= 0xff;
         let mut too_long = frame.clone();
         too_long[..4].copy_from_slice(&(u32::MAX).to_le_bytes());
         let mut stranger = Vec::new();
-        encode_frame(66, &[heartbeat(8)], None, &mut stranger);
-        for bad in [bad_checksum, too_long, stranger, vec![1, 2, 3]] {
+        encode_frame(66, &[heartbeat(8)], None, &[], &mut stranger);
+        let mut stranger_calling = Vec::new();
+        encode_frame(66, &[], None, &[call(5, false)], &mut stranger_calling);
+        for bad in [
+            bad_checksum,
+            too_long,
+            stranger,
+            stranger_calling,
+            vec![1, 2, 3],
+        ] {
             let mut raw = TcpStream::connect(listener.address()).await.unwrap();
             raw.write_all(&bad).await.unwrap();
             raw.write_all(&frame).await.unwrap(); // a good frame after the bad one is not read

@@ -392,6 +392,16 @@ fn assert_replicas_agree(logs: &[Vec<(i64, Vec<u8>)>], what: &str) {
 
 /// The node coordinating `group`, as a running node answers FindCoordinator.
 fn coordinator_of(cluster: &Cluster, group: &str) -> i32 {
+    coordinator_by(cluster, 0, group)
+}
+
+/// The node FindCoordinator names for transactional id `id` (the first request creates
+/// `__transaction_state`: asked again until a node is named).
+fn txn_coordinator_of(cluster: &Cluster, id: &str) -> i32 {
+    coordinator_by(cluster, 1, id)
+}
+
+fn coordinator_by(cluster: &Cluster, key_type: i8, group: &str) -> i32 {
     use kafka_protocol::messages::{ApiKey, FindCoordinatorRequest, FindCoordinatorResponse};
     use kafka_protocol::protocol::StrBytes;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -404,7 +414,7 @@ fn coordinator_of(cluster: &Cluster, group: &str) -> i32 {
                 3,
                 &FindCoordinatorRequest::default()
                     .with_key(StrBytes::from_string(group.to_string()))
-                    .with_key_type(0),
+                    .with_key_type(key_type),
             );
             if answer.error_code == 0 && cluster.node(answer.node_id.0).is_running() {
                 return answer.node_id.0;
@@ -1989,41 +1999,25 @@ fn a_cluster_node_refuses_what_it_cannot_do_with_clear_errors() {
     assert!(message.contains("3 registered broker"), "{message}");
     assert_eq!(create(controller, "accepted", 3).0, 0);
 
-    // No transactions in a cluster yet: no coordinator is named, and a transactional batch is
-    // refused (no one could ever end its transaction).
+    // Transactions: the first FindCoordinator for a transactional id creates
+    // __transaction_state, then its partition's leader is named. A transactional batch of a
+    // producer the coordinator does not know is refused (INVALID_TXN_STATE) by the partition's
+    // leader once it asked the coordinator, here one on another node, over the mesh (KIP-890).
     {
-        use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-        use kafka_protocol::messages::{
-            FindCoordinatorRequest, FindCoordinatorResponse, ProduceRequest, ProduceResponse,
-        };
-        let found: FindCoordinatorResponse = call(
-            &mut connect(cluster.node(controller).kafka),
-            ApiKey::FindCoordinator,
-            3,
-            &FindCoordinatorRequest::default()
-                .with_key_type(1)
-                .with_key(StrBytes::from_static_str("txn")),
+        let (leader, _) = leader_of(&cluster, "accepted", 0);
+        let elsewhere = (0..50)
+            .map(|i| format!("txn-{i}"))
+            .find(|id| txn_coordinator_of(&cluster, id) != leader)
+            .expect("some transactional id coordinated by another node");
+        let answer = sluice_tests::wire::produce(
+            &mut connect(cluster.node(leader).kafka),
+            -1,
+            Some(&elsewhere),
+            "accepted",
+            0,
+            sluice_tests::wire::transactional_batch(7, 0, 0, b"stray"),
         );
-        assert_eq!(found.error_code, 15, "COORDINATOR_NOT_AVAILABLE");
-        let mut batch = sluice_tests::wire::idempotent_batch(7, 0, 0, 1);
-        batch[22] |= 0x10; // transactional
-        let crc = crc32c::crc32c(&batch[21..]);
-        batch[17..21].copy_from_slice(&crc.to_be_bytes());
-        let produced: ProduceResponse = call(
-            &mut connect(cluster.node(controller).kafka),
-            ApiKey::Produce,
-            9,
-            &ProduceRequest::default()
-                .with_acks(-1)
-                .with_timeout_ms(10_000)
-                .with_topic_data(vec![TopicProduceData::default()
-                    .with_name(name("accepted"))
-                    .with_partition_data(vec![PartitionProduceData::default()
-                        .with_index(0)
-                        .with_records(Some(batch.into()))])]),
-        );
-        let answer = &produced.responses[0].partition_responses[0];
-        assert_eq!(answer.error_code, 87, "INVALID_RECORD: {answer:?}");
+        assert_eq!(answer.error_code, 48, "INVALID_TXN_STATE: {answer:?}");
     }
 
     // A client quota set through a node that is not the controller (kafka-python and Java's

@@ -4,7 +4,8 @@
 //! first; a transaction left open past its timeout is aborted by the coordinator, also when the
 //! broker was SIGKILLed while it was open. kafka-python's transactional producer runs a
 //! consume-transform-produce loop too; `sluice txn` lists, describes, finds and aborts
-//! (WriteTxnMarkers) a hanging transaction.
+//! (WriteTxnMarkers) a hanging transaction. On a three-node cluster, the loop stays exactly
+//! once when the transactional id's coordinator is SIGKILLed with a transaction open.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -22,11 +23,15 @@ const PARTITIONS: i32 = 3;
 const TIMEOUT: Duration = Duration::from_secs(20);
 
 fn create_topic(bootstrap: &str, name: &str) {
+    create_topic_with_replicas(bootstrap, name, 1);
+}
+
+fn create_topic_with_replicas(bootstrap: &str, name: &str, replicas: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
         .expect("admin client");
-    let topic = NewTopic::new(name, PARTITIONS, TopicReplication::Fixed(1));
+    let topic = NewTopic::new(name, PARTITIONS, TopicReplication::Fixed(replicas));
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in futures::executor::block_on(admin.create_topics([&topic], &options))
         .expect("CreateTopics answered")
@@ -94,7 +99,10 @@ fn read(consumer: &BaseConsumer, expected: usize, window: Duration) -> Vec<Strin
     let deadline = Instant::now() + window;
     let mut extra_until = None;
     while Instant::now() < deadline && extra_until.is_none_or(|until| Instant::now() < until) {
-        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+        if let Some(message) = consumer
+            .poll(Duration::from_millis(100))
+            .filter(|m| !lost_a_broker(m))
+        {
             let message = message.expect("a record, not an error");
             values.push(String::from_utf8_lossy(message.payload().unwrap_or(b"")).into_owned());
         }
@@ -103,6 +111,18 @@ fn read(consumer: &BaseConsumer, expected: usize, window: Duration) -> Vec<Strin
         }
     }
     values
+}
+
+/// Whether a poll reported that a connection to a broker failed: in a cluster whose node was
+/// killed, librdkafka says so through the consumer, and goes on with the other nodes.
+fn lost_a_broker<T>(polled: &Result<T, rdkafka::error::KafkaError>) -> bool {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    matches!(
+        polled,
+        Err(KafkaError::MessageConsumption(
+            RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown
+        ))
+    )
 }
 
 /// Writes `in-0` .. `in-{count - 1}` to `topic` round-robin over its partitions, acks=all,
@@ -444,9 +464,13 @@ fn stale_unknown_and_forged_transactional_requests_get_kafkas_errors() {
 /// records are done in all; with `crash`, one more transaction is left open (its output
 /// written, not committed) and the broker is SIGKILLed under it. Returns the inputs done.
 fn transform(broker: &Broker, until: usize) -> usize {
-    let bootstrap = broker.bootstrap();
+    transform_through(&broker.bootstrap(), until)
+}
+
+/// [`transform`] through the brokers of `bootstrap`.
+fn transform_through(bootstrap: &str, until: usize) -> usize {
     let input: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
+        .set("bootstrap.servers", bootstrap)
         .set("group.id", "ctp")
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
@@ -460,13 +484,16 @@ fn transform(broker: &Broker, until: usize) -> usize {
             .unwrap();
     }
     input.assign(&assignment).expect("assign");
-    let producer = transactional_producer(&bootstrap, "ctp-txn", 60_000);
+    let producer = transactional_producer(bootstrap, "ctp-txn", 60_000);
     let mut done = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
     while done < until && Instant::now() < deadline {
         let mut batch = Vec::new();
         while batch.len() < 40 {
-            match input.poll(Duration::from_millis(200)) {
+            match input
+                .poll(Duration::from_millis(200))
+                .filter(|m| !lost_a_broker(m))
+            {
                 Some(message) => {
                     let m = message.expect("a record");
                     let value = String::from_utf8_lossy(m.payload().unwrap_or(b"")).into_owned();
@@ -553,6 +580,94 @@ fn consume_transform_produce_is_exactly_once_across_a_sigkill() {
         let values = read(&output, RECORDS, TIMEOUT);
         assert_each_output_once(&values, RECORDS);
         broker.stop();
+    }
+}
+
+/// The same exactly-once loop on a three-node cluster, with the node that coordinates the
+/// transactional id (the leader of its `__transaction_state` partition) SIGKILLed while a
+/// transaction is open: the partition's new leader loads the state, aborts the open
+/// transaction at the next epoch (its markers go to every partition's leader, over the mesh
+/// where that is another node) and the next incarnation carries on. Every input once in the
+/// committed output.
+#[test]
+fn a_clusters_transform_is_exactly_once_across_a_sigkill_of_the_coordinator() {
+    const RECORDS: usize = 600;
+    let mut cluster = sluice_tests::cluster::Cluster::start(3, &[]);
+    let bootstrap = cluster.bootstrap();
+    create_topic_with_replicas(&bootstrap, "ctp-in", 3);
+    create_topic_with_replicas(&bootstrap, "ctp-out", 3);
+    produce_inputs(&bootstrap, "ctp-in", RECORDS);
+
+    let first = transform_through(&bootstrap, RECORDS / 2);
+    assert!(first >= RECORDS / 2, "only {first} transformed");
+    let producer = transactional_producer(&bootstrap, "ctp-txn", 60_000);
+    producer.begin_transaction().unwrap();
+    send(&producer, "ctp-out", "out-in-crashed", 12);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", "ctp")
+        .create()
+        .expect("consumer");
+    let mut positions = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        positions
+            .add_partition_offset("ctp-in", p, Offset::Offset(RECORDS as i64))
+            .unwrap();
+    }
+    producer
+        .send_offsets_to_transaction(
+            &positions,
+            &consumer.group_metadata().expect("group metadata"),
+            TIMEOUT,
+        )
+        .expect("send_offsets_to_transaction");
+    let coordinator = txn_coordinator(&cluster, "ctp-txn");
+    cluster.kill(coordinator);
+    drop(producer);
+
+    let second = transform_through(&bootstrap, RECORDS - first);
+    assert_eq!(first + second, RECORDS, "every input transformed once");
+    let output = consumer_of(&bootstrap, "ctp-out");
+    let values = read(&output, RECORDS, TIMEOUT);
+    assert_each_output_once(&values, RECORDS);
+    // The new coordinator is another node, and it knows the id's new incarnation.
+    let successor = txn_coordinator(&cluster, "ctp-txn");
+    assert_ne!(successor, coordinator);
+    assert!(
+        cluster
+            .node(successor)
+            .log()
+            .lines()
+            .any(|l| l.contains("transaction coordinator loaded") && l.contains("ids=1")),
+        "node {successor} loaded the id from the replicated state"
+    );
+}
+
+/// The node FindCoordinator names for `transactional_id` (asking the running nodes until one
+/// names a running node: the first request creates `__transaction_state`).
+fn txn_coordinator(cluster: &sluice_tests::cluster::Cluster, transactional_id: &str) -> i32 {
+    use kafka_protocol::messages::{ApiKey, FindCoordinatorRequest, FindCoordinatorResponse};
+    use kafka_protocol::protocol::StrBytes;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for node in cluster.nodes.iter().filter(|n| n.is_running()) {
+            let answer: FindCoordinatorResponse = sluice_tests::wire::call(
+                &mut sluice_tests::wire::connect(node.kafka),
+                ApiKey::FindCoordinator,
+                3,
+                &FindCoordinatorRequest::default()
+                    .with_key(StrBytes::from_string(transactional_id.to_string()))
+                    .with_key_type(1),
+            );
+            if answer.error_code == 0 && cluster.node(answer.node_id.0).is_running() {
+                return answer.node_id.0;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no coordinator for {transactional_id}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

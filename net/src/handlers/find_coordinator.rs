@@ -1,15 +1,17 @@
 //! FindCoordinator (key 10): a single node coordinates every consumer group (inside, the shard
 //! owning the group's `__consumer_offsets` partition does); in cluster mode, the leader of that
 //! partition does, as this node's replica knows it (not a leader whose connections to this
-//! node just closed: COORDINATOR_NOT_AVAILABLE until the election). A single node also
-//! coordinates every transactional id (key type 1; DESCRIBE on the transactional id); a cluster
-//! has no transaction coordinator yet and answers COORDINATOR_NOT_AVAILABLE. v4+ answers a
-//! batch of keys.
+//! node just closed: COORDINATOR_NOT_AVAILABLE until the election). Transactional ids (key
+//! type 1; DESCRIBE on the transactional id) likewise, with `__transaction_state`: a single
+//! node coordinates them all; in a cluster, the leader of the id's partition does. The first
+//! request for a transactional id creates that topic (as Kafka does), answering
+//! COORDINATOR_NOT_AVAILABLE until it has leaders. v4+ answers a batch of keys.
 
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{ApiKey, BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
 use kafka_protocol::protocol::StrBytes;
 use sluice_core::groups::{offsets_partition, OFFSETS_TOPIC};
+use sluice_core::transactions::{self, txn_partition, TXN_STATE_TOPIC};
 use sluice_core::ResponseError;
 
 use crate::apis::ApiRange;
@@ -28,9 +30,9 @@ const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
 /// Why a key type other than a group or transaction gets no coordinator.
 const KEY_TYPE_MESSAGE: &str = "this broker coordinates consumer groups and transactions only";
-/// Why a cluster node names no transaction coordinator.
-const NO_CLUSTER_TRANSACTIONS: &str =
-    "transactions are coordinated on a single node only (not yet in a cluster)";
+/// Why a cluster node names no transaction coordinator yet.
+const TXN_NOT_YET: &str =
+    "the transactional id's __transaction_state partition has no leader known here yet; retry";
 
 pub fn handle(
     request: FindCoordinatorRequest,
@@ -64,13 +66,12 @@ pub fn handle(
     FindCoordinatorResponse::default().with_coordinators(coordinators)
 }
 
+/// A coordinator as FindCoordinator answers it: (node, host, port, error and its message).
+type Answer = (i32, StrBytes, i32, Option<(ResponseError, &'static str)>);
+
 /// The coordinator of `key`: (node, host, port, error). A single node coordinates every
 /// group; in cluster mode, the leader of the group's `__consumer_offsets` partition does.
-fn coordinator_of(
-    ctx: &Context,
-    key_type: i8,
-    key: &str,
-) -> (i32, StrBytes, i32, Option<(ResponseError, &'static str)>) {
+fn coordinator_of(ctx: &Context, key_type: i8, key: &str) -> Answer {
     let none = |error, message| (-1, StrBytes::default(), -1, Some((error, message)));
     if key_type == KEY_TYPE_TRANSACTION {
         if !ctx.allows(Operation::DESCRIBE, ResourceType::TransactionalId, key) {
@@ -79,11 +80,15 @@ fn coordinator_of(
                 "Authorization failed.",
             );
         }
-        if ctx.shard.image().cluster.is_some() {
-            return none(
-                ResponseError::CoordinatorNotAvailable,
-                NO_CLUSTER_TRANSACTIONS,
-            );
+        let image = ctx.shard.image();
+        if image.cluster.is_some() {
+            let Some(state) = image.topic(TXN_STATE_TOPIC) else {
+                transactions::create_state_topic_soon(&ctx.shard);
+                return none(ResponseError::CoordinatorNotAvailable, TXN_NOT_YET);
+            };
+            let partition = txn_partition(key, state.partitions);
+            return partition_leader(ctx, (state.id, partition))
+                .unwrap_or_else(|| none(ResponseError::CoordinatorNotAvailable, TXN_NOT_YET));
         }
         let (host, port) = ctx.broker.endpoint(&ctx.listener);
         return (
@@ -105,7 +110,7 @@ fn coordinator_of(
     }
     let broker = &ctx.broker;
     let image = ctx.shard.image();
-    let Some(cluster) = image.cluster.as_ref() else {
+    if image.cluster.is_none() {
         let (host, port) = broker.endpoint(&ctx.listener);
         return (
             broker.node_id,
@@ -113,30 +118,38 @@ fn coordinator_of(
             i32::from(port),
             None,
         );
-    };
+    }
     let Some(offsets) = image.topic(OFFSETS_TOPIC) else {
         return none(ResponseError::CoordinatorNotAvailable, NOT_YET);
     };
     let partition = offsets_partition(key, offsets.partitions);
+    partition_leader(ctx, (offsets.id, partition))
+        .unwrap_or_else(|| none(ResponseError::CoordinatorNotAvailable, NOT_YET))
+}
+
+/// Cluster mode: the leader of partition `key` as this node knows it, with its endpoint on
+/// the client's listener.
+fn partition_leader(ctx: &Context, key: (uuid::Uuid, i32)) -> Option<Answer> {
+    let image = ctx.shard.image();
+    let cluster = image.cluster.as_ref()?;
     let leader = ctx
         .shard
         .catalog
         .cluster
-        .leader((offsets.id, partition))
+        .leader(key)
         // A leader whose connections to this node just closed is most likely dead: naming it
         // would send the client to wait out a connection timeout instead of asking again.
-        .filter(|l| l.leader == broker.node_id || !ctx.shard.catalog.cluster.hung_up(l.leader))
-        .and_then(|l| cluster.brokers.get(&l.leader))
-        .and_then(|b| Some((b.node_id, b.endpoint(&ctx.listener)?)));
-    match leader {
-        Some((node_id, (host, port))) => (
-            node_id,
-            StrBytes::from_string(host.to_string()),
-            i32::from(port),
-            None,
-        ),
-        None => none(ResponseError::CoordinatorNotAvailable, NOT_YET),
-    }
+        .filter(|l| {
+            l.leader == ctx.broker.node_id || !ctx.shard.catalog.cluster.hung_up(l.leader)
+        })?;
+    let broker = cluster.brokers.get(&leader.leader)?;
+    let (host, port) = broker.endpoint(&ctx.listener)?;
+    Some((
+        broker.node_id,
+        StrBytes::from_string(host.to_string()),
+        i32::from(port),
+        None,
+    ))
 }
 
 /// Why a cluster node names no coordinator yet.

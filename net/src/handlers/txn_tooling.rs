@@ -202,7 +202,7 @@ pub async fn write_markers(
             })
             .collect();
         let answers = if allowed {
-            transactions::write_markers(
+            transactions::write_markers_here(
                 &ctx.shard,
                 marker.producer_id.0,
                 marker.producer_epoch,

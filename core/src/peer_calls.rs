@@ -1,0 +1,325 @@
+//! Requests one node makes of another in cluster mode, in Kafka's own inter-broker request and
+//! response bodies, carried over the replication mesh (`ShardReplication::call`) from a shard
+//! to the same shard of the peer:
+//!
+//! - WriteTxnMarkers (27) v1: a transaction coordinator's marker for a partition the peer
+//!   leads (`transactions::write_markers_here` writes it there).
+//! - AddPartitionsToTxn (24) v4, verify only: a partition's leader asks the coordinator of a
+//!   transactional id whether the partition is in the producer's ongoing transaction, before
+//!   the producer's first transactional batch there (KIP-890 part 1; `transactions::verify`
+//!   answers).
+//!
+//! Why the mesh and not the peer's Kafka listener: nodes already trust each other there (the
+//! same trust as their Raft messages), so no node needs client credentials, a listener of its
+//! own or ACLs for what is internal traffic. A request is sent from the shard that owns what
+//! it is about (the marked partition, the id's `__transaction_state` partition), so it arrives
+//! on the shard of the peer that owns it too.
+//!
+//! Delivery is at most once: a request or its answer is lost with its frame when the peer is
+//! unreachable, and the asker sees no answer (`None`) within its wait and decides whether to
+//! ask again (a marker: yes, until written; a verification: the producer retries). A request
+//! this node does not know (a newer peer) is answered with an empty body, which the asker
+//! cannot decode and treats as no answer.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::add_partitions_to_txn_request::{
+    AddPartitionsToTxnTopic, AddPartitionsToTxnTransaction,
+};
+use kafka_protocol::messages::add_partitions_to_txn_response::{
+    AddPartitionsToTxnPartitionResult, AddPartitionsToTxnResult, AddPartitionsToTxnTopicResult,
+};
+use kafka_protocol::messages::write_txn_markers_request::{
+    WritableTxnMarker, WritableTxnMarkerTopic,
+};
+use kafka_protocol::messages::write_txn_markers_response::{
+    WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
+};
+use kafka_protocol::messages::{
+    AddPartitionsToTxnRequest, AddPartitionsToTxnResponse, ApiKey, ProducerId, TopicName,
+    TransactionalId, WriteTxnMarkersRequest, WriteTxnMarkersResponse,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::ResponseError;
+use sluice_replication::rpc::PeerCall;
+use sluice_storage::batch::TxnMarker;
+use tracing::debug;
+
+use crate::shard::Shard;
+
+/// The WriteTxnMarkers version the mesh carries.
+const MARKERS_VERSION: i16 = 1;
+/// The AddPartitionsToTxn version the mesh carries (the first with `verify_only`).
+const VERIFY_VERSION: i16 = 4;
+
+/// How long an asker waits for a peer's answer.
+const ANSWER_WITHIN: Duration = Duration::from_secs(5);
+
+fn encoded(message: &impl Encodable, version: i16) -> Bytes {
+    let mut body = BytesMut::new();
+    message
+        .encode(&mut body, version)
+        .expect("a request built here encodes");
+    body.freeze()
+}
+
+/// Sends `body` from the shard owning (`owner`) to the same shard of `node`; its answer.
+async fn ask(
+    shard: &Rc<Shard>,
+    owner: usize,
+    node: i32,
+    key: ApiKey,
+    version: i16,
+    body: Bytes,
+) -> Option<Bytes> {
+    shard
+        .invoke_on(owner, move |s| async move {
+            let replication = s.replication.as_ref()?;
+            replication
+                .call(node, key as i16, version, body, ANSWER_WITHIN)
+                .await
+        })
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Asks `node` (the partition's leader) to write `marker` for producer
+/// `(producer_id, producer_epoch)` on `topic`/`partition`: `Some(None)` once written there,
+/// `Some(Some(code))` when refused, `None` when no answer came.
+pub async fn write_marker_on(
+    shard: &Rc<Shard>,
+    node: i32,
+    producer_id: i64,
+    producer_epoch: i16,
+    marker: TxnMarker,
+    topic: &str,
+    partition: i32,
+) -> Option<Option<ResponseError>> {
+    let request =
+        WriteTxnMarkersRequest::default().with_markers(vec![WritableTxnMarker::default()
+            .with_producer_id(ProducerId(producer_id))
+            .with_producer_epoch(producer_epoch)
+            .with_transaction_result(marker.commit)
+            .with_coordinator_epoch(marker.coordinator_epoch)
+            .with_topics(vec![WritableTxnMarkerTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partition_indexes(vec![partition])])]);
+    let owner = shard.owner_of(topic, partition);
+    let mut answer = ask(
+        shard,
+        owner,
+        node,
+        ApiKey::WriteTxnMarkers,
+        MARKERS_VERSION,
+        encoded(&request, MARKERS_VERSION),
+    )
+    .await?;
+    let response = WriteTxnMarkersResponse::decode(&mut answer, MARKERS_VERSION).ok()?;
+    let code = response
+        .markers
+        .first()?
+        .topics
+        .first()?
+        .partitions
+        .first()?
+        .error_code;
+    Some(ResponseError::try_from_code(code))
+}
+
+/// Asks `node` (the coordinator of `transactional_id`, whose state partition is
+/// `state_partition`) whether `topic`/`partition` is in the ongoing transaction of producer
+/// `(producer_id, producer_epoch)`: the coordinator's code (`None`: it is), or
+/// NOT_COORDINATOR when no answer came (the producer looks the coordinator up again and
+/// retries).
+#[allow(clippy::too_many_arguments)]
+pub async fn verify_on(
+    shard: &Rc<Shard>,
+    node: i32,
+    state_partition: i32,
+    transactional_id: &str,
+    producer_id: i64,
+    producer_epoch: i16,
+    topic: &str,
+    partition: i32,
+) -> Option<ResponseError> {
+    let request = AddPartitionsToTxnRequest::default().with_transactions(vec![
+        AddPartitionsToTxnTransaction::default()
+            .with_transactional_id(TransactionalId(StrBytes::from_string(
+                transactional_id.to_string(),
+            )))
+            .with_producer_id(ProducerId(producer_id))
+            .with_producer_epoch(producer_epoch)
+            .with_verify_only(true)
+            .with_topics(vec![AddPartitionsToTxnTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partitions(vec![partition])]),
+    ]);
+    let owner = shard.owner_of(crate::transactions::TXN_STATE_TOPIC, state_partition);
+    let answer = ask(
+        shard,
+        owner,
+        node,
+        ApiKey::AddPartitionsToTxn,
+        VERIFY_VERSION,
+        encoded(&request, VERIFY_VERSION),
+    )
+    .await;
+    let code = answer.and_then(|mut body| {
+        let response = AddPartitionsToTxnResponse::decode(&mut body, VERIFY_VERSION).ok()?;
+        if response.error_code != 0 {
+            return Some(response.error_code);
+        }
+        Some(
+            response
+                .results_by_transaction
+                .first()?
+                .topic_results
+                .first()?
+                .results_by_partition
+                .first()?
+                .partition_error_code,
+        )
+    });
+    match code {
+        None => Some(ResponseError::NotCoordinator),
+        Some(code) => ResponseError::try_from_code(code),
+    }
+}
+
+/// Serves a peer's request on this shard; the answer to send back.
+pub async fn serve(shard: &Rc<Shard>, call: PeerCall) -> PeerCall {
+    let mut body = call.body.clone();
+    let answer = match (ApiKey::try_from(call.api_key), call.api_version) {
+        (Ok(ApiKey::WriteTxnMarkers), MARKERS_VERSION) => {
+            match WriteTxnMarkersRequest::decode(&mut body, MARKERS_VERSION) {
+                Ok(request) => Some(encoded(
+                    &serve_markers(shard, request).await,
+                    MARKERS_VERSION,
+                )),
+                Err(e) => {
+                    debug!(error = %e, "undecodable WriteTxnMarkers from a peer");
+                    None
+                }
+            }
+        }
+        (Ok(ApiKey::AddPartitionsToTxn), VERIFY_VERSION) => {
+            match AddPartitionsToTxnRequest::decode(&mut body, VERIFY_VERSION) {
+                Ok(request) => Some(encoded(&serve_verify(shard, request).await, VERIFY_VERSION)),
+                Err(e) => {
+                    debug!(error = %e, "undecodable AddPartitionsToTxn from a peer");
+                    None
+                }
+            }
+        }
+        _ => {
+            debug!(
+                api_key = call.api_key,
+                api_version = call.api_version,
+                "a peer's request of a kind not served here"
+            );
+            None
+        }
+    };
+    PeerCall {
+        id: call.id,
+        answer: true,
+        api_key: call.api_key,
+        api_version: call.api_version,
+        body: answer.unwrap_or_default(),
+    }
+}
+
+async fn serve_markers(
+    shard: &Rc<Shard>,
+    request: WriteTxnMarkersRequest,
+) -> WriteTxnMarkersResponse {
+    let mut results = Vec::with_capacity(request.markers.len());
+    for marker in request.markers {
+        let partitions: Vec<(String, i32)> = marker
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partition_indexes
+                    .iter()
+                    .map(move |p| (t.name.0.to_string(), *p))
+            })
+            .collect();
+        let outcomes = crate::transactions::write_markers_here(
+            shard,
+            marker.producer_id.0,
+            marker.producer_epoch,
+            TxnMarker {
+                commit: marker.transaction_result,
+                coordinator_epoch: marker.coordinator_epoch,
+            },
+            partitions,
+        )
+        .await;
+        let topics = outcomes
+            .into_iter()
+            .map(|((topic, partition), code)| {
+                WritableTxnMarkerTopicResult::default()
+                    .with_name(TopicName(StrBytes::from_string(topic)))
+                    .with_partitions(vec![WritableTxnMarkerPartitionResult::default()
+                        .with_partition_index(partition)
+                        .with_error_code(code.map_or(0, |c| c.code()))])
+            })
+            .collect();
+        results.push(
+            WritableTxnMarkerResult::default()
+                .with_producer_id(marker.producer_id)
+                .with_topics(topics),
+        );
+    }
+    WriteTxnMarkersResponse::default().with_markers(results)
+}
+
+async fn serve_verify(
+    shard: &Rc<Shard>,
+    request: AddPartitionsToTxnRequest,
+) -> AddPartitionsToTxnResponse {
+    let mut results = Vec::with_capacity(request.transactions.len());
+    for txn in request.transactions {
+        let mut topic_results = Vec::with_capacity(txn.topics.len());
+        for topic in &txn.topics {
+            let mut partitions = Vec::with_capacity(topic.partitions.len());
+            for &partition in &topic.partitions {
+                let code = if txn.verify_only {
+                    crate::transactions::verify_here(
+                        shard,
+                        txn.transactional_id.0.to_string(),
+                        txn.producer_id.0,
+                        txn.producer_epoch,
+                        topic.name.0.to_string(),
+                        partition,
+                    )
+                    .await
+                    .err()
+                } else {
+                    // Only verification travels between nodes; a client adds partitions
+                    // through its own request.
+                    Some(ResponseError::InvalidRequest)
+                };
+                partitions.push(
+                    AddPartitionsToTxnPartitionResult::default()
+                        .with_partition_index(partition)
+                        .with_partition_error_code(code.map_or(0, |c| c.code())),
+                );
+            }
+            topic_results.push(
+                AddPartitionsToTxnTopicResult::default()
+                    .with_name(topic.name.clone())
+                    .with_results_by_partition(partitions),
+            );
+        }
+        results.push(
+            AddPartitionsToTxnResult::default()
+                .with_transactional_id(txn.transactional_id)
+                .with_topic_results(topic_results),
+        );
+    }
+    AddPartitionsToTxnResponse::default().with_results_by_transaction(results)
+}
