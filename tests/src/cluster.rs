@@ -61,6 +61,8 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     seeds: String,
     extra_args: Vec<String>,
+    /// Shards per node (`--cores`).
+    cores: usize,
     _root: tempfile::TempDir,
 }
 
@@ -77,16 +79,26 @@ impl Cluster {
     /// Starts `count` nodes with `--cores 1` plus `extra_args`, and waits until every node
     /// lists every broker and knows the controller.
     pub fn start(count: usize, extra_args: &[&str]) -> Cluster {
-        Cluster::start_inner(count, extra_args, false)
+        Cluster::start_inner(count, 1, extra_args, false)
+    }
+
+    /// Like [`Cluster::start`], each node with `cores` shards (each shard talks to the same
+    /// shard of the other nodes: what crosses nodes and shards at once is tested so).
+    pub fn start_with_cores(count: usize, cores: usize, extra_args: &[&str]) -> Cluster {
+        assert!(
+            (1..=RPC_PORTS_PER_NODE as usize).contains(&cores),
+            "at most {RPC_PORTS_PER_NODE} shards per node"
+        );
+        Cluster::start_inner(count, cores, extra_args, false)
     }
 
     /// Like [`Cluster::start`], each node with a second listener named `INTERNAL` (plaintext,
     /// on a port of its own: [`Node::internal`]).
     pub fn start_with_internal_listener(count: usize, extra_args: &[&str]) -> Cluster {
-        Cluster::start_inner(count, extra_args, true)
+        Cluster::start_inner(count, 1, extra_args, true)
     }
 
-    fn start_inner(count: usize, extra_args: &[&str], internal: bool) -> Cluster {
+    fn start_inner(count: usize, cores: usize, extra_args: &[&str], internal: bool) -> Cluster {
         let root = tempfile::tempdir().expect("a directory for the cluster");
         let nodes: Vec<Node> = (0..count)
             .map(|id| {
@@ -115,6 +127,7 @@ impl Cluster {
             nodes,
             seeds,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            cores,
             _root: root,
         };
         for id in 0..count {
@@ -186,7 +199,8 @@ impl Cluster {
             ],
         };
         let child = Command::new(sluice_binary())
-            .args(["serve", "--cores", "1", "--node-id", &node.id.to_string()])
+            .args(["serve", "--cores", &self.cores.to_string()])
+            .args(["--node-id", &node.id.to_string()])
             .args(["--overprovisioned", "true"])
             .args(&listen)
             .args(["--admin-listen", "127.0.0.1:0"])

@@ -588,11 +588,12 @@ fn consume_transform_produce_is_exactly_once_across_a_sigkill() {
 /// transaction is open: the partition's new leader loads the state, aborts the open
 /// transaction at the next epoch (its markers go to every partition's leader, over the mesh
 /// where that is another node) and the next incarnation carries on. Every input once in the
-/// committed output.
+/// committed output. Two shards per node, so requests between nodes also start and end on
+/// shards other than the coordinator's.
 #[test]
 fn a_clusters_transform_is_exactly_once_across_a_sigkill_of_the_coordinator() {
     const RECORDS: usize = 600;
-    let mut cluster = sluice_tests::cluster::Cluster::start(3, &[]);
+    let mut cluster = sluice_tests::cluster::Cluster::start_with_cores(3, 2, &[]);
     let bootstrap = cluster.bootstrap();
     create_topic_with_replicas(&bootstrap, "ctp-in", 3);
     create_topic_with_replicas(&bootstrap, "ctp-out", 3);
