@@ -2548,6 +2548,37 @@ fn offsets_topic(settings: &ClusterSettings, image: &ClusterImage) -> MetadataCo
     }
 }
 
+/// Cluster mode, for a coordinator taking over an internal partition (`__consumer_offsets`,
+/// `__transaction_state`) whose replica here just started leading: the partition once every
+/// entry of its log is committed (so a replay sees all the previous leader acknowledged);
+/// `None` if it stopped leading first, or never opened within 30 s (the link reports
+/// leadership as soon as its group runs, possibly before the shard has opened the partition).
+pub async fn leading_caught_up(
+    shard: &Shard,
+    key: PartitionKey,
+) -> Option<Rc<crate::partition::Partition>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let p = loop {
+        if let Some(p) = shard.open_partition(key) {
+            break p;
+        }
+        if Instant::now() > deadline {
+            warn!(topic_id = %key.0, partition = key.1,
+                "a partition this node leads never opened: its coordinator is not loaded");
+            return None;
+        }
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    };
+    let end = p.log().log_end_offset();
+    while p.high_watermark() < end {
+        if p.not_leader().is_some() {
+            return None;
+        }
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    p.not_leader().is_none().then_some(p)
+}
+
 /// Opens the replicas the current image assigns to this node on this shard, and closes (and
 /// removes) the open ones whose topic the image no longer has. Only partitions opened from an
 /// image are ever removed: a stale image after a restart (its commit point not yet relearned)

@@ -549,32 +549,9 @@ pub fn leadership_changed(shard: &Rc<Shard>, topic: Arc<Topic>, partition: i32, 
     }
     let shard = shard.clone();
     glommio::spawn_local(async move {
-        // The replica's link reports leadership as soon as its group runs, possibly before
-        // the shard has finished opening the partition.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let p = loop {
-            if let Some(p) = shard.open_partition((topic.id, partition)) {
-                break p;
-            }
-            if Instant::now() > deadline {
-                warn!(
-                    partition,
-                    "offsets partition never opened; its groups are not loaded"
-                );
-                return;
-            }
-            glommio::timer::sleep(Duration::from_millis(10)).await;
-        };
-        let end = p.log().log_end_offset();
-        while p.high_watermark() < end {
-            if p.not_leader().is_some() {
-                return;
-            }
-            glommio::timer::sleep(Duration::from_millis(10)).await;
-        }
-        if p.not_leader().is_some() {
+        let Some(p) = crate::cluster::leading_caught_up(&shard, (topic.id, partition)).await else {
             return;
-        }
+        };
         forget_groups_of(&shard, &topic, partition);
         match replay(&shard, &topic, partition).await {
             Ok(records) => {

@@ -196,7 +196,7 @@ pub async fn serve(shard: &Rc<Shard>, call: PeerCall) -> PeerCall {
         (Ok(ApiKey::WriteTxnMarkers), MARKERS_VERSION) => {
             match WriteTxnMarkersRequest::decode(&mut body, MARKERS_VERSION) {
                 Ok(request) => Some(encoded(
-                    &serve_markers(shard, request).await,
+                    &write_txn_markers(shard, request, None).await,
                     MARKERS_VERSION,
                 )),
                 Err(e) => {
@@ -232,9 +232,13 @@ pub async fn serve(shard: &Rc<Shard>, call: PeerCall) -> PeerCall {
     }
 }
 
-async fn serve_markers(
+/// WriteTxnMarkers answered by this node, for a peer's coordinator or a client (its handler):
+/// each marker's partitions written here ([`crate::transactions::write_markers_here`]), or,
+/// with `refused` (a client without CLUSTER_ACTION), each partition refused with that code.
+pub async fn write_txn_markers(
     shard: &Rc<Shard>,
     request: WriteTxnMarkersRequest,
+    refused: Option<ResponseError>,
 ) -> WriteTxnMarkersResponse {
     let mut results = Vec::with_capacity(request.markers.len());
     for marker in request.markers {
@@ -242,32 +246,41 @@ async fn serve_markers(
             .topics
             .iter()
             .flat_map(|t| {
-                t.partition_indexes
-                    .iter()
-                    .map(move |p| (t.name.0.to_string(), *p))
+                let name = t.name.0.to_string();
+                t.partition_indexes.iter().map(move |p| (name.clone(), *p))
             })
             .collect();
-        let outcomes = crate::transactions::write_markers_here(
-            shard,
-            marker.producer_id.0,
-            marker.producer_epoch,
-            TxnMarker {
-                commit: marker.transaction_result,
-                coordinator_epoch: marker.coordinator_epoch,
-            },
-            partitions,
-        )
-        .await;
-        let topics = outcomes
-            .into_iter()
-            .map(|((topic, partition), code)| {
-                WritableTxnMarkerTopicResult::default()
-                    .with_name(TopicName(StrBytes::from_string(topic)))
-                    .with_partitions(vec![WritableTxnMarkerPartitionResult::default()
-                        .with_partition_index(partition)
-                        .with_error_code(code.map_or(0, |c| c.code()))])
-            })
-            .collect();
+        let outcomes = match refused {
+            Some(code) => partitions.into_iter().map(|tp| (tp, Some(code))).collect(),
+            None => {
+                crate::transactions::write_markers_here(
+                    shard,
+                    marker.producer_id.0,
+                    marker.producer_epoch,
+                    TxnMarker {
+                        commit: marker.transaction_result,
+                        coordinator_epoch: marker.coordinator_epoch,
+                    },
+                    partitions,
+                )
+                .await
+            }
+        };
+        // One topic result per run of partitions of the same topic, in the order asked.
+        let mut topics: Vec<WritableTxnMarkerTopicResult> = Vec::new();
+        for ((topic, partition), code) in outcomes {
+            let result = WritableTxnMarkerPartitionResult::default()
+                .with_partition_index(partition)
+                .with_error_code(code.map_or(0, |c| c.code()));
+            match topics.last_mut() {
+                Some(last) if last.name.0.as_str() == topic => last.partitions.push(result),
+                _ => topics.push(
+                    WritableTxnMarkerTopicResult::default()
+                        .with_name(TopicName(StrBytes::from_string(topic)))
+                        .with_partitions(vec![result]),
+                ),
+            }
+        }
         results.push(
             WritableTxnMarkerResult::default()
                 .with_producer_id(marker.producer_id)

@@ -1056,32 +1056,9 @@ pub fn leadership_changed(shard: &Rc<Shard>, topic: Arc<Topic>, partition: i32, 
     }
     let shard = shard.clone();
     glommio::spawn_local(async move {
-        // As for consumer groups: the link may report leadership before the shard has opened
-        // the partition.
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let p = loop {
-            if let Some(p) = shard.open_partition((topic.id, partition)) {
-                break p;
-            }
-            if std::time::Instant::now() > deadline {
-                warn!(
-                    partition,
-                    "transaction state partition never opened; not loaded"
-                );
-                return;
-            }
-            glommio::timer::sleep(Duration::from_millis(10)).await;
-        };
-        let end = p.log().log_end_offset();
-        while p.high_watermark() < end {
-            if p.not_leader().is_some() {
-                return;
-            }
-            glommio::timer::sleep(Duration::from_millis(10)).await;
-        }
-        if p.not_leader().is_some() {
+        let Some(p) = crate::cluster::leading_caught_up(&shard, (topic.id, partition)).await else {
             return;
-        }
+        };
         let epoch = p.leader_epoch();
         forget_ids_of(&shard, &topic, partition);
         match replay(&shard, &topic, partition).await {

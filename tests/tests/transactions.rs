@@ -550,27 +550,7 @@ fn consume_transform_produce_is_exactly_once_across_a_sigkill() {
     assert!(first >= RECORDS / 2, "only {first} transformed");
     // A transaction left open by the crash: its output and offsets are written, not committed.
     {
-        let producer = transactional_producer(&bootstrap, "ctp-txn", 60_000);
-        producer.begin_transaction().unwrap();
-        send(&producer, "ctp-out", "out-in-crashed", 12);
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("group.id", "ctp")
-            .create()
-            .expect("consumer");
-        let mut positions = TopicPartitionList::new();
-        for p in 0..PARTITIONS {
-            positions
-                .add_partition_offset("ctp-in", p, Offset::Offset(RECORDS as i64))
-                .unwrap();
-        }
-        producer
-            .send_offsets_to_transaction(
-                &positions,
-                &consumer.group_metadata().expect("group metadata"),
-                TIMEOUT,
-            )
-            .expect("send_offsets_to_transaction");
+        let _open = leave_a_transaction_open(&bootstrap, RECORDS);
         let data = broker.kill();
         let broker = Broker::start_on(data, &[]);
         let second = transform(&broker, RECORDS - first);
@@ -581,6 +561,34 @@ fn consume_transform_produce_is_exactly_once_across_a_sigkill() {
         assert_each_output_once(&values, RECORDS);
         broker.stop();
     }
+}
+
+/// The transform's incarnation a crash interrupts: a transaction with output written (12
+/// records `out-in-crashed-*`) and the input offsets sent (all `records` consumed), not
+/// committed. The producer is returned to be crashed under, or dropped.
+fn leave_a_transaction_open(bootstrap: &str, records: usize) -> BaseProducer {
+    let producer = transactional_producer(bootstrap, "ctp-txn", 60_000);
+    producer.begin_transaction().unwrap();
+    send(&producer, "ctp-out", "out-in-crashed", 12);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "ctp")
+        .create()
+        .expect("consumer");
+    let mut positions = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        positions
+            .add_partition_offset("ctp-in", p, Offset::Offset(records as i64))
+            .unwrap();
+    }
+    producer
+        .send_offsets_to_transaction(
+            &positions,
+            &consumer.group_metadata().expect("group metadata"),
+            TIMEOUT,
+        )
+        .expect("send_offsets_to_transaction");
+    producer
 }
 
 /// The same exactly-once loop on a three-node cluster, with the node that coordinates the
@@ -601,27 +609,7 @@ fn a_clusters_transform_is_exactly_once_across_a_sigkill_of_the_coordinator() {
 
     let first = transform_through(&bootstrap, RECORDS / 2);
     assert!(first >= RECORDS / 2, "only {first} transformed");
-    let producer = transactional_producer(&bootstrap, "ctp-txn", 60_000);
-    producer.begin_transaction().unwrap();
-    send(&producer, "ctp-out", "out-in-crashed", 12);
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("group.id", "ctp")
-        .create()
-        .expect("consumer");
-    let mut positions = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        positions
-            .add_partition_offset("ctp-in", p, Offset::Offset(RECORDS as i64))
-            .unwrap();
-    }
-    producer
-        .send_offsets_to_transaction(
-            &positions,
-            &consumer.group_metadata().expect("group metadata"),
-            TIMEOUT,
-        )
-        .expect("send_offsets_to_transaction");
+    let producer = leave_a_transaction_open(&bootstrap, RECORDS);
     let coordinator = txn_coordinator(&cluster, "ctp-txn");
     cluster.kill(coordinator);
     drop(producer);

@@ -19,9 +19,6 @@ use std::time::Duration;
 
 use kafka_protocol::messages::describe_transactions_response::{TopicData, TransactionState};
 use kafka_protocol::messages::list_transactions_response::TransactionState as Listed;
-use kafka_protocol::messages::write_txn_markers_response::{
-    WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
-};
 use kafka_protocol::messages::{
     ApiKey, DescribeTransactionsRequest, DescribeTransactionsResponse, ListTransactionsRequest,
     ListTransactionsResponse, ProducerId, TransactionalId, WriteTxnMarkersRequest,
@@ -31,7 +28,6 @@ use kafka_protocol::protocol::StrBytes;
 use sluice_core::acls::{Operation, ResourceType};
 use sluice_core::transactions;
 use sluice_core::ResponseError;
-use sluice_storage::batch::TxnMarker;
 
 use crate::apis::ApiRange;
 use crate::handlers::{runs_by_topic, Context};
@@ -190,53 +186,7 @@ pub async fn write_markers(
     request: WriteTxnMarkersRequest,
     ctx: &Context,
 ) -> WriteTxnMarkersResponse {
-    let allowed = ctx.allows_cluster(Operation::CLUSTER_ACTION);
-    let mut markers = Vec::with_capacity(request.markers.len());
-    for marker in request.markers {
-        let partitions: Vec<(String, i32)> = marker
-            .topics
-            .iter()
-            .flat_map(|t| {
-                let name = t.name.0.to_string();
-                t.partition_indexes.iter().map(move |p| (name.clone(), *p))
-            })
-            .collect();
-        let answers = if allowed {
-            transactions::write_markers_here(
-                &ctx.shard,
-                marker.producer_id.0,
-                marker.producer_epoch,
-                TxnMarker {
-                    commit: marker.transaction_result,
-                    coordinator_epoch: marker.coordinator_epoch,
-                },
-                partitions,
-            )
-            .await
-        } else {
-            partitions
-                .into_iter()
-                .map(|tp| (tp, Some(ResponseError::ClusterAuthorizationFailed)))
-                .collect()
-        };
-        let topics = runs_by_topic(answers.into_iter().map(|((topic, partition), code)| {
-            let result = WritableTxnMarkerPartitionResult::default()
-                .with_partition_index(partition)
-                .with_error_code(code.map_or(0, |c| c.code()));
-            (topic, result)
-        }))
-        .into_iter()
-        .map(|(name, partitions)| {
-            WritableTxnMarkerTopicResult::default()
-                .with_name(name)
-                .with_partitions(partitions)
-        })
-        .collect();
-        markers.push(
-            WritableTxnMarkerResult::default()
-                .with_producer_id(marker.producer_id)
-                .with_topics(topics),
-        );
-    }
-    WriteTxnMarkersResponse::default().with_markers(markers)
+    let refused = (!ctx.allows_cluster(Operation::CLUSTER_ACTION))
+        .then_some(ResponseError::ClusterAuthorizationFailed);
+    sluice_core::peer_calls::write_txn_markers(&ctx.shard, request, refused).await
 }
