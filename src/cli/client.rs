@@ -180,14 +180,35 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client that starts from the first broker of `bootstrap` (`HOST:PORT`, or several,
+    /// comma-separated, as Kafka's tools take them) it can connect to.
     pub fn new(bootstrap: &str) -> Result<Client> {
-        let mut client = Client {
-            bootstrap: bootstrap.to_string(),
-            connections: HashMap::new(),
-            brokers: HashMap::new(),
-        };
-        client.connection(bootstrap)?;
-        Ok(client)
+        let mut failures = Vec::new();
+        for address in bootstrap
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+        {
+            let mut client = Client {
+                bootstrap: address.to_string(),
+                connections: HashMap::new(),
+                brokers: HashMap::new(),
+            };
+            match client.connection(address) {
+                Ok(_) => return Ok(client),
+                Err(e) => failures.push(e),
+            }
+        }
+        Err(if failures.is_empty() {
+            format!("no broker address in `{bootstrap}`")
+        } else {
+            failures.join("; ")
+        })
+    }
+
+    /// Connects to the broker at `addr` unless connected already: whether it can be asked.
+    pub fn reach(&mut self, addr: &str) -> Result<()> {
+        self.connection(addr).map(|_| ())
     }
 
     fn connection(&mut self, addr: &str) -> Result<&mut Connection> {

@@ -1,6 +1,7 @@
 //! The command-line tools that talk the Kafka protocol to any broker: `sluice topic`,
-//! `sluice produce`, `sluice consume`, `sluice group`. Each takes `--bootstrap HOST:PORT` (default
-//! `SLUICE_BOOTSTRAP`, then 127.0.0.1:9092).
+//! `sluice produce`, `sluice consume`, `sluice group`. Each takes `--bootstrap HOST:PORT` (or a
+//! comma-separated list, the first broker that answers used; default `SLUICE_BOOTSTRAP`, then
+//! 127.0.0.1:9092).
 //!
 //! - `client` — the blocking Kafka client underneath.
 //! - `users` — `sluice user`: SCRAM users (KIP-554).
@@ -125,10 +126,11 @@ const FETCH_PARTITION_BYTES: i32 = 1 << 20;
 /// Where a tool connects.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Connection {
-    /// A broker to start from; the others are found through it.
+    /// A broker to start from (or several, comma-separated: the first that answers); the
+    /// others are found through it.
     #[arg(
         long,
-        value_name = "HOST:PORT",
+        value_name = "HOST:PORT[,HOST:PORT...]",
         env = "SLUICE_BOOTSTRAP",
         default_value = "127.0.0.1:9092"
     )]

@@ -204,7 +204,13 @@ fn list_all(
     pattern: Option<String>,
 ) -> Result<Vec<Listed>> {
     let mut listed = Vec::new();
-    for (_, address) in client.all_brokers()? {
+    for (node, address) in client.all_brokers()? {
+        // A node that cannot be reached (stopped, killed and not yet fenced out of Metadata)
+        // coordinates nothing until it is back: said, and skipped.
+        if let Err(e) = client.reach(&address) {
+            eprintln!("node {node}: {e}; its transactions are not listed");
+            continue;
+        }
         let response: ListTransactionsResponse =
             client.call(Some(&address), LIST_TRANSACTIONS, |version| {
                 if version < 1 && duration_ms.is_some() {

@@ -630,6 +630,28 @@ fn a_clusters_transform_is_exactly_once_across_a_sigkill_of_the_coordinator() {
             .any(|l| l.contains("transaction coordinator loaded") && l.contains("ids=1")),
         "node {successor} loaded the id from the replicated state"
     );
+    // The tools find it on its new coordinator: listed once (every node asked), described
+    // with the epoch the crash's abort and the next incarnation moved it to. Their bootstrap
+    // list starts with the dead node: the next one is used.
+    let tools = format!(
+        "{},{}",
+        cluster.node(coordinator).kafka,
+        cluster.node(successor).kafka
+    );
+    let listed = sluice_txn_json_through(&tools, &["list"]);
+    let entries: Vec<_> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["transactional_id"] == "ctp-txn")
+        .collect();
+    assert_eq!(entries.len(), 1, "listed once: {listed}");
+    let described = sluice_txn_json_through(&tools, &["describe", "ctp-txn"]);
+    assert_eq!(described["state"], "CompleteCommit", "{described}");
+    assert!(
+        described["producer_epoch"].as_i64() >= Some(2),
+        "fenced twice at least: {described}"
+    );
 }
 
 /// The node FindCoordinator names for `transactional_id` (asking the running nodes until one
@@ -667,18 +689,28 @@ fn consumer_of(bootstrap: &str, topic: &str) -> BaseConsumer {
 
 /// `sluice txn` as an operator runs it; its stdout, or a panic with its stderr.
 fn sluice_txn(broker: &Broker, args: &[&str]) -> std::process::Output {
+    sluice_txn_through(&broker.bootstrap(), args)
+}
+
+/// [`sluice_txn`] through the brokers of `bootstrap`.
+fn sluice_txn_through(bootstrap: &str, args: &[&str]) -> std::process::Output {
     std::process::Command::new(sluice_tests::sluice_binary())
         .arg("txn")
         .args(args)
-        .args(["--bootstrap", &broker.bootstrap()])
+        .args(["--bootstrap", bootstrap])
         .output()
         .expect("run sluice txn")
 }
 
 fn sluice_txn_json(broker: &Broker, args: &[&str]) -> serde_json::Value {
+    sluice_txn_json_through(&broker.bootstrap(), args)
+}
+
+/// [`sluice_txn_json`] through the brokers of `bootstrap`.
+fn sluice_txn_json_through(bootstrap: &str, args: &[&str]) -> serde_json::Value {
     let mut all = args.to_vec();
     all.extend(["--output", "json"]);
-    let out = sluice_txn(broker, &all);
+    let out = sluice_txn_through(bootstrap, &all);
     assert!(
         out.status.success(),
         "sluice txn {args:?} failed: {}",
