@@ -389,6 +389,30 @@ impl Collector for NodeCollector {
             }),
         )?;
 
+        // Transactions coordinated here.
+        let mut by_state: std::collections::BTreeMap<&str, u64> = Default::default();
+        for s in view.snapshots.iter() {
+            for (state, count) in &s.transactions {
+                *by_state.entry(state).or_default() += count;
+            }
+        }
+        gauges(
+            e,
+            "sluice_transactions",
+            "Transactional ids coordinated on this node, by state.",
+            by_state
+                .into_iter()
+                .map(|(state, count)| (vec![("state", state.to_string())], gauge_i64(count))),
+        )?;
+        counters(
+            e,
+            "sluice_transaction_marker_retries",
+            "Transaction markers a coordinator here tried again (the partition's leader did not answer, failed the write, or was being elected).",
+            view.snapshots
+                .iter()
+                .map(|s| (vec![shard(s.shard)], s.txn_marker_retries)),
+        )?;
+
         // Storage.
         histograms(
             e,

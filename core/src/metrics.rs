@@ -68,6 +68,9 @@ pub struct ShardMetrics {
     /// Replication steps this shard took, and the Raft groups they looked at together.
     pub raft_steps: Cell<u64>,
     pub raft_step_groups: Cell<u64>,
+    /// Transaction markers this shard's coordinators tried again (the partition's leader did
+    /// not answer, refused the write for now, or was being elected).
+    pub txn_marker_retries: Cell<u64>,
 }
 
 impl ShardMetrics {
@@ -184,6 +187,10 @@ pub struct ShardSnapshot {
     pub traffic: Vec<((Arc<str>, i32), Traffic)>,
     pub partitions: Vec<PartitionState>,
     pub groups: Vec<GroupSnapshot>,
+    /// Transactional ids this shard coordinates, by state (Kafka's names; states with none
+    /// left out).
+    pub transactions: Vec<(&'static str, u64)>,
+    pub txn_marker_retries: u64,
     pub connections_accepted: u64,
     pub connections_open: u64,
     pub connections_failed: u64,
@@ -259,6 +266,8 @@ impl Shard {
                 .collect(),
             partitions,
             groups: self.groups.snapshot(),
+            transactions: self.transactions.snapshot(),
+            txn_marker_retries: m.txn_marker_retries.get(),
             connections_accepted: m.connections_accepted.get(),
             connections_open: m.connections_open.get(),
             connections_failed: m.connections_failed.get(),

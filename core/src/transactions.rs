@@ -94,6 +94,19 @@ pub struct TxnCoordinator {
     creating: std::cell::Cell<bool>,
 }
 
+impl TxnCoordinator {
+    /// The transactional ids held here, counted by state (for `/metrics`).
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let mut counts: std::collections::BTreeMap<&'static str, u64> = Default::default();
+        for meta in self.txns.borrow().values() {
+            if meta.record.producer_id >= 0 {
+                *counts.entry(meta.record.status.name()).or_default() += 1;
+            }
+        }
+        counts.into_iter().collect()
+    }
+}
+
 impl std::fmt::Debug for TxnCoordinator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TxnCoordinator")
@@ -1040,6 +1053,8 @@ async fn write_marker(
             }
             MarkerTry::Failed(_) => {}
         }
+        let retries = &shard.metrics.txn_marker_retries;
+        retries.set(retries.get() + 1);
         glommio::timer::sleep(MARKER_RETRY_DELAY).await;
     }
 }

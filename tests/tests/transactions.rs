@@ -209,9 +209,22 @@ fn read_committed_consumers_see_committed_transactions_only_and_wait_for_open_on
         waiting.is_empty(),
         "records of an open transaction: {waiting:?}"
     );
+    // Operators see it on /metrics: one id coordinated here, Ongoing.
+    assert_eq!(
+        transactions_by_state(&broker),
+        vec![("Ongoing".to_string(), 1.0)]
+    );
     producer.commit_transaction(TIMEOUT).expect("commit");
     let after = read(&committed, 9, TIMEOUT);
     assert_eq!(with_prefix(&after, "open"), 9, "{after:?}");
+    assert_eq!(
+        transactions_by_state(&broker),
+        vec![("CompleteCommit".to_string(), 1.0)]
+    );
+    assert!(
+        metrics(&broker).contains("sluice_transaction_marker_retries_total{shard=\"0\"} 0"),
+        "no marker had to be tried again"
+    );
     // Within a partition, committed records keep their order.
     let mut per_partition: HashMap<usize, Vec<usize>> = HashMap::new();
     for value in &values {
@@ -227,6 +240,33 @@ fn read_committed_consumers_see_committed_transactions_only_and_wait_for_open_on
         assert!(ns.windows(2).all(|w| w[0] < w[1]), "partition {p}: {ns:?}");
     }
     broker.stop();
+}
+
+/// The broker's `/metrics` text.
+fn metrics(broker: &Broker) -> String {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    agent
+        .get(format!("http://{}/metrics", broker.admin_addr()))
+        .call()
+        .expect("GET /metrics")
+        .body_mut()
+        .read_to_string()
+        .expect("a text body")
+}
+
+/// `sluice_transactions` as the broker exposes it: (state, ids).
+fn transactions_by_state(broker: &Broker) -> Vec<(String, f64)> {
+    metrics(broker)
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("sluice_transactions{state=\"")?;
+            let (state, value) = rest.split_once("\"} ")?;
+            Some((state.to_string(), value.parse().ok()?))
+        })
+        .collect()
 }
 
 #[test]
