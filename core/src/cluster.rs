@@ -2548,6 +2548,20 @@ fn offsets_topic(settings: &ClusterSettings, image: &ClusterImage) -> MetadataCo
     }
 }
 
+/// Cluster mode: what a coordinator answers for an internal partition (`key`) it has not
+/// loaded: COORDINATOR_LOAD_IN_PROGRESS while its replica here leads (and loads),
+/// NOT_COORDINATOR where another node leads.
+pub fn not_coordinating(shard: &Shard, key: PartitionKey) -> ResponseError {
+    let leads = shard
+        .open_partition(key)
+        .is_some_and(|p| p.not_leader().is_none());
+    if leads {
+        ResponseError::CoordinatorLoadInProgress
+    } else {
+        ResponseError::NotCoordinator
+    }
+}
+
 /// Cluster mode, for a coordinator taking over an internal partition (`__consumer_offsets`,
 /// `__transaction_state`) whose replica here just started leading: the partition once every
 /// entry of its log is committed (so a replay sees all the previous leader acknowledged);

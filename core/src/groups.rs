@@ -523,14 +523,7 @@ where
             if s.replication.is_some() && !s.groups.loaded.borrow().contains(&partition) {
                 // Cluster mode: only the leader of the group's offsets partition coordinates,
                 // once it has replayed the partition.
-                let leads = s
-                    .open_partition((topic.id, partition))
-                    .is_some_and(|p| p.not_leader().is_none());
-                return Err(if leads {
-                    ResponseError::CoordinatorLoadInProgress
-                } else {
-                    ResponseError::NotCoordinator
-                });
+                return Err(crate::cluster::not_coordinating(&s, (topic.id, partition)));
             }
             Ok(work(s, topic).await)
         })

@@ -108,7 +108,7 @@ pub async fn write_marker_on(
                 .with_name(TopicName(StrBytes::from_string(topic.to_string())))
                 .with_partition_indexes(vec![partition])])]);
     let owner = shard.owner_of(topic, partition);
-    let mut answer = ask(
+    let answer = ask(
         shard,
         owner,
         node,
@@ -117,6 +117,13 @@ pub async fn write_marker_on(
         encoded(&request, MARKERS_VERSION),
     )
     .await?;
+    marker_outcome(answer)
+}
+
+/// The first partition's code of a WriteTxnMarkers answer (`Some(None)`: written); `None` for
+/// an answer that does not decode or names no partition (an empty one: the peer could not
+/// serve the request).
+fn marker_outcome(mut answer: Bytes) -> Option<Option<ResponseError>> {
     let response = WriteTxnMarkersResponse::decode(&mut answer, MARKERS_VERSION).ok()?;
     let code = response
         .markers
@@ -167,6 +174,12 @@ pub async fn verify_on(
         encoded(&request, VERIFY_VERSION),
     )
     .await;
+    verify_outcome(answer)
+}
+
+/// The coordinator's code in a verification answer (`None`: the partition is in the
+/// transaction); NOT_COORDINATOR when no answer came or it does not decode.
+fn verify_outcome(answer: Option<Bytes>) -> Option<ResponseError> {
     let code = answer.and_then(|mut body| {
         let response = AddPartitionsToTxnResponse::decode(&mut body, VERIFY_VERSION).ok()?;
         if response.error_code != 0 {
@@ -189,30 +202,23 @@ pub async fn verify_on(
     }
 }
 
-/// Serves a peer's request on this shard; the answer to send back.
-pub async fn serve(shard: &Rc<Shard>, call: PeerCall) -> PeerCall {
+/// A peer's request, decoded.
+#[derive(Debug)]
+enum PeerRequest {
+    Markers(WriteTxnMarkersRequest),
+    Verify(AddPartitionsToTxnRequest),
+}
+
+/// Decodes a peer's request; `None` (with a debug line) for a kind or version not served here
+/// or a body that does not decode.
+fn decode_request(call: &PeerCall) -> Option<PeerRequest> {
     let mut body = call.body.clone();
-    let answer = match (ApiKey::try_from(call.api_key), call.api_version) {
+    let decoded = match (ApiKey::try_from(call.api_key), call.api_version) {
         (Ok(ApiKey::WriteTxnMarkers), MARKERS_VERSION) => {
-            match WriteTxnMarkersRequest::decode(&mut body, MARKERS_VERSION) {
-                Ok(request) => Some(encoded(
-                    &write_txn_markers(shard, request, None).await,
-                    MARKERS_VERSION,
-                )),
-                Err(e) => {
-                    debug!(error = %e, "undecodable WriteTxnMarkers from a peer");
-                    None
-                }
-            }
+            WriteTxnMarkersRequest::decode(&mut body, MARKERS_VERSION).map(PeerRequest::Markers)
         }
         (Ok(ApiKey::AddPartitionsToTxn), VERIFY_VERSION) => {
-            match AddPartitionsToTxnRequest::decode(&mut body, VERIFY_VERSION) {
-                Ok(request) => Some(encoded(&serve_verify(shard, request).await, VERIFY_VERSION)),
-                Err(e) => {
-                    debug!(error = %e, "undecodable AddPartitionsToTxn from a peer");
-                    None
-                }
-            }
+            AddPartitionsToTxnRequest::decode(&mut body, VERIFY_VERSION).map(PeerRequest::Verify)
         }
         _ => {
             debug!(
@@ -220,8 +226,26 @@ pub async fn serve(shard: &Rc<Shard>, call: PeerCall) -> PeerCall {
                 api_version = call.api_version,
                 "a peer's request of a kind not served here"
             );
-            None
+            return None;
         }
+    };
+    decoded
+        .inspect_err(|e| debug!(api_key = call.api_key, error = %e, "undecodable peer request"))
+        .ok()
+}
+
+/// Serves a peer's request on this shard; the answer to send back (an empty body for a
+/// request [`decode_request`] refuses).
+pub async fn serve(shard: &Rc<Shard>, call: PeerCall) -> PeerCall {
+    let answer = match decode_request(&call) {
+        Some(PeerRequest::Markers(request)) => Some(encoded(
+            &write_txn_markers(shard, request, None).await,
+            MARKERS_VERSION,
+        )),
+        Some(PeerRequest::Verify(request)) => {
+            Some(encoded(&serve_verify(shard, request).await, VERIFY_VERSION))
+        }
+        None => None,
     };
     PeerCall {
         id: call.id,
@@ -335,4 +359,126 @@ async fn serve_verify(
         );
     }
     AddPartitionsToTxnResponse::default().with_results_by_transaction(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(api_key: ApiKey, api_version: i16, body: Bytes) -> PeerCall {
+        PeerCall {
+            id: 1,
+            answer: false,
+            api_key: api_key as i16,
+            api_version,
+            body,
+        }
+    }
+
+    fn marker_request() -> WriteTxnMarkersRequest {
+        WriteTxnMarkersRequest::default().with_markers(vec![WritableTxnMarker::default()
+            .with_producer_id(ProducerId(7))
+            .with_coordinator_epoch(3)
+            .with_topics(vec![WritableTxnMarkerTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_partition_indexes(vec![2])])])
+    }
+
+    #[test]
+    fn requests_of_the_kinds_served_decode_and_nothing_else_does() {
+        let markers = encoded(&marker_request(), MARKERS_VERSION);
+        match decode_request(&call(
+            ApiKey::WriteTxnMarkers,
+            MARKERS_VERSION,
+            markers.clone(),
+        )) {
+            Some(PeerRequest::Markers(request)) => assert_eq!(request, marker_request()),
+            other => panic!("{other:?}"),
+        }
+        let verify = AddPartitionsToTxnRequest::default().with_transactions(vec![
+            AddPartitionsToTxnTransaction::default().with_verify_only(true),
+        ]);
+        assert!(matches!(
+            decode_request(&call(
+                ApiKey::AddPartitionsToTxn,
+                VERIFY_VERSION,
+                encoded(&verify, VERIFY_VERSION)
+            )),
+            Some(PeerRequest::Verify(_))
+        ));
+        // Another version, another kind, a truncated body: refused.
+        assert!(decode_request(&call(ApiKey::WriteTxnMarkers, 0, markers.clone())).is_none());
+        assert!(decode_request(&call(ApiKey::Produce, 9, markers.clone())).is_none());
+        let truncated = markers.slice(..markers.len() - 3);
+        assert!(
+            decode_request(&call(ApiKey::WriteTxnMarkers, MARKERS_VERSION, truncated)).is_none()
+        );
+        // (Not arbitrary bytes: kafka-protocol sizes some vectors by the count it reads,
+        // so 16 bytes of 0xff make it try to allocate hundreds of GB. Peers are trusted
+        // nodes sending what this code encoded; see the stop's note.)
+    }
+
+    #[test]
+    fn answers_that_say_nothing_are_no_answer() {
+        // A written marker, a refused one, and the empty body of a peer that could not serve.
+        let answer = |code: i16| {
+            encoded(
+                &WriteTxnMarkersResponse::default().with_markers(vec![
+                    WritableTxnMarkerResult::default().with_topics(vec![
+                        WritableTxnMarkerTopicResult::default().with_partitions(vec![
+                            WritableTxnMarkerPartitionResult::default().with_error_code(code),
+                        ]),
+                    ]),
+                ]),
+                MARKERS_VERSION,
+            )
+        };
+        assert_eq!(marker_outcome(answer(0)), Some(None));
+        assert_eq!(
+            marker_outcome(answer(ResponseError::InvalidProducerEpoch.code())),
+            Some(Some(ResponseError::InvalidProducerEpoch))
+        );
+        assert_eq!(marker_outcome(Bytes::new()), None);
+        assert_eq!(
+            marker_outcome(encoded(
+                &WriteTxnMarkersResponse::default(),
+                MARKERS_VERSION
+            )),
+            None,
+            "no partition named"
+        );
+
+        let verified = |code: i16| {
+            encoded(
+                &AddPartitionsToTxnResponse::default().with_results_by_transaction(vec![
+                    AddPartitionsToTxnResult::default().with_topic_results(vec![
+                        AddPartitionsToTxnTopicResult::default().with_results_by_partition(vec![
+                            AddPartitionsToTxnPartitionResult::default()
+                                .with_partition_error_code(code),
+                        ]),
+                    ]),
+                ]),
+                VERIFY_VERSION,
+            )
+        };
+        assert_eq!(verify_outcome(Some(verified(0))), None);
+        assert_eq!(
+            verify_outcome(Some(verified(ResponseError::InvalidTxnState.code()))),
+            Some(ResponseError::InvalidTxnState)
+        );
+        assert_eq!(
+            verify_outcome(Some(encoded(
+                &AddPartitionsToTxnResponse::default()
+                    .with_error_code(ResponseError::ClusterAuthorizationFailed.code()),
+                VERIFY_VERSION
+            ))),
+            Some(ResponseError::ClusterAuthorizationFailed),
+            "a top-level error is the answer"
+        );
+        assert_eq!(verify_outcome(None), Some(ResponseError::NotCoordinator));
+        assert_eq!(
+            verify_outcome(Some(Bytes::new())),
+            Some(ResponseError::NotCoordinator)
+        );
+    }
 }

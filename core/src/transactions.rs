@@ -162,14 +162,10 @@ fn coordinates(shard: &Shard, topic: &Topic, partition: i32) -> Result<i32, Resp
     if let Some(epoch) = shard.transactions.loaded.borrow().get(&partition) {
         return Ok(*epoch);
     }
-    let leads = shard
-        .open_partition((topic.id, partition))
-        .is_some_and(|p| p.not_leader().is_none());
-    Err(if leads {
-        ResponseError::CoordinatorLoadInProgress
-    } else {
-        ResponseError::NotCoordinator
-    })
+    Err(crate::cluster::not_coordinating(
+        shard,
+        (topic.id, partition),
+    ))
 }
 
 /// Whether this shard still coordinates state partition `partition` at coordinator epoch

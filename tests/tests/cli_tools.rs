@@ -2,6 +2,7 @@
 //! list, describe, produce lines from stdin with keys, consume with a print format from the
 //! beginning / an offset / the latest, reset a group's offsets, describe its lag, delete it,
 //! delete the topic; errors exit non-zero with Kafka's error named.
+//! A `--bootstrap` list falls through to the first broker that answers.
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -251,4 +252,43 @@ fn topic_produce_and_consume_tools_round_trip() {
     );
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("InvalidReplicationFactor"));
+}
+
+/// `--bootstrap` takes a comma-separated list, as Kafka's tools do: the first broker that
+/// answers is used; when none does, each failure is named, exit status 1; a list with no
+/// address in it says so.
+#[test]
+fn a_bootstrap_list_uses_the_first_broker_that_answers_and_names_every_failure() {
+    let broker = Broker::start(&[]);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_address = dead.local_addr().unwrap().to_string();
+    drop(dead); // nothing listens there now
+    let run = |bootstrap: &str| {
+        Command::new(sluice_binary())
+            .args(["topic", "list", "--bootstrap", bootstrap])
+            .output()
+            .expect("run sluice")
+    };
+    let listed = run(&format!("{dead_address},{}", broker.bootstrap()));
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let none = run(&format!("{dead_address}, 127.0.0.1:1"));
+    assert_eq!(none.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&none.stderr);
+    assert!(
+        stderr.contains(&format!("cannot connect to {dead_address}"))
+            && stderr.contains("cannot connect to 127.0.0.1:1"),
+        "{stderr}"
+    );
+    let empty = run(" , ");
+    assert_eq!(empty.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&empty.stderr).contains("no broker address"),
+        "{}",
+        String::from_utf8_lossy(&empty.stderr)
+    );
+    broker.stop();
 }
