@@ -234,6 +234,28 @@ impl ProducerState {
         if let Some(kept) = producer.batches.iter().find(|k| {
             k.first_sequence == batch.base_sequence && k.last_sequence == batch.last_sequence()
         }) {
+            // A transactional batch is a retry only of a batch of the transaction still open
+            // here. One that repeats the sequences of a batch from a transaction that has
+            // ended (a marker came between) is a new record reusing a sequence whose batch its
+            // client gave up on: answered as a duplicate, it would be acknowledged at the old
+            // batch's offset and never be visible, since that batch's transaction ended. Kafka
+            // answers it as a duplicate; librdkafka 2.x sends it when it purges a batch that
+            // was retried after an error (possibly written) in abort_transaction and hands the
+            // batch's sequences to the next transaction (the chaos harness lost a committed
+            // record so, seed 8 of kill,write_eio,fdatasync_eio). Refused instead, so the
+            // client aborts that transaction and bumps its epoch, and nothing is lost.
+            let of_open_transaction = producer
+                .txn_first_offset
+                .is_some_and(|first| kept.base_offset >= first);
+            if batch.is_transactional() && !of_open_transaction {
+                return out_of_order(format!(
+                    "sequences {}..={} belong to a batch at offset {} whose transaction has \
+                     ended: a new batch must not reuse them",
+                    batch.base_sequence,
+                    batch.last_sequence(),
+                    kept.base_offset
+                ));
+            }
             return Verdict::Duplicate(*kept);
         }
         let expected = producer.batches.back().map_or(0, |last| {
@@ -700,12 +722,26 @@ mod tests {
         state.record(&commit, &bytes);
         assert_eq!(state.first_unstable_offset(), None);
         assert_eq!(state.aborted_between(Offset(0), Offset(100)), vec![aborted]);
-        // The producer's next transaction starts at the sequence after its last batch.
+        // The producer's next transaction starts at the sequence after its last batch; a batch
+        // reusing the sequences of a batch of the aborted transaction is no retry, and is
+        // refused rather than acknowledged at that batch's offset.
+        assert!(matches!(
+            state.check(&txn_batch(5, 2, 2, 2, 17), &[]),
+            Verdict::Reject(ResponseError::OutOfOrderSequenceNumber, _)
+        ));
         assert_eq!(
             state.check(&txn_batch(5, 2, 4, 1, 17), &[]),
             Verdict::Append
         );
         state.record(&txn_batch(5, 2, 4, 1, 17), &[]);
+        // A retry of a batch of the transaction open now is a duplicate, as always.
+        assert!(matches!(
+            state.check(&txn_batch(5, 2, 4, 1, 18), &[]),
+            Verdict::Duplicate(KeptBatch {
+                base_offset: 17,
+                ..
+            })
+        ));
 
         // A snapshot keeps open transactions and the aborted index.
         let dir = tempfile::tempdir().unwrap();

@@ -264,9 +264,11 @@ impl Shard {
             let mut loaded = 0;
             for p in 0..state.partitions {
                 if shard.owner_of(&state.name, p) == shard.id {
-                    loaded += crate::transactions::replay(&shard, state, p)
+                    let replayed = crate::transactions::replay(&shard, state, p)
                         .await
                         .map_err(|e| format!("replaying {} partition {p}: {e}", state.name))?;
+                    loaded += replayed.ids;
+                    crate::transactions::finish_prepared(&shard, state, p, replayed);
                 }
             }
             if loaded > 0 {

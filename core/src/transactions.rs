@@ -358,8 +358,7 @@ pub async fn init_producer_id(
         match record.status {
             TxnStatus::PrepareCommit | TxnStatus::PrepareAbort => {
                 // Being completed (after a restart): the client retries.
-                release(&s, &id, None);
-                return Err(ResponseError::ConcurrentTransactions);
+                return Err(resume_completion(&s, &topic, partition, &id, record));
             }
             TxnStatus::Ongoing => {
                 // The previous incarnation's transaction is aborted, at the next epoch.
@@ -482,8 +481,7 @@ pub async fn add_partitions(
         let mut record = take_checked(&s, &id, producer_id, producer_epoch)?;
         match record.status {
             TxnStatus::PrepareCommit | TxnStatus::PrepareAbort => {
-                release(&s, &id, None);
-                return Err(ResponseError::ConcurrentTransactions);
+                return Err(resume_completion(&s, &topic, partition, &id, record));
             }
             TxnStatus::Ongoing if wanted.iter().all(|tp| record.partitions.contains(tp)) => {
                 release(&s, &id, None);
@@ -684,8 +682,7 @@ pub async fn end_txn(
                 return Ok(());
             }
             (TxnStatus::PrepareCommit, true) | (TxnStatus::PrepareAbort, false) => {
-                release(&s, &id, None);
-                return Err(ResponseError::ConcurrentTransactions);
+                return Err(resume_completion(&s, &topic, partition, &id, record));
             }
             _ => {
                 release(&s, &id, None);
@@ -820,6 +817,31 @@ async fn complete(shard: &Rc<Shard>, topic: &Topic, partition: i32, id: &str, re
         })
         .detach();
     }
+}
+
+/// A prepared transaction `take`n (so no completion of it runs: a running one keeps the id
+/// busy): its completion starts again, in the background, and keeps the id busy until it
+/// ends. The answer for the request that found it: CONCURRENT_TRANSACTIONS, which clients
+/// retry. A prepared transaction is idle only if a completion gave up while this shard
+/// coordinates it (it should not); without this its producer would be refused for good.
+fn resume_completion(
+    shard: &Rc<Shard>,
+    topic: &Arc<Topic>,
+    partition: i32,
+    transactional_id: &str,
+    record: TxnRecord,
+) -> ResponseError {
+    warn!(
+        transactional_id,
+        status = record.status.name(),
+        "a prepared transaction was not being completed; completing it"
+    );
+    let (shard, topic, id) = (shard.clone(), topic.clone(), transactional_id.to_string());
+    glommio::spawn_local(async move {
+        complete(&shard, &topic, partition, &id, record).await;
+    })
+    .detach();
+    ResponseError::ConcurrentTransactions
 }
 
 /// `record` for `transactional_id` as a batch of its state partition.
@@ -1073,8 +1095,7 @@ pub fn leadership_changed(shard: &Rc<Shard>, topic: Arc<Topic>, partition: i32, 
         let epoch = p.leader_epoch();
         forget_ids_of(&shard, &topic, partition);
         match replay(&shard, &topic, partition).await {
-            Ok(ids) => {
-                // No await since the replay: its spawned completions start after this.
+            Ok(replayed) => {
                 if p.not_leader().is_none() && p.leader_epoch() == epoch {
                     shard
                         .transactions
@@ -1083,10 +1104,15 @@ pub fn leadership_changed(shard: &Rc<Shard>, topic: Arc<Topic>, partition: i32, 
                         .insert(partition, epoch);
                     info!(
                         partition,
-                        ids,
+                        ids = replayed.ids,
                         coordinator_epoch = epoch,
                         "transaction coordinator loaded as leader of its state partition"
                     );
+                    // Only now: a completion started before the partition counts as loaded
+                    // gives up at once (not coordinating), and the transaction would stay
+                    // prepared, answering CONCURRENT_TRANSACTIONS to its producer for good
+                    // (the chaos harness found it, kill_controller and kill faults).
+                    finish_prepared(&shard, &topic, partition, replayed);
                 } else {
                     forget_ids_of(&shard, &topic, partition);
                 }
@@ -1105,13 +1131,22 @@ fn forget_ids_of(shard: &Shard, topic: &Topic, partition: i32) {
         .retain(|id, _| txn_partition(id, topic.partitions) != partition);
 }
 
+/// What [`replay`] found.
+pub struct Replayed {
+    /// Transactional ids loaded.
+    pub ids: usize,
+    /// Transactions a crash left prepared (PrepareCommit or PrepareAbort), marked busy: to be
+    /// finished by [`finish_prepared`] once this shard coordinates the partition.
+    prepared: Vec<(String, TxnRecord)>,
+}
+
 /// Rebuilds the transactional ids of `partition` (a state partition this shard owns) from its
-/// log, then finishes the transactions a crash left prepared. Returns the ids loaded.
+/// log.
 pub async fn replay(
     shard: &Rc<Shard>,
     topic: &Arc<Topic>,
     partition: i32,
-) -> sluice_storage::Result<usize> {
+) -> sluice_storage::Result<Replayed> {
     let p = shard.partition(topic, partition).await?;
     let log = p.log();
     let mut from = log.log_start_offset();
@@ -1161,7 +1196,16 @@ pub async fn replay(
             txns.insert(id, TxnMeta { record, busy });
         }
     }
-    for (id, record) in prepared {
+    Ok(Replayed {
+        ids: loaded,
+        prepared,
+    })
+}
+
+/// Finishes, in the background, the transactions [`replay`] found prepared on state partition
+/// `partition`, which this shard coordinates now.
+pub fn finish_prepared(shard: &Rc<Shard>, topic: &Arc<Topic>, partition: i32, replayed: Replayed) {
+    for (id, record) in replayed.prepared {
         info!(transactional_id = %id, status = record.status.name(), "finishing a transaction a restart interrupted");
         let (shard, topic) = (shard.clone(), topic.clone());
         glommio::spawn_local(async move {
@@ -1169,7 +1213,6 @@ pub async fn replay(
         })
         .detach();
     }
-    Ok(loaded)
 }
 
 /// Aborts this shard's transactions that stayed open past their timeout, forever.

@@ -334,19 +334,7 @@ fn stale_unknown_and_forged_transactional_requests_get_kafkas_errors() {
     let add = |s: &mut std::net::TcpStream, pid: i64, epoch: i16, topic: &str| {
         add_on_wire(s, "wire", pid, epoch, topic)
     };
-    let end = |s: &mut std::net::TcpStream, id: &str, pid: i64, epoch: i16, commit: bool| {
-        let r: EndTxnResponse = call(
-            s,
-            ApiKey::EndTxn,
-            3,
-            &EndTxnRequest::default()
-                .with_transactional_id(txn_id(id))
-                .with_producer_id(ProducerId(pid))
-                .with_producer_epoch(epoch)
-                .with_committed(commit),
-        );
-        r.error_code
-    };
+    let end = end_on_wire;
 
     assert_eq!(
         init(&mut s, 3_600_000).error_code,
@@ -788,6 +776,31 @@ fn init_ok(s: &mut std::net::TcpStream, transactional_id: &str) -> (i64, i16) {
     (init.producer_id.0, init.producer_epoch)
 }
 
+/// EndTxn v3 (commit or abort) of `transactional_id`'s transaction: its error code.
+fn end_on_wire(
+    s: &mut std::net::TcpStream,
+    transactional_id: &str,
+    producer_id: i64,
+    epoch: i16,
+    commit: bool,
+) -> i16 {
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+    let r: EndTxnResponse = sluice_tests::wire::call(
+        s,
+        ApiKey::EndTxn,
+        3,
+        &EndTxnRequest::default()
+            .with_transactional_id(TransactionalId(StrBytes::from_string(
+                transactional_id.to_string(),
+            )))
+            .with_producer_id(ProducerId(producer_id))
+            .with_producer_epoch(epoch)
+            .with_committed(commit),
+    );
+    r.error_code
+}
+
 /// AddPartitionsToTxn v3 of `topic` partition 0: its error code.
 fn add_on_wire(
     s: &mut std::net::TcpStream,
@@ -859,6 +872,55 @@ fn a_transactional_batch_outside_its_producers_transaction_is_refused() {
     assert_eq!(
         read(&reader, 1, Duration::from_secs(5)),
         vec!["in".to_string()]
+    );
+    broker.stop();
+}
+
+/// A batch that repeats the sequences of a batch of the producer's ended (aborted) transaction
+/// is no retry: answered as a duplicate it would be acknowledged at the aborted batch's offset
+/// and never be read. librdkafka sends such a batch after abort_transaction purges a batch it
+/// was retrying (the chaos harness lost a committed record so). Refused with
+/// OUT_OF_ORDER_SEQUENCE_NUMBER instead; a retry within the open transaction is still a
+/// duplicate.
+#[test]
+fn a_batch_reusing_the_sequences_of_an_ended_transaction_is_refused_not_acknowledged() {
+    use kafka_protocol::ResponseError;
+    use sluice_tests::wire::transactional_batch;
+
+    let broker = Broker::start(&[]);
+    create_topic(&broker.bootstrap(), "txn-reuse");
+    let mut s = sluice_tests::wire::connect(broker.addr);
+    let (pid, epoch) = init_ok(&mut s, "reuse-id");
+    let produce = |s: &mut std::net::TcpStream, sequence: i32, value: &[u8]| {
+        let batch = transactional_batch(pid, epoch, sequence, value);
+        sluice_tests::wire::produce(s, -1, Some("reuse-id"), "txn-reuse", 0, batch)
+    };
+    assert_eq!(add_on_wire(&mut s, "reuse-id", pid, epoch, "txn-reuse"), 0);
+    let aborted = produce(&mut s, 0, b"aborted");
+    assert_eq!((aborted.error_code, aborted.base_offset), (0, 0));
+    assert_eq!(end_on_wire(&mut s, "reuse-id", pid, epoch, false), 0);
+
+    assert_eq!(add_on_wire(&mut s, "reuse-id", pid, epoch, "txn-reuse"), 0);
+    let reused = produce(&mut s, 0, b"reuses sequence 0");
+    assert_eq!(
+        reused.error_code,
+        ResponseError::OutOfOrderSequenceNumber.code(),
+        "not acknowledged at offset {}",
+        reused.base_offset
+    );
+    let next = produce(&mut s, 1, b"committed");
+    assert_eq!(next.error_code, 0);
+    let retry = produce(&mut s, 1, b"committed");
+    assert_eq!(
+        (retry.error_code, retry.base_offset),
+        (0, next.base_offset),
+        "a retry within the open transaction is a duplicate"
+    );
+    assert_eq!(end_on_wire(&mut s, "reuse-id", pid, epoch, true), 0);
+    let reader = consumer(&broker.bootstrap(), "txn-reuse", "read_committed");
+    assert_eq!(
+        read(&reader, 1, Duration::from_secs(5)),
+        vec!["committed".to_string()]
     );
     broker.stop();
 }
