@@ -16,7 +16,14 @@
 //! - one idempotent producer's acknowledged records of a partition sit in the order they were
 //!   sent (**reordered**: the idempotent producer's guarantee; a plain one has none);
 //! - the group's committed offset at the end is at least every commit the coordinator
-//!   acknowledged (**commit lost**).
+//!   acknowledged (**commit lost**);
+//! - a transactional producer's records (the read-back reads committed records only) are
+//!   visible exactly when their transaction committed: a committed transaction's records are
+//!   all there once, at their acknowledged offsets (**lost** otherwise, as above); none of an
+//!   aborted one is there (**aborted visible**); of a transaction whose outcome its producer
+//!   could not know, all records or none (**torn transaction**). An acknowledgement of a
+//!   record in a transaction that did not commit promises nothing, so those are not counted
+//!   as acknowledged.
 //!
 //! Counts per class as Jepsen reports them, and a few examples of each bad class.
 
@@ -25,7 +32,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use crate::history::{parse_value, Event};
+use crate::history::{parse_value, Event, TransactionOutcome};
 
 /// Examples kept per bad class.
 const EXAMPLES: usize = 10;
@@ -52,6 +59,14 @@ pub struct Verdict {
     pub inconsistent_read: u64,
     pub reordered: u64,
     pub commit_lost: u64,
+    /// Records of an aborted transaction in the read-back.
+    pub aborted_visible: u64,
+    /// Transactions of unknown outcome of which some records are visible and some not.
+    pub torn_transactions: u64,
+    pub transactions_committed: u64,
+    pub transactions_aborted: u64,
+    /// Outcome unknown to the producer (including one still open when the run ended).
+    pub transactions_unknown: u64,
     /// Outcome unknown to the producer, found once in the log.
     pub unknown_present: u64,
     /// Outcome unknown to the producer, not in the log.
@@ -93,6 +108,11 @@ impl Verdict {
             ("inconsistent read", self.inconsistent_read),
             ("reordered", self.reordered),
             ("commit lost", self.commit_lost),
+            ("aborted visible", self.aborted_visible),
+            ("torn transactions", self.torn_transactions),
+            ("txns committed", self.transactions_committed),
+            ("txns aborted", self.transactions_aborted),
+            ("txns unknown", self.transactions_unknown),
             ("unknown, present", self.unknown_present),
             ("unknown, absent", self.unknown_absent),
             ("read during the run", self.read),
@@ -119,16 +139,30 @@ pub fn check(history: &[Event]) -> Verdict {
     let mut stored_at: BTreeMap<(i32, i64), &str> = BTreeMap::new();
     let mut positions: HashMap<&str, Vec<(i32, i64)>> = HashMap::new();
     let mut plain: HashSet<u32> = HashSet::new();
+    let mut transactional: HashSet<u32> = HashSet::new();
+    // (producer, first sequence, last sequence, outcome) of each ended transaction.
+    let mut transactions: Vec<(u32, u64, u64, TransactionOutcome)> = Vec::new();
     for event in history {
         match event {
             Event::Producer {
                 producer,
                 idempotent,
+                transactional: in_transactions,
             } => {
                 if !idempotent {
                     plain.insert(*producer);
                 }
+                if *in_transactions {
+                    transactional.insert(*producer);
+                }
             }
+            Event::Transaction {
+                producer,
+                first_seq,
+                last_seq,
+                outcome,
+                ..
+            } => transactions.push((*producer, *first_seq, *last_seq, *outcome)),
             Event::Send { value, .. } => {
                 sent.insert(value);
             }
@@ -202,10 +236,30 @@ pub fn check(history: &[Event]) -> Verdict {
         }
     }
 
+    // A transactional producer's record: the outcome of its transaction (`None`: it never
+    // ended, as good as unknown).
+    let mut outcome_of: HashMap<(u32, u64), TransactionOutcome> = HashMap::new();
+    for &(producer, first, last, outcome) in &transactions {
+        for seq in first..=last {
+            outcome_of.insert((producer, seq), outcome);
+        }
+    }
+    let in_transaction = |value: &str| -> Option<Option<TransactionOutcome>> {
+        let (producer, seq) = parse_value(value)?;
+        transactional
+            .contains(&producer)
+            .then(|| outcome_of.get(&(producer, seq)).copied())
+    };
+
     let mut acked_values: HashSet<&str> = HashSet::new();
     for &(_, value, partition, offset) in &acked {
         if !acked_values.insert(value) {
             continue;
+        }
+        match in_transaction(value) {
+            None | Some(Some(TransactionOutcome::Committed)) => {}
+            // Checked with its transaction below.
+            Some(_) => continue,
         }
         verdict.acknowledged += 1;
         let offset_named = offset >= 0;
@@ -234,7 +288,7 @@ pub fn check(history: &[Event]) -> Verdict {
     let mut unacknowledged: Vec<&str> = sent
         .iter()
         .copied()
-        .filter(|v| !acked_values.contains(v))
+        .filter(|v| !acked_values.contains(v) && in_transaction(v).is_none())
         .collect();
     unacknowledged.extend(unknown.iter().copied().filter(|v| !sent.contains(v)));
     for value in unacknowledged {
@@ -243,6 +297,15 @@ pub fn check(history: &[Event]) -> Verdict {
             Some(_) => verdict.unknown_present += 1,
         }
     }
+
+    check_transactions(
+        &mut verdict,
+        &sent,
+        &acked_values,
+        &positions,
+        &transactional,
+        &transactions,
+    );
 
     for &(consumer, partition, offset, value) in &reads {
         match stored_at.get(&(partition, offset)) {
@@ -314,8 +377,107 @@ pub fn check(history: &[Event]) -> Verdict {
         + verdict.inconsistent_read
         + verdict.reordered
         + verdict.commit_lost
+        + verdict.aborted_visible
+        + verdict.torn_transactions
         == 0;
     verdict
+}
+
+/// The transactional producers' records against their transactions' outcomes (see the module
+/// docs). Sent records of no ended transaction (the run ended inside one) form one transaction
+/// of unknown outcome per producer.
+fn check_transactions(
+    verdict: &mut Verdict,
+    sent: &HashSet<&str>,
+    acked_values: &HashSet<&str>,
+    positions: &HashMap<&str, Vec<(i32, i64)>>,
+    transactional: &HashSet<u32>,
+    transactions: &[(u32, u64, u64, TransactionOutcome)],
+) {
+    let mut ended: HashSet<(u32, u64)> = HashSet::new();
+    let mut groups: Vec<(u32, Vec<String>, TransactionOutcome, bool)> = Vec::new();
+    for &(producer, first, last, outcome) in transactions {
+        ended.extend((first..=last).map(|seq| (producer, seq)));
+        let values = (first..=last)
+            .map(|seq| crate::history::record_value(producer, seq))
+            .filter(|v| sent.contains(v.as_str()))
+            .collect();
+        groups.push((producer, values, outcome, true));
+    }
+    let mut unended: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    let mut open: Vec<&&str> = sent.iter().collect();
+    open.sort();
+    for value in open {
+        if let Some((producer, seq)) = parse_value(value) {
+            if transactional.contains(&producer) && !ended.contains(&(producer, seq)) {
+                unended.entry(producer).or_default().push(value.to_string());
+            }
+        }
+    }
+    for (producer, values) in unended {
+        groups.push((producer, values, TransactionOutcome::Unknown, false));
+    }
+    for (producer, values, outcome, ended) in groups {
+        let visible: Vec<&String> = values
+            .iter()
+            .filter(|v| positions.contains_key(v.as_str()))
+            .collect();
+        let span = match (values.first(), values.last()) {
+            (Some(first), Some(last)) => format!("{first}..{last}"),
+            _ => format!("an empty transaction of producer {producer}"),
+        };
+        match outcome {
+            TransactionOutcome::Committed => {
+                verdict.transactions_committed += 1;
+                // Acknowledged ones were checked with every acknowledgement.
+                for value in &values {
+                    if !acked_values.contains(value.as_str())
+                        && !positions.contains_key(value.as_str())
+                    {
+                        verdict.lost += 1;
+                        verdict.note(
+                            "lost",
+                            format!("{value} (committed in {span}, never acknowledged)"),
+                        );
+                    }
+                }
+            }
+            TransactionOutcome::Aborted => {
+                verdict.transactions_aborted += 1;
+                for value in &visible {
+                    verdict.aborted_visible += 1;
+                    verdict.note(
+                        "aborted visible",
+                        format!(
+                            "{value} of the aborted {span} at {:?}",
+                            positions[value.as_str()]
+                        ),
+                    );
+                }
+            }
+            TransactionOutcome::Unknown => {
+                verdict.transactions_unknown += 1;
+                verdict.unknown_present += visible.len() as u64;
+                verdict.unknown_absent += (values.len() - visible.len()) as u64;
+                if !visible.is_empty() && visible.len() < values.len() {
+                    verdict.torn_transactions += 1;
+                    verdict.note(
+                        "torn transaction",
+                        format!(
+                            "{} of {} records of {span} ({}) visible",
+                            visible.len(),
+                            values.len(),
+                            if ended {
+                                "outcome unknown"
+                            } else {
+                                "never ended"
+                            }
+                        ),
+                    );
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -488,6 +650,7 @@ mod tests {
         let mut history = vec![Event::Producer {
             producer: 1,
             idempotent: false,
+            transactional: false,
         }];
         for (seq, offset) in [(0, 0), (1, 2), (2, 1)] {
             history.push(send(1, seq));
@@ -549,5 +712,110 @@ mod tests {
         assert_eq!((verdict.unknown_absent, verdict.unknown_present), (1, 1));
         history.push(stored(0, 6, record_value(0, 6)));
         assert_eq!(check(&history).duplicated, 1);
+    }
+
+    fn transaction(
+        producer: u32,
+        first_seq: u64,
+        last_seq: u64,
+        outcome: TransactionOutcome,
+    ) -> Event {
+        Event::Transaction {
+            t_ms: last_seq as f64 + 1.0,
+            producer,
+            first_seq,
+            last_seq,
+            outcome,
+            error: String::new(),
+        }
+    }
+
+    /// Producer 2 (transactional) on partition 1: p2-0..2 committed, p2-3..4 aborted, p2-5..6
+    /// of unknown outcome (committed, as it happens), p2-7 sent in a transaction that never
+    /// ended (aborted by the coordinator). Every record acknowledged at offsets 0..8 (each
+    /// transaction's marker takes an offset too, left out here); the read-back sees the
+    /// committed ones only.
+    fn transactional() -> Vec<Event> {
+        let mut history = vec![Event::Producer {
+            producer: 2,
+            idempotent: true,
+            transactional: true,
+        }];
+        for seq in 0..8 {
+            history.push(send(2, seq));
+            history.push(acked(2, seq, 1, seq as i64));
+        }
+        history.push(transaction(2, 0, 2, TransactionOutcome::Committed));
+        history.push(transaction(2, 3, 4, TransactionOutcome::Aborted));
+        history.push(transaction(2, 5, 6, TransactionOutcome::Unknown));
+        for seq in [0, 1, 2, 5, 6] {
+            history.push(stored(1, seq as i64, record_value(2, seq)));
+        }
+        history
+    }
+
+    #[test]
+    fn transactions_are_visible_exactly_when_committed() {
+        let verdict = check(&transactional());
+        assert!(verdict.valid, "{}", verdict.summary());
+        assert_eq!(
+            (
+                verdict.transactions_committed,
+                verdict.transactions_aborted,
+                verdict.transactions_unknown
+            ),
+            (1, 1, 2),
+            "the open one is unknown too"
+        );
+        assert_eq!(
+            (verdict.acknowledged, verdict.ok),
+            (3, 3),
+            "only a committed transaction's acknowledgements promise anything"
+        );
+        assert_eq!((verdict.unknown_present, verdict.unknown_absent), (2, 1));
+    }
+
+    #[test]
+    fn an_aborted_record_in_the_read_back_is_caught() {
+        let mut history = transactional();
+        history.push(stored(1, 4, record_value(2, 4)));
+        let verdict = check(&history);
+        assert!(!verdict.valid);
+        assert_eq!(verdict.aborted_visible, 1, "{}", verdict.summary());
+        assert!(verdict.examples["aborted visible"][0].contains("p2-4"));
+    }
+
+    #[test]
+    fn a_transaction_half_visible_is_caught() {
+        // Outcome unknown, one of two records visible.
+        let verdict = check(&without_final_at(transactional(), 1, 6));
+        assert!(!verdict.valid);
+        assert_eq!(verdict.torn_transactions, 1, "{}", verdict.summary());
+        // A transaction still open at the end: p2-7 visible, p2-8 not.
+        let mut history = transactional();
+        history.push(send(2, 8));
+        history.push(stored(1, 7, record_value(2, 7)));
+        let verdict = check(&history);
+        assert_eq!(verdict.torn_transactions, 1, "{}", verdict.summary());
+        assert!(verdict.examples["torn transaction"][0].contains("never ended"));
+    }
+
+    #[test]
+    fn a_committed_record_missing_is_lost_acknowledged_or_not() {
+        let verdict = check(&without_final_at(transactional(), 1, 1));
+        assert_eq!(
+            (verdict.lost, verdict.valid),
+            (1, false),
+            "{}",
+            verdict.summary()
+        );
+        // Without its acknowledgement (the client never reported it) it is lost all the same.
+        let history: Vec<Event> = without_final_at(transactional(), 1, 1)
+            .into_iter()
+            .filter(|e| !matches!(e, Event::Acked { value, .. } if *value == record_value(2, 1)))
+            .collect();
+        let verdict = check(&history);
+        assert_eq!(verdict.lost, 1, "{}", verdict.summary());
+        assert!(verdict.examples["lost"][0].contains("never acknowledged"));
     }
 }

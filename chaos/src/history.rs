@@ -16,8 +16,15 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     /// A producer of the workload, before it sends anything. A plain (not idempotent) producer
-    /// may store a record twice when it retries, or out of order: Kafka promises neither.
-    Producer { producer: u32, idempotent: bool },
+    /// may store a record twice when it retries, or out of order: Kafka promises neither. A
+    /// transactional one (idempotent too) sends its records in transactions
+    /// ([`Event::Transaction`]); only committed ones may be seen.
+    Producer {
+        producer: u32,
+        idempotent: bool,
+        #[serde(default)]
+        transactional: bool,
+    },
     /// A record handed to a producer (the invocation).
     Send {
         t_ms: f64,
@@ -38,6 +45,18 @@ pub enum Event {
         t_ms: f64,
         producer: u32,
         value: String,
+        error: String,
+    },
+    /// A transactional producer ended the transaction holding its records `first_seq` to
+    /// `last_seq` (values `p<producer>-<seq>`, both ends included).
+    Transaction {
+        t_ms: f64,
+        producer: u32,
+        first_seq: u64,
+        last_seq: u64,
+        outcome: TransactionOutcome,
+        /// What the client said when the outcome is not committed (empty otherwise).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
         error: String,
     },
     /// A consumer read the record during the run.
@@ -68,6 +87,20 @@ pub enum Event {
         action: String,
         node: usize,
     },
+}
+
+/// How a transaction ended, as its producer knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransactionOutcome {
+    /// `commit_transaction` succeeded: every record must be visible, once.
+    Committed,
+    /// The producer aborted it (on purpose or after an abortable error) and the coordinator
+    /// acknowledged the abort: no record may be visible.
+    Aborted,
+    /// The producer failed without knowing (a fatal error, or the run ended): all of its
+    /// records visible or none.
+    Unknown,
 }
 
 /// The value of producer `producer`'s `seq`-th record.
@@ -135,6 +168,14 @@ mod tests {
                 action: "kill".into(),
                 node: 1,
             },
+            Event::Transaction {
+                t_ms: 2.5,
+                producer: 0,
+                first_seq: 0,
+                last_seq: 0,
+                outcome: TransactionOutcome::Aborted,
+                error: "on purpose".into(),
+            },
             Event::Final {
                 partition: 0,
                 offset: 0,
@@ -143,5 +184,24 @@ mod tests {
         ];
         write_history(&path, &events).unwrap();
         assert_eq!(read_history(&path).unwrap(), events);
+    }
+
+    #[test]
+    fn a_history_from_before_transactions_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.jsonl");
+        std::fs::write(
+            &path,
+            "{\"type\":\"producer\",\"producer\":2,\"idempotent\":true}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            read_history(&path).unwrap(),
+            vec![Event::Producer {
+                producer: 2,
+                idempotent: true,
+                transactional: false
+            }]
+        );
     }
 }

@@ -39,7 +39,8 @@ pub enum ChaosCommand {
     /// slow_disk (every fdatasync 100 ms slower); clock_jump (the node's wall clock an hour
     /// ahead or behind, through libfaketime: apt-get install faketime); move (the node's
     /// replicas of the topic move off it and back: Raft configuration changes under load);
-    /// remove_voter (the node leaves the controller's voters and comes back: KIP-853).
+    /// remove_voter (the node leaves the controller's voters and comes back: KIP-853);
+    /// kill_coordinator (the node coordinating the transactional producers' transactions).
     Run(RunArgs),
     /// Checks a recorded history again and prints the verdict.
     Check {
@@ -73,6 +74,11 @@ pub struct RunArgs {
     /// Producers without idempotence (at most 16).
     #[arg(long, value_name = "N", default_value_t = 0)]
     plain_producers: u64,
+    /// Producers sending in transactions of 10 records, every 4th aborted on purpose (at most
+    /// 16); the checker then also asks that committed transactions be visible whole and once,
+    /// aborted ones not at all, and those of unknown outcome all or nothing.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    transactional_producers: u64,
     /// Each producer sends a record every MS milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 5)]
     interval_ms: u64,
@@ -150,12 +156,26 @@ fn run_options(args: RunArgs) -> Result<run::Options, String> {
         partitions: args.partitions.clamp(1, 1000) as i32,
         producers: args.producers.min(16) as u32,
         plain_producers: args.plain_producers.min(16) as u32,
+        transactional_producers: args.transactional_producers.min(16) as u32,
         interval: Duration::from_millis(args.interval_ms.max(1)),
         keep_data: args.keep_data,
         binary: None,
     };
-    if options.producers + options.plain_producers == 0 {
-        return Err("--producers: at least one producer (idempotent or plain)".into());
+    if options.producers + options.plain_producers + options.transactional_producers == 0 {
+        return Err(
+            "--producers: at least one producer (idempotent, plain or transactional)".into(),
+        );
+    }
+    if options.transactional_producers == 0
+        && options
+            .faults
+            .contains(&schedule::FaultKind::KillCoordinator)
+    {
+        return Err(
+            "--faults: kill_coordinator kills the transactional producers' coordinator; \
+             --transactional-producers is 0"
+                .into(),
+        );
     }
     if options.nodes == 1 && options.faults.contains(&schedule::FaultKind::Move) {
         return Err(

@@ -8,9 +8,10 @@
 //! leader, stop the consumer with a last synchronous commit, read the group's committed offsets
 //! and every partition from its start to its high watermark with fresh clients, stop the
 //! nodes, check. The workload: `producers` librdkafka producers (idempotent, acks=all) and
-//! `plain_producers` without idempotence (acks=all, librdkafka's default retries), one
+//! `plain_producers` without idempotence (acks=all, librdkafka's default retries) and
+//! `transactional_producers` sending in transactions (some aborted on purpose), one
 //! record every `interval` each, keyed by the value so records spread over the partitions) and
-//! one consumer in a group, committing asynchronously every 500 ms; every operation is recorded
+//! one read_committed consumer in a group, committing asynchronously every 500 ms; every operation is recorded
 //! with its time and outcome.
 //!
 //! Invariants: every node process is stopped on every path out ([`LocalCluster`]'s drop),
@@ -32,8 +33,9 @@ use crate::checker::{check, Verdict};
 use crate::history::{write_history, Event};
 use crate::schedule::{plan, FaultKind, Planned, Target};
 use crate::workload::{
-    client_config, consume, produce, read_back, read_committed, wait_for_leaders, ProducerSpec,
-    Recorder, Worker, INTERRUPTED_WAIT, MESSAGE_TIMEOUT, SETTLE, SMALL_SEGMENT_BYTES, TOPIC,
+    client_config, consume, produce, read_back, read_committed, transactional_id, wait_for_leaders,
+    ProducerSpec, Recorder, Worker, INTERRUPTED_WAIT, MESSAGE_TIMEOUT, SETTLE, SMALL_SEGMENT_BYTES,
+    TOPIC,
 };
 
 /// Makes SIGINT (Ctrl-C) and SIGTERM end the run through its healing path: the flag returned
@@ -76,6 +78,8 @@ pub struct Options {
     pub producers: u32,
     /// Plain producers (no idempotence) besides them.
     pub plain_producers: u32,
+    /// Transactional producers besides those.
+    pub transactional_producers: u32,
     /// Pause between two records of one producer.
     pub interval: Duration,
     /// Keep the nodes' data directories after a valid run (an invalid run always keeps them).
@@ -90,7 +94,7 @@ impl Options {
         let faults: Vec<&str> = self.faults.iter().map(|f| f.name()).collect();
         format!(
             "sluice chaos run --nodes {} --faults {} --seed {} --duration {} --partitions {} \
-             --producers {} --plain-producers {} --interval-ms {}",
+             --producers {} --plain-producers {} --transactional-producers {} --interval-ms {}",
             self.nodes,
             faults.join(","),
             self.seed,
@@ -98,6 +102,7 @@ impl Options {
             self.partitions,
             self.producers,
             self.plain_producers,
+            self.transactional_producers,
             self.interval.as_millis()
         )
     }
@@ -251,11 +256,14 @@ pub fn run(options: &Options) -> Result<Report, String> {
             consume(&bootstrap, &recorder, &stop)
         })
     };
-    let producers: Vec<Worker> = (0..options.producers + options.plain_producers)
+    let all_producers =
+        options.producers + options.plain_producers + options.transactional_producers;
+    let producers: Vec<Worker> = (0..all_producers)
         .map(|producer| {
             let (recorder, bootstrap) = (recorder.clone(), bootstrap.clone());
             let (duration, interval) = (options.duration, options.interval);
-            let idempotent = producer < options.producers;
+            let transactional = producer >= options.producers + options.plain_producers;
+            let idempotent = producer < options.producers || transactional;
             let padding = if options.faults.contains(&FaultKind::FallocateEnospc) {
                 PADDING_BYTES
             } else {
@@ -265,6 +273,7 @@ pub fn run(options: &Options) -> Result<Report, String> {
             let spec = ProducerSpec {
                 producer,
                 idempotent,
+                transactional,
                 duration,
                 interval,
                 padding,
@@ -275,12 +284,16 @@ pub fn run(options: &Options) -> Result<Report, String> {
         })
         .collect();
 
+    // The id whose coordinator `kill_coordinator` kills (the first transactional producer's).
+    let transactional_id = (options.transactional_producers > 0)
+        .then(|| transactional_id(options.producers + options.plain_producers));
     let faults = inject(
         &mut cluster,
         &schedule,
         &recorder,
         options.duration,
         &bootstrap,
+        transactional_id.as_deref(),
         &interrupted,
     );
     if interrupted.load(Ordering::Acquire) {
@@ -373,6 +386,7 @@ fn inject(
     recorder: &Recorder,
     duration: Duration,
     bootstrap: &str,
+    transactional_id: Option<&str>,
     interrupted: &AtomicBool,
 ) -> Result<(), String> {
     let metadata: BaseConsumer = client_config(bootstrap)
@@ -404,6 +418,11 @@ fn inject(
                 .unwrap_or(partition as usize % cluster.len()),
             // No controller known: the first node.
             Target::Controller => cluster.controller().unwrap_or(0),
+            // No coordinator known (its partition's election running): the first node.
+            Target::TransactionCoordinator => transactional_id
+                .and_then(|id| coordinator_of(cluster, id))
+                .filter(|&node| node < cluster.len())
+                .unwrap_or(0),
         };
         // A move fault's partitions, with the replica lists to move them back to.
         let mut moved_off = BTreeMap::new();
@@ -441,7 +460,7 @@ fn inject(
                 }
                 ("remove_voter", "voter_back")
             }
-            FaultKind::Kill | FaultKind::KillController => {
+            FaultKind::Kill | FaultKind::KillController | FaultKind::KillCoordinator => {
                 cluster.kill(node);
                 (fault.kind.name(), "restart")
             }
@@ -531,7 +550,9 @@ fn inject(
         let healed = match fault.kind {
             FaultKind::Move => reassign(cluster, &moved_off),
             FaultKind::RemoveVoter => change_voter(cluster, node, true),
-            FaultKind::Kill | FaultKind::KillController => cluster.restart(node),
+            FaultKind::Kill | FaultKind::KillController | FaultKind::KillCoordinator => {
+                cluster.restart(node)
+            }
             kind if restarts_after(kind, cluster.len()) => {
                 cluster.disarm_faults(node).and_then(|()| {
                     if !cluster.stop(node, STOP_GRACE) {
@@ -596,6 +617,31 @@ fn leader_of(metadata: &BaseConsumer, partition: i32) -> Option<usize> {
         .find(|p| p.id() == partition)?
         .leader();
     usize::try_from(leader).ok()
+}
+
+/// The node coordinating `transactional_id`'s transactions, as the first running node that
+/// answers FindCoordinator names it.
+fn coordinator_of(cluster: &LocalCluster, transactional_id: &str) -> Option<usize> {
+    use kafka_protocol::messages::{ApiKey, FindCoordinatorRequest, FindCoordinatorResponse};
+    use kafka_protocol::protocol::StrBytes;
+    let request = FindCoordinatorRequest::default()
+        .with_key_type(1)
+        .with_coordinator_keys(vec![StrBytes::from_string(transactional_id.to_string())]);
+    (0..cluster.len())
+        .filter(|&node| cluster.is_running(node) && !cluster.is_paused(node))
+        .find_map(|node| {
+            let mut connection = sluice_bench_harness::wire::Connection::connect(
+                &cluster.kafka_address(node).to_string(),
+            )
+            .ok()?;
+            let answer: FindCoordinatorResponse = connection
+                .call(ApiKey::FindCoordinator, 4, &request, Duration::from_secs(2))
+                .ok()?;
+            let coordinator = answer.coordinators.first()?;
+            (coordinator.error_code == 0)
+                .then(|| usize::try_from(coordinator.node_id.0).ok())
+                .flatten()
+        })
 }
 
 /// The workload topic's replica lists by partition, as Metadata says.

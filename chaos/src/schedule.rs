@@ -58,6 +58,10 @@ pub enum FaultKind {
     /// change, the node handing its leaderships over first), and back when the fault ends
     /// (the node rejoins as a learner, catches up and becomes a voter again).
     Move,
+    /// SIGKILL whichever node coordinates the first transactional producer's transactions (the
+    /// leader of its `__transaction_state` partition, as FindCoordinator names it), restart it
+    /// when the fault ends. Needs transactional producers.
+    KillCoordinator,
     /// The node stops voting in the controller group (RemoveRaftVoter: a voter leading it
     /// hands the leadership over first) and votes again when the fault ends (AddRaftVoter: it
     /// catches up as a learner, then is promoted).
@@ -89,7 +93,7 @@ impl FaultKind {
         }
     }
 
-    pub const ALL: [FaultKind; 15] = [
+    pub const ALL: [FaultKind; 16] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::DiskFull,
@@ -105,6 +109,7 @@ impl FaultKind {
         FaultKind::ClockJump,
         FaultKind::Move,
         FaultKind::RemoveVoter,
+        FaultKind::KillCoordinator,
     ];
 
     pub fn name(self) -> &'static str {
@@ -124,6 +129,7 @@ impl FaultKind {
             FaultKind::ClockJump => "clock_jump",
             FaultKind::Move => "move",
             FaultKind::RemoveVoter => "remove_voter",
+            FaultKind::KillCoordinator => "kill_coordinator",
         }
     }
 
@@ -148,6 +154,8 @@ pub enum Target {
     LeaderOf(i32),
     /// Whichever node leads the controller Raft group when the fault starts.
     Controller,
+    /// Whichever node coordinates the workload's first transactional id when the fault starts.
+    TransactionCoordinator,
 }
 
 /// One planned fault.
@@ -194,6 +202,9 @@ pub fn plan(
         if kind == FaultKind::KillController {
             target = Target::Controller;
         }
+        if kind == FaultKind::KillCoordinator {
+            target = Target::TransactionCoordinator;
+        }
         if at + 1_000 > end {
             return planned;
         }
@@ -239,6 +250,9 @@ mod tests {
                 Target::Node(node) => assert!(node < 3),
                 Target::LeaderOf(partition) => assert!(partition < 3),
                 Target::Controller => panic!("only kill_controller targets the controller"),
+                Target::TransactionCoordinator => {
+                    panic!("only kill_coordinator targets the coordinator")
+                }
             }
         }
     }
@@ -259,6 +273,25 @@ mod tests {
             assert_eq!(
                 p.kind == FaultKind::KillController,
                 p.target == Target::Controller,
+                "{p:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn coordinator_kills_hit_the_coordinator() {
+        let planned = plan(
+            4,
+            &[FaultKind::Kill, FaultKind::KillCoordinator],
+            3,
+            3,
+            Duration::from_secs(60),
+        );
+        assert!(planned.iter().any(|p| p.kind == FaultKind::KillCoordinator));
+        for p in &planned {
+            assert_eq!(
+                p.kind == FaultKind::KillCoordinator,
+                p.target == Target::TransactionCoordinator,
                 "{p:?}"
             );
         }

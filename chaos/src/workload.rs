@@ -1,5 +1,5 @@
-//! The run's workload and its record: librdkafka producers (idempotent and plain, acks=all)
-//! and one group consumer, each operation pushed to the shared [`Recorder`] with its time and
+//! The run's workload and its record: librdkafka producers (idempotent, plain and
+//! transactional, acks=all) and one group consumer (read_committed), each operation pushed to the shared [`Recorder`] with its time and
 //! outcome; then the read-back clients (the group's committed offsets, every partition from its
 //! start to its high watermark) whose answers the checker takes as the truth.
 //!
@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use crate::history::{record_value, Event};
+use crate::history::{record_value, Event, TransactionOutcome};
 
 pub(crate) const TOPIC: &str = "chaos";
 const GROUP: &str = "chaos";
@@ -35,6 +35,17 @@ pub(crate) const SETTLE: Duration = Duration::from_secs(60);
 const COMMIT_EVERY: Duration = Duration::from_millis(500);
 /// After an interruption, how long the workload gets to stop.
 pub(crate) const INTERRUPTED_WAIT: Duration = Duration::from_secs(5);
+
+/// Records per transaction of a transactional producer (fewer when the run ends inside one).
+const RECORDS_PER_TRANSACTION: u64 = 10;
+/// Every this many transactions a transactional producer aborts one on purpose.
+const ABORT_EVERY: u64 = 4;
+/// `transaction.timeout.ms`: a transaction open this long is aborted by its coordinator (a
+/// producer that died inside one). librdkafka wants `message.timeout.ms` no longer.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// The bound of one transactional call (init, commit, abort); a retriable failure is retried
+/// until [`SETTLE`].
+const TRANSACTION_CALL_WAIT: Duration = Duration::from_secs(15);
 
 /// `segment.bytes` of the topic when fallocates fail (see `run::run`).
 pub(crate) const SMALL_SEGMENT_BYTES: u32 = 64 << 10;
@@ -177,6 +188,8 @@ pub(crate) struct ProducerSpec {
     pub(crate) producer: u32,
     /// With `enable.idempotence`; plain otherwise (librdkafka's default retries).
     pub(crate) idempotent: bool,
+    /// Sends in transactions ([`produce_in_transactions`]); idempotent.
+    pub(crate) transactional: bool,
     /// How long after the run's start it sends.
     pub(crate) duration: Duration,
     /// One record every `interval`.
@@ -197,66 +210,33 @@ pub(crate) fn produce(
     let ProducerSpec {
         producer,
         idempotent,
+        transactional,
         duration,
         interval,
         padding,
     } = *spec;
-    let pad = vec![b'.'; padding];
+    if transactional {
+        return produce_in_transactions(bootstrap, recorder, spec, interrupted);
+    }
     recorder.push(Event::Producer {
         producer,
         idempotent,
+        transactional: false,
     });
-    let mut config = client_config(bootstrap);
-    if padding > 0 {
-        // Batches must stay below the topic's small max.message.bytes (MESSAGE_TOO_LARGE is
-        // permanent, and would fail records and bump the producer's epoch).
-        config.set("batch.size", (SMALL_SEGMENT_BYTES / 4).to_string());
-    }
-    let debug = std::env::var(CLIENT_DEBUG_VAR).ok();
-    if let Some(contexts) = &debug {
-        config
-            .set("debug", contexts)
-            .set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
-    }
+    let mut config = producer_config(bootstrap, padding);
     let client: ThreadedProducer<ProducerLog> = config
         .set("enable.idempotence", idempotent.to_string())
-        .set("acks", "all")
-        .set("linger.ms", "1")
         .set(
             "message.timeout.ms",
             MESSAGE_TIMEOUT.as_millis().to_string(),
         )
-        .create_with_context(ProducerLog {
-            recorder: recorder.clone(),
-            producer,
-            debug: debug.is_some(),
-        })
+        .create_with_context(ProducerLog::new(recorder, producer))
         .map_err(|e| format!("producer {producer}: {e}"))?;
     let end = recorder.start + duration;
     let mut seq = 0u64;
     let mut next = Instant::now();
     while Instant::now() < end && !interrupted.load(Ordering::Acquire) {
-        let value = record_value(producer, seq);
-        let mut record = BaseRecord::with_opaque_to(TOPIC, Box::new(value.clone()))
-            .key(value.as_bytes())
-            .payload(value.as_bytes());
-        if padding > 0 {
-            record = record.headers(rdkafka::message::OwnedHeaders::new().insert(
-                rdkafka::message::Header {
-                    key: "pad",
-                    value: Some(&pad),
-                },
-            ));
-        }
-        let t_ms = recorder.now_ms();
-        // A full local queue (the cluster down for a while) refuses the record: it is not
-        // recorded as sent, and the same value goes again at the next tick.
-        if client.send(record).is_ok() {
-            recorder.push(Event::Send {
-                t_ms,
-                producer,
-                value,
-            });
+        if send_one(&client, recorder, producer, seq, padding) {
             seq += 1;
         }
         next += interval;
@@ -274,6 +254,227 @@ pub(crate) fn produce(
         .map_err(|e| format!("producer {producer}: records still undelivered: {e}"))
 }
 
+/// What every producer of the workload shares: acks=all, a 1 ms linger, librdkafka's debug
+/// contexts when asked for ([`CLIENT_DEBUG_VAR`]), smaller batches for padded records.
+fn producer_config(bootstrap: &str, padding: usize) -> ClientConfig {
+    let mut config = client_config(bootstrap);
+    config.set("acks", "all").set("linger.ms", "1");
+    if padding > 0 {
+        // Batches must stay below the topic's small max.message.bytes (MESSAGE_TOO_LARGE is
+        // permanent, and would fail records and bump the producer's epoch).
+        config.set("batch.size", (SMALL_SEGMENT_BYTES / 4).to_string());
+    }
+    if let Ok(contexts) = std::env::var(CLIENT_DEBUG_VAR) {
+        config
+            .set("debug", contexts)
+            .set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
+    }
+    config
+}
+
+impl ProducerLog {
+    fn new(recorder: &Arc<Recorder>, producer: u32) -> ProducerLog {
+        ProducerLog {
+            recorder: recorder.clone(),
+            producer,
+            debug: std::env::var(CLIENT_DEBUG_VAR).is_ok(),
+        }
+    }
+}
+
+/// Hands `p<producer>-<seq>` to `client` and records the send; false when the client refused
+/// it (a full local queue while the cluster is down, or a transaction in error): then it is
+/// not recorded, and the same value goes again next time.
+fn send_one(
+    client: &ThreadedProducer<ProducerLog>,
+    recorder: &Recorder,
+    producer: u32,
+    seq: u64,
+    padding: usize,
+) -> bool {
+    let value = record_value(producer, seq);
+    let pad = vec![b'.'; padding];
+    let mut record = BaseRecord::with_opaque_to(TOPIC, Box::new(value.clone()))
+        .key(value.as_bytes())
+        .payload(value.as_bytes());
+    if padding > 0 {
+        record = record.headers(rdkafka::message::OwnedHeaders::new().insert(
+            rdkafka::message::Header {
+                key: "pad",
+                value: Some(&pad),
+            },
+        ));
+    }
+    let t_ms = recorder.now_ms();
+    if client.send(record).is_err() {
+        return false;
+    }
+    recorder.push(Event::Send {
+        t_ms,
+        producer,
+        value,
+    });
+    true
+}
+
+/// A transactional producer's loop (`transactional.id` `chaos-p<producer>`): transactions of
+/// [`RECORDS_PER_TRANSACTION`] records, one every `spec.interval`, each committed (every
+/// [`ABORT_EVERY`]th aborted on purpose) and its outcome recorded. A transaction whose outcome
+/// the client cannot tell (a fatal error, a call failing past [`SETTLE`]) is recorded unknown and
+/// the client replaced: the new one's `init_transactions` fences the old one and ends what it
+/// left open. Records go to partitions by key, so a transaction spans partitions (and, in a
+/// cluster, partition leaders other than its coordinator).
+pub(crate) fn produce_in_transactions(
+    bootstrap: &str,
+    recorder: &Arc<Recorder>,
+    spec: &ProducerSpec,
+    interrupted: &AtomicBool,
+) -> Result<(), String> {
+    let ProducerSpec {
+        producer,
+        duration,
+        interval,
+        padding,
+        ..
+    } = *spec;
+    recorder.push(Event::Producer {
+        producer,
+        idempotent: true,
+        transactional: true,
+    });
+    let end = recorder.start + duration;
+    let running = || Instant::now() < end && !interrupted.load(Ordering::Acquire);
+    let mut seq = 0u64;
+    let mut begun = 0u64;
+    let mut client: Option<ThreadedProducer<ProducerLog>> = None;
+    // A transaction the coordinator may still hold open (its client given up on).
+    let mut left_open = false;
+    while running() {
+        let Some(current) = client.as_ref() else {
+            match transactional_client(bootstrap, recorder, producer, padding) {
+                Ok(made) => client = Some(made),
+                Err(_) => std::thread::sleep(Duration::from_millis(500)),
+            }
+            continue;
+        };
+        left_open = false;
+        if current.begin_transaction().is_err() {
+            client = None;
+            continue;
+        }
+        let first = seq;
+        let mut next = Instant::now();
+        while seq - first < RECORDS_PER_TRANSACTION && running() {
+            if send_one(current, recorder, producer, seq, padding) {
+                seq += 1;
+            }
+            next += interval;
+            if let Some(left) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(left);
+            }
+        }
+        if interrupted.load(Ordering::Acquire) {
+            // What was sent stays without an outcome (unknown to the checker).
+            break;
+        }
+        if seq == first {
+            if current.abort_transaction(TRANSACTION_CALL_WAIT).is_err() {
+                client = None;
+            }
+            continue;
+        }
+        begun += 1;
+        let on_purpose = begun.is_multiple_of(ABORT_EVERY);
+        let (outcome, error) = end_transaction(current, on_purpose);
+        recorder.push(Event::Transaction {
+            t_ms: recorder.now_ms(),
+            producer,
+            first_seq: first,
+            last_seq: seq - 1,
+            outcome,
+            error,
+        });
+        if outcome == TransactionOutcome::Unknown {
+            client = None;
+            left_open = true;
+        }
+    }
+    if left_open && !interrupted.load(Ordering::Acquire) {
+        // A fresh client ends what the last one left open, so the read-back's last stable
+        // offset need not wait out the transaction timeout.
+        drop(client.take());
+        drop(transactional_client(
+            bootstrap, recorder, producer, padding,
+        )?);
+    }
+    Ok(())
+}
+
+/// The `transactional.id` of the workload's producer `producer`.
+pub(crate) fn transactional_id(producer: u32) -> String {
+    format!("chaos-p{producer}")
+}
+
+/// A transactional client of `producer`, its transactions initialized (retried until
+/// [`SETTLE`] while the coordinator is not there).
+fn transactional_client(
+    bootstrap: &str,
+    recorder: &Arc<Recorder>,
+    producer: u32,
+    padding: usize,
+) -> Result<ThreadedProducer<ProducerLog>, String> {
+    let mut config = producer_config(bootstrap, padding);
+    let client: ThreadedProducer<ProducerLog> = config
+        .set("transactional.id", transactional_id(producer))
+        .set(
+            "transaction.timeout.ms",
+            TRANSACTION_TIMEOUT.as_millis().to_string(),
+        )
+        .set(
+            "message.timeout.ms",
+            TRANSACTION_TIMEOUT.as_millis().to_string(),
+        )
+        .create_with_context(ProducerLog::new(recorder, producer))
+        .map_err(|e| format!("producer {producer}: {e}"))?;
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        match client.init_transactions(TRANSACTION_CALL_WAIT) {
+            Ok(()) => return Ok(client),
+            Err(KafkaError::Transaction(e)) if e.is_retriable() && Instant::now() < deadline => {}
+            Err(e) => return Err(format!("producer {producer}: init_transactions: {e}")),
+        }
+    }
+}
+
+/// Commits (or on purpose aborts) the open transaction: its outcome as the client knows it,
+/// and why when not committed.
+fn end_transaction(
+    client: &ThreadedProducer<ProducerLog>,
+    on_purpose: bool,
+) -> (TransactionOutcome, String) {
+    let deadline = Instant::now() + SETTLE;
+    let mut abort_because = on_purpose.then(|| "aborted on purpose".to_string());
+    loop {
+        let Some(reason) = &abort_because else {
+            match client.commit_transaction(TRANSACTION_CALL_WAIT) {
+                Ok(()) => return (TransactionOutcome::Committed, String::new()),
+                Err(KafkaError::Transaction(e)) if e.txn_requires_abort() => {
+                    abort_because = Some(format!("commit: {e}"));
+                }
+                Err(KafkaError::Transaction(e))
+                    if e.is_retriable() && Instant::now() < deadline => {}
+                Err(e) => return (TransactionOutcome::Unknown, format!("commit: {e}")),
+            }
+            continue;
+        };
+        match client.abort_transaction(TRANSACTION_CALL_WAIT) {
+            Ok(()) => return (TransactionOutcome::Aborted, reason.clone()),
+            Err(KafkaError::Transaction(e)) if e.is_retriable() && Instant::now() < deadline => {}
+            Err(e) => return (TransactionOutcome::Unknown, format!("{reason}; abort: {e}")),
+        }
+    }
+}
+
 /// The group's consumer: reads and records until told to stop, committing every
 /// [`COMMIT_EVERY`]; a last synchronous commit at the end.
 pub(crate) fn consume(
@@ -285,6 +486,7 @@ pub(crate) fn consume(
         .set("group.id", GROUP)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
         .create_with_context(ConsumerLog {
             recorder: recorder.clone(),
         })
@@ -440,6 +642,9 @@ pub(crate) fn read_back(
     let consumer: BaseConsumer = client_config(bootstrap)
         .set("group.id", "chaos-read-back")
         .set("enable.auto.commit", "false")
+        // Committed records only (librdkafka's default, said here because the checker relies
+        // on it): what an aborted or open transaction wrote is not read back.
+        .set("isolation.level", "read_committed")
         .create()
         .map_err(|e| format!("read-back client: {e}"))?;
     let deadline = Instant::now() + SETTLE;
