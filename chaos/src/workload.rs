@@ -324,7 +324,7 @@ fn send_one(
 /// the client replaced: the new one's `init_transactions` fences the old one and ends what it
 /// left open. Records go to partitions by key, so a transaction spans partitions (and, in a
 /// cluster, partition leaders other than its coordinator).
-pub(crate) fn produce_in_transactions(
+fn produce_in_transactions(
     bootstrap: &str,
     recorder: &Arc<Recorder>,
     spec: &ProducerSpec,
