@@ -17,7 +17,8 @@
 //!
 //! Invariants: every process started is stopped (SIGCONT if paused, SIGTERM, then SIGKILL after
 //! 10 s) when the cluster is dropped, on every path out, and every filesystem mounted is then
-//! unmounted and its image removed; every wait is bounded and fails with what it waited for.
+//! unmounted and its image removed (kept, unmounted, after [`LocalCluster::keep_disks`]);
+//! every wait is bounded and fails with what it waited for.
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -167,6 +168,8 @@ pub struct LocalCluster {
     binary: PathBuf,
     fault_points: bool,
     fake_clock: Option<PathBuf>,
+    /// Leave the nodes' disk images (unmounted) when dropped.
+    keep_disks: bool,
 }
 
 impl LocalCluster {
@@ -232,6 +235,7 @@ impl LocalCluster {
             binary,
             fault_points: options.fault_points,
             fake_clock: options.fake_clock.clone(),
+            keep_disks: false,
         };
         if cluster.fake_clock.is_some() {
             for id in 0..cluster.nodes.len() {
@@ -620,6 +624,14 @@ impl LocalCluster {
     }
 }
 
+impl LocalCluster {
+    /// When dropped, leave each node's disk image (`node-N/disk.img`, unmounted; `mount -o
+    /// loop` it to read the node's data), as a failed run needs them looked at.
+    pub fn keep_disks(&mut self) {
+        self.keep_disks = true;
+    }
+}
+
 impl Drop for LocalCluster {
     /// SIGCONT whoever is paused, SIGTERM everyone, then SIGKILL whoever is still there after
     /// 10 s.
@@ -639,7 +651,9 @@ impl Drop for LocalCluster {
             }
             if let Some(mount) = node.mount.take() {
                 let _ = run_tool("umount", &[mount.as_os_str()]);
-                let _ = std::fs::remove_file(node.dir.join("disk.img"));
+                if !self.keep_disks {
+                    let _ = std::fs::remove_file(node.dir.join("disk.img"));
+                }
             }
         }
     }

@@ -323,12 +323,17 @@ pub fn run(options: &Options) -> Result<Report, String> {
     outcome = outcome.and(consumer.finish(SETTLE + SETTLE));
     outcome = outcome.and_then(|()| read_committed(&bootstrap, &recorder, options.partitions));
     outcome = outcome.and_then(|()| read_back(&bootstrap, &recorder, options.partitions));
-    drop(cluster);
     let events = std::mem::take(&mut *recorder.events.lock().expect("recorder lock"));
+    let verdict = outcome.is_ok().then(|| check(&events));
+    // A run without a verdict, or an invalid one, keeps the nodes' disk images (their data)
+    // to be looked at; so does --keep-data.
+    if options.keep_data || verdict.as_ref().is_none_or(|v| !v.valid) {
+        cluster.keep_disks();
+    }
+    drop(cluster);
     write_history(&options.out.join("history.jsonl"), &events)?;
     outcome?;
-
-    let verdict = check(&events);
+    let verdict = verdict.expect("checked when the run ended well");
     let mut producer_errors = std::collections::BTreeMap::new();
     let mut acks: std::collections::BTreeMap<i32, Vec<f64>> = Default::default();
     for event in &events {

@@ -317,7 +317,7 @@ fn three_nodes_keep_every_acknowledged_record_through_clock_jumps() {
 
 /// A plain single broker (no seeds) killed, paused and its disk filled (seed 1: two kills, two
 /// full disks, a pause): every acknowledged record is back after each restart, and the group's
-/// commits survive.
+/// commits survive. With --keep-data, its disk image stays.
 #[test]
 fn a_single_broker_keeps_every_acknowledged_record_through_seeded_kills_pauses_and_full_disks() {
     let root = tempfile::tempdir().unwrap();
@@ -333,6 +333,7 @@ fn a_single_broker_keeps_every_acknowledged_record_through_seeded_kills_pauses_a
             "1",
             "--duration",
             "15",
+            "--keep-data",
         ],
         &KILL_PAUSE_DISK,
     );
@@ -340,6 +341,10 @@ fn a_single_broker_keeps_every_acknowledged_record_through_seeded_kills_pauses_a
         report["longest_ack_gap_ms"].as_f64().unwrap() > 300.0,
         "{report}"
     );
+    // --keep-data keeps the node's disk image, unmounted.
+    let node = out.join("nodes/node-0");
+    assert!(node.join("disk.img").exists(), "the disk image is kept");
+    assert!(!node.join("disk/data").exists(), "and unmounted");
 }
 
 /// The seed that found a single broker serving records a SIGKILL could take back (consumers
