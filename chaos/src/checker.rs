@@ -305,6 +305,7 @@ pub fn check(history: &[Event]) -> Verdict {
         &positions,
         &transactional,
         &transactions,
+        &outcome_of,
     );
 
     for &(consumer, partition, offset, value) in &reads {
@@ -393,26 +394,27 @@ fn check_transactions(
     positions: &HashMap<&str, Vec<(i32, i64)>>,
     transactional: &HashSet<u32>,
     transactions: &[(u32, u64, u64, TransactionOutcome)],
+    outcome_of: &HashMap<(u32, u64), TransactionOutcome>,
 ) {
-    let mut ended: HashSet<(u32, u64)> = HashSet::new();
     let mut groups: Vec<(u32, Vec<String>, TransactionOutcome, bool)> = Vec::new();
     for &(producer, first, last, outcome) in transactions {
-        ended.extend((first..=last).map(|seq| (producer, seq)));
         let values = (first..=last)
             .map(|seq| crate::history::record_value(producer, seq))
             .filter(|v| sent.contains(v.as_str()))
             .collect();
         groups.push((producer, values, outcome, true));
     }
+    // In send order (by sequence, not by the values' text).
+    let mut open: Vec<(u32, u64)> = sent
+        .iter()
+        .filter_map(|value| parse_value(value))
+        .filter(|key| transactional.contains(&key.0) && !outcome_of.contains_key(key))
+        .collect();
+    open.sort_unstable();
     let mut unended: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-    let mut open: Vec<&&str> = sent.iter().collect();
-    open.sort();
-    for value in open {
-        if let Some((producer, seq)) = parse_value(value) {
-            if transactional.contains(&producer) && !ended.contains(&(producer, seq)) {
-                unended.entry(producer).or_default().push(value.to_string());
-            }
-        }
+    for (producer, seq) in open {
+        let value = crate::history::record_value(producer, seq);
+        unended.entry(producer).or_default().push(value);
     }
     for (producer, values) in unended {
         groups.push((producer, values, TransactionOutcome::Unknown, false));

@@ -836,12 +836,29 @@ fn resume_completion(
         status = record.status.name(),
         "a prepared transaction was not being completed; completing it"
     );
-    let (shard, topic, id) = (shard.clone(), topic.clone(), transactional_id.to_string());
+    complete_in_background(
+        shard,
+        topic,
+        partition,
+        transactional_id.to_string(),
+        record,
+    );
+    ResponseError::ConcurrentTransactions
+}
+
+/// [`complete`] in a task of its own.
+fn complete_in_background(
+    shard: &Rc<Shard>,
+    topic: &Arc<Topic>,
+    partition: i32,
+    transactional_id: String,
+    record: TxnRecord,
+) {
+    let (shard, topic) = (shard.clone(), topic.clone());
     glommio::spawn_local(async move {
-        complete(&shard, &topic, partition, &id, record).await;
+        complete(&shard, &topic, partition, &transactional_id, record).await;
     })
     .detach();
-    ResponseError::ConcurrentTransactions
 }
 
 /// `record` for `transactional_id` as a batch of its state partition.
@@ -1207,11 +1224,7 @@ pub async fn replay(
 pub fn finish_prepared(shard: &Rc<Shard>, topic: &Arc<Topic>, partition: i32, replayed: Replayed) {
     for (id, record) in replayed.prepared {
         info!(transactional_id = %id, status = record.status.name(), "finishing a transaction a restart interrupted");
-        let (shard, topic) = (shard.clone(), topic.clone());
-        glommio::spawn_local(async move {
-            complete(&shard, &topic, partition, &id, record).await;
-        })
-        .detach();
+        complete_in_background(shard, topic, partition, id, record);
     }
 }
 
