@@ -6,8 +6,9 @@
 #   - 4 KiB write + fdatasync latency, (a) into a fresh, growing file (what a new segment sees),
 #     (b) overwriting blocks already written (what a pre-zeroed or recycled segment sees);
 #   - sequential direct reads at 1 MiB.
-#   - the loopback network: one TCP stream's bandwidth and 100-byte ping-pong latency
-#     (`sluice bench loopback`, when target/release/sluice exists; LOOPBACK=0 skips it).
+#   - the loopback network: one TCP stream's bandwidth and 100-byte ping-pong latency, and the
+#     paced floor: how late a thread sleeping to each millisecond wakes, and a 1 KiB echo a
+#     millisecond (`sluice bench loopback`, when target/release/sluice exists; LOOPBACK=0 skips it).
 # Prints one summary line per job and leaves fio's JSON in $DIR/*.json (loopback.json).
 # Usage: bench-harness/fio/device-limits.sh [DIR] [RUNTIME_SECONDS]
 set -euo pipefail
@@ -71,5 +72,8 @@ import json, sys
 j = json.load(open(sys.argv[1]))
 l = j["ping_pong_100b_us"]
 print(f"{'loopback-tcp':28s} stream {j['stream_mb_per_s']:9.1f} MB/s  100-byte ping-pong p50 {l['p50']} us  p99 {l['p99']} us  p99.9 {l['p99_9']} us  ({j['ping_pong_per_s']:.0f} round trips/s)")
+for key, name in (("timer_wake_late_us", "paced-timer-wake-late"), ("paced_ping_pong_1kib_us", "paced-ping-pong-1kib")):
+    l = j[key]
+    print(f"{name:28s} 1,000/s from the intended time: p50 {l['p50']} us  p99 {l['p99']} us  p99.9 {l['p99_9']} us  max {l['max']} us")
 PY
 fi

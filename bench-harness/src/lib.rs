@@ -56,7 +56,7 @@ enum BenchCommand {
     Compare(CompareArgs),
     /// Percentile curves and throughput over time as SVG.
     Plot(PlotArgs),
-    /// Loopback TCP limits: one stream's MB/s and 100-byte ping-pong latency (JSON).
+    /// Loopback TCP limits: one stream's MB/s, 100-byte ping-pong latency, and the paced floor (timer wake-up lateness, a 1 KiB echo a millisecond) (JSON).
     Loopback(LoopbackArgs),
     /// Incremental fetch sessions (KIP-227) beside full fetches on one topic of N partitions,
     /// K of them written before each fetch: bytes per request and response, round trip, and

@@ -2,6 +2,16 @@
 //! blocking sockets (no broker, no protocol): one TCP stream's bandwidth (1 MiB writes) and the
 //! round-trip latency of a 100-byte ping-pong (TCP_NODELAY), as an HDR histogram. A broker's
 //! throughput and latency on loopback are quoted as a fraction of these.
+//!
+//! The latency floor of a paced workload (issue 11's 1,000 records/s, linger 0) is not the
+//! back-to-back ping-pong's: between records every thread sleeps, and its wake-up is as late as
+//! the machine makes it. Two paced measurements give that floor, with the bench's own rule
+//! (latency from the intended time, so a late wake-up is charged):
+//! - `timer_wake_late_us`: how late a thread sleeping until each millisecond's deadline wakes;
+//! - `paced_ping_pong_1kib_us`: a 1 KiB echo every millisecond, from its intended send time.
+//!
+//! Each runs for the given seconds (1,000 samples a second, so p99.9 rests on ≥ 10 events
+//! from 10 s on).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -17,6 +27,64 @@ pub struct LoopbackLimits {
     pub stream_mb_per_s: f64,
     pub ping_pong_100b_us: Latency,
     pub ping_pong_per_s: f64,
+    pub timer_wake_late_us: Latency,
+    pub paced_ping_pong_1kib_us: Latency,
+}
+
+/// The paced measurements' period: issue 11's latency-floor workload sends a record a millisecond.
+const PACED_PERIOD: Duration = Duration::from_millis(1);
+
+/// Sleeps until `deadline` (at once when it passed).
+fn sleep_until(deadline: Instant) {
+    let now = Instant::now();
+    if deadline > now {
+        std::thread::sleep(deadline - now);
+    }
+}
+
+/// The lateness of wake-ups from sleeps to each period's deadline.
+fn timer_wake_late(duration: Duration) -> Latency {
+    let mut hist = new_histogram();
+    let start = Instant::now() + PACED_PERIOD;
+    let count = duration.as_millis() as u32 / PACED_PERIOD.as_millis() as u32;
+    for i in 0..count {
+        let due = start + PACED_PERIOD * i;
+        sleep_until(due);
+        hist.saturating_record(due.elapsed().as_micros() as u64);
+    }
+    Latency::from_histogram(&hist)
+}
+
+/// 1 KiB echoed once per period, timed from each message's intended send time.
+fn paced_ping_pong(duration: Duration) -> std::io::Result<Latency> {
+    const SIZE: usize = 1024;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let address = listener.local_addr()?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut socket, _) = listener.accept()?;
+        socket.set_nodelay(true)?;
+        let mut buf = [0u8; SIZE];
+        while socket.read_exact(&mut buf).is_ok() {
+            socket.write_all(&buf)?;
+        }
+        Ok(())
+    });
+    let mut socket = TcpStream::connect(address)?;
+    socket.set_nodelay(true)?;
+    let mut hist = new_histogram();
+    let mut buf = [0x22u8; SIZE];
+    let start = Instant::now() + PACED_PERIOD;
+    let count = duration.as_millis() as u32 / PACED_PERIOD.as_millis() as u32;
+    for i in 0..count {
+        let due = start + PACED_PERIOD * i;
+        sleep_until(due);
+        socket.write_all(&buf)?;
+        socket.read_exact(&mut buf)?;
+        hist.saturating_record(due.elapsed().as_micros() as u64);
+    }
+    drop(socket);
+    echo.join().expect("echo thread")?;
+    Ok(Latency::from_histogram(&hist))
 }
 
 fn bandwidth(duration: Duration) -> std::io::Result<f64> {
@@ -84,9 +152,29 @@ pub fn measure(seconds: u64) -> Result<LoopbackLimits, String> {
     let stream_mb_per_s = bandwidth(duration).map_err(|e| format!("loopback stream: {e}"))?;
     let (ping_pong_100b_us, ping_pong_per_s) =
         ping_pong(duration).map_err(|e| format!("loopback ping-pong: {e}"))?;
+    let timer_wake_late_us = timer_wake_late(duration);
+    let paced_ping_pong_1kib_us =
+        paced_ping_pong(duration).map_err(|e| format!("loopback paced ping-pong: {e}"))?;
     Ok(LoopbackLimits {
         stream_mb_per_s,
         ping_pong_100b_us,
         ping_pong_per_s,
+        timer_wake_late_us,
+        paced_ping_pong_1kib_us,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paced_measurements_take_one_sample_a_millisecond_and_charge_the_wait() {
+        let late = timer_wake_late(Duration::from_millis(200));
+        assert_eq!(late.count, 200);
+        let echo = paced_ping_pong(Duration::from_millis(200)).expect("paced ping-pong");
+        assert_eq!(echo.count, 200);
+        // A round trip takes time: from the intended send time it is never zero.
+        assert!(echo.p50 > 0, "{echo:?}");
+    }
 }
