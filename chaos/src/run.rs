@@ -34,8 +34,8 @@ use crate::history::{write_history, Event};
 use crate::schedule::{plan, FaultKind, Planned, Target};
 use crate::workload::{
     client_config, consume, produce, read_back, read_committed, transactional_id, wait_for_leaders,
-    ProducerSpec, Recorder, Worker, INTERRUPTED_WAIT, MESSAGE_TIMEOUT, SETTLE, SMALL_SEGMENT_BYTES,
-    TOPIC,
+    ProducerSpec, Recorder, Worker, GROUP, INTERRUPTED_WAIT, MESSAGE_TIMEOUT, SETTLE,
+    SMALL_SEGMENT_BYTES, TOPIC,
 };
 
 /// Makes SIGINT (Ctrl-C) and SIGTERM end the run through its healing path: the flag returned
@@ -323,6 +323,25 @@ pub fn run(options: &Options) -> Result<Report, String> {
     outcome = outcome.and(consumer.finish(SETTLE + SETTLE));
     outcome = outcome.and_then(|()| read_committed(&bootstrap, &recorder, options.partitions));
     outcome = outcome.and_then(|()| read_back(&bootstrap, &recorder, options.partitions));
+    // Without a verdict (or with --keep-data): what the cluster says of the topic, the group
+    // and the transactions, asked before the nodes stop (a consumer that does not end is a
+    // stalled group, a last stable offset that stopped moving, or the client).
+    let state = options.out.join("cluster-state.txt");
+    match &outcome {
+        Err(reason) => look_at_the_cluster(
+            &cluster,
+            &format!("The run ended without a verdict: {reason}"),
+            &state,
+            TOOL_WAIT,
+        ),
+        Ok(()) if options.keep_data => look_at_the_cluster(
+            &cluster,
+            "At the end of the run (--keep-data)",
+            &state,
+            TOOL_WAIT,
+        ),
+        Ok(()) => {}
+    }
     let events = std::mem::take(&mut *recorder.events.lock().expect("recorder lock"));
     let verdict = outcome.is_ok().then(|| check(&events));
     // A run without a verdict, or an invalid one, keeps the nodes' disk images (their data)
@@ -381,6 +400,87 @@ pub fn run(options: &Options) -> Result<Report, String> {
         }
     }
     Ok(report)
+}
+
+/// How long one of [`look_at_the_cluster`]'s tools may take.
+const TOOL_WAIT: Duration = Duration::from_secs(30);
+
+/// Writes to `path` what `sluice`'s own tools report of the topic, the group and the
+/// transactions, each tool's output under its command line. Best effort: a tool that fails or
+/// hangs (killed after `wait`) is noted and the next one runs.
+fn look_at_the_cluster(
+    cluster: &LocalCluster,
+    heading: &str,
+    path: &std::path::Path,
+    wait: Duration,
+) {
+    use std::io::Write;
+    let bootstrap = cluster.bootstrap();
+    let tools: [&[&str]; 6] = [
+        &["cluster", "info"],
+        &["topic", "describe", TOPIC],
+        &["group", "describe", GROUP],
+        &["txn", "list"],
+        &["txn", "producers", TOPIC],
+        &[
+            "txn",
+            "find-hanging",
+            "--topic",
+            TOPIC,
+            "--older-than-ms",
+            "0",
+        ],
+    ];
+    let written = std::fs::File::create(path).and_then(|mut file| {
+        writeln!(file, "{heading}")?;
+        for args in tools {
+            writeln!(
+                file,
+                "\n$ sluice {} --bootstrap {bootstrap}",
+                args.join(" ")
+            )?;
+            let outcome = run_tool(cluster.binary(), args, &bootstrap, &file, wait)?;
+            writeln!(file, "({outcome})")?;
+        }
+        Ok(())
+    });
+    if let Err(e) = written {
+        eprintln!("write {}: {e}", path.display());
+    }
+}
+
+/// Runs one tool with its stdout and stderr appended to `file`; how it ended (killed after
+/// `wait`).
+fn run_tool(
+    binary: &std::path::Path,
+    args: &[&str],
+    bootstrap: &str,
+    file: &std::fs::File,
+    wait: Duration,
+) -> std::io::Result<String> {
+    let spawned = std::process::Command::new(binary)
+        .args(args)
+        .args(["--bootstrap", bootstrap])
+        .stdin(std::process::Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file.try_clone()?)
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => return Ok(format!("not started: {e}")),
+    };
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status.to_string());
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(format!("killed: no answer within {wait:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Injects each planned fault at its time and heals it after its hold. Whatever happens, every
@@ -889,6 +989,31 @@ fn restarts_after(kind: FaultKind, nodes: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tool_s_output_is_kept_and_a_tool_that_hangs_is_killed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.txt");
+        let file = std::fs::File::create(&path).expect("create");
+        let sh = std::path::Path::new("/bin/sh");
+        // `sh -c SCRIPT --bootstrap ADDRESS`: the appended arguments become $0 and $1.
+        let ended =
+            run_tool(sh, &["-c", "echo said $1"], "127.0.0.1:1", &file, TOOL_WAIT).expect("run");
+        assert!(ended.contains("exit status: 0"), "{ended}");
+        let started = Instant::now();
+        let killed = run_tool(
+            sh,
+            &["-c", "echo waiting; exec sleep 60"],
+            "x",
+            &file,
+            Duration::from_millis(300),
+        )
+        .expect("run");
+        assert!(killed.starts_with("killed"), "{killed}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(text, "said 127.0.0.1:1\nwaiting\n");
+    }
 
     #[test]
     fn each_fault_gets_the_longest_acknowledgement_gap_that_overlaps_it() {

@@ -20,7 +20,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use crate::history::{record_value, Event, TransactionOutcome};
 
 pub(crate) const TOPIC: &str = "chaos";
-const GROUP: &str = "chaos";
+pub(crate) const GROUP: &str = "chaos";
 /// How long a producer keeps trying to deliver a record (librdkafka `message.timeout.ms`;
 /// Kafka's `delivery.timeout.ms` default). Long on purpose: once an idempotent producer's
 /// records time out, librdkafka bumps its epoch and renumbers the records it still holds,
@@ -106,6 +106,8 @@ struct ProducerLog {
 /// Names librdkafka debug contexts (e.g. `eos,msg`) for the producers; their log lines then go
 /// to stderr, each with the run's clock and the producer's number.
 const CLIENT_DEBUG_VAR: &str = "SLUICE_CHAOS_CLIENT_DEBUG";
+/// The same for the group's consumer (e.g. `cgrp,fetch`), its lines marked `c0`.
+const CONSUMER_DEBUG_VAR: &str = "SLUICE_CHAOS_CONSUMER_DEBUG";
 
 impl ClientContext for ProducerLog {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
@@ -146,9 +148,20 @@ impl ProducerContext for ProducerLog {
 
 struct ConsumerLog {
     recorder: Arc<Recorder>,
+    /// Print librdkafka's log lines ([`CONSUMER_DEBUG_VAR`]).
+    debug: bool,
 }
 
-impl ClientContext for ConsumerLog {}
+impl ClientContext for ConsumerLog {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        if self.debug {
+            eprintln!(
+                "{:.0} ms c0 {level:?} {facility} {message}",
+                self.recorder.now_ms()
+            );
+        }
+    }
+}
 
 impl ConsumerContext for ConsumerLog {
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
@@ -482,13 +495,22 @@ pub(crate) fn consume(
     recorder: &Arc<Recorder>,
     stop: &AtomicBool,
 ) -> Result<(), String> {
-    let consumer: BaseConsumer<ConsumerLog> = client_config(bootstrap)
+    let mut config = client_config(bootstrap);
+    config
         .set("group.id", GROUP)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
+        .set("isolation.level", "read_committed");
+    let debug = std::env::var(CONSUMER_DEBUG_VAR).ok();
+    if let Some(contexts) = &debug {
+        config
+            .set("debug", contexts)
+            .set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
+    }
+    let consumer: BaseConsumer<ConsumerLog> = config
         .create_with_context(ConsumerLog {
             recorder: recorder.clone(),
+            debug: debug.is_some(),
         })
         .map_err(|e| format!("consumer: {e}"))?;
     consumer

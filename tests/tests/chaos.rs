@@ -317,7 +317,8 @@ fn three_nodes_keep_every_acknowledged_record_through_clock_jumps() {
 
 /// A plain single broker (no seeds) killed, paused and its disk filled (seed 1: two kills, two
 /// full disks, a pause): every acknowledged record is back after each restart, and the group's
-/// commits survive. With --keep-data, its disk image stays.
+/// commits survive. With --keep-data, its disk image stays, and the run records what the
+/// broker's tools said of the topic, the group and the transactions before it stopped.
 #[test]
 fn a_single_broker_keeps_every_acknowledged_record_through_seeded_kills_pauses_and_full_disks() {
     let root = tempfile::tempdir().unwrap();
@@ -345,6 +346,20 @@ fn a_single_broker_keeps_every_acknowledged_record_through_seeded_kills_pauses_a
     let node = out.join("nodes/node-0");
     assert!(node.join("disk.img").exists(), "the disk image is kept");
     assert!(!node.join("disk/data").exists(), "and unmounted");
+    let state = std::fs::read_to_string(out.join("cluster-state.txt")).expect("cluster-state.txt");
+    for tool in [
+        "$ sluice topic describe chaos",
+        "$ sluice group describe chaos",
+        "$ sluice txn producers chaos",
+    ] {
+        assert!(state.contains(tool), "{tool} is not in:\n{state}");
+    }
+    // Each tool answered: the topic's three partitions, and the group's committed offsets.
+    assert!(
+        !state.contains("killed:") && !state.contains("not started"),
+        "{state}"
+    );
+    assert_eq!(state.matches("(exit status: 0)").count(), 6, "{state}");
 }
 
 /// The seed that found a single broker serving records a SIGKILL could take back (consumers
