@@ -57,6 +57,7 @@ struct FileConfig {
     disk_free_bytes_min: Option<u64>,
     durability_rounds: Option<String>,
     log_zero_ahead: Option<bool>,
+    log_dsync_lone_writes: Option<bool>,
     transaction_partition_verification_enable: Option<bool>,
     write_buffer_bytes_per_shard: Option<u64>,
     fetch_session_cache_slots: Option<u64>,
@@ -163,6 +164,9 @@ pub struct BrokerConfig {
     pub durability_rounds: DurabilityRounds,
     /// Zero segment space ahead of the writer so durable appends are overwrites.
     pub log_zero_ahead: bool,
+    /// A durability round that writes one partition alone, as one overwrite, writes it with
+    /// O_DSYNC instead of writing and then fdatasyncing.
+    pub log_dsync_lone_writes: bool,
     /// KIP-890 part 1: a producer's first transactional batch on a partition is checked with
     /// its transaction coordinator (Kafka's `transaction.partition.verification.enable`).
     pub transaction_partition_verification_enable: bool,
@@ -527,6 +531,12 @@ const FIELDS: &[(&str, &str, &str, &str)] = &[
         "--log-zero-ahead",
         "SLUICE_LOG_ZERO_AHEAD",
         "Zero active segments ahead of their writers (true|false) [default: true]",
+    ),
+    (
+        "log_dsync_lone_writes",
+        "--log-dsync-lone-writes",
+        "SLUICE_LOG_DSYNC_LONE_WRITES",
+        "A durability round of one partition's one overwrite writes it with O_DSYNC instead of write + fdatasync (true|false) [default: true]",
     ),
     (
         "transaction_partition_verification_enable",
@@ -1345,6 +1355,13 @@ impl BrokerConfig {
         let log_zero_ahead: bool = parse("log_zero_ahead", &raw)?;
 
         let raw = pick(
+            "log_dsync_lone_writes",
+            file.log_dsync_lone_writes.map(|b| b.to_string()),
+        )
+        .unwrap_or_else(|| default("true"));
+        let log_dsync_lone_writes: bool = parse("log_dsync_lone_writes", &raw)?;
+
+        let raw = pick(
             "transaction_partition_verification_enable",
             file.transaction_partition_verification_enable
                 .map(|b| b.to_string()),
@@ -1464,6 +1481,7 @@ impl BrokerConfig {
             disk_free_bytes_min,
             durability_rounds,
             log_zero_ahead,
+            log_dsync_lone_writes,
             transaction_partition_verification_enable,
             write_buffer_bytes_per_shard,
             fetch_session_cache_slots,
@@ -2022,9 +2040,16 @@ mod tests {
             (256 << 20, 15_000)
         );
         assert_eq!(
-            (c.durability_rounds, c.log_zero_ahead),
-            (DurabilityRounds::Shard, true)
+            (
+                c.durability_rounds,
+                c.log_zero_ahead,
+                c.log_dsync_lone_writes
+            ),
+            (DurabilityRounds::Shard, true, true)
         );
+        let e =
+            BrokerConfig::load(&flags(&["--log-dsync-lone-writes", "maybe"]), no_env).unwrap_err();
+        assert_eq!(e.field, "log_dsync_lone_writes");
         assert!(c.transaction_partition_verification_enable);
         let c = BrokerConfig::load(&flags(&["--durability-rounds", "partition"]), no_env).unwrap();
         assert_eq!(c.durability_rounds.flush_mode(), None);

@@ -400,6 +400,7 @@ fn serve(args: &config::ServeArgs) -> ExitCode {
         shard_settings: sluice_core::shard::ShardSettings {
             log_defaults: LogConfig {
                 zero_ahead: config.log_zero_ahead,
+                dsync_lone_writes: config.log_dsync_lone_writes,
                 ..LogConfig::default()
             },
             auto_create_topics: config.auto_create_topics,

@@ -157,6 +157,11 @@ struct Inner {
     in_round_to: Cell<Option<Offset>>,
     /// The device holding the log's directory: one shared flush covers one device.
     device: u64,
+    /// Data writes completed so far, and how many of the first of them a durability round has
+    /// made durable: equal when every completed write is durable (what an `O_DSYNC` lone
+    /// write needs, since on a device with FUA it makes only itself durable).
+    completed_writes: Cell<u64>,
+    durable_writes: Cell<u64>,
     /// When the last append was buffered (an idle log parks its write tail).
     last_append: Cell<std::time::Instant>,
     /// The shard's write-buffer budget, and what this log's tail is charged to it.
@@ -237,6 +242,12 @@ pub(crate) struct RoundPart<'a> {
     /// Metadata-changing writes among those the round covers: nonzero means the log's own file
     /// must be fdatasync'ed.
     pub metadata_writes: u64,
+    /// The round's only write went through the `O_DSYNC` file and covered everything: the
+    /// part is durable without any fdatasync.
+    pub durable_by_write: bool,
+    /// The log's completed data writes when its write-out ended: the round's sync covers all
+    /// of them (they completed before it began).
+    writes_covered: u64,
 }
 
 impl RoundPart<'_> {
@@ -244,7 +255,15 @@ impl RoundPart<'_> {
     pub(crate) fn synced_own_file(&self) {
         self.log
             .note_file_synced(&self.file, self.written_end, self.metadata_writes);
+        self.made_durable();
+    }
+
+    /// Completes the log's part once its writes are durable (a flush of the device after they
+    /// completed, or its own `O_DSYNC` write).
+    pub(crate) fn made_durable(&self) {
         self.log.mark_durable(self.target);
+        let durable = &self.log.inner.durable_writes;
+        durable.set(durable.get().max(self.writes_covered));
     }
 
     /// Ends the log's part; the io lock is released. Runs the active-index checkpoint when due.
@@ -428,6 +447,7 @@ impl Log {
                 first_append_ms: None,
                 preallocated_to,
                 overwrite: OverwriteState::after(index_size),
+                dsync_twin: None,
             });
             if damaged && !is_last {
                 dropped_from = Some(i + 1);
@@ -511,6 +531,8 @@ impl Log {
                 queued_in_group: Cell::new(false),
                 in_round_to: Cell::new(None),
                 device,
+                completed_writes: Cell::new(0),
+                durable_writes: Cell::new(0),
             }),
         })
     }
@@ -729,7 +751,7 @@ impl Log {
                 let Ok(_io) = log.lock_io().await else {
                     return true;
                 };
-                let _ = log.write_out().await;
+                let _ = log.write_out(false).await;
                 false
             },
         );
@@ -991,7 +1013,7 @@ impl Log {
         self.check_usable()?;
         let target = self.log_end_offset();
         let started = std::time::Instant::now();
-        let file = self.write_out().await?;
+        let file = self.write_out(false).await?.0;
         let written = started.elapsed();
         let (written_end, metadata_writes) = (self.written_pos(), self.inner.metadata_writes.get());
         io::fdatasync(&file).await.map_err(|e| self.fail_sync(e))?;
@@ -1052,7 +1074,7 @@ impl Log {
 
     /// First half of a group round for this log: takes the io lock and writes out everything
     /// appended so far. `None` when there is nothing to make durable.
-    pub(crate) async fn begin_group_round(&self) -> Result<Option<RoundPart<'_>>> {
+    pub(crate) async fn begin_group_round(&self, alone: bool) -> Result<Option<RoundPart<'_>>> {
         self.check_usable()?;
         let io = self.lock_io().await?;
         self.check_usable()?;
@@ -1061,8 +1083,8 @@ impl Log {
             return Ok(None);
         }
         self.inner.in_round_to.set(Some(target));
-        let file = match self.write_out().await {
-            Ok(file) => file,
+        let (file, durable_by_write) = match self.write_out(alone).await {
+            Ok(written) => written,
             Err(e) => {
                 self.inner.in_round_to.set(None);
                 return Err(e);
@@ -1075,7 +1097,39 @@ impl Log {
             target,
             written_end: self.written_pos(),
             metadata_writes: self.inner.metadata_writes.get(),
+            durable_by_write,
+            writes_covered: self.inner.completed_writes.get(),
         }))
+    }
+
+    /// The active segment's `O_DSYNC` twin, opened on first use (`None` if it cannot be
+    /// opened: the round then syncs as usual).
+    async fn dsync_twin(
+        &self,
+        file: &Rc<glommio::io::DmaFile>,
+        path: &Path,
+    ) -> Option<Rc<glommio::io::DmaFile>> {
+        {
+            let state = self.inner.state.borrow();
+            let active = state.active();
+            if !Rc::ptr_eq(&active.file, file) {
+                return None;
+            }
+            if let Some(twin) = &active.dsync_twin {
+                return Some(twin.clone());
+            }
+        }
+        let twin = glommio::io::OpenOptions::new()
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::DSYNC.bits() as i32)
+            .dma_open(path)
+            .await
+            .ok()
+            .map(Rc::new)?;
+        let mut state = self.inner.state.borrow_mut();
+        let active = state.active_mut();
+        // (The io lock is held: the segment cannot have rolled meanwhile.)
+        Rc::ptr_eq(&active.file, file).then(|| active.dsync_twin.insert(twin).clone())
     }
 
     /// Frees the write tail's buffers if nothing was appended for `idle_for` and everything
@@ -1187,7 +1241,7 @@ impl Log {
     /// fdatasync): starts all pending streamed writes, writes the filling chunk's partial
     /// bytes, and waits until the file holds everything up to where the tail ended on entry.
     /// Caller holds `io_lock`. Returns the active segment's file.
-    async fn write_out(&self) -> Result<Rc<glommio::io::DmaFile>> {
+    async fn write_out(&self, alone: bool) -> Result<(Rc<glommio::io::DmaFile>, bool)> {
         let refused_before = self.inner.refused_writes.get();
         let (file, path, target, partial) = {
             let mut state = self.inner.state.borrow_mut();
@@ -1206,17 +1260,30 @@ impl Log {
                 partial.map(|w| (w, reserve)),
             )
         };
-        self.start_sealed_writes(usize::MAX);
+        let in_flight_before = self.inner.writes_in_flight.get();
+        let sealed = self.start_sealed_writes(usize::MAX);
+        let mut durable_by_write = false;
         if let Some((write, reserve)) = partial {
+            // Alone in its round, with no other write in flight and every earlier write durable:
+            // an O_DSYNC write is durable when it completes, so the round needs no fdatasync.
+            let lone = self.inner.config.borrow().dsync_lone_writes;
+            let all_durable = self.inner.completed_writes.get() == self.inner.durable_writes.get();
+            let dsync = if alone && lone && all_durable && in_flight_before == 0 && sealed == 0 {
+                self.dsync_twin(&file, &path).await
+            } else {
+                None
+            };
             self.inner
                 .writes_in_flight
                 .set(self.inner.writes_in_flight.get() + 1);
-            let result = self.perform_write(&file, &path, write, reserve).await;
+            let result = self
+                .perform_write(&file, dsync.as_deref(), &path, write, reserve)
+                .await;
             self.inner
                 .writes_in_flight
                 .set(self.inner.writes_in_flight.get() - 1);
             self.wake_write_waiters();
-            result?;
+            durable_by_write = result?;
         }
         loop {
             self.check_usable()?;
@@ -1229,7 +1296,7 @@ impl Log {
                     .map_or(u64::MAX, WriteTail::written_pos)
             };
             if written >= target {
-                return Ok(file);
+                return Ok((file, durable_by_write));
             }
             if self.inner.refused_writes.get() != refused_before {
                 return Err(self.check_room().err().unwrap_or_else(|| {
@@ -1274,7 +1341,10 @@ impl Log {
             let log = self.clone();
             let refused_before = self.inner.refused_writes.get();
             glommio::spawn_local(async move {
-                let result = log.perform_write(&file, &path, write, reserve).await;
+                let result = log
+                    .perform_write(&file, None, &path, write, reserve)
+                    .await
+                    .map(|_| ());
                 log.inner
                     .writes_in_flight
                     .set(log.inner.writes_in_flight.get() - 1);
@@ -1300,10 +1370,11 @@ impl Log {
     async fn perform_write(
         &self,
         file: &glommio::io::DmaFile,
+        dsync: Option<&glommio::io::DmaFile>,
         path: &Path,
         write: PlannedWrite,
         reserve_to: Option<u64>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let (chunk_pos, data_end, pos, len) =
             (write.chunk_pos, write.data_end, write.pos, write.len());
         let abandon = |err: StorageError| {
@@ -1329,13 +1400,29 @@ impl Log {
             let _ = rx.await;
         }
         let overwrite = self.active_overwrite(file, |o| o.is_overwrite(pos, end)) == Some(true);
-        let outcome = match write.submit(file).await {
+        // The O_DSYNC twin only for an overwrite into a file with no metadata to sync. Its
+        // write is also the round's sync: the fdatasync fault point applies to it once the
+        // data is written (as a sync that fails after the write), and a failure poisons the
+        // log as a failed fdatasync does.
+        let dsync = dsync.filter(|_| overwrite && self.inner.metadata_writes.get() == 0);
+        let mut durable_by_write = dsync.is_some();
+        let outcome = match write.submit(dsync.unwrap_or(file)).await {
+            Ok(n) if n == len && dsync.is_some() => {
+                crate::faults::inject(crate::faults::FaultPoint::Fdatasync).await
+            }
             Ok(n) if n == len => Ok(()),
-            Ok(n) => self.write_rest(file, pos, len, n, data_end).await,
+            Ok(n) => {
+                // The rest goes through the plain file; the round syncs it as usual.
+                durable_by_write = false;
+                self.write_rest(file, pos, len, n, data_end).await
+            }
             Err(e) => Err(e),
         };
         match outcome {
             Ok(()) => {
+                self.inner
+                    .completed_writes
+                    .set(self.inner.completed_writes.get() + 1);
                 if !overwrite {
                     self.inner
                         .metadata_writes
@@ -1355,7 +1442,7 @@ impl Log {
                 drop(state);
                 self.recharge_budget();
                 self.note_write_accepted();
-                Ok(())
+                Ok(durable_by_write)
             }
             Err(e) if is_out_of_space(&e) => Err(self.refuse_write(chunk_pos, path, e)),
             Err(e) => Err(abandon(StorageError::io(path.display(), e))),
@@ -1566,7 +1653,7 @@ impl Log {
     pub async fn flush(&self) -> Result<()> {
         self.check_usable()?;
         let _io = self.lock_io().await?;
-        self.write_out().await.map(|_| ())
+        self.write_out(false).await.map(|_| ())
     }
 
     /// Seals the active segment (if it holds data) and starts a new one at the log end.
@@ -1637,7 +1724,7 @@ impl Log {
         if self.inner.state.borrow().active().index.is_empty() {
             return Ok(());
         }
-        let file = self.write_out().await?;
+        let file = self.write_out(false).await?.0;
         let (path, index_file, next) = {
             let state = self.inner.state.borrow();
             let active = state.active();
@@ -1696,6 +1783,7 @@ impl Log {
             let mut state = self.inner.state.borrow_mut();
             let sealed = state.active_mut();
             sealed.tail = None;
+            sealed.dsync_twin = None;
             sealed.preallocated_to = sealed.index.size_bytes;
             state.segments.push(Segment {
                 path: new_path,
@@ -1705,6 +1793,7 @@ impl Log {
                 first_append_ms: None,
                 preallocated_to: 0,
                 overwrite: OverwriteState::default(),
+                dsync_twin: None,
             });
         }
         // Everything before the new segment is now synced; the sealed one has its real index.
@@ -1949,7 +2038,7 @@ impl Log {
             });
         }
         // Put everything buffered into the file first, so the file is the one truth to cut.
-        self.write_out().await?;
+        self.write_out(false).await?;
         self.inner.generation.set(self.inner.generation.get() + 1);
 
         // Drop whole segments above the target one.
@@ -2154,7 +2243,7 @@ impl Log {
         let _append = self.lock_appends().await?;
         let _io = self.lock_io().await?;
         // Nothing may be in flight towards the files about to go.
-        self.write_out().await?;
+        self.write_out(false).await?;
         let _zero = self.lock_zeroing().await?;
         self.inner.generation.set(self.inner.generation.get() + 1);
         let dir = self.inner.dir.clone();
@@ -2221,6 +2310,7 @@ impl Log {
                     first_append_ms: None,
                     preallocated_to: 0,
                     overwrite: OverwriteState::default(),
+                    dsync_twin: None,
                 }
             }
             None => {
@@ -2510,6 +2600,7 @@ impl Log {
                     first_append_ms: None,
                     preallocated_to: size,
                     overwrite: OverwriteState::after(size),
+                    dsync_twin: None,
                 }],
             );
         }

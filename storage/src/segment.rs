@@ -175,6 +175,10 @@ pub(crate) struct Segment {
     pub preallocated_to: u64,
     /// Which file blocks a durable write can overwrite without a metadata commit.
     pub overwrite: OverwriteState,
+    /// The file opened a second time with `O_DSYNC`, for rounds that write this log alone
+    /// (`LogConfig::dsync_lone_writes`); opened on first use, dropped (closed) when the segment
+    /// stops being active.
+    pub dsync_twin: Option<Rc<DmaFile>>,
 }
 
 /// Which blocks of a segment file are allocated, written and durable, so that a direct write

@@ -14,11 +14,21 @@
 //!   after it is called (for its own file's direct-I/O overwrites, which the filesystem does not
 //!   track), and a cache flush covers every write the device completed before it.
 //!
+//! A round that writes one log alone, whose write-out is a single overwrite of safe blocks
+//! with no other write in flight (a lone partition at a low rate: every acks=all record its
+//! own round), writes it through the segment's `O_DSYNC` descriptor instead
+//! (`LogConfig::dsync_lone_writes`): the write is durable when it completes, and the round
+//! issues no fdatasync. That saves a system call and a wake-up of the shard between the write
+//! and the fdatasync (docs/benchmarks.md, "O_DSYNC for lone writes").
+//!
 //! One round runs at a time per group; logs that fill up meanwhile share the next round.
 //!
 //! Invariant: a log's durable end moves only after an fdatasync that began after the log's
 //! writes of the round completed, either its own file's or (for overwrite-only logs, with
-//! shared flush) one on the same device.
+//! shared flush) one on the same device; or after its round's only write, an `O_DSYNC`
+//! overwrite issued when no other write of the log was in flight and every write completed
+//! before it had been made durable, completed. (On a device with FUA an `O_DSYNC` overwrite
+//! makes only itself durable, not the writes completed before it.)
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -47,6 +57,8 @@ pub struct SyncGroupStats {
     /// Log parts made durable, summed over rounds.
     pub logs_synced: u64,
     pub fdatasyncs: u64,
+    /// Log parts made durable by their own `O_DSYNC` write (no fdatasync).
+    pub dsync_writes: u64,
 }
 
 struct Inner {
@@ -123,11 +135,13 @@ impl SyncGroup {
             log.group_queue_flag().set(false);
         }
         // A log that fails here is poisoned or closed; its waiters see that when they wake.
-        let parts: Vec<RoundPart<'_>> = join_all(logs.iter().map(Log::begin_group_round))
-            .await
-            .into_iter()
-            .filter_map(|part| part.ok().flatten())
-            .collect();
+        let alone = logs.len() == 1 && self.inner.mode == FlushMode::Shared;
+        let parts: Vec<RoundPart<'_>> =
+            join_all(logs.iter().map(|log| log.begin_group_round(alone)))
+                .await
+                .into_iter()
+                .filter_map(|part| part.ok().flatten())
+                .collect();
         if parts.is_empty() {
             return;
         }
@@ -145,6 +159,9 @@ impl SyncGroup {
             covered.sort_unstable();
             covered.dedup();
             for (i, part) in parts.iter().enumerate() {
+                if !syncs_own[i] && part.durable_by_write {
+                    continue;
+                }
                 if !covered.contains(&part.log.device()) {
                     covered.push(part.log.device());
                     anchors.push(i);
@@ -165,6 +182,7 @@ impl SyncGroup {
             }
         }
         let mut logs_synced = 0;
+        let mut dsync_writes = 0;
         for (i, part) in parts.iter().enumerate() {
             if failed[i] {
                 continue;
@@ -172,10 +190,14 @@ impl SyncGroup {
             if syncs_own[i] {
                 part.synced_own_file();
                 logs_synced += 1;
+            } else if part.durable_by_write {
+                part.made_durable();
+                logs_synced += 1;
+                dsync_writes += 1;
             } else if flushed_devices.contains(&part.log.device()) {
                 // Overwrites only: nothing of the file's metadata was needed, and a flush of
                 // the device that began after its writes completed has ended.
-                part.log.mark_durable(part.target);
+                part.made_durable();
                 logs_synced += 1;
             }
         }
@@ -195,6 +217,7 @@ impl SyncGroup {
         stats.rounds += 1;
         stats.logs_synced += logs_synced;
         stats.fdatasyncs += synced.len() as u64;
+        stats.dsync_writes += dsync_writes;
         self.inner.stats.set(stats);
         // Waiters may go on while the parts finish (index checkpoints, when due).
         drop(round);

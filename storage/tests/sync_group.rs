@@ -59,8 +59,11 @@ fn one_round_makes_many_logs_durable_and_overwrites_share_one_flush() {
             let rounds = after.rounds - before.rounds;
             let fdatasyncs = after.fdatasyncs - before.fdatasyncs;
             assert_eq!(after.logs_synced - before.logs_synced, 48, "{after:?}");
+            // A round that found one log alone made it durable by an O_DSYNC write instead.
+            let dsync_writes = after.dsync_writes - before.dsync_writes;
             assert_eq!(
-                fdatasyncs, rounds,
+                fdatasyncs + dsync_writes,
+                rounds,
                 "overwrites only: one shared flush per round ({before:?} -> {after:?})"
             );
         }
@@ -69,6 +72,66 @@ fn one_round_makes_many_logs_durable_and_overwrites_share_one_flush() {
             log.close().await.unwrap();
         }
     });
+}
+
+/// One log alone in its rounds (a lone partition, every durable append its own round): once its
+/// space is zeroed ahead, each round is one O_DSYNC overwrite and no fdatasync; with
+/// `dsync_lone_writes` off, each round is a write and an fdatasync. Either way every batch
+/// reads back, before and after reopening.
+#[test]
+fn a_lone_log_s_overwrites_are_made_durable_by_o_dsync_writes() {
+    for dsync_lone_writes in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let config = LogConfig {
+            dsync_lone_writes,
+            ..LogConfig::default()
+        };
+        let expected = {
+            let (path, config) = (path.clone(), config.clone());
+            run(move || async move {
+                let group = SyncGroup::new(FlushMode::Shared);
+                let log = Log::open(&path, config).await.expect("open");
+                log.join_sync_group(&group);
+                let mut expected = Vec::new();
+                // The first appends write fresh blocks (own fdatasyncs); zeroing runs behind.
+                for seed in 0..3 {
+                    let b = batch(seed, 1, 200, 0);
+                    let at = log.append_durable(&b, EPOCH).await.expect("append");
+                    expected.push((at.base_offset, stamped(b, at.base_offset, EPOCH.0)));
+                }
+                glommio::timer::sleep(Duration::from_millis(300)).await; // zeroing finishes
+                let before = group.stats();
+                for seed in 3..53 {
+                    let b = batch(seed, 1, 200, 0);
+                    let at = log.append_durable(&b, EPOCH).await.expect("append");
+                    assert!(log.durable_end_offset() > at.last_offset);
+                    expected.push((at.base_offset, stamped(b, at.base_offset, EPOCH.0)));
+                }
+                let after = group.stats();
+                let (rounds, fdatasyncs, dsync_writes) = (
+                    after.rounds - before.rounds,
+                    after.fdatasyncs - before.fdatasyncs,
+                    after.dsync_writes - before.dsync_writes,
+                );
+                assert_eq!(rounds, 50, "{after:?}");
+                if dsync_lone_writes {
+                    assert_eq!((dsync_writes, fdatasyncs), (50, 0), "{after:?}");
+                } else {
+                    assert_eq!((dsync_writes, fdatasyncs), (0, 50), "{after:?}");
+                }
+                assert_eq!(read_all(&log).await, expected);
+                log.close().await.unwrap();
+                expected
+            })
+        };
+        let (path, config) = (path.clone(), config.clone());
+        run(move || async move {
+            let log = Log::open(&path, config).await.expect("reopen");
+            assert_eq!(read_all(&log).await, expected);
+            log.close().await.unwrap();
+        });
+    }
 }
 
 #[test]
