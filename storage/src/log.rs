@@ -1263,6 +1263,7 @@ impl Log {
         let in_flight_before = self.inner.writes_in_flight.get();
         let sealed = self.start_sealed_writes(usize::MAX);
         let mut durable_by_write = false;
+        let mut completed_before = 0;
         if let Some((write, reserve)) = partial {
             // Alone in its round, with no other write in flight and every earlier write durable:
             // an O_DSYNC write is durable when it completes, so the round needs no fdatasync.
@@ -1273,6 +1274,7 @@ impl Log {
             } else {
                 None
             };
+            completed_before = self.inner.completed_writes.get();
             self.inner
                 .writes_in_flight
                 .set(self.inner.writes_in_flight.get() + 1);
@@ -1296,7 +1298,11 @@ impl Log {
                     .map_or(u64::MAX, WriteTail::written_pos)
             };
             if written >= target {
-                return Ok((file, durable_by_write));
+                // Only if no other write started or completed meanwhile (an append sealing a
+                // chunk during the write): else the round flushes as usual, covering them.
+                let alone = self.inner.completed_writes.get() == completed_before + 1
+                    && self.inner.writes_in_flight.get() == 0;
+                return Ok((file, durable_by_write && alone));
             }
             if self.inner.refused_writes.get() != refused_before {
                 return Err(self.check_room().err().unwrap_or_else(|| {
