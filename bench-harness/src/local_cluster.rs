@@ -266,12 +266,12 @@ impl LocalCluster {
         self.nodes.is_empty()
     }
 
-    /// Every node's Kafka address, comma-separated.
     /// The `sluice` binary the nodes run (its tools can look at them).
     pub fn binary(&self) -> &std::path::Path {
         &self.binary
     }
 
+    /// Every node's Kafka address, comma-separated.
     pub fn bootstrap(&self) -> String {
         let addresses: Vec<String> = self.nodes.iter().map(|n| n.kafka.to_string()).collect();
         addresses.join(",")

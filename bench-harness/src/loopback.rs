@@ -14,7 +14,7 @@
 //! from 10 s on).
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -58,17 +58,7 @@ fn timer_wake_late(duration: Duration) -> Latency {
 /// 1 KiB echoed once per period, timed from each message's intended send time.
 fn paced_ping_pong(duration: Duration) -> std::io::Result<Latency> {
     const SIZE: usize = 1024;
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let address = listener.local_addr()?;
-    let echo = std::thread::spawn(move || -> std::io::Result<()> {
-        let (mut socket, _) = listener.accept()?;
-        socket.set_nodelay(true)?;
-        let mut buf = [0u8; SIZE];
-        while socket.read_exact(&mut buf).is_ok() {
-            socket.write_all(&buf)?;
-        }
-        Ok(())
-    });
+    let (address, echo) = echo_server::<SIZE>()?;
     let mut socket = TcpStream::connect(address)?;
     socket.set_nodelay(true)?;
     let mut hist = new_histogram();
@@ -113,19 +103,7 @@ fn bandwidth(duration: Duration) -> std::io::Result<f64> {
 }
 
 fn ping_pong(duration: Duration) -> std::io::Result<(Latency, f64)> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let address = listener.local_addr()?;
-    let echo = std::thread::spawn(move || -> std::io::Result<()> {
-        let (mut socket, _) = listener.accept()?;
-        socket.set_nodelay(true)?;
-        let mut buf = [0u8; 100];
-        loop {
-            if socket.read_exact(&mut buf).is_err() {
-                return Ok(());
-            }
-            socket.write_all(&buf)?;
-        }
-    });
+    let (address, echo) = echo_server::<100>()?;
     let mut socket = TcpStream::connect(address)?;
     socket.set_nodelay(true)?;
     let mut hist = new_histogram();
@@ -145,6 +123,23 @@ fn ping_pong(duration: Duration) -> std::io::Result<(Latency, f64)> {
         Latency::from_histogram(&hist),
         count as f64 / start.elapsed().as_secs_f64(),
     ))
+}
+
+/// A thread echoing `N`-byte messages to the one connection it accepts, until it closes.
+fn echo_server<const N: usize>(
+) -> std::io::Result<(SocketAddr, std::thread::JoinHandle<std::io::Result<()>>)> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let address = listener.local_addr()?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut socket, _) = listener.accept()?;
+        socket.set_nodelay(true)?;
+        let mut buf = [0u8; N];
+        while socket.read_exact(&mut buf).is_ok() {
+            socket.write_all(&buf)?;
+        }
+        Ok(())
+    });
+    Ok((address, echo))
 }
 
 pub fn measure(seconds: u64) -> Result<LoopbackLimits, String> {

@@ -326,21 +326,14 @@ pub fn run(options: &Options) -> Result<Report, String> {
     // Without a verdict (or with --keep-data): what the cluster says of the topic, the group
     // and the transactions, asked before the nodes stop (a consumer that does not end is a
     // stalled group, a last stable offset that stopped moving, or the client).
-    let state = options.out.join("cluster-state.txt");
-    match &outcome {
-        Err(reason) => look_at_the_cluster(
-            &cluster,
-            &format!("The run ended without a verdict: {reason}"),
-            &state,
-            TOOL_WAIT,
-        ),
-        Ok(()) if options.keep_data => look_at_the_cluster(
-            &cluster,
-            "At the end of the run (--keep-data)",
-            &state,
-            TOOL_WAIT,
-        ),
-        Ok(()) => {}
+    let heading = match &outcome {
+        Err(reason) => Some(format!("The run ended without a verdict: {reason}")),
+        Ok(()) if options.keep_data => Some("At the end of the run (--keep-data)".to_string()),
+        Ok(()) => None,
+    };
+    if let Some(heading) = heading {
+        let state = options.out.join("cluster-state.txt");
+        look_at_the_cluster(&cluster, &heading, &state, TOOL_WAIT);
     }
     let events = std::mem::take(&mut *recorder.events.lock().expect("recorder lock"));
     let verdict = outcome.is_ok().then(|| check(&events));
@@ -991,7 +984,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_tool_s_output_is_kept_and_a_tool_that_hangs_is_killed() {
+    fn a_tool_s_output_is_kept_a_tool_that_hangs_is_killed_and_a_missing_one_noted() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("state.txt");
         let file = std::fs::File::create(&path).expect("create");
@@ -1011,6 +1004,9 @@ mod tests {
         .expect("run");
         assert!(killed.starts_with("killed"), "{killed}");
         assert!(started.elapsed() < Duration::from_secs(10));
+        let missing = std::path::Path::new("/nonexistent/sluice");
+        let not_started = run_tool(missing, &["txn", "list"], "x", &file, TOOL_WAIT).expect("run");
+        assert!(not_started.starts_with("not started"), "{not_started}");
         let text = std::fs::read_to_string(&path).expect("read");
         assert_eq!(text, "said 127.0.0.1:1\nwaiting\n");
     }

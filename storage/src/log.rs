@@ -1103,33 +1103,26 @@ impl Log {
     }
 
     /// The active segment's `O_DSYNC` twin, opened on first use (`None` if it cannot be
-    /// opened: the round then syncs as usual).
-    async fn dsync_twin(
-        &self,
-        file: &Rc<glommio::io::DmaFile>,
-        path: &Path,
-    ) -> Option<Rc<glommio::io::DmaFile>> {
-        {
+    /// opened: the round then syncs as usual). Caller holds `io_lock`, so the active segment
+    /// cannot roll meanwhile.
+    async fn dsync_twin(&self) -> Option<Rc<glommio::io::DmaFile>> {
+        let path = {
             let state = self.inner.state.borrow();
             let active = state.active();
-            if !Rc::ptr_eq(&active.file, file) {
-                return None;
-            }
             if let Some(twin) = &active.dsync_twin {
                 return Some(twin.clone());
             }
-        }
+            active.path.clone()
+        };
         let twin = glommio::io::OpenOptions::new()
             .write(true)
             .custom_flags(rustix::fs::OFlags::DSYNC.bits() as i32)
-            .dma_open(path)
+            .dma_open(&path)
             .await
             .ok()
             .map(Rc::new)?;
         let mut state = self.inner.state.borrow_mut();
-        let active = state.active_mut();
-        // (The io lock is held: the segment cannot have rolled meanwhile.)
-        Rc::ptr_eq(&active.file, file).then(|| active.dsync_twin.insert(twin).clone())
+        Some(state.active_mut().dsync_twin.insert(twin).clone())
     }
 
     /// Frees the write tail's buffers if nothing was appended for `idle_for` and everything
@@ -1270,7 +1263,7 @@ impl Log {
             let lone = self.inner.config.borrow().dsync_lone_writes;
             let all_durable = self.inner.completed_writes.get() == self.inner.durable_writes.get();
             let dsync = if alone && lone && all_durable && in_flight_before == 0 && sealed == 0 {
-                self.dsync_twin(&file, &path).await
+                self.dsync_twin().await
             } else {
                 None
             };

@@ -159,7 +159,7 @@ impl SyncGroup {
             covered.sort_unstable();
             covered.dedup();
             for (i, part) in parts.iter().enumerate() {
-                if !syncs_own[i] && part.durable_by_write {
+                if part.durable_by_write {
                     continue;
                 }
                 if !covered.contains(&part.log.device()) {

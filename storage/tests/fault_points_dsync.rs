@@ -8,68 +8,60 @@ mod common;
 
 use std::time::Duration;
 
-use common::{batch, read_all};
+use common::{batch, read_all, run};
 use sluice_storage::{faults, FlushMode, LeaderEpoch, Log, LogConfig, StorageError, SyncGroup};
 
 #[test]
 fn a_lone_round_s_o_dsync_write_meets_the_fdatasync_fault_point_and_poisons_the_log() {
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("log");
-    std::thread::spawn(move || {
-        glommio::LocalExecutorBuilder::default()
-            .spawn(move || async move {
-                let group = SyncGroup::new(FlushMode::Shared);
-                let log = Log::open(&path, LogConfig::default()).await.expect("open");
-                log.join_sync_group(&group);
-                for seed in 0..3 {
-                    log.append_durable(&batch(seed, 1, 200, 0), LeaderEpoch(0))
-                        .await
-                        .expect("an append before the fault");
-                }
-                glommio::timer::sleep(Duration::from_millis(300)).await; // zeroing finishes
-                let before = group.stats();
-                log.append_durable(&batch(3, 1, 200, 0), LeaderEpoch(0))
-                    .await
-                    .expect("a lone overwrite round");
-                let lone = group.stats().dsync_writes - before.dsync_writes;
-                faults::arm("storage::fdatasync=return(eio)").unwrap();
-                let failed = log
-                    .append_durable(&batch(4, 1, 200, 0), LeaderEpoch(0))
-                    .await;
-                faults::arm("").unwrap();
-                let after = log.append(&batch(5, 1, 200, 0), LeaderEpoch(0)).await;
-                let durable = log.durable_end_offset();
-                drop(log);
-                // Recovery reads what the file holds: the failed round's batch was written.
-                let reopened = Log::open(&path, LogConfig::default())
-                    .await
-                    .expect("reopen");
-                let recovered = read_all(&reopened).await.len();
-                reopened.close().await.unwrap();
-                done_tx
-                    .send((lone, failed, after, durable, recovered))
-                    .unwrap();
-            })
-            .unwrap()
-            .join()
-            .unwrap();
+    run(move || async move {
+        let group = SyncGroup::new(FlushMode::Shared);
+        let log = Log::open(&path, LogConfig::default()).await.expect("open");
+        log.join_sync_group(&group);
+        for seed in 0..3 {
+            log.append_durable(&batch(seed, 1, 200, 0), LeaderEpoch(0))
+                .await
+                .expect("an append before the fault");
+        }
+        glommio::timer::sleep(Duration::from_millis(300)).await; // zeroing finishes
+        let before = group.stats();
+        log.append_durable(&batch(3, 1, 200, 0), LeaderEpoch(0))
+            .await
+            .expect("a lone overwrite round");
+        let lone = group.stats().dsync_writes - before.dsync_writes;
+        assert_eq!(lone, 1, "the round before the fault was an O_DSYNC write");
+
+        faults::arm("storage::fdatasync=return(eio)").unwrap();
+        let failed = log
+            .append_durable(&batch(4, 1, 200, 0), LeaderEpoch(0))
+            .await;
+        faults::arm("").unwrap();
+        assert!(
+            failed.is_err(),
+            "the failed sync fails the append: {failed:?}"
+        );
+        let after = log.append(&batch(5, 1, 200, 0), LeaderEpoch(0)).await;
+        assert!(
+            matches!(after, Err(StorageError::Poisoned(_))),
+            "and poisons the log: {after:?}"
+        );
+        assert_eq!(
+            log.durable_end_offset().0,
+            4,
+            "the four appends before it stay durable"
+        );
+        drop(log);
+
+        // Recovery reads what the file holds: the failed round's batch was written.
+        let reopened = Log::open(&path, LogConfig::default())
+            .await
+            .expect("reopen");
+        assert_eq!(
+            read_all(&reopened).await.len(),
+            5,
+            "and the failed one was written: possibly persisted"
+        );
+        reopened.close().await.unwrap();
     });
-    let (lone, failed, after, durable, recovered) = done_rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the test ends");
-    assert_eq!(lone, 1, "the round before the fault was an O_DSYNC write");
-    assert!(
-        failed.is_err(),
-        "the failed sync fails the append: {failed:?}"
-    );
-    assert!(
-        matches!(after, Err(StorageError::Poisoned(_))),
-        "and poisons the log: {after:?}"
-    );
-    assert_eq!(durable.0, 4, "the four appends before it stay durable");
-    assert_eq!(
-        recovered, 5,
-        "and the failed one was written: possibly persisted"
-    );
 }
